@@ -1,0 +1,310 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+func (a *app) policyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Validate policies and trace flows against them",
+	}
+	cmd.AddCommand(a.policyValidateCommand(), a.policyTraceCommand())
+	return cmd
+}
+
+// loadObjects loads -f paths and prints warnings; errors are returned.
+func (a *app) loadObjects(paths []string) (*policy.Objects, []error) {
+	objs, errs := policy.Load(paths...)
+	for _, w := range objs.Warnings {
+		fmt.Fprintln(a.stderr, "warning:", w.String())
+	}
+	return objs, errs
+}
+
+func (a *app) policyValidateCommand() *cobra.Command {
+	var files []string
+	cmd := &cobra.Command{
+		Use:   "validate -f PATH...",
+		Short: "Check policy, pod and namespace objects and summarise them",
+		Long: `validate decodes every object in the given files and folders (folders are read
+recursively for *.yaml, *.yml and *.json; a file may hold several documents)
+and checks CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+NetworkPolicy, Pod and Namespace objects.
+
+It prints one summary line per valid object. Warnings (unknown kinds skipped,
+fields l7gate does not enforce) go to stderr. Every invalid object is
+reported with its file, kind/namespace/name and field path.
+
+Exit status: 0 when every object is valid, 2 when any is not (or on bad
+arguments).`,
+		Example: `  l7gate policy validate -f examples/starwars
+  l7gate policy validate -f policy.yaml -f pods/`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			files = append(files, args...)
+			if len(files) == 0 {
+				return usageErrorf("give at least one file or folder with -f")
+			}
+			objs, errs := a.loadObjects(files)
+			for _, s := range objs.Summaries {
+				fmt.Fprintln(a.stdout, s)
+			}
+			if len(errs) > 0 {
+				for _, err := range errs {
+					fmt.Fprintln(a.stderr, "error:", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+				}
+				return &exitError{code: 2, err: fmt.Errorf("%d invalid object(s), %d valid", len(errs), len(objs.Summaries))}
+			}
+			fmt.Fprintf(a.stdout, "%d object(s) valid\n", len(objs.Summaries))
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file or folder of Kubernetes YAML/JSON (repeatable)")
+	return cmd
+}
+
+type traceFlags struct {
+	files                               []string
+	srcLabels, srcNS, srcCIDR, srcEnt   string
+	dstLabels, dstNS, dstCIDR, dstEnt   string
+	dport                               int
+	protocol                            string
+	httpMethod, httpPath, httpHost      string
+	httpHeaders                         []string
+	kafkaKey, kafkaVersion, kafkaClient string
+	kafkaTopics                         []string
+	output                              string
+}
+
+func (a *app) policyTraceCommand() *cobra.Command {
+	var f traceFlags
+	cmd := &cobra.Command{
+		Use:   "trace -f PATH... SOURCE DESTINATION --dport N [L7 request]",
+		Short: "Show whether a flow (and an HTTP or Kafka request) is allowed, and which rule decided",
+		Long: `trace evaluates one flow against the policies in the given files: the sender's
+egress policy and the receiver's ingress policy, at L3/L4 and, when you
+describe a request, at L7 (HTTP or Kafka rules on a redirected port).
+
+The source and the destination are each one of:
+  --src-labels k=v,...  [--src-namespace NS]   a pod with these labels (default namespace "default")
+  --src-cidr IP                                  an address: a pod's IP among the inputs is that pod,
+                                                 any other address is world or a CIDR identity
+  --src-entity NAME                              world, host, remote-node, kube-apiserver, init,
+                                                 health, unmanaged or ingress
+(and the same with --dst-). Namespace labels come from Namespace objects in
+the inputs.
+
+Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
+		Example: `  l7gate policy trace -f examples/starwars \
+    --src-labels org=empire,class=tiefighter --dst-labels org=empire,class=deathstar \
+    --dport 80 --http-method POST --http-path /v1/request-landing
+
+  l7gate policy trace -f kafka-policy.yaml --src-labels app=empire-hq --dst-labels app=kafka \
+    --dport 9092 --kafka-api-key produce --kafka-topic deathstar-plans -o json`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f.files = append(f.files, args...)
+			return a.runTrace(&f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVarP(&f.files, "filename", "f", nil, "file or folder of Kubernetes YAML/JSON (repeatable)")
+	fl.StringVar(&f.srcLabels, "src-labels", "", "source pod labels, k=v,...")
+	fl.StringVar(&f.srcNS, "src-namespace", "", "source pod namespace (default \"default\")")
+	fl.StringVar(&f.srcCIDR, "src-cidr", "", "source IP address")
+	fl.StringVar(&f.srcEnt, "src-entity", "", "source entity (world, host, remote-node, kube-apiserver, ...)")
+	fl.StringVar(&f.dstLabels, "dst-labels", "", "destination pod labels, k=v,...")
+	fl.StringVar(&f.dstNS, "dst-namespace", "", "destination pod namespace (default \"default\")")
+	fl.StringVar(&f.dstCIDR, "dst-cidr", "", "destination IP address")
+	fl.StringVar(&f.dstEnt, "dst-entity", "", "destination entity")
+	fl.IntVar(&f.dport, "dport", -1, "destination port (required)")
+	fl.StringVar(&f.protocol, "protocol", "TCP", "L4 protocol: TCP, UDP or SCTP")
+	fl.StringVar(&f.httpMethod, "http-method", "", "HTTP request method, e.g. GET")
+	fl.StringVar(&f.httpPath, "http-path", "", "HTTP request path (and query), e.g. /v1/request-landing")
+	fl.StringVar(&f.httpHost, "http-host", "", "HTTP Host header")
+	fl.StringArrayVar(&f.httpHeaders, "http-header", nil, "HTTP header 'Name: value' (repeatable)")
+	fl.StringVar(&f.kafkaKey, "kafka-api-key", "", "Kafka API key name or number, e.g. produce or 0")
+	fl.StringVar(&f.kafkaVersion, "kafka-api-version", "", "Kafka API version (default 0)")
+	fl.StringVar(&f.kafkaClient, "kafka-client-id", "", "Kafka client id")
+	fl.StringArrayVar(&f.kafkaTopics, "kafka-topic", nil, "Kafka topic named by the request (repeatable)")
+	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func tracePeer(labels, ns, cidr, entity, side string) (policy.TracePeer, error) {
+	var p policy.TracePeer
+	n := 0
+	if labels != "" {
+		n++
+		ls, err := policy.ParseLabels(labels)
+		if err != nil {
+			return p, usageErrorf("--%s-labels: %v", side, err)
+		}
+		p.Labels, p.Namespace = ls, ns
+	}
+	if cidr != "" {
+		n++
+		s := cidr
+		if i := strings.IndexByte(s, '/'); i >= 0 {
+			if s[i:] != "/32" && s[i:] != "/128" {
+				return p, usageErrorf("--%s-cidr: give one address, not a range: %q", side, cidr)
+			}
+			s = s[:i]
+		}
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return p, usageErrorf("--%s-cidr: invalid address %q", side, cidr)
+		}
+		p.Addr = addr
+	}
+	if entity != "" {
+		n++
+		p.Entity = entity
+	}
+	if n != 1 {
+		return p, usageErrorf("give exactly one of --%[1]s-labels, --%[1]s-cidr or --%[1]s-entity", side)
+	}
+	if ns != "" && labels == "" {
+		return p, usageErrorf("--%s-namespace needs --%s-labels", side, side)
+	}
+	return p, nil
+}
+
+func (a *app) runTrace(f *traceFlags) error {
+	if len(f.files) == 0 {
+		return usageErrorf("give at least one file or folder with -f")
+	}
+	if f.output != "text" && f.output != "json" {
+		return usageErrorf("-o: want text or json, not %q", f.output)
+	}
+	if f.dport < 0 || f.dport > 65535 {
+		return usageErrorf("--dport: give the destination port (0-65535)")
+	}
+	req := policy.TraceRequest{DPort: uint16(f.dport)}
+	var err error
+	if req.Src, err = tracePeer(f.srcLabels, f.srcNS, f.srcCIDR, f.srcEnt, "src"); err != nil {
+		return err
+	}
+	if req.Dst, err = tracePeer(f.dstLabels, f.dstNS, f.dstCIDR, f.dstEnt, "dst"); err != nil {
+		return err
+	}
+	if req.Protocol, err = policy.ParseProtocol(f.protocol); err != nil || req.Protocol == policy.ProtoAny {
+		return usageErrorf("--protocol: want TCP, UDP or SCTP, not %q", f.protocol)
+	}
+	if f.httpMethod != "" || f.httpPath != "" || f.httpHost != "" || len(f.httpHeaders) > 0 {
+		h := &policy.HTTPRequest{Method: f.httpMethod, Path: f.httpPath, Host: f.httpHost}
+		if h.Method == "" {
+			h.Method = "GET"
+		}
+		if h.Path == "" {
+			h.Path = "/"
+		}
+		for _, hv := range f.httpHeaders {
+			name, val, ok := strings.Cut(hv, ":")
+			if !ok || strings.TrimSpace(name) == "" {
+				return usageErrorf("--http-header: want 'Name: value', not %q", hv)
+			}
+			h.Headers = append(h.Headers, policy.HTTPHeader{Name: strings.TrimSpace(name), Value: strings.TrimSpace(val)})
+		}
+		req.HTTP = h
+	}
+	if f.kafkaKey != "" || f.kafkaVersion != "" || f.kafkaClient != "" || len(f.kafkaTopics) > 0 {
+		if req.HTTP != nil {
+			return usageErrorf("give either --http-* or --kafka-* flags, not both")
+		}
+		if f.kafkaKey == "" {
+			return usageErrorf("--kafka-api-key is required with --kafka-* flags")
+		}
+		k := &policy.KafkaRequest{ClientID: f.kafkaClient, Topics: f.kafkaTopics}
+		if k.APIKey, err = policy.ParseKafkaAPIKey(f.kafkaKey); err != nil {
+			return usageErrorf("--kafka-api-key: %v", err)
+		}
+		if f.kafkaVersion != "" {
+			v, err := strconv.ParseInt(f.kafkaVersion, 10, 16)
+			if err != nil || v < 0 {
+				return usageErrorf("--kafka-api-version: want a non-negative integer, not %q", f.kafkaVersion)
+			}
+			k.APIVersion = int16(v)
+		}
+		req.Kafka = k
+	}
+	objs, errs := a.loadObjects(f.files)
+	if len(errs) > 0 {
+		for _, err := range errs {
+			fmt.Fprintln(a.stderr, "error:", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		}
+		return &exitError{code: 2, err: fmt.Errorf("%d invalid object(s): fix them or leave them out of the trace", len(errs))}
+	}
+	res, err := policy.Trace(objs, req)
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	if f.output == "json" {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	printTrace(a.stdout, res)
+	return nil
+}
+
+func partyString(p policy.TraceParty) string {
+	kind := "not a local endpoint"
+	if p.Endpoint {
+		kind = "endpoint"
+	}
+	return fmt.Sprintf("identity %s (%s) [%s]", p.Identity, strings.Join(p.Labels, ", "), kind)
+}
+
+func printTrace(w io.Writer, r *policy.TraceResult) {
+	fmt.Fprintf(w, "Verdict: %s\n", strings.ToUpper(string(r.Verdict)))
+	fmt.Fprintf(w, "Flow:    %s/%d\n", r.Protocol, r.DPort)
+	fmt.Fprintf(w, "Source:      %s\n", partyString(r.Source))
+	fmt.Fprintf(w, "Destination: %s\n", partyString(r.Destination))
+	for _, d := range []struct {
+		name string
+		t    policy.DirectionTrace
+		who  string
+	}{{"Egress", r.Egress, "source"}, {"Ingress", r.Ingress, "destination"}} {
+		fmt.Fprintf(w, "\n%s (policy of the %s): %s\n", d.name, d.who, d.t.Verdict)
+		switch {
+		case !d.t.Applies:
+			fmt.Fprintf(w, "  the %s is not a local endpoint: no policy applies\n", d.who)
+			continue
+		case !d.t.Enforced && len(d.t.DecidedBy) == 0 && d.t.L7 == nil:
+			fmt.Fprintf(w, "  no policy selects the %s in this direction: not enforced\n", d.who)
+			continue
+		}
+		fmt.Fprintf(w, "  L3/L4: %s\n", d.t.L4)
+		if l7 := d.t.L7; l7 != nil {
+			if l7.Evaluated {
+				fmt.Fprintf(w, "  L7 (%s): %s\n", l7.Parser, l7.Verdict)
+				if len(l7.DeniedTopics) > 0 {
+					fmt.Fprintf(w, "  denied topics: %s\n", strings.Join(l7.DeniedTopics, ", "))
+				}
+			} else {
+				fmt.Fprintf(w, "  L7 (%s): not evaluated\n", l7.Parser)
+			}
+			if l7.Note != "" {
+				fmt.Fprintf(w, "  note: %s\n", l7.Note)
+			}
+		}
+		for _, p := range d.t.DecidedBy {
+			fmt.Fprintf(w, "  decided by: %s\n", p)
+		}
+	}
+	if len(r.Warnings) > 0 {
+		fmt.Fprintln(w)
+		for _, s := range r.Warnings {
+			fmt.Fprintf(w, "warning: %s\n", s)
+		}
+	}
+}

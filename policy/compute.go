@@ -1,0 +1,588 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Snapshot is the result of Compute: every identity, the endpoints, the
+// ipcache and the policy of every endpoint identity.
+type Snapshot struct {
+	Identities []IdentityInfo    `json:"identities"`
+	Endpoints  []Endpoint        `json:"endpoints"`
+	IPCache    []IPCacheEntry    `json:"ipcache"`
+	Policies   []*EndpointPolicy `json:"policies"`
+	Warnings   []string          `json:"warnings,omitempty"`
+	byID       map[Identity]*EndpointPolicy
+	labels     map[Identity]Labels
+}
+
+// Policy returns the policy of an endpoint identity, or nil.
+func (s *Snapshot) Policy(id Identity) *EndpointPolicy { return s.byID[id] }
+
+// Labels returns the labels of an identity.
+func (s *Snapshot) Labels(id Identity) Labels { return s.labels[id] }
+
+// IdentityOf returns the identity of an address by longest-prefix match in
+// the ipcache; world when nothing matches.
+func (s *Snapshot) IdentityOf(a netip.Addr) Identity {
+	best, bits := IdentityWorld, -1
+	for _, e := range s.IPCache {
+		if e.Prefix.Contains(a) && e.Prefix.Bits() > bits {
+			best, bits = e.Identity, e.Prefix.Bits()
+		}
+	}
+	return best
+}
+
+// SecurityLabels derives an endpoint's identity labels as Cilium does: pod
+// labels (minus per-replica ones), namespace, service account, cluster and
+// namespace labels.
+func SecurityLabels(namespace string, podLabels, nsLabels map[string]string, serviceAccount string) Labels {
+	ls := make([]Label, 0, len(podLabels)+len(nsLabels)+4)
+	for k, v := range podLabels {
+		if identityExcludedLabel(k) {
+			continue
+		}
+		_, key := parseLabelKey(k)
+		ls = append(ls, Label{Source: SourceK8s, Key: key, Value: v})
+	}
+	ls = append(ls,
+		Label{Source: SourceK8s, Key: LabelPodNamespace, Value: namespace},
+		Label{Source: SourceK8s, Key: LabelCluster, Value: defaultClusterName},
+		Label{Source: SourceK8s, Key: LabelNamespacePrefix + LabelNamespaceNameK8s, Value: namespace},
+	)
+	if serviceAccount != "" {
+		ls = append(ls, Label{Source: SourceK8s, Key: LabelServiceAccount, Value: serviceAccount})
+	}
+	for k, v := range nsLabels {
+		ls = append(ls, Label{Source: SourceK8s, Key: LabelNamespacePrefix + k, Value: v})
+	}
+	return NewLabels(ls...)
+}
+
+type sectionKey struct {
+	policy, rule, section int
+	dir                   Direction
+	deny                  bool
+}
+
+type peerSet struct {
+	any bool
+	ids []Identity
+}
+
+type computer struct {
+	objs     *Objects
+	alloc    *IdentityAllocator
+	snap     *Snapshot
+	podIDs   []Identity // sorted, distinct
+	allIDs   []Identity // sorted: reserved, pods, CIDR
+	cidrIDs  map[netip.Prefix]Identity
+	selCache map[string][]Identity
+	peers    map[sectionKey]peerSet
+	// named ports by identity
+	ports    map[Identity][]NamedPort
+	allPorts []NamedPort
+	warned   map[string]bool
+}
+
+// Compute derives identities, endpoints, the ipcache and every endpoint
+// identity's policy from objs. alloc keeps identities stable across calls.
+func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
+	c := &computer{
+		objs: objs, alloc: alloc,
+		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}},
+		cidrIDs:  map[netip.Prefix]Identity{},
+		selCache: map[string][]Identity{},
+		peers:    map[sectionKey]peerSet{},
+		ports:    map[Identity][]NamedPort{},
+		warned:   map[string]bool{},
+	}
+	for _, id := range ReservedIdentities() {
+		c.snap.labels[id] = Labels{{Source: SourceReserved, Key: reservedName(id)}}
+	}
+	if err := c.endpoints(); err != nil {
+		return nil, err
+	}
+	if err := c.cidrIdentities(); err != nil {
+		return nil, err
+	}
+	c.allIDs = append(append(ReservedIdentities(), c.podIDs...), sortedIDs(c.cidrIDs)...)
+	for _, id := range c.allIDs {
+		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: c.snap.labels[id].Strings()})
+	}
+	// subjects: which rules select each endpoint identity
+	type ruleRef struct{ policy, rule int }
+	subjects := map[Identity][]ruleRef{}
+	for pi := range objs.Policies {
+		for ri := range objs.Policies[pi].Rules {
+			for _, id := range c.selectPods(objs.Policies[pi].Rules[ri].Subject) {
+				subjects[id] = append(subjects[id], ruleRef{pi, ri})
+			}
+		}
+	}
+	for _, id := range c.podIDs {
+		ep := &EndpointPolicy{Identity: id}
+		for _, dir := range []Direction{Ingress, Egress} {
+			b := newDirBuilder(dir)
+			for _, rr := range subjects[id] {
+				c.applyRule(b, id, rr.policy, rr.rule)
+			}
+			*ep.Direction(dir) = b.finish()
+		}
+		c.snap.Policies = append(c.snap.Policies, ep)
+		c.snap.byID[id] = ep
+	}
+	slices.SortFunc(c.snap.IPCache, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	return c.snap, nil
+}
+
+func sortedIDs[K comparable](m map[K]Identity) []Identity {
+	out := make([]Identity, 0, len(m))
+	for _, id := range m {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (c *computer) warnf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if !c.warned[msg] {
+		c.warned[msg] = true
+		c.snap.Warnings = append(c.snap.Warnings, msg)
+	}
+}
+
+func (c *computer) endpoints() error {
+	nsLabels := map[string]map[string]string{}
+	for _, ns := range c.objs.Namespaces {
+		nsLabels[ns.Name] = ns.Labels
+	}
+	ipOwner := map[netip.Addr]string{}
+	seen := map[Identity]bool{}
+	for _, p := range c.objs.Pods {
+		if p.HostNetwork {
+			continue // host-network pods are the host identity
+		}
+		if p.Phase == "Succeeded" || p.Phase == "Failed" {
+			continue
+		}
+		ls := SecurityLabels(p.Namespace, p.Labels, nsLabels[p.Namespace], p.ServiceAccount)
+		id, err := c.alloc.allocate(ls, false)
+		if err != nil {
+			return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		c.snap.labels[id] = ls
+		if !seen[id] {
+			seen[id] = true
+			c.podIDs = append(c.podIDs, id)
+		}
+		ep := Endpoint{Namespace: p.Namespace, Name: p.Name, Identity: id, NamedPorts: p.NamedPorts, Node: p.NodeName}
+		for _, ip := range p.IPs {
+			if owner, dup := ipOwner[ip]; dup {
+				c.warnf("pod %s/%s: IP %s already belongs to pod %s; ignored", p.Namespace, p.Name, ip, owner)
+				continue
+			}
+			ipOwner[ip] = p.Namespace + "/" + p.Name
+			ep.IPs = append(ep.IPs, ip)
+			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: id})
+		}
+		c.ports[id] = mergePorts(c.ports[id], p.NamedPorts)
+		c.allPorts = mergePorts(c.allPorts, p.NamedPorts)
+		c.snap.Endpoints = append(c.snap.Endpoints, ep)
+	}
+	slices.Sort(c.podIDs)
+	return nil
+}
+
+func mergePorts(a, b []NamedPort) []NamedPort {
+	out := append(slices.Clip(a), b...)
+	slices.SortFunc(out, func(x, y NamedPort) int {
+		if c := strings.Compare(x.Name, y.Name); c != 0 {
+			return c
+		}
+		if x.Protocol != y.Protocol {
+			return int(x.Protocol) - int(y.Protocol)
+		}
+		return int(x.Port) - int(y.Port)
+	})
+	return slices.Compact(out)
+}
+
+func (c *computer) cidrIdentities() error {
+	var prefixes []netip.Prefix
+	add := func(p netip.Prefix) {
+		if p.Bits() > 0 {
+			prefixes = append(prefixes, p)
+		}
+	}
+	for _, pol := range c.objs.Policies {
+		for _, r := range pol.Rules {
+			for _, list := range [][]Section{r.Allow[Ingress], r.Allow[Egress], r.Deny[Ingress], r.Deny[Egress]} {
+				for _, s := range list {
+					for _, cs := range s.Peers.CIDRs {
+						add(cs.Prefix)
+						for _, e := range cs.Except {
+							add(e)
+						}
+					}
+				}
+			}
+		}
+	}
+	slices.SortFunc(prefixes, comparePrefix)
+	prefixes = slices.Compact(prefixes)
+	for _, p := range prefixes {
+		ls := Labels{{Source: SourceCIDR, Key: p.String()}, {Source: SourceReserved, Key: "world"}}
+		id, err := c.alloc.allocate(ls, true)
+		if err != nil {
+			return err
+		}
+		c.cidrIDs[p] = id
+		c.snap.labels[id] = ls
+		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})
+	}
+	return nil
+}
+
+// selectPods returns the pod identities a subject selector selects.
+func (c *computer) selectPods(s Selector) []Identity {
+	all := c.selectAll(s)
+	out := make([]Identity, 0, len(all))
+	for _, id := range all {
+		if !id.IsReserved() && !id.IsCIDR() {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// selectAll returns every identity a peer selector selects. The empty
+// selector selects every pod identity (not reserved or CIDR identities).
+func (c *computer) selectAll(s Selector) []Identity {
+	key := s.String()
+	if ids, ok := c.selCache[key]; ok {
+		return ids
+	}
+	var ids []Identity
+	if len(s.Requirements) == 0 {
+		ids = c.podIDs
+	} else {
+		for _, id := range c.allIDs {
+			if s.Matches(c.snap.labels[id]) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	c.selCache[key] = ids
+	return ids
+}
+
+// cidrPeers returns the CIDR identities selected by a CIDR selector (and
+// world for 0.0.0.0/0 or ::/0).
+func (c *computer) cidrPeers(cs CIDRSelector) []Identity {
+	var out []Identity
+	if cs.Prefix.Bits() == 0 {
+		out = append(out, IdentityWorld)
+	}
+outer:
+	for p, id := range c.cidrIDs {
+		if p.Addr().Is4() != cs.Prefix.Addr().Is4() || p.Bits() < cs.Prefix.Bits() || !cs.Prefix.Contains(p.Addr()) {
+			continue
+		}
+		for _, e := range cs.Except {
+			if p.Bits() >= e.Bits() && e.Contains(p.Addr()) {
+				continue outer
+			}
+		}
+		out = append(out, id)
+	}
+	return out
+}
+
+func (c *computer) entityPeers(name string) []Identity {
+	switch name {
+	case "cluster":
+		out := slices.Clone(c.podIDs)
+		return append(out, IdentityHost, IdentityRemoteNode, IdentityKubeAPIServer, IdentityHealth, IdentityInit, IdentityUnmanaged, IdentityIngress)
+	case "world":
+		out := []Identity{IdentityWorld}
+		for _, id := range c.cidrIDs {
+			out = append(out, id)
+		}
+		return out
+	}
+	id, _ := entityIdentity(name)
+	return []Identity{id}
+}
+
+func (c *computer) resolvePeers(k sectionKey, s *Section) peerSet {
+	if ps, ok := c.peers[k]; ok {
+		return ps
+	}
+	ps := peerSet{any: s.Peers.Any}
+	if !ps.any {
+		for _, sel := range s.Peers.Selectors {
+			ps.ids = append(ps.ids, c.selectAll(sel)...)
+		}
+		for _, cs := range s.Peers.CIDRs {
+			ps.ids = append(ps.ids, c.cidrPeers(cs)...)
+		}
+		for _, e := range s.Peers.Entities {
+			ps.ids = append(ps.ids, c.entityPeers(e)...)
+		}
+		slices.Sort(ps.ids)
+		ps.ids = slices.Compact(ps.ids)
+	}
+	c.peers[k] = ps
+	return ps
+}
+
+// dirBuilder accumulates one direction's entries and L7 rule sets.
+type dirBuilder struct {
+	dir     Direction
+	pol     DirectionPolicy
+	entries map[entryKey]*Entry
+	l7      map[uint16]*L7RuleSet
+}
+
+type entryKey struct {
+	peer    Identity
+	proto   Protocol
+	port    uint16
+	endPort uint16
+	verdict Verdict
+	parser  string
+}
+
+func newDirBuilder(d Direction) *dirBuilder {
+	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[uint16]*L7RuleSet{}}
+}
+
+func (b *dirBuilder) add(k entryKey, origin Provenance) {
+	e, ok := b.entries[k]
+	if !ok {
+		e = &Entry{Peer: k.peer, Protocol: k.proto, Port: k.port, EndPort: k.endPort, Verdict: k.verdict, Parser: k.parser}
+		b.entries[k] = e
+	}
+	if !slices.ContainsFunc(e.Origins, func(p Provenance) bool { return compareProvenance(p, origin) == 0 }) {
+		e.Origins = append(e.Origins, origin)
+	}
+}
+
+func (b *dirBuilder) finish() DirectionPolicy {
+	out := b.pol
+	for _, e := range b.entries {
+		slices.SortFunc(e.Origins, compareProvenance)
+		out.Entries = append(out.Entries, *e)
+	}
+	sortEntries(out.Entries)
+	// An L4 allow naming a redirected port lets its peers send any request
+	// there: add an allow-all L7 rule for them.
+	ports := make([]uint16, 0, len(b.l7))
+	for p := range b.l7 {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	for _, port := range ports {
+		rs := b.l7[port]
+		for _, e := range out.Entries {
+			if e.Verdict != VerdictAllow || e.Port == 0 || port < e.Port || port > e.EndPort ||
+				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(out.Entries, e.Peer, port) {
+				continue
+			}
+			for _, o := range e.Origins {
+				r := L7Rule{AnyPeer: e.Peer == IdentityAny, Origin: o}
+				if e.Peer != IdentityAny {
+					r.Peers = []Identity{e.Peer}
+				}
+				rs.addRule(r)
+			}
+		}
+		out.L7 = append(out.L7, *rs)
+	}
+	return out
+}
+
+// redirected reports whether traffic from peer to port is redirected.
+func redirected(entries []Entry, peer Identity, port uint16) bool {
+	for i := range entries {
+		e := &entries[i]
+		if e.Verdict == VerdictRedirect && e.Port == port && (e.Peer == IdentityAny || e.Peer == peer || peer == IdentityAny) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
+	pol := &c.objs.Policies[pi]
+	r := &pol.Rules[ri]
+	dir := b.dir
+	origin := func(s *Section, kind RuleKind) Provenance {
+		return Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: s.Index, Kind: kind, Path: s.Path}
+	}
+	enforce := len(r.Allow[dir])+len(r.Deny[dir]) > 0
+	if r.DefaultDeny[dir] != nil {
+		enforce = *r.DefaultDeny[dir]
+	}
+	if enforce {
+		b.pol.Enforced = true
+		p := Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: 0, Kind: KindDefaultDeny, Path: r.Path + "." + dir.String()}
+		if !slices.ContainsFunc(b.pol.DefaultDeny, func(x Provenance) bool { return compareProvenance(x, p) == 0 }) {
+			b.pol.DefaultDeny = append(b.pol.DefaultDeny, p)
+			slices.SortFunc(b.pol.DefaultDeny, compareProvenance)
+		}
+	}
+	for _, deny := range []bool{true, false} {
+		list := r.Allow[dir]
+		kind := KindAllow
+		if deny {
+			list = r.Deny[dir]
+			kind = KindDeny
+		}
+		for si := range list {
+			s := &list[si]
+			if s.Dropped != "" {
+				continue
+			}
+			ps := c.resolvePeers(sectionKey{pi, ri, si, dir, deny}, s)
+			if !ps.any && len(ps.ids) == 0 {
+				continue
+			}
+			c.applySection(b, subject, s, ps, origin(s, kind), deny)
+		}
+	}
+}
+
+func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps peerSet, origin Provenance, deny bool) {
+	verdict := VerdictAllow
+	if deny {
+		verdict = VerdictDeny
+	}
+	peers := ps.ids
+	if ps.any {
+		peers = []Identity{IdentityAny}
+	}
+	if s.Ports == nil {
+		for _, p := range peers {
+			b.add(entryKey{peer: p, verdict: verdict}, origin)
+		}
+		return
+	}
+	for pri := range s.Ports {
+		pr := &s.Ports[pri]
+		if pr.Dropped != "" {
+			continue
+		}
+		for _, spec := range pr.Ports {
+			for _, p := range peers {
+				for _, np := range c.resolvePort(b.dir, subject, p, spec, origin) {
+					if pr.L7 == nil {
+						b.add(entryKey{peer: p, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
+						continue
+					}
+					if !c.addL7(b, p, np.Port, pr, origin) {
+						continue
+					}
+					b.add(entryKey{peer: p, proto: ProtoTCP, port: np.Port, endPort: np.Port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
+				}
+			}
+		}
+	}
+}
+
+// resolvePort turns a port spec into numeric specs. Named ports resolve
+// against the endpoint's own pods on ingress and against the peer's pods on
+// egress (all pods for a wildcard peer).
+func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortSpec, origin Provenance) []PortSpec {
+	if spec.Name == "" {
+		return []PortSpec{spec}
+	}
+	var candidates []NamedPort
+	switch {
+	case dir == Ingress:
+		candidates = c.ports[subject]
+	case peer == IdentityAny:
+		candidates = c.allPorts
+	default:
+		candidates = c.ports[peer]
+	}
+	var out []PortSpec
+	for _, np := range candidates {
+		if np.Name == spec.Name && (spec.Protocol == ProtoAny || spec.Protocol == np.Protocol) {
+			out = append(out, PortSpec{Protocol: np.Protocol, Port: np.Port, EndPort: np.Port})
+		}
+	}
+	if len(out) == 0 && (dir == Ingress || peer == IdentityAny) {
+		c.warnf("%s %s: named port %q not found on identity %d; it allows nothing", origin.Policy, origin.Path, spec.Name, subject)
+	}
+	return out
+}
+
+// addL7 adds a port rule's L7 rules to the port's rule set; it reports false
+// (and warns) when another parser already owns the port.
+func (c *computer) addL7(b *dirBuilder, peer Identity, port uint16, pr *PortRule, origin Provenance) bool {
+	rs, ok := b.l7[port]
+	if !ok {
+		rs = &L7RuleSet{Protocol: ProtoTCP, Port: port, Parser: pr.L7.Parser}
+		b.l7[port] = rs
+	} else if rs.Parser != pr.L7.Parser {
+		c.warnf("%s %s: port %d already uses L7 parser %q; this %q rule is ignored", origin.Policy, origin.Path, port, rs.Parser, pr.L7.Parser)
+		return false
+	}
+	base := L7Rule{AnyPeer: peer == IdentityAny}
+	if peer != IdentityAny {
+		base.Peers = []Identity{peer}
+	}
+	add := func(r L7Rule, l7 string) {
+		o := origin
+		o.L7 = l7
+		r.Origin = o
+		rs.addRule(r)
+	}
+	for i := range pr.L7.HTTP {
+		r := base
+		r.HTTP = &pr.L7.HTTP[i]
+		add(r, fmt.Sprintf("http[%d]", i))
+	}
+	for i := range pr.L7.Kafka {
+		r := base
+		r.Kafka = &pr.L7.Kafka[i]
+		add(r, fmt.Sprintf("kafka[%d]", i))
+	}
+	for i := range pr.L7.Generic {
+		r := base
+		r.Generic = pr.L7.Generic[i]
+		add(r, fmt.Sprintf("l7[%d]", i))
+	}
+	return true
+}
+
+// addRule appends r, merging it into an earlier rule from the same origin
+// (the same rule text reached through another peer).
+func (rs *L7RuleSet) addRule(r L7Rule) {
+	for i := range rs.Rules {
+		x := &rs.Rules[i]
+		if compareProvenance(x.Origin, r.Origin) != 0 || x.AllowsAll() != r.AllowsAll() {
+			continue
+		}
+		switch {
+		case x.AnyPeer:
+		case r.AnyPeer:
+			x.AnyPeer, x.Peers = true, nil
+		default:
+			for _, p := range r.Peers {
+				if j, found := slices.BinarySearch(x.Peers, p); !found {
+					x.Peers = slices.Insert(x.Peers, j, p)
+				}
+			}
+		}
+		return
+	}
+	rs.Rules = append(rs.Rules, r)
+}

@@ -1,0 +1,351 @@
+package policy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Objects is what was decoded from a set of inputs: the valid objects,
+// sorted, and warnings. Invalid objects are reported as errors by Decode
+// and Load and are not included; they never prevent the others from
+// loading.
+type Objects struct {
+	Namespaces []Namespace
+	Pods       []Pod
+	Policies   []Policy
+	Warnings   []Warning
+	// Summaries has one line per loaded object, in input order.
+	Summaries []string
+}
+
+// maxDocumentSize bounds a single YAML/JSON document.
+const maxDocumentSize = 16 << 20
+
+// Decode decodes a multi-document YAML or JSON stream. file names the
+// source in messages. It returns every object it could load and one error
+// per invalid object.
+func Decode(file string, data []byte) (*Objects, []error) {
+	out := &Objects{}
+	var errs []error
+	for i, doc := range splitDocuments(data) {
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		errs = append(errs, out.decodeDocument(file, i, doc)...)
+	}
+	out.sort()
+	return out, errs
+}
+
+// splitDocuments splits a YAML stream at "---" lines.
+func splitDocuments(data []byte) [][]byte {
+	var docs [][]byte
+	var cur bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64<<10), maxDocumentSize)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if bytes.HasPrefix(line, []byte("---")) {
+			rest := bytes.TrimSpace(line[3:])
+			if len(rest) == 0 || rest[0] == '#' {
+				docs = append(docs, bytes.Clone(cur.Bytes()))
+				cur.Reset()
+				continue
+			}
+		}
+		cur.Write(line)
+		cur.WriteByte('\n')
+	}
+	if sc.Err() != nil {
+		// A line longer than the document limit: hand the rest over as one
+		// document so the YAML parser reports it.
+		return append(docs, data)
+	}
+	return append(docs, cur.Bytes())
+}
+
+func (o *Objects) decodeDocument(file string, docIndex int, doc []byte) []error {
+	where := ObjectRef{File: file, Kind: "document", Name: fmt.Sprintf("#%d", docIndex+1)}
+	if len(doc) > maxDocumentSize {
+		return []error{&ObjectError{Object: where, Err: fmt.Errorf("document larger than %d bytes", maxDocumentSize)}}
+	}
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return []error{&ObjectError{Object: where, Err: fmt.Errorf("parse yaml: %w", err)}}
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return []error{&ObjectError{Object: where, Err: fmt.Errorf("parse: %w", err)}}
+	}
+	if v == nil {
+		return nil
+	}
+	return o.decodeValue(file, where, v)
+}
+
+func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return []error{&ObjectError{Object: where, Err: fmt.Errorf("expected an object, got %s", describe(v))}}
+	}
+	var tm typeMeta
+	var d structDecoder
+	d.decode("", m, reflect.ValueOf(&tm).Elem())
+	ref := ObjectRef{File: file, Kind: tm.Kind, Namespace: tm.Metadata.Namespace, Name: tm.Metadata.Name}
+	if len(d.errs) > 0 {
+		return []error{&ObjectError{Object: ref, Err: errors.Join(d.errs...)}}
+	}
+	if tm.Kind == "" {
+		ref.Kind = where.Kind
+		ref.Name = where.Name
+		return []error{&ObjectError{Object: ref, Err: (fieldPath("kind")).errorf("missing")}}
+	}
+	if strings.HasSuffix(tm.Kind, "List") && tm.APIVersion == "v1" || tm.Kind == "List" {
+		items, _ := m["items"].([]any)
+		var errs []error
+		for i, it := range items {
+			w := ObjectRef{File: file, Kind: tm.Kind, Name: fmt.Sprintf("items[%d]", i)}
+			errs = append(errs, o.decodeValue(file, w, it)...)
+		}
+		return errs
+	}
+	objErr := func(errs []error) []error {
+		if len(errs) == 0 {
+			return nil
+		}
+		return []error{&ObjectError{Object: ref, Err: errors.Join(errs...)}}
+	}
+	checkVersion := func(want ...string) []error {
+		if !slices.Contains(want, tm.APIVersion) {
+			return objErr([]error{fieldPath("apiVersion").errorf("unsupported apiVersion %q for %s (want %s)", tm.APIVersion, tm.Kind, strings.Join(want, " or "))})
+		}
+		return nil
+	}
+	switch tm.Kind {
+	case string(KindCNP), string(KindCCNP):
+		if e := checkVersion("cilium.io/v2"); e != nil {
+			return e
+		}
+		var w wireCNP
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		clusterwide := tm.Kind == string(KindCCNP)
+		if clusterwide && ref.Namespace != "" {
+			o.Warnings = append(o.Warnings, Warning{Object: ref, Path: "metadata.namespace", Message: "ignored: CiliumClusterwideNetworkPolicy is not namespaced"})
+			ref.Namespace = ""
+		}
+		if !clusterwide && ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
+		p, warns, errs := normalizeCNP(&w, ref, clusterwide)
+		o.Warnings = append(o.Warnings, warns...)
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.Policies = append(o.Policies, *p)
+		o.Summaries = append(o.Summaries, summarizePolicy(p))
+	case string(KindNP):
+		if e := checkVersion("networking.k8s.io/v1"); e != nil {
+			return e
+		}
+		var w wireNP
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
+		p, warns, errs := normalizeNP(&w, ref)
+		o.Warnings = append(o.Warnings, warns...)
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.Policies = append(o.Policies, *p)
+		o.Summaries = append(o.Summaries, summarizePolicy(p))
+	case "Pod":
+		if e := checkVersion("v1"); e != nil {
+			return e
+		}
+		var w wirePod
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
+		p, errs := normalizePod(&w, ref)
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.Pods = append(o.Pods, *p)
+		ips := make([]string, len(p.IPs))
+		for i, ip := range p.IPs {
+			ips[i] = ip.String()
+		}
+		o.Summaries = append(o.Summaries, fmt.Sprintf("%s: %s: %d labels, IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
+	case "Namespace":
+		if e := checkVersion("v1"); e != nil {
+			return e
+		}
+		var errs []error
+		if ref.Name == "" {
+			errs = append(errs, fieldPath("metadata.name").errorf("missing"))
+		}
+		for k := range tm.Metadata.Labels {
+			if err := validLabelKey(k); err != nil {
+				errs = append(errs, fieldPath("metadata.labels").key(k).errorf("%w", err))
+			}
+		}
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		ref.Namespace = ""
+		o.Namespaces = append(o.Namespaces, Namespace{Ref: ref, Name: ref.Name, Labels: tm.Metadata.Labels})
+		o.Summaries = append(o.Summaries, fmt.Sprintf("%s: %s: %d labels", file, ref, len(tm.Metadata.Labels)))
+	default:
+		o.Warnings = append(o.Warnings, Warning{Object: ref, Message: fmt.Sprintf("skipped: l7gate does not read kind %s (%s)", tm.Kind, tm.APIVersion)})
+	}
+	return nil
+}
+
+func summarizePolicy(p *Policy) string {
+	var in, eg, ind, egd int
+	for _, r := range p.Rules {
+		in += len(r.Allow[Ingress])
+		eg += len(r.Allow[Egress])
+		ind += len(r.Deny[Ingress])
+		egd += len(r.Deny[Egress])
+	}
+	s := fmt.Sprintf("%s: %s: %d rule(s): ingress %d, egress %d, ingressDeny %d, egressDeny %d", p.Ref.File, p.Ref, len(p.Rules), in, eg, ind, egd)
+	return s
+}
+
+func (o *Objects) sort() {
+	slices.SortStableFunc(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(o.Pods, func(a, b Pod) int {
+		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
+	})
+	slices.SortStableFunc(o.Policies, func(a, b Policy) int {
+		return cmpStrings(string(a.Kind), string(b.Kind), a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
+	})
+}
+
+func cmpStrings(pairs ...string) int {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if c := strings.Compare(pairs[i], pairs[i+1]); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// Merge adds other's objects. Objects with the same kind, namespace and
+// name as one already present are errors (the first one stays).
+func (o *Objects) Merge(other *Objects) []error {
+	var errs []error
+	seen := map[string]ObjectRef{}
+	key := func(r ObjectRef) string { return r.Kind + "/" + r.Namespace + "/" + r.Name }
+	for _, n := range o.Namespaces {
+		seen[key(n.Ref)] = n.Ref
+	}
+	for _, p := range o.Pods {
+		seen[key(p.Ref)] = p.Ref
+	}
+	for _, p := range o.Policies {
+		seen[key(p.Ref)] = p.Ref
+	}
+	dup := func(r ObjectRef) bool {
+		if first, ok := seen[key(r)]; ok {
+			errs = append(errs, &ObjectError{Object: r, Err: fmt.Errorf("duplicate object: already defined in %s", first.File)})
+			return true
+		}
+		seen[key(r)] = r
+		return false
+	}
+	for _, n := range other.Namespaces {
+		if !dup(n.Ref) {
+			o.Namespaces = append(o.Namespaces, n)
+		}
+	}
+	for _, p := range other.Pods {
+		if !dup(p.Ref) {
+			o.Pods = append(o.Pods, p)
+		}
+	}
+	for _, p := range other.Policies {
+		if !dup(p.Ref) {
+			o.Policies = append(o.Policies, p)
+		}
+	}
+	o.Warnings = append(o.Warnings, other.Warnings...)
+	o.Summaries = append(o.Summaries, other.Summaries...)
+	o.sort()
+	return errs
+}
+
+// Load reads files and folders (recursively: *.yaml, *.yml, *.json) and
+// decodes every object in them, in lexical path order.
+func Load(paths ...string) (*Objects, []error) {
+	out := &Objects{}
+	var errs []error
+	for _, root := range paths {
+		st, err := os.Stat(root)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", root, err))
+			continue
+		}
+		var files []string
+		if !st.IsDir() {
+			files = []string{root}
+		} else {
+			err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if d.IsDir() {
+					if p != root && strings.HasPrefix(d.Name(), ".") {
+						return filepath.SkipDir
+					}
+					return nil
+				}
+				switch strings.ToLower(filepath.Ext(p)) {
+				case ".yaml", ".yml", ".json":
+					files = append(files, p)
+				}
+				return nil
+			})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s: %w", root, err))
+			}
+			slices.Sort(files)
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s: %w", f, err))
+				continue
+			}
+			objs, derrs := Decode(f, data)
+			errs = append(errs, derrs...)
+			errs = append(errs, out.Merge(objs)...)
+		}
+	}
+	return out, errs
+}

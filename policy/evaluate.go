@@ -1,0 +1,160 @@
+package policy
+
+import (
+	"slices"
+)
+
+// Decision is the outcome of evaluating one direction.
+type Decision string
+
+// Decisions.
+const (
+	DecisionAllowed    Decision = "allowed"
+	DecisionDenied     Decision = "denied"
+	DecisionRedirected Decision = "redirected"
+)
+
+// L4Result is the L3/L4 verdict of one direction for a new flow.
+type L4Result struct {
+	Enforced  bool
+	Decision  Decision
+	Parser    string     // for redirects
+	L7        *L7RuleSet // for redirects
+	DecidedBy []Provenance
+}
+
+// EvaluateL4 applies the direction's entries to a new flow with the given
+// peer, protocol and destination port. Order: any matching deny denies;
+// else any matching redirect redirects to the L7 parser; else any matching
+// allow allows; else the flow is denied when the direction is enforced and
+// allowed when it is not.
+func (d *DirectionPolicy) EvaluateL4(peer Identity, proto Protocol, port uint16) L4Result {
+	res := L4Result{Enforced: d.Enforced}
+	var deny, redirect, allow []Provenance
+	parser := ""
+	for i := range d.Entries {
+		e := &d.Entries[i]
+		if !e.matches(peer, proto, port) {
+			continue
+		}
+		switch e.Verdict {
+		case VerdictDeny:
+			deny = append(deny, e.Origins...)
+		case VerdictRedirect:
+			redirect = append(redirect, e.Origins...)
+			parser = e.Parser
+		case VerdictAllow:
+			allow = append(allow, e.Origins...)
+		}
+	}
+	switch {
+	case len(deny) > 0:
+		res.Decision, res.DecidedBy = DecisionDenied, deny
+	case len(redirect) > 0:
+		res.Decision, res.DecidedBy, res.Parser = DecisionRedirected, redirect, parser
+		res.L7 = d.L7Set(ProtoTCP, port)
+	case len(allow) > 0:
+		res.Decision, res.DecidedBy = DecisionAllowed, allow
+	case d.Enforced:
+		res.Decision, res.DecidedBy = DecisionDenied, slices.Clone(d.DefaultDeny)
+	default:
+		res.Decision = DecisionAllowed
+	}
+	slices.SortFunc(res.DecidedBy, compareProvenance)
+	res.DecidedBy = slices.CompactFunc(res.DecidedBy, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
+	return res
+}
+
+// defaultDenyOrigins names the rules behind an L7 rule set's implicit
+// deny: every rule that applies to the peer, as default-deny.
+func (rs *L7RuleSet) defaultDenyOrigins(peer Identity) []Provenance {
+	var out []Provenance
+	for i := range rs.Rules {
+		r := &rs.Rules[i]
+		if !r.AppliesTo(peer) {
+			continue
+		}
+		o := r.Origin
+		o.Kind = KindDefaultDeny
+		o.L7 = ""
+		out = append(out, o)
+	}
+	slices.SortFunc(out, compareProvenance)
+	return slices.CompactFunc(out, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
+}
+
+// HTTPMatcher compiles the set's HTTP rules (and allow-all rules); the
+// matcher's rule index is the index into rs.Rules.
+func (rs *L7RuleSet) HTTPMatcher() (*HTTPMatcher, error) {
+	refs := make([]HTTPRuleRef, len(rs.Rules))
+	for i := range rs.Rules {
+		r := &rs.Rules[i]
+		refs[i] = HTTPRuleRef{AnyPeer: r.AnyPeer, Peers: r.Peers, Rule: r.HTTP}
+		if r.HTTP == nil && !r.AllowsAll() {
+			refs[i].Rule = &HTTPRule{Unsupported: "not an HTTP rule"}
+		}
+	}
+	return NewHTTPMatcher(refs)
+}
+
+// L7Result is the verdict of an L7 rule set for one request.
+type L7Result struct {
+	Decision  Decision
+	DecidedBy []Provenance
+	// DeniedTopics lists the Kafka topics no rule allowed.
+	DeniedTopics []string `json:",omitempty"`
+}
+
+// EvaluateHTTP decides an HTTP request from peer.
+func (rs *L7RuleSet) EvaluateHTTP(peer Identity, req *HTTPRequest) (L7Result, error) {
+	m, err := rs.HTTPMatcher()
+	if err != nil {
+		return L7Result{}, err
+	}
+	if i := m.Match(peer, req); i >= 0 {
+		return L7Result{Decision: DecisionAllowed, DecidedBy: []Provenance{rs.Rules[i].Origin}}, nil
+	}
+	return L7Result{Decision: DecisionDenied, DecidedBy: rs.defaultDenyOrigins(peer)}, nil
+}
+
+// EvaluateKafka decides a Kafka request from peer, topic by topic: the
+// request is allowed when every topic it names is allowed by some rule (a
+// request without topics needs one rule matching its other fields).
+func (rs *L7RuleSet) EvaluateKafka(peer Identity, req *KafkaRequest) L7Result {
+	match := func(topic string) int {
+		for i := range rs.Rules {
+			r := &rs.Rules[i]
+			if !r.AppliesTo(peer) {
+				continue
+			}
+			if r.AllowsAll() || (r.Kafka != nil && r.Kafka.MatchesTopic(req.APIKey, req.APIVersion, req.ClientID, topic)) {
+				return i
+			}
+		}
+		return -1
+	}
+	var res L7Result
+	topics := req.Topics
+	if len(topics) == 0 {
+		topics = []string{""}
+	}
+	for _, t := range topics {
+		i := match(t)
+		if i < 0 {
+			if t != "" {
+				res.DeniedTopics = append(res.DeniedTopics, t)
+			}
+			res.Decision = DecisionDenied
+			continue
+		}
+		res.DecidedBy = append(res.DecidedBy, rs.Rules[i].Origin)
+	}
+	if res.Decision == DecisionDenied {
+		res.DecidedBy = rs.defaultDenyOrigins(peer)
+		return res
+	}
+	res.Decision = DecisionAllowed
+	slices.SortFunc(res.DecidedBy, compareProvenance)
+	res.DecidedBy = slices.CompactFunc(res.DecidedBy, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
+	return res
+}

@@ -1,0 +1,381 @@
+package policy
+
+import (
+	"fmt"
+	"regexp"
+	"regexp/syntax"
+	"slices"
+	"strings"
+)
+
+// HTTPRule is one entry of rules.http. Method, Path and Host are extended
+// regular expressions (RE2 syntax) anchored at both ends; Path is matched
+// against the request target as sent (path and query, as Envoy's :path).
+type HTTPRule struct {
+	Method  string        `json:"method,omitempty"`
+	Path    string        `json:"path,omitempty"`
+	Host    string        `json:"host,omitempty"`
+	Headers []HeaderMatch `json:"headers,omitempty"`
+	// Unsupported, when set, says why this rule matches nothing (a header
+	// value kept in a Kubernetes Secret, which l7gate cannot read).
+	Unsupported string `json:"unsupported,omitempty"`
+}
+
+// HeaderMatch requires a header. Presence-only matches have an empty Value
+// and Presence set. Mismatch (LOG, ADD, DELETE, REPLACE) turns a required
+// match into an action taken when the header does not match; the request is
+// then not denied for it.
+type HeaderMatch struct {
+	Name     string `json:"name"`
+	Value    string `json:"value,omitempty"`
+	Presence bool   `json:"presence,omitempty"`
+	Mismatch string `json:"mismatch,omitempty"`
+}
+
+// Header mismatch actions (Cilium's headerMatches[].mismatch).
+const (
+	MismatchLog     = "LOG"
+	MismatchAdd     = "ADD"
+	MismatchDelete  = "DELETE"
+	MismatchReplace = "REPLACE"
+)
+
+// compileAnchored compiles an anchored extended regex and renders Go's
+// parse error the way the policy author wrote it.
+func compileAnchored(expr string) (*regexp.Regexp, error) {
+	re, err := regexp.Compile("^(?:" + expr + ")$")
+	if err != nil {
+		// Parse on its own so the message is about the author's text,
+		// not our anchoring wrapper.
+		if _, perr := syntax.Parse(expr, syntax.Perl); perr != nil {
+			var se *syntax.Error
+			if asSyntax(perr, &se) {
+				return nil, fmt.Errorf("invalid regex %q: %s", expr, se.Code)
+			}
+			return nil, fmt.Errorf("invalid regex %q: %w", expr, perr)
+		}
+		return nil, fmt.Errorf("invalid regex %q: %w", expr, err)
+	}
+	return re, nil
+}
+
+func asSyntax(err error, target **syntax.Error) bool {
+	se, ok := err.(*syntax.Error)
+	if ok {
+		*target = se
+	}
+	return ok
+}
+
+// validHeaderName checks an HTTP field name (RFC 9110 token).
+func validHeaderName(n string) bool {
+	if n == "" {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func compileHTTPRule(w wireHTTPRule, p fieldPath) (HTTPRule, []string, error) {
+	var warns []string
+	r := HTTPRule{Method: w.Method, Path: w.Path, Host: w.Host}
+	for _, f := range []struct {
+		name, val string
+	}{{"method", w.Method}, {"path", w.Path}, {"host", w.Host}} {
+		if f.val == "" {
+			continue
+		}
+		if _, err := compileAnchored(f.val); err != nil {
+			return r, nil, p.child(f.name).errorf("%w", err)
+		}
+	}
+	for i, h := range w.Headers {
+		hp := p.child("headers").index(i)
+		name, val, hasVal := strings.Cut(h, ":")
+		name = strings.TrimSpace(name)
+		if !validHeaderName(name) {
+			return r, nil, hp.errorf("invalid header %q: want \"Name: value\" or \"Name\"", h)
+		}
+		m := HeaderMatch{Name: name}
+		if hasVal {
+			m.Value = strings.TrimSpace(val)
+		} else {
+			m.Presence = true
+		}
+		r.Headers = append(r.Headers, m)
+	}
+	for i, h := range w.HeaderMatches {
+		hp := p.child("headerMatches").index(i)
+		if !validHeaderName(h.Name) {
+			return r, nil, hp.child("name").errorf("invalid header name %q", h.Name)
+		}
+		m := HeaderMatch{Name: h.Name, Value: h.Value, Mismatch: strings.ToUpper(h.Mismatch)}
+		switch m.Mismatch {
+		case "", MismatchLog, MismatchAdd, MismatchDelete, MismatchReplace:
+		default:
+			return r, nil, hp.child("mismatch").errorf("unknown mismatch action %q (want LOG, ADD, DELETE or REPLACE)", h.Mismatch)
+		}
+		if h.Secret != nil {
+			r.Unsupported = "headerMatches[" + fmt.Sprint(i) + "].secret: header values from Secrets are not supported"
+			warns = append(warns, string(hp.child("secret"))+": header values from Kubernetes Secrets are not supported; this HTTP rule matches no request")
+		}
+		if m.Value == "" && h.Secret == nil {
+			m.Presence = true
+		}
+		r.Headers = append(r.Headers, m)
+	}
+	return r, warns, nil
+}
+
+// HTTPRequest is what the HTTP matcher needs of a request. Path is the
+// request target as received (path and query). Header names compare
+// case-insensitively.
+type HTTPRequest struct {
+	Method  string
+	Path    string
+	Host    string
+	Headers []HTTPHeader
+}
+
+// HTTPHeader is one request header.
+type HTTPHeader struct {
+	Name  string
+	Value string
+}
+
+// header returns the first value of a header.
+func (r *HTTPRequest) header(name string) (string, bool) {
+	for i := range r.Headers {
+		if strings.EqualFold(r.Headers[i].Name, name) {
+			return r.Headers[i].Value, true
+		}
+	}
+	return "", false
+}
+
+// stringMatcher matches a string against an anchored regex, using a plain
+// comparison when the regex is a literal.
+type stringMatcher struct {
+	any     bool
+	literal string
+	isLit   bool
+	re      *regexp.Regexp
+}
+
+func newStringMatcher(expr string) (stringMatcher, error) {
+	if expr == "" {
+		return stringMatcher{any: true}, nil
+	}
+	re, err := compileAnchored(expr)
+	if err != nil {
+		return stringMatcher{}, err
+	}
+	if lit, complete := re.LiteralPrefix(); complete {
+		return stringMatcher{literal: lit, isLit: true}, nil
+	}
+	return stringMatcher{re: re}, nil
+}
+
+func (m *stringMatcher) match(s string) bool {
+	switch {
+	case m.any:
+		return true
+	case m.isLit:
+		return s == m.literal
+	}
+	return m.re.MatchString(s)
+}
+
+// HTTPRuleRef is an HTTP rule as the matcher receives it: the peers it
+// applies to and an opaque index the caller uses for attribution.
+type HTTPRuleRef struct {
+	Rule    *HTTPRule // nil: allow every request (an L4 allow on a redirected port)
+	AnyPeer bool
+	Peers   []Identity // sorted
+}
+
+type compiledHTTPRule struct {
+	anyPeer bool
+	peers   []Identity
+	never   bool
+	method  stringMatcher
+	path    stringMatcher
+	host    stringMatcher
+	headers []HeaderMatch
+}
+
+func (c *compiledHTTPRule) matches(peer Identity, req *HTTPRequest) bool {
+	if c.never {
+		return false
+	}
+	if !c.anyPeer {
+		if _, ok := slices.BinarySearch(c.peers, peer); !ok {
+			return false
+		}
+	}
+	if !c.method.match(req.Method) || !c.path.match(req.Path) || !c.host.match(req.Host) {
+		return false
+	}
+	for i := range c.headers {
+		h := &c.headers[i]
+		if h.Mismatch != "" {
+			continue // a mismatch triggers an action, not a denial
+		}
+		v, ok := req.header(h.Name)
+		if !ok || (!h.Presence && v != h.Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// HTTPMatcher decides HTTP requests against an allow-list of rules. It
+// indexes rules by the literal prefix of their path regex, so a request is
+// compared only with rules whose literal part it starts with. Matching does
+// not allocate.
+type HTTPMatcher struct {
+	rules []compiledHTTPRule
+	exact map[string][]int32
+	trie  []trieNode
+	// rules whose path has no literal prefix (including no path at all)
+	unindexed []int32
+}
+
+type trieNode struct {
+	edges []trieEdge
+	rules []int32
+}
+
+type trieEdge struct {
+	b     byte
+	child int32
+}
+
+// NewHTTPMatcher compiles rules; a rule's position is its index in Match's
+// result.
+func NewHTTPMatcher(rules []HTTPRuleRef) (*HTTPMatcher, error) {
+	m := &HTTPMatcher{exact: map[string][]int32{}, trie: []trieNode{{}}}
+	for i, ref := range rules {
+		c := compiledHTTPRule{anyPeer: ref.AnyPeer, peers: ref.Peers, method: stringMatcher{any: true}, path: stringMatcher{any: true}, host: stringMatcher{any: true}}
+		idx := int32(i)
+		if ref.Rule == nil {
+			m.rules = append(m.rules, c)
+			m.unindexed = append(m.unindexed, idx)
+			continue
+		}
+		r := ref.Rule
+		var err error
+		if c.method, err = newStringMatcher(r.Method); err != nil {
+			return nil, fmt.Errorf("rule %d: method: %w", i, err)
+		}
+		if c.path, err = newStringMatcher(r.Path); err != nil {
+			return nil, fmt.Errorf("rule %d: path: %w", i, err)
+		}
+		if c.host, err = newStringMatcher(r.Host); err != nil {
+			return nil, fmt.Errorf("rule %d: host: %w", i, err)
+		}
+		c.headers = r.Headers
+		c.never = r.Unsupported != ""
+		m.rules = append(m.rules, c)
+		switch {
+		case c.path.isLit:
+			m.exact[c.path.literal] = append(m.exact[c.path.literal], idx)
+		case c.path.re != nil:
+			if prefix, _ := c.path.re.LiteralPrefix(); prefix != "" {
+				m.insertPrefix(prefix, idx)
+				continue
+			}
+			m.unindexed = append(m.unindexed, idx)
+		default:
+			m.unindexed = append(m.unindexed, idx)
+		}
+	}
+	return m, nil
+}
+
+func (m *HTTPMatcher) insertPrefix(prefix string, idx int32) {
+	n := int32(0)
+	for i := 0; i < len(prefix); i++ {
+		b := prefix[i]
+		next := int32(-1)
+		for _, e := range m.trie[n].edges {
+			if e.b == b {
+				next = e.child
+				break
+			}
+		}
+		if next < 0 {
+			next = int32(len(m.trie))
+			m.trie = append(m.trie, trieNode{})
+			m.trie[n].edges = append(m.trie[n].edges, trieEdge{b: b, child: next})
+		}
+		n = next
+	}
+	m.trie[n].rules = append(m.trie[n].rules, idx)
+}
+
+// Match returns the index of the first rule (in the order given to
+// NewHTTPMatcher) that allows the request from peer, or -1.
+func (m *HTTPMatcher) Match(peer Identity, req *HTTPRequest) int {
+	best := int32(-1)
+	better := func(list []int32) {
+		for _, i := range list {
+			if best >= 0 && i >= best {
+				return // lists are ascending
+			}
+			if m.rules[i].matches(peer, req) {
+				best = i
+				return
+			}
+		}
+	}
+	better(m.exact[req.Path])
+	better(m.unindexed)
+	n := int32(0)
+	path := req.Path
+	for i := 0; ; i++ {
+		better(m.trie[n].rules)
+		if i == len(path) {
+			break
+		}
+		next := int32(-1)
+		for _, e := range m.trie[n].edges {
+			if e.b == path[i] {
+				next = e.child
+				break
+			}
+		}
+		if next < 0 {
+			break
+		}
+		n = next
+	}
+	return int(best)
+}
+
+// MismatchActions returns the header-mismatch actions rule i asks for on
+// req (for LOG/ADD/DELETE/REPLACE handling by the proxy).
+func (m *HTTPMatcher) MismatchActions(i int, req *HTTPRequest) []HeaderMatch {
+	var out []HeaderMatch
+	if i < 0 || i >= len(m.rules) {
+		return nil
+	}
+	for _, h := range m.rules[i].headers {
+		if h.Mismatch == "" {
+			continue
+		}
+		v, ok := req.header(h.Name)
+		if !ok || (!h.Presence && v != h.Value) {
+			out = append(out, h)
+		}
+	}
+	return out
+}

@@ -1,0 +1,206 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Protocol is an IP protocol number; ProtoAny (0) matches every protocol.
+type Protocol uint8
+
+// Protocols l7gate understands in policy.
+const (
+	ProtoAny    Protocol = 0
+	ProtoICMP   Protocol = 1
+	ProtoTCP    Protocol = 6
+	ProtoUDP    Protocol = 17
+	ProtoICMPv6 Protocol = 58
+	ProtoSCTP   Protocol = 132
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtoAny:
+		return "ANY"
+	case ProtoICMP:
+		return "ICMP"
+	case ProtoTCP:
+		return "TCP"
+	case ProtoUDP:
+		return "UDP"
+	case ProtoICMPv6:
+		return "ICMPv6"
+	case ProtoSCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// MarshalText renders the protocol name.
+func (p Protocol) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// ParseProtocol parses TCP, UDP, SCTP, ANY (case-insensitive); "" is ANY.
+func ParseProtocol(s string) (Protocol, error) {
+	switch strings.ToUpper(s) {
+	case "", "ANY":
+		return ProtoAny, nil
+	case "TCP":
+		return ProtoTCP, nil
+	case "UDP":
+		return ProtoUDP, nil
+	case "SCTP":
+		return ProtoSCTP, nil
+	case "ICMP":
+		return ProtoICMP, nil
+	case "ICMPV6":
+		return ProtoICMPv6, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q (want TCP, UDP, SCTP or ANY)", s)
+}
+
+// Direction of traffic relative to the endpoint whose policy applies.
+type Direction uint8
+
+// Directions.
+const (
+	Ingress Direction = iota
+	Egress
+)
+
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// MarshalText renders "ingress" or "egress".
+func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// PolicyKind is the kind of object a rule came from.
+type PolicyKind string
+
+// Policy kinds.
+const (
+	KindCNP  PolicyKind = "CiliumNetworkPolicy"
+	KindCCNP PolicyKind = "CiliumClusterwideNetworkPolicy"
+	KindNP   PolicyKind = "NetworkPolicy"
+)
+
+// Namespace is a decoded v1 Namespace.
+type Namespace struct {
+	Ref    ObjectRef
+	Name   string
+	Labels map[string]string
+}
+
+// NamedPort is a container port with a name, for named-port resolution.
+type NamedPort struct {
+	Name     string   `json:"name"`
+	Port     uint16   `json:"port"`
+	Protocol Protocol `json:"protocol"`
+}
+
+// Pod is a decoded v1 Pod: the facts that make it an endpoint.
+type Pod struct {
+	Ref            ObjectRef
+	Namespace      string
+	Name           string
+	Labels         map[string]string
+	Annotations    map[string]string
+	ServiceAccount string
+	IPs            []netip.Addr
+	NamedPorts     []NamedPort
+	HostNetwork    bool
+	NodeName       string
+	Phase          string
+}
+
+// Policy is a validated, normalised CiliumNetworkPolicy,
+// CiliumClusterwideNetworkPolicy or NetworkPolicy.
+type Policy struct {
+	Ref   ObjectRef
+	Kind  PolicyKind
+	Rules []Rule
+}
+
+// Name is "namespace/name" for namespaced policies and "name" for
+// clusterwide ones: the policy's name in provenance and messages.
+func (p *Policy) Name() string {
+	if p.Ref.Namespace == "" {
+		return p.Ref.Name
+	}
+	return p.Ref.Namespace + "/" + p.Ref.Name
+}
+
+// Rule is one Cilium rule (a spec or one entry of specs), or the whole of a
+// NetworkPolicy.
+type Rule struct {
+	Path    string   // "spec", "specs[1]"
+	Subject Selector // endpoints the rule applies to, namespace already added
+	// DefaultDeny is the explicit enableDefaultDeny setting per direction
+	// (nil: default, which is deny when the rule has sections in that
+	// direction).
+	DefaultDeny [2]*bool
+	Allow       [2][]Section // indexed by Direction
+	Deny        [2][]Section
+}
+
+// Section is one entry of ingress/egress/ingressDeny/egressDeny.
+type Section struct {
+	Path  string // "spec.ingress[0]"
+	Index int
+	Peers Peers
+	// Ports nil means every port and protocol.
+	Ports []PortRule
+	// Dropped, when set, says why the section allows nothing (unsupported
+	// fields that would widen access if ignored).
+	Dropped string
+}
+
+// Peers is the union of peer selectors of a section.
+type Peers struct {
+	// Any: no L3 restriction (no peer field given, or entity "all").
+	Any       bool
+	Selectors []Selector
+	CIDRs     []CIDRSelector
+	Entities  []string
+}
+
+// CIDRSelector selects the CIDR identities inside Prefix and outside Except.
+type CIDRSelector struct {
+	Prefix netip.Prefix
+	Except []netip.Prefix
+}
+
+// PortRule is one entry of toPorts.
+type PortRule struct {
+	Path    string
+	Ports   []PortSpec
+	L7      *L7Rules
+	Dropped string
+}
+
+// PortSpec is one port (or range) with its protocol. Port 0 means every
+// port; Name is a named port still to be resolved.
+type PortSpec struct {
+	Protocol Protocol
+	Port     uint16
+	EndPort  uint16
+	Name     string
+}
+
+// Parser names an L7 parser.
+const (
+	ParserHTTP  = "http"
+	ParserKafka = "kafka"
+)
+
+// L7Rules are the L7 rules of one toPorts entry.
+type L7Rules struct {
+	Parser  string // "http", "kafka" or the l7proto name
+	HTTP    []HTTPRule
+	Kafka   []KafkaRule
+	Generic []map[string]string
+}

@@ -1,0 +1,214 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// TracePeer describes one side of a traced flow: a pod (Labels and
+// Namespace), an address (CIDR: the ipcache decides its identity, so the
+// address of a pod among the inputs is that pod), or an entity.
+type TracePeer struct {
+	Labels    map[string]string
+	Namespace string
+	Addr      netip.Addr
+	Entity    string
+}
+
+// TraceRequest is a flow (and optionally one L7 request) to trace.
+type TraceRequest struct {
+	Src, Dst TracePeer
+	Protocol Protocol
+	DPort    uint16
+	HTTP     *HTTPRequest
+	Kafka    *KafkaRequest
+}
+
+// TraceParty is how the trace resolved a side.
+type TraceParty struct {
+	Identity Identity `json:"identity"`
+	Labels   []string `json:"labels"`
+	// Endpoint: a local endpoint whose policy applies.
+	Endpoint bool `json:"endpoint"`
+}
+
+// L7Trace is the L7 part of a direction's trace.
+type L7Trace struct {
+	Parser       string       `json:"parser"`
+	Evaluated    bool         `json:"evaluated"`
+	Verdict      Decision     `json:"verdict,omitempty"`
+	DecidedBy    []Provenance `json:"decidedBy,omitempty"`
+	DeniedTopics []string     `json:"deniedTopics,omitempty"`
+	Note         string       `json:"note,omitempty"`
+}
+
+// DirectionTrace is the trace of the sender's egress or the receiver's
+// ingress.
+type DirectionTrace struct {
+	// Applies is false when that side is not a local endpoint (world, a
+	// CIDR, an entity): no policy of ours applies there.
+	Applies   bool         `json:"applies"`
+	Enforced  bool         `json:"enforced"`
+	Verdict   Decision     `json:"verdict"`
+	L4        Decision     `json:"l4"`
+	L7        *L7Trace     `json:"l7,omitempty"`
+	DecidedBy []Provenance `json:"decidedBy"`
+}
+
+// TraceResult is the outcome of Trace.
+type TraceResult struct {
+	Verdict     Decision       `json:"verdict"`
+	Source      TraceParty     `json:"source"`
+	Destination TraceParty     `json:"destination"`
+	Protocol    Protocol       `json:"protocol"`
+	DPort       uint16         `json:"dport"`
+	Egress      DirectionTrace `json:"egress"`
+	Ingress     DirectionTrace `json:"ingress"`
+	DecidedBy   []Provenance   `json:"decidedBy"`
+	Warnings    []string       `json:"warnings,omitempty"`
+}
+
+const (
+	traceSrcName = "l7gate-trace-source"
+	traceDstName = "l7gate-trace-destination"
+)
+
+// Trace evaluates a flow against the policies in objs: the sender's egress
+// and the receiver's ingress, at L3/L4 and, when the request carries one,
+// at L7.
+func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
+	if req.Protocol == ProtoAny {
+		req.Protocol = ProtoTCP
+	}
+	work := *objs
+	work.Pods = slices.Clone(objs.Pods)
+	for _, side := range []struct {
+		p    TracePeer
+		name string
+	}{{req.Src, traceSrcName}, {req.Dst, traceDstName}} {
+		if err := side.p.validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", side.name, err)
+		}
+		if side.p.Labels != nil {
+			ns := side.p.Namespace
+			if ns == "" {
+				ns = "default"
+			}
+			work.Pods = append(work.Pods, Pod{Namespace: ns, Name: side.name, Labels: side.p.Labels, ServiceAccount: "default"})
+		}
+	}
+	snap, err := Compute(&work, NewIdentityAllocator())
+	if err != nil {
+		return nil, fmt.Errorf("compute: %w", err)
+	}
+	res := &TraceResult{Protocol: req.Protocol, DPort: req.DPort, Warnings: snap.Warnings}
+	res.Source = resolveParty(snap, req.Src, traceSrcName)
+	res.Destination = resolveParty(snap, req.Dst, traceDstName)
+
+	res.Egress = traceDirection(snap, res.Source, Egress, res.Destination.Identity, &req)
+	res.Ingress = traceDirection(snap, res.Destination, Ingress, res.Source.Identity, &req)
+	res.Verdict = DecisionAllowed
+	for _, d := range []*DirectionTrace{&res.Egress, &res.Ingress} {
+		if d.Verdict == DecisionDenied {
+			if res.Verdict == DecisionAllowed {
+				res.DecidedBy = nil
+			}
+			res.Verdict = DecisionDenied
+			res.DecidedBy = append(res.DecidedBy, d.DecidedBy...)
+		} else if res.Verdict == DecisionAllowed {
+			res.DecidedBy = append(res.DecidedBy, d.DecidedBy...)
+		}
+	}
+	if res.DecidedBy == nil {
+		res.DecidedBy = []Provenance{}
+	}
+	return res, nil
+}
+
+func (p TracePeer) validate() error {
+	n := 0
+	if p.Labels != nil {
+		n++
+	}
+	if p.Addr.IsValid() {
+		n++
+	}
+	if p.Entity != "" {
+		n++
+		if _, ok := entityIdentity(p.Entity); !ok {
+			return fmt.Errorf("unknown entity %q (want world, host, remote-node, kube-apiserver, init, health, unmanaged or ingress)", p.Entity)
+		}
+	}
+	if n != 1 {
+		return errors.New("give exactly one of labels, an address or an entity")
+	}
+	return nil
+}
+
+func resolveParty(snap *Snapshot, p TracePeer, name string) TraceParty {
+	var id Identity
+	switch {
+	case p.Labels != nil:
+		for _, ep := range snap.Endpoints {
+			if ep.Name == name {
+				id = ep.Identity
+			}
+		}
+	case p.Addr.IsValid():
+		id = snap.IdentityOf(p.Addr.Unmap())
+	default:
+		id, _ = entityIdentity(p.Entity)
+	}
+	return TraceParty{Identity: id, Labels: snap.Labels(id).Strings(), Endpoint: snap.Policy(id) != nil}
+}
+
+func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identity, req *TraceRequest) DirectionTrace {
+	out := DirectionTrace{Verdict: DecisionAllowed, L4: DecisionAllowed, DecidedBy: []Provenance{}}
+	pol := snap.Policy(self.Identity)
+	if pol == nil {
+		return out
+	}
+	out.Applies = true
+	l4 := pol.Direction(dir).EvaluateL4(peer, req.Protocol, req.DPort)
+	out.Enforced = l4.Enforced
+	out.L4 = l4.Decision
+	out.DecidedBy = append(out.DecidedBy, l4.DecidedBy...)
+	switch l4.Decision {
+	case DecisionDenied:
+		out.Verdict = DecisionDenied
+		return out
+	case DecisionAllowed:
+		return out
+	}
+	// redirected: the L7 rule set decides
+	l7 := &L7Trace{Parser: l4.Parser}
+	out.L7 = l7
+	if l4.L7 == nil {
+		// cannot happen with a consistent IR; fail closed
+		l7.Evaluated, l7.Verdict = true, DecisionDenied
+		out.Verdict = DecisionDenied
+		return out
+	}
+	switch {
+	case l4.Parser == ParserHTTP && req.HTTP != nil:
+		r, err := l4.L7.EvaluateHTTP(peer, req.HTTP)
+		if err != nil {
+			l7.Note = err.Error()
+			l7.Evaluated, l7.Verdict = true, DecisionDenied
+			out.Verdict = DecisionDenied
+			return out
+		}
+		l7.Evaluated, l7.Verdict, l7.DecidedBy = true, r.Decision, r.DecidedBy
+	case l4.Parser == ParserKafka && req.Kafka != nil:
+		r := l4.L7.EvaluateKafka(peer, req.Kafka)
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics = true, r.Decision, r.DecidedBy, r.DeniedTopics
+	default:
+		l7.Note = fmt.Sprintf("L7 rules (%s) apply on this port; give a %s request to evaluate them", l4.Parser, l4.Parser)
+		return out
+	}
+	out.Verdict = l7.Verdict
+	out.DecidedBy = l7.DecidedBy
+	return out
+}
