@@ -82,7 +82,10 @@ type computer struct {
 	allIDs   []Identity // sorted: reserved, pods, CIDR
 	cidrIDs  map[netip.Prefix]Identity
 	selCache map[string][]Identity
-	peers    map[sectionKey]peerSet
+	// byLabel indexes identities by "key=value" of each label (any
+	// source), so selectors with an In requirement scan few candidates.
+	byLabel map[string][]Identity
+	peers   map[sectionKey]peerSet
 	// named ports by identity
 	ports    map[Identity][]NamedPort
 	allPorts []NamedPort
@@ -97,6 +100,7 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}},
 		cidrIDs:  map[netip.Prefix]Identity{},
 		selCache: map[string][]Identity{},
+		byLabel:  map[string][]Identity{},
 		peers:    map[sectionKey]peerSet{},
 		ports:    map[Identity][]NamedPort{},
 		warned:   map[string]bool{},
@@ -113,6 +117,10 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	c.allIDs = append(append(ReservedIdentities(), c.podIDs...), sortedIDs(c.cidrIDs)...)
 	for _, id := range c.allIDs {
 		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: c.snap.labels[id].Strings()})
+		for _, l := range c.snap.labels[id] {
+			k := l.Key + "=" + l.Value
+			c.byLabel[k] = append(c.byLabel[k], id)
+		}
 	}
 	// subjects: which rules select each endpoint identity
 	type ruleRef struct{ policy, rule int }
@@ -272,7 +280,26 @@ func (c *computer) selectAll(s Selector) []Identity {
 	if len(s.Requirements) == 0 {
 		ids = c.podIDs
 	} else {
-		for _, id := range c.allIDs {
+		// Candidates: the smallest index list of an In requirement, or
+		// every identity. allIDs and the index lists are ascending.
+		candidates := c.allIDs
+		for _, r := range s.Requirements {
+			if r.Operator != OpIn {
+				continue
+			}
+			var union []Identity
+			for _, v := range r.Values {
+				union = append(union, c.byLabel[r.Key+"="+v]...)
+			}
+			if len(r.Values) > 1 {
+				slices.Sort(union)
+				union = slices.Compact(union)
+			}
+			if len(union) < len(candidates) {
+				candidates = union
+			}
+		}
+		for _, id := range candidates {
 			if s.Matches(c.snap.labels[id]) {
 				ids = append(ids, id)
 			}

@@ -84,8 +84,13 @@ func validHeaderName(n string) bool {
 	return true
 }
 
-func compileHTTPRule(w wireHTTPRule, p fieldPath) (HTTPRule, []string, error) {
-	var warns []string
+type pathWarning struct {
+	path fieldPath
+	msg  string
+}
+
+func compileHTTPRule(w wireHTTPRule, p fieldPath) (HTTPRule, []pathWarning, error) {
+	var warns []pathWarning
 	r := HTTPRule{Method: w.Method, Path: w.Path, Host: w.Host}
 	for _, f := range []struct {
 		name, val string
@@ -125,7 +130,7 @@ func compileHTTPRule(w wireHTTPRule, p fieldPath) (HTTPRule, []string, error) {
 		}
 		if h.Secret != nil {
 			r.Unsupported = "headerMatches[" + fmt.Sprint(i) + "].secret: header values from Secrets are not supported"
-			warns = append(warns, string(hp.child("secret"))+": header values from Kubernetes Secrets are not supported; this HTTP rule matches no request")
+			warns = append(warns, pathWarning{hp.child("secret"), "unsupported: header values from Kubernetes Secrets are not read by l7gate; this HTTP rule matches no request"})
 		}
 		if m.Value == "" && h.Secret == nil {
 			m.Presence = true
@@ -168,6 +173,14 @@ type stringMatcher struct {
 	literal string
 	isLit   bool
 	re      *regexp.Regexp
+	// set: every string the regex matches, when small and finite
+	set []string
+	// suffix: a literal every match ends with
+	suffix string
+	// shape, lit, nl: see simpleShape
+	shape int
+	lit   string
+	nl    bool
 }
 
 func newStringMatcher(expr string) (stringMatcher, error) {
@@ -179,9 +192,136 @@ func newStringMatcher(expr string) (stringMatcher, error) {
 		return stringMatcher{}, err
 	}
 	if lit, complete := re.LiteralPrefix(); complete {
-		return stringMatcher{literal: lit, isLit: true}, nil
+		return stringMatcher{literal: lit, isLit: true, set: []string{lit}}, nil
 	}
-	return stringMatcher{re: re}, nil
+	m := stringMatcher{re: re, set: literalSet(expr), suffix: literalSuffix(expr)}
+	m.shape, m.lit, m.nl = simpleShape(expr)
+	return m, nil
+}
+
+// Shapes of regexes common in policies that a string comparison decides
+// completely.
+const (
+	shapeRegex  = iota
+	shapePrefix // "lit.*"
+	shapeSuffix // ".*lit"
+)
+
+// simpleShape recognises "lit.*" and ".*lit". nl reports whether "."
+// excludes newlines (it does unless the (?s) flag is set).
+func simpleShape(expr string) (shape int, lit string, nl bool) {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return shapeRegex, "", false
+	}
+	re = re.Simplify()
+	if re.Op != syntax.OpConcat || len(re.Sub) != 2 {
+		return shapeRegex, "", false
+	}
+	isAny := func(r *syntax.Regexp) (bool, bool) {
+		if r.Op != syntax.OpStar || r.Sub[0].Op != syntax.OpAnyChar && r.Sub[0].Op != syntax.OpAnyCharNotNL {
+			return false, false
+		}
+		return true, r.Sub[0].Op == syntax.OpAnyCharNotNL
+	}
+	isLit := func(r *syntax.Regexp) bool { return r.Op == syntax.OpLiteral && r.Flags&syntax.FoldCase == 0 }
+	if ok, notNL := isAny(re.Sub[1]); ok && isLit(re.Sub[0]) {
+		return shapePrefix, string(re.Sub[0].Rune), notNL
+	}
+	if ok, notNL := isAny(re.Sub[0]); ok && isLit(re.Sub[1]) {
+		return shapeSuffix, string(re.Sub[1].Rune), notNL
+	}
+	return shapeRegex, "", false
+}
+
+// literalSuffix returns the literal every match must end with, if any, so
+// the matcher can reject most strings without running the regex.
+func literalSuffix(expr string) string {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return ""
+	}
+	re = re.Simplify()
+	if re.Op == syntax.OpConcat && len(re.Sub) > 0 {
+		re = re.Sub[len(re.Sub)-1]
+	}
+	if re.Op == syntax.OpLiteral && re.Flags&syntax.FoldCase == 0 {
+		return string(re.Rune)
+	}
+	return ""
+}
+
+// maxLiteralSet bounds the strings a regex may expand to for indexing.
+const maxLiteralSet = 32
+
+// literalSet returns every string an (anchored) regex matches when that
+// language is small and finite ("GET|HEAD", "/v[12]/items"), else nil.
+func literalSet(expr string) []string {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return nil
+	}
+	set, ok := expand(re.Simplify())
+	if !ok || len(set) == 0 {
+		return nil
+	}
+	slices.Sort(set)
+	return slices.Compact(set)
+}
+
+func expand(re *syntax.Regexp) ([]string, bool) {
+	switch re.Op {
+	case syntax.OpLiteral:
+		if re.Flags&syntax.FoldCase != 0 {
+			return nil, false
+		}
+		return []string{string(re.Rune)}, true
+	case syntax.OpEmptyMatch:
+		return []string{""}, true
+	case syntax.OpCapture:
+		return expand(re.Sub[0])
+	case syntax.OpQuest:
+		sub, ok := expand(re.Sub[0])
+		return append(sub, ""), ok && len(sub) < maxLiteralSet
+	case syntax.OpCharClass:
+		var out []string
+		for i := 0; i+1 < len(re.Rune); i += 2 {
+			for r := re.Rune[i]; r <= re.Rune[i+1]; r++ {
+				if len(out) >= maxLiteralSet {
+					return nil, false
+				}
+				out = append(out, string(r))
+			}
+		}
+		return out, true
+	case syntax.OpAlternate:
+		var out []string
+		for _, sub := range re.Sub {
+			s, ok := expand(sub)
+			if !ok || len(out)+len(s) > maxLiteralSet {
+				return nil, false
+			}
+			out = append(out, s...)
+		}
+		return out, true
+	case syntax.OpConcat:
+		out := []string{""}
+		for _, sub := range re.Sub {
+			s, ok := expand(sub)
+			if !ok || len(out)*len(s) > maxLiteralSet {
+				return nil, false
+			}
+			next := make([]string, 0, len(out)*len(s))
+			for _, a := range out {
+				for _, b := range s {
+					next = append(next, a+b)
+				}
+			}
+			out = next
+		}
+		return out, true
+	}
+	return nil, false
 }
 
 func (m *stringMatcher) match(s string) bool {
@@ -190,6 +330,15 @@ func (m *stringMatcher) match(s string) bool {
 		return true
 	case m.isLit:
 		return s == m.literal
+	case m.set != nil:
+		_, ok := slices.BinarySearch(m.set, s)
+		return ok
+	case !strings.HasSuffix(s, m.suffix):
+		return false
+	case m.shape == shapePrefix:
+		return strings.HasPrefix(s, m.lit) && (!m.nl || strings.IndexByte(s, '\n') < 0)
+	case m.shape == shapeSuffix:
+		return strings.HasSuffix(s, m.lit) && (!m.nl || strings.IndexByte(s, '\n') < 0)
 	}
 	return m.re.MatchString(s)
 }
@@ -245,8 +394,14 @@ type HTTPMatcher struct {
 	rules []compiledHTTPRule
 	exact map[string][]int32
 	trie  []trieNode
-	// rules whose path has no literal prefix (including no path at all)
-	unindexed []int32
+	// suffixTrie indexes rules without a literal prefix by the reversed
+	// literal their path must end with.
+	suffixTrie []trieNode
+	// Rules whose path has no literal prefix (including no path at all),
+	// by method when the method regex is a small finite set, else in
+	// anyMethod.
+	byMethod  map[string][]int32
+	anyMethod []int32
 }
 
 type trieNode struct {
@@ -262,13 +417,13 @@ type trieEdge struct {
 // NewHTTPMatcher compiles rules; a rule's position is its index in Match's
 // result.
 func NewHTTPMatcher(rules []HTTPRuleRef) (*HTTPMatcher, error) {
-	m := &HTTPMatcher{exact: map[string][]int32{}, trie: []trieNode{{}}}
+	m := &HTTPMatcher{exact: map[string][]int32{}, trie: []trieNode{{}}, suffixTrie: []trieNode{{}}, byMethod: map[string][]int32{}}
 	for i, ref := range rules {
 		c := compiledHTTPRule{anyPeer: ref.AnyPeer, peers: ref.Peers, method: stringMatcher{any: true}, path: stringMatcher{any: true}, host: stringMatcher{any: true}}
 		idx := int32(i)
 		if ref.Rule == nil {
 			m.rules = append(m.rules, c)
-			m.unindexed = append(m.unindexed, idx)
+			m.anyMethod = append(m.anyMethod, idx)
 			continue
 		}
 		r := ref.Rule
@@ -286,40 +441,54 @@ func NewHTTPMatcher(rules []HTTPRuleRef) (*HTTPMatcher, error) {
 		c.never = r.Unsupported != ""
 		m.rules = append(m.rules, c)
 		switch {
-		case c.path.isLit:
-			m.exact[c.path.literal] = append(m.exact[c.path.literal], idx)
-		case c.path.re != nil:
-			if prefix, _ := c.path.re.LiteralPrefix(); prefix != "" {
-				m.insertPrefix(prefix, idx)
-				continue
+		case c.path.set != nil:
+			for _, p := range c.path.set {
+				m.exact[p] = append(m.exact[p], idx)
 			}
-			m.unindexed = append(m.unindexed, idx)
+		case c.path.re != nil && literalPrefix(c.path.re) != "":
+			m.trie = insertTrie(m.trie, literalPrefix(c.path.re), false, idx)
+		case c.path.re != nil && c.path.suffix != "":
+			m.suffixTrie = insertTrie(m.suffixTrie, c.path.suffix, true, idx)
+		case c.method.set != nil:
+			for _, meth := range c.method.set {
+				m.byMethod[meth] = append(m.byMethod[meth], idx)
+			}
 		default:
-			m.unindexed = append(m.unindexed, idx)
+			m.anyMethod = append(m.anyMethod, idx)
 		}
 	}
 	return m, nil
 }
 
-func (m *HTTPMatcher) insertPrefix(prefix string, idx int32) {
+func literalPrefix(re *regexp.Regexp) string {
+	p, _ := re.LiteralPrefix()
+	return p
+}
+
+// insertTrie adds idx under key (walked backwards when reverse).
+func insertTrie(trie []trieNode, key string, reverse bool, idx int32) []trieNode {
 	n := int32(0)
-	for i := 0; i < len(prefix); i++ {
-		b := prefix[i]
+	for i := range len(key) {
+		b := key[i]
+		if reverse {
+			b = key[len(key)-1-i]
+		}
 		next := int32(-1)
-		for _, e := range m.trie[n].edges {
+		for _, e := range trie[n].edges {
 			if e.b == b {
 				next = e.child
 				break
 			}
 		}
 		if next < 0 {
-			next = int32(len(m.trie))
-			m.trie = append(m.trie, trieNode{})
-			m.trie[n].edges = append(m.trie[n].edges, trieEdge{b: b, child: next})
+			next = int32(len(trie))
+			trie = append(trie, trieNode{})
+			trie[n].edges = append(trie[n].edges, trieEdge{b: b, child: next})
 		}
 		n = next
 	}
-	m.trie[n].rules = append(m.trie[n].rules, idx)
+	trie[n].rules = append(trie[n].rules, idx)
+	return trie
 }
 
 // Match returns the index of the first rule (in the order given to
@@ -338,27 +507,46 @@ func (m *HTTPMatcher) Match(peer Identity, req *HTTPRequest) int {
 		}
 	}
 	better(m.exact[req.Path])
-	better(m.unindexed)
+	better(m.byMethod[req.Method])
+	better(m.anyMethod)
+	best = m.walk(m.trie, req.Path, false, best, peer, req)
+	best = m.walk(m.suffixTrie, req.Path, true, best, peer, req)
+	return int(best)
+}
+
+// walk visits the trie nodes along path (from its end when reverse) and
+// returns the lowest matching rule index below best.
+func (m *HTTPMatcher) walk(trie []trieNode, path string, reverse bool, best int32, peer Identity, req *HTTPRequest) int32 {
 	n := int32(0)
-	path := req.Path
 	for i := 0; ; i++ {
-		better(m.trie[n].rules)
-		if i == len(path) {
-			break
+		for _, r := range trie[n].rules {
+			if best >= 0 && r >= best {
+				break
+			}
+			if m.rules[r].matches(peer, req) {
+				best = r
+				break
+			}
+		}
+		if i == len(path) || len(trie[n].edges) == 0 {
+			return best
+		}
+		b := path[i]
+		if reverse {
+			b = path[len(path)-1-i]
 		}
 		next := int32(-1)
-		for _, e := range m.trie[n].edges {
-			if e.b == path[i] {
+		for _, e := range trie[n].edges {
+			if e.b == b {
 				next = e.child
 				break
 			}
 		}
 		if next < 0 {
-			break
+			return best
 		}
 		n = next
 	}
-	return int(best)
 }
 
 // MismatchActions returns the header-mismatch actions rule i asks for on

@@ -404,7 +404,9 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 				switch ps.Protocol {
 				case ProtoTCP:
 				case ProtoAny:
-					n.warn(pp.child("protocol"), "L7 rules apply to TCP only; UDP and SCTP on this port are not allowed by this rule")
+					if w.Ports[i].Protocol != "" {
+						n.warn(pp.child("protocol"), "L7 rules apply to TCP only; UDP and SCTP on this port are not allowed by this rule")
+					}
 					ps.Protocol = ProtoTCP
 				default:
 					n.fail(pp.child("protocol").errorf("L7 rules need TCP, not %s", ps.Protocol))
@@ -485,8 +487,8 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 				ok = false
 				continue
 			}
-			for _, wmsg := range warns {
-				n.warns = append(n.warns, Warning{Object: n.ref, Message: wmsg})
+			for _, wr := range warns {
+				n.warn(wr.path, "%s", wr.msg)
 			}
 			l7.HTTP = append(l7.HTTP, r)
 		}

@@ -236,14 +236,6 @@ type wirePodIP struct {
 
 func (*wirePodIP) lenient() {}
 
-type wireNamespace struct {
-	APIVersion string     `json:"apiVersion"`
-	Kind       string     `json:"kind"`
-	Metadata   ObjectMeta `json:"metadata"`
-}
-
-func (*wireNamespace) lenient() {}
-
 // scalarString accepts a string or a number (YAML users write `port: 80` and
 // `port: "80"` interchangeably) and keeps its text.
 type scalarString string
