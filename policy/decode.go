@@ -27,6 +27,13 @@ type Objects struct {
 	Warnings   []Warning
 	// Summaries has one line per loaded object, in input order.
 	Summaries []string
+	// summaryRefs[i] is the object Summaries[i] describes.
+	summaryRefs []ObjectRef
+}
+
+func (o *Objects) summarize(ref ObjectRef, line string) {
+	o.Summaries = append(o.Summaries, line)
+	o.summaryRefs = append(o.summaryRefs, ref)
 }
 
 // maxDocumentSize bounds a single YAML/JSON document.
@@ -158,7 +165,7 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 			return objErr(errs)
 		}
 		o.Policies = append(o.Policies, *p)
-		o.Summaries = append(o.Summaries, summarizePolicy(p))
+		o.summarize(p.Ref, summarizePolicy(p))
 	case string(KindNP):
 		if e := checkVersion("networking.k8s.io/v1"); e != nil {
 			return e
@@ -177,7 +184,7 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 			return objErr(errs)
 		}
 		o.Policies = append(o.Policies, *p)
-		o.Summaries = append(o.Summaries, summarizePolicy(p))
+		o.summarize(p.Ref, summarizePolicy(p))
 	case "Pod":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -199,7 +206,7 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		for i, ip := range p.IPs {
 			ips[i] = ip.String()
 		}
-		o.Summaries = append(o.Summaries, fmt.Sprintf("%s: %s: %d labels, IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
+		o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s), IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
 	case "Namespace":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -218,7 +225,7 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		}
 		ref.Namespace = ""
 		o.Namespaces = append(o.Namespaces, Namespace{Ref: ref, Name: ref.Name, Labels: tm.Metadata.Labels})
-		o.Summaries = append(o.Summaries, fmt.Sprintf("%s: %s: %d labels", file, ref, len(tm.Metadata.Labels)))
+		o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s)", file, ref, len(tm.Metadata.Labels)))
 	default:
 		o.Warnings = append(o.Warnings, Warning{Object: ref, Message: fmt.Sprintf("skipped: l7gate does not read kind %s (%s)", tm.Kind, tm.APIVersion)})
 	}
@@ -295,7 +302,12 @@ func (o *Objects) Merge(other *Objects) []error {
 		}
 	}
 	o.Warnings = append(o.Warnings, other.Warnings...)
-	o.Summaries = append(o.Summaries, other.Summaries...)
+	for i, line := range other.Summaries {
+		r := other.summaryRefs[i]
+		if !slices.ContainsFunc(errs, func(e error) bool { oe, ok := e.(*ObjectError); return ok && oe.Object == r }) {
+			o.summarize(r, line)
+		}
+	}
 	o.sort()
 	return errs
 }
