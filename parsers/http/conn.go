@@ -1,0 +1,680 @@
+package http
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Decision is the verdict on one request.
+type Decision struct {
+	Allowed bool
+	// DecidedBy names the rule(s) behind the verdict, for access logs.
+	DecidedBy []policy.Provenance
+	// MismatchActions lists header-mismatch actions to take (LOG is logged;
+	// ADD/DELETE/REPLACE are reported but the request is forwarded
+	// unchanged).
+	MismatchActions []policy.HeaderMatch
+}
+
+// Decider decides a request. The request's strings alias the connection
+// buffer and are only valid during the call.
+type Decider func(req *policy.HTTPRequest) Decision
+
+// Dialer opens the upstream connection (to the original destination).
+type Dialer func(ctx context.Context) (net.Conn, error)
+
+// Record is one access-log record: a request and its response or denial.
+type Record struct {
+	Start     time.Time
+	Duration  time.Duration
+	Method    string
+	Path      string
+	Host      string
+	Status    int
+	Allowed   bool
+	DecidedBy []policy.Provenance
+	// Error is set when the exchange failed (malformed request, upstream
+	// gone).
+	Error string
+}
+
+// Config configures connection handling. Zero values take the defaults.
+type Config struct {
+	Limits Limits
+	// HeaderTimeout bounds reading one request head (default 30s).
+	HeaderTimeout time.Duration
+	// IdleTimeout bounds the wait for the next request on a kept-alive
+	// connection (default 5m).
+	IdleTimeout time.Duration
+	// DialTimeout bounds connecting upstream (default 10s).
+	DialTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Limits = c.Limits.withDefaults()
+	if c.HeaderTimeout <= 0 {
+		c.HeaderTimeout = 30 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+const bufSize = 16 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// connBuf is a read buffer over a connection.
+type connBuf struct {
+	conn net.Conn
+	buf  []byte
+	r, w int
+	max  int
+	pool *[]byte
+}
+
+func newConnBuf(c net.Conn, max int) *connBuf {
+	p := bufPool.Get().(*[]byte)
+	return &connBuf{conn: c, buf: *p, max: max, pool: p}
+}
+
+func (b *connBuf) release() {
+	if b.pool != nil && cap(b.buf) == bufSize {
+		bufPool.Put(b.pool)
+	}
+	b.pool, b.buf = nil, nil
+}
+
+func (b *connBuf) bytes() []byte { return b.buf[b.r:b.w] }
+
+func (b *connBuf) consume(n int) {
+	b.r += n
+	if b.r == b.w {
+		b.r, b.w = 0, 0
+	}
+}
+
+// fill reads more bytes, compacting or growing the buffer (up to max).
+func (b *connBuf) fill() error {
+	if b.w == len(b.buf) {
+		if b.r > 0 {
+			b.w = copy(b.buf, b.buf[b.r:b.w])
+			b.r = 0
+		} else {
+			if len(b.buf) >= b.max {
+				return errBufferFull
+			}
+			nb := make([]byte, min(2*len(b.buf), b.max))
+			copy(nb, b.buf[:b.w])
+			b.buf = nb
+		}
+	}
+	n, err := b.conn.Read(b.buf[b.w:])
+	b.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+var errBufferFull = errors.New("buffer full")
+
+// pending is one response owed to the client, in request order.
+type pending struct {
+	local   []byte // a response we generate; nil: read it from upstream
+	method  string
+	close   bool // close the connection after this response
+	record  *Record
+	upgrade bool // the request asked to switch protocols
+	// switched receives true when the upstream answered an upgrade
+	// request with 101, false otherwise.
+	switched chan bool
+}
+
+// ServeConn proxies HTTP/1.1 between client and the upstream that dial
+// opens (lazily, on the first allowed request). It returns when either side
+// is done; it closes client and upstream. access, when set, receives one
+// record per request.
+func ServeConn(ctx context.Context, cfg Config, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	cfg = cfg.withDefaults()
+	s := &session{cfg: cfg, client: client, dial: dial, decide: decide, access: access,
+		queue: make(chan *pending, 128), done: make(chan struct{})}
+	defer client.Close()
+	// Cancelling ctx ends the connection: unblock both directions.
+	stop := context.AfterFunc(ctx, func() {
+		client.Close()
+		s.upMu.Lock()
+		if s.upstream != nil {
+			s.upstream.Close()
+		}
+		s.upMu.Unlock()
+	})
+	defer stop()
+	return s.run(ctx)
+}
+
+type session struct {
+	cfg    Config
+	client net.Conn
+	dial   Dialer
+	decide Decider
+	access func(*Record)
+
+	upMu     sync.Mutex
+	upstream net.Conn
+	upBuf    *connBuf
+
+	queue chan *pending
+	done  chan struct{} // closed when the response side stops
+
+	dlMu    sync.Mutex
+	stopped bool // the response side closed the client
+}
+
+// setReadDeadline sets the client read deadline unless the response side
+// has already ended the connection (then reads must fail at once).
+func (s *session) setReadDeadline(t time.Time) {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	if s.stopped {
+		t = time.Now()
+	}
+	s.client.SetReadDeadline(t)
+}
+
+func (s *session) run(ctx context.Context) error {
+	respErr := make(chan error, 1)
+	go func() { respErr <- s.responses() }()
+	reqErr := s.requests(ctx)
+	close(s.queue)
+	if reqErr != nil && !errors.Is(reqErr, errStop) {
+		// The request stream broke (a malformed body, the client gone
+		// mid-request): the upstream may be mid-message, so abandon it;
+		// the response side then answers 502 if it had not started.
+		s.upMu.Lock()
+		if s.upstream != nil {
+			s.upstream.Close()
+		}
+		s.upMu.Unlock()
+	}
+	err := <-respErr
+	s.upMu.Lock()
+	if s.upstream != nil {
+		s.upstream.Close()
+	}
+	if s.upBuf != nil {
+		s.upBuf.release()
+	}
+	s.upMu.Unlock()
+	if reqErr != nil && !isClosed(reqErr) {
+		return reqErr
+	}
+	if err != nil && !isClosed(err) {
+		return err
+	}
+	return nil
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errStop)
+}
+
+var errStop = errors.New("stop")
+
+// enqueue hands a pending response to the response side.
+func (s *session) enqueue(p *pending) bool {
+	select {
+	case s.queue <- p:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+// localResponse renders a response we generate.
+func localResponse(status int, body string, keepAlive bool, extra string) []byte {
+	b := make([]byte, 0, 160+len(body))
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, statusText(status)...)
+	b = append(b, "\r\nContent-Type: text/plain\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n"...)
+	b = append(b, extra...)
+	if !keepAlive {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	return append(b, body...)
+}
+
+func statusText(code int) string {
+	switch code {
+	case 400:
+		return "Bad Request"
+	case 403:
+		return "Forbidden"
+	case 408:
+		return "Request Timeout"
+	case 414:
+		return "URI Too Long"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 501:
+		return "Not Implemented"
+	case 502:
+		return "Bad Gateway"
+	case 503:
+		return "Service Unavailable"
+	case 505:
+		return "HTTP Version Not Supported"
+	}
+	return "Error"
+}
+
+// str views b as a string without copying; valid while b is unchanged.
+func str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+func (s *session) requests(ctx context.Context) error {
+	in := newConnBuf(s.client, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	defer in.release()
+	var head RequestHead
+	req := policy.HTTPRequest{}
+	first := true
+	for {
+		// Wait for the next request: idle timeout before its first byte,
+		// header timeout for the whole head.
+		idle := s.cfg.IdleTimeout
+		if first {
+			idle = s.cfg.HeaderTimeout
+		}
+		s.setReadDeadline(time.Now().Add(idle))
+		headStarted := false
+		var err error
+		for {
+			if len(in.bytes()) > 0 {
+				err = ParseRequestHead(in.bytes(), s.cfg.Limits, &head)
+				if err != ErrIncomplete {
+					break
+				}
+			}
+			if len(in.bytes()) > 0 && !headStarted {
+				headStarted = true
+				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+			}
+			if ferr := in.fill(); ferr != nil {
+				if len(in.bytes()) == 0 {
+					return nil // clean close between requests
+				}
+				var ne net.Error
+				if errors.As(ferr, &ne) && ne.Timeout() {
+					s.enqueue(&pending{local: localResponse(408, "Request Timeout", false, ""), close: true,
+						record: &Record{Start: time.Now(), Status: 408, Error: "request head timeout"}})
+					return errStop
+				}
+				return ferr
+			}
+			if !headStarted {
+				headStarted = true
+				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+			}
+		}
+		first = false
+		start := time.Now()
+		if err != nil {
+			var pe *ParseError
+			status, reason := 400, err.Error()
+			if errors.As(err, &pe) {
+				status, reason = pe.Status, pe.Reason
+			}
+			s.cfg.Logger.Debug("rejecting malformed request", "status", status, "reason", reason, "client", s.client.RemoteAddr())
+			s.enqueue(&pending{local: localResponse(status, statusText(status), false, ""), close: true,
+				record: &Record{Start: start, Status: status, Error: reason}})
+			return errStop
+		}
+		s.setReadDeadline(time.Time{})
+
+		req.Method, req.Path, req.Host = str(head.Method), str(head.Target), str(head.Host)
+		req.Headers = req.Headers[:0]
+		for _, h := range head.Headers {
+			req.Headers = append(req.Headers, policy.HTTPHeader{Name: str(h.Name), Value: str(h.Value)})
+		}
+		d := s.decide(&req)
+		var rec *Record
+		if s.access != nil {
+			rec = &Record{Start: start, Method: string(head.Method), Path: string(head.Target), Host: string(head.Host),
+				Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+		}
+		if !d.Allowed {
+			// Answer in order; the body is read and dropped so the
+			// connection stays usable, unless the client is waiting for
+			// 100-continue (then we close after the answer).
+			keep := head.KeepAlive && !(head.Expect100 && head.Framing != FramingNone)
+			if rec != nil {
+				rec.Status = 403
+			}
+			if !s.enqueue(&pending{local: localResponse(403, "Access denied", keep, ""), close: !keep, record: rec}) {
+				return errStop
+			}
+			in.consume(head.Size)
+			if !keep {
+				return errStop
+			}
+			if err := s.discardBody(in, &head); err != nil {
+				return err
+			}
+			continue
+		}
+		up, err := s.upstreamConn(ctx)
+		if err != nil {
+			s.cfg.Logger.Debug("upstream unavailable", "error", err)
+			if rec != nil {
+				rec.Status, rec.Error = 503, err.Error()
+			}
+			s.enqueue(&pending{local: localResponse(503, "upstream connect error", false, ""), close: true, record: rec})
+			return errStop
+		}
+		upgrade := head.Upgrade != nil
+		if upgrade && hasToken(head.Upgrade, "h2c") {
+			// An h2c upgrade would turn the connection into HTTP/2 frames
+			// this parser cannot see; the proxy serves h2c upgrades itself,
+			// only as the first request of a connection (see h2.go).
+			if rec != nil {
+				rec.Status, rec.Error = 400, "h2c upgrade after the first request"
+			}
+			s.enqueue(&pending{local: localResponse(400, "h2c upgrade is only supported as the first request", false, ""), close: true, record: rec})
+			return errStop
+		}
+		closeAfter := !head.KeepAlive
+		p := &pending{method: string(head.Method), close: closeAfter, record: rec, upgrade: upgrade}
+		if upgrade {
+			p.switched = make(chan bool, 1)
+		}
+		if !s.enqueue(p) {
+			return errStop
+		}
+		if _, err := up.Write(in.bytes()[:head.Size]); err != nil {
+			return fmt.Errorf("write upstream: %w", err)
+		}
+		framing, length := head.Framing, head.Length
+		in.consume(head.Size)
+		if err := s.forwardBody(in, up, framing, length); err != nil {
+			return err
+		}
+		if upgrade {
+			select {
+			case ok := <-p.switched:
+				if ok {
+					// After 101 the connection is a tunnel of whatever the
+					// new protocol is (e.g. WebSocket).
+					if b := in.bytes(); len(b) > 0 {
+						if _, err := up.Write(b); err != nil {
+							return err
+						}
+						in.consume(len(b))
+					}
+					_, err := io.Copy(up, s.client)
+					if cw, ok := up.(interface{ CloseWrite() error }); ok {
+						cw.CloseWrite()
+					}
+					return err
+				}
+			case <-s.done:
+				return errStop
+			}
+		}
+		if closeAfter {
+			return errStop
+		}
+	}
+}
+
+func (s *session) upstreamConn(ctx context.Context) (net.Conn, error) {
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	if s.upstream != nil {
+		return s.upstream, nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	c, err := s.dial(dctx)
+	if err != nil {
+		return nil, err
+	}
+	s.upstream = c
+	s.upBuf = newConnBuf(c, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	return c, nil
+}
+
+// forwardBody copies a request body to the upstream.
+func (s *session) forwardBody(in *connBuf, up net.Conn, framing Framing, length int64) error {
+	switch framing {
+	case FramingLength:
+		return copyLength(up, in, length)
+	case FramingChunked:
+		return copyChunked(up, in)
+	}
+	return nil
+}
+
+func (s *session) discardBody(in *connBuf, head *RequestHead) error {
+	return s.forwardBody(in, discardConn{}, head.Framing, head.Length)
+}
+
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// copyLength copies exactly n body bytes from in (buffer first) to w.
+func copyLength(w io.Writer, in *connBuf, n int64) error {
+	for n > 0 {
+		if len(in.bytes()) == 0 {
+			if err := in.fill(); err != nil {
+				if err == io.EOF {
+					return io.ErrUnexpectedEOF
+				}
+				return err
+			}
+		}
+		b := in.bytes()
+		if int64(len(b)) > n {
+			b = b[:n]
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		in.consume(len(b))
+		n -= int64(len(b))
+	}
+	return nil
+}
+
+// copyChunked copies a chunked body, validating its framing.
+func copyChunked(w io.Writer, in *connBuf) error {
+	var sc chunkedScanner
+	for {
+		if len(in.bytes()) == 0 {
+			if err := in.fill(); err != nil {
+				if err == io.EOF {
+					return io.ErrUnexpectedEOF
+				}
+				return err
+			}
+		}
+		b := in.bytes()
+		n, done, err := sc.scan(b)
+		if n > 0 {
+			if _, werr := w.Write(b[:n]); werr != nil {
+				return werr
+			}
+			in.consume(n)
+		}
+		if err != nil {
+			return fmt.Errorf("request body: %w", err)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// responses writes the responses owed to the client in request order:
+// generated ones directly, upstream ones as they arrive.
+func (s *session) responses() error {
+	defer close(s.done)
+	var fields []Header
+	var rh ResponseHead
+	for p := range s.queue {
+		if p.local != nil {
+			_, err := s.client.Write(p.local)
+			s.finish(p, err)
+			if err != nil || p.close {
+				s.closeClient()
+				return errStop
+			}
+			continue
+		}
+		s.upMu.Lock()
+		up := s.upBuf
+		s.upMu.Unlock()
+		wrote := false
+		for {
+			var err error
+			for {
+				if len(up.bytes()) > 0 {
+					fields, err = ParseResponseHead(up.bytes(), []byte(p.method), s.cfg.Limits, fields, &rh)
+					if err != ErrIncomplete {
+						break
+					}
+				}
+				if ferr := up.fill(); ferr != nil {
+					err = fmt.Errorf("upstream closed before the response: %w", ferr)
+					break
+				}
+			}
+			if err != nil {
+				if !wrote {
+					s.client.Write(localResponse(502, "upstream protocol error", false, ""))
+					if p.record != nil {
+						p.record.Status = 502
+					}
+				}
+				s.finish(p, err)
+				s.closeClient()
+				return errStop
+			}
+			if _, err := s.client.Write(up.bytes()[:rh.Size]); err != nil {
+				s.finish(p, err)
+				return err
+			}
+			wrote = true
+			up.consume(rh.Size)
+			if rh.Status == 101 {
+				if !p.upgrade {
+					s.finish(p, errors.New("101 response to a request without Upgrade"))
+					s.closeClient()
+					return errStop
+				}
+				if p.record != nil {
+					p.record.Status = 101
+				}
+				s.finish(p, nil)
+				p.switched <- true
+				if b := up.bytes(); len(b) > 0 {
+					if _, err := s.client.Write(b); err != nil {
+						return err
+					}
+					up.consume(len(b))
+				}
+				_, err := io.Copy(s.client, up.conn)
+				if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite()
+				}
+				return err
+			}
+			if rh.Status < 200 {
+				continue // 100 Continue, 103 Early Hints: the final response follows
+			}
+			break
+		}
+		var err error
+		switch rh.Framing {
+		case FramingLength:
+			err = copyLength(s.client, up, rh.Length)
+		case FramingChunked:
+			err = copyChunked(s.client, up)
+		case FramingClose:
+			if b := up.bytes(); len(b) > 0 {
+				if _, err = s.client.Write(b); err == nil {
+					up.consume(len(b))
+				}
+			}
+			if err == nil {
+				_, err = io.Copy(s.client, up.conn)
+			}
+		}
+		if p.record != nil {
+			p.record.Status = rh.Status
+		}
+		s.finish(p, err)
+		if p.switched != nil {
+			p.switched <- false
+		}
+		if err != nil || !rh.KeepAlive || p.close || rh.Framing == FramingClose {
+			s.closeClient()
+			return errStop
+		}
+	}
+	return nil
+}
+
+// finish completes a record and hands it to the access log.
+func (s *session) finish(p *pending, err error) {
+	if p.record == nil || s.access == nil {
+		return
+	}
+	p.record.Duration = time.Since(p.record.Start)
+	if err != nil && p.record.Error == "" {
+		p.record.Error = err.Error()
+	}
+	s.access(p.record)
+}
+
+// closeClient ends the client connection after what was written (the
+// request side sees its reads fail and stops).
+func (s *session) closeClient() {
+	if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	s.dlMu.Lock()
+	s.stopped = true
+	s.client.SetReadDeadline(time.Now())
+	s.dlMu.Unlock()
+}

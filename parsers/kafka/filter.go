@@ -1,0 +1,719 @@
+package kafka
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Verdict is a policy decision. The zero value denies, so a forgotten
+// field fails closed.
+type Verdict uint8
+
+const (
+	VerdictDeny Verdict = iota
+	VerdictAllow
+)
+
+func (v Verdict) String() string {
+	if v == VerdictAllow {
+		return "allow"
+	}
+	return "deny"
+}
+
+// Decision is what a Decider returns for one request.
+type Decision struct {
+	Verdict Verdict
+	// DeniedTopics names the topics that caused a denial (for the access
+	// log). The whole request is denied regardless; see the package doc.
+	DeniedTopics []string
+	// Reason attributes the decision (policy and rule), for the access
+	// log only; it is never sent to the client.
+	Reason string
+}
+
+// Allow returns an allowing Decision.
+func Allow(reason string) Decision { return Decision{Verdict: VerdictAllow, Reason: reason} }
+
+// Deny returns a denying Decision naming the topics that caused it.
+func Deny(reason string, topics ...string) Decision {
+	return Decision{Verdict: VerdictDeny, DeniedTopics: topics, Reason: reason}
+}
+
+// Decider decides one request. The Request and its slices are only valid
+// during the call. It runs on the connection's goroutines (both
+// directions: denied Metadata responses are filtered topic by topic), so it
+// must be safe for concurrent use, fast, and must not block.
+type Decider func(*Request) Decision
+
+// AccessRecord describes one request and what happened to it. Slices are
+// borrowed: valid only during the AccessLogger call.
+type AccessRecord struct {
+	APIKey        int16
+	APIName       string
+	APIVersion    int16
+	CorrelationID int32
+	ClientID      string
+	Topics        []string
+	// UnresolvedTopicIDs are topic IDs that could not be named (denied).
+	UnresolvedTopicIDs [][16]byte
+	Groups             []string
+	Verdict            Verdict
+	DeniedTopics       []string
+	Reason             string
+	// ErrorCode is the Kafka error code the proxy sent in a denial (0
+	// when allowed: broker responses are forwarded, not inspected).
+	ErrorCode int16
+	// ConnectionClosed reports that the request could not be answered
+	// (unsupported API, or Produce with acks=0) and the connection was
+	// closed instead, as a broker does.
+	ConnectionClosed bool
+}
+
+// AccessLogger receives one record per request.
+type AccessLogger func(*AccessRecord)
+
+// Config configures a Filter.
+type Config struct {
+	// Decide decides each admitted request. Required.
+	Decide Decider
+	// AccessLog, if set, receives one record per request.
+	AccessLog AccessLogger
+	// Logger logs connection-level events (closes and their reasons).
+	// Nil discards.
+	Logger *slog.Logger
+	// MaxFrameSize bounds every frame in both directions; <= 0 means
+	// DefaultMaxFrameSize.
+	MaxFrameSize int32
+	// MaxControlRequestSize bounds requests decoded into structs (all
+	// but Produce, JoinGroup, SyncGroup, SASLAuthenticate); <= 0 means
+	// DefaultMaxControlRequestSize.
+	MaxControlRequestSize int
+	// MaxInFlight bounds requests awaiting a response on one connection
+	// (the client is not read while it is reached); <= 0 means 1024.
+	MaxInFlight int
+	// PassUnknown forwards requests with API keys or versions this
+	// package does not decode when Decide allows them (Decide then sees
+	// Supported == false and no topics), and leaves them advertised in
+	// ApiVersions responses. By default they are denied: the connection
+	// is closed after earlier responses, since no well-formed answer can
+	// be built for an API we cannot parse.
+	PassUnknown bool
+	// AllowTopicIDs leaves topic-ID versions (Produce/Fetch v13+,
+	// OffsetCommit/OffsetFetch v10+, TxnOffsetCommit v6+) advertised in
+	// ApiVersions responses. By default they are hidden so clients use
+	// names, because an ID learned on another connection cannot be
+	// resolved here and would be denied.
+	AllowTopicIDs bool
+	// TopicIDs, if set, is shared by all connections served with this
+	// config (all must reach the same cluster); otherwise each connection
+	// learns its own.
+	TopicIDs *TopicIDs
+	// DrainTimeout bounds how long responses are awaited after the client
+	// stops sending; <= 0 means 30s.
+	DrainTimeout time.Duration
+}
+
+// maxQueuedDenialBytes bounds the denials one connection may have waiting
+// behind earlier broker responses.
+const maxQueuedDenialBytes = 16 << 20
+
+// Filter enforces a Decider on Kafka connections.
+type Filter struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// NewFilter validates cfg and returns a Filter.
+func NewFilter(cfg Config) (*Filter, error) {
+	if cfg.Decide == nil {
+		return nil, errors.New("kafka filter: nil decider")
+	}
+	if cfg.MaxFrameSize <= 0 {
+		cfg.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if cfg.MaxControlRequestSize <= 0 {
+		cfg.MaxControlRequestSize = DefaultMaxControlRequestSize
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Filter{cfg: cfg, log: log}, nil
+}
+
+// ErrClosedByPolicy is returned by Serve when it closed the connection
+// because a denied request could not be answered (an unsupported API, or
+// Produce with acks=0).
+var ErrClosedByPolicy = errors.New("connection closed by policy")
+
+// pending is one request awaiting its answer to the client, in request
+// order: either a broker response (local == nil) or a local denial.
+type pending struct {
+	corr       int32
+	key, ver   int16
+	local      []byte
+	closeAfter bool
+	// filterMeta: a denied Metadata request was forwarded (with topic
+	// auto-creation off); the response is filtered per topic.
+	filterMeta bool
+	allTopics  bool
+	clientID   string
+}
+
+type session struct {
+	f        *Filter
+	client   net.Conn
+	upstream net.Conn
+	ids      *TopicIDs
+
+	cw *bufio.Writer // guarded by wmu
+	uw *bufio.Writer // request goroutine only
+	ur *bufio.Reader // response goroutine only
+
+	// Lock order: wmu before qmu. wmu is held while anything is written
+	// to the client, so a local denial cannot overtake a broker response
+	// being copied.
+	wmu      sync.Mutex
+	qmu      sync.Mutex
+	queue    []pending // guarded by qmu; queue[qhead:] are waiting
+	qhead    int
+	draining bool // guarded by qmu: no more requests will come
+	// localBytes counts denial bytes queued behind broker responses
+	// (guarded by qmu), so a client cannot pile up unbounded denials
+	// behind one slow request.
+	localBytes int
+
+	metaReq Request // response goroutine only: per-topic Metadata decisions
+
+	slots chan struct{} // in-flight bound
+	done  chan struct{} // closed when Serve ends its connections
+}
+
+// Serve filters one client connection whose requests go to upstream, until
+// either side closes, a frame is malformed or oversized, or ctx ends. It
+// closes both connections before returning. A client that closes its side
+// normally yields nil after pending responses are delivered; a connection
+// closed because a request could not be answered yields ErrClosedByPolicy;
+// otherwise the error says why the connection ended (ErrFrameTooLarge,
+// ErrMalformed, an upstream read error, ctx.Err(), ...).
+func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
+	ids := f.cfg.TopicIDs
+	if ids == nil {
+		ids = NewTopicIDs(0)
+	}
+	s := &session{
+		f:        f,
+		client:   client,
+		upstream: upstream,
+		ids:      ids,
+		cw:       bufio.NewWriterSize(client, 64<<10),
+		uw:       bufio.NewWriterSize(upstream, 64<<10),
+		ur:       bufio.NewReaderSize(upstream, 64<<10),
+		slots:    make(chan struct{}, f.cfg.MaxInFlight),
+		done:     make(chan struct{}),
+	}
+	var closeOnce sync.Once
+	closeAll := func() {
+		closeOnce.Do(func() {
+			close(s.done)
+			client.Close()
+			upstream.Close()
+		})
+	}
+	var errOnce sync.Once
+	var firstErr error
+	setErr := func(err error) { errOnce.Do(func() { firstErr = err }) }
+	stop := context.AfterFunc(ctx, closeAll)
+	defer stop()
+
+	respDone := make(chan struct{})
+	go func() {
+		defer close(respDone)
+		if err := s.responses(); err != nil && !s.drainedOK(err) {
+			setErr(err)
+		}
+		closeAll() // nothing more can be answered
+	}()
+
+	switch reqErr := s.requests(); {
+	case reqErr == nil || errors.Is(reqErr, ErrClosedByPolicy):
+		if reqErr != nil {
+			setErr(reqErr)
+		}
+		if s.startDrain() {
+			upstream.Close() // nothing pending: stop the response reader
+		} else {
+			_ = upstream.SetReadDeadline(time.Now().Add(f.cfg.DrainTimeout))
+		}
+	default:
+		setErr(reqErr)
+		closeAll()
+	}
+	<-respDone
+	closeAll()
+	setErr(nil)
+
+	err := firstErr
+	if ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	peer := client.RemoteAddr().String()
+	switch {
+	case err == nil:
+		f.log.Debug("kafka connection closed", "client", peer)
+	case errors.Is(err, ErrClosedByPolicy):
+		f.log.Info("kafka connection closed by policy", "client", peer)
+	default:
+		f.log.Warn("kafka connection closed", "client", peer, "reason", err.Error())
+	}
+	return err
+}
+
+// drainedOK reports whether the response goroutine's error is just the
+// upstream closed after a completed drain.
+func (s *session) drainedOK(err error) bool {
+	if errors.Is(err, ErrClosedByPolicy) {
+		return true
+	}
+	s.qmu.Lock()
+	drained := s.draining && s.qhead == len(s.queue)
+	s.qmu.Unlock()
+	return drained && errors.Is(err, net.ErrClosed)
+}
+
+// startDrain marks that no more requests come and reports whether nothing
+// is pending.
+func (s *session) startDrain() bool {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	s.draining = true
+	return s.qhead == len(s.queue)
+}
+
+// acquire takes an in-flight slot. Before waiting it flushes requests
+// buffered for the broker: their responses are what frees slots.
+func (s *session) acquire() error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	if err := s.uw.Flush(); err != nil {
+		return fmt.Errorf("write request upstream: %w", err)
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-s.done:
+		return net.ErrClosed
+	}
+}
+
+func (s *session) enqueue(p pending) {
+	s.qmu.Lock()
+	s.queue = append(s.queue, p)
+	s.qmu.Unlock()
+}
+
+// requests runs the client→broker direction.
+func (s *session) requests() error {
+	cfg := &s.f.cfg
+	cr := bufio.NewReaderSize(s.client, 64<<10)
+	fr := NewFrameReader(cr, cfg.MaxFrameSize)
+	dec := NewDecoder(s.ids, cfg.MaxControlRequestSize)
+	var req Request
+	var rec AccessRecord
+	for {
+		// Requests the client pipelined go to the broker in one write;
+		// flush before waiting on the client.
+		if cr.Buffered() < 4 {
+			if err := s.uw.Flush(); err != nil {
+				return fmt.Errorf("write request upstream: %w", err)
+			}
+		}
+		frame, err := fr.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		derr := dec.Decode(frame, &req)
+		if derr != nil && !errors.Is(derr, ErrUnsupported) {
+			return derr
+		}
+
+		var d Decision
+		switch {
+		case !req.Supported && !cfg.PassUnknown:
+			d = Deny(fmt.Sprintf("unsupported api %s v%d", req.APIName(), req.APIVersion))
+		case len(req.UnresolvedTopicIDs) > 0:
+			d = Deny("unresolved topic id")
+		default:
+			d = s.decide(&req)
+		}
+
+		rec = AccessRecord{
+			APIKey:             req.APIKey,
+			APIName:            req.APIName(),
+			APIVersion:         req.APIVersion,
+			CorrelationID:      req.CorrelationID,
+			ClientID:           req.ClientID,
+			Topics:             req.Topics,
+			UnresolvedTopicIDs: req.UnresolvedTopicIDs,
+			Groups:             req.Groups,
+			Verdict:            d.Verdict,
+			DeniedTopics:       d.DeniedTopics,
+			Reason:             d.Reason,
+		}
+
+		if d.Verdict == VerdictAllow {
+			if req.ExpectsResponse() {
+				if err := s.acquire(); err != nil {
+					return err
+				}
+				s.enqueue(pending{corr: req.CorrelationID, key: req.APIKey, ver: req.APIVersion})
+			}
+			s.logAccess(&rec)
+			if _, err := s.uw.Write(frame); err != nil {
+				return fmt.Errorf("write request upstream: %w", err)
+			}
+			continue
+		}
+
+		if req.APIKey == 3 && req.Supported && req.APIVersion >= 4 && len(req.UnresolvedTopicIDs) == 0 {
+			// Metadata is answered as Kafka's authorizer does: the
+			// broker's answer with denied topics removed (all-topic
+			// listings) or set to error 29 (named topics), so clients
+			// still learn the brokers.
+			out := rewriteMetadataRequest(frame, &req)
+			if err := s.acquire(); err != nil {
+				return err
+			}
+			s.enqueue(pending{
+				corr: req.CorrelationID, key: req.APIKey, ver: req.APIVersion,
+				filterMeta: true, allTopics: req.AllTopics, clientID: req.ClientID,
+			})
+			rec.ErrorCode = ErrCodeTopicAuthorizationFailed
+			s.logAccess(&rec)
+			if _, err := s.uw.Write(out); err != nil {
+				return fmt.Errorf("write request upstream: %w", err)
+			}
+			continue
+		}
+
+		p := pending{corr: req.CorrelationID, key: req.APIKey, ver: req.APIVersion}
+		if req.ExpectsResponse() {
+			resp, code, err := AppendDenial(nil, &req)
+			if err == nil {
+				p.local, rec.ErrorCode = resp, code
+			} else if !errors.Is(err, ErrUnsupported) {
+				return err
+			}
+		}
+		if p.local == nil {
+			p.closeAfter = true
+			rec.ConnectionClosed = true
+		}
+		s.logAccess(&rec)
+		if err := s.acquire(); err != nil {
+			return err
+		}
+		if err := s.answerLocally(p); err != nil {
+			return err
+		}
+		if p.closeAfter {
+			if err := s.uw.Flush(); err != nil {
+				return fmt.Errorf("write request upstream: %w", err)
+			}
+			return ErrClosedByPolicy
+		}
+	}
+}
+
+// decide asks the Decider, failing closed if it panics: a policy bug must
+// neither pass traffic nor take the proxy down.
+func (s *session) decide(r *Request) (d Decision) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.f.log.Error("kafka decider panicked", "api", r.APIName(), "panic", fmt.Sprint(p))
+			d = Deny("decider panicked")
+		}
+	}()
+	return s.f.cfg.Decide(r)
+}
+
+func (s *session) logAccess(rec *AccessRecord) {
+	if s.f.cfg.AccessLog != nil {
+		s.f.cfg.AccessLog(rec)
+	}
+}
+
+// answerLocally writes a denial now when nothing is ahead of it, or queues
+// it behind in-flight broker responses.
+func (s *session) answerLocally(p pending) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.qmu.Lock()
+	if s.qhead != len(s.queue) {
+		if s.localBytes+len(p.local) > maxQueuedDenialBytes {
+			s.qmu.Unlock()
+			<-s.slots
+			return fmt.Errorf("more than %d bytes of denials pending behind broker responses", maxQueuedDenialBytes)
+		}
+		s.localBytes += len(p.local)
+		s.queue = append(s.queue, p)
+		s.qmu.Unlock()
+		return nil
+	}
+	s.qmu.Unlock()
+	<-s.slots
+	if p.local != nil {
+		if _, err := s.cw.Write(p.local); err != nil {
+			return fmt.Errorf("write denial: %w", err)
+		}
+	}
+	if err := s.cw.Flush(); err != nil {
+		return fmt.Errorf("write denial: %w", err)
+	}
+	return nil
+}
+
+// responses runs the broker→client direction: it reads each broker
+// response, checks it answers the oldest forwarded request, forwards it
+// (learning topic IDs and clamping ApiVersions on the way), then writes any
+// local denials queued behind it.
+func (s *session) responses() error {
+	cfg := &s.f.cfg
+	var hdr [8]byte
+	copyBuf := make([]byte, 64<<10)
+	var full []byte // reused for responses that are parsed
+	var locals []pending
+	for {
+		if _, err := io.ReadFull(s.ur, hdr[:]); err != nil {
+			return fmt.Errorf("read response: %w", err)
+		}
+		size := int32(binary.BigEndian.Uint32(hdr[:4]))
+		corr := int32(binary.BigEndian.Uint32(hdr[4:]))
+		if size < 4 || size > cfg.MaxFrameSize {
+			return fmt.Errorf("response frame size %d: %w", size, ErrMalformed)
+		}
+
+		s.wmu.Lock()
+		s.qmu.Lock()
+		var head pending
+		ok := s.qhead < len(s.queue)
+		if ok {
+			head = s.queue[s.qhead]
+		}
+		s.qmu.Unlock()
+		if !ok || head.local != nil || head.closeAfter || head.corr != corr {
+			s.wmu.Unlock()
+			return fmt.Errorf("response with unexpected correlation id %d: %w", corr, ErrMalformed)
+		}
+
+		var err error
+		if learnsFrom(head.key, head.ver) || head.key == 18 || head.filterMeta {
+			full, err = s.forwardParsed(head, hdr[:], int(size)-4, full)
+		} else {
+			err = s.forwardStream(hdr[:], int64(size)-4, copyBuf)
+		}
+		if err != nil {
+			s.wmu.Unlock()
+			return err
+		}
+
+		s.qmu.Lock()
+		s.qhead++
+		locals = locals[:0]
+		for s.qhead < len(s.queue) && (s.queue[s.qhead].local != nil || s.queue[s.qhead].closeAfter) {
+			locals = append(locals, s.queue[s.qhead])
+			s.localBytes -= len(s.queue[s.qhead].local)
+			s.queue[s.qhead] = pending{}
+			s.qhead++
+		}
+		empty := s.qhead == len(s.queue)
+		if empty {
+			s.queue, s.qhead = s.queue[:0], 0
+		}
+		draining := s.draining
+		s.qmu.Unlock()
+		for range 1 + len(locals) {
+			<-s.slots
+		}
+
+		closing := false
+		for _, p := range locals {
+			if p.local != nil {
+				if _, err := s.cw.Write(p.local); err != nil {
+					s.wmu.Unlock()
+					return fmt.Errorf("write denial: %w", err)
+				}
+			}
+			closing = closing || p.closeAfter
+		}
+		if s.ur.Buffered() == 0 || closing || empty {
+			if err := s.cw.Flush(); err != nil {
+				s.wmu.Unlock()
+				return fmt.Errorf("write response: %w", err)
+			}
+		}
+		s.wmu.Unlock()
+		if closing {
+			return ErrClosedByPolicy
+		}
+		if draining && empty {
+			return nil
+		}
+	}
+}
+
+// forwardStream copies one response to the client without buffering it
+// whole. Caller holds wmu.
+func (s *session) forwardStream(hdr []byte, rest int64, buf []byte) error {
+	if _, err := s.cw.Write(hdr); err != nil {
+		return fmt.Errorf("write response: %w", err)
+	}
+	for rest > 0 {
+		n, err := s.ur.Read(buf[:min(int64(len(buf)), rest)])
+		if n > 0 {
+			if _, werr := s.cw.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("write response: %w", werr)
+			}
+			rest -= int64(n)
+		}
+		if err != nil && rest > 0 {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("read response: %w", err)
+		}
+	}
+	return nil
+}
+
+// forwardParsed reads a whole response (Metadata, DescribeTopicPartitions,
+// ApiVersions), learns topic IDs or clamps versions, and writes it. Caller
+// holds wmu.
+func (s *session) forwardParsed(head pending, hdr []byte, rest int, buf []byte) ([]byte, error) {
+	if cap(buf) < 8+rest {
+		buf = make([]byte, 8+rest)
+	}
+	buf = buf[:8+rest]
+	copy(buf, hdr)
+	if _, err := io.ReadFull(s.ur, buf[8:]); err != nil {
+		return buf, fmt.Errorf("read response: %w", err)
+	}
+	out := buf
+	resp := kmsg.ResponseForKey(head.key)
+	resp.SetVersion(head.ver)
+	body := buf[8:]
+	if head.key != 18 && resp.IsFlexible() {
+		w := wire{b: body}
+		w.skipTags()
+		if w.bad {
+			return buf, fmt.Errorf("response header tags: %w", ErrMalformed)
+		}
+		body = w.b
+	}
+	if head.key == 18 {
+		if clamped, ok, _ := clampAPIVersions(buf[:8:8], head.ver, body, s.f.cfg.PassUnknown, s.f.cfg.AllowTopicIDs); ok {
+			out = append([]byte(nil), clamped...)
+			binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+		}
+	} else if head.filterMeta {
+		hdrEnd := len(buf) - len(body) // size, correlation id, header tags
+		filtered, err := s.filterMetadata(append([]byte(nil), buf[:hdrEnd]...), head, body)
+		if err != nil {
+			// Never pass an answer we could not filter.
+			return buf, err
+		}
+		out = filtered
+		binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+	} else if _, err := s.ids.LearnResponse(head.key, head.ver, body); err != nil {
+		// An unparsable response teaches nothing: IDs stay unresolved
+		// and requests naming them are denied.
+		s.f.log.Debug("kafka response not parsed", "api", APIKeyName(head.key), "version", head.ver, "err", err)
+	}
+	if _, err := s.cw.Write(out); err != nil {
+		return buf, fmt.Errorf("write response: %w", err)
+	}
+	if cap(buf) > retainFrameBuf {
+		buf = nil
+	}
+	return buf, nil
+}
+
+// rewriteMetadataRequest returns a copy of a Metadata request frame (v4+)
+// with topic auto-creation turned off, so forwarding a denied request
+// cannot create a topic.
+func rewriteMetadataRequest(frame []byte, r *Request) []byte {
+	m := r.msg.(*kmsg.MetadataRequest)
+	m.AllowAutoTopicCreation = false
+	hdrLen := len(frame) - len(r.body)
+	out := make([]byte, 0, len(frame))
+	out = append(out, frame[:hdrLen]...)
+	out = m.AppendTo(out)
+	binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+	return out
+}
+
+// filterMetadata re-encodes a Metadata response (after header) for a
+// denied request: each topic is decided on its own; denied ones are
+// dropped from all-topic listings and answered with error 29 otherwise.
+// The Decider is called from the response goroutine here.
+func (s *session) filterMetadata(dst []byte, head pending, body []byte) ([]byte, error) {
+	resp := kmsg.NewPtrMetadataResponse()
+	resp.SetVersion(head.ver)
+	if !responseSchema(3).validate(body, head.ver) || resp.ReadFrom(body) != nil {
+		return dst, fmt.Errorf("decode metadata response v%d: %w", head.ver, ErrMalformed)
+	}
+	r := &s.metaReq
+	kept := resp.Topics[:0]
+	for _, t := range resp.Topics {
+		if t.Topic != nil && t.ErrorCode == 0 {
+			s.ids.Learn(*t.Topic, t.TopicID)
+		}
+		name := ""
+		if t.Topic != nil {
+			name = *t.Topic
+		}
+		r.reset()
+		r.APIKey, r.APIVersion, r.CorrelationID, r.ClientID, r.Supported = 3, head.ver, head.corr, head.clientID, true
+		r.Topics = append(r.Topics, name)
+		if !isZeroID(t.TopicID) {
+			r.TopicIDs = append(r.TopicIDs, t.TopicID)
+		}
+		if s.decide(r).Verdict == VerdictAllow {
+			kept = append(kept, t)
+			continue
+		}
+		if head.allTopics {
+			continue
+		}
+		t.ErrorCode = ErrCodeTopicAuthorizationFailed
+		t.Partitions = nil
+		t.IsInternal = false
+		t.AuthorizedOperations = -2147483648
+		kept = append(kept, t)
+	}
+	resp.Topics = kept
+	return resp.AppendTo(dst), nil
+}
