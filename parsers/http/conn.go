@@ -152,15 +152,45 @@ type pending struct {
 	switched chan bool
 }
 
-// ServeConn proxies HTTP/1.1 between client and the upstream that dial
-// opens (lazily, on the first allowed request). It returns when either side
-// is done; it closes client and upstream. access, when set, receives one
-// record per request.
+// ServeConn proxies one client connection: HTTP/1.1, HTTP/2 with prior
+// knowledge (gRPC included) or HTTP/1.1 upgraded to h2c on its first
+// request. The upstream, which dial opens on the first allowed request, is
+// spoken to in the client's protocol (HTTP/1.1 after an h2c upgrade).
+// It returns when either side is done and closes both. access, when set,
+// receives one record per request.
 func ServeConn(ctx context.Context, cfg Config, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
 	cfg = cfg.withDefaults()
+	defer client.Close()
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer stop()
+	first, err := sniff(client, cfg.HeaderTimeout)
+	if len(first) == 0 {
+		if err != nil && !isClosed(err) && !isTimeout(err) {
+			return err
+		}
+		return nil
+	}
+	conn := &prefixConn{Conn: client, prefix: first}
+	if string(first) == h2Preface {
+		return serveH2(ctx, cfg, conn, dial, decide, access)
+	}
+	handoff, err := serveHTTP1(ctx, cfg, conn, dial, decide, access)
+	if handoff != nil {
+		return serveH2CUpgrade(ctx, cfg, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// serveHTTP1 runs the HTTP/1.1 session. When the first request asks for an
+// h2c upgrade it stops before answering and returns the bytes read so far.
+func serveHTTP1(ctx context.Context, cfg Config, client net.Conn, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
 	s := &session{cfg: cfg, client: client, dial: dial, decide: decide, access: access,
 		queue: make(chan *pending, 128), done: make(chan struct{})}
-	defer client.Close()
 	// Cancelling ctx ends the connection: unblock both directions.
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
@@ -171,7 +201,11 @@ func ServeConn(ctx context.Context, cfg Config, client net.Conn, dial Dialer, de
 		s.upMu.Unlock()
 	})
 	defer stop()
-	return s.run(ctx)
+	err := s.run(ctx)
+	if errors.Is(err, errH2CUpgrade) {
+		return s.handoff, nil
+	}
+	return nil, err
 }
 
 type session struct {
@@ -190,7 +224,13 @@ type session struct {
 
 	dlMu    sync.Mutex
 	stopped bool // the response side closed the client
+
+	// handoff holds the bytes of an h2c upgrade request (and anything
+	// after it) for the HTTP/2 path.
+	handoff []byte
 }
+
+var errH2CUpgrade = errors.New("h2c upgrade")
 
 // setReadDeadline sets the client read deadline unless the response side
 // has already ended the connection (then reads must fail at once).
@@ -227,6 +267,9 @@ func (s *session) run(ctx context.Context) error {
 		s.upBuf.release()
 	}
 	s.upMu.Unlock()
+	if errors.Is(reqErr, errH2CUpgrade) {
+		return reqErr
+	}
 	if reqErr != nil && !isClosed(reqErr) {
 		return reqErr
 	}
@@ -346,6 +389,7 @@ func (s *session) requests(ctx context.Context) error {
 				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 			}
 		}
+		isFirst := first
 		first = false
 		start := time.Now()
 		if err != nil {
@@ -402,6 +446,12 @@ func (s *session) requests(ctx context.Context) error {
 			return errStop
 		}
 		upgrade := head.Upgrade != nil
+		if upgrade && hasToken(head.Upgrade, "h2c") && isFirst {
+			// Hand the connection to the HTTP/2 path, which answers the
+			// upgrade and applies policy to this request and the rest.
+			s.handoff = append([]byte(nil), in.bytes()...)
+			return errH2CUpgrade
+		}
 		if upgrade && hasToken(head.Upgrade, "h2c") {
 			// An h2c upgrade would turn the connection into HTTP/2 frames
 			// this parser cannot see; the proxy serves h2c upgrades itself,

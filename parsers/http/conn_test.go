@@ -67,7 +67,7 @@ type testProxy struct {
 
 // startProxy runs ServeConn for every connection accepted on a loopback
 // listener, dialing upstream for allowed requests.
-func startProxy(t *testing.T, cfg Config, upstream string, decide Decider) *testProxy {
+func startProxy(t testing.TB, cfg Config, upstream string, decide Decider) *testProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -133,7 +133,7 @@ func ruleDecider(t testing.TB, rules ...policy.HTTPRule) Decider {
 	}
 }
 
-func newUpstream(t *testing.T) (*upstreamHandler, string) {
+func newUpstream(t testing.TB) (*upstreamHandler, string) {
 	h := &upstreamHandler{}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)

@@ -375,6 +375,9 @@ func ParseResponseHead(buf []byte, method []byte, lim Limits, scratch []Header, 
 		}
 		h.Status = h.Status*10 + int(c-'0')
 	}
+	if h.Status < 100 {
+		return scratch, errors.New("malformed status code")
+	}
 	if len(line) > 12 && line[12] != ' ' {
 		return scratch, errors.New("malformed status line")
 	}

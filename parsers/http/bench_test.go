@@ -1,0 +1,77 @@
+package http
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	nethttp "net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// benchServer answers every request with 1 KiB.
+func benchServer(b *testing.B) string {
+	body := strings.Repeat("x", 1024)
+	srv := httptest.NewServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, body)
+	}))
+	b.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// keepAliveLoop sends b.N requests over parallel keep-alive connections with
+// a minimal client (so the client's own cost stays small) and checks every
+// response.
+func keepAliveLoop(b *testing.B, addr string) {
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReaderSize(c, 8192)
+		req := []byte("GET /api/v1/service500/items HTTP/1.1\r\nHost: bench\r\nUser-Agent: l7gate-bench\r\n\r\n")
+		for pb.Next() {
+			if _, err := c.Write(req); err != nil {
+				b.Error(err)
+				return
+			}
+			resp, err := nethttp.ReadResponse(r, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			n, _ := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || n != 1024 {
+				b.Errorf("status %d, %d bytes", resp.StatusCode, n)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// BenchmarkHTTP1KeepAlive compares a direct keep-alive exchange with the
+// same exchange through the proxy deciding each request against 100 HTTP
+// rules. The ratio of the two req/s numbers is what matters.
+func BenchmarkHTTP1KeepAlive(b *testing.B) {
+	upstream := benchServer(b)
+	b.Run("direct", func(b *testing.B) { keepAliveLoop(b, upstream) })
+	b.Run("proxy-100-rules", func(b *testing.B) {
+		var rules []policy.HTTPRule
+		for i := range 100 {
+			rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
+		}
+		p := startProxy(b, Config{}, upstream, ruleDecider(b, rules...))
+		keepAliveLoop(b, p.addr)
+	})
+}

@@ -1,0 +1,303 @@
+package http
+
+//lint:file-ignore SA1019 x/net/http2/h2c is the only implementation of the HTTP/1.1 Upgrade: h2c mechanism (net/http serves prior-knowledge h2c only)
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	nethttp "net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// h2Preface starts every HTTP/2 connection with prior knowledge.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// prefixConn replays bytes already read before reading from the conn.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// isGRPC reports whether a request is a gRPC call.
+func isGRPC(r *nethttp.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return strings.HasPrefix(ct, "application/grpc")
+}
+
+// h2Handler applies policy to each HTTP/2 (or upgraded h2c) request and
+// proxies allowed ones to the upstream.
+type h2Handler struct {
+	cfg    Config
+	decide Decider
+	access func(*Record)
+	proxy  *httputil.ReverseProxy
+	// decideMu serialises decisions: the Decider's contract is one call
+	// at a time per connection, as on the HTTP/1 path.
+	decideMu sync.Mutex
+}
+
+func newH2Handler(cfg Config, dial Dialer, decide Decider, access func(*Record), upstreamH2 bool) *h2Handler {
+	h := &h2Handler{cfg: cfg, decide: decide, access: access}
+	transport := &nethttp.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConnsPerHost: 16,
+		DisableCompression:  true,
+	}
+	if upstreamH2 {
+		// The client spoke HTTP/2 with prior knowledge to this address, so
+		// the upstream does too.
+		var p nethttp.Protocols
+		p.SetUnencryptedHTTP2(true)
+		transport.Protocols = &p
+	}
+	h.proxy = &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			// The upstream is the connection's original destination; the
+			// dialer ignores the URL host.
+			r.Out.URL.Scheme = "http"
+			r.Out.URL.Host = "upstream"
+			r.Out.Host = r.In.Host
+			r.Out.Header["X-Forwarded-For"] = nil // transparent: add nothing
+		},
+		Transport:     transport,
+		FlushInterval: -1,
+		ErrorLog:      nil,
+		ErrorHandler: func(w nethttp.ResponseWriter, r *nethttp.Request, err error) {
+			h.cfg.Logger.Debug("upstream error", "error", err)
+			if isGRPC(r) {
+				w.Header().Set("Content-Type", "application/grpc")
+				w.Header().Set("Grpc-Status", "14")
+				w.Header().Set("Grpc-Message", "upstream unavailable")
+				w.WriteHeader(nethttp.StatusOK)
+				return
+			}
+			nethttp.Error(w, "upstream connect error", nethttp.StatusBadGateway)
+		},
+	}
+	return h
+}
+
+type statusRecorder struct {
+	nethttp.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = nethttp.StatusOK
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(nethttp.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *statusRecorder) Unwrap() nethttp.ResponseWriter { return s.ResponseWriter }
+
+func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
+	start := time.Now()
+	req := policy.HTTPRequest{Method: r.Method, Path: r.RequestURI, Host: r.Host}
+	for name, vals := range r.Header {
+		for _, v := range vals {
+			req.Headers = append(req.Headers, policy.HTTPHeader{Name: name, Value: v})
+		}
+	}
+	h.decideMu.Lock()
+	d := h.decide(&req)
+	h.decideMu.Unlock()
+	rec := &Record{Start: start, Method: r.Method, Path: r.RequestURI, Host: r.Host, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+	defer func() {
+		if h.access != nil {
+			rec.Duration = time.Since(start)
+			h.access(rec)
+		}
+	}()
+	if !d.Allowed {
+		if isGRPC(r) {
+			// A trailers-only gRPC response: PERMISSION_DENIED.
+			w.Header().Set("Content-Type", "application/grpc")
+			w.Header().Set("Grpc-Status", "7")
+			w.Header().Set("Grpc-Message", "Access denied")
+			w.WriteHeader(nethttp.StatusOK)
+			rec.Status = nethttp.StatusOK
+			rec.Error = "grpc-status 7"
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(nethttp.StatusForbidden)
+		io.WriteString(w, "Access denied")
+		rec.Status = nethttp.StatusForbidden
+		return
+	}
+	sr := &statusRecorder{ResponseWriter: w}
+	h.proxy.ServeHTTP(sr, r)
+	rec.Status = sr.status
+}
+
+// serveH2 serves an HTTP/2 connection with prior knowledge.
+func serveH2(ctx context.Context, cfg Config, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	h := newH2Handler(cfg, dial, decide, access, true)
+	var protocols nethttp.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	return serveOneWith(ctx, cfg, conn, h, &protocols, h, nil)
+}
+
+// serveOneWith runs a net/http server on one connection until it closes.
+func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethttp.Handler, protocols *nethttp.Protocols, h *h2Handler, hook func(*oneConnListener)) error {
+	ln := &oneConnListener{conn: conn, done: make(chan struct{})}
+	if hook != nil {
+		hook(ln)
+	}
+	srv := &nethttp.Server{
+		Handler:           handler,
+		Protocols:         protocols,
+		ReadHeaderTimeout: cfg.HeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		HTTP2:             &nethttp.HTTP2Config{MaxReadFrameSize: 1 << 20},
+		ConnState: func(c net.Conn, st nethttp.ConnState) {
+			if st == nethttp.StateClosed {
+				ln.finish()
+			}
+		},
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ErrorLog:    slogErrorLog(cfg),
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+			srv.Close()
+		case <-ln.done:
+		}
+	}()
+	err := srv.Serve(ln)
+	<-ln.done
+	srv.Close()
+	h.proxy.Transport.(*nethttp.Transport).CloseIdleConnections()
+	if errors.Is(err, errListenerDone) || errors.Is(err, nethttp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// serveH2CUpgrade serves a connection whose first request asks for an h2c
+// upgrade: net/http with the h2c handler performs the upgrade (the first
+// request goes through policy like every other), then speaks HTTP/2. The
+// upstream is spoken to over HTTP/1.1, which every server understands.
+func serveH2CUpgrade(ctx context.Context, cfg Config, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	h := newH2Handler(cfg, dial, decide, access, false)
+	// net/http serves HTTP/2 with prior knowledge but not the HTTP/1.1
+	// Upgrade: h2c mechanism; x/net's h2c handler still does.
+	upgrader := h2c.NewHandler(h, &http2.Server{IdleTimeout: cfg.IdleTimeout})
+	var ln *oneConnListener
+	handler := nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		// After a successful upgrade the h2c handler hijacks the connection
+		// and serves HTTP/2 on it until it ends, then returns here.
+		upgrader.ServeHTTP(w, r)
+		if strings.EqualFold(r.Header.Get("Upgrade"), "h2c") && ln != nil {
+			ln.finish()
+		}
+	})
+	var protocols nethttp.Protocols
+	protocols.SetHTTP1(true)
+	return serveOneWith(ctx, cfg, conn, handler, &protocols, h, func(l *oneConnListener) { ln = l })
+}
+
+var errListenerDone = errors.New("listener done")
+
+// oneConnListener hands out one connection, then blocks until it is done.
+type oneConnListener struct {
+	mu     sync.Mutex
+	conn   net.Conn
+	done   chan struct{}
+	closed bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.conn
+	l.conn = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, errListenerDone
+}
+
+func (l *oneConnListener) finish() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.closed = true
+		close(l.done)
+	}
+}
+
+func (l *oneConnListener) Close() error { l.finish(); return nil }
+
+func (l *oneConnListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// sniff reads the first bytes of a connection to choose HTTP/1 or HTTP/2
+// (prior knowledge). It returns the bytes read.
+func sniff(conn net.Conn, timeout time.Duration) ([]byte, error) {
+	buf := make([]byte, 0, len(h2Preface))
+	conn.SetReadDeadline(time.Now().Add(timeout))
+	defer conn.SetReadDeadline(time.Time{})
+	tmp := make([]byte, len(h2Preface))
+	for len(buf) < len(h2Preface) {
+		n, err := conn.Read(tmp[:len(h2Preface)-len(buf)])
+		buf = append(buf, tmp[:n]...)
+		if !bytes.HasPrefix([]byte(h2Preface), buf) {
+			return buf, nil // not HTTP/2
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
+// slogErrorLog routes net/http's internal error log to the logger at debug
+// level (client resets are routine for a proxy).
+func slogErrorLog(cfg Config) *log.Logger {
+	return slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
+}
