@@ -65,9 +65,9 @@ func (d *DirectionPolicy) EvaluateL4(peer Identity, proto Protocol, port uint16)
 	return res
 }
 
-// defaultDenyOrigins names the rules behind an L7 rule set's implicit
+// DefaultDenyOrigins names the rules behind an L7 rule set's implicit
 // deny: every rule that applies to the peer, as default-deny.
-func (rs *L7RuleSet) defaultDenyOrigins(peer Identity) []Provenance {
+func (rs *L7RuleSet) DefaultDenyOrigins(peer Identity) []Provenance {
 	var out []Provenance
 	for i := range rs.Rules {
 		r := &rs.Rules[i]
@@ -114,7 +114,7 @@ func (rs *L7RuleSet) EvaluateHTTP(peer Identity, req *HTTPRequest) (L7Result, er
 	if i := m.Match(peer, req); i >= 0 {
 		return L7Result{Decision: DecisionAllowed, DecidedBy: []Provenance{rs.Rules[i].Origin}}, nil
 	}
-	return L7Result{Decision: DecisionDenied, DecidedBy: rs.defaultDenyOrigins(peer)}, nil
+	return L7Result{Decision: DecisionDenied, DecidedBy: rs.DefaultDenyOrigins(peer)}, nil
 }
 
 // EvaluateKafka decides a Kafka request from peer, topic by topic: the
@@ -150,7 +150,7 @@ func (rs *L7RuleSet) EvaluateKafka(peer Identity, req *KafkaRequest) L7Result {
 		res.DecidedBy = append(res.DecidedBy, rs.Rules[i].Origin)
 	}
 	if res.Decision == DecisionDenied {
-		res.DecidedBy = rs.defaultDenyOrigins(peer)
+		res.DecidedBy = rs.DefaultDenyOrigins(peer)
 		return res
 	}
 	res.Decision = DecisionAllowed

@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+)
+
+type stats struct {
+	connections, rejectedConns atomic.Int64
+	httpAllowed, httpDenied    atomic.Int64
+	kafkaAllowed, kafkaDenied  atomic.Int64
+	acks, nacks                atomic.Int64
+}
+
+// ConfigDumpType is the @type of the proxy's entry in /config_dump.
+const ConfigDumpType = "type.googleapis.com/l7gate.v1.ProxyConfigDump"
+
+// AdminHandler serves /ready, /config_dump and /stats/prometheus.
+func (p *Proxy) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "NOT READY: no config applied yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "LIVE")
+	})
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		// Envoy's ConfigDump shape: {"configs": [{"@type": ..., ...}]}
+		type dump struct {
+			Type string `json:"@type"`
+			*Config
+		}
+		out := struct {
+			Configs []dump `json:"configs"`
+		}{Configs: []dump{}}
+		if cfg := p.Config(); cfg != nil {
+			out.Configs = append(out.Configs, dump{Type: ConfigDumpType, Config: cfg})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+	})
+	mux.HandleFunc("GET /stats/prometheus", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		s := &p.stats
+		fmt.Fprintf(w, "# HELP l7gate_proxy_connections_total Client connections accepted.\n# TYPE l7gate_proxy_connections_total counter\nl7gate_proxy_connections_total %d\n", s.connections.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_connections_rejected_total Client connections closed because of the connection limit.\n# TYPE l7gate_proxy_connections_rejected_total counter\nl7gate_proxy_connections_rejected_total %d\n", s.rejectedConns.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_active_connections Client connections open now.\n# TYPE l7gate_proxy_active_connections gauge\nl7gate_proxy_active_connections %d\n", p.conns.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_requests_total L7 requests by protocol and verdict.\n# TYPE l7gate_proxy_requests_total counter\n")
+		fmt.Fprintf(w, "l7gate_proxy_requests_total{protocol=\"http\",verdict=\"allowed\"} %d\n", s.httpAllowed.Load())
+		fmt.Fprintf(w, "l7gate_proxy_requests_total{protocol=\"http\",verdict=\"denied\"} %d\n", s.httpDenied.Load())
+		fmt.Fprintf(w, "l7gate_proxy_requests_total{protocol=\"kafka\",verdict=\"allowed\"} %d\n", s.kafkaAllowed.Load())
+		fmt.Fprintf(w, "l7gate_proxy_requests_total{protocol=\"kafka\",verdict=\"denied\"} %d\n", s.kafkaDenied.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_config_updates_total Configs applied (ack) or rejected (nack).\n# TYPE l7gate_proxy_config_updates_total counter\n")
+		fmt.Fprintf(w, "l7gate_proxy_config_updates_total{result=\"ack\"} %d\n", s.acks.Load())
+		fmt.Fprintf(w, "l7gate_proxy_config_updates_total{result=\"nack\"} %d\n", s.nacks.Load())
+	})
+	return mux
+}
+
+// ServeAdmin serves the admin API on a Unix socket until ctx ends.
+func (p *Proxy) ServeAdmin(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("admin socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale admin socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	srv := &http.Server{Handler: p.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,11 @@
+// Package proxy is the l7gate Go proxy (`l7gate proxy`): transparent
+// listeners on proxy ports, per-connection dispatch to the L7 parsers
+// (parsers/http for HTTP/1.1, HTTP/2 and gRPC; parsers/kafka for Kafka),
+// policy lookup by IP for every request, access logs, and an admin socket
+// with an Envoy-compatible /config_dump, /ready and /stats/prometheus.
+//
+// Config is a plain value built from the xDS resources the agent pushes;
+// Apply validates and compiles it, and returns an error (a NACK) that
+// leaves the previous config in force. Until a config is applied no
+// listener exists, so redirected connections are refused, never passed.
+package proxy

@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	httpparser "github.com/l7gate/l7gate/parsers/http"
+	"github.com/l7gate/l7gate/parsers/kafka"
+	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/redirect"
+)
+
+// Options configure a Proxy. Zero values take the defaults.
+type Options struct {
+	Logger *slog.Logger
+	// AccessLog receives one record per request, response or denial
+	// (default: JSON lines on stderr, see JSONLines).
+	AccessLog func(*AccessRecord)
+	// ListenHost is the address listeners bind (default 0.0.0.0).
+	ListenHost string
+	// Transparent sets IP_TRANSPARENT on listeners (needed for redirected
+	// connections). Default true; tests on loopback turn it off.
+	Transparent *bool
+	// Mark returns the SO_MARK for an upstream connection carrying traffic
+	// from srcIdentity (0: none). The encoding belongs to the datapath.
+	Mark func(srcIdentity policy.Identity, dir policy.Direction) uint32
+	// KeepSource binds upstream connections to the client's address.
+	KeepSource bool
+	// OriginalDestination overrides how the original destination of an
+	// accepted connection is found (default: its local address).
+	OriginalDestination func(net.Conn) (netip.AddrPort, error)
+	// OnListener is told about every listener opened, e.g. to put its
+	// socket in the datapath's SOCKMAP; an error fails Apply.
+	OnListener func(port uint16, ln *net.TCPListener) error
+	// HTTP configures the HTTP parser (limits, timeouts).
+	HTTP httpparser.Config
+	// KafkaMaxFrameSize bounds Kafka frames (default 100 MiB).
+	KafkaMaxFrameSize int32
+	// MaxConnections bounds concurrent client connections (default 65536);
+	// beyond it new connections are closed at once.
+	MaxConnections int
+}
+
+// Proxy serves the listeners of the applied Config.
+type Proxy struct {
+	opts Options
+	log  *slog.Logger
+	cur  atomic.Pointer[compiled]
+
+	mu        sync.Mutex
+	listeners map[uint16]*listenerState
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	conns     atomic.Int64
+	topicIDs  *kafka.TopicIDs
+
+	stats stats
+}
+
+type listenerState struct {
+	spec Listener
+	ln   *net.TCPListener
+}
+
+// New returns a Proxy with no config: it listens nowhere until Apply.
+func New(opts Options) *Proxy {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.AccessLog == nil {
+		opts.AccessLog = func(*AccessRecord) {}
+	}
+	if opts.ListenHost == "" {
+		opts.ListenHost = "0.0.0.0"
+	}
+	if opts.Transparent == nil {
+		t := true
+		opts.Transparent = &t
+	}
+	if opts.OriginalDestination == nil {
+		opts.OriginalDestination = redirect.OriginalDestination
+	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = 65536
+	}
+	opts.HTTP.Logger = opts.Logger
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
+		topicIDs: kafka.NewTopicIDs(100000)}
+}
+
+// Ready reports whether a config has been applied.
+func (p *Proxy) Ready() bool { return p.cur.Load() != nil }
+
+// Config returns the applied config (nil before the first Apply).
+func (p *Proxy) Config() *Config {
+	if c := p.cur.Load(); c != nil {
+		return c.cfg
+	}
+	return nil
+}
+
+// Apply validates cfg, opens listeners it adds, closes listeners it
+// removes (their established connections continue), and switches every
+// connection to the new policy for its next request. On error nothing
+// changes.
+func (p *Proxy) Apply(cfg *Config) error {
+	c, err := compile(cfg)
+	if err != nil {
+		p.stats.nacks.Add(1)
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	want := map[uint16]Listener{}
+	for _, l := range cfg.Listeners {
+		want[l.Port] = l
+	}
+	// Open new listeners first; roll back on failure.
+	var opened []uint16
+	for port, spec := range want {
+		if cur, ok := p.listeners[port]; ok && cur.spec == spec {
+			continue
+		}
+		if cur, ok := p.listeners[port]; ok {
+			// same port, different spec: reuse the socket with the new spec
+			cur.spec = spec
+			continue
+		}
+		ln, err := redirect.ListenTransparent(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(port))), *p.opts.Transparent)
+		if err == nil && p.opts.OnListener != nil {
+			if herr := p.opts.OnListener(port, ln); herr != nil {
+				ln.Close()
+				err = fmt.Errorf("register listener on port %d: %w", port, herr)
+			}
+		}
+		if err != nil {
+			for _, o := range opened {
+				p.listeners[o].ln.Close()
+				delete(p.listeners, o)
+			}
+			p.stats.nacks.Add(1)
+			return fmt.Errorf("listener %q: %w", spec.Name, err)
+		}
+		st := &listenerState{spec: spec, ln: ln}
+		p.listeners[port] = st
+		opened = append(opened, port)
+		p.wg.Add(1)
+		go p.accept(st)
+	}
+	p.cur.Store(c)
+	for port, st := range p.listeners {
+		if _, keep := want[port]; !keep {
+			st.ln.Close()
+			delete(p.listeners, port)
+		}
+	}
+	p.stats.acks.Add(1)
+	p.log.Info("config applied", "version", cfg.Version, "listeners", len(cfg.Listeners), "endpoints", len(cfg.Endpoints))
+	return nil
+}
+
+// ListenerAddr returns the address of the listener on a proxy port.
+func (p *Proxy) ListenerAddr(port uint16) net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st, ok := p.listeners[port]; ok {
+		return st.ln.Addr()
+	}
+	return nil
+}
+
+// Close stops every listener and connection.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	for port, st := range p.listeners {
+		st.ln.Close()
+		delete(p.listeners, port)
+	}
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	return nil
+}
+
+func (p *Proxy) accept(st *listenerState) {
+	defer p.wg.Done()
+	for {
+		c, err := st.ln.AcceptTCP()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				p.log.Warn("accept failed", "port", st.spec.Port, "error", err)
+			}
+			return
+		}
+		if p.conns.Add(1) > int64(p.opts.MaxConnections) {
+			p.conns.Add(-1)
+			p.stats.rejectedConns.Add(1)
+			c.Close()
+			continue
+		}
+		p.stats.connections.Add(1)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer p.conns.Add(-1)
+			p.serve(st, c)
+		}()
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// conn is what the proxy knows about one client connection.
+type connInfo struct {
+	dir      policy.Direction
+	src, dst netip.AddrPort
+	parser   string
+}
+
+func (p *Proxy) serve(st *listenerState, c *net.TCPConn) {
+	defer c.Close()
+	dst, err := p.opts.OriginalDestination(c)
+	if err != nil {
+		p.log.Warn("no original destination", "error", err)
+		return
+	}
+	p.mu.Lock()
+	spec := st.spec
+	p.mu.Unlock()
+	ci := connInfo{dir: spec.Direction, src: addrPort(c.RemoteAddr()), dst: dst, parser: spec.Parser}
+	dial := func(ctx context.Context) (net.Conn, error) {
+		return p.dialUpstream(ctx, ci)
+	}
+	switch spec.Parser {
+	case policy.ParserHTTP:
+		err = httpparser.ServeConn(p.ctx, p.opts.HTTP, c, dial, p.httpDecider(ci), p.httpAccess(ci))
+	case policy.ParserKafka:
+		err = p.serveKafka(ci, c, dial)
+	}
+	if err != nil {
+		p.log.Debug("connection ended", "src", ci.src, "dst", ci.dst, "error", err)
+	}
+}
+
+func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error) {
+	var mark uint32
+	if p.opts.Mark != nil {
+		c := p.cur.Load()
+		src := policy.IdentityWorld
+		if c != nil {
+			src = c.identityOf(ci.src.Addr())
+		}
+		mark = p.opts.Mark(src, ci.dir)
+	}
+	var source netip.Addr
+	if p.opts.KeepSource {
+		source = ci.src.Addr()
+	}
+	d := redirect.UpstreamDialer(mark, source)
+	return d.DialContext(ctx, "tcp", ci.dst.String())
+}
+
+// noPolicy is the provenance of a denial because no policy covers the
+// connection (fail closed).
+func noPolicy(dir policy.Direction, reason string) []policy.Provenance {
+	return []policy.Provenance{{Policy: "l7gate/no-policy", Direction: dir, Kind: policy.KindDefaultDeny, Path: reason}}
+}
+
+func (p *Proxy) httpDecider(ci connInfo) httpparser.Decider {
+	return func(req *policy.HTTPRequest) httpparser.Decision {
+		c := p.cur.Load()
+		if c == nil {
+			return httpparser.Decision{DecidedBy: noPolicy(ci.dir, "no config")}
+		}
+		set, peer, _, err := c.lookup(ci.dir, ci.src, ci.dst)
+		if err != nil || set.http == nil {
+			reason := "no HTTP rules"
+			if err != nil {
+				reason = err.Error()
+			}
+			return httpparser.Decision{DecidedBy: noPolicy(ci.dir, reason)}
+		}
+		i := set.http.Match(peer, req)
+		if i < 0 {
+			r := set.rs.DefaultDenyOrigins(peer)
+			return httpparser.Decision{DecidedBy: r}
+		}
+		return httpparser.Decision{Allowed: true, DecidedBy: []policy.Provenance{set.rs.Rules[i].Origin},
+			MismatchActions: set.http.MismatchActions(i, req)}
+	}
+}

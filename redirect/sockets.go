@@ -1,0 +1,92 @@
+package redirect
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ListenTransparent opens a TCP listener with IP_TRANSPARENT (so it can
+// accept connections addressed to other hosts, with the original
+// destination as the accepted socket's local address; accepted sockets
+// inherit the option, which lets the SYN-ACK leave from that address) and
+// MPTCP off (a SOCKMAP insert of an MPTCP socket fails with EOPNOTSUPP).
+// transparent=false opens a plain listener (tests on loopback).
+func ListenTransparent(ctx context.Context, addr string, transparent bool) (*net.TCPListener, error) {
+	lc := net.ListenConfig{
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				if serr == nil && transparent {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+					if serr != nil {
+						serr = fmt.Errorf("set IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", serr)
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(ctx, "tcp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// OriginalDestination returns where the client meant to connect: with a
+// transparent redirect, the accepted socket's local address.
+func OriginalDestination(c net.Conn) (netip.AddrPort, error) {
+	ta, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("not a TCP connection: %s", c.LocalAddr())
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// UpstreamDialer returns a dialer for the proxy's upstream connections.
+// mark (when non-zero) is set as SO_MARK so the datapath recognises the
+// connection as coming from the proxy (needs CAP_NET_ADMIN). source (when
+// valid) binds the upstream socket to the client's address with
+// IP_TRANSPARENT, so the server sees the pod's address.
+func UpstreamDialer(mark uint32, source netip.Addr) *net.Dialer {
+	d := &net.Dialer{}
+	d.SetMultipathTCP(false)
+	if source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: source.AsSlice()}
+	}
+	if mark == 0 && !source.IsValid() {
+		return d
+	}
+	d.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if mark != 0 {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)); e != nil {
+					serr = fmt.Errorf("set SO_MARK %#x (needs CAP_NET_ADMIN): %w", mark, e)
+					return
+				}
+			}
+			if source.IsValid() {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); e != nil {
+					serr = fmt.Errorf("set IP_TRANSPARENT for source %s: %w", source, e)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	return d
+}
