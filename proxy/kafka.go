@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"slices"
 	"strings"
 
 	"github.com/l7gate/l7gate/parsers/kafka"
@@ -21,10 +20,6 @@ func provenanceReason(ps []policy.Provenance) string {
 	return strings.Join(parts, "; ")
 }
 
-// allTopics stands for "every topic"; it is not a legal topic name, so only
-// rules without a topic match it.
-const allTopics = "*"
-
 func (p *Proxy) kafkaDecider(ci connInfo) kafka.Decider {
 	return func(r *kafka.Request) kafka.Decision {
 		c := p.cur.Load()
@@ -38,16 +33,14 @@ func (p *Proxy) kafkaDecider(ci connInfo) kafka.Decider {
 		if set.rs.Parser != policy.ParserKafka {
 			return kafka.Deny(fmt.Sprintf("port %d uses parser %s", ci.dst.Port(), set.rs.Parser), r.Topics...)
 		}
+		// An all-topics Metadata request names no topic and is matched on
+		// its other fields (Cilium's rule), so clients learn topic names and
+		// then get TOPIC_AUTHORIZATION_FAILED on the topics they may not
+		// use, rather than UNKNOWN_TOPIC.
 		topics := r.Topics
-		if r.AllTopics && len(topics) == 0 {
-			// "every topic" is allowed only by rules without a topic; the
-			// filter then answers a denied Metadata request with the topics
-			// allowed one by one.
-			topics = []string{allTopics}
-		}
 		res := set.rs.EvaluateKafka(peer, &policy.KafkaRequest{APIKey: r.APIKey, APIVersion: r.APIVersion, ClientID: r.ClientID, Topics: topics})
 		if res.Decision != policy.DecisionAllowed {
-			return kafka.Deny(provenanceReason(res.DecidedBy), slices.DeleteFunc(res.DeniedTopics, func(t string) bool { return t == allTopics })...)
+			return kafka.Deny(provenanceReason(res.DecidedBy), res.DeniedTopics...)
 		}
 		return kafka.Allow(provenanceReason(res.DecidedBy))
 	}

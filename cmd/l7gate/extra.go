@@ -4,5 +4,5 @@ import "github.com/spf13/cobra"
 
 // extraCommands lists the command groups that live in their own files.
 func (a *app) extraCommands() []*cobra.Command {
-	return nil
+	return []*cobra.Command{newBPFCommand()}
 }

@@ -1,0 +1,131 @@
+package bpf
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// benchSizes are the policy sizes BenchmarkDatapath compares.
+func benchSizes() []int { return []int{10, 10_000, 100_000} }
+
+// benchDatapath opens a datapath whose endpoint has n single-port entries
+// (50 ports per peer) plus the same few broad ones at every size.
+func benchDatapath(b *testing.B, n int) *Datapath {
+	d := openTest(b, Config{DisableEvents: true, MapSizes: MapSizes{Policy: 131072, Conntrack: 65536}})
+	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP}, 0); err != nil {
+		b.Fatal(err)
+	}
+	entries := make([]PolicyEntry, 0, n+3)
+	for i := range n {
+		entries = append(entries, PolicyEntry{Peer: benchPeer(i), Protocol: ProtoTCP, Port: 1000 + uint16(i%50), Verdict: VerdictAllow, RuleID: uint32(i + 1)})
+	}
+	entries = append(entries,
+		PolicyEntry{Peer: IdentityAny, Protocol: ProtoUDP, Port: 5000, EndPort: 5100, Verdict: VerdictAllow, RuleID: 1 << 30},
+		PolicyEntry{Peer: IdentityWorld, Protocol: ProtoTCP, Port: 443, Verdict: VerdictAllow, RuleID: 1<<30 + 1},
+		PolicyEntry{Peer: benchPeer(n / 2), Protocol: ProtoTCP, Port: 2000, Verdict: VerdictDeny, RuleID: 1<<30 + 2},
+	)
+	if _, err := d.SyncIPCache([]IPCacheEntry{
+		{Prefix: netip.PrefixFrom(peerIP, 32), Identity: benchPeer(n / 2)},
+		{Prefix: netip.PrefixFrom(podIP, 32), Identity: podID},
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.SyncPolicy([]EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: entries}}}); err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
+func benchPeer(i int) Identity { return FirstClusterIdentity + Identity(i/50) }
+
+// BenchmarkDatapath reports ns per packet (BPF_PROG_TEST_RUN with repeat)
+// at 10, 10k and 100k policy entries. Paths:
+//   - established: conntrack hit of an allowed flow;
+//   - deny-entry: a new flow denied by an entry (full evaluation; no
+//     conntrack entry is created, so every repeat evaluates policy);
+//   - default-deny: a new flow no entry matches (every present level is
+//     probed, the worst case);
+//   - non-ip: an ARP frame, passed right after parsing (the floor: test-run
+//     overhead plus the program's fixed costs).
+//
+// This VM's speed drifts by tens of percent over seconds, so each
+// sub-benchmark measures its size and the 10-entry datapath in alternating
+// rounds on one CPU and reports the best round of each: ns/pkt, and
+// x-vs-10, the ratio to the 10-entry datapath measured alongside.
+func BenchmarkDatapath(b *testing.B) {
+	requireRoot(b)
+	dps := make(map[int]*Datapath)
+	for _, n := range benchSizes() {
+		dps[n] = benchDatapath(b, n)
+	}
+	// Let the setup's garbage go before measuring.
+	runtime.GC()
+	debug.FreeOSMemory()
+	time.Sleep(200 * time.Millisecond)
+
+	paths := []struct {
+		name string
+		p    func(n int) pkt
+		want uint32
+	}{
+		{"established", func(n int) pkt {
+			return pkt{src: podIP, dst: peerIP, sport: 40000, dport: 1000 + uint16((n/2)%50), proto: ProtoTCP, tcpFlags: tcpACK}
+		}, actOK},
+		{"deny-entry", func(int) pkt {
+			return pkt{src: podIP, dst: peerIP, sport: 40000, dport: 2000, proto: ProtoTCP, tcpFlags: tcpSYN}
+		}, actShot},
+		{"default-deny", func(int) pkt {
+			return pkt{src: podIP, dst: peerIP, sport: 40000, dport: 3000, proto: ProtoTCP, tcpFlags: tcpSYN}
+		}, actShot},
+		{"non-ip", func(int) pkt { return pkt{etherType: 0x0806} }, actOK},
+	}
+	for _, n := range benchSizes() {
+		for _, path := range paths {
+			b.Run(fmt.Sprintf("entries=%d/%s", n, path.name), func(b *testing.B) {
+				pinToOneCPU(b)
+				const rounds = 10
+				per := max(b.N/rounds, 1)
+				best := map[int]time.Duration{n: math.MaxInt64, 10: math.MaxInt64}
+				for range rounds {
+					for _, m := range []int{10, n} {
+						ret, t, err := dps[m].objs.TcFromPod.Benchmark(path.p(m).bytes(), per, nil)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if ret != path.want {
+							b.Fatalf("ret %d, want %d", ret, path.want)
+						}
+						best[m] = min(best[m], t)
+					}
+				}
+				b.ReportMetric(float64(best[n].Nanoseconds()), "ns/pkt")
+				b.ReportMetric(float64(best[n])/float64(best[10]), "x-vs-10")
+			})
+		}
+	}
+}
+
+// pinToOneCPU keeps the calling goroutine on one OS thread and CPU for the
+// rest of the (sub-)benchmark: BPF_PROG_TEST_RUN runs where it is called.
+func pinToOneCPU(b *testing.B) {
+	runtime.LockOSThread()
+	var orig, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		b.Fatal(err)
+	}
+	one.Set(0)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		unix.SchedSetaffinity(0, &orig)
+		runtime.UnlockOSThread()
+	})
+}

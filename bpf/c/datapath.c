@@ -1,0 +1,826 @@
+//go:build ignore
+
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * l7gate datapath: L3/L4 policy, conntrack and proxy redirect for pods.
+ *
+ * tc_from_pod runs on TCX ingress of a pod's host-side veth (traffic leaving
+ * the pod: its egress policy); tc_to_pod runs on TCX egress of the same veth
+ * (traffic entering the pod: its ingress policy). sk_lookup_proxy is attached
+ * to the node's network namespace and hands redirected connections to the
+ * proxy's transparent listener. See bpf/doc.go for the map layout and the
+ * lookup order.
+ */
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "marks.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+/* Verdicts: a larger number wins when entries are combined. */
+#define VERDICT_NONE 0
+#define VERDICT_ALLOW 1
+#define VERDICT_REDIRECT 2
+#define VERDICT_DENY 3
+
+/* Why a packet was dropped or forwarded; carried in events. */
+#define REASON_POLICY 0      /* decided by a policy entry */
+#define REASON_DEFAULT 1     /* no entry matched */
+#define REASON_NO_LISTENER 2 /* redirect target missing from the sockmap */
+#define REASON_FRAGMENT 3    /* non-first fragment of an unknown datagram */
+#define REASON_NO_ENDPOINT 4 /* interface not registered as an endpoint */
+#define REASON_UNSUPPORTED 5 /* IPv6: not enforced yet, fail closed */
+#define REASON_MALFORMED 6
+#define REASON_REVALIDATE 7  /* established flow no longer allowed */
+#define REASON_SPOOFED 8     /* pod sent from an address not its own */
+
+#define EVENT_F_DROPPED 1
+#define EVENT_F_FROM_PROXY 2
+
+/* Policy levels: bits 0..16 are port prefix lengths for a given protocol,
+ * bit 17 is "any protocol, any port". */
+#define LEVEL_ANY_PROTO 17
+
+#define EP_POLICY_F_ENFORCED 1
+
+#define CT_F_SEEN_REPLY 1
+#define CT_F_CLOSING 2
+#define CT_F_FROM_PROXY 4
+#define CT_F_DEFAULT 8
+
+#define NSEC_PER_SEC 1000000000ULL
+
+struct ipcache_key {
+	__u32 prefixlen; /* 32 + address prefix length */
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct endpoint_info {
+	__u32 id;
+	__u32 flags;
+	__u8 ipv4[4];
+	__u8 ipv6[16];
+};
+
+struct ep_policy_key {
+	__u32 endpoint;
+	__u8 dir;
+	__u8 pad[3];
+};
+
+/* Level masks are kept per protocol class (TCP, UDP, SCTP, other) so a
+ * packet only probes levels its protocol has entries at. */
+#define PROTO_CLASSES 4
+
+struct ep_policy {
+	__u32 flags;
+	__u32 pad;
+	__u32 levels_peer[PROTO_CLASSES]; /* levels present for specific peers */
+	__u32 levels_any[PROTO_CLASSES];  /* levels present for the wildcard peer */
+};
+
+static __always_inline __u32 proto_class(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return 0;
+	case IPPROTO_UDP:
+		return 1;
+	case IPPROTO_SCTP:
+		return 2;
+	}
+	return 3;
+}
+
+struct policy_key {
+	__u32 endpoint;
+	__u32 identity; /* 0: any peer */
+	__u8 dir;
+	__u8 proto;     /* 0: any protocol (then port_plen and port are 0) */
+	__u8 port_plen; /* 0..16 */
+	__u8 pad;
+	__be16 port;
+	__u16 pad2;
+};
+
+struct policy_value {
+	__u8 verdict;
+	__u8 pad;
+	__u16 proxy_port;
+	__u32 rule_id;
+};
+
+struct ct_key {
+	__u32 endpoint;
+	__u8 dir;
+	__u8 proto;
+	__u8 family;
+	__u8 pad;
+	__be16 sport;
+	__be16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct ct_value {
+	__u64 created;
+	__u64 last_seen;
+	__u32 rule_id;
+	__u32 revision;
+	__u32 peer_identity;
+	__u16 proxy_port;
+	__u8 verdict;
+	__u8 flags;
+};
+
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+};
+
+struct rule_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct event_limit {
+	__u64 last;
+	__u64 tokens; /* in nanoseconds' worth of credit, see emit_event */
+	__u64 emitted;
+	__u64 suppressed;
+};
+
+struct config {
+	__u32 revision;
+	__u32 events_per_sec;
+	__u32 events_burst;
+	__u32 pad;
+	__u64 ct_tcp_ns;
+	__u64 ct_tcp_syn_ns;
+	__u64 ct_tcp_closing_ns;
+	__u64 ct_other_ns;
+};
+
+struct event {
+	__u64 timestamp;
+	__u32 endpoint;
+	__u32 ifindex;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 dir;
+	__u8 verdict;
+	__u8 reason;
+	__u8 flags;
+	__u16 proxy_port;
+};
+
+/* Makes struct event visible in BTF for bpf2go. */
+const struct event *unused_event __attribute__((unused));
+
+/* Sizes here are defaults; the loader overrides them from its Config. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* ifindex of the host-side veth */
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ep_policy_key);
+	__type(value, struct ep_policy);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ep_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fragments SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __u32); /* proxy port */
+	__type(value, __u64);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32); /* rule id; 0 = no entry matched */
+	__type(value, struct rule_stats);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct event_limit);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_limit SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} settings SEC(".maps");
+
+struct flow {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__be16 ip_id;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u32 len;
+};
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+#define PARSE_OK 0
+#define PARSE_PASS 1 /* not IP: ARP and friends pass */
+#define PARSE_DROP 2
+
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *reason)
+{
+	__be16 h_proto;
+	struct iphdr ip;
+	__u32 off = ETH_HLEN;
+
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &h_proto, sizeof(h_proto)) < 0) {
+		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	if (h_proto == bpf_htons(ETH_P_IPV6)) {
+		*reason = REASON_UNSUPPORTED;
+		return PARSE_DROP;
+	}
+	if (h_proto != bpf_htons(ETH_P_IP))
+		return PARSE_PASS;
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.ihl < 5 || ip.version != 4) {
+		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	f->saddr = ip.saddr;
+	f->daddr = ip.daddr;
+	f->proto = ip.protocol;
+	f->ip_id = ip.id;
+	f->len = skb->len;
+	f->sport = 0;
+	f->dport = 0;
+	f->tcp_flags = 0;
+
+	__u16 frag = bpf_ntohs(ip.frag_off);
+	struct frag_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
+	if (frag & 0x1FFF) {
+		/* Non-first fragment: borrow the ports of the first one. */
+		struct frag_value *fv = bpf_map_lookup_elem(&fragments, &fk);
+		if (!fv) {
+			*reason = REASON_FRAGMENT;
+			return PARSE_DROP;
+		}
+		f->sport = fv->sport;
+		f->dport = fv->dport;
+		return PARSE_OK;
+	}
+
+	off += ip.ihl * 4;
+	switch (ip.protocol) {
+	case IPPROTO_TCP: {
+		__u8 hdr[14];
+		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0) {
+			*reason = REASON_MALFORMED;
+			return PARSE_DROP;
+		}
+		__builtin_memcpy(&f->sport, &hdr[0], 2);
+		__builtin_memcpy(&f->dport, &hdr[2], 2);
+		f->tcp_flags = hdr[13];
+		break;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0) {
+			*reason = REASON_MALFORMED;
+			return PARSE_DROP;
+		}
+		f->sport = ports[0];
+		f->dport = ports[1];
+		break;
+	}
+	default:
+		break;
+	}
+	if (frag & 0x2000) {
+		struct frag_value fv = {.sport = f->sport, .dport = f->dport};
+		bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
+	}
+	return PARSE_OK;
+}
+
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32 + 32, .family = AF_INET};
+	__builtin_memcpy(k.addr, &addr, 4);
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	return v ? v->identity : 2; /* world */
+}
+
+static __always_inline int lookup_levels(struct policy_key *k, __u32 levels, __u16 dport,
+					 struct policy_value *out)
+{
+	struct policy_value *v;
+
+	if (!levels)
+		return 0;
+#pragma unroll
+	for (int l = 16; l >= 0; l--) {
+		if (!(levels & (1U << l)))
+			continue;
+		k->port_plen = l;
+		k->port = bpf_htons(l ? (__u16)(dport & (0xFFFF << (16 - l))) : 0);
+		v = bpf_map_lookup_elem(&policy, k);
+		if (v) {
+			*out = *v;
+			return 1;
+		}
+	}
+	if (levels & (1U << LEVEL_ANY_PROTO)) {
+		k->proto = 0;
+		k->port_plen = 0;
+		k->port = 0;
+		v = bpf_map_lookup_elem(&policy, k);
+		if (v) {
+			*out = *v;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* evaluate returns the combined verdict for a new flow; VERDICT_NONE means
+ * no entry matched. Values are pre-combined by the loader along each
+ * peer's chain of L4 prefixes, so the first hit per peer is that peer's
+ * answer; the specific peer and the wildcard peer are then combined with
+ * deny > redirect > allow. */
+static __always_inline void evaluate(__u32 endpoint, __u8 dir, __u32 peer, __u8 proto, __be16 dport,
+				     struct ep_policy *pol, struct policy_value *res)
+{
+	struct policy_value a = {}, b = {};
+	__u16 port = bpf_ntohs(dport);
+	struct policy_key k = {.endpoint = endpoint, .identity = peer, .dir = dir, .proto = proto};
+
+	res->verdict = VERDICT_NONE;
+	res->proxy_port = 0;
+	res->rule_id = 0;
+	if (!pol)
+		return;
+	__u32 pc = proto_class(proto);
+	lookup_levels(&k, pol->levels_peer[pc], port, &a);
+	k.identity = 0;
+	k.proto = proto;
+	lookup_levels(&k, pol->levels_any[pc], port, &b);
+	*res = a.verdict >= b.verdict ? a : b;
+}
+
+/* count_rule counts decisions, as Cilium's policy counters do: the first
+ * packet of every flow a rule admits and every packet it drops. Packets of
+ * established flows are not counted (that would cost a lookup each). */
+static __always_inline void count_rule(__u32 rule_id, __u32 len)
+{
+	struct rule_stats *s = bpf_map_lookup_elem(&rule_stats, &rule_id);
+	if (s) {
+		s->packets++;
+		s->bytes += len;
+		return;
+	}
+	struct rule_stats init = {.packets = 1, .bytes = len};
+	bpf_map_update_elem(&rule_stats, &rule_id, &init, BPF_NOEXIST);
+}
+
+static __always_inline struct config *settings_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+/* emit_event is a per-CPU token bucket in front of the ring buffer:
+ * events_per_sec sustained, events_burst at once. */
+static __always_inline void emit_event(struct __sk_buff *skb, struct config *cfg, __u32 endpoint, __u8 dir,
+				       struct flow *f, __u32 src_id, __u32 dst_id, struct policy_value *pv,
+				       __u8 reason, __u8 flags)
+{
+	__u32 zero = 0;
+	struct event_limit *lim = bpf_map_lookup_elem(&event_limit, &zero);
+	if (!lim || !cfg || !cfg->events_per_sec)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cost = NSEC_PER_SEC / cfg->events_per_sec;
+	__u64 cap = cost * cfg->events_burst;
+	__u64 tokens = lim->tokens + (now - lim->last);
+	if (tokens > cap)
+		tokens = cap;
+	lim->last = now;
+	if (tokens < cost) {
+		lim->tokens = tokens;
+		lim->suppressed++;
+		return;
+	}
+	lim->tokens = tokens - cost;
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		lim->suppressed++;
+		return;
+	}
+	lim->emitted++;
+	if (!src_id && f->saddr)
+		src_id = ipcache_identity(f->saddr);
+	if (!dst_id && f->daddr)
+		dst_id = ipcache_identity(f->daddr);
+	__builtin_memset(e, 0, sizeof(*e));
+	e->timestamp = now;
+	e->endpoint = endpoint;
+	e->ifindex = skb->ifindex;
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->rule_id = pv->rule_id;
+	__builtin_memcpy(e->saddr, &f->saddr, 4);
+	__builtin_memcpy(e->daddr, &f->daddr, 4);
+	e->sport = f->sport;
+	e->dport = f->dport;
+	e->family = AF_INET;
+	e->proto = f->proto;
+	e->dir = dir;
+	e->verdict = pv->verdict;
+	e->reason = reason;
+	e->flags = flags;
+	e->proxy_port = pv->proxy_port;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline __u64 ct_lifetime(struct config *cfg, struct ct_value *ct, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return cfg->ct_other_ns;
+	if (ct->flags & CT_F_CLOSING)
+		return cfg->ct_tcp_closing_ns;
+	if (ct->flags & CT_F_SEEN_REPLY)
+		return cfg->ct_tcp_ns;
+	return cfg->ct_tcp_syn_ns;
+}
+
+static __always_inline int listener_present(__u16 proxy_port)
+{
+	__u32 key = proxy_port;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &key);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+static __always_inline int do_redirect(struct __sk_buff *skb, __u8 dir, __u16 proxy_port)
+{
+	skb->mark = mark_to_proxy(proxy_port);
+	if (dir == DIR_EGRESS)
+		/* Leaving the pod: the mark alone steers routing to local delivery. */
+		return TC_ACT_OK;
+
+	/* Entering the pod: routing is done, so turn the packet around into
+	 * the host stack of the node. Swap MACs so that the frame is
+	 * addressed to the host-side veth (else it is PACKET_OTHERHOST). */
+	__u8 macs[12], swapped[12];
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) < 0)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(swapped, macs + 6, 6);
+	__builtin_memcpy(swapped + 6, macs, 6);
+	if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+static __always_inline void fill_ct_key(struct ct_key *k, __u32 endpoint, __u8 dir, __u8 proto, __be32 saddr,
+					__be32 daddr, __be16 sport, __be16 dport)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->endpoint = endpoint;
+	k->dir = dir;
+	k->proto = proto;
+	k->family = AF_INET;
+	k->sport = sport;
+	k->dport = dport;
+	__builtin_memcpy(k->saddr, &saddr, 4);
+	__builtin_memcpy(k->daddr, &daddr, 4);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow f = {};
+	struct policy_value pv = {};
+	__u8 reason = REASON_MALFORMED;
+	__u32 ifindex = skb->ifindex;
+	__u32 magic = skb->mark & MARK_MAGIC_MASK;
+
+	/* Our own ingress redirect coming back into the host (pods cannot
+	 * set marks: they are scrubbed when crossing network namespaces). */
+	if (dir == DIR_EGRESS && magic == MARK_MAGIC_TO_PROXY)
+		return TC_ACT_OK;
+
+	struct config *cfg = settings_get();
+	if (!cfg)
+		return TC_ACT_SHOT;
+
+	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	__u32 endpoint = ep ? ep->id : 0;
+
+	int ret = parse(skb, &f, &reason);
+	if (ret == PARSE_PASS)
+		return TC_ACT_OK;
+	if (ret == PARSE_OK && !ep) {
+		ret = PARSE_DROP;
+		reason = REASON_NO_ENDPOINT;
+	}
+	/* A pod may only send from its own address: identities are bound to
+	 * addresses, and the node accepts local source addresses on pod veths
+	 * (accept_local, needed by ingress redirects of the node's traffic). */
+	if (ret == PARSE_OK && dir == DIR_EGRESS) {
+		__be32 own;
+		__builtin_memcpy(&own, ep->ipv4, 4);
+		if (own && f.saddr != own) {
+			ret = PARSE_DROP;
+			reason = REASON_SPOOFED;
+		}
+	}
+	if (ret == PARSE_DROP) {
+		count_rule(0, skb->len);
+		emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv, reason, EVENT_F_DROPPED);
+		return TC_ACT_SHOT;
+	}
+
+	int from_proxy = 0;
+	__u32 proxy_id = 0;
+	if (dir == DIR_INGRESS && (magic == MARK_MAGIC_PROXY_INGRESS || magic == MARK_MAGIC_PROXY_EGRESS)) {
+		from_proxy = 1;
+		proxy_id = mark_identity(skb->mark);
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ep_policy_key pk = {.endpoint = endpoint, .dir = dir};
+	struct ep_policy *pol;
+	int enforced;
+	__u32 peer_addr_id; /* identity of the remote side */
+
+	struct ct_key ck;
+	fill_ct_key(&ck, endpoint, dir, f.proto, f.saddr, f.daddr, f.sport, f.dport);
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &ck);
+	if (ct) {
+		int fresh = now - ct->last_seen <= ct_lifetime(cfg, ct, f.proto);
+		int new_syn = (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && (ct->flags & CT_F_CLOSING);
+		int proxy_mismatch = !!(ct->flags & CT_F_FROM_PROXY) != from_proxy;
+		if (fresh && !new_syn && !proxy_mismatch) {
+			if (ct->revision != cfg->revision) {
+				/* Policy changed since this flow was admitted: drop it if it
+				 * is no longer allowed, else keep its verdict and redirect. */
+				/* The peer's address may map to another identity now;
+				 * the proxy's mark, though, is the flow's for good. */
+				__u32 peer = ct->peer_identity;
+				if (!(ct->flags & CT_F_FROM_PROXY))
+					peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
+				ct->peer_identity = peer;
+				pol = bpf_map_lookup_elem(&ep_policy, &pk);
+				enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
+				evaluate(endpoint, dir, peer, f.proto, f.dport, pol, &pv);
+				if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+					bpf_map_delete_elem(&conntrack, &ck);
+					count_rule(pv.rule_id, f.len);
+					__u32 src = dir == DIR_INGRESS ? peer : 0;
+					__u32 dst = dir == DIR_INGRESS ? 0 : peer;
+					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv, REASON_REVALIDATE,
+						   EVENT_F_DROPPED | (from_proxy ? EVENT_F_FROM_PROXY : 0));
+					return TC_ACT_SHOT;
+				}
+				ct->revision = cfg->revision;
+			}
+			if (now - ct->last_seen > NSEC_PER_SEC)
+				ct->last_seen = now;
+			if (f.tcp_flags & (TCP_FIN | TCP_RST) && !(ct->flags & CT_F_CLOSING)) {
+				ct->flags |= CT_F_CLOSING;
+				ct->last_seen = now;
+			}
+			if (ct->verdict == VERDICT_REDIRECT)
+				return do_redirect(skb, dir, ct->proxy_port);
+			return TC_ACT_OK;
+		}
+	}
+
+	/* Reply of a flow admitted in the other direction. */
+	struct ct_key rk;
+	fill_ct_key(&rk, endpoint, dir ^ 1, f.proto, f.daddr, f.saddr, f.dport, f.sport);
+	struct ct_value *rct = bpf_map_lookup_elem(&conntrack, &rk);
+	if (rct && now - rct->last_seen <= ct_lifetime(cfg, rct, f.proto)) {
+		if (rct->revision != cfg->revision) {
+			/* Re-check the flow in its own direction, as for the forward
+			 * path, so that reply-only traffic cannot outlive a policy
+			 * change. Its destination port is our source port. */
+			struct ep_policy_key rpk = {.endpoint = endpoint, .dir = dir ^ 1};
+			__u32 peer = rct->peer_identity;
+			if (!(rct->flags & CT_F_FROM_PROXY))
+				peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
+			rct->peer_identity = peer;
+			pol = bpf_map_lookup_elem(&ep_policy, &rpk);
+			enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
+			evaluate(endpoint, dir ^ 1, peer, f.proto, f.sport, pol, &pv);
+			if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+				bpf_map_delete_elem(&conntrack, &rk);
+				count_rule(pv.rule_id, f.len);
+				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv, REASON_REVALIDATE, EVENT_F_DROPPED);
+				return TC_ACT_SHOT;
+			}
+			rct->revision = cfg->revision;
+		}
+		if (!(rct->flags & CT_F_SEEN_REPLY) || now - rct->last_seen > NSEC_PER_SEC) {
+			rct->flags |= CT_F_SEEN_REPLY;
+			rct->last_seen = now;
+		}
+		if (f.tcp_flags & (TCP_FIN | TCP_RST) && !(rct->flags & CT_F_CLOSING)) {
+			rct->flags |= CT_F_CLOSING;
+			rct->last_seen = now;
+		}
+		return TC_ACT_OK;
+	}
+
+	/* New flow. */
+	if (from_proxy && proxy_id)
+		peer_addr_id = proxy_id;
+	else
+		peer_addr_id = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
+	/* Our own identity is only needed for events (0: look it up there). */
+	__u32 src_id = dir == DIR_INGRESS ? peer_addr_id : 0;
+	__u32 dst_id = dir == DIR_INGRESS ? 0 : peer_addr_id;
+	__u8 eflags = from_proxy ? EVENT_F_FROM_PROXY : 0;
+
+	pol = bpf_map_lookup_elem(&ep_policy, &pk);
+	enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
+	evaluate(endpoint, dir, peer_addr_id, f.proto, f.dport, pol, &pv);
+	reason = pv.verdict == VERDICT_NONE ? REASON_DEFAULT : REASON_POLICY;
+	if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+		count_rule(pv.rule_id, f.len);
+		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, reason, eflags | EVENT_F_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	if (pv.verdict == VERDICT_REDIRECT && from_proxy) {
+		/* Already through the proxy: L3/L4 allowed, never redirect twice. */
+		pv.verdict = VERDICT_ALLOW;
+		pv.proxy_port = 0;
+	}
+	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port)) {
+		count_rule(pv.rule_id, f.len);
+		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, REASON_NO_LISTENER,
+			   eflags | EVENT_F_DROPPED);
+		return TC_ACT_SHOT;
+	}
+
+	struct ct_value nv = {
+		.created = now,
+		.last_seen = now,
+		.rule_id = pv.rule_id,
+		.revision = cfg->revision,
+		.peer_identity = peer_addr_id,
+		.proxy_port = pv.proxy_port,
+		.verdict = pv.verdict == VERDICT_NONE ? VERDICT_ALLOW : pv.verdict,
+		.flags = (from_proxy ? CT_F_FROM_PROXY : 0) | (pv.verdict == VERDICT_NONE ? CT_F_DEFAULT : 0),
+	};
+	if (f.tcp_flags & (TCP_FIN | TCP_RST))
+		nv.flags |= CT_F_CLOSING;
+	bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+	count_rule(pv.rule_id, f.len);
+	emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, reason, eflags);
+	if (pv.verdict == VERDICT_REDIRECT)
+		return do_redirect(skb, dir, pv.proxy_port);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int tc_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
+
+/* sk_lookup_proxy finds the conntrack entry tc wrote for a redirected flow
+ * (by arriving veth and tuple) and hands the connection to the listener
+ * registered for its proxy port. A missing listener drops the SYN. */
+SEC("sk_lookup")
+int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return SK_PASS;
+
+	struct ct_key k;
+	fill_ct_key(&k, ep->id, DIR_EGRESS, IPPROTO_TCP, ctx->remote_ip4, ctx->local_ip4, ctx->remote_port,
+		    bpf_htons((__u16)ctx->local_port));
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
+	if (!ct || ct->verdict != VERDICT_REDIRECT) {
+		k.dir = DIR_INGRESS;
+		ct = bpf_map_lookup_elem(&conntrack, &k);
+	}
+	if (!ct || ct->verdict != VERDICT_REDIRECT)
+		return SK_PASS;
+
+	__u32 port = ct->proxy_port;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &port);
+	if (!sk)
+		return SK_DROP;
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
+}

@@ -1,0 +1,281 @@
+package bpf
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Policy map layout and lookup order
+//
+// The policy map is a hash keyed by {endpoint, peer identity, direction,
+// protocol, port prefix length, port}. Port ranges are expanded to aligned
+// port prefixes (as Cilium does for its LPM policy map); a protocol-wildcard
+// entry with ports is expanded to TCP, UDP and SCTP; a protocol-wildcard
+// entry without ports is stored at the "any protocol" level
+// (proto 0, prefix 0, port 0). For each (endpoint, direction) the ep_policy
+// map records which levels (port prefix lengths 0..16, and "any protocol")
+// are present, per protocol class (TCP, UDP, SCTP, other), for specific
+// peers and for the wildcard peer.
+//
+// For a new flow the program, for the specific peer and then for the
+// wildcard peer, probes the present levels from the most specific (exact
+// port) to the least (any protocol) and stops at the first hit; the two
+// answers are combined, deny > redirect > allow. Each stored value is
+// pre-combined here, in user space, over every entry of the same peer
+// whose L4 prefix covers the key, so the most specific hit already is that
+// peer's answer: deny wins regardless of specificity, then redirect, then
+// allow. A packet therefore costs at most one hash lookup per present level
+// and peer kind (typically 2–4), independent of the number of entries.
+//
+// Ties: among entries of equal verdict the most specific one, then the
+// lowest rule id, decides the rule id (and the proxy port of a redirect).
+
+const levelAnyProto = 17
+
+type l4Key struct {
+	proto uint8
+	plen  uint8
+	port  uint16
+}
+
+type candidate struct {
+	verdict   Verdict
+	proxyPort uint16
+	ruleID    uint32
+}
+
+// better reports whether c should replace cur at the same specificity.
+func (c candidate) better(cur candidate, sameLevel bool) bool {
+	if c.verdict != cur.verdict {
+		return c.verdict > cur.verdict
+	}
+	return sameLevel && c.ruleID < cur.ruleID
+}
+
+// policyKey and policyValue are the Go forms of the map's key and value.
+type policyKey = datapathPolicyKey
+type policyValue = datapathPolicyValue
+type epPolicyKey = datapathEpPolicyKey
+type epPolicyValue = datapathEpPolicy
+
+const epPolicyEnforced = 1
+
+func portMask(plen uint8) uint16 {
+	if plen == 0 {
+		return 0
+	}
+	return uint16(0xFFFF << (16 - plen))
+}
+
+// portPrefixes covers [lo, hi] with the fewest aligned prefixes.
+func portPrefixes(lo, hi uint16) []l4Key {
+	var out []l4Key
+	start, end := uint32(lo), uint32(hi)
+	for start <= end {
+		size := uint32(1)
+		plen := uint8(16)
+		for plen > 0 {
+			next := size << 1
+			if start%next != 0 || start+next-1 > end {
+				break
+			}
+			size = next
+			plen--
+		}
+		out = append(out, l4Key{plen: plen, port: uint16(start)})
+		start += size
+	}
+	return out
+}
+
+func validateEntry(e PolicyEntry) error {
+	switch e.Verdict {
+	case VerdictAllow, VerdictDeny:
+	case VerdictRedirect:
+		if e.Protocol != ProtoTCP || e.Port == 0 || (e.EndPort != 0 && e.EndPort != e.Port) {
+			return fmt.Errorf("%w: redirect needs a single tcp port", ErrInvalidEntry)
+		}
+		if e.ProxyPort == 0 {
+			return fmt.Errorf("%w: redirect without proxy port", ErrInvalidEntry)
+		}
+	default:
+		return fmt.Errorf("%w: verdict %d", ErrInvalidEntry, e.Verdict)
+	}
+	if e.Port == 0 && e.EndPort != 0 {
+		return fmt.Errorf("%w: end port without port", ErrInvalidEntry)
+	}
+	if e.EndPort != 0 && e.EndPort < e.Port {
+		return fmt.Errorf("%w: end port %d below port %d", ErrInvalidEntry, e.EndPort, e.Port)
+	}
+	if e.Port != 0 {
+		switch e.Protocol {
+		case ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP:
+		default:
+			return fmt.Errorf("%w: ports with protocol %d", ErrInvalidEntry, e.Protocol)
+		}
+	}
+	return nil
+}
+
+// expand turns an entry into the L4 keys it covers.
+func expand(e PolicyEntry) []l4Key {
+	if e.Protocol == ProtoAny && e.Port == 0 {
+		return []l4Key{{}}
+	}
+	var ranges []l4Key
+	if e.Port == 0 {
+		ranges = []l4Key{{plen: 0}}
+	} else {
+		end := e.EndPort
+		if end == 0 {
+			end = e.Port
+		}
+		ranges = portPrefixes(e.Port, end)
+	}
+	protos := []uint8{e.Protocol}
+	if e.Protocol == ProtoAny {
+		protos = []uint8{ProtoTCP, ProtoUDP, ProtoSCTP}
+	}
+	out := make([]l4Key, 0, len(ranges)*len(protos))
+	for _, p := range protos {
+		for _, r := range ranges {
+			out = append(out, l4Key{proto: p, plen: r.plen, port: r.port})
+		}
+	}
+	return out
+}
+
+// compiledPolicy is the desired content of the policy and ep_policy maps.
+type compiledPolicy struct {
+	policy   map[policyKey]policyValue
+	epPolicy map[epPolicyKey]epPolicyValue
+}
+
+// compilePolicy turns endpoint policies into map contents. It is pure, so
+// the lookup semantics can be tested without a kernel.
+func compilePolicy(eps []EndpointPolicy) (compiledPolicy, error) {
+	out := compiledPolicy{
+		policy:   make(map[policyKey]policyValue),
+		epPolicy: make(map[epPolicyKey]epPolicyValue),
+	}
+	seen := make(map[uint32]bool, len(eps))
+	for _, ep := range eps {
+		if ep.Endpoint == 0 {
+			return out, fmt.Errorf("%w: endpoint id 0", ErrInvalidEntry)
+		}
+		if seen[ep.Endpoint] {
+			return out, fmt.Errorf("%w: endpoint %d listed twice", ErrInvalidEntry, ep.Endpoint)
+		}
+		seen[ep.Endpoint] = true
+		for _, d := range []struct {
+			dir Direction
+			pol DirectionPolicy
+		}{{Ingress, ep.Ingress}, {Egress, ep.Egress}} {
+			if err := compileDirection(ep.Endpoint, d.dir, d.pol, out); err != nil {
+				return out, fmt.Errorf("endpoint %d %s: %w", ep.Endpoint, d.dir, err)
+			}
+		}
+	}
+	return out, nil
+}
+
+func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiledPolicy) error {
+	if !dp.Enforced && len(dp.Entries) == 0 {
+		return nil
+	}
+	// Best candidate per exact key, grouped by peer.
+	groups := make(map[Identity]map[l4Key]candidate)
+	for _, e := range dp.Entries {
+		if err := validateEntry(e); err != nil {
+			return err
+		}
+		g := groups[e.Peer]
+		if g == nil {
+			g = make(map[l4Key]candidate)
+			groups[e.Peer] = g
+		}
+		c := candidate{verdict: e.Verdict, proxyPort: e.ProxyPort, ruleID: e.RuleID}
+		for _, k := range expand(e) {
+			if cur, ok := g[k]; !ok || c.better(cur, true) {
+				g[k] = c
+			}
+		}
+	}
+	var meta epPolicyValue
+	if dp.Enforced {
+		meta.Flags = epPolicyEnforced
+	}
+	peers := make([]Identity, 0, len(groups))
+	for p := range groups {
+		peers = append(peers, p)
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i] < peers[j] })
+	for _, peer := range peers {
+		g := groups[peer]
+		present := make(map[uint8]uint32) // proto -> port prefix lengths present
+		for k := range g {
+			present[k.proto] |= 1 << k.plen
+		}
+		for k := range g {
+			best := combine(g, k, present[k.proto])
+			levels := &meta.LevelsPeer
+			if peer == IdentityAny {
+				levels = &meta.LevelsAny
+			}
+			if k.proto == ProtoAny {
+				for pc := range levels {
+					levels[pc] |= 1 << levelAnyProto
+				}
+			} else {
+				levels[protoClass(k.proto)] |= 1 << k.plen
+			}
+			out.policy[policyKey{
+				Endpoint: ep,
+				Identity: uint32(peer),
+				Dir:      uint8(dir),
+				Proto:    k.proto,
+				PortPlen: k.plen,
+				Port:     htons(k.port),
+			}] = policyValue{Verdict: uint8(best.verdict), ProxyPort: best.proxyPort, RuleId: best.ruleID}
+		}
+	}
+	out.epPolicy[epPolicyKey{Endpoint: ep, Dir: uint8(dir)}] = meta
+	return nil
+}
+
+// combine folds every entry of the group whose L4 prefix covers k, from the
+// most specific (k itself) to the least (any protocol); levels has a bit
+// for each port prefix length present for k's protocol.
+func combine(g map[l4Key]candidate, k l4Key, levels uint32) candidate {
+	best := g[k]
+	if k.proto != ProtoAny {
+		for plen := int(k.plen) - 1; plen >= 0; plen-- {
+			if levels&(1<<plen) == 0 {
+				continue
+			}
+			a := l4Key{proto: k.proto, plen: uint8(plen), port: k.port & portMask(uint8(plen))}
+			if c, ok := g[a]; ok && c.better(best, false) {
+				best = c
+			}
+		}
+		if c, ok := g[l4Key{}]; ok && c.better(best, false) {
+			best = c
+		}
+	}
+	return best
+}
+
+// protoClass indexes the per-protocol level masks (c/datapath.c).
+func protoClass(proto uint8) int {
+	switch proto {
+	case ProtoTCP:
+		return 0
+	case ProtoUDP:
+		return 1
+	case ProtoSCTP:
+		return 2
+	}
+	return 3
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

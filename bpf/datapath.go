@@ -1,0 +1,595 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFSPath is where maps and links are pinned unless configured.
+const DefaultBPFFSPath = "/sys/fs/bpf/l7gate"
+
+// Pin layout under Config.BPFFSPath.
+const (
+	mapsDir  = "maps"
+	linksDir = "links"
+)
+
+// Config configures Open.
+type Config struct {
+	// BPFFSPath is a directory on a bpf filesystem; maps are pinned in
+	// BPFFSPath/maps, links in BPFFSPath/links.
+	BPFFSPath string
+	MapSizes  MapSizes
+	// CTTimeouts: zero fields take the defaults.
+	CTTimeouts CTTimeouts
+	// EventsPerSecond limits events per CPU (default 1000); EventBurst is
+	// the bucket depth (default EventsPerSecond). DisableEvents turns the
+	// ring buffer off.
+	EventsPerSecond uint32
+	EventBurst      uint32
+	DisableEvents   bool
+	Logger          *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.BPFFSPath == "" {
+		c.BPFFSPath = DefaultBPFFSPath
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := func(v *uint32, d uint32) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	s, d := &c.MapSizes, defaultMapSizes()
+	def(&s.IPCache, d.IPCache)
+	def(&s.Endpoints, d.Endpoints)
+	def(&s.EndpointPolicy, d.EndpointPolicy)
+	def(&s.Policy, d.Policy)
+	def(&s.Conntrack, d.Conntrack)
+	def(&s.Fragments, d.Fragments)
+	def(&s.ProxySockets, d.ProxySockets)
+	def(&s.RuleStats, d.RuleStats)
+	def(&s.EventsBytes, d.EventsBytes)
+	t, dt := &c.CTTimeouts, defaultCTTimeouts()
+	if t.TCP <= 0 {
+		t.TCP = dt.TCP
+	}
+	if t.TCPSyn <= 0 {
+		t.TCPSyn = dt.TCPSyn
+	}
+	if t.TCPClosing <= 0 {
+		t.TCPClosing = dt.TCPClosing
+	}
+	if t.Other <= 0 {
+		t.Other = dt.Other
+	}
+	def(&c.EventsPerSecond, 1000)
+	def(&c.EventBurst, c.EventsPerSecond)
+	return c
+}
+
+// Datapath owns the loaded programs and maps of the node's datapath. Kernel
+// state lives in pins, so Close leaves traffic enforced; a later Open on the
+// same BPFFSPath adopts the pins and swaps in its programs atomically.
+type Datapath struct {
+	cfg  Config
+	log  *slog.Logger
+	objs datapathObjects
+	Maps
+
+	mu       sync.Mutex // guards links, settings and syncs
+	links    map[string]link.Link
+	settings datapathConfig
+}
+
+// Open loads the programs, creates or adopts the pinned maps and adopts
+// pinned links (updating them to the new programs).
+func Open(ctx context.Context, cfg Config) (*Datapath, error) {
+	cfg = cfg.withDefaults()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := checkBPFFS(cfg.BPFFSPath); err != nil {
+		return nil, err
+	}
+	for _, dir := range []string{mapsDir, linksDir} {
+		if err := os.MkdirAll(filepath.Join(cfg.BPFFSPath, dir), 0o700); err != nil {
+			return nil, fmt.Errorf("create pin dir: %w", err)
+		}
+	}
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	s := cfg.MapSizes
+	for name, size := range map[string]uint32{
+		datapathMapIpcache:    s.IPCache,
+		datapathMapEndpoints:  s.Endpoints,
+		datapathMapEpPolicy:   s.EndpointPolicy,
+		datapathMapPolicy:     s.Policy,
+		datapathMapConntrack:  s.Conntrack,
+		datapathMapFragments:  s.Fragments,
+		datapathMapProxySocks: s.ProxySockets,
+		datapathMapRuleStats:  s.RuleStats,
+		datapathMapEvents:     s.EventsBytes,
+	} {
+		spec.Maps[name].MaxEntries = size
+	}
+	d := &Datapath{cfg: cfg, log: cfg.Logger, links: make(map[string]link.Link)}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: filepath.Join(cfg.BPFFSPath, mapsDir)}}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("%w: %w", ErrIncompatiblePin, err)
+		}
+		return nil, fmt.Errorf("load objects: %w", err)
+	}
+	d.Maps = mapsFrom(&d.objs.datapathMaps)
+	if err := d.initSettings(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	if err := d.adoptLinks(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func checkBPFFS(path string) error {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return fmt.Errorf("create bpffs dir: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if uint32(st.Type) != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not on a bpf filesystem", path)
+	}
+	return nil
+}
+
+func (d *Datapath) initSettings() error {
+	var cur datapathConfig
+	if err := d.objs.Settings.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read settings: %w", err)
+	}
+	c := d.cfg
+	d.settings = datapathConfig{
+		// Keep counting from the pinned revision so that flows admitted by
+		// the previous loader are revalidated after our first sync.
+		Revision:       cur.Revision + 1,
+		EventsPerSec:   c.EventsPerSecond,
+		EventsBurst:    c.EventBurst,
+		CtTcpNs:        uint64(c.CTTimeouts.TCP.Nanoseconds()),
+		CtTcpSynNs:     uint64(c.CTTimeouts.TCPSyn.Nanoseconds()),
+		CtTcpClosingNs: uint64(c.CTTimeouts.TCPClosing.Nanoseconds()),
+		CtOtherNs:      uint64(c.CTTimeouts.Other.Nanoseconds()),
+	}
+	if c.DisableEvents {
+		d.settings.EventsPerSec = 0
+	}
+	if err := d.objs.Settings.Update(uint32(0), &d.settings, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
+}
+
+// bumpRevision makes every established flow re-check policy on its next
+// packet. Callers hold d.mu.
+func (d *Datapath) bumpRevision() error {
+	d.settings.Revision++
+	if err := d.objs.Settings.Update(uint32(0), &d.settings, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
+}
+
+// Link pin names: tcx_<ifindex>_from_pod, tcx_<ifindex>_to_pod and
+// sk_lookup_<netns inode>.
+func tcxPinName(ifindex int, toPod bool) string {
+	if toPod {
+		return fmt.Sprintf("tcx_%d_to_pod", ifindex)
+	}
+	return fmt.Sprintf("tcx_%d_from_pod", ifindex)
+}
+
+func (d *Datapath) progForPin(name string) *ebpf.Program {
+	switch {
+	case strings.HasPrefix(name, "sk_lookup_"):
+		return d.objs.SkLookupProxy
+	case strings.HasSuffix(name, "_from_pod"):
+		return d.objs.TcFromPod
+	case strings.HasSuffix(name, "_to_pod"):
+		return d.objs.TcToPod
+	}
+	return nil
+}
+
+func (d *Datapath) adoptLinks() error {
+	dir := filepath.Join(d.cfg.BPFFSPath, linksDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read links dir: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		prog := d.progForPin(name)
+		if prog == nil {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("load pinned link %s: %w", name, err)
+		}
+		if err := l.Update(prog); err != nil {
+			l.Close()
+			if errors.Is(err, unix.ENOLINK) {
+				// The interface or netns is gone; the pin is stale.
+				d.log.Info("removing stale link pin", "pin", name)
+				os.Remove(path)
+				continue
+			}
+			return fmt.Errorf("update link %s: %w", name, err)
+		}
+		d.links[name] = l
+		d.log.Debug("adopted link", "pin", name)
+	}
+	return nil
+}
+
+// Close releases the loader's handles. Pinned maps and links, and with
+// them enforcement, stay in the kernel.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for name, l := range d.links {
+		errs = append(errs, l.Close())
+		delete(d.links, name)
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// AttachEndpoint registers ep and attaches the programs to its veth (or
+// keeps the existing attachment). Sync the endpoint's policy first: a
+// direction with no policy for the endpoint is not enforced (allow all),
+// as for a pod no rule selects.
+func (d *Datapath) AttachEndpoint(ep Endpoint) error {
+	if ep.ID == 0 || ep.Ifindex <= 0 {
+		return fmt.Errorf("endpoint %d ifindex %d: %w", ep.ID, ep.Ifindex, ErrInvalidEntry)
+	}
+	info := datapathEndpointInfo{Id: ep.ID}
+	if ep.IPv4.Is4() {
+		info.Ipv4 = ep.IPv4.As4()
+	}
+	if ep.IPv6.Is6() {
+		info.Ipv6 = ep.IPv6.As16()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.objs.Endpoints.Update(uint32(ep.Ifindex), &info, ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			return fmt.Errorf("endpoints: %w", ErrMapFull)
+		}
+		return fmt.Errorf("write endpoint: %w", err)
+	}
+	for _, a := range []struct {
+		toPod  bool
+		attach ebpf.AttachType
+		prog   *ebpf.Program
+	}{
+		// Traffic leaving the pod enters the host at the veth's ingress.
+		{false, ebpf.AttachTCXIngress, d.objs.TcFromPod},
+		{true, ebpf.AttachTCXEgress, d.objs.TcToPod},
+	} {
+		name := tcxPinName(ep.Ifindex, a.toPod)
+		if _, ok := d.links[name]; ok {
+			continue
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ep.Ifindex, Program: a.prog, Attach: a.attach})
+		if err != nil {
+			return fmt.Errorf("attach tcx to ifindex %d: %w", ep.Ifindex, err)
+		}
+		if err := l.Pin(filepath.Join(d.cfg.BPFFSPath, linksDir, name)); err != nil {
+			l.Close()
+			return fmt.Errorf("pin link: %w", err)
+		}
+		d.links[name] = l
+	}
+	d.log.Info("endpoint attached", "endpoint", ep.ID, "ifindex", ep.Ifindex)
+	return nil
+}
+
+// DetachEndpoint detaches the programs from the veth and forgets the
+// endpoint.
+func (d *Datapath) DetachEndpoint(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, toPod := range []bool{false, true} {
+		name := tcxPinName(ifindex, toPod)
+		l, ok := d.links[name]
+		if !ok {
+			continue
+		}
+		errs = append(errs, l.Unpin(), l.Close())
+		delete(d.links, name)
+	}
+	if err := d.objs.Endpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("delete endpoint: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// AttachSocketLookup attaches the sk_lookup program to the network
+// namespace at netnsPath (e.g. /proc/self/ns/net of the node), pinned so it
+// outlives the loader. Attaching twice to the same namespace is a no-op.
+func (d *Datapath) AttachSocketLookup(netnsPath string) error {
+	f, err := os.Open(netnsPath)
+	if err != nil {
+		return fmt.Errorf("open netns: %w", err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("stat netns: %w", err)
+	}
+	name := "sk_lookup_" + strconv.FormatUint(st.Ino, 10)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.links[name]; ok {
+		return nil
+	}
+	l, err := link.AttachNetNs(int(f.Fd()), d.objs.SkLookupProxy)
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup: %w", err)
+	}
+	if err := l.Pin(filepath.Join(d.cfg.BPFFSPath, linksDir, name)); err != nil {
+		l.Close()
+		return fmt.Errorf("pin link: %w", err)
+	}
+	d.links[name] = l
+	return nil
+}
+
+// RegisterProxyListener puts a proxy listener socket in the sockmap under
+// its proxy port; see ProxySockets.Register.
+func (d *Datapath) RegisterProxyListener(port uint16, conn syscall.Conn) error {
+	return registerProxy(d.objs.ProxySocks, port, conn)
+}
+
+// UnregisterProxyListener removes the listener of a proxy port.
+func (d *Datapath) UnregisterProxyListener(port uint16) error {
+	return unregisterProxy(d.objs.ProxySocks, port)
+}
+
+// SyncPolicy makes the policy maps hold exactly desired (every endpoint's
+// whole policy), writing only what changed. It fails before writing
+// anything if the result does not fit the maps. Established flows are
+// re-checked against the new policy on their next packet.
+func (d *Datapath) SyncPolicy(desired []EndpointPolicy) (SyncStats, error) {
+	c, err := compilePolicy(desired)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	if n := uint32(len(c.policy)); n > d.cfg.MapSizes.Policy {
+		return SyncStats{}, fmt.Errorf("policy needs %d keys, map holds %d: %w", n, d.cfg.MapSizes.Policy, ErrMapFull)
+	}
+	if n := uint32(len(c.epPolicy)); n > d.cfg.MapSizes.EndpointPolicy {
+		return SyncStats{}, fmt.Errorf("policy needs %d endpoint directions, map holds %d: %w", n, d.cfg.MapSizes.EndpointPolicy, ErrMapFull)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	curMeta, err := dumpMap[epPolicyKey, epPolicyValue](d.objs.EpPolicy)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	// While entries change, let programs probe the union of old and new
+	// levels so no key is skipped mid-way.
+	union := make(map[epPolicyKey]epPolicyValue, len(c.epPolicy))
+	for k, v := range c.epPolicy {
+		if old, ok := curMeta[k]; ok {
+			for pc := range v.LevelsPeer {
+				v.LevelsPeer[pc] |= old.LevelsPeer[pc]
+				v.LevelsAny[pc] |= old.LevelsAny[pc]
+			}
+		}
+		union[k] = v
+	}
+	if _, err := upsertChanged(d.objs.EpPolicy, union, curMeta, nil); err != nil {
+		return SyncStats{}, fmt.Errorf("ep_policy: %w", err)
+	}
+	curPol, err := dumpMap[policyKey, policyValue](d.objs.Policy)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	stats, err := syncMap(d.objs.Policy, c.policy, curPol, func(v policyValue) bool { return Verdict(v.Verdict) == VerdictDeny })
+	if err != nil {
+		return stats, fmt.Errorf("policy: %w", err)
+	}
+	afterUnion := make(map[epPolicyKey]epPolicyValue, len(curMeta)+len(union))
+	maps.Copy(afterUnion, curMeta)
+	maps.Copy(afterUnion, union)
+	if _, err := syncMap(d.objs.EpPolicy, c.epPolicy, afterUnion, nil); err != nil {
+		return stats, fmt.Errorf("ep_policy: %w", err)
+	}
+	if err := d.bumpRevision(); err != nil {
+		return stats, err
+	}
+	d.log.Debug("policy synced", "stats", stats.String())
+	return stats, nil
+}
+
+// SyncIPCache makes the ipcache hold exactly desired, writing only what
+// changed. A prefix listed twice with different identities is an error.
+func (d *Datapath) SyncIPCache(desired []IPCacheEntry) (SyncStats, error) {
+	want := make(map[datapathIpcacheKey]datapathIpcacheValue, len(desired))
+	for _, e := range desired {
+		k, err := ipcacheKey(e.Prefix)
+		if err != nil {
+			return SyncStats{}, err
+		}
+		v := datapathIpcacheValue{Identity: uint32(e.Identity)}
+		if old, ok := want[k]; ok && old != v {
+			return SyncStats{}, fmt.Errorf("%w: prefix %s has identities %d and %d", ErrInvalidEntry, e.Prefix, old.Identity, e.Identity)
+		}
+		want[k] = v
+	}
+	if n := uint32(len(want)); n > d.cfg.MapSizes.IPCache {
+		return SyncStats{}, fmt.Errorf("ipcache needs %d prefixes, map holds %d: %w", n, d.cfg.MapSizes.IPCache, ErrMapFull)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur, err := dumpMap[datapathIpcacheKey, datapathIpcacheValue](d.objs.Ipcache)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	stats, err := syncMap(d.objs.Ipcache, want, cur, nil)
+	if err != nil {
+		return stats, fmt.Errorf("ipcache: %w", err)
+	}
+	if stats.Added+stats.Updated+stats.Deleted > 0 {
+		// Some address may resolve to another identity now (a new, more
+		// specific prefix too): established flows re-check policy.
+		if err := d.bumpRevision(); err != nil {
+			return stats, err
+		}
+	}
+	return stats, nil
+}
+
+func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
+	if !p.IsValid() {
+		return datapathIpcacheKey{}, fmt.Errorf("%w: invalid prefix", ErrInvalidEntry)
+	}
+	p = p.Masked()
+	k := datapathIpcacheKey{Prefixlen: 32 + uint32(p.Bits())}
+	a := p.Addr()
+	if a.Is4() {
+		k.Family = unix.AF_INET
+		a4 := a.As4()
+		copy(k.Addr[:], a4[:])
+	} else {
+		k.Family = unix.AF_INET6
+		k.Addr = a.As16()
+	}
+	return k, nil
+}
+
+// syncMap writes want into m given its current content cur and deletes
+// stale keys. Upserts whose value is urgent (denies) go first, deletes of
+// urgent values last, so a sync never opens more than either state allows.
+func syncMap[K comparable, V comparable](m *ebpf.Map, want, cur map[K]V, urgent func(V) bool) (SyncStats, error) {
+	st, err := upsertChanged(m, want, cur, urgent)
+	if err != nil {
+		return st, err
+	}
+	var staleFirst, staleLater []K
+	for k, v := range cur {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if urgent != nil && urgent(v) {
+			staleLater = append(staleLater, k)
+		} else {
+			staleFirst = append(staleFirst, k)
+		}
+	}
+	for _, ks := range [][]K{staleFirst, staleLater} {
+		for _, k := range ks {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return st, fmt.Errorf("delete: %w", err)
+			}
+			st.Deleted++
+		}
+	}
+	return st, nil
+}
+
+func upsertChanged[K comparable, V comparable](m *ebpf.Map, want, cur map[K]V, urgent func(V) bool) (SyncStats, error) {
+	var st SyncStats
+	var first, later []K
+	for k, v := range want {
+		old, ok := cur[k]
+		switch {
+		case ok && old == v:
+			st.Unchanged++
+			continue
+		case ok:
+			st.Updated++
+		default:
+			st.Added++
+		}
+		if urgent != nil && urgent(v) {
+			first = append(first, k)
+		} else {
+			later = append(later, k)
+		}
+	}
+	for _, ks := range [][]K{first, later} {
+		for _, k := range ks {
+			if err := m.Update(k, want[k], ebpf.UpdateAny); err != nil {
+				if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) {
+					return st, fmt.Errorf("%w: %w", ErrMapFull, err)
+				}
+				return st, fmt.Errorf("update: %w", err)
+			}
+		}
+	}
+	return st, nil
+}
+
+// dumpMap reads a whole map, in batches where the map type allows.
+func dumpMap[K comparable, V any](m *ebpf.Map) (map[K]V, error) {
+	out := make(map[K]V)
+	const chunk = 4096
+	keys := make([]K, chunk)
+	vals := make([]V, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out[keys[i]] = vals[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) {
+			break // e.g. LPM tries: iterate instead
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dump map: %w", err)
+		}
+	}
+	clear(out)
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump map: %w", err)
+	}
+	return out, nil
+}

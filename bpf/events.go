@@ -1,0 +1,174 @@
+package bpf
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// Reason tells why the datapath decided as it did.
+type Reason uint8
+
+const (
+	ReasonPolicy      Reason = 0 // a policy entry decided
+	ReasonDefault     Reason = 1 // no entry matched (default allow/deny)
+	ReasonNoListener  Reason = 2 // redirect target missing: fail closed
+	ReasonFragment    Reason = 3 // non-first fragment of an unknown datagram
+	ReasonNoEndpoint  Reason = 4 // veth not registered
+	ReasonUnsupported Reason = 5 // IPv6 is not enforced yet: dropped
+	ReasonMalformed   Reason = 6
+	ReasonRevalidate  Reason = 7 // established flow no longer allowed
+	ReasonSpoofed     Reason = 8 // a pod sent from an address not its own
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonPolicy:
+		return "policy"
+	case ReasonDefault:
+		return "default"
+	case ReasonNoListener:
+		return "no-listener"
+	case ReasonFragment:
+		return "fragment"
+	case ReasonNoEndpoint:
+		return "no-endpoint"
+	case ReasonUnsupported:
+		return "unsupported"
+	case ReasonMalformed:
+		return "malformed"
+	case ReasonRevalidate:
+		return "revalidate"
+	case ReasonSpoofed:
+		return "spoofed"
+	}
+	return fmt.Sprintf("reason(%d)", uint8(r))
+}
+
+// Event is a drop, or the verdict on a new flow.
+type Event struct {
+	// Monotonic is CLOCK_MONOTONIC at the event.
+	Monotonic   uint64
+	Endpoint    uint32
+	Ifindex     uint32
+	Direction   Direction
+	SrcIdentity Identity
+	DstIdentity Identity
+	Src, Dst    netip.AddrPort
+	Protocol    uint8
+	Verdict     Verdict
+	Reason      Reason
+	Dropped     bool
+	FromProxy   bool
+	ProxyPort   uint16
+	RuleID      uint32
+}
+
+const (
+	eventFlagDropped   = 1
+	eventFlagFromProxy = 2
+)
+
+// Events streams datapath events until ctx is done, then closes the
+// channel. Events are rate-limited per CPU in the kernel (Config) and are
+// lost when the reader falls behind; only one reader should run at a time.
+func (d *Datapath) Events(ctx context.Context) (<-chan Event, error) {
+	rd, err := ringbuf.NewReader(d.objs.Events)
+	if err != nil {
+		return nil, fmt.Errorf("open ring buffer: %w", err)
+	}
+	ch := make(chan Event, 128)
+	stop := context.AfterFunc(ctx, func() { rd.Close() })
+	go func() {
+		defer close(ch)
+		defer stop()
+		defer rd.Close()
+		for {
+			rec, err := rd.Read()
+			if err != nil {
+				if !errors.Is(err, os.ErrClosed) && !errors.Is(err, ringbuf.ErrClosed) {
+					d.log.Warn("event reader stopped", "err", err)
+				}
+				return
+			}
+			ev, err := decodeEvent(rec.RawSample)
+			if err != nil {
+				d.log.Warn("bad event", "err", err)
+				continue
+			}
+			select {
+			case ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+func decodeEvent(b []byte) (Event, error) {
+	var raw datapathEvent
+	if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
+		return Event{}, fmt.Errorf("decode event: %w", err)
+	}
+	addr := func(a [16]byte) netip.Addr {
+		if raw.Family == unix.AF_INET {
+			return netip.AddrFrom4([4]byte(a[:4]))
+		}
+		return netip.AddrFrom16(a)
+	}
+	return Event{
+		Monotonic:   raw.Timestamp,
+		Endpoint:    raw.Endpoint,
+		Ifindex:     raw.Ifindex,
+		Direction:   Direction(raw.Dir),
+		SrcIdentity: Identity(raw.SrcIdentity),
+		DstIdentity: Identity(raw.DstIdentity),
+		Src:         netip.AddrPortFrom(addr(raw.Saddr), htons(raw.Sport)),
+		Dst:         netip.AddrPortFrom(addr(raw.Daddr), htons(raw.Dport)),
+		Protocol:    raw.Proto,
+		Verdict:     Verdict(raw.Verdict),
+		Reason:      Reason(raw.Reason),
+		Dropped:     raw.Flags&eventFlagDropped != 0,
+		FromProxy:   raw.Flags&eventFlagFromProxy != 0,
+		ProxyPort:   raw.ProxyPort,
+		RuleID:      raw.RuleId,
+	}, nil
+}
+
+// EventStats returns how many events were emitted and how many were
+// suppressed by the rate limit or a full ring buffer, summed over CPUs.
+func (d *Datapath) EventStats() (emitted, suppressed uint64, err error) {
+	var vs []datapathEventLimit
+	if err := d.objs.EventLimit.Lookup(uint32(0), &vs); err != nil {
+		return 0, 0, fmt.Errorf("read event stats: %w", err)
+	}
+	for _, v := range vs {
+		emitted += v.Emitted
+		suppressed += v.Suppressed
+	}
+	return emitted, suppressed, nil
+}
+
+func (e Event) String() string {
+	action := "forwarded"
+	if e.Dropped {
+		action = "dropped"
+	}
+	s := fmt.Sprintf("%s ep=%d %s %s(%d) -> %s(%d) proto=%d verdict=%s reason=%s rule=%d",
+		action, e.Endpoint, e.Direction, e.Src, e.SrcIdentity, e.Dst, e.DstIdentity, e.Protocol, e.Verdict, e.Reason, e.RuleID)
+	if e.ProxyPort != 0 {
+		s += fmt.Sprintf(" proxy=%d", e.ProxyPort)
+	}
+	if e.FromProxy {
+		s += " from-proxy"
+	}
+	return s
+}

@@ -1,0 +1,177 @@
+package bpf
+
+import (
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs")
+	}
+}
+
+// mountBPFFS mounts a private bpf filesystem for the test's pins.
+func mountBPFFS(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount bpffs: %v", err)
+		}
+	})
+	return dir
+}
+
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// openTest opens a Datapath on a private bpffs; the programs are only run
+// through BPF_PROG_TEST_RUN, never attached.
+func openTest(t testing.TB, cfg Config) *Datapath {
+	t.Helper()
+	requireRoot(t)
+	if cfg.BPFFSPath == "" {
+		cfg.BPFFSPath = mountBPFFS(t)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	d, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// skbCtx is the head of struct __sk_buff up to cb[]: the part
+// BPF_PROG_TEST_RUN lets us set (mark, ifindex, …).
+type skbCtx struct {
+	Len            uint32
+	PktType        uint32
+	Mark           uint32
+	QueueMapping   uint32
+	Protocol       uint32
+	VlanPresent    uint32
+	VlanTCI        uint32
+	VlanProto      uint32
+	Priority       uint32
+	IngressIfindex uint32
+	Ifindex        uint32
+	TCIndex        uint32
+	Cb             [5]uint32
+}
+
+type pkt struct {
+	src, dst     netip.Addr
+	sport, dport uint16
+	proto        uint8
+	tcpFlags     uint8
+	fragOff      uint16 // in 8-byte units
+	moreFrags    bool
+	ipID         uint16
+	etherType    uint16
+	payload      int
+}
+
+const (
+	tcpSYN = 0x02
+	tcpACK = 0x10
+	tcpFIN = 0x01
+)
+
+func (p pkt) bytes() []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, 0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01) // dst, src MAC
+	et := p.etherType
+	if et == 0 {
+		et = unix.ETH_P_IP
+	}
+	b = binary.BigEndian.AppendUint16(b, et)
+	if et != unix.ETH_P_IP {
+		return append(b, make([]byte, 46)...)
+	}
+	var l4 []byte
+	if p.fragOff == 0 {
+		switch p.proto {
+		case ProtoTCP:
+			l4 = make([]byte, 20)
+			binary.BigEndian.PutUint16(l4[0:], p.sport)
+			binary.BigEndian.PutUint16(l4[2:], p.dport)
+			l4[12] = 5 << 4
+			l4[13] = p.tcpFlags
+		case ProtoUDP, ProtoSCTP:
+			l4 = make([]byte, 8)
+			binary.BigEndian.PutUint16(l4[0:], p.sport)
+			binary.BigEndian.PutUint16(l4[2:], p.dport)
+		case ProtoICMP:
+			l4 = []byte{8, 0, 0, 0, 0, 1, 0, 1}
+		}
+	}
+	l4 = append(l4, make([]byte, p.payload)...)
+	ip := make([]byte, 20)
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+	binary.BigEndian.PutUint16(ip[4:], p.ipID)
+	frag := p.fragOff & 0x1FFF
+	if p.moreFrags {
+		frag |= 0x2000
+	}
+	binary.BigEndian.PutUint16(ip[6:], frag)
+	ip[8] = 64
+	ip[9] = p.proto
+	s, d := p.src.As4(), p.dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	b = append(b, ip...)
+	return append(b, l4...)
+}
+
+func (p pkt) reply() pkt {
+	r := p
+	r.src, r.dst = p.dst, p.src
+	r.sport, r.dport = p.dport, p.sport
+	return r
+}
+
+type runResult struct {
+	ret  uint32
+	mark uint32
+}
+
+func run(t testing.TB, prog *ebpf.Program, p pkt, mark uint32) runResult {
+	t.Helper()
+	in := skbCtx{Mark: mark}
+	// The kernel writes back the whole __sk_buff (192 bytes).
+	var out struct {
+		skbCtx
+		_ [192 - 68]byte
+	}
+	data := p.bytes()
+	ret, err := prog.Run(&ebpf.RunOptions{Data: data, DataOut: make([]byte, len(data)+256), Context: in, ContextOut: &out})
+	if err != nil {
+		t.Fatalf("test run: %v", err)
+	}
+	return runResult{ret: ret, mark: out.Mark}
+}

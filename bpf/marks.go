@@ -1,0 +1,56 @@
+package bpf
+
+// Mark encoding (skb->mark / SO_MARK), mirrored from c/marks.h:
+//
+//	bits  8-11  magic nibble (MarkMagicMask)
+//	  0x200     to proxy, set by tc on a redirected flow; bits 16-31 hold the
+//	            proxy port. The node needs
+//	              ip rule add fwmark 0x200/0xf00 lookup 2004
+//	              ip route add local 0.0.0.0/0 dev lo table 2004
+//	            so that such packets are delivered locally, where the
+//	            sk_lookup program picks the proxy's listener.
+//	  0xA00     set by the proxy (SO_MARK) on upstream connections of the
+//	            ingress proxy, 0xB00 for the egress proxy; the rest of the
+//	            mark carries the source identity:
+//	              bits 16-31 identity bits 0-15
+//	              bits  0-7  identity bits 16-23
+//	              bits 12-15 identity bits 24-27
+//	            The datapath never redirects such connections again and
+//	            applies the receiver's ingress policy as from that identity.
+const (
+	MarkMagicMask         uint32 = 0x0F00
+	MarkMagicToProxy      uint32 = 0x0200
+	MarkMagicProxyIngress uint32 = 0x0A00
+	MarkMagicProxyEgress  uint32 = 0x0B00
+
+	// ProxyRoutingTable is the routing table the to-proxy mark selects.
+	ProxyRoutingTable = 2004
+
+	// maxMarkIdentity is the largest identity a proxy mark can carry.
+	maxMarkIdentity = 1<<28 - 1
+)
+
+// ToProxyMark is the mark tc puts on packets redirected to proxyPort.
+func ToProxyMark(proxyPort uint16) uint32 {
+	return MarkMagicToProxy | uint32(proxyPort)<<16
+}
+
+// ProxyMark is the SO_MARK a proxy sets on its upstream connection for a
+// client of identity src; dir is the direction of the proxy (ingress or
+// egress policy). Only 28 identity bits fit; check with CanEncodeIdentity.
+func ProxyMark(dir Direction, src Identity) uint32 {
+	magic := MarkMagicProxyIngress
+	if dir == Egress {
+		magic = MarkMagicProxyEgress
+	}
+	id := uint32(src) & maxMarkIdentity
+	return magic | (id&0xFFFF)<<16 | (id>>16)&0xFF | ((id>>24)&0xF)<<12
+}
+
+// CanEncodeIdentity reports whether id fits in a proxy mark.
+func CanEncodeIdentity(id Identity) bool { return uint32(id) <= maxMarkIdentity }
+
+// MarkIdentity decodes the source identity from a proxy mark.
+func MarkIdentity(mark uint32) Identity {
+	return Identity((mark>>16)&0xFFFF | (mark&0xFF)<<16 | ((mark>>12)&0xF)<<24)
+}

@@ -1,0 +1,378 @@
+package bpf
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// topology is a node network namespace with pods behind veths:
+//
+//	pod ns "eth0" (pod IP/32, default via 198.18.0.1) <-> node ns "lxc<name>"
+//	(198.18.0.1/32, route pod IP/32)
+//
+// plus the proxy policy routing (fwmark 0x200/0xf00 -> table 2004 local).
+type topology struct {
+	t      *testing.T
+	prefix string
+	node   string
+	pods   map[string]*testPod
+}
+
+type testPod struct {
+	name    string
+	ns      string
+	ip      netip.Addr
+	hostDev string
+	id      uint32 // endpoint id
+	ident   Identity
+}
+
+const nodeAddr = "198.18.0.1"
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func newTopology(t *testing.T) *topology {
+	t.Helper()
+	b := make([]byte, 3)
+	rand.Read(b)
+	prefix := "l7gt" + hex.EncodeToString(b)
+	tp := &topology{t: t, prefix: prefix, node: prefix + "-node", pods: make(map[string]*testPod)}
+	tp.addNS(tp.node)
+	ipCmd(t, "-n", tp.node, "link", "set", "lo", "up")
+	// /proc/sys/net shows the namespace of the thread that opens it.
+	mustInNS(t, tp.node, func() error {
+		for _, kv := range [][2]string{
+			{"ipv4/ip_forward", "1"},
+			{"ipv4/conf/all/rp_filter", "0"},
+			{"ipv4/conf/default/rp_filter", "0"},
+			// Required by the redirect (see doc.go): else a forwarded
+			// packet whose 4-tuple matches a proxy socket is dropped.
+			{"ipv4/tcp_early_demux", "0"},
+			// Lets the node's own connections, turned around into a pod
+			// veth by an ingress redirect, in despite their local source.
+			{"ipv4/conf/all/accept_local", "1"},
+			{"ipv4/conf/default/accept_local", "1"},
+		} {
+			if err := os.WriteFile("/proc/sys/net/"+kv[0], []byte(kv[1]), 0o644); err != nil {
+				return fmt.Errorf("sysctl: %w", err)
+			}
+		}
+		return nil
+	})
+	ipCmd(t, "-n", tp.node, "rule", "add", "fwmark", "0x200/0xf00", "lookup", fmt.Sprint(ProxyRoutingTable))
+	ipCmd(t, "-n", tp.node, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", fmt.Sprint(ProxyRoutingTable))
+	return tp
+}
+
+func (tp *topology) addNS(name string) {
+	tp.t.Helper()
+	ipCmd(tp.t, "netns", "add", name)
+	tp.t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			tp.t.Errorf("delete netns %s: %v: %s", name, err, out)
+		}
+	})
+}
+
+func (tp *topology) addPod(name, ip string, id uint32, ident Identity) *testPod {
+	tp.t.Helper()
+	p := &testPod{name: name, ns: tp.prefix + "-" + name, ip: netip.MustParseAddr(ip), hostDev: "lxc" + name, id: id, ident: ident}
+	tp.addNS(p.ns)
+	t := tp.t
+	ipCmd(t, "-n", tp.node, "link", "add", p.hostDev, "type", "veth", "peer", "name", "eth0", "netns", p.ns)
+	ipCmd(t, "-n", tp.node, "addr", "add", nodeAddr+"/32", "dev", p.hostDev)
+	ipCmd(t, "-n", tp.node, "link", "set", p.hostDev, "up")
+	ipCmd(t, "-n", tp.node, "route", "add", ip+"/32", "dev", p.hostDev)
+	ipCmd(t, "-n", p.ns, "link", "set", "lo", "up")
+	ipCmd(t, "-n", p.ns, "addr", "add", ip+"/32", "dev", "eth0")
+	ipCmd(t, "-n", p.ns, "link", "set", "eth0", "up")
+	ipCmd(t, "-n", p.ns, "route", "add", nodeAddr+"/32", "dev", "eth0")
+	ipCmd(t, "-n", p.ns, "route", "add", "default", "via", nodeAddr, "dev", "eth0")
+	if ident != 0 {
+		tp.pods[name] = p
+	}
+	return p
+}
+
+// addExternal adds a host outside the cluster: a namespace routed through
+// the node like a pod, but with no endpoint and no ipcache entry (world).
+func (tp *topology) addExternal(name, ip string) *testPod {
+	return tp.addPod(name, ip, 0, 0)
+}
+
+// inNS runs f on a fresh OS thread switched into the named network
+// namespace. Sockets f creates stay in that namespace. The thread is
+// discarded afterwards rather than switched back.
+func inNS(ns string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with us
+		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open netns: %w", err)
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+func mustInNS(t *testing.T, ns string, f func() error) {
+	t.Helper()
+	if err := inNS(ns, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ifindex of a device in a namespace.
+func (tp *topology) ifindex(dev string) int {
+	tp.t.Helper()
+	var idx int
+	mustInNS(tp.t, tp.node, func() error {
+		ifc, err := net.InterfaceByName(dev)
+		if err != nil {
+			return err
+		}
+		idx = ifc.Index
+		return nil
+	})
+	return idx
+}
+
+// ipcache: pods by IP, the node as host.
+func (tp *topology) ipcache() []IPCacheEntry {
+	out := []IPCacheEntry{{Prefix: netip.MustParsePrefix(nodeAddr + "/32"), Identity: IdentityHost}}
+	for _, p := range tp.pods {
+		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(p.ip, 32), Identity: p.ident})
+	}
+	return out
+}
+
+// banner servers: every accepted connection gets "<tag> <local addr>\n"
+// and is closed by the server.
+type bannerServer struct {
+	mu       sync.Mutex
+	accepted []string // local addresses seen
+	wg       sync.WaitGroup
+}
+
+func serveBanner(t *testing.T, l net.Listener, tag string) *bannerServer {
+	s := &bannerServer{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.accepted = append(s.accepted, c.LocalAddr().String())
+			s.mu.Unlock()
+			fmt.Fprintf(c, "%s %s\n", tag, c.LocalAddr())
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); s.wg.Wait() })
+	return s
+}
+
+func (s *bannerServer) seen() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.accepted...)
+}
+
+func listenTCP(t *testing.T, ns, addr string, transparent bool) *net.TCPListener {
+	t.Helper()
+	var l net.Listener
+	mustInNS(t, ns, func() error {
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		if transparent {
+			lc.Control = func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				err := c.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+				})
+				return errors.Join(err, serr)
+			}
+		}
+		var err error
+		l, err = lc.Listen(context.Background(), "tcp4", addr)
+		return err
+	})
+	return l.(*net.TCPListener)
+}
+
+// udpEcho answers every datagram with "echo <local addr>".
+func udpEcho(t *testing.T, ns, addr string) {
+	t.Helper()
+	var pc net.PacketConn
+	mustInNS(t, ns, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_ = n
+			pc.WriteTo([]byte("echo "+pc.LocalAddr().String()), from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+}
+
+type dialOpts struct {
+	localPort int
+	mark      uint32
+	timeout   time.Duration
+}
+
+// dialRead connects from ns to addr and reads the banner.
+func dialRead(ns, addr string, o dialOpts) (string, error) {
+	if o.timeout == 0 {
+		o.timeout = 3 * time.Second
+	}
+	var c net.Conn
+	err := inNS(ns, func() error {
+		d := net.Dialer{Timeout: o.timeout}
+		d.SetMultipathTCP(false)
+		if o.localPort != 0 {
+			d.LocalAddr = &net.TCPAddr{Port: o.localPort}
+		}
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				if serr == nil && o.mark != 0 {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(o.mark))
+				}
+			})
+			return errors.Join(err, serr)
+		}
+		var err error
+		c, err = d.Dial("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return line, fmt.Errorf("read banner: %w", err)
+	}
+	// Wait for the server's FIN so that the server side closes first.
+	io.Copy(io.Discard, c)
+	return strings.TrimSpace(line), nil
+}
+
+// udpQuery sends one datagram from ns and waits (bounded) for an answer.
+func udpQuery(ns, addr string) (string, error) {
+	var c net.Conn
+	if err := inNS(ns, func() error {
+		var err error
+		c, err = net.Dial("udp4", addr)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	buf := make([]byte, 512)
+	for range 3 {
+		if _, err := c.Write([]byte("q")); err != nil {
+			return "", err
+		}
+		c.SetReadDeadline(time.Now().Add(400 * time.Millisecond))
+		n, err := c.Read(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+	}
+	return "", errors.New("no udp answer")
+}
+
+// serveSink reads each connection to its end and answers
+// "got <bytes> at <local addr>".
+func serveSink(t *testing.T, l net.Listener) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				n, _ := io.Copy(io.Discard, c)
+				fmt.Fprintf(c, "got %d at %s\n", n, c.LocalAddr())
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+}
+
+// sendBulk sends size bytes from ns to addr and returns the sink's answer.
+func sendBulk(ns, addr string, size int) (string, error) {
+	var c net.Conn
+	if err := inNS(ns, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, 3*time.Second)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		return "", err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
