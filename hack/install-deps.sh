@@ -12,6 +12,7 @@ declare -A want=(
   [curl]=curl
   [kcat]=kcat
   [bpftool]=bpftool
+  [protoc]=protobuf-compiler
 )
 
 missing=()

@@ -40,6 +40,21 @@ func (p Protocol) String() string {
 // MarshalText renders the protocol name.
 func (p Protocol) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
+// UnmarshalText parses a protocol name as MarshalText renders it.
+func (p *Protocol) UnmarshalText(b []byte) error {
+	v, err := ParseProtocol(string(b))
+	if err != nil {
+		var n uint8
+		if _, serr := fmt.Sscanf(string(b), "proto-%d", &n); serr == nil {
+			*p = Protocol(n)
+			return nil
+		}
+		return err
+	}
+	*p = v
+	return nil
+}
+
 // ParseProtocol parses TCP, UDP, SCTP, ANY (case-insensitive); "" is ANY.
 func ParseProtocol(s string) (Protocol, error) {
 	switch strings.ToUpper(s) {
@@ -77,6 +92,19 @@ func (d Direction) String() string {
 
 // MarshalText renders "ingress" or "egress".
 func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText parses "ingress" or "egress".
+func (d *Direction) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "ingress":
+		*d = Ingress
+	case "egress":
+		*d = Egress
+	default:
+		return fmt.Errorf("unknown direction %q", b)
+	}
+	return nil
+}
 
 // PolicyKind is the kind of object a rule came from.
 type PolicyKind string

@@ -1,0 +1,153 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// sysctls the redirect needs on the node (see bpf/doc.go): early demux
+// would attach the proxy's socket to forwarded packets, which the stack
+// then drops; accept_local lets the node's own connections, turned around
+// into a pod by an ingress redirect, back in.
+var nodeSysctls = [][2]string{
+	{"net/ipv4/tcp_early_demux", "0"},
+	{"net/ipv4/conf/all/accept_local", "1"},
+	{"net/ipv4/conf/default/accept_local", "1"},
+}
+
+func writeSysctl(key, value string) error {
+	if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set %s=%s: %w", strings.ReplaceAll(key, "/", "."), value, err)
+	}
+	return nil
+}
+
+func runIP(ctx context.Context, args ...string) ([]byte, error) {
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
+// setupNode prepares the node for redirects: sysctls, and the policy
+// routing that delivers packets marked for the proxy locally.
+func setupNode(ctx context.Context) error {
+	for _, kv := range nodeSysctls {
+		if err := writeSysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	table := strconv.Itoa(bpf.ProxyRoutingTable)
+	rules, err := runIP(ctx, "rule", "show")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(rules), "fwmark 0x200/0xf00 lookup "+table) {
+		if _, err := runIP(ctx, "rule", "add", "fwmark", "0x200/0xf00", "lookup", table); err != nil {
+			return err
+		}
+	}
+	if _, err := runIP(ctx, "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table); err != nil {
+		return err
+	}
+	return bpf.CheckNode()
+}
+
+// findLocalEndpoints returns the endpoints whose IPv4 address routes
+// directly to a veth on this node: those are ours to enforce.
+func findLocalEndpoints(ctx context.Context, eps []policy.Endpoint) ([]LocalEndpoint, error) {
+	var out []LocalEndpoint
+	for _, ep := range eps {
+		for _, ip := range ep.IPs {
+			if !ip.Is4() {
+				continue
+			}
+			raw, err := runIP(ctx, "-j", "route", "get", ip.String())
+			if err != nil {
+				continue // unroutable here: not ours
+			}
+			var routes []struct {
+				Dev     string `json:"dev"`
+				Gateway string `json:"gateway"`
+				Type    string `json:"type"`
+			}
+			if err := json.Unmarshal(raw, &routes); err != nil || len(routes) == 0 {
+				continue
+			}
+			r := routes[0]
+			if r.Gateway != "" || r.Dev == "" || r.Dev == "lo" || (r.Type != "" && r.Type != "unicast") {
+				continue
+			}
+			if !isVeth(r.Dev) {
+				continue
+			}
+			ifi, err := net.InterfaceByName(r.Dev)
+			if err != nil {
+				continue
+			}
+			out = append(out, LocalEndpoint{Endpoint: ep, Ifindex: ifi.Index, Device: r.Dev})
+			break
+		}
+	}
+	return out, nil
+}
+
+func isVeth(dev string) bool {
+	out, err := exec.Command("ip", "-j", "-d", "link", "show", "dev", dev).Output()
+	if err != nil {
+		return false
+	}
+	var links []struct {
+		LinkInfo struct {
+			Kind string `json:"info_kind"`
+		} `json:"linkinfo"`
+	}
+	return json.Unmarshal(out, &links) == nil && len(links) == 1 && links[0].LinkInfo.Kind == "veth"
+}
+
+// hostAddresses lists the node's own IPv4 addresses (the host identity).
+func hostAddresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLoopback() || !ip.Is4() || podIPs[ip] {
+			continue
+		}
+		out = append(out, ip)
+	}
+	return out, nil
+}
+
+// setEndpointSysctls relaxes reverse-path filtering on a pod's host veth
+// (redirected replies leave from addresses that are not routed there).
+func setEndpointSysctls(dev string) error {
+	err := writeSysctl("net/ipv4/conf/"+dev+"/rp_filter", "0")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

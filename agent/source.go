@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// SourceUpdate is a new view of the cluster's objects.
+type SourceUpdate struct {
+	Objects *policy.Objects
+	// Errors are invalid objects (they are left out; the rest applies).
+	Errors []error
+	// Digest identifies the content the update was read from.
+	Digest string
+}
+
+// Source delivers the objects the agent enforces. Run sends an update
+// whenever they change (and once at start) until ctx ends. The folder
+// source is one implementation; the Kubernetes source is another.
+type Source interface {
+	Run(ctx context.Context, updates chan<- SourceUpdate) error
+}
+
+// FolderSource watches a folder of Kubernetes YAML/JSON (recursively) by
+// polling its content.
+type FolderSource struct {
+	Dir      string
+	Interval time.Duration // default 500ms
+	Logger   *slog.Logger
+}
+
+// digest hashes the names and contents of the files Load would read.
+func folderDigest(dir string) (string, error) {
+	h := sha256.New()
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != dir && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch strings.ToLower(filepath.Ext(p)) {
+		case ".yaml", ".yml", ".json":
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	slices.Sort(files)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+		h.Write(data)
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Run implements Source.
+func (s *FolderSource) Run(ctx context.Context, updates chan<- SourceUpdate) error {
+	interval := s.Interval
+	if interval <= 0 {
+		interval = 500 * time.Millisecond
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	last := ""
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		d, err := folderDigest(s.Dir)
+		switch {
+		case err != nil:
+			log.Warn("read source folder", "dir", s.Dir, "error", err)
+		case d != last:
+			objs, errs := policy.Load(s.Dir)
+			// Files may change while we read them: only publish a view
+			// whose digest is stable across the read.
+			if d2, err := folderDigest(s.Dir); err == nil && d2 == d {
+				select {
+				case updates <- SourceUpdate{Objects: objs, Errors: errs, Digest: d}:
+					last = d
+				case <-ctx.Done():
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/bpf"
+)
+
+// agentFlags are the agent's settings; a --config file (YAML with the same
+// names) sets defaults that flags override.
+type agentFlags struct {
+	Source     string `json:"source"`
+	BPFFS      string `json:"bpffs"`
+	RunDir     string `json:"runDir"`
+	StateDir   string `json:"stateDir"`
+	Node       string `json:"node"`
+	PortRange  string `json:"proxyPortRange"`
+	SetupNode  bool   `json:"setupNode"`
+	StartProxy bool   `json:"startProxy"`
+	ACKTimeout string `json:"ackTimeout"`
+}
+
+func (a *app) agentCommand() *cobra.Command {
+	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
+		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s"}
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "agent --source DIR",
+		Short: "Run the per-node agent: policy → proxy (xDS) → eBPF datapath",
+		Long: `agent is l7gate's per-node daemon. It reads Namespaces, Pods, CiliumNetworkPolicy,
+CiliumClusterwideNetworkPolicy and NetworkPolicy from --source (a folder of
+Kubernetes YAML/JSON, watched for changes), computes each endpoint's policy,
+allocates proxy ports, pushes listeners and L7 rules to the proxy over xDS
+(socket RUN_DIR/xds.sock) and, only after every proxy ACKed, syncs the eBPF
+datapath. Then — and only then — the revision is "implemented".
+
+Pods are endpoints of this node when their IP routes to a veth here; the
+datapath is attached to that veth. The agent starts the Go proxy (or adopts
+a running one); the proxy and the pinned datapath outlive the agent, so
+restarting the agent drops no connection.
+
+Files: RUN_DIR/agent.sock (status API, used by 'l7gate status'),
+RUN_DIR/xds.sock, RUN_DIR/proxy-admin.sock, RUN_DIR/proxy.log,
+STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
+		Example: `  l7gate agent --source /etc/l7gate/objects
+  ip netns exec node l7gate agent --source objs --bpffs /run/l7gate-demo/bpffs --run-dir /run/l7gate-demo`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				data, err := os.ReadFile(configFile)
+				if err != nil {
+					return usageErrorf("--config: %v", err)
+				}
+				fromFile := f
+				if err := yaml.UnmarshalStrict(data, &fromFile); err != nil {
+					return usageErrorf("--config %s: %v", configFile, err)
+				}
+				// flags given on the command line win over the file
+				ch := cmd.Flags().Changed
+				pick := func(flag string, dst *string, v string) {
+					if !ch(flag) {
+						*dst = v
+					}
+				}
+				pick("source", &f.Source, fromFile.Source)
+				pick("bpffs", &f.BPFFS, fromFile.BPFFS)
+				pick("run-dir", &f.RunDir, fromFile.RunDir)
+				pick("state-dir", &f.StateDir, fromFile.StateDir)
+				pick("node", &f.Node, fromFile.Node)
+				pick("proxy-port-range", &f.PortRange, fromFile.PortRange)
+				pick("ack-timeout", &f.ACKTimeout, fromFile.ACKTimeout)
+				if !ch("setup-node") {
+					f.SetupNode = fromFile.SetupNode
+				}
+				if !ch("start-proxy") {
+					f.StartProxy = fromFile.StartProxy
+				}
+			}
+			if f.Source == "" {
+				return usageErrorf("--source is required: a folder of Kubernetes YAML")
+			}
+			if st, err := os.Stat(f.Source); err != nil || !st.IsDir() {
+				return usageErrorf("--source %s: not a folder", f.Source)
+			}
+			lo, hi, err := parsePortRange(f.PortRange)
+			if err != nil {
+				return usageErrorf("--proxy-port-range: %v", err)
+			}
+			ackTimeout, err := time.ParseDuration(f.ACKTimeout)
+			if err != nil || ackTimeout <= 0 {
+				return usageErrorf("--ack-timeout: want a duration such as 30s, not %q", f.ACKTimeout)
+			}
+			return agent.Run(cmd.Context(), agent.Config{
+				Node: f.Node, Source: &agent.FolderSource{Dir: f.Source, Logger: a.log},
+				BPFFS: f.BPFFS, RunDir: f.RunDir, StateDir: f.StateDir, PortMin: lo, PortMax: hi,
+				SetupNode: f.SetupNode, Proxy: agent.ProxyConfig{Start: f.StartProxy}, ACKTimeout: ackTimeout, Logger: a.log,
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout (flags win)")
+	fl.StringVar(&f.Source, "source", "", "folder of Kubernetes YAML/JSON to enforce (watched)")
+	fl.StringVar(&f.BPFFS, "bpffs", f.BPFFS, "bpf filesystem directory for the datapath's pinned maps and links")
+	fl.StringVar(&f.RunDir, "run-dir", f.RunDir, "directory for sockets (xds.sock, agent.sock, proxy-admin.sock)")
+	fl.StringVar(&f.StateDir, "state-dir", f.StateDir, "directory for persisted state (proxy port allocations)")
+	fl.StringVar(&f.Node, "node", f.Node, "this node's name")
+	fl.StringVar(&f.PortRange, "proxy-port-range", f.PortRange, "range for proxy ports, MIN-MAX")
+	fl.BoolVar(&f.SetupNode, "setup-node", f.SetupNode, "set the sysctls and policy routing redirects need")
+	fl.BoolVar(&f.StartProxy, "start-proxy", f.StartProxy, "start (and restart) the Go proxy, or adopt a running one")
+	fl.StringVar(&f.ACKTimeout, "ack-timeout", f.ACKTimeout, "how long to wait for proxies to ACK a push")
+	return cmd
+}
+
+func parsePortRange(s string) (uint16, uint16, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	if !ok {
+		return 0, 0, fmt.Errorf("want MIN-MAX, not %q", s)
+	}
+	l, err1 := strconv.ParseUint(lo, 10, 16)
+	h, err2 := strconv.ParseUint(hi, 10, 16)
+	if err1 != nil || err2 != nil || l == 0 || h < l {
+		return 0, 0, fmt.Errorf("invalid range %q", s)
+	}
+	return uint16(l), uint16(h), nil
+}
+
+func (a *app) statusCommand() *cobra.Command {
+	var runDir, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the agent's health, endpoints, policies and proxy ACK state",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := agent.FetchStatus(cmd.Context(), runDir)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, st)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "Node:\t%s\n", st.Node)
+			fmt.Fprintf(w, "Ready:\t%v\n", st.Ready)
+			fmt.Fprintf(w, "Revision:\t%d (implemented %d)\n", st.Revision, st.ImplementedRevision)
+			local := 0
+			for _, e := range st.Endpoints {
+				if e.Local {
+					local++
+				}
+			}
+			fmt.Fprintf(w, "Endpoints:\t%d local, %d in the cluster\n", local, len(st.Endpoints))
+			fmt.Fprintf(w, "Identities:\t%d\n", len(st.Identities))
+			for _, p := range st.ProxyPorts {
+				fmt.Fprintf(w, "Proxy port:\t%s/%s → %d\n", p.Direction, p.Parser, p.Port)
+			}
+			for _, p := range st.Proxies {
+				acked := []string{}
+				for t, ok := range p.Acked {
+					acked = append(acked, fmt.Sprintf("%s=%v", t[strings.LastIndex(t, ".")+1:], ok))
+				}
+				fmt.Fprintf(w, "Proxy:\t%s (%d stream(s)) acked %s\n", p.ID, p.Streams, strings.Join(acked, " "))
+			}
+			for _, p := range st.Policies {
+				fmt.Fprintf(w, "Policy:\t%s %s implemented at revision %d\n", p.Kind, p.Name, p.ImplementedRevision)
+			}
+			if st.LastError != "" {
+				fmt.Fprintf(w, "Last error:\t%s\n", st.LastError)
+			}
+			for _, e := range st.Errors {
+				fmt.Fprintf(w, "Invalid object:\t%s\n", e)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}
+
+func (a *app) endpointCommand() *cobra.Command {
+	var runDir, output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List endpoints (pods) with identity, IPs and whether they are on this node",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := agent.FetchStatus(cmd.Context(), runDir)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, st.Endpoints)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAMESPACE\tNAME\tIDENTITY\tIPS\tLOCAL\tDEVICE")
+			for _, e := range st.Endpoints {
+				ips := make([]string, len(e.IPs))
+				for i, ip := range e.IPs {
+					ips[i] = ip.String()
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%v\t%s\n", e.Namespace, e.Name, e.Identity, strings.Join(ips, ","), e.Local, e.Device)
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
+	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd := &cobra.Command{Use: "endpoint", Short: "Inspect endpoints"}
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func (a *app) identityCommand() *cobra.Command {
+	var runDir, output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List security identities and their labels",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := agent.FetchStatus(cmd.Context(), runDir)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, st.Identities)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "IDENTITY\tLABELS")
+			for _, id := range st.Identities {
+				fmt.Fprintf(w, "%d\t%s\n", id.ID, strings.Join(id.Labels, " "))
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
+	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd := &cobra.Command{Use: "identity", Short: "Inspect identities"}
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/proxy"
+	"github.com/l7gate/l7gate/xds/client"
+)
+
+func (a *app) proxyCommand() *cobra.Command {
+	var (
+		xdsSocket, adminSocket, node, bpffs, accessLog string
+		keepSource, noSockmap                          bool
+		maxConns                                       int
+	)
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the l7gate Go L7 proxy (normally started by the agent)",
+		Long: `proxy is the per-node L7 proxy. It is an xDS client of the agent (over the
+agent's Unix socket), serves transparent listeners on the proxy ports the
+agent assigns, and enforces HTTP/1.1, HTTP/2, gRPC and Kafka rules on the
+connections the datapath redirects to it.
+
+It keeps enforcing the last accepted config while the agent is away and
+reconnects when it returns; with no config yet it has no listeners, so
+redirected connections are refused, never passed. It registers its
+listeners in the datapath's pinned socket map under --bpffs.
+
+The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
+/stats/prometheus. Access logs are JSON lines (one per request).`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, KeepSource: keepSource}
+			switch accessLog {
+			case "", "-", "stderr":
+				opts.AccessLog = proxy.JSONLines(a.stderr)
+			case "none":
+			default:
+				f, err := os.OpenFile(accessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+				if err != nil {
+					return usageErrorf("--access-log: %v", err)
+				}
+				defer f.Close()
+				opts.AccessLog = proxy.JSONLines(f)
+			}
+			if !noSockmap {
+				socks, err := bpf.OpenProxySockets(bpffs)
+				if err != nil {
+					return fmt.Errorf("open the datapath's proxy socket map under %s (is the agent running? --no-sockmap runs without a datapath): %w", bpffs, err)
+				}
+				defer socks.Close()
+				opts.OnListener = func(port uint16, ln *net.TCPListener) error { return socks.Register(port, ln) }
+				opts.Mark = func(src policy.Identity, dir policy.Direction) uint32 {
+					d := bpf.Ingress
+					if dir == policy.Egress {
+						d = bpf.Egress
+					}
+					return bpf.ProxyMark(d, bpf.Identity(src))
+				}
+			}
+			p := proxy.New(opts)
+			defer p.Close()
+			go func() {
+				if err := p.ServeAdmin(ctx, adminSocket); err != nil {
+					a.log.Error("admin socket", "error", err)
+				}
+			}()
+			var version atomic.Uint64
+			c, err := client.New(client.Config{SocketPath: xdsSocket, Node: node, Logger: a.log,
+				Handler: func(_ context.Context, u client.Update) error {
+					if !u.Resources.Complete() {
+						return nil // warming: apply once every resource type arrived
+					}
+					cfg, err := proxy.ConfigFromXDS(u.Resources, strconv.FormatUint(version.Add(1), 10))
+					if err != nil {
+						return err
+					}
+					return p.Apply(cfg)
+				}})
+			if err != nil {
+				return err
+			}
+			a.log.Info("proxy starting", "xds", xdsSocket, "admin", adminSocket, "node", node)
+			return c.Run(ctx)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&xdsSocket, "xds-socket", "/run/l7gate/xds.sock", "the agent's xDS Unix socket")
+	fl.StringVar(&adminSocket, "admin-socket", "/run/l7gate/proxy-admin.sock", "admin Unix socket (/ready, /config_dump, /stats/prometheus)")
+	fl.StringVar(&node, "node", hostname(), "node name (the xDS node id is l7proxy~NODE)")
+	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "bpf filesystem directory of the datapath's pins")
+	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
+	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
+	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath (listeners are not registered, no SO_MARK)")
+	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are closed")
+	return cmd
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
