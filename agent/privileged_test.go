@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, veths and a bpffs, and loads BPF programs")
+	}
+	for _, tool := range []string{"ip", "go"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+}
+
+func run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// inNS runs f on a fresh OS thread in the named network namespace; sockets
+// created there stay in it. The thread is discarded afterwards.
+func inNS(ns string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+type starwarsNode struct {
+	prefix, node, run, state, src, bpffs, bin string
+	agent                                     *exec.Cmd
+	agentLog                                  *os.File
+}
+
+// newStarwarsNode builds a node namespace with deathstar, tiefighter and
+// xwing pods behind veths, a private bpffs, and the l7gate binary.
+func newStarwarsNode(t *testing.T) *starwarsNode {
+	b := make([]byte, 3)
+	rand.Read(b)
+	dir := t.TempDir()
+	n := &starwarsNode{prefix: "l7ag" + hex.EncodeToString(b), run: filepath.Join(dir, "run"), state: filepath.Join(dir, "state"),
+		src: filepath.Join(dir, "src"), bpffs: filepath.Join(dir, "bpffs"), bin: filepath.Join(dir, "l7gate")}
+	n.node = n.prefix + "-node"
+	for _, d := range []string{n.run, n.state, n.src, n.bpffs} {
+		os.MkdirAll(d, 0o755)
+	}
+	run(t, "go", "build", "-o", n.bin, "github.com/l7gate/l7gate/cmd/l7gate")
+	run(t, "mount", "-t", "bpf", "bpf", n.bpffs)
+	t.Cleanup(func() { exec.Command("umount", n.bpffs).Run() })
+	namespaces := []string{n.node}
+	t.Cleanup(func() {
+		n.stopAgent()
+		if pid, err := os.ReadFile(ProxyPIDFile(n.run)); err == nil {
+			if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+		for _, ns := range namespaces {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	run(t, "ip", "netns", "add", n.node)
+	run(t, "ip", "-n", n.node, "link", "set", "lo", "up")
+	if err := inNS(n.node, func() error {
+		for _, kv := range [][2]string{{"ipv4/ip_forward", "1"}, {"ipv4/conf/all/rp_filter", "0"}, {"ipv4/conf/default/rp_filter", "0"}} {
+			if err := os.WriteFile("/proc/sys/net/"+kv[0], []byte(kv[1]), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i, pod := range []struct{ name, ip string }{{"deathstar", "198.18.1.10"}, {"tiefighter", "198.18.1.11"}, {"xwing", "198.18.1.12"}} {
+		ns := n.prefix + "-" + pod.name
+		namespaces = append(namespaces, ns)
+		host := fmt.Sprintf("lxc%s%d", n.prefix[4:], i)
+		run(t, "ip", "netns", "add", ns)
+		run(t, "ip", "-n", n.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		run(t, "ip", "-n", n.node, "addr", "add", "198.18.255.254/32", "dev", host)
+		run(t, "ip", "-n", n.node, "link", "set", host, "up")
+		run(t, "ip", "-n", n.node, "route", "add", pod.ip+"/32", "dev", host)
+		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+		run(t, "ip", "-n", ns, "addr", "add", pod.ip+"/32", "dev", "eth0")
+		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+		run(t, "ip", "-n", ns, "route", "add", "198.18.255.254/32", "dev", "eth0")
+		run(t, "ip", "-n", ns, "route", "add", "default", "via", "198.18.255.254", "dev", "eth0")
+	}
+	return n
+}
+
+func (n *starwarsNode) startAgent(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(n.run, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.agentLog = f
+	n.agent = exec.Command("ip", "netns", "exec", n.node, n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs,
+		"--run-dir", n.run, "--state-dir", n.state, "--node", "test")
+	n.agent.Stdout, n.agent.Stderr = f, f
+	if err := n.agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *starwarsNode) stopAgent() {
+	if n.agent != nil && n.agent.Process != nil {
+		n.agent.Process.Kill()
+		n.agent.Wait()
+		n.agent = nil
+	}
+	if n.agentLog != nil {
+		n.agentLog.Close()
+		n.agentLog = nil
+	}
+}
+
+// waitImplemented waits until the agent implemented a revision > after.
+func (n *starwarsNode) waitImplemented(t *testing.T, after uint64) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := FetchStatus(context.Background(), n.run)
+		if err == nil && st.Ready && st.ImplementedRevision == st.Revision && st.Revision > after {
+			return st.Revision
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(filepath.Join(n.run, "agent.log"))
+	plog, _ := os.ReadFile(filepath.Join(n.run, "proxy.log"))
+	t.Fatalf("agent did not implement a revision > %d\nagent log:\n%s\nproxy log:\n%s", after, log, plog)
+	return 0
+}
+
+// TestPrivilegedAgentRestart: keep-alive HTTP clients going through the
+// proxy see no failed request while the agent is killed and restarted, and
+// enforcement continues throughout (L7 denials, L3 drops).
+func TestPrivilegedAgentRestart(t *testing.T) {
+	requireRoot(t)
+	n := newStarwarsNode(t)
+	// The deathstar.
+	var ln net.Listener
+	if err := inNS(n.prefix+"-deathstar", func() error {
+		var err error
+		ln, err = net.Listen("tcp", "198.18.1.10:80")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" && r.URL.Path == "/v1/request-landing" {
+			io.WriteString(w, "Ship landed\n")
+			return
+		}
+		io.WriteString(w, "Panic: deathstar exploded\n")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	for _, f := range []string{"objects.yaml", "policy-l7.yaml"} {
+		data, err := os.ReadFile(filepath.Join("../examples/starwars", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(n.src, f), data, 0o644)
+	}
+	n.startAgent(t)
+	rev := n.waitImplemented(t, 0)
+
+	var ok, failed, denied, wrongDenial, xwingConnected, xwingTries atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for c := range 4 {
+		var conn net.Conn
+		if err := inNS(n.prefix+"-tiefighter", func() error {
+			var err error
+			conn, err = net.DialTimeout("tcp", "198.18.1.10:80", 2*time.Second)
+			return err
+		}); err != nil {
+			t.Fatalf("client %d: %v", c, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				method, path, want, wantBody := "POST", "/v1/request-landing", 200, "Ship landed\n"
+				if i%10 == 9 {
+					method, path, want, wantBody = "PUT", "/v1/exhaust-port", 403, "Access denied"
+				}
+				conn.SetDeadline(time.Now().Add(5 * time.Second))
+				fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: deathstar\r\nContent-Length: 0\r\n\r\n", method, path)
+				resp, err := http.ReadResponse(r, nil)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode == want && string(body) == wantBody && want == 403:
+					denied.Add(1)
+				case resp.StatusCode == want && string(body) == wantBody:
+					ok.Add(1)
+				case want == 403:
+					wrongDenial.Add(1)
+				default:
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%s %s: %d %q", method, path, resp.StatusCode, body))
+				}
+			}
+		}()
+	}
+	// The xwing keeps trying new connections; each must be dropped.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			xwingTries.Add(1)
+			inNS(n.prefix+"-xwing", func() error {
+				c, err := net.DialTimeout("tcp", "198.18.1.10:80", 300*time.Millisecond)
+				if err == nil {
+					xwingConnected.Add(1)
+					c.Close()
+				}
+				return nil
+			})
+		}
+	}()
+
+	time.Sleep(1500 * time.Millisecond)
+	n.stopAgent() // SIGKILL: no cleanup at all
+	time.Sleep(2 * time.Second)
+	duringOK := ok.Load()
+	n.startAgent(t)
+	n.waitImplemented(t, 0)
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	t.Logf("requests ok=%d denied=%d failed=%d; xwing %d tries, %d connected; revision before restart %d", ok.Load(), denied.Load(), failed.Load(), xwingTries.Load(), xwingConnected.Load(), rev)
+	if failed.Load() != 0 {
+		t.Errorf("%d keep-alive requests failed across the agent restart (first: %v)", failed.Load(), firstErr.Load())
+	}
+	if wrongDenial.Load() != 0 {
+		t.Errorf("%d exhaust-port requests were not denied", wrongDenial.Load())
+	}
+	if xwingConnected.Load() != 0 {
+		t.Errorf("the xwing connected %d times", xwingConnected.Load())
+	}
+	if ok.Load() < 100 || denied.Load() < 10 || duringOK == 0 || xwingTries.Load() < 10 {
+		t.Errorf("too little traffic to tell: ok=%d denied=%d", ok.Load(), denied.Load())
+	}
+}
