@@ -61,6 +61,7 @@ type Proxy struct {
 	wg        sync.WaitGroup
 	conns     atomic.Int64
 	topicIDs  *kafka.TopicIDs
+	http      *httpparser.Server
 
 	stats stats
 }
@@ -94,7 +95,7 @@ func New(opts Options) *Proxy {
 	opts.HTTP.Logger = opts.Logger
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
-		topicIDs: kafka.NewTopicIDs(100000)}
+		topicIDs: kafka.NewTopicIDs(100000), http: httpparser.NewServer(opts.HTTP)}
 }
 
 // Ready reports whether a config has been applied.
@@ -248,7 +249,7 @@ func (p *Proxy) serve(st *listenerState, c *net.TCPConn) {
 	}
 	switch spec.Parser {
 	case policy.ParserHTTP:
-		err = httpparser.ServeConn(p.ctx, p.opts.HTTP, c, dial, p.httpDecider(ci), p.httpAccess(ci))
+		err = p.http.ServeConn(p.ctx, c, dial, p.httpDecider(ci), p.httpAccess(ci))
 	case policy.ParserKafka:
 		err = p.serveKafka(ci, c, dial)
 	}

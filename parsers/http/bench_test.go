@@ -75,3 +75,49 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 		keepAliveLoop(b, p.addr)
 	})
 }
+
+// BenchmarkHTTP2 compares HTTP/2 (prior knowledge) requests direct and
+// through the proxy with 100 rules, over one shared connection.
+func BenchmarkHTTP2(b *testing.B) {
+	body := strings.Repeat("x", 1024)
+	h2srv := httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, body)
+	}))
+	var p nethttp.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2srv.Config.Protocols = &p
+	h2srv.Start()
+	b.Cleanup(h2srv.Close)
+	loop := func(b *testing.B, addr string) {
+		client := h2cClient()
+		b.ReportAllocs()
+		b.SetParallelism(8)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				resp, err := client.Get("http://" + addr + "/api/v1/service500/items")
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || n != 1024 || resp.ProtoMajor != 2 {
+					b.Errorf("HTTP/%d %d, %d bytes", resp.ProtoMajor, resp.StatusCode, n)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	}
+	upstream := h2srv.Listener.Addr().String()
+	b.Run("direct", func(b *testing.B) { loop(b, upstream) })
+	b.Run("proxy-100-rules", func(b *testing.B) {
+		var rules []policy.HTTPRule
+		for i := range 100 {
+			rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
+		}
+		px := startProxy(b, Config{}, upstream, ruleDecider(b, rules...))
+		loop(b, px.addr)
+	})
+}

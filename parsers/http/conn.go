@@ -80,7 +80,21 @@ func (c Config) withDefaults() Config {
 
 const bufSize = 16 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+// Server serves proxied connections with one Config and shared buffer
+// pools. Create one per proxy and call ServeConn for every connection.
+type Server struct {
+	cfg      Config
+	bufs     sync.Pool // *[]byte of bufSize, connection read buffers
+	copyBufs sync.Pool // *[]byte, ReverseProxy body buffers (HTTP/2)
+}
+
+// NewServer returns a Server for cfg.
+func NewServer(cfg Config) *Server {
+	s := &Server{cfg: cfg.withDefaults()}
+	s.bufs.New = func() any { b := make([]byte, bufSize); return &b }
+	s.copyBufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	return s
+}
 
 // connBuf is a read buffer over a connection.
 type connBuf struct {
@@ -88,19 +102,20 @@ type connBuf struct {
 	buf  []byte
 	r, w int
 	max  int
-	pool *[]byte
+	pool *sync.Pool
+	ptr  *[]byte
 }
 
-func newConnBuf(c net.Conn, max int) *connBuf {
-	p := bufPool.Get().(*[]byte)
-	return &connBuf{conn: c, buf: *p, max: max, pool: p}
+func newConnBuf(pool *sync.Pool, c net.Conn, max int) *connBuf {
+	p := pool.Get().(*[]byte)
+	return &connBuf{conn: c, buf: *p, max: max, pool: pool, ptr: p}
 }
 
 func (b *connBuf) release() {
-	if b.pool != nil && cap(b.buf) == bufSize {
-		bufPool.Put(b.pool)
+	if b.ptr != nil && cap(b.buf) == bufSize {
+		b.pool.Put(b.ptr)
 	}
-	b.pool, b.buf = nil, nil
+	b.ptr, b.buf = nil, nil
 }
 
 func (b *connBuf) bytes() []byte { return b.buf[b.r:b.w] }
@@ -158,8 +173,8 @@ type pending struct {
 // spoken to in the client's protocol (HTTP/1.1 after an h2c upgrade).
 // It returns when either side is done and closes both. access, when set,
 // receives one record per request.
-func ServeConn(ctx context.Context, cfg Config, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
-	cfg = cfg.withDefaults()
+func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	cfg := srv.cfg
 	defer client.Close()
 	stop := context.AfterFunc(ctx, func() { client.Close() })
 	defer stop()
@@ -172,11 +187,11 @@ func ServeConn(ctx context.Context, cfg Config, client net.Conn, dial Dialer, de
 	}
 	conn := &prefixConn{Conn: client, prefix: first}
 	if string(first) == h2Preface {
-		return serveH2(ctx, cfg, conn, dial, decide, access)
+		return srv.serveH2(ctx, conn, dial, decide, access)
 	}
-	handoff, err := serveHTTP1(ctx, cfg, conn, dial, decide, access)
+	handoff, err := srv.serveHTTP1(ctx, conn, dial, decide, access)
 	if handoff != nil {
-		return serveH2CUpgrade(ctx, cfg, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
+		return srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
 	}
 	return err
 }
@@ -188,8 +203,8 @@ func isTimeout(err error) bool {
 
 // serveHTTP1 runs the HTTP/1.1 session. When the first request asks for an
 // h2c upgrade it stops before answering and returns the bytes read so far.
-func serveHTTP1(ctx context.Context, cfg Config, client net.Conn, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
-	s := &session{cfg: cfg, client: client, dial: dial, decide: decide, access: access,
+func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
+	s := &session{srv: srv, cfg: srv.cfg, client: client, dial: dial, decide: decide, access: access,
 		queue: make(chan *pending, 128), done: make(chan struct{})}
 	// Cancelling ctx ends the connection: unblock both directions.
 	stop := context.AfterFunc(ctx, func() {
@@ -209,6 +224,7 @@ func serveHTTP1(ctx context.Context, cfg Config, client net.Conn, dial Dialer, d
 }
 
 type session struct {
+	srv    *Server
 	cfg    Config
 	client net.Conn
 	dial   Dialer
@@ -346,7 +362,7 @@ func str(b []byte) string {
 }
 
 func (s *session) requests(ctx context.Context) error {
-	in := newConnBuf(s.client, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	in := newConnBuf(&s.srv.bufs, s.client, s.cfg.Limits.MaxHeaderBytes+bufSize)
 	defer in.release()
 	var head RequestHead
 	req := policy.HTTPRequest{}
@@ -519,7 +535,7 @@ func (s *session) upstreamConn(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	s.upstream = c
-	s.upBuf = newConnBuf(c, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	s.upBuf = newConnBuf(&s.srv.bufs, c, s.cfg.Limits.MaxHeaderBytes+bufSize)
 	return c, nil
 }
 

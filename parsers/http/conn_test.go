@@ -76,6 +76,7 @@ func startProxy(t testing.TB, cfg Config, upstream string, decide Decider) *test
 	tp := &testProxy{addr: ln.Addr().String(), records: make(chan *Record, 1000)}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	srv := NewServer(cfg)
 	t.Cleanup(func() {
 		cancel()
 		ln.Close()
@@ -96,7 +97,7 @@ func startProxy(t testing.TB, cfg Config, upstream string, decide Decider) *test
 					var d net.Dialer
 					return d.DialContext(ctx, "tcp", upstream)
 				}
-				err := ServeConn(ctx, cfg, c, dial, decide, func(r *Record) {
+				err := srv.ServeConn(ctx, c, dial, decide, func(r *Record) {
 					select {
 					case tp.records <- r:
 					default:

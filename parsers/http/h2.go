@@ -65,7 +65,8 @@ type h2Handler struct {
 	decideMu sync.Mutex
 }
 
-func newH2Handler(cfg Config, dial Dialer, decide Decider, access func(*Record), upstreamH2 bool) *h2Handler {
+func (srv *Server) newH2Handler(dial Dialer, decide Decider, access func(*Record), upstreamH2 bool) *h2Handler {
+	cfg := srv.cfg
 	h := &h2Handler{cfg: cfg, decide: decide, access: access}
 	transport := &nethttp.Transport{
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
@@ -90,6 +91,7 @@ func newH2Handler(cfg Config, dial Dialer, decide Decider, access func(*Record),
 		},
 		Transport:     transport,
 		FlushInterval: -1,
+		BufferPool:    copyBuffers{&srv.copyBufs},
 		ErrorLog:      nil,
 		ErrorHandler: func(w nethttp.ResponseWriter, r *nethttp.Request, err error) {
 			h.cfg.Logger.Debug("upstream error", "error", err)
@@ -174,8 +176,9 @@ func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 }
 
 // serveH2 serves an HTTP/2 connection with prior knowledge.
-func serveH2(ctx context.Context, cfg Config, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
-	h := newH2Handler(cfg, dial, decide, access, true)
+func (srv *Server) serveH2(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	cfg := srv.cfg
+	h := srv.newH2Handler(dial, decide, access, true)
 	var protocols nethttp.Protocols
 	protocols.SetUnencryptedHTTP2(true)
 	return serveOneWith(ctx, cfg, conn, h, &protocols, h, nil)
@@ -222,8 +225,9 @@ func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethtt
 // upgrade: net/http with the h2c handler performs the upgrade (the first
 // request goes through policy like every other), then speaks HTTP/2. The
 // upstream is spoken to over HTTP/1.1, which every server understands.
-func serveH2CUpgrade(ctx context.Context, cfg Config, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
-	h := newH2Handler(cfg, dial, decide, access, false)
+func (srv *Server) serveH2CUpgrade(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	cfg := srv.cfg
+	h := srv.newH2Handler(dial, decide, access, false)
 	// net/http serves HTTP/2 with prior knowledge but not the HTTP/1.1
 	// Upgrade: h2c mechanism; x/net's h2c handler still does.
 	upgrader := h2c.NewHandler(h, &http2.Server{IdleTimeout: cfg.IdleTimeout})
@@ -301,3 +305,10 @@ func sniff(conn net.Conn, timeout time.Duration) ([]byte, error) {
 func slogErrorLog(cfg Config) *log.Logger {
 	return slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
 }
+
+// copyBuffers recycles ReverseProxy's body copy buffers (it would allocate
+// 32 KiB per request otherwise).
+type copyBuffers struct{ pool *sync.Pool }
+
+func (c copyBuffers) Get() []byte  { return *c.pool.Get().(*[]byte) }
+func (c copyBuffers) Put(b []byte) { c.pool.Put(&b) }

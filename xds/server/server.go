@@ -224,9 +224,12 @@ func (s *Server[S]) Stats() Stats {
 
 // Update publishes state: every known consumer's resources are rendered
 // and served; consumers whose resources did not change get no push. The
-// completion waits for every consumer subscribed to a changed type, up to
-// Config.ACKTimeout or until ctx ends, whichever is first. Update itself
-// never waits for consumers.
+// completion waits until every consumer has ACKed, on every stream, the
+// latest version of each type it subscribes to (consumers already in sync,
+// and types nobody subscribes to, are not waited for), up to
+// Config.ACKTimeout or until ctx ends, whichever is first. A consumer that
+// rejected exactly this content fails the completion at once. Update
+// itself never waits for consumers.
 func (s *Server[S]) Update(ctx context.Context, state S) *Completion {
 	s.mu.Lock()
 	defer s.mu.Unlock()
