@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/envoy/bootstrap"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/xds/envoytranslate"
 	"github.com/l7gate/l7gate/xds/server"
 	"github.com/l7gate/l7gate/xds/translate"
 )
@@ -33,6 +35,10 @@ type Config struct {
 	SetupNode bool
 	// Proxy: how the agent gets a Go proxy (see ProxyConfig).
 	Proxy ProxyConfig
+	// HTTPProxy: "go" (default) or "envoy" (stock Envoy serves HTTP and
+	// gRPC rule sets; the Go proxy still serves Kafka).
+	HTTPProxy string
+	Envoy     EnvoyConfig
 	// ACKTimeout bounds waiting for the proxies (default 30s).
 	ACKTimeout time.Duration
 	Logger     *slog.Logger
@@ -57,6 +63,9 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.HTTPProxy == "" {
+		c.HTTPProxy = HTTPProxyGo
+	}
 }
 
 // XDSSocket is the xDS server's socket under a run dir.
@@ -74,14 +83,18 @@ type Agent struct {
 	log   *slog.Logger
 	dp    *bpf.Datapath
 	ports *redirect.PortAllocator
-	xds   *server.Server[translate.Input]
+	xds   *server.Server[xdsState]
 	ids   *policy.IdentityAllocator
 
 	mu         sync.Mutex
 	status     Status
 	attached   map[int]LocalEndpoint // by ifindex
 	lastUpdate *SourceUpdate
+	// Envoy listeners already in the socket map
+	envoyListeners map[envoyListenerKey]bool
 }
+
+var errNoEnvoy = errors.New("no envoy process found (is Envoy running in this PID namespace?)")
 
 // Run runs the agent until ctx ends. The datapath stays pinned and the
 // proxy keeps running when it returns, so a restart drops nothing.
@@ -90,7 +103,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Source == nil {
 		return errors.New("agent: no source")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, ids: policy.NewIdentityAllocator(), attached: map[int]LocalEndpoint{}}
+	if cfg.HTTPProxy != HTTPProxyGo && cfg.HTTPProxy != HTTPProxyEnvoy {
+		return fmt.Errorf("agent: http proxy %q: want go or envoy", cfg.HTTPProxy)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, ids: policy.NewIdentityAllocator(), attached: map[int]LocalEndpoint{},
+		envoyListeners: map[envoyListenerKey]bool{}}
 	a.status = Status{Node: cfg.Node, StartedAt: time.Now().UTC()}
 	for _, d := range []string{cfg.RunDir, cfg.StateDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -116,9 +133,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := a.dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
 		return fmt.Errorf("attach socket lookup: %w", err)
 	}
-	a.xds, err = server.New(server.Config[translate.Input]{
+	a.xds, err = server.New(server.Config[xdsState]{
 		SocketPath: XDSSocket(cfg.RunDir),
-		Producers:  map[string]server.Producer[translate.Input]{"l7proxy~": translate.L7ProxyResources},
+		Producers:  map[string]server.Producer[xdsState]{"l7proxy~": goProxyResources, "envoy~": envoyResources},
 		ACKTimeout: cfg.ACKTimeout,
 		Logger:     cfg.Logger,
 	})
@@ -148,6 +165,13 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() {
 		defer wg.Done()
 		a.superviseProxy(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.serveAccessLogs(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("envoy access-log service", "error", err)
+		}
 	}()
 	updates := make(chan SourceUpdate)
 	wg.Add(1)
@@ -280,7 +304,9 @@ func (a *Agent) implement(ctx context.Context, u *SourceUpdate) error {
 	// Proxy ports: one per (direction, parser) in use; release the rest.
 	need := map[redirect.PortKey]bool{}
 	ports := map[redirect.PortKey]uint16{}
-	var listeners []translate.ListenerSpec
+	var listeners []translate.ListenerSpec // the Go proxy's
+	var envoyPorts []envoytranslate.ProxyPort
+	var envoyListenPorts []uint16
 	localEPs := make([]policy.Endpoint, len(local))
 	for i, ep := range local {
 		localEPs[i] = ep.Endpoint
@@ -297,15 +323,31 @@ func (a *Agent) implement(ctx context.Context, u *SourceUpdate) error {
 		need[k] = true
 		ports[k] = p
 		l.ProxyPort = p
+		if a.cfg.HTTPProxy == HTTPProxyEnvoy && l.Parser == policy.ParserHTTP {
+			envoyPorts = append(envoyPorts, envoytranslate.ProxyPort{Direction: l.Direction, Parser: l.Parser, Port: p})
+			envoyListenPorts = append(envoyListenPorts, p)
+			continue
+		}
 		listeners = append(listeners, l)
 	}
-	// The Go proxy only gets endpoints whose every L7 parser it serves.
-	comp := a.xds.Update(ctx, translate.Input{Node: a.cfg.Node, Snapshot: snap, LocalEndpoints: localEPs, Listeners: listeners})
+	goInput := translate.Input{Node: a.cfg.Node, Snapshot: snap, LocalEndpoints: localEPs, Listeners: listeners}
+	if len(envoyPorts) > 0 {
+		// The Go proxy gets no HTTP listener, and no endpoint whose rule
+		// sets it would have no listener for.
+		goInput.LocalEndpoints = withoutHTTPRules(snap, localEPs)
+	}
+	comp := a.xds.Update(ctx, xdsState{GoProxy: goInput, Snapshot: snap, envoyOn: a.cfg.HTTPProxy == HTTPProxyEnvoy,
+		Envoy: envoytranslate.Config{Node: a.cfg.Node, ProxyPorts: envoyPorts, AccessLogCluster: bootstrap.AccessLogCluster}})
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.ACKTimeout)
 	err = comp.Wait(wctx)
 	cancel()
 	if err != nil {
 		return fail("push to proxies", err)
+	}
+	if len(envoyListenPorts) > 0 {
+		if err := a.registerEnvoyListeners(envoyListenPorts); err != nil {
+			return fail("register envoy listeners", err)
+		}
 	}
 	// Only now that every proxy has the listeners: the datapath.
 	if err := a.syncEndpoints(local); err != nil {
@@ -437,5 +479,26 @@ func policyStatuses(o *policy.Objects, rev uint64) []PolicyStatus {
 		}
 		return 0
 	})
+	return out
+}
+
+// withoutHTTPRules keeps the endpoints that have no HTTP rule set: in Envoy
+// mode those are Envoy's.
+func withoutHTTPRules(snap *policy.Snapshot, eps []policy.Endpoint) []policy.Endpoint {
+	var out []policy.Endpoint
+	for _, ep := range eps {
+		pol := snap.Policy(ep.Identity)
+		http := false
+		if pol != nil {
+			for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+				for _, rs := range pol.Direction(d).L7 {
+					http = http || rs.Parser == policy.ParserHTTP
+				}
+			}
+		}
+		if !http {
+			out = append(out, ep)
+		}
+	}
 	return out
 }

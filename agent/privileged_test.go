@@ -127,15 +127,15 @@ func newStarwarsNode(t *testing.T) *starwarsNode {
 	return n
 }
 
-func (n *starwarsNode) startAgent(t *testing.T) {
+func (n *starwarsNode) startAgent(t *testing.T, extra ...string) {
 	t.Helper()
 	f, err := os.OpenFile(filepath.Join(n.run, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.agentLog = f
-	n.agent = exec.Command("ip", "netns", "exec", n.node, n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs,
-		"--run-dir", n.run, "--state-dir", n.state, "--node", "test")
+	n.agent = exec.Command("ip", append([]string{"netns", "exec", n.node, n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs},
+		append([]string{"--run-dir", n.run, "--state-dir", n.state, "--node", "test"}, extra...)...)...)
 	n.agent.Stdout, n.agent.Stderr = f, f
 	if err := n.agent.Start(); err != nil {
 		t.Fatal(err)

@@ -29,11 +29,13 @@ type agentFlags struct {
 	SetupNode  bool   `json:"setupNode"`
 	StartProxy bool   `json:"startProxy"`
 	ACKTimeout string `json:"ackTimeout"`
+	HTTPProxy  string `json:"httpProxy"`
+	EnvoyName  string `json:"envoyProcessName"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
-		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s"}
+		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy"}
 	var configFile string
 	cmd := &cobra.Command{
 		Use:   "agent --source DIR",
@@ -79,6 +81,8 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				pick("node", &f.Node, fromFile.Node)
 				pick("proxy-port-range", &f.PortRange, fromFile.PortRange)
 				pick("ack-timeout", &f.ACKTimeout, fromFile.ACKTimeout)
+				pick("http-proxy", &f.HTTPProxy, fromFile.HTTPProxy)
+				pick("envoy-process-name", &f.EnvoyName, fromFile.EnvoyName)
 				if !ch("setup-node") {
 					f.SetupNode = fromFile.SetupNode
 				}
@@ -92,6 +96,9 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 			if st, err := os.Stat(f.Source); err != nil || !st.IsDir() {
 				return usageErrorf("--source %s: not a folder", f.Source)
 			}
+			if f.HTTPProxy != agent.HTTPProxyGo && f.HTTPProxy != agent.HTTPProxyEnvoy {
+				return usageErrorf("--http-proxy: want go or envoy, not %q", f.HTTPProxy)
+			}
 			lo, hi, err := parsePortRange(f.PortRange)
 			if err != nil {
 				return usageErrorf("--proxy-port-range: %v", err)
@@ -104,11 +111,12 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				Node: f.Node, Source: &agent.FolderSource{Dir: f.Source, Logger: a.log},
 				BPFFS: f.BPFFS, RunDir: f.RunDir, StateDir: f.StateDir, PortMin: lo, PortMax: hi,
 				SetupNode: f.SetupNode, Proxy: agent.ProxyConfig{Start: f.StartProxy}, ACKTimeout: ackTimeout, Logger: a.log,
+				HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
 			})
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName (flags win)")
 	fl.StringVar(&f.Source, "source", "", "folder of Kubernetes YAML/JSON to enforce (watched)")
 	fl.StringVar(&f.BPFFS, "bpffs", f.BPFFS, "bpf filesystem directory for the datapath's pinned maps and links")
 	fl.StringVar(&f.RunDir, "run-dir", f.RunDir, "directory for sockets (xds.sock, agent.sock, proxy-admin.sock)")
@@ -118,6 +126,8 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.BoolVar(&f.SetupNode, "setup-node", f.SetupNode, "set the sysctls and policy routing redirects need")
 	fl.BoolVar(&f.StartProxy, "start-proxy", f.StartProxy, "start (and restart) the Go proxy, or adopt a running one")
 	fl.StringVar(&f.ACKTimeout, "ack-timeout", f.ACKTimeout, "how long to wait for proxies to ACK a push")
+	fl.StringVar(&f.HTTPProxy, "http-proxy", f.HTTPProxy, "who enforces HTTP/gRPC rules: go (the Go proxy) or envoy (a stock Envoy configured over xDS; the Go proxy keeps Kafka)")
+	fl.StringVar(&f.EnvoyName, "envoy-process-name", f.EnvoyName, "with --http-proxy envoy: Envoy's process name; its listeners are taken into the datapath with pidfd_getfd (needs a shared PID namespace and CAP_SYS_PTRACE)")
 	return cmd
 }
 

@@ -1,0 +1,120 @@
+package redirect
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// FindProcess returns the pid of the first process whose command name
+// (/proc/PID/comm) is name, or 0.
+func FindProcess(name string) (int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err == nil && strings.TrimSpace(string(comm)) == name {
+			return pid, nil
+		}
+	}
+	return 0, nil
+}
+
+// listeningInodes maps the socket inodes of TCP listeners on port (IPv4
+// and IPv6) in pid's network namespace.
+func listeningInodes(pid int, port uint16) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, f := range []string{"tcp", "tcp6"} {
+		fh, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "net", f))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Scan() // header
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 10 || fields[3] != "0A" { // TCP_LISTEN
+				continue
+			}
+			_, hexPort, ok := strings.Cut(fields[1], ":")
+			if !ok {
+				continue
+			}
+			p, err := strconv.ParseUint(hexPort, 16, 16)
+			if err == nil && uint16(p) == port {
+				out[fields[9]] = true
+			}
+		}
+		fh.Close()
+	}
+	return out, nil
+}
+
+// TakeListener duplicates another process's TCP listener on port into
+// this process with pidfd_getfd(2) (needs CAP_SYS_PTRACE over it and a
+// shared PID namespace). The agent uses it to put Envoy's transparent
+// listeners into the datapath's socket map, so connections redirected to
+// Envoy's proxy ports take the same sk_lookup path as the Go proxy's
+// (which handles a client reusing a TIME_WAIT 4-tuple correctly).
+func TakeListener(pid int, port uint16) (*net.TCPListener, error) {
+	inodes, err := listeningInodes(pid, port)
+	if err != nil {
+		return nil, err
+	}
+	if len(inodes) == 0 {
+		return nil, fmt.Errorf("process %d has no TCP listener on port %d", pid, port)
+	}
+	fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	fds, err := os.ReadDir(fdDir)
+	if err != nil {
+		return nil, fmt.Errorf("list fds of process %d: %w", pid, err)
+	}
+	for _, e := range fds {
+		target, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "socket:[") {
+			continue
+		}
+		inode := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
+		if !inodes[inode] {
+			continue
+		}
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		}
+		nfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+		unix.Close(pidfd)
+		if err != nil {
+			return nil, fmt.Errorf("pidfd_getfd %d/%d (needs CAP_SYS_PTRACE): %w", pid, fd, err)
+		}
+		f := os.NewFile(uintptr(nfd), fmt.Sprintf("listener-%d-%d", pid, port))
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("listener %d/%d: %w", pid, fd, err)
+		}
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			return nil, fmt.Errorf("listener %d/%d is not TCP", pid, fd)
+		}
+		return tl, nil
+	}
+	return nil, fmt.Errorf("process %d: no file descriptor for its listener on port %d", pid, port)
+}
