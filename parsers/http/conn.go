@@ -486,13 +486,8 @@ func (s *session) requests(ctx context.Context) error {
 		if !s.enqueue(p) {
 			return errStop
 		}
-		if _, err := up.Write(in.bytes()[:head.Size]); err != nil {
-			return fmt.Errorf("write upstream: %w", err)
-		}
-		framing, length := head.Framing, head.Length
-		in.consume(head.Size)
-		if err := s.forwardBody(in, up, framing, length); err != nil {
-			return err
+		if err := writeMessage(up, in, head.Size, head.Framing, head.Length); err != nil {
+			return fmt.Errorf("forward request: %w", err)
 		}
 		if upgrade {
 			select {
@@ -584,7 +579,11 @@ func copyLength(w io.Writer, in *connBuf, n int64) error {
 
 // copyChunked copies a chunked body, validating its framing.
 func copyChunked(w io.Writer, in *connBuf) error {
-	var sc chunkedScanner
+	return copyChunkedFrom(w, in, &chunkedScanner{})
+}
+
+// copyChunkedFrom continues a chunked body whose start sc has seen.
+func copyChunkedFrom(w io.Writer, in *connBuf, sc *chunkedScanner) error {
 	for {
 		if len(in.bytes()) == 0 {
 			if err := in.fill(); err != nil {
@@ -656,6 +655,9 @@ func (s *session) responses() error {
 				s.closeClient()
 				return errStop
 			}
+			if rh.Status >= 200 {
+				break // the final response: written with its body below
+			}
 			if _, err := s.client.Write(up.bytes()[:rh.Size]); err != nil {
 				s.finish(p, err)
 				return err
@@ -685,18 +687,10 @@ func (s *session) responses() error {
 				}
 				return err
 			}
-			if rh.Status < 200 {
-				continue // 100 Continue, 103 Early Hints: the final response follows
-			}
-			break
+			// 100 Continue, 103 Early Hints: the final response follows
 		}
 		var err error
-		switch rh.Framing {
-		case FramingLength:
-			err = copyLength(s.client, up, rh.Length)
-		case FramingChunked:
-			err = copyChunked(s.client, up)
-		case FramingClose:
+		if rh.Framing == FramingClose {
 			if b := up.bytes(); len(b) > 0 {
 				if _, err = s.client.Write(b); err == nil {
 					up.consume(len(b))
@@ -705,6 +699,8 @@ func (s *session) responses() error {
 			if err == nil {
 				_, err = io.Copy(s.client, up.conn)
 			}
+		} else {
+			err = writeMessage(s.client, up, rh.Size, rh.Framing, rh.Length)
 		}
 		if p.record != nil {
 			p.record.Status = rh.Status
@@ -743,4 +739,46 @@ func (s *session) closeClient() {
 	s.stopped = true
 	s.client.SetReadDeadline(time.Now())
 	s.dlMu.Unlock()
+}
+
+// writeMessage writes a message head of size head (at the start of in's
+// buffer) together with whatever of its body is already buffered, in one
+// write, then streams the rest of the body. It saves a system call per
+// message for the common case of small bodies.
+func writeMessage(w io.Writer, in *connBuf, head int, framing Framing, length int64) error {
+	buf := in.bytes()
+	n := head
+	var sc chunkedScanner
+	done := true
+	switch framing {
+	case FramingLength:
+		avail := int64(len(buf) - head)
+		if avail > length {
+			avail = length
+		}
+		n += int(avail)
+		length -= avail
+		done = length == 0
+	case FramingChunked:
+		k, fin, err := sc.scan(buf[head:])
+		if err != nil {
+			return fmt.Errorf("body: %w", err)
+		}
+		n += k
+		done = fin
+	}
+	if _, err := w.Write(buf[:n]); err != nil {
+		return err
+	}
+	in.consume(n)
+	if done {
+		return nil
+	}
+	switch framing {
+	case FramingLength:
+		return copyLength(w, in, length)
+	case FramingChunked:
+		return copyChunkedFrom(w, in, &sc)
+	}
+	return nil
 }
