@@ -92,6 +92,7 @@ type Agent struct {
 	lastUpdate *SourceUpdate
 	// Envoy listeners already in the socket map
 	envoyListeners map[envoyListenerKey]bool
+	flows          flowRing
 }
 
 var errNoEnvoy = errors.New("no envoy process found (is Envoy running in this PID namespace?)")
@@ -165,6 +166,11 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() {
 		defer wg.Done()
 		a.superviseProxy(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchFlows(ctx)
 	}()
 	wg.Add(1)
 	go func() {

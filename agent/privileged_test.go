@@ -300,6 +300,21 @@ func TestPrivilegedAgentRestart(t *testing.T) {
 	if xwingConnected.Load() != 0 {
 		t.Errorf("the xwing connected %d times", xwingConnected.Load())
 	}
+	// The restarted agent reports the xwing's drops with the rule behind them.
+	page, err := FetchFlows(context.Background(), n.run, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range page.Flows {
+		if f.Dropped && f.Source.Addr().String() == "198.18.1.12" && f.Destination.Port() == 80 &&
+			len(f.DecidedBy) > 0 && f.DecidedBy[0].Policy == "default/rule1" && f.Endpoint == "default/deathstar" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no dropped xwing flow attributed to default/rule1 among %d flows", len(page.Flows))
+	}
 	if ok.Load() < 100 || denied.Load() < 10 || duringOK == 0 || xwingTries.Load() < 10 {
 		t.Errorf("too little traffic to tell: ok=%d denied=%d", ok.Load(), denied.Load())
 	}

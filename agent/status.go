@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/l7gate/l7gate/policy"
@@ -151,6 +152,12 @@ func (a *Agent) serveStatus(ctx context.Context) error {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(rules)
 	})
+	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {
+		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
+		flows, cursor := a.flows.since(after)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(FlowPage{Flows: flows, Cursor: cursor})
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -158,6 +165,42 @@ func (a *Agent) serveStatus(ctx context.Context) error {
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
+	}
+	return nil
+}
+
+// FlowPage is a page of recent flows; Cursor is passed as ?after= to get
+// the next one.
+type FlowPage struct {
+	Flows  []Flow `json:"flows"`
+	Cursor uint64 `json:"cursor"`
+}
+
+// FetchFlows reads the flows recorded after cursor.
+func FetchFlows(ctx context.Context, runDir string, after uint64) (*FlowPage, error) {
+	var page FlowPage
+	if err := getJSON(ctx, runDir, "/flows?after="+strconv.FormatUint(after, 10), &page); err != nil {
+		return nil, err
+	}
+	return &page, nil
+}
+
+func getJSON(ctx context.Context, runDir, path string, v any) error {
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", StatusSocket(runDir))
+	}}, Timeout: 5 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent at %s: %w (is the agent running?)", StatusSocket(runDir), err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("agent %s: %w", path, err)
 	}
 	return nil
 }

@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Flow is one datapath verdict on a new flow or one drop, with the rule
+// that decided it.
+type Flow struct {
+	Time        time.Time           `json:"time"`
+	Direction   string              `json:"direction"`
+	Source      netip.AddrPort      `json:"source"`
+	Destination netip.AddrPort      `json:"destination"`
+	SrcIdentity uint32              `json:"srcIdentity"`
+	DstIdentity uint32              `json:"dstIdentity"`
+	Protocol    uint8               `json:"protocol"`
+	Verdict     string              `json:"verdict"` // allow, deny, redirect, default
+	Dropped     bool                `json:"dropped"`
+	Reason      string              `json:"reason"`
+	ProxyPort   uint16              `json:"proxyPort,omitempty"`
+	FromProxy   bool                `json:"fromProxy,omitempty"`
+	Endpoint    string              `json:"endpoint,omitempty"` // namespace/name
+	DecidedBy   []policy.Provenance `json:"decidedBy,omitempty"`
+}
+
+// flowRing keeps the most recent flows for the status API.
+type flowRing struct {
+	mu    sync.Mutex
+	buf   []Flow
+	next  int
+	total uint64
+}
+
+const flowRingSize = 4096
+
+func (r *flowRing) add(f Flow) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.buf) < flowRingSize {
+		r.buf = append(r.buf, f)
+	} else {
+		r.buf[r.next] = f
+	}
+	r.next = (r.next + 1) % flowRingSize
+	r.total++
+}
+
+// since returns the flows recorded after the first `after` ones (the
+// ring's total count is the cursor), oldest first.
+func (r *flowRing) since(after uint64) ([]Flow, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.total - after
+	if after > r.total {
+		n = 0
+	}
+	if n > uint64(len(r.buf)) {
+		n = uint64(len(r.buf))
+	}
+	out := make([]Flow, 0, n)
+	start := (r.next - int(n) + len(r.buf)) % max(len(r.buf), 1)
+	for i := range int(n) {
+		out = append(out, r.buf[(start+i)%len(r.buf)])
+	}
+	return out, r.total
+}
+
+// watchFlows turns datapath events into flows: logged (drops at info,
+// verdicts at debug) and kept for `l7gate observe`.
+func (a *Agent) watchFlows(ctx context.Context) {
+	events, err := a.dp.Events(ctx)
+	if err != nil {
+		a.log.Warn("datapath events unavailable", "error", err)
+		return
+	}
+	for ev := range events {
+		f := a.flowOf(ev)
+		a.flows.add(f)
+		attrs := []any{"direction", f.Direction, "src", f.Source, "dst", f.Destination, "srcIdentity", f.SrcIdentity,
+			"dstIdentity", f.DstIdentity, "proto", f.Protocol, "verdict", f.Verdict, "reason", f.Reason, "endpoint", f.Endpoint}
+		for _, p := range f.DecidedBy {
+			attrs = append(attrs, "decidedBy", p.String())
+		}
+		if f.Dropped {
+			a.log.Info("flow dropped", attrs...)
+		} else {
+			a.log.Debug("flow", attrs...)
+		}
+	}
+}
+
+func (a *Agent) flowOf(ev bpf.Event) Flow {
+	f := Flow{Time: time.Now().UTC(), Source: ev.Src, Destination: ev.Dst, SrcIdentity: uint32(ev.SrcIdentity),
+		DstIdentity: uint32(ev.DstIdentity), Protocol: ev.Protocol, Dropped: ev.Dropped, Reason: ev.Reason.String(),
+		ProxyPort: ev.ProxyPort, FromProxy: ev.FromProxy}
+	dir := policy.Ingress
+	f.Direction = "ingress"
+	if ev.Direction == bpf.Egress {
+		dir, f.Direction = policy.Egress, "egress"
+	}
+	switch ev.Verdict {
+	case bpf.VerdictAllow:
+		f.Verdict = "allow"
+	case bpf.VerdictDeny:
+		f.Verdict = "deny"
+	case bpf.VerdictRedirect:
+		f.Verdict = "redirect"
+	default:
+		f.Verdict = "default"
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p, ok := a.status.rules[ev.RuleID]; ok && ev.RuleID != 0 {
+		f.DecidedBy = []policy.Provenance{p}
+	}
+	if ep, ok := a.attached[int(ev.Endpoint)]; ok {
+		f.Endpoint = ep.Namespace + "/" + ep.Name
+		if len(f.DecidedBy) == 0 && ev.Reason == bpf.ReasonDefault && ev.Dropped && a.status.snapshot != nil {
+			if pol := a.status.snapshot.Policy(ep.Identity); pol != nil {
+				f.DecidedBy = pol.Direction(dir).DefaultDeny
+			}
+		}
+	}
+	return f
+}
