@@ -60,8 +60,9 @@ func TestPrivilegedBPFCommands(t *testing.T) {
 		t.Errorf("ipcache list (exit %d):\n%s", code, out)
 	}
 	code, out, errOut = runCLI(t, "bpf", "ct", "list", "--bpffs", dir, "-o", "json")
-	if code != 0 {
-		t.Errorf("ct list: exit %d: %s", code, errOut)
+	var ct any
+	if code != 0 || json.Unmarshal([]byte(out), &ct) != nil {
+		t.Errorf("ct list: exit %d: %s %s", code, out, errOut)
 	}
 	if code, _, errOut := runCLI(t, "bpf", "policy", "list", "--bpffs", t.TempDir()); code == 0 || errOut == "" {
 		t.Error("reading a bpffs without pins succeeded")
