@@ -23,17 +23,28 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test $(GOTESTFLAGS) $(PKGS)
 
-# Benchmarks print numbers; they never assert on timing.
+# Benchmarks (root): the scenario harness in bench/ (see bench/README.md)
+# writes bench/results/<date>.{json,md}, latest.md and PNG charts; ratios
+# are taken within one run. BENCHFLAGS="-only keepalive,fixedrate" or
+# "-quick" narrow it. Never asserts on timing.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m $(PKGS)
+	@bash hack/install-bench-deps.sh
+	$(GO) run ./bench/cmd/l7gate-bench $(BENCHFLAGS)
 
 lint:
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
-demo: build
-	@echo "make demo: not yet — the starwars demo lands with the agent (issue 5)."
-	@echo "Meanwhile try: $(BIN) policy trace -f examples/starwars --src-labels org=empire,class=tiefighter --dst-labels org=empire,class=deathstar --dport 80 --http-method POST --http-path /v1/request-landing"
+# The starwars scenario in network namespaces on the real datapath and proxy
+# (needs root; installs what it needs). SCENARIO=DIR runs another scenario.
+demo: deps build
+	bin/l7gate demo $(if $(SCENARIO),--scenario $(SCENARIO))
 
 clean:
 	rm -rf bin
+
+# Renders deploy/l7gate.yaml and deploy/crds.yaml from the Helm chart
+# (deploy/helm/l7gate, default values); TestRenderGolden fails on drift.
+.PHONY: manifests
+manifests:
+	$(GO) run ./deploy/cmd/render -out deploy

@@ -87,9 +87,13 @@ func (a *Agent) watchFlows(ctx context.Context) {
 		for _, p := range f.DecidedBy {
 			attrs = append(attrs, "decidedBy", p.String())
 		}
-		if f.Dropped {
+		switch {
+		case f.Dropped && ev.Reason == bpf.ReasonUnsupported:
+			// IPv6 (neighbour discovery and the like) is not enforced yet
+			a.log.Debug("flow dropped", attrs...)
+		case f.Dropped:
 			a.log.Info("flow dropped", attrs...)
-		} else {
+		default:
 			a.log.Debug("flow", attrs...)
 		}
 	}

@@ -16,11 +16,13 @@ import (
 	"github.com/l7gate/l7gate/policy"
 )
 
-// sysctls the redirect needs on the node (see bpf/doc.go): early demux
+// sysctls the redirect needs on the node (see bpf/doc.go): forwarding (a
+// node routes for its pods; any CNI has it on already); early demux
 // would attach the proxy's socket to forwarded packets, which the stack
 // then drops; accept_local lets the node's own connections, turned around
 // into a pod by an ingress redirect, back in.
 var nodeSysctls = [][2]string{
+	{"net/ipv4/ip_forward", "1"}, // the node routes its pods' traffic
 	{"net/ipv4/tcp_early_demux", "0"},
 	{"net/ipv4/conf/all/accept_local", "1"},
 	{"net/ipv4/conf/default/accept_local", "1"},

@@ -1,0 +1,312 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Observation is what a check's request met on the wire.
+type Observation struct {
+	Verdict Verdict
+	// Detail says what was seen: "200 Ship landed", "403 Access denied",
+	// "connect timeout", ...
+	Detail string
+}
+
+// ProbeOptions bound a check's request.
+type ProbeOptions struct {
+	// ConnectTimeout: a connection not established by then is dropped.
+	ConnectTimeout time.Duration
+	// Timeout bounds the whole request.
+	Timeout time.Duration
+}
+
+// DefaultProbeOptions: 1.5 s to connect, 5 s in all.
+func DefaultProbeOptions() ProbeOptions {
+	return ProbeOptions{ConnectTimeout: 1500 * time.Millisecond, Timeout: 5 * time.Second}
+}
+
+// KafkaClientID is the client id of the Kafka checks' requests.
+const KafkaClientID = "l7gate-demo"
+
+// Send runs a check's request from inside the source host's namespace to
+// the destination's address and classifies what happened.
+func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observation {
+	src, dst := t.hosts[c.From], t.hosts[c.To]
+	if src == nil || dst == nil {
+		return Observation{Verdict: Errored, Detail: "unknown host"}
+	}
+	return send(ctx, netnsDialer(src.NS, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.IP, c.Port), c, o)
+}
+
+// send sends c's request to addr over connections from dial.
+func send(ctx context.Context, dial dialFunc, addr netip.AddrPort, c Check, o ProbeOptions) Observation {
+	if o.ConnectTimeout <= 0 || o.Timeout <= 0 {
+		o = DefaultProbeOptions()
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	rd := &recordingDialer{dial: dial}
+	switch {
+	case c.HTTP != nil:
+		return sendHTTP(ctx, rd, addr, c.HTTP)
+	case c.GRPC != nil:
+		return sendGRPC(ctx, rd, addr, c.GRPC)
+	case c.Kafka != nil:
+		return sendKafka(ctx, rd, addr, c.Kafka, o)
+	}
+	return Observation{Verdict: Errored, Detail: "no request"}
+}
+
+// recordingDialer remembers whether connecting failed, so that a client
+// error can be told apart: no connection (dropped) or something after it.
+type recordingDialer struct {
+	dial dialFunc
+	mu   sync.Mutex
+	err  error // the last dial error
+	ok   int   // connections established
+}
+
+func (d *recordingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := d.dial(ctx, network, addr)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.err = err
+	} else {
+		d.ok++
+	}
+	return c, err
+}
+
+// dropped classifies a request that failed: a failed connect, or a
+// connection reset or closed before any answer, is dropped; anything else
+// is an error.
+func (d *recordingDialer) dropped(err error) Observation {
+	d.mu.Lock()
+	dialErr, ok := d.err, d.ok
+	d.mu.Unlock()
+	if dialErr != nil && ok == 0 {
+		return Observation{Verdict: Dropped, Detail: connectFailure(dialErr)}
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		return Observation{Verdict: Dropped, Detail: "connection reset"}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return Observation{Verdict: Dropped, Detail: "connection closed before an answer"}
+	}
+	return Observation{Verdict: Errored, Detail: shorten(err.Error())}
+}
+
+// connectFailure names why a connection could not be made.
+func connectFailure(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "connect timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	}
+	return "connect failed: " + shorten(err.Error())
+}
+
+func shorten(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 160 {
+		s = s[:157] + "..."
+	}
+	return s
+}
+
+// firstLine is the first line of a response body, shortened.
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(string(b), "\n")
+	return shorten(s)
+}
+
+func sendHTTP(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, r *HTTPRequest) Observation {
+	tr := &http.Transport{DialContext: rd.DialContext, DisableKeepAlives: true, MaxResponseHeaderBytes: 64 << 10}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{
+		Transport:     tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr.String()+r.Path, nil)
+	if err != nil {
+		return Observation{Verdict: Errored, Detail: shorten(err.Error())}
+	}
+	req.Host = httpHost(r, addr)
+	for _, k := range slices.Sorted(maps.Keys(r.Headers)) {
+		req.Header.Set(k, r.Headers[k])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return rd.dropped(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return rd.dropped(err)
+	}
+	got := fmt.Sprintf("%d %s", resp.StatusCode, firstLine(body))
+	switch {
+	case resp.Header.Get(ServerHeader) != "":
+		return Observation{Verdict: Allowed, Detail: got}
+	case resp.StatusCode == http.StatusForbidden && strings.TrimSpace(string(body)) == "Access denied":
+		return Observation{Verdict: Denied, Detail: got}
+	}
+	return Observation{Verdict: Errored, Detail: "not the server's answer: " + got}
+}
+
+// httpHost is the Host header of a check's request: the given one, or the
+// destination address (without the port when it is 80).
+func httpHost(r *HTTPRequest, addr netip.AddrPort) string {
+	switch {
+	case r.Host != "":
+		return r.Host
+	case addr.Port() == 80:
+		return addr.Addr().String()
+	}
+	return addr.String()
+}
+
+func sendGRPC(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, r *GRPCRequest) Observation {
+	conn, err := grpc.NewClient("passthrough:///"+addr.String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			return rd.DialContext(ctx, "tcp4", a)
+		}),
+	)
+	if err != nil {
+		return Observation{Verdict: Errored, Detail: shorten(err.Error())}
+	}
+	defer conn.Close()
+	var hdr metadata.MD
+	err = conn.Invoke(ctx, r.Method, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&hdr))
+	st := status.Convert(err)
+	got := st.Code().String()
+	if st.Message() != "" {
+		got += ": " + shorten(st.Message())
+	}
+	switch st.Code() {
+	case codes.OK:
+		if len(hdr.Get(ServerHeader)) > 0 {
+			return Observation{Verdict: Allowed, Detail: got}
+		}
+		return Observation{Verdict: Errored, Detail: "OK without the server's header"}
+	case codes.PermissionDenied:
+		return Observation{Verdict: Denied, Detail: got}
+	case codes.Unavailable, codes.DeadlineExceeded:
+		rd.mu.Lock()
+		dialErr, ok := rd.err, rd.ok
+		rd.mu.Unlock()
+		switch {
+		case dialErr != nil && ok == 0:
+			return Observation{Verdict: Dropped, Detail: connectFailure(dialErr)}
+		case st.Code() == codes.Unavailable && ok > 0:
+			return Observation{Verdict: Dropped, Detail: "connection closed: " + got}
+		}
+	}
+	return Observation{Verdict: Errored, Detail: got}
+}
+
+func sendKafka(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, r *KafkaRequest, o ProbeOptions) Observation {
+	tr := &kafka.Transport{
+		Dial:        rd.DialContext,
+		DialTimeout: o.ConnectTimeout,
+		ClientID:    KafkaClientID,
+		IdleTimeout: o.Timeout,
+		MetadataTTL: o.Timeout,
+		// Name the topic in Metadata requests: a proxy leaves denied topics
+		// out of all-topic listings (a client would see "unknown topic")
+		// and answers named ones with TOPIC_AUTHORIZATION_FAILED.
+		MetadataTopics: []string{r.Topic()},
+	}
+	defer tr.CloseIdleConnections()
+	cl := &kafka.Client{Addr: kafka.TCP(addr.String()), Transport: tr, Timeout: o.Timeout}
+	// As clients do, look the topic up first: a denied Metadata request is
+	// the first place a denial shows.
+	md, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{r.Topic()}})
+	if err == nil {
+		for _, tp := range md.Topics {
+			if tp.Name == r.Topic() && tp.Error != nil && !errors.Is(tp.Error, kafka.UnknownTopicOrPartition) {
+				err = tp.Error
+			}
+		}
+	}
+	var got string
+	switch {
+	case err != nil:
+	case r.Produce != "":
+		w := &kafka.Writer{
+			Addr:         kafka.TCP(addr.String()),
+			Topic:        r.Produce,
+			RequiredAcks: kafka.RequireAll,
+			Transport:    tr,
+			MaxAttempts:  1,
+			BatchTimeout: time.Millisecond,
+			WriteTimeout: o.Timeout,
+			ReadTimeout:  o.Timeout,
+		}
+		err = w.WriteMessages(ctx, kafka.Message{Value: []byte("l7gate demo")})
+		w.Close()
+		got = "produced 1 message to " + r.Produce
+	default:
+		var res *kafka.FetchResponse
+		res, err = cl.Fetch(ctx, &kafka.FetchRequest{Topic: r.Consume, Partition: 0, Offset: 0, MinBytes: 1, MaxBytes: 1 << 20, MaxWait: 100 * time.Millisecond})
+		if err == nil && res.Error != nil {
+			err = res.Error
+		}
+		if err == nil {
+			got = "fetched from " + r.Consume
+		}
+	}
+	switch {
+	case err == nil:
+		return Observation{Verdict: Allowed, Detail: got}
+	case kafkaErrorIs(err, kafka.TopicAuthorizationFailed):
+		return Observation{Verdict: Denied, Detail: "TOPIC_AUTHORIZATION_FAILED"}
+	}
+	return rd.dropped(err)
+}
+
+// kafkaErrorIs looks for target in err, including inside kafka.WriteErrors
+// (which does not unwrap).
+func kafkaErrorIs(err error, target kafka.Error) bool {
+	if errors.Is(err, target) {
+		return true
+	}
+	var we kafka.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil && errors.Is(e, target) {
+				return true
+			}
+		}
+	}
+	return false
+}

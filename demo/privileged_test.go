@@ -1,0 +1,282 @@
+package demo
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, veths, bpffs): run as root to enable")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs ip(8) (iproute2)")
+	}
+}
+
+// rootLinks lists the interfaces of the root network namespace.
+func rootLinks(t *testing.T) map[string]bool {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "link", "show").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]bool{}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 {
+			links[strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")] = true
+		}
+	}
+	return links
+}
+
+// assertGone checks that nothing of a topology is left: namespaces,
+// links in the root namespace, mounts, the work dir.
+func assertGone(t *testing.T, prefix, workDir string, mounts []string, before map[string]bool) {
+	t.Helper()
+	ents, _ := os.ReadDir(netnsDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+	for l := range rootLinks(t) {
+		if !before[l] && (strings.HasPrefix(l, "lxc") || strings.HasPrefix(l, "ext") || l == "eth0") {
+			t.Errorf("link %s appeared in the root namespace", l)
+		}
+	}
+	for _, m := range mounts {
+		if isMountPoint(m) {
+			t.Errorf("%s still mounted", m)
+		}
+	}
+	if _, err := os.Stat(workDir); !os.IsNotExist(err) {
+		t.Errorf("work dir %s left behind (%v)", workDir, err)
+	}
+}
+
+func allScenarios(t *testing.T) map[string]*Scenario {
+	t.Helper()
+	out := map[string]*Scenario{}
+	sc, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out[BuiltinName] = sc
+	for _, dir := range scenarioDirs(t) {
+		sc, err := LoadScenarioDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(dir)] = sc
+	}
+	return out
+}
+
+// TestPrivilegedTopology builds each scenario's topology with its built-in
+// servers and no agent (plain routing, no datapath): every check must be
+// allowed. Then it tears the topology down (Close, or Down from the state
+// file for one scenario) and checks nothing is left.
+func TestPrivilegedTopology(t *testing.T) {
+	needRoot(t)
+	cmd, env := testServerCommand(t)
+	for name, sc := range allScenarios(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			before := rootLinks(t)
+			workDir := filepath.Join(t.TempDir(), "work")
+			if err := os.Mkdir(workDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			topo, err := NewTopology(ctx, sc, TopologyConfig{
+				WorkDir: workDir, ServerCommand: cmd, ServerEnv: env, Forwarding: true,
+				Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("topology %s: %d hosts up in %s", topo.Prefix, len(topo.Hosts()), time.Since(start).Round(time.Millisecond))
+			// A bpffs mount, as Run makes for the agent, must go too.
+			bpffs := filepath.Join(workDir, "bpffs")
+			if err := os.Mkdir(bpffs, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+				t.Fatal(err)
+			}
+			if err := topo.led.addMount(bpffs); err != nil {
+				t.Fatal(err)
+			}
+			closed := false
+			defer func() {
+				if !closed {
+					topo.Close(context.Background())
+				}
+			}()
+			o := DefaultProbeOptions()
+			n := 0
+			for i, st := range sc.Steps {
+				objs, err := sc.ObjectsAt(i)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range st.Checks {
+					c.Expect = Allowed // no datapath: plain routing allows everything
+					r := Result{Step: i + 1, StepName: st.Name, Check: c, Observed: topo.Send(ctx, c, o), Trace: TraceCheck(objs, sc, c)}
+					t.Log(r.Line())
+					if !r.Passed() {
+						t.Errorf("without a datapath every check is allowed: %s", r.Line())
+					}
+					n++
+				}
+			}
+			t.Logf("%d checks in %s", n, time.Since(start).Round(time.Millisecond))
+			servers := topo.servers
+			closed = true
+			if name == "multi-namespace-cidr" {
+				err = Down(ctx, workDir, nil)
+			} else {
+				err = topo.Close(ctx)
+			}
+			if err != nil {
+				t.Fatalf("teardown: %v", err)
+			}
+			for _, p := range servers {
+				select {
+				case <-p.done:
+				case <-time.After(5 * time.Second):
+					t.Errorf("%s still running after teardown", p.name)
+				}
+			}
+			assertGone(t, topo.Prefix, workDir, []string{bpffs}, before)
+		})
+	}
+}
+
+// testWriter sends slog output to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// needAgent returns the l7gate binary TestMain built, or skips when it
+// has no agent command.
+func needAgent(t *testing.T) string {
+	t.Helper()
+	needRoot(t)
+	bin := os.Getenv(binaryEnv)
+	if bin == "" {
+		t.Skip("needs the agent (cmd/l7gate agent): no l7gate binary was built")
+	}
+	if err := exec.Command(bin, "agent", "--help").Run(); err != nil {
+		t.Skip("needs the agent (cmd/l7gate agent): not a subcommand of the binary yet")
+	}
+	return bin
+}
+
+// runScenario runs a scenario through the agent and checks every check
+// passed and nothing is left behind.
+func runScenario(t *testing.T, sc *Scenario) {
+	bin := needAgent(t)
+	cmd, env := testServerCommand(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	before := rootLinks(t)
+	var out strings.Builder
+	start := time.Now()
+	// L7GATE_DEMO_KEEP=1 keeps the topology for a look (remove it with
+	// `l7gate demo down WORKDIR`, printed at the end).
+	keep := os.Getenv("L7GATE_DEMO_KEEP") == "1"
+	tmp := t.TempDir()
+	if keep {
+		tmp = ""
+	}
+	sum, err := Run(ctx, Config{
+		Scenario: sc, Executable: bin, ServerCommand: cmd, ServerEnv: env,
+		TempDir: tmp, Out: &out, Keep: keep,
+		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	})
+	for line := range strings.SplitSeq(strings.TrimRight(out.String(), "\n"), "\n") {
+		t.Log(line)
+	}
+	t.Logf("ran in %s", time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if sum.Failed > 0 {
+		t.Errorf("%d of %d checks failed", sum.Failed, len(sum.Results))
+	}
+	if keep {
+		return
+	}
+	assertGone(t, sum.Prefix, sum.WorkDir, []string{filepath.Join(sum.WorkDir, "bpffs")}, before)
+}
+
+func scenarioByName(t *testing.T, name string) *Scenario {
+	t.Helper()
+	if name == BuiltinName {
+		sc, err := Builtin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sc
+	}
+	sc, err := LoadScenarioDir(filepath.Join("../examples/scenarios", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+func TestPrivilegedScenarioStarwars(t *testing.T) { runScenario(t, scenarioByName(t, BuiltinName)) }
+
+func TestPrivilegedScenarioGRPC(t *testing.T) { runScenario(t, scenarioByName(t, "grpc")) }
+
+func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {
+	runScenario(t, scenarioByName(t, "multi-namespace-cidr"))
+}
+
+func TestPrivilegedScenarioKafka(t *testing.T) { runScenario(t, scenarioByName(t, "kafka")) }
+
+// TestPrivilegedScenarioInterrupted cancels a run part way (as Ctrl-C
+// does) and checks that everything is removed all the same.
+func TestPrivilegedScenarioInterrupted(t *testing.T) {
+	bin := needAgent(t)
+	cmd, env := testServerCommand(t)
+	for _, after := range []time.Duration{300 * time.Millisecond, 2500 * time.Millisecond} {
+		t.Run(after.String(), func(t *testing.T) {
+			before := rootLinks(t)
+			ctx, cancel := context.WithTimeout(context.Background(), after)
+			defer cancel()
+			var out strings.Builder
+			start := time.Now()
+			sum, err := Run(ctx, Config{
+				Scenario: scenarioByName(t, BuiltinName), Executable: bin, ServerCommand: cmd, ServerEnv: env,
+				TempDir: t.TempDir(), Out: &out,
+			})
+			t.Logf("returned after %s: %v", time.Since(start).Round(time.Millisecond), err)
+			if err == nil {
+				t.Fatalf("no error from an interrupted run:\n%s", out.String())
+			}
+			if time.Since(start) > after+20*time.Second {
+				t.Errorf("cleanup took %s", time.Since(start)-after)
+			}
+			assertGone(t, sum.Prefix, sum.WorkDir, []string{filepath.Join(sum.WorkDir, "bpffs")}, before)
+		})
+	}
+}

@@ -1,0 +1,399 @@
+package demo
+
+import (
+	"bytes"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+//go:embed scenarios
+var builtinFS embed.FS
+
+// BuiltinName is the name of the built-in scenario.
+const BuiltinName = "starwars"
+
+// Builtin loads the built-in Star Wars scenario.
+func Builtin() (*Scenario, error) {
+	sub, err := fs.Sub(builtinFS, "scenarios/"+BuiltinName)
+	if err != nil {
+		return nil, fmt.Errorf("builtin scenario: %w", err)
+	}
+	return LoadScenario(sub, "builtin:"+BuiltinName)
+}
+
+// subnet is the range every host (pod or external) must be in.
+var subnet = netip.MustParsePrefix("198.18.0.0/15")
+
+// nodeAddr is the node's address on every host-side veth; hosts route
+// through it.
+var nodeAddr = netip.MustParseAddr("198.18.255.254")
+
+// Host is a pod or external host of a scenario.
+type Host struct {
+	// Name is "namespace/pod" or "external:name".
+	Name string
+	IP   netip.Addr
+	// Pod is nil for external hosts.
+	Pod    *policy.Pod
+	Serve  []Service
+	Topics []string // Kafka topics the checks name, for the broker
+}
+
+// Serves reports whether the host runs a server of proto on port.
+func (h *Host) Serves(proto Protocol, port uint16) bool {
+	return slices.Contains(h.Serve, Service{Proto: proto, Port: port})
+}
+
+// File is a file of a scenario: its path in the scenario folder and content.
+type File struct {
+	Path string
+	Data []byte
+}
+
+// Scenario is a loaded and validated scenario folder.
+type Scenario struct {
+	// Name is the folder as given, or builtin:<name>.
+	Name        string
+	Description string
+	// Hosts are the pods (sorted by namespace/name), then the externals.
+	Hosts []*Host
+	Steps []Step
+	// ObjectFiles are the files under objects/.
+	ObjectFiles []File
+	// Objects are the objects decoded from ObjectFiles.
+	Objects *policy.Objects
+	// policies[i] are the policy documents in force at step i.
+	policies [][]policyDoc
+}
+
+// policyDoc is one YAML document of an applied file holding one policy.
+type policyDoc struct {
+	key  string // kind/namespace/name
+	from string // the file it came from
+	data []byte
+}
+
+// LoadScenarioDir loads a scenario folder.
+func LoadScenarioDir(dir string) (*Scenario, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("scenario: %s is not a folder", dir)
+	}
+	return LoadScenario(os.DirFS(dir), dir)
+}
+
+// LoadScenario loads and validates a scenario from fsys: objects/ (Pods
+// and Namespaces, *.yaml, *.yml, *.json, recursively) and steps.yaml.
+// name prefixes the file names in errors.
+func LoadScenario(fsys fs.FS, name string) (*Scenario, error) {
+	sc := &Scenario{Name: name, Objects: &policy.Objects{}}
+	fname := func(p string) string { return path.Join(name, p) }
+	data, err := fs.ReadFile(fsys, "steps.yaml")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", fname("steps.yaml"), err)
+	}
+	sf, err := parseSteps(fname("steps.yaml"), data)
+	if err != nil {
+		return nil, err
+	}
+	sc.Description, sc.Steps = sf.Description, sf.Steps
+
+	var errs []error
+	err = fs.WalkDir(fsys, "objects", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != "objects" && strings.HasPrefix(d.Name(), ".") {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		switch strings.ToLower(path.Ext(p)) {
+		case ".yaml", ".yml", ".json":
+		default:
+			return nil
+		}
+		b, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return err
+		}
+		sc.ObjectFiles = append(sc.ObjectFiles, File{Path: p, Data: b})
+		objs, derrs := policy.Decode(fname(p), b)
+		errs = append(errs, derrs...)
+		errs = append(errs, sc.Objects.Merge(objs)...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", fname("objects"), err)
+	}
+	if len(sc.Objects.Policies) > 0 {
+		errs = append(errs, fmt.Errorf("%s: objects/ holds Pods and Namespaces only; policies belong in the files steps apply (found %s)", name, sc.Objects.Policies[0].Ref))
+	}
+	if len(sc.Objects.Pods) == 0 && len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("%s: objects/ holds no Pod", name))
+	}
+	errs = append(errs, sc.hosts(sf.Externals)...)
+	errs = append(errs, sc.validateSteps(fsys, fname)...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return sc, nil
+}
+
+// hosts builds the host list from the pods and externals.
+func (sc *Scenario) hosts(externals []External) []error {
+	var errs []error
+	byIP := map[netip.Addr]string{}
+	add := func(h *Host, where string) {
+		if other, ok := byIP[h.IP]; ok {
+			errs = append(errs, fmt.Errorf("%s: address %s is also %s's", where, h.IP, other))
+			return
+		}
+		byIP[h.IP] = h.Name
+		sc.Hosts = append(sc.Hosts, h)
+	}
+	for i := range sc.Objects.Pods {
+		p := &sc.Objects.Pods[i]
+		where := fmt.Sprintf("%s: Pod %s/%s", p.Ref.File, p.Namespace, p.Name)
+		if p.HostNetwork {
+			errs = append(errs, fmt.Errorf("%s: hostNetwork pods are not supported", where))
+			continue
+		}
+		var ip netip.Addr
+		for _, a := range p.IPs {
+			if a.Is4() {
+				ip = a
+				break
+			}
+		}
+		if !ip.IsValid() {
+			errs = append(errs, fmt.Errorf("%s: status.podIP: missing (give an IPv4 address in %s)", where, subnet))
+			continue
+		}
+		if err := checkHostIP(ip); err != nil {
+			errs = append(errs, fmt.Errorf("%s: status.podIP: %w", where, err))
+			continue
+		}
+		h := &Host{Name: p.Namespace + "/" + p.Name, IP: ip, Pod: p}
+		if s, ok := p.Annotations[ServeAnnotation]; ok {
+			svc, err := ParseServe(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: metadata.annotations[%s]: %w", where, ServeAnnotation, err))
+				continue
+			}
+			h.Serve = svc
+		}
+		add(h, where)
+	}
+	for _, x := range externals {
+		name := "external:" + x.Name
+		if sc.Host(name) != nil {
+			errs = append(errs, fmt.Errorf("%s: steps.yaml: externals: %s given twice", sc.Name, name))
+			continue
+		}
+		add(&Host{Name: name, IP: x.IP, Serve: x.Serve}, fmt.Sprintf("%s: steps.yaml: externals %s", sc.Name, x.Name))
+	}
+	return errs
+}
+
+func checkHostIP(ip netip.Addr) error {
+	switch {
+	case !ip.Is4():
+		return fmt.Errorf("%s: want an IPv4 address", ip)
+	case !subnet.Contains(ip):
+		return fmt.Errorf("%s is outside %s", ip, subnet)
+	case ip == nodeAddr:
+		return fmt.Errorf("%s is the node's address", ip)
+	case ip == subnet.Addr() || ip == netip.MustParseAddr("198.19.255.255"):
+		return fmt.Errorf("%s is not a host address", ip)
+	}
+	return nil
+}
+
+// Host returns the host with the given name, or nil.
+func (sc *Scenario) Host(name string) *Host {
+	for _, h := range sc.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// validateSteps checks apply files and checks, and computes the policies
+// in force at every step.
+func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error {
+	var errs []error
+	var current []policyDoc
+	for si, st := range sc.Steps {
+		where := fmt.Sprintf("%s: steps[%d]", fname("steps.yaml"), si)
+		for ai, p := range st.Apply {
+			docs, err := readPolicyFile(fsys, p, fname(p))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.apply[%d]: %w", where, ai, err))
+				continue
+			}
+			for _, d := range docs {
+				if i := slices.IndexFunc(current, func(c policyDoc) bool { return c.key == d.key }); i >= 0 {
+					current[i] = d
+				} else {
+					current = append(current, d)
+				}
+			}
+		}
+		sc.policies = append(sc.policies, slices.Clone(current))
+		if _, err := sc.ObjectsAt(si); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+		}
+		for ci, c := range st.Checks {
+			cw := fmt.Sprintf("%s.checks[%d]", where, ci)
+			from, to := sc.Host(c.From), sc.Host(c.To)
+			if from == nil {
+				errs = append(errs, fmt.Errorf("%s.from: no pod or external host %q", cw, c.From))
+			}
+			if to == nil {
+				errs = append(errs, fmt.Errorf("%s.to: no pod or external host %q", cw, c.To))
+			}
+			if from == nil || to == nil {
+				continue
+			}
+			if from == to {
+				errs = append(errs, fmt.Errorf("%s: from and to are the same host (traffic would not leave it)", cw))
+			}
+			proto := c.Protocol()
+			if !to.Serves(proto, c.Port) {
+				errs = append(errs, fmt.Errorf("%s: %s serves no %s on port %d (add %s:%d to its %s)", cw, c.To, proto, c.Port, proto, c.Port, serveWhere(to)))
+			}
+			if c.Kafka != nil && !slices.Contains(to.Topics, c.Kafka.Topic()) {
+				to.Topics = append(to.Topics, c.Kafka.Topic())
+			}
+		}
+	}
+	return errs
+}
+
+func serveWhere(h *Host) string {
+	if h.Pod == nil {
+		return "serve field"
+	}
+	return ServeAnnotation + " annotation"
+}
+
+// Protocol is the server protocol the check talks.
+func (c *Check) Protocol() Protocol {
+	switch {
+	case c.GRPC != nil:
+		return ProtoGRPC
+	case c.Kafka != nil:
+		return ProtoKafka
+	}
+	return ProtoHTTP
+}
+
+// readPolicyFile reads an apply file: every document must hold policies
+// only, one per document.
+func readPolicyFile(fsys fs.FS, p, display string) ([]policyDoc, error) {
+	data, err := fs.ReadFile(fsys, p)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", display, err)
+	}
+	var out []policyDoc
+	for i, doc := range splitDocuments(data) {
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		objs, errs := policy.Decode(display, doc)
+		if len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		if len(objs.Pods)+len(objs.Namespaces) > 0 || len(objs.Policies) != 1 {
+			return nil, fmt.Errorf("%s: document %d: want exactly one policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy) per document", display, i+1)
+		}
+		r := objs.Policies[0].Ref
+		out = append(out, policyDoc{key: r.Kind + "/" + r.Namespace + "/" + r.Name, from: p, data: doc})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no policy", display)
+	}
+	return out, nil
+}
+
+// splitDocuments splits a YAML stream at "---" lines (as policy.Decode).
+func splitDocuments(data []byte) [][]byte {
+	var docs [][]byte
+	var cur bytes.Buffer
+	for line := range bytes.Lines(data) {
+		if rest, ok := bytes.CutPrefix(line, []byte("---")); ok {
+			rest = bytes.TrimSpace(rest)
+			if len(rest) == 0 || rest[0] == '#' {
+				docs = append(docs, bytes.Clone(cur.Bytes()))
+				cur.Reset()
+				continue
+			}
+		}
+		cur.Write(line)
+		if !bytes.HasSuffix(line, []byte("\n")) {
+			cur.WriteByte('\n')
+		}
+	}
+	return append(docs, cur.Bytes())
+}
+
+func stripComments(doc []byte) []byte {
+	var out []byte
+	for line := range bytes.Lines(doc) {
+		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// PolicyFile is the content of the one file holding every policy in force
+// at step i (nil when there is none): the applied documents, each under a
+// comment naming its file.
+func (sc *Scenario) PolicyFile(i int) []byte {
+	if i < 0 || i >= len(sc.policies) || len(sc.policies[i]) == 0 {
+		return nil
+	}
+	var b bytes.Buffer
+	for j, d := range sc.policies[i] {
+		if j > 0 {
+			b.WriteString("---\n")
+		}
+		fmt.Fprintf(&b, "# from %s\n", d.from)
+		b.Write(d.data)
+	}
+	return b.Bytes()
+}
+
+// ObjectsAt decodes the objects and the policies in force at step i: what
+// the agent sees then.
+func (sc *Scenario) ObjectsAt(i int) (*policy.Objects, error) {
+	out := &policy.Objects{}
+	var errs []error
+	for _, f := range sc.ObjectFiles {
+		objs, derrs := policy.Decode(path.Join(sc.Name, f.Path), f.Data)
+		errs = append(errs, derrs...)
+		errs = append(errs, out.Merge(objs)...)
+	}
+	if pf := sc.PolicyFile(i); pf != nil {
+		objs, derrs := policy.Decode(fmt.Sprintf("policies of step %d", i+1), pf)
+		errs = append(errs, derrs...)
+		errs = append(errs, out.Merge(objs)...)
+	}
+	return out, errors.Join(errs...)
+}

@@ -1,0 +1,327 @@
+package demo
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+func TestParseStepsValid(t *testing.T) {
+	sf, err := parseSteps("steps.yaml", []byte(`
+description: d
+externals:
+- {name: internet, ip: 198.19.0.10, serve: "http:80"}
+steps:
+- name: L3/L4 policy
+  apply: [policies/l3-l4.yaml]
+  checks:
+  - from: default/tiefighter
+    to: default/deathstar
+    port: 80
+    http: {method: POST, path: /v1/request-landing, headers: {X-Token: 1}}
+    expect: allowed
+  - {from: default/xwing, to: external:internet, port: 80, http: {}, expect: dropped}
+  - {from: a/b, to: a/c, port: 50051, grpc: {method: /grpc.health.v1.Health/Check}, expect: denied}
+  - {from: a/b, to: a/c, port: 9092, kafka: {consume: deathstar-plans}, expect: denied}
+- name: nothing applied
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sf.Steps) != 2 || len(sf.Steps[0].Checks) != 4 || len(sf.Externals) != 1 {
+		t.Fatalf("got %+v", sf)
+	}
+	c := sf.Steps[0].Checks[0]
+	if c.HTTP == nil || c.HTTP.Method != "POST" || c.HTTP.Headers["X-Token"] != "1" || c.Port != 80 || c.Expect != Allowed {
+		t.Errorf("check 0: %+v %+v", c, c.HTTP)
+	}
+	if h := sf.Steps[0].Checks[1].HTTP; h.Method != "GET" || h.Path != "/" {
+		t.Errorf("http defaults: %+v", h)
+	}
+	if k := sf.Steps[0].Checks[3].Kafka; k.Topic() != "deathstar-plans" || k.Produce != "" {
+		t.Errorf("kafka: %+v", k)
+	}
+	if x := sf.Externals[0]; x.Name != "internet" || x.IP.String() != "198.19.0.10" || len(x.Serve) != 1 {
+		t.Errorf("external: %+v", x)
+	}
+}
+
+func TestParseStepsErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{`steps: []`, "steps.yaml: steps: give at least one step"},
+		{`{}`, "steps.yaml: steps: missing"},
+		{`stepz: []`, `steps.yaml: stepz: unknown field`},
+		{"steps:\n- name: a\n  aply: [x]", "steps.yaml: steps[0].aply: unknown field"},
+		{"steps:\n- {apply: [x]}", "steps.yaml: steps[0].name: missing"},
+		{"steps:\n- {name: a, apply: [../x.yaml]}", `steps.yaml: steps[0].apply[0]: want a clean path inside the scenario folder, not "../x.yaml"`},
+		{"steps:\n- {name: a, apply: x}", "steps.yaml: steps[0].apply: want a list, got a string"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, expect: ok}",
+			`steps.yaml: steps[0].checks[0].expect: want allowed, denied or dropped, not "ok"`},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, http: {}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0].port: missing"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 70000, http: {}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0].port: want a port number (1-65535), not 70000"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a, to: a/c, port: 80, http: {}, expect: allowed}",
+			`steps.yaml: steps[0].checks[0].from: want namespace/pod or external:name, not "a"`},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, grpc: {method: /a.B/C}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc and kafka"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, expect: allowed}",
+			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc and kafka"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {path: x}, expect: allowed}",
+			`steps.yaml: steps[0].checks[0].http.path: want a request path starting with '/', not "x"`},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {verb: GET}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0].http.verb: unknown field"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, grpc: {method: Check}, expect: allowed}",
+			`steps.yaml: steps[0].checks[0].grpc.method: want /package.Service/Method, not "Check"`},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, kafka: {produce: a, consume: b}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0].kafka: give exactly one of produce and consume"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, kafka: {produce: 'a b'}, expect: allowed}",
+			`steps.yaml: steps[0].checks[0].kafka: invalid topic name "a b"`},
+		{"externals:\n- {name: x, ip: 10.0.0.1}\nsteps:\n- {name: a}", "steps.yaml: externals[0].ip: 10.0.0.1 is outside 198.18.0.0/15"},
+		{"externals:\n- {name: X_1, ip: 198.19.0.1}\nsteps:\n- {name: a}", `steps.yaml: externals[0].name: want a DNS label`},
+		{"externals:\n- {name: x, ip: 198.19.0.1, serve: 'ftp:21'}\nsteps:\n- {name: a}", `steps.yaml: externals[0].serve: unknown protocol "ftp"`},
+		{"steps:\n- {name: a}\nsteps:\n- {name: b}", "steps.yaml: parse yaml"},
+	} {
+		_, err := parseSteps("steps.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q:\n got %v\nwant %s", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+func TestParseServe(t *testing.T) {
+	got, err := ParseServe("http:80, grpc:50051,KAFKA:9092")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Service{{ProtoHTTP, 80}, {ProtoGRPC, 50051}, {ProtoKafka, 9092}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("[%d] = %v, want %v", i, got[i], want[i])
+		}
+	}
+	for _, bad := range []string{"", "http", "http:0", "http:x", "smtp:25", "http:80,grpc:80", "kafka:1,kafka:2", "http:65536"} {
+		if _, err := ParseServe(bad); err == nil {
+			t.Errorf("ParseServe(%q): no error", bad)
+		}
+	}
+	cfg := ServerConfig{Host: "default/deathstar", IP: mustAddr("198.18.1.10"), Serve: got, Topics: []string{"t"}}
+	back, err := ParseServerArgs(cfg.Args())
+	if err != nil || back.Host != cfg.Host || back.IP != cfg.IP || len(back.Serve) != 3 || back.Serve[2] != want[2] || back.Topics[0] != "t" {
+		t.Errorf("round trip: %+v, %v", back, err)
+	}
+}
+
+func TestResultLine(t *testing.T) {
+	r := Result{
+		Step: 3, StepName: "L7 policy",
+		Check:    Check{From: "default/tiefighter", To: "default/deathstar", Port: 80, HTTP: &HTTPRequest{Method: "PUT", Path: "/v1/exhaust-port", Headers: map[string]string{"X-Token": "1"}}, Expect: Denied},
+		Observed: Observation{Verdict: Denied, Detail: "403 Access denied"},
+		Trace:    TraceSummary{Verdict: Denied, DecidedBy: []string{"default-deny default/rule1 (CiliumNetworkPolicy spec.ingress[0])"}},
+	}
+	want := `PASS step 3 "L7 policy" | default/tiefighter → default/deathstar:80 | HTTP PUT /v1/exhaust-port [X-Token: 1] | expected denied | observed denied (403 Access denied) | policy.Trace: denied by default-deny default/rule1 (CiliumNetworkPolicy spec.ingress[0])`
+	if got := r.Line(); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	r.Observed = Observation{Verdict: Allowed, Detail: "503 Panic: deathstar exploded"}
+	r.Trace = TraceSummary{Verdict: Allowed}
+	if got := r.Line(); !strings.HasPrefix(got, "FAIL ") || !strings.HasSuffix(got, "observed allowed (503 Panic: deathstar exploded) | policy.Trace: allowed (no policy applies)") {
+		t.Errorf("got %s", got)
+	}
+	for c, want := range map[*Check]string{
+		{GRPC: &GRPCRequest{Method: "/a.B/C"}}:             "gRPC /a.B/C",
+		{Kafka: &KafkaRequest{Produce: "deathstar-plans"}}: "Kafka produce deathstar-plans",
+		{Kafka: &KafkaRequest{Consume: "empire-announce"}}: "Kafka consume empire-announce",
+	} {
+		if got := c.RequestString(); got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+}
+
+// scenarioDirs lists every scenario folder under examples/scenarios.
+func scenarioDirs(t *testing.T) []string {
+	t.Helper()
+	ents, err := os.ReadDir("../examples/scenarios")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() {
+			out = append(out, filepath.Join("../examples/scenarios", e.Name()))
+		}
+	}
+	if len(out) < 3 {
+		t.Fatalf("want at least 3 example scenarios, found %v", out)
+	}
+	return out
+}
+
+// TestScenariosLoad: the built-in and every example scenario validate, and
+// at each step the folder the agent gets (objects + policies in force)
+// loads with policy.Load without errors; the checks' expectations agree
+// with policy.Trace.
+func TestScenariosLoad(t *testing.T) {
+	type named struct {
+		name string
+		sc   *Scenario
+	}
+	var all []named
+	sc, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all = append(all, named{"builtin", sc})
+	for _, dir := range scenarioDirs(t) {
+		sc, err := LoadScenarioDir(dir)
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		all = append(all, named{dir, sc})
+	}
+	for _, n := range all {
+		t.Run(filepath.Base(n.name), func(t *testing.T) {
+			sc := n.sc
+			for i, st := range sc.Steps {
+				dir := t.TempDir()
+				for j, f := range sc.ObjectFiles {
+					if err := os.WriteFile(filepath.Join(dir, "objects-"+string(rune('a'+j))+".yaml"), f.Data, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if pf := sc.PolicyFile(i); pf != nil {
+					if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), pf, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				} else if i > 0 || len(st.Apply) > 0 {
+					t.Errorf("step %d: no policy file", i+1)
+				}
+				objs, errs := policy.Load(dir)
+				if len(errs) > 0 {
+					t.Fatalf("step %d: policy.Load: %v", i+1, errs)
+				}
+				for _, c := range st.Checks {
+					for _, h := range []string{c.From, c.To} {
+						if sc.Host(h) == nil {
+							t.Errorf("step %d: no host %s", i+1, h)
+						}
+					}
+					tr := TraceCheck(objs, sc, c)
+					if tr.Err != nil || tr.Verdict != c.Expect {
+						t.Errorf("step %d: %s → %s %s: policy.Trace says %s, the check expects %s", i+1, c.From, c.To, c.RequestString(), tr, c.Expect)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestScenarioErrors(t *testing.T) {
+	pod := func(name, ip, serve string) string {
+		s := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  namespace: default\n"
+		if serve != "" {
+			s += "  annotations:\n    l7gate.io/serve: " + serve + "\n"
+		}
+		return s + "status:\n  podIP: " + ip + "\n---\n"
+	}
+	cnp := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: default\nspec:\n  endpointSelector: {}\n  ingress:\n  - {}\n"
+	base := pod("a", "198.18.0.1", `"http:80"`) + pod("b", "198.18.0.2", "")
+	check := "checks:\n  - {from: default/b, to: default/a, port: 80, http: {}, expect: allowed}\n"
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		want  string
+	}{
+		{"no steps file", map[string]string{"objects/p.yaml": base}, "s/steps.yaml: open steps.yaml"},
+		{"pod outside subnet", map[string]string{"objects/p.yaml": pod("a", "10.0.0.1", ""), "steps.yaml": "steps:\n- {name: x}"},
+			"status.podIP: 10.0.0.1 is outside 198.18.0.0/15"},
+		{"pod without ip", map[string]string{"objects/p.yaml": "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default}\n", "steps.yaml": "steps:\n- {name: x}"},
+			"status.podIP: missing"},
+		{"duplicate ip", map[string]string{"objects/p.yaml": pod("a", "198.18.0.1", "") + pod("c", "198.18.0.1", ""), "steps.yaml": "steps:\n- {name: x}"},
+			"address 198.18.0.1 is also default/a's"},
+		{"bad serve", map[string]string{"objects/p.yaml": pod("a", "198.18.0.1", `"http"`), "steps.yaml": "steps:\n- {name: x}"},
+			"metadata.annotations[l7gate.io/serve]: want proto:port"},
+		{"policy in objects", map[string]string{"objects/p.yaml": base + cnp, "steps.yaml": "steps:\n- {name: x}"},
+			"objects/ holds Pods and Namespaces only"},
+		{"unknown pod", map[string]string{"objects/p.yaml": base, "steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/z, to: default/a, port: 80, http: {}, expect: allowed}"},
+			`s/steps.yaml: steps[0].checks[0].from: no pod or external host "default/z"`},
+		{"not served", map[string]string{"objects/p.yaml": base, "steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/b, to: default/a, port: 81, http: {}, expect: allowed}"},
+			"default/a serves no http on port 81"},
+		{"missing apply", map[string]string{"objects/p.yaml": base, "steps.yaml": "steps:\n- name: x\n  apply: [p.yaml]\n  " + check},
+			"s/steps.yaml: steps[0].apply[0]: read s/p.yaml"},
+		{"pod in apply", map[string]string{"objects/p.yaml": base, "p.yaml": pod("z", "198.18.0.9", ""), "steps.yaml": "steps:\n- name: x\n  apply: [p.yaml]\n  " + check},
+			"want exactly one policy"},
+		{"invalid policy", map[string]string{"objects/p.yaml": base, "p.yaml": strings.Replace(cnp, "ingress:", "ingres:", 1), "steps.yaml": "steps:\n- name: x\n  apply: [p.yaml]\n  " + check},
+			"s/p.yaml"},
+	} {
+		fsys := fstest.MapFS{}
+		for k, v := range tc.files {
+			fsys[k] = &fstest.MapFile{Data: []byte(v)}
+		}
+		_, err := LoadScenario(fsys, "s")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\n got %v\nwant %s", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestCumulativeApply: a re-applied policy replaces the earlier object of
+// the same kind, namespace and name (as kubectl apply).
+func TestCumulativeApply(t *testing.T) {
+	sc, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.PolicyFile(0) != nil {
+		t.Error("step 1 has policies")
+	}
+	for i, want := range []string{"", "# from policies/l3-l4.yaml", "# from policies/l7.yaml"} {
+		pf := string(sc.PolicyFile(i))
+		if !strings.HasPrefix(pf, want) || strings.Count(pf, "kind: CiliumNetworkPolicy") > 1 {
+			t.Errorf("step %d: policy file:\n%s", i+1, pf)
+		}
+		objs, err := sc.ObjectsAt(i)
+		if err != nil || len(objs.Pods) != 3 {
+			t.Fatalf("step %d: %v", i+1, err)
+		}
+	}
+}
+
+func TestKeptDescription(t *testing.T) {
+	sc, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := &Topology{Prefix: "l7dabcdef", Node: "l7dabcdef-node", sc: sc, hosts: map[string]*HostNS{}, cfg: TopologyConfig{WorkDir: "/tmp/w"}}
+	used := map[string]bool{}
+	for i, h := range sc.Hosts {
+		hn := &HostNS{Host: h, NS: "l7dabcdef-default-" + h.Pod.Name, HostDev: devName("lxc", h.Pod.Name, i, used)}
+		topo.hosts[h.Name], topo.order = hn, append(topo.order, hn)
+	}
+	var b strings.Builder
+	topo.Kept(&b, "l7gate demo down /tmp/w")
+	for _, want := range []string{
+		"Node namespace: l7dabcdef-node",
+		"default/deathstar            198.18.1.10     netns l7dabcdef-default-deathstar (node side lxcdeathstar) serves http:80",
+		"ip netns exec l7dabcdef-default-xwing curl -s -m 3 -X POST http://198.18.1.10:80/v1/request-landing",
+		"l7gate demo down /tmp/w",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("missing %q in:\n%s", want, b.String())
+		}
+	}
+	if n := devName("lxc", "a-very-long-pod-name", 7, used); n != "lxc7" {
+		t.Errorf("long name: %s", n)
+	}
+	if n := devName("lxc", "deathstar", 8, used); n != "lxc8" {
+		t.Errorf("duplicate name: %s", n)
+	}
+}
