@@ -17,6 +17,9 @@ type Result struct {
 	Check    Check
 	Observed Observation
 	Trace    TraceSummary
+	// DecidedBy is what the datapath (drops) or the proxy (L7 verdicts)
+	// reported as the deciding rule for this very request.
+	DecidedBy []string
 }
 
 // Passed reports whether the observed verdict is the expected one.
@@ -146,6 +149,10 @@ func (r *Result) Line() string {
 	if r.Observed.Detail != "" {
 		obs += " (" + r.Observed.Detail + ")"
 	}
-	return fmt.Sprintf("%s step %d %q | %s → %s:%d | %s | expected %s | observed %s | policy.Trace: %s",
-		mark, r.Step, r.StepName, r.Check.From, r.Check.To, r.Check.Port, r.Check.RequestString(), r.Check.Expect, obs, r.Trace)
+	decided := "policy.Trace: " + r.Trace.String()
+	if len(r.DecidedBy) > 0 {
+		decided = "decided by " + strings.Join(r.DecidedBy, "; ")
+	}
+	return fmt.Sprintf("%s step %d %q | %s → %s:%d | %s | expected %s | observed %s | %s",
+		mark, r.Step, r.StepName, r.Check.From, r.Check.To, r.Check.Port, r.Check.RequestString(), r.Check.Expect, obs, decided)
 }

@@ -170,6 +170,7 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 	if err != nil {
 		return sum, err
 	}
+	watch := newObserver(dirs["run"])
 	showErrors := func(errs []string) {
 		for _, e := range errs {
 			fmt.Fprintf(out, "  agent error: %s\n", e)
@@ -207,7 +208,11 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 			if err := ctx.Err(); err != nil {
 				return sum, err
 			}
+			watch.mark(ctx)
 			r := Result{Step: i + 1, StepName: st.Name, Check: c, Observed: topo.Send(ctx, c, cfg.Probe), Trace: TraceCheck(objs, sc, c)}
+			if src, dst := sc.Host(c.From), sc.Host(c.To); src != nil && dst != nil {
+				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.IP, dst.IP, c.Port)
+			}
 			if ctx.Err() != nil {
 				return sum, ctx.Err()
 			}

@@ -25,7 +25,10 @@ type AccessRecord struct {
 	Verdict     string              `json:"verdict"` // allowed or denied
 	DecidedBy   []policy.Provenance `json:"decidedBy,omitempty"`
 	LatencyMS   float64             `json:"latencyMs"`
-	Error       string              `json:"error,omitempty"`
+	// Reason explains the verdict where DecidedBy cannot (Kafka's filter
+	// reports its decision as text).
+	Reason string `json:"reason,omitempty"`
+	Error  string `json:"error,omitempty"`
 
 	// HTTP
 	Method string `json:"method,omitempty"`
@@ -97,7 +100,7 @@ func (p *Proxy) kafkaAccess(ci connInfo) kafka.AccessLogger {
 		src, dst := p.identities(ci)
 		rec := &AccessRecord{
 			Time: time.Now(), Protocol: "kafka", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
-			SrcIdentity: src, DstIdentity: dst, Verdict: verdictString(allowed), Error: r.Reason,
+			SrcIdentity: src, DstIdentity: dst, Verdict: verdictString(allowed), Reason: r.Reason,
 			APIKey: r.APIName, APIVersion: r.APIVersion, ClientID: r.ClientID, CorrelationID: r.CorrelationID,
 			// the parser reuses its slices after the callback returns
 			Topics: slices.Clone(r.Topics), ErrorCode: r.ErrorCode,

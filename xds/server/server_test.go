@@ -204,12 +204,17 @@ func TestTimeoutNamesStuckConsumer(t *testing.T) {
 		}
 	}
 
-	// The caller's context bounds the wait too.
+	// The caller's context bounds the wait too. A server whose own ACK
+	// timeout is far away, so only the context can end the wait (on a
+	// loaded machine two nearby deadlines race).
+	srv2 := startServer(t, "", time.Minute)
+	stuck2 := newSotW(t, srv2.socket, "l7proxy~stuck")
+	stuck2.send(&discovery.DiscoveryRequest{TypeUrl: xds.TypeListener})
+	waitFor(t, "subscription", subscribed(srv2, "l7proxy~stuck", xds.TypeListener))
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
-	comp := srv.Update(ctx, resources(10003))
-	r := good.recv()
-	good.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.TypeListener, ResponseNonce: r.Nonce})
+	comp := srv2.Update(ctx, resources(10003))
+	stuck2.recv()
 	if err := wait(t, comp); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "l7proxy~stuck") {
 		t.Fatalf("err = %v, want deadline exceeded naming the stuck consumer", err)
 	}

@@ -1,0 +1,151 @@
+package demo
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// observer reads what the agent and the proxy reported about a check: the
+// datapath's flows (drops, with the rule behind them) and the proxy's
+// access log (L7 verdicts, with the rule behind them).
+type observer struct {
+	runDir   string
+	flowsAt  uint64
+	proxyLog string
+	logAt    int64
+}
+
+func newObserver(runDir string) *observer {
+	return &observer{runDir: runDir, proxyLog: filepath.Join(runDir, "proxy.log")}
+}
+
+// mark remembers where the flows and the access log are before a check.
+func (o *observer) mark(ctx context.Context) {
+	if page, err := agent.FetchFlows(ctx, o.runDir, ^uint64(0)); err == nil {
+		o.flowsAt = page.Cursor
+	}
+	if st, err := os.Stat(o.proxyLog); err == nil {
+		o.logAt = st.Size()
+	}
+}
+
+// decidedBy returns the rules the agent or the proxy reported for a check
+// from src to dst:port since mark, or nil. Reports arrive asynchronously
+// (ring buffer, access-log writes), so it looks a few times.
+func (o *observer) decidedBy(ctx context.Context, obs Observation, src, dst netip.Addr, port uint16) []string {
+	for range 10 {
+		if out := o.look(ctx, obs, src, dst, port); len(out) > 0 || obs.Verdict == Errored {
+			return out
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (o *observer) look(ctx context.Context, obs Observation, src, dst netip.Addr, port uint16) []string {
+	out := o.lookProxy(obs, src, dst, port)
+	if len(out) == 0 && obs.Verdict != Denied {
+		out = o.lookFlows(ctx, obs.Verdict == Dropped, src, dst, port)
+	}
+	return out
+}
+
+func addProvenance(out []string, ps []policy.Provenance, where string) []string {
+	for _, p := range ps {
+		if s := p.String() + " [" + where + "]"; !containsString(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// lookFlows finds the datapath's report (allowed at L3/L4 or dropped).
+func (o *observer) lookFlows(ctx context.Context, dropped bool, src, dst netip.Addr, port uint16) []string {
+	var out []string
+	page, err := agent.FetchFlows(ctx, o.runDir, o.flowsAt)
+	if err != nil {
+		return nil
+	}
+	for _, f := range page.Flows {
+		if f.Dropped == dropped && f.Source.Addr() == src && f.Destination.Addr() == dst && f.Destination.Port() == port &&
+			f.Verdict != "redirect" {
+			out = addProvenance(out, f.DecidedBy, "datapath")
+		}
+	}
+	return out
+}
+
+// lookProxy finds the proxy's access-log record (L7 verdicts).
+func (o *observer) lookProxy(obs Observation, src, dst netip.Addr, port uint16) []string {
+	if obs.Verdict == Dropped {
+		return nil
+	}
+	var out []string
+	fh, err := os.Open(o.proxyLog)
+	if err != nil {
+		return nil
+	}
+	defer fh.Close()
+	if _, err := fh.Seek(o.logAt, io.SeekStart); err != nil {
+		return nil
+	}
+	sc := bufio.NewScanner(fh)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !bytes.HasPrefix(line, []byte("{")) {
+			continue
+		}
+		var rec struct {
+			Source      netip.AddrPort      `json:"source"`
+			Destination netip.AddrPort      `json:"destination"`
+			DecidedBy   []policy.Provenance `json:"decidedBy"`
+			Reason      string              `json:"reason"`
+			Verdict     string              `json:"verdict"`
+			Protocol    string              `json:"protocol"`
+		}
+		if json.Unmarshal(line, &rec) != nil {
+			continue
+		}
+		if rec.Source.Addr() != src || rec.Destination.Addr() != dst || rec.Destination.Port() != port {
+			continue
+		}
+		// a Kafka check is several requests: report the ones that decided
+		if (obs.Verdict == Denied) != (rec.Verdict == "denied") {
+			continue
+		}
+		if rec.Protocol == "kafka" && rec.Reason != "" && len(rec.DecidedBy) == 0 {
+			// the Kafka filter reports its decision as a reason string
+			if !containsString(out, rec.Reason+" [proxy]") && strings.Contains(rec.Reason, "/") {
+				out = append(out, rec.Reason+" [proxy]")
+			}
+			continue
+		}
+		out = addProvenance(out, rec.DecidedBy, "proxy")
+	}
+	return out
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
