@@ -73,6 +73,9 @@ func Summarize(d *Dump) *Summary {
 	for _, c := range d.Configs {
 		switch m := c.Message.(type) {
 		case nil:
+			if c.TypeURL == GoProxyConfigType && s.addGoProxy(c.Raw) == nil {
+				continue
+			}
 			s.Undecoded = append(s.Undecoded, c.TypeURL)
 		case *adminv3.ListenersConfigDump:
 			for _, l := range m.StaticListeners {
