@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 )
@@ -97,5 +98,21 @@ func TestFolderSource(t *testing.T) {
 	case u := <-updates:
 		t.Fatalf("update without a change: %s", u.Digest)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestEnvoyAccessRecord(t *testing.T) {
+	r := envoyAccessRecord(envoy.Record{Method: "POST", Path: "/v1/request-landing", Status: 200, Verdict: envoy.VerdictAllowed,
+		RuleSet: "l7gate/ingress/256/80", Kind: "allow", PolicyKind: "cnp", Policy: "default/rule1", Rule: "spec.ingress[0].http[0]"})
+	if r.Verdict != "allowed" || r.DstIdentity != 256 || r.Direction != policy.Ingress || len(r.DecidedBy) != 1 {
+		t.Fatalf("%+v", r)
+	}
+	p := r.DecidedBy[0]
+	if p.Policy != "default/rule1" || p.PolicyKind != policy.KindCNP || p.Path != "spec.ingress[0]" || p.L7 != "http[0]" || p.Kind != policy.KindAllow {
+		t.Errorf("provenance %+v", p)
+	}
+	d := envoyAccessRecord(envoy.Record{Verdict: envoy.VerdictDenied, Status: 200, GRPCStatus: "7", RuleSet: "l7gate/egress/300/50051", Kind: "default-deny"})
+	if d.Verdict != "denied" || d.SrcIdentity != 300 || d.Direction != policy.Egress || d.Error != "grpc-status 7" || d.DecidedBy[0].Kind != policy.KindDefaultDeny {
+		t.Errorf("%+v", d)
 	}
 }
