@@ -7,10 +7,12 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/l7gate/l7gate/bpf"
+	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/proxy"
 	"github.com/l7gate/l7gate/xds/client"
@@ -20,7 +22,8 @@ func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
 		keepSource, noSockmap                          bool
-		maxConns                                       int
+		maxConns, maxHeaderBytes, kafkaMaxFrame        int
+		headerTimeout, idleTimeout                     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -39,7 +42,12 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 /stats/prometheus. Access logs are JSON lines (one per request).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, KeepSource: keepSource}
+			if kafkaMaxFrame <= 0 || kafkaMaxFrame > 1<<30 {
+				return usageErrorf("--kafka-max-frame-size: want 1 to %d bytes", 1<<30)
+			}
+			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, KeepSource: keepSource,
+				KafkaMaxFrameSize: int32(kafkaMaxFrame),
+				HTTP:              httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}}
 			switch accessLog {
 			case "", "-", "stderr":
 				opts.AccessLog = proxy.JSONLines(a.stderr)
@@ -102,6 +110,10 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath (listeners are not registered, no SO_MARK)")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are closed")
+	fl.IntVar(&maxHeaderBytes, "http-max-header-bytes", 64<<10, "HTTP/1 request line plus headers; larger requests get 431")
+	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")
+	fl.DurationVar(&idleTimeout, "http-idle-timeout", 5*time.Minute, "idle time before a kept-alive client connection is closed")
+	fl.IntVar(&kafkaMaxFrame, "kafka-max-frame-size", 100<<20, "largest Kafka frame accepted; a larger one closes the connection")
 	return cmd
 }
 
