@@ -39,6 +39,9 @@ type Config struct {
 	// gRPC rule sets; the Go proxy still serves Kafka).
 	HTTPProxy string
 	Envoy     EnvoyConfig
+	// Reporter, when set, learns which source update each implemented
+	// revision carried (the Kubernetes source writes policy status).
+	Reporter PolicyReporter
 	// ACKTimeout bounds waiting for the proxies (default 30s).
 	ACKTimeout time.Duration
 	Logger     *slog.Logger
@@ -66,6 +69,11 @@ func (c *Config) defaults() {
 	if c.HTTPProxy == "" {
 		c.HTTPProxy = HTTPProxyGo
 	}
+}
+
+// PolicyReporter learns which source update a revision implemented.
+type PolicyReporter interface {
+	Implemented(ctx context.Context, rev uint64, u SourceUpdate)
 }
 
 // XDSSocket is the xDS server's socket under a run dir.
@@ -397,6 +405,9 @@ func (a *Agent) implement(ctx context.Context, u *SourceUpdate) error {
 	a.status.rules = rules
 	a.status.policies = policyStatuses(u.Objects, rev)
 	a.mu.Unlock()
+	if a.cfg.Reporter != nil {
+		a.cfg.Reporter.Implemented(ctx, rev, *u)
+	}
 	a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
 		"policies", len(u.Objects.Policies), "ipcache", ipst, "policy", pst, "took", time.Since(start).Round(time.Millisecond))
 	for _, p := range u.Objects.Policies {

@@ -31,18 +31,22 @@ type agentFlags struct {
 	ACKTimeout string `json:"ackTimeout"`
 	HTTPProxy  string `json:"httpProxy"`
 	EnvoyName  string `json:"envoyProcessName"`
+	SourceKind string `json:"sourceKind"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
-		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy"}
+		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder"}
+	k8sf := defaultK8sFlags()
 	var configFile string
 	cmd := &cobra.Command{
-		Use:   "agent --source DIR",
+		Use:   "agent --source DIR | --source-kind k8s",
 		Short: "Run the per-node agent: policy → proxy (xDS) → eBPF datapath",
 		Long: `agent is l7gate's per-node daemon. It reads Namespaces, Pods, CiliumNetworkPolicy,
 CiliumClusterwideNetworkPolicy and NetworkPolicy from --source (a folder of
-Kubernetes YAML/JSON, watched for changes), computes each endpoint's policy,
+Kubernetes YAML/JSON, watched for changes) or, with --source-kind k8s, from the
+Kubernetes API (informers; policy status conditions and Events written back
+unless --policy-status=false), computes each endpoint's policy,
 allocates proxy ports, pushes listeners and L7 rules to the proxy over xDS
 (socket RUN_DIR/xds.sock) and, only after every proxy ACKed, syncs the eBPF
 datapath. Then — and only then — the revision is "implemented".
@@ -83,6 +87,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				pick("ack-timeout", &f.ACKTimeout, fromFile.ACKTimeout)
 				pick("http-proxy", &f.HTTPProxy, fromFile.HTTPProxy)
 				pick("envoy-process-name", &f.EnvoyName, fromFile.EnvoyName)
+				pick("source-kind", &f.SourceKind, fromFile.SourceKind)
 				if !ch("setup-node") {
 					f.SetupNode = fromFile.SetupNode
 				}
@@ -90,11 +95,29 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 					f.StartProxy = fromFile.StartProxy
 				}
 			}
-			if f.Source == "" {
-				return usageErrorf("--source is required: a folder of Kubernetes YAML")
-			}
-			if st, err := os.Stat(f.Source); err != nil || !st.IsDir() {
-				return usageErrorf("--source %s: not a folder", f.Source)
+			var src agent.Source
+			var reporter agent.PolicyReporter
+			switch f.SourceKind {
+			case "folder":
+				if f.Source == "" {
+					return usageErrorf("--source is required: a folder of Kubernetes YAML (or --source-kind k8s)")
+				}
+				if st, err := os.Stat(f.Source); err != nil || !st.IsDir() {
+					return usageErrorf("--source %s: not a folder", f.Source)
+				}
+				src = &agent.FolderSource{Dir: f.Source, Logger: a.log}
+			case "k8s":
+				s, w, err := a.agentK8sSource(cmd.Context(), k8sf, f.Node)
+				if err != nil {
+					return err
+				}
+				src = s
+				if w != nil {
+					go w.Run(cmd.Context()) // returns when the context ends
+					reporter = w
+				}
+			default:
+				return usageErrorf("--source-kind: want folder or k8s, not %q", f.SourceKind)
 			}
 			if f.HTTPProxy != agent.HTTPProxyGo && f.HTTPProxy != agent.HTTPProxyEnvoy {
 				return usageErrorf("--http-proxy: want go or envoy, not %q", f.HTTPProxy)
@@ -108,7 +131,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				return usageErrorf("--ack-timeout: want a duration such as 30s, not %q", f.ACKTimeout)
 			}
 			return agent.Run(cmd.Context(), agent.Config{
-				Node: f.Node, Source: &agent.FolderSource{Dir: f.Source, Logger: a.log},
+				Node: f.Node, Source: src, Reporter: reporter,
 				BPFFS: f.BPFFS, RunDir: f.RunDir, StateDir: f.StateDir, PortMin: lo, PortMax: hi,
 				SetupNode: f.SetupNode, Proxy: agent.ProxyConfig{Start: f.StartProxy}, ACKTimeout: ackTimeout, Logger: a.log,
 				HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
@@ -116,8 +139,10 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName (flags win)")
-	fl.StringVar(&f.Source, "source", "", "folder of Kubernetes YAML/JSON to enforce (watched)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName (flags win)")
+	fl.StringVar(&f.SourceKind, "source-kind", f.SourceKind, "where objects come from: folder (--source DIR) or k8s (the API server: --kubeconfig or in-cluster)")
+	fl.StringVar(&f.Source, "source", "", "with --source-kind folder: folder of Kubernetes YAML/JSON to enforce (watched)")
+	k8sf.addFlags(fl)
 	fl.StringVar(&f.BPFFS, "bpffs", f.BPFFS, "bpf filesystem directory for the datapath's pinned maps and links")
 	fl.StringVar(&f.RunDir, "run-dir", f.RunDir, "directory for sockets (xds.sock, agent.sock, proxy-admin.sock)")
 	fl.StringVar(&f.StateDir, "state-dir", f.StateDir, "directory for persisted state (proxy port allocations)")

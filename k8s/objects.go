@@ -1,0 +1,270 @@
+package k8s
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// CNPResource is CiliumNetworkPolicy's resource, read with the dynamic client.
+func CNPResource() schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
+}
+
+// CCNPResource is CiliumClusterwideNetworkPolicy's resource.
+func CCNPResource() schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
+}
+
+// lastApplied is kubectl's copy of the whole object: never policy content.
+const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
+
+// document is one object as policy.Decode reads it: canonical JSON of the
+// content that matters to policy (no resourceVersion, managedFields or
+// status beyond a pod's IPs and phase), so the digest over documents only
+// changes when policy input does.
+type document struct {
+	key  objectKey
+	json []byte
+	info objectInfo
+}
+
+// objectKey names an object the way policy.ObjectRef does.
+type objectKey struct {
+	Kind, Namespace, Name string
+}
+
+func keyOf(r policy.ObjectRef) objectKey {
+	return objectKey{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name}
+}
+
+// objectInfo is what the status writer needs to address an object.
+type objectInfo struct {
+	APIVersion string
+	UID        types.UID
+	Generation int64
+}
+
+type docMeta struct {
+	Name        string            `json:"name"`
+	Namespace   string            `json:"namespace,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+type podDoc struct {
+	APIVersion string  `json:"apiVersion"`
+	Kind       string  `json:"kind"`
+	Metadata   docMeta `json:"metadata"`
+	Spec       struct {
+		ServiceAccountName string         `json:"serviceAccountName,omitempty"`
+		HostNetwork        bool           `json:"hostNetwork,omitempty"`
+		NodeName           string         `json:"nodeName,omitempty"`
+		Containers         []containerDoc `json:"containers,omitempty"`
+	} `json:"spec"`
+	Status struct {
+		Phase  string  `json:"phase,omitempty"`
+		PodIPs []podIP `json:"podIPs,omitempty"`
+	} `json:"status"`
+}
+
+type containerDoc struct {
+	Name  string                 `json:"name"`
+	Ports []corev1.ContainerPort `json:"ports,omitempty"`
+}
+
+type podIP struct {
+	IP string `json:"ip"`
+}
+
+// terminated reports whether a pod no longer runs anything: it is being
+// deleted and every container it started has exited. Its IP may already
+// belong to a new pod.
+func terminated(p *corev1.Pod) bool {
+	if p.DeletionTimestamp == nil {
+		return false
+	}
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return true
+	}
+	if len(p.Status.ContainerStatuses) == 0 {
+		return p.Status.PodIP == "" // never started
+	}
+	for _, c := range p.Status.ContainerStatuses {
+		if c.State.Terminated == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// podIPs lists a pod's IPs (status.podIPs, else status.podIP).
+func podIPs(p *corev1.Pod) []string {
+	var out []string
+	for _, ip := range p.Status.PodIPs {
+		out = append(out, ip.IP)
+	}
+	if len(out) == 0 && p.Status.PodIP != "" {
+		out = append(out, p.Status.PodIP)
+	}
+	return out
+}
+
+// podDocuments renders pods. A pod that finished or terminated is given
+// phase Succeeded/Failed (policy skips those); a terminating pod still
+// running keeps its identity but loses any IP a live pod already claims,
+// since the IP was handed on.
+func podDocuments(pods []*corev1.Pod) ([]document, error) {
+	live := map[string]bool{}
+	for _, p := range pods {
+		if p.DeletionTimestamp == nil && !p.Spec.HostNetwork && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			for _, ip := range podIPs(p) {
+				live[ip] = true
+			}
+		}
+	}
+	out := make([]document, 0, len(pods))
+	for _, p := range pods {
+		var d podDoc
+		d.APIVersion, d.Kind = "v1", "Pod"
+		d.Metadata = docMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, Annotations: withoutLastApplied(p.Annotations)}
+		d.Spec.ServiceAccountName = p.Spec.ServiceAccountName
+		d.Spec.HostNetwork = p.Spec.HostNetwork
+		d.Spec.NodeName = p.Spec.NodeName
+		for _, c := range p.Spec.Containers {
+			d.Spec.Containers = append(d.Spec.Containers, containerDoc{Name: c.Name, Ports: c.Ports})
+		}
+		d.Status.Phase = string(p.Status.Phase)
+		switch {
+		case d.Status.Phase == string(corev1.PodSucceeded) || d.Status.Phase == string(corev1.PodFailed):
+		case terminated(p):
+			d.Status.Phase = string(corev1.PodSucceeded)
+		default:
+			for _, ip := range podIPs(p) {
+				if p.DeletionTimestamp != nil && live[ip] {
+					continue
+				}
+				d.Status.PodIPs = append(d.Status.PodIPs, podIP{IP: ip})
+			}
+		}
+		js, err := json.Marshal(&d)
+		if err != nil {
+			return nil, fmt.Errorf("encode pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		out = append(out, document{key: objectKey{"Pod", p.Namespace, p.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: p.UID}})
+	}
+	return out, nil
+}
+
+func withoutLastApplied(m map[string]string) map[string]string {
+	if _, ok := m[lastApplied]; !ok {
+		return m
+	}
+	m = maps.Clone(m)
+	delete(m, lastApplied)
+	return m
+}
+
+func namespaceDocument(ns *corev1.Namespace) (document, error) {
+	js, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Namespace",
+		"metadata": docMeta{Name: ns.Name, Labels: ns.Labels}})
+	if err != nil {
+		return document{}, fmt.Errorf("encode namespace %s: %w", ns.Name, err)
+	}
+	return document{key: objectKey{"Namespace", "", ns.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: ns.UID}}, nil
+}
+
+func networkPolicyDocument(np *networkingv1.NetworkPolicy) (document, error) {
+	js, err := json.Marshal(map[string]any{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+		"metadata": docMeta{Name: np.Name, Namespace: np.Namespace, Labels: np.Labels}, "spec": np.Spec})
+	if err != nil {
+		return document{}, fmt.Errorf("encode networkpolicy %s/%s: %w", np.Namespace, np.Name, err)
+	}
+	return document{key: objectKey{"NetworkPolicy", np.Namespace, np.Name}, json: js,
+		info: objectInfo{APIVersion: "networking.k8s.io/v1", UID: np.UID, Generation: np.Generation}}, nil
+}
+
+// ciliumDocument keeps every field but metadata noise and status, so a
+// misspelt field still reaches the strict decoder.
+func ciliumDocument(u *unstructured.Unstructured) (document, error) {
+	m := map[string]any{}
+	for k, v := range u.Object {
+		switch k {
+		case "metadata", "status":
+		default:
+			m[k] = v
+		}
+	}
+	m["metadata"] = docMeta{Name: u.GetName(), Namespace: u.GetNamespace(), Labels: u.GetLabels()}
+	js, err := json.Marshal(m)
+	if err != nil {
+		return document{}, fmt.Errorf("encode %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+	}
+	ns := u.GetNamespace()
+	if u.GetKind() == string(policy.KindCNP) && ns == "" {
+		ns = "default"
+	}
+	return document{key: objectKey{u.GetKind(), ns, u.GetName()}, json: js,
+		info: objectInfo{APIVersion: u.GetAPIVersion(), UID: u.GetUID(), Generation: u.GetGeneration()}}, nil
+}
+
+// trimPod keeps in the informer's cache only what podDocuments reads:
+// pods are the bulk of a cluster's objects.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	t := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+		ResourceVersion: p.ResourceVersion, Labels: p.Labels, Annotations: withoutLastApplied(p.Annotations),
+		DeletionTimestamp: p.DeletionTimestamp}}
+	t.Spec.ServiceAccountName = p.Spec.ServiceAccountName
+	t.Spec.HostNetwork = p.Spec.HostNetwork
+	t.Spec.NodeName = p.Spec.NodeName
+	for _, c := range p.Spec.Containers {
+		t.Spec.Containers = append(t.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})
+	}
+	t.Status.Phase = p.Status.Phase
+	t.Status.PodIP = p.Status.PodIP
+	t.Status.PodIPs = p.Status.PodIPs
+	for _, c := range p.Status.ContainerStatuses {
+		st := corev1.ContainerStatus{Name: c.Name}
+		if c.State.Terminated != nil {
+			st.State.Terminated = &corev1.ContainerStateTerminated{ExitCode: c.State.Terminated.ExitCode}
+		}
+		t.Status.ContainerStatuses = append(t.Status.ContainerStatuses, st)
+	}
+	return t, nil
+}
+
+// trimManagedFields drops managedFields from cached objects.
+func trimManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+func sortDocuments(docs []document) {
+	slices.SortFunc(docs, func(a, b document) int {
+		for _, c := range [][2]string{{a.key.Kind, b.key.Kind}, {a.key.Namespace, b.key.Namespace}, {a.key.Name, b.key.Name}} {
+			if c[0] != c[1] {
+				if c[0] < c[1] {
+					return -1
+				}
+				return 1
+			}
+		}
+		return 0
+	})
+}

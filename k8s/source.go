@@ -1,0 +1,290 @@
+package k8s
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// SourceConfig configures a Source. Client and Dynamic are required.
+type SourceConfig struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Node is this node's name: its Node object is watched for checks
+	// and logs. Endpoints of this node are found by pod IP, as in
+	// standalone mode.
+	Node string
+	// Debounce gathers a burst of changes into one update (default 200ms).
+	Debounce time.Duration
+	// SyncWarning is how long to wait for the first list before warning,
+	// and again between warnings (default 30s). The source never sends a
+	// partial view: without the Cilium CRDs it waits, and the pinned
+	// datapath keeps enforcing what it had.
+	SyncWarning time.Duration
+	Logger      *slog.Logger
+}
+
+// Source implements agent.Source with informers.
+type Source struct {
+	cfg SourceConfig
+	log *slog.Logger
+
+	mu sync.Mutex
+	// infos remembers, for the last few digests sent, each object's UID
+	// and generation, so a status names the generation a revision held.
+	infos []digestInfo
+}
+
+type digestInfo struct {
+	digest string
+	infos  map[objectKey]objectInfo
+}
+
+// keepDigests bounds Source.infos.
+const keepDigests = 8
+
+// NewSource returns a Source.
+func NewSource(cfg SourceConfig) (*Source, error) {
+	if cfg.Client == nil || cfg.Dynamic == nil {
+		return nil, errors.New("k8s source: client and dynamic client required")
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = 200 * time.Millisecond
+	}
+	if cfg.SyncWarning <= 0 {
+		cfg.SyncWarning = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// informerSet is the running informers of one Run.
+type informerSet struct {
+	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
+}
+
+// Run implements agent.Source. It sends the first update once every
+// informer has listed, then one per change of the normalized content:
+// resyncs, relists, status and metadata-only writes send nothing.
+func (s *Source) Run(ctx context.Context, updates chan<- agent.SourceUpdate) error {
+	ctx, cancel := context.WithCancel(ctx)
+	changed := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(_, _ any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	typed := informers.NewSharedInformerFactory(s.cfg.Client, 0)
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + s.cfg.Node }))
+	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
+	defer func() {
+		cancel()
+		typed.Shutdown()
+		nodeFactory.Shutdown()
+		dyn.Shutdown()
+	}()
+	inf := informerSet{
+		pods:       typed.Core().V1().Pods().Informer(),
+		namespaces: typed.Core().V1().Namespaces().Informer(),
+		netpols:    typed.Networking().V1().NetworkPolicies().Informer(),
+		nodes:      nodeFactory.Core().V1().Nodes().Informer(),
+		cnps:       dyn.ForResource(CNPResource()).Informer(),
+		ccnps:      dyn.ForResource(CCNPResource()).Informer(),
+	}
+	named := []struct {
+		name string
+		inf  cache.SharedIndexInformer
+	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
+		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps}}
+	for _, n := range named {
+		trim := trimManagedFields
+		if n.inf == inf.pods {
+			trim = trimPod
+		}
+		if err := n.inf.SetTransform(trim); err != nil {
+			return fmt.Errorf("informer %s: %w", n.name, err)
+		}
+		if _, err := n.inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("informer %s: %w", n.name, err)
+		}
+	}
+	typed.Start(ctx.Done())
+	nodeFactory.Start(ctx.Done())
+	dyn.Start(ctx.Done())
+
+	// Wait for every first list; say which are missing meanwhile.
+	for {
+		wctx, wcancel := context.WithTimeout(ctx, s.cfg.SyncWarning)
+		var synced []cache.InformerSynced
+		for _, n := range named {
+			synced = append(synced, n.inf.HasSynced)
+		}
+		ok := cache.WaitForCacheSync(wctx.Done(), synced...)
+		wcancel()
+		if ok {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		var missing []string
+		for _, n := range named {
+			if !n.inf.HasSynced() {
+				missing = append(missing, n.name)
+			}
+		}
+		s.log.Warn("kubernetes source still waiting for the first list; no policy update until then (are the cilium.io CRDs installed and RBAC granted?)",
+			"resources", missing)
+	}
+	s.log.Info("kubernetes source synced", "pods", len(inf.pods.GetStore().ListKeys()),
+		"ciliumnetworkpolicies", len(inf.cnps.GetStore().ListKeys()), "ciliumclusterwidenetworkpolicies", len(inf.ccnps.GetStore().ListKeys()))
+	if _, ok, _ := inf.nodes.GetStore().GetByKey(s.cfg.Node); !ok {
+		s.log.Warn("this node's Node object was not found; check --node", "node", s.cfg.Node)
+	}
+
+	last := ""
+	for {
+		docs, err := s.documents(inf)
+		if err != nil {
+			s.log.Error("kubernetes source: render objects", "error", err)
+		} else {
+			u := s.update(docs)
+			if u.Digest != last {
+				select {
+				case updates <- u:
+					last = u.Digest
+					s.log.Debug("kubernetes source update", "digest", u.Digest, "policies", len(u.Objects.Policies),
+						"pods", len(u.Objects.Pods), "errors", len(u.Errors))
+				case <-ctx.Done():
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+		// Debounce: a rollout changes many pods at once.
+		t := time.NewTimer(s.cfg.Debounce)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// documents renders the informers' caches, sorted.
+func (s *Source) documents(inf informerSet) ([]document, error) {
+	var docs []document
+	var pods []*corev1.Pod
+	for _, o := range inf.pods.GetStore().List() {
+		if p, ok := o.(*corev1.Pod); ok {
+			pods = append(pods, p)
+		}
+	}
+	pd, err := podDocuments(pods)
+	if err != nil {
+		return nil, err
+	}
+	docs = append(docs, pd...)
+	for _, o := range inf.namespaces.GetStore().List() {
+		if ns, ok := o.(*corev1.Namespace); ok {
+			d, err := namespaceDocument(ns)
+			if err != nil {
+				return nil, err
+			}
+			docs = append(docs, d)
+		}
+	}
+	for _, o := range inf.netpols.GetStore().List() {
+		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
+			d, err := networkPolicyDocument(np)
+			if err != nil {
+				return nil, err
+			}
+			docs = append(docs, d)
+		}
+	}
+	for _, i := range []cache.SharedIndexInformer{inf.cnps, inf.ccnps} {
+		for _, o := range i.GetStore().List() {
+			if u, ok := o.(*unstructured.Unstructured); ok {
+				d, err := ciliumDocument(u)
+				if err != nil {
+					return nil, err
+				}
+				docs = append(docs, d)
+			}
+		}
+	}
+	sortDocuments(docs)
+	return docs, nil
+}
+
+// update decodes documents into one view. The digest is over the
+// canonical documents, so an unchanged view has an unchanged digest.
+func (s *Source) update(docs []document) agent.SourceUpdate {
+	var buf bytes.Buffer
+	infos := make(map[objectKey]objectInfo, len(docs))
+	for _, d := range docs {
+		buf.Write(d.json)
+		buf.WriteString("\n---\n")
+		infos[d.key] = d.info
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	digest := hex.EncodeToString(sum[:])
+	objs, errs := policy.Decode("", buf.Bytes())
+	s.mu.Lock()
+	if n := len(s.infos); n == 0 || s.infos[n-1].digest != digest {
+		s.infos = append(s.infos, digestInfo{digest: digest, infos: infos})
+		if len(s.infos) > keepDigests {
+			s.infos = s.infos[len(s.infos)-keepDigests:]
+		}
+	}
+	s.mu.Unlock()
+	return agent.SourceUpdate{Objects: objs, Errors: errs, Digest: digest}
+}
+
+// objectInfo returns the UID and generation an object had in the view with
+// this digest (false: unknown digest or object).
+func (s *Source) objectInfo(digest string, k objectKey) (objectInfo, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.infos) - 1; i >= 0; i-- {
+		if s.infos[i].digest == digest {
+			in, ok := s.infos[i].infos[k]
+			return in, ok
+		}
+	}
+	return objectInfo{}, false
+}

@@ -1,0 +1,428 @@
+package k8s
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Condition types written on CiliumNetworkPolicy and
+// CiliumClusterwideNetworkPolicy status.
+const (
+	// ConditionValid is False when the policy was rejected (not applied
+	// at all); the message names the field and the reason.
+	ConditionValid = "Valid"
+	// ConditionSupported is False when the policy applies but parts of it
+	// are not enforced by l7gate (each named with its field).
+	ConditionSupported = "Supported"
+)
+
+// Condition reasons.
+const (
+	ReasonValid         = "Valid"
+	ReasonInvalid       = "InvalidPolicy"
+	ReasonSupported     = "Supported"
+	ReasonUnsupported   = "UnsupportedFields"
+	eventInvalid        = "PolicyInvalid"
+	eventUnsupported    = "PolicyUnsupported"
+	maxConditionMessage = 4096
+)
+
+// PolicyStatus is what one node reports about one policy.
+type PolicyStatus struct {
+	// Revision is the agent revision that implemented the policy on this
+	// node (for an invalid policy: the revision that rejected it).
+	Revision uint64
+	// Generation is the object's metadata.generation the revision held
+	// (0: unknown; the writer then uses the object's current one).
+	Generation int64
+	// Err is set when the policy was rejected; it names the field.
+	Err error
+	// Warnings are unsupported parts, each "path: message".
+	Warnings []string
+}
+
+// StatusWriterConfig configures a StatusWriter. Client and Dynamic are
+// required.
+type StatusWriterConfig struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	Node    string
+	// Source, when set, tells which object generation a digest held.
+	Source *Source
+	Logger *slog.Logger
+}
+
+// StatusWriter writes policy status: the Valid and Supported conditions
+// (the same on every node, written once) and status.nodes[node] with the
+// revision implemented here, plus an Event when a policy is rejected or
+// partly unsupported. It writes only when what it would write changed, so
+// revisions caused by pod churn cost the API server nothing.
+type StatusWriter struct {
+	cfg StatusWriterConfig
+	log *slog.Logger
+
+	mu       sync.Mutex
+	recorder record.EventRecorder
+	// written is the last status written per object (by fingerprint).
+	written map[objectKey]string
+	pending *implemented
+	wake    chan struct{}
+}
+
+type implemented struct {
+	rev uint64
+	u   agent.SourceUpdate
+}
+
+// NewStatusWriter returns a StatusWriter; Run it to process Implemented
+// calls and to send Events.
+func NewStatusWriter(cfg StatusWriterConfig) (*StatusWriter, error) {
+	if cfg.Client == nil || cfg.Dynamic == nil {
+		return nil, errors.New("status writer: client and dynamic client required")
+	}
+	if cfg.Node == "" {
+		return nil, errors.New("status writer: node name required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &StatusWriter{cfg: cfg, log: cfg.Logger, written: map[objectKey]string{}, wake: make(chan struct{}, 1)}, nil
+}
+
+// Run sends Events and writes the statuses Implemented queued, until ctx
+// ends. Failed writes are retried with the next call or after 10s.
+func (w *StatusWriter) Run(ctx context.Context) error {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	defer b.Shutdown()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: w.cfg.Client.CoreV1().Events("")})
+	w.mu.Lock()
+	w.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "l7gate", Host: w.cfg.Node})
+	w.mu.Unlock()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.wake:
+		case <-retry.C:
+		}
+		w.mu.Lock()
+		p := w.pending
+		w.pending = nil
+		w.mu.Unlock()
+		if p == nil {
+			continue
+		}
+		if err := w.reportUpdate(ctx, p.rev, p.u); err != nil && ctx.Err() == nil {
+			w.log.Warn("policy status not written; retrying", "error", err)
+			w.mu.Lock()
+			if w.pending == nil {
+				w.pending = p
+			}
+			w.mu.Unlock()
+			retry.Reset(10 * time.Second)
+		}
+	}
+}
+
+// Implemented queues the statuses of a source update the agent has
+// implemented as revision rev (valid policies) or rejected (u.Errors). It
+// never blocks; only the newest update is kept.
+func (w *StatusWriter) Implemented(_ context.Context, rev uint64, u agent.SourceUpdate) {
+	w.mu.Lock()
+	w.pending = &implemented{rev: rev, u: u}
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// reportUpdate reports every policy of an update, and forgets policies no
+// longer present.
+func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u agent.SourceUpdate) error {
+	warns := map[objectKey][]string{}
+	if u.Objects != nil {
+		for _, wn := range u.Objects.Warnings {
+			msg := wn.Message
+			if wn.Path != "" {
+				msg = wn.Path + ": " + msg
+			}
+			warns[keyOf(wn.Object)] = append(warns[keyOf(wn.Object)], msg)
+		}
+	}
+	type item struct {
+		ref policy.ObjectRef
+		st  PolicyStatus
+	}
+	var items []item
+	if u.Objects != nil {
+		for _, p := range u.Objects.Policies {
+			items = append(items, item{p.Ref, PolicyStatus{Revision: rev, Warnings: warns[keyOf(p.Ref)]}})
+		}
+	}
+	for _, e := range u.Errors {
+		var oe *policy.ObjectError
+		if errors.As(e, &oe) && isPolicyKind(oe.Object.Kind) {
+			items = append(items, item{oe.Object, PolicyStatus{Revision: rev, Err: oe.Err, Warnings: warns[keyOf(oe.Object)]}})
+		}
+	}
+	present := map[objectKey]bool{}
+	var errs []error
+	for _, it := range items {
+		k := keyOf(it.ref)
+		present[k] = true
+		if w.cfg.Source != nil {
+			if in, ok := w.cfg.Source.objectInfo(u.Digest, k); ok {
+				it.st.Generation = in.Generation
+			}
+		}
+		if err := w.Report(ctx, it.ref, it.st); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	w.mu.Lock()
+	for k := range w.written {
+		if !present[k] {
+			delete(w.written, k)
+		}
+	}
+	w.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func isPolicyKind(kind string) bool {
+	switch policy.PolicyKind(kind) {
+	case policy.KindCNP, policy.KindCCNP, policy.KindNP:
+		return true
+	}
+	return false
+}
+
+// nodeStatus is status.nodes[node]: the shape of Cilium's
+// CiliumNetworkPolicyNodeStatus, plus observedGeneration and warnings.
+type nodeStatus struct {
+	OK                 bool     `json:"ok"`
+	Enforcing          bool     `json:"enforcing"`
+	Revision           uint64   `json:"revision,omitempty"`
+	ObservedGeneration int64    `json:"observedGeneration,omitempty"`
+	Error              string   `json:"error,omitempty"`
+	Warnings           []string `json:"warnings,omitempty"`
+	LastUpdated        string   `json:"lastUpdated,omitempty"`
+}
+
+type condition struct {
+	Type               string `json:"type"`
+	Status             string `json:"status"`
+	LastTransitionTime string `json:"lastTransitionTime,omitempty"`
+	Reason             string `json:"reason,omitempty"`
+	Message            string `json:"message,omitempty"`
+	ObservedGeneration int64  `json:"observedGeneration,omitempty"`
+}
+
+// Report writes one policy's status for this node (NetworkPolicy gets
+// Events only: its status is not ours). It returns quickly when the same
+// status was already written.
+func (w *StatusWriter) Report(ctx context.Context, ref policy.ObjectRef, st PolicyStatus) error {
+	k := keyOf(ref)
+	fp := fingerprint(st)
+	w.mu.Lock()
+	same := w.written[k] == fp
+	rec := w.recorder
+	w.mu.Unlock()
+	if same {
+		return nil
+	}
+	var err error
+	var obj *unstructured.Unstructured
+	switch policy.PolicyKind(ref.Kind) {
+	case policy.KindCNP, policy.KindCCNP:
+		obj, err = w.writeStatus(ctx, ref, st)
+	case policy.KindNP:
+		if st.Err == nil && len(st.Warnings) == 0 {
+			break // nothing to tell: NetworkPolicy status is not ours
+		}
+		var np metav1.Object
+		np, err = w.cfg.Client.NetworkingV1().NetworkPolicies(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		if err == nil {
+			obj = &unstructured.Unstructured{}
+			obj.SetAPIVersion("networking.k8s.io/v1")
+			obj.SetKind(ref.Kind)
+			obj.SetNamespace(np.GetNamespace())
+			obj.SetName(np.GetName())
+			obj.SetUID(np.GetUID())
+		}
+	default:
+		return nil
+	}
+	if apierrors.IsNotFound(err) {
+		return nil // deleted meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s: %w", ref, err)
+	}
+	w.mu.Lock()
+	w.written[k] = fp
+	w.mu.Unlock()
+	if rec != nil && obj != nil {
+		or := &corev1.ObjectReference{APIVersion: obj.GetAPIVersion(), Kind: obj.GetKind(), Namespace: obj.GetNamespace(),
+			Name: obj.GetName(), UID: obj.GetUID()}
+		if st.Err != nil {
+			rec.Eventf(or, corev1.EventTypeWarning, eventInvalid, "not applied on node %s: %s", w.cfg.Node, truncate(st.Err.Error()))
+		} else if len(st.Warnings) > 0 {
+			rec.Eventf(or, corev1.EventTypeWarning, eventUnsupported, "applied on node %s without: %s", w.cfg.Node, truncate(strings.Join(st.Warnings, "; ")))
+		}
+	}
+	return nil
+}
+
+func fingerprint(st PolicyStatus) string {
+	e := ""
+	if st.Err != nil {
+		e = st.Err.Error()
+	}
+	b, _ := json.Marshal([]any{st.Generation, e, st.Warnings})
+	return string(b)
+}
+
+func truncate(s string) string {
+	if len(s) > maxConditionMessage {
+		return s[:maxConditionMessage-3] + "..."
+	}
+	return s
+}
+
+// writeStatus merges this node's view into a Cilium policy's status with
+// a resourceVersion precondition, retrying on conflicts.
+func (w *StatusWriter) writeStatus(ctx context.Context, ref policy.ObjectRef, st PolicyStatus) (*unstructured.Unstructured, error) {
+	var res dynamic.ResourceInterface = w.cfg.Dynamic.Resource(CCNPResource())
+	if ref.Kind == string(policy.KindCNP) {
+		res = w.cfg.Dynamic.Resource(CNPResource()).Namespace(ref.Namespace)
+	}
+	var lastErr error
+	for range 5 {
+		obj, err := res.Get(ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		patch, changed, err := w.statusPatch(obj, st, time.Now().UTC())
+		if err != nil {
+			return nil, err
+		}
+		if !changed {
+			return obj, nil
+		}
+		_, err = res.Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "l7gate"}, "status")
+		if err == nil || !apierrors.IsConflict(err) {
+			return obj, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// statusPatch computes the merge patch taking obj's status to st, and
+// whether anything but timestamps changes.
+func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStatus, now time.Time) ([]byte, bool, error) {
+	gen := st.Generation
+	if gen == 0 {
+		gen = obj.GetGeneration()
+	}
+	ts := now.Format(time.RFC3339)
+	var conds []condition
+	if raw, ok, _ := unstructured.NestedSlice(obj.Object, "status", "conditions"); ok {
+		b, err := json.Marshal(raw)
+		if err != nil {
+			return nil, false, fmt.Errorf("read conditions: %w", err)
+		}
+		if err := json.Unmarshal(b, &conds); err != nil {
+			return nil, false, fmt.Errorf("read conditions: %w", err)
+		}
+	}
+	valid := condition{Type: ConditionValid, Status: "True", Reason: ReasonValid, Message: "policy accepted", ObservedGeneration: gen}
+	if st.Err != nil {
+		valid = condition{Type: ConditionValid, Status: "False", Reason: ReasonInvalid, Message: truncate(st.Err.Error()), ObservedGeneration: gen}
+	}
+	supported := condition{Type: ConditionSupported, Status: "True", Reason: ReasonSupported, Message: "every rule is enforced", ObservedGeneration: gen}
+	if len(st.Warnings) > 0 {
+		supported = condition{Type: ConditionSupported, Status: "False", Reason: ReasonUnsupported,
+			Message: truncate(strings.Join(st.Warnings, "; ")), ObservedGeneration: gen}
+	}
+	newConds := slices.Clone(conds)
+	condChanged := false
+	for _, c := range []condition{valid, supported} {
+		i := slices.IndexFunc(newConds, func(x condition) bool { return x.Type == c.Type })
+		if i < 0 {
+			c.LastTransitionTime = ts
+			newConds = append(newConds, c)
+			condChanged = true
+			continue
+		}
+		old := newConds[i]
+		c.LastTransitionTime = old.LastTransitionTime
+		if old.Status != c.Status || c.LastTransitionTime == "" {
+			c.LastTransitionTime = ts
+		}
+		if old != c {
+			newConds[i] = c
+			condChanged = true
+		}
+	}
+	ns := nodeStatus{OK: st.Err == nil, Enforcing: st.Err == nil, Revision: st.Revision, ObservedGeneration: gen, Warnings: st.Warnings}
+	if st.Err != nil {
+		ns.Error = truncate(st.Err.Error())
+	}
+	var old nodeStatus
+	nodeChanged := true
+	if raw, ok, _ := unstructured.NestedMap(obj.Object, "status", "nodes", w.cfg.Node); ok {
+		b, _ := json.Marshal(raw)
+		if json.Unmarshal(b, &old) == nil {
+			// The revision that first implemented a generation stays; a
+			// restarted agent counts revisions afresh.
+			cmpOld, cmpNew := old, ns
+			cmpOld.LastUpdated, cmpOld.Revision, cmpNew.Revision = "", 0, 0
+			nodeChanged = !reflect.DeepEqual(cmpOld, cmpNew)
+		}
+	}
+	if !condChanged && !nodeChanged {
+		return nil, false, nil
+	}
+	status := map[string]any{}
+	if condChanged {
+		status["conditions"] = newConds
+	}
+	if nodeChanged {
+		ns.LastUpdated = ts
+		status["nodes"] = map[string]any{w.cfg.Node: ns}
+	}
+	patch := map[string]any{"metadata": map[string]any{"resourceVersion": obj.GetResourceVersion()}, "status": status}
+	b, err := json.Marshal(patch)
+	if err != nil {
+		return nil, false, fmt.Errorf("encode status: %w", err)
+	}
+	return b, true, nil
+}
