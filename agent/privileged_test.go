@@ -205,6 +205,12 @@ func TestPrivilegedAgentRestart(t *testing.T) {
 	}
 	n.startAgent(t)
 	rev := n.waitImplemented(t, 0)
+	if out, err := exec.Command(n.bin, "status", "--ready", "--run-dir", n.run).CombinedOutput(); err != nil || string(out) != "ready\n" {
+		t.Errorf("status --ready after implementing: %v %q", err, out)
+	}
+	if err := exec.Command(n.bin, "status", "--ready", "--run-dir", t.TempDir()).Run(); err == nil {
+		t.Error("status --ready without an agent succeeded")
+	}
 
 	var ok, failed, denied, wrongDenial, xwingConnected, xwingTries atomic.Int64
 	stop := make(chan struct{})

@@ -171,6 +171,7 @@ func parsePortRange(s string) (uint16, uint16, error) {
 
 func (a *app) statusCommand() *cobra.Command {
 	var runDir, output string
+	var ready bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the agent's health, endpoints, policies and proxy ACK state",
@@ -178,6 +179,15 @@ func (a *app) statusCommand() *cobra.Command {
 			st, err := agent.FetchStatus(cmd.Context(), runDir)
 			if err != nil {
 				return err
+			}
+			if ready {
+				// for readiness probes: exit 1 until a revision is implemented
+				// and while the newest one is not
+				if !st.Ready || st.ImplementedRevision != st.Revision {
+					return &exitError{code: 1, err: fmt.Errorf("not ready: revision %d, implemented %d", st.Revision, st.ImplementedRevision)}
+				}
+				fmt.Fprintln(a.stdout, "ready")
+				return nil
 			}
 			if output == "json" {
 				return writeJSON(a.stdout, st)
@@ -218,6 +228,7 @@ func (a *app) statusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.Flags().BoolVar(&ready, "ready", false, "only check readiness: exit 0 when the newest revision is implemented, 1 otherwise (for probes)")
 	return cmd
 }
 
