@@ -94,13 +94,8 @@ func datapathPolicy(snap *policy.Snapshot, local []LocalEndpoint, ports map[redi
 func datapathIPCache(snap *policy.Snapshot, hostAddrs []netip.Addr) []bpf.IPCacheEntry {
 	out := make([]bpf.IPCacheEntry, 0, len(snap.IPCache)+len(hostAddrs))
 	seen := map[netip.Prefix]bool{}
-	for _, e := range snap.IPCache {
-		if !e.Prefix.Addr().Is4() {
-			continue // the datapath enforces IPv4 for now
-		}
-		seen[e.Prefix] = true
-		out = append(out, bpf.IPCacheEntry{Prefix: e.Prefix, Identity: bpf.Identity(e.Identity)})
-	}
+	// The node's own addresses are the host, also when a Node object lists
+	// them (as remote-node for the other nodes).
 	for _, a := range hostAddrs {
 		p := netip.PrefixFrom(a, a.BitLen())
 		if !a.Is4() || seen[p] {
@@ -108,6 +103,13 @@ func datapathIPCache(snap *policy.Snapshot, hostAddrs []netip.Addr) []bpf.IPCach
 		}
 		seen[p] = true
 		out = append(out, bpf.IPCacheEntry{Prefix: p, Identity: bpf.Identity(policy.IdentityHost)})
+	}
+	for _, e := range snap.IPCache {
+		if !e.Prefix.Addr().Is4() || seen[e.Prefix] {
+			continue // the datapath enforces IPv4 for now
+		}
+		seen[e.Prefix] = true
+		out = append(out, bpf.IPCacheEntry{Prefix: e.Prefix, Identity: bpf.Identity(e.Identity)})
 	}
 	return out
 }

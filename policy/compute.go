@@ -114,6 +114,23 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	if err := c.cidrIdentities(); err != nil {
 		return nil, err
 	}
+	// Node addresses are remote-node (a pod IP on the same address, as with
+	// hostNetwork pods, stays the node's).
+	taken := map[netip.Prefix]bool{}
+	for _, e := range c.snap.IPCache {
+		taken[e.Prefix] = true
+	}
+	for _, n := range objs.Nodes {
+		for _, ip := range n.IPs {
+			p := netip.PrefixFrom(ip, ip.BitLen())
+			if taken[p] {
+				c.warnf("node %s: address %s is also a pod's or a policy CIDR's; it keeps that identity", n.Name, ip)
+				continue
+			}
+			taken[p] = true
+			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: IdentityRemoteNode})
+		}
+	}
 	c.allIDs = append(append(ReservedIdentities(), c.podIDs...), sortedIDs(c.cidrIDs)...)
 	for _, id := range c.allIDs {
 		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: c.snap.labels[id].Strings()})

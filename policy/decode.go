@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -22,9 +23,11 @@ import (
 // loading.
 type Objects struct {
 	Namespaces []Namespace
-	Pods       []Pod
-	Policies   []Policy
-	Warnings   []Warning
+	// Nodes: their addresses are the remote-node identity.
+	Nodes    []Node
+	Pods     []Pod
+	Policies []Policy
+	Warnings []Warning
 	// Summaries has one line per loaded object, in input order.
 	Summaries []string
 	// summaryRefs[i] is the object Summaries[i] describes.
@@ -207,6 +210,37 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 			ips[i] = ip.String()
 		}
 		o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s), IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
+	case "Node":
+		if e := checkVersion("v1"); e != nil {
+			return e
+		}
+		var w wireNode
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		ref.Namespace = ""
+		n := Node{Ref: ref, Name: ref.Name}
+		var errs []error
+		if ref.Name == "" {
+			errs = append(errs, fieldPath("metadata.name").errorf("missing"))
+		}
+		for i, a := range w.Status.Addresses {
+			if a.Type != "InternalIP" && a.Type != "ExternalIP" {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				errs = append(errs, fieldPath("status.addresses").index(i).child("address").errorf("invalid IP %q", a.Address))
+				continue
+			}
+			n.IPs = append(n.IPs, ip.Unmap())
+		}
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.Nodes = append(o.Nodes, n)
+		o.summarize(ref, fmt.Sprintf("%s: %s: %d address(es)", file, ref, len(n.IPs)))
 	case "Namespace":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -246,6 +280,7 @@ func summarizePolicy(p *Policy) string {
 
 func (o *Objects) sort() {
 	slices.SortStableFunc(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortStableFunc(o.Pods, func(a, b Pod) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
@@ -272,6 +307,9 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range o.Namespaces {
 		seen[key(n.Ref)] = n.Ref
 	}
+	for _, n := range o.Nodes {
+		seen[key(n.Ref)] = n.Ref
+	}
 	for _, p := range o.Pods {
 		seen[key(p.Ref)] = p.Ref
 	}
@@ -289,6 +327,11 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range other.Namespaces {
 		if !dup(n.Ref) {
 			o.Namespaces = append(o.Namespaces, n)
+		}
+	}
+	for _, n := range other.Nodes {
+		if !dup(n.Ref) {
+			o.Nodes = append(o.Nodes, n)
 		}
 	}
 	for _, p := range other.Pods {

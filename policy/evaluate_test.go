@@ -275,3 +275,19 @@ func TestKafkaAPIKeys(t *testing.T) {
 		t.Error("KafkaAPIName")
 	}
 }
+
+// TestRemoteNode: Node addresses are the remote-node identity.
+func TestRemoteNode(t *testing.T) {
+	objs, errs := Load("testdata/in/cidr-entities.yaml")
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	res, err := Trace(objs, TraceRequest{Src: TracePeer{Labels: map[string]string{"app": "client"}},
+		Dst: TracePeer{Addr: mustAddr("198.18.200.2")}, Protocol: ProtoTCP, DPort: 6443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Destination.Identity != IdentityRemoteNode || res.Verdict != DecisionAllowed || res.DecidedBy[0].Path != "spec.egress[3]" {
+		t.Fatalf("to a node address: %+v", res)
+	}
+}

@@ -123,6 +123,14 @@ type Namespace struct {
 	Labels map[string]string
 }
 
+// Node is a decoded v1 Node: its InternalIP and ExternalIP addresses are
+// the remote-node identity (the agent maps its own node's to host).
+type Node struct {
+	Ref  ObjectRef
+	Name string
+	IPs  []netip.Addr
+}
+
 // NamedPort is a container port with a name, for named-port resolution.
 type NamedPort struct {
 	Name     string   `json:"name"`

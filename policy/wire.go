@@ -253,3 +253,26 @@ func (s *scalarString) decodeValue(p fieldPath, v any) error {
 }
 
 func (s scalarString) String() string { return string(s) }
+
+// Node (v1), lenient: only its addresses.
+type wireNode struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   ObjectMeta     `json:"metadata"`
+	Status     wireNodeStatus `json:"status"`
+}
+
+func (*wireNode) lenient() {}
+
+type wireNodeStatus struct {
+	Addresses []wireNodeAddress `json:"addresses"`
+}
+
+func (*wireNodeStatus) lenient() {}
+
+type wireNodeAddress struct {
+	Type    string `json:"type"`
+	Address string `json:"address"`
+}
+
+func (*wireNodeAddress) lenient() {}
