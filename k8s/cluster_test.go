@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -580,6 +581,29 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 			return hasPolicy(u, "shop/web-in") && ok && s.Policy(ep.Identity) != nil && s.Policy(ep.Identity).Ingress.Enforced
 		})
 		implement(u)
+	})
+
+	t.Run("Nodes", func(t *testing.T) {
+		// Another node's address becomes remote-node; a heartbeat does not
+		// cause an update.
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}}
+		n, err := c.client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.200.2"}, {Type: corev1.NodeHostName, Address: "node-b"}}
+		if n, err = c.client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		u, _ := up.await("the node address", func(_ agent.SourceUpdate, s *policy.Snapshot) bool {
+			return s.IdentityOf(netip.MustParseAddr("198.18.200.2")) == policy.IdentityRemoteNode
+		})
+		implement(u)
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+		if _, err := c.client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		up.quiet("a node heartbeat", time.Second)
 	})
 
 	t.Run("TerminatingPod", func(t *testing.T) {

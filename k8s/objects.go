@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -182,6 +183,28 @@ func namespaceDocument(ns *corev1.Namespace) (document, error) {
 		return document{}, fmt.Errorf("encode namespace %s: %w", ns.Name, err)
 	}
 	return document{key: objectKey{"Namespace", "", ns.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: ns.UID}}, nil
+}
+
+// nodeDocument keeps a Node's name and its internal and external
+// addresses, sorted, so status heartbeats do not change the digest.
+func nodeDocument(n *corev1.Node) (document, error) {
+	type address struct {
+		Type    string `json:"type"`
+		Address string `json:"address"`
+	}
+	var addrs []address
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+			addrs = append(addrs, address{Type: string(a.Type), Address: a.Address})
+		}
+	}
+	slices.SortFunc(addrs, func(x, y address) int { return strings.Compare(x.Type+x.Address, y.Type+y.Address) })
+	js, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Node",
+		"metadata": docMeta{Name: n.Name}, "status": map[string]any{"addresses": addrs}})
+	if err != nil {
+		return document{}, fmt.Errorf("encode node %s: %w", n.Name, err)
+	}
+	return document{key: objectKey{"Node", "", n.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: n.UID}}, nil
 }
 
 func networkPolicyDocument(np *networkingv1.NetworkPolicy) (document, error) {

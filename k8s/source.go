@@ -13,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -102,8 +101,9 @@ func (s *Source) Run(ctx context.Context, updates chan<- agent.SourceUpdate) err
 		DeleteFunc: func(any) { notify() },
 	}
 	typed := informers.NewSharedInformerFactory(s.cfg.Client, 0)
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + s.cfg.Node }))
+	// All nodes: their addresses are the remote-node identity. Only the
+	// addresses enter the digest, so heartbeats cause no update.
+	nodeFactory := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
 	defer func() {
 		cancel()
@@ -221,6 +221,15 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 	for _, o := range inf.namespaces.GetStore().List() {
 		if ns, ok := o.(*corev1.Namespace); ok {
 			d, err := namespaceDocument(ns)
+			if err != nil {
+				return nil, err
+			}
+			docs = append(docs, d)
+		}
+	}
+	for _, o := range inf.nodes.GetStore().List() {
+		if n, ok := o.(*corev1.Node); ok {
+			d, err := nodeDocument(n)
 			if err != nil {
 				return nil, err
 			}
