@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/json"
 	"io"
 	"net/netip"
 	"slices"
@@ -48,11 +47,12 @@ type AccessRecord struct {
 // JSONLines returns an access-log sink writing one JSON object per line.
 func JSONLines(w io.Writer) func(*AccessRecord) {
 	var mu sync.Mutex
-	enc := json.NewEncoder(w)
+	var buf []byte
 	return func(r *AccessRecord) {
 		mu.Lock()
 		defer mu.Unlock()
-		enc.Encode(r)
+		buf = appendJSON(buf[:0], r)
+		w.Write(buf)
 	}
 }
 
