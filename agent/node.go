@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -68,55 +69,99 @@ func setupNode(ctx context.Context) error {
 }
 
 // findLocalEndpoints returns the endpoints whose IPv4 address routes
-// directly to a veth on this node: those are ours to enforce.
+// directly to a veth on this node: those are ours to enforce. It reads the
+// routing table and the links once (two `ip` calls, whatever the number of
+// endpoints) and does the longest-prefix match itself.
 func findLocalEndpoints(ctx context.Context, eps []policy.Endpoint) ([]LocalEndpoint, error) {
+	raw, err := runIP(ctx, "-j", "-4", "route", "show", "table", "main")
+	if err != nil {
+		return nil, err
+	}
+	var routes []struct {
+		Dst     string `json:"dst"`
+		Dev     string `json:"dev"`
+		Gateway string `json:"gateway"`
+		Type    string `json:"type"`
+	}
+	if err := json.Unmarshal(raw, &routes); err != nil {
+		return nil, fmt.Errorf("parse routes: %w", err)
+	}
+	type route struct {
+		prefix netip.Prefix
+		dev    string
+		direct bool
+	}
+	var table []route
+	for _, r := range routes {
+		var p netip.Prefix
+		switch {
+		case r.Dst == "default":
+			p = netip.MustParsePrefix("0.0.0.0/0")
+		case strings.Contains(r.Dst, "/"):
+			if p, err = netip.ParsePrefix(r.Dst); err != nil {
+				continue
+			}
+		default:
+			a, err := netip.ParseAddr(r.Dst)
+			if err != nil {
+				continue
+			}
+			p = netip.PrefixFrom(a, 32)
+		}
+		table = append(table, route{prefix: p.Masked(), dev: r.Dev, direct: r.Gateway == "" && (r.Type == "" || r.Type == "unicast")})
+	}
+	// longest prefix first
+	slices.SortStableFunc(table, func(a, b route) int { return b.prefix.Bits() - a.prefix.Bits() })
+	veths, err := vethIndexes(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []LocalEndpoint
 	for _, ep := range eps {
 		for _, ip := range ep.IPs {
 			if !ip.Is4() {
 				continue
 			}
-			raw, err := runIP(ctx, "-j", "route", "get", ip.String())
-			if err != nil {
-				continue // unroutable here: not ours
+			var best *route
+			for i := range table {
+				if table[i].prefix.Contains(ip) {
+					best = &table[i]
+					break
+				}
 			}
-			var routes []struct {
-				Dev     string `json:"dev"`
-				Gateway string `json:"gateway"`
-				Type    string `json:"type"`
-			}
-			if err := json.Unmarshal(raw, &routes); err != nil || len(routes) == 0 {
+			if best == nil || !best.direct || best.dev == "" || best.dev == "lo" {
 				continue
 			}
-			r := routes[0]
-			if r.Gateway != "" || r.Dev == "" || r.Dev == "lo" || (r.Type != "" && r.Type != "unicast") {
+			idx, ok := veths[best.dev]
+			if !ok {
 				continue
 			}
-			if !isVeth(r.Dev) {
-				continue
-			}
-			ifi, err := net.InterfaceByName(r.Dev)
-			if err != nil {
-				continue
-			}
-			out = append(out, LocalEndpoint{Endpoint: ep, Ifindex: ifi.Index, Device: r.Dev})
+			out = append(out, LocalEndpoint{Endpoint: ep, Ifindex: idx, Device: best.dev})
 			break
 		}
 	}
 	return out, nil
 }
 
-func isVeth(dev string) bool {
-	out, err := exec.Command("ip", "-j", "-d", "link", "show", "dev", dev).Output()
+// vethIndexes maps the names of this namespace's veth links to their
+// indexes.
+func vethIndexes(ctx context.Context) (map[string]int, error) {
+	raw, err := runIP(ctx, "-j", "-d", "link", "show", "type", "veth")
 	if err != nil {
-		return false
+		return nil, err
 	}
 	var links []struct {
-		LinkInfo struct {
-			Kind string `json:"info_kind"`
-		} `json:"linkinfo"`
+		Index int    `json:"ifindex"`
+		Name  string `json:"ifname"`
 	}
-	return json.Unmarshal(out, &links) == nil && len(links) == 1 && links[0].LinkInfo.Kind == "veth"
+	if err := json.Unmarshal(raw, &links); err != nil {
+		return nil, fmt.Errorf("parse links: %w", err)
+	}
+	out := make(map[string]int, len(links))
+	for _, l := range links {
+		out[l.Name] = l.Index
+	}
+	return out, nil
 }
 
 // hostAddresses lists the node's own IPv4 addresses (the host identity).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -32,16 +33,16 @@ type Source interface {
 }
 
 // FolderSource watches a folder of Kubernetes YAML/JSON (recursively) by
-// polling its content.
+// polling it (every 100 ms by default; contents are re-read only when file
+// names, sizes or modification times change).
 type FolderSource struct {
 	Dir      string
-	Interval time.Duration // default 500ms
+	Interval time.Duration // default 100ms
 	Logger   *slog.Logger
 }
 
-// digest hashes the names and contents of the files Load would read.
-func folderDigest(dir string) (string, error) {
-	h := sha256.New()
+// folderFiles lists the files Load would read, sorted.
+func folderFiles(dir string) ([]string, error) {
 	var files []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -60,9 +61,37 @@ func folderDigest(dir string) (string, error) {
 		return nil
 	})
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	slices.Sort(files)
+	return files, nil
+}
+
+// folderStat is a cheap signature of the files (names, sizes, mtimes):
+// when it is unchanged the content is not read again.
+func folderStat(dir string) (string, error) {
+	files, err := folderFiles(dir)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s\x00%d\x00%d\n", f, st.Size(), st.ModTime().UnixNano())
+	}
+	return b.String(), nil
+}
+
+// folderDigest hashes the names and contents of the files Load would read.
+func folderDigest(dir string) (string, error) {
+	files, err := folderFiles(dir)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -80,16 +109,28 @@ func folderDigest(dir string) (string, error) {
 func (s *FolderSource) Run(ctx context.Context, updates chan<- SourceUpdate) error {
 	interval := s.Interval
 	if interval <= 0 {
-		interval = 500 * time.Millisecond
+		interval = 100 * time.Millisecond
 	}
 	log := s.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	last := ""
+	last, lastStat := "", ""
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
+	for polls := 0; ; polls++ {
+		// Only read and hash the files when their names, sizes or mtimes
+		// changed (and every 50 polls, for filesystems with coarse mtimes).
+		sig, serr := folderStat(s.Dir)
+		if serr == nil && last != "" && sig == lastStat && polls%50 != 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				continue
+			}
+		}
+		lastStat = sig
 		d, err := folderDigest(s.Dir)
 		switch {
 		case err != nil:
