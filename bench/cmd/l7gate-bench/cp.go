@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cpResult: control-plane latency of CNP changes with many synthetic pods.
+type cpResult struct {
+	LocalLookingPods int    `json:"localLookingPods"`
+	ClusterPods      int    `json:"clusterPods"`
+	Changes          int    `json:"changes"`
+	Budget           string `json:"budget"`
+	// EndToEnd: file written → the agent logged "policy implemented" for
+	// the new revision (includes the folder source's 500 ms polling).
+	E2EP50ms float64 `json:"e2eP50ms"`
+	E2EP99ms float64 `json:"e2eP99ms"`
+	// Took: the agent's own "took" (compute + xDS push/ACK + datapath sync).
+	TookP50ms float64 `json:"tookP50ms"`
+	TookP99ms float64 `json:"tookP99ms"`
+	// Agent RSS before/after adding the pods.
+	AgentRSSBeforeKiB int64   `json:"agentRssBeforeKiB"`
+	AgentRSSAfterKiB  int64   `json:"agentRssAfterKiB"`
+	RSSPerPodBytes    float64 `json:"agentRssPerPodBytes"`
+	InitialImplMs     float64 `json:"initialImplementMs"`
+	Identities        int     `json:"identities"`
+	Endpoints         int     `json:"endpoints"`
+}
+
+func syntheticPodsYAML(local, cluster int) string {
+	var b strings.Builder
+	for i := range local + cluster {
+		var ip, kind string
+		if i < local {
+			// inside the node's pod range, but no veth routes to them
+			ip, kind = fmt.Sprintf("198.18.%d.%d", 64+i/250, 1+i%250), "local"
+		} else {
+			j := i - local
+			ip, kind = fmt.Sprintf("198.19.%d.%d", j/250, 1+j%250), "remote"
+		}
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: syn-%s-%d\n  namespace: bench\n  labels:\n    app: svc-%d\n    tier: %s\nstatus:\n  podIP: %s\n",
+			kind, i, i%500, kind, ip)
+	}
+	return b.String()
+}
+
+var implLineRE = regexp.MustCompile(`msg="policy implemented" revision=(\d+) .*took=(\S+)`)
+
+// logTail follows the agent log from its current end.
+type logTail struct {
+	f   *os.File
+	buf []byte
+}
+
+func newLogTail(p string) (*logTail, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	f.Seek(0, 2)
+	return &logTail{f: f}, nil
+}
+
+// waitRevision waits for a "policy implemented" line with revision > after.
+func (t *logTail) waitRevision(after uint64, limit time.Duration) (uint64, time.Duration, error) {
+	deadline := time.Now().Add(limit)
+	chunk := make([]byte, 64<<10)
+	for time.Now().Before(deadline) {
+		n, _ := t.f.Read(chunk)
+		if n > 0 {
+			t.buf = append(t.buf, chunk[:n]...)
+			for {
+				i := slices.Index(t.buf, '\n')
+				if i < 0 {
+					break
+				}
+				line := string(t.buf[:i])
+				t.buf = t.buf[i+1:]
+				if m := implLineRE.FindStringSubmatch(line); m != nil {
+					rev, _ := strconv.ParseUint(m[1], 10, 64)
+					took, _ := time.ParseDuration(m[2])
+					if rev > after {
+						return rev, took, nil
+					}
+				}
+			}
+			continue
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return 0, 0, fmt.Errorf("no 'policy implemented' revision > %d within %v", after, limit)
+}
+
+func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, budget time.Duration) (*cpResult, error) {
+	r := &cpResult{LocalLookingPods: local, ClusterPods: cluster, Budget: budget.String()}
+	agentPID := n.agent.Process.Pid
+	if err := n.setPolicy(policyYAML(true, 100, "")); err != nil {
+		return nil, err
+	}
+	time.Sleep(2 * time.Second)
+	r.AgentRSSBeforeKiB = procRSSKiB(agentPID)
+	st, err := n.status()
+	if err != nil {
+		return nil, err
+	}
+	tail, err := newLogTail(filepath.Join(n.run, "agent.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer tail.f.Close()
+	rev := st.Revision
+	if local+cluster > 0 {
+		t0 := time.Now()
+		if err := writeAtomic(filepath.Join(n.src, "synthetic-pods.yaml"), []byte(syntheticPodsYAML(local, cluster))); err != nil {
+			return nil, err
+		}
+		if rev, _, err = tail.waitRevision(st.Revision, 3*time.Minute); err != nil {
+			return nil, err
+		}
+		r.InitialImplMs = float64(time.Since(t0).Microseconds()) / 1e3
+		time.Sleep(3 * time.Second)
+		r.AgentRSSAfterKiB = procRSSKiB(agentPID)
+		r.RSSPerPodBytes = float64(r.AgentRSSAfterKiB-r.AgentRSSBeforeKiB) * 1024 / float64(local+cluster)
+	}
+	if st, err := n.status(); err == nil {
+		r.Identities = len(st.Identities)
+		r.Endpoints = len(st.Endpoints)
+	}
+	var e2e, took []time.Duration
+	deadline := time.Now().Add(budget)
+	for i := 0; i < changes && (i == 0 || time.Now().Before(deadline)) && ctx.Err() == nil; i++ {
+		// Stagger the write relative to the 500 ms polling tick.
+		time.Sleep(time.Duration(100+(i*37)%300) * time.Millisecond)
+		t0 := time.Now()
+		if err := writeAtomic(filepath.Join(n.src, "policy.yaml"), []byte(policyYAML(true, 100, fmt.Sprintf("/api/v1/cp%d/[a-z]+", i)))); err != nil {
+			return nil, err
+		}
+		nrev, tk, err := tail.waitRevision(rev, 2*time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		e2e = append(e2e, time.Since(t0))
+		took = append(took, tk)
+		rev = nrev
+	}
+	slices.Sort(e2e)
+	slices.Sort(took)
+	r.Changes = len(e2e)
+	r.E2EP50ms, r.E2EP99ms = percentile(e2e, 50)/1e3, percentile(e2e, 99)/1e3
+	r.TookP50ms, r.TookP99ms = percentile(took, 50)/1e3, percentile(took, 99)/1e3
+	// Back to the plain scenario.
+	if local+cluster > 0 {
+		os.Remove(filepath.Join(n.src, "synthetic-pods.yaml"))
+		_, err = n.waitImplemented(rev, 3*time.Minute)
+	}
+	return r, err
+}

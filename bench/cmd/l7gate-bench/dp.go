@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// dpRow is one BenchmarkDatapath sub-benchmark.
+type dpRow struct {
+	Entries int     `json:"entries"`
+	Path    string  `json:"path"`
+	NsPkt   float64 `json:"nsPerPacket"`
+	XVs10   float64 `json:"xVs10"`
+}
+
+var dpLineRE = regexp.MustCompile(`^BenchmarkDatapath/entries=(\d+)/([a-z-]+)-\d+\s+\d+\s+\S+ ns/op\s+(\S+) ns/pkt\s+(\S+) x-vs-10`)
+
+// runDatapathBench runs the bpf package's BenchmarkDatapath (it pins itself
+// to one CPU and alternates each size with the 10-entry datapath).
+func runDatapathBench(ctx context.Context, repo string) ([]dpRow, string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, "taskset", "-c", allCPUs(), "go", "test", "-run", "^$", "-bench", "BenchmarkDatapath", "-count", "1", "./bpf/")
+	cmd.Dir = repo
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, string(out), fmt.Errorf("go test -bench BenchmarkDatapath ./bpf/: %v", err)
+	}
+	var rows []dpRow
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		m := dpLineRE.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		r := dpRow{Path: m[2]}
+		r.Entries, _ = strconv.Atoi(m[1])
+		r.NsPkt, _ = strconv.ParseFloat(m[3], 64)
+		r.XVs10, _ = strconv.ParseFloat(m[4], 64)
+		rows = append(rows, r)
+	}
+	if len(rows) == 0 {
+		return nil, string(out), fmt.Errorf("no BenchmarkDatapath lines in output")
+	}
+	return rows, string(out), nil
+}
+
+// iptRow is one iptables chain size measured with new connections.
+type iptRow struct {
+	Rules      int     `json:"rules"`
+	Backend    string  `json:"backend"`
+	LoadSec    float64 `json:"loadSeconds"`
+	ConnPerSec float64 `json:"connPerSec"`
+	// CostVs10 is rate(10 rules)/rate(this size): how many times slower
+	// than with 10 rules (comparable to the datapath's x-vs-10).
+	CostVs10 float64 `json:"costVs10"`
+	Errors   int64   `json:"errors"`
+	Skipped  string  `json:"skipped,omitempty"`
+}
+
+// runIptables builds a fresh client/server namespace pair joined by a veth,
+// loads n rules (one per allow entry, a linear chain after a conntrack
+// ESTABLISHED shortcut, the matching entry last, then DROP) into the
+// server's INPUT with iptables-restore, and measures new connections/s.
+func runIptables(ctx context.Context, cl *cleanups, n *node, sizes []int, d time.Duration) ([]iptRow, error) {
+	restore, backend := "iptables-legacy-restore", "legacy"
+	if _, err := exec.LookPath(restore); err != nil {
+		restore, backend = "iptables-restore", "default"
+		if _, err := exec.LookPath(restore); err != nil {
+			return nil, fmt.Errorf("no iptables-restore (run hack/install-bench-deps.sh)")
+		}
+	}
+	cns, sns := n.prefix+"-ipc", n.prefix+"-ips"
+	for _, ns := range []string{cns, sns} {
+		if err := sh("ip", "netns", "add", ns); err != nil {
+			return nil, err
+		}
+		cl.add(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		if err := sh("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
+			return nil, err
+		}
+		if err := setSysctls(ns, map[string]string{"ipv4/ip_local_port_range": "1024 65000", "ipv4/tcp_tw_reuse": "1",
+			"core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}); err != nil {
+			return nil, err
+		}
+	}
+	for _, args := range [][]string{
+		{"-n", cns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", sns},
+		{"-n", cns, "addr", "add", "198.18.2.1/24", "dev", "eth0"},
+		{"-n", sns, "addr", "add", "198.18.2.2/24", "dev", "eth0"},
+		{"-n", cns, "link", "set", "eth0", "up"},
+		{"-n", sns, "link", "set", "eth0", "up"},
+	} {
+		if err := sh("ip", args...); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := startProc(cl, filepath.Join(n.dir, "ipt-server.log"), "ip", "netns", "exec", sns, "taskset", "-c", allCPUs(),
+		n.self, "serve", "-http", "198.18.2.2:80"); err != nil {
+		return nil, err
+	}
+	if err := waitTCP(cns, "198.18.2.2:80", 15*time.Second); err != nil {
+		return nil, err
+	}
+	var rows []iptRow
+	for _, size := range sizes {
+		row := iptRow{Rules: size, Backend: backend}
+		var b strings.Builder
+		b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:BENCH - [0:0]\n")
+		if size > 0 {
+			b.WriteString("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n-A INPUT -p tcp --dport 80 -j BENCH\n")
+			for i := range size - 1 {
+				peer := i / 50
+				fmt.Fprintf(&b, "-A BENCH -s 198.19.%d.%d/32 -p tcp -m tcp --dport %d -j ACCEPT\n", peer/256, peer%256, 1000+i%50)
+			}
+			b.WriteString("-A BENCH -s 198.18.2.1/32 -p tcp -m tcp --dport 80 -j ACCEPT\n-A BENCH -j DROP\n")
+		}
+		b.WriteString("COMMIT\n")
+		t := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		cmd := exec.CommandContext(cctx, "ip", "netns", "exec", sns, restore)
+		cmd.Stdin = strings.NewReader(b.String())
+		out, err := cmd.CombinedOutput()
+		cancel()
+		row.LoadSec = time.Since(t).Seconds()
+		if err != nil {
+			row.Skipped = fmt.Sprintf("%s: %v: %s", restore, err, bytes.TrimSpace(out))
+			rows = append(rows, row)
+			continue
+		}
+		r, err := runWrk(ctx, n.dir, cns, "http://198.18.2.2:80/", 16, d, true, 0)
+		if err != nil {
+			row.Skipped = err.Error()
+			rows = append(rows, row)
+			continue
+		}
+		row.ConnPerSec, row.Errors = r.ReqPerSec, r.Errors
+		rows = append(rows, row)
+	}
+	// flush
+	cmd := exec.Command("ip", "netns", "exec", sns, restore)
+	cmd.Stdin = strings.NewReader("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+	cmd.Run()
+	var base float64
+	for _, r := range rows {
+		if r.Rules == 10 {
+			base = r.ConnPerSec
+		}
+	}
+	for i := range rows {
+		if base > 0 && rows[i].ConnPerSec > 0 {
+			rows[i].CostVs10 = base / rows[i].ConnPerSec
+		}
+	}
+	return rows, nil
+}
+
+func repoRoot() string {
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; d != "/"; d = filepath.Dir(d) {
+			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+				return d
+			}
+		}
+	}
+	return "."
+}

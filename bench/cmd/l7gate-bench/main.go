@@ -1,0 +1,683 @@
+// Command l7gate-bench is `make bench`: it builds a node network namespace
+// with server and client pod namespaces behind veths (198.18.0.0/15 only),
+// runs the real `l7gate agent` (which starts the Go proxy) inside it with a
+// private bpffs, and measures, in one run on one machine, each path next to
+// its baseline: direct (no policy), L3/L4 policy, L7 policy through the Go
+// proxy, and HAProxy. It writes bench/results/<date>.json, <date>.md,
+// latest.md and PNG charts. Needs root. See bench/README.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	// Children get Pdeathsig, which fires when the *thread* that started
+	// them exits; inNS threads exit by design. Keep the main goroutine (which
+	// starts every child) on the main thread, which lives as long as we do.
+	runtime.LockOSThread()
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		if err := serveMain(os.Args[2:]); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if err := benchMain(); err != nil {
+		log.Fatal(err)
+	}
+}
+
+type config struct {
+	out      string
+	keepDur  time.Duration
+	shortDur time.Duration
+	only     map[string]bool
+	quick    bool
+	keepLogs bool
+
+	cpLocal, cpCluster, cpChanges int
+	cpBudget                      time.Duration
+	repo                          string
+}
+
+func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
+
+// phases, in the issue's priority order.
+var allPhases = []string{"keepalive", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "accesslogoff"}
+
+func benchMain() error {
+	var cfg config
+	var only string
+	flag.StringVar(&cfg.out, "out", "bench/results", "directory for <date>.json, <date>.md, latest.md and the PNG charts")
+	flag.DurationVar(&cfg.keepDur, "duration", 10*time.Second, "duration of each wrk keep-alive run")
+	flag.DurationVar(&cfg.shortDur, "short-duration", 5*time.Second, "duration of every other load run")
+	flag.StringVar(&only, "only", "", "comma-separated phases to run (default all): "+strings.Join(allPhases, ","))
+	flag.BoolVar(&cfg.quick, "quick", false, "2 s runs, fewer changes (a smoke test, not numbers)")
+	flag.BoolVar(&cfg.keepLogs, "keep-logs", false, "copy the agent, proxy, server and HAProxy logs next to the report (always done when something failed)")
+	flag.IntVar(&cfg.cpLocal, "cp-local-pods", 1000, "control plane: synthetic local-looking pods")
+	flag.IntVar(&cfg.cpCluster, "cp-cluster-pods", 10000, "control plane: synthetic cluster pods")
+	flag.IntVar(&cfg.cpChanges, "cp-changes", 30, "control plane: CNP changes to time at the largest scale (bounded by -cp-budget)")
+	flag.DurationVar(&cfg.cpBudget, "cp-budget", 100*time.Second, "control plane: stop timing changes at the largest scale after this long (one change is always timed)")
+	rerender := flag.String("report-from", "", "only re-render <date>.md, latest.md and the charts from an existing <date>.json (no root needed)")
+	pin := flag.Bool("pin", true, "pin load generators to CPU 1 and the proxies to CPU 0")
+	flag.Parse()
+	if *rerender != "" {
+		return rerenderReport(*rerender)
+	}
+	if !*pin || runtime.NumCPU() < 2 {
+		proxyCPU, loadCPU = allCPUs(), allCPUs()
+	}
+	if cfg.quick {
+		cfg.keepDur, cfg.shortDur = 2*time.Second, 2*time.Second
+	}
+	cfg.only = map[string]bool{}
+	for _, p := range strings.Split(only, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			cfg.only[p] = true
+		}
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root: creates network namespaces, veths and a bpffs, and loads BPF programs")
+	}
+	for _, tool := range []string{"ip", "go", "wrk", "h2load", "haproxy", "taskset", "mount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("needs %s (run hack/install-bench-deps.sh)", tool)
+		}
+	}
+	cfg.repo = repoRoot()
+	if !filepath.IsAbs(cfg.out) {
+		cfg.out = filepath.Join(cfg.repo, cfg.out)
+	}
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+		return err
+	}
+	raiseNofile(1 << 17)
+
+	cl := &cleanups{}
+	defer cl.run()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sig
+		log.Printf("%v: cleaning up", s)
+		cancel()
+		cl.run()
+		os.Exit(130)
+	}()
+
+	start := time.Now().UTC()
+	res := &Results{Date: start.Format(time.RFC3339), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Kernel: kernel(),
+		Pinning:   fmt.Sprintf("load generators (wrk, h2load, the Go clients of this process) on CPU %s; the Go proxy and HAProxy on CPU %s (taskset, all threads); upstream servers and the agent unpinned", loadCPU, proxyCPU),
+		Durations: fmt.Sprintf("wrk keep-alive %v per path; other load runs %v", cfg.keepDur, cfg.shortDur)}
+	if proxyCPU == loadCPU {
+		res.Pinning = "nothing pinned (-pin=false or a single CPU)"
+	}
+	tmp, err := os.MkdirTemp("", "l7gate-bench-")
+	if err != nil {
+		return err
+	}
+	cl.add(func() { os.RemoveAll(tmp) })
+
+	err = runAll(ctx, &cfg, cl, tmp, res)
+	if err != nil {
+		res.Errors = append(res.Errors, "aborted: "+err.Error())
+		log.Printf("error: %v", err)
+	}
+	res.TotalSeconds = time.Since(start).Seconds()
+	stamp := start.Format("2006-01-02T150405Z")
+	if len(res.Errors) > 0 || cfg.keepLogs {
+		// Keep the logs of a failed run next to its report.
+		logs := filepath.Join(cfg.out, stamp+"-logs")
+		os.MkdirAll(logs, 0o755)
+		for _, pat := range []string{"*.log", "*.cfg", "run/*.log"} {
+			m, _ := filepath.Glob(filepath.Join(tmp, pat))
+			for _, f := range m {
+				if data, err := os.ReadFile(f); err == nil {
+					// the proxy's access log is one line per request: keep the tail
+					if len(data) > 256<<10 {
+						data = data[len(data)-256<<10:]
+					}
+					os.WriteFile(filepath.Join(logs, filepath.Base(f)), data, 0o644)
+				}
+			}
+		}
+		res.Logs = logs
+	}
+	// Stop everything before writing (numbers are done).
+	cl.run()
+	if werr := writeReport(cfg.out, stamp, res); werr != nil {
+		return werr
+	}
+	log.Printf("wrote %s", filepath.Join(cfg.out, stamp+".md"))
+	return err
+}
+
+func kernel() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// pinSelf pins every thread of this process to cpus (threads created later
+// inherit it).
+func pinSelf(cpus string) {
+	if runtime.NumCPU() < 2 {
+		return
+	}
+	sh("taskset", "-apc", cpus, strconv.Itoa(os.Getpid()))
+}
+
+func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Results) error {
+	bin := filepath.Join(tmp, "l7gate")
+	log.Printf("building l7gate")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/l7gate")
+	build.Dir = cfg.repo
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v: %s", err, out)
+	}
+	n, err := newNode(cl, tmp, bin)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(n.src, "objects.yaml"), []byte(objectsYAML), 0o644); err != nil {
+		return err
+	}
+	if err := n.startServer(); err != nil {
+		return err
+	}
+	if err := n.startAgent(); err != nil {
+		return err
+	}
+	if _, err := n.waitImplemented(0, 60*time.Second); err != nil {
+		return err
+	}
+	hap, err := startHAProxy(cl, n)
+	if err != nil {
+		res.Errors = append(res.Errors, "haproxy: "+err.Error())
+		hap = nil
+	}
+	pinSelf(loadCPU)
+	dial, err := newNSDialer(ctx, n.clientNS, 4)
+	if err != nil {
+		return err
+	}
+	s := &scenario{n: n, cfg: cfg, res: res, dial: dial, hap: hap, current: "none"}
+	log.Printf("topology up: %s (agent pid %d, proxy pid %d)", n.prefix, n.agent.Process.Pid, n.proxyPID())
+
+	steps := []struct {
+		phase string
+		f     func(context.Context) error
+	}{
+		{"keepalive", s.keepAlive},
+		{"fixedrate", s.fixedRate},
+		{"newconn", s.newConns},
+		{"h2grpc", s.h2grpc},
+		{"datapath", s.datapath},
+		{"controlplane", s.controlPlane},
+		{"kafka", s.kafka},
+		{"proxyrss", s.proxyRSS},
+		{"accesslogoff", s.accessLogOff},
+	}
+	for _, st := range steps {
+		if !cfg.want(st.phase) {
+			res.Missing = append(res.Missing, st.phase+": not run (-only)")
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Printf("phase %s", st.phase)
+		t := time.Now()
+		if err := st.f(ctx); err != nil {
+			log.Printf("phase %s failed: %v", st.phase, err)
+			res.Errors = append(res.Errors, st.phase+": "+err.Error())
+			res.Missing = append(res.Missing, st.phase+": failed (see errors)")
+		}
+		log.Printf("phase %s took %v", st.phase, time.Since(t).Round(time.Second))
+	}
+	return nil
+}
+
+// scenario holds the running topology and which policy is in force.
+type scenario struct {
+	n       *node
+	cfg     *config
+	res     *Results
+	dial    *nsDialer
+	hap     *exec.Cmd
+	current string
+}
+
+// paths: "direct" (agent running, no policy), "l4" (L3/L4 policy only),
+// "l7" (100 HTTP rules through the Go proxy), "haproxy" (no policy;
+// HAProxy reverse proxy in the node namespace with the same 100 ACLs).
+func (s *scenario) use(path string) error {
+	want := map[string]string{"direct": "none", "haproxy": "none", "l4": "l4", "l7": "l7", "l7-1k": "l7-1k"}[path]
+	if want == s.current {
+		return nil
+	}
+	var y string
+	switch want {
+	case "l4":
+		y = policyYAML(false, 0, "")
+	case "l7":
+		y = policyYAML(true, 100, "")
+	case "l7-1k":
+		y = policyYAML(true, 1000, "")
+	}
+	if err := s.n.setPolicy(y); err != nil {
+		return err
+	}
+	s.current = want
+	if pid := s.n.proxyPID(); pid > 0 {
+		pinPID(pid, proxyCPU)
+	}
+	time.Sleep(300 * time.Millisecond)
+	return nil
+}
+
+func (s *scenario) proxyPIDFor(path string) int {
+	switch path {
+	case "l7", "l7-1k":
+		pid := s.n.proxyPID()
+		pinPID(pid, proxyCPU)
+		return pid
+	case "haproxy":
+		if s.hap != nil {
+			return s.hap.Process.Pid
+		}
+	}
+	return 0
+}
+
+func (s *scenario) url(path string) string {
+	if path == "haproxy" {
+		return fmt.Sprintf("http://%s:%d%s", nodeIP, haproxyPort, benchPath)
+	}
+	return fmt.Sprintf("http://%s:%d%s", serverIP, httpPort, benchPath)
+}
+
+func (s *scenario) addr(path string) string {
+	if path == "haproxy" {
+		return net.JoinHostPort(nodeIP, strconv.Itoa(haproxyPort))
+	}
+	return net.JoinHostPort(serverIP, strconv.Itoa(httpPort))
+}
+
+func (s *scenario) httpPaths() []string {
+	if s.hap == nil {
+		return []string{"direct", "l4", "l7"}
+	}
+	return []string{"direct", "l4", "l7", "haproxy"}
+}
+
+// rounds of the keep-alive and fixed-rate measurements: the paths are
+// measured in interleaved rounds (order reversed every other round) and the
+// best round of each path is kept, so a slow spell of this shared machine
+// does not land on one path only.
+const rounds = 2
+
+func roundOrder(paths []string, round int) []string {
+	o := slices.Clone(paths)
+	if round%2 == 1 {
+		slices.Reverse(o)
+	}
+	return o
+}
+
+func (s *scenario) keepAlive(ctx context.Context) error {
+	s.res.KeepAlive = map[string]*wrkResult{}
+	for round := range rounds {
+		for _, p := range roundOrder(s.httpPaths(), round) {
+			if err := s.use(p); err != nil {
+				return err
+			}
+			// short warm-up, then the measured run
+			runWrk(ctx, s.n.dir, s.n.clientNS, s.url(p), 64, time.Second, false, 0)
+			r, err := runWrk(ctx, s.n.dir, s.n.clientNS, s.url(p), 64, s.cfg.keepDur, false, s.proxyPIDFor(p))
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			log.Printf("  keep-alive round %d %-8s %9.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus cpu/1000 %.4fs non2xx %d errors %d", round, p, r.ReqPerSec, r.P50us, r.P99us, r.P999us, r.ProxyCPUPer1000, r.Non2xx, r.Errors)
+			prev := s.res.KeepAlive[p]
+			var all []float64
+			if prev != nil {
+				all = prev.Rounds
+			}
+			if prev == nil || r.ReqPerSec > prev.ReqPerSec {
+				s.res.KeepAlive[p] = r
+			}
+			s.res.KeepAlive[p].Rounds = append(all, r.ReqPerSec)
+		}
+	}
+	return nil
+}
+
+func (s *scenario) fixedRate(ctx context.Context) error {
+	s.res.FixedRate = map[string]*fixedRateResult{}
+	for round := range rounds {
+		for _, p := range roundOrder(s.httpPaths(), round) {
+			if err := s.use(p); err != nil {
+				return err
+			}
+			r, err := runFixedRate(ctx, s.dial, s.addr(p), "bench", benchPath, 1000, 16, s.cfg.shortDur)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			log.Printf("  1000 req/s round %d %-8s p50 %6.0fus p99 %6.0fus errors %d/%d", round, p, r.P50us, r.P99us, r.Errors, r.Sent)
+			prev := s.res.FixedRate[p]
+			var all []float64
+			if prev != nil {
+				all = prev.RoundsP99
+			}
+			if prev == nil || r.P99us < prev.P99us {
+				s.res.FixedRate[p] = r
+			}
+			s.res.FixedRate[p].RoundsP99 = append(all, r.P99us)
+		}
+	}
+	if d := s.res.FixedRate["direct"]; d != nil {
+		for p, r := range s.res.FixedRate {
+			if p != "direct" {
+				r.AddedP50, r.AddedP99 = r.P50us-d.P50us, r.P99us-d.P99us
+			}
+		}
+	}
+	for _, p := range s.httpPaths() {
+		r := s.res.FixedRate[p]
+		log.Printf("  1000 req/s best %-8s p50 %6.0fus p99 %6.0fus (added p99 %6.0fus)", p, r.P50us, r.P99us, r.AddedP99)
+	}
+	return nil
+}
+
+func (s *scenario) newConns(ctx context.Context) error {
+	s.res.NewConns = map[string]*wrkResult{}
+	paths := []string{"direct", "l7"}
+	if s.hap != nil {
+		paths = append(paths, "haproxy")
+	}
+	for _, p := range paths {
+		if err := s.use(p); err != nil {
+			return err
+		}
+		r, err := runWrk(ctx, s.n.dir, s.n.clientNS, s.url(p), 16, s.cfg.shortDur, true, s.proxyPIDFor(p))
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		log.Printf("  new conns %-8s %9.0f conn/s p99 %6.0fus errors %d", p, r.ReqPerSec, r.P99us, r.Errors)
+		s.res.NewConns[p] = r
+		time.Sleep(time.Second) // let TIME_WAIT settle a little
+	}
+	return nil
+}
+
+func (s *scenario) h2grpc(ctx context.Context) error {
+	s.res.H2 = map[string]*h2loadResult{}
+	s.res.GRPC = map[string]*rpcResult{}
+	for _, p := range []string{"direct", "l7"} {
+		if err := s.use(p); err != nil {
+			return err
+		}
+		r, err := runH2load(ctx, s.n.clientNS, s.url(p), 16, 10, s.cfg.shortDur, s.proxyPIDFor(p))
+		if err != nil {
+			return fmt.Errorf("h2load %s: %w", p, err)
+		}
+		log.Printf("  h2 %-8s %9.0f req/s mean %6.0fus failed %d", p, r.ReqPerSec, r.MeanReqUs, r.Failed)
+		s.res.H2[p] = r
+		g, err := runGRPC(ctx, s.dial, net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), 4, 32, s.cfg.shortDur)
+		if err != nil {
+			return fmt.Errorf("grpc %s: %w", p, err)
+		}
+		log.Printf("  grpc %-8s %9.0f calls/s p50 %6.0fus p99 %6.0fus errors %d %s", p, g.PerSec, g.P50us, g.P99us, g.Errors, g.FirstErr)
+		s.res.GRPC[p] = g
+	}
+	return nil
+}
+
+func (s *scenario) datapath(ctx context.Context) error {
+	rows, out, err := runDatapathBench(ctx, s.cfg.repo)
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, lastLines(out, 20))
+	}
+	s.res.Datapath = rows
+	for _, r := range rows {
+		log.Printf("  datapath %6d %-13s %6.0f ns/pkt x%.3f", r.Entries, r.Path, r.NsPkt, r.XVs10)
+	}
+	sizes := []int{10, 1000, 10000, 100000}
+	if s.cfg.quick {
+		sizes = []int{10, 1000}
+	}
+	ipt, err := runIptables(ctx, s.n.cl, s.n, sizes, s.cfg.shortDur)
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	s.res.Iptables = ipt
+	for _, r := range ipt {
+		log.Printf("  iptables %6d rules %9.0f conn/s cost x%.2f (load %.1fs) %s", r.Rules, r.ConnPerSec, r.CostVs10, r.LoadSec, r.Skipped)
+	}
+	return nil
+}
+
+// controlPlane times CNP changes at three scales: the bare scenario, 1.1k
+// synthetic pods, and the issue's 1000 local-looking + 10k cluster pods
+// (few changes: each takes the agent tens of seconds there today).
+func (s *scenario) controlPlane(ctx context.Context) error {
+	tiers := []struct {
+		local, cluster, changes int
+		budget                  time.Duration
+	}{
+		{0, 0, 30, 45 * time.Second},
+		{100, 1000, 30, 60 * time.Second},
+		{s.cfg.cpLocal, s.cfg.cpCluster, s.cfg.cpChanges, s.cfg.cpBudget},
+	}
+	if s.cfg.quick {
+		tiers = tiers[:2]
+		tiers[0].changes, tiers[1].changes = 5, 3
+	}
+	s.current = "l7-cp"
+	for _, t := range tiers {
+		r, err := runControlPlane(ctx, s.n, t.local, t.cluster, t.changes, t.budget)
+		if err != nil {
+			return fmt.Errorf("%d+%d pods: %w", t.local, t.cluster, err)
+		}
+		s.res.ControlPlane = append(s.res.ControlPlane, r)
+		log.Printf("  control plane %d+%d pods: %d changes e2e p50 %.1fms p99 %.1fms; agent took p50 %.1fms p99 %.1fms; initial %.0fms; agent RSS %d→%d KiB (%.0f B/pod)",
+			t.local, t.cluster, r.Changes, r.E2EP50ms, r.E2EP99ms, r.TookP50ms, r.TookP99ms, r.InitialImplMs, r.AgentRSSBeforeKiB, r.AgentRSSAfterKiB, r.RSSPerPodBytes)
+	}
+	return nil
+}
+
+func (s *scenario) kafka(ctx context.Context) error {
+	s.res.Kafka = map[string]*rpcResult{}
+	for _, p := range []string{"direct", "l7"} {
+		if err := s.use(p); err != nil {
+			return err
+		}
+		r, err := runKafka(ctx, s.dial, net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)), 8, 10, 100, s.cfg.shortDur)
+		if err != nil {
+			return fmt.Errorf("kafka %s: %w", p, err)
+		}
+		log.Printf("  kafka %-8s %9.0f produce/s %9.0f msg/s p50 %6.0fus p99 %6.0fus errors %d %s", p, r.PerSec, r.MsgPerSec, r.P50us, r.P99us, r.Errors, r.FirstErr)
+		s.res.Kafka[p] = r
+	}
+	return nil
+}
+
+// rssResult: the Go proxy's resident memory.
+type rssResult struct {
+	IdleKiB      int64 `json:"idleKiB"`
+	IdleConns    int   `json:"idleConns"`
+	WithConnsKiB int64 `json:"withIdleConnsKiB"`
+	// BeforeConnsKiB: back at 100 rules right before opening connections.
+	BeforeConnsKiB int64   `json:"beforeConnsKiB"`
+	PerConnBytes   float64 `json:"perConnBytes"`
+	Rules1kKiB     int64   `json:"with1kRulesKiB"`
+	ConnErr        string  `json:"connError,omitempty"`
+}
+
+func (s *scenario) proxyRSS(ctx context.Context) error {
+	if err := s.use("l7"); err != nil {
+		return err
+	}
+	pid := s.n.proxyPID()
+	sh("prlimit", "--pid", strconv.Itoa(pid), "--nofile=65536:65536")
+	time.Sleep(2 * time.Second)
+	r := &rssResult{IdleKiB: procRSSKiB(pid)}
+	if err := s.use("l7-1k"); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	r.Rules1kKiB = procRSSKiB(pid)
+	if err := s.use("l7"); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	r.BeforeConnsKiB = procRSSKiB(pid)
+	want := 10000
+	if s.cfg.quick {
+		want = 1000
+	}
+	closeAll, got, err := openIdle(ctx, s.dial, s.addr("l7"), benchPath, want)
+	defer closeAll()
+	r.IdleConns = got
+	if err != nil {
+		r.ConnErr = err.Error()
+	}
+	time.Sleep(2 * time.Second)
+	r.WithConnsKiB = procRSSKiB(pid)
+	if got > 0 {
+		r.PerConnBytes = float64(r.WithConnsKiB-r.BeforeConnsKiB) * 1024 / float64(got)
+	}
+	s.res.ProxyRSS = r
+	log.Printf("  proxy RSS idle %d KiB, 1k rules %d KiB, before conns %d KiB, %d idle conns %d KiB (%.0f B/conn) %s", r.IdleKiB, r.Rules1kKiB, r.BeforeConnsKiB, got, r.WithConnsKiB, r.PerConnBytes, r.ConnErr)
+	return nil
+}
+
+// accessLogOff re-measures keep-alive direct and L7 with a Go proxy started
+// with --access-log none (the agent-started proxy writes one JSON line per
+// request to proxy.log; HAProxy logs nothing). The agent is killed, the
+// proxy replaced, and the agent restarted: it adopts the running proxy.
+func (s *scenario) accessLogOff(ctx context.Context) error {
+	if err := s.use("l7"); err != nil {
+		return err
+	}
+	n := s.n
+	n.agent.Process.Kill()
+	n.agent.Wait()
+	if pid := n.proxyPID(); pid > 0 {
+		syscall.Kill(pid, syscall.SIGKILL)
+		for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	os.Remove(filepath.Join(n.run, "proxy-admin.sock"))
+	cmd, err := startProc(n.cl, filepath.Join(n.run, "proxy-nolog.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", proxyCPU,
+		n.bin, "proxy", "--xds-socket", filepath.Join(n.run, "xds.sock"), "--admin-socket", filepath.Join(n.run, "proxy-admin.sock"),
+		"--node", "bench", "--bpffs", n.bpffs, "--access-log", "none")
+	if err != nil {
+		return err
+	}
+	os.WriteFile(filepath.Join(n.run, "proxy.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	time.Sleep(500 * time.Millisecond)
+	if err := n.startAgent(); err != nil {
+		return err
+	}
+	if _, err := n.waitImplemented(0, 60*time.Second); err != nil {
+		return err
+	}
+	if err := waitTCP(n.clientNS, s.addr("l7"), 20*time.Second); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	s.res.AccessLogOff = map[string]*wrkResult{}
+	for _, p := range []string{"direct", "l7"} {
+		if err := s.use(p); err != nil {
+			return err
+		}
+		runWrk(ctx, n.dir, n.clientNS, s.url(p), 64, time.Second, false, 0)
+		pid := 0
+		if p == "l7" {
+			pid = cmd.Process.Pid
+		}
+		r, err := runWrk(ctx, n.dir, n.clientNS, s.url(p), 64, s.cfg.keepDur, false, pid)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		log.Printf("  keep-alive (access log off) %-8s %9.0f req/s p50 %6.0fus p99 %6.0fus cpu/1000 %.4fs non2xx %d", p, r.ReqPerSec, r.P50us, r.P99us, r.ProxyCPUPer1000, r.Non2xx)
+		s.res.AccessLogOff[p] = r
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// startHAProxy runs HAProxy (Debian) in the node namespace as a reverse
+// proxy on nodeIP:8080 in front of the server, with the same 100 method +
+// path rules as ACLs (allow if any matches, else 403), one thread pinned to
+// proxyCPU.
+func startHAProxy(cl *cleanups, n *node) (*exec.Cmd, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, `global
+    nbthread 1
+    maxconn 9000
+    log stderr format raw local0 emerg
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse never
+frontend fe
+    bind %s:%d
+    acl get method GET
+`, nodeIP, haproxyPort)
+	for i := range 100 {
+		fmt.Fprintf(&b, "    acl r%d path_reg ^%s$\n", i, httpRulePath(i))
+	}
+	for i := range 100 {
+		fmt.Fprintf(&b, "    http-request allow if get r%d\n", i)
+	}
+	fmt.Fprintf(&b, "    http-request deny deny_status 403\n    default_backend be\nbackend be\n    server s1 %s:%d\n", serverIP, httpPort)
+	cfgPath := filepath.Join(n.dir, "haproxy.cfg")
+	if err := os.WriteFile(cfgPath, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command("haproxy", "-c", "-f", cfgPath).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("haproxy -c: %v: %s", err, out)
+	}
+	cmd, err := startProc(cl, filepath.Join(n.dir, "haproxy.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", proxyCPU, "haproxy", "-db", "-f", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(n.clientNS, net.JoinHostPort(nodeIP, strconv.Itoa(haproxyPort)), 10*time.Second); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}

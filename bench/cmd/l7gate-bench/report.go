@@ -1,0 +1,451 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
+)
+
+// Results is everything one `make bench` run measured.
+type Results struct {
+	Date         string                      `json:"date"`
+	GoVersion    string                      `json:"goVersion"`
+	Kernel       string                      `json:"kernel"`
+	CPUs         int                         `json:"cpus"`
+	Pinning      string                      `json:"pinning"`
+	Durations    string                      `json:"durations"`
+	TotalSeconds float64                     `json:"totalSeconds"`
+	KeepAlive    map[string]*wrkResult       `json:"keepAlive,omitempty"`
+	FixedRate    map[string]*fixedRateResult `json:"fixedRate,omitempty"`
+	NewConns     map[string]*wrkResult       `json:"newConnections,omitempty"`
+	H2           map[string]*h2loadResult    `json:"http2,omitempty"`
+	GRPC         map[string]*rpcResult       `json:"grpc,omitempty"`
+	Datapath     []dpRow                     `json:"datapath,omitempty"`
+	Iptables     []iptRow                    `json:"iptables,omitempty"`
+	ControlPlane []*cpResult                 `json:"controlPlane,omitempty"`
+	Kafka        map[string]*rpcResult       `json:"kafka,omitempty"`
+	AccessLogOff map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
+	ProxyRSS     *rssResult                  `json:"proxyRss,omitempty"`
+	Goals        []goal                      `json:"goals"`
+	Missing      []string                    `json:"missing,omitempty"`
+	Errors       []string                    `json:"errors,omitempty"`
+	Logs         string                      `json:"logs,omitempty"`
+}
+
+type goal struct {
+	Name     string `json:"name"`
+	Target   string `json:"target"`
+	Measured string `json:"measured"`
+	Met      string `json:"met"` // "yes", "NO", "n/a"
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}
+
+func (r *Results) computeGoals() {
+	add := func(name, target, measured, met string) {
+		r.Goals = append(r.Goals, goal{name, target, measured, met})
+	}
+	na := func(name, target string) { add(name, target, "not measured", "n/a") }
+	if d, l := r.KeepAlive["direct"], r.KeepAlive["l7"]; d != nil && l != nil {
+		x := ratio(l.ReqPerSec, d.ReqPerSec)
+		add("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / direct", "≥ 0.60", fmt.Sprintf("%.2f", x), yesNo(x >= 0.60))
+	} else {
+		na("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / direct", "≥ 0.60")
+	}
+	if h, l := r.KeepAlive["haproxy"], r.KeepAlive["l7"]; h != nil && l != nil {
+		x := ratio(l.ReqPerSec, h.ReqPerSec)
+		add("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / HAProxy", "≥ 1.0", fmt.Sprintf("%.2f", x), yesNo(x >= 1.0))
+	} else {
+		na("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / HAProxy", "≥ 1.0")
+	}
+	if d, l := r.AccessLogOff["direct"], r.AccessLogOff["l7"]; d != nil && l != nil {
+		x := ratio(l.ReqPerSec, d.ReqPerSec)
+		add("(supplementary) keep-alive req/s, L7 with access log off / direct (section 9)", "≥ 0.60", fmt.Sprintf("%.2f", x), yesNo(x >= 0.60))
+		if h := r.KeepAlive["haproxy"]; h != nil {
+			x := ratio(l.ReqPerSec, h.ReqPerSec)
+			add("(supplementary) keep-alive req/s, L7 with access log off / HAProxy", "≥ 1.0", fmt.Sprintf("%.2f", x), yesNo(x >= 1.0))
+		}
+	}
+	if l := r.FixedRate["l7"]; l != nil && r.FixedRate["direct"] != nil {
+		add("added p99 over direct at 1000 req/s (L7)", "≤ 0.3 ms", fmt.Sprintf("%.3f ms", l.AddedP99/1e3), yesNo(l.AddedP99 <= 300))
+	} else {
+		na("added p99 over direct at 1000 req/s (L7)", "≤ 0.3 ms")
+	}
+	if l := r.KeepAlive["l7"]; l != nil {
+		add("Go proxy CPU per 1000 requests (keep-alive)", "≤ 0.05 CPU-s", fmt.Sprintf("%.4f CPU-s", l.ProxyCPUPer1000), yesNo(l.ProxyCPUPer1000 <= 0.05))
+	} else {
+		na("Go proxy CPU per 1000 requests (keep-alive)", "≤ 0.05 CPU-s")
+	}
+	worst := 0.0
+	for _, d := range r.Datapath {
+		if d.Entries == 100000 {
+			worst = math.Max(worst, d.XVs10)
+		}
+	}
+	if worst > 0 {
+		add("datapath ns/packet at 100k entries vs 10 (worst path)", "≤ 1.1×", fmt.Sprintf("%.3f×", worst), yesNo(worst <= 1.1))
+	} else {
+		na("datapath ns/packet at 100k entries vs 10 (worst path)", "≤ 1.1×")
+	}
+	for _, c := range r.ControlPlane {
+		if c.Changes == 0 {
+			continue
+		}
+		sc := fmt.Sprintf("%d local-looking + %d cluster pods, %d changes", c.LocalLookingPods, c.ClusterPods, c.Changes)
+		add("control plane p99, agent pick-up → implemented (agent's own `took`), "+sc, "≤ 50 ms", fmt.Sprintf("%.1f ms", c.TookP99ms), yesNo(c.TookP99ms <= 50))
+		add("control plane p99, file write → implemented (incl. 500 ms folder polling), "+sc, "≤ 50 ms", fmt.Sprintf("%.1f ms", c.E2EP99ms), yesNo(c.E2EP99ms <= 50))
+	}
+	if len(r.ControlPlane) == 0 {
+		na("control plane p99", "≤ 50 ms")
+	}
+	if d, l := r.Kafka["direct"], r.Kafka["l7"]; d != nil && l != nil {
+		x := ratio(l.MsgPerSec, d.MsgPerSec)
+		add("Kafka produce throughput, L7 / direct", "≥ 0.8", fmt.Sprintf("%.2f", x), yesNo(x >= 0.8))
+	} else {
+		na("Kafka produce throughput, L7 / direct", "≥ 0.8")
+	}
+}
+
+// chartNames avoid a lower-case l, which the 7x13 bitmap font draws like a 1.
+var chartNames = map[string]string{"direct": "direct", "l4": "L3/L4", "l7": "L7 Go proxy", "haproxy": "HAProxy"}
+
+var pathNames = map[string]string{
+	"direct":  "direct (agent running, no policy)",
+	"l4":      "L3/L4 policy (eBPF only)",
+	"l7":      "L7 policy, Go proxy (100 HTTP rules)",
+	"haproxy": "HAProxy 100 ACLs (reverse proxy, node ns)",
+}
+
+func writeReport(dir, stamp string, r *Results) error {
+	r.computeGoals()
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, stamp+".json"), js, 0o644); err != nil {
+		return err
+	}
+	var charts []string
+	chart := func(name, title string, labels []string, vals []float64, unit string) {
+		if len(vals) == 0 {
+			return
+		}
+		f := stamp + "-" + name + ".png"
+		if err := writeBarChart(filepath.Join(dir, f), title, labels, vals, unit); err == nil {
+			charts = append(charts, fmt.Sprintf("![%s](%s)", title, f))
+		}
+	}
+	order := []string{"direct", "l4", "l7", "haproxy"}
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# l7gate benchmark — %s\n\n", r.Date)
+	w("Go %s, kernel %s, %d CPUs. One run of `make bench` (%.0f s); every ratio is taken between runs of this same invocation on the same machine. The machine is shared and its speed drifts, so compare ratios, not absolute numbers across runs.\n\n", r.GoVersion, r.Kernel, r.CPUs, r.TotalSeconds)
+	w("Pinning: %s. %s.\n\n", r.Pinning, r.Durations)
+	w("Topology: a node network namespace running `l7gate agent` (which starts `l7gate proxy`) with a private bpffs; server pod %s and client pod %s behind veths (198.18.0.0/15). The server is this program's `serve` mode: Go net/http (HTTP/1.1 + h2c) returning 1 KB, grpc-go health service, franz-go kfake. HAProxy runs as a **reverse proxy** in the node namespace on %s:%d (the same client → veth → node namespace → veth → server path as the redirect, but not the datapath redirect itself: HAProxy's listener is not in the sk_lookup SOCKMAP), with the same 100 method+path rules as ACLs (`http-request allow if { method GET } path_reg_i` …, else 403), one thread, `http-reuse never`, no logging. The Go proxy as the agent starts it writes one JSON access-log line per request to a file; section 9 repeats keep-alive with it off.\n\n", serverIP, clientIP, nodeIP, haproxyPort)
+
+	w("## Goals\n\n| goal | target | measured | met |\n|---|---|---|---|\n")
+	for _, g := range r.Goals {
+		w("| %s | %s | %s | %s |\n", g.Name, g.Target, g.Measured, g.Met)
+	}
+	w("\n")
+	if len(r.Missing) > 0 || len(r.Errors) > 0 {
+		w("## Missing or failed\n\n")
+		for _, m := range r.Missing {
+			w("- %s\n", m)
+		}
+		for _, e := range r.Errors {
+			w("- error: %s\n", strings.ReplaceAll(e, "\n", " "))
+		}
+		w("\n")
+	}
+	if r.Logs != "" {
+		w("Logs of this run (agent, proxy, servers, HAProxy): `%s`.\n\n", r.Logs)
+	}
+
+	if len(r.KeepAlive) > 0 {
+		d := r.KeepAlive["direct"]
+		w("## 1. HTTP/1.1 keep-alive, 1 KB responses, 64 connections (wrk -t1 -c64 --latency)\n\nPaths measured in %d interleaved rounds (order reversed every other round, 1 s warm-up each); the best round of each path is shown, every round's req/s is in the JSON (`roundsReqPerSec`). HAProxy uses `http-reuse never` (one server connection per client connection, as a transparent proxy that keeps the client's source address must).\n\n", rounds)
+		w("| path | req/s (best round) | ratio to direct | every round's req/s | p50 | p99 | p99.9 | proxy CPU-s / 1000 req | non-2xx | socket errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		var labels []string
+		var vals []float64
+		for _, p := range order {
+			x := r.KeepAlive[p]
+			if x == nil {
+				continue
+			}
+			cpu := "—"
+			if x.ProxyCPUPer1000 > 0 {
+				cpu = fmt.Sprintf("%.4f", x.ProxyCPUPer1000)
+			}
+			w("| %s | %.0f | %.2f | %s | %s | %s | %s | %s | %d | %d |\n", pathNames[p], x.ReqPerSec, ratio(x.ReqPerSec, d.reqs()), joinF(x.Rounds, "%.0f"), us(x.P50us), us(x.P99us), us(x.P999us), cpu, x.Non2xx, x.Errors)
+			labels = append(labels, fmt.Sprintf("%s %.2fx", chartNames[p], ratio(x.ReqPerSec, d.reqs())))
+			vals = append(vals, x.ReqPerSec)
+		}
+		if h, l := r.KeepAlive["haproxy"], r.KeepAlive["l7"]; h != nil && l != nil {
+			w("\nGo proxy / HAProxy: **%.2f** in req/s; CPU per request Go proxy / HAProxy: %.2f.\n", ratio(l.ReqPerSec, h.ReqPerSec), ratio(l.ProxyCPUPer1000, h.ProxyCPUPer1000))
+		}
+		w("\n")
+		chart("keepalive", "HTTP/1.1 keep-alive req/s (ratio to direct)", labels, vals, "req/s")
+	}
+	if len(r.FixedRate) > 0 {
+		w("## 2. Fixed rate: 1000 req/s over 16 keep-alive connections (Go client, latency from the scheduled send time)\n\nBest (lowest p99) of %d interleaved rounds per path; all rounds' p99 in the JSON.\n\n", rounds)
+		w("| path | p50 | p99 | p99.9 | added p50 | added p99 | every round's p99 (µs) | errors / sent |\n|---|---|---|---|---|---|---|---|\n")
+		var labels []string
+		var vals []float64
+		for _, p := range order {
+			x := r.FixedRate[p]
+			if x == nil {
+				continue
+			}
+			w("| %s | %s | %s | %s | %s | %s | %s | %d / %d |\n", pathNames[p], us(x.P50us), us(x.P99us), us(x.P999us), us(x.AddedP50), us(x.AddedP99), joinF(x.RoundsP99, "%.0f"), x.Errors, x.Sent)
+			labels = append(labels, chartNames[p])
+			vals = append(vals, x.P99us)
+		}
+		w("\nOn this shared 2-CPU machine the p99 of even the direct path moves by milliseconds between rounds, so the added p99 is within noise (it can come out negative); the added p50 is the steadier signal of the per-request cost at this rate.\n\n")
+		chart("fixedrate-p99", "p99 latency at 1000 req/s (us)", labels, vals, "us")
+	}
+	if len(r.NewConns) > 0 {
+		d := r.NewConns["direct"]
+		w("## 3. New connections (wrk -c16, `Connection: close`)\n\n| path | conn/s | ratio to direct | p99 | proxy CPU-s / 1000 conns | errors |\n|---|---|---|---|---|---|\n")
+		for _, p := range order {
+			x := r.NewConns[p]
+			if x == nil {
+				continue
+			}
+			w("| %s | %.0f | %.2f | %s | %.4f | %d |\n", pathNames[p], x.ReqPerSec, ratio(x.ReqPerSec, d.reqs()), us(x.P99us), x.ProxyCPUPer1000, x.Errors)
+		}
+		w("\nThe Go proxy is transparent: every client connection gets its own upstream connection from the client's address (the redirect path: SYN marked by tc, sk_lookup picks the listener). HAProxy accepts on its own address and opens one server connection per client connection (`http-reuse never`).\n\n")
+	}
+	if len(r.H2) > 0 || len(r.GRPC) > 0 {
+		w("## 4. HTTP/2 (h2load -c16 -m10, prior knowledge) and gRPC (grpc-go, 4 connections, 32 concurrent unary health checks)\n\n")
+		w("| path | h2 req/s | h2 ratio | h2 mean | h2 failed | proxy CPU-s / 1000 h2 req | gRPC calls/s | gRPC ratio | gRPC p50 | gRPC p99 | gRPC errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range []string{"direct", "l7"} {
+			h, g := r.H2[p], r.GRPC[p]
+			hs, gs := "| — | — | — | — | — ", "| — | — | — | — | — "
+			if h != nil {
+				hs = fmt.Sprintf("| %.0f | %.2f | %s | %d | %.4f ", h.ReqPerSec, ratio(h.ReqPerSec, r.H2["direct"].rps()), us(h.MeanReqUs), h.Failed, h.ProxyCPUPer1000)
+			}
+			if g != nil {
+				gs = fmt.Sprintf("| %.0f | %.2f | %s | %s | %d ", g.PerSec, ratio(g.PerSec, r.GRPC["direct"].rate()), us(g.P50us), us(g.P99us), g.Errors)
+			}
+			w("| %s %s%s|\n", pathNames[p], hs, gs)
+		}
+		w("\n")
+	}
+	if len(r.Datapath) > 0 || len(r.Iptables) > 0 {
+		w("## 5. Datapath scaling\n\n`go test -run '^$' -bench BenchmarkDatapath ./bpf/` (BPF_PROG_TEST_RUN, one CPU, each size alternated with the 10-entry datapath; x-vs-10 is the ratio to it):\n\n")
+		w("| entries | path | ns/packet | × vs 10 entries |\n|---|---|---|---|\n")
+		for _, d := range r.Datapath {
+			w("| %d | %s | %.0f | %.3f |\n", d.Entries, d.Path, d.NsPkt, d.XVs10)
+		}
+		w("\nThe same allow set as an iptables chain (one rule per entry, `-s peer -p tcp --dport port -j ACCEPT`, the matching entry last, then DROP, after a conntrack ESTABLISHED shortcut; loaded with iptables-restore into a fresh namespace pair), measured with new connections (wrk -c16 `Connection: close`), so every SYN walks the chain:\n\n")
+		w("| rules | backend | conn/s | cost × vs 10 rules | datapath × vs 10 at this size (default-deny path) | load time |\n|---|---|---|---|---|---|\n")
+		var labels []string
+		var vals []float64
+		for _, ip := range r.Iptables {
+			dpx := "—"
+			for _, d := range r.Datapath {
+				if d.Entries == ip.Rules && d.Path == "default-deny" {
+					dpx = fmt.Sprintf("%.3f", d.XVs10)
+				}
+			}
+			if ip.Skipped != "" {
+				w("| %d | %s | skipped: %s | — | %s | %.1f s |\n", ip.Rules, ip.Backend, ip.Skipped, dpx, ip.LoadSec)
+				continue
+			}
+			w("| %d | %s | %.0f | %.2f | %s | %.1f s |\n", ip.Rules, ip.Backend, ip.ConnPerSec, ip.CostVs10, dpx, ip.LoadSec)
+			labels = append(labels, fmt.Sprintf("IPTABLES %d", ip.Rules))
+			vals = append(vals, ip.CostVs10)
+		}
+		for _, d := range r.Datapath {
+			if d.Path == "default-deny" {
+				labels = append(labels, fmt.Sprintf("EBPF %d", d.Entries))
+				vals = append(vals, d.XVs10)
+			}
+		}
+		w("\n")
+		chart("datapath", "cost vs 10 entries: iptables chain vs eBPF datapath", labels, vals, "x")
+	}
+	if len(r.ControlPlane) > 0 {
+		w("## 6. Control plane\n\n")
+		w("Synthetic pods are added as one more YAML file in the agent's source folder: *local-looking* pods (IPs in the node's 198.18.64.0/22 pod range, but no veth routes to them, so the agent treats them as cluster endpoints — only the 2 real veths are local endpoints and get datapath programs) and cluster pods (198.19.0.0/16), with 500 distinct label sets. Each change rewrites the server's L7 CNP with a different extra HTTP rule, so every change is computed, pushed over xDS, ACKed by the proxy and synced to the datapath. *e2e* is file written → the agent logs `policy implemented` for the new revision and includes the folder source's 500 ms polling interval (writes are staggered against it); *took* is the agent's own measurement of that revision (compute + xDS push + ACK + datapath sync). The largest scale runs few changes because each takes the agent long there (bounded by -cp-budget).\n\n")
+		w("| local-looking pods | cluster pods | identities | changes | e2e p50 | e2e p99 | took p50 | took p99 | adding the pods took | agent VmRSS before → after | RSS per pod |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, c := range r.ControlPlane {
+			add := "—"
+			rss := "—"
+			per := "—"
+			if c.LocalLookingPods+c.ClusterPods > 0 {
+				add = fmt.Sprintf("%.1f s", c.InitialImplMs/1e3)
+				rss = fmt.Sprintf("%d → %d KiB", c.AgentRSSBeforeKiB, c.AgentRSSAfterKiB)
+				per = fmt.Sprintf("%.0f B", c.RSSPerPodBytes)
+			}
+			w("| %d | %d | %d | %d | %.0f ms | %.0f ms | %.0f ms | %.0f ms | %s | %s | %s |\n", c.LocalLookingPods, c.ClusterPods, c.Identities, c.Changes, c.E2EP50ms, c.E2EP99ms, c.TookP50ms, c.TookP99ms, add, rss, per)
+		}
+		w("\n")
+	}
+	if len(r.Kafka) > 0 {
+		w("## 7. Kafka produce (kfake broker in the server pod, kafka-go: 8 writers, 10 × 100 B messages per produce, acks=1)\n\n| path | produce calls/s | messages/s | ratio | p50 | p99 | errors |\n|---|---|---|---|---|---|---|\n")
+		for _, p := range []string{"direct", "l7"} {
+			k := r.Kafka[p]
+			if k == nil {
+				continue
+			}
+			w("| %s | %.0f | %.0f | %.2f | %s | %s | %d |\n", strings.Replace(pathNames[p], "100 HTTP rules", "Kafka produce rule", 1), k.PerSec, k.MsgPerSec, ratio(k.MsgPerSec, r.Kafka["direct"].msgs()), us(k.P50us), us(k.P99us), k.Errors)
+		}
+		w("\n")
+	}
+	if m := r.ProxyRSS; m != nil {
+		w("## 8. Go proxy memory (VmRSS)\n\nMeasured in this order, 2 s after each step: idle with 100 HTTP rules (after the load phases above, so the Go heap has grown), idle with 1000 HTTP rules, back at 100 rules, then with idle proxied connections open (each carried one request; the proxy's RLIMIT_NOFILE raised with prlimit).\n\n| state | VmRSS |\n|---|---|\n| idle, 100 HTTP rules | %d KiB |\n| idle, 1000 HTTP rules | %d KiB |\n| back at 100 rules, before connections | %d KiB |\n| %d open idle connections | %d KiB (**%.0f B per connection**) |\n\n", m.IdleKiB, m.Rules1kKiB, m.BeforeConnsKiB, m.IdleConns, m.WithConnsKiB, m.PerConnBytes)
+		if m.ConnErr != "" {
+			w("Opening connections: %s\n\n", m.ConnErr)
+		}
+	}
+	if len(r.AccessLogOff) > 0 {
+		d := r.AccessLogOff["direct"]
+		w("## 9. Keep-alive with the Go proxy's access log off (`l7gate proxy --access-log none`, adopted by the agent; direct re-measured alongside)\n\n| path | req/s | ratio to direct | p50 | p99 | p99.9 | proxy CPU-s / 1000 req | non-2xx |\n|---|---|---|---|---|---|---|---|\n")
+		for _, p := range []string{"direct", "l7"} {
+			x := r.AccessLogOff[p]
+			if x == nil {
+				continue
+			}
+			w("| %s | %.0f | %.2f | %s | %s | %s | %.4f | %d |\n", pathNames[p], x.ReqPerSec, ratio(x.ReqPerSec, d.reqs()), us(x.P50us), us(x.P99us), us(x.P999us), x.ProxyCPUPer1000, x.Non2xx)
+		}
+		if h, l := r.KeepAlive["haproxy"], r.AccessLogOff["l7"]; h != nil && l != nil {
+			w("\nGo proxy (log off) / HAProxy (from section 1, earlier in this run): %.2f.\n", ratio(l.ReqPerSec, h.ReqPerSec))
+		}
+		w("\n")
+	}
+	if len(charts) > 0 {
+		w("## Charts\n\n%s\n", strings.Join(charts, "\n\n"))
+	}
+	md := []byte(b.String())
+	if err := os.WriteFile(filepath.Join(dir, stamp+".md"), md, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "latest.md"), md, 0o644)
+}
+
+// rerenderReport rewrites the Markdown and charts of a saved run.
+func rerenderReport(jsonPath string) error {
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return err
+	}
+	var r Results
+	if err := json.Unmarshal(data, &r); err != nil {
+		return err
+	}
+	r.Goals = nil
+	return writeReport(filepath.Dir(jsonPath), strings.TrimSuffix(filepath.Base(jsonPath), ".json"), &r)
+}
+
+func joinF(v []float64, format string) string {
+	if len(v) == 0 {
+		return "—"
+	}
+	p := make([]string, len(v))
+	for i, x := range v {
+		p[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(p, ", ")
+}
+
+func (w *wrkResult) reqs() float64 {
+	if w == nil {
+		return 0
+	}
+	return w.ReqPerSec
+}
+
+func (h *h2loadResult) rps() float64 {
+	if h == nil {
+		return 0
+	}
+	return h.ReqPerSec
+}
+
+func (r *rpcResult) rate() float64 {
+	if r == nil {
+		return 0
+	}
+	return r.PerSec
+}
+
+func (r *rpcResult) msgs() float64 {
+	if r == nil {
+		return 0
+	}
+	return r.MsgPerSec
+}
+
+func us(v float64) string {
+	if math.Abs(v) >= 1000 {
+		return fmt.Sprintf("%.2f ms", v/1000)
+	}
+	return fmt.Sprintf("%.0f µs", v)
+}
+
+// writeBarChart draws a horizontal bar chart with labels and values.
+func writeBarChart(path, title string, labels []string, vals []float64, unit string) error {
+	const wdt, rowH, left, top, right = 760, 28, 190, 40, 110
+	h := top + rowH*len(vals) + 20
+	img := image.NewRGBA(image.Rect(0, 0, wdt, h))
+	draw.Draw(img, img.Bounds(), &image.Uniform{color.White}, image.Point{}, draw.Src)
+	face := basicfont.Face7x13
+	text := func(x, y int, s string, c color.Color) {
+		d := &font.Drawer{Dst: img, Src: &image.Uniform{c}, Face: face, Dot: fixed.P(x, y)}
+		d.DrawString(s)
+	}
+	text(10, 20, title, color.Black)
+	maxV := 0.0
+	for _, v := range vals {
+		maxV = math.Max(maxV, v)
+	}
+	if maxV <= 0 {
+		maxV = 1
+	}
+	palette := []color.RGBA{{66, 133, 244, 255}, {52, 168, 83, 255}, {234, 67, 53, 255}, {251, 188, 5, 255}, {120, 94, 240, 255}, {0, 172, 193, 255}}
+	for i, v := range vals {
+		y := top + i*rowH
+		text(10, y+17, labels[i], color.Black)
+		bw := int(float64(wdt-left-right) * v / maxV)
+		draw.Draw(img, image.Rect(left, y+4, left+max(bw, 1), y+rowH-4), &image.Uniform{palette[i%len(palette)]}, image.Point{}, draw.Src)
+		vs := fmt.Sprintf("%.0f %s", v, unit)
+		if v < 100 {
+			vs = fmt.Sprintf("%.3g %s", v, unit)
+		}
+		text(left+bw+6, y+17, vs, color.Black)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := png.Encode(f, img); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,503 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/agent"
+)
+
+// Addresses: everything lives in 198.18.0.0/15, inside namespaces we create.
+const (
+	nodeIP      = "198.18.255.254"
+	serverIP    = "198.18.1.10"
+	clientIP    = "198.18.1.11"
+	haproxyPort = 8080
+	httpPort    = 80
+	grpcPort    = 50051
+	kafkaPort   = 9092
+)
+
+// cleanups is a LIFO stack run once at the end, on failure and on signals.
+type cleanups struct {
+	mu  sync.Mutex
+	fns []func()
+	ran bool
+}
+
+func (c *cleanups) add(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fns = append(c.fns, f)
+}
+
+func (c *cleanups) run() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ran {
+		return
+	}
+	c.ran = true
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+}
+
+func sh(name string, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// inNS runs f on a fresh OS thread in the named network namespace; sockets
+// created there stay in it. The thread is discarded afterwards.
+func inNS(ns string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// nsDialer dials TCP from inside a namespace using a few OS threads locked
+// there (creating a thread per dial would dominate connection benchmarks).
+type nsDialer struct {
+	reqs chan dialReq
+}
+
+type dialReq struct {
+	ctx  context.Context
+	addr string
+	res  chan dialRes
+}
+
+type dialRes struct {
+	c   net.Conn
+	err error
+}
+
+func newNSDialer(ctx context.Context, ns string, workers int) (*nsDialer, error) {
+	d := &nsDialer{reqs: make(chan dialReq)}
+	ready := make(chan error, workers)
+	for range workers {
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+			fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				ready <- err
+				return
+			}
+			err = unix.Setns(fd, unix.CLONE_NEWNET)
+			unix.Close(fd)
+			ready <- err
+			if err != nil {
+				return
+			}
+			var nd net.Dialer
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case r := <-d.reqs:
+					c, err := nd.DialContext(r.ctx, "tcp", r.addr)
+					r.res <- dialRes{c, err}
+				}
+			}
+		}()
+	}
+	for range workers {
+		if err := <-ready; err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (d *nsDialer) DialContext(ctx context.Context, _, addr string) (net.Conn, error) {
+	r := dialReq{ctx: ctx, addr: addr, res: make(chan dialRes, 1)}
+	select {
+	case d.reqs <- r:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	res := <-r.res
+	return res.c, res.err
+}
+
+// node is the scenario: a node namespace running the agent (and the Go
+// proxy it starts) with server and client pods behind veths.
+type node struct {
+	prefix, nodeNS, serverNS, clientNS string
+	dir, run, state, src, bpffs, bin   string
+	self                               string
+	agent                              *exec.Cmd
+	server                             *exec.Cmd
+	cl                                 *cleanups
+}
+
+func randomPrefix() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return "l7bn" + hex.EncodeToString(b)
+}
+
+// startProc starts a child that dies with us (Pdeathsig) and is killed by
+// the cleanup stack.
+func startProc(cl *cleanups, logPath string, name string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if logPath != "" {
+		f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		cmd.Stdout, cmd.Stderr = f, f
+		defer f.Close()
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	cl.add(func() {
+		cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return cmd, nil
+}
+
+func newNode(cl *cleanups, dir, bin string) (*node, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	n := &node{prefix: randomPrefix(), dir: dir, bin: bin, self: self, cl: cl,
+		run: filepath.Join(dir, "run"), state: filepath.Join(dir, "state"), src: filepath.Join(dir, "src"), bpffs: filepath.Join(dir, "bpffs")}
+	n.nodeNS, n.serverNS, n.clientNS = n.prefix+"-node", n.prefix+"-srv", n.prefix+"-cli"
+	for _, d := range []string{n.run, n.state, n.src, n.bpffs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := sh("mount", "-t", "bpf", "bpf", n.bpffs); err != nil {
+		return nil, err
+	}
+	cl.add(func() { exec.Command("umount", n.bpffs).Run() })
+	// The Go proxy runs in its own session (started by the agent): kill it
+	// by the pid file the agent wrote.
+	cl.add(func() {
+		if pid := n.proxyPID(); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	for _, ns := range []string{n.nodeNS, n.serverNS, n.clientNS} {
+		if err := sh("ip", "netns", "add", ns); err != nil {
+			return nil, err
+		}
+		cl.add(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		if err := sh("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
+			return nil, err
+		}
+	}
+	if err := setSysctls(n.nodeNS, map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0",
+		"ipv4/ip_local_port_range": "1024 65000", "core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}); err != nil {
+		return nil, err
+	}
+	for i, pod := range []struct{ ns, ip string }{{n.serverNS, serverIP}, {n.clientNS, clientIP}} {
+		host := fmt.Sprintf("lxc%s%d", n.prefix[4:], i)
+		for _, args := range [][]string{
+			{"-n", n.nodeNS, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod.ns},
+			{"-n", n.nodeNS, "addr", "add", nodeIP + "/32", "dev", host},
+			{"-n", n.nodeNS, "link", "set", host, "up"},
+			{"-n", n.nodeNS, "route", "add", pod.ip + "/32", "dev", host},
+			{"-n", pod.ns, "addr", "add", pod.ip + "/32", "dev", "eth0"},
+			{"-n", pod.ns, "link", "set", "eth0", "up"},
+			{"-n", pod.ns, "route", "add", nodeIP + "/32", "dev", "eth0"},
+			{"-n", pod.ns, "route", "add", "default", "via", nodeIP, "dev", "eth0"},
+		} {
+			if err := sh("ip", args...); err != nil {
+				return nil, err
+			}
+		}
+		if err := setSysctls(pod.ns, map[string]string{"ipv4/ip_local_port_range": "1024 65000", "ipv4/tcp_tw_reuse": "1",
+			"core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func setSysctls(ns string, kv map[string]string) error {
+	return inNS(ns, func() error {
+		for k, v := range kv {
+			if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s in %s: %w", k, ns, err)
+			}
+		}
+		return nil
+	})
+}
+
+// startServer runs `l7gate-bench serve` in the server pod (HTTP/1.1 + h2c
+// on :80, gRPC on :50051, kfake on :9092), unpinned.
+func (n *node) startServer() error {
+	cmd, err := startProc(n.cl, filepath.Join(n.dir, "server.log"), "ip", "netns", "exec", n.serverNS, "taskset", "-c", allCPUs(),
+		n.self, "serve", "-http", net.JoinHostPort(serverIP, strconv.Itoa(httpPort)),
+		"-grpc", net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), "-kafka", net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)))
+	if err != nil {
+		return err
+	}
+	n.server = cmd
+	return waitTCP(n.clientNS, net.JoinHostPort(serverIP, strconv.Itoa(httpPort)), 15*time.Second)
+}
+
+// waitTCP waits until addr accepts connections from inside ns.
+func waitTCP(ns, addr string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		last = inNS(ns, func() error {
+			c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if last == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not reachable from %s: %v", addr, ns, last)
+}
+
+func (n *node) startAgent() error {
+	cmd, err := startProc(n.cl, filepath.Join(n.run, "agent.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", allCPUs(),
+		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench")
+	if err != nil {
+		return err
+	}
+	n.agent = cmd
+	return nil
+}
+
+func (n *node) proxyPID() int {
+	b, err := os.ReadFile(agent.ProxyPIDFile(n.run))
+	if err != nil {
+		return 0
+	}
+	p, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return p
+}
+
+func (n *node) status() (*agent.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return agent.FetchStatus(ctx, n.run)
+}
+
+// waitImplemented waits until the agent implemented a revision > after and
+// everything it knows of.
+func (n *node) waitImplemented(after uint64, limit time.Duration) (uint64, error) {
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		st, err := n.status()
+		if err == nil && st.Ready && st.ImplementedRevision == st.Revision && st.Revision > after {
+			return st.Revision, nil
+		}
+		if err != nil {
+			last = err
+		} else if st.LastError != "" {
+			last = fmt.Errorf("%s", st.LastError)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("agent did not implement a revision > %d within %v (last: %v); see %s", after, limit, last, filepath.Join(n.run, "agent.log"))
+}
+
+// setPolicy replaces the policy file and waits until it is implemented.
+func (n *node) setPolicy(yaml string) error {
+	st, err := n.status()
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(n.src, "policy.yaml")
+	cur, err := os.ReadFile(p)
+	if (err == nil && string(cur) == yaml) || (os.IsNotExist(err) && yaml == "") {
+		// unchanged: no new revision will come
+		after := st.Revision
+		if after > 0 {
+			after--
+		}
+		_, err := n.waitImplemented(after, 60*time.Second)
+		return err
+	}
+	if yaml == "" {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	} else if err := writeAtomic(p, []byte(yaml)); err != nil {
+		return err
+	}
+	_, err = n.waitImplemented(st.Revision, 60*time.Second)
+	return err
+}
+
+func writeAtomic(p string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+func allCPUs() string {
+	if runtime.NumCPU() < 2 {
+		return "0"
+	}
+	return fmt.Sprintf("0-%d", runtime.NumCPU()-1)
+}
+
+// Pods and policies.
+
+const objectsYAML = `apiVersion: v1
+kind: Namespace
+metadata:
+  name: bench
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server
+  namespace: bench
+  labels:
+    app: bench-server
+status:
+  podIP: ` + serverIP + `
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: bench
+  labels:
+    app: bench-client
+status:
+  podIP: ` + clientIP + `
+`
+
+// httpRulePath is the path of HTTP rule i; benchPath matches the last of
+// 100 rules (the worst case for rule lists scanned in order).
+func httpRulePath(i int) string { return fmt.Sprintf("/api/v1/r%d/[a-z]+", i) }
+
+const benchPath = "/api/v1/r99/item"
+
+func policyYAML(l7 bool, httpRules int, extraRule string) string {
+	var b strings.Builder
+	b.WriteString(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: bench
+  namespace: bench
+spec:
+  endpointSelector:
+    matchLabels:
+      app: bench-server
+  ingress:
+`)
+	if !l7 {
+		b.WriteString(`  - fromEndpoints:
+    - matchLabels:
+        app: bench-client
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      - port: "50051"
+        protocol: TCP
+      - port: "9092"
+        protocol: TCP
+`)
+		return b.String()
+	}
+	b.WriteString(`  - fromEndpoints:
+    - matchLabels:
+        app: bench-client
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      rules:
+        http:
+`)
+	if extraRule != "" {
+		fmt.Fprintf(&b, "        - method: GET\n          path: %s\n", extraRule)
+	}
+	for i := range httpRules {
+		// rule 99 is the one the benchmark requests match
+		idx := i
+		if httpRules > 100 && i == httpRules-1 {
+			idx = 99
+		} else if httpRules > 100 && i == 99 {
+			idx = httpRules - 1
+		}
+		fmt.Fprintf(&b, "        - method: GET\n          path: %s\n", httpRulePath(idx))
+	}
+	b.WriteString(`  - fromEndpoints:
+    - matchLabels:
+        app: bench-client
+    toPorts:
+    - ports:
+      - port: "50051"
+        protocol: TCP
+      rules:
+        http:
+        - method: POST
+          path: /grpc.health.v1.Health/Check
+  - fromEndpoints:
+    - matchLabels:
+        app: bench-client
+    toPorts:
+    - ports:
+      - port: "9092"
+        protocol: TCP
+      rules:
+        kafka:
+        - role: produce
+          topic: bench
+`)
+	return b.String()
+}
