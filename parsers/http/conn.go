@@ -1,6 +1,7 @@
 package http
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -186,7 +187,7 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 		return nil
 	}
 	conn := &prefixConn{Conn: client, prefix: first}
-	if string(first) == h2Preface {
+	if bytes.HasPrefix(first, []byte(h2Preface)) {
 		return srv.serveH2(ctx, conn, dial, decide, access)
 	}
 	handoff, err := srv.serveHTTP1(ctx, conn, dial, decide, access)

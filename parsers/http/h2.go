@@ -283,21 +283,24 @@ func (l *oneConnListener) Addr() net.Addr { return &net.TCPAddr{} }
 // sniff reads the first bytes of a connection to choose HTTP/1 or HTTP/2
 // (prior knowledge). It returns the bytes read.
 func sniff(conn net.Conn, timeout time.Duration) ([]byte, error) {
-	buf := make([]byte, 0, len(h2Preface))
+	// One read usually brings the whole first request: hand all of it on
+	// rather than reading the preface's length first (a system call saved
+	// per connection).
+	buf := make([]byte, 4096)
 	conn.SetReadDeadline(time.Now().Add(timeout))
 	defer conn.SetReadDeadline(time.Time{})
-	tmp := make([]byte, len(h2Preface))
-	for len(buf) < len(h2Preface) {
-		n, err := conn.Read(tmp[:len(h2Preface)-len(buf)])
-		buf = append(buf, tmp[:n]...)
-		if !bytes.HasPrefix([]byte(h2Preface), buf) {
-			return buf, nil // not HTTP/2
-		}
-		if err != nil {
-			return buf, err
+	n := 0
+	for {
+		k, err := conn.Read(buf[n:])
+		n += k
+		got := buf[:n]
+		switch {
+		case len(got) >= len(h2Preface) || !bytes.HasPrefix([]byte(h2Preface), got):
+			return got, nil // complete preface, or not HTTP/2
+		case err != nil:
+			return got, err
 		}
 	}
-	return buf, nil
 }
 
 // slogErrorLog routes net/http's internal error log to the logger at debug
