@@ -5,11 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -41,36 +38,10 @@ type FolderSource struct {
 	Logger   *slog.Logger
 }
 
-// folderFiles lists the files Load would read, sorted.
-func folderFiles(dir string) ([]string, error) {
-	var files []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p != dir && strings.HasPrefix(d.Name(), ".") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		switch strings.ToLower(filepath.Ext(p)) {
-		case ".yaml", ".yml", ".json":
-			files = append(files, p)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	slices.Sort(files)
-	return files, nil
-}
-
 // folderStat is a cheap signature of the files (names, sizes, mtimes):
 // when it is unchanged the content is not read again.
 func folderStat(dir string) (string, error) {
-	files, err := folderFiles(dir)
+	files, err := policy.ListFiles(dir)
 	if err != nil {
 		return "", err
 	}
@@ -87,7 +58,7 @@ func folderStat(dir string) (string, error) {
 
 // folderDigest hashes the names and contents of the files Load would read.
 func folderDigest(dir string) (string, error) {
-	files, err := folderFiles(dir)
+	files, err := policy.ListFiles(dir)
 	if err != nil {
 		return "", err
 	}

@@ -366,30 +366,11 @@ func Load(paths ...string) (*Objects, []error) {
 			errs = append(errs, fmt.Errorf("read %s: %w", root, err))
 			continue
 		}
-		var files []string
-		if !st.IsDir() {
-			files = []string{root}
-		} else {
-			err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-				if err != nil {
-					return err
-				}
-				if d.IsDir() {
-					if p != root && strings.HasPrefix(d.Name(), ".") {
-						return filepath.SkipDir
-					}
-					return nil
-				}
-				switch strings.ToLower(filepath.Ext(p)) {
-				case ".yaml", ".yml", ".json":
-					files = append(files, p)
-				}
-				return nil
-			})
-			if err != nil {
+		files := []string{root}
+		if st.IsDir() {
+			if files, err = ListFiles(root); err != nil {
 				errs = append(errs, fmt.Errorf("read %s: %w", root, err))
 			}
-			slices.Sort(files)
 		}
 		for _, f := range files {
 			data, err := os.ReadFile(f)
@@ -403,4 +384,28 @@ func Load(paths ...string) (*Objects, []error) {
 		}
 	}
 	return out, errs
+}
+
+// ListFiles lists the files Load reads in a folder: *.yaml, *.yml and
+// *.json, recursively, skipping hidden folders, in lexical order.
+func ListFiles(root string) ([]string, error) {
+	var files []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != root && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch strings.ToLower(filepath.Ext(p)) {
+		case ".yaml", ".yml", ".json":
+			files = append(files, p)
+		}
+		return nil
+	})
+	slices.Sort(files)
+	return files, err
 }
