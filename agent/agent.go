@@ -264,15 +264,13 @@ func (a *Agent) waitForConsumer(ctx context.Context, limit time.Duration) {
 // endpointsChanged reports whether the set of local endpoints differs from
 // what is attached.
 func (a *Agent) endpointsChanged(ctx context.Context) (bool, error) {
+	// The endpoints of the implemented snapshot: no need to recompute
+	// policy to see whether veths came or went.
 	a.mu.Lock()
-	u := a.lastUpdate
+	snap := a.status.snapshot
 	a.mu.Unlock()
-	if u == nil {
+	if snap == nil {
 		return false, nil
-	}
-	snap, err := policy.Compute(u.Objects, a.ids)
-	if err != nil {
-		return false, err
 	}
 	local, err := findLocalEndpoints(ctx, snap.Endpoints)
 	if err != nil {

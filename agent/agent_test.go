@@ -11,6 +11,7 @@ import (
 	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/xds/translate"
 )
 
 func TestDatapathPolicy(t *testing.T) {
@@ -26,11 +27,15 @@ func TestDatapathPolicy(t *testing.T) {
 	for i, ep := range snap.Endpoints {
 		local = append(local, LocalEndpoint{Endpoint: ep, Ifindex: 10 + i, Device: "lxc"})
 	}
-	need := neededPorts(snap, local)
-	if len(need) != 1 || need[0] != (redirect.PortKey{Direction: "ingress", Parser: "http"}) {
-		t.Fatalf("needed ports %v", need)
+	eps := make([]policy.Endpoint, len(local))
+	for i, l := range local {
+		eps[i] = l.Endpoint
 	}
-	pols, rules, warnings := datapathPolicy(snap, local, map[redirect.PortKey]uint16{need[0]: 15000})
+	need := translate.RequiredListeners(snap, eps)
+	if len(need) != 1 || need[0].Direction != policy.Ingress || need[0].Parser != policy.ParserHTTP {
+		t.Fatalf("needed listeners %v", need)
+	}
+	pols, rules, warnings := datapathPolicy(snap, local, map[redirect.PortKey]uint16{portKey(need[0].Direction, need[0].Parser): 15000})
 	if len(warnings) != 0 {
 		t.Errorf("warnings: %v", warnings)
 	}
