@@ -50,7 +50,7 @@ func KafkaRoleAPIKeys(role string) ([]int16, bool) {
 }
 
 // kafkaAPINames lists Kafka API names by key (lowercase, as Cilium's
-// apiKey field spells them). Index = API key.
+// apiKey field spells them): every key Kafka 4.x defines. Index = API key.
 var kafkaAPINames = [...]string{
 	"produce", "fetch", "listoffsets", "metadata", "leaderandisr", "stopreplica", "updatemetadata",
 	"controlledshutdown", "offsetcommit", "offsetfetch", "findcoordinator", "joingroup", "heartbeat",
@@ -61,14 +61,19 @@ var kafkaAPINames = [...]string{
 	"alterreplicalogdirs", "describelogdirs", "saslauthenticate", "createpartitions",
 	"createdelegationtoken", "renewdelegationtoken", "expiredelegationtoken",
 	"describedelegationtoken", "deletegroups", "electleaders", "incrementalalterconfigs",
-	"alterpartitionreassignments", "listpartitionreassignments", "offsetdelete",
-	"describeclientquotas", "alterclientquotas", "describeuserscramcredentials",
-	"alteruserscramcredentials", "vote", "beginquorumepoch", "endquorumepoch", "describequorum",
-	"alterpartition", "updatefeatures", "envelope", "fetchsnapshot", "describecluster",
-	"describeproducers", "brokerregistration", "brokerheartbeat", "unregisterbroker",
-	"describetransactions", "listtransactions", "allocateproducerids", "consumergroupheartbeat",
-	"consumergroupdescribe", "controllerregistration", "gettelemetrysubscriptions", "pushtelemetry",
-	"assignreplicastodirs", "listclientmetricsresources", "describetopicpartitions",
+	"alterpartitionreassignments", "listpartitionreassignments", "offsetdelete", "describeclientquotas",
+	"alterclientquotas", "describeuserscramcredentials", "alteruserscramcredentials", "vote",
+	"beginquorumepoch", "endquorumepoch", "describequorum", "alterpartition", "updatefeatures",
+	"envelope", "fetchsnapshot", "describecluster", "describeproducers", "brokerregistration",
+	"brokerheartbeat", "unregisterbroker", "describetransactions", "listtransactions",
+	"allocateproducerids", "consumergroupheartbeat", "consumergroupdescribe",
+	"controllerregistration", "gettelemetrysubscriptions", "pushtelemetry", "assignreplicastodirs",
+	"listconfigresources", "describetopicpartitions", "sharegroupheartbeat", "sharegroupdescribe",
+	"sharefetch", "shareacknowledge", "addraftvoter", "removeraftvoter", "updateraftvoter",
+	"initializesharegroupstate", "readsharegroupstate", "writesharegroupstate",
+	"deletesharegroupstate", "readsharegroupstatesummary", "streamsgroupheartbeat",
+	"streamsgroupdescribe", "describesharegroupoffsets", "altersharegroupoffsets",
+	"deletesharegroupoffsets", "streamsgrouptopologydescriptionupdate", "unregistercontroller",
 }
 
 // KafkaAPIName returns the lowercase name of an API key, or "apikey-N".
@@ -79,8 +84,29 @@ func KafkaAPIName(key int16) string {
 	return "apikey-" + strconv.Itoa(int(key))
 }
 
-// ParseKafkaAPIKey accepts a name (case-insensitive; Cilium's aliases
-// "offsets" and "groupcoordinator" included) or a number.
+// KafkaAPIKeyByName resolves an API name (case-insensitive), with the
+// aliases older and newer Kafka and Cilium use: "offsets" (ListOffsets),
+// "groupcoordinator" (FindCoordinator), "alterpartitionassignments" (key
+// 45) and "listclientmetricsresources" (key 74, renamed ListConfigResources).
+func KafkaAPIKeyByName(name string) (int16, bool) {
+	l := strings.ToLower(strings.TrimSpace(name))
+	switch l {
+	case "offsets":
+		return KafkaListOffsets, true
+	case "groupcoordinator":
+		return KafkaFindCoordinator, true
+	case "alterpartitionassignments":
+		return 45, true
+	case "listclientmetricsresources":
+		return 74, true
+	}
+	if i := slices.Index(kafkaAPINames[:], l); i >= 0 {
+		return int16(i), true
+	}
+	return 0, false
+}
+
+// ParseKafkaAPIKey accepts a name (see KafkaAPIKeyByName) or a number.
 func ParseKafkaAPIKey(s string) (int16, error) {
 	if n, err := strconv.ParseInt(s, 10, 16); err == nil {
 		if n < 0 {
@@ -88,15 +114,8 @@ func ParseKafkaAPIKey(s string) (int16, error) {
 		}
 		return int16(n), nil
 	}
-	l := strings.ToLower(strings.TrimSpace(s))
-	switch l {
-	case "offsets":
-		return KafkaListOffsets, nil
-	case "groupcoordinator":
-		return KafkaFindCoordinator, nil
-	}
-	if i := slices.Index(kafkaAPINames[:], l); i >= 0 {
-		return int16(i), nil
+	if k, ok := KafkaAPIKeyByName(s); ok {
+		return k, nil
 	}
 	return 0, fmt.Errorf("unknown Kafka API key %q", s)
 }
