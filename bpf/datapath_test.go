@@ -3,9 +3,11 @@ package bpf
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -436,6 +438,24 @@ func TestEvents(t *testing.T) {
 func TestEventRateLimit(t *testing.T) {
 	requireRoot(t)
 	d := openTest(t, Config{EventsPerSecond: 1, EventBurst: 3})
+	// The token bucket is per CPU: run every packet on one CPU, or a
+	// migration between CPUs would grant a second burst.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var one, all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		t.Fatal(err)
+	}
+	for c := range 1024 {
+		if all.IsSet(c) {
+			one.Set(c)
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.SchedSetaffinity(0, &all)
 	// No endpoint registered: every packet is dropped with an event attempt.
 	for range 50 {
 		wantRet(t, "unknown endpoint", run(t, d.objs.TcToPod, ingress(peerIP, ProtoTCP, 80), 0), actShot)
