@@ -46,13 +46,38 @@ func (p *Proxy) kafkaDecider(ci connInfo) kafka.Decider {
 	}
 }
 
+// topicIDScope is whom the proxy trusts to tell the truth about a
+// connection's upstream cluster: its security identity (the broker's pod
+// identity on egress, the local endpoint's on ingress, or a CIDR
+// identity), so that a broker of one identity claiming another cluster's
+// id cannot touch that cluster's topic-ID table. Reserved identities
+// (world, host, remote-node, ...) are shared by unrelated peers, so there
+// the scope is the upstream address itself.
+func (p *Proxy) topicIDScope(ci connInfo) string {
+	upstream := policy.IdentityWorld
+	if c := p.cur.Load(); c != nil {
+		if _, peer, local, err := c.lookup(ci.dir, ci.src, ci.dst); err == nil {
+			upstream = local
+			if ci.dir == policy.Egress {
+				upstream = peer
+			}
+		}
+	}
+	if upstream < policy.FirstClusterIdentity {
+		return "addr:" + ci.dst.Addr().String()
+	}
+	return fmt.Sprintf("identity:%d", upstream)
+}
+
 func (p *Proxy) serveKafka(ci connInfo, client net.Conn, dial func(context.Context) (net.Conn, error)) error {
 	f, err := kafka.NewFilter(kafka.Config{
-		Decide:       p.kafkaDecider(ci),
-		AccessLog:    p.kafkaAccess(ci),
-		Logger:       p.log,
-		MaxFrameSize: p.opts.KafkaMaxFrameSize,
-		TopicIDs:     p.topicIDs,
+		Decide:          p.kafkaDecider(ci),
+		AccessLog:       p.kafkaAccess(ci),
+		Logger:          p.log,
+		MaxFrameSize:    p.opts.KafkaMaxFrameSize,
+		AllowTopicIDs:   p.opts.KafkaTopicIDs,
+		TopicIDRegistry: p.topicIDs,
+		TopicIDScope:    p.topicIDScope(ci),
 	})
 	if err != nil {
 		return err

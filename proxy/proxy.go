@@ -43,6 +43,11 @@ type Options struct {
 	HTTP httpparser.Config
 	// KafkaMaxFrameSize bounds Kafka frames (default 100 MiB).
 	KafkaMaxFrameSize int32
+	// KafkaTopicIDs turns Kafka topic-ID mode on (see
+	// kafka.Config.AllowTopicIDs): requests may address topics by ID,
+	// resolved through one table per upstream cluster and trust scope.
+	// Off by default: clients are offered name versions only.
+	KafkaTopicIDs bool
 	// MaxConnections bounds concurrent client connections (default 65536);
 	// beyond it new connections are closed at once.
 	MaxConnections int
@@ -60,7 +65,7 @@ type Proxy struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	conns     atomic.Int64
-	topicIDs  *kafka.TopicIDs
+	topicIDs  *kafka.TopicIDRegistry
 	http      *httpparser.Server
 
 	stats stats
@@ -95,7 +100,7 @@ func New(opts Options) *Proxy {
 	opts.HTTP.Logger = opts.Logger
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
-		topicIDs: kafka.NewTopicIDs(100000), http: httpparser.NewServer(opts.HTTP)}
+		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), http: httpparser.NewServer(opts.HTTP)}
 }
 
 // Ready reports whether a config has been applied.

@@ -26,6 +26,13 @@ const denyMessage = "denied by network policy"
 // r must come from Decoder.Decode with its frame still unchanged.
 // Unsupported requests cannot be answered: ErrUnsupported.
 func AppendDenial(dst []byte, r *Request) ([]byte, int16, error) {
+	return appendDenial(dst, r, ErrCodeTopicAuthorizationFailed)
+}
+
+// appendDenial is AppendDenial with topicCode as the code of topics and
+// partitions (UNKNOWN_TOPIC_ID for IDs the proxy cannot name, so that
+// clients refresh their metadata).
+func appendDenial(dst []byte, r *Request, topicCode int16) ([]byte, int16, error) {
 	if !r.Supported {
 		return dst, 0, fmt.Errorf("deny %s v%d: %w", r.APIName(), r.APIVersion, ErrUnsupported)
 	}
@@ -53,7 +60,7 @@ func AppendDenial(dst []byte, r *Request) ([]byte, int16, error) {
 	}
 	resp := msg.ResponseKind()
 	resp.SetVersion(r.APIVersion)
-	code := fillDenial(msg, resp, r)
+	code := fillDenial(msg, resp, r, topicCode)
 	flexHeader := resp.IsFlexible() && r.APIKey != 18 // ApiVersions responses always use header v0
 	return appendResponseFrame(dst, r.CorrelationID, flexHeader, resp), code, nil
 }

@@ -6,11 +6,10 @@ import "github.com/twmb/franz-go/pkg/kmsg"
 
 // fillDenial fills resp (the response kind of req, version set) with the
 // denial of the whole request and returns the main error code: topic
-// levels get TOPIC_AUTHORIZATION_FAILED, other levels the API's own
-// authorization error (see denySpecs in internal/schemagen).
-func fillDenial(req kmsg.Request, resp kmsg.Response, r *Request) int16 {
+// levels get topicCode, other levels the API's own authorization error (see
+// denySpecs in internal/schemagen).
+func fillDenial(req kmsg.Request, resp kmsg.Response, r *Request, topicCode int16) int16 {
 	const (
-		topicCode   = ErrCodeTopicAuthorizationFailed
 		groupCode   = ErrCodeGroupAuthorizationFailed
 		clusterCode = ErrCodeClusterAuthorizationFailed
 		txnCode     = ErrCodeTransactionalIDAuthorizationFailed

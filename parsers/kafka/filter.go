@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -109,16 +110,24 @@ type Config struct {
 	// is closed after earlier responses, since no well-formed answer can
 	// be built for an API we cannot parse.
 	PassUnknown bool
-	// AllowTopicIDs leaves topic-ID versions (Produce/Fetch v13+,
-	// OffsetCommit/OffsetFetch v10+, TxnOffsetCommit v6+) advertised in
-	// ApiVersions responses. By default they are hidden so clients use
-	// names, because an ID learned on another connection cannot be
-	// resolved here and would be denied.
+	// AllowTopicIDs turns topic-ID mode on: topic-ID versions (Produce
+	// and Fetch v13+, OffsetCommit/OffsetFetch v10+, TxnOffsetCommit v6+)
+	// stay advertised in ApiVersions responses, and requests that address
+	// topics by ID are admitted and resolved through the cluster's
+	// TopicIDs table. Off (the default), such requests are denied without
+	// asking Decide and the versions are hidden, so clients use names.
 	AllowTopicIDs bool
-	// TopicIDs, if set, is shared by all connections served with this
-	// config (all must reach the same cluster); otherwise each connection
-	// learns its own.
-	TopicIDs *TopicIDs
+	// TopicIDRegistry holds the topic-ID tables shared by every connection
+	// to the same cluster (a client learns an ID from Metadata on one
+	// connection and uses it on another); nil: each connection learns its
+	// own. A connection resolves no ID until its broker has reported a
+	// cluster id (Metadata v10+), and is closed if the broker reports
+	// another one later.
+	TopicIDRegistry *TopicIDRegistry
+	// TopicIDScope is what the caller trusts the upstream to be (the
+	// proxy: its security identity, or its address for reserved
+	// identities); tables are per (scope, cluster id).
+	TopicIDScope string
 	// DrainTimeout bounds how long responses are awaited after the client
 	// stops sending; <= 0 means 30s.
 	DrainTimeout time.Duration
@@ -174,14 +183,28 @@ type pending struct {
 	// auto-creation off); the response is filtered per topic.
 	filterMeta bool
 	allTopics  bool
-	clientID   string
+	clientID   string // Metadata and DescribeTopicPartitions: per-topic decisions
+	// internal: the proxy's own Metadata request, asking the broker's
+	// cluster id; its answer goes nowhere.
+	internal bool
 }
 
 type session struct {
 	f        *Filter
 	client   net.Conn
 	upstream net.Conn
-	ids      *TopicIDs
+	// ids is the connection's topic-ID table: nil until the broker reports
+	// its cluster id (set by the response goroutine, read by the request
+	// goroutine's Decoder).
+	ids atomic.Pointer[TopicIDs]
+	// bound, cluster: the cluster id the broker reported first (response
+	// goroutine only).
+	bound   bool
+	cluster *string
+	// asked: the request goroutine sent the proxy's own Metadata request;
+	// boundc is closed when its answer has been handled.
+	asked  bool
+	boundc chan struct{}
 
 	cw *bufio.Writer // guarded by wmu
 	uw *bufio.Writer // request goroutine only
@@ -214,15 +237,10 @@ type session struct {
 // otherwise the error says why the connection ended (ErrFrameTooLarge,
 // ErrMalformed, an upstream read error, ctx.Err(), ...).
 func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
-	ids := f.cfg.TopicIDs
-	if ids == nil {
-		ids = NewTopicIDs(0)
-	}
 	s := &session{
 		f:        f,
 		client:   client,
 		upstream: upstream,
-		ids:      ids,
 		cw:       bufio.NewWriterSize(client, 64<<10),
 		uw:       bufio.NewWriterSize(upstream, 64<<10),
 		ur:       bufio.NewReaderSize(upstream, 64<<10),
@@ -337,7 +355,8 @@ func (s *session) requests() error {
 	cfg := &s.f.cfg
 	cr := bufio.NewReaderSize(s.client, 64<<10)
 	fr := NewFrameReader(cr, cfg.MaxFrameSize)
-	dec := NewDecoder(s.ids, cfg.MaxControlRequestSize)
+	dec := NewDecoder(nil, cfg.MaxControlRequestSize)
+	dec.idsp = &s.ids
 	var req Request
 	var rec AccessRecord
 	for {
@@ -359,13 +378,31 @@ func (s *session) requests() error {
 		if derr != nil && !errors.Is(derr, ErrUnsupported) {
 			return derr
 		}
+		if len(req.UnresolvedTopicIDs) > 0 && cfg.AllowTopicIDs && !s.asked {
+			// IDs are resolved through the table of the broker's cluster:
+			// before this connection has seen the cluster id, ask for it
+			// (a client learns IDs on one connection and uses them on
+			// another), then decode again.
+			if err := s.askClusterID(req.ClientID); err != nil {
+				return err
+			}
+			if err := dec.Decode(frame, &req); err != nil && !errors.Is(err, ErrUnsupported) {
+				return err
+			}
+		}
 
 		var d Decision
+		// byID: denied for how it names topics, answered locally.
+		byID, topicCode := false, ErrCodeTopicAuthorizationFailed
 		switch {
 		case !req.Supported && !cfg.PassUnknown:
 			d = Deny(fmt.Sprintf("unsupported api %s v%d", req.APIName(), req.APIVersion))
+		case req.Supported && !cfg.AllowTopicIDs && (len(req.TopicIDs) > 0 || topicIDVersion(req.APIKey, req.APIVersion)):
+			d, byID = Deny("topic ids not enabled"), true
 		case len(req.UnresolvedTopicIDs) > 0:
-			d = Deny("unresolved topic id")
+			// UNKNOWN_TOPIC_ID makes clients refresh their metadata,
+			// which teaches the table the ID if its broker knows it.
+			d, byID, topicCode = Deny("unresolved topic id"), true, ErrCodeUnknownTopicID
 		default:
 			d = s.decide(&req)
 		}
@@ -389,7 +426,11 @@ func (s *session) requests() error {
 				if err := s.acquire(); err != nil {
 					return err
 				}
-				s.enqueue(pending{corr: req.CorrelationID, key: req.APIKey, ver: req.APIVersion})
+				p := pending{corr: req.CorrelationID, key: req.APIKey, ver: req.APIVersion}
+				if learnsFrom(req.APIKey, req.APIVersion) {
+					p.clientID = req.ClientID
+				}
+				s.enqueue(p)
 			}
 			s.logAccess(&rec)
 			if _, err := s.uw.Write(frame); err != nil {
@@ -398,7 +439,7 @@ func (s *session) requests() error {
 			continue
 		}
 
-		if req.APIKey == 3 && req.Supported && req.APIVersion >= 4 && len(req.UnresolvedTopicIDs) == 0 {
+		if req.APIKey == 3 && req.Supported && req.APIVersion >= 4 && !byID {
 			// Metadata is answered as Kafka's authorizer does: the
 			// broker's answer with denied topics removed (all-topic
 			// listings) or set to error 29 (named topics), so clients
@@ -421,7 +462,7 @@ func (s *session) requests() error {
 
 		p := pending{corr: req.CorrelationID, key: req.APIKey, ver: req.APIVersion}
 		if req.ExpectsResponse() {
-			resp, code, err := AppendDenial(nil, &req)
+			resp, code, err := appendDenial(nil, &req, topicCode)
 			if err == nil {
 				p.local, rec.ErrorCode = resp, code
 			} else if !errors.Is(err, ErrUnsupported) {
@@ -446,6 +487,44 @@ func (s *session) requests() error {
 			return ErrClosedByPolicy
 		}
 	}
+}
+
+// clusterIDVersion is the Metadata version of the proxy's own request: the
+// first with topic IDs (Kafka 2.8), which every broker that accepts
+// topic-ID requests answers.
+const clusterIDVersion = 10
+
+// askClusterID sends the broker a Metadata request for no topic, whose
+// answer (brokers and cluster id only) binds the connection to its
+// cluster's topic-ID table, and waits for it. It runs once per connection.
+func (s *session) askClusterID(clientID string) error {
+	s.asked = true
+	s.boundc = make(chan struct{})
+	m := kmsg.NewPtrMetadataRequest()
+	m.SetVersion(clusterIDVersion)
+	m.Topics = []kmsg.MetadataRequestTopic{}
+	const corr = -0x7a7a7a7a // any value: answers are matched in order
+	frame := kmsg.NewRequestFormatter(kmsg.FormatterClientID(clientID)).AppendRequest(nil, m, corr)
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	s.enqueue(pending{corr: corr, key: 3, ver: clusterIDVersion, internal: true})
+	if _, err := s.uw.Write(frame); err != nil {
+		return fmt.Errorf("write request upstream: %w", err)
+	}
+	if err := s.uw.Flush(); err != nil {
+		return fmt.Errorf("write request upstream: %w", err)
+	}
+	t := time.NewTimer(s.f.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-s.boundc:
+	case <-s.done:
+		return net.ErrClosed
+	case <-t.C:
+		// No answer yet: the IDs stay unresolved (denied).
+	}
+	return nil
 }
 
 // decide asks the Decider, failing closed if it panics: a policy bug must
@@ -633,13 +712,24 @@ func (s *session) forwardParsed(head pending, hdr []byte, rest int, buf []byte) 
 		}
 		body = w.b
 	}
-	if head.key == 18 {
+	hdrEnd := len(buf) - len(body) // size, correlation id, header tags
+	if head.internal {
+		resp := kmsg.NewPtrMetadataResponse()
+		resp.SetVersion(head.ver)
+		if !responseSchema(3).validate(body, head.ver) || resp.ReadFrom(body) != nil {
+			return buf, fmt.Errorf("decode metadata response v%d: %w", head.ver, ErrMalformed)
+		}
+		err := s.learn(true, resp.ClusterID, resp.Topics, nil)
+		close(s.boundc)
+		return buf, err
+	}
+	switch {
+	case head.key == 18:
 		if clamped, ok, _ := clampAPIVersions(buf[:8:8], head.ver, body, s.f.cfg.PassUnknown, s.f.cfg.AllowTopicIDs); ok {
 			out = append([]byte(nil), clamped...)
 			binary.BigEndian.PutUint32(out, uint32(len(out)-4))
 		}
-	} else if head.filterMeta {
-		hdrEnd := len(buf) - len(body) // size, correlation id, header tags
+	case head.filterMeta:
 		filtered, err := s.filterMetadata(append([]byte(nil), buf[:hdrEnd]...), head, body)
 		if err != nil {
 			// Never pass an answer we could not filter.
@@ -647,10 +737,17 @@ func (s *session) forwardParsed(head pending, hdr []byte, rest int, buf []byte) 
 		}
 		out = filtered
 		binary.BigEndian.PutUint32(out, uint32(len(out)-4))
-	} else if _, err := s.ids.LearnResponse(head.key, head.ver, body); err != nil {
-		// An unparsable response teaches nothing: IDs stay unresolved
-		// and requests naming them are denied.
-		s.f.log.Debug("kafka response not parsed", "api", APIKeyName(head.key), "version", head.ver, "err", err)
+	default: // Metadata v10+, DescribeTopicPartitions: topic IDs
+		changed, err := s.topicIDs(head, buf[:hdrEnd:hdrEnd], body)
+		if err != nil {
+			// An answer we cannot read may carry IDs the client must not
+			// see: close rather than pass it.
+			return buf, err
+		}
+		if changed != nil {
+			out = changed
+			binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+		}
 	}
 	if _, err := s.cw.Write(out); err != nil {
 		return buf, fmt.Errorf("write response: %w", err)
@@ -685,23 +782,14 @@ func (s *session) filterMetadata(dst []byte, head pending, body []byte) ([]byte,
 	if !responseSchema(3).validate(body, head.ver) || resp.ReadFrom(body) != nil {
 		return dst, fmt.Errorf("decode metadata response v%d: %w", head.ver, ErrMalformed)
 	}
-	r := &s.metaReq
+	if head.ver >= 10 {
+		if err := s.learn(true, resp.ClusterID, resp.Topics, nil); err != nil {
+			return dst, err
+		}
+	}
 	kept := resp.Topics[:0]
 	for _, t := range resp.Topics {
-		if t.Topic != nil && t.ErrorCode == 0 {
-			s.ids.Learn(*t.Topic, t.TopicID)
-		}
-		name := ""
-		if t.Topic != nil {
-			name = *t.Topic
-		}
-		r.reset()
-		r.APIKey, r.APIVersion, r.CorrelationID, r.ClientID, r.Supported = 3, head.ver, head.corr, head.clientID, true
-		r.Topics = append(r.Topics, name)
-		if !isZeroID(t.TopicID) {
-			r.TopicIDs = append(r.TopicIDs, t.TopicID)
-		}
-		if s.decide(r).Verdict == VerdictAllow {
+		if s.topicAllowed(head, t.Topic, t.TopicID) {
 			kept = append(kept, t)
 			continue
 		}
@@ -709,6 +797,7 @@ func (s *session) filterMetadata(dst []byte, head pending, body []byte) ([]byte,
 			continue
 		}
 		t.ErrorCode = ErrCodeTopicAuthorizationFailed
+		t.TopicID = [16]byte{} // no ID for a topic the client may not use
 		t.Partitions = nil
 		t.IsInternal = false
 		t.AuthorizedOperations = -2147483648
@@ -716,4 +805,119 @@ func (s *session) filterMetadata(dst []byte, head pending, body []byte) ([]byte,
 	}
 	resp.Topics = kept
 	return resp.AppendTo(dst), nil
+}
+
+// topicAllowed decides one topic of a Metadata or DescribeTopicPartitions
+// answer as a request of that API naming only it. Called from the response
+// goroutine.
+func (s *session) topicAllowed(head pending, name *string, id [16]byte) bool {
+	r := &s.metaReq
+	r.reset()
+	r.APIKey, r.APIVersion, r.CorrelationID, r.ClientID, r.Supported = head.key, head.ver, head.corr, head.clientID, true
+	if name != nil {
+		r.Topics = append(r.Topics, *name)
+	} else {
+		r.Topics = append(r.Topics, "")
+	}
+	if !isZeroID(id) {
+		r.TopicIDs = append(r.TopicIDs, id)
+	}
+	return s.decide(r).Verdict == VerdictAllow
+}
+
+// learn binds the connection to the cluster its broker reports (Metadata
+// v10+ answers; clusterID is ignored for DescribeTopicPartitions, which
+// carries none) and, in topic-ID mode, learns the answer's topic IDs into
+// that cluster's table. A broker that reports a second cluster id is
+// lying to someone: the connection is closed.
+func (s *session) learn(metadata bool, clusterID *string, md []kmsg.MetadataResponseTopic, dtp []kmsg.DescribeTopicPartitionsResponseTopic) error {
+	if !s.f.cfg.AllowTopicIDs {
+		return nil
+	}
+	if metadata {
+		if !s.bound {
+			s.bound = true
+			if clusterID != nil {
+				c := *clusterID
+				s.cluster = &c
+				var t *TopicIDs
+				if reg := s.f.cfg.TopicIDRegistry; reg != nil {
+					t = reg.Table(s.f.cfg.TopicIDScope, c)
+				} else {
+					t = NewTopicIDs(0)
+				}
+				if t != nil {
+					s.ids.Store(t)
+				}
+			}
+		} else if (s.cluster == nil) != (clusterID == nil) || (clusterID != nil && *s.cluster != *clusterID) {
+			return fmt.Errorf("broker reported cluster id %s after %s: %w", quoteNullable(clusterID), quoteNullable(s.cluster), ErrMalformed)
+		}
+	}
+	t := s.ids.Load()
+	if t == nil {
+		return nil // no cluster id yet: IDs stay unresolved
+	}
+	for i := range md {
+		if tp := &md[i]; tp.Topic != nil && tp.ErrorCode == 0 {
+			t.Learn(*tp.Topic, tp.TopicID)
+		}
+	}
+	for i := range dtp {
+		if tp := &dtp[i]; tp.Topic != nil && tp.ErrorCode == 0 {
+			t.Learn(*tp.Topic, tp.TopicID)
+		}
+	}
+	return nil
+}
+
+func quoteNullable(s *string) string {
+	if s == nil {
+		return "null"
+	}
+	return fmt.Sprintf("%q", *s)
+}
+
+// topicIDs handles an allowed Metadata v10+ or DescribeTopicPartitions
+// answer: it learns the IDs (topic-ID mode) and clears the IDs of topics
+// the client may not use. It returns the re-encoded frame (header hdr,
+// size not set) when an ID was cleared, else nil.
+func (s *session) topicIDs(head pending, hdr, body []byte) ([]byte, error) {
+	var resp kmsg.Response
+	if head.key == 3 {
+		resp = kmsg.NewPtrMetadataResponse()
+	} else {
+		resp = kmsg.NewPtrDescribeTopicPartitionsResponse()
+	}
+	resp.SetVersion(head.ver)
+	if !responseSchema(head.key).validate(body, head.ver) || resp.ReadFrom(body) != nil {
+		return nil, fmt.Errorf("decode %s response v%d: %w", APIKeyName(head.key), head.ver, ErrMalformed)
+	}
+	changed := false
+	switch m := resp.(type) {
+	case *kmsg.MetadataResponse:
+		if err := s.learn(true, m.ClusterID, m.Topics, nil); err != nil {
+			return nil, err
+		}
+		for i := range m.Topics {
+			tp := &m.Topics[i]
+			if !isZeroID(tp.TopicID) && !s.topicAllowed(head, tp.Topic, tp.TopicID) {
+				tp.TopicID, changed = [16]byte{}, true
+			}
+		}
+	case *kmsg.DescribeTopicPartitionsResponse:
+		if err := s.learn(false, nil, nil, m.Topics); err != nil {
+			return nil, err
+		}
+		for i := range m.Topics {
+			tp := &m.Topics[i]
+			if !isZeroID(tp.TopicID) && !s.topicAllowed(head, tp.Topic, tp.TopicID) {
+				tp.TopicID, changed = [16]byte{}, true
+			}
+		}
+	}
+	if !changed {
+		return nil, nil
+	}
+	return resp.AppendTo(append([]byte(nil), hdr...)), nil
 }

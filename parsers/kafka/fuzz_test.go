@@ -133,14 +133,19 @@ func TestLearnResponseLearnsMetadataIDs(t *testing.T) {
 	if id, ok := ids.ID("a"); !ok || id != ([16]byte{1}) {
 		t.Errorf("a = %x, %v", id, ok)
 	}
+	// A full table learns nothing more (forgetting an entry could let a
+	// liar remap it later): the new ID stays unresolved.
 	small := NewTopicIDs(1)
 	small.Learn("x", [16]byte{1})
 	small.Learn("y", [16]byte{2})
-	if small.Len() != 1 {
-		t.Errorf("bounded table holds %d", small.Len())
+	if small.Len() != 1 || small.Refused() != 1 {
+		t.Errorf("bounded table holds %d, refused %d", small.Len(), small.Refused())
 	}
-	if _, ok := small.Name([16]byte{2}); !ok {
-		t.Error("newest entry evicted")
+	if _, ok := small.Name([16]byte{2}); ok {
+		t.Error("a full table learned a new ID")
+	}
+	if name, ok := small.Name([16]byte{1}); !ok || name != "x" {
+		t.Errorf("first entry = %q, %v", name, ok)
 	}
 }
 

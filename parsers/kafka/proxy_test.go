@@ -409,11 +409,12 @@ func TestProxyTopicIDsLearnedFromMetadata(t *testing.T) {
 	if codes := produceCodes(rc.roundTrip(p)); !slices.Equal(codes, []int16{0}) {
 		t.Fatalf("produce by learned id codes = %v", codes)
 	}
-	// An ID never seen on the connection is denied, not passed.
+	// An ID never seen on the connection is denied, not passed, with
+	// UNKNOWN_TOPIC_ID (the client refreshes its metadata).
 	p = produceReq(13, "", -1, "by-unknown-id")
 	p.Topics[0].TopicID = [16]byte{9, 9, 9}
-	if codes := produceCodes(rc.roundTrip(p)); !slices.Equal(codes, []int16{29}) {
-		t.Fatalf("produce by unknown id codes = %v, want [29]", codes)
+	if codes := produceCodes(rc.roundTrip(p)); !slices.Equal(codes, []int16{ErrCodeUnknownTopicID}) {
+		t.Fatalf("produce by unknown id codes = %v, want [100]", codes)
 	}
 	recs := env.accessRecords()
 	var found bool
@@ -741,10 +742,11 @@ func TestProxyHugeDeniedProduceClosesInsteadOfAnswering(t *testing.T) {
 }
 
 func TestProxySharedTopicIDsAcrossConnections(t *testing.T) {
-	shared := NewTopicIDs(0)
+	reg := NewTopicIDRegistry(TopicIDLimits{})
 	env := newProxyEnv(t, denyTopics("secret"), func(c *Config) {
 		c.AllowTopicIDs = true
-		c.TopicIDs = shared
+		c.TopicIDRegistry = reg
+		c.TopicIDScope = "test"
 	}, "orders")
 	a := dialRaw(t, env.addr, "a")
 	md := kmsg.NewPtrMetadataRequest()
@@ -752,7 +754,9 @@ func TestProxySharedTopicIDsAcrossConnections(t *testing.T) {
 	mt := kmsg.NewMetadataRequestTopic()
 	mt.Topic = sp("orders")
 	md.Topics = append(md.Topics, mt)
-	id := a.roundTrip(md).(*kmsg.MetadataResponse).Topics[0].TopicID
+	mresp := a.roundTrip(md).(*kmsg.MetadataResponse)
+	id := mresp.Topics[0].TopicID
+	shared := reg.Table("test", *mresp.ClusterID)
 	if name, ok := shared.Name(id); !ok || name != "orders" {
 		t.Fatalf("shared table: %q, %v", name, ok)
 	}

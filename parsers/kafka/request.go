@@ -3,6 +3,7 @@ package kafka
 import (
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -16,6 +17,7 @@ const (
 	ErrCodeClusterAuthorizationFailed         int16 = 31
 	ErrCodeSASLAuthenticationFailed           int16 = 58
 	ErrCodeTransactionalIDAuthorizationFailed int16 = 53
+	ErrCodeUnknownTopicID                     int16 = 100
 )
 
 // DefaultMaxControlRequestSize bounds requests other than Produce,
@@ -98,6 +100,7 @@ const maxInterned = 4096
 // for concurrent use.
 type Decoder struct {
 	ids        *TopicIDs
+	idsp       *atomic.Pointer[TopicIDs] // set by a Filter: the table can change under it
 	maxControl int
 	strs       map[string]string
 	schemas    [128]*schema // request layouts, built on first use
@@ -137,8 +140,12 @@ func (d *Decoder) internString(s string) string {
 
 func (d *Decoder) addTopicID(r *Request, id [16]byte) {
 	r.TopicIDs = append(r.TopicIDs, id)
-	if d.ids != nil {
-		if name, ok := d.ids.Name(id); ok {
+	ids := d.ids
+	if d.idsp != nil {
+		ids = d.idsp.Load()
+	}
+	if ids != nil {
+		if name, ok := ids.Name(id); ok {
 			r.Topics = append(r.Topics, name)
 			return
 		}
@@ -525,6 +532,13 @@ func maxVersion(key int16) int16 {
 		return -1
 	}
 	return msg.MaxVersion()
+}
+
+// topicIDVersion reports whether version v of an API addresses topics by
+// ID only (see nameOnlyMaxVersion).
+func topicIDVersion(key, v int16) bool {
+	n := nameOnlyMaxVersion(key)
+	return n >= 0 && v > n
 }
 
 // AdmittedMaxVersion returns the newest version of an API key this package

@@ -295,11 +295,10 @@ func keyField(et, t reflect.Type) (name string, ptr bool) {
 func writeDenials(b *bytes.Buffer, dir string, files []string) {
 	b.WriteString(`// fillDenial fills resp (the response kind of req, version set) with the
 // denial of the whole request and returns the main error code: topic
-// levels get TOPIC_AUTHORIZATION_FAILED, other levels the API's own
-// authorization error (see denySpecs in internal/schemagen).
-func fillDenial(req kmsg.Request, resp kmsg.Response, r *Request) int16 {
+// levels get topicCode, other levels the API's own authorization error (see
+// denySpecs in internal/schemagen).
+func fillDenial(req kmsg.Request, resp kmsg.Response, r *Request, topicCode int16) int16 {
 const (
-topicCode   = ErrCodeTopicAuthorizationFailed
 groupCode   = ErrCodeGroupAuthorizationFailed
 clusterCode = ErrCodeClusterAuthorizationFailed
 txnCode     = ErrCodeTransactionalIDAuthorizationFailed

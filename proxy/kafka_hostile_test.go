@@ -1,0 +1,485 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Hostile-input tests of the proxy's Kafka path: the real Proxy (listeners,
+// policy lookup, the kafka filter) between raw Kafka clients and brokers
+// that are kfake or hand-made liars.
+
+const hostileBroker policy.Identity = 402 // 127.0.0.4: another local endpoint
+
+// kafkaConn is a raw Kafka client: it sends kmsg requests and decodes
+// responses by hand, so it can send what no client library would.
+type kafkaConn struct {
+	t    *testing.T
+	c    net.Conn
+	corr int32
+}
+
+func dialKafka(t *testing.T, src string, port uint16) *kafkaConn {
+	return &kafkaConn{t: t, c: dialFrom(t, src, port)}
+}
+
+func readFrame(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > 64<<20 {
+		return nil, fmt.Errorf("frame of %d bytes", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// decodeResponse decodes a response frame body (after the size) to req.
+func decodeResponse(req kmsg.Request, frame []byte) (kmsg.Response, int32, error) {
+	if len(frame) < 4 {
+		return nil, 0, errors.New("short response")
+	}
+	corr := int32(binary.BigEndian.Uint32(frame))
+	resp := req.ResponseKind()
+	resp.SetVersion(req.GetVersion())
+	body := frame[4:]
+	if resp.IsFlexible() && req.Key() != 18 {
+		if len(body) == 0 || body[0] != 0 {
+			return nil, corr, errors.New("response header tags")
+		}
+		body = body[1:]
+	}
+	return resp, corr, resp.ReadFrom(body)
+}
+
+func (k *kafkaConn) roundTrip(req kmsg.Request) (kmsg.Response, error) {
+	k.t.Helper()
+	k.corr++
+	frame := kmsg.NewRequestFormatter(kmsg.FormatterClientID("hostile-test")).AppendRequest(nil, req, k.corr)
+	if _, err := k.c.Write(frame); err != nil {
+		return nil, err
+	}
+	_ = k.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := readFrame(k.c)
+	if err != nil {
+		return nil, err
+	}
+	resp, corr, err := decodeResponse(req, b)
+	if err == nil && corr != k.corr {
+		err = fmt.Errorf("correlation id %d, want %d", corr, k.corr)
+	}
+	return resp, err
+}
+
+func metadataReq(v int16, topics ...string) *kmsg.MetadataRequest {
+	m := kmsg.NewPtrMetadataRequest()
+	m.SetVersion(v)
+	for _, name := range topics {
+		t := kmsg.NewMetadataRequestTopic()
+		t.Topic = kmsg.StringPtr(name)
+		m.Topics = append(m.Topics, t)
+	}
+	return m
+}
+
+func fetchByIDReq(id [16]byte) *kmsg.FetchRequest {
+	f := kmsg.NewPtrFetchRequest()
+	f.SetVersion(13)
+	f.MaxWaitMillis, f.MaxBytes = 10, 1<<20
+	t := kmsg.NewFetchRequestTopic()
+	t.TopicID = id
+	p := kmsg.NewFetchRequestTopicPartition()
+	p.PartitionMaxBytes = 1 << 20
+	t.Partitions = append(t.Partitions, p)
+	f.Topics = append(f.Topics, t)
+	return f
+}
+
+// fakeBroker is a hostile "broker": answer builds the response body (after
+// the response header) for each request, or nil to close the connection.
+type fakeBroker struct {
+	ln     net.Listener
+	answer func(key, ver int16, corr int32, body []byte) []byte
+	wg     sync.WaitGroup
+}
+
+func startFakeBroker(t *testing.T, addr string, answer func(key, ver int16, corr int32, body []byte) []byte) *fakeBroker {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &fakeBroker{ln: ln, answer: answer}
+	fb.wg.Add(1)
+	go func() {
+		defer fb.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fb.wg.Add(1)
+			go func() {
+				defer fb.wg.Done()
+				defer c.Close()
+				for {
+					req, err := readFrame(c)
+					if err != nil || len(req) < 8 {
+						return
+					}
+					key := int16(binary.BigEndian.Uint16(req))
+					ver := int16(binary.BigEndian.Uint16(req[2:]))
+					corr := int32(binary.BigEndian.Uint32(req[4:]))
+					out := answer(key, ver, corr, req)
+					if out == nil {
+						return
+					}
+					if _, err := c.Write(out); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); fb.wg.Wait() })
+	return fb
+}
+
+func (fb *fakeBroker) port() uint16 { return uint16(fb.ln.Addr().(*net.TCPAddr).Port) }
+
+// responseFrame frames a response body with its header.
+func responseFrame(corr int32, resp kmsg.Response) []byte {
+	out := []byte{0, 0, 0, 0}
+	out = binary.BigEndian.AppendUint32(out, uint32(corr))
+	if resp.IsFlexible() && resp.Key() != 18 {
+		out = append(out, 0)
+	}
+	out = resp.AppendTo(out)
+	binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+	return out
+}
+
+// metadataAnswer is a Metadata response (at the request's version) naming
+// topics with the given IDs, as the cluster clusterID.
+func metadataAnswer(ver int16, corr int32, clusterID *string, brokerPort int32, topics map[string][16]byte) []byte {
+	m := kmsg.NewPtrMetadataResponse()
+	m.SetVersion(ver)
+	m.ClusterID = clusterID
+	b := kmsg.NewMetadataResponseBroker()
+	b.NodeID, b.Host, b.Port = 0, "127.0.0.4", brokerPort
+	m.Brokers = append(m.Brokers, b)
+	m.ControllerID = 0
+	for name, id := range topics {
+		t := kmsg.NewMetadataResponseTopic()
+		t.Topic, t.TopicID = kmsg.StringPtr(name), id
+		p := kmsg.NewMetadataResponseTopicPartition()
+		t.Partitions = append(t.Partitions, p)
+		m.Topics = append(m.Topics, t)
+	}
+	return responseFrame(corr, m)
+}
+
+// kafkaTopicsEnv is a real broker (kfake, topics public and secret, the
+// endpoint 127.0.0.1) and a proxy in front of it on which friend may
+// consume "public" only.
+type kafkaTopicsEnv struct {
+	p         *Proxy
+	rec       *recorder
+	cluster   *kfake.Cluster
+	clusterID *string
+	ids       map[string][16]byte // the real cluster's topic IDs
+	realPort  uint16              // proxy port to the real broker
+	upstreams map[uint16]netip.AddrPort
+}
+
+func consumePublic(port uint16, t *testing.T) policy.L7RuleSet {
+	return policy.L7RuleSet{Protocol: policy.ProtoTCP, Port: port, Parser: policy.ParserKafka, Rules: []policy.L7Rule{{
+		Peers:  []policy.Identity{friend},
+		Kafka:  &policy.KafkaRule{Role: "consume", APIKeys: mustRole(t, "consume"), Topic: "public"},
+		Origin: policy.Provenance{Policy: "ns/kafka", Direction: policy.Ingress, Kind: policy.KindAllow, Path: "spec.ingress[0]", L7: "kafka[0]"},
+	}}}
+}
+
+// newKafkaTopicsEnv starts the real broker and a proxy with one listener
+// per upstream: the real broker, plus every extra (proxy port → upstream).
+func newKafkaTopicsEnv(t *testing.T, opts func(*Options), extra map[netip.AddrPort]policy.Identity) *kafkaTopicsEnv {
+	t.Helper()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(1), kfake.SeedTopics(1, "public", "secret"),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, "127.0.0.1:0") }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	env := &kafkaTopicsEnv{cluster: cluster, ids: map[string][16]byte{}, upstreams: map[uint16]netip.AddrPort{}}
+	real := netip.MustParseAddrPort(cluster.ListenAddrs()[0])
+
+	// The real cluster's IDs, asked directly.
+	c, err := net.Dial("tcp", real.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := &kafkaConn{t: t, c: c}
+	resp, err := direct.roundTrip(metadataReq(12, "public", "secret"))
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := resp.(*kmsg.MetadataResponse)
+	env.clusterID = md.ClusterID
+	for _, tp := range md.Topics {
+		env.ids[*tp.Topic] = tp.TopicID
+	}
+
+	env.realPort = freePort(t)
+	env.upstreams[env.realPort] = real
+	byAddr := map[netip.Addr]*Endpoint{}
+	ep := func(a netip.Addr, id policy.Identity) *Endpoint {
+		if e, ok := byAddr[a]; ok {
+			return e
+		}
+		byAddr[a] = &Endpoint{Identity: id, IPs: []netip.Addr{a}}
+		return byAddr[a]
+	}
+	e := ep(real.Addr(), server)
+	e.Ingress = append(e.Ingress, consumePublic(real.Port(), t))
+	cfg := &Config{Version: "1", Members: append(members(), IdentityMembership{Identity: hostileBroker, Prefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}})}
+	cfg.Listeners = append(cfg.Listeners, Listener{Name: "real", Port: env.realPort, Direction: policy.Ingress, Parser: policy.ParserKafka})
+	for up, id := range extra {
+		port := freePort(t)
+		env.upstreams[port] = up
+		cfg.Listeners = append(cfg.Listeners, Listener{Name: fmt.Sprintf("extra-%d", port), Port: port, Direction: policy.Ingress, Parser: policy.ParserKafka})
+		e := ep(up.Addr(), id)
+		e.Ingress = append(e.Ingress, consumePublic(up.Port(), t))
+	}
+	for _, e := range byAddr {
+		cfg.Endpoints = append(cfg.Endpoints, *e)
+	}
+	no := false
+	env.rec = &recorder{}
+	o := Options{
+		ListenHost:  "127.0.0.1",
+		Transparent: &no,
+		OriginalDestination: func(c net.Conn) (netip.AddrPort, error) {
+			if up, ok := env.upstreams[addrPort(c.LocalAddr()).Port()]; ok {
+				return up, nil
+			}
+			return netip.AddrPort{}, errors.New("unknown listener")
+		},
+		AccessLog: env.rec.add,
+	}
+	if opts != nil {
+		opts(&o)
+	}
+	env.p = New(o)
+	t.Cleanup(func() { env.p.Close() })
+	if err := env.p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// portFor returns the proxy port leading to upstream.
+func (env *kafkaTopicsEnv) portFor(up netip.AddrPort) uint16 {
+	for p, u := range env.upstreams {
+		if u == up {
+			return p
+		}
+	}
+	panic("no port for " + up.String())
+}
+
+// fetchSecretByID sends Fetch v13 naming the real "secret" topic by its ID
+// through the proxy to the real broker, and reports whether the broker
+// answered it (no error) and what the proxy logged.
+func (env *kafkaTopicsEnv) fetchSecretByID(t *testing.T) (answered bool, rec *AccessRecord) {
+	t.Helper()
+	k := dialKafka(t, "127.0.0.2", env.realPort)
+	resp, err := k.roundTrip(fetchByIDReq(env.ids["secret"]))
+	if err != nil {
+		t.Fatalf("fetch by id: %v", err)
+	}
+	f := resp.(*kmsg.FetchResponse)
+	answered = len(f.Topics) == 1 && len(f.Topics[0].Partitions) == 1 && f.Topics[0].Partitions[0].ErrorCode == 0
+	for _, r := range env.rec.all() {
+		if r.Protocol == "kafka" && r.APIKey == "fetch" {
+			rec = r
+		}
+	}
+	if rec == nil {
+		t.Fatal("no access record for the fetch")
+	}
+	return answered, rec
+}
+
+// TestHostileKafkaTopicIDRemapByAnotherBroker: a hostile broker (another
+// endpoint) answers Metadata mapping the real cluster's "secret" topic ID
+// to "public", claiming the real cluster's id. A Fetch by that ID to the
+// real broker must not be decided as "public".
+func TestHostileKafkaTopicIDRemapByAnotherBroker(t *testing.T) {
+	var fake *fakeBroker
+	var env *kafkaTopicsEnv
+	fake = startFakeBroker(t, "127.0.0.4:0", func(key, ver int16, corr int32, _ []byte) []byte {
+		if key != 3 {
+			return nil
+		}
+		return metadataAnswer(ver, corr, env.clusterID, int32(fake.port()), map[string][16]byte{"public": env.ids["secret"]})
+	})
+	fakeUp := netip.MustParseAddrPort(fake.ln.Addr().String())
+	env = newKafkaTopicsEnv(t, func(o *Options) { topicIDMode(o) }, map[netip.AddrPort]policy.Identity{fakeUp: hostileBroker})
+
+	k := dialKafka(t, "127.0.0.2", env.portFor(fakeUp))
+	if _, err := k.roundTrip(metadataReq(12, "public")); err != nil {
+		t.Fatalf("metadata from the hostile broker: %v", err)
+	}
+	answered, rec := env.fetchSecretByID(t)
+	if answered || rec.Verdict != "denied" {
+		t.Errorf("Fetch v13 of secret's ID after a hostile remap: answered by the broker %v, logged %s topics %v (%s)", answered, rec.Verdict, rec.Topics, rec.Reason)
+	}
+}
+
+// TestHostileKafkaTopicIDRemapSameEndpoint: the same endpoint (same
+// identity) serves a second "broker" that claims another cluster id and
+// maps secret's ID to "public": tables are per cluster, so the remap never
+// reaches the real cluster's table.
+func TestHostileKafkaTopicIDRemapSameEndpoint(t *testing.T) {
+	var fake *fakeBroker
+	var env *kafkaTopicsEnv
+	other := "not-the-real-cluster"
+	fake = startFakeBroker(t, "127.0.0.1:0", func(key, ver int16, corr int32, _ []byte) []byte {
+		if key != 3 {
+			return nil
+		}
+		return metadataAnswer(ver, corr, &other, int32(fake.port()), map[string][16]byte{"public": env.ids["secret"]})
+	})
+	fakeUp := netip.MustParseAddrPort(fake.ln.Addr().String())
+	env = newKafkaTopicsEnv(t, func(o *Options) { topicIDMode(o) }, map[netip.AddrPort]policy.Identity{fakeUp: server})
+
+	k := dialKafka(t, "127.0.0.2", env.portFor(fakeUp))
+	if _, err := k.roundTrip(metadataReq(12, "public")); err != nil {
+		t.Fatalf("metadata from the hostile broker: %v", err)
+	}
+	answered, rec := env.fetchSecretByID(t)
+	if answered || rec.Verdict != "denied" {
+		t.Errorf("Fetch v13 of secret's ID after a remap by another cluster: answered %v, logged %s topics %v (%s)", answered, rec.Verdict, rec.Topics, rec.Reason)
+	}
+}
+
+// TestHostileKafkaTopicIDRemapSameCluster: a second broker claiming the real
+// cluster id (same endpoint) contradicts what the real broker said: both
+// the remapped ID and the name it was remapped to become unresolved.
+func TestHostileKafkaTopicIDRemapSameCluster(t *testing.T) {
+	var fake *fakeBroker
+	var env *kafkaTopicsEnv
+	fake = startFakeBroker(t, "127.0.0.1:0", func(key, ver int16, corr int32, _ []byte) []byte {
+		if key != 3 {
+			return nil
+		}
+		return metadataAnswer(ver, corr, env.clusterID, int32(fake.port()), map[string][16]byte{"public": env.ids["secret"]})
+	})
+	fakeUp := netip.MustParseAddrPort(fake.ln.Addr().String())
+	env = newKafkaTopicsEnv(t, func(o *Options) { topicIDMode(o) }, map[netip.AddrPort]policy.Identity{fakeUp: server})
+
+	// The real broker's answer first: public and secret with their IDs.
+	k := dialKafka(t, "127.0.0.2", env.realPort)
+	if _, err := k.roundTrip(metadataReq(12, "public", "secret")); err != nil {
+		t.Fatal(err)
+	}
+	// Fetching "public" by its real ID works.
+	resp, err := k.roundTrip(fetchByIDReq(env.ids["public"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := resp.(*kmsg.FetchResponse).Topics[0].Partitions[0].ErrorCode; code != 0 {
+		t.Fatalf("fetch of public by its id before the remap: error %d", code)
+	}
+	f := dialKafka(t, "127.0.0.2", env.portFor(fakeUp))
+	if _, err := f.roundTrip(metadataReq(12, "public")); err != nil {
+		t.Fatalf("metadata from the hostile broker: %v", err)
+	}
+	answered, rec := env.fetchSecretByID(t)
+	if answered || rec.Verdict != "denied" {
+		t.Errorf("Fetch v13 of secret's ID after a contradicting remap: answered %v, logged %s topics %v (%s)", answered, rec.Verdict, rec.Topics, rec.Reason)
+	}
+	resp, err = k.roundTrip(fetchByIDReq(env.ids["public"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := resp.(*kmsg.FetchResponse).Topics[0].Partitions[0].ErrorCode; code == 0 {
+		t.Errorf("public's own ID still resolves after its name was claimed by a second ID")
+	}
+}
+func topicIDMode(o *Options) { o.KafkaTopicIDs = true }
+
+// TestHostileKafkaTopicIDVersionsNeedTheMode: with topic-ID mode off (the
+// default) a request addressing topics by ID is denied, even for an ID the
+// proxy could name.
+func TestHostileKafkaTopicIDVersionsNeedTheMode(t *testing.T) {
+	env := newKafkaTopicsEnv(t, nil, nil)
+	k := dialKafka(t, "127.0.0.2", env.realPort)
+	if _, err := k.roundTrip(metadataReq(12, "public")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := k.roundTrip(fetchByIDReq(env.ids["public"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := resp.(*kmsg.FetchResponse).Topics[0].Partitions[0].ErrorCode; code == 0 {
+		t.Errorf("Fetch v13 (topic ids) answered by the broker with topic-ID mode off")
+	}
+}
+
+// TestHostileKafkaMetadataHidesDeniedTopicIDs: Metadata answers sent to
+// the client carry no ID for topics the client may not use, whether the
+// request named them (denied, answered with 29) or asked for every topic.
+func TestHostileKafkaMetadataHidesDeniedTopicIDs(t *testing.T) {
+	for _, mode := range []bool{false, true} {
+		t.Run(fmt.Sprintf("topic-id-mode=%v", mode), func(t *testing.T) {
+			env := newKafkaTopicsEnv(t, func(o *Options) {
+				if mode {
+					topicIDMode(o)
+				}
+			}, nil)
+			k := dialKafka(t, "127.0.0.2", env.realPort)
+			for _, req := range []*kmsg.MetadataRequest{metadataReq(12, "public", "secret"), metadataReq(12)} {
+				if len(req.Topics) == 0 {
+					req.Topics = nil // all topics
+				}
+				resp, err := k.roundTrip(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen := map[string]bool{}
+				for _, tp := range resp.(*kmsg.MetadataResponse).Topics {
+					name := *tp.Topic
+					seen[name] = true
+					switch {
+					case name == "public" && tp.TopicID != env.ids["public"]:
+						t.Errorf("%d topics asked: public's ID %x, want %x", len(req.Topics), tp.TopicID, env.ids["public"])
+					case name == "secret" && tp.TopicID != [16]byte{}:
+						t.Errorf("%d topics asked: secret's ID %x sent to a client that may not use it", len(req.Topics), tp.TopicID)
+					}
+				}
+				if !seen["public"] {
+					t.Errorf("%d topics asked: public missing", len(req.Topics))
+				}
+			}
+		})
+	}
+}
