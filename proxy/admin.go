@@ -64,6 +64,7 @@ func (p *Proxy) AdminHandler() http.Handler {
 		fmt.Fprintf(w, "# HELP l7gate_proxy_config_updates_total Configs applied (ack) or rejected (nack).\n# TYPE l7gate_proxy_config_updates_total counter\n")
 		fmt.Fprintf(w, "l7gate_proxy_config_updates_total{result=\"ack\"} %d\n", s.acks.Load())
 		fmt.Fprintf(w, "l7gate_proxy_config_updates_total{result=\"nack\"} %d\n", s.nacks.Load())
+		p.writeKafkaStats(w)
 	})
 	return mux
 }

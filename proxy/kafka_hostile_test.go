@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -479,6 +480,253 @@ func TestHostileKafkaMetadataHidesDeniedTopicIDs(t *testing.T) {
 				if !seen["public"] {
 					t.Errorf("%d topics asked: public missing", len(req.Topics))
 				}
+			}
+		})
+	}
+}
+
+// rawUpstream accepts one connection and records every byte it receives
+// until the proxy closes it or sends nothing for 2s; it never answers.
+func rawUpstream(t *testing.T) (netip.AddrPort, <-chan []byte) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		var b []byte
+		buf := make([]byte, 4096)
+		for {
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := c.Read(buf)
+			b = append(b, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		got <- b
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String()), got
+}
+
+// kafkaProxyTo runs a proxy on which friend may consume "public" at
+// upstream, and returns its port.
+func kafkaProxyTo(t *testing.T, up netip.AddrPort, opts func(*Options)) (uint16, *recorder) {
+	t.Helper()
+	p, rec := newTestProxyOpts(t, up.String(), opts)
+	port := freePort(t)
+	cfg := &Config{Version: "1",
+		Listeners: []Listener{{Name: "kafka", Port: port, Direction: policy.Ingress, Parser: policy.ParserKafka}},
+		Endpoints: []Endpoint{{Identity: server, IPs: []netip.Addr{up.Addr()}, Ingress: []policy.L7RuleSet{consumePublic(up.Port(), t)}}},
+		Members:   members(),
+	}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return port, rec
+}
+
+func newTestProxyOpts(t *testing.T, upstream string, opts func(*Options)) (*Proxy, *recorder) {
+	t.Helper()
+	up := netip.MustParseAddrPort(upstream)
+	no := false
+	rec := &recorder{}
+	o := Options{
+		ListenHost:          "127.0.0.1",
+		Transparent:         &no,
+		OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil },
+		AccessLog:           rec.add,
+	}
+	if opts != nil {
+		opts(&o)
+	}
+	p := New(o)
+	t.Cleanup(func() { p.Close() })
+	return p, rec
+}
+
+// expectClosedBy reads until the proxy closes the connection and returns
+// what arrived.
+func expectClosedBy(t *testing.T, c net.Conn, within time.Duration) []byte {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(within))
+	b, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %s", within)
+	}
+	return b
+}
+
+// validFrames reports whether b is a sequence of whole Kafka frames.
+func validFrames(b []byte) bool {
+	for len(b) > 0 {
+		if len(b) < 4 {
+			return false
+		}
+		n := int(binary.BigEndian.Uint32(b))
+		if n < 0 || len(b) < 4+n {
+			return false
+		}
+		b = b[4+n:]
+	}
+	return true
+}
+
+// TestHostileKafkaGarbageAfterAValidFrame: bytes after a valid request that
+// do not form a request the proxy understands never reach the broker, and
+// the client connection is closed.
+func TestHostileKafkaGarbageAfterAValidFrame(t *testing.T) {
+	valid := kmsg.NewRequestFormatter(kmsg.FormatterClientID("g")).AppendRequest(nil, metadataReq(1, "public"), 1)
+	for name, garbage := range map[string][]byte{
+		"negative size":      {0xff, 0xff, 0xff, 0xf0, 1, 2, 3},
+		"size above limit":   {0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 1},
+		"unknown api":        {0, 0, 0, 10, 0x7f, 0x7f, 0, 0, 0, 0, 0, 2, 0xff, 0xff},
+		"short header":       {0, 0, 0, 3, 0, 3, 0},
+		"truncated at close": {0, 0, 0, 50, 0, 3, 0, 1},
+		"tls client hello":   {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03},
+	} {
+		t.Run(name, func(t *testing.T) {
+			up, got := rawUpstream(t)
+			port, _ := kafkaProxyTo(t, up, nil)
+			c := dialFrom(t, "127.0.0.2", port)
+			if _, err := c.Write(append(append([]byte(nil), valid...), garbage...)); err != nil {
+				t.Fatal(err)
+			}
+			if name == "truncated at close" {
+				c.(*net.TCPConn).CloseWrite()
+			}
+			if name == "unknown api" {
+				// Denied by closing after the answers owed: the broker
+				// owes one for the valid request and never sends it.
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				if b, err := io.ReadAll(c); len(b) != 0 || !isNetTimeout(err) {
+					t.Errorf("client got %d bytes, %v, while the broker owes an answer", len(b), err)
+				}
+			} else if b := expectClosedBy(t, c, 10*time.Second); len(b) != 0 && name != "truncated at close" {
+				t.Errorf("client got %d bytes before the close", len(b))
+			}
+			up1 := <-got
+			if !validFrames(up1) || bytes.Contains(up1, garbage) || len(up1) > len(valid) {
+				t.Errorf("broker received %x (valid request %x)", up1, valid)
+			}
+		})
+	}
+}
+
+// TestHostileKafkaOversizedAndSlowFrames: through the real proxy, a frame
+// above KafkaMaxFrameSize closes the connection at once, and a frame
+// trickled byte by byte is cut at KafkaFrameTimeout; neither reaches the
+// broker.
+func TestHostileKafkaOversizedAndSlowFrames(t *testing.T) {
+	t.Run("oversized", func(t *testing.T) {
+		up, got := rawUpstream(t)
+		port, _ := kafkaProxyTo(t, up, func(o *Options) { o.KafkaMaxFrameSize = 1 << 20 })
+		c := dialFrom(t, "127.0.0.2", port)
+		c.Write([]byte{0, 0x20, 0, 0, 0, 0, 0, 9}) // 2 MiB declared
+		start := time.Now()
+		expectClosedBy(t, c, 5*time.Second)
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("oversized frame cut after %s", took)
+		}
+		if b := <-got; len(b) != 0 {
+			t.Errorf("broker received %d bytes", len(b))
+		}
+	})
+	t.Run("slow", func(t *testing.T) {
+		up, got := rawUpstream(t)
+		port, _ := kafkaProxyTo(t, up, func(o *Options) { o.KafkaFrameTimeout = time.Second })
+		c := dialFrom(t, "127.0.0.2", port)
+		frame := kmsg.NewRequestFormatter(kmsg.FormatterClientID("slow")).AppendRequest(nil, metadataReq(1, "public"), 1)
+		start := time.Now()
+		var err error
+		for i := 0; i < len(frame) && err == nil && time.Since(start) < 10*time.Second; i++ {
+			_, err = c.Write(frame[i : i+1])
+			time.Sleep(150 * time.Millisecond)
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, rerr := c.Read(make([]byte, 1)); rerr != nil && !isNetTimeout(rerr) {
+				err = rerr
+			}
+		}
+		if err == nil {
+			t.Fatalf("a frame trickled over %s was not cut", time.Since(start).Round(time.Millisecond))
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("slow frame cut after %s, frame timeout 1s", took.Round(time.Millisecond))
+		}
+		if b := <-got; len(b) != 0 {
+			t.Errorf("broker received %d bytes of a frame that never completed", len(b))
+		}
+	})
+}
+
+func isNetTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestHostileKafkaBrokerCorrelationGames: a broker that answers out of
+// order, twice, or unasked gets the connection closed; the client never
+// receives an answer paired with the wrong request.
+func TestHostileKafkaBrokerCorrelationGames(t *testing.T) {
+	md := func(ver int16, corr int32) []byte {
+		m := kmsg.NewPtrMetadataResponse()
+		m.SetVersion(ver)
+		t := kmsg.NewMetadataResponseTopic()
+		t.Topic = kmsg.StringPtr("public")
+		m.Topics = append(m.Topics, t)
+		return responseFrame(corr, m)
+	}
+	for name, answer := range map[string]func(held *[][]byte, ver int16, corr int32) []byte{
+		// Holds the first answer and sends both, reversed, with the second.
+		"out of order": func(held *[][]byte, ver int16, corr int32) []byte {
+			if len(*held) == 0 {
+				*held = append(*held, md(ver, corr))
+				return []byte{}
+			}
+			return append(md(ver, corr), (*held)[0]...)
+		},
+		"answered twice": func(_ *[][]byte, ver int16, corr int32) []byte {
+			return append(md(ver, corr), md(ver, corr)...)
+		},
+		"unknown correlation id": func(_ *[][]byte, ver int16, corr int32) []byte {
+			return md(ver, corr+1000)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var held [][]byte
+			fb := startFakeBroker(t, "127.0.0.1:0", func(key, ver int16, corr int32, _ []byte) []byte {
+				return answer(&held, ver, corr)
+			})
+			port, _ := kafkaProxyTo(t, netip.MustParseAddrPort(fb.ln.Addr().String()), nil)
+			c := dialFrom(t, "127.0.0.2", port)
+			f := kmsg.NewRequestFormatter(kmsg.FormatterClientID("corr"))
+			var reqs []byte
+			for corr := int32(1); corr <= 2; corr++ {
+				reqs = f.AppendRequest(reqs, metadataReq(1, "public"), corr)
+			}
+			c.Write(reqs)
+			got := expectClosedBy(t, c, 10*time.Second)
+			// Whatever arrived must be answers in request order: 1, then 2.
+			want := int32(1)
+			for len(got) >= 8 {
+				n := int(binary.BigEndian.Uint32(got))
+				if corr := int32(binary.BigEndian.Uint32(got[4:])); corr != want {
+					t.Errorf("client got an answer with correlation id %d, want %d", corr, want)
+				}
+				want++
+				got = got[min(4+n, len(got)):]
+			}
+			if want > 2 && name != "answered twice" {
+				t.Errorf("client got %d answers from a broker playing %q", want-1, name)
 			}
 		})
 	}

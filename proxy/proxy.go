@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/parsers/kafka"
@@ -48,6 +49,14 @@ type Options struct {
 	// resolved through one table per upstream cluster and trust scope.
 	// Off by default: clients are offered name versions only.
 	KafkaTopicIDs bool
+	// KafkaMemoryBudget bounds the memory all Kafka connections together
+	// hold in frame buffers (kafka.MemoryBudget; default 256 MiB).
+	KafkaMemoryBudget int64
+	// KafkaIdleTimeout closes Kafka client connections idle this long
+	// (default 10 min, Kafka's connections.max.idle.ms; < 0 never);
+	// KafkaFrameTimeout bounds the time from a request frame's first byte
+	// to its last (default 30 s; < 0 never).
+	KafkaIdleTimeout, KafkaFrameTimeout time.Duration
 	// MaxConnections bounds concurrent client connections (default 65536);
 	// beyond it new connections are closed at once.
 	MaxConnections int
@@ -66,6 +75,7 @@ type Proxy struct {
 	wg        sync.WaitGroup
 	conns     atomic.Int64
 	topicIDs  *kafka.TopicIDRegistry
+	kafkaMem  *kafka.MemoryBudget
 	http      *httpparser.Server
 
 	stats stats
@@ -100,7 +110,7 @@ func New(opts Options) *Proxy {
 	opts.HTTP.Logger = opts.Logger
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
-		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), http: httpparser.NewServer(opts.HTTP)}
+		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget), http: httpparser.NewServer(opts.HTTP)}
 }
 
 // Ready reports whether a config has been applied.

@@ -36,20 +36,36 @@
 // parse), or forwarded when Config.PassUnknown is set and the Decider
 // allows it. ApiVersions responses are rewritten so clients are never
 // offered an API or version this package would refuse, and, unless
-// Config.AllowTopicIDs is set, so that topic-addressed versions (Produce
-// and Fetch v13+, OffsetCommit/OffsetFetch v10+, TxnOffsetCommit v6+) are
-// not offered either: clients learn topic IDs from Metadata on one
-// connection and use them on another, where this proxy could not resolve
-// them.
+// Config.AllowTopicIDs (topic-ID mode) is set, so that topic-addressed
+// versions (Produce and Fetch v13+, OffsetCommit/OffsetFetch v10+,
+// TxnOffsetCommit v6+) are not offered either.
 //
 // # Topic IDs
 //
-// Topic IDs in requests are resolved through a TopicIDs table that learns
-// name↔ID pairs from Metadata (v10+) and DescribeTopicPartitions responses
-// seen on the connection (or on every connection sharing Config.TopicIDs).
-// An ID the table cannot name is reported in Request.UnresolvedTopicIDs and
-// the Filter denies the request without asking the Decider: an unknown ID
-// never passes.
+// Topic-ID mode is off by default: a request that addresses topics by ID
+// (at a topic-ID version, or Metadata/DeleteTopics naming IDs) is denied
+// without asking the Decider. Every client also speaks the name versions,
+// which need no state in the proxy; IDs need a table the proxy can only
+// learn from what brokers say, and brokers are untrusted.
+//
+// With the mode on, IDs are resolved through a TopicIDs table per upstream
+// cluster (TopicIDRegistry), keyed by the cluster id the broker reports in
+// Metadata v10+ answers and by Config.TopicIDScope, which the caller sets
+// to whom it trusts the upstream to be (the proxy: the upstream's security
+// identity, or its address for reserved identities such as world). A
+// connection resolves no ID before its broker has reported its cluster id;
+// when a request carries IDs on such a connection, the proxy first asks
+// the broker (a Metadata request for no topic whose answer goes nowhere
+// else). A broker that reports a second cluster id on a connection gets it
+// closed. The table learns name↔ID pairs from Metadata and
+// DescribeTopicPartitions answers; an ID seen with two names, or a name
+// seen with two IDs (a remap by a lying broker, or a deleted and recreated
+// topic), is unresolved for the table's life, and a full table learns
+// nothing more (nothing is evicted, so a contradiction cannot be
+// forgotten). A request naming an unresolved ID is denied without asking
+// the Decider, answered with UNKNOWN_TOPIC_ID (100) so clients refresh
+// their metadata. Whatever the mode, Metadata and DescribeTopicPartitions
+// answers reach the client with the IDs of topics it may not use zeroed.
 //
 // # Denials and partial denial
 //
@@ -86,7 +102,16 @@
 // Both directions are untrusted (the "broker" is whatever the client
 // connected to). Frames are bounded (Config.MaxFrameSize, and the tighter
 // Config.MaxControlRequestSize for requests decoded into structs), buffers
-// grow with bytes received rather than sizes declared, and every message
+// grow with bytes received rather than sizes declared, and what they hold
+// beyond a fixed 64 KiB per connection (request frames, the broker answers
+// the proxy parses, denials queued behind broker answers) is charged to a
+// MemoryBudget shared by all connections: a connection that needs more
+// than is free stops reading until memory is released, and is closed if
+// none is by its frame's deadline. Client connections have two read
+// deadlines: Config.IdleTimeout between requests (10 minutes, Kafka's
+// connections.max.idle.ms; never while an answer is awaited) and
+// Config.FrameTimeout from a frame's first byte to its last (30 s, Kafka
+// clients' request timeout), so a frame trickled byte by byte is cut. Every message
 // decoded with kmsg is first checked against its wire layout
 // (schema_gen.go, converted from franz-go's protocol definitions), because
 // kmsg trusts tagged-field counts and would spin for seconds on a 70-byte

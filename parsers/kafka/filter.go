@@ -128,6 +128,20 @@ type Config struct {
 	// proxy: its security identity, or its address for reserved
 	// identities); tables are per (scope, cluster id).
 	TopicIDScope string
+	// Budget, if set, is shared by every connection served with it (see
+	// MemoryBudget); otherwise a connection's buffers are bounded only by
+	// MaxFrameSize.
+	Budget *MemoryBudget
+	// IdleTimeout closes a client connection that sent nothing, and was
+	// sent nothing, for this long while no request was awaiting an answer
+	// (Kafka's own connections.max.idle.ms); 0 means 10 minutes, < 0
+	// never.
+	IdleTimeout time.Duration
+	// FrameTimeout bounds the time from a request frame's first byte to
+	// its last, including waits for Budget (a client that trickles a frame
+	// is cut; Kafka clients give up on a request after 30 s by default);
+	// 0 means 30 seconds, < 0 never.
+	FrameTimeout time.Duration
 	// DrainTimeout bounds how long responses are awaited after the client
 	// stops sending; <= 0 means 30s.
 	DrainTimeout time.Duration
@@ -160,12 +174,34 @@ func NewFilter(cfg Config) (*Filter, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.FrameTimeout == 0 {
+		cfg.FrameTimeout = DefaultFrameTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Filter{cfg: cfg, log: log}, nil
 }
+
+// Default read timeouts of client connections (see Config).
+const (
+	DefaultIdleTimeout  = 10 * time.Minute
+	DefaultFrameTimeout = 30 * time.Second
+)
+
+var (
+	// ErrIdleTimeout: the client connection was idle for
+	// Config.IdleTimeout and was closed (as a broker closes idle
+	// connections).
+	ErrIdleTimeout = errors.New("kafka client connection idle")
+	// ErrFrameTimeout: a request frame did not arrive whole within
+	// Config.FrameTimeout.
+	ErrFrameTimeout = errors.New("kafka request frame too slow")
+)
 
 // ErrClosedByPolicy is returned by Serve when it closed the connection
 // because a denied request could not be answered (an unsupported API, or
@@ -227,6 +263,13 @@ type session struct {
 
 	slots chan struct{} // in-flight bound
 	done  chan struct{} // closed when Serve ends its connections
+
+	// frameDeadline is when the request being read must be complete
+	// (request goroutine only).
+	frameDeadline time.Time
+	// lastResponse is when a response was last written to the client
+	// (unix nanoseconds), for the idle timeout.
+	lastResponse atomic.Int64
 }
 
 // Serve filters one client connection whose requests go to upstream, until
@@ -287,6 +330,12 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 	<-respDone
 	closeAll()
 	setErr(nil)
+	if b := f.cfg.Budget; b != nil {
+		s.qmu.Lock()
+		b.Release(int64(s.localBytes)) // denials never written
+		s.localBytes = 0
+		s.qmu.Unlock()
+	}
 
 	err := firstErr
 	if ctx.Err() != nil {
@@ -298,6 +347,8 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 		f.log.Debug("kafka connection closed", "client", peer)
 	case errors.Is(err, ErrClosedByPolicy):
 		f.log.Info("kafka connection closed by policy", "client", peer)
+	case errors.Is(err, ErrIdleTimeout):
+		f.log.Debug("kafka connection closed", "client", peer, "reason", err.Error())
 	default:
 		f.log.Warn("kafka connection closed", "client", peer, "reason", err.Error())
 	}
@@ -355,6 +406,11 @@ func (s *session) requests() error {
 	cfg := &s.f.cfg
 	cr := bufio.NewReaderSize(s.client, 64<<10)
 	fr := NewFrameReader(cr, cfg.MaxFrameSize)
+	if b := cfg.Budget; b != nil {
+		fr.charge = func(n int64) error { return b.Acquire(n, s.frameDeadline, s.done) }
+		fr.release = b.Release
+		defer fr.shrink()
+	}
 	dec := NewDecoder(nil, cfg.MaxControlRequestSize)
 	dec.idsp = &s.ids
 	var req Request
@@ -367,10 +423,22 @@ func (s *session) requests() error {
 				return fmt.Errorf("write request upstream: %w", err)
 			}
 		}
+		if cr.Buffered() == 0 {
+			if err := s.awaitRequest(cr, fr); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+		s.startFrame(cr)
 		frame, err := fr.Next()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			switch {
+			case errors.Is(err, io.EOF):
 				return nil
+			case isTimeout(err):
+				return fmt.Errorf("request frame not complete within %s: %w", cfg.FrameTimeout, ErrFrameTimeout)
 			}
 			return fmt.Errorf("read request: %w", err)
 		}
@@ -489,6 +557,76 @@ func (s *session) requests() error {
 	}
 }
 
+// retainIdle is how long a client may pause before the large frame buffer
+// kept from its last request (charged to the budget) is released.
+const retainIdle = 100 * time.Millisecond
+
+// awaitRequest waits for the first byte of the next request, closing the
+// connection when it stays idle (nothing read or written, nothing pending)
+// for IdleTimeout.
+func (s *session) awaitRequest(cr *bufio.Reader, fr *FrameReader) error {
+	cfg := &s.f.cfg
+	now := time.Now()
+	if fr.charged > 0 {
+		_ = s.client.SetReadDeadline(now.Add(retainIdle))
+		if _, err := cr.Peek(1); err == nil || !isTimeout(err) {
+			return err
+		}
+		fr.shrink()
+	}
+	if cfg.IdleTimeout < 0 {
+		_ = s.client.SetReadDeadline(time.Time{})
+		_, err := cr.Peek(1)
+		return err
+	}
+	for {
+		deadline := now.Add(cfg.IdleTimeout)
+		if last := time.Unix(0, s.lastResponse.Load()).Add(cfg.IdleTimeout); last.After(deadline) {
+			deadline = last
+		}
+		s.qmu.Lock()
+		waiting := s.qhead != len(s.queue)
+		s.qmu.Unlock()
+		t := time.Now()
+		if waiting {
+			// The client waits for an answer (a long Fetch, a
+			// rebalance): not idle.
+			deadline = t.Add(cfg.IdleTimeout)
+		} else if !t.Before(deadline) {
+			return fmt.Errorf("nothing sent or received for %s: %w", cfg.IdleTimeout, ErrIdleTimeout)
+		}
+		_ = s.client.SetReadDeadline(deadline)
+		_, err := cr.Peek(1)
+		if err == nil || !isTimeout(err) {
+			return err
+		}
+	}
+}
+
+// startFrame sets the deadline of the request frame about to be read,
+// unless it is already buffered whole.
+func (s *session) startFrame(cr *bufio.Reader) {
+	ft := s.f.cfg.FrameTimeout
+	if n := cr.Buffered(); n >= 4 {
+		b, _ := cr.Peek(4)
+		if size := int32(binary.BigEndian.Uint32(b)); size >= 0 && int64(n) >= 4+int64(size) {
+			return // no read will block
+		}
+	}
+	if ft < 0 {
+		s.frameDeadline = time.Now().Add(s.f.cfg.DrainTimeout) // budget waits only
+		_ = s.client.SetReadDeadline(time.Time{})
+		return
+	}
+	s.frameDeadline = time.Now().Add(ft)
+	_ = s.client.SetReadDeadline(s.frameDeadline)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // clusterIDVersion is the Metadata version of the proxy's own request: the
 // first with topic IDs (Kafka 2.8), which every broker that accepts
 // topic-ID requests answers.
@@ -557,6 +695,11 @@ func (s *session) answerLocally(p pending) error {
 			<-s.slots
 			return fmt.Errorf("more than %d bytes of denials pending behind broker responses", maxQueuedDenialBytes)
 		}
+		if b := s.f.cfg.Budget; b != nil && !b.TryAcquire(int64(len(p.local))) {
+			s.qmu.Unlock()
+			<-s.slots
+			return fmt.Errorf("queue a %d-byte denial: %w", len(p.local), ErrMemoryBudget)
+		}
 		s.localBytes += len(p.local)
 		s.queue = append(s.queue, p)
 		s.qmu.Unlock()
@@ -622,8 +765,10 @@ func (s *session) responses() error {
 		s.qmu.Lock()
 		s.qhead++
 		locals = locals[:0]
+		freed := 0
 		for s.qhead < len(s.queue) && (s.queue[s.qhead].local != nil || s.queue[s.qhead].closeAfter) {
 			locals = append(locals, s.queue[s.qhead])
+			freed += len(s.queue[s.qhead].local)
 			s.localBytes -= len(s.queue[s.qhead].local)
 			s.queue[s.qhead] = pending{}
 			s.qhead++
@@ -634,6 +779,11 @@ func (s *session) responses() error {
 		}
 		draining := s.draining
 		s.qmu.Unlock()
+		if b := cfg.Budget; b != nil {
+			// Charged while queued; written below (or dropped with the
+			// connection).
+			b.Release(int64(freed))
+		}
 		for range 1 + len(locals) {
 			<-s.slots
 		}
@@ -652,6 +802,9 @@ func (s *session) responses() error {
 			if err := s.cw.Flush(); err != nil {
 				s.wmu.Unlock()
 				return fmt.Errorf("write response: %w", err)
+			}
+			if cfg.IdleTimeout > 0 {
+				s.lastResponse.Store(time.Now().UnixNano())
 			}
 		}
 		s.wmu.Unlock()
@@ -692,13 +845,12 @@ func (s *session) forwardStream(hdr []byte, rest int64, buf []byte) error {
 // ApiVersions), learns topic IDs or clamps versions, and writes it. Caller
 // holds wmu.
 func (s *session) forwardParsed(head pending, hdr []byte, rest int, buf []byte) ([]byte, error) {
-	if cap(buf) < 8+rest {
-		buf = make([]byte, 8+rest)
+	buf, charged, err := s.readResponse(buf, hdr, 8+rest)
+	if b := s.f.cfg.Budget; b != nil && charged > 0 {
+		defer b.Release(charged)
 	}
-	buf = buf[:8+rest]
-	copy(buf, hdr)
-	if _, err := io.ReadFull(s.ur, buf[8:]); err != nil {
-		return buf, fmt.Errorf("read response: %w", err)
+	if err != nil {
+		return nil, err
 	}
 	out := buf
 	resp := kmsg.ResponseForKey(head.key)
@@ -752,10 +904,53 @@ func (s *session) forwardParsed(head pending, hdr []byte, rest int, buf []byte) 
 	if _, err := s.cw.Write(out); err != nil {
 		return buf, fmt.Errorf("write response: %w", err)
 	}
-	if cap(buf) > retainFrameBuf {
-		buf = nil
+	if cap(buf) > frameBase {
+		buf = nil // only the uncharged base is kept
 	}
 	return buf, nil
+}
+
+// readResponse reads a whole response of need bytes (hdr, already read,
+// first) into buf, which grows with the bytes received, never with the
+// declared size alone; growth beyond frameBase is charged to the budget
+// (charged, to be released by the caller).
+func (s *session) readResponse(buf, hdr []byte, need int) (_ []byte, charged int64, _ error) {
+	if cap(buf) < min(need, frameBase) {
+		buf = make([]byte, 0, min(need, frameBase))
+	}
+	buf = append(buf[:0], hdr...)
+	b := s.f.cfg.Budget
+	deadline := time.Now().Add(s.f.cfg.DrainTimeout)
+	if ft := s.f.cfg.FrameTimeout; ft > 0 {
+		deadline = time.Now().Add(ft)
+	}
+	for len(buf) < need {
+		if len(buf) == cap(buf) {
+			grow := min(need, max(2*cap(buf), frameBase))
+			var c int64
+			if b != nil {
+				c = int64(grow - frameBase)
+				if err := b.Acquire(c, deadline, s.done); err != nil {
+					return nil, charged, fmt.Errorf("read response: %w", err)
+				}
+			}
+			nb := make([]byte, len(buf), grow)
+			copy(nb, buf)
+			if b != nil {
+				b.Release(charged)
+			}
+			buf, charged = nb, c
+		}
+		n, err := io.ReadFull(s.ur, buf[len(buf):min(need, cap(buf))])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, charged, fmt.Errorf("read response: %w", err)
+		}
+	}
+	return buf, charged, nil
 }
 
 // rewriteMetadataRequest returns a copy of a Metadata request frame (v4+)

@@ -30,6 +30,9 @@ const (
 	// retainFrameBuf is the largest buffer kept for the next frame; a
 	// larger one (from a rare big frame) is dropped after use.
 	retainFrameBuf = 4 << 20
+	// frameBase is the buffer every reader keeps; memory beyond it is
+	// charged to a MemoryBudget when the reader has one.
+	frameBase = 4 + frameChunk
 )
 
 // FrameReader reads length-prefixed Kafka frames (a big-endian int32 size
@@ -41,6 +44,12 @@ type FrameReader struct {
 	max int32
 	buf []byte
 	hdr [4]byte
+	// charge, when set, is asked for n more bytes before the buffer
+	// grows beyond frameBase, and release gets them back; charged is what
+	// buf holds now.
+	charge  func(n int64) error
+	release func(n int64)
+	charged int64
 }
 
 // NewFrameReader returns a FrameReader on r that rejects frames larger than
@@ -73,18 +82,28 @@ func (f *FrameReader) Next() ([]byte, error) {
 	}
 	need := 4 + int(size)
 	if cap(f.buf) > retainFrameBuf && need <= retainFrameBuf {
-		f.buf = nil
+		f.drop()
 	}
-	if cap(f.buf) < 4+frameChunk {
-		f.buf = make([]byte, 0, 4+frameChunk)
+	if cap(f.buf) < frameBase {
+		f.buf = make([]byte, 0, frameBase)
 	}
 	f.buf = append(f.buf[:0], f.hdr[:]...)
 	for len(f.buf) < need {
 		if len(f.buf) == cap(f.buf) {
-			grow := min(need, max(2*cap(f.buf), 4+frameChunk))
+			grow := min(need, max(2*cap(f.buf), frameBase))
+			var charge int64
+			if f.charge != nil {
+				// The new buffer is charged before it exists; the old
+				// one's charge goes once it is copied.
+				charge = int64(grow - frameBase)
+				if err := f.charge(charge); err != nil {
+					return nil, fmt.Errorf("read frame body: %w", err)
+				}
+			}
 			nb := make([]byte, len(f.buf), grow)
 			copy(nb, f.buf)
-			f.buf = nb
+			f.drop()
+			f.buf, f.charged = nb, charge
 		}
 		end := min(need, cap(f.buf))
 		n, err := io.ReadFull(f.r, f.buf[len(f.buf):end])
@@ -97,4 +116,21 @@ func (f *FrameReader) Next() ([]byte, error) {
 		}
 	}
 	return f.buf, nil
+}
+
+// drop forgets the buffer and returns its charge.
+func (f *FrameReader) drop() {
+	if f.charged > 0 {
+		f.release(f.charged)
+		f.charged = 0
+	}
+	f.buf = nil
+}
+
+// shrink drops a buffer that holds budget (larger than frameBase), e.g.
+// while the connection is idle.
+func (f *FrameReader) shrink() {
+	if f.charged > 0 {
+		f.drop()
+	}
 }
