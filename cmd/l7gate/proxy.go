@@ -24,6 +24,9 @@ func (a *app) proxyCommand() *cobra.Command {
 		keepSource, noSockmap                          bool
 		maxConns, maxHeaderBytes, kafkaMaxFrame        int
 		headerTimeout, idleTimeout                     time.Duration
+		kafkaTopicIDs                                  bool
+		kafkaBudget                                    int64
+		kafkaIdle, kafkaFrame                          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -45,9 +48,13 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 			if kafkaMaxFrame <= 0 || kafkaMaxFrame > 1<<30 {
 				return usageErrorf("--kafka-max-frame-size: want 1 to %d bytes", 1<<30)
 			}
+			if kafkaBudget < int64(kafkaMaxFrame) {
+				return usageErrorf("--kafka-memory-budget: %d is below --kafka-max-frame-size %d (a largest frame could never be read)", kafkaBudget, kafkaMaxFrame)
+			}
 			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, KeepSource: keepSource,
-				KafkaMaxFrameSize: int32(kafkaMaxFrame),
-				HTTP:              httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}}
+				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
+				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame,
+				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}}
 			switch accessLog {
 			case "", "-", "stderr":
 				opts.AccessLog = proxy.JSONLines(a.stderr)
@@ -114,6 +121,10 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")
 	fl.DurationVar(&idleTimeout, "http-idle-timeout", 5*time.Minute, "idle time before a kept-alive client connection is closed")
 	fl.IntVar(&kafkaMaxFrame, "kafka-max-frame-size", 100<<20, "largest Kafka frame accepted; a larger one closes the connection")
+	fl.Int64Var(&kafkaBudget, "kafka-memory-budget", 256<<20, "bytes all Kafka connections together may hold in frame buffers; a connection that needs more waits (up to --kafka-frame-timeout) or is closed")
+	fl.DurationVar(&kafkaIdle, "kafka-idle-timeout", 10*time.Minute, "close a Kafka client connection idle this long (nothing sent, nothing awaited; negative: never)")
+	fl.DurationVar(&kafkaFrame, "kafka-frame-timeout", 30*time.Second, "time from a Kafka request frame's first byte to its last (slow frames are cut; negative: never)")
+	fl.BoolVar(&kafkaTopicIDs, "kafka-topic-ids", false, "admit Kafka requests that address topics by ID (resolved per upstream cluster and identity); off: clients are offered topic-name versions only and ID requests are denied")
 	return cmd
 }
 
