@@ -215,3 +215,63 @@ func TestClampAPIVersions(t *testing.T) {
 		}
 	}
 }
+
+// FuzzTopicIDAnswers feeds Metadata and DescribeTopicPartitions answers to
+// the session code that binds a connection to its cluster, learns IDs and
+// clears the IDs of denied topics: it must never fail on anything but
+// ErrMalformed, and what it lets through must carry no ID of topic "b"
+// (denied).
+func FuzzTopicIDAnswers(f *testing.F) {
+	for _, v := range []int16{10, 12, 13} {
+		f.Add(int16(3), v, metadataResponseSeed(v))
+	}
+	dtp := kmsg.NewPtrDescribeTopicPartitionsResponse()
+	for i, name := range []string{"a", "b"} {
+		tp := kmsg.NewDescribeTopicPartitionsResponseTopic()
+		tp.Topic, tp.TopicID = sp(name), [16]byte{byte(i + 1)}
+		dtp.Topics = append(dtp.Topics, tp)
+	}
+	f.Add(int16(75), int16(0), dtp.AppendTo(nil))
+	reg := NewTopicIDRegistry(TopicIDLimits{IDs: 64})
+	f.Fuzz(func(t *testing.T, key, v int16, body []byte) {
+		if (key != 3 && key != 75) || v < 0 || v > 13 || (key == 3 && v < 10) {
+			return
+		}
+		fl, err := NewFilter(Config{Decide: denyTopics("b"), AllowTopicIDs: true, TopicIDRegistry: reg, TopicIDScope: "fuzz"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &session{f: fl}
+		out, err := s.topicIDs(pending{key: key, ver: v}, []byte{0, 0, 0, 0, 0, 0, 0, 1}, body)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			return
+		}
+		sent := body
+		if out != nil {
+			sent = out[8:]
+		}
+		resp := kmsg.ResponseForKey(key)
+		resp.SetVersion(v)
+		if err := resp.ReadFrom(sent); err != nil {
+			t.Fatalf("passed an answer that does not decode: %v", err)
+		}
+		check := func(name *string, id [16]byte) {
+			if name != nil && *name == "b" && id != ([16]byte{}) {
+				t.Fatalf("denied topic b passed with ID %x", id)
+			}
+		}
+		switch m := resp.(type) {
+		case *kmsg.MetadataResponse:
+			for _, tp := range m.Topics {
+				check(tp.Topic, tp.TopicID)
+			}
+		case *kmsg.DescribeTopicPartitionsResponse:
+			for _, tp := range m.Topics {
+				check(tp.Topic, tp.TopicID)
+			}
+		}
+	})
+}
