@@ -446,7 +446,7 @@ func (s *session) requests() error {
 		if derr != nil && !errors.Is(derr, ErrUnsupported) {
 			return derr
 		}
-		if len(req.UnresolvedTopicIDs) > 0 && cfg.AllowTopicIDs && !s.asked {
+		if len(req.UnresolvedTopicIDs) > 0 && cfg.AllowTopicIDs && !s.asked && s.ids.Load() == nil {
 			// IDs are resolved through the table of the broker's cluster:
 			// before this connection has seen the cluster id, ask for it
 			// (a client learns IDs on one connection and uses them on
