@@ -39,6 +39,11 @@ type Config struct {
 	AgentLogLevel string
 	Out           io.Writer
 	Log           *slog.Logger
+
+	// AfterStep, if set, runs after each step's checks on the running
+	// topology (e.g. a test runs a client suite inside a pod's namespace);
+	// its error ends the run.
+	AfterStep func(ctx context.Context, step int, topo *Topology) error
 }
 
 // Summary is what Run did.
@@ -221,6 +226,11 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 				sum.Failed++
 			}
 			fmt.Fprintln(out, r.Line())
+		}
+		if cfg.AfterStep != nil {
+			if err := cfg.AfterStep(ctx, i, topo); err != nil {
+				return sum, fmt.Errorf("step %d: %w", i+1, err)
+			}
 		}
 	}
 	fmt.Fprintf(out, "\n%d of %d checks passed\n", len(sum.Results)-sum.Failed, len(sum.Results))
