@@ -97,6 +97,14 @@
 // Produce with acks=0 expects no response, so denying it closes the
 // connection (as a broker does on an acks=0 error).
 //
+// Fetch sessions (KIP-227) are turned off: an allowed Fetch (v7+) is
+// forwarded as a full fetch without a session (SessionID 0, SessionEpoch
+// -1), so the broker creates none and every Fetch names every partition it
+// reads. With a session, later Fetches name only what changed (often no
+// topic at all) and the broker would keep returning records of topics
+// policy allowed when they joined the session, also after it revoked them.
+// The price is larger Fetch requests for consumers of many partitions.
+//
 // # Untrusted input
 //
 // Both directions are untrusted (the "broker" is whatever the client

@@ -490,6 +490,9 @@ func (s *session) requests() error {
 		}
 
 		if d.Verdict == VerdictAllow {
+			if req.APIKey == 1 && req.Supported {
+				sessionlessFetch(&req)
+			}
 			if req.ExpectsResponse() {
 				if err := s.acquire(); err != nil {
 					return err
@@ -663,6 +666,31 @@ func (s *session) askClusterID(clientID string) error {
 		// No answer yet: the IDs stay unresolved (denied).
 	}
 	return nil
+}
+
+// sessionlessFetch turns an allowed Fetch request (v7+) into a full fetch
+// without a session (SessionID 0, SessionEpoch -1, as Kafka's own legacy
+// fetches), in place. With a session (KIP-227) the broker keeps the
+// partitions of earlier requests and later requests name only what
+// changed, often nothing: policy would see a Fetch naming no topic while
+// the broker returns records of topics allowed long ago, also after policy
+// revoked them. Without one, every Fetch names every partition it reads.
+func sessionlessFetch(r *Request) {
+	if r.APIVersion < 7 {
+		return
+	}
+	// ReplicaID (int32, until v14), MaxWaitMillis, MinBytes, MaxBytes
+	// (int32), IsolationLevel (int8), then SessionID and SessionEpoch;
+	// tagged fields only follow the whole struct.
+	off := 4 + 4 + 4 + 4 + 1
+	if r.APIVersion >= 15 {
+		off -= 4
+	}
+	if len(r.body) < off+8 {
+		return // cannot happen: the body was validated
+	}
+	binary.BigEndian.PutUint32(r.body[off:], 0)
+	binary.BigEndian.PutUint32(r.body[off+4:], 0xffffffff)
 }
 
 // decide asks the Decider, failing closed if it panics: a policy bug must
