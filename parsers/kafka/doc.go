@@ -119,8 +119,9 @@
 // deadlines: Config.IdleTimeout between requests (10 minutes, Kafka's
 // connections.max.idle.ms; never while an answer is awaited) and
 // Config.FrameTimeout from a frame's first byte to its last (30 s, Kafka
-// clients' request timeout), so a frame trickled byte by byte is cut. Every message
-// decoded with kmsg is first checked against its wire layout
+// clients' request timeout), so a frame trickled byte by byte is cut.
+//
+// Every message decoded with kmsg is first checked against its wire layout
 // (schema_gen.go, converted from franz-go's protocol definitions), because
 // kmsg trusts tagged-field counts and would spin for seconds on a 70-byte
 // request. Produce, the hot path, has a hand-written allocation-free
