@@ -2,77 +2,37 @@ package policy
 
 import (
 	"fmt"
-	"strconv"
 	"sync"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
-// Identity is a numeric security identity. 0 is never allocated; in policy
-// entries it stands for "any peer".
-type Identity uint32
+// Identity is a numeric security identity (package flow owns the type and
+// the reserved numbers; they are re-exported here).
+type Identity = flow.Identity
 
 // Reserved identities (Cilium's numbers).
 const (
-	IdentityAny           Identity = 0
-	IdentityHost          Identity = 1
-	IdentityWorld         Identity = 2
-	IdentityUnmanaged     Identity = 3
-	IdentityHealth        Identity = 4
-	IdentityInit          Identity = 5
-	IdentityRemoteNode    Identity = 6
-	IdentityKubeAPIServer Identity = 7
-	IdentityIngress       Identity = 8
+	IdentityAny           = flow.IdentityAny
+	IdentityHost          = flow.IdentityHost
+	IdentityWorld         = flow.IdentityWorld
+	IdentityUnmanaged     = flow.IdentityUnmanaged
+	IdentityHealth        = flow.IdentityHealth
+	IdentityInit          = flow.IdentityInit
+	IdentityRemoteNode    = flow.IdentityRemoteNode
+	IdentityKubeAPIServer = flow.IdentityKubeAPIServer
+	IdentityIngress       = flow.IdentityIngress
 
 	// FirstClusterIdentity is the first identity for pod label sets.
-	FirstClusterIdentity Identity = 256
-	// FirstCIDRIdentity is the first node-local CIDR identity (Cilium's
-	// local-scope bit).
-	FirstCIDRIdentity Identity = 1 << 24
+	FirstClusterIdentity = flow.FirstClusterIdentity
+	// FirstCIDRIdentity is the first node-local CIDR identity.
+	FirstCIDRIdentity = flow.FirstCIDRIdentity
 )
 
-// reservedNames maps reserved identities to their entity names.
-func reservedName(id Identity) string {
-	switch id {
-	case IdentityHost:
-		return "host"
-	case IdentityWorld:
-		return "world"
-	case IdentityUnmanaged:
-		return "unmanaged"
-	case IdentityHealth:
-		return "health"
-	case IdentityInit:
-		return "init"
-	case IdentityRemoteNode:
-		return "remote-node"
-	case IdentityKubeAPIServer:
-		return "kube-apiserver"
-	case IdentityIngress:
-		return "ingress"
-	}
-	return ""
-}
-
 // ReservedIdentities lists every reserved identity.
-func ReservedIdentities() []Identity {
-	return []Identity{IdentityHost, IdentityWorld, IdentityUnmanaged, IdentityHealth, IdentityInit,
-		IdentityRemoteNode, IdentityKubeAPIServer, IdentityIngress}
-}
+func ReservedIdentities() []Identity { return flow.ReservedIdentities() }
 
-func (id Identity) String() string {
-	if id == IdentityAny {
-		return "any"
-	}
-	if n := reservedName(id); n != "" {
-		return "reserved:" + n
-	}
-	return strconv.FormatUint(uint64(id), 10)
-}
-
-// IsReserved reports whether id is one of the reserved identities.
-func (id Identity) IsReserved() bool { return id > 0 && id < FirstClusterIdentity }
-
-// IsCIDR reports whether id is a node-local CIDR identity.
-func (id Identity) IsCIDR() bool { return id >= FirstCIDRIdentity }
+func reservedName(id Identity) string { return flow.ReservedName(id) }
 
 // entityIdentities: the entity names policies may use. "all" and "cluster"
 // are resolved by the caller because they depend on the identity universe.
