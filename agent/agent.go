@@ -17,6 +17,7 @@ import (
 	"github.com/l7gate/l7gate/envoy/bootstrap"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/xds/envoytranslate"
 	"github.com/l7gate/l7gate/xds/server"
 	"github.com/l7gate/l7gate/xds/translate"
@@ -25,7 +26,7 @@ import (
 // Config configures the agent. Zero values take the defaults.
 type Config struct {
 	Node     string
-	Source   Source
+	Source   source.Source
 	BPFFS    string // default /sys/fs/bpf/l7gate
 	RunDir   string // sockets; default /run/l7gate
 	StateDir string // persisted state; default /var/lib/l7gate
@@ -41,7 +42,7 @@ type Config struct {
 	Envoy     EnvoyConfig
 	// Reporter, when set, learns which source update each implemented
 	// revision carried (the Kubernetes source writes policy status).
-	Reporter PolicyReporter
+	Reporter source.PolicyReporter
 	// ACKTimeout bounds waiting for the proxies (default 30s).
 	ACKTimeout time.Duration
 	Logger     *slog.Logger
@@ -71,11 +72,6 @@ func (c *Config) defaults() {
 	}
 }
 
-// PolicyReporter learns which source update a revision implemented.
-type PolicyReporter interface {
-	Implemented(ctx context.Context, rev uint64, u SourceUpdate)
-}
-
 // XDSSocket is the xDS server's socket under a run dir.
 func XDSSocket(runDir string) string { return filepath.Join(runDir, "xds.sock") }
 
@@ -97,7 +93,7 @@ type Agent struct {
 	mu         sync.Mutex
 	status     Status
 	attached   map[int]LocalEndpoint // by ifindex
-	lastUpdate *SourceUpdate
+	lastUpdate *source.Update
 	// Envoy listeners already in the socket map
 	envoyListeners map[envoyListenerKey]bool
 	flows          flowRing
@@ -187,7 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 			a.log.Warn("envoy access-log service", "error", err)
 		}
 	}()
-	updates := make(chan SourceUpdate)
+	updates := make(chan source.Update)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -199,7 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// for its ACK instead of racing it.
 	a.waitForConsumer(ctx, 15*time.Second)
 
-	var pending *SourceUpdate
+	var pending *source.Update
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	resync := time.NewTicker(10 * time.Second)
@@ -292,7 +288,7 @@ func (a *Agent) endpointsChanged(ctx context.Context) (bool, error) {
 // implement runs the chain for one source revision: compute → endpoints →
 // proxy ports → xDS push and ACK → datapath sync. Only then is the
 // revision implemented.
-func (a *Agent) implement(ctx context.Context, u *SourceUpdate) error {
+func (a *Agent) implement(ctx context.Context, u *source.Update) error {
 	a.mu.Lock()
 	rev := a.status.Revision
 	a.lastUpdate = u
@@ -404,7 +400,7 @@ func (a *Agent) implement(ctx context.Context, u *SourceUpdate) error {
 	a.status.policies = policyStatuses(u.Objects, rev)
 	a.mu.Unlock()
 	if a.cfg.Reporter != nil {
-		a.cfg.Reporter.Implemented(ctx, rev, *u)
+		a.cfg.Reporter.Implemented(ctx, rev, *u, nil)
 	}
 	a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
 		"policies", len(u.Objects.Policies), "ipcache", ipst, "policy", pst, "took", time.Since(start).Round(time.Millisecond))

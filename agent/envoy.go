@@ -4,16 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
-	"github.com/l7gate/l7gate/proxy"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/xds/envoytranslate"
 	"github.com/l7gate/l7gate/xds/translate"
@@ -67,55 +64,10 @@ func envoyResources(_ string, st xdsState) (map[string][]proto.Message, error) {
 }
 
 // serveAccessLogs runs the gRPC access-log service Envoy's bootstrap
-// points at; Envoy's records become the same JSON access-log records the
-// Go proxy writes, on the agent's stderr.
+// points at; Envoy's requests become flow records, written as JSON lines
+// (the Go proxy's access-log format) on the agent's stderr.
 func (a *Agent) serveAccessLogs(ctx context.Context) error {
-	sink := proxy.JSONLines(os.Stderr)
-	return als.Serve(ctx, als.Config{Socket: ALSSocket(a.cfg.RunDir), Log: a.log, Sink: func(r envoy.Record) {
-		sink(envoyAccessRecord(r))
-	}})
-}
-
-// envoyAccessRecord converts an Envoy access-log record.
-func envoyAccessRecord(r envoy.Record) *proxy.AccessRecord {
-	out := &proxy.AccessRecord{Time: r.Time, Protocol: "http", Source: r.Source, Destination: r.Destination,
-		Verdict: string(r.Verdict), Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status}
-	// RuleSet is "l7gate/<direction>/<endpoint identity>/<port>"
-	parts := strings.Split(r.RuleSet, "/")
-	dir := policy.Ingress
-	if len(parts) == 4 {
-		if parts[1] == "egress" {
-			dir = policy.Egress
-		}
-		if id, err := strconv.ParseUint(parts[2], 10, 32); err == nil {
-			if dir == policy.Ingress {
-				out.DstIdentity = policy.Identity(id)
-			} else {
-				out.SrcIdentity = policy.Identity(id)
-			}
-		}
-	}
-	out.Direction = dir
-	if r.Policy != "" || r.Kind != "" {
-		p := policy.Provenance{Policy: r.Policy, Direction: dir, Kind: policy.RuleKind(r.Kind), Path: r.Rule}
-		switch r.PolicyKind {
-		case "cnp":
-			p.PolicyKind = policy.KindCNP
-		case "ccnp":
-			p.PolicyKind = policy.KindCCNP
-		case "np":
-			p.PolicyKind = policy.KindNP
-		}
-		// "spec.ingress[0].http[1]" → path "spec.ingress[0]", l7 "http[1]"
-		if i := strings.LastIndex(r.Rule, "."); i > 0 && strings.HasPrefix(r.Rule[i+1:], "http[") {
-			p.Path, p.L7 = r.Rule[:i], r.Rule[i+1:]
-		}
-		out.DecidedBy = []policy.Provenance{p}
-	}
-	if r.GRPCStatus != "" && r.GRPCStatus != "0" {
-		out.Error = "grpc-status " + r.GRPCStatus
-	}
-	return out
+	return als.Serve(ctx, als.Config{Socket: ALSSocket(a.cfg.RunDir), Log: a.log, Sink: flow.JSONLines(os.Stderr)})
 }
 
 // EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.

@@ -313,7 +313,7 @@ func TestPrivilegedAgentRestart(t *testing.T) {
 	}
 	found := false
 	for _, f := range page.Flows {
-		if f.Dropped && f.Source.Addr().String() == "198.18.1.12" && f.Destination.Port() == 80 &&
+		if f.Dropped() && f.Source.Addr().String() == "198.18.1.12" && f.Destination.Port() == 80 &&
 			len(f.DecidedBy) > 0 && f.DecidedBy[0].Policy == "default/rule1" && f.Endpoint == "default/deathstar" {
 			found = true
 		}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 )
@@ -172,8 +173,8 @@ func (a *Agent) serveStatus(ctx context.Context) error {
 // FlowPage is a page of recent flows; Cursor is passed as ?after= to get
 // the next one.
 type FlowPage struct {
-	Flows  []Flow `json:"flows"`
-	Cursor uint64 `json:"cursor"`
+	Flows  []flow.Record `json:"flows"`
+	Cursor uint64        `json:"cursor"`
 }
 
 // FetchFlows reads the flows recorded after cursor.

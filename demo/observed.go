@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -82,8 +83,8 @@ func (o *observer) lookFlows(ctx context.Context, dropped bool, src, dst netip.A
 		return nil
 	}
 	for _, f := range page.Flows {
-		if f.Dropped == dropped && f.Source.Addr() == src && f.Destination.Addr() == dst && f.Destination.Port() == port &&
-			f.Verdict != "redirect" {
+		if f.Dropped() == dropped && f.Source.Addr() == src && f.Destination.Addr() == dst && f.Destination.Port() == port &&
+			f.Verdict != flow.VerdictRedirected {
 			out = addProvenance(out, f.DecidedBy, "datapath")
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/l7gate/l7gate/agent"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/source"
 )
 
 // agentFlags are the agent's settings; a --config file (YAML with the same
@@ -95,8 +96,8 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 					f.StartProxy = fromFile.StartProxy
 				}
 			}
-			var src agent.Source
-			var reporter agent.PolicyReporter
+			var src source.Source
+			var reporter source.PolicyReporter
 			switch f.SourceKind {
 			case "folder":
 				if f.Source == "" {
@@ -105,7 +106,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if st, err := os.Stat(f.Source); err != nil || !st.IsDir() {
 					return usageErrorf("--source %s: not a folder", f.Source)
 				}
-				src = &agent.FolderSource{Dir: f.Source, Logger: a.log}
+				src = &source.Folder{Dir: f.Source, Logger: a.log}
 			case "k8s":
 				s, w, err := a.agentK8sSource(cmd.Context(), k8sf, f.Node)
 				if err != nil {
@@ -319,7 +320,7 @@ endpoint default-deny). L7 requests are in the proxy's access log
 				}
 				cursor = page.Cursor
 				for _, f := range page.Flows {
-					if dropsOnly && !f.Dropped {
+					if dropsOnly && !f.Dropped() {
 						continue
 					}
 					if output == "json" {
@@ -334,12 +335,12 @@ endpoint default-deny). L7 requests are in the proxy's access log
 						}
 						rule = strings.Join(parts, "; ")
 					}
-					verdict := f.Verdict
-					if f.Dropped {
+					verdict := string(f.Verdict)
+					if f.Dropped() {
 						verdict = "DROPPED"
 					}
 					fmt.Fprintf(a.stdout, "%s %-7s %s (%d) → %s (%d) proto %d %s [%s] %s\n", f.Time.Format("15:04:05.000"), f.Direction,
-						f.Source, f.SrcIdentity, f.Destination, f.DstIdentity, f.Protocol, verdict, f.Reason, rule)
+						f.Source, uint32(f.SrcIdentity), f.Destination, uint32(f.DstIdentity), f.IPProtocol, verdict, f.Reason, rule)
 				}
 				if !follow {
 					return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/flow"
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/proxy"
@@ -50,7 +51,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 				HTTP:              httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}}
 			switch accessLog {
 			case "", "-", "stderr":
-				opts.AccessLog = proxy.JSONLines(a.stderr)
+				opts.AccessLog = flow.JSONLines(a.stderr)
 			case "none":
 			default:
 				f, err := os.OpenFile(accessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -58,7 +59,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 					return usageErrorf("--access-log: %v", err)
 				}
 				defer f.Close()
-				opts.AccessLog = proxy.JSONLines(f)
+				opts.AccessLog = flow.JSONLines(f)
 			}
 			if !noSockmap {
 				socks, err := bpf.OpenProxySockets(bpffs)
