@@ -55,11 +55,10 @@ func (r *flowRing) since(after uint64) ([]flow.Record, uint64) {
 
 // watchFlows turns datapath events into flows: logged (drops at info,
 // verdicts at debug) and kept for `l7gate observe`.
-func (a *Agent) watchFlows(ctx context.Context) {
+func (a *Agent) watchFlows(ctx context.Context) error {
 	events, err := a.dp.Events(ctx)
 	if err != nil {
-		a.log.Warn("datapath events unavailable", "error", err)
-		return
+		return err
 	}
 	for ev := range events {
 		f := a.flowOf(ev)
@@ -79,6 +78,7 @@ func (a *Agent) watchFlows(ctx context.Context) {
 			a.log.Debug("flow", attrs...)
 		}
 	}
+	return nil
 }
 
 // flowOf turns a datapath event into a flow record: a drop is denied
@@ -99,13 +99,13 @@ func (a *Agent) flowOf(ev bpf.Event) flow.Record {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if p, ok := a.status.rules[ev.RuleID]; ok && ev.RuleID != 0 {
+	if p, ok := a.st.rules[ev.RuleID]; ok && ev.RuleID != 0 {
 		f.DecidedBy = []policy.Provenance{p}
 	}
 	if ep, ok := a.attached[int(ev.Endpoint)]; ok {
-		f.Endpoint = ep.Namespace + "/" + ep.Name
-		if len(f.DecidedBy) == 0 && ev.Reason == bpf.ReasonDefault && ev.Dropped && a.status.snapshot != nil {
-			if pol := a.status.snapshot.Policy(ep.Identity); pol != nil {
+		f.Endpoint = ep.Key()
+		if len(f.DecidedBy) == 0 && ev.Reason == bpf.ReasonDefault && ev.Dropped && a.st.snap != nil {
+			if pol := a.st.snap.Policy(ep.Identity); pol != nil {
 				f.DecidedBy = pol.Direction(f.Direction).DefaultDeny
 			}
 		}

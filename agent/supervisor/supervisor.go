@@ -1,34 +1,43 @@
-package agent
+// Package supervisor keeps the node's Go proxy running for the agent: it
+// adopts a proxy that answers on the admin socket, starts one otherwise (in
+// its own session, so it outlives agent restarts), and restarts the one it
+// started when it exits.
+package supervisor
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/l7gate/l7gate/agentapi"
 )
 
-// ProxyConfig says how the agent gets its Go proxy.
-type ProxyConfig struct {
-	// Start: start `l7gate proxy` when none is running, and restart it if
-	// it dies. The proxy runs in its own session, so it survives agent
-	// restarts; a running one is adopted.
-	Start bool
+// Config says how to run the Go proxy.
+type Config struct {
 	// Executable of l7gate (default: this process's executable).
 	Executable string
 	// Args are extra arguments for `l7gate proxy`.
 	Args []string
+	// RunDir holds the sockets, the pid file and the proxy's log.
+	RunDir string
+	// Node is the node name the proxy subscribes to xDS with.
+	Node string
+	// BPFFS is passed to the proxy as --bpffs.
+	BPFFS  string
+	Logger *slog.Logger
 }
 
 // proxyAlive reports whether a proxy answers on the admin socket.
 func proxyAlive(runDir string) bool {
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", ProxyAdminSocket(runDir))
+		return d.DialContext(ctx, "unix", agentapi.ProxyAdminSocket(runDir))
 	}}}
 	resp, err := client.Get("http://proxy/stats/prometheus")
 	if err != nil {
@@ -38,21 +47,19 @@ func proxyAlive(runDir string) bool {
 	return true
 }
 
-// ProxyPIDFile holds the pid of the proxy the agent started.
-func ProxyPIDFile(runDir string) string { return filepath.Join(runDir, "proxy.pid") }
-
-// superviseProxy keeps a Go proxy running (when configured to): it adopts
-// one that answers on the admin socket, starts one otherwise, and starts
-// a new one if the proxy it started exits.
-func (a *Agent) superviseProxy(ctx context.Context) {
-	if !a.cfg.Proxy.Start {
-		return
+// Run keeps a Go proxy running until ctx ends: it adopts one that answers
+// on the admin socket, starts one otherwise, and starts a new one if the
+// proxy it started exits. The proxy keeps running when Run returns.
+func Run(ctx context.Context, cfg Config) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	exe := a.cfg.Proxy.Executable
+	exe := cfg.Executable
 	if exe == "" {
 		var err error
 		if exe, err = os.Executable(); err != nil {
-			a.log.Error("find l7gate executable", "error", err)
+			log.Error("find l7gate executable", "error", err)
 			return
 		}
 	}
@@ -65,7 +72,7 @@ func (a *Agent) superviseProxy(ctx context.Context) {
 		case exited != nil:
 			select {
 			case <-exited:
-				a.log.Warn("proxy exited; restarting it", "log", filepath.Join(a.cfg.RunDir, "proxy.log"))
+				log.Warn("proxy exited; restarting it", "log", agentapi.ProxyLog(cfg.RunDir))
 				exited = nil
 				wait = backoff
 				if backoff < 10*time.Second {
@@ -73,22 +80,22 @@ func (a *Agent) superviseProxy(ctx context.Context) {
 				}
 			default:
 			}
-		case proxyAlive(a.cfg.RunDir):
+		case proxyAlive(cfg.RunDir):
 			if !adopted {
-				a.log.Info("adopted the running proxy", "admin", ProxyAdminSocket(a.cfg.RunDir))
+				log.Info("adopted the running proxy", "admin", agentapi.ProxyAdminSocket(cfg.RunDir))
 				adopted = true
 			}
 		default:
 			adopted = false
 			args := append([]string{"proxy",
-				"--xds-socket", XDSSocket(a.cfg.RunDir),
-				"--admin-socket", ProxyAdminSocket(a.cfg.RunDir),
-				"--node", a.cfg.Node,
-				"--bpffs", a.cfg.BPFFS,
-			}, a.cfg.Proxy.Args...)
-			logf, err := os.OpenFile(filepath.Join(a.cfg.RunDir, "proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+				"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
+				"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
+				"--node", cfg.Node,
+				"--bpffs", cfg.BPFFS,
+			}, cfg.Args...)
+			logf, err := os.OpenFile(agentapi.ProxyLog(cfg.RunDir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 			if err != nil {
-				a.log.Error("proxy log", "error", err)
+				log.Error("proxy log", "error", err)
 				return
 			}
 			cmd := exec.Command(exe, args...)
@@ -98,11 +105,11 @@ func (a *Agent) superviseProxy(ctx context.Context) {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 			if err := cmd.Start(); err != nil {
 				logf.Close()
-				a.log.Error("start proxy", "error", err)
+				log.Error("start proxy", "error", err)
 				break
 			}
-			os.WriteFile(ProxyPIDFile(a.cfg.RunDir), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
-			a.log.Info("started proxy", "pid", cmd.Process.Pid, "log", logf.Name())
+			os.WriteFile(agentapi.ProxyPIDFile(cfg.RunDir), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+			log.Info("started proxy", "pid", cmd.Process.Pid, "log", logf.Name())
 			ch := make(chan struct{})
 			exited = ch
 			go func() { cmd.Wait(); logf.Close(); close(ch) }()

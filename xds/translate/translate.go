@@ -213,9 +213,13 @@ func comparePrefix(a, b netip.Prefix) int {
 	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 }
 
+// PolicyName is the name of an endpoint's NetworkPolicy resource: its
+// first IP (the proxy finds policies by IP). The endpoint must have one.
+func PolicyName(ep policy.Endpoint) string { return ep.IPs[0].String() }
+
 func networkPolicy(ep policy.Endpoint, pol *policy.EndpointPolicy) (*l7gatev1.NetworkPolicy, error) {
 	np := &l7gatev1.NetworkPolicy{
-		Name:             ep.IPs[0].String(),
+		Name:             PolicyName(ep),
 		EndpointIdentity: uint32(ep.Identity),
 		Namespace:        ep.Namespace,
 		Pod:              ep.Name,
