@@ -35,9 +35,9 @@ import (
 	"k8s.io/client-go/rest"
 	kubeapiserver "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
 
-	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/deploy"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 const testNode = "node-a"

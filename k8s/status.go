@@ -23,8 +23,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 // Condition types written on CiliumNetworkPolicy and

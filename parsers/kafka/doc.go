@@ -4,7 +4,8 @@
 // between a client connection and its broker.
 //
 // It owns the wire protocol only. Policy (which request is allowed) comes
-// in as a Decider; this package imports no other l7gate package.
+// in as a Decider; of l7gate it imports only policy, for the one table of
+// Kafka API names that policies and access logs share.
 //
 // # Admitted APIs
 //
