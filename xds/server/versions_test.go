@@ -45,3 +45,38 @@ func TestResourceVersions(t *testing.T) {
 		t.Errorf("after the NACK: desired %v, acked %v (was %v)", d2, a2, a1)
 	}
 }
+
+// TestDisconnectedConsumerPruned: a consumer whose last stream closed and
+// that no update waits for is forgotten (its resources and ACK state
+// too); one an update waits for is kept until the update resolves.
+func TestDisconnectedConsumerPruned(t *testing.T) {
+	srv := startServer(t, "", 500*time.Millisecond)
+	const node = "l7proxy~gone"
+	c := newSotW(t, srv.socket, node)
+	c.send(&discovery.DiscoveryRequest{TypeUrl: xds.TypeListener})
+	waitFor(t, "subscription", subscribed(srv, node, xds.TypeListener))
+	comp := srv.Update(t.Context(), resources(10001))
+	r := c.recv()
+	c.send(&discovery.DiscoveryRequest{TypeUrl: xds.TypeListener, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
+	if err := wait(t, comp); err != nil {
+		t.Fatal(err)
+	}
+	c.close()
+	waitFor(t, "the consumer forgotten", func() bool { return len(srv.Consumers()) == 0 })
+	if d, a := srv.ResourceVersions(node, xds.TypeListener); d != nil || a != nil {
+		t.Errorf("a forgotten consumer still has versions %v %v", d, a)
+	}
+
+	// Waited for: kept while the update is pending, forgotten after.
+	c = newSotW(t, srv.socket, node)
+	c.send(&discovery.DiscoveryRequest{TypeUrl: xds.TypeListener})
+	waitFor(t, "subscription", subscribed(srv, node, xds.TypeListener))
+	comp = srv.Update(t.Context(), resources(10002))
+	c.recv()
+	c.close()
+	waitFor(t, "stream closed", func() bool { cs := srv.Consumers(); return len(cs) == 1 && cs[0].Streams == 0 })
+	if err := wait(t, comp); err == nil {
+		t.Fatal("update resolved without an ACK")
+	}
+	waitFor(t, "the consumer forgotten after the timeout", func() bool { return len(srv.Consumers()) == 0 })
+}
