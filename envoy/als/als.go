@@ -85,7 +85,7 @@ func (s *Service) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAcc
 	}
 }
 
-// Serve listens on cfg.Socket and serves until ctx is done.
+// Serve listens on cfg.Socket (mode 0660) and serves until ctx is done.
 func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Sink == nil {
 		return errors.New("als: no sink")
@@ -98,6 +98,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	lis, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	// Only the node's l7gate group may log (forged records would
+	// misattribute requests).
+	if err := os.Chmod(cfg.Socket, 0o660); err != nil {
+		lis.Close()
+		return fmt.Errorf("socket mode: %w", err)
 	}
 	gs := grpc.NewServer()
 	accesslogv3.RegisterAccessLogServiceServer(gs, NewService(cfg.Log, cfg.Sink))

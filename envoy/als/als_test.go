@@ -3,6 +3,7 @@ package als
 import (
 	"context"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -93,6 +94,11 @@ func TestStreamAccessLogs(t *testing.T) {
 	}()
 
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer func() {
+		if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o660 {
+			t.Errorf("access-log socket mode %v (%v), want 0660", fi.Mode().Perm(), err)
+		}
+	}()
 	if err != nil {
 		t.Fatal(err)
 	}
