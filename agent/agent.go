@@ -96,6 +96,9 @@ type Config struct {
 	XDS      XDS
 	Ports    ProxyPorts
 	Host     Host // default: this network namespace
+	// Processes finds the proxies and takes their listeners (default:
+	// /proc and pidfd_getfd).
+	Processes ProxyProcesses
 
 	RunDir   string // sockets; default /run/l7gate
 	StateDir string // persisted state (identities); default /var/lib/l7gate
@@ -161,6 +164,9 @@ func (c *Config) defaults() {
 	if c.Host == nil {
 		c.Host = netHost{}
 	}
+	if c.Processes == nil {
+		c.Processes = procProxies{runDir: c.RunDir, envoyName: c.Envoy.ProcessName}
+	}
 	if c.now == nil {
 		c.now = time.Now
 	}
@@ -208,8 +214,8 @@ type Agent struct {
 	// ready is what the proxies have ACKed (readiness.go).
 	ready      readiness
 	readySaved string
-	// envoyListeners: Envoy listeners already in the socket map.
-	envoyListeners map[envoyListenerKey]bool
+	// registered: proxy listeners already in the socket map.
+	registered map[listenerKey]bool
 
 	// links signals link and route changes (nil: none).
 	links <-chan struct{}
@@ -303,7 +309,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func newAgent(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
-		attached: map[int]bpftranslate.LocalEndpoint{}, envoyListeners: map[envoyListenerKey]bool{}}
+		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}}
 	a.st.startedAt = cfg.now().UTC()
 	a.ids = a.loadIdentities()
 	a.ready = a.loadReadiness()
@@ -320,6 +326,9 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 	retry.Stop()
 	resync := time.NewTicker(a.cfg.ResyncInterval)
 	defer resync.Stop()
+	// A restarted proxy has new listener sockets: look every RetryInterval.
+	proxies := time.NewTicker(a.cfg.RetryInterval)
+	defer proxies.Stop()
 	for {
 		reapply := false
 		select {
@@ -344,6 +353,8 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			reapply = snap != nil
 		case <-resync.C:
 			reapply = snap != nil && a.endpointsChanged(snap)
+		case <-proxies.C:
+			reapply = snap != nil && a.listenersStale()
 		}
 		var again bool
 		switch {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -344,6 +345,15 @@ func (h *fakeHost) addVeth(ep string, idx int) {
 	}
 }
 
+// fakeProcs is a proxy that runs as pid 42 and whose listeners are
+// loopback sockets.
+type fakeProcs struct{}
+
+func (fakeProcs) PID(bool) (int, error) { return 42, nil }
+func (fakeProcs) TakeListener(int, uint16) (*net.TCPListener, error) {
+	return net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+}
+
 // chanSource sends the updates given to it.
 type chanSource chan source.Update
 
@@ -396,7 +406,7 @@ func (h *harness) start() {
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
-			Host: h.host, RunDir: h.t.TempDir(), StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
+			Host: h.host, Processes: fakeProcs{}, RunDir: h.t.TempDir(), StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
 			RetryInterval: 50 * time.Millisecond})
 	}()
 	h.stop = func() {

@@ -26,12 +26,12 @@ const (
 	StepProxyConfig    = "proxy config"    // resources could not be rendered: redirects dropped
 	StepProxyRejected  = "proxy rejected"  // a proxy NACKed: redirects dropped
 	StepProxyACK       = "proxy ACK"       // not ACKed (yet): redirects dropped (retried)
-	StepEnvoyListener  = "envoy listener"  // Envoy's listener not in the socket map (retried)
+	StepProxyListener  = "proxy listener"  // a proxy's listener not in the socket map (retried)
 )
 
 // retried: failures that may clear without a new source revision.
 func retried(step string) bool {
-	return step == StepAttach || step == StepProxyACK || step == StepEnvoyListener
+	return step == StepAttach || step == StepProxyACK || step == StepProxyListener
 }
 
 // apply implements snap (computed from u) on this node: endpoints and

@@ -158,9 +158,8 @@ func (a *Agent) push(ctx context.Context, snap *policy.Snapshot, local []bpftran
 		a.log.Warn("proxies have not ACKed everything; the endpoints concerned fail closed", "error", lastErr)
 	}
 	a.ready = a.readinessAfter(st, snap, local, excl, lastErr)
-	if a.cfg.HTTPProxy == HTTPProxyEnvoy {
-		a.registerEnvoyListeners()
-	}
+	a.registerListeners(goProxy)
+	a.registerListeners(envoyProxy)
 	a.saveReadiness()
 }
 

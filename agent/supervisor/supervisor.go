@@ -27,9 +27,7 @@ type Config struct {
 	// RunDir holds the sockets, the pid file and the proxy's log.
 	RunDir string
 	// Node is the node name the proxy subscribes to xDS with.
-	Node string
-	// BPFFS is passed to the proxy as --bpffs.
-	BPFFS  string
+	Node   string
 	Logger *slog.Logger
 }
 
@@ -91,7 +89,6 @@ func Run(ctx context.Context, cfg Config) {
 				"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
 				"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
 				"--node", cfg.Node,
-				"--bpffs", cfg.BPFFS,
 			}, cfg.Args...)
 			logf, err := os.OpenFile(agentapi.ProxyLog(cfg.RunDir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 			if err != nil {

@@ -199,7 +199,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
 	}
 	if f.StartProxy {
-		cfg.Proxy = &supervisor.Config{BPFFS: f.BPFFS}
+		cfg.Proxy = &supervisor.Config{}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()
