@@ -25,8 +25,13 @@
 // completed for it.
 //
 // New pods are attached when netlink reports their veth or route (with a
-// slow resync as a safety net), without recomputing policy. Identities are
-// persisted in the state directory, so a restart renumbers nothing.
+// slow resync as a safety net), without recomputing policy. Identities,
+// and what the proxies have in force, are persisted in the state
+// directory, so a restart renumbers nothing and drops no redirect.
+//
+// The proxies need no access to the datapath: once a proxy ACKed a
+// listener, the agent takes the listener socket (pidfd_getfd) into the
+// datapath's socket map, and takes it again when the proxy restarts.
 //
 // The agent does not build its dependencies: cmd/l7gate (the composition
 // root) hands it the datapath, the xDS server and the proxy-port allocator
