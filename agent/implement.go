@@ -81,6 +81,9 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	failures := fs.list()
 	a.mu.Lock()
 	changedRev := a.st.implementedRevision != rev
+	changedFailures := !slices.EqualFunc(a.st.failures, failures, func(x, y source.EndpointFailure) bool {
+		return x.Endpoint == y.Endpoint && x.Step == y.Step && x.Error == y.Error && slices.Equal(x.Directions, y.Directions)
+	})
 	a.st.implementedRevision = rev
 	a.st.lastError = ""
 	a.st.errors = errorStrings(u.Errors)
@@ -92,8 +95,11 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	if a.cfg.Reporter != nil {
 		a.cfg.Reporter.Implemented(ctx, rev, *u, failures)
 	}
-	for _, f := range failures {
-		a.log.Warn("endpoint fails closed", "endpoint", f.Endpoint, "step", f.Step, "directions", strings.Join(f.Directions, ","), "error", f.Error)
+	if changedFailures {
+		// logged when they change, not on every retry
+		for _, f := range failures {
+			a.log.Warn("endpoint fails closed", "endpoint", f.Endpoint, "step", f.Step, "directions", strings.Join(f.Directions, ","), "error", f.Error)
+		}
 	}
 	if changedRev {
 		a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
