@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -99,6 +100,10 @@ func TestPrivilegedEnvoyRedirect(t *testing.T) {
 					break
 				}
 			}
+			// Wait for the server's FIN before closing, so the server side
+			// (the node) holds the TIME_WAIT the next connection meets;
+			// a client-side TIME_WAIT would refuse the bind (EADDRNOTAVAIL).
+			io.Copy(io.Discard, r)
 			return nil
 		})
 		if err != nil {
