@@ -5,54 +5,134 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"slices"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/l7gate/l7gate/agent/endpoints"
+	"github.com/l7gate/l7gate/agent/node"
+	"github.com/l7gate/l7gate/agent/supervisor"
+	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
-	"github.com/l7gate/l7gate/envoy/bootstrap"
+	"github.com/l7gate/l7gate/bpftranslate"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
-	"github.com/l7gate/l7gate/xds/envoytranslate"
+	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/xds/server"
-	"github.com/l7gate/l7gate/xds/translate"
 )
 
-// Config configures the agent. Zero values take the defaults.
+// Datapath is what the agent needs of the eBPF datapath (*bpf.Datapath).
+type Datapath interface {
+	AttachEndpoint(bpf.Endpoint) error
+	DetachEndpoint(ifindex int) error
+	// CheckPolicy reports whether SyncPolicy would accept one endpoint's
+	// entries, without writing anything.
+	CheckPolicy(bpf.EndpointPolicy) error
+	SyncPolicy([]bpf.EndpointPolicy) (bpf.SyncStats, error)
+	SyncIPCache([]bpf.IPCacheEntry) (bpf.SyncStats, error)
+	RegisterProxyListener(port uint16, conn syscall.Conn) error
+	Events(ctx context.Context) (<-chan bpf.Event, error)
+}
+
+// XDS is the xDS server the agent publishes its state to; ServerXDS adapts
+// the real one (NewXDSServer).
+type XDS interface {
+	// Update publishes st; the completion resolves when every consumer
+	// ACKed it, or fails with a *server.NACKError, a *server.PendingError
+	// (timeout) or a rendering error (possibly several, joined).
+	Update(ctx context.Context, st XDSState) Completion
+	Consumers() []server.ConsumerStatus
+	// ResourceVersions: per resource, the version a consumer should have
+	// and the one it last ACKed.
+	ResourceVersions(consumerID, typeURL string) (desired, acked map[string]string)
+}
+
+// Completion is the outcome of one XDS.Update.
+type Completion interface {
+	Done() <-chan struct{}
+	Err() error
+}
+
+// ProxyPorts allocates proxy ports (*redirect.PortAllocator).
+type ProxyPorts interface {
+	Allocate(redirect.PortKey) (uint16, error)
+	Release(redirect.PortKey) error
+	Allocations() map[redirect.PortKey]uint16
+}
+
+// Host is the agent's view of the node's network namespace. The default
+// (a nil Config.Host) reads this process's namespace over netlink.
+type Host interface {
+	// LocalEndpoints returns the endpoints of eps whose address routes to
+	// a veth here.
+	LocalEndpoints(eps []policy.Endpoint) ([]bpftranslate.LocalEndpoint, error)
+	// PrepareEndpoint readies a pod's host veth before it is attached.
+	PrepareEndpoint(device string) error
+	// Addresses lists the node's own addresses (the host identity),
+	// leaving out pod addresses.
+	Addresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error)
+	// Watch signals when links or routes change (coalesced).
+	Watch(ctx context.Context) (<-chan struct{}, error)
+}
+
+// HTTP proxy choices.
+const (
+	HTTPProxyGo    = "go"    // the Go proxy serves HTTP, gRPC and Kafka
+	HTTPProxyEnvoy = "envoy" // stock Envoy serves HTTP and gRPC; the Go proxy Kafka
+)
+
+// Config configures the agent. Datapath, XDS, Ports and Source are
+// required; zero values of the rest take the defaults.
 type Config struct {
-	Node     string
-	Source   Source
-	BPFFS    string // default /sys/fs/bpf/l7gate
+	Node   string
+	Source source.Source
+	// Reporter, when set, learns which source update each implemented
+	// revision carried and which endpoints failed closed.
+	Reporter source.PolicyReporter
+
+	Datapath Datapath
+	XDS      XDS
+	Ports    ProxyPorts
+	Host     Host // default: this network namespace
+	// Processes finds the proxies and takes their listeners (default:
+	// /proc and pidfd_getfd).
+	Processes ProxyProcesses
+
 	RunDir   string // sockets; default /run/l7gate
-	StateDir string // persisted state; default /var/lib/l7gate
-	// PortMin/PortMax: the proxy port range (default 10000-20000).
-	PortMin, PortMax uint16
-	// SetupNode applies the sysctls and policy routing redirects need.
-	SetupNode bool
-	// Proxy: how the agent gets a Go proxy (see ProxyConfig).
-	Proxy ProxyConfig
+	StateDir string // persisted state (identities); default /var/lib/l7gate
+	// Proxy, when set, keeps a Go proxy running (RunDir, Node and Logger
+	// default to the agent's).
+	Proxy *supervisor.Config
 	// HTTPProxy: "go" (default) or "envoy" (stock Envoy serves HTTP and
 	// gRPC rule sets; the Go proxy still serves Kafka).
 	HTTPProxy string
 	Envoy     EnvoyConfig
-	// Reporter, when set, learns which source update each implemented
-	// revision carried (the Kubernetes source writes policy status).
-	Reporter PolicyReporter
-	// ACKTimeout bounds waiting for the proxies (default 30s).
+	// ACKTimeout bounds one wait for the proxies (default 30s); the xDS
+	// server has its own, equal one.
 	ACKTimeout time.Duration
-	Logger     *slog.Logger
+	// WaitForProxy bounds the wait for a first Go proxy subscription
+	// before the first revision (default 15s; negative: no wait).
+	WaitForProxy time.Duration
+	// RetryInterval: how soon a revision with a node-wide error, or with
+	// endpoints waiting for a proxy or an attach, is tried again (default
+	// 2s).
+	RetryInterval time.Duration
+	// ResyncInterval: the safety net that looks for veths netlink did not
+	// report (default 1m).
+	ResyncInterval time.Duration
+	// IdentityGrace: how long an identity no pod uses keeps its number
+	// (default 15m).
+	IdentityGrace time.Duration
+	Logger        *slog.Logger
+	// now is the clock (tests).
+	now func() time.Time
 }
 
 func (c *Config) defaults() {
-	if c.BPFFS == "" {
-		c.BPFFS = bpf.DefaultBPFFSPath
-	}
 	if c.RunDir == "" {
-		c.RunDir = "/run/l7gate"
+		c.RunDir = agentapi.DefaultRunDir
 	}
 	if c.StateDir == "" {
 		c.StateDir = "/var/lib/l7gate"
@@ -63,148 +143,194 @@ func (c *Config) defaults() {
 	if c.ACKTimeout == 0 {
 		c.ACKTimeout = 30 * time.Second
 	}
+	if c.WaitForProxy == 0 {
+		c.WaitForProxy = 15 * time.Second
+	}
+	if c.RetryInterval == 0 {
+		c.RetryInterval = 2 * time.Second
+	}
+	if c.ResyncInterval == 0 {
+		c.ResyncInterval = time.Minute
+	}
+	if c.IdentityGrace == 0 {
+		c.IdentityGrace = 15 * time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.HTTPProxy == "" {
 		c.HTTPProxy = HTTPProxyGo
 	}
+	if c.Host == nil {
+		c.Host = netHost{}
+	}
+	if c.Processes == nil {
+		c.Processes = procProxies{runDir: c.RunDir, envoyName: c.Envoy.ProcessName}
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
 }
 
-// PolicyReporter learns which source update a revision implemented.
-type PolicyReporter interface {
-	Implemented(ctx context.Context, rev uint64, u SourceUpdate)
+func (c *Config) validate() error {
+	switch {
+	case c.Source == nil:
+		return errors.New("agent: no source")
+	case c.Datapath == nil:
+		return errors.New("agent: no datapath")
+	case c.XDS == nil:
+		return errors.New("agent: no xds server")
+	case c.Ports == nil:
+		return errors.New("agent: no proxy port allocator")
+	case c.HTTPProxy != HTTPProxyGo && c.HTTPProxy != HTTPProxyEnvoy:
+		return fmt.Errorf("agent: http proxy %q: want go or envoy", c.HTTPProxy)
+	}
+	return nil
 }
 
-// XDSSocket is the xDS server's socket under a run dir.
-func XDSSocket(runDir string) string { return filepath.Join(runDir, "xds.sock") }
+// netHost is Host for this process's network namespace.
+type netHost struct{}
 
-// StatusSocket is the agent's status API socket under a run dir.
-func StatusSocket(runDir string) string { return filepath.Join(runDir, "agent.sock") }
-
-// ProxyAdminSocket is the Go proxy's admin socket under a run dir.
-func ProxyAdminSocket(runDir string) string { return filepath.Join(runDir, "proxy-admin.sock") }
+func (netHost) LocalEndpoints(eps []policy.Endpoint) ([]bpftranslate.LocalEndpoint, error) {
+	return endpoints.Find(eps)
+}
+func (netHost) PrepareEndpoint(dev string) error { return node.PrepareEndpoint(dev) }
+func (netHost) Addresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error) {
+	return endpoints.HostAddresses(podIPs)
+}
+func (netHost) Watch(ctx context.Context) (<-chan struct{}, error) { return endpoints.Watch(ctx) }
 
 // Agent is a running agent.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	dp    *bpf.Datapath
-	ports *redirect.PortAllocator
-	xds   *server.Server[xdsState]
-	ids   *policy.IdentityAllocator
+	cfg Config
+	log *slog.Logger
+	dp  Datapath
+	xds XDS
+	ids *policy.IdentityAllocator
+	// idsSaved is what was last written to the state dir.
+	idsSaved identitiesSaved
 
-	mu         sync.Mutex
-	status     Status
-	attached   map[int]LocalEndpoint // by ifindex
-	lastUpdate *SourceUpdate
-	// Envoy listeners already in the socket map
-	envoyListeners map[envoyListenerKey]bool
-	flows          flowRing
+	// The pipeline's own state, used by Run's goroutine only.
+	// ready is what the proxies have ACKed (readiness.go).
+	ready      readiness
+	readySaved string
+	// registered: proxy listeners already in the socket map.
+	registered map[listenerKey]bool
+
+	// links signals link and route changes (nil: none).
+	links <-chan struct{}
+
+	mu sync.Mutex // guards st and attached
+	st state
+	// attached are the endpoints the datapath is attached to, by ifindex.
+	attached map[int]bpftranslate.LocalEndpoint
+	flows    flowRing
 }
 
-var errNoEnvoy = errors.New("no envoy process found (is Envoy running in this PID namespace?)")
+// state is what the status API shows, and what flows are attributed with.
+type state struct {
+	startedAt           time.Time
+	revision            uint64
+	implementedRevision uint64
+	digest              string
+	lastError           string
+	errors, warnings    []string
+	policies            []agentapi.PolicyStatus
+	snap                *policy.Snapshot
+	local               []bpftranslate.LocalEndpoint
+	ports               map[redirect.PortKey]uint16
+	rules               map[uint32]policy.Provenance
+	failures            []source.EndpointFailure
+}
 
 // Run runs the agent until ctx ends. The datapath stays pinned and the
 // proxy keeps running when it returns, so a restart drops nothing.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.defaults()
-	if cfg.Source == nil {
-		return errors.New("agent: no source")
+	if err := cfg.validate(); err != nil {
+		return err
 	}
-	if cfg.HTTPProxy != HTTPProxyGo && cfg.HTTPProxy != HTTPProxyEnvoy {
-		return fmt.Errorf("agent: http proxy %q: want go or envoy", cfg.HTTPProxy)
-	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, ids: policy.NewIdentityAllocator(), attached: map[int]LocalEndpoint{},
-		envoyListeners: map[envoyListenerKey]bool{}}
-	a.status = Status{Node: cfg.Node, StartedAt: time.Now().UTC()}
 	for _, d := range []string{cfg.RunDir, cfg.StateDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	if cfg.SetupNode {
-		if err := setupNode(ctx); err != nil {
-			return fmt.Errorf("node setup: %w", err)
-		}
-	}
-	var err error
-	a.ports, err = redirect.NewPortAllocator(redirect.PortAllocatorConfig{Min: cfg.PortMin, Max: cfg.PortMax,
-		StatePath: filepath.Join(cfg.StateDir, "proxy-ports.json")})
+	a, err := newAgent(cfg)
 	if err != nil {
 		return err
-	}
-	a.dp, err = bpf.Open(ctx, bpf.Config{BPFFSPath: cfg.BPFFS, Logger: cfg.Logger})
-	if err != nil {
-		return fmt.Errorf("open datapath: %w", err)
-	}
-	defer a.dp.Close() // pins and links stay
-	if err := a.dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
-		return fmt.Errorf("attach socket lookup: %w", err)
-	}
-	a.xds, err = server.New(server.Config[xdsState]{
-		SocketPath: XDSSocket(cfg.RunDir),
-		Producers:  map[string]server.Producer[xdsState]{"l7proxy~": goProxyResources, "envoy~": envoyResources},
-		ACKTimeout: cfg.ACKTimeout,
-		Logger:     cfg.Logger,
-	})
-	if err != nil {
-		return fmt.Errorf("xds server: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	errc := make(chan error, 4)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := a.xds.ListenAndServe(ctx); err != nil && ctx.Err() == nil {
-			errc <- fmt.Errorf("xds server: %w", err)
+	goRun := func(name string, fatal bool, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				if fatal {
+					errc <- fmt.Errorf("%s: %w", name, err)
+					return
+				}
+				a.log.Warn(name, "error", err)
+			}
+		}()
+	}
+	goRun("status api", true, func(ctx context.Context) error {
+		return agentapi.Serve(ctx, agentapi.StatusSocket(cfg.RunDir), a)
+	})
+	if cfg.Proxy != nil {
+		pc := *cfg.Proxy
+		if pc.RunDir == "" {
+			pc.RunDir = cfg.RunDir
 		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := a.serveStatus(ctx); err != nil && ctx.Err() == nil {
-			errc <- fmt.Errorf("status api: %w", err)
+		if pc.Node == "" {
+			pc.Node = cfg.Node
 		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.superviseProxy(ctx)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.watchFlows(ctx)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := a.serveAccessLogs(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("envoy access-log service", "error", err)
+		if pc.Logger == nil {
+			pc.Logger = cfg.Logger
 		}
-	}()
-	updates := make(chan SourceUpdate)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := cfg.Source.Run(ctx, updates); err != nil && ctx.Err() == nil {
-			errc <- fmt.Errorf("source: %w", err)
-		}
-	}()
-	// Give the proxy a moment to subscribe, so the first revision waits
-	// for its ACK instead of racing it.
-	a.waitForConsumer(ctx, 15*time.Second)
+		goRun("proxy supervisor", false, func(ctx context.Context) error { supervisor.Run(ctx, pc); return nil })
+	}
+	goRun("datapath events", false, a.watchFlows)
+	goRun("envoy access-log service", false, a.serveAccessLogs)
+	updates := make(chan source.Update)
+	goRun("source", true, func(ctx context.Context) error { return cfg.Source.Run(ctx, updates) })
+	links, err := cfg.Host.Watch(ctx)
+	if err != nil {
+		// The resync still finds new veths, only later.
+		a.log.Warn("cannot watch links; new pods are found by the resync only", "error", err)
+	}
+	a.links = links
+	a.waitForConsumer(ctx)
+	return a.loop(ctx, updates, errc)
+}
 
-	var pending *SourceUpdate
+func newAgent(cfg Config) (*Agent, error) {
+	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
+		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}}
+	a.st.startedAt = cfg.now().UTC()
+	a.ids = a.loadIdentities()
+	a.ready = a.loadReadiness()
+	return a, nil
+}
+
+// loop implements every source update, and re-implements the current one
+// when links change, on retries and on the resync.
+func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-chan error) error {
+	var pending *source.Update // a source update not yet implemented
+	var current *source.Update // the last one computed
+	var snap *policy.Snapshot
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
-	resync := time.NewTicker(10 * time.Second)
+	resync := time.NewTicker(a.cfg.ResyncInterval)
 	defer resync.Stop()
+	// A restarted proxy has new listener sockets: look every RetryInterval.
+	proxies := time.NewTicker(a.cfg.RetryInterval)
+	defer proxies.Stop()
 	for {
+		reapply := false
 		select {
 		case <-ctx.Done():
 			a.log.Info("agent stopping; datapath and proxy keep running")
@@ -213,35 +339,78 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		case u := <-updates:
 			a.mu.Lock()
-			a.status.Revision++
-			a.status.SourceDigest = u.Digest
+			a.st.revision++
+			a.st.digest = u.Digest
 			a.mu.Unlock()
 			pending = &u
-		case <-retry.C:
-		case <-resync.C:
-			// Pods may come and go without a source change (veths appear
-			// later than the Pod object): re-implement the current view.
-			if pending == nil && a.lastUpdate != nil {
-				if changed, _ := a.endpointsChanged(ctx); changed {
-					pending = a.lastUpdate
-				}
+		case _, ok := <-a.links:
+			if !ok {
+				a.links = nil // the resync remains
+				continue
 			}
+			reapply = snap != nil && a.endpointsChanged(snap)
+		case <-retry.C:
+			reapply = snap != nil
+		case <-resync.C:
+			reapply = snap != nil && a.endpointsChanged(snap)
+		case <-proxies.C:
+			reapply = snap != nil && a.listenersStale()
 		}
-		if pending == nil {
+		var again bool
+		switch {
+		case pending != nil:
+			s, err := a.compute(pending)
+			if err != nil {
+				a.fail(fmt.Errorf("revision %d: compute policy: %w", a.revision(), err))
+				again = true
+				break
+			}
+			snap, current, pending = s, pending, nil
+			again = a.apply(ctx, snap, current)
+		case reapply:
+			again = a.apply(ctx, snap, current)
+		default:
 			continue
 		}
-		if err := a.implement(ctx, pending); err != nil {
-			a.log.Error("policy not implemented; retrying", "error", err)
-			retry.Reset(2 * time.Second)
-			continue
+		if again {
+			retry.Reset(a.cfg.RetryInterval)
 		}
-		pending = nil
 	}
 }
 
-// waitForConsumer waits (bounded) until a Go proxy subscribed.
-func (a *Agent) waitForConsumer(ctx context.Context, limit time.Duration) {
-	deadline := time.After(limit)
+func (a *Agent) revision() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st.revision
+}
+
+// fail records a node-wide failure: nothing of the attempt is in force
+// beyond what it already wrote; the previous state stays.
+func (a *Agent) fail(err error) {
+	a.log.Error("policy not implemented; retrying", "error", err)
+	a.mu.Lock()
+	a.st.lastError = err.Error()
+	a.mu.Unlock()
+}
+
+// compute computes the policy of a source update and keeps the identities
+// it uses (persisted).
+func (a *Agent) compute(u *source.Update) (*policy.Snapshot, error) {
+	snap, err := policy.Compute(u.Objects, a.ids)
+	if err != nil {
+		return nil, err
+	}
+	a.sweepIdentities(snap)
+	return snap, nil
+}
+
+// waitForConsumer waits (bounded) until a Go proxy subscribed, so the
+// first revision does not install drops where the proxy is about to be.
+func (a *Agent) waitForConsumer(ctx context.Context) {
+	if a.cfg.WaitForProxy < 0 {
+		return
+	}
+	deadline := time.After(a.cfg.WaitForProxy)
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -261,259 +430,23 @@ func (a *Agent) waitForConsumer(ctx context.Context, limit time.Duration) {
 	}
 }
 
-// endpointsChanged reports whether the set of local endpoints differs from
-// what is attached.
-func (a *Agent) endpointsChanged(ctx context.Context) (bool, error) {
-	// The endpoints of the implemented snapshot: no need to recompute
-	// policy to see whether veths came or went.
-	a.mu.Lock()
-	snap := a.status.snapshot
-	a.mu.Unlock()
-	if snap == nil {
-		return false, nil
-	}
-	local, err := findLocalEndpoints(ctx, snap.Endpoints)
+// endpointsChanged reports whether the local endpoints of snap differ
+// from what is attached.
+func (a *Agent) endpointsChanged(snap *policy.Snapshot) bool {
+	local, err := a.cfg.Host.LocalEndpoints(snap.Endpoints)
 	if err != nil {
-		return false, err
+		a.log.Warn("find local endpoints", "error", err)
+		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(local) != len(a.attached) {
-		return true, nil
+		return true
 	}
 	for _, ep := range local {
 		if cur, ok := a.attached[ep.Ifindex]; !ok || cur.Name != ep.Name || cur.Namespace != ep.Namespace {
-			return true, nil
+			return true
 		}
 	}
-	return false, nil
-}
-
-// implement runs the chain for one source revision: compute → endpoints →
-// proxy ports → xDS push and ACK → datapath sync. Only then is the
-// revision implemented.
-func (a *Agent) implement(ctx context.Context, u *SourceUpdate) error {
-	a.mu.Lock()
-	rev := a.status.Revision
-	a.lastUpdate = u
-	a.mu.Unlock()
-	start := time.Now()
-	fail := func(step string, err error) error {
-		err = fmt.Errorf("revision %d: %s: %w", rev, step, err)
-		a.mu.Lock()
-		a.status.LastError = err.Error()
-		a.mu.Unlock()
-		return err
-	}
-	snap, err := policy.Compute(u.Objects, a.ids)
-	if err != nil {
-		return fail("compute policy", err)
-	}
-	local, err := findLocalEndpoints(ctx, snap.Endpoints)
-	if err != nil {
-		return fail("find local endpoints", err)
-	}
-	// Proxy ports: one per (direction, parser) in use; release the rest.
-	need := map[redirect.PortKey]bool{}
-	ports := map[redirect.PortKey]uint16{}
-	var listeners []translate.ListenerSpec // the Go proxy's
-	var envoyPorts []envoytranslate.ProxyPort
-	var envoyListenPorts []uint16
-	localEPs := make([]policy.Endpoint, len(local))
-	for i, ep := range local {
-		localEPs[i] = ep.Endpoint
-	}
-	for _, l := range translate.RequiredListeners(snap, localEPs) {
-		if !proxyParser(l.Parser) {
-			continue
-		}
-		k := portKey(l.Direction, l.Parser)
-		p, err := a.ports.Allocate(k)
-		if err != nil {
-			return fail("allocate proxy port", err)
-		}
-		need[k] = true
-		ports[k] = p
-		l.ProxyPort = p
-		if a.cfg.HTTPProxy == HTTPProxyEnvoy && l.Parser == policy.ParserHTTP {
-			envoyPorts = append(envoyPorts, envoytranslate.ProxyPort{Direction: l.Direction, Parser: l.Parser, Port: p})
-			envoyListenPorts = append(envoyListenPorts, p)
-			continue
-		}
-		listeners = append(listeners, l)
-	}
-	goInput := translate.Input{Node: a.cfg.Node, Snapshot: snap, LocalEndpoints: localEPs, Listeners: listeners}
-	if len(envoyPorts) > 0 {
-		// The Go proxy gets no HTTP listener, and no endpoint whose rule
-		// sets it would have no listener for.
-		goInput.LocalEndpoints = withoutHTTPRules(snap, localEPs)
-	}
-	comp := a.xds.Update(ctx, xdsState{GoProxy: goInput, Snapshot: snap, envoyOn: a.cfg.HTTPProxy == HTTPProxyEnvoy,
-		Envoy: envoytranslate.Config{Node: a.cfg.Node, ProxyPorts: envoyPorts, AccessLogCluster: bootstrap.AccessLogCluster}})
-	wctx, cancel := context.WithTimeout(ctx, a.cfg.ACKTimeout)
-	err = comp.Wait(wctx)
-	cancel()
-	if err != nil {
-		return fail("push to proxies", err)
-	}
-	if len(envoyListenPorts) > 0 {
-		if err := a.registerEnvoyListeners(envoyListenPorts); err != nil {
-			return fail("register envoy listeners", err)
-		}
-	}
-	// Only now that every proxy has the listeners: the datapath.
-	if err := a.syncEndpoints(local); err != nil {
-		return fail("attach endpoints", err)
-	}
-	podIPs := map[netip.Addr]bool{}
-	for _, ep := range snap.Endpoints {
-		for _, ip := range ep.IPs {
-			podIPs[ip] = true
-		}
-	}
-	hosts, err := hostAddresses(podIPs)
-	if err != nil {
-		return fail("list node addresses", err)
-	}
-	ipst, err := a.dp.SyncIPCache(datapathIPCache(snap, hosts))
-	if err != nil {
-		return fail("sync ipcache", err)
-	}
-	bpol, rules, warnings := datapathPolicy(snap, local, ports)
-	pst, err := a.dp.SyncPolicy(bpol)
-	if err != nil {
-		return fail("sync datapath policy", err)
-	}
-	for k := range a.ports.Allocations() {
-		if !need[k] {
-			if err := a.ports.Release(k); err != nil {
-				a.log.Warn("release proxy port", "listener", k.String(), "error", err)
-			}
-		}
-	}
-	a.mu.Lock()
-	a.status.ImplementedRevision = rev
-	a.status.Ready = true
-	a.status.LastError = ""
-	a.status.Errors = errorStrings(u.Errors)
-	a.status.Warnings = append(warningStrings(u.Objects), append(snap.Warnings, warnings...)...)
-	a.status.snapshot = snap
-	a.status.local = local
-	a.status.ports = ports
-	a.status.rules = rules
-	a.status.policies = policyStatuses(u.Objects, rev)
-	a.mu.Unlock()
-	if a.cfg.Reporter != nil {
-		a.cfg.Reporter.Implemented(ctx, rev, *u)
-	}
-	a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
-		"policies", len(u.Objects.Policies), "ipcache", ipst, "policy", pst, "took", time.Since(start).Round(time.Millisecond))
-	for _, p := range u.Objects.Policies {
-		a.log.Info("policy implemented", "policy", p.Name(), "kind", p.Kind, "revision", rev)
-	}
-	for _, e := range u.Errors {
-		a.log.Warn("invalid object not applied", "error", e)
-	}
-	return nil
-}
-
-// syncEndpoints attaches the datapath to new local endpoints and detaches
-// it from gone ones.
-func (a *Agent) syncEndpoints(local []LocalEndpoint) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	want := map[int]LocalEndpoint{}
-	for _, ep := range local {
-		want[ep.Ifindex] = ep
-	}
-	for idx, ep := range want {
-		if cur, ok := a.attached[idx]; ok && cur.Name == ep.Name && cur.Namespace == ep.Namespace {
-			continue
-		}
-		if err := setEndpointSysctls(ep.Device); err != nil {
-			return err
-		}
-		var ip4 netip.Addr
-		for _, ip := range ep.IPs {
-			if ip.Is4() {
-				ip4 = ip
-				break
-			}
-		}
-		if err := a.dp.AttachEndpoint(bpf.Endpoint{ID: uint32(idx), Ifindex: idx, IPv4: ip4}); err != nil {
-			return fmt.Errorf("endpoint %s/%s on %s: %w", ep.Namespace, ep.Name, ep.Device, err)
-		}
-		a.log.Info("endpoint attached", "endpoint", ep.Namespace+"/"+ep.Name, "device", ep.Device, "identity", ep.Identity)
-		a.attached[idx] = ep
-	}
-	for idx, ep := range a.attached {
-		if _, ok := want[idx]; ok {
-			continue
-		}
-		if err := a.dp.DetachEndpoint(idx); err != nil && !errors.Is(err, net.ErrClosed) {
-			a.log.Warn("detach endpoint", "endpoint", ep.Namespace+"/"+ep.Name, "error", err)
-		}
-		delete(a.attached, idx)
-	}
-	return nil
-}
-
-func errorStrings(errs []error) []string {
-	out := []string{}
-	for _, e := range errs {
-		out = append(out, e.Error())
-	}
-	return out
-}
-
-func warningStrings(o *policy.Objects) []string {
-	var out []string
-	for _, w := range o.Warnings {
-		out = append(out, w.String())
-	}
-	return out
-}
-
-func policyStatuses(o *policy.Objects, rev uint64) []PolicyStatus {
-	out := []PolicyStatus{}
-	for _, p := range o.Policies {
-		out = append(out, PolicyStatus{Name: p.Name(), Kind: string(p.Kind), File: p.Ref.File, ImplementedRevision: rev})
-	}
-	slices.SortFunc(out, func(a, b PolicyStatus) int {
-		if a.Kind != b.Kind {
-			if a.Kind < b.Kind {
-				return -1
-			}
-			return 1
-		}
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
-	return out
-}
-
-// withoutHTTPRules keeps the endpoints that have no HTTP rule set: in Envoy
-// mode those are Envoy's.
-func withoutHTTPRules(snap *policy.Snapshot, eps []policy.Endpoint) []policy.Endpoint {
-	var out []policy.Endpoint
-	for _, ep := range eps {
-		pol := snap.Policy(ep.Identity)
-		http := false
-		if pol != nil {
-			for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
-				for _, rs := range pol.Direction(d).L7 {
-					http = http || rs.Parser == policy.ParserHTTP
-				}
-			}
-		}
-		if !http {
-			out = append(out, ep)
-		}
-	}
-	return out
+	return false
 }

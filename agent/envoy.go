@@ -2,27 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 
-	"google.golang.org/protobuf/proto"
-
-	"github.com/l7gate/l7gate/envoy"
+	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
-	"github.com/l7gate/l7gate/policy"
-	"github.com/l7gate/l7gate/proxy"
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/redirect"
-	"github.com/l7gate/l7gate/xds/envoytranslate"
-	"github.com/l7gate/l7gate/xds/translate"
-)
-
-// HTTP proxy choices.
-const (
-	HTTPProxyGo    = "go"    // the Go proxy serves HTTP, gRPC and Kafka
-	HTTPProxyEnvoy = "envoy" // stock Envoy serves HTTP and gRPC; the Go proxy Kafka
 )
 
 // EnvoyConfig configures Envoy mode.
@@ -32,133 +21,124 @@ type EnvoyConfig struct {
 	ProcessName string
 }
 
-// ALSSocket is the access-log service socket under a run dir.
-func ALSSocket(runDir string) string { return filepath.Join(runDir, "accesslog.sock") }
-
-// xdsState is what the xDS server renders for every consumer.
-type xdsState struct {
-	GoProxy  translate.Input
-	Snapshot *policy.Snapshot
-	Envoy    envoytranslate.Config
-	envoyOn  bool
-}
-
-func goProxyResources(id string, st xdsState) (map[string][]proto.Message, error) {
-	return translate.L7ProxyResources(id, st.GoProxy)
-}
-
-func envoyResources(_ string, st xdsState) (map[string][]proto.Message, error) {
-	if !st.envoyOn || st.Snapshot == nil {
-		return map[string][]proto.Message{}, nil
-	}
-	res, err := envoytranslate.Translate(st.Snapshot, st.Envoy)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]proto.Message{}
-	for t, rs := range res.ByType() {
-		msgs := make([]proto.Message, len(rs))
-		for i, r := range rs {
-			msgs[i] = r
-		}
-		out[string(t)] = msgs
-	}
-	return out, nil
+// EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.
+func EnvoyBootstrapConfig(node, runDir string) bootstrap.Config {
+	return bootstrap.Config{Node: node, XDSSocket: agentapi.XDSSocket(runDir), AccessLogSocket: agentapi.ALSSocket(runDir),
+		AdminSocket: agentapi.EnvoyAdminSocket(runDir)}
 }
 
 // serveAccessLogs runs the gRPC access-log service Envoy's bootstrap
-// points at; Envoy's records become the same JSON access-log records the
-// Go proxy writes, on the agent's stderr.
+// points at; Envoy's requests become flow records, written as JSON lines
+// (the Go proxy's access-log format) on the agent's stderr.
 func (a *Agent) serveAccessLogs(ctx context.Context) error {
-	sink := proxy.JSONLines(os.Stderr)
-	return als.Serve(ctx, als.Config{Socket: ALSSocket(a.cfg.RunDir), Log: a.log, Sink: func(r envoy.Record) {
-		sink(envoyAccessRecord(r))
-	}})
+	return als.Serve(ctx, als.Config{Socket: agentapi.ALSSocket(a.cfg.RunDir), Log: a.log, Sink: flow.JSONLines(os.Stderr)})
 }
 
-// envoyAccessRecord converts an Envoy access-log record.
-func envoyAccessRecord(r envoy.Record) *proxy.AccessRecord {
-	out := &proxy.AccessRecord{Time: r.Time, Protocol: "http", Source: r.Source, Destination: r.Destination,
-		Verdict: string(r.Verdict), Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status}
-	// RuleSet is "l7gate/<direction>/<endpoint identity>/<port>"
-	parts := strings.Split(r.RuleSet, "/")
-	dir := policy.Ingress
-	if len(parts) == 4 {
-		if parts[1] == "egress" {
-			dir = policy.Egress
-		}
-		if id, err := strconv.ParseUint(parts[2], 10, 32); err == nil {
-			if dir == policy.Ingress {
-				out.DstIdentity = policy.Identity(id)
-			} else {
-				out.SrcIdentity = policy.Identity(id)
-			}
-		}
-	}
-	out.Direction = dir
-	if r.Policy != "" || r.Kind != "" {
-		p := policy.Provenance{Policy: r.Policy, Direction: dir, Kind: policy.RuleKind(r.Kind), Path: r.Rule}
-		switch r.PolicyKind {
-		case "cnp":
-			p.PolicyKind = policy.KindCNP
-		case "ccnp":
-			p.PolicyKind = policy.KindCCNP
-		case "np":
-			p.PolicyKind = policy.KindNP
-		}
-		// "spec.ingress[0].http[1]" → path "spec.ingress[0]", l7 "http[1]"
-		if i := strings.LastIndex(r.Rule, "."); i > 0 && strings.HasPrefix(r.Rule[i+1:], "http[") {
-			p.Path, p.L7 = r.Rule[:i], r.Rule[i+1:]
-		}
-		out.DecidedBy = []policy.Provenance{p}
-	}
-	if r.GRPCStatus != "" && r.GRPCStatus != "0" {
-		out.Error = "grpc-status " + r.GRPCStatus
-	}
-	return out
+// ProxyProcesses finds the proxies' processes and takes their listener
+// sockets (pidfd_getfd: the agent needs CAP_SYS_PTRACE over them and a
+// shared PID namespace), so the proxies themselves need no access to the
+// datapath. The default (a nil Config.Processes) looks in /proc.
+type ProxyProcesses interface {
+	// PID returns the pid of a proxy, or 0 when none runs.
+	PID(goProxy bool) (int, error)
+	TakeListener(pid int, port uint16) (*net.TCPListener, error)
 }
 
-// EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.
-func EnvoyBootstrapConfig(node, runDir string) bootstrap.Config {
-	return bootstrap.Config{Node: node, XDSSocket: XDSSocket(runDir), AccessLogSocket: ALSSocket(runDir),
-		AdminSocket: filepath.Join(runDir, "envoy-admin.sock")}
-}
+// procProxies is ProxyProcesses from /proc: the Go proxy is whoever
+// serves its admin socket, Envoy the process named EnvoyConfig.ProcessName.
+type procProxies struct{ runDir, envoyName string }
 
-// registerEnvoyListeners takes Envoy's listeners on the HTTP proxy ports
-// into the datapath's socket map (once per port and Envoy process).
-func (a *Agent) registerEnvoyListeners(ports []uint16) error {
-	name := a.cfg.Envoy.ProcessName
+func (p procProxies) PID(goProxy bool) (int, error) {
+	if goProxy {
+		pid, err := redirect.PeerPID(agentapi.ProxyAdminSocket(p.runDir))
+		if err != nil {
+			return 0, fmt.Errorf("find the Go proxy through its admin socket: %w", err)
+		}
+		return pid, nil
+	}
+	name := p.envoyName
 	if name == "" {
 		name = "envoy"
 	}
-	pid, err := redirect.FindProcess(name)
+	return redirect.FindProcess(name)
+}
+
+func (procProxies) TakeListener(pid int, port uint16) (*net.TCPListener, error) {
+	return redirect.TakeListener(pid, port)
+}
+
+var errNoProxy = errors.New("no process found (does the proxy run in this PID namespace?)")
+
+type listenerKey struct {
+	kind consumerKind
+	pid  int
+	port uint16
+}
+
+// registerListeners takes the listeners a proxy ACKed into the datapath's
+// socket map (once per port and process). A listener it cannot take is
+// not ready: its redirects stay drops, and it is retried.
+func (a *Agent) registerListeners(c consumerKind) {
+	lns := a.ready.listeners[c]
+	if len(lns) == 0 {
+		return
+	}
+	pid, err := a.cfg.Processes.PID(c == goProxy)
+	if err == nil && pid == 0 {
+		err = errNoProxy
+	}
+	for k, port := range lns {
+		err := err
+		if err == nil {
+			err = a.registerListener(listenerKey{c, pid, port})
+		}
+		if err != nil {
+			delete(lns, k)
+			a.ready.lnWhy[c][k] = notReady{StepProxyListener, fmt.Sprintf("take %s's listener on port %d: %v", c, port, err)}
+		}
+	}
+}
+
+func (a *Agent) registerListener(key listenerKey) error {
+	if a.registered[key] {
+		return nil
+	}
+	ln, err := a.cfg.Processes.TakeListener(key.pid, key.port)
 	if err != nil {
 		return err
 	}
-	if pid == 0 {
-		return errNoEnvoy
+	err = a.dp.RegisterProxyListener(key.port, ln)
+	ln.Close() // the socket map holds its own reference
+	if err != nil {
+		return err
 	}
-	for _, port := range ports {
-		key := envoyListenerKey{pid, port}
-		if a.envoyListeners[key] {
-			continue
+	for k := range a.registered {
+		if k.kind == key.kind && k.port == key.port {
+			delete(a.registered, k) // an earlier process's
 		}
-		ln, err := redirect.TakeListener(pid, port)
-		if err != nil {
-			return err
-		}
-		err = a.dp.RegisterProxyListener(port, ln)
-		ln.Close() // the socket map holds its own reference
-		if err != nil {
-			return err
-		}
-		a.envoyListeners[key] = true
-		a.log.Info("envoy listener registered", "pid", pid, "port", port)
 	}
+	a.registered[key] = true
+	a.log.Info("proxy listener registered", "proxy", key.kind.String(), "pid", key.pid, "port", key.port)
 	return nil
 }
 
-type envoyListenerKey struct {
-	pid  int
-	port uint16
+// listenersStale reports whether a ready listener's proxy process changed
+// since its socket was taken (the proxy restarted: its new listener must
+// go into the socket map).
+func (a *Agent) listenersStale() bool {
+	for _, c := range []consumerKind{goProxy, envoyProxy} {
+		if len(a.ready.listeners[c]) == 0 {
+			continue
+		}
+		pid, err := a.cfg.Processes.PID(c == goProxy)
+		if err != nil || pid == 0 {
+			continue
+		}
+		for _, port := range a.ready.listeners[c] {
+			if !a.registered[listenerKey{c, pid, port}] {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -11,94 +12,55 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/l7gate/l7gate/agentapi"
 )
 
-// fakeEnvoy is a stand-in for Envoy's transparent listener: a process
-// named "envoy" that accepts on the proxy port and answers each request
-// with the connection's original destination. Envoy itself cannot be
-// installed here; what this test checks is the agent's part — taking
-// another process's listener into the datapath's socket map.
-const fakeEnvoy = `package main
-
-import (
-	"bufio"
-	"fmt"
-	"net"
-	"os"
-	"syscall"
-)
-
-func main() {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IP, 19 /* IP_TRANSPARENT */, 1)
-			if serr == nil {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-			}
-		})
-		return serr
-	}}
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(nil, "tcp4", "0.0.0.0:"+os.Args[1])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			r := bufio.NewReader(c)
-			r.ReadString('\n')
-			body := "envoy saw " + c.LocalAddr().String()
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-		}()
-	}
-}
-`
-
-// TestPrivilegedEnvoyRedirect runs the agent with --http-proxy envoy: the
-// HTTP redirect reaches the (stand-in) Envoy's listener with the original
-// destination, also when the client reuses its source port for two
-// back-to-back connections (the TIME_WAIT case DESIGN warns about), and
-// the Go proxy gets no HTTP listener.
+// TestPrivilegedEnvoyRedirect runs the agent with --http-proxy envoy and
+// a stand-in Envoy (agent/internal/fakeenvoy: an xDS client that ACKs and
+// binds the listeners it is given): once it ACKed, the HTTP redirect
+// reaches its listener with the original destination, also when the
+// client reuses its source port for two back-to-back connections (the
+// TIME_WAIT case DESIGN warns about), and the Go proxy gets no HTTP
+// listener.
 func TestPrivilegedEnvoyRedirect(t *testing.T) {
 	requireRoot(t)
 	n := newStarwarsNode(t)
-	src := filepath.Join(t.TempDir(), "fakeenvoy")
-	os.MkdirAll(src, 0o755)
-	os.WriteFile(filepath.Join(src, "main.go"), []byte(fakeEnvoy), 0o644)
-	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module fakeenvoy\n\ngo 1.26\n"), 0o644)
+	// Its comm must be "envoy": the agent finds Envoy's pid by name.
 	envoyBin := filepath.Join(t.TempDir(), "envoy")
-	build := exec.Command("go", "build", "-o", envoyBin, ".")
-	build.Dir = src
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build fake envoy: %v: %s", err, out)
-	}
+	run(t, "go", "build", "-o", envoyBin, "github.com/l7gate/l7gate/agent/internal/fakeenvoy")
 	const port = "15001"
 	for _, f := range []string{"objects.yaml", "policy-l7.yaml"} {
 		data, _ := os.ReadFile(filepath.Join("../examples/starwars", f))
 		os.WriteFile(filepath.Join(n.src, f), data, 0o644)
 	}
 	n.startAgent(t, "--http-proxy", "envoy", "--proxy-port-range", port+"-"+port)
-	// Envoy binds its listener once xDS told it the port, i.e. after the
-	// agent allocated it; the agent then takes the listener (it retries
-	// until it finds it).
-	time.Sleep(time.Second)
-	envoy := exec.Command("ip", "netns", "exec", n.node, envoyBin, port)
+	// `ip netns exec` execs envoy in place, so its comm is "envoy".
+	envoy := exec.Command("ip", "netns", "exec", n.node, envoyBin, agentapi.XDSSocket(n.run), "test")
 	envoy.Stderr = os.Stderr
 	if err := envoy.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { envoy.Process.Signal(syscall.SIGKILL); envoy.Wait() })
-	// `ip netns exec` execs envoy in place, so its comm is "envoy".
 	n.waitImplemented(t, 0)
+	// Envoy ACKs after the revision is implemented (with its redirects
+	// dropped until then); the agent retries until they are in force.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := agentapi.FetchStatus(t.Context(), n.run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Failures) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("endpoints still fail closed: %+v", st.Failures)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
-	st, err := FetchStatus(t.Context(), n.run)
+	st, err := agentapi.FetchStatus(t.Context(), n.run)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +100,10 @@ func TestPrivilegedEnvoyRedirect(t *testing.T) {
 					break
 				}
 			}
+			// Wait for the server's FIN before closing, so the server side
+			// (the node) holds the TIME_WAIT the next connection meets;
+			// a client-side TIME_WAIT would refuse the bind (EADDRNOTAVAIL).
+			io.Copy(io.Discard, r)
 			return nil
 		})
 		if err != nil {

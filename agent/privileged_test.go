@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/agentapi"
 )
 
 func requireRoot(t *testing.T) {
@@ -68,6 +70,32 @@ type starwarsNode struct {
 	prefix, node, run, state, src, bpffs, bin string
 	agent                                     *exec.Cmd
 	agentLog                                  *os.File
+	cleanupNS                                 *[]string
+}
+
+// podNS is the network namespace of a pod.
+func (n *starwarsNode) podNS(name string) string { return n.prefix + "-" + name }
+
+// hostVeth is the node-side veth name of the i-th pod.
+func (n *starwarsNode) hostVeth(i int) string { return fmt.Sprintf("lxc%s%d", n.prefix[4:], i) }
+
+// addPod creates a pod namespace with ip behind the node's i-th veth and
+// its route (what a CNI plugin does), in that order.
+func (n *starwarsNode) addPod(t *testing.T, name, ip string, i int) {
+	t.Helper()
+	ns := n.podNS(name)
+	*n.cleanupNS = append(*n.cleanupNS, ns)
+	host := n.hostVeth(i)
+	run(t, "ip", "netns", "add", ns)
+	run(t, "ip", "-n", n.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	run(t, "ip", "-n", n.node, "addr", "add", "198.18.255.254/32", "dev", host)
+	run(t, "ip", "-n", n.node, "link", "set", host, "up")
+	run(t, "ip", "-n", n.node, "route", "add", ip+"/32", "dev", host)
+	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	run(t, "ip", "-n", ns, "addr", "add", ip+"/32", "dev", "eth0")
+	run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", ns, "route", "add", "198.18.255.254/32", "dev", "eth0")
+	run(t, "ip", "-n", ns, "route", "add", "default", "via", "198.18.255.254", "dev", "eth0")
 }
 
 // newStarwarsNode builds a node namespace with deathstar, tiefighter and
@@ -86,14 +114,15 @@ func newStarwarsNode(t *testing.T) *starwarsNode {
 	run(t, "mount", "-t", "bpf", "bpf", n.bpffs)
 	t.Cleanup(func() { exec.Command("umount", n.bpffs).Run() })
 	namespaces := []string{n.node}
+	n.cleanupNS = &namespaces
 	t.Cleanup(func() {
 		n.stopAgent()
-		if pid, err := os.ReadFile(ProxyPIDFile(n.run)); err == nil {
+		if pid, err := os.ReadFile(agentapi.ProxyPIDFile(n.run)); err == nil {
 			if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
 				syscall.Kill(p, syscall.SIGKILL)
 			}
 		}
-		for _, ns := range namespaces {
+		for _, ns := range *n.cleanupNS {
 			exec.Command("ip", "netns", "del", ns).Run()
 		}
 	})
@@ -110,19 +139,7 @@ func newStarwarsNode(t *testing.T) *starwarsNode {
 		t.Fatal(err)
 	}
 	for i, pod := range []struct{ name, ip string }{{"deathstar", "198.18.1.10"}, {"tiefighter", "198.18.1.11"}, {"xwing", "198.18.1.12"}} {
-		ns := n.prefix + "-" + pod.name
-		namespaces = append(namespaces, ns)
-		host := fmt.Sprintf("lxc%s%d", n.prefix[4:], i)
-		run(t, "ip", "netns", "add", ns)
-		run(t, "ip", "-n", n.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		run(t, "ip", "-n", n.node, "addr", "add", "198.18.255.254/32", "dev", host)
-		run(t, "ip", "-n", n.node, "link", "set", host, "up")
-		run(t, "ip", "-n", n.node, "route", "add", pod.ip+"/32", "dev", host)
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-		run(t, "ip", "-n", ns, "addr", "add", pod.ip+"/32", "dev", "eth0")
-		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", ns, "route", "add", "198.18.255.254/32", "dev", "eth0")
-		run(t, "ip", "-n", ns, "route", "add", "default", "via", "198.18.255.254", "dev", "eth0")
+		n.addPod(t, pod.name, pod.ip, i)
 	}
 	return n
 }
@@ -159,7 +176,7 @@ func (n *starwarsNode) waitImplemented(t *testing.T, after uint64) uint64 {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		st, err := FetchStatus(context.Background(), n.run)
+		st, err := agentapi.FetchStatus(context.Background(), n.run)
 		if err == nil && st.Ready && st.ImplementedRevision == st.Revision && st.Revision > after {
 			return st.Revision
 		}
@@ -307,13 +324,13 @@ func TestPrivilegedAgentRestart(t *testing.T) {
 		t.Errorf("the xwing connected %d times", xwingConnected.Load())
 	}
 	// The restarted agent reports the xwing's drops with the rule behind them.
-	page, err := FetchFlows(context.Background(), n.run, 0)
+	page, err := agentapi.FetchFlows(context.Background(), n.run, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	found := false
 	for _, f := range page.Flows {
-		if f.Dropped && f.Source.Addr().String() == "198.18.1.12" && f.Destination.Port() == 80 &&
+		if f.Dropped() && f.Source.Addr().String() == "198.18.1.12" && f.Destination.Port() == 80 &&
 			len(f.DecidedBy) > 0 && f.DecidedBy[0].Policy == "default/rule1" && f.Endpoint == "default/deathstar" {
 			found = true
 		}

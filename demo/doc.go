@@ -16,6 +16,7 @@
 // bpffs mount, temporary folders) is recorded in a Topology and removed by
 // Topology.Close, or left in place and described when the caller keeps it.
 //
-// The package is used by cmd/l7gate only; it imports policy and no datapath,
-// xDS or proxy code (it drives the agent as a child process).
+// The package is used by cmd/l7gate only; it imports policy, flow and the
+// agent's API client (agentapi), and no agent, datapath, xDS or proxy code
+// (it drives the agent as a child process).
 package demo

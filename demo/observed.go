@@ -12,7 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -32,7 +33,7 @@ func newObserver(runDir string) *observer {
 
 // mark remembers where the flows and the access log are before a check.
 func (o *observer) mark(ctx context.Context) {
-	if page, err := agent.FetchFlows(ctx, o.runDir, ^uint64(0)); err == nil {
+	if page, err := agentapi.FetchFlows(ctx, o.runDir, ^uint64(0)); err == nil {
 		o.flowsAt = page.Cursor
 	}
 	if st, err := os.Stat(o.proxyLog); err == nil {
@@ -77,13 +78,13 @@ func addProvenance(out []string, ps []policy.Provenance, where string) []string 
 // lookFlows finds the datapath's report (allowed at L3/L4 or dropped).
 func (o *observer) lookFlows(ctx context.Context, dropped bool, src, dst netip.Addr, port uint16) []string {
 	var out []string
-	page, err := agent.FetchFlows(ctx, o.runDir, o.flowsAt)
+	page, err := agentapi.FetchFlows(ctx, o.runDir, o.flowsAt)
 	if err != nil {
 		return nil
 	}
 	for _, f := range page.Flows {
-		if f.Dropped == dropped && f.Source.Addr() == src && f.Destination.Addr() == dst && f.Destination.Port() == port &&
-			f.Verdict != "redirect" {
+		if f.Dropped() == dropped && f.Source.Addr() == src && f.Destination.Addr() == dst && f.Destination.Port() == port &&
+			f.Verdict != flow.VerdictRedirected {
 			out = addProvenance(out, f.DecidedBy, "datapath")
 		}
 	}

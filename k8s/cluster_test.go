@@ -35,9 +35,9 @@ import (
 	"k8s.io/client-go/rest"
 	kubeapiserver "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
 
-	"github.com/l7gate/l7gate/agent"
 	"github.com/l7gate/l7gate/deploy"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 const testNode = "node-a"
@@ -124,7 +124,7 @@ func TestCluster(t *testing.T) {
 	}
 	earlyCtx, earlyCancel := context.WithCancel(ctx)
 	defer earlyCancel()
-	earlyCh := make(chan agent.SourceUpdate, 1)
+	earlyCh := make(chan source.Update, 1)
 	go early.Run(earlyCtx, earlyCh)
 	select {
 	case <-earlyCh:
@@ -309,16 +309,16 @@ func httpPolicy(port int, path string) string {
 // updates follows a running source's updates.
 type updates struct {
 	t  *testing.T
-	ch chan agent.SourceUpdate
+	ch chan source.Update
 	// last is the newest update seen.
-	last agent.SourceUpdate
+	last source.Update
 }
 
 // await reads updates until cond holds, within a bound.
-func (u *updates) await(what string, cond func(agent.SourceUpdate, *policy.Snapshot) bool) (agent.SourceUpdate, *policy.Snapshot) {
+func (u *updates) await(what string, cond func(source.Update, *policy.Snapshot) bool) (source.Update, *policy.Snapshot) {
 	u.t.Helper()
 	deadline := time.After(20 * time.Second)
-	check := func(up agent.SourceUpdate) *policy.Snapshot {
+	check := func(up source.Update) *policy.Snapshot {
 		snap, err := policy.Compute(up.Objects, policy.NewIdentityAllocator())
 		if err != nil {
 			u.t.Fatalf("compute: %v", err)
@@ -357,7 +357,7 @@ func (u *updates) quiet(what string, d time.Duration) {
 	}
 }
 
-func hasPolicy(up agent.SourceUpdate, name string) bool {
+func hasPolicy(up source.Update, name string) bool {
 	return slices.ContainsFunc(up.Objects.Policies, func(p policy.Policy) bool { return p.Name() == name })
 }
 
@@ -427,7 +427,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan agent.SourceUpdate)
+	ch := make(chan source.Update)
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(ctx, ch) }()
 	go w.Run(ctx)
@@ -439,14 +439,14 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 	}()
 	up := &updates{t: t, ch: ch}
 	var rev uint64
-	implement := func(u agent.SourceUpdate) uint64 {
+	implement := func(u source.Update) uint64 {
 		rev++
-		w.Implemented(ctx, rev, u)
+		w.Implemented(ctx, rev, u, nil)
 		return rev
 	}
 
 	t0 := time.Now()
-	first, snap := up.await("first view with the policy", func(u agent.SourceUpdate, s *policy.Snapshot) bool {
+	first, snap := up.await("first view with the policy", func(u source.Update, s *policy.Snapshot) bool {
 		return hasPolicy(u, "shop/api-http") && l7Path(s, "shop", "api", 8080) == "/v1/.*"
 	})
 	t.Logf("first update after %v", time.Since(t0).Round(time.Millisecond))
@@ -510,7 +510,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if _, err := cnps.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		u, _ := up.await("the updated rule", func(_ agent.SourceUpdate, s *policy.Snapshot) bool {
+		u, _ := up.await("the updated rule", func(_ source.Update, s *policy.Snapshot) bool {
 			return l7Path(s, "shop", "api", 9090) == "/v2/.*" && l7Path(s, "shop", "api", 8080) == ""
 		})
 		r := implement(u)
@@ -524,7 +524,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if _, err := cnps.Create(ctx, bad, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		u, s := up.await("the invalid policy reported", func(u agent.SourceUpdate, _ *policy.Snapshot) bool { return len(u.Errors) > 0 })
+		u, s := up.await("the invalid policy reported", func(u source.Update, _ *policy.Snapshot) bool { return len(u.Errors) > 0 })
 		var oe *policy.ObjectError
 		if len(u.Errors) != 1 || !errors.As(u.Errors[0], &oe) || oe.Object.Name != "typo" || !strings.Contains(oe.Err.Error(), "spec.ingress[0].toPortz") {
 			t.Fatalf("errors %v: want one naming spec.ingress[0].toPortz of shop/typo", u.Errors)
@@ -557,7 +557,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if _, err := c.dyn.Resource(CCNPResource()).Create(ctx, ccnp, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		u, _ := up.await("the clusterwide policy", func(u agent.SourceUpdate, _ *policy.Snapshot) bool { return hasPolicy(u, "hosts") })
+		u, _ := up.await("the clusterwide policy", func(u source.Update, _ *policy.Snapshot) bool { return hasPolicy(u, "hosts") })
 		r := implement(u)
 		st := waitStatus(ctx, t, c, CCNPResource(), "", "hosts", func(st map[string]any) bool {
 			return fmt.Sprint(nodeField(st, "revision")) == fmt.Sprint(r)
@@ -576,7 +576,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if _, err := c.client.NetworkingV1().NetworkPolicies("shop").Create(ctx, np, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		u, _ := up.await("the NetworkPolicy", func(u agent.SourceUpdate, s *policy.Snapshot) bool {
+		u, _ := up.await("the NetworkPolicy", func(u source.Update, s *policy.Snapshot) bool {
 			ep, ok := endpoint(s, "shop", "web")
 			return hasPolicy(u, "shop/web-in") && ok && s.Policy(ep.Identity) != nil && s.Policy(ep.Identity).Ingress.Enforced
 		})
@@ -595,7 +595,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if n, err = c.client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		u, _ := up.await("the node address", func(_ agent.SourceUpdate, s *policy.Snapshot) bool {
+		u, _ := up.await("the node address", func(_ source.Update, s *policy.Snapshot) bool {
 			return s.IdentityOf(netip.MustParseAddr("198.18.200.2")) == policy.IdentityRemoteNode
 		})
 		implement(u)
@@ -609,7 +609,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 	t.Run("TerminatingPod", func(t *testing.T) {
 		mustCreatePod(ctx, t, c, "shop", "old", map[string]string{"app": "old"}, "198.18.0.20",
 			func(p *corev1.Pod) { p.Finalizers = []string{"l7gate.test/hold"} })
-		up.await("the new pod", func(_ agent.SourceUpdate, s *policy.Snapshot) bool {
+		up.await("the new pod", func(_ source.Update, s *policy.Snapshot) bool {
 			ep, ok := endpoint(s, "shop", "old")
 			return ok && len(ep.IPs) == 1
 		})
@@ -619,7 +619,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		// Terminating but running: still an endpoint, until a new pod
 		// takes its IP.
 		mustCreatePod(ctx, t, c, "shop", "new", map[string]string{"app": "new"}, "198.18.0.20", nil)
-		up.await("the IP handed to the new pod", func(_ agent.SourceUpdate, s *policy.Snapshot) bool {
+		up.await("the IP handed to the new pod", func(_ source.Update, s *policy.Snapshot) bool {
 			oldEP, oldOK := endpoint(s, "shop", "old")
 			newEP, newOK := endpoint(s, "shop", "new")
 			return oldOK && len(oldEP.IPs) == 0 && newOK && len(newEP.IPs) == 1
@@ -635,7 +635,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if _, err := c.client.CoreV1().Pods("shop").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		up.await("the terminated pod gone", func(_ agent.SourceUpdate, s *policy.Snapshot) bool {
+		up.await("the terminated pod gone", func(_ source.Update, s *policy.Snapshot) bool {
 			_, ok := endpoint(s, "shop", "old")
 			return !ok
 		})
@@ -653,7 +653,7 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if err := cnps.Delete(ctx, "typo", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		up.await("the policies gone", func(u agent.SourceUpdate, s *policy.Snapshot) bool {
+		up.await("the policies gone", func(u source.Update, s *policy.Snapshot) bool {
 			return !hasPolicy(u, "shop/api-http") && len(u.Errors) == 0 && l7Path(s, "shop", "api", 9090) == ""
 		})
 	})

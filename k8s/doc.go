@@ -9,5 +9,6 @@
 // paths are the folder source's. Cilium's Go types are not used: the Cilium
 // CRDs are read with the dynamic client.
 //
-// It may import agent and policy; agent and policy never import it.
+// It imports policy and the source contract (package source) only; the
+// agent and policy never import it.
 package k8s

@@ -154,6 +154,38 @@ func TestStatusPatch(t *testing.T) {
 	}
 }
 
+// TestStatusPatchEndpointFailures: an endpoint that fails closed under a
+// policy's rules makes this node's entry not OK and names it, while the
+// policy stays valid and enforcing.
+func TestStatusPatchEndpointFailures(t *testing.T) {
+	w := &StatusWriter{cfg: StatusWriterConfig{Node: "n1"}}
+	obj := &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": "p", "generation": int64(2), "resourceVersion": "7"}}}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	patch, changed, err := w.statusPatch(obj, PolicyStatus{Revision: 4,
+		EndpointFailures: []string{"default/web: datapath policy: invalid policy entry"}}, now)
+	if err != nil || !changed {
+		t.Fatalf("patch: %v %v", changed, err)
+	}
+	var m struct {
+		Status struct {
+			Conditions []condition           `json:"conditions"`
+			Nodes      map[string]nodeStatus `json:"nodes"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(patch, &m); err != nil {
+		t.Fatal(err)
+	}
+	ns := m.Status.Nodes["n1"]
+	if ns.OK || !ns.Enforcing || !strings.Contains(ns.Error, "default/web: datapath policy: invalid policy entry") {
+		t.Errorf("node status %+v", ns)
+	}
+	for _, c := range m.Status.Conditions {
+		if c.Type == ConditionValid && c.Status != "True" {
+			t.Errorf("an endpoint failure made the policy invalid: %+v", c)
+		}
+	}
+}
+
 type errString string
 
 func (e errString) Error() string { return string(e) }

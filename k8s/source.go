@@ -20,8 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/l7gate/l7gate/agent"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 // SourceConfig configures a Source. Client and Dynamic are required.
@@ -42,7 +42,7 @@ type SourceConfig struct {
 	Logger      *slog.Logger
 }
 
-// Source implements agent.Source with informers.
+// Source implements source.Source with informers.
 type Source struct {
 	cfg SourceConfig
 	log *slog.Logger
@@ -83,10 +83,10 @@ type informerSet struct {
 	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
 }
 
-// Run implements agent.Source. It sends the first update once every
+// Run implements source.Source. It sends the first update once every
 // informer has listed, then one per change of the normalized content:
 // resyncs, relists, status and metadata-only writes send nothing.
-func (s *Source) Run(ctx context.Context, updates chan<- agent.SourceUpdate) error {
+func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	ctx, cancel := context.WithCancel(ctx)
 	changed := make(chan struct{}, 1)
 	notify := func() {
@@ -262,7 +262,7 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 
 // update decodes documents into one view. The digest is over the
 // canonical documents, so an unchanged view has an unchanged digest.
-func (s *Source) update(docs []document) agent.SourceUpdate {
+func (s *Source) update(docs []document) source.Update {
 	var buf bytes.Buffer
 	infos := make(map[objectKey]objectInfo, len(docs))
 	for _, d := range docs {
@@ -281,7 +281,7 @@ func (s *Source) update(docs []document) agent.SourceUpdate {
 		}
 	}
 	s.mu.Unlock()
-	return agent.SourceUpdate{Objects: objs, Errors: errs, Digest: digest}
+	return source.Update{Objects: objs, Errors: errs, Digest: digest}
 }
 
 // objectInfo returns the UID and generation an object had in the view with

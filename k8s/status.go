@@ -23,8 +23,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/l7gate/l7gate/agent"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 // Condition types written on CiliumNetworkPolicy and
@@ -61,6 +61,10 @@ type PolicyStatus struct {
 	Err error
 	// Warnings are unsupported parts, each "path: message".
 	Warnings []string
+	// EndpointFailures name the endpoints of this node that could not be
+	// given this policy's rules (they fail closed), each
+	// "namespace/name: step: error".
+	EndpointFailures []string
 }
 
 // StatusWriterConfig configures a StatusWriter. Client and Dynamic are
@@ -92,8 +96,9 @@ type StatusWriter struct {
 }
 
 type implemented struct {
-	rev uint64
-	u   agent.SourceUpdate
+	rev      uint64
+	u        source.Update
+	failures []source.EndpointFailure
 }
 
 // NewStatusWriter returns a StatusWriter; Run it to process Implemented
@@ -137,7 +142,7 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 		if p == nil {
 			continue
 		}
-		if err := w.reportUpdate(ctx, p.rev, p.u); err != nil && ctx.Err() == nil {
+		if err := w.reportUpdate(ctx, p.rev, p.u, p.failures); err != nil && ctx.Err() == nil {
 			w.log.Warn("policy status not written; retrying", "error", err)
 			w.mu.Lock()
 			if w.pending == nil {
@@ -150,11 +155,12 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 }
 
 // Implemented queues the statuses of a source update the agent has
-// implemented as revision rev (valid policies) or rejected (u.Errors). It
-// never blocks; only the newest update is kept.
-func (w *StatusWriter) Implemented(_ context.Context, rev uint64, u agent.SourceUpdate) {
+// implemented as revision rev (valid policies) or rejected (u.Errors), and
+// the endpoints that fail closed under a policy's rules. It never blocks;
+// only the newest update is kept.
+func (w *StatusWriter) Implemented(_ context.Context, rev uint64, u source.Update, failures []source.EndpointFailure) {
 	w.mu.Lock()
-	w.pending = &implemented{rev: rev, u: u}
+	w.pending = &implemented{rev: rev, u: u, failures: failures}
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -164,7 +170,14 @@ func (w *StatusWriter) Implemented(_ context.Context, rev uint64, u agent.Source
 
 // reportUpdate reports every policy of an update, and forgets policies no
 // longer present.
-func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u agent.SourceUpdate) error {
+func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Update, failures []source.EndpointFailure) error {
+	failed := map[string][]string{} // by policy kind and name
+	for _, f := range failures {
+		for _, p := range f.Policies {
+			k := string(p.Kind) + " " + p.Name
+			failed[k] = append(failed[k], f.Endpoint+": "+f.Step+": "+f.Error)
+		}
+	}
 	warns := map[objectKey][]string{}
 	if u.Objects != nil {
 		for _, wn := range u.Objects.Warnings {
@@ -182,7 +195,8 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u agent.Sou
 	var items []item
 	if u.Objects != nil {
 		for _, p := range u.Objects.Policies {
-			items = append(items, item{p.Ref, PolicyStatus{Revision: rev, Warnings: warns[keyOf(p.Ref)]}})
+			items = append(items, item{p.Ref, PolicyStatus{Revision: rev, Warnings: warns[keyOf(p.Ref)],
+				EndpointFailures: failed[string(p.Kind)+" "+p.Name()]}})
 		}
 	}
 	for _, e := range u.Errors {
@@ -305,7 +319,7 @@ func fingerprint(st PolicyStatus) string {
 	if st.Err != nil {
 		e = st.Err.Error()
 	}
-	b, _ := json.Marshal([]any{st.Generation, e, st.Warnings})
+	b, _ := json.Marshal([]any{st.Generation, e, st.Warnings, st.EndpointFailures})
 	return string(b)
 }
 
@@ -395,6 +409,11 @@ func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStat
 	ns := nodeStatus{OK: st.Err == nil, Enforcing: st.Err == nil, Revision: st.Revision, ObservedGeneration: gen, Warnings: st.Warnings}
 	if st.Err != nil {
 		ns.Error = truncate(st.Err.Error())
+	} else if len(st.EndpointFailures) > 0 {
+		// Enforcing, but some endpoints fail closed instead of getting
+		// the policy's rules.
+		ns.OK = false
+		ns.Error = truncate("endpoints fail closed: " + strings.Join(st.EndpointFailures, "; "))
 	}
 	var old nodeStatus
 	nodeChanged := true

@@ -1,78 +1,41 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
-	"strconv"
+	"slices"
 	"sync"
+	"time"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
-// Identity is a numeric security identity. 0 is never allocated; in policy
-// entries it stands for "any peer".
-type Identity uint32
+// Identity is a numeric security identity (package flow owns the type and
+// the reserved numbers; they are re-exported here).
+type Identity = flow.Identity
 
 // Reserved identities (Cilium's numbers).
 const (
-	IdentityAny           Identity = 0
-	IdentityHost          Identity = 1
-	IdentityWorld         Identity = 2
-	IdentityUnmanaged     Identity = 3
-	IdentityHealth        Identity = 4
-	IdentityInit          Identity = 5
-	IdentityRemoteNode    Identity = 6
-	IdentityKubeAPIServer Identity = 7
-	IdentityIngress       Identity = 8
+	IdentityAny           = flow.IdentityAny
+	IdentityHost          = flow.IdentityHost
+	IdentityWorld         = flow.IdentityWorld
+	IdentityUnmanaged     = flow.IdentityUnmanaged
+	IdentityHealth        = flow.IdentityHealth
+	IdentityInit          = flow.IdentityInit
+	IdentityRemoteNode    = flow.IdentityRemoteNode
+	IdentityKubeAPIServer = flow.IdentityKubeAPIServer
+	IdentityIngress       = flow.IdentityIngress
 
 	// FirstClusterIdentity is the first identity for pod label sets.
-	FirstClusterIdentity Identity = 256
-	// FirstCIDRIdentity is the first node-local CIDR identity (Cilium's
-	// local-scope bit).
-	FirstCIDRIdentity Identity = 1 << 24
+	FirstClusterIdentity = flow.FirstClusterIdentity
+	// FirstCIDRIdentity is the first node-local CIDR identity.
+	FirstCIDRIdentity = flow.FirstCIDRIdentity
 )
 
-// reservedNames maps reserved identities to their entity names.
-func reservedName(id Identity) string {
-	switch id {
-	case IdentityHost:
-		return "host"
-	case IdentityWorld:
-		return "world"
-	case IdentityUnmanaged:
-		return "unmanaged"
-	case IdentityHealth:
-		return "health"
-	case IdentityInit:
-		return "init"
-	case IdentityRemoteNode:
-		return "remote-node"
-	case IdentityKubeAPIServer:
-		return "kube-apiserver"
-	case IdentityIngress:
-		return "ingress"
-	}
-	return ""
-}
-
 // ReservedIdentities lists every reserved identity.
-func ReservedIdentities() []Identity {
-	return []Identity{IdentityHost, IdentityWorld, IdentityUnmanaged, IdentityHealth, IdentityInit,
-		IdentityRemoteNode, IdentityKubeAPIServer, IdentityIngress}
-}
+func ReservedIdentities() []Identity { return flow.ReservedIdentities() }
 
-func (id Identity) String() string {
-	if id == IdentityAny {
-		return "any"
-	}
-	if n := reservedName(id); n != "" {
-		return "reserved:" + n
-	}
-	return strconv.FormatUint(uint64(id), 10)
-}
-
-// IsReserved reports whether id is one of the reserved identities.
-func (id Identity) IsReserved() bool { return id > 0 && id < FirstClusterIdentity }
-
-// IsCIDR reports whether id is a node-local CIDR identity.
-func (id Identity) IsCIDR() bool { return id >= FirstCIDRIdentity }
+func reservedName(id Identity) string { return flow.ReservedName(id) }
 
 // entityIdentities: the entity names policies may use. "all" and "cluster"
 // are resolved by the caller because they depend on the identity universe.
@@ -109,18 +72,22 @@ func validEntity(name string) bool {
 
 // IdentityAllocator hands out numeric identities for label sets. It keeps
 // assignments for as long as it lives, so identities are stable while label
-// sets come and go (an identity no longer in use is kept; the agent decides
-// when to Release it). Safe for concurrent use.
+// sets come and go (an identity no longer in use is kept until Sweep, or
+// Release, forgets it; its number is never handed out again). State and
+// RestoreIdentityAllocator carry the assignments across restarts. Safe for
+// concurrent use.
 type IdentityAllocator struct {
 	mu       sync.Mutex
 	byKey    map[string]Identity
+	lastUsed map[Identity]time.Time
 	nextPod  Identity
 	nextCIDR Identity
 }
 
 // NewIdentityAllocator returns an empty allocator.
 func NewIdentityAllocator() *IdentityAllocator {
-	return &IdentityAllocator{byKey: map[string]Identity{}, nextPod: FirstClusterIdentity, nextCIDR: FirstCIDRIdentity}
+	return &IdentityAllocator{byKey: map[string]Identity{}, lastUsed: map[Identity]time.Time{},
+		nextPod: FirstClusterIdentity, nextCIDR: FirstCIDRIdentity}
 }
 
 // allocate returns the identity for labels, allocating a new one when the
@@ -154,5 +121,107 @@ func (a *IdentityAllocator) allocate(ls Labels, cidr bool) (Identity, error) {
 func (a *IdentityAllocator) Release(ls Labels) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if id, ok := a.byKey[ls.Key()]; ok {
+		delete(a.lastUsed, id)
+	}
 	delete(a.byKey, ls.Key())
+}
+
+// IdentityState is an allocator's assignments, for persisting them across
+// restarts (JSON).
+type IdentityState struct {
+	// NextCluster and NextCIDR are the next numbers to hand out; numbers
+	// below them are never handed out again, released or not.
+	NextCluster Identity            `json:"nextCluster"`
+	NextCIDR    Identity            `json:"nextCIDR"`
+	Identities  []AllocatedIdentity `json:"identities"`
+}
+
+// AllocatedIdentity is one assignment.
+type AllocatedIdentity struct {
+	ID Identity `json:"id"`
+	// Key is the label set (Labels.Key).
+	Key string `json:"key"`
+	// LastUsed is when Sweep last saw it in use (zero: not since it was
+	// allocated or restored).
+	LastUsed time.Time `json:"lastUsed,omitzero"`
+}
+
+// State returns the assignments, sorted by identity.
+func (a *IdentityAllocator) State() IdentityState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := IdentityState{NextCluster: a.nextPod, NextCIDR: a.nextCIDR, Identities: make([]AllocatedIdentity, 0, len(a.byKey))}
+	for k, id := range a.byKey {
+		st.Identities = append(st.Identities, AllocatedIdentity{ID: id, Key: k, LastUsed: a.lastUsed[id]})
+	}
+	slices.SortFunc(st.Identities, func(x, y AllocatedIdentity) int { return cmp.Compare(x.ID, y.ID) })
+	return st
+}
+
+// RestoreIdentityAllocator returns an allocator holding st's assignments,
+// so every label set keeps its number whatever order it is seen in. A
+// state that could hand one number to two label sets is an error.
+func RestoreIdentityAllocator(st IdentityState) (*IdentityAllocator, error) {
+	a := NewIdentityAllocator()
+	if st.NextCluster != 0 {
+		a.nextPod = st.NextCluster
+	}
+	if st.NextCIDR != 0 {
+		a.nextCIDR = st.NextCIDR
+	}
+	if a.nextPod < FirstClusterIdentity || a.nextPod > FirstCIDRIdentity || (a.nextCIDR != 0 && a.nextCIDR < FirstCIDRIdentity) {
+		return nil, fmt.Errorf("identity state: next identities %d/%d out of range", a.nextPod, a.nextCIDR)
+	}
+	seen := map[Identity]string{}
+	for _, e := range st.Identities {
+		if e.Key == "" {
+			return nil, fmt.Errorf("identity state: identity %d without labels", e.ID)
+		}
+		inCluster := e.ID >= FirstClusterIdentity && e.ID < a.nextPod
+		inCIDR := e.ID >= FirstCIDRIdentity && (a.nextCIDR == 0 || e.ID < a.nextCIDR)
+		if !inCluster && !inCIDR {
+			return nil, fmt.Errorf("identity state: identity %d (%s) outside the allocated ranges", e.ID, e.Key)
+		}
+		if other, dup := seen[e.ID]; dup {
+			return nil, fmt.Errorf("identity state: identity %d held by %s and %s", e.ID, other, e.Key)
+		}
+		if _, dup := a.byKey[e.Key]; dup {
+			return nil, fmt.Errorf("identity state: labels %s hold two identities", e.Key)
+		}
+		seen[e.ID] = e.Key
+		a.byKey[e.Key] = e.ID
+		if !e.LastUsed.IsZero() {
+			a.lastUsed[e.ID] = e.LastUsed
+		}
+	}
+	return a, nil
+}
+
+// Sweep records that the identities inUse are in use at now, and forgets
+// every other assignment not in use for longer than grace (an assignment
+// never seen in use counts from its first Sweep). It returns the forgotten
+// identities, sorted. The outcome depends only on its arguments and the
+// allocator's state.
+func (a *IdentityAllocator) Sweep(inUse []Identity, now time.Time, grace time.Duration) []Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	used := make(map[Identity]bool, len(inUse))
+	for _, id := range inUse {
+		used[id] = true
+	}
+	var out []Identity
+	for k, id := range a.byKey {
+		last, seen := a.lastUsed[id]
+		switch {
+		case used[id] || !seen:
+			a.lastUsed[id] = now
+		case now.Sub(last) > grace:
+			delete(a.byKey, k)
+			delete(a.lastUsed, id)
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -1,46 +1,26 @@
 package policy
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
-// RuleKind says how a rule decided: it allowed, it denied, or the endpoint
-// was in default-deny mode and nothing allowed the traffic.
-type RuleKind string
+// RuleKind says how a rule decided (package flow owns it).
+type RuleKind = flow.RuleKind
 
 // Rule kinds in provenance.
 const (
-	KindAllow       RuleKind = "allow"
-	KindDeny        RuleKind = "deny"
-	KindDefaultDeny RuleKind = "default-deny"
+	KindAllow       = flow.KindAllow
+	KindDeny        = flow.KindDeny
+	KindDefaultDeny = flow.KindDefaultDeny
 )
 
-// Provenance names the rule behind an entry or verdict.
-type Provenance struct {
-	// Policy is "namespace/name" (or "name" for clusterwide policies).
-	Policy     string     `json:"policy"`
-	PolicyKind PolicyKind `json:"policyKind"`
-	Direction  Direction  `json:"direction"`
-	// Rule is the index of the entry in its ingress/egress(/Deny) list.
-	Rule int      `json:"rule"`
-	Kind RuleKind `json:"kind"`
-	// Path is the full field path, e.g. "spec.ingress[0]" or
-	// "specs[1].egressDeny[2]".
-	Path string `json:"path"`
-	// L7 names the L7 rule, e.g. "http[1]", when an L7 rule decided.
-	L7 string `json:"l7,omitempty"`
-}
-
-func (p Provenance) String() string {
-	s := fmt.Sprintf("%s %s (%s %s", p.Kind, p.Policy, p.PolicyKind, p.Path)
-	if p.L7 != "" {
-		s += "." + p.L7
-	}
-	return s + ")"
-}
+// Provenance names the rule behind an entry or verdict (package flow owns
+// it: flow records carry it).
+type Provenance = flow.Provenance
 
 func compareProvenance(a, b Provenance) int {
 	if c := cmpStrings(a.Policy, b.Policy, string(a.PolicyKind), string(b.PolicyKind), a.Path, b.Path, a.L7, b.L7, string(a.Kind), string(b.Kind)); c != 0 {

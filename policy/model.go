@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
 // Protocol is an IP protocol number; ProtoAny (0) matches every protocol.
@@ -74,46 +76,24 @@ func ParseProtocol(s string) (Protocol, error) {
 	return 0, fmt.Errorf("unknown protocol %q (want TCP, UDP, SCTP or ANY)", s)
 }
 
-// Direction of traffic relative to the endpoint whose policy applies.
-type Direction uint8
+// Direction of traffic relative to the endpoint whose policy applies
+// (package flow owns it).
+type Direction = flow.Direction
 
 // Directions.
 const (
-	Ingress Direction = iota
-	Egress
+	Ingress = flow.Ingress
+	Egress  = flow.Egress
 )
 
-func (d Direction) String() string {
-	if d == Egress {
-		return "egress"
-	}
-	return "ingress"
-}
-
-// MarshalText renders "ingress" or "egress".
-func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText parses "ingress" or "egress".
-func (d *Direction) UnmarshalText(b []byte) error {
-	switch string(b) {
-	case "ingress":
-		*d = Ingress
-	case "egress":
-		*d = Egress
-	default:
-		return fmt.Errorf("unknown direction %q", b)
-	}
-	return nil
-}
-
-// PolicyKind is the kind of object a rule came from.
-type PolicyKind string
+// PolicyKind is the kind of object a rule came from (package flow owns it).
+type PolicyKind = flow.PolicyKind
 
 // Policy kinds.
 const (
-	KindCNP  PolicyKind = "CiliumNetworkPolicy"
-	KindCCNP PolicyKind = "CiliumClusterwideNetworkPolicy"
-	KindNP   PolicyKind = "NetworkPolicy"
+	KindCNP  = flow.KindCNP
+	KindCCNP = flow.KindCCNP
+	KindNP   = flow.KindNP
 )
 
 // Namespace is a decoded v1 Namespace.

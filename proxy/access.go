@@ -1,66 +1,24 @@
 package proxy
 
 import (
-	"io"
-	"net/netip"
 	"slices"
-	"sync"
 	"time"
 
+	"github.com/l7gate/l7gate/flow"
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/parsers/kafka"
 	"github.com/l7gate/l7gate/policy"
 )
 
-// AccessRecord is one access-log record.
-type AccessRecord struct {
-	Time        time.Time           `json:"time"`
-	Protocol    string              `json:"protocol"` // http or kafka
-	Direction   policy.Direction    `json:"direction"`
-	Source      netip.AddrPort      `json:"source"`
-	Destination netip.AddrPort      `json:"destination"`
-	SrcIdentity policy.Identity     `json:"srcIdentity"`
-	DstIdentity policy.Identity     `json:"dstIdentity"`
-	Verdict     string              `json:"verdict"` // allowed or denied
-	DecidedBy   []policy.Provenance `json:"decidedBy,omitempty"`
-	LatencyMS   float64             `json:"latencyMs"`
-	// Reason explains the verdict where DecidedBy cannot (Kafka's filter
-	// reports its decision as text).
-	Reason string `json:"reason,omitempty"`
-	Error  string `json:"error,omitempty"`
+// AccessRecord is one access-log record: the shared flow record (package
+// flow owns its fields, JSON form and verdict vocabulary).
+type AccessRecord = flow.Record
 
-	// HTTP
-	Method string `json:"method,omitempty"`
-	Path   string `json:"path,omitempty"`
-	Host   string `json:"host,omitempty"`
-	Status int    `json:"status,omitempty"`
-
-	// Kafka
-	APIKey        string   `json:"apiKey,omitempty"`
-	APIVersion    int16    `json:"apiVersion,omitempty"`
-	ClientID      string   `json:"clientID,omitempty"`
-	CorrelationID int32    `json:"correlationID,omitempty"`
-	Topics        []string `json:"topics,omitempty"`
-	ErrorCode     int16    `json:"errorCode,omitempty"`
-}
-
-// JSONLines returns an access-log sink writing one JSON object per line.
-func JSONLines(w io.Writer) func(*AccessRecord) {
-	var mu sync.Mutex
-	var buf []byte
-	return func(r *AccessRecord) {
-		mu.Lock()
-		defer mu.Unlock()
-		buf = appendJSON(buf[:0], r)
-		w.Write(buf)
-	}
-}
-
-func verdictString(allowed bool) string {
+func verdictString(allowed bool) flow.Verdict {
 	if allowed {
-		return "allowed"
+		return flow.VerdictAllowed
 	}
-	return "denied"
+	return flow.VerdictDenied
 }
 
 // identities returns (source, destination) identities of a connection.

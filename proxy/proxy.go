@@ -22,7 +22,7 @@ import (
 type Options struct {
 	Logger *slog.Logger
 	// AccessLog receives one record per request, response or denial
-	// (default: JSON lines on stderr, see JSONLines).
+	// (default: JSON lines on stderr, see flow.JSONLines).
 	AccessLog func(*AccessRecord)
 	// ListenHost is the address listeners bind (default 0.0.0.0).
 	ListenHost string

@@ -5,8 +5,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/l7gate/l7gate/xds"
 	"github.com/l7gate/l7gate/xds/client"
-	"github.com/l7gate/l7gate/xds/translate"
 )
 
 // ConfigFromXDS builds a Config from the l7gate xDS resources. Errors name
@@ -14,21 +14,21 @@ import (
 func ConfigFromXDS(r *client.Resources, version string) (*Config, error) {
 	cfg := &Config{Version: version}
 	for _, name := range sortedNames(r.Listeners) {
-		spec, err := translate.ListenerFromProto(r.Listeners[name])
+		spec, err := xds.ListenerFromProto(r.Listeners[name])
 		if err != nil {
 			return nil, err
 		}
 		cfg.Listeners = append(cfg.Listeners, Listener{Name: spec.Name(), Port: spec.ProxyPort, Direction: spec.Direction, Parser: spec.Parser})
 	}
 	for _, name := range sortedNames(r.Policies) {
-		ep, pol, err := translate.PolicyFromProto(r.Policies[name])
+		ep, pol, err := xds.PolicyFromProto(r.Policies[name])
 		if err != nil {
 			return nil, err
 		}
 		cfg.Endpoints = append(cfg.Endpoints, Endpoint{Identity: ep.Identity, IPs: ep.IPs, Ingress: pol.Ingress.L7, Egress: pol.Egress.L7})
 	}
 	for _, name := range sortedNames(r.Identities) {
-		info, entries, err := translate.MembershipFromProto(r.Identities[name])
+		info, entries, err := xds.MembershipFromProto(r.Identities[name])
 		if err != nil {
 			return nil, err
 		}

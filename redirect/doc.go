@@ -4,5 +4,6 @@
 // the SO_MARK the datapath recognises (and, optionally, the pod's source
 // address). Proxy-port allocation lives here too.
 //
-// It imports policy only.
+// It imports no other l7gate package (DESIGN: redirect is below policy,
+// the agent and the proxy both use it).
 package redirect

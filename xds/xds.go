@@ -1,8 +1,11 @@
 // Package xds holds what the xDS pieces of l7gate share: the type URLs of
-// l7gate's own resources and the node-id convention that tells consumers
-// apart. Translation lives in xds/translate (pure functions, golden
-// tested), the ADS server with ACK/NACK completions in xds/server, and the
-// Go proxy's client in xds/client.
+// l7gate's own resources, the node-id convention that tells consumers
+// apart, and the contract of the Go proxy's resources on the receiving
+// side (ListenerSpec and the *FromProto converters back into policy
+// values), so the proxy imports this package rather than the translator.
+// Translation lives in xds/translate (pure functions, golden tested), the
+// ADS server with ACK/NACK completions in xds/server, and the Go proxy's
+// client in xds/client.
 //
 // Consumers are told apart by node id: "l7proxy~<node>" is the l7gate Go
 // proxy, which receives the resources in proto/l7gatev1; "envoy~<node>" is

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -14,7 +16,12 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/agent/node"
+	"github.com/l7gate/l7gate/agent/supervisor"
+	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/source"
 )
 
 // agentFlags are the agent's settings; a --config file (YAML with the same
@@ -95,8 +102,8 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 					f.StartProxy = fromFile.StartProxy
 				}
 			}
-			var src agent.Source
-			var reporter agent.PolicyReporter
+			var src source.Source
+			var reporter source.PolicyReporter
 			switch f.SourceKind {
 			case "folder":
 				if f.Source == "" {
@@ -105,7 +112,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if st, err := os.Stat(f.Source); err != nil || !st.IsDir() {
 					return usageErrorf("--source %s: not a folder", f.Source)
 				}
-				src = &agent.FolderSource{Dir: f.Source, Logger: a.log}
+				src = &source.Folder{Dir: f.Source, Logger: a.log}
 			case "k8s":
 				s, w, err := a.agentK8sSource(cmd.Context(), k8sf, f.Node)
 				if err != nil {
@@ -130,12 +137,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 			if err != nil || ackTimeout <= 0 {
 				return usageErrorf("--ack-timeout: want a duration such as 30s, not %q", f.ACKTimeout)
 			}
-			return agent.Run(cmd.Context(), agent.Config{
-				Node: f.Node, Source: src, Reporter: reporter,
-				BPFFS: f.BPFFS, RunDir: f.RunDir, StateDir: f.StateDir, PortMin: lo, PortMax: hi,
-				SetupNode: f.SetupNode, Proxy: agent.ProxyConfig{Start: f.StartProxy}, ACKTimeout: ackTimeout, Logger: a.log,
-				HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
-			})
+			return a.runAgent(cmd.Context(), f, src, reporter, lo, hi, ackTimeout)
 		},
 	}
 	fl := cmd.Flags()
@@ -154,6 +156,65 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringVar(&f.HTTPProxy, "http-proxy", f.HTTPProxy, "who enforces HTTP/gRPC rules: go (the Go proxy) or envoy (a stock Envoy configured over xDS; the Go proxy keeps Kafka)")
 	fl.StringVar(&f.EnvoyName, "envoy-process-name", f.EnvoyName, "with --http-proxy envoy: Envoy's process name; its listeners are taken into the datapath with pidfd_getfd (needs a shared PID namespace and CAP_SYS_PTRACE)")
 	return cmd
+}
+
+// runAgent composes the agent: node setup, the proxy-port allocator, the
+// pinned datapath, the xDS server, then agent.Run with them.
+func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, reporter source.PolicyReporter, lo, hi uint16, ackTimeout time.Duration) error {
+	for _, d := range []string{f.RunDir, f.StateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if f.SetupNode {
+		if err := node.Setup(ctx); err != nil {
+			return fmt.Errorf("node setup: %w", err)
+		}
+	}
+	ports, err := redirect.NewPortAllocator(redirect.PortAllocatorConfig{Min: lo, Max: hi,
+		StatePath: filepath.Join(f.StateDir, "proxy-ports.json")})
+	if err != nil {
+		return err
+	}
+	dp, err := bpf.Open(ctx, bpf.Config{BPFFSPath: f.BPFFS, Logger: a.log})
+	if err != nil {
+		return fmt.Errorf("open datapath: %w", err)
+	}
+	defer dp.Close() // pins and links stay
+	if err := dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
+		return fmt.Errorf("attach socket lookup: %w", err)
+	}
+	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, a.log)
+	if err != nil {
+		return fmt.Errorf("xds server: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	xdsDone := make(chan error, 1)
+	go func() { xdsDone <- xs.ListenAndServe(ctx) }()
+	cfg := agent.Config{
+		Node: f.Node, Source: src, Reporter: reporter,
+		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
+		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
+		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
+	}
+	if f.StartProxy {
+		cfg.Proxy = &supervisor.Config{}
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- agent.Run(ctx, cfg) }()
+	select {
+	case err = <-runErr:
+		cancel()
+		<-xdsDone
+	case err = <-xdsDone:
+		if ctx.Err() == nil {
+			err = fmt.Errorf("xds server: %w", err)
+		}
+		cancel()
+		<-runErr
+	}
+	return err
 }
 
 func parsePortRange(s string) (uint16, uint16, error) {
@@ -176,7 +237,7 @@ func (a *app) statusCommand() *cobra.Command {
 		Use:   "status",
 		Short: "Show the agent's health, endpoints, policies and proxy ACK state",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := agent.FetchStatus(cmd.Context(), runDir)
+			st, err := agentapi.FetchStatus(cmd.Context(), runDir)
 			if err != nil {
 				return err
 			}
@@ -220,6 +281,9 @@ func (a *app) statusCommand() *cobra.Command {
 			if st.LastError != "" {
 				fmt.Fprintf(w, "Last error:\t%s\n", st.LastError)
 			}
+			for _, f := range st.Failures {
+				fmt.Fprintf(w, "Fails closed:\t%s (%s): %s: %s\n", f.Endpoint, strings.Join(f.Directions, ","), f.Step, f.Error)
+			}
 			for _, e := range st.Errors {
 				fmt.Fprintf(w, "Invalid object:\t%s\n", e)
 			}
@@ -238,7 +302,7 @@ func (a *app) endpointCommand() *cobra.Command {
 		Use:   "list",
 		Short: "List endpoints (pods) with identity, IPs and whether they are on this node",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := agent.FetchStatus(cmd.Context(), runDir)
+			st, err := agentapi.FetchStatus(cmd.Context(), runDir)
 			if err != nil {
 				return err
 			}
@@ -270,7 +334,7 @@ func (a *app) identityCommand() *cobra.Command {
 		Use:   "list",
 		Short: "List security identities and their labels",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := agent.FetchStatus(cmd.Context(), runDir)
+			st, err := agentapi.FetchStatus(cmd.Context(), runDir)
 			if err != nil {
 				return err
 			}
@@ -313,13 +377,13 @@ endpoint default-deny). L7 requests are in the proxy's access log
 			ctx := cmd.Context()
 			var cursor uint64
 			for {
-				page, err := agent.FetchFlows(ctx, runDir, cursor)
+				page, err := agentapi.FetchFlows(ctx, runDir, cursor)
 				if err != nil {
 					return err
 				}
 				cursor = page.Cursor
 				for _, f := range page.Flows {
-					if dropsOnly && !f.Dropped {
+					if dropsOnly && !f.Dropped() {
 						continue
 					}
 					if output == "json" {
@@ -334,12 +398,12 @@ endpoint default-deny). L7 requests are in the proxy's access log
 						}
 						rule = strings.Join(parts, "; ")
 					}
-					verdict := f.Verdict
-					if f.Dropped {
+					verdict := string(f.Verdict)
+					if f.Dropped() {
 						verdict = "DROPPED"
 					}
 					fmt.Fprintf(a.stdout, "%s %-7s %s (%d) → %s (%d) proto %d %s [%s] %s\n", f.Time.Format("15:04:05.000"), f.Direction,
-						f.Source, f.SrcIdentity, f.Destination, f.DstIdentity, f.Protocol, verdict, f.Reason, rule)
+						f.Source, uint32(f.SrcIdentity), f.Destination, uint32(f.DstIdentity), f.IPProtocol, verdict, f.Reason, rule)
 				}
 				if !follow {
 					return nil

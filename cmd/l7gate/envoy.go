@@ -10,10 +10,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
-	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/envoy/admin"
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/xds/envoytranslate"
 )
@@ -247,7 +247,7 @@ rule that decided. It stops on SIGINT/SIGTERM.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			enc := json.NewEncoder(a.stdout)
-			return als.Serve(cmd.Context(), als.Config{Socket: socket, Log: a.log, Sink: func(r envoy.Record) {
+			return als.Serve(cmd.Context(), als.Config{Socket: socket, Log: a.log, Sink: func(r *flow.Record) {
 				if err := enc.Encode(r); err != nil {
 					a.log.Warn("write access-log record", "err", err)
 				}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -12,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/flow"
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/proxy"
@@ -38,8 +37,10 @@ connections the datapath redirects to it.
 
 It keeps enforcing the last accepted config while the agent is away and
 reconnects when it returns; with no config yet it has no listeners, so
-redirected connections are refused, never passed. It registers its
-listeners in the datapath's pinned socket map under --bpffs.
+redirected connections are refused, never passed. It needs no access to the
+datapath: the agent takes its listener sockets into the datapath's socket
+map (pidfd_getfd) once it ACKed them, finding the proxy through its admin
+socket.
 
 The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 /stats/prometheus. Access logs are JSON lines (one per request).`,
@@ -57,7 +58,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}}
 			switch accessLog {
 			case "", "-", "stderr":
-				opts.AccessLog = proxy.JSONLines(a.stderr)
+				opts.AccessLog = flow.JSONLines(a.stderr)
 			case "none":
 			default:
 				f, err := os.OpenFile(accessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -65,15 +66,12 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 					return usageErrorf("--access-log: %v", err)
 				}
 				defer f.Close()
-				opts.AccessLog = proxy.JSONLines(f)
+				opts.AccessLog = flow.JSONLines(f)
 			}
 			if !noSockmap {
-				socks, err := bpf.OpenProxySockets(bpffs)
-				if err != nil {
-					return fmt.Errorf("open the datapath's proxy socket map under %s (is the agent running? --no-sockmap runs without a datapath): %w", bpffs, err)
-				}
-				defer socks.Close()
-				opts.OnListener = func(port uint16, ln *net.TCPListener) error { return socks.Register(port, ln) }
+				// The upstream SO_MARK tells the datapath the connection is
+				// the proxy's (bpf owns the encoding; setting it needs
+				// CAP_NET_ADMIN, not the datapath's maps).
 				opts.Mark = func(src policy.Identity, dir policy.Direction) uint32 {
 					d := bpf.Ingress
 					if dir == policy.Egress {
@@ -112,10 +110,11 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&xdsSocket, "xds-socket", "/run/l7gate/xds.sock", "the agent's xDS Unix socket")
 	fl.StringVar(&adminSocket, "admin-socket", "/run/l7gate/proxy-admin.sock", "admin Unix socket (/ready, /config_dump, /stats/prometheus)")
 	fl.StringVar(&node, "node", hostname(), "node name (the xDS node id is l7proxy~NODE)")
-	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "bpf filesystem directory of the datapath's pins")
+	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
+	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
 	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
-	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath (listeners are not registered, no SO_MARK)")
+	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are closed")
 	fl.IntVar(&maxHeaderBytes, "http-max-header-bytes", 64<<10, "HTTP/1 request line plus headers; larger requests get 431")
 	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")

@@ -1,7 +1,8 @@
 // Package als is the gRPC access-log service (envoy.service.accesslog.v3)
 // that Envoy's http_grpc access logger streams to. It turns each
-// HTTPAccessLogEntry into an envoy.Record naming the policy rule that
-// decided, and hands it to a sink. It serves on a Unix socket.
+// HTTPAccessLogEntry into a flow.Record naming the identities and the
+// policy rule that decided, and hands it to a sink. It serves on a Unix
+// socket.
 package als
 
 import (
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/l7gate/l7gate/envoy"
+	"github.com/l7gate/l7gate/flow"
 )
 
 // RBACMetadataNamespace is where Envoy's RBAC filter puts its decision in
@@ -43,18 +45,18 @@ type Config struct {
 	Log    *slog.Logger
 	// Sink receives every record, in stream order; it must not block for
 	// long (Envoy buffers while it does).
-	Sink func(envoy.Record)
+	Sink func(*flow.Record)
 }
 
 // Service implements envoy.service.accesslog.v3.AccessLogService.
 type Service struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 	log  *slog.Logger
-	sink func(envoy.Record)
+	sink func(*flow.Record)
 }
 
 // NewService returns the service, for registering on a grpc.Server.
-func NewService(log *slog.Logger, sink func(envoy.Record)) *Service {
+func NewService(log *slog.Logger, sink func(*flow.Record)) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -83,7 +85,7 @@ func (s *Service) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAcc
 	}
 }
 
-// Serve listens on cfg.Socket and serves until ctx is done.
+// Serve listens on cfg.Socket (mode 0660) and serves until ctx is done.
 func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Sink == nil {
 		return errors.New("als: no sink")
@@ -96,6 +98,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	lis, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	// Only the node's l7gate group may log (forged records would
+	// misattribute requests).
+	if err := os.Chmod(cfg.Socket, 0o660); err != nil {
+		lis.Close()
+		return fmt.Errorf("socket mode: %w", err)
 	}
 	gs := grpc.NewServer()
 	accesslogv3.RegisterAccessLogServiceServer(gs, NewService(cfg.Log, cfg.Sink))
@@ -120,16 +128,19 @@ func Serve(ctx context.Context, cfg Config) error {
 // from the RBAC filter's dynamic metadata (enforced_engine_result and
 // enforced_effective_policy_id); without it, from response_code_details
 // "rbac_access_denied_matched_policy[...]" for denials; else it is unknown.
-func RecordOf(e *datav3.HTTPAccessLogEntry) envoy.Record {
+// The route name (envoy.RouteName) gives the direction and the identity of
+// the endpoint whose rule set applied.
+func RecordOf(e *datav3.HTTPAccessLogEntry) *flow.Record {
 	c, req, resp := e.GetCommonProperties(), e.GetRequest(), e.GetResponse()
-	r := envoy.Record{
+	r := &flow.Record{
+		Protocol:    "http",
 		Source:      addrPort(c.GetDownstreamRemoteAddress()),
 		Destination: addrPort(c.GetDownstreamLocalAddress()),
 		Path:        req.GetPath(),
 		Host:        req.GetAuthority(),
 		Status:      int(resp.GetResponseCode().GetValue()),
-		RuleSet:     c.GetRouteName(),
-		Verdict:     envoy.VerdictUnknown,
+		Verdict:     flow.VerdictUnknown,
+		Observer:    flow.ObserverEnvoy,
 	}
 	if t := c.GetStartTime(); t != nil {
 		r.Time = t.AsTime()
@@ -137,50 +148,46 @@ func RecordOf(e *datav3.HTTPAccessLogEntry) envoy.Record {
 	if m := req.GetRequestMethod(); m != corev3.RequestMethod_METHOD_UNSPECIFIED {
 		r.Method = m.String()
 	}
-	if s, ok := resp.GetResponseTrailers()["grpc-status"]; ok {
-		r.GRPCStatus = s
-	} else if s, ok := resp.GetResponseHeaders()["grpc-status"]; ok {
-		r.GRPCStatus = s
+	if dir, id, _, ok := envoy.ParseRouteName(c.GetRouteName()); ok {
+		r.Direction = dir
+		if dir == flow.Ingress {
+			r.DstIdentity = id
+		} else {
+			r.SrcIdentity = id
+		}
+	}
+	grpcStatus, ok := resp.GetResponseTrailers()["grpc-status"]
+	if !ok {
+		grpcStatus = resp.GetResponseHeaders()["grpc-status"]
+	}
+	if grpcStatus != "" && grpcStatus != "0" {
+		r.Error = "grpc-status " + grpcStatus
 	}
 	var policyID string
 	if md := c.GetMetadata().GetFilterMetadata()[RBACMetadataNamespace]; md != nil && md.GetFields()[keyEngineResult] != nil {
 		switch md.GetFields()[keyEngineResult].GetStringValue() {
 		case "allowed":
-			r.Verdict = envoy.VerdictAllowed
+			r.Verdict = flow.VerdictAllowed
 		case "denied":
-			r.Verdict = envoy.VerdictDenied
+			r.Verdict = flow.VerdictDenied
 		}
 		policyID = md.GetFields()[keyEffectivePolicyID].GetStringValue()
 	} else if d := resp.GetResponseCodeDetails(); strings.HasPrefix(d, deniedDetailsPrefix) && strings.HasSuffix(d, "]") {
-		r.Verdict = envoy.VerdictDenied
-		policyID = strings.TrimSuffix(strings.TrimPrefix(d, deniedDetailsPrefix), "]")
-		if policyID == "none" {
-			policyID = ""
-		}
+		r.Verdict = flow.VerdictDenied
 	}
 	switch r.Verdict {
-	case envoy.VerdictAllowed:
-		r.Kind = envoy.KindAllow
-		r.PolicyKind, r.Policy, r.Rule = ParsePolicyID(policyID)
-	case envoy.VerdictDenied:
+	case flow.VerdictAllowed:
+		p := flow.Provenance{Kind: flow.KindAllow, Direction: r.Direction}
+		if policyID != "" {
+			parsed, _ := envoy.ParsePolicyID(policyID)
+			p.Policy, p.PolicyKind, p.Path, p.L7 = parsed.Policy, parsed.PolicyKind, parsed.Path, parsed.L7
+		}
+		r.DecidedBy = []flow.Provenance{p}
+	case flow.VerdictDenied:
 		// The RBAC is an allow-list: a denial matched no policy.
-		r.Kind = envoy.KindDefaultDeny
+		r.DecidedBy = []flow.Provenance{{Kind: flow.KindDefaultDeny, Direction: r.Direction}}
 	}
 	return r
-}
-
-// ParsePolicyID splits an RBAC policy id as xds/envoytranslate.PolicyID
-// writes it, "<kind>:<policy>:<rule>[#n]", into its parts; an id of
-// another shape comes back whole as the policy.
-func ParsePolicyID(id string) (kind, policy, rule string) {
-	if i := strings.LastIndexByte(id, '#'); i >= 0 {
-		id = id[:i]
-	}
-	parts := strings.SplitN(id, ":", 3)
-	if len(parts) != 3 {
-		return "", id, ""
-	}
-	return parts[0], parts[1], parts[2]
 }
 
 func addrPort(a *corev3.Address) netip.AddrPort {

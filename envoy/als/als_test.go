@@ -3,6 +3,7 @@ package als
 import (
 	"context"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -18,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/l7gate/l7gate/envoy"
+	"github.com/l7gate/l7gate/flow"
 )
 
 var t0 = time.Date(2026, 11, 22, 4, 0, 0, 0, time.UTC)
@@ -75,11 +76,11 @@ func TestStreamAccessLogs(t *testing.T) {
 	defer cancel()
 	sock := filepath.Join(t.TempDir(), "als.sock")
 	var mu sync.Mutex
-	var got []envoy.Record
+	var got []*flow.Record
 	served := make(chan error, 1)
 	srvCtx, stop := context.WithCancel(ctx)
 	go func() {
-		served <- Serve(srvCtx, Config{Socket: sock, Sink: func(r envoy.Record) {
+		served <- Serve(srvCtx, Config{Socket: sock, Sink: func(r *flow.Record) {
 			mu.Lock()
 			got = append(got, r)
 			mu.Unlock()
@@ -93,6 +94,11 @@ func TestStreamAccessLogs(t *testing.T) {
 	}()
 
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer func() {
+		if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o660 {
+			t.Errorf("access-log socket mode %v (%v), want 0660", fi.Mode().Perm(), err)
+		}
+	}()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,43 +141,55 @@ func TestStreamAccessLogs(t *testing.T) {
 	}
 
 	src, dst := netip.MustParseAddrPort("198.18.6.2:40123"), netip.MustParseAddrPort("198.18.6.1:8080")
-	base := envoy.Record{Time: t0, Source: src, Destination: dst, Host: "shop.example.com", RuleSet: "l7gate/ingress/256/8080"}
-	with := func(f func(r *envoy.Record)) envoy.Record { r := base; f(&r); return r }
-	want := []envoy.Record{
-		with(func(r *envoy.Record) {
-			r.Method, r.Path, r.Status, r.Verdict, r.Kind = "GET", "/api/v1/items/7", 200, envoy.VerdictAllowed, envoy.KindAllow
-			r.PolicyKind, r.Policy, r.Rule = "cnp", "shop/http-rules", "spec.ingress[0].http[0]"
+	base := flow.Record{Time: t0, Protocol: "http", Source: src, Destination: dst, Host: "shop.example.com",
+		Direction: flow.Ingress, DstIdentity: 256, Observer: flow.ObserverEnvoy}
+	with := func(f func(r *flow.Record)) *flow.Record { r := base; f(&r); return &r }
+	allow := func(kind flow.PolicyKind, pol, path, l7 string) []flow.Provenance {
+		return []flow.Provenance{{Kind: flow.KindAllow, Direction: flow.Ingress, PolicyKind: kind, Policy: pol, Path: path, L7: l7}}
+	}
+	defaultDeny := []flow.Provenance{{Kind: flow.KindDefaultDeny, Direction: flow.Ingress}}
+	want := []*flow.Record{
+		with(func(r *flow.Record) {
+			r.Method, r.Path, r.Status, r.Verdict = "GET", "/api/v1/items/7", 200, flow.VerdictAllowed
+			r.DecidedBy = allow(flow.KindCNP, "shop/http-rules", "spec.ingress[0]", "http[0]")
 		}),
-		with(func(r *envoy.Record) {
-			r.Method, r.Path, r.Status, r.Verdict, r.Kind = "DELETE", "/api/v1/items/7", 403, envoy.VerdictDenied, envoy.KindDefaultDeny
+		with(func(r *flow.Record) {
+			r.Method, r.Path, r.Status, r.Verdict, r.DecidedBy = "DELETE", "/api/v1/items/7", 403, flow.VerdictDenied, defaultDeny
 		}),
-		with(func(r *envoy.Record) {
-			r.Method, r.Path, r.Status, r.GRPCStatus, r.Verdict, r.Kind = "POST", "/shop.v1.Cart/Checkout", 200, "7", envoy.VerdictDenied, envoy.KindDefaultDeny
+		with(func(r *flow.Record) {
+			r.Method, r.Path, r.Status, r.Error, r.Verdict, r.DecidedBy = "POST", "/shop.v1.Cart/Checkout", 200, "grpc-status 7", flow.VerdictDenied, defaultDeny
 		}),
-		with(func(r *envoy.Record) {
-			r.Method, r.Path, r.Status, r.GRPCStatus, r.Verdict, r.Kind = "POST", "/shop.v1.Cart/AddItem", 200, "0", envoy.VerdictAllowed, envoy.KindAllow
-			r.PolicyKind, r.Policy, r.Rule = "ccnp", "cart-all", "specs[1].ingress[0].http[0]"
+		with(func(r *flow.Record) {
+			r.Method, r.Path, r.Status, r.Verdict = "POST", "/shop.v1.Cart/AddItem", 200, flow.VerdictAllowed
+			r.DecidedBy = allow(flow.KindCCNP, "cart-all", "specs[1].ingress[0]", "http[0]")
 		}),
-		with(func(r *envoy.Record) {
-			r.Method, r.Path, r.Status, r.Verdict = "GET", "/nowhere", 404, envoy.VerdictUnknown
+		with(func(r *flow.Record) {
+			r.Method, r.Path, r.Status, r.Verdict = "GET", "/nowhere", 404, flow.VerdictUnknown
 		}),
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("records:\n got %+v\nwant %+v", got, want)
+		t.Errorf("records:\n got %s\nwant %s", jsonOf(got), jsonOf(want))
 	}
 }
 
-func TestParsePolicyID(t *testing.T) {
-	for _, c := range []struct{ id, kind, pol, rule string }{
-		{"cnp:shop/http-rules:spec.ingress[0].http[1]", "cnp", "shop/http-rules", "spec.ingress[0].http[1]"},
-		{"np:default/web:spec.ingress[0]#2", "np", "default/web", "spec.ingress[0]"},
-		{"something-else", "", "something-else", ""},
-	} {
-		k, p, r := ParsePolicyID(c.id)
-		if k != c.kind || p != c.pol || r != c.rule {
-			t.Errorf("ParsePolicyID(%q) = %q %q %q", c.id, k, p, r)
-		}
+func jsonOf(rs []*flow.Record) string {
+	var b []byte
+	for _, r := range rs {
+		b = flow.AppendJSON(b, r)
+	}
+	return string(b)
+}
+
+// TestRecordOfEgress: an egress route names the source endpoint's
+// identity.
+func TestRecordOfEgress(t *testing.T) {
+	e := entry(corev3.RequestMethod_POST, "/v1/x", 200, rbacMetadata("denied", ""), "", map[string]string{"grpc-status": "7"})
+	e.CommonProperties.RouteName = "l7gate/egress/300/50051"
+	r := RecordOf(e)
+	if r.Verdict != flow.VerdictDenied || r.SrcIdentity != 300 || r.DstIdentity != 0 || r.Direction != flow.Egress ||
+		r.Error != "grpc-status 7" || len(r.DecidedBy) != 1 || r.DecidedBy[0].Kind != flow.KindDefaultDeny {
+		t.Errorf("%s", flow.AppendJSON(nil, r))
 	}
 }

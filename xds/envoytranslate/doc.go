@@ -33,5 +33,6 @@
 // reply mapper; for gRPC requests Envoy sends it as a trailers-only reply
 // with grpc-status 7 (its mapping of 403).
 //
-// The package imports policy and the Envoy protos only.
+// The package imports policy, the Envoy protos and the names it shares
+// with Envoy's access logs (package envoy: route names, RBAC policy ids).
 package envoytranslate

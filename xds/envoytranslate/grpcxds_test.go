@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -168,7 +169,7 @@ func TestGRPCXDSDifferential(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := lis.Addr().(*net.TCPAddr).AddrPort()
-	l, rc := grpcServerResources(t, res, RouteName(policy.Ingress, serverID, 50051), addr)
+	l, rc := grpcServerResources(t, res, envoy.RouteName(policy.Ingress, serverID, 50051), addr)
 
 	// go-control-plane ADS on a Unix socket.
 	const nodeID = "envoy~test"

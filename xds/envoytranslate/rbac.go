@@ -8,34 +8,9 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
+	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/policy"
 )
-
-// PolicyID names an RBAC policy after the rule it came from:
-// "<kind>:<policy>:<path>[.<l7>]", e.g.
-// "cnp:shop/http-rules:spec.ingress[0].http[1]", with kind cnp, ccnp or np.
-// Envoy reports it as enforced_effective_policy_id in the RBAC filter's
-// dynamic metadata, which reaches the access-log service; envoy/als parses
-// it back. A second rule with the same provenance gets "#<index>".
-func PolicyID(o policy.Provenance) string {
-	rule := o.Path
-	if o.L7 != "" {
-		rule += "." + o.L7
-	}
-	return kindAbbrev(o.PolicyKind) + ":" + o.Policy + ":" + rule
-}
-
-func kindAbbrev(k policy.PolicyKind) string {
-	switch k {
-	case policy.KindCNP:
-		return "cnp"
-	case policy.KindCCNP:
-		return "ccnp"
-	case policy.KindNP:
-		return "np"
-	}
-	return strings.ToLower(string(k))
-}
 
 // ruleSetRBAC renders an L7 rule set as an ALLOW RBAC: one policy per rule
 // that can match, so a request matching none is denied (the allow-list).
@@ -59,7 +34,7 @@ func (t *translator) ruleSetRBAC(d policy.Direction, rs *policy.L7RuleSet) (*rba
 	var warns []string
 	for i := range rs.Rules {
 		r := &rs.Rules[i]
-		id := PolicyID(r.Origin)
+		id := envoy.PolicyID(r.Origin)
 		if r.HTTP == nil && !r.AllowsAll() {
 			warns = append(warns, id+": not an HTTP rule: matches nothing")
 			continue

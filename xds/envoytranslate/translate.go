@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -121,12 +122,6 @@ func ListenerName(p ProxyPort) string {
 	return fmt.Sprintf("l7gate/%s/%s/%d", p.Direction, p.Parser, p.Port)
 }
 
-// RouteName names the route configuration (and filter chain) of an
-// endpoint identity's rule set on a destination port.
-func RouteName(d policy.Direction, id policy.Identity, port uint16) string {
-	return fmt.Sprintf("l7gate/%s/%d/%d", d, id, port)
-}
-
 // Translate renders the Envoy resources for snap.
 func Translate(snap *policy.Snapshot, cfg Config) (*Resources, error) {
 	if cfg.Marks == (Marks{}) {
@@ -167,7 +162,7 @@ func Translate(snap *policy.Snapshot, cfg Config) (*Resources, error) {
 				if err != nil {
 					return nil, err
 				}
-				name := RouteName(dir, ep.Identity, rs.Port)
+				name := envoy.RouteName(dir, ep.Identity, rs.Port)
 				rbac, warns, err := t.ruleSetRBAC(dir, rs)
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", name, err)

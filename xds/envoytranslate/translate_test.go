@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -212,7 +213,7 @@ func TestMissingProxyPort(t *testing.T) {
 }
 
 func TestPolicyID(t *testing.T) {
-	got := PolicyID(policy.Provenance{Policy: "shop/http-rules", PolicyKind: policy.KindCNP, Path: "spec.ingress[0]", L7: "http[1]"})
+	got := envoy.PolicyID(policy.Provenance{Policy: "shop/http-rules", PolicyKind: policy.KindCNP, Path: "spec.ingress[0]", L7: "http[1]"})
 	if want := "cnp:shop/http-rules:spec.ingress[0].http[1]"; got != want {
 		t.Fatalf("PolicyID = %q, want %q", got, want)
 	}

@@ -200,7 +200,7 @@ func TestL7ProxyEndToEnd(t *testing.T) {
 	h := func(_ context.Context, u client.Update) error {
 		for _, name := range u.Changed {
 			if u.TypeURL == xds.TypeNetworkPolicy {
-				if _, _, err := translate.PolicyFromProto(u.Resources.Policies[name]); err != nil {
+				if _, _, err := xds.PolicyFromProto(u.Resources.Policies[name]); err != nil {
 					return err
 				}
 			}
@@ -217,7 +217,7 @@ func TestL7ProxyEndToEnd(t *testing.T) {
 	if np == nil {
 		t.Fatalf("no policy for %s", api.IPs[0])
 	}
-	_, pol, err := translate.PolicyFromProto(np)
+	_, pol, err := xds.PolicyFromProto(np)
 	if err != nil {
 		t.Fatal(err)
 	}

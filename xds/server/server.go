@@ -416,6 +416,31 @@ func (s *Server[S]) resolve(comp *Completion, err error) {
 	comp.err = err
 	delete(s.pending, comp)
 	close(comp.done)
+	for k := range comp.pending {
+		if c := s.consumers[k.consumer]; c != nil {
+			s.prune(c)
+		}
+	}
+}
+
+// prune forgets a consumer that has no stream left and that no pending
+// update waits for (it could come back within the wait), so consumers
+// that went away do not accumulate. One that returns later is a new
+// consumer: rendered afresh on its first request.
+func (s *Server[S]) prune(c *consumer[S]) {
+	if len(c.streams) > 0 || s.consumers[c.id] != c {
+		return
+	}
+	for comp := range s.pending {
+		for k := range comp.pending {
+			if k.consumer == c.id {
+				return
+			}
+		}
+	}
+	delete(s.consumers, c.id)
+	s.cache.ClearSnapshot(c.id)
+	s.log.Info("xds consumer gone; forgotten", "consumer", c.id)
 }
 
 func (s *Server[S]) expire(comp *Completion, start time.Time, cause error) {

@@ -99,6 +99,7 @@ func (cb callbacks[S]) closed(key streamKey) {
 		delete(c.streams, key)
 		s.log.Info("xds consumer stream closed", "consumer", c.id, "delta", key.delta, "stream", key.id, "streams_left", len(c.streams))
 		s.settle(c) // a lagging stream may have been the last one missing
+		s.prune(c)
 	}
 }
 

@@ -6,9 +6,8 @@
 // L7Proxy renders the resources of the l7gate Go proxy (node id
 // "l7proxy~<node>"): a NetworkPolicy per local endpoint, an
 // IdentityMembership per identity and a Listener per proxy port. The
-// *FromProto functions are the reverse, used by the Go proxy to rebuild
-// policy values and evaluate requests with the policy package's own
-// matchers ((*policy.L7RuleSet).HTTPMatcher, EvaluateKafka).
+// reverse (xds.PolicyFromProto and friends) lives in package xds, which
+// the Go proxy imports instead of this one.
 //
 // Remote identity lists of L7 rules are kept as computed: a rule is sent
 // with any_remote only when the IR says AnyPeer. Collapsing "the same
@@ -23,6 +22,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -37,17 +37,9 @@ import (
 // that has no proxy port in Input.Listeners.
 var ErrMissingListener = errors.New("no listener for redirect")
 
-// ListenerSpec is one proxy port assignment (made by the redirect
-// package): connections redirected in Direction for Parser go to
-// ProxyPort.
-type ListenerSpec struct {
-	Direction policy.Direction
-	Parser    string
-	ProxyPort uint16
-}
-
-// Name is the listener's resource name, "<direction>/<parser>".
-func (l ListenerSpec) Name() string { return l.Direction.String() + "/" + l.Parser }
+// ListenerSpec is one proxy port assignment; package xds owns it (the Go
+// proxy reads it back with xds.ListenerFromProto).
+type ListenerSpec = xds.ListenerSpec
 
 // Input is everything the translation of one node needs.
 type Input struct {
@@ -221,9 +213,13 @@ func comparePrefix(a, b netip.Prefix) int {
 	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 }
 
+// PolicyName is the name of an endpoint's NetworkPolicy resource: its
+// first IP (the proxy finds policies by IP). The endpoint must have one.
+func PolicyName(ep policy.Endpoint) string { return ep.IPs[0].String() }
+
 func networkPolicy(ep policy.Endpoint, pol *policy.EndpointPolicy) (*l7gatev1.NetworkPolicy, error) {
 	np := &l7gatev1.NetworkPolicy{
-		Name:             ep.IPs[0].String(),
+		Name:             PolicyName(ep),
 		EndpointIdentity: uint32(ep.Identity),
 		Namespace:        ep.Namespace,
 		Pod:              ep.Name,
@@ -307,17 +303,9 @@ func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
 		}
 		out.Rule = &l7gatev1.L7Rule_Kafka{Kafka: k}
 	case r.Generic != nil:
-		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: maps(r.Generic)}}
+		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: maps.Clone(r.Generic)}}
 	}
 	return out, nil
-}
-
-func maps(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func provenanceToProto(p policy.Provenance) *l7gatev1.Provenance {

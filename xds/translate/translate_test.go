@@ -14,6 +14,7 @@ import (
 
 	"github.com/l7gate/l7gate/policy"
 	l7gatev1 "github.com/l7gate/l7gate/proto/l7gatev1"
+	"github.com/l7gate/l7gate/xds"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
@@ -185,7 +186,7 @@ func TestRoundTrip(t *testing.T) {
 			if err := proto.Unmarshal(wire, &got); err != nil {
 				t.Fatal(err)
 			}
-			ep, pol, err := PolicyFromProto(&got)
+			ep, pol, err := xds.PolicyFromProto(&got)
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
@@ -209,7 +210,7 @@ func TestRoundTrip(t *testing.T) {
 		}
 		var cache []policy.IPCacheEntry
 		for _, m := range res.Identities {
-			info, entries, err := MembershipFromProto(m)
+			info, entries, err := xds.MembershipFromProto(m)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -228,7 +229,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Errorf("%s: ipcache after round trip %v, want %v", path, cache, wantCache)
 		}
 		for _, l := range res.Listeners {
-			spec, err := ListenerFromProto(l)
+			spec, err := xds.ListenerFromProto(l)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -248,7 +249,7 @@ func TestEvaluateAfterRoundTrip(t *testing.T) {
 	}
 	checked := 0
 	for _, np := range res.Policies {
-		_, pol, err := PolicyFromProto(np)
+		_, pol, err := xds.PolicyFromProto(np)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,28 +298,5 @@ func TestMissingListener(t *testing.T) {
 	in.Listeners = in.Listeners[1:]
 	if _, err := L7Proxy(in); !errors.Is(err, ErrMissingListener) {
 		t.Fatalf("err = %v, want ErrMissingListener", err)
-	}
-}
-
-func TestInvalidResources(t *testing.T) {
-	bad := []*l7gatev1.NetworkPolicy{
-		{Name: "x"},
-		{Name: "198.18.0.1", EndpointIps: []string{"nope"}},
-		{Name: "198.18.0.1", EndpointIps: []string{"198.18.0.1"}, Ingress: &l7gatev1.DirectionPolicy{
-			Entries: []*l7gatev1.Entry{{Verdict: l7gatev1.Verdict_VERDICT_UNSPECIFIED}}}},
-		{Name: "198.18.0.1", EndpointIps: []string{"198.18.0.1"}, Ingress: &l7gatev1.DirectionPolicy{
-			L7: []*l7gatev1.L7RuleSet{{Protocol: 6, Port: 80, Parser: "http", Rules: []*l7gatev1.L7Rule{{
-				AnyRemote: true,
-				Rule:      &l7gatev1.L7Rule_Http{Http: &l7gatev1.HTTPRule{Path: "/a(["}},
-				Origin:    &l7gatev1.Provenance{Direction: l7gatev1.Direction_DIRECTION_INGRESS, Kind: l7gatev1.RuleKind_RULE_KIND_ALLOW},
-			}}}}}},
-	}
-	for i, np := range bad {
-		if _, _, err := PolicyFromProto(np); !errors.Is(err, ErrInvalidResource) {
-			t.Errorf("case %d: err = %v, want ErrInvalidResource", i, err)
-		}
-	}
-	if _, err := ListenerFromProto(&l7gatev1.Listener{Name: "ingress/http", Direction: l7gatev1.Direction_DIRECTION_INGRESS, Parser: "http"}); !errors.Is(err, ErrInvalidResource) {
-		t.Errorf("listener without port: %v", err)
 	}
 }

@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/agentapi"
 )
 
 // Addresses: everything lives in 198.18.0.0/15, inside namespaces we create.
@@ -314,7 +314,7 @@ func (n *node) startAgent() error {
 }
 
 func (n *node) proxyPID() int {
-	b, err := os.ReadFile(agent.ProxyPIDFile(n.run))
+	b, err := os.ReadFile(agentapi.ProxyPIDFile(n.run))
 	if err != nil {
 		return 0
 	}
@@ -322,10 +322,10 @@ func (n *node) proxyPID() int {
 	return p
 }
 
-func (n *node) status() (*agent.Status, error) {
+func (n *node) status() (*agentapi.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return agent.FetchStatus(ctx, n.run)
+	return agentapi.FetchStatus(ctx, n.run)
 }
 
 // waitImplemented waits until the agent implemented a revision > after and

@@ -1,18 +1,16 @@
-package proxy
+package flow
 
 import (
 	"net/netip"
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"github.com/l7gate/l7gate/policy"
 )
 
-// appendJSON renders r as one JSON object, field for field what
-// encoding/json produces for AccessRecord (the test checks that), at a
+// AppendJSON appends r as one JSON object and a newline, field for field
+// what encoding/json produces for Record (the test checks that), at a
 // fraction of its cost: access logs are written for every request.
-func appendJSON(b []byte, r *AccessRecord) []byte {
+func AppendJSON(b []byte, r *Record) []byte {
 	b = append(b, `{"time":"`...)
 	b = r.Time.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","protocol":`...)
@@ -28,7 +26,7 @@ func appendJSON(b []byte, r *AccessRecord) []byte {
 	b = append(b, `,"dstIdentity":`...)
 	b = strconv.AppendUint(b, uint64(r.DstIdentity), 10)
 	b = append(b, `,"verdict":`...)
-	b = appendString(b, r.Verdict)
+	b = appendString(b, string(r.Verdict))
 	if len(r.DecidedBy) > 0 {
 		b = append(b, `,"decidedBy":[`...)
 		for i, p := range r.DecidedBy {
@@ -74,6 +72,19 @@ func appendJSON(b []byte, r *AccessRecord) []byte {
 		b = append(b, `,"errorCode":`...)
 		b = strconv.AppendInt(b, int64(r.ErrorCode), 10)
 	}
+	if r.IPProtocol != 0 {
+		b = append(b, `,"ipProtocol":`...)
+		b = strconv.AppendUint(b, uint64(r.IPProtocol), 10)
+	}
+	if r.ProxyPort != 0 {
+		b = append(b, `,"proxyPort":`...)
+		b = strconv.AppendUint(b, uint64(r.ProxyPort), 10)
+	}
+	if r.FromProxy {
+		b = append(b, `,"fromProxy":true`...)
+	}
+	b = appendOptString(b, `,"endpoint":`, r.Endpoint)
+	b = appendOptString(b, `,"observer":`, r.Observer)
 	return append(b, "}\n"...)
 }
 
@@ -87,7 +98,7 @@ func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
 	return append(b, '"')
 }
 
-func appendProvenance(b []byte, p policy.Provenance) []byte {
+func appendProvenance(b []byte, p Provenance) []byte {
 	b = append(b, `{"policy":`...)
 	b = appendString(b, p.Policy)
 	b = append(b, `,"policyKind":`...)

@@ -1,4 +1,4 @@
-package agent
+package source
 
 import (
 	"context"
@@ -13,26 +13,10 @@ import (
 	"github.com/l7gate/l7gate/policy"
 )
 
-// SourceUpdate is a new view of the cluster's objects.
-type SourceUpdate struct {
-	Objects *policy.Objects
-	// Errors are invalid objects (they are left out; the rest applies).
-	Errors []error
-	// Digest identifies the content the update was read from.
-	Digest string
-}
-
-// Source delivers the objects the agent enforces. Run sends an update
-// whenever they change (and once at start) until ctx ends. The folder
-// source is one implementation; the Kubernetes source is another.
-type Source interface {
-	Run(ctx context.Context, updates chan<- SourceUpdate) error
-}
-
-// FolderSource watches a folder of Kubernetes YAML/JSON (recursively) by
+// Folder watches a folder of Kubernetes YAML/JSON (recursively) by
 // polling it (every 100 ms by default; contents are re-read only when file
 // names, sizes or modification times change).
-type FolderSource struct {
+type Folder struct {
 	Dir      string
 	Interval time.Duration // default 100ms
 	Logger   *slog.Logger
@@ -77,7 +61,7 @@ func folderDigest(dir string) (string, error) {
 }
 
 // Run implements Source.
-func (s *FolderSource) Run(ctx context.Context, updates chan<- SourceUpdate) error {
+func (s *Folder) Run(ctx context.Context, updates chan<- Update) error {
 	interval := s.Interval
 	if interval <= 0 {
 		interval = 100 * time.Millisecond
@@ -112,7 +96,7 @@ func (s *FolderSource) Run(ctx context.Context, updates chan<- SourceUpdate) err
 			// whose digest is stable across the read.
 			if d2, err := folderDigest(s.Dir); err == nil && d2 == d {
 				select {
-				case updates <- SourceUpdate{Objects: objs, Errors: errs, Digest: d}:
+				case updates <- Update{Objects: objs, Errors: errs, Digest: d}:
 					last = d
 				case <-ctx.Done():
 					return nil

@@ -1,8 +1,9 @@
-package translate
+package xds
 
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -11,6 +12,10 @@ import (
 	"github.com/l7gate/l7gate/policy"
 	l7gatev1 "github.com/l7gate/l7gate/proto/l7gatev1"
 )
+
+// The *FromProto functions rebuild policy values from the Go proxy's
+// resources (the reverse of xds/translate), so the proxy evaluates with
+// the policy package's own matchers without importing the translator.
 
 // ErrInvalidResource: a resource received over xDS does not decode into
 // policy values. The Go proxy NACKs it with the wrapped detail.
@@ -186,7 +191,7 @@ func l7RuleFromProto(r *l7gatev1.L7Rule) (policy.L7Rule, error) {
 		}
 		out.Kafka = k
 	case *l7gatev1.L7Rule_Generic:
-		out.Generic = maps(x.Generic.GetFields())
+		out.Generic = maps.Clone(x.Generic.GetFields())
 	case nil:
 	default:
 		return out, fmt.Errorf("unknown rule type %T", x)
@@ -271,3 +276,15 @@ func ListenerFromProto(l *l7gatev1.Listener) (ListenerSpec, error) {
 	}
 	return spec, nil
 }
+
+// ListenerSpec is one proxy port assignment (made by the redirect
+// package): connections redirected in Direction for Parser go to
+// ProxyPort. It is the Listener resource's content.
+type ListenerSpec struct {
+	Direction policy.Direction
+	Parser    string
+	ProxyPort uint16
+}
+
+// Name is the listener's resource name, "<direction>/<parser>".
+func (l ListenerSpec) Name() string { return l.Direction.String() + "/" + l.Parser }

@@ -1,4 +1,4 @@
-package proxy
+package flow
 
 import (
 	"bytes"
@@ -7,31 +7,31 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/l7gate/l7gate/policy"
 )
 
-func sampleRecords() []*AccessRecord {
-	return []*AccessRecord{
+func sampleRecords() []*Record {
+	return []*Record{
 		{Time: time.Date(2026, 11, 22, 4, 0, 0, 123456789, time.UTC), Protocol: "http", Source: netip.MustParseAddrPort("198.18.1.11:40000"),
-			Destination: netip.MustParseAddrPort("198.18.1.10:80"), SrcIdentity: 257, DstIdentity: 256, Verdict: "allowed",
-			DecidedBy: []policy.Provenance{{Policy: "default/rule1", PolicyKind: policy.KindCNP, Path: "spec.ingress[0]", L7: "http[0]", Kind: policy.KindAllow}},
+			Destination: netip.MustParseAddrPort("198.18.1.10:80"), SrcIdentity: 257, DstIdentity: 256, Verdict: VerdictAllowed,
+			DecidedBy: []Provenance{{Policy: "default/rule1", PolicyKind: KindCNP, Path: "spec.ingress[0]", L7: "http[0]", Kind: KindAllow}},
 			Method:    "GET", Path: "/api/v1/items?q=<a&b>\"\\\n\x01\u2028\xff", Host: "deathstar", Status: 200, LatencyMS: 0.25},
-		{Time: time.Unix(0, 0).UTC(), Protocol: "kafka", Direction: policy.Egress, Verdict: "denied", Reason: "default-deny x",
+		{Time: time.Unix(0, 0).UTC(), Protocol: "kafka", Direction: Egress, Verdict: VerdictDenied, Reason: "default-deny x",
 			APIKey: "produce", APIVersion: 9, ClientID: "c", CorrelationID: 7, Topics: []string{"a", "b"}, ErrorCode: 29, LatencyMS: 12},
+		{Time: time.Unix(1, 0).UTC(), Protocol: "tcp", Verdict: VerdictRedirected, Reason: "policy", IPProtocol: 6, ProxyPort: 15001,
+			FromProxy: true, Endpoint: "default/deathstar", Observer: ObserverDatapath},
 		{},
 	}
 }
 
-// TestAccessLogJSON: the hand-written encoder writes what encoding/json
+// TestRecordJSON: the hand-written encoder writes what encoding/json
 // would.
-func TestAccessLogJSON(t *testing.T) {
+func TestRecordJSON(t *testing.T) {
 	for i, r := range sampleRecords() {
 		want, err := json.Marshal(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := appendJSON(nil, r)
+		got := AppendJSON(nil, r)
 		if string(got) != string(want)+"\n" {
 			t.Errorf("record %d:\n got %s\nwant %s", i, got, want)
 		}
@@ -49,7 +49,7 @@ func TestAccessLogJSON(t *testing.T) {
 	}
 }
 
-func BenchmarkAccessLogJSON(b *testing.B) {
+func BenchmarkRecordJSON(b *testing.B) {
 	sink := JSONLines(io.Discard)
 	rec := sampleRecords()[0]
 	b.ReportAllocs()

@@ -1,0 +1,386 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/bpftranslate"
+	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/source"
+	"github.com/l7gate/l7gate/xds/translate"
+)
+
+// Failure steps (source.EndpointFailure.Step).
+const (
+	StepDatapathPolicy = "datapath policy" // entries rejected: the direction is default-deny
+	StepAttach         = "attach"          // the veth could not be attached (retried)
+	StepProxyPort      = "proxy port"      // no proxy port: redirects dropped
+	StepProxyConfig    = "proxy config"    // resources could not be rendered: redirects dropped
+	StepProxyRejected  = "proxy rejected"  // a proxy NACKed: redirects dropped
+	StepProxyACK       = "proxy ACK"       // not ACKed (yet): redirects dropped (retried)
+	StepProxyListener  = "proxy listener"  // a proxy's listener not in the socket map (retried)
+)
+
+// retried: failures that may clear without a new source revision.
+func retried(step string) bool {
+	return step == StepAttach || step == StepProxyACK || step == StepProxyListener
+}
+
+// apply implements snap (computed from u) on this node: endpoints and
+// L3/L4 first, then the proxies, then redirects. It returns whether the
+// agent should try again soon (a node-wide error, or endpoints waiting for
+// a proxy or an attach). Errors confined to endpoints do not stop it.
+func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Update) bool {
+	start := a.cfg.now()
+	rev := a.revision()
+	local, err := a.cfg.Host.LocalEndpoints(snap.Endpoints)
+	if err != nil {
+		a.fail(fmt.Errorf("revision %d: find local endpoints: %w", rev, err))
+		return true
+	}
+	ports, portErrs := a.allocatePorts(snap, local)
+
+	// 1. Endpoints: attached and L3/L4 synced, redirects only to what the
+	// proxies already ACKed.
+	if _, err := a.syncDatapath(snap, local, ports, portErrs, nil); err != nil {
+		a.fail(fmt.Errorf("revision %d: %w", rev, err))
+		return true
+	}
+	// 2. The proxies.
+	a.push(ctx, snap, local, ports, portErrs)
+	if ctx.Err() != nil {
+		return false
+	}
+	// Pods may have come or gone while the proxies were busy.
+	if local, err = a.cfg.Host.LocalEndpoints(snap.Endpoints); err != nil {
+		a.fail(fmt.Errorf("revision %d: find local endpoints: %w", rev, err))
+		return true
+	}
+	// 3. Redirects to what they ACKed; the rest fails closed, named.
+	fs := newFailures()
+	stats, err := a.syncDatapath(snap, local, ports, portErrs, fs)
+	if err != nil {
+		a.fail(fmt.Errorf("revision %d: %w", rev, err))
+		return true
+	}
+	for k := range a.cfg.Ports.Allocations() {
+		if _, ok := ports[k]; !ok {
+			if err := a.cfg.Ports.Release(k); err != nil {
+				a.log.Warn("release proxy port", "listener", k.String(), "error", err)
+			}
+		}
+	}
+	failures := fs.list()
+	a.mu.Lock()
+	changedRev := a.st.implementedRevision != rev
+	changedFailures := !slices.EqualFunc(a.st.failures, failures, func(x, y source.EndpointFailure) bool {
+		return x.Endpoint == y.Endpoint && x.Step == y.Step && x.Error == y.Error && slices.Equal(x.Directions, y.Directions)
+	})
+	a.st.implementedRevision = rev
+	a.st.lastError = ""
+	a.st.errors = errorStrings(u.Errors)
+	a.st.warnings = append(append(warningStrings(u.Objects), snap.Warnings...), fs.warnings...)
+	a.st.snap, a.st.local, a.st.ports, a.st.rules = snap, local, ports, stats.rules
+	a.st.failures = failures
+	a.st.policies = policyStatuses(u.Objects, rev)
+	a.mu.Unlock()
+	if a.cfg.Reporter != nil {
+		a.cfg.Reporter.Implemented(ctx, rev, *u, failures)
+	}
+	if changedFailures {
+		// logged when they change, not on every retry
+		for _, f := range failures {
+			a.log.Warn("endpoint fails closed", "endpoint", f.Endpoint, "step", f.Step, "directions", strings.Join(f.Directions, ","), "error", f.Error)
+		}
+	}
+	if changedRev {
+		a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
+			"policies", len(u.Objects.Policies), "ipcache", stats.ipcache, "policy", stats.policy, "failures", len(failures),
+			"took", a.cfg.now().Sub(start).Round(1e6))
+		for _, p := range u.Objects.Policies {
+			a.log.Info("policy implemented", "policy", p.Name(), "kind", p.Kind, "revision", rev)
+		}
+		for _, e := range u.Errors {
+			a.log.Warn("invalid object not applied", "error", e)
+		}
+	}
+	return slices.ContainsFunc(failures, func(f source.EndpointFailure) bool { return retried(f.Step) })
+}
+
+// allocatePorts gives every (direction, parser) the local endpoints
+// redirect to, and some proxy serves, a proxy port. A failed allocation
+// is kept per listener: its redirects fail closed.
+func (a *Agent) allocatePorts(snap *policy.Snapshot, local []bpftranslate.LocalEndpoint) (map[redirect.PortKey]uint16, map[redirect.PortKey]error) {
+	ports := map[redirect.PortKey]uint16{}
+	errs := map[redirect.PortKey]error{}
+	for _, l := range translate.RequiredListeners(snap, policyEndpoints(local)) {
+		if !proxyParser(l.Parser) {
+			continue
+		}
+		k := portKey(l.Direction, l.Parser)
+		p, err := a.cfg.Ports.Allocate(k)
+		if err != nil {
+			errs[k] = err
+			continue
+		}
+		ports[k] = p
+	}
+	return ports, errs
+}
+
+func portKey(dir policy.Direction, parser string) redirect.PortKey {
+	return redirect.PortKey{Direction: dir.String(), Parser: parser}
+}
+
+// proxyParser reports whether some proxy serves parser.
+func proxyParser(parser string) bool {
+	return parser == policy.ParserHTTP || parser == policy.ParserKafka
+}
+
+func policyEndpoints(local []bpftranslate.LocalEndpoint) []policy.Endpoint {
+	out := make([]policy.Endpoint, len(local))
+	for i, l := range local {
+		out[i] = l.Endpoint
+	}
+	return out
+}
+
+type syncStats struct {
+	ipcache, policy bpf.SyncStats
+	rules           map[uint32]policy.Provenance
+}
+
+// syncDatapath makes the datapath enforce snap on local: it detaches gone
+// endpoints, syncs the ipcache and every endpoint's entries (a direction
+// whose entries the datapath rejects becomes default-deny), then attaches
+// new endpoints, so a veth is attached only once its policy is in the
+// maps. Redirects go to proxy ports the proxies ACKed (a.ready), or become
+// drops. With fs set, what failed is recorded there; an error is
+// node-wide (nothing new is in force).
+func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEndpoint, ports map[redirect.PortKey]uint16,
+	portErrs map[redirect.PortKey]error, fs *failures) (syncStats, error) {
+	if fs == nil {
+		fs = newFailures() // provisional: the final sync records them
+	}
+	a.detachGone(local)
+	res := bpftranslate.Policy(snap, local, func(ep bpftranslate.LocalEndpoint, dir policy.Direction, parser string) (uint16, bool) {
+		port, ok := ports[portKey(dir, parser)]
+		return port, ok && a.ready.redirects(a.consumerOf(parser), ep.Key(), dir, portKey(dir, parser), port)
+	})
+	byID := map[uint32]bpftranslate.LocalEndpoint{}
+	for _, ep := range local {
+		byID[uint32(ep.Ifindex)] = ep
+	}
+	for i := range res.Policies {
+		p := &res.Policies[i]
+		ep := byID[p.Endpoint]
+		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			one := bpf.EndpointPolicy{Endpoint: p.Endpoint}
+			dp := &p.Ingress
+			if dir == policy.Egress {
+				dp = &p.Egress
+			}
+			if dir == policy.Ingress {
+				one.Ingress = *dp
+			} else {
+				one.Egress = *dp
+			}
+			if err := a.dp.CheckPolicy(one); err != nil {
+				*dp = bpftranslate.DenyAll()
+				fs.add(ep, StepDatapathPolicy, dir, err.Error(), policiesOf(snap, ep, dir, false))
+			}
+		}
+	}
+	for _, d := range res.Dropped {
+		step, why := a.dropReason(d, ports, portErrs)
+		if step == "" {
+			fs.warnings = append(fs.warnings, "endpoint "+d.Endpoint.Key()+": "+why+"; that traffic is dropped")
+			continue
+		}
+		fs.add(d.Endpoint, step, d.Direction, why, refsOf(d.Origins))
+	}
+	podIPs := map[netip.Addr]bool{}
+	for _, ep := range snap.Endpoints {
+		for _, ip := range ep.IPs {
+			podIPs[ip] = true
+		}
+	}
+	hosts, err := a.cfg.Host.Addresses(podIPs)
+	if err != nil {
+		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
+	}
+	st := syncStats{rules: res.Rules}
+	if st.ipcache, err = a.dp.SyncIPCache(bpftranslate.IPCache(snap, hosts)); err != nil {
+		return st, fmt.Errorf("sync ipcache: %w", err)
+	}
+	if st.policy, err = a.dp.SyncPolicy(res.Policies); err != nil {
+		return st, fmt.Errorf("sync datapath policy: %w", err)
+	}
+	a.attachNew(local, fs)
+	return st, nil
+}
+
+// detachGone detaches the datapath from endpoints no longer local.
+func (a *Agent) detachGone(local []bpftranslate.LocalEndpoint) {
+	want := map[int]bool{}
+	for _, ep := range local {
+		want[ep.Ifindex] = true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for idx, ep := range a.attached {
+		if want[idx] {
+			continue
+		}
+		if err := a.dp.DetachEndpoint(idx); err != nil && !errors.Is(err, net.ErrClosed) {
+			a.log.Warn("detach endpoint", "endpoint", ep.Key(), "error", err)
+		}
+		delete(a.attached, idx)
+	}
+}
+
+// attachNew attaches the datapath to endpoints not attached yet (their
+// policy is already in the maps).
+func (a *Agent) attachNew(local []bpftranslate.LocalEndpoint, fs *failures) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ep := range local {
+		if cur, ok := a.attached[ep.Ifindex]; ok && cur.Name == ep.Name && cur.Namespace == ep.Namespace {
+			continue
+		}
+		if err := a.cfg.Host.PrepareEndpoint(ep.Device); err != nil {
+			a.log.Warn("endpoint sysctls", "endpoint", ep.Key(), "device", ep.Device, "error", err)
+		}
+		var ip4 netip.Addr
+		for _, ip := range ep.IPs {
+			if ip.Is4() {
+				ip4 = ip
+				break
+			}
+		}
+		if err := a.dp.AttachEndpoint(bpf.Endpoint{ID: uint32(ep.Ifindex), Ifindex: ep.Ifindex, IPv4: ip4}); err != nil {
+			fs.add(ep, StepAttach, policy.Ingress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
+			fs.add(ep, StepAttach, policy.Egress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
+			continue
+		}
+		a.log.Info("endpoint attached", "endpoint", ep.Key(), "device", ep.Device, "identity", ep.Identity)
+		a.attached[ep.Ifindex] = ep
+	}
+}
+
+// dropReason says why a redirect became a drop: a failure step and
+// message, or no step for a parser no proxy serves (a warning, as the
+// policy cannot be enforced here at all).
+func (a *Agent) dropReason(d bpftranslate.DroppedRedirect, ports map[redirect.PortKey]uint16, portErrs map[redirect.PortKey]error) (string, string) {
+	k := portKey(d.Direction, d.Parser)
+	if !proxyParser(d.Parser) {
+		return "", "no proxy serves L7 parser " + d.Parser
+	}
+	if err, ok := portErrs[k]; ok {
+		return StepProxyPort, err.Error()
+	}
+	port := ports[k]
+	return a.ready.why(a.consumerOf(d.Parser), d.Endpoint.Key(), d.Direction, k, port)
+}
+
+// failures collects what failed per endpoint, merged by step and error.
+type failures struct {
+	byKey    map[string]*source.EndpointFailure
+	warnings []string
+}
+
+func newFailures() *failures { return &failures{byKey: map[string]*source.EndpointFailure{}} }
+
+func (f *failures) add(ep bpftranslate.LocalEndpoint, step string, dir policy.Direction, msg string, refs []source.PolicyRef) {
+	k := ep.Key() + "\x00" + step + "\x00" + msg
+	e := f.byKey[k]
+	if e == nil {
+		e = &source.EndpointFailure{Endpoint: ep.Key(), Step: step, Error: msg}
+		f.byKey[k] = e
+	}
+	if !slices.Contains(e.Directions, dir.String()) {
+		e.Directions = append(e.Directions, dir.String())
+		slices.Sort(e.Directions)
+	}
+	for _, r := range refs {
+		if !slices.Contains(e.Policies, r) {
+			e.Policies = append(e.Policies, r)
+		}
+	}
+	slices.SortFunc(e.Policies, comparePolicyRef)
+}
+
+// list returns the failures sorted by endpoint, step and error.
+func (f *failures) list() []source.EndpointFailure {
+	out := make([]source.EndpointFailure, 0, len(f.byKey))
+	for _, e := range f.byKey {
+		out = append(out, *e)
+	}
+	slices.SortFunc(out, func(x, y source.EndpointFailure) int {
+		return cmp.Or(cmp.Compare(x.Endpoint, y.Endpoint), cmp.Compare(x.Step, y.Step), cmp.Compare(x.Error, y.Error))
+	})
+	return out
+}
+
+func comparePolicyRef(x, y source.PolicyRef) int {
+	return cmp.Or(cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.Name, y.Name))
+}
+
+func refsOf(ps []policy.Provenance) []source.PolicyRef {
+	var out []source.PolicyRef
+	for _, p := range ps {
+		r := source.PolicyRef{Kind: p.PolicyKind, Name: p.Policy}
+		if r.Name != "" && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, comparePolicyRef)
+	return out
+}
+
+// policiesOf names the policies behind an endpoint's entries (or only its
+// L7 rule sets) in dir.
+func policiesOf(snap *policy.Snapshot, ep bpftranslate.LocalEndpoint, dir policy.Direction, l7only bool) []source.PolicyRef {
+	pol := snap.Policy(ep.Identity)
+	if pol == nil {
+		return nil
+	}
+	dp := pol.Direction(dir)
+	var ps []policy.Provenance
+	for _, rs := range dp.L7 {
+		for _, r := range rs.Rules {
+			ps = append(ps, r.Origin)
+		}
+	}
+	if !l7only {
+		ps = append(ps, dp.DefaultDeny...)
+		for _, e := range dp.Entries {
+			ps = append(ps, e.Origins...)
+		}
+	}
+	return refsOf(ps)
+}
+
+func errorStrings(errs []error) []string {
+	out := []string{}
+	for _, e := range errs {
+		out = append(out, e.Error())
+	}
+	return out
+}
+
+func warningStrings(o *policy.Objects) []string {
+	var out []string
+	for _, w := range o.Warnings {
+		out = append(out, w.String())
+	}
+	return out
+}

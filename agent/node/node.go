@@ -1,0 +1,86 @@
+// Package node prepares the agent's network namespace (the node) for
+// redirects: the sysctls and the policy routing that delivers packets the
+// datapath marked for the proxy locally (the mark and table come from
+// package bpf, which owns the mark encoding), and the per-veth sysctls of
+// an endpoint.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/l7gate/l7gate/bpf"
+)
+
+// sysctls the redirect needs on the node (see bpf/doc.go): forwarding (a
+// node routes for its pods; any CNI has it on already); early demux
+// would attach the proxy's socket to forwarded packets, which the stack
+// then drops; accept_local lets the node's own connections, turned around
+// into a pod by an ingress redirect, back in.
+var nodeSysctls = [][2]string{
+	{"net/ipv4/ip_forward", "1"}, // the node routes its pods' traffic
+	{"net/ipv4/tcp_early_demux", "0"},
+	{"net/ipv4/conf/all/accept_local", "1"},
+	{"net/ipv4/conf/default/accept_local", "1"},
+}
+
+func writeSysctl(key, value string) error {
+	if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set %s=%s: %w", strings.ReplaceAll(key, "/", "."), value, err)
+	}
+	return nil
+}
+
+func runIP(ctx context.Context, args ...string) ([]byte, error) {
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
+// ToProxyRule is the fwmark selector of the policy-routing rule: the
+// to-proxy magic under the magic mask, e.g. "0x200/0xf00".
+func ToProxyRule() string {
+	return fmt.Sprintf("%#x/%#x", bpf.MarkMagicToProxy, bpf.MarkMagicMask)
+}
+
+// Setup prepares the node for redirects: sysctls, and the policy routing
+// that delivers packets marked for the proxy locally. It is idempotent.
+func Setup(ctx context.Context) error {
+	for _, kv := range nodeSysctls {
+		if err := writeSysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	table := strconv.Itoa(bpf.ProxyRoutingTable)
+	rules, err := runIP(ctx, "rule", "show")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(rules), "fwmark "+ToProxyRule()+" lookup "+table) {
+		if _, err := runIP(ctx, "rule", "add", "fwmark", ToProxyRule(), "lookup", table); err != nil {
+			return err
+		}
+	}
+	if _, err := runIP(ctx, "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table); err != nil {
+		return err
+	}
+	return bpf.CheckNode()
+}
+
+// PrepareEndpoint relaxes reverse-path filtering on a pod's host veth
+// (redirected replies leave from addresses that are not routed there). A
+// veth that is gone is not an error.
+func PrepareEndpoint(dev string) error {
+	err := writeSysctl("net/ipv4/conf/"+dev+"/rp_filter", "0")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,36 @@
+// Package agentapi is the agent's local API: where its sockets live under
+// the run directory, what it serves on its status socket (Status, flow
+// records, rule ids) and a client for it. `l7gate status` and `observe`,
+// the demo and the bench read an agent through this package without
+// linking the agent and what it composes.
+//
+// It imports only the shared contracts (policy, flow, source).
+package agentapi
+
+import "path/filepath"
+
+// DefaultRunDir is where the agent keeps its sockets.
+const DefaultRunDir = "/run/l7gate"
+
+// XDSSocket is the xDS server's socket under a run dir.
+func XDSSocket(runDir string) string { return filepath.Join(runDir, "xds.sock") }
+
+// StatusSocket is the agent's status API socket under a run dir.
+func StatusSocket(runDir string) string { return filepath.Join(runDir, "agent.sock") }
+
+// ProxyAdminSocket is the Go proxy's admin socket under a run dir.
+func ProxyAdminSocket(runDir string) string { return filepath.Join(runDir, "proxy-admin.sock") }
+
+// ProxyPIDFile holds the pid of the Go proxy the agent started.
+func ProxyPIDFile(runDir string) string { return filepath.Join(runDir, "proxy.pid") }
+
+// ProxyLog is where the Go proxy the agent started writes its log and
+// access log.
+func ProxyLog(runDir string) string { return filepath.Join(runDir, "proxy.log") }
+
+// ALSSocket is the access-log service socket (Envoy's logs) under a run
+// dir.
+func ALSSocket(runDir string) string { return filepath.Join(runDir, "accesslog.sock") }
+
+// EnvoyAdminSocket is Envoy's admin socket under a run dir.
+func EnvoyAdminSocket(runDir string) string { return filepath.Join(runDir, "envoy-admin.sock") }

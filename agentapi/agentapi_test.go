@@ -1,0 +1,76 @@
+package agentapi
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
+)
+
+type backend struct{ recs []flow.Record }
+
+func (b *backend) Status() Status {
+	return Status{Node: "n1", Ready: true, Revision: 3, ImplementedRevision: 3,
+		Endpoints: []EndpointStatus{{Endpoint: policy.Endpoint{Namespace: "default", Name: "web"}, Local: true, Ifindex: 7,
+			Failures: []source.EndpointFailure{{Endpoint: "default/web", Step: "datapath policy", Directions: []string{"egress"}, Error: "boom"}}}}}
+}
+
+func (b *backend) Rules() map[uint32]policy.Provenance {
+	return map[uint32]policy.Provenance{42: {Policy: "default/rule1", Kind: policy.KindAllow}}
+}
+
+func (b *backend) Flows(after uint64) ([]flow.Record, uint64) {
+	if after >= uint64(len(b.recs)) {
+		return nil, uint64(len(b.recs))
+	}
+	return b.recs[after:], uint64(len(b.recs))
+}
+
+// TestClientServer: what the server serves on the socket, the client
+// reads back.
+func TestClientServer(t *testing.T) {
+	run := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &backend{recs: []flow.Record{{Verdict: flow.VerdictDenied, Reason: "default"}, {Verdict: flow.VerdictRedirected}}}
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, StatusSocket(run), b) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	var st *Status
+	var err error
+	for range 100 { // until the server listens
+		if st, err = FetchStatus(ctx, run); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Node != "n1" || len(st.Endpoints) != 1 || st.Endpoints[0].Failures[0].Directions[0] != "egress" {
+		t.Errorf("status %+v", st)
+	}
+	page, err := FetchFlows(ctx, run, 1)
+	if err != nil || page.Cursor != 2 || len(page.Flows) != 1 || page.Flows[0].Verdict != flow.VerdictRedirected {
+		t.Errorf("flows after 1: %+v %v", page, err)
+	}
+	page, err = FetchFlows(ctx, run, 2)
+	if err != nil || page.Flows == nil || len(page.Flows) != 0 {
+		t.Errorf("flows after 2: %+v %v", page, err)
+	}
+	rules, err := FetchRules(ctx, run)
+	if err != nil || rules[42].Policy != "default/rule1" {
+		t.Errorf("rules %v %v", rules, err)
+	}
+	if got := filepath.Base(XDSSocket(run)); got != "xds.sock" {
+		t.Errorf("xds socket %s", got)
+	}
+}

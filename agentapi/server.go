@@ -1,0 +1,79 @@
+package agentapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Backend is what the API serves; the agent implements it.
+type Backend interface {
+	Status() Status
+	// Rules names the policy rule behind each datapath rule id.
+	Rules() map[uint32]policy.Provenance
+	// Flows returns the records after the first `after` ones, and the
+	// cursor for the next call.
+	Flows(after uint64) ([]flow.Record, uint64)
+}
+
+// Handler serves GET /status, /rules and /flows?after=N from b.
+func Handler(b Backend) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, b.Status())
+	})
+	mux.HandleFunc("GET /rules", func(w http.ResponseWriter, _ *http.Request) {
+		rules := map[string]policy.Provenance{}
+		for id, p := range b.Rules() {
+			rules[strconv.FormatUint(uint64(id), 10)] = p
+		}
+		writeJSON(w, rules)
+	})
+	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {
+		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
+		flows, cursor := b.Flows(after)
+		if flows == nil {
+			flows = []flow.Record{}
+		}
+		writeJSON(w, FlowPage{Flows: flows, Cursor: cursor})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// Serve serves the API on the Unix socket path (mode 0660; a stale socket
+// file is replaced) until ctx ends.
+func Serve(ctx context.Context, path string, b Backend) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

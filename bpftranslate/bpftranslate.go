@@ -1,0 +1,155 @@
+// Package bpftranslate turns the policy IR of this node's endpoints into
+// the eBPF datapath's map entries (package bpf's EndpointPolicy and
+// IPCacheEntry). Like xds/translate and xds/envoytranslate it is pure and
+// deterministic: the same snapshot, endpoints and redirect decisions give
+// the same entries, in the same order, so an unchanged policy writes
+// nothing (golden tests in testdata/).
+//
+// Where a redirect goes is decided by the caller (Redirect): the agent
+// only hands out a proxy port whose listener the proxy has ACKed; any
+// other redirect becomes a drop, so the datapath never sends a flow to a
+// listener that is not there and never lets it through unchecked.
+//
+// It imports policy and bpf (for the entry types) only.
+package bpftranslate
+
+import (
+	"hash/fnv"
+	"net/netip"
+	"slices"
+
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// LocalEndpoint is an endpoint of this node: a pod whose IP routes to a
+// host-side veth here. Its ifindex is its datapath endpoint id.
+type LocalEndpoint struct {
+	policy.Endpoint
+	Ifindex int    `json:"ifindex"`
+	Device  string `json:"device"`
+}
+
+// Key is "namespace/name".
+func (e LocalEndpoint) Key() string { return e.Namespace + "/" + e.Name }
+
+// RuleID is the datapath's attribution id of a provenance: a stable hash
+// (so an agent restart rewrites nothing), never 0.
+func RuleID(p policy.Provenance) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(p.Policy + "|" + string(p.PolicyKind) + "|" + p.Path + "|" + string(p.Kind)))
+	id := h.Sum32()
+	if id == 0 {
+		id = 1
+	}
+	return id
+}
+
+// Redirect returns the proxy port for redirects of ep in dir to parser,
+// or ok=false: the redirect becomes a drop.
+type Redirect func(ep LocalEndpoint, dir policy.Direction, parser string) (port uint16, ok bool)
+
+// DroppedRedirect is a redirect that Policy turned into a drop.
+type DroppedRedirect struct {
+	Endpoint  LocalEndpoint
+	Direction policy.Direction
+	Parser    string
+	// Origins are the rules behind the redirect.
+	Origins []policy.Provenance
+}
+
+// Result is the datapath policy of the local endpoints.
+type Result struct {
+	// Policies has one entry per local endpoint with a policy, sorted by
+	// endpoint id.
+	Policies []bpf.EndpointPolicy
+	// Rules names the policy rule behind each rule id in the entries.
+	Rules map[uint32]policy.Provenance
+	// Dropped lists the redirects that became drops, in endpoint order.
+	Dropped []DroppedRedirect
+}
+
+// Policy turns the IR of the local endpoints into datapath entries.
+// Redirects go to the port redirect gives, or become drops.
+func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Result {
+	out := Result{Rules: map[uint32]policy.Provenance{}}
+	for _, ep := range local {
+		pol := snap.Policy(ep.Identity)
+		if pol == nil {
+			continue
+		}
+		bp := bpf.EndpointPolicy{Endpoint: uint32(ep.Ifindex)}
+		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			dp := pol.Direction(dir)
+			bd := bpf.DirectionPolicy{Enforced: dp.Enforced}
+			dropped := map[string]int{} // parser → index in out.Dropped
+			for _, e := range dp.Entries {
+				be := bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
+				if len(e.Origins) > 0 {
+					be.RuleID = RuleID(e.Origins[0])
+					out.Rules[be.RuleID] = e.Origins[0]
+				}
+				switch e.Verdict {
+				case policy.VerdictAllow:
+					be.Verdict = bpf.VerdictAllow
+				case policy.VerdictDeny:
+					be.Verdict = bpf.VerdictDeny
+				case policy.VerdictRedirect:
+					port, ok := redirect(ep, dir, e.Parser)
+					if ok && port != 0 {
+						be.Verdict, be.ProxyPort = bpf.VerdictRedirect, port
+						break
+					}
+					be.Verdict = bpf.VerdictDeny
+					i, seen := dropped[e.Parser]
+					if !seen {
+						i = len(out.Dropped)
+						dropped[e.Parser] = i
+						out.Dropped = append(out.Dropped, DroppedRedirect{Endpoint: ep, Direction: dir, Parser: e.Parser})
+					}
+					out.Dropped[i].Origins = append(out.Dropped[i].Origins, e.Origins...)
+				default:
+					// A verdict this package does not know: drop (fail closed).
+					be.Verdict = bpf.VerdictDeny
+				}
+				bd.Entries = append(bd.Entries, be)
+			}
+			if dir == policy.Ingress {
+				bp.Ingress = bd
+			} else {
+				bp.Egress = bd
+			}
+		}
+		out.Policies = append(out.Policies, bp)
+	}
+	slices.SortFunc(out.Policies, func(a, b bpf.EndpointPolicy) int { return int(a.Endpoint) - int(b.Endpoint) })
+	return out
+}
+
+// DenyAll is the policy of a direction that fails closed: enforced, and
+// no entry allows anything.
+func DenyAll() bpf.DirectionPolicy { return bpf.DirectionPolicy{Enforced: true} }
+
+// IPCache is the snapshot's ipcache plus the node's own addresses as the
+// host identity (also when a Node object lists them as remote-node for
+// the other nodes). Only IPv4 prefixes: the datapath enforces IPv4.
+func IPCache(snap *policy.Snapshot, hostAddrs []netip.Addr) []bpf.IPCacheEntry {
+	out := make([]bpf.IPCacheEntry, 0, len(snap.IPCache)+len(hostAddrs))
+	seen := map[netip.Prefix]bool{}
+	for _, a := range hostAddrs {
+		p := netip.PrefixFrom(a, a.BitLen())
+		if !a.Is4() || seen[p] {
+			continue
+		}
+		seen[p] = true
+		out = append(out, bpf.IPCacheEntry{Prefix: p, Identity: bpf.Identity(policy.IdentityHost)})
+	}
+	for _, e := range snap.IPCache {
+		if !e.Prefix.Addr().Is4() || seen[e.Prefix] {
+			continue
+		}
+		seen[e.Prefix] = true
+		out = append(out, bpf.IPCacheEntry{Prefix: e.Prefix, Identity: bpf.Identity(e.Identity)})
+	}
+	return out
+}

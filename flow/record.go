@@ -1,0 +1,100 @@
+package flow
+
+import (
+	"io"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Verdict is the outcome of a flow or request, in one vocabulary for the
+// datapath and both proxies.
+type Verdict string
+
+// Verdicts.
+const (
+	// VerdictAllowed: the datapath forwarded the flow, or a proxy let the
+	// request through.
+	VerdictAllowed Verdict = "allowed"
+	// VerdictDenied: the datapath dropped the flow (Reason says why) or a
+	// proxy denied the request.
+	VerdictDenied Verdict = "denied"
+	// VerdictRedirected: the datapath handed the flow to a proxy, which
+	// reports the requests on it in records of its own.
+	VerdictRedirected Verdict = "redirected"
+	// VerdictUnknown: the reporter could not tell (an Envoy log entry
+	// without an RBAC decision: the request failed before the RBAC filter).
+	VerdictUnknown Verdict = "unknown"
+)
+
+// Observers: who reported a Record.
+const (
+	ObserverDatapath = "datapath"
+	ObserverProxy    = "proxy" // the l7gate Go proxy
+	ObserverEnvoy    = "envoy"
+)
+
+// Record is one flow or request and the decision on it: a datapath event
+// (a drop, or the verdict on a new flow), or an L7 access-log entry of the
+// Go proxy or Envoy. Fields that do not apply stay empty and are left out
+// of the JSON, except the common ones at the top.
+type Record struct {
+	Time time.Time `json:"time"`
+	// Protocol is the L7 protocol of a proxy record (http, kafka) or the
+	// IP protocol of a datapath record as policy names it (tcp, udp, …;
+	// IPProtocol has the number).
+	Protocol    string         `json:"protocol"`
+	Direction   Direction      `json:"direction"`
+	Source      netip.AddrPort `json:"source"`
+	Destination netip.AddrPort `json:"destination"`
+	SrcIdentity Identity       `json:"srcIdentity"`
+	DstIdentity Identity       `json:"dstIdentity"`
+	Verdict     Verdict        `json:"verdict"`
+	DecidedBy   []Provenance   `json:"decidedBy,omitempty"`
+	LatencyMS   float64        `json:"latencyMs"`
+	// Reason explains the verdict where DecidedBy cannot (Kafka's filter
+	// reports its decision as text; the datapath its drop reason).
+	Reason string `json:"reason,omitempty"`
+	Error  string `json:"error,omitempty"`
+
+	// HTTP
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	Host   string `json:"host,omitempty"`
+	Status int    `json:"status,omitempty"`
+
+	// Kafka
+	APIKey        string   `json:"apiKey,omitempty"`
+	APIVersion    int16    `json:"apiVersion,omitempty"`
+	ClientID      string   `json:"clientID,omitempty"`
+	CorrelationID int32    `json:"correlationID,omitempty"`
+	Topics        []string `json:"topics,omitempty"`
+	ErrorCode     int16    `json:"errorCode,omitempty"`
+
+	// Datapath
+	IPProtocol uint8  `json:"ipProtocol,omitempty"`
+	ProxyPort  uint16 `json:"proxyPort,omitempty"`
+	FromProxy  bool   `json:"fromProxy,omitempty"`
+	// Endpoint is the local endpoint ("namespace/name") whose veth saw it.
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// Observer is who reported it (ObserverDatapath, …); empty in the Go
+	// proxy's own access log.
+	Observer string `json:"observer,omitempty"`
+}
+
+// Dropped reports whether the datapath (or a proxy) stopped the flow.
+func (r *Record) Dropped() bool { return r.Verdict == VerdictDenied }
+
+// JSONLines returns a record sink writing one JSON object per line (the
+// access-log format), safe for concurrent use.
+func JSONLines(w io.Writer) func(*Record) {
+	var mu sync.Mutex
+	var buf []byte
+	return func(r *Record) {
+		mu.Lock()
+		defer mu.Unlock()
+		buf = AppendJSON(buf[:0], r)
+		w.Write(buf)
+	}
+}
