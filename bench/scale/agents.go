@@ -19,9 +19,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
-	"github.com/l7gate/l7gate/agent"
 	"github.com/l7gate/l7gate/k8s"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 // agentsConfig is what the child process needs to run the agents.
@@ -98,7 +98,7 @@ var changeRE = regexp.MustCompile(`/change-(\d+)/`)
 const markLabel = "scale-mark"
 
 // marks extracts the scale markers of a view.
-func marks(u agent.SourceUpdate) (map[string]int, map[string]string) {
+func marks(u source.Update) (map[string]int, map[string]string) {
 	pols := map[string]int{}
 	pods := map[string]string{}
 	if u.Objects == nil {
@@ -149,7 +149,7 @@ func newSharedComputer() *sharedComputer {
 	return &sharedComputer{alloc: policy.NewIdentityAllocator(), views: map[string]*computed{}}
 }
 
-func (c *sharedComputer) compute(u agent.SourceUpdate) (*policy.Snapshot, error) {
+func (c *sharedComputer) compute(u source.Update) (*policy.Snapshot, error) {
 	c.mu.Lock()
 	v, ok := c.views[u.Digest]
 	if !ok {
@@ -310,7 +310,7 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 	if err != nil {
 		return err
 	}
-	updates := make(chan agent.SourceUpdate)
+	updates := make(chan source.Update)
 	go func() {
 		if err := src.Run(ctx, updates); err != nil && ctx.Err() == nil {
 			emit(agentEvent{Ev: "error", Agent: idx, Err: "source: " + err.Error()})
@@ -333,7 +333,7 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 	var lastPols map[string]int
 	var lastPods map[string]string
 	for {
-		var u agent.SourceUpdate
+		var u source.Update
 		select {
 		case <-ctx.Done():
 			return nil
@@ -350,7 +350,7 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 			continue
 		}
 		rev++
-		w.Implemented(ctx, rev, u)
+		w.Implemented(ctx, rev, u, nil)
 		now := time.Now()
 		if held {
 			<-syncSem

@@ -115,8 +115,11 @@ func nodeStatus(n *corev1.Node, i int) {
 		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
 }
 
-// policyRef names scale policy j.
-func policyRef(j int) (ns, name string) { return nsName(j), fmt.Sprintf("pol-%02d", j) }
+// policyRef names scale policy j of a run (runs on one cluster do not
+// share policies).
+func policyRef(run string, j int) (ns, name string) {
+	return nsName(j), fmt.Sprintf("%s-pol-%02d", run, j)
+}
 
 // policySpec is policy j at change k: app j may GET /change-k/... of app
 // j+1 on port 8080; every agent reports k.
@@ -131,8 +134,8 @@ func policySpec(j, k int) map[string]any {
 	return m
 }
 
-func newPolicy(j int) *unstructured.Unstructured {
-	ns, name := policyRef(j)
+func newPolicy(run string, j int) *unstructured.Unstructured {
+	ns, name := policyRef(run, j)
 	return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
 		"metadata": map[string]any{"name": name, "namespace": ns}, "spec": policySpec(j, 0)}}
 }

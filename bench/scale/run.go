@@ -273,8 +273,13 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// populate writes namespaces, nodes, pods and policies.
-func populate(ctx context.Context, client kubernetes.Interface, dyn dynamic.Interface, cfg RunConfig) error {
+// Populate writes the namespaces, nodes and pods the runs share: pods are
+// spread over nodes round robin.
+func Populate(ctx context.Context, admin *rest.Config, nodes, pods int) error {
+	client, err := kubernetes.NewForConfig(fastConfig(admin))
+	if err != nil {
+		return err
+	}
 	for i := range namespaces {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName(i), Labels: map[string]string{"team": fmt.Sprintf("team-%d", i%5)}}}
 		if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
@@ -317,7 +322,7 @@ func populate(ctx context.Context, client kubernetes.Interface, dyn dynamic.Inte
 			return nil
 		}
 	}
-	if err := work(cfg.Nodes, func(i int) error {
+	if err := work(nodes, func(i int) error {
 		n, err := client.CoreV1().Nodes().Create(ctx, newNode(i), metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create node: %w", err)
@@ -328,24 +333,22 @@ func populate(ctx context.Context, client kubernetes.Interface, dyn dynamic.Inte
 	}); err != nil {
 		return err
 	}
-	if err := work(cfg.Pods, func(i int) error {
-		p, err := client.CoreV1().Pods(nsName(i)).Create(ctx, newPod(i, cfg.Nodes), metav1.CreateOptions{})
+	return work(pods, func(i int) error {
+		p, err := client.CoreV1().Pods(nsName(i)).Create(ctx, newPod(i, nodes), metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create pod: %w", err)
 		}
 		runningStatus(p, i)
 		_, err = client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
 		return err
-	}); err != nil {
-		return err
-	}
-	for j := range cfg.Policies {
-		ns, _ := policyRef(j)
-		if _, err := dyn.Resource(k8s.CNPResource()).Namespace(ns).Create(ctx, newPolicy(j), metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create policy: %w", err)
-		}
-	}
-	return nil
+	})
+}
+
+// fastConfig is admin without client-side rate limits (the driver's).
+func fastConfig(admin *rest.Config) *rest.Config {
+	c := rest.CopyConfig(admin)
+	c.QPS, c.Burst = -1, 0
+	return c
 }
 
 // Result is one run's numbers (the JSON the report is made from).
@@ -378,6 +381,9 @@ type Result struct {
 	// Watch traffic one agent received, mean over agents.
 	WatchBytesPerPolicyChange  float64 `json:"watchBytesPerPolicyChange"`
 	WatchEventsPerPolicyChange float64 `json:"watchEventsPerPolicyChange"`
+	// By resource: "bytes/events" one agent received per change.
+	WatchPerPolicyChangeByResource map[string]string `json:"watchPerPolicyChangeByResource,omitempty"`
+	WatchPerPodChangeByResource    map[string]string `json:"watchPerPodChangeByResource,omitempty"`
 	// Pod changes (a label change that moves the pod to another identity):
 	// written → every agent implemented.
 	PodChanges              int     `json:"podChanges"`
@@ -440,8 +446,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	}
 	res := &Result{Nodes: cfg.Nodes, Pods: cfg.Pods, Policies: cfg.Policies, SharedCompute: cfg.SharedCompute,
 		LoadAvg: []string{loadavg()}}
-	fast := rest.CopyConfig(admin)
-	fast.QPS, fast.Burst = -1, 0
+	fast := fastConfig(admin)
 	client, err := kubernetes.NewForConfig(fast)
 	if err != nil {
 		return nil, err
@@ -450,11 +455,20 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	if err != nil {
 		return nil, err
 	}
-	t0 := time.Now()
-	if err := populate(ctx, client, dyn, cfg); err != nil {
-		return nil, err
+	run := fmt.Sprintf("n%d", cfg.Nodes)
+	for j := range cfg.Policies {
+		ns, _ := policyRef(run, j)
+		if _, err := dyn.Resource(k8s.CNPResource()).Namespace(ns).Create(ctx, newPolicy(run, j), metav1.CreateOptions{}); err != nil {
+			return nil, fmt.Errorf("create policy: %w", err)
+		}
 	}
-	logf("populated %d nodes, %d pods, %d policies in %v (load %s)", cfg.Nodes, cfg.Pods, cfg.Policies, time.Since(t0).Round(time.Second), loadavg())
+	// The next run on this cluster starts without this run's policies.
+	defer func() {
+		for j := range cfg.Policies {
+			ns, name := policyRef(run, j)
+			dyn.Resource(k8s.CNPResource()).Namespace(ns).Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{})
+		}
+	}()
 	if raw, err := client.CoreV1().Pods(nsName(0)).Get(ctx, podName(0), metav1.GetOptions{}); err == nil {
 		b, _ := json.Marshal(raw)
 		res.PodObjectBytes = len(b)
@@ -543,7 +557,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	statusAll := func(gen int64) func() bool {
 		return func() bool {
 			for j := range cfg.Policies {
-				ns, name := policyRef(j)
+				ns, name := policyRef(run, j)
 				if _, ok := tr.statusReached(ns+"/"+name, gen); !ok {
 					return false
 				}
@@ -569,7 +583,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	var conv, impl []time.Duration
 	for k := 1; k <= cfg.PolicyChanges; k++ {
 		j := (k - 1) % cfg.Policies
-		ns, name := policyRef(j)
+		ns, name := policyRef(run, j)
 		patch, _ := json.Marshal(map[string]any{"spec": policySpec(j, k)})
 		written := time.Now()
 		u, err := dyn.Resource(k8s.CNPResource()).Namespace(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
@@ -631,6 +645,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	res.Retries = float64(failed) / pc
 	res.Gets = float64(gets) / pc
 	res.WatchBytesPerPolicyChange, res.WatchEventsPerPolicyChange = watchPerAgent(m0.stats, m1.stats, pc)
+	res.WatchPerPolicyChangeByResource = watchByResource(m0.stats, m1.stats, pc)
 	res.AgentCPUMsPerPolicyChange = float64((m1.childCPU - m0.childCPU).Milliseconds()) / pc / float64(cfg.Nodes)
 	res.APIServerCPUMsPerPolicyChange = float64((m1.selfCPU - m0.selfCPU).Milliseconds()) / pc
 	logf("policy changes: converge p50 %.0f ms p99 %.0f ms, %.1f writes/change, %v conflicts (load %s)",
@@ -642,7 +657,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	for k := 1; k <= cfg.PodChanges; k++ {
 		i := (k * 7919) % cfg.Pods
 		ns, name := nsName(i), podName(i)
-		mk := strconv.Itoa(k)
+		mk := run + "-" + strconv.Itoa(k)
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{
 			markLabel: mk, "app": appName(k + 7)}}})
 		written := time.Now()
@@ -667,6 +682,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	pdc := float64(max(cfg.PodChanges, 1))
 	res.PodConvergeP50Ms, res.PodConvergeP99Ms = percentile(podConv, 0.5), percentile(podConv, 0.99)
 	res.WatchBytesPerPodChange, res.WatchEventsPerPodChange = watchPerAgent(m1.stats, m2.stats, pdc)
+	res.WatchPerPodChangeByResource = watchByResource(m1.stats, m2.stats, pdc)
 	var wire int64
 	for i, a := range m2.stats.Agents {
 		wire += a.WireRead - m1.stats.Agents[i].WireRead
@@ -736,4 +752,24 @@ func watchPerAgent(a, b *childStats, changes float64) (float64, float64) {
 	}
 	n := float64(len(b.Agents))
 	return float64(bytes) / n / changes, float64(events) / n / changes
+}
+
+// watchByResource is, per resource, "bytes/events" one agent received per
+// change (mean over agents; bookmarks included).
+func watchByResource(a, b *childStats, changes float64) map[string]string {
+	bytes, events := map[string]int64{}, map[string]int64{}
+	for i := range b.Agents {
+		for r, v := range b.Agents[i].WatchBytes {
+			bytes[r] += v - a.Agents[i].WatchBytes[r]
+		}
+		for r, v := range b.Agents[i].WatchEvents {
+			events[r] += v - a.Agents[i].WatchEvents[r]
+		}
+	}
+	out := map[string]string{}
+	n := float64(len(b.Agents)) * changes
+	for r := range bytes {
+		out[r] = fmt.Sprintf("%.0f/%.2f", float64(bytes[r])/n, float64(events[r])/n)
+	}
+	return out
 }

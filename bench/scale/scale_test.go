@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,13 +82,20 @@ func TestScale(t *testing.T) {
 	}
 	skipUnlessUsable(t)
 	rep := newReport(*flagLabel, runtime.NumCPU())
+	var ns []int
 	for _, s := range strings.Split(*flagNodes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {
 			t.Fatalf("-scale.nodes: %q", s)
 		}
+		ns = append(ns, n)
+	}
+	// One cluster for every N: its pods (the slow part to write) are
+	// spread over the largest N's nodes; each run has its own policies.
+	cl := newScaleCluster(t, slices.Max(ns), *flagPods)
+	for _, n := range ns {
 		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
-			res := runOnce(t, RunConfig{Nodes: n, Pods: *flagPods, Policies: *flagPolicies, PolicyChanges: *flagPolChg,
+			res := cl.run(t, RunConfig{Nodes: n, Pods: *flagPods, Policies: *flagPolicies, PolicyChanges: *flagPolChg,
 				PodChanges: *flagPodChg, ChangeTimeout: *flagTimeout, SharedCompute: *flagShared})
 			rep.Runs = append(rep.Runs, res)
 			js, _ := json.Marshal(res)
@@ -112,7 +120,7 @@ func TestScaleSmall(t *testing.T) {
 	}
 	skipUnlessUsable(t)
 	const n = 4
-	res := runOnce(t, RunConfig{Nodes: n, Pods: 400, Policies: 3, PolicyChanges: 4, PodChanges: 3,
+	res := newScaleCluster(t, n, 400).run(t, RunConfig{Nodes: n, Pods: 400, Policies: 3, PolicyChanges: 4, PodChanges: 3,
 		ChangeTimeout: time.Minute, SharedCompute: false})
 	js, _ := json.MarshalIndent(res, "", "  ")
 	t.Logf("result: %s", js)
@@ -146,15 +154,19 @@ func skipUnlessUsable(t *testing.T) {
 	}
 }
 
-// runOnce starts etcd and kube-apiserver, installs the CRDs and the
-// chart's RBAC, and runs one measurement.
-func runOnce(t *testing.T, cfg RunConfig) *Result {
-	cfg.Logf = t.Logf
-	cfg.AgentUser = agentUser
+// scaleCluster is a running API server with the CRDs, the chart's RBAC
+// and the shared pods.
+type scaleCluster struct {
+	admin *rest.Config
+}
+
+// newScaleCluster starts etcd and kube-apiserver, installs the CRDs and
+// the chart's RBAC and writes the nodes and pods.
+func newScaleCluster(t *testing.T, nodes, pods int) *scaleCluster {
 	start := time.Now()
 	admin := startCluster(t)
 	t.Logf("kube-apiserver and etcd up in %v", time.Since(start).Round(time.Millisecond))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	dyn, err := dynamic.NewForConfig(admin)
 	if err != nil {
@@ -177,6 +189,21 @@ func runOnce(t *testing.T, cfg RunConfig) *Result {
 		time.Sleep(100 * time.Millisecond)
 	}
 	applyAgentRBAC(ctx, t, dyn)
+	start = time.Now()
+	if err := Populate(ctx, admin, nodes, pods); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %d nodes and %d pods in %v (load %s)", nodes, pods, time.Since(start).Round(time.Second), loadavg())
+	return &scaleCluster{admin: admin}
+}
+
+// run runs one measurement with the agents in a child process.
+func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
+	cfg.Logf = t.Logf
+	cfg.AgentUser = agentUser
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
+	defer cancel()
+	admin := c.admin
 	dir := t.TempDir()
 	var stderr *os.File
 	res, err := Run(ctx, admin, cfg, func(acfg agentsConfig) (*exec.Cmd, error) {
