@@ -128,43 +128,60 @@ func podIPs(p *corev1.Pod) []string {
 func podDocuments(pods []*corev1.Pod) ([]document, error) {
 	live := map[string]bool{}
 	for _, p := range pods {
-		if p.DeletionTimestamp == nil && !p.Spec.HostNetwork && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			for _, ip := range podIPs(p) {
-				live[ip] = true
-			}
+		for _, ip := range liveIPs(p) {
+			live[ip] = true
 		}
 	}
 	out := make([]document, 0, len(pods))
 	for _, p := range pods {
-		var d podDoc
-		d.APIVersion, d.Kind = "v1", "Pod"
-		d.Metadata = docMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, Annotations: withoutLastApplied(p.Annotations)}
-		d.Spec.ServiceAccountName = p.Spec.ServiceAccountName
-		d.Spec.HostNetwork = p.Spec.HostNetwork
-		d.Spec.NodeName = p.Spec.NodeName
-		for _, c := range p.Spec.Containers {
-			d.Spec.Containers = append(d.Spec.Containers, containerDoc{Name: c.Name, Ports: c.Ports})
-		}
-		d.Status.Phase = string(p.Status.Phase)
-		switch {
-		case d.Status.Phase == string(corev1.PodSucceeded) || d.Status.Phase == string(corev1.PodFailed):
-		case terminated(p):
-			d.Status.Phase = string(corev1.PodSucceeded)
-		default:
-			for _, ip := range podIPs(p) {
-				if p.DeletionTimestamp != nil && live[ip] {
-					continue
-				}
-				d.Status.PodIPs = append(d.Status.PodIPs, podIP{IP: ip})
-			}
-		}
-		js, err := json.Marshal(&d)
+		d, err := podDocument(p, func(ip string) bool { return live[ip] })
 		if err != nil {
-			return nil, fmt.Errorf("encode pod %s/%s: %w", p.Namespace, p.Name, err)
+			return nil, err
 		}
-		out = append(out, document{key: objectKey{"Pod", p.Namespace, p.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: p.UID}})
+		out = append(out, d)
 	}
 	return out, nil
+}
+
+// liveIPs are the IPs a pod holds while it lives (not being deleted, not
+// finished, not on the host network).
+func liveIPs(p *corev1.Pod) []string {
+	if p.DeletionTimestamp == nil && !p.Spec.HostNetwork && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+		return podIPs(p)
+	}
+	return nil
+}
+
+// podDocument renders one pod; live tells whether a live pod holds an IP
+// (asked only for a pod being deleted).
+func podDocument(p *corev1.Pod, live func(ip string) bool) (document, error) {
+	var d podDoc
+	d.APIVersion, d.Kind = "v1", "Pod"
+	d.Metadata = docMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, Annotations: withoutLastApplied(p.Annotations)}
+	d.Spec.ServiceAccountName = p.Spec.ServiceAccountName
+	d.Spec.HostNetwork = p.Spec.HostNetwork
+	d.Spec.NodeName = p.Spec.NodeName
+	for _, c := range p.Spec.Containers {
+		d.Spec.Containers = append(d.Spec.Containers, containerDoc{Name: c.Name, Ports: c.Ports})
+	}
+	d.Status.Phase = string(p.Status.Phase)
+	switch {
+	case d.Status.Phase == string(corev1.PodSucceeded) || d.Status.Phase == string(corev1.PodFailed):
+	case terminated(p):
+		d.Status.Phase = string(corev1.PodSucceeded)
+	default:
+		for _, ip := range podIPs(p) {
+			if p.DeletionTimestamp != nil && live(ip) {
+				continue
+			}
+			d.Status.PodIPs = append(d.Status.PodIPs, podIP{IP: ip})
+		}
+	}
+	js, err := json.Marshal(&d)
+	if err != nil {
+		return document{}, fmt.Errorf("encode pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return document{key: objectKey{"Pod", p.Namespace, p.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: p.UID}}, nil
 }
 
 func withoutLastApplied(m map[string]string) map[string]string {
