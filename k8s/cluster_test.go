@@ -166,6 +166,7 @@ func TestCluster(t *testing.T) {
 	applyAgentRBAC(ctx, t, c)
 	t.Run("Manifests", func(t *testing.T) { testManifests(ctx, t, c) })
 	t.Run("SourceAndStatus", func(t *testing.T) { testSourceAndStatus(ctx, t, c) })
+	t.Run("StatusAcrossNodes", func(t *testing.T) { testStatusAcrossNodes(ctx, t, c) })
 }
 
 // testManifests applies the rendered manifests (default values and with
@@ -177,6 +178,8 @@ func testManifests(ctx context.Context, t *testing.T, c *cluster) {
 		"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 		"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
 		"DaemonSet":          {Group: "apps", Version: "v1", Resource: "daemonsets"},
+		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+		"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
 	}
 	for _, tc := range []struct {
 		name string
@@ -245,12 +248,17 @@ func applyAgentRBAC(ctx context.Context, t *testing.T, c *cluster) {
 			}
 			t.Fatal(err)
 		}
-		res := map[string]string{"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}[u.GetKind()]
+		res := map[string]string{"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
+			"Role": "roles", "RoleBinding": "rolebindings"}[u.GetKind()]
 		if res == "" {
 			continue
 		}
 		gvr := schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: res}
-		if _, err := c.dyn.Resource(gvr).Create(ctx, &u, metav1.CreateOptions{}); err != nil {
+		var ri dynamic.ResourceInterface = c.dyn.Resource(gvr)
+		if u.GetNamespace() != "" {
+			ri = c.dyn.Resource(gvr).Namespace(u.GetNamespace())
+		}
+		if _, err := ri.Create(ctx, &u, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
 		}
 	}

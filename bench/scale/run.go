@@ -368,8 +368,14 @@ type Result struct {
 	// WritesPerNode divides by N.
 	Writes        float64 `json:"writes"`
 	WritesPerNode float64 `json:"writesPerNode"`
+	// Of Writes: to the nodes' PolicyNodeStatus, and to the policies'
+	// status (by the agents themselves before, by the elected one after).
+	NodeStatusWrites   float64 `json:"nodeStatusWrites"`
+	PolicyStatusWrites float64 `json:"policyStatusWrites"`
 	// Conflicts: 409 answers during the policy changes (all requests).
 	Conflicts float64 `json:"conflicts"`
+	// StatusConflicts: of Conflicts, on status writes.
+	StatusConflicts float64 `json:"statusConflicts"`
 	// Retries: agents' write attempts that did not succeed (client side),
 	// per policy change; Gets: agents' GETs per policy change.
 	Retries float64 `json:"retries"`
@@ -413,13 +419,16 @@ type Result struct {
 	SharedCompute bool    `json:"sharedCompute"`
 	// Start-up: agents started → every agent implemented its first view,
 	// → every policy's status showed every node; writes and 409s meanwhile.
-	StartupSyncS     float64  `json:"startupSyncS"`
-	StartupStatusS   float64  `json:"startupStatusS"`
-	StartupWrites    float64  `json:"startupWrites"`
-	StartupConflicts float64  `json:"startupConflicts"`
-	LoadAvg          []string `json:"loadavg"`
-	DurationS        float64  `json:"durationS"`
-	Errors           []string `json:"errors,omitempty"`
+	StartupSyncS     float64 `json:"startupSyncS"`
+	StartupStatusS   float64 `json:"startupStatusS"`
+	StartupWrites    float64 `json:"startupWrites"`
+	StartupConflicts float64 `json:"startupConflicts"`
+	// Of StartupConflicts: on status writes, and all by request.
+	StartupStatusConflicts float64            `json:"startupStatusConflicts"`
+	StartupConflictsBy     map[string]float64 `json:"startupConflictsBy,omitempty"`
+	LoadAvg                []string           `json:"loadavg"`
+	DurationS              float64            `json:"durationS"`
+	Errors                 []string           `json:"errors,omitempty"`
 }
 
 func percentile(ds []time.Duration, p float64) float64 {
@@ -577,6 +586,15 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	startup := m0.requests.sub(reqStart)
 	res.StartupWrites = startup.sum(agentStatusWrite)
 	res.StartupConflicts = startup.sum(func(k requestKey) bool { return k.Code == "409" })
+	res.StartupStatusConflicts = startup.sum(func(k requestKey) bool { return k.Code == "409" && agentStatusWrite(k) })
+	for _, k := range startup.sortedKeys() {
+		if k.Code == "409" {
+			if res.StartupConflictsBy == nil {
+				res.StartupConflictsBy = map[string]float64{}
+			}
+			res.StartupConflictsBy[k.String()] = startup[k]
+		}
+	}
 	logf("start-up status after %.1fs: %v writes, %v conflicts", res.StartupStatusS, res.StartupWrites, res.StartupConflicts)
 
 	// Policy changes.
@@ -620,8 +638,11 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	pc := float64(max(cfg.PolicyChanges, 1))
 	pol := m1.requests.sub(m0.requests)
 	res.Writes = pol.sum(agentStatusWrite) / pc
+	res.NodeStatusWrites = pol.sum(nodeStatusWrite) / pc
+	res.PolicyStatusWrites = pol.sum(policyStatusWrite) / pc
 	res.WritesPerNode = res.Writes / float64(cfg.Nodes)
 	res.Conflicts = pol.sum(func(k requestKey) bool { return k.Code == "409" })
+	res.StatusConflicts = pol.sum(func(k requestKey) bool { return k.Code == "409" && agentStatusWrite(k) })
 	res.RequestsPerPolicyChange = map[string]float64{}
 	for _, k := range pol.sortedKeys() {
 		res.RequestsPerPolicyChange[k.String()] = pol[k] / pc
@@ -716,8 +737,11 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	return res, nil
 }
 
-// agentStatusWrite selects the agents' policy status writes.
-func agentStatusWrite(k requestKey) bool {
+// agentStatusWrite selects the agents' policy status writes: to a
+// policy's status, or to a node's PolicyNodeStatus.
+func agentStatusWrite(k requestKey) bool { return policyStatusWrite(k) || nodeStatusWrite(k) }
+
+func policyStatusWrite(k requestKey) bool {
 	if !isWriteVerb(k.Verb) {
 		return false
 	}
@@ -726,6 +750,10 @@ func agentStatusWrite(k requestKey) bool {
 		return k.Subresource == "status"
 	}
 	return false
+}
+
+func nodeStatusWrite(k requestKey) bool {
+	return isWriteVerb(k.Verb) && k.Resource == "policynodestatuses"
 }
 
 func requestsWhere(a agentStats, keep func(reqKey) bool) int {
