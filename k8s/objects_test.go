@@ -83,7 +83,7 @@ func TestDigestIgnoresNoise(t *testing.T) {
 		var trimmed []*corev1.Pod
 		for _, p := range pods {
 			tp, _ := trimPod(p)
-			trimmed = append(trimmed, tp.(*corev1.Pod))
+			trimmed = append(trimmed, tp.(*cachedPod).pod())
 		}
 		docs, err := podDocuments(trimmed)
 		if err != nil {

@@ -1,7 +1,6 @@
 package k8s
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
@@ -57,14 +56,16 @@ type viewEntry struct {
 }
 
 type viewDoc struct {
-	json []byte
+	// sum is the document's SHA-256: it tells a changed document and
+	// feeds the digest (the document itself is not kept).
 	sum  [sha256.Size]byte
 	info objectInfo
+	// pod: the document decoded to exactly one Pod and nothing else (the
+	// bulk of a cluster: kept alone, assembled without reflection);
+	// otherwise objs.
+	pod  *policy.Pod
 	objs *policy.Objects
 	errs []error
-	// pod: the document decoded to exactly one Pod and nothing else (the
-	// bulk of a cluster; assembled without reflection).
-	pod bool
 }
 
 func newView() *view {
@@ -80,16 +81,22 @@ func compareEntry(e *viewEntry, k objectKey) int { return compareKeys(e.key, k) 
 
 // put adds or replaces a document, decoding it only if it changed.
 func (v *view) put(d document) {
+	sum := sha256.Sum256(d.json)
 	cur, ok := v.docs[d.key]
-	if ok && bytes.Equal(cur.doc.json, d.json) {
+	if ok && cur.doc.sum == sum {
 		cur.doc.info = d.info
 		return
 	}
-	nd := &viewDoc{json: d.json, sum: sha256.Sum256(d.json), info: d.info}
-	nd.objs, nd.errs = policy.Decode("", d.json)
-	nd.pod = onlyOnePod(nd.objs)
+	nd := &viewDoc{sum: sum, info: d.info}
+	objs, errs := policy.Decode("", d.json)
+	nd.errs = errs
+	if onlyOnePod(objs) {
+		nd.pod = &objs.Pods[0]
+	} else {
+		nd.objs = objs
+	}
 	v.decoded++
-	if d.key.Kind == "Pod" || nd.pod {
+	if d.key.Kind == "Pod" || nd.pod != nil {
 		v.podsChanged = true
 	}
 	if ok {
@@ -107,7 +114,7 @@ func (v *view) remove(k objectKey) {
 	if !ok {
 		return
 	}
-	if e.doc.pod {
+	if e.doc.pod != nil {
 		v.podsChanged = true
 	}
 	delete(v.docs, k)
@@ -149,6 +156,9 @@ func (v *view) apply(changed []storeKey, get func(storeKey) (any, bool)) error {
 			}
 			continue
 		}
+		if c, ok := obj.(*cachedPod); ok {
+			obj = c.pod()
+		}
 		if p, isPod := obj.(*corev1.Pod); isPod {
 			k := objectKey{"Pod", p.Namespace, p.Name}
 			v.setLiveIPs(k, liveIPs(p))
@@ -169,6 +179,9 @@ func (v *view) apply(changed []storeKey, get func(storeKey) (any, bool)) error {
 	}
 	for k, sk := range v.deleting {
 		obj, ok := get(sk)
+		if c, isCached := obj.(*cachedPod); isCached {
+			obj = c.pod()
+		}
 		p, isPod := obj.(*corev1.Pod)
 		if !ok || !isPod {
 			continue
@@ -257,9 +270,9 @@ func (v *view) assemble() (*policy.Objects, []error, map[objectKey]objectInfo, s
 		if isPolicyKind(k.Kind) {
 			infos[k] = d.info
 		}
-		if d.pod {
+		if d.pod != nil {
 			if pods != nil {
-				pods = append(pods, d.objs.Pods[0])
+				pods = append(pods, *d.pod)
 			}
 			continue
 		}
