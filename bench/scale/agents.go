@@ -310,14 +310,9 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 	if err != nil {
 		return err
 	}
-	updates := make(chan source.Update)
-	go func() {
-		if err := src.Run(ctx, updates); err != nil && ctx.Err() == nil {
-			emit(agentEvent{Ev: "error", Agent: idx, Err: "source: " + err.Error()})
-		}
-	}()
-	go w.Run(ctx)
-	alloc := policy.NewIdentityAllocator()
+	// Bound the agents doing their first list at once: 200 agents each
+	// listing 10k pods together is a start-up storm, not what this
+	// measures.
 	select {
 	case syncSem <- struct{}{}:
 	case <-ctx.Done():
@@ -329,6 +324,14 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 			<-syncSem
 		}
 	}()
+	updates := make(chan source.Update)
+	go func() {
+		if err := src.Run(ctx, updates); err != nil && ctx.Err() == nil {
+			emit(agentEvent{Ev: "error", Agent: idx, Err: "source: " + err.Error()})
+		}
+	}()
+	go w.Run(ctx)
+	alloc := policy.NewIdentityAllocator()
 	var rev uint64
 	var lastPols map[string]int
 	var lastPods map[string]string
