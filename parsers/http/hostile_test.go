@@ -136,7 +136,6 @@ func firstLine(s string) string {
 	return s
 }
 
-
 // upgradeBackend is a lenient backend: it records each request head and
 // answers any Upgrade request with 101 switching to whatever was asked,
 // then echoes the connection (a tunnel the proxy must not allow unless it

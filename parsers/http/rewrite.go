@@ -11,10 +11,10 @@ import (
 // access log (Cilium's missing_headers / rejected_headers).
 type HeaderMismatch struct {
 	// Action is LOG, ADD, DELETE or REPLACE.
-	Action string
-	Name   string
+	Action string `json:"action"`
+	Name   string `json:"name"`
 	// Value is the rule's value; for DELETE, the value that was removed.
-	Value string
+	Value string `json:"value"`
 }
 
 // requestHeader returns the first value of a header of req.
@@ -94,7 +94,8 @@ func planHeaderActions(actions []policy.HeaderMatch, lookup func(name string) (s
 				continue
 			}
 			edits = append(edits, headerEdit{del: true, name: a.Name})
-			logs = append(logs, HeaderMismatch{Action: a.Mismatch, Name: a.Name, Value: v})
+			// v may alias the connection buffer: copy it for the log.
+			logs = append(logs, HeaderMismatch{Action: a.Mismatch, Name: a.Name, Value: strings.Clone(v)})
 		default:
 			return nil, nil, fmt.Errorf("unknown header action %q on %s", a.Mismatch, a.Name)
 		}
