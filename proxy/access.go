@@ -34,6 +34,11 @@ type AccessRecord struct {
 	Path   string `json:"path,omitempty"`
 	Host   string `json:"host,omitempty"`
 	Status int    `json:"status,omitempty"`
+	// RawPath is the request target as sent, when normalization changed it
+	// (Path is what was matched and forwarded).
+	RawPath string `json:"rawPath,omitempty"`
+	// HeaderMismatches are the headerMatches mismatch actions taken.
+	HeaderMismatches []httpparser.HeaderMismatch `json:"headerMismatches,omitempty"`
 
 	// Kafka
 	APIKey        string   `json:"apiKey,omitempty"`
@@ -84,7 +89,7 @@ func (p *Proxy) httpAccess(ci connInfo) func(*httpparser.Record) {
 			Time: r.Start, Protocol: "http", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
 			SrcIdentity: src, DstIdentity: dst, Verdict: verdictString(r.Allowed), DecidedBy: r.DecidedBy,
 			LatencyMS: float64(r.Duration.Microseconds()) / 1000, Error: r.Error,
-			Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
+			Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status, RawPath: r.RawPath, HeaderMismatches: r.HeaderMismatches,
 		})
 	}
 }
