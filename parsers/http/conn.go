@@ -228,6 +228,12 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
 		return srv.serveH2(ctx, conn, dial, decide, access)
 	}
+	if bytes.HasPrefix(first, []byte("PRI ")) {
+		// A broken HTTP/2 preface (PRI is no HTTP/1.1 method): close, as
+		// an HTTP/2 endpoint does (RFC 9113 §3.4), rather than answer in
+		// HTTP/1.1.
+		return nil
+	}
 	handoff, err := srv.serveHTTP1(ctx, conn, dial, decide, access)
 	if handoff != nil {
 		return srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)

@@ -69,6 +69,24 @@ type h2Handler struct {
 	// closes it.
 	conn     net.Conn
 	panicked atomic.Pointer[PanicError]
+	// upgraded: the connection began as HTTP/1.1 and was upgraded to h2c
+	// (its first request still carries the upgrade's HTTP/1.1 headers).
+	upgraded bool
+}
+
+// connectionSpecific returns the first connection-specific header field
+// of a request (RFC 9113 §8.2.2: Connection and the fields it governs,
+// and TE other than "trailers"), or "".
+func connectionSpecific(h nethttp.Header) string {
+	for _, name := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Http2-Settings"} {
+		if _, ok := h[name]; ok {
+			return name
+		}
+	}
+	if te, ok := h["Te"]; ok && (len(te) != 1 || !strings.EqualFold(strings.TrimSpace(te[0]), "trailers")) {
+		return "TE"
+	}
+	return ""
 }
 
 // abort closes the client connection: RFC 9113 §5.4.1 lets an endpoint
@@ -209,6 +227,26 @@ func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 		}
 	}()
 	start := time.Now()
+	if name := connectionSpecific(r.Header); name != "" {
+		if !h.upgraded {
+			// Malformed (RFC 9113 §8.2.2). Such fields would otherwise
+			// reach an HTTP/1.1 upstream as an upgrade request.
+			if h.access != nil {
+				h.access(&Record{Start: start, Method: r.Method, RawPath: r.RequestURI, Host: r.Host, Status: nethttp.StatusBadRequest,
+					Error: "connection-specific header " + name + " in an HTTP/2 request", Duration: time.Since(start)})
+			}
+			h.abort()
+			return
+		}
+		// The upgraded first request keeps its HTTP/1.1 Connection,
+		// Upgrade and HTTP2-Settings: they belong to the hop that ended.
+		for _, n := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Http2-Settings"} {
+			r.Header.Del(n)
+		}
+		if te := r.Header.Get("Te"); te != "" && !strings.EqualFold(te, "trailers") {
+			r.Header.Del("Te")
+		}
+	}
 	path, perr := policy.NormalizeRequestTarget(r.RequestURI, h.cfg.EscapedSlashes)
 	if perr != nil {
 		if h.access != nil {
@@ -355,6 +393,7 @@ func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethtt
 func (srv *Server) serveH2CUpgrade(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
 	cfg := srv.cfg
 	h := srv.newH2Handler(dial, decide, access, false)
+	h.upgraded = true
 	// net/http serves HTTP/2 with prior knowledge but not the HTTP/1.1
 	// Upgrade: h2c mechanism; x/net's h2c handler still does.
 	upgrader := h2c.NewHandler(h, &http2.Server{IdleTimeout: cfg.IdleTimeout})

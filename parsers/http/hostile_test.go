@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -367,5 +370,191 @@ func TestHostilePipelinedAfterDenial(t *testing.T) {
 	defer up.mu.Unlock()
 	if strings.Join(up.paths, ",") != "/public/ok" {
 		t.Errorf("backend saw %v, want only /public/ok", up.paths)
+	}
+}
+
+// h2Exchange sends one HTTP/2 request with prior knowledge, written frame
+// by frame (headers, then each DATA frame, the last one ending the
+// stream), and returns the frames the proxy answered with, until it
+// resets the stream, ends the connection or 3 s pass.
+func h2Exchange(t *testing.T, addr string, fields [][2]string, data ...string) []string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(h2Preface))
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range fields {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: len(data) == 0}); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range data {
+		if err := fr.WriteData(1, i == len(data)-1, []byte(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return append(got, "closed")
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == 1 {
+				got = append(got, "HEADERS :status "+f.PseudoValue("status"))
+				if f.StreamEnded() {
+					return append(got, "END_STREAM")
+				}
+			}
+		case *http2.RSTStreamFrame:
+			return append(got, "RST_STREAM "+f.ErrCode.String())
+		case *http2.GoAwayFrame:
+			return append(got, "GOAWAY "+f.ErrCode.String())
+		case *http2.DataFrame:
+			if f.StreamID == 1 && f.StreamEnded() {
+				return append(got, "END_STREAM")
+			}
+		}
+	}
+}
+
+// TestHostileH2ContentLength: an HTTP/2 request whose DATA frames do not
+// add up to its content-length is malformed (RFC 9113 §8.1.1) and must be
+// reset, never answered as if it were a request, nor completed upstream.
+func TestHostileH2ContentLength(t *testing.T) {
+	var complete atomic.Int64
+	srv := httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if _, err := io.ReadAll(r.Body); err == nil {
+			complete.Add(1)
+		}
+		io.WriteString(w, "ok")
+	}))
+	var p2 nethttp.Protocols
+	p2.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p2
+	srv.Start()
+	defer srv.Close()
+	p := startProxy(t, Config{}, srv.Listener.Addr().String(), func(*policy.HTTPRequest) Decision { return Decision{Allowed: true} })
+	head := func(cl string) [][2]string {
+		return [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "x"}, {":path", "/upload"}, {"content-length", cl}}
+	}
+	for _, tc := range []struct {
+		name string
+		cl   string
+		data []string
+		ok   bool
+	}{
+		{"fewer bytes than declared", "10", []string{"test"}, false},
+		{"fewer bytes in two frames", "100", []string{"test", "test"}, false},
+		{"more bytes than declared", "1", []string{"test"}, false},
+		{"more bytes in two frames", "5", []string{"test", "test"}, false},
+		{"exact", "8", []string{"test", "test"}, true},
+	} {
+		before := complete.Load()
+		got := h2Exchange(t, p.addr, head(tc.cl), tc.data...)
+		last := got[len(got)-1]
+		if tc.ok {
+			if len(got) < 2 || got[0] != "HEADERS :status 200" || last != "END_STREAM" {
+				t.Errorf("%s: got %v, want a 200 response", tc.name, got)
+			}
+			continue
+		}
+		if !(last == "RST_STREAM PROTOCOL_ERROR" || last == "GOAWAY PROTOCOL_ERROR" || last == "closed") || len(got) > 1 {
+			t.Errorf("%s: got %v, want the stream reset with PROTOCOL_ERROR (or the connection ended) and no response", tc.name, got)
+		}
+		if n := complete.Load() - before; n != 0 {
+			t.Errorf("%s: the backend received a complete request", tc.name)
+		}
+	}
+}
+
+// TestHostileAbsoluteForm: an absolute-form target (as sent to forward
+// proxies) is decided on its normalized path and its authority, which must
+// equal Host, and forwarded in absolute form with the normalized path.
+func TestHostileAbsoluteForm(t *testing.T) {
+	up := &uriRecorder{}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	p := startProxy(t, Config{}, srv.Listener.Addr().String(), ruleDecider(t, policy.HTTPRule{Method: "GET", Path: "/public/.*", Host: "x"}))
+	for _, tc := range []struct {
+		target, host string
+		status       int
+		upstream     string
+	}{
+		{"http://x/public/a", "x", 200, "http://x/public/a"},
+		{"HTTP://x/public/./b//c?q=1", "x", 200, "http://x/public/b/c?q=1"},
+		{"http://x/public/../admin", "x", 403, ""},
+		{"http://y/public/a", "x", 400, ""},
+		{"http://y/public/a", "y", 403, ""},
+		{"http://x@y/public/a", "y", 400, ""},
+		{"http://x?q", "x", 400, ""},
+		{"https://x/public/a", "x", 400, ""},
+	} {
+		before := len(up.seen())
+		resp := rawExchange(t, p.addr, "GET "+tc.target+" HTTP/1.1\r\nHost: "+tc.host+"\r\nConnection: close\r\n\r\n", 3*time.Second)
+		got := up.seen()[before:]
+		if !strings.HasPrefix(resp, fmt.Sprintf("HTTP/1.1 %d ", tc.status)) {
+			t.Errorf("%s (Host %s): got %q, want %d", tc.target, tc.host, firstLine(resp), tc.status)
+		}
+		switch {
+		case tc.upstream == "" && len(got) > 0:
+			t.Errorf("%s: reached the backend as %q", tc.target, got)
+		case tc.upstream != "" && (len(got) != 1 || got[0] != tc.upstream):
+			t.Errorf("%s: backend saw %q, want %q", tc.target, got, tc.upstream)
+		}
+	}
+}
+
+// TestHostileH2ConnectionHeaders: HTTP/2 requests with connection-specific
+// fields are malformed (RFC 9113 §8.2.2) and end the connection: passed on
+// to an HTTP/1.1 backend they would ask it for an upgrade. "te: trailers"
+// (gRPC sends it) is fine.
+func TestHostileH2ConnectionHeaders(t *testing.T) {
+	var upgrades atomic.Int64
+	srv := httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.Header.Get("Upgrade") != "" || r.Header.Get("Connection") != "" {
+			upgrades.Add(1)
+		}
+	}))
+	var p2 nethttp.Protocols
+	p2.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p2
+	srv.Start()
+	defer srv.Close()
+	p := startProxy(t, Config{}, srv.Listener.Addr().String(), func(*policy.HTTPRequest) Decision { return Decision{Allowed: true} })
+	base := [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "x"}, {":path", "/ws"}}
+	for _, tc := range []struct {
+		extra [][2]string
+		ok    bool
+	}{
+		{[][2]string{{"connection", "upgrade"}, {"upgrade", "websocket"}}, false},
+		{[][2]string{{"upgrade", "evil"}}, false},
+		{[][2]string{{"keep-alive", "timeout=5"}}, false},
+		{[][2]string{{"te", "gzip"}}, false},
+		{[][2]string{{"te", "trailers"}}, true},
+	} {
+		got := h2Exchange(t, p.addr, append(append([][2]string(nil), base...), tc.extra...))
+		if tc.ok != (len(got) > 0 && got[0] == "HEADERS :status 200") {
+			t.Errorf("%v: got %v", tc.extra, got)
+		}
+	}
+	if n := upgrades.Load(); n > 0 {
+		t.Errorf("the backend received %d requests with connection-specific fields", n)
 	}
 }
