@@ -124,3 +124,14 @@ func isNormalPathKeep(p string) bool {
 	}
 	return true
 }
+
+func BenchmarkNormalizeRequestTarget(b *testing.B) {
+	for _, in := range []string{"/api/v1/service500/items?x=1", "/api/v1/./service500//items/../items?x=1"} {
+		b.Run(in, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				NormalizeRequestTarget(in, EscapedSlashesReject)
+			}
+		})
+	}
+}
