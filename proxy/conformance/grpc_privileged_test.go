@@ -106,6 +106,9 @@ func TestPrivilegedGRPCInterop(t *testing.T) {
 			start := time.Now()
 			direct := runInterop(ctx, n, client, n.Backend, "127.0.0.1", port, rounds)
 			t.Logf("direct: %d of %d calls failed (%s)", direct.failed(), direct.calls, time.Since(start).Round(time.Second))
+			for tc, out := range direct.first {
+				t.Logf("direct %s failed %d times; first: %s", tc, direct.failures[tc], out)
+			}
 			before := n.requests()
 			start = time.Now()
 			proxied := runInterop(ctx, n, client, n.Client, backendIP, port, rounds)
