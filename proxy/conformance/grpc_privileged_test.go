@@ -41,6 +41,9 @@ type interopResult struct {
 	calls    int
 	failures map[string]int    // by case
 	first    map[string]string // first failure output by case
+	// excused: failures not counted because the same case, run at once
+	// without the proxy, failed as well (the machine, not the proxy).
+	excused int
 }
 
 func (r interopResult) failed() int {
@@ -52,8 +55,11 @@ func (r interopResult) failed() int {
 }
 
 // runInterop runs every case rounds times with the interop client in
-// namespace ns against host:port.
-func runInterop(ctx context.Context, n *node, client, ns, host string, port, rounds int) interopResult {
+// namespace ns against host:port. When recheck is set, a failed case is
+// run once more with recheck's arguments (directly, without the proxy);
+// if that fails too the failure is excused, as the machine is too loaded
+// for that case right now.
+func runInterop(ctx context.Context, n *node, client, ns, host string, port, rounds int, recheck *[2]string) interopResult {
 	res := interopResult{failures: map[string]int{}, first: map[string]string{}}
 	for range rounds {
 		for _, tc := range interopCases {
@@ -61,6 +67,15 @@ func runInterop(ctx context.Context, n *node, client, ns, host string, port, rou
 			out, err := n.run(cctx, ns, client, "-server_host", host, "-server_port", strconv.Itoa(port), "-test_case", tc)
 			cancel()
 			res.calls++
+			if err != nil && recheck != nil {
+				cctx, cancel := context.WithTimeout(ctx, time.Minute)
+				_, derr := n.run(cctx, recheck[0], client, "-server_host", recheck[1], "-server_port", strconv.Itoa(port), "-test_case", tc)
+				cancel()
+				if derr != nil {
+					res.excused++
+					continue
+				}
+			}
 			if err != nil {
 				res.failures[tc]++
 				if _, ok := res.first[tc]; !ok {
@@ -104,16 +119,17 @@ func TestPrivilegedGRPCInterop(t *testing.T) {
 			defer cancel()
 
 			start := time.Now()
-			direct := runInterop(ctx, n, client, n.Backend, "127.0.0.1", port, rounds)
+			direct := runInterop(ctx, n, client, n.Backend, "127.0.0.1", port, rounds, nil)
 			t.Logf("direct: %d of %d calls failed (%s)", direct.failed(), direct.calls, time.Since(start).Round(time.Second))
 			for tc, out := range direct.first {
 				t.Logf("direct %s failed %d times; first: %s", tc, direct.failures[tc], out)
 			}
 			before := n.requests()
 			start = time.Now()
-			proxied := runInterop(ctx, n, client, n.Client, backendIP, port, rounds)
+			proxied := runInterop(ctx, n, client, n.Client, backendIP, port, rounds, &[2]string{n.Backend, "127.0.0.1"})
 			carried := n.requests() - before
-			t.Logf("through the %s proxy: %d of %d calls failed, %d requests carried (%s)", dp.name, proxied.failed(), proxied.calls, carried, time.Since(start).Round(time.Second))
+			t.Logf("through the %s proxy: %d of %d calls failed (%d more excused: the direct rerun failed too), %d requests carried (%s)",
+				dp.name, proxied.failed(), proxied.calls, proxied.excused, carried, time.Since(start).Round(time.Second))
 
 			var added []string
 			for _, tc := range interopCases {
