@@ -142,6 +142,15 @@ var (
 	binErr  error
 )
 
+// TestMain removes the l7gate binary l7gateBinary built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // l7gateBinary builds cmd/l7gate once per test binary.
 func l7gateBinary(t *testing.T) string {
 	t.Helper()
