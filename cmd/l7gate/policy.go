@@ -80,6 +80,7 @@ type traceFlags struct {
 	protocol                            string
 	httpMethod, httpPath, httpHost      string
 	httpHeaders                         []string
+	httpEscapedSlashes                  string
 	kafkaKey, kafkaVersion, kafkaClient string
 	kafkaTopics                         []string
 	output                              string
@@ -131,6 +132,7 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.httpPath, "http-path", "", "HTTP request path (and query), e.g. /v1/request-landing")
 	fl.StringVar(&f.httpHost, "http-host", "", "HTTP Host header")
 	fl.StringArrayVar(&f.httpHeaders, "http-header", nil, "HTTP header 'Name: value' (repeatable)")
+	fl.StringVar(&f.httpEscapedSlashes, "http-escaped-slashes", "reject", "as the proxy's flag: paths with %2F or %5C are rejected, kept or unescaped")
 	fl.StringVar(&f.kafkaKey, "kafka-api-key", "", "Kafka API key name or number, e.g. produce or 0")
 	fl.StringVar(&f.kafkaVersion, "kafka-api-version", "", "Kafka API version (default 0)")
 	fl.StringVar(&f.kafkaClient, "kafka-client-id", "", "Kafka client id")
@@ -216,6 +218,22 @@ func (a *app) runTrace(f *traceFlags) error {
 		}
 		req.HTTP = h
 	}
+	var pathNote string
+	if req.HTTP != nil {
+		// The proxy matches (and forwards) the normalized path: trace it.
+		slashes, err := policy.ParseEscapedSlashAction(f.httpEscapedSlashes)
+		if err != nil {
+			return usageErrorf("--http-escaped-slashes: %v", err)
+		}
+		norm, err := policy.NormalizeRequestTarget(req.HTTP.Path, slashes)
+		if err != nil {
+			return a.printRejectedTarget(f.output, req.HTTP.Path, err)
+		}
+		if norm != req.HTTP.Path {
+			pathNote = fmt.Sprintf("HTTP path %q is matched as %q (the proxy normalizes paths before matching)", req.HTTP.Path, norm)
+		}
+		req.HTTP.Path = norm
+	}
 	if f.kafkaKey != "" || f.kafkaVersion != "" || f.kafkaClient != "" || len(f.kafkaTopics) > 0 {
 		if req.HTTP != nil {
 			return usageErrorf("give either --http-* or --kafka-* flags, not both")
@@ -247,12 +265,30 @@ func (a *app) runTrace(f *traceFlags) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
+	if pathNote != "" {
+		res.Warnings = append(res.Warnings, pathNote)
+	}
 	if f.output == "json" {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(res)
 	}
 	printTrace(a.stdout, res)
+	return nil
+}
+
+// printRejectedTarget reports a request the L7 proxy refuses (400) before
+// any policy sees it.
+func (a *app) printRejectedTarget(output, path string, err error) error {
+	if output == "json" {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Verdict  policy.Decision `json:"verdict"`
+			Rejected string          `json:"rejected"`
+		}{policy.DecisionDenied, fmt.Sprintf("400 Bad Request: %v", err)})
+	}
+	fmt.Fprintf(a.stdout, "Verdict: %s\nHTTP path %q: the L7 proxy answers 400 Bad Request before any policy: %v\n", strings.ToUpper(string(policy.DecisionDenied)), path, err)
 	return nil
 }
 

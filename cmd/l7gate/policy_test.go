@@ -186,3 +186,33 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestTracePathNormalization: trace decides on the path the proxy matches,
+// normalized the same way (policy.NormalizeRequestTarget).
+func TestTracePathNormalization(t *testing.T) {
+	base := []string{"policy", "trace", "-f", starwars + "/objects.yaml", "-f", starwars + "/policy-l7.yaml",
+		"--src-labels", "org=empire,class=tiefighter", "--dst-labels", "org=empire,class=deathstar", "--dport", "80", "--http-method", "POST"}
+	for _, tc := range []struct {
+		path, verdict, note string
+	}{
+		{"/v1//request-landing", "allowed", `matched as "/v1/request-landing"`},
+		{"/v1/x/../request-landing", "allowed", `matched as "/v1/request-landing"`},
+		{"/v1/request-landing/..%2F..%2Fadmin", "denied", "400 Bad Request"},
+	} {
+		code, out, errOut := runCLI(t, append(base, "--http-path", tc.path, "-o", "json")...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", tc.path, code, errOut)
+		}
+		var res struct {
+			Verdict  string   `json:"verdict"`
+			Warnings []string `json:"warnings"`
+			Rejected string   `json:"rejected"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("%s: %v\n%s", tc.path, err, out)
+		}
+		if res.Verdict != tc.verdict || !strings.Contains(strings.Join(res.Warnings, "\n")+res.Rejected, tc.note) {
+			t.Errorf("%s: %s\nwant verdict %s and %q", tc.path, out, tc.verdict, tc.note)
+		}
+	}
+}

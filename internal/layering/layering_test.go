@@ -56,6 +56,7 @@ var allowed = map[string][]string{
 	// Above the agent.
 	"demo":                   {"agentapi", "policy", "flow", "source"},
 	"deploy":                 {},
+	"proxy/conformance":      {}, // test-only: peer suites through the real node
 	"deploy/cmd/render":      {"deploy"},
 	"internal/layering":      {},
 	"bench/cmd/l7gate-bench": {"*"},
