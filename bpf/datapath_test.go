@@ -351,7 +351,7 @@ func TestSpoofedSource(t *testing.T) {
 func TestNonIPAndFragments(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress(PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictAllow, RuleID: 50}))
-	wantRet(t, "arp", d.fromPod(t, pkt{etherType: 0x0806}), actOK)
+	wantRet(t, "arp", runFrame(t, d.objs.TcFromPod, arpFrame(1, podIP, nodeIP), 0), actOK)
 	wantRet(t, "ipv6", d.fromPod(t, pkt{etherType: 0x86DD}), actShot)
 
 	first := egress(peerIP, ProtoUDP, 53)

@@ -36,8 +36,26 @@
 //	settings     array[1]: policy revision, event rate, conntrack timeouts
 //
 // Addresses are 16 bytes wide everywhere so IPv6 fits without a layout
-// change. IPv6 is not enforced yet: IPv6 packets are dropped (fail closed);
-// non-IP frames (ARP) pass.
+// change. IPv6 is not enforced yet: IPv6 packets are dropped (fail closed).
+//
+// # Frames
+//
+// Only untagged IPv4 and ARP pass the parser, in both directions; every
+// other frame is dropped with a named reason (Reason): any VLAN tag,
+// VID 0 and stacked 802.1Q/802.1ad/0x9100 tags included, whether in the
+// frame or already moved to the skb's accelerated tag by the receive path
+// (vlan-tagged); skb->protocol disagreeing with the frame's ethertype
+// (ethertype-mismatch); IPv6 (unsupported); any other ethertype,
+// 802.3 length fields included (unsupported-ethertype). Tags matter
+// because the kernel strips VLAN-0 tags after tc: a frame with two VLAN-0
+// tags or a QinQ tag would otherwise skip the sender's egress policy and
+// the anti-spoofing check and arrive as plain IPv4.
+//
+// ARP from a pod must be Ethernet/IPv4 ARP naming the pod's own address as
+// sender (or 0.0.0.0, an address probe); anything else is dropped
+// (spoofed, malformed). Neighbour entries are per device on a routed node,
+// so a spoofed sender could not redirect another pod's traffic, but it is
+// never legitimate either. ARP towards a pod comes from the node and passes.
 //
 // # Lookup order for a new flow
 //

@@ -25,7 +25,15 @@ const (
 	ReasonUnsupported Reason = 5 // IPv6 is not enforced yet: dropped
 	ReasonMalformed   Reason = 6
 	ReasonRevalidate  Reason = 7 // established flow no longer allowed
-	ReasonSpoofed     Reason = 8 // a pod sent from an address not its own
+	ReasonSpoofed     Reason = 8 // a pod sent from an address not its own (IPv4 or ARP)
+	// ReasonVLAN: a VLAN-tagged frame (any tag, VID 0 and stacked tags
+	// included, in the frame or as the skb's accelerated tag).
+	ReasonVLAN Reason = 9
+	// ReasonEtherTypeMismatch: skb->protocol disagrees with the frame's
+	// ethertype.
+	ReasonEtherTypeMismatch Reason = 10
+	// ReasonUnsupportedEtherType: neither IPv4, ARP nor IPv6.
+	ReasonUnsupportedEtherType Reason = 11
 )
 
 func (r Reason) String() string {
@@ -48,6 +56,12 @@ func (r Reason) String() string {
 		return "revalidate"
 	case ReasonSpoofed:
 		return "spoofed"
+	case ReasonVLAN:
+		return "vlan-tagged"
+	case ReasonEtherTypeMismatch:
+		return "ethertype-mismatch"
+	case ReasonUnsupportedEtherType:
+		return "unsupported-ethertype"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

@@ -45,7 +45,10 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define REASON_UNSUPPORTED 5 /* IPv6: not enforced yet, fail closed */
 #define REASON_MALFORMED 6
 #define REASON_REVALIDATE 7  /* established flow no longer allowed */
-#define REASON_SPOOFED 8     /* pod sent from an address not its own */
+#define REASON_SPOOFED 8     /* pod sent from an address not its own (IPv4 or ARP) */
+#define REASON_VLAN 9        /* VLAN-tagged frame: any tag, VID 0 and stacked tags too */
+#define REASON_ETHERTYPE_MISMATCH 10 /* skb->protocol disagrees with the frame */
+#define REASON_UNSUPPORTED_ETHERTYPE 11 /* neither IPv4, ARP nor IPv6 */
 
 #define EVENT_F_DROPPED 1
 #define EVENT_F_FROM_PROXY 2
@@ -317,25 +320,85 @@ struct flow {
 #define TCP_ACK 0x10
 
 #define PARSE_OK 0
-#define PARSE_PASS 1 /* not IP: ARP and friends pass */
+#define PARSE_PASS 1 /* ARP that may pass */
 #define PARSE_DROP 2
 
-static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *reason)
+/* check_arp lets a pod's ARP through only if it is Ethernet/IPv4 ARP that
+ * names the pod's own address as sender (or 0.0.0.0: an RFC 5227 probe).
+ * Neighbour entries are per device on a routed node, but a spoofed sender
+ * is never legitimate, so it is dropped rather than reasoned about. ARP
+ * towards a pod comes from the node and passes. */
+static __always_inline int check_arp(struct __sk_buff *skb, __u8 dir, struct endpoint_info *ep, __u8 *reason)
+{
+	struct {
+		__be16 hrd;
+		__be16 pro;
+		__u8 hln;
+		__u8 pln;
+		__be16 op;
+		__u8 sha[6];
+		__be32 spa;
+	} __attribute__((packed)) arp;
+
+	if (dir != DIR_EGRESS)
+		return PARSE_PASS;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &arp, sizeof(arp)) < 0 || arp.hrd != bpf_htons(1) ||
+	    arp.pro != bpf_htons(ETH_P_IP) || arp.hln != 6 || arp.pln != 4 ||
+	    (arp.op != bpf_htons(1) && arp.op != bpf_htons(2))) {
+		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	if (!ep)
+		return PARSE_PASS;
+	__be32 own;
+	__builtin_memcpy(&own, ep->ipv4, 4);
+	if (own && arp.spa != own && !(arp.spa == 0 && arp.op == bpf_htons(1))) {
+		*reason = REASON_SPOOFED;
+		return PARSE_DROP;
+	}
+	return PARSE_PASS;
+}
+
+/* parse accepts untagged IPv4 (returned in f) and ARP (checked by
+ * check_arp); everything else is dropped with its reason. Tags are checked
+ * both in the frame and as the skb's accelerated tag: the receive path
+ * moves an outer tag there before tc runs and strips VID-0 tags after it,
+ * so a frame with two VLAN-0 tags or a QinQ outer tag would otherwise be
+ * seen as 802.1Q here and delivered as plain IPv4. */
+static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoint_info *ep, struct flow *f,
+				 __u8 *reason)
 {
 	__be16 h_proto;
 	struct iphdr ip;
 	__u32 off = ETH_HLEN;
 
+	if (skb->vlan_present) {
+		*reason = REASON_VLAN;
+		return PARSE_DROP;
+	}
 	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &h_proto, sizeof(h_proto)) < 0) {
 		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	if (h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD) ||
+	    h_proto == bpf_htons(ETH_P_QINQ1)) {
+		*reason = REASON_VLAN;
+		return PARSE_DROP;
+	}
+	if (h_proto != bpf_htons(ETH_P_IP) && h_proto != bpf_htons(ETH_P_ARP) && h_proto != bpf_htons(ETH_P_IPV6)) {
+		*reason = REASON_UNSUPPORTED_ETHERTYPE;
+		return PARSE_DROP;
+	}
+	if (skb->protocol != h_proto) {
+		*reason = REASON_ETHERTYPE_MISMATCH;
 		return PARSE_DROP;
 	}
 	if (h_proto == bpf_htons(ETH_P_IPV6)) {
 		*reason = REASON_UNSUPPORTED;
 		return PARSE_DROP;
 	}
-	if (h_proto != bpf_htons(ETH_P_IP))
-		return PARSE_PASS;
+	if (h_proto == bpf_htons(ETH_P_ARP))
+		return check_arp(skb, dir, ep, reason);
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.ihl < 5 || ip.version != 4) {
 		*reason = REASON_MALFORMED;
 		return PARSE_DROP;
@@ -613,7 +676,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	__u32 endpoint = ep ? ep->id : 0;
 
-	int ret = parse(skb, &f, &reason);
+	int ret = parse(skb, dir, ep, &f, &reason);
 	if (ret == PARSE_PASS)
 		return TC_ACT_OK;
 	if (ret == PARSE_OK && !ep) {
