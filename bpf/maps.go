@@ -118,8 +118,11 @@ type ConntrackEntry struct {
 const (
 	CTSeenReply = 1
 	CTClosing   = 2
-	CTFromProxy = 4
+	CTFromProxy = 4 // from a proxy's upstream socket (trusted mark)
 	CTDefault   = 8 // admitted by the default (no entry matched)
+	// CTFromEgressProxy (with CTFromProxy): from the egress proxy, which
+	// does not skip the destination's ingress redirect.
+	CTFromEgressProxy = 16
 )
 
 // RuleCounter sums, over all CPUs, the packets a rule decided: the first

@@ -63,6 +63,13 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define CT_F_CLOSING 2
 #define CT_F_FROM_PROXY 4
 #define CT_F_DEFAULT 8
+#define CT_F_EGRESS_PROXY 16 /* with CT_F_FROM_PROXY: from the egress proxy */
+#define CT_F_PROXY_MASK (CT_F_FROM_PROXY | CT_F_EGRESS_PROXY)
+
+/* Who sent a packet carrying a from-proxy mark. */
+#define FROM_NONE 0
+#define FROM_INGRESS_PROXY 1 /* passed the destination's ingress L7 rules */
+#define FROM_EGRESS_PROXY 2  /* passed the source's egress L7 rules only */
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -700,12 +707,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_SHOT;
 	}
 
-	int from_proxy = 0;
+	int from_proxy = FROM_NONE;
 	__u32 proxy_id = 0;
 	if (dir == DIR_INGRESS && (magic == MARK_MAGIC_PROXY_INGRESS || magic == MARK_MAGIC_PROXY_EGRESS)) {
-		from_proxy = 1;
+		from_proxy = magic == MARK_MAGIC_PROXY_INGRESS ? FROM_INGRESS_PROXY : FROM_EGRESS_PROXY;
 		proxy_id = mark_identity(skb->mark);
 	}
+	__u8 ct_proxy_flags = from_proxy == FROM_NONE	       ? 0
+			      : from_proxy == FROM_EGRESS_PROXY ? CT_F_PROXY_MASK
+								: CT_F_FROM_PROXY;
 
 	__u64 now = bpf_ktime_get_ns();
 	struct ep_policy_key pk = {.endpoint = endpoint, .dir = dir};
@@ -719,7 +729,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (ct) {
 		int fresh = now - ct->last_seen <= ct_lifetime(cfg, ct, f.proto);
 		int new_syn = (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && (ct->flags & CT_F_CLOSING);
-		int proxy_mismatch = !!(ct->flags & CT_F_FROM_PROXY) != from_proxy;
+		int proxy_mismatch = (ct->flags & CT_F_PROXY_MASK) != ct_proxy_flags;
 		if (fresh && !new_syn && !proxy_mismatch) {
 			if (ct->revision != cfg->revision) {
 				/* Policy changed since this flow was admitted: drop it if it
@@ -811,8 +821,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, reason, eflags | EVENT_F_DROPPED);
 		return TC_ACT_SHOT;
 	}
-	if (pv.verdict == VERDICT_REDIRECT && from_proxy) {
-		/* Already through the proxy: L3/L4 allowed, never redirect twice. */
+	if (pv.verdict == VERDICT_REDIRECT && from_proxy == FROM_INGRESS_PROXY) {
+		/* Through the ingress proxy, which enforced exactly these L7
+		 * rules: never redirect twice. The egress proxy enforced the
+		 * source's egress rules only, so its connections are redirected
+		 * to the ingress proxy like any other peer's. */
 		pv.verdict = VERDICT_ALLOW;
 		pv.proxy_port = 0;
 	}
@@ -831,7 +844,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		.peer_identity = peer_addr_id,
 		.proxy_port = pv.proxy_port,
 		.verdict = pv.verdict == VERDICT_NONE ? VERDICT_ALLOW : pv.verdict,
-		.flags = (from_proxy ? CT_F_FROM_PROXY : 0) | (pv.verdict == VERDICT_NONE ? CT_F_DEFAULT : 0),
+		.flags = ct_proxy_flags | (pv.verdict == VERDICT_NONE ? CT_F_DEFAULT : 0),
 	};
 	if (f.tcp_flags & (TCP_FIN | TCP_RST))
 		nv.flags |= CT_F_CLOSING;
