@@ -319,6 +319,7 @@ func TestConntrackExpiry(t *testing.T) {
 func TestFromProxy(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 40}))
+	trustTestCgroup(t, d)
 	// The ingress proxy connects from the node's address, marking the
 	// original client's identity: allowed, and not redirected again.
 	p := ingress(nodeIP, ProtoTCP, 80)

@@ -30,6 +30,8 @@
 //	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports of the first
 //	             fragment, so later fragments follow their datagram
 //	proxy_socks  sockhash proxy port -> listener socket
+//	proxy_cgroups hash cgroup v2 id -> 1: the cgroups whose sockets may
+//	             carry from-proxy marks (cgroup.go, SetTrustedProxyCgroups)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}
 //	events       ring buffer of Event (drops and new-flow verdicts)
 //	event_limit  per-CPU token bucket in front of events
@@ -60,7 +62,9 @@
 // # Lookup order for a new flow
 //
 // The peer identity comes from the ipcache (for the remote address), or,
-// for connections from the proxy, from the mark (marks.go). Then, for the
+// for connections from the proxy, from the mark (marks.go) — believed only
+// when the sending socket is in a registered proxy cgroup (cgroup.go);
+// otherwise the mark is ignored and the node's traffic is host. Then, for the
 // specific peer and for the wildcard peer, the present port-prefix levels
 // of the packet's protocol are probed from exact port to "any protocol";
 // the first hit is that peer's answer, because values are pre-combined in

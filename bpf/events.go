@@ -81,13 +81,17 @@ type Event struct {
 	Reason      Reason
 	Dropped     bool
 	FromProxy   bool
-	ProxyPort   uint16
-	RuleID      uint32
+	// UntrustedMark: the packet carried a from-proxy mark but its socket
+	// is not in a proxy cgroup, so the mark was ignored.
+	UntrustedMark bool
+	ProxyPort     uint16
+	RuleID        uint32
 }
 
 const (
-	eventFlagDropped   = 1
-	eventFlagFromProxy = 2
+	eventFlagDropped       = 1
+	eventFlagFromProxy     = 2
+	eventFlagUntrustedMark = 4
 )
 
 // Events streams datapath events until ctx is done, then closes the
@@ -139,21 +143,22 @@ func decodeEvent(b []byte) (Event, error) {
 		return netip.AddrFrom16(a)
 	}
 	return Event{
-		Monotonic:   raw.Timestamp,
-		Endpoint:    raw.Endpoint,
-		Ifindex:     raw.Ifindex,
-		Direction:   Direction(raw.Dir),
-		SrcIdentity: Identity(raw.SrcIdentity),
-		DstIdentity: Identity(raw.DstIdentity),
-		Src:         netip.AddrPortFrom(addr(raw.Saddr), htons(raw.Sport)),
-		Dst:         netip.AddrPortFrom(addr(raw.Daddr), htons(raw.Dport)),
-		Protocol:    raw.Proto,
-		Verdict:     Verdict(raw.Verdict),
-		Reason:      Reason(raw.Reason),
-		Dropped:     raw.Flags&eventFlagDropped != 0,
-		FromProxy:   raw.Flags&eventFlagFromProxy != 0,
-		ProxyPort:   raw.ProxyPort,
-		RuleID:      raw.RuleId,
+		Monotonic:     raw.Timestamp,
+		Endpoint:      raw.Endpoint,
+		Ifindex:       raw.Ifindex,
+		Direction:     Direction(raw.Dir),
+		SrcIdentity:   Identity(raw.SrcIdentity),
+		DstIdentity:   Identity(raw.DstIdentity),
+		Src:           netip.AddrPortFrom(addr(raw.Saddr), htons(raw.Sport)),
+		Dst:           netip.AddrPortFrom(addr(raw.Daddr), htons(raw.Dport)),
+		Protocol:      raw.Proto,
+		Verdict:       Verdict(raw.Verdict),
+		Reason:        Reason(raw.Reason),
+		Dropped:       raw.Flags&eventFlagDropped != 0,
+		FromProxy:     raw.Flags&eventFlagFromProxy != 0,
+		UntrustedMark: raw.Flags&eventFlagUntrustedMark != 0,
+		ProxyPort:     raw.ProxyPort,
+		RuleID:        raw.RuleId,
 	}, nil
 }
 
@@ -183,6 +188,9 @@ func (e Event) String() string {
 	}
 	if e.FromProxy {
 		s += " from-proxy"
+	}
+	if e.UntrustedMark {
+		s += " untrusted-mark"
 	}
 	return s
 }

@@ -14,7 +14,7 @@ import (
 // Maps gives typed read access to the datapath maps, for a running
 // Datapath or, through OpenPinnedMaps, for tools reading the pins.
 type Maps struct {
-	ipcache, endpoints, epPolicy, policy, conntrack, ruleStats *ebpf.Map
+	ipcache, endpoints, epPolicy, policy, conntrack, ruleStats, proxyCgroups *ebpf.Map
 }
 
 func mapsFrom(m *datapathMaps) Maps {
@@ -25,6 +25,8 @@ func mapsFrom(m *datapathMaps) Maps {
 		policy:    m.Policy,
 		conntrack: m.Conntrack,
 		ruleStats: m.RuleStats,
+
+		proxyCgroups: m.ProxyCgroups,
 	}
 }
 
@@ -46,6 +48,7 @@ func OpenPinnedMaps(bpffsPath string) (*PinnedMaps, error) {
 		{datapathMapPolicy, &p.policy},
 		{datapathMapConntrack, &p.conntrack},
 		{datapathMapRuleStats, &p.ruleStats},
+		{datapathMapProxyCgroups, &p.proxyCgroups},
 	} {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(bpffsPath, mapsDir, m.name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
@@ -60,7 +63,7 @@ func OpenPinnedMaps(bpffsPath string) (*PinnedMaps, error) {
 // Close closes the map handles.
 func (p *PinnedMaps) Close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{p.ipcache, p.endpoints, p.epPolicy, p.policy, p.conntrack, p.ruleStats} {
+	for _, m := range []*ebpf.Map{p.ipcache, p.endpoints, p.epPolicy, p.policy, p.conntrack, p.ruleStats, p.proxyCgroups} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

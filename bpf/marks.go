@@ -22,6 +22,11 @@ package bpf
 //	            enforced only the sender's egress rules, so they are
 //	            redirected to the ingress proxy when the receiver's ingress
 //	            policy redirects that identity.
+//	            These marks are believed only from sockets of a registered
+//	            proxy cgroup (SetTrustedProxyCgroups, cgroup.go); from any
+//	            other socket they are ignored and the packet is judged by
+//	            its source address (the node's own traffic: host). With no
+//	            cgroup registered no mark is believed.
 const (
 	MarkMagicMask         uint32 = 0x0F00
 	MarkMagicToProxy      uint32 = 0x0200

@@ -35,3 +35,35 @@ func TestPrivilegedEgressProxyChain(t *testing.T) {
 		t.Errorf("from the ingress proxy: got %q, %v; want the server", got, err)
 	}
 }
+
+// TestPrivilegedForgedProxyMark: a host-network process outside the proxy
+// cgroup that sets the ingress proxy's mark with an allowed identity is
+// treated as host: dropped where host is, admitted where host is; the same
+// mark from the proxy's cgroup is believed.
+func TestPrivilegedForgedProxyMark(t *testing.T) {
+	requireRoot(t)
+	tp, a, b := twoPods(t)
+	d := attachedDatapath(t, tp, a, b)
+	if _, err := d.SyncPolicy(policyP1(a, b)); err != nil {
+		t.Fatal(err)
+	}
+	proxy := trustedDialer(t, d, tp.node)
+	forger, _ := testCgroup(t, "forger")
+	mark := ProxyMark(Ingress, a.ident)
+
+	// b admits a on :80 and host on :9000 only.
+	if got, err := dialFromCgroup(t, forger, tp.node, "198.18.1.11:80", mark); err == nil {
+		t.Errorf("forged mark to :80 connected (%q), want dropped as host", got)
+	}
+	if got, err := dialFromCgroup(t, forger, tp.node, "198.18.1.11:9000", mark); err != nil || got != "server 198.18.1.11:9000" {
+		t.Errorf("forged mark to :9000 (host allowed): %q %v", got, err)
+	}
+	if got, err := dialFromCgroup(t, forger, tp.node, "198.18.1.11:80", ProxyMark(Egress, a.ident)); err == nil {
+		t.Errorf("forged egress proxy mark to :80 connected (%q)", got)
+	}
+	if got, err := proxy.dialRead("198.18.1.11:80", mark); err != nil || got != "server 198.18.1.11:80" {
+		t.Errorf("proxy cgroup to :80: %q %v", got, err)
+	}
+	// The forger in the test's own (root) cgroup, as any host process.
+	wantBlocked(t, tp.node, "198.18.1.11:80", dialOpts{mark: mark})
+}

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"os"
 	"testing"
 )
 
@@ -44,15 +45,86 @@ func TestEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
 	wantRet(t, "egress proxy, plain allow", run(t, d.objs.TcToPod, p, ProxyMark(Egress, peerID)), actOK)
 }
 
-// trustTestCgroup trusts the cgroup of this process's sockets (the one
-// BPF_PROG_TEST_RUN's socket gets) as a proxy cgroup.
-func trustTestCgroup(t *testing.T, d *Datapath) {}
+// trustTestCgroup trusts the cgroup of this process's sockets as a proxy
+// cgroup: BPF_PROG_TEST_RUN's socket is created in the caller's cgroup,
+// the root here, which SetTrustedProxyCgroups refuses; so it is written
+// to the map directly.
+func trustTestCgroup(t *testing.T, d *Datapath) {
+	t.Helper()
+	mnt, err := Cgroup2Mount()
+	if err != nil {
+		t.Skipf("needs cgroup2: %v", err)
+	}
+	id, err := CgroupIDOfPID(mnt, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.objs.ProxyCgroups.Put(id, uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+}
 
-// proxyDialer dials from the node as a proxy would (for now: this process).
-type proxyDialer struct{ ns string }
+// proxyDialer dials from the node as a proxy does: from a process whose
+// sockets belong to a cgroup registered as a proxy cgroup.
+type proxyDialer struct {
+	t       *testing.T
+	ns, dir string
+}
 
-func trustedDialer(t *testing.T, d *Datapath, ns string) proxyDialer { return proxyDialer{ns: ns} }
+func trustedDialer(t *testing.T, d *Datapath, ns string) proxyDialer {
+	t.Helper()
+	dir, id := testCgroup(t, "proxy")
+	if err := d.SetTrustedProxyCgroups([]uint64{id}); err != nil {
+		t.Fatal(err)
+	}
+	return proxyDialer{t: t, ns: ns, dir: dir}
+}
 
 func (p proxyDialer) dialRead(addr string, mark uint32) (string, error) {
-	return dialRead(p.ns, addr, dialOpts{mark: mark})
+	return dialFromCgroup(p.t, p.dir, p.ns, addr, mark)
+}
+
+// TestForgedProxyMark: a from-proxy mark on a packet whose socket is not
+// in a registered proxy cgroup is ignored: the packet is judged by its
+// source address (the node: host), exactly as without the mark.
+func TestForgedProxyMark(t *testing.T) {
+	requireRoot(t)
+	d := fixture(t, enforcedIngress(
+		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 43},
+		PolicyEntry{Peer: IdentityHost, Protocol: ProtoTCP, Port: 9000, Verdict: VerdictAllow, RuleID: 44},
+	))
+	evs := watchEvents(t, d)
+	p := ingress(nodeIP, ProtoTCP, 80)
+	forged := ProxyMark(Ingress, peerID)
+	wantRet(t, "no proxy cgroup registered", run(t, d.objs.TcToPod, p, forged), actShot)
+	ev := evs.waitFor(t, 1, dropReason(ReasonDefault))[0]
+	if ev.SrcIdentity != IdentityHost || ev.FromProxy || !ev.UntrustedMark {
+		t.Errorf("drop event %+v: want host, not from proxy, untrusted mark", ev)
+	}
+	p.sport++
+	wantRet(t, "egress proxy mark, no proxy cgroup", run(t, d.objs.TcToPod, p, ProxyMark(Egress, peerID)), actShot)
+	// As host it may reach what host may reach.
+	h := ingress(nodeIP, ProtoTCP, 9000)
+	wantRet(t, "forged mark to a port host may reach", run(t, d.objs.TcToPod, h, forged), actOK)
+	cts, err := d.Conntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ct := range cts {
+		if ct.Flags&CTFromProxy != 0 || ct.Peer != IdentityHost {
+			t.Errorf("conntrack entry of a forged mark: %+v", ct)
+		}
+	}
+
+	// Another cgroup registered: still not this one.
+	if err := d.SetTrustedProxyCgroups([]uint64{123456789}); err != nil {
+		t.Fatal(err)
+	}
+	p.sport++
+	wantRet(t, "other cgroup registered", run(t, d.objs.TcToPod, p, forged), actShot)
+
+	// This process's cgroup registered: the mark is believed.
+	trustTestCgroup(t, d)
+	p.sport++
+	wantRet(t, "proxy cgroup", run(t, d.objs.TcToPod, p, forged), actOK)
 }

@@ -52,6 +52,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define EVENT_F_DROPPED 1
 #define EVENT_F_FROM_PROXY 2
+#define EVENT_F_UNTRUSTED_MARK 4 /* from-proxy mark ignored: socket not in a proxy cgroup */
 
 /* Policy levels: bits 0..16 are port prefix lengths for a given protocol,
  * bit 17 is "any protocol, any port". */
@@ -279,6 +280,15 @@ struct {
 	__uint(max_entries, 1024);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_socks SEC(".maps");
+
+/* Cgroup v2 ids whose sockets may carry from-proxy marks (bpf/cgroup.go). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, 64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_cgroups SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -707,11 +717,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_SHOT;
 	}
 
+	/* A from-proxy mark is believed only from a proxy's own socket: one
+	 * in a registered proxy cgroup. Anyone else with CAP_NET_RAW could
+	 * set it; their packets are judged by their address (host). */
 	int from_proxy = FROM_NONE;
 	__u32 proxy_id = 0;
+	__u8 mark_flags = 0;
 	if (dir == DIR_INGRESS && (magic == MARK_MAGIC_PROXY_INGRESS || magic == MARK_MAGIC_PROXY_EGRESS)) {
-		from_proxy = magic == MARK_MAGIC_PROXY_INGRESS ? FROM_INGRESS_PROXY : FROM_EGRESS_PROXY;
-		proxy_id = mark_identity(skb->mark);
+		__u64 cgroup = bpf_skb_cgroup_id(skb);
+		if (bpf_map_lookup_elem(&proxy_cgroups, &cgroup)) {
+			from_proxy = magic == MARK_MAGIC_PROXY_INGRESS ? FROM_INGRESS_PROXY : FROM_EGRESS_PROXY;
+			proxy_id = mark_identity(skb->mark);
+		} else {
+			mark_flags = EVENT_F_UNTRUSTED_MARK;
+		}
 	}
 	__u8 ct_proxy_flags = from_proxy == FROM_NONE	       ? 0
 			      : from_proxy == FROM_EGRESS_PROXY ? CT_F_PROXY_MASK
@@ -749,7 +768,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 					__u32 src = dir == DIR_INGRESS ? peer : 0;
 					__u32 dst = dir == DIR_INGRESS ? 0 : peer;
 					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv, REASON_REVALIDATE,
-						   EVENT_F_DROPPED | (from_proxy ? EVENT_F_FROM_PROXY : 0));
+						   EVENT_F_DROPPED | mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0));
 					return TC_ACT_SHOT;
 				}
 				ct->revision = cfg->revision;
@@ -810,7 +829,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* Our own identity is only needed for events (0: look it up there). */
 	__u32 src_id = dir == DIR_INGRESS ? peer_addr_id : 0;
 	__u32 dst_id = dir == DIR_INGRESS ? 0 : peer_addr_id;
-	__u8 eflags = from_proxy ? EVENT_F_FROM_PROXY : 0;
+	__u8 eflags = mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0);
 
 	pol = bpf_map_lookup_elem(&ep_policy, &pk);
 	enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
