@@ -89,7 +89,15 @@
 // removing an allow or redirect takes effect for new flows at once and for
 // established flows at their next packet: the bound is one packet, and an
 // idle flow cannot resume without passing the check. A flow that is still
-// allowed keeps its original redirect.
+// allowed keeps its original redirect (a redirect that becomes an allow
+// stays with its proxy). A flow admitted without the proxy (an L4 allow)
+// that policy now redirects — or redirects to another proxy port — is
+// never passed unchecked: its entry is deleted and its next packet handled
+// as a new flow, so it is redirected and the proxy's listener, which never
+// accepted the connection, answers the mid-stream segment with a reset
+// (the client fails at once; the server sees nothing more); a reply that
+// comes first is dropped. Clients then reconnect, through the proxy. Only
+// the ingress proxy's own connections (0xA00) skip ingress redirects.
 //
 // # Redirect and node requirements
 //

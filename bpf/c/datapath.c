@@ -752,7 +752,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (fresh && !new_syn && !proxy_mismatch) {
 			if (ct->revision != cfg->revision) {
 				/* Policy changed since this flow was admitted: drop it if it
-				 * is no longer allowed, else keep its verdict and redirect. */
+				 * is no longer allowed; if it is now redirected but was not
+				 * (or to another proxy port), handle the packet as a new
+				 * flow: it is redirected, and the proxy's stack resets a
+				 * connection it never accepted — never passed unchecked.
+				 * Otherwise keep its verdict and redirect. */
 				/* The peer's address may map to another identity now;
 				 * the proxy's mark, though, is the flow's for good. */
 				__u32 peer = ct->peer_identity;
@@ -770,6 +774,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv, REASON_REVALIDATE,
 						   EVENT_F_DROPPED | mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0));
 					return TC_ACT_SHOT;
+				}
+				if (pv.verdict == VERDICT_REDIRECT && from_proxy != FROM_INGRESS_PROXY &&
+				    (ct->verdict != VERDICT_REDIRECT || ct->proxy_port != pv.proxy_port)) {
+					bpf_map_delete_elem(&conntrack, &ck);
+					goto new_flow;
 				}
 				ct->revision = cfg->revision;
 			}
@@ -802,7 +811,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			pol = bpf_map_lookup_elem(&ep_policy, &rpk);
 			enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
 			evaluate(endpoint, dir ^ 1, peer, f.proto, f.sport, pol, &pv);
-			if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+			/* A flow that now needs the proxy but was admitted without
+			 * it: its replies stop here; its next packet the other way is
+			 * handled as new (redirected, then reset by the proxy). */
+			int unproxied = pv.verdict == VERDICT_REDIRECT && rct->verdict != VERDICT_REDIRECT &&
+					(rct->flags & CT_F_PROXY_MASK) != CT_F_FROM_PROXY;
+			if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced) || unproxied) {
 				bpf_map_delete_elem(&conntrack, &rk);
 				count_rule(pv.rule_id, f.len);
 				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv, REASON_REVALIDATE, EVENT_F_DROPPED);
@@ -822,6 +836,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	/* New flow. */
+new_flow:
 	if (from_proxy && proxy_id)
 		peer_addr_id = proxy_id;
 	else
