@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 )
@@ -145,50 +146,84 @@ func expand(e PolicyEntry) []l4Key {
 	return out
 }
 
-// compiledPolicy is the desired content of the policy and ep_policy maps.
+// compiledPolicy is the desired content of the policy and ep_policy maps,
+// and the endpoint directions that could not be compiled (they fail
+// closed).
 type compiledPolicy struct {
 	policy   map[policyKey]policyValue
 	epPolicy map[epPolicyKey]epPolicyValue
+	failed   map[epPolicyKey]error
 }
 
 // compilePolicy turns endpoint policies into map contents. It is pure, so
-// the lookup semantics can be tested without a kernel.
+// the lookup semantics can be tested without a kernel. An endpoint
+// direction with an invalid entry (or an endpoint listed twice: both its
+// directions) is left out of the maps and listed in failed; the returned
+// error joins those errors.
 func compilePolicy(eps []EndpointPolicy) (compiledPolicy, error) {
 	out := compiledPolicy{
 		policy:   make(map[policyKey]policyValue),
 		epPolicy: make(map[epPolicyKey]epPolicyValue),
+		failed:   make(map[epPolicyKey]error),
 	}
-	seen := make(map[uint32]bool, len(eps))
+	count := make(map[uint32]int, len(eps))
 	for _, ep := range eps {
-		if ep.Endpoint == 0 {
-			return out, fmt.Errorf("%w: endpoint id 0", ErrInvalidEntry)
-		}
-		if seen[ep.Endpoint] {
-			return out, fmt.Errorf("%w: endpoint %d listed twice", ErrInvalidEntry, ep.Endpoint)
-		}
-		seen[ep.Endpoint] = true
+		count[ep.Endpoint]++
+	}
+	for _, ep := range eps {
 		for _, d := range []struct {
 			dir Direction
 			pol DirectionPolicy
 		}{{Ingress, ep.Ingress}, {Egress, ep.Egress}} {
-			if err := compileDirection(ep.Endpoint, d.dir, d.pol, out); err != nil {
-				return out, fmt.Errorf("endpoint %d %s: %w", ep.Endpoint, d.dir, err)
+			key := epPolicyKey{Endpoint: ep.Endpoint, Dir: uint8(d.dir)}
+			var err error
+			switch {
+			case ep.Endpoint == 0:
+				err = fmt.Errorf("%w: endpoint id 0", ErrInvalidEntry)
+			case count[ep.Endpoint] > 1:
+				err = fmt.Errorf("%w: endpoint %d listed twice", ErrInvalidEntry, ep.Endpoint)
+			default:
+				err = compileDirection(ep.Endpoint, d.dir, d.pol, out)
+			}
+			if err != nil {
+				out.failed[key] = fmt.Errorf("endpoint %d %s: %w", ep.Endpoint, d.dir, err)
 			}
 		}
 	}
-	return out, nil
+	var errs []error
+	for _, k := range sortedKeys(out.failed) {
+		errs = append(errs, out.failed[k])
+	}
+	return out, errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[epPolicyKey]V) []epPolicyKey {
+	keys := make([]epPolicyKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].Endpoint != keys[j].Endpoint {
+			return keys[i].Endpoint < keys[j].Endpoint
+		}
+		return keys[i].Dir < keys[j].Dir
+	})
+	return keys
 }
 
 func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiledPolicy) error {
 	if !dp.Enforced && len(dp.Entries) == 0 {
 		return nil
 	}
-	// Best candidate per exact key, grouped by peer.
-	groups := make(map[Identity]map[l4Key]candidate)
+	// Best candidate per exact key, grouped by peer. Validate everything
+	// before writing anything to out.
 	for _, e := range dp.Entries {
 		if err := validateEntry(e); err != nil {
 			return err
 		}
+	}
+	groups := make(map[Identity]map[l4Key]candidate)
+	for _, e := range dp.Entries {
 		g := groups[e.Peer]
 		if g == nil {
 			g = make(map[l4Key]candidate)

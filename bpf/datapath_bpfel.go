@@ -61,7 +61,7 @@ type datapathEndpointInfo struct {
 type datapathEpPolicy struct {
 	_          structs.HostLayout
 	Flags      uint32
-	Pad        uint32
+	Gen        uint32
 	LevelsPeer [4]uint32
 	LevelsAny  [4]uint32
 }
@@ -138,7 +138,7 @@ type datapathPolicyKey struct {
 	Dir      uint8
 	Proto    uint8
 	PortPlen uint8
-	Pad      uint8
+	Gen      uint8
 	Port     uint16
 	Pad2     uint16
 }

@@ -20,10 +20,12 @@
 //	ipcache      LPM trie {prefixlen, family, addr[16]} -> identity; a miss
 //	             is world (2). prefixlen counts 32 bits of family+padding.
 //	endpoints    hash ifindex -> {endpoint id, addresses}
-//	ep_policy    hash {endpoint, direction} -> {enforced, level masks}
+//	ep_policy    hash {endpoint, direction} -> {flags (enforced,
+//	             fail-closed), generation, level masks}
 //	policy       hash {endpoint, peer identity (0 any), direction,
-//	             protocol (0 any), port prefix length, port} -> {verdict,
-//	             proxy port, rule id}; see compile.go for the layout
+//	             protocol (0 any), port prefix length, generation, port}
+//	             -> {verdict, proxy port, rule id}; see compile.go for the
+//	             layout and sync.go for generations
 //	conntrack    LRU hash {endpoint, direction, proto, family, ports,
 //	             saddr[16], daddr[16]} -> {verdict, proxy port, rule id,
 //	             peer identity, policy revision, timestamps, flags}
@@ -72,6 +74,17 @@
 // combine as deny > redirect > allow; no answer means drop if the
 // direction is enforced, else pass. The cost is a few hash lookups
 // whatever the number of entries (BenchmarkDatapath).
+//
+// # Policy updates
+//
+// SyncPolicy changes each endpoint direction atomically: its new keys are
+// written under the other generation, then its ep_policy value (level
+// masks and generation) is replaced in one update, then the old keys are
+// deleted, so a packet sees the old or the new policy, never a mix. An
+// endpoint direction that cannot be written (map full, invalid entry)
+// fails closed — it drops everything, reason fail-closed — and is named
+// in a *SyncError while the others are synced; a revoked allow is never
+// left in force (sync.go).
 //
 // # Conntrack and revalidation
 //

@@ -34,6 +34,9 @@ const (
 	ReasonEtherTypeMismatch Reason = 10
 	// ReasonUnsupportedEtherType: neither IPv4, ARP nor IPv6.
 	ReasonUnsupportedEtherType Reason = 11
+	// ReasonFailClosed: the endpoint direction's policy could not be
+	// written (SyncError), so it drops everything until a sync succeeds.
+	ReasonFailClosed Reason = 12
 )
 
 func (r Reason) String() string {
@@ -62,6 +65,8 @@ func (r Reason) String() string {
 		return "ethertype-mismatch"
 	case ReasonUnsupportedEtherType:
 		return "unsupported-ethertype"
+	case ReasonFailClosed:
+		return "fail-closed"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

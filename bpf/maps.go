@@ -97,6 +97,11 @@ type EndpointDirection struct {
 	// class (TCP, UDP, SCTP, other).
 	LevelsPeer [4]uint32 `json:"levelsPeer"`
 	LevelsAny  [4]uint32 `json:"levelsAny"`
+	// FailedClosed: the last sync could not write this direction's
+	// policy, so it drops everything (SyncError).
+	FailedClosed bool `json:"failedClosed,omitempty"`
+	// Generation of the keys in force (0 or 1; see SyncPolicy).
+	Generation uint32 `json:"generation"`
 }
 
 // ConntrackEntry is one flow as seen on one endpoint and direction.
@@ -136,14 +141,23 @@ type RuleCounter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
-// Policy lists the compiled policy map.
+// Policy lists the compiled policy map: the keys in force (of the
+// generation each endpoint direction's ep_policy names; none of a
+// direction that failed closed).
 func (m Maps) Policy() ([]PolicyMapEntry, error) {
+	meta, err := dumpMap[epPolicyKey, epPolicyValue](m.epPolicy)
+	if err != nil {
+		return nil, err
+	}
 	raw, err := dumpMap[policyKey, policyValue](m.policy)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]PolicyMapEntry, 0, len(raw))
 	for k, v := range raw {
+		if mv, ok := meta[epPolicyKey{Endpoint: k.Endpoint, Dir: k.Dir}]; !ok || mv.Gen != uint32(k.Gen) || mv.Flags&epPolicyFailClosed != 0 {
+			continue
+		}
 		out = append(out, PolicyMapEntry{
 			Endpoint: k.Endpoint, Direction: Direction(k.Dir), Peer: Identity(k.Identity),
 			Protocol: k.Proto, Port: htons(k.Port), PrefixLen: k.PortPlen,
@@ -164,6 +178,7 @@ func (m Maps) EndpointDirections() ([]EndpointDirection, error) {
 		out = append(out, EndpointDirection{
 			Endpoint: k.Endpoint, Direction: Direction(k.Dir), Enforced: v.Flags&epPolicyEnforced != 0,
 			LevelsPeer: v.LevelsPeer, LevelsAny: v.LevelsAny,
+			FailedClosed: v.Flags&epPolicyFailClosed != 0, Generation: v.Gen,
 		})
 	}
 	return out, nil

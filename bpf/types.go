@@ -136,15 +136,16 @@ func (s SyncStats) String() string {
 
 // MapSizes sets the capacity of the datapath maps; zero fields take the
 // defaults. Changing a size of an existing pinned map is an error
-// (ErrIncompatiblePin): remove the pins to resize. Policy, ipcache and
-// endpoint overflows are errors (ErrMapFull) before anything is written;
+// (ErrIncompatiblePin): remove the pins to resize. Ipcache and endpoint
+// overflows are errors (ErrMapFull) before anything is written; an
+// endpoint direction whose policy does not fit fails closed (SyncPolicy);
 // conntrack and fragments evict least recently used entries; counters of
 // rule ids beyond RuleStats are not kept; events beyond the ring buffer are
 // counted as suppressed (EventStats).
 type MapSizes struct {
 	IPCache        uint32 // prefixes
 	Endpoints      uint32 // attached veths
-	EndpointPolicy uint32 // (endpoint, direction) pairs
+	EndpointPolicy uint32 // (endpoint, direction) pairs; default max(8192, 2×Endpoints)
 	Policy         uint32 // compiled policy keys
 	Conntrack      uint32 // flows, per direction and endpoint (LRU)
 	Fragments      uint32 // IPv4 datagrams in flight as fragments (LRU)

@@ -49,6 +49,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define REASON_VLAN 9        /* VLAN-tagged frame: any tag, VID 0 and stacked tags too */
 #define REASON_ETHERTYPE_MISMATCH 10 /* skb->protocol disagrees with the frame */
 #define REASON_UNSUPPORTED_ETHERTYPE 11 /* neither IPv4, ARP nor IPv6 */
+#define REASON_FAIL_CLOSED 12 /* the endpoint direction's policy could not be synced */
 
 #define EVENT_F_DROPPED 1
 #define EVENT_F_FROM_PROXY 2
@@ -59,6 +60,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define LEVEL_ANY_PROTO 17
 
 #define EP_POLICY_F_ENFORCED 1
+#define EP_POLICY_F_FAIL_CLOSED 2 /* drop everything: its policy could not be written */
 
 #define CT_F_SEEN_REPLY 1
 #define CT_F_CLOSING 2
@@ -103,9 +105,13 @@ struct ep_policy_key {
  * packet only probes levels its protocol has entries at. */
 #define PROTO_CLASSES 4
 
+/* A sync writes an endpoint direction's new entries under the other
+ * generation, then swaps this whole value (levels and generation at once),
+ * then deletes the old generation's entries: a packet sees either policy,
+ * never a mix (bpf/datapath.go, SyncPolicy). */
 struct ep_policy {
 	__u32 flags;
-	__u32 pad;
+	__u32 gen; /* generation of the policy keys in force (0 or 1) */
 	__u32 levels_peer[PROTO_CLASSES]; /* levels present for specific peers */
 	__u32 levels_any[PROTO_CLASSES];  /* levels present for the wildcard peer */
 };
@@ -129,7 +135,7 @@ struct policy_key {
 	__u8 dir;
 	__u8 proto;     /* 0: any protocol (then port_plen and port are 0) */
 	__u8 port_plen; /* 0..16 */
-	__u8 pad;
+	__u8 gen;       /* generation, see struct ep_policy */
 	__be16 port;
 	__u16 pad2;
 };
@@ -527,19 +533,44 @@ static __always_inline void evaluate(__u32 endpoint, __u8 dir, __u32 peer, __u8 
 {
 	struct policy_value a = {}, b = {};
 	__u16 port = bpf_ntohs(dport);
-	struct policy_key k = {.endpoint = endpoint, .identity = peer, .dir = dir, .proto = proto};
+	struct policy_key k = {.endpoint = endpoint, .identity = peer, .dir = dir, .proto = proto, .gen = pol->gen};
 
-	res->verdict = VERDICT_NONE;
-	res->proxy_port = 0;
-	res->rule_id = 0;
-	if (!pol)
-		return;
 	__u32 pc = proto_class(proto);
 	lookup_levels(&k, pol->levels_peer[pc], port, &a);
 	k.identity = 0;
 	k.proto = proto;
 	lookup_levels(&k, pol->levels_any[pc], port, &b);
 	*res = a.verdict >= b.verdict ? a : b;
+}
+
+#define DECIDE_PASS 0xFF
+
+/* decide looks up the endpoint direction's policy and evaluates a flow
+ * with it; it returns DECIDE_PASS, or the reason to drop the flow. No
+ * policy at all means not enforced: pass. */
+static __always_inline __u8 decide(__u32 endpoint, __u8 dir, __u32 peer, __u8 proto, __be16 port,
+				   struct policy_value *res)
+{
+	struct ep_policy_key pk = {.endpoint = endpoint, .dir = dir};
+	struct ep_policy *p = bpf_map_lookup_elem(&ep_policy, &pk);
+
+	res->verdict = VERDICT_NONE;
+	res->proxy_port = 0;
+	res->rule_id = 0;
+	if (!p)
+		return DECIDE_PASS;
+	/* One snapshot: a sync replaces the value as a whole. */
+	struct ep_policy pol = *p;
+	if (pol.flags & EP_POLICY_F_FAIL_CLOSED) {
+		res->verdict = VERDICT_DENY;
+		return REASON_FAIL_CLOSED;
+	}
+	evaluate(endpoint, dir, peer, proto, port, &pol, res);
+	if (res->verdict == VERDICT_DENY)
+		return REASON_POLICY;
+	if (res->verdict == VERDICT_NONE && (pol.flags & EP_POLICY_F_ENFORCED))
+		return REASON_DEFAULT;
+	return DECIDE_PASS;
 }
 
 /* count_rule counts decisions, as Cilium's policy counters do: the first
@@ -737,9 +768,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 								: CT_F_FROM_PROXY;
 
 	__u64 now = bpf_ktime_get_ns();
-	struct ep_policy_key pk = {.endpoint = endpoint, .dir = dir};
-	struct ep_policy *pol;
-	int enforced;
+	__u8 why;
 	__u32 peer_addr_id; /* identity of the remote side */
 
 	struct ct_key ck;
@@ -763,15 +792,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				if (!(ct->flags & CT_F_FROM_PROXY))
 					peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
 				ct->peer_identity = peer;
-				pol = bpf_map_lookup_elem(&ep_policy, &pk);
-				enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
-				evaluate(endpoint, dir, peer, f.proto, f.dport, pol, &pv);
-				if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+				why = decide(endpoint, dir, peer, f.proto, f.dport, &pv);
+				if (why != DECIDE_PASS) {
 					bpf_map_delete_elem(&conntrack, &ck);
 					count_rule(pv.rule_id, f.len);
 					__u32 src = dir == DIR_INGRESS ? peer : 0;
 					__u32 dst = dir == DIR_INGRESS ? 0 : peer;
-					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv, REASON_REVALIDATE,
+					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv,
+						   why == REASON_FAIL_CLOSED ? why : REASON_REVALIDATE,
 						   EVENT_F_DROPPED | mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0));
 					return TC_ACT_SHOT;
 				}
@@ -803,23 +831,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			/* Re-check the flow in its own direction, as for the forward
 			 * path, so that reply-only traffic cannot outlive a policy
 			 * change. Its destination port is our source port. */
-			struct ep_policy_key rpk = {.endpoint = endpoint, .dir = dir ^ 1};
 			__u32 peer = rct->peer_identity;
 			if (!(rct->flags & CT_F_FROM_PROXY))
 				peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
 			rct->peer_identity = peer;
-			pol = bpf_map_lookup_elem(&ep_policy, &rpk);
-			enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
-			evaluate(endpoint, dir ^ 1, peer, f.proto, f.sport, pol, &pv);
+			why = decide(endpoint, dir ^ 1, peer, f.proto, f.sport, &pv);
 			/* A flow that now needs the proxy but was admitted without
 			 * it: its replies stop here; its next packet the other way is
 			 * handled as new (redirected, then reset by the proxy). */
 			int unproxied = pv.verdict == VERDICT_REDIRECT && rct->verdict != VERDICT_REDIRECT &&
 					(rct->flags & CT_F_PROXY_MASK) != CT_F_FROM_PROXY;
-			if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced) || unproxied) {
+			if (why != DECIDE_PASS || unproxied) {
 				bpf_map_delete_elem(&conntrack, &rk);
 				count_rule(pv.rule_id, f.len);
-				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv, REASON_REVALIDATE, EVENT_F_DROPPED);
+				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv,
+					   why == REASON_FAIL_CLOSED ? why : REASON_REVALIDATE, EVENT_F_DROPPED);
 				return TC_ACT_SHOT;
 			}
 			rct->revision = cfg->revision;
@@ -846,13 +872,11 @@ new_flow:
 	__u32 dst_id = dir == DIR_INGRESS ? 0 : peer_addr_id;
 	__u8 eflags = mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0);
 
-	pol = bpf_map_lookup_elem(&ep_policy, &pk);
-	enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
-	evaluate(endpoint, dir, peer_addr_id, f.proto, f.dport, pol, &pv);
+	why = decide(endpoint, dir, peer_addr_id, f.proto, f.dport, &pv);
 	reason = pv.verdict == VERDICT_NONE ? REASON_DEFAULT : REASON_POLICY;
-	if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+	if (why != DECIDE_PASS) {
 		count_rule(pv.rule_id, f.len);
-		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, reason, eflags | EVENT_F_DROPPED);
+		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, why, eflags | EVENT_F_DROPPED);
 		return TC_ACT_SHOT;
 	}
 	if (pv.verdict == VERDICT_REDIRECT && from_proxy == FROM_INGRESS_PROXY) {
