@@ -30,6 +30,13 @@ import (
 //
 // Ties: among entries of equal verdict the most specific one, then the
 // lowest rule id, decides the rule id (and the proxy port of a redirect).
+//
+// ICMP (icmps rules): an entry with protocol ICMP names one ICMP type in
+// Port (type 0 is echo reply, not "all types"; all of ICMP is a
+// protocol-wildcard entry without ports, which covers every protocol).
+// It is stored as an exact port of protocol ICMP, and the program looks an
+// ICMP packet up with its type as the port. ICMPv6 entries are accepted
+// and compile to nothing: IPv6 is dropped until it is enforced.
 
 const levelAnyProto = 17
 
@@ -108,20 +115,32 @@ func validateEntry(e PolicyEntry) error {
 	if e.EndPort != 0 && e.EndPort < e.Port {
 		return fmt.Errorf("%w: end port %d below port %d", ErrInvalidEntry, e.EndPort, e.Port)
 	}
-	if e.Port != 0 {
-		switch e.Protocol {
-		case ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP:
-		default:
+	switch e.Protocol {
+	case ProtoICMP, ProtoICMPv6:
+		// Port is the ICMP type: one type per entry.
+		if e.Port > 0xFF || (e.EndPort != 0 && e.EndPort != e.Port) {
+			return fmt.Errorf("%w: icmp type %d-%d (one type of 0-255)", ErrInvalidEntry, e.Port, e.EndPort)
+		}
+	case ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP:
+	default:
+		if e.Port != 0 {
 			return fmt.Errorf("%w: ports with protocol %d", ErrInvalidEntry, e.Protocol)
 		}
 	}
 	return nil
 }
 
-// expand turns an entry into the L4 keys it covers.
+// expand turns an entry into the L4 keys it covers. An ICMP entry is one
+// type, stored as an exact port (the program looks ICMP up with its type);
+// ICMPv6 entries cover nothing while IPv6 is dropped.
 func expand(e PolicyEntry) []l4Key {
-	if e.Protocol == ProtoAny && e.Port == 0 {
+	switch {
+	case e.Protocol == ProtoAny && e.Port == 0:
 		return []l4Key{{}}
+	case e.Protocol == ProtoICMP:
+		return []l4Key{{proto: ProtoICMP, plen: 16, port: e.Port}}
+	case e.Protocol == ProtoICMPv6:
+		return nil
 	}
 	var ranges []l4Key
 	if e.Port == 0 {

@@ -31,7 +31,7 @@ type datapathCtKey struct {
 	Dir      uint8
 	Proto    uint8
 	Family   uint8
-	Pad      uint8
+	IcmpType uint8
 	Sport    uint16
 	Dport    uint16
 	Saddr    [16]uint8

@@ -43,13 +43,7 @@ const (
 func fixture(t *testing.T, pol EndpointPolicy) *Datapath {
 	t.Helper()
 	d := openTest(t, Config{})
-	if _, err := d.SyncIPCache([]IPCacheEntry{
-		{Prefix: netip.PrefixFrom(podIP, 32), Identity: podID},
-		{Prefix: netip.PrefixFrom(peerIP, 32), Identity: peerID},
-		{Prefix: netip.PrefixFrom(otherIP, 32), Identity: otherID},
-		{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Identity: cidrID},
-		{Prefix: netip.PrefixFrom(nodeIP, 32), Identity: IdentityHost},
-	}); err != nil {
+	if _, err := d.SyncIPCache(fixtureIPCache()); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv4: podIP.As4()}, 0); err != nil {
@@ -60,6 +54,16 @@ func fixture(t *testing.T, pol EndpointPolicy) *Datapath {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func fixtureIPCache() []IPCacheEntry {
+	return []IPCacheEntry{
+		{Prefix: netip.PrefixFrom(podIP, 32), Identity: podID},
+		{Prefix: netip.PrefixFrom(peerIP, 32), Identity: peerID},
+		{Prefix: netip.PrefixFrom(otherIP, 32), Identity: otherID},
+		{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Identity: cidrID},
+		{Prefix: netip.PrefixFrom(nodeIP, 32), Identity: IdentityHost},
+	}
 }
 
 // egress builds a packet from the pod; ingress one to it.
@@ -550,11 +554,15 @@ func TestKernelMatchesReference(t *testing.T) {
 		}
 		for range 60 {
 			peer := []Identity{256, 257, IdentityWorld}[r.IntN(3)]
-			proto := []uint8{ProtoTCP, ProtoUDP}[r.IntN(2)]
+			proto := []uint8{ProtoTCP, ProtoUDP, ProtoICMP}[r.IntN(3)]
 			port := uint16(r.IntN(110))
 			sport++
 			p := egress(peers[peer], proto, port)
 			p.sport = sport
+			if proto == ProtoICMP {
+				port %= 16 // the ICMP type
+				p.icmpType, p.icmpID = icmpType(uint8(port)), sport
+			}
 			got := d.fromPod(t, p)
 			v, enforced := reference(dp, peer, proto, port)
 			want := runResult{ret: actOK}

@@ -61,6 +61,37 @@
 // so a spoofed sender could not redirect another pod's traffic, but it is
 // never legitimate either. ARP towards a pod comes from the node and passes.
 //
+// # IPv4 headers and fragments
+//
+// A datagram must fit its frame and hold its header (total length,
+// header length), and what the program reads of the transport header must
+// lie within the datagram: TCP needs its 20-byte header, UDP 8 bytes, SCTP
+// its 12-byte common header, ICMP 8 bytes; else it is dropped (malformed).
+// A too short first fragment is such a datagram (RFC 1858's tiny
+// fragment). Source-routed datagrams (LSRR, SSRR options) are dropped
+// (ip-options): a node that accepts source routes would forward them to a
+// destination the sender's egress policy never saw; malformed option
+// lists are malformed; other options pass. Later fragments follow the
+// ports of their datagram's first fragment, remembered only once that was
+// admitted: a later fragment of an unknown or dropped datagram, arriving
+// before its first fragment, or a TCP fragment at offset 8 (which could
+// only rewrite the header's flags) is dropped (fragment).
+//
+// # ICMP
+//
+// icmps rules become entries with protocol ICMP and one ICMP type in the
+// port field (compile.go); an ICMP packet is looked up with its type as
+// the port. In conntrack an echo request and its replies are one flow,
+// keyed by identifier, so a policy that allows EchoRequest lets the
+// replies back; every other type is a flow of its own type, with no
+// reverse, so allowing one type never admits another. An ICMP error
+// (destination unreachable, time exceeded, parameter problem) that quotes
+// a datagram of a tracked flow — sent by the error's destination: TCP,
+// UDP, SCTP or ICMP echo — passes as part of that flow (revalidated like
+// its packets; it refreshes nothing, and is never redirected); otherwise it
+// is judged as ICMP of its type. ICMPv6 entries are accepted and cover
+// nothing while IPv6 is dropped.
+//
 // # Lookup order for a new flow
 //
 // The peer identity comes from the ipcache (for the remote address), or,

@@ -141,8 +141,12 @@ func (p pkt) ipv4() []byte {
 			binary.BigEndian.PutUint16(l4[2:], p.dport)
 			l4[12] = 5 << 4
 			l4[13] = p.tcpFlags
-		case ProtoUDP, ProtoSCTP:
+		case ProtoUDP:
 			l4 = make([]byte, 8)
+			binary.BigEndian.PutUint16(l4[0:], p.sport)
+			binary.BigEndian.PutUint16(l4[2:], p.dport)
+		case ProtoSCTP:
+			l4 = make([]byte, 12) // common header: ports, verification tag, checksum
 			binary.BigEndian.PutUint16(l4[0:], p.sport)
 			binary.BigEndian.PutUint16(l4[2:], p.dport)
 		case ProtoICMP:

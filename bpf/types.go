@@ -78,6 +78,9 @@ const (
 	ProtoTCP  uint8 = 6
 	ProtoUDP  uint8 = 17
 	ProtoSCTP uint8 = 132
+	// ProtoICMPv6 entries are accepted and match nothing: IPv6 is not
+	// enforced yet (dropped).
+	ProtoICMPv6 uint8 = 58
 )
 
 // PolicyEntry is one L3/L4 policy entry of an endpoint in one direction.
@@ -87,7 +90,9 @@ type PolicyEntry struct {
 	// Protocol is ProtoAny or an IP protocol number.
 	Protocol uint8
 	// Port and EndPort give the destination port range [Port, EndPort];
-	// Port 0 means all ports, EndPort 0 means just Port.
+	// Port 0 means all ports, EndPort 0 means just Port. For ProtoICMP and
+	// ProtoICMPv6, Port is one ICMP type (0 is echo reply, not all types)
+	// and EndPort is 0 or Port.
 	Port, EndPort uint16
 	Verdict       Verdict
 	// ProxyPort is the proxy's listener port for VerdictRedirect.
