@@ -37,6 +37,8 @@ const (
 	// ReasonFailClosed: the endpoint direction's policy could not be
 	// written (SyncError), so it drops everything until a sync succeeds.
 	ReasonFailClosed Reason = 12
+	// ReasonIPOptions: a source-routed IPv4 datagram (LSRR, SSRR).
+	ReasonIPOptions Reason = 13
 )
 
 func (r Reason) String() string {
@@ -67,6 +69,8 @@ func (r Reason) String() string {
 		return "unsupported-ethertype"
 	case ReasonFailClosed:
 		return "fail-closed"
+	case ReasonIPOptions:
+		return "ip-options"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
@@ -89,14 +93,18 @@ type Event struct {
 	// UntrustedMark: the packet carried a from-proxy mark but its socket
 	// is not in a proxy cgroup, so the mark was ignored.
 	UntrustedMark bool
-	ProxyPort     uint16
-	RuleID        uint32
+	// Related: an ICMP error about the flow shown (Src, Dst, Protocol are
+	// the flow's).
+	Related   bool
+	ProxyPort uint16
+	RuleID    uint32
 }
 
 const (
 	eventFlagDropped       = 1
 	eventFlagFromProxy     = 2
 	eventFlagUntrustedMark = 4
+	eventFlagRelated       = 8
 )
 
 // Events streams datapath events until ctx is done, then closes the
@@ -162,6 +170,7 @@ func decodeEvent(b []byte) (Event, error) {
 		Dropped:       raw.Flags&eventFlagDropped != 0,
 		FromProxy:     raw.Flags&eventFlagFromProxy != 0,
 		UntrustedMark: raw.Flags&eventFlagUntrustedMark != 0,
+		Related:       raw.Flags&eventFlagRelated != 0,
 		ProxyPort:     raw.ProxyPort,
 		RuleID:        raw.RuleId,
 	}, nil
@@ -196,6 +205,9 @@ func (e Event) String() string {
 	}
 	if e.UntrustedMark {
 		s += " untrusted-mark"
+	}
+	if e.Related {
+		s += " icmp-error"
 	}
 	return s
 }

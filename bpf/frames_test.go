@@ -211,7 +211,7 @@ func listenUDPSink(t *testing.T, ns, addr string) *udpSink {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 2048)
+		buf := make([]byte, 65536)
 		for {
 			n, _, err := pc.ReadFrom(buf)
 			if err != nil {

@@ -30,13 +30,13 @@ func attachedDatapath(t *testing.T, tp *topology, pods ...*testPod) *Datapath {
 	return d
 }
 
-// TestPrivilegedTaggedFrames: a pod with CAP_NET_RAW writes raw frames to
+// TestPrivilegedHostileTaggedFrames: a pod with CAP_NET_RAW writes raw frames to
 // its eth0: untagged, a single tag (VID 0 and 5), two VLAN-0 tags and QinQ,
 // each from its own address and from an allowed pod's address, to a
 // victim whose ingress admits only that allowed pod. Nothing may reach the
 // victim; a control from the allowed pod and a marker the attacker's own
 // egress allows, sent last on the same socket, do.
-func TestPrivilegedTaggedFrames(t *testing.T) {
+func TestPrivilegedHostileTaggedFrames(t *testing.T) {
 	requireRoot(t)
 	tp := newTopology(t)
 	a := tp.addPod("a", "198.18.1.10", 1, identA)

@@ -6,11 +6,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestTaggedFrames: only untagged IPv4 and ARP pass (IPv6 is dropped until
+// TestHostileTaggedFrames: only untagged IPv4 and ARP pass (IPv6 is dropped until
 // enforced); any VLAN tag, VID 0 and stacked tags included, and any other
 // ethertype are dropped with a named reason, in both directions, even
 // when the IPv4 datagram inside would be allowed.
-func TestTaggedFrames(t *testing.T) {
+func TestHostileTaggedFrames(t *testing.T) {
 	requireRoot(t)
 	allow := PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictAllow, RuleID: 80}
 	d := fixture(t, EndpointPolicy{
@@ -65,9 +65,9 @@ func TestTaggedFrames(t *testing.T) {
 	}
 }
 
-// TestARPFromPod: a pod's ARP must name its own address as sender (or
+// TestHostileARPFromPod: a pod's ARP must name its own address as sender (or
 // 0.0.0.0, an address probe); ARP towards the pod is the node's.
-func TestARPFromPod(t *testing.T) {
+func TestHostileARPFromPod(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress())
 	evs := watchEvents(t, d)
