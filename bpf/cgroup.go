@@ -142,6 +142,28 @@ func CgroupIDOfPID(cgroup2Mount string, pid int) (uint64, error) {
 	return CgroupID(p)
 }
 
+// CreateProxyCgroup creates (or reuses) the cgroup v2 directory name
+// directly under cgroup2Mount for a proxy and returns its path and id.
+// Start the proxy inside it (os/exec: SysProcAttr.UseCgroupFD with an
+// open descriptor of the path) so that its sockets belong to it from the
+// start, then pass the id to SetTrustedProxyCgroups. A cgroup2 mounted
+// read-only (a container without cgroup delegation) cannot be used: trust
+// the proxy container's own cgroup instead (CgroupIDOfPID).
+func CreateProxyCgroup(cgroup2Mount, name string) (string, uint64, error) {
+	if name == "" || strings.ContainsAny(name, "/") || name == "." || name == ".." {
+		return "", 0, fmt.Errorf("%w: cgroup name %q", ErrInvalidEntry, name)
+	}
+	dir := filepath.Join(cgroup2Mount, name)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", 0, fmt.Errorf("create cgroup %s: %w", dir, err)
+	}
+	id, err := CgroupID(dir)
+	if err != nil {
+		return "", 0, err
+	}
+	return dir, id, nil
+}
+
 // SetTrustedProxyCgroups makes ids (from CgroupID or CgroupIDOfPID) the
 // exact set of cgroups whose sockets may carry from-proxy marks, replacing
 // the previous set (an empty set trusts no mark). The set is pinned with

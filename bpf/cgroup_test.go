@@ -85,6 +85,21 @@ func TestPrivilegedCgroupID(t *testing.T) {
 	if _, err := CgroupID(t.TempDir()); err == nil {
 		t.Error("a directory outside cgroup2 has an id")
 	}
+	// CreateProxyCgroup makes (or reuses) a child of the mount.
+	name := filepath.Base(dir) + "-p"
+	p, pid1, err := CreateProxyCgroup(mnt, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Rmdir(p)
+	if _, pid2, err := CreateProxyCgroup(mnt, name); err != nil || pid2 != pid1 || pid1 <= rootCgroupID {
+		t.Errorf("proxy cgroup ids %d then %d (%v)", pid1, pid2, err)
+	}
+	for _, bad := range []string{"", "..", "a/b"} {
+		if _, _, err := CreateProxyCgroup(mnt, bad); !errors.Is(err, ErrInvalidEntry) {
+			t.Errorf("name %q: %v", bad, err)
+		}
+	}
 	// A process started in the cgroup reports it.
 	out, pid := runInCgroup(t, dir, dialerSpec{Sleep: true})
 	defer out.Close()
