@@ -62,6 +62,31 @@ func Cgroup2Mount() (string, error) {
 	return "", errors.New("no cgroup2 filesystem is mounted")
 }
 
+// EnsureCgroup2 returns where cgroup v2 is mounted (Cgroup2Mount) or, if
+// nowhere in this mount namespace (`ip netns exec` replaces /sys, taking
+// the cgroup mounts with it), mounts it at fallbackDir and returns that.
+// Cgroup ids are the same at every mount point of the hierarchy.
+func EnsureCgroup2(fallbackDir string) (string, error) {
+	if mnt, err := Cgroup2Mount(); err == nil {
+		return mnt, nil
+	}
+	if err := MountCgroup2(fallbackDir); err != nil {
+		return "", err
+	}
+	return fallbackDir, nil
+}
+
+// MountCgroup2 mounts the cgroup v2 hierarchy at dir (created if needed).
+func MountCgroup2(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount cgroup2 at %s: %w", dir, err)
+	}
+	return nil
+}
+
 // cgroup2MountPoint parses one mountinfo line:
 // "id parent maj:min root mountpoint opts [optional...] - fstype source superopts".
 func cgroup2MountPoint(line string) (string, bool) {

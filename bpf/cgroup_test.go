@@ -85,6 +85,18 @@ func TestPrivilegedCgroupID(t *testing.T) {
 	if _, err := CgroupID(t.TempDir()); err == nil {
 		t.Error("a directory outside cgroup2 has an id")
 	}
+	// A second mount point of the hierarchy has the same ids.
+	second := t.TempDir()
+	if err := MountCgroup2(second); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(second, unix.MNT_DETACH)
+	if got, err := CgroupID(filepath.Join(second, filepath.Base(dir))); err != nil || got != id {
+		t.Errorf("id through a second mount: %d %v, want %d", got, err, id)
+	}
+	if got, err := EnsureCgroup2(filepath.Join(t.TempDir(), "unused")); err != nil || got != mnt {
+		t.Errorf("EnsureCgroup2 with cgroup2 mounted: %q %v, want %q", got, err, mnt)
+	}
 	// CreateProxyCgroup makes (or reuses) a child of the mount.
 	name := filepath.Base(dir) + "-p"
 	p, pid1, err := CreateProxyCgroup(mnt, name)
