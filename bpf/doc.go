@@ -26,14 +26,15 @@
 //	             protocol (0 any), port prefix length, generation, port}
 //	             -> {verdict, proxy port, rule id}; see compile.go for the
 //	             layout and sync.go for generations
-//	conntrack    LRU hash {endpoint, direction, proto, family, ports,
-//	             saddr[16], daddr[16]} -> {verdict, proxy port, rule id,
+//	conntrack    LRU hash {endpoint, direction, proto, family, ICMP type,
+//	             ports, saddr[16], daddr[16]} -> {verdict, proxy port, rule id,
 //	             peer identity, policy revision, timestamps, flags}
-//	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports of the first
-//	             fragment, so later fragments follow their datagram
+//	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports (ICMP:
+//	             identifier and type) of an admitted first fragment, so
+//	             later fragments follow their datagram
 //	proxy_socks  sockhash proxy port -> listener socket
-//	proxy_cgroups hash cgroup v2 id -> 1: the cgroups whose sockets may
-//	             carry from-proxy marks (cgroup.go, SetTrustedProxyCgroups)
+//	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
+//	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}
 //	events       ring buffer of Event (drops and new-flow verdicts)
 //	event_limit  per-CPU token bucket in front of events
@@ -177,5 +178,7 @@
 // (a size or layout change is ErrIncompatiblePin) and atomically updates
 // every pinned link to the newly loaded programs, so a restart never
 // leaves a veth unenforced; a second SyncPolicy with the same desired state
-// writes nothing.
+// writes nothing. A map a newer version adds is created empty: after an
+// upgrade that adds proxy_cgroups, no from-proxy mark is believed until
+// the agent registers its proxies' cgroups (fail closed).
 package bpf
