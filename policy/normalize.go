@@ -527,13 +527,24 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 	return nil, true
 }
 
-// parseICMPType accepts a number or one of the common names.
+// parseICMPType accepts a number (0-255) or one of the names Cilium
+// accepts for the family (CamelCase, exact).
 func parseICMPType(s string, proto Protocol) (uint8, error) {
 	if v, err := strconv.ParseUint(s, 10, 8); err == nil {
 		return uint8(v), nil
 	}
-	names4 := map[string]uint8{"EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "EchoRequest": 8, "TimeExceeded": 11, "ParameterProblem": 12}
-	names6 := map[string]uint8{"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4, "EchoRequest": 128, "EchoReply": 129, "NeighborSolicitation": 135, "NeighborAdvertisement": 136}
+	names4 := map[string]uint8{"EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "Echo": 8, "EchoRequest": 8,
+		"RouterAdvertisement": 9, "RouterSelection": 10, "TimeExceeded": 11, "ParameterProblem": 12, "Timestamp": 13,
+		"TimestampReply": 14, "Photuris": 40, "ExtendedEchoRequest": 42, "ExtendedEchoReply": 43}
+	names6 := map[string]uint8{"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4,
+		"EchoRequest": 128, "EchoReply": 129, "MulticastListenerQuery": 130, "MulticastListenerReport": 131,
+		"MulticastListenerDone": 132, "RouterSolicitation": 133, "RouterAdvertisement": 134, "NeighborSolicitation": 135,
+		"NeighborAdvertisement": 136, "RedirectMessage": 137, "RouterRenumbering": 138, "ICMPNodeInformationQuery": 139,
+		"ICMPNodeInformationResponse": 140, "InverseNeighborDiscoverySolicitation": 141,
+		"InverseNeighborDiscoveryAdvertisement": 142, "HomeAgentAddressDiscoveryRequest": 144,
+		"HomeAgentAddressDiscoveryReply": 145, "MobilePrefixSolicitation": 146, "MobilePrefixAdvertisement": 147,
+		"DuplicateAddressRequestCodeSuffix": 157, "DuplicateAddressConfirmationCodeSuffix": 158,
+		"ExtendedEchoRequest": 160, "ExtendedEchoReply": 161}
 	names := names4
 	if proto == ProtoICMPv6 {
 		names = names6
