@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -199,7 +200,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
 	}
 	if f.StartProxy {
-		cfg.Proxy = &supervisor.Config{}
+		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log)}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()
@@ -421,4 +422,22 @@ endpoint default-deny). L7 requests are in the proxy's access log
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new flows")
 	cmd.Flags().BoolVar(&dropsOnly, "drops", false, "only drops")
 	return cmd
+}
+
+// proxyCgroup creates the cgroup the agent starts its Go proxy in (the
+// datapath believes from-proxy marks only from the proxies' cgroups).
+// Without one (no writable cgroup v2) the proxy starts in the agent's
+// cgroup, which the agent then trusts if it is not the root; in the root
+// cgroup the proxy's redirects stay drops (fail closed), and the log says
+// why.
+func proxyCgroup(runDir string, log *slog.Logger) string {
+	mount, err := bpf.EnsureCgroup2(filepath.Join(runDir, "cgroup2"))
+	if err == nil {
+		var path string
+		if path, _, err = bpf.CreateProxyCgroup(mount, agentapi.ProxyCgroupName(runDir)); err == nil {
+			return path
+		}
+	}
+	log.Warn("no cgroup of its own for the Go proxy; it shares the agent's", "error", err)
+	return ""
 }

@@ -54,7 +54,7 @@ var allowed = map[string][]string{
 		"envoy/bootstrap", "flow", "policy", "redirect", "source", "xds", "xds/envoytranslate", "xds/server", "xds/translate"},
 
 	// Above the agent.
-	"demo":                   {"agentapi", "policy", "flow", "source"},
+	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
 	"deploy":                 {},
 	"proxy/conformance":      {}, // test-only: peer suites through the real node
 	"deploy/cmd/render":      {"deploy"},

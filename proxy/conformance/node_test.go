@@ -256,6 +256,9 @@ func startNode(t *testing.T, dp dataplane, port uint16, rules string) *node {
 			t.Errorf("remove topology: %v", err)
 		}
 	})
+	if err := topo.TrackProxyCgroup(n.runDir); err != nil {
+		t.Fatal(err)
+	}
 	src, state, bpffs := filepath.Join(dir, "source"), filepath.Join(dir, "state"), filepath.Join(dir, "bpffs")
 	for _, d := range []string{src, state, bpffs, n.runDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
