@@ -17,6 +17,8 @@ type Snapshot struct {
 	Warnings   []string          `json:"warnings,omitempty"`
 	byID       map[Identity]*EndpointPolicy
 	labels     map[Identity]Labels
+	// shadows: which allows lifted which L7 rules (ShadowWarnings)
+	shadows map[shadowRecord]bool
 }
 
 // Policy returns the policy of an endpoint identity, or nil.
@@ -97,7 +99,7 @@ type computer struct {
 func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	c := &computer{
 		objs: objs, alloc: alloc,
-		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}},
+		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}, shadows: map[shadowRecord]bool{}},
 		cidrIDs:  map[netip.Prefix]Identity{},
 		selCache: map[string][]Identity{},
 		byLabel:  map[string][]Identity{},
@@ -157,6 +159,9 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 				c.applyRule(b, id, rr.policy, rr.rule)
 			}
 			*ep.Direction(dir) = b.finish()
+			for _, sh := range b.shadows {
+				c.snap.shadows[sh] = true
+			}
 		}
 		c.snap.Policies = append(c.snap.Policies, ep)
 		c.snap.byID[id] = ep
@@ -392,6 +397,8 @@ type dirBuilder struct {
 	pol     DirectionPolicy
 	entries map[entryKey]*Entry
 	l7      map[uint16]*L7RuleSet
+	// shadows: allows without L7 rules that lift L7 rules (see finish)
+	shadows []shadowRecord
 }
 
 type entryKey struct {
@@ -425,8 +432,10 @@ func (b *dirBuilder) finish() DirectionPolicy {
 		out.Entries = append(out.Entries, *e)
 	}
 	sortEntries(out.Entries)
-	// An L4 allow naming a redirected port lets its peers send any request
-	// there: add an allow-all L7 rule for them.
+	// An allow without L7 rules that covers a redirected port for a peer
+	// — an L4 allow naming the port or an L3-only allow (every port) —
+	// lets that peer send any request there: add an allow-all L7 rule for
+	// it (Cilium's rule). The connection stays redirected, so it is seen.
 	ports := make([]uint16, 0, len(b.l7))
 	for p := range b.l7 {
 		ports = append(ports, p)
@@ -434,8 +443,9 @@ func (b *dirBuilder) finish() DirectionPolicy {
 	slices.Sort(ports)
 	for _, port := range ports {
 		rs := b.l7[port]
+		explicit := len(rs.Rules) // the L7 rules proper, before allow-alls
 		for _, e := range out.Entries {
-			if e.Verdict != VerdictAllow || e.Port == 0 || port < e.Port || port > e.EndPort ||
+			if e.Verdict != VerdictAllow || (e.Port != 0 && (port < e.Port || port > e.EndPort)) ||
 				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(out.Entries, e.Peer, port) {
 				continue
 			}
@@ -445,6 +455,14 @@ func (b *dirBuilder) finish() DirectionPolicy {
 					r.Peers = []Identity{e.Peer}
 				}
 				rs.addRule(r)
+				for i := range explicit {
+					x := &rs.Rules[i]
+					if e.Peer == IdentityAny || x.AppliesTo(e.Peer) {
+						l7 := x.Origin
+						l7.L7 = ""
+						b.shadows = append(b.shadows, shadowRecord{allow: o, l7: l7, proto: rs.Protocol, port: port})
+					}
+				}
 			}
 		}
 		out.L7 = append(out.L7, *rs)

@@ -41,7 +41,11 @@ type L7Trace struct {
 	Verdict      Decision     `json:"verdict,omitempty"`
 	DecidedBy    []Provenance `json:"decidedBy,omitempty"`
 	DeniedTopics []string     `json:"deniedTopics,omitempty"`
-	Note         string       `json:"note,omitempty"`
+	// Shadowed names the L7 rules for this peer that did not decide
+	// because an allow without L7 rules (an L3-only allow, or an L4 allow
+	// naming the port) lets the peer send any request here.
+	Shadowed []Provenance `json:"shadowed,omitempty"`
+	Note     string       `json:"note,omitempty"`
 }
 
 // DirectionTrace is the trace of the sender's egress or the receiver's
@@ -200,10 +204,10 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 			out.Verdict = DecisionDenied
 			return out
 		}
-		l7.Evaluated, l7.Verdict, l7.DecidedBy = true, r.Decision, r.DecidedBy
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.Shadowed = true, r.Decision, r.DecidedBy, r.Shadowed
 	case l4.Parser == ParserKafka && req.Kafka != nil:
 		r := l4.L7.EvaluateKafka(peer, req.Kafka)
-		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics = true, r.Decision, r.DecidedBy, r.DeniedTopics
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics, l7.Shadowed = true, r.Decision, r.DecidedBy, r.DeniedTopics, r.Shadowed
 	default:
 		l7.Note = fmt.Sprintf("L7 rules (%s) apply on this port; give a %s request to evaluate them", l4.Parser, l4.Parser)
 		return out

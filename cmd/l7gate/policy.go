@@ -58,6 +58,19 @@ arguments).`,
 			for _, s := range objs.Summaries {
 				fmt.Fprintln(a.stdout, s)
 			}
+			// What only the computed policy shows: rules that lift other
+			// rules' L7 rules, named ports that resolve nowhere, ...
+			snap, err := policy.Compute(objs, policy.NewIdentityAllocator())
+			if err != nil {
+				errs = append(errs, fmt.Errorf("compute: %w", err))
+			} else {
+				for _, w := range snap.Warnings {
+					fmt.Fprintln(a.stderr, "warning:", w)
+				}
+			}
+			for _, w := range policy.ShadowWarnings(objs, snap) {
+				fmt.Fprintln(a.stderr, "warning:", w.String())
+			}
 			if len(errs) > 0 {
 				for _, err := range errs {
 					fmt.Fprintln(a.stderr, "error:", strings.ReplaceAll(err.Error(), "\n", "\n  "))
@@ -299,6 +312,11 @@ func printTrace(w io.Writer, r *policy.TraceResult) {
 		}
 		for _, p := range d.t.DecidedBy {
 			fmt.Fprintf(w, "  decided by: %s\n", p)
+		}
+		if l7 := d.t.L7; l7 != nil {
+			for _, p := range l7.Shadowed {
+				fmt.Fprintf(w, "  shadows (not checked for this peer): %s\n", p)
+			}
 		}
 	}
 	if len(r.Warnings) > 0 {

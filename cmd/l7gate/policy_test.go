@@ -186,3 +186,23 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestShadowedL7 (issue 23): validate warns, naming both rules, when an
+// L3-only allow lifts another rule's L7 rules; trace says the L3 rule
+// decided and which L7 rules it shadowed.
+func TestShadowedL7(t *testing.T) {
+	in := "../../policy/testdata/in/l3-lifts-l7.yaml"
+	code, _, errOut := runCLI(t, "policy", "validate", "-f", in)
+	want := "warning: " + in + ": CiliumNetworkPolicy ns/server: spec.ingress[0]: L3-only allow lifts the L7 rules of ns/server spec.ingress[1] (port TCP/80)"
+	if code != 0 || !strings.Contains(errOut, want) {
+		t.Errorf("validate (exit %d) lacks %q:\n%s", code, want, errOut)
+	}
+	code, out, errOut := runCLI(t, "policy", "trace", "-f", in, "--src-cidr", "198.18.0.2", "--dst-cidr", "198.18.0.1",
+		"--dport", "80", "--http-method", "DELETE", "--http-path", "/private")
+	for _, s := range []string{"Verdict: ALLOWED", "decided by: allow ns/server (CiliumNetworkPolicy spec.ingress[0])",
+		"shadows (not checked for this peer): allow ns/server (CiliumNetworkPolicy spec.ingress[1].http[0])"} {
+		if code != 0 || !strings.Contains(out, s) {
+			t.Errorf("trace (exit %d) lacks %q:\n%s%s", code, s, out, errOut)
+		}
+	}
+}
