@@ -253,6 +253,8 @@ func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {
 
 func TestPrivilegedScenarioKafka(t *testing.T) { runScenario(t, scenarioByName(t, "kafka")) }
 
+func TestPrivilegedScenarioL3LiftsL7(t *testing.T) { runScenario(t, scenarioByName(t, "l3-lifts-l7")) }
+
 // TestPrivilegedScenarioInterrupted cancels a run part way (as Ctrl-C
 // does) and checks that everything is removed all the same.
 func TestPrivilegedScenarioInterrupted(t *testing.T) {

@@ -48,6 +48,10 @@ type Check struct {
 	GRPC     *GRPCRequest
 	Kafka    *KafkaRequest
 	Expect   Verdict
+	// DecidedBy, when set, must be part of a rule the datapath or the
+	// proxy reported as deciding this very request, as l7gate prints
+	// rules: "allow shop/ops (CiliumNetworkPolicy spec.ingress[0])".
+	DecidedBy string
 }
 
 // HTTPRequest is a check's HTTP/1.1 request.
@@ -318,7 +322,7 @@ func (e *fieldErrs) step(p string, v any) (Step, bool) {
 var grpcMethod = regexp.MustCompile(`^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (e *fieldErrs) check(p string, v any) (Check, bool) {
-	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "expect")
+	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "expect", "decidedBy")
 	if !ok {
 		return Check{}, false
 	}
@@ -426,6 +430,12 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 		default:
 			e.add(join(p, "expect"), "want allowed, denied or dropped, not %q", s)
 		}
+	}
+	if s, ok := e.str(join(p, "decidedBy"), m["decidedBy"], false); ok {
+		if strings.TrimSpace(s) == "" {
+			e.add(join(p, "decidedBy"), "must not be empty (leave it out instead)")
+		}
+		c.DecidedBy = s
 	}
 	return c, len(e.errs) == n
 }
