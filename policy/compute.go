@@ -116,8 +116,8 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	if err := c.cidrIdentities(); err != nil {
 		return nil, err
 	}
-	// Node addresses are remote-node (a pod IP on the same address, as with
-	// hostNetwork pods, stays the node's).
+	// Node addresses are remote-node (a pod IP or a policy CIDR on the same
+	// prefix keeps its identity).
 	taken := map[netip.Prefix]bool{}
 	for _, e := range c.snap.IPCache {
 		taken[e.Prefix] = true
@@ -266,6 +266,16 @@ func (c *computer) cidrIdentities() error {
 	}
 	slices.SortFunc(prefixes, comparePrefix)
 	prefixes = slices.Compact(prefixes)
+	// A pod's own address always resolves to the pod: a CIDR identity
+	// whose prefix is exactly a pod's address gets no ipcache entry (it
+	// still exists, so the rule naming it stays valid, and selects no
+	// address: CIDR rules never select pods). The ipcache holds one entry
+	// per prefix by construction; the agent's datapath ipcache relies on
+	// it.
+	pods := map[netip.Prefix]bool{}
+	for _, e := range c.snap.IPCache {
+		pods[e.Prefix] = true
+	}
 	for _, p := range prefixes {
 		ls := Labels{{Source: SourceCIDR, Key: p.String()}, {Source: SourceReserved, Key: "world"}}
 		id, err := c.alloc.allocate(ls, true)
@@ -274,6 +284,9 @@ func (c *computer) cidrIdentities() error {
 		}
 		c.cidrIDs[p] = id
 		c.snap.labels[id] = ls
+		if pods[p] {
+			continue
+		}
 		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})
 	}
 	return nil
@@ -543,41 +556,58 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 		}
 		for _, spec := range pr.Ports {
 			for _, p := range peers {
-				for _, np := range c.resolvePort(b.dir, subject, p, spec, origin) {
+				for _, pp := range c.resolvePort(b.dir, subject, p, spec, origin, deny) {
+					np := pp.spec
 					if pr.L7 == nil {
-						b.add(entryKey{peer: p, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
+						b.add(entryKey{peer: pp.peer, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
 						continue
 					}
-					if !c.addL7(b, p, np.Port, pr, origin) {
+					if !c.addL7(b, pp.peer, np.Port, pr, origin) {
 						continue
 					}
-					b.add(entryKey{peer: p, proto: ProtoTCP, port: np.Port, endPort: np.Port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
+					b.add(entryKey{peer: pp.peer, proto: ProtoTCP, port: np.Port, endPort: np.Port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
 				}
 			}
 		}
 	}
 }
 
-// resolvePort turns a port spec into numeric specs. Named ports resolve
-// against the endpoint's own pods on ingress and against the peer's pods on
-// egress (all pods for a wildcard peer).
-func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortSpec, origin Provenance) []PortSpec {
+// peerPort is a numeric port spec and the peer it applies to.
+type peerPort struct {
+	peer Identity
+	spec PortSpec
+}
+
+// resolvePort turns a port spec into numeric specs for peer. Named ports
+// resolve against the endpoint's own pods on ingress and against the
+// peer's pods on egress. A named port is a port on a pod: an egress allow
+// for every peer becomes an allow towards each pod identity that has the
+// name (never towards world or a CIDR, which have no named ports). An
+// egress deny for every peer keeps applying to every peer, on every number
+// the name has on some pod (wider, never narrower).
+func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortSpec, origin Provenance, deny bool) []peerPort {
 	if spec.Name == "" {
-		return []PortSpec{spec}
+		return []peerPort{{peer, spec}}
 	}
-	var candidates []NamedPort
+	match := func(candidates []NamedPort, to Identity, out []peerPort) []peerPort {
+		for _, np := range candidates {
+			if np.Name == spec.Name && (spec.Protocol == ProtoAny || spec.Protocol == np.Protocol) {
+				out = append(out, peerPort{to, PortSpec{Protocol: np.Protocol, Port: np.Port, EndPort: np.Port}})
+			}
+		}
+		return out
+	}
+	var out []peerPort
 	switch {
 	case dir == Ingress:
-		candidates = c.ports[subject]
-	case peer == IdentityAny:
-		candidates = c.allPorts
+		out = match(c.ports[subject], peer, nil)
+	case peer != IdentityAny:
+		out = match(c.ports[peer], peer, nil)
+	case deny:
+		out = match(c.allPorts, IdentityAny, nil)
 	default:
-		candidates = c.ports[peer]
-	}
-	var out []PortSpec
-	for _, np := range candidates {
-		if np.Name == spec.Name && (spec.Protocol == ProtoAny || spec.Protocol == np.Protocol) {
-			out = append(out, PortSpec{Protocol: np.Protocol, Port: np.Port, EndPort: np.Port})
+		for _, id := range c.podIDs {
+			out = match(c.ports[id], id, out)
 		}
 	}
 	if len(out) == 0 && (dir == Ingress || peer == IdentityAny) {

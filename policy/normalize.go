@@ -101,6 +101,28 @@ func (n *normalizer) rule(w *wireRule, p fieldPath) (Rule, bool) {
 	return r, len(n.errs) == nerr
 }
 
+// peerSelector scopes a fromEndpoints/toEndpoints selector as Cilium
+// does: a selector that names neither the pod namespace nor a reserved
+// label selects pods of the policy's namespace (of any namespace for a
+// clusterwide policy). A selector about namespaces — the pod namespace or
+// namespace labels, with any operator — selects pods only: world, CIDR and
+// other reserved identities have no namespace, so a negative requirement
+// (NotIn, DoesNotExist) must not select them.
+func (n *normalizer) peerSelector(sel Selector) Selector {
+	switch {
+	case sel.hasSource(SourceReserved):
+		return sel
+	case !sel.hasKey(LabelPodNamespace) && n.namespace != "":
+		return sel.withRequirement(namespaceRequirement(n.namespace))
+	}
+	return sel.withRequirement(podNamespaceExists())
+}
+
+// podNamespaceExists requires the pod namespace label: pods only.
+func podNamespaceExists() Requirement {
+	return Requirement{Source: SourceK8s, Key: LabelPodNamespace, Operator: OpExists}
+}
+
 // sectionFields is the direction-neutral view of an ingress or egress entry.
 type sectionFields struct {
 	prefix      string // "from" or "to"
@@ -148,10 +170,7 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 			continue
 		}
 		hasL3 = true
-		if n.namespace != "" && !sel.hasKey(LabelPodNamespace) && !sel.hasSource(SourceReserved) {
-			sel = sel.withRequirement(namespaceRequirement(n.namespace))
-		}
-		s.Peers.Selectors = append(s.Peers.Selectors, sel)
+		s.Peers.Selectors = append(s.Peers.Selectors, n.peerSelector(sel))
 	}
 	for i, c := range f.cidrs {
 		hasL3 = true
@@ -634,12 +653,10 @@ func (n *normalizer) npSection(peers []wireNPPeer, ports []wireNPPort, p fieldPa
 				n.fail(err)
 				continue
 			}
-			sel = sel.and(ns)
-			if len(sel.Requirements) == 0 {
-				// every pod in every namespace: require the namespace label so
-				// reserved identities are not selected
-				sel = sel.withRequirement(Requirement{Source: SourceK8s, Key: LabelPodNamespace, Operator: OpExists})
-			}
+			// A namespaceSelector selects pods in namespaces: require the
+			// namespace label, so world, CIDR and reserved identities are
+			// never selected, whatever operators the selectors use.
+			sel = sel.and(ns).withRequirement(podNamespaceExists())
 		} else {
 			sel = sel.withRequirement(namespaceRequirement(n.namespace))
 		}
