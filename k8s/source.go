@@ -51,6 +51,9 @@ type Source struct {
 	// infos remembers, for the last few digests sent, each object's UID
 	// and generation, so a status names the generation a revision held.
 	infos []digestInfo
+	// tracker keeps the last valid version of every object: an update
+	// that fails to decode never loosens what is in force.
+	tracker *policy.Tracker
 }
 
 type digestInfo struct {
@@ -261,7 +264,11 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 }
 
 // update decodes documents into one view. The digest is over the
-// canonical documents, so an unchanged view has an unchanged digest.
+// canonical documents, so an unchanged view has an unchanged digest. An
+// object whose update fails to decode keeps its last valid version in
+// force; a new invalid policy holds the endpoints it selects in
+// default-deny (policy.Tracker); its error says which, and the status
+// writer reports it Valid=False.
 func (s *Source) update(docs []document) agent.SourceUpdate {
 	var buf bytes.Buffer
 	infos := make(map[objectKey]objectInfo, len(docs))
@@ -273,6 +280,13 @@ func (s *Source) update(docs []document) agent.SourceUpdate {
 	sum := sha256.Sum256(buf.Bytes())
 	digest := hex.EncodeToString(sum[:])
 	objs, errs := policy.Decode("", buf.Bytes())
+	s.mu.Lock()
+	if s.tracker == nil {
+		s.tracker = policy.NewTracker()
+	}
+	tracker := s.tracker
+	s.mu.Unlock()
+	objs, errs = tracker.Apply(objs, errs)
 	s.mu.Lock()
 	if n := len(s.infos); n == 0 || s.infos[n-1].digest != digest {
 		s.infos = append(s.infos, digestInfo{digest: digest, infos: infos})

@@ -145,6 +145,13 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	type ruleRef struct{ policy, rule int }
 	subjects := map[Identity][]ruleRef{}
 	for pi := range objs.Policies {
+		if p := &objs.Policies[pi]; p.Invalid != "" {
+			var dirs []string
+			for _, d := range p.stubDirections() {
+				dirs = append(dirs, d.String())
+			}
+			c.warnf("%s %s is invalid: the endpoints it selects are held in default-deny (%s) until it is fixed", p.Kind, p.Name(), strings.Join(dirs, ", "))
+		}
 		for ri := range objs.Policies[pi].Rules {
 			for _, id := range c.selectPods(objs.Policies[pi].Rules[ri].Subject) {
 				subjects[id] = append(subjects[id], ruleRef{pi, ri})
@@ -508,6 +515,9 @@ func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
 	if enforce {
 		b.pol.Enforced = true
 		p := Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: 0, Kind: KindDefaultDeny, Path: r.Path + "." + dir.String()}
+		if pol.Invalid != "" {
+			p.Path += " (invalid policy: fail-closed)"
+		}
 		if !slices.ContainsFunc(b.pol.DefaultDeny, func(x Provenance) bool { return compareProvenance(x, p) == 0 }) {
 			b.pol.DefaultDeny = append(b.pol.DefaultDeny, p)
 			slices.SortFunc(b.pol.DefaultDeny, compareProvenance)

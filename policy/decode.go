@@ -144,16 +144,19 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		}
 		return nil
 	}
+	// An invalid policy is an error naming the field; the endpoints it
+	// selects are held in default-deny where that can be worked out (see
+	// failClosed).
+	policyErr := func(kind PolicyKind, errs []error) []error {
+		stub := failClosed(kind, ref, m)
+		if stub == nil {
+			return objErr(errs)
+		}
+		o.Policies = append(o.Policies, *stub)
+		return []error{&ObjectError{Object: ref, Err: &InvalidObjectError{Err: errors.Join(errs...), Fallback: FallbackDefaultDeny, Directions: stub.stubDirections()}}}
+	}
 	switch tm.Kind {
 	case string(KindCNP), string(KindCCNP):
-		if e := checkVersion("cilium.io/v2"); e != nil {
-			return e
-		}
-		var w wireCNP
-		d.decode("", m, reflect.ValueOf(&w).Elem())
-		if len(d.errs) > 0 {
-			return objErr(d.errs)
-		}
 		clusterwide := tm.Kind == string(KindCCNP)
 		if clusterwide && ref.Namespace != "" {
 			o.Warnings = append(o.Warnings, Warning{Object: ref, Path: "metadata.namespace", Message: "ignored: CiliumClusterwideNetworkPolicy is not namespaced"})
@@ -162,43 +165,52 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		if !clusterwide && ref.Namespace == "" {
 			ref.Namespace = "default"
 		}
+		kind := PolicyKind(tm.Kind)
+		if e := checkVersion("cilium.io/v2"); e != nil {
+			return policyErr(kind, []error{e[0].(*ObjectError).Err})
+		}
+		var w wireCNP
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return policyErr(kind, d.errs)
+		}
 		p, warns, errs := normalizeCNP(&w, ref, clusterwide)
 		o.Warnings = append(o.Warnings, warns...)
 		if len(errs) > 0 {
-			return objErr(errs)
+			return policyErr(kind, errs)
 		}
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case string(KindNP):
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
 		if e := checkVersion("networking.k8s.io/v1"); e != nil {
-			return e
+			return policyErr(KindNP, []error{e[0].(*ObjectError).Err})
 		}
 		var w wireNP
 		d.decode("", m, reflect.ValueOf(&w).Elem())
 		if len(d.errs) > 0 {
-			return objErr(d.errs)
-		}
-		if ref.Namespace == "" {
-			ref.Namespace = "default"
+			return policyErr(KindNP, d.errs)
 		}
 		p, warns, errs := normalizeNP(&w, ref)
 		o.Warnings = append(o.Warnings, warns...)
 		if len(errs) > 0 {
-			return objErr(errs)
+			return policyErr(KindNP, errs)
 		}
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case "Pod":
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
 		if e := checkVersion("v1"); e != nil {
-			return e
+			return objErr([]error{e[0].(*ObjectError).Err})
 		}
 		var w wirePod
 		d.decode("", m, reflect.ValueOf(&w).Elem())
 		if len(d.errs) > 0 {
 			return objErr(d.errs)
-		}
-		if ref.Namespace == "" {
-			ref.Namespace = "default"
 		}
 		p, errs := normalizePod(&w, ref)
 		if len(errs) > 0 {

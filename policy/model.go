@@ -159,6 +159,10 @@ type Policy struct {
 	Ref   ObjectRef
 	Kind  PolicyKind
 	Rules []Rule
+	// Invalid is set on the fail-closed stand-in for a policy that failed
+	// to decode (see failClosed): its rules only hold the endpoints they
+	// select in default-deny. It says why the policy is invalid.
+	Invalid string
 }
 
 // Name is "namespace/name" for namespaced policies and "name" for

@@ -399,6 +399,20 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 		n.warn(p.child("serverNames"), "unsupported: TLS server name matching is not provided by l7gate; this port rule allows nothing")
 		r.Dropped = "serverNames is not supported"
 	}
+	if w.Rules != nil && len(w.Rules.DNS) > 0 && !deny && len(w.Rules.HTTP) == 0 && len(w.Rules.Kafka) == 0 && w.Rules.L7Proto == "" && len(w.Rules.L7) == 0 {
+		// DNS rules: l7gate has no DNS proxy yet. The port rule allows
+		// nothing (never all of DNS); the rest of the policy, and its
+		// default-deny, apply.
+		for i, d := range w.Rules.DNS {
+			if d.MatchName == "" && d.MatchPattern == "" {
+				n.fail(p.child("rules.dns").index(i).errorf("give matchName or matchPattern"))
+				ok = false
+			}
+		}
+		n.warn(p.child("rules.dns"), "not enforced: l7gate has no DNS proxy yet; this port rule allows nothing (the policy's default-deny stays)")
+		r.Dropped = "rules.dns is not enforced"
+		return r, ok
+	}
 	if w.Rules != nil {
 		if deny {
 			n.fail(p.child("rules").errorf("L7 rules are not allowed in deny rules"))
@@ -485,7 +499,7 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 	if len(w.Kafka) > 0 {
 		kinds++
 	}
-	if !isEmptyValue(w.DNS) {
+	if len(w.DNS) > 0 {
 		kinds++
 	}
 	if w.L7Proto != "" || len(w.L7) > 0 {
@@ -525,8 +539,8 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 			l7.Kafka = append(l7.Kafka, r)
 		}
 		return l7, ok
-	case !isEmptyValue(w.DNS):
-		n.fail(p.child("dns").errorf("unsupported: DNS proxy rules are not provided by l7gate"))
+	case len(w.DNS) > 0:
+		n.fail(p.child("dns").errorf("DNS rules are not allowed here"))
 		return nil, false
 	case w.L7Proto != "" || len(w.L7) > 0:
 		if w.L7Proto == "" {
@@ -537,6 +551,7 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 			n.fail(p.child("l7proto").errorf("%q has its own rules field: use rules.%s", w.L7Proto, w.L7Proto))
 			return nil, false
 		}
+		n.warn(p.child("l7proto"), "not enforced: l7gate's proxies parse http and kafka only; the datapath drops connections redirected to %q (fail closed)", w.L7Proto)
 		l7 := &L7Rules{Parser: w.L7Proto, Generic: w.L7}
 		if l7.Generic == nil {
 			l7.Generic = []map[string]string{}

@@ -115,9 +115,16 @@ type wirePort struct {
 type wireL7Rules struct {
 	HTTP    []wireHTTPRule      `json:"http"`
 	Kafka   []wireKafkaRule     `json:"kafka"`
-	DNS     any                 `json:"dns"`
+	DNS     []wireDNSRule       `json:"dns"`
 	L7Proto string              `json:"l7proto"`
 	L7      []map[string]string `json:"l7"`
+}
+
+// wireDNSRule is one rules.dns entry (not enforced yet; decoded strictly so
+// a typo is still an error).
+type wireDNSRule struct {
+	MatchName    string `json:"matchName"`
+	MatchPattern string `json:"matchPattern"`
 }
 
 type wireHTTPRule struct {

@@ -42,8 +42,12 @@ and checks CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
 NetworkPolicy, Pod and Namespace objects.
 
 It prints one summary line per valid object. Warnings (unknown kinds skipped,
-fields l7gate does not enforce) go to stderr. Every invalid object is
-reported with its file, kind/namespace/name and field path.
+fields l7gate does not enforce, allows that lift other rules' L7 rules) go
+to stderr. Every invalid object is reported with its file, kind/namespace/
+name and field path, and with what l7gate enforces in its place: an invalid
+policy whose endpointSelector decodes holds the endpoints it selects in
+default-deny in the directions it names; the agent keeps the last valid
+version of an object whose update is invalid.
 
 Exit status: 0 when every object is valid, 2 when any is not (or on bad
 arguments).`,
@@ -115,6 +119,10 @@ The source and the destination are each one of:
                                                  health, unmanaged or ingress
 (and the same with --dst-). Namespace labels come from Namespace objects in
 the inputs.
+
+Invalid objects are reported and traced as the agent enforces them: an
+invalid policy whose endpointSelector decodes holds the endpoints it selects
+in default-deny (fail closed).
 
 Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 		Example: `  l7gate policy trace -f examples/starwars \
@@ -251,10 +259,12 @@ func (a *app) runTrace(f *traceFlags) error {
 	}
 	objs, errs := a.loadObjects(f.files)
 	if len(errs) > 0 {
+		// Traced as the agent enforces them: an invalid policy holds the
+		// endpoints it selects in default-deny (fail closed).
 		for _, err := range errs {
 			fmt.Fprintln(a.stderr, "error:", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 		}
-		return &exitError{code: 2, err: fmt.Errorf("%d invalid object(s): fix them or leave them out of the trace", len(errs))}
+		fmt.Fprintf(a.stderr, "note: %d invalid object(s) are traced as l7gate enforces them (see each error)\n", len(errs))
 	}
 	res, err := policy.Trace(objs, req)
 	if err != nil {

@@ -206,3 +206,44 @@ func TestShadowedL7(t *testing.T) {
 		}
 	}
 }
+
+// TestInvalidPolicyFailClosedCLI (issue 12 item 8): validate says what
+// stands in for an invalid policy; trace runs and shows the fail-closed
+// default-deny; rules.dns loads with a warning.
+func TestInvalidPolicyFailClosedCLI(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "p.yaml")
+	os.WriteFile(f, []byte(`apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: ns, labels: {app: app}}
+status: {podIP: 198.18.0.1}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: broken, namespace: ns}
+spec:
+  endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toEntitys: [world]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns, namespace: ns}
+spec:
+  endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system}}]
+    toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]
+`), 0o644)
+	code, _, errOut := runCLI(t, "policy", "validate", "-f", f)
+	for _, want := range []string{"spec.egress[0].toEntitys: unknown field", "held in default-deny (egress)",
+		"spec.egress[0].toPorts[0].rules.dns: not enforced"} {
+		if code != 2 || !strings.Contains(errOut, want) {
+			t.Errorf("validate (exit %d) lacks %q:\n%s", code, want, errOut)
+		}
+	}
+	code, out, errOut := runCLI(t, "policy", "trace", "-f", f, "--src-cidr", "198.18.0.1", "--dst-cidr", "203.0.113.9", "--dport", "443")
+	if code != 0 || !strings.Contains(out, "Verdict: DENIED") || !strings.Contains(out, "default-deny ns/broken (CiliumNetworkPolicy spec.egress (invalid policy: fail-closed))") {
+		t.Errorf("trace (exit %d):\n%s%s", code, out, errOut)
+	}
+}
