@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -77,12 +78,14 @@ type peerSet struct {
 }
 
 type computer struct {
+	opts     Options
 	objs     *Objects
 	alloc    *IdentityAllocator
 	snap     *Snapshot
 	podIDs   []Identity // sorted, distinct
 	allIDs   []Identity // sorted: reserved, pods, CIDR
 	cidrIDs  map[netip.Prefix]Identity
+	cidrList []netip.Prefix // cidrIDs' prefixes, sorted by address then length
 	selCache map[string][]Identity
 	// byLabel indexes identities by "key=value" of each label (any
 	// source), so selectors with an In requirement scan few candidates.
@@ -95,10 +98,19 @@ type computer struct {
 }
 
 // Compute derives identities, endpoints, the ipcache and every endpoint
-// identity's policy from objs. alloc keeps identities stable across calls.
+// identity's policy from objs with the default Options. alloc keeps
+// identities stable across calls.
 func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
+	return ComputeWith(objs, alloc, Options{})
+}
+
+// ComputeWith is Compute with options.
+func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapshot, error) {
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = DefaultMaxEntries
+	}
 	c := &computer{
-		objs: objs, alloc: alloc,
+		objs: objs, alloc: alloc, opts: opts,
 		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}, shadows: map[shadowRecord]bool{}},
 		cidrIDs:  map[netip.Prefix]Identity{},
 		selCache: map[string][]Identity{},
@@ -158,16 +170,39 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 			}
 		}
 	}
+	// Identities selected by the same rules get the same policy (on
+	// ingress also the same named ports): computed once, shared read-only.
+	type built struct {
+		pol      DirectionPolicy
+		overflow bool
+	}
+	cache := map[string]built{}
 	for _, id := range c.podIDs {
 		ep := &EndpointPolicy{Identity: id}
 		for _, dir := range []Direction{Ingress, Egress} {
-			b := newDirBuilder(dir)
-			for _, rr := range subjects[id] {
-				c.applyRule(b, id, rr.policy, rr.rule)
+			var key strings.Builder
+			fmt.Fprint(&key, dir, subjects[id])
+			if dir == Ingress {
+				fmt.Fprint(&key, c.ports[id])
 			}
-			*ep.Direction(dir) = b.finish()
-			for _, sh := range b.shadows {
-				c.snap.shadows[sh] = true
+			got, ok := cache[key.String()]
+			if !ok {
+				b := newDirBuilder(dir, c.opts.MaxEntries)
+				for _, rr := range subjects[id] {
+					if b.overflow {
+						break
+					}
+					c.applyRule(b, id, rr.policy, rr.rule)
+				}
+				got = built{b.finish(), b.overflow}
+				for _, sh := range b.shadows {
+					c.snap.shadows[sh] = true
+				}
+				cache[key.String()] = got
+			}
+			*ep.Direction(dir) = got.pol
+			if got.overflow {
+				c.warnf("identity %d %s: its policy needs more than %d entries; it is held in default-deny in this direction (split the policy or use broader CIDRs)", id, dir, c.opts.MaxEntries)
 			}
 		}
 		c.snap.Policies = append(c.snap.Policies, ep)
@@ -290,6 +325,7 @@ func (c *computer) cidrIdentities() error {
 			return err
 		}
 		c.cidrIDs[p] = id
+		c.cidrList = append(c.cidrList, p)
 		c.snap.labels[id] = ls
 		if pods[p] {
 			continue
@@ -358,11 +394,17 @@ func (c *computer) cidrPeers(cs CIDRSelector) []Identity {
 	if cs.Prefix.Bits() == 0 {
 		out = append(out, IdentityWorld)
 	}
+	// The prefixes inside cs.Prefix are one run of the sorted list.
+	start, _ := slices.BinarySearchFunc(c.cidrList, cs.Prefix.Masked().Addr(), func(p netip.Prefix, a netip.Addr) int { return p.Addr().Compare(a) })
 outer:
-	for p, id := range c.cidrIDs {
-		if p.Addr().Is4() != cs.Prefix.Addr().Is4() || p.Bits() < cs.Prefix.Bits() || !cs.Prefix.Contains(p.Addr()) {
+	for _, p := range c.cidrList[start:] {
+		if !cs.Prefix.Contains(p.Addr()) {
+			break
+		}
+		if p.Bits() < cs.Prefix.Bits() {
 			continue
 		}
+		id := c.cidrIDs[p]
 		for _, e := range cs.Except {
 			if p.Bits() >= e.Bits() && e.Contains(p.Addr()) {
 				continue outer
@@ -417,6 +459,12 @@ type dirBuilder struct {
 	pol     DirectionPolicy
 	entries map[entryKey]*Entry
 	l7      map[uint16]*L7RuleSet
+	l7idx   map[uint16]map[l7Key]int // see addRule
+	// max bounds the entries; past it, overflow holds the endpoint in
+	// default-deny in this direction (finish).
+	max      int
+	size     int // entries plus L7 rule × peer pairs
+	overflow bool
 	// shadows: allows without L7 rules that lift L7 rules (see finish)
 	shadows []shadowRecord
 }
@@ -430,13 +478,18 @@ type entryKey struct {
 	parser  string
 }
 
-func newDirBuilder(d Direction) *dirBuilder {
-	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[uint16]*L7RuleSet{}}
+func newDirBuilder(d Direction, max int) *dirBuilder {
+	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[uint16]*L7RuleSet{}, l7idx: map[uint16]map[l7Key]int{}, max: max}
 }
 
 func (b *dirBuilder) add(k entryKey, origin Provenance) {
 	e, ok := b.entries[k]
 	if !ok {
+		if b.size >= b.max {
+			b.overflow = true
+			return
+		}
+		b.size++
 		e = &Entry{Peer: k.peer, Protocol: k.proto, Port: k.port, EndPort: k.endPort, Verdict: k.verdict, Parser: k.parser}
 		b.entries[k] = e
 	}
@@ -447,11 +500,31 @@ func (b *dirBuilder) add(k entryKey, origin Provenance) {
 
 func (b *dirBuilder) finish() DirectionPolicy {
 	out := b.pol
+	if b.overflow {
+		// More entries than the datapath takes for one endpoint: hold it
+		// in default-deny rather than enforce part of its policy.
+		out.Enforced = true
+		return out
+	}
 	for _, e := range b.entries {
 		slices.SortFunc(e.Origins, compareProvenance)
 		out.Entries = append(out.Entries, *e)
 	}
 	sortEntries(out.Entries)
+	// redirected peers by port (IdentityAny: every peer)
+	redir := map[uint16]map[Identity]bool{}
+	for i := range out.Entries {
+		if e := &out.Entries[i]; e.Verdict == VerdictRedirect {
+			if redir[e.Port] == nil {
+				redir[e.Port] = map[Identity]bool{}
+			}
+			redir[e.Port][e.Peer] = true
+		}
+	}
+	redirected := func(peer Identity, port uint16) bool {
+		m := redir[port]
+		return m != nil && (m[IdentityAny] || m[peer] || (peer == IdentityAny && len(m) > 0))
+	}
 	// An allow without L7 rules that covers a redirected port for a peer
 	// — an L4 allow naming the port or an L3-only allow (every port) —
 	// lets that peer send any request there: add an allow-all L7 rule for
@@ -463,42 +536,54 @@ func (b *dirBuilder) finish() DirectionPolicy {
 	slices.Sort(ports)
 	for _, port := range ports {
 		rs := b.l7[port]
+		rs.sortPeers()
 		explicit := len(rs.Rules) // the L7 rules proper, before allow-alls
+		lifting := map[Provenance]map[Identity]bool{}
+		var order []Provenance
 		for _, e := range out.Entries {
 			if e.Verdict != VerdictAllow || (e.Port != 0 && (port < e.Port || port > e.EndPort)) ||
-				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(out.Entries, e.Peer, port) {
+				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(e.Peer, port) {
 				continue
 			}
 			for _, o := range e.Origins {
+				if o.PolicyKind == KindBuiltin {
+					continue // allow-localhost does not lift L7 rules
+				}
 				r := L7Rule{AnyPeer: e.Peer == IdentityAny, Origin: o}
 				if e.Peer != IdentityAny {
 					r.Peers = []Identity{e.Peer}
 				}
-				rs.addRule(r)
-				for i := range explicit {
-					x := &rs.Rules[i]
-					if e.Peer == IdentityAny || x.AppliesTo(e.Peer) {
-						l7 := x.Origin
-						l7.L7 = ""
-						b.shadows = append(b.shadows, shadowRecord{allow: o, l7: l7, proto: rs.Protocol, port: port})
+				b.addRule(rs, r)
+				if lifting[o] == nil {
+					lifting[o] = map[Identity]bool{}
+					order = append(order, o)
+				}
+				lifting[o][e.Peer] = true
+			}
+		}
+		// Which L7 rules each lifting allow shadows (ShadowWarnings).
+		for _, o := range order {
+			peers := lifting[o]
+			for i := range explicit {
+				x := &rs.Rules[i]
+				applies := peers[IdentityAny] || x.AnyPeer
+				for _, p := range x.Peers {
+					if applies {
+						break
 					}
+					applies = peers[p]
+				}
+				if applies {
+					l7 := x.Origin
+					l7.L7 = ""
+					b.shadows = append(b.shadows, shadowRecord{allow: o, l7: l7, proto: rs.Protocol, port: port})
 				}
 			}
 		}
+		rs.sortPeers()
 		out.L7 = append(out.L7, *rs)
 	}
 	return out
-}
-
-// redirected reports whether traffic from peer to port is redirected.
-func redirected(entries []Entry, peer Identity, port uint16) bool {
-	for i := range entries {
-		e := &entries[i]
-		if e.Verdict == VerdictRedirect && e.Port == port && (e.Peer == IdentityAny || e.Peer == peer || peer == IdentityAny) {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
@@ -553,6 +638,34 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 	if ps.any {
 		peers = []Identity{IdentityAny}
 	}
+	// What this section can add at most (entries, and L7 rule × peer
+	// pairs): a policy past the budget holds the endpoint in default-deny
+	// without building the part that does not fit.
+	est := len(peers)
+	if s.Ports != nil {
+		est = 0
+		for pri := range s.Ports {
+			pr := &s.Ports[pri]
+			if pr.Dropped != "" {
+				continue
+			}
+			rules := 0
+			if pr.L7 != nil {
+				rules = len(pr.L7.HTTP) + len(pr.L7.Kafka) + len(pr.L7.Generic)
+			}
+			for _, spec := range pr.Ports {
+				n := len(peers)
+				if spec.Name != "" && b.dir == Egress && ps.any && !deny {
+					n = len(c.podIDs) // a named port to any peer: each pod identity
+				}
+				est += n * (1 + rules)
+			}
+		}
+	}
+	if b.size+est > b.max {
+		b.overflow = true
+		return
+	}
 	if s.Ports == nil {
 		for _, p := range peers {
 			b.add(entryKey{peer: p, verdict: verdict}, origin)
@@ -564,19 +677,37 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 		if pr.Dropped != "" {
 			continue
 		}
+		// L7 rules: the peers of each port, added to its rule set at once
+		// (a rule set holds each rule once with all its peers).
+		var l7Ports []uint16
+		l7Peers := map[uint16][]Identity{}
 		for _, spec := range pr.Ports {
 			for _, p := range peers {
+				if b.overflow {
+					return
+				}
 				for _, pp := range c.resolvePort(b.dir, subject, p, spec, origin, deny) {
 					np := pp.spec
 					if pr.L7 == nil {
 						b.add(entryKey{peer: pp.peer, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
 						continue
 					}
-					if !c.addL7(b, pp.peer, np.Port, pr, origin) {
-						continue
+					if _, seen := l7Peers[np.Port]; !seen {
+						l7Ports = append(l7Ports, np.Port)
 					}
-					b.add(entryKey{peer: pp.peer, proto: ProtoTCP, port: np.Port, endPort: np.Port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
+					l7Peers[np.Port] = append(l7Peers[np.Port], pp.peer)
 				}
+			}
+		}
+		for _, port := range l7Ports {
+			ids := l7Peers[port]
+			slices.Sort(ids)
+			ids = slices.Compact(ids)
+			if !c.addL7(b, ids, port, pr, origin) {
+				continue
+			}
+			for _, id := range ids {
+				b.add(entryKey{peer: id, proto: ProtoTCP, port: port, endPort: port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
 			}
 		}
 	}
@@ -628,7 +759,7 @@ func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortS
 
 // addL7 adds a port rule's L7 rules to the port's rule set; it reports false
 // (and warns) when another parser already owns the port.
-func (c *computer) addL7(b *dirBuilder, peer Identity, port uint16, pr *PortRule, origin Provenance) bool {
+func (c *computer) addL7(b *dirBuilder, peers []Identity, port uint16, pr *PortRule, origin Provenance) bool {
 	rs, ok := b.l7[port]
 	if !ok {
 		rs = &L7RuleSet{Protocol: ProtoTCP, Port: port, Parser: pr.L7.Parser}
@@ -637,54 +768,84 @@ func (c *computer) addL7(b *dirBuilder, peer Identity, port uint16, pr *PortRule
 		c.warnf("%s %s: port %d already uses L7 parser %q; this %q rule is ignored", origin.Policy, origin.Path, port, rs.Parser, pr.L7.Parser)
 		return false
 	}
-	base := L7Rule{AnyPeer: peer == IdentityAny}
-	if peer != IdentityAny {
-		base.Peers = []Identity{peer}
+	base := L7Rule{AnyPeer: slices.Contains(peers, IdentityAny)}
+	if !base.AnyPeer {
+		base.Peers = slices.Clip(peers) // shared by this call's rules; sorted, distinct
 	}
+	b.size += max(1, len(base.Peers)) * (len(pr.L7.HTTP) + len(pr.L7.Kafka) + len(pr.L7.Generic))
 	add := func(r L7Rule, l7 string) {
 		o := origin
 		o.L7 = l7
 		r.Origin = o
-		rs.addRule(r)
+		b.addRule(rs, r)
 	}
 	for i := range pr.L7.HTTP {
 		r := base
 		r.HTTP = &pr.L7.HTTP[i]
-		add(r, fmt.Sprintf("http[%d]", i))
+		add(r, "http["+strconv.Itoa(i)+"]")
 	}
 	for i := range pr.L7.Kafka {
 		r := base
 		r.Kafka = &pr.L7.Kafka[i]
-		add(r, fmt.Sprintf("kafka[%d]", i))
+		add(r, "kafka["+strconv.Itoa(i)+"]")
 	}
 	for i := range pr.L7.Generic {
 		r := base
 		r.Generic = pr.L7.Generic[i]
-		add(r, fmt.Sprintf("l7[%d]", i))
+		add(r, "l7["+strconv.Itoa(i)+"]")
 	}
 	return true
 }
 
-// addRule appends r, merging it into an earlier rule from the same origin
-// (the same rule text reached through another peer).
-func (rs *L7RuleSet) addRule(r L7Rule) {
-	for i := range rs.Rules {
-		x := &rs.Rules[i]
-		if compareProvenance(x.Origin, r.Origin) != 0 || x.AllowsAll() != r.AllowsAll() {
-			continue
-		}
-		switch {
-		case x.AnyPeer:
-		case r.AnyPeer:
-			x.AnyPeer, x.Peers = true, nil
-		default:
-			for _, p := range r.Peers {
-				if j, found := slices.BinarySearch(x.Peers, p); !found {
-					x.Peers = slices.Insert(x.Peers, j, p)
-				}
-			}
-		}
+// l7Key identifies a rule of a rule set: the same rule text reached
+// through another peer merges into it.
+type l7Key struct {
+	origin Provenance
+	all    bool
+}
+
+// addRule appends r to rs, merging it into an earlier rule from the same
+// origin (in constant time: policies with thousands of rules or peers
+// must not compute in quadratic time). Peers are sorted by sortPeers.
+func (b *dirBuilder) addRule(rs *L7RuleSet, r L7Rule) {
+	idx := b.l7idx[rs.Port]
+	if idx == nil {
+		idx = map[l7Key]int{}
+		b.l7idx[rs.Port] = idx
+	}
+	k := l7Key{r.Origin, r.AllowsAll()}
+	i, ok := idx[k]
+	if !ok {
+		// Peers may be shared with other rules (never written in place:
+		// appends go to a clipped slice, sortPeers copies).
+		idx[k] = len(rs.Rules)
+		r.Peers = slices.Clip(r.Peers)
+		rs.Rules = append(rs.Rules, r)
 		return
 	}
-	rs.Rules = append(rs.Rules, r)
+	x := &rs.Rules[i]
+	switch {
+	case x.AnyPeer:
+	case r.AnyPeer:
+		x.AnyPeer, x.Peers = true, nil
+	default:
+		x.Peers = append(slices.Clip(x.Peers), r.Peers...)
+	}
+}
+
+// sortPeers sorts and de-duplicates every rule's peers (on a copy: peer
+// slices may be shared).
+func (rs *L7RuleSet) sortPeers() {
+	for i := range rs.Rules {
+		ps := rs.Rules[i].Peers
+		distinct := true
+		for j := 1; j < len(ps) && distinct; j++ {
+			distinct = ps[j-1] < ps[j]
+		}
+		if !distinct {
+			ps = slices.Clone(ps)
+			slices.Sort(ps)
+			rs.Rules[i].Peers = slices.Compact(ps)
+		}
+	}
 }
