@@ -79,6 +79,7 @@ type peerSet struct {
 
 type computer struct {
 	opts     Options
+	combined []Identity // kube-apiserver and remote-node at once (entityAddresses)
 	objs     *Objects
 	alloc    *IdentityAllocator
 	snap     *Snapshot
@@ -128,24 +129,11 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	if err := c.cidrIdentities(); err != nil {
 		return nil, err
 	}
-	// Node addresses are remote-node (a pod IP or a policy CIDR on the same
-	// prefix keeps its identity).
-	taken := map[netip.Prefix]bool{}
-	for _, e := range c.snap.IPCache {
-		taken[e.Prefix] = true
-	}
-	for _, n := range objs.Nodes {
-		for _, ip := range n.IPs {
-			p := netip.PrefixFrom(ip, ip.BitLen())
-			if taken[p] {
-				c.warnf("node %s: address %s is also a pod's or a policy CIDR's; it keeps that identity", n.Name, ip)
-				continue
-			}
-			taken[p] = true
-			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: IdentityRemoteNode})
-		}
+	if err := c.entityAddresses(); err != nil {
+		return nil, err
 	}
 	c.allIDs = append(append(ReservedIdentities(), c.podIDs...), sortedIDs(c.cidrIDs)...)
+	c.allIDs = append(c.allIDs, c.combined...)
 	for _, id := range c.allIDs {
 		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: c.snap.labels[id].Strings()})
 		for _, l := range c.snap.labels[id] {
@@ -193,6 +181,11 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 						break
 					}
 					c.applyRule(b, id, rr.policy, rr.rule)
+				}
+				if dir == Ingress && b.pol.Enforced && c.opts.AllowLocalhost != LocalhostPolicy {
+					// The node itself (kubelet probes) reaches every
+					// endpoint; deny rules still win, L7 rules still apply.
+					b.add(entryKey{peer: IdentityHost, verdict: VerdictAllow}, AllowLocalhostOrigin())
 				}
 				got = built{b.finish(), b.overflow}
 				for _, sh := range b.shadows {
@@ -419,7 +412,12 @@ func (c *computer) entityPeers(name string) []Identity {
 	switch name {
 	case "cluster":
 		out := slices.Clone(c.podIDs)
+		out = append(out, c.combined...)
 		return append(out, IdentityHost, IdentityRemoteNode, IdentityKubeAPIServer, IdentityHealth, IdentityInit, IdentityUnmanaged, IdentityIngress)
+	case "remote-node", "kube-apiserver":
+		// and the identity of addresses that are both
+		id, _ := entityIdentity(name)
+		return append([]Identity{id}, c.combined...)
 	case "world":
 		out := []Identity{IdentityWorld}
 		for _, id := range c.cidrIDs {
@@ -848,4 +846,92 @@ func (rs *L7RuleSet) sortPeers() {
 			rs.Rules[i].Peers = slices.Compact(ps)
 		}
 	}
+}
+
+// entityAddresses adds the ipcache entries of the kube-apiserver entity
+// (Options.KubeAPIServer and the default/kubernetes EndpointSlice) and of
+// Node objects (remote-node), with one entry per prefix:
+//   - a pod's address stays the pod's (warning);
+//   - a kube-apiserver address that is also a Node's gets one node-local
+//     identity with both labels, selected by both entities;
+//   - a kube-apiserver address that a policy names as a /32 CIDR is the
+//     kube-apiserver's (CIDR rules never select it; warning);
+//   - a Node address that a policy names as a /32 CIDR keeps the CIDR
+//     identity (warning).
+func (c *computer) entityAddresses() error {
+	owner := map[netip.Prefix]int{} // index in the ipcache
+	for i, e := range c.snap.IPCache {
+		owner[e.Prefix] = i
+	}
+	pods := map[netip.Prefix]bool{}
+	for _, ep := range c.snap.Endpoints {
+		for _, ip := range ep.IPs {
+			pods[netip.PrefixFrom(ip, ip.BitLen())] = true
+		}
+	}
+	nodeOf := map[netip.Addr]string{}
+	for _, n := range c.objs.Nodes {
+		for _, ip := range n.IPs {
+			if _, dup := nodeOf[ip]; !dup {
+				nodeOf[ip] = n.Name
+			}
+		}
+	}
+	api := slices.Clone(c.opts.KubeAPIServer)
+	for _, s := range c.objs.APIServers {
+		api = append(api, s.IPs...)
+	}
+	for i := range api {
+		api[i] = api[i].Unmap()
+	}
+	slices.SortFunc(api, func(a, b netip.Addr) int { return a.Compare(b) })
+	api = slices.Compact(api)
+	isAPI := map[netip.Addr]bool{}
+	var both Identity
+	for _, ip := range api {
+		if !ip.IsValid() {
+			continue
+		}
+		p := netip.PrefixFrom(ip, ip.BitLen())
+		if pods[p] {
+			c.warnf("kube-apiserver address %s is a pod's; it keeps the pod's identity", ip)
+			continue
+		}
+		isAPI[ip] = true
+		id := IdentityKubeAPIServer
+		if _, ok := nodeOf[ip]; ok {
+			if both == 0 {
+				ls := Labels{{Source: SourceReserved, Key: reservedName(IdentityKubeAPIServer)}, {Source: SourceReserved, Key: reservedName(IdentityRemoteNode)}}
+				var err error
+				if both, err = c.alloc.allocate(ls, true); err != nil {
+					return err
+				}
+				c.snap.labels[both] = ls
+				c.combined = append(c.combined, both)
+			}
+			id = both
+		}
+		if i, ok := owner[p]; ok {
+			c.warnf("kube-apiserver address %s is also a policy CIDR: CIDR rules do not select the kube-apiserver, use the kube-apiserver entity", ip)
+			c.snap.IPCache[i].Identity = id
+			continue
+		}
+		owner[p] = len(c.snap.IPCache)
+		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})
+	}
+	for _, n := range c.objs.Nodes {
+		for _, ip := range n.IPs {
+			p := netip.PrefixFrom(ip, ip.BitLen())
+			if isAPI[ip] {
+				continue
+			}
+			if _, taken := owner[p]; taken {
+				c.warnf("node %s: address %s is also a pod's or a policy CIDR's; it keeps that identity", n.Name, ip)
+				continue
+			}
+			owner[p] = len(c.snap.IPCache)
+			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: IdentityRemoteNode})
+		}
+	}
+	return nil
 }

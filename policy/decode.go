@@ -24,8 +24,11 @@ import (
 type Objects struct {
 	Namespaces []Namespace
 	// Nodes: their addresses are the remote-node identity.
-	Nodes    []Node
-	Pods     []Pod
+	Nodes []Node
+	// APIServers: the default/kubernetes EndpointSlice, whose addresses
+	// are the kube-apiserver entity.
+	APIServers []APIServer
+	Pods       []Pod
 	Policies []Policy
 	Warnings []Warning
 	// Summaries has one line per loaded object, in input order.
@@ -253,6 +256,41 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		}
 		o.Nodes = append(o.Nodes, n)
 		o.summarize(ref, fmt.Sprintf("%s: %s: %d address(es)", file, ref, len(n.IPs)))
+	case "EndpointSlice":
+		// Only the kubernetes Service's slice in default: the API server's
+		// addresses (the kube-apiserver entity).
+		if ref.Namespace != "default" || tm.Metadata.Labels["kubernetes.io/service-name"] != "kubernetes" {
+			o.Warnings = append(o.Warnings, Warning{Object: ref, Message: "skipped: l7gate reads only the default/kubernetes EndpointSlice (the kube-apiserver's addresses)"})
+			return nil
+		}
+		if e := checkVersion("discovery.k8s.io/v1"); e != nil {
+			return e
+		}
+		var w wireEndpointSlice
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		a := APIServer{Ref: ref}
+		var errs []error
+		for i, ep := range w.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			for j, s := range ep.Addresses {
+				ip, err := netip.ParseAddr(s)
+				if err != nil {
+					errs = append(errs, fieldPath("endpoints").index(i).child("addresses").index(j).errorf("invalid IP %q", s))
+					continue
+				}
+				a.IPs = append(a.IPs, ip.Unmap())
+			}
+		}
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.APIServers = append(o.APIServers, a)
+		o.summarize(ref, fmt.Sprintf("%s: %s: %d kube-apiserver address(es)", file, ref, len(a.IPs)))
 	case "Namespace":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -293,6 +331,9 @@ func summarizePolicy(p *Policy) string {
 func (o *Objects) sort() {
 	slices.SortStableFunc(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortStableFunc(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(o.APIServers, func(a, b APIServer) int {
+		return cmpStrings(a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
+	})
 	slices.SortStableFunc(o.Pods, func(a, b Pod) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
@@ -322,6 +363,9 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range o.Nodes {
 		seen[key(n.Ref)] = n.Ref
 	}
+	for _, a := range o.APIServers {
+		seen[key(a.Ref)] = a.Ref
+	}
 	for _, p := range o.Pods {
 		seen[key(p.Ref)] = p.Ref
 	}
@@ -344,6 +388,11 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range other.Nodes {
 		if !dup(n.Ref) {
 			o.Nodes = append(o.Nodes, n)
+		}
+	}
+	for _, a := range other.APIServers {
+		if !dup(a.Ref) {
+			o.APIServers = append(o.APIServers, a)
 		}
 	}
 	for _, p := range other.Pods {

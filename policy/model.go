@@ -131,6 +131,13 @@ type Node struct {
 	IPs  []netip.Addr
 }
 
+// APIServer is the default/kubernetes EndpointSlice (discovery.k8s.io/v1):
+// its endpoint addresses are the kube-apiserver entity.
+type APIServer struct {
+	Ref ObjectRef
+	IPs []netip.Addr
+}
+
 // NamedPort is a container port with a name, for named-port resolution.
 type NamedPort struct {
 	Name     string   `json:"name"`

@@ -24,6 +24,8 @@ type TraceRequest struct {
 	DPort    uint16
 	HTTP     *HTTPRequest
 	Kafka    *KafkaRequest
+	// Options are the agent's compute options (zero: the defaults).
+	Options Options
 }
 
 // TraceParty is how the trace resolved a side.
@@ -103,7 +105,7 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 			work.Pods = append(work.Pods, Pod{Namespace: ns, Name: side.name, Labels: side.p.Labels, ServiceAccount: "default"})
 		}
 	}
-	snap, err := Compute(&work, NewIdentityAllocator())
+	snap, err := ComputeWith(&work, NewIdentityAllocator(), req.Options)
 	if err != nil {
 		return nil, fmt.Errorf("compute: %w", err)
 	}

@@ -34,6 +34,7 @@ type tracked struct {
 	ref  ObjectRef
 	ns   *Namespace
 	node *Node
+	api  *APIServer
 	pod  *Pod
 	pol  *Policy
 }
@@ -91,6 +92,11 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 		out.Nodes = append(out.Nodes, n)
 		next[keyFor(n.Ref)] = tracked{ref: n.Ref, node: &n}
 	}
+	for i := range objs.APIServers {
+		a := objs.APIServers[i]
+		out.APIServers = append(out.APIServers, a)
+		next[keyFor(a.Ref)] = tracked{ref: a.Ref, api: &a}
+	}
 	for i := range objs.Pods {
 		p := objs.Pods[i]
 		out.Pods = append(out.Pods, p)
@@ -125,6 +131,8 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 			out.Namespaces = append(out.Namespaces, *prev.ns)
 		case prev.node != nil:
 			out.Nodes = append(out.Nodes, *prev.node)
+		case prev.api != nil:
+			out.APIServers = append(out.APIServers, *prev.api)
 		case prev.pod != nil:
 			out.Pods = append(out.Pods, *prev.pod)
 		case prev.pol != nil:

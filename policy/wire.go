@@ -283,3 +283,28 @@ type wireNodeAddress struct {
 }
 
 func (*wireNodeAddress) lenient() {}
+
+// EndpointSlice (discovery.k8s.io/v1), lenient: only the addresses of the
+// default/kubernetes slice are read.
+type wireEndpointSlice struct {
+	APIVersion  string         `json:"apiVersion"`
+	Kind        string         `json:"kind"`
+	Metadata    ObjectMeta     `json:"metadata"`
+	AddressType string         `json:"addressType"`
+	Endpoints   []wireEndpoint `json:"endpoints"`
+}
+
+func (*wireEndpointSlice) lenient() {}
+
+type wireEndpoint struct {
+	Addresses  []string               `json:"addresses"`
+	Conditions wireEndpointConditions `json:"conditions"`
+}
+
+func (*wireEndpoint) lenient() {}
+
+type wireEndpointConditions struct {
+	Ready *bool `json:"ready"`
+}
+
+func (*wireEndpointConditions) lenient() {}

@@ -100,6 +100,8 @@ type traceFlags struct {
 	kafkaKey, kafkaVersion, kafkaClient string
 	kafkaTopics                         []string
 	output                              string
+	allowLocalhost                      string
+	apiServers                          []string
 }
 
 func (a *app) policyTraceCommand() *cobra.Command {
@@ -157,6 +159,8 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.kafkaClient, "kafka-client-id", "", "Kafka client id")
 	fl.StringArrayVar(&f.kafkaTopics, "kafka-topic", nil, "Kafka topic named by the request (repeatable)")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.StringVar(&f.allowLocalhost, "allow-localhost", "always", "always: the host (kubelet probes) reaches every endpoint, as the agent does by default; policy: the host is a peer like any other")
+	fl.StringArrayVar(&f.apiServers, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; besides a default/kubernetes EndpointSlice among the inputs)")
 	return cmd
 }
 
@@ -211,6 +215,16 @@ func (a *app) runTrace(f *traceFlags) error {
 	}
 	req := policy.TraceRequest{DPort: uint16(f.dport)}
 	var err error
+	if req.Options.AllowLocalhost, err = policy.ParseLocalhostMode(f.allowLocalhost); err != nil {
+		return usageErrorf("--%v", err)
+	}
+	for _, s := range f.apiServers {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return usageErrorf("--kube-apiserver: invalid address %q", s)
+		}
+		req.Options.KubeAPIServer = append(req.Options.KubeAPIServer, a)
+	}
 	if req.Src, err = tracePeer(f.srcLabels, f.srcNS, f.srcCIDR, f.srcEnt, "src"); err != nil {
 		return err
 	}

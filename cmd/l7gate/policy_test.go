@@ -247,3 +247,24 @@ spec:
 		t.Errorf("trace (exit %d):\n%s%s", code, out, errOut)
 	}
 }
+
+// TestTraceAllowLocalhost (issue 12 item 9): the host reaches an endpoint
+// in default-deny, decided by the allow-localhost rule, unless
+// --allow-localhost=policy.
+func TestTraceAllowLocalhost(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "p.yaml")
+	os.WriteFile(f, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: ns}\nstatus: {podIP: 198.18.0.1}\n---\n"+
+		"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-all, namespace: ns}\nspec: {endpointSelector: {}, ingress: [{}]}\n"), 0o644)
+	args := []string{"policy", "trace", "-f", f, "--src-entity", "host", "--dst-cidr", "198.18.0.1", "--dport", "8080"}
+	code, out, errOut := runCLI(t, args...)
+	if code != 0 || !strings.Contains(out, "Verdict: ALLOWED") || !strings.Contains(out, "decided by: allow allow-localhost (l7gate --allow-localhost=always)") {
+		t.Errorf("default (exit %d):\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCLI(t, append(args, "--allow-localhost", "policy")...)
+	if code != 0 || !strings.Contains(out, "Verdict: DENIED") {
+		t.Errorf("--allow-localhost=policy (exit %d):\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut := runCLI(t, append(args, "--allow-localhost", "maybe")...); code != 2 || !strings.Contains(errOut, "want always or policy") {
+		t.Errorf("bad mode: exit %d %s", code, errOut)
+	}
+}
