@@ -256,6 +256,8 @@ func TestPrivilegedScenarioKafka(t *testing.T) { runScenario(t, scenarioByName(t
 
 func TestPrivilegedScenarioL3LiftsL7(t *testing.T) { runScenario(t, scenarioByName(t, "l3-lifts-l7")) }
 
+func TestPrivilegedScenarioNodeProbes(t *testing.T) { runScenario(t, scenarioByName(t, "node-probes")) }
+
 // TestPrivilegedScenarioInterrupted cancels a run part way (as Ctrl-C
 // does) and checks that everything is removed all the same.
 func TestPrivilegedScenarioInterrupted(t *testing.T) {

@@ -65,6 +65,10 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 		Protocol: policy.ProtoTCP,
 		DPort:    c.Port,
 	}
+	if src == node {
+		// the agent maps the node's own addresses to the host identity
+		req.Src = policy.TracePeer{Entity: "host"}
+	}
 	switch {
 	case c.HTTP != nil:
 		h := &policy.HTTPRequest{Method: c.HTTP.Method, Path: c.HTTP.Path, Host: httpHost(c.HTTP, addr)}

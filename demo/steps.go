@@ -41,7 +41,8 @@ type Step struct {
 // Check sends one request and compares what happened with Expect. Exactly
 // one of HTTP, GRPC and Kafka is set.
 type Check struct {
-	// From and To name hosts: "namespace/pod" or "external:name".
+	// From and To name hosts: "namespace/pod" or "external:name"; From
+	// may also be "node" (NodeHost): the node itself.
 	From, To string
 	Port     uint16
 	HTTP     *HTTPRequest
@@ -444,8 +445,11 @@ var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 
 func validTopic(t string) bool { return topicName.MatchString(t) && t != "." && t != ".." }
 
-// checkHostName accepts "namespace/pod" and "external:name".
+// checkHostName accepts "namespace/pod", "external:name" and "node".
 func checkHostName(s string) error {
+	if s == NodeHost {
+		return nil
+	}
 	if name, ok := strings.CutPrefix(s, "external:"); ok {
 		if !dnsLabel.MatchString(name) {
 			return fmt.Errorf("want external:<name>, not %q", s)
@@ -454,7 +458,7 @@ func checkHostName(s string) error {
 	}
 	ns, name, ok := strings.Cut(s, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return fmt.Errorf("want namespace/pod or external:name, not %q", s)
+		return fmt.Errorf("want namespace/pod, external:name or node, not %q", s)
 	}
 	return nil
 }

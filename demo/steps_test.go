@@ -66,7 +66,7 @@ func TestParseStepsErrors(t *testing.T) {
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 70000, http: {}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0].port: want a port number (1-65535), not 70000"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a, to: a/c, port: 80, http: {}, expect: allowed}",
-			`steps.yaml: steps[0].checks[0].from: want namespace/pod or external:name, not "a"`},
+			`steps.yaml: steps[0].checks[0].from: want namespace/pod, external:name or node, not "a"`},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, grpc: {method: /a.B/C}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc and kafka"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, expect: allowed}",
@@ -362,5 +362,39 @@ steps:
 	r.Observed.Verdict = Denied
 	if r.Passed() {
 		t.Errorf("passed with the wrong verdict: %s", r.Line())
+	}
+}
+
+// TestFromNode (issue 12 item 9): a check may come from the node itself;
+// policy.Trace sees the host identity; the node is never a destination.
+func TestFromNode(t *testing.T) {
+	files := fstest.MapFS{
+		"objects/pods.yaml": {Data: []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default, annotations: {l7gate.io/serve: \"http:80\"}}\nstatus: {podIP: 198.18.0.1}\n")},
+		"p.yaml":            {Data: []byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: default}\nspec: {endpointSelector: {}, ingress: [{}]}\n")},
+		"steps.yaml": {Data: []byte(`steps:
+- name: s
+  apply: [p.yaml]
+  checks:
+  - {from: node, to: default/a, port: 80, http: {}, expect: allowed, decidedBy: "allow allow-localhost"}
+`)},
+	}
+	sc, err := LoadScenario(files, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := sc.ObjectsAt(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := TraceCheck(objs, sc, sc.Steps[0].Checks[0])
+	if tr.Verdict != Allowed || !namesRule(tr.DecidedBy, "allow allow-localhost") {
+		t.Errorf("trace from the node: %s", tr)
+	}
+	if len(sc.Hosts) != 1 {
+		t.Errorf("the node became a host of the topology: %v", sc.Hosts)
+	}
+	files["steps.yaml"] = &fstest.MapFile{Data: []byte("steps:\n- name: s\n  checks:\n  - {from: default/a, to: node, port: 80, http: {}, expect: allowed}\n")}
+	if _, err := LoadScenario(files, "t"); err == nil || !strings.Contains(err.Error(), "checks[0].to: the node serves nothing") {
+		t.Errorf("to: node: %v", err)
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -84,6 +86,9 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 // informerSet is the running informers of one Run.
 type informerSet struct {
 	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
+	// apiServer: the default/kubernetes EndpointSlice only (the
+	// kube-apiserver entity's addresses).
+	apiServer cache.SharedIndexInformer
 }
 
 // Run implements agent.Source. It sends the first update once every
@@ -108,11 +113,15 @@ func (s *Source) Run(ctx context.Context, updates chan<- agent.SourceUpdate) err
 	// addresses enter the digest, so heartbeats cause no update.
 	nodeFactory := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
+	// One object of the discovery API: the RBAC grants no more.
+	apiFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithNamespace(apiServerSlice.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + apiServerSlice.Name }))
 	defer func() {
 		cancel()
 		typed.Shutdown()
 		nodeFactory.Shutdown()
 		dyn.Shutdown()
+		apiFactory.Shutdown()
 	}()
 	inf := informerSet{
 		pods:       typed.Core().V1().Pods().Informer(),
@@ -121,12 +130,14 @@ func (s *Source) Run(ctx context.Context, updates chan<- agent.SourceUpdate) err
 		nodes:      nodeFactory.Core().V1().Nodes().Informer(),
 		cnps:       dyn.ForResource(CNPResource()).Informer(),
 		ccnps:      dyn.ForResource(CCNPResource()).Informer(),
+		apiServer:  apiFactory.Discovery().V1().EndpointSlices().Informer(),
 	}
 	named := []struct {
 		name string
 		inf  cache.SharedIndexInformer
 	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
-		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps}}
+		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps},
+		{"endpointslices default/kubernetes", inf.apiServer}}
 	for _, n := range named {
 		trim := trimManagedFields
 		if n.inf == inf.pods {
@@ -142,6 +153,7 @@ func (s *Source) Run(ctx context.Context, updates chan<- agent.SourceUpdate) err
 	typed.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
 	dyn.Start(ctx.Done())
+	apiFactory.Start(ctx.Done())
 
 	// Wait for every first list; say which are missing meanwhile.
 	for {
@@ -242,6 +254,15 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 	for _, o := range inf.netpols.GetStore().List() {
 		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
 			d, err := networkPolicyDocument(np)
+			if err != nil {
+				return nil, err
+			}
+			docs = append(docs, d)
+		}
+	}
+	for _, o := range inf.apiServer.GetStore().List() {
+		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
+			d, err := endpointSliceDocument(es)
 			if err != nil {
 				return nil, err
 			}
