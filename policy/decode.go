@@ -29,8 +29,8 @@ type Objects struct {
 	// are the kube-apiserver entity.
 	APIServers []APIServer
 	Pods       []Pod
-	Policies []Policy
-	Warnings []Warning
+	Policies   []Policy
+	Warnings   []Warning
 	// Summaries has one line per loaded object, in input order.
 	Summaries []string
 	// summaryRefs[i] is the object Summaries[i] describes.

@@ -62,7 +62,7 @@ func TestDNSRulesKeepDefaultDeny(t *testing.T) {
 		port  uint16
 		want  Decision
 	}{
-		{"203.0.113.9", ProtoTCP, 80, DecisionDenied},  // default-deny stays
+		{"203.0.113.9", ProtoTCP, 80, DecisionDenied},   // default-deny stays
 		{"203.0.113.9", ProtoTCP, 443, DecisionAllowed}, // the rest of the policy applies
 		{"198.18.0.53", ProtoUDP, 53, DecisionDenied},   // the DNS port rule allows nothing
 		{"198.18.0.53", ProtoTCP, 53, DecisionDenied},

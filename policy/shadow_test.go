@@ -149,7 +149,6 @@ func TestShadowWarning(t *testing.T) {
 	}
 }
 
-
 // TestShadowWarningNeedsEndpoints: rules with different endpointSelectors
 // that select the same pod are compared through the computed policy; the
 // static comparison alone cannot see them.
