@@ -57,8 +57,31 @@ func Decode(file string, data []byte) (*Objects, []error) {
 		}
 		errs = append(errs, out.decodeDocument(file, i, doc)...)
 	}
+	errs = append(errs, out.dropDuplicates()...)
 	out.sort()
 	return out, errs
+}
+
+// dropDuplicates reports objects defined twice in one input (the first
+// definition is kept), as Merge does across inputs.
+func (o *Objects) dropDuplicates() []error {
+	var errs []error
+	seen := map[string]bool{}
+	dup := func(r ObjectRef) bool {
+		k := r.Kind + "/" + r.Namespace + "/" + r.Name
+		if seen[k] {
+			errs = append(errs, &ObjectError{Object: r, Err: errors.New("duplicate object: already defined earlier in this input (that definition is kept)")})
+			return true
+		}
+		seen[k] = true
+		return false
+	}
+	o.Namespaces = slices.DeleteFunc(o.Namespaces, func(x Namespace) bool { return dup(x.Ref) })
+	o.Nodes = slices.DeleteFunc(o.Nodes, func(x Node) bool { return dup(x.Ref) })
+	o.APIServers = slices.DeleteFunc(o.APIServers, func(x APIServer) bool { return dup(x.Ref) })
+	o.Pods = slices.DeleteFunc(o.Pods, func(x Pod) bool { return dup(x.Ref) })
+	o.Policies = slices.DeleteFunc(o.Policies, func(x Policy) bool { return dup(x.Ref) })
+	return errs
 }
 
 // splitDocuments splits a YAML stream at "---" lines.
@@ -112,6 +135,11 @@ func (o *Objects) decodeDocument(file string, docIndex int, doc []byte) []error 
 func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 	m, ok := v.(map[string]any)
 	if !ok {
+		if l, isList := v.([]any); isList && len(l) > 0 {
+			if r, ok := l[0].(map[string]any); ok && (r["endpointSelector"] != nil || r["nodeSelector"] != nil) {
+				return []error{&ObjectError{Object: where, Err: errors.New("a list of Cilium rules (cilium-agent's `cilium policy import` format) is not a Kubernetes object: put the rules in a CiliumNetworkPolicy's specs")}}
+			}
+		}
 		return []error{&ObjectError{Object: where, Err: fmt.Errorf("expected an object, got %s", describe(v))}}
 	}
 	var tm typeMeta
@@ -142,6 +170,14 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		return []error{&ObjectError{Object: ref, Err: errors.Join(errs...)}}
 	}
 	checkVersion := func(want ...string) []error {
+		if tm.APIVersion == "" {
+			// a key in the wrong case ("apiversion") is a typo, not a version
+			for k := range m {
+				if k != "apiVersion" && strings.EqualFold(k, "apiVersion") {
+					return objErr([]error{fieldPath(k).errorf("unknown field (did you mean apiVersion? keys are case-sensitive)")})
+				}
+			}
+		}
 		if !slices.Contains(want, tm.APIVersion) {
 			return objErr([]error{fieldPath("apiVersion").errorf("unsupported apiVersion %q for %s (want %s)", tm.APIVersion, tm.Kind, strings.Join(want, " or "))})
 		}
@@ -176,6 +212,10 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		d.decode("", m, reflect.ValueOf(&w).Elem())
 		if len(d.errs) > 0 {
 			return policyErr(kind, d.errs)
+		}
+		if w.Description != nil {
+			o.Warnings = append(o.Warnings, Warning{Object: ref, Path: "description",
+				Message: "ignored: not a field of " + tm.Kind + " (the API server drops it, or rejects the object under strict field validation); its place is spec.description"})
 		}
 		p, warns, errs := normalizeCNP(&w, ref, clusterwide)
 		o.Warnings = append(o.Warnings, warns...)
@@ -374,7 +414,7 @@ func (o *Objects) Merge(other *Objects) []error {
 	}
 	dup := func(r ObjectRef) bool {
 		if first, ok := seen[key(r)]; ok {
-			errs = append(errs, &ObjectError{Object: r, Err: fmt.Errorf("duplicate object: already defined in %s", first.File)})
+			errs = append(errs, &ObjectError{Object: r, Err: fmt.Errorf("duplicate object: already defined in %s (that definition is kept)", first.File)})
 			return true
 		}
 		seen[key(r)] = r

@@ -33,6 +33,10 @@ type wireCNP struct {
 	Spec       *wireRule   `json:"spec"`
 	Specs      []*wireRule `json:"specs"`
 	Status     any         `json:"status"`
+	// Description outside spec is not in Cilium's schema (the API server
+	// prunes it); several Cilium examples have it. Accepted and ignored,
+	// with a warning.
+	Description any `json:"description"`
 }
 
 type wireDefaultDeny struct {
