@@ -217,3 +217,24 @@ func TestHostilePolicyFields(t *testing.T) {
 		})
 	}
 }
+
+// TestHostileShadowComparison: the validation that compares sections
+// pairwise stays bounded on a policy with thousands of sections.
+func TestHostileShadowComparison(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: many, namespace: ns}\nspec:\n  endpointSelector: {}\n  ingress:\n")
+	for i := range 5000 {
+		fmt.Fprintf(&b, "  - fromEndpoints: [{matchLabels: {app: a%d}}]\n", i)
+		fmt.Fprintf(&b, "  - fromEndpoints: [{matchLabels: {app: a%d}}]\n    toPorts: [{ports: [{port: \"80\"}], rules: {http: [{method: GET}]}}]\n", i)
+	}
+	objs, errs := Decode("many.yaml", []byte(b.String()))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	start := time.Now()
+	ws := ShadowWarnings(objs, nil)
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("took %v", took)
+	}
+	t.Logf("%d warnings in %v", len(ws), time.Since(start).Round(time.Millisecond))
+}

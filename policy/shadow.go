@@ -108,9 +108,21 @@ func staticShadows(objs *Objects) []shadowRecord {
 		}
 	}
 	var out []shadowRecord
-	for _, secs := range bySubject {
+	budget := maxStaticShadowPairs
+	for _, subject := range sortedKeys(bySubject) {
+		secs := bySubject[subject]
+		// sections with L7 rules, the only ones that can be shadowed
+		var l7 []sec
+		for _, b := range secs {
+			if slices.ContainsFunc(b.s.Ports, func(pr PortRule) bool { return pr.L7 != nil && pr.Dropped == "" }) {
+				l7 = append(l7, b)
+			}
+		}
+		if budget -= len(secs) * len(l7); budget < 0 {
+			break // a huge policy: the computed comparison still applies
+		}
 		for _, a := range secs {
-			for _, b := range secs {
+			for _, b := range l7 {
 				if a.s == b.s || !peersOverlap(&a.s.Peers, &b.s.Peers) {
 					continue
 				}
@@ -138,6 +150,10 @@ func staticShadows(objs *Objects) []shadowRecord {
 	}
 	return out
 }
+
+// maxStaticShadowPairs bounds the section pairs the static comparison
+// looks at (hostile policies have tens of thousands of sections).
+const maxStaticShadowPairs = 1 << 20
 
 // liftsPort reports whether section a allows port ps without L7 rules:
 // an L3-only section, or a port rule without L7 rules covering ps.
