@@ -502,6 +502,8 @@ func (b *dirBuilder) finish() DirectionPolicy {
 		// More entries than the datapath takes for one endpoint: hold it
 		// in default-deny rather than enforce part of its policy.
 		out.Enforced = true
+		out.DefaultDeny = append(slices.Clone(out.DefaultDeny), Provenance{Policy: "entry-budget", PolicyKind: KindBuiltin,
+			Direction: b.dir, Kind: KindDefaultDeny, Path: fmt.Sprintf("more than %d entries", b.max)})
 		return out
 	}
 	for _, e := range b.entries {

@@ -171,6 +171,10 @@ func TestHostilePolicyScale(t *testing.T) {
 			if tc.overflow && !slices.ContainsFunc(snap.Warnings, func(w string) bool { return strings.Contains(w, "held in default-deny in this direction") }) {
 				t.Errorf("no warning about the overflow: %v", snap.Warnings)
 			}
+			if r := in.EvaluateL4(IdentityWorld, ProtoTCP, 80); tc.overflow && (r.Decision != DecisionDenied ||
+				!slices.ContainsFunc(r.DecidedBy, func(p Provenance) bool { return p.Policy == "entry-budget" })) {
+				t.Errorf("world → app:80 %s by %v, want denied by the entry budget", r.Decision, r.DecidedBy)
+			}
 		})
 	}
 }
