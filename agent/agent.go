@@ -112,6 +112,9 @@ type Config struct {
 	// gRPC rule sets; the Go proxy still serves Kafka).
 	HTTPProxy string
 	Envoy     EnvoyConfig
+	// Policy: computation options (allow-localhost, kube-apiserver
+	// addresses for sources without the default/kubernetes EndpointSlice).
+	Policy policy.Options
 	// ACKTimeout bounds one wait for the proxies (default 30s); the xDS
 	// server has its own, equal one.
 	ACKTimeout time.Duration
@@ -402,7 +405,7 @@ func (a *Agent) fail(err error) {
 // compute computes the policy of a source update and keeps the identities
 // it uses (persisted).
 func (a *Agent) compute(u *source.Update) (*policy.Snapshot, error) {
-	snap, err := policy.Compute(u.Objects, a.ids)
+	snap, err := policy.ComputeWith(u.Objects, a.ids, a.cfg.Policy)
 	if err != nil {
 		return nil, err
 	}

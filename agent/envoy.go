@@ -15,6 +15,7 @@ import (
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 )
 
@@ -23,6 +24,9 @@ type EnvoyConfig struct {
 	// ProcessName finds Envoy's pid (/proc/PID/comm; default "envoy"): its
 	// HTTP listeners are taken into the datapath's socket map.
 	ProcessName string
+	// EscapedSlashes: what Envoy does with %2F and %5C in request paths
+	// (the Go proxy's --http-escaped-slashes; default reject).
+	EscapedSlashes policy.EscapedSlashAction
 }
 
 // EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.

@@ -354,7 +354,8 @@ func refsOf(ps []policy.Provenance) []source.PolicyRef {
 	var out []source.PolicyRef
 	for _, p := range ps {
 		r := source.PolicyRef{Kind: p.PolicyKind, Name: p.Policy}
-		if r.Name != "" && !slices.Contains(out, r) {
+		// Rules l7gate adds itself (allow-localhost) belong to no object.
+		if r.Name != "" && r.Kind != policy.KindBuiltin && !slices.Contains(out, r) {
 			out = append(out, r)
 		}
 	}

@@ -367,7 +367,6 @@ func removeProxyCgroup(t *testing.T, runDir string) {
 	}
 }
 
-
 // newCgroup creates a cgroup v2 directory for a test process and removes
 // it when the test ends (after the process's own cleanup, which was
 // registered later and runs first).

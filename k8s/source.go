@@ -12,7 +12,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -51,6 +53,9 @@ type Source struct {
 	// infos remembers, for the last few digests sent, each object's UID
 	// and generation, so a status names the generation a revision held.
 	infos []digestInfo
+	// tracker keeps the last valid version of every object: an update
+	// that fails to decode never loosens what is in force.
+	tracker *policy.Tracker
 }
 
 type digestInfo struct {
@@ -81,6 +86,9 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 // informerSet is the running informers of one Run.
 type informerSet struct {
 	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
+	// apiServer: the default/kubernetes EndpointSlice only (the
+	// kube-apiserver entity's addresses).
+	apiServer cache.SharedIndexInformer
 }
 
 // Run implements source.Source. It sends the first update once every
@@ -105,11 +113,15 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	// addresses enter the digest, so heartbeats cause no update.
 	nodeFactory := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
+	// One object of the discovery API: the RBAC grants no more.
+	apiFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithNamespace(apiServerSlice.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + apiServerSlice.Name }))
 	defer func() {
 		cancel()
 		typed.Shutdown()
 		nodeFactory.Shutdown()
 		dyn.Shutdown()
+		apiFactory.Shutdown()
 	}()
 	inf := informerSet{
 		pods:       typed.Core().V1().Pods().Informer(),
@@ -118,12 +130,14 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 		nodes:      nodeFactory.Core().V1().Nodes().Informer(),
 		cnps:       dyn.ForResource(CNPResource()).Informer(),
 		ccnps:      dyn.ForResource(CCNPResource()).Informer(),
+		apiServer:  apiFactory.Discovery().V1().EndpointSlices().Informer(),
 	}
 	named := []struct {
 		name string
 		inf  cache.SharedIndexInformer
 	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
-		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps}}
+		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps},
+		{"endpointslices default/kubernetes", inf.apiServer}}
 	for _, n := range named {
 		trim := trimManagedFields
 		if n.inf == inf.pods {
@@ -139,6 +153,7 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	typed.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
 	dyn.Start(ctx.Done())
+	apiFactory.Start(ctx.Done())
 
 	// Wait for every first list; say which are missing meanwhile.
 	for {
@@ -245,6 +260,15 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 			docs = append(docs, d)
 		}
 	}
+	for _, o := range inf.apiServer.GetStore().List() {
+		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
+			d, err := endpointSliceDocument(es)
+			if err != nil {
+				return nil, err
+			}
+			docs = append(docs, d)
+		}
+	}
 	for _, i := range []cache.SharedIndexInformer{inf.cnps, inf.ccnps} {
 		for _, o := range i.GetStore().List() {
 			if u, ok := o.(*unstructured.Unstructured); ok {
@@ -261,7 +285,11 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 }
 
 // update decodes documents into one view. The digest is over the
-// canonical documents, so an unchanged view has an unchanged digest.
+// canonical documents, so an unchanged view has an unchanged digest. An
+// object whose update fails to decode keeps its last valid version in
+// force; a new invalid policy holds the endpoints it selects in
+// default-deny (policy.Tracker); its error says which, and the status
+// writer reports it Valid=False.
 func (s *Source) update(docs []document) source.Update {
 	var buf bytes.Buffer
 	infos := make(map[objectKey]objectInfo, len(docs))
@@ -273,6 +301,13 @@ func (s *Source) update(docs []document) source.Update {
 	sum := sha256.Sum256(buf.Bytes())
 	digest := hex.EncodeToString(sum[:])
 	objs, errs := policy.Decode("", buf.Bytes())
+	s.mu.Lock()
+	if s.tracker == nil {
+		s.tracker = policy.NewTracker()
+	}
+	tracker := s.tracker
+	s.mu.Unlock()
+	objs, errs = tracker.Apply(objs, errs)
 	s.mu.Lock()
 	if n := len(s.infos); n == 0 || s.infos[n-1].digest != digest {
 		s.infos = append(s.infos, digestInfo{digest: digest, infos: infos})
