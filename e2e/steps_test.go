@@ -442,8 +442,7 @@ func TestStep5AgentRestartAndUpgrade(t *testing.T) {
 	c.startLoop(t, "tiefighter", "PUT", "/v1/exhaust-port", "denied")
 	time.Sleep(3 * time.Second)
 
-	pods := c.must(t, "-n", "kube-system", "get", "pod", "-l", "app.kubernetes.io/name=l7gate", "--field-selector", "spec.nodeName=node1", "-o", "name")
-	c.must(t, "-n", "kube-system", "delete", strings.TrimSpace(pods), "--wait=false")
+	c.must(t, "-n", "kube-system", "delete", c.agentPod(t, "node1"), "--wait=false")
 	time.Sleep(2 * time.Second)
 	c.must(t, "-n", "kube-system", "rollout", "status", "ds/l7gate", "--timeout=180s")
 	time.Sleep(3 * time.Second)
@@ -604,10 +603,21 @@ func TestStep7Inspection(t *testing.T) {
 		{[]string{"-c", "agent", "--", "l7gate", "observe"}, "xwing"},
 		{[]string{"-c", "agent", "--", "l7gate", "envoy", "config-dump", "--admin", "unix:/run/l7gate/proxy-admin.sock"}, "listener"},
 	} {
-		args := append([]string{"-n", "kube-system", "exec", "ds/l7gate"}, tc.args...)
+		args := append([]string{"-n", "kube-system", "exec", c.agentPod(t, "node1")}, tc.args...)
 		out, err := c.k(t, args...)
 		if err != nil || !strings.Contains(strings.ToLower(out), tc.want) {
 			t.Errorf("kubectl %s: %v, want %q in:\n%s", strings.Join(args, " "), err, tc.want, out)
 		}
 	}
+}
+
+// agentPod is the l7gate pod on a node ("pod/l7gate-xxxxx").
+func (c cluster) agentPod(t *testing.T, node string) string {
+	t.Helper()
+	out := strings.TrimSpace(c.must(t, "-n", "kube-system", "get", "pod", "-l", "app.kubernetes.io/name=l7gate",
+		"--field-selector", "spec.nodeName="+node, "-o", "name"))
+	if out == "" || strings.Contains(out, "\n") {
+		t.Fatalf("l7gate pods on %s: %q", node, out)
+	}
+	return out
 }

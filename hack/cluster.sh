@@ -428,7 +428,7 @@ down_one() {
   # 2. every process in a node's namespaces or cgroups (containers, shims)
   local victims
   for round in 1 2 3 4 5; do
-    victims=$(ns_pids)
+    victims=$(ns_pids) || true
     [ -n "$victims" ] || break
     # shellcheck disable=SC2086
     kill -KILL $victims 2>/dev/null || true
@@ -467,26 +467,21 @@ down_one() {
 
 # ns_pids: pids in this cluster's node namespaces or cgroups (never ours)
 ns_pids() {
-  local inodes="" f p
+  local inodes="" f ns
   for f in "$W"/ns/*.mnt; do
     [ -e "$f" ] && inodes+=" $(stat -L -c %i "$f" 2>/dev/null || true)"
   done
-  local ns
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^l7e2e-$ID-" || true); do
     inodes+=" $(stat -L -c %i "/run/netns/$ns" 2>/dev/null || true)"
   done
   {
-    for p in /proc/[0-9]*; do
-      local pid=${p#/proc/}
-      [ "$pid" != $$ ] || continue
-      local m nt
-      m=$(stat -L -c %i "$p/ns/mnt" 2>/dev/null) || continue
-      nt=$(stat -L -c %i "$p/ns/net" 2>/dev/null) || continue
-      case " $inodes " in *" $m "* | *" $nt "*) echo "$pid" ;; esac
-    done
-    cat /sys/fs/cgroup/pids/l7e2e-"$ID"-*/cgroup.procs /sys/fs/cgroup/pids/l7e2e-"$ID"-*/*/cgroup.procs \
-      /sys/fs/cgroup/pids/l7e2e-"$ID"-*/*/*/cgroup.procs /sys/fs/cgroup/pids/l7e2e-"$ID"-*/*/*/*/cgroup.procs 2>/dev/null
-  } | sort -u | tr '\n' ' '
+    # one stat for every process's mount and network namespace
+    stat -L -c '%n %i' /proc/[0-9]*/ns/mnt /proc/[0-9]*/ns/net 2>/dev/null |
+      awk -v want="$inodes" -v self=$$ 'BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) if (w[i] != "") ok[w[i]] = 1 }
+        ($2 in ok) { split($1, p, "/"); if (p[3] != self) print p[3] }' || true
+    find /sys/fs/cgroup/pids/ -maxdepth 1 -name "l7e2e-$ID-*" -print0 2>/dev/null |
+      xargs -0 -r -I{} find {} -name cgroup.procs -exec cat {} + 2>/dev/null || true
+  } | sort -u | tr '\n' ' ' || true
 }
 
 leftovers() {
@@ -532,6 +527,10 @@ case "${1:-}" in
 up) up ;;
 down) down ;;
 e2e) e2e ;;
+_fn) # debugging: run one function of this script
+  shift
+  "$@"
+  ;;
 env)
   load "$(cat "$WORKROOT/current")"
   cat "$W/env"
