@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,22 +65,28 @@ func (c cluster) must(t *testing.T, args ...string) string {
 	return out
 }
 
+// stdin runs kubectl with yaml on its standard input.
+func (c cluster) stdin(yaml string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.kubectl, args...)
+	cmd.Stdin = strings.NewReader(yaml)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
 func (c cluster) apply(t *testing.T, yaml string) {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), "m.yaml")
-	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
+	if out, err := c.stdin(yaml, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	c.must(t, "apply", "-f", f)
 }
 
 func (c cluster) deleteYAML(t *testing.T, yaml string) {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), "m.yaml")
-	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c.k(t, "delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", f) //nolint:errcheck
+	c.stdin(yaml, "delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", "-") //nolint:errcheck
 }
 
 // exec runs a command in a pod and returns its output and exit code.

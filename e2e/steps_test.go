@@ -448,7 +448,7 @@ func TestStep5AgentRestartAndUpgrade(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	upgradeTag := c.imageTag + "-upgrade"
 	if out, err := run(t.Context(), 6*time.Minute, c.helm, "upgrade", "l7gate", "../deploy/helm/l7gate", "-n", "kube-system",
-		"--kube-version", c.kubeVersion, "--reuse-values", "--set", "image.tag="+upgradeTag, "--wait", "--timeout", "5m"); err != nil {
+		"--reuse-values", "--set", "image.tag="+upgradeTag, "--wait", "--timeout", "5m"); err != nil {
 		t.Fatalf("helm upgrade: %v\n%s", err, out)
 	}
 	c.must(t, "-n", "kube-system", "rollout", "status", "ds/l7gate", "--timeout=180s")

@@ -149,6 +149,9 @@ topology() {
     ip -n "$ns" addr add "$(node_ip "$i")/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+    # no default route here (nothing is outside), but a connect() to a
+    # ClusterIP needs a route before kube-proxy's DNAT in OUTPUT applies
+    ip -n "$ns" route add "$SVC_CIDR" dev eth0
     local j
     for j in $(seq 1 "$NODES"); do
       [ "$j" = "$i" ] || ip -n "$ns" route add "$(pod_cidr "$j")" via "$(node_ip "$j")"
@@ -247,6 +250,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "l7gate.local/pause:3.10"
   stream_server_address = "127.0.0.1"
   enable_selinux = false
+  # this machine's bounding set lacks CAP_SYS_RESOURCE: an oom_score_adj
+  # below containerd's own (the sandbox's -998) is refused, so clamp it
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -320,6 +326,15 @@ nodeStatusUpdateFrequency: 5s
 syncFrequency: 10s
 fileCheckFrequency: 20s
 EOF
+  # the kubelet's cgroup root must exist in every hierarchy (cgroupfs
+  # driver, hybrid v1 + unified); a v1 cpuset starts empty: copy the root's
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    mountpoint -q "$h" || continue
+    mkdir -p "$h/l7e2e-$ID-$n"
+  done
+  cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/l7e2e-$ID-$n/cpuset.cpus"
+  cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/l7e2e-$ID-$n/cpuset.mems"
   start "$n" kubelet "$KUBE_BIN/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$W/$n.kubeconfig" \
     --hostname-override="$n" --node-ip="$ip"
   cat >"$d/kube-proxy.yaml" <<EOF
@@ -342,7 +357,7 @@ addons() {
 }
 
 helm_install() {
-  "$HELM" install l7gate deploy/helm/l7gate --namespace kube-system --kube-version "$KUBE_VERSION" \
+  "$HELM" install l7gate deploy/helm/l7gate --namespace kube-system \
     --set envoy.enabled=false --set image.tag="$IMAGE_TAG" --set image.pullPolicy=Never \
     --set logLevel=info --wait --timeout 5m >"$W/logs/helm-install.log" 2>&1 ||
     { cat "$W/logs/helm-install.log" >&2; return 1; }
