@@ -113,6 +113,7 @@ func (c cluster) clients(kind string) []string {
 
 func (c cluster) setupStarwars(t *testing.T) {
 	t.Helper()
+	c.k(t, "delete", "cnp", "rule1", "--ignore-not-found") //nolint:errcheck
 	c.apply(t, starwars(c.nodes))
 	c.waitReady(t, 3*time.Minute, "pod", "-l", "org")
 	c.must(t, "rollout", "status", "deploy/deathstar", "--timeout=120s")
@@ -438,8 +439,11 @@ func TestStep5AgentRestartAndUpgrade(t *testing.T) {
 	c.apply(t, readExample(t, "examples/starwars/policy-l7.yaml"))
 	t.Cleanup(func() { c.k(t, "delete", "cnp", "rule1", "--ignore-not-found") }) //nolint:errcheck
 	c.waitPolicy(t, "default", "rule1")
-	c.startLoop(t, "tiefighter", "POST", "/v1/request-landing", "allowed")
-	c.startLoop(t, "tiefighter", "PUT", "/v1/exhaust-port", "denied")
+	// From node2 when there is one: the same-node ClusterIP + L7 case is
+	// step 1's (see the conntrack note there); here the restart is measured.
+	client := c.clients("tiefighter")[len(c.clients("tiefighter"))-1]
+	c.startLoop(t, client, "POST", "/v1/request-landing", "allowed")
+	c.startLoop(t, client, "PUT", "/v1/exhaust-port", "denied")
 	time.Sleep(3 * time.Second)
 
 	c.must(t, "-n", "kube-system", "delete", c.agentPod(t, "node1"), "--wait=false")
@@ -456,8 +460,8 @@ func TestStep5AgentRestartAndUpgrade(t *testing.T) {
 		t.Errorf("after helm upgrade the DaemonSet runs %s", img)
 	}
 	time.Sleep(3 * time.Second)
-	allowed := c.stopLoop(t, "tiefighter", "allowed")
-	denied := c.stopLoop(t, "tiefighter", "denied")
+	allowed := c.stopLoop(t, client, "allowed")
+	denied := c.stopLoop(t, client, "denied")
 	t.Logf("allowed client (POST, Connection: close) saw: %v", allowed)
 	t.Logf("denied client (PUT exhaust-port) saw: %v", denied)
 	for k, n := range denied {
