@@ -283,12 +283,17 @@ spec:
 		t.Logf("broken: %s: %s", cond.Reason, cond.Message)
 		return nil
 	})
-	// rule1 still enforced
-	if out, code := c.curl(t, "tiefighter", "PUT", "/v1/exhaust-port"); code != 0 || strings.TrimSpace(out) != "Access denied" {
-		t.Errorf("rule1 no longer enforced beside an invalid CNP: exit %d %q", code, out)
+	// rule1 still enforced (L7 checked from node2 when there is one: the
+	// same-node ClusterIP + L7 case is step 1's)
+	tf := c.clients("tiefighter")[len(c.clients("tiefighter"))-1]
+	if out, code := c.curl(t, tf, "PUT", "/v1/exhaust-port"); code != 0 || strings.TrimSpace(out) != "Access denied" {
+		t.Errorf("rule1 no longer enforced beside an invalid CNP: %s: exit %d %q", tf, code, out)
 	}
-	if out, code := c.curl(t, "tiefighter", "POST", "/v1/request-landing"); code != 0 || strings.TrimSpace(out) != "Ship landed" {
-		t.Errorf("POST beside an invalid CNP: exit %d %q", code, out)
+	if out, code := c.curl(t, tf, "POST", "/v1/request-landing"); code != 0 || strings.TrimSpace(out) != "Ship landed" {
+		t.Errorf("POST beside an invalid CNP: %s: exit %d %q", tf, code, out)
+	}
+	if out, code := c.curl(t, "xwing", "POST", "/v1/request-landing"); code != 28 {
+		t.Errorf("xwing beside an invalid CNP: exit %d %q, want a timeout", code, out)
 	}
 }
 
@@ -598,16 +603,28 @@ func TestStep7Inspection(t *testing.T) {
 	t.Cleanup(func() { c.k(t, "delete", "cnp", "rule1", "--ignore-not-found") }) //nolint:errcheck
 	c.waitPolicy(t, "default", "rule1")
 	c.curl(t, "xwing", "POST", "/v1/request-landing") // a drop to observe
+	xwingIP := strings.TrimSpace(c.must(t, "get", "pod", "xwing", "-o", "jsonpath={.status.podIP}"))
+	agent := c.agentPod(t, "node1")
+	eventually(t, 30*time.Second, "l7gate observe shows xwing's dropped flow", func() error {
+		out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe")
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "ingress") && strings.Contains(l, " "+xwingIP+":") && strings.Contains(l, ":80 ") && strings.Contains(l, "DROPPED") {
+				t.Logf("observe: %s", l)
+				return nil
+			}
+		}
+		c.curl(t, "xwing", "POST", "/v1/request-landing")
+		return fmt.Errorf("%v: no line from %s:\n%s", err, xwingIP, out)
+	})
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"-c", "agent", "--", "l7gate", "status"}, "rule1"},
 		{[]string{"-c", "agent", "--", "l7gate", "endpoint", "list"}, "deathstar"},
-		{[]string{"-c", "agent", "--", "l7gate", "observe"}, "xwing"},
 		{[]string{"-c", "agent", "--", "l7gate", "envoy", "config-dump", "--admin", "unix:/run/l7gate/proxy-admin.sock"}, "listener"},
 	} {
-		args := append([]string{"-n", "kube-system", "exec", c.agentPod(t, "node1")}, tc.args...)
+		args := append([]string{"-n", "kube-system", "exec", agent}, tc.args...)
 		out, err := c.k(t, args...)
 		if err != nil || !strings.Contains(strings.ToLower(out), tc.want) {
 			t.Errorf("kubectl %s: %v, want %q in:\n%s", strings.Join(args, " "), err, tc.want, out)
