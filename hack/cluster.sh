@@ -494,8 +494,10 @@ ns_pids() {
     stat -L -c '%n %i' /proc/[0-9]*/ns/mnt /proc/[0-9]*/ns/net 2>/dev/null |
       awk -v want="$inodes" -v self=$$ 'BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) if (w[i] != "") ok[w[i]] = 1 }
         ($2 in ok) { split($1, p, "/"); if (p[3] != self) print p[3] }' || true
-    find /sys/fs/cgroup/pids/ -maxdepth 1 -name "l7e2e-$ID-*" -print0 2>/dev/null |
-      xargs -0 -r -I{} find {} -name cgroup.procs -exec cat {} + 2>/dev/null || true
+    local c
+    for c in /sys/fs/cgroup/pids/l7e2e-"$ID"-* /sys/fs/cgroup/unified/l7e2e-"$ID"-*; do
+      [ -d "$c" ] && find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null
+    done || true
   } | sort -u | tr '\n' ' ' || true
 }
 
