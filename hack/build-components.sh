@@ -41,7 +41,7 @@ module() {
 
 build_kube() {
   local src=hack/components/kube/main.go
-  local dir="$CACHE/kube-$kube_version-$(hash_of "$src" hack/build-components.sh)"
+  local dir="$CACHE/kube-$kube_version-$(hash_of "$src")"
   if [ ! -x "$dir/kube" ]; then
     log "building Kubernetes $kube_version (multicall) in $dir; cold this takes 15-25 min on 2 cores"
     local tmp="$dir.tmp"
