@@ -57,6 +57,7 @@ var allowed = map[string][]string{
 	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
 	"deploy":                 {},
 	"proxy/conformance":      {}, // test-only: peer suites through the real node
+	"e2e":                    {}, // test-only (build tag e2e): the suite on a real cluster
 	"deploy/cmd/render":      {"deploy"},
 	"internal/layering":      {},
 	"bench/cmd/l7gate-bench": {"*"},
