@@ -53,8 +53,33 @@ demo: deps build
 clean:
 	rm -rf bin
 
-# Renders deploy/l7gate.yaml and deploy/crds.yaml from the Helm chart
-# (deploy/helm/l7gate, default values); TestRenderGolden fails on drift.
+# Renders deploy/l7gate.yaml and deploy/crds.yaml with Helm itself (helm
+# template / helm show crds of deploy/helm/l7gate, default values; helm is
+# built once into the cache). TestRenderGolden checks that deploy.Render, the
+# in-process renderer tests use, gives the same objects.
 .PHONY: manifests
 manifests:
-	$(GO) run ./deploy/cmd/render -out deploy
+	@bash hack/manifests.sh
+
+# ---- a real cluster on this machine (hack/cluster.sh; root) ----
+# Components and images are built once and cached in $(L7GATE_CACHE)
+# (default /var/cache/l7gate), keyed by version.
+.PHONY: image cluster-up cluster-down e2e
+# The l7gate image tarball (ghcr.io/l7gate/l7gate:$(IMAGE_TAG), default the
+# chart's appVersion); prints its path. Load it with
+# `ctr -n k8s.io images import` or `docker load`.
+image:
+	@bash hack/images.sh l7gate
+
+# Leaves a cluster running and prints the KUBECONFIG and kubectl to use.
+cluster-up:
+	@bash hack/cluster.sh up
+
+cluster-down:
+	@bash hack/cluster.sh down
+
+# Brings a cluster up, runs the e2e suite (e2e/, go test -tags e2e), tears
+# everything down (also on failure and Ctrl-C). E2E_RUN=Step1 narrows it,
+# E2E_KEEP=1 keeps the cluster, E2E_NODES=1 runs one node.
+e2e: deps
+	@bash hack/cluster.sh e2e

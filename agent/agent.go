@@ -33,6 +33,9 @@ type Datapath interface {
 	SyncPolicy([]bpf.EndpointPolicy) (bpf.SyncStats, error)
 	SyncIPCache([]bpf.IPCacheEntry) (bpf.SyncStats, error)
 	RegisterProxyListener(port uint16, conn syscall.Conn) error
+	// SetTrustedProxyCgroups makes ids the exact set of cgroups whose
+	// sockets may carry from-proxy marks (bpf/cgroup.go).
+	SetTrustedProxyCgroups(ids []uint64) error
 	Events(ctx context.Context) (<-chan bpf.Event, error)
 }
 
@@ -109,6 +112,9 @@ type Config struct {
 	// gRPC rule sets; the Go proxy still serves Kafka).
 	HTTPProxy string
 	Envoy     EnvoyConfig
+	// Policy: computation options (allow-localhost, kube-apiserver
+	// addresses for sources without the default/kubernetes EndpointSlice).
+	Policy policy.Options
 	// ACKTimeout bounds one wait for the proxies (default 30s); the xDS
 	// server has its own, equal one.
 	ACKTimeout time.Duration
@@ -216,6 +222,9 @@ type Agent struct {
 	readySaved string
 	// registered: proxy listeners already in the socket map.
 	registered map[listenerKey]bool
+	// trusted: the cgroup of each proxy whose from-proxy marks the
+	// datapath believes (set before its listeners are registered).
+	trusted map[consumerKind]uint64
 
 	// links signals link and route changes (nil: none).
 	links <-chan struct{}
@@ -309,7 +318,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func newAgent(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
-		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}}
+		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, trusted: map[consumerKind]uint64{}}
 	a.st.startedAt = cfg.now().UTC()
 	a.ids = a.loadIdentities()
 	a.ready = a.loadReadiness()
@@ -396,7 +405,7 @@ func (a *Agent) fail(err error) {
 // compute computes the policy of a source update and keeps the identities
 // it uses (persisted).
 func (a *Agent) compute(u *source.Update) (*policy.Snapshot, error) {
-	snap, err := policy.Compute(u.Objects, a.ids)
+	snap, err := policy.ComputeWith(u.Objects, a.ids, a.cfg.Policy)
 	if err != nil {
 		return nil, err
 	}

@@ -42,7 +42,11 @@ type fakeDatapath struct {
 	attached map[int]bool
 	log      []string
 	reject   func(bpf.EndpointPolicy) error
-	syncs    []bpf.SyncStats
+	// partial, when set, names endpoint directions SyncPolicy cannot
+	// write (as the real one on a full map): they fail closed (drop all)
+	// and the rest is synced.
+	partial func(bpf.EndpointPolicy) []bpf.FailedDirection
+	syncs   []bpf.SyncStats
 }
 
 func newFakeDatapath() *fakeDatapath {
@@ -84,8 +88,19 @@ func (d *fakeDatapath) SyncPolicy(desired []bpf.EndpointPolicy) (bpf.SyncStats, 
 		}
 	}
 	var st bpf.SyncStats
+	var failed []bpf.FailedDirection
 	want := map[uint32]bpf.EndpointPolicy{}
 	for _, p := range desired {
+		if d.partial != nil {
+			for _, f := range d.partial(p) {
+				failed = append(failed, f)
+				dp := &p.Ingress
+				if f.Direction == bpf.Egress {
+					dp = &p.Egress
+				}
+				*dp = bpf.DirectionPolicy{Enforced: true} // drops everything
+			}
+		}
 		want[p.Endpoint] = p
 		cur, ok := d.policy[p.Endpoint]
 		switch {
@@ -106,6 +121,9 @@ func (d *fakeDatapath) SyncPolicy(desired []bpf.EndpointPolicy) (bpf.SyncStats, 
 	ids := slices.Sorted(maps.Keys(want))
 	d.log = append(d.log, fmt.Sprintf("sync %v", ids))
 	d.syncs = append(d.syncs, st)
+	if len(failed) > 0 {
+		return st, &bpf.SyncError{Failed: failed}
+	}
 	return st, nil
 }
 
@@ -121,6 +139,13 @@ func (d *fakeDatapath) SyncIPCache(desired []bpf.IPCacheEntry) (bpf.SyncStats, e
 }
 
 func (d *fakeDatapath) RegisterProxyListener(uint16, syscall.Conn) error { return nil }
+
+func (d *fakeDatapath) SetTrustedProxyCgroups(ids []uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.log = append(d.log, fmt.Sprintf("trust cgroups %v", ids))
+	return nil
+}
 
 func (d *fakeDatapath) Events(ctx context.Context) (<-chan bpf.Event, error) {
 	ch := make(chan bpf.Event)
@@ -349,7 +374,8 @@ func (h *fakeHost) addVeth(ep string, idx int) {
 // loopback sockets.
 type fakeProcs struct{}
 
-func (fakeProcs) PID(bool) (int, error) { return 42, nil }
+func (fakeProcs) PID(bool) (int, error)            { return 42, nil }
+func (fakeProcs) CgroupID(pid int) (uint64, error) { return 4200 + uint64(pid), nil }
 func (fakeProcs) TakeListener(int, uint16) (*net.TCPListener, error) {
 	return net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 }
@@ -571,6 +597,47 @@ func TestDatapathRejectionConfined(t *testing.T) {
 	}
 	if in := h.dp.entries(tiefighter, policy.Ingress); in.Enforced {
 		t.Errorf("tiefighter ingress %+v after the policy went away", in)
+	}
+}
+
+// TestPartialSyncConfined: the datapath cannot write the tiefighter's
+// egress (a full map, say): SyncPolicy returns a *bpf.SyncError naming it
+// and keeps the rest. The agent names the failure and goes on: every
+// endpoint is attached, the others keep their policy, and the next
+// revision that fits clears it.
+func TestPartialSyncConfined(t *testing.T) {
+	h := newHarness(t, starwarsVeths())
+	full := true
+	h.dp.partial = func(p bpf.EndpointPolicy) []bpf.FailedDirection {
+		if full && p.Endpoint == tiefighter {
+			return []bpf.FailedDirection{{Endpoint: tiefighter, Direction: bpf.Egress,
+				Err: fmt.Errorf("endpoint %d egress: %w", tiefighter, bpf.ErrMapFull)}}
+		}
+		return nil
+	}
+	h.start()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml", twoL7(t))
+	r := h.await("revision 1", anyReport)
+	if len(r.failures) != 1 {
+		t.Fatalf("failures %+v, want one for the tiefighter's egress", r.failures)
+	}
+	if f := r.failures[0]; f.Endpoint != "default/tiefighter" || f.Step != StepDatapathPolicy ||
+		!slices.Equal(f.Directions, []string{"egress"}) || !strings.Contains(f.Error, "full") {
+		t.Errorf("failure %+v", f)
+	}
+	if !h.dp.attached[xwing] || !h.dp.attached[tiefighter] || !h.dp.attached[deathstar] {
+		t.Errorf("attached %v, want every endpoint", h.dp.attached)
+	}
+	if in := h.dp.entries(deathstar, policy.Ingress); !hasVerdict(in, bpf.VerdictRedirect) {
+		t.Errorf("deathstar ingress %+v, want its redirects", in)
+	}
+	h.dp.mu.Lock()
+	full = false
+	h.dp.mu.Unlock()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
+	r = h.await("revision 2", func(r report) bool { return r.rev == 2 })
+	if len(r.failures) != 0 {
+		t.Errorf("revision 2 failures %+v", r.failures)
 	}
 }
 

@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
 
 	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 )
 
@@ -19,6 +24,9 @@ type EnvoyConfig struct {
 	// ProcessName finds Envoy's pid (/proc/PID/comm; default "envoy"): its
 	// HTTP listeners are taken into the datapath's socket map.
 	ProcessName string
+	// EscapedSlashes: what Envoy does with %2F and %5C in request paths
+	// (the Go proxy's --http-escaped-slashes; default reject).
+	EscapedSlashes policy.EscapedSlashAction
 }
 
 // EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.
@@ -42,11 +50,25 @@ type ProxyProcesses interface {
 	// PID returns the pid of a proxy, or 0 when none runs.
 	PID(goProxy bool) (int, error)
 	TakeListener(pid int, port uint16) (*net.TCPListener, error)
+	// CgroupID returns the id of the cgroup v2 a proxy process runs in:
+	// only sockets of that cgroup may carry from-proxy marks.
+	CgroupID(pid int) (uint64, error)
 }
 
 // procProxies is ProxyProcesses from /proc: the Go proxy is whoever
 // serves its admin socket, Envoy the process named EnvoyConfig.ProcessName.
 type procProxies struct{ runDir, envoyName string }
+
+// CgroupID finds the cgroup v2 hierarchy (mounting it under the run dir
+// when this mount namespace has none, as under `ip netns exec`) and the
+// cgroup pid is in there.
+func (p procProxies) CgroupID(pid int) (uint64, error) {
+	mount, err := bpf.EnsureCgroup2(filepath.Join(p.runDir, "cgroup2"))
+	if err != nil {
+		return 0, err
+	}
+	return bpf.CgroupIDOfPID(mount, pid)
+}
 
 func (p procProxies) PID(goProxy bool) (int, error) {
 	if goProxy {
@@ -87,6 +109,9 @@ func (a *Agent) registerListeners(c consumerKind) {
 	if err == nil && pid == 0 {
 		err = errNoProxy
 	}
+	if err == nil {
+		err = a.trustProxy(c, pid)
+	}
 	for k, port := range lns {
 		err := err
 		if err == nil {
@@ -97,6 +122,31 @@ func (a *Agent) registerListeners(c consumerKind) {
 			a.ready.lnWhy[c][k] = notReady{StepProxyListener, fmt.Sprintf("take %s's listener on port %d: %v", c, port, err)}
 		}
 	}
+}
+
+// trustProxy makes the datapath believe the from-proxy marks of the
+// sockets in the cgroup proxy c (pid) runs in, before any redirect can
+// send traffic to it; a proxy that moved (restarted elsewhere) replaces
+// its old cgroup. A proxy in the root cgroup cannot be told apart from
+// every other process and is refused: its redirects stay drops.
+func (a *Agent) trustProxy(c consumerKind, pid int) error {
+	id, err := a.cfg.Processes.CgroupID(pid)
+	if err != nil {
+		return fmt.Errorf("find %s's cgroup: %w", c, err)
+	}
+	if a.trusted[c] == id {
+		return nil
+	}
+	next := maps.Clone(a.trusted)
+	next[c] = id
+	ids := slices.Sorted(maps.Values(next))
+	ids = slices.Compact(ids)
+	if err := a.dp.SetTrustedProxyCgroups(ids); err != nil {
+		return fmt.Errorf("trust %s's cgroup %d (pid %d; a proxy needs a cgroup of its own): %w", c, id, pid, err)
+	}
+	a.trusted = next
+	a.log.Info("proxy cgroup trusted", "proxy", c.String(), "pid", pid, "cgroup", id)
+	return nil
 }
 
 func (a *Agent) registerListener(key listenerKey) error {

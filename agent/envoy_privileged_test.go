@@ -38,6 +38,10 @@ func TestPrivilegedEnvoyRedirect(t *testing.T) {
 	// `ip netns exec` execs envoy in place, so its comm is "envoy".
 	envoy := exec.Command("ip", "netns", "exec", n.node, envoyBin, agentapi.XDSSocket(n.run), "test")
 	envoy.Stderr = os.Stderr
+	// Envoy runs in a cgroup of its own (its container's, on a node): the
+	// datapath believes from-proxy marks only from the proxies' cgroups.
+	cg := newCgroup(t, "l7gate-test-envoy-"+n.prefix)
+	envoy.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	if err := envoy.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -222,7 +222,23 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		return st, fmt.Errorf("sync ipcache: %w", err)
 	}
 	if st.policy, err = a.dp.SyncPolicy(res.Policies); err != nil {
-		return st, fmt.Errorf("sync datapath policy: %w", err)
+		// Directions the datapath could not write (e.g. the policy map
+		// is full) failed closed there; the others are in force.
+		var se *bpf.SyncError
+		if !errors.As(err, &se) {
+			return st, fmt.Errorf("sync datapath policy: %w", err)
+		}
+		for _, f := range se.Failed {
+			ep, ok := byID[f.Endpoint]
+			if !ok {
+				continue
+			}
+			dir := policy.Ingress
+			if f.Direction == bpf.Egress {
+				dir = policy.Egress
+			}
+			fs.add(ep, StepDatapathPolicy, dir, f.Err.Error(), policiesOf(snap, ep, dir, false))
+		}
 	}
 	a.attachNew(local, fs)
 	return st, nil
@@ -338,7 +354,8 @@ func refsOf(ps []policy.Provenance) []source.PolicyRef {
 	var out []source.PolicyRef
 	for _, p := range ps {
 		r := source.PolicyRef{Kind: p.PolicyKind, Name: p.Policy}
-		if r.Name != "" && !slices.Contains(out, r) {
+		// Rules l7gate adds itself (allow-localhost) belong to no object.
+		if r.Name != "" && r.Kind != policy.KindBuiltin && !slices.Contains(out, r) {
 			out = append(out, r)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/bpf"
 )
 
 func requireRoot(t *testing.T) {
@@ -125,6 +127,7 @@ func newStarwarsNode(t *testing.T) *starwarsNode {
 		for _, ns := range *n.cleanupNS {
 			exec.Command("ip", "netns", "del", ns).Run()
 		}
+		removeProxyCgroup(t, n.run)
 	})
 	run(t, "ip", "netns", "add", n.node)
 	run(t, "ip", "-n", n.node, "link", "set", "lo", "up")
@@ -341,4 +344,59 @@ func TestPrivilegedAgentRestart(t *testing.T) {
 	if ok.Load() < 100 || denied.Load() < 10 || duringOK == 0 || xwingTries.Load() < 10 {
 		t.Errorf("too little traffic to tell: ok=%d denied=%d", ok.Load(), denied.Load())
 	}
+}
+
+// removeProxyCgroup removes the cgroup the agent started its proxy in,
+// once the proxy is gone (bounded wait).
+func removeProxyCgroup(t *testing.T, runDir string) {
+	mount, err := bpf.Cgroup2Mount()
+	if err != nil {
+		return
+	}
+	dir := filepath.Join(mount, agentapi.ProxyCgroupName(runDir))
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := os.Remove(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("remove proxy cgroup: %v", err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// newCgroup creates a cgroup v2 directory for a test process and removes
+// it when the test ends (after the process's own cleanup, which was
+// registered later and runs first).
+func newCgroup(t *testing.T, name string) *os.File {
+	t.Helper()
+	mount, err := bpf.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	dir, _, err := bpf.CreateProxyCgroup(mount, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.Close()
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			err := os.Remove(dir)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("remove cgroup: %v", err)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	return f
 }

@@ -276,6 +276,7 @@ func (a *Agent) xdsState(snap *policy.Snapshot, local []bpftranslate.LocalEndpoi
 		st.EnvoySnapshot = &es
 		maps.Copy(excl.envoyIdentities, envoyOut)
 		st.Envoy.Node = a.cfg.Node
+		st.Envoy.EscapedSlashes = a.cfg.Envoy.EscapedSlashes
 		st.Envoy.AccessLogCluster = bootstrap.AccessLogCluster
 	}
 	return st

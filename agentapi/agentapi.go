@@ -7,7 +7,11 @@
 // It imports only the shared contracts (policy, flow, source).
 package agentapi
 
-import "path/filepath"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path/filepath"
+)
 
 // DefaultRunDir is where the agent keeps its sockets.
 const DefaultRunDir = "/run/l7gate"
@@ -34,3 +38,16 @@ func ALSSocket(runDir string) string { return filepath.Join(runDir, "accesslog.s
 
 // EnvoyAdminSocket is Envoy's admin socket under a run dir.
 func EnvoyAdminSocket(runDir string) string { return filepath.Join(runDir, "envoy-admin.sock") }
+
+// ProxyCgroupName is the cgroup v2 directory (under the hierarchy's root)
+// the agent starts its Go proxy in: one per run dir, so agents of several
+// nodes on one machine (tests, the demo) do not share one, and a restarted
+// agent finds its proxy's again.
+func ProxyCgroupName(runDir string) string {
+	abs, err := filepath.Abs(runDir)
+	if err != nil {
+		abs = runDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return "l7gate-proxy-" + hex.EncodeToString(sum[:4])
+}

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 )
@@ -29,6 +30,13 @@ import (
 //
 // Ties: among entries of equal verdict the most specific one, then the
 // lowest rule id, decides the rule id (and the proxy port of a redirect).
+//
+// ICMP (icmps rules): an entry with protocol ICMP names one ICMP type in
+// Port (type 0 is echo reply, not "all types"; all of ICMP is a
+// protocol-wildcard entry without ports, which covers every protocol).
+// It is stored as an exact port of protocol ICMP, and the program looks an
+// ICMP packet up with its type as the port. ICMPv6 entries are accepted
+// and compile to nothing: IPv6 is dropped until it is enforced.
 
 const levelAnyProto = 17
 
@@ -107,20 +115,32 @@ func validateEntry(e PolicyEntry) error {
 	if e.EndPort != 0 && e.EndPort < e.Port {
 		return fmt.Errorf("%w: end port %d below port %d", ErrInvalidEntry, e.EndPort, e.Port)
 	}
-	if e.Port != 0 {
-		switch e.Protocol {
-		case ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP:
-		default:
+	switch e.Protocol {
+	case ProtoICMP, ProtoICMPv6:
+		// Port is the ICMP type: one type per entry.
+		if e.Port > 0xFF || (e.EndPort != 0 && e.EndPort != e.Port) {
+			return fmt.Errorf("%w: icmp type %d-%d (one type of 0-255)", ErrInvalidEntry, e.Port, e.EndPort)
+		}
+	case ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP:
+	default:
+		if e.Port != 0 {
 			return fmt.Errorf("%w: ports with protocol %d", ErrInvalidEntry, e.Protocol)
 		}
 	}
 	return nil
 }
 
-// expand turns an entry into the L4 keys it covers.
+// expand turns an entry into the L4 keys it covers. An ICMP entry is one
+// type, stored as an exact port (the program looks ICMP up with its type);
+// ICMPv6 entries cover nothing while IPv6 is dropped.
 func expand(e PolicyEntry) []l4Key {
-	if e.Protocol == ProtoAny && e.Port == 0 {
+	switch {
+	case e.Protocol == ProtoAny && e.Port == 0:
 		return []l4Key{{}}
+	case e.Protocol == ProtoICMP:
+		return []l4Key{{proto: ProtoICMP, plen: 16, port: e.Port}}
+	case e.Protocol == ProtoICMPv6:
+		return nil
 	}
 	var ranges []l4Key
 	if e.Port == 0 {
@@ -145,50 +165,84 @@ func expand(e PolicyEntry) []l4Key {
 	return out
 }
 
-// compiledPolicy is the desired content of the policy and ep_policy maps.
+// compiledPolicy is the desired content of the policy and ep_policy maps,
+// and the endpoint directions that could not be compiled (they fail
+// closed).
 type compiledPolicy struct {
 	policy   map[policyKey]policyValue
 	epPolicy map[epPolicyKey]epPolicyValue
+	failed   map[epPolicyKey]error
 }
 
 // compilePolicy turns endpoint policies into map contents. It is pure, so
-// the lookup semantics can be tested without a kernel.
+// the lookup semantics can be tested without a kernel. An endpoint
+// direction with an invalid entry (or an endpoint listed twice: both its
+// directions) is left out of the maps and listed in failed; the returned
+// error joins those errors.
 func compilePolicy(eps []EndpointPolicy) (compiledPolicy, error) {
 	out := compiledPolicy{
 		policy:   make(map[policyKey]policyValue),
 		epPolicy: make(map[epPolicyKey]epPolicyValue),
+		failed:   make(map[epPolicyKey]error),
 	}
-	seen := make(map[uint32]bool, len(eps))
+	count := make(map[uint32]int, len(eps))
 	for _, ep := range eps {
-		if ep.Endpoint == 0 {
-			return out, fmt.Errorf("%w: endpoint id 0", ErrInvalidEntry)
-		}
-		if seen[ep.Endpoint] {
-			return out, fmt.Errorf("%w: endpoint %d listed twice", ErrInvalidEntry, ep.Endpoint)
-		}
-		seen[ep.Endpoint] = true
+		count[ep.Endpoint]++
+	}
+	for _, ep := range eps {
 		for _, d := range []struct {
 			dir Direction
 			pol DirectionPolicy
 		}{{Ingress, ep.Ingress}, {Egress, ep.Egress}} {
-			if err := compileDirection(ep.Endpoint, d.dir, d.pol, out); err != nil {
-				return out, fmt.Errorf("endpoint %d %s: %w", ep.Endpoint, d.dir, err)
+			key := epPolicyKey{Endpoint: ep.Endpoint, Dir: uint8(d.dir)}
+			var err error
+			switch {
+			case ep.Endpoint == 0:
+				err = fmt.Errorf("%w: endpoint id 0", ErrInvalidEntry)
+			case count[ep.Endpoint] > 1:
+				err = fmt.Errorf("%w: endpoint %d listed twice", ErrInvalidEntry, ep.Endpoint)
+			default:
+				err = compileDirection(ep.Endpoint, d.dir, d.pol, out)
+			}
+			if err != nil {
+				out.failed[key] = fmt.Errorf("endpoint %d %s: %w", ep.Endpoint, d.dir, err)
 			}
 		}
 	}
-	return out, nil
+	var errs []error
+	for _, k := range sortedKeys(out.failed) {
+		errs = append(errs, out.failed[k])
+	}
+	return out, errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[epPolicyKey]V) []epPolicyKey {
+	keys := make([]epPolicyKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].Endpoint != keys[j].Endpoint {
+			return keys[i].Endpoint < keys[j].Endpoint
+		}
+		return keys[i].Dir < keys[j].Dir
+	})
+	return keys
 }
 
 func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiledPolicy) error {
 	if !dp.Enforced && len(dp.Entries) == 0 {
 		return nil
 	}
-	// Best candidate per exact key, grouped by peer.
-	groups := make(map[Identity]map[l4Key]candidate)
+	// Best candidate per exact key, grouped by peer. Validate everything
+	// before writing anything to out.
 	for _, e := range dp.Entries {
 		if err := validateEntry(e); err != nil {
 			return err
 		}
+	}
+	groups := make(map[Identity]map[l4Key]candidate)
+	for _, e := range dp.Entries {
 		g := groups[e.Peer]
 		if g == nil {
 			g = make(map[l4Key]candidate)

@@ -16,7 +16,11 @@ func reference(dp DirectionPolicy, peer Identity, proto uint8, dport uint16) (Ve
 		if e.Protocol != ProtoAny && e.Protocol != proto {
 			continue
 		}
-		if e.Port != 0 {
+		if e.Protocol == ProtoICMP {
+			if dport != e.Port {
+				continue
+			}
+		} else if e.Port != 0 {
 			if proto != ProtoTCP && proto != ProtoUDP && proto != ProtoSCTP {
 				continue
 			}
@@ -35,8 +39,13 @@ func reference(dp DirectionPolicy, peer Identity, proto uint8, dport uint16) (Ve
 
 func randomEntry(r *rand.Rand) PolicyEntry {
 	peers := []Identity{IdentityAny, 256, 257, IdentityWorld}
-	protos := []uint8{ProtoAny, ProtoTCP, ProtoUDP}
+	protos := []uint8{ProtoAny, ProtoTCP, ProtoUDP, ProtoICMP}
 	e := PolicyEntry{Peer: peers[r.IntN(len(peers))], Protocol: protos[r.IntN(len(protos))], RuleID: r.Uint32N(100)}
+	if e.Protocol == ProtoICMP {
+		e.Port = uint16(r.IntN(16)) // an ICMP type
+		e.Verdict = []Verdict{VerdictAllow, VerdictDeny}[r.IntN(2)]
+		return e
+	}
 	switch r.IntN(3) {
 	case 0: // all ports
 	case 1:
@@ -72,7 +81,7 @@ func TestCompileMatchesReference(t *testing.T) {
 		for _, peer := range []Identity{256, 257, 258, IdentityWorld} {
 			for _, proto := range []uint8{ProtoTCP, ProtoUDP, ProtoSCTP, ProtoICMP} {
 				for port := uint16(0); port < 110; port++ {
-					if proto == ProtoICMP && port > 0 {
+					if proto == ProtoICMP && port > 20 {
 						break
 					}
 					want, _ := reference(dp, peer, proto, port)
@@ -112,7 +121,9 @@ func TestCompileRejects(t *testing.T) {
 		{Peer: 256, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect},
 		{Peer: 256, Protocol: ProtoTCP, Port: 80, EndPort: 79, Verdict: VerdictAllow},
 		{Peer: 256, Protocol: ProtoTCP, EndPort: 79, Verdict: VerdictAllow},
-		{Peer: 256, Protocol: ProtoICMP, Port: 8, Verdict: VerdictAllow},
+		{Peer: 256, Protocol: ProtoICMP, Port: 8, EndPort: 9, Verdict: VerdictAllow},
+		{Peer: 256, Protocol: ProtoICMP, Port: 256, Verdict: VerdictAllow},
+		{Peer: 256, Protocol: 47, Port: 8, Verdict: VerdictAllow},
 		{Peer: 256, Verdict: VerdictNone},
 	}
 	for _, e := range bad {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -60,7 +59,9 @@ func (c Config) withDefaults() Config {
 	s, d := &c.MapSizes, defaultMapSizes()
 	def(&s.IPCache, d.IPCache)
 	def(&s.Endpoints, d.Endpoints)
-	def(&s.EndpointPolicy, d.EndpointPolicy)
+	// Two directions per endpoint: a direction that cannot get an
+	// ep_policy value cannot fail closed either (see SyncPolicy).
+	def(&s.EndpointPolicy, max(d.EndpointPolicy, 2*s.Endpoints))
 	def(&s.Policy, d.Policy)
 	def(&s.Conntrack, d.Conntrack)
 	def(&s.Fragments, d.Fragments)
@@ -383,63 +384,6 @@ func (d *Datapath) UnregisterProxyListener(port uint16) error {
 	return unregisterProxy(d.objs.ProxySocks, port)
 }
 
-// SyncPolicy makes the policy maps hold exactly desired (every endpoint's
-// whole policy), writing only what changed. It fails before writing
-// anything if the result does not fit the maps. Established flows are
-// re-checked against the new policy on their next packet.
-func (d *Datapath) SyncPolicy(desired []EndpointPolicy) (SyncStats, error) {
-	c, err := compilePolicy(desired)
-	if err != nil {
-		return SyncStats{}, err
-	}
-	if n := uint32(len(c.policy)); n > d.cfg.MapSizes.Policy {
-		return SyncStats{}, fmt.Errorf("policy needs %d keys, map holds %d: %w", n, d.cfg.MapSizes.Policy, ErrMapFull)
-	}
-	if n := uint32(len(c.epPolicy)); n > d.cfg.MapSizes.EndpointPolicy {
-		return SyncStats{}, fmt.Errorf("policy needs %d endpoint directions, map holds %d: %w", n, d.cfg.MapSizes.EndpointPolicy, ErrMapFull)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	curMeta, err := dumpMap[epPolicyKey, epPolicyValue](d.objs.EpPolicy)
-	if err != nil {
-		return SyncStats{}, err
-	}
-	// While entries change, let programs probe the union of old and new
-	// levels so no key is skipped mid-way.
-	union := make(map[epPolicyKey]epPolicyValue, len(c.epPolicy))
-	for k, v := range c.epPolicy {
-		if old, ok := curMeta[k]; ok {
-			for pc := range v.LevelsPeer {
-				v.LevelsPeer[pc] |= old.LevelsPeer[pc]
-				v.LevelsAny[pc] |= old.LevelsAny[pc]
-			}
-		}
-		union[k] = v
-	}
-	if _, err := upsertChanged(d.objs.EpPolicy, union, curMeta, nil); err != nil {
-		return SyncStats{}, fmt.Errorf("ep_policy: %w", err)
-	}
-	curPol, err := dumpMap[policyKey, policyValue](d.objs.Policy)
-	if err != nil {
-		return SyncStats{}, err
-	}
-	stats, err := syncMap(d.objs.Policy, c.policy, curPol, func(v policyValue) bool { return Verdict(v.Verdict) == VerdictDeny })
-	if err != nil {
-		return stats, fmt.Errorf("policy: %w", err)
-	}
-	afterUnion := make(map[epPolicyKey]epPolicyValue, len(curMeta)+len(union))
-	maps.Copy(afterUnion, curMeta)
-	maps.Copy(afterUnion, union)
-	if _, err := syncMap(d.objs.EpPolicy, c.epPolicy, afterUnion, nil); err != nil {
-		return stats, fmt.Errorf("ep_policy: %w", err)
-	}
-	if err := d.bumpRevision(); err != nil {
-		return stats, err
-	}
-	d.log.Debug("policy synced", "stats", stats.String())
-	return stats, nil
-}
-
 // SyncIPCache makes the ipcache hold exactly desired, writing only what
 // changed. A prefix listed twice with different identities is an error.
 func (d *Datapath) SyncIPCache(desired []IPCacheEntry) (SyncStats, error) {
@@ -558,6 +502,11 @@ func upsertChanged[K comparable, V comparable](m *ebpf.Map, want, cur map[K]V, u
 	}
 	return st, nil
 }
+
+var (
+	errE2BIG  = unix.E2BIG
+	errENOMEM = unix.ENOMEM
+)
 
 // dumpMap reads a whole map, in batches where the map type allows.
 func dumpMap[K comparable, V any](m *ebpf.Map) (map[K]V, error) {

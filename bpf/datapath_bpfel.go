@@ -31,7 +31,7 @@ type datapathCtKey struct {
 	Dir      uint8
 	Proto    uint8
 	Family   uint8
-	Pad      uint8
+	IcmpType uint8
 	Sport    uint16
 	Dport    uint16
 	Saddr    [16]uint8
@@ -61,7 +61,7 @@ type datapathEndpointInfo struct {
 type datapathEpPolicy struct {
 	_          structs.HostLayout
 	Flags      uint32
-	Pad        uint32
+	Gen        uint32
 	LevelsPeer [4]uint32
 	LevelsAny  [4]uint32
 }
@@ -138,7 +138,7 @@ type datapathPolicyKey struct {
 	Dir      uint8
 	Proto    uint8
 	PortPlen uint8
-	Pad      uint8
+	Gen      uint8
 	Port     uint16
 	Pad2     uint16
 }
@@ -169,6 +169,7 @@ const (
 	datapathMapFragments      = "fragments"
 	datapathMapIpcache        = "ipcache"
 	datapathMapPolicy         = "policy"
+	datapathMapProxyCgroups   = "proxy_cgroups"
 	datapathMapProxySocks     = "proxy_socks"
 	datapathMapRuleStats      = "rule_stats"
 	datapathMapSettings       = "settings"
@@ -229,17 +230,18 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	EpPolicy   *ebpf.MapSpec `ebpf:"ep_policy"`
-	EventLimit *ebpf.MapSpec `ebpf:"event_limit"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Fragments  *ebpf.MapSpec `ebpf:"fragments"`
-	Ipcache    *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy     *ebpf.MapSpec `ebpf:"policy"`
-	ProxySocks *ebpf.MapSpec `ebpf:"proxy_socks"`
-	RuleStats  *ebpf.MapSpec `ebpf:"rule_stats"`
-	Settings   *ebpf.MapSpec `ebpf:"settings"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	EpPolicy     *ebpf.MapSpec `ebpf:"ep_policy"`
+	EventLimit   *ebpf.MapSpec `ebpf:"event_limit"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Fragments    *ebpf.MapSpec `ebpf:"fragments"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	ProxyCgroups *ebpf.MapSpec `ebpf:"proxy_cgroups"`
+	ProxySocks   *ebpf.MapSpec `ebpf:"proxy_socks"`
+	RuleStats    *ebpf.MapSpec `ebpf:"rule_stats"`
+	Settings     *ebpf.MapSpec `ebpf:"settings"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -269,17 +271,18 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	EpPolicy   *ebpf.Map `ebpf:"ep_policy"`
-	EventLimit *ebpf.Map `ebpf:"event_limit"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Fragments  *ebpf.Map `ebpf:"fragments"`
-	Ipcache    *ebpf.Map `ebpf:"ipcache"`
-	Policy     *ebpf.Map `ebpf:"policy"`
-	ProxySocks *ebpf.Map `ebpf:"proxy_socks"`
-	RuleStats  *ebpf.Map `ebpf:"rule_stats"`
-	Settings   *ebpf.Map `ebpf:"settings"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	EpPolicy     *ebpf.Map `ebpf:"ep_policy"`
+	EventLimit   *ebpf.Map `ebpf:"event_limit"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Fragments    *ebpf.Map `ebpf:"fragments"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	ProxyCgroups *ebpf.Map `ebpf:"proxy_cgroups"`
+	ProxySocks   *ebpf.Map `ebpf:"proxy_socks"`
+	RuleStats    *ebpf.Map `ebpf:"rule_stats"`
+	Settings     *ebpf.Map `ebpf:"settings"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -292,6 +295,7 @@ func (m *datapathMaps) Close() error {
 		m.Fragments,
 		m.Ipcache,
 		m.Policy,
+		m.ProxyCgroups,
 		m.ProxySocks,
 		m.RuleStats,
 		m.Settings,

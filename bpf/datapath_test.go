@@ -43,13 +43,7 @@ const (
 func fixture(t *testing.T, pol EndpointPolicy) *Datapath {
 	t.Helper()
 	d := openTest(t, Config{})
-	if _, err := d.SyncIPCache([]IPCacheEntry{
-		{Prefix: netip.PrefixFrom(podIP, 32), Identity: podID},
-		{Prefix: netip.PrefixFrom(peerIP, 32), Identity: peerID},
-		{Prefix: netip.PrefixFrom(otherIP, 32), Identity: otherID},
-		{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Identity: cidrID},
-		{Prefix: netip.PrefixFrom(nodeIP, 32), Identity: IdentityHost},
-	}); err != nil {
+	if _, err := d.SyncIPCache(fixtureIPCache()); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv4: podIP.As4()}, 0); err != nil {
@@ -60,6 +54,16 @@ func fixture(t *testing.T, pol EndpointPolicy) *Datapath {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func fixtureIPCache() []IPCacheEntry {
+	return []IPCacheEntry{
+		{Prefix: netip.PrefixFrom(podIP, 32), Identity: podID},
+		{Prefix: netip.PrefixFrom(peerIP, 32), Identity: peerID},
+		{Prefix: netip.PrefixFrom(otherIP, 32), Identity: otherID},
+		{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Identity: cidrID},
+		{Prefix: netip.PrefixFrom(nodeIP, 32), Identity: IdentityHost},
+	}
 }
 
 // egress builds a packet from the pod; ingress one to it.
@@ -319,6 +323,7 @@ func TestConntrackExpiry(t *testing.T) {
 func TestFromProxy(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 40}))
+	trustTestCgroup(t, d)
 	// The ingress proxy connects from the node's address, marking the
 	// original client's identity: allowed, and not redirected again.
 	p := ingress(nodeIP, ProtoTCP, 80)
@@ -351,7 +356,7 @@ func TestSpoofedSource(t *testing.T) {
 func TestNonIPAndFragments(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress(PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictAllow, RuleID: 50}))
-	wantRet(t, "arp", d.fromPod(t, pkt{etherType: 0x0806}), actOK)
+	wantRet(t, "arp", runFrame(t, d.objs.TcFromPod, arpFrame(1, podIP, nodeIP), 0), actOK)
 	wantRet(t, "ipv6", d.fromPod(t, pkt{etherType: 0x86DD}), actShot)
 
 	first := egress(peerIP, ProtoUDP, 53)
@@ -549,11 +554,15 @@ func TestKernelMatchesReference(t *testing.T) {
 		}
 		for range 60 {
 			peer := []Identity{256, 257, IdentityWorld}[r.IntN(3)]
-			proto := []uint8{ProtoTCP, ProtoUDP}[r.IntN(2)]
+			proto := []uint8{ProtoTCP, ProtoUDP, ProtoICMP}[r.IntN(3)]
 			port := uint16(r.IntN(110))
 			sport++
 			p := egress(peers[peer], proto, port)
 			p.sport = sport
+			if proto == ProtoICMP {
+				port %= 16 // the ICMP type
+				p.icmpType, p.icmpID = icmpType(uint8(port)), sport
+			}
 			got := d.fromPod(t, p)
 			v, enforced := reference(dp, peer, proto, port)
 			want := runResult{ret: actOK}

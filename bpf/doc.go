@@ -20,29 +20,85 @@
 //	ipcache      LPM trie {prefixlen, family, addr[16]} -> identity; a miss
 //	             is world (2). prefixlen counts 32 bits of family+padding.
 //	endpoints    hash ifindex -> {endpoint id, addresses}
-//	ep_policy    hash {endpoint, direction} -> {enforced, level masks}
+//	ep_policy    hash {endpoint, direction} -> {flags (enforced,
+//	             fail-closed), generation, level masks}
 //	policy       hash {endpoint, peer identity (0 any), direction,
-//	             protocol (0 any), port prefix length, port} -> {verdict,
-//	             proxy port, rule id}; see compile.go for the layout
-//	conntrack    LRU hash {endpoint, direction, proto, family, ports,
-//	             saddr[16], daddr[16]} -> {verdict, proxy port, rule id,
+//	             protocol (0 any), port prefix length, generation, port}
+//	             -> {verdict, proxy port, rule id}; see compile.go for the
+//	             layout and sync.go for generations
+//	conntrack    LRU hash {endpoint, direction, proto, family, ICMP type,
+//	             ports, saddr[16], daddr[16]} -> {verdict, proxy port, rule id,
 //	             peer identity, policy revision, timestamps, flags}
-//	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports of the first
-//	             fragment, so later fragments follow their datagram
+//	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports (ICMP:
+//	             identifier and type) of an admitted first fragment, so
+//	             later fragments follow their datagram
 //	proxy_socks  sockhash proxy port -> listener socket
+//	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
+//	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}
 //	events       ring buffer of Event (drops and new-flow verdicts)
 //	event_limit  per-CPU token bucket in front of events
 //	settings     array[1]: policy revision, event rate, conntrack timeouts
 //
 // Addresses are 16 bytes wide everywhere so IPv6 fits without a layout
-// change. IPv6 is not enforced yet: IPv6 packets are dropped (fail closed);
-// non-IP frames (ARP) pass.
+// change. IPv6 is not enforced yet: IPv6 packets are dropped (fail closed).
+//
+// # Frames
+//
+// Only untagged IPv4 and ARP pass the parser, in both directions; every
+// other frame is dropped with a named reason (Reason): any VLAN tag,
+// VID 0 and stacked 802.1Q/802.1ad/0x9100 tags included, whether in the
+// frame or already moved to the skb's accelerated tag by the receive path
+// (vlan-tagged); skb->protocol disagreeing with the frame's ethertype
+// (ethertype-mismatch); IPv6 (unsupported); any other ethertype,
+// 802.3 length fields included (unsupported-ethertype). Tags matter
+// because the kernel strips VLAN-0 tags after tc: a frame with two VLAN-0
+// tags or a QinQ tag would otherwise skip the sender's egress policy and
+// the anti-spoofing check and arrive as plain IPv4.
+//
+// ARP from a pod must be Ethernet/IPv4 ARP naming the pod's own address as
+// sender (or 0.0.0.0, an address probe); anything else is dropped
+// (spoofed, malformed). Neighbour entries are per device on a routed node,
+// so a spoofed sender could not redirect another pod's traffic, but it is
+// never legitimate either. ARP towards a pod comes from the node and passes.
+//
+// # IPv4 headers and fragments
+//
+// A datagram must fit its frame and hold its header (total length,
+// header length), and what the program reads of the transport header must
+// lie within the datagram: TCP needs its 20-byte header, UDP 8 bytes, SCTP
+// its 12-byte common header, ICMP 8 bytes; else it is dropped (malformed).
+// A too short first fragment is such a datagram (RFC 1858's tiny
+// fragment). Source-routed datagrams (LSRR, SSRR options) are dropped
+// (ip-options): a node that accepts source routes would forward them to a
+// destination the sender's egress policy never saw; malformed option
+// lists are malformed; other options pass. Later fragments follow the
+// ports of their datagram's first fragment, remembered only once that was
+// admitted: a later fragment of an unknown or dropped datagram, arriving
+// before its first fragment, or a TCP fragment at offset 8 (which could
+// only rewrite the header's flags) is dropped (fragment).
+//
+// # ICMP
+//
+// icmps rules become entries with protocol ICMP and one ICMP type in the
+// port field (compile.go); an ICMP packet is looked up with its type as
+// the port. In conntrack an echo request and its replies are one flow,
+// keyed by identifier, so a policy that allows EchoRequest lets the
+// replies back; every other type is a flow of its own type, with no
+// reverse, so allowing one type never admits another. An ICMP error
+// (destination unreachable, time exceeded, parameter problem) that quotes
+// a datagram of a tracked flow — sent by the error's destination: TCP,
+// UDP, SCTP or ICMP echo — passes as part of that flow (revalidated like
+// its packets; it refreshes nothing, and is never redirected); otherwise it
+// is judged as ICMP of its type. ICMPv6 entries are accepted and cover
+// nothing while IPv6 is dropped.
 //
 // # Lookup order for a new flow
 //
 // The peer identity comes from the ipcache (for the remote address), or,
-// for connections from the proxy, from the mark (marks.go). Then, for the
+// for connections from the proxy, from the mark (marks.go) — believed only
+// when the sending socket is in a registered proxy cgroup (cgroup.go);
+// otherwise the mark is ignored and the node's traffic is host. Then, for the
 // specific peer and for the wildcard peer, the present port-prefix levels
 // of the packet's protocol are probed from exact port to "any protocol";
 // the first hit is that peer's answer, because values are pre-combined in
@@ -50,6 +106,17 @@
 // combine as deny > redirect > allow; no answer means drop if the
 // direction is enforced, else pass. The cost is a few hash lookups
 // whatever the number of entries (BenchmarkDatapath).
+//
+// # Policy updates
+//
+// SyncPolicy changes each endpoint direction atomically: its new keys are
+// written under the other generation, then its ep_policy value (level
+// masks and generation) is replaced in one update, then the old keys are
+// deleted, so a packet sees the old or the new policy, never a mix. An
+// endpoint direction that cannot be written (map full, invalid entry)
+// fails closed — it drops everything, reason fail-closed — and is named
+// in a *SyncError while the others are synced; a revoked allow is never
+// left in force (sync.go).
 //
 // # Conntrack and revalidation
 //
@@ -67,7 +134,15 @@
 // removing an allow or redirect takes effect for new flows at once and for
 // established flows at their next packet: the bound is one packet, and an
 // idle flow cannot resume without passing the check. A flow that is still
-// allowed keeps its original redirect.
+// allowed keeps its original redirect (a redirect that becomes an allow
+// stays with its proxy). A flow admitted without the proxy (an L4 allow)
+// that policy now redirects — or redirects to another proxy port — is
+// never passed unchecked: its entry is deleted and its next packet handled
+// as a new flow, so it is redirected and the proxy's listener, which never
+// accepted the connection, answers the mid-stream segment with a reset
+// (the client fails at once; the server sees nothing more); a reply that
+// comes first is dropped. Clients then reconnect, through the proxy. Only
+// the ingress proxy's own connections (0xA00) skip ingress redirects.
 //
 // # Redirect and node requirements
 //
@@ -103,5 +178,7 @@
 // (a size or layout change is ErrIncompatiblePin) and atomically updates
 // every pinned link to the newly loaded programs, so a restart never
 // leaves a veth unenforced; a second SyncPolicy with the same desired state
-// writes nothing.
+// writes nothing. A map a newer version adds is created empty: after an
+// upgrade that adds proxy_cgroups, no from-proxy mark is believed until
+// the agent registers its proxies' cgroups (fail closed).
 package bpf

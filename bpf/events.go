@@ -25,7 +25,20 @@ const (
 	ReasonUnsupported Reason = 5 // IPv6 is not enforced yet: dropped
 	ReasonMalformed   Reason = 6
 	ReasonRevalidate  Reason = 7 // established flow no longer allowed
-	ReasonSpoofed     Reason = 8 // a pod sent from an address not its own
+	ReasonSpoofed     Reason = 8 // a pod sent from an address not its own (IPv4 or ARP)
+	// ReasonVLAN: a VLAN-tagged frame (any tag, VID 0 and stacked tags
+	// included, in the frame or as the skb's accelerated tag).
+	ReasonVLAN Reason = 9
+	// ReasonEtherTypeMismatch: skb->protocol disagrees with the frame's
+	// ethertype.
+	ReasonEtherTypeMismatch Reason = 10
+	// ReasonUnsupportedEtherType: neither IPv4, ARP nor IPv6.
+	ReasonUnsupportedEtherType Reason = 11
+	// ReasonFailClosed: the endpoint direction's policy could not be
+	// written (SyncError), so it drops everything until a sync succeeds.
+	ReasonFailClosed Reason = 12
+	// ReasonIPOptions: a source-routed IPv4 datagram (LSRR, SSRR).
+	ReasonIPOptions Reason = 13
 )
 
 func (r Reason) String() string {
@@ -48,6 +61,16 @@ func (r Reason) String() string {
 		return "revalidate"
 	case ReasonSpoofed:
 		return "spoofed"
+	case ReasonVLAN:
+		return "vlan-tagged"
+	case ReasonEtherTypeMismatch:
+		return "ethertype-mismatch"
+	case ReasonUnsupportedEtherType:
+		return "unsupported-ethertype"
+	case ReasonFailClosed:
+		return "fail-closed"
+	case ReasonIPOptions:
+		return "ip-options"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
@@ -67,13 +90,21 @@ type Event struct {
 	Reason      Reason
 	Dropped     bool
 	FromProxy   bool
-	ProxyPort   uint16
-	RuleID      uint32
+	// UntrustedMark: the packet carried a from-proxy mark but its socket
+	// is not in a proxy cgroup, so the mark was ignored.
+	UntrustedMark bool
+	// Related: an ICMP error about the flow shown (Src, Dst, Protocol are
+	// the flow's).
+	Related   bool
+	ProxyPort uint16
+	RuleID    uint32
 }
 
 const (
-	eventFlagDropped   = 1
-	eventFlagFromProxy = 2
+	eventFlagDropped       = 1
+	eventFlagFromProxy     = 2
+	eventFlagUntrustedMark = 4
+	eventFlagRelated       = 8
 )
 
 // Events streams datapath events until ctx is done, then closes the
@@ -125,21 +156,23 @@ func decodeEvent(b []byte) (Event, error) {
 		return netip.AddrFrom16(a)
 	}
 	return Event{
-		Monotonic:   raw.Timestamp,
-		Endpoint:    raw.Endpoint,
-		Ifindex:     raw.Ifindex,
-		Direction:   Direction(raw.Dir),
-		SrcIdentity: Identity(raw.SrcIdentity),
-		DstIdentity: Identity(raw.DstIdentity),
-		Src:         netip.AddrPortFrom(addr(raw.Saddr), htons(raw.Sport)),
-		Dst:         netip.AddrPortFrom(addr(raw.Daddr), htons(raw.Dport)),
-		Protocol:    raw.Proto,
-		Verdict:     Verdict(raw.Verdict),
-		Reason:      Reason(raw.Reason),
-		Dropped:     raw.Flags&eventFlagDropped != 0,
-		FromProxy:   raw.Flags&eventFlagFromProxy != 0,
-		ProxyPort:   raw.ProxyPort,
-		RuleID:      raw.RuleId,
+		Monotonic:     raw.Timestamp,
+		Endpoint:      raw.Endpoint,
+		Ifindex:       raw.Ifindex,
+		Direction:     Direction(raw.Dir),
+		SrcIdentity:   Identity(raw.SrcIdentity),
+		DstIdentity:   Identity(raw.DstIdentity),
+		Src:           netip.AddrPortFrom(addr(raw.Saddr), htons(raw.Sport)),
+		Dst:           netip.AddrPortFrom(addr(raw.Daddr), htons(raw.Dport)),
+		Protocol:      raw.Proto,
+		Verdict:       Verdict(raw.Verdict),
+		Reason:        Reason(raw.Reason),
+		Dropped:       raw.Flags&eventFlagDropped != 0,
+		FromProxy:     raw.Flags&eventFlagFromProxy != 0,
+		UntrustedMark: raw.Flags&eventFlagUntrustedMark != 0,
+		Related:       raw.Flags&eventFlagRelated != 0,
+		ProxyPort:     raw.ProxyPort,
+		RuleID:        raw.RuleId,
 	}, nil
 }
 
@@ -169,6 +202,12 @@ func (e Event) String() string {
 	}
 	if e.FromProxy {
 		s += " from-proxy"
+	}
+	if e.UntrustedMark {
+		s += " untrusted-mark"
+	}
+	if e.Related {
+		s += " icmp-error"
 	}
 	return s
 }

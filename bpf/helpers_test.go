@@ -93,6 +93,21 @@ type pkt struct {
 	ipID         uint16
 	etherType    uint16
 	payload      int
+	// ICMP: type (default echo request), code and identifier; inner is
+	// the datagram an ICMP error quotes (its IP header and 8 bytes).
+	icmpType *uint8
+	icmpCode uint8
+	icmpID   uint16
+	inner    *pkt
+	// Hostile IPv4 headers: options (padded to 4 bytes by the caller),
+	// an ihl override, and a total length override (0: computed).
+	ipOpts []byte
+	ihl    uint8
+	totLen uint16
+	// l4Len cuts the transport header to this many bytes (0: whole).
+	l4Len int
+	// data follows the transport header (after payload zero bytes).
+	data []byte
 }
 
 const (
@@ -112,6 +127,11 @@ func (p pkt) bytes() []byte {
 	if et != unix.ETH_P_IP {
 		return append(b, make([]byte, 46)...)
 	}
+	return append(b, p.ipv4()...)
+}
+
+// ipv4 is the IPv4 datagram of p (header checksum included).
+func (p pkt) ipv4() []byte {
 	var l4 []byte
 	if p.fragOff == 0 {
 		switch p.proto {
@@ -121,18 +141,48 @@ func (p pkt) bytes() []byte {
 			binary.BigEndian.PutUint16(l4[2:], p.dport)
 			l4[12] = 5 << 4
 			l4[13] = p.tcpFlags
-		case ProtoUDP, ProtoSCTP:
+		case ProtoUDP:
 			l4 = make([]byte, 8)
 			binary.BigEndian.PutUint16(l4[0:], p.sport)
 			binary.BigEndian.PutUint16(l4[2:], p.dport)
+		case ProtoSCTP:
+			l4 = make([]byte, 12) // common header: ports, verification tag, checksum
+			binary.BigEndian.PutUint16(l4[0:], p.sport)
+			binary.BigEndian.PutUint16(l4[2:], p.dport)
 		case ProtoICMP:
-			l4 = []byte{8, 0, 0, 0, 0, 1, 0, 1}
+			typ := uint8(8)
+			if p.icmpType != nil {
+				typ = *p.icmpType
+			}
+			l4 = []byte{typ, p.icmpCode, 0, 0, 0, 0, 0, 1}
+			binary.BigEndian.PutUint16(l4[4:], p.icmpID)
+			if p.inner != nil {
+				in := p.inner.ipv4()
+				l4 = append(l4, in[:min(len(in), int(in[0]&0xF)*4+8)]...)
+			}
+			binary.BigEndian.PutUint16(l4[2:], ^checksum(l4))
+		}
+		if p.l4Len > 0 && p.l4Len < len(l4) {
+			l4 = l4[:p.l4Len]
 		}
 	}
 	l4 = append(l4, make([]byte, p.payload)...)
-	ip := make([]byte, 20)
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+	l4 = append(l4, p.data...)
+	if p.fragOff == 0 && p.proto == ProtoUDP && p.l4Len == 0 {
+		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
+	}
+	hl := 20 + len(p.ipOpts)
+	ip := make([]byte, hl)
+	ihl := p.ihl
+	if ihl == 0 {
+		ihl = uint8(hl / 4)
+	}
+	ip[0] = 0x40 | ihl&0xF
+	tot := uint16(hl + len(l4))
+	if p.totLen != 0 {
+		tot = p.totLen
+	}
+	binary.BigEndian.PutUint16(ip[2:], tot)
 	binary.BigEndian.PutUint16(ip[4:], p.ipID)
 	frag := p.fragOff & 0x1FFF
 	if p.moreFrags {
@@ -144,8 +194,24 @@ func (p pkt) bytes() []byte {
 	s, d := p.src.As4(), p.dst.As4()
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
-	b = append(b, ip...)
-	return append(b, l4...)
+	copy(ip[20:], p.ipOpts)
+	binary.BigEndian.PutUint16(ip[10:], ^checksum(ip))
+	return append(ip, l4...)
+}
+
+// checksum is the ones' complement sum of b (RFC 1071), not inverted.
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xFFFF + s>>16
+	}
+	return uint16(s)
 }
 
 func (p pkt) reply() pkt {

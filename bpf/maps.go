@@ -14,7 +14,7 @@ import (
 // Maps gives typed read access to the datapath maps, for a running
 // Datapath or, through OpenPinnedMaps, for tools reading the pins.
 type Maps struct {
-	ipcache, endpoints, epPolicy, policy, conntrack, ruleStats *ebpf.Map
+	ipcache, endpoints, epPolicy, policy, conntrack, ruleStats, proxyCgroups *ebpf.Map
 }
 
 func mapsFrom(m *datapathMaps) Maps {
@@ -25,6 +25,8 @@ func mapsFrom(m *datapathMaps) Maps {
 		policy:    m.Policy,
 		conntrack: m.Conntrack,
 		ruleStats: m.RuleStats,
+
+		proxyCgroups: m.ProxyCgroups,
 	}
 }
 
@@ -46,6 +48,7 @@ func OpenPinnedMaps(bpffsPath string) (*PinnedMaps, error) {
 		{datapathMapPolicy, &p.policy},
 		{datapathMapConntrack, &p.conntrack},
 		{datapathMapRuleStats, &p.ruleStats},
+		{datapathMapProxyCgroups, &p.proxyCgroups},
 	} {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(bpffsPath, mapsDir, m.name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
@@ -60,7 +63,7 @@ func OpenPinnedMaps(bpffsPath string) (*PinnedMaps, error) {
 // Close closes the map handles.
 func (p *PinnedMaps) Close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{p.ipcache, p.endpoints, p.epPolicy, p.policy, p.conntrack, p.ruleStats} {
+	for _, m := range []*ebpf.Map{p.ipcache, p.endpoints, p.epPolicy, p.policy, p.conntrack, p.ruleStats, p.proxyCgroups} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -94,6 +97,11 @@ type EndpointDirection struct {
 	// class (TCP, UDP, SCTP, other).
 	LevelsPeer [4]uint32 `json:"levelsPeer"`
 	LevelsAny  [4]uint32 `json:"levelsAny"`
+	// FailedClosed: the last sync could not write this direction's
+	// policy, so it drops everything (SyncError).
+	FailedClosed bool `json:"failedClosed,omitempty"`
+	// Generation of the keys in force (0 or 1; see SyncPolicy).
+	Generation uint32 `json:"generation"`
 }
 
 // ConntrackEntry is one flow as seen on one endpoint and direction.
@@ -118,8 +126,11 @@ type ConntrackEntry struct {
 const (
 	CTSeenReply = 1
 	CTClosing   = 2
-	CTFromProxy = 4
+	CTFromProxy = 4 // from a proxy's upstream socket (trusted mark)
 	CTDefault   = 8 // admitted by the default (no entry matched)
+	// CTFromEgressProxy (with CTFromProxy): from the egress proxy, which
+	// does not skip the destination's ingress redirect.
+	CTFromEgressProxy = 16
 )
 
 // RuleCounter sums, over all CPUs, the packets a rule decided: the first
@@ -130,14 +141,23 @@ type RuleCounter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
-// Policy lists the compiled policy map.
+// Policy lists the compiled policy map: the keys in force (of the
+// generation each endpoint direction's ep_policy names; none of a
+// direction that failed closed).
 func (m Maps) Policy() ([]PolicyMapEntry, error) {
+	meta, err := dumpMap[epPolicyKey, epPolicyValue](m.epPolicy)
+	if err != nil {
+		return nil, err
+	}
 	raw, err := dumpMap[policyKey, policyValue](m.policy)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]PolicyMapEntry, 0, len(raw))
 	for k, v := range raw {
+		if mv, ok := meta[epPolicyKey{Endpoint: k.Endpoint, Dir: k.Dir}]; !ok || mv.Gen != uint32(k.Gen) || mv.Flags&epPolicyFailClosed != 0 {
+			continue
+		}
 		out = append(out, PolicyMapEntry{
 			Endpoint: k.Endpoint, Direction: Direction(k.Dir), Peer: Identity(k.Identity),
 			Protocol: k.Proto, Port: htons(k.Port), PrefixLen: k.PortPlen,
@@ -158,6 +178,7 @@ func (m Maps) EndpointDirections() ([]EndpointDirection, error) {
 		out = append(out, EndpointDirection{
 			Endpoint: k.Endpoint, Direction: Direction(k.Dir), Enforced: v.Flags&epPolicyEnforced != 0,
 			LevelsPeer: v.LevelsPeer, LevelsAny: v.LevelsAny,
+			FailedClosed: v.Flags&epPolicyFailClosed != 0, Generation: v.Gen,
 		})
 	}
 	return out, nil

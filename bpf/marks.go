@@ -15,8 +15,18 @@ package bpf
 //	              bits 16-31 identity bits 0-15
 //	              bits  0-7  identity bits 16-23
 //	              bits 12-15 identity bits 24-27
-//	            The datapath never redirects such connections again and
-//	            applies the receiver's ingress policy as from that identity.
+//	            The receiver's ingress policy is applied as from that
+//	            identity. Connections of the ingress proxy (0xA00) are never
+//	            redirected again: that proxy enforced exactly the receiver's
+//	            ingress L7 rules. Connections of the egress proxy (0xB00)
+//	            enforced only the sender's egress rules, so they are
+//	            redirected to the ingress proxy when the receiver's ingress
+//	            policy redirects that identity.
+//	            These marks are believed only from sockets of a registered
+//	            proxy cgroup (SetTrustedProxyCgroups, cgroup.go); from any
+//	            other socket they are ignored and the packet is judged by
+//	            its source address (the node's own traffic: host). With no
+//	            cgroup registered no mark is believed.
 const (
 	MarkMagicMask         uint32 = 0x0F00
 	MarkMagicToProxy      uint32 = 0x0200

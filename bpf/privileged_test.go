@@ -214,8 +214,13 @@ func TestPrivilegedDatapath(t *testing.T) {
 	t.Run("from proxy", func(t *testing.T) {
 		// The proxy's upstream leg carries a's identity in its mark: b's
 		// ingress admits it as from a (the node itself may not reach :80).
-		wantBanner(t, tp.node, "198.18.1.11:80", dialOpts{mark: ProxyMark(Egress, a.ident)}, "server 198.18.1.11:80")
-		wantBlocked(t, tp.node, "198.18.1.11:80", dialOpts{mark: ProxyMark(Egress, 4242)})
+		proxy := trustedDialer(t, d, tp.node)
+		if got, err := proxy.dialRead("198.18.1.11:80", ProxyMark(Egress, a.ident)); err != nil || got != "server 198.18.1.11:80" {
+			t.Errorf("proxy as a: %q %v", got, err)
+		}
+		if got, err := proxy.dialRead("198.18.1.11:80", ProxyMark(Egress, 4242)); err == nil {
+			t.Errorf("proxy as 4242: connected (%q), want dropped", got)
+		}
 	})
 	t.Run("missing listener drops", func(t *testing.T) {
 		if err := d.UnregisterProxyListener(egressProxyPort); err != nil {
@@ -275,6 +280,13 @@ type loaderEndpoint struct {
 const loaderEnv = "L7GATE_BPF_TEST_LOADER"
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(dialerEnv); spec != "" {
+		if err := dialerChild(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "dialer:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if spec := os.Getenv(loaderEnv); spec != "" {
 		if err := loaderChild(spec); err != nil {
 			fmt.Fprintln(os.Stderr, "loader:", err)

@@ -78,6 +78,9 @@ const (
 	ProtoTCP  uint8 = 6
 	ProtoUDP  uint8 = 17
 	ProtoSCTP uint8 = 132
+	// ProtoICMPv6 entries are accepted and match nothing: IPv6 is not
+	// enforced yet (dropped).
+	ProtoICMPv6 uint8 = 58
 )
 
 // PolicyEntry is one L3/L4 policy entry of an endpoint in one direction.
@@ -87,7 +90,9 @@ type PolicyEntry struct {
 	// Protocol is ProtoAny or an IP protocol number.
 	Protocol uint8
 	// Port and EndPort give the destination port range [Port, EndPort];
-	// Port 0 means all ports, EndPort 0 means just Port.
+	// Port 0 means all ports, EndPort 0 means just Port. For ProtoICMP and
+	// ProtoICMPv6, Port is one ICMP type (0 is echo reply, not all types)
+	// and EndPort is 0 or Port.
 	Port, EndPort uint16
 	Verdict       Verdict
 	// ProxyPort is the proxy's listener port for VerdictRedirect.
@@ -136,15 +141,16 @@ func (s SyncStats) String() string {
 
 // MapSizes sets the capacity of the datapath maps; zero fields take the
 // defaults. Changing a size of an existing pinned map is an error
-// (ErrIncompatiblePin): remove the pins to resize. Policy, ipcache and
-// endpoint overflows are errors (ErrMapFull) before anything is written;
+// (ErrIncompatiblePin): remove the pins to resize. Ipcache and endpoint
+// overflows are errors (ErrMapFull) before anything is written; an
+// endpoint direction whose policy does not fit fails closed (SyncPolicy);
 // conntrack and fragments evict least recently used entries; counters of
 // rule ids beyond RuleStats are not kept; events beyond the ring buffer are
 // counted as suppressed (EventStats).
 type MapSizes struct {
 	IPCache        uint32 // prefixes
 	Endpoints      uint32 // attached veths
-	EndpointPolicy uint32 // (endpoint, direction) pairs
+	EndpointPolicy uint32 // (endpoint, direction) pairs; default max(8192, 2×Endpoints)
 	Policy         uint32 // compiled policy keys
 	Conntrack      uint32 // flows, per direction and endpoint (LRU)
 	Fragments      uint32 // IPv4 datagrams in flight as fragments (LRU)

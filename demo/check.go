@@ -53,6 +53,10 @@ const KafkaClientID = "l7gate-demo"
 // the destination's address and classifies what happened.
 func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observation {
 	src, dst := t.hosts[c.From], t.hosts[c.To]
+	if c.From == NodeHost && dst != nil {
+		// from the node's own namespace and address (kubelet's probes)
+		return send(ctx, netnsDialer(t.Node, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.IP, c.Port), c, o)
+	}
 	if src == nil || dst == nil {
 		return Observation{Verdict: Errored, Detail: "unknown host"}
 	}

@@ -133,7 +133,8 @@ func TestPrivilegedTopology(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, c := range st.Checks {
-					c.Expect = Allowed // no datapath: plain routing allows everything
+					// no datapath: plain routing allows everything, and nothing decides
+					c.Expect, c.DecidedBy = Allowed, ""
 					r := Result{Step: i + 1, StepName: st.Name, Check: c, Observed: topo.Send(ctx, c, o), Trace: TraceCheck(objs, sc, c)}
 					t.Log(r.Line())
 					if !r.Passed() {
@@ -252,6 +253,14 @@ func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {
 }
 
 func TestPrivilegedScenarioKafka(t *testing.T) { runScenario(t, scenarioByName(t, "kafka")) }
+
+func TestPrivilegedScenarioL3LiftsL7(t *testing.T) { runScenario(t, scenarioByName(t, "l3-lifts-l7")) }
+
+func TestPrivilegedScenarioNodeProbes(t *testing.T) { runScenario(t, scenarioByName(t, "node-probes")) }
+
+func TestPrivilegedScenarioEgressIngressChain(t *testing.T) {
+	runScenario(t, scenarioByName(t, "egress-ingress-chain"))
+}
 
 // TestPrivilegedScenarioInterrupted cancels a run part way (as Ctrl-C
 // does) and checks that everything is removed all the same.

@@ -22,8 +22,22 @@ type Result struct {
 	DecidedBy []string
 }
 
-// Passed reports whether the observed verdict is the expected one.
-func (r *Result) Passed() bool { return r.Observed.Verdict == r.Check.Expect }
+// Passed reports whether the observed verdict is the expected one and,
+// when the check names a deciding rule, whether the datapath or the proxy
+// reported that rule for the request.
+func (r *Result) Passed() bool {
+	return r.Observed.Verdict == r.Check.Expect && (r.Check.DecidedBy == "" || namesRule(r.DecidedBy, r.Check.DecidedBy))
+}
+
+// namesRule reports whether one of the rules contains want.
+func namesRule(rules []string, want string) bool {
+	for _, s := range rules {
+		if strings.Contains(s, want) {
+			return true
+		}
+	}
+	return false
+}
 
 // TraceSummary is what policy.Trace predicts for a check: the verdict
 // mapped onto the check's terms (an L3/L4 denial is dropped, an L7 one
@@ -50,6 +64,10 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 		Dst:      policy.TracePeer{Addr: dst.IP},
 		Protocol: policy.ProtoTCP,
 		DPort:    c.Port,
+	}
+	if src == node {
+		// the agent maps the node's own addresses to the host identity
+		req.Src = policy.TracePeer{Entity: "host"}
 	}
 	switch {
 	case c.HTTP != nil:
@@ -153,6 +171,10 @@ func (r *Result) Line() string {
 	if len(r.DecidedBy) > 0 {
 		decided = "decided by " + strings.Join(r.DecidedBy, "; ")
 	}
+	expect := string(r.Check.Expect)
+	if r.Check.DecidedBy != "" {
+		expect += " by " + r.Check.DecidedBy
+	}
 	return fmt.Sprintf("%s step %d %q | %s → %s:%d | %s | expected %s | observed %s | %s",
-		mark, r.Step, r.StepName, r.Check.From, r.Check.To, r.Check.Port, r.Check.RequestString(), r.Check.Expect, obs, decided)
+		mark, r.Step, r.StepName, r.Check.From, r.Check.To, r.Check.Port, r.Check.RequestString(), expect, obs, decided)
 }

@@ -167,6 +167,9 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 	if err != nil {
 		return sum, fmt.Errorf("executable: %w", err)
 	}
+	if err := topo.TrackProxyCgroup(dirs["run"]); err != nil {
+		return sum, err
+	}
 	agent, err = StartAgent(AgentConfig{
 		Executable: exe, NodeNS: topo.Node,
 		SourceDir: dirs["source"], BPFFS: dirs["bpffs"], RunDir: dirs["run"], StateDir: dirs["state"],

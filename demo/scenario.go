@@ -37,6 +37,14 @@ var subnet = netip.MustParsePrefix("198.18.0.0/15")
 // through it.
 var nodeAddr = netip.MustParseAddr("198.18.255.254")
 
+// NodeHost names the node itself as a check's source ("from: node"): the
+// request leaves the node's network namespace from the node's address, as
+// kubelet's probes do, and policy sees the host identity.
+const NodeHost = "node"
+
+// node is the node as a host (never a destination: it serves nothing).
+var node = &Host{Name: NodeHost, IP: nodeAddr}
+
 // Host is a pod or external host of a scenario.
 type Host struct {
 	// Name is "namespace/pod" or "external:name".
@@ -223,8 +231,11 @@ func checkHostIP(ip netip.Addr) error {
 	return nil
 }
 
-// Host returns the host with the given name, or nil.
+// Host returns the host with the given name (NodeHost: the node), or nil.
 func (sc *Scenario) Host(name string) *Host {
+	if name == NodeHost {
+		return node
+	}
 	for _, h := range sc.Hosts {
 		if h.Name == name {
 			return h
@@ -272,6 +283,10 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 			}
 			if from == to {
 				errs = append(errs, fmt.Errorf("%s: from and to are the same host (traffic would not leave it)", cw))
+			}
+			if to == node {
+				errs = append(errs, fmt.Errorf("%s.to: the node serves nothing; it may only be a check's source (from: node)", cw))
+				continue
 			}
 			proto := c.Protocol()
 			if !to.Serves(proto, c.Port) {

@@ -41,13 +41,18 @@ type Step struct {
 // Check sends one request and compares what happened with Expect. Exactly
 // one of HTTP, GRPC and Kafka is set.
 type Check struct {
-	// From and To name hosts: "namespace/pod" or "external:name".
+	// From and To name hosts: "namespace/pod" or "external:name"; From
+	// may also be "node" (NodeHost): the node itself.
 	From, To string
 	Port     uint16
 	HTTP     *HTTPRequest
 	GRPC     *GRPCRequest
 	Kafka    *KafkaRequest
 	Expect   Verdict
+	// DecidedBy, when set, must be part of a rule the datapath or the
+	// proxy reported as deciding this very request, as l7gate prints
+	// rules: "allow shop/ops (CiliumNetworkPolicy spec.ingress[0])".
+	DecidedBy string
 }
 
 // HTTPRequest is a check's HTTP/1.1 request.
@@ -318,7 +323,7 @@ func (e *fieldErrs) step(p string, v any) (Step, bool) {
 var grpcMethod = regexp.MustCompile(`^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (e *fieldErrs) check(p string, v any) (Check, bool) {
-	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "expect")
+	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "expect", "decidedBy")
 	if !ok {
 		return Check{}, false
 	}
@@ -427,6 +432,12 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 			e.add(join(p, "expect"), "want allowed, denied or dropped, not %q", s)
 		}
 	}
+	if s, ok := e.str(join(p, "decidedBy"), m["decidedBy"], false); ok {
+		if strings.TrimSpace(s) == "" {
+			e.add(join(p, "decidedBy"), "must not be empty (leave it out instead)")
+		}
+		c.DecidedBy = s
+	}
 	return c, len(e.errs) == n
 }
 
@@ -434,8 +445,11 @@ var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 
 func validTopic(t string) bool { return topicName.MatchString(t) && t != "." && t != ".." }
 
-// checkHostName accepts "namespace/pod" and "external:name".
+// checkHostName accepts "namespace/pod", "external:name" and "node".
 func checkHostName(s string) error {
+	if s == NodeHost {
+		return nil
+	}
 	if name, ok := strings.CutPrefix(s, "external:"); ok {
 		if !dnsLabel.MatchString(name) {
 			return fmt.Errorf("want external:<name>, not %q", s)
@@ -444,7 +458,7 @@ func checkHostName(s string) error {
 	}
 	ns, name, ok := strings.Cut(s, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return fmt.Errorf("want namespace/pod or external:name, not %q", s)
+		return fmt.Errorf("want namespace/pod, external:name or node, not %q", s)
 	}
 	return nil
 }

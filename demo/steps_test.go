@@ -66,7 +66,7 @@ func TestParseStepsErrors(t *testing.T) {
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 70000, http: {}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0].port: want a port number (1-65535), not 70000"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a, to: a/c, port: 80, http: {}, expect: allowed}",
-			`steps.yaml: steps[0].checks[0].from: want namespace/pod or external:name, not "a"`},
+			`steps.yaml: steps[0].checks[0].from: want namespace/pod, external:name or node, not "a"`},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, grpc: {method: /a.B/C}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc and kafka"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, expect: allowed}",
@@ -85,6 +85,10 @@ func TestParseStepsErrors(t *testing.T) {
 		{"externals:\n- {name: X_1, ip: 198.19.0.1}\nsteps:\n- {name: a}", `steps.yaml: externals[0].name: want a DNS label`},
 		{"externals:\n- {name: x, ip: 198.19.0.1, serve: 'ftp:21'}\nsteps:\n- {name: a}", `steps.yaml: externals[0].serve: unknown protocol "ftp"`},
 		{"steps:\n- {name: a}\nsteps:\n- {name: b}", "steps.yaml: parse yaml"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, expect: allowed, decidedBy: ''}",
+			"steps.yaml: steps[0].checks[0].decidedBy: must not be empty"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, expect: allowed, decidedBy: [x]}",
+			"steps.yaml: steps[0].checks[0].decidedBy: want a string, got a list"},
 	} {
 		_, err := parseSteps("steps.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -218,6 +222,9 @@ func TestScenariosLoad(t *testing.T) {
 					if tr.Err != nil || tr.Verdict != c.Expect {
 						t.Errorf("step %d: %s → %s %s: policy.Trace says %s, the check expects %s", i+1, c.From, c.To, c.RequestString(), tr, c.Expect)
 					}
+					if c.DecidedBy != "" && !namesRule(tr.DecidedBy, c.DecidedBy) {
+						t.Errorf("step %d: %s → %s %s: policy.Trace says %s, the check expects it decided by %s", i+1, c.From, c.To, c.RequestString(), tr, c.DecidedBy)
+					}
 				}
 			}
 		})
@@ -323,5 +330,71 @@ func TestKeptDescription(t *testing.T) {
 	}
 	if n := devName("lxc", "deathstar", 8, used); n != "lxc8" {
 		t.Errorf("duplicate name: %s", n)
+	}
+}
+
+// TestDecidedByCheck: a check naming its deciding rule passes only when the
+// datapath or the proxy reported that rule.
+func TestDecidedByCheck(t *testing.T) {
+	sf, err := parseSteps("steps.yaml", []byte(`
+steps:
+- name: a
+  checks:
+  - {from: shop/ops, to: shop/backend, port: 80, http: {method: DELETE}, expect: allowed,
+     decidedBy: "allow shop/ops-anywhere (CiliumNetworkPolicy spec.ingress[0])"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sf.Steps[0].Checks[0]
+	r := Result{Step: 1, StepName: "a", Check: c, Observed: Observation{Verdict: Allowed, Detail: "200"}}
+	r.DecidedBy = []string{"allow shop/backend-http (CiliumNetworkPolicy spec.ingress[0].http[0]) [proxy]"}
+	if r.Passed() {
+		t.Errorf("passed with another rule reported: %s", r.Line())
+	}
+	if !strings.Contains(r.Line(), "expected allowed by allow shop/ops-anywhere (CiliumNetworkPolicy spec.ingress[0])") {
+		t.Errorf("line does not show the expected rule: %s", r.Line())
+	}
+	r.DecidedBy = []string{"allow shop/ops-anywhere (CiliumNetworkPolicy spec.ingress[0]) [proxy]"}
+	if !r.Passed() {
+		t.Errorf("failed with the rule reported: %s", r.Line())
+	}
+	r.Observed.Verdict = Denied
+	if r.Passed() {
+		t.Errorf("passed with the wrong verdict: %s", r.Line())
+	}
+}
+
+// TestFromNode (issue 12 item 9): a check may come from the node itself;
+// policy.Trace sees the host identity; the node is never a destination.
+func TestFromNode(t *testing.T) {
+	files := fstest.MapFS{
+		"objects/pods.yaml": {Data: []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default, annotations: {l7gate.io/serve: \"http:80\"}}\nstatus: {podIP: 198.18.0.1}\n")},
+		"p.yaml":            {Data: []byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: default}\nspec: {endpointSelector: {}, ingress: [{}]}\n")},
+		"steps.yaml": {Data: []byte(`steps:
+- name: s
+  apply: [p.yaml]
+  checks:
+  - {from: node, to: default/a, port: 80, http: {}, expect: allowed, decidedBy: "allow allow-localhost"}
+`)},
+	}
+	sc, err := LoadScenario(files, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := sc.ObjectsAt(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := TraceCheck(objs, sc, sc.Steps[0].Checks[0])
+	if tr.Verdict != Allowed || !namesRule(tr.DecidedBy, "allow allow-localhost") {
+		t.Errorf("trace from the node: %s", tr)
+	}
+	if len(sc.Hosts) != 1 {
+		t.Errorf("the node became a host of the topology: %v", sc.Hosts)
+	}
+	files["steps.yaml"] = &fstest.MapFile{Data: []byte("steps:\n- name: s\n  checks:\n  - {from: default/a, to: node, port: 80, http: {}, expect: allowed}\n")}
+	if _, err := LoadScenario(files, "t"); err == nil || !strings.Contains(err.Error(), "checks[0].to: the node serves nothing") {
+		t.Errorf("to: node: %v", err)
 	}
 }

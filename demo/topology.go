@@ -20,6 +20,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/bpf"
 )
 
 // TopologyConfig configures NewTopology.
@@ -383,7 +386,10 @@ func tail(file string, n int) string {
 type State struct {
 	Namespaces []string `json:"namespaces"`
 	Mounts     []string `json:"mounts,omitempty"`
-	WorkDir    string   `json:"workDir"`
+	// Cgroups are cgroup v2 directories (the agent's proxy cgroup),
+	// removed once their processes are gone.
+	Cgroups []string `json:"cgroups,omitempty"`
+	WorkDir string   `json:"workDir"`
 }
 
 // StateFile is the name of the state file in a work dir.
@@ -418,12 +424,31 @@ func (l *ledger) addMount(dir string) error {
 	return l.saveLocked()
 }
 
+func (l *ledger) addCgroup(dir string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.st.Cgroups = append(l.st.Cgroups, dir)
+	return l.saveLocked()
+}
+
+// TrackProxyCgroup records the cgroup an agent using runDir starts its Go
+// proxy in (agentapi.ProxyCgroupName), so Close removes it after the
+// processes. Without a cgroup v2 mount there is nothing to track.
+func (t *Topology) TrackProxyCgroup(runDir string) error {
+	mount, err := bpf.Cgroup2Mount()
+	if err != nil {
+		return nil
+	}
+	return t.led.addCgroup(filepath.Join(mount, agentapi.ProxyCgroupName(runDir)))
+}
+
 func (l *ledger) state() State {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := l.st
 	st.Namespaces = append([]string(nil), st.Namespaces...)
 	st.Mounts = append([]string(nil), st.Mounts...)
+	st.Cgroups = append([]string(nil), st.Cgroups...)
 	return st
 }
 
@@ -492,6 +517,11 @@ func teardown(ctx context.Context, st State, log *slog.Logger) error {
 	if err := killNetNSProcesses(ctx, st.Namespaces, 5*time.Second); err != nil {
 		errs = append(errs, err)
 	}
+	for _, cg := range st.Cgroups {
+		if err := removeCgroup(ctx, cg); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, ns := range st.Namespaces {
 		if !netnsExists(ns) {
 			continue
@@ -520,4 +550,23 @@ func teardown(ctx context.Context, st State, log *slog.Logger) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeCgroup removes an empty cgroup directory, waiting (bounded) for
+// the kernel to let go of processes that just exited.
+func removeCgroup(ctx context.Context, dir string) error {
+	for {
+		err := os.Remove(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("remove cgroup %s: %w", dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("remove cgroup %s: %w", dir, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -1,7 +1,9 @@
 // Package deploy holds l7gate's Kubernetes manifests: the Helm chart in
 // helm/l7gate (CRDs in its crds/ directory, installed only when absent),
-// and Render, a small renderer for that chart, so `make manifests` writes
-// plain YAML for kubectl (l7gate.yaml, crds.yaml) without Helm.
+// the plain manifests Helm renders from it (l7gate.yaml, crds.yaml, written
+// by `make manifests` with the helm binary), and Render, a small in-process
+// renderer for that chart that tests use without Helm; TestRenderGolden
+// checks it gives the same objects as Helm.
 //
 // The chart's templates use only what Render implements: .Values,
 // .Release.Name, .Release.Namespace, .Chart.Name, .Chart.Version,

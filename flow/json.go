@@ -48,6 +48,23 @@ func AppendJSON(b []byte, r *Record) []byte {
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(r.Status), 10)
 	}
+	b = appendOptString(b, `,"rawPath":`, r.RawPath)
+	if len(r.HeaderMismatches) > 0 {
+		b = append(b, `,"headerMismatches":[`...)
+		for i, h := range r.HeaderMismatches {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"action":`...)
+			b = appendString(b, h.Action)
+			b = append(b, `,"name":`...)
+			b = appendString(b, h.Name)
+			b = append(b, `,"value":`...)
+			b = appendString(b, h.Value)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
 	b = appendOptString(b, `,"apiKey":`, r.APIKey)
 	if r.APIVersion != 0 {
 		b = append(b, `,"apiVersion":`...)

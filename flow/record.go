@@ -62,6 +62,11 @@ type Record struct {
 	Path   string `json:"path,omitempty"`
 	Host   string `json:"host,omitempty"`
 	Status int    `json:"status,omitempty"`
+	// RawPath is the request target as sent, when normalization changed it
+	// (Path is what was matched and forwarded).
+	RawPath string `json:"rawPath,omitempty"`
+	// HeaderMismatches are the headerMatches mismatch actions taken.
+	HeaderMismatches []HeaderMismatch `json:"headerMismatches,omitempty"`
 
 	// Kafka
 	APIKey        string   `json:"apiKey,omitempty"`
@@ -97,4 +102,14 @@ func JSONLines(w io.Writer) func(*Record) {
 		buf = AppendJSON(buf[:0], r)
 		w.Write(buf)
 	}
+}
+
+// HeaderMismatch is one headerMatches mismatch action the L7 proxy took
+// on a request.
+type HeaderMismatch struct {
+	// Action is LOG, ADD, DELETE or REPLACE.
+	Action string `json:"action"`
+	Name   string `json:"name"`
+	// Value is the rule's value; for DELETE, the value that was removed.
+	Value string `json:"value"`
 }

@@ -13,6 +13,7 @@ declare -A want=(
   [kcat]=kcat
   [bpftool]=bpftool
   [protoc]=protobuf-compiler
+  [ping]=iputils-ping
 )
 
 missing=()

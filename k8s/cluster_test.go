@@ -22,6 +22,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -177,9 +178,9 @@ func testManifests(ctx context.Context, t *testing.T, c *cluster) {
 		"ConfigMap":          {Version: "v1", Resource: "configmaps"},
 		"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 		"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-		"DaemonSet":          {Group: "apps", Version: "v1", Resource: "daemonsets"},
 		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
 		"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+		"DaemonSet":          {Group: "apps", Version: "v1", Resource: "daemonsets"},
 	}
 	for _, tc := range []struct {
 		name string
@@ -537,8 +538,16 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if len(u.Errors) != 1 || !errors.As(u.Errors[0], &oe) || oe.Object.Name != "typo" || !strings.Contains(oe.Err.Error(), "spec.ingress[0].toPortz") {
 			t.Fatalf("errors %v: want one naming spec.ingress[0].toPortz of shop/typo", u.Errors)
 		}
-		if hasPolicy(u, "shop/typo") || !hasPolicy(u, "shop/api-http") || l7Path(s, "shop", "api", 9090) == "" {
-			t.Error("the valid policy must still apply and the invalid one must not")
+		if !hasPolicy(u, "shop/api-http") || l7Path(s, "shop", "api", 9090) == "" {
+			t.Error("the valid policy must still apply")
+		}
+		// The invalid one applies only as its fail-closed stand-in: the
+		// pods it selects are held in ingress default-deny.
+		if i := slices.IndexFunc(u.Objects.Policies, func(p policy.Policy) bool { return p.Name() == "shop/typo" }); i < 0 || u.Objects.Policies[i].Invalid == "" {
+			t.Error("the invalid policy is not held fail-closed")
+		}
+		if !strings.Contains(u.Errors[0].Error(), "held in default-deny (ingress)") {
+			t.Errorf("error %v does not say what stands in for the policy", u.Errors[0])
 		}
 		implement(u)
 		st := waitStatus(ctx, t, c, CNPResource(), "shop", "typo", func(st map[string]any) bool {
@@ -551,6 +560,57 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 			t.Errorf("node status %v", st["nodes"])
 		}
 		waitEvent(ctx, t, c, "shop", "typo", eventInvalid)
+	})
+
+	t.Run("InvalidUpdateKeepsLastValid", func(t *testing.T) {
+		obj, err := cnps.Get(ctx, "api-http", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj.Object["spec"] = cnp("", "", httpPolicy(9090, "(")).Object["spec"]
+		if _, err := cnps.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		u, _ := up.await("the invalid update reported", func(u source.Update, _ *policy.Snapshot) bool {
+			return slices.ContainsFunc(u.Errors, func(e error) bool { return strings.Contains(e.Error(), "shop/api-http") })
+		})
+		snap, err := policy.Compute(u.Objects, policy.NewIdentityAllocator())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l7Path(snap, "shop", "api", 9090) != "/v2/.*" {
+			t.Error("the last valid version of shop/api-http is not in force")
+		}
+		i := slices.IndexFunc(u.Errors, func(e error) bool { return strings.Contains(e.Error(), "shop/api-http") })
+		if !strings.Contains(u.Errors[i].Error(), "the last valid version stays in force") {
+			t.Errorf("error %v", u.Errors[i])
+		}
+		implement(u)
+		waitStatus(ctx, t, c, CNPResource(), "shop", "api-http", func(st map[string]any) bool {
+			return condStatus(st, ConditionValid) == "False" && strings.Contains(condMessage(st, ConditionValid), "last valid version")
+		})
+	})
+
+	t.Run("KubeAPIServer", func(t *testing.T) {
+		ready := true
+		for _, es := range []*discoveryv1.EndpointSlice{
+			{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: "default", Labels: map[string]string{"kubernetes.io/service-name": "kubernetes"}},
+				AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"203.0.113.10"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}},
+			// another slice of the same Service: not read (the RBAC grants
+			// only the one named kubernetes)
+			{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes-extra", Namespace: "default", Labels: map[string]string{"kubernetes.io/service-name": "kubernetes"}},
+				AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"203.0.113.20"}}}},
+		} {
+			if _, err := c.client.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, s := up.await("the kube-apiserver address", func(_ source.Update, s *policy.Snapshot) bool {
+			return s.IdentityOf(netipMust("203.0.113.10")) == policy.IdentityKubeAPIServer
+		})
+		if id := s.IdentityOf(netipMust("203.0.113.20")); id != policy.IdentityWorld {
+			t.Errorf("an address of another slice has identity %d", id)
+		}
 	})
 
 	t.Run("Clusterwide", func(t *testing.T) {

@@ -1,7 +1,9 @@
 // Package k8s is the Kubernetes side of the agent: a Source that watches
-// Pods, Namespaces, Nodes, NetworkPolicy, CiliumNetworkPolicy and
-// CiliumClusterwideNetworkPolicy with client-go informers and hands the
-// agent the same policy.Objects the folder source does, and a StatusWriter
+// Pods, Namespaces, Nodes, NetworkPolicy, CiliumNetworkPolicy,
+// CiliumClusterwideNetworkPolicy and the default/kubernetes EndpointSlice
+// (the kube-apiserver entity) with client-go informers and hands the
+// agent the same policy.Objects the folder source does (through a
+// policy.Tracker: an invalid update keeps the last valid version), and a StatusWriter
 // that reports, per policy, whether it is valid and which revision this
 // node implemented.
 //

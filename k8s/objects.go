@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -222,6 +223,34 @@ func nodeDocument(n *corev1.Node) (document, error) {
 		return document{}, fmt.Errorf("encode node %s: %w", n.Name, err)
 	}
 	return document{key: objectKey{"Node", "", n.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: n.UID}}, nil
+}
+
+// apiServerSlice is the EndpointSlice whose addresses are the
+// kube-apiserver entity: the kubernetes Service's, which the API server
+// itself maintains.
+var apiServerSlice = types.NamespacedName{Namespace: "default", Name: "kubernetes"}
+
+// endpointSliceDocument keeps the addresses of the default/kubernetes
+// EndpointSlice and whether each endpoint is ready.
+func endpointSliceDocument(es *discoveryv1.EndpointSlice) (document, error) {
+	type conditions struct {
+		Ready *bool `json:"ready,omitempty"`
+	}
+	type endpoint struct {
+		Addresses  []string   `json:"addresses"`
+		Conditions conditions `json:"conditions"`
+	}
+	var eps []endpoint
+	for _, e := range es.Endpoints {
+		eps = append(eps, endpoint{Addresses: e.Addresses, Conditions: conditions{Ready: e.Conditions.Ready}})
+	}
+	js, err := json.Marshal(map[string]any{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+		"metadata": docMeta{Name: es.Name, Namespace: es.Namespace, Labels: es.Labels}, "addressType": es.AddressType, "endpoints": eps})
+	if err != nil {
+		return document{}, fmt.Errorf("encode endpointslice %s/%s: %w", es.Namespace, es.Name, err)
+	}
+	return document{key: objectKey{"EndpointSlice", es.Namespace, es.Name}, json: js,
+		info: objectInfo{APIVersion: "discovery.k8s.io/v1", UID: es.UID}}, nil
 }
 
 func networkPolicyDocument(np *networkingv1.NetworkPolicy) (document, error) {

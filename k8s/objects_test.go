@@ -3,6 +3,7 @@ package k8s
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
@@ -192,3 +194,60 @@ func TestStatusPatchEndpointFailures(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestSourceKeepsLastValid (issue 12 item 8): an invalid update of a policy
+// keeps its last valid version in force and is reported invalid once; a
+// new invalid policy holds its endpoints in default-deny.
+func TestSourceKeepsLastValid(t *testing.T) {
+	s := &Source{log: testLogger(t)}
+	cnp := func(port string) document {
+		u := &unstructured.Unstructured{}
+		if err := json.Unmarshal([]byte(`{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"p","namespace":"ns"},
+			"spec":{"endpointSelector":{"matchLabels":{"app":"a"}},"ingress":[{"toPorts":[{"ports":[{"port":"`+port+`"}]}]}]}}`), &u.Object); err != nil {
+			t.Fatal(err)
+		}
+		d, err := ciliumDocument(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	ports := func(u source.Update) []uint16 {
+		var out []uint16
+		for _, p := range u.Objects.Policies {
+			for _, sec := range p.Rules[0].Allow[policy.Ingress] {
+				for _, pr := range sec.Ports {
+					for _, ps := range pr.Ports {
+						out = append(out, ps.Port)
+					}
+				}
+			}
+		}
+		return out
+	}
+	u := s.update([]document{cnp("80")})
+	if len(u.Errors) != 0 || !slices.Equal(ports(u), []uint16{80}) {
+		t.Fatalf("valid: %v %v", u.Errors, ports(u))
+	}
+	u = s.update([]document{cnp("Eighty")})
+	if len(u.Errors) != 1 || !strings.Contains(u.Errors[0].Error(), "the last valid version stays in force") {
+		t.Fatalf("invalid update: errors %v", u.Errors)
+	}
+	if !slices.Equal(ports(u), []uint16{80}) {
+		t.Errorf("invalid update: policies %v, want the last valid version (port 80)", ports(u))
+	}
+	items := statusItems(7, u, nil, nil)
+	if len(items) != 1 || items[0].st.Err == nil {
+		t.Errorf("status items %+v, want one, invalid", items)
+	}
+	// Deleted, then created invalid: the fail-closed stand-in.
+	s.update(nil)
+	u = s.update([]document{cnp("Eighty")})
+	if len(u.Errors) != 1 || !strings.Contains(u.Errors[0].Error(), "held in default-deny (ingress)") ||
+		len(u.Objects.Policies) != 1 || u.Objects.Policies[0].Invalid == "" {
+		t.Errorf("new invalid policy: errors %v, policies %+v", u.Errors, u.Objects.Policies)
+	}
+	if items := statusItems(8, u, nil, nil); len(items) != 1 || items[0].st.Err == nil {
+		t.Errorf("status items %+v, want one, invalid", items)
+	}
+}

@@ -8,12 +8,14 @@ import (
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/source"
 )
 
@@ -47,6 +49,9 @@ type Source struct {
 	// view is the rendered and decoded objects (used by Run's goroutine
 	// only).
 	view *view
+	// tracker keeps the last valid version of every object: an update
+	// that fails to decode never loosens what is in force.
+	tracker *policy.Tracker
 }
 
 type digestInfo struct {
@@ -77,6 +82,9 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 // informerSet is the running informers of one Run.
 type informerSet struct {
 	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
+	// apiServer: the default/kubernetes EndpointSlice only (the
+	// kube-apiserver entity's addresses).
+	apiServer cache.SharedIndexInformer
 }
 
 // Run implements source.Source. It sends the first update once every
@@ -106,11 +114,15 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	// addresses enter the digest, so heartbeats cause no update.
 	nodeFactory := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
+	// One object of the discovery API: the RBAC grants no more.
+	apiFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithNamespace(apiServerSlice.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + apiServerSlice.Name }))
 	defer func() {
 		cancel()
 		typed.Shutdown()
 		nodeFactory.Shutdown()
 		dyn.Shutdown()
+		apiFactory.Shutdown()
 	}()
 	inf := informerSet{
 		pods:       typed.Core().V1().Pods().Informer(),
@@ -119,12 +131,14 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 		nodes:      nodeFactory.Core().V1().Nodes().Informer(),
 		cnps:       dyn.ForResource(CNPResource()).Informer(),
 		ccnps:      dyn.ForResource(CCNPResource()).Informer(),
+		apiServer:  apiFactory.Discovery().V1().EndpointSlices().Informer(),
 	}
 	named := []struct {
 		name string
 		inf  cache.SharedIndexInformer
 	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
-		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps}}
+		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps},
+		{"endpointslices default/kubernetes", inf.apiServer}}
 	for i, n := range named {
 		trim := trimManagedFields
 		if n.inf == inf.pods {
@@ -145,6 +159,7 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	typed.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
 	dyn.Start(ctx.Done())
+	apiFactory.Start(ctx.Done())
 
 	// Wait for every first list; say which are missing meanwhile.
 	for {
@@ -242,9 +257,21 @@ func (s *Source) update(docs []document) source.Update {
 
 // viewUpdate returns the current view as an update, and remembers which
 // policy generations its digest held. Only the objects that changed since
-// the last update were rendered and decoded (see view).
+// the last update were rendered and decoded (see view). The digest is
+// over the canonical documents, so an unchanged view has an unchanged
+// digest. An object whose update fails to decode keeps its last valid
+// version in force; a new invalid policy holds the endpoints it selects in
+// default-deny (policy.Tracker); its error says which, and the status
+// writer reports it Valid=False.
 func (s *Source) viewUpdate() source.Update {
 	objs, errs, infos, digest := s.view.assemble()
+	s.mu.Lock()
+	if s.tracker == nil {
+		s.tracker = policy.NewTracker()
+	}
+	tracker := s.tracker
+	s.mu.Unlock()
+	objs, errs = tracker.Apply(objs, errs)
 	s.mu.Lock()
 	if n := len(s.infos); n == 0 || s.infos[n-1].digest != digest {
 		s.infos = append(s.infos, digestInfo{digest: digest, infos: infos})

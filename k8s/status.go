@@ -231,23 +231,7 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Up
 			warns[keyOf(wn.Object)] = append(warns[keyOf(wn.Object)], msg)
 		}
 	}
-	type item struct {
-		ref policy.ObjectRef
-		st  PolicyStatus
-	}
-	var items []item
-	if u.Objects != nil {
-		for _, p := range u.Objects.Policies {
-			items = append(items, item{p.Ref, PolicyStatus{Revision: rev, Warnings: warns[keyOf(p.Ref)],
-				EndpointFailures: failed[string(p.Kind)+" "+p.Name()]}})
-		}
-	}
-	for _, e := range u.Errors {
-		var oe *policy.ObjectError
-		if errors.As(e, &oe) && isPolicyKind(oe.Object.Kind) {
-			items = append(items, item{oe.Object, PolicyStatus{Revision: rev, Err: oe.Err, Warnings: warns[keyOf(oe.Object)]}})
-		}
-	}
+	items := statusItems(rev, u, warns, failed)
 	present := map[objectKey]bool{}
 	var errs []error
 	infos := make([]objectInfo, len(items))
@@ -293,6 +277,38 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Up
 
 func isCiliumKind(kind string) bool {
 	return kind == string(policy.KindCNP) || kind == string(policy.KindCCNP)
+}
+
+type statusItem struct {
+	ref policy.ObjectRef
+	st  PolicyStatus
+}
+
+// statusItems is one status per policy of an update: invalid ones (their
+// error says what stands in for them: the last valid version, or the
+// fail-closed default-deny) and valid ones. A policy with an error is
+// reported once, with its error, even when its last valid version or its
+// fail-closed stand-in is among the objects.
+func statusItems(rev uint64, u source.Update, warns map[objectKey][]string, failed map[string][]string) []statusItem {
+	var items []statusItem
+	invalid := map[objectKey]bool{}
+	for _, e := range u.Errors {
+		var oe *policy.ObjectError
+		if errors.As(e, &oe) && isPolicyKind(oe.Object.Kind) {
+			invalid[keyOf(oe.Object)] = true
+			items = append(items, statusItem{oe.Object, PolicyStatus{Revision: rev, Err: oe.Err, Warnings: warns[keyOf(oe.Object)]}})
+		}
+	}
+	if u.Objects != nil {
+		for _, p := range u.Objects.Policies {
+			if p.Invalid != "" || invalid[keyOf(p.Ref)] {
+				continue
+			}
+			items = append(items, statusItem{p.Ref, PolicyStatus{Revision: rev, Warnings: warns[keyOf(p.Ref)],
+				EndpointFailures: failed[string(p.Kind)+" "+p.Name()]}})
+		}
+	}
+	return items
 }
 
 func isPolicyKind(kind string) bool {

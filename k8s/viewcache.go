@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -218,6 +219,8 @@ func objectDocument(obj any, live func(ip string) bool) (document, error) {
 		return networkPolicyDocument(o)
 	case *unstructured.Unstructured:
 		return ciliumDocument(o)
+	case *discoveryv1.EndpointSlice:
+		return endpointSliceDocument(o)
 	}
 	return document{}, fmt.Errorf("no document for %T", obj)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -17,6 +18,8 @@ type Snapshot struct {
 	Warnings   []string          `json:"warnings,omitempty"`
 	byID       map[Identity]*EndpointPolicy
 	labels     map[Identity]Labels
+	// shadows: which allows lifted which L7 rules (ShadowWarnings)
+	shadows map[shadowRecord]bool
 }
 
 // Policy returns the policy of an endpoint identity, or nil.
@@ -75,12 +78,15 @@ type peerSet struct {
 }
 
 type computer struct {
+	opts     Options
+	combined []Identity // kube-apiserver and remote-node at once (entityAddresses)
 	objs     *Objects
 	alloc    *IdentityAllocator
 	snap     *Snapshot
 	podIDs   []Identity // sorted, distinct
 	allIDs   []Identity // sorted: reserved, pods, CIDR
 	cidrIDs  map[netip.Prefix]Identity
+	cidrList []netip.Prefix // cidrIDs' prefixes, sorted by address then length
 	selCache map[string][]Identity
 	// byLabel indexes identities by "key=value" of each label (any
 	// source), so selectors with an In requirement scan few candidates.
@@ -93,11 +99,20 @@ type computer struct {
 }
 
 // Compute derives identities, endpoints, the ipcache and every endpoint
-// identity's policy from objs. alloc keeps identities stable across calls.
+// identity's policy from objs with the default Options. alloc keeps
+// identities stable across calls.
 func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
+	return ComputeWith(objs, alloc, Options{})
+}
+
+// ComputeWith is Compute with options.
+func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapshot, error) {
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = DefaultMaxEntries
+	}
 	c := &computer{
-		objs: objs, alloc: alloc,
-		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}},
+		objs: objs, alloc: alloc, opts: opts,
+		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}, shadows: map[shadowRecord]bool{}},
 		cidrIDs:  map[netip.Prefix]Identity{},
 		selCache: map[string][]Identity{},
 		byLabel:  map[string][]Identity{},
@@ -114,24 +129,11 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	if err := c.cidrIdentities(); err != nil {
 		return nil, err
 	}
-	// Node addresses are remote-node (a pod IP on the same address, as with
-	// hostNetwork pods, stays the node's).
-	taken := map[netip.Prefix]bool{}
-	for _, e := range c.snap.IPCache {
-		taken[e.Prefix] = true
-	}
-	for _, n := range objs.Nodes {
-		for _, ip := range n.IPs {
-			p := netip.PrefixFrom(ip, ip.BitLen())
-			if taken[p] {
-				c.warnf("node %s: address %s is also a pod's or a policy CIDR's; it keeps that identity", n.Name, ip)
-				continue
-			}
-			taken[p] = true
-			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: IdentityRemoteNode})
-		}
+	if err := c.entityAddresses(); err != nil {
+		return nil, err
 	}
 	c.allIDs = append(append(ReservedIdentities(), c.podIDs...), sortedIDs(c.cidrIDs)...)
+	c.allIDs = append(c.allIDs, c.combined...)
 	for _, id := range c.allIDs {
 		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: c.snap.labels[id].Strings()})
 		for _, l := range c.snap.labels[id] {
@@ -143,20 +145,58 @@ func Compute(objs *Objects, alloc *IdentityAllocator) (*Snapshot, error) {
 	type ruleRef struct{ policy, rule int }
 	subjects := map[Identity][]ruleRef{}
 	for pi := range objs.Policies {
+		if p := &objs.Policies[pi]; p.Invalid != "" {
+			var dirs []string
+			for _, d := range p.stubDirections() {
+				dirs = append(dirs, d.String())
+			}
+			c.warnf("%s %s is invalid: the endpoints it selects are held in default-deny (%s) until it is fixed", p.Kind, p.Name(), strings.Join(dirs, ", "))
+		}
 		for ri := range objs.Policies[pi].Rules {
 			for _, id := range c.selectPods(objs.Policies[pi].Rules[ri].Subject) {
 				subjects[id] = append(subjects[id], ruleRef{pi, ri})
 			}
 		}
 	}
+	// Identities selected by the same rules get the same policy (on
+	// ingress also the same named ports): computed once, shared read-only.
+	type built struct {
+		pol      DirectionPolicy
+		overflow bool
+	}
+	cache := map[string]built{}
 	for _, id := range c.podIDs {
 		ep := &EndpointPolicy{Identity: id}
 		for _, dir := range []Direction{Ingress, Egress} {
-			b := newDirBuilder(dir)
-			for _, rr := range subjects[id] {
-				c.applyRule(b, id, rr.policy, rr.rule)
+			var key strings.Builder
+			fmt.Fprint(&key, dir, subjects[id])
+			if dir == Ingress {
+				fmt.Fprint(&key, c.ports[id])
 			}
-			*ep.Direction(dir) = b.finish()
+			got, ok := cache[key.String()]
+			if !ok {
+				b := newDirBuilder(dir, c.opts.MaxEntries)
+				for _, rr := range subjects[id] {
+					if b.overflow {
+						break
+					}
+					c.applyRule(b, id, rr.policy, rr.rule)
+				}
+				if dir == Ingress && b.pol.Enforced && c.opts.AllowLocalhost != LocalhostPolicy {
+					// The node itself (kubelet probes) reaches every
+					// endpoint; deny rules still win, L7 rules still apply.
+					b.add(entryKey{peer: IdentityHost, verdict: VerdictAllow}, AllowLocalhostOrigin())
+				}
+				got = built{b.finish(), b.overflow}
+				for _, sh := range b.shadows {
+					c.snap.shadows[sh] = true
+				}
+				cache[key.String()] = got
+			}
+			*ep.Direction(dir) = got.pol
+			if got.overflow {
+				c.warnf("identity %d %s: its policy needs more than %d entries; it is held in default-deny in this direction (split the policy or use broader CIDRs)", id, dir, c.opts.MaxEntries)
+			}
 		}
 		c.snap.Policies = append(c.snap.Policies, ep)
 		c.snap.byID[id] = ep
@@ -261,6 +301,16 @@ func (c *computer) cidrIdentities() error {
 	}
 	slices.SortFunc(prefixes, comparePrefix)
 	prefixes = slices.Compact(prefixes)
+	// A pod's own address always resolves to the pod: a CIDR identity
+	// whose prefix is exactly a pod's address gets no ipcache entry (it
+	// still exists, so the rule naming it stays valid, and selects no
+	// address: CIDR rules never select pods). The ipcache holds one entry
+	// per prefix by construction; the agent's datapath ipcache relies on
+	// it.
+	pods := map[netip.Prefix]bool{}
+	for _, e := range c.snap.IPCache {
+		pods[e.Prefix] = true
+	}
 	for _, p := range prefixes {
 		ls := Labels{{Source: SourceCIDR, Key: p.String()}, {Source: SourceReserved, Key: "world"}}
 		id, err := c.alloc.allocate(ls, true)
@@ -268,7 +318,11 @@ func (c *computer) cidrIdentities() error {
 			return err
 		}
 		c.cidrIDs[p] = id
+		c.cidrList = append(c.cidrList, p)
 		c.snap.labels[id] = ls
+		if pods[p] {
+			continue
+		}
 		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})
 	}
 	return nil
@@ -333,11 +387,17 @@ func (c *computer) cidrPeers(cs CIDRSelector) []Identity {
 	if cs.Prefix.Bits() == 0 {
 		out = append(out, IdentityWorld)
 	}
+	// The prefixes inside cs.Prefix are one run of the sorted list.
+	start, _ := slices.BinarySearchFunc(c.cidrList, cs.Prefix.Masked().Addr(), func(p netip.Prefix, a netip.Addr) int { return p.Addr().Compare(a) })
 outer:
-	for p, id := range c.cidrIDs {
-		if p.Addr().Is4() != cs.Prefix.Addr().Is4() || p.Bits() < cs.Prefix.Bits() || !cs.Prefix.Contains(p.Addr()) {
+	for _, p := range c.cidrList[start:] {
+		if !cs.Prefix.Contains(p.Addr()) {
+			break
+		}
+		if p.Bits() < cs.Prefix.Bits() {
 			continue
 		}
+		id := c.cidrIDs[p]
 		for _, e := range cs.Except {
 			if p.Bits() >= e.Bits() && e.Contains(p.Addr()) {
 				continue outer
@@ -352,7 +412,12 @@ func (c *computer) entityPeers(name string) []Identity {
 	switch name {
 	case "cluster":
 		out := slices.Clone(c.podIDs)
+		out = append(out, c.combined...)
 		return append(out, IdentityHost, IdentityRemoteNode, IdentityKubeAPIServer, IdentityHealth, IdentityInit, IdentityUnmanaged, IdentityIngress)
+	case "remote-node", "kube-apiserver":
+		// and the identity of addresses that are both
+		id, _ := entityIdentity(name)
+		return append([]Identity{id}, c.combined...)
 	case "world":
 		out := []Identity{IdentityWorld}
 		for _, id := range c.cidrIDs {
@@ -392,6 +457,14 @@ type dirBuilder struct {
 	pol     DirectionPolicy
 	entries map[entryKey]*Entry
 	l7      map[uint16]*L7RuleSet
+	l7idx   map[uint16]map[l7Key]int // see addRule
+	// max bounds the entries; past it, overflow holds the endpoint in
+	// default-deny in this direction (finish).
+	max      int
+	size     int // entries plus L7 rule × peer pairs
+	overflow bool
+	// shadows: allows without L7 rules that lift L7 rules (see finish)
+	shadows []shadowRecord
 }
 
 type entryKey struct {
@@ -403,13 +476,18 @@ type entryKey struct {
 	parser  string
 }
 
-func newDirBuilder(d Direction) *dirBuilder {
-	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[uint16]*L7RuleSet{}}
+func newDirBuilder(d Direction, max int) *dirBuilder {
+	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[uint16]*L7RuleSet{}, l7idx: map[uint16]map[l7Key]int{}, max: max}
 }
 
 func (b *dirBuilder) add(k entryKey, origin Provenance) {
 	e, ok := b.entries[k]
 	if !ok {
+		if b.size >= b.max {
+			b.overflow = true
+			return
+		}
+		b.size++
 		e = &Entry{Peer: k.peer, Protocol: k.proto, Port: k.port, EndPort: k.endPort, Verdict: k.verdict, Parser: k.parser}
 		b.entries[k] = e
 	}
@@ -420,13 +498,37 @@ func (b *dirBuilder) add(k entryKey, origin Provenance) {
 
 func (b *dirBuilder) finish() DirectionPolicy {
 	out := b.pol
+	if b.overflow {
+		// More entries than the datapath takes for one endpoint: hold it
+		// in default-deny rather than enforce part of its policy.
+		out.Enforced = true
+		out.DefaultDeny = append(slices.Clone(out.DefaultDeny), Provenance{Policy: "entry-budget", PolicyKind: KindBuiltin,
+			Direction: b.dir, Kind: KindDefaultDeny, Path: fmt.Sprintf("more than %d entries", b.max)})
+		return out
+	}
 	for _, e := range b.entries {
 		slices.SortFunc(e.Origins, compareProvenance)
 		out.Entries = append(out.Entries, *e)
 	}
 	sortEntries(out.Entries)
-	// An L4 allow naming a redirected port lets its peers send any request
-	// there: add an allow-all L7 rule for them.
+	// redirected peers by port (IdentityAny: every peer)
+	redir := map[uint16]map[Identity]bool{}
+	for i := range out.Entries {
+		if e := &out.Entries[i]; e.Verdict == VerdictRedirect {
+			if redir[e.Port] == nil {
+				redir[e.Port] = map[Identity]bool{}
+			}
+			redir[e.Port][e.Peer] = true
+		}
+	}
+	redirected := func(peer Identity, port uint16) bool {
+		m := redir[port]
+		return m != nil && (m[IdentityAny] || m[peer] || (peer == IdentityAny && len(m) > 0))
+	}
+	// An allow without L7 rules that covers a redirected port for a peer
+	// — an L4 allow naming the port or an L3-only allow (every port) —
+	// lets that peer send any request there: add an allow-all L7 rule for
+	// it (Cilium's rule). The connection stays redirected, so it is seen.
 	ports := make([]uint16, 0, len(b.l7))
 	for p := range b.l7 {
 		ports = append(ports, p)
@@ -434,33 +536,54 @@ func (b *dirBuilder) finish() DirectionPolicy {
 	slices.Sort(ports)
 	for _, port := range ports {
 		rs := b.l7[port]
+		rs.sortPeers()
+		explicit := len(rs.Rules) // the L7 rules proper, before allow-alls
+		lifting := map[Provenance]map[Identity]bool{}
+		var order []Provenance
 		for _, e := range out.Entries {
-			if e.Verdict != VerdictAllow || e.Port == 0 || port < e.Port || port > e.EndPort ||
-				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(out.Entries, e.Peer, port) {
+			if e.Verdict != VerdictAllow || (e.Port != 0 && (port < e.Port || port > e.EndPort)) ||
+				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(e.Peer, port) {
 				continue
 			}
 			for _, o := range e.Origins {
+				if o.PolicyKind == KindBuiltin {
+					continue // allow-localhost does not lift L7 rules
+				}
 				r := L7Rule{AnyPeer: e.Peer == IdentityAny, Origin: o}
 				if e.Peer != IdentityAny {
 					r.Peers = []Identity{e.Peer}
 				}
-				rs.addRule(r)
+				b.addRule(rs, r)
+				if lifting[o] == nil {
+					lifting[o] = map[Identity]bool{}
+					order = append(order, o)
+				}
+				lifting[o][e.Peer] = true
 			}
 		}
+		// Which L7 rules each lifting allow shadows (ShadowWarnings).
+		for _, o := range order {
+			peers := lifting[o]
+			for i := range explicit {
+				x := &rs.Rules[i]
+				applies := peers[IdentityAny] || x.AnyPeer
+				for _, p := range x.Peers {
+					if applies {
+						break
+					}
+					applies = peers[p]
+				}
+				if applies {
+					l7 := x.Origin
+					l7.L7 = ""
+					b.shadows = append(b.shadows, shadowRecord{allow: o, l7: l7, proto: rs.Protocol, port: port})
+				}
+			}
+		}
+		rs.sortPeers()
 		out.L7 = append(out.L7, *rs)
 	}
 	return out
-}
-
-// redirected reports whether traffic from peer to port is redirected.
-func redirected(entries []Entry, peer Identity, port uint16) bool {
-	for i := range entries {
-		e := &entries[i]
-		if e.Verdict == VerdictRedirect && e.Port == port && (e.Peer == IdentityAny || e.Peer == peer || peer == IdentityAny) {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
@@ -477,6 +600,9 @@ func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
 	if enforce {
 		b.pol.Enforced = true
 		p := Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: 0, Kind: KindDefaultDeny, Path: r.Path + "." + dir.String()}
+		if pol.Invalid != "" {
+			p.Path += " (invalid policy: fail-closed)"
+		}
 		if !slices.ContainsFunc(b.pol.DefaultDeny, func(x Provenance) bool { return compareProvenance(x, p) == 0 }) {
 			b.pol.DefaultDeny = append(b.pol.DefaultDeny, p)
 			slices.SortFunc(b.pol.DefaultDeny, compareProvenance)
@@ -512,6 +638,34 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 	if ps.any {
 		peers = []Identity{IdentityAny}
 	}
+	// What this section can add at most (entries, and L7 rule × peer
+	// pairs): a policy past the budget holds the endpoint in default-deny
+	// without building the part that does not fit.
+	est := len(peers)
+	if s.Ports != nil {
+		est = 0
+		for pri := range s.Ports {
+			pr := &s.Ports[pri]
+			if pr.Dropped != "" {
+				continue
+			}
+			rules := 0
+			if pr.L7 != nil {
+				rules = len(pr.L7.HTTP) + len(pr.L7.Kafka) + len(pr.L7.Generic)
+			}
+			for _, spec := range pr.Ports {
+				n := len(peers)
+				if spec.Name != "" && b.dir == Egress && ps.any && !deny {
+					n = len(c.podIDs) // a named port to any peer: each pod identity
+				}
+				est += n * (1 + rules)
+			}
+		}
+	}
+	if b.size+est > b.max {
+		b.overflow = true
+		return
+	}
 	if s.Ports == nil {
 		for _, p := range peers {
 			b.add(entryKey{peer: p, verdict: verdict}, origin)
@@ -523,43 +677,78 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 		if pr.Dropped != "" {
 			continue
 		}
+		// L7 rules: the peers of each port, added to its rule set at once
+		// (a rule set holds each rule once with all its peers).
+		var l7Ports []uint16
+		l7Peers := map[uint16][]Identity{}
 		for _, spec := range pr.Ports {
 			for _, p := range peers {
-				for _, np := range c.resolvePort(b.dir, subject, p, spec, origin) {
-					if pr.L7 == nil {
-						b.add(entryKey{peer: p, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
-						continue
-					}
-					if !c.addL7(b, p, np.Port, pr, origin) {
-						continue
-					}
-					b.add(entryKey{peer: p, proto: ProtoTCP, port: np.Port, endPort: np.Port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
+				if b.overflow {
+					return
 				}
+				for _, pp := range c.resolvePort(b.dir, subject, p, spec, origin, deny) {
+					np := pp.spec
+					if pr.L7 == nil {
+						b.add(entryKey{peer: pp.peer, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
+						continue
+					}
+					if _, seen := l7Peers[np.Port]; !seen {
+						l7Ports = append(l7Ports, np.Port)
+					}
+					l7Peers[np.Port] = append(l7Peers[np.Port], pp.peer)
+				}
+			}
+		}
+		for _, port := range l7Ports {
+			ids := l7Peers[port]
+			slices.Sort(ids)
+			ids = slices.Compact(ids)
+			if !c.addL7(b, ids, port, pr, origin) {
+				continue
+			}
+			for _, id := range ids {
+				b.add(entryKey{peer: id, proto: ProtoTCP, port: port, endPort: port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
 			}
 		}
 	}
 }
 
-// resolvePort turns a port spec into numeric specs. Named ports resolve
-// against the endpoint's own pods on ingress and against the peer's pods on
-// egress (all pods for a wildcard peer).
-func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortSpec, origin Provenance) []PortSpec {
+// peerPort is a numeric port spec and the peer it applies to.
+type peerPort struct {
+	peer Identity
+	spec PortSpec
+}
+
+// resolvePort turns a port spec into numeric specs for peer. Named ports
+// resolve against the endpoint's own pods on ingress and against the
+// peer's pods on egress. A named port is a port on a pod: an egress allow
+// for every peer becomes an allow towards each pod identity that has the
+// name (never towards world or a CIDR, which have no named ports). An
+// egress deny for every peer keeps applying to every peer, on every number
+// the name has on some pod (wider, never narrower).
+func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortSpec, origin Provenance, deny bool) []peerPort {
 	if spec.Name == "" {
-		return []PortSpec{spec}
+		return []peerPort{{peer, spec}}
 	}
-	var candidates []NamedPort
+	match := func(candidates []NamedPort, to Identity, out []peerPort) []peerPort {
+		for _, np := range candidates {
+			if np.Name == spec.Name && (spec.Protocol == ProtoAny || spec.Protocol == np.Protocol) {
+				out = append(out, peerPort{to, PortSpec{Protocol: np.Protocol, Port: np.Port, EndPort: np.Port}})
+			}
+		}
+		return out
+	}
+	var out []peerPort
 	switch {
 	case dir == Ingress:
-		candidates = c.ports[subject]
-	case peer == IdentityAny:
-		candidates = c.allPorts
+		out = match(c.ports[subject], peer, nil)
+	case peer != IdentityAny:
+		out = match(c.ports[peer], peer, nil)
+	case deny:
+		out = match(c.allPorts, IdentityAny, nil)
 	default:
-		candidates = c.ports[peer]
-	}
-	var out []PortSpec
-	for _, np := range candidates {
-		if np.Name == spec.Name && (spec.Protocol == ProtoAny || spec.Protocol == np.Protocol) {
-			out = append(out, PortSpec{Protocol: np.Protocol, Port: np.Port, EndPort: np.Port})
+		for _, id := range c.podIDs {
+			out = match(c.ports[id], id, out)
 		}
 	}
 	if len(out) == 0 && (dir == Ingress || peer == IdentityAny) {
@@ -570,7 +759,7 @@ func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortS
 
 // addL7 adds a port rule's L7 rules to the port's rule set; it reports false
 // (and warns) when another parser already owns the port.
-func (c *computer) addL7(b *dirBuilder, peer Identity, port uint16, pr *PortRule, origin Provenance) bool {
+func (c *computer) addL7(b *dirBuilder, peers []Identity, port uint16, pr *PortRule, origin Provenance) bool {
 	rs, ok := b.l7[port]
 	if !ok {
 		rs = &L7RuleSet{Protocol: ProtoTCP, Port: port, Parser: pr.L7.Parser}
@@ -579,54 +768,172 @@ func (c *computer) addL7(b *dirBuilder, peer Identity, port uint16, pr *PortRule
 		c.warnf("%s %s: port %d already uses L7 parser %q; this %q rule is ignored", origin.Policy, origin.Path, port, rs.Parser, pr.L7.Parser)
 		return false
 	}
-	base := L7Rule{AnyPeer: peer == IdentityAny}
-	if peer != IdentityAny {
-		base.Peers = []Identity{peer}
+	base := L7Rule{AnyPeer: slices.Contains(peers, IdentityAny)}
+	if !base.AnyPeer {
+		base.Peers = slices.Clip(peers) // shared by this call's rules; sorted, distinct
 	}
+	b.size += max(1, len(base.Peers)) * (len(pr.L7.HTTP) + len(pr.L7.Kafka) + len(pr.L7.Generic))
 	add := func(r L7Rule, l7 string) {
 		o := origin
 		o.L7 = l7
 		r.Origin = o
-		rs.addRule(r)
+		b.addRule(rs, r)
 	}
 	for i := range pr.L7.HTTP {
 		r := base
 		r.HTTP = &pr.L7.HTTP[i]
-		add(r, fmt.Sprintf("http[%d]", i))
+		add(r, "http["+strconv.Itoa(i)+"]")
 	}
 	for i := range pr.L7.Kafka {
 		r := base
 		r.Kafka = &pr.L7.Kafka[i]
-		add(r, fmt.Sprintf("kafka[%d]", i))
+		add(r, "kafka["+strconv.Itoa(i)+"]")
 	}
 	for i := range pr.L7.Generic {
 		r := base
 		r.Generic = pr.L7.Generic[i]
-		add(r, fmt.Sprintf("l7[%d]", i))
+		add(r, "l7["+strconv.Itoa(i)+"]")
 	}
 	return true
 }
 
-// addRule appends r, merging it into an earlier rule from the same origin
-// (the same rule text reached through another peer).
-func (rs *L7RuleSet) addRule(r L7Rule) {
-	for i := range rs.Rules {
-		x := &rs.Rules[i]
-		if compareProvenance(x.Origin, r.Origin) != 0 || x.AllowsAll() != r.AllowsAll() {
-			continue
-		}
-		switch {
-		case x.AnyPeer:
-		case r.AnyPeer:
-			x.AnyPeer, x.Peers = true, nil
-		default:
-			for _, p := range r.Peers {
-				if j, found := slices.BinarySearch(x.Peers, p); !found {
-					x.Peers = slices.Insert(x.Peers, j, p)
-				}
-			}
-		}
+// l7Key identifies a rule of a rule set: the same rule text reached
+// through another peer merges into it.
+type l7Key struct {
+	origin Provenance
+	all    bool
+}
+
+// addRule appends r to rs, merging it into an earlier rule from the same
+// origin (in constant time: policies with thousands of rules or peers
+// must not compute in quadratic time). Peers are sorted by sortPeers.
+func (b *dirBuilder) addRule(rs *L7RuleSet, r L7Rule) {
+	idx := b.l7idx[rs.Port]
+	if idx == nil {
+		idx = map[l7Key]int{}
+		b.l7idx[rs.Port] = idx
+	}
+	k := l7Key{r.Origin, r.AllowsAll()}
+	i, ok := idx[k]
+	if !ok {
+		// Peers may be shared with other rules (never written in place:
+		// appends go to a clipped slice, sortPeers copies).
+		idx[k] = len(rs.Rules)
+		r.Peers = slices.Clip(r.Peers)
+		rs.Rules = append(rs.Rules, r)
 		return
 	}
-	rs.Rules = append(rs.Rules, r)
+	x := &rs.Rules[i]
+	switch {
+	case x.AnyPeer:
+	case r.AnyPeer:
+		x.AnyPeer, x.Peers = true, nil
+	default:
+		x.Peers = append(slices.Clip(x.Peers), r.Peers...)
+	}
+}
+
+// sortPeers sorts and de-duplicates every rule's peers (on a copy: peer
+// slices may be shared).
+func (rs *L7RuleSet) sortPeers() {
+	for i := range rs.Rules {
+		ps := rs.Rules[i].Peers
+		distinct := true
+		for j := 1; j < len(ps) && distinct; j++ {
+			distinct = ps[j-1] < ps[j]
+		}
+		if !distinct {
+			ps = slices.Clone(ps)
+			slices.Sort(ps)
+			rs.Rules[i].Peers = slices.Compact(ps)
+		}
+	}
+}
+
+// entityAddresses adds the ipcache entries of the kube-apiserver entity
+// (Options.KubeAPIServer and the default/kubernetes EndpointSlice) and of
+// Node objects (remote-node), with one entry per prefix:
+//   - a pod's address stays the pod's (warning);
+//   - a kube-apiserver address that is also a Node's gets one node-local
+//     identity with both labels, selected by both entities;
+//   - a kube-apiserver address that a policy names as a /32 CIDR is the
+//     kube-apiserver's (CIDR rules never select it; warning);
+//   - a Node address that a policy names as a /32 CIDR keeps the CIDR
+//     identity (warning).
+func (c *computer) entityAddresses() error {
+	owner := map[netip.Prefix]int{} // index in the ipcache
+	for i, e := range c.snap.IPCache {
+		owner[e.Prefix] = i
+	}
+	pods := map[netip.Prefix]bool{}
+	for _, ep := range c.snap.Endpoints {
+		for _, ip := range ep.IPs {
+			pods[netip.PrefixFrom(ip, ip.BitLen())] = true
+		}
+	}
+	nodeOf := map[netip.Addr]string{}
+	for _, n := range c.objs.Nodes {
+		for _, ip := range n.IPs {
+			if _, dup := nodeOf[ip]; !dup {
+				nodeOf[ip] = n.Name
+			}
+		}
+	}
+	api := slices.Clone(c.opts.KubeAPIServer)
+	for _, s := range c.objs.APIServers {
+		api = append(api, s.IPs...)
+	}
+	for i := range api {
+		api[i] = api[i].Unmap()
+	}
+	slices.SortFunc(api, func(a, b netip.Addr) int { return a.Compare(b) })
+	api = slices.Compact(api)
+	isAPI := map[netip.Addr]bool{}
+	var both Identity
+	for _, ip := range api {
+		if !ip.IsValid() {
+			continue
+		}
+		p := netip.PrefixFrom(ip, ip.BitLen())
+		if pods[p] {
+			c.warnf("kube-apiserver address %s is a pod's; it keeps the pod's identity", ip)
+			continue
+		}
+		isAPI[ip] = true
+		id := IdentityKubeAPIServer
+		if _, ok := nodeOf[ip]; ok {
+			if both == 0 {
+				ls := Labels{{Source: SourceReserved, Key: reservedName(IdentityKubeAPIServer)}, {Source: SourceReserved, Key: reservedName(IdentityRemoteNode)}}
+				var err error
+				if both, err = c.alloc.allocate(ls, true); err != nil {
+					return err
+				}
+				c.snap.labels[both] = ls
+				c.combined = append(c.combined, both)
+			}
+			id = both
+		}
+		if i, ok := owner[p]; ok {
+			c.warnf("kube-apiserver address %s is also a policy CIDR: CIDR rules do not select the kube-apiserver, use the kube-apiserver entity", ip)
+			c.snap.IPCache[i].Identity = id
+			continue
+		}
+		owner[p] = len(c.snap.IPCache)
+		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})
+	}
+	for _, n := range c.objs.Nodes {
+		for _, ip := range n.IPs {
+			p := netip.PrefixFrom(ip, ip.BitLen())
+			if isAPI[ip] {
+				continue
+			}
+			if _, taken := owner[p]; taken {
+				c.warnf("node %s: address %s is also a pod's or a policy CIDR's; it keeps that identity", n.Name, ip)
+				continue
+			}
+			owner[p] = len(c.snap.IPCache)
+			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: IdentityRemoteNode})
+		}
+	}
+	return nil
 }

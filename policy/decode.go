@@ -24,10 +24,13 @@ import (
 type Objects struct {
 	Namespaces []Namespace
 	// Nodes: their addresses are the remote-node identity.
-	Nodes    []Node
-	Pods     []Pod
-	Policies []Policy
-	Warnings []Warning
+	Nodes []Node
+	// APIServers: the default/kubernetes EndpointSlice, whose addresses
+	// are the kube-apiserver entity.
+	APIServers []APIServer
+	Pods       []Pod
+	Policies   []Policy
+	Warnings   []Warning
 	// Summaries has one line per loaded object, in input order.
 	Summaries []string
 	// summaryRefs[i] is the object Summaries[i] describes.
@@ -54,8 +57,31 @@ func Decode(file string, data []byte) (*Objects, []error) {
 		}
 		errs = append(errs, out.decodeDocument(file, i, doc)...)
 	}
+	errs = append(errs, out.dropDuplicates()...)
 	out.sort()
 	return out, errs
+}
+
+// dropDuplicates reports objects defined twice in one input (the first
+// definition is kept), as Merge does across inputs.
+func (o *Objects) dropDuplicates() []error {
+	var errs []error
+	seen := map[string]bool{}
+	dup := func(r ObjectRef) bool {
+		k := r.Kind + "/" + r.Namespace + "/" + r.Name
+		if seen[k] {
+			errs = append(errs, &ObjectError{Object: r, Err: errors.New("duplicate object: already defined earlier in this input (that definition is kept)")})
+			return true
+		}
+		seen[k] = true
+		return false
+	}
+	o.Namespaces = slices.DeleteFunc(o.Namespaces, func(x Namespace) bool { return dup(x.Ref) })
+	o.Nodes = slices.DeleteFunc(o.Nodes, func(x Node) bool { return dup(x.Ref) })
+	o.APIServers = slices.DeleteFunc(o.APIServers, func(x APIServer) bool { return dup(x.Ref) })
+	o.Pods = slices.DeleteFunc(o.Pods, func(x Pod) bool { return dup(x.Ref) })
+	o.Policies = slices.DeleteFunc(o.Policies, func(x Policy) bool { return dup(x.Ref) })
+	return errs
 }
 
 // splitDocuments splits a YAML stream at "---" lines.
@@ -109,6 +135,11 @@ func (o *Objects) decodeDocument(file string, docIndex int, doc []byte) []error 
 func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 	m, ok := v.(map[string]any)
 	if !ok {
+		if l, isList := v.([]any); isList && len(l) > 0 {
+			if r, ok := l[0].(map[string]any); ok && (r["endpointSelector"] != nil || r["nodeSelector"] != nil) {
+				return []error{&ObjectError{Object: where, Err: errors.New("a list of Cilium rules (cilium-agent's `cilium policy import` format) is not a Kubernetes object: put the rules in a CiliumNetworkPolicy's specs")}}
+			}
+		}
 		return []error{&ObjectError{Object: where, Err: fmt.Errorf("expected an object, got %s", describe(v))}}
 	}
 	var tm typeMeta
@@ -139,21 +170,32 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		return []error{&ObjectError{Object: ref, Err: errors.Join(errs...)}}
 	}
 	checkVersion := func(want ...string) []error {
+		if tm.APIVersion == "" {
+			// a key in the wrong case ("apiversion") is a typo, not a version
+			for k := range m {
+				if k != "apiVersion" && strings.EqualFold(k, "apiVersion") {
+					return objErr([]error{fieldPath(k).errorf("unknown field (did you mean apiVersion? keys are case-sensitive)")})
+				}
+			}
+		}
 		if !slices.Contains(want, tm.APIVersion) {
 			return objErr([]error{fieldPath("apiVersion").errorf("unsupported apiVersion %q for %s (want %s)", tm.APIVersion, tm.Kind, strings.Join(want, " or "))})
 		}
 		return nil
 	}
+	// An invalid policy is an error naming the field; the endpoints it
+	// selects are held in default-deny where that can be worked out (see
+	// failClosed).
+	policyErr := func(kind PolicyKind, errs []error) []error {
+		stub := failClosed(kind, ref, m)
+		if stub == nil {
+			return objErr(errs)
+		}
+		o.Policies = append(o.Policies, *stub)
+		return []error{&ObjectError{Object: ref, Err: &InvalidObjectError{Err: errors.Join(errs...), Fallback: FallbackDefaultDeny, Directions: stub.stubDirections()}}}
+	}
 	switch tm.Kind {
 	case string(KindCNP), string(KindCCNP):
-		if e := checkVersion("cilium.io/v2"); e != nil {
-			return e
-		}
-		var w wireCNP
-		d.decode("", m, reflect.ValueOf(&w).Elem())
-		if len(d.errs) > 0 {
-			return objErr(d.errs)
-		}
 		clusterwide := tm.Kind == string(KindCCNP)
 		if clusterwide && ref.Namespace != "" {
 			o.Warnings = append(o.Warnings, Warning{Object: ref, Path: "metadata.namespace", Message: "ignored: CiliumClusterwideNetworkPolicy is not namespaced"})
@@ -162,43 +204,56 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		if !clusterwide && ref.Namespace == "" {
 			ref.Namespace = "default"
 		}
+		kind := PolicyKind(tm.Kind)
+		if e := checkVersion("cilium.io/v2"); e != nil {
+			return policyErr(kind, []error{e[0].(*ObjectError).Err})
+		}
+		var w wireCNP
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return policyErr(kind, d.errs)
+		}
+		if w.Description != nil {
+			o.Warnings = append(o.Warnings, Warning{Object: ref, Path: "description",
+				Message: "ignored: not a field of " + tm.Kind + " (the API server drops it, or rejects the object under strict field validation); its place is spec.description"})
+		}
 		p, warns, errs := normalizeCNP(&w, ref, clusterwide)
 		o.Warnings = append(o.Warnings, warns...)
 		if len(errs) > 0 {
-			return objErr(errs)
+			return policyErr(kind, errs)
 		}
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case string(KindNP):
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
 		if e := checkVersion("networking.k8s.io/v1"); e != nil {
-			return e
+			return policyErr(KindNP, []error{e[0].(*ObjectError).Err})
 		}
 		var w wireNP
 		d.decode("", m, reflect.ValueOf(&w).Elem())
 		if len(d.errs) > 0 {
-			return objErr(d.errs)
-		}
-		if ref.Namespace == "" {
-			ref.Namespace = "default"
+			return policyErr(KindNP, d.errs)
 		}
 		p, warns, errs := normalizeNP(&w, ref)
 		o.Warnings = append(o.Warnings, warns...)
 		if len(errs) > 0 {
-			return objErr(errs)
+			return policyErr(KindNP, errs)
 		}
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case "Pod":
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
 		if e := checkVersion("v1"); e != nil {
-			return e
+			return objErr([]error{e[0].(*ObjectError).Err})
 		}
 		var w wirePod
 		d.decode("", m, reflect.ValueOf(&w).Elem())
 		if len(d.errs) > 0 {
 			return objErr(d.errs)
-		}
-		if ref.Namespace == "" {
-			ref.Namespace = "default"
 		}
 		p, errs := normalizePod(&w, ref)
 		if len(errs) > 0 {
@@ -241,6 +296,41 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		}
 		o.Nodes = append(o.Nodes, n)
 		o.summarize(ref, fmt.Sprintf("%s: %s: %d address(es)", file, ref, len(n.IPs)))
+	case "EndpointSlice":
+		// Only the kubernetes Service's slice in default: the API server's
+		// addresses (the kube-apiserver entity).
+		if ref.Namespace != "default" || tm.Metadata.Labels["kubernetes.io/service-name"] != "kubernetes" {
+			o.Warnings = append(o.Warnings, Warning{Object: ref, Message: "skipped: l7gate reads only the default/kubernetes EndpointSlice (the kube-apiserver's addresses)"})
+			return nil
+		}
+		if e := checkVersion("discovery.k8s.io/v1"); e != nil {
+			return e
+		}
+		var w wireEndpointSlice
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		a := APIServer{Ref: ref}
+		var errs []error
+		for i, ep := range w.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			for j, s := range ep.Addresses {
+				ip, err := netip.ParseAddr(s)
+				if err != nil {
+					errs = append(errs, fieldPath("endpoints").index(i).child("addresses").index(j).errorf("invalid IP %q", s))
+					continue
+				}
+				a.IPs = append(a.IPs, ip.Unmap())
+			}
+		}
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.APIServers = append(o.APIServers, a)
+		o.summarize(ref, fmt.Sprintf("%s: %s: %d kube-apiserver address(es)", file, ref, len(a.IPs)))
 	case "Namespace":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -281,6 +371,9 @@ func summarizePolicy(p *Policy) string {
 func (o *Objects) sort() {
 	slices.SortStableFunc(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortStableFunc(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(o.APIServers, func(a, b APIServer) int {
+		return cmpStrings(a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
+	})
 	slices.SortStableFunc(o.Pods, func(a, b Pod) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
@@ -310,6 +403,9 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range o.Nodes {
 		seen[key(n.Ref)] = n.Ref
 	}
+	for _, a := range o.APIServers {
+		seen[key(a.Ref)] = a.Ref
+	}
 	for _, p := range o.Pods {
 		seen[key(p.Ref)] = p.Ref
 	}
@@ -318,7 +414,7 @@ func (o *Objects) Merge(other *Objects) []error {
 	}
 	dup := func(r ObjectRef) bool {
 		if first, ok := seen[key(r)]; ok {
-			errs = append(errs, &ObjectError{Object: r, Err: fmt.Errorf("duplicate object: already defined in %s", first.File)})
+			errs = append(errs, &ObjectError{Object: r, Err: fmt.Errorf("duplicate object: already defined in %s (that definition is kept)", first.File)})
 			return true
 		}
 		seen[key(r)] = r
@@ -332,6 +428,11 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range other.Nodes {
 		if !dup(n.Ref) {
 			o.Nodes = append(o.Nodes, n)
+		}
+	}
+	for _, a := range other.APIServers {
+		if !dup(a.Ref) {
+			o.APIServers = append(o.APIServers, a)
 		}
 	}
 	for _, p := range other.Pods {

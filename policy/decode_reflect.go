@@ -199,7 +199,7 @@ func (d *structDecoder) decodeStruct(p fieldPath, m map[string]any, dst reflect.
 		i, ok := fields[k]
 		if !ok {
 			if !isLenient {
-				d.fail(p.child(k).errorf("unknown field"))
+				d.fail(p.child(k).errorf("unknown field%s", unknownFieldHint(t, k, fields)))
 			}
 			continue
 		}
@@ -214,4 +214,59 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// labelSelectorType gets its own hint: a key beside matchLabels is
+// usually a label indented one level too little.
+var labelSelectorType = reflect.TypeFor[LabelSelector]()
+
+// unknownFieldHint suggests what a misspelt field may have meant: a field
+// that differs only in case ("Role" → "role": keys are case-sensitive), a
+// longer field it abbreviates ("auth" → "authentication"), or one a
+// letter or two away.
+func unknownFieldHint(t reflect.Type, k string, fields map[string]int) string {
+	if t == labelSelectorType {
+		return fmt.Sprintf(" (a label? labels go under matchLabels: {%s: ...})", k)
+	}
+	names := sortedKeys(fields)
+	for _, f := range names {
+		if strings.EqualFold(f, k) {
+			return fmt.Sprintf(" (did you mean %s? keys are case-sensitive)", f)
+		}
+	}
+	for _, f := range names {
+		if len(k) >= 3 && strings.HasPrefix(f, k) {
+			return fmt.Sprintf(" (did you mean %s?)", f)
+		}
+	}
+	for _, f := range names {
+		if editDistance(strings.ToLower(f), strings.ToLower(k)) <= 2 && len(k) > 3 {
+			return fmt.Sprintf(" (did you mean %s?)", f)
+		}
+	}
+	return ""
+}
+
+// editDistance is the Levenshtein distance of two short strings.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 64
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

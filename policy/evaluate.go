@@ -103,6 +103,22 @@ type L7Result struct {
 	DecidedBy []Provenance
 	// DeniedTopics lists the Kafka topics no rule allowed.
 	DeniedTopics []string `json:",omitempty"`
+	// Shadowed: the request was allowed by an allow-all rule (an allow
+	// without L7 rules for the peer); these are the peer's L7 rules it
+	// was not checked against.
+	Shadowed []Provenance `json:",omitempty"`
+}
+
+// shadowedFor lists the L7 rules (not allow-all) that apply to peer.
+func (rs *L7RuleSet) shadowedFor(peer Identity) []Provenance {
+	var out []Provenance
+	for i := range rs.Rules {
+		if r := &rs.Rules[i]; !r.AllowsAll() && r.AppliesTo(peer) {
+			out = append(out, r.Origin)
+		}
+	}
+	slices.SortFunc(out, compareProvenance)
+	return slices.CompactFunc(out, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
 }
 
 // EvaluateHTTP decides an HTTP request from peer.
@@ -112,7 +128,11 @@ func (rs *L7RuleSet) EvaluateHTTP(peer Identity, req *HTTPRequest) (L7Result, er
 		return L7Result{}, err
 	}
 	if i := m.Match(peer, req); i >= 0 {
-		return L7Result{Decision: DecisionAllowed, DecidedBy: []Provenance{rs.Rules[i].Origin}}, nil
+		res := L7Result{Decision: DecisionAllowed, DecidedBy: []Provenance{rs.Rules[i].Origin}}
+		if rs.Rules[i].AllowsAll() {
+			res.Shadowed = rs.shadowedFor(peer)
+		}
+		return res, nil
 	}
 	return L7Result{Decision: DecisionDenied, DecidedBy: rs.DefaultDenyOrigins(peer)}, nil
 }
@@ -134,6 +154,7 @@ func (rs *L7RuleSet) EvaluateKafka(peer Identity, req *KafkaRequest) L7Result {
 		return -1
 	}
 	var res L7Result
+	lifted := false
 	topics := req.Topics
 	if len(topics) == 0 {
 		topics = []string{""}
@@ -148,12 +169,16 @@ func (rs *L7RuleSet) EvaluateKafka(peer Identity, req *KafkaRequest) L7Result {
 			continue
 		}
 		res.DecidedBy = append(res.DecidedBy, rs.Rules[i].Origin)
+		lifted = lifted || rs.Rules[i].AllowsAll()
 	}
 	if res.Decision == DecisionDenied {
 		res.DecidedBy = rs.DefaultDenyOrigins(peer)
 		return res
 	}
 	res.Decision = DecisionAllowed
+	if lifted {
+		res.Shadowed = rs.shadowedFor(peer)
+	}
 	slices.SortFunc(res.DecidedBy, compareProvenance)
 	res.DecidedBy = slices.CompactFunc(res.DecidedBy, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
 	return res

@@ -82,7 +82,7 @@ func TestEvaluateL4Order(t *testing.T) {
 		{"deny beats allow", intruder, ProtoTCP, 8080, DecisionDenied, "spec.ingressDeny[0]", KindDeny},
 		{"deny is port-specific", intruder, ProtoTCP, 8081, DecisionAllowed, "spec.ingress[0]", KindAllow},
 		{"L4 wildcard peer redirects", friend, ProtoTCP, 80, DecisionRedirected, "spec.ingress[1]", KindAllow},
-		{"redirect beats an L3-only allow", admin, ProtoTCP, 80, DecisionRedirected, "spec.ingress[1]", KindAllow},
+		{"an L3-only allow is still redirected", admin, ProtoTCP, 80, DecisionRedirected, "spec.ingress[1]", KindAllow},
 		{"L3-only allow elsewhere", admin, ProtoUDP, 9999, DecisionAllowed, "spec.ingress[2]", KindAllow},
 		{"world by entity", IdentityWorld, ProtoUDP, 53, DecisionAllowed, "spec.ingress[4]", KindAllow},
 		{"world other port", IdentityWorld, ProtoTCP, 53, DecisionDenied, "spec.ingress", KindDefaultDeny},
@@ -108,7 +108,8 @@ func TestEvaluateL4Order(t *testing.T) {
 	}
 
 	// L7 on the redirected port: the rule set is an allow-list; the monitor's
-	// L4 allow on the same port lets it send any request.
+	// L4 allow on the same port and the admin's L3-only allow let them send
+	// any request (Cilium's rule: an allow without L7 rules lifts them).
 	rs := in.L7Set(ProtoTCP, 80)
 	for _, tc := range []struct {
 		peer   Identity
@@ -119,7 +120,7 @@ func TestEvaluateL4Order(t *testing.T) {
 		{friend, "GET", "/public/index.html", DecisionAllowed},
 		{friend, "POST", "/public/index.html", DecisionDenied},
 		{friend, "GET", "/private", DecisionDenied},
-		{admin, "GET", "/private", DecisionDenied},
+		{admin, "GET", "/private", DecisionAllowed},
 		{monitor, "DELETE", "/private", DecisionAllowed},
 	} {
 		r, err := rs.EvaluateHTTP(tc.peer, &HTTPRequest{Method: tc.method, Path: tc.path})

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"os"
 	"testing"
 )
 
@@ -24,3 +25,10 @@ func mustCompute(t testing.TB, objs *Objects) *Snapshot {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func writeFile(t testing.TB, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -98,6 +98,9 @@ func compileHTTPRule(w wireHTTPRule, p fieldPath) (HTTPRule, []pathWarning, erro
 		if f.val == "" {
 			continue
 		}
+		if err := checkRegexSize(f.val); err != nil {
+			return r, nil, p.child(f.name).errorf("%w", err)
+		}
 		if _, err := compileAnchored(f.val); err != nil {
 			return r, nil, p.child(f.name).errorf("%w", err)
 		}

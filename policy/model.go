@@ -111,6 +111,13 @@ type Node struct {
 	IPs  []netip.Addr
 }
 
+// APIServer is the default/kubernetes EndpointSlice (discovery.k8s.io/v1):
+// its endpoint addresses are the kube-apiserver entity.
+type APIServer struct {
+	Ref ObjectRef
+	IPs []netip.Addr
+}
+
 // NamedPort is a container port with a name, for named-port resolution.
 type NamedPort struct {
 	Name     string   `json:"name"`
@@ -139,6 +146,10 @@ type Policy struct {
 	Ref   ObjectRef
 	Kind  PolicyKind
 	Rules []Rule
+	// Invalid is set on the fail-closed stand-in for a policy that failed
+	// to decode (see failClosed): its rules only hold the endpoints they
+	// select in default-deny. It says why the policy is invalid.
+	Invalid string
 }
 
 // Name is "namespace/name" for namespaced policies and "name" for

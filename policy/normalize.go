@@ -101,6 +101,28 @@ func (n *normalizer) rule(w *wireRule, p fieldPath) (Rule, bool) {
 	return r, len(n.errs) == nerr
 }
 
+// peerSelector scopes a fromEndpoints/toEndpoints selector as Cilium
+// does: a selector that names neither the pod namespace nor a reserved
+// label selects pods of the policy's namespace (of any namespace for a
+// clusterwide policy). A selector about namespaces — the pod namespace or
+// namespace labels, with any operator — selects pods only: world, CIDR and
+// other reserved identities have no namespace, so a negative requirement
+// (NotIn, DoesNotExist) must not select them.
+func (n *normalizer) peerSelector(sel Selector) Selector {
+	switch {
+	case sel.hasSource(SourceReserved):
+		return sel
+	case !sel.hasKey(LabelPodNamespace) && n.namespace != "":
+		return sel.withRequirement(namespaceRequirement(n.namespace))
+	}
+	return sel.withRequirement(podNamespaceExists())
+}
+
+// podNamespaceExists requires the pod namespace label: pods only.
+func podNamespaceExists() Requirement {
+	return Requirement{Source: SourceK8s, Key: LabelPodNamespace, Operator: OpExists}
+}
+
 // sectionFields is the direction-neutral view of an ingress or egress entry.
 type sectionFields struct {
 	prefix      string // "from" or "to"
@@ -148,10 +170,7 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 			continue
 		}
 		hasL3 = true
-		if n.namespace != "" && !sel.hasKey(LabelPodNamespace) && !sel.hasSource(SourceReserved) {
-			sel = sel.withRequirement(namespaceRequirement(n.namespace))
-		}
-		s.Peers.Selectors = append(s.Peers.Selectors, sel)
+		s.Peers.Selectors = append(s.Peers.Selectors, n.peerSelector(sel))
 	}
 	for i, c := range f.cidrs {
 		hasL3 = true
@@ -380,6 +399,20 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 		n.warn(p.child("serverNames"), "unsupported: TLS server name matching is not provided by l7gate; this port rule allows nothing")
 		r.Dropped = "serverNames is not supported"
 	}
+	if w.Rules != nil && len(w.Rules.DNS) > 0 && !deny && len(w.Rules.HTTP) == 0 && len(w.Rules.Kafka) == 0 && w.Rules.L7Proto == "" && len(w.Rules.L7) == 0 {
+		// DNS rules: l7gate has no DNS proxy yet. The port rule allows
+		// nothing (never all of DNS); the rest of the policy, and its
+		// default-deny, apply.
+		for i, d := range w.Rules.DNS {
+			if d.MatchName == "" && d.MatchPattern == "" {
+				n.fail(p.child("rules.dns").index(i).errorf("give matchName or matchPattern"))
+				ok = false
+			}
+		}
+		n.warn(p.child("rules.dns"), "not enforced: l7gate has no DNS proxy yet; this port rule allows nothing (the policy's default-deny stays)")
+		r.Dropped = "rules.dns is not enforced"
+		return r, ok
+	}
 	if w.Rules != nil {
 		if deny {
 			n.fail(p.child("rules").errorf("L7 rules are not allowed in deny rules"))
@@ -466,7 +499,7 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 	if len(w.Kafka) > 0 {
 		kinds++
 	}
-	if !isEmptyValue(w.DNS) {
+	if len(w.DNS) > 0 {
 		kinds++
 	}
 	if w.L7Proto != "" || len(w.L7) > 0 {
@@ -506,8 +539,8 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 			l7.Kafka = append(l7.Kafka, r)
 		}
 		return l7, ok
-	case !isEmptyValue(w.DNS):
-		n.fail(p.child("dns").errorf("unsupported: DNS proxy rules are not provided by l7gate"))
+	case len(w.DNS) > 0:
+		n.fail(p.child("dns").errorf("DNS rules are not allowed here"))
 		return nil, false
 	case w.L7Proto != "" || len(w.L7) > 0:
 		if w.L7Proto == "" {
@@ -518,6 +551,7 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 			n.fail(p.child("l7proto").errorf("%q has its own rules field: use rules.%s", w.L7Proto, w.L7Proto))
 			return nil, false
 		}
+		n.warn(p.child("l7proto"), "not enforced: l7gate's proxies parse http and kafka only; the datapath drops connections redirected to %q (fail closed)", w.L7Proto)
 		l7 := &L7Rules{Parser: w.L7Proto, Generic: w.L7}
 		if l7.Generic == nil {
 			l7.Generic = []map[string]string{}
@@ -527,13 +561,24 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 	return nil, true
 }
 
-// parseICMPType accepts a number or one of the common names.
+// parseICMPType accepts a number (0-255) or one of the names Cilium
+// accepts for the family (CamelCase, exact).
 func parseICMPType(s string, proto Protocol) (uint8, error) {
 	if v, err := strconv.ParseUint(s, 10, 8); err == nil {
 		return uint8(v), nil
 	}
-	names4 := map[string]uint8{"EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "EchoRequest": 8, "TimeExceeded": 11, "ParameterProblem": 12}
-	names6 := map[string]uint8{"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4, "EchoRequest": 128, "EchoReply": 129, "NeighborSolicitation": 135, "NeighborAdvertisement": 136}
+	names4 := map[string]uint8{"EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "Echo": 8, "EchoRequest": 8,
+		"RouterAdvertisement": 9, "RouterSelection": 10, "TimeExceeded": 11, "ParameterProblem": 12, "Timestamp": 13,
+		"TimestampReply": 14, "Photuris": 40, "ExtendedEchoRequest": 42, "ExtendedEchoReply": 43}
+	names6 := map[string]uint8{"DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4,
+		"EchoRequest": 128, "EchoReply": 129, "MulticastListenerQuery": 130, "MulticastListenerReport": 131,
+		"MulticastListenerDone": 132, "RouterSolicitation": 133, "RouterAdvertisement": 134, "NeighborSolicitation": 135,
+		"NeighborAdvertisement": 136, "RedirectMessage": 137, "RouterRenumbering": 138, "ICMPNodeInformationQuery": 139,
+		"ICMPNodeInformationResponse": 140, "InverseNeighborDiscoverySolicitation": 141,
+		"InverseNeighborDiscoveryAdvertisement": 142, "HomeAgentAddressDiscoveryRequest": 144,
+		"HomeAgentAddressDiscoveryReply": 145, "MobilePrefixSolicitation": 146, "MobilePrefixAdvertisement": 147,
+		"DuplicateAddressRequestCodeSuffix": 157, "DuplicateAddressConfirmationCodeSuffix": 158,
+		"ExtendedEchoRequest": 160, "ExtendedEchoReply": 161}
 	names := names4
 	if proto == ProtoICMPv6 {
 		names = names6
@@ -634,12 +679,10 @@ func (n *normalizer) npSection(peers []wireNPPeer, ports []wireNPPort, p fieldPa
 				n.fail(err)
 				continue
 			}
-			sel = sel.and(ns)
-			if len(sel.Requirements) == 0 {
-				// every pod in every namespace: require the namespace label so
-				// reserved identities are not selected
-				sel = sel.withRequirement(Requirement{Source: SourceK8s, Key: LabelPodNamespace, Operator: OpExists})
-			}
+			// A namespaceSelector selects pods in namespaces: require the
+			// namespace label, so world, CIDR and reserved identities are
+			// never selected, whatever operators the selectors use.
+			sel = sel.and(ns).withRequirement(podNamespaceExists())
 		} else {
 			sel = sel.withRequirement(namespaceRequirement(n.namespace))
 		}

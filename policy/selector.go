@@ -191,6 +191,11 @@ func compileSelector(ls *LabelSelector, keyPrefix, defaultSource string, path fi
 				return sel, p.child("values").errorf("operator %s takes no values", op)
 			}
 		default:
+			for _, known := range []Operator{OpIn, OpNotIn, OpExists, OpDoesNotExist} {
+				if strings.EqualFold(e.Operator, string(known)) {
+					return sel, p.child("operator").errorf("unknown operator %q: operators are case-sensitive, did you mean %s? (Cilium's CRD and Kubernetes reject %q too)", e.Operator, known, e.Operator)
+				}
+			}
 			return sel, p.child("operator").errorf("unknown operator %q (want In, NotIn, Exists or DoesNotExist)", e.Operator)
 		}
 		sel.Requirements = append(sel.Requirements, Requirement{Source: src, Key: key, Operator: op, Values: vals})

@@ -24,6 +24,8 @@ type TraceRequest struct {
 	DPort    uint16
 	HTTP     *HTTPRequest
 	Kafka    *KafkaRequest
+	// Options are the agent's compute options (zero: the defaults).
+	Options Options
 }
 
 // TraceParty is how the trace resolved a side.
@@ -41,7 +43,11 @@ type L7Trace struct {
 	Verdict      Decision     `json:"verdict,omitempty"`
 	DecidedBy    []Provenance `json:"decidedBy,omitempty"`
 	DeniedTopics []string     `json:"deniedTopics,omitempty"`
-	Note         string       `json:"note,omitempty"`
+	// Shadowed names the L7 rules for this peer that did not decide
+	// because an allow without L7 rules (an L3-only allow, or an L4 allow
+	// naming the port) lets the peer send any request here.
+	Shadowed []Provenance `json:"shadowed,omitempty"`
+	Note     string       `json:"note,omitempty"`
 }
 
 // DirectionTrace is the trace of the sender's egress or the receiver's
@@ -99,7 +105,7 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 			work.Pods = append(work.Pods, Pod{Namespace: ns, Name: side.name, Labels: side.p.Labels, ServiceAccount: "default"})
 		}
 	}
-	snap, err := Compute(&work, NewIdentityAllocator())
+	snap, err := ComputeWith(&work, NewIdentityAllocator(), req.Options)
 	if err != nil {
 		return nil, fmt.Errorf("compute: %w", err)
 	}
@@ -200,10 +206,10 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 			out.Verdict = DecisionDenied
 			return out
 		}
-		l7.Evaluated, l7.Verdict, l7.DecidedBy = true, r.Decision, r.DecidedBy
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.Shadowed = true, r.Decision, r.DecidedBy, r.Shadowed
 	case l4.Parser == ParserKafka && req.Kafka != nil:
 		r := l4.L7.EvaluateKafka(peer, req.Kafka)
-		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics = true, r.Decision, r.DecidedBy, r.DeniedTopics
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics, l7.Shadowed = true, r.Decision, r.DecidedBy, r.DeniedTopics, r.Shadowed
 	default:
 		l7.Note = fmt.Sprintf("L7 rules (%s) apply on this port; give a %s request to evaluate them", l4.Parser, l4.Parser)
 		return out

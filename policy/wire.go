@@ -33,6 +33,10 @@ type wireCNP struct {
 	Spec       *wireRule   `json:"spec"`
 	Specs      []*wireRule `json:"specs"`
 	Status     any         `json:"status"`
+	// Description outside spec is not in Cilium's schema (the API server
+	// prunes it); several Cilium examples have it. Accepted and ignored,
+	// with a warning.
+	Description any `json:"description"`
 }
 
 type wireDefaultDeny struct {
@@ -115,9 +119,16 @@ type wirePort struct {
 type wireL7Rules struct {
 	HTTP    []wireHTTPRule      `json:"http"`
 	Kafka   []wireKafkaRule     `json:"kafka"`
-	DNS     any                 `json:"dns"`
+	DNS     []wireDNSRule       `json:"dns"`
 	L7Proto string              `json:"l7proto"`
 	L7      []map[string]string `json:"l7"`
+}
+
+// wireDNSRule is one rules.dns entry (not enforced yet; decoded strictly so
+// a typo is still an error).
+type wireDNSRule struct {
+	MatchName    string `json:"matchName"`
+	MatchPattern string `json:"matchPattern"`
 }
 
 type wireHTTPRule struct {
@@ -276,3 +287,28 @@ type wireNodeAddress struct {
 }
 
 func (*wireNodeAddress) lenient() {}
+
+// EndpointSlice (discovery.k8s.io/v1), lenient: only the addresses of the
+// default/kubernetes slice are read.
+type wireEndpointSlice struct {
+	APIVersion  string         `json:"apiVersion"`
+	Kind        string         `json:"kind"`
+	Metadata    ObjectMeta     `json:"metadata"`
+	AddressType string         `json:"addressType"`
+	Endpoints   []wireEndpoint `json:"endpoints"`
+}
+
+func (*wireEndpointSlice) lenient() {}
+
+type wireEndpoint struct {
+	Addresses  []string               `json:"addresses"`
+	Conditions wireEndpointConditions `json:"conditions"`
+}
+
+func (*wireEndpoint) lenient() {}
+
+type wireEndpointConditions struct {
+	Ready *bool `json:"ready"`
+}
+
+func (*wireEndpointConditions) lenient() {}

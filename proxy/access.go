@@ -42,7 +42,7 @@ func (p *Proxy) httpAccess(ci connInfo) func(*httpparser.Record) {
 			Time: r.Start, Protocol: "http", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
 			SrcIdentity: src, DstIdentity: dst, Verdict: verdictString(r.Allowed), DecidedBy: r.DecidedBy,
 			LatencyMS: float64(r.Duration.Microseconds()) / 1000, Error: r.Error,
-			Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status,
+			Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status, RawPath: r.RawPath, HeaderMismatches: r.HeaderMismatches,
 		})
 	}
 }

@@ -15,6 +15,10 @@ import (
 
 type stats struct {
 	connections, rejectedConns atomic.Int64
+	rejectedPerSource          atomic.Int64
+	rejectedNotSteered         atomic.Int64
+	upstreamConns              atomic.Int64
+	panics                     atomic.Int64
 	httpAllowed, httpDenied    atomic.Int64
 	kafkaAllowed, kafkaDenied  atomic.Int64
 	acks, nacks                atomic.Int64
@@ -54,7 +58,12 @@ func (p *Proxy) AdminHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s := &p.stats
 		fmt.Fprintf(w, "# HELP l7gate_proxy_connections_total Client connections accepted.\n# TYPE l7gate_proxy_connections_total counter\nl7gate_proxy_connections_total %d\n", s.connections.Load())
-		fmt.Fprintf(w, "# HELP l7gate_proxy_connections_rejected_total Client connections closed because of the connection limit.\n# TYPE l7gate_proxy_connections_rejected_total counter\nl7gate_proxy_connections_rejected_total %d\n", s.rejectedConns.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_connections_rejected_total Client connections closed at accept: limit (all connections), per_source (one source identity), not_steered (not redirected by the datapath, e.g. a direct connection to a proxy port).\n# TYPE l7gate_proxy_connections_rejected_total counter\n")
+		fmt.Fprintf(w, "l7gate_proxy_connections_rejected_total{reason=\"limit\"} %d\n", s.rejectedConns.Load())
+		fmt.Fprintf(w, "l7gate_proxy_connections_rejected_total{reason=\"per_source\"} %d\n", s.rejectedPerSource.Load())
+		fmt.Fprintf(w, "l7gate_proxy_connections_rejected_total{reason=\"not_steered\"} %d\n", s.rejectedNotSteered.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_upstream_connections_total Upstream connections opened.\n# TYPE l7gate_proxy_upstream_connections_total counter\nl7gate_proxy_upstream_connections_total %d\n", s.upstreamConns.Load())
+		fmt.Fprintf(w, "# HELP l7gate_proxy_connection_panics_total Client connections closed because handling them panicked (the proxy kept running).\n# TYPE l7gate_proxy_connection_panics_total counter\nl7gate_proxy_connection_panics_total %d\n", s.panics.Load())
 		fmt.Fprintf(w, "# HELP l7gate_proxy_active_connections Client connections open now.\n# TYPE l7gate_proxy_active_connections gauge\nl7gate_proxy_active_connections %d\n", p.conns.Load())
 		fmt.Fprintf(w, "# HELP l7gate_proxy_requests_total L7 requests by protocol and verdict.\n# TYPE l7gate_proxy_requests_total counter\n")
 		fmt.Fprintf(w, "l7gate_proxy_requests_total{protocol=\"http\",verdict=\"allowed\"} %d\n", s.httpAllowed.Load())

@@ -60,6 +60,9 @@ type setKey struct {
 type compiledSet struct {
 	rs   *policy.L7RuleSet
 	http *policy.HTTPMatcher
+	// headerActions: some rule has headerMatches mismatch actions, so
+	// every matching rule is evaluated (MatchWithActions).
+	headerActions bool
 }
 
 // compile validates cfg; its errors name the offending resource.
@@ -94,6 +97,7 @@ func compile(cfg *Config) (*compiled, error) {
 						return nil, fmt.Errorf("endpoint %d %s port %d: %w", ep.Identity, d.dir, rs.Port, err)
 					}
 					cs.http = m
+					cs.headerActions = m.HasMismatchActions()
 				}
 				ce.sets[setKey{d.dir, rs.Port}] = cs
 			}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,7 +25,10 @@ type Options struct {
 	// AccessLog receives one record per request, response or denial
 	// (default: JSON lines on stderr, see flow.JSONLines).
 	AccessLog func(*AccessRecord)
-	// ListenHost is the address listeners bind (default 0.0.0.0).
+	// ListenHost is the address listeners bind (default 127.0.0.1: the
+	// datapath's sk_lookup program hands redirected connections to a
+	// listener whatever address it is bound to, and a loopback bind keeps
+	// the proxy ports unreachable from other hosts).
 	ListenHost string
 	// Transparent sets IP_TRANSPARENT on listeners (needed for redirected
 	// connections). Default true; tests on loopback turn it off.
@@ -58,8 +62,13 @@ type Options struct {
 	// to its last (default 30 s; < 0 never).
 	KafkaIdleTimeout, KafkaFrameTimeout time.Duration
 	// MaxConnections bounds concurrent client connections (default 65536);
-	// beyond it new connections are closed at once.
+	// beyond it new connections are closed at once (the client sees a
+	// reset before any byte; HTTP clients retry, nothing is answered).
 	MaxConnections int
+	// MaxConnectionsPerSource bounds the concurrent client connections of
+	// one source identity (for world and CIDR sources: of one source
+	// address); default 8192.
+	MaxConnectionsPerSource int
 }
 
 // Proxy serves the listeners of the applied Config.
@@ -78,7 +87,23 @@ type Proxy struct {
 	kafkaMem  *kafka.MemoryBudget
 	http      *httpparser.Server
 
+	// perSource counts open connections by source (see sourceKey).
+	srcMu     sync.Mutex
+	perSource map[sourceKey]int
+	// ports is the set of ports the proxy listens on (for the self-dial
+	// checks), replaced on every Apply.
+	ports atomic.Pointer[map[uint16]bool]
+	local localAddrs
+
 	stats stats
+}
+
+// sourceKey identifies a source for the per-source connection limit: its
+// identity, or for world and CIDR sources (one identity for many hosts)
+// its address.
+type sourceKey struct {
+	id   policy.Identity
+	addr netip.Addr
 }
 
 type listenerState struct {
@@ -95,7 +120,7 @@ func New(opts Options) *Proxy {
 		opts.AccessLog = func(*AccessRecord) {}
 	}
 	if opts.ListenHost == "" {
-		opts.ListenHost = "0.0.0.0"
+		opts.ListenHost = "127.0.0.1"
 	}
 	if opts.Transparent == nil {
 		t := true
@@ -107,10 +132,16 @@ func New(opts Options) *Proxy {
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = 65536
 	}
+	if opts.MaxConnectionsPerSource <= 0 {
+		opts.MaxConnectionsPerSource = 8192
+	}
 	opts.HTTP.Logger = opts.Logger
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
-		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget), http: httpparser.NewServer(opts.HTTP)}
+	p := &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
+		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
+		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}}
+	p.ports.Store(&map[uint16]bool{})
+	return p
 }
 
 // Ready reports whether a config has been applied.
@@ -179,6 +210,11 @@ func (p *Proxy) Apply(cfg *Config) error {
 			delete(p.listeners, port)
 		}
 	}
+	ports := map[uint16]bool{}
+	for port := range p.listeners {
+		ports[port] = true
+	}
+	p.ports.Store(&ports)
 	p.stats.acks.Add(1)
 	p.log.Info("config applied", "version", cfg.Version, "listeners", len(cfg.Listeners), "endpoints", len(cfg.Endpoints))
 	return nil
@@ -217,19 +253,111 @@ func (p *Proxy) accept(st *listenerState) {
 			}
 			return
 		}
+		p.mu.Lock()
+		spec := st.spec
+		p.mu.Unlock()
+		src := addrPort(c.RemoteAddr())
+		dst, err := p.opts.OriginalDestination(c)
+		if err == nil {
+			err = p.steered(spec.Direction, src, dst)
+		}
+		if err != nil {
+			p.reject(c, &p.stats.rejectedNotSteered, "connection not steered by the datapath", "src", src, "port", spec.Port, "error", err)
+			continue
+		}
 		if p.conns.Add(1) > int64(p.opts.MaxConnections) {
 			p.conns.Add(-1)
-			p.stats.rejectedConns.Add(1)
-			c.Close()
+			p.reject(c, &p.stats.rejectedConns, "connection limit reached", "src", src, "limit", p.opts.MaxConnections)
+			continue
+		}
+		key := p.sourceKey(src)
+		if !p.acquireSource(key) {
+			p.conns.Add(-1)
+			p.reject(c, &p.stats.rejectedPerSource, "per-source connection limit reached", "src", src, "identity", key.id, "limit", p.opts.MaxConnectionsPerSource)
 			continue
 		}
 		p.stats.connections.Add(1)
+		ci := connInfo{dir: spec.Direction, src: src, dst: dst, parser: spec.Parser}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			defer p.conns.Add(-1)
-			p.serve(st, c)
+			defer p.releaseSource(key)
+			p.serve(ci, c)
 		}()
+	}
+}
+
+// reject closes a connection the proxy refuses, with a reset (no bytes
+// were read, none are answered), and counts it.
+func (p *Proxy) reject(c *net.TCPConn, counter *atomic.Int64, msg string, args ...any) {
+	counter.Add(1)
+	c.SetLinger(0)
+	c.Close()
+	p.log.Debug(msg, args...)
+}
+
+// steered checks that a connection came through the datapath's redirect.
+// The listeners live in the node's network namespace, so a process there
+// (or a peer allowed to reach the node) can also connect to a proxy port
+// directly; the "original destination" of such a connection is the proxy
+// itself, and dialing it would loop until the connection limit. A
+// redirected connection keeps its real destination: a local endpoint's
+// address on ingress, and a local endpoint as its source on egress.
+func (p *Proxy) steered(dir policy.Direction, src, dst netip.AddrPort) error {
+	if p.isOwnListener(dst) {
+		return fmt.Errorf("original destination %s is a proxy listener", dst)
+	}
+	c := p.cur.Load()
+	if c == nil {
+		return errors.New("no config")
+	}
+	local := dst.Addr()
+	if dir == policy.Egress {
+		local = src.Addr()
+	}
+	if _, ok := c.endpoints[local]; !ok {
+		return fmt.Errorf("%s is not a local endpoint", local)
+	}
+	return nil
+}
+
+// isOwnListener reports whether a is an address and port a proxy listener
+// accepts on: a listener port on a loopback, unspecified or local address.
+func (p *Proxy) isOwnListener(a netip.AddrPort) bool {
+	if !(*p.ports.Load())[a.Port()] {
+		return false
+	}
+	ip := a.Addr().Unmap()
+	return ip.IsLoopback() || ip.IsUnspecified() || p.local.contains(ip)
+}
+
+func (p *Proxy) sourceKey(src netip.AddrPort) sourceKey {
+	id := policy.IdentityWorld
+	if c := p.cur.Load(); c != nil {
+		id = c.identityOf(src.Addr())
+	}
+	if id == policy.IdentityWorld || id >= policy.FirstCIDRIdentity {
+		return sourceKey{id: id, addr: src.Addr()}
+	}
+	return sourceKey{id: id}
+}
+
+func (p *Proxy) acquireSource(k sourceKey) bool {
+	p.srcMu.Lock()
+	defer p.srcMu.Unlock()
+	if p.perSource[k] >= p.opts.MaxConnectionsPerSource {
+		return false
+	}
+	p.perSource[k]++
+	return true
+}
+
+func (p *Proxy) releaseSource(k sourceKey) {
+	p.srcMu.Lock()
+	defer p.srcMu.Unlock()
+	if p.perSource[k]--; p.perSource[k] <= 0 {
+		delete(p.perSource, k)
 	}
 }
 
@@ -248,29 +376,39 @@ type connInfo struct {
 	parser   string
 }
 
-func (p *Proxy) serve(st *listenerState, c *net.TCPConn) {
+func (p *Proxy) serve(ci connInfo, c *net.TCPConn) {
 	defer c.Close()
-	dst, err := p.opts.OriginalDestination(c)
-	if err != nil {
-		p.log.Warn("no original destination", "error", err)
-		return
-	}
-	p.mu.Lock()
-	spec := st.spec
-	p.mu.Unlock()
-	ci := connInfo{dir: spec.Direction, src: addrPort(c.RemoteAddr()), dst: dst, parser: spec.Parser}
+	defer func() {
+		// One bad input must not end the node's L7 traffic: a panic ends
+		// this connection only.
+		if v := recover(); v != nil {
+			p.countPanic(ci, &httpparser.PanicError{Value: v, Stack: debug.Stack()})
+		}
+	}()
 	dial := func(ctx context.Context) (net.Conn, error) {
 		return p.dialUpstream(ctx, ci)
 	}
-	switch spec.Parser {
+	var err error
+	switch ci.parser {
 	case policy.ParserHTTP:
 		err = p.http.ServeConn(p.ctx, c, dial, p.httpDecider(ci), p.httpAccess(ci))
 	case policy.ParserKafka:
 		err = p.serveKafka(ci, c, dial)
 	}
+	var pe *httpparser.PanicError
+	if errors.As(err, &pe) {
+		p.countPanic(ci, pe)
+		return
+	}
 	if err != nil {
 		p.log.Debug("connection ended", "src", ci.src, "dst", ci.dst, "error", err)
 	}
+}
+
+func (p *Proxy) countPanic(ci connInfo, pe *httpparser.PanicError) {
+	p.stats.panics.Add(1)
+	p.log.Error("panic while serving a connection; closed it", "src", ci.src, "dst", ci.dst, "parser", ci.parser,
+		"panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
 }
 
 func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error) {
@@ -287,8 +425,15 @@ func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error)
 	if p.opts.KeepSource {
 		source = ci.src.Addr()
 	}
+	if p.isOwnListener(ci.dst) {
+		return nil, fmt.Errorf("refusing to dial %s: it is a proxy listener", ci.dst)
+	}
 	d := redirect.UpstreamDialer(mark, source)
-	return d.DialContext(ctx, "tcp", ci.dst.String())
+	conn, err := d.DialContext(ctx, "tcp", ci.dst.String())
+	if err == nil {
+		p.stats.upstreamConns.Add(1)
+	}
+	return conn, err
 }
 
 // noPolicy is the provenance of a denial because no policy covers the
@@ -311,12 +456,17 @@ func (p *Proxy) httpDecider(ci connInfo) httpparser.Decider {
 			}
 			return httpparser.Decision{DecidedBy: noPolicy(ci.dir, reason)}
 		}
-		i := set.http.Match(peer, req)
+		var i int
+		var actions []policy.HeaderMatch
+		if set.headerActions {
+			i, actions = set.http.MatchWithActions(peer, req)
+		} else {
+			i = set.http.Match(peer, req)
+		}
 		if i < 0 {
 			r := set.rs.DefaultDenyOrigins(peer)
 			return httpparser.Decision{DecidedBy: r}
 		}
-		return httpparser.Decision{Allowed: true, DecidedBy: []policy.Provenance{set.rs.Rules[i].Origin},
-			MismatchActions: set.http.MismatchActions(i, req)}
+		return httpparser.Decision{Allowed: true, DecidedBy: []policy.Provenance{set.rs.Rules[i].Origin}, MismatchActions: actions}
 	}
 }

@@ -71,6 +71,9 @@ func (s *Folder) Run(ctx context.Context, updates chan<- Update) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	last, lastStat := "", ""
+	// An object whose update does not decode keeps its last valid version
+	// in force; a new invalid policy holds what it selects in default-deny.
+	tracker := policy.NewTracker()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for polls := 0; ; polls++ {
@@ -95,6 +98,7 @@ func (s *Folder) Run(ctx context.Context, updates chan<- Update) error {
 			// Files may change while we read them: only publish a view
 			// whose digest is stable across the read.
 			if d2, err := folderDigest(s.Dir); err == nil && d2 == d {
+				objs, errs = tracker.Apply(objs, errs)
 				select {
 				case updates <- Update{Objects: objs, Errors: errs, Digest: d}:
 					last = d

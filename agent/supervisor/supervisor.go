@@ -27,7 +27,11 @@ type Config struct {
 	// RunDir holds the sockets, the pid file and the proxy's log.
 	RunDir string
 	// Node is the node name the proxy subscribes to xDS with.
-	Node   string
+	Node string
+	// Cgroup, when set, is the cgroup v2 directory the proxy is started
+	// in (a leaf of its own: the datapath believes from-proxy marks only
+	// from sockets of the proxies' cgroups).
+	Cgroup string
 	Logger *slog.Logger
 }
 
@@ -100,13 +104,28 @@ func Run(ctx context.Context, cfg Config) {
 			// Its own session: an agent restart (or its process group being
 			// signalled) must not take the proxy and its connections down.
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-			if err := cmd.Start(); err != nil {
+			var cgroup *os.File
+			if cfg.Cgroup != "" {
+				// Started inside its cgroup, so every socket it opens is
+				// the proxy's from the first.
+				if cgroup, err = os.Open(cfg.Cgroup); err != nil {
+					logf.Close()
+					log.Error("open proxy cgroup", "error", err)
+					break
+				}
+				cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
+			}
+			err = cmd.Start()
+			if cgroup != nil {
+				cgroup.Close()
+			}
+			if err != nil {
 				logf.Close()
 				log.Error("start proxy", "error", err)
 				break
 			}
 			os.WriteFile(agentapi.ProxyPIDFile(cfg.RunDir), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
-			log.Info("started proxy", "pid", cmd.Process.Pid, "log", logf.Name())
+			log.Info("started proxy", "pid", cmd.Process.Pid, "log", logf.Name(), "cgroup", cfg.Cgroup)
 			ch := make(chan struct{})
 			exited = ch
 			go func() { cmd.Wait(); logf.Close(); close(ch) }()

@@ -45,21 +45,36 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define REASON_UNSUPPORTED 5 /* IPv6: not enforced yet, fail closed */
 #define REASON_MALFORMED 6
 #define REASON_REVALIDATE 7  /* established flow no longer allowed */
-#define REASON_SPOOFED 8     /* pod sent from an address not its own */
+#define REASON_SPOOFED 8     /* pod sent from an address not its own (IPv4 or ARP) */
+#define REASON_VLAN 9        /* VLAN-tagged frame: any tag, VID 0 and stacked tags too */
+#define REASON_ETHERTYPE_MISMATCH 10 /* skb->protocol disagrees with the frame */
+#define REASON_UNSUPPORTED_ETHERTYPE 11 /* neither IPv4, ARP nor IPv6 */
+#define REASON_FAIL_CLOSED 12 /* the endpoint direction's policy could not be synced */
+#define REASON_IP_OPTIONS 13  /* source-routed IPv4 datagram */
 
 #define EVENT_F_DROPPED 1
 #define EVENT_F_FROM_PROXY 2
+#define EVENT_F_UNTRUSTED_MARK 4 /* from-proxy mark ignored: socket not in a proxy cgroup */
+#define EVENT_F_RELATED 8        /* ICMP error about the flow shown */
 
 /* Policy levels: bits 0..16 are port prefix lengths for a given protocol,
  * bit 17 is "any protocol, any port". */
 #define LEVEL_ANY_PROTO 17
 
 #define EP_POLICY_F_ENFORCED 1
+#define EP_POLICY_F_FAIL_CLOSED 2 /* drop everything: its policy could not be written */
 
 #define CT_F_SEEN_REPLY 1
 #define CT_F_CLOSING 2
 #define CT_F_FROM_PROXY 4
 #define CT_F_DEFAULT 8
+#define CT_F_EGRESS_PROXY 16 /* with CT_F_FROM_PROXY: from the egress proxy */
+#define CT_F_PROXY_MASK (CT_F_FROM_PROXY | CT_F_EGRESS_PROXY)
+
+/* Who sent a packet carrying a from-proxy mark. */
+#define FROM_NONE 0
+#define FROM_INGRESS_PROXY 1 /* passed the destination's ingress L7 rules */
+#define FROM_EGRESS_PROXY 2  /* passed the source's egress L7 rules only */
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -92,9 +107,13 @@ struct ep_policy_key {
  * packet only probes levels its protocol has entries at. */
 #define PROTO_CLASSES 4
 
+/* A sync writes an endpoint direction's new entries under the other
+ * generation, then swaps this whole value (levels and generation at once),
+ * then deletes the old generation's entries: a packet sees either policy,
+ * never a mix (bpf/datapath.go, SyncPolicy). */
 struct ep_policy {
 	__u32 flags;
-	__u32 pad;
+	__u32 gen; /* generation of the policy keys in force (0 or 1) */
 	__u32 levels_peer[PROTO_CLASSES]; /* levels present for specific peers */
 	__u32 levels_any[PROTO_CLASSES];  /* levels present for the wildcard peer */
 };
@@ -118,7 +137,7 @@ struct policy_key {
 	__u8 dir;
 	__u8 proto;     /* 0: any protocol (then port_plen and port are 0) */
 	__u8 port_plen; /* 0..16 */
-	__u8 pad;
+	__u8 gen;       /* generation, see struct ep_policy */
 	__be16 port;
 	__u16 pad2;
 };
@@ -135,7 +154,7 @@ struct ct_key {
 	__u8 dir;
 	__u8 proto;
 	__u8 family;
-	__u8 pad;
+	__u8 icmp_type; /* ICMP: the flow's type (struct flow), else 0 */
 	__be16 sport;
 	__be16 dport;
 	__u8 saddr[16];
@@ -270,6 +289,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_socks SEC(".maps");
 
+/* Cgroup v2 ids whose sockets may carry from-proxy marks (bpf/cgroup.go). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, 64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_cgroups SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__type(key, __u32); /* rule id; 0 = no entry matched */
@@ -300,14 +328,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } settings SEC(".maps");
 
+/* A packet as policy and conntrack see it. Conntrack keys use sport,
+ * dport and icmp_type; policy is looked up with pport. For ICMP, echo
+ * requests and replies are keyed by identifier (request: sport = id,
+ * reply: dport = id; type 8 and 0 are each other's reverse), every other
+ * type by its type alone, with no reverse flow (no_reply): so an allowed
+ * type never opens the door to another, and only an echo reply answers an
+ * echo request. ICMP errors about a tracked flow are related (see parse). */
 struct flow {
 	__be32 saddr;
 	__be32 daddr;
 	__be16 sport;
 	__be16 dport;
+	__be16 pport;  /* policy port: destination port, or ICMP type */
+	__be16 rpport; /* policy port of the flow this packet would reply to */
 	__be16 ip_id;
 	__u8 proto;
 	__u8 tcp_flags;
+	__u8 icmp_type;  /* conntrack: ICMP type of the flow, else 0 */
+	__u8 ricmp_type; /* conntrack: ICMP type of the reverse flow */
+	__u8 no_reply;   /* no reverse flow (ICMP other than echo) */
+	__u8 frag_first; /* first fragment of a fragmented datagram */
 	__u32 len;
 };
 
@@ -316,30 +357,241 @@ struct flow {
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
-#define PARSE_OK 0
-#define PARSE_PASS 1 /* not IP: ARP and friends pass */
-#define PARSE_DROP 2
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
-static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *reason)
+static __always_inline void icmp_flow(struct flow *f, __u8 type, __be16 id)
+{
+	f->icmp_type = type;
+	f->sport = 0;
+	f->dport = 0;
+	f->no_reply = 1;
+	f->ricmp_type = 0;
+	if (type == ICMP_ECHO) {
+		f->sport = id;
+		f->ricmp_type = ICMP_ECHOREPLY;
+		f->no_reply = 0;
+	} else if (type == ICMP_ECHOREPLY) {
+		f->dport = id;
+		f->ricmp_type = ICMP_ECHO;
+		f->no_reply = 0;
+	}
+}
+
+static __always_inline void policy_ports(struct flow *f)
+{
+	if (f->proto == IPPROTO_ICMP) {
+		f->pport = bpf_htons(f->icmp_type);
+		f->rpport = bpf_htons(f->ricmp_type);
+	} else {
+		f->pport = f->dport;
+		f->rpport = f->sport;
+	}
+}
+
+#define PARSE_OK 0
+#define PARSE_PASS 1    /* ARP that may pass */
+#define PARSE_DROP 2
+#define PARSE_RELATED 3 /* ICMP error: f is the message, rel the flow it is about */
+
+/* check_ip_options drops source-routed datagrams (LSRR, SSRR): a node that
+ * accepts source routes would forward them to a destination the sender's
+ * egress policy never saw. Malformed option lists are dropped; other
+ * options (router alert, timestamps, ...) pass. It returns 0 or the reason
+ * to drop. A global function: the verifier checks its loop once, not at
+ * every path that reaches it. */
+__attribute__((noinline)) int check_ip_options(struct __sk_buff *skb, __u32 olen)
+{
+	__u8 opts[40];
+	__u32 next = 0;
+
+	if (!skb)
+		return REASON_MALFORMED;
+	olen &= 0x3C;
+	if (olen < 4 || olen > 40 || bpf_skb_load_bytes(skb, ETH_HLEN + 20, opts, olen) < 0)
+		return REASON_MALFORMED;
+	for (__u32 i = 0; i < 40; i++) {
+		if (i >= olen)
+			break;
+		if (i < next)
+			continue;
+		__u8 type = opts[i];
+		if (type == 0) /* end of options */
+			break;
+		if (type == 1) { /* no operation */
+			next = i + 1;
+			continue;
+		}
+		if (i + 1 >= olen || i + 1 >= 40)
+			return REASON_MALFORMED;
+		__u8 len = opts[i + 1];
+		if (len < 2 || i + len > olen)
+			return REASON_MALFORMED;
+		if (type == IPOPT_LSRR || type == IPOPT_SSRR)
+			return REASON_IP_OPTIONS;
+		next = i + len;
+	}
+	return 0;
+}
+
+/* parse_related fills rel with the flow an ICMP error (f) is about, seen
+ * as a packet of that flow travelling the error's way: the quoted
+ * datagram reversed. The quoted datagram must have been sent by the
+ * error's destination and be a first fragment; TCP, UDP, SCTP and ICMP
+ * echo are understood. Returns 1 if rel is filled. Global: verified once. */
+__attribute__((noinline)) int parse_related(struct __sk_buff *skb, __u32 off, __u32 end, __be32 daddr,
+					    struct flow *rel)
+{
+	struct iphdr in;
+
+	if (!rel)
+		return 0;
+	if (off + sizeof(in) > end || bpf_skb_load_bytes(skb, off, &in, sizeof(in)) < 0 || in.version != 4 ||
+	    in.ihl < 5 || in.saddr != daddr || (bpf_ntohs(in.frag_off) & 0x1FFF))
+		return 0;
+	__u32 ioff = off + in.ihl * 4;
+	__builtin_memset(rel, 0, sizeof(*rel));
+	switch (in.protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__be16 ports[2];
+		if (ioff + sizeof(ports) > end || bpf_skb_load_bytes(skb, ioff, ports, sizeof(ports)) < 0)
+			return 0;
+		rel->sport = ports[1];
+		rel->dport = ports[0];
+		break;
+	}
+	case IPPROTO_ICMP: {
+		__u8 h[8];
+		if (ioff + sizeof(h) > end || bpf_skb_load_bytes(skb, ioff, h, sizeof(h)) < 0)
+			return 0;
+		if (h[0] != ICMP_ECHO && h[0] != ICMP_ECHOREPLY)
+			return 0;
+		struct flow quoted = {};
+		__be16 id;
+		__builtin_memcpy(&id, &h[4], 2);
+		icmp_flow(&quoted, h[0], id);
+		rel->icmp_type = quoted.ricmp_type;
+		rel->ricmp_type = quoted.icmp_type;
+		rel->sport = quoted.dport;
+		rel->dport = quoted.sport;
+		break;
+	}
+	default:
+		return 0;
+	}
+	rel->saddr = in.daddr;
+	rel->daddr = in.saddr;
+	rel->proto = in.protocol;
+	policy_ports(rel);
+	return 1;
+}
+
+/* check_arp lets a pod's ARP through only if it is Ethernet/IPv4 ARP that
+ * names the pod's own address as sender (or 0.0.0.0: an RFC 5227 probe).
+ * Neighbour entries are per device on a routed node, but a spoofed sender
+ * is never legitimate, so it is dropped rather than reasoned about. ARP
+ * towards a pod comes from the node and passes. */
+static __always_inline int check_arp(struct __sk_buff *skb, __u8 dir, struct endpoint_info *ep, __u8 *reason)
+{
+	struct {
+		__be16 hrd;
+		__be16 pro;
+		__u8 hln;
+		__u8 pln;
+		__be16 op;
+		__u8 sha[6];
+		__be32 spa;
+	} __attribute__((packed)) arp;
+
+	if (dir != DIR_EGRESS)
+		return PARSE_PASS;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &arp, sizeof(arp)) < 0 || arp.hrd != bpf_htons(1) ||
+	    arp.pro != bpf_htons(ETH_P_IP) || arp.hln != 6 || arp.pln != 4 ||
+	    (arp.op != bpf_htons(1) && arp.op != bpf_htons(2))) {
+		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	if (!ep)
+		return PARSE_PASS;
+	__be32 own;
+	__builtin_memcpy(&own, ep->ipv4, 4);
+	if (own && arp.spa != own && !(arp.spa == 0 && arp.op == bpf_htons(1))) {
+		*reason = REASON_SPOOFED;
+		return PARSE_DROP;
+	}
+	return PARSE_PASS;
+}
+
+/* parse accepts untagged IPv4 (returned in f) and ARP (checked by
+ * check_arp); everything else is dropped with its reason. Tags are checked
+ * both in the frame and as the skb's accelerated tag: the receive path
+ * moves an outer tag there before tc runs and strips VID-0 tags after it,
+ * so a frame with two VLAN-0 tags or a QinQ outer tag would otherwise be
+ * seen as 802.1Q here and delivered as plain IPv4. */
+static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoint_info *ep, struct flow *f,
+				 struct flow *rel, __u8 *reason)
 {
 	__be16 h_proto;
 	struct iphdr ip;
 	__u32 off = ETH_HLEN;
 
+	if (skb->vlan_present) {
+		*reason = REASON_VLAN;
+		return PARSE_DROP;
+	}
 	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &h_proto, sizeof(h_proto)) < 0) {
 		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	if (h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD) ||
+	    h_proto == bpf_htons(ETH_P_QINQ1)) {
+		*reason = REASON_VLAN;
+		return PARSE_DROP;
+	}
+	if (h_proto != bpf_htons(ETH_P_IP) && h_proto != bpf_htons(ETH_P_ARP) && h_proto != bpf_htons(ETH_P_IPV6)) {
+		*reason = REASON_UNSUPPORTED_ETHERTYPE;
+		return PARSE_DROP;
+	}
+	if (skb->protocol != h_proto) {
+		*reason = REASON_ETHERTYPE_MISMATCH;
 		return PARSE_DROP;
 	}
 	if (h_proto == bpf_htons(ETH_P_IPV6)) {
 		*reason = REASON_UNSUPPORTED;
 		return PARSE_DROP;
 	}
-	if (h_proto != bpf_htons(ETH_P_IP))
-		return PARSE_PASS;
+	if (h_proto == bpf_htons(ETH_P_ARP))
+		return check_arp(skb, dir, ep, reason);
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.ihl < 5 || ip.version != 4) {
 		*reason = REASON_MALFORMED;
 		return PARSE_DROP;
 	}
+	/* The datagram must fit the frame and hold its header; what the
+	 * program reads of it must lie within it (not in trailing padding).
+	 * A zero total length is only BIG TCP's (above 64 KiB). */
+	__u32 hlen = ip.ihl * 4;
+	__u32 avail = skb->len - ETH_HLEN;
+	__u32 tot = bpf_ntohs(ip.tot_len);
+	if (tot == 0 && avail > 0xFFFF && ip.protocol == IPPROTO_TCP)
+		tot = avail;
+	if (tot < hlen || tot > avail) {
+		*reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	if (hlen > 20) {
+		int bad = check_ip_options(skb, hlen - 20);
+		if (bad) {
+			*reason = bad;
+			return PARSE_DROP;
+		}
+	}
+	__u32 end = ETH_HLEN + tot;
+
 	f->saddr = ip.saddr;
 	f->daddr = ip.daddr;
 	f->proto = ip.protocol;
@@ -348,26 +600,44 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *re
 	f->sport = 0;
 	f->dport = 0;
 	f->tcp_flags = 0;
+	f->icmp_type = 0;
+	f->ricmp_type = 0;
+	f->no_reply = 0;
+	f->frag_first = 0;
 
 	__u16 frag = bpf_ntohs(ip.frag_off);
-	struct frag_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
 	if (frag & 0x1FFF) {
-		/* Non-first fragment: borrow the ports of the first one. */
+		/* A TCP fragment at offset 8 can only rewrite the header's flags
+		 * (RFC 1858): never legitimate. */
+		if (ip.protocol == IPPROTO_TCP && (frag & 0x1FFF) == 1) {
+			*reason = REASON_FRAGMENT;
+			return PARSE_DROP;
+		}
+		/* Non-first fragment: borrow the ports of the first one, which
+		 * was admitted (frag_remember). */
+		struct frag_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
 		struct frag_value *fv = bpf_map_lookup_elem(&fragments, &fk);
 		if (!fv) {
 			*reason = REASON_FRAGMENT;
 			return PARSE_DROP;
 		}
-		f->sport = fv->sport;
-		f->dport = fv->dport;
+		if (ip.protocol == IPPROTO_ICMP) {
+			icmp_flow(f, (__u8)bpf_ntohs(fv->dport), fv->sport);
+		} else {
+			f->sport = fv->sport;
+			f->dport = fv->dport;
+		}
+		policy_ports(f);
 		return PARSE_OK;
 	}
+	f->frag_first = !!(frag & 0x2000);
 
-	off += ip.ihl * 4;
+	off += hlen;
+	int ret = PARSE_OK;
 	switch (ip.protocol) {
 	case IPPROTO_TCP: {
-		__u8 hdr[14];
-		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0) {
+		__u8 hdr[20];
+		if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0) {
 			*reason = REASON_MALFORMED;
 			return PARSE_DROP;
 		}
@@ -379,7 +649,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *re
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP: {
 		__be16 ports[2];
-		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0) {
+		__u32 need = ip.protocol == IPPROTO_UDP ? 8 : 12;
+		if (off + need > end || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0) {
 			*reason = REASON_MALFORMED;
 			return PARSE_DROP;
 		}
@@ -387,14 +658,44 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u8 *re
 		f->dport = ports[1];
 		break;
 	}
+	case IPPROTO_ICMP: {
+		__u8 h[8];
+		if (off + sizeof(h) > end || bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0) {
+			*reason = REASON_MALFORMED;
+			return PARSE_DROP;
+		}
+		__be16 id;
+		__builtin_memcpy(&id, &h[4], 2);
+		icmp_flow(f, h[0], id);
+		if ((h[0] == ICMP_DEST_UNREACH || h[0] == ICMP_TIME_EXCEEDED || h[0] == ICMP_PARAMETERPROB) &&
+		    !f->frag_first && parse_related(skb, off + sizeof(h), end, f->daddr, rel)) {
+			rel->ip_id = f->ip_id;
+			rel->len = f->len;
+			ret = PARSE_RELATED;
+		}
+		break;
+	}
 	default:
 		break;
 	}
-	if (frag & 0x2000) {
-		struct frag_value fv = {.sport = f->sport, .dport = f->dport};
-		bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
+	policy_ports(f);
+	return ret;
+}
+
+/* frag_remember lets the later fragments of an admitted first fragment
+ * follow it (parse). Only admitted ones: a dropped first fragment's
+ * followers are dropped as unknown. */
+static __always_inline void frag_remember(struct flow *f)
+{
+	if (!f->frag_first)
+		return;
+	struct frag_key fk = {.saddr = f->saddr, .daddr = f->daddr, .id = f->ip_id, .proto = f->proto};
+	struct frag_value fv = {.sport = f->sport, .dport = f->dport};
+	if (f->proto == IPPROTO_ICMP) {
+		fv.sport = f->sport | f->dport; /* the echo identifier, or 0 */
+		fv.dport = bpf_htons(f->icmp_type);
 	}
-	return PARSE_OK;
+	bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
 }
 
 static __always_inline __u32 ipcache_identity(__be32 addr)
@@ -447,19 +748,54 @@ static __always_inline void evaluate(__u32 endpoint, __u8 dir, __u32 peer, __u8 
 {
 	struct policy_value a = {}, b = {};
 	__u16 port = bpf_ntohs(dport);
-	struct policy_key k = {.endpoint = endpoint, .identity = peer, .dir = dir, .proto = proto};
+	struct policy_key k = {.endpoint = endpoint, .identity = peer, .dir = dir, .proto = proto, .gen = pol->gen};
 
-	res->verdict = VERDICT_NONE;
-	res->proxy_port = 0;
-	res->rule_id = 0;
-	if (!pol)
-		return;
 	__u32 pc = proto_class(proto);
 	lookup_levels(&k, pol->levels_peer[pc], port, &a);
 	k.identity = 0;
 	k.proto = proto;
 	lookup_levels(&k, pol->levels_any[pc], port, &b);
 	*res = a.verdict >= b.verdict ? a : b;
+}
+
+#define DECIDE_PASS 0xFF
+
+/* decide looks up the endpoint direction's policy and evaluates a flow
+ * with it (port: the policy port, network order); it returns DECIDE_PASS,
+ * or the reason to drop the flow. No policy at all means not enforced:
+ * pass. Global: verified once, not at each of its callers' paths. */
+__attribute__((noinline)) int decide_global(__u32 endpoint, __u32 peer, __u32 what, struct policy_value *res)
+{
+	__u8 dir = what & 0xFF, proto = (what >> 8) & 0xFF;
+	__be16 port = what >> 16;
+	struct ep_policy_key pk = {.endpoint = endpoint, .dir = dir};
+	struct ep_policy *p = bpf_map_lookup_elem(&ep_policy, &pk);
+
+	if (!res)
+		return REASON_MALFORMED;
+	res->verdict = VERDICT_NONE;
+	res->proxy_port = 0;
+	res->rule_id = 0;
+	if (!p)
+		return DECIDE_PASS;
+	/* One snapshot: a sync replaces the value as a whole. */
+	struct ep_policy pol = *p;
+	if (pol.flags & EP_POLICY_F_FAIL_CLOSED) {
+		res->verdict = VERDICT_DENY;
+		return REASON_FAIL_CLOSED;
+	}
+	evaluate(endpoint, dir, peer, proto, port, &pol, res);
+	if (res->verdict == VERDICT_DENY)
+		return REASON_POLICY;
+	if (res->verdict == VERDICT_NONE && (pol.flags & EP_POLICY_F_ENFORCED))
+		return REASON_DEFAULT;
+	return DECIDE_PASS;
+}
+
+static __always_inline __u8 decide(__u32 endpoint, __u8 dir, __u32 peer, __u8 proto, __be16 port,
+				   struct policy_value *res)
+{
+	return decide_global(endpoint, peer, dir | (__u32)proto << 8 | (__u32)port << 16, res);
 }
 
 /* count_rule counts decisions, as Cilium's policy counters do: the first
@@ -579,23 +915,41 @@ static __always_inline int do_redirect(struct __sk_buff *skb, __u8 dir, __u16 pr
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
-static __always_inline void fill_ct_key(struct ct_key *k, __u32 endpoint, __u8 dir, __u8 proto, __be32 saddr,
-					__be32 daddr, __be16 sport, __be16 dport)
+/* fill_ct_key keys the flow of packet f at endpoint in dir; reverse keys
+ * the flow f would be a reply of (the other direction, tuple swapped). */
+static __always_inline void fill_ct_key(struct ct_key *k, __u32 endpoint, __u8 dir, struct flow *f, int reverse)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->endpoint = endpoint;
-	k->dir = dir;
-	k->proto = proto;
+	k->proto = f->proto;
 	k->family = AF_INET;
-	k->sport = sport;
-	k->dport = dport;
-	__builtin_memcpy(k->saddr, &saddr, 4);
-	__builtin_memcpy(k->daddr, &daddr, 4);
+	if (!reverse) {
+		k->dir = dir;
+		k->icmp_type = f->icmp_type;
+		k->sport = f->sport;
+		k->dport = f->dport;
+		__builtin_memcpy(k->saddr, &f->saddr, 4);
+		__builtin_memcpy(k->daddr, &f->daddr, 4);
+	} else {
+		k->dir = dir ^ 1;
+		k->icmp_type = f->ricmp_type;
+		k->sport = f->dport;
+		k->dport = f->sport;
+		__builtin_memcpy(k->saddr, &f->daddr, 4);
+		__builtin_memcpy(k->daddr, &f->saddr, 4);
+	}
+}
+
+/* pass forwards an admitted packet (and lets its later fragments follow). */
+static __always_inline int pass(struct flow *f)
+{
+	frag_remember(f);
+	return TC_ACT_OK;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
-	struct flow f = {};
+	struct flow f = {}, rel = {};
 	struct policy_value pv = {};
 	__u8 reason = REASON_MALFORMED;
 	__u32 ifindex = skb->ifindex;
@@ -613,17 +967,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	__u32 endpoint = ep ? ep->id : 0;
 
-	int ret = parse(skb, &f, &reason);
+	int ret = parse(skb, dir, ep, &f, &rel, &reason);
 	if (ret == PARSE_PASS)
 		return TC_ACT_OK;
-	if (ret == PARSE_OK && !ep) {
+	if (ret != PARSE_DROP && !ep) {
 		ret = PARSE_DROP;
 		reason = REASON_NO_ENDPOINT;
 	}
 	/* A pod may only send from its own address: identities are bound to
 	 * addresses, and the node accepts local source addresses on pod veths
 	 * (accept_local, needed by ingress redirects of the node's traffic). */
-	if (ret == PARSE_OK && dir == DIR_EGRESS) {
+	if (ret != PARSE_DROP && dir == DIR_EGRESS) {
 		__be32 own;
 		__builtin_memcpy(&own, ep->ipv4, 4);
 		if (own && f.saddr != own) {
@@ -637,87 +991,127 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_SHOT;
 	}
 
-	int from_proxy = 0;
+	/* A from-proxy mark is believed only from a proxy's own socket: one
+	 * in a registered proxy cgroup. Anyone else with CAP_NET_RAW could
+	 * set it; their packets are judged by their address (host). */
+	int from_proxy = FROM_NONE;
 	__u32 proxy_id = 0;
+	__u8 mark_flags = 0;
 	if (dir == DIR_INGRESS && (magic == MARK_MAGIC_PROXY_INGRESS || magic == MARK_MAGIC_PROXY_EGRESS)) {
-		from_proxy = 1;
-		proxy_id = mark_identity(skb->mark);
+		__u64 cgroup = bpf_skb_cgroup_id(skb);
+		if (bpf_map_lookup_elem(&proxy_cgroups, &cgroup)) {
+			from_proxy = magic == MARK_MAGIC_PROXY_INGRESS ? FROM_INGRESS_PROXY : FROM_EGRESS_PROXY;
+			proxy_id = mark_identity(skb->mark);
+		} else {
+			mark_flags = EVENT_F_UNTRUSTED_MARK;
+		}
 	}
+	__u8 ct_proxy_flags = from_proxy == FROM_NONE	       ? 0
+			      : from_proxy == FROM_EGRESS_PROXY ? CT_F_PROXY_MASK
+								: CT_F_FROM_PROXY;
+
+	/* An ICMP error about a tracked flow is looked up as a packet of that
+	 * flow (rel); it passes if the flow does, changing nothing. Else it is
+	 * judged as the ICMP message it is (f). */
+	int related = ret == PARSE_RELATED;
+	__be32 outer_saddr = f.saddr;
+	__u8 outer_type = f.icmp_type;
+	if (related)
+		f = rel;
+	__u8 eflags = mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0) | (related ? EVENT_F_RELATED : 0);
 
 	__u64 now = bpf_ktime_get_ns();
-	struct ep_policy_key pk = {.endpoint = endpoint, .dir = dir};
-	struct ep_policy *pol;
-	int enforced;
+	__u8 why;
 	__u32 peer_addr_id; /* identity of the remote side */
 
 	struct ct_key ck;
-	fill_ct_key(&ck, endpoint, dir, f.proto, f.saddr, f.daddr, f.sport, f.dport);
+	fill_ct_key(&ck, endpoint, dir, &f, 0);
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &ck);
 	if (ct) {
 		int fresh = now - ct->last_seen <= ct_lifetime(cfg, ct, f.proto);
 		int new_syn = (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && (ct->flags & CT_F_CLOSING);
-		int proxy_mismatch = !!(ct->flags & CT_F_FROM_PROXY) != from_proxy;
+		int proxy_mismatch = (ct->flags & CT_F_PROXY_MASK) != ct_proxy_flags;
 		if (fresh && !new_syn && !proxy_mismatch) {
 			if (ct->revision != cfg->revision) {
 				/* Policy changed since this flow was admitted: drop it if it
-				 * is no longer allowed, else keep its verdict and redirect. */
+				 * is no longer allowed; if it is now redirected but was not
+				 * (or to another proxy port), handle the packet as a new
+				 * flow: it is redirected, and the proxy's stack resets a
+				 * connection it never accepted — never passed unchecked.
+				 * Otherwise keep its verdict and redirect. */
 				/* The peer's address may map to another identity now;
 				 * the proxy's mark, though, is the flow's for good. */
 				__u32 peer = ct->peer_identity;
 				if (!(ct->flags & CT_F_FROM_PROXY))
 					peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
 				ct->peer_identity = peer;
-				pol = bpf_map_lookup_elem(&ep_policy, &pk);
-				enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
-				evaluate(endpoint, dir, peer, f.proto, f.dport, pol, &pv);
-				if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+				why = decide(endpoint, dir, peer, f.proto, f.pport, &pv);
+				int reproxy = pv.verdict == VERDICT_REDIRECT && from_proxy != FROM_INGRESS_PROXY &&
+					      (ct->verdict != VERDICT_REDIRECT || ct->proxy_port != pv.proxy_port);
+				if (why != DECIDE_PASS || (reproxy && related)) {
 					bpf_map_delete_elem(&conntrack, &ck);
 					count_rule(pv.rule_id, f.len);
 					__u32 src = dir == DIR_INGRESS ? peer : 0;
 					__u32 dst = dir == DIR_INGRESS ? 0 : peer;
-					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv, REASON_REVALIDATE,
-						   EVENT_F_DROPPED | (from_proxy ? EVENT_F_FROM_PROXY : 0));
+					emit_event(skb, cfg, endpoint, dir, &f, src, dst, &pv,
+						   why == REASON_FAIL_CLOSED ? why : REASON_REVALIDATE, EVENT_F_DROPPED | eflags);
 					return TC_ACT_SHOT;
+				}
+				if (reproxy) {
+					bpf_map_delete_elem(&conntrack, &ck);
+					goto new_flow;
 				}
 				ct->revision = cfg->revision;
 			}
+			if (related)
+				return pass(&f);
 			if (now - ct->last_seen > NSEC_PER_SEC)
 				ct->last_seen = now;
 			if (f.tcp_flags & (TCP_FIN | TCP_RST) && !(ct->flags & CT_F_CLOSING)) {
 				ct->flags |= CT_F_CLOSING;
 				ct->last_seen = now;
 			}
-			if (ct->verdict == VERDICT_REDIRECT)
+			if (ct->verdict == VERDICT_REDIRECT) {
+				frag_remember(&f);
 				return do_redirect(skb, dir, ct->proxy_port);
-			return TC_ACT_OK;
+			}
+			return pass(&f);
 		}
 	}
 
 	/* Reply of a flow admitted in the other direction. */
 	struct ct_key rk;
-	fill_ct_key(&rk, endpoint, dir ^ 1, f.proto, f.daddr, f.saddr, f.dport, f.sport);
-	struct ct_value *rct = bpf_map_lookup_elem(&conntrack, &rk);
+	struct ct_value *rct = 0;
+	if (!f.no_reply) {
+		fill_ct_key(&rk, endpoint, dir, &f, 1);
+		rct = bpf_map_lookup_elem(&conntrack, &rk);
+	}
 	if (rct && now - rct->last_seen <= ct_lifetime(cfg, rct, f.proto)) {
 		if (rct->revision != cfg->revision) {
 			/* Re-check the flow in its own direction, as for the forward
 			 * path, so that reply-only traffic cannot outlive a policy
 			 * change. Its destination port is our source port. */
-			struct ep_policy_key rpk = {.endpoint = endpoint, .dir = dir ^ 1};
 			__u32 peer = rct->peer_identity;
 			if (!(rct->flags & CT_F_FROM_PROXY))
 				peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
 			rct->peer_identity = peer;
-			pol = bpf_map_lookup_elem(&ep_policy, &rpk);
-			enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
-			evaluate(endpoint, dir ^ 1, peer, f.proto, f.sport, pol, &pv);
-			if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+			why = decide(endpoint, dir ^ 1, peer, f.proto, f.rpport, &pv);
+			/* A flow that now needs the proxy but was admitted without
+			 * it: its replies stop here; its next packet the other way is
+			 * handled as new (redirected, then reset by the proxy). */
+			int unproxied = pv.verdict == VERDICT_REDIRECT && rct->verdict != VERDICT_REDIRECT &&
+					(rct->flags & CT_F_PROXY_MASK) != CT_F_FROM_PROXY;
+			if (why != DECIDE_PASS || unproxied) {
 				bpf_map_delete_elem(&conntrack, &rk);
 				count_rule(pv.rule_id, f.len);
-				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv, REASON_REVALIDATE, EVENT_F_DROPPED);
+				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv,
+					   why == REASON_FAIL_CLOSED ? why : REASON_REVALIDATE, EVENT_F_DROPPED | eflags);
 				return TC_ACT_SHOT;
 			}
 			rct->revision = cfg->revision;
 		}
+		if (related)
+			return pass(&f);
 		if (!(rct->flags & CT_F_SEEN_REPLY) || now - rct->last_seen > NSEC_PER_SEC) {
 			rct->flags |= CT_F_SEEN_REPLY;
 			rct->last_seen = now;
@@ -726,10 +1120,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			rct->flags |= CT_F_CLOSING;
 			rct->last_seen = now;
 		}
-		return TC_ACT_OK;
+		return pass(&f);
 	}
 
-	/* New flow. */
+	/* New flow. An ICMP error about no tracked flow is judged as ICMP. */
+new_flow:
+	if (related) {
+		related = 0;
+		eflags &= ~EVENT_F_RELATED;
+		f.saddr = outer_saddr;
+		f.proto = IPPROTO_ICMP;
+		f.tcp_flags = 0;
+		icmp_flow(&f, outer_type, 0);
+		policy_ports(&f);
+		fill_ct_key(&ck, endpoint, dir, &f, 0);
+	}
 	if (from_proxy && proxy_id)
 		peer_addr_id = proxy_id;
 	else
@@ -737,19 +1142,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* Our own identity is only needed for events (0: look it up there). */
 	__u32 src_id = dir == DIR_INGRESS ? peer_addr_id : 0;
 	__u32 dst_id = dir == DIR_INGRESS ? 0 : peer_addr_id;
-	__u8 eflags = from_proxy ? EVENT_F_FROM_PROXY : 0;
 
-	pol = bpf_map_lookup_elem(&ep_policy, &pk);
-	enforced = pol && (pol->flags & EP_POLICY_F_ENFORCED);
-	evaluate(endpoint, dir, peer_addr_id, f.proto, f.dport, pol, &pv);
+	why = decide(endpoint, dir, peer_addr_id, f.proto, f.pport, &pv);
 	reason = pv.verdict == VERDICT_NONE ? REASON_DEFAULT : REASON_POLICY;
-	if (pv.verdict == VERDICT_DENY || (pv.verdict == VERDICT_NONE && enforced)) {
+	if (why != DECIDE_PASS) {
 		count_rule(pv.rule_id, f.len);
-		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, reason, eflags | EVENT_F_DROPPED);
+		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, why, eflags | EVENT_F_DROPPED);
 		return TC_ACT_SHOT;
 	}
-	if (pv.verdict == VERDICT_REDIRECT && from_proxy) {
-		/* Already through the proxy: L3/L4 allowed, never redirect twice. */
+	if (pv.verdict == VERDICT_REDIRECT && from_proxy == FROM_INGRESS_PROXY) {
+		/* Through the ingress proxy, which enforced exactly these L7
+		 * rules: never redirect twice. The egress proxy enforced the
+		 * source's egress rules only, so its connections are redirected
+		 * to the ingress proxy like any other peer's. */
 		pv.verdict = VERDICT_ALLOW;
 		pv.proxy_port = 0;
 	}
@@ -768,16 +1173,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		.peer_identity = peer_addr_id,
 		.proxy_port = pv.proxy_port,
 		.verdict = pv.verdict == VERDICT_NONE ? VERDICT_ALLOW : pv.verdict,
-		.flags = (from_proxy ? CT_F_FROM_PROXY : 0) | (pv.verdict == VERDICT_NONE ? CT_F_DEFAULT : 0),
+		.flags = ct_proxy_flags | (pv.verdict == VERDICT_NONE ? CT_F_DEFAULT : 0),
 	};
 	if (f.tcp_flags & (TCP_FIN | TCP_RST))
 		nv.flags |= CT_F_CLOSING;
 	bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
 	count_rule(pv.rule_id, f.len);
 	emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, reason, eflags);
-	if (pv.verdict == VERDICT_REDIRECT)
+	if (pv.verdict == VERDICT_REDIRECT) {
+		frag_remember(&f);
 		return do_redirect(skb, dir, pv.proxy_port);
-	return TC_ACT_OK;
+	}
+	return pass(&f);
 }
 
 SEC("tc")
@@ -806,8 +1213,14 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 
 	struct ct_key k;
-	fill_ct_key(&k, ep->id, DIR_EGRESS, IPPROTO_TCP, ctx->remote_ip4, ctx->local_ip4, ctx->remote_port,
-		    bpf_htons((__u16)ctx->local_port));
+	struct flow fl = {
+		.saddr = ctx->remote_ip4,
+		.daddr = ctx->local_ip4,
+		.sport = ctx->remote_port,
+		.dport = bpf_htons((__u16)ctx->local_port),
+		.proto = IPPROTO_TCP,
+	};
+	fill_ct_key(&k, ep->id, DIR_EGRESS, &fl, 0);
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
 	if (!ct || ct->verdict != VERDICT_REDIRECT) {
 		k.dir = DIR_INGRESS;

@@ -13,6 +13,12 @@
  *
  * Identities therefore fit in 28 bits, which covers cluster identities
  * (from 256) and node-local CIDR identities (from 1<<24).
+ *
+ * Only 0xA00 skips the receiver's ingress redirect (the ingress proxy
+ * enforced those L7 rules); 0xB00 keeps its identity but is redirected to
+ * the ingress proxy when the receiver's ingress policy says so. Both are
+ * believed only from sockets of a registered proxy cgroup (proxy_cgroups,
+ * bpf/cgroup.go); otherwise the packet is judged as if unmarked.
  */
 #pragma once
 

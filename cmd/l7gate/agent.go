@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +22,7 @@ import (
 	"github.com/l7gate/l7gate/agent/supervisor"
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
 )
@@ -39,11 +42,23 @@ type agentFlags struct {
 	HTTPProxy  string `json:"httpProxy"`
 	EnvoyName  string `json:"envoyProcessName"`
 	SourceKind string `json:"sourceKind"`
+	// AllowLocalhost: always (the host reaches every local endpoint) or
+	// policy (the host is a peer like any other).
+	AllowLocalhost string `json:"allowLocalhost"`
+	// KubeAPIServer: addresses of the kube-apiserver entity (for the
+	// folder source; the k8s source reads default/kubernetes).
+	KubeAPIServer []string `json:"kubeAPIServer"`
+	// EscapedSlashes: reject, keep or unescape %2F/%5C in request paths
+	// (the Go proxy's and Envoy's setting).
+	EscapedSlashes string `json:"httpEscapedSlashes"`
+	// ProxyArgs are extra arguments for the Go proxy the agent starts.
+	ProxyArgs []string `json:"proxyArgs"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
-		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder"}
+		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder",
+		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject)}
 	k8sf := defaultK8sFlags()
 	var configFile string
 	cmd := &cobra.Command{
@@ -95,6 +110,14 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				pick("http-proxy", &f.HTTPProxy, fromFile.HTTPProxy)
 				pick("envoy-process-name", &f.EnvoyName, fromFile.EnvoyName)
 				pick("source-kind", &f.SourceKind, fromFile.SourceKind)
+				pick("allow-localhost", &f.AllowLocalhost, fromFile.AllowLocalhost)
+				pick("http-escaped-slashes", &f.EscapedSlashes, fromFile.EscapedSlashes)
+				if !ch("kube-apiserver") {
+					f.KubeAPIServer = fromFile.KubeAPIServer
+				}
+				if !ch("proxy-arg") {
+					f.ProxyArgs = fromFile.ProxyArgs
+				}
 				if !ch("setup-node") {
 					f.SetupNode = fromFile.SetupNode
 				}
@@ -137,11 +160,19 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 			if err != nil || ackTimeout <= 0 {
 				return usageErrorf("--ack-timeout: want a duration such as 30s, not %q", f.ACKTimeout)
 			}
-			return a.runAgent(cmd.Context(), f, src, reporter, lo, hi, ackTimeout)
+			popts, err := agentPolicyOptions(f)
+			if err != nil {
+				return err
+			}
+			slashes, err := policy.ParseEscapedSlashAction(f.EscapedSlashes)
+			if err != nil {
+				return usageErrorf("--http-escaped-slashes: %v", err)
+			}
+			return a.runAgent(cmd.Context(), f, src, reporter, lo, hi, ackTimeout, popts, slashes)
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs (flags win)")
 	fl.StringVar(&f.SourceKind, "source-kind", f.SourceKind, "where objects come from: folder (--source DIR) or k8s (the API server: --kubeconfig or in-cluster)")
 	fl.StringVar(&f.Source, "source", "", "with --source-kind folder: folder of Kubernetes YAML/JSON to enforce (watched)")
 	k8sf.addFlags(fl)
@@ -154,13 +185,35 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.BoolVar(&f.StartProxy, "start-proxy", f.StartProxy, "start (and restart) the Go proxy, or adopt a running one")
 	fl.StringVar(&f.ACKTimeout, "ack-timeout", f.ACKTimeout, "how long to wait for proxies to ACK a push")
 	fl.StringVar(&f.HTTPProxy, "http-proxy", f.HTTPProxy, "who enforces HTTP/gRPC rules: go (the Go proxy) or envoy (a stock Envoy configured over xDS; the Go proxy keeps Kafka)")
+	fl.StringVar(&f.AllowLocalhost, "allow-localhost", f.AllowLocalhost, "always: the node itself (reserved:host, e.g. kubelet probes) reaches every local endpoint whatever its ingress policy says (deny rules still win, L7 rules still apply), as Cilium does under Kubernetes; policy: the host is a peer like any other")
+	fl.StringSliceVar(&f.KubeAPIServer, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; the k8s source reads them from the default/kubernetes EndpointSlice)")
+	fl.StringVar(&f.EscapedSlashes, "http-escaped-slashes", f.EscapedSlashes, "request paths with %2F or %5C, in the Go proxy and in Envoy: reject (400), keep (match and forward encoded) or unescape (decode to /)")
+	fl.StringArrayVar(&f.ProxyArgs, "proxy-arg", nil, "extra argument for the Go proxy the agent starts (repeatable), e.g. --proxy-arg=--kafka-topic-ids")
 	fl.StringVar(&f.EnvoyName, "envoy-process-name", f.EnvoyName, "with --http-proxy envoy: Envoy's process name; its listeners are taken into the datapath with pidfd_getfd (needs a shared PID namespace and CAP_SYS_PTRACE)")
 	return cmd
 }
 
 // runAgent composes the agent: node setup, the proxy-port allocator, the
 // pinned datapath, the xDS server, then agent.Run with them.
-func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, reporter source.PolicyReporter, lo, hi uint16, ackTimeout time.Duration) error {
+// agentPolicyOptions parses the policy options among the agent's flags.
+func agentPolicyOptions(f agentFlags) (policy.Options, error) {
+	var o policy.Options
+	var err error
+	if o.AllowLocalhost, err = policy.ParseLocalhostMode(f.AllowLocalhost); err != nil {
+		return o, usageErrorf("--allow-localhost: %v", err)
+	}
+	for _, s := range f.KubeAPIServer {
+		ip, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return o, usageErrorf("--kube-apiserver: want an IP address, not %q", s)
+		}
+		o.KubeAPIServer = append(o.KubeAPIServer, ip)
+	}
+	return o, nil
+}
+
+func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, reporter source.PolicyReporter, lo, hi uint16, ackTimeout time.Duration,
+	popts policy.Options, slashes policy.EscapedSlashAction) error {
 	for _, d := range []string{f.RunDir, f.StateDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
@@ -196,10 +249,12 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		Node: f.Node, Source: src, Reporter: reporter,
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
-		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName},
+		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes},
+		Policy: popts,
 	}
 	if f.StartProxy {
-		cfg.Proxy = &supervisor.Config{}
+		args := append([]string{"--http-escaped-slashes", string(slashes)}, f.ProxyArgs...)
+		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()
@@ -421,4 +476,22 @@ endpoint default-deny). L7 requests are in the proxy's access log
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new flows")
 	cmd.Flags().BoolVar(&dropsOnly, "drops", false, "only drops")
 	return cmd
+}
+
+// proxyCgroup creates the cgroup the agent starts its Go proxy in (the
+// datapath believes from-proxy marks only from the proxies' cgroups).
+// Without one (no writable cgroup v2) the proxy starts in the agent's
+// cgroup, which the agent then trusts if it is not the root; in the root
+// cgroup the proxy's redirects stay drops (fail closed), and the log says
+// why.
+func proxyCgroup(runDir string, log *slog.Logger) string {
+	mount, err := bpf.EnsureCgroup2(filepath.Join(runDir, "cgroup2"))
+	if err == nil {
+		var path string
+		if path, _, err = bpf.CreateProxyCgroup(mount, agentapi.ProxyCgroupName(runDir)); err == nil {
+			return path
+		}
+	}
+	log.Warn("no cgroup of its own for the Go proxy; it shares the agent's", "error", err)
+	return ""
 }

@@ -42,8 +42,12 @@ and checks CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
 NetworkPolicy, Pod and Namespace objects.
 
 It prints one summary line per valid object. Warnings (unknown kinds skipped,
-fields l7gate does not enforce) go to stderr. Every invalid object is
-reported with its file, kind/namespace/name and field path.
+fields l7gate does not enforce, allows that lift other rules' L7 rules) go
+to stderr. Every invalid object is reported with its file, kind/namespace/
+name and field path, and with what l7gate enforces in its place: an invalid
+policy whose endpointSelector decodes holds the endpoints it selects in
+default-deny in the directions it names; the agent keeps the last valid
+version of an object whose update is invalid.
 
 Exit status: 0 when every object is valid, 2 when any is not (or on bad
 arguments).`,
@@ -57,6 +61,19 @@ arguments).`,
 			objs, errs := a.loadObjects(files)
 			for _, s := range objs.Summaries {
 				fmt.Fprintln(a.stdout, s)
+			}
+			// What only the computed policy shows: rules that lift other
+			// rules' L7 rules, named ports that resolve nowhere, ...
+			snap, err := policy.Compute(objs, policy.NewIdentityAllocator())
+			if err != nil {
+				errs = append(errs, fmt.Errorf("compute: %w", err))
+			} else {
+				for _, w := range snap.Warnings {
+					fmt.Fprintln(a.stderr, "warning:", w)
+				}
+			}
+			for _, w := range policy.ShadowWarnings(objs, snap) {
+				fmt.Fprintln(a.stderr, "warning:", w.String())
 			}
 			if len(errs) > 0 {
 				for _, err := range errs {
@@ -80,9 +97,12 @@ type traceFlags struct {
 	protocol                            string
 	httpMethod, httpPath, httpHost      string
 	httpHeaders                         []string
+	httpEscapedSlashes                  string
 	kafkaKey, kafkaVersion, kafkaClient string
 	kafkaTopics                         []string
 	output                              string
+	allowLocalhost                      string
+	apiServers                          []string
 }
 
 func (a *app) policyTraceCommand() *cobra.Command {
@@ -102,6 +122,10 @@ The source and the destination are each one of:
                                                  health, unmanaged or ingress
 (and the same with --dst-). Namespace labels come from Namespace objects in
 the inputs.
+
+Invalid objects are reported and traced as the agent enforces them: an
+invalid policy whose endpointSelector decodes holds the endpoints it selects
+in default-deny (fail closed).
 
 Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 		Example: `  l7gate policy trace -f examples/starwars \
@@ -131,11 +155,14 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.httpPath, "http-path", "", "HTTP request path (and query), e.g. /v1/request-landing")
 	fl.StringVar(&f.httpHost, "http-host", "", "HTTP Host header")
 	fl.StringArrayVar(&f.httpHeaders, "http-header", nil, "HTTP header 'Name: value' (repeatable)")
+	fl.StringVar(&f.httpEscapedSlashes, "http-escaped-slashes", "reject", "as the proxy's flag: paths with %2F or %5C are rejected, kept or unescaped")
 	fl.StringVar(&f.kafkaKey, "kafka-api-key", "", "Kafka API key name or number, e.g. produce or 0")
 	fl.StringVar(&f.kafkaVersion, "kafka-api-version", "", "Kafka API version (default 0)")
 	fl.StringVar(&f.kafkaClient, "kafka-client-id", "", "Kafka client id")
 	fl.StringArrayVar(&f.kafkaTopics, "kafka-topic", nil, "Kafka topic named by the request (repeatable)")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.StringVar(&f.allowLocalhost, "allow-localhost", "always", "always: the host (kubelet probes) reaches every endpoint, as the agent does by default; policy: the host is a peer like any other")
+	fl.StringArrayVar(&f.apiServers, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; besides a default/kubernetes EndpointSlice among the inputs)")
 	return cmd
 }
 
@@ -190,6 +217,16 @@ func (a *app) runTrace(f *traceFlags) error {
 	}
 	req := policy.TraceRequest{DPort: uint16(f.dport)}
 	var err error
+	if req.Options.AllowLocalhost, err = policy.ParseLocalhostMode(f.allowLocalhost); err != nil {
+		return usageErrorf("--%v", err)
+	}
+	for _, s := range f.apiServers {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return usageErrorf("--kube-apiserver: invalid address %q", s)
+		}
+		req.Options.KubeAPIServer = append(req.Options.KubeAPIServer, a)
+	}
 	if req.Src, err = tracePeer(f.srcLabels, f.srcNS, f.srcCIDR, f.srcEnt, "src"); err != nil {
 		return err
 	}
@@ -216,6 +253,22 @@ func (a *app) runTrace(f *traceFlags) error {
 		}
 		req.HTTP = h
 	}
+	var pathNote string
+	if req.HTTP != nil {
+		// The proxy matches (and forwards) the normalized path: trace it.
+		slashes, err := policy.ParseEscapedSlashAction(f.httpEscapedSlashes)
+		if err != nil {
+			return usageErrorf("--http-escaped-slashes: %v", err)
+		}
+		norm, err := policy.NormalizeRequestTarget(req.HTTP.Path, slashes)
+		if err != nil {
+			return a.printRejectedTarget(f.output, req.HTTP.Path, err)
+		}
+		if norm != req.HTTP.Path {
+			pathNote = fmt.Sprintf("HTTP path %q is matched as %q (the proxy normalizes paths before matching)", req.HTTP.Path, norm)
+		}
+		req.HTTP.Path = norm
+	}
 	if f.kafkaKey != "" || f.kafkaVersion != "" || f.kafkaClient != "" || len(f.kafkaTopics) > 0 {
 		if req.HTTP != nil {
 			return usageErrorf("give either --http-* or --kafka-* flags, not both")
@@ -238,14 +291,19 @@ func (a *app) runTrace(f *traceFlags) error {
 	}
 	objs, errs := a.loadObjects(f.files)
 	if len(errs) > 0 {
+		// Traced as the agent enforces them: an invalid policy holds the
+		// endpoints it selects in default-deny (fail closed).
 		for _, err := range errs {
 			fmt.Fprintln(a.stderr, "error:", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 		}
-		return &exitError{code: 2, err: fmt.Errorf("%d invalid object(s): fix them or leave them out of the trace", len(errs))}
+		fmt.Fprintf(a.stderr, "note: %d invalid object(s) are traced as l7gate enforces them (see each error)\n", len(errs))
 	}
 	res, err := policy.Trace(objs, req)
 	if err != nil {
 		return usageErrorf("%v", err)
+	}
+	if pathNote != "" {
+		res.Warnings = append(res.Warnings, pathNote)
 	}
 	if f.output == "json" {
 		enc := json.NewEncoder(a.stdout)
@@ -253,6 +311,21 @@ func (a *app) runTrace(f *traceFlags) error {
 		return enc.Encode(res)
 	}
 	printTrace(a.stdout, res)
+	return nil
+}
+
+// printRejectedTarget reports a request the L7 proxy refuses (400) before
+// any policy sees it.
+func (a *app) printRejectedTarget(output, path string, err error) error {
+	if output == "json" {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Verdict  policy.Decision `json:"verdict"`
+			Rejected string          `json:"rejected"`
+		}{policy.DecisionDenied, fmt.Sprintf("400 Bad Request: %v", err)})
+	}
+	fmt.Fprintf(a.stdout, "Verdict: %s\nHTTP path %q: the L7 proxy answers 400 Bad Request before any policy: %v\n", strings.ToUpper(string(policy.DecisionDenied)), path, err)
 	return nil
 }
 
@@ -299,6 +372,11 @@ func printTrace(w io.Writer, r *policy.TraceResult) {
 		}
 		for _, p := range d.t.DecidedBy {
 			fmt.Fprintf(w, "  decided by: %s\n", p)
+		}
+		if l7 := d.t.L7; l7 != nil {
+			for _, p := range l7.Shadowed {
+				fmt.Fprintf(w, "  shadows (not checked for this peer): %s\n", p)
+			}
 		}
 	}
 	if len(r.Warnings) > 0 {

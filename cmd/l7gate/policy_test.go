@@ -186,3 +186,115 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestTracePathNormalization: trace decides on the path the proxy matches,
+// normalized the same way (policy.NormalizeRequestTarget).
+func TestTracePathNormalization(t *testing.T) {
+	base := []string{"policy", "trace", "-f", starwars + "/objects.yaml", "-f", starwars + "/policy-l7.yaml",
+		"--src-labels", "org=empire,class=tiefighter", "--dst-labels", "org=empire,class=deathstar", "--dport", "80", "--http-method", "POST"}
+	for _, tc := range []struct {
+		path, verdict, note string
+	}{
+		{"/v1//request-landing", "allowed", `matched as "/v1/request-landing"`},
+		{"/v1/x/../request-landing", "allowed", `matched as "/v1/request-landing"`},
+		{"/v1/request-landing/..%2F..%2Fadmin", "denied", "400 Bad Request"},
+	} {
+		code, out, errOut := runCLI(t, append(base, "--http-path", tc.path, "-o", "json")...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", tc.path, code, errOut)
+		}
+		var res struct {
+			Verdict  string   `json:"verdict"`
+			Warnings []string `json:"warnings"`
+			Rejected string   `json:"rejected"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("%s: %v\n%s", tc.path, err, out)
+		}
+		if res.Verdict != tc.verdict || !strings.Contains(strings.Join(res.Warnings, "\n")+res.Rejected, tc.note) {
+			t.Errorf("%s: %s\nwant verdict %s and %q", tc.path, out, tc.verdict, tc.note)
+		}
+	}
+}
+
+// TestShadowedL7 (issue 23): validate warns, naming both rules, when an
+// L3-only allow lifts another rule's L7 rules; trace says the L3 rule
+// decided and which L7 rules it shadowed.
+func TestShadowedL7(t *testing.T) {
+	in := "../../policy/testdata/in/l3-lifts-l7.yaml"
+	code, _, errOut := runCLI(t, "policy", "validate", "-f", in)
+	want := "warning: " + in + ": CiliumNetworkPolicy ns/server: spec.ingress[0]: L3-only allow lifts the L7 rules of ns/server spec.ingress[1] (port TCP/80)"
+	if code != 0 || !strings.Contains(errOut, want) {
+		t.Errorf("validate (exit %d) lacks %q:\n%s", code, want, errOut)
+	}
+	code, out, errOut := runCLI(t, "policy", "trace", "-f", in, "--src-cidr", "198.18.0.2", "--dst-cidr", "198.18.0.1",
+		"--dport", "80", "--http-method", "DELETE", "--http-path", "/private")
+	for _, s := range []string{"Verdict: ALLOWED", "decided by: allow ns/server (CiliumNetworkPolicy spec.ingress[0])",
+		"shadows (not checked for this peer): allow ns/server (CiliumNetworkPolicy spec.ingress[1].http[0])"} {
+		if code != 0 || !strings.Contains(out, s) {
+			t.Errorf("trace (exit %d) lacks %q:\n%s%s", code, s, out, errOut)
+		}
+	}
+}
+
+// TestInvalidPolicyFailClosedCLI (issue 12 item 8): validate says what
+// stands in for an invalid policy; trace runs and shows the fail-closed
+// default-deny; rules.dns loads with a warning.
+func TestInvalidPolicyFailClosedCLI(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "p.yaml")
+	os.WriteFile(f, []byte(`apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: ns, labels: {app: app}}
+status: {podIP: 198.18.0.1}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: broken, namespace: ns}
+spec:
+  endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toEntitys: [world]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns, namespace: ns}
+spec:
+  endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system}}]
+    toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]
+`), 0o644)
+	code, _, errOut := runCLI(t, "policy", "validate", "-f", f)
+	for _, want := range []string{"spec.egress[0].toEntitys: unknown field", "held in default-deny (egress)",
+		"spec.egress[0].toPorts[0].rules.dns: not enforced"} {
+		if code != 2 || !strings.Contains(errOut, want) {
+			t.Errorf("validate (exit %d) lacks %q:\n%s", code, want, errOut)
+		}
+	}
+	code, out, errOut := runCLI(t, "policy", "trace", "-f", f, "--src-cidr", "198.18.0.1", "--dst-cidr", "203.0.113.9", "--dport", "443")
+	if code != 0 || !strings.Contains(out, "Verdict: DENIED") || !strings.Contains(out, "default-deny ns/broken (CiliumNetworkPolicy spec.egress (invalid policy: fail-closed))") {
+		t.Errorf("trace (exit %d):\n%s%s", code, out, errOut)
+	}
+}
+
+// TestTraceAllowLocalhost (issue 12 item 9): the host reaches an endpoint
+// in default-deny, decided by the allow-localhost rule, unless
+// --allow-localhost=policy.
+func TestTraceAllowLocalhost(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "p.yaml")
+	os.WriteFile(f, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: ns}\nstatus: {podIP: 198.18.0.1}\n---\n"+
+		"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-all, namespace: ns}\nspec: {endpointSelector: {}, ingress: [{}]}\n"), 0o644)
+	args := []string{"policy", "trace", "-f", f, "--src-entity", "host", "--dst-cidr", "198.18.0.1", "--dport", "8080"}
+	code, out, errOut := runCLI(t, args...)
+	if code != 0 || !strings.Contains(out, "Verdict: ALLOWED") || !strings.Contains(out, "decided by: allow allow-localhost (l7gate --allow-localhost=always)") {
+		t.Errorf("default (exit %d):\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCLI(t, append(args, "--allow-localhost", "policy")...)
+	if code != 0 || !strings.Contains(out, "Verdict: DENIED") {
+		t.Errorf("--allow-localhost=policy (exit %d):\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut := runCLI(t, append(args, "--allow-localhost", "maybe")...); code != 2 || !strings.Contains(errOut, "want always or policy") {
+		t.Errorf("bad mode: exit %d %s", code, errOut)
+	}
+}

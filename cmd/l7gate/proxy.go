@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -20,9 +21,11 @@ import (
 func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
+		listenAddr, escapedSlashes                     string
 		keepSource, noSockmap                          bool
-		maxConns, maxHeaderBytes, kafkaMaxFrame        int
-		headerTimeout, idleTimeout                     time.Duration
+		maxConns, maxConnsPerSource                    int
+		maxHeaderBytes, kafkaMaxFrame                  int
+		headerTimeout, idleTimeout, bodyTimeout        time.Duration
 		kafkaTopicIDs                                  bool
 		kafkaBudget                                    int64
 		kafkaIdle, kafkaFrame                          time.Duration
@@ -52,10 +55,18 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 			if kafkaBudget < int64(kafkaMaxFrame) {
 				return usageErrorf("--kafka-memory-budget: %d is below --kafka-max-frame-size %d (a largest frame could never be read)", kafkaBudget, kafkaMaxFrame)
 			}
-			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, KeepSource: keepSource,
+			slashes, err := policy.ParseEscapedSlashAction(escapedSlashes)
+			if err != nil {
+				return usageErrorf("--http-escaped-slashes: %v", err)
+			}
+			if ip := net.ParseIP(listenAddr); ip == nil {
+				return usageErrorf("--listen-address: want an IP address, not %q", listenAddr)
+			}
+			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, MaxConnectionsPerSource: maxConnsPerSource, KeepSource: keepSource,
 				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
-				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame,
-				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}}
+				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr,
+				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout,
+					BodyTimeout: bodyTimeout, EscapedSlashes: slashes}}
 			switch accessLog {
 			case "", "-", "stderr":
 				opts.AccessLog = flow.JSONLines(a.stderr)
@@ -115,10 +126,14 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
 	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
-	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are closed")
+	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
+	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
+	fl.IntVar(&maxConnsPerSource, "max-connections-per-source", 8192, "concurrent client connections of one source identity (of one address for world/CIDR sources); beyond it new ones are reset at accept")
 	fl.IntVar(&maxHeaderBytes, "http-max-header-bytes", 64<<10, "HTTP/1 request line plus headers; larger requests get 431")
 	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")
 	fl.DurationVar(&idleTimeout, "http-idle-timeout", 5*time.Minute, "idle time before a kept-alive client connection is closed")
+	fl.DurationVar(&bodyTimeout, "http-body-timeout", 30*time.Second, "longest wait for the next bytes of an HTTP/1 request body; the connection is closed after it")
+	fl.StringVar(&escapedSlashes, "http-escaped-slashes", "reject", "request paths with %2F or %5C: reject (400), keep (match and forward encoded) or unescape (decode to /)")
 	fl.IntVar(&kafkaMaxFrame, "kafka-max-frame-size", 100<<20, "largest Kafka frame accepted; a larger one closes the connection")
 	fl.Int64Var(&kafkaBudget, "kafka-memory-budget", 256<<20, "bytes all Kafka connections together may hold in frame buffers; a connection that needs more waits (up to --kafka-frame-timeout) or is closed")
 	fl.DurationVar(&kafkaIdle, "kafka-idle-timeout", 10*time.Minute, "close a Kafka client connection idle this long (nothing sent, nothing awaited; negative: never)")

@@ -54,8 +54,10 @@ var allowed = map[string][]string{
 		"envoy/bootstrap", "flow", "policy", "redirect", "source", "xds", "xds/envoytranslate", "xds/server", "xds/translate"},
 
 	// Above the agent.
-	"demo":                   {"agentapi", "policy", "flow", "source"},
+	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
 	"deploy":                 {},
+	"proxy/conformance":      {}, // test-only: peer suites through the real node
+	"e2e":                    {}, // test-only (build tag e2e): the suite on a real cluster
 	"deploy/cmd/render":      {"deploy"},
 	"internal/layering":      {},
 	"bench/cmd/l7gate-bench": {"*"},

@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -21,9 +23,9 @@ type Decision struct {
 	Allowed bool
 	// DecidedBy names the rule(s) behind the verdict, for access logs.
 	DecidedBy []policy.Provenance
-	// MismatchActions lists header-mismatch actions to take (LOG is logged;
-	// ADD/DELETE/REPLACE are reported but the request is forwarded
-	// unchanged).
+	// MismatchActions lists the header-mismatch actions to take on an
+	// allowed request, in order: ADD, DELETE and REPLACE change the
+	// forwarded request (see planHeaderActions), every action is logged.
 	MismatchActions []policy.HeaderMatch
 }
 
@@ -36,14 +38,19 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 
 // Record is one access-log record: a request and its response or denial.
 type Record struct {
-	Start     time.Time
-	Duration  time.Duration
-	Method    string
+	Start    time.Time
+	Duration time.Duration
+	Method   string
+	// Path is the normalized request target the decision saw (and the
+	// backend received); RawPath is the target as sent when that differs.
 	Path      string
+	RawPath   string
 	Host      string
 	Status    int
 	Allowed   bool
 	DecidedBy []policy.Provenance
+	// HeaderMismatches are the header-mismatch actions taken.
+	HeaderMismatches []HeaderMismatch
 	// Error is set when the exchange failed (malformed request, upstream
 	// gone).
 	Error string
@@ -59,7 +66,22 @@ type Config struct {
 	IdleTimeout time.Duration
 	// DialTimeout bounds connecting upstream (default 10s).
 	DialTimeout time.Duration
-	Logger      *slog.Logger
+	// BodyTimeout bounds the wait for each read of an HTTP/1 request body
+	// (default 30s): a client that stops sending mid-body (slowloris) has
+	// its connection closed.
+	BodyTimeout time.Duration
+	// EscapedSlashes: what a path with %2F or %5C gets (default reject:
+	// 400). See policy.NormalizeRequestTarget.
+	EscapedSlashes policy.EscapedSlashAction
+	// MaxH2CUpgradeBody bounds the body of an HTTP/1.1 request asking for
+	// an h2c upgrade (default 64 KiB): the upgrade buffers that body, so a
+	// larger or chunked one is served as plain HTTP/1.1 without upgrading.
+	MaxH2CUpgradeBody int64
+	// OnRequest, when set, sees every parsed request before it is decided.
+	// It exists for tests (fault injection) and debugging; production
+	// leaves it nil.
+	OnRequest func(*policy.HTTPRequest)
+	Logger    *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -72,6 +94,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
+	}
+	if c.BodyTimeout <= 0 {
+		c.BodyTimeout = 30 * time.Second
+	}
+	if c.EscapedSlashes == "" {
+		c.EscapedSlashes = policy.EscapedSlashesReject
+	}
+	if c.MaxH2CUpgradeBody <= 0 {
+		c.MaxH2CUpgradeBody = 64 << 10
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -105,6 +136,10 @@ type connBuf struct {
 	max  int
 	pool *sync.Pool
 	ptr  *[]byte
+	// readTimeout, when set, bounds every read: setDeadline is called
+	// with now+readTimeout before it.
+	readTimeout time.Duration
+	setDeadline func(time.Time)
 }
 
 func newConnBuf(pool *sync.Pool, c net.Conn, max int) *connBuf {
@@ -142,6 +177,9 @@ func (b *connBuf) fill() error {
 			copy(nb, b.buf[:b.w])
 			b.buf = nb
 		}
+	}
+	if b.readTimeout > 0 {
+		b.setDeadline(time.Now().Add(b.readTimeout))
 	}
 	n, err := b.conn.Read(b.buf[b.w:])
 	b.w += n
@@ -189,6 +227,12 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 	conn := &prefixConn{Conn: client, prefix: first}
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
 		return srv.serveH2(ctx, conn, dial, decide, access)
+	}
+	if bytes.HasPrefix(first, []byte("PRI ")) {
+		// A broken HTTP/2 preface (PRI is no HTTP/1.1 method): close, as
+		// an HTTP/2 endpoint does (RFC 9113 §3.4), rather than answer in
+		// HTTP/1.1.
+		return nil
 	}
 	handoff, err := srv.serveHTTP1(ctx, conn, dial, decide, access)
 	if handoff != nil {
@@ -245,6 +289,8 @@ type session struct {
 	// handoff holds the bytes of an h2c upgrade request (and anything
 	// after it) for the HTTP/2 path.
 	handoff []byte
+	// scratch holds rewritten request heads.
+	scratch []byte
 }
 
 var errH2CUpgrade = errors.New("h2c upgrade")
@@ -262,8 +308,16 @@ func (s *session) setReadDeadline(t time.Time) {
 
 func (s *session) run(ctx context.Context) error {
 	respErr := make(chan error, 1)
-	go func() { respErr <- s.responses() }()
-	reqErr := s.requests(ctx)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				s.closeClient()
+				respErr <- newPanicError(v)
+			}
+		}()
+		respErr <- s.responses()
+	}()
+	reqErr := s.safeRequests(ctx)
 	close(s.queue)
 	if reqErr != nil && !errors.Is(reqErr, errStop) {
 		// The request stream broke (a malformed body, the client gone
@@ -287,6 +341,10 @@ func (s *session) run(ctx context.Context) error {
 	if errors.Is(reqErr, errH2CUpgrade) {
 		return reqErr
 	}
+	var pe *PanicError
+	if errors.As(reqErr, &pe) || errors.As(err, &pe) {
+		return pe
+	}
 	if reqErr != nil && !isClosed(reqErr) {
 		return reqErr
 	}
@@ -294,6 +352,31 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// PanicError is what ServeConn returns when handling a connection
+// panicked: the connection was closed and the process goes on. The caller
+// logs and counts it.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("panic serving connection: %v", e.Value) }
+
+func newPanicError(v any) *PanicError { return &PanicError{Value: v, Stack: debug.Stack()} }
+
+// safeRequests runs the request side and turns a panic into an error, so
+// that run still ends the response side and closes the upstream.
+func (s *session) safeRequests(ctx context.Context) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.closeClient()
+			s.client.Close()
+			err = newPanicError(v)
+		}
+	}()
+	return s.requests(ctx)
 }
 
 func isClosed(err error) bool {
@@ -364,6 +447,7 @@ func str(b []byte) string {
 
 func (s *session) requests(ctx context.Context) error {
 	in := newConnBuf(&s.srv.bufs, s.client, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	in.setDeadline = s.setReadDeadline
 	defer in.release()
 	var head RequestHead
 	req := policy.HTTPRequest{}
@@ -375,6 +459,7 @@ func (s *session) requests(ctx context.Context) error {
 		if first {
 			idle = s.cfg.HeaderTimeout
 		}
+		in.readTimeout = 0
 		s.setReadDeadline(time.Now().Add(idle))
 		headStarted := false
 		var err error
@@ -409,29 +494,69 @@ func (s *session) requests(ctx context.Context) error {
 		isFirst := first
 		first = false
 		start := time.Now()
+		var target, path string
+		if err == nil {
+			// Decide on what the backend will see: the normalized target.
+			target = str(head.Target)
+			path, err = policy.NormalizeRequestTarget(target, s.cfg.EscapedSlashes)
+		}
 		if err != nil {
 			var pe *ParseError
+			var pathErr *policy.PathError
 			status, reason := 400, err.Error()
 			if errors.As(err, &pe) {
 				status, reason = pe.Status, pe.Reason
+			} else if errors.As(err, &pathErr) {
+				reason = pathErr.Error()
 			}
 			s.cfg.Logger.Debug("rejecting malformed request", "status", status, "reason", reason, "client", s.client.RemoteAddr())
-			s.enqueue(&pending{local: localResponse(status, statusText(status), false, ""), close: true,
-				record: &Record{Start: start, Status: status, Error: reason}})
+			rec := &Record{Start: start, Status: status, Error: reason}
+			if pathErr != nil {
+				rec.Method, rec.RawPath, rec.Host = string(head.Method), string(head.Target), string(head.Host)
+			}
+			s.enqueue(&pending{local: localResponse(status, statusText(status), false, ""), close: true, record: rec})
 			return errStop
 		}
 		s.setReadDeadline(time.Time{})
 
-		req.Method, req.Path, req.Host = str(head.Method), str(head.Target), str(head.Host)
+		host := head.Host
+		if head.Absolute {
+			host = head.Authority
+		}
+		req.Method, req.Path, req.Host = str(head.Method), path, str(host)
 		req.Headers = req.Headers[:0]
 		for _, h := range head.Headers {
 			req.Headers = append(req.Headers, policy.HTTPHeader{Name: str(h.Name), Value: str(h.Value)})
 		}
+		if s.cfg.OnRequest != nil {
+			s.cfg.OnRequest(&req)
+		}
 		d := s.decide(&req)
 		var rec *Record
 		if s.access != nil {
-			rec = &Record{Start: start, Method: string(head.Method), Path: string(head.Target), Host: string(head.Host),
+			rec = &Record{Start: start, Method: string(head.Method), Path: strings.Clone(path), Host: string(host),
 				Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+			if path != target {
+				rec.RawPath = string(head.Target)
+			}
+		}
+		var rw headRewrite
+		if path != target {
+			rw.target = path
+		}
+		if d.Allowed && len(d.MismatchActions) > 0 {
+			edits, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(&req, name) })
+			if err != nil {
+				d.Allowed = false
+				if rec != nil {
+					rec.Allowed, rec.Error = false, err.Error()
+				}
+			} else {
+				rw.edits = edits
+				if rec != nil {
+					rec.HeaderMismatches = logs
+				}
+			}
 		}
 		if !d.Allowed {
 			// Answer in order; the body is read and dropped so the
@@ -448,10 +573,29 @@ func (s *session) requests(ctx context.Context) error {
 			if !keep {
 				return errStop
 			}
+			in.readTimeout = s.cfg.BodyTimeout
 			if err := s.discardBody(in, &head); err != nil {
 				return err
 			}
 			continue
+		}
+		upgrade := head.Upgrade != nil
+		if upgrade && isFirst && hasToken(head.Upgrade, "h2c") &&
+			(head.Framing == FramingNone || head.Framing == FramingLength && head.Length <= s.cfg.MaxH2CUpgradeBody) {
+			// Hand the connection to the HTTP/2 path, which answers the
+			// upgrade and applies policy to this request and the rest. The
+			// upgrade buffers the request body, hence the bound.
+			s.handoff = append([]byte(nil), in.bytes()...)
+			return errH2CUpgrade
+		}
+		if upgrade && !onlyToken(head.Upgrade, "websocket") {
+			// Only WebSocket becomes a tunnel (as in Envoy mode). Any other
+			// protocol switch (h2c after the first request or with a large
+			// body, TLS, anything unknown) would carry bytes this parser
+			// cannot see: the request is forwarded without Upgrade, which
+			// a server may always ignore (RFC 9110 §7.8).
+			rw.stripUpgrade = true
+			upgrade = false
 		}
 		up, err := s.upstreamConn(ctx)
 		if err != nil {
@@ -462,23 +606,6 @@ func (s *session) requests(ctx context.Context) error {
 			s.enqueue(&pending{local: localResponse(503, "upstream connect error", false, ""), close: true, record: rec})
 			return errStop
 		}
-		upgrade := head.Upgrade != nil
-		if upgrade && hasToken(head.Upgrade, "h2c") && isFirst {
-			// Hand the connection to the HTTP/2 path, which answers the
-			// upgrade and applies policy to this request and the rest.
-			s.handoff = append([]byte(nil), in.bytes()...)
-			return errH2CUpgrade
-		}
-		if upgrade && hasToken(head.Upgrade, "h2c") {
-			// An h2c upgrade would turn the connection into HTTP/2 frames
-			// this parser cannot see; the proxy serves h2c upgrades itself,
-			// only as the first request of a connection (see h2.go).
-			if rec != nil {
-				rec.Status, rec.Error = 400, "h2c upgrade after the first request"
-			}
-			s.enqueue(&pending{local: localResponse(400, "h2c upgrade is only supported as the first request", false, ""), close: true, record: rec})
-			return errStop
-		}
 		closeAfter := !head.KeepAlive
 		p := &pending{method: string(head.Method), close: closeAfter, record: rec, upgrade: upgrade}
 		if upgrade {
@@ -487,15 +614,26 @@ func (s *session) requests(ctx context.Context) error {
 		if !s.enqueue(p) {
 			return errStop
 		}
-		if err := writeMessage(up, in, head.Size, head.Framing, head.Length); err != nil {
+		var newHead []byte
+		if rw.needed() {
+			s.scratch = rw.appendTo(s.scratch[:0], &head)
+			newHead = s.scratch
+		}
+		in.readTimeout = s.cfg.BodyTimeout
+		err = writeMessageHead(up, in, newHead, head.Size, head.Framing, head.Length)
+		in.readTimeout = 0
+		if newHead != nil {
+			s.scratch = newHead[:0]
+		}
+		if err != nil {
 			return fmt.Errorf("forward request: %w", err)
 		}
 		if upgrade {
 			select {
 			case ok := <-p.switched:
 				if ok {
-					// After 101 the connection is a tunnel of whatever the
-					// new protocol is (e.g. WebSocket).
+					// After 101 the connection is a WebSocket tunnel.
+					s.setReadDeadline(time.Time{})
 					if b := in.bytes(); len(b) > 0 {
 						if _, err := up.Write(b); err != nil {
 							return err
@@ -666,8 +804,10 @@ func (s *session) responses() error {
 			wrote = true
 			up.consume(rh.Size)
 			if rh.Status == 101 {
-				if !p.upgrade {
-					s.finish(p, errors.New("101 response to a request without Upgrade"))
+				if !p.upgrade || !onlyToken(rh.Upgrade, "websocket") {
+					// Only a WebSocket upgrade was forwarded; a switch to
+					// anything else would be a tunnel policy never allowed.
+					s.finish(p, fmt.Errorf("101 response switching to %q: only websocket upgrades are forwarded", rh.Upgrade))
 					s.closeClient()
 					return errStop
 				}
@@ -747,6 +887,12 @@ func (s *session) closeClient() {
 // write, then streams the rest of the body. It saves a system call per
 // message for the common case of small bodies.
 func writeMessage(w io.Writer, in *connBuf, head int, framing Framing, length int64) error {
+	return writeMessageHead(w, in, nil, head, framing, length)
+}
+
+// writeMessageHead is writeMessage with the head replaced by newHead when
+// that is not nil (newHead's spare capacity is used for the first write).
+func writeMessageHead(w io.Writer, in *connBuf, newHead []byte, head int, framing Framing, length int64) error {
 	buf := in.bytes()
 	n := head
 	var sc chunkedScanner
@@ -768,7 +914,11 @@ func writeMessage(w io.Writer, in *connBuf, head int, framing Framing, length in
 		n += k
 		done = fin
 	}
-	if _, err := w.Write(buf[:n]); err != nil {
+	out := buf[:n]
+	if newHead != nil {
+		out = append(newHead, buf[head:n]...)
+	}
+	if _, err := w.Write(out); err != nil {
 		return err
 	}
 	in.consume(n)

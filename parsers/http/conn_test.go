@@ -408,7 +408,7 @@ func TestRuleChangeAppliesToNextRequest(t *testing.T) {
 	}
 }
 
-// TestUpgradeTunnel: an allowed Upgrade (WebSocket-style) becomes a tunnel
+// TestUpgradeTunnel: an allowed WebSocket upgrade becomes a tunnel
 // after the upstream's 101.
 func TestUpgradeTunnel(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -424,10 +424,10 @@ func TestUpgradeTunnel(t *testing.T) {
 		defer c.Close()
 		r := bufio.NewReader(c)
 		req, err := nethttp.ReadRequest(r)
-		if err != nil || req.Header.Get("Upgrade") != "echo" {
+		if err != nil || req.Header.Get("Upgrade") != "websocket" {
 			return
 		}
-		c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"))
+		c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"))
 		io.Copy(c, r)
 	}()
 	p := startProxy(t, Config{}, ln.Addr().String(), func(*policy.HTTPRequest) Decision { return Decision{Allowed: true} })
@@ -436,7 +436,7 @@ func TestUpgradeTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly-bytes|")
+	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly-bytes|")
 	r := bufio.NewReader(c)
 	resp, err := nethttp.ReadResponse(r, nil)
 	if err != nil || resp.StatusCode != 101 {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+
+	"github.com/l7gate/l7gate/policy"
 )
 
 func FuzzParseRequestHead(f *testing.F) {
@@ -86,4 +88,54 @@ func FuzzChunked(f *testing.F) {
 			t.Fatalf("whole: %d %v %v; split by %d: %d %v %v", n1, done1, err1, step, n2, done2, err2)
 		}
 	})
+}
+
+// FuzzHeadRewrite: a rewritten request head (normalized target, upgrade
+// stripped, header actions) parses again with the same method, framing and
+// length, so a rewrite can never change where the request ends.
+func FuzzHeadRewrite(f *testing.F) {
+	f.Add([]byte("GET /a/../b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: evil\r\n\r\n"), "X-A", "v", uint8(3))
+	f.Add([]byte("POST http://x/up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"), "X-B", "", uint8(1))
+	f.Add([]byte("POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-B: 1\r\n\r\n0\r\n\r\n"), "x-b", "2", uint8(2))
+	f.Fuzz(func(t *testing.T, data []byte, name, value string, mode uint8) {
+		var h RequestHead
+		if ParseRequestHead(data, Limits{}, &h) != nil {
+			return
+		}
+		path, err := policy.NormalizeRequestTarget(string(h.Target), policy.EscapedSlashesReject)
+		if err != nil {
+			return
+		}
+		action := []string{policy.MismatchLog, policy.MismatchAdd, policy.MismatchDelete, policy.MismatchReplace}[mode%4]
+		req := policy.HTTPRequest{}
+		for _, f := range h.Headers {
+			req.Headers = append(req.Headers, policy.HTTPHeader{Name: string(f.Name), Value: string(f.Value)})
+		}
+		edits, _, err := planHeaderActions([]policy.HeaderMatch{{Name: name, Value: value, Mismatch: action}},
+			func(n string) (string, bool) { return requestHeader(&req, n) })
+		if err != nil || !validToken(name) {
+			return
+		}
+		rw := headRewrite{target: path, stripUpgrade: mode&4 != 0, edits: edits}
+		out := rw.appendTo(nil, &h)
+		var h2 RequestHead
+		if err := ParseRequestHead(out, Limits{}, &h2); err != nil {
+			t.Fatalf("rewritten head does not parse: %v\n%q\nfrom %q", err, out, data[:h.Size])
+		}
+		if h2.Size != len(out) || string(h2.Method) != string(h.Method) || h2.Framing != h.Framing || h2.Length != h.Length || string(h2.Target) != path {
+			t.Fatalf("rewrite changed the request: %+v -> %+v\n%q", h, h2, out)
+		}
+	})
+}
+
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenChar(s[i]) {
+			return false
+		}
+	}
+	return true
 }

@@ -12,8 +12,10 @@ import (
 	"net"
 	nethttp "net/http"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -63,6 +65,69 @@ type h2Handler struct {
 	// decideMu serialises decisions: the Decider's contract is one call
 	// at a time per connection, as on the HTTP/1 path.
 	decideMu sync.Mutex
+	// conn is the client connection: a panic or a malformed request
+	// closes it.
+	conn     net.Conn
+	panicked atomic.Pointer[PanicError]
+	// upgraded: the connection began as HTTP/1.1 and was upgraded to h2c
+	// (its first request still carries the upgrade's HTTP/1.1 headers).
+	upgraded bool
+}
+
+// connectionSpecific returns the first connection-specific header field
+// of a request (RFC 9113 §8.2.2: Connection and the fields it governs,
+// and TE other than "trailers"), or "".
+func connectionSpecific(h nethttp.Header) string {
+	for _, name := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Http2-Settings"} {
+		if _, ok := h[name]; ok {
+			return name
+		}
+	}
+	if te, ok := h["Te"]; ok && (len(te) != 1 || !strings.EqualFold(strings.TrimSpace(te[0]), "trailers")) {
+		return "TE"
+	}
+	return ""
+}
+
+// abort closes the client connection: RFC 9113 §5.4.1 lets an endpoint
+// treat a stream error as a connection error, and net/http offers no way
+// to reset one stream with PROTOCOL_ERROR.
+func (h *h2Handler) abort() {
+	if h.conn != nil {
+		h.conn.Close()
+	}
+}
+
+type malformedKey struct{}
+
+// clBody checks that a request body matches its declared Content-Length.
+// Go's HTTP/2 server resets a stream that sends more than declared itself;
+// one that ends early only fails the body read, which a proxy must not
+// answer like an upstream error (RFC 9113 §8.1.1: the request is
+// malformed).
+type clBody struct {
+	io.ReadCloser
+	declared, read int64
+	malformed      atomic.Bool
+}
+
+func (b *clBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read += int64(n)
+	switch {
+	case err == io.EOF && b.read != b.declared:
+		b.malformed.Store(true)
+	case err != nil && err != io.EOF && strings.Contains(err.Error(), "Content-Length"):
+		// net/http: "request declared a Content-Length of N but only
+		// wrote M bytes" / "sender tried to send more than declared".
+		b.malformed.Store(true)
+	}
+	return n, err
+}
+
+func isMalformed(r *nethttp.Request) bool {
+	b, _ := r.Context().Value(malformedKey{}).(*clBody)
+	return b != nil && b.malformed.Load()
 }
 
 func (srv *Server) newH2Handler(dial Dialer, decide Decider, access func(*Record), upstreamH2 bool) *h2Handler {
@@ -89,11 +154,25 @@ func (srv *Server) newH2Handler(dial Dialer, decide Decider, access func(*Record
 			r.Out.Host = r.In.Host
 			r.Out.Header["X-Forwarded-For"] = nil // transparent: add nothing
 		},
-		Transport:     transport,
-		FlushInterval: -1,
+		Transport: transport,
+		// Responses without a Content-Length (gRPC, streams) are flushed
+		// as they come (ReverseProxy does that for ContentLength -1 by
+		// itself). A fixed interval, even a negative one, would start a
+		// flush timer that races the end of a trailers-only response
+		// (HEADERS with END_STREAM, how gRPC answers a call with a status
+		// and no message): when the timer wins, the headers leave without
+		// END_STREAM, grpc-status arrives as a header instead of a
+		// trailer, and the client reports "server closed the stream
+		// without sending trailers" instead of the server's status.
+		FlushInterval: 0,
 		BufferPool:    copyBuffers{&srv.copyBufs},
 		ErrorLog:      nil,
 		ErrorHandler: func(w nethttp.ResponseWriter, r *nethttp.Request, err error) {
+			if isMalformed(r) {
+				h.cfg.Logger.Debug("malformed request body", "error", err)
+				h.abort()
+				return
+			}
 			h.cfg.Logger.Debug("upstream error", "error", err)
 			if isGRPC(r) {
 				w.Header().Set("Content-Type", "application/grpc")
@@ -136,23 +215,85 @@ func (s *statusRecorder) Flush() {
 func (s *statusRecorder) Unwrap() nethttp.ResponseWriter { return s.ResponseWriter }
 
 func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == nethttp.ErrAbortHandler {
+				panic(v)
+			}
+			// One bad request must not end the process: remember the
+			// panic for ServeConn's caller and end this connection.
+			h.panicked.CompareAndSwap(nil, newPanicError(v))
+			h.abort()
+		}
+	}()
 	start := time.Now()
-	req := policy.HTTPRequest{Method: r.Method, Path: r.RequestURI, Host: r.Host}
+	if name := connectionSpecific(r.Header); name != "" {
+		if !h.upgraded {
+			// Malformed (RFC 9113 §8.2.2). Such fields would otherwise
+			// reach an HTTP/1.1 upstream as an upgrade request.
+			if h.access != nil {
+				h.access(&Record{Start: start, Method: r.Method, RawPath: r.RequestURI, Host: r.Host, Status: nethttp.StatusBadRequest,
+					Error: "connection-specific header " + name + " in an HTTP/2 request", Duration: time.Since(start)})
+			}
+			h.abort()
+			return
+		}
+		// The upgraded first request keeps its HTTP/1.1 Connection,
+		// Upgrade and HTTP2-Settings: they belong to the hop that ended.
+		for _, n := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Http2-Settings"} {
+			r.Header.Del(n)
+		}
+		if te := r.Header.Get("Te"); te != "" && !strings.EqualFold(te, "trailers") {
+			r.Header.Del("Te")
+		}
+	}
+	path, perr := policy.NormalizeRequestTarget(r.RequestURI, h.cfg.EscapedSlashes)
+	if perr != nil {
+		if h.access != nil {
+			h.access(&Record{Start: start, Method: r.Method, RawPath: r.RequestURI, Host: r.Host, Status: nethttp.StatusBadRequest,
+				Error: perr.Error(), Duration: time.Since(start)})
+		}
+		nethttp.Error(w, "Bad Request", nethttp.StatusBadRequest)
+		return
+	}
+	req := policy.HTTPRequest{Method: r.Method, Path: path, Host: r.Host}
 	for name, vals := range r.Header {
 		for _, v := range vals {
 			req.Headers = append(req.Headers, policy.HTTPHeader{Name: name, Value: v})
 		}
 	}
+	if h.cfg.OnRequest != nil {
+		h.cfg.OnRequest(&req)
+	}
 	h.decideMu.Lock()
 	d := h.decide(&req)
 	h.decideMu.Unlock()
-	rec := &Record{Start: start, Method: r.Method, Path: r.RequestURI, Host: r.Host, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+	rec := &Record{Start: start, Method: r.Method, Path: path, Host: r.Host, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+	if path != r.RequestURI {
+		rec.RawPath = r.RequestURI
+	}
 	defer func() {
 		if h.access != nil {
 			rec.Duration = time.Since(start)
 			h.access(rec)
 		}
 	}()
+	if d.Allowed && len(d.MismatchActions) > 0 {
+		edits, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(&req, name) })
+		if err != nil {
+			d.Allowed, rec.Allowed, rec.Error = false, false, err.Error()
+		} else {
+			rec.HeaderMismatches = logs
+			for _, e := range edits {
+				if e.del {
+					r.Header.Del(e.name)
+				}
+				if e.add {
+					r.Header.Add(e.name, e.value)
+				}
+			}
+		}
+	}
 	if !d.Allowed {
 		if isGRPC(r) {
 			// A trailers-only gRPC response: PERMISSION_DENIED.
@@ -170,18 +311,42 @@ func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 		rec.Status = nethttp.StatusForbidden
 		return
 	}
+	if path != r.RequestURI && path != "*" {
+		// Forward what was decided: the normalized path.
+		p, q, _ := strings.Cut(path, "?")
+		u := *r.URL
+		u.Path, u.RawPath, u.RawQuery = p, "", q
+		if dec, err := url.PathUnescape(p); err == nil {
+			u.Path, u.RawPath = dec, p
+		}
+		r.URL = &u
+	}
+	if r.ProtoMajor == 2 && r.Header.Get("Content-Length") != "" && r.Body != nil && r.Body != nethttp.NoBody {
+		b := &clBody{ReadCloser: r.Body, declared: r.ContentLength}
+		r.Body = b
+		r = r.WithContext(context.WithValue(r.Context(), malformedKey{}, b))
+	}
 	sr := &statusRecorder{ResponseWriter: w}
 	h.proxy.ServeHTTP(sr, r)
 	rec.Status = sr.status
+	if isMalformed(r) {
+		rec.Error = "request body does not match its Content-Length"
+		h.abort()
+	}
 }
 
 // serveH2 serves an HTTP/2 connection with prior knowledge.
 func (srv *Server) serveH2(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
 	cfg := srv.cfg
 	h := srv.newH2Handler(dial, decide, access, true)
+	h.conn = conn
 	var protocols nethttp.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	return serveOneWith(ctx, cfg, conn, h, &protocols, h, nil)
+	err := serveOneWith(ctx, cfg, conn, h, &protocols, h, nil)
+	if pe := h.panicked.Load(); pe != nil {
+		return pe
+	}
+	return err
 }
 
 // serveOneWith runs a net/http server on one connection until it closes.
@@ -228,6 +393,7 @@ func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethtt
 func (srv *Server) serveH2CUpgrade(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
 	cfg := srv.cfg
 	h := srv.newH2Handler(dial, decide, access, false)
+	h.upgraded = true
 	// net/http serves HTTP/2 with prior knowledge but not the HTTP/1.1
 	// Upgrade: h2c mechanism; x/net's h2c handler still does.
 	upgrader := h2c.NewHandler(h, &http2.Server{IdleTimeout: cfg.IdleTimeout})
@@ -240,9 +406,14 @@ func (srv *Server) serveH2CUpgrade(ctx context.Context, conn net.Conn, dial Dial
 			ln.finish()
 		}
 	})
+	h.conn = conn
 	var protocols nethttp.Protocols
 	protocols.SetHTTP1(true)
-	return serveOneWith(ctx, cfg, conn, handler, &protocols, h, func(l *oneConnListener) { ln = l })
+	err := serveOneWith(ctx, cfg, conn, handler, &protocols, h, func(l *oneConnListener) { ln = l })
+	if pe := h.panicked.Load(); pe != nil {
+		return pe
+	}
+	return err
 }
 
 var errListenerDone = errors.New("listener done")

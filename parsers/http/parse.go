@@ -65,13 +65,19 @@ const (
 // RequestHead is a parsed request head. Slices alias the parse buffer and
 // are valid until the buffer is reused.
 type RequestHead struct {
-	Method  []byte
-	Target  []byte
-	Minor   int // HTTP/1.<Minor>
-	Headers []Header
-	Host    []byte
-	Framing Framing
-	Length  int64
+	Method []byte
+	// Target is the request target in origin form (path and query) or
+	// "*"; for an absolute-form request ("http://authority/path") it is
+	// the path-and-query part and Authority holds the authority.
+	Target    []byte
+	Authority []byte
+	// Absolute: the request line held an absolute-form target.
+	Absolute bool
+	Minor    int // HTTP/1.<Minor>
+	Headers  []Header
+	Host     []byte
+	Framing  Framing
+	Length   int64
 	// KeepAlive: the client expects the connection to persist.
 	KeepAlive bool
 	// Upgrade holds the Upgrade header when the Connection header lists
@@ -91,6 +97,8 @@ type ResponseHead struct {
 	Length    int64
 	KeepAlive bool
 	Size      int
+	// Upgrade is the Upgrade header of a 101 response.
+	Upgrade []byte
 }
 
 func isTokenChar(c byte) bool {
@@ -269,6 +277,23 @@ func ParseRequestHead(buf []byte, lim Limits, h *RequestHead) error {
 	case len(h.Target) == 1 && h.Target[0] == '*' && string(h.Method) == "OPTIONS":
 	case string(h.Method) == "CONNECT":
 		return &ParseError{Status: 501, Reason: "CONNECT is not supported"}
+	case len(h.Target) > 7 && asciiEqualFold(h.Target[:7], "http://"):
+		// Absolute form (RFC 9112 §3.2.2), as clients of a forward proxy
+		// send it: split off the authority; it must equal Host below.
+		rest := h.Target[7:]
+		end := bytes.IndexAny(rest, "/?")
+		if end < 0 {
+			end = len(rest)
+		}
+		h.Authority, h.Target, h.Absolute = rest[:end], rest[end:], true
+		if len(h.Authority) == 0 || bytes.IndexByte(h.Authority, '@') >= 0 || bytes.IndexByte(h.Authority, '#') >= 0 {
+			return badRequest("invalid authority in absolute-form request target")
+		}
+		if len(h.Target) == 0 || h.Target[0] != '/' {
+			// "http://host" or "http://host?q": the path is empty, i.e. "/"
+			// (the normalizer rejects a target without a leading slash).
+			return badRequest("absolute-form request target without a path")
+		}
 	default:
 		return badRequest("request target must be in origin form")
 	}
@@ -327,6 +352,11 @@ func ParseRequestHead(buf []byte, lim Limits, h *RequestHead) error {
 	}
 	if minor >= 1 && !seenHost {
 		return badRequest("missing Host header")
+	}
+	if h.Absolute && seenHost && !bytes.EqualFold(h.Host, h.Authority) {
+		// RFC 9112 says to ignore Host then; a proxy and a backend could
+		// each pick a different one, so a disagreement is refused.
+		return badRequest("Host header differs from the absolute-form authority")
 	}
 	if connection != nil {
 		if hasToken(connection, "close") {
@@ -406,6 +436,8 @@ func ParseResponseHead(buf []byte, method []byte, lim Limits, scratch []Header, 
 			} else if minor == 0 && hasToken(f.Value, "keep-alive") {
 				h.KeepAlive = true
 			}
+		case asciiEqualFold(f.Name, "upgrade"):
+			h.Upgrade = f.Value
 		}
 	}
 	switch {

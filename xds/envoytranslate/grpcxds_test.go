@@ -32,8 +32,10 @@ import (
 )
 
 // grpcPolicy puts pods on loopback addresses, because grpc-go matches
-// principals by the connection's source address: 127.0.0.2 and 127.0.0.3
-// are pods, 127.0.0.4 is world.
+// principals by the connection's source address: 127.0.0.2, 127.0.0.3 and
+// 127.0.0.5 are pods, 127.0.0.4 is world. ops (127.0.0.5) has L7 rules and
+// an L3-only allow, which lifts them (Cilium's semantics): every call of
+// ops is allowed, by the L3 rule.
 const grpcPolicy = `
 apiVersion: v1
 kind: Pod
@@ -49,6 +51,11 @@ apiVersion: v1
 kind: Pod
 metadata: {name: batch, namespace: grpc, labels: {app: batch}}
 status: {podIP: 127.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ops, namespace: grpc, labels: {app: ops}}
+status: {podIP: 127.0.0.5}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -83,6 +90,13 @@ spec:
       rules:
         http:
         - {path: "/grpc\\.testing\\.TestService/(Empty|Unary)Call", headers: ["x-batch"]}
+  - fromEndpoints: [{matchLabels: {app: ops}}]
+    toPorts:
+    - ports: [{port: "50051", protocol: TCP}]
+      rules:
+        http:
+        - {path: /grpc.testing.TestService/EmptyCall}
+  - fromEndpoints: [{matchLabels: {app: ops}}]
 `
 
 type testService struct {
@@ -230,7 +244,8 @@ func TestGRPCXDSDifferential(t *testing.T) {
 	}
 
 	clients := map[string]testgrpc.TestServiceClient{}
-	for _, src := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+	sources := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
+	for _, src := range sources {
 		local := &net.TCPAddr{IP: net.ParseIP(src)}
 		cc, err := grpc.NewClient(addr.String(),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -267,8 +282,8 @@ func TestGRPCXDSDifferential(t *testing.T) {
 		{{Name: "x-public", Value: "yes"}},
 		{{Name: "x-public", Value: "no"}, {Name: "x-tenant", Value: "blue"}},
 	}
-	allowed, denied := 0, 0
-	for _, src := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+	allowed, denied, lifted := 0, 0, 0
+	for _, src := range sources {
 		peer := snap.IdentityOf(netip.MustParseAddr(src))
 		for _, method := range []string{testgrpc.TestService_EmptyCall_FullMethodName, testgrpc.TestService_UnaryCall_FullMethodName, testgrpc.TestService_CacheableUnaryCall_FullMethodName} {
 			for _, hs := range headerSets {
@@ -296,14 +311,20 @@ func TestGRPCXDSDifferential(t *testing.T) {
 				}
 				if got == policy.DecisionAllowed {
 					allowed++
+					if len(want.Shadowed) > 0 {
+						lifted++
+						if len(want.DecidedBy) != 1 || want.DecidedBy[0].Path != "spec.ingress[5]" || want.DecidedBy[0].L7 != "" {
+							t.Errorf("%s %s: lifted call decided by %v, want the L3-only rule spec.ingress[5]", src, method, want.DecidedBy)
+						}
+					}
 				} else {
 					denied++
 				}
 			}
 		}
 	}
-	if allowed == 0 || denied == 0 {
-		t.Errorf("table does not exercise both verdicts: %d allowed, %d denied", allowed, denied)
+	if allowed == 0 || denied == 0 || lifted == 0 {
+		t.Errorf("table does not exercise every case: %d allowed (%d through a lifted L7 rule set), %d denied", allowed, lifted, denied)
 	}
-	t.Logf("%d calls allowed, %d denied, all as policy decides", allowed, denied)
+	t.Logf("%d calls allowed (%d through a lifted L7 rule set), %d denied, all as policy decides", allowed, lifted, denied)
 }

@@ -103,6 +103,9 @@ type Config struct {
 	// going never changes a listener's addresses (which Envoy cannot
 	// update in place).
 	IPv6 bool
+	// EscapedSlashes is what a request path with %2F or %5C gets, as the Go
+	// proxy's --http-escaped-slashes (default reject: 400).
+	EscapedSlashes policy.EscapedSlashAction
 }
 
 // Resources are the xDS resources for one Envoy, each list sorted by name.
@@ -330,6 +333,12 @@ func (t *translator) hcm(name string) (*anypb.Any, error) {
 		// once RBAC admitted the upgrade request.
 		StreamIdleTimeout: durationpb.New(0),
 		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		// Path normalization as the Go proxy does it (policy.
+		// NormalizeRequestTarget): RBAC sees, and the backend receives,
+		// the RFC 3986-normalized path with slashes merged.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: escapedSlashesAction(t.cfg.EscapedSlashes),
 	}
 	if t.cfg.AccessLogCluster != "" {
 		al, err := pack(&grpcalsv3.HttpGrpcAccessLogConfig{CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
@@ -350,6 +359,17 @@ func (t *translator) hcm(name string) (*anypb.Any, error) {
 		h.AccessLog = []*accesslogv3.AccessLog{{Name: AccessLoggerGRPC, ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: al}}}
 	}
 	return pack(h)
+}
+
+// escapedSlashesAction maps the proxy's escaped-slash setting to Envoy's.
+func escapedSlashesAction(a policy.EscapedSlashAction) hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction {
+	switch a {
+	case policy.EscapedSlashesKeep:
+		return hcmv3.HttpConnectionManager_KEEP_UNCHANGED
+	case policy.EscapedSlashesUnescape:
+		return hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
+	}
+	return hcmv3.HttpConnectionManager_REJECT_REQUEST
 }
 
 // deniedReply rewrites Envoy's local 403 (only RBAC sends one here) to the

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -274,5 +275,45 @@ status: {podIP: 198.18.6.3}
 	}
 	if len(before.Routes) != 1 || len(after.Routes) != 1 || proto.Equal(before.Routes[0], after.Routes[0]) {
 		t.Error("peer churn did not reach the route configuration")
+	}
+}
+
+// TestHCMPathNormalization: Envoy normalizes paths as the Go proxy does
+// (RFC 3986, merged slashes, escaped slashes rejected unless configured).
+func TestHCMPathNormalization(t *testing.T) {
+	for _, tc := range []struct {
+		set  policy.EscapedSlashAction
+		want hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction
+	}{
+		{"", hcmv3.HttpConnectionManager_REJECT_REQUEST},
+		{policy.EscapedSlashesReject, hcmv3.HttpConnectionManager_REJECT_REQUEST},
+		{policy.EscapedSlashesKeep, hcmv3.HttpConnectionManager_KEEP_UNCHANGED},
+		{policy.EscapedSlashesUnescape, hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD},
+	} {
+		cfg := testConfig()
+		cfg.EscapedSlashes = tc.set
+		res, err := Translate(loadSnapshot(t, "../../policy/testdata/in/l7.yaml"), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, l := range res.Listeners {
+			for _, fc := range l.FilterChains {
+				for _, f := range fc.Filters {
+					var h hcmv3.HttpConnectionManager
+					if f.GetTypedConfig().UnmarshalTo(&h) != nil {
+						continue
+					}
+					n++
+					if !h.GetNormalizePath().GetValue() || !h.MergeSlashes || h.PathWithEscapedSlashesAction != tc.want {
+						t.Errorf("%q: filter chain %s: normalize_path %v, merge_slashes %v, escaped slashes %v; want true, true, %v",
+							tc.set, fc.Name, h.GetNormalizePath(), h.MergeSlashes, h.PathWithEscapedSlashesAction, tc.want)
+					}
+				}
+			}
+		}
+		if n == 0 {
+			t.Fatal("no HTTP connection manager in the output")
+		}
 	}
 }

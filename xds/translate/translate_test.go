@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -298,5 +299,62 @@ func TestMissingListener(t *testing.T) {
 	in.Listeners = in.Listeners[1:]
 	if _, err := L7Proxy(in); !errors.Is(err, ErrMissingListener) {
 		t.Fatalf("err = %v, want ErrMissingListener", err)
+	}
+}
+
+// TestL3OnlyAllowThroughProxy: the Go proxy's view of an L7 rule set lifted
+// by an L3-only allow (policy's l3-lifts-l7 input) lets the peer's
+// non-matching request through and names the L3 rule, in both directions.
+func TestL3OnlyAllowThroughProxy(t *testing.T) {
+	in := inputFor(t, "../../policy/testdata/in/l3-lifts-l7.yaml")
+	res, err := L7Proxy(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byIP := map[string]*policy.EndpointPolicy{}
+	for _, np := range res.Policies {
+		wire, err := proto.Marshal(np)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got l7gatev1.NetworkPolicy
+		if err := proto.Unmarshal(wire, &got); err != nil {
+			t.Fatal(err)
+		}
+		_, pol, err := xds.PolicyFromProto(&got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byIP[np.Name] = pol
+	}
+	id := func(ip string) policy.Identity { return in.Snapshot.IdentityOf(netip.MustParseAddr(ip)) }
+	req := &policy.HTTPRequest{Method: "DELETE", Path: "/private"}
+	for _, tc := range []struct {
+		endpoint string
+		dir      policy.Direction
+		peer     policy.Identity
+		want     policy.Decision
+		path     string
+	}{
+		{"198.18.0.1", policy.Ingress, id("198.18.0.2"), policy.DecisionAllowed, "spec.ingress[0]"}, // admin: L3-only allow
+		{"198.18.0.1", policy.Ingress, id("198.18.0.3"), policy.DecisionDenied, "spec.ingress[1]"},  // friend: L7 rules
+		{"198.18.0.4", policy.Egress, id("203.0.113.9"), policy.DecisionAllowed, "spec.egress[0]"},  // CIDR with an L3-only allow
+		{"198.18.0.4", policy.Egress, id("198.51.100.9"), policy.DecisionDenied, "spec.egress[2]"},  // CIDR without
+	} {
+		pol := byIP[tc.endpoint]
+		if pol == nil {
+			t.Fatalf("no policy for %s", tc.endpoint)
+		}
+		rs := pol.Direction(tc.dir).L7Set(policy.ProtoTCP, 80)
+		if rs == nil {
+			t.Fatalf("%s %s: no rule set on port 80", tc.endpoint, tc.dir)
+		}
+		r, err := rs.EvaluateHTTP(tc.peer, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Decision != tc.want || len(r.DecidedBy) != 1 || r.DecidedBy[0].Path != tc.path {
+			t.Errorf("%s %s peer %d: %s by %v, want %s by %s", tc.endpoint, tc.dir, tc.peer, r.Decision, r.DecidedBy, tc.want, tc.path)
+		}
 	}
 }
