@@ -3,7 +3,6 @@ package envoytranslate
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,10 +18,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/l7gate/l7gate/envoy"
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files in testdata/out")
 
 // testConfig is the fixed proxy-port assignment of the golden files.
 func testConfig() Config {
@@ -171,38 +169,9 @@ func TestGolden(t *testing.T) {
 				t.Fatal("output is not deterministic")
 			}
 			path := filepath.Join("testdata", "out", name+".yaml")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read golden file (run go test ./xds/envoytranslate -run TestGolden -update): %v", err)
-			}
-			if string(want) != string(got) {
-				t.Errorf("%s differs; rerun with -update and review the diff:\n%s", path, firstDiff(string(want), string(got)))
-			}
+			testutil.Golden(t, path, got)
 		})
 	}
-}
-
-func firstDiff(a, b string) string {
-	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
-	for i := 0; i < len(al) || i < len(bl); i++ {
-		var x, y string
-		if i < len(al) {
-			x = al[i]
-		}
-		if i < len(bl) {
-			y = bl[i]
-		}
-		if x != y {
-			return fmt.Sprintf("line %d:\n- %s\n+ %s", i+1, x, y)
-		}
-	}
-	return ""
 }
 
 func TestMissingProxyPort(t *testing.T) {
