@@ -34,6 +34,9 @@ func testConfig() Config {
 		AccessLogCluster: "l7gate/accesslog",
 		Node:             "node-a",
 		IPv6:             true,
+		// the datapath's from-proxy marks (bpf.ProxyMark(dir, 0); the agent
+		// passes them)
+		Marks: Marks{Ingress: 0xA00, Egress: 0xB00},
 	}
 }
 
@@ -174,9 +177,19 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+// TestMarksRequired: the from-proxy marks come from the datapath (their
+// one owner); a translation without them is refused, not defaulted.
+func TestMarksRequired(t *testing.T) {
+	cfg := testConfig()
+	cfg.Marks = Marks{}
+	if _, err := Translate(loadSnapshot(t, "../../policy/testdata/in/l7.yaml"), cfg); err == nil {
+		t.Fatal("translated without from-proxy marks")
+	}
+}
+
 func TestMissingProxyPort(t *testing.T) {
 	snap := loadSnapshot(t, "../../policy/testdata/in/l7.yaml")
-	_, err := Translate(snap, Config{})
+	_, err := Translate(snap, Config{Marks: testConfig().Marks})
 	if !errors.Is(err, ErrNoProxyPort) {
 		t.Fatalf("err = %v, want ErrNoProxyPort", err)
 	}
