@@ -149,16 +149,28 @@
 // A redirect sets the mark 0x200|port<<16 (marks.go). Traffic leaving a pod
 // is then routed locally by the node's policy routing; traffic entering a
 // pod (already routed to its veth) is turned around into the veth's ingress
-// with bpf_redirect. In both cases sk_lookup_proxy finds the flow's
-// conntrack entry (by arriving veth and tuple) and assigns the listener in
-// proxy_socks; a missing listener drops the packet in tc (and the SYN in
-// sk_lookup), never passes it. The node network namespace needs
+// with bpf_redirect, and its mark also carries MarkToProxyNoTrack. In both
+// cases sk_lookup_proxy finds the flow's conntrack entry (by arriving veth
+// and tuple) and assigns the listener in proxy_socks; a missing listener
+// drops the packet in tc (and the SYN in sk_lookup), never passes it. The
+// node network namespace needs
 //
 //	ip rule add fwmark 0x200/0xf00 lookup 2004
 //	ip route add local 0.0.0.0/0 dev lo table 2004
+//	nft: table ip l7gate { chain prerouting-raw { type filter hook
+//	     prerouting priority raw; meta mark & 0xf01 == 0x201 notrack } }
 //	net.ipv4.tcp_early_demux=0
 //	net.ipv4.conf.<pod veth>.accept_local=1 (or conf.all)
 //	net.ipv4.conf.<pod veth>.rp_filter=0 or 2
+//
+// The notrack rule (NoTrackMask, NoTrackValue; installed by agent/node):
+// a turned-around packet passes PREROUTING a second time, without the
+// conntrack reference bpf_redirect dropped. Tracked again, it becomes a
+// second entry whose reply tuple clashes with a DNAT entry of its first
+// pass (kube-proxy's ClusterIP), NAT remaps its port and the proxy's
+// answer never reaches the client. Redirects of traffic leaving a pod run
+// before PREROUTING and do not carry the bit: they are tracked and DNATed
+// once, as usual.
 //
 // tcp_early_demux must be off: the node forwards every packet of a flow
 // before tc_to_pod turns it towards the proxy, and early demux would attach

@@ -28,7 +28,7 @@ func TestEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
 	p.sport++
 	r = run(t, d.objs.TcToPod, p, ProxyMark(Egress, peerID))
 	wantRet(t, "from the egress proxy", r, actRedirect)
-	if want := ToProxyMark(testProxyPrt); r.mark != want {
+	if want := TurnedAroundMark(testProxyPrt); r.mark != want {
 		t.Errorf("from the egress proxy: mark %#x, want %#x", r.mark, want)
 	}
 	// Its next packets follow the redirect too.
