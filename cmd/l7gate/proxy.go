@@ -124,7 +124,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
-	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
+	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
