@@ -182,6 +182,31 @@
 // source is not the endpoint's address (Endpoint.IPv4). Proxy listeners
 // need IP_TRANSPARENT and must not be MPTCP (ProxySockets.Register).
 //
+// # Replies to a proxy
+//
+// A proxy may connect upstream from its client's address (IP_TRANSPARENT,
+// the Go proxy's --keep-source, Envoy's original_src): the server sees the
+// pod, and a same-node ingress proxy judges the pod behind an egress proxy
+// by its own identity. The node would route the replies to the client, so
+// tc steers them to the proxy's socket instead:
+//
+//   - a from-proxy flow whose source is not the node (ipcache identity not
+//     host) is stored with CT_F_REPLY_TO_PROXY, and the pod's replies (and
+//     those of a flow that was redirected, whose packets never reached the
+//     pod) leave tc_from_pod with the to-proxy mark and port 0: policy
+//     routing delivers them locally, where the stack finds the socket;
+//   - a TCP segment with ACK on its way into a pod that belongs to no flow
+//     tracked there (or looks like a reply to the pod's redirected flow) is
+//     looked up in the node's sockets (bpf_sk_lookup_tcp); if it answers a
+//     connected socket carrying a from-proxy SO_MARK (the egress proxy's
+//     upstream to a non-local destination or to the ingress proxy), it is
+//     turned around to it (TurnedAroundMark(0), notrack).
+//
+// The proxy must not reuse, as the source port of such an upstream, the
+// port of a client connection it holds from that address (the same tuple
+// as a redirected flow); redirect.UpstreamDialer checks the port before the
+// SYN is sent.
+//
 // # Pins and restarts
 //
 // Maps are pinned in <BPFFSPath>/maps, links in <BPFFSPath>/links
