@@ -66,6 +66,9 @@ type Options struct {
 	// KafkaFrameTimeout bounds the time from a request frame's first byte
 	// to its last (default 30 s; < 0 never).
 	KafkaIdleTimeout, KafkaFrameTimeout time.Duration
+	// KafkaOnResponse is the Kafka filter's OnResponse hook (tests: fault
+	// injection on the goroutine that forwards broker responses).
+	KafkaOnResponse func(apiKey, apiVersion int16)
 	// MaxConnections bounds concurrent client connections (default 65536);
 	// beyond it new connections are closed at once (the client sees a
 	// reset before any byte; HTTP clients retry, nothing is answered).
@@ -422,6 +425,12 @@ func (p *Proxy) serve(ci connInfo, c *net.TCPConn) {
 	var pe *httpparser.PanicError
 	if errors.As(err, &pe) {
 		p.countPanic(ci, pe)
+		return
+	}
+	// The Kafka filter's goroutines recover their own panics.
+	var kpe *kafka.PanicError
+	if errors.As(err, &kpe) {
+		p.countPanic(ci, &httpparser.PanicError{Value: kpe.Value, Stack: kpe.Stack})
 		return
 	}
 	if err != nil {
