@@ -376,7 +376,9 @@ type PanicError struct {
 	Stack []byte
 }
 
-func (e *PanicError) Error() string { return fmt.Sprintf("panic filtering kafka connection: %v", e.Value) }
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("panic filtering kafka connection: %v", e.Value)
+}
 
 // recoveredRequests runs s.requests, turning a panic into a PanicError so
 // that Serve still closes both sides and releases the budget.
