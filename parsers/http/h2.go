@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	nethttp "net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +127,45 @@ func (b *clBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// slowBody bounds the wait for each read of an HTTP/2 request body (the
+// HTTP/1 path's BodyTimeout): before every read it moves the stream's read
+// deadline (http.ResponseController, which the HTTP/2 servers of net/http
+// and x/net implement per stream) timeout ahead, and clears it at the end
+// of the body. A stalled body fails the read; the stream is then reset.
+type slowBody struct {
+	io.ReadCloser
+	rc       *nethttp.ResponseController
+	timeout  time.Duration
+	timedOut atomic.Bool
+	done     bool
+}
+
+type slowBodyKey struct{}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.done {
+		return b.ReadCloser.Read(p)
+	}
+	if err := b.rc.SetReadDeadline(time.Now().Add(b.timeout)); err != nil {
+		// No deadline, no body: a stream we cannot bound is not forwarded.
+		return 0, fmt.Errorf("request body deadline: %w", err)
+	}
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.timedOut.Store(true)
+	case err != nil:
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+func bodyTimedOut(r *nethttp.Request) bool {
+	b, _ := r.Context().Value(slowBodyKey{}).(*slowBody)
+	return b != nil && b.timedOut.Load()
+}
+
 func isMalformed(r *nethttp.Request) bool {
 	b, _ := r.Context().Value(malformedKey{}).(*clBody)
 	return b != nil && b.malformed.Load()
@@ -168,6 +209,12 @@ func (srv *Server) newH2Handler(dial Dialer, decide Decider, access func(*Record
 		BufferPool:    copyBuffers{&srv.copyBufs},
 		ErrorLog:      nil,
 		ErrorHandler: func(w nethttp.ResponseWriter, r *nethttp.Request, err error) {
+			if bodyTimedOut(r) {
+				// As an HTTP/1 connection is closed: reset the stream
+				// (net/http sends RST_STREAM for ErrAbortHandler).
+				h.cfg.Logger.Debug("request body timeout", "error", err)
+				panic(nethttp.ErrAbortHandler)
+			}
 			if isMalformed(r) {
 				h.cfg.Logger.Debug("malformed request body", "error", err)
 				h.abort()
@@ -325,6 +372,16 @@ func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 		b := &clBody{ReadCloser: r.Body, declared: r.ContentLength}
 		r.Body = b
 		r = r.WithContext(context.WithValue(r.Context(), malformedKey{}, b))
+	}
+	if r.Body != nil && r.Body != nethttp.NoBody && h.cfg.BodyTimeout > 0 {
+		b := &slowBody{ReadCloser: r.Body, rc: nethttp.NewResponseController(w), timeout: h.cfg.BodyTimeout}
+		r.Body = b
+		r = r.WithContext(context.WithValue(r.Context(), slowBodyKey{}, b))
+		defer func() {
+			if b.timedOut.Load() {
+				rec.Error = "request body timeout"
+			}
+		}()
 	}
 	sr := &statusRecorder{ResponseWriter: w}
 	h.proxy.ServeHTTP(sr, r)
