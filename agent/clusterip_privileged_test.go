@@ -137,6 +137,11 @@ func TestPrivilegedClusterIPIngressRedirect(t *testing.T) {
 				}
 				t.Logf("POST %d landed; the deathstar saw %s", i, peer)
 			}
+			// Only the turn-around skips conntrack: the connections'
+			// first pass was tracked and DNATed as kube-proxy expects.
+			if out, err := exec.Command("ip", "netns", "exec", n.node, "conntrack", "-L", "-p", "tcp", "--orig-dst", kubeProxyVIP).CombinedOutput(); err != nil || strings.Count(string(out), "dst="+kubeProxyVIP) < 3 {
+				t.Errorf("conntrack entries for the ClusterIP (want one per request): %v\n%s", err, out)
+			}
 			// The turned-around packets went untracked: the notrack rule
 			// counted them.
 			if err := inNS(n.node, func() error {
