@@ -134,29 +134,50 @@ func (b *clBody) Read(p []byte) (int, error) {
 // of the body. A stalled body fails the read; the stream is then reset.
 type slowBody struct {
 	io.ReadCloser
-	rc       *nethttp.ResponseController
 	timeout  time.Duration
 	timedOut atomic.Bool
-	done     bool
+	// mu guards rc: the transport may still read the body after the
+	// handler returned (the response came first), when the stream's
+	// ResponseWriter is no longer usable; detach clears it then.
+	mu sync.Mutex
+	rc *nethttp.ResponseController
 }
 
 type slowBodyKey struct{}
 
-func (b *slowBody) Read(p []byte) (int, error) {
-	if b.done {
-		return b.ReadCloser.Read(p)
+// errBodyAfterHandler ends a request body read after its handler returned.
+var errBodyAfterHandler = errors.New("request body read after the request ended")
+
+func (b *slowBody) setDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rc == nil {
+		return errBodyAfterHandler
 	}
-	if err := b.rc.SetReadDeadline(time.Now().Add(b.timeout)); err != nil {
+	if err := b.rc.SetReadDeadline(t); err != nil {
 		// No deadline, no body: a stream we cannot bound is not forwarded.
-		return 0, fmt.Errorf("request body deadline: %w", err)
+		return fmt.Errorf("request body deadline: %w", err)
+	}
+	return nil
+}
+
+// detach is called when the handler returns.
+func (b *slowBody) detach() {
+	b.mu.Lock()
+	b.rc = nil
+	b.mu.Unlock()
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if err := b.setDeadline(time.Now().Add(b.timeout)); err != nil {
+		return 0, err
 	}
 	n, err := b.ReadCloser.Read(p)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		b.timedOut.Store(true)
 	case err != nil:
-		b.done = true
-		_ = b.rc.SetReadDeadline(time.Time{})
+		_ = b.setDeadline(time.Time{})
 	}
 	return n, err
 }
@@ -378,6 +399,7 @@ func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 		r.Body = b
 		r = r.WithContext(context.WithValue(r.Context(), slowBodyKey{}, b))
 		defer func() {
+			b.detach()
 			if b.timedOut.Load() {
 				rec.Error = "request body timeout"
 			}
