@@ -62,6 +62,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 			if ip := net.ParseIP(listenAddr); ip == nil {
 				return usageErrorf("--listen-address: want an IP address, not %q", listenAddr)
 			}
+			keepSource = upstreamKeepsSource(keepSource, cmd.Flags().Changed("keep-source"), noSockmap)
 			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, MaxConnectionsPerSource: maxConnsPerSource, KeepSource: keepSource,
 				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
 				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr,
@@ -124,7 +125,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
-	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address)")
+	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
@@ -145,4 +146,16 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
+}
+
+// upstreamKeepsSource: --keep-source needs the datapath, which recognises
+// the upstream connection by its SO_MARK and steers its replies back to the
+// proxy; without it (--no-sockmap) the replies would go to the client, so
+// the default turns to false. An explicit --keep-source stays (say, for a
+// node routed for TPROXY by other means).
+func upstreamKeepsSource(keep, explicit, noSockmap bool) bool {
+	if noSockmap && !explicit {
+		return false
+	}
+	return keep
 }
