@@ -233,14 +233,18 @@ func TestPrivilegedRedirect(t *testing.T) {
 	if r := d.fromPod(t, p); r.mark != wantMark {
 		t.Errorf("established egress mark %#x, want %#x", r.mark, wantMark)
 	}
-	// Traffic to the pod is turned around into the host stack.
+	// Traffic to the pod is turned around into the host stack, marked so
+	// that netfilter does not track it a second time.
 	r = d.toPod(t, ingress(peerIP, ProtoTCP, 80))
 	wantRet(t, "ingress redirect", r, actRedirect)
-	if r.mark != wantMark {
-		t.Errorf("ingress mark %#x, want %#x", r.mark, wantMark)
+	if want := TurnedAroundMark(testProxyPrt); r.mark != want || r.mark&NoTrackMask != NoTrackValue || r.mark&MarkMagicMask != MarkMagicToProxy {
+		t.Errorf("ingress mark %#x, want %#x", r.mark, want)
+	}
+	if wantMark&NoTrackMask == NoTrackValue {
+		t.Errorf("egress redirect mark %#x matches the notrack rule: netfilter would not DNAT it", wantMark)
 	}
 	// The same packet coming back in at the veth's ingress passes as is.
-	r = run(t, d.objs.TcFromPod, ingress(peerIP, ProtoTCP, 80), wantMark)
+	r = run(t, d.objs.TcFromPod, ingress(peerIP, ProtoTCP, 80), TurnedAroundMark(testProxyPrt))
 	wantRet(t, "looped redirect", r, actOK)
 
 	cts, err := d.Conntrack()

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"net/netip"
 	"os"
 	"testing"
 )
@@ -28,7 +29,7 @@ func TestPrivilegedEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
 	p.sport++
 	r = run(t, d.objs.TcToPod, p, ProxyMark(Egress, peerID))
 	wantRet(t, "from the egress proxy", r, actRedirect)
-	if want := ToProxyMark(testProxyPrt); r.mark != want {
+	if want := TurnedAroundMark(testProxyPrt); r.mark != want {
 		t.Errorf("from the egress proxy: mark %#x, want %#x", r.mark, want)
 	}
 	// Its next packets follow the redirect too.
@@ -127,4 +128,42 @@ func TestPrivilegedForgedProxyMarkProgTestRun(t *testing.T) {
 	trustTestCgroup(t, d)
 	p.sport++
 	wantRet(t, "proxy cgroup", run(t, d.objs.TcToPod, p, forged), actOK)
+}
+
+// TestPrivilegedRepliesToKeptSourceProxy: a proxy that kept its client's address as
+// the source of its upstream connection (--keep-source) gets the pod's
+// replies: the node would route them to the client, so tc steers them into
+// the node's stack (to-proxy mark, port 0). A proxy connecting from the
+// node's address, and a client connecting directly, get their replies
+// routed as usual.
+func TestPrivilegedRepliesToKeptSourceProxy(t *testing.T) {
+	requireRoot(t)
+	d := fixture(t, enforcedIngress(
+		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 81, Verdict: VerdictAllow, RuleID: 42},
+		PolicyEntry{Peer: IdentityHost, Protocol: ProtoTCP, Port: 81, Verdict: VerdictAllow, RuleID: 43},
+	))
+	trustTestCgroup(t, d)
+	reply := func(p pkt) pkt {
+		return pkt{src: p.dst, dst: p.src, sport: p.dport, dport: p.sport, proto: ProtoTCP, tcpFlags: tcpSYN | tcpACK}
+	}
+	for i, c := range []struct {
+		name      string
+		src       netip.Addr
+		mark      uint32
+		replyMark uint32
+	}{
+		{"ingress proxy, client's address kept", peerIP, ProxyMark(Ingress, peerID), ToProxyMark(0)},
+		{"egress proxy, client's address kept", peerIP, ProxyMark(Egress, peerID), ToProxyMark(0)},
+		{"ingress proxy from the node's address", nodeIP, ProxyMark(Ingress, peerID), 0},
+		{"client directly", peerIP, 0, 0},
+	} {
+		p := ingress(c.src, ProtoTCP, 81)
+		p.sport = 41000 + uint16(i)
+		wantRet(t, c.name, run(t, d.objs.TcToPod, p, c.mark), actOK)
+		r := d.fromPod(t, reply(p))
+		wantRet(t, c.name+": reply", r, actOK)
+		if r.mark != c.replyMark {
+			t.Errorf("%s: reply mark %#x, want %#x", c.name, r.mark, c.replyMark)
+		}
+	}
 }

@@ -62,8 +62,8 @@ func TestPrivilegedRevalidationToRedirect(t *testing.T) {
 	if r := d.fromPod(t, out2); r.ret != actOK || r.mark != toProxy {
 		t.Errorf("egress flow after its reply was dropped: %+v, want mark %#x", r, toProxy)
 	}
-	if r := d.toPod(t, in1); r.ret != actRedirect || r.mark != toProxy {
-		t.Errorf("ingress flow after redirect added: %+v, want redirect with mark %#x", r, toProxy)
+	if r := d.toPod(t, in1); r.ret != actRedirect || r.mark != TurnedAroundMark(testProxyPrt) {
+		t.Errorf("ingress flow after redirect added: %+v, want redirect with mark %#x", r, TurnedAroundMark(testProxyPrt))
 	}
 
 	// Another proxy port.
