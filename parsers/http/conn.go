@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -84,6 +85,15 @@ type Config struct {
 	// leaves it nil.
 	OnRequest func(*policy.HTTPRequest)
 	Logger    *slog.Logger
+	// Drain, when set, ends when the proxy drains (a restart or a
+	// hand-over to another process): an HTTP/1.1 connection idle between
+	// requests is closed, a busy one answers its request in flight with
+	// "Connection: close" added and then closes; an HTTP/2 connection gets
+	// GOAWAY with the last stream id and closes once its streams are done.
+	// Clients that retry a request on a closed idle connection (net/http,
+	// curl, grpc-go) see no failure. The caller bounds the drain (by
+	// cancelling ServeConn's context).
+	Drain context.Context
 }
 
 func (c Config) withDefaults() Config {
@@ -263,6 +273,10 @@ func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, dial Dialer,
 		s.upMu.Unlock()
 	})
 	defer stop()
+	if d := srv.cfg.Drain; d != nil {
+		stopDrain := context.AfterFunc(d, s.startDrain)
+		defer stopDrain()
+	}
 	err := s.run(ctx)
 	if errors.Is(err, errH2CUpgrade) {
 		return s.handoff, nil
@@ -287,6 +301,11 @@ type session struct {
 
 	dlMu    sync.Mutex
 	stopped bool // the response side closed the client
+	// idle: the request side waits for the first byte of a next request
+	// (guarded by dlMu); draining is set when Config.Drain ends (written
+	// under dlMu).
+	idle     bool
+	draining atomic.Bool
 
 	// handoff holds the bytes of an h2c upgrade request (and anything
 	// after it) for the HTTP/2 path.
@@ -306,6 +325,43 @@ func (s *session) setReadDeadline(t time.Time) {
 		t = time.Now()
 	}
 	s.client.SetReadDeadline(t)
+}
+
+// startDrain marks the session draining and, when it waits idle for a
+// next request, wakes the request side (which then closes the
+// connection).
+func (s *session) startDrain() {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	s.draining.Store(true)
+	if s.idle {
+		s.client.SetReadDeadline(time.Now())
+	}
+}
+
+// awaitNext sets the deadline for the wait for a next request and marks
+// the session idle; it reports false when the session drains (the
+// connection is to close between requests).
+func (s *session) awaitNext(deadline time.Time) bool {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	if s.draining.Load() {
+		return false
+	}
+	s.idle = true
+	if s.stopped {
+		deadline = time.Now()
+	}
+	s.client.SetReadDeadline(deadline)
+	return true
+}
+
+// busy marks the session as reading a request (a drain no longer closes
+// it before that request is answered).
+func (s *session) busy() {
+	s.dlMu.Lock()
+	s.idle = false
+	s.dlMu.Unlock()
 }
 
 func (s *session) run(ctx context.Context) error {
@@ -462,7 +518,11 @@ func (s *session) requests(ctx context.Context) error {
 			idle = s.cfg.HeaderTimeout
 		}
 		in.readTimeout = 0
-		s.setReadDeadline(time.Now().Add(idle))
+		if first || len(in.bytes()) > 0 {
+			s.setReadDeadline(time.Now().Add(idle))
+		} else if !s.awaitNext(time.Now().Add(idle)) {
+			return nil // draining: close between requests
+		}
 		headStarted := false
 		var err error
 		for {
@@ -474,11 +534,12 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			if len(in.bytes()) > 0 && !headStarted {
 				headStarted = true
+				s.busy()
 				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 			}
 			if ferr := in.fill(); ferr != nil {
 				if len(in.bytes()) == 0 {
-					return nil // clean close between requests
+					return nil // clean close between requests (idle timeout, or a drain)
 				}
 				var ne net.Error
 				if errors.As(ferr, &ne) && ne.Timeout() {
@@ -490,6 +551,7 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			if !headStarted {
 				headStarted = true
+				s.busy()
 				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 			}
 		}
@@ -652,7 +714,9 @@ func (s *session) requests(ctx context.Context) error {
 				return errStop
 			}
 		}
-		if closeAfter {
+		if closeAfter || s.draining.Load() {
+			// Draining: the response side adds "Connection: close" to this
+			// request's response and ends the connection after it.
 			return errStop
 		}
 	}
@@ -842,6 +906,14 @@ func (s *session) responses() error {
 			if err == nil {
 				_, err = io.Copy(s.client, up.conn)
 			}
+		} else if (p.close || s.draining.Load()) && rh.KeepAlive {
+			// The connection ends after this response: say so, so the
+			// client does not send its next request on it.
+			head := up.bytes()[:rh.Size]
+			closeHead := make([]byte, 0, len(head)+len(connectionClose))
+			closeHead = append(append(closeHead, head[:len(head)-2]...), connectionClose...)
+			err = writeMessageHead(s.client, up, closeHead, rh.Size, rh.Framing, rh.Length)
+			rh.KeepAlive = false
 		} else {
 			err = writeMessage(s.client, up, rh.Size, rh.Framing, rh.Length)
 		}
@@ -859,6 +931,9 @@ func (s *session) responses() error {
 	}
 	return nil
 }
+
+// connectionClose ends a response head whose connection is to close.
+const connectionClose = "Connection: close\r\n\r\n"
 
 // finish completes a record and hands it to the access log.
 func (s *session) finish(p *pending, err error) {
