@@ -477,7 +477,11 @@ func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethtt
 		conn.Close()
 		ln.finish()
 	}
-	<-ln.done
+	select {
+	case <-ln.done:
+	case <-ctx.Done():
+		// A hijacked connection (an h2c upgrade) reports no StateClosed.
+	}
 	srv.Close()
 	h.proxy.Transport.(*nethttp.Transport).CloseIdleConnections()
 	if errors.Is(err, errListenerDone) || errors.Is(err, nethttp.ErrServerClosed) {
