@@ -254,7 +254,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	}
 	if f.StartProxy {
 		args := append([]string{"--http-escaped-slashes", string(slashes)}, f.ProxyArgs...)
-		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args}
+		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +32,8 @@ func (a *app) proxyCommand() *cobra.Command {
 		kafkaBudget                                    int64
 		kafkaIdle, kafkaFrame                          time.Duration
 		dropCaps                                       bool
+		drainTimeout                                   time.Duration
+		handOverSocket                                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -46,8 +50,18 @@ datapath: the agent takes its listener sockets into the datapath's socket
 map (pidfd_getfd) once it ACKed them, finding the proxy through its admin
 socket.
 
-The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
-/stats/prometheus. Access logs are JSON lines (one per request).`,
+The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape),
+/stats/prometheus and POST /drain. Access logs are JSON lines (one per
+request).
+
+Restarts are hitless: a new proxy started while one runs takes the running
+one's listener sockets over the hand-over socket (SCM_RIGHTS; the datapath's
+socket map holds the same sockets, so no connection finds no listener),
+applies its config, takes over the admin socket and tells the old one, which
+drains and exits. SIGTERM (or POST /drain) drains: the proxy stops
+accepting, finishes requests in flight, closes idle HTTP/1.1 connections
+between requests, sends HTTP/2 GOAWAY, closes Kafka connections between
+request/response pairs, and exits when all ended or --drain-timeout passed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
@@ -100,13 +114,48 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 					return bpf.ProxyMark(d, bpf.Identity(src))
 				}
 			}
+			if handOverSocket == "" {
+				handOverSocket = filepath.Join(filepath.Dir(adminSocket), "proxy-handover.sock")
+			}
+			opts.DrainTimeout = drainTimeout
+			// A proxy running already hands its listeners over.
+			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+			ho, err := proxy.ReceiveHandOver(hctx, handOverSocket)
+			hcancel()
+			if err != nil {
+				return err // the running proxy keeps serving; try again
+			}
+			if ho != nil {
+				opts.Inherited = ho.Listeners
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners))
+			}
 			p := proxy.New(opts)
 			defer p.Close()
+			runCtx, stopRun := context.WithCancel(ctx)
+			defer stopRun()
 			go func() {
-				if err := p.ServeAdmin(ctx, adminSocket); err != nil {
-					a.log.Error("admin socket", "error", err)
+				select {
+				case <-p.Drained():
+					stopRun() // drained (POST /drain, or handed over): exit
+				case <-runCtx.Done():
 				}
 			}()
+			serveAdmin := func() {
+				go func() {
+					if err := p.ServeAdmin(runCtx, adminSocket); err != nil {
+						a.log.Error("admin socket", "error", err)
+					}
+				}()
+				go func() {
+					if err := p.ServeHandOver(runCtx, handOverSocket); err != nil {
+						a.log.Error("hand-over socket", "error", err)
+					}
+				}()
+			}
+			var handedOver sync.Once
+			if ho == nil {
+				serveAdmin()
+			}
 			var version atomic.Uint64
 			c, err := client.New(client.Config{SocketPath: xdsSocket, Node: node, Logger: a.log,
 				Handler: func(_ context.Context, u client.Update) error {
@@ -117,13 +166,36 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 					if err != nil {
 						return err
 					}
-					return p.Apply(cfg)
+					if err := p.Apply(cfg); err != nil {
+						return err
+					}
+					if ho != nil {
+						// Serving the handed-over sockets with a config:
+						// take the admin socket (the agent finds the proxy
+						// there) and let the old one drain.
+						handedOver.Do(func() {
+							serveAdmin()
+							if err := ho.Ready(); err != nil {
+								a.log.Warn("hand-over", "error", err)
+							}
+						})
+					}
+					return nil
 				}})
 			if err != nil {
 				return err
 			}
-			a.log.Info("proxy starting", "xds", xdsSocket, "admin", adminSocket, "node", node)
-			return c.Run(ctx)
+			a.log.Info("proxy starting", "xds", xdsSocket, "admin", adminSocket, "node", node, "hand-over", handOverSocket)
+			err = c.Run(runCtx)
+			// SIGTERM, or a drain that ended: drain (at once if done).
+			dctx, dcancel := context.WithTimeout(context.Background(), drainTimeout)
+			defer dcancel()
+			st := p.Drain(dctx)
+			a.log.Info("proxy stopped", "drain", st.Took.Round(time.Millisecond), "cut", st.Cut)
+			if ctx.Err() != nil || runCtx.Err() != nil {
+				return nil
+			}
+			return err
 		},
 	}
 	fl := cmd.Flags()
@@ -135,6 +207,8 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
 	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
+	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
+	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
