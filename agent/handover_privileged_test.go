@@ -21,8 +21,9 @@ import (
 )
 
 // serveDeathstarH2C serves the deathstar over HTTP/1.1 and h2c (prior
-// knowledge) in its pod namespace.
-func serveDeathstarH2C(t *testing.T, ns string) {
+// knowledge) in its pod namespace; it returns the count of requests that
+// reached it for anything but a landing (the L7 rule denies them all).
+func serveDeathstarH2C(t *testing.T, ns string) *atomic.Int64 {
 	t.Helper()
 	var ln net.Listener
 	if err := inNS(ns, func() error {
@@ -35,6 +36,7 @@ func serveDeathstarH2C(t *testing.T, ns string) {
 	var p http.Protocols
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
+	var bypassed atomic.Int64
 	srv := &http.Server{Protocols: &p, ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		time.Sleep(2 * time.Millisecond) // requests in flight during the hand-overs
@@ -42,10 +44,12 @@ func serveDeathstarH2C(t *testing.T, ns string) {
 			io.WriteString(w, "Ship landed\n")
 			return
 		}
+		bypassed.Add(1)
 		io.WriteString(w, "Panic: deathstar exploded\n")
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	return &bypassed
 }
 
 // podClient is an HTTP client whose connections are opened in a pod's
@@ -89,7 +93,7 @@ func proxyPID(t *testing.T, runDir string) int {
 func TestPrivilegedProxyHandOver(t *testing.T) {
 	requireRoot(t)
 	n := newStarwarsNode(t)
-	serveDeathstarH2C(t, n.podNS("deathstar"))
+	bypassed := serveDeathstarH2C(t, n.podNS("deathstar"))
 	startStarwarsL7(t, n, "--proxy-arg=--drain-timeout=10s")
 	tie := n.podNS("tiefighter")
 	url := "http://198.18.1.10:80/v1/request-landing"
@@ -191,8 +195,8 @@ func TestPrivilegedProxyHandOver(t *testing.T) {
 		log, _ := os.ReadFile(filepath.Join(n.run, "proxy.log"))
 		t.Errorf("%d of %d requests failed across 3 proxy hand-overs: %v\nproxy log:\n%s", failed.Load(), sent.Load(), errs, tail(log, 3000))
 	}
-	if l7Leaked.Load() != 0 || l7Denied.Load() == 0 {
-		t.Errorf("L7-denied requests: %d denied, %d got through", l7Denied.Load(), l7Leaked.Load())
+	if l7Leaked.Load() != 0 || l7Denied.Load() == 0 || bypassed.Load() != 0 {
+		t.Errorf("L7-denied requests: %d denied, %d got through, %d reached the server", l7Denied.Load(), l7Leaked.Load(), bypassed.Load())
 	}
 	if xwingConnected.Load() != 0 || xwingTries.Load() < 10 {
 		t.Errorf("xwing: %d of %d tries connected", xwingConnected.Load(), xwingTries.Load())

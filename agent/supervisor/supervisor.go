@@ -10,6 +10,8 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"log/slog"
 	"net"
 	"net/http"
@@ -41,6 +43,11 @@ type Config struct {
 	// l7gate binary was upgraded): a new proxy is started next to the
 	// running one and takes its listeners over.
 	Restart <-chan struct{}
+	// Listeners, when set, returns duplicates of listener sockets by proxy
+	// port that a proxy started after a crash inherits (--inherit-listener),
+	// so connections queued in their backlog while no proxy ran are served.
+	// A hand-over restart gets them from the running proxy instead.
+	Listeners func() (map[uint16]*os.File, error)
 }
 
 // proxyAlive reports whether a proxy answers on the admin socket.
@@ -77,7 +84,7 @@ func Run(ctx context.Context, cfg Config) {
 	adopted := false
 	backoff := 500 * time.Millisecond
 	start := func(why string) {
-		ch, err := startProxy(cfg, exe, log, why)
+		ch, err := startProxy(cfg, exe, log, why, why == startFresh)
 		if err != nil {
 			log.Error("start proxy", "error", err)
 			return
@@ -107,7 +114,7 @@ func Run(ctx context.Context, cfg Config) {
 			}
 		default:
 			adopted = false
-			start("no proxy running")
+			start(startFresh)
 			if exited != nil {
 				wait = 200 * time.Millisecond
 			}
@@ -124,20 +131,41 @@ func Run(ctx context.Context, cfg Config) {
 	}
 }
 
+const startFresh = "no proxy running"
+
 // startProxy starts `l7gate proxy` in its own session (and cgroup) and
-// returns a channel closed when it exits.
-func startProxy(cfg Config, exe string, log *slog.Logger, why string) (chan struct{}, error) {
+// returns a channel closed when it exits. inherit passes it the held
+// listener sockets (Config.Listeners).
+func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bool) (chan struct{}, error) {
 	args := append([]string{"proxy",
 		"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
 		"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
 		"--node", cfg.Node,
 	}, cfg.Args...)
+	var extra []*os.File
+	if inherit && cfg.Listeners != nil {
+		files, err := cfg.Listeners()
+		if err != nil {
+			log.Warn("no held listeners for the new proxy", "error", err)
+		}
+		for _, port := range slices.Sorted(maps.Keys(files)) {
+			// ExtraFiles[i] is fd 3+i in the child.
+			args = append(args, fmt.Sprintf("--inherit-listener=%d:%d", port, 3+len(extra)))
+			extra = append(extra, files[port])
+		}
+		defer func() {
+			for _, f := range extra {
+				f.Close()
+			}
+		}()
+	}
 	logf, err := os.OpenFile(agentapi.ProxyLog(cfg.RunDir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("proxy log: %w", err)
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = extra
 	// Its own session: an agent restart (or its process group being
 	// signalled) must not take the proxy and its connections down.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

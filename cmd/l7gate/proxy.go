@@ -4,8 +4,10 @@ import (
 	"context"
 	"net"
 	"os"
+	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +36,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		dropCaps                                       bool
 		drainTimeout                                   time.Duration
 		handOverSocket                                 string
+		inheritListeners                               []string
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -125,9 +128,20 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			if err != nil {
 				return err // the running proxy keeps serving; try again
 			}
-			if ho != nil {
+			inherited, err := inheritedListeners(inheritListeners)
+			if err != nil {
+				return usageErrorf("--inherit-listener: %v", err)
+			}
+			switch {
+			case ho != nil:
+				for _, ln := range inherited {
+					ln.Close() // the running proxy's are the same sockets
+				}
 				opts.Inherited = ho.Listeners
 				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners))
+			case len(inherited) > 0:
+				opts.Inherited = inherited
+				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
 			}
 			p := proxy.New(opts)
 			defer p.Close()
@@ -209,6 +223,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
 	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
 	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
+	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
@@ -224,6 +239,32 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.DurationVar(&kafkaFrame, "kafka-frame-timeout", 30*time.Second, "time from a Kafka request frame's first byte to its last (slow frames are cut; negative: never)")
 	fl.BoolVar(&kafkaTopicIDs, "kafka-topic-ids", false, "admit Kafka requests that address topics by ID (resolved per upstream cluster and identity); off: clients are offered topic-name versions only and ID requests are denied")
 	return cmd
+}
+
+// inheritedListeners turns PORT:FD pairs into listeners.
+func inheritedListeners(specs []string) (map[uint16]*net.TCPListener, error) {
+	out := map[uint16]*net.TCPListener{}
+	for _, spec := range specs {
+		ps, fs, ok := strings.Cut(spec, ":")
+		port, perr := strconv.ParseUint(ps, 10, 16)
+		fd, ferr := strconv.Atoi(fs)
+		if !ok || perr != nil || ferr != nil || port == 0 || fd < 3 {
+			return nil, fmt.Errorf("%q: want PORT:FD", spec)
+		}
+		f := os.NewFile(uintptr(fd), "inherited-listener-"+ps)
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("fd %d: %w", fd, err)
+		}
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			return nil, fmt.Errorf("fd %d is not a TCP listener", fd)
+		}
+		out[uint16(port)] = tl
+	}
+	return out, nil
 }
 
 func hostname() string {
