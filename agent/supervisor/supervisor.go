@@ -82,7 +82,9 @@ func Run(ctx context.Context, cfg Config) {
 	}
 	var exited chan struct{} // the proxy we started; nil when none
 	adopted := false
-	backoff := 500 * time.Millisecond
+	const minBackoff = 500 * time.Millisecond
+	backoff := minBackoff
+	var startedAt time.Time
 	start := func(why string) {
 		ch, err := startProxy(cfg, exe, log, why, why == startFresh)
 		if err != nil {
@@ -91,7 +93,7 @@ func Run(ctx context.Context, cfg Config) {
 		}
 		// A proxy we started before, handing over now, exits on its own:
 		// only the newest one is watched.
-		exited, adopted = ch, false
+		exited, adopted, startedAt = ch, false, time.Now()
 	}
 	for {
 		wait := 2 * time.Second
@@ -101,6 +103,9 @@ func Run(ctx context.Context, cfg Config) {
 			case <-exited:
 				log.Warn("proxy exited; restarting it", "log", agentapi.ProxyLog(cfg.RunDir))
 				exited = nil
+				if time.Since(startedAt) > time.Minute {
+					backoff = minBackoff // it ran a while: not a crash loop
+				}
 				wait = backoff
 				if backoff < 10*time.Second {
 					backoff *= 2
@@ -126,6 +131,9 @@ func Run(ctx context.Context, cfg Config) {
 			// Hitless: the new proxy takes the running one's listeners
 			// over the hand-over socket; the old one drains and exits.
 			start("restart requested (hand-over)")
+		case <-exited: // nil (never ready) when no proxy of ours runs
+			// A crash is noticed at once: connections wait in the backlog
+			// of the held sockets (or retransmit their SYNs) meanwhile.
 		case <-time.After(wait):
 		}
 	}
