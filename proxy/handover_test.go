@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -133,5 +134,75 @@ func TestHandOverLoopback(t *testing.T) {
 	}
 	if leaked.Load() != 0 || denied.Load() == 0 {
 		t.Errorf("denied client: %d denials, %d requests got through", denied.Load(), leaked.Load())
+	}
+}
+
+// TestHostileHandOverPeer: a peer on the hand-over socket that takes the
+// listeners and then hangs up, or answers anything but "ready", does not
+// make the proxy drain: it keeps serving, and a real hand-over still works
+// afterwards.
+func TestHostileHandOverPeer(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	defer upstream.Close()
+	up := netip.MustParseAddrPort(upstream.Listener.Addr().String())
+	port := freePort(t)
+	cfg := httpConfig("1", port, up.Port(), policy.HTTPRule{Path: "/.*"})
+	p, _ := newTestProxy(t, upstream.Listener.Addr().String())
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "h.sock")
+	done := make(chan struct{})
+	go func() { defer close(done); p.ServeHandOver(context.Background(), sock) }()
+	for range 50 {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	get := func() error {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+		c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/x", port))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	for _, answer := range []string{"", "garbage\n", "ready-not\n"} {
+		h, err := ReceiveHandOver(context.Background(), sock)
+		if err != nil || h == nil {
+			t.Fatalf("receive: %v", err)
+		}
+		if answer != "" {
+			h.c.Write([]byte(answer))
+		}
+		h.Close() // hang up, closing the received sockets
+		time.Sleep(50 * time.Millisecond)
+		if p.Draining() {
+			t.Fatalf("peer answering %q made the proxy drain", answer)
+		}
+		if err := get(); err != nil {
+			t.Fatalf("after a peer answering %q: %v", answer, err)
+		}
+	}
+	h, err := ReceiveHandOver(context.Background(), sock)
+	if err != nil || h == nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if err := h.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a real hand-over did not drain the proxy")
+	}
+	for _, ln := range h.Listeners {
+		ln.Close()
 	}
 }
