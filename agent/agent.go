@@ -233,7 +233,11 @@ type Agent struct {
 	st state
 	// attached are the endpoints the datapath is attached to, by ifindex.
 	attached map[int]bpftranslate.LocalEndpoint
-	flows    flowRing
+	// halfAttached are endpoints whose attach failed after their programs
+	// were attached (they drop everything until it succeeds): detached
+	// when they go away, like attached ones.
+	halfAttached map[int]bpftranslate.LocalEndpoint
+	flows        flowRing
 }
 
 // state is what the status API shows, and what flows are attributed with.
@@ -318,7 +322,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func newAgent(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
-		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, trusted: map[consumerKind]uint64{}}
+		attached: map[int]bpftranslate.LocalEndpoint{}, halfAttached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, trusted: map[consumerKind]uint64{}}
 	a.st.startedAt = cfg.now().UTC()
 	a.ids = a.loadIdentities()
 	a.ready = a.loadReadiness()

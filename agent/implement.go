@@ -252,14 +252,16 @@ func (a *Agent) detachGone(local []bpftranslate.LocalEndpoint) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for idx, ep := range a.attached {
-		if want[idx] {
-			continue
+	for _, m := range []map[int]bpftranslate.LocalEndpoint{a.attached, a.halfAttached} {
+		for idx, ep := range m {
+			if want[idx] {
+				continue
+			}
+			if err := a.dp.DetachEndpoint(idx); err != nil && !errors.Is(err, net.ErrClosed) {
+				a.log.Warn("detach endpoint", "endpoint", ep.Key(), "error", err)
+			}
+			delete(m, idx)
 		}
-		if err := a.dp.DetachEndpoint(idx); err != nil && !errors.Is(err, net.ErrClosed) {
-			a.log.Warn("detach endpoint", "endpoint", ep.Key(), "error", err)
-		}
-		delete(a.attached, idx)
 	}
 }
 
@@ -285,8 +287,10 @@ func (a *Agent) attachNew(local []bpftranslate.LocalEndpoint, fs *failures) {
 		if err := a.dp.AttachEndpoint(bpf.Endpoint{ID: uint32(ep.Ifindex), Ifindex: ep.Ifindex, IPv4: ip4}); err != nil {
 			fs.add(ep, StepAttach, policy.Ingress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
 			fs.add(ep, StepAttach, policy.Egress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
+			a.halfAttached[ep.Ifindex] = ep
 			continue
 		}
+		delete(a.halfAttached, ep.Ifindex)
 		a.log.Info("endpoint attached", "endpoint", ep.Key(), "device", ep.Device, "identity", ep.Identity)
 		a.attached[ep.Ifindex] = ep
 	}
