@@ -14,6 +14,7 @@ declare -A want=(
   [bpftool]=bpftool
   [protoc]=protobuf-compiler
   [ping]=iputils-ping
+  [dig]=dnsutils
 )
 
 missing=()
