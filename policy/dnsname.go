@@ -158,13 +158,22 @@ func (s *DNSSelector) String() string {
 	return "matchName: " + s.MatchName
 }
 
-// Key is a stable name for the selector (its FQDN label value):
-// the normalised name, or the lowercased pattern.
+// Key is the selector's FQDN label key (fqdn:<key>): the normalised name
+// without its trailing dot, or the lowercased pattern (trailing dot
+// dropped). A pattern without stars and the matchName of the same name
+// share a key: they select the same names.
 func (s *DNSSelector) Key() string {
 	if s.MatchPattern != "" {
-		return "pattern:" + strings.ToLower(strings.TrimSpace(s.MatchPattern))
+		p := strings.ToLower(strings.TrimSpace(s.MatchPattern))
+		if s.all {
+			return "*"
+		}
+		return strings.TrimSuffix(p, ".")
 	}
-	return "name:" + s.exact
+	if s.exact == "." {
+		return "."
+	}
+	return strings.TrimSuffix(s.exact, ".")
 }
 
 // Matches reports whether the selector matches name, which must be

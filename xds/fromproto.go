@@ -127,6 +127,11 @@ func ruleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) {
 		}
 		out.Rules = append(out.Rules, pr)
 	}
+	if out.Parser == policy.ParserDNS {
+		if err := dnsRulesFromGeneric(&out); err != nil {
+			return out, fmt.Errorf("port %d: %w", out.Port, err)
+		}
+	}
 	if out.Parser == "http" {
 		// Compile now so a bad regex is a NACK, not a failure on the
 		// first request.
@@ -288,3 +293,41 @@ type ListenerSpec struct {
 
 // Name is the listener's resource name, "<direction>/<parser>".
 func (l ListenerSpec) Name() string { return l.Direction.String() + "/" + l.Parser }
+
+// The generic fields a DNS rule travels as (see xds/translate).
+const (
+	DNSFieldName    = "dns.matchName"
+	DNSFieldPattern = "dns.matchPattern"
+)
+
+// dnsRulesFromGeneric turns a DNS rule set's generic rules back into
+// compiled DNS selectors; anything else in a DNS rule set is an error
+// (a NACK: the endpoint's redirect stays a drop).
+func dnsRulesFromGeneric(rs *policy.L7RuleSet) error {
+	for i := range rs.Rules {
+		r := &rs.Rules[i]
+		if r.Generic == nil {
+			if !r.AllowsAll() {
+				return fmt.Errorf("rules[%d]: not a DNS rule", i)
+			}
+			continue
+		}
+		var sel policy.DNSSelector
+		var err error
+		name, hasName := r.Generic[DNSFieldName]
+		pattern, hasPattern := r.Generic[DNSFieldPattern]
+		switch {
+		case len(r.Generic) == 1 && hasName:
+			sel, err = policy.CompileDNSName(name)
+		case len(r.Generic) == 1 && hasPattern:
+			sel, err = policy.CompileDNSPattern(pattern)
+		default:
+			err = errors.New("want exactly one of " + DNSFieldName + ", " + DNSFieldPattern)
+		}
+		if err != nil {
+			return fmt.Errorf("rules[%d]: %w", i, err)
+		}
+		r.Generic, r.DNS = nil, &sel
+	}
+	return nil
+}

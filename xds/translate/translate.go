@@ -271,8 +271,14 @@ func directionPolicy(d *policy.DirectionPolicy) (*l7gatev1.DirectionPolicy, erro
 }
 
 func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
-	if r.HTTP != nil && r.Kafka != nil || r.HTTP != nil && r.Generic != nil || r.Kafka != nil && r.Generic != nil {
-		return nil, errors.New("more than one of http, kafka, generic")
+	kinds := 0
+	for _, set := range []bool{r.HTTP != nil, r.Kafka != nil, r.DNS != nil, r.Generic != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds > 1 {
+		return nil, errors.New("more than one of http, kafka, dns, generic")
 	}
 	out := &l7gatev1.L7Rule{AnyRemote: r.AnyPeer, Origin: provenanceToProto(r.Origin)}
 	if !r.AnyPeer {
@@ -302,6 +308,15 @@ func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
 			k.ApiVersion = proto.Int32(int32(*r.Kafka.APIVersion))
 		}
 		out.Rule = &l7gatev1.L7Rule_Kafka{Kafka: k}
+	case r.DNS != nil:
+		// A DNS rule travels as generic fields until l7gate's resources
+		// have a DNS message (xds.DNSFieldName, DNSFieldPattern): never as
+		// a rule without fields, which would allow every name.
+		f := map[string]string{xds.DNSFieldName: r.DNS.MatchName}
+		if r.DNS.MatchPattern != "" {
+			f = map[string]string{xds.DNSFieldPattern: r.DNS.MatchPattern}
+		}
+		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: f}}
 	case r.Generic != nil:
 		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: maps.Clone(r.Generic)}}
 	}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const dnsPolicy = "../../policy/testdata/in/dns.yaml"
+
+// TestTraceDNS: --dns-name decides a query by rules.dns (UDP/53 by
+// default); --dst-fqdn resolves through --fqdn-cache and says so; without
+// the cache the name is world and toFQDNs allow nothing.
+func TestTraceDNS(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--dst-labels", "k8s-app=kube-dns", "--dst-namespace", "kube-system", "--dns-name", "www.example.com"},
+			[]string{"Verdict: ALLOWED", "Flow:    UDP/53", "L7 (dns): allowed", "spec.egress[0].dns[0]"}},
+		{[]string{"--dst-labels", "k8s-app=kube-dns", "--dst-namespace", "kube-system", "--dns-name", "evil.org", "--protocol", "TCP"},
+			[]string{"Verdict: DENIED", "Flow:    TCP/53", "L7 (dns): denied"}},
+		{[]string{"--dst-fqdn", "api.github.com", "--dport", "443", "--fqdn-cache", "../../policy/testdata/fqdn/dns.yaml"},
+			[]string{"Verdict: ALLOWED", "fqdn:api.github.com", "cached addresses: 198.18.1.1, 198.18.1.2", "selected by toFQDNs: default/fqdn spec.egress[1]: matchName: api.github.com"}},
+		{[]string{"--dst-fqdn", "api.github.com", "--dport", "443"},
+			[]string{"Verdict: DENIED", "not in the FQDN cache", "reserved:world"}},
+	} {
+		args := append([]string{"policy", "trace", "-f", dnsPolicy, "--src-labels", "app=app"}, tc.args...)
+		code, out, errOut := runCLI(t, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", tc.args, code, errOut)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: no %q in:\n%s", tc.args, w, out)
+			}
+		}
+	}
+	if code, _, _ := runCLI(t, "policy", "trace", "-f", dnsPolicy, "--src-labels", "app=app", "--dst-fqdn", "a.b", "--dst-cidr", "198.18.0.1", "--dport", "1"); code != 2 {
+		t.Errorf("--dst-fqdn with --dst-cidr: exit %d, want 2", code)
+	}
+}
