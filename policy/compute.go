@@ -87,7 +87,7 @@ type computer struct {
 	podIDs   []Identity // sorted, distinct
 	allIDs   []Identity // sorted: reserved, pods, CIDR
 	cidrIDs  map[netip.Prefix]Identity
-	cidrList []netip.Prefix // cidrIDs' prefixes, sorted by address then length
+	cidrList []netip.Prefix        // cidrIDs' prefixes, sorted by address then length
 	fqdnIDs  map[string][]Identity // toFQDNs selector key → FQDN identities
 	selCache map[string][]Identity
 	// byLabel indexes identities by "key=value" of each label (any

@@ -62,7 +62,7 @@ func TestDNSRulesEnforced(t *testing.T) {
 		{dnsLockdown, "203.0.113.9", ProtoTCP, 443, "", DecisionAllowed, false},
 		{dnsLockdown, "198.18.0.53", ProtoUDP, 53, "anything.example.", DecisionAllowed, true},
 		{dnsLockdown, "198.18.0.53", ProtoTCP, 53, "anything.example.", DecisionAllowed, true},
-		{dnsLockdown, "198.18.0.53", ProtoUDP, 53, `bad\032name.`, DecisionDenied, true}, // unmatchable: even * denies
+		{dnsLockdown, "198.18.0.53", ProtoUDP, 53, `bad\032name.`, DecisionDenied, true},      // unmatchable: even * denies
 		{dnsLockdown, "198.18.0.2", ProtoUDP, 53, "anything.example.", DecisionDenied, false}, // not kube-dns
 		{strict, "198.18.0.53", ProtoUDP, 53, "www.example.com", DecisionAllowed, true},
 		{strict, "198.18.0.53", ProtoUDP, 53, "API.other.org.", DecisionAllowed, true},
