@@ -104,8 +104,14 @@ func TestDNSRuleValidation(t *testing.T) {
 		{`toPorts: [{ports: [{port: "0"}], rules: {dns: [{matchPattern: "*"}]}}]`, "need a specific port"},
 		{`toFQDNs: [{matchPattern: "a..b"}]`, "toFQDNs[0].matchPattern"},
 		{`toFQDNs: [{}]`, "give matchName or matchPattern"},
+		{`INGRESS toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}]}}]`, "DNS rules are not allowed on ingress"},
 	} {
-		doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: default}\nspec:\n  endpointSelector: {}\n  egress:\n  - " + tc.frag + "\n"
+		dir := "egress"
+		frag, ingress := strings.CutPrefix(tc.frag, "INGRESS ")
+		if ingress {
+			dir = "ingress"
+		}
+		doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: default}\nspec:\n  endpointSelector: {}\n  " + dir + ":\n  - " + frag + "\n"
 		_, errs := Decode("t.yaml", []byte(doc))
 		if len(errs) == 0 || !strings.Contains(errs[0].Error(), tc.want) {
 			t.Errorf("%s: errors %v, want %q", tc.frag, errs, tc.want)

@@ -265,6 +265,12 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 		s.Ports = []PortRule{}
 	}
 	for i, pr := range f.toPorts {
+		if f.prefix == "from" && !deny && pr.Rules != nil && len(pr.Rules.DNS) > 0 {
+			// As Cilium: DNS rules are egress-only (the DNS proxy sees a
+			// pod's queries, not a DNS server's).
+			n.fail(p.child("toPorts").index(i).child("rules.dns").errorf("DNS rules are not allowed on ingress"))
+			continue
+		}
 		if r, ok := n.portRule(pr, p.child("toPorts").index(i), deny); ok {
 			s.Ports = append(s.Ports, r)
 		}
