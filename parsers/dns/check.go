@@ -48,5 +48,12 @@ func (c *Checker) Check(peer policy.Identity, name string) int {
 	return -1
 }
 
+// DeniedBy names the rules behind a denial for peer (default-deny of
+// every rule that applies to it).
+func (c *Checker) DeniedBy(peer policy.Identity) []policy.Provenance {
+	rs := policy.L7RuleSet{Rules: c.rules}
+	return rs.DefaultDenyOrigins(peer)
+}
+
 // Rule returns rule i (its provenance names the deciding rule).
 func (c *Checker) Rule(i int) *policy.L7Rule { return &c.rules[i] }
