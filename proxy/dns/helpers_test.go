@@ -94,7 +94,7 @@ func startServer(t *testing.T) netip.AddrPort {
 // policyFor is the client's policy: DNS to the server's port (UDP and
 // TCP) for *.example.com and names under flood.example; toFQDNs for
 // **.example.com and *.flood.example.
-func policyFor(t *testing.T, port uint16) (*policy.Snapshot, []policy.DNSSelector) {
+func policyFor(t testing.TB, port uint16) (*policy.Snapshot, []policy.DNSSelector) {
 	t.Helper()
 	doc := fmt.Sprintf(`apiVersion: v1
 kind: Pod
@@ -241,4 +241,18 @@ func cachedIPs(c *Cache, name string) []string {
 		}
 	}
 	return nil
+}
+
+func netipAddrPort(t *testing.T, s string) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+func mustSnap(t *testing.T, port uint16) *policy.Snapshot {
+	snap, _ := policyFor(t, port)
+	return snap
 }
