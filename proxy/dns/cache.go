@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,11 +58,19 @@ type Cache struct {
 	cfg CacheConfig
 
 	mu      sync.Mutex
-	names   map[string]map[netip.Addr]time.Time
+	// names: name → its addresses (at most MaxIPsPerName: a slice
+	// scans faster than a map at that size, and iterating 10k names for
+	// policy must be cheap).
+	names   map[string][]ipExpiry
 	stats   CacheStats
 	lastGC  time.Time
 	version uint64 // bumped by every change (Save skips unchanged)
 	saved   uint64
+}
+
+type ipExpiry struct {
+	ip  netip.Addr
+	exp time.Time
 }
 
 // NewCache returns a cache, with the entries of cfg.StatePath that have
@@ -80,7 +89,7 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Cache{cfg: cfg, names: map[string]map[netip.Addr]time.Time{}}
+	c := &Cache{cfg: cfg, names: map[string][]ipExpiry{}}
 	if cfg.StatePath == "" {
 		return c, nil
 	}
@@ -136,32 +145,34 @@ func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) {
 	if !ip.IsValid() {
 		return
 	}
-	m := c.names[name]
-	if m == nil {
-		if len(c.names) >= c.cfg.MaxNames {
-			c.stats.Overflow++
-			return
-		}
-		m = map[netip.Addr]time.Time{}
-		c.names[name] = m
-	}
-	if old, ok := m[ip]; ok && !exp.After(old) {
+	m, known := c.names[name]
+	if !known && len(c.names) >= c.cfg.MaxNames {
+		c.stats.Overflow++
 		return
 	}
-	m[ip] = exp
+	for i := range m {
+		if m[i].ip == ip {
+			if exp.After(m[i].exp) {
+				m[i].exp = exp
+				c.version++
+			}
+			return
+		}
+	}
+	m = append(m, ipExpiry{ip, exp})
 	c.version++
 	for len(m) > c.cfg.MaxIPsPerName {
 		// evict the address that expires first
-		var victim netip.Addr
-		var first time.Time
-		for a, e := range m {
-			if !victim.IsValid() || e.Before(first) || (e.Equal(first) && a.Less(victim)) {
-				victim, first = a, e
+		v := 0
+		for i := range m {
+			if m[i].exp.Before(m[v].exp) || (m[i].exp.Equal(m[v].exp) && m[i].ip.Less(m[v].ip)) {
+				v = i
 			}
 		}
-		delete(m, victim)
+		m = slices.Delete(m, v, v+1)
 		c.stats.EvictedIPs++
 	}
+	c.names[name] = m
 }
 
 // GC removes expired addresses (and names left without any); it returns
@@ -176,14 +187,17 @@ func (c *Cache) gcLocked(now time.Time) int {
 	c.lastGC = now
 	removed := 0
 	for n, m := range c.names {
-		for ip, exp := range m {
-			if !exp.After(now) {
-				delete(m, ip)
-				removed++
+		kept := m[:0]
+		for _, e := range m {
+			if e.exp.After(now) {
+				kept = append(kept, e)
 			}
 		}
-		if len(m) == 0 {
+		removed += len(m) - len(kept)
+		if len(kept) == 0 {
 			delete(c.names, n)
+		} else if len(kept) != len(m) {
+			c.names[n] = kept
 		}
 	}
 	if removed > 0 {
@@ -199,10 +213,10 @@ func (c *Cache) FQDNNames() []policy.FQDNName {
 	c.mu.Lock()
 	out := make([]policy.FQDNName, 0, len(c.names))
 	for n, m := range c.names {
-		e := policy.FQDNName{Name: n}
-		for ip, exp := range m {
-			if exp.After(now) {
-				e.IPs = append(e.IPs, ip)
+		e := policy.FQDNName{Name: n, IPs: make([]netip.Addr, 0, len(m))}
+		for _, x := range m {
+			if x.exp.After(now) {
+				e.IPs = append(e.IPs, x.ip)
 			}
 		}
 		if len(e.IPs) > 0 {
@@ -211,18 +225,8 @@ func (c *Cache) FQDNNames() []policy.FQDNName {
 		}
 	}
 	c.mu.Unlock()
-	slices.SortFunc(out, func(a, b policy.FQDNName) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b policy.FQDNName) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Stats returns the counters and sizes.
@@ -262,14 +266,14 @@ func (c *Cache) State() State {
 	st := State{Version: 1, Names: make([]StateName, 0, len(c.names))}
 	for n, m := range c.names {
 		sn := StateName{Name: n}
-		for ip, exp := range m {
-			sn.IPs = append(sn.IPs, StateIP{IP: ip, Expires: exp.UTC()})
+		for _, x := range m {
+			sn.IPs = append(sn.IPs, StateIP{IP: x.ip, Expires: x.exp.UTC()})
 		}
 		slices.SortFunc(sn.IPs, func(a, b StateIP) int { return a.IP.Compare(b.IP) })
 		st.Names = append(st.Names, sn)
 	}
 	c.mu.Unlock()
-	slices.SortFunc(st.Names, func(a, b StateName) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(st.Names, func(a, b StateName) int { return strings.Compare(a.Name, b.Name) })
 	return st
 }
 

@@ -3,10 +3,10 @@ package dnsproxy
 import (
 	"encoding/binary"
 	"errors"
-	"syscall"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 

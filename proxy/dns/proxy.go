@@ -74,6 +74,9 @@ type Stats struct {
 type Proxy struct {
 	cfg       Config
 	selectors atomic.Pointer[policy.DNSMatcher]
+	// udpBufs holds upstream read buffers (a UDP answer can be 64 KiB;
+	// most are small, so each is copied out at its size).
+	udpBufs sync.Pool
 
 	queries, allowed, denied, malformed, upstreamErrs, dropped, inserts, overflow atomic.Uint64
 }
@@ -109,6 +112,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Dialer = &net.Dialer{}
 	}
 	p := &Proxy{cfg: cfg}
+	p.udpBufs.New = func() any { b := make([]byte, dnsmsg.MaxMessageSize); return &b }
 	p.selectors.Store(policy.NewDNSMatcher(nil))
 	return p, nil
 }
@@ -236,8 +240,8 @@ func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 	sem := make(chan struct{}, p.cfg.MaxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	buf := make([]byte, dnsmsg.MaxMessageSize)
 	for {
-		buf := make([]byte, dnsmsg.MaxMessageSize)
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -251,10 +255,11 @@ func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 			p.dropped.Add(1)
 			continue
 		}
+		query := append([]byte(nil), buf[:n]...) // the read buffer is reused
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if resp := p.handle(ctx, policy.ProtoUDP, from, local, buf[:n], p.exchangeUDP); resp != nil {
+			if resp := p.handle(ctx, policy.ProtoUDP, from, local, query, p.exchangeUDP); resp != nil {
 				conn.WriteToUDPAddrPort(resp, from)
 			}
 		}()
@@ -275,14 +280,16 @@ func (p *Proxy) exchangeUDP(ctx context.Context, server netip.AddrPort, query []
 	if _, err := c.Write(query); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, dnsmsg.MaxMessageSize)
+	bp := p.udpBufs.Get().(*[]byte)
+	defer p.udpBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
 			return nil, err
 		}
 		if n >= 2 && binary.BigEndian.Uint16(buf) == id {
-			return buf[:n], nil
+			return append([]byte(nil), buf[:n]...), nil
 		}
 	}
 }
