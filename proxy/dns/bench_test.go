@@ -145,4 +145,3 @@ func BenchmarkCacheInsert10k(b *testing.B) {
 		}
 	})
 }
-

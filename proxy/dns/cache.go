@@ -57,7 +57,7 @@ type CacheStats struct {
 type Cache struct {
 	cfg CacheConfig
 
-	mu      sync.Mutex
+	mu sync.Mutex
 	// names: name → its addresses (at most MaxIPsPerName: a slice
 	// scans faster than a map at that size, and iterating 10k names for
 	// policy must be cheap).
