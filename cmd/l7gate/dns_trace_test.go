@@ -1,8 +1,13 @@
 package main
 
 import (
+	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	dnsproxy "github.com/l7gate/l7gate/proxy/dns"
 )
 
 const dnsPolicy = "../../policy/testdata/in/dns.yaml"
@@ -37,5 +42,35 @@ func TestTraceDNS(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, "policy", "trace", "-f", dnsPolicy, "--src-labels", "app=app", "--dst-fqdn", "a.b", "--dst-cidr", "198.18.0.1", "--dport", "1"); code != 2 {
 		t.Errorf("--dst-fqdn with --dst-cidr: exit %d, want 2", code)
+	}
+}
+
+// TestFQDNCacheList: `l7gate fqdn cache list` shows a saved cache (live
+// and expired entries), and trace --fqdn-cache reads the same file.
+func TestFQDNCacheList(t *testing.T) {
+	dir := t.TempDir()
+	c, err := dnsproxy.NewCache(dnsproxy.CacheConfig{StatePath: filepath.Join(dir, "fqdn-cache.json"), MinTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Insert("api.github.com", []netip.Addr{netip.MustParseAddr("198.18.1.1")}, time.Hour)
+	if err := c.Save(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI(t, "fqdn", "cache", "list", "--state-dir", dir)
+	if code != 0 || !strings.Contains(out, "api.github.com.") || !strings.Contains(out, "198.18.1.1") || !strings.Contains(out, "in 59m") && !strings.Contains(out, "in 1h0m0s") {
+		t.Fatalf("list (exit %d):\n%s%s", code, out, errOut)
+	}
+	code, out, _ = runCLI(t, "fqdn", "cache", "list", "--file", filepath.Join(dir, "fqdn-cache.json"), "-o", "json")
+	if code != 0 || !strings.Contains(out, `"ip": "198.18.1.1"`) {
+		t.Fatalf("json (exit %d):\n%s", code, out)
+	}
+	code, out, errOut = runCLI(t, "policy", "trace", "-f", dnsPolicy, "--src-labels", "app=app", "--dst-fqdn", "api.github.com", "--dport", "443",
+		"--fqdn-cache", filepath.Join(dir, "fqdn-cache.json"))
+	if code != 0 || !strings.Contains(out, "Verdict: ALLOWED") || !strings.Contains(out, "cached addresses: 198.18.1.1") {
+		t.Fatalf("trace with the saved cache (exit %d):\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut := runCLI(t, "fqdn", "cache", "list", "--state-dir", filepath.Join(dir, "none")); code == 0 {
+		t.Fatalf("missing cache: exit 0 %s", errOut)
 	}
 }

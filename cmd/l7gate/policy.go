@@ -441,16 +441,19 @@ func printTrace(w io.Writer, r *policy.TraceResult) {
 	}
 }
 
-// loadFQDNCache reads an FQDN cache for trace: a YAML or JSON list of
-// {name, ips}.
+// loadFQDNCache reads an FQDN cache for trace: the DNS proxy's state file
+// (entries live now), or a YAML or JSON list of {name, ips}.
 func loadFQDNCache(path string) (policy.FQDNCache, error) {
+	if c, err := fqdnCacheFromFile(path); err == nil {
+		return c, nil
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	var cache policy.StaticFQDNCache
 	if err := yaml.Unmarshal(b, &cache); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: neither a saved FQDN cache nor a list of {name, ips}: %w", path, err)
 	}
 	return cache, nil
 }
