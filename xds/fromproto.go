@@ -128,8 +128,10 @@ func ruleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) {
 		out.Rules = append(out.Rules, pr)
 	}
 	if out.Parser == policy.ParserDNS {
-		if err := dnsRulesFromGeneric(&out); err != nil {
-			return out, fmt.Errorf("port %d: %w", out.Port, err)
+		for i := range out.Rules {
+			if r := &out.Rules[i]; r.DNS == nil && !r.AllowsAll() {
+				return out, fmt.Errorf("port %d rules[%d]: not a DNS rule", out.Port, i)
+			}
 		}
 	}
 	if out.Parser == "http" {
@@ -197,6 +199,22 @@ func l7RuleFromProto(r *l7gatev1.L7Rule) (policy.L7Rule, error) {
 		out.Kafka = k
 	case *l7gatev1.L7Rule_Generic:
 		out.Generic = maps.Clone(x.Generic.GetFields())
+	case *l7gatev1.L7Rule_Dns:
+		// Compiled now: a bad selector is a NACK, not an allow.
+		var sel policy.DNSSelector
+		var err error
+		switch name, pattern := x.Dns.GetMatchName(), x.Dns.GetMatchPattern(); {
+		case name != "" && pattern != "":
+			err = errors.New("dns: match_name and match_pattern both set")
+		case pattern != "":
+			sel, err = policy.CompileDNSPattern(pattern)
+		default:
+			sel, err = policy.CompileDNSName(name)
+		}
+		if err != nil {
+			return out, fmt.Errorf("dns: %w", err)
+		}
+		out.DNS = &sel
 	case nil:
 	default:
 		return out, fmt.Errorf("unknown rule type %T", x)
@@ -293,41 +311,3 @@ type ListenerSpec struct {
 
 // Name is the listener's resource name, "<direction>/<parser>".
 func (l ListenerSpec) Name() string { return l.Direction.String() + "/" + l.Parser }
-
-// The generic fields a DNS rule travels as (see xds/translate).
-const (
-	DNSFieldName    = "dns.matchName"
-	DNSFieldPattern = "dns.matchPattern"
-)
-
-// dnsRulesFromGeneric turns a DNS rule set's generic rules back into
-// compiled DNS selectors; anything else in a DNS rule set is an error
-// (a NACK: the endpoint's redirect stays a drop).
-func dnsRulesFromGeneric(rs *policy.L7RuleSet) error {
-	for i := range rs.Rules {
-		r := &rs.Rules[i]
-		if r.Generic == nil {
-			if !r.AllowsAll() {
-				return fmt.Errorf("rules[%d]: not a DNS rule", i)
-			}
-			continue
-		}
-		var sel policy.DNSSelector
-		var err error
-		name, hasName := r.Generic[DNSFieldName]
-		pattern, hasPattern := r.Generic[DNSFieldPattern]
-		switch {
-		case len(r.Generic) == 1 && hasName:
-			sel, err = policy.CompileDNSName(name)
-		case len(r.Generic) == 1 && hasPattern:
-			sel, err = policy.CompileDNSPattern(pattern)
-		default:
-			err = errors.New("want exactly one of " + DNSFieldName + ", " + DNSFieldPattern)
-		}
-		if err != nil {
-			return fmt.Errorf("rules[%d]: %w", i, err)
-		}
-		r.Generic, r.DNS = nil, &sel
-	}
-	return nil
-}

@@ -309,14 +309,7 @@ func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
 		}
 		out.Rule = &l7gatev1.L7Rule_Kafka{Kafka: k}
 	case r.DNS != nil:
-		// A DNS rule travels as generic fields until l7gate's resources
-		// have a DNS message (xds.DNSFieldName, DNSFieldPattern): never as
-		// a rule without fields, which would allow every name.
-		f := map[string]string{xds.DNSFieldName: r.DNS.MatchName}
-		if r.DNS.MatchPattern != "" {
-			f = map[string]string{xds.DNSFieldPattern: r.DNS.MatchPattern}
-		}
-		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: f}}
+		out.Rule = &l7gatev1.L7Rule_Dns{Dns: &l7gatev1.DNSRule{MatchName: r.DNS.MatchName, MatchPattern: r.DNS.MatchPattern}}
 	case r.Generic != nil:
 		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: maps.Clone(r.Generic)}}
 	}
