@@ -566,7 +566,18 @@ func (b *dirBuilder) add(k entryKey, origin Provenance) {
 	}
 }
 
+// addFQDNSelectors records a section's toFQDNs selectors (distinct by
+// Key).
+func (b *dirBuilder) addFQDNSelectors(sels []DNSSelector) {
+	for _, s := range sels {
+		if !slices.ContainsFunc(b.pol.FQDNSelectors, func(x DNSSelector) bool { return x.Key() == s.Key() }) {
+			b.pol.FQDNSelectors = append(b.pol.FQDNSelectors, s)
+		}
+	}
+}
+
 func (b *dirBuilder) finish() DirectionPolicy {
+	slices.SortFunc(b.pol.FQDNSelectors, func(x, y DNSSelector) int { return strings.Compare(x.Key(), y.Key()) })
 	out := b.pol
 	if b.overflow {
 		// More entries than the datapath takes for one endpoint: hold it
@@ -692,6 +703,9 @@ func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
 			s := &list[si]
 			if s.Dropped != "" {
 				continue
+			}
+			if !deny {
+				b.addFQDNSelectors(s.Peers.FQDNs)
 			}
 			ps := c.resolvePeers(sectionKey{pi, ri, si, dir, deny}, s)
 			if !ps.any && len(ps.ids) == 0 {

@@ -109,6 +109,10 @@ type DirectionPolicy struct {
 	DefaultDeny []Provenance `json:"defaultDeny,omitempty"`
 	Entries     []Entry      `json:"entries,omitempty"`
 	L7          []L7RuleSet  `json:"l7,omitempty"`
+	// FQDNSelectors (egress): the toFQDNs selectors of the allow rules
+	// that select the endpoint, cached names or not — the DNS proxy
+	// caches answers for names they match. Sorted by Key, distinct.
+	FQDNSelectors []DNSSelector `json:"fqdnSelectors,omitempty"`
 }
 
 // EndpointPolicy is the policy of every endpoint with one identity.

@@ -73,7 +73,26 @@ func directionFromProto(d *l7gatev1.DirectionPolicy) (policy.DirectionPolicy, er
 		}
 		out.L7 = append(out.L7, prs)
 	}
+	for i, r := range d.GetFqdnSelectors() {
+		sel, err := dnsRuleFromProto(r)
+		if err != nil {
+			return out, fmt.Errorf("fqdn_selectors[%d]: %w", i, err)
+		}
+		out.FQDNSelectors = append(out.FQDNSelectors, sel)
+	}
 	return out, nil
+}
+
+// dnsRuleFromProto compiles a DNSRule (exactly one field set).
+func dnsRuleFromProto(r *l7gatev1.DNSRule) (policy.DNSSelector, error) {
+	switch name, pattern := r.GetMatchName(), r.GetMatchPattern(); {
+	case name != "" && pattern != "":
+		return policy.DNSSelector{}, errors.New("dns: match_name and match_pattern both set")
+	case pattern != "":
+		return policy.CompileDNSPattern(pattern)
+	default:
+		return policy.CompileDNSName(name)
+	}
 }
 
 func entryFromProto(e *l7gatev1.Entry) (policy.Entry, error) {
@@ -201,16 +220,7 @@ func l7RuleFromProto(r *l7gatev1.L7Rule) (policy.L7Rule, error) {
 		out.Generic = maps.Clone(x.Generic.GetFields())
 	case *l7gatev1.L7Rule_Dns:
 		// Compiled now: a bad selector is a NACK, not an allow.
-		var sel policy.DNSSelector
-		var err error
-		switch name, pattern := x.Dns.GetMatchName(), x.Dns.GetMatchPattern(); {
-		case name != "" && pattern != "":
-			err = errors.New("dns: match_name and match_pattern both set")
-		case pattern != "":
-			sel, err = policy.CompileDNSPattern(pattern)
-		default:
-			sel, err = policy.CompileDNSName(name)
-		}
+		sel, err := dnsRuleFromProto(x.Dns)
 		if err != nil {
 			return out, fmt.Errorf("dns: %w", err)
 		}

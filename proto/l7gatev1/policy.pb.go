@@ -344,9 +344,13 @@ type DirectionPolicy struct {
 	// The endpoint is in default-deny mode in this direction.
 	Enforced bool `protobuf:"varint,1,opt,name=enforced,proto3" json:"enforced,omitempty"`
 	// The rules that put the endpoint in default-deny.
-	DefaultDeny   []*Provenance `protobuf:"bytes,2,rep,name=default_deny,json=defaultDeny,proto3" json:"default_deny,omitempty"`
-	Entries       []*Entry      `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
-	L7            []*L7RuleSet  `protobuf:"bytes,4,rep,name=l7,proto3" json:"l7,omitempty"`
+	DefaultDeny []*Provenance `protobuf:"bytes,2,rep,name=default_deny,json=defaultDeny,proto3" json:"default_deny,omitempty"`
+	Entries     []*Entry      `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	L7          []*L7RuleSet  `protobuf:"bytes,4,rep,name=l7,proto3" json:"l7,omitempty"`
+	// Egress: the toFQDNs selectors of the allow rules that select the
+	// endpoint, whether or not any name is cached yet (the DNS proxy caches
+	// the answers for names they match). Sorted by label key.
+	FqdnSelectors []*DNSRule `protobuf:"bytes,5,rep,name=fqdn_selectors,json=fqdnSelectors,proto3" json:"fqdn_selectors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -405,6 +409,13 @@ func (x *DirectionPolicy) GetEntries() []*Entry {
 func (x *DirectionPolicy) GetL7() []*L7RuleSet {
 	if x != nil {
 		return x.L7
+	}
+	return nil
+}
+
+func (x *DirectionPolicy) GetFqdnSelectors() []*DNSRule {
+	if x != nil {
+		return x.FqdnSelectors
 	}
 	return nil
 }
@@ -1307,12 +1318,13 @@ const file_l7gate_v1_policy_proto_rawDesc = "" +
 	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x05 \x01(\tR\x03pod\x124\n" +
 	"\aingress\x18\x06 \x01(\v2\x1a.l7gate.v1.DirectionPolicyR\aingress\x122\n" +
-	"\x06egress\x18\a \x01(\v2\x1a.l7gate.v1.DirectionPolicyR\x06egress\"\xb9\x01\n" +
+	"\x06egress\x18\a \x01(\v2\x1a.l7gate.v1.DirectionPolicyR\x06egress\"\xf4\x01\n" +
 	"\x0fDirectionPolicy\x12\x1a\n" +
 	"\benforced\x18\x01 \x01(\bR\benforced\x128\n" +
 	"\fdefault_deny\x18\x02 \x03(\v2\x15.l7gate.v1.ProvenanceR\vdefaultDeny\x12*\n" +
 	"\aentries\x18\x03 \x03(\v2\x10.l7gate.v1.EntryR\aentries\x12$\n" +
-	"\x02l7\x18\x04 \x03(\v2\x14.l7gate.v1.L7RuleSetR\x02l7\"\xdd\x01\n" +
+	"\x02l7\x18\x04 \x03(\v2\x14.l7gate.v1.L7RuleSetR\x02l7\x129\n" +
+	"\x0efqdn_selectors\x18\x05 \x03(\v2\x12.l7gate.v1.DNSRuleR\rfqdnSelectors\"\xdd\x01\n" +
 	"\x05Entry\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\rR\x04peer\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\rR\bprotocol\x12\x12\n" +
@@ -1447,25 +1459,26 @@ var file_l7gate_v1_policy_proto_depIdxs = []int32{
 	14, // 2: l7gate.v1.DirectionPolicy.default_deny:type_name -> l7gate.v1.Provenance
 	6,  // 3: l7gate.v1.DirectionPolicy.entries:type_name -> l7gate.v1.Entry
 	7,  // 4: l7gate.v1.DirectionPolicy.l7:type_name -> l7gate.v1.L7RuleSet
-	1,  // 5: l7gate.v1.Entry.verdict:type_name -> l7gate.v1.Verdict
-	14, // 6: l7gate.v1.Entry.origins:type_name -> l7gate.v1.Provenance
-	8,  // 7: l7gate.v1.L7RuleSet.rules:type_name -> l7gate.v1.L7Rule
-	9,  // 8: l7gate.v1.L7Rule.http:type_name -> l7gate.v1.HTTPRule
-	11, // 9: l7gate.v1.L7Rule.kafka:type_name -> l7gate.v1.KafkaRule
-	13, // 10: l7gate.v1.L7Rule.generic:type_name -> l7gate.v1.GenericRule
-	12, // 11: l7gate.v1.L7Rule.dns:type_name -> l7gate.v1.DNSRule
-	14, // 12: l7gate.v1.L7Rule.origin:type_name -> l7gate.v1.Provenance
-	10, // 13: l7gate.v1.HTTPRule.headers:type_name -> l7gate.v1.HeaderMatch
-	2,  // 14: l7gate.v1.HeaderMatch.mismatch:type_name -> l7gate.v1.MismatchAction
-	17, // 15: l7gate.v1.GenericRule.fields:type_name -> l7gate.v1.GenericRule.FieldsEntry
-	0,  // 16: l7gate.v1.Provenance.direction:type_name -> l7gate.v1.Direction
-	3,  // 17: l7gate.v1.Provenance.kind:type_name -> l7gate.v1.RuleKind
-	0,  // 18: l7gate.v1.Listener.direction:type_name -> l7gate.v1.Direction
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	12, // 5: l7gate.v1.DirectionPolicy.fqdn_selectors:type_name -> l7gate.v1.DNSRule
+	1,  // 6: l7gate.v1.Entry.verdict:type_name -> l7gate.v1.Verdict
+	14, // 7: l7gate.v1.Entry.origins:type_name -> l7gate.v1.Provenance
+	8,  // 8: l7gate.v1.L7RuleSet.rules:type_name -> l7gate.v1.L7Rule
+	9,  // 9: l7gate.v1.L7Rule.http:type_name -> l7gate.v1.HTTPRule
+	11, // 10: l7gate.v1.L7Rule.kafka:type_name -> l7gate.v1.KafkaRule
+	13, // 11: l7gate.v1.L7Rule.generic:type_name -> l7gate.v1.GenericRule
+	12, // 12: l7gate.v1.L7Rule.dns:type_name -> l7gate.v1.DNSRule
+	14, // 13: l7gate.v1.L7Rule.origin:type_name -> l7gate.v1.Provenance
+	10, // 14: l7gate.v1.HTTPRule.headers:type_name -> l7gate.v1.HeaderMatch
+	2,  // 15: l7gate.v1.HeaderMatch.mismatch:type_name -> l7gate.v1.MismatchAction
+	17, // 16: l7gate.v1.GenericRule.fields:type_name -> l7gate.v1.GenericRule.FieldsEntry
+	0,  // 17: l7gate.v1.Provenance.direction:type_name -> l7gate.v1.Direction
+	3,  // 18: l7gate.v1.Provenance.kind:type_name -> l7gate.v1.RuleKind
+	0,  // 19: l7gate.v1.Listener.direction:type_name -> l7gate.v1.Direction
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_l7gate_v1_policy_proto_init() }

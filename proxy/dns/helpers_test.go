@@ -132,13 +132,14 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sels []policy.DNSSelector
-	for _, p := range []string{"**.example.com", "*.flood.example"} {
-		s, err := policy.CompileDNSPattern(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sels = append(sels, s)
+	// the selectors as the policy gives them to the proxy
+	pol, err := NewSnapshotPolicy(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sels := pol.FQDNSelectors()
+	if len(sels) != 2 || sels[0].Key() != "**.example.com" || sels[1].Key() != "*.flood.example" {
+		t.Fatalf("toFQDNs selectors from the policy: %v", sels)
 	}
 	return snap, sels
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	dnsmsg "github.com/l7gate/l7gate/parsers/dns"
 	"github.com/l7gate/l7gate/policy"
@@ -56,6 +58,7 @@ type SnapshotPolicy struct {
 	snap     *policy.Snapshot
 	byIP     map[netip.Addr]policy.Identity
 	checkers map[checkerKey]*dnsmsg.Checker
+	fqdn     []policy.DNSSelector
 }
 
 type checkerKey struct {
@@ -76,6 +79,15 @@ func NewSnapshotPolicy(snap *policy.Snapshot) (*SnapshotPolicy, error) {
 		if pol == nil {
 			continue
 		}
+		for _, s := range pol.Egress.FQDNSelectors {
+			if !slices.ContainsFunc(p.fqdn, func(x policy.DNSSelector) bool { return x.Key() == s.Key() }) {
+				c, err := s.Compile() // the IR may have come over the wire
+				if err != nil {
+					return nil, fmt.Errorf("identity %d toFQDNs %s: %w", ep.Identity, s.String(), err)
+				}
+				p.fqdn = append(p.fqdn, c)
+			}
+		}
 		for i := range pol.Egress.L7 {
 			rs := &pol.Egress.L7[i]
 			if rs.Parser != policy.ParserDNS {
@@ -93,6 +105,14 @@ func NewSnapshotPolicy(snap *policy.Snapshot) (*SnapshotPolicy, error) {
 		}
 	}
 	return p, nil
+}
+
+// FQDNSelectors returns the toFQDNs selectors of every endpoint (for
+// Proxy.SetFQDNSelectors), sorted by key.
+func (p *SnapshotPolicy) FQDNSelectors() []policy.DNSSelector {
+	out := slices.Clone(p.fqdn)
+	slices.SortFunc(out, func(a, b policy.DNSSelector) int { return strings.Compare(a.Key(), b.Key()) })
+	return out
 }
 
 // Lookup implements Policy.

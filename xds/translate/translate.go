@@ -242,6 +242,9 @@ func directionPolicy(d *policy.DirectionPolicy) (*l7gatev1.DirectionPolicy, erro
 	for _, p := range d.DefaultDeny {
 		out.DefaultDeny = append(out.DefaultDeny, provenanceToProto(p))
 	}
+	for _, s := range d.FQDNSelectors {
+		out.FqdnSelectors = append(out.FqdnSelectors, &l7gatev1.DNSRule{MatchName: s.MatchName, MatchPattern: s.MatchPattern})
+	}
 	for _, e := range d.Entries {
 		v, err := verdictToProto(e.Verdict)
 		if err != nil {
