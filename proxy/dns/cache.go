@@ -1,10 +1,12 @@
 package dnsproxy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,6 +23,7 @@ const (
 	DefaultMinTTL        = 60 * time.Second
 	DefaultMaxIPsPerName = 64
 	DefaultMaxNames      = 65536
+	DefaultMaxIPs        = 65536
 	// maxStateFile bounds the state file read at start.
 	maxStateFile = 64 << 20
 )
@@ -36,6 +39,10 @@ type CacheConfig struct {
 	// MaxNames bounds the names; a new name past it is not cached and is
 	// counted (Overflow): its toFQDNs allow nothing (fail closed).
 	MaxNames int
+	// MaxIPs bounds the addresses of all names together (each becomes an
+	// identity, an ipcache entry and policy entries); a new address past
+	// it is not cached and is counted (IPOverflow) (0: DefaultMaxIPs).
+	MaxIPs int
 	// StatePath: where Save writes the cache and NewCache reads it back
 	// ("": not persisted).
 	StatePath string
@@ -49,6 +56,7 @@ type CacheStats struct {
 	IPs        int    `json:"ips"`
 	Overflow   uint64 `json:"overflow"`   // new names not cached: MaxNames reached
 	EvictedIPs uint64 `json:"evictedIPs"` // addresses evicted by MaxIPsPerName
+	IPOverflow uint64 `json:"ipOverflow"` // new addresses not cached: MaxIPs reached
 	Expired    uint64 `json:"expired"`    // addresses removed by GC
 }
 
@@ -62,6 +70,7 @@ type Cache struct {
 	// scans faster than a map at that size, and iterating 10k names for
 	// policy must be cheap).
 	names   map[string][]ipExpiry
+	ips     int // addresses over all names
 	stats   CacheStats
 	lastGC  time.Time
 	version uint64 // bumped by every change (Save skips unchanged)
@@ -85,6 +94,9 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 	}
 	if cfg.MaxNames <= 0 {
 		cfg.MaxNames = DefaultMaxNames
+	}
+	if cfg.MaxIPs <= 0 {
+		cfg.MaxIPs = DefaultMaxIPs
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -159,7 +171,12 @@ func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) {
 			return
 		}
 	}
+	if c.ips >= c.cfg.MaxIPs {
+		c.stats.IPOverflow++
+		return
+	}
 	m = append(m, ipExpiry{ip, exp})
+	c.ips++
 	c.version++
 	for len(m) > c.cfg.MaxIPsPerName {
 		// evict the address that expires first
@@ -170,6 +187,7 @@ func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) {
 			}
 		}
 		m = slices.Delete(m, v, v+1)
+		c.ips--
 		c.stats.EvictedIPs++
 	}
 	c.names[name] = m
@@ -194,6 +212,7 @@ func (c *Cache) gcLocked(now time.Time) int {
 			}
 		}
 		removed += len(m) - len(kept)
+		c.ips -= len(m) - len(kept)
 		if len(kept) == 0 {
 			delete(c.names, n)
 		} else if len(kept) != len(m) {
@@ -234,10 +253,7 @@ func (c *Cache) Stats() CacheStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.stats
-	s.Names = len(c.names)
-	for _, m := range c.names {
-		s.IPs += len(m)
-	}
+	s.Names, s.IPs = len(c.names), c.ips
 	return s
 }
 
@@ -364,4 +380,29 @@ func (st State) FQDNNames(now time.Time) policy.StaticFQDNCache {
 		}
 	}
 	return out
+}
+
+// Run collects expired entries and saves the cache every interval until
+// ctx ends, then saves once more. Save errors are logged, not fatal: the
+// cache in memory stays authoritative.
+func (c *Cache) Run(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := c.Save(); err != nil {
+				log.Warn("fqdn cache", "err", err)
+			}
+			return
+		case <-t.C:
+			c.GC()
+			if err := c.Save(); err != nil {
+				log.Warn("fqdn cache", "err", err)
+			}
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package dnsproxy
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -136,5 +137,49 @@ func TestHostileStateFile(t *testing.T) {
 	}
 	if c, err := NewCache(CacheConfig{StatePath: filepath.Join(dir, "missing")}); err != nil || errors.Is(err, os.ErrNotExist) || c.Stats().Names != 0 {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestCacheTotalIPCap: addresses over all names are bounded; past the
+// cap new addresses are counted, not cached; GC frees room.
+func TestCacheTotalIPCap(t *testing.T) {
+	clk := &clock{time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)}
+	c, _ := NewCache(CacheConfig{MinTTL: time.Second, MaxIPs: 3, Now: clk.now})
+	c.Insert("a.", ips("198.18.0.1", "198.18.0.2"), time.Second)
+	c.Insert("b.", ips("198.18.0.3", "198.18.0.4"), time.Minute)
+	if st := c.Stats(); st.IPs != 3 || st.IPOverflow != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	clk.t = clk.t.Add(2 * time.Second)
+	c.GC()
+	c.Insert("b.", ips("198.18.0.4"), time.Minute)
+	if got := cachedIPs(c, "b."); !slices.Equal(got, []string{"198.18.0.3", "198.18.0.4"}) || c.Stats().IPs != 2 {
+		t.Fatalf("after GC: %v %+v", got, c.Stats())
+	}
+}
+
+// TestCacheRunSaves: Run collects and saves periodically and on exit.
+func TestCacheRunSaves(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fqdn-cache.json")
+	c, _ := NewCache(CacheConfig{StatePath: path})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx, 20*time.Millisecond, nil); close(done) }()
+	c.Insert("a.example.", ips("198.18.0.1"), time.Hour)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, err := ReadState(path); err == nil && len(st.Names) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not saved within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.Insert("b.example.", ips("198.18.0.2"), time.Hour)
+	cancel()
+	<-done
+	if st, err := ReadState(path); err != nil || len(st.Names) != 2 {
+		t.Fatalf("final save: %v %v", st, err)
 	}
 }
