@@ -74,3 +74,30 @@ func TestFQDNCacheList(t *testing.T) {
 		t.Fatalf("missing cache: exit 0 %s", errOut)
 	}
 }
+
+// TestDNSGuideExample: Cilium's DNS guide through the command line: any
+// name resolves through kube-dns; api.github.com is reachable once cached,
+// support.github.com (cached too) and an uncached name are not.
+func TestDNSGuideExample(t *testing.T) {
+	const dir = "../../examples/dns-guide"
+	src := []string{"policy", "trace", "-f", dir + "/objects.yaml", "-f", dir + "/policy.yaml", "--src-labels", "org=empire,class=mediabot"}
+	cache := []string{"--fqdn-cache", dir + "/fqdn-cache.yaml"}
+	if code, out, errOut := runCLI(t, "policy", "validate", "-f", dir+"/objects.yaml", "-f", dir+"/policy.yaml"); code != 0 || errOut != "" {
+		t.Fatalf("validate (exit %d):\n%s%s", code, out, errOut)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--dst-labels", "k8s-app=kube-dns", "--dst-namespace", "kube-system", "--dns-name", "support.github.com"}, "Verdict: ALLOWED"},
+		{append([]string{"--dst-fqdn", "api.github.com", "--dport", "443"}, cache...), "Verdict: ALLOWED"},
+		{append([]string{"--dst-fqdn", "support.github.com", "--dport", "443"}, cache...), "Verdict: DENIED"},
+		{append([]string{"--dst-fqdn", "www.example.com", "--dport", "443"}, cache...), "Verdict: DENIED"},
+		{[]string{"--dst-fqdn", "api.github.com", "--dport", "443"}, "Verdict: DENIED"}, // not cached: fail closed
+	} {
+		code, out, errOut := runCLI(t, append(src, tc.args...)...)
+		if code != 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("%v (exit %d): want %q\n%s%s", tc.args, code, tc.want, out, errOut)
+		}
+	}
+}
