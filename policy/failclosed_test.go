@@ -49,6 +49,9 @@ spec:
 // allowed nothing.)
 func TestDNSRulesEnforced(t *testing.T) {
 	strict := strings.Replace(dnsLockdown, `dns: [{matchPattern: "*"}]`, `dns: [{matchPattern: "*.example.com"}, {matchName: api.other.org}]`, 1)
+	// UDP only: the trace must find the UDP rule set (it once looked for
+	// TCP's whatever the flow's protocol).
+	udpOnly := strings.Replace(dnsLockdown, `protocol: ANY`, `protocol: UDP`, 1)
 	for _, tc := range []struct {
 		doc   string
 		dst   string
@@ -68,6 +71,8 @@ func TestDNSRulesEnforced(t *testing.T) {
 		{strict, "198.18.0.53", ProtoUDP, 53, "API.other.org.", DecisionAllowed, true},
 		{strict, "198.18.0.53", ProtoUDP, 53, "example.com", DecisionDenied, true},
 		{strict, "198.18.0.53", ProtoTCP, 53, "evil.org", DecisionDenied, true},
+		{udpOnly, "198.18.0.53", ProtoUDP, 53, "anything.example.", DecisionAllowed, true},
+		{udpOnly, "198.18.0.53", ProtoTCP, 53, "anything.example.", DecisionDenied, false}, // no TCP rule
 	} {
 		objs, errs := Decode("test.yaml", []byte(fcPods+"---"+tc.doc))
 		if len(errs) > 0 || len(objs.Warnings) > 0 {
