@@ -99,7 +99,7 @@ func BenchmarkCacheInsert10k(b *testing.B) {
 	fill := func() *Cache {
 		c, _ := NewCache(CacheConfig{MaxNames: 2 * size})
 		for i := range size {
-			c.Insert("n"+strconv.Itoa(i)+".example.com", []netip.Addr{netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})}, time.Minute)
+			c.Insert("n"+strconv.Itoa(i)+".example.com", []netip.Addr{netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})}, time.Hour)
 		}
 		return c
 	}

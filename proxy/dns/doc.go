@@ -11,9 +11,12 @@
 // client endpoint (Policy; SnapshotPolicy builds one from a
 // policy.Snapshot) and the toFQDNs selectors in force (SetFQDNSelectors).
 //
-// Not here yet (issue 16): the datapath's UDP redirect to this proxy,
-// holding a response until the datapath has the new entries, and the
-// xDS resource carrying DNS rules to the proxy.
+// Not here yet (issue 16): the datapath's UDP redirect to this proxy
+// (and reading a redirected datagram's original destination), holding a
+// response until the datapath has the new entries, and running it in the
+// proxy process from xDS (the resources carry it already: DNSRule in
+// L7Rule, fqdn_selectors in DirectionPolicy; xds.PolicyFromProto decodes
+// them into the policy.EndpointPolicy a SnapshotPolicy-like Policy needs).
 //
 // It imports parsers/dns, policy and flow only (the proxy side).
 package dnsproxy
