@@ -89,6 +89,21 @@ func AppendJSON(b []byte, r *Record) []byte {
 		b = append(b, `,"errorCode":`...)
 		b = strconv.AppendInt(b, int64(r.ErrorCode), 10)
 	}
+	b = appendOptString(b, `,"dnsQuery":`, r.DNSQuery)
+	b = appendOptString(b, `,"dnsType":`, r.DNSType)
+	b = appendOptString(b, `,"dnsRcode":`, r.DNSRcode)
+	if len(r.DNSIPs) > 0 {
+		b = append(b, `,"dnsIPs":[`...)
+		for i, ip := range r.DNSIPs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '"')
+			b = ip.AppendTo(b)
+			b = append(b, '"')
+		}
+		b = append(b, ']')
+	}
 	if r.IPProtocol != 0 {
 		b = append(b, `,"ipProtocol":`...)
 		b = strconv.AppendUint(b, uint64(r.IPProtocol), 10)

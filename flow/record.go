@@ -40,7 +40,7 @@ const (
 // of the JSON, except the common ones at the top.
 type Record struct {
 	Time time.Time `json:"time"`
-	// Protocol is the L7 protocol of a proxy record (http, kafka) or the
+	// Protocol is the L7 protocol of a proxy record (http, kafka, dns) or the
 	// IP protocol of a datapath record as policy names it (tcp, udp, …;
 	// IPProtocol has the number).
 	Protocol    string         `json:"protocol"`
@@ -75,6 +75,14 @@ type Record struct {
 	CorrelationID int32    `json:"correlationID,omitempty"`
 	Topics        []string `json:"topics,omitempty"`
 	ErrorCode     int16    `json:"errorCode,omitempty"`
+
+	// DNS (the DNS proxy): the query's name and type, the response code
+	// the client got, and the addresses the answer carried for the name
+	// (at the end of its CNAME chain).
+	DNSQuery string       `json:"dnsQuery,omitempty"`
+	DNSType  string       `json:"dnsType,omitempty"`
+	DNSRcode string       `json:"dnsRcode,omitempty"`
+	DNSIPs   []netip.Addr `json:"dnsIPs,omitempty"`
 
 	// Datapath
 	IPProtocol uint8  `json:"ipProtocol,omitempty"`

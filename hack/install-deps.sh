@@ -18,6 +18,7 @@ declare -A want=(
   [iptables-nft]=iptables
   [iptables-legacy]=iptables
   [conntrack]=conntrack
+  [dig]=dnsutils
 )
 
 missing=()

@@ -193,6 +193,9 @@ type Peers struct {
 	Selectors []Selector
 	CIDRs     []CIDRSelector
 	Entities  []string
+	// FQDNs (toFQDNs): the addresses DNS answers gave names these select,
+	// as FQDN identities (labels fqdn:<selector>; see Options.FQDNCache).
+	FQDNs []DNSSelector
 }
 
 // CIDRSelector selects the CIDR identities inside Prefix and outside Except.
@@ -222,12 +225,17 @@ type PortSpec struct {
 const (
 	ParserHTTP  = "http"
 	ParserKafka = "kafka"
+	ParserDNS   = "dns"
 )
 
 // L7Rules are the L7 rules of one toPorts entry.
 type L7Rules struct {
-	Parser  string // "http", "kafka" or the l7proto name
+	Parser  string // "http", "kafka", "dns" or the l7proto name
 	HTTP    []HTTPRule
 	Kafka   []KafkaRule
+	DNS     []DNSSelector
 	Generic []map[string]string
 }
+
+// count is the number of L7 rules.
+func (l *L7Rules) count() int { return len(l.HTTP) + len(l.Kafka) + len(l.DNS) + len(l.Generic) }

@@ -24,6 +24,12 @@ type TraceRequest struct {
 	DPort    uint16
 	HTTP     *HTTPRequest
 	Kafka    *KafkaRequest
+	// DNSName is a DNS query's name (rules.dns on a redirected port).
+	DNSName string
+	// DstFQDN: the destination is this DNS name, resolved through
+	// Options.FQDNCache (Dst is ignored). An uncached name is traced as
+	// world: toFQDNs select nothing until a DNS answer is seen.
+	DstFQDN string
 	// Options are the agent's compute options (zero: the defaults).
 	Options Options
 }
@@ -73,7 +79,19 @@ type TraceResult struct {
 	Egress      DirectionTrace `json:"egress"`
 	Ingress     DirectionTrace `json:"ingress"`
 	DecidedBy   []Provenance   `json:"decidedBy"`
+	FQDN        *FQDNTrace     `json:"fqdn,omitempty"`
 	Warnings    []string       `json:"warnings,omitempty"`
+}
+
+// FQDNTrace says how --dst-fqdn resolved.
+type FQDNTrace struct {
+	Name string `json:"name"`
+	// IPs are the cached addresses (the trace used the first).
+	IPs []netip.Addr `json:"ips,omitempty"`
+	// Selectors are the toFQDNs selectors (policy: selector) matching
+	// the name.
+	Selectors []string `json:"selectors,omitempty"`
+	Note      string   `json:"note"`
 }
 
 const (
@@ -87,6 +105,16 @@ const (
 func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if req.Protocol == ProtoAny {
 		req.Protocol = ProtoTCP
+		if req.DNSName != "" {
+			req.Protocol = ProtoUDP
+		}
+	}
+	var fqdn *FQDNTrace
+	if req.DstFQDN != "" {
+		var err error
+		if fqdn, err = traceFQDN(objs, &req); err != nil {
+			return nil, err
+		}
 	}
 	work := *objs
 	work.Pods = slices.Clone(objs.Pods)
@@ -109,7 +137,7 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compute: %w", err)
 	}
-	res := &TraceResult{Protocol: req.Protocol, DPort: req.DPort, Warnings: snap.Warnings}
+	res := &TraceResult{Protocol: req.Protocol, DPort: req.DPort, Warnings: snap.Warnings, FQDN: fqdn}
 	res.Source = resolveParty(snap, req.Src, traceSrcName)
 	res.Destination = resolveParty(snap, req.Dst, traceDstName)
 
@@ -207,6 +235,12 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 			return out
 		}
 		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.Shadowed = true, r.Decision, r.DecidedBy, r.Shadowed
+	case l4.Parser == ParserDNS && req.DNSName != "":
+		r := l4.L7.EvaluateDNS(peer, req.DNSName)
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.Shadowed = true, r.Decision, r.DecidedBy, r.Shadowed
+		if _, err := NormalizeDNSName(req.DNSName); err != nil {
+			l7.Note = fmt.Sprintf("%q matches no DNS rule: %v", req.DNSName, err)
+		}
 	case l4.Parser == ParserKafka && req.Kafka != nil:
 		r := l4.L7.EvaluateKafka(peer, req.Kafka)
 		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics, l7.Shadowed = true, r.Decision, r.DecidedBy, r.DeniedTopics, r.Shadowed
@@ -217,4 +251,43 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 	out.Verdict = l7.Verdict
 	out.DecidedBy = l7.DecidedBy
 	return out
+}
+
+// traceFQDN resolves req.DstFQDN through the FQDN cache and sets req.Dst.
+func traceFQDN(objs *Objects, req *TraceRequest) (*FQDNTrace, error) {
+	name, err := NormalizeDNSName(req.DstFQDN)
+	if err != nil {
+		return nil, fmt.Errorf("--dst-fqdn %q: %w", req.DstFQDN, err)
+	}
+	t := &FQDNTrace{Name: name}
+	for _, pol := range objs.Policies {
+		for _, r := range pol.Rules {
+			for _, s := range r.Allow[Egress] {
+				for i := range s.Peers.FQDNs {
+					if sel := &s.Peers.FQDNs[i]; sel.Matches(name) {
+						t.Selectors = append(t.Selectors, pol.Name()+" "+s.Path+": "+sel.String())
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(t.Selectors)
+	t.Selectors = slices.Compact(t.Selectors)
+	if req.Options.FQDNCache != nil {
+		for _, n := range req.Options.FQDNCache.FQDNNames() {
+			if nn, err := NormalizeDNSName(n.Name); err == nil && nn == name {
+				t.IPs = append(t.IPs, n.IPs...)
+			}
+		}
+	}
+	slices.SortFunc(t.IPs, netip.Addr.Compare)
+	t.IPs = slices.Compact(t.IPs)
+	if len(t.IPs) == 0 {
+		req.Dst = TracePeer{Entity: "world"}
+		t.Note = "not in the FQDN cache: its addresses are world (or CIDR identities) to policy, and toFQDNs selectors select nothing until the DNS proxy sees an answer for it (fail closed)"
+		return t, nil
+	}
+	req.Dst = TracePeer{Addr: t.IPs[0]}
+	t.Note = fmt.Sprintf("from the FQDN cache given: %d address(es); traced to %s", len(t.IPs), t.IPs[0])
+	return t, nil
 }

@@ -93,7 +93,7 @@ type wireEgress struct {
 	ToCIDRSet      []wireCIDRRule  `json:"toCIDRSet"`
 	ToEntities     []string        `json:"toEntities"`
 	ToServices     any             `json:"toServices"`
-	ToFQDNs        any             `json:"toFQDNs"`
+	ToFQDNs        []wireDNSRule   `json:"toFQDNs"`
 	ToGroups       any             `json:"toGroups"`
 	ToNodes        any             `json:"toNodes"`
 	ToPorts        []wirePortRule  `json:"toPorts"`
@@ -124,8 +124,7 @@ type wireL7Rules struct {
 	L7      []map[string]string `json:"l7"`
 }
 
-// wireDNSRule is one rules.dns entry (not enforced yet; decoded strictly so
-// a typo is still an error).
+// wireDNSRule is one rules.dns or toFQDNs entry (Cilium's FQDNSelector).
 type wireDNSRule struct {
 	MatchName    string `json:"matchName"`
 	MatchPattern string `json:"matchPattern"`

@@ -41,6 +41,8 @@ var allowed = map[string][]string{
 	"parsers/http":                     {"policy", "flow"},
 	"parsers/kafka":                    {"policy", "flow"},
 	"parsers/kafka/internal/schemagen": {},
+	"parsers/dns":                      {"policy"},
+	"proxy/dns":                        {"parsers/dns", "policy", "flow"},
 	"xds/client":                       {"xds", "proto/l7gatev1", "flow"},
 	"envoy/als":                        {"envoy", "flow"},
 	"proxy":                            {"parsers/http", "parsers/kafka", "policy", "flow", "proto/l7gatev1", "redirect", "xds", "xds/client"},
@@ -71,7 +73,7 @@ var allowed = map[string][]string{
 // controlPlane are the packages the proxy side must not import.
 var controlPlane = []string{"agent", "agentapi", "bpf", "bpftranslate", "k8s", "source", "xds/translate", "xds/envoytranslate", "xds/server"}
 
-var proxySide = []string{"proxy", "parsers/http", "parsers/kafka", "xds/client", "envoy", "envoy/als"}
+var proxySide = []string{"proxy", "parsers/http", "parsers/kafka", "parsers/dns", "proxy/dns", "xds/client", "envoy", "envoy/als"}
 
 // goList maps packages to the module's packages they import (field
 // Imports) or depend on (Deps).
