@@ -10,10 +10,14 @@
 #   $L7GATE_CACHE/coredns-<ver>-<hash>/coredns  CoreDNS with the plugins a kubeadm
 #                                            Corefile uses
 #   $L7GATE_CACHE/mkimage-<hash>/mkimage     our image assembler (go-containerregistry)
+#   $L7GATE_CACHE/hubble-<ver>/hubble        the hubble CLI (github.com/cilium/cilium/hubble,
+#                                            the Cilium release proto/cilium was copied
+#                                            from); ~8 min cold
 #
 # Versions: Kubernetes is the one go.mod already uses (k8s.io/kubernetes and
 # its staging replaces are copied from it); the others are pinned below.
-# Usage: hack/build-components.sh [kube|helm|coredns|mkimage ...]  (default: all)
+# Usage: hack/build-components.sh [kube|helm|coredns|mkimage|hubble ...]
+#        (default: kube helm coredns mkimage; hubble is built on request)
 # Prints NAME=PATH lines for what it built or found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +26,8 @@ CACHE=${L7GATE_CACHE:-/var/cache/l7gate}
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.15.0
 GGCR_VERSION=v0.22.1
+# The Cilium release whose flow/observer protos proto/cilium carries.
+HUBBLE_VERSION=v1.20.2
 mkdir -p "$CACHE"
 
 log() { echo "build-components: $*" >&2; }
@@ -119,6 +125,26 @@ build_mkimage() {
     rm -rf "$dir" && mv "$tmp" "$dir"
   fi
   echo "MKIMAGE=$dir/mkimage"
+}
+
+build_hubble() {
+  # The release whose protos we serve (proto/cilium): the CLI and our
+  # server speak the same flow.proto.
+  local ver=$HUBBLE_VERSION
+  local dir="$CACHE/hubble-$ver"
+  if [ ! -x "$dir/hubble" ]; then
+    log "building the hubble CLI ($ver) in $dir; cold this takes ~8 min on 2 cores"
+    local tmp="$dir.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    printf 'module l7gate.local/hubble\n\ngo %s\n' "$(awk '$1=="go"{print $2; exit}' go.mod)" >"$tmp/go.mod"
+    # `go install pkg@version` refuses a module with replace lines; a
+    # throwaway module that requires it builds the package fine.
+    (cd "$tmp" && go get "github.com/cilium/cilium@$ver" >/dev/null 2>&1 &&
+      CGO_ENABLED=0 go build -ldflags "-s -w" -o hubble github.com/cilium/cilium/hubble)
+    rm -rf "$dir" && mv "$tmp" "$dir"
+  fi
+  echo "HUBBLE=$dir/hubble"
 }
 
 what=("$@")

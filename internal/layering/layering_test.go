@@ -17,6 +17,10 @@ var allowed = map[string][]string{
 	// Shared contracts: imported by both sides.
 	"proto":          {},
 	"proto/l7gatev1": {},
+	// Hubble's flow/observer/relay protos (generated from Cilium's .proto).
+	"proto/hubble/flowpb":     {},
+	"proto/hubble/relaypb":    {},
+	"proto/hubble/observerpb": {"proto/hubble/flowpb", "proto/hubble/relaypb"},
 	"flow":           {},
 	"policy":         {"flow"},
 	"source":         {"policy", "flow"},
