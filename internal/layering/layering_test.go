@@ -57,6 +57,12 @@ var allowed = map[string][]string{
 	"agent": {"agent/endpoints", "agent/node", "agent/supervisor", "agentapi", "bpf", "bpftranslate", "envoy", "envoy/als",
 		"envoy/bootstrap", "flow", "policy", "redirect", "source", "xds", "xds/envoytranslate", "xds/server", "xds/translate"},
 
+	// The agent's flow pipeline and the formats it speaks.
+	"observe":         {"flow"},
+	"observe/hubble":  {"flow", "observe", "proto/hubble/flowpb", "proto/hubble/observerpb", "proto/hubble/relaypb"},
+	"observe/otlp":    {"flow", "observe"},
+	"observe/metrics": {"flow", "observe", "observe/hubble", "proto/hubble/flowpb"},
+
 	// Above the agent.
 	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
 	"deploy":                 {},
