@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 
@@ -36,10 +35,9 @@ func EnvoyBootstrapConfig(node, runDir string) bootstrap.Config {
 }
 
 // serveAccessLogs runs the gRPC access-log service Envoy's bootstrap
-// points at; Envoy's requests become flow records, written as JSON lines
-// (the Go proxy's access-log format) on the agent's stderr.
+// points at; Envoy's requests become flow records in the flow pipeline.
 func (a *Agent) serveAccessLogs(ctx context.Context) error {
-	return als.Serve(ctx, als.Config{Socket: agentapi.ALSSocket(a.cfg.RunDir), Log: a.log, Sink: flow.JSONLines(os.Stderr)})
+	return als.Serve(ctx, als.Config{Socket: agentapi.ALSSocket(a.cfg.RunDir), Log: a.log, Sink: func(r *flow.Record) { a.pipe.Ingest(r) }})
 }
 
 // ProxyProcesses finds the proxies' processes and takes their listener

@@ -149,6 +149,7 @@ func (a *Agent) push(ctx context.Context, snap *policy.Snapshot, local []bpftran
 				}
 			}
 		})
+		a.recordPush(lastErr)
 		if lastErr == nil || ctx.Err() != nil || !a.exclude(lastErr, st, snap, local, ports, excl) {
 			break
 		}

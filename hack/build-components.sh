@@ -141,7 +141,7 @@ build_hubble() {
     # `go install pkg@version` refuses a module with replace lines; a
     # throwaway module that requires it builds the package fine.
     (cd "$tmp" && go get "github.com/cilium/cilium@$ver" >/dev/null 2>&1 &&
-      CGO_ENABLED=0 go build -ldflags "-s -w" -o hubble github.com/cilium/cilium/hubble)
+      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -ldflags "-s -w" -o hubble github.com/cilium/cilium/hubble)
     rm -rf "$dir" && mv "$tmp" "$dir"
   fi
   echo "HUBBLE=$dir/hubble"

@@ -417,67 +417,6 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func (a *app) observeCommand() *cobra.Command {
-	var runDir, output string
-	var follow, dropsOnly bool
-	cmd := &cobra.Command{
-		Use:   "observe",
-		Short: "Show recent datapath flows (drops and new-flow verdicts) with the rule that decided",
-		Long: `observe prints the flows the eBPF datapath reported to the agent: every drop
-and the verdict on every new flow, with source and destination identities and
-the policy rule that decided (default-deny names the policies that made the
-endpoint default-deny). L7 requests are in the proxy's access log
-(RUN_DIR/proxy.log, JSON lines). --follow keeps printing new flows.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			var cursor uint64
-			for {
-				page, err := agentapi.FetchFlows(ctx, runDir, cursor)
-				if err != nil {
-					return err
-				}
-				cursor = page.Cursor
-				for _, f := range page.Flows {
-					if dropsOnly && !f.Dropped() {
-						continue
-					}
-					if output == "json" {
-						json.NewEncoder(a.stdout).Encode(f)
-						continue
-					}
-					rule := "-"
-					if len(f.DecidedBy) > 0 {
-						parts := make([]string, len(f.DecidedBy))
-						for i, p := range f.DecidedBy {
-							parts[i] = p.String()
-						}
-						rule = strings.Join(parts, "; ")
-					}
-					verdict := string(f.Verdict)
-					if f.Dropped() {
-						verdict = "DROPPED"
-					}
-					fmt.Fprintf(a.stdout, "%s %-7s %s (%d) → %s (%d) proto %d %s [%s] %s\n", f.Time.Format("15:04:05.000"), f.Direction,
-						f.Source, uint32(f.SrcIdentity), f.Destination, uint32(f.DstIdentity), f.IPProtocol, verdict, f.Reason, rule)
-				}
-				if !follow {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
-		},
-	}
-	cmd.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json (one object per line)")
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new flows")
-	cmd.Flags().BoolVar(&dropsOnly, "drops", false, "only drops")
-	return cmd
-}
-
 // proxyCgroup creates the cgroup the agent starts its Go proxy in (the
 // datapath believes from-proxy marks only from the proxies' cgroups).
 // Without one (no writable cgroup v2) the proxy starts in the agent's

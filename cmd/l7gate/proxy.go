@@ -21,6 +21,7 @@ import (
 func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
+		flowSocket                                     string
 		listenAddr, escapedSlashes                     string
 		keepSource, noSockmap                          bool
 		maxConns, maxConnsPerSource                    int
@@ -79,6 +80,18 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 				defer f.Close()
 				opts.AccessLog = flow.JSONLines(f)
 			}
+			if flowSocket != "" {
+				// every record also goes to the agent's flow pipeline
+				fwd := flow.NewForwarder(flowSocket, 0, a.log)
+				go fwd.Run(ctx)
+				local := opts.AccessLog
+				opts.AccessLog = func(r *flow.Record) {
+					if local != nil {
+						local(r)
+					}
+					fwd.Send(r) // owns r from here
+				}
+			}
 			if !noSockmap {
 				// The upstream SO_MARK tells the datapath the connection is
 				// the proxy's (bpf owns the encoding; setting it needs
@@ -124,6 +137,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
+	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
