@@ -26,6 +26,7 @@ import (
 	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/observe"
 	"github.com/l7gate/l7gate/observe/hubble"
+	"github.com/l7gate/l7gate/observe/metrics"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/xds/server"
@@ -45,13 +46,12 @@ type FlowsConfig struct {
 	// is a loopback one.
 	HubbleListen string
 	HubbleTLS    *tls.Config
-	// Export, when its Path is set, writes flows as JSON lines (Hubble's
-	// exporter format) to a rotating file.
-	Export hubble.ExporterConfig
-	// Sinks get every flow (metrics, OTLP export); Runners are run for as
-	// long as the agent runs (the sinks' senders).
+	// Sinks get every flow (metrics, the JSON-lines export, OTLP);
+	// Runners are run for as long as the agent runs (the sinks' senders);
+	// Losses name the sinks' counters for the metrics.
 	Sinks   []observe.Sink
 	Runners []func(context.Context) error
+	Losses  []metrics.SinkLosses
 	// Version is reported in flows and by ServerStatus.
 	Version string
 }
@@ -234,26 +234,11 @@ func (a *Agent) recordPush(err error) {
 // access logs).
 func (a *Agent) startFlows(goRun func(name string, fatal bool, f func(context.Context) error)) error {
 	fc := a.cfg.Flows
-	sinks := slices.Clone(fc.Sinks)
-	var exporter *hubble.Exporter
-	if fc.Export.Path != "" {
-		var err error
-		if fc.Export.Node == "" {
-			fc.Export.Node = a.cfg.Node
-		}
-		fc.Export.Options = a.hubbleOptions()
-		if exporter, err = hubble.NewExporter(fc.Export); err != nil {
-			return err
-		}
-		sinks = append(sinks, exporter)
-	}
-	a.pipe = observe.New(observe.Config{Capacity: fc.Capacity, Queue: fc.Queue, Enrich: a.enrich, Sinks: sinks})
+	a.pipe = observe.New(observe.Config{Capacity: fc.Capacity, Queue: fc.Queue, Enrich: a.enrich, Sinks: fc.Sinks})
+	a.cfg.Metrics.WatchPipeline(a.pipe.Stats, fc.Losses...)
 	goRun("flow pipeline", true, a.pipe.Run)
 	for i, run := range fc.Runners {
 		goRun(fmt.Sprintf("flow sink %d", i), false, run)
-	}
-	if exporter != nil {
-		goRun("flow export", false, exporter.Run)
 	}
 	srv := hubble.NewServer(hubble.ServerConfig{Pipeline: a.pipe, Node: a.cfg.Node, Options: a.hubbleOptions(), StartedAt: a.st.startedAt,
 		Address: "unix://" + agentapi.HubbleSocket(a.cfg.RunDir), Logger: a.log})

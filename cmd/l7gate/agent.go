@@ -22,6 +22,7 @@ import (
 	"github.com/l7gate/l7gate/agent/supervisor"
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/observe/metrics"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
@@ -53,12 +54,14 @@ type agentFlags struct {
 	EscapedSlashes string `json:"httpEscapedSlashes"`
 	// ProxyArgs are extra arguments for the Go proxy the agent starts.
 	ProxyArgs []string `json:"proxyArgs"`
+	// Observability: metrics, the Observer API, flow export, OTLP.
+	obsFlags
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
 		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder",
-		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject)}
+		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject), obsFlags: defaultObsFlags()}
 	k8sf := defaultK8sFlags()
 	var configFile string
 	cmd := &cobra.Command{
@@ -124,6 +127,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if !ch("start-proxy") {
 					f.StartProxy = fromFile.StartProxy
 				}
+				f.obsFlags.merge(fromFile.obsFlags, ch)
 			}
 			var src source.Source
 			var reporter source.PolicyReporter
@@ -189,6 +193,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringSliceVar(&f.KubeAPIServer, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; the k8s source reads them from the default/kubernetes EndpointSlice)")
 	fl.StringVar(&f.EscapedSlashes, "http-escaped-slashes", f.EscapedSlashes, "request paths with %2F or %5C, in the Go proxy and in Envoy: reject (400), keep (match and forward encoded) or unescape (decode to /)")
 	fl.StringArrayVar(&f.ProxyArgs, "proxy-arg", nil, "extra argument for the Go proxy the agent starts (repeatable), e.g. --proxy-arg=--kafka-topic-ids")
+	f.obsFlags.addFlags(fl)
 	fl.StringVar(&f.EnvoyName, "envoy-process-name", f.EnvoyName, "with --http-proxy envoy: Envoy's process name; its listeners are taken into the datapath with pidfd_getfd (needs a shared PID namespace and CAP_SYS_PTRACE)")
 	return cmd
 }
@@ -241,8 +246,24 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
+	ob, err := f.obsFlags.build(f.Node, a.log)
+	if err != nil {
+		return err
+	}
+	ob.registry.MustRegister(
+		metrics.FuncCounter("l7gate_datapath_events_total", "Datapath events (drops, new-flow verdicts) by outcome: emitted to the ring buffer, or suppressed by the per-CPU rate limit.",
+			"outcome", "emitted", func() float64 { e, _, _ := dp.EventStats(); return float64(e) }),
+		metrics.FuncCounter("l7gate_datapath_events_total", "Datapath events (drops, new-flow verdicts) by outcome: emitted to the ring buffer, or suppressed by the per-CPU rate limit.",
+			"outcome", "suppressed", func() float64 { _, s, _ := dp.EventStats(); return float64(s) }))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if f.MetricsAddress != "" {
+		go func() {
+			if err := serveMetrics(ctx, f.MetricsAddress, ob.registry); err != nil {
+				a.log.Error("metrics", "error", err)
+			}
+		}()
+	}
 	xdsDone := make(chan error, 1)
 	go func() { xdsDone <- xs.ListenAndServe(ctx) }()
 	cfg := agent.Config{
@@ -250,10 +271,14 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
 		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes},
-		Policy: popts,
+		Policy: popts, Flows: ob.flows, Metrics: ob.agent,
 	}
 	if f.StartProxy {
-		args := append([]string{"--http-escaped-slashes", string(slashes)}, f.ProxyArgs...)
+		args := []string{"--http-escaped-slashes", string(slashes)}
+		if f.ProxyMetricsAddress != "" {
+			args = append(args, "--metrics-address", f.ProxyMetricsAddress)
+		}
+		args = append(args, f.ProxyArgs...)
 		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args}
 	}
 	runErr := make(chan error, 1)

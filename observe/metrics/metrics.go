@@ -201,6 +201,7 @@ func (c pipelineCollector) Collect(ch chan<- prometheus.Metric) {
 // Agent holds l7gate's control-plane metrics. A nil *Agent records
 // nothing, so the agent calls it unconditionally.
 type Agent struct {
+	reg                prometheus.Registerer
 	compute         *prometheus.HistogramVec
 	implement       prometheus.Histogram
 	failures        prometheus.Counter
@@ -217,6 +218,7 @@ var latencyBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 // NewAgent registers the agent's metrics with reg.
 func NewAgent(reg prometheus.Registerer) *Agent {
 	a := &Agent{
+		reg: reg,
 		compute: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "l7gate_policy_compute_duration_seconds",
 			Help: "Time to compute the policy of a source revision (identities, selectors, every endpoint's policy).", Buckets: latencyBuckets},
 			[]string{"outcome"}),
@@ -241,6 +243,15 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 	}
 	reg.MustRegister(a.compute, a.implement, a.failures, a.revision, a.pushes, a.results, a.mapEntries, a.mapCapacity, a.syncErrors, a.endpoints)
 	return a
+}
+
+// WatchPipeline exposes the flow pipeline's counters and its sinks'
+// losses (l7gate_flows_*).
+func (a *Agent) WatchPipeline(stats PipelineStats, sinks ...SinkLosses) {
+	if a == nil {
+		return
+	}
+	a.reg.MustRegister(NewPipelineCollector(stats, sinks...))
 }
 
 // Computed records a policy computation.
