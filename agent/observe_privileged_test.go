@@ -413,7 +413,7 @@ scrape_configs:
 			return out
 		}
 		want := map[string]func(map[string]float64) bool{
-			`sum(hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"})`:  func(m map[string]float64) bool { return m[""] >= 1 },
+			`sum(hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"})`:   func(m map[string]float64) bool { return m[""] >= 1 },
 			`sum by (status) (hubble_http_requests_total{reporter="server"})`: func(m map[string]float64) bool { return m["status=200"] >= 5 && m["status=403"] >= 3 },
 			`sum by (action) (hubble_policy_verdicts_total{match="l7/http"})`: func(m map[string]float64) bool { return m["action=forwarded"] >= 5 && m["action=dropped"] >= 3 },
 			`sum by (verdict) (l7gate_proxy_requests_total{protocol="http"})`: func(m map[string]float64) bool { return m["verdict=allowed"] >= 5 && m["verdict=denied"] >= 3 },
