@@ -198,6 +198,8 @@ func (c *Config) validate() error {
 		return errors.New("agent: no proxy port allocator")
 	case c.HTTPProxy != HTTPProxyGo && c.HTTPProxy != HTTPProxyEnvoy:
 		return fmt.Errorf("agent: http proxy %q: want go or envoy", c.HTTPProxy)
+	case c.Envoy.AccessLog != "" && c.Envoy.AccessLog != EnvoyAccessLogGRPC && c.Envoy.AccessLog != EnvoyAccessLogOTel:
+		return fmt.Errorf("agent: envoy access log %q: want grpc or otel", c.Envoy.AccessLog)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/xds/envoytranslate"
 )
 
 // EnvoyConfig configures Envoy mode.
@@ -26,6 +27,33 @@ type EnvoyConfig struct {
 	// EscapedSlashes: what Envoy does with %2F and %5C in request paths
 	// (the Go proxy's --http-escaped-slashes; default reject).
 	EscapedSlashes policy.EscapedSlashAction
+	// AccessLog: how Envoy reports requests to the agent: "grpc" (default;
+	// the gRPC access-log service) or "otel" (Envoy's OpenTelemetry
+	// logger, to the agent's OTLP intake on the same socket).
+	AccessLog string
+	// OTLPCollector, "host:port" of an OTLP gRPC collector, also sends
+	// Envoy's OpenTelemetry access logs straight there (the agent keeps
+	// its gRPC stream); OTLPResource are the logs' resource attributes
+	// besides k8s.node.name.
+	OTLPCollector string
+	OTLPResource  map[string]string
+}
+
+// Envoy access-log modes.
+const (
+	EnvoyAccessLogGRPC = "grpc"
+	EnvoyAccessLogOTel = "otel"
+)
+
+// envoyOTel is the OpenTelemetry logger config of Envoy mode (nil: the
+// gRPC access-log stream only).
+func (c EnvoyConfig) otel(node string) *envoytranslate.OTelConfig {
+	if c.AccessLog != EnvoyAccessLogOTel && c.OTLPCollector == "" {
+		return nil
+	}
+	res := map[string]string{"k8s.node.name": node, "service.name": "l7gate-envoy"}
+	maps.Copy(res, c.OTLPResource)
+	return &envoytranslate.OTelConfig{Collector: c.OTLPCollector, ResourceAttributes: res}
 }
 
 // EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.

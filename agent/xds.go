@@ -279,6 +279,7 @@ func (a *Agent) xdsState(snap *policy.Snapshot, local []bpftranslate.LocalEndpoi
 		st.Envoy.Node = a.cfg.Node
 		st.Envoy.EscapedSlashes = a.cfg.Envoy.EscapedSlashes
 		st.Envoy.AccessLogCluster = bootstrap.AccessLogCluster
+		st.Envoy.OpenTelemetry = a.cfg.Envoy.otel(a.cfg.Node)
 	}
 	return st
 }

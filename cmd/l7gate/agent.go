@@ -270,7 +270,8 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		Node: f.Node, Source: src, Reporter: reporter,
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
-		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes},
+		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes,
+			AccessLog: ob.envoyAccessLog, OTLPCollector: ob.envoyCollector, OTLPResource: ob.envoyResource},
 		Policy: popts, Flows: ob.flows, Metrics: ob.agent,
 	}
 	if f.StartProxy {

@@ -56,6 +56,9 @@ type obsFlags struct {
 	OTLPHeaders  []string `json:"otlpHeaders"`
 	OTLPResource []string `json:"otlpResourceAttributes"`
 	OTLPAllFlows bool     `json:"otlpAllFlows"`
+	// Envoy mode: how Envoy reports requests.
+	EnvoyAccessLog     string `json:"envoyAccessLog"`
+	EnvoyOTLPCollector string `json:"envoyOTLPCollector"`
 }
 
 func (o *obsFlags) addFlags(fl *pflag.FlagSet) {
@@ -80,6 +83,8 @@ func (o *obsFlags) addFlags(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&o.OTLPHeaders, "otlp-header", o.OTLPHeaders, "header sent with every export, NAME=VALUE (repeatable)")
 	fl.StringArrayVar(&o.OTLPResource, "otlp-resource-attribute", o.OTLPResource, "resource attribute added to every log, NAME=VALUE (repeatable), e.g. k8s.cluster.name=prod")
 	fl.BoolVar(&o.OTLPAllFlows, "otlp-all-flows", o.OTLPAllFlows, "export the datapath's flows (verdicts, drops) too, not only L7 requests")
+	fl.StringVar(&o.EnvoyAccessLog, "envoy-access-log", o.EnvoyAccessLog, "with --http-proxy envoy: how Envoy reports requests to the agent: grpc (its gRPC access-log service) or otel (its OpenTelemetry access logger, OTLP to the agent)")
+	fl.StringVar(&o.EnvoyOTLPCollector, "envoy-otlp-collector", o.EnvoyOTLPCollector, "with --http-proxy envoy: host:port of an OTLP gRPC collector Envoy's own OpenTelemetry logger also sends access logs to (attributes from Envoy only, without the agent's pod names)")
 }
 
 // merge takes the settings of a --config file that no flag overrode.
@@ -127,11 +132,15 @@ func (o *obsFlags) merge(file obsFlags, changed func(string) bool) {
 	pickList("otlp-header", &o.OTLPHeaders, file.OTLPHeaders)
 	pickList("otlp-resource-attribute", &o.OTLPResource, file.OTLPResource)
 	pickBool("otlp-all-flows", &o.OTLPAllFlows, file.OTLPAllFlows)
+	if file.EnvoyAccessLog != "" {
+		pick("envoy-access-log", &o.EnvoyAccessLog, file.EnvoyAccessLog)
+	}
+	pick("envoy-otlp-collector", &o.EnvoyOTLPCollector, file.EnvoyOTLPCollector)
 }
 
 func defaultObsFlags() obsFlags {
 	return obsFlags{FlowBufferSize: observe.DefaultCapacity, FlowQueueSize: observe.DefaultQueue, ExportMaxSizeMB: 10, ExportMaxBackups: 5,
-		OTLPProtocol: otlp.ProtocolGRPC}
+		OTLPProtocol: otlp.ProtocolGRPC, EnvoyAccessLog: agent.EnvoyAccessLogGRPC}
 }
 
 // observability is what runAgent composes from obsFlags.
@@ -139,13 +148,28 @@ type observability struct {
 	registry *prometheus.Registry
 	agent    *metrics.Agent
 	flows    agent.FlowsConfig
+	// envoy's access-log settings (agent.EnvoyConfig)
+	envoyAccessLog, envoyCollector string
+	envoyResource                  map[string]string
 }
 
 // build checks the settings and builds the metrics and the flow sinks.
 func (o *obsFlags) build(node string, log *slog.Logger) (*observability, error) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ob := &observability{registry: reg, agent: metrics.NewAgent(reg)}
+	ob := &observability{registry: reg, agent: metrics.NewAgent(reg), envoyAccessLog: o.EnvoyAccessLog, envoyCollector: o.EnvoyOTLPCollector}
+	if o.EnvoyAccessLog != agent.EnvoyAccessLogGRPC && o.EnvoyAccessLog != agent.EnvoyAccessLogOTel {
+		return nil, usageErrorf("--envoy-access-log: want grpc or otel, not %q", o.EnvoyAccessLog)
+	}
+	if o.EnvoyOTLPCollector != "" {
+		if _, _, err := net.SplitHostPort(o.EnvoyOTLPCollector); err != nil {
+			return nil, usageErrorf("--envoy-otlp-collector: want host:port: %v", err)
+		}
+	}
+	var err error
+	if ob.envoyResource, err = keyValues(o.OTLPResource); err != nil {
+		return nil, usageErrorf("--otlp-resource-attribute: %v", err)
+	}
 	fc := &ob.flows
 	fc.Capacity, fc.Queue, fc.Version = o.FlowBufferSize, o.FlowQueueSize, version
 	if fc.Capacity <= 0 || fc.Queue <= 0 {
