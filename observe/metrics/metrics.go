@@ -201,7 +201,7 @@ func (c pipelineCollector) Collect(ch chan<- prometheus.Metric) {
 // Agent holds l7gate's control-plane metrics. A nil *Agent records
 // nothing, so the agent calls it unconditionally.
 type Agent struct {
-	reg                prometheus.Registerer
+	reg             prometheus.Registerer
 	compute         *prometheus.HistogramVec
 	implement       prometheus.Histogram
 	failures        prometheus.Counter
