@@ -14,6 +14,9 @@ declare -A want=(
   [bpftool]=bpftool
   [protoc]=protobuf-compiler
   [ping]=iputils-ping
+  # promtool check metrics and a real Prometheus in the observability tests
+  [promtool]=prometheus
+  [prometheus]=prometheus
 )
 
 missing=()

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/l7gate/l7gate/bpf"
@@ -334,5 +335,37 @@ func TestDropReasonsMapped(t *testing.T) {
 		if _, ok := dropReasons[name]; !ok {
 			t.Errorf("datapath reason %q has no Hubble drop reason", name)
 		}
+	}
+}
+
+// TestObserverFieldMask: a field mask (the hubble CLI sends one by default
+// for its compact output) returns only the masked fields, nested paths
+// included; a path that is not a Flow field is refused, not ignored.
+func TestObserverFieldMask(t *testing.T) {
+	s := startServer(t, scenario())
+	mask, err := fieldmaskpb.New(&flowpb.Flow{}, "time", "verdict", "source.pod_name", "l7", "Summary", "ingress_denied_by")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := collect(t, s.client, &observerpb.GetFlowsRequest{FieldMask: mask,
+		Whitelist: []*flowpb.FlowFilter{{HttpMethod: []string{"PUT"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("%d flows, want 1 (the filter sees every field, not only the masked ones)", len(got))
+	}
+	f := got[0]
+	full := Convert(observe.Event{Record: scenario()[3]}, Options{})
+	if f.GetVerdict() != flowpb.Verdict_DROPPED || f.GetSource().GetPodName() != "tiefighter" || f.GetL7().GetHttp().GetMethod() != "PUT" ||
+		f.GetSummary() != full.GetSummary() || !f.GetTime().AsTime().Equal(full.GetTime().AsTime()) || len(f.GetIngressDeniedBy()) != len(full.GetIngressDeniedBy()) {
+		t.Errorf("masked fields missing: %v", f)
+	}
+	if f.GetSource().GetNamespace() != "" || len(f.GetSource().GetLabels()) != 0 || f.GetDestination() != nil || f.GetL4() != nil || f.GetNodeName() != "" {
+		t.Errorf("fields outside the mask sent: %v", f)
+	}
+	_, err = collect(t, s.client, &observerpb.GetFlowsRequest{FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"source.no_such_field"}}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("invalid field mask: %v, want InvalidArgument", err)
 	}
 }

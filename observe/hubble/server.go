@@ -98,8 +98,9 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Obs
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	if req.GetFieldMask() != nil && len(req.GetFieldMask().GetPaths()) > 0 {
-		return status.Error(codes.Unimplemented, "field_mask is not supported by l7gate")
+	mask, err := newFieldMask(req.GetFieldMask())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	var since, until time.Time
 	if req.GetSince() != nil {
@@ -165,7 +166,7 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Obs
 			slices.Reverse(out)
 		}
 		for _, f := range out {
-			if err := s.sendFlow(stream, f); err != nil {
+			if err := s.sendFlow(stream, mask.apply(f)); err != nil {
 				return err
 			}
 		}
@@ -195,7 +196,7 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Obs
 				continue
 			}
 			if f := Convert(ev, s.cfg.Options); filter.Match(f) {
-				if err := s.sendFlow(stream, f); err != nil {
+				if err := s.sendFlow(stream, mask.apply(f)); err != nil {
 					return err
 				}
 			}
