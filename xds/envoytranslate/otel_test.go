@@ -1,6 +1,8 @@
 package envoytranslate
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -43,8 +45,8 @@ func TestOpenTelemetryAccessLog(t *testing.T) {
 		wantLoggers     []string
 		wantCluster     string
 	}{
-		{"to the agent", "", []string{AccessLoggerOTel}, "l7gate/accesslog"},
-		{"to a collector", "otel-collector.observability.svc:4317", []string{AccessLoggerGRPC, AccessLoggerOTel}, CollectorCluster},
+		{"to-agent", "", []string{AccessLoggerOTel}, "l7gate/accesslog"},
+		{"to-collector", "otel-collector.observability.svc:4317", []string{AccessLoggerGRPC, AccessLoggerOTel}, CollectorCluster},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig()
@@ -52,6 +54,17 @@ func TestOpenTelemetryAccessLog(t *testing.T) {
 			res, err := Translate(snap, cfg)
 			if err != nil {
 				t.Fatal(err)
+			}
+			// golden: testdata/otel/<case>.yaml (-update rewrites it)
+			got, path := renderGolden(t, res), filepath.Join("testdata", "otel", tc.name+".yaml")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			} else if want, err := os.ReadFile(path); err != nil {
+				t.Fatalf("read golden file (go test ./xds/envoytranslate -run TestOpenTelemetryAccessLog -update): %v", err)
+			} else if string(want) != string(got) {
+				t.Errorf("%s differs; rerun with -update and review the diff:\n%s", path, firstDiff(string(want), string(got)))
 			}
 			for _, h := range hcms(t, res) {
 				var names []string
