@@ -134,7 +134,7 @@ func TestEnvoyOTelLoggerToIntake(t *testing.T) {
 	allowedPolicy := "cnp:shop/http-rules:spec.ingress[0].http[0]"
 	reqs := []map[string]string{
 		with(map[string]string{"%DOWNSTREAM_REMOTE_PORT%": "40001", "%REQ(:METHOD)%": "GET", "%REQ(:PATH)%": "/api/items", "%RESPONSE_CODE%": "200",
-			"%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%": "allowed",
+			"%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%":       "allowed",
 			"%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%": allowedPolicy, "%RESPONSE_CODE_DETAILS%": "via_upstream"}),
 		with(map[string]string{"%DOWNSTREAM_REMOTE_PORT%": "40002", "%REQ(:METHOD)%": "DELETE", "%REQ(:PATH)%": "/api/items/1", "%RESPONSE_CODE%": "403",
 			"%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%": "denied", "%RESPONSE_CODE_DETAILS%": "rbac_access_denied_matched_policy[none]"}),
