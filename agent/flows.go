@@ -403,6 +403,11 @@ func (a *Agent) flowOf(ev bpf.Event) *flow.Record {
 	if ev.Direction == bpf.Egress {
 		f.Direction = flow.Egress
 	}
+	if frameLevel(ev.Reason) {
+		// refused before an IPv4 header was read: no addresses, so no
+		// identities either (0.0.0.0 would resolve to world)
+		f.Source, f.Destination, f.SrcIdentity, f.DstIdentity = netip.AddrPort{}, netip.AddrPort{}, 0, 0
+	}
 	switch {
 	case ev.Dropped:
 		f.Verdict = flow.VerdictDenied
@@ -430,6 +435,13 @@ func (a *Agent) flowOf(ev bpf.Event) *flow.Record {
 	}
 	if ok {
 		f.Endpoint = ep.Key()
+		if frameLevel(ev.Reason) { // the pod's side of the frame is known
+			if f.Direction == flow.Egress {
+				f.SrcIdentity = flow.Identity(ep.Identity)
+			} else {
+				f.DstIdentity = flow.Identity(ep.Identity)
+			}
+		}
 		if len(f.DecidedBy) == 0 && ev.Reason == bpf.ReasonDefault && ev.Dropped && snap != nil {
 			if pol := snap.Policy(ep.Identity); pol != nil {
 				f.DecidedBy = pol.Direction(f.Direction).DefaultDeny
@@ -437,6 +449,16 @@ func (a *Agent) flowOf(ev bpf.Event) *flow.Record {
 		}
 	}
 	return f
+}
+
+// frameLevel: the datapath dropped the frame for its Ethernet framing
+// (IPv6, another ethertype, a VLAN tag), before reading an IPv4 header.
+func frameLevel(r bpf.Reason) bool {
+	switch r {
+	case bpf.ReasonUnsupported, bpf.ReasonUnsupportedEtherType, bpf.ReasonVLAN, bpf.ReasonEtherTypeMismatch:
+		return true
+	}
+	return false
 }
 
 // Flows implements agentapi.Backend: the records after sequence number
