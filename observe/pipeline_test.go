@@ -238,6 +238,8 @@ func BenchmarkPipeline(b *testing.B) {
 			runtime.Gosched() // a full queue: wait rather than count losses
 		}
 	}
-	waitProcessed(b, p, uint64(b.N)-p.Stats().LostQueue)
+	// every record went in (a refused Ingest was retried, though the
+	// pipeline counted it lost)
+	waitProcessed(b, p, uint64(b.N))
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 }
