@@ -13,11 +13,14 @@
 #   $L7GATE_CACHE/hubble-<ver>/hubble        the hubble CLI (github.com/cilium/cilium/hubble,
 #                                            the Cilium release proto/cilium was copied
 #                                            from); ~8 min cold
+#   $L7GATE_CACHE/otelcol-<ver>/otelcol      an OpenTelemetry Collector (OTLP receiver +
+#                                            debug exporter, go.opentelemetry.io/collector)
+#                                            for observe/otlp's tests
 #
 # Versions: Kubernetes is the one go.mod already uses (k8s.io/kubernetes and
 # its staging replaces are copied from it); the others are pinned below.
-# Usage: hack/build-components.sh [kube|helm|coredns|mkimage|hubble ...]
-#        (default: kube helm coredns mkimage; hubble is built on request)
+# Usage: hack/build-components.sh [kube|helm|coredns|mkimage|hubble|otelcol ...]
+#        (default: kube helm coredns mkimage; hubble and otelcol are built on request)
 # Prints NAME=PATH lines for what it built or found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,7 @@ COREDNS_VERSION=v1.15.0
 GGCR_VERSION=v0.22.1
 # The Cilium release whose flow/observer protos proto/cilium carries.
 HUBBLE_VERSION=v1.20.2
+OTELCOL_VERSION=v0.165.0
 mkdir -p "$CACHE"
 
 log() { echo "build-components: $*" >&2; }
@@ -145,6 +149,69 @@ build_hubble() {
     rm -rf "$dir" && mv "$tmp" "$dir"
   fi
   echo "HUBBLE=$dir/hubble"
+}
+
+build_otelcol() {
+  local ver=$OTELCOL_VERSION
+  local dir="$CACHE/otelcol-$ver"
+  if [ ! -x "$dir/otelcol" ]; then
+    log "building an OpenTelemetry Collector ($ver: otlp receiver, debug exporter) in $dir"
+    local tmp="$dir.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    printf 'module l7gate.local/otelcol\n\ngo %s\n' "$(awk '$1=="go"{print $2; exit}' go.mod)" >"$tmp/go.mod"
+    cat >"$tmp/main.go" <<'GO'
+// otelcol: an OpenTelemetry Collector with the OTLP receiver and the debug
+// exporter only, for l7gate's tests.
+package main
+
+import (
+	"log"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
+	"go.opentelemetry.io/collector/exporter"
+	"go.opentelemetry.io/collector/exporter/debugexporter"
+	"go.opentelemetry.io/collector/otelcol"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/otlpreceiver"
+	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
+)
+
+func factories() (otelcol.Factories, error) {
+	var f otelcol.Factories
+	var err error
+	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](otlpreceiver.NewFactory()); err != nil {
+		return f, err
+	}
+	if f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](debugexporter.NewFactory()); err != nil {
+		return f, err
+	}
+	f.Telemetry = otelconftelemetry.NewFactory()
+	return f, nil
+}
+
+func main() {
+	set := otelcol.CollectorSettings{
+		BuildInfo: component.BuildInfo{Command: "otelcol", Description: "OTLP receiver + debug exporter for l7gate tests"},
+		Factories: factories,
+		ConfigProviderSettings: otelcol.ConfigProviderSettings{ResolverSettings: confmap.ResolverSettings{
+			ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory()},
+		}},
+	}
+	if err := otelcol.NewCommand(set).Execute(); err != nil {
+		log.Fatal(err)
+	}
+}
+GO
+    (cd "$tmp" && go get "go.opentelemetry.io/collector/otelcol@$ver" "go.opentelemetry.io/collector/receiver/otlpreceiver@$ver" \
+        "go.opentelemetry.io/collector/exporter/debugexporter@$ver" "go.opentelemetry.io/collector/service@$ver" \
+        go.opentelemetry.io/collector/confmap/provider/fileprovider >/dev/null 2>&1 &&
+      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -ldflags "-s -w" -o otelcol .)
+    rm -rf "$dir" && mv "$tmp" "$dir"
+  fi
+  echo "OTELCOL=$dir/otelcol"
 }
 
 what=("$@")
