@@ -170,6 +170,7 @@ import (
 
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/provider/envprovider"
 	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
 	"go.opentelemetry.io/collector/exporter"
 	"go.opentelemetry.io/collector/exporter/debugexporter"
@@ -197,7 +198,8 @@ func main() {
 		BuildInfo: component.BuildInfo{Command: "otelcol", Description: "OTLP receiver + debug exporter for l7gate tests"},
 		Factories: factories,
 		ConfigProviderSettings: otelcol.ConfigProviderSettings{ResolverSettings: confmap.ResolverSettings{
-			ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory()},
+			ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory(), envprovider.NewFactory()},
+			DefaultScheme:     "env",
 		}},
 	}
 	if err := otelcol.NewCommand(set).Execute(); err != nil {
@@ -207,7 +209,7 @@ func main() {
 GO
     (cd "$tmp" && go get "go.opentelemetry.io/collector/otelcol@$ver" "go.opentelemetry.io/collector/receiver/otlpreceiver@$ver" \
         "go.opentelemetry.io/collector/exporter/debugexporter@$ver" "go.opentelemetry.io/collector/service@$ver" \
-        go.opentelemetry.io/collector/confmap/provider/fileprovider >/dev/null 2>&1 &&
+        go.opentelemetry.io/collector/confmap/provider/fileprovider go.opentelemetry.io/collector/confmap/provider/envprovider >/dev/null 2>&1 &&
       CGO_ENABLED=0 GOFLAGS=-mod=mod go build -ldflags "-s -w" -o otelcol .)
     rm -rf "$dir" && mv "$tmp" "$dir"
   fi

@@ -91,9 +91,16 @@ service:
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(out.String(), "Everything is ready") {
+		select {
+		case <-exited:
+			t.Fatalf("collector exited:\n%s", out.String())
+		default:
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("collector did not start:\n%s", out.String())
 		}
