@@ -24,6 +24,7 @@ import (
 	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/encoding/gzip" // the collector's OTLP exporter compresses
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -97,6 +98,78 @@ func anyString(v *commonpb.AnyValue) string {
 	return fmt.Sprint(v)
 }
 
+// otelcolBinary is where `hack/build-components.sh otelcol` puts an
+// OpenTelemetry Collector (L7GATE_OTELCOL overrides).
+func otelcolBinary() string {
+	if p := os.Getenv("L7GATE_OTELCOL"); p != "" {
+		return p
+	}
+	cache := os.Getenv("L7GATE_CACHE")
+	if cache == "" {
+		cache = "/var/cache/l7gate"
+	}
+	return filepath.Join(cache, "otelcol-v0.165.0", "otelcol")
+}
+
+// startCollector runs the OpenTelemetry Collector in a network namespace:
+// OTLP/gRPC in on listen, OTLP/gRPC out to forward (logs pipeline); it
+// returns once the collector is ready, with a stop function.
+func startCollector(t *testing.T, ns, bin, listen, forward string) (stop func(), logPath string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "%s"}
+exporters:
+  otlp_grpc:
+    endpoint: "%s"
+    tls: {insecure: true}
+    sending_queue: {enabled: false}
+service:
+  telemetry:
+    logs: {level: info}
+    metrics: {level: none}
+  pipelines:
+    logs: {receivers: [otlp], exporters: [otlp_grpc]}
+`, listen, forward)
+	if err := os.WriteFile(filepath.Join(dir, "otelcol.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath = filepath.Join(dir, "otelcol.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns, bin, "--config", "file:"+filepath.Join(dir, "otelcol.yaml"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop = func() { cmd.Process.Kill(); <-exited; logf.Close() }
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := os.ReadFile(logPath)
+		if bytes.Contains(out, []byte("Everything is ready")) {
+			t.Logf("OTLP goes through a real OpenTelemetry Collector (%s)", bin)
+			return stop, logPath
+		}
+		select {
+		case <-exited:
+			stop()
+			t.Fatalf("collector exited:\n%s", out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("collector not ready:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // nsClient is an HTTP client whose connections are made in a network
 // namespace (the transport dials on goroutines of its own, so the dial
 // itself must enter the namespace).
@@ -156,12 +229,23 @@ func TestPrivilegedObservability(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(n.src, f), data, 0o644)
 	}
-	// The collector: an OTLP LogsService on the node's loopback.
+	// The agent exports to 127.0.0.1:4317 on the node: a real
+	// OpenTelemetry Collector when one is built (its OTLP exporter
+	// forwards to the sink on :4319), else the sink itself. The sink is an
+	// in-process OTLP LogsService collecting what arrives.
+	sinkAddr := "127.0.0.1:4317"
+	collector := otelcolBinary()
+	_, noCollector := os.Stat(collector)
+	if noCollector == nil {
+		sinkAddr = "127.0.0.1:4319"
+	} else {
+		t.Logf("OTLP goes straight to the in-process LogsService: no OpenTelemetry Collector (%v; bash hack/build-components.sh otelcol)", noCollector)
+	}
 	sink := &otlpSink{}
 	var otlpLn net.Listener
 	if err := inNS(n.node, func() error {
 		var err error
-		otlpLn, err = net.Listen("tcp", "127.0.0.1:4317")
+		otlpLn, err = net.Listen("tcp", sinkAddr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -170,6 +254,12 @@ func TestPrivilegedObservability(t *testing.T) {
 	collogspb.RegisterLogsServiceServer(gs, sink)
 	go gs.Serve(otlpLn)
 	defer gs.Stop()
+	collectorLog := ""
+	if noCollector == nil { // after the sink listens: no reconnect backoff
+		var stopCollector func()
+		stopCollector, collectorLog = startCollector(t, n.node, collector, "127.0.0.1:4317", sinkAddr)
+		defer stopCollector()
+	}
 
 	export := filepath.Join(n.run, "flows.json")
 	n.startAgent(t, "--metrics-address", "127.0.0.1:9962", "--proxy-metrics-address", "127.0.0.1:9964",
@@ -453,7 +543,11 @@ scrape_configs:
 			time.Sleep(100 * time.Millisecond)
 		}
 		if denied == nil {
-			t.Fatalf("no PUT record among %d OTLP logs", len(sink.logs()))
+			var clog []byte
+			if collectorLog != "" {
+				clog, _ = os.ReadFile(collectorLog)
+			}
+			t.Fatalf("no PUT record among %d OTLP logs\ncollector log:\n%s", len(sink.logs()), clog)
 		}
 		for k, v := range map[string]string{"k8s.pod.name": "deathstar", "k8s.namespace.name": "default", "k8s.node.name": "test",
 			"k8s.cluster.name": "test", "l7gate.verdict": "denied", "l7gate.policy.name": "default/rule1", "l7gate.source.pod": "tiefighter",

@@ -13,9 +13,9 @@
 #   $L7GATE_CACHE/hubble-<ver>/hubble        the hubble CLI (github.com/cilium/cilium/hubble,
 #                                            the Cilium release proto/cilium was copied
 #                                            from); ~8 min cold
-#   $L7GATE_CACHE/otelcol-<ver>/otelcol      an OpenTelemetry Collector (OTLP receiver +
-#                                            debug exporter, go.opentelemetry.io/collector)
-#                                            for observe/otlp's tests
+#   $L7GATE_CACHE/otelcol-<ver>/otelcol      an OpenTelemetry Collector (OTLP receiver,
+#                                            debug and OTLP exporters; go.opentelemetry.io/
+#                                            collector) for the OTLP tests
 #
 # Versions: Kubernetes is the one go.mod already uses (k8s.io/kubernetes and
 # its staging replaces are copied from it); the others are pinned below.
@@ -155,14 +155,14 @@ build_otelcol() {
   local ver=$OTELCOL_VERSION
   local dir="$CACHE/otelcol-$ver"
   if [ ! -x "$dir/otelcol" ]; then
-    log "building an OpenTelemetry Collector ($ver: otlp receiver, debug exporter) in $dir"
+    log "building an OpenTelemetry Collector ($ver: otlp receiver, debug and otlp exporters) in $dir"
     local tmp="$dir.tmp"
     rm -rf "$tmp"
     mkdir -p "$tmp"
     printf 'module l7gate.local/otelcol\n\ngo %s\n' "$(awk '$1=="go"{print $2; exit}' go.mod)" >"$tmp/go.mod"
     cat >"$tmp/main.go" <<'GO'
 // otelcol: an OpenTelemetry Collector with the OTLP receiver and the debug
-// exporter only, for l7gate's tests.
+// and OTLP exporters only, for l7gate's tests.
 package main
 
 import (
@@ -174,6 +174,7 @@ import (
 	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
 	"go.opentelemetry.io/collector/exporter"
 	"go.opentelemetry.io/collector/exporter/debugexporter"
+	"go.opentelemetry.io/collector/exporter/otlpexporter"
 	"go.opentelemetry.io/collector/otelcol"
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/collector/receiver/otlpreceiver"
@@ -186,7 +187,7 @@ func factories() (otelcol.Factories, error) {
 	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](otlpreceiver.NewFactory()); err != nil {
 		return f, err
 	}
-	if f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](debugexporter.NewFactory()); err != nil {
+	if f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](debugexporter.NewFactory(), otlpexporter.NewFactory()); err != nil {
 		return f, err
 	}
 	f.Telemetry = otelconftelemetry.NewFactory()
@@ -195,7 +196,7 @@ func factories() (otelcol.Factories, error) {
 
 func main() {
 	set := otelcol.CollectorSettings{
-		BuildInfo: component.BuildInfo{Command: "otelcol", Description: "OTLP receiver + debug exporter for l7gate tests"},
+		BuildInfo: component.BuildInfo{Command: "otelcol", Description: "OTLP receiver, debug and OTLP exporters for l7gate tests"},
 		Factories: factories,
 		ConfigProviderSettings: otelcol.ConfigProviderSettings{ResolverSettings: confmap.ResolverSettings{
 			ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory(), envprovider.NewFactory()},
@@ -208,7 +209,7 @@ func main() {
 }
 GO
     (cd "$tmp" && go get "go.opentelemetry.io/collector/otelcol@$ver" "go.opentelemetry.io/collector/receiver/otlpreceiver@$ver" \
-        "go.opentelemetry.io/collector/exporter/debugexporter@$ver" "go.opentelemetry.io/collector/service@$ver" \
+        "go.opentelemetry.io/collector/exporter/debugexporter@$ver" "go.opentelemetry.io/collector/exporter/otlpexporter@$ver" "go.opentelemetry.io/collector/service@$ver" \
         go.opentelemetry.io/collector/confmap/provider/fileprovider go.opentelemetry.io/collector/confmap/provider/envprovider >/dev/null 2>&1 &&
       CGO_ENABLED=0 GOFLAGS=-mod=mod go build -ldflags "-s -w" -o otelcol .)
     rm -rf "$dir" && mv "$tmp" "$dir"
