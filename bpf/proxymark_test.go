@@ -5,12 +5,12 @@ import (
 	"testing"
 )
 
-// TestEgressProxyMarkKeepsIngressRedirect: the ingress proxy's upstream
+// TestPrivilegedEgressProxyMarkKeepsIngressRedirect: the ingress proxy's upstream
 // traffic (0xA00) has passed the destination's ingress L7 rules and is not
 // redirected again; the egress proxy's (0xB00) has only passed the
 // source's egress rules, so it keeps its identity from the mark and is
 // redirected to the ingress proxy when the destination's ingress says so.
-func TestEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
+func TestPrivilegedEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(
 		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 41},
@@ -84,10 +84,10 @@ func (p proxyDialer) dialRead(addr string, mark uint32) (string, error) {
 	return dialFromCgroup(p.t, p.dir, p.ns, addr, mark)
 }
 
-// TestForgedProxyMark: a from-proxy mark on a packet whose socket is not
+// TestPrivilegedForgedProxyMarkProgTestRun: a from-proxy mark on a packet whose socket is not
 // in a registered proxy cgroup is ignored: the packet is judged by its
 // source address (the node: host), exactly as without the mark.
-func TestForgedProxyMark(t *testing.T) {
+func TestPrivilegedForgedProxyMarkProgTestRun(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(
 		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 43},

@@ -4,13 +4,13 @@ import (
 	"testing"
 )
 
-// TestRevalidationToRedirect: an established flow admitted under an L4
+// TestPrivilegedRevalidationToRedirect: an established flow admitted under an L4
 // allow is not passed unchecked once policy redirects it: its next packet
 // is treated as new (redirected to the proxy, whose stack resets a
 // mid-stream segment), and a reply that comes first is dropped. A changed
 // proxy port is followed the same way; a redirect that becomes a plain
 // allow keeps its proxy.
-func TestRevalidationToRedirect(t *testing.T) {
+func TestPrivilegedRevalidationToRedirect(t *testing.T) {
 	requireRoot(t)
 	const otherProxyPort = testProxyPrt + 1
 	allowOut := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 90}

@@ -32,6 +32,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		kafkaTopicIDs                                  bool
 		kafkaBudget                                    int64
 		kafkaIdle, kafkaFrame                          time.Duration
+		dropCaps                                       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -52,6 +53,13 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 /stats/prometheus. Access logs are JSON lines (one per request).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
+				// Before anything is opened: the process re-executes
+				// itself (same PID) holding CAP_NET_ADMIN only.
+				if err := restrictCapabilities(proxyCapabilities(), a.argv); err != nil {
+					return err
+				}
+			}
 			if kafkaMaxFrame <= 0 || kafkaMaxFrame > 1<<30 {
 				return usageErrorf("--kafka-max-frame-size: want 1 to %d bytes", 1<<30)
 			}
@@ -156,6 +164,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics on GET /metrics at this TCP address, e.g. :9964 (empty: off; the admin socket's /stats/prometheus serves them too)")
 	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
+	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
