@@ -1,7 +1,6 @@
 package envoytranslate
 
 import (
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/l7gate/l7gate/envoy"
+	"github.com/l7gate/l7gate/internal/testutil"
 )
 
 // hcms returns every HTTP connection manager of the listeners.
@@ -56,16 +56,7 @@ func TestOpenTelemetryAccessLog(t *testing.T) {
 				t.Fatal(err)
 			}
 			// golden: testdata/otel/<case>.yaml (-update rewrites it)
-			got, path := renderGolden(t, res), filepath.Join("testdata", "otel", tc.name+".yaml")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			} else if want, err := os.ReadFile(path); err != nil {
-				t.Fatalf("read golden file (go test ./xds/envoytranslate -run TestOpenTelemetryAccessLog -update): %v", err)
-			} else if string(want) != string(got) {
-				t.Errorf("%s differs; rerun with -update and review the diff:\n%s", path, firstDiff(string(want), string(got)))
-			}
+			testutil.Golden(t, filepath.Join("testdata", "otel", tc.name+".yaml"), renderGolden(t, res))
 			for _, h := range hcms(t, res) {
 				var names []string
 				for _, al := range h.AccessLog {
