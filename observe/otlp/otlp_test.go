@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -324,4 +325,66 @@ func BenchmarkRequest(b *testing.B) {
 		proto.Marshal(e.Request(evs))
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/512, "ns/record")
+}
+
+// BenchmarkExportGRPC: records through the exporter to an in-process OTLP
+// gRPC LogsService on loopback (batching, rendering, marshalling, the
+// send, and the receiver's decoding, all in this process): wall time and
+// the process's CPU time (user+system, both sides) per record.
+func BenchmarkExportGRPC(b *testing.B) {
+	s := &logsServer{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	collogspb.RegisterLogsServiceServer(gs, s)
+	go gs.Serve(ln)
+	defer gs.Stop()
+	e, err := New(Config{Endpoint: ln.Addr().String(), Insecure: true, Queue: 1 << 16, FlushInterval: 10 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	recs := records()
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpu()
+	for i := 0; i < b.N; i++ {
+		r := recs[0]
+		if i%2 == 1 {
+			r = recs[2]
+		}
+		for {
+			d, lost := e.Stats()
+			if uint64(i)-d-lost < 1<<15 { // keep the queue from overflowing
+				break
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		e.Consume(observe.Event{Seq: uint64(i), Record: r})
+	}
+	for {
+		d, lost := e.Stats()
+		if d+lost >= uint64(b.N) {
+			if lost > 0 {
+				b.Fatalf("lost %d of %d", lost, b.N)
+			}
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/record")
+	b.ReportMetric(float64((cpu()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/record")
+	s.mu.Lock()
+	s.reqs = nil
+	s.mu.Unlock()
 }
