@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/flow"
@@ -74,6 +75,7 @@ func TestEnvoyOTelLoggerToIntake(t *testing.T) {
 	res, err := envoytranslate.Translate(snap, envoytranslate.Config{
 		ProxyPorts:       []envoytranslate.ProxyPort{{Direction: policy.Ingress, Parser: envoytranslate.ParserHTTP, Port: 15001}},
 		AccessLogCluster: "l7gate/accesslog", Node: "node-a", OpenTelemetry: ec.otel("node-a"),
+		Marks: envoytranslate.Marks{Ingress: bpf.ProxyMark(bpf.Ingress, 0), Egress: bpf.ProxyMark(bpf.Egress, 0)},
 	})
 	if err != nil {
 		t.Fatal(err)
