@@ -92,6 +92,7 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	a.st.failures = failures
 	a.st.policies = policyStatuses(u.Objects, rev)
 	a.mu.Unlock()
+	a.implemented(rev, a.cfg.now().Sub(start), snap, local, stats, failures)
 	if a.cfg.Reporter != nil {
 		a.cfg.Reporter.Implemented(ctx, rev, *u, failures)
 	}

@@ -93,6 +93,7 @@ func Run(ctx context.Context, cfg Config) {
 				"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
 				"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
 				"--node", cfg.Node,
+				"--flow-socket", agentapi.FlowSocket(cfg.RunDir),
 			}, cfg.Args...)
 			logf, err := os.OpenFile(agentapi.ProxyLog(cfg.RunDir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 			if err != nil {

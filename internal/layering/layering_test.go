@@ -17,13 +17,17 @@ var allowed = map[string][]string{
 	// Shared contracts: imported by both sides.
 	"proto":          {},
 	"proto/l7gatev1": {},
-	"flow":           {},
-	"policy":         {"flow"},
-	"source":         {"policy", "flow"},
-	"xds":            {"policy", "proto/l7gatev1", "flow"},
-	"envoy":          {"flow"},
-	"agentapi":       {"policy", "flow", "source"},
-	"redirect":       {},
+	// Hubble's flow/observer/relay protos (generated from Cilium's .proto).
+	"proto/hubble/flowpb":     {},
+	"proto/hubble/relaypb":    {},
+	"proto/hubble/observerpb": {"proto/hubble/flowpb", "proto/hubble/relaypb"},
+	"flow":                    {},
+	"policy":                  {"flow"},
+	"source":                  {"policy", "flow"},
+	"xds":                     {"policy", "proto/l7gatev1", "flow"},
+	"envoy":                   {"flow"},
+	"agentapi":                {"policy", "flow", "source", "proto/hubble/observerpb"},
+	"redirect":                {},
 
 	// Sources.
 	"k8s": {"policy", "source", "flow", "deploy"},
@@ -53,7 +57,14 @@ var allowed = map[string][]string{
 	"agent/supervisor":         {"agentapi"},
 	"agent/internal/fakeenvoy": {},
 	"agent": {"agent/endpoints", "agent/node", "agent/supervisor", "agentapi", "bpf", "bpftranslate", "envoy", "envoy/als",
-		"envoy/bootstrap", "flow", "policy", "redirect", "source", "xds", "xds/envoytranslate", "xds/server", "xds/translate"},
+		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "policy", "redirect", "source", "xds",
+		"xds/envoytranslate", "xds/server", "xds/translate"},
+
+	// The agent's flow pipeline and the formats it speaks.
+	"observe":         {"flow"},
+	"observe/hubble":  {"flow", "observe", "proto/hubble/flowpb", "proto/hubble/observerpb", "proto/hubble/relaypb"},
+	"observe/otlp":    {"flow", "observe"},
+	"observe/metrics": {"flow", "observe", "observe/hubble"},
 
 	// Above the agent.
 	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
