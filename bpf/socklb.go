@@ -184,8 +184,8 @@ type lbBackendState struct {
 // after the next one, so a connect() that read it just before it was freed
 // never finds it naming something else.
 type idAllocator struct {
-	next      uint32
-	free      []uint32
+	next       uint32
+	free       []uint32
 	quarantine []uint32
 }
 

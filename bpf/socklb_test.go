@@ -481,10 +481,10 @@ func TestSocketLBSyncNeverHalfApplied(t *testing.T) {
 	a, b := ap("198.19.0.10:80"), ap("198.19.0.11:80")
 	steps := []map[netip.AddrPort][]netip.AddrPort{
 		{a: be(1, 2, 3), b: be(1)},
-		{a: be(2, 3, 4), b: be(1, 5)},  // one replaced; one added
-		{a: be(4), b: be(6, 7, 8, 9)},  // shrink; all replaced
-		{a: be(1, 2, 3, 4, 5, 6)},      // grow; b removed
-		{a: be(), b: be(2)},            // no backends (refuse); b back
+		{a: be(2, 3, 4), b: be(1, 5)}, // one replaced; one added
+		{a: be(4), b: be(6, 7, 8, 9)}, // shrink; all replaced
+		{a: be(1, 2, 3, 4, 5, 6)},     // grow; b removed
+		{a: be(), b: be(2)},           // no backends (refuse); b back
 		{a: be(7), b: be(2)},
 	}
 	desired := func(m map[netip.AddrPort][]netip.AddrPort) []LBService {
