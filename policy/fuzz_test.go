@@ -29,6 +29,8 @@ func FuzzDecode(f *testing.F) {
 		if _, err := Compute(objs, NewIdentityAllocator()); err != nil {
 			t.Fatalf("compute: %v", err)
 		}
+		objs.DeriveEndpointSlices()
+		ServiceFrontends(objs, "n1")
 	})
 }
 

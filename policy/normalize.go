@@ -131,6 +131,7 @@ type sectionFields struct {
 	cidrs       []string
 	cidrSets    []wireCIDRRule
 	entities    []string
+	services    []wireToService
 	unsupported []namedField // peer fields l7gate does not support
 	toPorts     []wirePortRule
 	icmps       []wireICMPRule
@@ -152,7 +153,8 @@ func ingressFields(s *wireIngress) sectionFields {
 func egressFields(s *wireEgress) sectionFields {
 	return sectionFields{prefix: "to", endpoints: s.ToEndpoints, requires: s.ToRequires, cidrs: s.ToCIDR,
 		cidrSets: s.ToCIDRSet, entities: s.ToEntities,
-		unsupported: []namedField{{"toServices", s.ToServices}, {"toFQDNs", s.ToFQDNs}, {"toGroups", s.ToGroups}, {"toNodes", s.ToNodes}},
+		services:    s.ToServices,
+		unsupported: []namedField{{"toFQDNs", s.ToFQDNs}, {"toGroups", s.ToGroups}, {"toNodes", s.ToNodes}},
 		toPorts:     s.ToPorts, icmps: s.ICMPs, auth: s.Authentication}
 }
 
@@ -215,6 +217,12 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 		}
 	}
 	slices.Sort(s.Peers.Entities)
+	for i, ts := range f.services {
+		hasL3 = true
+		if sel, ok := n.toService(ts, p.child("toServices").index(i)); ok {
+			s.Peers.Services = append(s.Peers.Services, sel)
+		}
+	}
 	for _, u := range f.unsupported {
 		if isEmptyValue(u.val) {
 			continue
@@ -787,4 +795,46 @@ func normalizePod(w *wirePod, ref ObjectRef) (*Pod, []error) {
 		return int(a.Port) - int(b.Port)
 	})
 	return p, errs
+}
+
+// toService normalises one toServices entry as Cilium reads it: the
+// selector wins when both forms are given; an empty namespace matches
+// every namespace.
+func (n *normalizer) toService(w wireToService, p fieldPath) (ServiceSelector, bool) {
+	out := ServiceSelector{Path: string(p)}
+	switch {
+	case w.K8sServiceSelector != nil:
+		if w.K8sService != nil {
+			n.warn(p.child("k8sService"), "ignored: k8sServiceSelector is given too and wins (as in Cilium)")
+		}
+		sp := p.child("k8sServiceSelector")
+		if w.K8sServiceSelector.Selector == nil {
+			n.fail(sp.child("selector").errorf("missing"))
+			return out, false
+		}
+		sel, err := compileSelector(w.K8sServiceSelector.Selector, "", SourceAny, sp.child("selector"))
+		if err != nil {
+			n.fail(err)
+			return out, false
+		}
+		// Cilium matches Service labels whatever source a key names.
+		for i := range sel.Requirements {
+			sel.Requirements[i].Source = SourceAny
+		}
+		sel.normalize()
+		out.Selector, out.Namespace = &sel, w.K8sServiceSelector.Namespace
+	case w.K8sService != nil:
+		if w.K8sService.ServiceName == "" {
+			n.fail(p.child("k8sService").child("serviceName").errorf("missing"))
+			return out, false
+		}
+		out.Name, out.Namespace = w.K8sService.ServiceName, w.K8sService.Namespace
+	default:
+		n.fail(p.errorf("empty: give k8sService or k8sServiceSelector"))
+		return out, false
+	}
+	if out.Namespace == "" && n.namespace != "" {
+		n.warn(p, "no namespace: selects matching Services in every namespace, not only %s (Cilium's rule)", n.namespace)
+	}
+	return out, true
 }
