@@ -14,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -86,9 +85,9 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 // informerSet is the running informers of one Run.
 type informerSet struct {
 	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
-	// apiServer: the default/kubernetes EndpointSlice only (the
-	// kube-apiserver entity's addresses).
-	apiServer cache.SharedIndexInformer
+	// services and endpointSlices: socket load balancing and toServices;
+	// the default/kubernetes slice is also the kube-apiserver entity.
+	services, endpointSlices cache.SharedIndexInformer
 }
 
 // Run implements source.Source. It sends the first update once every
@@ -113,15 +112,11 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	// addresses enter the digest, so heartbeats cause no update.
 	nodeFactory := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
-	// One object of the discovery API: the RBAC grants no more.
-	apiFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithNamespace(apiServerSlice.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + apiServerSlice.Name }))
 	defer func() {
 		cancel()
 		typed.Shutdown()
 		nodeFactory.Shutdown()
 		dyn.Shutdown()
-		apiFactory.Shutdown()
 	}()
 	inf := informerSet{
 		pods:       typed.Core().V1().Pods().Informer(),
@@ -130,18 +125,24 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 		nodes:      nodeFactory.Core().V1().Nodes().Informer(),
 		cnps:       dyn.ForResource(CNPResource()).Informer(),
 		ccnps:      dyn.ForResource(CCNPResource()).Informer(),
-		apiServer:  apiFactory.Discovery().V1().EndpointSlices().Informer(),
+		services:   typed.Core().V1().Services().Informer(),
+		// Every slice: a Service's backends (the default/kubernetes one is
+		// also the kube-apiserver entity).
+		endpointSlices: typed.Discovery().V1().EndpointSlices().Informer(),
 	}
 	named := []struct {
 		name string
 		inf  cache.SharedIndexInformer
 	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
 		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps},
-		{"endpointslices default/kubernetes", inf.apiServer}}
+		{"services", inf.services}, {"endpointslices", inf.endpointSlices}}
 	for _, n := range named {
 		trim := trimManagedFields
-		if n.inf == inf.pods {
+		switch n.inf {
+		case inf.pods:
 			trim = trimPod
+		case inf.endpointSlices:
+			trim = trimEndpointSlice
 		}
 		if err := n.inf.SetTransform(trim); err != nil {
 			return fmt.Errorf("informer %s: %w", n.name, err)
@@ -153,7 +154,6 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	typed.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
 	dyn.Start(ctx.Done())
-	apiFactory.Start(ctx.Done())
 
 	// Wait for every first list; say which are missing meanwhile.
 	for {
@@ -260,9 +260,18 @@ func (s *Source) documents(inf informerSet) ([]document, error) {
 			docs = append(docs, d)
 		}
 	}
-	for _, o := range inf.apiServer.GetStore().List() {
+	for _, o := range inf.endpointSlices.GetStore().List() {
 		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
 			d, err := endpointSliceDocument(es)
+			if err != nil {
+				return nil, err
+			}
+			docs = append(docs, d)
+		}
+	}
+	for _, o := range inf.services.GetStore().List() {
+		if svc, ok := o.(*corev1.Service); ok {
+			d, err := serviceDocument(svc)
 			if err != nil {
 				return nil, err
 			}
