@@ -330,8 +330,10 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 			n += len(e.Addresses)
 		}
 		line := fmt.Sprintf("%s: %s: service %s, %d address(es)", file, ref, es.Service, n)
-		// The kubernetes Service's slice is also the kube-apiserver entity.
-		if ref.Namespace == "default" && es.Service == "kubernetes" {
+		// The kubernetes Service's slice, which the API server itself
+		// maintains, is also the kube-apiserver entity (only that one: other
+		// slices may be written by anyone allowed to write EndpointSlices).
+		if ref.Namespace == "default" && ref.Name == "kubernetes" && es.Service == "kubernetes" {
 			a := APIServer{Ref: ref}
 			for _, e := range es.Endpoints {
 				if e.Ready {

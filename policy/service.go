@@ -377,6 +377,9 @@ const (
 	FrontendTerminating     = "terminating"
 	FrontendNoBackends      = "no-backends"
 	FrontendNoLocalBackends = "no-local-backends"
+	// FrontendConflict: another Service has the same address, port and
+	// protocol; this one is not load-balanced.
+	FrontendConflict = "conflict"
 )
 
 // ServiceFrontends resolves every Service's ClusterIPs and ports to the
@@ -413,6 +416,15 @@ func ServiceFrontends(objs *Objects, node string) ([]ServiceFrontend, []string) 
 		}
 	}
 	sortFrontends(out)
+	// Two Services with one ClusterIP and port (the API server never
+	// allocates that; a folder may say it): the first by name keeps it.
+	for i := 1; i < len(out); i++ {
+		prev, cur := &out[i-1], &out[i]
+		if cur.Address == prev.Address && cur.Protocol == prev.Protocol {
+			notes = append(notes, fmt.Sprintf("service %s: %s/%s is also service %s's; not load-balanced", cur.Service, cur.Address, cur.Protocol, prev.Service))
+			cur.Backends, cur.State = []ServiceBackend{}, FrontendConflict
+		}
+	}
 	return out, notes
 }
 

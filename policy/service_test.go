@@ -433,3 +433,23 @@ endpoints: [{addresses: [198.18.0.2]}]
 	}
 	_ = netip.Addr{}
 }
+
+func TestServiceFrontendConflict(t *testing.T) {
+	objs := mustDecode(t, `apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: shop}
+spec: {clusterIP: 198.19.0.10, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: shop}
+spec: {clusterIP: 198.19.0.10, ports: [{port: 80}, {port: 80, protocol: UDP, name: u}]}
+`)
+	fs, notes := ServiceFrontends(objs, "")
+	if len(fs) != 3 || fs[0].Service != "shop/a" || fs[1].Service != "shop/b" || fs[1].State != FrontendConflict || fs[2].State == FrontendConflict {
+		t.Errorf("frontends %+v", fs)
+	}
+	if len(notes) != 1 || !strings.Contains(notes[0], "also service shop/a's") {
+		t.Errorf("notes %v", notes)
+	}
+}
