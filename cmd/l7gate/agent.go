@@ -53,12 +53,17 @@ type agentFlags struct {
 	EscapedSlashes string `json:"httpEscapedSlashes"`
 	// ProxyArgs are extra arguments for the Go proxy the agent starts.
 	ProxyArgs []string `json:"proxyArgs"`
+	// SocketLB: load-balance Services in cgroup hooks (connect, sendmsg)
+	// of the processes in SocketLBCgroup, a path under the cgroup v2 root.
+	SocketLB       bool   `json:"socketLB"`
+	SocketLBCgroup string `json:"socketLBCgroup"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
 		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder",
-		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject)}
+		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject),
+		SocketLB: true, SocketLBCgroup: "/"}
 	k8sf := defaultK8sFlags()
 	var configFile string
 	cmd := &cobra.Command{
@@ -124,6 +129,10 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if !ch("start-proxy") {
 					f.StartProxy = fromFile.StartProxy
 				}
+				if !ch("socket-lb") {
+					f.SocketLB = fromFile.SocketLB
+				}
+				pick("socket-lb-cgroup", &f.SocketLBCgroup, fromFile.SocketLBCgroup)
 			}
 			var src source.Source
 			var reporter source.PolicyReporter
@@ -172,7 +181,9 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, socketLB, socketLBCgroup (flags win)")
+	fl.BoolVar(&f.SocketLB, "socket-lb", f.SocketLB, "load-balance Services (ClusterIP, TCP and UDP) at connect()/sendmsg() in eBPF, so egress policy and the proxies see the backend pod; kube-proxy keeps the rest (NodePort, external traffic); false detaches it")
+	fl.StringVar(&f.SocketLBCgroup, "socket-lb-cgroup", f.SocketLBCgroup, "cgroup v2 directory whose processes (the pods) are load-balanced, relative to the cgroup v2 root (default the root: every process)")
 	fl.StringVar(&f.SourceKind, "source-kind", f.SourceKind, "where objects come from: folder (--source DIR) or k8s (the API server: --kubeconfig or in-cluster)")
 	fl.StringVar(&f.Source, "source", "", "with --source-kind folder: folder of Kubernetes YAML/JSON to enforce (watched)")
 	k8sf.addFlags(fl)
@@ -237,6 +248,13 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if err := dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
 		return fmt.Errorf("attach socket lookup: %w", err)
 	}
+	lb, lbWhere, err := openSocketLB(ctx, f, a.log)
+	if err != nil {
+		return err
+	}
+	if lb != nil {
+		defer lb.Close() // pins and links stay
+	}
 	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
@@ -250,7 +268,10 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
 		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes},
-		Policy: popts,
+		Policy: popts, SocketLB: lbWhere,
+	}
+	if lb != nil {
+		cfg.ServiceLB = lb
 	}
 	if f.StartProxy {
 		args := append([]string{"--http-escaped-slashes", string(slashes)}, f.ProxyArgs...)

@@ -305,7 +305,7 @@ func waitTCP(ns, addr string, limit time.Duration) error {
 
 func (n *node) startAgent() error {
 	cmd, err := startProc(n.cl, filepath.Join(n.run, "agent.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", allCPUs(),
-		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench")
+		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench", "--socket-lb=false")
 	if err != nil {
 		return err
 	}
