@@ -57,6 +57,11 @@ type agentFlags struct {
 	// of the processes in SocketLBCgroup, a path under the cgroup v2 root.
 	SocketLB       bool   `json:"socketLB"`
 	SocketLBCgroup string `json:"socketLBCgroup"`
+	// SocketLBCgroupRoot is where that cgroup v2 hierarchy is mounted
+	// (default: this process's cgroup2 mount). In a container, the host's
+	// hierarchy mounted from a hostPath: the container's own cgroup2 mount
+	// shows only its own cgroup, never the pods'.
+	SocketLBCgroupRoot string `json:"socketLBCgroupRoot"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
@@ -133,6 +138,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 					f.SocketLB = fromFile.SocketLB
 				}
 				pick("socket-lb-cgroup", &f.SocketLBCgroup, fromFile.SocketLBCgroup)
+				pick("socket-lb-cgroup-root", &f.SocketLBCgroupRoot, fromFile.SocketLBCgroupRoot)
 			}
 			var src source.Source
 			var reporter source.PolicyReporter
@@ -181,9 +187,10 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, socketLB, socketLBCgroup (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, socketLB, socketLBCgroup, socketLBCgroupRoot (flags win)")
 	fl.BoolVar(&f.SocketLB, "socket-lb", f.SocketLB, "load-balance Services (ClusterIP, TCP and UDP) at connect()/sendmsg() in eBPF, so egress policy and the proxies see the backend pod; kube-proxy keeps the rest (NodePort, external traffic); false detaches it")
 	fl.StringVar(&f.SocketLBCgroup, "socket-lb-cgroup", f.SocketLBCgroup, "cgroup v2 directory whose processes (the pods) are load-balanced, relative to the cgroup v2 root (default the root: every process)")
+	fl.StringVar(&f.SocketLBCgroupRoot, "socket-lb-cgroup-root", "", "where the cgroup v2 hierarchy of --socket-lb-cgroup is mounted (default: this process's cgroup2 mount, else one mounted under the run dir); in a container, the host's /sys/fs/cgroup from a hostPath (of a hybrid host, its unified/ is used)")
 	fl.StringVar(&f.SourceKind, "source-kind", f.SourceKind, "where objects come from: folder (--source DIR) or k8s (the API server: --kubeconfig or in-cluster)")
 	fl.StringVar(&f.Source, "source", "", "with --source-kind folder: folder of Kubernetes YAML/JSON to enforce (watched)")
 	k8sf.addFlags(fl)

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
@@ -157,7 +158,12 @@ func openSocketLB(ctx context.Context, f agentFlags, log *slog.Logger) (*bpf.Soc
 		lb.Close()
 		return nil, "off", nil
 	}
-	mount, err := bpf.EnsureCgroup2(filepath.Join(f.RunDir, "cgroup2"))
+	var mount string
+	if f.SocketLBCgroupRoot != "" {
+		mount, err = cgroup2Root(f.SocketLBCgroupRoot)
+	} else {
+		mount, err = bpf.EnsureCgroup2(filepath.Join(f.RunDir, "cgroup2"))
+	}
 	if err != nil {
 		lb.Close()
 		return nil, "", fmt.Errorf("socket load balancer: %w", err)
@@ -169,4 +175,24 @@ func openSocketLB(ctx context.Context, f agentFlags, log *slog.Logger) (*bpf.Soc
 		return nil, "", err
 	}
 	return lb, "cgroup " + rel, nil
+}
+
+// cgroup2Root returns dir if a cgroup v2 hierarchy is mounted there, or
+// dir/unified if dir is a hybrid host's /sys/fs/cgroup (cgroup v1
+// controllers beside a unified v2 hierarchy). Anything else is an error:
+// attaching to a directory that is no cgroup would translate nothing.
+func cgroup2Root(dir string) (string, error) {
+	for _, d := range []string{dir, filepath.Join(dir, "unified")} {
+		var st unix.Statfs_t
+		if err := unix.Statfs(d, &st); err != nil {
+			if d == dir {
+				return "", fmt.Errorf("cgroup root %s: %w", dir, err)
+			}
+			continue
+		}
+		if st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("cgroup root %s: no cgroup v2 hierarchy there (nor at unified/)", dir)
 }
