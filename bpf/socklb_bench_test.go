@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -230,6 +231,34 @@ func BenchmarkSocketLBSyncOneBackend(b *testing.B) {
 			if st, err := lb.SyncServices(svcs); err != nil || st.Updated+st.Added+st.Deleted != 0 {
 				b.Fatalf("%v %v", st, err)
 			}
+		}
+	})
+	// The map writes alone for one changed backend (new backend, the
+	// service's new slot generation, the switch, the old generation
+	// deleted), on maps holding 100k backends: what a change costs beyond
+	// the diff over the desired set.
+	b.Run("one-changed/writes-only", func(b *testing.B) {
+		want, err := normalizeServices(svcs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			w := want[(i*104729)%services]
+			w.backends = slices.Clone(w.backends)
+			w.backends[0] = lbFrontend{addr: [4]byte{12, byte(i >> 16), byte(i >> 8), byte(i)}, port: 8080, proto: ProtoTCP}
+			i++
+			lb.mu.Lock()
+			changed, err := lb.upsertService(&w)
+			lb.mu.Unlock()
+			if err != nil || changed != "updated" {
+				b.Fatalf("%s %v", changed, err)
+			}
+		}
+		b.StopTimer()
+		// Back to svcs (the replaced backends' entries are removed).
+		if _, err := lb.SyncServices(svcs); err != nil {
+			b.Fatal(err)
 		}
 	})
 	b.Run("one-changed", func(b *testing.B) {
