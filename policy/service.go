@@ -199,6 +199,13 @@ func normalizeService(w *wireService, ref ObjectRef) (*Service, []Warning, []err
 			errs = append(errs, fieldPath("spec.clusterIPs").index(i).errorf("invalid IP %q", ip))
 			continue
 		}
+		// No API server allocates these; translating one would hijack
+		// connections that are no Service's (0.0.0.0 and 127.0.0.1 are the
+		// node itself).
+		if u := a.Unmap(); u.IsUnspecified() || u.IsLoopback() || u.IsMulticast() || u.IsLinkLocalUnicast() || u == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			errs = append(errs, fieldPath("spec.clusterIPs").index(i).errorf("%s is not a service address (unspecified, loopback, multicast, broadcast or link-local)", ip))
+			continue
+		}
 		if s.Type != ServiceTypeExternalName {
 			s.ClusterIPs = append(s.ClusterIPs, a.Unmap())
 		}

@@ -453,3 +453,27 @@ spec: {clusterIP: 198.19.0.10, ports: [{port: 80}, {port: 80, protocol: UDP, nam
 		t.Errorf("notes %v", notes)
 	}
 }
+
+// TestHostileServiceClusterIP: a ClusterIP that no API server allocates
+// (unspecified, loopback, multicast, broadcast, link-local) is an error:
+// translating it would hijack connections that are no Service's (a
+// connect to 0.0.0.0 or 127.0.0.1 is one to the node itself).
+func TestHostileServiceClusterIP(t *testing.T) {
+	for _, ip := range []string{"0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255", "169.254.169.254", "::", "::1", "::ffff:127.0.0.1"} {
+		_, errs := Decode("svc.yaml", []byte(`apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: d}
+spec: {clusterIP: "`+ip+`", ports: [{port: 80}]}
+`))
+		if len(errs) == 0 || !strings.Contains(errs[0].Error(), "spec.clusterIPs[0]") {
+			t.Errorf("clusterIP %s: errors %v, want one naming spec.clusterIPs[0]", ip, errs)
+		}
+	}
+	if _, errs := Decode("svc.yaml", []byte(`apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: d}
+spec: {clusterIP: 198.19.0.1, ports: [{port: 80}]}
+`)); len(errs) != 0 {
+		t.Errorf("a plain ClusterIP: %v", errs)
+	}
+}
