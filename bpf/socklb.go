@@ -135,7 +135,11 @@ type SocketLB struct {
 	svcs     map[lbFrontend]*lbSvcState
 	backends map[lbFrontend]*lbBackendState // keyed by address, port, proto
 	byID     map[uint32]lbFrontend
-	epoch    uint64
+	// orphans are the backends whose last reference went (dropSlots):
+	// deleted at the end of a sync unless taken again meanwhile, so a sync
+	// never scans every backend.
+	orphans map[lbFrontend]struct{}
+	epoch   uint64
 	svcIDs   idAllocator
 	beIDs    idAllocator
 	// afterWrite, when set, runs after every map write of a sync (tests
@@ -290,7 +294,8 @@ func OpenSocketLB(ctx context.Context, cfg SocketLBConfig) (*SocketLB, error) {
 		spec.Maps[name].MaxEntries = size
 	}
 	l := &SocketLB{cfg: cfg, log: cfg.Logger, links: map[string]link.Link{},
-		svcs: map[lbFrontend]*lbSvcState{}, backends: map[lbFrontend]*lbBackendState{}, byID: map[uint32]lbFrontend{}}
+		svcs: map[lbFrontend]*lbSvcState{}, backends: map[lbFrontend]*lbBackendState{}, byID: map[uint32]lbFrontend{},
+		orphans: map[lbFrontend]struct{}{}}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: filepath.Join(cfg.BPFFSPath, mapsDir)}}
 	if err := spec.LoadAndAssign(&l.objs, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -665,15 +670,19 @@ func (l *SocketLB) SyncServices(desired []LBService) (SyncStats, error) {
 			st.Unchanged++
 		}
 	}
-	// Backends no service uses any more.
-	for k, b := range l.backends {
-		if b.refs > 0 {
+	// Backends no service uses any more (a failed delete is retried by
+	// the next sync).
+	for k := range l.orphans {
+		b := l.backends[k]
+		if b == nil || b.refs > 0 {
+			delete(l.orphans, k)
 			continue
 		}
 		if err := l.del(l.objs.Lb4Backends, b.id); err != nil {
 			l.log.Warn("socket-lb: delete backend", "backend", k, "error", err)
 			continue
 		}
+		delete(l.orphans, k)
 		delete(l.backends, k)
 		delete(l.byID, b.id)
 		l.beIDs.put(b.id)
@@ -720,7 +729,9 @@ func (l *SocketLB) dropSlots(svc uint32, gen uint8, ids []uint32, keep map[uint3
 		}
 		if k, ok := l.byID[id]; ok {
 			if b := l.backends[k]; b != nil && b.id == id {
-				b.refs--
+				if b.refs--; b.refs <= 0 {
+					l.orphans[k] = struct{}{}
+				}
 			}
 		}
 	}
