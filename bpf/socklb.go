@@ -140,8 +140,8 @@ type SocketLB struct {
 	// never scans every backend.
 	orphans map[lbFrontend]struct{}
 	epoch   uint64
-	svcIDs   idAllocator
-	beIDs    idAllocator
+	svcIDs  idAllocator
+	beIDs   idAllocator
 	// afterWrite, when set, runs after every map write of a sync (tests
 	// check what a connect() could see at each point).
 	afterWrite func()
@@ -605,7 +605,9 @@ func normalizeServices(desired []LBService) ([]lbWant, error) {
 			}
 			w.backends = append(w.backends, lbFrontend{addr: b.Addr().Unmap().As4(), port: b.Port(), proto: s.Protocol})
 		}
-		slices.SortFunc(w.backends, compareFrontend)
+		if !slices.IsSortedFunc(w.backends, compareFrontend) {
+			slices.SortFunc(w.backends, compareFrontend)
+		}
 		w.backends = slices.Compact(w.backends)
 		w.val.Count = uint32(len(w.backends))
 		if s.Affinity > 0 {
@@ -618,7 +620,12 @@ func normalizeServices(desired []LBService) ([]lbWant, error) {
 }
 
 func compareFrontend(a, b lbFrontend) int {
-	return cmp.Or(slices.Compare(a.addr[:], b.addr[:]), cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
+	return cmp.Compare(a.sortKey(), b.sortKey())
+}
+
+// sortKey orders by address, port and protocol.
+func (f lbFrontend) sortKey() uint64 {
+	return uint64(f.addr[0])<<48 | uint64(f.addr[1])<<40 | uint64(f.addr[2])<<32 | uint64(f.addr[3])<<24 | uint64(f.port)<<8 | uint64(f.proto)
 }
 
 // SyncServices makes the socket LB translate exactly desired, writing only
