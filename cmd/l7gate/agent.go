@@ -348,6 +348,15 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			fmt.Fprintf(w, "Endpoints:\t%d local, %d in the cluster\n", local, len(st.Endpoints))
 			fmt.Fprintf(w, "Identities:\t%d\n", len(st.Identities))
+			if st.SocketLB != "" {
+				failing := 0
+				for _, s := range st.Services {
+					if s.Error != "" {
+						failing++
+					}
+				}
+				fmt.Fprintf(w, "Services:\t%d frontend(s), %d not synced; socket LB %s (l7gate service list)\n", len(st.Services), failing, st.SocketLB)
+			}
 			for _, p := range st.ProxyPorts {
 				fmt.Fprintf(w, "Proxy port:\t%s/%s → %d\n", p.Direction, p.Parser, p.Port)
 			}

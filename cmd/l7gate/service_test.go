@@ -212,6 +212,10 @@ func TestServiceList(t *testing.T) {
 	if len(got) != 2 || got[0].Address != st.Services[0].Address || len(got[0].Backends) != 2 || got[1].Error == "" {
 		t.Errorf("service list -o json: %s", out)
 	}
+	code, out, errOut = runCLI(t, "status", "--run-dir", run)
+	if code != 0 || !strings.Contains(out, "2 frontend(s), 1 not synced; socket LB cgroup /") {
+		t.Errorf("status (exit %d, %s) lacks the Services line:\n%s", code, errOut, out)
+	}
 	if code, _, errOut = runCLI(t, "service", "list", "--run-dir", run, "-o", "yaml"); code == 0 {
 		t.Errorf("-o yaml accepted: %s", errOut)
 	}
