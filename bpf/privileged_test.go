@@ -591,7 +591,7 @@ func TestPrivilegedAdoptAfterInterfaceGone(t *testing.T) {
 	}
 }
 
-func TestIncompatiblePin(t *testing.T) {
+func TestPrivilegedIncompatiblePin(t *testing.T) {
 	requireRoot(t)
 	bpffs := mountBPFFS(t)
 	d, err := Open(context.Background(), Config{BPFFSPath: bpffs})
