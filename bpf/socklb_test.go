@@ -352,9 +352,9 @@ func TestPrivilegedSocketLBRestart(t *testing.T) {
 	}
 }
 
-// TestSocketLBSync checks the maps a sync leaves: the generation in force,
+// TestPrivilegedSocketLBSync checks the maps a sync leaves: the generation in force,
 // no stale slots or backends, unchanged services untouched.
-func TestSocketLBSync(t *testing.T) {
+func TestPrivilegedSocketLBSync(t *testing.T) {
 	requireRoot(t)
 	lb := openLB(t, mountBPFFS(t), LBMapSizes{})
 	ap := netip.MustParseAddrPort
@@ -428,10 +428,10 @@ func TestSocketLBSync(t *testing.T) {
 	}
 }
 
-// TestSocketLBFull: a service whose backends do not fit refuses
+// TestPrivilegedSocketLBFull: a service whose backends do not fit refuses
 // connections (never keeps backends it should not have); the others are
 // synced.
-func TestSocketLBFull(t *testing.T) {
+func TestPrivilegedSocketLBFull(t *testing.T) {
 	requireRoot(t)
 	lb := openLB(t, mountBPFFS(t), LBMapSizes{Slots: 4})
 	ap := netip.MustParseAddrPort
@@ -462,12 +462,12 @@ func TestSocketLBFull(t *testing.T) {
 	}
 }
 
-// TestSocketLBSyncNeverHalfApplied checks, after every single map write of
+// TestPrivilegedSocketLBSyncNeverHalfApplied checks, after every single map write of
 // a sync, what a connect() could read: each frontend's slots of the
 // generation in force all exist and name existing backends, and the set is
 // the old one or the new one — never a mix, never a removed backend; an
 // affinity match never names a backend outside both sets.
-func TestSocketLBSyncNeverHalfApplied(t *testing.T) {
+func TestPrivilegedSocketLBSyncNeverHalfApplied(t *testing.T) {
 	requireRoot(t)
 	lb := openLB(t, mountBPFFS(t), LBMapSizes{})
 	ap := netip.MustParseAddrPort

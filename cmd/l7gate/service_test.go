@@ -20,6 +20,7 @@ import (
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -51,9 +52,7 @@ func TestCgroup2Root(t *testing.T) {
 // the agent), `l7gate bpf lb list` reads the maps, and --socket-lb=false
 // unpins and detaches everything and empties the maps.
 func TestPrivilegedSocketLBFlags(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a bpffs, creates a cgroup and attaches BPF programs")
-	}
+	testutil.RequirePrivileged(t, "mounts a bpffs, creates a cgroup and attaches BPF programs", "mount", "umount")
 	mount, err := bpf.Cgroup2Mount()
 	if err != nil {
 		t.Skipf("no cgroup v2 hierarchy: %v", err)
