@@ -246,13 +246,13 @@ func BenchmarkSocketLBSyncOneBackend(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		i := 0
+		j := 0
 		cpu := cpuTime()
 		for b.Loop() {
-			w := want[(i*104729)%services]
+			w := want[(j*104729)%services]
 			w.backends = slices.Clone(w.backends)
-			w.backends[0] = lbFrontend{addr: [4]byte{12, byte(i >> 16), byte(i >> 8), byte(i)}, port: 8080, proto: ProtoTCP}
-			i++
+			w.backends[0] = lbFrontend{addr: [4]byte{12, byte(j >> 16), byte(j >> 8), byte(j)}, port: 8080, proto: ProtoTCP}
+			j++
 			lb.mu.Lock()
 			changed, err := lb.upsertService(&w)
 			lb.mu.Unlock()
@@ -267,8 +267,10 @@ func BenchmarkSocketLBSyncOneBackend(b *testing.B) {
 			b.Fatal(err)
 		}
 	})
+	// One counter across runs (-count): every op writes a backend no run
+	// wrote before.
+	i := 0
 	b.Run("one-changed", func(b *testing.B) {
-		i := 0
 		cpu := cpuTime()
 		for b.Loop() {
 			s := &svcs[(i*7919)%services]
