@@ -102,6 +102,10 @@ type Config struct {
 	XDS      XDS
 	Ports    ProxyPorts
 	Host     Host // default: this network namespace
+	// ServiceLB, when set, load-balances Services at the socket level
+	// (services.go); SocketLB names where, for the status ("cgroup …").
+	ServiceLB ServiceLB
+	SocketLB  string
 	// Processes finds the proxies and takes their listeners (default:
 	// /proc and pidfd_getfd).
 	Processes ProxyProcesses
@@ -171,6 +175,9 @@ func (c *Config) defaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ServiceLB == nil && c.SocketLB == "" {
+		c.SocketLB = "off"
 	}
 	if c.HTTPProxy == "" {
 		c.HTTPProxy = HTTPProxyGo
@@ -252,6 +259,8 @@ type Agent struct {
 	pipe     *observe.Pipeline
 	flowIdx  atomic.Pointer[flowIndex]
 	instance uint64
+	// services: the frontends last given to cfg.ServiceLB (services.go).
+	services servicesState
 }
 
 // state is what the status API shows, and what flows are attributed with.

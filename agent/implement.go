@@ -54,6 +54,8 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 		a.fail(fmt.Errorf("revision %d: %w", rev, err))
 		return true
 	}
+	// Services once the ipcache knows their backends (services.go).
+	svcNotes := a.syncServices(u)
 	// 2. The proxies.
 	a.push(ctx, snap, local, ports, portErrs)
 	if ctx.Err() != nil {
@@ -87,7 +89,7 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	a.st.implementedRevision = rev
 	a.st.lastError = ""
 	a.st.errors = errorStrings(u.Errors)
-	a.st.warnings = append(append(warningStrings(u.Objects), snap.Warnings...), fs.warnings...)
+	a.st.warnings = append(append(append(warningStrings(u.Objects), snap.Warnings...), fs.warnings...), svcNotes...)
 	a.st.snap, a.st.local, a.st.ports, a.st.rules = snap, local, ports, stats.rules
 	a.st.failures = failures
 	a.st.policies = policyStatuses(u.Objects, rev)

@@ -20,7 +20,7 @@ func (a *Agent) Status() agentapi.Status {
 		LastError: a.st.lastError, Errors: slices.Clone(a.st.errors), Warnings: slices.Clone(a.st.warnings),
 		Failures: slices.Clone(a.st.failures), Policies: slices.Clone(a.st.policies),
 		Endpoints: []agentapi.EndpointStatus{}, Identities: []policy.IdentityInfo{}, ProxyPorts: []agentapi.ProxyPortStatus{},
-		Proxies: []agentapi.ProxyConsumer{}}
+		Proxies: []agentapi.ProxyConsumer{}, Services: a.services.list(), SocketLB: a.cfg.SocketLB}
 	if st.Errors == nil {
 		st.Errors = []string{}
 	}

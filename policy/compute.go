@@ -126,6 +126,8 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	for _, id := range ReservedIdentities() {
 		c.snap.labels[id] = Labels{{Source: SourceReserved, Key: reservedName(id)}}
 	}
+	c.objs = c.resolveToServices(objs)
+	objs = c.objs
 	if err := c.endpoints(); err != nil {
 		return nil, err
 	}

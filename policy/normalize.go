@@ -132,6 +132,7 @@ type sectionFields struct {
 	cidrSets    []wireCIDRRule
 	entities    []string
 	fqdns       []wireDNSRule
+	services    []wireToService
 	unsupported []namedField // peer fields l7gate does not support
 	toPorts     []wirePortRule
 	icmps       []wireICMPRule
@@ -153,7 +154,8 @@ func ingressFields(s *wireIngress) sectionFields {
 func egressFields(s *wireEgress) sectionFields {
 	return sectionFields{prefix: "to", endpoints: s.ToEndpoints, requires: s.ToRequires, cidrs: s.ToCIDR,
 		cidrSets: s.ToCIDRSet, entities: s.ToEntities, fqdns: s.ToFQDNs,
-		unsupported: []namedField{{"toServices", s.ToServices}, {"toGroups", s.ToGroups}, {"toNodes", s.ToNodes}},
+		services:    s.ToServices,
+		unsupported: []namedField{{"toGroups", s.ToGroups}, {"toNodes", s.ToNodes}},
 		toPorts:     s.ToPorts, icmps: s.ICMPs, auth: s.Authentication}
 }
 
@@ -232,6 +234,12 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 			continue
 		}
 		s.Peers.FQDNs = append(s.Peers.FQDNs, sel)
+	}
+	for i, ts := range f.services {
+		hasL3 = true
+		if sel, ok := n.toService(ts, p.child("toServices").index(i)); ok {
+			s.Peers.Services = append(s.Peers.Services, sel)
+		}
 	}
 	for _, u := range f.unsupported {
 		if isEmptyValue(u.val) {
@@ -846,4 +854,46 @@ func compileDNSRule(d wireDNSRule, p fieldPath) (DNSSelector, error) {
 		return s, nil
 	}
 	return DNSSelector{}, p.errorf("give matchName or matchPattern")
+}
+
+// toService normalises one toServices entry as Cilium reads it: the
+// selector wins when both forms are given; an empty namespace matches
+// every namespace.
+func (n *normalizer) toService(w wireToService, p fieldPath) (ServiceSelector, bool) {
+	out := ServiceSelector{Path: string(p)}
+	switch {
+	case w.K8sServiceSelector != nil:
+		if w.K8sService != nil {
+			n.warn(p.child("k8sService"), "ignored: k8sServiceSelector is given too and wins (as in Cilium)")
+		}
+		sp := p.child("k8sServiceSelector")
+		if w.K8sServiceSelector.Selector == nil {
+			n.fail(sp.child("selector").errorf("missing"))
+			return out, false
+		}
+		sel, err := compileSelector(w.K8sServiceSelector.Selector, "", SourceAny, sp.child("selector"))
+		if err != nil {
+			n.fail(err)
+			return out, false
+		}
+		// Cilium matches Service labels whatever source a key names.
+		for i := range sel.Requirements {
+			sel.Requirements[i].Source = SourceAny
+		}
+		sel.normalize()
+		out.Selector, out.Namespace = &sel, w.K8sServiceSelector.Namespace
+	case w.K8sService != nil:
+		if w.K8sService.ServiceName == "" {
+			n.fail(p.child("k8sService").child("serviceName").errorf("missing"))
+			return out, false
+		}
+		out.Name, out.Namespace = w.K8sService.ServiceName, w.K8sService.Namespace
+	default:
+		n.fail(p.errorf("empty: give k8sService or k8sServiceSelector"))
+		return out, false
+	}
+	if out.Namespace == "" && n.namespace != "" {
+		n.warn(p, "no namespace: selects matching Services in every namespace, not only %s (Cilium's rule)", n.namespace)
+	}
+	return out, true
 }

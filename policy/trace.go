@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // TracePeer describes one side of a traced flow: a pod (Labels and
@@ -15,6 +16,10 @@ type TracePeer struct {
 	Namespace string
 	Addr      netip.Addr
 	Entity    string
+	// Service ("namespace/name", destinations only) traces the flow to
+	// each backend the Service's port (the request's DPort) resolves to,
+	// as socket load balancing sends it.
+	Service string
 }
 
 // TraceRequest is a flow (and optionally one L7 request) to trace.
@@ -81,6 +86,28 @@ type TraceResult struct {
 	DecidedBy   []Provenance   `json:"decidedBy"`
 	FQDN        *FQDNTrace     `json:"fqdn,omitempty"`
 	Warnings    []string       `json:"warnings,omitempty"`
+	// Service: the destination was a Service; Destination, Egress and
+	// Ingress are those of one backend (the first denied one, else the
+	// first), Verdict is allowed only when every backend is.
+	Service *ServiceTrace `json:"service,omitempty"`
+}
+
+// ServiceTrace is how a traced Service resolved.
+type ServiceTrace struct {
+	Service  string         `json:"service"`
+	Frontend netip.AddrPort `json:"frontend"`
+	State    string         `json:"state"`
+	Backends []BackendTrace `json:"backends"`
+	Note     string         `json:"note,omitempty"`
+}
+
+// BackendTrace is the verdict towards one backend of a traced Service.
+type BackendTrace struct {
+	Backend     netip.AddrPort `json:"backend"`
+	Pod         string         `json:"pod,omitempty"`
+	Destination TraceParty     `json:"destination"`
+	Verdict     Decision       `json:"verdict"`
+	DecidedBy   []Provenance   `json:"decidedBy"`
 }
 
 // FQDNTrace says how --dst-fqdn resolved.
@@ -115,6 +142,12 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 		if fqdn, err = traceFQDN(objs, &req); err != nil {
 			return nil, err
 		}
+	}
+	if req.Dst.Service != "" {
+		return traceService(objs, req)
+	}
+	if req.Src.Service != "" {
+		return nil, errors.New("source: a Service is only a destination")
 	}
 	work := *objs
 	work.Pods = slices.Clone(objs.Pods)
@@ -290,4 +323,67 @@ func traceFQDN(objs *Objects, req *TraceRequest) (*FQDNTrace, error) {
 	req.Dst = TracePeer{Addr: t.IPs[0]}
 	t.Note = fmt.Sprintf("from the FQDN cache given: %d address(es); traced to %s", len(t.IPs), t.IPs[0])
 	return t, nil
+}
+
+// traceService traces a flow to a Service's port: to each backend socket
+// load balancing may pick (ServiceFrontends without a node: every
+// endpoint, also for internalTrafficPolicy Local).
+func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
+	ns, name, ok := strings.Cut(req.Dst.Service, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("destination service %q: want namespace/name", req.Dst.Service)
+	}
+	if req.Dst.Labels != nil || req.Dst.Addr.IsValid() || req.Dst.Entity != "" {
+		return nil, errors.New("destination: give a Service or one of labels, an address or an entity")
+	}
+	fronts, _ := ServiceFrontends(objs, "")
+	var ports []string
+	var f *ServiceFrontend
+	for i := range fronts {
+		if fronts[i].Service != req.Dst.Service {
+			continue
+		}
+		ports = append(ports, fmt.Sprintf("%d/%s", fronts[i].Address.Port(), fronts[i].Protocol))
+		if fronts[i].Address.Port() == req.DPort && fronts[i].Protocol == req.Protocol && f == nil {
+			f = &fronts[i]
+		}
+	}
+	if f == nil {
+		if len(ports) == 0 {
+			return nil, fmt.Errorf("service %s: not found, or without a load-balanced ClusterIP (IPv4, TCP/UDP ports)", req.Dst.Service)
+		}
+		slices.Sort(ports)
+		return nil, fmt.Errorf("service %s has no port %d/%s (it has %s)", req.Dst.Service, req.DPort, req.Protocol, strings.Join(slices.Compact(ports), ", "))
+	}
+	st := &ServiceTrace{Service: f.Service, Frontend: f.Address, State: f.State, Backends: []BackendTrace{}}
+	if len(f.Backends) == 0 {
+		st.Note = "no backends: connect() is refused (ECONNREFUSED)"
+		return &TraceResult{Verdict: DecisionDenied, Protocol: req.Protocol, DPort: req.DPort, DecidedBy: []Provenance{}, Service: st}, nil
+	}
+	var first, denied *TraceResult
+	for _, b := range f.Backends {
+		one := req
+		one.Dst = TracePeer{Addr: b.Address.Addr()}
+		one.DPort = b.Address.Port()
+		r, err := Trace(objs, one)
+		if err != nil {
+			return nil, err
+		}
+		st.Backends = append(st.Backends, BackendTrace{Backend: b.Address, Pod: b.Pod, Destination: r.Destination, Verdict: r.Verdict, DecidedBy: r.DecidedBy})
+		if first == nil {
+			first = r
+		}
+		if denied == nil && r.Verdict == DecisionDenied {
+			denied = r
+		}
+	}
+	out := first
+	if denied != nil {
+		out = denied
+		if len(st.Backends) > 1 && first.Verdict != DecisionDenied {
+			st.Note = "some backends are denied: whether a connection passes depends on the backend it is given"
+		}
+	}
+	out.Service = st
+	return out, nil
 }

@@ -56,12 +56,22 @@ type agentFlags struct {
 	ProxyArgs []string `json:"proxyArgs"`
 	// Observability: metrics, the Observer API, flow export, OTLP.
 	obsFlags
+	// SocketLB: load-balance Services in cgroup hooks (connect, sendmsg)
+	// of the processes in SocketLBCgroup, a path under the cgroup v2 root.
+	SocketLB       bool   `json:"socketLB"`
+	SocketLBCgroup string `json:"socketLBCgroup"`
+	// SocketLBCgroupRoot is where that cgroup v2 hierarchy is mounted
+	// (default: this process's cgroup2 mount). In a container, the host's
+	// hierarchy mounted from a hostPath: the container's own cgroup2 mount
+	// shows only its own cgroup, never the pods'.
+	SocketLBCgroupRoot string `json:"socketLBCgroupRoot"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
 		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder",
-		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject), obsFlags: defaultObsFlags()}
+		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject), obsFlags: defaultObsFlags(),
+		SocketLB: true, SocketLBCgroup: "/"}
 	k8sf := defaultK8sFlags()
 	var configFile string
 	cmd := &cobra.Command{
@@ -128,6 +138,11 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 					f.StartProxy = fromFile.StartProxy
 				}
 				f.obsFlags.merge(fromFile.obsFlags, ch)
+				if !ch("socket-lb") {
+					f.SocketLB = fromFile.SocketLB
+				}
+				pick("socket-lb-cgroup", &f.SocketLBCgroup, fromFile.SocketLBCgroup)
+				pick("socket-lb-cgroup-root", &f.SocketLBCgroupRoot, fromFile.SocketLBCgroupRoot)
 			}
 			var src source.Source
 			var reporter source.PolicyReporter
@@ -176,7 +191,10 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, socketLB, socketLBCgroup, socketLBCgroupRoot (flags win)")
+	fl.BoolVar(&f.SocketLB, "socket-lb", f.SocketLB, "load-balance Services (ClusterIP, TCP and UDP) at connect()/sendmsg() in eBPF, so egress policy and the proxies see the backend pod; kube-proxy keeps the rest (NodePort, external traffic); false detaches it")
+	fl.StringVar(&f.SocketLBCgroup, "socket-lb-cgroup", f.SocketLBCgroup, "cgroup v2 directory whose processes (the pods) are load-balanced, relative to the cgroup v2 root (default the root: every process)")
+	fl.StringVar(&f.SocketLBCgroupRoot, "socket-lb-cgroup-root", "", "where the cgroup v2 hierarchy of --socket-lb-cgroup is mounted (default: this process's cgroup2 mount, else one mounted under the run dir); in a container, the host's /sys/fs/cgroup from a hostPath (of a hybrid host, its unified/ is used)")
 	fl.StringVar(&f.SourceKind, "source-kind", f.SourceKind, "where objects come from: folder (--source DIR) or k8s (the API server: --kubeconfig or in-cluster)")
 	fl.StringVar(&f.Source, "source", "", "with --source-kind folder: folder of Kubernetes YAML/JSON to enforce (watched)")
 	k8sf.addFlags(fl)
@@ -242,6 +260,13 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if err := dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
 		return fmt.Errorf("attach socket lookup: %w", err)
 	}
+	lb, lbWhere, err := openSocketLB(ctx, f, a.log)
+	if err != nil {
+		return err
+	}
+	if lb != nil {
+		defer lb.Close() // pins and links stay
+	}
 	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
@@ -272,7 +297,10 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
 		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes,
 			AccessLog: ob.envoyAccessLog, OTLPCollector: ob.envoyCollector, OTLPResource: ob.envoyResource},
-		Policy: popts, Flows: ob.flows, Metrics: ob.agent,
+		Policy: popts, Flows: ob.flows, Metrics: ob.agent, SocketLB: lbWhere,
+	}
+	if lb != nil {
+		cfg.ServiceLB = lb
 	}
 	if f.StartProxy {
 		args := []string{"--http-escaped-slashes", string(slashes)}
@@ -346,6 +374,15 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			fmt.Fprintf(w, "Endpoints:\t%d local, %d in the cluster\n", local, len(st.Endpoints))
 			fmt.Fprintf(w, "Identities:\t%d\n", len(st.Identities))
+			if st.SocketLB != "" {
+				failing := 0
+				for _, s := range st.Services {
+					if s.Error != "" {
+						failing++
+					}
+				}
+				fmt.Fprintf(w, "Services:\t%d frontend(s), %d not synced; socket LB %s (l7gate service list)\n", len(st.Services), failing, st.SocketLB)
+			}
 			for _, p := range st.ProxyPorts {
 				fmt.Fprintf(w, "Proxy port:\t%s/%s → %d\n", p.Direction, p.Parser, p.Port)
 			}

@@ -95,6 +95,7 @@ type traceFlags struct {
 	files                               []string
 	srcLabels, srcNS, srcCIDR, srcEnt   string
 	dstLabels, dstNS, dstCIDR, dstEnt   string
+	dstService                          string
 	dport                               int
 	protocol                            string
 	httpMethod, httpPath, httpHost      string
@@ -125,7 +126,12 @@ The source and the destination are each one of:
   --src-entity NAME                              world, host, remote-node, kube-apiserver, init,
                                                  health, unmanaged or ingress
 (and the same with --dst-). Namespace labels come from Namespace objects in
-the inputs.
+the inputs. A destination may also be a Service:
+  --dst-service NS/NAME                          --dport is the Service's port; the flow is traced
+                                                 to every backend it resolves to (its EndpointSlices,
+                                                 or for a Service with a selector and no slice in the
+                                                 inputs, the pods it selects), as the socket load
+                                                 balancer sends connections there
 
 Invalid objects are reported and traced as the agent enforces them: an
 invalid policy whose endpointSelector decodes holds the endpoints it selects
@@ -162,6 +168,7 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.dstNS, "dst-namespace", "", "destination pod namespace (default \"default\")")
 	fl.StringVar(&f.dstCIDR, "dst-cidr", "", "destination IP address")
 	fl.StringVar(&f.dstEnt, "dst-entity", "", "destination entity")
+	fl.StringVar(&f.dstService, "dst-service", "", "destination Service, namespace/name: the flow is traced to each backend its port --dport resolves to (socket load balancing)")
 	fl.IntVar(&f.dport, "dport", -1, "destination port (required)")
 	fl.StringVar(&f.protocol, "protocol", "TCP", "L4 protocol: TCP, UDP or SCTP")
 	fl.StringVar(&f.httpMethod, "http-method", "", "HTTP request method, e.g. GET")
@@ -250,10 +257,15 @@ func (a *app) runTrace(f *traceFlags) error {
 		return err
 	}
 	if f.dstFQDN != "" {
-		if f.dstLabels != "" || f.dstCIDR != "" || f.dstEnt != "" || f.dstNS != "" {
+		if f.dstLabels != "" || f.dstCIDR != "" || f.dstEnt != "" || f.dstNS != "" || f.dstService != "" {
 			return usageErrorf("give --dst-fqdn or --dst-*, not both")
 		}
 		req.DstFQDN = f.dstFQDN
+	} else if f.dstService != "" {
+		if f.dstLabels != "" || f.dstNS != "" || f.dstCIDR != "" || f.dstEnt != "" {
+			return usageErrorf("--dst-service: give no other --dst- flag")
+		}
+		req.Dst = policy.TracePeer{Service: f.dstService}
 	} else if req.Dst, err = tracePeer(f.dstLabels, f.dstNS, f.dstCIDR, f.dstEnt, "dst"); err != nil {
 		return err
 	}
@@ -336,6 +348,9 @@ func (a *app) runTrace(f *traceFlags) error {
 		}
 		fmt.Fprintf(a.stderr, "note: %d invalid object(s) are traced as l7gate enforces them (see each error)\n", len(errs))
 	}
+	// As the folder source does: Services with a selector and no
+	// EndpointSlice get the pods they select.
+	objs.DeriveEndpointSlices()
 	res, err := policy.Trace(objs, req)
 	if err != nil {
 		return usageErrorf("%v", err)
@@ -377,6 +392,24 @@ func partyString(p policy.TraceParty) string {
 
 func printTrace(w io.Writer, r *policy.TraceResult) {
 	fmt.Fprintf(w, "Verdict: %s\n", strings.ToUpper(string(r.Verdict)))
+	if s := r.Service; s != nil {
+		fmt.Fprintf(w, "Service: %s %s/%s (%s), %d backend(s)\n", s.Service, s.Frontend, r.Protocol, s.State, len(s.Backends))
+		for _, b := range s.Backends {
+			pod := b.Pod
+			if pod == "" {
+				pod = "-"
+			}
+			fmt.Fprintf(w, "  backend %s (pod %s, identity %s): %s\n", b.Backend, pod, b.Destination.Identity, b.Verdict)
+		}
+		if s.Note != "" {
+			fmt.Fprintf(w, "  note: %s\n", s.Note)
+		}
+		if len(s.Backends) == 0 {
+			return
+		}
+		fmt.Fprintln(w, "Below: the first denied backend, else the first one.")
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "Flow:    %s/%d\n", r.Protocol, r.DPort)
 	fmt.Fprintf(w, "Source:      %s\n", partyString(r.Source))
 	fmt.Fprintf(w, "Destination: %s\n", partyString(r.Destination))

@@ -121,8 +121,8 @@ spec:
         - path: "("
 ---
 apiVersion: v1
-kind: Service
-metadata: {name: svc}
+kind: ConfigMap
+metadata: {name: cm}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -139,7 +139,7 @@ spec:
 	if !strings.Contains(errOut, want) {
 		t.Errorf("stderr lacks %q:\n%s", want, errOut)
 	}
-	if !strings.Contains(errOut, "warning: "+bad+": Service /svc: skipped") && !strings.Contains(errOut, "skipped: l7gate does not read kind Service") {
+	if !strings.Contains(errOut, "warning: "+bad+": ConfigMap /cm: skipped") && !strings.Contains(errOut, "skipped: l7gate does not read kind ConfigMap") {
 		t.Errorf("unknown kind not warned about:\n%s", errOut)
 	}
 	if !strings.Contains(out, "CiliumNetworkPolicy default/good") {

@@ -305,7 +305,7 @@ func waitTCP(ns, addr string, limit time.Duration) error {
 
 func (n *node) startAgent(extra ...string) error {
 	args := append([]string{"netns", "exec", n.nodeNS, "taskset", "-c", allCPUs(),
-		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench"}, extra...)
+		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench", "--socket-lb=false"}, extra...)
 	cmd, err := startProc(n.cl, filepath.Join(n.run, "agent.log"), "ip", args...)
 	if err != nil {
 		return err
