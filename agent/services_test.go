@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
@@ -123,11 +124,18 @@ func mustDecodeObjects(t *testing.T, doc string) *policy.Objects {
 	return objs
 }
 
+// fetchStatus reads the agent's status API; the server starts beside the
+// pipeline, so its socket may not exist yet when the first revisions are in.
 func fetchStatus(t *testing.T, h *harness) *agentapi.Status {
 	t.Helper()
-	st, err := agentapi.FetchStatus(context.Background(), h.runDir)
-	if err != nil {
-		t.Fatal(err)
+	var err error
+	for range 250 {
+		var st *agentapi.Status
+		if st, err = agentapi.FetchStatus(context.Background(), h.runDir); err == nil {
+			return st
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return st
+	t.Fatal(err)
+	return nil
 }
