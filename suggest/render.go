@@ -2,6 +2,7 @@ package suggest
 
 import (
 	"bytes"
+	"regexp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -154,6 +155,9 @@ func renderRule(y *yw, self *Workload, r *ruleAgg) {
 		parts = append(parts, plural(r.requests, name+" request"))
 	}
 	y.comment(1, "%s: %s (%s)", r.peer, plural(r.flows(), "flow"), strings.Join(parts, ", "))
+	if r.l7 == "" {
+		y.comment(1, "no L7 request was recorded from this peer on this port: L3/L4 only")
+	}
 	from := "from"
 	if r.key.dir == flow.Egress {
 		from = "to"
@@ -213,7 +217,7 @@ func renderRule(y *yw, self *Workload, r *ruleAgg) {
 				path += `(\?.*)?`
 			}
 			y.comment(4, "%s", plural(h.count, "request"))
-			y.line(4, "- method: %s", q(k.method))
+			y.line(4, "- method: %s", q(regexp.QuoteMeta(k.method)))
 			y.line(5, "path: %s", q(path))
 		}
 	case "kafka":

@@ -137,8 +137,11 @@ func (c *cluster) place(r *flow.Record, opts *Options) (obs observation, reason 
 	switch strings.ToLower(r.Protocol) {
 	case "http", "grpc":
 		obs.l7, obs.proto = "http", policy.ProtoTCP
-		if r.Method == "" || r.Path == "" {
-			return obs, "HTTP records without method or path"
+		if !httpToken(r.Method) {
+			return obs, "HTTP records with an invalid method"
+		}
+		if r.Path == "" || len(r.Path) > maxPath || strings.ContainsFunc(r.Path, func(c rune) bool { return c <= ' ' || c == 0x7f }) {
+			return obs, "HTTP records with an invalid path"
 		}
 	case "kafka":
 		obs.l7, obs.proto = "kafka", policy.ProtoTCP
@@ -349,4 +352,21 @@ func PathTemplate(target string) (tmpl string, query bool) {
 		}
 	}
 	return strings.Join(segs, "/"), query
+}
+
+// maxPath bounds the request targets a suggestion turns into rules.
+const maxPath = 8 << 10
+
+// httpToken reports whether s is an HTTP method (RFC 9110 token).
+func httpToken(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }

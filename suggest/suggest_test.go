@@ -15,7 +15,7 @@ import (
 // The recorded scenarios: flows.jsonl is `l7gate observe -o json` of the
 // demo's agent, proxy.log the Go proxy's access log (with its own log
 // lines), objects.yaml the scenario's Pods and Namespaces (testdata/README.md).
-var scenarios = []string{"starwars", "kafka"}
+var scenarios = []string{"starwars", "kafka", "grpc"}
 
 func loadScenario(t *testing.T, name string) (*policy.Objects, []*flow.Record) {
 	t.Helper()
