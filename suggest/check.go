@@ -36,7 +36,8 @@ func (d Denial) String() string {
 // the direction the record was observed in (ingress at the receiver,
 // egress at the sender), at L3/L4 and, for proxy records, at L7. It returns
 // the flows those policies would deny, sorted. Records Suggest skips are
-// not checked (stats says which and why).
+// not checked (stats says which and why), nor are connections the
+// datapath redirected to a proxy: the proxy's records of their requests are.
 func Check(objs *policy.Objects, policies []policy.Policy, recs []*flow.Record, opts Options) ([]Denial, Stats, error) {
 	work := *objs
 	work.Policies = policies
@@ -52,6 +53,12 @@ func Check(objs *policy.Objects, policies []policy.Policy, recs []*flow.Record, 
 		obs, reason := c.place(r, &opts)
 		if reason != "" {
 			st.skip(reason)
+			continue
+		}
+		if obs.redirected {
+			// Not an allowed flow: the proxy decided the requests on it,
+			// and its records of them are checked (at L3/L4 too).
+			st.skip("redirected to a proxy (checked through the proxy's records of the requests)")
 			continue
 		}
 		st.Used++
