@@ -2,9 +2,9 @@ package suggest
 
 import (
 	"bytes"
-	"regexp"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
