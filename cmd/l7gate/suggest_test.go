@@ -53,6 +53,18 @@ func TestPolicySuggestCLI(t *testing.T) {
 		t.Errorf("--window: exit %d\n%s", code, out)
 	}
 
+	// one workload, by name or namespace/name
+	for _, w := range []string{"xwing", "default/xwing"} {
+		code, out, errOut = runCLI(t, append([]string{"policy", "suggest", "-f", objs, "--egress", "--workload", w}, flows...)...)
+		if code != 0 || strings.Count(out, "kind: CiliumNetworkPolicy") != 1 || !strings.Contains(out, "name: l7gate-suggest-xwing") {
+			t.Errorf("--workload %s: exit %d\n%s%s", w, code, out, errOut)
+		}
+	}
+	code, out, _ = runCLI(t, append([]string{"policy", "suggest", "-f", objs, "--namespace", "other"}, flows...)...)
+	if code != 0 || out != "" {
+		t.Errorf("--namespace other: exit %d\n%s", code, out)
+	}
+
 	code, out, errOut = runCLI(t, append([]string{"policy", "suggest", "-f", objs, "--diff", filepath.Join(suggestData, "policies", "l7.yaml")}, flows...)...)
 	if code != 1 || !strings.Contains(out, "would deny: ingress default/tiefighter → default/deathstar TCP/80 HTTP GET /v1/ships/42 (1 flow): default-deny default/rule1") {
 		t.Errorf("--diff: exit %d (want 1)\n%s\n%s", code, out, errOut)
