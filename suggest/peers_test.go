@@ -138,4 +138,3 @@ func TestKafkaRules(t *testing.T) {
 		}
 	}
 }
-
