@@ -18,9 +18,9 @@ import (
 func (a *app) policyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Validate policies and trace flows against them",
+		Short: "Validate policies, trace flows against them, suggest policies from observed flows",
 	}
-	cmd.AddCommand(a.policyValidateCommand(), a.policyTraceCommand())
+	cmd.AddCommand(a.policyValidateCommand(), a.policyTraceCommand(), a.policySuggestCommand())
 	return cmd
 }
 

@@ -32,6 +32,9 @@ var allowed = map[string][]string{
 	// Sources.
 	"k8s": {"policy", "source", "flow", "deploy"},
 
+	// Tools on the shared contracts: policy suggestions from flows.
+	"suggest": {"policy", "flow"},
+
 	// Translation, datapath, xDS serving (the control plane's middle).
 	"bpf":                {"flow"},
 	"bpftranslate":       {"bpf", "policy", "flow"},
