@@ -4,7 +4,7 @@ BIN       := bin/l7gate
 GOTESTFLAGS ?= -timeout 25m
 PKGS      := ./...
 
-.PHONY: all build generate test bench scale lint demo deps clean
+.PHONY: all build generate test bench bench-socklb scale lint demo deps clean
 
 all: build
 
@@ -27,9 +27,15 @@ test: deps
 # writes bench/results/<date>.{json,md}, latest.md and PNG charts; ratios
 # are taken within one run. BENCHFLAGS="-only keepalive,fixedrate" or
 # "-quick" narrow it. Never asserts on timing.
-bench: deps
+bench: deps bench-socklb
 	@bash hack/install-bench-deps.sh
 	$(GO) run ./bench/cmd/l7gate-bench $(BENCHFLAGS)
+
+# Socket LB (root): connect() with 10 / 10k / 100k services against no
+# program, and SyncServices with one changed backend among 100k.
+bench-socklb:
+	$(GO) test -run '^$$' -bench 'SocketLBConnect' -benchtime 20000x -count 3 ./bpf/
+	$(GO) test -run '^$$' -bench 'SocketLBSyncOneBackend' -benchtime 100x -count 3 ./bpf/
 
 # Scale: a real kube-apiserver + etcd and N simulated agents (the real k8s
 # source, policy computation and status writer; no datapath) per N, P pods,

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,6 +18,8 @@ import (
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/bpftranslate"
+	"github.com/l7gate/l7gate/observe"
+	"github.com/l7gate/l7gate/observe/metrics"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
@@ -99,6 +102,10 @@ type Config struct {
 	XDS      XDS
 	Ports    ProxyPorts
 	Host     Host // default: this network namespace
+	// ServiceLB, when set, load-balances Services at the socket level
+	// (services.go); SocketLB names where, for the status ("cgroup …").
+	ServiceLB ServiceLB
+	SocketLB  string
 	// Processes finds the proxies and takes their listeners (default:
 	// /proc and pidfd_getfd).
 	Processes ProxyProcesses
@@ -112,6 +119,11 @@ type Config struct {
 	// gRPC rule sets; the Go proxy still serves Kafka).
 	HTTPProxy string
 	Envoy     EnvoyConfig
+	// Flows: the flow pipeline, the Observer API and where flows go.
+	Flows FlowsConfig
+	// Metrics, when set, records the control plane's metrics (compute and
+	// implement latency, xDS push results, map fill, endpoints by state).
+	Metrics *metrics.Agent
 	// Policy: computation options (allow-localhost, kube-apiserver
 	// addresses for sources without the default/kubernetes EndpointSlice).
 	Policy policy.Options
@@ -164,6 +176,9 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ServiceLB == nil && c.SocketLB == "" {
+		c.SocketLB = "off"
+	}
 	if c.HTTPProxy == "" {
 		c.HTTPProxy = HTTPProxyGo
 	}
@@ -190,6 +205,8 @@ func (c *Config) validate() error {
 		return errors.New("agent: no proxy port allocator")
 	case c.HTTPProxy != HTTPProxyGo && c.HTTPProxy != HTTPProxyEnvoy:
 		return fmt.Errorf("agent: http proxy %q: want go or envoy", c.HTTPProxy)
+	case c.Envoy.AccessLog != "" && c.Envoy.AccessLog != EnvoyAccessLogGRPC && c.Envoy.AccessLog != EnvoyAccessLogOTel:
+		return fmt.Errorf("agent: envoy access log %q: want grpc or otel", c.Envoy.AccessLog)
 	}
 	return nil
 }
@@ -235,7 +252,17 @@ type Agent struct {
 	st state
 	// attached are the endpoints the datapath is attached to, by ifindex.
 	attached map[int]bpftranslate.LocalEndpoint
-	flows    flowRing
+	// halfAttached are endpoints whose attach failed after their programs
+	// were attached (they drop everything until it succeeds): detached
+	// when they go away, like attached ones.
+	halfAttached map[int]bpftranslate.LocalEndpoint
+
+	// The flow pipeline (flows.go) and what it attributes flows with.
+	pipe     *observe.Pipeline
+	flowIdx  atomic.Pointer[flowIndex]
+	instance uint64
+	// services: the frontends last given to cfg.ServiceLB (services.go).
+	services servicesState
 }
 
 // state is what the status API shows, and what flows are attributed with.
@@ -274,7 +301,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	goRun := func(name string, fatal bool, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -307,8 +334,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		goRun("proxy supervisor", false, func(ctx context.Context) error { supervisor.Run(ctx, pc); return nil })
 	}
-	goRun("datapath events", false, a.watchFlows)
-	goRun("envoy access-log service", false, a.serveAccessLogs)
+	if err := a.startFlows(goRun); err != nil {
+		return err
+	}
 	updates := make(chan source.Update)
 	goRun("source", true, func(ctx context.Context) error { return cfg.Source.Run(ctx, updates) })
 	links, err := cfg.Host.Watch(ctx)
@@ -323,7 +351,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 func newAgent(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
-		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, trusted: map[consumerKind]uint64{}}
+		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, halfAttached: map[int]bpftranslate.LocalEndpoint{}, trusted: map[consumerKind]uint64{},
+		instance: newInstance()}
 	a.st.startedAt = cfg.now().UTC()
 	a.ids = a.loadIdentities()
 	a.ready = a.loadReadiness()
@@ -355,6 +384,7 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			a.mu.Lock()
 			a.st.revision++
 			a.st.digest = u.Digest
+			a.cfg.Metrics.Received(a.st.revision)
 			a.mu.Unlock()
 			pending = &u
 		case _, ok := <-a.links:
@@ -402,6 +432,7 @@ func (a *Agent) revision() uint64 {
 // beyond what it already wrote; the previous state stays.
 func (a *Agent) fail(err error) {
 	a.log.Error("policy not implemented; retrying", "error", err)
+	a.cfg.Metrics.Failed()
 	a.mu.Lock()
 	a.st.lastError = err.Error()
 	a.mu.Unlock()
@@ -410,7 +441,9 @@ func (a *Agent) fail(err error) {
 // compute computes the policy of a source update and keeps the identities
 // it uses (persisted).
 func (a *Agent) compute(u *source.Update) (*policy.Snapshot, error) {
+	start := a.cfg.now()
 	snap, err := policy.ComputeWith(u.Objects, a.ids, a.cfg.Policy)
+	a.cfg.Metrics.Computed(a.cfg.now().Sub(start), err)
 	if err != nil {
 		return nil, err
 	}

@@ -419,11 +419,13 @@ type harness struct {
 	reports  chanReporter
 	stateDir string
 	stop     func()
+	lb       ServiceLB // nil: no socket load balancing
+	runDir   string
 }
 
 func newHarness(t *testing.T, veths map[string]int) *harness {
 	return &harness{t: t, dp: newFakeDatapath(), xds: newFakeXDS("n1"), ports: &fakePorts{alloc: map[redirect.PortKey]uint16{}},
-		host: newFakeHost(veths), src: make(chanSource, 1), reports: make(chanReporter, 100), stateDir: t.TempDir()}
+		host: newFakeHost(veths), src: make(chanSource, 1), reports: make(chanReporter, 100), stateDir: t.TempDir(), runDir: t.TempDir()}
 }
 
 func (h *harness) start() {
@@ -432,8 +434,8 @@ func (h *harness) start() {
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
-			Host: h.host, Processes: fakeProcs{}, RunDir: h.t.TempDir(), StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: 50 * time.Millisecond})
+			Host: h.host, Processes: fakeProcs{}, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
+			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb})
 	}()
 	h.stop = func() {
 		cancel()

@@ -160,7 +160,17 @@ func TestPrivilegedClusterIPIngressRedirect(t *testing.T) {
 			// The agent's rule is in place and idempotent across restarts.
 			n.stopAgent()
 			startStarwarsL7(t, n)
-			if code, _, _, err := podRequest(tie, "POST", vip, "/v1/request-landing", 3*time.Second); err != nil || code != 200 {
+			// Bounded retries: the restarted agent re-adopts the proxy's
+			// listeners (until then redirected SYNs are dropped, fail
+			// closed), which takes longer than one 3 s try on a loaded
+			// machine.
+			code, err = 0, nil
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+				if code, _, _, err = podRequest(tie, "POST", vip, "/v1/request-landing", 3*time.Second); err == nil && code == 200 {
+					break
+				}
+			}
+			if err != nil || code != 200 {
 				t.Errorf("POST after an agent restart: %d %v", code, err)
 			}
 		})

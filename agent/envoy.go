@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
+	"github.com/l7gate/l7gate/xds/envoytranslate"
 )
 
 // EnvoyConfig configures Envoy mode.
@@ -27,6 +27,33 @@ type EnvoyConfig struct {
 	// EscapedSlashes: what Envoy does with %2F and %5C in request paths
 	// (the Go proxy's --http-escaped-slashes; default reject).
 	EscapedSlashes policy.EscapedSlashAction
+	// AccessLog: how Envoy reports requests to the agent: "grpc" (default;
+	// the gRPC access-log service) or "otel" (Envoy's OpenTelemetry
+	// logger, to the agent's OTLP intake on the same socket).
+	AccessLog string
+	// OTLPCollector, "host:port" of an OTLP gRPC collector, also sends
+	// Envoy's OpenTelemetry access logs straight there (the agent keeps
+	// its gRPC stream); OTLPResource are the logs' resource attributes
+	// besides k8s.node.name.
+	OTLPCollector string
+	OTLPResource  map[string]string
+}
+
+// Envoy access-log modes.
+const (
+	EnvoyAccessLogGRPC = "grpc"
+	EnvoyAccessLogOTel = "otel"
+)
+
+// envoyOTel is the OpenTelemetry logger config of Envoy mode (nil: the
+// gRPC access-log stream only).
+func (c EnvoyConfig) otel(node string) *envoytranslate.OTelConfig {
+	if c.AccessLog != EnvoyAccessLogOTel && c.OTLPCollector == "" {
+		return nil
+	}
+	res := map[string]string{"k8s.node.name": node, "service.name": "l7gate-envoy"}
+	maps.Copy(res, c.OTLPResource)
+	return &envoytranslate.OTelConfig{Collector: c.OTLPCollector, ResourceAttributes: res}
 }
 
 // EnvoyBootstrapConfig is the bootstrap an Envoy on this node needs.
@@ -36,10 +63,9 @@ func EnvoyBootstrapConfig(node, runDir string) bootstrap.Config {
 }
 
 // serveAccessLogs runs the gRPC access-log service Envoy's bootstrap
-// points at; Envoy's requests become flow records, written as JSON lines
-// (the Go proxy's access-log format) on the agent's stderr.
+// points at; Envoy's requests become flow records in the flow pipeline.
 func (a *Agent) serveAccessLogs(ctx context.Context) error {
-	return als.Serve(ctx, als.Config{Socket: agentapi.ALSSocket(a.cfg.RunDir), Log: a.log, Sink: flow.JSONLines(os.Stderr)})
+	return als.Serve(ctx, als.Config{Socket: agentapi.ALSSocket(a.cfg.RunDir), Log: a.log, Sink: func(r *flow.Record) { a.pipe.Ingest(r) }})
 }
 
 // ProxyProcesses finds the proxies' processes and takes their listener

@@ -54,6 +54,8 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 		a.fail(fmt.Errorf("revision %d: %w", rev, err))
 		return true
 	}
+	// Services once the ipcache knows their backends (services.go).
+	svcNotes := a.syncServices(u)
 	// 2. The proxies.
 	a.push(ctx, snap, local, ports, portErrs)
 	if ctx.Err() != nil {
@@ -87,11 +89,12 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	a.st.implementedRevision = rev
 	a.st.lastError = ""
 	a.st.errors = errorStrings(u.Errors)
-	a.st.warnings = append(append(warningStrings(u.Objects), snap.Warnings...), fs.warnings...)
+	a.st.warnings = append(append(append(warningStrings(u.Objects), snap.Warnings...), fs.warnings...), svcNotes...)
 	a.st.snap, a.st.local, a.st.ports, a.st.rules = snap, local, ports, stats.rules
 	a.st.failures = failures
 	a.st.policies = policyStatuses(u.Objects, rev)
 	a.mu.Unlock()
+	a.implemented(rev, a.cfg.now().Sub(start), snap, local, stats, failures)
 	if a.cfg.Reporter != nil {
 		a.cfg.Reporter.Implemented(ctx, rev, *u, failures)
 	}
@@ -252,14 +255,16 @@ func (a *Agent) detachGone(local []bpftranslate.LocalEndpoint) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for idx, ep := range a.attached {
-		if want[idx] {
-			continue
+	for _, m := range []map[int]bpftranslate.LocalEndpoint{a.attached, a.halfAttached} {
+		for idx, ep := range m {
+			if want[idx] {
+				continue
+			}
+			if err := a.dp.DetachEndpoint(idx); err != nil && !errors.Is(err, net.ErrClosed) {
+				a.log.Warn("detach endpoint", "endpoint", ep.Key(), "error", err)
+			}
+			delete(m, idx)
 		}
-		if err := a.dp.DetachEndpoint(idx); err != nil && !errors.Is(err, net.ErrClosed) {
-			a.log.Warn("detach endpoint", "endpoint", ep.Key(), "error", err)
-		}
-		delete(a.attached, idx)
 	}
 }
 
@@ -285,8 +290,10 @@ func (a *Agent) attachNew(local []bpftranslate.LocalEndpoint, fs *failures) {
 		if err := a.dp.AttachEndpoint(bpf.Endpoint{ID: uint32(ep.Ifindex), Ifindex: ep.Ifindex, IPv4: ip4}); err != nil {
 			fs.add(ep, StepAttach, policy.Ingress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
 			fs.add(ep, StepAttach, policy.Egress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
+			a.halfAttached[ep.Ifindex] = ep
 			continue
 		}
+		delete(a.halfAttached, ep.Ifindex)
 		a.log.Info("endpoint attached", "endpoint", ep.Key(), "device", ep.Device, "identity", ep.Identity)
 		a.attached[ep.Ifindex] = ep
 	}

@@ -149,7 +149,7 @@ func (n *starwarsNode) startAgent(t *testing.T, extra ...string) {
 	}
 	n.agentLog = f
 	n.agent = exec.Command("ip", append([]string{"netns", "exec", n.node, n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs},
-		append([]string{"--run-dir", n.run, "--state-dir", n.state, "--node", "test"}, extra...)...)...)
+		append([]string{"--run-dir", n.run, "--state-dir", n.state, "--node", "test", "--socket-lb=false"}, extra...)...)...)
 	n.agent.Stdout, n.agent.Stderr = f, f
 	if err := n.agent.Start(); err != nil {
 		t.Fatal(err)

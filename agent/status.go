@@ -7,7 +7,6 @@ import (
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpftranslate"
-	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/source"
 )
@@ -21,7 +20,7 @@ func (a *Agent) Status() agentapi.Status {
 		LastError: a.st.lastError, Errors: slices.Clone(a.st.errors), Warnings: slices.Clone(a.st.warnings),
 		Failures: slices.Clone(a.st.failures), Policies: slices.Clone(a.st.policies),
 		Endpoints: []agentapi.EndpointStatus{}, Identities: []policy.IdentityInfo{}, ProxyPorts: []agentapi.ProxyPortStatus{},
-		Proxies: []agentapi.ProxyConsumer{}}
+		Proxies: []agentapi.ProxyConsumer{}, Services: a.services.list(), SocketLB: a.cfg.SocketLB}
 	if st.Errors == nil {
 		st.Errors = []string{}
 	}
@@ -63,9 +62,6 @@ func (a *Agent) Rules() map[uint32]policy.Provenance {
 	defer a.mu.Unlock()
 	return maps.Clone(a.st.rules)
 }
-
-// Flows implements agentapi.Backend.
-func (a *Agent) Flows(after uint64) ([]flow.Record, uint64) { return a.flows.since(after) }
 
 func policyStatuses(o *policy.Objects, rev uint64) []agentapi.PolicyStatus {
 	out := []agentapi.PolicyStatus{}

@@ -150,6 +150,7 @@ func (a *Agent) push(ctx context.Context, snap *policy.Snapshot, local []bpftran
 				}
 			}
 		})
+		a.recordPush(lastErr)
 		if lastErr == nil || ctx.Err() != nil || !a.exclude(lastErr, st, snap, local, ports, excl) {
 			break
 		}
@@ -280,6 +281,7 @@ func (a *Agent) xdsState(snap *policy.Snapshot, local []bpftranslate.LocalEndpoi
 		st.Envoy.Marks = envoytranslate.Marks{Ingress: bpf.ProxyMark(bpf.Ingress, 0), Egress: bpf.ProxyMark(bpf.Egress, 0)}
 		st.Envoy.EscapedSlashes = a.cfg.Envoy.EscapedSlashes
 		st.Envoy.AccessLogCluster = bootstrap.AccessLogCluster
+		st.Envoy.OpenTelemetry = a.cfg.Envoy.otel(a.cfg.Node)
 	}
 	return st
 }

@@ -32,6 +32,14 @@ func ProxyPIDFile(runDir string) string { return filepath.Join(runDir, "proxy.pi
 // access log.
 func ProxyLog(runDir string) string { return filepath.Join(runDir, "proxy.log") }
 
+// HubbleSocket serves Hubble's Observer API (`hubble observe --server
+// unix://RUN_DIR/hubble.sock`, `l7gate observe`) under a run dir.
+func HubbleSocket(runDir string) string { return filepath.Join(runDir, "hubble.sock") }
+
+// FlowSocket is the agent's flow intake under a run dir: the Go proxy
+// streams its access records there (JSON lines, flow.Forwarder).
+func FlowSocket(runDir string) string { return filepath.Join(runDir, "flows.sock") }
+
 // ALSSocket is the access-log service socket (Envoy's logs) under a run
 // dir.
 func ALSSocket(runDir string) string { return filepath.Join(runDir, "accesslog.sock") }

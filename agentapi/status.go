@@ -34,6 +34,22 @@ type Status struct {
 	Identities []policy.IdentityInfo    `json:"identities"`
 	ProxyPorts []ProxyPortStatus        `json:"proxyPorts"`
 	Proxies    []ProxyConsumer          `json:"proxies"`
+	// SocketLB says where Services are load-balanced: the cgroup the
+	// socket-LB programs are attached to, or "off".
+	SocketLB string `json:"socketLB,omitempty"`
+	// Services are the Service frontends of the last implemented
+	// revision, as this node balances them.
+	Services []ServiceStatus `json:"services"`
+}
+
+// ServiceStatus is one Service frontend (ClusterIP, port, protocol) and
+// its backends on this node.
+type ServiceStatus struct {
+	policy.ServiceFrontend
+	// Error: the frontend could not be written to the socket load
+	// balancer; it refuses connections, or is not translated at all when
+	// the error says so.
+	Error string `json:"error,omitempty"`
 }
 
 // PolicyStatus is one policy object and the revision that implemented it.

@@ -288,12 +288,11 @@ func (d *Datapath) AttachEndpoint(ep Endpoint) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.objs.Endpoints.Update(uint32(ep.Ifindex), &info, ebpf.UpdateAny); err != nil {
-		if errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("endpoints: %w", ErrMapFull)
-		}
-		return fmt.Errorf("write endpoint: %w", err)
-	}
+	// Programs first, the endpoint entry second: the programs drop what
+	// they cannot attribute to an endpoint, so a veth whose entry cannot
+	// be written (endpoints map full) fails closed instead of staying
+	// without a program (unenforced). A retry finds the links and writes
+	// the entry.
 	for _, a := range []struct {
 		toPod  bool
 		attach ebpf.AttachType
@@ -316,6 +315,12 @@ func (d *Datapath) AttachEndpoint(ep Endpoint) error {
 			return fmt.Errorf("pin link: %w", err)
 		}
 		d.links[name] = l
+	}
+	if err := d.objs.Endpoints.Update(uint32(ep.Ifindex), &info, ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			return fmt.Errorf("endpoints (the veth drops everything until the entry is written): %w", ErrMapFull)
+		}
+		return fmt.Errorf("write endpoint (the veth drops everything until it is written): %w", err)
 	}
 	d.log.Info("endpoint attached", "endpoint", ep.ID, "ifindex", ep.Ifindex)
 	return nil

@@ -287,6 +287,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if spec := os.Getenv(lbClientEnv); spec != "" {
+		if err := lbClientChild(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "socket-lb client:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if spec := os.Getenv(loaderEnv); spec != "" {
 		if err := loaderChild(spec); err != nil {
 			fmt.Fprintln(os.Stderr, "loader:", err)

@@ -27,6 +27,10 @@ type AgentConfig struct {
 	LogFile string
 	// LogLevel is passed as --log-level when set.
 	LogLevel string
+	// SocketLBCgroup is passed as --socket-lb-cgroup (a path under the
+	// cgroup v2 root); empty turns socket load balancing off: the demo
+	// never attaches it to the machine's root cgroup.
+	SocketLBCgroup string
 	// Detach lets the agent outlive this process (--keep).
 	Detach bool
 	Log    *slog.Logger
@@ -94,6 +98,11 @@ func StartAgent(cfg AgentConfig) (*Agent, error) {
 	args = append(args, "agent",
 		"--source", cfg.SourceDir, "--bpffs", cfg.BPFFS,
 		"--run-dir", cfg.RunDir, "--state-dir", cfg.StateDir, "--node", "demo")
+	if cfg.SocketLBCgroup != "" {
+		args = append(args, "--socket-lb-cgroup", cfg.SocketLBCgroup)
+	} else {
+		args = append(args, "--socket-lb=false")
+	}
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

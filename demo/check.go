@@ -53,6 +53,15 @@ const KafkaClientID = "l7gate-demo"
 // the destination's address and classifies what happened.
 func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observation {
 	src, dst := t.hosts[c.From], t.hosts[c.To]
+	if svc := t.sc.Host(c.To); svc != nil && svc.Service != nil {
+		switch {
+		case c.From == NodeHost:
+			return t.sendToService(ctx, svc, t.Node, c, o)
+		case src != nil:
+			return t.sendToService(ctx, svc, src.NS, c, o)
+		}
+		return Observation{Verdict: Errored, Detail: "unknown host"}
+	}
 	if c.From == NodeHost && dst != nil {
 		// from the node's own namespace and address (kubelet's probes)
 		return send(ctx, netnsDialer(t.Node, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.IP, c.Port), c, o)

@@ -29,9 +29,10 @@ func TestMain(m *testing.M) {
 	if os.Getenv(serverEnv) == "1" {
 		os.Exit(serverMain())
 	}
+
 	flag.Parse()
 	code := func() int {
-		if os.Geteuid() == 0 && runs("TestPrivilegedScenarioStarwars", "TestPrivilegedScenarioGRPC", "TestPrivilegedScenarioMultiNamespaceCIDR", "TestPrivilegedScenarioKafka", "TestPrivilegedScenarioL3LiftsL7", "TestPrivilegedScenarioNodeProbes", "TestPrivilegedScenarioEgressIngressChain", "TestPrivilegedScenarioInterrupted", "TestPrivilegedKgoSuite") {
+		if os.Geteuid() == 0 && runs("TestPrivilegedScenarioStarwars", "TestPrivilegedScenarioGRPC", "TestPrivilegedScenarioMultiNamespaceCIDR", "TestPrivilegedScenarioKafka", "TestPrivilegedScenarioL3LiftsL7", "TestPrivilegedScenarioNodeProbes", "TestPrivilegedScenarioEgressIngressChain", "TestPrivilegedScenarioServices", "TestPrivilegedScenarioInterrupted", "TestPrivilegedKgoSuite") {
 			dir, err := os.MkdirTemp("", "l7gate-demo-test-bin-")
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "temp dir:", err)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,9 +45,9 @@ func (o *observer) mark(ctx context.Context) {
 // decidedBy returns the rules the agent or the proxy reported for a check
 // from src to dst:port since mark, or nil. Reports arrive asynchronously
 // (ring buffer, access-log writes), so it looks a few times.
-func (o *observer) decidedBy(ctx context.Context, obs Observation, src, dst netip.Addr, port uint16) []string {
+func (o *observer) decidedBy(ctx context.Context, obs Observation, src netip.Addr, dsts []netip.AddrPort) []string {
 	for range 10 {
-		if out := o.look(ctx, obs, src, dst, port); len(out) > 0 || obs.Verdict == Errored {
+		if out := o.look(ctx, obs, src, dsts); len(out) > 0 || obs.Verdict == Errored {
 			return out
 		}
 		select {
@@ -58,10 +59,12 @@ func (o *observer) decidedBy(ctx context.Context, obs Observation, src, dst neti
 	return nil
 }
 
-func (o *observer) look(ctx context.Context, obs Observation, src, dst netip.Addr, port uint16) []string {
-	out := o.lookProxy(obs, src, dst, port)
+// look finds what was reported for src to any of dsts (one destination, or
+// a Service's backends).
+func (o *observer) look(ctx context.Context, obs Observation, src netip.Addr, dsts []netip.AddrPort) []string {
+	out := o.lookProxy(obs, src, dsts)
 	if len(out) == 0 && obs.Verdict != Denied {
-		out = o.lookFlows(ctx, obs.Verdict == Dropped, src, dst, port)
+		out = o.lookFlows(ctx, obs.Verdict == Dropped, src, dsts)
 	}
 	return out
 }
@@ -76,14 +79,14 @@ func addProvenance(out []string, ps []policy.Provenance, where string) []string 
 }
 
 // lookFlows finds the datapath's report (allowed at L3/L4 or dropped).
-func (o *observer) lookFlows(ctx context.Context, dropped bool, src, dst netip.Addr, port uint16) []string {
+func (o *observer) lookFlows(ctx context.Context, dropped bool, src netip.Addr, dsts []netip.AddrPort) []string {
 	var out []string
 	page, err := agentapi.FetchFlows(ctx, o.runDir, o.flowsAt)
 	if err != nil {
 		return nil
 	}
 	for _, f := range page.Flows {
-		if f.Dropped() == dropped && f.Source.Addr() == src && f.Destination.Addr() == dst && f.Destination.Port() == port &&
+		if f.Dropped() == dropped && f.Source.Addr() == src && slices.Contains(dsts, f.Destination) &&
 			f.Verdict != flow.VerdictRedirected {
 			out = addProvenance(out, f.DecidedBy, "datapath")
 		}
@@ -92,7 +95,7 @@ func (o *observer) lookFlows(ctx context.Context, dropped bool, src, dst netip.A
 }
 
 // lookProxy finds the proxy's access-log record (L7 verdicts).
-func (o *observer) lookProxy(obs Observation, src, dst netip.Addr, port uint16) []string {
+func (o *observer) lookProxy(obs Observation, src netip.Addr, dsts []netip.AddrPort) []string {
 	if obs.Verdict == Dropped {
 		return nil
 	}
@@ -123,7 +126,7 @@ func (o *observer) lookProxy(obs Observation, src, dst netip.Addr, port uint16) 
 		if json.Unmarshal(line, &rec) != nil {
 			continue
 		}
-		if rec.Source.Addr() != src || rec.Destination.Addr() != dst || rec.Destination.Port() != port {
+		if rec.Source.Addr() != src || !slices.Contains(dsts, rec.Destination) {
 			continue
 		}
 		// a Kafka check is several requests: report the ones that decided

@@ -69,6 +69,10 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 		// the agent maps the node's own addresses to the host identity
 		req.Src = policy.TracePeer{Entity: "host"}
 	}
+	if dst.Service != nil {
+		// to each backend the socket load balancer may pick
+		req.Dst = policy.TracePeer{Service: dst.Service.Namespace + "/" + dst.Service.Name}
+	}
 	switch {
 	case c.HTTP != nil:
 		h := &policy.HTTPRequest{Method: c.HTTP.Method, Path: c.HTTP.Path, Host: httpHost(c.HTTP, addr)}
@@ -106,6 +110,10 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 		if d.L7 != nil && d.L7.Note != "" {
 			out.Note = d.L7.Note
 		}
+	}
+	if s := res.Service; s != nil && len(s.Backends) == 0 {
+		// refused at connect(): no connection, as a drop
+		out.Verdict, out.Note = Dropped, s.Note
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +26,10 @@ type Config struct {
 	// TopologyConfig); empty: [Executable demo serve].
 	ServerCommand []string
 	ServerEnv     []string
+	// ProbeCommand and ProbeEnv start the probes of checks to Services
+	// (see TopologyConfig); empty: [Executable demo probe].
+	ProbeCommand []string
+	ProbeEnv     []string
 	// TempDir is where the work dir is made ("" = os.TempDir()).
 	TempDir string
 	// Keep leaves everything running at the end (also after a failure or
@@ -83,6 +88,9 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 	if len(cfg.ServerCommand) == 0 {
 		cfg.ServerCommand = []string{cfg.Executable, "demo", "serve"}
 	}
+	if len(cfg.ProbeCommand) == 0 {
+		cfg.ProbeCommand = []string{cfg.Executable, "demo", "probe"}
+	}
 	out := cfg.Out
 	workDir, err := os.MkdirTemp(cfg.TempDir, "l7gate-demo-")
 	if err != nil {
@@ -95,6 +103,7 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 	}
 	topo, err := NewTopology(ctx, sc, TopologyConfig{
 		WorkDir: workDir, ServerCommand: cfg.ServerCommand, ServerEnv: cfg.ServerEnv,
+		ProbeCommand: cfg.ProbeCommand, ProbeEnv: cfg.ProbeEnv,
 		// The node namespace plays a node whose network routes pod traffic
 		// (on a real node the CNI enables forwarding, not the policy agent).
 		Forwarding: true,
@@ -170,10 +179,15 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 	if err := topo.TrackProxyCgroup(dirs["run"]); err != nil {
 		return sum, err
 	}
+	// Socket load balancing for the checks' probes only (services.go).
+	lbCgroup, _, err := topo.CreateLBCgroup()
+	if err != nil {
+		return sum, err
+	}
 	agent, err = StartAgent(AgentConfig{
 		Executable: exe, NodeNS: topo.Node,
 		SourceDir: dirs["source"], BPFFS: dirs["bpffs"], RunDir: dirs["run"], StateDir: dirs["state"],
-		LogFile: sum.AgentLog, LogLevel: cfg.AgentLogLevel, Detach: cfg.Keep, Log: cfg.Log,
+		LogFile: sum.AgentLog, LogLevel: cfg.AgentLogLevel, Detach: cfg.Keep, Log: cfg.Log, SocketLBCgroup: lbCgroup,
 	})
 	if err != nil {
 		return sum, err
@@ -219,7 +233,11 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 			watch.mark(ctx)
 			r := Result{Step: i + 1, StepName: st.Name, Check: c, Observed: topo.Send(ctx, c, cfg.Probe), Trace: TraceCheck(objs, sc, c)}
 			if src, dst := sc.Host(c.From), sc.Host(c.To); src != nil && dst != nil {
-				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.IP, dst.IP, c.Port)
+				dsts := []netip.AddrPort{netip.AddrPortFrom(dst.IP, c.Port)}
+				if dst.Service != nil {
+					dsts = dst.backendAddrs(c.Port) // whichever the LB picked
+				}
+				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.IP, dsts)
 			}
 			if ctx.Err() != nil {
 				return sum, ctx.Err()

@@ -54,6 +54,10 @@ type Host struct {
 	Pod    *policy.Pod
 	Serve  []Service
 	Topics []string // Kafka topics the checks name, for the broker
+	// Service is set for a Service destination ("svc/<ns>/<name>"): IP
+	// is its ClusterIP, Frontends its ports and backends (services.go).
+	Service   *policy.Service
+	Frontends []policy.ServiceFrontend
 }
 
 // Serves reports whether the host runs a server of proto on port.
@@ -81,6 +85,8 @@ type Scenario struct {
 	Objects *policy.Objects
 	// policies[i] are the policy documents in force at step i.
 	policies [][]policyDoc
+	// services are the Service destinations by name (svc/<ns>/<name>).
+	services map[string]*Host
 }
 
 // policyDoc is one YAML document of an applied file holding one policy.
@@ -148,12 +154,16 @@ func LoadScenario(fsys fs.FS, name string) (*Scenario, error) {
 		return nil, fmt.Errorf("%s: %w", fname("objects"), err)
 	}
 	if len(sc.Objects.Policies) > 0 {
-		errs = append(errs, fmt.Errorf("%s: objects/ holds Pods and Namespaces only; policies belong in the files steps apply (found %s)", name, sc.Objects.Policies[0].Ref))
+		errs = append(errs, fmt.Errorf("%s: objects/ holds Pods, Namespaces, Services and EndpointSlices only; policies belong in the files steps apply (found %s)", name, sc.Objects.Policies[0].Ref))
 	}
+	// As the folder source the agent reads: a Service with a selector and
+	// no EndpointSlice gets the pods it selects.
+	sc.Objects.DeriveEndpointSlices()
 	if len(sc.Objects.Pods) == 0 && len(errs) == 0 {
 		errs = append(errs, fmt.Errorf("%s: objects/ holds no Pod", name))
 	}
 	errs = append(errs, sc.hosts(sf.Externals)...)
+	errs = append(errs, sc.serviceHosts()...)
 	errs = append(errs, sc.validateSteps(fsys, fname)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -236,6 +246,9 @@ func (sc *Scenario) Host(name string) *Host {
 	if name == NodeHost {
 		return node
 	}
+	if h, ok := sc.services[name]; ok {
+		return h
+	}
 	for _, h := range sc.Hosts {
 		if h.Name == name {
 			return h
@@ -279,6 +292,18 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 				errs = append(errs, fmt.Errorf("%s.to: no pod or external host %q", cw, c.To))
 			}
 			if from == nil || to == nil {
+				continue
+			}
+			if from.Service != nil {
+				errs = append(errs, fmt.Errorf("%s.from: a Service is only a destination", cw))
+				continue
+			}
+			if to.Service != nil {
+				if c.Kafka != nil {
+					errs = append(errs, fmt.Errorf("%s: Kafka checks to a Service are not supported (a client asks the broker for its own address)", cw))
+				} else if err := sc.servesViaService(to, c.Protocol(), c.Port); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", cw, err))
+				}
 				continue
 			}
 			if from == to {
@@ -410,5 +435,6 @@ func (sc *Scenario) ObjectsAt(i int) (*policy.Objects, error) {
 		errs = append(errs, derrs...)
 		errs = append(errs, out.Merge(objs)...)
 	}
+	out.DeriveEndpointSlices()
 	return out, errors.Join(errs...)
 }

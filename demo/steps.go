@@ -42,7 +42,8 @@ type Step struct {
 // one of HTTP, GRPC and Kafka is set.
 type Check struct {
 	// From and To name hosts: "namespace/pod" or "external:name"; From
-	// may also be "node" (NodeHost): the node itself.
+	// may also be "node" (NodeHost): the node itself; To may be a Service,
+	// "svc/namespace/name" (ServicePrefix), with the Service's port.
 	From, To string
 	Port     uint16
 	HTTP     *HTTPRequest
@@ -456,9 +457,16 @@ func checkHostName(s string) error {
 		}
 		return nil
 	}
+	if svc, ok := strings.CutPrefix(s, ServicePrefix); ok {
+		ns, name, ok := strings.Cut(svc, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("want svc/<namespace>/<name>, not %q", s)
+		}
+		return nil
+	}
 	ns, name, ok := strings.Cut(s, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return fmt.Errorf("want namespace/pod, external:name or node, not %q", s)
+		return fmt.Errorf("want namespace/pod, svc/namespace/name, external:name or node, not %q", s)
 	}
 	return nil
 }

@@ -66,7 +66,7 @@ func TestParseStepsErrors(t *testing.T) {
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 70000, http: {}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0].port: want a port number (1-65535), not 70000"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a, to: a/c, port: 80, http: {}, expect: allowed}",
-			`steps.yaml: steps[0].checks[0].from: want namespace/pod, external:name or node, not "a"`},
+			`steps.yaml: steps[0].checks[0].from: want namespace/pod, svc/namespace/name, external:name or node, not "a"`},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, grpc: {method: /a.B/C}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc and kafka"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, expect: allowed}",
@@ -212,6 +212,7 @@ func TestScenariosLoad(t *testing.T) {
 				if len(errs) > 0 {
 					t.Fatalf("step %d: policy.Load: %v", i+1, errs)
 				}
+				objs.DeriveEndpointSlices() // as the folder source does
 				for _, c := range st.Checks {
 					for _, h := range []string{c.From, c.To} {
 						if sc.Host(h) == nil {
@@ -257,7 +258,7 @@ func TestScenarioErrors(t *testing.T) {
 		{"bad serve", map[string]string{"objects/p.yaml": pod("a", "198.18.0.1", `"http"`), "steps.yaml": "steps:\n- {name: x}"},
 			"metadata.annotations[l7gate.io/serve]: want proto:port"},
 		{"policy in objects", map[string]string{"objects/p.yaml": base + cnp, "steps.yaml": "steps:\n- {name: x}"},
-			"objects/ holds Pods and Namespaces only"},
+			"objects/ holds Pods, Namespaces, Services and EndpointSlices only"},
 		{"unknown pod", map[string]string{"objects/p.yaml": base, "steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/z, to: default/a, port: 80, http: {}, expect: allowed}"},
 			`s/steps.yaml: steps[0].checks[0].from: no pod or external host "default/z"`},
 		{"not served", map[string]string{"objects/p.yaml": base, "steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/b, to: default/a, port: 81, http: {}, expect: allowed}"},

@@ -40,6 +40,12 @@ type TopologyConfig struct {
 	// its environment.
 	ServerCommand []string
 	ServerEnv     []string
+	// ProbeCommand is the argv prefix of a probe process, run as
+	// `<ProbeCommand...> --spec <json>` in the socket-LB cgroup for checks
+	// to a Service (services.go), e.g. [l7gate demo probe]; ProbeEnv is
+	// added to its environment.
+	ProbeCommand []string
+	ProbeEnv     []string
 	// Forwarding sets ip_forward=1 in the node namespace, so that it routes
 	// between hosts as a node does. The redirect's own sysctls and policy
 	// routing are the agent's business.
@@ -64,6 +70,8 @@ type Topology struct {
 	servers []*process
 	led     *ledger
 	log     *slog.Logger
+	// lbCgroup: the socket-LB cgroup's path, once created (CreateLBCgroup).
+	lbCgroup string
 }
 
 // HostNS is where a host lives.

@@ -89,6 +89,21 @@ func AppendJSON(b []byte, r *Record) []byte {
 		b = append(b, `,"errorCode":`...)
 		b = strconv.AppendInt(b, int64(r.ErrorCode), 10)
 	}
+	b = appendOptString(b, `,"dnsQuery":`, r.DNSQuery)
+	b = appendOptString(b, `,"dnsType":`, r.DNSType)
+	b = appendOptString(b, `,"dnsRcode":`, r.DNSRcode)
+	if len(r.DNSIPs) > 0 {
+		b = append(b, `,"dnsIPs":[`...)
+		for i, ip := range r.DNSIPs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '"')
+			b = ip.AppendTo(b)
+			b = append(b, '"')
+		}
+		b = append(b, ']')
+	}
 	if r.IPProtocol != 0 {
 		b = append(b, `,"ipProtocol":`...)
 		b = strconv.AppendUint(b, uint64(r.IPProtocol), 10)
@@ -102,7 +117,50 @@ func AppendJSON(b []byte, r *Record) []byte {
 	}
 	b = appendOptString(b, `,"endpoint":`, r.Endpoint)
 	b = appendOptString(b, `,"observer":`, r.Observer)
+	b = appendOptString(b, `,"node":`, r.Node)
+	if r.SrcEndpoint != nil {
+		b = appendEndpoint(append(b, `,"srcEndpoint":`...), r.SrcEndpoint)
+	}
+	if r.DstEndpoint != nil {
+		b = appendEndpoint(append(b, `,"dstEndpoint":`...), r.DstEndpoint)
+	}
+	if r.IsReply {
+		b = append(b, `,"isReply":true`...)
+	}
 	return append(b, "}\n"...)
+}
+
+func appendEndpoint(b []byte, e *Endpoint) []byte {
+	b = append(b, '{')
+	n := len(b)
+	field := func(key, v string) {
+		if v == "" {
+			return
+		}
+		if len(b) > n {
+			b = append(b, ',')
+		}
+		b = appendString(append(b, key...), v)
+	}
+	field(`"namespace":`, e.Namespace)
+	field(`"pod":`, e.Pod)
+	if len(e.Labels) > 0 {
+		if len(b) > n {
+			b = append(b, ',')
+		}
+		b = append(b, `"labels":[`...)
+		for i, l := range e.Labels {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, l)
+		}
+		b = append(b, ']')
+	}
+	field(`"workloadKind":`, e.WorkloadKind)
+	field(`"workload":`, e.Workload)
+	field(`"service":`, e.Service)
+	return append(b, '}')
 }
 
 // appendAddrPort renders an address as its MarshalText does ("" when

@@ -19,6 +19,13 @@ func sampleRecords() []*Record {
 			APIKey: "produce", APIVersion: 9, ClientID: "c", CorrelationID: 7, Topics: []string{"a", "b"}, ErrorCode: 29, LatencyMS: 12},
 		{Time: time.Unix(1, 0).UTC(), Protocol: "tcp", Verdict: VerdictRedirected, Reason: "policy", IPProtocol: 6, ProxyPort: 15001,
 			FromProxy: true, Endpoint: "default/deathstar", Observer: ObserverDatapath},
+		{Time: time.Unix(2, 0).UTC(), Protocol: "dns", Direction: Egress, Verdict: VerdictAllowed, DNSQuery: "api.example.com.", DNSType: "A",
+			DNSRcode: "NOERROR", DNSIPs: []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("2001:db8::1")}},
+		{Time: time.Unix(2, 0).UTC(), Protocol: "http", Node: "n1", IsReply: true,
+			SrcEndpoint: &Endpoint{Namespace: "default", Pod: "xwing", Labels: []string{"k8s:app=xwing", "k8s:x=<&>"},
+				WorkloadKind: "Deployment", Workload: "xwing", Service: "default/xwing"},
+			DstEndpoint: &Endpoint{Labels: []string{"reserved:world"}}},
+		{SrcEndpoint: &Endpoint{}},
 		{},
 	}
 }

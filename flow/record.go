@@ -40,7 +40,7 @@ const (
 // of the JSON, except the common ones at the top.
 type Record struct {
 	Time time.Time `json:"time"`
-	// Protocol is the L7 protocol of a proxy record (http, kafka) or the
+	// Protocol is the L7 protocol of a proxy record (http, kafka, dns) or the
 	// IP protocol of a datapath record as policy names it (tcp, udp, …;
 	// IPProtocol has the number).
 	Protocol    string         `json:"protocol"`
@@ -76,6 +76,14 @@ type Record struct {
 	Topics        []string `json:"topics,omitempty"`
 	ErrorCode     int16    `json:"errorCode,omitempty"`
 
+	// DNS (the DNS proxy): the query's name and type, the response code
+	// the client got, and the addresses the answer carried for the name
+	// (at the end of its CNAME chain).
+	DNSQuery string       `json:"dnsQuery,omitempty"`
+	DNSType  string       `json:"dnsType,omitempty"`
+	DNSRcode string       `json:"dnsRcode,omitempty"`
+	DNSIPs   []netip.Addr `json:"dnsIPs,omitempty"`
+
 	// Datapath
 	IPProtocol uint8  `json:"ipProtocol,omitempty"`
 	ProxyPort  uint16 `json:"proxyPort,omitempty"`
@@ -86,6 +94,36 @@ type Record struct {
 	// Observer is who reported it (ObserverDatapath, …); empty in the Go
 	// proxy's own access log.
 	Observer string `json:"observer,omitempty"`
+
+	// Enrichment: the agent's flow pipeline fills these from what it knows
+	// of the cluster; the reporters leave them empty.
+	// Node is the node that observed it.
+	Node string `json:"node,omitempty"`
+	// SrcEndpoint and DstEndpoint describe the peers (pods, or the
+	// reserved entities by their labels), when known.
+	SrcEndpoint *Endpoint `json:"srcEndpoint,omitempty"`
+	DstEndpoint *Endpoint `json:"dstEndpoint,omitempty"`
+	// IsReply: the record is about the reply direction of a connection
+	// (Source is the server). Every reporter today reports the
+	// connection's own direction (new flows, drops, requests).
+	IsReply bool `json:"isReply,omitempty"`
+}
+
+// Endpoint is what the agent knows of one peer of a flow.
+type Endpoint struct {
+	Namespace string `json:"namespace,omitempty"`
+	// Pod is the pod name (empty for reserved entities and CIDRs).
+	Pod string `json:"pod,omitempty"`
+	// Labels are the identity's labels in Cilium's "source:key=value"
+	// form, sorted.
+	Labels []string `json:"labels,omitempty"`
+	// WorkloadKind and Workload name the pod's controller (Deployment,
+	// StatefulSet, …), when known.
+	WorkloadKind string `json:"workloadKind,omitempty"`
+	Workload     string `json:"workload,omitempty"`
+	// Service is the Service ("namespace/name") the address and port
+	// belong to, when known.
+	Service string `json:"service,omitempty"`
 }
 
 // Dropped reports whether the datapath (or a proxy) stopped the flow.

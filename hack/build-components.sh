@@ -10,10 +10,17 @@
 #   $L7GATE_CACHE/coredns-<ver>-<hash>/coredns  CoreDNS with the plugins a kubeadm
 #                                            Corefile uses
 #   $L7GATE_CACHE/mkimage-<hash>/mkimage     our image assembler (go-containerregistry)
+#   $L7GATE_CACHE/hubble-<ver>/hubble        the hubble CLI (github.com/cilium/cilium/hubble,
+#                                            the Cilium release proto/cilium was copied
+#                                            from); ~8 min cold
+#   $L7GATE_CACHE/otelcol-<ver>/otelcol      an OpenTelemetry Collector (OTLP receiver,
+#                                            debug and OTLP exporters; go.opentelemetry.io/
+#                                            collector) for the OTLP tests
 #
 # Versions: Kubernetes is the one go.mod already uses (k8s.io/kubernetes and
 # its staging replaces are copied from it); the others are pinned below.
-# Usage: hack/build-components.sh [kube|helm|coredns|mkimage ...]  (default: all)
+# Usage: hack/build-components.sh [kube|helm|coredns|mkimage|hubble|otelcol ...]
+#        (default: kube helm coredns mkimage; hubble and otelcol are built on request)
 # Prints NAME=PATH lines for what it built or found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +29,9 @@ CACHE=${L7GATE_CACHE:-/var/cache/l7gate}
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.15.0
 GGCR_VERSION=v0.22.1
+# The Cilium release whose flow/observer protos proto/cilium carries.
+HUBBLE_VERSION=v1.20.2
+OTELCOL_VERSION=v0.165.0
 mkdir -p "$CACHE"
 
 log() { echo "build-components: $*" >&2; }
@@ -119,6 +129,92 @@ build_mkimage() {
     rm -rf "$dir" && mv "$tmp" "$dir"
   fi
   echo "MKIMAGE=$dir/mkimage"
+}
+
+build_hubble() {
+  # The release whose protos we serve (proto/cilium): the CLI and our
+  # server speak the same flow.proto.
+  local ver=$HUBBLE_VERSION
+  local dir="$CACHE/hubble-$ver"
+  if [ ! -x "$dir/hubble" ]; then
+    log "building the hubble CLI ($ver) in $dir; cold this takes ~8 min on 2 cores"
+    local tmp="$dir.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    printf 'module l7gate.local/hubble\n\ngo %s\n' "$(awk '$1=="go"{print $2; exit}' go.mod)" >"$tmp/go.mod"
+    # `go install pkg@version` refuses a module with replace lines; a
+    # throwaway module that requires it builds the package fine.
+    (cd "$tmp" && go get "github.com/cilium/cilium@$ver" >/dev/null 2>&1 &&
+      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -ldflags "-s -w" -o hubble github.com/cilium/cilium/hubble)
+    rm -rf "$dir" && mv "$tmp" "$dir"
+  fi
+  echo "HUBBLE=$dir/hubble"
+}
+
+build_otelcol() {
+  local ver=$OTELCOL_VERSION
+  local dir="$CACHE/otelcol-$ver"
+  if [ ! -x "$dir/otelcol" ]; then
+    log "building an OpenTelemetry Collector ($ver: otlp receiver, debug and otlp exporters) in $dir"
+    local tmp="$dir.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    printf 'module l7gate.local/otelcol\n\ngo %s\n' "$(awk '$1=="go"{print $2; exit}' go.mod)" >"$tmp/go.mod"
+    cat >"$tmp/main.go" <<'GO'
+// otelcol: an OpenTelemetry Collector with the OTLP receiver and the debug
+// and OTLP exporters only, for l7gate's tests.
+package main
+
+import (
+	"log"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/provider/envprovider"
+	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
+	"go.opentelemetry.io/collector/exporter"
+	"go.opentelemetry.io/collector/exporter/debugexporter"
+	"go.opentelemetry.io/collector/exporter/otlpexporter"
+	"go.opentelemetry.io/collector/otelcol"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/otlpreceiver"
+	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
+)
+
+func factories() (otelcol.Factories, error) {
+	var f otelcol.Factories
+	var err error
+	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](otlpreceiver.NewFactory()); err != nil {
+		return f, err
+	}
+	if f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](debugexporter.NewFactory(), otlpexporter.NewFactory()); err != nil {
+		return f, err
+	}
+	f.Telemetry = otelconftelemetry.NewFactory()
+	return f, nil
+}
+
+func main() {
+	set := otelcol.CollectorSettings{
+		BuildInfo: component.BuildInfo{Command: "otelcol", Description: "OTLP receiver, debug and OTLP exporters for l7gate tests"},
+		Factories: factories,
+		ConfigProviderSettings: otelcol.ConfigProviderSettings{ResolverSettings: confmap.ResolverSettings{
+			ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory(), envprovider.NewFactory()},
+			DefaultScheme:     "env",
+		}},
+	}
+	if err := otelcol.NewCommand(set).Execute(); err != nil {
+		log.Fatal(err)
+	}
+}
+GO
+    (cd "$tmp" && go get "go.opentelemetry.io/collector/otelcol@$ver" "go.opentelemetry.io/collector/receiver/otlpreceiver@$ver" \
+        "go.opentelemetry.io/collector/exporter/debugexporter@$ver" "go.opentelemetry.io/collector/exporter/otlpexporter@$ver" "go.opentelemetry.io/collector/service@$ver" \
+        go.opentelemetry.io/collector/confmap/provider/fileprovider go.opentelemetry.io/collector/confmap/provider/envprovider >/dev/null 2>&1 &&
+      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -ldflags "-s -w" -o otelcol .)
+    rm -rf "$dir" && mv "$tmp" "$dir"
+  fi
+  echo "OTELCOL=$dir/otelcol"
 }
 
 what=("$@")

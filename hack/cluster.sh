@@ -356,10 +356,14 @@ addons() {
     e2e/manifests/coredns.yaml | "$KUBECTL" apply -f - >/dev/null
 }
 
+# The socket LB of each node's agent covers that node's pods only (the
+# kubelet's cgroup root; NODE_NAME is expanded by the kubelet): every node
+# of this cluster shares the machine's one cgroup hierarchy.
 helm_install() {
   "$HELM" install l7gate deploy/helm/l7gate --namespace kube-system \
     --set envoy.enabled=false --set image.tag="$IMAGE_TAG" --set image.pullPolicy=Never \
-    --set logLevel=info --wait --timeout 5m >"$W/logs/helm-install.log" 2>&1 ||
+    --set logLevel=info --set-string socketLB.cgroup="/l7e2e-$ID-\$(NODE_NAME)" \
+    --wait --timeout 5m >"$W/logs/helm-install.log" 2>&1 ||
     { cat "$W/logs/helm-install.log" >&2; return 1; }
 }
 

@@ -18,12 +18,18 @@ declare -A want=(
   [iptables-nft]=iptables
   [iptables-legacy]=iptables
   [conntrack]=conntrack
+  [dig]=dnsutils
+  # promtool check metrics and a real Prometheus in the observability tests
+  [promtool]=prometheus
+  [prometheus]=prometheus
 )
 
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
 done
+# the protobuf well-known types (google/protobuf/*.proto) Hubble's protos import
+[ -e /usr/include/google/protobuf/any.proto ] || missing+=(libprotobuf-dev)
 # libbpf headers for the BPF C programs
 [ -e /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 # asm/types.h for BPF targets

@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apiserver/pkg/storage/etcd3/testserver"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
@@ -621,8 +622,9 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		for _, es := range []*discoveryv1.EndpointSlice{
 			{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: "default", Labels: map[string]string{"kubernetes.io/service-name": "kubernetes"}},
 				AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"203.0.113.10"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}},
-			// another slice of the same Service: not read (the RBAC grants
-			// only the one named kubernetes)
+			// another slice of the same Service: a backend of the
+			// kubernetes Service, not the kube-apiserver entity (anyone
+			// allowed to write EndpointSlices could add one)
 			{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes-extra", Namespace: "default", Labels: map[string]string{"kubernetes.io/service-name": "kubernetes"}},
 				AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"203.0.113.20"}}}},
 		} {
@@ -636,6 +638,51 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		if id := s.IdentityOf(netipMust("203.0.113.20")); id != policy.IdentityWorld {
 			t.Errorf("an address of another slice has identity %d", id)
 		}
+	})
+
+	t.Run("Services", func(t *testing.T) {
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", Labels: map[string]string{"tier": "front"}},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}}
+		created, err := c.client.CoreV1().Services("shop").Create(ctx, svc, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No EndpointSlice controller runs in this test server: write the
+		// slice as it would.
+		name, port := "http", int32(8080)
+		ready := true
+		es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-x1", Namespace: "shop", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: &name, Port: &port}},
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"198.18.0.11"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}}
+		es, err = c.client.DiscoveryV1().EndpointSlices("shop").Create(ctx, es, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		frontend := func(u source.Update) string {
+			fs, _ := policy.ServiceFrontends(u.Objects, testNode)
+			for _, f := range fs {
+				if f.Service == "shop/web" {
+					var bs []string
+					for _, b := range f.Backends {
+						bs = append(bs, b.Address.String())
+					}
+					return f.Address.String() + " → " + strings.Join(bs, " ")
+				}
+			}
+			return ""
+		}
+		want := created.Spec.ClusterIP + ":80 → 198.18.0.11:8080"
+		up.await("the Service's frontend", func(u source.Update, _ *policy.Snapshot) bool { return frontend(u) == want })
+		// The controller rewrites slices with new annotations: no update.
+		es.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": time.Now().Format(time.RFC3339)}
+		if _, err := c.client.DiscoveryV1().EndpointSlices("shop").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		up.quiet("an EndpointSlice annotation", time.Second)
+		if err := c.client.CoreV1().Services("shop").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		up.await("the Service gone", func(u source.Update, _ *policy.Snapshot) bool { return frontend(u) == "" })
 	})
 
 	t.Run("Clusterwide", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/l7gate/l7gate/policy"
 )
@@ -225,32 +227,139 @@ func nodeDocument(n *corev1.Node) (document, error) {
 	return document{key: objectKey{"Node", "", n.Name}, json: js, info: objectInfo{APIVersion: "v1", UID: n.UID}}, nil
 }
 
-// apiServerSlice is the EndpointSlice whose addresses are the
-// kube-apiserver entity: the kubernetes Service's, which the API server
-// itself maintains.
-var apiServerSlice = types.NamespacedName{Namespace: "default", Name: "kubernetes"}
-
-// endpointSliceDocument keeps the addresses of the default/kubernetes
-// EndpointSlice and whether each endpoint is ready.
+// endpointSliceDocument keeps what a Service's backends are made of:
+// addresses, conditions, node names, Pod targets and ports, sorted, so the
+// controller's rewrites (annotations, endpoint order) do not change the
+// digest. The default/kubernetes slice is also the kube-apiserver entity.
 func endpointSliceDocument(es *discoveryv1.EndpointSlice) (document, error) {
 	type conditions struct {
-		Ready *bool `json:"ready,omitempty"`
+		Ready       *bool `json:"ready,omitempty"`
+		Serving     *bool `json:"serving,omitempty"`
+		Terminating *bool `json:"terminating,omitempty"`
+	}
+	type targetRef struct {
+		Kind      string `json:"kind"`
+		Namespace string `json:"namespace,omitempty"`
+		Name      string `json:"name"`
 	}
 	type endpoint struct {
 		Addresses  []string   `json:"addresses"`
 		Conditions conditions `json:"conditions"`
+		NodeName   *string    `json:"nodeName,omitempty"`
+		TargetRef  *targetRef `json:"targetRef,omitempty"`
 	}
-	var eps []endpoint
+	type port struct {
+		Name     *string `json:"name,omitempty"`
+		Protocol *string `json:"protocol,omitempty"`
+		Port     *int32  `json:"port,omitempty"`
+	}
+	eps := []endpoint{}
 	for _, e := range es.Endpoints {
-		eps = append(eps, endpoint{Addresses: e.Addresses, Conditions: conditions{Ready: e.Conditions.Ready}})
+		ep := endpoint{Addresses: slices.Sorted(slices.Values(e.Addresses)), NodeName: e.NodeName,
+			Conditions: conditions{Ready: e.Conditions.Ready, Serving: e.Conditions.Serving, Terminating: e.Conditions.Terminating}}
+		if r := e.TargetRef; r != nil && r.Kind == "Pod" {
+			ep.TargetRef = &targetRef{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name}
+		}
+		eps = append(eps, ep)
+	}
+	slices.SortStableFunc(eps, func(a, b endpoint) int {
+		return strings.Compare(strings.Join(a.Addresses, ","), strings.Join(b.Addresses, ","))
+	})
+	ports := []port{}
+	for _, p := range es.Ports {
+		pp := port{Name: p.Name, Port: p.Port}
+		if p.Protocol != nil {
+			proto := string(*p.Protocol)
+			pp.Protocol = &proto
+		}
+		ports = append(ports, pp)
+	}
+	slices.SortStableFunc(ports, func(a, b port) int {
+		return cmp.Or(cmp.Compare(deref(a.Name), deref(b.Name)), cmp.Compare(deref(a.Protocol), deref(b.Protocol)))
+	})
+	labels := map[string]string{}
+	if n, ok := es.Labels[discoveryv1.LabelServiceName]; ok {
+		labels[discoveryv1.LabelServiceName] = n
 	}
 	js, err := json.Marshal(map[string]any{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-		"metadata": docMeta{Name: es.Name, Namespace: es.Namespace, Labels: es.Labels}, "addressType": es.AddressType, "endpoints": eps})
+		"metadata": docMeta{Name: es.Name, Namespace: es.Namespace, Labels: labels}, "addressType": es.AddressType,
+		"endpoints": eps, "ports": ports})
 	if err != nil {
 		return document{}, fmt.Errorf("encode endpointslice %s/%s: %w", es.Namespace, es.Name, err)
 	}
 	return document{key: objectKey{"EndpointSlice", es.Namespace, es.Name}, json: js,
 		info: objectInfo{APIVersion: "discovery.k8s.io/v1", UID: es.UID}}, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// serviceDocument keeps the spec fields load balancing and toServices
+// read, and the labels; not status (load-balancer ingress) or annotations.
+func serviceDocument(svc *corev1.Service) (document, error) {
+	type port struct {
+		Name       string              `json:"name,omitempty"`
+		Protocol   corev1.Protocol     `json:"protocol,omitempty"`
+		Port       int32               `json:"port"`
+		TargetPort *intstr.IntOrString `json:"targetPort,omitempty"`
+	}
+	sp := svc.Spec
+	spec := map[string]any{"type": sp.Type}
+	if len(sp.Selector) > 0 {
+		spec["selector"] = sp.Selector
+	}
+	if len(sp.ClusterIPs) > 0 {
+		spec["clusterIPs"] = sp.ClusterIPs
+	} else if sp.ClusterIP != "" {
+		spec["clusterIP"] = sp.ClusterIP
+	}
+	var ports []port
+	for _, p := range sp.Ports {
+		pp := port{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
+		if p.TargetPort.Type == intstr.String || p.TargetPort.IntVal != 0 {
+			tp := p.TargetPort
+			pp.TargetPort = &tp
+		}
+		ports = append(ports, pp)
+	}
+	if len(ports) > 0 {
+		spec["ports"] = ports
+	}
+	if sp.SessionAffinity != "" {
+		spec["sessionAffinity"] = sp.SessionAffinity
+	}
+	if c := sp.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		spec["sessionAffinityConfig"] = map[string]any{"clientIP": map[string]any{"timeoutSeconds": *c.ClientIP.TimeoutSeconds}}
+	}
+	if sp.InternalTrafficPolicy != nil {
+		spec["internalTrafficPolicy"] = *sp.InternalTrafficPolicy
+	}
+	js, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Service",
+		"metadata": docMeta{Name: svc.Name, Namespace: svc.Namespace, Labels: svc.Labels}, "spec": spec})
+	if err != nil {
+		return document{}, fmt.Errorf("encode service %s/%s: %w", svc.Namespace, svc.Name, err)
+	}
+	return document{key: objectKey{"Service", svc.Namespace, svc.Name}, json: js,
+		info: objectInfo{APIVersion: "v1", UID: svc.UID}}, nil
+}
+
+// trimEndpointSlice keeps in the informer's cache only what
+// endpointSliceDocument reads (a cluster has a slice or more per Service).
+func trimEndpointSlice(obj any) (any, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return obj, nil
+	}
+	t := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: es.Name, Namespace: es.Namespace, UID: es.UID,
+		ResourceVersion: es.ResourceVersion, Labels: es.Labels}, AddressType: es.AddressType, Ports: es.Ports}
+	for _, e := range es.Endpoints {
+		t.Endpoints = append(t.Endpoints, discoveryv1.Endpoint{Addresses: e.Addresses, Conditions: e.Conditions, NodeName: e.NodeName, TargetRef: e.TargetRef})
+	}
+	return t, nil
 }
 
 func networkPolicyDocument(np *networkingv1.NetworkPolicy) (document, error) {

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -82,9 +81,7 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 // informerSet is the running informers of one Run.
 type informerSet struct {
 	pods, namespaces, netpols, nodes, cnps, ccnps cache.SharedIndexInformer
-	// apiServer: the default/kubernetes EndpointSlice only (the
-	// kube-apiserver entity's addresses).
-	apiServer cache.SharedIndexInformer
+	services, endpointSlices                      cache.SharedIndexInformer
 }
 
 // Run implements source.Source. It sends the first update once every
@@ -114,15 +111,11 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	// addresses enter the digest, so heartbeats cause no update.
 	nodeFactory := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, 0)
-	// One object of the discovery API: the RBAC grants no more.
-	apiFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithNamespace(apiServerSlice.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + apiServerSlice.Name }))
 	defer func() {
 		cancel()
 		typed.Shutdown()
 		nodeFactory.Shutdown()
 		dyn.Shutdown()
-		apiFactory.Shutdown()
 	}()
 	inf := informerSet{
 		pods:       typed.Core().V1().Pods().Informer(),
@@ -131,18 +124,24 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 		nodes:      nodeFactory.Core().V1().Nodes().Informer(),
 		cnps:       dyn.ForResource(CNPResource()).Informer(),
 		ccnps:      dyn.ForResource(CCNPResource()).Informer(),
-		apiServer:  apiFactory.Discovery().V1().EndpointSlices().Informer(),
+		services:   typed.Core().V1().Services().Informer(),
+		// Every slice: a Service's backends (the default/kubernetes one is
+		// also the kube-apiserver entity).
+		endpointSlices: typed.Discovery().V1().EndpointSlices().Informer(),
 	}
 	named := []struct {
 		name string
 		inf  cache.SharedIndexInformer
 	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
 		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps},
-		{"endpointslices default/kubernetes", inf.apiServer}}
+		{"services", inf.services}, {"endpointslices", inf.endpointSlices}}
 	for i, n := range named {
 		trim := trimManagedFields
-		if n.inf == inf.pods {
+		switch n.inf {
+		case inf.pods:
 			trim = trimPod
+		case inf.endpointSlices:
+			trim = trimEndpointSlice
 		}
 		if err := n.inf.SetTransform(trim); err != nil {
 			return fmt.Errorf("informer %s: %w", n.name, err)
@@ -159,7 +158,6 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	typed.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
 	dyn.Start(ctx.Done())
-	apiFactory.Start(ctx.Done())
 
 	// Wait for every first list; say which are missing meanwhile.
 	for {

@@ -221,6 +221,8 @@ func objectDocument(obj any, live func(ip string) bool) (document, error) {
 		return ciliumDocument(o)
 	case *discoveryv1.EndpointSlice:
 		return endpointSliceDocument(o)
+	case *corev1.Service:
+		return serviceDocument(o)
 	}
 	return document{}, fmt.Errorf("no document for %T", obj)
 }

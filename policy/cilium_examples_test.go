@@ -40,8 +40,8 @@ func TestCiliumExampleClasses(t *testing.T) {
 		{file: "role-beside-matchlabels.yaml", err: "spec.ingress[0].fromEndpoints[0].role: unknown field (a label? labels go under matchLabels: {role: ...})", held: []Direction{Ingress}},
 		// A typo in the case of a key: rejected by the API server.
 		{file: "kafka-role-capitalised.yaml", err: "spec.ingress[0].toPorts[0].rules.kafka[0].Role: unknown field (did you mean role? keys are case-sensitive)", held: []Direction{Ingress}},
-		// Valid Cilium, not enforced by l7gate: warnings, never wider.
-		{file: "dns-rules.yaml", warns: []string{"rules.dns: not enforced", "toFQDNs: unsupported"}},
+		// rules.dns and toFQDNs: enforced (issue 16), no warnings.
+		{file: "dns-rules.yaml"},
 		// cilium-agent's import format, not a Kubernetes object.
 		{file: "rule-list.json", err: "`cilium policy import` format) is not a Kubernetes object"},
 	} {

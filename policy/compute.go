@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -86,7 +87,8 @@ type computer struct {
 	podIDs   []Identity // sorted, distinct
 	allIDs   []Identity // sorted: reserved, pods, CIDR
 	cidrIDs  map[netip.Prefix]Identity
-	cidrList []netip.Prefix // cidrIDs' prefixes, sorted by address then length
+	cidrList []netip.Prefix        // cidrIDs' prefixes, sorted by address then length
+	fqdnIDs  map[string][]Identity // toFQDNs selector key → FQDN identities
 	selCache map[string][]Identity
 	// byLabel indexes identities by "key=value" of each label (any
 	// source), so selectors with an In requirement scan few candidates.
@@ -114,6 +116,7 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 		objs: objs, alloc: alloc, opts: opts,
 		snap:     &Snapshot{byID: map[Identity]*EndpointPolicy{}, labels: map[Identity]Labels{}, shadows: map[shadowRecord]bool{}},
 		cidrIDs:  map[netip.Prefix]Identity{},
+		fqdnIDs:  map[string][]Identity{},
 		selCache: map[string][]Identity{},
 		byLabel:  map[string][]Identity{},
 		peers:    map[sectionKey]peerSet{},
@@ -123,6 +126,8 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	for _, id := range ReservedIdentities() {
 		c.snap.labels[id] = Labels{{Source: SourceReserved, Key: reservedName(id)}}
 	}
+	c.objs = c.resolveToServices(objs)
+	objs = c.objs
 	if err := c.endpoints(); err != nil {
 		return nil, err
 	}
@@ -299,6 +304,10 @@ func (c *computer) cidrIdentities() error {
 			}
 		}
 	}
+	fqdnLabels := c.fqdnPrefixes()
+	for p := range fqdnLabels {
+		prefixes = append(prefixes, p)
+	}
 	slices.SortFunc(prefixes, comparePrefix)
 	prefixes = slices.Compact(prefixes)
 	// A pod's own address always resolves to the pod: a CIDR identity
@@ -313,9 +322,16 @@ func (c *computer) cidrIdentities() error {
 	}
 	for _, p := range prefixes {
 		ls := Labels{{Source: SourceCIDR, Key: p.String()}, {Source: SourceReserved, Key: "world"}}
+		for _, k := range fqdnLabels[p] {
+			ls = append(ls, Label{Source: SourceFQDN, Key: k})
+		}
+		ls = NewLabels(ls...)
 		id, err := c.alloc.allocate(ls, true)
 		if err != nil {
 			return err
+		}
+		for _, k := range fqdnLabels[p] {
+			c.fqdnIDs[k] = append(c.fqdnIDs[k], id)
 		}
 		c.cidrIDs[p] = id
 		c.cidrList = append(c.cidrList, p)
@@ -326,6 +342,59 @@ func (c *computer) cidrIdentities() error {
 		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})
 	}
 	return nil
+}
+
+// fqdnPrefixes resolves every toFQDNs selector of an allow rule through
+// Options.FQDNCache: each address of a cached name a selector matches
+// becomes a host prefix labelled with the keys of every selector that
+// matches one of its names (Cilium's fqdn:<selector> labels). Sorted
+// keys per prefix.
+func (c *computer) fqdnPrefixes() map[netip.Prefix][]string {
+	sels := map[string]*DNSSelector{}
+	for _, pol := range c.objs.Policies {
+		for _, r := range pol.Rules {
+			for _, s := range r.Allow[Egress] {
+				for i := range s.Peers.FQDNs {
+					sel := &s.Peers.FQDNs[i]
+					sels[sel.Key()] = sel
+				}
+			}
+		}
+	}
+	if len(sels) == 0 || c.opts.FQDNCache == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(sels))
+	for k := range sels {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := map[netip.Prefix][]string{}
+	for _, n := range c.opts.FQDNCache.FQDNNames() {
+		name, err := NormalizeDNSName(n.Name)
+		if err != nil {
+			continue
+		}
+		for _, k := range keys {
+			if !sels[k].Matches(name) {
+				continue
+			}
+			for _, ip := range n.IPs {
+				ip = ip.Unmap()
+				if !ip.IsValid() {
+					continue
+				}
+				p := netip.PrefixFrom(ip, ip.BitLen())
+				if !slices.Contains(out[p], k) {
+					out[p] = append(out[p], k)
+				}
+			}
+		}
+	}
+	for p := range out {
+		slices.Sort(out[p])
+	}
+	return out
 }
 
 // selectPods returns the pod identities a subject selector selects.
@@ -444,6 +513,9 @@ func (c *computer) resolvePeers(k sectionKey, s *Section) peerSet {
 		for _, e := range s.Peers.Entities {
 			ps.ids = append(ps.ids, c.entityPeers(e)...)
 		}
+		for i := range s.Peers.FQDNs {
+			ps.ids = append(ps.ids, c.fqdnIDs[s.Peers.FQDNs[i].Key()]...)
+		}
 		slices.Sort(ps.ids)
 		ps.ids = slices.Compact(ps.ids)
 	}
@@ -456,8 +528,8 @@ type dirBuilder struct {
 	dir     Direction
 	pol     DirectionPolicy
 	entries map[entryKey]*Entry
-	l7      map[uint16]*L7RuleSet
-	l7idx   map[uint16]map[l7Key]int // see addRule
+	l7      map[l7Port]*L7RuleSet
+	l7idx   map[l7Port]map[l7Key]int // see addRule
 	// max bounds the entries; past it, overflow holds the endpoint in
 	// default-deny in this direction (finish).
 	max      int
@@ -477,7 +549,7 @@ type entryKey struct {
 }
 
 func newDirBuilder(d Direction, max int) *dirBuilder {
-	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[uint16]*L7RuleSet{}, l7idx: map[uint16]map[l7Key]int{}, max: max}
+	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[l7Port]*L7RuleSet{}, l7idx: map[l7Port]map[l7Key]int{}, max: max}
 }
 
 func (b *dirBuilder) add(k entryKey, origin Provenance) {
@@ -496,7 +568,18 @@ func (b *dirBuilder) add(k entryKey, origin Provenance) {
 	}
 }
 
+// addFQDNSelectors records a section's toFQDNs selectors (distinct by
+// Key).
+func (b *dirBuilder) addFQDNSelectors(sels []DNSSelector) {
+	for _, s := range sels {
+		if !slices.ContainsFunc(b.pol.FQDNSelectors, func(x DNSSelector) bool { return x.Key() == s.Key() }) {
+			b.pol.FQDNSelectors = append(b.pol.FQDNSelectors, s)
+		}
+	}
+}
+
 func (b *dirBuilder) finish() DirectionPolicy {
+	slices.SortFunc(b.pol.FQDNSelectors, func(x, y DNSSelector) int { return strings.Compare(x.Key(), y.Key()) })
 	out := b.pol
 	if b.overflow {
 		// More entries than the datapath takes for one endpoint: hold it
@@ -512,16 +595,17 @@ func (b *dirBuilder) finish() DirectionPolicy {
 	}
 	sortEntries(out.Entries)
 	// redirected peers by port (IdentityAny: every peer)
-	redir := map[uint16]map[Identity]bool{}
+	redir := map[l7Port]map[Identity]bool{}
 	for i := range out.Entries {
 		if e := &out.Entries[i]; e.Verdict == VerdictRedirect {
-			if redir[e.Port] == nil {
-				redir[e.Port] = map[Identity]bool{}
+			k := l7Port{e.Protocol, e.Port}
+			if redir[k] == nil {
+				redir[k] = map[Identity]bool{}
 			}
-			redir[e.Port][e.Peer] = true
+			redir[k][e.Peer] = true
 		}
 	}
-	redirected := func(peer Identity, port uint16) bool {
+	redirected := func(peer Identity, port l7Port) bool {
 		m := redir[port]
 		return m != nil && (m[IdentityAny] || m[peer] || (peer == IdentityAny && len(m) > 0))
 	}
@@ -529,20 +613,22 @@ func (b *dirBuilder) finish() DirectionPolicy {
 	// — an L4 allow naming the port or an L3-only allow (every port) —
 	// lets that peer send any request there: add an allow-all L7 rule for
 	// it (Cilium's rule). The connection stays redirected, so it is seen.
-	ports := make([]uint16, 0, len(b.l7))
+	ports := make([]l7Port, 0, len(b.l7))
 	for p := range b.l7 {
 		ports = append(ports, p)
 	}
-	slices.Sort(ports)
-	for _, port := range ports {
-		rs := b.l7[port]
+	slices.SortFunc(ports, func(a, b l7Port) int {
+		return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
+	})
+	for _, key := range ports {
+		rs, port := b.l7[key], key.port
 		rs.sortPeers()
 		explicit := len(rs.Rules) // the L7 rules proper, before allow-alls
 		lifting := map[Provenance]map[Identity]bool{}
 		var order []Provenance
 		for _, e := range out.Entries {
 			if e.Verdict != VerdictAllow || (e.Port != 0 && (port < e.Port || port > e.EndPort)) ||
-				(e.Protocol != ProtoAny && e.Protocol != ProtoTCP) || !redirected(e.Peer, port) {
+				(e.Protocol != ProtoAny && e.Protocol != key.proto) || !redirected(e.Peer, key) {
 				continue
 			}
 			for _, o := range e.Origins {
@@ -620,6 +706,9 @@ func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
 			if s.Dropped != "" {
 				continue
 			}
+			if !deny {
+				b.addFQDNSelectors(s.Peers.FQDNs)
+			}
 			ps := c.resolvePeers(sectionKey{pi, ri, si, dir, deny}, s)
 			if !ps.any && len(ps.ids) == 0 {
 				continue
@@ -651,7 +740,7 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 			}
 			rules := 0
 			if pr.L7 != nil {
-				rules = len(pr.L7.HTTP) + len(pr.L7.Kafka) + len(pr.L7.Generic)
+				rules = pr.L7.count()
 			}
 			for _, spec := range pr.Ports {
 				n := len(peers)
@@ -679,8 +768,8 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 		}
 		// L7 rules: the peers of each port, added to its rule set at once
 		// (a rule set holds each rule once with all its peers).
-		var l7Ports []uint16
-		l7Peers := map[uint16][]Identity{}
+		var l7Ports []l7Port
+		l7Peers := map[l7Port][]Identity{}
 		for _, spec := range pr.Ports {
 			for _, p := range peers {
 				if b.overflow {
@@ -692,10 +781,11 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 						b.add(entryKey{peer: pp.peer, proto: np.Protocol, port: np.Port, endPort: np.EndPort, verdict: verdict}, origin)
 						continue
 					}
-					if _, seen := l7Peers[np.Port]; !seen {
-						l7Ports = append(l7Ports, np.Port)
+					k := l7Port{np.Protocol, np.Port}
+					if _, seen := l7Peers[k]; !seen {
+						l7Ports = append(l7Ports, k)
 					}
-					l7Peers[np.Port] = append(l7Peers[np.Port], pp.peer)
+					l7Peers[k] = append(l7Peers[k], pp.peer)
 				}
 			}
 		}
@@ -707,7 +797,7 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 				continue
 			}
 			for _, id := range ids {
-				b.add(entryKey{peer: id, proto: ProtoTCP, port: port, endPort: port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
+				b.add(entryKey{peer: id, proto: port.proto, port: port.port, endPort: port.port, verdict: VerdictRedirect, parser: pr.L7.Parser}, origin)
 			}
 		}
 	}
@@ -759,20 +849,20 @@ func (c *computer) resolvePort(dir Direction, subject, peer Identity, spec PortS
 
 // addL7 adds a port rule's L7 rules to the port's rule set; it reports false
 // (and warns) when another parser already owns the port.
-func (c *computer) addL7(b *dirBuilder, peers []Identity, port uint16, pr *PortRule, origin Provenance) bool {
+func (c *computer) addL7(b *dirBuilder, peers []Identity, port l7Port, pr *PortRule, origin Provenance) bool {
 	rs, ok := b.l7[port]
 	if !ok {
-		rs = &L7RuleSet{Protocol: ProtoTCP, Port: port, Parser: pr.L7.Parser}
+		rs = &L7RuleSet{Protocol: port.proto, Port: port.port, Parser: pr.L7.Parser}
 		b.l7[port] = rs
 	} else if rs.Parser != pr.L7.Parser {
-		c.warnf("%s %s: port %d already uses L7 parser %q; this %q rule is ignored", origin.Policy, origin.Path, port, rs.Parser, pr.L7.Parser)
+		c.warnf("%s %s: port %d already uses L7 parser %q; this %q rule is ignored", origin.Policy, origin.Path, port.port, rs.Parser, pr.L7.Parser)
 		return false
 	}
 	base := L7Rule{AnyPeer: slices.Contains(peers, IdentityAny)}
 	if !base.AnyPeer {
 		base.Peers = slices.Clip(peers) // shared by this call's rules; sorted, distinct
 	}
-	b.size += max(1, len(base.Peers)) * (len(pr.L7.HTTP) + len(pr.L7.Kafka) + len(pr.L7.Generic))
+	b.size += max(1, len(base.Peers)) * pr.L7.count()
 	add := func(r L7Rule, l7 string) {
 		o := origin
 		o.L7 = l7
@@ -789,12 +879,24 @@ func (c *computer) addL7(b *dirBuilder, peers []Identity, port uint16, pr *PortR
 		r.Kafka = &pr.L7.Kafka[i]
 		add(r, "kafka["+strconv.Itoa(i)+"]")
 	}
+	for i := range pr.L7.DNS {
+		r := base
+		r.DNS = &pr.L7.DNS[i]
+		add(r, "dns["+strconv.Itoa(i)+"]")
+	}
 	for i := range pr.L7.Generic {
 		r := base
 		r.Generic = pr.L7.Generic[i]
 		add(r, "l7["+strconv.Itoa(i)+"]")
 	}
 	return true
+}
+
+// l7Port keys a direction's L7 rule sets: protocol and port (DNS rule
+// sets exist for UDP and TCP on the same port).
+type l7Port struct {
+	proto Protocol
+	port  uint16
 }
 
 // l7Key identifies a rule of a rule set: the same rule text reached
@@ -808,10 +910,11 @@ type l7Key struct {
 // origin (in constant time: policies with thousands of rules or peers
 // must not compute in quadratic time). Peers are sorted by sortPeers.
 func (b *dirBuilder) addRule(rs *L7RuleSet, r L7Rule) {
-	idx := b.l7idx[rs.Port]
+	key := l7Port{rs.Protocol, rs.Port}
+	idx := b.l7idx[key]
 	if idx == nil {
 		idx = map[l7Key]int{}
-		b.l7idx[rs.Port] = idx
+		b.l7idx[key] = idx
 	}
 	k := l7Key{r.Origin, r.AllowsAll()}
 	i, ok := idx[k]

@@ -30,7 +30,10 @@ type Objects struct {
 	APIServers []APIServer
 	Pods       []Pod
 	Policies   []Policy
-	Warnings   []Warning
+	// Services and EndpointSlices: socket load balancing and toServices.
+	Services       []Service
+	EndpointSlices []EndpointSlice
+	Warnings       []Warning
 	// Summaries has one line per loaded object, in input order.
 	Summaries []string
 	// summaryRefs[i] is the object Summaries[i] describes.
@@ -78,9 +81,18 @@ func (o *Objects) dropDuplicates() []error {
 	}
 	o.Namespaces = slices.DeleteFunc(o.Namespaces, func(x Namespace) bool { return dup(x.Ref) })
 	o.Nodes = slices.DeleteFunc(o.Nodes, func(x Node) bool { return dup(x.Ref) })
-	o.APIServers = slices.DeleteFunc(o.APIServers, func(x APIServer) bool { return dup(x.Ref) })
 	o.Pods = slices.DeleteFunc(o.Pods, func(x Pod) bool { return dup(x.Ref) })
 	o.Policies = slices.DeleteFunc(o.Policies, func(x Policy) bool { return dup(x.Ref) })
+	o.Services = slices.DeleteFunc(o.Services, func(x Service) bool { return dup(x.Ref) })
+	o.EndpointSlices = slices.DeleteFunc(o.EndpointSlices, func(x EndpointSlice) bool { return dup(x.Ref) })
+	// The default/kubernetes slice is also an APIServer: the duplicate
+	// check above is the slice's.
+	apiSeen := map[ObjectRef]bool{}
+	o.APIServers = slices.DeleteFunc(o.APIServers, func(x APIServer) bool {
+		first := !apiSeen[x.Ref]
+		apiSeen[x.Ref] = true
+		return !first || !slices.ContainsFunc(o.EndpointSlices, func(es EndpointSlice) bool { return es.Ref == x.Ref })
+	})
 	return errs
 }
 
@@ -297,11 +309,8 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		o.Nodes = append(o.Nodes, n)
 		o.summarize(ref, fmt.Sprintf("%s: %s: %d address(es)", file, ref, len(n.IPs)))
 	case "EndpointSlice":
-		// Only the kubernetes Service's slice in default: the API server's
-		// addresses (the kube-apiserver entity).
-		if ref.Namespace != "default" || tm.Metadata.Labels["kubernetes.io/service-name"] != "kubernetes" {
-			o.Warnings = append(o.Warnings, Warning{Object: ref, Message: "skipped: l7gate reads only the default/kubernetes EndpointSlice (the kube-apiserver's addresses)"})
-			return nil
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
 		}
 		if e := checkVersion("discovery.k8s.io/v1"); e != nil {
 			return e
@@ -311,26 +320,49 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		if len(d.errs) > 0 {
 			return objErr(d.errs)
 		}
-		a := APIServer{Ref: ref}
-		var errs []error
-		for i, ep := range w.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			for j, s := range ep.Addresses {
-				ip, err := netip.ParseAddr(s)
-				if err != nil {
-					errs = append(errs, fieldPath("endpoints").index(i).child("addresses").index(j).errorf("invalid IP %q", s))
-					continue
-				}
-				a.IPs = append(a.IPs, ip.Unmap())
-			}
-		}
+		es, errs := normalizeEndpointSlice(&w, ref)
 		if len(errs) > 0 {
 			return objErr(errs)
 		}
-		o.APIServers = append(o.APIServers, a)
-		o.summarize(ref, fmt.Sprintf("%s: %s: %d kube-apiserver address(es)", file, ref, len(a.IPs)))
+		o.EndpointSlices = append(o.EndpointSlices, *es)
+		n := 0
+		for _, e := range es.Endpoints {
+			n += len(e.Addresses)
+		}
+		line := fmt.Sprintf("%s: %s: service %s, %d address(es)", file, ref, es.Service, n)
+		// The kubernetes Service's slice, which the API server itself
+		// maintains, is also the kube-apiserver entity (only that one: other
+		// slices may be written by anyone allowed to write EndpointSlices).
+		if ref.Namespace == "default" && ref.Name == "kubernetes" && es.Service == "kubernetes" {
+			a := APIServer{Ref: ref}
+			for _, e := range es.Endpoints {
+				if e.Ready {
+					a.IPs = append(a.IPs, e.Addresses...)
+				}
+			}
+			o.APIServers = append(o.APIServers, a)
+			line = fmt.Sprintf("%s: %s: %d kube-apiserver address(es)", file, ref, len(a.IPs))
+		}
+		o.summarize(ref, line)
+	case "Service":
+		if ref.Namespace == "" {
+			ref.Namespace = "default"
+		}
+		if e := checkVersion("v1"); e != nil {
+			return objErr([]error{e[0].(*ObjectError).Err})
+		}
+		var w wireService
+		d.decode("", m, reflect.ValueOf(&w).Elem())
+		if len(d.errs) > 0 {
+			return objErr(d.errs)
+		}
+		s, warns, errs := normalizeService(&w, ref)
+		o.Warnings = append(o.Warnings, warns...)
+		if len(errs) > 0 {
+			return objErr(errs)
+		}
+		o.Services = append(o.Services, *s)
+		o.summarize(ref, summarizeService(file, s))
 	case "Namespace":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -380,6 +412,12 @@ func (o *Objects) sort() {
 	slices.SortStableFunc(o.Policies, func(a, b Policy) int {
 		return cmpStrings(string(a.Kind), string(b.Kind), a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
 	})
+	slices.SortStableFunc(o.Services, func(a, b Service) int {
+		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
+	})
+	slices.SortStableFunc(o.EndpointSlices, func(a, b EndpointSlice) int {
+		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
+	})
 }
 
 func cmpStrings(pairs ...string) int {
@@ -403,8 +441,11 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, n := range o.Nodes {
 		seen[key(n.Ref)] = n.Ref
 	}
-	for _, a := range o.APIServers {
-		seen[key(a.Ref)] = a.Ref
+	for _, s := range o.Services {
+		seen[key(s.Ref)] = s.Ref
+	}
+	for _, es := range o.EndpointSlices {
+		seen[key(es.Ref)] = es.Ref
 	}
 	for _, p := range o.Pods {
 		seen[key(p.Ref)] = p.Ref
@@ -430,9 +471,18 @@ func (o *Objects) Merge(other *Objects) []error {
 			o.Nodes = append(o.Nodes, n)
 		}
 	}
-	for _, a := range other.APIServers {
-		if !dup(a.Ref) {
-			o.APIServers = append(o.APIServers, a)
+	for _, s := range other.Services {
+		if !dup(s.Ref) {
+			o.Services = append(o.Services, s)
+		}
+	}
+	for _, es := range other.EndpointSlices {
+		if !dup(es.Ref) {
+			o.EndpointSlices = append(o.EndpointSlices, es)
+			// its kube-apiserver view, if it is default/kubernetes
+			if i := slices.IndexFunc(other.APIServers, func(a APIServer) bool { return a.Ref == es.Ref }); i >= 0 {
+				o.APIServers = append(o.APIServers, other.APIServers[i])
+			}
 		}
 	}
 	for _, p := range other.Pods {

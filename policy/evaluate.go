@@ -52,7 +52,7 @@ func (d *DirectionPolicy) EvaluateL4(peer Identity, proto Protocol, port uint16)
 		res.Decision, res.DecidedBy = DecisionDenied, deny
 	case len(redirect) > 0:
 		res.Decision, res.DecidedBy, res.Parser = DecisionRedirected, redirect, parser
-		res.L7 = d.L7Set(ProtoTCP, port)
+		res.L7 = d.L7Set(proto, port)
 	case len(allow) > 0:
 		res.Decision, res.DecidedBy = DecisionAllowed, allow
 	case d.Enforced:
@@ -182,4 +182,30 @@ func (rs *L7RuleSet) EvaluateKafka(peer Identity, req *KafkaRequest) L7Result {
 	slices.SortFunc(res.DecidedBy, compareProvenance)
 	res.DecidedBy = slices.CompactFunc(res.DecidedBy, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
 	return res
+}
+
+// EvaluateDNS decides a DNS query for name from peer (rules.dns): allowed
+// when a rule that applies to the peer allows every name or its selector
+// matches the name; a name that does not normalise is denied.
+func (rs *L7RuleSet) EvaluateDNS(peer Identity, name string) L7Result {
+	n, err := NormalizeDNSName(name)
+	if err == nil {
+		for i := range rs.Rules {
+			r := &rs.Rules[i]
+			if !r.AppliesTo(peer) {
+				continue
+			}
+			if r.AllowsAll() {
+				return L7Result{Decision: DecisionAllowed, DecidedBy: []Provenance{r.Origin}, Shadowed: rs.shadowedFor(peer)}
+			}
+			if r.DNS == nil {
+				continue
+			}
+			sel, cerr := r.DNS.Compile() // the IR may come from JSON
+			if cerr == nil && sel.Matches(n) {
+				return L7Result{Decision: DecisionAllowed, DecidedBy: []Provenance{r.Origin}}
+			}
+		}
+	}
+	return L7Result{Decision: DecisionDenied, DecidedBy: rs.DefaultDenyOrigins(peer)}
 }

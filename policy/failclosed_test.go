@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"slices"
 	"strings"
 	"testing"
 )
@@ -43,36 +42,51 @@ spec:
     - ports: [{port: "443", protocol: TCP}]
 `
 
-// TestDNSRulesKeepDefaultDeny (issue 12 item 8): a CNP with rules.dns loads
-// with a warning; the port rule with DNS rules allows nothing (l7gate has
-// no DNS proxy yet) and the policy's egress default-deny stays.
-func TestDNSRulesKeepDefaultDeny(t *testing.T) {
-	objs, errs := Decode("test.yaml", []byte(fcPods+"---"+dnsLockdown))
-	if len(errs) > 0 {
-		t.Fatalf("a CNP with rules.dns was rejected: %v", errs)
-	}
-	if !slices.ContainsFunc(objs.Warnings, func(w Warning) bool {
-		return w.Path == "spec.egress[0].toPorts[0].rules.dns" && strings.Contains(w.Message, "allows nothing")
-	}) {
-		t.Errorf("no warning about rules.dns: %v", objs.Warnings)
-	}
+// TestDNSRulesEnforced (issue 16): rules.dns on port 53 ANY redirects UDP
+// and TCP 53 to the DNS parser; a query is allowed only for names the
+// rules match; the policy's default-deny stays for everything else. (It
+// replaces TestDNSRulesKeepDefaultDeny: before the DNS proxy the port rule
+// allowed nothing.)
+func TestDNSRulesEnforced(t *testing.T) {
+	strict := strings.Replace(dnsLockdown, `dns: [{matchPattern: "*"}]`, `dns: [{matchPattern: "*.example.com"}, {matchName: api.other.org}]`, 1)
+	// UDP only: the trace must find the UDP rule set (it once looked for
+	// TCP's whatever the flow's protocol).
+	udpOnly := strings.Replace(dnsLockdown, `protocol: ANY`, `protocol: UDP`, 1)
 	for _, tc := range []struct {
+		doc   string
 		dst   string
 		proto Protocol
 		port  uint16
+		name  string
 		want  Decision
+		l7    bool
 	}{
-		{"203.0.113.9", ProtoTCP, 80, DecisionDenied},   // default-deny stays
-		{"203.0.113.9", ProtoTCP, 443, DecisionAllowed}, // the rest of the policy applies
-		{"198.18.0.53", ProtoUDP, 53, DecisionDenied},   // the DNS port rule allows nothing
-		{"198.18.0.53", ProtoTCP, 53, DecisionDenied},
+		{dnsLockdown, "203.0.113.9", ProtoTCP, 80, "", DecisionDenied, false}, // default-deny stays
+		{dnsLockdown, "203.0.113.9", ProtoTCP, 443, "", DecisionAllowed, false},
+		{dnsLockdown, "198.18.0.53", ProtoUDP, 53, "anything.example.", DecisionAllowed, true},
+		{dnsLockdown, "198.18.0.53", ProtoTCP, 53, "anything.example.", DecisionAllowed, true},
+		{dnsLockdown, "198.18.0.53", ProtoUDP, 53, `bad\032name.`, DecisionDenied, true},      // unmatchable: even * denies
+		{dnsLockdown, "198.18.0.2", ProtoUDP, 53, "anything.example.", DecisionDenied, false}, // not kube-dns
+		{strict, "198.18.0.53", ProtoUDP, 53, "www.example.com", DecisionAllowed, true},
+		{strict, "198.18.0.53", ProtoUDP, 53, "API.other.org.", DecisionAllowed, true},
+		{strict, "198.18.0.53", ProtoUDP, 53, "example.com", DecisionDenied, true},
+		{strict, "198.18.0.53", ProtoTCP, 53, "evil.org", DecisionDenied, true},
+		{udpOnly, "198.18.0.53", ProtoUDP, 53, "anything.example.", DecisionAllowed, true},
+		{udpOnly, "198.18.0.53", ProtoTCP, 53, "anything.example.", DecisionDenied, false}, // no TCP rule
 	} {
-		res, err := Trace(objs, TraceRequest{Src: TracePeer{Addr: mustAddr("198.18.0.1")}, Dst: TracePeer{Addr: mustAddr(tc.dst)}, Protocol: tc.proto, DPort: tc.port})
+		objs, errs := Decode("test.yaml", []byte(fcPods+"---"+tc.doc))
+		if len(errs) > 0 || len(objs.Warnings) > 0 {
+			t.Fatalf("decode: %v %v", errs, objs.Warnings)
+		}
+		res, err := Trace(objs, TraceRequest{Src: TracePeer{Addr: mustAddr("198.18.0.1")}, Dst: TracePeer{Addr: mustAddr(tc.dst)}, Protocol: tc.proto, DPort: tc.port, DNSName: tc.name})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Egress.Verdict != tc.want || !res.Egress.Enforced {
-			t.Errorf("app → %s %s/%d: egress %s (enforced %v) by %v, want %s", tc.dst, tc.proto, tc.port, res.Egress.Verdict, res.Egress.Enforced, res.Egress.DecidedBy, tc.want)
+		if res.Egress.Verdict != tc.want || !res.Egress.Enforced || (res.Egress.L7 != nil) != tc.l7 {
+			t.Errorf("app → %s %s/%d %q: egress %s (enforced %v, l7 %+v) by %v, want %s", tc.dst, tc.proto, tc.port, tc.name, res.Egress.Verdict, res.Egress.Enforced, res.Egress.L7, res.Egress.DecidedBy, tc.want)
+		}
+		if tc.l7 && (res.Egress.L7.Parser != ParserDNS || !res.Egress.L7.Evaluated) {
+			t.Errorf("%q: L7 %+v", tc.name, res.Egress.L7)
 		}
 	}
 }

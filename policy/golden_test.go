@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -39,7 +40,15 @@ func TestGolden(t *testing.T) {
 			for _, w := range objs.Warnings {
 				out.Warnings = append(out.Warnings, w.String())
 			}
-			snap, err := Compute(objs, NewIdentityAllocator())
+			var opts Options
+			if b, err := os.ReadFile(filepath.Join("testdata", "fqdn", name+".yaml")); err == nil {
+				var cache StaticFQDNCache
+				if err := yaml.Unmarshal(b, &cache); err != nil {
+					t.Fatal(err)
+				}
+				opts.FQDNCache = cache
+			}
+			snap, err := ComputeWith(objs, NewIdentityAllocator(), opts)
 			if err != nil {
 				t.Fatalf("compute: %v", err)
 			}
@@ -50,7 +59,7 @@ func TestGolden(t *testing.T) {
 			}
 			// The same input must give the same bytes twice.
 			objs2, _ := Load(in)
-			snap2, _ := Compute(objs2, NewIdentityAllocator())
+			snap2, _ := ComputeWith(objs2, NewIdentityAllocator(), opts)
 			out.Snapshot = snap2
 			again, _ := yaml.Marshal(out)
 			if string(again) != string(got) {

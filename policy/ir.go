@@ -41,8 +41,8 @@ const (
 
 // Entry is one L3/L4 policy entry of an endpoint in one direction. Peer 0
 // is any peer; Protocol 0 any protocol; Port 0 every port, otherwise the
-// inclusive range [Port, EndPort]. Redirect entries are single TCP ports
-// and name the L7 parser.
+// inclusive range [Port, EndPort]. Redirect entries are single ports (TCP;
+// UDP and TCP for parser "dns") and name the L7 parser.
 type Entry struct {
 	Peer     Identity     `json:"peer"`
 	Protocol Protocol     `json:"protocol"`
@@ -70,7 +70,7 @@ func (e *Entry) matches(peer Identity, proto Protocol, port uint16) bool {
 }
 
 // L7Rule is one L7 rule of a redirected port: the peers it applies to and
-// exactly one of HTTP, Kafka or Generic — or none, which allows every
+// exactly one of HTTP, Kafka, DNS or Generic — or none, which allows every
 // request (the port is also allowed at L4 without L7 rules for these
 // peers).
 type L7Rule struct {
@@ -78,12 +78,15 @@ type L7Rule struct {
 	Peers   []Identity        `json:"peers,omitempty"`
 	HTTP    *HTTPRule         `json:"http,omitempty"`
 	Kafka   *KafkaRule        `json:"kafka,omitempty"`
+	DNS     *DNSSelector      `json:"dns,omitempty"`
 	Generic map[string]string `json:"generic,omitempty"`
 	Origin  Provenance        `json:"origin"`
 }
 
 // AllowsAll reports whether the rule admits every request.
-func (r *L7Rule) AllowsAll() bool { return r.HTTP == nil && r.Kafka == nil && r.Generic == nil }
+func (r *L7Rule) AllowsAll() bool {
+	return r.HTTP == nil && r.Kafka == nil && r.DNS == nil && r.Generic == nil
+}
 
 // AppliesTo reports whether the rule applies to traffic from/to peer.
 func (r *L7Rule) AppliesTo(peer Identity) bool {
@@ -111,6 +114,10 @@ type DirectionPolicy struct {
 	DefaultDeny []Provenance `json:"defaultDeny,omitempty"`
 	Entries     []Entry      `json:"entries,omitempty"`
 	L7          []L7RuleSet  `json:"l7,omitempty"`
+	// FQDNSelectors (egress): the toFQDNs selectors of the allow rules
+	// that select the endpoint, cached names or not — the DNS proxy
+	// caches answers for names they match. Sorted by Key, distinct.
+	FQDNSelectors []DNSSelector `json:"fqdnSelectors,omitempty"`
 }
 
 // EndpointPolicy is the policy of every endpoint with one identity.

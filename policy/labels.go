@@ -12,6 +12,9 @@ const (
 	SourceAny      = "any"
 	SourceReserved = "reserved"
 	SourceCIDR     = "cidr"
+	// SourceFQDN labels FQDN identities: fqdn:<selector> for every
+	// toFQDNs selector that selects a name the address answered for.
+	SourceFQDN = "fqdn"
 )
 
 // Well-known label keys that Cilium derives for every pod.
@@ -114,7 +117,7 @@ func (ls Labels) anyValue(source, key string, pred func(string) bool) bool {
 func parseLabelKey(s string) (source, key string) {
 	if i := strings.IndexByte(s, ':'); i > 0 {
 		switch s[:i] {
-		case SourceK8s, SourceAny, SourceReserved, SourceCIDR, "unspec", "container", "k8s-ns":
+		case SourceK8s, SourceAny, SourceReserved, SourceCIDR, SourceFQDN, "unspec", "container", "k8s-ns":
 			src := s[:i]
 			if src == "unspec" {
 				src = SourceAny

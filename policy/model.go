@@ -193,6 +193,48 @@ type Peers struct {
 	Selectors []Selector
 	CIDRs     []CIDRSelector
 	Entities  []string
+	// FQDNs (toFQDNs): the addresses DNS answers gave names these select,
+	// as FQDN identities (labels fqdn:<selector>; see Options.FQDNCache).
+	FQDNs []DNSSelector
+	// Services (toServices) are resolved against the Services when policy
+	// is computed: a Service with a selector adds its selector (in its
+	// namespace) to Selectors, one without adds its endpoints' addresses
+	// to CIDRs, as Cilium does.
+	Services []ServiceSelector
+}
+
+// ServiceSelector is one toServices entry: k8sService (Name) or
+// k8sServiceSelector (Selector, over the Service's labels). An empty
+// Namespace matches Services of every namespace (Cilium's rule, also in a
+// namespaced policy).
+type ServiceSelector struct {
+	Path      string
+	Name      string
+	Namespace string
+	Selector  *Selector
+}
+
+func (s ServiceSelector) sameAs(o ServiceSelector) bool {
+	if s.Name != o.Name || s.Namespace != o.Namespace || (s.Selector == nil) != (o.Selector == nil) {
+		return false
+	}
+	return s.Selector == nil || s.Selector.String() == o.Selector.String()
+}
+
+// Matches reports whether s selects the Service.
+func (s ServiceSelector) Matches(svc *Service) bool {
+	if s.Namespace != "" && s.Namespace != svc.Namespace {
+		return false
+	}
+	if s.Selector == nil {
+		return s.Name == svc.Name
+	}
+	ls := make(Labels, 0, len(svc.Labels))
+	for k, v := range svc.Labels {
+		_, key := parseLabelKey(k)
+		ls = append(ls, Label{Source: SourceK8s, Key: key, Value: v})
+	}
+	return s.Selector.Matches(NewLabels(ls...))
 }
 
 // CIDRSelector selects the CIDR identities inside Prefix and outside Except.
@@ -222,12 +264,17 @@ type PortSpec struct {
 const (
 	ParserHTTP  = "http"
 	ParserKafka = "kafka"
+	ParserDNS   = "dns"
 )
 
 // L7Rules are the L7 rules of one toPorts entry.
 type L7Rules struct {
-	Parser  string // "http", "kafka" or the l7proto name
+	Parser  string // "http", "kafka", "dns" or the l7proto name
 	HTTP    []HTTPRule
 	Kafka   []KafkaRule
+	DNS     []DNSSelector
 	Generic []map[string]string
 }
+
+// count is the number of L7 rules.
+func (l *L7Rules) count() int { return len(l.HTTP) + len(l.Kafka) + len(l.DNS) + len(l.Generic) }

@@ -131,6 +131,8 @@ type sectionFields struct {
 	cidrs       []string
 	cidrSets    []wireCIDRRule
 	entities    []string
+	fqdns       []wireDNSRule
+	services    []wireToService
 	unsupported []namedField // peer fields l7gate does not support
 	toPorts     []wirePortRule
 	icmps       []wireICMPRule
@@ -151,8 +153,9 @@ func ingressFields(s *wireIngress) sectionFields {
 
 func egressFields(s *wireEgress) sectionFields {
 	return sectionFields{prefix: "to", endpoints: s.ToEndpoints, requires: s.ToRequires, cidrs: s.ToCIDR,
-		cidrSets: s.ToCIDRSet, entities: s.ToEntities,
-		unsupported: []namedField{{"toServices", s.ToServices}, {"toFQDNs", s.ToFQDNs}, {"toGroups", s.ToGroups}, {"toNodes", s.ToNodes}},
+		cidrSets: s.ToCIDRSet, entities: s.ToEntities, fqdns: s.ToFQDNs,
+		services:    s.ToServices,
+		unsupported: []namedField{{"toGroups", s.ToGroups}, {"toNodes", s.ToNodes}},
 		toPorts:     s.ToPorts, icmps: s.ICMPs, auth: s.Authentication}
 }
 
@@ -215,6 +218,29 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 		}
 	}
 	slices.Sort(s.Peers.Entities)
+	for i, d := range f.fqdns {
+		hasL3 = true
+		fp := p.child("toFQDNs").index(i)
+		if deny {
+			// Cilium has no toFQDNs in deny rules; never narrower than
+			// "every peer".
+			n.warn(fp, "unsupported: toFQDNs in a deny rule; this deny applies to every peer")
+			s.Peers.Any = true
+			continue
+		}
+		sel, err := compileDNSRule(d, fp)
+		if err != nil {
+			n.fail(err)
+			continue
+		}
+		s.Peers.FQDNs = append(s.Peers.FQDNs, sel)
+	}
+	for i, ts := range f.services {
+		hasL3 = true
+		if sel, ok := n.toService(ts, p.child("toServices").index(i)); ok {
+			s.Peers.Services = append(s.Peers.Services, sel)
+		}
+	}
 	for _, u := range f.unsupported {
 		if isEmptyValue(u.val) {
 			continue
@@ -247,6 +273,12 @@ func (n *normalizer) section(f sectionFields, p fieldPath, index int, deny bool)
 		s.Ports = []PortRule{}
 	}
 	for i, pr := range f.toPorts {
+		if f.prefix == "from" && !deny && pr.Rules != nil && len(pr.Rules.DNS) > 0 {
+			// As Cilium: DNS rules are egress-only (the DNS proxy sees a
+			// pod's queries, not a DNS server's).
+			n.fail(p.child("toPorts").index(i).child("rules.dns").errorf("DNS rules are not allowed on ingress"))
+			continue
+		}
 		if r, ok := n.portRule(pr, p.child("toPorts").index(i), deny); ok {
 			s.Ports = append(s.Ports, r)
 		}
@@ -399,20 +431,6 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 		n.warn(p.child("serverNames"), "unsupported: TLS server name matching is not provided by l7gate; this port rule allows nothing")
 		r.Dropped = "serverNames is not supported"
 	}
-	if w.Rules != nil && len(w.Rules.DNS) > 0 && !deny && len(w.Rules.HTTP) == 0 && len(w.Rules.Kafka) == 0 && w.Rules.L7Proto == "" && len(w.Rules.L7) == 0 {
-		// DNS rules: l7gate has no DNS proxy yet. The port rule allows
-		// nothing (never all of DNS); the rest of the policy, and its
-		// default-deny, apply.
-		for i, d := range w.Rules.DNS {
-			if d.MatchName == "" && d.MatchPattern == "" {
-				n.fail(p.child("rules.dns").index(i).errorf("give matchName or matchPattern"))
-				ok = false
-			}
-		}
-		n.warn(p.child("rules.dns"), "not enforced: l7gate has no DNS proxy yet; this port rule allows nothing (the policy's default-deny stays)")
-		r.Dropped = "rules.dns is not enforced"
-		return r, ok
-	}
 	if w.Rules != nil {
 		if deny {
 			n.fail(p.child("rules").errorf("L7 rules are not allowed in deny rules"))
@@ -423,6 +441,7 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 			return r, false
 		}
 		if l7 != nil {
+			var extra []PortSpec
 			for i := range r.Ports {
 				ps := &r.Ports[i]
 				pp := p.child("ports").index(i)
@@ -433,6 +452,21 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 				if ps.EndPort != ps.Port && ps.Name == "" {
 					n.fail(pp.child("endPort").errorf("L7 rules cannot apply to a port range"))
 					ok = false
+				}
+				if l7.Parser == ParserDNS {
+					// DNS runs over UDP and TCP: ANY means both.
+					switch ps.Protocol {
+					case ProtoTCP, ProtoUDP:
+					case ProtoAny:
+						ps.Protocol = ProtoUDP
+						tcp := *ps
+						tcp.Protocol = ProtoTCP
+						extra = append(extra, tcp)
+					default:
+						n.fail(pp.child("protocol").errorf("DNS rules need UDP, TCP or ANY, not %s", ps.Protocol))
+						ok = false
+					}
+					continue
 				}
 				switch ps.Protocol {
 				case ProtoTCP:
@@ -446,6 +480,7 @@ func (n *normalizer) portRule(w wirePortRule, p fieldPath, deny bool) (PortRule,
 					ok = false
 				}
 			}
+			r.Ports = append(r.Ports, extra...)
 			r.L7 = l7
 		}
 	}
@@ -540,14 +575,24 @@ func (n *normalizer) l7Rules(w *wireL7Rules, p fieldPath) (*L7Rules, bool) {
 		}
 		return l7, ok
 	case len(w.DNS) > 0:
-		n.fail(p.child("dns").errorf("DNS rules are not allowed here"))
-		return nil, false
+		l7 := &L7Rules{Parser: ParserDNS}
+		ok := true
+		for i, d := range w.DNS {
+			sel, err := compileDNSRule(d, p.child("dns").index(i))
+			if err != nil {
+				n.fail(err)
+				ok = false
+				continue
+			}
+			l7.DNS = append(l7.DNS, sel)
+		}
+		return l7, ok
 	case w.L7Proto != "" || len(w.L7) > 0:
 		if w.L7Proto == "" {
 			n.fail(p.child("l7proto").errorf("missing: l7 rules need l7proto to name their parser"))
 			return nil, false
 		}
-		if w.L7Proto == ParserHTTP || w.L7Proto == ParserKafka {
+		if w.L7Proto == ParserHTTP || w.L7Proto == ParserKafka || w.L7Proto == ParserDNS {
 			n.fail(p.child("l7proto").errorf("%q has its own rules field: use rules.%s", w.L7Proto, w.L7Proto))
 			return nil, false
 		}
@@ -787,4 +832,68 @@ func normalizePod(w *wirePod, ref ObjectRef) (*Pod, []error) {
 		return int(a.Port) - int(b.Port)
 	})
 	return p, errs
+}
+
+// compileDNSRule compiles one rules.dns or toFQDNs entry: exactly one of
+// matchName and matchPattern.
+func compileDNSRule(d wireDNSRule, p fieldPath) (DNSSelector, error) {
+	switch {
+	case d.MatchName != "" && d.MatchPattern != "":
+		return DNSSelector{}, p.errorf("give matchName or matchPattern, not both")
+	case d.MatchName != "":
+		s, err := CompileDNSName(d.MatchName)
+		if err != nil {
+			return s, p.child("matchName").errorf("%w", err)
+		}
+		return s, nil
+	case d.MatchPattern != "":
+		s, err := CompileDNSPattern(d.MatchPattern)
+		if err != nil {
+			return s, p.child("matchPattern").errorf("%w", err)
+		}
+		return s, nil
+	}
+	return DNSSelector{}, p.errorf("give matchName or matchPattern")
+}
+
+// toService normalises one toServices entry as Cilium reads it: the
+// selector wins when both forms are given; an empty namespace matches
+// every namespace.
+func (n *normalizer) toService(w wireToService, p fieldPath) (ServiceSelector, bool) {
+	out := ServiceSelector{Path: string(p)}
+	switch {
+	case w.K8sServiceSelector != nil:
+		if w.K8sService != nil {
+			n.warn(p.child("k8sService"), "ignored: k8sServiceSelector is given too and wins (as in Cilium)")
+		}
+		sp := p.child("k8sServiceSelector")
+		if w.K8sServiceSelector.Selector == nil {
+			n.fail(sp.child("selector").errorf("missing"))
+			return out, false
+		}
+		sel, err := compileSelector(w.K8sServiceSelector.Selector, "", SourceAny, sp.child("selector"))
+		if err != nil {
+			n.fail(err)
+			return out, false
+		}
+		// Cilium matches Service labels whatever source a key names.
+		for i := range sel.Requirements {
+			sel.Requirements[i].Source = SourceAny
+		}
+		sel.normalize()
+		out.Selector, out.Namespace = &sel, w.K8sServiceSelector.Namespace
+	case w.K8sService != nil:
+		if w.K8sService.ServiceName == "" {
+			n.fail(p.child("k8sService").child("serviceName").errorf("missing"))
+			return out, false
+		}
+		out.Name, out.Namespace = w.K8sService.ServiceName, w.K8sService.Namespace
+	default:
+		n.fail(p.errorf("empty: give k8sService or k8sServiceSelector"))
+		return out, false
+	}
+	if out.Namespace == "" && n.namespace != "" {
+		n.warn(p, "no namespace: selects matching Services in every namespace, not only %s (Cilium's rule)", n.namespace)
+	}
+	return out, true
 }

@@ -23,7 +23,30 @@ type Options struct {
 	// enforced in part: the endpoint is held in default-deny in that
 	// direction, with a warning (fail closed).
 	MaxEntries int
+	// FQDNCache resolves toFQDNs selectors: the names DNS answers carried
+	// (the DNS proxy's cache) and their addresses. Nil: no names are
+	// known, so toFQDNs select nothing (fail closed).
+	FQDNCache FQDNCache
 }
+
+// FQDNName is one cached DNS name (normalised) and the addresses its
+// answers carried, still within their TTL.
+type FQDNName struct {
+	Name string       `json:"name"`
+	IPs  []netip.Addr `json:"ips"`
+}
+
+// FQDNCache is what policy needs of the DNS proxy's name cache.
+type FQDNCache interface {
+	// FQDNNames returns every live name with its addresses.
+	FQDNNames() []FQDNName
+}
+
+// StaticFQDNCache is a fixed FQDNCache (tests, trace with a saved cache).
+type StaticFQDNCache []FQDNName
+
+// FQDNNames implements FQDNCache.
+func (s StaticFQDNCache) FQDNNames() []FQDNName { return s }
 
 // DefaultMaxEntries is the default of Options.MaxEntries: a quarter of the
 // node's BPF policy map (bpf/c/datapath.c, 262144 entries).

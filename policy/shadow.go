@@ -200,6 +200,11 @@ func peersOverlap(a, b *Peers) bool {
 			}
 		}
 	}
+	for _, x := range a.Services {
+		if slices.ContainsFunc(b.Services, func(y ServiceSelector) bool { return x.sameAs(y) }) {
+			return true
+		}
+	}
 	for _, e := range a.Entities {
 		if slices.Contains(b.Entities, e) || e == "world" && len(b.CIDRs) > 0 || e == "cluster" && len(b.Selectors) > 0 {
 			return true

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // TracePeer describes one side of a traced flow: a pod (Labels and
@@ -15,6 +16,10 @@ type TracePeer struct {
 	Namespace string
 	Addr      netip.Addr
 	Entity    string
+	// Service ("namespace/name", destinations only) traces the flow to
+	// each backend the Service's port (the request's DPort) resolves to,
+	// as socket load balancing sends it.
+	Service string
 }
 
 // TraceRequest is a flow (and optionally one L7 request) to trace.
@@ -24,6 +29,12 @@ type TraceRequest struct {
 	DPort    uint16
 	HTTP     *HTTPRequest
 	Kafka    *KafkaRequest
+	// DNSName is a DNS query's name (rules.dns on a redirected port).
+	DNSName string
+	// DstFQDN: the destination is this DNS name, resolved through
+	// Options.FQDNCache (Dst is ignored). An uncached name is traced as
+	// world: toFQDNs select nothing until a DNS answer is seen.
+	DstFQDN string
 	// Options are the agent's compute options (zero: the defaults).
 	Options Options
 }
@@ -73,7 +84,41 @@ type TraceResult struct {
 	Egress      DirectionTrace `json:"egress"`
 	Ingress     DirectionTrace `json:"ingress"`
 	DecidedBy   []Provenance   `json:"decidedBy"`
+	FQDN        *FQDNTrace     `json:"fqdn,omitempty"`
 	Warnings    []string       `json:"warnings,omitempty"`
+	// Service: the destination was a Service; Destination, Egress and
+	// Ingress are those of one backend (the first denied one, else the
+	// first), Verdict is allowed only when every backend is.
+	Service *ServiceTrace `json:"service,omitempty"`
+}
+
+// ServiceTrace is how a traced Service resolved.
+type ServiceTrace struct {
+	Service  string         `json:"service"`
+	Frontend netip.AddrPort `json:"frontend"`
+	State    string         `json:"state"`
+	Backends []BackendTrace `json:"backends"`
+	Note     string         `json:"note,omitempty"`
+}
+
+// BackendTrace is the verdict towards one backend of a traced Service.
+type BackendTrace struct {
+	Backend     netip.AddrPort `json:"backend"`
+	Pod         string         `json:"pod,omitempty"`
+	Destination TraceParty     `json:"destination"`
+	Verdict     Decision       `json:"verdict"`
+	DecidedBy   []Provenance   `json:"decidedBy"`
+}
+
+// FQDNTrace says how --dst-fqdn resolved.
+type FQDNTrace struct {
+	Name string `json:"name"`
+	// IPs are the cached addresses (the trace used the first).
+	IPs []netip.Addr `json:"ips,omitempty"`
+	// Selectors are the toFQDNs selectors (policy: selector) matching
+	// the name.
+	Selectors []string `json:"selectors,omitempty"`
+	Note      string   `json:"note"`
 }
 
 const (
@@ -87,6 +132,22 @@ const (
 func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if req.Protocol == ProtoAny {
 		req.Protocol = ProtoTCP
+		if req.DNSName != "" {
+			req.Protocol = ProtoUDP
+		}
+	}
+	var fqdn *FQDNTrace
+	if req.DstFQDN != "" {
+		var err error
+		if fqdn, err = traceFQDN(objs, &req); err != nil {
+			return nil, err
+		}
+	}
+	if req.Dst.Service != "" {
+		return traceService(objs, req)
+	}
+	if req.Src.Service != "" {
+		return nil, errors.New("source: a Service is only a destination")
 	}
 	work := *objs
 	work.Pods = slices.Clone(objs.Pods)
@@ -109,7 +170,7 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compute: %w", err)
 	}
-	res := &TraceResult{Protocol: req.Protocol, DPort: req.DPort, Warnings: snap.Warnings}
+	res := &TraceResult{Protocol: req.Protocol, DPort: req.DPort, Warnings: snap.Warnings, FQDN: fqdn}
 	res.Source = resolveParty(snap, req.Src, traceSrcName)
 	res.Destination = resolveParty(snap, req.Dst, traceDstName)
 
@@ -207,6 +268,12 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 			return out
 		}
 		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.Shadowed = true, r.Decision, r.DecidedBy, r.Shadowed
+	case l4.Parser == ParserDNS && req.DNSName != "":
+		r := l4.L7.EvaluateDNS(peer, req.DNSName)
+		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.Shadowed = true, r.Decision, r.DecidedBy, r.Shadowed
+		if _, err := NormalizeDNSName(req.DNSName); err != nil {
+			l7.Note = fmt.Sprintf("%q matches no DNS rule: %v", req.DNSName, err)
+		}
 	case l4.Parser == ParserKafka && req.Kafka != nil:
 		r := l4.L7.EvaluateKafka(peer, req.Kafka)
 		l7.Evaluated, l7.Verdict, l7.DecidedBy, l7.DeniedTopics, l7.Shadowed = true, r.Decision, r.DecidedBy, r.DeniedTopics, r.Shadowed
@@ -217,4 +284,106 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 	out.Verdict = l7.Verdict
 	out.DecidedBy = l7.DecidedBy
 	return out
+}
+
+// traceFQDN resolves req.DstFQDN through the FQDN cache and sets req.Dst.
+func traceFQDN(objs *Objects, req *TraceRequest) (*FQDNTrace, error) {
+	name, err := NormalizeDNSName(req.DstFQDN)
+	if err != nil {
+		return nil, fmt.Errorf("--dst-fqdn %q: %w", req.DstFQDN, err)
+	}
+	t := &FQDNTrace{Name: name}
+	for _, pol := range objs.Policies {
+		for _, r := range pol.Rules {
+			for _, s := range r.Allow[Egress] {
+				for i := range s.Peers.FQDNs {
+					if sel := &s.Peers.FQDNs[i]; sel.Matches(name) {
+						t.Selectors = append(t.Selectors, pol.Name()+" "+s.Path+": "+sel.String())
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(t.Selectors)
+	t.Selectors = slices.Compact(t.Selectors)
+	if req.Options.FQDNCache != nil {
+		for _, n := range req.Options.FQDNCache.FQDNNames() {
+			if nn, err := NormalizeDNSName(n.Name); err == nil && nn == name {
+				t.IPs = append(t.IPs, n.IPs...)
+			}
+		}
+	}
+	slices.SortFunc(t.IPs, netip.Addr.Compare)
+	t.IPs = slices.Compact(t.IPs)
+	if len(t.IPs) == 0 {
+		req.Dst = TracePeer{Entity: "world"}
+		t.Note = "not in the FQDN cache: its addresses are world (or CIDR identities) to policy, and toFQDNs selectors select nothing until the DNS proxy sees an answer for it (fail closed)"
+		return t, nil
+	}
+	req.Dst = TracePeer{Addr: t.IPs[0]}
+	t.Note = fmt.Sprintf("from the FQDN cache given: %d address(es); traced to %s", len(t.IPs), t.IPs[0])
+	return t, nil
+}
+
+// traceService traces a flow to a Service's port: to each backend socket
+// load balancing may pick (ServiceFrontends without a node: every
+// endpoint, also for internalTrafficPolicy Local).
+func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
+	ns, name, ok := strings.Cut(req.Dst.Service, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("destination service %q: want namespace/name", req.Dst.Service)
+	}
+	if req.Dst.Labels != nil || req.Dst.Addr.IsValid() || req.Dst.Entity != "" {
+		return nil, errors.New("destination: give a Service or one of labels, an address or an entity")
+	}
+	fronts, _ := ServiceFrontends(objs, "")
+	var ports []string
+	var f *ServiceFrontend
+	for i := range fronts {
+		if fronts[i].Service != req.Dst.Service {
+			continue
+		}
+		ports = append(ports, fmt.Sprintf("%d/%s", fronts[i].Address.Port(), fronts[i].Protocol))
+		if fronts[i].Address.Port() == req.DPort && fronts[i].Protocol == req.Protocol && f == nil {
+			f = &fronts[i]
+		}
+	}
+	if f == nil {
+		if len(ports) == 0 {
+			return nil, fmt.Errorf("service %s: not found, or without a load-balanced ClusterIP (IPv4, TCP/UDP ports)", req.Dst.Service)
+		}
+		slices.Sort(ports)
+		return nil, fmt.Errorf("service %s has no port %d/%s (it has %s)", req.Dst.Service, req.DPort, req.Protocol, strings.Join(slices.Compact(ports), ", "))
+	}
+	st := &ServiceTrace{Service: f.Service, Frontend: f.Address, State: f.State, Backends: []BackendTrace{}}
+	if len(f.Backends) == 0 {
+		st.Note = "no backends: connect() is refused (ECONNREFUSED)"
+		return &TraceResult{Verdict: DecisionDenied, Protocol: req.Protocol, DPort: req.DPort, DecidedBy: []Provenance{}, Service: st}, nil
+	}
+	var first, denied *TraceResult
+	for _, b := range f.Backends {
+		one := req
+		one.Dst = TracePeer{Addr: b.Address.Addr()}
+		one.DPort = b.Address.Port()
+		r, err := Trace(objs, one)
+		if err != nil {
+			return nil, err
+		}
+		st.Backends = append(st.Backends, BackendTrace{Backend: b.Address, Pod: b.Pod, Destination: r.Destination, Verdict: r.Verdict, DecidedBy: r.DecidedBy})
+		if first == nil {
+			first = r
+		}
+		if denied == nil && r.Verdict == DecisionDenied {
+			denied = r
+		}
+	}
+	out := first
+	if denied != nil {
+		out = denied
+		if len(st.Backends) > 1 && first.Verdict != DecisionDenied {
+			st.Note = "some backends are denied: whether a connection passes depends on the backend it is given"
+		}
+	}
+	out.Service = st
+	return out, nil
 }

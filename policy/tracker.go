@@ -29,14 +29,17 @@ type Tracker struct {
 
 type trackKey struct{ kind, namespace, name string }
 
-// tracked is one object's last valid version (exactly one field is set).
+// tracked is one object's last valid version (exactly one field is set,
+// but for the default/kubernetes EndpointSlice: slice and api).
 type tracked struct {
-	ref  ObjectRef
-	ns   *Namespace
-	node *Node
-	api  *APIServer
-	pod  *Pod
-	pol  *Policy
+	ref   ObjectRef
+	ns    *Namespace
+	node  *Node
+	api   *APIServer
+	pod   *Pod
+	pol   *Policy
+	svc   *Service
+	slice *EndpointSlice
 }
 
 // NewTracker returns a Tracker that has seen nothing.
@@ -92,10 +95,22 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 		out.Nodes = append(out.Nodes, n)
 		next[keyFor(n.Ref)] = tracked{ref: n.Ref, node: &n}
 	}
+	for i := range objs.Services {
+		sv := objs.Services[i]
+		out.Services = append(out.Services, sv)
+		next[keyFor(sv.Ref)] = tracked{ref: sv.Ref, svc: &sv}
+	}
+	for i := range objs.EndpointSlices {
+		es := objs.EndpointSlices[i]
+		out.EndpointSlices = append(out.EndpointSlices, es)
+		next[keyFor(es.Ref)] = tracked{ref: es.Ref, slice: &es}
+	}
 	for i := range objs.APIServers {
 		a := objs.APIServers[i]
 		out.APIServers = append(out.APIServers, a)
-		next[keyFor(a.Ref)] = tracked{ref: a.Ref, api: &a}
+		tr := next[keyFor(a.Ref)] // its EndpointSlice's entry
+		tr.ref, tr.api = a.Ref, &a
+		next[keyFor(a.Ref)] = tr
 	}
 	for i := range objs.Pods {
 		p := objs.Pods[i]
@@ -126,13 +141,18 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 		}
 		kept[k] = true
 		next[k] = prev
+		if prev.api != nil {
+			out.APIServers = append(out.APIServers, *prev.api)
+		}
 		switch {
 		case prev.ns != nil:
 			out.Namespaces = append(out.Namespaces, *prev.ns)
 		case prev.node != nil:
 			out.Nodes = append(out.Nodes, *prev.node)
-		case prev.api != nil:
-			out.APIServers = append(out.APIServers, *prev.api)
+		case prev.svc != nil:
+			out.Services = append(out.Services, *prev.svc)
+		case prev.slice != nil:
+			out.EndpointSlices = append(out.EndpointSlices, *prev.slice)
 		case prev.pod != nil:
 			out.Pods = append(out.Pods, *prev.pod)
 		case prev.pol != nil:

@@ -92,13 +92,29 @@ type wireEgress struct {
 	ToCIDR         []string        `json:"toCIDR"`
 	ToCIDRSet      []wireCIDRRule  `json:"toCIDRSet"`
 	ToEntities     []string        `json:"toEntities"`
-	ToServices     any             `json:"toServices"`
-	ToFQDNs        any             `json:"toFQDNs"`
+	ToServices     []wireToService `json:"toServices"`
+	ToFQDNs        []wireDNSRule   `json:"toFQDNs"`
 	ToGroups       any             `json:"toGroups"`
 	ToNodes        any             `json:"toNodes"`
 	ToPorts        []wirePortRule  `json:"toPorts"`
 	ICMPs          []wireICMPRule  `json:"icmps"`
 	Authentication any             `json:"authentication"`
+}
+
+// wireToService is one toServices entry (Cilium's api.Service).
+type wireToService struct {
+	K8sService         *wireK8sServiceNamespace `json:"k8sService"`
+	K8sServiceSelector *wireK8sServiceSelector  `json:"k8sServiceSelector"`
+}
+
+type wireK8sServiceNamespace struct {
+	ServiceName string `json:"serviceName"`
+	Namespace   string `json:"namespace"`
+}
+
+type wireK8sServiceSelector struct {
+	Selector  *LabelSelector `json:"selector"`
+	Namespace string         `json:"namespace"`
 }
 
 type wirePortRule struct {
@@ -124,8 +140,7 @@ type wireL7Rules struct {
 	L7      []map[string]string `json:"l7"`
 }
 
-// wireDNSRule is one rules.dns entry (not enforced yet; decoded strictly so
-// a typo is still an error).
+// wireDNSRule is one rules.dns or toFQDNs entry (Cilium's FQDNSelector).
 type wireDNSRule struct {
 	MatchName    string `json:"matchName"`
 	MatchPattern string `json:"matchPattern"`
@@ -288,14 +303,16 @@ type wireNodeAddress struct {
 
 func (*wireNodeAddress) lenient() {}
 
-// EndpointSlice (discovery.k8s.io/v1), lenient: only the addresses of the
-// default/kubernetes slice are read.
+// EndpointSlice (discovery.k8s.io/v1), lenient: addresses, conditions,
+// node names and ports (a Service's backends; the default/kubernetes
+// slice's addresses are also the kube-apiserver entity).
 type wireEndpointSlice struct {
-	APIVersion  string         `json:"apiVersion"`
-	Kind        string         `json:"kind"`
-	Metadata    ObjectMeta     `json:"metadata"`
-	AddressType string         `json:"addressType"`
-	Endpoints   []wireEndpoint `json:"endpoints"`
+	APIVersion  string             `json:"apiVersion"`
+	Kind        string             `json:"kind"`
+	Metadata    ObjectMeta         `json:"metadata"`
+	AddressType string             `json:"addressType"`
+	Endpoints   []wireEndpoint     `json:"endpoints"`
+	Ports       []wireEndpointPort `json:"ports"`
 }
 
 func (*wireEndpointSlice) lenient() {}
@@ -303,12 +320,16 @@ func (*wireEndpointSlice) lenient() {}
 type wireEndpoint struct {
 	Addresses  []string               `json:"addresses"`
 	Conditions wireEndpointConditions `json:"conditions"`
+	NodeName   *string                `json:"nodeName"`
+	TargetRef  *wireObjectReference   `json:"targetRef"`
 }
 
 func (*wireEndpoint) lenient() {}
 
 type wireEndpointConditions struct {
-	Ready *bool `json:"ready"`
+	Ready       *bool `json:"ready"`
+	Serving     *bool `json:"serving"`
+	Terminating *bool `json:"terminating"`
 }
 
 func (*wireEndpointConditions) lenient() {}

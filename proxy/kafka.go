@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 
@@ -98,10 +97,3 @@ func (p *Proxy) serveKafka(ci connInfo, client net.Conn, dial func(context.Conte
 
 // writeKafkaStats writes the Kafka memory budget's and topic-ID tables'
 // metrics (Prometheus text format).
-func (p *Proxy) writeKafkaStats(w io.Writer) {
-	b := p.kafkaMem
-	fmt.Fprintf(w, "# HELP l7gate_proxy_kafka_buffer_bytes Memory Kafka connections hold in frame buffers (charged to the budget).\n# TYPE l7gate_proxy_kafka_buffer_bytes gauge\nl7gate_proxy_kafka_buffer_bytes %d\n", b.Used())
-	fmt.Fprintf(w, "# HELP l7gate_proxy_kafka_buffer_limit_bytes The Kafka memory budget.\n# TYPE l7gate_proxy_kafka_buffer_limit_bytes gauge\nl7gate_proxy_kafka_buffer_limit_bytes %d\n", b.Limit())
-	fmt.Fprintf(w, "# HELP l7gate_proxy_kafka_buffer_refused_total Kafka connections closed because the memory budget was exhausted.\n# TYPE l7gate_proxy_kafka_buffer_refused_total counter\nl7gate_proxy_kafka_buffer_refused_total %d\n", b.Refused())
-	fmt.Fprintf(w, "# HELP l7gate_proxy_kafka_topic_id_tables Kafka topic-ID tables (one per upstream cluster and trust scope).\n# TYPE l7gate_proxy_kafka_topic_id_tables gauge\nl7gate_proxy_kafka_topic_id_tables %d\n", p.topicIDs.Len())
-}

@@ -14,7 +14,11 @@ import (
 )
 
 // Folder watches a folder of Kubernetes YAML/JSON (recursively) by
-// polling it (every 100 ms by default; contents are re-read only when file
+// polling it. Services there need no EndpointSlices: one with a selector
+// and no slice naming it gets its pods as endpoints
+// (policy.Objects.DeriveEndpointSlices), ready as given; write
+// EndpointSlices to say otherwise (readiness, Services without selector).
+// It polls (every 100 ms by default; contents are re-read only when file
 // names, sizes or modification times change).
 type Folder struct {
 	Dir      string
@@ -99,6 +103,9 @@ func (s *Folder) Run(ctx context.Context, updates chan<- Update) error {
 			// whose digest is stable across the read.
 			if d2, err := folderDigest(s.Dir); err == nil && d2 == d {
 				objs, errs = tracker.Apply(objs, errs)
+				// No EndpointSlice controller here: a Service with a
+				// selector and no slice gets the endpoints of its pods.
+				objs.DeriveEndpointSlices()
 				select {
 				case updates <- Update{Objects: objs, Errors: errs, Digest: d}:
 					last = d

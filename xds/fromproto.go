@@ -73,7 +73,26 @@ func directionFromProto(d *l7gatev1.DirectionPolicy) (policy.DirectionPolicy, er
 		}
 		out.L7 = append(out.L7, prs)
 	}
+	for i, r := range d.GetFqdnSelectors() {
+		sel, err := dnsRuleFromProto(r)
+		if err != nil {
+			return out, fmt.Errorf("fqdn_selectors[%d]: %w", i, err)
+		}
+		out.FQDNSelectors = append(out.FQDNSelectors, sel)
+	}
 	return out, nil
+}
+
+// dnsRuleFromProto compiles a DNSRule (exactly one field set).
+func dnsRuleFromProto(r *l7gatev1.DNSRule) (policy.DNSSelector, error) {
+	switch name, pattern := r.GetMatchName(), r.GetMatchPattern(); {
+	case name != "" && pattern != "":
+		return policy.DNSSelector{}, errors.New("dns: match_name and match_pattern both set")
+	case pattern != "":
+		return policy.CompileDNSPattern(pattern)
+	default:
+		return policy.CompileDNSName(name)
+	}
 }
 
 func entryFromProto(e *l7gatev1.Entry) (policy.Entry, error) {
@@ -126,6 +145,13 @@ func ruleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) {
 			return out, fmt.Errorf("port %d rules[%d]: %w", out.Port, i, err)
 		}
 		out.Rules = append(out.Rules, pr)
+	}
+	if out.Parser == policy.ParserDNS {
+		for i := range out.Rules {
+			if r := &out.Rules[i]; r.DNS == nil && !r.AllowsAll() {
+				return out, fmt.Errorf("port %d rules[%d]: not a DNS rule", out.Port, i)
+			}
+		}
 	}
 	if out.Parser == "http" {
 		// Compile now so a bad regex is a NACK, not a failure on the
@@ -192,6 +218,13 @@ func l7RuleFromProto(r *l7gatev1.L7Rule) (policy.L7Rule, error) {
 		out.Kafka = k
 	case *l7gatev1.L7Rule_Generic:
 		out.Generic = maps.Clone(x.Generic.GetFields())
+	case *l7gatev1.L7Rule_Dns:
+		// Compiled now: a bad selector is a NACK, not an allow.
+		sel, err := dnsRuleFromProto(x.Dns)
+		if err != nil {
+			return out, fmt.Errorf("dns: %w", err)
+		}
+		out.DNS = &sel
 	case nil:
 	default:
 		return out, fmt.Errorf("unknown rule type %T", x)

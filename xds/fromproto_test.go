@@ -20,6 +20,18 @@ func TestInvalidResources(t *testing.T) {
 				Origin:    &l7gatev1.Provenance{Direction: l7gatev1.Direction_DIRECTION_INGRESS, Kind: l7gatev1.RuleKind_RULE_KIND_ALLOW},
 			}}}}}},
 	}
+	// DNS rule sets: a bad selector, both fields, or a non-DNS rule is a
+	// NACK (never an allow-all).
+	origin := &l7gatev1.Provenance{Direction: l7gatev1.Direction_DIRECTION_EGRESS, Kind: l7gatev1.RuleKind_RULE_KIND_ALLOW}
+	for _, r := range []*l7gatev1.L7Rule{
+		{AnyRemote: true, Rule: &l7gatev1.L7Rule_Dns{Dns: &l7gatev1.DNSRule{MatchPattern: "a..b"}}, Origin: origin},
+		{AnyRemote: true, Rule: &l7gatev1.L7Rule_Dns{Dns: &l7gatev1.DNSRule{MatchName: "a.com", MatchPattern: "*"}}, Origin: origin},
+		{AnyRemote: true, Rule: &l7gatev1.L7Rule_Dns{Dns: &l7gatev1.DNSRule{}}, Origin: origin},
+		{AnyRemote: true, Rule: &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: map[string]string{"x": "y"}}}, Origin: origin},
+	} {
+		bad = append(bad, &l7gatev1.NetworkPolicy{Name: "198.18.0.1", EndpointIps: []string{"198.18.0.1"}, Egress: &l7gatev1.DirectionPolicy{
+			L7: []*l7gatev1.L7RuleSet{{Protocol: 17, Port: 53, Parser: "dns", Rules: []*l7gatev1.L7Rule{r}}}}})
+	}
 	for i, np := range bad {
 		if _, _, err := PolicyFromProto(np); !errors.Is(err, ErrInvalidResource) {
 			t.Errorf("case %d: err = %v, want ErrInvalidResource", i, err)

@@ -10,13 +10,13 @@ package supervisor
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -149,6 +149,7 @@ func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bo
 		"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
 		"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
 		"--node", cfg.Node,
+		"--flow-socket", agentapi.FlowSocket(cfg.RunDir),
 	}, cfg.Args...)
 	var extra []*os.File
 	if inherit && cfg.Listeners != nil {

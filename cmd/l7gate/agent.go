@@ -22,6 +22,7 @@ import (
 	"github.com/l7gate/l7gate/agent/supervisor"
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/observe/metrics"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
@@ -53,12 +54,24 @@ type agentFlags struct {
 	EscapedSlashes string `json:"httpEscapedSlashes"`
 	// ProxyArgs are extra arguments for the Go proxy the agent starts.
 	ProxyArgs []string `json:"proxyArgs"`
+	// Observability: metrics, the Observer API, flow export, OTLP.
+	obsFlags
+	// SocketLB: load-balance Services in cgroup hooks (connect, sendmsg)
+	// of the processes in SocketLBCgroup, a path under the cgroup v2 root.
+	SocketLB       bool   `json:"socketLB"`
+	SocketLBCgroup string `json:"socketLBCgroup"`
+	// SocketLBCgroupRoot is where that cgroup v2 hierarchy is mounted
+	// (default: this process's cgroup2 mount). In a container, the host's
+	// hierarchy mounted from a hostPath: the container's own cgroup2 mount
+	// shows only its own cgroup, never the pods'.
+	SocketLBCgroupRoot string `json:"socketLBCgroupRoot"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
 	f := agentFlags{BPFFS: bpf.DefaultBPFFSPath, RunDir: "/run/l7gate", StateDir: "/var/lib/l7gate", Node: hostname(),
 		PortRange: "10000-20000", SetupNode: true, StartProxy: true, ACKTimeout: "30s", HTTPProxy: agent.HTTPProxyGo, EnvoyName: "envoy", SourceKind: "folder",
-		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject)}
+		AllowLocalhost: string(policy.LocalhostAlways), EscapedSlashes: string(policy.EscapedSlashesReject), obsFlags: defaultObsFlags(),
+		SocketLB: true, SocketLBCgroup: "/"}
 	k8sf := defaultK8sFlags()
 	var configFile string
 	cmd := &cobra.Command{
@@ -124,6 +137,12 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if !ch("start-proxy") {
 					f.StartProxy = fromFile.StartProxy
 				}
+				f.obsFlags.merge(fromFile.obsFlags, ch)
+				if !ch("socket-lb") {
+					f.SocketLB = fromFile.SocketLB
+				}
+				pick("socket-lb-cgroup", &f.SocketLBCgroup, fromFile.SocketLBCgroup)
+				pick("socket-lb-cgroup-root", &f.SocketLBCgroupRoot, fromFile.SocketLBCgroupRoot)
 			}
 			var src source.Source
 			var reporter source.PolicyReporter
@@ -172,7 +191,10 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, socketLB, socketLBCgroup, socketLBCgroupRoot (flags win)")
+	fl.BoolVar(&f.SocketLB, "socket-lb", f.SocketLB, "load-balance Services (ClusterIP, TCP and UDP) at connect()/sendmsg() in eBPF, so egress policy and the proxies see the backend pod; kube-proxy keeps the rest (NodePort, external traffic); false detaches it")
+	fl.StringVar(&f.SocketLBCgroup, "socket-lb-cgroup", f.SocketLBCgroup, "cgroup v2 directory whose processes (the pods) are load-balanced, relative to the cgroup v2 root (default the root: every process)")
+	fl.StringVar(&f.SocketLBCgroupRoot, "socket-lb-cgroup-root", "", "where the cgroup v2 hierarchy of --socket-lb-cgroup is mounted (default: this process's cgroup2 mount, else one mounted under the run dir); in a container, the host's /sys/fs/cgroup from a hostPath (of a hybrid host, its unified/ is used)")
 	fl.StringVar(&f.SourceKind, "source-kind", f.SourceKind, "where objects come from: folder (--source DIR) or k8s (the API server: --kubeconfig or in-cluster)")
 	fl.StringVar(&f.Source, "source", "", "with --source-kind folder: folder of Kubernetes YAML/JSON to enforce (watched)")
 	k8sf.addFlags(fl)
@@ -189,6 +211,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringSliceVar(&f.KubeAPIServer, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; the k8s source reads them from the default/kubernetes EndpointSlice)")
 	fl.StringVar(&f.EscapedSlashes, "http-escaped-slashes", f.EscapedSlashes, "request paths with %2F or %5C, in the Go proxy and in Envoy: reject (400), keep (match and forward encoded) or unescape (decode to /)")
 	fl.StringArrayVar(&f.ProxyArgs, "proxy-arg", nil, "extra argument for the Go proxy the agent starts (repeatable), e.g. --proxy-arg=--kafka-topic-ids")
+	f.obsFlags.addFlags(fl)
 	fl.StringVar(&f.EnvoyName, "envoy-process-name", f.EnvoyName, "with --http-proxy envoy: Envoy's process name; its listeners are taken into the datapath with pidfd_getfd (needs a shared PID namespace and CAP_SYS_PTRACE)")
 	return cmd
 }
@@ -237,23 +260,54 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if err := dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
 		return fmt.Errorf("attach socket lookup: %w", err)
 	}
+	lb, lbWhere, err := openSocketLB(ctx, f, a.log)
+	if err != nil {
+		return err
+	}
+	if lb != nil {
+		defer lb.Close() // pins and links stay
+	}
 	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, a.log)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
+	ob, err := f.obsFlags.build(f.Node, a.log)
+	if err != nil {
+		return err
+	}
+	ob.registry.MustRegister(
+		metrics.FuncCounter("l7gate_datapath_events_total", "Datapath events (drops, new-flow verdicts) by outcome: emitted to the ring buffer, or suppressed by the per-CPU rate limit.",
+			"outcome", "emitted", func() float64 { e, _, _ := dp.EventStats(); return float64(e) }),
+		metrics.FuncCounter("l7gate_datapath_events_total", "Datapath events (drops, new-flow verdicts) by outcome: emitted to the ring buffer, or suppressed by the per-CPU rate limit.",
+			"outcome", "suppressed", func() float64 { _, s, _ := dp.EventStats(); return float64(s) }))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if f.MetricsAddress != "" {
+		go func() {
+			if err := serveMetrics(ctx, f.MetricsAddress, ob.registry); err != nil {
+				a.log.Error("metrics", "error", err)
+			}
+		}()
+	}
 	xdsDone := make(chan error, 1)
 	go func() { xdsDone <- xs.ListenAndServe(ctx) }()
 	cfg := agent.Config{
 		Node: f.Node, Source: src, Reporter: reporter,
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
-		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes},
-		Policy: popts,
+		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes,
+			AccessLog: ob.envoyAccessLog, OTLPCollector: ob.envoyCollector, OTLPResource: ob.envoyResource},
+		Policy: popts, Flows: ob.flows, Metrics: ob.agent, SocketLB: lbWhere,
+	}
+	if lb != nil {
+		cfg.ServiceLB = lb
 	}
 	if f.StartProxy {
-		args := append([]string{"--http-escaped-slashes", string(slashes)}, f.ProxyArgs...)
+		args := []string{"--http-escaped-slashes", string(slashes)}
+		if f.ProxyMetricsAddress != "" {
+			args = append(args, "--metrics-address", f.ProxyMetricsAddress)
+		}
+		args = append(args, f.ProxyArgs...)
 		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
 	}
 	runErr := make(chan error, 1)
@@ -320,6 +374,15 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			fmt.Fprintf(w, "Endpoints:\t%d local, %d in the cluster\n", local, len(st.Endpoints))
 			fmt.Fprintf(w, "Identities:\t%d\n", len(st.Identities))
+			if st.SocketLB != "" {
+				failing := 0
+				for _, s := range st.Services {
+					if s.Error != "" {
+						failing++
+					}
+				}
+				fmt.Fprintf(w, "Services:\t%d frontend(s), %d not synced; socket LB %s (l7gate service list)\n", len(st.Services), failing, st.SocketLB)
+			}
 			for _, p := range st.ProxyPorts {
 				fmt.Fprintf(w, "Proxy port:\t%s/%s → %d\n", p.Direction, p.Parser, p.Port)
 			}
@@ -415,67 +478,6 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-func (a *app) observeCommand() *cobra.Command {
-	var runDir, output string
-	var follow, dropsOnly bool
-	cmd := &cobra.Command{
-		Use:   "observe",
-		Short: "Show recent datapath flows (drops and new-flow verdicts) with the rule that decided",
-		Long: `observe prints the flows the eBPF datapath reported to the agent: every drop
-and the verdict on every new flow, with source and destination identities and
-the policy rule that decided (default-deny names the policies that made the
-endpoint default-deny). L7 requests are in the proxy's access log
-(RUN_DIR/proxy.log, JSON lines). --follow keeps printing new flows.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			var cursor uint64
-			for {
-				page, err := agentapi.FetchFlows(ctx, runDir, cursor)
-				if err != nil {
-					return err
-				}
-				cursor = page.Cursor
-				for _, f := range page.Flows {
-					if dropsOnly && !f.Dropped() {
-						continue
-					}
-					if output == "json" {
-						json.NewEncoder(a.stdout).Encode(f)
-						continue
-					}
-					rule := "-"
-					if len(f.DecidedBy) > 0 {
-						parts := make([]string, len(f.DecidedBy))
-						for i, p := range f.DecidedBy {
-							parts[i] = p.String()
-						}
-						rule = strings.Join(parts, "; ")
-					}
-					verdict := string(f.Verdict)
-					if f.Dropped() {
-						verdict = "DROPPED"
-					}
-					fmt.Fprintf(a.stdout, "%s %-7s %s (%d) → %s (%d) proto %d %s [%s] %s\n", f.Time.Format("15:04:05.000"), f.Direction,
-						f.Source, uint32(f.SrcIdentity), f.Destination, uint32(f.DstIdentity), f.IPProtocol, verdict, f.Reason, rule)
-				}
-				if !follow {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
-		},
-	}
-	cmd.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json (one object per line)")
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new flows")
-	cmd.Flags().BoolVar(&dropsOnly, "drops", false, "only drops")
-	return cmd
 }
 
 // proxyCgroup creates the cgroup the agent starts its Go proxy in (the

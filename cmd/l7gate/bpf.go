@@ -70,7 +70,7 @@ func newBPFCommand() *cobra.Command {
 		RunE:  withMaps(bpfCTList),
 	})
 
-	cmd.AddCommand(policyCmd, ipcacheCmd, ctCmd)
+	cmd.AddCommand(policyCmd, ipcacheCmd, ctCmd, newBPFLBCommand(&bpffs, &output))
 	return cmd
 }
 

@@ -88,7 +88,7 @@ when the scenario could not run, 2 for an invalid scenario.`,
 	f.DurationVar(&cfg.Probe.Timeout, "request-timeout", cfg.Probe.Timeout, "bound on each check's request")
 	f.DurationVar(&cfg.StepTimeout, "step-timeout", 30*time.Second, "bound on the wait for the agent to implement a step's policies")
 	f.StringVar(&agentLevel, "agent-log-level", "", "log level passed to the agent (its log is in the work dir)")
-	cmd.AddCommand(a.demoServeCommand(), a.demoDownCommand())
+	cmd.AddCommand(a.demoServeCommand(), a.demoDownCommand(), demoProbeCommand())
 	return cmd
 }
 
@@ -111,6 +111,23 @@ func (a *app) demoServeCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&config, "config", "", "server config (JSON)")
 	return cmd
+}
+
+// demoProbeCommand is the process the demo starts, in its socket-LB
+// cgroup, for a check to a Service.
+func demoProbeCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                "probe --spec JSON",
+		Short:              "Send one check's request and print what happened (started by demo for checks to Services)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			if code := demo.ProbeMain(args); code != 0 {
+				return &exitError{code: code, err: errors.New("probe failed")}
+			}
+			return nil
+		},
+	}
 }
 
 func (a *app) demoDownCommand() *cobra.Command {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/l7gate/l7gate/policy"
 )
@@ -16,9 +18,9 @@ import (
 func (a *app) policyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Validate policies and trace flows against them",
+		Short: "Validate policies, trace flows against them, suggest policies from observed flows",
 	}
-	cmd.AddCommand(a.policyValidateCommand(), a.policyTraceCommand())
+	cmd.AddCommand(a.policyValidateCommand(), a.policyTraceCommand(), a.policySuggestCommand())
 	return cmd
 }
 
@@ -93,6 +95,7 @@ type traceFlags struct {
 	files                               []string
 	srcLabels, srcNS, srcCIDR, srcEnt   string
 	dstLabels, dstNS, dstCIDR, dstEnt   string
+	dstService                          string
 	dport                               int
 	protocol                            string
 	httpMethod, httpPath, httpHost      string
@@ -103,6 +106,8 @@ type traceFlags struct {
 	output                              string
 	allowLocalhost                      string
 	apiServers                          []string
+	dnsName, dstFQDN, fqdnCache         string
+	protocolSet                         bool
 }
 
 func (a *app) policyTraceCommand() *cobra.Command {
@@ -121,7 +126,12 @@ The source and the destination are each one of:
   --src-entity NAME                              world, host, remote-node, kube-apiserver, init,
                                                  health, unmanaged or ingress
 (and the same with --dst-). Namespace labels come from Namespace objects in
-the inputs.
+the inputs. A destination may also be a Service:
+  --dst-service NS/NAME                          --dport is the Service's port; the flow is traced
+                                                 to every backend it resolves to (its EndpointSlices,
+                                                 or for a Service with a selector and no slice in the
+                                                 inputs, the pods it selects), as the socket load
+                                                 balancer sends connections there
 
 Invalid objects are reported and traced as the agent enforces them: an
 invalid policy whose endpointSelector decodes holds the endpoints it selects
@@ -133,9 +143,18 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
     --dport 80 --http-method POST --http-path /v1/request-landing
 
   l7gate policy trace -f kafka-policy.yaml --src-labels app=empire-hq --dst-labels app=kafka \
-    --dport 9092 --kafka-api-key produce --kafka-topic deathstar-plans -o json`,
+    --dport 9092 --kafka-api-key produce --kafka-topic deathstar-plans -o json
+
+  # rules.dns: may the pod resolve this name through kube-dns? (UDP/53 by default)
+  l7gate policy trace -f dns-policy.yaml --src-labels app=app \
+    --dst-labels k8s-app=kube-dns --dst-namespace kube-system --dns-name api.github.com
+
+  # toFQDNs: may the pod connect to this name, given the names the DNS proxy has seen?
+  l7gate policy trace -f dns-policy.yaml --src-labels app=app --dst-fqdn api.github.com \
+    --dport 443 --fqdn-cache fqdn-cache.json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f.files = append(f.files, args...)
+			f.protocolSet = cmd.Flags().Changed("protocol")
 			return a.runTrace(&f)
 		},
 	}
@@ -149,6 +168,7 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.dstNS, "dst-namespace", "", "destination pod namespace (default \"default\")")
 	fl.StringVar(&f.dstCIDR, "dst-cidr", "", "destination IP address")
 	fl.StringVar(&f.dstEnt, "dst-entity", "", "destination entity")
+	fl.StringVar(&f.dstService, "dst-service", "", "destination Service, namespace/name: the flow is traced to each backend its port --dport resolves to (socket load balancing)")
 	fl.IntVar(&f.dport, "dport", -1, "destination port (required)")
 	fl.StringVar(&f.protocol, "protocol", "TCP", "L4 protocol: TCP, UDP or SCTP")
 	fl.StringVar(&f.httpMethod, "http-method", "", "HTTP request method, e.g. GET")
@@ -162,6 +182,9 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringArrayVar(&f.kafkaTopics, "kafka-topic", nil, "Kafka topic named by the request (repeatable)")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	fl.StringVar(&f.allowLocalhost, "allow-localhost", "always", "always: the host (kubelet probes) reaches every endpoint, as the agent does by default; policy: the host is a peer like any other")
+	fl.StringVar(&f.dnsName, "dns-name", "", "DNS query name, evaluated against rules.dns (default --protocol UDP, --dport 53)")
+	fl.StringVar(&f.dstFQDN, "dst-fqdn", "", "destination DNS name, resolved through --fqdn-cache for toFQDNs (instead of --dst-*)")
+	fl.StringVar(&f.fqdnCache, "fqdn-cache", "", "FQDN cache file (the DNS proxy's state file, or a YAML/JSON list of {name, ips}); without it no name is cached")
 	fl.StringArrayVar(&f.apiServers, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; besides a default/kubernetes EndpointSlice among the inputs)")
 	return cmd
 }
@@ -212,6 +235,9 @@ func (a *app) runTrace(f *traceFlags) error {
 	if f.output != "text" && f.output != "json" {
 		return usageErrorf("-o: want text or json, not %q", f.output)
 	}
+	if f.dport < 0 && f.dnsName != "" {
+		f.dport = 53
+	}
 	if f.dport < 0 || f.dport > 65535 {
 		return usageErrorf("--dport: give the destination port (0-65535)")
 	}
@@ -230,12 +256,33 @@ func (a *app) runTrace(f *traceFlags) error {
 	if req.Src, err = tracePeer(f.srcLabels, f.srcNS, f.srcCIDR, f.srcEnt, "src"); err != nil {
 		return err
 	}
-	if req.Dst, err = tracePeer(f.dstLabels, f.dstNS, f.dstCIDR, f.dstEnt, "dst"); err != nil {
+	if f.dstFQDN != "" {
+		if f.dstLabels != "" || f.dstCIDR != "" || f.dstEnt != "" || f.dstNS != "" || f.dstService != "" {
+			return usageErrorf("give --dst-fqdn or --dst-*, not both")
+		}
+		req.DstFQDN = f.dstFQDN
+	} else if f.dstService != "" {
+		if f.dstLabels != "" || f.dstNS != "" || f.dstCIDR != "" || f.dstEnt != "" {
+			return usageErrorf("--dst-service: give no other --dst- flag")
+		}
+		req.Dst = policy.TracePeer{Service: f.dstService}
+	} else if req.Dst, err = tracePeer(f.dstLabels, f.dstNS, f.dstCIDR, f.dstEnt, "dst"); err != nil {
 		return err
+	}
+	if f.fqdnCache != "" {
+		cache, err := loadFQDNCache(f.fqdnCache)
+		if err != nil {
+			return usageErrorf("--fqdn-cache: %v", err)
+		}
+		req.Options.FQDNCache = cache
+	}
+	if f.dnsName != "" && !f.protocolSet {
+		f.protocol = "UDP"
 	}
 	if req.Protocol, err = policy.ParseProtocol(f.protocol); err != nil || req.Protocol == policy.ProtoAny {
 		return usageErrorf("--protocol: want TCP, UDP or SCTP, not %q", f.protocol)
 	}
+	req.DNSName = f.dnsName
 	if f.httpMethod != "" || f.httpPath != "" || f.httpHost != "" || len(f.httpHeaders) > 0 {
 		h := &policy.HTTPRequest{Method: f.httpMethod, Path: f.httpPath, Host: f.httpHost}
 		if h.Method == "" {
@@ -269,6 +316,9 @@ func (a *app) runTrace(f *traceFlags) error {
 		}
 		req.HTTP.Path = norm
 	}
+	if f.dnsName != "" && (req.HTTP != nil || f.kafkaKey != "") {
+		return usageErrorf("give --dns-name or --http-*/--kafka-* flags, not both")
+	}
 	if f.kafkaKey != "" || f.kafkaVersion != "" || f.kafkaClient != "" || len(f.kafkaTopics) > 0 {
 		if req.HTTP != nil {
 			return usageErrorf("give either --http-* or --kafka-* flags, not both")
@@ -298,6 +348,9 @@ func (a *app) runTrace(f *traceFlags) error {
 		}
 		fmt.Fprintf(a.stderr, "note: %d invalid object(s) are traced as l7gate enforces them (see each error)\n", len(errs))
 	}
+	// As the folder source does: Services with a selector and no
+	// EndpointSlice get the pods they select.
+	objs.DeriveEndpointSlices()
 	res, err := policy.Trace(objs, req)
 	if err != nil {
 		return usageErrorf("%v", err)
@@ -339,9 +392,43 @@ func partyString(p policy.TraceParty) string {
 
 func printTrace(w io.Writer, r *policy.TraceResult) {
 	fmt.Fprintf(w, "Verdict: %s\n", strings.ToUpper(string(r.Verdict)))
+	if s := r.Service; s != nil {
+		fmt.Fprintf(w, "Service: %s %s/%s (%s), %d backend(s)\n", s.Service, s.Frontend, r.Protocol, s.State, len(s.Backends))
+		for _, b := range s.Backends {
+			pod := b.Pod
+			if pod == "" {
+				pod = "-"
+			}
+			fmt.Fprintf(w, "  backend %s (pod %s, identity %s): %s\n", b.Backend, pod, b.Destination.Identity, b.Verdict)
+		}
+		if s.Note != "" {
+			fmt.Fprintf(w, "  note: %s\n", s.Note)
+		}
+		if len(s.Backends) == 0 {
+			return
+		}
+		fmt.Fprintln(w, "Below: the first denied backend, else the first one.")
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "Flow:    %s/%d\n", r.Protocol, r.DPort)
 	fmt.Fprintf(w, "Source:      %s\n", partyString(r.Source))
 	fmt.Fprintf(w, "Destination: %s\n", partyString(r.Destination))
+	if q := r.FQDN; q != nil {
+		fmt.Fprintf(w, "FQDN:        %s: %s\n", q.Name, q.Note)
+		if len(q.IPs) > 0 {
+			ips := make([]string, len(q.IPs))
+			for i, ip := range q.IPs {
+				ips[i] = ip.String()
+			}
+			fmt.Fprintf(w, "  cached addresses: %s\n", strings.Join(ips, ", "))
+		}
+		for _, s := range q.Selectors {
+			fmt.Fprintf(w, "  selected by toFQDNs: %s\n", s)
+		}
+		if len(q.Selectors) == 0 {
+			fmt.Fprintln(w, "  no toFQDNs selector matches this name")
+		}
+	}
 	for _, d := range []struct {
 		name string
 		t    policy.DirectionTrace
@@ -385,4 +472,21 @@ func printTrace(w io.Writer, r *policy.TraceResult) {
 			fmt.Fprintf(w, "warning: %s\n", s)
 		}
 	}
+}
+
+// loadFQDNCache reads an FQDN cache for trace: the DNS proxy's state file
+// (entries live now), or a YAML or JSON list of {name, ips}.
+func loadFQDNCache(path string) (policy.FQDNCache, error) {
+	if c, err := fqdnCacheFromFile(path); err == nil {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var cache policy.StaticFQDNCache
+	if err := yaml.Unmarshal(b, &cache); err != nil {
+		return nil, fmt.Errorf("%s: neither a saved FQDN cache nor a list of {name, ips}: %w", path, err)
+	}
+	return cache, nil
 }

@@ -121,8 +121,8 @@ spec:
         - path: "("
 ---
 apiVersion: v1
-kind: Service
-metadata: {name: svc}
+kind: ConfigMap
+metadata: {name: cm}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -139,7 +139,7 @@ spec:
 	if !strings.Contains(errOut, want) {
 		t.Errorf("stderr lacks %q:\n%s", want, errOut)
 	}
-	if !strings.Contains(errOut, "warning: "+bad+": Service /svc: skipped") && !strings.Contains(errOut, "skipped: l7gate does not read kind Service") {
+	if !strings.Contains(errOut, "warning: "+bad+": ConfigMap /cm: skipped") && !strings.Contains(errOut, "skipped: l7gate does not read kind ConfigMap") {
 		t.Errorf("unknown kind not warned about:\n%s", errOut)
 	}
 	if !strings.Contains(out, "CiliumNetworkPolicy default/good") {
@@ -266,8 +266,8 @@ spec:
     toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]
 `), 0o644)
 	code, _, errOut := runCLI(t, "policy", "validate", "-f", f)
-	for _, want := range []string{"spec.egress[0].toEntitys: unknown field", "held in default-deny (egress)",
-		"spec.egress[0].toPorts[0].rules.dns: not enforced"} {
+	// rules.dns is enforced since issue 16: no warning for it.
+	for _, want := range []string{"spec.egress[0].toEntitys: unknown field", "held in default-deny (egress)"} {
 		if code != 2 || !strings.Contains(errOut, want) {
 			t.Errorf("validate (exit %d) lacks %q:\n%s", code, want, errOut)
 		}

@@ -2,20 +2,24 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
-	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/observe/metrics"
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/proxy"
@@ -25,6 +29,7 @@ import (
 func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
+		flowSocket, metricsAddr                        string
 		listenAddr, escapedSlashes                     string
 		keepSource, noSockmap                          bool
 		maxConns, maxConnsPerSource                    int
@@ -105,6 +110,24 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				defer f.Close()
 				opts.AccessLog = flow.JSONLines(f)
 			}
+			var extra []prometheus.Collector
+			if flowSocket != "" {
+				// every record also goes to the agent's flow pipeline
+				fwd := flow.NewForwarder(flowSocket, 0, a.log)
+				extra = append(extra,
+					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
+						"outcome", "sent", func() float64 { s, _ := fwd.Stats(); return float64(s) }),
+					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
+						"outcome", "dropped", func() float64 { _, d := fwd.Stats(); return float64(d) }))
+				go fwd.Run(ctx)
+				local := opts.AccessLog
+				opts.AccessLog = func(r *flow.Record) {
+					if local != nil {
+						local(r)
+					}
+					fwd.Send(r) // owns r from here
+				}
+			}
 			if !noSockmap {
 				// The upstream SO_MARK tells the datapath the connection is
 				// the proxy's (bpf owns the encoding; setting it needs
@@ -156,10 +179,31 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			}()
 			serveAdmin := func() {
 				go func() {
-					if err := p.ServeAdmin(runCtx, adminSocket); err != nil {
+					if err := p.ServeAdmin(runCtx, adminSocket, extra...); err != nil {
 						a.log.Error("admin socket", "error", err)
 					}
 				}()
+				if metricsAddr != "" {
+					reg := p.Registry(extra...)
+					go func() {
+						// After a hand-over the old proxy holds the address
+						// until it drained: retry while it is in use.
+						for {
+							err := serveMetrics(runCtx, metricsAddr, reg)
+							if !errors.Is(err, syscall.EADDRINUSE) || runCtx.Err() != nil {
+								if err != nil {
+									a.log.Error("metrics", "error", err)
+								}
+								return
+							}
+							select {
+							case <-runCtx.Done():
+								return
+							case <-time.After(500 * time.Millisecond):
+							}
+						}
+					}()
+				}
 				go func() {
 					if err := p.ServeHandOver(runCtx, handOverSocket); err != nil {
 						a.log.Error("hand-over socket", "error", err)
@@ -219,6 +263,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
+	fl.StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics on GET /metrics at this TCP address, e.g. :9964 (empty: off; the admin socket's /stats/prometheus serves them too)")
+	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
 	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")

@@ -20,6 +20,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	"google.golang.org/grpc"
 
 	"github.com/l7gate/l7gate/envoy"
@@ -106,7 +107,10 @@ func Serve(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("socket mode: %w", err)
 	}
 	gs := grpc.NewServer()
-	accesslogv3.RegisterAccessLogServiceServer(gs, NewService(cfg.Log, cfg.Sink))
+	svc := NewService(cfg.Log, cfg.Sink)
+	accesslogv3.RegisterAccessLogServiceServer(gs, svc)
+	// Envoy's OpenTelemetry access logger may point at the same socket.
+	collogspb.RegisterLogsServiceServer(gs, svc.Logs())
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -163,16 +167,25 @@ func RecordOf(e *datav3.HTTPAccessLogEntry) *flow.Record {
 	if grpcStatus != "" && grpcStatus != "0" {
 		r.Error = "grpc-status " + grpcStatus
 	}
-	var policyID string
+	var result, policyID string
 	if md := c.GetMetadata().GetFilterMetadata()[RBACMetadataNamespace]; md != nil && md.GetFields()[keyEngineResult] != nil {
-		switch md.GetFields()[keyEngineResult].GetStringValue() {
-		case "allowed":
-			r.Verdict = flow.VerdictAllowed
-		case "denied":
-			r.Verdict = flow.VerdictDenied
-		}
+		result = md.GetFields()[keyEngineResult].GetStringValue()
 		policyID = md.GetFields()[keyEffectivePolicyID].GetStringValue()
-	} else if d := resp.GetResponseCodeDetails(); strings.HasPrefix(d, deniedDetailsPrefix) && strings.HasSuffix(d, "]") {
+	}
+	decide(r, result, policyID, resp.GetResponseCodeDetails())
+	return r
+}
+
+// decide sets the verdict and provenance from the RBAC filter's decision
+// (result "allowed"/"denied" and the effective policy id) or, without
+// one, from response code details naming an RBAC denial.
+func decide(r *flow.Record, result, policyID, details string) {
+	switch {
+	case result == "allowed":
+		r.Verdict = flow.VerdictAllowed
+	case result == "denied":
+		r.Verdict = flow.VerdictDenied
+	case result == "" && strings.HasPrefix(details, deniedDetailsPrefix) && strings.HasSuffix(details, "]"):
 		r.Verdict = flow.VerdictDenied
 	}
 	switch r.Verdict {
@@ -187,7 +200,6 @@ func RecordOf(e *datav3.HTTPAccessLogEntry) *flow.Record {
 		// The RBAC is an allow-list: a denial matched no policy.
 		r.DecidedBy = []flow.Provenance{{Kind: flow.KindDefaultDeny, Direction: r.Direction}}
 	}
-	return r
 }
 
 func addrPort(a *corev3.Address) netip.AddrPort {

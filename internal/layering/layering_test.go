@@ -17,16 +17,23 @@ var allowed = map[string][]string{
 	// Shared contracts: imported by both sides.
 	"proto":          {},
 	"proto/l7gatev1": {},
-	"flow":           {},
-	"policy":         {"flow"},
-	"source":         {"policy", "flow"},
-	"xds":            {"policy", "proto/l7gatev1", "flow"},
-	"envoy":          {"flow"},
-	"agentapi":       {"policy", "flow", "source"},
-	"redirect":       {},
+	// Hubble's flow/observer/relay protos (generated from Cilium's .proto).
+	"proto/hubble/flowpb":     {},
+	"proto/hubble/relaypb":    {},
+	"proto/hubble/observerpb": {"proto/hubble/flowpb", "proto/hubble/relaypb"},
+	"flow":                    {},
+	"policy":                  {"flow"},
+	"source":                  {"policy", "flow"},
+	"xds":                     {"policy", "proto/l7gatev1", "flow"},
+	"envoy":                   {"flow"},
+	"agentapi":                {"policy", "flow", "source", "proto/hubble/observerpb"},
+	"redirect":                {},
 
 	// Sources.
 	"k8s": {"policy", "source", "flow", "deploy"},
+
+	// Tools on the shared contracts: policy suggestions from flows.
+	"suggest": {"policy", "flow"},
 
 	// Translation, datapath, xDS serving (the control plane's middle).
 	"bpf":                {"flow"},
@@ -41,6 +48,8 @@ var allowed = map[string][]string{
 	"parsers/http":                     {"policy", "flow"},
 	"parsers/kafka":                    {"policy", "flow"},
 	"parsers/kafka/internal/schemagen": {},
+	"parsers/dns":                      {"policy"},
+	"proxy/dns":                        {"parsers/dns", "policy", "flow"},
 	"xds/client":                       {"xds", "proto/l7gatev1", "flow"},
 	"envoy/als":                        {"envoy", "flow"},
 	"proxy":                            {"parsers/http", "parsers/kafka", "policy", "flow", "proto/l7gatev1", "redirect", "xds", "xds/client"},
@@ -51,7 +60,14 @@ var allowed = map[string][]string{
 	"agent/supervisor":         {"agentapi"},
 	"agent/internal/fakeenvoy": {},
 	"agent": {"agent/endpoints", "agent/node", "agent/supervisor", "agentapi", "bpf", "bpftranslate", "envoy", "envoy/als",
-		"envoy/bootstrap", "flow", "policy", "redirect", "source", "xds", "xds/envoytranslate", "xds/server", "xds/translate"},
+		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "policy", "redirect", "source", "xds",
+		"xds/envoytranslate", "xds/server", "xds/translate"},
+
+	// The agent's flow pipeline and the formats it speaks.
+	"observe":         {"flow"},
+	"observe/hubble":  {"flow", "observe", "proto/hubble/flowpb", "proto/hubble/observerpb", "proto/hubble/relaypb"},
+	"observe/otlp":    {"flow", "observe"},
+	"observe/metrics": {"flow", "observe", "observe/hubble"},
 
 	// Above the agent.
 	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
@@ -71,7 +87,7 @@ var allowed = map[string][]string{
 // controlPlane are the packages the proxy side must not import.
 var controlPlane = []string{"agent", "agentapi", "bpf", "bpftranslate", "k8s", "source", "xds/translate", "xds/envoytranslate", "xds/server"}
 
-var proxySide = []string{"proxy", "parsers/http", "parsers/kafka", "xds/client", "envoy", "envoy/als"}
+var proxySide = []string{"proxy", "parsers/http", "parsers/kafka", "parsers/dns", "proxy/dns", "xds/client", "envoy", "envoy/als"}
 
 // goList maps packages to the module's packages they import (field
 // Imports) or depend on (Deps).

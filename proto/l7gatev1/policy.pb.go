@@ -344,9 +344,13 @@ type DirectionPolicy struct {
 	// The endpoint is in default-deny mode in this direction.
 	Enforced bool `protobuf:"varint,1,opt,name=enforced,proto3" json:"enforced,omitempty"`
 	// The rules that put the endpoint in default-deny.
-	DefaultDeny   []*Provenance `protobuf:"bytes,2,rep,name=default_deny,json=defaultDeny,proto3" json:"default_deny,omitempty"`
-	Entries       []*Entry      `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
-	L7            []*L7RuleSet  `protobuf:"bytes,4,rep,name=l7,proto3" json:"l7,omitempty"`
+	DefaultDeny []*Provenance `protobuf:"bytes,2,rep,name=default_deny,json=defaultDeny,proto3" json:"default_deny,omitempty"`
+	Entries     []*Entry      `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	L7          []*L7RuleSet  `protobuf:"bytes,4,rep,name=l7,proto3" json:"l7,omitempty"`
+	// Egress: the toFQDNs selectors of the allow rules that select the
+	// endpoint, whether or not any name is cached yet (the DNS proxy caches
+	// the answers for names they match). Sorted by label key.
+	FqdnSelectors []*DNSRule `protobuf:"bytes,5,rep,name=fqdn_selectors,json=fqdnSelectors,proto3" json:"fqdn_selectors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -405,6 +409,13 @@ func (x *DirectionPolicy) GetEntries() []*Entry {
 func (x *DirectionPolicy) GetL7() []*L7RuleSet {
 	if x != nil {
 		return x.L7
+	}
+	return nil
+}
+
+func (x *DirectionPolicy) GetFqdnSelectors() []*DNSRule {
+	if x != nil {
+		return x.FqdnSelectors
 	}
 	return nil
 }
@@ -589,6 +600,7 @@ type L7Rule struct {
 	//	*L7Rule_Http
 	//	*L7Rule_Kafka
 	//	*L7Rule_Generic
+	//	*L7Rule_Dns
 	Rule          isL7Rule_Rule `protobuf_oneof:"rule"`
 	Origin        *Provenance   `protobuf:"bytes,6,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -673,6 +685,15 @@ func (x *L7Rule) GetGeneric() *GenericRule {
 	return nil
 }
 
+func (x *L7Rule) GetDns() *DNSRule {
+	if x != nil {
+		if x, ok := x.Rule.(*L7Rule_Dns); ok {
+			return x.Dns
+		}
+	}
+	return nil
+}
+
 func (x *L7Rule) GetOrigin() *Provenance {
 	if x != nil {
 		return x.Origin
@@ -696,11 +717,17 @@ type L7Rule_Generic struct {
 	Generic *GenericRule `protobuf:"bytes,5,opt,name=generic,proto3,oneof"`
 }
 
+type L7Rule_Dns struct {
+	Dns *DNSRule `protobuf:"bytes,7,opt,name=dns,proto3,oneof"`
+}
+
 func (*L7Rule_Http) isL7Rule_Rule() {}
 
 func (*L7Rule_Kafka) isL7Rule_Rule() {}
 
 func (*L7Rule_Generic) isL7Rule_Rule() {}
+
+func (*L7Rule_Dns) isL7Rule_Rule() {}
 
 // HTTPRule: method, path and host are RE2 regexes anchored at both ends;
 // path is matched against the request target as received.
@@ -936,6 +963,61 @@ func (x *KafkaRule) GetTopic() string {
 	return ""
 }
 
+// DNSRule is one rules.dns entry (parser "dns"): exactly one of
+// match_name and match_pattern, as written in the policy (Cilium's
+// semantics: policy.DNSSelector).
+type DNSRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MatchName     string                 `protobuf:"bytes,1,opt,name=match_name,json=matchName,proto3" json:"match_name,omitempty"`
+	MatchPattern  string                 `protobuf:"bytes,2,opt,name=match_pattern,json=matchPattern,proto3" json:"match_pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DNSRule) Reset() {
+	*x = DNSRule{}
+	mi := &file_l7gate_v1_policy_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DNSRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DNSRule) ProtoMessage() {}
+
+func (x *DNSRule) ProtoReflect() protoreflect.Message {
+	mi := &file_l7gate_v1_policy_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DNSRule.ProtoReflect.Descriptor instead.
+func (*DNSRule) Descriptor() ([]byte, []int) {
+	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DNSRule) GetMatchName() string {
+	if x != nil {
+		return x.MatchName
+	}
+	return ""
+}
+
+func (x *DNSRule) GetMatchPattern() string {
+	if x != nil {
+		return x.MatchPattern
+	}
+	return ""
+}
+
 // GenericRule is one rule of an l7proto parser, as key/value pairs.
 type GenericRule struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -946,7 +1028,7 @@ type GenericRule struct {
 
 func (x *GenericRule) Reset() {
 	*x = GenericRule{}
-	mi := &file_l7gate_v1_policy_proto_msgTypes[8]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1040,7 @@ func (x *GenericRule) String() string {
 func (*GenericRule) ProtoMessage() {}
 
 func (x *GenericRule) ProtoReflect() protoreflect.Message {
-	mi := &file_l7gate_v1_policy_proto_msgTypes[8]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1053,7 @@ func (x *GenericRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenericRule.ProtoReflect.Descriptor instead.
 func (*GenericRule) Descriptor() ([]byte, []int) {
-	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{8}
+	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GenericRule) GetFields() map[string]string {
@@ -1002,7 +1084,7 @@ type Provenance struct {
 
 func (x *Provenance) Reset() {
 	*x = Provenance{}
-	mi := &file_l7gate_v1_policy_proto_msgTypes[9]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1096,7 @@ func (x *Provenance) String() string {
 func (*Provenance) ProtoMessage() {}
 
 func (x *Provenance) ProtoReflect() protoreflect.Message {
-	mi := &file_l7gate_v1_policy_proto_msgTypes[9]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1109,7 @@ func (x *Provenance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provenance.ProtoReflect.Descriptor instead.
 func (*Provenance) Descriptor() ([]byte, []int) {
-	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{9}
+	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Provenance) GetPolicy() string {
@@ -1097,7 +1179,7 @@ type IdentityMembership struct {
 
 func (x *IdentityMembership) Reset() {
 	*x = IdentityMembership{}
-	mi := &file_l7gate_v1_policy_proto_msgTypes[10]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1191,7 @@ func (x *IdentityMembership) String() string {
 func (*IdentityMembership) ProtoMessage() {}
 
 func (x *IdentityMembership) ProtoReflect() protoreflect.Message {
-	mi := &file_l7gate_v1_policy_proto_msgTypes[10]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1204,7 @@ func (x *IdentityMembership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityMembership.ProtoReflect.Descriptor instead.
 func (*IdentityMembership) Descriptor() ([]byte, []int) {
-	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{10}
+	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IdentityMembership) GetName() string {
@@ -1168,7 +1250,7 @@ type Listener struct {
 
 func (x *Listener) Reset() {
 	*x = Listener{}
-	mi := &file_l7gate_v1_policy_proto_msgTypes[11]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1262,7 @@ func (x *Listener) String() string {
 func (*Listener) ProtoMessage() {}
 
 func (x *Listener) ProtoReflect() protoreflect.Message {
-	mi := &file_l7gate_v1_policy_proto_msgTypes[11]
+	mi := &file_l7gate_v1_policy_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1275,7 @@ func (x *Listener) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Listener.ProtoReflect.Descriptor instead.
 func (*Listener) Descriptor() ([]byte, []int) {
-	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{11}
+	return file_l7gate_v1_policy_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Listener) GetName() string {
@@ -1236,12 +1318,13 @@ const file_l7gate_v1_policy_proto_rawDesc = "" +
 	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x05 \x01(\tR\x03pod\x124\n" +
 	"\aingress\x18\x06 \x01(\v2\x1a.l7gate.v1.DirectionPolicyR\aingress\x122\n" +
-	"\x06egress\x18\a \x01(\v2\x1a.l7gate.v1.DirectionPolicyR\x06egress\"\xb9\x01\n" +
+	"\x06egress\x18\a \x01(\v2\x1a.l7gate.v1.DirectionPolicyR\x06egress\"\xf4\x01\n" +
 	"\x0fDirectionPolicy\x12\x1a\n" +
 	"\benforced\x18\x01 \x01(\bR\benforced\x128\n" +
 	"\fdefault_deny\x18\x02 \x03(\v2\x15.l7gate.v1.ProvenanceR\vdefaultDeny\x12*\n" +
 	"\aentries\x18\x03 \x03(\v2\x10.l7gate.v1.EntryR\aentries\x12$\n" +
-	"\x02l7\x18\x04 \x03(\v2\x14.l7gate.v1.L7RuleSetR\x02l7\"\xdd\x01\n" +
+	"\x02l7\x18\x04 \x03(\v2\x14.l7gate.v1.L7RuleSetR\x02l7\x129\n" +
+	"\x0efqdn_selectors\x18\x05 \x03(\v2\x12.l7gate.v1.DNSRuleR\rfqdnSelectors\"\xdd\x01\n" +
 	"\x05Entry\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\rR\x04peer\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\rR\bprotocol\x12\x12\n" +
@@ -1254,14 +1337,15 @@ const file_l7gate_v1_policy_proto_rawDesc = "" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
 	"\x06parser\x18\x03 \x01(\tR\x06parser\x12'\n" +
-	"\x05rules\x18\x04 \x03(\v2\x11.l7gate.v1.L7RuleR\x05rules\"\x98\x02\n" +
+	"\x05rules\x18\x04 \x03(\v2\x11.l7gate.v1.L7RuleR\x05rules\"\xc0\x02\n" +
 	"\x06L7Rule\x12\x1d\n" +
 	"\n" +
 	"any_remote\x18\x01 \x01(\bR\tanyRemote\x12+\n" +
 	"\x11remote_identities\x18\x02 \x03(\rR\x10remoteIdentities\x12)\n" +
 	"\x04http\x18\x03 \x01(\v2\x13.l7gate.v1.HTTPRuleH\x00R\x04http\x12,\n" +
 	"\x05kafka\x18\x04 \x01(\v2\x14.l7gate.v1.KafkaRuleH\x00R\x05kafka\x122\n" +
-	"\ageneric\x18\x05 \x01(\v2\x16.l7gate.v1.GenericRuleH\x00R\ageneric\x12-\n" +
+	"\ageneric\x18\x05 \x01(\v2\x16.l7gate.v1.GenericRuleH\x00R\ageneric\x12&\n" +
+	"\x03dns\x18\a \x01(\v2\x12.l7gate.v1.DNSRuleH\x00R\x03dns\x12-\n" +
 	"\x06origin\x18\x06 \x01(\v2\x15.l7gate.v1.ProvenanceR\x06originB\x06\n" +
 	"\x04rule\"\x9e\x01\n" +
 	"\bHTTPRule\x12\x16\n" +
@@ -1283,7 +1367,11 @@ const file_l7gate_v1_policy_proto_rawDesc = "" +
 	"apiVersion\x88\x01\x01\x12\x1b\n" +
 	"\tclient_id\x18\x05 \x01(\tR\bclientId\x12\x14\n" +
 	"\x05topic\x18\x06 \x01(\tR\x05topicB\x0e\n" +
-	"\f_api_version\"\x84\x01\n" +
+	"\f_api_version\"M\n" +
+	"\aDNSRule\x12\x1d\n" +
+	"\n" +
+	"match_name\x18\x01 \x01(\tR\tmatchName\x12#\n" +
+	"\rmatch_pattern\x18\x02 \x01(\tR\fmatchPattern\"\x84\x01\n" +
 	"\vGenericRule\x12:\n" +
 	"\x06fields\x18\x01 \x03(\v2\".l7gate.v1.GenericRule.FieldsEntryR\x06fields\x1a9\n" +
 	"\vFieldsEntry\x12\x10\n" +
@@ -1344,7 +1432,7 @@ func file_l7gate_v1_policy_proto_rawDescGZIP() []byte {
 }
 
 var file_l7gate_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_l7gate_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_l7gate_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_l7gate_v1_policy_proto_goTypes = []any{
 	(Direction)(0),             // 0: l7gate.v1.Direction
 	(Verdict)(0),               // 1: l7gate.v1.Verdict
@@ -1358,36 +1446,39 @@ var file_l7gate_v1_policy_proto_goTypes = []any{
 	(*HTTPRule)(nil),           // 9: l7gate.v1.HTTPRule
 	(*HeaderMatch)(nil),        // 10: l7gate.v1.HeaderMatch
 	(*KafkaRule)(nil),          // 11: l7gate.v1.KafkaRule
-	(*GenericRule)(nil),        // 12: l7gate.v1.GenericRule
-	(*Provenance)(nil),         // 13: l7gate.v1.Provenance
-	(*IdentityMembership)(nil), // 14: l7gate.v1.IdentityMembership
-	(*Listener)(nil),           // 15: l7gate.v1.Listener
-	nil,                        // 16: l7gate.v1.GenericRule.FieldsEntry
+	(*DNSRule)(nil),            // 12: l7gate.v1.DNSRule
+	(*GenericRule)(nil),        // 13: l7gate.v1.GenericRule
+	(*Provenance)(nil),         // 14: l7gate.v1.Provenance
+	(*IdentityMembership)(nil), // 15: l7gate.v1.IdentityMembership
+	(*Listener)(nil),           // 16: l7gate.v1.Listener
+	nil,                        // 17: l7gate.v1.GenericRule.FieldsEntry
 }
 var file_l7gate_v1_policy_proto_depIdxs = []int32{
 	5,  // 0: l7gate.v1.NetworkPolicy.ingress:type_name -> l7gate.v1.DirectionPolicy
 	5,  // 1: l7gate.v1.NetworkPolicy.egress:type_name -> l7gate.v1.DirectionPolicy
-	13, // 2: l7gate.v1.DirectionPolicy.default_deny:type_name -> l7gate.v1.Provenance
+	14, // 2: l7gate.v1.DirectionPolicy.default_deny:type_name -> l7gate.v1.Provenance
 	6,  // 3: l7gate.v1.DirectionPolicy.entries:type_name -> l7gate.v1.Entry
 	7,  // 4: l7gate.v1.DirectionPolicy.l7:type_name -> l7gate.v1.L7RuleSet
-	1,  // 5: l7gate.v1.Entry.verdict:type_name -> l7gate.v1.Verdict
-	13, // 6: l7gate.v1.Entry.origins:type_name -> l7gate.v1.Provenance
-	8,  // 7: l7gate.v1.L7RuleSet.rules:type_name -> l7gate.v1.L7Rule
-	9,  // 8: l7gate.v1.L7Rule.http:type_name -> l7gate.v1.HTTPRule
-	11, // 9: l7gate.v1.L7Rule.kafka:type_name -> l7gate.v1.KafkaRule
-	12, // 10: l7gate.v1.L7Rule.generic:type_name -> l7gate.v1.GenericRule
-	13, // 11: l7gate.v1.L7Rule.origin:type_name -> l7gate.v1.Provenance
-	10, // 12: l7gate.v1.HTTPRule.headers:type_name -> l7gate.v1.HeaderMatch
-	2,  // 13: l7gate.v1.HeaderMatch.mismatch:type_name -> l7gate.v1.MismatchAction
-	16, // 14: l7gate.v1.GenericRule.fields:type_name -> l7gate.v1.GenericRule.FieldsEntry
-	0,  // 15: l7gate.v1.Provenance.direction:type_name -> l7gate.v1.Direction
-	3,  // 16: l7gate.v1.Provenance.kind:type_name -> l7gate.v1.RuleKind
-	0,  // 17: l7gate.v1.Listener.direction:type_name -> l7gate.v1.Direction
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	12, // 5: l7gate.v1.DirectionPolicy.fqdn_selectors:type_name -> l7gate.v1.DNSRule
+	1,  // 6: l7gate.v1.Entry.verdict:type_name -> l7gate.v1.Verdict
+	14, // 7: l7gate.v1.Entry.origins:type_name -> l7gate.v1.Provenance
+	8,  // 8: l7gate.v1.L7RuleSet.rules:type_name -> l7gate.v1.L7Rule
+	9,  // 9: l7gate.v1.L7Rule.http:type_name -> l7gate.v1.HTTPRule
+	11, // 10: l7gate.v1.L7Rule.kafka:type_name -> l7gate.v1.KafkaRule
+	13, // 11: l7gate.v1.L7Rule.generic:type_name -> l7gate.v1.GenericRule
+	12, // 12: l7gate.v1.L7Rule.dns:type_name -> l7gate.v1.DNSRule
+	14, // 13: l7gate.v1.L7Rule.origin:type_name -> l7gate.v1.Provenance
+	10, // 14: l7gate.v1.HTTPRule.headers:type_name -> l7gate.v1.HeaderMatch
+	2,  // 15: l7gate.v1.HeaderMatch.mismatch:type_name -> l7gate.v1.MismatchAction
+	17, // 16: l7gate.v1.GenericRule.fields:type_name -> l7gate.v1.GenericRule.FieldsEntry
+	0,  // 17: l7gate.v1.Provenance.direction:type_name -> l7gate.v1.Direction
+	3,  // 18: l7gate.v1.Provenance.kind:type_name -> l7gate.v1.RuleKind
+	0,  // 19: l7gate.v1.Listener.direction:type_name -> l7gate.v1.Direction
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_l7gate_v1_policy_proto_init() }
@@ -1399,6 +1490,7 @@ func file_l7gate_v1_policy_proto_init() {
 		(*L7Rule_Http)(nil),
 		(*L7Rule_Kafka)(nil),
 		(*L7Rule_Generic)(nil),
+		(*L7Rule_Dns)(nil),
 	}
 	file_l7gate_v1_policy_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
@@ -1407,7 +1499,7 @@ func file_l7gate_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_l7gate_v1_policy_proto_rawDesc), len(file_l7gate_v1_policy_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

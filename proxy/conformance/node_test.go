@@ -272,7 +272,7 @@ func startNode(t *testing.T, dp dataplane, port uint16, rules string) *node {
 	if err := os.WriteFile(filepath.Join(src, "policies.yaml"), sc.PolicyFile(0), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"agent", "--source", src, "--bpffs", bpffs, "--run-dir", n.runDir, "--state-dir", state, "--node", "conformance"}, dp.agentArgs...)
+	args := append([]string{"agent", "--source", src, "--bpffs", bpffs, "--run-dir", n.runDir, "--state-dir", state, "--node", "conformance", "--socket-lb=false"}, dp.agentArgs...)
 	n.startProc(t, "agent", topo.Node, bin, args...)
 	t.Cleanup(func() {
 		// The proxy outlives the agent by design; stop it before the

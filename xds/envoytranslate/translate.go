@@ -85,6 +85,9 @@ type Config struct {
 	// AccessLogCluster is the bootstrap's static cluster for the gRPC
 	// access-log service; "" disables access logging.
 	AccessLogCluster string
+	// OpenTelemetry, when set, adds Envoy's OpenTelemetry access logger
+	// (see OTelConfig).
+	OpenTelemetry *OTelConfig
 	// ConnectTimeout of upstream connections; zero means 5s.
 	ConnectTimeout time.Duration
 	// IPv6: the node is dual-stack, so listeners also bind [::]. It is a
@@ -188,9 +191,17 @@ func Translate(snap *policy.Snapshot, cfg Config) (*Resources, error) {
 			return nil, err
 		}
 		out.Clusters = append(out.Clusters, c)
+		if cfg.OpenTelemetry != nil && cfg.OpenTelemetry.Collector != "" {
+			cc, err := t.collectorCluster()
+			if err != nil {
+				return nil, err
+			}
+			out.Clusters = append(out.Clusters, cc)
+		}
 	}
 	slices.SortFunc(out.Listeners, func(a, b *listenerv3.Listener) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(out.Routes, func(a, b *routev3.RouteConfiguration) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out.Clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
 	slices.Sort(out.Warnings)
 	return out, nil
 }
@@ -329,25 +340,33 @@ func (t *translator) hcm(name string) (*anypb.Any, error) {
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: escapedSlashesAction(t.cfg.EscapedSlashes),
 	}
-	if t.cfg.AccessLogCluster != "" {
-		al, err := pack(&grpcalsv3.HttpGrpcAccessLogConfig{CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
-			LogName: AccessLogName,
-			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: t.cfg.AccessLogCluster},
-			}},
-			TransportApiVersion: corev3.ApiVersion_V3,
-		},
-			// A denied gRPC call is a trailers-only response: grpc-status
-			// arrives as a header; otherwise as a trailer.
-			AdditionalResponseHeadersToLog:  []string{"grpc-status"},
-			AdditionalResponseTrailersToLog: []string{"grpc-status"},
-		})
-		if err != nil {
-			return nil, err
-		}
-		h.AccessLog = []*accesslogv3.AccessLog{{Name: AccessLoggerGRPC, ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: al}}}
+	als, err := t.accessLogs()
+	if err != nil {
+		return nil, err
 	}
+	h.AccessLog = als
 	return pack(h)
+}
+
+// grpcAccessLog streams every request to the agent's gRPC access-log
+// service (envoy/als).
+func (t *translator) grpcAccessLog() (*accesslogv3.AccessLog, error) {
+	al, err := pack(&grpcalsv3.HttpGrpcAccessLogConfig{CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
+		LogName: AccessLogName,
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: t.cfg.AccessLogCluster},
+		}},
+		TransportApiVersion: corev3.ApiVersion_V3,
+	},
+		// A denied gRPC call is a trailers-only response: grpc-status
+		// arrives as a header; otherwise as a trailer.
+		AdditionalResponseHeadersToLog:  []string{"grpc-status"},
+		AdditionalResponseTrailersToLog: []string{"grpc-status"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslogv3.AccessLog{Name: AccessLoggerGRPC, ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: al}}, nil
 }
 
 // escapedSlashesAction maps the proxy's escaped-slash setting to Envoy's.

@@ -242,6 +242,9 @@ func directionPolicy(d *policy.DirectionPolicy) (*l7gatev1.DirectionPolicy, erro
 	for _, p := range d.DefaultDeny {
 		out.DefaultDeny = append(out.DefaultDeny, provenanceToProto(p))
 	}
+	for _, s := range d.FQDNSelectors {
+		out.FqdnSelectors = append(out.FqdnSelectors, &l7gatev1.DNSRule{MatchName: s.MatchName, MatchPattern: s.MatchPattern})
+	}
 	for _, e := range d.Entries {
 		v, err := verdictToProto(e.Verdict)
 		if err != nil {
@@ -271,8 +274,14 @@ func directionPolicy(d *policy.DirectionPolicy) (*l7gatev1.DirectionPolicy, erro
 }
 
 func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
-	if r.HTTP != nil && r.Kafka != nil || r.HTTP != nil && r.Generic != nil || r.Kafka != nil && r.Generic != nil {
-		return nil, errors.New("more than one of http, kafka, generic")
+	kinds := 0
+	for _, set := range []bool{r.HTTP != nil, r.Kafka != nil, r.DNS != nil, r.Generic != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds > 1 {
+		return nil, errors.New("more than one of http, kafka, dns, generic")
 	}
 	out := &l7gatev1.L7Rule{AnyRemote: r.AnyPeer, Origin: provenanceToProto(r.Origin)}
 	if !r.AnyPeer {
@@ -302,6 +311,8 @@ func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
 			k.ApiVersion = proto.Int32(int32(*r.Kafka.APIVersion))
 		}
 		out.Rule = &l7gatev1.L7Rule_Kafka{Kafka: k}
+	case r.DNS != nil:
+		out.Rule = &l7gatev1.L7Rule_Dns{Dns: &l7gatev1.DNSRule{MatchName: r.DNS.MatchName, MatchPattern: r.DNS.MatchPattern}}
 	case r.Generic != nil:
 		out.Rule = &l7gatev1.L7Rule_Generic{Generic: &l7gatev1.GenericRule{Fields: maps.Clone(r.Generic)}}
 	}

@@ -38,6 +38,12 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "otlp-sink" {
+		if err := otlpSinkMain(os.Args[2:]); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := benchMain(); err != nil {
 		log.Fatal(err)
 	}
@@ -59,7 +65,7 @@ type config struct {
 func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
 
 // phases, in the priority order.
-var allPhases = []string{"keepalive", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "accesslogoff"}
+var allPhases = []string{"keepalive", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "accesslogoff"}
 
 func benchMain() error {
 	var cfg config
@@ -236,6 +242,7 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 		{"controlplane", s.controlPlane},
 		{"kafka", s.kafka},
 		{"proxyrss", s.proxyRSS},
+		{"otlp", s.otlpOverhead},
 		{"accesslogoff", s.accessLogOff},
 	}
 	for _, st := range steps {

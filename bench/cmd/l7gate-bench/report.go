@@ -37,6 +37,7 @@ type Results struct {
 	Kafka        map[string]*rpcResult       `json:"kafka,omitempty"`
 	AccessLogOff map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
 	ProxyRSS     *rssResult                  `json:"proxyRss,omitempty"`
+	OTLP         map[string]*otlpResult      `json:"keepAliveOTLP,omitempty"`
 	Goals        []goal                      `json:"goals"`
 	Missing      []string                    `json:"missing,omitempty"`
 	Errors       []string                    `json:"errors,omitempty"`
@@ -337,6 +338,18 @@ func writeReport(dir, stamp string, r *Results) error {
 			w("\nGo proxy (log off) / HAProxy (from section 1, earlier in this run): %.2f.\n", ratio(l.ReqPerSec, h.ReqPerSec))
 		}
 		w("\n")
+	}
+	if off, on := r.OTLP["off"], r.OTLP["on"]; off != nil && on != nil {
+		w("## 10. OTLP access-log export on vs off (keep-alive L7; the agent restarted with and without `--otlp-endpoint` to an OTLP gRPC sink in the node namespace, adopting the same Go proxy; the proxy forwards every access record to the agent in both modes; best of %d interleaved rounds by req/s)\n\n| OTLP | req/s | p99 | proxy CPU-s / 1000 req | agent CPU-s / 1000 req | logs delivered | lost | rounds: proxy CPU / agent CPU per 1000 |\n|---|---|---|---|---|---|---|---|\n", len(on.Rounds))
+		for _, m := range []string{"off", "on"} {
+			x := r.OTLP[m]
+			var rs []string
+			for i := range x.RoundsProxyCPU {
+				rs = append(rs, fmt.Sprintf("%.4f / %.4f", x.RoundsProxyCPU[i], x.RoundsAgentCPU[i]))
+			}
+			w("| %s | %.0f | %s | %.4f | %.4f | %.0f | %.0f | %s |\n", m, x.ReqPerSec, us(x.P99us), x.ProxyCPUPer1000, x.AgentCPUPer1000, x.OTLPDelivered, x.OTLPLost, strings.Join(rs, "; "))
+		}
+		w("\nAdded CPU per 1000 requests with OTLP on: proxy %+.4f s, agent %+.4f s.\n\n", on.ProxyCPUPer1000-off.ProxyCPUPer1000, on.AgentCPUPer1000-off.AgentCPUPer1000)
 	}
 	if len(charts) > 0 {
 		w("## Charts\n\n%s\n", strings.Join(charts, "\n\n"))

@@ -303,9 +303,10 @@ func waitTCP(ns, addr string, limit time.Duration) error {
 	return fmt.Errorf("%s not reachable from %s: %v", addr, ns, last)
 }
 
-func (n *node) startAgent() error {
-	cmd, err := startProc(n.cl, filepath.Join(n.run, "agent.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", allCPUs(),
-		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench")
+func (n *node) startAgent(extra ...string) error {
+	args := append([]string{"netns", "exec", n.nodeNS, "taskset", "-c", allCPUs(),
+		n.bin, "agent", "--source", n.src, "--bpffs", n.bpffs, "--run-dir", n.run, "--state-dir", n.state, "--node", "bench", "--socket-lb=false"}, extra...)
+	cmd, err := startProc(n.cl, filepath.Join(n.run, "agent.log"), "ip", args...)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,8 @@
+package dns
+
+import (
+	"net/netip"
+	"slices"
+)
+
+func slicesSortAddrs(ips []netip.Addr) { slices.SortFunc(ips, netip.Addr.Compare) }

@@ -1,0 +1,394 @@
+package dnsproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/l7gate/l7gate/flow"
+	dnsmsg "github.com/l7gate/l7gate/parsers/dns"
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Defaults of Config.
+const (
+	DefaultUpstreamTimeout = 2 * time.Second
+	DefaultMaxInFlight     = 512
+	DefaultMaxConns        = 256
+	DefaultTCPIdle         = 10 * time.Second
+)
+
+// Config configures a Proxy.
+type Config struct {
+	Logger *slog.Logger
+	// Policy decides queries (required).
+	Policy Policy
+	// OriginalDst finds where a query was headed (required).
+	OriginalDst OriginalDst
+	// Cache receives the addresses of answers for names that toFQDNs
+	// selectors match (nil: none kept).
+	Cache *Cache
+	// DenyRcode answers denied queries: mdns.RcodeRefused (0: the
+	// default) or mdns.RcodeNameError (NXDOMAIN).
+	DenyRcode int
+	// UpstreamTimeout bounds one forwarded query (0: default).
+	UpstreamTimeout time.Duration
+	// MaxInFlight bounds UDP queries being answered; more are dropped and
+	// counted (0: default).
+	MaxInFlight int
+	// MaxConns bounds TCP connections (0: default).
+	MaxConns int
+	// TCPIdle closes an idle TCP connection (0: default).
+	TCPIdle time.Duration
+	// AccessLog receives one record per query (nil: none).
+	AccessLog func(*flow.Record)
+	// Dialer dials the upstream server (nil: a plain net.Dialer). The
+	// redirect layer will supply one that marks the socket with the
+	// client's identity.
+	Dialer *net.Dialer
+}
+
+// Stats are the proxy's counters.
+type Stats struct {
+	Queries        uint64 `json:"queries"`
+	Allowed        uint64 `json:"allowed"`
+	Denied         uint64 `json:"denied"`
+	Malformed      uint64 `json:"malformed"`      // dropped or answered FORMERR
+	UpstreamErrors uint64 `json:"upstreamErrors"` // answered SERVFAIL
+	Dropped        uint64 `json:"dropped"`        // over MaxInFlight / MaxConns
+	CacheInserts   uint64 `json:"cacheInserts"`
+	CacheOverflow  uint64 `json:"cacheOverflow"`
+}
+
+// Proxy is the DNS proxy.
+type Proxy struct {
+	cfg       Config
+	selectors atomic.Pointer[policy.DNSMatcher]
+	// udpBufs holds upstream read buffers (a UDP answer can be 64 KiB;
+	// most are small, so each is copied out at its size).
+	udpBufs sync.Pool
+
+	queries, allowed, denied, malformed, upstreamErrs, dropped, inserts, overflow atomic.Uint64
+}
+
+// New returns a proxy; Serve its listeners.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Policy == nil || cfg.OriginalDst == nil {
+		return nil, errors.New("dns proxy: Policy and OriginalDst are required")
+	}
+	switch cfg.DenyRcode {
+	case 0:
+		cfg.DenyRcode = mdns.RcodeRefused
+	case mdns.RcodeRefused, mdns.RcodeNameError:
+	default:
+		return nil, fmt.Errorf("dns proxy: deny rcode %d: want REFUSED or NXDOMAIN", cfg.DenyRcode)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.TCPIdle <= 0 {
+		cfg.TCPIdle = DefaultTCPIdle
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	p := &Proxy{cfg: cfg}
+	p.udpBufs.New = func() any { b := make([]byte, dnsmsg.MaxMessageSize); return &b }
+	p.selectors.Store(policy.NewDNSMatcher(nil))
+	return p, nil
+}
+
+// SetFQDNSelectors sets the toFQDNs selectors in force on the node: only
+// answers for names they match are cached.
+func (p *Proxy) SetFQDNSelectors(sels []policy.DNSSelector) {
+	p.selectors.Store(policy.NewDNSMatcher(sels))
+}
+
+// Stats returns the counters.
+func (p *Proxy) Stats() Stats {
+	return Stats{Queries: p.queries.Load(), Allowed: p.allowed.Load(), Denied: p.denied.Load(), Malformed: p.malformed.Load(),
+		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load()}
+}
+
+// exchange forwards a query to the server and returns the raw response.
+type exchange func(ctx context.Context, server netip.AddrPort, query []byte, id uint16) ([]byte, error)
+
+// handle decides one query and returns the bytes to answer with (nil: no
+// answer — the query could not be read well enough to answer it).
+func (p *Proxy) handle(ctx context.Context, proto policy.Protocol, client, local netip.AddrPort, query []byte, ex exchange) []byte {
+	start := time.Now()
+	p.queries.Add(1)
+	rec := &flow.Record{Time: start, Protocol: "dns", Direction: flow.Egress, Source: client, Verdict: flow.VerdictDenied}
+	defer func() {
+		rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+		if p.cfg.AccessLog != nil {
+			p.cfg.AccessLog(rec)
+		}
+	}()
+	msg, q, err := dnsmsg.ParseQuery(query)
+	rec.DNSQuery, rec.DNSType = q.Name, q.TypeString()
+	if rec.DNSQuery == "" {
+		rec.DNSQuery = q.Raw
+	}
+	if q.Type == 0 {
+		rec.DNSType = ""
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, dnsmsg.ErrName):
+		// fall through to policy: an unmatchable name is denied with the
+		// endpoint's rules named (below, Check never matches it)
+	case msg != nil && errors.Is(err, dnsmsg.ErrQuestions):
+		p.malformed.Add(1)
+		rec.Reason, rec.Error = "malformed query", err.Error()
+		return p.answer(rec, dnsmsg.Deny(msg, mdns.RcodeFormatError))
+	default:
+		// unreadable, or not a query at all: nothing to answer
+		p.malformed.Add(1)
+		rec.Reason, rec.Error = "malformed query", err.Error()
+		return nil
+	}
+	server, err := p.cfg.OriginalDst.OriginalDst(proto, client, local)
+	if err != nil {
+		p.denied.Add(1)
+		rec.Reason = "no original destination: " + err.Error()
+		return p.answer(rec, dnsmsg.Deny(msg, p.cfg.DenyRcode))
+	}
+	rec.Destination = server
+	d, err := p.cfg.Policy.Lookup(client.Addr(), server, proto)
+	if err != nil {
+		p.denied.Add(1)
+		rec.Reason = "no DNS policy: " + err.Error()
+		return p.answer(rec, dnsmsg.Deny(msg, p.cfg.DenyRcode))
+	}
+	rec.SrcIdentity, rec.DstIdentity = d.Client, d.Server
+	i := -1
+	if q.Name != "" {
+		i = d.Checker.Check(d.Server, q.Name)
+	}
+	if i < 0 {
+		p.denied.Add(1)
+		rec.DecidedBy = d.Checker.DeniedBy(d.Server)
+		rec.Reason = "no rules.dns entry matches the name"
+		return p.answer(rec, dnsmsg.Deny(msg, p.cfg.DenyRcode))
+	}
+	rec.DecidedBy = []policy.Provenance{d.Checker.Rule(i).Origin}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.UpstreamTimeout)
+	defer cancel()
+	raw, err := ex(ctx, server, query, msg.Id)
+	var resp *mdns.Msg
+	if err == nil {
+		resp, err = dnsmsg.ParseResponse(raw, msg)
+	}
+	if err != nil {
+		// An answer we cannot read is not forwarded: SERVFAIL.
+		p.upstreamErrs.Add(1)
+		rec.Verdict, rec.Error = flow.VerdictAllowed, "upstream: "+err.Error()
+		return p.answer(rec, dnsmsg.Deny(msg, mdns.RcodeServerFailure))
+	}
+	p.allowed.Add(1)
+	rec.Verdict = flow.VerdictAllowed
+	rec.DNSRcode = mdns.RcodeToString[resp.Rcode]
+	if resp.Rcode == mdns.RcodeSuccess {
+		ans := dnsmsg.Resolve(resp, q.Name)
+		rec.DNSIPs = ans.IPs
+		if p.cfg.Cache != nil && len(ans.IPs) > 0 && p.selectors.Load().Match(q.Name) >= 0 {
+			if p.cfg.Cache.Insert(q.Name, ans.IPs, time.Duration(ans.TTL)*time.Second) {
+				p.inserts.Add(1)
+			} else {
+				p.overflow.Add(1)
+			}
+		}
+	}
+	return raw
+}
+
+func (p *Proxy) answer(rec *flow.Record, m *mdns.Msg) []byte {
+	rec.DNSRcode = mdns.RcodeToString[m.Rcode]
+	b, err := m.Pack()
+	if err != nil {
+		rec.Error = "pack answer: " + err.Error()
+		return nil
+	}
+	return b
+}
+
+// ServeUDP answers queries arriving on conn until ctx ends or conn fails.
+func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	local, _ := netip.ParseAddrPort(conn.LocalAddr().String())
+	sem := make(chan struct{}, p.cfg.MaxInFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	buf := make([]byte, dnsmsg.MaxMessageSize)
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("dns proxy: read udp: %w", err)
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			p.dropped.Add(1)
+			continue
+		}
+		query := append([]byte(nil), buf[:n]...) // the read buffer is reused
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if resp := p.handle(ctx, policy.ProtoUDP, from, local, query, p.exchangeUDP); resp != nil {
+				conn.WriteToUDPAddrPort(resp, from)
+			}
+		}()
+	}
+}
+
+// exchangeUDP forwards a query over UDP: a connected socket (only the
+// server's datagrams arrive), datagrams with another id skipped.
+func (p *Proxy) exchangeUDP(ctx context.Context, server netip.AddrPort, query []byte, id uint16) ([]byte, error) {
+	c, err := p.cfg.Dialer.DialContext(ctx, "udp", server.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := c.Write(query); err != nil {
+		return nil, err
+	}
+	bp := p.udpBufs.Get().(*[]byte)
+	defer p.udpBufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		if n >= 2 && binary.BigEndian.Uint16(buf) == id {
+			return append([]byte(nil), buf[:n]...), nil
+		}
+	}
+}
+
+// exchangeTCP forwards a query over a new TCP connection.
+func (p *Proxy) exchangeTCP(ctx context.Context, server netip.AddrPort, query []byte, _ uint16) ([]byte, error) {
+	c, err := p.cfg.Dialer.DialContext(ctx, "tcp", server.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if err := writeTCPMsg(c, query); err != nil {
+		return nil, err
+	}
+	return readTCPMsg(c)
+}
+
+func writeTCPMsg(w io.Writer, m []byte) error {
+	b := make([]byte, 2+len(m))
+	binary.BigEndian.PutUint16(b, uint16(len(m)))
+	copy(b[2:], m)
+	_, err := w.Write(b)
+	return err
+}
+
+// readTCPMsg reads one length-prefixed message; a length under a header's
+// size is an error.
+func readTCPMsg(r io.Reader) ([]byte, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(l[:]))
+	if n < 12 {
+		return nil, fmt.Errorf("%w: tcp message of %d bytes", dnsmsg.ErrMalformed, n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// ServeTCP answers queries on connections accepted from ln until ctx
+// ends or ln fails.
+func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	sem := make(chan struct{}, p.cfg.MaxConns)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("dns proxy: accept: %w", err)
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			p.dropped.Add(1)
+			c.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			p.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	defer c.Close()
+	client, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
+	for {
+		c.SetReadDeadline(time.Now().Add(p.cfg.TCPIdle))
+		q, err := readTCPMsg(c)
+		if err != nil {
+			if errors.Is(err, dnsmsg.ErrMalformed) {
+				p.malformed.Add(1)
+			}
+			return
+		}
+		resp := p.handle(ctx, policy.ProtoTCP, client, local, q, p.exchangeTCP)
+		if resp == nil {
+			return // unreadable: close, as a DNS server would
+		}
+		c.SetWriteDeadline(time.Now().Add(p.cfg.TCPIdle))
+		if err := writeTCPMsg(c, resp); err != nil {
+			return
+		}
+	}
+}
