@@ -86,9 +86,9 @@ type Config struct {
 	OnRequest func(*policy.HTTPRequest)
 	Logger    *slog.Logger
 	// Drain, when set, ends when the proxy drains (a restart or a
-	// hand-over to another process): an HTTP/1.1 connection idle between
-	// requests is closed, a busy one answers its request in flight with
-	// "Connection: close" added and then closes; an HTTP/2 connection gets
+	// hand-over to another process): an HTTP/1.1 connection answers its
+	// next response with "Connection: close" added and then closes, or is
+	// closed once idle for a second; an HTTP/2 connection gets
 	// GOAWAY with the last stream id and closes once its streams are done.
 	// Clients that retry a request on a closed idle connection (net/http,
 	// curl, grpc-go) see no failure. The caller bounds the drain (by
@@ -327,33 +327,37 @@ func (s *session) setReadDeadline(t time.Time) {
 	s.client.SetReadDeadline(t)
 }
 
+// drainIdleGrace is how long a draining HTTP/1.1 connection may stay
+// idle before it is closed. A client that sends its next request within
+// it gets the response with "Connection: close" instead: only connections
+// idle that long are closed under a client (which then may race a request
+// with the close; net/http retries idempotent ones).
+const drainIdleGrace = time.Second
+
 // startDrain marks the session draining and, when it waits idle for a
-// next request, wakes the request side (which then closes the
-// connection).
+// next request, shortens that wait to drainIdleGrace.
 func (s *session) startDrain() {
 	s.dlMu.Lock()
 	defer s.dlMu.Unlock()
 	s.draining.Store(true)
-	if s.idle {
-		s.client.SetReadDeadline(time.Now())
+	if s.idle && !s.stopped {
+		s.client.SetReadDeadline(time.Now().Add(drainIdleGrace))
 	}
 }
 
-// awaitNext sets the deadline for the wait for a next request and marks
-// the session idle; it reports false when the session drains (the
-// connection is to close between requests).
-func (s *session) awaitNext(deadline time.Time) bool {
+// awaitNext sets the deadline for the wait for a next request (at most
+// drainIdleGrace when draining) and marks the session idle.
+func (s *session) awaitNext(deadline time.Time) {
 	s.dlMu.Lock()
 	defer s.dlMu.Unlock()
-	if s.draining.Load() {
-		return false
+	if grace := time.Now().Add(drainIdleGrace); s.draining.Load() && grace.Before(deadline) {
+		deadline = grace
 	}
 	s.idle = true
 	if s.stopped {
 		deadline = time.Now()
 	}
 	s.client.SetReadDeadline(deadline)
-	return true
 }
 
 // busy marks the session as reading a request (a drain no longer closes
@@ -520,8 +524,8 @@ func (s *session) requests(ctx context.Context) error {
 		in.readTimeout = 0
 		if first || len(in.bytes()) > 0 {
 			s.setReadDeadline(time.Now().Add(idle))
-		} else if !s.awaitNext(time.Now().Add(idle)) {
-			return nil // draining: close between requests
+		} else {
+			s.awaitNext(time.Now().Add(idle))
 		}
 		headStarted := false
 		var err error

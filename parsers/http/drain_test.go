@@ -116,7 +116,8 @@ func slowUpstream(t *testing.T, started chan<- struct{}) string {
 
 // TestDrainHTTP1 drains a proxy holding an idle keep-alive connection and
 // one with a request in flight: the request in flight is answered, with
-// "Connection: close", the idle connection is closed, and both end without
+// "Connection: close", the idle connection is closed (after drainIdleGrace
+// without a request), and both end without
 // the proxy's context being cancelled.
 func TestDrainHTTP1(t *testing.T) {
 	started := make(chan struct{}, 1)
