@@ -186,7 +186,16 @@ func TestPrivilegedProxyHandOver(t *testing.T) {
 			t.Fatalf("hand-over %d: proxy pid still %d", round, old)
 		}
 	}
-	time.Sleep(2500 * time.Millisecond) // the agent re-registers the new process's sockets
+	// The agent re-registers each new process's sockets (the same ones) in
+	// the socket map: traffic goes on meanwhile.
+	registered := func() int {
+		alog, _ := os.ReadFile(filepath.Join(n.run, "agent.log"))
+		return strings.Count(string(alog), "proxy listener registered")
+	}
+	for deadline := time.Now().Add(20 * time.Second); registered() < 4 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	wg.Wait()
 	t.Logf("requests %d, failed %d, L7 denials %d, L7 denials that got through %d; xwing %d tries, %d connected; hand-overs took %v",
@@ -201,8 +210,7 @@ func TestPrivilegedProxyHandOver(t *testing.T) {
 	if xwingConnected.Load() != 0 || xwingTries.Load() < 10 {
 		t.Errorf("xwing: %d of %d tries connected", xwingConnected.Load(), xwingTries.Load())
 	}
-	alog, _ := os.ReadFile(filepath.Join(n.run, "agent.log"))
-	if c := strings.Count(string(alog), "proxy listener registered"); c < 4 {
+	if c := registered(); c < 4 {
 		t.Errorf("the agent registered proxy listeners %d times; want the first proxy's and each successor's", c)
 	}
 }
