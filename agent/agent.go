@@ -239,6 +239,8 @@ type Agent struct {
 	readySaved string
 	// registered: proxy listeners already in the socket map.
 	registered map[listenerKey]bool
+	// held: duplicates of the Go proxy's listeners (crash path).
+	held heldListeners
 	// trusted: the cgroup of each proxy whose from-proxy marks the
 	// datapath believes (set before its listeners are registered).
 	trusted map[consumerKind]uint64
@@ -326,6 +328,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if pc.Logger == nil {
 			pc.Logger = cfg.Logger
+		}
+		if pc.Listeners == nil {
+			pc.Listeners = a.held.files
 		}
 		goRun("proxy supervisor", false, func(ctx context.Context) error { supervisor.Run(ctx, pc); return nil })
 	}

@@ -31,7 +31,12 @@
 //
 // The proxies need no access to the datapath: once a proxy ACKed a
 // listener, the agent takes the listener socket (pidfd_getfd) into the
-// datapath's socket map, and takes it again when the proxy restarts.
+// datapath's socket map, and takes it again when the proxy restarts. It
+// keeps its duplicate of the Go proxy's sockets: if the proxy dies they
+// stay listening (connections queue in the backlog, nothing passes
+// unproxied) and the supervisor hands them to the restarted proxy. A
+// restart on SIGHUP is a hand-over: the new proxy takes the sockets from
+// the running one, which drains (package proxy).
 //
 // The agent does not build its dependencies: cmd/l7gate (the composition
 // root) hands it the datapath, the xDS server and the proxy-port allocator

@@ -138,7 +138,9 @@ func (a *Agent) registerListeners(c consumerKind) {
 	if err == nil {
 		err = a.trustProxy(c, pid)
 	}
+	ports := map[uint16]bool{}
 	for k, port := range lns {
+		ports[port] = true
 		err := err
 		if err == nil {
 			err = a.registerListener(listenerKey{c, pid, port})
@@ -147,6 +149,9 @@ func (a *Agent) registerListeners(c consumerKind) {
 			delete(lns, k)
 			a.ready.lnWhy[c][k] = notReady{StepProxyListener, fmt.Sprintf("take %s's listener on port %d: %v", c, port, err)}
 		}
+	}
+	if c == goProxy {
+		a.held.keepOnly(ports)
 	}
 }
 
@@ -184,9 +189,15 @@ func (a *Agent) registerListener(key listenerKey) error {
 		return err
 	}
 	err = a.dp.RegisterProxyListener(key.port, ln)
-	ln.Close() // the socket map holds its own reference
+	if err != nil || key.kind != goProxy {
+		ln.Close() // the socket map holds its own reference
+	}
 	if err != nil {
 		return err
+	}
+	if key.kind == goProxy {
+		// Kept: the socket outlives a proxy crash (see heldListeners).
+		a.held.hold(key.port, ln)
 	}
 	for k := range a.registered {
 		if k.kind == key.kind && k.port == key.port {

@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -30,11 +27,26 @@ type stats struct {
 // ConfigDumpType is the @type of the proxy's entry in /config_dump.
 const ConfigDumpType = "type.googleapis.com/l7gate.v1.ProxyConfigDump"
 
-// AdminHandler serves /ready, /config_dump and /stats/prometheus (the
-// proxy's metrics and extra collectors, see Registry).
+// AdminHandler serves /ready, /config_dump, /stats/prometheus (the
+// proxy's metrics and extra collectors, see Registry) and POST /drain
+// (stop accepting and drain, bounded by Options.DrainTimeout; the proxy
+// command exits when the drain ends).
 func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, _ *http.Request) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
+			defer cancel()
+			p.Drain(ctx)
+		}()
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, "DRAINING (up to %s)\n", p.opts.DrainTimeout)
+	})
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if p.Draining() {
+			http.Error(w, "DRAINING", http.StatusServiceUnavailable)
+			return
+		}
 		if !p.Ready() {
 			http.Error(w, "NOT READY: no config applied yet", http.StatusServiceUnavailable)
 			return
@@ -65,18 +77,10 @@ func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 
 // ServeAdmin serves the admin API on a Unix socket until ctx ends.
 func (p *Proxy) ServeAdmin(ctx context.Context, path string, extra ...prometheus.Collector) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("admin socket dir: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale admin socket: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
+	// Bound at a temporary name and renamed over path: during a
+	// hand-over the old process answers there until the new one does.
+	ln, err := listenUnixReplacing(path)
 	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	srv := &http.Server{Handler: p.AdminHandler(extra...), ReadHeaderTimeout: 10 * time.Second}

@@ -8,4 +8,9 @@
 // Apply validates and compiles it, and returns an error (a NACK) that
 // leaves the previous config in force. Until a config is applied no
 // listener exists, so redirected connections are refused, never passed.
+//
+// Restarts are hitless: ServeHandOver hands the listener sockets to a new
+// process (ReceiveHandOver, Options.Inherited), and Drain ends the old
+// one's connections between requests (HTTP/1.1 Connection: close, HTTP/2
+// GOAWAY, Kafka between request/response pairs), bounded by a timeout.
 package proxy

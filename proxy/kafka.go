@@ -82,6 +82,7 @@ func (p *Proxy) serveKafka(ci connInfo, client net.Conn, dial func(context.Conte
 		Budget:          p.kafkaMem,
 		IdleTimeout:     p.opts.KafkaIdleTimeout,
 		FrameTimeout:    p.opts.KafkaFrameTimeout,
+		Drain:           p.drainCtx,
 	})
 	if err != nil {
 		return err

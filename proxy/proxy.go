@@ -77,6 +77,15 @@ type Options struct {
 	// one source identity (for world and CIDR sources: of one source
 	// address); default 8192.
 	MaxConnectionsPerSource int
+	// Inherited are listener sockets by proxy port received from another
+	// process (a hand-over, see ReceiveHandOver): Apply serves a port
+	// with its inherited socket instead of binding a new one (so the
+	// datapath's socket-map entry, which holds that socket, stays valid);
+	// those the first applied config does not use are closed.
+	Inherited map[uint16]*net.TCPListener
+	// DrainTimeout bounds a drain started on the admin socket (POST
+	// /drain) or by a hand-over (default 30s).
+	DrainTimeout time.Duration
 }
 
 // Proxy serves the listeners of the applied Config.
@@ -107,6 +116,16 @@ type Proxy struct {
 	local localAddrs
 
 	stats stats
+
+	// Drain state (see Drain): drainCtx ends when a drain begins (the
+	// parsers watch it); inherited are the listeners not yet used.
+	drainCtx    context.Context
+	drainCancel context.CancelFunc
+	drainOnce   sync.Once
+	draining    bool // guarded by mu
+	drained     chan struct{}
+	drainStats  DrainStats
+	inherited   map[uint16]*net.TCPListener // guarded by mu
 }
 
 // sourceKey identifies a source for the per-source connection limit: its
@@ -146,11 +165,20 @@ func New(opts Options) *Proxy {
 	if opts.MaxConnectionsPerSource <= 0 {
 		opts.MaxConnectionsPerSource = 8192
 	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
 	opts.HTTP.Logger = opts.Logger
+	drainCtx, drainCancel := context.WithCancel(context.Background())
+	opts.HTTP.Drain = drainCtx
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
-		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{}}
+		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
+		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: map[uint16]*net.TCPListener{}}
+	for port, ln := range opts.Inherited {
+		p.inherited[port] = ln
+	}
 	p.ports.Store(&map[uint16]bool{})
 	return p
 }
@@ -184,6 +212,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	}
 	// Open new listeners first; roll back on failure.
 	var opened []uint16
+	fromInherited := map[uint16]bool{}
 	for port, spec := range want {
 		if cur, ok := p.listeners[port]; ok && cur.spec == spec {
 			continue
@@ -193,15 +222,32 @@ func (p *Proxy) Apply(cfg *Config) error {
 			cur.spec = spec
 			continue
 		}
-		ln, err := redirect.ListenTransparent(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(port))), *p.opts.Transparent)
+		if p.draining {
+			continue // a draining proxy opens no listener
+		}
+		var ln *net.TCPListener
+		var err error
+		if in, ok := p.inherited[port]; ok {
+			ln = in
+			delete(p.inherited, port)
+			fromInherited[port] = true
+		} else {
+			ln, err = redirect.ListenTransparent(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(port))), *p.opts.Transparent)
+		}
 		if err == nil && p.opts.OnListener != nil {
 			if herr := p.opts.OnListener(port, ln); herr != nil {
-				ln.Close()
+				if fromInherited[port] {
+					p.inherited[port] = ln
+				} else {
+					ln.Close()
+				}
 				err = fmt.Errorf("register listener on port %d: %w", port, herr)
 			}
 		}
 		if err != nil {
 			for _, o := range opened {
+				// (a handed-over socket closed here stays open in the
+				// process that handed it over, which keeps serving)
 				p.listeners[o].ln.Close()
 				delete(p.listeners, o)
 			}
@@ -215,6 +261,12 @@ func (p *Proxy) Apply(cfg *Config) error {
 		go p.accept(st)
 	}
 	p.cur.Store(c)
+	for port, ln := range p.inherited {
+		// Handed over but not in the config: the previous process
+		// served a listener this config removed.
+		ln.Close()
+		delete(p.inherited, port)
+	}
 	for port, st := range p.listeners {
 		if _, keep := want[port]; !keep {
 			st.ln.Close()
@@ -248,7 +300,12 @@ func (p *Proxy) Close() error {
 		st.ln.Close()
 		delete(p.listeners, port)
 	}
+	for port, ln := range p.inherited {
+		ln.Close()
+		delete(p.inherited, port)
+	}
 	p.mu.Unlock()
+	p.drainCancel()
 	p.cancel()
 	p.wg.Wait()
 	return nil

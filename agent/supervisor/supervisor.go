@@ -1,16 +1,22 @@
 // Package supervisor keeps the node's Go proxy running for the agent: it
 // adopts a proxy that answers on the admin socket, starts one otherwise (in
 // its own session, so it outlives agent restarts), and restarts the one it
-// started when it exits.
+// started when it exits. On Config.Restart it starts a new proxy while the
+// running one serves: the new one takes the listener sockets over (the
+// proxy's hand-over socket), and the old one drains and exits, so a
+// restart or an upgrade of the binary fails no request.
 package supervisor
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -33,6 +39,15 @@ type Config struct {
 	// from sockets of the proxies' cgroups).
 	Cgroup string
 	Logger *slog.Logger
+	// Restart, when set, asks for a hitless restart (say, after the
+	// l7gate binary was upgraded): a new proxy is started next to the
+	// running one and takes its listeners over.
+	Restart <-chan struct{}
+	// Listeners, when set, returns duplicates of listener sockets by proxy
+	// port that a proxy started after a crash inherits (--inherit-listener),
+	// so connections queued in their backlog while no proxy ran are served.
+	// A hand-over restart gets them from the running proxy instead.
+	Listeners func() (map[uint16]*os.File, error)
 }
 
 // proxyAlive reports whether a proxy answers on the admin socket.
@@ -67,7 +82,19 @@ func Run(ctx context.Context, cfg Config) {
 	}
 	var exited chan struct{} // the proxy we started; nil when none
 	adopted := false
-	backoff := 500 * time.Millisecond
+	const minBackoff = 500 * time.Millisecond
+	backoff := minBackoff
+	var startedAt time.Time
+	start := func(why string) {
+		ch, err := startProxy(cfg, exe, log, why, why == startFresh)
+		if err != nil {
+			log.Error("start proxy", "error", err)
+			return
+		}
+		// A proxy we started before, handing over now, exits on its own:
+		// only the newest one is watched.
+		exited, adopted, startedAt = ch, false, time.Now()
+	}
 	for {
 		wait := 2 * time.Second
 		switch {
@@ -76,6 +103,9 @@ func Run(ctx context.Context, cfg Config) {
 			case <-exited:
 				log.Warn("proxy exited; restarting it", "log", agentapi.ProxyLog(cfg.RunDir))
 				exited = nil
+				if time.Since(startedAt) > time.Minute {
+					backoff = minBackoff // it ran a while: not a crash loop
+				}
 				wait = backoff
 				if backoff < 10*time.Second {
 					backoff *= 2
@@ -89,53 +119,86 @@ func Run(ctx context.Context, cfg Config) {
 			}
 		default:
 			adopted = false
-			args := append([]string{"proxy",
-				"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
-				"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
-				"--node", cfg.Node,
-				"--flow-socket", agentapi.FlowSocket(cfg.RunDir),
-			}, cfg.Args...)
-			logf, err := os.OpenFile(agentapi.ProxyLog(cfg.RunDir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-			if err != nil {
-				log.Error("proxy log", "error", err)
-				return
+			start(startFresh)
+			if exited != nil {
+				wait = 200 * time.Millisecond
 			}
-			cmd := exec.Command(exe, args...)
-			cmd.Stdout, cmd.Stderr = logf, logf
-			// Its own session: an agent restart (or its process group being
-			// signalled) must not take the proxy and its connections down.
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-			var cgroup *os.File
-			if cfg.Cgroup != "" {
-				// Started inside its cgroup, so every socket it opens is
-				// the proxy's from the first.
-				if cgroup, err = os.Open(cfg.Cgroup); err != nil {
-					logf.Close()
-					log.Error("open proxy cgroup", "error", err)
-					break
-				}
-				cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
-			}
-			err = cmd.Start()
-			if cgroup != nil {
-				cgroup.Close()
-			}
-			if err != nil {
-				logf.Close()
-				log.Error("start proxy", "error", err)
-				break
-			}
-			os.WriteFile(agentapi.ProxyPIDFile(cfg.RunDir), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
-			log.Info("started proxy", "pid", cmd.Process.Pid, "log", logf.Name(), "cgroup", cfg.Cgroup)
-			ch := make(chan struct{})
-			exited = ch
-			go func() { cmd.Wait(); logf.Close(); close(ch) }()
-			wait = 200 * time.Millisecond
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-cfg.Restart:
+			// Hitless: the new proxy takes the running one's listeners
+			// over the hand-over socket; the old one drains and exits.
+			start("restart requested (hand-over)")
+		case <-exited: // nil (never ready) when no proxy of ours runs
+			// A crash is noticed at once: connections wait in the backlog
+			// of the held sockets (or retransmit their SYNs) meanwhile.
 		case <-time.After(wait):
 		}
 	}
+}
+
+const startFresh = "no proxy running"
+
+// startProxy starts `l7gate proxy` in its own session (and cgroup) and
+// returns a channel closed when it exits. inherit passes it the held
+// listener sockets (Config.Listeners).
+func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bool) (chan struct{}, error) {
+	args := append([]string{"proxy",
+		"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
+		"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
+		"--node", cfg.Node,
+		"--flow-socket", agentapi.FlowSocket(cfg.RunDir),
+	}, cfg.Args...)
+	var extra []*os.File
+	if inherit && cfg.Listeners != nil {
+		files, err := cfg.Listeners()
+		if err != nil {
+			log.Warn("no held listeners for the new proxy", "error", err)
+		}
+		for _, port := range slices.Sorted(maps.Keys(files)) {
+			// ExtraFiles[i] is fd 3+i in the child.
+			args = append(args, fmt.Sprintf("--inherit-listener=%d:%d", port, 3+len(extra)))
+			extra = append(extra, files[port])
+		}
+		defer func() {
+			for _, f := range extra {
+				f.Close()
+			}
+		}()
+	}
+	logf, err := os.OpenFile(agentapi.ProxyLog(cfg.RunDir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("proxy log: %w", err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = extra
+	// Its own session: an agent restart (or its process group being
+	// signalled) must not take the proxy and its connections down.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var cgroup *os.File
+	if cfg.Cgroup != "" {
+		// Started inside its cgroup, so every socket it opens is the
+		// proxy's from the first.
+		if cgroup, err = os.Open(cfg.Cgroup); err != nil {
+			logf.Close()
+			return nil, fmt.Errorf("open proxy cgroup: %w", err)
+		}
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
+	}
+	err = cmd.Start()
+	if cgroup != nil {
+		cgroup.Close()
+	}
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	os.WriteFile(agentapi.ProxyPIDFile(cfg.RunDir), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	log.Info("started proxy", "pid", cmd.Process.Pid, "why", why, "log", logf.Name(), "cgroup", cfg.Cgroup)
+	ch := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(ch) }()
+	return ch, nil
 }

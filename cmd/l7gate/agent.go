@@ -308,7 +308,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 			args = append(args, "--metrics-address", f.ProxyMetricsAddress)
 		}
 		args = append(args, f.ProxyArgs...)
-		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args}
+		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()

@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +39,9 @@ func (a *app) proxyCommand() *cobra.Command {
 		kafkaBudget                                    int64
 		kafkaIdle, kafkaFrame                          time.Duration
 		dropCaps                                       bool
+		drainTimeout                                   time.Duration
+		handOverSocket                                 string
+		inheritListeners                               []string
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -49,8 +58,18 @@ datapath: the agent takes its listener sockets into the datapath's socket
 map (pidfd_getfd) once it ACKed them, finding the proxy through its admin
 socket.
 
-The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
-/stats/prometheus. Access logs are JSON lines (one per request).`,
+The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape),
+/stats/prometheus and POST /drain. Access logs are JSON lines (one per
+request).
+
+Restarts are hitless: a new proxy started while one runs takes the running
+one's listener sockets over the hand-over socket (SCM_RIGHTS; the datapath's
+socket map holds the same sockets, so no connection finds no listener),
+applies its config, takes over the admin socket and tells the old one, which
+drains and exits. SIGTERM (or POST /drain) drains: the proxy stops
+accepting, finishes requests in flight, closes idle HTTP/1.1 connections
+between requests, sends HTTP/2 GOAWAY, closes Kafka connections between
+request/response pairs, and exits when all ended or --drain-timeout passed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
@@ -121,20 +140,79 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 					return bpf.ProxyMark(d, bpf.Identity(src))
 				}
 			}
+			if handOverSocket == "" {
+				handOverSocket = filepath.Join(filepath.Dir(adminSocket), "proxy-handover.sock")
+			}
+			opts.DrainTimeout = drainTimeout
+			// A proxy running already hands its listeners over.
+			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+			ho, err := proxy.ReceiveHandOver(hctx, handOverSocket)
+			hcancel()
+			if err != nil {
+				return err // the running proxy keeps serving; try again
+			}
+			inherited, err := inheritedListeners(inheritListeners)
+			if err != nil {
+				return usageErrorf("--inherit-listener: %v", err)
+			}
+			switch {
+			case ho != nil:
+				for _, ln := range inherited {
+					ln.Close() // the running proxy's are the same sockets
+				}
+				opts.Inherited = ho.Listeners
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners))
+			case len(inherited) > 0:
+				opts.Inherited = inherited
+				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
+			}
 			p := proxy.New(opts)
 			defer p.Close()
+			runCtx, stopRun := context.WithCancel(ctx)
+			defer stopRun()
 			go func() {
-				if err := p.ServeAdmin(ctx, adminSocket, extra...); err != nil {
-					a.log.Error("admin socket", "error", err)
+				select {
+				case <-p.Drained():
+					stopRun() // drained (POST /drain, or handed over): exit
+				case <-runCtx.Done():
 				}
 			}()
-			if metricsAddr != "" {
-				reg := p.Registry(extra...)
+			serveAdmin := func() {
 				go func() {
-					if err := serveMetrics(ctx, metricsAddr, reg); err != nil {
-						a.log.Error("metrics", "error", err)
+					if err := p.ServeAdmin(runCtx, adminSocket, extra...); err != nil {
+						a.log.Error("admin socket", "error", err)
 					}
 				}()
+				if metricsAddr != "" {
+					reg := p.Registry(extra...)
+					go func() {
+						// After a hand-over the old proxy holds the address
+						// until it drained: retry while it is in use.
+						for {
+							err := serveMetrics(runCtx, metricsAddr, reg)
+							if !errors.Is(err, syscall.EADDRINUSE) || runCtx.Err() != nil {
+								if err != nil {
+									a.log.Error("metrics", "error", err)
+								}
+								return
+							}
+							select {
+							case <-runCtx.Done():
+								return
+							case <-time.After(500 * time.Millisecond):
+							}
+						}
+					}()
+				}
+				go func() {
+					if err := p.ServeHandOver(runCtx, handOverSocket); err != nil {
+						a.log.Error("hand-over socket", "error", err)
+					}
+				}()
+			}
+			var handedOver sync.Once
+			if ho == nil {
+				serveAdmin()
 			}
 			var version atomic.Uint64
 			c, err := client.New(client.Config{SocketPath: xdsSocket, Node: node, Logger: a.log,
@@ -146,13 +224,36 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 					if err != nil {
 						return err
 					}
-					return p.Apply(cfg)
+					if err := p.Apply(cfg); err != nil {
+						return err
+					}
+					if ho != nil {
+						// Serving the handed-over sockets with a config:
+						// take the admin socket (the agent finds the proxy
+						// there) and let the old one drain.
+						handedOver.Do(func() {
+							serveAdmin()
+							if err := ho.Ready(); err != nil {
+								a.log.Warn("hand-over", "error", err)
+							}
+						})
+					}
+					return nil
 				}})
 			if err != nil {
 				return err
 			}
-			a.log.Info("proxy starting", "xds", xdsSocket, "admin", adminSocket, "node", node)
-			return c.Run(ctx)
+			a.log.Info("proxy starting", "xds", xdsSocket, "admin", adminSocket, "node", node, "hand-over", handOverSocket)
+			err = c.Run(runCtx)
+			// SIGTERM, or a drain that ended: drain (at once if done).
+			dctx, dcancel := context.WithTimeout(context.Background(), drainTimeout)
+			defer dcancel()
+			st := p.Drain(dctx)
+			a.log.Info("proxy stopped", "drain", st.Took.Round(time.Millisecond), "cut", st.Cut)
+			if ctx.Err() != nil || runCtx.Err() != nil {
+				return nil
+			}
+			return err
 		},
 	}
 	fl := cmd.Flags()
@@ -166,6 +267,9 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
+	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
+	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
+	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
@@ -181,6 +285,32 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.DurationVar(&kafkaFrame, "kafka-frame-timeout", 30*time.Second, "time from a Kafka request frame's first byte to its last (slow frames are cut; negative: never)")
 	fl.BoolVar(&kafkaTopicIDs, "kafka-topic-ids", false, "admit Kafka requests that address topics by ID (resolved per upstream cluster and identity); off: clients are offered topic-name versions only and ID requests are denied")
 	return cmd
+}
+
+// inheritedListeners turns PORT:FD pairs into listeners.
+func inheritedListeners(specs []string) (map[uint16]*net.TCPListener, error) {
+	out := map[uint16]*net.TCPListener{}
+	for _, spec := range specs {
+		ps, fs, ok := strings.Cut(spec, ":")
+		port, perr := strconv.ParseUint(ps, 10, 16)
+		fd, ferr := strconv.Atoi(fs)
+		if !ok || perr != nil || ferr != nil || port == 0 || fd < 3 {
+			return nil, fmt.Errorf("%q: want PORT:FD", spec)
+		}
+		f := os.NewFile(uintptr(fd), "inherited-listener-"+ps)
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("fd %d: %w", fd, err)
+		}
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			return nil, fmt.Errorf("fd %d is not a TCP listener", fd)
+		}
+		out[uint16(port)] = tl
+	}
+	return out, nil
 }
 
 func hostname() string {

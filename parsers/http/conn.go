@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -84,6 +85,15 @@ type Config struct {
 	// leaves it nil.
 	OnRequest func(*policy.HTTPRequest)
 	Logger    *slog.Logger
+	// Drain, when set, ends when the proxy drains (a restart or a
+	// hand-over to another process): an HTTP/1.1 connection answers its
+	// next response with "Connection: close" added and then closes, or is
+	// closed once idle for a second; an HTTP/2 connection gets
+	// GOAWAY with the last stream id and closes once its streams are done.
+	// Clients that retry a request on a closed idle connection (net/http,
+	// curl, grpc-go) see no failure. The caller bounds the drain (by
+	// cancelling ServeConn's context).
+	Drain context.Context
 }
 
 func (c Config) withDefaults() Config {
@@ -263,6 +273,10 @@ func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, dial Dialer,
 		s.upMu.Unlock()
 	})
 	defer stop()
+	if d := srv.cfg.Drain; d != nil {
+		stopDrain := context.AfterFunc(d, s.startDrain)
+		defer stopDrain()
+	}
 	err := s.run(ctx)
 	if errors.Is(err, errH2CUpgrade) {
 		return s.handoff, nil
@@ -287,6 +301,11 @@ type session struct {
 
 	dlMu    sync.Mutex
 	stopped bool // the response side closed the client
+	// idle: the request side waits for the first byte of a next request
+	// (guarded by dlMu); draining is set when Config.Drain ends (written
+	// under dlMu).
+	idle     bool
+	draining atomic.Bool
 
 	// handoff holds the bytes of an h2c upgrade request (and anything
 	// after it) for the HTTP/2 path.
@@ -306,6 +325,47 @@ func (s *session) setReadDeadline(t time.Time) {
 		t = time.Now()
 	}
 	s.client.SetReadDeadline(t)
+}
+
+// drainIdleGrace is how long a draining HTTP/1.1 connection may stay
+// idle before it is closed. A client that sends its next request within
+// it gets the response with "Connection: close" instead: only connections
+// idle that long are closed under a client (which then may race a request
+// with the close; net/http retries idempotent ones).
+const drainIdleGrace = time.Second
+
+// startDrain marks the session draining and, when it waits idle for a
+// next request, shortens that wait to drainIdleGrace.
+func (s *session) startDrain() {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	s.draining.Store(true)
+	if s.idle && !s.stopped {
+		s.client.SetReadDeadline(time.Now().Add(drainIdleGrace))
+	}
+}
+
+// awaitNext sets the deadline for the wait for a next request (at most
+// drainIdleGrace when draining) and marks the session idle.
+func (s *session) awaitNext(deadline time.Time) {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	if grace := time.Now().Add(drainIdleGrace); s.draining.Load() && grace.Before(deadline) {
+		deadline = grace
+	}
+	s.idle = true
+	if s.stopped {
+		deadline = time.Now()
+	}
+	s.client.SetReadDeadline(deadline)
+}
+
+// busy marks the session as reading a request (a drain no longer closes
+// it before that request is answered).
+func (s *session) busy() {
+	s.dlMu.Lock()
+	s.idle = false
+	s.dlMu.Unlock()
 }
 
 func (s *session) run(ctx context.Context) error {
@@ -462,7 +522,11 @@ func (s *session) requests(ctx context.Context) error {
 			idle = s.cfg.HeaderTimeout
 		}
 		in.readTimeout = 0
-		s.setReadDeadline(time.Now().Add(idle))
+		if first || len(in.bytes()) > 0 {
+			s.setReadDeadline(time.Now().Add(idle))
+		} else {
+			s.awaitNext(time.Now().Add(idle))
+		}
 		headStarted := false
 		var err error
 		for {
@@ -474,11 +538,12 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			if len(in.bytes()) > 0 && !headStarted {
 				headStarted = true
+				s.busy()
 				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 			}
 			if ferr := in.fill(); ferr != nil {
 				if len(in.bytes()) == 0 {
-					return nil // clean close between requests
+					return nil // clean close between requests (idle timeout, or a drain)
 				}
 				var ne net.Error
 				if errors.As(ferr, &ne) && ne.Timeout() {
@@ -490,6 +555,7 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			if !headStarted {
 				headStarted = true
+				s.busy()
 				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 			}
 		}
@@ -652,7 +718,9 @@ func (s *session) requests(ctx context.Context) error {
 				return errStop
 			}
 		}
-		if closeAfter {
+		if closeAfter || s.draining.Load() {
+			// Draining: the response side adds "Connection: close" to this
+			// request's response and ends the connection after it.
 			return errStop
 		}
 	}
@@ -842,6 +910,14 @@ func (s *session) responses() error {
 			if err == nil {
 				_, err = io.Copy(s.client, up.conn)
 			}
+		} else if (p.close || s.draining.Load()) && rh.KeepAlive {
+			// The connection ends after this response: say so, so the
+			// client does not send its next request on it.
+			head := up.bytes()[:rh.Size]
+			closeHead := make([]byte, 0, len(head)+len(connectionClose))
+			closeHead = append(append(closeHead, head[:len(head)-2]...), connectionClose...)
+			err = writeMessageHead(s.client, up, closeHead, rh.Size, rh.Framing, rh.Length)
+			rh.KeepAlive = false
 		} else {
 			err = writeMessage(s.client, up, rh.Size, rh.Framing, rh.Length)
 		}
@@ -859,6 +935,9 @@ func (s *session) responses() error {
 	}
 	return nil
 }
+
+// connectionClose ends a response head whose connection is to close.
+const connectionClose = "Connection: close\r\n\r\n"
 
 // finish completes a record and hands it to the access log.
 func (s *session) finish(p *pending, err error) {

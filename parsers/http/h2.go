@@ -430,7 +430,7 @@ func (srv *Server) serveH2(ctx context.Context, conn net.Conn, dial Dialer, deci
 
 // serveOneWith runs a net/http server on one connection until it closes.
 func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethttp.Handler, protocols *nethttp.Protocols, h *h2Handler, hook func(*oneConnListener)) error {
-	ln := &oneConnListener{conn: conn, done: make(chan struct{})}
+	ln := &oneConnListener{conn: conn, done: make(chan struct{}), stop: make(chan struct{})}
 	if hook != nil {
 		hook(ln)
 	}
@@ -448,7 +448,23 @@ func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethtt
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		ErrorLog:    slogErrorLog(cfg),
 	}
+	var drain <-chan struct{}
+	if cfg.Drain != nil {
+		drain = cfg.Drain.Done()
+	}
 	go func() {
+		select {
+		case <-ctx.Done():
+			srv.Close()
+			return
+		case <-ln.done:
+			return
+		case <-drain:
+		}
+		// Draining: an HTTP/2 connection gets GOAWAY (last stream id) and
+		// closes once its streams are done; an HTTP/1.1 one (the request
+		// of an h2c upgrade) closes when idle. ctx ends it hard.
+		go srv.Shutdown(ctx)
 		select {
 		case <-ctx.Done():
 			srv.Close()
@@ -456,7 +472,16 @@ func serveOneWith(ctx context.Context, cfg Config, conn net.Conn, handler nethtt
 		}
 	}()
 	err := srv.Serve(ln)
-	<-ln.done
+	if ln.take() != nil {
+		// Shut down before the connection was handed to the server.
+		conn.Close()
+		ln.finish()
+	}
+	select {
+	case <-ln.done:
+	case <-ctx.Done():
+		// A hijacked connection (an h2c upgrade) reports no StateClosed.
+	}
 	srv.Close()
 	h.proxy.Transport.(*nethttp.Transport).CloseIdleConnections()
 	if errors.Is(err, errListenerDone) || errors.Is(err, nethttp.ErrServerClosed) {
@@ -497,23 +522,33 @@ func (srv *Server) serveH2CUpgrade(ctx context.Context, conn net.Conn, dial Dial
 
 var errListenerDone = errors.New("listener done")
 
-// oneConnListener hands out one connection, then blocks until it is done.
+// oneConnListener hands out one connection, then blocks until it is done
+// or the listener is closed (a server shutting down).
 type oneConnListener struct {
 	mu     sync.Mutex
 	conn   net.Conn
-	done   chan struct{}
+	done   chan struct{} // closed when the connection ended
 	closed bool
+	stop   chan struct{} // closed by Close
+	halted bool
+}
+
+func (l *oneConnListener) take() net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.conn
+	l.conn = nil
+	return c
 }
 
 func (l *oneConnListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	c := l.conn
-	l.conn = nil
-	l.mu.Unlock()
-	if c != nil {
+	if c := l.take(); c != nil {
 		return c, nil
 	}
-	<-l.done
+	select {
+	case <-l.done:
+	case <-l.stop:
+	}
 	return nil, errListenerDone
 }
 
@@ -526,7 +561,17 @@ func (l *oneConnListener) finish() {
 	}
 }
 
-func (l *oneConnListener) Close() error { l.finish(); return nil }
+// Close stops Accept; the connection handed out goes on (a graceful
+// shutdown drains it).
+func (l *oneConnListener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.halted {
+		l.halted = true
+		close(l.stop)
+	}
+	return nil
+}
 
 func (l *oneConnListener) Addr() net.Addr { return &net.TCPAddr{} }
 

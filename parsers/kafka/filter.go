@@ -151,6 +151,12 @@ type Config struct {
 	// DrainTimeout bounds how long responses are awaited after the client
 	// stops sending; <= 0 means 30s.
 	DrainTimeout time.Duration
+	// Drain, when set, ends when the proxy drains (a restart or hand-over):
+	// the connection is closed at the first moment it is between
+	// request/response pairs (no request awaiting its answer, no byte of a
+	// next request read), so a client never loses a request it sent. The
+	// caller bounds the drain (by cancelling Serve's context).
+	Drain context.Context
 }
 
 // maxQueuedDenialBytes bounds the denials one connection may have waiting
@@ -276,6 +282,41 @@ type session struct {
 	// lastResponse is when a response was last written to the client
 	// (unix nanoseconds), for the idle timeout.
 	lastResponse atomic.Int64
+	// stopping is set when Config.Drain ends (under dmu, which also
+	// orders it with the request side's read deadlines).
+	dmu      sync.Mutex
+	stopping bool
+}
+
+// drainPoll is how often a draining connection with a request awaiting
+// its answer checks whether it is between request/response pairs.
+const drainPoll = 20 * time.Millisecond
+
+// startStopping marks the session draining and wakes a request side
+// waiting for the next request.
+func (s *session) startStopping() {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	s.stopping = true
+	_ = s.client.SetReadDeadline(time.Now())
+}
+
+// idleDeadline sets the read deadline of the wait for a next request. It
+// reports true when the connection drains and is between request/response
+// pairs: it is to close now.
+func (s *session) idleDeadline(deadline time.Time, waiting bool) bool {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	if s.stopping {
+		if !waiting {
+			return true
+		}
+		if poll := time.Now().Add(drainPoll); deadline.IsZero() || poll.Before(deadline) {
+			deadline = poll
+		}
+	}
+	_ = s.client.SetReadDeadline(deadline)
+	return false
 }
 
 // Serve filters one client connection whose requests go to upstream, until
@@ -309,6 +350,10 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 	setErr := func(err error) { errOnce.Do(func() { firstErr = err }) }
 	stop := context.AfterFunc(ctx, closeAll)
 	defer stop()
+	if f.cfg.Drain != nil {
+		stopDrain := context.AfterFunc(f.cfg.Drain, s.startStopping)
+		defer stopDrain()
+	}
 
 	respDone := make(chan struct{})
 	go func() {
@@ -613,28 +658,28 @@ func (s *session) awaitRequest(cr *bufio.Reader, fr *FrameReader) error {
 		}
 		fr.shrink()
 	}
-	if cfg.IdleTimeout < 0 {
-		_ = s.client.SetReadDeadline(time.Time{})
-		_, err := cr.Peek(1)
-		return err
-	}
 	for {
-		deadline := now.Add(cfg.IdleTimeout)
-		if last := time.Unix(0, s.lastResponse.Load()).Add(cfg.IdleTimeout); last.After(deadline) {
-			deadline = last
+		var deadline time.Time // IdleTimeout < 0: none
+		if cfg.IdleTimeout >= 0 {
+			deadline = now.Add(cfg.IdleTimeout)
+			if last := time.Unix(0, s.lastResponse.Load()).Add(cfg.IdleTimeout); last.After(deadline) {
+				deadline = last
+			}
 		}
 		s.qmu.Lock()
 		waiting := s.qhead != len(s.queue)
 		s.qmu.Unlock()
 		t := time.Now()
-		if waiting {
+		if waiting && cfg.IdleTimeout >= 0 {
 			// The client waits for an answer (a long Fetch, a
 			// rebalance): not idle.
 			deadline = t.Add(cfg.IdleTimeout)
-		} else if !t.Before(deadline) {
+		} else if !deadline.IsZero() && !t.Before(deadline) {
 			return fmt.Errorf("nothing sent or received for %s: %w", cfg.IdleTimeout, ErrIdleTimeout)
 		}
-		_ = s.client.SetReadDeadline(deadline)
+		if s.idleDeadline(deadline, waiting) {
+			return io.EOF // draining, between request/response pairs
+		}
 		_, err := cr.Peek(1)
 		if err == nil || !isTimeout(err) {
 			return err

@@ -1,0 +1,273 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The hand-over protocol, on a Unix socket in the run dir (the old process
+// serves it, the new one connects):
+//
+//  1. old → new: one message, {"ports":[...]} with the listener sockets
+//     of those ports as SCM_RIGHTS, in the same order;
+//  2. the new process applies its first config with those sockets (the
+//     datapath's socket map holds the same sockets, so nothing changes
+//     there and no SYN finds no listener), takes over the admin socket,
+//     and writes "ready\n";
+//  3. the old process drains (Drain) and exits.
+//
+// If the new process goes away before "ready", the old one keeps serving.
+// Only a peer of the same user (SO_PEERCRED) is answered.
+
+// maxHandOverListeners bounds the sockets of one hand-over.
+const maxHandOverListeners = 256
+
+type handOverHeader struct {
+	Ports []uint16 `json:"ports"`
+}
+
+// ServeHandOver serves the hand-over socket at path until ctx ends or a
+// hand-over completed (then the proxy has drained: its caller exits).
+func (p *Proxy) ServeHandOver(ctx context.Context, path string) error {
+	ln, err := listenUnixReplacing(path)
+	if err != nil {
+		return fmt.Errorf("hand-over socket: %w", err)
+	}
+	defer ln.Close()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("hand-over socket: %w", err)
+		}
+		ready, err := p.handOver(c)
+		c.Close()
+		if err != nil {
+			p.log.Warn("hand-over failed; still serving", "error", err)
+			continue
+		}
+		if ready {
+			p.log.Info("handed over to a new process; draining", "timeout", p.opts.DrainTimeout)
+			dctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
+			p.Drain(dctx)
+			cancel()
+			return nil
+		}
+	}
+}
+
+// handOver sends the listeners to the process on c and waits for its
+// "ready".
+func (p *Proxy) handOver(c *net.UnixConn) (bool, error) {
+	if err := samePeerUser(c); err != nil {
+		return false, err
+	}
+	p.mu.Lock()
+	if p.draining {
+		p.mu.Unlock()
+		return false, errors.New("already draining")
+	}
+	var hdr handOverHeader
+	var files []*os.File
+	ports := make([]uint16, 0, len(p.listeners))
+	for port := range p.listeners {
+		ports = append(ports, port)
+	}
+	slices.Sort(ports)
+	for _, port := range ports {
+		f, err := p.listeners[port].ln.File()
+		if err != nil {
+			p.mu.Unlock()
+			closeFiles(files)
+			return false, fmt.Errorf("duplicate listener %d: %w", port, err)
+		}
+		files = append(files, f)
+		hdr.Ports = append(hdr.Ports, port)
+	}
+	p.mu.Unlock()
+	defer closeFiles(files)
+	b, _ := json.Marshal(hdr)
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := c.WriteMsgUnix(append(b, '\n'), oob, nil); err != nil {
+		return false, fmt.Errorf("send listeners: %w", err)
+	}
+	// The new process gets its config before it answers: give it as long
+	// as a drain.
+	c.SetDeadline(time.Now().Add(p.opts.DrainTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return false, fmt.Errorf("wait for the new process to be ready: %w", err)
+	}
+	return line == "ready\n", nil
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+func samePeerUser(c *net.UnixConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	if int(cred.Uid) != os.Geteuid() {
+		return fmt.Errorf("peer uid %d is not ours (%d)", cred.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// HandOver is the receiving side of a hand-over: the listeners of the
+// running proxy, and the connection to tell it the new one is ready.
+type HandOver struct {
+	Listeners map[uint16]*net.TCPListener
+	c         *net.UnixConn
+}
+
+// ReceiveHandOver connects to a running proxy's hand-over socket and
+// receives its listener sockets. It returns (nil, nil) when no proxy
+// serves the socket (a first start, or after a crash).
+func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("hand-over: %w", err)
+	}
+	c := conn.(*net.UnixConn)
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetReadDeadline(dl)
+	}
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*maxHandOverListeners))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("hand-over: receive listeners: %w", err)
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("hand-over: %w", err)
+		}
+		for _, m := range msgs {
+			got, err := unix.ParseUnixRights(&m)
+			if err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
+	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, c: c}
+	fail := func(err error) (*HandOver, error) {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		h.Close()
+		return nil, fmt.Errorf("hand-over: %w", err)
+	}
+	var hdr handOverHeader
+	if err := json.Unmarshal(buf[:n], &hdr); err != nil {
+		return fail(err)
+	}
+	if len(hdr.Ports) != len(fds) {
+		return fail(fmt.Errorf("%d ports but %d sockets", len(hdr.Ports), len(fds)))
+	}
+	for i, port := range hdr.Ports {
+		f := os.NewFile(uintptr(fds[i]), fmt.Sprintf("handed-over-%d", port))
+		ln, err := net.FileListener(f)
+		f.Close()
+		fds[i] = -1
+		if err != nil {
+			return fail(fmt.Errorf("listener %d: %w", port, err))
+		}
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			return fail(fmt.Errorf("listener %d is not TCP", port))
+		}
+		h.Listeners[port] = tl
+	}
+	c.SetReadDeadline(time.Time{})
+	return h, nil
+}
+
+// Ready tells the old process to drain, and ends the hand-over.
+func (h *HandOver) Ready() error {
+	defer h.c.Close()
+	h.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := h.c.Write([]byte("ready\n")); err != nil {
+		return fmt.Errorf("hand-over: tell the old process: %w", err)
+	}
+	return nil
+}
+
+// Close abandons the hand-over (the old process keeps serving) and closes
+// listeners not handed to a Proxy.
+func (h *HandOver) Close() {
+	h.c.Close()
+	for _, ln := range h.Listeners {
+		ln.Close()
+	}
+}
+
+// listenUnixReplacing binds a Unix socket at a temporary name and renames
+// it over path, so a socket that was there answers until the new one does
+// (no moment without one).
+func listenUnixReplacing(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false) // the name is the next process's once renamed over
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	return ln, nil
+}

@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// TestHandOverLoopback hands the proxy's listeners from one Proxy to the
+// next three times (ServeHandOver / ReceiveHandOver over a Unix socket)
+// while a keep-alive client, a new-connection client (both allowed) and a
+// denied client run: no allowed request fails, no denied one gets
+// through, and each old proxy drains.
+func TestHandOverLoopback(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Millisecond)
+		fmt.Fprint(w, "ok")
+	}))
+	defer upstream.Close()
+	up := netip.MustParseAddrPort(upstream.Listener.Addr().String())
+	port := freePort(t)
+	cfg := httpConfig("1", port, up.Port(), policy.HTTPRule{Method: "GET", Path: "/ok.*"})
+	sock := filepath.Join(t.TempDir(), "proxy-handover.sock")
+	no := false
+	newProxy := func(inherited map[uint16]*net.TCPListener) *Proxy {
+		p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, Inherited: inherited, DrainTimeout: 10 * time.Second,
+			OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }})
+		t.Cleanup(func() { p.Close() })
+		if err := p.Apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	serve := func(p *Proxy) chan struct{} {
+		done := make(chan struct{})
+		go func() { defer close(done); p.ServeHandOver(context.Background(), sock) }()
+		return done
+	}
+	cur := newProxy(nil)
+	curDone := serve(cur)
+	if h, err := ReceiveHandOver(context.Background(), filepath.Join(t.TempDir(), "none.sock")); h != nil || err != nil {
+		t.Fatalf("hand-over from nobody: %v, %v; want nil, nil", h, err)
+	}
+
+	client := func(src string, keepAlive bool) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: !keepAlive}}
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/ok", port)
+	stop := make(chan struct{})
+	var sent, failed, leaked, denied atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	loop := func(c *http.Client, wantStatus int) {
+		defer wg.Done()
+		for i := 0; i < 20000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			resp, err := c.Get(url)
+			if err != nil {
+				if wantStatus == 200 {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+				continue
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch {
+			case wantStatus == 403 && resp.StatusCode == 200:
+				leaked.Add(1)
+			case wantStatus == 403:
+				denied.Add(1)
+			case resp.StatusCode != 200:
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("status %d", resp.StatusCode))
+			}
+		}
+	}
+	wg.Add(3)
+	go loop(client("127.0.0.2", true), 200)
+	go loop(client("127.0.0.2", false), 200)
+	go loop(client("127.0.0.3", true), 403)
+
+	var drains []time.Duration
+	for range 3 {
+		time.Sleep(300 * time.Millisecond)
+		h, err := ReceiveHandOver(context.Background(), sock)
+		if err != nil || h == nil {
+			t.Fatalf("receive hand-over: %v", err)
+		}
+		if len(h.Listeners) != 1 || h.Listeners[port] == nil {
+			t.Fatalf("handed-over listeners: %v, want port %d", h.Listeners, port)
+		}
+		next := newProxy(h.Listeners)
+		nextDone := serve(next)
+		start := time.Now()
+		if err := h.Ready(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-curDone:
+		case <-time.After(15 * time.Second):
+			t.Fatal("old proxy did not finish draining")
+		}
+		drains = append(drains, time.Since(start))
+		if s := cur.Drain(context.Background()); s.Cut != 0 {
+			t.Errorf("drain cut %d connections", s.Cut)
+		}
+		cur, curDone = next, nextDone
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("requests %d, failed %d, denied %d, denied that got through %d; drain times %v", sent.Load(), failed.Load(), denied.Load(), leaked.Load(), drains)
+	if failed.Load() != 0 {
+		t.Errorf("%d allowed requests failed across 3 hand-overs (first: %v)", failed.Load(), firstErr.Load())
+	}
+	if leaked.Load() != 0 || denied.Load() == 0 {
+		t.Errorf("denied client: %d denials, %d requests got through", denied.Load(), leaked.Load())
+	}
+}
+
+// TestHostileHandOverPeer: a peer on the hand-over socket that takes the
+// listeners and then hangs up, or answers anything but "ready", does not
+// make the proxy drain: it keeps serving, and a real hand-over still works
+// afterwards.
+func TestHostileHandOverPeer(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	defer upstream.Close()
+	up := netip.MustParseAddrPort(upstream.Listener.Addr().String())
+	port := freePort(t)
+	cfg := httpConfig("1", port, up.Port(), policy.HTTPRule{Path: "/.*"})
+	p, _ := newTestProxy(t, upstream.Listener.Addr().String())
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "h.sock")
+	done := make(chan struct{})
+	go func() { defer close(done); p.ServeHandOver(context.Background(), sock) }()
+	for range 50 {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	get := func() error {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+		c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/x", port))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	for _, answer := range []string{"", "garbage\n", "ready-not\n"} {
+		h, err := ReceiveHandOver(context.Background(), sock)
+		if err != nil || h == nil {
+			t.Fatalf("receive: %v", err)
+		}
+		if answer != "" {
+			h.c.Write([]byte(answer))
+		}
+		h.Close() // hang up, closing the received sockets
+		time.Sleep(50 * time.Millisecond)
+		if p.Draining() {
+			t.Fatalf("peer answering %q made the proxy drain", answer)
+		}
+		if err := get(); err != nil {
+			t.Fatalf("after a peer answering %q: %v", answer, err)
+		}
+	}
+	h, err := ReceiveHandOver(context.Background(), sock)
+	if err != nil || h == nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if err := h.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a real hand-over did not drain the proxy")
+	}
+	for _, ln := range h.Listeners {
+		ln.Close()
+	}
+}
