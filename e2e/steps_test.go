@@ -585,7 +585,9 @@ spec:
 				if strings.Contains(eps, `"`+ip+`"`) {
 					return fmt.Errorf("%s: endpoint list still has %s", a, ip)
 				}
-				if slices.ContainsFunc(strings.Split(ipc, "\n"), func(l string) bool { return strings.HasPrefix(strings.TrimSpace(l), ip+"/") || strings.HasPrefix(strings.TrimSpace(l), ip+" ") }) {
+				if slices.ContainsFunc(strings.Split(ipc, "\n"), func(l string) bool {
+					return strings.HasPrefix(strings.TrimSpace(l), ip+"/") || strings.HasPrefix(strings.TrimSpace(l), ip+" ")
+				}) {
 					return fmt.Errorf("%s: ipcache still has %s", a, ip)
 				}
 			}
@@ -604,17 +606,22 @@ func TestStep7Inspection(t *testing.T) {
 	c.waitPolicy(t, "default", "rule1")
 	c.curl(t, "xwing", "POST", "/v1/request-landing") // a drop to observe
 	xwingIP := strings.TrimSpace(c.must(t, "get", "pod", "xwing", "-o", "jsonpath={.status.podIP}"))
+	deathstarIPs := strings.Fields(c.must(t, "get", "pod", "-l", "class=deathstar", "-o", `jsonpath={range .items[*]}{.status.podIP}{" "}{end}`))
 	agent := c.agentPod(t, "node1")
-	eventually(t, 30*time.Second, "l7gate observe shows xwing's dropped flow", func() error {
+	// the drop of xwing -> deathstar:80, decided by rule1 (earlier steps
+	// leave other drops from xwing in the flow buffer)
+	eventually(t, 30*time.Second, "l7gate observe shows xwing's dropped flow to deathstar under rule1", func() error {
 		out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe")
 		for _, l := range strings.Split(out, "\n") {
-			if strings.Contains(l, "ingress") && strings.Contains(l, " "+xwingIP+":") && strings.Contains(l, ":80 ") && strings.Contains(l, "DROPPED") {
+			toDeathstar := slices.ContainsFunc(deathstarIPs, func(ip string) bool { return strings.Contains(l, " "+ip+":80 ") })
+			if strings.Contains(l, "ingress") && strings.Contains(l, " "+xwingIP+":") && toDeathstar &&
+				strings.Contains(l, "DROPPED") && strings.Contains(l, "default/rule1") {
 				t.Logf("observe: %s", l)
 				return nil
 			}
 		}
 		c.curl(t, "xwing", "POST", "/v1/request-landing")
-		return fmt.Errorf("%v: no line from %s:\n%s", err, xwingIP, out)
+		return fmt.Errorf("%v: no drop from %s to deathstar %v by default/rule1:\n%s", err, xwingIP, deathstarIPs, out)
 	})
 	for _, tc := range []struct {
 		args []string

@@ -425,6 +425,13 @@ diagnose() {
       echo "---- last lines of $f"
       tail -n 15 "$f"
     done
+    # l7gate's containers, from the kubelets' files (kubectl logs needs a
+    # working apiserver and kubelet)
+    for f in "$W"/node*/varlog/pods/kube-system_l7gate-*/*/*.log; do
+      [ -f "$f" ] || continue
+      echo "---- last lines of $f"
+      tail -n 20 "$f"
+    done
   } >&2
 }
 
@@ -471,8 +478,14 @@ down_one() {
     [ -d "$c" ] || continue
     find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
-  # 6. the work dir, except the logs
+  # 6. the work dir, except the logs (the components' and every
+  # container's, as the kubelets wrote them)
   local keep=$WORKROOT/logs-$ID
+  for d in "$W"/node*/varlog/pods; do
+    [ -d "$d" ] && [ -d "$W/logs" ] || continue
+    n=$(basename "$(dirname "$(dirname "$d")")")
+    cp -r "$d" "$W/logs/$n-pods" 2>/dev/null || true
+  done
   [ -d "$W/logs" ] && { rm -rf "$keep"; mv "$W/logs" "$keep"; }
   rm -rf "$W"
   [ "$(cat "$WORKROOT/current" 2>/dev/null)" != "$ID" ] || rm -f "$WORKROOT/current"
