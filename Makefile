@@ -4,7 +4,7 @@ BIN       := bin/l7gate
 GOTESTFLAGS ?= -timeout 25m
 PKGS      := ./...
 
-.PHONY: all build generate test bench lint demo deps clean
+.PHONY: all build generate test bench scale lint demo deps clean
 
 all: build
 
@@ -30,6 +30,16 @@ test: deps
 bench: deps
 	@bash hack/install-bench-deps.sh
 	$(GO) run ./bench/cmd/l7gate-bench $(BENCHFLAGS)
+
+# Scale: a real kube-apiserver + etcd and N simulated agents (the real k8s
+# source, policy computation and status writer; no datapath) per N, P pods,
+# policy and pod changes (bench/scale, bench/README.md). Writes
+# bench/results/scale-<time>.{json,md}. Never asserts on timing; a small N
+# runs in `make test` (TestScaleSmall). SCALE_NODES=10 SCALEFLAGS="-scale.pods=1000"
+# narrows it.
+SCALE_NODES ?= 10,50,200
+scale:
+	cd bench/scale && $(GO) test -count=1 -timeout 0 -run '^TestScale$$' -v . -args -scale.nodes=$(SCALE_NODES) $(SCALEFLAGS)
 
 lint:
 	$(GO) vet ./...

@@ -167,6 +167,7 @@ func TestCluster(t *testing.T) {
 	applyAgentRBAC(ctx, t, c)
 	t.Run("Manifests", func(t *testing.T) { testManifests(ctx, t, c) })
 	t.Run("SourceAndStatus", func(t *testing.T) { testSourceAndStatus(ctx, t, c) })
+	t.Run("StatusAcrossNodes", func(t *testing.T) { testStatusAcrossNodes(ctx, t, c) })
 }
 
 // testManifests applies the rendered manifests (default values and with

@@ -85,7 +85,7 @@ func TestDigestIgnoresNoise(t *testing.T) {
 		var trimmed []*corev1.Pod
 		for _, p := range pods {
 			tp, _ := trimPod(p)
-			trimmed = append(trimmed, tp.(*corev1.Pod))
+			trimmed = append(trimmed, tp.(*cachedPod).pod())
 		}
 		docs, err := podDocuments(trimmed)
 		if err != nil {
@@ -142,8 +142,11 @@ func TestStatusPatch(t *testing.T) {
 	if err := unstructured.SetNestedField(obj.Object, m["status"], "status"); err != nil {
 		t.Fatal(err)
 	}
-	if rv, _, _ := unstructured.NestedString(m, "metadata", "resourceVersion"); rv != "7" {
-		t.Errorf("patch without the resourceVersion precondition: %s", patch)
+	// Nodes patch disjoint keys and the same conditions: no
+	// resourceVersion precondition, so no conflicts (make scale measured
+	// 4 conflicts per node and policy change at 50 nodes with one).
+	if _, ok := m["metadata"]; ok {
+		t.Errorf("patch with a precondition: %s", patch)
 	}
 	// Same status, later revision and time: nothing to write.
 	if _, changed, _ := w.statusPatch(obj, PolicyStatus{Revision: 9}, now.Add(time.Hour)); changed {

@@ -1,21 +1,14 @@
 package k8s
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -50,9 +43,12 @@ type Source struct {
 	log *slog.Logger
 
 	mu sync.Mutex
-	// infos remembers, for the last few digests sent, each object's UID
+	// infos remembers, for the last few digests sent, each policy's UID
 	// and generation, so a status names the generation a revision held.
 	infos []digestInfo
+	// view is the rendered and decoded objects (used by Run's goroutine
+	// only).
+	view *view
 	// tracker keeps the last valid version of every object: an update
 	// that fails to decode never loosens what is in force.
 	tracker *policy.Tracker
@@ -97,16 +93,21 @@ type informerSet struct {
 func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	ctx, cancel := context.WithCancel(ctx)
 	changed := make(chan struct{}, 1)
-	notify := func() {
+	// dirty: the objects changed since the last update.
+	var dirtyMu sync.Mutex
+	dirty := map[storeKey]struct{}{}
+	record := func(informer int, obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		dirtyMu.Lock()
+		dirty[storeKey{informer, key}] = struct{}{}
+		dirtyMu.Unlock()
 		select {
 		case changed <- struct{}{}:
 		default:
 		}
-	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { notify() },
-		UpdateFunc: func(_, _ any) { notify() },
-		DeleteFunc: func(any) { notify() },
 	}
 	typed := informers.NewSharedInformerFactory(s.cfg.Client, 0)
 	// All nodes: their addresses are the remote-node identity. Only the
@@ -138,13 +139,18 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	}{{"pods", inf.pods}, {"namespaces", inf.namespaces}, {"networkpolicies", inf.netpols}, {"nodes", inf.nodes},
 		{"ciliumnetworkpolicies", inf.cnps}, {"ciliumclusterwidenetworkpolicies", inf.ccnps},
 		{"endpointslices default/kubernetes", inf.apiServer}}
-	for _, n := range named {
+	for i, n := range named {
 		trim := trimManagedFields
 		if n.inf == inf.pods {
 			trim = trimPod
 		}
 		if err := n.inf.SetTransform(trim); err != nil {
 			return fmt.Errorf("informer %s: %w", n.name, err)
+		}
+		handler := cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { record(i, o) },
+			UpdateFunc: func(_, o any) { record(i, o) },
+			DeleteFunc: func(o any) { record(i, o) },
 		}
 		if _, err := n.inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("informer %s: %w", n.name, err)
@@ -185,13 +191,34 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 		s.log.Warn("this node's Node object was not found; check --node", "node", s.cfg.Node)
 	}
 
+	get := func(sk storeKey) (any, bool) {
+		o, ok, err := named[sk.informer].inf.GetStore().GetByKey(sk.key)
+		return o, ok && err == nil
+	}
+	// The first view: every object.
+	dirtyMu.Lock()
+	for i, n := range named {
+		for _, k := range n.inf.GetStore().ListKeys() {
+			dirty[storeKey{i, k}] = struct{}{}
+		}
+	}
+	dirtyMu.Unlock()
+	if s.view == nil {
+		s.view = newView()
+	}
 	last := ""
 	for {
-		docs, err := s.documents(inf)
-		if err != nil {
+		dirtyMu.Lock()
+		batch := make([]storeKey, 0, len(dirty))
+		for k := range dirty {
+			batch = append(batch, k)
+		}
+		clear(dirty)
+		dirtyMu.Unlock()
+		if err := s.view.apply(batch, get); err != nil {
 			s.log.Error("kubernetes source: render objects", "error", err)
 		} else {
-			u := s.update(docs)
+			u := s.viewUpdate()
 			if u.Digest != last {
 				select {
 				case updates <- u:
@@ -219,88 +246,25 @@ func (s *Source) Run(ctx context.Context, updates chan<- source.Update) error {
 	}
 }
 
-// documents renders the informers' caches, sorted.
-func (s *Source) documents(inf informerSet) ([]document, error) {
-	var docs []document
-	var pods []*corev1.Pod
-	for _, o := range inf.pods.GetStore().List() {
-		if p, ok := o.(*corev1.Pod); ok {
-			pods = append(pods, p)
-		}
+// update makes the view exactly docs and returns it (tests).
+func (s *Source) update(docs []document) source.Update {
+	if s.view == nil {
+		s.view = newView()
 	}
-	pd, err := podDocuments(pods)
-	if err != nil {
-		return nil, err
-	}
-	docs = append(docs, pd...)
-	for _, o := range inf.namespaces.GetStore().List() {
-		if ns, ok := o.(*corev1.Namespace); ok {
-			d, err := namespaceDocument(ns)
-			if err != nil {
-				return nil, err
-			}
-			docs = append(docs, d)
-		}
-	}
-	for _, o := range inf.nodes.GetStore().List() {
-		if n, ok := o.(*corev1.Node); ok {
-			d, err := nodeDocument(n)
-			if err != nil {
-				return nil, err
-			}
-			docs = append(docs, d)
-		}
-	}
-	for _, o := range inf.netpols.GetStore().List() {
-		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
-			d, err := networkPolicyDocument(np)
-			if err != nil {
-				return nil, err
-			}
-			docs = append(docs, d)
-		}
-	}
-	for _, o := range inf.apiServer.GetStore().List() {
-		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-			d, err := endpointSliceDocument(es)
-			if err != nil {
-				return nil, err
-			}
-			docs = append(docs, d)
-		}
-	}
-	for _, i := range []cache.SharedIndexInformer{inf.cnps, inf.ccnps} {
-		for _, o := range i.GetStore().List() {
-			if u, ok := o.(*unstructured.Unstructured); ok {
-				d, err := ciliumDocument(u)
-				if err != nil {
-					return nil, err
-				}
-				docs = append(docs, d)
-			}
-		}
-	}
-	sortDocuments(docs)
-	return docs, nil
+	s.view.replace(docs)
+	return s.viewUpdate()
 }
 
-// update decodes documents into one view. The digest is over the
-// canonical documents, so an unchanged view has an unchanged digest. An
-// object whose update fails to decode keeps its last valid version in
-// force; a new invalid policy holds the endpoints it selects in
+// viewUpdate returns the current view as an update, and remembers which
+// policy generations its digest held. Only the objects that changed since
+// the last update were rendered and decoded (see view). The digest is
+// over the canonical documents, so an unchanged view has an unchanged
+// digest. An object whose update fails to decode keeps its last valid
+// version in force; a new invalid policy holds the endpoints it selects in
 // default-deny (policy.Tracker); its error says which, and the status
 // writer reports it Valid=False.
-func (s *Source) update(docs []document) source.Update {
-	var buf bytes.Buffer
-	infos := make(map[objectKey]objectInfo, len(docs))
-	for _, d := range docs {
-		buf.Write(d.json)
-		buf.WriteString("\n---\n")
-		infos[d.key] = d.info
-	}
-	sum := sha256.Sum256(buf.Bytes())
-	digest := hex.EncodeToString(sum[:])
-	objs, errs := policy.Decode("", buf.Bytes())
+func (s *Source) viewUpdate() source.Update {
+	objs, errs, infos, digest := s.view.assemble()
 	s.mu.Lock()
 	if s.tracker == nil {
 		s.tracker = policy.NewTracker()

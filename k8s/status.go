@@ -1,12 +1,12 @@
 package k8s
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -75,24 +75,59 @@ type StatusWriterConfig struct {
 	Node    string
 	// Source, when set, tells which object generation a digest held.
 	Source *Source
-	Logger *slog.Logger
+	// Election: the agents elect one of them to merge their
+	// PolicyNodeStatus objects into the policies' status.
+	Election ElectionConfig
+	Logger   *slog.Logger
 }
 
-// StatusWriter writes policy status: the Valid and Supported conditions
-// (the same on every node, written once) and status.nodes[node] with the
-// revision implemented here, plus an Event when a policy is rejected or
-// partly unsupported. It writes only when what it would write changed, so
-// revisions caused by pod churn cost the API server nothing.
+// ElectionConfig configures the election (a coordination.k8s.io Lease) of
+// the agent that merges the nodes' PolicyNodeStatus objects into each
+// policy's status. Zero values take the defaults.
+type ElectionConfig struct {
+	// Namespace of the Lease: default the agent's own (its service
+	// account's), else kube-system.
+	Namespace string
+	// LeaseName defaults to l7gate-policy-status.
+	LeaseName string
+	// LeaseDuration (45s), RenewDeadline (30s), RetryPeriod (15s): as in
+	// client-go's leaderelection.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// Disabled: this agent never merges.
+	Disabled bool
+}
+
+// StatusWriter reports what this node implemented: one write of its
+// PolicyNodeStatus (every policy's generation, the revision that first
+// implemented it, errors, unsupported fields, endpoints failing closed),
+// plus an Event when a policy is rejected or partly unsupported. One
+// agent, elected, merges the nodes' reports into each policy's
+// status.nodes[node] and its Valid and Supported conditions, so users read
+// `kubectl get cnp -o yaml` as before while a policy change costs one
+// small write per node, no conflicts, and a few merged writes per policy
+// instead of one per node that every agent received (make scale). It
+// writes only when what it would write changed, so revisions caused by
+// pod churn cost the API server nothing. Without the PolicyNodeStatus CRD
+// it patches each policy's status.nodes[node] directly.
 type StatusWriter struct {
 	cfg StatusWriterConfig
 	log *slog.Logger
 
 	mu       sync.Mutex
 	recorder record.EventRecorder
-	// written is the last status written per object (by fingerprint).
+	// written is the last status reported per object (by fingerprint).
 	written map[objectKey]string
 	pending *implemented
 	wake    chan struct{}
+
+	// Used by Run's goroutine only. nodeWritten is this node's
+	// PolicyNodeStatus as last written (nil: not read yet); nodeUID the
+	// Node's UID (its owner). direct: the PolicyNodeStatus API is missing,
+	// so each policy's status.nodes[node] is patched directly (the old
+	// way, without the aggregation).
+	nodeWritten map[string]nodePolicyStatus
+	nodeUID     types.UID
+	direct      bool
 }
 
 type implemented struct {
@@ -125,6 +160,14 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 	w.mu.Lock()
 	w.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "l7gate", Host: w.cfg.Node})
 	w.mu.Unlock()
+	if !w.cfg.Election.Disabled {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.runElected(ctx)
+		}()
+		defer func() { <-done }()
+	}
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
@@ -191,15 +234,34 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Up
 	items := statusItems(rev, u, warns, failed)
 	present := map[objectKey]bool{}
 	var errs []error
-	for _, it := range items {
+	infos := make([]objectInfo, len(items))
+	want := map[string]nodePolicyStatus{}
+	for i := range items {
+		it := &items[i]
 		k := keyOf(it.ref)
 		present[k] = true
 		if w.cfg.Source != nil {
 			if in, ok := w.cfg.Source.objectInfo(u.Digest, k); ok {
 				it.st.Generation = in.Generation
+				infos[i] = in
 			}
 		}
-		if err := w.Report(ctx, it.ref, it.st); err != nil {
+		if isCiliumKind(k.Kind) {
+			want[policyStatusKey(k)] = nodePolicyStatus{UID: infos[i].UID, nodeStatus: nodeEntry(it.st)}
+		}
+	}
+	// One write for every policy of this node: its PolicyNodeStatus.
+	if !w.direct {
+		if _, err := w.writeNodeStatus(ctx, want, time.Now()); errors.Is(err, errNoNodeStatusAPI) {
+			w.log.Warn("policy status: the PolicyNodeStatus CRD is missing (install the chart's CRDs, or run the agent with --ensure-crds); writing each policy's status directly meanwhile, which does not scale to many nodes",
+				"crd", "policynodestatuses.l7gate.io")
+			w.direct = true
+		} else if err != nil {
+			return err
+		}
+	}
+	for i, it := range items {
+		if err := w.report(ctx, it.ref, it.st, infos[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -211,6 +273,10 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Up
 	}
 	w.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+func isCiliumKind(kind string) bool {
+	return kind == string(policy.KindCNP) || kind == string(policy.KindCCNP)
 }
 
 type statusItem struct {
@@ -278,6 +344,13 @@ type condition struct {
 // Events only: its status is not ours). It returns quickly when the same
 // status was already written.
 func (w *StatusWriter) Report(ctx context.Context, ref policy.ObjectRef, st PolicyStatus) error {
+	return w.report(ctx, ref, st, objectInfo{})
+}
+
+// report is Report for a policy whose UID and API version may be known
+// (in): a Cilium policy's status then needs no request here, its
+// PolicyNodeStatus entry having been written.
+func (w *StatusWriter) report(ctx context.Context, ref policy.ObjectRef, st PolicyStatus, in objectInfo) error {
 	k := keyOf(ref)
 	fp := fingerprint(st)
 	w.mu.Lock()
@@ -291,7 +364,18 @@ func (w *StatusWriter) Report(ctx context.Context, ref policy.ObjectRef, st Poli
 	var obj *unstructured.Unstructured
 	switch policy.PolicyKind(ref.Kind) {
 	case policy.KindCNP, policy.KindCCNP:
-		obj, err = w.writeStatus(ctx, ref, st)
+		if w.direct {
+			obj, err = w.writeStatus(ctx, ref, st)
+			break
+		}
+		// Written with this node's PolicyNodeStatus; only the Event is
+		// left to send.
+		obj = &unstructured.Unstructured{}
+		obj.SetAPIVersion(cmp.Or(in.APIVersion, "cilium.io/v2"))
+		obj.SetKind(ref.Kind)
+		obj.SetNamespace(ref.Namespace)
+		obj.SetName(ref.Name)
+		obj.SetUID(in.UID)
 	case policy.KindNP:
 		if st.Err == nil && len(st.Warnings) == 0 {
 			break // nothing to tell: NetworkPolicy status is not ours
@@ -346,33 +430,26 @@ func truncate(s string) string {
 	return s
 }
 
-// writeStatus merges this node's view into a Cilium policy's status with
-// a resourceVersion precondition, retrying on conflicts.
+// writeStatus merges this node's view into a Cilium policy's status
+// directly (without the PolicyNodeStatus API): a merge patch of
+// status.nodes[node] and the conditions, with no resourceVersion
+// precondition — nodes write disjoint keys and the same conditions — so
+// there are no conflicts to retry.
 func (w *StatusWriter) writeStatus(ctx context.Context, ref policy.ObjectRef, st PolicyStatus) (*unstructured.Unstructured, error) {
 	var res dynamic.ResourceInterface = w.cfg.Dynamic.Resource(CCNPResource())
 	if ref.Kind == string(policy.KindCNP) {
 		res = w.cfg.Dynamic.Resource(CNPResource()).Namespace(ref.Namespace)
 	}
-	var lastErr error
-	for range 5 {
-		obj, err := res.Get(ctx, ref.Name, metav1.GetOptions{})
-		if err != nil {
-			return nil, err
-		}
-		patch, changed, err := w.statusPatch(obj, st, time.Now().UTC())
-		if err != nil {
-			return nil, err
-		}
-		if !changed {
-			return obj, nil
-		}
-		_, err = res.Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "l7gate"}, "status")
-		if err == nil || !apierrors.IsConflict(err) {
-			return obj, err
-		}
-		lastErr = err
+	obj, err := res.Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
 	}
-	return nil, lastErr
+	patch, changed, err := w.statusPatch(obj, st, time.Now().UTC())
+	if err != nil || !changed {
+		return obj, err
+	}
+	_, err = res.Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "l7gate"}, "status")
+	return obj, err
 }
 
 // statusPatch computes the merge patch taking obj's status to st, and
@@ -383,54 +460,17 @@ func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStat
 		gen = obj.GetGeneration()
 	}
 	ts := now.Format(time.RFC3339)
-	var conds []condition
-	if raw, ok, _ := unstructured.NestedSlice(obj.Object, "status", "conditions"); ok {
-		b, err := json.Marshal(raw)
-		if err != nil {
-			return nil, false, fmt.Errorf("read conditions: %w", err)
-		}
-		if err := json.Unmarshal(b, &conds); err != nil {
-			return nil, false, fmt.Errorf("read conditions: %w", err)
-		}
+	conds, err := readConditions(obj)
+	if err != nil {
+		return nil, false, err
 	}
-	valid := condition{Type: ConditionValid, Status: "True", Reason: ReasonValid, Message: "policy accepted", ObservedGeneration: gen}
+	errMsg := ""
 	if st.Err != nil {
-		valid = condition{Type: ConditionValid, Status: "False", Reason: ReasonInvalid, Message: truncate(st.Err.Error()), ObservedGeneration: gen}
+		errMsg = st.Err.Error()
 	}
-	supported := condition{Type: ConditionSupported, Status: "True", Reason: ReasonSupported, Message: "every rule is enforced", ObservedGeneration: gen}
-	if len(st.Warnings) > 0 {
-		supported = condition{Type: ConditionSupported, Status: "False", Reason: ReasonUnsupported,
-			Message: truncate(strings.Join(st.Warnings, "; ")), ObservedGeneration: gen}
-	}
-	newConds := slices.Clone(conds)
-	condChanged := false
-	for _, c := range []condition{valid, supported} {
-		i := slices.IndexFunc(newConds, func(x condition) bool { return x.Type == c.Type })
-		if i < 0 {
-			c.LastTransitionTime = ts
-			newConds = append(newConds, c)
-			condChanged = true
-			continue
-		}
-		old := newConds[i]
-		c.LastTransitionTime = old.LastTransitionTime
-		if old.Status != c.Status || c.LastTransitionTime == "" {
-			c.LastTransitionTime = ts
-		}
-		if old != c {
-			newConds[i] = c
-			condChanged = true
-		}
-	}
-	ns := nodeStatus{OK: st.Err == nil, Enforcing: st.Err == nil, Revision: st.Revision, ObservedGeneration: gen, Warnings: st.Warnings}
-	if st.Err != nil {
-		ns.Error = truncate(st.Err.Error())
-	} else if len(st.EndpointFailures) > 0 {
-		// Enforcing, but some endpoints fail closed instead of getting
-		// the policy's rules.
-		ns.OK = false
-		ns.Error = truncate("endpoints fail closed: " + strings.Join(st.EndpointFailures, "; "))
-	}
+	newConds, condChanged := mergeConditions(conds, []condition{validCondition(errMsg, gen), supportedCondition(st.Warnings, gen)}, ts)
+	st.Generation = gen
+	ns := nodeEntry(st)
 	var old nodeStatus
 	nodeChanged := true
 	if raw, ok, _ := unstructured.NestedMap(obj.Object, "status", "nodes", w.cfg.Node); ok {
@@ -438,9 +478,7 @@ func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStat
 		if json.Unmarshal(b, &old) == nil {
 			// The revision that first implemented a generation stays; a
 			// restarted agent counts revisions afresh.
-			cmpOld, cmpNew := old, ns
-			cmpOld.LastUpdated, cmpOld.Revision, cmpNew.Revision = "", 0, 0
-			nodeChanged = !reflect.DeepEqual(cmpOld, cmpNew)
+			nodeChanged = !sameReport(nodePolicyStatus{nodeStatus: old}, nodePolicyStatus{nodeStatus: ns})
 		}
 	}
 	if !condChanged && !nodeChanged {
@@ -454,10 +492,71 @@ func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStat
 		ns.LastUpdated = ts
 		status["nodes"] = map[string]any{w.cfg.Node: ns}
 	}
-	patch := map[string]any{"metadata": map[string]any{"resourceVersion": obj.GetResourceVersion()}, "status": status}
+	patch := map[string]any{"status": status}
 	b, err := json.Marshal(patch)
 	if err != nil {
 		return nil, false, fmt.Errorf("encode status: %w", err)
 	}
 	return b, true, nil
+}
+
+// readConditions reads a policy's status.conditions.
+func readConditions(obj *unstructured.Unstructured) ([]condition, error) {
+	var conds []condition
+	if raw, ok, _ := unstructured.NestedSlice(obj.Object, "status", "conditions"); ok {
+		b, err := json.Marshal(raw)
+		if err != nil {
+			return nil, fmt.Errorf("read conditions: %w", err)
+		}
+		if err := json.Unmarshal(b, &conds); err != nil {
+			return nil, fmt.Errorf("read conditions: %w", err)
+		}
+	}
+	return conds, nil
+}
+
+// validCondition is Valid for generation gen: False with the error when
+// the policy was rejected.
+func validCondition(errMsg string, gen int64) condition {
+	if errMsg != "" {
+		return condition{Type: ConditionValid, Status: "False", Reason: ReasonInvalid, Message: truncate(errMsg), ObservedGeneration: gen}
+	}
+	return condition{Type: ConditionValid, Status: "True", Reason: ReasonValid, Message: "policy accepted", ObservedGeneration: gen}
+}
+
+// supportedCondition is Supported for generation gen: False naming each
+// unsupported part.
+func supportedCondition(warnings []string, gen int64) condition {
+	if len(warnings) > 0 {
+		return condition{Type: ConditionSupported, Status: "False", Reason: ReasonUnsupported,
+			Message: truncate(strings.Join(warnings, "; ")), ObservedGeneration: gen}
+	}
+	return condition{Type: ConditionSupported, Status: "True", Reason: ReasonSupported, Message: "every rule is enforced", ObservedGeneration: gen}
+}
+
+// mergeConditions sets each of want in conds, keeping a condition's
+// lastTransitionTime unless its status changes; it reports whether
+// anything changed.
+func mergeConditions(conds, want []condition, ts string) ([]condition, bool) {
+	out := slices.Clone(conds)
+	changed := false
+	for _, c := range want {
+		i := slices.IndexFunc(out, func(x condition) bool { return x.Type == c.Type })
+		if i < 0 {
+			c.LastTransitionTime = ts
+			out = append(out, c)
+			changed = true
+			continue
+		}
+		old := out[i]
+		c.LastTransitionTime = old.LastTransitionTime
+		if old.Status != c.Status || c.LastTransitionTime == "" {
+			c.LastTransitionTime = ts
+		}
+		if old != c {
+			out[i] = c
+			changed = true
+		}
+	}
+	return out, changed
 }

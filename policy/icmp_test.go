@@ -47,3 +47,29 @@ func TestParseICMPType(t *testing.T) {
 		}
 	}
 }
+
+// TestEvaluateICMPTypeZeroIsEchoReply: an icmps rule for type 0
+// (EchoReply) admits echo replies only, as the datapath does
+// (bpf/compile.go stores ICMP types as exact ports). The evaluator used to
+// read port 0 as "every port" and told `policy trace` that an echo request
+// (type 8) was allowed by it.
+func TestEvaluateICMPTypeZeroIsEchoReply(t *testing.T) {
+	d := &DirectionPolicy{Enforced: true, Entries: []Entry{
+		{Peer: IdentityAny, Protocol: ProtoICMP, Port: 0, EndPort: 0, Verdict: VerdictAllow,
+			Origins: []Provenance{{Policy: "ns/echo-reply", Kind: KindAllow}}},
+	}}
+	if got := d.EvaluateL4(IdentityAny, ProtoICMP, 0).Decision; got != DecisionAllowed {
+		t.Errorf("type 0 (EchoReply): %s, want allowed", got)
+	}
+	for _, typ := range []uint16{3, 8, 11} {
+		if got := d.EvaluateL4(IdentityAny, ProtoICMP, typ).Decision; got != DecisionDenied {
+			t.Errorf("type %d under an EchoReply-only rule: %s, want denied", typ, got)
+		}
+	}
+	// TCP port 0 entries still mean every port.
+	d = &DirectionPolicy{Enforced: true, Entries: []Entry{{Peer: IdentityAny, Protocol: ProtoTCP, Verdict: VerdictAllow,
+		Origins: []Provenance{{Policy: "ns/any-tcp", Kind: KindAllow}}}}}
+	if got := d.EvaluateL4(IdentityAny, ProtoTCP, 8080).Decision; got != DecisionAllowed {
+		t.Errorf("TCP any port: %s, want allowed", got)
+	}
+}

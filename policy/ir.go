@@ -61,6 +61,11 @@ func (e *Entry) matches(peer Identity, proto Protocol, port uint16) bool {
 	if e.Protocol != ProtoAny && e.Protocol != proto {
 		return false
 	}
+	if e.Protocol == ProtoICMP || e.Protocol == ProtoICMPv6 {
+		// Port is one ICMP type; type 0 is EchoReply, not "every type"
+		// (as the datapath stores it: bpf/compile.go).
+		return port == e.Port
+	}
 	return e.Port == 0 || (port >= e.Port && port <= e.EndPort)
 }
 

@@ -1,0 +1,392 @@
+package k8s
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// Defaults of the election of the agent that merges the nodes' status.
+// Every other agent asks for the Lease once per retry period: one GET per
+// agent per 15 s is the standing cost; a new leader takes over within
+// 15 s of a graceful stop and 60 s of a crash. Enforcement never waits
+// for it: only the policies' status does.
+const (
+	defaultLeaseName     = "l7gate-policy-status"
+	defaultLeaseDuration = 45 * time.Second
+	defaultRenewDeadline = 30 * time.Second
+	defaultRetryPeriod   = 15 * time.Second
+	// aggregateMaxDelay bounds how long a policy's status waits for the
+	// nodes still to report before it shows the ones that did.
+	aggregateMaxDelay = time.Second
+	aggregateTick     = 50 * time.Millisecond
+	aggregatorManager = "l7gate-aggregator"
+)
+
+// serviceAccountNamespace is where an in-cluster agent runs.
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// leaseNamespace is the configured namespace, else the agent's own, else
+// kube-system.
+func leaseNamespace(configured string) string {
+	if configured != "" {
+		return configured
+	}
+	if b, err := os.ReadFile(serviceAccountNamespace); err == nil && strings.TrimSpace(string(b)) != "" {
+		return strings.TrimSpace(string(b))
+	}
+	return "kube-system"
+}
+
+// runElected takes part in the election and, while this agent leads,
+// merges the nodes' PolicyNodeStatus into the policies' status.
+func (w *StatusWriter) runElected(ctx context.Context) {
+	c := w.cfg.Election
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: cmp.Or(c.LeaseName, defaultLeaseName), Namespace: leaseNamespace(c.Namespace)},
+		Client:     w.cfg.Client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: w.cfg.Node},
+	}
+	for ctx.Err() == nil {
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			LeaseDuration:   cmp.Or(c.LeaseDuration, defaultLeaseDuration),
+			RenewDeadline:   cmp.Or(c.RenewDeadline, defaultRenewDeadline),
+			RetryPeriod:     cmp.Or(c.RetryPeriod, defaultRetryPeriod),
+			ReleaseOnCancel: true,
+			Name:            "l7gate policy status",
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					w.log.Info("merging the nodes' policy status (elected)", "lease", lock.LeaseMeta.Namespace+"/"+lock.LeaseMeta.Name)
+					for ctx.Err() == nil {
+						a := &aggregator{dyn: w.cfg.Dynamic, log: w.log}
+						err := a.run(ctx)
+						if ctx.Err() != nil {
+							return
+						}
+						w.log.Warn("policy status merge stopped; retrying in 30s", "error", err)
+						select {
+						case <-ctx.Done():
+						case <-time.After(30 * time.Second):
+						}
+					}
+				},
+				OnStoppedLeading: func() {},
+			},
+		})
+		if err != nil {
+			w.log.Error("policy status election", "error", err)
+			return
+		}
+		le.Run(ctx)
+	}
+}
+
+// aggregator writes each Cilium policy's status from the PolicyNodeStatus
+// of every node: status.nodes[node] as the node reported it, and the
+// Valid and Supported conditions of the current generation. It is the
+// only writer of those fields while it leads, so its merge patches carry
+// no resourceVersion and cannot conflict. It writes a policy when every
+// node reported the policy's generation, or aggregateMaxDelay after its
+// first unreported change, and only what changed.
+type aggregator struct {
+	dyn dynamic.Interface
+	log interface {
+		Warn(msg string, args ...any)
+		Debug(msg string, args ...any)
+	}
+
+	mu sync.Mutex
+	// dirty: policies (policyStatusKey) to look at.
+	dirty   map[string]dirtyMark
+	changed chan struct{}
+	// writes counts status writes (tests).
+	writes int
+}
+
+// dirtyMark: since when a policy waits to be looked at, and a count of
+// the changes seen meanwhile (a change during a pass keeps it dirty).
+type dirtyMark struct {
+	since   time.Time
+	changes int
+}
+
+func (a *aggregator) markDirty(keys ...string) {
+	a.mu.Lock()
+	now := time.Now()
+	for _, k := range keys {
+		m, ok := a.dirty[k]
+		if !ok {
+			m.since = now
+		}
+		m.changes++
+		a.dirty[k] = m
+	}
+	a.mu.Unlock()
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (a *aggregator) run(ctx context.Context) error {
+	// Without the CRD there is nothing to merge (agents then write the
+	// policies' status themselves).
+	if _, err := a.dyn.Resource(PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		if isMissingAPI(err) {
+			return errNoNodeStatusAPI
+		}
+		return fmt.Errorf("list policy node status: %w", err)
+	}
+	a.dirty = map[string]dirtyMark{}
+	a.changed = make(chan struct{}, 1)
+	f := dynamicinformer.NewDynamicSharedInformerFactory(a.dyn, 0)
+	defer f.Shutdown()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	nodes := f.ForResource(PolicyNodeStatusResource()).Informer()
+	cnps := f.ForResource(CNPResource()).Informer()
+	ccnps := f.ForResource(CCNPResource()).Informer()
+	entryKeys := func(o any) []string {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			return slices.Collect(maps.Keys(nodeStatusEntries(u)))
+		}
+		return nil
+	}
+	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) { a.markDirty(entryKeys(o)...) },
+		UpdateFunc: func(oldObj, newObj any) {
+			ou, _ := oldObj.(*unstructured.Unstructured)
+			nu, _ := newObj.(*unstructured.Unstructured)
+			if ou == nil || nu == nil {
+				return
+			}
+			before, after := nodeStatusEntries(ou), nodeStatusEntries(nu)
+			var keys []string
+			for k, e := range after {
+				if b, ok := before[k]; !ok || !reflect.DeepEqual(b, e) {
+					keys = append(keys, k)
+				}
+			}
+			for k := range before {
+				if _, ok := after[k]; !ok {
+					keys = append(keys, k)
+				}
+			}
+			a.markDirty(keys...)
+		},
+		DeleteFunc: func(o any) {
+			if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = t.Obj
+			}
+			a.markDirty(entryKeys(o)...)
+		},
+	}); err != nil {
+		return err
+	}
+	policyKey := func(o any) []string {
+		if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+			o = t.Obj
+		}
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			return []string{policyStatusKey(objectKey{Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName()})}
+		}
+		return nil
+	}
+	for _, inf := range []cache.SharedIndexInformer{cnps, ccnps} {
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { a.markDirty(policyKey(o)...) },
+			UpdateFunc: func(_, o any) { a.markDirty(policyKey(o)...) },
+		}); err != nil {
+			return err
+		}
+	}
+	f.Start(ctx.Done())
+	for _, inf := range []cache.SharedIndexInformer{nodes, cnps, ccnps} {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return ctx.Err()
+		}
+	}
+	tick := time.NewTicker(aggregateTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.changed:
+		case <-tick.C:
+		}
+		a.mu.Lock()
+		if len(a.dirty) == 0 {
+			a.mu.Unlock()
+			continue
+		}
+		dirty := maps.Clone(a.dirty)
+		a.mu.Unlock()
+		reports := map[string]map[string]nodePolicyStatus{} // node → entries
+		for _, o := range nodes.GetStore().List() {
+			if u, ok := o.(*unstructured.Unstructured); ok {
+				reports[u.GetName()] = nodeStatusEntries(u)
+			}
+		}
+		for key, mark := range dirty {
+			k, ok := parsePolicyStatusKey(key)
+			if !ok {
+				a.done(key, mark)
+				continue
+			}
+			inf, storeKey := ccnps, k.Name
+			if k.Kind == string(policy.KindCNP) {
+				inf, storeKey = cnps, k.Namespace+"/"+k.Name
+			}
+			o, exists, _ := inf.GetStore().GetByKey(storeKey)
+			u, _ := o.(*unstructured.Unstructured)
+			if !exists || u == nil {
+				a.done(key, mark)
+				continue
+			}
+			patch, complete, err := aggregatePatch(u, key, reports, time.Now().UTC())
+			if err != nil {
+				a.log.Warn("policy status merge", "policy", key, "error", err)
+				a.done(key, mark)
+				continue
+			}
+			if patch == nil {
+				a.done(key, mark)
+				continue
+			}
+			if !complete && time.Since(mark.since) < aggregateMaxDelay {
+				continue // wait for the other nodes, a little
+			}
+			res := a.dyn.Resource(CCNPResource()).Patch
+			if k.Kind == string(policy.KindCNP) {
+				res = a.dyn.Resource(CNPResource()).Namespace(k.Namespace).Patch
+			}
+			_, err = res(ctx, k.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: aggregatorManager}, "status")
+			if err != nil && !apierrors.IsNotFound(err) {
+				a.log.Warn("policy status not written; retrying", "policy", key, "error", err)
+				continue
+			}
+			a.mu.Lock()
+			a.writes++
+			a.mu.Unlock()
+			a.done(key, mark)
+		}
+	}
+}
+
+// done drops key from dirty unless it changed again since mark.
+func (a *aggregator) done(key string, mark dirtyMark) {
+	a.mu.Lock()
+	if m, ok := a.dirty[key]; ok && m.changes == mark.changes {
+		delete(a.dirty, key)
+	}
+	a.mu.Unlock()
+}
+
+// aggregatePatch returns the merge patch taking policy u's status to what
+// the nodes reported (nil: nothing to change), and whether every node
+// reported the current generation.
+func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, now time.Time) ([]byte, bool, error) {
+	gen := u.GetGeneration()
+	want := map[string]nodeStatus{}
+	complete := true
+	for node, entries := range reports {
+		e, ok := entries[key]
+		if !ok || (e.UID != "" && e.UID != u.GetUID()) {
+			complete = false
+			continue
+		}
+		if e.ObservedGeneration == 0 {
+			e.ObservedGeneration = gen // reported without knowing it
+		}
+		if e.ObservedGeneration != gen {
+			complete = false
+		}
+		want[node] = e.nodeStatus
+	}
+	current := map[string]nodeStatus{}
+	if raw, ok, _ := unstructured.NestedMap(u.Object, "status", "nodes"); ok {
+		for node, v := range raw {
+			b, _ := json.Marshal(v)
+			var ns nodeStatus
+			if json.Unmarshal(b, &ns) == nil {
+				current[node] = ns
+			}
+		}
+	}
+	nodesPatch := map[string]any{}
+	for node, ns := range want {
+		if cur, ok := current[node]; !ok || !reflect.DeepEqual(cur, ns) {
+			nodesPatch[node] = ns
+		}
+	}
+	for node := range current {
+		if _, ok := want[node]; !ok {
+			nodesPatch[node] = nil // the node's report is gone (node deleted)
+		}
+	}
+	// The conditions of the current generation, from the nodes that
+	// implemented it (every node decodes a policy alike; sorted for a
+	// stable message).
+	var atGen []string
+	for node, ns := range want {
+		if ns.ObservedGeneration == gen {
+			atGen = append(atGen, node)
+		}
+	}
+	slices.Sort(atGen)
+	status := map[string]any{}
+	if len(atGen) > 0 {
+		errMsg := ""
+		var warnings []string
+		for _, node := range atGen {
+			ns := want[node]
+			if errMsg == "" && !ns.OK && !ns.Enforcing && ns.Error != "" {
+				errMsg = ns.Error
+			}
+			if warnings == nil && len(ns.Warnings) > 0 {
+				warnings = ns.Warnings
+			}
+		}
+		conds, err := readConditions(u)
+		if err != nil {
+			return nil, false, err
+		}
+		merged, changed := mergeConditions(conds, []condition{validCondition(errMsg, gen), supportedCondition(warnings, gen)}, now.Format(time.RFC3339))
+		if changed {
+			status["conditions"] = merged
+		}
+	}
+	if len(nodesPatch) > 0 {
+		status["nodes"] = nodesPatch
+	}
+	if len(status) == 0 {
+		return nil, complete, nil
+	}
+	b, err := json.Marshal(map[string]any{"status": status})
+	if err != nil {
+		return nil, false, fmt.Errorf("encode status: %w", err)
+	}
+	return b, complete, nil
+}

@@ -1,0 +1,115 @@
+package k8s
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// TestAggregatePatch: a policy's status from the nodes' reports.
+func TestAggregatePatch(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	key := "CiliumNetworkPolicy/shop/api"
+	pol := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+		"metadata": map[string]any{"name": "api", "namespace": "shop", "uid": "u1", "generation": int64(3)}}}
+	ok := func(gen int64, rev uint64) nodePolicyStatus {
+		return nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, Revision: rev, ObservedGeneration: gen}}
+	}
+	apply := func(patch []byte) {
+		t.Helper()
+		var m map[string]any
+		if err := json.Unmarshal(patch, &m); err != nil {
+			t.Fatal(err)
+		}
+		st, _ := pol.Object["status"].(map[string]any)
+		if st == nil {
+			st = map[string]any{}
+		}
+		ps := m["status"].(map[string]any)
+		if c, ok := ps["conditions"]; ok {
+			st["conditions"] = c
+		}
+		if n, ok := ps["nodes"].(map[string]any); ok {
+			cur, _ := st["nodes"].(map[string]any)
+			if cur == nil {
+				cur = map[string]any{}
+			}
+			for k, v := range n {
+				if v == nil {
+					delete(cur, k)
+				} else {
+					cur[k] = v
+				}
+			}
+			st["nodes"] = cur
+		}
+		pol.Object["status"] = st
+	}
+
+	// Two nodes at the current generation, one behind, one reporting an
+	// older policy of the same name (another UID): not complete; the
+	// stale UID is left out.
+	reports := map[string]map[string]nodePolicyStatus{
+		"a": {key: ok(3, 7)},
+		"b": {key: ok(3, 9)},
+		"c": {key: ok(2, 4)},
+		"d": {key: {UID: "old", nodeStatus: nodeStatus{OK: true, Enforcing: true, ObservedGeneration: 1}}},
+	}
+	patch, complete, err := aggregatePatch(pol, key, reports, now)
+	if err != nil || patch == nil || complete {
+		t.Fatalf("patch %s complete %v err %v", patch, complete, err)
+	}
+	if s := string(patch); !strings.Contains(s, `"a":{`) || !strings.Contains(s, `"c":{`) || strings.Contains(s, `"d":`) ||
+		!strings.Contains(s, `"Valid"`) || !strings.Contains(s, `"observedGeneration":3`) {
+		t.Errorf("patch %s", s)
+	}
+	apply(patch)
+	// The same reports again: nothing to write.
+	if patch, _, _ := aggregatePatch(pol, key, reports, now.Add(time.Minute)); patch != nil {
+		t.Errorf("unchanged reports rewritten: %s", patch)
+	}
+	// c catches up, d goes (node deleted): complete; only what changed.
+	reports["c"] = map[string]nodePolicyStatus{key: ok(3, 5)}
+	delete(reports, "d")
+	patch, complete, _ = aggregatePatch(pol, key, reports, now)
+	if !complete || patch == nil || strings.Contains(string(patch), `"a":`) || strings.Contains(string(patch), "conditions") {
+		t.Errorf("catch-up patch %s complete %v: want only c", patch, complete)
+	}
+	apply(patch)
+	// A node that left: its entry is removed.
+	delete(reports, "b")
+	patch, _, _ = aggregatePatch(pol, key, reports, now)
+	if string(patch) != `{"status":{"nodes":{"b":null}}}` {
+		t.Errorf("removal patch %s", patch)
+	}
+	apply(patch)
+	// A rejection at the current generation: Valid=False with the error;
+	// an endpoint failing closed on one node does not make it invalid.
+	reports["a"] = map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{ObservedGeneration: 3, Error: "spec.x: unknown field"}}}
+	patch, _, _ = aggregatePatch(pol, key, reports, now)
+	if s := string(patch); !strings.Contains(s, `"status":"False","lastTransitionTime"`) || !strings.Contains(s, "spec.x: unknown field") {
+		t.Errorf("rejection patch %s", s)
+	}
+	reports["a"] = map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{Enforcing: true, ObservedGeneration: 3, Error: "endpoints fail closed: shop/api"}}}
+	patch, _, _ = aggregatePatch(pol, key, reports, now)
+	if s := string(patch); !strings.Contains(s, `"message":"policy accepted"`) && strings.Contains(s, "conditions") {
+		t.Errorf("endpoint failure patch %s", s)
+	}
+}
+
+func TestPolicyStatusKey(t *testing.T) {
+	for _, k := range []objectKey{{"CiliumNetworkPolicy", "shop", "api"}, {"CiliumClusterwideNetworkPolicy", "", "hosts"}} {
+		got, ok := parsePolicyStatusKey(policyStatusKey(k))
+		if !ok || got != k {
+			t.Errorf("%v → %q → %v %v", k, policyStatusKey(k), got, ok)
+		}
+	}
+	for _, bad := range []string{"", "Pod/a/b", "CiliumNetworkPolicy/x", "CiliumClusterwideNetworkPolicy/a/b"} {
+		if _, ok := parsePolicyStatusKey(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}

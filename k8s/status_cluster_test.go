@@ -1,0 +1,285 @@
+package k8s
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
+)
+
+// requestLog counts an agent's requests by method, resource path and
+// status code.
+type requestLog struct {
+	mu    sync.Mutex
+	codes map[string]int
+}
+
+func (l *requestLog) count(pred func(key string) bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for k, v := range l.codes {
+		if pred(k) {
+			n += v
+		}
+	}
+	return n
+}
+
+type loggingTransport struct {
+	next http.RoundTripper
+	log  *requestLog
+}
+
+func (t *loggingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(r)
+	code := 0
+	if resp != nil {
+		code = resp.StatusCode
+	}
+	t.log.mu.Lock()
+	t.log.codes[fmt.Sprintf("%s %s %d", r.Method, r.URL.Path, code)]++
+	t.log.mu.Unlock()
+	return resp, err
+}
+
+// agentClients are clients as the chart's service account, with their
+// requests counted.
+func agentClients(t *testing.T, c *cluster) (kubernetes.Interface, dynamic.Interface, *requestLog) {
+	t.Helper()
+	cfg := rest.CopyConfig(c.cfg)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:kube-system:l7gate"}
+	log := &requestLog{codes: map[string]int{}}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &loggingTransport{next: rt, log: log} })
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, dyn, log
+}
+
+func nodeFieldOf(st map[string]any, node, field string) any {
+	v, _, _ := unstructured.NestedFieldNoCopy(st, "nodes", node, field)
+	return v
+}
+
+// testStatusAcrossNodes: several agents report through their
+// PolicyNodeStatus; the elected one merges them into the policy's status
+// (status.nodes per node, conditions), without conflicts; another takes
+// over when it stops; a deleted node's entry goes; a restarted agent
+// rewrites nothing unchanged; without the CRD, agents patch the policy
+// directly.
+func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	nodes := []string{"node-x", "node-y"}
+	for _, n := range nodes {
+		if _, err := c.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Earlier tests' node: it reports nothing here.
+	pns := c.dyn.Resource(PolicyNodeStatusResource())
+	if err := pns.Delete(ctx, testNode, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	mustCreateNamespace(ctx, t, c, "multi", nil)
+	mustCreatePod(ctx, t, c, "multi", "api", map[string]string{"app": "api"}, "198.18.0.40", nil)
+	mustCreatePod(ctx, t, c, "multi", "web", map[string]string{"app": "web"}, "198.18.0.41", nil)
+	cnps := c.dyn.Resource(CNPResource()).Namespace("multi")
+	if _, err := cnps.Create(ctx, cnp("multi", "shared", httpPolicy(8080, "/a/.*")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	srcClient, srcDyn, _ := agentClients(t, c)
+	src, err := NewSource(SourceConfig{Client: srcClient, Dynamic: srcDyn, Node: nodes[0], Debounce: 50 * time.Millisecond, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan source.Update)
+	go src.Run(ctx, ch)
+	up := &updates{t: t, ch: ch}
+
+	election := ElectionConfig{LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond}
+	type agentW struct {
+		w      *StatusWriter
+		log    *requestLog
+		cancel context.CancelFunc
+		done   chan struct{}
+		rev    uint64
+	}
+	start := func(node string) *agentW {
+		client, dyn, log := agentClients(t, c)
+		w, err := NewStatusWriter(StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Election: election, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithCancel(ctx)
+		a := &agentW{w: w, log: log, cancel: wcancel, done: make(chan struct{})}
+		go func() { defer close(a.done); w.Run(wctx) }()
+		return a
+	}
+	agents := map[string]*agentW{}
+	for _, n := range nodes {
+		agents[n] = start(n)
+	}
+	implement := func(u source.Update, failures []source.EndpointFailure, names ...string) {
+		for _, n := range names {
+			a := agents[n]
+			a.rev++
+			a.w.Implemented(ctx, a.rev, u, failures)
+		}
+	}
+	conflicts := func() int {
+		n := 0
+		for _, a := range agents {
+			n += a.log.count(func(k string) bool { return strings.HasSuffix(k, " 409") })
+		}
+		return n
+	}
+
+	u, _ := up.await("the shared policy", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "multi", "api", 8080) == "/a/.*" })
+	implement(u, nil, nodes...)
+	st := waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, "node-x", "observedGeneration")) == "1" && fmt.Sprint(nodeFieldOf(st, "node-y", "observedGeneration")) == "1" &&
+			condStatus(st, ConditionValid) == "True"
+	})
+	if nodeFieldOf(st, "node-x", "revision") == nil || nodeFieldOf(st, "node-y", "ok") != true {
+		t.Errorf("status.nodes %v: want each node's revision and ok", st["nodes"])
+	}
+	// Each node's report is its own object, owned by its Node; the
+	// policy's status is written by the aggregator only.
+	for _, n := range nodes {
+		o, err := pns.Get(ctx, n, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("PolicyNodeStatus %s: %v", n, err)
+		}
+		if refs := o.GetOwnerReferences(); len(refs) != 1 || refs[0].Kind != "Node" || refs[0].Name != n {
+			t.Errorf("PolicyNodeStatus %s owners %v: want its Node", n, refs)
+		}
+	}
+	obj, err := cnps.Get(ctx, "shared", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range obj.GetManagedFields() {
+		if mf.Subresource == "status" && mf.Manager != aggregatorManager {
+			t.Errorf("status written by %q: only %s writes a policy's status", mf.Manager, aggregatorManager)
+		}
+	}
+
+	// A new generation, and node-y with an endpoint failing closed: Valid
+	// stays True (the policy is valid), node-y's entry names the endpoint.
+	obj.Object["spec"] = cnp("", "", httpPolicy(8080, "/b/.*")).Object["spec"]
+	if _, err := cnps.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ = up.await("generation 2", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "multi", "api", 8080) == "/b/.*" })
+	implement(u, nil, "node-x")
+	implement(u, []source.EndpointFailure{{Endpoint: "multi/api", Step: "datapath policy", Directions: []string{"ingress"}, Error: "map full",
+		Policies: []source.PolicyRef{{Kind: "CiliumNetworkPolicy", Name: "multi/shared"}}}}, "node-y")
+	st = waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, "node-x", "observedGeneration")) == "2" && fmt.Sprint(nodeFieldOf(st, "node-y", "observedGeneration")) == "2"
+	})
+	if condStatus(st, ConditionValid) != "True" || nodeFieldOf(st, "node-y", "ok") != false ||
+		!strings.Contains(fmt.Sprint(nodeFieldOf(st, "node-y", "error")), "multi/api: datapath policy: map full") || nodeFieldOf(st, "node-x", "ok") != true {
+		t.Errorf("status %v: want Valid, node-y not ok naming multi/api, node-x ok", st)
+	}
+
+	// The leader stops: the other node takes over and merges generation 3.
+	lease, err := c.client.CoordinationV1().Leases("kube-system").Get(ctx, defaultLeaseName, metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil {
+		t.Fatalf("lease: %v %v", lease, err)
+	}
+	leader := *lease.Spec.HolderIdentity
+	other := map[string]string{"node-x": "node-y", "node-y": "node-x"}[leader]
+	if other == "" {
+		t.Fatalf("lease held by %q, not one of %v", leader, nodes)
+	}
+	agents[leader].cancel()
+	<-agents[leader].done
+	obj, _ = cnps.Get(ctx, "shared", metav1.GetOptions{})
+	obj.Object["spec"] = cnp("", "", httpPolicy(8080, "/c/.*")).Object["spec"]
+	if _, err := cnps.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ = up.await("generation 3", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "multi", "api", 8080) == "/c/.*" })
+	implement(u, nil, other)
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, other, "observedGeneration")) == "3" && fmt.Sprint(nodeFieldOf(st, leader, "observedGeneration")) == "2"
+	})
+
+	// The stopped node is deleted (the garbage collector deletes its
+	// PolicyNodeStatus with it): its entry goes.
+	if err := pns.Delete(ctx, leader, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return nodeFieldOf(st, leader, "ok") == nil && nodeFieldOf(st, other, "ok") == true
+	})
+
+	// A restarted agent that implements what it reported before writes
+	// nothing.
+	before, err := pns.Get(ctx, other, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents[other].cancel()
+	<-agents[other].done
+	agents[other] = start(other)
+	implement(u, nil, other)
+	time.Sleep(time.Second)
+	after, err := pns.Get(ctx, other, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.GetResourceVersion() != after.GetResourceVersion() {
+		t.Error("a restarted agent rewrote an unchanged PolicyNodeStatus")
+	}
+	if n := conflicts(); n != 0 {
+		t.Errorf("%d requests answered 409 Conflict; want none", n)
+	}
+
+	// Without the PolicyNodeStatus CRD (a chart upgrade that did not
+	// install it), an agent patches the policy's status.nodes itself.
+	agents[other].cancel()
+	<-agents[other].done
+	crds := c.dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	if err := crds.Delete(ctx, "policynodestatuses.l7gate.io", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, err := pns.List(ctx, metav1.ListOptions{})
+		if err != nil && apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CRD is still served: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	agents["node-z"] = start("node-z")
+	implement(u, nil, "node-z")
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, "node-z", "observedGeneration")) == "3"
+	})
+}
