@@ -600,7 +600,10 @@ e2e_exit() {
     exit $rc
   fi
   local t=$SECONDS
-  down || { [ $rc != 0 ] || rc=1; }
+  # only this run's cluster: another may be running beside it
+  if [ -n "${ID:-}" ] && [ -d "$WORKROOT/$ID" ]; then
+    down_one "$ID" || { [ $rc != 0 ] || rc=1; }
+  fi
   log "down in $((SECONDS - t))s; e2e total ${SECONDS}s, exit $rc"
   exit $rc
 }
@@ -613,7 +616,7 @@ e2e() {
   log "up in ${SECONDS}s (components, images, cluster, l7gate)"
   if [ $rc = 0 ]; then
     E2E_UP=1
-    load "$(cat "$WORKROOT/current")"
+    load "$ID"
     export KUBECONFIG KUBECTL HELM E2E_WORK=$W E2E_NODES=$NODES IMAGE_TAG L7GATE_IMAGE KUBE_VERSION
     export E2E_KUBE_BIN=$KUBE_BIN E2E_ID=$ID
     t=$SECONDS
