@@ -26,18 +26,12 @@ import (
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/internal/testutil"
 )
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and a bpffs, and loads BPF programs")
-	}
-	for _, tool := range []string{"ip", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	testutil.RequirePrivileged(t, "creates network namespaces, veths and a bpffs, and loads BPF programs", "ip", "go")
 }
 
 func run(t *testing.T, name string, args ...string) {

@@ -13,6 +13,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/bpftranslate"
 	"github.com/l7gate/l7gate/envoy"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
@@ -276,6 +277,7 @@ func (a *Agent) xdsState(snap *policy.Snapshot, local []bpftranslate.LocalEndpoi
 		st.EnvoySnapshot = &es
 		maps.Copy(excl.envoyIdentities, envoyOut)
 		st.Envoy.Node = a.cfg.Node
+		st.Envoy.Marks = envoytranslate.Marks{Ingress: bpf.ProxyMark(bpf.Ingress, 0), Egress: bpf.ProxyMark(bpf.Egress, 0)}
 		st.Envoy.EscapedSlashes = a.cfg.Envoy.EscapedSlashes
 		st.Envoy.AccessLogCluster = bootstrap.AccessLogCluster
 	}

@@ -37,8 +37,15 @@ func benchDatapath(b *testing.B, n int) *Datapath {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := d.SyncPolicy([]EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: entries}}}); err != nil {
+	ingress := DirectionPolicy{Enforced: true, Entries: []PolicyEntry{
+		{Peer: benchPeer(n / 2), Protocol: ProtoTCP, Port: 8080, Verdict: VerdictAllow, RuleID: 1<<30 + 3},
+	}}
+	if _, err := d.SyncPolicy([]EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: entries}, Ingress: ingress}}); err != nil {
 		b.Fatal(err)
+	}
+	// An allowed flow into the pod, for the reply path.
+	if r := run(b, d.objs.TcToPod, pkt{src: peerIP, dst: podIP, sport: 50000, dport: 8080, proto: ProtoTCP, tcpFlags: tcpSYN}, 0); r.ret != actOK {
+		b.Fatalf("prime the reply flow: %d", r.ret)
 	}
 	return d
 }
@@ -53,7 +60,12 @@ func benchPeer(i int) Identity { return FirstClusterIdentity + Identity(i/50) }
 //   - default-deny: a new flow no entry matches (every present level is
 //     probed, the worst case);
 //   - non-ip: an ARP request from the pod, checked and passed right after
-//     parsing (the floor: test-run overhead plus the program's fixed costs).
+//     parsing (the floor: test-run overhead plus the program's fixed costs);
+//   - reply: the pod answering a flow it admitted on ingress (a reverse
+//     conntrack hit, where replies to proxies are told apart);
+//   - to-pod-ack-denied (tc_to_pod): a mid-stream segment of no tracked
+//     flow into the pod, default-denied (the socket lookup for replies to a
+//     proxy's upstream sockets, then a full evaluation; nothing is stored).
 //
 // This VM's speed drifts by tens of percent over seconds, so each
 // sub-benchmark measures its size and the 10-entry datapath in alternating
@@ -71,20 +83,27 @@ func BenchmarkDatapath(b *testing.B) {
 	time.Sleep(200 * time.Millisecond)
 
 	paths := []struct {
-		name string
-		p    func(n int) []byte
-		want uint32
+		name  string
+		p     func(n int) []byte
+		want  uint32
+		toPod bool
 	}{
 		{"established", func(n int) []byte {
 			return pkt{src: podIP, dst: peerIP, sport: 40000, dport: 1000 + uint16((n/2)%50), proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
-		}, actOK},
+		}, actOK, false},
 		{"deny-entry", func(int) []byte {
 			return pkt{src: podIP, dst: peerIP, sport: 40000, dport: 2000, proto: ProtoTCP, tcpFlags: tcpSYN}.bytes()
-		}, actShot},
+		}, actShot, false},
 		{"default-deny", func(int) []byte {
 			return pkt{src: podIP, dst: peerIP, sport: 40000, dport: 3000, proto: ProtoTCP, tcpFlags: tcpSYN}.bytes()
-		}, actShot},
-		{"non-ip", func(int) []byte { return arpFrame(1, podIP, nodeIP) }, actOK},
+		}, actShot, false},
+		{"non-ip", func(int) []byte { return arpFrame(1, podIP, nodeIP) }, actOK, false},
+		{"reply", func(int) []byte {
+			return pkt{src: podIP, dst: peerIP, sport: 8080, dport: 50000, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
+		}, actOK, false},
+		{"to-pod-ack-denied", func(int) []byte {
+			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
+		}, actShot, true},
 	}
 	for _, n := range benchSizes() {
 		for _, path := range paths {
@@ -95,7 +114,11 @@ func BenchmarkDatapath(b *testing.B) {
 				best := map[int]time.Duration{n: math.MaxInt64, 10: math.MaxInt64}
 				for range rounds {
 					for _, m := range []int{10, n} {
-						ret, t, err := dps[m].objs.TcFromPod.Benchmark(path.p(m), per, nil)
+						prog := dps[m].objs.TcFromPod
+						if path.toPod {
+							prog = dps[m].objs.TcToPod
+						}
+						ret, t, err := prog.Benchmark(path.p(m), per, nil)
 						if err != nil {
 							b.Fatal(err)
 						}

@@ -205,7 +205,7 @@ func dialFromCgroup(t *testing.T, dir, ns, addr string, mark uint32) (string, er
 	return "", fmt.Errorf("dialer: %s", line)
 }
 
-func TestSetTrustedProxyCgroups(t *testing.T) {
+func TestPrivilegedSetTrustedProxyCgroups(t *testing.T) {
 	d := openTest(t, Config{})
 	for _, bad := range [][]uint64{{0}, {rootCgroupID}, {5, rootCgroupID}} {
 		if err := d.SetTrustedProxyCgroups(bad); !errors.Is(err, ErrInvalidEntry) {

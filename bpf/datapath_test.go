@@ -93,7 +93,7 @@ func enforcedIngress(entries ...PolicyEntry) EndpointPolicy {
 	return EndpointPolicy{Ingress: DirectionPolicy{Enforced: true, Entries: entries}}
 }
 
-func TestPolicyVerdicts(t *testing.T) {
+func TestPrivilegedPolicyVerdicts(t *testing.T) {
 	requireRoot(t)
 	tcp := ProtoTCP
 	cases := []struct {
@@ -208,7 +208,7 @@ func listen(t *testing.T) *net.TCPListener {
 	return l.(*net.TCPListener)
 }
 
-func TestRedirect(t *testing.T) {
+func TestPrivilegedRedirect(t *testing.T) {
 	requireRoot(t)
 	redirect := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 20}
 	pol := EndpointPolicy{
@@ -233,14 +233,18 @@ func TestRedirect(t *testing.T) {
 	if r := d.fromPod(t, p); r.mark != wantMark {
 		t.Errorf("established egress mark %#x, want %#x", r.mark, wantMark)
 	}
-	// Traffic to the pod is turned around into the host stack.
+	// Traffic to the pod is turned around into the host stack, marked so
+	// that netfilter does not track it a second time.
 	r = d.toPod(t, ingress(peerIP, ProtoTCP, 80))
 	wantRet(t, "ingress redirect", r, actRedirect)
-	if r.mark != wantMark {
-		t.Errorf("ingress mark %#x, want %#x", r.mark, wantMark)
+	if want := TurnedAroundMark(testProxyPrt); r.mark != want || r.mark&NoTrackMask != NoTrackValue || r.mark&MarkMagicMask != MarkMagicToProxy {
+		t.Errorf("ingress mark %#x, want %#x", r.mark, want)
+	}
+	if wantMark&NoTrackMask == NoTrackValue {
+		t.Errorf("egress redirect mark %#x matches the notrack rule: netfilter would not DNAT it", wantMark)
 	}
 	// The same packet coming back in at the veth's ingress passes as is.
-	r = run(t, d.objs.TcFromPod, ingress(peerIP, ProtoTCP, 80), wantMark)
+	r = run(t, d.objs.TcFromPod, ingress(peerIP, ProtoTCP, 80), TurnedAroundMark(testProxyPrt))
 	wantRet(t, "looped redirect", r, actOK)
 
 	cts, err := d.Conntrack()
@@ -257,7 +261,7 @@ func TestRedirect(t *testing.T) {
 	}
 }
 
-func TestFailClosed(t *testing.T) {
+func TestPrivilegedFailClosed(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 21}))
 	wantRet(t, "no listener", d.toPod(t, ingress(peerIP, ProtoTCP, 80)), actShot)
@@ -276,7 +280,7 @@ func TestFailClosed(t *testing.T) {
 	wantRet(t, "listener closed", d.toPod(t, p), actShot)
 }
 
-func TestReplyOfEstablishedFlow(t *testing.T) {
+func TestPrivilegedReplyOfEstablishedFlow(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{
 		Ingress: DirectionPolicy{Enforced: true},
@@ -301,7 +305,7 @@ func TestReplyOfEstablishedFlow(t *testing.T) {
 	wantRet(t, "outbound new", d2.fromPod(t, egress(peerIP, ProtoTCP, 80)), actShot)
 }
 
-func TestConntrackExpiry(t *testing.T) {
+func TestPrivilegedConntrackExpiry(t *testing.T) {
 	requireRoot(t)
 	d := openTest(t, Config{CTTimeouts: CTTimeouts{Other: time.Millisecond}})
 	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP}, 0); err != nil {
@@ -320,7 +324,7 @@ func TestConntrackExpiry(t *testing.T) {
 	wantRet(t, "reply after expiry", d.toPod(t, q.reply()), actShot)
 }
 
-func TestFromProxy(t *testing.T) {
+func TestPrivilegedFromProxy(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 40}))
 	trustTestCgroup(t, d)
@@ -344,7 +348,7 @@ func TestFromProxy(t *testing.T) {
 	}
 }
 
-func TestSpoofedSource(t *testing.T) {
+func TestPrivilegedSpoofedSource(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{})
 	wantRet(t, "own address", d.fromPod(t, egress(peerIP, ProtoTCP, 80)), actOK)
@@ -353,7 +357,7 @@ func TestSpoofedSource(t *testing.T) {
 	wantRet(t, "node's address", d.fromPod(t, spoofed), actShot)
 }
 
-func TestNonIPAndFragments(t *testing.T) {
+func TestPrivilegedNonIPAndFragments(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress(PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictAllow, RuleID: 50}))
 	wantRet(t, "arp", runFrame(t, d.objs.TcFromPod, arpFrame(1, podIP, nodeIP), 0), actOK)
@@ -376,7 +380,7 @@ func TestNonIPAndFragments(t *testing.T) {
 	wantRet(t, "later fragment denied", d.fromPod(t, denied), actShot)
 }
 
-func TestRevalidation(t *testing.T) {
+func TestPrivilegedRevalidation(t *testing.T) {
 	requireRoot(t)
 	allow := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 60}
 	d := fixture(t, enforcedEgress(allow))
@@ -411,7 +415,7 @@ func TestRevalidation(t *testing.T) {
 	wantRet(t, "reply of revoked flow", d.toPod(t, r), actShot)
 }
 
-func TestEvents(t *testing.T) {
+func TestPrivilegedEvents(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictDeny, RuleID: 70}))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -440,7 +444,7 @@ func TestEvents(t *testing.T) {
 	}
 }
 
-func TestEventRateLimit(t *testing.T) {
+func TestPrivilegedEventRateLimit(t *testing.T) {
 	requireRoot(t)
 	d := openTest(t, Config{EventsPerSecond: 1, EventBurst: 3})
 	// The token bucket is per CPU: run every packet on one CPU, or a
@@ -474,7 +478,7 @@ func TestEventRateLimit(t *testing.T) {
 	}
 }
 
-func TestSyncDiff(t *testing.T) {
+func TestPrivilegedSyncDiff(t *testing.T) {
 	d := fixture(t, EndpointPolicy{})
 	entries := []PolicyEntry{
 		{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 1},
@@ -509,7 +513,7 @@ func TestSyncDiff(t *testing.T) {
 	}
 }
 
-func TestMapFull(t *testing.T) {
+func TestPrivilegedMapFull(t *testing.T) {
 	d := openTest(t, Config{MapSizes: MapSizes{Policy: 4}})
 	var entries []PolicyEntry
 	for i := range 5 {
@@ -524,9 +528,9 @@ func TestMapFull(t *testing.T) {
 	}
 }
 
-// TestKernelMatchesReference runs random policies through the program and
+// TestPrivilegedKernelMatchesReference runs random policies through the program and
 // checks each new flow's fate against the contract.
-func TestKernelMatchesReference(t *testing.T) {
+func TestPrivilegedKernelMatchesReference(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{})
 	if err := d.RegisterProxyListener(10000, listen(t)); err != nil {
@@ -579,7 +583,7 @@ func TestKernelMatchesReference(t *testing.T) {
 	}
 }
 
-func TestRevalidationAfterIdentityChange(t *testing.T) {
+func TestPrivilegedRevalidationAfterIdentityChange(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress(PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 62}))
 	p := egress(peerIP, ProtoTCP, 80)

@@ -149,16 +149,28 @@
 // A redirect sets the mark 0x200|port<<16 (marks.go). Traffic leaving a pod
 // is then routed locally by the node's policy routing; traffic entering a
 // pod (already routed to its veth) is turned around into the veth's ingress
-// with bpf_redirect. In both cases sk_lookup_proxy finds the flow's
-// conntrack entry (by arriving veth and tuple) and assigns the listener in
-// proxy_socks; a missing listener drops the packet in tc (and the SYN in
-// sk_lookup), never passes it. The node network namespace needs
+// with bpf_redirect, and its mark also carries MarkToProxyNoTrack. In both
+// cases sk_lookup_proxy finds the flow's conntrack entry (by arriving veth
+// and tuple) and assigns the listener in proxy_socks; a missing listener
+// drops the packet in tc (and the SYN in sk_lookup), never passes it. The
+// node network namespace needs
 //
 //	ip rule add fwmark 0x200/0xf00 lookup 2004
 //	ip route add local 0.0.0.0/0 dev lo table 2004
+//	nft: table ip l7gate { chain prerouting-raw { type filter hook
+//	     prerouting priority raw; meta mark & 0xf01 == 0x201 notrack } }
 //	net.ipv4.tcp_early_demux=0
 //	net.ipv4.conf.<pod veth>.accept_local=1 (or conf.all)
 //	net.ipv4.conf.<pod veth>.rp_filter=0 or 2
+//
+// The notrack rule (NoTrackMask, NoTrackValue; installed by agent/node):
+// a turned-around packet passes PREROUTING a second time, without the
+// conntrack reference bpf_redirect dropped. Tracked again, it becomes a
+// second entry whose reply tuple clashes with a DNAT entry of its first
+// pass (kube-proxy's ClusterIP), NAT remaps its port and the proxy's
+// answer never reaches the client. Redirects of traffic leaving a pod run
+// before PREROUTING and do not carry the bit: they are tracked and DNATed
+// once, as usual.
 //
 // tcp_early_demux must be off: the node forwards every packet of a flow
 // before tc_to_pod turns it towards the proxy, and early demux would attach
@@ -169,6 +181,31 @@
 // around; pods cannot abuse it because tc_from_pod drops packets whose
 // source is not the endpoint's address (Endpoint.IPv4). Proxy listeners
 // need IP_TRANSPARENT and must not be MPTCP (ProxySockets.Register).
+//
+// # Replies to a proxy
+//
+// A proxy may connect upstream from its client's address (IP_TRANSPARENT,
+// the Go proxy's --keep-source, Envoy's original_src): the server sees the
+// pod, and a same-node ingress proxy judges the pod behind an egress proxy
+// by its own identity. The node would route the replies to the client, so
+// tc steers them to the proxy's socket instead:
+//
+//   - a from-proxy flow whose source is not the node (ipcache identity not
+//     host) is stored with CT_F_REPLY_TO_PROXY, and the pod's replies (and
+//     those of a flow that was redirected, whose packets never reached the
+//     pod) leave tc_from_pod with the to-proxy mark and port 0: policy
+//     routing delivers them locally, where the stack finds the socket;
+//   - a TCP segment with ACK on its way into a pod that belongs to no flow
+//     tracked there (or looks like a reply to the pod's redirected flow) is
+//     looked up in the node's sockets (bpf_sk_lookup_tcp); if it answers a
+//     connected socket carrying a from-proxy SO_MARK (the egress proxy's
+//     upstream to a non-local destination or to the ingress proxy), it is
+//     turned around to it (TurnedAroundMark(0), notrack).
+//
+// The proxy must not reuse, as the source port of such an upstream, the
+// port of a client connection it holds from that address (the same tuple
+// as a redirected flow); redirect.UpstreamDialer checks the port before the
+// SYN is sent.
 //
 // # Pins and restarts
 //

@@ -5,18 +5,19 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/internal/testutil"
 )
 
+// requireRoot skips without root and fails a root-only test that is not
+// named TestPrivileged… (internal/testutil).
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs")
-	}
+	testutil.RequirePrivileged(t, "loads BPF programs")
 }
 
 // mountBPFFS mounts a private bpf filesystem for the test's pins.

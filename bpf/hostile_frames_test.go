@@ -81,10 +81,10 @@ func raw(p pkt, f func(ip []byte) []byte) []byte {
 	return append(append(append([]byte{}, testDstMAC...), testSrcMAC...), append([]byte{0x08, 0}, ip...)...)
 }
 
-// TestHostileFrames: malformed, truncated, source-routed, spoofed and
+// TestPrivilegedHostileFramesProgTestRun: malformed, truncated, source-routed, spoofed and
 // fragmented frames against the real programs (BPF_PROG_TEST_RUN). The
 // policy allows the pod UDP 53 and TCP 80 to its peer, and TCP 80 in.
-func TestHostileFrames(t *testing.T) {
+func TestPrivilegedHostileFramesProgTestRun(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{
 		Egress: DirectionPolicy{Enforced: true, Entries: []PolicyEntry{
@@ -123,7 +123,7 @@ func TestHostileFrames(t *testing.T) {
 	cases := []hostileCase{
 		{"control: allowed udp", false, ethIPv4(udp(1000)), actOK, 0},
 		// (BPF_PROG_TEST_RUN refuses IPv4 frames shorter than 34 bytes;
-		// TestPrivilegedHostileFrames sends those through a veth.)
+		// TestPrivilegedHostileFramesProgTestRun sends those through a veth.)
 		{"IPv4 header of zeros", false, ethFrame(testDstMAC, testSrcMAC, nil, unix.ETH_P_IP, nil)[:40], actShot, ReasonMalformed},
 		{"version 6 behind the IPv4 ethertype", false, raw(udp(1002), func(ip []byte) []byte { ip[0] = 0x65; return ip }), actShot, ReasonMalformed},
 		{"ihl 4", false, raw(udp(1003), func(ip []byte) []byte { ip[0] = 0x44; return ip }), actShot, ReasonMalformed},
@@ -178,11 +178,11 @@ func TestHostileFrames(t *testing.T) {
 	runHostile(t, d, evs, cases)
 }
 
-// TestHostileFramesNoCrash feeds every prefix of a set of frames (each
+// TestPrivilegedHostileFramesNoCrash feeds every prefix of a set of frames (each
 // truncation point from 34 bytes, the shortest IPv4 frame
 // BPF_PROG_TEST_RUN accepts) to both programs: the program must never pass
 // a truncated IPv4 datagram.
-func TestHostileFramesNoCrash(t *testing.T) {
+func TestPrivilegedHostileFramesNoCrash(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{Egress: DirectionPolicy{Entries: []PolicyEntry{
 		{Peer: IdentityAny, Verdict: VerdictAllow, RuleID: 140}}},

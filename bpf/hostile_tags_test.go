@@ -6,11 +6,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestHostileTaggedFrames: only untagged IPv4 and ARP pass (IPv6 is dropped until
+// TestPrivilegedHostileTaggedFramesProgTestRun: only untagged IPv4 and ARP pass (IPv6 is dropped until
 // enforced); any VLAN tag, VID 0 and stacked tags included, and any other
 // ethertype are dropped with a named reason, in both directions, even
 // when the IPv4 datagram inside would be allowed.
-func TestHostileTaggedFrames(t *testing.T) {
+func TestPrivilegedHostileTaggedFramesProgTestRun(t *testing.T) {
 	requireRoot(t)
 	allow := PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictAllow, RuleID: 80}
 	d := fixture(t, EndpointPolicy{
@@ -65,9 +65,9 @@ func TestHostileTaggedFrames(t *testing.T) {
 	}
 }
 
-// TestHostileARPFromPod: a pod's ARP must name its own address as sender (or
+// TestPrivilegedHostileARPFromPod: a pod's ARP must name its own address as sender (or
 // 0.0.0.0, an address probe); ARP towards the pod is the node's.
-func TestHostileARPFromPod(t *testing.T) {
+func TestPrivilegedHostileARPFromPod(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress())
 	evs := watchEvents(t, d)

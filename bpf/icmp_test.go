@@ -19,11 +19,11 @@ const (
 	icmpTimestamp   = 13
 )
 
-// TestICMPPolicy: icmps entries (protocol ICMP, the type in the port
+// TestPrivilegedICMPPolicy: icmps entries (protocol ICMP, the type in the port
 // field) are enforced per type; echo replies follow their request by
 // identifier through conntrack; ICMPv6 entries are accepted and match
 // nothing (IPv6 is dropped).
-func TestICMPPolicy(t *testing.T) {
+func TestPrivilegedICMPPolicy(t *testing.T) {
 	requireRoot(t)
 	d := openTest(t, Config{})
 	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv4: podIP.As4()}, 0); err != nil {
@@ -68,10 +68,10 @@ func TestICMPPolicy(t *testing.T) {
 	}
 }
 
-// TestICMPErrors: ICMP errors (unreachable, time exceeded, parameter
+// TestPrivilegedICMPErrors: ICMP errors (unreachable, time exceeded, parameter
 // problem) about a tracked flow pass as part of it; about anything else
 // they are judged as ICMP of their type (usually dropped).
-func TestICMPErrors(t *testing.T) {
+func TestPrivilegedICMPErrors(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{
 		Egress:  DirectionPolicy{Enforced: true, Entries: []PolicyEntry{{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 110}}},
@@ -109,9 +109,9 @@ func TestICMPErrors(t *testing.T) {
 	wantRet(t, "unreachable about a revoked flow", d.toPod(t, errAbout(peerIP, icmpUnreachable, out)), actShot)
 }
 
-// TestICMPFragments: later fragments of an allowed echo request follow it;
+// TestPrivilegedICMPFragments: later fragments of an allowed echo request follow it;
 // of a denied one, they are dropped.
-func TestICMPFragments(t *testing.T) {
+func TestPrivilegedICMPFragments(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedEgress(PolicyEntry{Peer: peerID, Protocol: ProtoICMP, Port: icmpEcho, Verdict: VerdictAllow, RuleID: 120}))
 	first := icmpPkt(podIP, peerIP, icmpEcho, 9)

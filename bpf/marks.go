@@ -4,11 +4,24 @@ package bpf
 //
 //	bits  8-11  magic nibble (MarkMagicMask)
 //	  0x200     to proxy, set by tc on a redirected flow; bits 16-31 hold the
-//	            proxy port. The node needs
+//	            proxy port (0 on replies steered to a proxy's upstream
+//	            socket). The node needs
 //	              ip rule add fwmark 0x200/0xf00 lookup 2004
 //	              ip route add local 0.0.0.0/0 dev lo table 2004
 //	            so that such packets are delivered locally, where the
-//	            sk_lookup program picks the proxy's listener.
+//	            sk_lookup program picks the proxy's listener (or the stack
+//	            finds the proxy's connected socket).
+//	    bit 0   (MarkToProxyNoTrack) with 0x200: the packet was turned
+//	            around into the node's stack (bpf_redirect to the veth's
+//	            ingress: an ingress redirect, or a reply to a proxy's
+//	            upstream socket met on its way into a pod). Netfilter
+//	            tracked it on its first pass and the redirect dropped that
+//	            reference, so the node's raw PREROUTING rule (NoTrackRule)
+//	            keeps it from being tracked a second time, which would clash
+//	            with a DNAT entry (kube-proxy's ClusterIP) and remap the
+//	            flow's port. Redirects of traffic leaving a pod run before
+//	            PREROUTING and keep the bit clear: tracked (and DNATed)
+//	            once, as usual.
 //	  0xA00     set by the proxy (SO_MARK) on upstream connections of the
 //	            ingress proxy, 0xB00 for the egress proxy; the rest of the
 //	            mark carries the source identity:
@@ -32,6 +45,12 @@ const (
 	MarkMagicToProxy      uint32 = 0x0200
 	MarkMagicProxyIngress uint32 = 0x0A00
 	MarkMagicProxyEgress  uint32 = 0x0B00
+	MarkToProxyNoTrack    uint32 = 0x0001
+
+	// NoTrackMask and NoTrackValue select the packets the node must not
+	// track in raw PREROUTING: mark & NoTrackMask == NoTrackValue.
+	NoTrackMask  = MarkMagicMask | MarkToProxyNoTrack
+	NoTrackValue = MarkMagicToProxy | MarkToProxyNoTrack
 
 	// ProxyRoutingTable is the routing table the to-proxy mark selects.
 	ProxyRoutingTable = 2004
@@ -40,9 +59,16 @@ const (
 	maxMarkIdentity = 1<<28 - 1
 )
 
-// ToProxyMark is the mark tc puts on packets redirected to proxyPort.
+// ToProxyMark is the mark tc puts on packets redirected to proxyPort
+// (leaving a pod; an ingress redirect adds MarkToProxyNoTrack).
 func ToProxyMark(proxyPort uint16) uint32 {
 	return MarkMagicToProxy | uint32(proxyPort)<<16
+}
+
+// TurnedAroundMark is the mark of a packet tc turned around into the node's
+// stack towards proxyPort (0: a reply to a proxy's upstream socket).
+func TurnedAroundMark(proxyPort uint16) uint32 {
+	return ToProxyMark(proxyPort) | MarkToProxyNoTrack
 }
 
 // ProxyMark is the SO_MARK a proxy sets on its upstream connection for a

@@ -584,7 +584,7 @@ func TestPrivilegedAdoptAfterInterfaceGone(t *testing.T) {
 	}
 }
 
-func TestIncompatiblePin(t *testing.T) {
+func TestPrivilegedIncompatiblePin(t *testing.T) {
 	requireRoot(t)
 	bpffs := mountBPFFS(t)
 	d, err := Open(context.Background(), Config{BPFFSPath: bpffs})

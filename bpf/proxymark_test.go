@@ -1,16 +1,17 @@
 package bpf
 
 import (
+	"net/netip"
 	"os"
 	"testing"
 )
 
-// TestEgressProxyMarkKeepsIngressRedirect: the ingress proxy's upstream
+// TestPrivilegedEgressProxyMarkKeepsIngressRedirect: the ingress proxy's upstream
 // traffic (0xA00) has passed the destination's ingress L7 rules and is not
 // redirected again; the egress proxy's (0xB00) has only passed the
 // source's egress rules, so it keeps its identity from the mark and is
 // redirected to the ingress proxy when the destination's ingress says so.
-func TestEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
+func TestPrivilegedEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(
 		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 41},
@@ -28,7 +29,7 @@ func TestEgressProxyMarkKeepsIngressRedirect(t *testing.T) {
 	p.sport++
 	r = run(t, d.objs.TcToPod, p, ProxyMark(Egress, peerID))
 	wantRet(t, "from the egress proxy", r, actRedirect)
-	if want := ToProxyMark(testProxyPrt); r.mark != want {
+	if want := TurnedAroundMark(testProxyPrt); r.mark != want {
 		t.Errorf("from the egress proxy: mark %#x, want %#x", r.mark, want)
 	}
 	// Its next packets follow the redirect too.
@@ -84,10 +85,10 @@ func (p proxyDialer) dialRead(addr string, mark uint32) (string, error) {
 	return dialFromCgroup(p.t, p.dir, p.ns, addr, mark)
 }
 
-// TestForgedProxyMark: a from-proxy mark on a packet whose socket is not
+// TestPrivilegedForgedProxyMarkProgTestRun: a from-proxy mark on a packet whose socket is not
 // in a registered proxy cgroup is ignored: the packet is judged by its
 // source address (the node: host), exactly as without the mark.
-func TestForgedProxyMark(t *testing.T) {
+func TestPrivilegedForgedProxyMarkProgTestRun(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, enforcedIngress(
 		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 43},
@@ -127,4 +128,42 @@ func TestForgedProxyMark(t *testing.T) {
 	trustTestCgroup(t, d)
 	p.sport++
 	wantRet(t, "proxy cgroup", run(t, d.objs.TcToPod, p, forged), actOK)
+}
+
+// TestPrivilegedRepliesToKeptSourceProxy: a proxy that kept its client's address as
+// the source of its upstream connection (--keep-source) gets the pod's
+// replies: the node would route them to the client, so tc steers them into
+// the node's stack (to-proxy mark, port 0). A proxy connecting from the
+// node's address, and a client connecting directly, get their replies
+// routed as usual.
+func TestPrivilegedRepliesToKeptSourceProxy(t *testing.T) {
+	requireRoot(t)
+	d := fixture(t, enforcedIngress(
+		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 81, Verdict: VerdictAllow, RuleID: 42},
+		PolicyEntry{Peer: IdentityHost, Protocol: ProtoTCP, Port: 81, Verdict: VerdictAllow, RuleID: 43},
+	))
+	trustTestCgroup(t, d)
+	reply := func(p pkt) pkt {
+		return pkt{src: p.dst, dst: p.src, sport: p.dport, dport: p.sport, proto: ProtoTCP, tcpFlags: tcpSYN | tcpACK}
+	}
+	for i, c := range []struct {
+		name      string
+		src       netip.Addr
+		mark      uint32
+		replyMark uint32
+	}{
+		{"ingress proxy, client's address kept", peerIP, ProxyMark(Ingress, peerID), ToProxyMark(0)},
+		{"egress proxy, client's address kept", peerIP, ProxyMark(Egress, peerID), ToProxyMark(0)},
+		{"ingress proxy from the node's address", nodeIP, ProxyMark(Ingress, peerID), 0},
+		{"client directly", peerIP, 0, 0},
+	} {
+		p := ingress(c.src, ProtoTCP, 81)
+		p.sport = 41000 + uint16(i)
+		wantRet(t, c.name, run(t, d.objs.TcToPod, p, c.mark), actOK)
+		r := d.fromPod(t, reply(p))
+		wantRet(t, c.name+": reply", r, actOK)
+		if r.mark != c.replyMark {
+			t.Errorf("%s: reply mark %#x, want %#x", c.name, r.mark, c.replyMark)
+		}
+	}
 }

@@ -4,13 +4,13 @@ import (
 	"testing"
 )
 
-// TestRevalidationToRedirect: an established flow admitted under an L4
+// TestPrivilegedRevalidationToRedirect: an established flow admitted under an L4
 // allow is not passed unchecked once policy redirects it: its next packet
 // is treated as new (redirected to the proxy, whose stack resets a
 // mid-stream segment), and a reply that comes first is dropped. A changed
 // proxy port is followed the same way; a redirect that becomes a plain
 // allow keeps its proxy.
-func TestRevalidationToRedirect(t *testing.T) {
+func TestPrivilegedRevalidationToRedirect(t *testing.T) {
 	requireRoot(t)
 	const otherProxyPort = testProxyPrt + 1
 	allowOut := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 90}
@@ -62,8 +62,8 @@ func TestRevalidationToRedirect(t *testing.T) {
 	if r := d.fromPod(t, out2); r.ret != actOK || r.mark != toProxy {
 		t.Errorf("egress flow after its reply was dropped: %+v, want mark %#x", r, toProxy)
 	}
-	if r := d.toPod(t, in1); r.ret != actRedirect || r.mark != toProxy {
-		t.Errorf("ingress flow after redirect added: %+v, want redirect with mark %#x", r, toProxy)
+	if r := d.toPod(t, in1); r.ret != actRedirect || r.mark != TurnedAroundMark(testProxyPrt) {
+		t.Errorf("ingress flow after redirect added: %+v, want redirect with mark %#x", r, TurnedAroundMark(testProxyPrt))
 	}
 
 	// Another proxy port.

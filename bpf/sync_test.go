@@ -7,12 +7,12 @@ import (
 	"testing"
 )
 
-// TestSyncFailureFailsClosed: a sync that cannot be written whole (the
+// TestPrivilegedSyncFailureFailsClosed: a sync that cannot be written whole (the
 // policy map is too small) never leaves a revoked allow in force and never
 // leaves new allows half-written: the endpoint direction it could not
 // write fails closed, the others are synced, and the next sync that fits
 // restores normal service.
-func TestSyncFailureFailsClosed(t *testing.T) {
+func TestPrivilegedSyncFailureFailsClosed(t *testing.T) {
 	requireRoot(t)
 	const otherEP = testEP + 1
 	d := openTest(t, Config{MapSizes: MapSizes{Policy: 8}})
@@ -96,10 +96,10 @@ func TestSyncFailureFailsClosed(t *testing.T) {
 	wantRet(t, "after a sync that fits: revoked allow", d.fromPod(t, egress(peerIP, ProtoTCP, 80)), actShot)
 }
 
-// TestSyncGenerations: each change of an endpoint direction flips its
+// TestPrivilegedSyncGenerations: each change of an endpoint direction flips its
 // generation and leaves only the keys in force; keys an interrupted sync
 // left behind are removed by the next one.
-func TestSyncGenerations(t *testing.T) {
+func TestPrivilegedSyncGenerations(t *testing.T) {
 	d := fixture(t, EndpointPolicy{})
 	pol := func(port uint16) []EndpointPolicy {
 		return []EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: []PolicyEntry{

@@ -5,26 +5,29 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
-// Identity is a numeric security identity (see the reserved values below).
-type Identity uint32
-
-// Reserved identities, as in Cilium. IdentityAny is the wildcard peer of a
+// Identity is a numeric security identity; package flow owns the type and
+// the reserved numbers (Cilium's). IdentityAny is the wildcard peer of a
 // policy entry and never the identity of a real peer.
+type Identity = flow.Identity
+
+// Reserved identities (flow's).
 const (
-	IdentityAny           Identity = 0
-	IdentityHost          Identity = 1
-	IdentityWorld         Identity = 2
-	IdentityUnmanaged     Identity = 3
-	IdentityHealth        Identity = 4
-	IdentityInit          Identity = 5
-	IdentityRemoteNode    Identity = 6
-	IdentityKubeAPIServer Identity = 7
+	IdentityAny           = flow.IdentityAny
+	IdentityHost          = flow.IdentityHost
+	IdentityWorld         = flow.IdentityWorld
+	IdentityUnmanaged     = flow.IdentityUnmanaged
+	IdentityHealth        = flow.IdentityHealth
+	IdentityInit          = flow.IdentityInit
+	IdentityRemoteNode    = flow.IdentityRemoteNode
+	IdentityKubeAPIServer = flow.IdentityKubeAPIServer
 	// FirstClusterIdentity is the first identity allocated for pods.
-	FirstClusterIdentity Identity = 256
+	FirstClusterIdentity = flow.FirstClusterIdentity
 	// FirstCIDRIdentity is the first node-local CIDR identity.
-	FirstCIDRIdentity Identity = 1 << 24
+	FirstCIDRIdentity = flow.FirstCIDRIdentity
 )
 
 // Direction is relative to the endpoint: Ingress is traffic arriving at the

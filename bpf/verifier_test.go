@@ -9,13 +9,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// TestVerifierBudget loads each program with verifier statistics and
+// TestPrivilegedVerifierBudget loads each program with verifier statistics and
 // fails when the verifier walks more than a quarter of its limit of one
 // million instructions: each path through the programs costs load time at
 // every agent start, and a program near the limit stops loading after a
 // small change or on another kernel. (Parts that multiply paths are global
 // functions, verified once: decide, check_ip_options, parse_related.)
-func TestVerifierBudget(t *testing.T) {
+func TestPrivilegedVerifierBudget(t *testing.T) {
 	requireRoot(t)
 	const budget = 250_000
 	spec, err := loadDatapath()

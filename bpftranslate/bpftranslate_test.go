@@ -3,19 +3,15 @@ package bpftranslate
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/out from the current output")
 
 // ports is the redirect decision of the golden tests: ingress and egress
 // HTTP and ingress Kafka have ACKed listeners; egress Kafka has none, so
@@ -83,19 +79,7 @@ func TestGolden(t *testing.T) {
 			}
 			got = append(got, '\n')
 			out := filepath.Join("testdata/out", strings.TrimSuffix(filepath.Base(in), ".yaml")+".json")
-			if *update {
-				if err := os.WriteFile(out, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatalf("%v (run with -update)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("%s differs (run with -update and review the diff):\n%s", out, firstDiff(string(want), string(got)))
-			}
+			testutil.Golden(t, out, got)
 			// Deterministic: a second run gives the same bytes.
 			again, _ := json.MarshalIndent(golden{Policies: Policy(snap, localOf(snap), ports).Policies, Rules: res.Rules, IPCache: g.IPCache, Dropped: g.Dropped}, "", "  ")
 			if !bytes.Equal(append(again, '\n'), got) {
@@ -103,23 +87,6 @@ func TestGolden(t *testing.T) {
 			}
 		})
 	}
-}
-
-func firstDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	for i := range max(len(w), len(g)) {
-		var a, b string
-		if i < len(w) {
-			a = w[i]
-		}
-		if i < len(g) {
-			b = g[i]
-		}
-		if a != b {
-			return "line " + strconv.Itoa(i+1) + ":\n want " + a + "\n  got " + b
-		}
-	}
-	return ""
 }
 
 // TestRedirectFailsClosed: without a port for the parser every redirect

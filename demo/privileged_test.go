@@ -11,16 +11,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/internal/testutil"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, veths, bpffs): run as root to enable")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) (iproute2)")
-	}
+	testutil.RequirePrivileged(t, "network namespaces, veths, bpffs", "ip")
 }
 
 // rootLinks lists the interfaces of the root network namespace.

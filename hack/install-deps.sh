@@ -14,6 +14,10 @@ declare -A want=(
   [bpftool]=bpftool
   [protoc]=protobuf-compiler
   [ping]=iputils-ping
+  # kube-proxy-like DNAT in agent's TestPrivilegedClusterIPIngressRedirect
+  [iptables-nft]=iptables
+  [iptables-legacy]=iptables
+  [conntrack]=conntrack
 )
 
 missing=()

@@ -401,6 +401,24 @@ func l7Path(snap *policy.Snapshot, ns, name string, port uint16) string {
 	return ""
 }
 
+// awaitReported waits until the status writer has processed revision rev
+// (written, or found unchanged); earlier revisions may be skipped (only
+// the newest pending one is kept).
+func awaitReported(t *testing.T, reported <-chan uint64, rev uint64) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case r := <-reported:
+			if r >= rev {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("status writer never reported revision %d", rev)
+		}
+	}
+}
+
 func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -432,7 +450,14 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := NewStatusWriter(StatusWriterConfig{Client: agentClient, Dynamic: agentDyn, Node: testNode, Source: src, Logger: testLogger(t)})
+	reported := make(chan uint64, 64)
+	w, err := NewStatusWriter(StatusWriterConfig{Client: agentClient, Dynamic: agentDyn, Node: testNode, Source: src, Logger: testLogger(t),
+		Reported: func(rev uint64) {
+			select {
+			case reported <- rev:
+			default:
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,8 +527,8 @@ func testSourceAndStatus(ctx context.Context, t *testing.T, c *cluster) {
 		up.quiet("annotation and pod condition changes", time.Second)
 		// The same content again as a new revision: no status write.
 		before, _ := cnps.Get(ctx, "api-http", metav1.GetOptions{})
-		implement(up.last)
-		time.Sleep(500 * time.Millisecond)
+		r := implement(up.last)
+		awaitReported(t, reported, r)
 		after, _ := cnps.Get(ctx, "api-http", metav1.GetOptions{})
 		if before.GetResourceVersion() != after.GetResourceVersion() {
 			t.Error("an unchanged policy's status was rewritten")

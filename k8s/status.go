@@ -79,6 +79,10 @@ type StatusWriterConfig struct {
 	// PolicyNodeStatus objects into the policies' status.
 	Election ElectionConfig
 	Logger   *slog.Logger
+	// Reported, when set, is called from Run after the statuses of
+	// revision rev were written (or found unchanged, so not written): an
+	// observer (tests, make scale) can wait for it instead of sleeping.
+	Reported func(rev uint64)
 }
 
 // ElectionConfig configures the election (a coordination.k8s.io Lease) of
@@ -185,7 +189,11 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 		if p == nil {
 			continue
 		}
-		if err := w.reportUpdate(ctx, p.rev, p.u, p.failures); err != nil && ctx.Err() == nil {
+		err := w.reportUpdate(ctx, p.rev, p.u, p.failures)
+		if err == nil && w.cfg.Reported != nil {
+			w.cfg.Reported(p.rev)
+		}
+		if err != nil && ctx.Err() == nil {
 			w.log.Warn("policy status not written; retrying", "error", err)
 			w.mu.Lock()
 			if w.pending == nil {

@@ -126,15 +126,24 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		cancel context.CancelFunc
 		done   chan struct{}
 		rev    uint64
+		// reported receives each revision the writer processed.
+		reported chan uint64
 	}
 	start := func(node string) *agentW {
 		client, dyn, log := agentClients(t, c)
-		w, err := NewStatusWriter(StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Election: election, Logger: testLogger(t)})
+		reported := make(chan uint64, 64)
+		w, err := NewStatusWriter(StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Election: election, Logger: testLogger(t),
+			Reported: func(rev uint64) {
+				select {
+				case reported <- rev:
+				default:
+				}
+			}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		wctx, wcancel := context.WithCancel(ctx)
-		a := &agentW{w: w, log: log, cancel: wcancel, done: make(chan struct{})}
+		a := &agentW{w: w, log: log, cancel: wcancel, done: make(chan struct{}), reported: reported}
 		go func() { defer close(a.done); w.Run(wctx) }()
 		return a
 	}
@@ -247,7 +256,7 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	<-agents[other].done
 	agents[other] = start(other)
 	implement(u, nil, other)
-	time.Sleep(time.Second)
+	awaitReported(t, agents[other].reported, agents[other].rev)
 	after, err := pns.Get(ctx, other, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -1,17 +1,14 @@
 package policy
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files in testdata/out")
+	"github.com/l7gate/l7gate/internal/testutil"
+)
 
 type goldenOutput struct {
 	Errors   []string  `json:"errors,omitempty"`
@@ -60,37 +57,7 @@ func TestGolden(t *testing.T) {
 				t.Fatal("output is not deterministic")
 			}
 			path := filepath.Join("testdata", "out", name+".yaml")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read golden file (run go test ./policy -run TestGolden -update): %v", err)
-			}
-			if string(want) != string(got) {
-				t.Errorf("%s differs from the computed output; diff with -update and review:\n%s", path, lineDiff(string(want), string(got)))
-			}
+			testutil.Golden(t, path, got)
 		})
 	}
-}
-
-// lineDiff shows the first differing lines.
-func lineDiff(a, b string) string {
-	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
-	for i := 0; i < len(al) || i < len(bl); i++ {
-		var x, y string
-		if i < len(al) {
-			x = al[i]
-		}
-		if i < len(bl) {
-			y = bl[i]
-		}
-		if x != y {
-			return "line " + strconv.Itoa(i+1) + ":\n- " + x + "\n+ " + y
-		}
-	}
-	return ""
 }

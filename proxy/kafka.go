@@ -74,6 +74,7 @@ func (p *Proxy) serveKafka(ci connInfo, client net.Conn, dial func(context.Conte
 	f, err := kafka.NewFilter(kafka.Config{
 		Decide:          p.kafkaDecider(ci),
 		AccessLog:       p.kafkaAccess(ci),
+		OnResponse:      p.opts.KafkaOnResponse,
 		Logger:          p.log,
 		MaxFrameSize:    p.opts.KafkaMaxFrameSize,
 		AllowTopicIDs:   p.opts.KafkaTopicIDs,

@@ -731,3 +731,56 @@ func TestHostileKafkaBrokerCorrelationGames(t *testing.T) {
 		})
 	}
 }
+
+// TestHostileKafkaResponsePanicRecovered: a panic on the goroutine that
+// forwards broker responses (fault injected through KafkaOnResponse) closes
+// that connection only and is counted, as for HTTP; the proxy and its
+// other Kafka connections go on.
+func TestHostileKafkaResponsePanicRecovered(t *testing.T) {
+	fb := startFakeBroker(t, "127.0.0.1:0", func(key, ver int16, corr int32, _ []byte) []byte {
+		if key != 3 {
+			return nil
+		}
+		return metadataAnswer(ver, corr, nil, 0, map[string][16]byte{"public": {1}})
+	})
+	up := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fb.port())
+	var calls sync.Map
+	p, _ := newTestProxyOpts(t, up.String(), func(o *Options) {
+		o.KafkaOnResponse = func(key, _ int16) {
+			if _, seen := calls.LoadOrStore("first", true); !seen {
+				panic("injected kafka response fault")
+			}
+		}
+	})
+	port := freePort(t)
+	if err := p.Apply(&Config{Version: "1",
+		Listeners: []Listener{{Name: "kafka", Port: port, Direction: policy.Ingress, Parser: policy.ParserKafka}},
+		Endpoints: []Endpoint{{Identity: server, IPs: []netip.Addr{up.Addr()}, Ingress: []policy.L7RuleSet{consumePublic(up.Port(), t)}}},
+		Members:   members(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bad := dialKafka(t, "127.0.0.2", port)
+	if resp, err := bad.roundTrip(metadataReq(4, "public")); err == nil {
+		t.Errorf("the connection whose response panicked got an answer: %+v", resp)
+	}
+	good := dialKafka(t, "127.0.0.2", port)
+	resp, err := good.roundTrip(metadataReq(4, "public"))
+	if err != nil {
+		t.Fatalf("another connection after the panic: %v", err)
+	}
+	if m := resp.(*kmsg.MetadataResponse); len(m.Topics) != 1 || m.Topics[0].ErrorCode != 0 {
+		t.Errorf("another connection after the panic: %+v", m.Topics)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		n, _ := metric(t, p, "l7gate_proxy_connection_panics_total")
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("l7gate_proxy_connection_panics_total %d, want 1", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

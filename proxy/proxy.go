@@ -36,7 +36,12 @@ type Options struct {
 	// Mark returns the SO_MARK for an upstream connection carrying traffic
 	// from srcIdentity (0: none). The encoding belongs to the datapath.
 	Mark func(srcIdentity policy.Identity, dir policy.Direction) uint32
-	// KeepSource binds upstream connections to the client's address.
+	// KeepSource binds upstream connections to the client's address (with
+	// IP_TRANSPARENT, a fresh port that is not the source port of a client
+	// connection the proxy holds from that address), so the server sees the
+	// client, and a same-node chain's ingress proxy sees the pod behind the
+	// egress proxy. The datapath steers the replies back to the proxy (see
+	// package bpf). The proxy command turns it on (--keep-source).
 	KeepSource bool
 	// OriginalDestination overrides how the original destination of an
 	// accepted connection is found (default: its local address).
@@ -61,6 +66,9 @@ type Options struct {
 	// KafkaFrameTimeout bounds the time from a request frame's first byte
 	// to its last (default 30 s; < 0 never).
 	KafkaIdleTimeout, KafkaFrameTimeout time.Duration
+	// KafkaOnResponse is the Kafka filter's OnResponse hook (tests: fault
+	// injection on the goroutine that forwards broker responses).
+	KafkaOnResponse func(apiKey, apiVersion int16)
 	// MaxConnections bounds concurrent client connections (default 65536);
 	// beyond it new connections are closed at once (the client sees a
 	// reset before any byte; HTTP clients retry, nothing is answered).
@@ -87,9 +95,12 @@ type Proxy struct {
 	kafkaMem  *kafka.MemoryBudget
 	http      *httpparser.Server
 
-	// perSource counts open connections by source (see sourceKey).
+	// perSource counts open connections by source (see sourceKey);
+	// clients counts open client connections by address and port (the
+	// ports an upstream bound to the client's address must not reuse).
 	srcMu     sync.Mutex
 	perSource map[sourceKey]int
+	clients   map[netip.AddrPort]int
 	// ports is the set of ports the proxy listens on (for the self-dial
 	// checks), replaced on every Apply.
 	ports atomic.Pointer[map[uint16]bool]
@@ -139,7 +150,7 @@ func New(opts Options) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
-		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}}
+		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{}}
 	p.ports.Store(&map[uint16]bool{})
 	return p
 }
@@ -271,7 +282,7 @@ func (p *Proxy) accept(st *listenerState) {
 			continue
 		}
 		key := p.sourceKey(src)
-		if !p.acquireSource(key) {
+		if !p.acquireSource(key, src) {
 			p.conns.Add(-1)
 			p.reject(c, &p.stats.rejectedPerSource, "per-source connection limit reached", "src", src, "identity", key.id, "limit", p.opts.MaxConnectionsPerSource)
 			continue
@@ -282,7 +293,7 @@ func (p *Proxy) accept(st *listenerState) {
 		go func() {
 			defer p.wg.Done()
 			defer p.conns.Add(-1)
-			defer p.releaseSource(key)
+			defer p.releaseSource(key, src)
 			p.serve(ci, c)
 		}()
 	}
@@ -343,21 +354,37 @@ func (p *Proxy) sourceKey(src netip.AddrPort) sourceKey {
 	return sourceKey{id: id}
 }
 
-func (p *Proxy) acquireSource(k sourceKey) bool {
+func (p *Proxy) acquireSource(k sourceKey, src netip.AddrPort) bool {
 	p.srcMu.Lock()
 	defer p.srcMu.Unlock()
 	if p.perSource[k] >= p.opts.MaxConnectionsPerSource {
 		return false
 	}
 	p.perSource[k]++
+	p.clients[src]++
 	return true
 }
 
-func (p *Proxy) releaseSource(k sourceKey) {
+func (p *Proxy) releaseSource(k sourceKey, src netip.AddrPort) {
 	p.srcMu.Lock()
 	defer p.srcMu.Unlock()
 	if p.perSource[k]--; p.perSource[k] <= 0 {
 		delete(p.perSource, k)
+	}
+	if p.clients[src]--; p.clients[src] <= 0 {
+		delete(p.clients, src)
+	}
+}
+
+// clientPortInUse reports whether a client connection from addr:port is
+// open: an upstream bound to the client's address must not take its port
+// (the same 4-tuple as the client's own flow towards the same server, in
+// the datapath's conntrack and the node's, and on the server).
+func (p *Proxy) clientPortInUse(addr netip.Addr) func(uint16) bool {
+	return func(port uint16) bool {
+		p.srcMu.Lock()
+		defer p.srcMu.Unlock()
+		return p.clients[netip.AddrPortFrom(addr, port)] > 0
 	}
 }
 
@@ -400,6 +427,12 @@ func (p *Proxy) serve(ci connInfo, c *net.TCPConn) {
 		p.countPanic(ci, pe)
 		return
 	}
+	// The Kafka filter's goroutines recover their own panics.
+	var kpe *kafka.PanicError
+	if errors.As(err, &kpe) {
+		p.countPanic(ci, &httpparser.PanicError{Value: kpe.Value, Stack: kpe.Stack})
+		return
+	}
 	if err != nil {
 		p.log.Debug("connection ended", "src", ci.src, "dst", ci.dst, "error", err)
 	}
@@ -428,13 +461,27 @@ func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error)
 	if p.isOwnListener(ci.dst) {
 		return nil, fmt.Errorf("refusing to dial %s: it is a proxy listener", ci.dst)
 	}
-	d := redirect.UpstreamDialer(mark, source)
-	conn, err := d.DialContext(ctx, "tcp", ci.dst.String())
-	if err == nil {
-		p.stats.upstreamConns.Add(1)
+	var avoid func(uint16) bool
+	if source.IsValid() {
+		avoid = p.clientPortInUse(source)
 	}
-	return conn, err
+	// A port the kernel hands out that a client holds is refused before
+	// any packet leaves; the next socket gets another one.
+	for attempt := 1; ; attempt++ {
+		conn, err := redirect.UpstreamDialer(mark, source, avoid).DialContext(ctx, "tcp", ci.dst.String())
+		if errors.Is(err, redirect.ErrSourcePortTaken) && attempt < maxSourcePortAttempts {
+			continue
+		}
+		if err == nil {
+			p.stats.upstreamConns.Add(1)
+		}
+		return conn, err
+	}
 }
+
+// maxSourcePortAttempts bounds the dials an upstream connection takes when
+// the kernel keeps handing out ports of the client's open connections.
+const maxSourcePortAttempts = 8
 
 // noPolicy is the provenance of a denial because no policy covers the
 // connection (fail closed).

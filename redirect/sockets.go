@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -54,17 +55,21 @@ func OriginalDestination(c net.Conn) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
+// ErrSourcePortTaken is returned by a dialer of UpstreamDialer when the
+// port the kernel gave the upstream socket is one to avoid: dial again.
+var ErrSourcePortTaken = errors.New("source port is in use by a client connection")
+
 // UpstreamDialer returns a dialer for the proxy's upstream connections.
 // mark (when non-zero) is set as SO_MARK so the datapath recognises the
 // connection as coming from the proxy (needs CAP_NET_ADMIN). source (when
 // valid) binds the upstream socket to the client's address with
-// IP_TRANSPARENT, so the server sees the pod's address.
-func UpstreamDialer(mark uint32, source netip.Addr) *net.Dialer {
+// IP_TRANSPARENT and a fresh port the kernel picks, so the server sees the
+// pod's address; if avoid reports that port as taken (say, by the client
+// connection being proxied, whose 4-tuple the upstream must not reuse),
+// the dial fails with ErrSourcePortTaken before any packet is sent.
+func UpstreamDialer(mark uint32, source netip.Addr, avoid func(port uint16) bool) *net.Dialer {
 	d := &net.Dialer{}
 	d.SetMultipathTCP(false)
-	if source.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: source.AsSlice()}
-	}
 	if mark == 0 && !source.IsValid() {
 		return d
 	}
@@ -77,10 +82,42 @@ func UpstreamDialer(mark uint32, source netip.Addr) *net.Dialer {
 					return
 				}
 			}
-			if source.IsValid() {
-				if e := unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); e != nil {
-					serr = fmt.Errorf("set IP_TRANSPARENT for source %s: %w", source, e)
-				}
+			if !source.IsValid() {
+				return
+			}
+			level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+			var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: source.Unmap().As4()}
+			if !source.Unmap().Is4() {
+				level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+				sa = &unix.SockaddrInet6{Addr: source.As16()}
+			}
+			if e := unix.SetsockoptInt(int(fd), level, opt, 1); e != nil {
+				serr = fmt.Errorf("set IP_TRANSPARENT for source %s: %w", source, e)
+				return
+			}
+			// Bind here rather than through Dialer.LocalAddr, so the port
+			// is known before connect sends the SYN.
+			if e := unix.Bind(int(fd), sa); e != nil {
+				serr = fmt.Errorf("bind upstream socket to %s: %w", source, e)
+				return
+			}
+			if avoid == nil {
+				return
+			}
+			got, e := unix.Getsockname(int(fd))
+			if e != nil {
+				serr = fmt.Errorf("upstream socket name: %w", e)
+				return
+			}
+			port := -1
+			switch a := got.(type) {
+			case *unix.SockaddrInet4:
+				port = a.Port
+			case *unix.SockaddrInet6:
+				port = a.Port
+			}
+			if port >= 0 && avoid(uint16(port)) {
+				serr = fmt.Errorf("%s:%d: %w", source, port, ErrSourcePortTaken)
 			}
 		})
 		if err != nil {

@@ -1,8 +1,9 @@
 // Package node prepares the agent's network namespace (the node) for
-// redirects: the sysctls and the policy routing that delivers packets the
-// datapath marked for the proxy locally (the mark and table come from
-// package bpf, which owns the mark encoding), and the per-veth sysctls of
-// an endpoint.
+// redirects: the sysctls, the policy routing that delivers packets the
+// datapath marked for the proxy locally, the nftables rule that keeps
+// netfilter from tracking the packets it turned around (the marks and the
+// table come from package bpf, which owns the mark encoding), and the
+// per-veth sysctls of an endpoint.
 package node
 
 import (
@@ -50,8 +51,11 @@ func ToProxyRule() string {
 	return fmt.Sprintf("%#x/%#x", bpf.MarkMagicToProxy, bpf.MarkMagicMask)
 }
 
-// Setup prepares the node for redirects: sysctls, and the policy routing
-// that delivers packets marked for the proxy locally. It is idempotent.
+// Setup prepares the node for redirects: sysctls, the policy routing
+// that delivers packets marked for the proxy locally, and the nftables
+// rule that keeps netfilter from tracking packets the datapath turned
+// around (NoTrackRule). It is idempotent and removes nothing: all of it is
+// node state the pinned datapath relies on, also while no agent runs.
 func Setup(ctx context.Context) error {
 	for _, kv := range nodeSysctls {
 		if err := writeSysctl(kv[0], kv[1]); err != nil {
@@ -69,6 +73,9 @@ func Setup(ctx context.Context) error {
 		}
 	}
 	if _, err := runIP(ctx, "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table); err != nil {
+		return err
+	}
+	if err := ensureNoTrack(); err != nil {
 		return err
 	}
 	return bpf.CheckNode()

@@ -1,6 +1,20 @@
 package node
 
-import "testing"
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/bpf"
+)
 
 // TestToProxyRule: the rule's selector is bpf's to-proxy mark under its
 // magic mask, as DESIGN's redirect recipe writes it.
@@ -8,4 +22,112 @@ func TestToProxyRule(t *testing.T) {
 	if got := ToProxyRule(); got != "0x200/0xf00" {
 		t.Errorf("ToProxyRule() = %q, want 0x200/0xf00", got)
 	}
+}
+
+// TestNoTrackRule: the notrack rule matches exactly the turned-around mark
+// and still falls under the policy-routing rule's selector.
+func TestNoTrackRule(t *testing.T) {
+	want := "table ip l7gate { chain prerouting-raw { type filter hook prerouting priority raw; meta mark & 0xf01 == 0x201 counter notrack } }"
+	if got := NoTrackRule(); got != want {
+		t.Errorf("NoTrackRule() = %q, want %q", got, want)
+	}
+	for _, c := range []struct {
+		mark    uint32
+		notrack bool
+	}{
+		{bpf.TurnedAroundMark(15001), true},
+		{bpf.TurnedAroundMark(0), true},
+		{bpf.ToProxyMark(15001), false}, // egress redirect: tracked and DNATed once
+		{bpf.ProxyMark(bpf.Ingress, 0x10001), false},
+		{bpf.ProxyMark(bpf.Egress, 0x10001), false},
+		{0x4000, false}, // kube-proxy's masquerade mark
+	} {
+		if got := c.mark&bpf.NoTrackMask == bpf.NoTrackValue; got != c.notrack {
+			t.Errorf("mark %#x: notrack %v, want %v", c.mark, got, c.notrack)
+		}
+		if turned := c.mark&bpf.MarkMagicMask == bpf.MarkMagicToProxy; c.notrack && !turned {
+			t.Errorf("mark %#x: notrack but not routed to the proxy", c.mark)
+		}
+	}
+}
+
+// TestPrivilegedNoTrackRule installs the rule in a fresh network namespace
+// beside an iptables-nft raw table (as kube-proxy's iptables-nft leaves
+// it): twice, leaving one rule whose counter keeps counting, and the other
+// table untouched.
+func TestPrivilegedNoTrackRule(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	ns := "l7nt" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if _, err := exec.LookPath("iptables-nft"); err == nil {
+		if out, err := exec.Command("ip", "netns", "exec", ns, "iptables-nft", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "CT", "--notrack").CombinedOutput(); err != nil {
+			t.Fatalf("iptables-nft: %v %s", err, out)
+		}
+	}
+	err := inNetNS(ns, func() error {
+		for range 2 {
+			if err := ensureNoTrack(); err != nil {
+				return err
+			}
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, tb := range tables {
+			names = append(names, tb.Name)
+		}
+		t.Logf("ip tables: %v", names)
+		tb := noTrackTable()
+		rules, err := c.GetRules(tb, noTrackChain(tb))
+		if err != nil {
+			return err
+		}
+		if len(rules) != 1 {
+			t.Errorf("%d rules in our chain after two installs, want 1", len(rules))
+		}
+		if _, err := NoTrackPackets(); err != nil {
+			t.Errorf("counter: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", ns, "iptables-nft", "-t", "raw", "-S", "PREROUTING").CombinedOutput(); err == nil && !strings.Contains(string(out), "--notrack") {
+		t.Errorf("iptables-nft's raw rule is gone:\n%s", out)
+	}
+}
+
+// inNetNS runs f on a locked OS thread switched into the named network
+// namespace (the thread is discarded afterwards).
+func inNetNS(ns string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
 }

@@ -70,6 +70,10 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define CT_F_DEFAULT 8
 #define CT_F_EGRESS_PROXY 16 /* with CT_F_FROM_PROXY: from the egress proxy */
 #define CT_F_PROXY_MASK (CT_F_FROM_PROXY | CT_F_EGRESS_PROXY)
+/* With CT_F_FROM_PROXY: the proxy kept the client's address as its source
+ * (not the node's), so the flow's replies are steered back into the node's
+ * stack, where the proxy's transparent socket gets them. */
+#define CT_F_REPLY_TO_PROXY 32
 
 /* Who sent a packet carrying a from-proxy mark. */
 #define FROM_NONE 0
@@ -77,6 +81,8 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define FROM_EGRESS_PROXY 2  /* passed the source's egress L7 rules only */
 
 #define NSEC_PER_SEC 1000000000ULL
+
+#define IDENTITY_HOST 1
 
 struct ipcache_key {
 	__u32 prefixlen; /* 32 + address prefix length */
@@ -895,16 +901,14 @@ static __always_inline int listener_present(__u16 proxy_port)
 	return 1;
 }
 
-static __always_inline int do_redirect(struct __sk_buff *skb, __u8 dir, __u16 proxy_port)
+/* turn_around sends a packet that was on its way into a pod back into the
+ * node's stack, through the ingress of the same veth, with the to-proxy mark
+ * (proxy_port, and the notrack bit: see marks.h) so that policy routing
+ * delivers it locally. Swap MACs so that the frame is addressed to the
+ * host-side veth (else it is PACKET_OTHERHOST). */
+static __always_inline int turn_around(struct __sk_buff *skb, __u16 proxy_port)
 {
-	skb->mark = mark_to_proxy(proxy_port);
-	if (dir == DIR_EGRESS)
-		/* Leaving the pod: the mark alone steers routing to local delivery. */
-		return TC_ACT_OK;
-
-	/* Entering the pod: routing is done, so turn the packet around into
-	 * the host stack of the node. Swap MACs so that the frame is
-	 * addressed to the host-side veth (else it is PACKET_OTHERHOST). */
+	skb->mark = mark_to_proxy(proxy_port) | MARK_TO_PROXY_NOTRACK;
 	__u8 macs[12], swapped[12];
 	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) < 0)
 		return TC_ACT_SHOT;
@@ -913,6 +917,55 @@ static __always_inline int do_redirect(struct __sk_buff *skb, __u8 dir, __u16 pr
 	if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0) < 0)
 		return TC_ACT_SHOT;
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+static __always_inline int do_redirect(struct __sk_buff *skb, __u8 dir, __u16 proxy_port)
+{
+	if (dir == DIR_EGRESS) {
+		/* Leaving the pod: the mark alone steers routing to local
+		 * delivery. This happens before PREROUTING, so netfilter tracks
+		 * (and DNATs) the packet once, as usual: no notrack bit. */
+		skb->mark = mark_to_proxy(proxy_port);
+		return TC_ACT_OK;
+	}
+	/* Entering the pod: routing is done, so turn the packet around. */
+	return turn_around(skb, proxy_port);
+}
+
+/* to_proxy_socket reports whether a TCP packet on its way into a pod is
+ * addressed to a socket of a proxy in the node: an upstream connection the
+ * proxy opened with the pod's address as its source (IP_TRANSPARENT), whose
+ * replies the node routes to the pod. Such a socket is a connected (not
+ * listening) socket of the node's network namespace with this 4-tuple that
+ * carries a from-proxy SO_MARK. (tc programs cannot read a looked-up
+ * socket's cgroup; binding a pod's address and setting SO_MARK both take
+ * CAP_NET_ADMIN in the node, and the socket only gets what is addressed to
+ * its own 4-tuple.) Only packets with ACK can answer a connection. */
+__attribute__((noinline)) int proxy_socket_global(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u32 ports)
+{
+	struct bpf_sock_tuple t = {};
+	if (!skb)
+		return 0;
+	t.ipv4.saddr = saddr;
+	t.ipv4.daddr = daddr;
+	t.ipv4.sport = ports & 0xFFFF;
+	t.ipv4.dport = ports >> 16;
+	struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	__u32 magic = sk->mark & MARK_MAGIC_MASK;
+	int ours = sk->state != BPF_TCP_LISTEN &&
+		   (magic == MARK_MAGIC_PROXY_INGRESS || magic == MARK_MAGIC_PROXY_EGRESS);
+	bpf_sk_release(sk);
+	return ours;
+}
+
+/* Global (verified once, with a stack frame of its own). */
+static __always_inline int to_proxy_socket(struct __sk_buff *skb, struct flow *f)
+{
+	if (f->proto != IPPROTO_TCP || !(f->tcp_flags & TCP_ACK))
+		return 0;
+	return proxy_socket_global(skb, f->saddr, f->daddr, (__u32)f->sport | (__u32)f->dport << 16);
 }
 
 /* fill_ct_key keys the flow of packet f at endpoint in dir; reverse keys
@@ -1110,6 +1163,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			}
 			rct->revision = cfg->revision;
 		}
+		/* A reply leaving a pod towards a proxy that kept its client's
+		 * address (CT_F_REPLY_TO_PROXY), or answering a flow that was
+		 * redirected (whose packets never reached the pod: only a proxy
+		 * upstream with the same tuple can be answered), goes to the
+		 * node's stack, where the proxy's socket is: routing would send
+		 * it to the client. ICMP errors about the flow go there too. */
+		int steer = dir == DIR_EGRESS && ((rct->flags & CT_F_REPLY_TO_PROXY) || rct->verdict == VERDICT_REDIRECT);
+		if (steer)
+			skb->mark = mark_to_proxy(0);
 		if (related)
 			return pass(&f);
 		if (!(rct->flags & CT_F_SEEN_REPLY) || now - rct->last_seen > NSEC_PER_SEC) {
@@ -1120,8 +1182,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			rct->flags |= CT_F_CLOSING;
 			rct->last_seen = now;
 		}
+		/* A packet from elsewhere that looks like a reply of a flow the
+		 * pod sent to its egress proxy cannot be one (the proxy answers
+		 * from this node): if it belongs to a proxy upstream with the
+		 * same tuple, hand it to that socket. */
+		if (dir == DIR_INGRESS && rct->verdict == VERDICT_REDIRECT && skb->ingress_ifindex &&
+		    to_proxy_socket(skb, &f))
+			return turn_around(skb, 0);
 		return pass(&f);
 	}
+
+	/* Not tracked here: a reply to a proxy's upstream socket bound to the
+	 * pod's address (the egress proxy's connection to a destination that
+	 * is not a local pod, or the ingress proxy answering the egress
+	 * proxy) is routed to the pod's veth; hand it to the socket. */
+	if (dir == DIR_INGRESS && !related && to_proxy_socket(skb, &f))
+		return turn_around(skb, 0);
 
 	/* New flow. An ICMP error about no tracked flow is judged as ICMP. */
 new_flow:
@@ -1175,6 +1251,10 @@ new_flow:
 		.verdict = pv.verdict == VERDICT_NONE ? VERDICT_ALLOW : pv.verdict,
 		.flags = ct_proxy_flags | (pv.verdict == VERDICT_NONE ? CT_F_DEFAULT : 0),
 	};
+	/* A proxy connection from an address that is not the node's: the
+	 * proxy kept its client's address, so replies must be steered back. */
+	if (from_proxy && ipcache_identity(f.saddr) != IDENTITY_HOST)
+		nv.flags |= CT_F_REPLY_TO_PROXY;
 	if (f.tcp_flags & (TCP_FIN | TCP_RST))
 		nv.flags |= CT_F_CLOSING;
 	bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);

@@ -4,20 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/internal/testutil"
 )
 
 // TestPrivilegedBPFCommands loads the datapath into a private bpffs, writes
 // policy and ipcache entries, and reads them back through `l7gate bpf …`.
 func TestPrivilegedBPFCommands(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a bpffs and loads BPF programs")
-	}
+	testutil.RequirePrivileged(t, "mounts a bpffs and loads BPF programs")
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "bpf", "bpf", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount bpffs: %v: %s", err, out)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
+	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/envoy/admin"
 	"github.com/l7gate/l7gate/envoy/als"
 	"github.com/l7gate/l7gate/envoy/bootstrap"
@@ -187,6 +188,7 @@ enforce as written.`,
 				Node:             node,
 				IPv6:             ipv6,
 				AccessLogCluster: bootstrap.AccessLogCluster,
+				Marks:            envoytranslate.Marks{Ingress: bpf.ProxyMark(bpf.Ingress, 0), Egress: bpf.ProxyMark(bpf.Egress, 0)},
 				ProxyPorts: []envoytranslate.ProxyPort{
 					{Direction: policy.Ingress, Parser: envoytranslate.ParserHTTP, Port: ingressPort},
 					{Direction: policy.Egress, Parser: envoytranslate.ParserHTTP, Port: egressPort},

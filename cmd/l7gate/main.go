@@ -35,21 +35,29 @@ type app struct {
 	stdout, stderr io.Writer
 	logLevel       string
 	log            *slog.Logger
+	// argv is the process's command line when it runs as the l7gate
+	// binary (main), so a command can re-execute itself (the proxy does
+	// to shed capabilities); nil when run in-process (tests).
+	argv []string
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := runApp(ctx, &app{stdout: os.Stdout, stderr: os.Stderr, argv: os.Args}, os.Args[1:])
 	stop()
 	os.Exit(code)
 }
 
 // run executes the command line and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr}
+	return runApp(ctx, &app{stdout: stdout, stderr: stderr}, args)
+}
+
+func runApp(ctx context.Context, a *app, args []string) int {
+	stderr := a.stderr
 	root := a.rootCommand()
 	root.SetArgs(args)
-	root.SetOut(stdout)
+	root.SetOut(a.stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

@@ -29,6 +29,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		kafkaTopicIDs                                  bool
 		kafkaBudget                                    int64
 		kafkaIdle, kafkaFrame                          time.Duration
+		dropCaps                                       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -49,6 +50,13 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 /stats/prometheus. Access logs are JSON lines (one per request).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
+				// Before anything is opened: the process re-executes
+				// itself (same PID) holding CAP_NET_ADMIN only.
+				if err := restrictCapabilities(proxyCapabilities(), a.argv); err != nil {
+					return err
+				}
+			}
 			if kafkaMaxFrame <= 0 || kafkaMaxFrame > 1<<30 {
 				return usageErrorf("--kafka-max-frame-size: want 1 to %d bytes", 1<<30)
 			}
@@ -62,6 +70,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 			if ip := net.ParseIP(listenAddr); ip == nil {
 				return usageErrorf("--listen-address: want an IP address, not %q", listenAddr)
 			}
+			keepSource = upstreamKeepsSource(keepSource, cmd.Flags().Changed("keep-source"), noSockmap)
 			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, MaxConnectionsPerSource: maxConnsPerSource, KeepSource: keepSource,
 				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
 				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr,
@@ -124,7 +133,8 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
-	fl.BoolVar(&keepSource, "keep-source", false, "connect upstream from the client's address (IP_TRANSPARENT)")
+	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
+	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
@@ -132,7 +142,7 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 	fl.IntVar(&maxHeaderBytes, "http-max-header-bytes", 64<<10, "HTTP/1 request line plus headers; larger requests get 431")
 	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")
 	fl.DurationVar(&idleTimeout, "http-idle-timeout", 5*time.Minute, "idle time before a kept-alive client connection is closed")
-	fl.DurationVar(&bodyTimeout, "http-body-timeout", 30*time.Second, "longest wait for the next bytes of an HTTP/1 request body; the connection is closed after it")
+	fl.DurationVar(&bodyTimeout, "http-body-timeout", 30*time.Second, "longest wait for the next bytes of a request body; then an HTTP/1 connection is closed, an HTTP/2 stream (also a gRPC client stream) reset")
 	fl.StringVar(&escapedSlashes, "http-escaped-slashes", "reject", "request paths with %2F or %5C: reject (400), keep (match and forward encoded) or unescape (decode to /)")
 	fl.IntVar(&kafkaMaxFrame, "kafka-max-frame-size", 100<<20, "largest Kafka frame accepted; a larger one closes the connection")
 	fl.Int64Var(&kafkaBudget, "kafka-memory-budget", 256<<20, "bytes all Kafka connections together may hold in frame buffers; a connection that needs more waits (up to --kafka-frame-timeout) or is closed")
@@ -145,4 +155,16 @@ The admin socket serves /ready, /config_dump (Envoy's ConfigDump shape) and
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
+}
+
+// upstreamKeepsSource: --keep-source needs the datapath, which recognises
+// the upstream connection by its SO_MARK and steers its replies back to the
+// proxy; without it (--no-sockmap) the replies would go to the client, so
+// the default turns to false. An explicit --keep-source stays (say, for a
+// node routed for TPROXY by other means).
+func upstreamKeepsSource(keep, explicit, noSockmap bool) bool {
+	if noSockmap && !explicit {
+		return false
+	}
+	return keep
 }

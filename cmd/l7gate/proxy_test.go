@@ -44,3 +44,22 @@ func TestProxyNeedsNoDatapath(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestUpstreamKeepsSource: the proxy keeps its clients' addresses upstream
+// by default, not by default without the datapath that steers the replies
+// back, and as told when told.
+func TestUpstreamKeepsSource(t *testing.T) {
+	for _, c := range []struct {
+		keep, explicit, noSockmap, want bool
+	}{
+		{keep: true, want: true},
+		{keep: true, noSockmap: true, want: false},
+		{keep: true, explicit: true, noSockmap: true, want: true},
+		{keep: false, explicit: true, want: false},
+		{keep: false, explicit: true, noSockmap: true, want: false},
+	} {
+		if got := upstreamKeepsSource(c.keep, c.explicit, c.noSockmap); got != c.want {
+			t.Errorf("keep %v explicit %v no-sockmap %v: %v, want %v", c.keep, c.explicit, c.noSockmap, got, c.want)
+		}
+	}
+}

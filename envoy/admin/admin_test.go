@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,9 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files in testdata")
+	"github.com/l7gate/l7gate/internal/testutil"
+)
 
 // adminServer serves the recorded dump on a Unix socket as Envoy's admin
 // does, and records the query it got.
@@ -45,19 +44,7 @@ func adminServer(t *testing.T, dump []byte, gotResource *string) string {
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
 	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (run go test ./envoy/admin -update): %v", err)
-	}
-	if !bytes.Equal(want, got) {
-		t.Errorf("%s differs; rerun with -update and review:\n%s", path, got)
-	}
+	testutil.Golden(t, path, got)
 }
 
 // TestConfigDump fetches a recorded /config_dump over a Unix socket,

@@ -2,15 +2,13 @@ package bootstrap
 
 import (
 	"errors"
-	"flag"
-	"os"
 	"path/filepath"
 	"testing"
 
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files in testdata")
+	"github.com/l7gate/l7gate/internal/testutil"
+)
 
 // TestGolden renders the bootstrap of node "node-a" with default sockets
 // as YAML and JSON and compares with testdata (-update rewrites).
@@ -48,19 +46,7 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			path := filepath.Join("testdata", c.file)
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read golden file (run go test ./envoy/bootstrap -update): %v", err)
-			}
-			if string(want) != string(got) {
-				t.Errorf("%s differs; rerun with -update and review:\n%s", path, got)
-			}
+			testutil.Golden(t, path, got)
 		})
 	}
 }

@@ -60,6 +60,7 @@ var allowed = map[string][]string{
 	"e2e":                    {}, // test-only (build tag e2e): the suite on a real cluster
 	"deploy/cmd/render":      {"deploy"},
 	"internal/layering":      {},
+	"internal/testutil":      {}, // test-only: golden files, the privileged-test rule
 	"bench/cmd/l7gate-bench": {"*"},
 	// make scale: the k8s source and status writer against a real API
 	// server; nothing but bench/ and k8s/ may import it.

@@ -66,9 +66,11 @@ type Config struct {
 	IdleTimeout time.Duration
 	// DialTimeout bounds connecting upstream (default 10s).
 	DialTimeout time.Duration
-	// BodyTimeout bounds the wait for each read of an HTTP/1 request body
-	// (default 30s): a client that stops sending mid-body (slowloris) has
-	// its connection closed.
+	// BodyTimeout bounds the wait for each read of a request body (default
+	// 30s): a client that stops sending mid-body (slowloris) has its
+	// HTTP/1 connection closed, or its HTTP/2 stream reset (the
+	// connection's other streams go on). A gRPC client stream that sends
+	// nothing for this long is reset too.
 	BodyTimeout time.Duration
 	// EscapedSlashes: what a path with %2F or %5C gets (default reject:
 	// 400). See policy.NormalizeRequestTarget.

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	nethttp "net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +127,66 @@ func (b *clBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// slowBody bounds the wait for each read of an HTTP/2 request body (the
+// HTTP/1 path's BodyTimeout): before every read it moves the stream's read
+// deadline (http.ResponseController, which the HTTP/2 servers of net/http
+// and x/net implement per stream) timeout ahead, and clears it at the end
+// of the body. A stalled body fails the read; the stream is then reset.
+type slowBody struct {
+	io.ReadCloser
+	timeout  time.Duration
+	timedOut atomic.Bool
+	// mu guards rc: the transport may still read the body after the
+	// handler returned (the response came first), when the stream's
+	// ResponseWriter is no longer usable; detach clears it then.
+	mu sync.Mutex
+	rc *nethttp.ResponseController
+}
+
+type slowBodyKey struct{}
+
+// errBodyAfterHandler ends a request body read after its handler returned.
+var errBodyAfterHandler = errors.New("request body read after the request ended")
+
+func (b *slowBody) setDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rc == nil {
+		return errBodyAfterHandler
+	}
+	if err := b.rc.SetReadDeadline(t); err != nil {
+		// No deadline, no body: a stream we cannot bound is not forwarded.
+		return fmt.Errorf("request body deadline: %w", err)
+	}
+	return nil
+}
+
+// detach is called when the handler returns.
+func (b *slowBody) detach() {
+	b.mu.Lock()
+	b.rc = nil
+	b.mu.Unlock()
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if err := b.setDeadline(time.Now().Add(b.timeout)); err != nil {
+		return 0, err
+	}
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.timedOut.Store(true)
+	case err != nil:
+		_ = b.setDeadline(time.Time{})
+	}
+	return n, err
+}
+
+func bodyTimedOut(r *nethttp.Request) bool {
+	b, _ := r.Context().Value(slowBodyKey{}).(*slowBody)
+	return b != nil && b.timedOut.Load()
+}
+
 func isMalformed(r *nethttp.Request) bool {
 	b, _ := r.Context().Value(malformedKey{}).(*clBody)
 	return b != nil && b.malformed.Load()
@@ -168,6 +230,12 @@ func (srv *Server) newH2Handler(dial Dialer, decide Decider, access func(*Record
 		BufferPool:    copyBuffers{&srv.copyBufs},
 		ErrorLog:      nil,
 		ErrorHandler: func(w nethttp.ResponseWriter, r *nethttp.Request, err error) {
+			if bodyTimedOut(r) {
+				// As an HTTP/1 connection is closed: reset the stream
+				// (net/http sends RST_STREAM for ErrAbortHandler).
+				h.cfg.Logger.Debug("request body timeout", "error", err)
+				panic(nethttp.ErrAbortHandler)
+			}
 			if isMalformed(r) {
 				h.cfg.Logger.Debug("malformed request body", "error", err)
 				h.abort()
@@ -325,6 +393,17 @@ func (h *h2Handler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
 		b := &clBody{ReadCloser: r.Body, declared: r.ContentLength}
 		r.Body = b
 		r = r.WithContext(context.WithValue(r.Context(), malformedKey{}, b))
+	}
+	if r.Body != nil && r.Body != nethttp.NoBody && h.cfg.BodyTimeout > 0 {
+		b := &slowBody{ReadCloser: r.Body, rc: nethttp.NewResponseController(w), timeout: h.cfg.BodyTimeout}
+		r.Body = b
+		r = r.WithContext(context.WithValue(r.Context(), slowBodyKey{}, b))
+		defer func() {
+			b.detach()
+			if b.timedOut.Load() {
+				rec.Error = "request body timeout"
+			}
+		}()
 	}
 	sr := &statusRecorder{ResponseWriter: w}
 	h.proxy.ServeHTTP(sr, r)

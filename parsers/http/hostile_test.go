@@ -558,3 +558,101 @@ func TestHostileH2ConnectionHeaders(t *testing.T) {
 		t.Errorf("the backend received %d requests with connection-specific fields", n)
 	}
 }
+
+// TestHostileSlowBodyH2: an HTTP/2 stream whose request body stops in the
+// middle (allowed, so it is being forwarded) is reset after the body
+// timeout, as an HTTP/1 connection is closed; the backend never gets a
+// complete request, and the connection's other streams go on.
+func TestHostileSlowBodyH2(t *testing.T) {
+	var complete atomic.Int64
+	ended := make(chan error, 4)
+	srv := httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		b, err := io.ReadAll(r.Body)
+		if r.Method == "POST" {
+			if err == nil && len(b) == 10 {
+				complete.Add(1)
+			}
+			ended <- err
+		}
+		io.WriteString(w, "ok")
+	}))
+	var p2 nethttp.Protocols
+	p2.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p2
+	srv.Start()
+	defer srv.Close()
+	p := startProxy(t, Config{BodyTimeout: 300 * time.Millisecond}, srv.Listener.Addr().String(), ruleDecider(t, policy.HTTPRule{Path: "/allowed"}))
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(h2Preface))
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	headers := func(stream uint32, method string, fields ...[2]string) {
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range append([][2]string{{":method", method}, {":scheme", "http"}, {":authority", "x"}, {":path", "/allowed"}}, fields...) {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: method == "GET"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	headers(1, "POST", [2]string{"content-length", "10"})
+	if err := fr.WriteData(1, false, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	// Then nothing more on stream 1.
+	start := time.Now()
+	c.SetReadDeadline(start.Add(5 * time.Second))
+	stream1, stream3 := "", ""
+	for stream1 == "" || stream3 == "" {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %s: stream 1 %q, stream 3 %q: %v", time.Since(start).Round(time.Millisecond), stream1, stream3, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == 1 {
+				stream1 = "RST_STREAM " + f.ErrCode.String()
+				t.Logf("stream 1 reset after %s", time.Since(start).Round(time.Millisecond))
+				headers(3, "GET")
+			}
+		case *http2.MetaHeadersFrame:
+			switch f.StreamID {
+			case 1:
+				stream1 = "HEADERS :status " + f.PseudoValue("status")
+			case 3:
+				stream3 = "HEADERS :status " + f.PseudoValue("status")
+			}
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %s: the connection ended, not the stream", f.ErrCode)
+		}
+	}
+	if stream1 != "RST_STREAM INTERNAL_ERROR" && stream1 != "RST_STREAM CANCEL" {
+		t.Errorf("stalled stream: %s, want it reset", stream1)
+	}
+	if stream3 != "HEADERS :status 200" {
+		t.Errorf("next stream on the connection: %s, want 200", stream3)
+	}
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Errorf("the backend's request body ended without an error")
+		}
+	case <-time.After(3 * time.Second):
+		t.Errorf("the backend's request is still waiting for its body")
+	}
+	if n := complete.Load(); n != 0 {
+		t.Errorf("backend received %d complete requests, want 0", n)
+	}
+}

@@ -1,19 +1,16 @@
 package kafka
 
 import (
-	"bytes"
 	"encoding/hex"
-	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files in testdata")
+	"github.com/l7gate/l7gate/internal/testutil"
+)
 
 // denialShapes are the request shapes whose denials are pinned: the
 // decode tests' sample (topics, partitions, groups, ids), an empty request
@@ -90,23 +87,5 @@ func TestDenialGolden(t *testing.T) {
 		}
 	}
 	path := filepath.Join("testdata", "denials.golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if got := []byte(b.String()); !bytes.Equal(got, want) {
-		gl, wl := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
-		for i := range min(len(gl), len(wl)) {
-			if gl[i] != wl[i] {
-				t.Fatalf("denials differ from %s at line %d:\n got  %s\n want %s", path, i+1, gl[i], wl[i])
-			}
-		}
-		t.Fatalf("denials differ from %s: %d lines, want %d", path, len(gl), len(wl))
-	}
+	testutil.Golden(t, path, []byte(b.String()))
 }

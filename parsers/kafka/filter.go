@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,11 @@ type Config struct {
 	Decide Decider
 	// AccessLog, if set, receives one record per request.
 	AccessLog AccessLogger
+	// OnResponse, when set, sees the API key and version of every broker
+	// response before it is forwarded, on the goroutine that forwards
+	// responses. It exists for tests (fault injection) and debugging;
+	// production leaves it nil.
+	OnResponse func(apiKey, apiVersion int16)
 	// Logger logs connection-level events (closes and their reasons).
 	// Nil discards.
 	Logger *slog.Logger
@@ -307,13 +313,20 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 	respDone := make(chan struct{})
 	go func() {
 		defer close(respDone)
+		// A panic here would end the process: it ends this connection.
+		defer func() {
+			if v := recover(); v != nil {
+				setErr(&PanicError{Value: v, Stack: debug.Stack()})
+				closeAll()
+			}
+		}()
 		if err := s.responses(); err != nil && !s.drainedOK(err) {
 			setErr(err)
 		}
 		closeAll() // nothing more can be answered
 	}()
 
-	switch reqErr := s.requests(); {
+	switch reqErr := s.recoveredRequests(); {
 	case reqErr == nil || errors.Is(reqErr, ErrClosedByPolicy):
 		if reqErr != nil {
 			setErr(reqErr)
@@ -353,6 +366,29 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 		f.log.Warn("kafka connection closed", "client", peer, "reason", err.Error())
 	}
 	return err
+}
+
+// PanicError is what Serve returns when filtering the connection panicked
+// (on either of its goroutines): the connection was closed, the process
+// goes on. Callers count it.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("panic filtering kafka connection: %v", e.Value)
+}
+
+// recoveredRequests runs s.requests, turning a panic into a PanicError so
+// that Serve still closes both sides and releases the budget.
+func (s *session) recoveredRequests() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return s.requests()
 }
 
 // drainedOK reports whether the response goroutine's error is just the
@@ -777,6 +813,9 @@ func (s *session) responses() error {
 		if !ok || head.local != nil || head.closeAfter || head.corr != corr {
 			s.wmu.Unlock()
 			return fmt.Errorf("response with unexpected correlation id %d: %w", corr, ErrMalformed)
+		}
+		if cfg.OnResponse != nil {
+			cfg.OnResponse(head.key, head.ver)
 		}
 
 		var err error

@@ -28,6 +28,7 @@ import (
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/demo"
+	"github.com/l7gate/l7gate/internal/testutil"
 )
 
 const (
@@ -37,14 +38,7 @@ const (
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and veths, mounts a bpffs, loads BPF programs")
-	}
-	for _, tool := range []string{"ip", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	testutil.RequirePrivileged(t, "creates network namespaces and veths, mounts a bpffs, loads BPF programs", "ip", "go")
 }
 
 // dataplane is the proxy that enforces HTTP on the node: the Go proxy, or

@@ -54,16 +54,6 @@ const AccessLogName = "l7gate"
 // DeniedBody is the body of a denied HTTP request (EVALUATION.md).
 const DeniedBody = "Access denied"
 
-// From-proxy marks (Cilium's MARK_MAGIC_PROXY_INGRESS/EGRESS). The
-// datapath recognises the proxy's upstream traffic by mark & 0xF00; the
-// identity bits stay zero because original_src sets one mark per listener,
-// not per connection, so the datapath derives the source identity from the
-// preserved source address (ipcache) instead.
-const (
-	MarkFromProxyIngress uint32 = 0xA00
-	MarkFromProxyEgress  uint32 = 0xB00
-)
-
 // ProxyPort is the proxy port allocated for one (direction, parser).
 type ProxyPort struct {
 	Direction policy.Direction
@@ -71,15 +61,14 @@ type ProxyPort struct {
 	Port      uint16
 }
 
-// Marks are the SO_MARK values original_src puts on upstream sockets.
+// Marks are the SO_MARK values original_src puts on upstream sockets:
+// the datapath's from-proxy marks (bpf.ProxyMark with identity 0; bpf owns
+// the encoding). The identity bits stay zero because original_src sets one
+// mark per listener, not per connection, so the datapath derives the
+// source identity from the preserved source address (ipcache) instead.
 type Marks struct {
 	Ingress uint32
 	Egress  uint32
-}
-
-// DefaultMarks returns Cilium's from-proxy marks.
-func DefaultMarks() Marks {
-	return Marks{Ingress: MarkFromProxyIngress, Egress: MarkFromProxyEgress}
 }
 
 // Config is what the translation needs besides the snapshot.
@@ -91,7 +80,7 @@ type Config struct {
 	// redirect/). An HTTP rule set in a direction without a port is an
 	// error.
 	ProxyPorts []ProxyPort
-	// Marks: zero means DefaultMarks.
+	// Marks are required (the agent takes them from bpf).
 	Marks Marks
 	// AccessLogCluster is the bootstrap's static cluster for the gRPC
 	// access-log service; "" disables access logging.
@@ -127,8 +116,8 @@ func ListenerName(p ProxyPort) string {
 
 // Translate renders the Envoy resources for snap.
 func Translate(snap *policy.Snapshot, cfg Config) (*Resources, error) {
-	if cfg.Marks == (Marks{}) {
-		cfg.Marks = DefaultMarks()
+	if cfg.Marks.Ingress == 0 || cfg.Marks.Egress == 0 {
+		return nil, errors.New("envoy translate: from-proxy marks required")
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second

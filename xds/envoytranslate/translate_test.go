@@ -3,7 +3,6 @@ package envoytranslate
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,10 +18,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/l7gate/l7gate/envoy"
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files in testdata/out")
 
 // testConfig is the fixed proxy-port assignment of the golden files.
 func testConfig() Config {
@@ -36,6 +34,9 @@ func testConfig() Config {
 		AccessLogCluster: "l7gate/accesslog",
 		Node:             "node-a",
 		IPv6:             true,
+		// the datapath's from-proxy marks (bpf.ProxyMark(dir, 0); the agent
+		// passes them)
+		Marks: Marks{Ingress: 0xA00, Egress: 0xB00},
 	}
 }
 
@@ -171,43 +172,24 @@ func TestGolden(t *testing.T) {
 				t.Fatal("output is not deterministic")
 			}
 			path := filepath.Join("testdata", "out", name+".yaml")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read golden file (run go test ./xds/envoytranslate -run TestGolden -update): %v", err)
-			}
-			if string(want) != string(got) {
-				t.Errorf("%s differs; rerun with -update and review the diff:\n%s", path, firstDiff(string(want), string(got)))
-			}
+			testutil.Golden(t, path, got)
 		})
 	}
 }
 
-func firstDiff(a, b string) string {
-	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
-	for i := 0; i < len(al) || i < len(bl); i++ {
-		var x, y string
-		if i < len(al) {
-			x = al[i]
-		}
-		if i < len(bl) {
-			y = bl[i]
-		}
-		if x != y {
-			return fmt.Sprintf("line %d:\n- %s\n+ %s", i+1, x, y)
-		}
+// TestMarksRequired: the from-proxy marks come from the datapath (their
+// one owner); a translation without them is refused, not defaulted.
+func TestMarksRequired(t *testing.T) {
+	cfg := testConfig()
+	cfg.Marks = Marks{}
+	if _, err := Translate(loadSnapshot(t, "../../policy/testdata/in/l7.yaml"), cfg); err == nil {
+		t.Fatal("translated without from-proxy marks")
 	}
-	return ""
 }
 
 func TestMissingProxyPort(t *testing.T) {
 	snap := loadSnapshot(t, "../../policy/testdata/in/l7.yaml")
-	_, err := Translate(snap, Config{})
+	_, err := Translate(snap, Config{Marks: testConfig().Marks})
 	if !errors.Is(err, ErrNoProxyPort) {
 		t.Fatalf("err = %v, want ErrNoProxyPort", err)
 	}

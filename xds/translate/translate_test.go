@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 	l7gatev1 "github.com/l7gate/l7gate/proto/l7gatev1"
 	"github.com/l7gate/l7gate/xds"
@@ -20,8 +19,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files in testdata/out")
 
 // goldenInputs are the policy package's own golden inputs.
 func goldenInputs(t *testing.T) []string {
@@ -94,19 +91,7 @@ func TestGolden(t *testing.T) {
 			}
 			got := render(t, res)
 			out := filepath.Join("testdata", "out", name+".yaml")
-			if *update {
-				if err := os.WriteFile(out, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatalf("read golden file (run go test ./xds/translate -run TestGolden -update): %v", err)
-			}
-			if !bytes.Equal(want, got) {
-				t.Errorf("%s differs; rerun with -update and review the diff:\n%s", out, firstDiff(string(want), string(got)))
-			}
+			testutil.Golden(t, out, got)
 		})
 	}
 }

@@ -1,0 +1,147 @@
+package redirect
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestPrivilegedUpstreamDialerKeepsSource: an upstream socket bound to a
+// client's address (an address of no interface, IP_TRANSPARENT) reaches
+// the server from that address and a fresh port; a port the avoid function
+// names fails the dial with ErrSourcePortTaken before the server sees any
+// connection.
+func TestPrivilegedUpstreamDialerKeepsSource(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace, binds with IP_TRANSPARENT")
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	ns := "l7rd" + hex.EncodeToString(b)
+	for _, args := range [][]string{
+		{"netns", "add", ns},
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", ns, "addr", "add", "198.18.9.2/32", "dev", "lo"},
+		// The client's address is no interface's: only routed locally,
+		// as the node's policy routing does for the proxy's upstreams.
+		{"-n", ns, "route", "add", "local", "198.18.9.0/24", "dev", "lo"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		if args[0] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	client := netip.MustParseAddr("198.18.9.1")
+	err := inNetNS(ns, func() error {
+		ln, err := net.Listen("tcp4", "198.18.9.2:80")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		peers := make(chan netip.AddrPort, 4)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				c.Close()
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+
+		var refused uint16
+		avoidFirst := func(port uint16) bool {
+			if refused == 0 {
+				refused = port
+				return true
+			}
+			return false
+		}
+		if _, err := UpstreamDialer(0, client, avoidFirst).DialContext(ctx, "tcp", "198.18.9.2:80"); !errors.Is(err, ErrSourcePortTaken) {
+			t.Errorf("dial from a port to avoid: %v, want ErrSourcePortTaken", err)
+		}
+		c, err := UpstreamDialer(0x0A00, client, avoidFirst).DialContext(ctx, "tcp", "198.18.9.2:80")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		mark, err := soMark(c)
+		if err != nil {
+			return err
+		}
+		if mark != 0x0A00 {
+			t.Errorf("upstream SO_MARK %#x, want 0xa00", mark)
+		}
+		select {
+		case peer := <-peers:
+			if peer.Addr() != client || peer != local {
+				t.Errorf("server saw %s, want the client's address (socket %s)", peer, local)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case peer := <-peers:
+			t.Errorf("server saw a second connection from %s: the refused dial sent a SYN", peer)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if refused == 0 || local.Port() == refused {
+			t.Errorf("refused port %d, upstream port %d", refused, local.Port())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func soMark(c net.Conn) (int, error) {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var mark int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { mark, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) }); err != nil {
+		return 0, err
+	}
+	return mark, serr
+}
+
+// inNetNS runs f on a locked OS thread switched into the named network
+// namespace (the thread is discarded afterwards).
+func inNetNS(ns string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
