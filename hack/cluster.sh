@@ -540,14 +540,15 @@ host_chains() {
 }
 
 # work_pids: processes whose command line names this cluster (read by
-# bash itself: a grep would find its own command line)
+# bash's builtins: a grep would find its own command line, and a fork per
+# process is slow)
 work_pids() {
-  local f pid c out=""
+  local f pid out="" args
   for f in /proc/[0-9]*/cmdline; do
     pid=${f#/proc/}; pid=${pid%/cmdline}
     [ "$pid" != $$ ] || continue
-    c=$({ tr '\0' ' ' <"$f"; } 2>/dev/null) || continue
-    case $c in *"$WORKROOT/$ID/"* | *"l7e2e-$ID-"*) out+="$pid " ;; esac
+    mapfile -d '' -t args 2>/dev/null <"$f" || continue
+    case "${args[*]}" in *"$WORKROOT/$ID/"* | *"l7e2e-$ID-"*) out+="$pid " ;; esac
   done
   echo "$out"
 }
