@@ -181,45 +181,21 @@ func (c cluster) waitPolicy(t *testing.T, ns, name string) {
 	// redirects to them were synced (agent/implement.go).
 }
 
-// knownSameNodeL7 is the one failure the suite tolerates, and only in the
-// direction that fails closed: a client that reaches an L7-enforced pod on
-// its own node through a ClusterIP times out. kube-proxy DNATs the
-// connection in the node; the ingress redirect turns the packet around to
-// the proxy with bpf_redirect(BPF_F_INGRESS), which drops its conntrack
-// reference, so netfilter tracks it again and NAT remaps the clashing
-// tuple's source port: the proxy's SYN-ACK never matches the client's
-// connection. The fix (the turned-around packets untracked) is the
-// datapath's and the agent's, not the suite's. E2E_STRICT=1 makes it a
-// failure like any other.
-const knownSameNodeL7 = "known issue, fails closed: same-node ClusterIP + L7 ingress times out " +
-	"(conntrack clash of the ingress redirect turnaround with kube-proxy's DNAT; fix pending in bpf + agent/node)"
-
-// sameNode runs check for a client on the L7 pod's own node. A problem
-// check reports with timedOut=true (the client saw a connection time out)
-// is the known issue: the subtest is then skipped naming it, unless
-// E2E_STRICT=1. Any other problem — a denied request answered, a wrong
-// answer, an error that is not a timeout — fails the subtest.
+// sameNode runs check as a subtest for a client on the L7 pod's own node:
+// the case where kube-proxy's DNAT and the ingress redirect's turnaround
+// meet in the node's conntrack (the agent's notrack rule, agent/node,
+// keeps the turned-around packets out of it). check reports problems;
+// timedOut says the client saw a connection time out, which the report
+// names apart (before that rule existed this was the failure).
 func sameNode(t *testing.T, name string, check func(t *testing.T, report func(timedOut bool, format string, args ...any))) {
 	t.Helper()
 	t.Run(name, func(t *testing.T) {
-		var timeouts []string
 		check(t, func(timedOut bool, format string, args ...any) {
 			t.Helper()
-			msg := fmt.Sprintf(format, args...)
-			if timedOut && os.Getenv("E2E_STRICT") != "1" {
-				timeouts = append(timeouts, msg)
-				return
+			if timedOut {
+				format = "same-node ClusterIP + L7 (conntrack of the redirect turnaround?): " + format
 			}
-			t.Error(msg)
+			t.Errorf(format, args...)
 		})
-		if len(timeouts) == 0 {
-			return
-		}
-		msg := knownSameNodeL7 + ":\n  " + strings.Join(timeouts, "\n  ")
-		if t.Failed() {
-			t.Log(msg)
-			return
-		}
-		t.Skip(msg)
 	})
 }

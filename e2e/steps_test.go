@@ -504,8 +504,8 @@ func TestStep5AgentRestartAndUpgrade(t *testing.T) {
 	c.apply(t, readExample(t, "examples/starwars/policy-l7.yaml"))
 	t.Cleanup(func() { c.k(t, "delete", "cnp", "rule1", "--ignore-not-found") }) //nolint:errcheck
 	c.waitPolicy(t, "default", "rule1")
-	// From node2 when there is one: the same-node ClusterIP + L7 case is
-	// step 1's (knownSameNodeL7); here the restart is measured.
+	// From node2 when there is one (across nodes); the same-node
+	// ClusterIP + L7 case is step 1's; here the restart is measured.
 	client := c.clients("tiefighter")[len(c.clients("tiefighter"))-1]
 	t0 := time.Now().Unix()
 	c.startLoop(t, client, "POST", "/v1/request-landing", "allowed")

@@ -26,8 +26,7 @@
 #   hack/cluster.sh env     print the running cluster's environment
 # Env: E2E_NODES (default 2), L7GATE_CACHE (/var/cache/l7gate),
 #      L7GATE_E2E_DIR (/var/tmp/l7gate-e2e), E2E_KEEP=1 keeps the cluster
-#      after `e2e`, E2E_RUN (go test -run pattern), E2E_STRICT=1 (the
-#      suite fails the known same-node ClusterIP + L7 timeouts).
+#      after `e2e`, E2E_RUN (go test -run pattern).
 # `down` and `e2e` fail when a removed cluster left anything behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
