@@ -85,7 +85,8 @@ cluster-down:
 	@bash hack/cluster.sh down
 
 # Brings a cluster up, runs the e2e suite (e2e/, go test -tags e2e), tears
-# everything down (also on failure and Ctrl-C). E2E_RUN=Step1 narrows it,
-# E2E_KEEP=1 keeps the cluster, E2E_NODES=1 runs one node.
+# everything down (also on failure and Ctrl-C) and fails if anything is
+# left over. E2E_RUN=Step1 narrows it, E2E_KEEP=1 keeps the cluster,
+# E2E_NODES=1 runs one node.
 e2e: deps
 	@bash hack/cluster.sh e2e

@@ -87,7 +87,12 @@ func TestRenderValues(t *testing.T) {
 			t.Errorf("render lacks %q", want)
 		}
 	}
-	containers := ds["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
+	podSpec := ds["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+	// the agent takes the Go proxy's listeners (pidfd_getfd), Envoy or not
+	if podSpec["shareProcessNamespace"] != true {
+		t.Errorf("envoy.enabled=false: shareProcessNamespace %v, want true (the agent takes the Go proxy's listener sockets)", podSpec["shareProcessNamespace"])
+	}
+	containers := podSpec["containers"].([]any)
 	if len(containers) != 2 {
 		t.Errorf("%d containers, want agent and proxy", len(containers))
 	}

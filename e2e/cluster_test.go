@@ -18,9 +18,9 @@ import (
 // cluster is the environment hack/cluster.sh exported.
 type cluster struct {
 	kubectl, helm, kubeconfig, work string
-	nodes                            int
-	imageTag                         string
-	kubeVersion                      string
+	nodes                           int
+	imageTag                        string
+	kubeVersion                     string
 }
 
 func env(t *testing.T) cluster {
@@ -158,9 +158,10 @@ func (c cluster) waitPolicy(t *testing.T, ns, name string) {
 			Metadata struct{ Generation int64 } `json:"metadata"`
 			Status   struct {
 				Nodes map[string]struct {
-					OK                 bool  `json:"ok"`
-					Revision           int64 `json:"revision"`
-					ObservedGeneration int64 `json:"observedGeneration"`
+					OK                 bool   `json:"ok"`
+					Revision           int64  `json:"revision"`
+					ObservedGeneration int64  `json:"observedGeneration"`
+					Error              string `json:"error"`
 				} `json:"nodes"`
 			} `json:"status"`
 		}
@@ -175,6 +176,26 @@ func (c cluster) waitPolicy(t *testing.T, ns, name string) {
 		}
 		return nil
 	})
-	// status is written after the datapath sync; give the proxies' xDS a moment
-	time.Sleep(time.Second)
+	// No settling sleep: an agent writes ok only for a revision it
+	// implemented, i.e. after its proxies ACKed the listeners and the
+	// redirects to them were synced (agent/implement.go).
+}
+
+// sameNode runs check as a subtest for a client on the L7 pod's own node:
+// the case where kube-proxy's DNAT and the ingress redirect's turnaround
+// meet in the node's conntrack (the agent's notrack rule, agent/node,
+// keeps the turned-around packets out of it). check reports problems;
+// timedOut says the client saw a connection time out, which the report
+// names apart (before that rule existed this was the failure).
+func sameNode(t *testing.T, name string, check func(t *testing.T, report func(timedOut bool, format string, args ...any))) {
+	t.Helper()
+	t.Run(name, func(t *testing.T) {
+		check(t, func(timedOut bool, format string, args ...any) {
+			t.Helper()
+			if timedOut {
+				format = "same-node ClusterIP + L7 (conntrack of the redirect turnaround?): " + format
+			}
+			t.Errorf(format, args...)
+		})
+	})
 }

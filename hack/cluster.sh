@@ -27,6 +27,7 @@
 # Env: E2E_NODES (default 2), L7GATE_CACHE (/var/cache/l7gate),
 #      L7GATE_E2E_DIR (/var/tmp/l7gate-e2e), E2E_KEEP=1 keeps the cluster
 #      after `e2e`, E2E_RUN (go test -run pattern).
+# `down` and `e2e` fail when a removed cluster left anything behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -391,8 +392,10 @@ up() {
   W=$WORKROOT/$ID
   mkdir -p "$W/logs" "$W/pids"
   echo "$ID" >"$WORKROOT/current"
+  host_chains >"$WORKROOT/host-chains-$ID"
   log "cluster $ID in $W"
   components
+  log "components and images ready (${SECONDS}s)"
   KUBE_VERSION=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' go.mod)
   IMAGE_TAG=${IMAGE_TAG:-$(awk '$1=="appVersion:"{gsub(/"/,"",$2); print $2}' deploy/helm/l7gate/Chart.yaml)}
   API_PORT=$((20000 + RANDOM % 20000))
@@ -429,6 +432,13 @@ diagnose() {
       echo "---- last lines of $f"
       tail -n 15 "$f"
     done
+    # l7gate's containers, from the kubelets' files (kubectl logs needs a
+    # working apiserver and kubelet)
+    for f in "$W"/node*/varlog/pods/kube-system_l7gate-*/*/*.log; do
+      [ -f "$f" ] || continue
+      echo "---- last lines of $f"
+      tail -n 20 "$f"
+    done
   } >&2
 }
 
@@ -436,6 +446,7 @@ diagnose() {
 down_one() {
   load "$1"
   log "removing cluster $ID ($W)"
+  NS_INODES=$(ns_inodes)
   local n f pid
   # 1. our daemons (kubelet first, so nothing is restarted)
   for f in "$W"/pids/*-kubelet "$W"/pids/*; do
@@ -475,24 +486,41 @@ down_one() {
     [ -d "$c" ] || continue
     find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
-  # 6. the work dir, except the logs
+  # 6. the work dir, except the logs (the components' and every
+  # container's, as the kubelets wrote them)
   local keep=$WORKROOT/logs-$ID
+  for d in "$W"/node*/varlog/pods; do
+    [ -d "$d" ] && [ -d "$W/logs" ] || continue
+    n=$(basename "$(dirname "$(dirname "$d")")")
+    cp -r "$d" "$W/logs/$n-pods" 2>/dev/null || true
+  done
   [ -d "$W/logs" ] && { rm -rf "$keep"; mv "$W/logs" "$keep"; }
+  # the five newest clusters' logs are kept
+  ls -dt "$WORKROOT"/logs-* 2>/dev/null | tail -n +6 | xargs -r rm -rf
   rm -rf "$W"
   [ "$(cat "$WORKROOT/current" 2>/dev/null)" != "$ID" ] || rm -f "$WORKROOT/current"
   log "removed cluster $ID (logs kept in $keep)"
   leftovers
 }
 
-# ns_pids: pids in this cluster's node namespaces or cgroups (never ours)
-ns_pids() {
-  local inodes="" f ns
+# ns_inodes: the inodes of this cluster's node mount and network
+# namespaces (down_one keeps them in NS_INODES: after the unmounts a
+# surviving process is still found by them)
+ns_inodes() {
+  local f ns inodes=""
   for f in "$W"/ns/*.mnt; do
     [ -e "$f" ] && inodes+=" $(stat -L -c %i "$f" 2>/dev/null || true)"
   done
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^l7e2e-$ID-" || true); do
     inodes+=" $(stat -L -c %i "/run/netns/$ns" 2>/dev/null || true)"
   done
+  echo "$inodes"
+}
+
+# ns_pids: pids in this cluster's node namespaces or cgroups (never ours)
+ns_pids() {
+  local inodes
+  inodes="${NS_INODES:-} $(ns_inodes)"
   {
     # one stat for every process's mount and network namespace
     stat -L -c '%n %i' /proc/[0-9]*/ns/mnt /proc/[0-9]*/ns/net 2>/dev/null |
@@ -505,41 +533,102 @@ ns_pids() {
   } | sort -u | tr '\n' ' ' || true
 }
 
+# host_chains: the host's iptables chains a cluster could leave behind
+# (kube-proxy's, CNI's, ours); the cluster's own live in its namespaces.
+host_chains() {
+  local t
+  for t in filter nat mangle raw; do
+    iptables-save -t "$t" 2>/dev/null | awk -v t="$t" '/^:/ {print t, substr($1, 2)}'
+  done | grep -E ' (KUBE-|CNI-|L7|l7)' | sort || true
+}
+
+# work_pids: processes whose command line names this cluster (read by
+# bash's builtins: a grep would find its own command line, and a fork per
+# process is slow)
+work_pids() {
+  local f pid out="" args
+  for f in /proc/[0-9]*/cmdline; do
+    pid=${f#/proc/}; pid=${pid%/cmdline}
+    [ "$pid" != $$ ] || continue
+    mapfile -d '' -t args 2>/dev/null <"$f" || continue
+    case "${args[*]}" in *"$WORKROOT/$ID/"* | *"l7e2e-$ID-"*) out+="$pid " ;; esac
+  done
+  echo "$out"
+}
+
+# leftovers: fails naming what this cluster left on the machine
 leftovers() {
   local bad=""
   ip netns list | grep -q "^l7e2e-$ID-" && bad+=" netns"
+  ls /run/netns/l7e2e-"$ID"-* >/dev/null 2>&1 && bad+=" netns-files"
   ls -d /sys/fs/cgroup/*/l7e2e-"$ID"-* >/dev/null 2>&1 && bad+=" cgroups"
-  grep -q "$WORKROOT/$ID" /proc/mounts && bad+=" mounts"
-  [ -z "$(ns_pids 2>/dev/null)" ] || bad+=" processes"
-  [ -z "$bad" ] || log "WARNING: left over:$bad"
+  grep -q -F -e "$WORKROOT/$ID" -e "l7e2e-$ID-" /proc/mounts && bad+=" mounts"
+  [ -z "$(ns_pids 2>/dev/null)" ] || bad+=" processes(namespaces)"
+  local wp
+  wp=$(work_pids)
+  [ -z "$wp" ] || bad+=" processes($wp)"
+  local before=$WORKROOT/host-chains-$ID
+  if [ -f "$before" ]; then
+    local new
+    new=$(host_chains | comm -13 "$before" - | tr '\n' ' ')
+    [ -z "$new" ] || bad+=" host-iptables-chains($new)"
+    rm -f "$before"
+  fi
+  [ -d "$W" ] && bad+=" work-dir"
+  if [ -n "$bad" ]; then
+    log "FAIL: cluster $ID left over:$bad"
+    return 1
+  fi
+  log "cluster $ID: nothing left over (processes, mounts, netns, cgroups, host iptables chains)"
 }
 
 down() {
-  local d any=0
+  local d any=0 rc=0
   for d in "$WORKROOT"/*/; do
     d=${d%/}
     [ -f "$d/env" ] || [ -d "$d/ns" ] || continue
     any=1
-    down_one "$(basename "$d")"
+    down_one "$(basename "$d")" || rc=1
   done
   [ $any = 1 ] || log "no cluster to remove"
+  return $rc
+}
+
+# e2e_exit: the EXIT trap of `e2e`: tear down (unless kept) and fail when
+# the teardown left anything behind.
+e2e_exit() {
+  local rc=$?
+  trap - EXIT
+  if [ "${E2E_KEEP:-}" = 1 ] && [ -n "${E2E_UP:-}" ]; then
+    log "kept cluster $ID: hack/cluster.sh env"
+    exit $rc
+  fi
+  local t=$SECONDS
+  # only this run's cluster: another may be running beside it
+  if [ -n "${ID:-}" ] && [ -d "$WORKROOT/$ID" ]; then
+    down_one "$ID" || { [ $rc != 0 ] || rc=1; }
+  fi
+  log "down in $((SECONDS - t))s; e2e total ${SECONDS}s, exit $rc"
+  exit $rc
 }
 
 e2e() {
-  local rc=0
-  trap 'down' EXIT
+  local rc=0 t
+  trap e2e_exit EXIT
   trap 'exit 130' INT TERM
   up >/dev/null || rc=$?
+  log "up in ${SECONDS}s (components, images, cluster, l7gate)"
   if [ $rc = 0 ]; then
-    load "$(cat "$WORKROOT/current")"
+    E2E_UP=1
+    load "$ID"
     export KUBECONFIG KUBECTL HELM E2E_WORK=$W E2E_NODES=$NODES IMAGE_TAG L7GATE_IMAGE KUBE_VERSION
     export E2E_KUBE_BIN=$KUBE_BIN E2E_ID=$ID
-    go test -tags e2e -count=1 -timeout 40m -v ${E2E_RUN:+-run "$E2E_RUN"} ./e2e/ || rc=$?
+    t=$SECONDS
+    # the suite's output is kept with the components' logs
+    go test -tags e2e -count=1 -timeout 40m -v ${E2E_RUN:+-run "$E2E_RUN"} ./e2e/ 2>&1 |
+      tee "$W/logs/e2e-test.log" || rc=$?
+    log "suite in $((SECONDS - t))s, exit $rc"
     [ $rc = 0 ] || diagnose
-  fi
-  if [ "${E2E_KEEP:-}" = 1 ]; then
-    trap - EXIT
-    log "kept cluster $ID: hack/cluster.sh env"
   fi
   return $rc
 }
