@@ -246,14 +246,19 @@ func (h *HandOver) Close() {
 	}
 }
 
-// listenUnixReplacing binds a Unix socket at a temporary name and renames
+// listenUnixReplacing binds a Unix socket at a temporary name (in path's
+// directory) and renames
 // it over path, so a socket that was there answers until the new one does
 // (no moment without one).
 func listenUnixReplacing(path string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
+	// The temporary name is never longer than path (a Unix socket path
+	// has 108 bytes at most: "path.PID" overflowed it in deep run dirs)
+	// and differs per final name and process.
+	base := filepath.Base(path)
+	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%c%d-%d", base[0], len(base), os.Getpid()))
 	os.Remove(tmp)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {

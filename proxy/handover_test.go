@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,6 +204,28 @@ func TestHostileHandOverPeer(t *testing.T) {
 		t.Fatal("a real hand-over did not drain the proxy")
 	}
 	for _, ln := range h.Listeners {
+		ln.Close()
+	}
+}
+
+// TestListenUnixReplacingLongPath: a socket path that fits the 108-byte
+// limit binds, also through the temporary name the hand-over renames from
+// (that name used to be path + ".PID": "bind: invalid argument" in deep
+// run dirs, and the proxy had no admin socket — every redirect to it
+// failed closed).
+func TestListenUnixReplacingLongPath(t *testing.T) {
+	dir := t.TempDir()
+	pad := 107 - len(dir) - len("/proxy-handover.sock") - 1
+	if pad < 1 {
+		t.Skipf("temp dir %s too long for the test", dir)
+	}
+	sub := filepath.Join(dir, strings.Repeat("d", pad))
+	for _, name := range []string{"proxy-admin.sock", "proxy-handover.sock"} {
+		path := filepath.Join(sub, name)
+		ln, err := listenUnixReplacing(path)
+		if err != nil {
+			t.Fatalf("%s (%d bytes): %v", name, len(path), err)
+		}
 		ln.Close()
 	}
 }
