@@ -705,10 +705,16 @@ func TestStep7Inspection(t *testing.T) {
 	// the drop of xwing -> deathstar:80, decided by rule1 (earlier steps
 	// leave other drops from xwing in the flow buffer)
 	eventually(t, 30*time.Second, "l7gate observe shows xwing's dropped flow to deathstar under rule1", func() error {
-		out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe")
+		// Filtered on the server (Hubble's filters): other clients' flows
+		// and DNS would push the drop out of the last 20 lines.
+		out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe",
+			"--from-ip", xwingIP, "--drops", "--last", "50")
 		for _, l := range strings.Split(out, "\n") {
-			toDeathstar := slices.ContainsFunc(deathstarIPs, func(ip string) bool { return strings.Contains(l, " "+ip+":80 ") })
-			if strings.Contains(l, "ingress") && strings.Contains(l, " "+xwingIP+":") && toDeathstar &&
+			// Endpoints print as namespace/pod:port, others as IP:port.
+			toDeathstar := strings.Contains(l, "default/deathstar") && strings.Contains(l, ":80 ") ||
+				slices.ContainsFunc(deathstarIPs, func(ip string) bool { return strings.Contains(l, " "+ip+":80 ") })
+			fromXwing := strings.Contains(l, "default/xwing:") || strings.Contains(l, " "+xwingIP+":")
+			if strings.Contains(l, "ingress") && fromXwing && toDeathstar &&
 				strings.Contains(l, "DROPPED") && strings.Contains(l, "default/rule1") {
 				t.Logf("observe: %s", l)
 				return nil
