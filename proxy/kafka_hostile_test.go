@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -318,8 +319,10 @@ func (env *kafkaTopicsEnv) fetchSecretByID(t *testing.T) (answered bool, rec *Ac
 	}
 	f := resp.(*kmsg.FetchResponse)
 	answered = len(f.Topics) == 1 && len(f.Topics[0].Partitions) == 1 && f.Topics[0].Partitions[0].ErrorCode == 0
-	for _, r := range env.rec.all() {
-		if r.Protocol == "kafka" && r.APIKey == "fetch" {
+	isFetch := func(r *AccessRecord) bool { return r.Protocol == "kafka" && r.APIKey == "fetch" }
+	recs := env.rec.waitUntil(func(recs []*AccessRecord) bool { return slices.ContainsFunc(recs, isFetch) })
+	for _, r := range recs {
+		if isFetch(r) {
 			rec = r
 		}
 	}

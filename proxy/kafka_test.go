@@ -75,8 +75,16 @@ func TestProxyKafka(t *testing.T) {
 	if err := w.WriteMessages(ctx, kafkago.Message{Topic: "orders", Value: []byte("order-2")}); err != nil {
 		t.Fatalf("produce after a denial: %v", err)
 	}
+	produces := func(recs []*AccessRecord) (n int) {
+		for _, r := range recs {
+			if r.Protocol == "kafka" && r.APIKey == "produce" {
+				n++
+			}
+		}
+		return n
+	}
 	var allowed, denied int
-	for _, r := range rec.all() {
+	for _, r := range rec.waitUntil(func(recs []*AccessRecord) bool { return produces(recs) >= 3 }) {
 		if r.Protocol != "kafka" || r.APIKey != "produce" {
 			continue
 		}

@@ -46,6 +46,20 @@ func (r *recorder) waitFor(n int) []*AccessRecord {
 	}
 }
 
+// waitUntil returns the records once ok accepts them (or after 3 s): a
+// record is logged after the verdict is written to the client, so the
+// client seeing the verdict does not mean the record is there yet.
+func (r *recorder) waitUntil(ok func([]*AccessRecord) bool) []*AccessRecord {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		recs := r.all()
+		if ok(recs) || time.Now().After(deadline) {
+			return recs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (r *recorder) all() []*AccessRecord {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -222,7 +236,7 @@ func TestProxyNoPolicyForEndpointDenies(t *testing.T) {
 	if s, b := get(t, c, bufio.NewReader(c), "/"); s != 403 || b != "Access denied" {
 		t.Fatalf("no policy for the port: %d %q", s, b)
 	}
-	recs := rec.all()
+	recs := rec.waitFor(1)
 	if len(recs) != 1 || recs[0].DecidedBy[0].Policy != "l7gate/no-policy" {
 		t.Fatalf("records: %+v", recs)
 	}
