@@ -68,6 +68,8 @@ var allowed = map[string][]string{
 	"observe/hubble":  {"flow", "observe", "proto/hubble/flowpb", "proto/hubble/observerpb", "proto/hubble/relaypb"},
 	"observe/otlp":    {"flow", "observe"},
 	"observe/metrics": {"flow", "observe", "observe/hubble"},
+	// The live service map page (policy for its stable-label rule).
+	"observe/servicemap": {"flow", "observe", "policy"},
 
 	// Above the agent.
 	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
