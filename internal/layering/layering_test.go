@@ -79,6 +79,7 @@ var allowed = map[string][]string{
 	"deploy/cmd/render":      {"deploy"},
 	"internal/layering":      {},
 	"internal/testutil":      {}, // test-only: golden files, the privileged-test rule
+	"internal/browsertest":   {}, // test-only: pages in headless chromium (chromedp)
 	"bench/cmd/l7gate-bench": {"*"},
 	// make scale: the k8s source and status writer against a real API
 	// server; nothing but bench/ and k8s/ may import it.

@@ -18,15 +18,22 @@
     return 'unknown';
   }
 
-  const state = { nodes: new Map(), edges: new Map(), selected: null, flows: 0 };
+  // Node boxes fit their label (Cytoscape's width: label is deprecated).
+  function lines(n) { return String(n.data('label') || '').split('\n'); }
+  function nodeWidth(n) { return Math.min(270, 20 + 7 * Math.max(...lines(n).map(l => l.length))); }
+  function nodeHeight(n) {
+    return 14 + 15 * lines(n).reduce((k, l) => k + Math.max(1, Math.ceil(7 * l.length / 250)), 0);
+  }
+
+  const state = { nodes: new Map(), edges: new Map(), selected: null, flows: 0, layoutPending: false, connected: false };
 
   const cy = cytoscape({
     container: document.getElementById('cy'),
-    wheelSensitivity: 0.3,
     style: [
       { selector: 'node', style: {
         'label': 'data(label)', 'text-wrap': 'wrap', 'text-valign': 'center', 'text-halign': 'center',
-        'font-size': 12, 'shape': 'round-rectangle', 'width': 'label', 'height': 'label', 'padding': 10,
+        'font-size': 12, 'shape': 'round-rectangle', 'width': nodeWidth, 'height': nodeHeight,
+        'text-max-width': 250, 'text-overflow-wrap': 'anywhere',
         'background-color': '#e8f0fe', 'border-width': 1, 'border-color': '#5f6368' } },
       { selector: 'node[kind = "entity"]', style: { 'shape': 'ellipse', 'background-color': '#f1f3f4' } },
       { selector: 'edge', style: {
@@ -80,8 +87,13 @@
   let layoutTimer = null;
   function relayout() {
     clearTimeout(layoutTimer);
+    state.layoutPending = true;
     layoutTimer = setTimeout(() => {
-      cy.elements(':visible').layout({ name: 'breadthfirst', directed: true, spacingFactor: 1.4, padding: 30, animate: false }).run();
+      cy.elements(':visible').layout({ name: 'breadthfirst', directed: true, spacingFactor: 1.2, padding: 30, animate: false,
+        // left to right: clients on the left, servers on the right
+        transform: (node, pos) => ({ x: pos.y * 2.2, y: pos.x }) }).run();
+      cy.fit(cy.elements(':visible'), 40);
+      state.layoutPending = false;
     }, 200);
   }
 
@@ -134,8 +146,8 @@
     pol.textContent = st.edge.verdict + ' by ' + (st.edge.policy || '(no policy)') + ' · ' + st.edge.count + ' flows';
     for (const f of [...st.flows].reverse()) {
       const tr = document.createElement('tr');
-      tr.appendChild(td(new Date(f.time).toLocaleTimeString()));
-      tr.appendChild(td(f.verdict, 'verdict-' + verdictClass(f.verdict)));
+      tr.appendChild(td(new Date(f.time).toLocaleTimeString(), 'nowrap'));
+      tr.appendChild(td(f.verdict, 'nowrap verdict-' + verdictClass(f.verdict)));
       tr.appendChild(td((f.srcPod || f.source || '?') + ' → ' + (f.dstPod || f.destination || '?')));
       tr.appendChild(td(l7(f)));
       tr.appendChild(td((f.decidedBy || []).join('; ') || f.reason || ''));
@@ -165,6 +177,7 @@
   const es = new EventSource('events');
   es.addEventListener('graph', m => {
     reset(JSON.parse(m.data));
+    state.connected = true;
     setStatus('live · ' + state.flows + ' flows');
   });
   es.addEventListener('flow', m => {
