@@ -60,7 +60,7 @@ var allowed = map[string][]string{
 	"agent/supervisor":         {"agentapi"},
 	"agent/internal/fakeenvoy": {},
 	"agent": {"agent/endpoints", "agent/node", "agent/supervisor", "agentapi", "bpf", "bpftranslate", "envoy", "envoy/als",
-		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "policy", "redirect", "source", "xds",
+		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "observe/servicemap", "policy", "redirect", "source", "xds",
 		"xds/envoytranslate", "xds/server", "xds/translate"},
 
 	// The agent's flow pipeline and the formats it speaks.
