@@ -224,10 +224,18 @@ var nameKeys = []string{"app.kubernetes.io/name", "app", "k8s-app", "name", "cla
 // a pod is its entity: the reserved identity's name, else its labels (CIDR,
 // FQDN), else the identity number.
 func NodeOf(ep *flow.Endpoint, id flow.Identity) Node {
-	if ep == nil || ep.Pod == "" {
+	if ep == nil {
 		return entityNode(ep, id)
 	}
-	n := Node{Kind: KindWorkload, Namespace: ep.Namespace}
+	ns := ep.Namespace
+	if ep.Pod == "" {
+		// a pod identity's labels without the pod (an address the agent
+		// does not know, e.g. the pod's IPv6 link-local one): its workload
+		if ns = podNamespace(ep.Labels); ns == "" {
+			return entityNode(ep, id)
+		}
+	}
+	n := Node{Kind: KindWorkload, Namespace: ns}
 	var sa string
 	for _, l := range ep.Labels {
 		src, kv, ok := strings.Cut(l, ":")
@@ -252,20 +260,30 @@ func NodeOf(ep *flow.Endpoint, id flow.Identity) Node {
 	slices.Sort(n.Labels)
 	switch {
 	case ep.Workload != "":
-		n.ID = "w:" + ep.Namespace + "/" + strings.ToLower(ep.WorkloadKind) + "/" + ep.Workload
+		n.ID = "w:" + ns + "/" + strings.ToLower(ep.WorkloadKind) + "/" + ep.Workload
 		n.Name = ep.Workload
 	case len(n.Labels) > 0:
-		n.ID = "w:" + ep.Namespace + "/" + strings.Join(n.Labels, ",")
+		n.ID = "w:" + ns + "/" + strings.Join(n.Labels, ",")
 		n.Name = displayName(n.Labels)
 	case sa != "":
-		n.ID = "w:" + ep.Namespace + "/serviceaccount=" + sa
+		n.ID = "w:" + ns + "/serviceaccount=" + sa
 		n.Name = "serviceaccount " + sa
 		n.Labels = []string{policy.LabelServiceAccount + "=" + sa}
 	default:
-		n.ID = "w:" + ep.Namespace + "/"
+		n.ID = "w:" + ns + "/"
 		n.Name = "(pods without labels)"
 	}
 	return n
+}
+
+// podNamespace is the namespace a pod identity's labels name.
+func podNamespace(labels []string) string {
+	for _, l := range labels {
+		if ns, ok := strings.CutPrefix(l, policy.SourceK8s+":"+policy.LabelPodNamespace+"="); ok {
+			return ns
+		}
+	}
+	return ""
 }
 
 func displayName(labels []string) string {

@@ -69,6 +69,12 @@ func TestNodeOfStableLabels(t *testing.T) {
 	if n := NodeOf(bare, 302); n.ID != "w:empire/serviceaccount=default" {
 		t.Errorf("NodeOf(no stable labels) = %+v", n)
 	}
+	// a pod identity's labels without the pod (the agent knows the
+	// identity, not the address): the same workload
+	idOnly := &flow.Endpoint{Labels: deathstar1.Labels}
+	if n := NodeOf(idOnly, 301); n.ID != a.ID {
+		t.Errorf("NodeOf(identity labels only) = %+v, want %s", n, a.ID)
+	}
 	nolabels := &flow.Endpoint{Namespace: "empire", Pod: "p"}
 	if n := NodeOf(nolabels, 302); n.ID != "w:empire/" || n.Name != "(pods without labels)" {
 		t.Errorf("NodeOf(no labels) = %+v", n)

@@ -37,7 +37,7 @@
         'background-color': '#e8f0fe', 'border-width': 1, 'border-color': '#5f6368' } },
       { selector: 'node[kind = "entity"]', style: { 'shape': 'ellipse', 'background-color': '#f1f3f4' } },
       { selector: 'edge', style: {
-        'label': 'data(label)', 'font-size': 10, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle',
+        'label': 'data(label)', 'font-size': 10, 'curve-style': 'bezier', 'control-point-step-size': 36, 'target-arrow-shape': 'triangle',
         'width': 2.5, 'line-color': 'data(color)', 'target-arrow-color': 'data(color)', 'color': 'data(color)',
         'text-rotation': 'autorotate', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9,
         'text-background-padding': 2, 'text-margin-y': -8 } },
@@ -91,8 +91,9 @@
     layoutTimer = setTimeout(() => {
       cy.elements(':visible').layout({ name: 'breadthfirst', directed: true, spacingFactor: 1.2, padding: 30, animate: false,
         // left to right: clients on the left, servers on the right
-        transform: (node, pos) => ({ x: pos.y * 2.2, y: pos.x }) }).run();
+        transform: (node, pos) => ({ x: pos.y * 1.5, y: pos.x }) }).run();
       cy.fit(cy.elements(':visible'), 40);
+      if (cy.zoom() > 1.5) { cy.zoom(1.5); cy.center(cy.elements(':visible')); }
       state.layoutPending = false;
     }, 200);
   }
