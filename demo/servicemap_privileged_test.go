@@ -97,13 +97,13 @@ func TestPrivilegedServiceMapStarwars(t *testing.T) {
 		page.Screenshot(t, "service-map-starwars.png")
 		// clicking the L7 denial lists its request
 		for _, e := range edges {
-			if e.Source != "tiefighter" || e.Verdict != "denied" {
+			if e.Source != "tiefighter" || e.Target != "deathstar" || e.Verdict != "denied" {
 				continue
 			}
-			if err := page.Click(e.X, e.Y); err != nil {
+			if err := page.ClickEdge(e.ID); err != nil {
 				return err
 			}
-			if err := page.WaitJS(`!document.getElementById('flows').hidden`); err != nil {
+			if err := page.WaitJSFor(`!document.getElementById('flows').hidden`, 5*time.Second); err != nil {
 				return fmt.Errorf("clicking the edge listed no flows: %w", err)
 			}
 			rows, err := browsertest.Eval[[]string](page, `[...document.querySelectorAll('#flows tbody tr')].map(tr => tr.textContent)`)

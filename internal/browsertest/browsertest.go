@@ -98,10 +98,22 @@ func Open(t *testing.T, timeout time.Duration) *Page {
 	return p
 }
 
-// WaitJS evaluates expr (a boolean JavaScript expression) until it is true.
+// WaitJS evaluates expr (a boolean JavaScript expression) until it is
+// true (or the page's timeout).
 func (p *Page) WaitJS(expr string) error {
+	return p.waitJS(p.Ctx, expr)
+}
+
+// WaitJSFor is WaitJS bounded by d.
+func (p *Page) WaitJSFor(expr string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(p.Ctx, d)
+	defer cancel()
+	return p.waitJS(ctx, expr)
+}
+
+func (p *Page) waitJS(ctx context.Context, expr string) error {
 	for {
-		ok, err := chromedp.Run(p.Ctx, chromedp.Evaluate[bool](expr))
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
 		if err != nil {
 			return fmt.Errorf("evaluate %s: %w", expr, err)
 		}
@@ -109,8 +121,8 @@ func (p *Page) WaitJS(expr string) error {
 			return nil
 		}
 		select {
-		case <-p.Ctx.Done():
-			return fmt.Errorf("waiting for %s: %w", expr, p.Ctx.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", expr, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -190,6 +202,29 @@ func (p *Page) MapEdges() ([]MapEdge, error) {
 func (p *Page) MapNodes() ([]string, error) {
 	return Eval[[]string](p, `window.serviceMap.cy.nodes().filter(n => n.visible()).map(n =>
 		(n.data('namespace') ? n.data('namespace') + '/' : '') + n.data('name')).sort()`)
+}
+
+// ClickEdge clicks the service-map edge id where the page draws it, until
+// the page selected it (new flows may move the layout between reading the
+// position and clicking: it retries a few times).
+func (p *Page) ClickEdge(id string) error {
+	for range 5 {
+		edges, err := p.MapEdges()
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(edges, func(e MapEdge) bool { return e.ID == id })
+		if i < 0 {
+			return fmt.Errorf("edge %s is not on the page", id)
+		}
+		if err := p.Click(edges[i].X, edges[i].Y); err != nil {
+			return err
+		}
+		if p.WaitJSFor(fmt.Sprintf("window.serviceMap.state.selected === %q", id), 2*time.Second) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("clicking edge %s did not select it", id)
 }
 
 // Click clicks the page at x, y (page coordinates).

@@ -38,8 +38,6 @@ func TestHostileLabelsBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(edges) != 1 {
-		dbg, _ := browsertest.Eval[string](page, `JSON.stringify({n: window.serviceMap.state.edges.size, cy: window.serviceMap.cy.edges().map(e => [e.id(), e.classes(), e.visible(), e.source().visible(), e.style('display')]), nodes: window.serviceMap.cy.nodes().map(n => [n.id(), n.classes(), n.visible()])})`)
-		t.Log(dbg)
 		t.Fatalf("edges = %+v, want 1", edges)
 	}
 	e := edges[0]
@@ -47,10 +45,10 @@ func TestHostileLabelsBrowser(t *testing.T) {
 		t.Errorf("edge drawn as %+v: the hostile strings are not its text", e)
 	}
 	// a real click on the edge lists its flow
-	if err := page.Click(e.X, e.Y); err != nil {
+	if err := page.ClickEdge(e.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := page.WaitJS(`!document.getElementById('flows').hidden`); err != nil {
+	if err := page.WaitJSFor(`!document.getElementById('flows').hidden`, 5*time.Second); err != nil {
 		t.Fatalf("clicking the edge listed no flows: %v", err)
 	}
 	rows, err := browsertest.Eval[[]string](page, `[...document.querySelectorAll('#flows tbody tr')].map(tr => tr.textContent)`)

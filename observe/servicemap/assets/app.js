@@ -89,9 +89,11 @@
     clearTimeout(layoutTimer);
     state.layoutPending = true;
     layoutTimer = setTimeout(() => {
-      cy.elements(':visible').layout({ name: 'breadthfirst', directed: true, spacingFactor: 1.2, padding: 30, animate: false,
-        // left to right: clients on the left, servers on the right
-        transform: (node, pos) => ({ x: pos.y * 1.5, y: pos.x }) }).run();
+      const els = cy.elements(':visible');
+      // deterministic: a circle in id order, then forces from there
+      els.layout({ name: 'circle', sort: (a, b) => (a.id() < b.id() ? -1 : 1), animate: false }).run();
+      els.layout({ name: 'cose', randomize: false, animate: false, nodeRepulsion: () => 400000,
+        idealEdgeLength: () => 160, edgeElasticity: () => 100, nodeOverlap: 20, padding: 30 }).run();
       cy.fit(cy.elements(':visible'), 40);
       if (cy.zoom() > 1.5) { cy.zoom(1.5); cy.center(cy.elements(':visible')); }
       state.layoutPending = false;
@@ -150,7 +152,7 @@
       tr.appendChild(td(new Date(f.time).toLocaleTimeString(), 'nowrap'));
       tr.appendChild(td(f.verdict, 'nowrap verdict-' + verdictClass(f.verdict)));
       tr.appendChild(td((f.srcPod || f.source || '?') + ' → ' + (f.dstPod || f.destination || '?')));
-      tr.appendChild(td(l7(f)));
+      tr.appendChild(td(l7(f), 'l7'));
       tr.appendChild(td((f.decidedBy || []).join('; ') || f.reason || ''));
       body.appendChild(tr);
     }
