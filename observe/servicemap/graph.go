@@ -131,7 +131,10 @@ type edgeState struct {
 // Aggregator folds flow records into the map. It is not safe for
 // concurrent use (each page stream has its own).
 type Aggregator struct {
-	lim     Limits
+	lim Limits
+	// places caches NodeOf by peer: the agent's enrichment shares one
+	// *flow.Endpoint per pod between records (reset when it grows).
+	places  map[peerKey]Node
 	nodes   map[string]*Node
 	edges   map[string]*edgeState
 	dropped uint64
@@ -141,7 +144,28 @@ type Aggregator struct {
 // NewAggregator returns an empty map with the given bounds (zero values
 // take the defaults).
 func NewAggregator(lim Limits) *Aggregator {
-	return &Aggregator{lim: lim.withDefaults(), nodes: map[string]*Node{}, edges: map[string]*edgeState{}}
+	return &Aggregator{lim: lim.withDefaults(), nodes: map[string]*Node{}, edges: map[string]*edgeState{}, places: map[peerKey]Node{}}
+}
+
+type peerKey struct {
+	ep *flow.Endpoint
+	id flow.Identity
+}
+
+// maxPlaces bounds the NodeOf cache.
+const maxPlaces = 4096
+
+func (a *Aggregator) place(ep *flow.Endpoint, id flow.Identity) Node {
+	k := peerKey{ep, id}
+	if n, ok := a.places[k]; ok {
+		return n
+	}
+	if len(a.places) >= maxPlaces {
+		clear(a.places)
+	}
+	n := NodeOf(ep, id)
+	a.places[k] = n
+	return n
 }
 
 // Add folds one record in. It returns false when the record is not drawn:
@@ -150,7 +174,7 @@ func (a *Aggregator) Add(seq uint64, r *flow.Record) (Update, bool) {
 	if r == nil || r.IsReply {
 		return Update{}, false
 	}
-	src, dst := NodeOf(r.SrcEndpoint, r.SrcIdentity), NodeOf(r.DstEndpoint, r.DstIdentity)
+	src, dst := a.place(r.SrcEndpoint, r.SrcIdentity), a.place(r.DstEndpoint, r.DstIdentity)
 	verdict, pol := string(r.Verdict), PolicyOf(r)
 	if verdict == "" {
 		verdict = string(flow.VerdictUnknown)

@@ -216,3 +216,18 @@ func TestAggregatorBounds(t *testing.T) {
 		t.Errorf("graph = %+v", g)
 	}
 }
+
+// BenchmarkAggregatorAdd: the cost of one flow on one open page (each
+// page's stream folds every flow into its own map).
+func BenchmarkAggregatorAdd(b *testing.B) {
+	recs := []*flow.Record{
+		rec(xwing, deathstar1, flow.VerdictDenied, rule1DD),
+		rec(tiefighter, deathstar2, flow.VerdictAllowed, rule1),
+		rec(tiefighter, deathstar1, flow.VerdictDenied, rule1DD),
+	}
+	a := NewAggregator(Limits{})
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		a.Add(uint64(i), recs[i%len(recs)])
+	}
+}
