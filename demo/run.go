@@ -49,7 +49,7 @@ type Config struct {
 	// with --keep. The caller keeps and closes its own copy.
 	ServiceMap net.Listener
 	Out        io.Writer
-	Log           *slog.Logger
+	Log        *slog.Logger
 
 	// AfterStep, if set, runs after each step's checks on the running
 	// topology (e.g. a test runs a client suite inside a pod's namespace);
