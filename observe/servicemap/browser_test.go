@@ -85,3 +85,80 @@ func TestHostileLabelsBrowser(t *testing.T) {
 		t.Errorf("the page violated its own Content-Security-Policy: %q", page.Console())
 	}
 }
+
+// TestVerdictColoursAndFiltersBrowser: each verdict is drawn in its colour
+// (the audit verdict by its string, in any case), and the namespace and
+// verdict filters hide what they leave out.
+func TestVerdictColoursAndFiltersBrowser(t *testing.T) {
+	page := browsertest.Open(t, time.Minute)
+	p := startPipeline(t, observe.Config{Capacity: 64})
+	web := pod("shop", "web", "app=web")
+	db := pod("shop", "db", "app=db")
+	for _, r := range []*flow.Record{
+		rec(tiefighter, deathstar1, flow.VerdictAllowed, rule1),
+		rec(xwing, deathstar1, flow.VerdictDenied, rule1DD),
+		rec(xwing, tiefighter, "AUDIT", rule1DD),
+		rec(tiefighter, xwing, flow.VerdictRedirected, rule1),
+		rec(web, db, "audited", rule1DD),
+		rec(web, deathstar1, flow.VerdictUnknown),
+	} {
+		p.Ingest(r)
+	}
+	waitProcessed(t, p, 6)
+	_, url := startServer(t, Config{Source: p})
+	if err := page.Navigate(url + "/"); err != nil {
+		t.Fatal(err)
+	}
+	edges, err := page.MapEdges()
+	if err != nil {
+		t.Fatal(err)
+	}
+	colours := map[string]string{}
+	for _, e := range edges {
+		colours[e.Source+"→"+e.Target] = e.LineColor
+	}
+	want := map[string]string{
+		"tiefighter→deathstar": "rgb(30,142,62)",   // allowed: green
+		"xwing→deathstar":      "rgb(217,48,37)",   // denied: red
+		"xwing→tiefighter":     "rgb(227,116,0)",   // AUDIT: amber
+		"web→db":               "rgb(227,116,0)",   // audited: amber
+		"tiefighter→xwing":     "rgb(26,115,232)",  // to a proxy: blue
+		"web→deathstar":        "rgb(136,136,136)", // unknown: grey
+	}
+	for k, c := range want {
+		if colours[k] != c {
+			t.Errorf("edge %s drawn in %q, want %s", k, colours[k], c)
+		}
+	}
+	names := func() []string {
+		t.Helper()
+		edges, err := page.MapEdges()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range edges {
+			out = append(out, e.Source+"→"+e.Target)
+		}
+		slices.Sort(out)
+		return out
+	}
+	// namespace shop: its edges, also the one leaving it
+	if _, err := browsertest.Eval[bool](page, `(() => { const s = document.getElementById('namespace'); s.value = 'shop'; s.dispatchEvent(new Event('change')); return true; })()`); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(), []string{"web→db", "web→deathstar"}; !slices.Equal(got, want) {
+		t.Errorf("namespace shop shows %q, want %q", got, want)
+	}
+	// all namespaces, without audit and denied
+	if _, err := browsertest.Eval[bool](page, `(() => {
+		const s = document.getElementById('namespace'); s.value = ''; s.dispatchEvent(new Event('change'));
+		for (const v of ['audit', 'denied']) { const c = document.querySelector('#verdicts input[value="' + v + '"]'); c.checked = false; c.dispatchEvent(new Event('change')); }
+		return true; })()`); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(), []string{"tiefighter→deathstar", "tiefighter→xwing", "web→deathstar"}; !slices.Equal(got, want) {
+		t.Errorf("without audit and denied the page shows %q, want %q", got, want)
+	}
+	page.Screenshot(t, "service-map-filters.png")
+}
