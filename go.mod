@@ -31,6 +31,13 @@ require (
 )
 
 require (
+	// test-only: the service map's pages in headless chromium (internal/browsertest)
+	github.com/chromedp/chromedp v0.24.0
+	github.com/chromedp/cdproto v0.160.1 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+)
+
+require (
 	cel.dev/expr v0.25.3 // indirect
 	cloud.google.com/go/compute/metadata v0.9.0 // indirect
 	github.com/Azure/go-ansiterm v0.0.0-20230124172434-306776ec8161 // indirect

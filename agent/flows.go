@@ -27,6 +27,7 @@ import (
 	"github.com/l7gate/l7gate/observe"
 	"github.com/l7gate/l7gate/observe/hubble"
 	"github.com/l7gate/l7gate/observe/metrics"
+	"github.com/l7gate/l7gate/observe/servicemap"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/xds/server"
@@ -54,6 +55,9 @@ type FlowsConfig struct {
 	Losses  []metrics.SinkLosses
 	// Version is reported in flows and by ServerStatus.
 	Version string
+	// ServiceMap, when set, serves the live service map page
+	// (observe/servicemap) on this listener, fed by the pipeline.
+	ServiceMap net.Listener
 }
 
 // flowIndex is what flows are attributed with: the cluster's pods and
@@ -256,6 +260,10 @@ func (a *Agent) startFlows(goRun func(name string, fatal bool, f func(context.Co
 		tsrv := hubble.NewServer(hubble.ServerConfig{Pipeline: a.pipe, Node: a.cfg.Node, Options: a.hubbleOptions(), StartedAt: a.st.startedAt,
 			Address: tln.Addr().String(), TLS: fc.HubbleTLS != nil, Logger: a.log})
 		goRun("observer api (tcp)", true, func(ctx context.Context) error { return hubble.Serve(ctx, tln, tsrv, opts...) })
+	}
+	if fc.ServiceMap != nil {
+		sm := servicemap.New(servicemap.Config{Source: a.pipe, Node: a.cfg.Node, Logger: a.log})
+		goRun("service map", false, func(ctx context.Context) error { return servicemap.Serve(ctx, fc.ServiceMap, sm.Handler()) })
 	}
 	fln, err := listenUnix(agentapi.FlowSocket(a.cfg.RunDir))
 	if err != nil {

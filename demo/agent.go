@@ -31,6 +31,9 @@ type AgentConfig struct {
 	// cgroup v2 root); empty turns socket load balancing off: the demo
 	// never attaches it to the machine's root cgroup.
 	SocketLBCgroup string
+	// ServiceMap, when set, is a listening socket the agent serves the
+	// service map on (passed as fd 3: --service-map-address fd:3).
+	ServiceMap *os.File
 	// Detach lets the agent outlive this process (--keep).
 	Detach bool
 	Log    *slog.Logger
@@ -103,8 +106,14 @@ func StartAgent(cfg AgentConfig) (*Agent, error) {
 	} else {
 		args = append(args, "--socket-lb=false")
 	}
+	if cfg.ServiceMap != nil {
+		args = append(args, "--service-map-address", "fd:3")
+	}
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if cfg.ServiceMap != nil {
+		cmd.ExtraFiles = []*os.File{cfg.ServiceMap} // fd 3
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if !cfg.Detach {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM

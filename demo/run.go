@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -42,8 +43,13 @@ type Config struct {
 	StepTimeout time.Duration
 	// AgentLogLevel is passed to the agent when set.
 	AgentLogLevel string
-	Out           io.Writer
-	Log           *slog.Logger
+	// ServiceMap, when set, is a TCP listener (made in this process's
+	// network namespace, so the host's browser reaches it) the agent
+	// serves the live service map on; the URL is printed at the start and
+	// with --keep. The caller keeps and closes its own copy.
+	ServiceMap net.Listener
+	Out        io.Writer
+	Log        *slog.Logger
 
 	// AfterStep, if set, runs after each step's checks on the running
 	// topology (e.g. a test runs a client suite inside a pod's namespace);
@@ -97,6 +103,17 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 		return nil, fmt.Errorf("work dir: %w", err)
 	}
 	sum = &Summary{WorkDir: workDir, AgentLog: filepath.Join(workDir, "agent.log")}
+	var smFile *os.File
+	if cfg.ServiceMap != nil {
+		tl, ok := cfg.ServiceMap.(*net.TCPListener)
+		if !ok {
+			return nil, fmt.Errorf("service map: want a TCP listener, not %T", cfg.ServiceMap)
+		}
+		if smFile, err = tl.File(); err != nil {
+			return nil, fmt.Errorf("service map: %w", err)
+		}
+		defer smFile.Close() // the agent has its own copy
+	}
 	fmt.Fprintf(out, "Scenario %s: %d hosts, %d steps\n", sc.Name, len(sc.Hosts), len(sc.Steps))
 	if sc.Description != "" {
 		fmt.Fprintf(out, "  %s\n", strings.TrimSpace(sc.Description))
@@ -129,6 +146,9 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 		}
 		if cfg.Keep {
 			topo.Kept(out, fmt.Sprintf("%s demo down %s", cfg.Executable, workDir))
+			if cfg.ServiceMap != nil && agent != nil {
+				fmt.Fprintf(out, "Service map (live flows of the agent): %s\n", ServiceMapURL(cfg.ServiceMap))
+			}
 			return
 		}
 		if agent != nil {
@@ -188,9 +208,13 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 		Executable: exe, NodeNS: topo.Node,
 		SourceDir: dirs["source"], BPFFS: dirs["bpffs"], RunDir: dirs["run"], StateDir: dirs["state"],
 		LogFile: sum.AgentLog, LogLevel: cfg.AgentLogLevel, Detach: cfg.Keep, Log: cfg.Log, SocketLBCgroup: lbCgroup,
+		ServiceMap: smFile,
 	})
 	if err != nil {
 		return sum, err
+	}
+	if cfg.ServiceMap != nil {
+		fmt.Fprintf(out, "Service map: %s\n", ServiceMapURL(cfg.ServiceMap))
 	}
 	watch := newObserver(dirs["run"])
 	showErrors := func(errs []string) {
@@ -256,6 +280,11 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 	}
 	fmt.Fprintf(out, "\n%d of %d checks passed\n", len(sum.Results)-sum.Failed, len(sum.Results))
 	return sum, nil
+}
+
+// ServiceMapURL is the page's URL on a service-map listener.
+func ServiceMapURL(ln net.Listener) string {
+	return "http://" + ln.Addr().String() + "/"
 }
 
 func fileExists(p string) bool {

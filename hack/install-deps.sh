@@ -22,6 +22,8 @@ declare -A want=(
   # promtool check metrics and a real Prometheus in the observability tests
   [promtool]=prometheus
   [prometheus]=prometheus
+  # the service-map page in a real headless browser (observe/servicemap, chromedp)
+  [chromium]=chromium
 )
 
 missing=()

@@ -17,6 +17,7 @@ func (a *app) demoCommand() *cobra.Command {
 		keep        bool
 		cfg         demo.Config
 		agentLevel  string
+		serviceMap  string
 	)
 	cfg.Probe = demo.DefaultProbeOptions()
 	cmd := &cobra.Command{
@@ -39,7 +40,9 @@ expected and observed verdict (from real traffic: allowed, denied by L7
 policy, or dropped = no connection), and the rules policy.Trace names for
 it. Everything the demo creates is removed at exit, also on Ctrl-C and on
 failure, unless --keep; a kept topology is removed with
-"l7gate demo down WORKDIR".
+"l7gate demo down WORKDIR". With --keep the agent also serves the live
+service map (the scenario's workloads and flows, coloured by verdict) and
+its URL is printed.
 
 Exit status: 0 when every check observed what it expected, 1 otherwise or
 when the scenario could not run, 2 for an invalid scenario.`,
@@ -68,6 +71,19 @@ when the scenario could not run, 2 for an invalid scenario.`,
 			cfg.Scenario, cfg.Executable, cfg.Keep = sc, exe, keep
 			cfg.AgentLogLevel = agentLevel
 			cfg.Out, cfg.Log = a.stdout, a.log
+			// The service map: on with --keep (or an explicit address), on
+			// a loopback socket of this (the host's) network namespace
+			// that the agent inherits.
+			if keep || cmd.Flags().Changed("service-map-address") {
+				if serviceMap != "" {
+					ln, err := listenServiceMap(serviceMap)
+					if err != nil {
+						return err
+					}
+					defer ln.Close()
+					cfg.ServiceMap = ln
+				}
+			}
 			sum, err := demo.Run(cmd.Context(), cfg)
 			if err != nil {
 				if cmd.Context().Err() != nil {
@@ -88,6 +104,7 @@ when the scenario could not run, 2 for an invalid scenario.`,
 	f.DurationVar(&cfg.Probe.Timeout, "request-timeout", cfg.Probe.Timeout, "bound on each check's request")
 	f.DurationVar(&cfg.StepTimeout, "step-timeout", 30*time.Second, "bound on the wait for the agent to implement a step's policies")
 	f.StringVar(&agentLevel, "agent-log-level", "", "log level passed to the agent (its log is in the work dir)")
+	f.StringVar(&serviceMap, "service-map-address", "127.0.0.1:0", "with --keep (or when given): where the agent serves the live service map, a loopback address (port 0: any free port); its URL is printed; empty: off")
 	cmd.AddCommand(a.demoServeCommand(), a.demoDownCommand(), demoProbeCommand())
 	return cmd
 }

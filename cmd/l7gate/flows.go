@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +40,7 @@ type obsFlags struct {
 	FlowBufferSize      int    `json:"flowBufferSize"`
 	FlowQueueSize       int    `json:"flowQueueSize"`
 	HubbleListen        string `json:"hubbleListenAddress"`
+	ServiceMapAddress   string `json:"serviceMapAddress"`
 	HubbleTLSCert       string `json:"hubbleTLSCertFile"`
 	HubbleTLSKey        string `json:"hubbleTLSKeyFile"`
 	HubbleTLSClientCA   string `json:"hubbleTLSClientCAFile"`
@@ -67,6 +70,7 @@ func (o *obsFlags) addFlags(fl *pflag.FlagSet) {
 	fl.IntVar(&o.FlowBufferSize, "flow-buffer-size", o.FlowBufferSize, "flows kept for the Observer API (l7gate observe, hubble observe)")
 	fl.IntVar(&o.FlowQueueSize, "flow-queue-size", o.FlowQueueSize, "flows waiting for enrichment; beyond it flows are dropped and counted (l7gate_flows_lost_total)")
 	fl.StringVar(&o.HubbleListen, "hubble-listen-address", o.HubbleListen, "also serve the Observer API on TCP (for hubble-relay), e.g. :4244; TLS required beyond loopback")
+	fl.StringVar(&o.ServiceMapAddress, "service-map-address", o.ServiceMapAddress, "serve the live service map page (workloads, flows coloured by verdict, the deciding policy) at this loopback address, e.g. 127.0.0.1:9966 (reach it with kubectl port-forward; it has no authentication); fd:N serves on inherited listening socket N (l7gate demo); empty: off")
 	fl.StringVar(&o.HubbleTLSCert, "hubble-tls-cert-file", o.HubbleTLSCert, "TLS certificate of the TCP Observer API")
 	fl.StringVar(&o.HubbleTLSKey, "hubble-tls-key-file", o.HubbleTLSKey, "TLS key of the TCP Observer API")
 	fl.StringVar(&o.HubbleTLSClientCA, "hubble-tls-client-ca-file", o.HubbleTLSClientCA, "CA that client certificates of the TCP Observer API must chain to (mutual TLS)")
@@ -114,6 +118,7 @@ func (o *obsFlags) merge(file obsFlags, changed func(string) bool) {
 	pickInt("flow-buffer-size", &o.FlowBufferSize, file.FlowBufferSize)
 	pickInt("flow-queue-size", &o.FlowQueueSize, file.FlowQueueSize)
 	pick("hubble-listen-address", &o.HubbleListen, file.HubbleListen)
+	pick("service-map-address", &o.ServiceMapAddress, file.ServiceMapAddress)
 	pick("hubble-tls-cert-file", &o.HubbleTLSCert, file.HubbleTLSCert)
 	pick("hubble-tls-key-file", &o.HubbleTLSKey, file.HubbleTLSKey)
 	pick("hubble-tls-client-ca-file", &o.HubbleTLSClientCA, file.HubbleTLSClientCA)
@@ -191,6 +196,11 @@ func (o *obsFlags) build(node string, log *slog.Logger) (*observability, error) 
 				}
 				fc.HubbleTLS.ClientCAs, fc.HubbleTLS.ClientAuth = pool, tls.RequireAndVerifyClientCert
 			}
+		}
+	}
+	if o.ServiceMapAddress != "" {
+		if fc.ServiceMap, err = listenServiceMap(o.ServiceMapAddress); err != nil {
+			return nil, err
 		}
 	}
 	if o.ExportFile != "" {
@@ -277,6 +287,38 @@ func certPool(path string) (*x509.CertPool, error) {
 		return nil, errors.New("no certificate in " + path)
 	}
 	return pool, nil
+}
+
+// listenServiceMap listens for the service map page: on a loopback
+// address only (the page names every pod, policy and path of the node and
+// has no authentication), or on an inherited listening socket ("fd:N", as
+// l7gate demo passes one made in the host's network namespace).
+func listenServiceMap(addr string) (net.Listener, error) {
+	if n, ok := strings.CutPrefix(addr, "fd:"); ok {
+		fd, err := strconv.Atoi(n)
+		if err != nil || fd < 3 {
+			return nil, usageErrorf("--service-map-address %q: want fd:N with N >= 3", addr)
+		}
+		f := os.NewFile(uintptr(fd), "service-map")
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, usageErrorf("--service-map-address %q: %v", addr, err)
+		}
+		return ln, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, usageErrorf("--service-map-address %q: %v", addr, err)
+	}
+	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+		return nil, usageErrorf("--service-map-address %q: loopback only (the page has no authentication; use kubectl port-forward)", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("service map listener: %w", err)
+	}
+	return ln, nil
 }
 
 // serveMetrics serves a registry on GET /metrics at a TCP address until

@@ -60,7 +60,7 @@ var allowed = map[string][]string{
 	"agent/supervisor":         {"agentapi"},
 	"agent/internal/fakeenvoy": {},
 	"agent": {"agent/endpoints", "agent/node", "agent/supervisor", "agentapi", "bpf", "bpftranslate", "envoy", "envoy/als",
-		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "policy", "redirect", "source", "xds",
+		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "observe/servicemap", "policy", "redirect", "source", "xds",
 		"xds/envoytranslate", "xds/server", "xds/translate"},
 
 	// The agent's flow pipeline and the formats it speaks.
@@ -68,6 +68,8 @@ var allowed = map[string][]string{
 	"observe/hubble":  {"flow", "observe", "proto/hubble/flowpb", "proto/hubble/observerpb", "proto/hubble/relaypb"},
 	"observe/otlp":    {"flow", "observe"},
 	"observe/metrics": {"flow", "observe", "observe/hubble"},
+	// The live service map page (policy for its stable-label rule).
+	"observe/servicemap": {"flow", "observe", "policy"},
 
 	// Above the agent.
 	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
@@ -77,6 +79,7 @@ var allowed = map[string][]string{
 	"deploy/cmd/render":      {"deploy"},
 	"internal/layering":      {},
 	"internal/testutil":      {}, // test-only: golden files, the privileged-test rule
+	"internal/browsertest":   {}, // test-only: pages in headless chromium (chromedp)
 	"bench/cmd/l7gate-bench": {"*"},
 	// make scale: the k8s source and status writer against a real API
 	// server; nothing but bench/ and k8s/ may import it.
