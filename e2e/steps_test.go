@@ -848,7 +848,7 @@ func TestStep8EgressByServiceName(t *testing.T) {
 		for _, l := range strings.Split(out, "\n") {
 			toDeathstar := strings.Contains(l, "default/deathstar") && strings.Contains(l, ":80 ") ||
 				slices.ContainsFunc(deathstarIPs, func(ip string) bool { return strings.Contains(l, " "+ip+":80 ") })
-			if strings.Contains(l, "egress") && strings.Contains(l, "DROPPED") && toDeathstar && !strings.Contains(l, clusterIP+":") {
+			if strings.Contains(l, "spec.egress") && strings.Contains(l, "DROPPED") && toDeathstar && !strings.Contains(l, clusterIP+":") {
 				t.Logf("observe: %s", l)
 				return nil
 			}
