@@ -268,19 +268,35 @@ func IP(ctx context.Context, args ...string) error {
 	return nil
 }
 
-// In runs f on a fresh OS thread switched into the named namespace;
-// sockets f creates stay in that namespace. The thread is never switched
-// back: it stays locked and exits with its goroutine, so nothing f did to
-// it (namespaces, LockOSThread) leaks into other goroutines.
+// In runs f on an OS thread switched into the named namespace; sockets f
+// creates stay in that namespace. The thread is switched back afterwards
+// and returned to the runtime, or discarded (left locked, so it exits with
+// its goroutine) when that fails. Switching back matters: a thread that
+// exits sends the parent-death signal (Pdeathsig) to every child forked
+// from it, and the runtime may have forked a server from this very thread
+// before. f that changes other per-thread state must call
+// runtime.LockOSThread itself, so the thread is discarded.
 func In(ns string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		if err := Enter(ns); err != nil {
+			runtime.UnlockOSThread() // still in its own namespace
 			errc <- err
 			return
 		}
-		errc <- f()
+		err = f()
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }

@@ -5,10 +5,13 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/internal/testutil"
 )
@@ -124,5 +127,43 @@ func TestPrivilegedLeakCheck(t *testing.T) {
 	}
 	if Exists(tp.Node) {
 		t.Errorf("%s still exists after Close", tp.Node)
+	}
+}
+
+// TestPrivilegedInReturnsThread: In gives its thread back to the runtime
+// (switched back to its own namespace) instead of letting it exit: a
+// thread that exits sends Pdeathsig to every child forked from it, which
+// killed `l7gate demo`'s servers and agent mid-scenario. Sequential calls
+// therefore run on threads used before; and a goroutine on such a thread
+// is in this process's own namespace.
+func TestPrivilegedInReturnsThread(t *testing.T) {
+	testutil.RequirePrivileged(t, "creates a network namespace", "ip")
+	tp := NewT(t, Config{Prefix: RandomPrefix("l7nt"), NodeAddr: netip.MustParseAddr("198.18.0.1")})
+	own, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	reused := 0
+	for range 20 {
+		MustIn(t, tp.Node, func() error {
+			tid := unix.Gettid()
+			if seen[tid] {
+				reused++
+			}
+			seen[tid] = true
+			return nil
+		})
+	}
+	if reused == 0 {
+		t.Errorf("20 calls of In ran on 20 different threads: each thread exited after its call (children forked from them get Pdeathsig)")
+	}
+	// Every thread of the process is back in its own namespace.
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net")
+		if err == nil && ns != own {
+			t.Errorf("thread %s is in %s, not the process's namespace %s", task.Name(), ns, own)
+		}
 	}
 }
