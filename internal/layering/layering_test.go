@@ -70,7 +70,7 @@ var allowed = map[string][]string{
 	"observe/metrics": {"flow", "observe", "observe/hubble"},
 
 	// Above the agent.
-	"demo":              {"agentapi", "bpf", "policy", "flow", "source"},
+	"demo":              {"agentapi", "bpf", "policy", "flow", "source", "internal/netns"},
 	"deploy":            {},
 	"proxy/conformance": {}, // test-only: peer suites through the real node
 	"e2e":               {}, // test-only (build tag e2e): the suite on a real cluster
