@@ -197,8 +197,7 @@ func TestPrivilegedAttachWindow(t *testing.T) {
 	for i := range pods {
 		name, ip, host := fmt.Sprintf("late%d", i), fmt.Sprintf("198.18.2.%d", 10+i), n.hostVeth(3+i)
 		ns := n.podNS(name)
-		*n.cleanupNS = append(*n.cleanupNS, ns)
-		run(t, "ip", "netns", "add", ns)
+		n.topo.MustAddNS(t, ns)
 		run(t, "ip", "-n", n.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
 		run(t, "ip", "-n", n.node, "link", "set", host, "up")
 		var window time.Duration

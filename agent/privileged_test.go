@@ -3,17 +3,15 @@ package agent
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,10 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/internal/netns"
 	"github.com/l7gate/l7gate/internal/testutil"
 )
 
@@ -41,36 +38,22 @@ func run(t *testing.T, name string, args ...string) {
 	}
 }
 
-// inNS runs f on a fresh OS thread in the named network namespace; sockets
-// created there stay in it. The thread is discarded afterwards.
-func inNS(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// inNS runs f on a fresh OS thread in the named network namespace
+// (netns.In); sockets created there stay in it.
+func inNS(ns string, f func() error) error { return netns.In(ns, f) }
 
 type starwarsNode struct {
 	prefix, node, run, state, src, bpffs, bin string
+	topo                                      *netns.Topology
 	agent                                     *exec.Cmd
 	agentLog                                  *os.File
-	cleanupNS                                 *[]string
 }
 
+// starwarsNodeAddr is the node side's address on every pod veth.
+const starwarsNodeAddr = "198.18.255.254"
+
 // podNS is the network namespace of a pod.
-func (n *starwarsNode) podNS(name string) string { return n.prefix + "-" + name }
+func (n *starwarsNode) podNS(name string) string { return n.topo.HostNS(name) }
 
 // hostVeth is the node-side veth name of the i-th pod.
 func (n *starwarsNode) hostVeth(i int) string { return fmt.Sprintf("lxc%s%d", n.prefix[4:], i) }
@@ -79,38 +62,26 @@ func (n *starwarsNode) hostVeth(i int) string { return fmt.Sprintf("lxc%s%d", n.
 // its route (what a CNI plugin does), in that order.
 func (n *starwarsNode) addPod(t *testing.T, name, ip string, i int) {
 	t.Helper()
-	ns := n.podNS(name)
-	*n.cleanupNS = append(*n.cleanupNS, ns)
-	host := n.hostVeth(i)
-	run(t, "ip", "netns", "add", ns)
-	run(t, "ip", "-n", n.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	run(t, "ip", "-n", n.node, "addr", "add", "198.18.255.254/32", "dev", host)
-	run(t, "ip", "-n", n.node, "link", "set", host, "up")
-	run(t, "ip", "-n", n.node, "route", "add", ip+"/32", "dev", host)
-	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	run(t, "ip", "-n", ns, "addr", "add", ip+"/32", "dev", "eth0")
-	run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", ns, "route", "add", "198.18.255.254/32", "dev", "eth0")
-	run(t, "ip", "-n", ns, "route", "add", "default", "via", "198.18.255.254", "dev", "eth0")
+	n.topo.MustAddHost(t, name, n.hostVeth(i), ip)
 }
 
 // newStarwarsNode builds a node namespace with deathstar, tiefighter and
 // xwing pods behind veths, a private bpffs, and the l7gate binary.
 func newStarwarsNode(t *testing.T) *starwarsNode {
-	b := make([]byte, 3)
-	rand.Read(b)
 	dir := t.TempDir()
-	n := &starwarsNode{prefix: "l7ag" + hex.EncodeToString(b), run: filepath.Join(dir, "run"), state: filepath.Join(dir, "state"),
+	n := &starwarsNode{run: filepath.Join(dir, "run"), state: filepath.Join(dir, "state"),
 		src: filepath.Join(dir, "src"), bpffs: filepath.Join(dir, "bpffs"), bin: filepath.Join(dir, "l7gate")}
-	n.node = n.prefix + "-node"
 	for _, d := range []string{n.run, n.state, n.src, n.bpffs} {
 		os.MkdirAll(d, 0o755)
 	}
 	run(t, "go", "build", "-o", n.bin, "github.com/l7gate/l7gate/cmd/l7gate")
 	run(t, "mount", "-t", "bpf", "bpf", n.bpffs)
 	t.Cleanup(func() { exec.Command("umount", n.bpffs).Run() })
-	namespaces := []string{n.node}
-	n.cleanupNS = &namespaces
+	// Registered before the agent's cleanup, so it runs after it: the
+	// namespaces go once the agent and its proxy are stopped.
+	n.topo = netns.NewT(t, netns.Config{Prefix: netns.RandomPrefix("l7ag"), NodeAddr: netip.MustParseAddr(starwarsNodeAddr),
+		Sysctls: map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0"}})
+	n.prefix, n.node = n.topo.Prefix, n.topo.Node
 	t.Cleanup(func() {
 		n.stopAgent()
 		if pid, err := os.ReadFile(agentapi.ProxyPIDFile(n.run)); err == nil {
@@ -118,23 +89,8 @@ func newStarwarsNode(t *testing.T) *starwarsNode {
 				syscall.Kill(p, syscall.SIGKILL)
 			}
 		}
-		for _, ns := range *n.cleanupNS {
-			exec.Command("ip", "netns", "del", ns).Run()
-		}
 		removeProxyCgroup(t, n.run)
 	})
-	run(t, "ip", "netns", "add", n.node)
-	run(t, "ip", "-n", n.node, "link", "set", "lo", "up")
-	if err := inNS(n.node, func() error {
-		for _, kv := range [][2]string{{"ipv4/ip_forward", "1"}, {"ipv4/conf/all/rp_filter", "0"}, {"ipv4/conf/default/rp_filter", "0"}} {
-			if err := os.WriteFile("/proc/sys/net/"+kv[0], []byte(kv[1]), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
 	for i, pod := range []struct{ name, ip string }{{"deathstar", "198.18.1.10"}, {"tiefighter", "198.18.1.11"}, {"xwing", "198.18.1.12"}} {
 		n.addPod(t, pod.name, pod.ip, i)
 	}

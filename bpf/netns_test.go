@@ -3,17 +3,11 @@ package bpf
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,9 +15,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/internal/netns"
 )
 
-// topology is a node network namespace with pods behind veths:
+// topology is a node network namespace with pods behind veths
+// (internal/netns):
 //
 //	pod ns "eth0" (pod IP/32, default via 198.18.0.1) <-> node ns "lxc<name>"
 //	(198.18.0.1/32, route pod IP/32)
@@ -34,6 +31,7 @@ type topology struct {
 	prefix string
 	node   string
 	pods   map[string]*testPod
+	topo   *netns.Topology
 }
 
 type testPod struct {
@@ -47,71 +45,33 @@ type testPod struct {
 
 const nodeAddr = "198.18.0.1"
 
-func ipCmd(t *testing.T, args ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
+func ipCmd(t *testing.T, args ...string) { t.Helper(); netns.MustIP(t, args...) }
 
 func newTopology(t *testing.T) *topology {
 	t.Helper()
-	b := make([]byte, 3)
-	rand.Read(b)
-	prefix := "l7gt" + hex.EncodeToString(b)
-	tp := &topology{t: t, prefix: prefix, node: prefix + "-node", pods: make(map[string]*testPod)}
-	tp.addNS(tp.node)
-	ipCmd(t, "-n", tp.node, "link", "set", "lo", "up")
-	// /proc/sys/net shows the namespace of the thread that opens it.
-	mustInNS(t, tp.node, func() error {
-		for _, kv := range [][2]string{
-			{"ipv4/ip_forward", "1"},
-			{"ipv4/conf/all/rp_filter", "0"},
-			{"ipv4/conf/default/rp_filter", "0"},
+	topo := netns.NewT(t, netns.Config{Prefix: netns.RandomPrefix("l7gt"), NodeAddr: netip.MustParseAddr(nodeAddr),
+		Sysctls: map[string]string{
+			"ipv4/ip_forward":             "1",
+			"ipv4/conf/all/rp_filter":     "0",
+			"ipv4/conf/default/rp_filter": "0",
 			// Required by the redirect (see doc.go): else a forwarded
 			// packet whose 4-tuple matches a proxy socket is dropped.
-			{"ipv4/tcp_early_demux", "0"},
+			"ipv4/tcp_early_demux": "0",
 			// Lets the node's own connections, turned around into a pod
 			// veth by an ingress redirect, in despite their local source.
-			{"ipv4/conf/all/accept_local", "1"},
-			{"ipv4/conf/default/accept_local", "1"},
-		} {
-			if err := os.WriteFile("/proc/sys/net/"+kv[0], []byte(kv[1]), 0o644); err != nil {
-				return fmt.Errorf("sysctl: %w", err)
-			}
-		}
-		return nil
-	})
+			"ipv4/conf/all/accept_local":     "1",
+			"ipv4/conf/default/accept_local": "1",
+		}})
+	tp := &topology{t: t, prefix: topo.Prefix, node: topo.Node, pods: make(map[string]*testPod), topo: topo}
 	ipCmd(t, "-n", tp.node, "rule", "add", "fwmark", "0x200/0xf00", "lookup", fmt.Sprint(ProxyRoutingTable))
 	ipCmd(t, "-n", tp.node, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", fmt.Sprint(ProxyRoutingTable))
 	return tp
 }
 
-func (tp *topology) addNS(name string) {
-	tp.t.Helper()
-	ipCmd(tp.t, "netns", "add", name)
-	tp.t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tp.t.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
-}
-
 func (tp *topology) addPod(name, ip string, id uint32, ident Identity) *testPod {
 	tp.t.Helper()
-	p := &testPod{name: name, ns: tp.prefix + "-" + name, ip: netip.MustParseAddr(ip), hostDev: "lxc" + name, id: id, ident: ident}
-	tp.addNS(p.ns)
-	t := tp.t
-	ipCmd(t, "-n", tp.node, "link", "add", p.hostDev, "type", "veth", "peer", "name", "eth0", "netns", p.ns)
-	ipCmd(t, "-n", tp.node, "addr", "add", nodeAddr+"/32", "dev", p.hostDev)
-	ipCmd(t, "-n", tp.node, "link", "set", p.hostDev, "up")
-	ipCmd(t, "-n", tp.node, "route", "add", ip+"/32", "dev", p.hostDev)
-	ipCmd(t, "-n", p.ns, "link", "set", "lo", "up")
-	ipCmd(t, "-n", p.ns, "addr", "add", ip+"/32", "dev", "eth0")
-	ipCmd(t, "-n", p.ns, "link", "set", "eth0", "up")
-	ipCmd(t, "-n", p.ns, "route", "add", nodeAddr+"/32", "dev", "eth0")
-	ipCmd(t, "-n", p.ns, "route", "add", "default", "via", nodeAddr, "dev", "eth0")
+	h := tp.topo.MustAddHost(tp.t, name, "lxc"+name, ip)
+	p := &testPod{name: name, ns: h.NS, ip: h.IP, hostDev: h.HostDev, id: id, ident: ident}
 	if ident != 0 {
 		tp.pods[name] = p
 	}
@@ -125,33 +85,10 @@ func (tp *topology) addExternal(name, ip string) *testPod {
 }
 
 // inNS runs f on a fresh OS thread switched into the named network
-// namespace. Sockets f creates stay in that namespace. The thread is
-// discarded afterwards rather than switched back.
-func inNS(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with us
-		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open netns: %w", err)
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// namespace (netns.In).
+func inNS(ns string, f func() error) error { return netns.In(ns, f) }
 
-func mustInNS(t *testing.T, ns string, f func() error) {
-	t.Helper()
-	if err := inNS(ns, f); err != nil {
-		t.Fatal(err)
-	}
-}
+func mustInNS(t *testing.T, ns string, f func() error) { t.Helper(); netns.MustIn(t, ns, f) }
 
 // ifindex of a device in a namespace.
 func (tp *topology) ifindex(dev string) int {

@@ -646,12 +646,24 @@ func (l *SocketLB) SyncServices(desired []LBService) (SyncStats, error) {
 			st.epoch = l.epoch
 		}
 	}
+	var gone []lbFrontend
+	for fe, s := range l.svcs {
+		if s.epoch != l.epoch {
+			gone = append(gone, fe)
+		}
+	}
+	return l.apply(gone, want)
+}
+
+// apply removes the frontends in gone that are there — first: they free
+// room for new ones —, writes want and ends the sync. l.mu is held.
+func (l *SocketLB) apply(gone []lbFrontend, want []lbWant) (SyncStats, error) {
 	var st SyncStats
 	freedSvc, freedBe := len(l.svcIDs.quarantine), len(l.beIDs.quarantine)
 	var failed []FailedService
-	// Services that went away first: they free room for new ones.
-	for fe, s := range l.svcs {
-		if s.epoch == l.epoch {
+	for _, fe := range gone {
+		s := l.svcs[fe]
+		if s == nil {
 			continue
 		}
 		if err := l.deleteService(fe, s); err != nil {
@@ -661,24 +673,76 @@ func (l *SocketLB) SyncServices(desired []LBService) (SyncStats, error) {
 		st.Deleted++
 	}
 	for i := range want {
-		changed, err := l.upsertService(&want[i])
-		if err != nil {
-			f := FailedService{Frontend: want[i].fe.addrPort(), Protocol: want[i].fe.proto, Err: err}
-			f.Untranslated = l.refuse(want[i].fe) != nil
+		if f, ok := l.upsert(&want[i], &st); !ok {
 			failed = append(failed, f)
-			continue
-		}
-		switch changed {
-		case "added":
-			st.Added++
-		case "updated":
-			st.Updated++
-		default:
-			st.Unchanged++
 		}
 	}
-	// Backends no service uses any more (a failed delete is retried by
-	// the next sync).
+	return st, l.endSync(failed, freedSvc, freedBe)
+}
+
+// LBFrontend names a service frontend: the ClusterIP and port, and the
+// protocol.
+type LBFrontend struct {
+	Frontend netip.AddrPort
+	Protocol uint8
+}
+
+// UpdateServices is the incremental form of SyncServices: it writes the
+// services in upsert (added, or changed: each atomically, as SyncServices
+// does) and removes the frontends in remove, and leaves every other
+// service as it is, so its cost is that of the services named, not of all
+// of them (one changed EndpointSlice among 100k backends). Removing a
+// frontend that is not there is no error. Invalid input — an invalid or
+// duplicate frontend, or one both upserted and removed — is an error
+// before anything is written; services that cannot be written refuse
+// connections and are named in an *LBSyncError, as with SyncServices.
+// Stats count the services named: Unchanged are upserts that were in force
+// already.
+func (l *SocketLB) UpdateServices(upsert []LBService, remove []LBFrontend) (SyncStats, error) {
+	want, err := normalizeServices(upsert)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	gone := make([]lbFrontend, 0, len(remove))
+	for _, r := range remove {
+		if !r.Frontend.Addr().Unmap().Is4() || r.Frontend.Port() == 0 || (r.Protocol != ProtoTCP && r.Protocol != ProtoUDP) {
+			return SyncStats{}, fmt.Errorf("%w: frontend to remove %s/%s: want an IPv4 address, a port and TCP or UDP", ErrInvalidEntry, r.Frontend, protoName(r.Protocol))
+		}
+		fe := lbFrontend{addr: r.Frontend.Addr().Unmap().As4(), port: r.Frontend.Port(), proto: r.Protocol}
+		if slices.ContainsFunc(want, func(w lbWant) bool { return w.fe == fe }) {
+			return SyncStats{}, fmt.Errorf("%w: frontend %s both updated and removed", ErrInvalidEntry, fe)
+		}
+		gone = append(gone, fe)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.apply(gone, want)
+}
+
+// upsert writes one wanted service and counts it in st; on failure the
+// frontend refuses connections and the returned FailedService names it.
+func (l *SocketLB) upsert(w *lbWant, st *SyncStats) (FailedService, bool) {
+	changed, err := l.upsertService(w)
+	if err != nil {
+		f := FailedService{Frontend: w.fe.addrPort(), Protocol: w.fe.proto, Err: err}
+		f.Untranslated = l.refuse(w.fe) != nil
+		return f, false
+	}
+	switch changed {
+	case "added":
+		st.Added++
+	case "updated":
+		st.Updated++
+	default:
+		st.Unchanged++
+	}
+	return FailedService{}, true
+}
+
+// endSync ends a sync: it deletes the backends no service uses any more (a
+// failed delete is retried by the next sync), lets the ids freed before
+// this sync be reused, and reports the failed services.
+func (l *SocketLB) endSync(failed []FailedService, freedSvc, freedBe int) error {
 	for k := range l.orphans {
 		b := l.backends[k]
 		if b == nil || b.refs > 0 {
@@ -700,9 +764,9 @@ func (l *SocketLB) SyncServices(desired []LBService) (SyncStats, error) {
 		slices.SortFunc(failed, func(a, b FailedService) int {
 			return cmp.Or(a.Frontend.Compare(b.Frontend), cmp.Compare(a.Protocol, b.Protocol))
 		})
-		return st, &LBSyncError{Failed: failed}
+		return &LBSyncError{Failed: failed}
 	}
-	return st, nil
+	return nil
 }
 
 // deleteService removes a frontend: its lb4_services entry first (new

@@ -203,8 +203,9 @@ func BenchmarkSocketLBConnect(b *testing.B) {
 // BenchmarkSocketLBSyncOneBackend: 10k services × 10 backends (100k
 // slots, 100k distinct backends); each op changes one backend of one
 // service and syncs the whole desired set, as the agent does on an
-// EndpointSlice change. "unchanged": the same sync with nothing changed
-// (the diff alone).
+// EndpointSlice change ("one-changed"), or gives only that service
+// (UpdateServices: "one-changed/incremental"). "unchanged": the full sync
+// with nothing changed (the diff alone).
 func BenchmarkSocketLBSyncOneBackend(b *testing.B) {
 	requireRoot(b)
 	bpffs := mountBPFFS(b)
@@ -270,6 +271,21 @@ func BenchmarkSocketLBSyncOneBackend(b *testing.B) {
 	// One counter across runs (-count): every op writes a backend no run
 	// wrote before.
 	i := 0
+	// The incremental sync: only the changed service is given
+	// (UpdateServices), as an agent that knows which EndpointSlice
+	// changed would.
+	b.Run("one-changed/incremental", func(b *testing.B) {
+		cpu := cpuTime()
+		for b.Loop() {
+			s := &svcs[(i*7919)%services]
+			s.Backends[0] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)}), 8080)
+			i++
+			if st, err := lb.UpdateServices([]LBService{*s}, nil); err != nil || st.Updated != 1 {
+				b.Fatalf("%v %v", st, err)
+			}
+		}
+		reportCPU(b, cpu)
+	})
 	b.Run("one-changed", func(b *testing.B) {
 		cpu := cpuTime()
 		for b.Loop() {

@@ -556,3 +556,84 @@ func TestPrivilegedSocketLBSyncNeverHalfApplied(t *testing.T) {
 	}
 	t.Logf("checked %d intermediate states", writes)
 }
+
+// TestPrivilegedSocketLBUpdateServices: the incremental sync writes the
+// services it is given and removes the frontends named, leaves the others
+// untouched (same id, same generation, same slots), leaves the maps as a
+// full sync of the same result would (a SyncServices afterwards changes
+// nothing), and refuses invalid input before writing anything.
+func TestPrivilegedSocketLBUpdateServices(t *testing.T) {
+	requireRoot(t)
+	lb := openLB(t, mountBPFFS(t), LBMapSizes{})
+	ap := netip.MustParseAddrPort
+	web := LBService{Frontend: ap("198.19.0.10:80"), Protocol: ProtoTCP, Backends: []netip.AddrPort{ap("198.18.2.1:8080"), ap("198.18.2.2:8080")}}
+	api := LBService{Frontend: ap("198.19.0.11:443"), Protocol: ProtoTCP, Backends: []netip.AddrPort{ap("198.18.2.2:8443")}}
+	dns := LBService{Frontend: ap("198.19.0.10:53"), Protocol: ProtoUDP, Backends: []netip.AddrPort{ap("198.18.2.3:53")}}
+	if _, err := lb.SyncServices([]LBService{web, api, dns}); err != nil {
+		t.Fatal(err)
+	}
+	list := func() map[string]LBServiceEntry {
+		t.Helper()
+		l, err := lb.Services()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]LBServiceEntry{}
+		for _, e := range l {
+			m[e.Frontend.String()+"/"+e.Protocol] = e
+		}
+		return m
+	}
+	before := list()
+
+	// web: one backend replaced; dns removed; a new one added; api untouched.
+	web.Backends = []netip.AddrPort{ap("198.18.2.1:8080"), ap("198.18.2.4:8080")}
+	extra := LBService{Frontend: ap("198.19.0.12:80"), Protocol: ProtoTCP, Backends: []netip.AddrPort{ap("198.18.2.5:80")}}
+	st, err := lb.UpdateServices([]LBService{web, extra}, []LBFrontend{{dns.Frontend, ProtoUDP}, {ap("198.19.9.9:80"), ProtoTCP}})
+	if err != nil || st.Updated != 1 || st.Added != 1 || st.Deleted != 1 || st.Unchanged != 0 {
+		t.Fatalf("update: %s %v, want 1 updated, 1 added, 1 deleted", st, err)
+	}
+	after := list()
+	if _, ok := after["198.19.0.10:53/UDP"]; ok || len(after) != 3 {
+		t.Errorf("after update: %+v, want web, api and the new one", after)
+	}
+	if a, b := after["198.19.0.11:443/TCP"], before["198.19.0.11:443/TCP"]; a.ID != b.ID || a.Generation != b.Generation || !slices.Equal(a.Backends, b.Backends) {
+		t.Errorf("api changed: %+v, was %+v", a, b)
+	}
+	if w := after["198.19.0.10:80/TCP"]; w.Generation != 1 || !slices.Equal(w.Backends, web.Backends) {
+		t.Errorf("web %+v, want generation 1 and %v", w, web.Backends)
+	}
+	slots, _ := dumpMap[socklbLb4SlotKey, uint32](lb.objs.Lb4Slots)
+	bes, _ := dumpMap[uint32, socklbLb4Backend](lb.objs.Lb4Backends)
+	// web 2 + api 1 + extra 1 slots; backends .1, .2:8443, .4, .5 (.2:8080
+	// and dns's .3 gone)
+	if len(slots) != 4 || len(bes) != 4 {
+		t.Errorf("%d slots and %d backends in the maps, want 4 and 4 (stale ones removed)", len(slots), len(bes))
+	}
+	// The same again: nothing to write.
+	if st, err := lb.UpdateServices([]LBService{web}, nil); err != nil || st.Unchanged != 1 || st.Updated+st.Added+st.Deleted != 0 {
+		t.Errorf("same service again: %s %v", st, err)
+	}
+	// A full sync of the same result finds nothing to do.
+	if st, err := lb.SyncServices([]LBService{web, api, extra}); err != nil || st.Unchanged != 3 || st.Updated+st.Added+st.Deleted != 0 {
+		t.Errorf("full sync after the update: %s %v, want 3 unchanged", st, err)
+	}
+	// Invalid input is refused before anything is written.
+	for _, bad := range []struct {
+		up  []LBService
+		rem []LBFrontend
+	}{
+		{[]LBService{web, web}, nil},
+		{[]LBService{web}, []LBFrontend{{web.Frontend, ProtoTCP}}},
+		{[]LBService{{Frontend: ap("198.19.0.1:80"), Protocol: ProtoSCTP}}, nil},
+		{nil, []LBFrontend{{ap("198.19.0.11:0"), ProtoTCP}}},
+		{[]LBService{api}, []LBFrontend{{api.Frontend, ProtoSCTP}}},
+	} {
+		if _, err := lb.UpdateServices(append([]LBService{{Frontend: ap("198.19.0.13:80"), Protocol: ProtoTCP}}, bad.up...), bad.rem); !errors.Is(err, ErrInvalidEntry) {
+			t.Errorf("%v remove %v: %v, want ErrInvalidEntry", bad.up, bad.rem, err)
+		}
+	}
+	if got := list(); len(got) != 3 {
+		t.Errorf("an invalid update changed the maps: %+v", got)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l7gate/l7gate/internal/netns"
 	"github.com/l7gate/l7gate/internal/testutil"
 )
 
@@ -41,11 +42,8 @@ func rootLinks(t *testing.T) map[string]bool {
 // links in the root namespace, mounts, the work dir.
 func assertGone(t *testing.T, prefix, workDir string, mounts []string, before map[string]bool) {
 	t.Helper()
-	ents, _ := os.ReadDir(netnsDir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), prefix+"-") {
-			t.Errorf("namespace %s left behind", e.Name())
-		}
+	for _, ns := range netns.WithPrefix(prefix + "-") {
+		t.Errorf("namespace %s left behind", ns)
 	}
 	for l := range rootLinks(t) {
 		if !before[l] && (strings.HasPrefix(l, "lxc") || strings.HasPrefix(l, "ext") || l == "eth0") {

@@ -3,8 +3,6 @@ package demo
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/internal/netns"
 )
 
 // TopologyConfig configures NewTopology.
@@ -72,6 +71,9 @@ type Topology struct {
 	log     *slog.Logger
 	// lbCgroup: the socket-LB cgroup's path, once created (CreateLBCgroup).
 	lbCgroup string
+	// net is the node namespace and the hosts' veths (internal/netns);
+	// the ledger records its namespaces for Close and Down.
+	net *netns.Topology
 }
 
 // HostNS is where a host lives.
@@ -133,12 +135,6 @@ func (p *process) stop(grace time.Duration) {
 	}
 }
 
-func randomPrefix() string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return "l7d" + hex.EncodeToString(b)
-}
-
 var devChars = regexp.MustCompile(`[^a-z0-9]`)
 
 // devName is "<kind><name>" if that fits in an interface name and is
@@ -162,7 +158,7 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = randomPrefix()
+		cfg.Prefix = netns.RandomPrefix("l7d")
 	}
 	led, err := newLedger(cfg.WorkDir)
 	if err != nil {
@@ -177,28 +173,30 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 			t = nil
 		}
 	}()
-	if err := t.addNS(ctx, t.Node); err != nil {
-		return t, err
-	}
+	sysctls := map[string]string{}
 	if cfg.Forwarding {
-		if err := writeSysctl(t.Node, "ipv4/ip_forward", "1"); err != nil {
-			return t, err
-		}
+		sysctls["ipv4/ip_forward"] = "1"
+	}
+	// On error, netns.New removes what it made; Close (deferred above)
+	// removes what the ledger recorded.
+	t.net, err = netns.New(ctx, netns.Config{Prefix: cfg.Prefix, NodeAddr: nodeAddr, Sysctls: sysctls, Created: led.addNamespace})
+	if err != nil {
+		return t, err
 	}
 	used := map[string]bool{}
 	for i, h := range sc.Hosts {
-		hn := &HostNS{Host: h}
+		var name, dev string
 		if h.Pod != nil {
-			hn.NS = t.Prefix + "-" + h.Pod.Namespace + "-" + h.Pod.Name
-			hn.HostDev = devName("lxc", h.Pod.Name, i, used)
+			name, dev = h.Pod.Namespace+"-"+h.Pod.Name, devName("lxc", h.Pod.Name, i, used)
 		} else {
-			name := strings.TrimPrefix(h.Name, "external:")
-			hn.NS = t.Prefix + "-ext-" + name
-			hn.HostDev = devName("ext", name, i, used)
+			ext := strings.TrimPrefix(h.Name, "external:")
+			name, dev = "ext-"+ext, devName("ext", ext, i, used)
 		}
-		if err := t.addHost(ctx, hn); err != nil {
-			return t, err
+		nh, err := t.net.AddHost(ctx, name, dev, h.IP)
+		if err != nil {
+			return t, fmt.Errorf("host %s: %w", h.Name, err)
 		}
+		hn := &HostNS{Host: h, NS: nh.NS, HostDev: nh.HostDev}
 		t.hosts[h.Name] = hn
 		t.order = append(t.order, hn)
 	}
@@ -210,43 +208,6 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 		}
 	}
 	return t, nil
-}
-
-func (t *Topology) addNS(ctx context.Context, ns string) error {
-	if len(ns) > 200 {
-		return fmt.Errorf("namespace name too long: %s", ns)
-	}
-	if err := ipCmd(ctx, "netns", "add", ns); err != nil {
-		return err
-	}
-	if err := t.led.addNamespace(ns); err != nil {
-		return err
-	}
-	return ipCmd(ctx, "-n", ns, "link", "set", "lo", "up")
-}
-
-// addHost: host ns eth0 (IP/32, default via the node address) <-> node ns
-// HostDev (node address/32, route IP/32).
-func (t *Topology) addHost(ctx context.Context, hn *HostNS) error {
-	if err := t.addNS(ctx, hn.NS); err != nil {
-		return err
-	}
-	ip, node := hn.Host.IP.String(), nodeAddr.String()
-	for _, args := range [][]string{
-		{"-n", t.Node, "link", "add", hn.HostDev, "type", "veth", "peer", "name", "eth0", "netns", hn.NS},
-		{"-n", t.Node, "addr", "add", node + "/32", "dev", hn.HostDev},
-		{"-n", t.Node, "link", "set", hn.HostDev, "up"},
-		{"-n", t.Node, "route", "add", ip + "/32", "dev", hn.HostDev},
-		{"-n", hn.NS, "addr", "add", ip + "/32", "dev", "eth0"},
-		{"-n", hn.NS, "link", "set", "eth0", "up"},
-		{"-n", hn.NS, "route", "add", node + "/32", "dev", "eth0"},
-		{"-n", hn.NS, "route", "add", "default", "via", node, "dev", "eth0"},
-	} {
-		if err := ipCmd(ctx, args...); err != nil {
-			return fmt.Errorf("host %s: %w", hn.Host.Name, err)
-		}
-	}
-	return nil
 }
 
 func fileName(s string) string {
@@ -522,7 +483,8 @@ func teardown(ctx context.Context, st State, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	var errs []error
-	if err := killNetNSProcesses(ctx, st.Namespaces, 5*time.Second); err != nil {
+	// processes first: a cgroup goes once its processes are gone
+	if err := netns.KillProcesses(ctx, st.Namespaces, 5*time.Second); err != nil {
 		errs = append(errs, err)
 	}
 	for _, cg := range st.Cgroups {
@@ -530,15 +492,10 @@ func teardown(ctx context.Context, st State, log *slog.Logger) error {
 			errs = append(errs, err)
 		}
 	}
-	for _, ns := range st.Namespaces {
-		if !netnsExists(ns) {
-			continue
-		}
-		if err := ipCmd(ctx, "netns", "del", ns); err != nil {
-			errs = append(errs, err)
-		} else {
-			log.Debug("deleted namespace", "netns", ns)
-		}
+	if err := netns.Delete(ctx, st.Namespaces, 5*time.Second); err != nil {
+		errs = append(errs, err)
+	} else {
+		log.Debug("deleted namespaces", "netns", st.Namespaces)
 	}
 	for _, m := range st.Mounts {
 		if err := unmount(m); err != nil {

@@ -216,6 +216,19 @@ func funcs() template.FuncMap {
 			}
 			return strings.Join(out, " ")
 		},
+		// dict and hasKey as Sprig's: dict "k" v ... builds a map,
+		// hasKey reports whether a map has a key.
+		"dict": func(kv ...any) map[string]any {
+			m := map[string]any{}
+			for i := 0; i+1 < len(kv); i += 2 {
+				m[fmt.Sprint(kv[i])] = kv[i+1]
+			}
+			return m
+		},
+		"hasKey": func(m map[string]any, k string) bool {
+			_, ok := m[k]
+			return ok
+		},
 		"default": func(d any, given ...any) any {
 			if len(given) == 0 || empty(given[0]) {
 				return d

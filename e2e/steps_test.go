@@ -749,3 +749,111 @@ func (c cluster) agentPod(t *testing.T, node string) string {
 	}
 	return out
 }
+
+// egressYAML is step 8's policies: tiefighter may resolve names with
+// kube-dns and only request landing at deathstar pods (an L7 egress rule
+// on the backend pods' labels, not on the ClusterIP); xwing may resolve
+// names and nothing else (egress default-deny). No ingress policy: every
+// verdict is the clients' egress one.
+const egressYAML = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: tiefighter-egress
+spec:
+  endpointSelector:
+    matchLabels: {org: empire, class: tiefighter}
+  egress:
+  - toEndpoints:
+    - matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+  - toEndpoints:
+    - matchLabels: {org: empire, class: deathstar}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {method: POST, path: /v1/request-landing}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: xwing-egress
+spec:
+  endpointSelector:
+    matchLabels: {org: alliance, class: xwing}
+  egress:
+  - toEndpoints:
+    - matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+`
+
+// Step 8: the seed walkthrough with EGRESS policy, by Service DNS name:
+// CoreDNS resolves deathstar's name to its ClusterIP, the socket LB turns
+// the ClusterIP into a deathstar pod at connect(), so the clients' egress
+// rules (written on the deathstar pods' labels) apply to Service traffic.
+// kube-proxy stays installed and keeps its rules for the ClusterIP. The
+// verdicts are the ingress walkthrough's: POST lands, PUT exhaust-port is
+// refused by the proxy (403), xwing's connection is dropped (its egress
+// drop names the deathstar pod, not the ClusterIP).
+func TestStep8EgressByServiceName(t *testing.T) {
+	c := env(t)
+	c.agentLogsOnFailure(t)
+	c.setupStarwars(t)
+	t.Cleanup(func() { c.deleteYAML(t, egressYAML) })
+	clusterIP := strings.TrimSpace(c.must(t, "get", "svc", "deathstar", "-o", "jsonpath={.spec.clusterIP}"))
+	deathstarIPs := strings.Fields(c.must(t, "get", "pod", "-l", "class=deathstar", "-o", `jsonpath={range .items[*]}{.status.podIP}{" "}{end}`))
+
+	// kube-proxy is installed and programs deathstar's ClusterIP on every
+	// node (what pods would hit without the socket LB).
+	if id := os.Getenv("E2E_ID"); id != "" {
+		for i := 1; i <= c.nodes; i++ {
+			ns := fmt.Sprintf("l7e2e-%s-node%d", id, i)
+			out, err := run(t.Context(), 30*time.Second, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-S", "KUBE-SERVICES")
+			if err != nil || !strings.Contains(out, clusterIP+"/32") {
+				t.Errorf("node%d: kube-proxy's KUBE-SERVICES has no rule for deathstar's ClusterIP %s: %v\n%s", i, clusterIP, err, out)
+			}
+		}
+	}
+
+	c.apply(t, egressYAML)
+	c.waitPolicy(t, "default", "tiefighter-egress")
+	c.waitPolicy(t, "default", "xwing-egress")
+	for _, p := range c.clients("tiefighter") {
+		if out, code := c.curl(t, p, "PUT", "/v1/exhaust-port"); code != 0 || strings.TrimSpace(out) != "Access denied" {
+			t.Errorf("%s PUT /v1/exhaust-port by Service name: exit %d %q, want Access denied (egress L7)", p, code, out)
+		}
+		if out, code := c.curl(t, p, "POST", "/v1/request-landing"); code != 0 || strings.TrimSpace(out) != "Ship landed" {
+			t.Errorf("%s POST /v1/request-landing by Service name: exit %d %q, want Ship landed", p, code, out)
+		}
+	}
+	for _, p := range c.clients("xwing") {
+		// resolving works (DNS is allowed), the connection is dropped
+		if out, code := c.exec(t, p, "busybox", "nslookup", svc); code != 0 || !strings.Contains(out, clusterIP) {
+			t.Errorf("%s resolves %s: exit %d %q, want %s", p, svc, code, out, clusterIP)
+		}
+		if out, code := c.curl(t, p, "POST", "/v1/request-landing"); code != 28 {
+			t.Errorf("%s POST by Service name: exit %d %q, want a timeout (egress drop)", p, code, out)
+		}
+	}
+
+	// The drop is xwing's egress one, to a deathstar pod: the datapath saw
+	// the backend, not the ClusterIP.
+	xwingIP := strings.TrimSpace(c.must(t, "get", "pod", "xwing", "-o", "jsonpath={.status.podIP}"))
+	agent := c.agentPod(t, "node1")
+	eventually(t, 30*time.Second, "l7gate observe shows xwing's egress drop to a deathstar pod", func() error {
+		out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe",
+			"--from-ip", xwingIP, "--drops", "--last", "50")
+		for _, l := range strings.Split(out, "\n") {
+			toDeathstar := strings.Contains(l, "default/deathstar") && strings.Contains(l, ":80 ") ||
+				slices.ContainsFunc(deathstarIPs, func(ip string) bool { return strings.Contains(l, " "+ip+":80 ") })
+			if strings.Contains(l, "spec.egress") && strings.Contains(l, "DROPPED") && toDeathstar && !strings.Contains(l, clusterIP+":") {
+				t.Logf("observe: %s", l)
+				return nil
+			}
+		}
+		c.curl(t, "xwing", "POST", "/v1/request-landing")
+		return fmt.Errorf("%v: no egress drop from %s to deathstar %v:\n%s", err, xwingIP, deathstarIPs, out)
+	})
+}

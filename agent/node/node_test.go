@@ -5,15 +5,13 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/internal/netns"
 )
 
 // TestToProxyRule: the rule's selector is bpf's to-proxy mark under its
@@ -111,23 +109,6 @@ func TestPrivilegedNoTrackRule(t *testing.T) {
 	}
 }
 
-// inNetNS runs f on a locked OS thread switched into the named network
-// namespace (the thread is discarded afterwards).
-func inNetNS(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// inNetNS runs f on an OS thread in namespace ns (netns.In); sockets
+// made there stay in it.
+func inNetNS(ns string, f func() error) error { return netns.In(ns, f) }

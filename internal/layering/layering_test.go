@@ -72,14 +72,17 @@ var allowed = map[string][]string{
 	"observe/servicemap": {"flow", "observe", "policy"},
 
 	// Above the agent.
-	"demo":                   {"agentapi", "bpf", "policy", "flow", "source"},
-	"deploy":                 {},
-	"proxy/conformance":      {}, // test-only: peer suites through the real node
-	"e2e":                    {}, // test-only (build tag e2e): the suite on a real cluster
-	"deploy/cmd/render":      {"deploy"},
-	"internal/layering":      {},
-	"internal/testutil":      {}, // test-only: golden files, the privileged-test rule
-	"internal/browsertest":   {}, // test-only: pages in headless chromium (chromedp)
+	"demo":                 {"agentapi", "bpf", "policy", "flow", "source", "internal/netns"},
+	"deploy":               {},
+	"proxy/conformance":    {}, // test-only: peer suites through the real node
+	"e2e":                  {}, // test-only (build tag e2e): the suite on a real cluster
+	"deploy/cmd/render":    {"deploy"},
+	"internal/layering":    {},
+	"internal/testutil":    {}, // test-only: golden files, the privileged-test rule
+	"internal/browsertest": {}, // test-only: pages in headless chromium (chromedp)
+	// The one network-namespace topology builder (node + hosts behind
+	// veths): below bpf and demo, imports nothing of the module.
+	"internal/netns":         {},
 	"bench/cmd/l7gate-bench": {"*"},
 	// make scale: the k8s source and status writer against a real API
 	// server; nothing but bench/ and k8s/ may import it.

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/demo"
+	"github.com/l7gate/l7gate/internal/netns"
 	"github.com/l7gate/l7gate/internal/testutil"
 )
 
@@ -345,26 +345,9 @@ func (n *node) run(ctx context.Context, ns, name string, args ...string) (string
 	return string(out), err
 }
 
-// inNS runs f on a locked OS thread in namespace ns; sockets made there
-// stay in it. The thread is discarded afterwards.
-func inNS(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// inNS runs f on an OS thread in namespace ns (netns.In); sockets
+// made there stay in it.
+func inNS(ns string, f func() error) error { return netns.In(ns, f) }
 
 // listen opens a TCP listener in namespace ns.
 func listen(t *testing.T, ns, addr string) net.Listener {

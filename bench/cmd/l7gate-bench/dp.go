@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/l7gate/l7gate/internal/netns"
 )
 
 // dpRow is one BenchmarkDatapath sub-benchmark.
@@ -81,14 +83,11 @@ func runIptables(ctx context.Context, cl *cleanups, n *node, sizes []int, d time
 	}
 	cns, sns := n.prefix+"-ipc", n.prefix+"-ips"
 	for _, ns := range []string{cns, sns} {
-		if err := sh("ip", "netns", "add", ns); err != nil {
+		// the node's topology owns them: deleted with it
+		if err := n.topo.AddNS(ctx, ns); err != nil {
 			return nil, err
 		}
-		cl.add(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		if err := sh("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
-			return nil, err
-		}
-		if err := setSysctls(ns, map[string]string{"ipv4/ip_local_port_range": "1024 65000", "ipv4/tcp_tw_reuse": "1",
+		if err := netns.SetSysctls(ns, map[string]string{"ipv4/ip_local_port_range": "1024 65000", "ipv4/tcp_tw_reuse": "1",
 			"core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}); err != nil {
 			return nil, err
 		}

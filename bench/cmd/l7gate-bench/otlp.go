@@ -18,6 +18,8 @@ import (
 
 	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	"google.golang.org/grpc"
+
+	"github.com/l7gate/l7gate/internal/netns"
 )
 
 // The OTLP phase: the agent's OTLP access-log export on vs off.
@@ -199,7 +201,7 @@ func (s *scenario) restartAgent(extra ...string) error {
 // metrics endpoint (0, 0 when it does not answer).
 func agentOTLPCounters(ns string) (delivered, lost float64) {
 	var body []byte
-	inNS(ns, func() error {
+	netns.In(ns, func() error {
 		c, err := net.DialTimeout("tcp", agentMetricsAddr, 2*time.Second)
 		if err != nil {
 			return err

@@ -2,10 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/internal/netns"
 )
 
 // Addresses: everything lives in 198.18.0.0/15, inside namespaces we create.
@@ -67,27 +65,6 @@ func sh(name string, args ...string) error {
 	return nil
 }
 
-// inNS runs f on a fresh OS thread in the named network namespace; sockets
-// created there stay in it. The thread is discarded afterwards.
-func inNS(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
-
 // nsDialer dials TCP from inside a namespace using a few OS threads locked
 // there (creating a thread per dial would dominate connection benchmarks).
 type nsDialer struct {
@@ -111,13 +88,7 @@ func newNSDialer(ctx context.Context, ns string, workers int) (*nsDialer, error)
 	for range workers {
 		go func() {
 			runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-			fd, err := unix.Open(filepath.Join("/var/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				ready <- err
-				return
-			}
-			err = unix.Setns(fd, unix.CLONE_NEWNET)
-			unix.Close(fd)
+			err := netns.Enter(ns)
 			ready <- err
 			if err != nil {
 				return
@@ -159,15 +130,10 @@ type node struct {
 	prefix, nodeNS, serverNS, clientNS string
 	dir, run, state, src, bpffs, bin   string
 	self                               string
+	topo                               *netns.Topology
 	agent                              *exec.Cmd
 	server                             *exec.Cmd
 	cl                                 *cleanups
-}
-
-func randomPrefix() string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return "l7bn" + hex.EncodeToString(b)
 }
 
 // startProc starts a child that dies with us (Pdeathsig) and is killed by
@@ -203,9 +169,8 @@ func newNode(cl *cleanups, dir, bin string) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &node{prefix: randomPrefix(), dir: dir, bin: bin, self: self, cl: cl,
+	n := &node{dir: dir, bin: bin, self: self, cl: cl,
 		run: filepath.Join(dir, "run"), state: filepath.Join(dir, "state"), src: filepath.Join(dir, "src"), bpffs: filepath.Join(dir, "bpffs")}
-	n.nodeNS, n.serverNS, n.clientNS = n.prefix+"-node", n.prefix+"-srv", n.prefix+"-cli"
 	for _, d := range []string{n.run, n.state, n.src, n.bpffs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -222,52 +187,29 @@ func newNode(cl *cleanups, dir, bin string) (*node, error) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	for _, ns := range []string{n.nodeNS, n.serverNS, n.clientNS} {
-		if err := sh("ip", "netns", "add", ns); err != nil {
-			return nil, err
-		}
-		cl.add(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		if err := sh("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
-			return nil, err
-		}
-	}
-	if err := setSysctls(n.nodeNS, map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0",
-		"ipv4/ip_local_port_range": "1024 65000", "core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}); err != nil {
+	topo, err := netns.New(context.Background(), netns.Config{Prefix: netns.RandomPrefix("l7bn"), NodeAddr: netip.MustParseAddr(nodeIP),
+		Sysctls: map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0",
+			"ipv4/ip_local_port_range": "1024 65000", "core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}})
+	if err != nil {
 		return nil, err
 	}
-	for i, pod := range []struct{ ns, ip string }{{n.serverNS, serverIP}, {n.clientNS, clientIP}} {
-		host := fmt.Sprintf("lxc%s%d", n.prefix[4:], i)
-		for _, args := range [][]string{
-			{"-n", n.nodeNS, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod.ns},
-			{"-n", n.nodeNS, "addr", "add", nodeIP + "/32", "dev", host},
-			{"-n", n.nodeNS, "link", "set", host, "up"},
-			{"-n", n.nodeNS, "route", "add", pod.ip + "/32", "dev", host},
-			{"-n", pod.ns, "addr", "add", pod.ip + "/32", "dev", "eth0"},
-			{"-n", pod.ns, "link", "set", "eth0", "up"},
-			{"-n", pod.ns, "route", "add", nodeIP + "/32", "dev", "eth0"},
-			{"-n", pod.ns, "route", "add", "default", "via", nodeIP, "dev", "eth0"},
-		} {
-			if err := sh("ip", args...); err != nil {
-				return nil, err
-			}
+	cl.add(func() { topo.Close(context.Background()) })
+	n.topo, n.prefix, n.nodeNS = topo, topo.Prefix, topo.Node
+	for i, pod := range []struct {
+		name, ip string
+		ns       *string
+	}{{"srv", serverIP, &n.serverNS}, {"cli", clientIP, &n.clientNS}} {
+		h, err := topo.AddHost(context.Background(), pod.name, fmt.Sprintf("lxc%s%d", n.prefix[4:], i), netip.MustParseAddr(pod.ip))
+		if err != nil {
+			return nil, err
 		}
-		if err := setSysctls(pod.ns, map[string]string{"ipv4/ip_local_port_range": "1024 65000", "ipv4/tcp_tw_reuse": "1",
+		*pod.ns = h.NS
+		if err := netns.SetSysctls(h.NS, map[string]string{"ipv4/ip_local_port_range": "1024 65000", "ipv4/tcp_tw_reuse": "1",
 			"core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}); err != nil {
 			return nil, err
 		}
 	}
 	return n, nil
-}
-
-func setSysctls(ns string, kv map[string]string) error {
-	return inNS(ns, func() error {
-		for k, v := range kv {
-			if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
-				return fmt.Errorf("sysctl %s in %s: %w", k, ns, err)
-			}
-		}
-		return nil
-	})
 }
 
 // startServer runs `l7gate-bench serve` in the server pod (HTTP/1.1 + h2c
@@ -288,7 +230,7 @@ func waitTCP(ns, addr string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	var last error
 	for time.Now().Before(deadline) {
-		last = inNS(ns, func() error {
+		last = netns.In(ns, func() error {
 			c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
 			if err == nil {
 				c.Close()
