@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 
@@ -15,15 +16,30 @@ import (
 // ServiceLB is the socket-level load balancer (*bpf.SocketLB): Service
 // frontends are translated to backends at connect()/sendmsg(), so the
 // datapath's egress policy sees the backend pod.
+//
+// The agent gives it the whole set once (SyncServices, which also removes
+// frontends pinned by a previous agent that no longer exist), then only
+// what changed (UpdateServices): one changed EndpointSlice costs that
+// Service's write, not a pass over every backend of the node.
 type ServiceLB interface {
 	SyncServices([]bpf.LBService) (bpf.SyncStats, error)
+	UpdateServices(upsert []bpf.LBService, remove []bpf.LBFrontend) (bpf.SyncStats, error)
 }
 
 // servicesState is what the socket load balancer was last given, for the
-// status API.
+// status API, and what is in force in it, for the next incremental update.
 type servicesState struct {
 	mu        sync.Mutex
 	frontends []agentapi.ServiceStatus
+
+	// synced: a full SyncServices has written the maps (inForce is
+	// meaningful). inForce holds the services last written, by frontend;
+	// retry the ones of those that failed (they refuse connections) and
+	// are written again next time. Only syncServices (the agent's one
+	// pipeline goroutine) touches them.
+	synced  bool
+	inForce map[bpf.LBFrontend]bpf.LBService
+	retry   map[bpf.LBFrontend]bool
 }
 
 func (s *servicesState) list() []agentapi.ServiceStatus {
@@ -63,7 +79,7 @@ func (a *Agent) syncServices(u *source.Update) []string {
 	for i, f := range fronts {
 		status[i] = agentapi.ServiceStatus{ServiceFrontend: f}
 	}
-	st, err := a.cfg.ServiceLB.SyncServices(desired)
+	st, err := a.writeServices(desired)
 	var se *bpf.LBSyncError
 	switch {
 	case errors.As(err, &se):
@@ -95,4 +111,88 @@ func (a *Agent) syncServices(u *source.Update) []string {
 	a.services.frontends = status
 	a.services.mu.Unlock()
 	return notes
+}
+
+// writeServices puts desired in force: the first time (or after a write
+// that left the maps unknown) with one full SyncServices, afterwards with
+// UpdateServices of the services that differ from what is in force and the
+// frontends that are gone. A service named in an *LBSyncError is not in
+// force (it refuses connections) and is sent again next time; any other
+// error means nothing was written, so what is in force stays as it was.
+func (a *Agent) writeServices(desired []bpf.LBService) (bpf.SyncStats, error) {
+	s := &a.services
+	want := make(map[bpf.LBFrontend]bpf.LBService, len(desired))
+	for _, d := range desired {
+		want[bpf.LBFrontend{Frontend: d.Frontend, Protocol: d.Protocol}] = d
+	}
+	var (
+		st  bpf.SyncStats
+		err error
+	)
+	if !s.synced {
+		st, err = a.cfg.ServiceLB.SyncServices(desired)
+		var se *bpf.LBSyncError
+		if err != nil && !errors.As(err, &se) {
+			return st, err
+		}
+		s.synced, s.inForce, s.retry = true, want, map[bpf.LBFrontend]bool{}
+		s.markFailed(se)
+		return st, err
+	}
+	var upsert []bpf.LBService
+	var remove []bpf.LBFrontend
+	for k, d := range want {
+		if cur, ok := s.inForce[k]; !ok || s.retry[k] || !sameService(cur, d) {
+			upsert = append(upsert, d)
+		}
+	}
+	for k := range s.inForce {
+		if _, ok := want[k]; !ok {
+			remove = append(remove, k)
+		}
+	}
+	if len(upsert) == 0 && len(remove) == 0 {
+		return st, nil
+	}
+	slices.SortFunc(upsert, func(x, y bpf.LBService) int { return compareFrontend(x.Frontend, x.Protocol, y.Frontend, y.Protocol) })
+	slices.SortFunc(remove, func(x, y bpf.LBFrontend) int { return compareFrontend(x.Frontend, x.Protocol, y.Frontend, y.Protocol) })
+	st, err = a.cfg.ServiceLB.UpdateServices(upsert, remove)
+	var se *bpf.LBSyncError
+	if err != nil && !errors.As(err, &se) {
+		return st, err
+	}
+	for _, r := range remove {
+		delete(s.inForce, r)
+		delete(s.retry, r)
+	}
+	for _, u := range upsert {
+		k := bpf.LBFrontend{Frontend: u.Frontend, Protocol: u.Protocol}
+		s.inForce[k] = u
+		delete(s.retry, k)
+	}
+	s.markFailed(se)
+	return st, err
+}
+
+// markFailed notes the services se names: they are in the maps but refuse
+// connections, so they are written again on the next update (and removed
+// when their Service goes, like any other).
+func (s *servicesState) markFailed(se *bpf.LBSyncError) {
+	if se == nil {
+		return
+	}
+	for _, f := range se.Failed {
+		s.retry[bpf.LBFrontend{Frontend: f.Frontend, Protocol: f.Protocol}] = true
+	}
+}
+
+func sameService(a, b bpf.LBService) bool {
+	return a.Frontend == b.Frontend && a.Protocol == b.Protocol && a.Affinity == b.Affinity && slices.Equal(a.Backends, b.Backends)
+}
+
+func compareFrontend(a netip.AddrPort, ap uint8, b netip.AddrPort, bp uint8) int {
+	if c := a.Compare(b); c != 0 {
+		return c
+	}
+	return int(ap) - int(bp)
 }
