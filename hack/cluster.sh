@@ -447,6 +447,11 @@ down_one() {
   load "$1"
   log "removing cluster $ID ($W)"
   NS_INODES=$(ns_inodes)
+  # seconds since boot when the teardown began: a process started later
+  # found in a namespace with one of our inode numbers is in a new
+  # namespace that reused a freed number (other tests on the machine), not
+  # one of ours (leftovers)
+  TEARDOWN_SINCE=$(awk '{print int($1)}' /proc/uptime)
   local n f pid
   # 1. our daemons (kubelet first, so nothing is restarted)
   for f in "$W"/pids/*-kubelet "$W"/pids/*; do
@@ -533,6 +538,24 @@ ns_pids() {
   } | sort -u | tr '\n' ' ' || true
 }
 
+# started_before SINCE PID...: the pids that started before SINCE (seconds
+# since boot; empty SINCE: all of them)
+started_before() {
+  local since=$1 pid stat rest tck
+  shift
+  tck=$(getconf CLK_TCK)
+  for pid in "$@"; do
+    if [ -n "$since" ]; then
+      stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+      rest=${stat##*) }
+      # field 22 (starttime) is the 20th after the command name
+      set -- $rest
+      [ $(( ${20} / tck )) -le "$since" ] || continue
+    fi
+    printf '%s ' "$pid"
+  done
+}
+
 # host_chains: the host's iptables chains a cluster could leave behind
 # (kube-proxy's, CNI's, ours); the cluster's own live in its namespaces.
 host_chains() {
@@ -563,7 +586,14 @@ leftovers() {
   ls /run/netns/l7e2e-"$ID"-* >/dev/null 2>&1 && bad+=" netns-files"
   ls -d /sys/fs/cgroup/*/l7e2e-"$ID"-* >/dev/null 2>&1 && bad+=" cgroups"
   grep -q -F -e "$WORKROOT/$ID" -e "l7e2e-$ID-" /proc/mounts && bad+=" mounts"
-  [ -z "$(ns_pids 2>/dev/null)" ] || bad+=" processes(namespaces)"
+  local np
+  np=$(started_before "${TEARDOWN_SINCE:-}" $(ns_pids 2>/dev/null))
+  if [ -n "$np" ]; then
+    bad+=" processes(namespaces:$np)"
+    for pid in $np; do
+      log "left over: pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | head -c 200)"
+    done
+  fi
   local wp
   wp=$(work_pids)
   [ -z "$wp" ] || bad+=" processes($wp)"
