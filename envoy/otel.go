@@ -28,8 +28,8 @@ const (
 	// The shadow rules' decision (rule sets in audit mode).
 	OTelRBACShadowResult = "l7gate.rbac.shadow_result"
 	OTelRBACShadowPolicy = "l7gate.rbac.shadow_policy"
-	OTelResponseDetails    = "l7gate.response_code_details"
-	OTelObserver           = "l7gate.observer"
+	OTelResponseDetails  = "l7gate.response_code_details"
+	OTelObserver         = "l7gate.observer"
 )
 
 // OTelAttribute is one attribute of the logger and the command operator
