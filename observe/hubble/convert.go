@@ -315,11 +315,12 @@ func l4Summary(r *flow.Record) string {
 		b.WriteString(")")
 	}
 	if r.Verdict == flow.VerdictAudit {
-		b.WriteString(" audit: would be dropped (" + r.Reason)
+		b.WriteString(" audit: would be dropped")
 		if p := firstPolicy(r.DecidedBy); p != "" {
 			b.WriteString(" by " + p)
+		} else if r.Reason != "" {
+			b.WriteString(" (" + r.Reason + ")")
 		}
-		b.WriteString(")")
 	}
 	if (r.Verdict == flow.VerdictRedirected || r.Verdict == flow.VerdictAudit) && r.ProxyPort != 0 {
 		b.WriteString(" to proxy port " + strconv.Itoa(int(r.ProxyPort)))
