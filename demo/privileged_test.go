@@ -263,6 +263,10 @@ func TestPrivilegedScenarioAuditGRPC(t *testing.T) { runScenario(t, scenarioByNa
 
 func TestPrivilegedScenarioAuditKafka(t *testing.T) { runScenario(t, scenarioByName(t, "audit-kafka")) }
 
+func TestPrivilegedScenarioAuditNamespace(t *testing.T) {
+	runScenario(t, scenarioByName(t, "audit-namespace"))
+}
+
 func TestPrivilegedScenarioL3LiftsL7(t *testing.T) { runScenario(t, scenarioByName(t, "l3-lifts-l7")) }
 
 func TestPrivilegedScenarioNodeProbes(t *testing.T) { runScenario(t, scenarioByName(t, "node-probes")) }
