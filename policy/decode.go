@@ -416,6 +416,9 @@ func summarizePolicy(p *Policy) string {
 		egd += len(r.Deny[Egress])
 	}
 	s := fmt.Sprintf("%s: %s: %d rule(s): ingress %d, egress %d, ingressDeny %d, egressDeny %d", p.Ref.File, p.Ref, len(p.Rules), in, eg, ind, egd)
+	if p.Audit {
+		s += " (audit mode: " + AuditAnnotation + ")"
+	}
 	return s
 }
 
