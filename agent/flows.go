@@ -168,7 +168,7 @@ func (a *Agent) enrich(r *flow.Record) {
 	if r.Endpoint == "" && self != nil && self.Pod != "" {
 		r.Endpoint = self.Namespace + "/" + self.Pod
 	}
-	if r.Observer != flow.ObserverDatapath && r.Verdict == flow.VerdictDenied && unattributedDefaultDeny(r.DecidedBy) {
+	if r.Observer != flow.ObserverDatapath && (r.Verdict == flow.VerdictDenied || r.Verdict == flow.VerdictAudit) && unattributedDefaultDeny(r.DecidedBy) {
 		if pol := x.snap.Policy(selfID); pol != nil {
 			if dd := pol.Direction(r.Direction).DefaultDeny; len(dd) > 0 {
 				r.DecidedBy = dd
@@ -419,6 +419,10 @@ func (a *Agent) flowOf(ev bpf.Event) *flow.Record {
 	switch {
 	case ev.Dropped:
 		f.Verdict = flow.VerdictDenied
+	case ev.Audited:
+		// forwarded (or redirected: ProxyPort says so) although a policy
+		// in audit mode would drop it
+		f.Verdict = flow.VerdictAudit
 	case ev.Verdict == bpf.VerdictRedirect:
 		f.Verdict = flow.VerdictRedirected
 	}
@@ -450,7 +454,7 @@ func (a *Agent) flowOf(ev bpf.Event) *flow.Record {
 				f.DstIdentity = flow.Identity(ep.Identity)
 			}
 		}
-		if len(f.DecidedBy) == 0 && ev.Reason == bpf.ReasonDefault && ev.Dropped && snap != nil {
+		if len(f.DecidedBy) == 0 && ev.Reason == bpf.ReasonDefault && (ev.Dropped || ev.Audited) && snap != nil {
 			if pol := snap.Policy(ep.Identity); pol != nil {
 				f.DecidedBy = pol.Direction(f.Direction).DefaultDeny
 			}

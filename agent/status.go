@@ -45,7 +45,9 @@ func (a *Agent) Status() agentapi.Status {
 			st.Endpoints = append(st.Endpoints, es)
 		}
 		st.Identities = a.st.snap.Identities
+		st.Audit = auditStatus(a.st.snap, a.st.local)
 	}
+	st.AuditMode = a.cfg.Policy.AuditMode
 	for k, p := range a.st.ports {
 		st.ProxyPorts = append(st.ProxyPorts, agentapi.ProxyPortStatus{Direction: k.Direction, Parser: k.Parser, Port: p})
 	}
@@ -70,6 +72,60 @@ func policyStatuses(o *policy.Objects, rev uint64) []agentapi.PolicyStatus {
 	}
 	slices.SortFunc(out, func(a, b agentapi.PolicyStatus) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
+	})
+	return out
+}
+
+// auditStatus lists the policies in audit mode for the local endpoints:
+// those whose rules in the endpoints' policies carry Provenance.Audit.
+func auditStatus(snap *policy.Snapshot, local []bpftranslate.LocalEndpoint) []agentapi.AuditStatus {
+	type key struct {
+		name string
+		kind policy.PolicyKind
+	}
+	eps := map[key]map[string]bool{}
+	add := func(p policy.Provenance, ep string) {
+		if !p.Audit {
+			return
+		}
+		k := key{p.Policy, p.PolicyKind}
+		if eps[k] == nil {
+			eps[k] = map[string]bool{}
+		}
+		eps[k][ep] = true
+	}
+	for _, l := range local {
+		pol := snap.Policy(l.Identity)
+		if pol == nil {
+			continue
+		}
+		for _, dp := range []*policy.DirectionPolicy{&pol.Ingress, &pol.Egress} {
+			for _, p := range dp.DefaultDeny {
+				add(p, l.Key())
+			}
+			for _, e := range dp.Entries {
+				for _, p := range e.Origins {
+					add(p, l.Key())
+				}
+			}
+			for _, rs := range dp.L7 {
+				for _, r := range rs.Rules {
+					add(r.Origin, l.Key())
+				}
+			}
+		}
+	}
+	var out []agentapi.AuditStatus
+	for k, m := range eps {
+		a := agentapi.AuditStatus{Policy: k.name, PolicyKind: k.kind}
+		for ep := range m {
+			a.Endpoints = append(a.Endpoints, ep)
+		}
+		slices.Sort(a.Endpoints)
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(x, y agentapi.AuditStatus) int {
+		return cmp.Or(cmp.Compare(x.Policy, y.Policy), cmp.Compare(x.PolicyKind, y.PolicyKind))
 	})
 	return out
 }

@@ -40,6 +40,22 @@ type Status struct {
 	// Services are the Service frontends of the last implemented
 	// revision, as this node balances them.
 	Services []ServiceStatus `json:"services"`
+	// AuditMode: the node runs with --policy-audit-mode (every policy in
+	// audit mode). Audit lists the policies in audit mode for this node's
+	// endpoints (their annotation, their endpoints' namespace's, or the
+	// node's flag), sorted: what they would drop or deny is forwarded and
+	// recorded with verdict audit.
+	AuditMode bool          `json:"auditMode,omitempty"`
+	Audit     []AuditStatus `json:"audit,omitempty"`
+}
+
+// AuditStatus is one policy in audit mode and the local endpoints it is
+// in audit for.
+type AuditStatus struct {
+	// Policy is "namespace/name" (or "name"), PolicyKind its kind.
+	Policy     string            `json:"policy"`
+	PolicyKind policy.PolicyKind `json:"policyKind"`
+	Endpoints  []string          `json:"endpoints"`
 }
 
 // ServiceStatus is one Service frontend (ClusterIP, port, protocol) and

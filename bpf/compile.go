@@ -28,6 +28,14 @@ import (
 // allow. A packet therefore costs at most one hash lookup per present level
 // and peer kind (typically 2–4), independent of the number of entries.
 //
+// Audit mode: a deny entry with Audit set is combined apart from the
+// others; where it covers a key that the others do not deny, the stored
+// value keeps their verdict (none, allow or redirect) with the audit flag
+// and the audited rule's id. The program forwards such a flow (redirects
+// it, for a redirect) and reports it with the audit flag; an enforced deny
+// always wins. A direction with AuditDefault forwards and reports what its
+// default-deny would drop.
+//
 // Ties: among entries of equal verdict the most specific one, then the
 // lowest rule id, decides the rule id (and the proxy port of a redirect).
 //
@@ -66,7 +74,11 @@ type policyValue = datapathPolicyValue
 type epPolicyKey = datapathEpPolicyKey
 type epPolicyValue = datapathEpPolicy
 
-const epPolicyEnforced = 1
+const (
+	epPolicyEnforced     = 1
+	epPolicyAuditDefault = 4 // c/datapath.c EP_POLICY_F_AUDIT_DEFAULT
+	policyFlagAudit      = 1 // c/datapath.c POLICY_F_AUDIT
+)
 
 func portMask(plen uint8) uint16 {
 	if plen == 0 {
@@ -241,12 +253,22 @@ func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiled
 			return err
 		}
 	}
+	// Deny entries in audit mode are combined on their own (audits): they
+	// never mask what the other entries give, they only mark it.
 	groups := make(map[Identity]map[l4Key]candidate)
+	audits := make(map[Identity]map[l4Key]candidate)
 	for _, e := range dp.Entries {
-		g := groups[e.Peer]
+		all := groups
+		if e.Audit && e.Verdict == VerdictDeny {
+			all = audits
+			if groups[e.Peer] == nil {
+				groups[e.Peer] = make(map[l4Key]candidate)
+			}
+		}
+		g := all[e.Peer]
 		if g == nil {
 			g = make(map[l4Key]candidate)
-			groups[e.Peer] = g
+			all[e.Peer] = g
 		}
 		c := candidate{verdict: e.Verdict, proxyPort: e.ProxyPort, ruleID: e.RuleID}
 		for _, k := range expand(e) {
@@ -258,6 +280,9 @@ func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiled
 	var meta epPolicyValue
 	if dp.Enforced {
 		meta.Flags = epPolicyEnforced
+		if dp.AuditDefault {
+			meta.Flags |= epPolicyAuditDefault
+		}
 	}
 	peers := make([]Identity, 0, len(groups))
 	for p := range groups {
@@ -265,13 +290,23 @@ func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiled
 	}
 	sort.Slice(peers, func(i, j int) bool { return peers[i] < peers[j] })
 	for _, peer := range peers {
-		g := groups[peer]
+		g, ag := groups[peer], audits[peer]
 		present := make(map[uint8]uint32) // proto -> port prefix lengths present
-		for k := range g {
-			present[k.proto] |= 1 << k.plen
+		keys := make(map[l4Key]bool, len(g)+len(ag))
+		for _, m := range []map[l4Key]candidate{g, ag} {
+			for k := range m {
+				present[k.proto] |= 1 << k.plen
+				keys[k] = true
+			}
 		}
-		for k := range g {
+		for k := range keys {
 			best := combine(g, k, present[k.proto])
+			var flags uint8
+			if best.verdict != VerdictDeny {
+				if a := combine(ag, k, present[k.proto]); a.verdict == VerdictDeny {
+					flags, best.ruleID = policyFlagAudit, a.ruleID
+				}
+			}
 			levels := &meta.LevelsPeer
 			if peer == IdentityAny {
 				levels = &meta.LevelsAny
@@ -290,7 +325,7 @@ func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiled
 				Proto:    k.proto,
 				PortPlen: k.plen,
 				Port:     htons(k.port),
-			}] = policyValue{Verdict: uint8(best.verdict), ProxyPort: best.proxyPort, RuleId: best.ruleID}
+			}] = policyValue{Verdict: uint8(best.verdict), Flags: flags, ProxyPort: best.proxyPort, RuleId: best.ruleID}
 		}
 	}
 	out.epPolicy[epPolicyKey{Endpoint: ep, Dir: uint8(dir)}] = meta

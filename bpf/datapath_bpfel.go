@@ -146,7 +146,7 @@ type datapathPolicyKey struct {
 type datapathPolicyValue struct {
 	_         structs.HostLayout
 	Verdict   uint8
-	Pad       uint8
+	Flags     uint8
 	ProxyPort uint16
 	RuleId    uint32
 }

@@ -95,7 +95,11 @@ type Event struct {
 	UntrustedMark bool
 	// Related: an ICMP error about the flow shown (Src, Dst, Protocol are
 	// the flow's).
-	Related   bool
+	Related bool
+	// Audited: forwarded although a policy in audit mode would drop it
+	// (RuleID names the audited deny; 0 with ReasonDefault: the audited
+	// default-deny).
+	Audited   bool
 	ProxyPort uint16
 	RuleID    uint32
 }
@@ -105,6 +109,7 @@ const (
 	eventFlagFromProxy     = 2
 	eventFlagUntrustedMark = 4
 	eventFlagRelated       = 8
+	eventFlagAudit         = 16
 )
 
 // Events streams datapath events until ctx is done, then closes the
@@ -171,6 +176,7 @@ func decodeEvent(b []byte) (Event, error) {
 		FromProxy:     raw.Flags&eventFlagFromProxy != 0,
 		UntrustedMark: raw.Flags&eventFlagUntrustedMark != 0,
 		Related:       raw.Flags&eventFlagRelated != 0,
+		Audited:       raw.Flags&eventFlagAudit != 0,
 		ProxyPort:     raw.ProxyPort,
 		RuleID:        raw.RuleId,
 	}, nil
@@ -202,6 +208,9 @@ func (e Event) String() string {
 	}
 	if e.FromProxy {
 		s += " from-proxy"
+	}
+	if e.Audited {
+		s += " audit"
 	}
 	if e.UntrustedMark {
 		s += " untrusted-mark"

@@ -102,13 +102,19 @@ type PolicyEntry struct {
 	ProxyPort uint16
 	// RuleID attributes the entry's verdicts in counters and events.
 	RuleID uint32
+	// Audit (deny entries only): the rule is in audit mode: the flow is
+	// forwarded as the other entries decide and reported as audited.
+	Audit bool
 }
 
 // DirectionPolicy is an endpoint's policy in one direction.
 type DirectionPolicy struct {
 	// Enforced makes the direction default-deny.
 	Enforced bool
-	Entries  []PolicyEntry
+	// AuditDefault (with Enforced): the default-deny is in audit mode:
+	// what no entry matches is forwarded and reported as audited.
+	AuditDefault bool
+	Entries      []PolicyEntry
 }
 
 // EndpointPolicy is the whole L3/L4 policy of one endpoint.

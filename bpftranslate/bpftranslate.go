@@ -10,7 +10,12 @@
 // other redirect becomes a drop, so the datapath never sends a flow to a
 // listener that is not there and never lets it through unchecked.
 //
-// It imports policy and bpf (for the entry types) only.
+// Audit mode: a deny entry whose rules are all in audit mode (Provenance.
+// Audit) gets the datapath's audit bit, and so does a default-deny whose
+// rules all are (DirectionPolicy.AuditDefault); the datapath forwards what
+// they would drop and reports it as audited.
+//
+// It imports policy, flow and bpf (for the entry types) only.
 package bpftranslate
 
 import (
@@ -19,6 +24,7 @@ import (
 	"slices"
 
 	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -81,7 +87,9 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 		bp := bpf.EndpointPolicy{Endpoint: uint32(ep.Ifindex)}
 		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
 			dp := pol.Direction(dir)
-			bd := bpf.DirectionPolicy{Enforced: dp.Enforced}
+			// Audit mode: a deny (or default-deny) whose rules are all in
+			// audit mode forwards and reports instead of dropping.
+			bd := bpf.DirectionPolicy{Enforced: dp.Enforced, AuditDefault: dp.Enforced && flow.AllAudit(dp.DefaultDeny)}
 			dropped := map[string]int{} // parser → index in out.Dropped
 			for _, e := range dp.Entries {
 				be := bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
@@ -93,7 +101,7 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 				case policy.VerdictAllow:
 					be.Verdict = bpf.VerdictAllow
 				case policy.VerdictDeny:
-					be.Verdict = bpf.VerdictDeny
+					be.Verdict, be.Audit = bpf.VerdictDeny, flow.AllAudit(e.Origins)
 				case policy.VerdictRedirect:
 					port, ok := redirect(ep, dir, e.Parser)
 					if ok && port != 0 {

@@ -69,6 +69,35 @@ func (o *observer) look(ctx context.Context, obs Observation, src netip.Addr, ds
 	return out
 }
 
+// audited returns the rules of the audit records (datapath or proxy) for
+// src to any of dsts since mark, or nil; with wait it looks a few times
+// (reports arrive asynchronously), else once.
+func (o *observer) audited(ctx context.Context, wait bool, src netip.Addr, dsts []netip.AddrPort) []string {
+	for range 10 {
+		var out []string
+		if page, err := agentapi.FetchFlows(ctx, o.runDir, o.flowsAt); err == nil {
+			for _, f := range page.Flows {
+				if f.Verdict == flow.VerdictAudit && f.Source.Addr() == src && slices.Contains(dsts, f.Destination) {
+					where := "datapath"
+					if f.Observer != flow.ObserverDatapath {
+						where = "proxy"
+					}
+					out = addProvenance(out, f.DecidedBy, where)
+				}
+			}
+		}
+		if len(out) > 0 || !wait {
+			return out
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 func addProvenance(out []string, ps []policy.Provenance, where string) []string {
 	for _, p := range ps {
 		if s := p.String() + " [" + where + "]"; !containsString(out, s) {

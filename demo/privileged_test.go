@@ -252,6 +252,19 @@ func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {
 
 func TestPrivilegedScenarioKafka(t *testing.T) { runScenario(t, scenarioByName(t, "kafka")) }
 
+// Audit mode per policy (l7gate.io/audit): denied L3/L4 peers, HTTP paths,
+// ingressDeny, gRPC methods and Kafka topics forwarded and recorded as
+// audit with the policy; the annotation removed, enforced again.
+func TestPrivilegedScenarioAudit(t *testing.T) { runScenario(t, scenarioByName(t, "audit")) }
+
+func TestPrivilegedScenarioAuditGRPC(t *testing.T) { runScenario(t, scenarioByName(t, "audit-grpc")) }
+
+func TestPrivilegedScenarioAuditKafka(t *testing.T) { runScenario(t, scenarioByName(t, "audit-kafka")) }
+
+func TestPrivilegedScenarioAuditNamespace(t *testing.T) {
+	runScenario(t, scenarioByName(t, "audit-namespace"))
+}
+
 func TestPrivilegedScenarioL3LiftsL7(t *testing.T) { runScenario(t, scenarioByName(t, "l3-lifts-l7")) }
 
 func TestPrivilegedScenarioNodeProbes(t *testing.T) { runScenario(t, scenarioByName(t, "node-probes")) }

@@ -98,6 +98,9 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 	for _, p := range res.DecidedBy {
 		out.DecidedBy = append(out.DecidedBy, p.String())
 	}
+	if res.Verdict == policy.DecisionAudit {
+		out.Verdict = Audited
+	}
 	if res.Verdict == policy.DecisionDenied {
 		out.Verdict = Denied
 		for _, d := range []policy.DirectionTrace{res.Egress, res.Ingress} {

@@ -262,6 +262,12 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 					dsts = dst.backendAddrs(c.Port) // whichever the LB picked
 				}
 				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.IP, dsts)
+				if r.Observed.Verdict == Allowed {
+					// forwarded: was it only because a policy is in audit mode?
+					if audit := watch.audited(ctx, c.Expect == Audited, src.IP, dsts); len(audit) > 0 {
+						r.Observed.Verdict, r.DecidedBy = Audited, audit
+					}
+				}
 			}
 			if ctx.Err() != nil {
 				return sum, ctx.Err()

@@ -25,6 +25,10 @@ const (
 	Allowed Verdict = "allowed" // the request reached the server
 	Denied  Verdict = "denied"  // an L7 denial seen by the client
 	Dropped Verdict = "dropped" // no connection (timeout or reset)
+	// Audited: the request reached the server, and the datapath or the
+	// proxy recorded it with verdict audit (a policy in audit mode would
+	// have dropped or denied it).
+	Audited Verdict = "audit"
 	Errored Verdict = "error"
 )
 
@@ -427,10 +431,10 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 	}
 	if s, ok := e.str(join(p, "expect"), m["expect"], true); ok {
 		switch Verdict(s) {
-		case Allowed, Denied, Dropped:
+		case Allowed, Denied, Dropped, Audited:
 			c.Expect = Verdict(s)
 		default:
-			e.add(join(p, "expect"), "want allowed, denied or dropped, not %q", s)
+			e.add(join(p, "expect"), "want allowed, denied, dropped or audit, not %q", s)
 		}
 	}
 	if s, ok := e.str(join(p, "decidedBy"), m["decidedBy"], false); ok {

@@ -60,7 +60,7 @@ func TestParseStepsErrors(t *testing.T) {
 		{"steps:\n- {name: a, apply: [../x.yaml]}", `steps.yaml: steps[0].apply[0]: want a clean path inside the scenario folder, not "../x.yaml"`},
 		{"steps:\n- {name: a, apply: x}", "steps.yaml: steps[0].apply: want a list, got a string"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, expect: ok}",
-			`steps.yaml: steps[0].checks[0].expect: want allowed, denied or dropped, not "ok"`},
+			`steps.yaml: steps[0].checks[0].expect: want allowed, denied, dropped or audit, not "ok"`},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, http: {}, expect: allowed}",
 			"steps.yaml: steps[0].checks[0].port: missing"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 70000, http: {}, expect: allowed}",

@@ -62,6 +62,11 @@ func kindAbbrev(k flow.PolicyKind) string {
 	return strings.ToLower(string(k))
 }
 
+// AuditPolicyID is the RBAC policy that lets every request of a rule set
+// in audit mode through; the rule set itself runs as the filter's shadow
+// rules, whose decision (shadow_engine_result) tells audit from allowed.
+const AuditPolicyID = "l7gate:audit"
+
 // ParsePolicyID reads a PolicyID back into the provenance fields it
 // carries (policy, policy kind, path and L7 rule; a "#<index>" suffix is
 // dropped). An id of another shape comes back whole as the policy, and ok

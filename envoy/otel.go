@@ -25,8 +25,11 @@ const (
 	OTelRoute              = "l7gate.route"
 	OTelRBACResult         = "l7gate.rbac.result"
 	OTelRBACPolicy         = "l7gate.rbac.policy"
-	OTelResponseDetails    = "l7gate.response_code_details"
-	OTelObserver           = "l7gate.observer"
+	// The shadow rules' decision (rule sets in audit mode).
+	OTelRBACShadowResult = "l7gate.rbac.shadow_result"
+	OTelRBACShadowPolicy = "l7gate.rbac.shadow_policy"
+	OTelResponseDetails  = "l7gate.response_code_details"
+	OTelObserver         = "l7gate.observer"
 )
 
 // OTelAttribute is one attribute of the logger and the command operator
@@ -53,6 +56,8 @@ func OTelAttributes() []OTelAttribute {
 		{OTelRoute, "%ROUTE_NAME%"},
 		{OTelRBACResult, "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%"},
 		{OTelRBACPolicy, "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%"},
+		{OTelRBACShadowResult, "%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_engine_result)%"},
+		{OTelRBACShadowPolicy, "%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%"},
 		{OTelResponseDetails, "%RESPONSE_CODE_DETAILS%"},
 		{OTelObserver, "envoy"},
 	}

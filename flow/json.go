@@ -187,6 +187,9 @@ func appendProvenance(b []byte, p Provenance) []byte {
 	b = append(b, `,"path":`...)
 	b = appendString(b, p.Path)
 	b = appendOptString(b, `,"l7":`, p.L7)
+	if p.Audit {
+		b = append(b, `,"audit":true`...)
+	}
 	return append(b, '}')
 }
 

@@ -37,12 +37,31 @@ type Provenance struct {
 	Path string `json:"path"`
 	// L7 names the L7 rule, e.g. "http[1]", when an L7 rule decided.
 	L7 string `json:"l7,omitempty"`
+	// Audit: the policy is in audit mode (its own annotation, its
+	// endpoint's namespace, or the node's --policy-audit-mode): what it
+	// would drop or deny is forwarded and recorded with VerdictAudit.
+	Audit bool `json:"audit,omitempty"`
+}
+
+// AllAudit reports whether ps is non-empty and every rule in it is in
+// audit mode: only then is a denial they decide audited instead of
+// enforced (one enforcing rule among them enforces).
+func AllAudit(ps []Provenance) bool {
+	for _, p := range ps {
+		if !p.Audit {
+			return false
+		}
+	}
+	return len(ps) > 0
 }
 
 func (p Provenance) String() string {
 	s := fmt.Sprintf("%s %s (%s %s", p.Kind, p.Policy, p.PolicyKind, p.Path)
 	if p.L7 != "" {
 		s += "." + p.L7
+	}
+	if p.Audit {
+		s += " [audit]"
 	}
 	return s + ")"
 }

@@ -22,6 +22,10 @@ const (
 	// VerdictRedirected: the datapath handed the flow to a proxy, which
 	// reports the requests on it in records of its own.
 	VerdictRedirected Verdict = "redirected"
+	// VerdictAudit: a policy in audit mode would have dropped the flow or
+	// denied the request, and it was forwarded instead (DecidedBy names
+	// the policy in audit that would have decided).
+	VerdictAudit Verdict = "audit"
 	// VerdictUnknown: the reporter could not tell (an Envoy log entry
 	// without an RBAC decision: the request failed before the RBAC filter).
 	VerdictUnknown Verdict = "unknown"

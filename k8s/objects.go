@@ -196,9 +196,21 @@ func withoutLastApplied(m map[string]string) map[string]string {
 	return m
 }
 
+// auditAnnotation keeps, of a Namespace's or a policy's annotations, only
+// l7gate's audit-mode annotation (policy.AuditAnnotation): the only one
+// policy reads there, so other annotations never change the digest.
+// Removing it enforces the policy again at the next revision.
+func auditAnnotation(ann map[string]string) map[string]string {
+	v, ok := ann[policy.AuditAnnotation]
+	if !ok {
+		return nil
+	}
+	return map[string]string{policy.AuditAnnotation: v}
+}
+
 func namespaceDocument(ns *corev1.Namespace) (document, error) {
 	js, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Namespace",
-		"metadata": docMeta{Name: ns.Name, Labels: ns.Labels}})
+		"metadata": docMeta{Name: ns.Name, Labels: ns.Labels, Annotations: auditAnnotation(ns.Annotations)}})
 	if err != nil {
 		return document{}, fmt.Errorf("encode namespace %s: %w", ns.Name, err)
 	}
@@ -364,7 +376,7 @@ func trimEndpointSlice(obj any) (any, error) {
 
 func networkPolicyDocument(np *networkingv1.NetworkPolicy) (document, error) {
 	js, err := json.Marshal(map[string]any{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-		"metadata": docMeta{Name: np.Name, Namespace: np.Namespace, Labels: np.Labels}, "spec": np.Spec})
+		"metadata": docMeta{Name: np.Name, Namespace: np.Namespace, Labels: np.Labels, Annotations: auditAnnotation(np.Annotations)}, "spec": np.Spec})
 	if err != nil {
 		return document{}, fmt.Errorf("encode networkpolicy %s/%s: %w", np.Namespace, np.Name, err)
 	}
@@ -383,7 +395,7 @@ func ciliumDocument(u *unstructured.Unstructured) (document, error) {
 			m[k] = v
 		}
 	}
-	m["metadata"] = docMeta{Name: u.GetName(), Namespace: u.GetNamespace(), Labels: u.GetLabels()}
+	m["metadata"] = docMeta{Name: u.GetName(), Namespace: u.GetNamespace(), Labels: u.GetLabels(), Annotations: auditAnnotation(u.GetAnnotations())}
 	js, err := json.Marshal(m)
 	if err != nil {
 		return document{}, fmt.Errorf("encode %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)

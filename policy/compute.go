@@ -98,6 +98,7 @@ type computer struct {
 	ports    map[Identity][]NamedPort
 	allPorts []NamedPort
 	warned   map[string]bool
+	auditNS  map[string]bool // namespaces annotated l7gate.io/audit
 }
 
 // Compute derives identities, endpoints, the ipcache and every endpoint
@@ -122,6 +123,12 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 		peers:    map[sectionKey]peerSet{},
 		ports:    map[Identity][]NamedPort{},
 		warned:   map[string]bool{},
+		auditNS:  map[string]bool{},
+	}
+	for _, ns := range objs.Namespaces {
+		if ns.Audit {
+			c.auditNS[ns.Name] = true
+		}
 	}
 	for _, id := range ReservedIdentities() {
 		c.snap.labels[id] = Labels{{Source: SourceReserved, Key: reservedName(id)}}
@@ -672,12 +679,34 @@ func (b *dirBuilder) finish() DirectionPolicy {
 	return out
 }
 
+// audited reports whether pol is in audit mode for the endpoints of
+// identity subject: its annotation, the subject's namespace's, or the
+// node-wide option. An invalid policy never is (fail closed).
+func (c *computer) audited(pol *Policy, subject Identity) bool {
+	if pol.Invalid != "" {
+		return false
+	}
+	if pol.Audit || c.opts.AuditMode {
+		return true
+	}
+	if len(c.auditNS) == 0 {
+		return false
+	}
+	for _, l := range c.snap.labels[subject] {
+		if l.Source == SourceK8s && l.Key == LabelPodNamespace {
+			return c.auditNS[l.Value]
+		}
+	}
+	return false
+}
+
 func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
 	pol := &c.objs.Policies[pi]
 	r := &pol.Rules[ri]
 	dir := b.dir
+	audit := c.audited(pol, subject)
 	origin := func(s *Section, kind RuleKind) Provenance {
-		return Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: s.Index, Kind: kind, Path: s.Path}
+		return Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: s.Index, Kind: kind, Path: s.Path, Audit: audit}
 	}
 	enforce := len(r.Allow[dir])+len(r.Deny[dir]) > 0
 	if r.DefaultDeny[dir] != nil {
@@ -685,7 +714,7 @@ func (c *computer) applyRule(b *dirBuilder, subject Identity, pi, ri int) {
 	}
 	if enforce {
 		b.pol.Enforced = true
-		p := Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: 0, Kind: KindDefaultDeny, Path: r.Path + "." + dir.String()}
+		p := Provenance{Policy: pol.Name(), PolicyKind: pol.Kind, Direction: dir, Rule: 0, Kind: KindDefaultDeny, Path: r.Path + "." + dir.String(), Audit: audit}
 		if pol.Invalid != "" {
 			p.Path += " (invalid policy: fail-closed)"
 		}

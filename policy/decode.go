@@ -234,6 +234,7 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		if len(errs) > 0 {
 			return policyErr(kind, errs)
 		}
+		p.Audit = o.auditAnnotation(ref, tm.Metadata.Annotations)
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case string(KindNP):
@@ -253,6 +254,7 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		if len(errs) > 0 {
 			return policyErr(KindNP, errs)
 		}
+		p.Audit = o.auditAnnotation(ref, tm.Metadata.Annotations)
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case "Pod":
@@ -380,12 +382,29 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 			return objErr(errs)
 		}
 		ref.Namespace = ""
-		o.Namespaces = append(o.Namespaces, Namespace{Ref: ref, Name: ref.Name, Labels: tm.Metadata.Labels})
+		o.Namespaces = append(o.Namespaces, Namespace{Ref: ref, Name: ref.Name, Labels: tm.Metadata.Labels,
+			Audit: o.auditAnnotation(ref, tm.Metadata.Annotations)})
 		o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s)", file, ref, len(tm.Metadata.Labels)))
 	default:
 		o.Warnings = append(o.Warnings, Warning{Object: ref, Message: fmt.Sprintf("skipped: l7gate does not read kind %s (%s)", tm.Kind, tm.APIVersion)})
 	}
 	return nil
+}
+
+// auditAnnotation reads AuditAnnotation: "true" is audit mode, "false" or
+// no annotation enforces, anything else enforces with a warning (fail
+// closed: a typo never turns enforcement off).
+func (o *Objects) auditAnnotation(ref ObjectRef, ann map[string]string) bool {
+	v, ok := ann[AuditAnnotation]
+	switch {
+	case !ok || v == "false":
+		return false
+	case v == "true":
+		return true
+	}
+	o.Warnings = append(o.Warnings, Warning{Object: ref, Path: "metadata.annotations." + AuditAnnotation,
+		Message: fmt.Sprintf("%q is neither \"true\" nor \"false\": enforced, not audited", v)})
+	return false
 }
 
 func summarizePolicy(p *Policy) string {
@@ -397,6 +416,9 @@ func summarizePolicy(p *Policy) string {
 		egd += len(r.Deny[Egress])
 	}
 	s := fmt.Sprintf("%s: %s: %d rule(s): ingress %d, egress %d, ingressDeny %d, egressDeny %d", p.Ref.File, p.Ref, len(p.Rules), in, eg, ind, egd)
+	if p.Audit {
+		s += " (audit mode: " + AuditAnnotation + ")"
+	}
 	return s
 }
 

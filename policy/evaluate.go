@@ -2,6 +2,8 @@ package policy
 
 import (
 	"slices"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
 // Decision is the outcome of evaluating one direction.
@@ -12,7 +14,24 @@ const (
 	DecisionAllowed    Decision = "allowed"
 	DecisionDenied     Decision = "denied"
 	DecisionRedirected Decision = "redirected"
+	// DecisionAudit: a policy in audit mode would deny it; it is
+	// forwarded (and recorded with verdict audit) instead. DecidedBy names
+	// the rules in audit.
+	DecisionAudit Decision = "audit"
 )
+
+// CombineDecisions folds the decisions of the directions (or layers) a
+// flow passes: denied wins, then audit, else allowed (redirected counts
+// as allowed: the L7 verdict is folded in separately).
+func CombineDecisions(a, b Decision) Decision {
+	switch {
+	case a == DecisionDenied || b == DecisionDenied:
+		return DecisionDenied
+	case a == DecisionAudit || b == DecisionAudit:
+		return DecisionAudit
+	}
+	return DecisionAllowed
+}
 
 // L4Result is the L3/L4 verdict of one direction for a new flow.
 type L4Result struct {
@@ -21,6 +40,9 @@ type L4Result struct {
 	Parser    string     // for redirects
 	L7        *L7RuleSet // for redirects
 	DecidedBy []Provenance
+	// Audited: with Decision redirected, deny rules in audit mode that
+	// also match the flow (it is forwarded to the proxy and audited).
+	Audited []Provenance `json:",omitempty"`
 }
 
 // EvaluateL4 applies the direction's entries to a new flow with the given
@@ -28,6 +50,12 @@ type L4Result struct {
 // else any matching redirect redirects to the L7 parser; else any matching
 // allow allows; else the flow is denied when the direction is enforced and
 // allowed when it is not.
+//
+// Audit mode: deny rules all in audit mode (Provenance.Audit) do not deny;
+// the flow gets what the other entries give, and an allow becomes
+// DecisionAudit naming them (a redirect keeps going to the proxy, with
+// Audited set). A default-deny whose rules are all in audit mode is
+// DecisionAudit too. One enforcing rule among them enforces.
 func (d *DirectionPolicy) EvaluateL4(peer Identity, proto Protocol, port uint16) L4Result {
 	res := L4Result{Enforced: d.Enforced}
 	var deny, redirect, allow []Provenance
@@ -47,22 +75,46 @@ func (d *DirectionPolicy) EvaluateL4(peer Identity, proto Protocol, port uint16)
 			allow = append(allow, e.Origins...)
 		}
 	}
+	var audited []Provenance
+	if flow.AllAudit(deny) {
+		audited, deny = deny, nil
+	}
 	switch {
 	case len(deny) > 0:
 		res.Decision, res.DecidedBy = DecisionDenied, deny
 	case len(redirect) > 0:
 		res.Decision, res.DecidedBy, res.Parser = DecisionRedirected, redirect, parser
 		res.L7 = d.L7Set(proto, port)
+		res.Audited = sortedProvenance(audited)
+	case len(allow) > 0 && len(audited) > 0:
+		res.Decision, res.DecidedBy = DecisionAudit, audited
 	case len(allow) > 0:
 		res.Decision, res.DecidedBy = DecisionAllowed, allow
+	case d.Enforced && flow.AllAudit(d.DefaultDeny):
+		res.Decision, res.DecidedBy = DecisionAudit, append(audited, d.DefaultDeny...)
 	case d.Enforced:
 		res.Decision, res.DecidedBy = DecisionDenied, slices.Clone(d.DefaultDeny)
+	case len(audited) > 0:
+		res.Decision, res.DecidedBy = DecisionAudit, audited
 	default:
 		res.Decision = DecisionAllowed
 	}
-	slices.SortFunc(res.DecidedBy, compareProvenance)
-	res.DecidedBy = slices.CompactFunc(res.DecidedBy, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
+	res.DecidedBy = sortedProvenance(res.DecidedBy)
 	return res
+}
+
+func sortedProvenance(ps []Provenance) []Provenance {
+	slices.SortFunc(ps, compareProvenance)
+	return slices.CompactFunc(ps, func(a, b Provenance) bool { return compareProvenance(a, b) == 0 })
+}
+
+// Audit turns an L7 denial into DecisionAudit when every rule it names is
+// in audit mode (the proxy forwards the request and records it as audit).
+func (r L7Result) Audit() L7Result {
+	if r.Decision == DecisionDenied && flow.AllAudit(r.DecidedBy) {
+		r.Decision = DecisionAudit
+	}
+	return r
 }
 
 // DefaultDenyOrigins names the rules behind an L7 rule set's implicit

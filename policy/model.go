@@ -96,11 +96,21 @@ const (
 	KindNP   = flow.KindNP
 )
 
+// AuditAnnotation puts a policy (CiliumNetworkPolicy,
+// CiliumClusterwideNetworkPolicy, NetworkPolicy) or a Namespace in audit
+// mode when its value is "true": what the policy (or any policy, for the
+// endpoints of the namespace) would drop or deny is forwarded and recorded
+// with verdict audit. Any other value enforces.
+const AuditAnnotation = "l7gate.io/audit"
+
 // Namespace is a decoded v1 Namespace.
 type Namespace struct {
 	Ref    ObjectRef
 	Name   string
 	Labels map[string]string
+	// Audit: annotated with AuditAnnotation "true": every policy is in
+	// audit mode for the namespace's endpoints.
+	Audit bool
 }
 
 // Node is a decoded v1 Node: its InternalIP and ExternalIP addresses are
@@ -150,6 +160,9 @@ type Policy struct {
 	// to decode (see failClosed): its rules only hold the endpoints they
 	// select in default-deny. It says why the policy is invalid.
 	Invalid string
+	// Audit: annotated with AuditAnnotation "true". An invalid policy is
+	// never in audit (it holds its endpoints in default-deny: fail closed).
+	Audit bool
 }
 
 // Name is "namespace/name" for namespaced policies and "name" for

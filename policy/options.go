@@ -27,6 +27,11 @@ type Options struct {
 	// (the DNS proxy's cache) and their addresses. Nil: no names are
 	// known, so toFQDNs select nothing (fail closed).
 	FQDNCache FQDNCache
+	// AuditMode puts every policy in audit mode (the agent's
+	// --policy-audit-mode, node-wide): what policy would drop or deny is
+	// forwarded and recorded with verdict audit. Invalid policies and
+	// l7gate's own fail-closed rules are enforced regardless.
+	AuditMode bool
 }
 
 // FQDNName is one cached DNS name (normalised) and the addresses its

@@ -28,20 +28,6 @@ func TraceIdentities(snap *Snapshot, src, dst Identity, req *TraceRequest) *Trac
 	res := &TraceResult{Protocol: req.Protocol, DPort: req.DPort, Source: party(src), Destination: party(dst)}
 	res.Egress = traceDirection(snap, res.Source, Egress, dst, req)
 	res.Ingress = traceDirection(snap, res.Destination, Ingress, src, req)
-	res.Verdict = DecisionAllowed
-	for _, d := range []*DirectionTrace{&res.Egress, &res.Ingress} {
-		if d.Verdict == DecisionDenied {
-			if res.Verdict == DecisionAllowed {
-				res.DecidedBy = nil
-			}
-			res.Verdict = DecisionDenied
-			res.DecidedBy = append(res.DecidedBy, d.DecidedBy...)
-		} else if res.Verdict == DecisionAllowed {
-			res.DecidedBy = append(res.DecidedBy, d.DecidedBy...)
-		}
-	}
-	if res.DecidedBy == nil {
-		res.DecidedBy = []Provenance{}
-	}
+	res.combine()
 	return res
 }

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/l7gate/l7gate/flow"
 )
 
 // TracePeer describes one side of a traced flow: a pod (Labels and
@@ -176,22 +178,27 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 
 	res.Egress = traceDirection(snap, res.Source, Egress, res.Destination.Identity, &req)
 	res.Ingress = traceDirection(snap, res.Destination, Ingress, res.Source.Identity, &req)
+	res.combine()
+	return res, nil
+}
+
+// combine sets the flow's verdict from its two directions: denied wins,
+// then audit (a policy in audit mode would deny: forwarded), else allowed;
+// DecidedBy names the rules behind the verdict that won.
+func (res *TraceResult) combine() {
 	res.Verdict = DecisionAllowed
 	for _, d := range []*DirectionTrace{&res.Egress, &res.Ingress} {
-		if d.Verdict == DecisionDenied {
-			if res.Verdict == DecisionAllowed {
-				res.DecidedBy = nil
-			}
-			res.Verdict = DecisionDenied
+		v := CombineDecisions(d.Verdict, DecisionAllowed)
+		switch {
+		case v == res.Verdict:
 			res.DecidedBy = append(res.DecidedBy, d.DecidedBy...)
-		} else if res.Verdict == DecisionAllowed {
-			res.DecidedBy = append(res.DecidedBy, d.DecidedBy...)
+		case CombineDecisions(v, res.Verdict) == v:
+			res.Verdict, res.DecidedBy = v, slices.Clone(d.DecidedBy)
 		}
 	}
 	if res.DecidedBy == nil {
 		res.DecidedBy = []Provenance{}
 	}
-	return res, nil
 }
 
 func (p TracePeer) validate() error {
@@ -243,8 +250,8 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 	out.L4 = l4.Decision
 	out.DecidedBy = append(out.DecidedBy, l4.DecidedBy...)
 	switch l4.Decision {
-	case DecisionDenied:
-		out.Verdict = DecisionDenied
+	case DecisionDenied, DecisionAudit:
+		out.Verdict = l4.Decision
 		return out
 	case DecisionAllowed:
 		return out
@@ -281,8 +288,19 @@ func traceDirection(snap *Snapshot, self TraceParty, dir Direction, peer Identit
 		l7.Note = fmt.Sprintf("L7 rules (%s) apply on this port; give a %s request to evaluate them", l4.Parser, l4.Parser)
 		return out
 	}
+	if l7.Verdict == DecisionDenied && flow.AllAudit(l7.DecidedBy) {
+		l7.Verdict = DecisionAudit
+	}
 	out.Verdict = l7.Verdict
 	out.DecidedBy = l7.DecidedBy
+	if len(l4.Audited) > 0 && out.Verdict != DecisionDenied {
+		// audited at L4 by a deny rule in audit mode, and forwarded
+		out.Verdict = DecisionAudit
+		if l7.Verdict != DecisionAudit {
+			out.DecidedBy = nil
+		}
+		out.DecidedBy = sortedProvenance(append(slices.Clone(out.DecidedBy), l4.Audited...))
+	}
 	return out
 }
 

@@ -21,6 +21,22 @@ func verdictString(allowed bool) flow.Verdict {
 	return flow.VerdictDenied
 }
 
+// auditDenial reports whether a denial's rules (an L7 rule set's implicit
+// deny: DefaultDenyOrigins) are all in audit mode: the request is then
+// forwarded and recorded with verdict audit.
+func auditDenial(ps []policy.Provenance) bool {
+	return flow.AllAudit(ps) && ps[0].Kind == policy.KindDefaultDeny
+}
+
+// recordVerdict is the verdict of an L7 request: allowed, denied, or
+// audit (allowed only because the rules that deny it are in audit mode).
+func recordVerdict(allowed bool, decidedBy []policy.Provenance) flow.Verdict {
+	if allowed && auditDenial(decidedBy) {
+		return flow.VerdictAudit
+	}
+	return verdictString(allowed)
+}
+
 // identities returns (source, destination) identities of a connection.
 func (p *Proxy) identities(ci connInfo) (policy.Identity, policy.Identity) {
 	c := p.cur.Load()
@@ -32,33 +48,44 @@ func (p *Proxy) identities(ci connInfo) (policy.Identity, policy.Identity) {
 
 func (p *Proxy) httpAccess(ci connInfo) func(*httpparser.Record) {
 	return func(r *httpparser.Record) {
-		if r.Allowed {
+		verdict := recordVerdict(r.Allowed, r.DecidedBy)
+		switch verdict {
+		case flow.VerdictAllowed:
 			p.stats.httpAllowed.Add(1)
-		} else {
+		case flow.VerdictAudit:
+			p.stats.httpAudited.Add(1)
+		default:
 			p.stats.httpDenied.Add(1)
 		}
 		src, dst := p.identities(ci)
 		p.opts.AccessLog(&AccessRecord{
 			Time: r.Start, Protocol: "http", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
-			SrcIdentity: src, DstIdentity: dst, Verdict: verdictString(r.Allowed), DecidedBy: r.DecidedBy,
+			SrcIdentity: src, DstIdentity: dst, Verdict: verdict, DecidedBy: r.DecidedBy,
 			LatencyMS: float64(r.Duration.Microseconds()) / 1000, Error: r.Error,
 			Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status, RawPath: r.RawPath, HeaderMismatches: r.HeaderMismatches,
 		})
 	}
 }
 
-func (p *Proxy) kafkaAccess(ci connInfo) kafka.AccessLogger {
+func (p *Proxy) kafkaAccess(ci connInfo, audits *kafkaAudits) kafka.AccessLogger {
 	return func(r *kafka.AccessRecord) {
-		allowed := r.Verdict == kafka.VerdictAllow
-		if allowed {
+		verdict := verdictString(r.Verdict == kafka.VerdictAllow)
+		var decidedBy []policy.Provenance
+		if ps, ok := audits.take(r.CorrelationID); ok && r.Verdict == kafka.VerdictAllow {
+			verdict, decidedBy = flow.VerdictAudit, ps
+		}
+		switch verdict {
+		case flow.VerdictAllowed:
 			p.stats.kafkaAllowed.Add(1)
-		} else {
+		case flow.VerdictAudit:
+			p.stats.kafkaAudited.Add(1)
+		default:
 			p.stats.kafkaDenied.Add(1)
 		}
 		src, dst := p.identities(ci)
 		rec := &AccessRecord{
 			Time: time.Now(), Protocol: "kafka", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
-			SrcIdentity: src, DstIdentity: dst, Verdict: verdictString(allowed), Reason: r.Reason,
+			SrcIdentity: src, DstIdentity: dst, Verdict: verdict, Reason: r.Reason, DecidedBy: decidedBy,
 			APIKey: r.APIName, APIVersion: r.APIVersion, ClientID: r.ClientID, CorrelationID: r.CorrelationID,
 			// the parser reuses its slices after the callback returns
 			Topics: slices.Clone(r.Topics), ErrorCode: r.ErrorCode,

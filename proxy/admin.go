@@ -21,6 +21,7 @@ type stats struct {
 	panics                     atomic.Int64
 	httpAllowed, httpDenied    atomic.Int64
 	kafkaAllowed, kafkaDenied  atomic.Int64
+	httpAudited, kafkaAudited  atomic.Int64
 	acks, nacks                atomic.Int64
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 
 	"github.com/l7gate/l7gate/parsers/kafka"
 	"github.com/l7gate/l7gate/policy"
@@ -20,7 +21,35 @@ func provenanceReason(ps []policy.Provenance) string {
 	return strings.Join(parts, "; ")
 }
 
-func (p *Proxy) kafkaDecider(ci connInfo) kafka.Decider {
+// kafkaAudits hands the rules in audit mode behind a forwarded Kafka
+// request from the decider to the access logger of the same connection
+// (by correlation id; the filter's access record carries a reason string
+// only). Bounded: a connection never holds more than maxKafkaAudits.
+type kafkaAudits struct {
+	mu sync.Mutex
+	m  map[int32][]policy.Provenance
+}
+
+const maxKafkaAudits = 1024
+
+func (a *kafkaAudits) put(id int32, ps []policy.Provenance) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil || len(a.m) >= maxKafkaAudits {
+		a.m = map[int32][]policy.Provenance{}
+	}
+	a.m[id] = ps
+}
+
+func (a *kafkaAudits) take(id int32) ([]policy.Provenance, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps, ok := a.m[id]
+	delete(a.m, id)
+	return ps, ok
+}
+
+func (p *Proxy) kafkaDecider(ci connInfo, audits *kafkaAudits) kafka.Decider {
 	return func(r *kafka.Request) kafka.Decision {
 		c := p.cur.Load()
 		if c == nil {
@@ -40,6 +69,11 @@ func (p *Proxy) kafkaDecider(ci connInfo) kafka.Decider {
 		topics := r.Topics
 		res := set.rs.EvaluateKafka(peer, &policy.KafkaRequest{APIKey: r.APIKey, APIVersion: r.APIVersion, ClientID: r.ClientID, Topics: topics})
 		if res.Decision != policy.DecisionAllowed {
+			if res.Decision == policy.DecisionDenied && auditDenial(res.DecidedBy) {
+				// audit mode: forward, record audit with the rules
+				audits.put(r.CorrelationID, res.DecidedBy)
+				return kafka.Allow("audit: " + provenanceReason(res.DecidedBy) + " (denied topics: " + strings.Join(res.DeniedTopics, ", ") + ")")
+			}
 			return kafka.Deny(provenanceReason(res.DecidedBy), res.DeniedTopics...)
 		}
 		return kafka.Allow(provenanceReason(res.DecidedBy))
@@ -70,9 +104,10 @@ func (p *Proxy) topicIDScope(ci connInfo) string {
 }
 
 func (p *Proxy) serveKafka(ci connInfo, client net.Conn, dial func(context.Context) (net.Conn, error)) error {
+	audits := &kafkaAudits{}
 	f, err := kafka.NewFilter(kafka.Config{
-		Decide:          p.kafkaDecider(ci),
-		AccessLog:       p.kafkaAccess(ci),
+		Decide:          p.kafkaDecider(ci, audits),
+		AccessLog:       p.kafkaAccess(ci, audits),
 		OnResponse:      p.opts.KafkaOnResponse,
 		Logger:          p.log,
 		MaxFrameSize:    p.opts.KafkaMaxFrameSize,

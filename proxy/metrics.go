@@ -67,6 +67,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRequests, s.httpDenied.Load(), "http", "denied")
 	counter(descRequests, s.kafkaAllowed.Load(), "kafka", "allowed")
 	counter(descRequests, s.kafkaDenied.Load(), "kafka", "denied")
+	counter(descRequests, s.httpAudited.Load(), "http", "audit")
+	counter(descRequests, s.kafkaAudited.Load(), "kafka", "audit")
 	counter(descUpdates, s.acks.Load(), "ack")
 	counter(descUpdates, s.nacks.Load(), "nack")
 	b := c.p.kafkaMem

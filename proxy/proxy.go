@@ -569,7 +569,9 @@ func (p *Proxy) httpDecider(ci connInfo) httpparser.Decider {
 		}
 		if i < 0 {
 			r := set.rs.DefaultDenyOrigins(peer)
-			return httpparser.Decision{DecidedBy: r}
+			// audit mode: the rules that would deny are all in audit:
+			// forward, and the access record says audit
+			return httpparser.Decision{Allowed: auditDenial(r), DecidedBy: r}
 		}
 		return httpparser.Decision{Allowed: true, DecidedBy: []policy.Provenance{set.rs.Rules[i].Origin}, MismatchActions: actions}
 	}

@@ -20,10 +20,17 @@ type Denial struct {
 	DecidedBy []string
 	// Example is the first such record.
 	Example *flow.Record
+	// Audit: the rules that would deny it are in audit mode (the policy's
+	// annotation, its namespace's, or Options.AuditMode): applied, they
+	// forward it and record it with verdict audit; enforced, they deny it.
+	Audit bool
 }
 
 func (d Denial) String() string {
 	s := fmt.Sprintf("%s (%s)", d.Flow, plural(d.Count, "flow"))
+	if d.Audit {
+		s += " [audit]"
+	}
 	if len(d.DecidedBy) > 0 {
 		s += ": " + strings.Join(d.DecidedBy, "; ")
 	}
@@ -38,10 +45,12 @@ func (d Denial) String() string {
 // the flows those policies would deny, sorted. Records Suggest skips are
 // not checked (stats says which and why), nor are connections the
 // datapath redirected to a proxy: the proxy's records of their requests are.
+// A flow that policies in audit mode would deny is listed too, with Audit
+// set: enforcing them would deny it.
 func Check(objs *policy.Objects, policies []policy.Policy, recs []*flow.Record, opts Options) ([]Denial, Stats, error) {
 	work := *objs
 	work.Policies = policies
-	snap, err := policy.Compute(&work, policy.NewIdentityAllocator())
+	snap, err := policy.ComputeWith(&work, policy.NewIdentityAllocator(), policy.Options{AuditMode: opts.AuditMode})
 	if err != nil {
 		return nil, Stats{}, fmt.Errorf("compute: %w", err)
 	}
@@ -86,12 +95,12 @@ func Check(objs *policy.Objects, policies []policy.Policy, recs []*flow.Record, 
 		if obs.dir == flow.Egress {
 			d = res.Egress
 		}
-		if d.Verdict != policy.DecisionDenied {
+		if d.Verdict != policy.DecisionDenied && d.Verdict != policy.DecisionAudit {
 			continue
 		}
 		den := byFlow[desc]
 		if den == nil {
-			den = &Denial{Flow: desc, Example: r}
+			den = &Denial{Flow: desc, Example: r, Audit: d.Verdict == policy.DecisionAudit}
 			for _, p := range d.DecidedBy {
 				den.DecidedBy = append(den.DecidedBy, p.String())
 			}

@@ -107,3 +107,70 @@ func TestCheckDeniesWhatSuggestionLeavesOut(t *testing.T) {
 		t.Errorf("denials:\n got %q\nwant %q", got, want)
 	}
 }
+
+// TestRoundTripAudit: the suggestion applied in audit mode (annotated,
+// as an operator rolls it out) audits none of the flows it came from; a
+// suggestion from part of the flows, applied in audit mode, audits exactly
+// what it leaves out (and denies nothing: the rules are in audit).
+func TestRoundTripAudit(t *testing.T) {
+	for _, sc := range scenarios {
+		t.Run(sc, func(t *testing.T) {
+			objs, recs := loadScenario(t, sc)
+			res, err := Suggest(objs, recs, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec, errs := policy.Decode("suggested.yaml", annotateAudit(res.YAML()))
+			if len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			for _, p := range dec.Policies {
+				if !p.Audit {
+					t.Fatalf("%s not in audit", p.Name())
+				}
+			}
+			denials, st, err := Check(objs, dec.Policies, recs, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Used == 0 {
+				t.Fatal("nothing checked")
+			}
+			for _, d := range denials {
+				t.Errorf("audited: %s", d)
+			}
+		})
+	}
+	objs, recs := loadScenario(t, "starwars")
+	var tie = recs[:0:0]
+	for _, r := range recs {
+		if r.Source.Addr().String() != "198.18.1.12" {
+			tie = append(tie, r)
+		}
+	}
+	res, err := Suggest(objs, tie, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, errs := policy.Decode("suggested.yaml", annotateAudit(res.YAML()))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	denials, _, err := Check(objs, dec.Policies, recs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(denials) != 3 {
+		t.Fatalf("want the 3 left-out flows audited, got %v", denials)
+	}
+	for _, d := range denials {
+		if !d.Audit {
+			t.Errorf("not audit: %s", d)
+		}
+	}
+}
+
+// annotateAudit adds the audit annotation to every suggested policy.
+func annotateAudit(yaml []byte) []byte {
+	return []byte(strings.ReplaceAll(string(yaml), "\nmetadata:\n", "\nmetadata:\n  annotations:\n    l7gate.io/audit: \"true\"\n"))
+}

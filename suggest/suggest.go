@@ -25,6 +25,9 @@ type Options struct {
 	// IncludeDenied turns denied flows into allows too (by default only
 	// traffic that was let through, allowed or audited, does).
 	IncludeDenied bool
+	// AuditMode (Check only): evaluate as an agent with
+	// --policy-audit-mode does, every policy in audit mode.
+	AuditMode bool
 }
 
 // Stats say what happened to the records.
@@ -85,12 +88,10 @@ func (r *Result) YAML() []byte {
 	return b
 }
 
-// Verdicts of the audit mode: the policy would have denied, the traffic
-// went through.
-const (
-	verdictAudit   flow.Verdict = "audit"
-	verdictAudited flow.Verdict = "audited"
-)
+// verdictAudit is the audit mode's verdict (flow.VerdictAudit): a policy
+// in audit mode would have denied, the traffic went through — so it was
+// observed and is allowed like any forwarded traffic.
+const verdictAudit = flow.VerdictAudit
 
 // observation is one usable record, placed.
 type observation struct {
@@ -111,7 +112,12 @@ type observation struct {
 func (c *cluster) place(r *flow.Record, opts *Options) (obs observation, reason string) {
 	obs.rec, obs.dir = r, r.Direction
 	switch r.Verdict {
-	case flow.VerdictAllowed, verdictAudit, verdictAudited:
+	case verdictAudit:
+		// a datapath audit record of a connection handed to a proxy: like
+		// a redirect, its requests make the rules (an L4 allow here would
+		// lift the port's L7 rules)
+		obs.redirected = r.Observer == flow.ObserverDatapath && r.ProxyPort != 0
+	case flow.VerdictAllowed:
 	case flow.VerdictRedirected:
 		obs.redirected = true
 	case flow.VerdictDenied:

@@ -233,7 +233,7 @@ func l7RuleFromProto(r *l7gatev1.L7Rule) (policy.L7Rule, error) {
 }
 
 func provenanceFromProto(p *l7gatev1.Provenance) (policy.Provenance, error) {
-	out := policy.Provenance{Policy: p.GetPolicy(), PolicyKind: policy.PolicyKind(p.GetPolicyKind()), Rule: int(p.GetRule()), Path: p.GetPath(), L7: p.GetL7()}
+	out := policy.Provenance{Policy: p.GetPolicy(), PolicyKind: policy.PolicyKind(p.GetPolicyKind()), Rule: int(p.GetRule()), Path: p.GetPath(), L7: p.GetL7(), Audit: p.GetAudit()}
 	var err error
 	if out.Direction, err = directionFromEnum(p.GetDirection()); err != nil {
 		return out, err

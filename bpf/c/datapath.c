@@ -56,6 +56,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define EVENT_F_FROM_PROXY 2
 #define EVENT_F_UNTRUSTED_MARK 4 /* from-proxy mark ignored: socket not in a proxy cgroup */
 #define EVENT_F_RELATED 8        /* ICMP error about the flow shown */
+#define EVENT_F_AUDIT 16         /* forwarded: a policy in audit mode would drop it */
 
 /* Policy levels: bits 0..16 are port prefix lengths for a given protocol,
  * bit 17 is "any protocol, any port". */
@@ -63,6 +64,12 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define EP_POLICY_F_ENFORCED 1
 #define EP_POLICY_F_FAIL_CLOSED 2 /* drop everything: its policy could not be written */
+#define EP_POLICY_F_AUDIT_DEFAULT 4 /* default-deny is in audit mode: forward and report */
+
+/* policy_value flags. POLICY_F_AUDIT: a deny entry in audit mode covers the
+ * key (rule_id names it); verdict is what the other entries give (none,
+ * allow or redirect). A deny verdict is always enforced. */
+#define POLICY_F_AUDIT 1
 
 #define CT_F_SEEN_REPLY 1
 #define CT_F_CLOSING 2
@@ -150,7 +157,7 @@ struct policy_key {
 
 struct policy_value {
 	__u8 verdict;
-	__u8 pad;
+	__u8 flags; /* POLICY_F_* */
 	__u16 proxy_port;
 	__u32 rule_id;
 };
@@ -752,16 +759,25 @@ static __always_inline int lookup_levels(struct policy_key *k, __u32 levels, __u
 static __always_inline void evaluate(__u32 endpoint, __u8 dir, __u32 peer, __u8 proto, __be16 dport,
 				     struct ep_policy *pol, struct policy_value *res)
 {
-	struct policy_value a = {}, b = {};
+	struct policy_value b = {};
 	__u16 port = bpf_ntohs(dport);
 	struct policy_key k = {.endpoint = endpoint, .identity = peer, .dir = dir, .proto = proto, .gen = pol->gen};
 
 	__u32 pc = proto_class(proto);
-	lookup_levels(&k, pol->levels_peer[pc], port, &a);
+	lookup_levels(&k, pol->levels_peer[pc], port, res); /* res is zeroed */
 	k.identity = 0;
 	k.proto = proto;
 	lookup_levels(&k, pol->levels_any[pc], port, &b);
-	*res = a.verdict >= b.verdict ? a : b;
+	/* A deny in audit mode for either peer kind audits what is not
+	 * denied outright. */
+	__u8 flags = res->flags | b.flags;
+	__u32 audit_rule = (res->flags & POLICY_F_AUDIT) ? res->rule_id : b.rule_id;
+	if (b.verdict > res->verdict)
+		*res = b;
+	if (res->verdict != VERDICT_DENY && (flags & POLICY_F_AUDIT)) {
+		res->flags |= POLICY_F_AUDIT;
+		res->rule_id = audit_rule;
+	}
 }
 
 #define DECIDE_PASS 0xFF
@@ -780,6 +796,7 @@ __attribute__((noinline)) int decide_global(__u32 endpoint, __u32 peer, __u32 wh
 	if (!res)
 		return REASON_MALFORMED;
 	res->verdict = VERDICT_NONE;
+	res->flags = 0;
 	res->proxy_port = 0;
 	res->rule_id = 0;
 	if (!p)
@@ -791,10 +808,20 @@ __attribute__((noinline)) int decide_global(__u32 endpoint, __u32 peer, __u32 wh
 		return REASON_FAIL_CLOSED;
 	}
 	evaluate(endpoint, dir, peer, proto, port, &pol, res);
-	if (res->verdict == VERDICT_DENY)
+	if (res->verdict == VERDICT_DENY) {
+		res->flags = 0;
 		return REASON_POLICY;
-	if (res->verdict == VERDICT_NONE && (pol.flags & EP_POLICY_F_ENFORCED))
-		return REASON_DEFAULT;
+	}
+	if (res->verdict == VERDICT_NONE && (pol.flags & EP_POLICY_F_ENFORCED)) {
+		if (!(pol.flags & EP_POLICY_F_AUDIT_DEFAULT)) {
+			/* the enforced default-deny decides, not an audited deny */
+			res->flags = 0;
+			res->rule_id = 0;
+			return REASON_DEFAULT;
+		}
+		if (!(res->flags & POLICY_F_AUDIT))
+			res->flags |= POLICY_F_AUDIT; /* rule_id 0: the default-deny */
+	}
 	return DECIDE_PASS;
 }
 
@@ -1220,7 +1247,9 @@ new_flow:
 	__u32 dst_id = dir == DIR_INGRESS ? 0 : peer_addr_id;
 
 	why = decide(endpoint, dir, peer_addr_id, f.proto, f.pport, &pv);
-	reason = pv.verdict == VERDICT_NONE ? REASON_DEFAULT : REASON_POLICY;
+	reason = pv.verdict == VERDICT_NONE && !pv.rule_id ? REASON_DEFAULT : REASON_POLICY;
+	if (pv.flags & POLICY_F_AUDIT)
+		eflags |= EVENT_F_AUDIT;
 	if (why != DECIDE_PASS) {
 		count_rule(pv.rule_id, f.len);
 		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, why, eflags | EVENT_F_DROPPED);

@@ -65,6 +65,9 @@ type agentFlags struct {
 	// hierarchy mounted from a hostPath: the container's own cgroup2 mount
 	// shows only its own cgroup, never the pods'.
 	SocketLBCgroupRoot string `json:"socketLBCgroupRoot"`
+	// PolicyAuditMode puts every policy on this node in audit mode: what
+	// policy would drop or deny is forwarded and recorded as audit.
+	PolicyAuditMode bool `json:"policyAuditMode"`
 }
 
 func (a *app) agentCommand() *cobra.Command {
@@ -136,6 +139,9 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				}
 				if !ch("start-proxy") {
 					f.StartProxy = fromFile.StartProxy
+				}
+				if !ch("policy-audit-mode") {
+					f.PolicyAuditMode = fromFile.PolicyAuditMode
 				}
 				f.obsFlags.merge(fromFile.obsFlags, ch)
 				if !ch("socket-lb") {
@@ -212,6 +218,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringVar(&f.EscapedSlashes, "http-escaped-slashes", f.EscapedSlashes, "request paths with %2F or %5C, in the Go proxy and in Envoy: reject (400), keep (match and forward encoded) or unescape (decode to /)")
 	fl.StringArrayVar(&f.ProxyArgs, "proxy-arg", nil, "extra argument for the Go proxy the agent starts (repeatable), e.g. --proxy-arg=--kafka-topic-ids")
 	f.obsFlags.addFlags(fl)
+	fl.BoolVar(&f.PolicyAuditMode, "policy-audit-mode", f.PolicyAuditMode, "audit mode for every policy on this node: what policy would drop or deny is forwarded and recorded with verdict audit (per policy or namespace: the annotation l7gate.io/audit: \"true\")")
 	fl.StringVar(&f.EnvoyName, "envoy-process-name", f.EnvoyName, "with --http-proxy envoy: Envoy's process name; its listeners are taken into the datapath with pidfd_getfd (needs a shared PID namespace and CAP_SYS_PTRACE)")
 	return cmd
 }
@@ -220,7 +227,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 // pinned datapath, the xDS server, then agent.Run with them.
 // agentPolicyOptions parses the policy options among the agent's flags.
 func agentPolicyOptions(f agentFlags) (policy.Options, error) {
-	var o policy.Options
+	o := policy.Options{AuditMode: f.PolicyAuditMode}
 	var err error
 	if o.AllowLocalhost, err = policy.ParseLocalhostMode(f.AllowLocalhost); err != nil {
 		return o, usageErrorf("--allow-localhost: %v", err)
@@ -395,6 +402,12 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			for _, p := range st.Policies {
 				fmt.Fprintf(w, "Policy:\t%s %s implemented at revision %d\n", p.Kind, p.Name, p.ImplementedRevision)
+			}
+			if st.AuditMode {
+				fmt.Fprintf(w, "Audit mode:\tnode-wide (--policy-audit-mode): every policy is audited, not enforced\n")
+			}
+			for _, p := range st.Audit {
+				fmt.Fprintf(w, "In audit:\t%s %s for %s\n", p.PolicyKind, p.Policy, strings.Join(p.Endpoints, ", "))
 			}
 			if st.LastError != "" {
 				fmt.Fprintf(w, "Last error:\t%s\n", st.LastError)

@@ -31,6 +31,7 @@ func TestChartCommandLines(t *testing.T) {
 			"httpEscapedSlashes": "unescape",
 			"ackTimeout":         "45s",
 			"serviceMap":         map[string]any{"enabled": true, "port": 9977},
+			"policyAuditMode":    true,
 			"agent":              map[string]any{"extraArgs": []any{"--kube-api-qps=50", "--kube-api-burst=100"}},
 			"proxy":              map[string]any{"extraArgs": []any{"--kafka-topic-ids", "--http-max-header-bytes=32768"}},
 		}},
@@ -50,7 +51,7 @@ func TestChartCommandLines(t *testing.T) {
 			if tc.name == "operator settings" {
 				agent := strings.Join(lines["agent"], " ")
 				proxy := strings.Join(lines["proxy"], " ")
-				for _, want := range []string{"--allow-localhost=policy", "--http-escaped-slashes=unescape", "--ack-timeout=45s", "--kube-api-qps=50", "--service-map-address=127.0.0.1:9977"} {
+				for _, want := range []string{"--allow-localhost=policy", "--http-escaped-slashes=unescape", "--ack-timeout=45s", "--kube-api-qps=50", "--service-map-address=127.0.0.1:9977", "--policy-audit-mode=true"} {
 					if !strings.Contains(agent, want) {
 						t.Errorf("agent command line lacks %s: %s", want, agent)
 					}

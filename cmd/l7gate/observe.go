@@ -56,6 +56,7 @@ different flags AND; --pod, --namespace, --label, --ip and --port match
 either side.`,
 		Example: `  l7gate observe --last 50
   l7gate observe -f --verdict DROPPED
+  l7gate observe --verdict AUDIT
   l7gate observe --http-method PUT --to-pod default/deathstar -o json`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req, err := f.request(time.Now())
@@ -88,7 +89,7 @@ either side.`,
 	fl.BoolVarP(&f.follow, "follow", "f", false, "keep printing new flows")
 	fl.StringVar(&f.since, "since", "", "flows since a time (RFC 3339) or a duration ago (5m)")
 	fl.StringVar(&f.until, "until", "", "flows until a time (RFC 3339) or a duration ago")
-	fl.StringSliceVar(&f.verdicts, "verdict", nil, "FORWARDED, DROPPED, REDIRECTED")
+	fl.StringSliceVar(&f.verdicts, "verdict", nil, "FORWARDED, DROPPED, REDIRECTED, AUDIT (forwarded: a policy in audit mode would drop or deny it)")
 	fl.BoolVar(&f.drops, "drops", false, "only drops (--verdict DROPPED)")
 	fl.StringSliceVarP(&f.types, "type", "t", nil, "event type: drop, policy-verdict, l7")
 	fl.StringSliceVar(&f.httpMethods, "http-method", nil, "HTTP method")

@@ -105,6 +105,7 @@ type traceFlags struct {
 	kafkaTopics                         []string
 	output                              string
 	allowLocalhost                      string
+	auditMode                           bool
 	apiServers                          []string
 	dnsName, dstFQDN, fqdnCache         string
 	protocolSet                         bool
@@ -181,6 +182,7 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.kafkaClient, "kafka-client-id", "", "Kafka client id")
 	fl.StringArrayVar(&f.kafkaTopics, "kafka-topic", nil, "Kafka topic named by the request (repeatable)")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	fl.BoolVar(&f.auditMode, "policy-audit-mode", false, "evaluate as an agent with --policy-audit-mode: every policy in audit mode (per policy or namespace: the annotation l7gate.io/audit: \"true\" in the files)")
 	fl.StringVar(&f.allowLocalhost, "allow-localhost", "always", "always: the host (kubelet probes) reaches every endpoint, as the agent does by default; policy: the host is a peer like any other")
 	fl.StringVar(&f.dnsName, "dns-name", "", "DNS query name, evaluated against rules.dns (default --protocol UDP, --dport 53)")
 	fl.StringVar(&f.dstFQDN, "dst-fqdn", "", "destination DNS name, resolved through --fqdn-cache for toFQDNs (instead of --dst-*)")
@@ -241,7 +243,7 @@ func (a *app) runTrace(f *traceFlags) error {
 	if f.dport < 0 || f.dport > 65535 {
 		return usageErrorf("--dport: give the destination port (0-65535)")
 	}
-	req := policy.TraceRequest{DPort: uint16(f.dport)}
+	req := policy.TraceRequest{DPort: uint16(f.dport), Options: policy.Options{AuditMode: f.auditMode}}
 	var err error
 	if req.Options.AllowLocalhost, err = policy.ParseLocalhostMode(f.allowLocalhost); err != nil {
 		return usageErrorf("--%v", err)
@@ -392,6 +394,9 @@ func partyString(p policy.TraceParty) string {
 
 func printTrace(w io.Writer, r *policy.TraceResult) {
 	fmt.Fprintf(w, "Verdict: %s\n", strings.ToUpper(string(r.Verdict)))
+	if r.Verdict == policy.DecisionAudit {
+		fmt.Fprintln(w, "  forwarded: the decisive policy is in audit mode; enforced, it would deny this flow (flows record it with verdict AUDIT)")
+	}
 	if s := r.Service; s != nil {
 		fmt.Fprintf(w, "Service: %s %s/%s (%s), %d backend(s)\n", s.Service, s.Frontend, r.Protocol, s.State, len(s.Backends))
 		for _, b := range s.Backends {

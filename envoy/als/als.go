@@ -35,6 +35,8 @@ const RBACMetadataNamespace = "envoy.filters.http.rbac"
 const (
 	keyEngineResult      = "enforced_engine_result"
 	keyEffectivePolicyID = "enforced_effective_policy_id"
+	keyShadowResult      = "shadow_engine_result"
+	keyShadowPolicyID    = "shadow_effective_policy_id"
 	deniedDetailsPrefix  = "rbac_access_denied_matched_policy["
 )
 
@@ -167,12 +169,15 @@ func RecordOf(e *datav3.HTTPAccessLogEntry) *flow.Record {
 	if grpcStatus != "" && grpcStatus != "0" {
 		r.Error = "grpc-status " + grpcStatus
 	}
-	var result, policyID string
+	var result, policyID, shadow, shadowID string
 	if md := c.GetMetadata().GetFilterMetadata()[RBACMetadataNamespace]; md != nil && md.GetFields()[keyEngineResult] != nil {
 		result = md.GetFields()[keyEngineResult].GetStringValue()
 		policyID = md.GetFields()[keyEffectivePolicyID].GetStringValue()
+		shadow = md.GetFields()[keyShadowResult].GetStringValue()
+		shadowID = md.GetFields()[keyShadowPolicyID].GetStringValue()
 	}
 	decide(r, result, policyID, resp.GetResponseCodeDetails())
+	audit(r, policyID, shadow, shadowID)
 	return r
 }
 
@@ -199,6 +204,25 @@ func decide(r *flow.Record, result, policyID, details string) {
 	case flow.VerdictDenied:
 		// The RBAC is an allow-list: a denial matched no policy.
 		r.DecidedBy = []flow.Provenance{{Kind: flow.KindDefaultDeny, Direction: r.Direction}}
+	}
+}
+
+// audit applies the shadow rules' decision of a rule set in audit mode
+// (the enforced rules allowed the request under envoy.AuditPolicyID): a
+// shadow denial is verdict audit (the agent names the policies behind the
+// default-deny), a shadow allow is allowed by the rule that matched.
+func audit(r *flow.Record, policyID, shadow, shadowID string) {
+	if r.Verdict != flow.VerdictAllowed || policyID != envoy.AuditPolicyID {
+		return
+	}
+	switch shadow {
+	case "denied":
+		r.Verdict = flow.VerdictAudit
+		r.DecidedBy = []flow.Provenance{{Kind: flow.KindDefaultDeny, Direction: r.Direction, Audit: true}}
+	case "allowed":
+		p, _ := envoy.ParsePolicyID(shadowID)
+		p.Kind, p.Direction, p.Audit = flow.KindAllow, r.Direction, true
+		r.DecidedBy = []flow.Provenance{p}
 	}
 }
 

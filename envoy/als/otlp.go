@@ -95,6 +95,7 @@ func RecordOfOTel(lr *logspb.LogRecord) (*flow.Record, bool) {
 		}
 	}
 	decide(r, get(envoy.OTelRBACResult), get(envoy.OTelRBACPolicy), get(envoy.OTelResponseDetails))
+	audit(r, get(envoy.OTelRBACPolicy), get(envoy.OTelRBACShadowResult), get(envoy.OTelRBACShadowPolicy))
 	return r, true
 }
 

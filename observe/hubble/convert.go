@@ -141,6 +141,10 @@ func Convert(ev observe.Event, o Options) *flowpb.Flow {
 		f.DropReason = uint32(f.DropReasonDesc)
 	case flow.VerdictRedirected:
 		f.Verdict = flowpb.Verdict_REDIRECTED
+	case flow.VerdictAudit:
+		// forwarded: a policy in audit mode would have dropped it (the
+		// policies in audit are in Ingress/EgressDeniedBy)
+		f.Verdict = flowpb.Verdict_AUDIT
 	default:
 		f.Verdict = flowpb.Verdict_VERDICT_UNKNOWN
 	}
@@ -277,6 +281,12 @@ func l7Summary(r *flow.Record) string {
 	if r.LatencyMS > 0 {
 		fmt.Fprintf(&b, " (%s)", time.Duration(r.LatencyMS*float64(time.Millisecond)).Round(time.Microsecond))
 	}
+	if r.Verdict == flow.VerdictAudit {
+		b.WriteString(" audit: would be denied")
+		if p := firstPolicy(r.DecidedBy); p != "" {
+			b.WriteString(" by " + p)
+		}
+	}
 	if r.Verdict == flow.VerdictDenied {
 		b.WriteString(" denied")
 		if p := firstPolicy(r.DecidedBy); p != "" {
@@ -304,7 +314,15 @@ func l4Summary(r *flow.Record) string {
 		}
 		b.WriteString(")")
 	}
-	if r.Verdict == flow.VerdictRedirected && r.ProxyPort != 0 {
+	if r.Verdict == flow.VerdictAudit {
+		b.WriteString(" audit: would be dropped")
+		if p := firstPolicy(r.DecidedBy); p != "" {
+			b.WriteString(" by " + p)
+		} else if r.Reason != "" {
+			b.WriteString(" (" + r.Reason + ")")
+		}
+	}
+	if (r.Verdict == flow.VerdictRedirected || r.Verdict == flow.VerdictAudit) && r.ProxyPort != 0 {
 		b.WriteString(" to proxy port " + strconv.Itoa(int(r.ProxyPort)))
 	}
 	return b.String()
@@ -332,6 +350,8 @@ const (
 	LabelRule     = "l7gate:rule"
 	LabelL7Rule   = "l7gate:l7-rule"
 	LabelDecision = "l7gate:decision"
+	// LabelAudit marks a policy in audit mode.
+	LabelAudit = "l7gate:audit"
 )
 
 // policies splits provenance into Hubble's allowed-by and denied-by
@@ -361,6 +381,9 @@ func policies(ps []flow.Provenance) (allowed, denied []*flowpb.Policy) {
 		}
 		if p.L7 != "" {
 			pol.Labels = append(pol.Labels, LabelL7Rule+"="+p.L7)
+		}
+		if p.Audit {
+			pol.Labels = append(pol.Labels, LabelAudit+"=true")
 		}
 		if p.Kind == flow.KindAllow {
 			allowed = append(allowed, pol)

@@ -116,6 +116,8 @@ func hubbleVerdict(v flow.Verdict) string {
 		return "DROPPED"
 	case flow.VerdictRedirected:
 		return "REDIRECTED"
+	case flow.VerdictAudit:
+		return "AUDIT"
 	}
 	return "VERDICT_UNKNOWN"
 }

@@ -1076,8 +1076,11 @@ type Provenance struct {
 	// Full field path, e.g. "spec.ingress[0]".
 	Path string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
 	// The L7 rule, e.g. "http[1]".
-	L7            string   `protobuf:"bytes,6,opt,name=l7,proto3" json:"l7,omitempty"`
-	Kind          RuleKind `protobuf:"varint,7,opt,name=kind,proto3,enum=l7gate.v1.RuleKind" json:"kind,omitempty"`
+	L7   string   `protobuf:"bytes,6,opt,name=l7,proto3" json:"l7,omitempty"`
+	Kind RuleKind `protobuf:"varint,7,opt,name=kind,proto3,enum=l7gate.v1.RuleKind" json:"kind,omitempty"`
+	// The rule's policy is in audit mode: a denial these rules alone decide
+	// is forwarded and recorded with verdict audit.
+	Audit         bool `protobuf:"varint,8,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1159,6 +1162,13 @@ func (x *Provenance) GetKind() RuleKind {
 		return x.Kind
 	}
 	return RuleKind_RULE_KIND_UNSPECIFIED
+}
+
+func (x *Provenance) GetAudit() bool {
+	if x != nil {
+		return x.Audit
+	}
+	return false
 }
 
 // IdentityMembership lists the addresses of one security identity. It is
@@ -1376,7 +1386,7 @@ const file_l7gate_v1_policy_proto_rawDesc = "" +
 	"\x06fields\x18\x01 \x03(\v2\".l7gate.v1.GenericRule.FieldsEntryR\x06fields\x1a9\n" +
 	"\vFieldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xda\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x01\n" +
 	"\n" +
 	"Provenance\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x1f\n" +
@@ -1386,7 +1396,8 @@ const file_l7gate_v1_policy_proto_rawDesc = "" +
 	"\x04rule\x18\x04 \x01(\rR\x04rule\x12\x12\n" +
 	"\x04path\x18\x05 \x01(\tR\x04path\x12\x0e\n" +
 	"\x02l7\x18\x06 \x01(\tR\x02l7\x12'\n" +
-	"\x04kind\x18\a \x01(\x0e2\x13.l7gate.v1.RuleKindR\x04kind\"x\n" +
+	"\x04kind\x18\a \x01(\x0e2\x13.l7gate.v1.RuleKindR\x04kind\x12\x14\n" +
+	"\x05audit\x18\b \x01(\bR\x05audit\"x\n" +
 	"\x12IdentityMembership\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\rR\bidentity\x12\x16\n" +

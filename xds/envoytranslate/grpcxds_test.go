@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,12 +158,26 @@ func grpcServerResources(t *testing.T, res *Resources, chain string, addr netip.
 // to grpc-go's xDS server (an independent xDS data plane) through a
 // go-control-plane ADS server on a Unix socket, and checks that every call
 // in a table gets the verdict policy's own evaluation gives.
-func TestGRPCXDSDifferential(t *testing.T) {
+func TestGRPCXDSDifferential(t *testing.T) { runGRPCXDS(t, grpcPolicy, false) }
+
+// TestGRPCXDSAudit: the same policy in audit mode (l7gate.io/audit) is
+// ACKed by grpc-go (RBAC with shadow_rules under the allow-all audit
+// policy) and every call policy would deny goes through.
+func TestGRPCXDSAudit(t *testing.T) {
+	audited := strings.Replace(grpcPolicy, "metadata: {name: server-grpc, namespace: grpc}",
+		`metadata: {name: server-grpc, namespace: grpc, annotations: {l7gate.io/audit: "true"}}`, 1)
+	if audited == grpcPolicy {
+		t.Fatal("policy not annotated")
+	}
+	runGRPCXDS(t, audited, true)
+}
+
+func runGRPCXDS(t *testing.T, policyYAML string, audit bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir := t.TempDir()
 	in := filepath.Join(dir, "grpc.yaml")
-	if err := os.WriteFile(in, []byte(grpcPolicy), 0o644); err != nil {
+	if err := os.WriteFile(in, []byte(policyYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	snap := loadSnapshot(t, in)
@@ -306,6 +321,13 @@ func TestGRPCXDSDifferential(t *testing.T) {
 				default:
 					t.Fatalf("%s %s %v: unexpected error %v", src, method, hs, err)
 				}
+				if audit {
+					// in audit mode policy's denial is forwarded
+					if want = want.Audit(); want.Decision == policy.DecisionAudit {
+						want.Decision = policy.DecisionAllowed
+						denied++
+					}
+				}
 				if got != want.Decision {
 					t.Errorf("%s (identity %d) %s %v: grpc-go says %s, policy says %s (%v)", src, peer, method, hs, got, want.Decision, want.DecidedBy)
 				}
@@ -326,5 +348,9 @@ func TestGRPCXDSDifferential(t *testing.T) {
 	if allowed == 0 || denied == 0 || lifted == 0 {
 		t.Errorf("table does not exercise every case: %d allowed (%d through a lifted L7 rule set), %d denied", allowed, lifted, denied)
 	}
-	t.Logf("%d calls allowed (%d through a lifted L7 rule set), %d denied, all as policy decides", allowed, lifted, denied)
+	verb := "denied"
+	if audit {
+		verb = "audited (denied by rules in audit mode, forwarded)"
+	}
+	t.Logf("%d calls allowed (%d through a lifted L7 rule set), %d %s, all as policy decides", allowed, lifted, denied, verb)
 }

@@ -6,6 +6,7 @@ import (
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/l7gate/l7gate/envoy"
@@ -29,6 +30,32 @@ import (
 // never denies in policy, so it is left out of the match; stock Envoy's
 // RBAC cannot take the action, which is reported as a warning. Rules that
 // match nothing (Secret-valued headers, non-HTTP rules) get no policy.
+//
+// Audit mode: when every rule of the set is in audit mode (Provenance.
+// Audit), the rules become the filter's shadow_rules and its enforced
+// rules allow every request under envoy.AuditPolicyID: Envoy forwards
+// what the rules would deny and reports shadow_engine_result "denied"
+// (envoy/als turns that into verdict audit). A set mixing rules in audit
+// and enforcing rules is enforced (fail closed).
+func (t *translator) routeRBAC(d policy.Direction, rs *policy.L7RuleSet) (*rbacfilterv3.RBAC, []string, error) {
+	rules, warns, err := t.ruleSetRBAC(d, rs)
+	if err != nil {
+		return nil, warns, err
+	}
+	audit := len(rs.Rules) > 0
+	for i := range rs.Rules {
+		audit = audit && rs.Rules[i].Origin.Audit
+	}
+	if !audit {
+		return &rbacfilterv3.RBAC{Rules: rules}, warns, nil
+	}
+	pass := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: map[string]*rbacv3.Policy{envoy.AuditPolicyID: {
+		Principals:  []*rbacv3.Principal{anyPrincipal()},
+		Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
+	}}}
+	return &rbacfilterv3.RBAC{Rules: pass, ShadowRules: rules}, warns, nil
+}
+
 func (t *translator) ruleSetRBAC(d policy.Direction, rs *policy.L7RuleSet) (*rbacv3.RBAC, []string, error) {
 	out := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: map[string]*rbacv3.Policy{}}
 	var warns []string

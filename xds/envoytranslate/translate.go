@@ -158,7 +158,7 @@ func Translate(snap *policy.Snapshot, cfg Config) (*Resources, error) {
 					return nil, err
 				}
 				name := envoy.RouteName(dir, ep.Identity, rs.Port)
-				rbac, warns, err := t.ruleSetRBAC(dir, rs)
+				rbac, warns, err := t.routeRBAC(dir, rs)
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", name, err)
 				}
@@ -396,8 +396,8 @@ func deniedReply() *hcmv3.LocalReplyConfig {
 	}}}
 }
 
-func (t *translator) routeConfig(name string, rules *rbacv3.RBAC) (*routev3.RouteConfiguration, error) {
-	per, err := pack(&rbacfilterv3.RBACPerRoute{Rbac: &rbacfilterv3.RBAC{Rules: rules}})
+func (t *translator) routeConfig(name string, rbac *rbacfilterv3.RBAC) (*routev3.RouteConfiguration, error) {
+	per, err := pack(&rbacfilterv3.RBACPerRoute{Rbac: rbac})
 	if err != nil {
 		return nil, err
 	}

@@ -322,7 +322,7 @@ func l7RuleToProto(r *policy.L7Rule) (*l7gatev1.L7Rule, error) {
 func provenanceToProto(p policy.Provenance) *l7gatev1.Provenance {
 	return &l7gatev1.Provenance{
 		Policy: p.Policy, PolicyKind: string(p.PolicyKind), Direction: directionToProto(p.Direction),
-		Rule: uint32(p.Rule), Path: p.Path, L7: p.L7, Kind: ruleKindToProto(p.Kind),
+		Rule: uint32(p.Rule), Path: p.Path, L7: p.L7, Kind: ruleKindToProto(p.Kind), Audit: p.Audit,
 	}
 }
 
