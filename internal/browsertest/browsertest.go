@@ -205,10 +205,15 @@ func (p *Page) MapNodes() ([]string, error) {
 }
 
 // ClickEdge clicks the service-map edge id where the page draws it, until
-// the page selected it (new flows may move the layout between reading the
-// position and clicking: it retries a few times).
+// the page selected it. The edge is raised above the others first
+// (parallel edges between two workloads and their labels overlap near the
+// midpoint, so the click could land on another one), and new flows may
+// move the layout between reading the position and clicking: it retries.
 func (p *Page) ClickEdge(id string) error {
-	for range 5 {
+	for range 10 {
+		if _, err := Eval[bool](p, fmt.Sprintf(`(() => { const e = window.serviceMap.cy.getElementById(%q); e.style('z-index', 9999); return e.nonempty(); })()`, id)); err != nil {
+			return err
+		}
 		edges, err := p.MapEdges()
 		if err != nil {
 			return err
