@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -352,7 +353,12 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			if ready {
 				// for readiness probes: exit 1 until a revision is implemented
-				// and while the newest one is not
+				// and while the newest one is not, and while the agent that
+				// answers is not this pod's (a rolling update's old pod shares
+				// the run dir and answers until the new agent binds it).
+				if pid, err := redirect.PeerPID(agentapi.StatusSocket(runDir)); err == nil && pid == 0 {
+					return &exitError{code: 1, err: errors.New("not ready: the agent answering runs in another PID namespace (an old pod's; this pod's agent has not bound the run dir yet)")}
+				}
 				if !st.Ready || st.ImplementedRevision != st.Revision {
 					return &exitError{code: 1, err: fmt.Errorf("not ready: revision %d, implemented %d", st.Revision, st.ImplementedRevision)}
 				}
@@ -410,7 +416,7 @@ func (a *app) statusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
-	cmd.Flags().BoolVar(&ready, "ready", false, "only check readiness: exit 0 when the newest revision is implemented, 1 otherwise (for probes)")
+	cmd.Flags().BoolVar(&ready, "ready", false, "only check readiness: exit 0 when the newest revision is implemented by an agent in this PID namespace, 1 otherwise (for probes)")
 	return cmd
 }
 
