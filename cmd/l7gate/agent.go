@@ -40,6 +40,9 @@ type agentFlags struct {
 	PortRange  string `json:"proxyPortRange"`
 	SetupNode  bool   `json:"setupNode"`
 	StartProxy bool   `json:"startProxy"`
+	// TakeOver: take the run dir's sockets over from an agent still
+	// running (a rolling update's new pod); the old one stands by.
+	TakeOver   bool   `json:"takeOver"`
 	ACKTimeout string `json:"ackTimeout"`
 	HTTPProxy  string `json:"httpProxy"`
 	EnvoyName  string `json:"envoyProcessName"`
@@ -138,6 +141,9 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if !ch("start-proxy") {
 					f.StartProxy = fromFile.StartProxy
 				}
+				if !ch("take-over") {
+					f.TakeOver = fromFile.TakeOver
+				}
 				f.obsFlags.merge(fromFile.obsFlags, ch)
 				if !ch("socket-lb") {
 					f.SocketLB = fromFile.SocketLB
@@ -206,6 +212,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringVar(&f.PortRange, "proxy-port-range", f.PortRange, "range for proxy ports, MIN-MAX")
 	fl.BoolVar(&f.SetupNode, "setup-node", f.SetupNode, "set the sysctls and policy routing redirects need")
 	fl.BoolVar(&f.StartProxy, "start-proxy", f.StartProxy, "start (and restart) the Go proxy, or adopt a running one")
+	fl.BoolVar(&f.TakeOver, "take-over", f.TakeOver, "take the run dir's sockets over from an agent that still runs (a DaemonSet's rolling update with maxSurge: the new pod's agent serves, the old one stands by, writing nothing, until it is stopped); off: refuse to start beside a running agent")
 	fl.StringVar(&f.ACKTimeout, "ack-timeout", f.ACKTimeout, "how long to wait for proxies to ACK a push")
 	fl.StringVar(&f.HTTPProxy, "http-proxy", f.HTTPProxy, "who enforces HTTP/gRPC rules: go (the Go proxy) or envoy (a stock Envoy configured over xDS; the Go proxy keeps Kafka)")
 	fl.StringVar(&f.AllowLocalhost, "allow-localhost", f.AllowLocalhost, "always: the node itself (reserved:host, e.g. kubelet probes) reaches every local endpoint whatever its ingress policy says (deny rules still win, L7 rules still apply), as Cilium does under Kubernetes; policy: the host is a peer like any other")
@@ -268,7 +275,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if lb != nil {
 		defer lb.Close() // pins and links stay
 	}
-	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, a.log)
+	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, f.TakeOver, a.log)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
