@@ -46,6 +46,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		handOverSocket                                 string
 		checkReady                                     bool
 		waitSuccessor                                  time.Duration
+		waitAfterDrain                                 bool
 		inheritListeners                               []string
 	)
 	cmd := &cobra.Command{
@@ -265,6 +266,13 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			defer dcancel()
 			st := p.Drain(dctx)
 			a.log.Info("proxy stopped", "drain", st.Took.Round(time.Millisecond), "cut", st.Cut)
+			if ctx.Err() == nil && runCtx.Err() != nil && waitAfterDrain {
+				// Handed over (or POST /drain): in a pod, exiting would have
+				// the kubelet restart this container, and its new proxy
+				// would take the listeners back from the successor.
+				a.log.Info("drained; waiting for SIGTERM (--wait-after-drain)")
+				<-ctx.Done()
+			}
 			if ctx.Err() != nil || runCtx.Err() != nil {
 				return nil
 			}
@@ -284,6 +292,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
 	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
 	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
+	fl.BoolVar(&waitAfterDrain, "wait-after-drain", false, "after handing over to a new proxy (or POST /drain), stay (serving nothing) until SIGTERM instead of exiting: in a pod, an exit would have the kubelet restart the container, whose new proxy would take the listeners back")
 	fl.DurationVar(&waitSuccessor, "wait-successor", 0, "only wait (a preStop hook): until a proxy of another PID namespace (the next pod's) serves --admin-socket, at most this long; exits 0 either way")
 	fl.BoolVar(&checkReady, "check-ready", false, "only check readiness (a probe): exit 0 when the proxy serving --admin-socket runs in this PID namespace and answers /ready with 200, 1 otherwise")
 	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")

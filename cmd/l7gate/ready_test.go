@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,5 +108,72 @@ func TestPrivilegedProxyReadyOtherPIDNamespace(t *testing.T) {
 	out, err = exec.Command("nsenter", "--target", strconv.Itoa(pid), "--pid", "--", bin, "proxy", "--wait-successor=1s", "--admin-socket", admin).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "no successor within 1s") {
 		t.Errorf("--wait-successor in the serving proxy's own namespace: %v %s; want it to wait the limit", err, out)
+	}
+}
+
+// TestProxyWaitAfterDrain: a proxy that drained without SIGTERM (handed
+// over to the next pod's proxy, or POST /drain) exits — in a pod the
+// kubelet then restarts the container and its new proxy takes the
+// listeners back from the successor. With --wait-after-drain it stays,
+// serving nothing, until SIGTERM.
+func TestProxyWaitAfterDrain(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "l7gate")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	for _, c := range []struct {
+		name  string
+		flags []string
+		stays bool
+	}{{"default", nil, false}, {"wait-after-drain", []string{"--wait-after-drain"}, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			admin := filepath.Join(dir, c.name+".sock")
+			cmd := exec.Command(bin, append([]string{"proxy", "--xds-socket", filepath.Join(dir, "xds.sock"), "--admin-socket", admin,
+				"--node", "t", "--access-log", "none", "--drop-capabilities=false", "--no-sockmap"}, c.flags...)...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			done := make(chan struct{})
+			go func() { exited <- cmd.Wait(); close(done) }()
+			defer func() { cmd.Process.Kill(); <-done }()
+			hc := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", admin)
+			}}}
+			var resp *http.Response
+			var err error
+			for range 250 {
+				if resp, err = hc.Post("http://proxy/drain", "", nil); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatalf("POST /drain: %v", err)
+			}
+			resp.Body.Close()
+			select {
+			case err := <-exited:
+				if c.stays {
+					t.Fatalf("exited after the drain (%v); want it to wait for SIGTERM", err)
+				}
+				t.Logf("exited after the drain: %v", err)
+				return
+			case <-time.After(3 * time.Second):
+				if !c.stays {
+					t.Fatal("still running 3 s after the drain; want it to exit")
+				}
+			}
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Errorf("after SIGTERM: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("still running 10 s after SIGTERM")
+			}
+		})
 	}
 }
