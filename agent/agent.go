@@ -245,6 +245,9 @@ type Agent struct {
 	// datapath believes (set before its listeners are registered).
 	trusted map[consumerKind]uint64
 
+	// stoodBy: the last standingBy answer (logged when it changes).
+	stoodBy bool
+
 	// links signals link and route changes (nil: none).
 	links <-chan struct{}
 
@@ -402,6 +405,8 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 		}
 		var again bool
 		switch {
+		case (pending != nil || reapply) && a.standingBy():
+			again = true // look again after RetryInterval
 		case pending != nil:
 			s, err := a.compute(pending)
 			if err != nil {
@@ -420,6 +425,29 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			retry.Reset(a.cfg.RetryInterval)
 		}
 	}
+}
+
+// standingBy reports whether another agent serves this agent's status
+// socket: during a rolling update (maxSurge) the new pod's agent shares the
+// run dir and binds it anew while this one still runs, and the new pod's
+// proxy takes the listeners over. The datapath and the proxies are then
+// the new agent's: this one writes nothing more (what it would write is
+// what it sees, e.g. no Go proxy, as the new one runs in a PID namespace it
+// cannot see, so every redirect would become a drop over the new agent's
+// entries) until it is stopped, or resumes should the socket stop
+// answering.
+func (a *Agent) standingBy() bool {
+	pid, err := redirect.PeerPID(agentapi.StatusSocket(a.cfg.RunDir))
+	stand := err == nil && pid != os.Getpid()
+	if stand != a.stoodBy {
+		a.stoodBy = stand
+		if stand {
+			a.log.Warn("another agent serves the run dir (a rolling update's new pod): standing by, the datapath and the proxies are its", "peer_pid", pid)
+		} else {
+			a.log.Info("no other agent serves the run dir: resuming")
+		}
+	}
+	return stand
 }
 
 func (a *Agent) revision() uint64 {

@@ -316,6 +316,9 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Closing leaves the file: a successor agent may own the path by then
+	// (a rolling update); the next start replaces a stale one.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return nil, err

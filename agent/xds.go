@@ -41,9 +41,10 @@ func XDSProducers() map[string]server.Producer[XDSState] {
 	return map[string]server.Producer[XDSState]{xds.L7ProxyPrefix: goProxyResources, xds.EnvoyPrefix: envoyResources}
 }
 
-// NewXDSServer returns the xDS server for the agent's state on socket.
-func NewXDSServer(socket string, ackTimeout time.Duration, log *slog.Logger) (*server.Server[XDSState], error) {
-	return server.New(server.Config[XDSState]{SocketPath: socket, Producers: XDSProducers(), ACKTimeout: ackTimeout, Logger: log})
+// NewXDSServer returns the xDS server for the agent's state on socket;
+// takeOver replaces a live socket (server.Config.TakeOver).
+func NewXDSServer(socket string, ackTimeout time.Duration, takeOver bool, log *slog.Logger) (*server.Server[XDSState], error) {
+	return server.New(server.Config[XDSState]{SocketPath: socket, Producers: XDSProducers(), ACKTimeout: ackTimeout, TakeOver: takeOver, Logger: log})
 }
 
 // ServerXDS adapts the xDS server to XDS.

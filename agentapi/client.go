@@ -48,7 +48,9 @@ func FetchRules(ctx context.Context, runDir string) (map[uint32]policy.Provenanc
 }
 
 func getJSON(ctx context.Context, runDir, path string, v any) error {
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// One request per connection: a Transport per call would otherwise
+	// leave its idle keep-alive connection open on both ends.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", StatusSocket(runDir))
 	}}, Timeout: 5 * time.Second}

@@ -63,11 +63,16 @@ func Serve(ctx context.Context, path string, b Backend) error {
 	if err != nil {
 		return err
 	}
+	// Closing leaves the file: a successor agent may own the path by then
+	// (a rolling update); the next start replaces a stale one.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 5 * time.Second}
+	// IdleTimeout: a client that keeps a connection idle does not hold a
+	// goroutine and a file descriptor of the agent for ever.
+	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -39,6 +40,9 @@ type agentFlags struct {
 	PortRange  string `json:"proxyPortRange"`
 	SetupNode  bool   `json:"setupNode"`
 	StartProxy bool   `json:"startProxy"`
+	// TakeOver: take the run dir's sockets over from an agent still
+	// running (a rolling update's new pod); the old one stands by.
+	TakeOver   bool   `json:"takeOver"`
 	ACKTimeout string `json:"ackTimeout"`
 	HTTPProxy  string `json:"httpProxy"`
 	EnvoyName  string `json:"envoyProcessName"`
@@ -143,6 +147,9 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				if !ch("policy-audit-mode") {
 					f.PolicyAuditMode = fromFile.PolicyAuditMode
 				}
+				if !ch("take-over") {
+					f.TakeOver = fromFile.TakeOver
+				}
 				f.obsFlags.merge(fromFile.obsFlags, ch)
 				if !ch("socket-lb") {
 					f.SocketLB = fromFile.SocketLB
@@ -211,6 +218,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringVar(&f.PortRange, "proxy-port-range", f.PortRange, "range for proxy ports, MIN-MAX")
 	fl.BoolVar(&f.SetupNode, "setup-node", f.SetupNode, "set the sysctls and policy routing redirects need")
 	fl.BoolVar(&f.StartProxy, "start-proxy", f.StartProxy, "start (and restart) the Go proxy, or adopt a running one")
+	fl.BoolVar(&f.TakeOver, "take-over", f.TakeOver, "take the run dir's sockets over from an agent that still runs (a DaemonSet's rolling update with maxSurge: the new pod's agent serves, the old one stands by, writing nothing, until it is stopped); off: refuse to start beside a running agent")
 	fl.StringVar(&f.ACKTimeout, "ack-timeout", f.ACKTimeout, "how long to wait for proxies to ACK a push")
 	fl.StringVar(&f.HTTPProxy, "http-proxy", f.HTTPProxy, "who enforces HTTP/gRPC rules: go (the Go proxy) or envoy (a stock Envoy configured over xDS; the Go proxy keeps Kafka)")
 	fl.StringVar(&f.AllowLocalhost, "allow-localhost", f.AllowLocalhost, "always: the node itself (reserved:host, e.g. kubelet probes) reaches every local endpoint whatever its ingress policy says (deny rules still win, L7 rules still apply), as Cilium does under Kubernetes; policy: the host is a peer like any other")
@@ -274,7 +282,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if lb != nil {
 		defer lb.Close() // pins and links stay
 	}
-	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, a.log)
+	xs, err := agent.NewXDSServer(agentapi.XDSSocket(f.RunDir), ackTimeout, f.TakeOver, a.log)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
@@ -359,7 +367,12 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			if ready {
 				// for readiness probes: exit 1 until a revision is implemented
-				// and while the newest one is not
+				// and while the newest one is not, and while the agent that
+				// answers is not this pod's (a rolling update's old pod shares
+				// the run dir and answers until the new agent binds it).
+				if pid, err := redirect.PeerPID(agentapi.StatusSocket(runDir)); err == nil && pid == 0 {
+					return &exitError{code: 1, err: errors.New("not ready: the agent answering runs in another PID namespace (an old pod's; this pod's agent has not bound the run dir yet)")}
+				}
 				if !st.Ready || st.ImplementedRevision != st.Revision {
 					return &exitError{code: 1, err: fmt.Errorf("not ready: revision %d, implemented %d", st.Revision, st.ImplementedRevision)}
 				}
@@ -423,7 +436,7 @@ func (a *app) statusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&runDir, "run-dir", "/run/l7gate", "the agent's run directory")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
-	cmd.Flags().BoolVar(&ready, "ready", false, "only check readiness: exit 0 when the newest revision is implemented, 1 otherwise (for probes)")
+	cmd.Flags().BoolVar(&ready, "ready", false, "only check readiness: exit 0 when the newest revision is implemented by an agent in this PID namespace, 1 otherwise (for probes)")
 	return cmd
 }
 

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +25,7 @@ import (
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/proxy"
+	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/xds/client"
 )
 
@@ -41,6 +44,9 @@ func (a *app) proxyCommand() *cobra.Command {
 		dropCaps                                       bool
 		drainTimeout                                   time.Duration
 		handOverSocket                                 string
+		checkReady                                     bool
+		waitSuccessor                                  time.Duration
+		waitAfterDrain                                 bool
 		inheritListeners                               []string
 	)
 	cmd := &cobra.Command{
@@ -72,6 +78,16 @@ between requests, sends HTTP/2 GOAWAY, closes Kafka connections between
 request/response pairs, and exits when all ended or --drain-timeout passed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if waitSuccessor > 0 {
+				return waitForSuccessor(ctx, adminSocket, waitSuccessor, a.stdout)
+			}
+			if checkReady {
+				if err := probeProxyReady(ctx, adminSocket); err != nil {
+					return &exitError{code: 1, err: err}
+				}
+				fmt.Fprintln(a.stdout, "ready")
+				return nil
+			}
 			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
 				// Before anything is opened: the process re-executes
 				// itself (same PID) holding CAP_NET_ADMIN only.
@@ -250,6 +266,13 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			defer dcancel()
 			st := p.Drain(dctx)
 			a.log.Info("proxy stopped", "drain", st.Took.Round(time.Millisecond), "cut", st.Cut)
+			if ctx.Err() == nil && runCtx.Err() != nil && waitAfterDrain {
+				// Handed over (or POST /drain): in a pod, exiting would have
+				// the kubelet restart this container, and its new proxy
+				// would take the listeners back from the successor.
+				a.log.Info("drained; waiting for SIGTERM (--wait-after-drain)")
+				<-ctx.Done()
+			}
 			if ctx.Err() != nil || runCtx.Err() != nil {
 				return nil
 			}
@@ -269,6 +292,9 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
 	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
 	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
+	fl.BoolVar(&waitAfterDrain, "wait-after-drain", false, "after handing over to a new proxy (or POST /drain), stay (serving nothing) until SIGTERM instead of exiting: in a pod, an exit would have the kubelet restart the container, whose new proxy would take the listeners back")
+	fl.DurationVar(&waitSuccessor, "wait-successor", 0, "only wait (a preStop hook): until a proxy of another PID namespace (the next pod's) serves --admin-socket, at most this long; exits 0 either way")
+	fl.BoolVar(&checkReady, "check-ready", false, "only check readiness (a probe): exit 0 when the proxy serving --admin-socket runs in this PID namespace and answers /ready with 200, 1 otherwise")
 	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
@@ -328,4 +354,59 @@ func upstreamKeepsSource(keep, explicit, noSockmap bool) bool {
 		return false
 	}
 	return keep
+}
+
+// probeProxyReady is the proxy container's readiness probe: the proxy
+// serving the admin socket must run in this PID namespace and answer
+// /ready 200 (not draining, a config applied). During a rolling update the
+// old pod's proxy shares the run dir and serves the admin socket until this
+// pod's proxy took its listeners over: SO_PEERCRED reports pid 0 for a
+// process of another PID namespace, so this pod is not ready until then.
+func probeProxyReady(ctx context.Context, adminSocket string) error {
+	pid, err := redirect.PeerPID(adminSocket)
+	if err != nil {
+		return fmt.Errorf("not ready: proxy admin socket: %w", err)
+	}
+	if pid == 0 {
+		return errors.New("not ready: the proxy serving the admin socket runs in another PID namespace (this pod's proxy has not taken over)")
+	}
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", adminSocket)
+		}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://proxy/ready", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("not ready: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+		return fmt.Errorf("not ready: /ready answered %d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// waitForSuccessor is the proxy container's preStop hook: it returns once a
+// proxy in another PID namespace (the successor pod's, which took the
+// listeners over) serves the admin socket, or after limit, so a
+// terminating pod's proxy serves until its successor does.
+func waitForSuccessor(ctx context.Context, adminSocket string, limit time.Duration, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		if pid, err := redirect.PeerPID(adminSocket); err == nil && pid == 0 {
+			fmt.Fprintln(out, "a successor serves the admin socket")
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(out, "no successor within %s\n", limit)
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

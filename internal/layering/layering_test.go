@@ -87,7 +87,9 @@ var allowed = map[string][]string{
 	// make scale: the k8s source and status writer against a real API
 	// server; nothing but bench/ and k8s/ may import it.
 	"bench/scale": {"k8s", "policy", "source", "deploy"},
-	"cmd/l7gate":  {"*"},
+	// make soak: the real agent and proxy on a node in namespaces.
+	"bench/soak": {"agentapi", "demo", "policy"},
+	"cmd/l7gate": {"*"},
 }
 
 // controlPlane are the packages the proxy side must not import.

@@ -500,13 +500,30 @@ func (srv *Server) serveH2CUpgrade(ctx context.Context, conn net.Conn, dial Dial
 	h.upgraded = true
 	// net/http serves HTTP/2 with prior knowledge but not the HTTP/1.1
 	// Upgrade: h2c mechanism; x/net's h2c handler still does.
-	upgrader := h2c.NewHandler(h, &http2.Server{IdleTimeout: cfg.IdleTimeout})
+	h2s := &http2.Server{IdleTimeout: cfg.IdleTimeout}
+	if cfg.Drain != nil {
+		// The upgraded connection is hijacked: net/http's Shutdown does not
+		// reach it. http2.ConfigureServer ties h2s's connections to a
+		// server of their own whose Shutdown sends them GOAWAY (last
+		// stream id) and closes each once its streams are done, as a
+		// prior-knowledge connection drains.
+		shut := &nethttp.Server{}
+		if err := http2.ConfigureServer(shut, h2s); err != nil {
+			return fmt.Errorf("h2c upgrade: %w", err)
+		}
+		stop := context.AfterFunc(cfg.Drain, func() { shut.Shutdown(context.Background()) })
+		defer stop()
+	}
+	upgrader := h2c.NewHandler(h, h2s)
 	var ln *oneConnListener
 	handler := nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		// After a successful upgrade the h2c handler hijacks the connection
 		// and serves HTTP/2 on it until it ends, then returns here.
+		// (Read before serving: the upgraded request's handling edits
+		// its headers.)
+		upgrade := strings.EqualFold(r.Header.Get("Upgrade"), "h2c")
 		upgrader.ServeHTTP(w, r)
-		if strings.EqualFold(r.Header.Get("Upgrade"), "h2c") && ln != nil {
+		if upgrade && ln != nil {
 			ln.finish()
 		}
 	})

@@ -64,6 +64,11 @@ type Config[S any] struct {
 	// ACKTimeout bounds every Completion; DefaultACKTimeout when zero.
 	ACKTimeout time.Duration
 	Logger     *slog.Logger
+	// TakeOver: ListenAndServe replaces a socket another server listens on
+	// (a rolling update's new agent, while the old one still runs: the old
+	// one stands by), and closing leaves the socket file, which a successor
+	// may own by then.
+	TakeOver bool
 }
 
 // Stats counts what the server did, for metrics and tests.
@@ -152,7 +157,11 @@ func New[S any](cfg Config[S]) (*Server[S], error) {
 // Listen opens the Unix socket at path: it creates the parent directory,
 // removes a stale socket file (one nobody accepts on), and makes the
 // socket mode 0660.
-func Listen(path string) (net.Listener, error) {
+func Listen(path string) (net.Listener, error) { return listen(path, false) }
+
+// listen is Listen; with takeOver a socket another server listens on is
+// replaced too.
+func listen(path string, takeOver bool) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("xds socket directory: %w", err)
 	}
@@ -162,7 +171,9 @@ func Listen(path string) (net.Listener, error) {
 		}
 		if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("xds socket %s: another server is listening", path)
+			if !takeOver {
+				return nil, fmt.Errorf("xds socket %s: another server is listening", path)
+			}
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("remove stale xds socket: %w", err)
@@ -181,9 +192,12 @@ func Listen(path string) (net.Listener, error) {
 
 // ListenAndServe listens on Config.SocketPath and serves until ctx ends.
 func (s *Server[S]) ListenAndServe(ctx context.Context) error {
-	ln, err := Listen(s.cfg.SocketPath)
+	ln, err := listen(s.cfg.SocketPath, s.cfg.TakeOver)
 	if err != nil {
 		return err
+	}
+	if s.cfg.TakeOver {
+		ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	}
 	return s.Serve(ctx, ln)
 }
