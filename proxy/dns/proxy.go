@@ -66,6 +66,7 @@ type Stats struct {
 	Malformed      uint64 `json:"malformed"`      // dropped or answered FORMERR
 	UpstreamErrors uint64 `json:"upstreamErrors"` // answered SERVFAIL
 	Dropped        uint64 `json:"dropped"`        // over MaxInFlight / MaxConns
+	ReplyErrors    uint64 `json:"replyErrors"`    // UDP answers that could not be sent
 	CacheInserts   uint64 `json:"cacheInserts"`
 	CacheOverflow  uint64 `json:"cacheOverflow"`
 }
@@ -78,7 +79,7 @@ type Proxy struct {
 	// most are small, so each is copied out at its size).
 	udpBufs sync.Pool
 
-	queries, allowed, denied, malformed, upstreamErrs, dropped, inserts, overflow atomic.Uint64
+	queries, allowed, denied, malformed, upstreamErrs, dropped, replyErrs, inserts, overflow atomic.Uint64
 }
 
 // New returns a proxy; Serve its listeners.
@@ -126,7 +127,7 @@ func (p *Proxy) SetFQDNSelectors(sels []policy.DNSSelector) {
 // Stats returns the counters.
 func (p *Proxy) Stats() Stats {
 	return Stats{Queries: p.queries.Load(), Allowed: p.allowed.Load(), Denied: p.denied.Load(), Malformed: p.malformed.Load(),
-		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load()}
+		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), ReplyErrors: p.replyErrs.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load()}
 }
 
 // exchange forwards a query to the server and returns the raw response.
@@ -233,21 +234,31 @@ func (p *Proxy) answer(rec *flow.Record, m *mdns.Msg) []byte {
 }
 
 // ServeUDP answers queries arriving on conn until ctx ends or conn fails.
+// A datagram the datapath redirected here (its original destination, read
+// with IP_RECVORIGDSTADDR — see ListenUDP — is not conn's own address) is
+// forwarded to that destination and answered from it, so the client sees
+// the server it asked; a failed answer is counted (ReplyErrors).
 func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	local, _ := netip.ParseAddrPort(conn.LocalAddr().String())
+	own, _ := netip.ParseAddrPort(conn.LocalAddr().String())
+	own = netip.AddrPortFrom(own.Addr().Unmap(), own.Port())
 	sem := make(chan struct{}, p.cfg.MaxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	buf := make([]byte, dnsmsg.MaxMessageSize)
+	oob := make([]byte, oobSize)
 	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("dns proxy: read udp: %w", err)
+		}
+		local := own
+		if dst := origDst(oob[:oobn]); dst.IsValid() {
+			local = dst
 		}
 		select {
 		case sem <- struct{}{}:
@@ -259,8 +270,19 @@ func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if resp := p.handle(ctx, policy.ProtoUDP, from, local, query, p.exchangeUDP); resp != nil {
-				conn.WriteToUDPAddrPort(resp, from)
+			resp := p.handle(ctx, policy.ProtoUDP, from, local, query, p.exchangeUDP)
+			if resp == nil {
+				return
+			}
+			var err error
+			if local == own || (own.Addr().IsUnspecified() && local.Port() == own.Port()) {
+				_, err = conn.WriteToUDPAddrPort(resp, from)
+			} else {
+				err = sendFrom(local, from, resp)
+			}
+			if err != nil {
+				p.replyErrs.Add(1)
+				p.cfg.Logger.Debug("dns answer", "client", from, "server", local, "err", err)
 			}
 		}()
 	}
