@@ -81,8 +81,8 @@ type Stats struct {
 	UpstreamErrors uint64 `json:"upstreamErrors"` // answered SERVFAIL
 	Dropped        uint64 `json:"dropped"`        // over MaxInFlight / MaxConns
 	ReplyErrors    uint64 `json:"replyErrors"`    // UDP answers that could not be sent
-	Held           uint64 `json:"held"`         // answers held until Learn returned
-	HoldTimeouts   uint64 `json:"holdTimeouts"` // answers released after Learn failed or timed out
+	Held           uint64 `json:"held"`           // answers held until Learn returned
+	HoldTimeouts   uint64 `json:"holdTimeouts"`   // answers released after Learn failed or timed out
 	CacheInserts   uint64 `json:"cacheInserts"`
 	CacheOverflow  uint64 `json:"cacheOverflow"`
 }
