@@ -23,7 +23,13 @@ func ListenUDP(ctx context.Context, addr string, transparent bool) (*net.UDPConn
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1)
+			// SO_REUSEADDR: a proxy taking over from a running one binds
+			// the same port while the old one drains (the socket map
+			// decides which socket gets the redirected datagrams).
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1)
+			}
 			if serr == nil && transparent {
 				if e := unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); e != nil {
 					serr = fmt.Errorf("set IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", e)
