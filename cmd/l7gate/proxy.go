@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/observe/metrics"
@@ -42,6 +44,8 @@ func (a *app) proxyCommand() *cobra.Command {
 		drainTimeout                                   time.Duration
 		handOverSocket                                 string
 		inheritListeners                               []string
+		agentSocket, dnsDeny                           string
+		dnsHold                                        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -144,6 +148,20 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				handOverSocket = filepath.Join(filepath.Dir(adminSocket), "proxy-handover.sock")
 			}
 			opts.DrainTimeout = drainTimeout
+			switch dnsDeny {
+			case "refused":
+			case "nxdomain":
+				opts.DNS.DenyRcode = 3 // NXDOMAIN
+			default:
+				return usageErrorf("--dns-deny-response: want refused or nxdomain, not %q", dnsDeny)
+			}
+			opts.DNS.HoldTimeout = dnsHold
+			if agentSocket != "" {
+				fc := agentapi.NewFQDNClient(agentSocket)
+				opts.DNS.Learn = func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error {
+					return fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: uint32(ttl / time.Second)})
+				}
+			}
 			// A proxy running already hands its listeners over.
 			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
 			ho, err := proxy.ReceiveHandOver(hctx, handOverSocket)
@@ -168,6 +186,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			}
 			p := proxy.New(opts)
 			defer p.Close()
+			extra = append(extra, dnsMetrics(p)...)
 			runCtx, stopRun := context.WithCancel(ctx)
 			defer stopRun()
 			go func() {
@@ -264,6 +283,9 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
 	fl.StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics on GET /metrics at this TCP address, e.g. :9964 (empty: off; the admin socket's /stats/prometheus serves them too)")
+	fl.StringVar(&agentSocket, "agent-socket", "", "the agent's API socket (RUN_DIR/agent.sock): DNS answers for names a toFQDNs selector matches are reported there and held until the agent's datapath admits their addresses (at most --dns-hold-timeout; empty: not reported, so toFQDNs allow nothing new)")
+	fl.DurationVar(&dnsHold, "dns-hold-timeout", time.Second, "longest a DNS answer waits for the agent to admit its addresses; then it is released anyway and counted (l7gate_proxy_dns_hold_timeouts_total)")
+	fl.StringVar(&dnsDeny, "dns-deny-response", "refused", "answer to a query rules.dns deny: refused or nxdomain")
 	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
 	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
@@ -328,4 +350,19 @@ func upstreamKeepsSource(keep, explicit, noSockmap bool) bool {
 		return false
 	}
 	return keep
+}
+
+// dnsMetrics are the DNS proxy's counters.
+func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
+	const qHelp = "DNS queries the DNS proxy decided, by outcome (allowed, denied by rules.dns, malformed, answered SERVFAIL for an unusable upstream answer, dropped over the in-flight limit)."
+	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, or released after --dns-hold-timeout (timeout)."
+	return []prometheus.Collector{
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "allowed", func() float64 { return float64(p.DNSStats().Allowed) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "denied", func() float64 { return float64(p.DNSStats().Denied) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "malformed", func() float64 { return float64(p.DNSStats().Malformed) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "upstream_error", func() float64 { return float64(p.DNSStats().UpstreamErrors) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "dropped", func() float64 { return float64(p.DNSStats().Dropped) }),
+		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "held", func() float64 { return float64(p.DNSStats().Held) }),
+		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "timeout", func() float64 { return float64(p.DNSStats().HoldTimeouts) }),
+	}
 }
