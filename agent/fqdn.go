@@ -36,9 +36,9 @@ type fqdnState struct {
 	cond   chan struct{} // closed (and replaced) when done changes
 	// computing: the names and generation of the compute in flight;
 	// have: those of the last implemented one.
-	computing     map[string][]netip.Addr
-	computingGen  uint64
-	have          map[string][]netip.Addr
+	computing    map[string][]netip.Addr
+	computingGen uint64
+	have         map[string][]netip.Addr
 }
 
 func newFQDNState() *fqdnState {
