@@ -78,7 +78,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			ctx := cmd.Context()
 			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
 				// Before anything is opened: the process re-executes
-				// itself (same PID) holding CAP_NET_ADMIN only.
+				// itself (same PID) holding CAP_NET_ADMIN and
+				// CAP_NET_BIND_SERVICE only.
 				if err := restrictCapabilities(proxyCapabilities(), a.argv); err != nil {
 					return err
 				}
@@ -288,7 +289,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.StringVar(&dnsDeny, "dns-deny-response", "refused", "answer to a query rules.dns deny: refused or nxdomain")
 	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
-	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
+	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN (SO_MARK, IP_TRANSPARENT) and CAP_NET_BIND_SERVICE (DNS answers from the server's port 53) only: the proxy parses untrusted input and needs no other privilege")
 	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
 	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
 	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")
