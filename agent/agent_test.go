@@ -410,7 +410,7 @@ func (r chanReporter) Implemented(_ context.Context, rev uint64, _ source.Update
 }
 
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	dp       *fakeDatapath
 	xds      *fakeXDS
 	ports    *fakePorts
@@ -421,9 +421,10 @@ type harness struct {
 	stop     func()
 	lb       ServiceLB // nil: no socket load balancing
 	runDir   string
+	fqdn     FQDNStore // nil: no FQDN cache
 }
 
-func newHarness(t *testing.T, veths map[string]int) *harness {
+func newHarness(t testing.TB, veths map[string]int) *harness {
 	return &harness{t: t, dp: newFakeDatapath(), xds: newFakeXDS("n1"), ports: &fakePorts{alloc: map[redirect.PortKey]uint16{}},
 		host: newFakeHost(veths), src: make(chanSource, 1), reports: make(chanReporter, 100), stateDir: t.TempDir(), runDir: t.TempDir()}
 }
@@ -435,7 +436,7 @@ func (h *harness) start() {
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
 			Host: h.host, Processes: fakeProcs{}, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb})
+			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb, FQDN: h.fqdn})
 	}()
 	h.stop = func() {
 		cancel()
