@@ -361,6 +361,18 @@ func TestPrivilegedDNSRedirect(t *testing.T) {
 	if len(zone.seen()) == 0 {
 		t.Error("server saw no query")
 	}
+	t.Run("conntrack addresses", func(t *testing.T) {
+		addrs, err := d.ConntrackAddrs(time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !addrs[s.ip] || !addrs[a.ip] {
+			t.Errorf("conntrack addresses %v: want the pod's DNS flows (%s, %s)", addrs, a.ip, s.ip)
+		}
+		if addrs[netip.MustParseAddr("198.18.7.1")] {
+			t.Error("an address no flow used is in conntrack")
+		}
+	})
 	t.Run("access records", func(t *testing.T) {
 		var allowed, denied int
 		for _, r := range proxy.records() {
