@@ -403,6 +403,9 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			reapply = snap != nil
 		case <-resync.C:
 			reapply = snap != nil && a.endpointsChanged(snap)
+			if a.cfg.FQDN != nil {
+				a.keepFQDNInUse()
+			}
 			if current != nil && pending == nil && a.fqdnChanged() {
 				pending = current // names expired: recompute
 			}

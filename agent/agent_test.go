@@ -47,6 +47,7 @@ type fakeDatapath struct {
 	// and the rest is synced.
 	partial func(bpf.EndpointPolicy) []bpf.FailedDirection
 	syncs   []bpf.SyncStats
+	ct      map[netip.Addr]bool // tracked flows' addresses (ConntrackAddrs)
 }
 
 func newFakeDatapath() *fakeDatapath {
@@ -422,6 +423,7 @@ type harness struct {
 	lb       ServiceLB // nil: no socket load balancing
 	runDir   string
 	fqdn     FQDNStore // nil: no FQDN cache
+	resync   time.Duration
 }
 
 func newHarness(t testing.TB, veths map[string]int) *harness {
@@ -436,7 +438,7 @@ func (h *harness) start() {
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
 			Host: h.host, Processes: fakeProcs{}, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb, FQDN: h.fqdn})
+			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync})
 	}()
 	h.stop = func() {
 		cancel()

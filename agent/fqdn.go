@@ -139,6 +139,41 @@ func (a *Agent) fqdnImplemented() {
 	}
 }
 
+// conntrackIdle: a tracked flow seen within this long still uses its
+// addresses (the datapath's established-TCP lifetime).
+const conntrackIdle = 6 * time.Hour
+
+// fqdnExtender is an FQDNStore that can keep addresses in use alive
+// (dnsproxy.Cache); conntrackReader a Datapath that lists the addresses
+// of tracked flows (bpf.Datapath).
+type fqdnExtender interface {
+	Extend(inUse func(netip.Addr) bool, within time.Duration) int
+}
+
+type conntrackReader interface {
+	ConntrackAddrs(maxIdle time.Duration) (map[netip.Addr]bool, error)
+}
+
+// keepFQDNInUse pushes back the expiry of cached addresses a tracked
+// connection still uses, by three resync intervals (the resync runs this
+// before it looks for expired names): an address stays allowed while a
+// connection uses it, and expires after its TTL otherwise.
+func (a *Agent) keepFQDNInUse() {
+	ext, ok := a.cfg.FQDN.(fqdnExtender)
+	ct, ok2 := a.dp.(conntrackReader)
+	if !ok || !ok2 {
+		return
+	}
+	addrs, err := ct.ConntrackAddrs(conntrackIdle)
+	if err != nil {
+		a.log.Warn("fqdn: cannot read conntrack; cached addresses expire by TTL only", "error", err)
+		return
+	}
+	if n := ext.Extend(func(ip netip.Addr) bool { return addrs[ip] }, 3*a.cfg.ResyncInterval); n > 0 {
+		a.log.Debug("fqdn addresses kept: in use", "addresses", n)
+	}
+}
+
 // fqdnChanged reports whether the cache's names differ from those last
 // implemented (expiry: the resync recomputes then).
 func (a *Agent) fqdnChanged() bool {

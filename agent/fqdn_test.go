@@ -34,8 +34,13 @@ spec:
 // fqdnHarness runs the agent with an FQDN cache and the app's toFQDNs
 // policy; it returns the client the DNS proxy uses.
 func fqdnHarness(t testing.TB) (*harness, *agentapi.FQDNClient) {
+	return fqdnHarnessWith(t, 0, dnsproxy.CacheConfig{MaxNames: 20000, MaxIPs: 20000})
+}
+
+func fqdnHarnessWith(t testing.TB, resync time.Duration, ccfg dnsproxy.CacheConfig) (*harness, *agentapi.FQDNClient) {
 	h := newHarness(t, map[string]int{"default/app": 20})
-	cache, err := dnsproxy.NewCache(dnsproxy.CacheConfig{MaxNames: 20000, MaxIPs: 20000})
+	h.resync = resync
+	cache, err := dnsproxy.NewCache(ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,4 +149,65 @@ func BenchmarkLearnFQDN(b *testing.B) {
 			b.ReportMetric(float64(lat[(len(lat)-1)*99/100].Microseconds()), "p99-µs")
 		})
 	}
+}
+
+// ConntrackAddrs: the fake's tracked flows are the addresses set in ct.
+func (d *fakeDatapath) ConntrackAddrs(time.Duration) (map[netip.Addr]bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[netip.Addr]bool{}
+	for ip := range d.ct {
+		out[ip] = true
+	}
+	return out, nil
+}
+
+func (d *fakeDatapath) setConntrack(ips ...netip.Addr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ct = map[netip.Addr]bool{}
+	for _, ip := range ips {
+		d.ct[ip] = true
+	}
+}
+
+// waitUntil polls cond (bounded).
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFQDNExpiryKeepsAddressesInUse: after their TTL, cached addresses
+// leave policy at the resync — except one a tracked connection still
+// uses, which stays allowed until the connection is gone.
+func TestFQDNExpiryKeepsAddressesInUse(t *testing.T) {
+	h, fc := fqdnHarnessWith(t, 100*time.Millisecond, dnsproxy.CacheConfig{MinTTL: 500 * time.Millisecond})
+	used, idle := netip.MustParseAddr("198.19.30.10"), netip.MustParseAddr("198.19.30.11")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for name, ip := range map[string]netip.Addr{"api.example.test": used, "www.example.test": idle} {
+		if err := fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: []netip.Addr{ip}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !h.dp.allows(used) || !h.dp.allows(idle) {
+		t.Fatal("learned addresses not admitted")
+	}
+	h.dp.setConntrack(used, netip.MustParseAddr("198.18.30.10"))
+	waitUntil(t, "the idle address expired", func() bool { return !h.dp.allows(idle) })
+	if !h.dp.allows(used) {
+		t.Fatal("the address a connection uses expired with the idle one")
+	}
+	time.Sleep(time.Second) // two TTLs: still kept while in use
+	if !h.dp.allows(used) {
+		t.Fatal("the address a connection uses expired later")
+	}
+	h.dp.setConntrack()
+	waitUntil(t, "the address expired once no connection used it", func() bool { return !h.dp.allows(used) })
 }
