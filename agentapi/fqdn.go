@@ -33,11 +33,20 @@ const maxFQDNAnswer = 64 << 10
 
 func fqdnHandler(l FQDNLearner) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxFQDNAnswer+1))
+		if err != nil || len(body) > maxFQDNAnswer {
+			http.Error(w, fmt.Sprintf("fqdn answer: unreadable or larger than %d bytes", maxFQDNAnswer), http.StatusBadRequest)
+			return
+		}
 		var a FQDNAnswer
-		dec := json.NewDecoder(io.LimitReader(r.Body, maxFQDNAnswer))
+		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&a); err != nil {
 			http.Error(w, "fqdn answer: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if dec.More() {
+			http.Error(w, "fqdn answer: data after the answer", http.StatusBadRequest)
 			return
 		}
 		if err := l.LearnFQDN(r.Context(), a); err != nil {
