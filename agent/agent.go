@@ -127,6 +127,10 @@ type Config struct {
 	// Policy: computation options (allow-localhost, kube-apiserver
 	// addresses for sources without the default/kubernetes EndpointSlice).
 	Policy policy.Options
+	// FQDN is the FQDN cache toFQDNs resolve through (nil: none, so
+	// toFQDNs select nothing — fail closed). The Go proxy's DNS proxy
+	// feeds it over the status API (POST /fqdn, LearnFQDN).
+	FQDN FQDNStore
 	// ACKTimeout bounds one wait for the proxies (default 30s); the xDS
 	// server has its own, equal one.
 	ACKTimeout time.Duration
@@ -266,6 +270,8 @@ type Agent struct {
 	instance uint64
 	// services: the frontends last given to cfg.ServiceLB (services.go).
 	services servicesState
+	// fq: learned DNS answers and which of them are implemented (fqdn.go).
+	fq *fqdnState
 }
 
 // state is what the status API shows, and what flows are attributed with.
@@ -355,7 +361,7 @@ func Run(ctx context.Context, cfg Config) error {
 func newAgent(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
 		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, halfAttached: map[int]bpftranslate.LocalEndpoint{}, trusted: map[consumerKind]uint64{},
-		instance: newInstance()}
+		instance: newInstance(), fq: newFQDNState()}
 	a.st.startedAt = cfg.now().UTC()
 	a.ids = a.loadIdentities()
 	a.ready = a.loadReadiness()
@@ -400,6 +406,18 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			reapply = snap != nil
 		case <-resync.C:
 			reapply = snap != nil && a.endpointsChanged(snap)
+			if a.cfg.FQDN != nil {
+				a.keepFQDNInUse()
+			}
+			if current != nil && pending == nil && a.fqdnChanged() {
+				pending = current // names expired: recompute
+			}
+		case <-a.fq.kick:
+			// A DNS answer added addresses: recompute (its LearnFQDN
+			// waits for this revision to be implemented).
+			if current != nil && pending == nil {
+				pending = current
+			}
 		case <-proxies.C:
 			reapply = snap != nil && a.listenersStale()
 		}
@@ -416,6 +434,7 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			}
 			snap, current, pending = s, pending, nil
 			again = a.apply(ctx, snap, current)
+			a.fqdnImplemented()
 		case reapply:
 			again = a.apply(ctx, snap, current)
 		default:
@@ -470,7 +489,7 @@ func (a *Agent) fail(err error) {
 // it uses (persisted).
 func (a *Agent) compute(u *source.Update) (*policy.Snapshot, error) {
 	start := a.cfg.now()
-	snap, err := policy.ComputeWith(u.Objects, a.ids, a.cfg.Policy)
+	snap, err := policy.ComputeWith(u.Objects, a.ids, a.fqdnOptions())
 	a.cfg.Metrics.Computed(a.cfg.now().Sub(start), err)
 	if err != nil {
 		return nil, err

@@ -47,6 +47,7 @@ type fakeDatapath struct {
 	// and the rest is synced.
 	partial func(bpf.EndpointPolicy) []bpf.FailedDirection
 	syncs   []bpf.SyncStats
+	ct      map[netip.Addr]bool // tracked flows' addresses (ConntrackAddrs)
 }
 
 func newFakeDatapath() *fakeDatapath {
@@ -410,7 +411,7 @@ func (r chanReporter) Implemented(_ context.Context, rev uint64, _ source.Update
 }
 
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	dp       *fakeDatapath
 	xds      *fakeXDS
 	ports    *fakePorts
@@ -421,9 +422,11 @@ type harness struct {
 	stop     func()
 	lb       ServiceLB // nil: no socket load balancing
 	runDir   string
+	fqdn     FQDNStore // nil: no FQDN cache
+	resync   time.Duration
 }
 
-func newHarness(t *testing.T, veths map[string]int) *harness {
+func newHarness(t testing.TB, veths map[string]int) *harness {
 	return &harness{t: t, dp: newFakeDatapath(), xds: newFakeXDS("n1"), ports: &fakePorts{alloc: map[redirect.PortKey]uint16{}},
 		host: newFakeHost(veths), src: make(chanSource, 1), reports: make(chanReporter, 100), stateDir: t.TempDir(), runDir: t.TempDir()}
 }
@@ -435,7 +438,7 @@ func (h *harness) start() {
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
 			Host: h.host, Processes: fakeProcs{}, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb})
+			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync})
 	}()
 	h.stop = func() {
 		cancel()

@@ -121,6 +121,7 @@ type listenerKey struct {
 	kind consumerKind
 	pid  int
 	port uint16
+	udp  bool // the DNS proxy's UDP socket of the port
 }
 
 // registerListeners takes the listeners a proxy ACKed into the datapath's
@@ -143,7 +144,10 @@ func (a *Agent) registerListeners(c consumerKind) {
 		ports[port] = true
 		err := err
 		if err == nil {
-			err = a.registerListener(listenerKey{c, pid, port})
+			err = a.registerListener(listenerKey{kind: c, pid: pid, port: port})
+		}
+		if err == nil && k.Parser == policy.ParserDNS {
+			err = a.registerUDP(pid, port)
 		}
 		if err != nil {
 			delete(lns, k)
@@ -200,12 +204,56 @@ func (a *Agent) registerListener(key listenerKey) error {
 		a.held.hold(key.port, ln)
 	}
 	for k := range a.registered {
-		if k.kind == key.kind && k.port == key.port {
+		if k.kind == key.kind && k.port == key.port && !k.udp {
 			delete(a.registered, k) // an earlier process's
 		}
 	}
 	a.registered[key] = true
 	a.log.Info("proxy listener registered", "proxy", key.kind.String(), "pid", key.pid, "port", key.port)
+	return nil
+}
+
+// udpTaker is implemented by ProxyProcesses that can take a proxy's UDP
+// socket (the DNS proxy's): without it, UDP redirects to a dns port stay
+// drops (no UDP socket in the socket map).
+type udpTaker interface {
+	TakeUDPSocket(pid int, port uint16) (*net.UDPConn, error)
+}
+
+// TakeUDPSocket implements udpTaker.
+func (procProxies) TakeUDPSocket(pid int, port uint16) (*net.UDPConn, error) {
+	return redirect.TakeUDPSocket(pid, port)
+}
+
+// registerUDP puts the Go proxy's UDP socket of a dns port in the socket
+// map (once per proxy process, like its listener). Not held across a
+// proxy crash: UDP DNS to the port drops (fail closed) until the
+// restarted proxy's socket is registered; clients retry.
+func (a *Agent) registerUDP(pid int, port uint16) error {
+	key := listenerKey{kind: goProxy, pid: pid, port: port, udp: true}
+	if a.registered[key] {
+		return nil
+	}
+	t, ok := a.cfg.Processes.(udpTaker)
+	if !ok {
+		return errors.New("cannot take UDP sockets from the proxy")
+	}
+	c, err := t.TakeUDPSocket(pid, port)
+	if err != nil {
+		return err
+	}
+	err = a.dp.RegisterProxyListener(port, c)
+	c.Close() // the socket map holds its own reference
+	if err != nil {
+		return err
+	}
+	for k := range a.registered {
+		if k.kind == key.kind && k.port == key.port && k.udp {
+			delete(a.registered, k)
+		}
+	}
+	a.registered[key] = true
+	a.log.Info("proxy udp socket registered", "proxy", key.kind.String(), "pid", pid, "port", port)
 	return nil
 }
 
@@ -222,7 +270,7 @@ func (a *Agent) listenersStale() bool {
 			continue
 		}
 		for _, port := range a.ready.listeners[c] {
-			if !a.registered[listenerKey{c, pid, port}] {
+			if !a.registered[listenerKey{kind: c, pid: pid, port: port}] {
 				return true
 			}
 		}

@@ -145,7 +145,7 @@ func portKey(dir policy.Direction, parser string) redirect.PortKey {
 
 // proxyParser reports whether some proxy serves parser.
 func proxyParser(parser string) bool {
-	return parser == policy.ParserHTTP || parser == policy.ParserKafka
+	return parser == policy.ParserHTTP || parser == policy.ParserKafka || parser == policy.ParserDNS
 }
 
 func policyEndpoints(local []bpftranslate.LocalEndpoint) []policy.Endpoint {

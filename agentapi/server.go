@@ -45,6 +45,9 @@ func Handler(b Backend) http.Handler {
 		}
 		writeJSON(w, FlowPage{Flows: flows, Cursor: cursor})
 	})
+	if l, ok := b.(FQDNLearner); ok {
+		mux.HandleFunc("POST /fqdn", fqdnHandler(l))
+	}
 	return mux
 }
 

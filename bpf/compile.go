@@ -112,8 +112,9 @@ func validateEntry(e PolicyEntry) error {
 	switch e.Verdict {
 	case VerdictAllow, VerdictDeny:
 	case VerdictRedirect:
-		if e.Protocol != ProtoTCP || e.Port == 0 || (e.EndPort != 0 && e.EndPort != e.Port) {
-			return fmt.Errorf("%w: redirect needs a single tcp port", ErrInvalidEntry)
+		// UDP: the DNS proxy's redirects (its UDP socket, see doc.go).
+		if (e.Protocol != ProtoTCP && e.Protocol != ProtoUDP) || e.Port == 0 || (e.EndPort != 0 && e.EndPort != e.Port) {
+			return fmt.Errorf("%w: redirect needs a single tcp or udp port", ErrInvalidEntry)
 		}
 		if e.ProxyPort == 0 {
 			return fmt.Errorf("%w: redirect without proxy port", ErrInvalidEntry)

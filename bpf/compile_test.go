@@ -116,7 +116,8 @@ func TestPortPrefixes(t *testing.T) {
 
 func TestCompileRejects(t *testing.T) {
 	bad := []PolicyEntry{
-		{Peer: 256, Protocol: ProtoUDP, Port: 80, Verdict: VerdictRedirect, ProxyPort: 1},
+		{Peer: 256, Protocol: ProtoICMP, Port: 8, Verdict: VerdictRedirect, ProxyPort: 1},
+		{Peer: 256, Protocol: ProtoUDP, Port: 53, EndPort: 54, Verdict: VerdictRedirect, ProxyPort: 1},
 		{Peer: 256, Protocol: ProtoTCP, Port: 80, EndPort: 81, Verdict: VerdictRedirect, ProxyPort: 1},
 		{Peer: 256, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect},
 		{Peer: 256, Protocol: ProtoTCP, Port: 80, EndPort: 79, Verdict: VerdictAllow},

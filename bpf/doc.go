@@ -32,7 +32,8 @@
 //	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports (ICMP:
 //	             identifier and type) of an admitted first fragment, so
 //	             later fragments follow their datagram
-//	proxy_socks  sockhash proxy port -> listener socket
+//	proxy_socks  sockhash proxy port -> listener socket; proxy port|1<<16
+//	             -> the port's UDP socket (the DNS proxy's)
 //	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
 //	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}
@@ -181,6 +182,15 @@
 // around; pods cannot abuse it because tc_from_pod drops packets whose
 // source is not the endpoint's address (Endpoint.IPv4). Proxy listeners
 // need IP_TRANSPARENT and must not be MPTCP (ProxySockets.Register).
+//
+// UDP redirects (DNS: rules.dns makes UDP and TCP port-53 entries redirects
+// to the DNS proxy's port) take the same path: the mark routes the datagram
+// locally and sk_lookup_proxy assigns the proxy port's UDP socket (key
+// port|1<<16); the proxy reads the original destination with
+// IP_RECVORIGDSTADDR and answers from it through a transparent socket, so
+// the reply is a reply of the tracked flow. No UDP socket for the port:
+// tc drops the first datagram of a flow with ReasonNoListener (sk_lookup
+// drops later ones).
 //
 // # Replies to a proxy
 //

@@ -294,6 +294,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if spec := os.Getenv(dnsProxyEnv); spec != "" {
+		if err := dnsProxyChild(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "dns proxy:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if spec := os.Getenv(loaderEnv); spec != "" {
 		if err := loaderChild(spec); err != nil {
 			fmt.Fprintln(os.Stderr, "loader:", err)

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // ProxySockets is the pinned sockmap of proxy listeners, for a proxy
@@ -25,23 +26,30 @@ func OpenProxySockets(bpffsPath string) (*ProxySockets, error) {
 	return &ProxySockets{m: m}, nil
 }
 
-// Register puts a listener under its proxy port. The listener must be a
-// TCP socket with IP_TRANSPARENT (so accepted sockets can answer from the
-// original destination) and not MPTCP (Go listeners are MPTCP by default:
-// call SetMultipathTCP(false)), else the kernel refuses it. The sockmap
-// holds its own reference; closing the listener removes it, and redirects
-// to the port then drop (fail closed).
+// Register puts a listener under its proxy port. A TCP listener must have
+// IP_TRANSPARENT (so accepted sockets can answer from the original
+// destination) and not be MPTCP (Go listeners are MPTCP by default: call
+// SetMultipathTCP(false)), else the kernel refuses it. A bound UDP socket
+// (the DNS proxy's) is registered as the port's UDP socket, next to its
+// TCP listener: redirected datagrams reach it with their original
+// destination (IP_RECVORIGDSTADDR). The sockmap holds its own reference;
+// closing the socket removes it, and redirects to the port then drop
+// (fail closed).
 func (p *ProxySockets) Register(port uint16, conn syscall.Conn) error {
 	return registerProxy(p.m, port, conn)
 }
 
-// Unregister removes the listener of a proxy port.
+// Unregister removes the sockets (TCP and UDP) of a proxy port.
 func (p *ProxySockets) Unregister(port uint16) error {
 	return unregisterProxy(p.m, port)
 }
 
 // Close closes the map handle; registrations stay.
 func (p *ProxySockets) Close() error { return p.m.Close() }
+
+// proxySockUDP marks the sockmap key of a proxy port's UDP socket
+// (PROXY_SOCK_UDP in c/datapath.c).
+const proxySockUDP = 1 << 16
 
 func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 	if port == 0 {
@@ -53,7 +61,16 @@ func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 	}
 	var uerr error
 	if err := rc.Control(func(fd uintptr) {
-		uerr = m.Update(uint32(port), uint64(fd), ebpf.UpdateAny)
+		key := uint32(port)
+		typ, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil {
+			uerr = fmt.Errorf("socket type: %w", err)
+			return
+		}
+		if typ == unix.SOCK_DGRAM {
+			key |= proxySockUDP
+		}
+		uerr = m.Update(key, uint64(fd), ebpf.UpdateAny)
 	}); err != nil {
 		return fmt.Errorf("raw conn control: %w", err)
 	}
@@ -64,8 +81,10 @@ func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 }
 
 func unregisterProxy(m *ebpf.Map, port uint16) error {
-	if err := m.Delete(uint32(port)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("unregister proxy port %d: %w", port, err)
+	for _, key := range []uint32{uint32(port), uint32(port) | proxySockUDP} {
+		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unregister proxy port %d: %w", port, err)
+		}
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -87,6 +88,8 @@ func send(ctx context.Context, dial dialFunc, addr netip.AddrPort, c Check, o Pr
 		return sendGRPC(ctx, rd, addr, c.GRPC)
 	case c.Kafka != nil:
 		return sendKafka(ctx, rd, addr, c.Kafka, o)
+	case c.DNS != nil:
+		return sendDNS(ctx, rd, addr, c.DNS, o)
 	}
 	return Observation{Verdict: Errored, Detail: "no request"}
 }
@@ -322,4 +325,48 @@ func kafkaErrorIs(err error, target kafka.Error) bool {
 		}
 	}
 	return false
+}
+
+// sendDNS sends an A query over UDP (retried once, as resolvers do): an
+// answer from the server is allowed (its rcode in the detail), REFUSED —
+// what the DNS proxy answers a denied name with — denied, no answer
+// dropped.
+func sendDNS(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, q *DNSQuery, o ProbeOptions) Observation {
+	c, err := rd.DialContext(ctx, "udp", addr.String())
+	if err != nil {
+		return rd.dropped(err)
+	}
+	defer c.Close()
+	m := new(mdns.Msg)
+	m.SetQuestion(mdns.Fqdn(q.Name), mdns.TypeA)
+	conn := &mdns.Conn{Conn: c}
+	per := o.Timeout / 3
+	for range 2 {
+		c.SetDeadline(time.Now().Add(per))
+		if err := conn.WriteMsg(m); err != nil {
+			return Observation{Verdict: Errored, Detail: shorten(err.Error())}
+		}
+		r, err := conn.ReadMsg()
+		if err != nil {
+			continue
+		}
+		if r.Id != m.Id {
+			continue
+		}
+		var ips []string
+		for _, rr := range r.Answer {
+			if a, ok := rr.(*mdns.A); ok {
+				ips = append(ips, a.A.String())
+			}
+		}
+		detail := mdns.RcodeToString[r.Rcode]
+		if len(ips) > 0 {
+			detail += " " + strings.Join(ips, ",")
+		}
+		if r.Rcode == mdns.RcodeRefused {
+			return Observation{Verdict: Denied, Detail: detail}
+		}
+		return Observation{Verdict: Allowed, Detail: detail}
+	}
+	return Observation{Verdict: Dropped, Detail: "no DNS answer"}
 }

@@ -271,6 +271,11 @@ func TestPrivilegedScenarioNodeProbes(t *testing.T) { runScenario(t, scenarioByN
 
 func TestPrivilegedScenarioServices(t *testing.T) { runScenario(t, scenarioByName(t, "services")) }
 
+// TestPrivilegedScenarioDNS: rules.dns and toFQDNs end to end (the DNS
+// proxy in the Go proxy, the answer held until the agent's datapath has
+// the address).
+func TestPrivilegedScenarioDNS(t *testing.T) { runScenario(t, scenarioByName(t, "dns")) }
+
 func TestPrivilegedScenarioEgressIngressChain(t *testing.T) {
 	runScenario(t, scenarioByName(t, "egress-ingress-chain"))
 }

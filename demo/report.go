@@ -83,12 +83,17 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 	case c.GRPC != nil:
 		req.HTTP = &policy.HTTPRequest{Method: "POST", Path: c.GRPC.Method, Host: addr.String(),
 			Headers: []policy.HTTPHeader{{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"}}}
+	case c.DNS != nil:
+		req.Protocol, req.DNSName = policy.ProtoUDP, c.DNS.Name
 	case c.Kafka != nil:
 		k := &policy.KafkaRequest{APIKey: policy.KafkaProduce, ClientID: KafkaClientID, Topics: []string{c.Kafka.Topic()}}
 		if c.Kafka.Consume != "" {
 			k.APIKey = policy.KafkaFetch
 		}
 		req.Kafka = k
+	}
+	if len(c.Resolved) > 0 {
+		req.Options.FQDNCache = c.Resolved
 	}
 	res, err := policy.Trace(objs, req)
 	if err != nil {
@@ -162,6 +167,8 @@ func (c *Check) RequestString() string {
 			return "Kafka produce " + c.Kafka.Produce
 		}
 		return "Kafka consume " + c.Kafka.Consume
+	case c.DNS != nil:
+		return "DNS A " + c.DNS.Name
 	}
 	return "?"
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path"
@@ -53,7 +54,8 @@ type Host struct {
 	// Pod is nil for external hosts.
 	Pod    *policy.Pod
 	Serve  []Service
-	Topics []string // Kafka topics the checks name, for the broker
+	Topics []string              // Kafka topics the checks name, for the broker
+	Zone   map[string]netip.Addr // a dns server's zone (DNSZoneAnnotation)
 	// Service is set for a Service destination ("svc/<ns>/<name>"): IP
 	// is its ClusterIP, Frontends its ports and backends (services.go).
 	Service   *policy.Service
@@ -168,7 +170,37 @@ func LoadScenario(fsys fs.FS, name string) (*Scenario, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	sc.resolveNames()
 	return sc, nil
+}
+
+// resolveNames gives every check the names earlier DNS checks expected
+// answered (from the queried server's zone): the FQDN cache the DNS proxy
+// has built by then, which toFQDNs resolve through (policy.Trace too).
+// Only queries the DNS proxy sees (rules.dns in force) fill the agent's
+// cache: a scenario's DNS checks before any rules.dns would make the
+// trace more generous than the node, so put them after.
+func (sc *Scenario) resolveNames() {
+	seen := map[string][]netip.Addr{}
+	for i := range sc.Steps {
+		for j := range sc.Steps[i].Checks {
+			c := &sc.Steps[i].Checks[j]
+			for _, n := range slices.Sorted(maps.Keys(seen)) {
+				c.Resolved = append(c.Resolved, policy.FQDNName{Name: n, IPs: seen[n]})
+			}
+			if c.DNS == nil || c.Expect != Allowed {
+				continue
+			}
+			n, err := policy.NormalizeDNSName(c.DNS.Name)
+			to := sc.Host(c.To)
+			if err != nil || to == nil {
+				continue
+			}
+			if ip, ok := to.Zone[n]; ok && !slices.Contains(seen[n], ip) {
+				seen[n] = append(seen[n], ip)
+			}
+		}
+	}
 }
 
 // hosts builds the host list from the pods and externals.
@@ -213,6 +245,14 @@ func (sc *Scenario) hosts(externals []External) []error {
 				continue
 			}
 			h.Serve = svc
+		}
+		if s, ok := p.Annotations[DNSZoneAnnotation]; ok {
+			zone, err := ParseZone(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: metadata.annotations[%s]: %w", where, DNSZoneAnnotation, err))
+				continue
+			}
+			h.Zone = zone
 		}
 		add(h, where)
 	}
@@ -339,6 +379,8 @@ func (c *Check) Protocol() Protocol {
 		return ProtoGRPC
 	case c.Kafka != nil:
 		return ProtoKafka
+	case c.DNS != nil:
+		return ProtoDNS
 	}
 	return ProtoHTTP
 }

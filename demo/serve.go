@@ -16,12 +16,15 @@ import (
 	"sync"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/l7gate/l7gate/policy"
 )
 
 // ServeAnnotation is the Pod annotation naming the built-in servers to
@@ -41,7 +44,35 @@ const (
 	ProtoHTTP  Protocol = "http"
 	ProtoGRPC  Protocol = "grpc"
 	ProtoKafka Protocol = "kafka"
+	// ProtoDNS is a DNS server (UDP and TCP on the port) answering A
+	// queries from the host's zone (DNSZoneAnnotation).
+	ProtoDNS Protocol = "dns"
 )
+
+// DNSZoneAnnotation is the Pod annotation giving a built-in DNS server's
+// zone: "name=IPv4,name=IPv4", e.g. "api.example.test=198.18.20.10".
+const DNSZoneAnnotation = "l7gate.io/dns-zone"
+
+// ParseZone parses a DNSZoneAnnotation value into normalised names.
+func ParseZone(s string) (map[string]netip.Addr, error) {
+	out := map[string]netip.Addr{}
+	for item := range strings.SplitSeq(s, ",") {
+		name, ip, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok {
+			return nil, fmt.Errorf("want name=IPv4, not %q", item)
+		}
+		n, err := policy.NormalizeDNSName(strings.TrimSpace(name))
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", name, err)
+		}
+		a, err := netip.ParseAddr(strings.TrimSpace(ip))
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("%q: want an IPv4 address", ip)
+		}
+		out[n] = a
+	}
+	return out, nil
+}
 
 // Service is one built-in server: a protocol on a TCP port.
 type Service struct {
@@ -83,9 +114,9 @@ func ParseServe(s string) ([]Service, error) {
 		}
 		p := Protocol(strings.ToLower(strings.TrimSpace(proto)))
 		switch p {
-		case ProtoHTTP, ProtoGRPC, ProtoKafka:
+		case ProtoHTTP, ProtoGRPC, ProtoKafka, ProtoDNS:
 		default:
-			return nil, fmt.Errorf("unknown protocol %q in %q (want http, grpc or kafka)", proto, item)
+			return nil, fmt.Errorf("unknown protocol %q in %q (want http, grpc, kafka or dns)", proto, item)
 		}
 		n, err := strconv.ParseUint(strings.TrimSpace(port), 10, 16)
 		if err != nil || n == 0 {
@@ -110,6 +141,8 @@ type ServerConfig struct {
 	IP     netip.Addr `json:"ip"`
 	Serve  []Service  `json:"serve"`
 	Topics []string   `json:"topics,omitempty"` // seeded in the Kafka broker
+	// Zone is what a dns server answers (normalised name → address).
+	Zone map[string]netip.Addr `json:"zone,omitempty"`
 }
 
 // Args is the command line tail of a server process (see ParseServerArgs).
@@ -183,6 +216,12 @@ func Serve(ctx context.Context, cfg ServerConfig, log *slog.Logger, ready func()
 				return err
 			}
 			stops = append(stops, c.Close)
+		case ProtoDNS:
+			stop, err := serveDNS(ctx, addr, cfg.Zone, errc)
+			if err != nil {
+				return err
+			}
+			stops = append(stops, stop)
 		default:
 			return fmt.Errorf("unknown protocol %q", svc.Proto)
 		}
@@ -294,4 +333,49 @@ func NewKafkaBroker(ctx context.Context, addr string, topics []string) (*kfake.C
 		return nil, fmt.Errorf("kafka broker: %w", err)
 	}
 	return c, nil
+}
+
+// serveDNS runs a DNS server on addr (UDP and TCP) answering A queries
+// from zone (TTL 30 s); other names are NXDOMAIN.
+func serveDNS(ctx context.Context, addr string, zone map[string]netip.Addr, errc chan<- error) (func(), error) {
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dns %s: %w", addr, err)
+	}
+	ln, err := listenTCP(ctx, addr)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	h := mdns.HandlerFunc(func(w mdns.ResponseWriter, r *mdns.Msg) {
+		m := new(mdns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if len(r.Question) != 1 {
+			m.Rcode = mdns.RcodeFormatError
+			w.WriteMsg(m)
+			return
+		}
+		q := r.Question[0]
+		name, err := policy.NormalizeDNSName(q.Name)
+		ip, ok := zone[name]
+		switch {
+		case err != nil || !ok:
+			m.Rcode = mdns.RcodeNameError
+		case q.Qtype == mdns.TypeA:
+			m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 30}, A: ip.AsSlice()})
+		}
+		w.WriteMsg(m)
+	})
+	udp := &mdns.Server{PacketConn: pc, Handler: h}
+	tcp := &mdns.Server{Listener: ln, Handler: h}
+	for _, s := range []*mdns.Server{udp, tcp} {
+		go func() {
+			if err := s.ActivateAndServe(); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("dns %s: %w", addr, err)
+			}
+		}()
+	}
+	return func() { udp.Shutdown(); tcp.Shutdown() }, nil
 }

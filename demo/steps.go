@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/l7gate/l7gate/policy"
 )
 
 // Verdict is what a check expects or observes.
@@ -53,11 +55,15 @@ type Check struct {
 	HTTP     *HTTPRequest
 	GRPC     *GRPCRequest
 	Kafka    *KafkaRequest
+	DNS      *DNSQuery
 	Expect   Verdict
 	// DecidedBy, when set, must be part of a rule the datapath or the
 	// proxy reported as deciding this very request, as l7gate prints
 	// rules: "allow shop/ops (CiliumNetworkPolicy spec.ingress[0])".
 	DecidedBy string
+	// Resolved: the names earlier DNS checks of the scenario resolved
+	// (set by LoadScenario), for policy.Trace's toFQDNs.
+	Resolved policy.StaticFQDNCache
 }
 
 // HTTPRequest is a check's HTTP/1.1 request.
@@ -66,6 +72,14 @@ type HTTPRequest struct {
 	Path    string // default /
 	Host    string // default the destination address
 	Headers map[string]string
+}
+
+// DNSQuery is an A query for Name over UDP: allowed is an answer from
+// the server (NOERROR or NXDOMAIN, as its zone says), denied REFUSED (or
+// NXDOMAIN made up by the DNS proxy: see Observation.Detail), dropped no
+// answer.
+type DNSQuery struct {
+	Name string
 }
 
 // GRPCRequest is a unary call of Method ("/pkg.Service/Method") with an
@@ -328,7 +342,7 @@ func (e *fieldErrs) step(p string, v any) (Step, bool) {
 var grpcMethod = regexp.MustCompile(`^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (e *fieldErrs) check(p string, v any) (Check, bool) {
-	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "expect", "decidedBy")
+	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "dns", "expect", "decidedBy")
 	if !ok {
 		return Check{}, false
 	}
@@ -426,8 +440,20 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 			c.Kafka = k
 		}
 	}
+	if dv := m["dns"]; dv != nil {
+		kinds++
+		dp := join(p, "dns")
+		if dm, ok := e.object(dp, dv, "query"); ok {
+			if s, ok := e.str(join(dp, "query"), dm["query"], true); ok {
+				if _, err := policy.NormalizeDNSName(s); err != nil {
+					e.add(join(dp, "query"), "%v", err)
+				}
+				c.DNS = &DNSQuery{Name: s}
+			}
+		}
+	}
 	if kinds != 1 {
-		e.add(p, "give exactly one of http, grpc and kafka")
+		e.add(p, "give exactly one of http, grpc, kafka and dns")
 	}
 	if s, ok := e.str(join(p, "expect"), m["expect"], true); ok {
 		switch Verdict(s) {

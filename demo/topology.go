@@ -220,7 +220,7 @@ func (t *Topology) startServer(ctx context.Context, hn *HostNS) error {
 	if len(t.cfg.ServerCommand) == 0 {
 		return errors.New("topology: no server command")
 	}
-	sc := ServerConfig{Host: hn.Host.Name, IP: hn.Host.IP, Serve: hn.Host.Serve, Topics: hn.Host.Topics}
+	sc := ServerConfig{Host: hn.Host.Name, IP: hn.Host.IP, Serve: hn.Host.Serve, Topics: hn.Host.Topics, Zone: hn.Host.Zone}
 	args := append([]string{"netns", "exec", hn.NS}, t.cfg.ServerCommand...)
 	args = append(args, sc.Args()...)
 	hn.Log = filepath.Join(t.cfg.WorkDir, "server-"+fileName(hn.Host.Name)+".log")
@@ -331,6 +331,8 @@ func (t *Topology) exampleCommands() []string {
 				out = append(out, fmt.Sprintf("echo hello | ip netns exec %s kcat -P -b %s:%d -t %s", src.NS, dst.Host.IP, c.Port, c.Kafka.Produce))
 			case c.Kafka != nil:
 				out = append(out, fmt.Sprintf("ip netns exec %s kcat -C -b %s:%d -t %s -e", src.NS, dst.Host.IP, c.Port, c.Kafka.Consume))
+			case c.DNS != nil:
+				out = append(out, fmt.Sprintf("ip netns exec %s dig @%s -p %d %s A", src.NS, dst.Host.IP, c.Port, c.DNS.Name))
 			}
 		}
 	}

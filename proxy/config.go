@@ -21,7 +21,8 @@ type Listener struct {
 	Name      string           `json:"name"`
 	Port      uint16           `json:"port"`
 	Direction policy.Direction `json:"direction"`
-	// Parser: "http" (HTTP/1.1, HTTP/2, gRPC) or "kafka".
+	// Parser: "http" (HTTP/1.1, HTTP/2, gRPC), "kafka" or "dns" (UDP and
+	// TCP on the port: the DNS proxy, package dnsproxy).
 	Parser string `json:"parser"`
 }
 
@@ -31,6 +32,9 @@ type Endpoint struct {
 	IPs      []netip.Addr       `json:"ips"`
 	Ingress  []policy.L7RuleSet `json:"ingress,omitempty"`
 	Egress   []policy.L7RuleSet `json:"egress,omitempty"`
+	// FQDNSelectors are the endpoint's toFQDNs selectors: the DNS proxy
+	// reports the answers for names they match (DNSOptions.Learn).
+	FQDNSelectors []policy.DNSSelector `json:"fqdnSelectors,omitempty"`
 }
 
 // IdentityMembership lists the addresses of one identity.
@@ -77,8 +81,11 @@ func compile(cfg *Config) (*compiled, error) {
 			return nil, fmt.Errorf("listener %q: port %d already used by listener %q", l.Name, l.Port, other)
 		}
 		ports[l.Port] = l.Name
-		if l.Parser != policy.ParserHTTP && l.Parser != policy.ParserKafka {
-			return nil, fmt.Errorf("listener %q: parser %q is not supported by the Go proxy (want http or kafka)", l.Name, l.Parser)
+		if l.Parser != policy.ParserHTTP && l.Parser != policy.ParserKafka && l.Parser != policy.ParserDNS {
+			return nil, fmt.Errorf("listener %q: parser %q is not supported by the Go proxy (want http, kafka or dns)", l.Name, l.Parser)
+		}
+		if l.Parser == policy.ParserDNS && l.Direction != policy.Egress {
+			return nil, fmt.Errorf("listener %q: dns is an egress parser", l.Name)
 		}
 	}
 	for i := range cfg.Endpoints {

@@ -29,7 +29,7 @@ func (p *Proxy) Drain(ctx context.Context) DrainStats {
 		p.mu.Lock()
 		p.draining = true
 		for port, st := range p.listeners {
-			st.ln.Close()
+			st.close()
 			delete(p.listeners, port)
 		}
 		for port, ln := range p.inherited {

@@ -16,6 +16,7 @@ import (
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/parsers/kafka"
 	"github.com/l7gate/l7gate/policy"
+	dnsproxy "github.com/l7gate/l7gate/proxy/dns"
 	"github.com/l7gate/l7gate/redirect"
 )
 
@@ -86,6 +87,8 @@ type Options struct {
 	// DrainTimeout bounds a drain started on the admin socket (POST
 	// /drain) or by a hand-over (default 30s).
 	DrainTimeout time.Duration
+	// DNS configures listeners with parser dns (see DNSOptions).
+	DNS DNSOptions
 }
 
 // Proxy serves the listeners of the applied Config.
@@ -103,6 +106,7 @@ type Proxy struct {
 	topicIDs  *kafka.TopicIDRegistry
 	kafkaMem  *kafka.MemoryBudget
 	http      *httpparser.Server
+	dns       *dnsproxy.Proxy
 
 	// perSource counts open connections by source (see sourceKey);
 	// clients counts open client connections by address and port (the
@@ -139,6 +143,7 @@ type sourceKey struct {
 type listenerState struct {
 	spec Listener
 	ln   *net.TCPListener
+	udp  *net.UDPConn // parser dns: the UDP socket of the port
 }
 
 // New returns a Proxy with no config: it listens nowhere until Apply.
@@ -180,6 +185,7 @@ func New(opts Options) *Proxy {
 		p.inherited[port] = ln
 	}
 	p.ports.Store(&map[uint16]bool{})
+	p.dns = newDNS(opts)
 	return p
 }
 
@@ -204,6 +210,11 @@ func (p *Proxy) Apply(cfg *Config) error {
 		p.stats.nacks.Add(1)
 		return err
 	}
+	dnsPol, err := dnsPolicy(cfg, c)
+	if err != nil {
+		p.stats.nacks.Add(1)
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	want := map[uint16]Listener{}
@@ -217,10 +228,14 @@ func (p *Proxy) Apply(cfg *Config) error {
 		if cur, ok := p.listeners[port]; ok && cur.spec == spec {
 			continue
 		}
-		if cur, ok := p.listeners[port]; ok {
+		if cur, ok := p.listeners[port]; ok && (cur.spec.Parser == policy.ParserDNS) == (spec.Parser == policy.ParserDNS) {
 			// same port, different spec: reuse the socket with the new spec
 			cur.spec = spec
 			continue
+		} else if ok {
+			// to or from dns: other sockets serve it
+			cur.close()
+			delete(p.listeners, port)
 		}
 		if p.draining {
 			continue // a draining proxy opens no listener
@@ -244,23 +259,36 @@ func (p *Proxy) Apply(cfg *Config) error {
 				err = fmt.Errorf("register listener on port %d: %w", port, herr)
 			}
 		}
+		st := &listenerState{spec: spec, ln: ln}
+		if err == nil && spec.Parser == policy.ParserDNS {
+			if err = p.serveDNS(st); err != nil {
+				if fromInherited[port] {
+					p.inherited[port] = ln
+				} else {
+					ln.Close()
+				}
+			}
+		}
 		if err != nil {
 			for _, o := range opened {
 				// (a handed-over socket closed here stays open in the
 				// process that handed it over, which keeps serving)
-				p.listeners[o].ln.Close()
+				p.listeners[o].close()
 				delete(p.listeners, o)
 			}
 			p.stats.nacks.Add(1)
 			return fmt.Errorf("listener %q: %w", spec.Name, err)
 		}
-		st := &listenerState{spec: spec, ln: ln}
 		p.listeners[port] = st
 		opened = append(opened, port)
-		p.wg.Add(1)
-		go p.accept(st)
+		if spec.Parser != policy.ParserDNS {
+			p.wg.Add(1)
+			go p.accept(st)
+		}
 	}
 	p.cur.Store(c)
+	p.dns.SetPolicy(dnsPol)
+	p.dns.SetFQDNSelectors(dnsPol.FQDNSelectors())
 	for port, ln := range p.inherited {
 		// Handed over but not in the config: the previous process
 		// served a listener this config removed.
@@ -269,7 +297,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	}
 	for port, st := range p.listeners {
 		if _, keep := want[port]; !keep {
-			st.ln.Close()
+			st.close()
 			delete(p.listeners, port)
 		}
 	}
@@ -297,7 +325,7 @@ func (p *Proxy) ListenerAddr(port uint16) net.Addr {
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	for port, st := range p.listeners {
-		st.ln.Close()
+		st.close()
 		delete(p.listeners, port)
 	}
 	for port, ln := range p.inherited {

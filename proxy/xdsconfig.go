@@ -25,7 +25,8 @@ func ConfigFromXDS(r *client.Resources, version string) (*Config, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg.Endpoints = append(cfg.Endpoints, Endpoint{Identity: ep.Identity, IPs: ep.IPs, Ingress: pol.Ingress.L7, Egress: pol.Egress.L7})
+		cfg.Endpoints = append(cfg.Endpoints, Endpoint{Identity: ep.Identity, IPs: ep.IPs, Ingress: pol.Ingress.L7, Egress: pol.Egress.L7,
+			FQDNSelectors: pol.Egress.FQDNSelectors})
 	}
 	for _, name := range sortedNames(r.Identities) {
 		info, entries, err := xds.MembershipFromProto(r.Identities[name])

@@ -35,8 +35,14 @@ func FindProcess(name string) (int, error) {
 // listeningInodes maps the socket inodes of TCP listeners on port (IPv4
 // and IPv6) in pid's network namespace.
 func listeningInodes(pid int, port uint16) (map[string]bool, error) {
+	return socketInodes(pid, port, []string{"tcp", "tcp6"}, "0A") // TCP_LISTEN
+}
+
+// socketInodes maps the inodes of the sockets in /proc/PID/net/<files>
+// bound to port in state.
+func socketInodes(pid int, port uint16, files []string, state string) (map[string]bool, error) {
 	out := map[string]bool{}
-	for _, f := range []string{"tcp", "tcp6"} {
+	for _, f := range files {
 		fh, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "net", f))
 		if err != nil {
 			continue
@@ -45,7 +51,7 @@ func listeningInodes(pid int, port uint16) (map[string]bool, error) {
 		sc.Scan() // header
 		for sc.Scan() {
 			fields := strings.Fields(sc.Text())
-			if len(fields) < 10 || fields[3] != "0A" { // TCP_LISTEN
+			if len(fields) < 10 || fields[3] != state {
 				continue
 			}
 			_, hexPort, ok := strings.Cut(fields[1], ":")
@@ -76,6 +82,53 @@ func TakeListener(pid int, port uint16) (*net.TCPListener, error) {
 	if len(inodes) == 0 {
 		return nil, fmt.Errorf("process %d has no TCP listener on port %d", pid, port)
 	}
+	f, err := takeFile(pid, port, inodes)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("listener of process %d on port %d: %w", pid, port, err)
+	}
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("listener of process %d on port %d is not TCP", pid, port)
+	}
+	return tl, nil
+}
+
+// TakeUDPSocket duplicates another process's unconnected UDP socket bound
+// to port (the DNS proxy's) into this process, as TakeListener does for
+// TCP listeners.
+func TakeUDPSocket(pid int, port uint16) (*net.UDPConn, error) {
+	inodes, err := socketInodes(pid, port, []string{"udp", "udp6"}, "07") // TCP_CLOSE: unconnected
+	if err != nil {
+		return nil, err
+	}
+	if len(inodes) == 0 {
+		return nil, fmt.Errorf("process %d has no UDP socket on port %d", pid, port)
+	}
+	f, err := takeFile(pid, port, inodes)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.FilePacketConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("udp socket of process %d on port %d: %w", pid, port, err)
+	}
+	uc, ok := c.(*net.UDPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("socket of process %d on port %d is not UDP", pid, port)
+	}
+	return uc, nil
+}
+
+// takeFile duplicates pid's file descriptor of one of the socket inodes.
+func takeFile(pid int, port uint16, inodes map[string]bool) (*os.File, error) {
 	fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
 	fds, err := os.ReadDir(fdDir)
 	if err != nil {
@@ -103,18 +156,7 @@ func TakeListener(pid int, port uint16) (*net.TCPListener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pidfd_getfd %d/%d (needs CAP_SYS_PTRACE): %w", pid, fd, err)
 		}
-		f := os.NewFile(uintptr(nfd), fmt.Sprintf("listener-%d-%d", pid, port))
-		ln, err := net.FileListener(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("listener %d/%d: %w", pid, fd, err)
-		}
-		tl, ok := ln.(*net.TCPListener)
-		if !ok {
-			ln.Close()
-			return nil, fmt.Errorf("listener %d/%d is not TCP", pid, fd)
-		}
-		return tl, nil
+		return os.NewFile(uintptr(nfd), fmt.Sprintf("socket-%d-%d", pid, port)), nil
 	}
-	return nil, fmt.Errorf("process %d: no file descriptor for its listener on port %d", pid, port)
+	return nil, fmt.Errorf("process %d: no file descriptor for its socket on port %d", pid, port)
 }

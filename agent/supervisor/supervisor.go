@@ -150,6 +150,7 @@ func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bo
 		"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
 		"--node", cfg.Node,
 		"--flow-socket", agentapi.FlowSocket(cfg.RunDir),
+		"--agent-socket", agentapi.StatusSocket(cfg.RunDir),
 	}, cfg.Args...)
 	var extra []*os.File
 	if inherit && cfg.Listeners != nil {

@@ -294,9 +294,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fragments SEC(".maps");
 
+/* Proxy sockets: key = proxy port for a TCP listener, proxy port |
+ * PROXY_SOCK_UDP for the UDP socket of the same port (the DNS proxy serves
+ * both on one proxy port). */
+#define PROXY_SOCK_UDP (1u << 16)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__type(key, __u32); /* proxy port */
+	__type(key, __u32); /* proxy port [| PROXY_SOCK_UDP] */
 	__type(value, __u64);
 	__uint(max_entries, 1024);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -918,9 +923,16 @@ static __always_inline __u64 ct_lifetime(struct config *cfg, struct ct_value *ct
 	return cfg->ct_tcp_syn_ns;
 }
 
-static __always_inline int listener_present(__u16 proxy_port)
+static __always_inline __u32 proxy_sock_key(__u16 proxy_port, __u8 proto)
 {
-	__u32 key = proxy_port;
+	return proto == IPPROTO_UDP ? (__u32)proxy_port | PROXY_SOCK_UDP : (__u32)proxy_port;
+}
+
+/* listener_present: the proxy port has a socket for the flow's protocol
+ * (a UDP redirect needs the proxy's UDP socket, TCP its listener). */
+static __always_inline int listener_present(__u16 proxy_port, __u8 proto)
+{
+	__u32 key = proxy_sock_key(proxy_port, proto);
 	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &key);
 	if (!sk)
 		return 0;
@@ -1263,7 +1275,7 @@ new_flow:
 		pv.verdict = VERDICT_ALLOW;
 		pv.proxy_port = 0;
 	}
-	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port)) {
+	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port, f.proto)) {
 		count_rule(pv.rule_id, f.len);
 		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, REASON_NO_LISTENER,
 			   eflags | EVENT_F_DROPPED);
@@ -1310,12 +1322,16 @@ int tc_to_pod(struct __sk_buff *skb)
 
 /* sk_lookup_proxy finds the conntrack entry tc wrote for a redirected flow
  * (by arriving veth and tuple) and hands the connection to the listener
- * registered for its proxy port. A missing listener drops the SYN. */
+ * registered for its proxy port; a redirected UDP datagram (DNS) goes to
+ * the proxy's UDP socket of that port, which reads the original
+ * destination with IP_RECVORIGDSTADDR. A missing socket drops the SYN or
+ * datagram. */
 SEC("sk_lookup")
 int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 {
-	if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+	if (ctx->family != AF_INET || (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP))
 		return SK_PASS;
+	__u8 proto = ctx->protocol;
 	__u32 ifindex = ctx->ingress_ifindex;
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep)
@@ -1327,7 +1343,7 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 		.daddr = ctx->local_ip4,
 		.sport = ctx->remote_port,
 		.dport = bpf_htons((__u16)ctx->local_port),
-		.proto = IPPROTO_TCP,
+		.proto = proto,
 	};
 	fill_ct_key(&k, ep->id, DIR_EGRESS, &fl, 0);
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
@@ -1338,7 +1354,7 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 	if (!ct || ct->verdict != VERDICT_REDIRECT)
 		return SK_PASS;
 
-	__u32 port = ct->proxy_port;
+	__u32 port = proxy_sock_key(ct->proxy_port, proto);
 	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &port);
 	if (!sk)
 		return SK_DROP;

@@ -25,6 +25,7 @@ import (
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/observe/metrics"
 	"github.com/l7gate/l7gate/policy"
+	dnsproxy "github.com/l7gate/l7gate/proxy/dns"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
 )
@@ -317,6 +318,14 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if lb != nil {
 		cfg.ServiceLB = lb
 	}
+	// toFQDNs resolve through the names the Go proxy's DNS proxy reports
+	// (POST /fqdn); kept in the state dir across restarts.
+	fqdnCache, err := dnsproxy.NewCache(dnsproxy.CacheConfig{StatePath: filepath.Join(f.StateDir, fqdnCacheFile)})
+	if err != nil {
+		a.log.Warn("fqdn cache not restored; starting empty", "error", err)
+	}
+	go fqdnCache.Run(ctx, 10*time.Second, a.log)
+	cfg.FQDN = fqdnCache
 	if f.StartProxy {
 		args := []string{"--http-escaped-slashes", string(slashes)}
 		if f.ProxyMetricsAddress != "" {

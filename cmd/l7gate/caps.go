@@ -13,9 +13,11 @@ import (
 
 // proxyCapabilities is all the Go proxy keeps: CAP_NET_ADMIN, for SO_MARK
 // on upstream sockets and IP_TRANSPARENT (connecting from the client's
-// address). It parses untrusted HTTP and Kafka; it never needs BPF,
+// address), and CAP_NET_BIND_SERVICE, for the DNS proxy's answers, sent
+// from the server the client asked (its port 53) through a transparent
+// socket bound to that address. It parses untrusted HTTP and Kafka; it never needs BPF,
 // SYS_ADMIN, PTRACE or DAC_OVERRIDE (the agent takes its listeners).
-func proxyCapabilities() []int { return []int{unix.CAP_NET_ADMIN} }
+func proxyCapabilities() []int { return []int{unix.CAP_NET_ADMIN, unix.CAP_NET_BIND_SERVICE} }
 
 // capabilitySets reads a process's capability sets from /proc/PID/status.
 func capabilitySets(pid string) (map[string]uint64, error) {

@@ -15,7 +15,8 @@ import (
 )
 
 // TestPrivilegedProxyCapabilities: `l7gate proxy` started as root (as the
-// agent's supervisor starts it) runs holding CAP_NET_ADMIN only — in its
+// agent's supervisor starts it) runs holding CAP_NET_ADMIN and
+// CAP_NET_BIND_SERVICE only — in its
 // effective, permitted and bounding sets, nothing inheritable or ambient
 // — with the same PID (the agent finds it by SO_PEERCRED); with
 // --drop-capabilities=false it keeps root's full sets.
@@ -26,7 +27,7 @@ func TestPrivilegedProxyCapabilities(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v: %s", err, out)
 	}
-	netAdmin := uint64(1) << unix.CAP_NET_ADMIN
+	netAdmin := uint64(1)<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_BIND_SERVICE
 	for _, c := range []struct {
 		name  string
 		flags []string

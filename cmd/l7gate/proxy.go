@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/flow"
 	"github.com/l7gate/l7gate/observe/metrics"
@@ -48,6 +50,8 @@ func (a *app) proxyCommand() *cobra.Command {
 		waitSuccessor                                  time.Duration
 		waitAfterDrain                                 bool
 		inheritListeners                               []string
+		agentSocket, dnsDeny                           string
+		dnsHold                                        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -90,7 +94,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			}
 			if dropCaps && a.argv != nil && os.Geteuid() == 0 {
 				// Before anything is opened: the process re-executes
-				// itself (same PID) holding CAP_NET_ADMIN only.
+				// itself (same PID) holding CAP_NET_ADMIN and
+				// CAP_NET_BIND_SERVICE only.
 				if err := restrictCapabilities(proxyCapabilities(), a.argv); err != nil {
 					return err
 				}
@@ -160,6 +165,20 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				handOverSocket = filepath.Join(filepath.Dir(adminSocket), "proxy-handover.sock")
 			}
 			opts.DrainTimeout = drainTimeout
+			switch dnsDeny {
+			case "refused":
+			case "nxdomain":
+				opts.DNS.DenyRcode = 3 // NXDOMAIN
+			default:
+				return usageErrorf("--dns-deny-response: want refused or nxdomain, not %q", dnsDeny)
+			}
+			opts.DNS.HoldTimeout = dnsHold
+			if agentSocket != "" {
+				fc := agentapi.NewFQDNClient(agentSocket)
+				opts.DNS.Learn = func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error {
+					return fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: uint32(ttl / time.Second)})
+				}
+			}
 			// A proxy running already hands its listeners over.
 			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
 			ho, err := proxy.ReceiveHandOver(hctx, handOverSocket)
@@ -184,6 +203,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			}
 			p := proxy.New(opts)
 			defer p.Close()
+			extra = append(extra, dnsMetrics(p)...)
 			runCtx, stopRun := context.WithCancel(ctx)
 			defer stopRun()
 			go func() {
@@ -287,9 +307,12 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none")
 	fl.StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics on GET /metrics at this TCP address, e.g. :9964 (empty: off; the admin socket's /stats/prometheus serves them too)")
+	fl.StringVar(&agentSocket, "agent-socket", "", "the agent's API socket (RUN_DIR/agent.sock): DNS answers for names a toFQDNs selector matches are reported there and held until the agent's datapath admits their addresses (at most --dns-hold-timeout; empty: not reported, so toFQDNs allow nothing new)")
+	fl.DurationVar(&dnsHold, "dns-hold-timeout", time.Second, "longest a DNS answer waits for the agent to admit its addresses; then it is released anyway and counted (l7gate_proxy_dns_hold_timeouts_total)")
+	fl.StringVar(&dnsDeny, "dns-deny-response", "refused", "answer to a query rules.dns deny: refused or nxdomain")
 	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
 	fl.BoolVar(&keepSource, "keep-source", true, "connect upstream from the client's address (IP_TRANSPARENT, a fresh port) so servers see the client and a same-node ingress proxy sees the pod behind the egress proxy; the datapath steers the replies back (false: from the node's address; --no-sockmap makes false the default)")
-	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN only (SO_MARK, IP_TRANSPARENT): the proxy parses untrusted input and needs no other privilege")
+	fl.BoolVar(&dropCaps, "drop-capabilities", true, "as root, re-execute holding CAP_NET_ADMIN (SO_MARK, IP_TRANSPARENT) and CAP_NET_BIND_SERVICE (DNS answers from the server's port 53) only: the proxy parses untrusted input and needs no other privilege")
 	fl.DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, POST /drain or a hand-over to a new proxy: how long connections may take to end (between requests) before they are closed")
 	fl.StringVar(&handOverSocket, "handover-socket", "", "Unix socket a new proxy takes the listeners over from (default: proxy-handover.sock next to --admin-socket)")
 	fl.BoolVar(&waitAfterDrain, "wait-after-drain", false, "after handing over to a new proxy (or POST /drain), stay (serving nothing) until SIGTERM instead of exiting: in a pod, an exit would have the kubelet restart the container, whose new proxy would take the listeners back")
@@ -408,5 +431,20 @@ func waitForSuccessor(ctx context.Context, adminSocket string, limit time.Durati
 			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// dnsMetrics are the DNS proxy's counters.
+func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
+	const qHelp = "DNS queries the DNS proxy decided, by outcome (allowed, denied by rules.dns, malformed, answered SERVFAIL for an unusable upstream answer, dropped over the in-flight limit)."
+	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, or released after --dns-hold-timeout (timeout)."
+	return []prometheus.Collector{
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "allowed", func() float64 { return float64(p.DNSStats().Allowed) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "denied", func() float64 { return float64(p.DNSStats().Denied) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "malformed", func() float64 { return float64(p.DNSStats().Malformed) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "upstream_error", func() float64 { return float64(p.DNSStats().UpstreamErrors) }),
+		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "dropped", func() float64 { return float64(p.DNSStats().Dropped) }),
+		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "held", func() float64 { return float64(p.DNSStats().Held) }),
+		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "timeout", func() float64 { return float64(p.DNSStats().HoldTimeouts) }),
 	}
 }

@@ -52,7 +52,7 @@ var allowed = map[string][]string{
 	"proxy/dns":                        {"parsers/dns", "policy", "flow"},
 	"xds/client":                       {"xds", "proto/l7gatev1", "flow"},
 	"envoy/als":                        {"envoy", "flow"},
-	"proxy":                            {"parsers/http", "parsers/kafka", "policy", "flow", "proto/l7gatev1", "redirect", "xds", "xds/client"},
+	"proxy":                            {"parsers/http", "parsers/kafka", "policy", "flow", "proto/l7gatev1", "redirect", "xds", "xds/client", "proxy/dns"},
 
 	// The agent and its parts.
 	"agent/endpoints":          {"bpftranslate", "policy", "flow"},

@@ -58,6 +58,7 @@ type CacheStats struct {
 	EvictedIPs uint64 `json:"evictedIPs"` // addresses evicted by MaxIPsPerName
 	IPOverflow uint64 `json:"ipOverflow"` // new addresses not cached: MaxIPs reached
 	Expired    uint64 `json:"expired"`    // addresses removed by GC
+	Extended   uint64 `json:"extended"`   // expiries pushed back: the address was in use (Extend)
 }
 
 // Cache is the FQDN cache: normalised name → address → expiry. Safe for
@@ -224,6 +225,31 @@ func (c *Cache) gcLocked(now time.Time) int {
 		c.stats.Expired += uint64(removed)
 	}
 	return removed
+}
+
+// Extend keeps the addresses inUse reports (say, used by a tracked
+// connection) from expiring: each one that expires within the next
+// `within` (or has expired but not been collected) gets now+within. It
+// returns how many it extended (counted in Extended).
+func (c *Cache) Extend(inUse func(netip.Addr) bool, within time.Duration) int {
+	now := c.cfg.Now()
+	until := now.Add(within)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, m := range c.names {
+		for i := range m {
+			if m[i].exp.Before(until) && inUse(m[i].ip) {
+				m[i].exp = until
+				n++
+			}
+		}
+	}
+	if n > 0 {
+		c.version++
+		c.stats.Extended += uint64(n)
+	}
+	return n
 }
 
 // FQDNNames returns the live names and addresses, sorted (policy.FQDNCache).

@@ -11,12 +11,13 @@
 // client endpoint (Policy; SnapshotPolicy builds one from a
 // policy.Snapshot) and the toFQDNs selectors in force (SetFQDNSelectors).
 //
-// Not here yet (issue 16): the datapath's UDP redirect to this proxy
-// (and reading a redirected datagram's original destination), holding a
-// response until the datapath has the new entries, and running it in the
-// proxy process from xDS (the resources carry it already: DNSRule in
-// L7Rule, fqdn_selectors in DirectionPolicy; xds.PolicyFromProto decodes
-// them into the policy.EndpointPolicy a SnapshotPolicy-like Policy needs).
+// On a node it runs inside the Go proxy (package proxy serves listeners
+// with parser dns with it): the datapath redirects a pod's UDP and TCP DNS
+// to the proxy port (ListenUDP reads a datagram's original destination,
+// answers go out from it through a transparent socket); answers for names
+// a toFQDNs selector matches are held until Config.Learn returns (the
+// proxy command asks the agent, POST /fqdn, which returns once its
+// datapath admits the addresses), bounded by HoldTimeout.
 //
 // It imports parsers/dns, policy and flow only (the proxy side).
 package dnsproxy

@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -41,7 +42,7 @@ func FuzzHandle(f *testing.F) {
 			t.Fatal(err)
 		}
 		p.SetFQDNSelectors(sels)
-		ex := func(context.Context, netip.AddrPort, []byte, uint16) ([]byte, error) { return answer, nil }
+		ex := func(context.Context, *net.Dialer, netip.AddrPort, []byte, uint16) ([]byte, error) { return answer, nil }
 		out := p.handle(context.Background(), 17, netip.MustParseAddrPort("127.0.0.1:5353"), server, query, ex)
 		if out == nil {
 			return

@@ -52,13 +52,13 @@ type Policy interface {
 	Lookup(client netip.Addr, server netip.AddrPort, proto policy.Protocol) (Decider, error)
 }
 
-// SnapshotPolicy is a Policy over a computed policy snapshot: each local
-// endpoint's egress DNS rule sets, compiled once.
+// SnapshotPolicy is a Policy over computed policy: each local endpoint's
+// egress DNS rule sets, compiled once.
 type SnapshotPolicy struct {
-	snap     *policy.Snapshot
-	byIP     map[netip.Addr]policy.Identity
-	checkers map[checkerKey]*dnsmsg.Checker
-	fqdn     []policy.DNSSelector
+	identityOf func(netip.Addr) policy.Identity
+	byIP       map[netip.Addr]policy.Identity
+	checkers   map[checkerKey]*dnsmsg.Checker
+	fqdn       []policy.DNSSelector
 }
 
 type checkerKey struct {
@@ -67,19 +67,40 @@ type checkerKey struct {
 	port  uint16
 }
 
+// PolicyEndpoint is what a Policy needs of one local endpoint: its
+// identity and addresses, its egress L7 rule sets (those with parser dns
+// are used) and its toFQDNs selectors.
+type PolicyEndpoint struct {
+	Identity      policy.Identity
+	IPs           []netip.Addr
+	Egress        []policy.L7RuleSet
+	FQDNSelectors []policy.DNSSelector
+}
+
 // NewSnapshotPolicy compiles snap's DNS rule sets; a rule set that does
 // not compile is an error (the caller keeps the previous policy, or none).
 func NewSnapshotPolicy(snap *policy.Snapshot) (*SnapshotPolicy, error) {
-	p := &SnapshotPolicy{snap: snap, byIP: map[netip.Addr]policy.Identity{}, checkers: map[checkerKey]*dnsmsg.Checker{}}
+	var eps []PolicyEndpoint
 	for _, ep := range snap.Endpoints {
+		pe := PolicyEndpoint{Identity: ep.Identity, IPs: ep.IPs}
+		if pol := snap.Policy(ep.Identity); pol != nil {
+			pe.Egress, pe.FQDNSelectors = pol.Egress.L7, pol.Egress.FQDNSelectors
+		}
+		eps = append(eps, pe)
+	}
+	return NewEndpointPolicy(eps, snap.IdentityOf)
+}
+
+// NewEndpointPolicy compiles the DNS rule sets of eps (the Go proxy's
+// config from xDS); identityOf names a server's identity. A rule set or
+// selector that does not compile is an error.
+func NewEndpointPolicy(eps []PolicyEndpoint, identityOf func(netip.Addr) policy.Identity) (*SnapshotPolicy, error) {
+	p := &SnapshotPolicy{identityOf: identityOf, byIP: map[netip.Addr]policy.Identity{}, checkers: map[checkerKey]*dnsmsg.Checker{}}
+	for _, ep := range eps {
 		for _, ip := range ep.IPs {
-			p.byIP[ip] = ep.Identity
+			p.byIP[ip.Unmap()] = ep.Identity
 		}
-		pol := snap.Policy(ep.Identity)
-		if pol == nil {
-			continue
-		}
-		for _, s := range pol.Egress.FQDNSelectors {
+		for _, s := range ep.FQDNSelectors {
 			if !slices.ContainsFunc(p.fqdn, func(x policy.DNSSelector) bool { return x.Key() == s.Key() }) {
 				c, err := s.Compile() // the IR may have come over the wire
 				if err != nil {
@@ -88,8 +109,8 @@ func NewSnapshotPolicy(snap *policy.Snapshot) (*SnapshotPolicy, error) {
 				p.fqdn = append(p.fqdn, c)
 			}
 		}
-		for i := range pol.Egress.L7 {
-			rs := &pol.Egress.L7[i]
+		for i := range ep.Egress {
+			rs := &ep.Egress[i]
 			if rs.Parser != policy.ParserDNS {
 				continue
 			}
@@ -125,5 +146,5 @@ func (p *SnapshotPolicy) Lookup(client netip.Addr, server netip.AddrPort, proto 
 	if c == nil {
 		return Decider{}, fmt.Errorf("identity %d has no DNS rules on %s/%d", id, proto, server.Port())
 	}
-	return Decider{Client: id, Server: p.snap.IdentityOf(server.Addr().Unmap()), Checker: c}, nil
+	return Decider{Client: id, Server: p.identityOf(server.Addr().Unmap()), Checker: c}, nil
 }

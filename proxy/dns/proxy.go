@@ -11,9 +11,11 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/flow"
 	dnsmsg "github.com/l7gate/l7gate/parsers/dns"
@@ -26,6 +28,7 @@ const (
 	DefaultMaxInFlight     = 512
 	DefaultMaxConns        = 256
 	DefaultTCPIdle         = 10 * time.Second
+	DefaultHoldTimeout     = time.Second
 )
 
 // Config configures a Proxy.
@@ -52,10 +55,21 @@ type Config struct {
 	TCPIdle time.Duration
 	// AccessLog receives one record per query (nil: none).
 	AccessLog func(*flow.Record)
-	// Dialer dials the upstream server (nil: a plain net.Dialer). The
-	// redirect layer will supply one that marks the socket with the
-	// client's identity.
+	// Dialer dials the upstream server (nil: a plain net.Dialer).
 	Dialer *net.Dialer
+	// Mark returns the SO_MARK for the upstream socket of a query from
+	// client (nil or 0: none): the datapath then knows the query is the
+	// proxy's on behalf of client (bpf.ProxyMark(Egress, client)).
+	Mark func(client policy.Identity) uint32
+	// Learn is told the addresses of every allowed answer for a name a
+	// toFQDNs selector matches, before the answer is released: it returns
+	// once the datapath admits connections to them (the agent implemented
+	// a revision with them) or fails. The answer waits at most
+	// HoldTimeout, then is released anyway and the miss counted
+	// (HoldTimeouts): the client may then race the policy, never widen it.
+	Learn func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error
+	// HoldTimeout bounds Learn (0: DefaultHoldTimeout).
+	HoldTimeout time.Duration
 }
 
 // Stats are the proxy's counters.
@@ -66,6 +80,9 @@ type Stats struct {
 	Malformed      uint64 `json:"malformed"`      // dropped or answered FORMERR
 	UpstreamErrors uint64 `json:"upstreamErrors"` // answered SERVFAIL
 	Dropped        uint64 `json:"dropped"`        // over MaxInFlight / MaxConns
+	ReplyErrors    uint64 `json:"replyErrors"`    // UDP answers that could not be sent
+	Held           uint64 `json:"held"`           // answers held until Learn returned
+	HoldTimeouts   uint64 `json:"holdTimeouts"`   // answers released after Learn failed or timed out
 	CacheInserts   uint64 `json:"cacheInserts"`
 	CacheOverflow  uint64 `json:"cacheOverflow"`
 }
@@ -73,12 +90,13 @@ type Stats struct {
 // Proxy is the DNS proxy.
 type Proxy struct {
 	cfg       Config
+	policy    atomic.Pointer[policyBox]
 	selectors atomic.Pointer[policy.DNSMatcher]
 	// udpBufs holds upstream read buffers (a UDP answer can be 64 KiB;
 	// most are small, so each is copied out at its size).
 	udpBufs sync.Pool
 
-	queries, allowed, denied, malformed, upstreamErrs, dropped, inserts, overflow atomic.Uint64
+	queries, allowed, denied, malformed, upstreamErrs, dropped, replyErrs, held, holdTimeouts, inserts, overflow atomic.Uint64
 }
 
 // New returns a proxy; Serve its listeners.
@@ -111,10 +129,53 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{}
 	}
+	if cfg.HoldTimeout <= 0 {
+		cfg.HoldTimeout = DefaultHoldTimeout
+	}
 	p := &Proxy{cfg: cfg}
+	p.policy.Store(&policyBox{cfg.Policy})
 	p.udpBufs.New = func() any { b := make([]byte, dnsmsg.MaxMessageSize); return &b }
 	p.selectors.Store(policy.NewDNSMatcher(nil))
 	return p, nil
+}
+
+type policyBox struct{ Policy }
+
+// SetPolicy replaces the policy queries are decided by (a new config).
+func (p *Proxy) SetPolicy(pol Policy) {
+	if pol != nil {
+		p.policy.Store(&policyBox{pol})
+	}
+}
+
+// dialer returns the dialer for a query from client: Dialer, with the
+// client's SO_MARK when Mark gives one.
+func (p *Proxy) dialer(client policy.Identity) *net.Dialer {
+	var mark uint32
+	if p.cfg.Mark != nil {
+		mark = p.cfg.Mark(client)
+	}
+	if mark == 0 {
+		return p.cfg.Dialer
+	}
+	d := *p.cfg.Dialer
+	inner := d.Control
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set SO_MARK %#x (needs CAP_NET_ADMIN): %w", mark, serr)
+		}
+		if inner != nil {
+			return inner(network, address, c)
+		}
+		return nil
+	}
+	return &d
 }
 
 // SetFQDNSelectors sets the toFQDNs selectors in force on the node: only
@@ -126,11 +187,11 @@ func (p *Proxy) SetFQDNSelectors(sels []policy.DNSSelector) {
 // Stats returns the counters.
 func (p *Proxy) Stats() Stats {
 	return Stats{Queries: p.queries.Load(), Allowed: p.allowed.Load(), Denied: p.denied.Load(), Malformed: p.malformed.Load(),
-		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load()}
+		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), ReplyErrors: p.replyErrs.Load(), Held: p.held.Load(), HoldTimeouts: p.holdTimeouts.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load()}
 }
 
 // exchange forwards a query to the server and returns the raw response.
-type exchange func(ctx context.Context, server netip.AddrPort, query []byte, id uint16) ([]byte, error)
+type exchange func(ctx context.Context, d *net.Dialer, server netip.AddrPort, query []byte, id uint16) ([]byte, error)
 
 // handle decides one query and returns the bytes to answer with (nil: no
 // answer — the query could not be read well enough to answer it).
@@ -174,7 +235,7 @@ func (p *Proxy) handle(ctx context.Context, proto policy.Protocol, client, local
 		return p.answer(rec, dnsmsg.Deny(msg, p.cfg.DenyRcode))
 	}
 	rec.Destination = server
-	d, err := p.cfg.Policy.Lookup(client.Addr(), server, proto)
+	d, err := p.policy.Load().Lookup(client.Addr(), server, proto)
 	if err != nil {
 		p.denied.Add(1)
 		rec.Reason = "no DNS policy: " + err.Error()
@@ -194,7 +255,7 @@ func (p *Proxy) handle(ctx context.Context, proto policy.Protocol, client, local
 	rec.DecidedBy = []policy.Provenance{d.Checker.Rule(i).Origin}
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.UpstreamTimeout)
 	defer cancel()
-	raw, err := ex(ctx, server, query, msg.Id)
+	raw, err := ex(ctx, p.dialer(d.Client), server, query, msg.Id)
 	var resp *mdns.Msg
 	if err == nil {
 		resp, err = dnsmsg.ParseResponse(raw, msg)
@@ -211,11 +272,26 @@ func (p *Proxy) handle(ctx context.Context, proto policy.Protocol, client, local
 	if resp.Rcode == mdns.RcodeSuccess {
 		ans := dnsmsg.Resolve(resp, q.Name)
 		rec.DNSIPs = ans.IPs
-		if p.cfg.Cache != nil && len(ans.IPs) > 0 && p.selectors.Load().Match(q.Name) >= 0 {
-			if p.cfg.Cache.Insert(q.Name, ans.IPs, time.Duration(ans.TTL)*time.Second) {
-				p.inserts.Add(1)
-			} else {
-				p.overflow.Add(1)
+		if len(ans.IPs) > 0 && p.selectors.Load().Match(q.Name) >= 0 {
+			ttl := time.Duration(ans.TTL) * time.Second
+			if p.cfg.Cache != nil {
+				if p.cfg.Cache.Insert(q.Name, ans.IPs, ttl) {
+					p.inserts.Add(1)
+				} else {
+					p.overflow.Add(1)
+				}
+			}
+			if p.cfg.Learn != nil {
+				// Hold the answer until the datapath admits its addresses.
+				hctx, cancel := context.WithTimeout(ctx, p.cfg.HoldTimeout)
+				err := p.cfg.Learn(hctx, q.Name, ans.IPs, ttl)
+				cancel()
+				if err != nil {
+					p.holdTimeouts.Add(1)
+					rec.Error = "answer released before the datapath had its addresses: " + err.Error()
+				} else {
+					p.held.Add(1)
+				}
 			}
 		}
 	}
@@ -233,21 +309,31 @@ func (p *Proxy) answer(rec *flow.Record, m *mdns.Msg) []byte {
 }
 
 // ServeUDP answers queries arriving on conn until ctx ends or conn fails.
+// A datagram the datapath redirected here (its original destination, read
+// with IP_RECVORIGDSTADDR — see ListenUDP — is not conn's own address) is
+// forwarded to that destination and answered from it, so the client sees
+// the server it asked; a failed answer is counted (ReplyErrors).
 func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	local, _ := netip.ParseAddrPort(conn.LocalAddr().String())
+	own, _ := netip.ParseAddrPort(conn.LocalAddr().String())
+	own = netip.AddrPortFrom(own.Addr().Unmap(), own.Port())
 	sem := make(chan struct{}, p.cfg.MaxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	buf := make([]byte, dnsmsg.MaxMessageSize)
+	oob := make([]byte, oobSize)
 	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("dns proxy: read udp: %w", err)
+		}
+		local := own
+		if dst := origDst(oob[:oobn]); dst.IsValid() {
+			local = dst
 		}
 		select {
 		case sem <- struct{}{}:
@@ -259,8 +345,19 @@ func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if resp := p.handle(ctx, policy.ProtoUDP, from, local, query, p.exchangeUDP); resp != nil {
-				conn.WriteToUDPAddrPort(resp, from)
+			resp := p.handle(ctx, policy.ProtoUDP, from, local, query, p.exchangeUDP)
+			if resp == nil {
+				return
+			}
+			var err error
+			if local == own || (own.Addr().IsUnspecified() && local.Port() == own.Port()) {
+				_, err = conn.WriteToUDPAddrPort(resp, from)
+			} else {
+				err = sendFrom(local, from, resp)
+			}
+			if err != nil {
+				p.replyErrs.Add(1)
+				p.cfg.Logger.Debug("dns answer", "client", from, "server", local, "err", err)
 			}
 		}()
 	}
@@ -268,8 +365,8 @@ func (p *Proxy) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 
 // exchangeUDP forwards a query over UDP: a connected socket (only the
 // server's datagrams arrive), datagrams with another id skipped.
-func (p *Proxy) exchangeUDP(ctx context.Context, server netip.AddrPort, query []byte, id uint16) ([]byte, error) {
-	c, err := p.cfg.Dialer.DialContext(ctx, "udp", server.String())
+func (p *Proxy) exchangeUDP(ctx context.Context, d *net.Dialer, server netip.AddrPort, query []byte, id uint16) ([]byte, error) {
+	c, err := d.DialContext(ctx, "udp", server.String())
 	if err != nil {
 		return nil, err
 	}
@@ -295,8 +392,8 @@ func (p *Proxy) exchangeUDP(ctx context.Context, server netip.AddrPort, query []
 }
 
 // exchangeTCP forwards a query over a new TCP connection.
-func (p *Proxy) exchangeTCP(ctx context.Context, server netip.AddrPort, query []byte, _ uint16) ([]byte, error) {
-	c, err := p.cfg.Dialer.DialContext(ctx, "tcp", server.String())
+func (p *Proxy) exchangeTCP(ctx context.Context, d *net.Dialer, server netip.AddrPort, query []byte, _ uint16) ([]byte, error) {
+	c, err := d.DialContext(ctx, "tcp", server.String())
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,100 @@
+package agentapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+)
+
+// FQDNAnswer is a DNS answer the DNS proxy saw for a name a toFQDNs
+// selector matches (POST /fqdn).
+type FQDNAnswer struct {
+	Name       string       `json:"name"`
+	IPs        []netip.Addr `json:"ips"`
+	TTLSeconds uint32       `json:"ttlSeconds"`
+}
+
+// FQDNLearner is implemented by a Backend that resolves toFQDNs through
+// the DNS proxy's answers: LearnFQDN returns once the datapath admits
+// connections to the answer's addresses (or fails; ctx bounds it).
+type FQDNLearner interface {
+	LearnFQDN(ctx context.Context, a FQDNAnswer) error
+}
+
+// maxFQDNAnswer bounds a POST /fqdn body (a name and at most a few
+// hundred addresses).
+const maxFQDNAnswer = 64 << 10
+
+func fqdnHandler(l FQDNLearner) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxFQDNAnswer+1))
+		if err != nil || len(body) > maxFQDNAnswer {
+			http.Error(w, fmt.Sprintf("fqdn answer: unreadable or larger than %d bytes", maxFQDNAnswer), http.StatusBadRequest)
+			return
+		}
+		var a FQDNAnswer
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&a); err != nil {
+			http.Error(w, "fqdn answer: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if dec.More() {
+			http.Error(w, "fqdn answer: data after the answer", http.StatusBadRequest)
+			return
+		}
+		if err := l.LearnFQDN(r.Context(), a); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// FQDNClient posts DNS answers to the agent (the Go proxy's side of POST
+// /fqdn), over one kept-alive connection pool.
+type FQDNClient struct {
+	c *http.Client
+}
+
+// NewFQDNClient returns a client of the agent's API socket (StatusSocket).
+func NewFQDNClient(sock string) *FQDNClient {
+	return &FQDNClient{c: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     time.Minute,
+	}}}
+}
+
+// Learn posts an answer and waits until the agent has implemented it
+// (ctx bounds the wait).
+func (f *FQDNClient) Learn(ctx context.Context, a FQDNAnswer) error {
+	body, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/fqdn", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := f.c.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent fqdn: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("agent fqdn: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
+}

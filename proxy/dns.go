@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/l7gate/l7gate/policy"
+	dnsproxy "github.com/l7gate/l7gate/proxy/dns"
+)
+
+// DNSOptions configure the DNS proxy that serves listeners with parser
+// dns (package dnsproxy): UDP and TCP on the listener's port.
+type DNSOptions struct {
+	// Learn is told the addresses of allowed answers for names a toFQDNs
+	// selector matches, and holds the answer until it returns (see
+	// dnsproxy.Config.Learn): the proxy command asks the agent, which
+	// answers once the datapath admits them.
+	Learn func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error
+	// HoldTimeout bounds Learn (0: dnsproxy's default).
+	HoldTimeout time.Duration
+	// DenyRcode answers denied queries (0: REFUSED; or NXDOMAIN).
+	DenyRcode int
+	// Cache keeps the names toFQDNs selectors match (nil: none).
+	Cache *dnsproxy.Cache
+}
+
+// newDNS returns the DNS proxy (deciding nothing until Apply: every query
+// is denied).
+func newDNS(opts Options) *dnsproxy.Proxy {
+	empty, _ := dnsproxy.NewEndpointPolicy(nil, func(netip.Addr) policy.Identity { return policy.IdentityWorld })
+	cfg := dnsproxy.Config{Logger: opts.Logger, Policy: empty, OriginalDst: dnsproxy.LocalDst{}, Cache: opts.DNS.Cache,
+		DenyRcode: opts.DNS.DenyRcode, AccessLog: opts.AccessLog, Learn: opts.DNS.Learn, HoldTimeout: opts.DNS.HoldTimeout}
+	if opts.Mark != nil {
+		cfg.Mark = func(client policy.Identity) uint32 { return opts.Mark(client, policy.Egress) }
+	}
+	p, err := dnsproxy.New(cfg)
+	if err != nil {
+		// only an invalid DenyRcode gets here: deny with the default
+		cfg.DenyRcode = 0
+		p, _ = dnsproxy.New(cfg)
+	}
+	return p
+}
+
+// DNSStats returns the DNS proxy's counters.
+func (p *Proxy) DNSStats() dnsproxy.Stats { return p.dns.Stats() }
+
+// dnsPolicy compiles the DNS part of cfg (an error fails Apply).
+func dnsPolicy(cfg *Config, c *compiled) (*dnsproxy.SnapshotPolicy, error) {
+	eps := make([]dnsproxy.PolicyEndpoint, 0, len(cfg.Endpoints))
+	for _, ep := range cfg.Endpoints {
+		eps = append(eps, dnsproxy.PolicyEndpoint{Identity: ep.Identity, IPs: ep.IPs, Egress: ep.Egress, FQDNSelectors: ep.FQDNSelectors})
+	}
+	return dnsproxy.NewEndpointPolicy(eps, c.identityOf)
+}
+
+// serveDNS serves a dns listener: its TCP listener and a UDP socket on
+// the same port (the datapath's socket map holds both; the agent takes
+// the UDP socket as it takes the listener).
+func (p *Proxy) serveDNS(st *listenerState) error {
+	udp, err := dnsproxy.ListenUDP(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(st.spec.Port))), *p.opts.Transparent)
+	if err != nil {
+		return err
+	}
+	st.udp = udp
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		if err := p.dns.ServeTCP(p.ctx, st.ln); err != nil && !errors.Is(err, net.ErrClosed) {
+			p.log.Warn("dns listener", "port", st.spec.Port, "error", err)
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		if err := p.dns.ServeUDP(p.ctx, udp); err != nil && !errors.Is(err, net.ErrClosed) {
+			p.log.Warn("dns listener", "port", st.spec.Port, "protocol", "udp", "error", err)
+		}
+	}()
+	return nil
+}
+
+// close closes a listener's sockets.
+func (st *listenerState) close() {
+	st.ln.Close()
+	if st.udp != nil {
+		st.udp.Close()
+	}
+}
