@@ -674,6 +674,18 @@ func landing(ctx context.Context, c *http.Client, i int) (int, error) {
 	return oFailed, fmt.Errorf("POST request-landing answered %d %.40q", resp.StatusCode, body)
 }
 
+// endedRun reports whether the run's context ended — or reached its
+// deadline: a request context derived from it has its own timer, which
+// can fire (DeadlineExceeded) before the run's own, so ctx.Err() alone
+// can still be nil for a request the end of the run cut off.
+func endedRun(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
 // loop runs do every `every` until ctx ends (at most max times).
 func (s *soak) loop(ctx context.Context, wg *sync.WaitGroup, client int, every time.Duration, max int, do func(ctx context.Context, i int) (int, error)) {
 	wg.Go(func() {
@@ -685,7 +697,7 @@ func (s *soak) loop(ctx context.Context, wg *sync.WaitGroup, client int, every t
 			}
 			start := time.Now()
 			out, err := do(ctx, i)
-			if ctx.Err() != nil && out == oFailed {
+			if out == oFailed && endedRun(ctx) {
 				return // cut off by the end of the run
 			}
 			s.record(client, start, out, err)
