@@ -293,7 +293,7 @@ func hubbleTCP(addr string, cfg *tls.Config) (net.Listener, []grpc.ServerOption,
 	if ip, err := netip.ParseAddr(host); cfg == nil && (err != nil || !ip.IsLoopback()) {
 		return nil, nil, fmt.Errorf("observer api on %s: TLS is required beyond loopback", addr)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := agentapi.ListenTCP(context.Background(), addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("observer api: %w", err)
 	}

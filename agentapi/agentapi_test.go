@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"context"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -72,5 +73,46 @@ func TestClientServer(t *testing.T) {
 	}
 	if got := filepath.Base(XDSSocket(run)); got != "xds.sock" {
 		t.Errorf("xds socket %s", got)
+	}
+}
+
+// TestListenTCPTwice: a rolling update's new agent binds the metrics,
+// Observer API and service map ports while the old one still holds them
+// (same node, host network); both listeners accept.
+func TestListenTCPTwice(t *testing.T) {
+	ctx := context.Background()
+	old, err := ListenTCP(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	succ, err := ListenTCP(ctx, old.Addr().String())
+	if err != nil {
+		t.Fatalf("second listener on %s: %v", old.Addr(), err)
+	}
+	defer succ.Close()
+	// Either socket may get a connection; each must be usable. Close the
+	// old one (the old pod exits): the new one gets every connection.
+	old.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := succ.Accept()
+		if err == nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	c, err := net.DialTimeout("tcp", succ.Addr().String(), 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial the successor: %v", err)
+	}
+	c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("accept: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the successor never accepted")
 	}
 }

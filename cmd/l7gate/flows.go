@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/l7gate/l7gate/agent"
+	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/observe"
 	"github.com/l7gate/l7gate/observe/hubble"
 	"github.com/l7gate/l7gate/observe/metrics"
@@ -314,7 +315,7 @@ func listenServiceMap(addr string) (net.Listener, error) {
 	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
 		return nil, usageErrorf("--service-map-address %q: loopback only (the page has no authentication; use kubectl port-forward)", addr)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := agentapi.ListenTCP(context.Background(), addr)
 	if err != nil {
 		return nil, fmt.Errorf("service map listener: %w", err)
 	}
@@ -324,7 +325,7 @@ func listenServiceMap(addr string) (net.Listener, error) {
 // serveMetrics serves a registry on GET /metrics at a TCP address until
 // ctx ends.
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := agentapi.ListenTCP(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestListenServiceMap: the page listens on loopback only, or on an
@@ -73,4 +77,60 @@ func TestListenServiceMap(t *testing.T) {
 	if _, err := listenServiceMap("fd:" + strconv.Itoa(nfd)); err == nil || !strings.Contains(err.Error(), "fd:") {
 		t.Errorf("fd of /dev/null: %v", err)
 	}
+}
+
+// TestAgentPortsDuringRollingUpdate: with the chart's maxSurge the new
+// pod's agent starts on the node (host network) while the old pod's still
+// serves the metrics and service-map ports. Both must bind: a plain bind
+// failed with EADDRINUSE, so the new agent had no metrics ("metrics
+// listener: … address already in use" on the real cluster) and, with the
+// service map on, did not start at all — and the rollout never finished.
+func TestAgentPortsDuringRollingUpdate(t *testing.T) {
+	old, err := listenServiceMap("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	succ, err := listenServiceMap(old.Addr().String())
+	if err != nil {
+		t.Fatalf("service map of the new agent: %v", err)
+	}
+	succ.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	oldMetrics, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := oldMetrics.Addr().String()
+	oldMetrics.Close()
+	errs := make(chan error, 2)
+	go func() { errs <- serveMetrics(ctx, addr, reg) }()
+	waitListening(t, addr)
+	go func() { errs <- serveMetrics(ctx, addr, reg) }()
+	select {
+	case err := <-errs:
+		t.Fatalf("metrics of the new agent while the old one serves: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	cancel()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("metrics server: %v", err)
+		}
+	}
+}
+
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	for range 100 {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s", addr)
 }
