@@ -44,9 +44,9 @@ func (o *observer) mark(ctx context.Context) {
 
 // decidedBy returns the rules the agent or the proxy reported for a check
 // from src to dst:port since mark, or nil. Reports arrive asynchronously
-// (ring buffer, access-log writes), so it looks a few times.
+// (ring buffer, access-log writes), so it looks for up to 2 s.
 func (o *observer) decidedBy(ctx context.Context, obs Observation, src netip.Addr, dsts []netip.AddrPort) []string {
-	for range 10 {
+	for range 40 {
 		if out := o.look(ctx, obs, src, dsts); len(out) > 0 || obs.Verdict == Errored {
 			return out
 		}
@@ -61,12 +61,32 @@ func (o *observer) decidedBy(ctx context.Context, obs Observation, src netip.Add
 
 // look finds what was reported for src to any of dsts (one destination, or
 // a Service's backends).
+//
+// A connection the datapath handed to a proxy is decided by the proxy: its
+// access record is written after the answer reaches the client, so until it
+// is there the datapath's other records of that connection (the proxy's own
+// upstream leg keeps the client's address) must not stand in for it.
 func (o *observer) look(ctx context.Context, obs Observation, src netip.Addr, dsts []netip.AddrPort) []string {
 	out := o.lookProxy(obs, src, dsts)
 	if len(out) == 0 && obs.Verdict != Denied {
+		if obs.Verdict != Dropped && o.redirected(ctx, src, dsts) {
+			return nil // look again: the proxy's record is on its way
+		}
 		out = o.lookFlows(ctx, obs.Verdict == Dropped, src, dsts)
 	}
 	return out
+}
+
+// redirected reports whether the datapath handed a connection from src to
+// any of dsts to a proxy since mark.
+func (o *observer) redirected(ctx context.Context, src netip.Addr, dsts []netip.AddrPort) bool {
+	page, err := agentapi.FetchFlows(ctx, o.runDir, o.flowsAt)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(page.Flows, func(f flow.Record) bool {
+		return f.Verdict == flow.VerdictRedirected && f.Source.Addr() == src && slices.Contains(dsts, f.Destination)
+	})
 }
 
 // audited returns the rules of the audit records (datapath or proxy) for
