@@ -211,6 +211,13 @@ func TestPrivilegedProxyHandOver(t *testing.T) {
 		t.Errorf("xwing: %d of %d tries connected", xwingConnected.Load(), xwingTries.Load())
 	}
 	if c := registered(); c < 4 {
-		t.Errorf("the agent registered proxy listeners %d times; want the first proxy's and each successor's", c)
+		alog, _ := os.ReadFile(filepath.Join(n.run, "agent.log"))
+		var lines []string
+		for _, l := range strings.Split(string(alog), "\n") {
+			if strings.Contains(l, "listener") || strings.Contains(l, "proxy") || strings.Contains(l, "standing") {
+				lines = append(lines, l)
+			}
+		}
+		t.Errorf("the agent registered proxy listeners %d times; want the first proxy's and each successor's\n%s", c, strings.Join(lines, "\n"))
 	}
 }
