@@ -190,7 +190,11 @@ func TestPrivilegedIPv6NeighbourDiscovery(t *testing.T) {
 		{"redirect from the pod", false, ethIPv6(ndPkt(llIP6, nodeLL, ndRedirect, nodeIP6)), actShot, ReasonNDRouter},
 		{"NS with hop limit 64", false, ethIPv6(func() pkt { p := ndPkt(llIP6, solicited, ndNS, nodeLL); p.hopLimit = 64; return p }()), actShot, ReasonMalformed},
 		{"NS with code 1", false, ethIPv6(func() pkt { p := ndPkt(llIP6, solicited, ndNS, nodeLL); p.icmpCode = 1; return p }()), actShot, ReasonMalformed},
-		{"atomic fragment NS", false, ethIPv6(func() pkt { p := ndPkt(llIP6, solicited, ndNS, nodeLL); p.exts = []ext6{fragExt(0, false, 9)}; return p }()), actShot, ReasonMalformed},
+		{"atomic fragment NS", false, ethIPv6(func() pkt {
+			p := ndPkt(llIP6, solicited, ndNS, nodeLL)
+			p.exts = []ext6{fragExt(0, false, 9)}
+			return p
+		}()), actShot, ReasonMalformed},
 		{"NA with a cut target", false, ethIPv6(func() pkt { p := ndPkt(llIP6, nodeLL, ndNA, podIP6); p.data = p.data[:8]; return p }()), actShot, ReasonMalformed},
 		{"echo from link-local (ND only)", false, ethIPv6(icmp6Pkt(llIP6, nodeLL, icmp6Echo, 1)), actShot, ReasonSpoofed},
 		{"NS into the pod", true, ethIPv6(ndPkt(nodeLL, solicited, ndNS, podIP6)), actOK, 0},
