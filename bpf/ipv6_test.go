@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -100,24 +101,48 @@ func TestPrivilegedIPv6PolicyVerdicts(t *testing.T) {
 }
 
 // TestPrivilegedIPv6Redirect: an IPv6 flow to a redirected port gets the
-// to-proxy mark, its reply passes, and a redirect without a listener drops.
+// to-proxy mark when the port has an IPv6 listener; with only an IPv4 one
+// (which cannot take IPv6) the redirect drops (no-listener), as it does
+// without any listener.
 func TestPrivilegedIPv6Redirect(t *testing.T) {
 	d := fixture(t, enforcedEgress(
 		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 610},
 		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 81, Verdict: VerdictRedirect, ProxyPort: testProxyPrt + 1, RuleID: 611}))
+	evs := watchEvents(t, d)
 	if err := d.RegisterProxyListener(testProxyPrt, listen(t)); err != nil {
 		t.Fatal(err)
 	}
-	got := d.fromPod(t, egress6(peerIP6, ProtoTCP, 80))
-	if got != (runResult{ret: actOK, mark: ToProxyMark(testProxyPrt)}) {
-		t.Errorf("redirected syn: %+v", got)
+	wantRet(t, "IPv4 listener only", d.fromPod(t, egress6(peerIP6, ProtoTCP, 80)), actShot)
+	evs.waitFor(t, 1, func(ev Event) bool { return ev.Dropped && ev.Reason == ReasonNoListener && ev.Dst.Addr() == peerIP6 })
+	if got := d.fromPod(t, egress(peerIP, ProtoTCP, 80)); got != (runResult{ret: actOK, mark: ToProxyMark(testProxyPrt)}) {
+		t.Errorf("IPv4 redirected syn: %+v", got)
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	l6, err := lc.Listen(t.Context(), "tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l6.Close() })
+	if err := d.RegisterProxyListener(testProxyPrt, l6.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
 	}
 	p := egress6(peerIP6, ProtoTCP, 80)
+	p.sport++
+	if got := d.fromPod(t, p); got != (runResult{ret: actOK, mark: ToProxyMark(testProxyPrt)}) {
+		t.Errorf("redirected syn: %+v", got)
+	}
 	p.tcpFlags = tcpACK
 	if got := d.fromPod(t, p); got.mark != ToProxyMark(testProxyPrt) {
 		t.Errorf("established redirected packet: %+v", got)
 	}
 	wantRet(t, "redirect without a listener", d.fromPod(t, egress6(peerIP6, ProtoTCP, 81)), actShot)
+	// The IPv4 listener is still the port's IPv4 socket.
+	p4 := egress(peerIP, ProtoTCP, 80)
+	p4.sport++
+	if got := d.fromPod(t, p4); got != (runResult{ret: actOK, mark: ToProxyMark(testProxyPrt)}) {
+		t.Errorf("IPv4 redirected syn after the IPv6 registration: %+v", got)
+	}
 }
 
 // TestPrivilegedIPv6ICMP: icmps entries with protocol ICMPv6 are enforced

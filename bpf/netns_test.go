@@ -243,7 +243,7 @@ func dialRead(ns, addr string, o dialOpts) (string, error) {
 			return errors.Join(err, serr)
 		}
 		var err error
-		c, err = d.Dial("tcp4", addr)
+		c, err = d.Dial("tcp", addr) // the address says which family
 		return err
 	})
 	if err != nil {

@@ -325,8 +325,12 @@ struct {
 
 /* Proxy sockets: key = proxy port for a TCP listener, proxy port |
  * PROXY_SOCK_UDP for the UDP socket of the same port (the DNS proxy serves
- * both on one proxy port). */
+ * both on one proxy port). A socket under the plain key serves IPv4 (an
+ * AF_INET socket) or both families (an AF_INET6 wildcard socket without
+ * IPV6_V6ONLY); | PROXY_SOCK_V6 keys a port's IPv6-only socket (bound to
+ * an IPv6 address such as ::1), which IPv6 flows take first. */
 #define PROXY_SOCK_UDP (1u << 16)
+#define PROXY_SOCK_V6 (1u << 17)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -1321,12 +1325,34 @@ static __always_inline __u32 proxy_sock_key(__u16 proxy_port, __u8 proto)
 	return proto == IPPROTO_UDP ? (__u32)proxy_port | PROXY_SOCK_UDP : (__u32)proxy_port;
 }
 
-/* listener_present: the proxy port has a socket for the flow's protocol
- * (a UDP redirect needs the proxy's UDP socket, TCP its listener). */
-static __always_inline int listener_present(__u16 proxy_port, __u8 proto)
+/* proxy_sock returns (referenced) the proxy port's socket for a flow of
+ * the protocol and family, or 0: for IPv6 the port's IPv6 socket, else a
+ * dual-stack one under the plain key (an AF_INET socket there cannot take
+ * IPv6: none). */
+static __always_inline struct bpf_sock *proxy_sock(__u16 proxy_port, __u8 proto, __u8 family)
 {
 	__u32 key = proxy_sock_key(proxy_port, proto);
-	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &key);
+	struct bpf_sock *sk;
+	if (family == AF_INET6) {
+		__u32 key6 = key | PROXY_SOCK_V6;
+		sk = bpf_map_lookup_elem(&proxy_socks, &key6);
+		if (sk)
+			return sk;
+	}
+	sk = bpf_map_lookup_elem(&proxy_socks, &key);
+	if (sk && family == AF_INET6 && sk->family != AF_INET6) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	return sk;
+}
+
+/* listener_present: the proxy port has a socket for the flow's protocol
+ * and family (a UDP redirect needs the proxy's UDP socket, TCP its
+ * listener; IPv6 an IPv6 or dual-stack one). */
+static __always_inline int listener_present(__u16 proxy_port, __u8 proto, __u8 family)
+{
+	struct bpf_sock *sk = proxy_sock(proxy_port, proto, family);
 	if (!sk)
 		return 0;
 	bpf_sk_release(sk);
@@ -1685,7 +1711,7 @@ new_flow:
 		pv.verdict = VERDICT_ALLOW;
 		pv.proxy_port = 0;
 	}
-	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port, f.proto)) {
+	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port, f.proto, f.family)) {
 		count_rule(pv.rule_id, f.len);
 		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, REASON_NO_LISTENER,
 			   eflags | EVENT_F_DROPPED);
@@ -1789,8 +1815,7 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 	if (!ct || ct->verdict != VERDICT_REDIRECT)
 		return SK_PASS;
 
-	__u32 port = proxy_sock_key(ct->proxy_port, proto);
-	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &port);
+	struct bpf_sock *sk = proxy_sock(ct->proxy_port, proto, fl.family);
 	if (!sk)
 		return SK_DROP;
 	long err = bpf_sk_assign(ctx, sk, 0);
