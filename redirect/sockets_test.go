@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -209,5 +211,37 @@ func TestPrivilegedListenTransparentIPv6(t *testing.T) {
 	defer c.Close()
 	if od, err := OriginalDestination(c); err != nil || od.Addr() != netip.IPv6Loopback() {
 		t.Errorf("original destination %v %v, want [::1]", od, err)
+	}
+}
+
+// TestPrivilegedTakeListeners: both listeners of a port (IPv4 and IPv6)
+// are taken, IPv4 first; TakeListener takes one.
+func TestPrivilegedTakeListeners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: pidfd_getfd")
+	}
+	l4, err := ListenTransparent(context.Background(), "127.0.0.1:0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l4.Close()
+	port := l4.Addr().(*net.TCPAddr).Port
+	l6, err := ListenTransparent(context.Background(), "[::1]:"+strconv.Itoa(port), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l6.Close()
+	got, err := TakeListeners(os.Getpid(), uint16(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, l := range got {
+		addrs = append(addrs, l.Addr().String())
+		l.Close()
+	}
+	want := []string{"127.0.0.1:" + strconv.Itoa(port), "[::1]:" + strconv.Itoa(port)}
+	if !slices.Equal(addrs, want) {
+		t.Errorf("took %v, want %v", addrs, want)
 	}
 }
