@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -215,23 +216,37 @@ func TestPrivilegedListenTransparentIPv6(t *testing.T) {
 }
 
 // TestPrivilegedTakeListeners: both listeners of a port (IPv4 and IPv6)
-// are taken, IPv4 first; TakeListener takes one.
+// of another process are taken, IPv4 first.
 func TestPrivilegedTakeListeners(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: pidfd_getfd")
 	}
-	l4, err := ListenTransparent(context.Background(), "127.0.0.1:0", false)
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3 (a listening process of its own)")
+	}
+	// A process of its own: /proc/PID/net is its main thread's namespace,
+	// which in this test binary another test may have moved.
+	cmd := exec.Command("python3", "-c", `
+import socket, sys, time
+a = socket.socket(); a.bind(("127.0.0.1", 0)); a.listen()
+port = a.getsockname()[1]
+b = socket.socket(socket.AF_INET6); b.bind(("::1", port)); b.listen()
+print(port, flush=True)
+time.sleep(30)
+`)
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l4.Close()
-	port := l4.Addr().(*net.TCPAddr).Port
-	l6, err := ListenTransparent(context.Background(), "[::1]:"+strconv.Itoa(port), false)
-	if err != nil {
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer l6.Close()
-	got, err := TakeListeners(os.Getpid(), uint16(port))
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var port int
+	if _, err := fmt.Fscan(out, &port); err != nil {
+		t.Fatalf("listener process: %v", err)
+	}
+	got, err := TakeListeners(cmd.Process.Pid, uint16(port))
 	if err != nil {
 		t.Fatal(err)
 	}
