@@ -418,3 +418,35 @@ func TestPrivilegedHostileIPv6NoCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegedHostileIPv6ForgedProxyMark: over IPv6 too, a from-proxy
+// mark is believed only from a registered proxy cgroup; otherwise the
+// packet is judged by its source address (the node: host). A proxy that
+// kept its client's IPv6 address gets the pod's replies steered to it.
+func TestPrivilegedHostileIPv6ForgedProxyMark(t *testing.T) {
+	d := fixture(t, enforcedIngress(
+		PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 670},
+		PolicyEntry{Peer: IdentityHost, Protocol: ProtoTCP, Port: 9000, Verdict: VerdictAllow, RuleID: 671},
+	))
+	evs := watchEvents(t, d)
+	p := ingress6(nodeIP6, ProtoTCP, 80)
+	forged := ProxyMark(Ingress, peerID)
+	wantRet(t, "no proxy cgroup registered", run(t, d.objs.TcToPod, p, forged), actShot)
+	ev := evs.waitFor(t, 1, dropReason(ReasonDefault))[0]
+	if ev.SrcIdentity != IdentityHost || ev.FromProxy || !ev.UntrustedMark || ev.Src.Addr() != nodeIP6 {
+		t.Errorf("drop event %+v: want host at %s, not from proxy, untrusted mark", ev, nodeIP6)
+	}
+	wantRet(t, "forged mark to a port host may reach", run(t, d.objs.TcToPod, ingress6(nodeIP6, ProtoTCP, 9000), forged), actOK)
+
+	trustTestCgroup(t, d)
+	p.sport++
+	wantRet(t, "proxy cgroup", run(t, d.objs.TcToPod, p, forged), actOK)
+	// The proxy kept the peer's IPv6 address: the pod's reply goes to it.
+	kept := ingress6(peerIP6, ProtoTCP, 80)
+	kept.sport = 41000
+	wantRet(t, "kept-source proxy connection", run(t, d.objs.TcToPod, kept, forged), actOK)
+	r := d.fromPod(t, pkt{src: podIP6, dst: peerIP6, sport: 80, dport: 41000, proto: ProtoTCP, tcpFlags: tcpSYN | tcpACK})
+	if r.ret != actOK || r.mark != ToProxyMark(0) {
+		t.Errorf("reply to the kept-source proxy: %+v, want passed with the to-proxy mark", r)
+	}
+}
