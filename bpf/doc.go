@@ -35,7 +35,8 @@
 //	fragments6   LRU hash {saddr[16], daddr[16], identification} ->
 //	             protocol, ports and the first fragment's length (IPv6)
 //	proxy_socks  sockhash proxy port -> listener socket; proxy port|1<<16
-//	             -> the port's UDP socket (the DNS proxy's)
+//	             -> the port's UDP socket (the DNS proxy's); |1<<17: the
+//	             port's IPv6-only socket (ProxySockets.Register)
 //	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
 //	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}
@@ -200,6 +201,8 @@
 //
 //	ip rule add fwmark 0x200/0xf00 lookup 2004
 //	ip route add local 0.0.0.0/0 dev lo table 2004
+//	ip -6 rule add fwmark 0x200/0xf00 lookup 2004      (IPv6)
+//	ip -6 route add local ::/0 dev lo table 2004       (IPv6)
 //	nft: table ip l7gate { chain prerouting-raw { type filter hook
 //	     prerouting priority raw; meta mark & 0xf01 == 0x201 notrack } }
 //	net.ipv4.tcp_early_demux=0
