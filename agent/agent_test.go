@@ -40,6 +40,7 @@ type fakeDatapath struct {
 	policy   map[uint32]bpf.EndpointPolicy
 	ipcache  []bpf.IPCacheEntry
 	attached map[int]bool
+	eps      map[int]bpf.Endpoint // as last attached
 	log      []string
 	reject   func(bpf.EndpointPolicy) error
 	// partial, when set, names endpoint directions SyncPolicy cannot
@@ -51,13 +52,14 @@ type fakeDatapath struct {
 }
 
 func newFakeDatapath() *fakeDatapath {
-	return &fakeDatapath{policy: map[uint32]bpf.EndpointPolicy{}, attached: map[int]bool{}}
+	return &fakeDatapath{policy: map[uint32]bpf.EndpointPolicy{}, attached: map[int]bool{}, eps: map[int]bpf.Endpoint{}}
 }
 
 func (d *fakeDatapath) AttachEndpoint(ep bpf.Endpoint) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.attached[ep.Ifindex] = true
+	d.eps[ep.Ifindex] = ep
 	d.log = append(d.log, fmt.Sprintf("attach %d", ep.Ifindex))
 	return nil
 }

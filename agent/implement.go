@@ -280,14 +280,16 @@ func (a *Agent) attachNew(local []bpftranslate.LocalEndpoint, fs *failures) {
 		if err := a.cfg.Host.PrepareEndpoint(ep.Device); err != nil {
 			a.log.Warn("endpoint sysctls", "endpoint", ep.Key(), "device", ep.Device, "error", err)
 		}
-		var ip4 netip.Addr
+		var ip4, ip6 netip.Addr
 		for _, ip := range ep.IPs {
-			if ip.Is4() {
+			if ip.Is4() && !ip4.IsValid() {
 				ip4 = ip
-				break
+			}
+			if ip.Is6() && !ip.Is4In6() && !ip.IsLinkLocalUnicast() && !ip6.IsValid() {
+				ip6 = ip // the only IPv6 source the pod may use (bpf.Endpoint)
 			}
 		}
-		if err := a.dp.AttachEndpoint(bpf.Endpoint{ID: uint32(ep.Ifindex), Ifindex: ep.Ifindex, IPv4: ip4}); err != nil {
+		if err := a.dp.AttachEndpoint(bpf.Endpoint{ID: uint32(ep.Ifindex), Ifindex: ep.Ifindex, IPv4: ip4, IPv6: ip6}); err != nil {
 			fs.add(ep, StepAttach, policy.Ingress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
 			fs.add(ep, StepAttach, policy.Egress, fmt.Sprintf("%s: %v", ep.Device, err), nil)
 			a.halfAttached[ep.Ifindex] = ep

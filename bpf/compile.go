@@ -43,8 +43,10 @@ import (
 // Port (type 0 is echo reply, not "all types"; all of ICMP is a
 // protocol-wildcard entry without ports, which covers every protocol).
 // It is stored as an exact port of protocol ICMP, and the program looks an
-// ICMP packet up with its type as the port. ICMPv6 entries are accepted
-// and compile to nothing: IPv6 is dropped until it is enforced.
+// ICMP packet up with its type as the port. ICMPv6 entries are the same
+// with protocol ICMPv6 (58), which only IPv6 packets carry (the program
+// drops ICMPv6 in IPv4 and ICMP in IPv6, so a rule of one family never
+// matches the other's messages).
 
 const levelAnyProto = 17
 
@@ -144,16 +146,14 @@ func validateEntry(e PolicyEntry) error {
 }
 
 // expand turns an entry into the L4 keys it covers. An ICMP entry is one
-// type, stored as an exact port (the program looks ICMP up with its type);
-// ICMPv6 entries cover nothing while IPv6 is dropped.
+// type, stored as an exact port (the program looks ICMP and ICMPv6 up
+// with its type).
 func expand(e PolicyEntry) []l4Key {
 	switch {
 	case e.Protocol == ProtoAny && e.Port == 0:
 		return []l4Key{{}}
-	case e.Protocol == ProtoICMP:
-		return []l4Key{{proto: ProtoICMP, plen: 16, port: e.Port}}
-	case e.Protocol == ProtoICMPv6:
-		return nil
+	case e.Protocol == ProtoICMP, e.Protocol == ProtoICMPv6:
+		return []l4Key{{proto: e.Protocol, plen: 16, port: e.Port}}
 	}
 	var ranges []l4Key
 	if e.Port == 0 {

@@ -16,7 +16,7 @@ func reference(dp DirectionPolicy, peer Identity, proto uint8, dport uint16) (Ve
 		if e.Protocol != ProtoAny && e.Protocol != proto {
 			continue
 		}
-		if e.Protocol == ProtoICMP {
+		if e.Protocol == ProtoICMP || e.Protocol == ProtoICMPv6 {
 			if dport != e.Port {
 				continue
 			}
@@ -39,10 +39,10 @@ func reference(dp DirectionPolicy, peer Identity, proto uint8, dport uint16) (Ve
 
 func randomEntry(r *rand.Rand) PolicyEntry {
 	peers := []Identity{IdentityAny, 256, 257, IdentityWorld}
-	protos := []uint8{ProtoAny, ProtoTCP, ProtoUDP, ProtoICMP}
+	protos := []uint8{ProtoAny, ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6}
 	e := PolicyEntry{Peer: peers[r.IntN(len(peers))], Protocol: protos[r.IntN(len(protos))], RuleID: r.Uint32N(100)}
-	if e.Protocol == ProtoICMP {
-		e.Port = uint16(r.IntN(16)) // an ICMP type
+	if e.Protocol == ProtoICMP || e.Protocol == ProtoICMPv6 {
+		e.Port = randomICMPType(r, e.Protocol)
 		e.Verdict = []Verdict{VerdictAllow, VerdictDeny}[r.IntN(2)]
 		return e
 	}
@@ -67,6 +67,16 @@ func randomEntry(r *rand.Rand) PolicyEntry {
 	return e
 }
 
+// randomICMPType is an ICMP type (0-15) or an ICMPv6 type of 124-132
+// (echo request and reply among them; never neighbour discovery, which
+// passes without policy).
+func randomICMPType(r *rand.Rand, proto uint8) uint16 {
+	if proto == ProtoICMPv6 {
+		return 124 + uint16(r.IntN(9))
+	}
+	return uint16(r.IntN(16))
+}
+
 func TestCompileMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for round := range 300 {
@@ -79,9 +89,9 @@ func TestCompileMatchesReference(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, peer := range []Identity{256, 257, 258, IdentityWorld} {
-			for _, proto := range []uint8{ProtoTCP, ProtoUDP, ProtoSCTP, ProtoICMP} {
-				for port := uint16(0); port < 110; port++ {
-					if proto == ProtoICMP && port > 20 {
+			for _, proto := range []uint8{ProtoTCP, ProtoUDP, ProtoSCTP, ProtoICMP, ProtoICMPv6} {
+				for port := uint16(0); port < 140; port++ {
+					if proto == ProtoICMP && port > 20 || proto != ProtoICMPv6 && port >= 110 {
 						break
 					}
 					want, _ := reference(dp, peer, proto, port)

@@ -26,11 +26,11 @@ func (d *Datapath) ConntrackAddrs(maxIdle time.Duration) (map[netip.Addr]bool, e
 	}
 	out := map[netip.Addr]bool{}
 	for k, v := range entries {
-		if now-v.LastSeen > uint64(maxIdle) || k.Family != unix.AF_INET {
+		if now-v.LastSeen > uint64(maxIdle) || (k.Family != unix.AF_INET && k.Family != unix.AF_INET6) {
 			continue
 		}
-		out[netip.AddrFrom4([4]byte(k.Saddr[:4]))] = true
-		out[netip.AddrFrom4([4]byte(k.Daddr[:4]))] = true
+		out[ctAddr(k.Family, k.Saddr)] = true
+		out[ctAddr(k.Family, k.Daddr)] = true
 	}
 	return out, nil
 }

@@ -127,6 +127,7 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		datapathMapPolicy:     s.Policy,
 		datapathMapConntrack:  s.Conntrack,
 		datapathMapFragments:  s.Fragments,
+		datapathMapFragments6: s.Fragments,
 		datapathMapProxySocks: s.ProxySockets,
 		datapathMapRuleStats:  s.RuleStats,
 		datapathMapEvents:     s.EventsBytes,

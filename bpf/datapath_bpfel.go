@@ -102,6 +102,22 @@ type datapathEventLimit struct {
 	Suppressed uint64
 }
 
+type datapathFrag6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Id    uint32
+}
+
+type datapathFrag6Value struct {
+	_        structs.HostLayout
+	Sport    uint16
+	Dport    uint16
+	Proto    uint8
+	Pad      uint8
+	FirstLen uint16
+}
+
 type datapathFragKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -167,6 +183,7 @@ const (
 	datapathMapEventLimit     = "event_limit"
 	datapathMapEvents         = "events"
 	datapathMapFragments      = "fragments"
+	datapathMapFragments6     = "fragments6"
 	datapathMapIpcache        = "ipcache"
 	datapathMapPolicy         = "policy"
 	datapathMapProxyCgroups   = "proxy_cgroups"
@@ -236,6 +253,7 @@ type datapathMapSpecs struct {
 	EventLimit   *ebpf.MapSpec `ebpf:"event_limit"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Fragments    *ebpf.MapSpec `ebpf:"fragments"`
+	Fragments6   *ebpf.MapSpec `ebpf:"fragments6"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	ProxyCgroups *ebpf.MapSpec `ebpf:"proxy_cgroups"`
@@ -277,6 +295,7 @@ type datapathMaps struct {
 	EventLimit   *ebpf.Map `ebpf:"event_limit"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Fragments    *ebpf.Map `ebpf:"fragments"`
+	Fragments6   *ebpf.Map `ebpf:"fragments6"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	ProxyCgroups *ebpf.Map `ebpf:"proxy_cgroups"`
@@ -293,6 +312,7 @@ func (m *datapathMaps) Close() error {
 		m.EventLimit,
 		m.Events,
 		m.Fragments,
+		m.Fragments6,
 		m.Ipcache,
 		m.Policy,
 		m.ProxyCgroups,

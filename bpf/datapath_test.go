@@ -28,6 +28,18 @@ var (
 	nodeIP  = netip.MustParseAddr("198.18.0.1")
 )
 
+// IPv6 fixture addresses (2001:db8::/32, documentation only): the same
+// peers as the IPv4 ones, and a link-local address.
+var (
+	podIP6   = netip.MustParseAddr("2001:db8:1::10")
+	peerIP6  = netip.MustParseAddr("2001:db8:2::20")
+	otherIP6 = netip.MustParseAddr("2001:db8:2::30")
+	cidrIP6  = netip.MustParseAddr("2001:db8:ff07::7")
+	worldIP6 = netip.MustParseAddr("2001:db8:fa::1") // not in the ipcache
+	nodeIP6  = netip.MustParseAddr("2001:db8::1")
+	llIP6    = netip.MustParseAddr("fe80::10")
+)
+
 const (
 	testEP       = 10
 	podID        = Identity(1000)
@@ -46,7 +58,7 @@ func fixture(t *testing.T, pol EndpointPolicy) *Datapath {
 	if _, err := d.SyncIPCache(fixtureIPCache()); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv4: podIP.As4()}, 0); err != nil {
+	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv4: podIP.As4(), Ipv6: podIP6.As16()}, 0); err != nil {
 		t.Fatal(err)
 	}
 	pol.Endpoint = testEP
@@ -63,6 +75,11 @@ func fixtureIPCache() []IPCacheEntry {
 		{Prefix: netip.PrefixFrom(otherIP, 32), Identity: otherID},
 		{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Identity: cidrID},
 		{Prefix: netip.PrefixFrom(nodeIP, 32), Identity: IdentityHost},
+		{Prefix: netip.PrefixFrom(podIP6, 128), Identity: podID},
+		{Prefix: netip.PrefixFrom(peerIP6, 128), Identity: peerID},
+		{Prefix: netip.PrefixFrom(otherIP6, 128), Identity: otherID},
+		{Prefix: netip.MustParsePrefix("2001:db8:ff00::/40"), Identity: cidrID},
+		{Prefix: netip.PrefixFrom(nodeIP6, 128), Identity: IdentityHost},
 	}
 }
 
@@ -529,7 +546,9 @@ func TestPrivilegedMapFull(t *testing.T) {
 }
 
 // TestPrivilegedKernelMatchesReference runs random policies through the program and
-// checks each new flow's fate against the contract.
+// checks each new flow's fate against the contract, over IPv4 and IPv6
+// (the same peers have an address of each family; ICMP is ICMPv6 in
+// IPv6).
 func TestPrivilegedKernelMatchesReference(t *testing.T) {
 	requireRoot(t)
 	d := fixture(t, EndpointPolicy{})
@@ -538,17 +557,20 @@ func TestPrivilegedKernelMatchesReference(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(3, 4))
 	peers := map[Identity]netip.Addr{256: netip.MustParseAddr("198.18.3.1"), 257: netip.MustParseAddr("198.18.3.2"), IdentityWorld: worldIP}
+	peers6 := map[Identity]netip.Addr{256: netip.MustParseAddr("2001:db8:3::1"), 257: netip.MustParseAddr("2001:db8:3::2"), IdentityWorld: worldIP6}
 	var ipc []IPCacheEntry
 	for id, a := range peers {
 		if id != IdentityWorld {
-			ipc = append(ipc, IPCacheEntry{Prefix: netip.PrefixFrom(a, 32), Identity: id})
+			ipc = append(ipc, IPCacheEntry{Prefix: netip.PrefixFrom(a, 32), Identity: id},
+				IPCacheEntry{Prefix: netip.PrefixFrom(peers6[id], 128), Identity: id})
 		}
 	}
 	if _, err := d.SyncIPCache(ipc); err != nil {
 		t.Fatal(err)
 	}
 	sport := uint16(1000)
-	for round := range 20 {
+	checked := map[bool]int{}
+	for round := range 30 {
 		dp := DirectionPolicy{Enforced: round%2 == 0}
 		for range r.IntN(10) {
 			dp.Entries = append(dp.Entries, randomEntry(r))
@@ -556,16 +578,23 @@ func TestPrivilegedKernelMatchesReference(t *testing.T) {
 		if _, err := d.SyncPolicy([]EndpointPolicy{{Endpoint: testEP, Egress: dp}}); err != nil {
 			t.Fatal(err)
 		}
-		for range 60 {
+		for range 80 {
+			v6 := r.IntN(2) == 1
 			peer := []Identity{256, 257, IdentityWorld}[r.IntN(3)]
 			proto := []uint8{ProtoTCP, ProtoUDP, ProtoICMP}[r.IntN(3)]
 			port := uint16(r.IntN(110))
 			sport++
 			p := egress(peers[peer], proto, port)
+			if v6 {
+				p = egress6(peers6[peer], proto, port)
+			}
 			p.sport = sport
 			if proto == ProtoICMP {
-				port %= 16 // the ICMP type
-				p.icmpType, p.icmpID = icmpType(uint8(port)), sport
+				if v6 {
+					proto = ProtoICMPv6
+				}
+				port = randomICMPType(r, proto)
+				p.proto, p.icmpType, p.icmpID = proto, icmpType(uint8(port)), sport
 			}
 			got := d.fromPod(t, p)
 			v, enforced := reference(dp, peer, proto, port)
@@ -577,10 +606,12 @@ func TestPrivilegedKernelMatchesReference(t *testing.T) {
 				want.mark = ToProxyMark(10000)
 			}
 			if got != want {
-				t.Fatalf("round %d peer %d proto %d port %d: got %+v want %+v (verdict %v)\nentries %+v", round, peer, proto, port, got, want, v, dp.Entries)
+				t.Fatalf("round %d ipv6 %v peer %d proto %d port %d: got %+v want %+v (verdict %v)\nentries %+v", round, v6, peer, proto, port, got, want, v, dp.Entries)
 			}
+			checked[v6]++
 		}
 	}
+	t.Logf("packets checked: IPv4 %d, IPv6 %d", checked[false], checked[true])
 }
 
 func TestPrivilegedRevalidationAfterIdentityChange(t *testing.T) {

@@ -31,9 +31,12 @@
 //	             peer identity, policy revision, timestamps, flags}
 //	fragments    LRU hash {saddr, daddr, ip id, proto} -> ports (ICMP:
 //	             identifier and type) of an admitted first fragment, so
-//	             later fragments follow their datagram
+//	             later fragments follow their datagram (IPv4)
+//	fragments6   LRU hash {saddr[16], daddr[16], identification} ->
+//	             protocol, ports and the first fragment's length (IPv6)
 //	proxy_socks  sockhash proxy port -> listener socket; proxy port|1<<16
-//	             -> the port's UDP socket (the DNS proxy's)
+//	             -> the port's UDP socket (the DNS proxy's); |1<<17: the
+//	             port's IPv6-only socket (ProxySockets.Register)
 //	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
 //	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}
@@ -41,17 +44,18 @@
 //	event_limit  per-CPU token bucket in front of events
 //	settings     array[1]: policy revision, event rate, conntrack timeouts
 //
-// Addresses are 16 bytes wide everywhere so IPv6 fits without a layout
-// change. IPv6 is not enforced yet: IPv6 packets are dropped (fail closed).
+// Addresses are 16 bytes wide everywhere (an IPv4 address in the first 4
+// bytes, family in the key), so IPv4 and IPv6 share the maps; only the
+// fragment table is per family.
 //
 // # Frames
 //
-// Only untagged IPv4 and ARP pass the parser, in both directions; every
-// other frame is dropped with a named reason (Reason): any VLAN tag,
+// Only untagged IPv4, IPv6 and ARP pass the parser, in both directions;
+// every other frame is dropped with a named reason (Reason): any VLAN tag,
 // VID 0 and stacked 802.1Q/802.1ad/0x9100 tags included, whether in the
 // frame or already moved to the skb's accelerated tag by the receive path
 // (vlan-tagged); skb->protocol disagreeing with the frame's ethertype
-// (ethertype-mismatch); IPv6 (unsupported); any other ethertype,
+// (ethertype-mismatch); any other ethertype,
 // 802.3 length fields included (unsupported-ethertype). Tags matter
 // because the kernel strips VLAN-0 tags after tc: a frame with two VLAN-0
 // tags or a QinQ tag would otherwise skip the sender's egress policy and
@@ -79,6 +83,43 @@
 // before its first fragment, or a TCP fragment at offset 8 (which could
 // only rewrite the header's flags) is dropped (fragment).
 //
+// # IPv6
+//
+// IPv6 gets the same policy, conntrack, redirect and events as IPv4; the
+// ipcache is looked up with family 6, the pod may send only from its
+// Endpoint.IPv6 (none: no IPv6 but neighbour discovery; spoofed). The
+// packet must fit its frame (payload length) and what the program reads
+// must lie within it (malformed). Extension headers are walked, at most 8
+// of them: hop-by-hop (first only), destination options, AH, one routing
+// header with no segments left and not of type 0 (else ipv6-routing: a
+// source route would reach a destination the sender's egress policy never
+// saw), one fragment header; an unknown or unwalkable extension header
+// (Mobility, HIP, Shim6, 253/254), a longer chain, a misplaced or
+// repeated header is dropped (ipv6-ext-header). The first next header that
+// is not an extension header is the flow's protocol, as IPv4's is (ESP and
+// "no next header" match protocol-wildcard entries only). ICMP (IPv4's) in
+// IPv6 and ICMPv6 in IPv4 are dropped (wrong-family), so an icmps rule of
+// one family never matches the other's messages.
+//
+// Fragments: a first fragment must carry the whole header chain and the
+// transport header (RFC 7112; else malformed); later fragments follow the
+// admitted first fragment of their datagram (fragments6, keyed by
+// addresses and identification; the first fragment's next header counts)
+// and must not overlap it (RFC 5722: an offset below the first fragment's
+// length is dropped, which covers rewriting the TCP flags); an unknown
+// datagram's later fragment is dropped (fragment). An atomic fragment
+// (offset 0, no more fragments) is a whole packet (RFC 6946).
+//
+// Neighbour discovery passes without conntrack or policy, as ARP does,
+// when it is unfragmented, hop limit 255 and code 0 (else malformed).
+// From a pod: router and neighbour solicitations and neighbour
+// advertisements, from the pod's own IPv6 address, a link-local one
+// (fe80::/10) or, for solicitations, :: (duplicate address detection); an
+// advertisement must name the pod's own or a link-local target (else
+// spoofed). A router advertisement or redirect from a pod, and a redirect
+// towards a pod, are dropped (nd-router). Every other ICMPv6 type (echo,
+// MLD, …) is policy's: icmps entries with family IPv6.
+//
 // # ICMP
 //
 // icmps rules become entries with protocol ICMP and one ICMP type in the
@@ -91,8 +132,10 @@
 // a datagram of a tracked flow — sent by the error's destination: TCP,
 // UDP, SCTP or ICMP echo — passes as part of that flow (revalidated like
 // its packets; it refreshes nothing, and is never redirected); otherwise it
-// is judged as ICMP of its type. ICMPv6 entries are accepted and cover
-// nothing while IPv6 is dropped.
+// is judged as ICMP of its type. ICMPv6 is the same with its own types
+// (echo request 128, reply 129; errors: unreachable, packet too big, time
+// exceeded, parameter problem, whose quoted packet must carry its
+// transport header right after the IPv6 header).
 //
 // # Lookup order for a new flow
 //
@@ -158,6 +201,8 @@
 //
 //	ip rule add fwmark 0x200/0xf00 lookup 2004
 //	ip route add local 0.0.0.0/0 dev lo table 2004
+//	ip -6 rule add fwmark 0x200/0xf00 lookup 2004      (IPv6)
+//	ip -6 route add local ::/0 dev lo table 2004       (IPv6)
 //	nft: table ip l7gate { chain prerouting-raw { type filter hook
 //	     prerouting priority raw; meta mark & 0xf01 == 0x201 notrack } }
 //	net.ipv4.tcp_early_demux=0

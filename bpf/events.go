@@ -22,7 +22,7 @@ const (
 	ReasonNoListener  Reason = 2 // redirect target missing: fail closed
 	ReasonFragment    Reason = 3 // non-first fragment of an unknown datagram
 	ReasonNoEndpoint  Reason = 4 // veth not registered
-	ReasonUnsupported Reason = 5 // IPv6 is not enforced yet: dropped
+	ReasonUnsupported Reason = 5 // no longer emitted (IPv6 before it was enforced)
 	ReasonMalformed   Reason = 6
 	ReasonRevalidate  Reason = 7 // established flow no longer allowed
 	ReasonSpoofed     Reason = 8 // a pod sent from an address not its own (IPv4 or ARP)
@@ -39,6 +39,20 @@ const (
 	ReasonFailClosed Reason = 12
 	// ReasonIPOptions: a source-routed IPv4 datagram (LSRR, SSRR).
 	ReasonIPOptions Reason = 13
+	// ReasonIPv6ExtHeader: an IPv6 extension header the datapath does not
+	// walk (Mobility, HIP, Shim6, experimental), a chain longer than its
+	// bound (8), a hop-by-hop header not first, a repeated fragment or
+	// routing header.
+	ReasonIPv6ExtHeader Reason = 14
+	// ReasonIPv6Routing: an IPv6 routing header of type 0, or one with
+	// segments left (a source route).
+	ReasonIPv6Routing Reason = 15
+	// ReasonNDRouter: a router advertisement or redirect sent by a pod, or
+	// a redirect towards a pod.
+	ReasonNDRouter Reason = 16
+	// ReasonWrongFamily: ICMP (IPv4's) in IPv6 or ICMPv6 in IPv4, which
+	// must never match the other family's ICMP rules.
+	ReasonWrongFamily Reason = 17
 )
 
 func (r Reason) String() string {
@@ -71,6 +85,14 @@ func (r Reason) String() string {
 		return "fail-closed"
 	case ReasonIPOptions:
 		return "ip-options"
+	case ReasonIPv6ExtHeader:
+		return "ipv6-ext-header"
+	case ReasonIPv6Routing:
+		return "ipv6-routing"
+	case ReasonNDRouter:
+		return "nd-router"
+	case ReasonWrongFamily:
+		return "wrong-family"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

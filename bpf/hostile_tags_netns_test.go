@@ -18,7 +18,7 @@ func attachedDatapath(t *testing.T, tp *topology, pods ...*testPod) *Datapath {
 	for _, p := range pods {
 		ifindex := tp.ifindex(p.hostDev)
 		mustInNS(t, tp.node, func() error {
-			return d.AttachEndpoint(Endpoint{ID: p.id, Ifindex: ifindex, IPv4: p.ip})
+			return d.AttachEndpoint(Endpoint{ID: p.id, Ifindex: ifindex, IPv4: p.ip, IPv6: p.ip6})
 		})
 	}
 	if err := d.AttachSocketLookup(filepath.Join("/var/run/netns", tp.node)); err != nil {

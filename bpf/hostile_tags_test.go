@@ -6,8 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestPrivilegedHostileTaggedFramesProgTestRun: only untagged IPv4 and ARP pass (IPv6 is dropped until
-// enforced); any VLAN tag, VID 0 and stacked tags included, and any other
+// TestPrivilegedHostileTaggedFramesProgTestRun: only untagged IPv4, IPv6 and ARP pass; any VLAN tag, VID 0 and stacked tags included, and any other
 // ethertype are dropped with a named reason, in both directions, even
 // when the IPv4 datagram inside would be allowed.
 func TestPrivilegedHostileTaggedFramesProgTestRun(t *testing.T) {
@@ -37,7 +36,10 @@ func TestPrivilegedHostileTaggedFramesProgTestRun(t *testing.T) {
 		{"spoofed double VLAN 0", spoofed.tagged(vlanTag{tpid8021Q, 0}, vlanTag{tpid8021Q, 0}), actShot, ReasonVLAN},
 		{"LLDP", ethFrame(testDstMAC, testSrcMAC, nil, 0x88cc, make([]byte, 40)), actShot, ReasonUnsupportedEtherType},
 		{"802.3 length field", ethFrame(testDstMAC, testSrcMAC, nil, 46, make([]byte, 46)), actShot, ReasonUnsupportedEtherType},
-		{"IPv6", ethFrame(testDstMAC, testSrcMAC, nil, unix.ETH_P_IPV6, make([]byte, 40)), actShot, ReasonUnsupported},
+		{"IPv6 of zeros", ethFrame(testDstMAC, testSrcMAC, nil, unix.ETH_P_IPV6, make([]byte, 40)), actShot, ReasonMalformed},
+		{"tagged IPv6", ethFrame(testDstMAC, testSrcMAC, []vlanTag{{tpid8021Q, 0}}, unix.ETH_P_IPV6, egress6(peerIP6, ProtoUDP, 53).ipv6()), actShot, ReasonVLAN},
+		{"double VLAN 0 IPv6", ethFrame(testDstMAC, testSrcMAC, []vlanTag{{tpid8021Q, 0}, {tpid8021Q, 0}}, unix.ETH_P_IPV6, egress6(peerIP6, ProtoUDP, 53).ipv6()), actShot, ReasonVLAN},
+		{"untagged IPv6", ethFrame(testDstMAC, testSrcMAC, nil, unix.ETH_P_IPV6, egress6(peerIP6, ProtoUDP, 53).ipv6()), actOK, 0},
 	}
 	for _, dir := range []struct {
 		name string
@@ -51,10 +53,13 @@ func TestPrivilegedHostileTaggedFramesProgTestRun(t *testing.T) {
 			if dir.name == "to pod" && c.name == "untagged" {
 				frame = in.tagged()
 			}
+			if dir.name == "to pod" && c.name == "untagged IPv6" {
+				frame = ethFrame(testDstMAC, testSrcMAC, nil, unix.ETH_P_IPV6, ingress6(peerIP6, ProtoUDP, 53).ipv6())
+			}
 			wantRet(t, dir.name+" "+c.name, dir.run(frame), c.want)
 		}
 	}
-	for _, r := range []Reason{ReasonVLAN, ReasonUnsupportedEtherType, ReasonUnsupported} {
+	for _, r := range []Reason{ReasonVLAN, ReasonUnsupportedEtherType, ReasonMalformed} {
 		n := 0
 		for _, c := range cases {
 			if c.want == actShot && c.reason == r {

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -21,8 +22,8 @@ const (
 
 // TestPrivilegedICMPPolicy: icmps entries (protocol ICMP, the type in the port
 // field) are enforced per type; echo replies follow their request by
-// identifier through conntrack; ICMPv6 entries are accepted and match
-// nothing (IPv6 is dropped).
+// identifier through conntrack; ICMPv6 entries match ICMPv6 only
+// (ipv6_test.go).
 func TestPrivilegedICMPPolicy(t *testing.T) {
 	requireRoot(t)
 	d := openTest(t, Config{})
@@ -57,14 +58,15 @@ func TestPrivilegedICMPPolicy(t *testing.T) {
 	wantRet(t, "echo reply from other (type 0 allowed)", d.toPod(t, icmpPkt(otherIP, podIP, icmpEchoReply, 7)), actOK)
 	wantRet(t, "echo request from other", d.toPod(t, icmpPkt(otherIP, podIP, icmpEcho, 7)), actShot)
 	wantRet(t, "unreachable from other", d.toPod(t, icmpPkt(otherIP, podIP, icmpUnreachable, 0)), actShot)
+	// The ICMPv6 entry (type 128) is in the map with protocol 58 and
+	// admits no IPv4 ICMP of that type.
+	wantRet(t, "IPv4 ICMP of type 128 to the peer", d.fromPod(t, icmpPkt(podIP, peerIP, 128, 0x1234)), actShot)
 	entries, err := d.Policy()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range entries {
-		if e.Protocol == ProtoICMPv6 {
-			t.Errorf("ICMPv6 entry in the IPv4 map: %+v", e)
-		}
+	if !slices.ContainsFunc(entries, func(e PolicyMapEntry) bool { return e.Protocol == ProtoICMPv6 && e.Port == 128 }) {
+		t.Errorf("no ICMPv6 entry in %+v", entries)
 	}
 }
 

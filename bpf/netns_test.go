@@ -38,18 +38,23 @@ type testPod struct {
 	name    string
 	ns      string
 	ip      netip.Addr
+	ip6     netip.Addr // invalid: IPv4 only
 	hostDev string
 	id      uint32 // endpoint id
 	ident   Identity
 }
 
-const nodeAddr = "198.18.0.1"
+const (
+	nodeAddr  = "198.18.0.1"
+	nodeAddr6 = "2001:db8::1"
+)
 
 func ipCmd(t *testing.T, args ...string) { t.Helper(); netns.MustIP(t, args...) }
 
 func newTopology(t *testing.T) *topology {
 	t.Helper()
 	topo := netns.NewT(t, netns.Config{Prefix: netns.RandomPrefix("l7gt"), NodeAddr: netip.MustParseAddr(nodeAddr),
+		NodeAddr6: netip.MustParseAddr(nodeAddr6),
 		Sysctls: map[string]string{
 			"ipv4/ip_forward":             "1",
 			"ipv4/conf/all/rp_filter":     "0",
@@ -75,6 +80,15 @@ func (tp *topology) addPod(name, ip string, id uint32, ident Identity) *testPod 
 	if ident != 0 {
 		tp.pods[name] = p
 	}
+	return p
+}
+
+// addDualPod is addPod with an IPv6 address too.
+func (tp *topology) addDualPod(name, ip, ip6 string, id uint32, ident Identity) *testPod {
+	tp.t.Helper()
+	h := tp.topo.MustAddDualHost(tp.t, name, "lxc"+name, ip, ip6)
+	p := &testPod{name: name, ns: h.NS, ip: h.IP, ip6: h.IP6, hostDev: h.HostDev, id: id, ident: ident}
+	tp.pods[name] = p
 	return p
 }
 
@@ -107,9 +121,13 @@ func (tp *topology) ifindex(dev string) int {
 
 // ipcache: pods by IP, the node as host.
 func (tp *topology) ipcache() []IPCacheEntry {
-	out := []IPCacheEntry{{Prefix: netip.MustParsePrefix(nodeAddr + "/32"), Identity: IdentityHost}}
+	out := []IPCacheEntry{{Prefix: netip.MustParsePrefix(nodeAddr + "/32"), Identity: IdentityHost},
+		{Prefix: netip.MustParsePrefix(nodeAddr6 + "/128"), Identity: IdentityHost}}
 	for _, p := range tp.pods {
 		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(p.ip, 32), Identity: p.ident})
+		if p.ip6.IsValid() {
+			out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(p.ip6, 128), Identity: p.ident})
+		}
 	}
 	return out
 }
@@ -225,7 +243,7 @@ func dialRead(ns, addr string, o dialOpts) (string, error) {
 			return errors.Join(err, serr)
 		}
 		var err error
-		c, err = d.Dial("tcp4", addr)
+		c, err = d.Dial("tcp", addr) // the address says which family
 		return err
 	})
 	if err != nil {

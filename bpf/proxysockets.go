@@ -32,14 +32,19 @@ func OpenProxySockets(bpffsPath string) (*ProxySockets, error) {
 // SetMultipathTCP(false)), else the kernel refuses it. A bound UDP socket
 // (the DNS proxy's) is registered as the port's UDP socket, next to its
 // TCP listener: redirected datagrams reach it with their original
-// destination (IP_RECVORIGDSTADDR). The sockmap holds its own reference;
+// destination (IP_RECVORIGDSTADDR). An AF_INET socket serves IPv4 flows;
+// an AF_INET6 socket bound to an address (e.g. [::1], IPV6_TRANSPARENT)
+// or with IPV6_V6ONLY serves IPv6 flows, next to the port's IPv4 socket;
+// an AF_INET6 wildcard socket without IPV6_V6ONLY serves both. A flow
+// whose family has no socket is dropped (no-listener). The sockmap holds its own reference;
 // closing the socket removes it, and redirects to the port then drop
 // (fail closed).
 func (p *ProxySockets) Register(port uint16, conn syscall.Conn) error {
 	return registerProxy(p.m, port, conn)
 }
 
-// Unregister removes the sockets (TCP and UDP) of a proxy port.
+// Unregister removes the sockets (TCP and UDP, both families) of a proxy
+// port.
 func (p *ProxySockets) Unregister(port uint16) error {
 	return unregisterProxy(p.m, port)
 }
@@ -48,8 +53,34 @@ func (p *ProxySockets) Unregister(port uint16) error {
 func (p *ProxySockets) Close() error { return p.m.Close() }
 
 // proxySockUDP marks the sockmap key of a proxy port's UDP socket
-// (PROXY_SOCK_UDP in c/datapath.c).
-const proxySockUDP = 1 << 16
+// (PROXY_SOCK_UDP in c/datapath.c); proxySockV6 the key of a port's
+// IPv6-only socket (PROXY_SOCK_V6).
+const (
+	proxySockUDP = 1 << 16
+	proxySockV6  = 1 << 17
+)
+
+// ipv6Only reports whether fd is an AF_INET6 socket that takes no IPv4:
+// IPV6_V6ONLY, or bound to an address other than the wildcard (e.g. ::1).
+// An AF_INET6 wildcard socket without IPV6_V6ONLY takes both families.
+func ipv6Only(fd int) (bool, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false, fmt.Errorf("socket address: %w", err)
+	}
+	sa6, ok := sa.(*unix.SockaddrInet6)
+	if !ok {
+		return false, nil
+	}
+	if sa6.Addr != [16]byte{} {
+		return true, nil
+	}
+	v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+	if err != nil {
+		return false, fmt.Errorf("IPV6_V6ONLY: %w", err)
+	}
+	return v6only == 1, nil
+}
 
 func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 	if port == 0 {
@@ -70,6 +101,14 @@ func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 		if typ == unix.SOCK_DGRAM {
 			key |= proxySockUDP
 		}
+		v6, err := ipv6Only(int(fd))
+		if err != nil {
+			uerr = err
+			return
+		}
+		if v6 {
+			key |= proxySockV6
+		}
 		uerr = m.Update(key, uint64(fd), ebpf.UpdateAny)
 	}); err != nil {
 		return fmt.Errorf("raw conn control: %w", err)
@@ -81,7 +120,7 @@ func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 }
 
 func unregisterProxy(m *ebpf.Map, port uint16) error {
-	for _, key := range []uint32{uint32(port), uint32(port) | proxySockUDP} {
+	for _, key := range []uint32{uint32(port), uint32(port) | proxySockUDP, uint32(port) | proxySockV6, uint32(port) | proxySockUDP | proxySockV6} {
 		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("unregister proxy port %d: %w", port, err)
 		}

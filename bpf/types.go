@@ -81,8 +81,7 @@ const (
 	ProtoTCP  uint8 = 6
 	ProtoUDP  uint8 = 17
 	ProtoSCTP uint8 = 132
-	// ProtoICMPv6 entries are accepted and match nothing: IPv6 is not
-	// enforced yet (dropped).
+	// ProtoICMPv6 entries match ICMPv6 messages (IPv6 only) by type.
 	ProtoICMPv6 uint8 = 58
 )
 
@@ -134,8 +133,10 @@ type IPCacheEntry struct {
 type Endpoint struct {
 	ID      uint32
 	Ifindex int
-	// IPv4, when set, is the only source address the pod may send from
-	// (anti-spoofing); IPv6 is informational for now.
+	// IPv4, when set, is the only IPv4 source address the pod may send
+	// from (anti-spoofing). IPv6 is the only IPv6 source address it may
+	// send from; without it the pod sends no IPv6 but neighbour discovery
+	// (from link-local addresses).
 	IPv4, IPv6 netip.Addr
 }
 
@@ -162,7 +163,7 @@ type MapSizes struct {
 	EndpointPolicy uint32 // (endpoint, direction) pairs; default max(8192, 2×Endpoints)
 	Policy         uint32 // compiled policy keys
 	Conntrack      uint32 // flows, per direction and endpoint (LRU)
-	Fragments      uint32 // IPv4 datagrams in flight as fragments (LRU)
+	Fragments      uint32 // datagrams in flight as fragments, per family (LRU)
 	ProxySockets   uint32 // proxy listener ports
 	RuleStats      uint32 // distinct rule ids with counters
 	EventsBytes    uint32 // ring buffer size, a power of two

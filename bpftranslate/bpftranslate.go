@@ -140,20 +140,22 @@ func DenyAll() bpf.DirectionPolicy { return bpf.DirectionPolicy{Enforced: true} 
 
 // IPCache is the snapshot's ipcache plus the node's own addresses as the
 // host identity (also when a Node object lists them as remote-node for
-// the other nodes). Only IPv4 prefixes: the datapath enforces IPv4.
+// the other nodes). Both families: the datapath enforces IPv4 and IPv6
+// (an IPv4-mapped IPv6 address is taken as the IPv4 address).
 func IPCache(snap *policy.Snapshot, hostAddrs []netip.Addr) []bpf.IPCacheEntry {
 	out := make([]bpf.IPCacheEntry, 0, len(snap.IPCache)+len(hostAddrs))
 	seen := map[netip.Prefix]bool{}
 	for _, a := range hostAddrs {
+		a = a.Unmap()
 		p := netip.PrefixFrom(a, a.BitLen())
-		if !a.Is4() || seen[p] {
+		if !a.IsValid() || seen[p] {
 			continue
 		}
 		seen[p] = true
 		out = append(out, bpf.IPCacheEntry{Prefix: p, Identity: bpf.Identity(policy.IdentityHost)})
 	}
 	for _, e := range snap.IPCache {
-		if !e.Prefix.Addr().Is4() || seen[e.Prefix] {
+		if !e.Prefix.IsValid() || seen[e.Prefix] {
 			continue
 		}
 		seen[e.Prefix] = true

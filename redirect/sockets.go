@@ -16,17 +16,29 @@ import (
 // destination as the accepted socket's local address; accepted sockets
 // inherit the option, which lets the SYN-ACK leave from that address) and
 // MPTCP off (a SOCKMAP insert of an MPTCP socket fails with EOPNOTSUPP).
-// transparent=false opens a plain listener (tests on loopback).
+// transparent=false opens a plain listener (tests on loopback). An IPv4
+// addr ("127.0.0.1:port") gives an AF_INET socket, for IPv4 redirects; an
+// IPv6 one an AF_INET6 socket with IPV6_TRANSPARENT: "[::1]:port" takes
+// IPv6 redirects only (the datapath keeps it as the port's IPv6 socket,
+// beside the IPv4 listener), the wildcard "[::]:port" both families — but
+// also any connection to the port on the node's addresses, so a proxy
+// that must accept only redirected connections uses the loopback pair.
 func ListenTransparent(ctx context.Context, addr string, transparent bool) (*net.TCPListener, error) {
+	network, level, opt, optName := "tcp4", unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		// "tcp": an AF_INET6 socket without IPV6_V6ONLY (Go sets it for
+		// "tcp6"), so that a wildcard address takes IPv4 too.
+		network, level, opt, optName = "tcp", unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
+	}
 	lc := net.ListenConfig{
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 				if serr == nil && transparent {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+					serr = unix.SetsockoptInt(int(fd), level, opt, 1)
 					if serr != nil {
-						serr = fmt.Errorf("set IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", serr)
+						serr = fmt.Errorf("set %s (needs CAP_NET_ADMIN): %w", optName, serr)
 					}
 				}
 			})
@@ -37,7 +49,7 @@ func ListenTransparent(ctx context.Context, addr string, transparent bool) (*net
 		},
 	}
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(ctx, "tcp4", addr)
+	ln, err := lc.Listen(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}

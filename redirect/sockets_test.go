@@ -5,12 +5,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -144,4 +147,116 @@ func inNetNS(ns string, f func() error) error {
 		errc <- f()
 	}()
 	return <-errc
+}
+
+// TestPrivilegedListenTransparentIPv6: an IPv6 address gives an AF_INET6
+// listener with IPV6_TRANSPARENT; [::1] takes IPv6 only (IPV6_V6ONLY), the wildcard
+// both families (no IPV6_V6ONLY); an IPv4 address stays AF_INET.
+func TestPrivilegedListenTransparentIPv6(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: IPV6_TRANSPARENT needs CAP_NET_ADMIN")
+	}
+	for _, c := range []struct {
+		addr           string
+		family, v6only int
+	}{{"[::1]:0", unix.AF_INET6, 1}, {"[::]:0", unix.AF_INET6, 0}, {"127.0.0.1:0", unix.AF_INET, -1}} {
+		ln, err := ListenTransparent(context.Background(), c.addr, true)
+		if err != nil {
+			t.Fatalf("%s: %v", c.addr, err)
+		}
+		rc, err := ln.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Control(func(fd uintptr) {
+			sa, err := unix.Getsockname(int(fd))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fam := unix.AF_INET
+			if _, ok := sa.(*unix.SockaddrInet6); ok {
+				fam = unix.AF_INET6
+			}
+			if fam != c.family {
+				t.Errorf("%s: family %d, want %d", c.addr, fam, c.family)
+			}
+			if fam != unix.AF_INET6 {
+				return
+			}
+			if tr, err := unix.GetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT); err != nil || tr != 1 {
+				t.Errorf("%s: IPV6_TRANSPARENT %d %v", c.addr, tr, err)
+			}
+			if v6, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err != nil || v6 != c.v6only {
+				t.Errorf("%s: IPV6_V6ONLY %d %v, want %d", c.addr, v6, err, c.v6only)
+			}
+		})
+		ln.Close()
+	}
+	// The accepted socket's local address is the original destination,
+	// unmapped: here a plain IPv6 connection on loopback.
+	ln, err := ListenTransparent(context.Background(), "[::1]:0", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := net.Dial("tcp6", ln.Addr().String()); err == nil {
+			defer c.Close()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if od, err := OriginalDestination(c); err != nil || od.Addr() != netip.IPv6Loopback() {
+		t.Errorf("original destination %v %v, want [::1]", od, err)
+	}
+}
+
+// TestPrivilegedTakeListeners: both listeners of a port (IPv4 and IPv6)
+// of another process are taken, IPv4 first.
+func TestPrivilegedTakeListeners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: pidfd_getfd")
+	}
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3 (a listening process of its own)")
+	}
+	// A process of its own: /proc/PID/net is its main thread's namespace,
+	// which in this test binary another test may have moved.
+	cmd := exec.Command("python3", "-c", `
+import socket, sys, time
+a = socket.socket(); a.bind(("127.0.0.1", 0)); a.listen()
+port = a.getsockname()[1]
+b = socket.socket(socket.AF_INET6); b.bind(("::1", port)); b.listen()
+print(port, flush=True)
+time.sleep(30)
+`)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var port int
+	if _, err := fmt.Fscan(out, &port); err != nil {
+		t.Fatalf("listener process: %v", err)
+	}
+	got, err := TakeListeners(cmd.Process.Pid, uint16(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, l := range got {
+		addrs = append(addrs, l.Addr().String())
+		l.Close()
+	}
+	want := []string{"127.0.0.1:" + strconv.Itoa(port), "[::1]:" + strconv.Itoa(port)}
+	if !slices.Equal(addrs, want) {
+		t.Errorf("took %v, want %v", addrs, want)
+	}
 }

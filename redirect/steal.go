@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -97,6 +98,57 @@ func TakeListener(pid int, port uint16) (*net.TCPListener, error) {
 		return nil, fmt.Errorf("listener of process %d on port %d is not TCP", pid, port)
 	}
 	return tl, nil
+}
+
+// TakeListeners is TakeListener for every TCP listener pid has on port:
+// a proxy serving both families listens on 127.0.0.1:port and [::1]:port
+// (ListenTransparent), and the datapath wants both (an IPv6 redirect needs
+// the port's IPv6 socket). Sorted IPv4 first.
+func TakeListeners(pid int, port uint16) ([]*net.TCPListener, error) {
+	inodes, err := listeningInodes(pid, port)
+	if err != nil {
+		return nil, err
+	}
+	if len(inodes) == 0 {
+		return nil, fmt.Errorf("process %d has no TCP listener on port %d", pid, port)
+	}
+	var out []*net.TCPListener
+	closeAll := func() {
+		for _, l := range out {
+			l.Close()
+		}
+	}
+	for inode := range inodes {
+		f, err := takeFile(pid, port, map[string]bool{inode: true})
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listener of process %d on port %d: %w", pid, port, err)
+		}
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			closeAll()
+			return nil, fmt.Errorf("listener of process %d on port %d is not TCP", pid, port)
+		}
+		out = append(out, tl)
+	}
+	slices.SortFunc(out, func(a, b *net.TCPListener) int {
+		return boolInt(a.Addr().(*net.TCPAddr).AddrPort().Addr().Unmap().Is6()) - boolInt(b.Addr().(*net.TCPAddr).AddrPort().Addr().Unmap().Is6())
+	})
+	return out, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // TakeUDPSocket duplicates another process's unconnected UDP socket bound

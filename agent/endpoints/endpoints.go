@@ -1,5 +1,6 @@
-// Package endpoints finds this node's endpoints: the pods whose IPv4
-// address routes directly to a veth in the agent's network namespace, as a
+// Package endpoints finds this node's endpoints: the pods whose IPv4 (or,
+// for an IPv6-only pod, IPv6) address routes directly to a veth in the
+// agent's network namespace, as a
 // CNI plugin leaves them. It reads routes and links over netlink (one dump
 // each, whatever the number of pods) and watches link and route changes so
 // the agent attaches a new pod's veth as soon as its route exists.
@@ -28,17 +29,20 @@ type route struct {
 	direct  bool
 }
 
-// Find returns the endpoints of eps whose first routable IPv4 address
-// routes directly (no gateway, unicast) to a veth here, by longest-prefix
-// match over the main table, in the order of eps.
+// Find returns the endpoints of eps whose first routable IPv4 address (or,
+// with none, IPv6 address) routes directly (no gateway, unicast) to a veth
+// here, by longest-prefix match over the main table, in the order of eps.
 func Find(eps []policy.Endpoint) ([]bpftranslate.LocalEndpoint, error) {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
 	var table []route
 	for _, r := range routes {
 		p := netip.MustParsePrefix("0.0.0.0/0")
+		if r.Family == netlink.FAMILY_V6 {
+			p = netip.MustParsePrefix("::/0")
+		}
 		if r.Dst != nil {
 			a, ok := netip.AddrFromSlice(r.Dst.IP)
 			if !ok {
@@ -69,8 +73,12 @@ func Find(eps []policy.Endpoint) ([]bpftranslate.LocalEndpoint, error) {
 func match(eps []policy.Endpoint, table []route, veths map[int]string) []bpftranslate.LocalEndpoint {
 	var out []bpftranslate.LocalEndpoint
 	for _, ep := range eps {
-		for _, ip := range ep.IPs {
-			if !ip.Is4() {
+		// IPv4 first: a dual-stack pod is found by its IPv4 route.
+		ips := slices.SortedStableFunc(slices.Values(ep.IPs), func(a, b netip.Addr) int {
+			return boolInt(!a.Is4()) - boolInt(!b.Is4())
+		})
+		for _, ip := range ips {
+			if !ip.Is4() && (!ip.Is6() || ip.IsLinkLocalUnicast()) {
 				continue
 			}
 			i := slices.IndexFunc(table, func(r route) bool { return r.prefix.Contains(ip) })
@@ -136,7 +144,7 @@ func Watch(ctx context.Context) (<-chan struct{}, error) {
 				if !ok {
 					return
 				}
-				if u.Family == 0 || u.Family == netlink.FAMILY_V4 {
+				if u.Family == 0 || u.Family == netlink.FAMILY_V4 || u.Family == netlink.FAMILY_V6 {
 					signal()
 				}
 			}
@@ -145,8 +153,8 @@ func Watch(ctx context.Context) (<-chan struct{}, error) {
 	return out, nil
 }
 
-// HostAddresses lists this namespace's own IPv4 addresses except loopback
-// and pod addresses (the host identity).
+// HostAddresses lists this namespace's own IPv4 and IPv6 addresses except
+// loopback and pod addresses (the host identity).
 func HostAddresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
@@ -163,11 +171,18 @@ func HostAddresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error) {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.IsLoopback() || !ip.Is4() || podIPs[ip] {
+		if ip.IsLoopback() || podIPs[ip] {
 			continue
 		}
 		out = append(out, ip)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out), nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -30,6 +30,17 @@ var nodeSysctls = [][2]string{
 	{"net/ipv4/conf/default/accept_local", "1"},
 }
 
+// nodeSysctls6 are IPv6's, written where the node has IPv6.
+var nodeSysctls6 = [][2]string{
+	{"net/ipv6/conf/all/forwarding", "1"},
+}
+
+// ipv6Enabled: the kernel has IPv6 (not disabled at boot).
+func ipv6Enabled() bool {
+	_, err := os.Stat("/proc/sys/net/ipv6")
+	return err == nil
+}
+
 func writeSysctl(key, value string) error {
 	if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
 		return fmt.Errorf("set %s=%s: %w", strings.ReplaceAll(key, "/", "."), value, err)
@@ -75,10 +86,37 @@ func Setup(ctx context.Context) error {
 	if _, err := runIP(ctx, "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table); err != nil {
 		return err
 	}
+	if ipv6Enabled() {
+		if err := setupIPv6(ctx, table); err != nil {
+			return err
+		}
+	}
 	if err := ensureNoTrack(); err != nil {
 		return err
 	}
 	return bpf.CheckNode()
+}
+
+// setupIPv6 is Setup's IPv6 policy routing: the same fwmark rule and a
+// local default route in the proxy table, so that IPv6 packets marked for
+// the proxy are delivered locally (to its IPv6 listener).
+func setupIPv6(ctx context.Context, table string) error {
+	for _, kv := range nodeSysctls6 {
+		if err := writeSysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	rules, err := runIP(ctx, "-6", "rule", "show")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(rules), "fwmark "+ToProxyRule()+" lookup "+table) {
+		if _, err := runIP(ctx, "-6", "rule", "add", "fwmark", ToProxyRule(), "lookup", table); err != nil {
+			return err
+		}
+	}
+	_, err = runIP(ctx, "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", table)
+	return err
 }
 
 // PrepareEndpoint relaxes reverse-path filtering on a pod's host veth

@@ -112,3 +112,53 @@ func TestPrivilegedNoTrackRule(t *testing.T) {
 // inNetNS runs f on an OS thread in namespace ns (netns.In); sockets
 // made there stay in it.
 func inNetNS(ns string, f func() error) error { return netns.In(ns, f) }
+
+// TestPrivilegedSetupIPv6: Setup also gives IPv6 the redirect's node
+// state — forwarding, the fwmark rule and the local route in the proxy
+// table, the notrack rule in an ip6 table — idempotently (twice: one rule).
+func TestPrivilegedSetupIPv6(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	ns := "l7nt" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
+	if err := inNetNS(ns, func() error {
+		for range 2 {
+			if err := Setup(t.Context()); err != nil {
+				return err
+			}
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tb := noTrackTableOf(nftables.TableFamilyIPv6)
+		rules, err := c.GetRules(tb, noTrackChain(tb))
+		if err != nil || len(rules) != 1 {
+			t.Errorf("ip6 notrack rules: %d, %v; want 1", len(rules), err)
+		}
+		fwd, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding")
+		if err != nil || strings.TrimSpace(string(fwd)) != "1" {
+			t.Errorf("ipv6 forwarding %q %v", fwd, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := exec.Command("ip", "-n", ns, "-6", "rule", "show").CombinedOutput()
+	if err != nil || strings.Count(string(rules), "fwmark 0x200/0xf00 lookup 2004") != 1 {
+		t.Errorf("ip -6 rule: %v\n%s", err, rules)
+	}
+	routes, err := exec.Command("ip", "-n", ns, "-6", "route", "show", "table", "2004").CombinedOutput()
+	if err != nil || !strings.Contains(string(routes), "local default dev lo") {
+		t.Errorf("ip -6 route table 2004: %v\n%s", err, routes)
+	}
+}

@@ -12,13 +12,13 @@ import (
 	"github.com/l7gate/l7gate/bpf"
 )
 
-// The node's netfilter state for the redirect: one nftables table of our
-// own (family ip), so it coexists with whatever else programs netfilter —
+// The node's netfilter state for the redirect: nftables tables of our
+// own (family ip, and ip6 where the node has IPv6), so it coexists with whatever else programs netfilter —
 // kube-proxy through iptables-nft (tables raw, nat, filter) or
 // iptables-legacy (xtables), firewalld, a CNI — without touching their
 // tables or needing an iptables binary.
 const (
-	// NFTable is the nftables table (family ip) the agent owns.
+	// NFTable is the nftables table (families ip and ip6) the agent owns.
 	NFTable = "l7gate"
 	// NFNoTrackChain is its raw-priority prerouting chain.
 	NFNoTrackChain = "prerouting-raw"
@@ -27,8 +27,18 @@ const (
 	noTrackComment = "l7gate: no conntrack for packets the datapath turned around to a proxy (v1)"
 )
 
-func noTrackTable() *nftables.Table {
-	return &nftables.Table{Family: nftables.TableFamilyIPv4, Name: NFTable}
+func noTrackTable() *nftables.Table { return noTrackTableOf(nftables.TableFamilyIPv4) }
+
+func noTrackTableOf(f nftables.TableFamily) *nftables.Table {
+	return &nftables.Table{Family: f, Name: NFTable}
+}
+
+// noTrackFamilies: ip, and ip6 unless IPv6 is disabled on the node.
+func noTrackFamilies() []nftables.TableFamily {
+	if !ipv6Enabled() {
+		return []nftables.TableFamily{nftables.TableFamilyIPv4}
+	}
+	return []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6}
 }
 
 func noTrackChain(t *nftables.Table) *nftables.Chain {
@@ -56,7 +66,8 @@ func noTrackExprs() []expr.Any {
 	}
 }
 
-// NoTrackRule describes the rule in nft syntax (for docs and errors).
+// NoTrackRule describes the rule in nft syntax (for docs and errors); the
+// same rule is in a table of family ip6 on a node with IPv6.
 func NoTrackRule() string {
 	return fmt.Sprintf("table ip %s { chain %s { type filter hook prerouting priority raw; meta mark & %#x == %#x counter notrack } }",
 		NFTable, NFNoTrackChain, bpf.NoTrackMask, bpf.NoTrackValue)
@@ -69,11 +80,20 @@ func NoTrackRule() string {
 // policy-routing rule it is node state, needed as long as pinned
 // redirects may turn packets around.
 func ensureNoTrack() error {
+	for _, f := range noTrackFamilies() {
+		if err := ensureNoTrackOf(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureNoTrackOf(f nftables.TableFamily) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	t := noTrackTable()
+	t := noTrackTableOf(f)
 	ch := noTrackChain(t)
 	if rules, err := c.GetRules(t, ch); err == nil && len(rules) == 1 {
 		if s, ok := userdata.GetString(rules[0].UserData, userdata.TypeComment); ok && s == noTrackComment {
@@ -91,14 +111,27 @@ func ensureNoTrack() error {
 	return nil
 }
 
-// NoTrackPackets returns how many packets the notrack rule matched in the
-// calling thread's network namespace (for status and tests).
+// NoTrackPackets returns how many packets the notrack rules (IPv4 and,
+// on a node with IPv6, IPv6) matched in the calling thread's network
+// namespace (for status and tests).
 func NoTrackPackets() (uint64, error) {
+	var sum uint64
+	for _, f := range noTrackFamilies() {
+		n, err := noTrackPacketsOf(f)
+		if err != nil {
+			return 0, err
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
+func noTrackPacketsOf(f nftables.TableFamily) (uint64, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return 0, fmt.Errorf("nftables: %w", err)
 	}
-	t := noTrackTable()
+	t := noTrackTableOf(f)
 	rules, err := c.GetRules(t, noTrackChain(t))
 	if err != nil {
 		return 0, fmt.Errorf("list %s/%s: %w", NFTable, NFNoTrackChain, err)

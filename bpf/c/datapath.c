@@ -16,6 +16,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -42,7 +43,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define REASON_NO_LISTENER 2 /* redirect target missing from the sockmap */
 #define REASON_FRAGMENT 3    /* non-first fragment of an unknown datagram */
 #define REASON_NO_ENDPOINT 4 /* interface not registered as an endpoint */
-#define REASON_UNSUPPORTED 5 /* IPv6: not enforced yet, fail closed */
+#define REASON_UNSUPPORTED 5 /* no longer emitted (IPv6 before it was enforced) */
 #define REASON_MALFORMED 6
 #define REASON_REVALIDATE 7  /* established flow no longer allowed */
 #define REASON_SPOOFED 8     /* pod sent from an address not its own (IPv4 or ARP) */
@@ -51,6 +52,10 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define REASON_UNSUPPORTED_ETHERTYPE 11 /* neither IPv4, ARP nor IPv6 */
 #define REASON_FAIL_CLOSED 12 /* the endpoint direction's policy could not be synced */
 #define REASON_IP_OPTIONS 13  /* source-routed IPv4 datagram */
+#define REASON_IPV6_EXT 14     /* IPv6 extension header not walked: unknown, misplaced, repeated, too many */
+#define REASON_IPV6_ROUTING 15 /* IPv6 routing header: type 0, or segments left */
+#define REASON_ND_ROUTER 16    /* router advertisement or redirect from a pod, redirect to a pod */
+#define REASON_WRONG_FAMILY 17 /* ICMP in IPv6, ICMPv6 in IPv4 */
 
 #define EVENT_F_DROPPED 1
 #define EVENT_F_FROM_PROXY 2
@@ -198,6 +203,22 @@ struct frag_value {
 	__be16 dport;
 };
 
+/* IPv6 datagrams in flight as fragments: the key has no protocol (only
+ * the first fragment's next header counts, RFC 8200 4.5). */
+struct frag6_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be32 id;
+};
+
+struct frag6_value {
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad;
+	__u16 first_len; /* bytes of the fragmentable part the first fragment carried */
+};
+
 struct rule_stats {
 	__u64 packets;
 	__u64 bytes;
@@ -294,10 +315,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fragments SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag6_key);
+	__type(value, struct frag6_value);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fragments6 SEC(".maps");
+
 /* Proxy sockets: key = proxy port for a TCP listener, proxy port |
  * PROXY_SOCK_UDP for the UDP socket of the same port (the DNS proxy serves
- * both on one proxy port). */
+ * both on one proxy port). A socket under the plain key serves IPv4 (an
+ * AF_INET socket) or both families (an AF_INET6 wildcard socket without
+ * IPV6_V6ONLY); | PROXY_SOCK_V6 keys a port's IPv6-only socket (bound to
+ * an IPv6 address such as ::1), which IPv6 flows take first. */
 #define PROXY_SOCK_UDP (1u << 16)
+#define PROXY_SOCK_V6 (1u << 17)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -354,13 +387,15 @@ struct {
  * type never opens the door to another, and only an echo reply answers an
  * echo request. ICMP errors about a tracked flow are related (see parse). */
 struct flow {
-	__be32 saddr;
-	__be32 daddr;
+	__u32 saddr[4]; /* IPv4: saddr[0], the rest 0 */
+	__u32 daddr[4];
+	__be32 frag_id; /* IPv4 id, or IPv6 fragment identification */
 	__be16 sport;
 	__be16 dport;
 	__be16 pport;  /* policy port: destination port, or ICMP type */
 	__be16 rpport; /* policy port of the flow this packet would reply to */
-	__be16 ip_id;
+	__u16 frag_len; /* IPv6 first fragment: its fragmentable part's length */
+	__u8 family;
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 icmp_type;  /* conntrack: ICMP type of the flow, else 0 */
@@ -368,6 +403,14 @@ struct flow {
 	__u8 no_reply;   /* no reverse flow (ICMP other than echo) */
 	__u8 frag_first; /* first fragment of a fragmented datagram */
 	__u32 len;
+	/* PARSE_RELATED: the ICMP error itself (f is the flow it is about). */
+	__u32 outer_saddr[4];
+	__u8 outer_type;
+	__u8 outer_proto;
+	__u16 pad;
+	/* parse6 → parse: where the quoted packet of an ICMPv6 error lies. */
+	__u32 rel_off;
+	__u32 rel_end;
 };
 
 #define TCP_FIN 0x01
@@ -381,27 +424,49 @@ struct flow {
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
 
+#define ICMP6_DEST_UNREACH 1
+#define ICMP6_PKT_TOOBIG 2
+#define ICMP6_TIME_EXCEED 3
+#define ICMP6_PARAMPROB 4
+#define ICMP6_ECHO_REQUEST 128
+#define ICMP6_ECHO_REPLY 129
+#define ND_ROUTER_SOLICIT 133
+#define ND_ROUTER_ADVERT 134
+#define ND_NEIGHBOR_SOLICIT 135
+#define ND_NEIGHBOR_ADVERT 136
+#define ND_REDIRECT 137
+
+/* is_icmp: f's protocol is its family's ICMP. */
+static __always_inline int is_icmp(struct flow *f)
+{
+	return f->family == AF_INET6 ? f->proto == IPPROTO_ICMPV6 : f->proto == IPPROTO_ICMP;
+}
+
+/* icmp_flow keys an ICMP (f->proto ICMP) or ICMPv6 (ICMPV6) message. */
 static __always_inline void icmp_flow(struct flow *f, __u8 type, __be16 id)
 {
+	__u8 echo = f->proto == IPPROTO_ICMPV6 ? ICMP6_ECHO_REQUEST : ICMP_ECHO;
+	__u8 reply = f->proto == IPPROTO_ICMPV6 ? ICMP6_ECHO_REPLY : ICMP_ECHOREPLY;
+
 	f->icmp_type = type;
 	f->sport = 0;
 	f->dport = 0;
 	f->no_reply = 1;
 	f->ricmp_type = 0;
-	if (type == ICMP_ECHO) {
+	if (type == echo) {
 		f->sport = id;
-		f->ricmp_type = ICMP_ECHOREPLY;
+		f->ricmp_type = reply;
 		f->no_reply = 0;
-	} else if (type == ICMP_ECHOREPLY) {
+	} else if (type == reply) {
 		f->dport = id;
-		f->ricmp_type = ICMP_ECHO;
+		f->ricmp_type = echo;
 		f->no_reply = 0;
 	}
 }
 
 static __always_inline void policy_ports(struct flow *f)
 {
-	if (f->proto == IPPROTO_ICMP) {
+	if (is_icmp(f)) {
 		f->pport = bpf_htons(f->icmp_type);
 		f->rpport = bpf_htons(f->ricmp_type);
 	} else {
@@ -413,7 +478,7 @@ static __always_inline void policy_ports(struct flow *f)
 #define PARSE_OK 0
 #define PARSE_PASS 1    /* ARP that may pass */
 #define PARSE_DROP 2
-#define PARSE_RELATED 3 /* ICMP error: f is the message, rel the flow it is about */
+#define PARSE_RELATED 3 /* ICMP error: f is the flow it is about, f->outer_* the message */
 
 /* check_ip_options drops source-routed datagrams (LSRR, SSRR): a node that
  * accepts source routes would forward them to a destination the sender's
@@ -455,23 +520,50 @@ __attribute__((noinline)) int check_ip_options(struct __sk_buff *skb, __u32 olen
 	return 0;
 }
 
-/* parse_related fills rel with the flow an ICMP error (f) is about, seen
+/* related_outer keeps the ICMP error f in the outer fields of rel, the
+ * flow it is about, and makes rel the packet's flow. */
+static __always_inline void related_outer(struct flow *f, struct flow *rel)
+{
+	__builtin_memcpy(rel->outer_saddr, f->saddr, 16);
+	rel->outer_type = f->icmp_type;
+	rel->outer_proto = f->proto;
+	rel->frag_id = f->frag_id;
+	rel->len = f->len;
+	policy_ports(rel);
+	*f = *rel;
+}
+
+/* related_echo keys rel as the echo flow a quoted ICMP or ICMPv6 echo
+ * (type, id) belongs to, seen the error's way (reversed). */
+static __always_inline void related_echo(struct flow *rel, __u8 type, __be16 id)
+{
+	struct flow quoted = {.proto = rel->proto};
+	icmp_flow(&quoted, type, id);
+	rel->icmp_type = quoted.ricmp_type;
+	rel->ricmp_type = quoted.icmp_type;
+	rel->sport = quoted.dport;
+	rel->dport = quoted.sport;
+}
+
+/* parse_related turns f, an ICMP error, into the flow it is about, seen
  * as a packet of that flow travelling the error's way: the quoted
- * datagram reversed. The quoted datagram must have been sent by the
- * error's destination and be a first fragment; TCP, UDP, SCTP and ICMP
- * echo are understood. Returns 1 if rel is filled. Global: verified once. */
-__attribute__((noinline)) int parse_related(struct __sk_buff *skb, __u32 off, __u32 end, __be32 daddr,
-					    struct flow *rel)
+ * datagram reversed; the error stays in f's outer fields. The quoted
+ * datagram must have been sent by the error's destination and be a first
+ * fragment; TCP, UDP, SCTP and ICMP echo are understood. Returns 1 if f
+ * was turned, 0 if f is unchanged. Global: verified once. */
+__attribute__((noinline)) int parse_related(struct __sk_buff *skb, __u32 off, __u32 end, struct flow *f)
 {
 	struct iphdr in;
+	struct flow rel = {};
 
-	if (!rel)
+	if (!f)
 		return 0;
 	if (off + sizeof(in) > end || bpf_skb_load_bytes(skb, off, &in, sizeof(in)) < 0 || in.version != 4 ||
-	    in.ihl < 5 || in.saddr != daddr || (bpf_ntohs(in.frag_off) & 0x1FFF))
+	    in.ihl < 5 || in.saddr != f->daddr[0] || (bpf_ntohs(in.frag_off) & 0x1FFF))
 		return 0;
 	__u32 ioff = off + in.ihl * 4;
-	__builtin_memset(rel, 0, sizeof(*rel));
+	rel.family = AF_INET;
+	rel.proto = in.protocol;
 	switch (in.protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
@@ -479,8 +571,8 @@ __attribute__((noinline)) int parse_related(struct __sk_buff *skb, __u32 off, __
 		__be16 ports[2];
 		if (ioff + sizeof(ports) > end || bpf_skb_load_bytes(skb, ioff, ports, sizeof(ports)) < 0)
 			return 0;
-		rel->sport = ports[1];
-		rel->dport = ports[0];
+		rel.sport = ports[1];
+		rel.dport = ports[0];
 		break;
 	}
 	case IPPROTO_ICMP: {
@@ -489,23 +581,17 @@ __attribute__((noinline)) int parse_related(struct __sk_buff *skb, __u32 off, __
 			return 0;
 		if (h[0] != ICMP_ECHO && h[0] != ICMP_ECHOREPLY)
 			return 0;
-		struct flow quoted = {};
 		__be16 id;
 		__builtin_memcpy(&id, &h[4], 2);
-		icmp_flow(&quoted, h[0], id);
-		rel->icmp_type = quoted.ricmp_type;
-		rel->ricmp_type = quoted.icmp_type;
-		rel->sport = quoted.dport;
-		rel->dport = quoted.sport;
+		related_echo(&rel, h[0], id);
 		break;
 	}
 	default:
 		return 0;
 	}
-	rel->saddr = in.daddr;
-	rel->daddr = in.saddr;
-	rel->proto = in.protocol;
-	policy_ports(rel);
+	rel.saddr[0] = in.daddr;
+	rel.daddr[0] = in.saddr;
+	related_outer(f, &rel);
 	return 1;
 }
 
@@ -545,14 +631,308 @@ static __always_inline int check_arp(struct __sk_buff *skb, __u8 dir, struct end
 	return PARSE_PASS;
 }
 
-/* parse accepts untagged IPv4 (returned in f) and ARP (checked by
- * check_arp); everything else is dropped with its reason. Tags are checked
+/* IPv6. Extension headers are walked up to IPV6_MAX_EXT of them: hop-by-hop
+ * (first only), destination options, routing (at most one, and only with no
+ * segments left: a source route would send the packet on to a destination
+ * the sender's egress policy never saw; type 0 is dropped always), fragment
+ * (at most one) and AH. Any other extension header (Mobility, HIP, Shim6,
+ * experimental), a longer chain, a misplaced or repeated header is dropped
+ * (ipv6-ext): what the program cannot see through, it does not pass. The
+ * first protocol that is not an extension header is the flow's protocol,
+ * as IPv4's is; ICMP (for IPv4) there is dropped (wrong-family). */
+#define IPV6_MAX_EXT 8
+
+static __always_inline int ipv6_ext(__u8 nh)
+{
+	switch (nh) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_FRAGMENT:
+	case IPPROTO_AH:
+	case IPPROTO_DSTOPTS:
+	case 135: /* Mobility */
+	case 139: /* HIP */
+	case 140: /* Shim6 */
+	case 253: /* experimental */
+	case 254:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int addr6_linklocal(const __u32 *a)
+{
+	return (bpf_ntohl(a[0]) & 0xFFC00000) == 0xFE800000;
+}
+
+static __always_inline int addr6_zero(const __u32 *a)
+{
+	return !(a[0] | a[1] | a[2] | a[3]);
+}
+
+static __always_inline int addr6_eq(const __u32 *a, const __u8 *b)
+{
+	__u32 w[4];
+	__builtin_memcpy(w, b, 16);
+	return a[0] == w[0] && a[1] == w[1] && a[2] == w[2] && a[3] == w[3];
+}
+
+#define PARSE6(ret, reason) ((ret) | (reason) << 8)
+
+/* parse_related6 is parse_related for an ICMPv6 error whose quoted packet
+ * parse6 found at f->rel_off..f->rel_end: it must have been sent by the
+ * error's destination, carry its transport header right after the IPv6
+ * header (TCP, UDP, SCTP or ICMPv6 echo) and so not be a fragment. Called
+ * by parse, not parse6, to keep the chain of stack frames short. Global:
+ * verified once. */
+__attribute__((noinline)) int parse_related6(struct __sk_buff *skb, struct flow *f)
+{
+	struct ipv6hdr in;
+	struct flow rel = {};
+
+	if (!f)
+		return 0;
+	__u32 off = f->rel_off, end = f->rel_end;
+	if (off > 0xFFFF || end > 0x1FFFF || off + sizeof(in) > end ||
+	    bpf_skb_load_bytes(skb, off, &in, sizeof(in)) < 0 || in.version != 6)
+		return 0;
+	__builtin_memcpy(rel.daddr, &in.saddr, 16);
+	__builtin_memcpy(rel.saddr, &in.daddr, 16);
+	if (rel.daddr[0] != f->daddr[0] || rel.daddr[1] != f->daddr[1] || rel.daddr[2] != f->daddr[2] ||
+	    rel.daddr[3] != f->daddr[3])
+		return 0;
+	__u32 ioff = off + sizeof(in);
+	rel.family = AF_INET6;
+	rel.proto = in.nexthdr;
+	switch (in.nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__be16 ports[2];
+		if (ioff + sizeof(ports) > end || bpf_skb_load_bytes(skb, ioff, ports, sizeof(ports)) < 0)
+			return 0;
+		rel.sport = ports[1];
+		rel.dport = ports[0];
+		break;
+	}
+	case IPPROTO_ICMPV6: {
+		__u8 h[8];
+		if (ioff + sizeof(h) > end || bpf_skb_load_bytes(skb, ioff, h, sizeof(h)) < 0)
+			return 0;
+		if (h[0] != ICMP6_ECHO_REQUEST && h[0] != ICMP6_ECHO_REPLY)
+			return 0;
+		__be16 id;
+		__builtin_memcpy(&id, &h[4], 2);
+		related_echo(&rel, h[0], id);
+		break;
+	}
+	default:
+		return 0;
+	}
+	related_outer(f, &rel);
+	return 1;
+}
+
+/* check_nd lets neighbour discovery through without conntrack or policy,
+ * as ARP is: a pod needs it to reach anything. From a pod: router and
+ * neighbour solicitations and neighbour advertisements, from the pod's own
+ * address, a link-local one or (solicitations only) the unspecified
+ * address, an advertisement naming the pod's own or a link-local target;
+ * a router advertisement or redirect from a pod is dropped (nd-router).
+ * Towards a pod: all but redirects. ND must be unfragmented, hop limit
+ * 255 and code 0 (RFC 4861, RFC 6980), else it is malformed. */
+static __always_inline int check_nd(struct __sk_buff *skb, __u32 dir, struct flow *f, __u8 type, __u8 code,
+				    __u8 hop_limit, int fragmented, __u32 off, __u32 end)
+{
+	if (fragmented || hop_limit != 255 || code != 0)
+		return PARSE6(PARSE_DROP, REASON_MALFORMED);
+	if (type == ND_REDIRECT || (dir == DIR_EGRESS && type == ND_ROUTER_ADVERT))
+		return PARSE6(PARSE_DROP, REASON_ND_ROUTER);
+	if (dir != DIR_EGRESS)
+		return PARSE6(PARSE_PASS, 0);
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	int own_src = ep && !addr6_zero(f->saddr) && addr6_eq(f->saddr, ep->ipv6);
+	if (!own_src && !addr6_linklocal(f->saddr) && !(addr6_zero(f->saddr) && type != ND_NEIGHBOR_ADVERT))
+		return PARSE6(PARSE_DROP, REASON_SPOOFED);
+	if (type == ND_NEIGHBOR_ADVERT) {
+		__u32 target[4];
+		if (off + 8 + 16 > end || bpf_skb_load_bytes(skb, off + 8, target, 16) < 0)
+			return PARSE6(PARSE_DROP, REASON_MALFORMED);
+		int own_target = ep && !addr6_zero(target) && addr6_eq(target, ep->ipv6);
+		if (!own_target && !addr6_linklocal(target))
+			return PARSE6(PARSE_DROP, REASON_SPOOFED);
+	}
+	return PARSE6(PARSE_PASS, 0);
+}
+
+/* parse6 is parse for IPv6 (see above for the extension headers). Later
+ * fragments follow their datagram's admitted first fragment (fragments6)
+ * and may not overlap it (RFC 5722: no legitimate sender overlaps);
+ * the first fragment must hold the whole header chain up to the transport
+ * header (RFC 7112), else it is malformed; an atomic fragment (offset 0,
+ * no more fragments) is a whole datagram (RFC 6946). Returns
+ * PARSE6(ret, reason). Global: verified once. */
+__attribute__((noinline)) int parse6(struct __sk_buff *skb, __u32 dir, struct flow *f)
+{
+	struct ipv6hdr ip6;
+	__u32 off = ETH_HLEN + sizeof(ip6);
+
+	if (!skb || !f)
+		return PARSE6(PARSE_DROP, REASON_MALFORMED);
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+		return PARSE6(PARSE_DROP, REASON_MALFORMED);
+	/* The packet must fit the frame; a zero payload length is only BIG
+	 * TCP's (above 64 KiB, no jumbo option on the wire here). */
+	__u32 avail = skb->len - ETH_HLEN;
+	__u32 tot = sizeof(ip6) + bpf_ntohs(ip6.payload_len);
+	if (ip6.payload_len == 0 && avail > 0xFFFF + sizeof(ip6) && ip6.nexthdr == IPPROTO_TCP)
+		tot = avail;
+	if (tot > avail)
+		return PARSE6(PARSE_DROP, REASON_MALFORMED);
+	__u32 end = ETH_HLEN + tot;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	__builtin_memcpy(f->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(f->daddr, &ip6.daddr, 16);
+	f->family = AF_INET6;
+	f->len = skb->len;
+
+	__u8 nh = ip6.nexthdr;
+	int seen_frag = 0, seen_rh = 0;
+	__u32 frag_start = 0;
+	for (int i = 0; i < IPV6_MAX_EXT; i++) {
+		if (!ipv6_ext(nh))
+			break;
+		__u8 h[8];
+		__u32 len = 8;
+		if (off + sizeof(h) > end || bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return PARSE6(PARSE_DROP, REASON_MALFORMED);
+		switch (nh) {
+		case IPPROTO_HOPOPTS:
+			if (i != 0)
+				return PARSE6(PARSE_DROP, REASON_IPV6_EXT);
+			len = ((__u32)h[1] + 1) * 8;
+			break;
+		case IPPROTO_DSTOPTS:
+			len = ((__u32)h[1] + 1) * 8;
+			break;
+		case IPPROTO_ROUTING:
+			if (seen_rh)
+				return PARSE6(PARSE_DROP, REASON_IPV6_EXT);
+			seen_rh = 1;
+			if (h[2] == 0 || h[3] != 0)
+				return PARSE6(PARSE_DROP, REASON_IPV6_ROUTING);
+			len = ((__u32)h[1] + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			len = ((__u32)h[1] + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT: {
+			if (seen_frag)
+				return PARSE6(PARSE_DROP, REASON_IPV6_EXT);
+			seen_frag = 1;
+			__u16 fo = (__u16)h[2] << 8 | h[3];
+			__be32 id;
+			__builtin_memcpy(&id, &h[4], 4);
+			if (fo & 0xFFF8) {
+				/* Later fragment: the rest is payload. Borrow the
+				 * first fragment's protocol and ports. */
+				struct frag6_key fk = {.id = id};
+				__builtin_memcpy(fk.saddr, f->saddr, 16);
+				__builtin_memcpy(fk.daddr, f->daddr, 16);
+				struct frag6_value *fv = bpf_map_lookup_elem(&fragments6, &fk);
+				if (!fv || (fo & 0xFFF8) < fv->first_len)
+					return PARSE6(PARSE_DROP, REASON_FRAGMENT);
+				f->proto = fv->proto;
+				f->frag_id = id;
+				if (is_icmp(f)) {
+					icmp_flow(f, (__u8)bpf_ntohs(fv->dport), fv->sport);
+				} else {
+					f->sport = fv->sport;
+					f->dport = fv->dport;
+				}
+				policy_ports(f);
+				return PARSE6(PARSE_OK, 0);
+			}
+			if (fo & 1) {
+				f->frag_first = 1;
+				f->frag_id = id;
+				frag_start = off + 8;
+			}
+			break;
+		}
+		default:
+			return PARSE6(PARSE_DROP, REASON_IPV6_EXT);
+		}
+		nh = h[0];
+		off += len;
+	}
+	if (ipv6_ext(nh))
+		return PARSE6(PARSE_DROP, REASON_IPV6_EXT);
+	if (off > end)
+		return PARSE6(PARSE_DROP, REASON_MALFORMED);
+	if (f->frag_first)
+		f->frag_len = end - frag_start;
+	f->proto = nh;
+
+	int ret = PARSE_OK;
+	switch (nh) {
+	case IPPROTO_TCP: {
+		__u8 hdr[20];
+		if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return PARSE6(PARSE_DROP, REASON_MALFORMED);
+		__builtin_memcpy(&f->sport, &hdr[0], 2);
+		__builtin_memcpy(&f->dport, &hdr[2], 2);
+		f->tcp_flags = hdr[13];
+		break;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__be16 ports[2];
+		__u32 need = nh == IPPROTO_UDP ? 8 : 12;
+		if (off + need > end || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return PARSE6(PARSE_DROP, REASON_MALFORMED);
+		f->sport = ports[0];
+		f->dport = ports[1];
+		break;
+	}
+	case IPPROTO_ICMPV6: {
+		__u8 h[8];
+		if (off + sizeof(h) > end || bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return PARSE6(PARSE_DROP, REASON_MALFORMED);
+		if (h[0] >= ND_ROUTER_SOLICIT && h[0] <= ND_REDIRECT)
+			return check_nd(skb, dir, f, h[0], h[1], ip6.hop_limit, seen_frag, off, end);
+		__be16 id;
+		__builtin_memcpy(&id, &h[4], 2);
+		icmp_flow(f, h[0], id);
+		if (h[0] >= ICMP6_DEST_UNREACH && h[0] <= ICMP6_PARAMPROB && !seen_frag) {
+			/* parse looks at the quoted packet (parse_related6) */
+			f->rel_off = off + sizeof(h);
+			f->rel_end = end;
+			ret = PARSE_RELATED;
+		}
+		break;
+	}
+	case IPPROTO_ICMP:
+		/* ICMP means nothing in IPv6: never let it match ICMP rules. */
+		return PARSE6(PARSE_DROP, REASON_WRONG_FAMILY);
+	default:
+		break;
+	}
+	policy_ports(f);
+	return PARSE6(ret, 0);
+}
+
+/* parse accepts untagged IPv4 and IPv6 (returned in f; IPv6 in parse6),
+ * ARP (checked by check_arp) and neighbour discovery (check_nd);
+ * everything else is dropped with its reason. Tags are checked
  * both in the frame and as the skb's accelerated tag: the receive path
  * moves an outer tag there before tc runs and strips VID-0 tags after it,
  * so a frame with two VLAN-0 tags or a QinQ outer tag would otherwise be
  * seen as 802.1Q here and delivered as plain IPv4. */
 static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoint_info *ep, struct flow *f,
-				 struct flow *rel, __u8 *reason)
+				 __u8 *reason)
 {
 	__be16 h_proto;
 	struct iphdr ip;
@@ -580,8 +960,11 @@ static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoin
 		return PARSE_DROP;
 	}
 	if (h_proto == bpf_htons(ETH_P_IPV6)) {
-		*reason = REASON_UNSUPPORTED;
-		return PARSE_DROP;
+		int r = parse6(skb, dir, f);
+		*reason = r >> 8;
+		if ((r & 0xFF) == PARSE_RELATED)
+			return parse_related6(skb, f) ? PARSE_RELATED : PARSE_OK;
+		return r & 0xFF;
 	}
 	if (h_proto == bpf_htons(ETH_P_ARP))
 		return check_arp(skb, dir, ep, reason);
@@ -610,10 +993,11 @@ static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoin
 	}
 	__u32 end = ETH_HLEN + tot;
 
-	f->saddr = ip.saddr;
-	f->daddr = ip.daddr;
+	f->saddr[0] = ip.saddr;
+	f->daddr[0] = ip.daddr;
+	f->family = AF_INET;
 	f->proto = ip.protocol;
-	f->ip_id = ip.id;
+	f->frag_id = ip.id;
 	f->len = skb->len;
 	f->sport = 0;
 	f->dport = 0;
@@ -623,6 +1007,11 @@ static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoin
 	f->no_reply = 0;
 	f->frag_first = 0;
 
+	if (ip.protocol == IPPROTO_ICMPV6) {
+		/* ICMPv6 means nothing in IPv4: never let it match ICMPv6 rules. */
+		*reason = REASON_WRONG_FAMILY;
+		return PARSE_DROP;
+	}
 	__u16 frag = bpf_ntohs(ip.frag_off);
 	if (frag & 0x1FFF) {
 		/* A TCP fragment at offset 8 can only rewrite the header's flags
@@ -686,11 +1075,8 @@ static __always_inline int parse(struct __sk_buff *skb, __u8 dir, struct endpoin
 		__builtin_memcpy(&id, &h[4], 2);
 		icmp_flow(f, h[0], id);
 		if ((h[0] == ICMP_DEST_UNREACH || h[0] == ICMP_TIME_EXCEEDED || h[0] == ICMP_PARAMETERPROB) &&
-		    !f->frag_first && parse_related(skb, off + sizeof(h), end, f->daddr, rel)) {
-			rel->ip_id = f->ip_id;
-			rel->len = f->len;
-			ret = PARSE_RELATED;
-		}
+		    !f->frag_first && parse_related(skb, off + sizeof(h), end, f))
+			return PARSE_RELATED;
 		break;
 	}
 	default:
@@ -707,19 +1093,30 @@ static __always_inline void frag_remember(struct flow *f)
 {
 	if (!f->frag_first)
 		return;
-	struct frag_key fk = {.saddr = f->saddr, .daddr = f->daddr, .id = f->ip_id, .proto = f->proto};
-	struct frag_value fv = {.sport = f->sport, .dport = f->dport};
-	if (f->proto == IPPROTO_ICMP) {
-		fv.sport = f->sport | f->dport; /* the echo identifier, or 0 */
-		fv.dport = bpf_htons(f->icmp_type);
+	__be16 sport = f->sport, dport = f->dport;
+	if (is_icmp(f)) {
+		sport = f->sport | f->dport; /* the echo identifier, or 0 */
+		dport = bpf_htons(f->icmp_type);
 	}
+	if (f->family == AF_INET6) {
+		struct frag6_key fk = {.id = f->frag_id};
+		__builtin_memcpy(fk.saddr, f->saddr, 16);
+		__builtin_memcpy(fk.daddr, f->daddr, 16);
+		struct frag6_value fv = {.sport = sport, .dport = dport, .proto = f->proto, .first_len = f->frag_len};
+		bpf_map_update_elem(&fragments6, &fk, &fv, BPF_ANY);
+		return;
+	}
+	struct frag_key fk = {.saddr = f->saddr[0], .daddr = f->daddr[0], .id = (__be16)f->frag_id, .proto = f->proto};
+	struct frag_value fv = {.sport = sport, .dport = dport};
 	bpf_map_update_elem(&fragments, &fk, &fv, BPF_ANY);
 }
 
-static __always_inline __u32 ipcache_identity(__be32 addr)
+/* ipcache_identity: the identity of an address of the family (IPv4: in
+ * addr[0]); a miss is world. */
+static __always_inline __u32 ipcache_identity(__u8 family, const __u32 *addr)
 {
-	struct ipcache_key k = {.prefixlen = 32 + 32, .family = AF_INET};
-	__builtin_memcpy(k.addr, &addr, 4);
+	struct ipcache_key k = {.prefixlen = family == AF_INET6 ? 32 + 128 : 32 + 32, .family = family};
+	__builtin_memcpy(k.addr, addr, 16);
 	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
 	return v ? v->identity : 2; /* world */
 }
@@ -887,10 +1284,10 @@ static __always_inline void emit_event(struct __sk_buff *skb, struct config *cfg
 		return;
 	}
 	lim->emitted++;
-	if (!src_id && f->saddr)
-		src_id = ipcache_identity(f->saddr);
-	if (!dst_id && f->daddr)
-		dst_id = ipcache_identity(f->daddr);
+	if (!src_id && f->family)
+		src_id = ipcache_identity(f->family, f->saddr);
+	if (!dst_id && f->family)
+		dst_id = ipcache_identity(f->family, f->daddr);
 	__builtin_memset(e, 0, sizeof(*e));
 	e->timestamp = now;
 	e->endpoint = endpoint;
@@ -898,11 +1295,11 @@ static __always_inline void emit_event(struct __sk_buff *skb, struct config *cfg
 	e->src_identity = src_id;
 	e->dst_identity = dst_id;
 	e->rule_id = pv->rule_id;
-	__builtin_memcpy(e->saddr, &f->saddr, 4);
-	__builtin_memcpy(e->daddr, &f->daddr, 4);
+	__builtin_memcpy(e->saddr, f->saddr, 16);
+	__builtin_memcpy(e->daddr, f->daddr, 16);
 	e->sport = f->sport;
 	e->dport = f->dport;
-	e->family = AF_INET;
+	e->family = f->family ? f->family : AF_INET;
 	e->proto = f->proto;
 	e->dir = dir;
 	e->verdict = pv->verdict;
@@ -928,12 +1325,34 @@ static __always_inline __u32 proxy_sock_key(__u16 proxy_port, __u8 proto)
 	return proto == IPPROTO_UDP ? (__u32)proxy_port | PROXY_SOCK_UDP : (__u32)proxy_port;
 }
 
-/* listener_present: the proxy port has a socket for the flow's protocol
- * (a UDP redirect needs the proxy's UDP socket, TCP its listener). */
-static __always_inline int listener_present(__u16 proxy_port, __u8 proto)
+/* proxy_sock returns (referenced) the proxy port's socket for a flow of
+ * the protocol and family, or 0: for IPv6 the port's IPv6 socket, else a
+ * dual-stack one under the plain key (an AF_INET socket there cannot take
+ * IPv6: none). */
+static __always_inline struct bpf_sock *proxy_sock(__u16 proxy_port, __u8 proto, __u8 family)
 {
 	__u32 key = proxy_sock_key(proxy_port, proto);
-	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &key);
+	struct bpf_sock *sk;
+	if (family == AF_INET6) {
+		__u32 key6 = key | PROXY_SOCK_V6;
+		sk = bpf_map_lookup_elem(&proxy_socks, &key6);
+		if (sk)
+			return sk;
+	}
+	sk = bpf_map_lookup_elem(&proxy_socks, &key);
+	if (sk && family == AF_INET6 && sk->family != AF_INET6) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	return sk;
+}
+
+/* listener_present: the proxy port has a socket for the flow's protocol
+ * and family (a UDP redirect needs the proxy's UDP socket, TCP its
+ * listener; IPv6 an IPv6 or dual-stack one). */
+static __always_inline int listener_present(__u16 proxy_port, __u8 proto, __u8 family)
+{
+	struct bpf_sock *sk = proxy_sock(proxy_port, proto, family);
 	if (!sk)
 		return 0;
 	bpf_sk_release(sk);
@@ -980,16 +1399,25 @@ static __always_inline int do_redirect(struct __sk_buff *skb, __u8 dir, __u16 pr
  * socket's cgroup; binding a pod's address and setting SO_MARK both take
  * CAP_NET_ADMIN in the node, and the socket only gets what is addressed to
  * its own 4-tuple.) Only packets with ACK can answer a connection. */
-__attribute__((noinline)) int proxy_socket_global(struct __sk_buff *skb, __be32 saddr, __be32 daddr, __u32 ports)
+__attribute__((noinline)) int proxy_socket_global(struct __sk_buff *skb, struct flow *f)
 {
 	struct bpf_sock_tuple t = {};
-	if (!skb)
+	struct bpf_sock *sk;
+	if (!skb || !f)
 		return 0;
-	t.ipv4.saddr = saddr;
-	t.ipv4.daddr = daddr;
-	t.ipv4.sport = ports & 0xFFFF;
-	t.ipv4.dport = ports >> 16;
-	struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (f->family == AF_INET6) {
+		__builtin_memcpy(t.ipv6.saddr, f->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, f->daddr, 16);
+		t.ipv6.sport = f->sport;
+		t.ipv6.dport = f->dport;
+		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		t.ipv4.saddr = f->saddr[0];
+		t.ipv4.daddr = f->daddr[0];
+		t.ipv4.sport = f->sport;
+		t.ipv4.dport = f->dport;
+		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
 	if (!sk)
 		return 0;
 	__u32 magic = sk->mark & MARK_MAGIC_MASK;
@@ -1004,7 +1432,7 @@ static __always_inline int to_proxy_socket(struct __sk_buff *skb, struct flow *f
 {
 	if (f->proto != IPPROTO_TCP || !(f->tcp_flags & TCP_ACK))
 		return 0;
-	return proxy_socket_global(skb, f->saddr, f->daddr, (__u32)f->sport | (__u32)f->dport << 16);
+	return proxy_socket_global(skb, f);
 }
 
 /* fill_ct_key keys the flow of packet f at endpoint in dir; reverse keys
@@ -1014,21 +1442,21 @@ static __always_inline void fill_ct_key(struct ct_key *k, __u32 endpoint, __u8 d
 	__builtin_memset(k, 0, sizeof(*k));
 	k->endpoint = endpoint;
 	k->proto = f->proto;
-	k->family = AF_INET;
+	k->family = f->family;
 	if (!reverse) {
 		k->dir = dir;
 		k->icmp_type = f->icmp_type;
 		k->sport = f->sport;
 		k->dport = f->dport;
-		__builtin_memcpy(k->saddr, &f->saddr, 4);
-		__builtin_memcpy(k->daddr, &f->daddr, 4);
+		__builtin_memcpy(k->saddr, f->saddr, 16);
+		__builtin_memcpy(k->daddr, f->daddr, 16);
 	} else {
 		k->dir = dir ^ 1;
 		k->icmp_type = f->ricmp_type;
 		k->sport = f->dport;
 		k->dport = f->sport;
-		__builtin_memcpy(k->saddr, &f->daddr, 4);
-		__builtin_memcpy(k->daddr, &f->saddr, 4);
+		__builtin_memcpy(k->saddr, f->daddr, 16);
+		__builtin_memcpy(k->daddr, f->saddr, 16);
 	}
 }
 
@@ -1041,7 +1469,7 @@ static __always_inline int pass(struct flow *f)
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
-	struct flow f = {}, rel = {};
+	struct flow f = {};
 	struct policy_value pv = {};
 	__u8 reason = REASON_MALFORMED;
 	__u32 ifindex = skb->ifindex;
@@ -1059,7 +1487,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct endpoint_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	__u32 endpoint = ep ? ep->id : 0;
 
-	int ret = parse(skb, dir, ep, &f, &rel, &reason);
+	int ret = parse(skb, dir, ep, &f, &reason);
 	if (ret == PARSE_PASS)
 		return TC_ACT_OK;
 	if (ret != PARSE_DROP && !ep) {
@@ -1070,11 +1498,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * addresses, and the node accepts local source addresses on pod veths
 	 * (accept_local, needed by ingress redirects of the node's traffic). */
 	if (ret != PARSE_DROP && dir == DIR_EGRESS) {
-		__be32 own;
-		__builtin_memcpy(&own, ep->ipv4, 4);
-		if (own && f.saddr != own) {
-			ret = PARSE_DROP;
-			reason = REASON_SPOOFED;
+		if (f.family == AF_INET6) {
+			/* An endpoint without an IPv6 address sends no IPv6 but
+			 * neighbour discovery (passed in parse6). */
+			__u32 *own6 = (__u32 *)ep->ipv6;
+			if (!(own6[0] | own6[1] | own6[2] | own6[3]) || f.saddr[0] != own6[0] ||
+			    f.saddr[1] != own6[1] || f.saddr[2] != own6[2] || f.saddr[3] != own6[3]) {
+				ret = PARSE_DROP;
+				reason = REASON_SPOOFED;
+			}
+		} else {
+			__be32 own;
+			__builtin_memcpy(&own, ep->ipv4, 4);
+			if (own && f.saddr[0] != own) {
+				ret = PARSE_DROP;
+				reason = REASON_SPOOFED;
+			}
 		}
 	}
 	if (ret == PARSE_DROP) {
@@ -1103,13 +1542,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 								: CT_F_FROM_PROXY;
 
 	/* An ICMP error about a tracked flow is looked up as a packet of that
-	 * flow (rel); it passes if the flow does, changing nothing. Else it is
-	 * judged as the ICMP message it is (f). */
+	 * flow (f; the message is in f.outer_*); it passes if the flow does,
+	 * changing nothing. Else it is judged as the ICMP message it is. */
 	int related = ret == PARSE_RELATED;
-	__be32 outer_saddr = f.saddr;
-	__u8 outer_type = f.icmp_type;
-	if (related)
-		f = rel;
 	__u8 eflags = mark_flags | (from_proxy ? EVENT_F_FROM_PROXY : 0) | (related ? EVENT_F_RELATED : 0);
 
 	__u64 now = bpf_ktime_get_ns();
@@ -1135,7 +1570,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				 * the proxy's mark, though, is the flow's for good. */
 				__u32 peer = ct->peer_identity;
 				if (!(ct->flags & CT_F_FROM_PROXY))
-					peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
+					peer = ipcache_identity(f.family, dir == DIR_INGRESS ? f.saddr : f.daddr);
 				ct->peer_identity = peer;
 				why = decide(endpoint, dir, peer, f.proto, f.pport, &pv);
 				int reproxy = pv.verdict == VERDICT_REDIRECT && from_proxy != FROM_INGRESS_PROXY &&
@@ -1172,11 +1607,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	/* Reply of a flow admitted in the other direction. */
-	struct ct_key rk;
+	/* ck is the reverse key now; new_flow fills it forward again (one key
+	 * on the stack: the frame is tight). */
 	struct ct_value *rct = 0;
 	if (!f.no_reply) {
-		fill_ct_key(&rk, endpoint, dir, &f, 1);
-		rct = bpf_map_lookup_elem(&conntrack, &rk);
+		fill_ct_key(&ck, endpoint, dir, &f, 1);
+		rct = bpf_map_lookup_elem(&conntrack, &ck);
 	}
 	if (rct && now - rct->last_seen <= ct_lifetime(cfg, rct, f.proto)) {
 		if (rct->revision != cfg->revision) {
@@ -1185,7 +1621,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			 * change. Its destination port is our source port. */
 			__u32 peer = rct->peer_identity;
 			if (!(rct->flags & CT_F_FROM_PROXY))
-				peer = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
+				peer = ipcache_identity(f.family, dir == DIR_INGRESS ? f.saddr : f.daddr);
 			rct->peer_identity = peer;
 			why = decide(endpoint, dir ^ 1, peer, f.proto, f.rpport, &pv);
 			/* A flow that now needs the proxy but was admitted without
@@ -1194,7 +1630,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			int unproxied = pv.verdict == VERDICT_REDIRECT && rct->verdict != VERDICT_REDIRECT &&
 					(rct->flags & CT_F_PROXY_MASK) != CT_F_FROM_PROXY;
 			if (why != DECIDE_PASS || unproxied) {
-				bpf_map_delete_elem(&conntrack, &rk);
+				bpf_map_delete_elem(&conntrack, &ck);
 				count_rule(pv.rule_id, f.len);
 				emit_event(skb, cfg, endpoint, dir, &f, 0, 0, &pv,
 					   why == REASON_FAIL_CLOSED ? why : REASON_REVALIDATE, EVENT_F_DROPPED | eflags);
@@ -1243,17 +1679,17 @@ new_flow:
 	if (related) {
 		related = 0;
 		eflags &= ~EVENT_F_RELATED;
-		f.saddr = outer_saddr;
-		f.proto = IPPROTO_ICMP;
+		__builtin_memcpy(f.saddr, f.outer_saddr, 16);
+		f.proto = f.outer_proto;
 		f.tcp_flags = 0;
-		icmp_flow(&f, outer_type, 0);
+		icmp_flow(&f, f.outer_type, 0);
 		policy_ports(&f);
-		fill_ct_key(&ck, endpoint, dir, &f, 0);
 	}
+	fill_ct_key(&ck, endpoint, dir, &f, 0);
 	if (from_proxy && proxy_id)
 		peer_addr_id = proxy_id;
 	else
-		peer_addr_id = ipcache_identity(dir == DIR_INGRESS ? f.saddr : f.daddr);
+		peer_addr_id = ipcache_identity(f.family, dir == DIR_INGRESS ? f.saddr : f.daddr);
 	/* Our own identity is only needed for events (0: look it up there). */
 	__u32 src_id = dir == DIR_INGRESS ? peer_addr_id : 0;
 	__u32 dst_id = dir == DIR_INGRESS ? 0 : peer_addr_id;
@@ -1275,7 +1711,7 @@ new_flow:
 		pv.verdict = VERDICT_ALLOW;
 		pv.proxy_port = 0;
 	}
-	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port, f.proto)) {
+	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port, f.proto, f.family)) {
 		count_rule(pv.rule_id, f.len);
 		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, REASON_NO_LISTENER,
 			   eflags | EVENT_F_DROPPED);
@@ -1294,7 +1730,7 @@ new_flow:
 	};
 	/* A proxy connection from an address that is not the node's: the
 	 * proxy kept its client's address, so replies must be steered back. */
-	if (from_proxy && ipcache_identity(f.saddr) != IDENTITY_HOST)
+	if (from_proxy && ipcache_identity(f.family, f.saddr) != IDENTITY_HOST)
 		nv.flags |= CT_F_REPLY_TO_PROXY;
 	if (f.tcp_flags & (TCP_FIN | TCP_RST))
 		nv.flags |= CT_F_CLOSING;
@@ -1326,10 +1762,23 @@ int tc_to_pod(struct __sk_buff *skb)
  * the proxy's UDP socket of that port, which reads the original
  * destination with IP_RECVORIGDSTADDR. A missing socket drops the SYN or
  * datagram. */
+/* ctx_u32 loads a 4-byte context field at its own offset from the context
+ * pointer: the verifier rejects loads through a context pointer the
+ * compiler moved (which it does for arrays such as remote_ip6). */
+#define ctx_u32(ctx, field)                                                                        \
+	({                                                                                         \
+		__u32 _v;                                                                          \
+		asm volatile("%0 = *(u32 *)(%1 + %2)"                                              \
+			     : "=r"(_v)                                                            \
+			     : "r"(ctx), "i"(__builtin_offsetof(struct bpf_sk_lookup, field)));    \
+		_v;                                                                                \
+	})
+
 SEC("sk_lookup")
 int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 {
-	if (ctx->family != AF_INET || (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP))
+	if ((ctx->family != AF_INET && ctx->family != AF_INET6) ||
+	    (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP))
 		return SK_PASS;
 	__u8 proto = ctx->protocol;
 	__u32 ifindex = ctx->ingress_ifindex;
@@ -1339,12 +1788,24 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 
 	struct ct_key k;
 	struct flow fl = {
-		.saddr = ctx->remote_ip4,
-		.daddr = ctx->local_ip4,
 		.sport = ctx->remote_port,
 		.dport = bpf_htons((__u16)ctx->local_port),
+		.family = ctx->family,
 		.proto = proto,
 	};
+	if (ctx->family == AF_INET6) {
+		fl.saddr[0] = ctx_u32(ctx, remote_ip6[0]);
+		fl.saddr[1] = ctx_u32(ctx, remote_ip6[1]);
+		fl.saddr[2] = ctx_u32(ctx, remote_ip6[2]);
+		fl.saddr[3] = ctx_u32(ctx, remote_ip6[3]);
+		fl.daddr[0] = ctx_u32(ctx, local_ip6[0]);
+		fl.daddr[1] = ctx_u32(ctx, local_ip6[1]);
+		fl.daddr[2] = ctx_u32(ctx, local_ip6[2]);
+		fl.daddr[3] = ctx_u32(ctx, local_ip6[3]);
+	} else {
+		fl.saddr[0] = ctx->remote_ip4;
+		fl.daddr[0] = ctx->local_ip4;
+	}
 	fill_ct_key(&k, ep->id, DIR_EGRESS, &fl, 0);
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
 	if (!ct || ct->verdict != VERDICT_REDIRECT) {
@@ -1354,8 +1815,7 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 	if (!ct || ct->verdict != VERDICT_REDIRECT)
 		return SK_PASS;
 
-	__u32 port = proxy_sock_key(ct->proxy_port, proto);
-	struct bpf_sock *sk = bpf_map_lookup_elem(&proxy_socks, &port);
+	struct bpf_sock *sk = proxy_sock(ct->proxy_port, proto, fl.family);
 	if (!sk)
 		return SK_DROP;
 	long err = bpf_sk_assign(ctx, sk, 0);

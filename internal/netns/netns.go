@@ -62,6 +62,10 @@ type Config struct {
 	// NodeAddr is the node side's address on every host veth, the hosts'
 	// gateway.
 	NodeAddr netip.Addr
+	// NodeAddr6, if set, is the node side's IPv6 address on the veth of
+	// every host with an IPv6 address (AddDualHost), those hosts' IPv6
+	// gateway. IPv6 forwarding is turned on in the node namespace.
+	NodeAddr6 netip.Addr
 	// Sysctls are written in the node namespace (keys below
 	// /proc/sys/net/, e.g. "ipv4/ip_forward").
 	Sysctls map[string]string
@@ -77,6 +81,7 @@ type Topology struct {
 	// Prefix of every namespace name; Node is the node namespace.
 	Prefix, Node string
 	NodeAddr     netip.Addr
+	NodeAddr6    netip.Addr // invalid: no IPv6
 	created      func(string) error
 
 	mu     sync.Mutex
@@ -91,6 +96,7 @@ type Host struct {
 	// NS is the host's namespace, HostDev its veth in the node namespace.
 	NS, HostDev string
 	IP          netip.Addr
+	IP6         netip.Addr // invalid: IPv4 only
 }
 
 // New creates the node namespace (loopback up, cfg.Sysctls written). On
@@ -102,7 +108,10 @@ func New(ctx context.Context, cfg Config) (t *Topology, err error) {
 	if !cfg.NodeAddr.Is4() {
 		return nil, fmt.Errorf("topology %s: node address %v is not IPv4", cfg.Prefix, cfg.NodeAddr)
 	}
-	t = &Topology{Prefix: cfg.Prefix, Node: cfg.Prefix + "-node", NodeAddr: cfg.NodeAddr, created: cfg.Created}
+	if cfg.NodeAddr6.IsValid() && !cfg.NodeAddr6.Is6() {
+		return nil, fmt.Errorf("topology %s: node address %v is not IPv6", cfg.Prefix, cfg.NodeAddr6)
+	}
+	t = &Topology{Prefix: cfg.Prefix, Node: cfg.Prefix + "-node", NodeAddr: cfg.NodeAddr, NodeAddr6: cfg.NodeAddr6, created: cfg.Created}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, t.Close(context.WithoutCancel(ctx)))
@@ -114,6 +123,11 @@ func New(ctx context.Context, cfg Config) (t *Topology, err error) {
 	}
 	if err := SetSysctls(t.Node, cfg.Sysctls); err != nil {
 		return t, err
+	}
+	if t.NodeAddr6.IsValid() {
+		if err := SetSysctls(t.Node, map[string]string{"ipv6/conf/all/forwarding": "1"}); err != nil {
+			return t, err
+		}
 	}
 	return t, nil
 }
@@ -146,13 +160,26 @@ func (t *Topology) HostNS(name string) string { return t.Prefix + "-" + name }
 // by a veth whose node side is hostDev, with ip/32 and a default route via
 // the node address.
 func (t *Topology) AddHost(ctx context.Context, name, hostDev string, ip netip.Addr) (*Host, error) {
+	return t.AddDualHost(ctx, name, hostDev, ip, netip.Addr{})
+}
+
+// AddDualHost is AddHost with an IPv6 address too (ip6/128, a default
+// route via the topology's NodeAddr6, which must be set); an invalid ip6
+// makes it AddHost.
+func (t *Topology) AddDualHost(ctx context.Context, name, hostDev string, ip, ip6 netip.Addr) (*Host, error) {
 	if !ip.Is4() {
 		return nil, fmt.Errorf("host %s: address %v is not IPv4", name, ip)
+	}
+	if ip6.IsValid() && (!ip6.Is6() || ip6.Is4In6()) {
+		return nil, fmt.Errorf("host %s: address %v is not IPv6", name, ip6)
+	}
+	if ip6.IsValid() && !t.NodeAddr6.IsValid() {
+		return nil, fmt.Errorf("host %s: IPv6 address %v without a node IPv6 address", name, ip6)
 	}
 	if hostDev == "" || len(hostDev) > maxDev {
 		return nil, fmt.Errorf("host %s: interface name %q: want 1 to %d characters", name, hostDev, maxDev)
 	}
-	h := &Host{Name: name, NS: t.HostNS(name), HostDev: hostDev, IP: ip}
+	h := &Host{Name: name, NS: t.HostNS(name), HostDev: hostDev, IP: ip, IP6: ip6}
 	if err := t.AddNS(ctx, h.NS); err != nil {
 		return nil, err
 	}
@@ -167,10 +194,11 @@ func (t *Topology) AddHost(ctx context.Context, name, hostDev string, ip netip.A
 
 // Wire adds the veth pair, addresses and routes between the node and an
 // existing namespace h.NS, in the order a CNI plugin does (the node's
-// route to the host last but one).
+// route to the host last but one). IPv6 (h.IP6) addresses skip duplicate
+// address detection; the host resolves its gateway by neighbour discovery.
 func (t *Topology) Wire(ctx context.Context, h *Host) error {
 	ip, node := h.IP.String(), t.NodeAddr.String()
-	for _, args := range [][]string{
+	cmds := [][]string{
 		{"-n", t.Node, "link", "add", h.HostDev, "type", "veth", "peer", "name", "eth0", "netns", h.NS},
 		{"-n", t.Node, "addr", "add", node + "/32", "dev", h.HostDev},
 		{"-n", t.Node, "link", "set", h.HostDev, "up"},
@@ -179,7 +207,20 @@ func (t *Topology) Wire(ctx context.Context, h *Host) error {
 		{"-n", h.NS, "link", "set", "eth0", "up"},
 		{"-n", h.NS, "route", "add", node + "/32", "dev", "eth0"},
 		{"-n", h.NS, "route", "add", "default", "via", node, "dev", "eth0"},
-	} {
+	}
+	if h.IP6.IsValid() {
+		if !t.NodeAddr6.IsValid() {
+			return fmt.Errorf("host %s: IPv6 address %v without a node IPv6 address", h.Name, h.IP6)
+		}
+		ip6, node6 := h.IP6.String(), t.NodeAddr6.String()
+		cmds = append(cmds,
+			[]string{"-n", t.Node, "addr", "add", node6 + "/128", "dev", h.HostDev, "nodad"},
+			[]string{"-n", t.Node, "route", "add", ip6 + "/128", "dev", h.HostDev},
+			[]string{"-n", h.NS, "addr", "add", ip6 + "/128", "dev", "eth0", "nodad"},
+			[]string{"-n", h.NS, "route", "add", node6 + "/128", "dev", "eth0"},
+			[]string{"-n", h.NS, "route", "add", "default", "via", node6, "dev", "eth0"})
+	}
+	for _, args := range cmds {
 		if err := IP(ctx, args...); err != nil {
 			return fmt.Errorf("host %s: %w", h.Name, err)
 		}

@@ -167,3 +167,66 @@ func TestPrivilegedInReturnsThread(t *testing.T) {
 		}
 	}
 }
+
+// TestAddDualHostRejects: an IPv6 host address needs the node's IPv6
+// address, and must be IPv6 (not IPv4-mapped); nothing is created.
+func TestAddDualHostRejects(t *testing.T) {
+	v4only := &Topology{Prefix: "x", Node: "x-node", NodeAddr: netip.MustParseAddr("198.18.0.1")}
+	if _, err := v4only.AddDualHost(context.Background(), "h", "lxc0", netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("2001:db8::2")); err == nil {
+		t.Error("IPv6 host without a node IPv6 address accepted")
+	}
+	dual := &Topology{Prefix: "x", Node: "x-node", NodeAddr: netip.MustParseAddr("198.18.0.1"), NodeAddr6: netip.MustParseAddr("2001:db8::1")}
+	if _, err := dual.AddDualHost(context.Background(), "h", "lxc0", netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("::ffff:198.18.0.2")); err == nil {
+		t.Error("IPv4-mapped IPv6 host address accepted")
+	}
+	if len(v4only.Namespaces())+len(dual.Namespaces()) != 0 {
+		t.Errorf("namespaces created for refused hosts")
+	}
+	if _, err := New(context.Background(), Config{NodeAddr: netip.MustParseAddr("198.18.0.1"), NodeAddr6: netip.MustParseAddr("198.18.0.2")}); err == nil {
+		t.Error("IPv4 NodeAddr6 accepted")
+	}
+}
+
+// TestPrivilegedDualStackTopology: two dual-stack hosts reach each other
+// over IPv6 through the node (the gateway resolved by neighbour discovery).
+func TestPrivilegedDualStackTopology(t *testing.T) {
+	testutil.RequirePrivileged(t, "creates network namespaces and veths", "ip")
+	tp, err := New(context.Background(), Config{Prefix: RandomPrefix("l7nt"), NodeAddr: netip.MustParseAddr("198.18.0.1"),
+		NodeAddr6: netip.MustParseAddr("2001:db8::1"), Sysctls: map[string]string{"ipv4/ip_forward": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tp.Close(context.Background()) })
+	a := tp.MustAddDualHost(t, "a", "lxca", "198.18.0.10", "2001:db8:1::a")
+	b := tp.MustAddDualHost(t, "b", "lxcb", "198.18.0.11", "2001:db8:1::b")
+	if a.IP6 != netip.MustParseAddr("2001:db8:1::a") || b.IP6 != netip.MustParseAddr("2001:db8:1::b") {
+		t.Fatalf("hosts' IPv6 addresses %v %v", a.IP6, b.IP6)
+	}
+	var l net.Listener
+	MustIn(t, b.NS, func() error {
+		var err error
+		l, err = net.Listen("tcp6", "[2001:db8:1::b]:7000")
+		return err
+	})
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Write([]byte(c.RemoteAddr().String() + "\n"))
+			c.Close()
+		}
+	}()
+	var line string
+	MustIn(t, a.NS, func() error {
+		c, err := net.DialTimeout("tcp6", "[2001:db8:1::b]:7000", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	})
+	if !strings.HasPrefix(line, "[2001:db8:1::a]:") {
+		t.Errorf("b saw the connection from %q, want [2001:db8:1::a]", line)
+	}
+}

@@ -50,6 +50,24 @@ func (tp *Topology) MustAddHost(t TB, name, hostDev, ip string) *Host {
 	return h
 }
 
+// MustAddDualHost is AddDualHost failing the test on error.
+func (tp *Topology) MustAddDualHost(t TB, name, hostDev, ip, ip6 string) *Host {
+	t.Helper()
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		t.Fatalf("host %s: %v", name, err)
+	}
+	addr6, err := netip.ParseAddr(ip6)
+	if err != nil {
+		t.Fatalf("host %s: %v", name, err)
+	}
+	h, err := tp.AddDualHost(context.Background(), name, hostDev, addr, addr6)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return h
+}
+
 // MustAddNS is AddNS failing the test on error.
 func (tp *Topology) MustAddNS(t TB, ns string) {
 	t.Helper()
