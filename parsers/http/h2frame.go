@@ -319,6 +319,9 @@ func (c *h2Conn) onClientReadError(err error) error {
 	var ce http2.ConnectionError
 	switch {
 	case errors.As(err, &se):
+		if se.StreamID%2 == 0 {
+			return h2ConnError{http2.ErrCodeProtocol, "frame on an even stream id"}
+		}
 		if s := c.streams[se.StreamID]; s != nil {
 			c.resetLocked(s, se.Code, "malformed frame: "+errString(se.Cause))
 		} else {
@@ -454,11 +457,7 @@ func (c *h2Conn) onClientFrame(f http2.Frame) error {
 		if c.overBudget(&c.settings, h2SettingsBudget) {
 			return h2ConnError{http2.ErrCodeEnhanceYourCalm, "SETTINGS flood"}
 		}
-		if err := c.applySettings(c.client, f); err != nil {
-			return err
-		}
-		c.client.dirty = true
-		return c.client.fr.WriteSettingsAck()
+		return c.applySettings(c.client, f)
 	case *http2.PingFrame:
 		if f.IsAck() {
 			return nil
@@ -534,8 +533,10 @@ func (c *h2Conn) streamErrorLocked(id uint32, code http2.ErrCode, why string) er
 	return c.client.fr.WriteRSTStream(id, code)
 }
 
+// applySettings checks a peer's SETTINGS, acknowledges them and applies
+// them (the ACK goes first: DATA a larger window releases follows it).
 func (c *h2Conn) applySettings(p *h2Peer, f *http2.SettingsFrame) error {
-	return f.ForeachSetting(func(s http2.Setting) error {
+	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
@@ -543,6 +544,16 @@ func (c *h2Conn) applySettings(p *h2Peer, f *http2.SettingsFrame) error {
 			}
 			return err
 		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.dirty = true
+	if err := p.fr.WriteSettingsAck(); err != nil {
+		return err
+	}
+	return f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
 		case http2.SettingMaxFrameSize:
 			p.maxFrame = s.Val
@@ -878,6 +889,9 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	if s := c.streams[id]; s != nil {
 		return c.onClientTrailers(s, f)
+	}
+	if id%2 == 0 {
+		return h2ConnError{http2.ErrCodeProtocol, "HEADERS on an even stream id"}
 	}
 	if id <= c.maxClientID {
 		return h2ConnError{http2.ErrCodeProtocol, "HEADERS on a closed stream"}
@@ -1320,11 +1334,7 @@ func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame) error {
 		if f.IsAck() {
 			return nil
 		}
-		if err := c.applySettings(u.h2Peer, f); err != nil {
-			return err
-		}
-		u.dirty = true
-		return u.fr.WriteSettingsAck()
+		return c.applySettings(u.h2Peer, f)
 	case *http2.PingFrame:
 		if !f.IsAck() {
 			u.dirty = true
