@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -181,7 +182,7 @@ func (s *scenario) restartAgent(extra ...string) error {
 		n.agent.Process.Kill()
 		<-done
 	}
-	if err := n.startAgent(extra...); err != nil {
+	if err := n.startAgent(append(slices.Clone(s.cfg.agentArgs), extra...)...); err != nil {
 		return err
 	}
 	if _, err := n.waitImplemented(0, 60*time.Second); err != nil {

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/image/font"
@@ -31,6 +32,9 @@ type Results struct {
 	NewConns     map[string]*wrkResult       `json:"newConnections,omitempty"`
 	H2           map[string]*h2loadResult    `json:"http2,omitempty"`
 	GRPC         map[string]*rpcResult       `json:"grpc,omitempty"`
+	H2Rounds     *pairRounds                 `json:"http2Rounds,omitempty"`
+	GRPCRounds   *pairRounds                 `json:"grpcRounds,omitempty"`
+	AgentArgs    []string                    `json:"agentArgs,omitempty"`
 	Datapath     []dpRow                     `json:"datapath,omitempty"`
 	Iptables     []iptRow                    `json:"iptables,omitempty"`
 	ControlPlane []*cpResult                 `json:"controlPlane,omitempty"`
@@ -49,6 +53,46 @@ type goal struct {
 	Target   string `json:"target"`
 	Measured string `json:"measured"`
 	Met      string `json:"met"` // "yes", "NO", "n/a"
+}
+
+// pairRounds keeps every interleaved round of a direct vs L7 measurement:
+// each round measures both paths back to back (order reversed every other
+// round), and the ratio is taken within the round, so the machine's drift
+// between rounds cancels out.
+type pairRounds struct {
+	Direct []float64 `json:"direct"`
+	L7     []float64 `json:"l7"`
+	Ratios []float64 `json:"ratios"`
+	// Load is /proc/loadavg (1, 5, 15 min) at the end of each round.
+	Load   []string `json:"loadavg"`
+	Median float64  `json:"medianRatio"`
+	Min    float64  `json:"minRatio"`
+	Max    float64  `json:"maxRatio"`
+}
+
+func (pr *pairRounds) add(direct, l7 float64, load string) {
+	pr.Direct = append(pr.Direct, direct)
+	pr.L7 = append(pr.L7, l7)
+	pr.Ratios = append(pr.Ratios, ratio(l7, direct))
+	pr.Load = append(pr.Load, load)
+	sorted := slices.Clone(pr.Ratios)
+	slices.Sort(sorted)
+	pr.Min, pr.Max = sorted[0], sorted[len(sorted)-1]
+	if n := len(sorted); n%2 == 1 {
+		pr.Median = sorted[n/2]
+	} else {
+		pr.Median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+}
+
+func (pr *pairRounds) markdown(unit string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "| round | direct %s | L7 %s | L7 / direct | load average |\n|---|---|---|---|---|\n", unit, unit)
+	for i := range pr.Ratios {
+		fmt.Fprintf(&b, "| %d | %.0f | %.0f | %.2f | %s |\n", i+1, pr.Direct[i], pr.L7[i], pr.Ratios[i], pr.Load[i])
+	}
+	fmt.Fprintf(&b, "\nMedian ratio **%.2f** (range %.2f–%.2f, %d rounds).\n\n", pr.Median, pr.Min, pr.Max, len(pr.Ratios))
+	return b.String()
 }
 
 func ratio(a, b float64) float64 {
@@ -255,6 +299,15 @@ func writeReport(dir, stamp string, r *Results) error {
 			w("| %s %s%s|\n", pathNames[p], hs, gs)
 		}
 		w("\n")
+		if r.H2Rounds != nil {
+			w("HTTP/2 (h2load) in interleaved rounds; the table above shows each path's best round:\n\n%s", r.H2Rounds.markdown("req/s"))
+		}
+		if r.GRPCRounds != nil {
+			w("gRPC unary in interleaved rounds:\n\n%s", r.GRPCRounds.markdown("calls/s"))
+		}
+		if len(r.AgentArgs) > 0 {
+			w("Extra agent arguments of this run: `%s`.\n\n", strings.Join(r.AgentArgs, " "))
+		}
 	}
 	if len(r.Datapath) > 0 || len(r.Iptables) > 0 {
 		w("## 5. Datapath scaling\n\n`go test -run '^$' -bench BenchmarkDatapath ./bpf/` (BPF_PROG_TEST_RUN, one CPU, each size alternated with the 10-entry datapath; x-vs-10 is the ratio to it):\n\n")
