@@ -72,6 +72,10 @@ type h2Peer struct {
 	recvConn int64  // the peer's connection-level send window toward us
 	grant    int64  // bytes received from the peer, passed on, not yet credited back
 	dirty    bool
+	// wto bounds each write to the peer; wdSet is when the deadline was
+	// last moved (at most once a second: a timer update per flush costs).
+	wto   time.Duration
+	wdSet time.Time
 	// blocked holds the streams with DATA queued toward this peer.
 	blocked map[*h2Half]struct{}
 }
@@ -101,6 +105,12 @@ func (p *h2Peer) flush() error {
 		return nil
 	}
 	p.dirty = false
+	if p.wto > 0 {
+		if now := time.Now(); now.Sub(p.wdSet) > time.Second {
+			p.conn.SetWriteDeadline(now.Add(p.wto))
+			p.wdSet = now
+		}
+	}
 	return p.bw.Flush()
 }
 
@@ -204,6 +214,7 @@ type h2Conn struct {
 	closed      bool
 	gotSettings bool
 	resets      int
+	completed   int // streams answered in the budget interval
 	settings    int
 	budgetStart time.Time
 	lastActive  time.Time
@@ -226,6 +237,9 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 	c := &h2Conn{srv: srv, cfg: srv.cfg, ctx: ctx, dial: dial, decide: decide, access: access,
 		streams: map[uint32]*h2Stream{}, ups: map[*h2Upstream]struct{}{}, lastActive: time.Now(), budgetStart: time.Now()}
 	c.client = newH2Peer(conn, conn)
+	// A peer that stops reading cannot hold the connection (and its
+	// other hop) forever.
+	c.client.wto = c.cfg.IdleTimeout
 	c.client.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.client.fr.MaxHeaderListSize = uint32(c.cfg.Limits.MaxHeaderBytes)
 	c.client.fr.SetMaxReadFrameSize(h2DefaultFrame)
@@ -435,7 +449,7 @@ func (c *h2Conn) idleCheck() {
 
 func (c *h2Conn) overBudget(n *int, budget int) bool {
 	if now := time.Now(); now.Sub(c.budgetStart) > h2ResetInterval {
-		c.budgetStart, c.resets, c.settings = now, 0, 0
+		c.budgetStart, c.resets, c.settings, c.completed = now, 0, 0, 0
 	}
 	*n++
 	return *n > budget
@@ -483,9 +497,10 @@ func (c *h2Conn) onClientFrame(f http2.Frame) error {
 		if s == nil {
 			return nil
 		}
-		if !s.resp.done && c.overBudget(&c.resets, h2ResetBudget) {
+		if !s.resp.done && c.overBudget(&c.resets, h2ResetBudget) && c.resets > c.completed {
 			// Rapid reset (CVE-2023-44487): every reset stream cost the
-			// upstream a request.
+			// upstream a request. A client whose answered streams
+			// outnumber its resets is cancelling, not attacking.
 			return h2ConnError{http2.ErrCodeEnhanceYourCalm, "too many stream resets"}
 		}
 		if s.rec != nil && s.rec.Error == "" && !s.resp.done {
@@ -864,6 +879,9 @@ func (c *h2Conn) endStreamLocked(s *h2Stream) {
 		}
 	}
 	c.lastActive = time.Now()
+	if s.resp.done {
+		c.completed++
+	}
 	if s.rec != nil && c.access != nil {
 		s.rec.Duration = time.Since(s.start)
 		c.access(s.rec)
@@ -1196,6 +1214,7 @@ func (c *h2Conn) upstreamLocked() (*h2Upstream, error) {
 		return nil, errH2Closed
 	}
 	u := &h2Upstream{h2Peer: newH2Peer(conn, conn), nextID: 1, streams: map[uint32]*h2Stream{}}
+	u.wto = c.cfg.IdleTimeout
 	u.dec = hpack.NewDecoder(4096, nil)
 	u.fr.ReadMetaHeaders = u.dec
 	u.fr.MaxHeaderListSize = 1 << 20
