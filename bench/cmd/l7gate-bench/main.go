@@ -473,11 +473,16 @@ func (s *scenario) h2grpc(ctx context.Context) error {
 				s.res.H2[p] = r
 			}
 			h2Round[p] = r.ReqPerSec
+			pid := s.proxyPIDFor(p)
+			cpu0 := procCPU(pid)
 			g, err := runGRPC(ctx, s.dial, net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), 4, 32, s.cfg.shortDur)
 			if err != nil {
 				return fmt.Errorf("grpc %s: %w", p, err)
 			}
-			log.Printf("  grpc round %d %-8s %9.0f calls/s p50 %6.0fus p99 %6.0fus errors %d %s", round, p, g.PerSec, g.P50us, g.P99us, g.Errors, g.FirstErr)
+			if pid > 0 && g.Calls > 0 {
+				g.ProxyCPUPer1000 = (procCPU(pid) - cpu0) / float64(g.Calls) * 1000
+			}
+			log.Printf("  grpc round %d %-8s %9.0f calls/s p50 %6.0fus p99 %6.0fus cpu/1000 %.4fs errors %d %s", round, p, g.PerSec, g.P50us, g.P99us, g.ProxyCPUPer1000, g.Errors, g.FirstErr)
 			if prev := s.res.GRPC[p]; prev == nil || g.PerSec > prev.PerSec {
 				s.res.GRPC[p] = g
 			}
