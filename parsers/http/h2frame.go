@@ -277,6 +277,7 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 		return nil
 	}
 	err = c.readClient()
+	c.shutdown() // waits for the upstream readers (which may have panicked)
 	if c.panicked != nil {
 		return c.panicked
 	}
@@ -287,26 +288,37 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 }
 
 func (c *h2Conn) readClient() (err error) {
+	// held: c.mu is locked (a panic may come with or without it).
+	held := false
+	lock := func() { c.mu.Lock(); held = true }
+	unlock := func() { held = false; c.mu.Unlock() }
 	defer func() {
 		if v := recover(); v != nil {
+			if !held {
+				c.mu.Lock()
+			}
+			// One bad request must not end the process: remember the
+			// panic for ServeConn's caller and end this connection.
 			c.panicked = newPanicError(v)
+			c.closeLocked()
+			c.mu.Unlock()
 			err = c.panicked
 		}
 	}()
 	p := c.client
 	for {
 		if !p.moreReady() {
-			c.mu.Lock()
+			lock()
 			ferr := c.flushAllLocked()
-			c.mu.Unlock()
+			unlock()
 			if ferr != nil {
 				return ferr
 			}
 		}
 		f, rerr := p.fr.ReadFrame()
-		c.mu.Lock()
+		lock()
 		if c.closed {
-			c.mu.Unlock()
+			unlock()
 			return errH2Closed
 		}
 		if rerr != nil {
@@ -321,10 +333,10 @@ func (c *h2Conn) readClient() (err error) {
 		}
 		if err != nil {
 			c.closeLocked()
-			c.mu.Unlock()
+			unlock()
 			return err
 		}
-		c.mu.Unlock()
+		unlock()
 	}
 }
 
@@ -1242,11 +1254,17 @@ func (c *h2Conn) upstreamLocked() (*h2Upstream, error) {
 func (c *h2Conn) readUpstream(u *h2Upstream) {
 	defer c.wg.Done()
 	var err error
+	held := false
 	defer func() {
 		if v := recover(); v != nil {
-			c.mu.Lock()
-			c.panicked = newPanicError(v)
+			if !held {
+				c.mu.Lock()
+			}
+			if c.panicked == nil {
+				c.panicked = newPanicError(v)
+			}
 			c.closeLocked()
+			held = false
 			c.mu.Unlock()
 		}
 	}()
@@ -1254,16 +1272,20 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 	for {
 		if !u.moreReady() {
 			c.mu.Lock()
+			held = true
 			ferr := c.flushAllLocked()
 			if ferr != nil {
 				c.closeLocked()
 			}
+			held = false
 			c.mu.Unlock()
 		}
 		var f http2.Frame
 		f, err = u.fr.ReadFrame()
 		c.mu.Lock()
+		held = true
 		if c.closed || u.dead {
+			held = false
 			c.mu.Unlock()
 			return
 		}
@@ -1298,9 +1320,11 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 			}
 			c.upstreamFailedLocked(u, err)
 			c.flushAllLocked()
+			held = false
 			c.mu.Unlock()
 			return
 		}
+		held = false
 		c.mu.Unlock()
 	}
 }
