@@ -176,3 +176,48 @@ func BenchmarkGRPCUnary(b *testing.B) {
 		loop(b, startProxy(b, Config{LegacyHTTP2: true}, ln.Addr().String(), decide).addr)
 	})
 }
+
+// BenchmarkHTTP1NewConnection: one request per connection
+// ("Connection: close"), direct and through the proxy (accept, sniff,
+// parse, dial upstream, forward, close both).
+func BenchmarkHTTP1NewConnection(b *testing.B) {
+	upstream := benchServer(b)
+	loop := func(b *testing.B, addr string) {
+		b.ReportAllocs()
+		b.SetParallelism(4)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			req := []byte("GET /api/v1/service500/items HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+			for pb.Next() {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				c.Write(req)
+				resp, err := nethttp.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					c.Close()
+					b.Error(err)
+					return
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				c.Close()
+				if resp.StatusCode != 200 || n != 1024 {
+					b.Errorf("status %d, %d bytes", resp.StatusCode, n)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conn/s")
+	}
+	b.Run("direct", func(b *testing.B) { loop(b, upstream) })
+	b.Run("proxy-100-rules", func(b *testing.B) {
+		var rules []policy.HTTPRule
+		for i := range 100 {
+			rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
+		}
+		loop(b, startProxy(b, Config{}, upstream, ruleDecider(b, rules...)).addr)
+	})
+}

@@ -51,8 +51,8 @@ const (
 	h2ResetBudget     = 200 // client resets per h2ResetInterval
 	h2ResetInterval   = time.Second
 	h2SettingsBudget  = 100 // SETTINGS frames per h2ResetInterval
-	h2WriteBufferSize = 32 << 10
-	h2ReadBufferSize  = 32 << 10
+	h2WriteBufferSize = 16 << 10
+	h2ReadBufferSize  = 16 << 10
 )
 
 // errH2Closed ends a reader whose connection the proxy closed.
