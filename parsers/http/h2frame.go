@@ -213,6 +213,7 @@ type h2Conn struct {
 	goingAway   bool // GOAWAY sent to the client: no new streams
 	closed      bool
 	gotSettings bool
+	started     bool // our SETTINGS went out
 	resets      int
 	completed   int // streams answered in the budget interval
 	settings    int
@@ -272,6 +273,14 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 		err = c.client.flush()
 	}
 	c.idle = time.AfterFunc(c.cfg.IdleTimeout, c.idleCheck)
+	c.started = true
+	if c.goingAway && err == nil {
+		// The drain began before our SETTINGS went out.
+		c.goingAway = false
+		c.mu.Unlock()
+		c.drain()
+		return nil
+	}
 	c.mu.Unlock()
 	if err != nil {
 		return nil
@@ -433,6 +442,9 @@ func (c *h2Conn) drain() {
 		return
 	}
 	c.goingAway = true
+	if !c.started {
+		return // serveH2Frames sends GOAWAY after its SETTINGS
+	}
 	c.client.dirty = true
 	c.client.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil)
 	c.client.flush()
