@@ -36,6 +36,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		xdsSocket, adminSocket, node, bpffs, accessLog string
 		flowSocket, metricsAddr                        string
 		listenAddr, escapedSlashes                     string
+		http2Path                                      string
 		keepSource, noSockmap                          bool
 		maxConns, maxConnsPerSource                    int
 		maxHeaderBytes, kafkaMaxFrame                  int
@@ -110,6 +111,9 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			if err != nil {
 				return usageErrorf("--http-escaped-slashes: %v", err)
 			}
+			if http2Path != "frames" && http2Path != "nethttp" {
+				return usageErrorf("--http2-path: want frames or nethttp, not %q", http2Path)
+			}
 			if ip := net.ParseIP(listenAddr); ip == nil {
 				return usageErrorf("--listen-address: want an IP address, not %q", listenAddr)
 			}
@@ -118,7 +122,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
 				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr,
 				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout,
-					BodyTimeout: bodyTimeout, EscapedSlashes: slashes}}
+					BodyTimeout: bodyTimeout, EscapedSlashes: slashes, LegacyHTTP2: http2Path == "nethttp"}}
 			switch accessLog {
 			case "", "-", "stderr":
 				opts.AccessLog = flow.JSONLines(a.stderr)
@@ -327,6 +331,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")
 	fl.DurationVar(&idleTimeout, "http-idle-timeout", 5*time.Minute, "idle time before a kept-alive client connection is closed")
 	fl.DurationVar(&bodyTimeout, "http-body-timeout", 30*time.Second, "longest wait for the next bytes of a request body; then an HTTP/1 connection is closed, an HTTP/2 stream (also a gRPC client stream) reset")
+	fl.StringVar(&http2Path, "http2-path", "frames", "how HTTP/2 with prior knowledge (gRPC included) is proxied: frames (frame-level, HPACK re-encoded per stream) or nethttp (net/http's server and ReverseProxy, the earlier path)")
 	fl.StringVar(&escapedSlashes, "http-escaped-slashes", "reject", "request paths with %2F or %5C: reject (400), keep (match and forward encoded) or unescape (decode to /)")
 	fl.IntVar(&kafkaMaxFrame, "kafka-max-frame-size", 100<<20, "largest Kafka frame accepted; a larger one closes the connection")
 	fl.Int64Var(&kafkaBudget, "kafka-memory-budget", 256<<20, "bytes all Kafka connections together may hold in frame buffers; a connection that needs more waits (up to --kafka-frame-timeout) or is closed")

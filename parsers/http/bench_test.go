@@ -2,6 +2,7 @@ package http
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,11 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/l7gate/l7gate/policy"
 )
@@ -119,5 +125,99 @@ func BenchmarkHTTP2(b *testing.B) {
 		}
 		px := startProxy(b, Config{}, upstream, ruleDecider(b, rules...))
 		loop(b, px.addr)
+	})
+	b.Run("proxy-100-rules-nethttp", func(b *testing.B) {
+		var rules []policy.HTTPRule
+		for i := range 100 {
+			rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
+		}
+		px := startProxy(b, Config{LegacyHTTP2: true}, upstream, ruleDecider(b, rules...))
+		loop(b, px.addr)
+	})
+}
+
+// BenchmarkGRPCUnary compares grpc-go unary health checks (one client
+// connection, parallel calls) direct and through both HTTP/2 paths.
+func BenchmarkGRPCUnary(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	go gs.Serve(ln)
+	b.Cleanup(gs.Stop)
+	loop := func(b *testing.B, addr string) {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cc.Close()
+		hc := healthpb.NewHealthClient(cc)
+		b.ReportAllocs()
+		b.SetParallelism(16)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "svc"}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+	}
+	decide := ruleDecider(b, policy.HTTPRule{Method: "POST", Path: "/grpc.health.v1.Health/Check"})
+	b.Run("direct", func(b *testing.B) { loop(b, ln.Addr().String()) })
+	b.Run("proxy", func(b *testing.B) { loop(b, startProxy(b, Config{}, ln.Addr().String(), decide).addr) })
+	b.Run("proxy-nethttp", func(b *testing.B) {
+		loop(b, startProxy(b, Config{LegacyHTTP2: true}, ln.Addr().String(), decide).addr)
+	})
+}
+
+// BenchmarkHTTP1NewConnection: one request per connection
+// ("Connection: close"), direct and through the proxy (accept, sniff,
+// parse, dial upstream, forward, close both).
+func BenchmarkHTTP1NewConnection(b *testing.B) {
+	upstream := benchServer(b)
+	loop := func(b *testing.B, addr string) {
+		b.ReportAllocs()
+		b.SetParallelism(4)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			req := []byte("GET /api/v1/service500/items HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+			for pb.Next() {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				c.Write(req)
+				resp, err := nethttp.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					c.Close()
+					b.Error(err)
+					return
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				c.Close()
+				if resp.StatusCode != 200 || n != 1024 {
+					b.Errorf("status %d, %d bytes", resp.StatusCode, n)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conn/s")
+	}
+	b.Run("direct", func(b *testing.B) { loop(b, upstream) })
+	b.Run("proxy-100-rules", func(b *testing.B) {
+		var rules []policy.HTTPRule
+		for i := range 100 {
+			rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
+		}
+		loop(b, startProxy(b, Config{}, upstream, ruleDecider(b, rules...)).addr)
 	})
 }

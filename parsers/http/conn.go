@@ -80,6 +80,10 @@ type Config struct {
 	// an h2c upgrade (default 64 KiB): the upgrade buffers that body, so a
 	// larger or chunked one is served as plain HTTP/1.1 without upgrading.
 	MaxH2CUpgradeBody int64
+	// LegacyHTTP2 serves HTTP/2 with prior knowledge through net/http's
+	// server and ReverseProxy (the path before the frame-level one, kept
+	// for comparison); the default is the frame-level path (h2frame.go).
+	LegacyHTTP2 bool
 	// OnRequest, when set, sees every parsed request before it is decided.
 	// It exists for tests (fault injection) and debugging; production
 	// leaves it nil.
@@ -238,7 +242,10 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 	}
 	conn := &prefixConn{Conn: client, prefix: first}
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
-		return srv.serveH2(ctx, conn, dial, decide, access)
+		if cfg.LegacyHTTP2 {
+			return srv.serveH2(ctx, conn, dial, decide, access)
+		}
+		return srv.serveH2Frames(ctx, conn, dial, decide, access)
 	}
 	if bytes.HasPrefix(first, []byte("PRI ")) {
 		// A broken HTTP/2 preface (PRI is no HTTP/1.1 method): close, as

@@ -8,7 +8,15 @@
 // (policy.NormalizeRequestTarget); only WebSocket upgrades become tunnels;
 // header-mismatch actions rewrite the forwarded head (rewrite.go).
 //
-// HTTP/2 (prior knowledge and h2c upgrade) and gRPC are served through
-// golang.org/x/net/http2 in h2.go: throughput there is bounded by HTTP/2
-// framing, not by this package's parser.
+// HTTP/2 with prior knowledge (gRPC included) is proxied frame by frame
+// (h2frame.go): x/net/http2's Framer reads frames and decodes HPACK within
+// the header-list bound, each stream's request is decided on its decoded
+// headers (denied: 403, or gRPC status 7 trailers-only, without touching
+// other streams), allowed streams go out with re-encoded headers on one
+// upstream HTTP/2 connection per client connection, DATA frames are passed
+// on as they come, and flow control is managed per hop so the proxy never
+// holds more than the windows it granted. Connection-level abuse (rapid
+// reset, SETTINGS floods, CONTINUATION floods) ends the connection with
+// GOAWAY. Config.LegacyHTTP2 selects the earlier path (h2.go: net/http's
+// server and ReverseProxy), which also still serves h2c upgrades.
 package http

@@ -228,6 +228,8 @@ func TestDrainHandOverClients(t *testing.T) {
 			newConns.Add(1)
 		}
 	}})
+	// Every proxy accepts on a duplicate of the same socket: one address.
+	addr, gaddr := cur.ln.Addr().String(), gcur.ln.Addr().String()
 	httpLoop := func(kind string, client *nethttp.Client, path string) {
 		defer wg.Done()
 		for i := 0; i < 5000; i++ {
@@ -236,7 +238,7 @@ func TestDrainHandOverClients(t *testing.T) {
 				return
 			default:
 			}
-			req, _ := nethttp.NewRequestWithContext(trace, "GET", "http://"+cur.ln.Addr().String()+path, nil)
+			req, _ := nethttp.NewRequestWithContext(trace, "GET", "http://"+addr+path, nil)
 			sent.Add(1)
 			resp, err := client.Do(req)
 			if err != nil {
@@ -258,7 +260,7 @@ func TestDrainHandOverClients(t *testing.T) {
 	go httpLoop("h2c", &nethttp.Client{Transport: &nethttp.Transport{Protocols: &h2}}, "/slow")
 	go func() {
 		defer wg.Done()
-		cc, err := grpc.NewClient(gcur.ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(gaddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			fail("grpc", err)
 			return

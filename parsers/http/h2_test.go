@@ -2,6 +2,7 @@ package http
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -196,4 +197,44 @@ func sumCounts(m map[string]int) int {
 		n += v
 	}
 	return n
+}
+
+// TestHTTP2PanicRecovered: a panic while deciding an HTTP/2 request ends
+// that connection (ServeConn returns a PanicError) and nothing else: the
+// proxy serves the next connection.
+func TestHTTP2PanicRecovered(t *testing.T) {
+	h2Paths(t, func(t *testing.T, cfg Config) {
+		be := newH2Backend(t)
+		cfg.OnRequest = func(r *policy.HTTPRequest) {
+			if strings.HasPrefix(r.Path, "/boom") {
+				panic("injected fault")
+			}
+		}
+		p := startProxy(t, cfg, be.addr, func(*policy.HTTPRequest) Decision { return Decision{Allowed: true} })
+		r := dialRawH2(t, p.addr)
+		r.headers(1, "GET", "/boom", true)
+		evs := r.events(func(string) bool { return false })
+		if last := evs[len(evs)-1]; last != "closed" || hasEvent(evs, "1 HEADERS 200") {
+			t.Errorf("panicking connection: %v, want it closed without a response", evs)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			p.mu.Lock()
+			var pe *PanicError
+			found := len(p.errs) > 0 && errors.As(p.errs[0], &pe)
+			p.mu.Unlock()
+			if found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ServeConn did not return a PanicError")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		r2 := dialRawH2(t, p.addr)
+		r2.headers(1, "GET", "/ok", true)
+		if evs := r2.events(func(ev string) bool { return strings.Contains(ev, "END_STREAM") }); !hasEvent(evs, "1 HEADERS 200") {
+			t.Errorf("next connection: %v", evs)
+		}
+	})
 }

@@ -69,6 +69,17 @@ var goProxy = dataplane{
 	},
 }
 
+// goProxyNetHTTP is the Go proxy with HTTP/2 on its earlier path
+// (net/http's server and ReverseProxy, --http2-path=nethttp), kept so the
+// suites compare the two HTTP/2 paths.
+var goProxyNetHTTP = dataplane{
+	name:      "go-nethttp",
+	agentArgs: []string{"--proxy-arg=--http2-path=nethttp"},
+	available: goProxy.available,
+	start:     goProxy.start,
+	requests:  goProxy.requests,
+}
+
 // envoyProxy runs stock Envoy as the HTTP proxy (agent --http-proxy
 // envoy); it needs an envoy binary on PATH.
 var envoyProxy = dataplane{
@@ -115,7 +126,7 @@ var envoyProxy = dataplane{
 }
 
 // dataplanes lists the dataplanes a suite runs on.
-var dataplanes = []dataplane{goProxy, envoyProxy}
+var dataplanes = []dataplane{goProxy, goProxyNetHTTP, envoyProxy}
 
 // node is a running topology: agent, datapath and proxy in the node
 // namespace, a client and a backend pod.

@@ -295,6 +295,8 @@ type rpcResult struct {
 	P99us     float64 `json:"p99us"`
 	FirstErr  string  `json:"firstError,omitempty"`
 	MsgPerSec float64 `json:"messagesPerSec,omitempty"`
+	// ProxyCPUPer1000 is the Go proxy's CPU-s per 1000 calls (L7 runs).
+	ProxyCPUPer1000 float64 `json:"proxyCpuSecPer1000,omitempty"`
 }
 
 // closedLoop runs call from workers goroutines for d and collects latency.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -181,7 +182,7 @@ func (s *scenario) restartAgent(extra ...string) error {
 		n.agent.Process.Kill()
 		<-done
 	}
-	if err := n.startAgent(extra...); err != nil {
+	if err := n.startAgent(append(slices.Clone(s.cfg.agentArgs), extra...)...); err != nil {
 		return err
 	}
 	if _, err := n.waitImplemented(0, 60*time.Second); err != nil {

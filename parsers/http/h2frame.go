@@ -1,0 +1,1543 @@
+package http
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/l7gate/l7gate/policy"
+)
+
+// The frame-level HTTP/2 path: the proxy speaks HTTP/2 to the client and
+// to one upstream connection (dialed on the first allowed stream), reads
+// frames with x/net's Framer (which assembles HEADERS + CONTINUATION,
+// decodes HPACK within a header-list bound and checks frame order and
+// field syntax), decides every stream's request on its decoded headers,
+// re-encodes the headers of allowed streams for the other hop and forwards
+// DATA frames as they come. Nothing passes a stream before its headers
+// were decided; anything not understood ends the stream or the connection.
+//
+// Flow control is managed per hop: the proxy grants each sender windows
+// of its own (h2StreamWindow per stream, h2ConnWindow per connection) and
+// gives credit back only for bytes it passed on (or dropped), so what it
+// holds for a slow receiver is bounded by those windows. A DATA frame that
+// the receiver's window does not admit waits in its stream's queue until a
+// WINDOW_UPDATE does.
+//
+// Concurrency: one goroutine reads the client, one each upstream; all
+// state and both writers are guarded by h2Conn.mu. Each reader flushes
+// the writers once its input holds no further complete frame, so a burst
+// of frames costs one write system call per hop.
+
+const (
+	h2StreamWindow    = 256 << 10
+	h2ConnWindow      = 1 << 20
+	h2MaxStreams      = 250
+	h2DefaultWindow   = 65535
+	h2DefaultFrame    = 16384
+	h2MaxWindow       = math.MaxInt32
+	h2ResetBudget     = 200 // client resets per h2ResetInterval
+	h2ResetInterval   = time.Second
+	h2SettingsBudget  = 100 // SETTINGS frames per h2ResetInterval
+	h2WriteBufferSize = 16 << 10
+	h2ReadBufferSize  = 16 << 10
+)
+
+// errH2Closed ends a reader whose connection the proxy closed.
+var errH2Closed = errors.New("http2 connection closed")
+
+// h2Peer is one hop: the client, or an upstream connection.
+type h2Peer struct {
+	conn     net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	fr       *http2.Framer
+	enc      *hpack.Encoder
+	encBuf   bytes.Buffer
+	maxFrame uint32 // the peer's SETTINGS_MAX_FRAME_SIZE
+	initWin  int64  // the peer's SETTINGS_INITIAL_WINDOW_SIZE: our send window per new stream
+	sendConn int64  // our connection-level send window toward the peer
+	recvConn int64  // the peer's connection-level send window toward us
+	grant    int64  // bytes received from the peer, passed on, not yet credited back
+	dirty    bool
+	// wto bounds each write to the peer; wdSet is when the deadline was
+	// last moved (at most once a second: a timer update per flush costs).
+	wto   time.Duration
+	wdSet time.Time
+	// blocked holds the streams with DATA queued toward this peer.
+	blocked map[*h2Half]struct{}
+}
+
+func newH2Peer(conn net.Conn, r io.Reader) *h2Peer {
+	p := &h2Peer{conn: conn, br: bufio.NewReaderSize(r, h2ReadBufferSize), bw: bufio.NewWriterSize(conn, h2WriteBufferSize),
+		maxFrame: h2DefaultFrame, initWin: h2DefaultWindow, sendConn: h2DefaultWindow, recvConn: h2DefaultWindow,
+		blocked: map[*h2Half]struct{}{}}
+	p.fr = http2.NewFramer(p.bw, p.br)
+	p.enc = hpack.NewEncoder(&p.encBuf)
+	return p
+}
+
+// moreReady reports whether the read buffer holds a complete frame.
+func (p *h2Peer) moreReady() bool {
+	n := p.br.Buffered()
+	if n < 9 {
+		return false
+	}
+	h, _ := p.br.Peek(9)
+	l := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	return n >= 9+l
+}
+
+func (p *h2Peer) flush() error {
+	if !p.dirty {
+		return nil
+	}
+	p.dirty = false
+	if p.wto > 0 {
+		if now := time.Now(); now.Sub(p.wdSet) > time.Second {
+			p.conn.SetWriteDeadline(now.Add(p.wto))
+			p.wdSet = now
+		}
+	}
+	return p.bw.Flush()
+}
+
+// writeHeaders HPACK-encodes fields and writes them as HEADERS plus
+// CONTINUATION frames no larger than the peer accepts.
+func (p *h2Peer) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
+	p.encBuf.Reset()
+	for _, f := range fields {
+		if err := p.enc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := p.encBuf.Bytes()
+	max := int(p.maxFrame)
+	first := block
+	if len(first) > max {
+		first = block[:max]
+	}
+	block = block[len(first):]
+	p.dirty = true
+	if err := p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+		return err
+	}
+	for len(block) > 0 {
+		chunk := block
+		if len(chunk) > max {
+			chunk = block[:max]
+		}
+		block = block[len(chunk):]
+		if err := p.fr.WriteContinuation(id, len(block) == 0, chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// h2Item is one queued element of a half stream: DATA or trailers.
+type h2Item struct {
+	data     []byte
+	end      bool
+	trailers []hpack.HeaderField
+}
+
+// h2Half is one direction of a stream: from src through the proxy to dst.
+type h2Half struct {
+	s        *h2Stream
+	src, dst *h2Peer
+	srcID    uint32
+	dstID    uint32
+	send     int64 // our stream send window toward dst
+	recv     int64 // src's stream send window toward us
+	grant    int64 // bytes from src passed on, not yet credited back
+	done     bool  // src ended its side (END_STREAM)
+	sentEnd  bool  // END_STREAM passed on to dst
+	q        []h2Item
+}
+
+// h2Stream is one client stream.
+type h2Stream struct {
+	id       uint32
+	up       *h2Upstream // nil until forwarded (and for local answers)
+	req      h2Half      // client → upstream
+	resp     h2Half      // upstream → client
+	rec      *Record
+	start    time.Time
+	grpc     bool
+	declared int64 // request content-length, -1 when absent
+	received int64
+	// respFinal: the final response head went to the client.
+	respFinal bool
+	timer     *time.Timer
+	closed    bool
+}
+
+// h2Upstream is one upstream HTTP/2 connection.
+type h2Upstream struct {
+	*h2Peer
+	nextID    uint32
+	streams   map[uint32]*h2Stream
+	goingAway bool
+	dead      bool
+	dec       *hpack.Decoder
+}
+
+// h2Conn is one proxied client connection.
+type h2Conn struct {
+	srv    *Server
+	cfg    Config
+	ctx    context.Context
+	dial   Dialer
+	decide Decider
+	access func(*Record)
+
+	mu          sync.Mutex
+	client      *h2Peer
+	streams     map[uint32]*h2Stream
+	maxClientID uint32
+	up          *h2Upstream
+	ups         map[*h2Upstream]struct{}
+	goingAway   bool // GOAWAY sent to the client: no new streams
+	closed      bool
+	gotSettings bool
+	started     bool // our SETTINGS went out
+	resets      int
+	completed   int // streams answered in the budget interval
+	settings    int
+	budgetStart time.Time
+	lastActive  time.Time
+	idle        *time.Timer
+	wg          sync.WaitGroup
+	panicked    *PanicError
+}
+
+// h2ConnError ends the connection with GOAWAY and code.
+type h2ConnError struct {
+	code http2.ErrCode
+	why  string
+}
+
+func (e h2ConnError) Error() string { return "http2 " + e.code.String() + ": " + e.why }
+
+// serveH2Frames serves an HTTP/2 connection with prior knowledge on the
+// frame-level path.
+func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+	c := &h2Conn{srv: srv, cfg: srv.cfg, ctx: ctx, dial: dial, decide: decide, access: access,
+		streams: map[uint32]*h2Stream{}, ups: map[*h2Upstream]struct{}{}, lastActive: time.Now(), budgetStart: time.Now()}
+	c.client = newH2Peer(conn, conn)
+	// A peer that stops reading cannot hold the connection (and its
+	// other hop) forever.
+	c.client.wto = c.cfg.IdleTimeout
+	c.client.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.client.fr.MaxHeaderListSize = uint32(c.cfg.Limits.MaxHeaderBytes)
+	c.client.fr.SetMaxReadFrameSize(h2DefaultFrame)
+	c.client.fr.SetReuseFrames()
+	defer c.shutdown()
+	stop := context.AfterFunc(ctx, func() { c.mu.Lock(); c.closeLocked(); c.mu.Unlock() })
+	defer stop()
+	if c.cfg.Drain != nil {
+		stopDrain := context.AfterFunc(c.cfg.Drain, c.drain)
+		defer stopDrain()
+	}
+	preface := make([]byte, len(h2Preface))
+	conn.SetReadDeadline(time.Now().Add(c.cfg.HeaderTimeout))
+	if _, err := io.ReadFull(c.client.br, preface); err != nil || string(preface) != h2Preface {
+		return nil
+	}
+	conn.SetReadDeadline(time.Time{})
+	c.mu.Lock()
+	err := c.client.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.cfg.Limits.MaxHeaderBytes)},
+	)
+	if err == nil {
+		err = c.client.fr.WriteWindowUpdate(0, h2ConnWindow-h2DefaultWindow)
+		c.client.recvConn = h2ConnWindow
+	}
+	c.client.dirty = true
+	if err == nil {
+		err = c.client.flush()
+	}
+	c.idle = time.AfterFunc(c.cfg.IdleTimeout, c.idleCheck)
+	c.started = true
+	if c.goingAway && err == nil {
+		// The drain began before our SETTINGS went out.
+		c.goingAway = false
+		c.mu.Unlock()
+		c.drain()
+		return nil
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return nil
+	}
+	err = c.readClient()
+	c.shutdown() // waits for the upstream readers (which may have panicked)
+	if c.panicked != nil {
+		return c.panicked
+	}
+	if err == nil || errors.Is(err, errH2Closed) || isClosed(err) || errors.Is(err, io.EOF) {
+		return nil
+	}
+	return nil
+}
+
+func (c *h2Conn) readClient() (err error) {
+	// held: c.mu is locked (a panic may come with or without it).
+	held := false
+	lock := func() { c.mu.Lock(); held = true }
+	unlock := func() { held = false; c.mu.Unlock() }
+	defer func() {
+		if v := recover(); v != nil {
+			if !held {
+				c.mu.Lock()
+			}
+			// One bad request must not end the process: remember the
+			// panic for ServeConn's caller and end this connection.
+			c.panicked = newPanicError(v)
+			c.closeLocked()
+			c.mu.Unlock()
+			err = c.panicked
+		}
+	}()
+	p := c.client
+	for {
+		if !p.moreReady() {
+			lock()
+			ferr := c.flushAllLocked()
+			unlock()
+			if ferr != nil {
+				return ferr
+			}
+		}
+		f, rerr := p.fr.ReadFrame()
+		lock()
+		if c.closed {
+			unlock()
+			return errH2Closed
+		}
+		if rerr != nil {
+			err = c.onClientReadError(rerr)
+		} else {
+			err = c.onClientFrame(f)
+		}
+		var ce h2ConnError
+		if errors.As(err, &ce) {
+			c.goAwayLocked(ce.code, ce.why)
+			err = errH2Closed
+		}
+		if err != nil {
+			c.closeLocked()
+			unlock()
+			return err
+		}
+		unlock()
+	}
+}
+
+func (c *h2Conn) onClientReadError(err error) error {
+	var se http2.StreamError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &se):
+		if se.StreamID%2 == 0 {
+			return h2ConnError{http2.ErrCodeProtocol, "frame on an even stream id"}
+		}
+		if s := c.streams[se.StreamID]; s != nil {
+			c.resetLocked(s, se.Code, "malformed frame: "+errString(se.Cause))
+		} else {
+			if se.StreamID > c.maxClientID && se.StreamID%2 == 1 {
+				c.maxClientID = se.StreamID
+			}
+			c.client.dirty = true
+			c.client.fr.WriteRSTStream(se.StreamID, se.Code)
+			if c.access != nil && se.Code == http2.ErrCodeProtocol {
+				c.access(&Record{Start: time.Now(), Status: 400, Error: "malformed HTTP/2 request: " + errString(se.Cause)})
+			}
+		}
+		return nil
+	case errors.As(err, &ce):
+		return h2ConnError{http2.ErrCode(ce), "client frame"}
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		return h2ConnError{http2.ErrCodeFrameSize, "frame too large"}
+	}
+	return err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func (c *h2Conn) flushAllLocked() error {
+	err := c.client.flush()
+	for u := range c.ups {
+		if ferr := u.flush(); ferr != nil {
+			c.upstreamFailedLocked(u, ferr)
+		}
+	}
+	return err
+}
+
+// goAwayLocked tells the client the connection ends with code.
+func (c *h2Conn) goAwayLocked(code http2.ErrCode, why string) {
+	if c.closed {
+		return
+	}
+	c.cfg.Logger.Debug("http2 connection error", "code", code.String(), "reason", why)
+	c.client.dirty = true
+	c.client.fr.WriteGoAway(c.maxClientID, code, nil)
+	c.client.flush()
+}
+
+func (c *h2Conn) closeLocked() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.client.conn.Close()
+	for u := range c.ups {
+		u.conn.Close()
+	}
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+}
+
+// shutdown ends every stream (records for those still open) and waits for
+// the upstream readers.
+func (c *h2Conn) shutdown() {
+	c.mu.Lock()
+	c.closeLocked()
+	for _, s := range c.streams {
+		if s.rec != nil && s.rec.Error == "" && !(s.req.done && s.resp.done) {
+			s.rec.Error = "connection closed"
+		}
+		c.endStreamLocked(s)
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+}
+
+func (c *h2Conn) drain() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.goingAway {
+		return
+	}
+	c.goingAway = true
+	if !c.started {
+		return // serveH2Frames sends GOAWAY after its SETTINGS
+	}
+	c.client.dirty = true
+	c.client.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil)
+	c.client.flush()
+	if len(c.streams) == 0 {
+		c.closeLocked()
+	}
+}
+
+func (c *h2Conn) idleCheck() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if len(c.streams) == 0 {
+		if wait := c.cfg.IdleTimeout - time.Since(c.lastActive); wait > 0 {
+			c.idle.Reset(wait)
+			return
+		}
+		c.goAwayLocked(http2.ErrCodeNo, "idle")
+		c.closeLocked()
+		return
+	}
+	c.idle.Reset(c.cfg.IdleTimeout)
+}
+
+func (c *h2Conn) overBudget(n *int, budget int) bool {
+	if now := time.Now(); now.Sub(c.budgetStart) > h2ResetInterval {
+		c.budgetStart, c.resets, c.settings, c.completed = now, 0, 0, 0
+	}
+	*n++
+	return *n > budget
+}
+
+func (c *h2Conn) onClientFrame(f http2.Frame) error {
+	if !c.gotSettings {
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			return h2ConnError{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+		}
+		c.gotSettings = true
+	}
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		if c.overBudget(&c.settings, h2SettingsBudget) {
+			return h2ConnError{http2.ErrCodeEnhanceYourCalm, "SETTINGS flood"}
+		}
+		return c.applySettings(c.client, f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		c.client.dirty = true
+		return c.client.fr.WritePing(true, f.Data)
+	case *http2.MetaHeadersFrame:
+		return c.onClientHeaders(f)
+	case *http2.DataFrame:
+		return c.onClientData(f)
+	case *http2.WindowUpdateFrame:
+		return c.onWindowUpdate(c.client, f, func(id uint32) *h2Half {
+			if s := c.streams[id]; s != nil {
+				return &s.resp
+			}
+			return nil
+		}, f.StreamID > c.maxClientID)
+	case *http2.RSTStreamFrame:
+		if f.StreamID > c.maxClientID {
+			return h2ConnError{http2.ErrCodeProtocol, "RST_STREAM on an idle stream"}
+		}
+		s := c.streams[f.StreamID]
+		if s == nil {
+			return nil
+		}
+		if !s.resp.done && c.overBudget(&c.resets, h2ResetBudget) && c.resets > c.completed {
+			// Rapid reset (CVE-2023-44487): every reset stream cost the
+			// upstream a request. A client whose answered streams
+			// outnumber its resets is cancelling, not attacking.
+			return h2ConnError{http2.ErrCodeEnhanceYourCalm, "too many stream resets"}
+		}
+		if s.rec != nil && s.rec.Error == "" && !s.resp.done {
+			s.rec.Error = "client reset the stream: " + f.ErrCode.String()
+		}
+		if s.up != nil && !s.up.dead && !(s.req.sentEnd && s.resp.done) {
+			s.up.dirty = true
+			s.up.fr.WriteRSTStream(s.req.dstID, http2.ErrCodeCancel)
+		}
+		c.endStreamLocked(s)
+		return nil
+	case *http2.PriorityFrame:
+		if f.StreamID == f.StreamDep {
+			return c.streamErrorLocked(f.StreamID, http2.ErrCodeProtocol, "stream depends on itself")
+		}
+		return nil
+	case *http2.GoAwayFrame:
+		// The client opens no more streams; end once they are done.
+		if !c.goingAway {
+			c.goingAway = true
+			c.client.dirty = true
+			c.client.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil)
+		}
+		if len(c.streams) == 0 {
+			c.client.flush()
+			c.closeLocked()
+			return errH2Closed
+		}
+		return nil
+	case *http2.PushPromiseFrame:
+		return h2ConnError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
+	case *http2.ContinuationFrame, *http2.HeadersFrame:
+		return h2ConnError{http2.ErrCodeProtocol, "unexpected header frame"}
+	}
+	return nil // unknown frame types are ignored (RFC 9113 §5.5)
+}
+
+// streamErrorLocked resets one stream (open or not) with code.
+func (c *h2Conn) streamErrorLocked(id uint32, code http2.ErrCode, why string) error {
+	if s := c.streams[id]; s != nil {
+		c.resetLocked(s, code, why)
+		return nil
+	}
+	c.client.dirty = true
+	return c.client.fr.WriteRSTStream(id, code)
+}
+
+// applySettings checks a peer's SETTINGS, acknowledges them and applies
+// them (the ACK goes first: DATA a larger window releases follows it).
+func (c *h2Conn) applySettings(p *h2Peer, f *http2.SettingsFrame) error {
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				return h2ConnError{http2.ErrCode(ce), "invalid setting " + s.String()}
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.dirty = true
+	if err := p.fr.WriteSettingsAck(); err != nil {
+		return err
+	}
+	return f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			p.maxFrame = s.Val
+		case http2.SettingHeaderTableSize:
+			p.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - p.initWin
+			p.initWin = int64(s.Val)
+			for _, h := range c.halvesTo(p) {
+				h.send += delta
+				if h.send > h2MaxWindow {
+					return h2ConnError{http2.ErrCodeFlowControl, "window overflow"}
+				}
+			}
+			if delta > 0 {
+				c.drainLocked(p)
+			}
+		}
+		return nil
+	})
+}
+
+// halvesTo returns the open half streams whose destination is p.
+func (c *h2Conn) halvesTo(p *h2Peer) []*h2Half {
+	var hs []*h2Half
+	if p == c.client {
+		for _, s := range c.streams {
+			if s.up != nil {
+				hs = append(hs, &s.resp)
+			}
+		}
+		return hs
+	}
+	for u := range c.ups {
+		if u.h2Peer == p {
+			for _, s := range u.streams {
+				hs = append(hs, &s.req)
+			}
+		}
+	}
+	return hs
+}
+
+// onWindowUpdate credits p's send windows. idle: the stream was never
+// opened.
+func (c *h2Conn) onWindowUpdate(p *h2Peer, f *http2.WindowUpdateFrame, half func(uint32) *h2Half, idle bool) error {
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		p.sendConn += inc
+		if p.sendConn > h2MaxWindow {
+			return h2ConnError{http2.ErrCodeFlowControl, "connection window overflow"}
+		}
+		c.drainLocked(p)
+		return nil
+	}
+	h := half(f.StreamID)
+	if h == nil {
+		if idle {
+			return h2ConnError{http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream"}
+		}
+		return nil
+	}
+	h.send += inc
+	if h.send > h2MaxWindow {
+		if p == c.client {
+			c.resetLocked(h.s, http2.ErrCodeFlowControl, "stream window overflow")
+		} else {
+			c.upstreamResetLocked(h.s, http2.ErrCodeFlowControl, "upstream stream window overflow")
+		}
+		return nil
+	}
+	c.drainHalfLocked(h)
+	return nil
+}
+
+// drainLocked passes on queued DATA toward p as far as windows allow.
+func (c *h2Conn) drainLocked(p *h2Peer) {
+	for h := range p.blocked {
+		c.drainHalfLocked(h)
+		if p.sendConn <= 0 {
+			return
+		}
+	}
+}
+
+func (c *h2Conn) drainHalfLocked(h *h2Half) {
+	for len(h.q) > 0 {
+		it := &h.q[0]
+		if it.trailers != nil {
+			h.dst.writeHeaders(h.dstID, it.trailers, true)
+			h.sentEnd = true
+			h.q = h.q[1:]
+			continue
+		}
+		n := int64(len(it.data))
+		if n > h.send {
+			n = h.send
+		}
+		if n > h.dst.sendConn {
+			n = h.dst.sendConn
+		}
+		if n <= 0 && len(it.data) > 0 {
+			return
+		}
+		end := it.end && n == int64(len(it.data))
+		c.writeDataLocked(h, it.data[:n], end)
+		it.data = it.data[n:]
+		if len(it.data) == 0 {
+			h.q = h.q[1:]
+		}
+	}
+	h.q = nil
+	delete(h.dst.blocked, h)
+	c.maybeEndLocked(h.s)
+}
+
+func (c *h2Conn) writeDataLocked(h *h2Half, data []byte, end bool) {
+	n := int64(len(data))
+	h.send -= n
+	h.dst.sendConn -= n
+	h.dst.dirty = true
+	h.dst.fr.WriteData(h.dstID, end, data)
+	if end {
+		h.sentEnd = true
+	}
+	c.consumedLocked(h, n)
+}
+
+// consumedLocked credits n bytes back to h's sender.
+func (c *h2Conn) consumedLocked(h *h2Half, n int64) {
+	if n == 0 {
+		return
+	}
+	src := h.src
+	if h.s != nil && !h.done {
+		h.grant += n
+		if h.grant >= h2StreamWindow/2 {
+			src.dirty = true
+			src.fr.WriteWindowUpdate(h.srcID, uint32(h.grant))
+			h.recv += h.grant
+			h.grant = 0
+		}
+	}
+	c.connConsumedLocked(src, n)
+}
+
+func (c *h2Conn) connConsumedLocked(src *h2Peer, n int64) {
+	src.grant += n
+	if src.grant >= h2ConnWindow/2 {
+		src.dirty = true
+		src.fr.WriteWindowUpdate(0, uint32(src.grant))
+		src.recvConn += src.grant
+		src.grant = 0
+	}
+}
+
+// forwardLocked passes data on (or queues it behind earlier data).
+func (c *h2Conn) forwardLocked(h *h2Half, data []byte, end bool) {
+	n := int64(len(data))
+	if len(h.q) == 0 && n <= h.send && n <= h.dst.sendConn {
+		c.writeDataLocked(h, data, end)
+		return
+	}
+	h.q = append(h.q, h2Item{data: append([]byte(nil), data...), end: end})
+	h.dst.blocked[h] = struct{}{}
+	c.drainHalfLocked(h)
+}
+
+// receiveLocked accounts n received bytes against src's windows; false
+// when the sender overran one (the error is handled).
+func (c *h2Conn) receiveConnLocked(src *h2Peer, n int64) error {
+	if n > src.recvConn {
+		return h2ConnError{http2.ErrCodeFlowControl, "connection window exceeded"}
+	}
+	src.recvConn -= n
+	return nil
+}
+
+func (c *h2Conn) onClientData(f *http2.DataFrame) error {
+	n := int64(f.Length)
+	if err := c.receiveConnLocked(c.client, n); err != nil {
+		return err
+	}
+	s := c.streams[f.StreamID]
+	if s == nil {
+		if f.StreamID > c.maxClientID {
+			return h2ConnError{http2.ErrCodeProtocol, "DATA on an idle stream"}
+		}
+		c.connConsumedLocked(c.client, n)
+		c.client.dirty = true
+		return c.client.fr.WriteRSTStream(f.StreamID, http2.ErrCodeStreamClosed)
+	}
+	if s.req.done {
+		c.connConsumedLocked(c.client, n)
+		c.resetLocked(s, http2.ErrCodeStreamClosed, "DATA after END_STREAM")
+		return nil
+	}
+	if n > s.req.recv {
+		c.connConsumedLocked(c.client, n)
+		c.resetLocked(s, http2.ErrCodeFlowControl, "stream window exceeded")
+		return nil
+	}
+	s.req.recv -= n
+	data := f.Data()
+	if pad := n - int64(len(data)); pad > 0 {
+		c.consumedLocked(&s.req, pad)
+	}
+	end := f.StreamEnded()
+	s.received += int64(len(data))
+	if s.declared >= 0 && (s.received > s.declared || end && s.received != s.declared) {
+		c.connConsumedLocked(c.client, int64(len(data)))
+		if s.rec != nil {
+			s.rec.Error = "request body does not match its Content-Length"
+		}
+		c.resetLocked(s, http2.ErrCodeProtocol, "content-length mismatch")
+		return nil
+	}
+	if end {
+		s.req.done = true
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+	} else if s.timer != nil {
+		s.timer.Reset(c.cfg.BodyTimeout)
+	}
+	if s.up == nil {
+		// A stream answered locally: its body goes nowhere.
+		c.connConsumedLocked(c.client, int64(len(data)))
+		c.maybeEndLocked(s)
+		return nil
+	}
+	c.forwardLocked(&s.req, data, end)
+	c.maybeEndLocked(s)
+	return nil
+}
+
+// resetLocked ends a stream toward the client with code, and its upstream
+// stream with CANCEL.
+func (c *h2Conn) resetLocked(s *h2Stream, code http2.ErrCode, why string) {
+	if s.closed {
+		return
+	}
+	c.client.dirty = true
+	c.client.fr.WriteRSTStream(s.id, code)
+	if s.rec != nil && s.rec.Error == "" {
+		s.rec.Error = why
+	}
+	if s.up != nil && !s.up.dead {
+		s.up.dirty = true
+		s.up.fr.WriteRSTStream(s.req.dstID, http2.ErrCodeCancel)
+	}
+	c.endStreamLocked(s)
+}
+
+// upstreamResetLocked ends a stream the upstream broke: the client's
+// stream is reset (or answered, when no response began).
+func (c *h2Conn) upstreamResetLocked(s *h2Stream, code http2.ErrCode, why string) {
+	if s.closed {
+		return
+	}
+	if s.up != nil && !s.up.dead {
+		s.up.dirty = true
+		s.up.fr.WriteRSTStream(s.req.dstID, code)
+	}
+	if s.rec != nil && s.rec.Error == "" {
+		s.rec.Error = why
+	}
+	c.client.dirty = true
+	c.client.fr.WriteRSTStream(s.id, code)
+	c.endStreamLocked(s)
+}
+
+func (c *h2Conn) maybeEndLocked(s *h2Stream) {
+	if !s.closed && s.req.done && len(s.req.q) == 0 && s.resp.done && len(s.resp.q) == 0 && (s.up == nil || s.req.sentEnd) {
+		c.endStreamLocked(s)
+	}
+}
+
+// endStreamLocked forgets a stream and writes its access record.
+func (c *h2Conn) endStreamLocked(s *h2Stream) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	delete(c.streams, s.id)
+	// Bytes held for the stream are dropped: credit the senders' connections.
+	for _, h := range []*h2Half{&s.req, &s.resp} {
+		var held int64
+		for _, it := range h.q {
+			held += int64(len(it.data))
+		}
+		h.q = nil
+		if h.dst != nil {
+			delete(h.dst.blocked, h)
+		}
+		if held > 0 && h.src != nil {
+			c.connConsumedLocked(h.src, held)
+		}
+	}
+	if u := s.up; u != nil {
+		delete(u.streams, s.req.dstID)
+		if (u.goingAway || u.dead) && len(u.streams) == 0 && u != c.up {
+			u.flush()
+			u.conn.Close()
+		}
+	}
+	c.lastActive = time.Now()
+	if s.resp.done {
+		c.completed++
+	}
+	if s.rec != nil && c.access != nil {
+		s.rec.Duration = time.Since(s.start)
+		c.access(s.rec)
+	}
+	if c.goingAway && len(c.streams) == 0 && !c.closed {
+		c.client.flush()
+		c.closeLocked()
+	}
+}
+
+// connectionSpecificField reports an RFC 9113 §8.2.2 field.
+func connectionSpecificField(name, value string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "http2-settings":
+		return true
+	case "te":
+		return !strings.EqualFold(strings.TrimSpace(value), "trailers")
+	}
+	return false
+}
+
+func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if s := c.streams[id]; s != nil {
+		return c.onClientTrailers(s, f)
+	}
+	if id%2 == 0 {
+		return h2ConnError{http2.ErrCodeProtocol, "HEADERS on an even stream id"}
+	}
+	if id <= c.maxClientID {
+		return h2ConnError{http2.ErrCodeProtocol, "HEADERS on a closed stream"}
+	}
+	c.maxClientID = id
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return c.streamErrorLocked(id, http2.ErrCodeProtocol, "stream depends on itself")
+	}
+	if c.goingAway {
+		// After GOAWAY new streams are ignored (RFC 9113 §6.8); the
+		// client retries them elsewhere.
+		if !f.StreamEnded() {
+			c.client.dirty = true
+			c.client.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+		}
+		return nil
+	}
+	if len(c.streams) >= h2MaxStreams {
+		c.client.dirty = true
+		return c.client.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+	}
+	start := time.Now()
+	c.idle.Reset(c.cfg.IdleTimeout)
+	s := &h2Stream{id: id, start: start, declared: -1}
+	s.req = h2Half{s: s, src: c.client, srcID: id, recv: h2StreamWindow, done: f.StreamEnded()}
+	s.resp = h2Half{s: s, dst: c.client, dstID: id, send: c.client.initWin}
+	var method, path, scheme, authority, host, protocol string
+	var status bool
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":path":
+			path = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":authority":
+			authority = hf.Value
+		case ":protocol":
+			protocol = hf.Value
+		case ":status":
+			status = true
+		}
+	}
+	bad := func(why string) error {
+		if c.access != nil {
+			c.access(&Record{Start: start, Method: method, RawPath: path, Host: authority, Status: 400, Error: why, Duration: time.Since(start)})
+		}
+		c.client.dirty = true
+		return c.client.fr.WriteRSTStream(id, http2.ErrCodeProtocol)
+	}
+	switch {
+	case status || protocol != "":
+		return bad("invalid pseudo-header in an HTTP/2 request")
+	case method == "":
+		return bad("missing :method")
+	case method == "CONNECT":
+		return bad("CONNECT is not proxied")
+	case path == "" || scheme == "":
+		return bad("missing :path or :scheme")
+	}
+	req := policy.HTTPRequest{Method: method}
+	fields := f.RegularFields()
+	for _, hf := range fields {
+		if connectionSpecificField(hf.Name, hf.Value) {
+			return bad("connection-specific header " + hf.Name + " in an HTTP/2 request")
+		}
+		switch hf.Name {
+		case "host":
+			if host == "" {
+				host = hf.Value
+			}
+		case "content-length":
+			v, err := strconv.ParseInt(hf.Value, 10, 64)
+			if err != nil || v < 0 || s.declared >= 0 && s.declared != v {
+				return bad("invalid content-length")
+			}
+			s.declared = v
+		case "content-type":
+			s.grpc = strings.HasPrefix(hf.Value, "application/grpc")
+		}
+		req.Headers = append(req.Headers, policy.HTTPHeader{Name: hf.Name, Value: hf.Value})
+	}
+	if s.declared > 0 && f.StreamEnded() {
+		return bad("request body does not match its Content-Length")
+	}
+	if authority == "" {
+		authority = host
+	}
+	req.Host = authority
+	c.streams[id] = s
+	if f.Truncated {
+		s.rec = &Record{Start: start, Method: method, RawPath: path, Host: authority, Status: 431, Error: "request headers too large"}
+		return c.localResponseLocked(s, 431, "Request Header Fields Too Large")
+	}
+	norm, perr := policy.NormalizeRequestTarget(path, c.cfg.EscapedSlashes)
+	if perr != nil {
+		s.rec = &Record{Start: start, Method: method, RawPath: path, Host: authority, Status: 400, Error: perr.Error()}
+		return c.localResponseLocked(s, 400, "Bad Request")
+	}
+	req.Path = norm
+	if c.cfg.OnRequest != nil {
+		c.cfg.OnRequest(&req)
+	}
+	d := c.decide(&req)
+	rec := &Record{Start: start, Method: method, Path: norm, Host: authority, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+	if norm != path {
+		rec.RawPath = path
+	}
+	s.rec = rec
+	var edits []headerEdit
+	if d.Allowed && len(d.MismatchActions) > 0 {
+		e, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(&req, name) })
+		if err != nil {
+			d.Allowed, rec.Allowed, rec.Error = false, false, err.Error()
+		} else {
+			edits, rec.HeaderMismatches = e, logs
+		}
+	}
+	if !d.Allowed {
+		if s.grpc {
+			rec.Status, rec.Error = 200, "grpc-status 7"
+			return c.grpcStatusLocked(s, "7", "Access denied")
+		}
+		rec.Status = 403
+		return c.localResponseLocked(s, 403, "Access denied")
+	}
+	// Forward: the decided (normalized) path, the other fields as sent,
+	// with the policy's header edits.
+	out := make([]hpack.HeaderField, 0, len(fields)+4+len(edits))
+	out = append(out, hpack.HeaderField{Name: ":method", Value: method}, hpack.HeaderField{Name: ":scheme", Value: scheme})
+	if authority != "" {
+		out = append(out, hpack.HeaderField{Name: ":authority", Value: authority})
+	}
+	fwdPath := path
+	if norm != path && norm != "*" {
+		fwdPath = norm
+	}
+	out = append(out, hpack.HeaderField{Name: ":path", Value: fwdPath})
+	for _, hf := range fields {
+		out = append(out, hpack.HeaderField{Name: hf.Name, Value: hf.Value, Sensitive: hf.Sensitive})
+	}
+	for _, e := range edits {
+		name := strings.ToLower(e.name)
+		if e.del {
+			kept := out[:0]
+			for _, hf := range out {
+				if hf.Name != name {
+					kept = append(kept, hf)
+				}
+			}
+			out = kept
+		}
+		if e.add {
+			out = append(out, hpack.HeaderField{Name: name, Value: e.value})
+		}
+	}
+	u, err := c.upstreamLocked()
+	if err != nil {
+		c.cfg.Logger.Debug("upstream error", "error", err)
+		if s.closed {
+			return nil
+		}
+		rec.Error = "upstream unavailable: " + err.Error()
+		if s.grpc {
+			rec.Status = 200
+			return c.grpcStatusLocked(s, "14", "upstream unavailable")
+		}
+		rec.Status = 502
+		return c.localResponseLocked(s, 502, "upstream connect error")
+	}
+	if s.closed || c.closed {
+		return nil
+	}
+	uid := u.nextID
+	u.nextID += 2
+	s.up = u
+	u.streams[uid] = s
+	s.req.dst, s.req.dstID, s.req.send = u.h2Peer, uid, u.initWin
+	s.resp.src, s.resp.srcID, s.resp.recv = u.h2Peer, uid, h2StreamWindow
+	if err := u.writeHeaders(uid, out, s.req.done); err != nil {
+		c.upstreamFailedLocked(u, err)
+		return nil
+	}
+	if s.req.done {
+		s.req.sentEnd = true
+	} else if c.cfg.BodyTimeout > 0 {
+		s.timer = time.AfterFunc(c.cfg.BodyTimeout, func() { c.bodyTimeout(s) })
+	}
+	return nil
+}
+
+func (c *h2Conn) bodyTimeout(s *h2Stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.closed || s.req.done || c.closed {
+		return
+	}
+	c.resetLocked(s, http2.ErrCodeCancel, "request body timeout")
+	c.flushAllLocked()
+}
+
+func (c *h2Conn) onClientTrailers(s *h2Stream, f *http2.MetaHeadersFrame) error {
+	if s.req.done {
+		c.resetLocked(s, http2.ErrCodeStreamClosed, "HEADERS after END_STREAM")
+		return nil
+	}
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		c.resetLocked(s, http2.ErrCodeProtocol, "malformed trailers")
+		return nil
+	}
+	for _, hf := range f.RegularFields() {
+		if connectionSpecificField(hf.Name, hf.Value) {
+			c.resetLocked(s, http2.ErrCodeProtocol, "connection-specific trailer "+hf.Name)
+			return nil
+		}
+	}
+	if s.declared >= 0 && s.received != s.declared {
+		if s.rec != nil {
+			s.rec.Error = "request body does not match its Content-Length"
+		}
+		c.resetLocked(s, http2.ErrCodeProtocol, "content-length mismatch")
+		return nil
+	}
+	s.req.done = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	if s.up == nil {
+		c.maybeEndLocked(s)
+		return nil
+	}
+	tr := append([]hpack.HeaderField(nil), f.RegularFields()...)
+	if len(s.req.q) > 0 {
+		s.req.q = append(s.req.q, h2Item{trailers: tr})
+		return nil
+	}
+	if err := s.req.dst.writeHeaders(s.req.dstID, tr, true); err != nil {
+		return err
+	}
+	s.req.sentEnd = true
+	c.maybeEndLocked(s)
+	return nil
+}
+
+// localResponseLocked answers a stream from the proxy with a short text.
+func (c *h2Conn) localResponseLocked(s *h2Stream, status int, body string) error {
+	c.client.dirty = true
+	err := c.client.writeHeaders(s.id, []hpack.HeaderField{
+		{Name: ":status", Value: strconv.Itoa(status)},
+		{Name: "content-type", Value: "text/plain"},
+		{Name: "content-length", Value: strconv.Itoa(len(body))},
+	}, false)
+	if err == nil {
+		// 13 bytes fit every window the client may open with; a client
+		// that opened none gets the head only.
+		err = c.client.fr.WriteData(s.id, true, []byte(body))
+	}
+	c.finishLocalLocked(s)
+	return err
+}
+
+// grpcStatusLocked answers a gRPC call with a trailers-only response.
+func (c *h2Conn) grpcStatusLocked(s *h2Stream, code, msg string) error {
+	err := c.client.writeHeaders(s.id, []hpack.HeaderField{
+		{Name: ":status", Value: "200"},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "grpc-status", Value: code},
+		{Name: "grpc-message", Value: msg},
+	}, true)
+	c.finishLocalLocked(s)
+	return err
+}
+
+func (c *h2Conn) finishLocalLocked(s *h2Stream) {
+	s.resp.done = true
+	s.respFinal = true
+	if !s.req.done {
+		// The rest of the request is not wanted (RFC 9113 §8.1).
+		c.client.fr.WriteRSTStream(s.id, http2.ErrCodeNo)
+		s.req.done = true
+	}
+	c.endStreamLocked(s)
+}
+
+// upstreamLocked returns the upstream connection, dialing one (with mu
+// released) when there is none that takes new streams.
+func (c *h2Conn) upstreamLocked() (*h2Upstream, error) {
+	if u := c.up; u != nil && !u.dead && !u.goingAway && u.nextID < 1<<31-1 {
+		return u, nil
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	conn, err := c.dial(ctx)
+	cancel()
+	c.mu.Lock()
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if c.closed {
+		conn.Close()
+		return nil, errH2Closed
+	}
+	u := &h2Upstream{h2Peer: newH2Peer(conn, conn), nextID: 1, streams: map[uint32]*h2Stream{}}
+	u.wto = c.cfg.IdleTimeout
+	u.dec = hpack.NewDecoder(4096, nil)
+	u.fr.ReadMetaHeaders = u.dec
+	u.fr.MaxHeaderListSize = 1 << 20
+	u.fr.SetMaxReadFrameSize(h2DefaultFrame)
+	u.fr.SetReuseFrames()
+	u.dirty = true
+	u.bw.WriteString(h2Preface)
+	u.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: 1 << 20},
+	)
+	u.fr.WriteWindowUpdate(0, h2ConnWindow-h2DefaultWindow)
+	u.recvConn = h2ConnWindow
+	if old := c.up; old != nil && len(old.streams) == 0 {
+		old.conn.Close()
+	}
+	c.up = u
+	c.ups[u] = struct{}{}
+	c.wg.Add(1)
+	go c.readUpstream(u)
+	return u, nil
+}
+
+func (c *h2Conn) readUpstream(u *h2Upstream) {
+	defer c.wg.Done()
+	var err error
+	held := false
+	defer func() {
+		if v := recover(); v != nil {
+			if !held {
+				c.mu.Lock()
+			}
+			if c.panicked == nil {
+				c.panicked = newPanicError(v)
+			}
+			c.closeLocked()
+			held = false
+			c.mu.Unlock()
+		}
+	}()
+	gotSettings := false
+	for {
+		if !u.moreReady() {
+			c.mu.Lock()
+			held = true
+			ferr := c.flushAllLocked()
+			if ferr != nil {
+				c.closeLocked()
+			}
+			held = false
+			c.mu.Unlock()
+		}
+		var f http2.Frame
+		f, err = u.fr.ReadFrame()
+		c.mu.Lock()
+		held = true
+		if c.closed || u.dead {
+			held = false
+			c.mu.Unlock()
+			return
+		}
+		if err == nil {
+			if !gotSettings {
+				if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+					err = errors.New("upstream did not start with SETTINGS")
+				}
+				gotSettings = true
+			}
+			if err == nil {
+				err = c.onUpstreamFrame(u, f)
+			}
+		} else {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if s := u.streams[se.StreamID]; s != nil {
+					c.upstreamResetLocked(s, http2.ErrCodeProtocol, "malformed upstream frame: "+errString(se.Cause))
+				} else {
+					u.dirty = true
+					u.fr.WriteRSTStream(se.StreamID, se.Code)
+				}
+				err = nil
+			}
+		}
+		if err != nil {
+			var ce h2ConnError
+			if errors.As(err, &ce) {
+				u.dirty = true
+				u.fr.WriteGoAway(0, ce.code, nil)
+				u.flush()
+			}
+			c.upstreamFailedLocked(u, err)
+			c.flushAllLocked()
+			held = false
+			c.mu.Unlock()
+			return
+		}
+		held = false
+		c.mu.Unlock()
+	}
+}
+
+// upstreamFailedLocked ends an upstream connection: its streams are
+// answered with 502 / gRPC UNAVAILABLE when no response began, else reset.
+func (c *h2Conn) upstreamFailedLocked(u *h2Upstream, err error) {
+	if u.dead {
+		return
+	}
+	u.dead = true
+	u.conn.Close()
+	delete(c.ups, u)
+	if c.up == u {
+		c.up = nil
+	}
+	if !c.closed && !errors.Is(err, io.EOF) && !isClosed(err) {
+		c.cfg.Logger.Debug("upstream connection failed", "error", err)
+	}
+	for _, s := range u.streams {
+		c.failStreamLocked(s, "upstream connection ended")
+	}
+}
+
+func (c *h2Conn) failStreamLocked(s *h2Stream, why string) {
+	if s.closed {
+		return
+	}
+	if s.rec != nil && s.rec.Error == "" {
+		s.rec.Error = why
+	}
+	if !s.respFinal && !c.closed {
+		if s.grpc {
+			s.rec.Status = 200
+			c.grpcStatusLocked(s, "14", "upstream unavailable")
+			return
+		}
+		s.rec.Status = 502
+		c.localResponseLocked(s, 502, "upstream connect error")
+		return
+	}
+	c.client.dirty = true
+	c.client.fr.WriteRSTStream(s.id, http2.ErrCodeInternal)
+	c.endStreamLocked(s)
+}
+
+func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		return c.applySettings(u.h2Peer, f)
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			u.dirty = true
+			return u.fr.WritePing(true, f.Data)
+		}
+		return nil
+	case *http2.MetaHeadersFrame:
+		s := u.streams[f.StreamID]
+		if s == nil {
+			if f.StreamID >= u.nextID {
+				return h2ConnError{http2.ErrCodeProtocol, "HEADERS on an idle upstream stream"}
+			}
+			return nil
+		}
+		return c.onUpstreamHeaders(s, f)
+	case *http2.DataFrame:
+		n := int64(f.Length)
+		if err := c.receiveConnLocked(u.h2Peer, n); err != nil {
+			return err
+		}
+		s := u.streams[f.StreamID]
+		if s == nil || s.resp.done {
+			c.connConsumedLocked(u.h2Peer, n)
+			if s == nil && f.StreamID >= u.nextID {
+				return h2ConnError{http2.ErrCodeProtocol, "DATA on an idle upstream stream"}
+			}
+			if s != nil {
+				c.upstreamResetLocked(s, http2.ErrCodeStreamClosed, "upstream DATA after END_STREAM")
+			}
+			return nil
+		}
+		if n > s.resp.recv || !s.respFinal {
+			c.connConsumedLocked(u.h2Peer, n)
+			c.upstreamResetLocked(s, http2.ErrCodeProtocol, "upstream DATA before the response head or beyond its window")
+			return nil
+		}
+		s.resp.recv -= n
+		data := f.Data()
+		if pad := n - int64(len(data)); pad > 0 {
+			c.consumedLocked(&s.resp, pad)
+		}
+		if f.StreamEnded() {
+			s.resp.done = true
+		}
+		c.forwardLocked(&s.resp, data, f.StreamEnded())
+		c.maybeEndLocked(s)
+		return nil
+	case *http2.WindowUpdateFrame:
+		return c.onWindowUpdate(u.h2Peer, f, func(id uint32) *h2Half {
+			if s := u.streams[id]; s != nil {
+				return &s.req
+			}
+			return nil
+		}, f.StreamID >= u.nextID)
+	case *http2.RSTStreamFrame:
+		s := u.streams[f.StreamID]
+		if s == nil {
+			return nil
+		}
+		if f.ErrCode == http2.ErrCodeNo && s.resp.done {
+			// The response is complete and the upstream wants no more
+			// of the request: pass that on.
+			c.client.dirty = true
+			c.client.fr.WriteRSTStream(s.id, http2.ErrCodeNo)
+			s.req.done = true
+			c.endStreamLocked(s)
+			return nil
+		}
+		code := f.ErrCode
+		if s.rec != nil && s.rec.Error == "" {
+			s.rec.Error = "upstream reset the stream: " + code.String()
+		}
+		c.client.dirty = true
+		c.client.fr.WriteRSTStream(s.id, code)
+		c.endStreamLocked(s)
+		return nil
+	case *http2.GoAwayFrame:
+		u.goingAway = true
+		for uid, s := range u.streams {
+			if uid > f.LastStreamID {
+				// Not processed upstream: the client may retry it.
+				s.rec.Error = "upstream went away"
+				c.client.dirty = true
+				c.client.fr.WriteRSTStream(s.id, http2.ErrCodeRefusedStream)
+				c.endStreamLocked(s)
+			}
+		}
+		if f.ErrCode != http2.ErrCodeNo {
+			return fmt.Errorf("upstream GOAWAY %s", f.ErrCode)
+		}
+		if len(u.streams) == 0 {
+			return io.EOF
+		}
+		return nil
+	case *http2.PushPromiseFrame:
+		return h2ConnError{http2.ErrCodeProtocol, "PUSH_PROMISE with push disabled"}
+	}
+	return nil
+}
+
+func (c *h2Conn) onUpstreamHeaders(s *h2Stream, f *http2.MetaHeadersFrame) error {
+	if s.resp.done {
+		c.upstreamResetLocked(s, http2.ErrCodeStreamClosed, "upstream HEADERS after END_STREAM")
+		return nil
+	}
+	end := f.StreamEnded()
+	var out []hpack.HeaderField
+	if !s.respFinal {
+		st := f.PseudoValue("status")
+		code, err := strconv.Atoi(st)
+		if err != nil || len(st) != 3 || len(f.PseudoFields()) != 1 {
+			c.upstreamResetLocked(s, http2.ErrCodeProtocol, "malformed upstream response head")
+			return nil
+		}
+		if code >= 200 {
+			s.respFinal = true
+			if s.rec != nil {
+				s.rec.Status = code
+			}
+		} else if end {
+			c.upstreamResetLocked(s, http2.ErrCodeProtocol, "interim response with END_STREAM")
+			return nil
+		}
+		out = append(out, hpack.HeaderField{Name: ":status", Value: st})
+	} else if !end || len(f.PseudoFields()) > 0 {
+		c.upstreamResetLocked(s, http2.ErrCodeProtocol, "malformed upstream trailers")
+		return nil
+	}
+	for _, hf := range f.RegularFields() {
+		if connectionSpecificField(hf.Name, hf.Value) {
+			c.upstreamResetLocked(s, http2.ErrCodeProtocol, "connection-specific upstream header "+hf.Name)
+			return nil
+		}
+		out = append(out, hpack.HeaderField{Name: hf.Name, Value: hf.Value, Sensitive: hf.Sensitive})
+	}
+	if end {
+		s.resp.done = true
+	}
+	if len(s.resp.q) > 0 {
+		s.resp.q = append(s.resp.q, h2Item{trailers: out})
+		return nil
+	}
+	if err := c.client.writeHeaders(s.id, out, end); err != nil {
+		return err
+	}
+	if end {
+		s.resp.sentEnd = true
+	}
+	c.maybeEndLocked(s)
+	return nil
+}
