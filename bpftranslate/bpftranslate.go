@@ -92,16 +92,11 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 			bd := bpf.DirectionPolicy{Enforced: dp.Enforced, AuditDefault: dp.Enforced && flow.AllAudit(dp.DefaultDeny)}
 			dropped := map[string]int{} // parser → index in out.Dropped
 			for _, e := range dp.Entries {
-				be := bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
+				be, _ := Entry(e)
 				if len(e.Origins) > 0 {
-					be.RuleID = RuleID(e.Origins[0])
 					out.Rules[be.RuleID] = e.Origins[0]
 				}
 				switch e.Verdict {
-				case policy.VerdictAllow:
-					be.Verdict = bpf.VerdictAllow
-				case policy.VerdictDeny:
-					be.Verdict, be.Audit = bpf.VerdictDeny, flow.AllAudit(e.Origins)
 				case policy.VerdictRedirect:
 					port, ok := redirect(ep, dir, e.Parser)
 					if ok && port != 0 {
@@ -116,9 +111,6 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 						out.Dropped = append(out.Dropped, DroppedRedirect{Endpoint: ep, Direction: dir, Parser: e.Parser})
 					}
 					out.Dropped[i].Origins = append(out.Dropped[i].Origins, e.Origins...)
-				default:
-					// A verdict this package does not know: drop (fail closed).
-					be.Verdict = bpf.VerdictDeny
 				}
 				bd.Entries = append(bd.Entries, be)
 			}
@@ -132,6 +124,28 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 	}
 	slices.SortFunc(out.Policies, func(a, b bpf.EndpointPolicy) int { return int(a.Endpoint) - int(b.Endpoint) })
 	return out
+}
+
+// Entry translates one entry that needs no proxy port: allow, deny, or an
+// unknown verdict as a deny (fail closed). ok is false for a redirect,
+// which Policy completes (proxy port, or a drop).
+func Entry(e policy.Entry) (be bpf.PolicyEntry, ok bool) {
+	be = bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
+	if len(e.Origins) > 0 {
+		be.RuleID = RuleID(e.Origins[0])
+	}
+	switch e.Verdict {
+	case policy.VerdictAllow:
+		be.Verdict = bpf.VerdictAllow
+	case policy.VerdictDeny:
+		be.Verdict, be.Audit = bpf.VerdictDeny, flow.AllAudit(e.Origins)
+	case policy.VerdictRedirect:
+		return be, false
+	default:
+		// A verdict this package does not know: drop (fail closed).
+		be.Verdict = bpf.VerdictDeny
+	}
+	return be, true
 }
 
 // DenyAll is the policy of a direction that fails closed: enforced, and
