@@ -79,6 +79,18 @@ type Result struct {
 // Redirects go to the port redirect gives, or become drops.
 func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Result {
 	out := Result{Rules: map[uint32]policy.Provenance{}}
+	// Rule ids by provenance: entries share a few provenances, and the
+	// hash is most of the translation's time at 1000 endpoints.
+	ids := map[policy.Provenance]uint32{}
+	ruleID := func(p policy.Provenance) uint32 {
+		id, ok := ids[p]
+		if !ok {
+			id = RuleID(p)
+			ids[p] = id
+			out.Rules[id] = p
+		}
+		return id
+	}
 	for _, ep := range local {
 		pol := snap.Policy(ep.Identity)
 		if pol == nil {
@@ -92,10 +104,7 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 			bd := bpf.DirectionPolicy{Enforced: dp.Enforced, AuditDefault: dp.Enforced && flow.AllAudit(dp.DefaultDeny)}
 			dropped := map[string]int{} // parser → index in out.Dropped
 			for _, e := range dp.Entries {
-				be, _ := Entry(e)
-				if len(e.Origins) > 0 {
-					out.Rules[be.RuleID] = e.Origins[0]
-				}
+				be, _ := entry(e, ruleID)
 				switch e.Verdict {
 				case policy.VerdictRedirect:
 					port, ok := redirect(ep, dir, e.Parser)
@@ -129,10 +138,12 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 // Entry translates one entry that needs no proxy port: allow, deny, or an
 // unknown verdict as a deny (fail closed). ok is false for a redirect,
 // which Policy completes (proxy port, or a drop).
-func Entry(e policy.Entry) (be bpf.PolicyEntry, ok bool) {
+func Entry(e policy.Entry) (be bpf.PolicyEntry, ok bool) { return entry(e, RuleID) }
+
+func entry(e policy.Entry, ruleID func(policy.Provenance) uint32) (be bpf.PolicyEntry, ok bool) {
 	be = bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
 	if len(e.Origins) > 0 {
-		be.RuleID = RuleID(e.Origins[0])
+		be.RuleID = ruleID(e.Origins[0])
 	}
 	switch e.Verdict {
 	case policy.VerdictAllow:
