@@ -91,6 +91,14 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 		}
 		return id
 	}
+	// Endpoints whose identities share a computed direction policy (the
+	// same entries) share its translation when it has no redirect (those
+	// depend on the endpoint's proxy state).
+	type shared struct {
+		n  int
+		bd bpf.DirectionPolicy
+	}
+	memo := map[*policy.Entry]shared{}
 	for _, ep := range local {
 		pol := snap.Policy(ep.Identity)
 		if pol == nil {
@@ -102,11 +110,26 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 			// Audit mode: a deny (or default-deny) whose rules are all in
 			// audit mode forwards and reports instead of dropping.
 			bd := bpf.DirectionPolicy{Enforced: dp.Enforced, AuditDefault: dp.Enforced && flow.AllAudit(dp.DefaultDeny)}
+			var first *policy.Entry
+			if len(dp.Entries) > 0 {
+				first = &dp.Entries[0]
+			}
+			if m, ok := memo[first]; ok && first != nil && m.n == len(dp.Entries) {
+				bd.Entries = m.bd.Entries
+				if dir == policy.Ingress {
+					bp.Ingress = bd
+				} else {
+					bp.Egress = bd
+				}
+				continue
+			}
+			redirects := false
 			dropped := map[string]int{} // parser → index in out.Dropped
 			for _, e := range dp.Entries {
 				be, _ := entry(e, ruleID)
 				switch e.Verdict {
 				case policy.VerdictRedirect:
+					redirects = true
 					port, ok := redirect(ep, dir, e.Parser)
 					if ok && port != 0 {
 						be.Verdict, be.ProxyPort = bpf.VerdictRedirect, port
@@ -122,6 +145,9 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 					out.Dropped[i].Origins = append(out.Dropped[i].Origins, e.Origins...)
 				}
 				bd.Entries = append(bd.Entries, be)
+			}
+			if first != nil && !redirects {
+				memo[first] = shared{n: len(dp.Entries), bd: bd}
 			}
 			if dir == policy.Ingress {
 				bp.Ingress = bd
