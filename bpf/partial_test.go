@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestPrivilegedUpdatePolicyAndIPCache: UpdatePolicy rewrites one
@@ -84,5 +85,64 @@ func TestPrivilegedUpdatePolicyAndIPCache(t *testing.T) {
 	}
 	if want := state(); got != want {
 		t.Fatalf("after the partial removals:\n%s\nafter a whole sync:\n%s", got, want)
+	}
+}
+
+// BenchmarkFQDNAddressWrite: what the agent's incremental FQDN path writes
+// for one new address — one endpoint's policy (n allow entries, plus the
+// new identity's) with UpdatePolicy and one ipcache entry with
+// UpdateIPCache — against SyncPolicy + SyncIPCache of the same state
+// (the whole-map path), at n = 1k and 10k FQDN identities.
+func BenchmarkFQDNAddressWrite(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		for _, mode := range []string{"update", "sync"} {
+			b.Run(fmt.Sprintf("identities=%d/%s", n, mode), func(b *testing.B) {
+				d := openTest(b, Config{DisableEvents: true, MapSizes: MapSizes{Policy: 131072, IPCache: 65536}})
+				pol := EndpointPolicy{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true}}
+				var ipc []IPCacheEntry
+				add := func(i int) IPCacheEntry {
+					id := FirstCIDRIdentity | Identity(16+i)
+					pol.Egress.Entries = append(pol.Egress.Entries, PolicyEntry{Peer: id, Protocol: ProtoTCP, Port: 443, Verdict: VerdictAllow, RuleID: 1})
+					e := IPCacheEntry{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 32), Identity: id}
+					ipc = append(ipc, e)
+					return e
+				}
+				for i := range n {
+					add(i)
+				}
+				if _, err := d.SyncIPCache(ipc); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := d.SyncPolicy([]EndpointPolicy{pol}); err != nil {
+					b.Fatal(err)
+				}
+				var lat []time.Duration
+				b.ResetTimer()
+				for i := range b.N {
+					e := add(n + i)
+					start := time.Now()
+					if mode == "update" {
+						if _, err := d.UpdatePolicy([]EndpointPolicy{pol}); err != nil {
+							b.Fatal(err)
+						}
+						if _, err := d.UpdateIPCache([]IPCacheEntry{e}, nil); err != nil {
+							b.Fatal(err)
+						}
+					} else {
+						if _, err := d.SyncPolicy([]EndpointPolicy{pol}); err != nil {
+							b.Fatal(err)
+						}
+						if _, err := d.SyncIPCache(ipc); err != nil {
+							b.Fatal(err)
+						}
+					}
+					lat = append(lat, time.Since(start))
+				}
+				b.StopTimer()
+				slices.Sort(lat)
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(lat[(len(lat)-1)*99/100].Microseconds())/1000, "p99-ms")
+			})
+		}
 	}
 }
