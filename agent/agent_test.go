@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -109,7 +110,7 @@ func (d *fakeDatapath) SyncPolicy(desired []bpf.EndpointPolicy) (bpf.SyncStats, 
 		switch {
 		case !ok:
 			st.Added++
-		case fmt.Sprint(cur) != fmt.Sprint(p):
+		case !reflect.DeepEqual(cur, p):
 			st.Updated++
 		default:
 			st.Unchanged++

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/bpftranslate"
 	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 // FQDNStore is the FQDN cache toFQDNs resolve through: the DNS proxy's
@@ -39,6 +43,9 @@ type fqdnState struct {
 	computing    map[string][]netip.Addr
 	computingGen uint64
 	have         map[string][]netip.Addr
+	// queue: answers not implemented yet, for the incremental path
+	// (fqdnFast); a full compute takes them all (it reads the cache).
+	queue []policy.FQDNName
 }
 
 func newFQDNState() *fqdnState {
@@ -79,6 +86,7 @@ func (a *Agent) LearnFQDN(ctx context.Context, ans agentapi.FQDNAnswer) error {
 	}
 	f.wanted++
 	gen := f.wanted
+	f.queue = append(f.queue, policy.FQDNName{Name: name, IPs: ips})
 	f.mu.Unlock()
 	select {
 	case f.kick <- struct{}{}:
@@ -106,10 +114,13 @@ func (a *Agent) fqdnOptions() policy.Options {
 	if a.cfg.FQDN == nil {
 		return opts
 	}
-	names := a.cfg.FQDN.FQDNNames()
 	f := a.fq
 	f.mu.Lock()
+	// Read under the lock: an answer LearnFQDN queued before is in the
+	// cache (it inserts first), so its generation is covered.
+	names := a.cfg.FQDN.FQDNNames()
 	f.computingGen = f.wanted
+	f.queue = nil
 	f.computing = make(map[string][]netip.Addr, len(names))
 	for _, n := range names {
 		f.computing[n.Name] = n.IPs
@@ -193,4 +204,272 @@ func (a *Agent) fqdnChanged() bool {
 		}
 	}
 	return false
+}
+
+// maxFastChanges bounds the names one incremental FQDN update takes;
+// more (a mass expiry) recompute in full.
+const maxFastChanges = 256
+
+// fqdnDatapath is a Datapath that can write part of its maps
+// (bpf.Datapath): some ipcache entries, some endpoints' policies.
+type fqdnDatapath interface {
+	UpdateIPCache(upsert []bpf.IPCacheEntry, remove []netip.Prefix) (bpf.SyncStats, error)
+	UpdatePolicy(subset []bpf.EndpointPolicy) (bpf.SyncStats, error)
+}
+
+// errFQDNSlow: the incremental path does not apply; recompute in full.
+var errFQDNSlow = errors.New("not incremental")
+
+// learnQueued implements the answers LearnFQDN queued without a full
+// compute when it can (fqdnFast); false: the caller recomputes.
+func (a *Agent) learnQueued(ctx context.Context, snap *policy.Snapshot, current *source.Update) (*policy.Snapshot, bool) {
+	f := a.fq
+	f.mu.Lock()
+	queue, gen := f.queue, f.wanted
+	f.queue = nil
+	byName := map[string]int{}
+	var changes []policy.FQDNName
+	for _, q := range queue {
+		i, ok := byName[q.Name]
+		if !ok {
+			i = len(changes)
+			byName[q.Name] = i
+			changes = append(changes, policy.FQDNName{Name: q.Name, IPs: slices.Clone(f.have[q.Name])})
+		}
+		for _, ip := range q.IPs {
+			if !slices.Contains(changes[i].IPs, ip) {
+				changes[i].IPs = append(changes[i].IPs, ip)
+			}
+		}
+	}
+	f.mu.Unlock()
+	return a.fqdnFast(ctx, snap, current, changes, gen)
+}
+
+// expireFast removes expired names (the cache's names differ from those
+// implemented) without a full compute when it can; false: the caller
+// recomputes.
+func (a *Agent) expireFast(ctx context.Context, snap *policy.Snapshot, current *source.Update) (*policy.Snapshot, bool) {
+	names := a.cfg.FQDN.FQDNNames()
+	f := a.fq
+	f.mu.Lock()
+	var changes []policy.FQDNName
+	seen := make(map[string]bool, len(names))
+	for _, n := range names {
+		seen[n.Name] = true
+		if !slices.Equal(n.IPs, f.have[n.Name]) {
+			changes = append(changes, n)
+		}
+	}
+	for n := range f.have {
+		if !seen[n] {
+			changes = append(changes, policy.FQDNName{Name: n})
+		}
+	}
+	gen := f.done
+	f.mu.Unlock()
+	return a.fqdnFast(ctx, snap, current, changes, gen)
+}
+
+// fqdnFast implements FQDN cache changes (each name's addresses now)
+// incrementally: policy.Snapshot.UpdateFQDN, then only the ipcache entries
+// and the endpoints' policies that changed are written. When the update
+// touches the proxies' resources (L7 rules on toFQDNs) it implements the
+// new snapshot with a whole apply, still without a compute. It marks the
+// answers up to gen implemented; false: nothing was done, recompute.
+func (a *Agent) fqdnFast(ctx context.Context, snap *policy.Snapshot, current *source.Update, changes []policy.FQDNName, gen uint64) (*policy.Snapshot, bool) {
+	if snap == nil || current == nil || len(changes) > maxFastChanges {
+		return nil, false
+	}
+	start := a.cfg.now()
+	ns, delta, err := snap.UpdateFQDN(changes)
+	if err != nil {
+		a.log.Debug("fqdn: full compute", "names", len(changes), "reason", err)
+		return nil, false
+	}
+	again := false
+	how := "incremental"
+	if err := a.implementFQDN(ns, delta); err != nil {
+		a.log.Debug("fqdn: implementing the whole snapshot", "reason", err)
+		how = "apply"
+		again = a.apply(ctx, ns, current)
+	}
+	f := a.fq
+	f.mu.Lock()
+	for _, c := range changes {
+		if len(c.IPs) == 0 {
+			delete(f.have, c.Name)
+		} else {
+			f.have[c.Name] = c.IPs
+		}
+	}
+	if gen > f.done {
+		f.done = gen
+		close(f.cond)
+		f.cond = make(chan struct{})
+	}
+	f.mu.Unlock()
+	a.log.Debug("fqdn implemented", "how", how, "names", len(changes), "ipcache_added", len(delta.Added),
+		"ipcache_removed", len(delta.Removed), "identities", len(delta.Changed), "took", a.cfg.now().Sub(start))
+	if again {
+		a.fqRetry = true
+	}
+	return ns, true
+}
+
+// implementFQDN writes what an incremental FQDN update changed: the
+// removed ipcache entries, the policies of the local endpoints whose
+// identity changed, then the added ipcache entries (an address maps to its
+// new identity only once the policies know it). errFQDNSlow when the
+// change needs the whole implement path (L7 resources, an endpoint
+// failing closed, a rejected entry), before anything was written.
+func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) error {
+	if delta.L7 {
+		return fmt.Errorf("%w: L7 rules change", errFQDNSlow)
+	}
+	a.mu.Lock()
+	local, failures, rules := a.st.local, a.st.failures, a.st.rules
+	a.mu.Unlock()
+	if a.lastPolicies == nil {
+		return fmt.Errorf("%w: no datapath state yet", errFQDNSlow)
+	}
+	changed := map[policy.Identity]bool{}
+	for _, id := range delta.Changed {
+		changed[id] = true
+	}
+	var subset []bpftranslate.LocalEndpoint
+	for _, ep := range local {
+		if !changed[ep.Identity] {
+			continue
+		}
+		if slices.ContainsFunc(failures, func(f source.EndpointFailure) bool { return f.Endpoint == ep.Key() }) {
+			return fmt.Errorf("%w: endpoint %s fails closed", errFQDNSlow, ep.Key())
+		}
+		subset = append(subset, ep)
+	}
+	// The changed endpoints' entries: those in force, without the
+	// removed identities, with the added identities' entries (allows and
+	// denies only: redirects made delta.L7 true).
+	addedIDs, removedIDs := map[policy.Identity]bool{}, map[policy.Identity]bool{}
+	for _, e := range delta.Added {
+		addedIDs[e.Identity] = true
+	}
+	for _, e := range delta.Removed {
+		removedIDs[e.Identity] = true
+	}
+	var pols []bpf.EndpointPolicy
+	for _, ep := range subset {
+		old, ok := a.lastPolicies[uint32(ep.Ifindex)]
+		pol := ns.Policy(ep.Identity)
+		if !ok || pol == nil {
+			return fmt.Errorf("%w: endpoint %s has no policy in force", errFQDNSlow, ep.Key())
+		}
+		np := old
+		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			var add []bpf.PolicyEntry
+			for _, e := range pol.Direction(dir).Entries {
+				if !addedIDs[e.Peer] {
+					continue
+				}
+				be, ok := bpftranslate.Entry(e)
+				if !ok {
+					return fmt.Errorf("%w: a redirect for identity %d", errFQDNSlow, e.Peer)
+				}
+				if len(e.Origins) > 0 {
+					if _, known := rules[be.RuleID]; !known {
+						return fmt.Errorf("%w: new rule ids", errFQDNSlow)
+					}
+				}
+				add = append(add, be)
+			}
+			bd := np.Ingress
+			if dir == policy.Egress {
+				bd = np.Egress
+			}
+			bd.Entries = mergeEntries(bd.Entries, add, removedIDs)
+			if dir == policy.Egress {
+				np.Egress = bd
+			} else {
+				np.Ingress = bd
+			}
+		}
+		if err := a.dp.CheckPolicy(np); err != nil {
+			return fmt.Errorf("%w: endpoint %d: %v", errFQDNSlow, np.Endpoint, err)
+		}
+		pols = append(pols, np)
+	}
+	hosts := map[netip.Prefix]bool{}
+	for _, e := range bpftranslate.IPCache(&policy.Snapshot{}, a.lastHosts) {
+		hosts[e.Prefix] = true
+	}
+	notHost := func(es []policy.IPCacheEntry) []bpf.IPCacheEntry {
+		return slices.DeleteFunc(bpftranslate.IPCache(&policy.Snapshot{IPCache: es}, nil), func(e bpf.IPCacheEntry) bool { return hosts[e.Prefix] })
+	}
+	added, removed := notHost(delta.Added), notHost(delta.Removed)
+	for _, p := range pols {
+		a.lastPolicies[p.Endpoint] = p
+	}
+	if err := a.writeFQDN(added, removed, pols, ns); err != nil {
+		// Some of it may be written: the whole path rewrites it all.
+		return fmt.Errorf("%w: %v", errFQDNSlow, err)
+	}
+	a.mu.Lock()
+	a.st.snap = ns
+	a.mu.Unlock()
+	a.flowStale = true
+	return nil
+}
+
+// mergeEntries: entries (sorted by peer, as translated) without the
+// removed peers, with add (sorted by peer) merged in.
+func mergeEntries(entries, add []bpf.PolicyEntry, removed map[policy.Identity]bool) []bpf.PolicyEntry {
+	out := make([]bpf.PolicyEntry, 0, len(entries)+len(add))
+	i := 0
+	for _, e := range entries {
+		for i < len(add) && add[i].Peer < e.Peer {
+			out = append(out, add[i])
+			i++
+		}
+		if !removed[policy.Identity(e.Peer)] {
+			out = append(out, e)
+		}
+	}
+	return append(out, add[i:]...)
+}
+
+func (a *Agent) writeFQDN(added, removed []bpf.IPCacheEntry, pols []bpf.EndpointPolicy, ns *policy.Snapshot) error {
+	if dp, ok := a.dp.(fqdnDatapath); ok {
+		var gone []netip.Prefix
+		for _, e := range removed {
+			gone = append(gone, e.Prefix)
+		}
+		if len(gone) > 0 {
+			if _, err := dp.UpdateIPCache(nil, gone); err != nil {
+				return fmt.Errorf("ipcache: %w", err)
+			}
+		}
+		if len(pols) > 0 {
+			if _, err := dp.UpdatePolicy(pols); err != nil {
+				return fmt.Errorf("policy: %w", err)
+			}
+		}
+		if len(added) > 0 {
+			if _, err := dp.UpdateIPCache(added, nil); err != nil {
+				return fmt.Errorf("ipcache: %w", err)
+			}
+		}
+		return nil
+	}
+	// A datapath that only syncs whole maps: still no compute.
+	all := make([]bpf.EndpointPolicy, 0, len(a.lastPolicies))
+	for _, id := range slices.Sorted(maps.Keys(a.lastPolicies)) {
+		all = append(all, a.lastPolicies[id])
+	}
+	if _, err := a.dp.SyncIPCache(bpftranslate.IPCache(ns, a.lastHosts)); err != nil {
+		return fmt.Errorf("sync ipcache: %w", err)
+	}
+	if _, err := a.dp.SyncPolicy(all); err != nil {
+		return fmt.Errorf("sync policy: %w", err)
+	}
+	return nil
 }

@@ -3,8 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,7 +56,22 @@ func fqdnHarnessWith(t testing.TB, resync time.Duration, ccfg dnsproxy.CacheConf
 	}
 	h.sendObjects(objs)
 	h.await("first revision", anyReport)
-	return h, agentapi.NewFQDNClient(agentapi.StatusSocket(h.runDir))
+	return h, fqdnClient(t, h)
+}
+
+// fqdnClient returns the DNS proxy's client once the agent's API socket
+// exists (the first revision can be reported before it is bound).
+func fqdnClient(t testing.TB, h *harness) *agentapi.FQDNClient {
+	t.Helper()
+	sock := agentapi.StatusSocket(h.runDir)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			return agentapi.NewFQDNClient(sock)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent API socket %s not bound", sock)
+		}
+	}
 }
 
 // allows reports whether the datapath admits app → ip:80: an ipcache
@@ -210,4 +229,162 @@ func TestFQDNExpiryKeepsAddressesInUse(t *testing.T) {
 	}
 	h.dp.setConntrack()
 	waitUntil(t, "the address expired once no connection used it", func() bool { return !h.dp.allows(used) })
+}
+
+// UpdateIPCache and UpdatePolicy: the fake writes part of its maps, as
+// bpf.Datapath does (the incremental FQDN path).
+func (d *fakeDatapath) UpdateIPCache(upsert []bpf.IPCacheEntry, remove []netip.Prefix) (bpf.SyncStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var st bpf.SyncStats
+	d.ipcache = slices.DeleteFunc(d.ipcache, func(e bpf.IPCacheEntry) bool {
+		if slices.Contains(remove, e.Prefix) || slices.ContainsFunc(upsert, func(u bpf.IPCacheEntry) bool { return u.Prefix == e.Prefix }) {
+			st.Deleted++
+			return true
+		}
+		return false
+	})
+	d.ipcache = append(d.ipcache, upsert...)
+	st.Added = len(upsert)
+	d.log = append(d.log, fmt.Sprintf("update ipcache +%d -%d", len(upsert), len(remove)))
+	return st, nil
+}
+
+func (d *fakeDatapath) UpdatePolicy(subset []bpf.EndpointPolicy) (bpf.SyncStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ids []uint32
+	for _, p := range subset {
+		if d.reject != nil {
+			if err := d.reject(p); err != nil {
+				return bpf.SyncStats{}, fmt.Errorf("endpoint %d: %w", p.Endpoint, err)
+			}
+		}
+		d.policy[p.Endpoint] = p
+		ids = append(ids, p.Endpoint)
+	}
+	d.log = append(d.log, fmt.Sprintf("update policy %v", ids))
+	return bpf.SyncStats{Updated: len(subset)}, nil
+}
+
+// mapsText is the fake's maps in a canonical form.
+func (d *fakeDatapath) mapsText() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ipc := slices.Clone(d.ipcache)
+	slices.SortFunc(ipc, func(a, b bpf.IPCacheEntry) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	out := fmt.Sprintln(ipc)
+	for _, id := range slices.Sorted(maps.Keys(d.policy)) {
+		out += fmt.Sprintln(d.policy[id])
+	}
+	return out
+}
+
+func (d *fakeDatapath) countLog(prefix string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, l := range d.log {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+const fqdnPolicyMany = `apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: default, labels: {app: app}}
+status: {podIP: 198.18.30.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: default, labels: {app: other}}
+status: {podIP: 198.18.30.11}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: app-fqdn, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toFQDNs:
+    - matchPattern: "*.example.test"
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+  - toFQDNs:
+    - matchName: "api.example.test"
+    - matchPattern: "*.corp.test"
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+  - toCIDR: [198.19.31.0/26]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: other-fqdn, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  egress:
+  - toFQDNs:
+    - matchPattern: "*.corp.test"
+  egressDeny:
+  - toCIDR: [198.19.31.0/28]
+`
+
+// TestLearnFQDNIncrementalEqualsFullCompute: DNS answers learned through
+// the agent's API (most of them on the incremental path: a few ipcache
+// entries and the changed endpoints' policies written, no recompute) and
+// expiries leave the datapath's maps exactly as a full recompute of the
+// same cache writes them (a new source revision forces one).
+func TestLearnFQDNIncrementalEqualsFullCompute(t *testing.T) {
+	h := newHarness(t, map[string]int{"default/app": 20, "default/other": 21})
+	cache, err := dnsproxy.NewCache(dnsproxy.CacheConfig{MaxNames: 1000, MaxIPs: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.fqdn = cache
+	h.start()
+	objs, errs := policy.Decode("fqdn.yaml", []byte(fqdnPolicyMany))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	h.sendObjects(objs)
+	h.await("first revision", anyReport)
+	fc := fqdnClient(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	names := []string{"a.example.test", "b.example.test", "api.example.test", "x.corp.test", "y.corp.test", "www.other.org"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 4 {
+		for range 25 {
+			var ips []netip.Addr
+			for range 1 + rng.IntN(2) {
+				ips = append(ips, netip.AddrFrom4([4]byte{198, 19, 31, byte(rng.IntN(80))}))
+			}
+			name := names[rng.IntN(len(names))]
+			if err := fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: 3600}); err != nil {
+				t.Fatal(err)
+			}
+			for _, ip := range ips {
+				if strings.HasSuffix(name, ".example.test") && !h.dp.allows(ip) && !netip.MustParsePrefix("198.19.31.0/26").Contains(ip) {
+					t.Fatalf("Learn(%s %v) returned, %s not admitted on port 80", name, ips, ip)
+				}
+			}
+		}
+		incremental := h.dp.countLog("update policy")
+		got := h.dp.mapsText()
+		// A new revision of the same objects: a full compute with the
+		// same cache.
+		h.sendObjects(objs)
+		h.await("recompute", anyReport)
+		if want := h.dp.mapsText(); got != want {
+			t.Fatalf("round %d: the incrementally written maps differ from a full recompute's:\n got %s\nwant %s", round, got, want)
+		}
+		t.Logf("round %d: %d incremental policy writes so far", round, incremental)
+		if round == 3 && incremental < 10 {
+			t.Errorf("only %d incremental policy writes: the fast path is not exercised", incremental)
+		}
+	}
 }

@@ -221,10 +221,20 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
 	}
 	st := syncStats{rules: res.Rules}
+	// What is in force, for the incremental FQDN path (fqdn.go); unknown
+	// if a sync fails.
+	a.lastPolicies, a.lastHosts = nil, hosts
 	if st.ipcache, err = a.dp.SyncIPCache(bpftranslate.IPCache(snap, hosts)); err != nil {
 		return st, fmt.Errorf("sync ipcache: %w", err)
 	}
-	if st.policy, err = a.dp.SyncPolicy(res.Policies); err != nil {
+	st.policy, err = a.dp.SyncPolicy(res.Policies)
+	if se := (*bpf.SyncError)(nil); err == nil || errors.As(err, &se) {
+		a.lastPolicies = make(map[uint32]bpf.EndpointPolicy, len(res.Policies))
+		for _, p := range res.Policies {
+			a.lastPolicies[p.Endpoint] = p
+		}
+	}
+	if err != nil {
 		// Directions the datapath could not write (e.g. the policy map
 		// is full) failed closed there; the others are in force.
 		var se *bpf.SyncError

@@ -85,6 +85,22 @@ const epPolicyFailClosed = 2
 // regardless. Established flows are re-checked against the new policy on
 // their next packet.
 func (d *Datapath) SyncPolicy(desired []EndpointPolicy) (SyncStats, error) {
+	return d.syncPolicy(desired, nil)
+}
+
+// UpdatePolicy is SyncPolicy for the endpoints in subset only: their
+// policies become exactly subset's, every other endpoint's stays as it is
+// (the agent's incremental FQDN path).
+func (d *Datapath) UpdatePolicy(subset []EndpointPolicy) (SyncStats, error) {
+	only := make(map[uint32]bool, len(subset))
+	for _, p := range subset {
+		only[p.Endpoint] = true
+	}
+	return d.syncPolicy(subset, only)
+}
+
+// syncPolicy syncs desired; with only set, just those endpoints.
+func (d *Datapath) syncPolicy(desired []EndpointPolicy, only map[uint32]bool) (SyncStats, error) {
 	c, _ := compilePolicy(desired) // c.failed holds the errors
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -99,6 +115,9 @@ func (d *Datapath) SyncPolicy(desired []EndpointPolicy) (SyncStats, error) {
 	}
 	s := &policySync{d: d, curMeta: curMeta, cur: map[epPolicyKey]map[policyKey]policyValue{}, want: map[epPolicyKey]map[policyKey]policyValue{}}
 	for k, v := range curKeys {
+		if only != nil && !only[k.Endpoint] {
+			continue
+		}
 		g := epPolicyKey{Endpoint: k.Endpoint, Dir: k.Dir}
 		if m, ok := curMeta[g]; !ok || uint32(k.Gen) != m.Gen || m.Flags&epPolicyFailClosed != 0 {
 			// Left by an interrupted sync: unreachable, only takes room.
@@ -114,7 +133,9 @@ func (d *Datapath) SyncPolicy(desired []EndpointPolicy) (SyncStats, error) {
 	groups := make(map[epPolicyKey]bool)
 	for _, m := range []map[epPolicyKey]epPolicyValue{curMeta, c.epPolicy} {
 		for g := range m {
-			groups[g] = true
+			if only == nil || only[g.Endpoint] {
+				groups[g] = true
+			}
 		}
 	}
 	for g := range c.failed {

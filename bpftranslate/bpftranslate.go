@@ -79,6 +79,26 @@ type Result struct {
 // Redirects go to the port redirect gives, or become drops.
 func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Result {
 	out := Result{Rules: map[uint32]policy.Provenance{}}
+	// Rule ids by provenance: entries share a few provenances, and the
+	// hash is most of the translation's time at 1000 endpoints.
+	ids := map[policy.Provenance]uint32{}
+	ruleID := func(p policy.Provenance) uint32 {
+		id, ok := ids[p]
+		if !ok {
+			id = RuleID(p)
+			ids[p] = id
+			out.Rules[id] = p
+		}
+		return id
+	}
+	// Endpoints whose identities share a computed direction policy (the
+	// same entries) share its translation when it has no redirect (those
+	// depend on the endpoint's proxy state).
+	type shared struct {
+		n  int
+		bd bpf.DirectionPolicy
+	}
+	memo := map[*policy.Entry]shared{}
 	for _, ep := range local {
 		pol := snap.Policy(ep.Identity)
 		if pol == nil {
@@ -90,19 +110,26 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 			// Audit mode: a deny (or default-deny) whose rules are all in
 			// audit mode forwards and reports instead of dropping.
 			bd := bpf.DirectionPolicy{Enforced: dp.Enforced, AuditDefault: dp.Enforced && flow.AllAudit(dp.DefaultDeny)}
+			var first *policy.Entry
+			if len(dp.Entries) > 0 {
+				first = &dp.Entries[0]
+			}
+			if m, ok := memo[first]; ok && first != nil && m.n == len(dp.Entries) {
+				bd.Entries = m.bd.Entries
+				if dir == policy.Ingress {
+					bp.Ingress = bd
+				} else {
+					bp.Egress = bd
+				}
+				continue
+			}
+			redirects := false
 			dropped := map[string]int{} // parser → index in out.Dropped
 			for _, e := range dp.Entries {
-				be := bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
-				if len(e.Origins) > 0 {
-					be.RuleID = RuleID(e.Origins[0])
-					out.Rules[be.RuleID] = e.Origins[0]
-				}
+				be, _ := entry(e, ruleID)
 				switch e.Verdict {
-				case policy.VerdictAllow:
-					be.Verdict = bpf.VerdictAllow
-				case policy.VerdictDeny:
-					be.Verdict, be.Audit = bpf.VerdictDeny, flow.AllAudit(e.Origins)
 				case policy.VerdictRedirect:
+					redirects = true
 					port, ok := redirect(ep, dir, e.Parser)
 					if ok && port != 0 {
 						be.Verdict, be.ProxyPort = bpf.VerdictRedirect, port
@@ -116,11 +143,11 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 						out.Dropped = append(out.Dropped, DroppedRedirect{Endpoint: ep, Direction: dir, Parser: e.Parser})
 					}
 					out.Dropped[i].Origins = append(out.Dropped[i].Origins, e.Origins...)
-				default:
-					// A verdict this package does not know: drop (fail closed).
-					be.Verdict = bpf.VerdictDeny
 				}
 				bd.Entries = append(bd.Entries, be)
+			}
+			if first != nil && !redirects {
+				memo[first] = shared{n: len(dp.Entries), bd: bd}
 			}
 			if dir == policy.Ingress {
 				bp.Ingress = bd
@@ -132,6 +159,30 @@ func Policy(snap *policy.Snapshot, local []LocalEndpoint, redirect Redirect) Res
 	}
 	slices.SortFunc(out.Policies, func(a, b bpf.EndpointPolicy) int { return int(a.Endpoint) - int(b.Endpoint) })
 	return out
+}
+
+// Entry translates one entry that needs no proxy port: allow, deny, or an
+// unknown verdict as a deny (fail closed). ok is false for a redirect,
+// which Policy completes (proxy port, or a drop).
+func Entry(e policy.Entry) (be bpf.PolicyEntry, ok bool) { return entry(e, RuleID) }
+
+func entry(e policy.Entry, ruleID func(policy.Provenance) uint32) (be bpf.PolicyEntry, ok bool) {
+	be = bpf.PolicyEntry{Peer: bpf.Identity(e.Peer), Protocol: uint8(e.Protocol), Port: e.Port, EndPort: e.EndPort}
+	if len(e.Origins) > 0 {
+		be.RuleID = ruleID(e.Origins[0])
+	}
+	switch e.Verdict {
+	case policy.VerdictAllow:
+		be.Verdict = bpf.VerdictAllow
+	case policy.VerdictDeny:
+		be.Verdict, be.Audit = bpf.VerdictDeny, flow.AllAudit(e.Origins)
+	case policy.VerdictRedirect:
+		return be, false
+	default:
+		// A verdict this package does not know: drop (fail closed).
+		be.Verdict = bpf.VerdictDeny
+	}
+	return be, true
 }
 
 // DenyAll is the policy of a direction that fails closed: enforced, and

@@ -70,7 +70,50 @@ func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observatio
 	if src == nil || dst == nil {
 		return Observation{Verdict: Errored, Detail: "unknown host"}
 	}
+	if c.Name != "" {
+		return t.sendByName(ctx, src, c, o)
+	}
 	return send(ctx, netnsDialer(src.NS, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.IP, c.Port), c, o)
+}
+
+// sendByName resolves c.Name by asking the DNS server c.ResolvedBy from
+// the source's namespace (through the DNS proxy when rules.dns apply,
+// whose answer the agent holds until toFQDNs admit the address), then
+// sends the HTTP request to the answered address with Host: c.Name. A
+// refused or unanswered query is the check's outcome.
+func (t *Topology) sendByName(ctx context.Context, src *HostNS, c Check, o ProbeOptions) Observation {
+	server := t.hosts[c.ResolvedBy]
+	if server == nil {
+		return Observation{Verdict: Errored, Detail: "unknown DNS server " + c.ResolvedBy}
+	}
+	dial := netnsDialer(src.NS, o.ConnectTimeout)
+	q := c
+	q.HTTP, q.DNS = nil, &DNSQuery{Name: c.Name}
+	obs := send(ctx, dial, netip.AddrPortFrom(server.Host.IP, 53), q, o)
+	if obs.Verdict != Allowed {
+		obs.Detail = "resolving " + strings.TrimSuffix(c.Name, ".") + ": " + obs.Detail
+		return obs
+	}
+	var ip netip.Addr
+	for _, f := range strings.Fields(strings.TrimPrefix(obs.Detail, "NOERROR")) {
+		for _, a := range strings.Split(f, ",") {
+			if addr, err := netip.ParseAddr(a); err == nil && !ip.IsValid() {
+				ip = addr
+			}
+		}
+	}
+	if !ip.IsValid() {
+		return Observation{Verdict: Errored, Detail: "resolving " + c.Name + ": no address (" + obs.Detail + ")"}
+	}
+	name := strings.TrimSuffix(c.Name, ".")
+	h := *c.HTTP
+	if h.Host == "" {
+		h.Host = name
+	}
+	c.HTTP = &h
+	res := send(ctx, dial, netip.AddrPortFrom(ip, c.Port), c, o)
+	res.Detail = name + " → " + ip.String() + ": " + res.Detail
+	return res
 }
 
 // send sends c's request to addr over connections from dial.

@@ -166,12 +166,48 @@ func LoadScenario(fsys fs.FS, name string) (*Scenario, error) {
 	}
 	errs = append(errs, sc.hosts(sf.Externals)...)
 	errs = append(errs, sc.serviceHosts()...)
+	errs = append(errs, sc.resolveCheckNames(fname("steps.yaml"))...)
 	errs = append(errs, sc.validateSteps(fsys, fname)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	sc.resolveNames()
 	return sc, nil
+}
+
+// resolveCheckNames finds, for each check by name, the DNS server whose
+// zone has the name (the first in host order) and the host at the zone's
+// address.
+func (sc *Scenario) resolveCheckNames(file string) []error {
+	var errs []error
+	for i := range sc.Steps {
+		for j := range sc.Steps[i].Checks {
+			c := &sc.Steps[i].Checks[j]
+			if c.Name == "" {
+				continue
+			}
+			where := fmt.Sprintf("%s: steps[%d].checks[%d].to", file, i, j)
+			var server *Host
+			for _, h := range sc.Hosts {
+				if _, ok := h.Zone[c.Name]; ok && h.Serves(ProtoDNS, 53) {
+					server = h
+					break
+				}
+			}
+			if server == nil {
+				errs = append(errs, fmt.Errorf("%s: no DNS server of the scenario (serve dns:53) has %s in its zone", where, strings.TrimSuffix(c.Name, ".")))
+				continue
+			}
+			ip := server.Zone[c.Name]
+			i := slices.IndexFunc(sc.Hosts, func(h *Host) bool { return h.IP == ip })
+			if i < 0 {
+				errs = append(errs, fmt.Errorf("%s: %s is %s in %s's zone, which no pod or external host has", where, strings.TrimSuffix(c.Name, "."), ip, server.Name))
+				continue
+			}
+			c.To, c.ResolvedBy = sc.Hosts[i].Name, server.Name
+		}
+	}
+	return errs
 }
 
 // resolveNames gives every check the names earlier DNS checks expected
@@ -185,6 +221,12 @@ func (sc *Scenario) resolveNames() {
 	for i := range sc.Steps {
 		for j := range sc.Steps[i].Checks {
 			c := &sc.Steps[i].Checks[j]
+			if c.Name != "" && c.Expect == Allowed {
+				// resolved by the check itself, first
+				if to := sc.Host(c.To); to != nil && !slices.Contains(seen[c.Name], to.IP) {
+					seen[c.Name] = append(seen[c.Name], to.IP)
+				}
+			}
 			for _, n := range slices.Sorted(maps.Keys(seen)) {
 				c.Resolved = append(c.Resolved, policy.FQDNName{Name: n, IPs: seen[n]})
 			}

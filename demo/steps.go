@@ -64,6 +64,13 @@ type Check struct {
 	// Resolved: the names earlier DNS checks of the scenario resolved
 	// (set by LoadScenario), for policy.Trace's toFQDNs.
 	Resolved policy.StaticFQDNCache
+	// Name: an HTTP check by name ("to: name:NAME"): the source first asks
+	// the scenario's DNS server that has NAME in its zone (ResolvedBy)
+	// for it, from its own namespace (so through the DNS proxy when
+	// rules.dns are in force), then sends the request to the answered
+	// address with Host: NAME. LoadScenario sets To to the host at the
+	// zone's address (for validation and policy.Trace).
+	Name, ResolvedBy string
 }
 
 // HTTPRequest is a check's HTTP/1.1 request.
@@ -356,6 +363,15 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 		if !ok {
 			continue
 		}
+		if name, byName := strings.CutPrefix(s, NamePrefix); byName && f.key == "to" {
+			n, err := policy.NormalizeDNSName(name)
+			if err != nil {
+				e.add(join(p, f.key), "%v", err)
+				continue
+			}
+			c.Name = n
+			continue
+		}
 		if err := checkHostName(s); err != nil {
 			e.add(join(p, f.key), "%v", err)
 			continue
@@ -455,6 +471,9 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 	if kinds != 1 {
 		e.add(p, "give exactly one of http, grpc, kafka and dns")
 	}
+	if c.Name != "" && c.HTTP == nil {
+		e.add(join(p, "to"), "a check by name (%s%s) is an HTTP check", NamePrefix, strings.TrimSuffix(c.Name, "."))
+	}
 	if s, ok := e.str(join(p, "expect"), m["expect"], true); ok {
 		switch Verdict(s) {
 		case Allowed, Denied, Dropped, Audited:
@@ -477,6 +496,10 @@ var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 func validTopic(t string) bool { return topicName.MatchString(t) && t != "." && t != ".." }
 
 // checkHostName accepts "namespace/pod", "external:name" and "node".
+// NamePrefix: a check's destination given by DNS name ("to: name:NAME",
+// HTTP checks).
+const NamePrefix = "name:"
+
 func checkHostName(s string) error {
 	if s == NodeHost {
 		return nil

@@ -3,6 +3,7 @@ package demo
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -71,6 +72,10 @@ func TestParseStepsErrors(t *testing.T) {
 			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc, kafka and dns"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, expect: allowed}",
 			"steps.yaml: steps[0].checks[0]: give exactly one of http, grpc, kafka and dns"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: \"name:api.example.test\", port: 53, dns: {query: x.test}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0].to: a check by name (name:api.example.test) is an HTTP check"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: \"name:a..b\", port: 80, http: {}, expect: allowed}",
+			"steps.yaml: steps[0].checks[0].to: "},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {path: x}, expect: allowed}",
 			`steps.yaml: steps[0].checks[0].http.path: want a request path starting with '/', not "x"`},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {verb: GET}, expect: allowed}",
@@ -229,6 +234,42 @@ func TestScenariosLoad(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckByName: an HTTP check "to: name:NAME" goes to the host at the
+// address of NAME in a DNS server's zone, resolved by that server; policy
+// trace sees the name resolved from that check on; a name in no zone is
+// an error.
+func TestCheckByName(t *testing.T) {
+	sc, err := LoadScenarioDir("../examples/scenarios/dns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, st := range sc.Steps {
+		for _, c := range st.Checks {
+			if c.Name != "api2.example.test." {
+				continue
+			}
+			found = true
+			if c.To != "external:api2" || c.ResolvedBy != "kube-system/coredns" {
+				t.Errorf("name check: to %q resolved by %q, want external:api2 by kube-system/coredns", c.To, c.ResolvedBy)
+			}
+			if !slices.ContainsFunc(c.Resolved, func(n policy.FQDNName) bool { return n.Name == "api2.example.test." }) {
+				t.Errorf("name check: trace cache %v lacks its own name", c.Resolved)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("the dns scenario has no check by name")
+	}
+	fsys := fstest.MapFS{
+		"objects/p.yaml": {Data: []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default}\nstatus: {podIP: 198.18.0.1}\n")},
+		"steps.yaml":     {Data: []byte("steps:\n- name: x\n  checks:\n  - {from: default/a, to: \"name:nowhere.test\", port: 80, http: {}, expect: allowed}\n")},
+	}
+	if _, err := LoadScenario(fsys, "s"); err == nil || !strings.Contains(err.Error(), "no DNS server of the scenario (serve dns:53) has nowhere.test in its zone") {
+		t.Errorf("a name in no zone: %v", err)
 	}
 }
 

@@ -21,13 +21,24 @@ type Snapshot struct {
 	labels     map[Identity]Labels
 	// shadows: which allows lifted which L7 rules (ShadowWarnings)
 	shadows map[shadowRecord]bool
+	// labelsAdded: identities added by UpdateFQDN since the last full
+	// compute (nil labels: removed), over labels (shared, read-only).
+	labelsAdded map[Identity]Labels
+	// inc: what UpdateFQDN needs to update this snapshot without a full
+	// compute (incremental.go); nil once a newer snapshot took it over.
+	inc *fqdnInc
 }
 
 // Policy returns the policy of an endpoint identity, or nil.
 func (s *Snapshot) Policy(id Identity) *EndpointPolicy { return s.byID[id] }
 
 // Labels returns the labels of an identity.
-func (s *Snapshot) Labels(id Identity) Labels { return s.labels[id] }
+func (s *Snapshot) Labels(id Identity) Labels {
+	if ls, ok := s.labelsAdded[id]; ok {
+		return ls
+	}
+	return s.labels[id]
+}
 
 // IdentityOf returns the identity of an address by longest-prefix match in
 // the ipcache; world when nothing matches.
@@ -89,7 +100,14 @@ type computer struct {
 	cidrIDs  map[netip.Prefix]Identity
 	cidrList []netip.Prefix        // cidrIDs' prefixes, sorted by address then length
 	fqdnIDs  map[string][]Identity // toFQDNs selector key → FQDN identities
-	selCache map[string][]Identity
+	// For UpdateFQDN (incremental.go): the policies' own CIDR prefixes,
+	// the toFQDNs selectors, the names they matched and each FQDN
+	// prefix's selector keys.
+	policyCIDRs []netip.Prefix
+	fqdnSels    map[string]*DNSSelector
+	fqdnNames   map[string][]netip.Addr
+	fqdnLabels  map[netip.Prefix][]string
+	selCache    map[string][]Identity
 	// byLabel indexes identities by "key=value" of each label (any
 	// source), so selectors with an In requirement scan few candidates.
 	byLabel map[string][]Identity
@@ -154,7 +172,6 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 		}
 	}
 	// subjects: which rules select each endpoint identity
-	type ruleRef struct{ policy, rule int }
 	subjects := map[Identity][]ruleRef{}
 	for pi := range objs.Policies {
 		if p := &objs.Policies[pi]; p.Invalid != "" {
@@ -175,7 +192,9 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	type built struct {
 		pol      DirectionPolicy
 		overflow bool
+		slack    int
 	}
+	slack := map[Identity]*[2]int{}
 	cache := map[string]built{}
 	for _, id := range c.podIDs {
 		ep := &EndpointPolicy{Identity: id}
@@ -199,13 +218,21 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 					// endpoint; deny rules still win, L7 rules still apply.
 					b.add(entryKey{peer: IdentityHost, verdict: VerdictAllow}, AllowLocalhostOrigin())
 				}
-				got = built{b.finish(), b.overflow}
+				b.slack = min(b.slack, b.max-b.size-1)
+				if b.overflow {
+					b.slack = -1
+				}
+				got = built{b.finish(), b.overflow, b.slack}
 				for _, sh := range b.shadows {
 					c.snap.shadows[sh] = true
 				}
 				cache[key.String()] = got
 			}
 			*ep.Direction(dir) = got.pol
+			if slack[id] == nil {
+				slack[id] = &[2]int{}
+			}
+			slack[id][dir] = got.slack
 			if got.overflow {
 				c.warnf("identity %d %s: its policy needs more than %d entries; it is held in default-deny in this direction (split the policy or use broader CIDRs)", id, dir, c.opts.MaxEntries)
 			}
@@ -214,6 +241,7 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 		c.snap.byID[id] = ep
 	}
 	slices.SortFunc(c.snap.IPCache, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	c.keepIncremental(subjects, slack)
 	return c.snap, nil
 }
 
@@ -311,7 +339,9 @@ func (c *computer) cidrIdentities() error {
 			}
 		}
 	}
+	c.policyCIDRs = slices.Clone(prefixes)
 	fqdnLabels := c.fqdnPrefixes()
+	c.fqdnLabels = fqdnLabels
 	for p := range fqdnLabels {
 		prefixes = append(prefixes, p)
 	}
@@ -368,6 +398,8 @@ func (c *computer) fqdnPrefixes() map[netip.Prefix][]string {
 			}
 		}
 	}
+	c.fqdnSels = sels
+	c.fqdnNames = map[string][]netip.Addr{}
 	if len(sels) == 0 || c.opts.FQDNCache == nil {
 		return nil
 	}
@@ -385,6 +417,11 @@ func (c *computer) fqdnPrefixes() map[netip.Prefix][]string {
 		for _, k := range keys {
 			if !sels[k].Matches(name) {
 				continue
+			}
+			for _, ip := range n.IPs {
+				if ip = ip.Unmap(); ip.IsValid() && !slices.Contains(c.fqdnNames[name], ip) {
+					c.fqdnNames[name] = append(c.fqdnNames[name], ip)
+				}
 			}
 			for _, ip := range n.IPs {
 				ip = ip.Unmap()
@@ -542,6 +579,9 @@ type dirBuilder struct {
 	max      int
 	size     int // entries plus L7 rule × peer pairs
 	overflow bool
+	// slack: how much more the size could grow without an overflow
+	// (incremental.go: UpdateFQDN adds peers only within it).
+	slack int
 	// shadows: allows without L7 rules that lift L7 rules (see finish)
 	shadows []shadowRecord
 }
@@ -556,7 +596,7 @@ type entryKey struct {
 }
 
 func newDirBuilder(d Direction, max int) *dirBuilder {
-	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[l7Port]*L7RuleSet{}, l7idx: map[l7Port]map[l7Key]int{}, max: max}
+	return &dirBuilder{dir: d, entries: map[entryKey]*Entry{}, l7: map[l7Port]*L7RuleSet{}, l7idx: map[l7Port]map[l7Key]int{}, max: max, slack: max}
 }
 
 func (b *dirBuilder) add(k entryKey, origin Provenance) {
@@ -780,6 +820,7 @@ func (c *computer) applySection(b *dirBuilder, subject Identity, s *Section, ps 
 			}
 		}
 	}
+	b.slack = min(b.slack, b.max-(b.size+est))
 	if b.size+est > b.max {
 		b.overflow = true
 		return
