@@ -254,6 +254,9 @@ type Agent struct {
 
 	// links signals link and route changes (nil: none).
 	links <-chan struct{}
+	// proxyAdmin signals a process taking the Go proxy's admin socket
+	// (nil: not watched; the poll remains).
+	proxyAdmin <-chan struct{}
 
 	mu sync.Mutex // guards st and attached
 	st state
@@ -354,6 +357,9 @@ func Run(ctx context.Context, cfg Config) error {
 		a.log.Warn("cannot watch links; new pods are found by the resync only", "error", err)
 	}
 	a.links = links
+	if a.proxyAdmin, err = watchProxyAdmin(ctx, agentapi.ProxyAdminSocket(cfg.RunDir)); err != nil {
+		a.log.Warn("cannot watch the proxy's admin socket; a new proxy is found by the poll only", "error", err)
+	}
 	a.waitForConsumer(ctx)
 	return a.loop(ctx, updates, errc)
 }
@@ -419,6 +425,14 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 				pending = current
 			}
 		case <-proxies.C:
+			reapply = snap != nil && a.listenersStale()
+		case _, ok := <-a.proxyAdmin:
+			if !ok {
+				a.proxyAdmin = nil // the poll remains
+				continue
+			}
+			// A proxy took the admin socket (a hand-over's successor):
+			// register its listeners now, not at the next poll.
 			reapply = snap != nil && a.listenersStale()
 		}
 		var again bool

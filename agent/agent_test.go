@@ -424,6 +424,8 @@ type harness struct {
 	runDir   string
 	fqdn     FQDNStore // nil: no FQDN cache
 	resync   time.Duration
+	procs    ProxyProcesses // nil: fakeProcs
+	retry    time.Duration  // 0: 50ms
 }
 
 func newHarness(t testing.TB, veths map[string]int) *harness {
@@ -435,10 +437,18 @@ func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var procs ProxyProcesses = fakeProcs{}
+	if h.procs != nil {
+		procs = h.procs
+	}
+	retry := 50 * time.Millisecond
+	if h.retry != 0 {
+		retry = h.retry
+	}
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
-			Host: h.host, Processes: fakeProcs{}, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync})
+			Host: h.host, Processes: procs, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
+			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync})
 	}()
 	h.stop = func() {
 		cancel()

@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/l7gate/l7gate/agentapi"
+)
+
+// swapProcs is a Go proxy whose pid changes when the test hands it over;
+// every listener taken is reported with the pid it was taken from.
+type swapProcs struct {
+	pid   atomic.Int64
+	taken chan int
+}
+
+func (p *swapProcs) PID(goProxy bool) (int, error) {
+	if !goProxy {
+		return 0, errNoProxy
+	}
+	return int(p.pid.Load()), nil
+}
+func (p *swapProcs) CgroupID(pid int) (uint64, error) { return 4200 + uint64(pid), nil }
+func (p *swapProcs) TakeListener(pid int, _ uint16) (*net.TCPListener, error) {
+	p.taken <- pid
+	return net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+}
+
+// takeOverAdmin does what a successor proxy does with the admin socket:
+// binds it at a temporary name and renames it over the path.
+func takeOverAdmin(t *testing.T, runDir string, i int) {
+	t.Helper()
+	path := agentapi.ProxyAdminSocket(runDir)
+	tmp := filepath.Join(runDir, ".p-"+strings.Repeat("x", i))
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	t.Cleanup(func() { ln.Close() })
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSuccessorRegisteredAtOnce: a proxy that takes the admin socket over
+// (a hand-over's successor) has its listeners registered, and its cgroup
+// trusted, as soon as it serves the socket, not at the agent's next poll
+// (RetryInterval): a successor that serves for less than that (handed
+// over again, or crashed) was never registered — the flaky
+// TestPrivilegedProxyHandOver ("registered proxy listeners 3 times").
+// The poll is set to an hour here, so only the take-over can cause it.
+func TestSuccessorRegisteredAtOnce(t *testing.T) {
+	h := newHarness(t, starwarsVeths())
+	procs := &swapProcs{taken: make(chan int, 100)}
+	procs.pid.Store(42)
+	h.procs, h.retry = procs, time.Hour
+	takeOverAdmin(t, h.runDir, 1)
+	h.start()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
+	if r := h.await("revision 1", anyReport); len(r.failures) != 0 {
+		t.Fatalf("failures %+v", r.failures)
+	}
+	wait := func(pid int) {
+		t.Helper()
+		deadline := time.After(3 * time.Second)
+		for {
+			select {
+			case got := <-procs.taken:
+				if got == pid {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("proxy %d serves the admin socket but its listener was not taken within 3s (datapath log %v)", pid, h.dp.logCopy())
+			}
+		}
+	}
+	wait(42)
+	for i, pid := range []int{43, 44, 45} {
+		// The successor serves for a moment only, then is handed over again.
+		procs.pid.Store(int64(pid))
+		takeOverAdmin(t, h.runDir, i+2)
+		wait(pid)
+		cg := fmt.Sprint(4200 + pid)
+		if !slices.ContainsFunc(h.dp.logCopy(), func(l string) bool { return strings.HasPrefix(l, "trust cgroups") && strings.Contains(l, cg) }) {
+			t.Errorf("cgroup of proxy %d not trusted: %v", pid, h.dp.logCopy())
+		}
+	}
+}
