@@ -259,9 +259,16 @@ func (a *Agent) registerUDP(pid int, port uint16) error {
 
 // listenersStale reports whether a ready listener's proxy process changed
 // since its socket was taken (the proxy restarted: its new listener must
-// go into the socket map).
+// go into the socket map), or an ACKed listener could not be taken (say,
+// the admin socket was served from a PID namespace the agent cannot see:
+// a rolling update's old pod).
 func (a *Agent) listenersStale() bool {
 	for _, c := range []consumerKind{goProxy, envoyProxy} {
+		for _, w := range a.ready.lnWhy[c] {
+			if w.step == StepProxyListener {
+				return true // ACKed but not taken (no proxy found): try again
+			}
+		}
 		if len(a.ready.listeners[c]) == 0 {
 			continue
 		}

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/policy"
+	"github.com/l7gate/l7gate/source"
 )
 
 // swapProcs is a Go proxy whose pid changes when the test hands it over;
@@ -92,5 +95,35 @@ func TestSuccessorRegisteredAtOnce(t *testing.T) {
 		if !slices.ContainsFunc(h.dp.logCopy(), func(l string) bool { return strings.HasPrefix(l, "trust cgroups") && strings.Contains(l, cg) }) {
 			t.Errorf("cgroup of proxy %d not trusted: %v", pid, h.dp.logCopy())
 		}
+	}
+}
+
+// TestInvisibleProxyRegisteredOnTakeOver: while the admin socket is
+// served from a PID namespace the agent cannot see (a rolling update's
+// old pod: SO_PEERCRED says pid 0), the ACKed listener cannot be taken and
+// its redirects are drops (fail closed); when the agent's own pod's proxy
+// takes the socket over, the listener is registered and the redirects
+// written at once, not at the next retry (an hour here).
+func TestInvisibleProxyRegisteredOnTakeOver(t *testing.T) {
+	h := newHarness(t, starwarsVeths())
+	procs := &swapProcs{taken: make(chan int, 100)}
+	h.procs, h.retry = procs, time.Hour // pid 0: not visible
+	h.start()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
+	r := h.await("revision 1", anyReport)
+	if !slices.ContainsFunc(r.failures, func(f source.EndpointFailure) bool { return f.Step == StepProxyListener }) {
+		t.Fatalf("failures %+v, want the deathstar's listener not taken", r.failures)
+	}
+	if in := h.dp.entries(deathstar, policy.Ingress); hasVerdict(in, bpf.VerdictRedirect) {
+		t.Fatalf("redirect written to a listener not taken: %+v", in)
+	}
+	procs.pid.Store(43)
+	takeOverAdmin(t, h.runDir, 1)
+	deadline := time.Now().Add(3 * time.Second)
+	for !hasVerdict(h.dp.entries(deathstar, policy.Ingress), bpf.VerdictRedirect) {
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy 43 took the admin socket; 3s later the deathstar's ingress is %+v (datapath log %v)", h.dp.entries(deathstar, policy.Ingress), h.dp.logCopy())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
