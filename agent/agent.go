@@ -248,6 +248,9 @@ type Agent struct {
 	// trusted: the cgroup of each proxy whose from-proxy marks the
 	// datapath believes (set before its listeners are registered).
 	trusted map[consumerKind]uint64
+	// prevCgroups: cgroups of replaced proxies, trusted until then
+	// (draining; trustProxy).
+	prevCgroups map[uint64]time.Time
 
 	// stoodBy: the last standingBy answer (logged when it changes).
 	stoodBy bool
@@ -425,6 +428,9 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 				pending = current
 			}
 		case <-proxies.C:
+			if len(a.prevCgroups) > 0 && !a.standingBy() {
+				a.expirePreviousCgroups()
+			}
 			reapply = snap != nil && a.listenersStale()
 		case _, ok := <-a.proxyAdmin:
 			if !ok {

@@ -127,3 +127,44 @@ func TestInvisibleProxyRegisteredOnTakeOver(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPreviousProxyCgroupTrustedWhileDraining: when a proxy in another
+// cgroup takes over (a rolling update's new pod), the cgroup of the one it
+// replaced stays trusted for the drain (its in-flight requests' upstream
+// packets must still be believed), also when a previous agent trusted it
+// (the pinned set), and is dropped once the grace period ended.
+func TestPreviousProxyCgroupTrustedWhileDraining(t *testing.T) {
+	h := newHarness(t, starwarsVeths())
+	h.dp.trusted = []uint64{4100} // the previous agent's proxy (pinned)
+	var offset atomic.Int64
+	h.now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	procs := &swapProcs{taken: make(chan int, 100)}
+	procs.pid.Store(42)
+	h.procs = procs
+	takeOverAdmin(t, h.runDir, 1)
+	h.start()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
+	if r := h.await("revision 1", anyReport); len(r.failures) != 0 {
+		t.Fatalf("failures %+v", r.failures)
+	}
+	trusted := func(want []uint64, what string) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			got, _ := h.dp.TrustedProxyCgroups()
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: trusted cgroups %v, want %v (datapath log %v)", what, got, want, h.dp.logCopy())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	trusted([]uint64{4100, 4242}, "first proxy of this agent")
+	procs.pid.Store(43)
+	takeOverAdmin(t, h.runDir, 2)
+	trusted([]uint64{4100, 4242, 4243}, "after a hand-over to another cgroup")
+	offset.Store(int64(previousProxyGrace + time.Second))
+	trusted([]uint64{4243}, "after the grace period")
+}
