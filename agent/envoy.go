@@ -160,6 +160,23 @@ func (a *Agent) registerListeners(c consumerKind) {
 	}
 }
 
+// registerVisibleProxy registers, at start, the listeners the saved
+// readiness has in force with the Go proxy serving the admin socket if
+// this agent can see it (its cgroup trusted, its sockets held), before the
+// first push: in a rolling update the new pod's proxy may have taken the
+// old one's sockets and the admin socket already, and serves connections
+// as soon as this agent serves the run dir. A proxy it cannot see (the
+// old pod's) is left alone: the first push finds the proxy again.
+func (a *Agent) registerVisibleProxy() {
+	if len(a.ready.listeners[goProxy]) == 0 {
+		return
+	}
+	if pid, err := a.cfg.Processes.PID(true); err != nil || pid == 0 {
+		return
+	}
+	a.registerListeners(goProxy)
+}
+
 // trustProxy makes the datapath believe the from-proxy marks of the
 // sockets in the cgroup proxy c (pid) runs in, before any redirect can
 // send traffic to it; a proxy that moved (restarted elsewhere) replaces

@@ -10,17 +10,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// watchProxyAdmin signals when a socket is created at, or renamed onto,
-// path (the Go proxy's admin socket): a proxy started, or a successor took
+// watchSocket signals when a socket is created at, or renamed onto, path.
+// For the Go proxy's admin socket: a proxy started, or a successor took
 // the socket over in a hand-over (proxy.listenUnixReplacing binds a
 // temporary name and renames it over path). The agent then finds the
 // process serving it and registers its listeners at once. Without it the
 // agent only looked every RetryInterval, and a successor that served for
 // less than that (handed over again, or crashed) was never registered:
-// its cgroup not trusted, its sockets not held under its pid. The poll
-// stays as a fallback (Envoy, a missed event). The channel closes when
-// ctx ends.
-func watchProxyAdmin(ctx context.Context, path string) (<-chan struct{}, error) {
+// its cgroup not trusted, its sockets not held under its pid. For the
+// status socket: another agent took the run dir over (standingBy). The
+// poll stays as a fallback (Envoy, a missed event). The channel closes
+// when ctx ends.
+func watchSocket(ctx context.Context, path string) (<-chan struct{}, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("inotify: %w", err)
