@@ -148,7 +148,15 @@ func (a *Agent) registerListeners(c consumerKind) {
 			err = a.registerListener(listenerKey{kind: c, pid: pid, port: port})
 		}
 		if err == nil && k.Parser == policy.ParserDNS {
-			err = a.registerUDP(pid, port)
+			// The UDP socket alone: a proxy that took the listener over
+			// (a hand-over's successor, found at its admin socket before
+			// its first config) opens its UDP socket with that config.
+			// Until the agent takes it, the socket map keeps the previous
+			// proxy's UDP socket while that one is open, else UDP DNS to
+			// the port drops (no socket: fail closed); the listener stays.
+			if uerr := a.registerUDP(pid, port); uerr != nil {
+				a.log.Warn("take the DNS proxy's UDP socket (retried)", "port", port, "error", uerr)
+			}
 		}
 		if err != nil {
 			delete(lns, k)
@@ -368,9 +376,12 @@ func (a *Agent) listenersStale() bool {
 		if err != nil || pid == 0 {
 			continue
 		}
-		for _, port := range a.ready.listeners[c] {
+		for k, port := range a.ready.listeners[c] {
 			if !a.registered[listenerKey{kind: c, pid: pid, port: port}] {
 				return true
+			}
+			if c == goProxy && k.Parser == policy.ParserDNS && !a.registered[listenerKey{kind: c, pid: pid, port: port, udp: true}] {
+				return true // its UDP socket not taken yet
 			}
 		}
 	}
