@@ -196,8 +196,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				for _, ln := range inherited {
 					ln.Close() // the running proxy's are the same sockets
 				}
-				opts.Inherited = ho.Listeners
-				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners))
+				opts.Inherited, opts.InheritedUDP = ho.Listeners, ho.UDP
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "udp", len(ho.UDP))
 			case len(inherited) > 0:
 				opts.Inherited = inherited
 				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
