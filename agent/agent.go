@@ -464,8 +464,14 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 				a.proxyAdmin = nil // the poll remains
 				continue
 			}
-			// A proxy took the admin socket (a hand-over's successor):
-			// register its listeners now, not at the next poll.
+			// A proxy took the admin socket (a hand-over's successor,
+			// before its first config): trust its cgroup and take its
+			// listeners now, not at the next poll and not only after a
+			// first policy (a rolling update's new agent has none until
+			// its source synced, and its proxy serves once configured).
+			if a.listenersStale() && !a.standingBy() {
+				a.registerListeners(goProxy)
+			}
 			reapply = snap != nil && a.listenersStale()
 		}
 		var again bool

@@ -168,3 +168,49 @@ func TestPreviousProxyCgroupTrustedWhileDraining(t *testing.T) {
 	offset.Store(int64(previousProxyGrace + time.Second))
 	trusted([]uint64{4243}, "after the grace period")
 }
+
+// TestTakeOverRegisteredBeforeFirstPolicy: a restarted (or a rolling
+// update's new) agent has no policy until its source synced, but the
+// saved readiness has the listeners; a proxy taking the admin socket then
+// is registered (cgroup trusted) at once, before it gets a config and
+// serves connections the datapath would otherwise not believe.
+func TestTakeOverRegisteredBeforeFirstPolicy(t *testing.T) {
+	h := newHarness(t, starwarsVeths())
+	procs := &swapProcs{taken: make(chan int, 100)}
+	procs.pid.Store(42)
+	h.procs, h.retry = procs, time.Hour
+	takeOverAdmin(t, h.runDir, 1)
+	h.start()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
+	if r := h.await("revision 1", anyReport); len(r.failures) != 0 {
+		t.Fatalf("failures %+v", r.failures)
+	}
+	h.stop()
+	h.stop = nil
+	for len(procs.taken) > 0 {
+		<-procs.taken
+	}
+	h.start() // no source update: no policy yet
+	// It registers the proxy it sees at start (registerVisibleProxy).
+	select {
+	case pid := <-procs.taken:
+		if pid != 42 {
+			t.Fatalf("restarted agent took proxy %d's listener, want 42's", pid)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("restarted agent did not register the running proxy at start")
+	}
+	procs.pid.Store(43)
+	takeOverAdmin(t, h.runDir, 2)
+	deadline := time.After(3 * time.Second)
+	for {
+		select {
+		case pid := <-procs.taken:
+			if pid == 43 {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("proxy 43 took the admin socket of an agent without a policy yet; not registered within 3s (datapath log %v)", h.dp.logCopy())
+		}
+	}
+}
