@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
+	"github.com/l7gate/l7gate/xds"
 	"github.com/l7gate/l7gate/xds/server"
 )
 
@@ -137,6 +139,14 @@ type Config struct {
 	// WaitForProxy bounds the wait for a first Go proxy subscription
 	// before the first revision (default 15s; negative: no wait).
 	WaitForProxy time.Duration
+	// StandBy, when set, is called when the agent starts standing by
+	// (another agent took the run dir over: true) and when it resumes
+	// (false). The command stops its xDS server meanwhile, so proxies
+	// subscribed to it reconnect to the serving agent's (the socket path
+	// is the new agent's): else a rolling update's new proxy, subscribed
+	// to the old agent, never reaches the new one, which fails its
+	// endpoints closed ("not connected to the xDS server").
+	StandBy func(standing bool)
 	// RetryInterval: how soon a revision with a node-wide error, or with
 	// endpoints waiting for a proxy or an attach, is tried again (default
 	// 2s).
@@ -248,12 +258,21 @@ type Agent struct {
 	// trusted: the cgroup of each proxy whose from-proxy marks the
 	// datapath believes (set before its listeners are registered).
 	trusted map[consumerKind]uint64
+	// prevCgroups: cgroups of replaced proxies, trusted until then
+	// (draining; trustProxy).
+	prevCgroups map[uint64]time.Time
 
 	// stoodBy: the last standingBy answer (logged when it changes).
 	stoodBy bool
 
 	// links signals link and route changes (nil: none).
 	links <-chan struct{}
+	// proxyAdmin signals a process taking the Go proxy's admin socket
+	// (nil: not watched; the poll remains).
+	proxyAdmin <-chan struct{}
+	// statusSocket signals a process binding the status socket (a rolling
+	// update's new agent; nil: not watched).
+	statusSocket <-chan struct{}
 
 	mu sync.Mutex // guards st and attached
 	st state
@@ -333,6 +352,10 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 	}
+	// Before serving the status socket: a rolling update's new proxy that
+	// already took the admin socket waits for this pod's agent to serve
+	// there before it serves connections, and must be trusted by then.
+	a.registerVisibleProxy()
 	goRun("status api", true, func(ctx context.Context) error {
 		return agentapi.Serve(ctx, agentapi.StatusSocket(cfg.RunDir), a)
 	})
@@ -363,6 +386,12 @@ func Run(ctx context.Context, cfg Config) error {
 		a.log.Warn("cannot watch links; new pods are found by the resync only", "error", err)
 	}
 	a.links = links
+	if a.proxyAdmin, err = watchSocket(ctx, agentapi.ProxyAdminSocket(cfg.RunDir)); err != nil {
+		a.log.Warn("cannot watch the proxy's admin socket; a new proxy is found by the poll only", "error", err)
+	}
+	if a.statusSocket, err = watchSocket(ctx, agentapi.StatusSocket(cfg.RunDir)); err != nil {
+		a.log.Warn("cannot watch the status socket; a new agent is found by the poll only", "error", err)
+	}
 	a.waitForConsumer(ctx)
 	return a.loop(ctx, updates, errc)
 }
@@ -436,7 +465,31 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 					pending = current
 				}
 			}
+		case _, ok := <-a.statusSocket:
+			if !ok {
+				a.statusSocket = nil
+				continue
+			}
+			a.standingBy() // a new agent took over: stand by now (Config.StandBy)
+			continue
 		case <-proxies.C:
+			if !a.standingBy() && len(a.prevCgroups) > 0 {
+				a.expirePreviousCgroups()
+			}
+			reapply = snap != nil && a.listenersStale()
+		case _, ok := <-a.proxyAdmin:
+			if !ok {
+				a.proxyAdmin = nil // the poll remains
+				continue
+			}
+			// A proxy took the admin socket (a hand-over's successor,
+			// before its first config): trust its cgroup and take its
+			// listeners now, not at the next poll and not only after a
+			// first policy (a rolling update's new agent has none until
+			// its source synced, and its proxy serves once configured).
+			if a.listenersStale() && !a.standingBy() {
+				a.registerListeners(goProxy)
+			}
 			reapply = snap != nil && a.listenersStale()
 			if a.flowStale && a.cfg.now().Sub(a.flowRefreshed) >= flowRefreshEvery {
 				a.refreshFlowIndex()
@@ -514,6 +567,9 @@ func (a *Agent) standingBy() bool {
 	stand := err == nil && pid != os.Getpid()
 	if stand != a.stoodBy {
 		a.stoodBy = stand
+		if a.cfg.StandBy != nil {
+			a.cfg.StandBy(stand)
+		}
 		if stand {
 			a.log.Warn("another agent serves the run dir (a rolling update's new pod): standing by, the datapath and the proxies are its", "peer_pid", pid)
 		} else {
@@ -563,7 +619,7 @@ func (a *Agent) waitForConsumer(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for _, c := range a.xds.Consumers() {
-			if c.Streams > 0 && len(c.Types) > 0 {
+			if c.Streams > 0 && len(c.Types) > 0 && subscribedAll(c) {
 				return
 			}
 		}
@@ -576,6 +632,24 @@ func (a *Agent) waitForConsumer(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// subscribedAll reports whether a Go proxy consumer subscribed to every
+// type it uses (other consumers: to any). A push to a proxy that has
+// subscribed to some types only completes without its ACK of the others,
+// and the readiness after it turned every redirect into a drop: a rolling
+// update's new agent, whose proxy had just reconnected to it, dropped
+// requests until its retry (RetryInterval) found the ACKs.
+func subscribedAll(c server.ConsumerStatus) bool {
+	if !strings.HasPrefix(c.ID, xds.L7ProxyPrefix) {
+		return true
+	}
+	for _, t := range xds.L7ProxyTypes() {
+		if _, ok := c.Types[t]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // endpointsChanged reports whether the local endpoints of snap differ

@@ -43,6 +43,7 @@ type fakeDatapath struct {
 	attached map[int]bool
 	eps      map[int]bpf.Endpoint // as last attached
 	log      []string
+	trusted  []uint64 // proxy cgroups (pinned across agent restarts)
 	reject   func(bpf.EndpointPolicy) error
 	// partial, when set, names endpoint directions SyncPolicy cannot
 	// write (as the real one on a full map): they fail closed (drop all)
@@ -148,7 +149,15 @@ func (d *fakeDatapath) SetTrustedProxyCgroups(ids []uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.log = append(d.log, fmt.Sprintf("trust cgroups %v", ids))
+	d.trusted = slices.Clone(ids)
 	return nil
+}
+
+// TrustedProxyCgroups lists the trusted set (as pinned).
+func (d *fakeDatapath) TrustedProxyCgroups() ([]uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.trusted), nil
 }
 
 func (d *fakeDatapath) Events(ctx context.Context) (<-chan bpf.Event, error) {
@@ -427,6 +436,9 @@ type harness struct {
 	runDir   string
 	fqdn     FQDNStore // nil: no FQDN cache
 	resync   time.Duration
+	procs    ProxyProcesses   // nil: fakeProcs
+	retry    time.Duration    // 0: 50ms
+	now      func() time.Time // nil: time.Now
 }
 
 func newHarness(t testing.TB, veths map[string]int) *harness {
@@ -438,10 +450,18 @@ func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var procs ProxyProcesses = fakeProcs{}
+	if h.procs != nil {
+		procs = h.procs
+	}
+	retry := 50 * time.Millisecond
+	if h.retry != 0 {
+		retry = h.retry
+	}
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
-			Host: h.host, Processes: fakeProcs{}, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: 50 * time.Millisecond, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync})
+			Host: h.host, Processes: procs, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
+			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync, now: h.now})
 	}()
 	h.stop = func() {
 		cancel()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
@@ -147,7 +148,15 @@ func (a *Agent) registerListeners(c consumerKind) {
 			err = a.registerListener(listenerKey{kind: c, pid: pid, port: port})
 		}
 		if err == nil && k.Parser == policy.ParserDNS {
-			err = a.registerUDP(pid, port)
+			// The UDP socket alone: a proxy that took the listener over
+			// (a hand-over's successor, found at its admin socket before
+			// its first config) opens its UDP socket with that config.
+			// Until the agent takes it, the socket map keeps the previous
+			// proxy's UDP socket while that one is open, else UDP DNS to
+			// the port drops (no socket: fail closed); the listener stays.
+			if uerr := a.registerUDP(pid, port); uerr != nil {
+				a.log.Warn("take the DNS proxy's UDP socket (retried)", "port", port, "error", uerr)
+			}
 		}
 		if err != nil {
 			delete(lns, k)
@@ -159,11 +168,36 @@ func (a *Agent) registerListeners(c consumerKind) {
 	}
 }
 
+// registerVisibleProxy registers, at start, the listeners the saved
+// readiness has in force with the Go proxy serving the admin socket if
+// this agent can see it (its cgroup trusted, its sockets held), before the
+// first push: in a rolling update the new pod's proxy may have taken the
+// old one's sockets and the admin socket already, and serves connections
+// as soon as this agent serves the run dir. A proxy it cannot see (the
+// old pod's) is left alone: the first push finds the proxy again.
+func (a *Agent) registerVisibleProxy() {
+	if len(a.ready.listeners[goProxy]) == 0 {
+		return
+	}
+	if pid, err := a.cfg.Processes.PID(true); err != nil || pid == 0 {
+		return
+	}
+	a.registerListeners(goProxy)
+}
+
 // trustProxy makes the datapath believe the from-proxy marks of the
 // sockets in the cgroup proxy c (pid) runs in, before any redirect can
 // send traffic to it; a proxy that moved (restarted elsewhere) replaces
 // its old cgroup. A proxy in the root cgroup cannot be told apart from
 // every other process and is refused: its redirects stay drops.
+//
+// The cgroup a proxy leaves stays trusted for previousProxyGrace (see
+// previousCgroups): in a rolling update the old pod's proxy, in a cgroup
+// of its own, drains its connections after its successor took over, and
+// its upstream packets must still be believed (untrusted, they no longer
+// match their flow's conntrack entry and are dropped: in-flight requests
+// time out). That includes the cgroups a previous agent trusted (the
+// pinned set) when this agent trusts its first proxy.
 func (a *Agent) trustProxy(c consumerKind, pid int) error {
 	id, err := a.cfg.Processes.CgroupID(pid)
 	if err != nil {
@@ -172,16 +206,82 @@ func (a *Agent) trustProxy(c consumerKind, pid int) error {
 	if a.trusted[c] == id {
 		return nil
 	}
+	now := a.cfg.now()
+	prev := maps.Clone(a.prevCgroups)
+	if prev == nil {
+		prev = map[uint64]time.Time{}
+	}
+	left := slices.Collect(maps.Values(a.trusted))
+	if len(a.trusted) == 0 {
+		if l, ok := a.dp.(trustedLister); ok {
+			if pinned, err := l.TrustedProxyCgroups(); err == nil {
+				left = append(left, pinned...) // a previous agent's proxies
+			}
+		}
+	}
 	next := maps.Clone(a.trusted)
 	next[c] = id
-	ids := slices.Sorted(maps.Values(next))
-	ids = slices.Compact(ids)
-	if err := a.dp.SetTrustedProxyCgroups(ids); err != nil {
+	for _, old := range left {
+		if _, ok := prev[old]; !ok && !slices.Contains(slices.Collect(maps.Values(next)), old) {
+			prev[old] = now.Add(previousProxyGrace)
+		}
+	}
+	delete(prev, id)
+	if err := a.dp.SetTrustedProxyCgroups(trustedSet(next, prev, now)); err != nil {
 		return fmt.Errorf("trust %s's cgroup %d (pid %d; a proxy needs a cgroup of its own): %w", c, id, pid, err)
 	}
-	a.trusted = next
-	a.log.Info("proxy cgroup trusted", "proxy", c.String(), "pid", pid, "cgroup", id)
+	a.trusted, a.prevCgroups = next, prev
+	a.log.Info("proxy cgroup trusted", "proxy", c.String(), "pid", pid, "cgroup", id, "previous", slices.Sorted(maps.Keys(prev)))
 	return nil
+}
+
+// previousProxyGrace is how long the cgroup of a proxy that was replaced
+// stays trusted: the chart's proxy waits up to 30 s for its successor
+// (preStop) and drains for up to 30 s (terminationGracePeriodSeconds 75).
+// A cgroup id is never reused, so one whose processes are gone trusts
+// nothing.
+const previousProxyGrace = 2 * time.Minute
+
+// trustedLister is a Datapath that lists the trusted cgroups (pinned: a
+// previous agent's).
+type trustedLister interface {
+	TrustedProxyCgroups() ([]uint64, error)
+}
+
+// trustedSet is the current proxies' cgroups and the previous ones still
+// in their grace period, sorted.
+func trustedSet(cur map[consumerKind]uint64, prev map[uint64]time.Time, now time.Time) []uint64 {
+	ids := slices.Collect(maps.Values(cur))
+	for id, until := range prev {
+		if now.Before(until) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// expirePreviousCgroups stops trusting previous proxies' cgroups whose
+// grace period ended.
+func (a *Agent) expirePreviousCgroups() {
+	now := a.cfg.now()
+	expired := false
+	for _, until := range a.prevCgroups {
+		if !now.Before(until) {
+			expired = true
+		}
+	}
+	if !expired {
+		return
+	}
+	prev := maps.Clone(a.prevCgroups)
+	maps.DeleteFunc(prev, func(_ uint64, until time.Time) bool { return !now.Before(until) })
+	if err := a.dp.SetTrustedProxyCgroups(trustedSet(a.trusted, prev, now)); err != nil {
+		a.log.Warn("stop trusting previous proxies' cgroups", "error", err)
+		return
+	}
+	a.prevCgroups = prev
+	a.log.Info("previous proxy cgroups no longer trusted", "left", slices.Sorted(maps.Keys(prev)))
 }
 
 func (a *Agent) registerListener(key listenerKey) error {
@@ -259,9 +359,16 @@ func (a *Agent) registerUDP(pid int, port uint16) error {
 
 // listenersStale reports whether a ready listener's proxy process changed
 // since its socket was taken (the proxy restarted: its new listener must
-// go into the socket map).
+// go into the socket map), or an ACKed listener could not be taken (say,
+// the admin socket was served from a PID namespace the agent cannot see:
+// a rolling update's old pod).
 func (a *Agent) listenersStale() bool {
 	for _, c := range []consumerKind{goProxy, envoyProxy} {
+		for _, w := range a.ready.lnWhy[c] {
+			if w.step == StepProxyListener {
+				return true // ACKed but not taken (no proxy found): try again
+			}
+		}
 		if len(a.ready.listeners[c]) == 0 {
 			continue
 		}
@@ -269,9 +376,12 @@ func (a *Agent) listenersStale() bool {
 		if err != nil || pid == 0 {
 			continue
 		}
-		for _, port := range a.ready.listeners[c] {
+		for k, port := range a.ready.listeners[c] {
 			if !a.registered[listenerKey{kind: c, pid: pid, port: port}] {
 				return true
+			}
+			if c == goProxy && k.Parser == policy.ParserDNS && !a.registered[listenerKey{kind: c, pid: pid, port: port, udp: true}] {
+				return true // its UDP socket not taken yet
 			}
 		}
 	}

@@ -160,10 +160,46 @@ func (a *Agent) push(ctx context.Context, snap *policy.Snapshot, local []bpftran
 	if lastErr != nil && ctx.Err() == nil {
 		a.log.Warn("proxies have not ACKed everything; the endpoints concerned fail closed", "error", lastErr)
 	}
+	if lastErr == nil && ctx.Err() == nil {
+		a.awaitInForce(ctx)
+	}
 	a.ready = a.readinessAfter(st, snap, local, excl, lastErr)
 	a.registerListeners(goProxy)
 	a.registerListeners(envoyProxy)
 	a.saveReadiness()
+}
+
+// awaitInForce waits (at most ACKTimeout) until every connected proxy
+// ACKed the latest version of each type it was served: a completion can
+// end before a stream that just connected has answered (a rolling
+// update's new agent pushes as the new pod's proxy subscribes), and the
+// readiness read then turned every redirect into a drop until the retry.
+func (a *Agent) awaitInForce(ctx context.Context) {
+	deadline := time.Now().Add(a.cfg.ACKTimeout)
+	for {
+		pending := ""
+		for _, c := range a.xds.Consumers() {
+			if c.Streams == 0 {
+				continue
+			}
+			for t := range c.Types {
+				if d, ack := a.xds.ResourceVersions(c.ID, t); d != nil && !allInForce(d, ack) {
+					pending = c.ID + " " + shortType(t)
+				}
+			}
+		}
+		if pending == "" || ctx.Err() != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			a.log.Warn("proxy has not ACKed the latest resources", "pending", pending)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // wait waits for a completion; onLinks runs when links change meanwhile.

@@ -565,6 +565,29 @@ func TestStep5AgentRestartAndUpgrade(t *testing.T) {
 		}
 	}
 	t.Logf("allowed client: %d of %d requests failed across the restart and the upgrade (goal: 0)", failed, len(allowed))
+	if failed > 0 {
+		// When they failed, and what the new pods' agents and proxies
+		// said meanwhile (the old pods are gone).
+		var at []string
+		for _, s := range allowed {
+			if s.result != "200 0" {
+				at = append(at, fmt.Sprintf("%s %q", time.Unix(s.at, 0).UTC().Format("15:04:05"), s.result))
+			}
+		}
+		t.Logf("allowed client's failed requests started at: %s", strings.Join(at, ", "))
+		for _, ctr := range []string{"agent", "proxy"} {
+			out, _ := c.k(t, "-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=l7gate", "-c", ctr, "--since=4m", "--prefix", "--timestamps")
+			var lines []string
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") || strings.Contains(l, "registered") ||
+					strings.Contains(l, "trusted") || strings.Contains(l, "standing") || strings.Contains(l, "taking over") ||
+					strings.Contains(l, "handed over") || strings.Contains(l, "xds consumer") || strings.Contains(l, "implemented\" revision") {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("---- l7gate %s logs (new pods, filtered)\n%s", ctr, strings.Join(lines, "\n"))
+		}
+	}
 	// served again at the end: the last requests of both clients were
 	// answered by the proxy
 	for name, ss := range map[string][]sample{"allowed": allowed, "denied": denied} {

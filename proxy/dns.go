@@ -62,9 +62,16 @@ func dnsPolicy(cfg *Config, c *compiled) (*dnsproxy.SnapshotPolicy, error) {
 // the same port (the datapath's socket map holds both; the agent takes
 // the UDP socket as it takes the listener).
 func (p *Proxy) serveDNS(st *listenerState) error {
-	udp, err := dnsproxy.ListenUDP(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(st.spec.Port))), *p.opts.Transparent)
-	if err != nil {
-		return err
+	// Called with p.mu held (Apply). A handed-over UDP socket is the one
+	// the socket map holds: served as is, no datagram finds no socket.
+	udp := p.inheritedUDP[st.spec.Port]
+	delete(p.inheritedUDP, st.spec.Port)
+	if udp == nil {
+		var err error
+		udp, err = dnsproxy.ListenUDP(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(st.spec.Port))), *p.opts.Transparent)
+		if err != nil {
+			return err
+		}
 	}
 	st.udp = udp
 	p.wg.Add(2)

@@ -19,8 +19,9 @@ import (
 // The hand-over protocol, on a Unix socket in the run dir (the old process
 // serves it, the new one connects):
 //
-//  1. old → new: one message, {"ports":[...]} with the listener sockets
-//     of those ports as SCM_RIGHTS, in the same order;
+//  1. old → new: one message, {"ports":[...],"udpPorts":[...]} with the
+//     listener sockets of those ports, then the UDP sockets of the dns
+//     listeners' udpPorts, as SCM_RIGHTS, in the same order;
 //  2. the new process applies its first config with those sockets (the
 //     datapath's socket map holds the same sockets, so nothing changes
 //     there and no SYN finds no listener), takes over the admin socket,
@@ -34,7 +35,8 @@ import (
 const maxHandOverListeners = 256
 
 type handOverHeader struct {
-	Ports []uint16 `json:"ports"`
+	Ports    []uint16 `json:"ports"`
+	UDPPorts []uint16 `json:"udpPorts,omitempty"`
 }
 
 // ServeHandOver serves the hand-over socket at path until ctx ends or a
@@ -99,6 +101,21 @@ func (p *Proxy) handOver(c *net.UnixConn) (bool, error) {
 		files = append(files, f)
 		hdr.Ports = append(hdr.Ports, port)
 	}
+	for _, port := range ports {
+		// A dns listener's UDP socket: the socket map holds it too.
+		udp := p.listeners[port].udp
+		if udp == nil {
+			continue
+		}
+		f, err := udp.File()
+		if err != nil {
+			p.mu.Unlock()
+			closeFiles(files)
+			return false, fmt.Errorf("duplicate udp socket %d: %w", port, err)
+		}
+		files = append(files, f)
+		hdr.UDPPorts = append(hdr.UDPPorts, port)
+	}
 	p.mu.Unlock()
 	defer closeFiles(files)
 	b, _ := json.Marshal(hdr)
@@ -153,7 +170,9 @@ func samePeerUser(c *net.UnixConn) error {
 // running proxy, and the connection to tell it the new one is ready.
 type HandOver struct {
 	Listeners map[uint16]*net.TCPListener
-	c         *net.UnixConn
+	// UDP are the dns listeners' UDP sockets (Options.InheritedUDP).
+	UDP map[uint16]*net.UDPConn
+	c   *net.UnixConn
 }
 
 // ReceiveHandOver connects to a running proxy's hand-over socket and
@@ -173,7 +192,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 		c.SetReadDeadline(dl)
 	}
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*maxHandOverListeners))
+	oob := make([]byte, unix.CmsgSpace(4*2*maxHandOverListeners)) // listeners and UDP sockets
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		c.Close()
@@ -193,7 +212,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			}
 		}
 	}
-	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, c: c}
+	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, c: c}
 	fail := func(err error) (*HandOver, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -205,8 +224,8 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 	if err := json.Unmarshal(buf[:n], &hdr); err != nil {
 		return fail(err)
 	}
-	if len(hdr.Ports) != len(fds) {
-		return fail(fmt.Errorf("%d ports but %d sockets", len(hdr.Ports), len(fds)))
+	if len(hdr.Ports)+len(hdr.UDPPorts) != len(fds) || len(hdr.Ports) > maxHandOverListeners || len(hdr.UDPPorts) > maxHandOverListeners {
+		return fail(fmt.Errorf("%d ports and %d udp ports but %d sockets", len(hdr.Ports), len(hdr.UDPPorts), len(fds)))
 	}
 	for i, port := range hdr.Ports {
 		f := os.NewFile(uintptr(fds[i]), fmt.Sprintf("handed-over-%d", port))
@@ -222,6 +241,22 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			return fail(fmt.Errorf("listener %d is not TCP", port))
 		}
 		h.Listeners[port] = tl
+	}
+	for i, port := range hdr.UDPPorts {
+		j := len(hdr.Ports) + i
+		f := os.NewFile(uintptr(fds[j]), fmt.Sprintf("handed-over-udp-%d", port))
+		pc, err := net.FilePacketConn(f)
+		f.Close()
+		fds[j] = -1
+		if err != nil {
+			return fail(fmt.Errorf("udp socket %d: %w", port, err))
+		}
+		uc, ok := pc.(*net.UDPConn)
+		if !ok {
+			pc.Close()
+			return fail(fmt.Errorf("udp socket %d is not UDP", port))
+		}
+		h.UDP[port] = uc
 	}
 	c.SetReadDeadline(time.Time{})
 	return h, nil
@@ -243,6 +278,9 @@ func (h *HandOver) Close() {
 	h.c.Close()
 	for _, ln := range h.Listeners {
 		ln.Close()
+	}
+	for _, c := range h.UDP {
+		c.Close()
 	}
 }
 

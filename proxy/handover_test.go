@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"syscall"
+
 	"context"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/http"
@@ -227,5 +230,85 @@ func TestListenUnixReplacingLongPath(t *testing.T) {
 			t.Fatalf("%s (%d bytes): %v", name, len(path), err)
 		}
 		ln.Close()
+	}
+}
+
+// socketInode identifies the socket behind a connection (the same socket
+// in two processes or two fds has one inode).
+func socketInode(t *testing.T, c syscall.Conn) uint64 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	return st.Ino
+}
+
+// TestHandOverUDPSocket: a dns listener's UDP socket is handed over with
+// its TCP listener, and the successor serves that very socket (the one the
+// datapath's socket map holds under the port's UDP key), so UDP DNS finds
+// a socket throughout; it stays open after the old proxy drained.
+func TestHandOverUDPSocket(t *testing.T) {
+	no := false
+	sock := filepath.Join(t.TempDir(), "proxy-handover.sock")
+	old := New(Options{ListenHost: "127.0.0.1", Transparent: &no, DrainTimeout: time.Second})
+	t.Cleanup(func() { old.Close() })
+	var cfg *Config
+	for range 20 {
+		port := freePort(t)
+		cfg = &Config{Version: "1", Listeners: []Listener{{Name: "egress/dns", Port: port, Direction: policy.Egress, Parser: policy.ParserDNS}}}
+		if old.Apply(cfg) == nil {
+			break
+		}
+		cfg = nil
+	}
+	if cfg == nil {
+		t.Fatal("no free port for the dns listener")
+	}
+	port := cfg.Listeners[0].Port
+	old.mu.Lock()
+	want := socketInode(t, old.listeners[port].udp)
+	old.mu.Unlock()
+	done := make(chan struct{})
+	go func() { defer close(done); old.ServeHandOver(context.Background(), sock) }()
+
+	var h *HandOver
+	for deadline := time.Now().Add(5 * time.Second); h == nil; {
+		var err error
+		if h, err = ReceiveHandOver(context.Background(), sock); err != nil || (h == nil && time.Now().After(deadline)) {
+			t.Fatalf("receive hand-over: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.UDP[port] == nil {
+		t.Fatalf("handed over udp sockets %v, want port %d's", h.UDP, port)
+	}
+	next := New(Options{ListenHost: "127.0.0.1", Transparent: &no, Inherited: h.Listeners, InheritedUDP: h.UDP})
+	t.Cleanup(func() { next.Close() })
+	if err := next.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("old proxy did not drain")
+	}
+	next.mu.Lock()
+	udp := next.listeners[port].udp
+	next.mu.Unlock()
+	if got := socketInode(t, udp); got != want {
+		t.Errorf("the successor serves udp socket inode %d, want the handed-over one %d", got, want)
+	}
+	// Still open and bound after the old proxy closed its descriptor.
+	if la, ok := udp.LocalAddr().(*net.UDPAddr); !ok || la.Port != int(port) {
+		t.Errorf("successor's udp socket bound to %v, want port %d", udp.LocalAddr(), port)
 	}
 }

@@ -84,6 +84,10 @@ type Options struct {
 	// datapath's socket-map entry, which holds that socket, stays valid);
 	// those the first applied config does not use are closed.
 	Inherited map[uint16]*net.TCPListener
+	// InheritedUDP are the UDP sockets of dns listeners received the same
+	// way: a dns listener serves its inherited UDP socket (the socket map
+	// holds it too, under the port's UDP key) instead of binding one.
+	InheritedUDP map[uint16]*net.UDPConn
 	// DrainTimeout bounds a drain started on the admin socket (POST
 	// /drain) or by a hand-over (default 30s).
 	DrainTimeout time.Duration
@@ -123,13 +127,14 @@ type Proxy struct {
 
 	// Drain state (see Drain): drainCtx ends when a drain begins (the
 	// parsers watch it); inherited are the listeners not yet used.
-	drainCtx    context.Context
-	drainCancel context.CancelFunc
-	drainOnce   sync.Once
-	draining    bool // guarded by mu
-	drained     chan struct{}
-	drainStats  DrainStats
-	inherited   map[uint16]*net.TCPListener // guarded by mu
+	drainCtx     context.Context
+	drainCancel  context.CancelFunc
+	drainOnce    sync.Once
+	draining     bool // guarded by mu
+	drained      chan struct{}
+	drainStats   DrainStats
+	inherited    map[uint16]*net.TCPListener // guarded by mu
+	inheritedUDP map[uint16]*net.UDPConn     // guarded by mu
 }
 
 // sourceKey identifies a source for the per-source connection limit: its
@@ -183,6 +188,10 @@ func New(opts Options) *Proxy {
 		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: map[uint16]*net.TCPListener{}}
 	for port, ln := range opts.Inherited {
 		p.inherited[port] = ln
+	}
+	p.inheritedUDP = map[uint16]*net.UDPConn{}
+	for port, c := range opts.InheritedUDP {
+		p.inheritedUDP[port] = c
 	}
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
@@ -295,6 +304,10 @@ func (p *Proxy) Apply(cfg *Config) error {
 		ln.Close()
 		delete(p.inherited, port)
 	}
+	for port, c := range p.inheritedUDP {
+		c.Close()
+		delete(p.inheritedUDP, port)
+	}
 	for port, st := range p.listeners {
 		if _, keep := want[port]; !keep {
 			st.close()
@@ -331,6 +344,10 @@ func (p *Proxy) Close() error {
 	for port, ln := range p.inherited {
 		ln.Close()
 		delete(p.inherited, port)
+	}
+	for port, c := range p.inheritedUDP {
+		c.Close()
+		delete(p.inheritedUDP, port)
 	}
 	p.mu.Unlock()
 	p.drainCancel()

@@ -197,9 +197,23 @@ func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bo
 		logf.Close()
 		return nil, err
 	}
-	os.WriteFile(agentapi.ProxyPIDFile(cfg.RunDir), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	writePIDFile(agentapi.ProxyPIDFile(cfg.RunDir), cmd.Process.Pid, log)
 	log.Info("started proxy", "pid", cmd.Process.Pid, "why", why, "log", logf.Name(), "cgroup", cfg.Cgroup)
 	ch := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(ch) }()
 	return ch, nil
+}
+
+// writePIDFile replaces the pid file at once (a temporary file renamed
+// over it): a reader never sees it empty or half written.
+func writePIDFile(path string, pid int, log *slog.Logger) {
+	tmp := path + ".tmp"
+	err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		log.Warn("write proxy pid file", "error", err)
+	}
 }

@@ -28,6 +28,7 @@ import (
 	dnsproxy "github.com/l7gate/l7gate/proxy/dns"
 	"github.com/l7gate/l7gate/redirect"
 	"github.com/l7gate/l7gate/source"
+	"github.com/l7gate/l7gate/xds/server"
 )
 
 // agentFlags are the agent's settings; a --config file (YAML with the same
@@ -306,7 +307,8 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		}()
 	}
 	xdsDone := make(chan error, 1)
-	go func() { xdsDone <- xs.ListenAndServe(ctx) }()
+	standBy := make(chan bool, 1)
+	go func() { xdsDone <- serveXDS(ctx, xs, f.TakeOver, standBy, a.log) }()
 	cfg := agent.Config{
 		Node: f.Node, Source: src, Reporter: reporter,
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
@@ -317,6 +319,18 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	}
 	if lb != nil {
 		cfg.ServiceLB = lb
+	}
+	if f.TakeOver {
+		// Standing by, the xDS server stops (serveXDS); only with
+		// --take-over, whose listener leaves the socket file (the new
+		// agent's) in place when it closes.
+		cfg.StandBy = func(standing bool) {
+			select {
+			case <-standBy: // only the latest matters
+			default:
+			}
+			standBy <- standing
+		}
 	}
 	// toFQDNs resolve through the names the Go proxy's DNS proxy reports
 	// (POST /fqdn); kept in the state dir across restarts.
@@ -348,6 +362,45 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		<-runErr
 	}
 	return err
+}
+
+// serveXDS serves the agent's xDS server until ctx ends, except while the
+// agent stands by (standBy: true): a rolling update's new agent serves the
+// run dir, and the proxies subscribed to this one (the new pod's proxy
+// too, when it started before the new agent took the socket over) must
+// reconnect to it, so this server stops (their streams end; its socket
+// file, the new agent's now, stays). It serves again, taking the socket
+// over, when the agent resumes (false).
+func serveXDS(ctx context.Context, xs *server.Server[agent.XDSState], takeOver bool, standBy <-chan bool, log *slog.Logger) error {
+	for {
+		sctx, stop := context.WithCancel(ctx)
+		errc := make(chan error, 1)
+		go func() { errc <- xs.ListenAndServe(sctx) }()
+	serving:
+		for {
+			select {
+			case err := <-errc:
+				stop()
+				return err
+			case s := <-standBy:
+				if s && takeOver {
+					stop()
+					<-errc
+					log.Warn("standing by: xds server stopped, its proxies reconnect to the serving agent")
+					break serving
+				}
+			}
+		}
+		for resume := false; !resume; {
+			select {
+			case <-ctx.Done():
+				return nil
+			case s := <-standBy:
+				resume = !s
+			}
+		}
+		log.Info("resuming: serving xds again")
+	}
 }
 
 func parsePortRange(s string) (uint16, uint16, error) {

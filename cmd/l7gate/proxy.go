@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -199,8 +200,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				for _, ln := range inherited {
 					ln.Close() // the running proxy's are the same sockets
 				}
-				opts.Inherited = ho.Listeners
-				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners))
+				opts.Inherited, opts.InheritedUDP = ho.Listeners, ho.UDP
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "udp", len(ho.UDP))
 			case len(inherited) > 0:
 				opts.Inherited = inherited
 				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
@@ -217,12 +218,14 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				case <-runCtx.Done():
 				}
 			}()
-			serveAdmin := func() {
+			startAdmin := func() {
 				go func() {
 					if err := p.ServeAdmin(runCtx, adminSocket, extra...); err != nil {
 						a.log.Error("admin socket", "error", err)
 					}
 				}()
+			}
+			serveAdmin := func() {
 				if metricsAddr != "" {
 					reg := p.Registry(extra...)
 					go func() {
@@ -251,6 +254,15 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				}()
 			}
 			var handedOver sync.Once
+			agentSeen := false // a successor's own agent serves (waitForOwnAgent)
+			// A successor takes the admin socket at once, before it serves
+			// any connection (its /ready answers 503 until its first config):
+			// the agent finds it there and trusts its cgroup, so its
+			// upstream connections are believed from the first. (Taken
+			// after its first config, a successor in a cgroup of its own —
+			// a rolling update's new pod — served connections the datapath
+			// did not believe until the agent found it: they failed.)
+			startAdmin()
 			if ho == nil {
 				serveAdmin()
 			}
@@ -264,13 +276,16 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 					if err != nil {
 						return err
 					}
+					if ho != nil && agentSocket != "" && !agentSeen {
+						waitForOwnAgent(ctx, agentSocket, 10*time.Second, a.log)
+						agentSeen = true
+					}
 					if err := p.Apply(cfg); err != nil {
 						return err
 					}
 					if ho != nil {
-						// Serving the handed-over sockets with a config:
-						// take the admin socket (the agent finds the proxy
-						// there) and let the old one drain.
+						// Serving the handed-over sockets with a config: let
+						// the old one drain, and serve the hand-over socket.
 						handedOver.Do(func() {
 							serveAdmin()
 							if err := ho.Ready(); err != nil {
@@ -398,6 +413,11 @@ func probeProxyReady(ctx context.Context, adminSocket string) error {
 	if pid == 0 {
 		return errors.New("not ready: the proxy serving the admin socket runs in another PID namespace (this pod's proxy has not taken over)")
 	}
+	return adminReady(ctx, adminSocket)
+}
+
+// adminReady asks the proxy serving adminSocket for /ready.
+func adminReady(ctx context.Context, adminSocket string) error {
 	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", adminSocket)
@@ -418,6 +438,33 @@ func probeProxyReady(ctx context.Context, adminSocket string) error {
 	return nil
 }
 
+// waitForOwnAgent waits (at most limit, once) until the agent serving
+// agentSocket runs in this process's PID namespace before a successor
+// serves the handed-over sockets: only that agent can find this proxy
+// (SO_PEERCRED on the admin socket, pidfd_getfd) and trust its cgroup. In
+// a rolling update the old pod's agent may still serve; it cannot see
+// this pod's processes, and connections this proxy served before the new
+// pod's agent took over would carry from-proxy marks the datapath does
+// not believe (they fail, closed).
+func waitForOwnAgent(ctx context.Context, agentSocket string, limit time.Duration, log *slog.Logger) {
+	deadline := time.Now().Add(limit)
+	for {
+		pid, err := redirect.PeerPID(agentSocket)
+		if err == nil && pid != 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			log.Warn("the agent serving the run dir is not this pod's; serving anyway", "waited", limit)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // waitForSuccessor is the proxy container's preStop hook: it returns once a
 // proxy in another PID namespace (the successor pod's, which took the
 // listeners over) serves the admin socket, or after limit, so a
@@ -426,7 +473,9 @@ func waitForSuccessor(ctx context.Context, adminSocket string, limit time.Durati
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
-		if pid, err := redirect.PeerPID(adminSocket); err == nil && pid == 0 {
+		// The successor takes the admin socket before its first config:
+		// wait until it answers /ready too.
+		if pid, err := redirect.PeerPID(adminSocket); err == nil && pid == 0 && adminReady(ctx, adminSocket) == nil {
 			fmt.Fprintln(out, "a successor serves the admin socket")
 			return nil
 		}

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"github.com/l7gate/l7gate/policy"
+	xdsserver "github.com/l7gate/l7gate/xds/server"
+	"github.com/l7gate/l7gate/xds/translate"
 	"net"
 	"net/http"
 	"os/exec"
@@ -96,8 +99,25 @@ func TestPrivilegedProxyReadyOtherPIDNamespace(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "another PID namespace") {
 		t.Errorf("--check-ready against another PID namespace's proxy: %v %s; want exit 1 naming the PID namespace", err, out)
 	}
-	// The old pod's preStop hook: it ends as soon as the successor (here,
-	// the proxy of the other namespace) serves the admin socket.
+	// The old pod's preStop hook: a successor that took the admin socket
+	// but has no config yet (it takes the socket before its first config)
+	// is not enough: it waits.
+	out, err = exec.Command("unshare", "--pid", "--fork", "--kill-child", bin, "proxy", "--wait-successor=1s", "--admin-socket", admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no successor within 1s") {
+		t.Errorf("--wait-successor with an unconfigured successor: %v %s; want it to wait the limit", err, out)
+	}
+	// Once the successor has a config, the hook ends.
+	xs, err := xdsserver.New(xdsserver.Config[translate.Input]{SocketPath: filepath.Join(dir, "xds.sock"), ACKTimeout: 10 * time.Second,
+		Producers: map[string]xdsserver.Producer[translate.Input]{"l7proxy~": translate.L7ProxyResources}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go xs.ListenAndServe(ctx)
+	snap, err := policy.Compute(&policy.Objects{}, policy.NewIdentityAllocator())
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs.Update(ctx, translate.Input{Node: "t", Snapshot: snap})
 	start := time.Now()
 	out, err = exec.Command("unshare", "--pid", "--fork", "--kill-child", bin, "proxy", "--wait-successor=20s", "--admin-socket", admin).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "a successor serves") {
