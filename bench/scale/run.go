@@ -594,6 +594,9 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	if cfg.FullAgents < cfg.Nodes {
 		run = fmt.Sprintf("n%dk%d", cfg.Nodes, cfg.FullAgents)
 	}
+	if cfg.StatusNodesLimit != 0 {
+		run += fmt.Sprintf("l%d", max(cfg.StatusNodesLimit, 0))
+	}
 	for j := range cfg.Policies {
 		ns, _ := policyRef(run, j)
 		if _, err := dyn.Resource(k8s.CNPResource()).Namespace(ns).Create(ctx, newPolicy(run, j), metav1.CreateOptions{}); err != nil {

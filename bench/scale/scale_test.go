@@ -86,24 +86,28 @@ func TestScale(t *testing.T) {
 	skipUnlessUsable(t)
 	quietKlog(t)
 	rep := newReport(*flagLabel, runtime.NumCPU())
-	// Each entry is N, or N/K: N agents of which K run the whole source
-	// (default -scale.full-agents).
-	type runSpec struct{ n, full int }
+	// Each entry is N, N/K or N/K/L: N agents of which K run the whole
+	// source (default -scale.full-agents), with status nodes limit L
+	// (default -scale.status-nodes-limit).
+	type runSpec struct{ n, full, limit int }
 	var specs []runSpec
 	for _, s := range strings.Split(*flagNodes, ",") {
-		ns, ks, hasK := strings.Cut(strings.TrimSpace(s), "/")
-		n, err := strconv.Atoi(ns)
-		k := *flagFull
-		if hasK && err == nil {
-			k, err = strconv.Atoi(ks)
+		parts := strings.Split(strings.TrimSpace(s), "/")
+		vals := []int{0, *flagFull, *flagLimit}
+		bad := len(parts) > 3
+		for i, p := range parts[:min(len(parts), 3)] {
+			v, err := strconv.Atoi(p)
+			bad = bad || err != nil
+			vals[i] = v
 		}
-		if err != nil || n <= 0 || k < 0 {
-			t.Fatalf("-scale.nodes: %q (want N or N/K)", s)
+		n, k := vals[0], vals[1]
+		if bad || n <= 0 || k < 0 {
+			t.Fatalf("-scale.nodes: %q (want N, N/K or N/K/L)", s)
 		}
 		if k == 0 || k > n {
 			k = n
 		}
-		specs = append(specs, runSpec{n, k})
+		specs = append(specs, runSpec{n, k, vals[2]})
 	}
 	// One cluster for every N: its pods (the slow part to write) are
 	// spread over the largest N's nodes; each run has its own policies.
@@ -114,9 +118,9 @@ func TestScale(t *testing.T) {
 	cl := newScaleCluster(t, maxN, *flagPods)
 	for _, sp := range specs {
 		n := sp.n
-		t.Run(fmt.Sprintf("N=%d/K=%d", n, sp.full), func(t *testing.T) {
+		t.Run(fmt.Sprintf("N=%d/K=%d/L=%d", n, sp.full, sp.limit), func(t *testing.T) {
 			res := cl.run(t, RunConfig{Nodes: n, Pods: *flagPods, Policies: *flagPolicies, PolicyChanges: *flagPolChg,
-				PodChanges: *flagPodChg, ChangeTimeout: *flagTimeout, SharedCompute: *flagShared, FullAgents: sp.full, StatusNodesLimit: *flagLimit})
+				PodChanges: *flagPodChg, ChangeTimeout: *flagTimeout, SharedCompute: *flagShared, FullAgents: sp.full, StatusNodesLimit: sp.limit})
 			rep.Runs = append(rep.Runs, res)
 			js, _ := json.Marshal(res)
 			t.Logf("result: %s", js)
@@ -284,7 +288,7 @@ func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 			if err != nil {
 				return nil, err
 			}
-			base := filepath.Join(pdir, fmt.Sprintf("agents-N%d-K%d", cfg.Nodes, cfg.FullAgents))
+			base := filepath.Join(pdir, fmt.Sprintf("agents-N%d-K%d-L%d", cfg.Nodes, cfg.FullAgents, max(cfg.StatusNodesLimit, 0)))
 			args = append(args, "-test.cpuprofile="+base+"-cpu.pprof", "-test.memprofile="+base+"-heap.pprof")
 		}
 		cmd := exec.Command(os.Args[0], args...)
