@@ -323,8 +323,9 @@ func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string
 // what the nodes reported (nil: nothing to change), and whether every
 // node reported the current generation. With more than limit nodes
 // (limit > 0), status.nodes lists only the nodes with something to say —
-// an error, not enforcing, or behind the current generation — and the
-// Implemented condition counts the nodes that implemented the generation:
+// an error, or behind the current generation; at most limit of them,
+// errors first — and the Implemented condition counts the nodes that
+// implemented the generation:
 // every agent watches the policies, so a status that grows with the
 // cluster is received by every node on every change (make scale).
 func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, now time.Time, limit int) ([]byte, bool, error) {
@@ -358,11 +359,25 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 	}
 	listed := want
 	if summarize {
-		listed = map[string]nodeStatus{}
+		// At most limit nodes: those with an error first, then those
+		// behind (right after a change that is every node), by name.
+		var failing, behind []string
 		for node, ns := range want {
-			if !ns.OK || !ns.Enforcing || ns.ObservedGeneration != gen {
-				listed[node] = ns
+			switch {
+			case !ns.OK || !ns.Enforcing:
+				failing = append(failing, node)
+			case ns.ObservedGeneration != gen:
+				behind = append(behind, node)
 			}
+		}
+		slices.Sort(failing)
+		slices.Sort(behind)
+		listed = map[string]nodeStatus{}
+		for _, node := range append(failing, behind...) {
+			if len(listed) == limit {
+				break
+			}
+			listed[node] = want[node]
 		}
 	}
 	nodesPatch := map[string]any{}

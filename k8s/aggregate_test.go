@@ -168,6 +168,26 @@ func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
 		!strings.Contains(string(patch), "40 of 40 nodes implemented generation 3; 1 node reports an error") {
 		t.Errorf("complete patch %s complete %v", patch, complete)
 	}
+	// A new generation: every node is behind at first. The status lists
+	// at most the limit (errors first), not the whole cluster: make scale
+	// at N = 200 saw the first merged writes of each change list every
+	// node (~98 KB per agent per policy change).
+	pol.SetGeneration(4)
+	patch, _, _ = aggregatePatchLimit(pol, key, reports, now, 32)
+	m.Status.Nodes = nil
+	if err := json.Unmarshal(patch, &m); err != nil {
+		t.Fatal(err)
+	}
+	listed := 0
+	for _, ns := range m.Status.Nodes {
+		if ns != nil {
+			listed++
+		}
+	}
+	if listed > 32 || m.Status.Nodes["n05"] == nil {
+		t.Errorf("%d nodes listed with every node behind (limit 32, n05's error first): %s", listed, patch)
+	}
+	pol.SetGeneration(3)
 	// Up to the limit, every node is listed as before.
 	patch, _, _ = aggregatePatchLimit(pol, key, reports, now, 40)
 	if !strings.Contains(string(patch), `"n39":{`) || strings.Contains(string(patch), ConditionImplemented) {

@@ -107,7 +107,8 @@ type ElectionConfig struct {
 	Disabled bool
 	// StatusNodesLimit: up to this many nodes (default 32), a policy's
 	// status.nodes lists every node; beyond, only the nodes with an error
-	// or behind the current generation, and the Implemented condition
+	// or behind the current generation (at most this many, errors first),
+	// and the Implemented condition
 	// counts the others (every node's own report stays in its
 	// PolicyNodeStatus). Negative: always list every node.
 	StatusNodesLimit int
