@@ -241,6 +241,27 @@ func minObservedGeneration(u *unstructured.Unstructured, nodes []string) int64 {
 	return max(min, 0)
 }
 
+// dropOtherReports deletes the PolicyNodeStatus objects of nodes not in
+// nodes.
+func dropOtherReports(ctx context.Context, dyn dynamic.Interface, nodes []string) error {
+	keep := map[string]bool{}
+	for _, n := range nodes {
+		keep[n] = true
+	}
+	l, err := dyn.Resource(k8s.PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list node reports: %w", err)
+	}
+	for _, u := range l.Items {
+		if !keep[u.GetName()] {
+			if err := dyn.Resource(k8s.PolicyNodeStatusResource()).Delete(ctx, u.GetName(), metav1.DeleteOptions{}); err != nil {
+				return fmt.Errorf("delete node report: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // nodeReports follows the nodes' PolicyNodeStatus objects: per policy
 // ("ns/name"), each node's reported generation.
 type nodeReports struct {
@@ -618,6 +639,13 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	nodes := make([]string, cfg.Nodes)
 	for i := range nodes {
 		nodes[i] = nodeName(i)
+	}
+	// The reports of nodes without an agent in this run (a larger N
+	// before, on this cluster) go, as when those nodes are deleted: the
+	// merged status counts every node that has a report, and a node that
+	// reports nothing for a policy has not implemented it.
+	if err := dropOtherReports(ctx, dyn, nodes); err != nil {
+		return nil, err
 	}
 	tr := newTracker(cfg.Nodes)
 	// The driver's own view of policy status: one watch.
