@@ -41,9 +41,12 @@ bench-socklb:
 # source, policy computation and status writer; no datapath) per N, P pods,
 # policy and pod changes (bench/scale, bench/README.md). Writes
 # bench/results/scale-<time>.{json,md}. Never asserts on timing; a small N
-# runs in `make test` (TestScaleSmall). SCALE_NODES=10 SCALEFLAGS="-scale.pods=1000"
-# narrows it.
-SCALE_NODES ?= 10,50,200
+# runs in `make test` (TestScaleSmall). An entry N/K runs K full agents and
+# N-K light ones (default K=2; bench/scale/doc.go), N/K/L with status nodes
+# limit L (-1: every node in status.nodes). SCALE_NODES=10
+# SCALEFLAGS="-scale.pods=1000" narrows it; SCALEFLAGS="-scale.profile=DIR"
+# writes the agents' CPU and heap profiles.
+SCALE_NODES ?= 10/10,10,50,200
 scale:
 	cd bench/scale && $(GO) test -count=1 -timeout 0 -run '^TestScale$$' -v . -args -scale.nodes=$(SCALE_NODES) $(SCALEFLAGS)
 

@@ -41,6 +41,10 @@ const (
 	aggregateMaxDelay = time.Second
 	aggregateTick     = 50 * time.Millisecond
 	aggregatorManager = "l7gate-aggregator"
+	// defaultStatusNodesLimit: with more nodes, a policy's status.nodes
+	// lists only the nodes with an error or behind, and the Implemented
+	// condition counts the rest (aggregatePatchLimit).
+	defaultStatusNodesLimit = 32
 )
 
 // serviceAccountNamespace is where an in-cluster agent runs.
@@ -79,7 +83,11 @@ func (w *StatusWriter) runElected(ctx context.Context) {
 				OnStartedLeading: func(ctx context.Context) {
 					w.log.Info("merging the nodes' policy status (elected)", "lease", lock.LeaseMeta.Namespace+"/"+lock.LeaseMeta.Name)
 					for ctx.Err() == nil {
-						a := &aggregator{dyn: w.cfg.Dynamic, log: w.log}
+						limit := cmp.Or(c.StatusNodesLimit, defaultStatusNodesLimit)
+						if limit < 0 {
+							limit = 0 // every node
+						}
+						a := &aggregator{dyn: w.cfg.Dynamic, log: w.log, nodesLimit: limit}
 						err := a.run(ctx)
 						if ctx.Err() != nil {
 							return
@@ -111,7 +119,9 @@ func (w *StatusWriter) runElected(ctx context.Context) {
 // first unreported change, and only what changed.
 type aggregator struct {
 	dyn dynamic.Interface
-	log interface {
+	// nodesLimit: see aggregatePatchLimit (0: list every node).
+	nodesLimit int
+	log        interface {
 		Warn(msg string, args ...any)
 		Debug(msg string, args ...any)
 	}
@@ -265,7 +275,7 @@ func (a *aggregator) run(ctx context.Context) error {
 				a.done(key, mark)
 				continue
 			}
-			patch, complete, err := aggregatePatch(u, key, reports, time.Now().UTC())
+			patch, complete, err := aggregatePatchLimit(u, key, reports, time.Now().UTC(), a.nodesLimit)
 			if err != nil {
 				a.log.Warn("policy status merge", "policy", key, "error", err)
 				a.done(key, mark)
@@ -304,11 +314,23 @@ func (a *aggregator) done(key string, mark dirtyMark) {
 	a.mu.Unlock()
 }
 
-// aggregatePatch returns the merge patch taking policy u's status to what
-// the nodes reported (nil: nothing to change), and whether every node
-// reported the current generation.
+// aggregatePatch is aggregatePatchLimit listing every node.
 func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, now time.Time) ([]byte, bool, error) {
+	return aggregatePatchLimit(u, key, reports, now, 0)
+}
+
+// aggregatePatchLimit returns the merge patch taking policy u's status to
+// what the nodes reported (nil: nothing to change), and whether every
+// node reported the current generation. With more than limit nodes
+// (limit > 0), status.nodes lists only the nodes with something to say —
+// an error, or behind the current generation; at most limit of them,
+// errors first — and the Implemented condition counts the nodes that
+// implemented the generation:
+// every agent watches the policies, so a status that grows with the
+// cluster is received by every node on every change (make scale).
+func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, now time.Time, limit int) ([]byte, bool, error) {
 	gen := u.GetGeneration()
+	summarize := limit > 0 && len(reports) > limit
 	want := map[string]nodeStatus{}
 	complete := true
 	for node, entries := range reports {
@@ -335,15 +357,38 @@ func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string
 			}
 		}
 	}
+	listed := want
+	if summarize {
+		// At most limit nodes: those with an error first, then those
+		// behind (right after a change that is every node), by name.
+		var failing, behind []string
+		for node, ns := range want {
+			switch {
+			case !ns.OK || !ns.Enforcing:
+				failing = append(failing, node)
+			case ns.ObservedGeneration != gen:
+				behind = append(behind, node)
+			}
+		}
+		slices.Sort(failing)
+		slices.Sort(behind)
+		listed = map[string]nodeStatus{}
+		for _, node := range append(failing, behind...) {
+			if len(listed) == limit {
+				break
+			}
+			listed[node] = want[node]
+		}
+	}
 	nodesPatch := map[string]any{}
-	for node, ns := range want {
+	for node, ns := range listed {
 		if cur, ok := current[node]; !ok || !reflect.DeepEqual(cur, ns) {
 			nodesPatch[node] = ns
 		}
 	}
 	for node := range current {
-		if _, ok := want[node]; !ok {
-			nodesPatch[node] = nil // the node's report is gone (node deleted)
+		if _, ok := listed[node]; !ok {
+			nodesPatch[node] = nil // the node's report is gone (node deleted), or has nothing to say
 		}
 	}
 	// The conditions of the current generation, from the nodes that
@@ -373,7 +418,11 @@ func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string
 		if err != nil {
 			return nil, false, err
 		}
-		merged, changed := mergeConditions(conds, []condition{validCondition(errMsg, gen), supportedCondition(warnings, gen)}, now.Format(time.RFC3339))
+		wantConds := []condition{validCondition(errMsg, gen), supportedCondition(warnings, gen)}
+		if summarize {
+			wantConds = append(wantConds, implementedCondition(want, atGen, len(reports), complete, gen))
+		}
+		merged, changed := mergeConditions(conds, wantConds, now.Format(time.RFC3339))
 		if changed {
 			status["conditions"] = merged
 		}
@@ -389,4 +438,32 @@ func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string
 		return nil, false, fmt.Errorf("encode status: %w", err)
 	}
 	return b, complete, nil
+}
+
+// implementedCondition counts, of nodes reporting, those that enforce
+// generation gen (atGen: the nodes at gen) and those reporting an error.
+func implementedCondition(want map[string]nodeStatus, atGen []string, nodes int, complete bool, gen int64) condition {
+	enforcing, failing := 0, 0
+	for _, node := range atGen {
+		ns := want[node]
+		if ns.Enforcing {
+			enforcing++
+		}
+		if !ns.OK {
+			failing++
+		}
+	}
+	msg := fmt.Sprintf("%d of %d nodes implemented generation %d", enforcing, nodes, gen)
+	switch failing {
+	case 0:
+	case 1:
+		msg += "; 1 node reports an error (status.nodes)"
+	default:
+		msg += fmt.Sprintf("; %d nodes report errors (status.nodes)", failing)
+	}
+	c := condition{Type: ConditionImplemented, Status: "False", Reason: ReasonPending, Message: msg, ObservedGeneration: gen}
+	if complete && enforcing == nodes {
+		c.Status, c.Reason = "True", ReasonAllNodes
+	}
+	return c
 }

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +112,85 @@ func TestPolicyStatusKey(t *testing.T) {
 		if _, ok := parsePolicyStatusKey(bad); ok {
 			t.Errorf("%q parsed", bad)
 		}
+	}
+}
+
+// TestAggregatePatchSummarizesManyNodes: beyond the node limit, a
+// policy's status lists only the nodes with something to say (an error,
+// or behind the current generation) and counts the others in the
+// Implemented condition, so the status every agent's policy watch carries
+// does not grow with the cluster (make scale: at N = 200 every agent
+// received ~195 KB per policy change, mostly status.nodes).
+func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	key := "CiliumNetworkPolicy/shop/api"
+	pol := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+		"metadata": map[string]any{"name": "api", "namespace": "shop", "uid": "u1", "generation": int64(3)},
+		// A status from before, listing every node.
+		"status": map[string]any{"nodes": map[string]any{"n00": map[string]any{"ok": true, "enforcing": true, "observedGeneration": int64(2)}}}}}
+	reports := map[string]map[string]nodePolicyStatus{}
+	for i := range 40 {
+		reports[fmt.Sprintf("n%02d", i)] = map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, Revision: 7, ObservedGeneration: 3}}}
+	}
+	reports["n05"][key] = nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{Enforcing: true, ObservedGeneration: 3, Error: "endpoints fail closed: shop/api-0"}}
+	reports["n06"][key] = nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, ObservedGeneration: 2}}
+	patch, complete, err := aggregatePatchLimit(pol, key, reports, now, 32)
+	if err != nil || patch == nil || complete {
+		t.Fatalf("patch %s complete %v err %v", patch, complete, err)
+	}
+	var m struct {
+		Status struct {
+			Nodes      map[string]*nodeStatus `json:"nodes"`
+			Conditions []condition            `json:"conditions"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(patch, &m); err != nil {
+		t.Fatal(err)
+	}
+	// n05 (its error) and n06 (behind) are listed; n00's old entry goes.
+	if len(m.Status.Nodes) != 3 || m.Status.Nodes["n05"] == nil || m.Status.Nodes["n06"] == nil || m.Status.Nodes["n00"] != nil {
+		t.Errorf("status.nodes in the patch: %s; want n05 and n06, and n00 removed", patch)
+	}
+	var impl *condition
+	for i := range m.Status.Conditions {
+		if m.Status.Conditions[i].Type == ConditionImplemented {
+			impl = &m.Status.Conditions[i]
+		}
+	}
+	if impl == nil || impl.Status != "False" || impl.ObservedGeneration != 3 ||
+		impl.Message != "39 of 40 nodes implemented generation 3; 1 node reports an error (status.nodes)" {
+		t.Fatalf("Implemented condition %+v in %s", impl, patch)
+	}
+	// Every node at the generation: Implemented=True.
+	reports["n06"][key] = nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, ObservedGeneration: 3}}
+	patch, complete, _ = aggregatePatchLimit(pol, key, reports, now, 32)
+	if !complete || !strings.Contains(string(patch), `"type":"Implemented","status":"True"`) ||
+		!strings.Contains(string(patch), "40 of 40 nodes implemented generation 3; 1 node reports an error") {
+		t.Errorf("complete patch %s complete %v", patch, complete)
+	}
+	// A new generation: every node is behind at first. The status lists
+	// at most the limit (errors first), not the whole cluster: make scale
+	// at N = 200 saw the first merged writes of each change list every
+	// node (~98 KB per agent per policy change).
+	pol.SetGeneration(4)
+	patch, _, _ = aggregatePatchLimit(pol, key, reports, now, 32)
+	m.Status.Nodes = nil
+	if err := json.Unmarshal(patch, &m); err != nil {
+		t.Fatal(err)
+	}
+	listed := 0
+	for _, ns := range m.Status.Nodes {
+		if ns != nil {
+			listed++
+		}
+	}
+	if listed > 32 || m.Status.Nodes["n05"] == nil {
+		t.Errorf("%d nodes listed with every node behind (limit 32, n05's error first): %s", listed, patch)
+	}
+	pol.SetGeneration(3)
+	// Up to the limit, every node is listed as before.
+	patch, _, _ = aggregatePatchLimit(pol, key, reports, now, 40)
+	if !strings.Contains(string(patch), `"n39":{`) || strings.Contains(string(patch), ConditionImplemented) {
+		t.Errorf("patch at the limit %s: want every node listed, no Implemented condition", patch)
 	}
 }

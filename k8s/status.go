@@ -36,6 +36,10 @@ const (
 	// ConditionSupported is False when the policy applies but parts of it
 	// are not enforced by l7gate (each named with its field).
 	ConditionSupported = "Supported"
+	// ConditionImplemented (written when the cluster has more nodes than
+	// status.nodes lists) counts the nodes that enforce the current
+	// generation; it is True when every node does.
+	ConditionImplemented = "Implemented"
 )
 
 // Condition reasons.
@@ -44,6 +48,8 @@ const (
 	ReasonInvalid       = "InvalidPolicy"
 	ReasonSupported     = "Supported"
 	ReasonUnsupported   = "UnsupportedFields"
+	ReasonAllNodes      = "AllNodes"
+	ReasonPending       = "NodesPending"
 	eventInvalid        = "PolicyInvalid"
 	eventUnsupported    = "PolicyUnsupported"
 	maxConditionMessage = 4096
@@ -99,6 +105,13 @@ type ElectionConfig struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Disabled: this agent never merges.
 	Disabled bool
+	// StatusNodesLimit: up to this many nodes (default 32), a policy's
+	// status.nodes lists every node; beyond, only the nodes with an error
+	// or behind the current generation (at most this many, errors first),
+	// and the Implemented condition
+	// counts the others (every node's own report stays in its
+	// PolicyNodeStatus). Negative: always list every node.
+	StatusNodesLimit int
 }
 
 // StatusWriter reports what this node implemented: one write of its

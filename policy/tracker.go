@@ -79,11 +79,19 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 			invalid[keyFor(oe.Object)] = i
 		}
 	}
-	next := map[trackKey]tracked{}
+	// Sized up front: a 10k-pod view grew both step by step on every
+	// update (BenchmarkTrackerApply).
+	next := make(map[trackKey]tracked, max(len(t.last), len(objs.Pods)+len(objs.Policies)))
 	out := &Objects{
-		Warnings:    slices.Clone(objs.Warnings),
-		Summaries:   slices.Clone(objs.Summaries),
-		summaryRefs: slices.Clone(objs.summaryRefs),
+		Warnings:       slices.Clone(objs.Warnings),
+		Summaries:      slices.Clone(objs.Summaries),
+		summaryRefs:    slices.Clone(objs.summaryRefs),
+		Namespaces:     sized[Namespace](len(objs.Namespaces)),
+		Nodes:          sized[Node](len(objs.Nodes)),
+		Services:       sized[Service](len(objs.Services)),
+		EndpointSlices: sized[EndpointSlice](len(objs.EndpointSlices)),
+		Pods:           sized[Pod](len(objs.Pods)),
+		Policies:       sized[Policy](len(objs.Policies)),
 	}
 	for i := range objs.Namespaces {
 		n := objs.Namespaces[i]
@@ -112,10 +120,12 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 		tr.ref, tr.api = a.Ref, &a
 		next[keyFor(a.Ref)] = tr
 	}
-	for i := range objs.Pods {
-		p := objs.Pods[i]
-		out.Pods = append(out.Pods, p)
-		next[keyFor(p.Ref)] = tracked{ref: p.Ref, pod: &p}
+	// One copy of every pod (not one allocation each): the tracker's
+	// versions share nothing with the input or the output.
+	pods := slices.Clone(objs.Pods)
+	for i := range pods {
+		out.Pods = append(out.Pods, pods[i])
+		next[keyFor(pods[i].Ref)] = tracked{ref: pods[i].Ref, pod: &pods[i]}
 	}
 	stubs := map[trackKey]Policy{}
 	for i := range objs.Policies {
@@ -178,6 +188,14 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 	t.last = next
 	out.sort()
 	return out, errs
+}
+
+// sized is an empty slice with room for n (nil for 0, as append leaves it).
+func sized[T any](n int) []T {
+	if n == 0 {
+		return nil
+	}
+	return make([]T, 0, n)
 }
 
 // withFallback rewrites an ObjectError to say what stands in for it.

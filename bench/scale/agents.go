@@ -39,6 +39,12 @@ type agentsConfig struct {
 	// cluster whose nodes compute in parallel. The cost of one computation
 	// is reported on its own.
 	SharedCompute bool `json:"sharedCompute"`
+	// FullAgents: agents 0..FullAgents-1 run the whole source; the others
+	// are light agents (light.go). 0: every agent is full.
+	FullAgents int `json:"fullAgents"`
+	// StatusNodesLimit is the agents' k8s.ElectionConfig.StatusNodesLimit
+	// (0: the default).
+	StatusNodesLimit int `json:"statusNodesLimit"`
 	// ParallelSync bounds agents doing their first list at once.
 	ParallelSync int     `json:"parallelSync"`
 	QPS          float32 `json:"qps"`
@@ -166,8 +172,10 @@ func (c *sharedComputer) compute(u source.Update) (*policy.Snapshot, error) {
 		<-v.done
 		return v.snap, v.err
 	}
-	start := time.Now()
 	c.mu.Lock() // one allocator: computations run one at a time
+	// Timed once the lock is held: waiting for another view's computation
+	// is not this one's cost.
+	start := time.Now()
 	v.snap, v.err = policy.Compute(u.Objects, c.alloc)
 	c.n++
 	c.nanos += time.Since(start).Nanoseconds()
@@ -228,13 +236,39 @@ func runAgents(ctx context.Context, cfg agentsConfig, cmds io.Reader, out io.Wri
 	syncSem := make(chan struct{}, cfg.ParallelSync)
 	counters := make([]*apiCounters, len(cfg.Nodes))
 	lastWrites := make([]int, len(cfg.Nodes))
+	full := cfg.FullAgents
+	if full <= 0 || full > len(cfg.Nodes) {
+		full = len(cfg.Nodes)
+	}
+	hub := newViewHub()
+	var src0 *k8s.Source
 	var wg sync.WaitGroup
 	for i, node := range cfg.Nodes {
 		counters[i] = newAPICounters()
+		client, dyn, err := agentClients(cfg, counters[i])
+		if err != nil {
+			return err
+		}
+		var pub *viewHub
+		var src *k8s.Source
+		if i < full {
+			if src, err = k8s.NewSource(k8s.SourceConfig{Client: client, Dynamic: dyn, Node: node, Logger: newAgentLogger(logs, node)}); err != nil {
+				return err
+			}
+			if i == 0 {
+				pub, src0 = hub, src
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := runAgent(ctx, cfg, i, node, counters[i], shared, logs, syncSem, emit); err != nil && ctx.Err() == nil {
+			var err error
+			if src != nil {
+				err = runAgent(ctx, cfg, i, node, client, dyn, src, pub, shared, logs, syncSem, emit)
+			} else {
+				err = runLightAgent(ctx, cfg, i, node, client, dyn, src0, hub, logs, emit)
+			}
+			if err != nil && ctx.Err() == nil {
 				emit(agentEvent{Ev: "error", Agent: i, Err: err.Error()})
 			}
 		}()
@@ -276,10 +310,15 @@ func runAgents(ctx context.Context, cfg agentsConfig, cmds io.Reader, out io.Wri
 	return nil
 }
 
-// runAgent is one node: the real source and status writer, a stub
-// datapath that implements every update at once.
-func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *apiCounters, shared *sharedComputer,
-	logs *logCounter, syncSem chan struct{}, emit func(agentEvent)) error {
+// newAgentLogger is an agent's logger: warnings and errors counted.
+func newAgentLogger(logs *logCounter, node string) *slog.Logger {
+	return slog.New(&countingHandler{c: logs}).With("node", node)
+}
+
+// agentClients are one agent's typed and dynamic clients, sharing one
+// HTTP client (one connection) as the agent's shared transport gives it,
+// counted by c.
+func agentClients(cfg agentsConfig, c *apiCounters) (kubernetes.Interface, dynamic.Interface, error) {
 	rc := &rest.Config{Host: cfg.Host, BearerToken: cfg.BearerToken, QPS: cfg.QPS, Burst: cfg.Burst, UserAgent: "l7gate-agent",
 		TLSClientConfig: rest.TLSClientConfig{CAData: cfg.CAData, ServerName: cfg.ServerName}}
 	if cfg.Impersonate != "" {
@@ -291,22 +330,27 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 	// as the agent's shared transport gives it.
 	hc, err := rest.HTTPClientFor(rc)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	client, err := kubernetes.NewForConfigAndClient(rc, hc)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	dyn, err := dynamic.NewForConfigAndClient(rc, hc)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	log := slog.New(&countingHandler{c: logs}).With("node", node)
-	src, err := k8s.NewSource(k8s.SourceConfig{Client: client, Dynamic: dyn, Node: node, Logger: log})
-	if err != nil {
-		return err
-	}
-	w, err := k8s.NewStatusWriter(k8s.StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Logger: log})
+	return client, dyn, nil
+}
+
+// runAgent is one node: the real source and status writer, a stub
+// datapath that implements every update at once. With pub, it publishes
+// every view it implemented to the light agents.
+func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, client kubernetes.Interface, dyn dynamic.Interface,
+	src *k8s.Source, pub *viewHub, shared *sharedComputer, logs *logCounter, syncSem chan struct{}, emit func(agentEvent)) error {
+	log := newAgentLogger(logs, node)
+	w, err := k8s.NewStatusWriter(k8s.StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Logger: log,
+		Election: k8s.ElectionConfig{StatusNodesLimit: cfg.StatusNodesLimit}})
 	if err != nil {
 		return err
 	}
@@ -360,6 +404,9 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, c *ap
 			held = false
 		}
 		pols, pods := marks(u)
+		if pub != nil {
+			pub.publish(u, pols, pods)
+		}
 		if rev == 1 || !mapsEqual(pols, lastPols) || !mapsEqual(pods, lastPods) {
 			emit(agentEvent{Ev: "impl", Agent: idx, T: now.UnixNano(), Rev: rev, Policies: pols, Pods: pods})
 			lastPols, lastPods = pols, pods

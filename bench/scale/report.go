@@ -52,27 +52,27 @@ func (r *Report) Markdown() string {
 	}
 	fmt.Fprintf(&b, "%d CPUs shared with other work: times are noisy (load average per run below); the counts are not.\n\n", r.CPUs)
 	b.WriteString("## Policy changes\n\n")
-	b.WriteString("| N | P | converge p50 / p99 ms | implemented p50 / p99 ms | status writes / change (node reports + policy status) | writes / node | 409s (total) | failed writes / change | GETs / change | watch KB / agent / change | agent CPU ms / change | apiserver CPU ms / change | timed out |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| N | P | converge p50 / p99 ms | implemented p50 / p99 ms | every node reported p50 / p99 ms | status writes / change (node reports + policy status) | writes / node | 409s (total) | failed writes / change | GETs / change | watch KB / agent / change | agent CPU ms / change | apiserver CPU ms / change | timed out |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range r.Runs {
-		fmt.Fprintf(&b, "| %d | %d | %.0f / %.0f | %.0f / %.0f | %.1f (%.1f + %.1f) | %.2f | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %d |\n",
-			x.Nodes, x.Pods, x.ConvergeP50Ms, x.ConvergeP99Ms, x.ImplementP50Ms, x.ImplementP99Ms, x.Writes, x.NodeStatusWrites, x.PolicyStatusWrites, x.WritesPerNode,
+		fmt.Fprintf(&b, "| %d | %d | %.0f / %.0f | %.0f / %.0f | %.0f / %.0f | %.1f (%.1f + %.1f) | %.2f | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %d |\n",
+			x.Nodes, x.Pods, x.ConvergeP50Ms, x.ConvergeP99Ms, x.ImplementP50Ms, x.ImplementP99Ms, x.ReportedP50Ms, x.ReportedP99Ms, x.Writes, x.NodeStatusWrites, x.PolicyStatusWrites, x.WritesPerNode,
 			x.Conflicts, x.Retries, x.Gets, x.WatchBytesPerPolicyChange/1024, x.AgentCPUMsPerPolicyChange, x.APIServerCPUMsPerPolicyChange, x.TimedOut)
 	}
 	b.WriteString("\n## Pod changes\n\n")
-	b.WriteString("| N | P | converge p50 / p99 ms | watch bytes / agent / change | watch events / agent / change | wire bytes / agent / change | pod object bytes | agent writes | agent CPU ms / change | apiserver CPU ms / change |\n")
+	b.WriteString("| N | P | converge p50 / p99 ms | watch bytes / agent / change (full agents only) | watch events / agent / change | wire bytes / agent / change | pod object bytes | agent writes | agent CPU ms / change | apiserver CPU ms / change |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range r.Runs {
-		fmt.Fprintf(&b, "| %d | %d | %.0f / %.0f | %.0f | %.2f | %.0f | %d | %d | %.1f | %.0f |\n",
-			x.Nodes, x.Pods, x.PodConvergeP50Ms, x.PodConvergeP99Ms, x.WatchBytesPerPodChange, x.WatchEventsPerPodChange,
+		fmt.Fprintf(&b, "| %d | %d | %.0f / %.0f | %.0f (%.0f) | %.2f | %.0f | %d | %d | %.1f | %.0f |\n",
+			x.Nodes, x.Pods, x.PodConvergeP50Ms, x.PodConvergeP99Ms, x.WatchBytesPerPodChange, x.FullWatchBytesPerPodChange, x.WatchEventsPerPodChange,
 			x.WireBytesPerPodChange, x.PodObjectBytes, x.WritesDuringPodChanges, x.AgentCPUMsPerPodChange, x.APIServerCPUMsPerPodChange)
 	}
 	b.WriteString("\n## Start-up and per agent\n\n")
-	b.WriteString("| N | P | first view s | status on every node s | status writes | 409s (on status writes) | RSS MiB / agent | heap MiB / agent | one policy computation ms | shared computation | load average (start, after policies, after pods) | run s |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n")
+	b.WriteString("| N | P | full agents (rest light) | status nodes limit | nodes in status.nodes | policy object bytes | first view s | status on every node s | status writes | 409s (on status writes) | agents' process RSS MiB | RSS MiB / agent | heap MiB / agent | one policy computation ms | shared computation | load average (start, after policies, after pods) | run s |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n")
 	for _, x := range r.Runs {
-		fmt.Fprintf(&b, "| %d | %d | %.1f | %.1f | %.0f | %.0f (%.0f) | %.1f | %.1f | %.0f | %v | %s | %.0f |\n",
-			x.Nodes, x.Pods, x.StartupSyncS, x.StartupStatusS, x.StartupWrites, x.StartupConflicts, x.StartupStatusConflicts, x.AgentRSSMiB, x.AgentHeapMiB,
+		fmt.Fprintf(&b, "| %d | %d | %d | %d | %d | %d | %.1f | %.1f | %.0f | %.0f (%.0f) | %.0f | %.1f | %.1f | %.0f | %v | %s | %.0f |\n",
+			x.Nodes, x.Pods, x.FullAgents, x.StatusNodesLimit, x.StatusNodesListed, x.PolicyObjectBytes, x.StartupSyncS, x.StartupStatusS, x.StartupWrites, x.StartupConflicts, x.StartupStatusConflicts, x.AgentsRSSMiB, x.AgentRSSMiB, x.AgentHeapMiB,
 			x.ComputeMs, x.SharedCompute, strings.Join(x.LoadAvg, "; "), x.DurationS)
 	}
 	b.WriteString("\n## API requests per policy change (apiserver_request_total)\n\n")

@@ -36,6 +36,11 @@ type RunConfig struct {
 	PolicyChanges, PodChanges int
 	ChangeTimeout             time.Duration
 	SharedCompute             bool
+	// FullAgents: how many agents run the whole source (the others are
+	// light agents, light.go); 0: all.
+	FullAgents int
+	// StatusNodesLimit: the agents' k8s.ElectionConfig.StatusNodesLimit.
+	StatusNodesLimit int
 	// AgentUser is impersonated by the agents (the chart's service account).
 	AgentUser string
 	Logf      func(format string, args ...any)
@@ -59,6 +64,8 @@ type tracker struct {
 	// status: per policy ("ns/name"), when the lowest observedGeneration
 	// over the agents' nodes changed.
 	status map[string][]genAt
+	// reported: the same for the nodes' own reports (PolicyNodeStatus).
+	reported map[string][]genAt
 }
 
 type genAt struct {
@@ -68,7 +75,7 @@ type genAt struct {
 
 func newTracker(n int) *tracker {
 	return &tracker{impls: make([][]agentEvent, n), latest: make([]agentEvent, n), stats: make(chan *childStats, 1),
-		status: map[string][]genAt{}}
+		status: map[string][]genAt{}, reported: map[string][]genAt{}}
 }
 
 func (t *tracker) read(r io.Reader) {
@@ -150,6 +157,28 @@ func (t *tracker) statusReached(key string, gen int64) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// noteReported records when every node's report first showed gen.
+func (t *tracker) noteReported(key string, gen int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.reported[key]
+	if len(h) == 0 || h[len(h)-1].Gen != gen {
+		t.reported[key] = append(h, genAt{At: time.Now(), Gen: gen})
+	}
+}
+
+// reportedAt returns when every node's report first showed gen.
+func (t *tracker) reportedAt(key string, gen int64) (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, g := range t.reported[key] {
+		if g.Gen >= gen {
+			return g.At, true
+		}
+	}
+	return time.Time{}, false
+}
+
 func (t *tracker) noteStatus(key string, gen int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -163,6 +192,31 @@ func (t *tracker) errors() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return slices.Clone(t.errs)
+}
+
+// statusGeneration is the generation a policy's status shows every node
+// implemented: the Implemented condition's when there is one (more nodes
+// than status.nodes lists; 0 unless True), else the lowest over
+// status.nodes.
+func statusGeneration(u *unstructured.Unstructured, nodes []string) int64 {
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] != k8s.ConditionImplemented {
+			continue
+		}
+		if m["status"] != "True" {
+			return 0
+		}
+		switch g := m["observedGeneration"].(type) {
+		case int64:
+			return g
+		case float64:
+			return int64(g)
+		}
+		return 0
+	}
+	return minObservedGeneration(u, nodes)
 }
 
 // minObservedGeneration is the lowest status.nodes[n].observedGeneration
@@ -185,6 +239,77 @@ func minObservedGeneration(u *unstructured.Unstructured, nodes []string) int64 {
 		}
 	}
 	return max(min, 0)
+}
+
+// dropOtherReports deletes the PolicyNodeStatus objects of nodes not in
+// nodes.
+func dropOtherReports(ctx context.Context, dyn dynamic.Interface, nodes []string) error {
+	keep := map[string]bool{}
+	for _, n := range nodes {
+		keep[n] = true
+	}
+	l, err := dyn.Resource(k8s.PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list node reports: %w", err)
+	}
+	for _, u := range l.Items {
+		if !keep[u.GetName()] {
+			if err := dyn.Resource(k8s.PolicyNodeStatusResource()).Delete(ctx, u.GetName(), metav1.DeleteOptions{}); err != nil {
+				return fmt.Errorf("delete node report: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// nodeReports follows the nodes' PolicyNodeStatus objects: per policy
+// ("ns/name"), each node's reported generation.
+type nodeReports struct {
+	mu    sync.Mutex
+	nodes map[string]bool
+	gens  map[string]map[string]int64 // policy → node → generation
+}
+
+func newNodeReports(nodes []string) *nodeReports {
+	r := &nodeReports{nodes: map[string]bool{}, gens: map[string]map[string]int64{}}
+	for _, n := range nodes {
+		r.nodes[n] = true
+	}
+	return r
+}
+
+// note reads one node's report and records in tr, per policy, when the
+// lowest generation over the nodes changed.
+func (r *nodeReports) note(u *unstructured.Unstructured, tr *tracker) {
+	node := u.GetName()
+	if !r.nodes[node] {
+		return
+	}
+	raw, _, _ := unstructured.NestedMap(u.Object, "status", "policies")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, v := range raw {
+		kind, key, ok := strings.Cut(k, "/")
+		if !ok || kind != "CiliumNetworkPolicy" {
+			continue
+		}
+		m, _ := v.(map[string]any)
+		g, _ := m["observedGeneration"].(int64)
+		if f, ok := m["observedGeneration"].(float64); ok {
+			g = int64(f)
+		}
+		if r.gens[key] == nil {
+			r.gens[key] = map[string]int64{}
+		}
+		r.gens[key][node] = g
+		low := int64(-1)
+		for n := range r.nodes {
+			if v := r.gens[key][n]; low < 0 || v < low {
+				low = v
+			}
+		}
+		tr.noteReported(key, max(low, 0))
+	}
 }
 
 // phaseMark is the state at the start or end of a phase.
@@ -356,6 +481,16 @@ type Result struct {
 	Nodes    int `json:"nodes"`
 	Pods     int `json:"pods"`
 	Policies int `json:"policies"`
+	// FullAgents ran the whole source; the other Nodes-FullAgents were
+	// light agents (own watches and status writer, agent 0's view).
+	FullAgents int `json:"fullAgents"`
+	// StatusNodesListed: the most entries of status.nodes in a policy at
+	// the end; PolicyObjectBytes: the largest policy object (JSON, with
+	// managedFields: what a policy watch carries).
+	StatusNodesListed int `json:"statusNodesListed"`
+	PolicyObjectBytes int `json:"policyObjectBytes"`
+	// StatusNodesLimit the agents ran with (0: the default).
+	StatusNodesLimit int `json:"statusNodesLimit,omitempty"`
 	// Policy changes: written → every agent implemented and the policy's
 	// status shows every node at the new generation.
 	PolicyChanges  int     `json:"policyChanges"`
@@ -363,7 +498,11 @@ type Result struct {
 	ConvergeP99Ms  float64 `json:"convergeP99Ms"`
 	ImplementP50Ms float64 `json:"implementP50Ms"`
 	ImplementP99Ms float64 `json:"implementP99Ms"`
-	TimedOut       int     `json:"timedOut"`
+	// Reported: written → every node's own report (PolicyNodeStatus)
+	// shows the new generation, before the elected agent merges them.
+	ReportedP50Ms float64 `json:"reportedP50Ms"`
+	ReportedP99Ms float64 `json:"reportedP99Ms"`
+	TimedOut      int     `json:"timedOut"`
 	// Writes: API writes by agents per policy change (apiserver metrics);
 	// WritesPerNode divides by N.
 	Writes        float64 `json:"writes"`
@@ -409,7 +548,12 @@ type Result struct {
 	AgentCPUMsPerPolicyChange float64 `json:"agentCpuMsPerPolicyChange"`
 	AgentCPUMsPerPodChange    float64 `json:"agentCpuMsPerPodChange"`
 	AgentRSSMiB               float64 `json:"agentRssMiB"`
-	AgentHeapMiB              float64 `json:"agentHeapMiB"`
+	// AgentsRSSMiB: the whole agents' process (full and light agents).
+	AgentsRSSMiB float64 `json:"agentsRssMiB"`
+	// FullWatchBytesPerPodChange: WatchBytesPerPodChange over the full
+	// agents only (their informers' watches).
+	FullWatchBytesPerPodChange float64 `json:"fullWatchBytesPerPodChange"`
+	AgentHeapMiB               float64 `json:"agentHeapMiB"`
 	// APIServerCPUMsPerPolicyChange: this process (kube-apiserver, etcd,
 	// the driver) per policy change.
 	APIServerCPUMsPerPolicyChange float64 `json:"apiserverCpuMsPerPolicyChange"`
@@ -453,8 +597,11 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	if cfg.FullAgents <= 0 || cfg.FullAgents > cfg.Nodes {
+		cfg.FullAgents = cfg.Nodes
+	}
 	res := &Result{Nodes: cfg.Nodes, Pods: cfg.Pods, Policies: cfg.Policies, SharedCompute: cfg.SharedCompute,
-		LoadAvg: []string{loadavg()}}
+		FullAgents: cfg.FullAgents, StatusNodesLimit: cfg.StatusNodesLimit, LoadAvg: []string{loadavg()}}
 	fast := fastConfig(admin)
 	client, err := kubernetes.NewForConfig(fast)
 	if err != nil {
@@ -465,6 +612,12 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 		return nil, err
 	}
 	run := fmt.Sprintf("n%d", cfg.Nodes)
+	if cfg.FullAgents < cfg.Nodes {
+		run = fmt.Sprintf("n%dk%d", cfg.Nodes, cfg.FullAgents)
+	}
+	if cfg.StatusNodesLimit != 0 {
+		run += fmt.Sprintf("l%d", max(cfg.StatusNodesLimit, 0))
+	}
 	for j := range cfg.Policies {
 		ns, _ := policyRef(run, j)
 		if _, err := dyn.Resource(k8s.CNPResource()).Namespace(ns).Create(ctx, newPolicy(run, j), metav1.CreateOptions{}); err != nil {
@@ -487,22 +640,40 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	for i := range nodes {
 		nodes[i] = nodeName(i)
 	}
+	// The reports of nodes without an agent in this run (a larger N
+	// before, on this cluster) go, as when those nodes are deleted: the
+	// merged status counts every node that has a report, and a node that
+	// reports nothing for a policy has not implemented it.
+	if err := dropOtherReports(ctx, dyn, nodes); err != nil {
+		return nil, err
+	}
 	tr := newTracker(cfg.Nodes)
 	// The driver's own view of policy status: one watch.
 	inf := dynamicinformer.NewFilteredDynamicSharedInformerFactory(dyn, 0, metav1.NamespaceAll, nil).ForResource(k8s.CNPResource()).Informer()
 	onObj := func(o any) {
 		if u, ok := o.(*unstructured.Unstructured); ok {
-			tr.noteStatus(u.GetNamespace()+"/"+u.GetName(), minObservedGeneration(u, nodes))
+			tr.noteStatus(u.GetNamespace()+"/"+u.GetName(), statusGeneration(u, nodes))
 		}
 	}
 	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onObj, UpdateFunc: func(_, o any) { onObj(o) }})
 	ictx, icancel := context.WithCancel(ctx)
 	defer icancel()
 	go inf.Run(ictx.Done())
+	// And of the nodes' reports (PolicyNodeStatus): when every node's
+	// report showed a generation, before the elected agent merged them.
+	reports := newNodeReports(nodes)
+	rinf := dynamicinformer.NewFilteredDynamicSharedInformerFactory(dyn, 0, metav1.NamespaceAll, nil).ForResource(k8s.PolicyNodeStatusResource()).Informer()
+	onReport := func(o any) {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			reports.note(u, tr)
+		}
+	}
+	rinf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onReport, UpdateFunc: func(_, o any) { onReport(o) }})
+	go rinf.Run(ictx.Done())
 
 	acfg := agentsConfig{Host: admin.Host, BearerToken: admin.BearerToken, CAData: admin.TLSClientConfig.CAData,
 		ServerName: admin.TLSClientConfig.ServerName, Impersonate: cfg.AgentUser, Nodes: nodes,
-		SharedCompute: cfg.SharedCompute, QPS: 20, Burst: 40}
+		SharedCompute: cfg.SharedCompute, FullAgents: cfg.FullAgents, StatusNodesLimit: cfg.StatusNodesLimit, QPS: 20, Burst: 40}
 	before, err := client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return nil, err
@@ -598,7 +769,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	logf("start-up status after %.1fs: %v writes, %v conflicts", res.StartupStatusS, res.StartupWrites, res.StartupConflicts)
 
 	// Policy changes.
-	var conv, impl []time.Duration
+	var conv, impl, reported []time.Duration
 	for k := 1; k <= cfg.PolicyChanges; k++ {
 		j := (k - 1) % cfg.Policies
 		ns, name := policyRef(run, j)
@@ -621,6 +792,9 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 		}
 		at, _ := tr.lastFirst(written, has)
 		impl = append(impl, at.Sub(written))
+		if rt, ok := tr.reportedAt(key, gen); ok {
+			reported = append(reported, rt.Sub(written))
+		}
 		st, _ := tr.statusReached(key, gen)
 		if st.After(at) {
 			at = st
@@ -635,6 +809,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	res.PolicyChanges = cfg.PolicyChanges
 	res.ConvergeP50Ms, res.ConvergeP99Ms = percentile(conv, 0.5), percentile(conv, 0.99)
 	res.ImplementP50Ms, res.ImplementP99Ms = percentile(impl, 0.5), percentile(impl, 0.99)
+	res.ReportedP50Ms, res.ReportedP99Ms = percentile(reported, 0.5), percentile(reported, 0.99)
 	pc := float64(max(cfg.PolicyChanges, 1))
 	pol := m1.requests.sub(m0.requests)
 	res.Writes = pol.sum(agentStatusWrite) / pc
@@ -720,6 +895,8 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	res.AgentCPUMsPerPodChange = float64((m2.childCPU - m1.childCPU).Milliseconds()) / pdc / float64(cfg.Nodes)
 	res.APIServerCPUMsPerPodChange = float64((m2.selfCPU - m1.selfCPU).Milliseconds()) / pdc
 	res.AgentRSSMiB = float64(m2.childRSS) / float64(cfg.Nodes) / (1 << 20)
+	res.AgentsRSSMiB = float64(m2.childRSS) / (1 << 20)
+	res.FullWatchBytesPerPodChange, _ = watchPerAgent(firstAgents(m1.stats, cfg.FullAgents), firstAgents(m2.stats, cfg.FullAgents), pdc)
 	res.AgentHeapMiB = float64(m2.stats.HeapInuse) / float64(cfg.Nodes) / (1 << 20)
 	if m2.stats.Computes > 0 {
 		res.ComputeMs = float64(m2.stats.ComputeNanos) / float64(m2.stats.Computes) / 1e6
@@ -732,6 +909,19 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	logf("pod changes: converge p50 %.0f ms p99 %.0f ms, %.0f watch bytes/agent/change (load %s)",
 		res.PodConvergeP50Ms, res.PodConvergeP99Ms, res.WatchBytesPerPodChange, loadavg())
 	res.LoadAvg = append(res.LoadAvg, loadavg())
+	// What users see: the policies' status size, and how many nodes it
+	// lists.
+	for j := range cfg.Policies {
+		ns, name := policyRef(run, j)
+		u, err := dyn.Resource(k8s.CNPResource()).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("read policy: %w", err)
+		}
+		listed, _, _ := unstructured.NestedMap(u.Object, "status", "nodes")
+		res.StatusNodesListed = max(res.StatusNodesListed, len(listed))
+		b, _ := json.Marshal(u.Object)
+		res.PolicyObjectBytes = max(res.PolicyObjectBytes, len(b))
+	}
 	res.Errors = append(res.Errors, tr.errors()...)
 	res.DurationS = time.Since(start).Seconds()
 	return res, nil
@@ -764,6 +954,13 @@ func requestsWhere(a agentStats, keep func(reqKey) bool) int {
 		}
 	}
 	return n
+}
+
+// firstAgents is s with only its first n agents.
+func firstAgents(s *childStats, n int) *childStats {
+	c := *s
+	c.Agents = c.Agents[:min(n, len(c.Agents))]
+	return &c
 }
 
 // watchPerAgent is the mean watch bytes and events one agent received

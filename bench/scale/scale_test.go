@@ -15,7 +15,6 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,7 +35,7 @@ import (
 )
 
 var (
-	flagNodes    = flag.String("scale.nodes", "", "TestScale: comma-separated node counts (N); empty skips TestScale")
+	flagNodes    = flag.String("scale.nodes", "", "TestScale: comma-separated node counts N, or N/K with K full agents; empty skips TestScale")
 	flagPods     = flag.Int("scale.pods", 10000, "TestScale: pods (P)")
 	flagPolicies = flag.Int("scale.policies", 10, "TestScale: CiliumNetworkPolicies")
 	flagPolChg   = flag.Int("scale.policy-changes", 20, "TestScale: policy changes per N")
@@ -45,6 +44,9 @@ var (
 	flagLabel    = flag.String("scale.label", "", "TestScale: what was measured (e.g. a commit), written into the report")
 	flagShared   = flag.Bool("scale.shared-compute", true, "TestScale: compute each view once for all agents")
 	flagTimeout  = flag.Duration("scale.change-timeout", 2*time.Minute, "TestScale: wait for one change at most this long")
+	flagFull     = flag.Int("scale.full-agents", 2, "TestScale: agents that run the whole source; the others are light agents (bench/scale/light.go); 0: all")
+	flagLimit    = flag.Int("scale.status-nodes-limit", 0, "TestScale: the agents' status nodes limit (k8s.ElectionConfig.StatusNodesLimit; 0: default, -1: list every node)")
+	flagProfile  = flag.String("scale.profile", "", "TestScale: write the agents' process CPU and heap profiles (agents-N<n>-{cpu,heap}.pprof) into this folder")
 )
 
 // agentsEnv carries the child's config file: the test binary re-runs
@@ -61,6 +63,7 @@ func TestScaleAgentsProcess(t *testing.T) {
 	if p == "" {
 		t.Skip("the agents' process of TestScale (started by it)")
 	}
+	quietKlog(t)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -81,22 +84,43 @@ func TestScale(t *testing.T) {
 		t.Skip("run by `make scale` (-scale.nodes=10,50,200)")
 	}
 	skipUnlessUsable(t)
+	quietKlog(t)
 	rep := newReport(*flagLabel, runtime.NumCPU())
-	var ns []int
+	// Each entry is N, N/K or N/K/L: N agents of which K run the whole
+	// source (default -scale.full-agents), with status nodes limit L
+	// (default -scale.status-nodes-limit).
+	type runSpec struct{ n, full, limit int }
+	var specs []runSpec
 	for _, s := range strings.Split(*flagNodes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n <= 0 {
-			t.Fatalf("-scale.nodes: %q", s)
+		parts := strings.Split(strings.TrimSpace(s), "/")
+		vals := []int{0, *flagFull, *flagLimit}
+		bad := len(parts) > 3
+		for i, p := range parts[:min(len(parts), 3)] {
+			v, err := strconv.Atoi(p)
+			bad = bad || err != nil
+			vals[i] = v
 		}
-		ns = append(ns, n)
+		n, k := vals[0], vals[1]
+		if bad || n <= 0 || k < 0 {
+			t.Fatalf("-scale.nodes: %q (want N, N/K or N/K/L)", s)
+		}
+		if k == 0 || k > n {
+			k = n
+		}
+		specs = append(specs, runSpec{n, k, vals[2]})
 	}
 	// One cluster for every N: its pods (the slow part to write) are
 	// spread over the largest N's nodes; each run has its own policies.
-	cl := newScaleCluster(t, slices.Max(ns), *flagPods)
-	for _, n := range ns {
-		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
+	maxN := 0
+	for _, sp := range specs {
+		maxN = max(maxN, sp.n)
+	}
+	cl := newScaleCluster(t, maxN, *flagPods)
+	for _, sp := range specs {
+		n := sp.n
+		t.Run(fmt.Sprintf("N=%d/K=%d/L=%d", n, sp.full, sp.limit), func(t *testing.T) {
 			res := cl.run(t, RunConfig{Nodes: n, Pods: *flagPods, Policies: *flagPolicies, PolicyChanges: *flagPolChg,
-				PodChanges: *flagPodChg, ChangeTimeout: *flagTimeout, SharedCompute: *flagShared})
+				PodChanges: *flagPodChg, ChangeTimeout: *flagTimeout, SharedCompute: *flagShared, FullAgents: sp.full, StatusNodesLimit: sp.limit})
 			rep.Runs = append(rep.Runs, res)
 			js, _ := json.Marshal(res)
 			t.Logf("result: %s", js)
@@ -115,15 +139,17 @@ func TestScale(t *testing.T) {
 // that are counts, not times: every change converges (the policy's status
 // shows every node), 0 conflicts, at most one status write per node per
 // policy change and a few merged writes to the policy, none for pod
-// changes.
+// changes; with more nodes than the status lists, the status lists none
+// when every node is fine (its Implemented condition counts them).
 func TestScaleSmall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a kube-apiserver")
 	}
 	skipUnlessUsable(t)
+	quietKlog(t)
 	const n = 4
 	res := newScaleCluster(t, n, 400).run(t, RunConfig{Nodes: n, Pods: 400, Policies: 3, PolicyChanges: 4, PodChanges: 3,
-		ChangeTimeout: time.Minute, SharedCompute: false})
+		ChangeTimeout: time.Minute, SharedCompute: false, FullAgents: 2, StatusNodesLimit: 2})
 	js, _ := json.MarshalIndent(res, "", "  ")
 	t.Logf("result: %s", js)
 	if res.TimedOut > 0 || len(res.Errors) > 0 {
@@ -152,8 +178,36 @@ func TestScaleSmall(t *testing.T) {
 	if res.WritesDuringPodChanges != 0 {
 		t.Errorf("%d agent writes during pod changes; want none (no policy's status changed)", res.WritesDuringPodChanges)
 	}
+	// More nodes than the status lists (limit 2): every node implemented
+	// every change without error, so the Implemented condition counts them
+	// and status.nodes lists none.
+	if res.StatusNodesListed != 0 {
+		t.Errorf("status.nodes lists %d nodes with 4 nodes over the limit of 2, all fine; want none", res.StatusNodesListed)
+	}
 	if res.WatchEventsPerPodChange < 1 {
 		t.Errorf("%.2f watch events per agent per pod change: the counting is broken", res.WatchEventsPerPodChange)
+	}
+}
+
+// quietKlog sets klog's verbosity to 0 unless -v was given: the
+// kube-apiserver test server's ktesting package defaults it to 5, which
+// logs every request (and every trace) of the API server and of the
+// agents' client-go. At N = 50 that was megabytes a minute on stderr and
+// API server CPU spent formatting them, which a real API server (-v=0..2)
+// does not spend.
+func quietKlog(t *testing.T) {
+	t.Helper()
+	f := flag.Lookup("v")
+	if f == nil {
+		return
+	}
+	set := false
+	flag.Visit(func(g *flag.Flag) { set = set || g.Name == "v" })
+	if set {
+		return
+	}
+	if err := f.Value.Set("0"); err != nil {
+		t.Fatalf("klog verbosity: %v", err)
 	}
 }
 
@@ -228,7 +282,16 @@ func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 		if stderr, err = os.Create(filepath.Join(dir, "agents.log")); err != nil {
 			return nil, err
 		}
-		cmd := exec.Command(os.Args[0], "-test.run=^TestScaleAgentsProcess$", "-test.timeout=0", "-test.count=1")
+		args := []string{"-test.run=^TestScaleAgentsProcess$", "-test.timeout=0", "-test.count=1"}
+		if *flagProfile != "" {
+			pdir, err := filepath.Abs(*flagProfile)
+			if err != nil {
+				return nil, err
+			}
+			base := filepath.Join(pdir, fmt.Sprintf("agents-N%d-K%d-L%d", cfg.Nodes, cfg.FullAgents, max(cfg.StatusNodesLimit, 0)))
+			args = append(args, "-test.cpuprofile="+base+"-cpu.pprof", "-test.memprofile="+base+"-heap.pprof")
+		}
+		cmd := exec.Command(os.Args[0], args...)
 		cmd.Env = append(os.Environ(), agentsEnv+"="+p)
 		cmd.Stderr = stderr
 		return cmd, nil
