@@ -25,10 +25,17 @@ type k8sFlags struct {
 	Burst        int     `json:"kubeAPIBurst"`
 	PolicyStatus bool    `json:"policyStatus"`
 	EnsureCRDs   bool    `json:"ensureCRDs"`
+	// StatusNodesLimit: see k8s.ElectionConfig (0: its default).
+	StatusNodesLimit int `json:"statusNodesLimit"`
 }
 
 func defaultK8sFlags() k8sFlags {
 	return k8sFlags{QPS: 20, Burst: 40, PolicyStatus: true}
+}
+
+// election is the status-merge election the flags configure.
+func (f k8sFlags) election() k8s.ElectionConfig {
+	return k8s.ElectionConfig{StatusNodesLimit: f.StatusNodesLimit}
 }
 
 // addFlags registers the flags on an agent command's flag set.
@@ -38,6 +45,7 @@ func (f *k8sFlags) addFlags(fl *pflag.FlagSet) {
 	fl.Float32Var(&f.QPS, "kube-api-qps", f.QPS, "with --source-kind k8s: API requests per second (sustained)")
 	fl.IntVar(&f.Burst, "kube-api-burst", f.Burst, "with --source-kind k8s: API request burst")
 	fl.BoolVar(&f.PolicyStatus, "policy-status", f.PolicyStatus, "with --source-kind k8s: write policy status (Valid/Supported conditions, status.nodes[NODE].revision) and Events")
+	fl.IntVar(&f.StatusNodesLimit, "status-nodes-limit", f.StatusNodesLimit, "with --source-kind k8s: up to this many nodes a policy's status.nodes lists every node; on larger clusters only nodes with an error or behind (at most this many) and an Implemented condition counts the rest (each node's full report stays in its PolicyNodeStatus); 0: the default 32, -1: list every node")
 	fl.BoolVar(&f.EnsureCRDs, "ensure-crds", f.EnsureCRDs, "with --source-kind k8s: create the cilium.io/v2 policy CRDs if absent (never modifies existing ones; needs RBAC to create CRDs)")
 }
 
@@ -102,7 +110,8 @@ func (a *app) agentK8sSource(ctx context.Context, f k8sFlags, node string) (*k8s
 	if !f.PolicyStatus {
 		return src, nil, nil
 	}
-	w, err := k8s.NewStatusWriter(k8s.StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Logger: a.log})
+	w, err := k8s.NewStatusWriter(k8s.StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Logger: a.log,
+		Election: f.election()})
 	if err != nil {
 		return nil, nil, err
 	}
