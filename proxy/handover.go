@@ -35,6 +35,9 @@ const maxHandOverListeners = 256
 
 type handOverHeader struct {
 	Ports []uint16 `json:"ports"`
+	// Ports6 are the ports of the IPv6 listeners, whose sockets follow
+	// the IPv4 ones (Options.ListenHost6).
+	Ports6 []uint16 `json:"ports6,omitempty"`
 }
 
 // ServeHandOver serves the hand-over socket at path until ctx ends or a
@@ -99,6 +102,20 @@ func (p *Proxy) handOver(c *net.UnixConn) (bool, error) {
 		files = append(files, f)
 		hdr.Ports = append(hdr.Ports, port)
 	}
+	for _, port := range ports {
+		ln6 := p.listeners[port].ln6
+		if ln6 == nil {
+			continue
+		}
+		f, err := ln6.File()
+		if err != nil {
+			p.mu.Unlock()
+			closeFiles(files)
+			return false, fmt.Errorf("duplicate IPv6 listener %d: %w", port, err)
+		}
+		files = append(files, f)
+		hdr.Ports6 = append(hdr.Ports6, port)
+	}
 	p.mu.Unlock()
 	defer closeFiles(files)
 	b, _ := json.Marshal(hdr)
@@ -153,7 +170,9 @@ func samePeerUser(c *net.UnixConn) error {
 // running proxy, and the connection to tell it the new one is ready.
 type HandOver struct {
 	Listeners map[uint16]*net.TCPListener
-	c         *net.UnixConn
+	// Listeners6 are the IPv6 listeners (for Options.Inherited6).
+	Listeners6 map[uint16]*net.TCPListener
+	c          *net.UnixConn
 }
 
 // ReceiveHandOver connects to a running proxy's hand-over socket and
@@ -193,7 +212,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			}
 		}
 	}
-	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, c: c}
+	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, Listeners6: map[uint16]*net.TCPListener{}, c: c}
 	fail := func(err error) (*HandOver, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -205,10 +224,10 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 	if err := json.Unmarshal(buf[:n], &hdr); err != nil {
 		return fail(err)
 	}
-	if len(hdr.Ports) != len(fds) {
-		return fail(fmt.Errorf("%d ports but %d sockets", len(hdr.Ports), len(fds)))
+	if len(hdr.Ports)+len(hdr.Ports6) != len(fds) {
+		return fail(fmt.Errorf("%d ports but %d sockets", len(hdr.Ports)+len(hdr.Ports6), len(fds)))
 	}
-	for i, port := range hdr.Ports {
+	for i, port := range append(slices.Clone(hdr.Ports), hdr.Ports6...) {
 		f := os.NewFile(uintptr(fds[i]), fmt.Sprintf("handed-over-%d", port))
 		ln, err := net.FileListener(f)
 		f.Close()
@@ -221,7 +240,11 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			ln.Close()
 			return fail(fmt.Errorf("listener %d is not TCP", port))
 		}
-		h.Listeners[port] = tl
+		if i < len(hdr.Ports) {
+			h.Listeners[port] = tl
+		} else {
+			h.Listeners6[port] = tl
+		}
 	}
 	c.SetReadDeadline(time.Time{})
 	return h, nil
@@ -242,6 +265,9 @@ func (h *HandOver) Ready() error {
 func (h *HandOver) Close() {
 	h.c.Close()
 	for _, ln := range h.Listeners {
+		ln.Close()
+	}
+	for _, ln := range h.Listeners6 {
 		ln.Close()
 	}
 }
