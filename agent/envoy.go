@@ -288,13 +288,18 @@ func (a *Agent) registerListener(key listenerKey) error {
 	if a.registered[key] {
 		return nil
 	}
-	ln, err := a.cfg.Processes.TakeListener(key.pid, key.port)
+	lns, err := a.takeListeners(key.pid, key.port)
 	if err != nil {
 		return err
 	}
-	err = a.dp.RegisterProxyListener(key.port, ln)
-	if err != nil || key.kind != goProxy {
-		ln.Close() // the socket map holds its own reference
+	ln := lns[0]
+	for i, l := range lns {
+		if err == nil {
+			err = a.dp.RegisterProxyListener(key.port, l)
+		}
+		if err != nil || key.kind != goProxy || i > 0 {
+			l.Close() // the socket map holds its own reference
+		}
 	}
 	if err != nil {
 		return err
@@ -309,8 +314,40 @@ func (a *Agent) registerListener(key listenerKey) error {
 		}
 	}
 	a.registered[key] = true
-	a.log.Info("proxy listener registered", "proxy", key.kind.String(), "pid", key.pid, "port", key.port)
+	a.log.Info("proxy listener registered", "proxy", key.kind.String(), "pid", key.pid, "port", key.port, "sockets", len(lns))
 	return nil
+}
+
+// listenersTaker is implemented by ProxyProcesses that can take every
+// listener a proxy has on a port: a proxy serving both families listens
+// on 127.0.0.1:port and [::1]:port, and the datapath keeps a socket per
+// family (an IPv6 redirect finds no socket without the second).
+type listenersTaker interface {
+	TakeListeners(pid int, port uint16) ([]*net.TCPListener, error)
+}
+
+// TakeListeners implements listenersTaker.
+func (procProxies) TakeListeners(pid int, port uint16) ([]*net.TCPListener, error) {
+	return redirect.TakeListeners(pid, port)
+}
+
+// takeListeners takes a proxy's listeners of port, IPv4 first (the one
+// the agent holds across a Go proxy crash: only it is inherited by the
+// restarted proxy, which binds a new [::1] socket; IPv6 redirects drop
+// no-listener until that one is registered).
+func (a *Agent) takeListeners(pid int, port uint16) ([]*net.TCPListener, error) {
+	if t, ok := a.cfg.Processes.(listenersTaker); ok {
+		lns, err := t.TakeListeners(pid, port)
+		if err == nil && len(lns) == 0 {
+			err = fmt.Errorf("process %d has no TCP listener on port %d", pid, port)
+		}
+		return lns, err
+	}
+	ln, err := a.cfg.Processes.TakeListener(pid, port)
+	if err != nil {
+		return nil, err
+	}
+	return []*net.TCPListener{ln}, nil
 }
 
 // udpTaker is implemented by ProxyProcesses that can take a proxy's UDP

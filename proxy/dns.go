@@ -93,6 +93,9 @@ func (p *Proxy) serveDNS(st *listenerState) error {
 // close closes a listener's sockets.
 func (st *listenerState) close() {
 	st.ln.Close()
+	if st.ln6 != nil {
+		st.ln6.Close()
+	}
 	if st.udp != nil {
 		st.udp.Close()
 	}

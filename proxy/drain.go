@@ -36,6 +36,10 @@ func (p *Proxy) Drain(ctx context.Context) DrainStats {
 			ln.Close()
 			delete(p.inherited, port)
 		}
+		for port, ln := range p.inherited6 {
+			ln.Close()
+			delete(p.inherited6, port)
+		}
 		p.mu.Unlock()
 		p.log.Info("draining: stopped accepting", "connections", p.conns.Load())
 		p.drainCancel()

@@ -37,6 +37,9 @@ const maxHandOverListeners = 256
 type handOverHeader struct {
 	Ports    []uint16 `json:"ports"`
 	UDPPorts []uint16 `json:"udpPorts,omitempty"`
+	// Ports6 are the ports of the IPv6 listeners (Options.ListenHost6).
+	// Sockets follow in this order: Ports, Ports6, UDPPorts.
+	Ports6 []uint16 `json:"ports6,omitempty"`
 }
 
 // ServeHandOver serves the hand-over socket at path until ctx ends or a
@@ -100,6 +103,20 @@ func (p *Proxy) handOver(c *net.UnixConn) (bool, error) {
 		}
 		files = append(files, f)
 		hdr.Ports = append(hdr.Ports, port)
+	}
+	for _, port := range ports {
+		ln6 := p.listeners[port].ln6
+		if ln6 == nil {
+			continue
+		}
+		f, err := ln6.File()
+		if err != nil {
+			p.mu.Unlock()
+			closeFiles(files)
+			return false, fmt.Errorf("duplicate IPv6 listener %d: %w", port, err)
+		}
+		files = append(files, f)
+		hdr.Ports6 = append(hdr.Ports6, port)
 	}
 	for _, port := range ports {
 		// A dns listener's UDP socket: the socket map holds it too.
@@ -170,6 +187,8 @@ func samePeerUser(c *net.UnixConn) error {
 // running proxy, and the connection to tell it the new one is ready.
 type HandOver struct {
 	Listeners map[uint16]*net.TCPListener
+	// Listeners6 are the IPv6 listeners (for Options.Inherited6).
+	Listeners6 map[uint16]*net.TCPListener
 	// UDP are the dns listeners' UDP sockets (Options.InheritedUDP).
 	UDP map[uint16]*net.UDPConn
 	c   *net.UnixConn
@@ -212,7 +231,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			}
 		}
 	}
-	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, c: c}
+	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, Listeners6: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, c: c}
 	fail := func(err error) (*HandOver, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -224,10 +243,10 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 	if err := json.Unmarshal(buf[:n], &hdr); err != nil {
 		return fail(err)
 	}
-	if len(hdr.Ports)+len(hdr.UDPPorts) != len(fds) || len(hdr.Ports) > maxHandOverListeners || len(hdr.UDPPorts) > maxHandOverListeners {
-		return fail(fmt.Errorf("%d ports and %d udp ports but %d sockets", len(hdr.Ports), len(hdr.UDPPorts), len(fds)))
+	if len(hdr.Ports)+len(hdr.Ports6)+len(hdr.UDPPorts) != len(fds) || len(hdr.Ports) > maxHandOverListeners || len(hdr.Ports6) > maxHandOverListeners || len(hdr.UDPPorts) > maxHandOverListeners {
+		return fail(fmt.Errorf("%d ports, %d IPv6 ports and %d udp ports but %d sockets", len(hdr.Ports), len(hdr.Ports6), len(hdr.UDPPorts), len(fds)))
 	}
-	for i, port := range hdr.Ports {
+	for i, port := range append(slices.Clone(hdr.Ports), hdr.Ports6...) {
 		f := os.NewFile(uintptr(fds[i]), fmt.Sprintf("handed-over-%d", port))
 		ln, err := net.FileListener(f)
 		f.Close()
@@ -240,10 +259,14 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			ln.Close()
 			return fail(fmt.Errorf("listener %d is not TCP", port))
 		}
-		h.Listeners[port] = tl
+		if i < len(hdr.Ports) {
+			h.Listeners[port] = tl
+		} else {
+			h.Listeners6[port] = tl
+		}
 	}
 	for i, port := range hdr.UDPPorts {
-		j := len(hdr.Ports) + i
+		j := len(hdr.Ports) + len(hdr.Ports6) + i
 		f := os.NewFile(uintptr(fds[j]), fmt.Sprintf("handed-over-udp-%d", port))
 		pc, err := net.FilePacketConn(f)
 		f.Close()
@@ -277,6 +300,9 @@ func (h *HandOver) Ready() error {
 func (h *HandOver) Close() {
 	h.c.Close()
 	for _, ln := range h.Listeners {
+		ln.Close()
+	}
+	for _, ln := range h.Listeners6 {
 		ln.Close()
 	}
 	for _, c := range h.UDP {

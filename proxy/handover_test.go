@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -310,5 +311,82 @@ func TestHandOverUDPSocket(t *testing.T) {
 	// Still open and bound after the old proxy closed its descriptor.
 	if la, ok := udp.LocalAddr().(*net.UDPAddr); !ok || la.Port != int(port) {
 		t.Errorf("successor's udp socket bound to %v, want port %d", udp.LocalAddr(), port)
+	}
+}
+
+// TestHandOverIPv6Listener: a proxy port's IPv6 listener (ListenHost6) is
+// handed over with its IPv4 one, so the new process serves IPv6 on the
+// same socket once the old one drained (binding a new [::1] socket while
+// the old process still listens there would fail).
+func TestHandOverIPv6Listener(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	defer upstream.Close()
+	up := netip.MustParseAddrPort(upstream.Listener.Addr().String())
+	port := freePort(t)
+	cfg := httpConfig("1", port, up.Port(), policy.HTTPRule{Method: "GET", Path: "/ok.*"})
+	cfg.Members[1].Prefixes = append(cfg.Members[1].Prefixes, netip.MustParsePrefix("::1/128")) // the friend
+	sock := filepath.Join(t.TempDir(), "proxy-handover.sock")
+	no := false
+	newProxy := func(h *HandOver) *Proxy {
+		opts := Options{ListenHost: "127.0.0.1", ListenHost6: "::1", Transparent: &no, DrainTimeout: 5 * time.Second,
+			OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }}
+		if h != nil {
+			opts.Inherited, opts.Inherited6 = h.Listeners, h.Listeners6
+		}
+		p := New(opts)
+		t.Cleanup(func() { p.Close() })
+		if err := p.Apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	get := func(host string) error {
+		src := "127.0.0.2" // the friend
+		if host == "::1" {
+			src = "::1"
+		}
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+		resp, err := c.Get(fmt.Sprintf("http://%s/ok", net.JoinHostPort(host, strconv.Itoa(int(port)))))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	old := newProxy(nil)
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		if err := get(host); err != nil {
+			t.Fatalf("old proxy over %s: %v", host, err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); old.ServeHandOver(context.Background(), sock) }()
+	var h *HandOver
+	var err error
+	for range 50 {
+		if h, err = ReceiveHandOver(context.Background(), sock); h != nil || err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if h == nil {
+		t.Fatalf("no hand-over: %v", err)
+	}
+	if ln := h.Listeners6[port]; ln == nil || ln.Addr().(*net.TCPAddr).AddrPort() != netip.AddrPortFrom(netip.IPv6Loopback(), port) {
+		t.Errorf("handed-over IPv6 listeners %v, want [::1]:%d", h.Listeners6, port)
+	}
+	newProxy(h)
+	if err := h.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	<-done // the old process drained: its sockets are closed
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		if err := get(host); err != nil {
+			t.Errorf("new proxy over %s after the hand-over: %v", host, err)
+		}
 	}
 }

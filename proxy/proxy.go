@@ -88,6 +88,16 @@ type Options struct {
 	// way: a dns listener serves its inherited UDP socket (the socket map
 	// holds it too, under the port's UDP key) instead of binding one.
 	InheritedUDP map[uint16]*net.UDPConn
+	// ListenHost6 is the IPv6 address ("::1") of a second listener per TCP
+	// proxy port, the port's IPv6 socket in the datapath (an IPv6
+	// redirect finds no IPv4 socket): empty opens none, and IPv6
+	// redirects to the proxy drop no-listener. A port whose IPv6 socket
+	// cannot be opened (IPv6 off on the node, or the address still held)
+	// serves IPv4 alone, logged, and is retried on the next Apply. Not
+	// for parser dns (DNS over IPv6 stays a no-listener drop).
+	ListenHost6 string
+	// Inherited6 are the IPv6 listeners of a hand-over, by port.
+	Inherited6 map[uint16]*net.TCPListener
 	// DrainTimeout bounds a drain started on the admin socket (POST
 	// /drain) or by a hand-over (default 30s).
 	DrainTimeout time.Duration
@@ -134,6 +144,7 @@ type Proxy struct {
 	drained      chan struct{}
 	drainStats   DrainStats
 	inherited    map[uint16]*net.TCPListener // guarded by mu
+	inherited6   map[uint16]*net.TCPListener // guarded by mu
 	inheritedUDP map[uint16]*net.UDPConn     // guarded by mu
 }
 
@@ -148,7 +159,8 @@ type sourceKey struct {
 type listenerState struct {
 	spec Listener
 	ln   *net.TCPListener
-	udp  *net.UDPConn // parser dns: the UDP socket of the port
+	ln6  *net.TCPListener // the port's IPv6 socket (Options.ListenHost6), or nil
+	udp  *net.UDPConn     // parser dns: the UDP socket of the port
 }
 
 // New returns a Proxy with no config: it listens nowhere until Apply.
@@ -185,9 +197,13 @@ func New(opts Options) *Proxy {
 	p := &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
 		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
-		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: map[uint16]*net.TCPListener{}}
+		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: map[uint16]*net.TCPListener{},
+		inherited6: map[uint16]*net.TCPListener{}}
 	for port, ln := range opts.Inherited {
 		p.inherited[port] = ln
+	}
+	for port, ln := range opts.Inherited6 {
+		p.inherited6[port] = ln
 	}
 	p.inheritedUDP = map[uint16]*net.UDPConn{}
 	for port, c := range opts.InheritedUDP {
@@ -235,11 +251,13 @@ func (p *Proxy) Apply(cfg *Config) error {
 	fromInherited := map[uint16]bool{}
 	for port, spec := range want {
 		if cur, ok := p.listeners[port]; ok && cur.spec == spec {
+			p.open6(cur)
 			continue
 		}
 		if cur, ok := p.listeners[port]; ok && (cur.spec.Parser == policy.ParserDNS) == (spec.Parser == policy.ParserDNS) {
 			// same port, different spec: reuse the socket with the new spec
 			cur.spec = spec
+			p.open6(cur)
 			continue
 		} else if ok {
 			// to or from dns: other sockets serve it
@@ -292,7 +310,8 @@ func (p *Proxy) Apply(cfg *Config) error {
 		opened = append(opened, port)
 		if spec.Parser != policy.ParserDNS {
 			p.wg.Add(1)
-			go p.accept(st)
+			go p.accept(st, st.ln)
+			p.open6(st)
 		}
 	}
 	p.cur.Store(c)
@@ -303,6 +322,10 @@ func (p *Proxy) Apply(cfg *Config) error {
 		// served a listener this config removed.
 		ln.Close()
 		delete(p.inherited, port)
+	}
+	for port, ln := range p.inherited6 {
+		ln.Close()
+		delete(p.inherited6, port)
 	}
 	for port, c := range p.inheritedUDP {
 		c.Close()
@@ -345,6 +368,10 @@ func (p *Proxy) Close() error {
 		ln.Close()
 		delete(p.inherited, port)
 	}
+	for port, ln := range p.inherited6 {
+		ln.Close()
+		delete(p.inherited6, port)
+	}
 	for port, c := range p.inheritedUDP {
 		c.Close()
 		delete(p.inheritedUDP, port)
@@ -356,10 +383,39 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-func (p *Proxy) accept(st *listenerState) {
+// open6 opens the IPv6 listener of a TCP proxy port that has none
+// (Options.ListenHost6; p.mu held): the handed-over one, or a new one.
+// Failing is not fatal: the port serves IPv4, IPv6 redirects to it drop
+// no-listener (fail closed), and the next Apply tries again.
+func (p *Proxy) open6(st *listenerState) {
+	if p.opts.ListenHost6 == "" || st.ln6 != nil || st.spec.Parser == policy.ParserDNS || p.draining {
+		return
+	}
+	port := st.spec.Port
+	ln, ok := p.inherited6[port]
+	delete(p.inherited6, port)
+	var err error
+	if !ok {
+		ln, err = redirect.ListenTransparent(p.ctx, net.JoinHostPort(p.opts.ListenHost6, strconv.Itoa(int(port))), *p.opts.Transparent)
+	}
+	if err == nil && p.opts.OnListener != nil {
+		if err = p.opts.OnListener(port, ln); err != nil {
+			ln.Close()
+		}
+	}
+	if err != nil {
+		p.log.Warn("no IPv6 listener: IPv6 redirects to the port drop until one opens", "port", port, "error", err)
+		return
+	}
+	st.ln6 = ln
+	p.wg.Add(1)
+	go p.accept(st, ln)
+}
+
+func (p *Proxy) accept(st *listenerState, ln *net.TCPListener) {
 	defer p.wg.Done()
 	for {
-		c, err := st.ln.AcceptTCP()
+		c, err := ln.AcceptTCP()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				p.log.Warn("accept failed", "port", st.spec.Port, "error", err)

@@ -97,11 +97,11 @@ func UpstreamDialer(mark uint32, source netip.Addr, avoid func(port uint16) bool
 			if !source.IsValid() {
 				return
 			}
-			level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-			var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: source.Unmap().As4()}
-			if !source.Unmap().Is4() {
-				level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
-				sa = &unix.SockaddrInet6{Addr: source.As16()}
+			level, opt := unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+			var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: source.As16()}
+			if source.Unmap().Is4() {
+				level, opt = unix.SOL_IP, unix.IP_TRANSPARENT
+				sa = &unix.SockaddrInet4{Addr: source.Unmap().As4()}
 			}
 			if e := unix.SetsockoptInt(int(fd), level, opt, 1); e != nil {
 				serr = fmt.Errorf("set IP_TRANSPARENT for source %s: %w", source, e)

@@ -260,3 +260,63 @@ time.sleep(30)
 		t.Errorf("took %v, want %v", addrs, want)
 	}
 }
+
+// TestPrivilegedUpstreamDialerKeepsIPv6Source: an upstream socket bound to
+// an IPv6 client's address (IPV6_TRANSPARENT) reaches the server from that
+// address: the proxy's upstream for an IPv6 redirect.
+func TestPrivilegedUpstreamDialerKeepsIPv6Source(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace, binds with IPV6_TRANSPARENT")
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	ns := "l7rd" + hex.EncodeToString(b)
+	for _, args := range [][]string{
+		{"netns", "add", ns},
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", ns, "addr", "add", "2001:db8:9::2/128", "dev", "lo", "nodad"},
+		{"-n", ns, "-6", "route", "add", "local", "2001:db8:9::/64", "dev", "lo"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		if args[0] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	client := netip.MustParseAddr("2001:db8:9::1")
+	err := inNetNS(ns, func() error {
+		ln, err := net.Listen("tcp6", "[2001:db8:9::2]:80")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		peer := make(chan netip.AddrPort, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				peer <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				c.Close()
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := UpstreamDialer(0x0A00, client, func(uint16) bool { return false }).DialContext(ctx, "tcp", "[2001:db8:9::2]:80")
+		if err != nil {
+			return fmt.Errorf("dial from %s: %w", client, err)
+		}
+		defer c.Close()
+		select {
+		case got := <-peer:
+			if got.Addr() != client {
+				return fmt.Errorf("the server saw %s, want %s", got, client)
+			}
+		case <-ctx.Done():
+			return errors.New("the server saw no connection")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

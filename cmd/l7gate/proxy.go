@@ -37,7 +37,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		xdsSocket, adminSocket, node, bpffs, accessLog string
 		flowSocket, metricsAddr                        string
 		listenAddr, escapedSlashes                     string
-		http2Path                                      string
+		http2Path, listenAddr6                         string
 		keepSource, noSockmap                          bool
 		maxConns, maxConnsPerSource                    int
 		maxHeaderBytes, kafkaMaxFrame                  int
@@ -118,10 +118,13 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			if ip := net.ParseIP(listenAddr); ip == nil {
 				return usageErrorf("--listen-address: want an IP address, not %q", listenAddr)
 			}
+			if ip, err := netip.ParseAddr(listenAddr6); listenAddr6 != "" && (err != nil || !ip.Is6() || ip.Is4In6()) {
+				return usageErrorf("--listen-address6: want an IPv6 address, not %q", listenAddr6)
+			}
 			keepSource = upstreamKeepsSource(keepSource, cmd.Flags().Changed("keep-source"), noSockmap)
 			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, MaxConnectionsPerSource: maxConnsPerSource, KeepSource: keepSource,
 				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
-				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr,
+				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr, ListenHost6: listenAddr6,
 				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout,
 					BodyTimeout: bodyTimeout, EscapedSlashes: slashes, LegacyHTTP2: http2Path == "nethttp"}}
 			switch accessLog {
@@ -200,8 +203,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				for _, ln := range inherited {
 					ln.Close() // the running proxy's are the same sockets
 				}
-				opts.Inherited, opts.InheritedUDP = ho.Listeners, ho.UDP
-				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "udp", len(ho.UDP))
+				opts.Inherited, opts.Inherited6, opts.InheritedUDP = ho.Listeners, ho.Listeners6, ho.UDP
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "ipv6", len(ho.Listeners6), "udp", len(ho.UDP))
 			case len(inherited) > 0:
 				opts.Inherited = inherited
 				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
@@ -340,6 +343,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
+	fl.StringVar(&listenAddr6, "listen-address6", "::1", "IPv6 address of each proxy port's second listener, the datapath's socket for IPv6 redirects (empty: none, IPv6 redirects to the proxy drop no-listener)")
 	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
 	fl.IntVar(&maxConnsPerSource, "max-connections-per-source", 8192, "concurrent client connections of one source identity (of one address for world/CIDR sources); beyond it new ones are reset at accept")
 	fl.IntVar(&maxHeaderBytes, "http-max-header-bytes", 64<<10, "HTTP/1 request line plus headers; larger requests get 431")
