@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,8 +23,9 @@ import (
 // benchKafka is make bench's Kafka row in-process: kafka-go writers (8,
 // sharing one Transport, 10 × 100 B messages per produce, acks=1) to a
 // kfake broker, directly or through the Go proxy set up as `l7gate proxy`
-// sets it up (a JSON-lines access log to a file, every record).
-func benchKafka(b *testing.B, through bool, workers int) {
+// sets it up (a JSON-lines access log to a file: buffered as
+// `l7gate proxy` writes it, per record as it did before, or none).
+func benchKafka(b *testing.B, through bool, workers int, accessLog string) {
 	ln0, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -57,7 +59,16 @@ func benchKafka(b *testing.B, through bool, workers int) {
 		defer f.Close()
 		up := netip.MustParseAddrPort(brokerAddr)
 		no := false
-		p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, AccessLog: flow.JSONLines(f),
+		var log func(*flow.Record)
+		switch accessLog {
+		case "per-record":
+			log = flow.JSONLines(f)
+		case "buffered":
+			var flush func()
+			log, flush = flow.BufferedJSONLines(f, accessLogDelay)
+			defer flush()
+		}
+		p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, AccessLog: log,
 			OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }})
 		defer p.Close()
 		keys, _ := policy.KafkaRoleAPIKeys("produce")
@@ -97,6 +108,7 @@ func benchKafka(b *testing.B, through bool, workers int) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
+	cpu0 := cpuTime(b)
 	b.ResetTimer()
 	for _, w := range writers {
 		wg.Add(1)
@@ -112,11 +124,27 @@ func benchKafka(b *testing.B, through bool, workers int) {
 	}
 	wg.Wait()
 	b.StopTimer()
+	cpu := cpuTime(b) - cpu0
 	close(errc)
 	if err := <-errc; err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "produce/s")
+	// Process CPU (client, broker and proxy) per produce call: steadier
+	// than throughput on a loaded machine; proxy minus direct is what
+	// the proxy costs.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/produce")
+}
+
+// accessLogDelay is cmd/l7gate's --access-log buffering delay.
+const accessLogDelay = 100 * time.Millisecond
+
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkKafkaProduce runs the direct and proxied paths side by side;
@@ -126,7 +154,9 @@ func benchKafka(b *testing.B, through bool, workers int) {
 // latency rather than the proxy's throughput.
 func BenchmarkKafkaProduce(b *testing.B) {
 	for _, workers := range []int{8, 64} {
-		b.Run(fmt.Sprintf("writers=%d/direct", workers), func(b *testing.B) { benchKafka(b, false, workers) })
-		b.Run(fmt.Sprintf("writers=%d/proxy", workers), func(b *testing.B) { benchKafka(b, true, workers) })
+		b.Run(fmt.Sprintf("writers=%d/direct", workers), func(b *testing.B) { benchKafka(b, false, workers, "") })
+		for _, l := range []string{"buffered", "per-record", "none"} {
+			b.Run(fmt.Sprintf("writers=%d/proxy-log=%s", workers, l), func(b *testing.B) { benchKafka(b, true, workers, l) })
+		}
 	}
 }
