@@ -35,6 +35,11 @@ import (
 // buffer before it is written to --access-log.
 const accessLogDelay = 100 * time.Millisecond
 
+// flowLinger is how long the first access record of a batch waits for
+// more before the batch goes to the agent's flow intake (short: the
+// forwarder's queue of 8192 records must absorb what arrives meanwhile).
+const flowLinger = 20 * time.Millisecond
+
 func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
@@ -151,6 +156,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			if flowSocket != "" {
 				// every record also goes to the agent's flow pipeline
 				fwd := flow.NewForwarder(flowSocket, 0, a.log)
+				fwd.Linger = flowLinger
 				extra = append(extra,
 					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
 						"outcome", "sent", func() float64 { s, _ := fwd.Stats(); return float64(s) }),
