@@ -3,10 +3,12 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,10 +65,15 @@ func benchKafka(b *testing.B, through bool, workers int, accessLog string) {
 		switch accessLog {
 		case "per-record":
 			log = flow.JSONLines(f)
-		case "buffered":
+		case "buffered", "buffered+forward", "buffered+forward-nolinger":
 			var flush func()
 			log, flush = flow.BufferedJSONLines(f, accessLogDelay)
 			defer flush()
+		}
+		if strings.HasPrefix(accessLog, "buffered+forward") {
+			// as under the agent: every record also goes to the agent's
+			// flow intake (here a reader decoding the lines, as it does)
+			log = forwardTo(b, log, accessLog == "buffered+forward")
 		}
 		p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, AccessLog: log,
 			OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }})
@@ -136,8 +143,46 @@ func benchKafka(b *testing.B, through bool, workers int, accessLog string) {
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/produce")
 }
 
-// accessLogDelay is cmd/l7gate's --access-log buffering delay.
-const accessLogDelay = 100 * time.Millisecond
+// forwardTo adds a flow.Forwarder to a Unix-socket intake that decodes
+// the records, as `l7gate proxy --flow-socket` under the agent does.
+func forwardTo(b *testing.B, local func(*flow.Record), linger bool) func(*flow.Record) {
+	path := filepath.Join(b.TempDir(), "flows.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				flow.DecodeJSONLines(c, 0, func(*flow.Record) {})
+			}()
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	fwd := flow.NewForwarder(path, 0, slog.New(slog.DiscardHandler))
+	if linger {
+		fwd.Linger = flowLinger
+	}
+	go fwd.Run(ctx)
+	return func(r *flow.Record) {
+		local(r)
+		fwd.Send(r)
+	}
+}
+
+// accessLogDelay and flowLinger are cmd/l7gate's access-log buffering
+// delay and flow-forwarder linger.
+const (
+	accessLogDelay = 100 * time.Millisecond
+	flowLinger     = 20 * time.Millisecond
+)
 
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage
@@ -155,7 +200,7 @@ func cpuTime(b *testing.B) time.Duration {
 func BenchmarkKafkaProduce(b *testing.B) {
 	for _, workers := range []int{8, 64} {
 		b.Run(fmt.Sprintf("writers=%d/direct", workers), func(b *testing.B) { benchKafka(b, false, workers, "") })
-		for _, l := range []string{"buffered", "per-record", "none"} {
+		for _, l := range []string{"buffered", "buffered+forward", "buffered+forward-nolinger", "per-record", "none"} {
 			b.Run(fmt.Sprintf("writers=%d/proxy-log=%s", workers, l), func(b *testing.B) { benchKafka(b, true, workers, l) })
 		}
 	}
