@@ -26,7 +26,10 @@ import (
 // sharing one Transport, 10 × 100 B messages per produce, acks=1) to a
 // kfake broker, directly or through the Go proxy set up as `l7gate proxy`
 // sets it up (a JSON-lines access log to a file: buffered as
-// `l7gate proxy` writes it, per record as it did before, or none).
+// `l7gate proxy` writes it, per record as it did before, or none). The
+// "+forward" variants add the agent's flow forwarder:
+// per-record+forward-nolinger is how the proxy logged under the agent
+// before, buffered+forward how it logs now.
 func benchKafka(b *testing.B, through bool, workers int, accessLog string) {
 	ln0, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,14 +66,14 @@ func benchKafka(b *testing.B, through bool, workers int, accessLog string) {
 		no := false
 		var log func(*flow.Record)
 		switch accessLog {
-		case "per-record":
+		case "per-record", "per-record+forward-nolinger":
 			log = flow.JSONLines(f)
 		case "buffered", "buffered+forward", "buffered+forward-nolinger":
 			var flush func()
 			log, flush = flow.BufferedJSONLines(f, accessLogDelay)
 			defer flush()
 		}
-		if strings.HasPrefix(accessLog, "buffered+forward") {
+		if strings.Contains(accessLog, "+forward") {
 			// as under the agent: every record also goes to the agent's
 			// flow intake (here a reader decoding the lines, as it does)
 			log = forwardTo(b, log, accessLog == "buffered+forward")
@@ -200,7 +203,7 @@ func cpuTime(b *testing.B) time.Duration {
 func BenchmarkKafkaProduce(b *testing.B) {
 	for _, workers := range []int{8, 64} {
 		b.Run(fmt.Sprintf("writers=%d/direct", workers), func(b *testing.B) { benchKafka(b, false, workers, "") })
-		for _, l := range []string{"buffered", "buffered+forward", "buffered+forward-nolinger", "per-record", "none"} {
+		for _, l := range []string{"buffered", "buffered+forward", "buffered+forward-nolinger", "per-record", "per-record+forward-nolinger", "none"} {
 			b.Run(fmt.Sprintf("writers=%d/proxy-log=%s", workers, l), func(b *testing.B) { benchKafka(b, true, workers, l) })
 		}
 	}
