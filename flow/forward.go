@@ -22,6 +22,12 @@ const MaxRecordLine = 256 << 10
 // blocks: while the queue is full (the agent is away or slow) records are
 // dropped and counted, so a proxy's requests never wait for observability.
 type Forwarder struct {
+	// Linger is how long the first record of a batch waits for more
+	// before the batch is written (0: written as soon as the queue is
+	// empty). Set it before Run: a busy proxy then wakes the forwarder and
+	// writes to the socket once per batch instead of once per request.
+	Linger time.Duration
+
 	path    string
 	q       chan *Record
 	log     *slog.Logger
@@ -115,6 +121,14 @@ func (f *Forwarder) stream(ctx context.Context, conn net.Conn) error {
 			flush()
 			return nil
 		case r = <-f.q:
+		}
+		if pending == 0 && f.Linger > 0 {
+			t := time.NewTimer(f.Linger)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
 		}
 		buf = AppendJSON(buf[:0], r)
 		// (records a full buffer flushed on its own are counted at the

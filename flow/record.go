@@ -155,3 +155,47 @@ type HeaderMismatch struct {
 	// Value is the rule's value; for DELETE, the value that was removed.
 	Value string `json:"value"`
 }
+
+// maxBufferedLines is how many bytes of records BufferedJSONLines holds
+// before writing them without waiting for the delay.
+const maxBufferedLines = 64 << 10
+
+// BufferedJSONLines is JSONLines with writes coalesced: a record is
+// written at most delay after it was logged, together with those logged
+// meanwhile (at once when 64 KiB are buffered), so a proxy handling many
+// small requests pays one write system call per batch instead of one per
+// request. flush writes what is buffered now; call it before exiting.
+// Safe for concurrent use.
+func BufferedJSONLines(w io.Writer, delay time.Duration) (sink func(*Record), flush func()) {
+	var mu sync.Mutex
+	var buf []byte
+	armed := false
+	writeLocked := func() {
+		if len(buf) > 0 {
+			w.Write(buf)
+			buf = buf[:0]
+		}
+	}
+	flush = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		armed = false
+		writeLocked()
+	}
+	t := time.AfterFunc(time.Hour, flush)
+	t.Stop()
+	sink = func(r *Record) {
+		mu.Lock()
+		defer mu.Unlock()
+		buf = AppendJSON(buf, r)
+		if len(buf) >= maxBufferedLines {
+			writeLocked()
+			return
+		}
+		if !armed {
+			armed = true
+			t.Reset(delay)
+		}
+	}
+	return sink, flush
+}

@@ -179,9 +179,9 @@ func (r *Results) computeGoals() {
 	}
 	if d, l := r.Kafka["direct"], r.Kafka["l7"]; d != nil && l != nil {
 		x := ratio(l.MsgPerSec, d.MsgPerSec)
-		add("Kafka produce throughput, L7 / direct", "≥ 0.8", fmt.Sprintf("%.2f", x), yesNo(x >= 0.8))
+		add("Kafka produce throughput, L7 / direct", "≥ 0.85", fmt.Sprintf("%.2f", x), yesNo(x >= 0.85))
 	} else {
-		na("Kafka produce throughput, L7 / direct", "≥ 0.8")
+		na("Kafka produce throughput, L7 / direct", "≥ 0.85")
 	}
 }
 
