@@ -179,7 +179,12 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 	}
 	// On error, netns.New removes what it made; Close (deferred above)
 	// removes what the ledger recorded.
-	t.net, err = netns.New(ctx, netns.Config{Prefix: cfg.Prefix, NodeAddr: nodeAddr, Sysctls: sysctls, Created: led.addNamespace})
+	ncfg := netns.Config{Prefix: cfg.Prefix, NodeAddr: nodeAddr, Sysctls: sysctls, Created: led.addNamespace}
+	if slices.ContainsFunc(sc.Hosts, func(h *Host) bool { return h.IP6.IsValid() }) {
+		// dual-stack: the node gets an IPv6 address too, the hosts' gateway
+		ncfg.NodeAddr6 = nodeAddr6
+	}
+	t.net, err = netns.New(ctx, ncfg)
 	if err != nil {
 		return t, err
 	}
@@ -192,7 +197,7 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 			ext := strings.TrimPrefix(h.Name, "external:")
 			name, dev = "ext-"+ext, devName("ext", ext, i, used)
 		}
-		nh, err := t.net.AddHost(ctx, name, dev, h.IP)
+		nh, err := t.net.AddDualHost(ctx, name, dev, h.IP, h.IP6)
 		if err != nil {
 			return t, fmt.Errorf("host %s: %w", h.Name, err)
 		}
@@ -220,7 +225,7 @@ func (t *Topology) startServer(ctx context.Context, hn *HostNS) error {
 	if len(t.cfg.ServerCommand) == 0 {
 		return errors.New("topology: no server command")
 	}
-	sc := ServerConfig{Host: hn.Host.Name, IP: hn.Host.IP, Serve: hn.Host.Serve, Topics: hn.Host.Topics, Zone: hn.Host.Zone}
+	sc := ServerConfig{Host: hn.Host.Name, IP: hn.Host.IP, IP6: hn.Host.IP6, Serve: hn.Host.Serve, Topics: hn.Host.Topics, Zone: hn.Host.Zone}
 	args := append([]string{"netns", "exec", hn.NS}, t.cfg.ServerCommand...)
 	args = append(args, sc.Args()...)
 	hn.Log = filepath.Join(t.cfg.WorkDir, "server-"+fileName(hn.Host.Name)+".log")
