@@ -257,8 +257,8 @@ func TestPrivilegedScenarioStarwarsDualStack(t *testing.T) {
 			}
 		}
 	}
-	if v6 != 9 {
-		t.Fatalf("starwars-dualstack has %d checks over IPv6, want 9", v6)
+	if v6 != 10 {
+		t.Fatalf("starwars-dualstack has %d checks over IPv6, want 10", v6)
 	}
 	runScenario(t, sc)
 }
