@@ -205,6 +205,11 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 		t.hosts[h.Name] = hn
 		t.order = append(t.order, hn)
 	}
+	if ncfg.NodeAddr6.IsValid() {
+		if err := t.waitIPv6(ctx); err != nil {
+			return t, err
+		}
+	}
 	for _, hn := range t.order {
 		if len(hn.Host.Serve) > 0 {
 			if err := t.startServer(ctx, hn); err != nil {
@@ -213,6 +218,42 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 		}
 	}
 	return t, nil
+}
+
+// waitIPv6 waits (at most 5 s) until no namespace of the topology has a
+// tentative IPv6 address: the veths' link-local addresses go through
+// duplicate address detection, and until then neighbour discovery between
+// a host and the node can fail, so the first IPv6 connection would time
+// out.
+func (t *Topology) waitIPv6(ctx context.Context) error {
+	nss := []string{t.Node}
+	for _, hn := range t.order {
+		nss = append(nss, hn.NS)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var busy []string
+		for _, ns := range nss {
+			out, err := exec.CommandContext(ctx, "ip", "-n", ns, "-6", "addr", "show", "tentative").Output()
+			if err != nil {
+				return fmt.Errorf("ipv6 addresses of %s: %w", ns, err)
+			}
+			if len(strings.TrimSpace(string(out))) > 0 {
+				busy = append(busy, ns)
+			}
+		}
+		if len(busy) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ipv6 addresses still tentative after 5s in %s", strings.Join(busy, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func fileName(s string) string {
