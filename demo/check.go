@@ -65,7 +65,7 @@ func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observatio
 	}
 	if c.From == NodeHost && dst != nil {
 		// from the node's own namespace and address (kubelet's probes)
-		return send(ctx, netnsDialer(t.Node, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.IP, c.Port), c, o)
+		return send(ctx, netnsDialer(t.Node, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.Addr(c.Family), c.Port), c, o)
 	}
 	if src == nil || dst == nil {
 		return Observation{Verdict: Errored, Detail: "unknown host"}
@@ -73,7 +73,7 @@ func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observatio
 	if c.Name != "" {
 		return t.sendByName(ctx, src, c, o)
 	}
-	return send(ctx, netnsDialer(src.NS, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.IP, c.Port), c, o)
+	return send(ctx, netnsDialer(src.NS, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.Addr(c.Family), c.Port), c, o)
 }
 
 // sendByName resolves c.Name by asking the DNS server c.ResolvedBy from

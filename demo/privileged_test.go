@@ -244,6 +244,25 @@ func scenarioByName(t *testing.T, name string) *Scenario {
 
 func TestPrivilegedScenarioStarwars(t *testing.T) { runScenario(t, scenarioByName(t, BuiltinName)) }
 
+// TestPrivilegedScenarioStarwarsDualStack: the starwars scenario on
+// dual-stack pods, every check over IPv4 and again over IPv6 with the same
+// verdict (L3/L4 drops and L7 denials through the proxy's IPv6 listener).
+func TestPrivilegedScenarioStarwarsDualStack(t *testing.T) {
+	sc := scenarioByName(t, "starwars-dualstack")
+	v6 := 0
+	for _, st := range sc.Steps {
+		for _, c := range st.Checks {
+			if c.Family == FamilyIPv6 {
+				v6++
+			}
+		}
+	}
+	if v6 != 10 {
+		t.Fatalf("starwars-dualstack has %d checks over IPv6, want 10", v6)
+	}
+	runScenario(t, sc)
+}
+
 func TestPrivilegedScenarioGRPC(t *testing.T) { runScenario(t, scenarioByName(t, "grpc")) }
 
 func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {

@@ -56,12 +56,12 @@ func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 	if src == nil || dst == nil {
 		return TraceSummary{Err: fmt.Errorf("unknown host")}
 	}
-	addr := netip.AddrPortFrom(dst.IP, c.Port)
+	addr := netip.AddrPortFrom(dst.Addr(c.Family), c.Port)
 	req := policy.TraceRequest{
 		// A pod's address among the inputs resolves to that pod; any other
 		// address to world or a CIDR identity, as the datapath sees it.
-		Src:      policy.TracePeer{Addr: src.IP},
-		Dst:      policy.TracePeer{Addr: dst.IP},
+		Src:      policy.TracePeer{Addr: src.Addr(c.Family)},
+		Dst:      policy.TracePeer{Addr: dst.Addr(c.Family)},
 		Protocol: policy.ProtoTCP,
 		DPort:    c.Port,
 	}
@@ -193,6 +193,10 @@ func (r *Result) Line() string {
 	if r.Check.DecidedBy != "" {
 		expect += " by " + r.Check.DecidedBy
 	}
+	family := ""
+	if r.Check.Family == FamilyIPv6 {
+		family = " over IPv6"
+	}
 	return fmt.Sprintf("%s step %d %q | %s → %s:%d | %s | expected %s | observed %s | %s",
-		mark, r.Step, r.StepName, r.Check.From, r.Check.To, r.Check.Port, r.Check.RequestString(), expect, obs, decided)
+		mark, r.Step, r.StepName, r.Check.From, r.Check.To, r.Check.Port, r.Check.RequestString()+family, expect, obs, decided)
 }

@@ -257,14 +257,14 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 			watch.mark(ctx)
 			r := Result{Step: i + 1, StepName: st.Name, Check: c, Observed: topo.Send(ctx, c, cfg.Probe), Trace: TraceCheck(objs, sc, c)}
 			if src, dst := sc.Host(c.From), sc.Host(c.To); src != nil && dst != nil {
-				dsts := []netip.AddrPort{netip.AddrPortFrom(dst.IP, c.Port)}
+				dsts := []netip.AddrPort{netip.AddrPortFrom(dst.Addr(c.Family), c.Port)}
 				if dst.Service != nil {
 					dsts = dst.backendAddrs(c.Port) // whichever the LB picked
 				}
-				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.IP, dsts)
+				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.Addr(c.Family), dsts)
 				if r.Observed.Verdict == Allowed {
 					// forwarded: was it only because a policy is in audit mode?
-					if audit := watch.audited(ctx, c.Expect == Audited, src.IP, dsts); len(audit) > 0 {
+					if audit := watch.audited(ctx, c.Expect == Audited, src.Addr(c.Family), dsts); len(audit) > 0 {
 						r.Observed.Verdict, r.DecidedBy = Audited, audit
 					}
 				}

@@ -38,19 +38,28 @@ var subnet = netip.MustParsePrefix("198.18.0.0/15")
 // through it.
 var nodeAddr = netip.MustParseAddr("198.18.255.254")
 
+// subnet6 is the range a host's IPv6 address (status.podIPs) must be in.
+var subnet6 = netip.MustParsePrefix("2001:db8::/32")
+
+// nodeAddr6 is the node's IPv6 address, the IPv6 gateway of every host
+// with an IPv6 address.
+var nodeAddr6 = netip.MustParseAddr("2001:db8::fffe")
+
 // NodeHost names the node itself as a check's source ("from: node"): the
 // request leaves the node's network namespace from the node's address, as
 // kubelet's probes do, and policy sees the host identity.
 const NodeHost = "node"
 
 // node is the node as a host (never a destination: it serves nothing).
-var node = &Host{Name: NodeHost, IP: nodeAddr}
+var node = &Host{Name: NodeHost, IP: nodeAddr, IP6: nodeAddr6}
 
 // Host is a pod or external host of a scenario.
 type Host struct {
 	// Name is "namespace/pod" or "external:name".
 	Name string
 	IP   netip.Addr
+	// IP6 is a pod's IPv6 address (from status.podIPs; invalid: none).
+	IP6 netip.Addr
 	// Pod is nil for external hosts.
 	Pod    *policy.Pod
 	Serve  []Service
@@ -60,6 +69,14 @@ type Host struct {
 	// is its ClusterIP, Frontends its ports and backends (services.go).
 	Service   *policy.Service
 	Frontends []policy.ServiceFrontend
+}
+
+// Addr is the host's address in the family (FamilyIPv6: IP6, else IP).
+func (h *Host) Addr(family Family) netip.Addr {
+	if family == FamilyIPv6 {
+		return h.IP6
+	}
+	return h.IP
 }
 
 // Serves reports whether the host runs a server of proto on port.
@@ -255,6 +272,9 @@ func (sc *Scenario) hosts(externals []External) []error {
 			return
 		}
 		byIP[h.IP] = h.Name
+		if h.IP6.IsValid() {
+			byIP[h.IP6] = h.Name
+		}
 		sc.Hosts = append(sc.Hosts, h)
 	}
 	for i := range sc.Objects.Pods {
@@ -279,7 +299,24 @@ func (sc *Scenario) hosts(externals []External) []error {
 			errs = append(errs, fmt.Errorf("%s: status.podIP: %w", where, err))
 			continue
 		}
-		h := &Host{Name: p.Namespace + "/" + p.Name, IP: ip, Pod: p}
+		var ip6 netip.Addr
+		for _, a := range p.IPs {
+			if a.Is6() && !a.Is4In6() {
+				ip6 = a
+				break
+			}
+		}
+		if ip6.IsValid() {
+			if err := checkHostIP6(ip6); err != nil {
+				errs = append(errs, fmt.Errorf("%s: status.podIPs: %w", where, err))
+				continue
+			}
+			if other, ok := byIP[ip6]; ok {
+				errs = append(errs, fmt.Errorf("%s: address %s is also %s's", where, ip6, other))
+				continue
+			}
+		}
+		h := &Host{Name: p.Namespace + "/" + p.Name, IP: ip, IP6: ip6, Pod: p}
 		if s, ok := p.Annotations[ServeAnnotation]; ok {
 			svc, err := ParseServe(s)
 			if err != nil {
@@ -318,6 +355,18 @@ func checkHostIP(ip netip.Addr) error {
 	case ip == nodeAddr:
 		return fmt.Errorf("%s is the node's address", ip)
 	case ip == subnet.Addr() || ip == netip.MustParseAddr("198.19.255.255"):
+		return fmt.Errorf("%s is not a host address", ip)
+	}
+	return nil
+}
+
+func checkHostIP6(ip netip.Addr) error {
+	switch {
+	case !subnet6.Contains(ip):
+		return fmt.Errorf("%s is outside %s", ip, subnet6)
+	case ip == nodeAddr6:
+		return fmt.Errorf("%s is the node's address", ip)
+	case ip == subnet6.Addr():
 		return fmt.Errorf("%s is not a host address", ip)
 	}
 	return nil
@@ -381,6 +430,10 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 				continue
 			}
 			if to.Service != nil {
+				if c.Family == FamilyIPv6 {
+					errs = append(errs, fmt.Errorf("%s.family: checks over IPv6 to a Service are not supported", cw))
+					continue
+				}
 				if c.Kafka != nil {
 					errs = append(errs, fmt.Errorf("%s: Kafka checks to a Service are not supported (a client asks the broker for its own address)", cw))
 				} else if err := sc.servesViaService(to, c.Protocol(), c.Port); err != nil {
@@ -395,6 +448,12 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 				errs = append(errs, fmt.Errorf("%s.to: the node serves nothing; it may only be a check's source (from: node)", cw))
 				continue
 			}
+			if c.Family == FamilyIPv6 {
+				if err := checkIPv6Check(c, from, to); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", cw, err))
+					continue
+				}
+			}
 			proto := c.Protocol()
 			if !to.Serves(proto, c.Port) {
 				errs = append(errs, fmt.Errorf("%s: %s serves no %s on port %d (add %s:%d to its %s)", cw, c.To, proto, c.Port, proto, c.Port, serveWhere(to)))
@@ -405,6 +464,23 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 		}
 	}
 	return errs
+}
+
+// checkIPv6Check: a check over IPv6 is an HTTP request between two hosts
+// with IPv6 addresses (the node has one). By name, gRPC, Kafka and DNS
+// over IPv6 are not supported (yet): an error, never a silent IPv4 check.
+func checkIPv6Check(c Check, from, to *Host) error {
+	switch {
+	case c.HTTP == nil:
+		return errors.New("family: ipv6 is supported for http checks only")
+	case c.Name != "":
+		return errors.New("family: ipv6 is not supported for checks by name")
+	case !from.IP6.IsValid():
+		return fmt.Errorf("family: ipv6: %s has no IPv6 address (add one to its status.podIPs)", from.Name)
+	case !to.IP6.IsValid():
+		return fmt.Errorf("family: ipv6: %s has no IPv6 address (add one to its status.podIPs)", to.Name)
+	}
+	return nil
 }
 
 func serveWhere(h *Host) string {

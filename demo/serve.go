@@ -137,8 +137,11 @@ func ParseServe(s string) ([]Service, error) {
 // host, listening on its address (the process runs inside the host's
 // network namespace).
 type ServerConfig struct {
-	Host   string     `json:"host"`
-	IP     netip.Addr `json:"ip"`
+	Host string     `json:"host"`
+	IP   netip.Addr `json:"ip"`
+	// IP6, when valid, is the host's IPv6 address: HTTP servers listen
+	// on it too.
+	IP6    netip.Addr `json:"ip6,omitzero"`
 	Serve  []Service  `json:"serve"`
 	Topics []string   `json:"topics,omitempty"` // seeded in the Kafka broker
 	// Zone is what a dns server answers (normalised name → address).
@@ -182,7 +185,7 @@ func Serve(ctx context.Context, cfg ServerConfig, log *slog.Logger, ready func()
 			s()
 		}
 	}()
-	errc := make(chan error, len(cfg.Serve))
+	errc := make(chan error, 2*len(cfg.Serve)) // HTTP may listen on two addresses
 	for _, svc := range cfg.Serve {
 		addr := netip.AddrPortFrom(cfg.IP, svc.Port).String()
 		switch svc.Proto {
@@ -192,12 +195,22 @@ func Serve(ctx context.Context, cfg ServerConfig, log *slog.Logger, ready func()
 				return err
 			}
 			srv := &http.Server{Handler: DeathstarHandler(cfg.Host), ReadHeaderTimeout: 10 * time.Second}
-			go func() {
-				if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-					errc <- fmt.Errorf("http %s: %w", addr, err)
-				}
-			}()
 			stops = append(stops, func() { srv.Close() })
+			ls := map[string]net.Listener{addr: l}
+			if cfg.IP6.IsValid() {
+				addr6 := netip.AddrPortFrom(cfg.IP6, svc.Port).String()
+				if ls[addr6], err = listenTCP(ctx, addr6); err != nil {
+					l.Close()
+					return err
+				}
+			}
+			for a, l := range ls {
+				go func() {
+					if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+						errc <- fmt.Errorf("http %s: %w", a, err)
+					}
+				}()
+			}
 		case ProtoGRPC:
 			l, err := listenTCP(ctx, addr)
 			if err != nil {
@@ -241,7 +254,7 @@ func Serve(ctx context.Context, cfg ServerConfig, log *slog.Logger, ready func()
 func listenTCP(ctx context.Context, addr string) (net.Listener, error) {
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
-	l, err := lc.Listen(ctx, "tcp4", addr)
+	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}

@@ -71,7 +71,20 @@ type Check struct {
 	// address with Host: NAME. LoadScenario sets To to the host at the
 	// zone's address (for validation and policy.Trace).
 	Name, ResolvedBy string
+	// Family is the address family the request goes over: FamilyIPv4
+	// (the default, "") or FamilyIPv6 (both hosts' IPv6 addresses; HTTP
+	// checks only).
+	Family Family
 }
+
+// Family is a check's address family ("family: ipv4|ipv6").
+type Family string
+
+// Families.
+const (
+	FamilyIPv4 Family = ""
+	FamilyIPv6 Family = "ipv6"
+)
 
 // HTTPRequest is a check's HTTP/1.1 request.
 type HTTPRequest struct {
@@ -349,7 +362,7 @@ func (e *fieldErrs) step(p string, v any) (Step, bool) {
 var grpcMethod = regexp.MustCompile(`^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (e *fieldErrs) check(p string, v any) (Check, bool) {
-	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "dns", "expect", "decidedBy")
+	m, ok := e.object(p, v, "from", "to", "port", "http", "grpc", "kafka", "dns", "expect", "decidedBy", "family")
 	if !ok {
 		return Check{}, false
 	}
@@ -389,6 +402,16 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 		c.Port = uint16(n)
 	default:
 		e.add(join(p, "port"), "want a port number, got %s", describe(port))
+	}
+	if s, ok := e.str(join(p, "family"), m["family"], false); ok {
+		switch s {
+		case "ipv4":
+			c.Family = FamilyIPv4
+		case "ipv6":
+			c.Family = FamilyIPv6
+		default:
+			e.add(join(p, "family"), "want ipv4 or ipv6, not %q", s)
+		}
 	}
 	kinds := 0
 	if hv := m["http"]; hv != nil {

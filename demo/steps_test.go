@@ -94,6 +94,8 @@ func TestParseStepsErrors(t *testing.T) {
 			"steps.yaml: steps[0].checks[0].decidedBy: must not be empty"},
 		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, expect: allowed, decidedBy: [x]}",
 			"steps.yaml: steps[0].checks[0].decidedBy: want a string, got a list"},
+		{"steps:\n- name: a\n  checks:\n  - {from: a/b, to: a/c, port: 80, http: {}, expect: allowed, family: inet6}",
+			`steps.yaml: steps[0].checks[0].family: want ipv4 or ipv6, not "inet6"`},
 	} {
 		_, err := parseSteps("steps.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -281,6 +283,9 @@ func TestScenarioErrors(t *testing.T) {
 		}
 		return s + "status:\n  podIP: " + ip + "\n---\n"
 	}
+	dual := func(name, ip, ip6, serve string) string {
+		return strings.TrimSuffix(pod(name, ip, serve), "---\n") + "  podIPs:\n  - ip: " + ip + "\n  - ip: " + ip6 + "\n---\n"
+	}
 	cnp := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: default\nspec:\n  endpointSelector: {}\n  ingress:\n  - {}\n"
 	base := pod("a", "198.18.0.1", `"http:80"`) + pod("b", "198.18.0.2", "")
 	check := "checks:\n  - {from: default/b, to: default/a, port: 80, http: {}, expect: allowed}\n"
@@ -310,6 +315,18 @@ func TestScenarioErrors(t *testing.T) {
 			"want exactly one policy"},
 		{"invalid policy", map[string]string{"objects/p.yaml": base, "p.yaml": strings.Replace(cnp, "ingress:", "ingres:", 1), "steps.yaml": "steps:\n- name: x\n  apply: [p.yaml]\n  " + check},
 			"s/p.yaml"},
+		{"ipv6 outside range", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "fd00::1", `"http:80"`), "steps.yaml": "steps:\n- {name: x}"},
+			"status.podIPs: fd00::1 is outside 2001:db8::/32"},
+		{"ipv6 is the node's", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8::fffe", `"http:80"`), "steps.yaml": "steps:\n- {name: x}"},
+			"status.podIPs: 2001:db8::fffe is the node's address"},
+		{"duplicate ipv6", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", "") + dual("c", "198.18.0.3", "2001:db8:1::1", ""), "steps.yaml": "steps:\n- {name: x}"},
+			"address 2001:db8:1::1 is also default/a's"},
+		{"ipv6 check to a host without ipv6", map[string]string{"objects/p.yaml": base + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
+			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 80, http: {}, family: ipv6, expect: allowed}"},
+			"steps[0].checks[0]: family: ipv6: default/a has no IPv6 address"},
+		{"ipv6 grpc check", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"grpc:50051"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
+			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 50051, grpc: {method: /a.B/C}, family: ipv6, expect: allowed}"},
+			"steps[0].checks[0]: family: ipv6 is supported for http checks only"},
 	} {
 		fsys := fstest.MapFS{}
 		for k, v := range tc.files {
@@ -438,5 +455,32 @@ func TestFromNode(t *testing.T) {
 	files["steps.yaml"] = &fstest.MapFile{Data: []byte("steps:\n- name: s\n  checks:\n  - {from: default/a, to: node, port: 80, http: {}, expect: allowed}\n")}
 	if _, err := LoadScenario(files, "t"); err == nil || !strings.Contains(err.Error(), "checks[0].to: the node serves nothing") {
 		t.Errorf("to: node: %v", err)
+	}
+}
+
+// TestDualStackScenario: status.podIPs gives a pod its IPv6 address, and a
+// check with family: ipv6 is traced (and sent) between the IPv6 addresses
+// with the same verdict as over IPv4.
+func TestDualStackScenario(t *testing.T) {
+	sc := scenarioByName(t, "starwars-dualstack")
+	ds := sc.Host("default/deathstar")
+	if ds.IP.String() != "198.18.1.10" || ds.IP6.String() != "2001:db8:1::10" || ds.Addr(FamilyIPv6) != ds.IP6 || ds.Addr(FamilyIPv4) != ds.IP {
+		t.Fatalf("deathstar: %v %v", ds.IP, ds.IP6)
+	}
+	for i, st := range sc.Steps {
+		objs, err := sc.ObjectsAt(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := 0; j+1 < len(st.Checks); j += 2 {
+			v4, v6 := st.Checks[j], st.Checks[j+1]
+			if v4.Family != FamilyIPv4 || v6.Family != FamilyIPv6 || v4.Expect != v6.Expect {
+				t.Fatalf("step %d checks %d, %d: want an IPv4 and an IPv6 check with the same verdict", i+1, j, j+1)
+			}
+			t4, t6 := TraceCheck(objs, sc, v4), TraceCheck(objs, sc, v6)
+			if t4.Err != nil || t6.Err != nil || t4.Verdict != v4.Expect || t6.Verdict != v6.Expect {
+				t.Errorf("step %d check %d: trace IPv4 %+v, IPv6 %+v, want %s", i+1, j, t4, t6, v4.Expect)
+			}
+		}
 	}
 }

@@ -179,7 +179,12 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 	}
 	// On error, netns.New removes what it made; Close (deferred above)
 	// removes what the ledger recorded.
-	t.net, err = netns.New(ctx, netns.Config{Prefix: cfg.Prefix, NodeAddr: nodeAddr, Sysctls: sysctls, Created: led.addNamespace})
+	ncfg := netns.Config{Prefix: cfg.Prefix, NodeAddr: nodeAddr, Sysctls: sysctls, Created: led.addNamespace}
+	if slices.ContainsFunc(sc.Hosts, func(h *Host) bool { return h.IP6.IsValid() }) {
+		// dual-stack: the node gets an IPv6 address too, the hosts' gateway
+		ncfg.NodeAddr6 = nodeAddr6
+	}
+	t.net, err = netns.New(ctx, ncfg)
 	if err != nil {
 		return t, err
 	}
@@ -192,13 +197,18 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 			ext := strings.TrimPrefix(h.Name, "external:")
 			name, dev = "ext-"+ext, devName("ext", ext, i, used)
 		}
-		nh, err := t.net.AddHost(ctx, name, dev, h.IP)
+		nh, err := t.net.AddDualHost(ctx, name, dev, h.IP, h.IP6)
 		if err != nil {
 			return t, fmt.Errorf("host %s: %w", h.Name, err)
 		}
 		hn := &HostNS{Host: h, NS: nh.NS, HostDev: nh.HostDev}
 		t.hosts[h.Name] = hn
 		t.order = append(t.order, hn)
+	}
+	if ncfg.NodeAddr6.IsValid() {
+		if err := t.waitIPv6(ctx); err != nil {
+			return t, err
+		}
 	}
 	for _, hn := range t.order {
 		if len(hn.Host.Serve) > 0 {
@@ -208,6 +218,42 @@ func NewTopology(ctx context.Context, sc *Scenario, cfg TopologyConfig) (t *Topo
 		}
 	}
 	return t, nil
+}
+
+// waitIPv6 waits (at most 5 s) until no namespace of the topology has a
+// tentative IPv6 address: the veths' link-local addresses go through
+// duplicate address detection, and until then neighbour discovery between
+// a host and the node can fail, so the first IPv6 connection would time
+// out.
+func (t *Topology) waitIPv6(ctx context.Context) error {
+	nss := []string{t.Node}
+	for _, hn := range t.order {
+		nss = append(nss, hn.NS)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var busy []string
+		for _, ns := range nss {
+			out, err := exec.CommandContext(ctx, "ip", "-n", ns, "-6", "addr", "show", "tentative").Output()
+			if err != nil {
+				return fmt.Errorf("ipv6 addresses of %s: %w", ns, err)
+			}
+			if len(strings.TrimSpace(string(out))) > 0 {
+				busy = append(busy, ns)
+			}
+		}
+		if len(busy) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ipv6 addresses still tentative after 5s in %s", strings.Join(busy, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func fileName(s string) string {
@@ -220,7 +266,7 @@ func (t *Topology) startServer(ctx context.Context, hn *HostNS) error {
 	if len(t.cfg.ServerCommand) == 0 {
 		return errors.New("topology: no server command")
 	}
-	sc := ServerConfig{Host: hn.Host.Name, IP: hn.Host.IP, Serve: hn.Host.Serve, Topics: hn.Host.Topics, Zone: hn.Host.Zone}
+	sc := ServerConfig{Host: hn.Host.Name, IP: hn.Host.IP, IP6: hn.Host.IP6, Serve: hn.Host.Serve, Topics: hn.Host.Topics, Zone: hn.Host.Zone}
 	args := append([]string{"netns", "exec", hn.NS}, t.cfg.ServerCommand...)
 	args = append(args, sc.Args()...)
 	hn.Log = filepath.Join(t.cfg.WorkDir, "server-"+fileName(hn.Host.Name)+".log")
