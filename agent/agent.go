@@ -355,6 +355,13 @@ func Run(ctx context.Context, cfg Config) error {
 	// Before serving the status socket: a rolling update's new proxy that
 	// already took the admin socket waits for this pod's agent to serve
 	// there before it serves connections, and must be trusted by then.
+	// The admin socket is watched first: a proxy that takes it over
+	// while the visible one is registered is then seen too (watched
+	// after, such a take-over was found by the poll only).
+	var werr error
+	if a.proxyAdmin, werr = watchSocket(ctx, agentapi.ProxyAdminSocket(cfg.RunDir)); werr != nil {
+		a.log.Warn("cannot watch the proxy's admin socket; a new proxy is found by the poll only", "error", werr)
+	}
 	a.registerVisibleProxy()
 	goRun("status api", true, func(ctx context.Context) error {
 		return agentapi.Serve(ctx, agentapi.StatusSocket(cfg.RunDir), a)
@@ -386,9 +393,6 @@ func Run(ctx context.Context, cfg Config) error {
 		a.log.Warn("cannot watch links; new pods are found by the resync only", "error", err)
 	}
 	a.links = links
-	if a.proxyAdmin, err = watchSocket(ctx, agentapi.ProxyAdminSocket(cfg.RunDir)); err != nil {
-		a.log.Warn("cannot watch the proxy's admin socket; a new proxy is found by the poll only", "error", err)
-	}
 	if a.statusSocket, err = watchSocket(ctx, agentapi.StatusSocket(cfg.RunDir)); err != nil {
 		a.log.Warn("cannot watch the status socket; a new agent is found by the poll only", "error", err)
 	}
