@@ -196,6 +196,12 @@ func TestPrivilegedProxyHandOver(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond)
+	// The denied client tries for as long as the hand-overs ran, and at
+	// least 10 times (hand-overs of ~250 ms left it 8 tries of a dial
+	// that times out: a clean-clone run failed on the count, 0 connected).
+	for deadline := time.Now().Add(30 * time.Second); xwingTries.Load() < 10 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
 	close(stop)
 	wg.Wait()
 	t.Logf("requests %d, failed %d, L7 denials %d, L7 denials that got through %d; xwing %d tries, %d connected; hand-overs took %v",
