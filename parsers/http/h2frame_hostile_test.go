@@ -275,7 +275,10 @@ func TestHostileH2RapidReset(t *testing.T) {
 		if !hasEvent(evs, "GOAWAY ENHANCE_YOUR_CALM") && !cfg.LegacyHTTP2 {
 			t.Errorf("no GOAWAY ENHANCE_YOUR_CALM: %v", tail(evs, 5))
 		}
-		if hits >= attempts/2 {
+		// The net/http path has no bound of its own (its backend saw 469
+		// of 5,000 in one run, 4,031 in a loaded clean-clone run): only
+		// the frame path's bound is asserted.
+		if hits >= attempts/2 && !cfg.LegacyHTTP2 {
 			t.Errorf("the backend received %d of %d reset requests", hits, attempts)
 		}
 	})
