@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -65,7 +65,11 @@ func fqdnClient(t testing.TB, h *harness) *agentapi.FQDNClient {
 	t.Helper()
 	sock := agentapi.StatusSocket(h.runDir)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
+		// Connectable, not only bound: the file exists between bind and
+		// listen (a loaded clean-clone run got "connect: connection
+		// refused" from the first Learn).
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			return agentapi.NewFQDNClient(sock)
 		}
 		if time.Now().After(deadline) {
