@@ -93,6 +93,10 @@ func TestPrivilegedProxyReadyOtherPIDNamespace(t *testing.T) {
 		t.Fatalf("admin socket never served: %v", err)
 	}
 	t.Logf("SO_PEERCRED pid of the proxy in a child PID namespace, seen from the parent: %d", pid)
+	// Killed by its pid too: killing unshare (--kill-child) left the proxy,
+	// its namespace's PID 1, running after the test (one per clean-clone
+	// run was found still running).
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	// The probe runs in a sibling PID namespace, as a new pod's containers
 	// are to an old pod's (a parent namespace sees its children's pids).
 	out, err := exec.Command("unshare", "--pid", "--fork", "--kill-child", bin, "proxy", "--check-ready", "--admin-socket", admin).CombinedOutput()
