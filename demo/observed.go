@@ -78,14 +78,17 @@ func (o *observer) look(ctx context.Context, obs Observation, src netip.Addr, ds
 }
 
 // redirected reports whether the datapath handed a connection from src to
-// any of dsts to a proxy since mark.
+// any of dsts to a proxy since mark, or saw a proxy's upstream leg of one
+// (from a proxy's socket, keeping the client's address): its record may be
+// in the page when the redirect's is not (an event the datapath's rate
+// limit or a full ring buffer left out).
 func (o *observer) redirected(ctx context.Context, src netip.Addr, dsts []netip.AddrPort) bool {
 	page, err := agentapi.FetchFlows(ctx, o.runDir, o.flowsAt)
 	if err != nil {
 		return false
 	}
 	return slices.ContainsFunc(page.Flows, func(f flow.Record) bool {
-		return f.Verdict == flow.VerdictRedirected && f.Source.Addr() == src && slices.Contains(dsts, f.Destination)
+		return (f.Verdict == flow.VerdictRedirected || f.FromProxy) && f.Source.Addr() == src && slices.Contains(dsts, f.Destination)
 	})
 }
 
