@@ -87,7 +87,13 @@ func (p *Proxy) ServeAdmin(ctx context.Context, path string, extra ...prometheus
 	srv := &http.Server{Handler: p.AdminHandler(extra...), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
-		srv.Close()
+		// Answer the requests in flight (the POST /drain that ended the
+		// proxy among them: closed at once, its client got EOF), briefly.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
+		}
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +99,51 @@ func TestAdminDrain(t *testing.T) {
 	}
 	if n := len(p.listeners); n != 0 {
 		t.Errorf("a drained proxy opened %d listeners", n)
+	}
+}
+
+// TestAdminDrainAnsweredWhenTheProxyStops: the proxy command stops its
+// admin server as soon as the drain ends, which with no connection open is
+// at once; the POST /drain that started it must still get its answer (a
+// clean-clone run's client got none, retried, and found the socket closed:
+// "connect: connection refused").
+func TestAdminDrainAnsweredWhenTheProxyStops(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 100 {
+		p, _ := newTestProxy(t, "127.0.0.1:9")
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-p.Drained(); cancel() }() // as cmd/l7gate's proxy does
+		sock := filepath.Join(dir, fmt.Sprintf("admin-%d.sock", i))
+		served := make(chan error, 1)
+		go func() { served <- p.ServeAdmin(ctx, sock) }()
+		hc := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+		var c net.Conn
+		var err error
+		for range 500 { // until it listens
+			if c, err = net.Dial("unix", sock); err == nil {
+				c.Close()
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Post("http://proxy/drain", "", nil)
+		if err != nil {
+			t.Fatalf("round %d: POST /drain: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusAccepted || !strings.HasPrefix(string(b), "DRAINING") {
+			t.Fatalf("round %d: POST /drain: %d %q %v", i, resp.StatusCode, b, err)
+		}
+		<-ctx.Done()
+		if err := <-served; err != nil {
+			t.Fatalf("round %d: ServeAdmin: %v", i, err)
+		}
+		p.Close()
 	}
 }

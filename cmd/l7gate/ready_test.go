@@ -162,17 +162,25 @@ func TestProxyWaitAfterDrain(t *testing.T) {
 			done := make(chan struct{})
 			go func() { exited <- cmd.Wait(); close(done) }()
 			defer func() { cmd.Process.Kill(); <-done }()
-			hc := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			hc := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				return (&net.Dialer{}).DialContext(ctx, "unix", admin)
 			}}}
-			var resp *http.Response
+			// Until the admin socket accepts (at most 30 s: a busy CI
+			// machine), then one POST: the default proxy exits after it,
+			// so a retry would only find the socket closed.
 			var err error
-			for range 250 {
-				if resp, err = hc.Post("http://proxy/drain", "", nil); err == nil {
+			for range 1500 {
+				var c net.Conn
+				if c, err = net.Dial("unix", admin); err == nil {
+					c.Close()
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
+			if err != nil {
+				t.Fatalf("admin socket: %v", err)
+			}
+			resp, err := hc.Post("http://proxy/drain", "", nil)
 			if err != nil {
 				t.Fatalf("POST /drain: %v", err)
 			}
