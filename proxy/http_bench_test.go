@@ -242,8 +242,6 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 	}
 }
 
-
-
 // cpuTimes is the process's user and system CPU time.
 func cpuTimes(b *testing.B) (usr, sys time.Duration) {
 	var ru syscall.Rusage
