@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -91,6 +92,12 @@ func rawHTTPServer(b *testing.B) string {
 // connections from 127.0.0.2 (one request in flight on each, as wrk does)
 // and checks every response's status and length.
 func keepAliveClients(b *testing.B, addr string, conns int) {
+	keepAliveClientsCPU(b, addr, conns, nil)
+}
+
+// keepAliveClientsCPU is keepAliveClients reporting the CPU of another
+// process (proxyCPU, its user and system time) as proxy-µs/req too.
+func keepAliveClientsCPU(b *testing.B, addr string, conns int, proxyCPU func() (usr, sys time.Duration)) {
 	req := []byte("GET /api/v1/service500/items HTTP/1.1\r\nHost: bench\r\nUser-Agent: l7gate-bench\r\nAccept: */*\r\n\r\n")
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
 	cs := make([]net.Conn, conns)
@@ -144,6 +151,10 @@ func keepAliveClients(b *testing.B, addr string, conns int) {
 	var wg sync.WaitGroup
 	errc := make(chan error, conns)
 	usr0, sys0 := cpuTimes(b)
+	var pusr0, psys0 time.Duration
+	if proxyCPU != nil {
+		pusr0, psys0 = proxyCPU()
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i, c := range cs {
@@ -161,6 +172,12 @@ func keepAliveClients(b *testing.B, addr string, conns int) {
 	wg.Wait()
 	b.StopTimer()
 	usr1, sys1 := cpuTimes(b)
+	if proxyCPU != nil {
+		pusr1, psys1 := proxyCPU()
+		pu, ps := pusr1-pusr0, psys1-psys0
+		b.ReportMetric(float64((pu+ps).Nanoseconds())/1e3/float64(b.N), "proxy-µs/req")
+		b.ReportMetric(float64(pu.Nanoseconds())/1e3/float64(b.N), "proxy-usr-µs/req")
+	}
 	close(errc)
 	if err := <-errc; err != nil {
 		b.Fatal(err)
@@ -181,7 +198,7 @@ func keepAliveClients(b *testing.B, addr string, conns int) {
 // to a file (accessLog: "buffered" as now, "per-record", or "none"; with
 // "+forward" every record also goes to a flow intake as under the
 // agent). It returns the proxy's address.
-func benchHTTPProxy(b *testing.B, upstream, accessLog string) string {
+func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 	up := netip.MustParseAddrPort(upstream)
 	no := false
 	var log func(*flow.Record)
@@ -219,7 +236,7 @@ func benchHTTPProxy(b *testing.B, upstream, accessLog string) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
 }
 
-func freePortB(b *testing.B) uint16 {
+func freePortB(b testing.TB) uint16 {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -239,6 +256,14 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 	b.Run("splice", func(b *testing.B) { keepAliveClients(b, spliceProxy(b, upstream), 64) })
 	for _, l := range []string{"buffered+forward", "buffered", "per-record", "none"} {
 		b.Run("proxy-log="+l, func(b *testing.B) { keepAliveClients(b, benchHTTPProxy(b, upstream, l), 64) })
+	}
+	// The proxy in a process of its own, as in make bench: its CPU alone
+	// (proxy-µs/req) without the client's and server's noise.
+	for _, l := range []string{"buffered", "none"} {
+		b.Run("process-log="+l, func(b *testing.B) {
+			addr, cpu := proxyProcess(b, upstream, l)
+			keepAliveClientsCPU(b, addr, 64, cpu)
+		})
 	}
 }
 
@@ -280,4 +305,59 @@ func spliceProxy(b *testing.B, upstream string) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// TestHelperKeepAliveProxy is the proxy process of BenchmarkHTTP1KeepAlive
+// (run by it with L7GATE_HELPER_PROXY set): it prints the proxy's
+// address, answers each "cpu" line on stdin with its user and system CPU
+// in nanoseconds, and ends when stdin closes.
+func TestHelperKeepAliveProxy(t *testing.T) {
+	if os.Getenv("L7GATE_HELPER_PROXY") == "" {
+		t.Skip("the proxy process of BenchmarkHTTP1KeepAlive; runs only when it starts it")
+	}
+	addr := benchHTTPProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"), os.Getenv("L7GATE_HELPER_PROXY"))
+	fmt.Printf("addr %s\n", addr)
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		fmt.Printf("cpu %d %d\n", ru.Utime.Nano(), ru.Stime.Nano())
+	}
+}
+
+// proxyProcess starts TestHelperKeepAliveProxy in a process of its own
+// and returns its address and a reader of its CPU time.
+func proxyProcess(b *testing.B, upstream, accessLog string) (string, func() (usr, sys time.Duration)) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperKeepAliveProxy$")
+	cmd.Env = append(os.Environ(), "L7GATE_HELPER_PROXY="+accessLog, "L7GATE_HELPER_UPSTREAM="+upstream)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	outp, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { in.Close(); cmd.Wait() })
+	out := bufio.NewReader(outp)
+	line, err := out.ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "addr ")
+	if err != nil || !ok {
+		b.Fatalf("proxy process: %q, %v", line, err)
+	}
+	return addr, func() (time.Duration, time.Duration) {
+		var usr, sys int64
+		if _, err := fmt.Fprintln(in, "cpu"); err != nil {
+			b.Fatal(err)
+		}
+		line, err := out.ReadString('\n')
+		if _, serr := fmt.Sscanf(line, "cpu %d %d", &usr, &sys); err != nil || serr != nil {
+			b.Fatalf("proxy process cpu: %q, %v %v", line, err, serr)
+		}
+		return time.Duration(usr), time.Duration(sys)
+	}
 }
