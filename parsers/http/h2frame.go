@@ -1072,6 +1072,25 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		rec.Status = 403
 		return c.localResponseLocked(s, 403, "Access denied")
 	}
+	// The upstream first: dialing a new one unlocks c.mu, and another
+	// stream's response head may use c.out meanwhile.
+	u, err := c.upstreamLocked()
+	if err != nil {
+		c.cfg.Logger.Debug("upstream error", "error", err)
+		if s.closed {
+			return nil
+		}
+		rec.Error = "upstream unavailable: " + err.Error()
+		if s.grpc {
+			rec.Status = 200
+			return c.grpcStatusLocked(s, "14", "upstream unavailable")
+		}
+		rec.Status = 502
+		return c.localResponseLocked(s, 502, "upstream connect error")
+	}
+	if s.closed || c.closed {
+		return nil
+	}
 	// Forward: the decided (normalized) path, the other fields as sent,
 	// with the policy's header edits.
 	out := append(c.out[:0], hpack.HeaderField{Name: ":method", Value: method}, hpack.HeaderField{Name: ":scheme", Value: scheme})
@@ -1100,23 +1119,6 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		if e.add {
 			out = append(out, hpack.HeaderField{Name: name, Value: e.value})
 		}
-	}
-	u, err := c.upstreamLocked()
-	if err != nil {
-		c.cfg.Logger.Debug("upstream error", "error", err)
-		if s.closed {
-			return nil
-		}
-		rec.Error = "upstream unavailable: " + err.Error()
-		if s.grpc {
-			rec.Status = 200
-			return c.grpcStatusLocked(s, "14", "upstream unavailable")
-		}
-		rec.Status = 502
-		return c.localResponseLocked(s, 502, "upstream connect error")
-	}
-	if s.closed || c.closed {
-		return nil
 	}
 	uid := u.nextID
 	u.nextID += 2
