@@ -692,7 +692,9 @@ func (s *session) requests(ctx context.Context) error {
 			// Answer in order; the body is read and dropped so the
 			// connection stays usable, unless the client is waiting for
 			// 100-continue (then we close after the answer).
-			keep := head.KeepAlive && !(head.Expect100 && head.Framing != FramingNone)
+			// A draining connection ends with this answer (said with
+			// "Connection: close"), as an allowed request's does.
+			keep := head.KeepAlive && !(head.Expect100 && head.Framing != FramingNone) && !s.draining.Load()
 			if rec != nil {
 				rec.Status = 403
 			}
