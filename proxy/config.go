@@ -67,6 +67,10 @@ type compiledSet struct {
 	// headerActions: some rule has headerMatches mismatch actions, so
 	// every matching rule is evaluated (MatchWithActions).
 	headerActions bool
+	// origins holds each rule's Origin: a request allowed by rule i is
+	// decided by origins[i:i+1:i+1] (no allocation per request; the
+	// capacity makes an append copy).
+	origins []policy.Provenance
 }
 
 // compile validates cfg; its errors name the offending resource.
@@ -105,6 +109,10 @@ func compile(cfg *Config) (*compiled, error) {
 					}
 					cs.http = m
 					cs.headerActions = m.HasMismatchActions()
+					cs.origins = make([]policy.Provenance, len(rs.Rules))
+					for i := range rs.Rules {
+						cs.origins[i] = rs.Rules[i].Origin
+					}
 				}
 				ce.sets[setKey{d.dir, rs.Port}] = cs
 			}

@@ -148,7 +148,7 @@ func benchKafka(b *testing.B, through bool, workers int, accessLog string) {
 
 // forwardTo adds a flow.Forwarder to a Unix-socket intake that decodes
 // the records, as `l7gate proxy --flow-socket` under the agent does.
-func forwardTo(b *testing.B, local func(*flow.Record), linger bool) func(*flow.Record) {
+func forwardTo(b testing.TB, local func(*flow.Record), linger bool) func(*flow.Record) {
 	path := filepath.Join(b.TempDir(), "flows.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {

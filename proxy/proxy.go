@@ -674,6 +674,6 @@ func (p *Proxy) httpDecider(ci connInfo) httpparser.Decider {
 			// forward, and the access record says audit
 			return httpparser.Decision{Allowed: auditDenial(r), DecidedBy: r}
 		}
-		return httpparser.Decision{Allowed: true, DecidedBy: []policy.Provenance{set.rs.Rules[i].Origin}, MismatchActions: actions}
+		return httpparser.Decision{Allowed: true, DecidedBy: set.origins[i : i+1 : i+1], MismatchActions: actions}
 	}
 }

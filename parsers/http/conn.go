@@ -217,6 +217,9 @@ type pending struct {
 	close   bool // close the connection after this response
 	record  *Record
 	upgrade bool // the request asked to switch protocols
+	// rec holds the record of an allowed or denied request (record
+	// points to it), one allocation with the pending response.
+	rec Record
 	// switched receives true when the upstream answered an upgrade
 	// request with 101, false otherwise.
 	switched chan bool
@@ -319,6 +322,43 @@ type session struct {
 	handoff []byte
 	// scratch holds rewritten request heads.
 	scratch []byte
+	// host is the Host of the last request recorded (a connection's
+	// requests mostly name one: recorded without a copy each).
+	host string
+}
+
+// hostString returns b as a string, the previous request's when equal.
+func (s *session) hostString(b []byte) string {
+	if str(b) != s.host {
+		s.host = string(b)
+	}
+	return s.host
+}
+
+// methodString returns a method as a string without allocating for the
+// registered methods (RFC 9110 §9 and PATCH).
+func methodString(b []byte) string {
+	switch string(b) {
+	case "GET":
+		return "GET"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "DELETE":
+		return "DELETE"
+	case "HEAD":
+		return "HEAD"
+	case "OPTIONS":
+		return "OPTIONS"
+	case "PATCH":
+		return "PATCH"
+	case "CONNECT":
+		return "CONNECT"
+	case "TRACE":
+		return "TRACE"
+	}
+	return string(b)
 }
 
 var errH2CUpgrade = errors.New("h2c upgrade")
@@ -535,6 +575,11 @@ func (s *session) requests(ctx context.Context) error {
 			s.awaitNext(time.Now().Add(idle))
 		}
 		headStarted := false
+		// headDeadline: the head's first bytes came with a read whose
+		// deadline was the idle one; the header timeout (from that read)
+		// is set only if the head needs another read (a head that came
+		// in one read, the common case, costs no deadline change).
+		var headDeadline time.Time
 		var err error
 		for {
 			if len(in.bytes()) > 0 {
@@ -547,6 +592,10 @@ func (s *session) requests(ctx context.Context) error {
 				headStarted = true
 				s.busy()
 				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+			}
+			if !headDeadline.IsZero() {
+				s.setReadDeadline(headDeadline)
+				headDeadline = time.Time{}
 			}
 			if ferr := in.fill(); ferr != nil {
 				if len(in.bytes()) == 0 {
@@ -563,7 +612,7 @@ func (s *session) requests(ctx context.Context) error {
 			if !headStarted {
 				headStarted = true
 				s.busy()
-				s.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+				headDeadline = time.Now().Add(s.cfg.HeaderTimeout)
 			}
 		}
 		isFirst := first
@@ -592,7 +641,10 @@ func (s *session) requests(ctx context.Context) error {
 			s.enqueue(&pending{local: localResponse(status, statusText(status), false, ""), close: true, record: rec})
 			return errStop
 		}
-		s.setReadDeadline(time.Time{})
+		// The head's deadline stays: every later read of the client sets
+		// its own (a body's reads, the wait for the next request), and the
+		// paths that give the client to something else (an upgrade's
+		// tunnel, the h2c hand-off) clear it.
 
 		host := head.Host
 		if head.Absolute {
@@ -607,10 +659,13 @@ func (s *session) requests(ctx context.Context) error {
 			s.cfg.OnRequest(&req)
 		}
 		d := s.decide(&req)
+		method := methodString(head.Method)
+		p := &pending{method: method}
 		var rec *Record
 		if s.access != nil {
-			rec = &Record{Start: start, Method: string(head.Method), Path: strings.Clone(path), Host: string(host),
+			p.rec = Record{Start: start, Method: method, Path: strings.Clone(path), Host: s.hostString(host),
 				Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+			rec = &p.rec
 			if path != target {
 				rec.RawPath = string(head.Target)
 			}
@@ -637,11 +692,14 @@ func (s *session) requests(ctx context.Context) error {
 			// Answer in order; the body is read and dropped so the
 			// connection stays usable, unless the client is waiting for
 			// 100-continue (then we close after the answer).
-			keep := head.KeepAlive && !(head.Expect100 && head.Framing != FramingNone)
+			// A draining connection ends with this answer (said with
+			// "Connection: close"), as an allowed request's does.
+			keep := head.KeepAlive && !(head.Expect100 && head.Framing != FramingNone) && !s.draining.Load()
 			if rec != nil {
 				rec.Status = 403
 			}
-			if !s.enqueue(&pending{local: localResponse(403, "Access denied", keep, ""), close: !keep, record: rec}) {
+			p.local, p.close, p.record = localResponse(403, "Access denied", keep, ""), !keep, rec
+			if !s.enqueue(p) {
 				return errStop
 			}
 			in.consume(head.Size)
@@ -661,6 +719,7 @@ func (s *session) requests(ctx context.Context) error {
 			// upgrade and applies policy to this request and the rest. The
 			// upgrade buffers the request body, hence the bound.
 			s.handoff = append([]byte(nil), in.bytes()...)
+			s.setReadDeadline(time.Time{})
 			return errH2CUpgrade
 		}
 		if upgrade && !onlyToken(head.Upgrade, "websocket") {
@@ -678,11 +737,12 @@ func (s *session) requests(ctx context.Context) error {
 			if rec != nil {
 				rec.Status, rec.Error = 503, err.Error()
 			}
-			s.enqueue(&pending{local: localResponse(503, "upstream connect error", false, ""), close: true, record: rec})
+			p.local, p.close, p.record = localResponse(503, "upstream connect error", false, ""), true, rec
+			s.enqueue(p)
 			return errStop
 		}
 		closeAfter := !head.KeepAlive
-		p := &pending{method: string(head.Method), close: closeAfter, record: rec, upgrade: upgrade}
+		p.close, p.record, p.upgrade = closeAfter, rec, upgrade
 		if upgrade {
 			p.switched = make(chan bool, 1)
 		}

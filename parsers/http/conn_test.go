@@ -373,6 +373,53 @@ func TestLimitsAndTimeouts(t *testing.T) {
 	}
 }
 
+// TestHeadTimeoutOnKeptAliveConnection: on a kept-alive connection the
+// header timeout runs from a head's first byte (not the idle timeout),
+// and a finished head's deadline does not cut the idle wait that follows.
+func TestHeadTimeoutOnKeptAliveConnection(t *testing.T) {
+	_, upAddr := newUpstream(t)
+	const headTimeout = 300 * time.Millisecond
+	p := startProxy(t, Config{HeaderTimeout: headTimeout, IdleTimeout: time.Minute}, upAddr,
+		func(*policy.HTTPRequest) Decision { return Decision{Allowed: true} })
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	get := func() {
+		t.Helper()
+		fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := nethttp.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	get()
+	// idle for longer than the header timeout: still open
+	time.Sleep(3 * headTimeout)
+	get()
+	// a head that stalls half-way: 408 after the header timeout
+	fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: x\r\n")
+	sent := time.Now()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := nethttp.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("stalled head: %v after %v", err, time.Since(sent))
+	}
+	if resp.StatusCode != 408 {
+		t.Fatalf("stalled head: status %d", resp.StatusCode)
+	}
+	if waited := time.Since(sent); waited < headTimeout {
+		t.Errorf("408 after %v, before the header timeout %v", waited, headTimeout)
+	}
+}
+
 // TestRuleChangeAppliesToNextRequest: the decider is consulted per request,
 // so a policy change applies on an existing connection.
 func TestRuleChangeAppliesToNextRequest(t *testing.T) {

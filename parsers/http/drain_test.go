@@ -1,6 +1,7 @@
 package http
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -173,6 +174,62 @@ func TestDrainHTTP1(t *testing.T) {
 		t.Errorf("idle keep-alive connection after the drain: read %d bytes, %v; want EOF (closed between requests)", n, err)
 	}
 	t.Logf("drain took %s (one request in flight, one idle connection)", took.Round(time.Millisecond))
+}
+
+// TestDrainDeniedKeepAlive: a keep-alive client whose requests are all
+// denied, sending the next one as soon as it has the 403, gets
+// "Connection: close" on a 403 once the drain begins and its connection
+// ends (a denial answered with keep-alive during a drain kept the
+// connection until the drain was cut: TestHandOverLoopback under -race).
+func TestDrainDeniedKeepAlive(t *testing.T) {
+	up := slowUpstream(t, nil)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p := startDrainProxy(t, ln, up, ruleDecider(t, policy.HTTPRule{Path: "/allowed"}))
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	get := func() (*nethttp.Response, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := fmt.Fprintf(c, "GET /denied HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := nethttp.ReadResponse(r, nil)
+		if err != nil {
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp, nil
+	}
+	if resp, err := get(); err != nil || resp.StatusCode != 403 || resp.Close {
+		t.Fatalf("before the drain: %v %v", resp, err)
+	}
+	done := make(chan time.Duration, 1)
+	go func() { done <- p.stop(t, 3*time.Second) }()
+	// keep sending denied requests back to back until the proxy says close
+	var closed bool
+	for i := 0; i < 100000 && !closed; i++ {
+		resp, err := get()
+		if err != nil {
+			t.Fatalf("denied request %d during the drain: %v", i, err)
+		}
+		if resp.StatusCode != 403 {
+			t.Fatalf("denied request %d: status %d", i, resp.StatusCode)
+		}
+		closed = resp.Close
+	}
+	if !closed {
+		t.Fatal("no 403 during the drain said Connection: close")
+	}
+	if took := <-done; took > 2*time.Second {
+		t.Errorf("drain took %s", took)
+	}
 }
 
 // TestDrainHandOverClients runs keep-alive HTTP/1.1, HTTP/2 (h2c) and

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,11 +171,14 @@ type h2Half struct {
 
 // h2Stream is one client stream.
 type h2Stream struct {
-	id       uint32
-	up       *h2Upstream // nil until forwarded (and for local answers)
-	req      h2Half      // client → upstream
-	resp     h2Half      // upstream → client
-	rec      *Record
+	id   uint32
+	up   *h2Upstream // nil until forwarded (and for local answers)
+	req  h2Half      // client → upstream
+	resp h2Half      // upstream → client
+	rec  *Record
+	// recBuf is the record of a decided request (rec points to it): one
+	// allocation with the stream.
+	recBuf   Record
 	start    time.Time
 	grpc     bool
 	declared int64 // request content-length, -1 when absent
@@ -204,7 +208,12 @@ type h2Conn struct {
 	decide Decider
 	access func(*Record)
 
-	mu          sync.Mutex
+	mu sync.Mutex
+	// hdrs and out are the request's fields as the decider sees them and
+	// as forwarded, reused from stream to stream (under mu; both are
+	// used only while a HEADERS frame is handled).
+	hdrs        []policy.HTTPHeader
+	out         []hpack.HeaderField
 	client      *h2Peer
 	streams     map[uint32]*h2Stream
 	maxClientID uint32
@@ -995,7 +1004,7 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	case path == "" || scheme == "":
 		return bad("missing :path or :scheme")
 	}
-	req := policy.HTTPRequest{Method: method}
+	req := policy.HTTPRequest{Method: method, Headers: c.hdrs[:0]}
 	fields := f.RegularFields()
 	for _, hf := range fields {
 		if connectionSpecificField(hf.Name, hf.Value) {
@@ -1017,6 +1026,7 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		req.Headers = append(req.Headers, policy.HTTPHeader{Name: hf.Name, Value: hf.Value})
 	}
+	c.hdrs = req.Headers[:0]
 	if s.declared > 0 && f.StreamEnded() {
 		return bad("request body does not match its Content-Length")
 	}
@@ -1039,7 +1049,8 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		c.cfg.OnRequest(&req)
 	}
 	d := c.decide(&req)
-	rec := &Record{Start: start, Method: method, Path: norm, Host: authority, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+	s.recBuf = Record{Start: start, Method: method, Path: norm, Host: authority, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
+	rec := &s.recBuf
 	if norm != path {
 		rec.RawPath = path
 	}
@@ -1061,10 +1072,28 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		rec.Status = 403
 		return c.localResponseLocked(s, 403, "Access denied")
 	}
+	// The upstream first: dialing a new one unlocks c.mu, and another
+	// stream's response head may use c.out meanwhile.
+	u, err := c.upstreamLocked()
+	if err != nil {
+		c.cfg.Logger.Debug("upstream error", "error", err)
+		if s.closed {
+			return nil
+		}
+		rec.Error = "upstream unavailable: " + err.Error()
+		if s.grpc {
+			rec.Status = 200
+			return c.grpcStatusLocked(s, "14", "upstream unavailable")
+		}
+		rec.Status = 502
+		return c.localResponseLocked(s, 502, "upstream connect error")
+	}
+	if s.closed || c.closed {
+		return nil
+	}
 	// Forward: the decided (normalized) path, the other fields as sent,
 	// with the policy's header edits.
-	out := make([]hpack.HeaderField, 0, len(fields)+4+len(edits))
-	out = append(out, hpack.HeaderField{Name: ":method", Value: method}, hpack.HeaderField{Name: ":scheme", Value: scheme})
+	out := append(c.out[:0], hpack.HeaderField{Name: ":method", Value: method}, hpack.HeaderField{Name: ":scheme", Value: scheme})
 	if authority != "" {
 		out = append(out, hpack.HeaderField{Name: ":authority", Value: authority})
 	}
@@ -1091,30 +1120,15 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 			out = append(out, hpack.HeaderField{Name: name, Value: e.value})
 		}
 	}
-	u, err := c.upstreamLocked()
-	if err != nil {
-		c.cfg.Logger.Debug("upstream error", "error", err)
-		if s.closed {
-			return nil
-		}
-		rec.Error = "upstream unavailable: " + err.Error()
-		if s.grpc {
-			rec.Status = 200
-			return c.grpcStatusLocked(s, "14", "upstream unavailable")
-		}
-		rec.Status = 502
-		return c.localResponseLocked(s, 502, "upstream connect error")
-	}
-	if s.closed || c.closed {
-		return nil
-	}
 	uid := u.nextID
 	u.nextID += 2
 	s.up = u
 	u.streams[uid] = s
 	s.req.dst, s.req.dstID, s.req.send = u.h2Peer, uid, u.initWin
 	s.resp.src, s.resp.srcID, s.resp.recv = u.h2Peer, uid, h2StreamWindow
-	if err := u.writeHeaders(uid, out, s.req.done); err != nil {
+	err = u.writeHeaders(uid, out, s.req.done) // encodes out before it returns
+	c.out = out[:0]
+	if err != nil {
 		c.upstreamFailedLocked(u, err)
 		return nil
 	}
@@ -1496,7 +1510,7 @@ func (c *h2Conn) onUpstreamHeaders(s *h2Stream, f *http2.MetaHeadersFrame) error
 		return nil
 	}
 	end := f.StreamEnded()
-	var out []hpack.HeaderField
+	out := c.out[:0] // reused: encoded before this returns, or cloned when queued
 	if !s.respFinal {
 		st := f.PseudoValue("status")
 		code, err := strconv.Atoi(st)
@@ -1529,10 +1543,12 @@ func (c *h2Conn) onUpstreamHeaders(s *h2Stream, f *http2.MetaHeadersFrame) error
 		s.resp.done = true
 	}
 	if len(s.resp.q) > 0 {
-		s.resp.q = append(s.resp.q, h2Item{trailers: out})
+		s.resp.q = append(s.resp.q, h2Item{trailers: slices.Clone(out)})
 		return nil
 	}
-	if err := c.client.writeHeaders(s.id, out, end); err != nil {
+	err := c.client.writeHeaders(s.id, out, end)
+	c.out = out[:0]
+	if err != nil {
 		return err
 	}
 	if end {
