@@ -248,22 +248,42 @@ func TestPrivilegedScenarioStarwars(t *testing.T) { runScenario(t, scenarioByNam
 // dual-stack pods, every check over IPv4 and again over IPv6 with the same
 // verdict (L3/L4 drops and L7 denials through the proxy's IPv6 listener).
 func TestPrivilegedScenarioStarwarsDualStack(t *testing.T) {
-	sc := scenarioByName(t, "starwars-dualstack")
-	v6 := 0
+	runScenario(t, dualStackScenario(t, "starwars-dualstack", 10))
+}
+
+// dualStackScenario loads a scenario that must have v6 checks over IPv6.
+func dualStackScenario(t *testing.T, name string, v6 int) *Scenario {
+	t.Helper()
+	sc := scenarioByName(t, name)
+	n := 0
 	for _, st := range sc.Steps {
 		for _, c := range st.Checks {
 			if c.Family == FamilyIPv6 {
-				v6++
+				n++
 			}
 		}
 	}
-	if v6 != 10 {
-		t.Fatalf("starwars-dualstack has %d checks over IPv6, want 10", v6)
+	if n != v6 {
+		t.Fatalf("%s has %d checks over IPv6, want %d", name, n, v6)
 	}
-	runScenario(t, sc)
+	return sc
 }
 
 func TestPrivilegedScenarioGRPC(t *testing.T) { runScenario(t, scenarioByName(t, "grpc")) }
+
+// TestPrivilegedScenarioGRPCDualStack: the gRPC scenario on dual-stack
+// pods, every check over IPv4 and again over IPv6 with the same verdict
+// (method denials by the proxy's IPv6 listener, the intruder dropped).
+func TestPrivilegedScenarioGRPCDualStack(t *testing.T) {
+	runScenario(t, dualStackScenario(t, "grpc-dualstack", 10))
+}
+
+// TestPrivilegedScenarioKafkaDualStack: Cilium's Kafka guide on dual-stack
+// pods, every check over IPv4 and again over IPv6 (the IPv6 client talks
+// to the broker's IPv6 address only: the broker advertises it).
+func TestPrivilegedScenarioKafkaDualStack(t *testing.T) {
+	runScenario(t, dualStackScenario(t, "kafka-dualstack", 11))
+}
 
 func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {
 	runScenario(t, scenarioByName(t, "multi-namespace-cidr"))

@@ -72,8 +72,8 @@ type Check struct {
 	// zone's address (for validation and policy.Trace).
 	Name, ResolvedBy string
 	// Family is the address family the request goes over: FamilyIPv4
-	// (the default, "") or FamilyIPv6 (both hosts' IPv6 addresses; HTTP
-	// checks only).
+	// (the default, "") or FamilyIPv6 (both hosts' IPv6 addresses; not
+	// for checks by name or to a Service).
 	Family Family
 }
 
@@ -94,12 +94,14 @@ type HTTPRequest struct {
 	Headers map[string]string
 }
 
-// DNSQuery is an A query for Name over UDP: allowed is an answer from
+// DNSQuery is an A (or AAAA) query for Name over UDP: allowed is an answer from
 // the server (NOERROR or NXDOMAIN, as its zone says), denied REFUSED (or
 // NXDOMAIN made up by the DNS proxy: see Observation.Detail), dropped no
 // answer.
 type DNSQuery struct {
 	Name string
+	// AAAA asks for the name's IPv6 addresses ("type: AAAA"; default A).
+	AAAA bool
 }
 
 // GRPCRequest is a unary call of Method ("/pkg.Service/Method") with an
@@ -482,12 +484,21 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 	if dv := m["dns"]; dv != nil {
 		kinds++
 		dp := join(p, "dns")
-		if dm, ok := e.object(dp, dv, "query"); ok {
+		if dm, ok := e.object(dp, dv, "query", "type"); ok {
 			if s, ok := e.str(join(dp, "query"), dm["query"], true); ok {
 				if _, err := policy.NormalizeDNSName(s); err != nil {
 					e.add(join(dp, "query"), "%v", err)
 				}
 				c.DNS = &DNSQuery{Name: s}
+			}
+			if t, ok := e.str(join(dp, "type"), dm["type"], false); ok && t != "" && c.DNS != nil {
+				switch strings.ToUpper(t) {
+				case "A":
+				case "AAAA":
+					c.DNS.AAAA = true
+				default:
+					e.add(join(dp, "type"), "want A or AAAA, not %q", t)
+				}
 			}
 		}
 	}
