@@ -221,8 +221,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				for _, ln := range inherited {
 					ln.Close() // the running proxy's are the same sockets
 				}
-				opts.Inherited, opts.Inherited6, opts.InheritedUDP = ho.Listeners, ho.Listeners6, ho.UDP
-				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "ipv6", len(ho.Listeners6), "udp", len(ho.UDP))
+				opts.Inherited, opts.Inherited6, opts.InheritedUDP, opts.InheritedUDP6 = ho.Listeners, ho.Listeners6, ho.UDP, ho.UDP6
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "ipv6", len(ho.Listeners6), "udp", len(ho.UDP), "udp6", len(ho.UDP6))
 			case len(inherited) > 0:
 				opts.Inherited = inherited
 				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
