@@ -362,8 +362,37 @@ func (procProxies) TakeUDPSocket(pid int, port uint16) (*net.UDPConn, error) {
 	return redirect.TakeUDPSocket(pid, port)
 }
 
-// registerUDP puts the Go proxy's UDP socket of a dns port in the socket
-// map (once per proxy process, like its listener). Not held across a
+// udpsTaker is implemented by ProxyProcesses that can take every UDP
+// socket a proxy has on a port: a DNS proxy serving both families has
+// one on 127.0.0.1 and one on [::1], a socket-map entry each (DNS over
+// IPv6 finds no socket without the second).
+type udpsTaker interface {
+	TakeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error)
+}
+
+// TakeUDPSockets implements udpsTaker.
+func (procProxies) TakeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error) {
+	return redirect.TakeUDPSockets(pid, port)
+}
+
+// takeUDPSockets takes a proxy's UDP sockets of port, IPv4 first.
+func (a *Agent) takeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error) {
+	if t, ok := a.cfg.Processes.(udpsTaker); ok {
+		return t.TakeUDPSockets(pid, port)
+	}
+	t, ok := a.cfg.Processes.(udpTaker)
+	if !ok {
+		return nil, errors.New("cannot take UDP sockets from the proxy")
+	}
+	c, err := t.TakeUDPSocket(pid, port)
+	if err != nil {
+		return nil, err
+	}
+	return []*net.UDPConn{c}, nil
+}
+
+// registerUDP puts the Go proxy's UDP sockets of a dns port (one per
+// family) in the socket map (once per proxy process, like its listener). Not held across a
 // proxy crash: UDP DNS to the port drops (fail closed) until the
 // restarted proxy's socket is registered; clients retry.
 func (a *Agent) registerUDP(pid int, port uint16) error {
@@ -371,16 +400,16 @@ func (a *Agent) registerUDP(pid int, port uint16) error {
 	if a.registered[key] {
 		return nil
 	}
-	t, ok := a.cfg.Processes.(udpTaker)
-	if !ok {
-		return errors.New("cannot take UDP sockets from the proxy")
-	}
-	c, err := t.TakeUDPSocket(pid, port)
+	cs, err := a.takeUDPSockets(pid, port)
 	if err != nil {
 		return err
 	}
-	err = a.dp.RegisterProxyListener(port, c)
-	c.Close() // the socket map holds its own reference
+	for _, c := range cs {
+		if err == nil {
+			err = a.dp.RegisterProxyListener(port, c)
+		}
+		c.Close() // the socket map holds its own reference
+	}
 	if err != nil {
 		return err
 	}
@@ -390,7 +419,7 @@ func (a *Agent) registerUDP(pid int, port uint16) error {
 		}
 	}
 	a.registered[key] = true
-	a.log.Info("proxy udp socket registered", "proxy", key.kind.String(), "pid", pid, "port", port)
+	a.log.Info("proxy udp socket registered", "proxy", key.kind.String(), "pid", pid, "port", port, "sockets", len(cs))
 	return nil
 }
 
