@@ -63,8 +63,8 @@ type Host struct {
 	// Pod is nil for external hosts.
 	Pod    *policy.Pod
 	Serve  []Service
-	Topics []string              // Kafka topics the checks name, for the broker
-	Zone   Zone                  // a dns server's zone (DNSZoneAnnotation)
+	Topics []string // Kafka topics the checks name, for the broker
+	Zone   Zone     // a dns server's zone (DNSZoneAnnotation)
 	// Service is set for a Service destination ("svc/<ns>/<name>"): IP
 	// is its ClusterIP, Frontends its ports and backends (services.go).
 	Service   *policy.Service
@@ -345,7 +345,12 @@ func (sc *Scenario) hosts(externals []External) []error {
 			errs = append(errs, fmt.Errorf("%s: steps.yaml: externals: %s given twice", sc.Name, name))
 			continue
 		}
-		add(&Host{Name: name, IP: x.IP, Serve: x.Serve}, fmt.Sprintf("%s: steps.yaml: externals %s", sc.Name, x.Name))
+		where := fmt.Sprintf("%s: steps.yaml: externals %s", sc.Name, x.Name)
+		if other, ok := byIP[x.IP6]; ok && x.IP6.IsValid() {
+			errs = append(errs, fmt.Errorf("%s: address %s is also %s's", where, x.IP6, other))
+			continue
+		}
+		add(&Host{Name: name, IP: x.IP, IP6: x.IP6, Serve: x.Serve}, where)
 	}
 	return errs
 }

@@ -129,8 +129,10 @@ func (k *KafkaRequest) Topic() string {
 // namespace routed through the node like a pod, but with no Pod object, so
 // policy sees it as world or a CIDR.
 type External struct {
-	Name  string
-	IP    netip.Addr
+	Name string
+	IP   netip.Addr
+	// IP6 is its IPv6 address ("ip6", optional, in 2001:db8::/32).
+	IP6   netip.Addr
 	Serve []Service
 }
 
@@ -294,7 +296,7 @@ func (e *fieldErrs) scalar(p string, v any) (string, bool) {
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 func (e *fieldErrs) external(p string, v any) (External, bool) {
-	m, ok := e.object(p, v, "name", "ip", "serve")
+	m, ok := e.object(p, v, "name", "ip", "ip6", "serve")
 	if !ok {
 		return External{}, false
 	}
@@ -317,6 +319,20 @@ func (e *fieldErrs) external(p string, v any) (External, bool) {
 		x.IP = ip
 	} else {
 		good = false
+	}
+	if s, ok := e.str(join(p, "ip6"), m["ip6"], false); ok && s != "" {
+		ip, err := netip.ParseAddr(s)
+		if err == nil && (!ip.Is6() || ip.Is4In6() || ip.Zone() != "") {
+			err = fmt.Errorf("%s: want an IPv6 address", s)
+		}
+		if err == nil {
+			err = checkHostIP6(ip)
+		}
+		if err != nil {
+			e.add(join(p, "ip6"), "%v", err)
+			good = false
+		}
+		x.IP6 = ip
 	}
 	if s, ok := e.str(join(p, "serve"), m["serve"], false); ok {
 		svc, err := ParseServe(s)
