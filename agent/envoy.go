@@ -292,12 +292,13 @@ func (a *Agent) registerListener(key listenerKey) error {
 	if err != nil {
 		return err
 	}
-	ln := lns[0]
-	for i, l := range lns {
+	for _, l := range lns {
 		if err == nil {
 			err = a.dp.RegisterProxyListener(key.port, l)
 		}
-		if err != nil || key.kind != goProxy || i > 0 {
+	}
+	if err != nil || key.kind != goProxy {
+		for _, l := range lns {
 			l.Close() // the socket map holds its own reference
 		}
 	}
@@ -305,8 +306,13 @@ func (a *Agent) registerListener(key listenerKey) error {
 		return err
 	}
 	if key.kind == goProxy {
-		// Kept: the socket outlives a proxy crash (see heldListeners).
-		a.held.hold(key.port, ln)
+		// Kept, every family's: the sockets outlive a proxy crash (see
+		// heldListeners).
+		socks := make([]heldSocket, len(lns))
+		for i, l := range lns {
+			socks[i] = l
+		}
+		a.held.hold(key.port, false, socks...)
 	}
 	for k := range a.registered {
 		if k.kind == key.kind && k.port == key.port && !k.udp {
@@ -331,10 +337,9 @@ func (procProxies) TakeListeners(pid int, port uint16) ([]*net.TCPListener, erro
 	return redirect.TakeListeners(pid, port)
 }
 
-// takeListeners takes a proxy's listeners of port, IPv4 first (the one
-// the agent holds across a Go proxy crash: only it is inherited by the
-// restarted proxy, which binds a new [::1] socket; IPv6 redirects drop
-// no-listener until that one is registered).
+// takeListeners takes a proxy's listeners of port, IPv4 first (the agent
+// holds every one across a Go proxy crash, and the restarted proxy
+// inherits them all).
 func (a *Agent) takeListeners(pid int, port uint16) ([]*net.TCPListener, error) {
 	if t, ok := a.cfg.Processes.(listenersTaker); ok {
 		lns, err := t.TakeListeners(pid, port)
@@ -392,9 +397,10 @@ func (a *Agent) takeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error) {
 }
 
 // registerUDP puts the Go proxy's UDP sockets of a dns port (one per
-// family) in the socket map (once per proxy process, like its listener). Not held across a
-// proxy crash: UDP DNS to the port drops (fail closed) until the
-// restarted proxy's socket is registered; clients retry.
+// family) in the socket map (once per proxy process, like its listener)
+// and holds them across a proxy crash (heldListeners): queries sent
+// meanwhile wait in their receive buffers for the restarted proxy, which
+// inherits them.
 func (a *Agent) registerUDP(pid int, port uint16) error {
 	key := listenerKey{kind: goProxy, pid: pid, port: port, udp: true}
 	if a.registered[key] {
@@ -408,11 +414,20 @@ func (a *Agent) registerUDP(pid int, port uint16) error {
 		if err == nil {
 			err = a.dp.RegisterProxyListener(port, c)
 		}
-		c.Close() // the socket map holds its own reference
 	}
 	if err != nil {
+		for _, c := range cs {
+			c.Close() // the socket map holds its own reference
+		}
 		return err
 	}
+	// Kept: the sockets outlive a proxy crash (see heldListeners);
+	// datagrams redirected meanwhile queue for the restarted proxy.
+	socks := make([]heldSocket, len(cs))
+	for i, c := range cs {
+		socks[i] = c
+	}
+	a.held.hold(port, true, socks...)
 	for k := range a.registered {
 		if k.kind == key.kind && k.port == key.port && k.udp {
 			delete(a.registered, k)
