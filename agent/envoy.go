@@ -38,6 +38,11 @@ type EnvoyConfig struct {
 	// besides k8s.node.name.
 	OTLPCollector string
 	OTLPResource  map[string]string
+	// IPv6: the node has IPv6, so Envoy's listeners bind [::] beside
+	// 0.0.0.0 (envoytranslate.Config.IPv6) and the agent takes both into
+	// the socket map; without it IPv6 redirects to Envoy's ports drop
+	// no-listener.
+	IPv6 bool
 }
 
 // Envoy access-log modes.
