@@ -38,6 +38,11 @@ type EnvoyConfig struct {
 	// besides k8s.node.name.
 	OTLPCollector string
 	OTLPResource  map[string]string
+	// IPv6: the node has IPv6, so Envoy's listeners bind [::] beside
+	// 0.0.0.0 (envoytranslate.Config.IPv6) and the agent takes both into
+	// the socket map; without it IPv6 redirects to Envoy's ports drop
+	// no-listener.
+	IPv6 bool
 }
 
 // Envoy access-log modes.
@@ -292,12 +297,13 @@ func (a *Agent) registerListener(key listenerKey) error {
 	if err != nil {
 		return err
 	}
-	ln := lns[0]
-	for i, l := range lns {
+	for _, l := range lns {
 		if err == nil {
 			err = a.dp.RegisterProxyListener(key.port, l)
 		}
-		if err != nil || key.kind != goProxy || i > 0 {
+	}
+	if err != nil || key.kind != goProxy {
+		for _, l := range lns {
 			l.Close() // the socket map holds its own reference
 		}
 	}
@@ -305,8 +311,13 @@ func (a *Agent) registerListener(key listenerKey) error {
 		return err
 	}
 	if key.kind == goProxy {
-		// Kept: the socket outlives a proxy crash (see heldListeners).
-		a.held.hold(key.port, ln)
+		// Kept, every family's: the sockets outlive a proxy crash (see
+		// heldListeners).
+		socks := make([]heldSocket, len(lns))
+		for i, l := range lns {
+			socks[i] = l
+		}
+		a.held.hold(key.port, false, socks...)
 	}
 	for k := range a.registered {
 		if k.kind == key.kind && k.port == key.port && !k.udp {
@@ -331,10 +342,9 @@ func (procProxies) TakeListeners(pid int, port uint16) ([]*net.TCPListener, erro
 	return redirect.TakeListeners(pid, port)
 }
 
-// takeListeners takes a proxy's listeners of port, IPv4 first (the one
-// the agent holds across a Go proxy crash: only it is inherited by the
-// restarted proxy, which binds a new [::1] socket; IPv6 redirects drop
-// no-listener until that one is registered).
+// takeListeners takes a proxy's listeners of port, IPv4 first (the agent
+// holds every one across a Go proxy crash, and the restarted proxy
+// inherits them all).
 func (a *Agent) takeListeners(pid int, port uint16) ([]*net.TCPListener, error) {
 	if t, ok := a.cfg.Processes.(listenersTaker); ok {
 		lns, err := t.TakeListeners(pid, port)
@@ -362,35 +372,74 @@ func (procProxies) TakeUDPSocket(pid int, port uint16) (*net.UDPConn, error) {
 	return redirect.TakeUDPSocket(pid, port)
 }
 
-// registerUDP puts the Go proxy's UDP socket of a dns port in the socket
-// map (once per proxy process, like its listener). Not held across a
-// proxy crash: UDP DNS to the port drops (fail closed) until the
-// restarted proxy's socket is registered; clients retry.
+// udpsTaker is implemented by ProxyProcesses that can take every UDP
+// socket a proxy has on a port: a DNS proxy serving both families has
+// one on 127.0.0.1 and one on [::1], a socket-map entry each (DNS over
+// IPv6 finds no socket without the second).
+type udpsTaker interface {
+	TakeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error)
+}
+
+// TakeUDPSockets implements udpsTaker.
+func (procProxies) TakeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error) {
+	return redirect.TakeUDPSockets(pid, port)
+}
+
+// takeUDPSockets takes a proxy's UDP sockets of port, IPv4 first.
+func (a *Agent) takeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error) {
+	if t, ok := a.cfg.Processes.(udpsTaker); ok {
+		return t.TakeUDPSockets(pid, port)
+	}
+	t, ok := a.cfg.Processes.(udpTaker)
+	if !ok {
+		return nil, errors.New("cannot take UDP sockets from the proxy")
+	}
+	c, err := t.TakeUDPSocket(pid, port)
+	if err != nil {
+		return nil, err
+	}
+	return []*net.UDPConn{c}, nil
+}
+
+// registerUDP puts the Go proxy's UDP sockets of a dns port (one per
+// family) in the socket map (once per proxy process, like its listener)
+// and holds them across a proxy crash (heldListeners): queries sent
+// meanwhile wait in their receive buffers for the restarted proxy, which
+// inherits them.
 func (a *Agent) registerUDP(pid int, port uint16) error {
 	key := listenerKey{kind: goProxy, pid: pid, port: port, udp: true}
 	if a.registered[key] {
 		return nil
 	}
-	t, ok := a.cfg.Processes.(udpTaker)
-	if !ok {
-		return errors.New("cannot take UDP sockets from the proxy")
-	}
-	c, err := t.TakeUDPSocket(pid, port)
+	cs, err := a.takeUDPSockets(pid, port)
 	if err != nil {
 		return err
 	}
-	err = a.dp.RegisterProxyListener(port, c)
-	c.Close() // the socket map holds its own reference
+	for _, c := range cs {
+		if err == nil {
+			err = a.dp.RegisterProxyListener(port, c)
+		}
+	}
 	if err != nil {
+		for _, c := range cs {
+			c.Close() // the socket map holds its own reference
+		}
 		return err
 	}
+	// Kept: the sockets outlive a proxy crash (see heldListeners);
+	// datagrams redirected meanwhile queue for the restarted proxy.
+	socks := make([]heldSocket, len(cs))
+	for i, c := range cs {
+		socks[i] = c
+	}
+	a.held.hold(port, true, socks...)
 	for k := range a.registered {
 		if k.kind == key.kind && k.port == key.port && k.udp {
 			delete(a.registered, k)
 		}
 	}
 	a.registered[key] = true
-	a.log.Info("proxy udp socket registered", "proxy", key.kind.String(), "pid", pid, "port", port)
+	a.log.Info("proxy udp socket registered", "proxy", key.kind.String(), "pid", pid, "port", port, "sockets", len(cs))
 	return nil
 }
 

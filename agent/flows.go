@@ -389,8 +389,9 @@ func (a *Agent) watchFlows(ctx context.Context) error {
 			attrs = append(attrs, "decidedBy", p.String())
 		}
 		switch {
-		case f.Dropped() && ev.Reason == bpf.ReasonUnsupported:
-			// IPv6 (neighbour discovery and the like) is not enforced yet
+		case f.Dropped() && (ev.Reason == bpf.ReasonUnsupported || ev.Reason == bpf.ReasonMLD):
+			// every pod's kernel sends MLD reports (dropped by design:
+			// the node routes no multicast); not worth a line per pod
 			a.log.Debug("flow dropped", attrs...)
 		case f.Dropped():
 			a.log.Info("flow dropped", attrs...)

@@ -317,6 +317,7 @@ func (a *Agent) xdsState(snap *policy.Snapshot, local []bpftranslate.LocalEndpoi
 		st.Envoy.Node = a.cfg.Node
 		st.Envoy.Marks = envoytranslate.Marks{Ingress: bpf.ProxyMark(bpf.Ingress, 0), Egress: bpf.ProxyMark(bpf.Egress, 0)}
 		st.Envoy.EscapedSlashes = a.cfg.Envoy.EscapedSlashes
+		st.Envoy.IPv6 = a.cfg.Envoy.IPv6
 		st.Envoy.AccessLogCluster = bootstrap.AccessLogCluster
 		st.Envoy.OpenTelemetry = a.cfg.Envoy.otel(a.cfg.Node)
 	}

@@ -53,6 +53,10 @@ const (
 	// ReasonWrongFamily: ICMP (IPv4's) in IPv6 or ICMPv6 in IPv4, which
 	// must never match the other family's ICMP rules.
 	ReasonWrongFamily Reason = 17
+	// ReasonMLD: multicast listener discovery sent by a pod (a link-local
+	// protocol; the node is no multicast router). Not spoofing: every
+	// pod's kernel sends MLD reports from its link-local address.
+	ReasonMLD Reason = 18
 )
 
 func (r Reason) String() string {
@@ -93,6 +97,8 @@ func (r Reason) String() string {
 		return "nd-router"
 	case ReasonWrongFamily:
 		return "wrong-family"
+	case ReasonMLD:
+		return "mld"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

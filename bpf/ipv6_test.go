@@ -231,6 +231,38 @@ func TestPrivilegedIPv6NeighbourDiscovery(t *testing.T) {
 	runHostile(t, d, evs, cases)
 }
 
+// TestPrivilegedIPv6MLD: multicast listener discovery from a pod (every
+// pod's kernel sends MLD reports from its link-local address to ff02::16
+// when an interface comes up) is dropped with its own reason, mld, not as
+// spoofing: the node is no multicast router, so nothing is lost, and the
+// reports never leave the link (Cilium drops them too: source
+// verification admits only the endpoint's own address, MLD is not ND).
+// Whatever its source or destination, egress MLD is dropped; other
+// ICMPv6 from a link-local address stays spoofed.
+func TestPrivilegedIPv6MLD(t *testing.T) {
+	d := fixture(t, EndpointPolicy{Egress: DirectionPolicy{Entries: []PolicyEntry{{Peer: IdentityAny, Verdict: VerdictAllow, RuleID: 650}}}})
+	evs := watchEvents(t, d)
+	mld := func(src, dst netip.Addr, typ uint8) pkt {
+		p := icmp6Pkt(src, dst, typ, 0)
+		p.hopLimit = 1
+		p.exts = []ext6{optsExt(extHopByHop, 0)} // (RFC 3810 puts a router alert there)
+		return p
+	}
+	mldv2 := netip.MustParseAddr("ff02::16")
+	cases := []hostileCase{
+		{"MLDv2 report from link-local", false, ethIPv6(mld(llIP6, mldv2, 143)), actShot, ReasonMLD},
+		{"MLDv2 report from ::", false, ethIPv6(mld(netip.IPv6Unspecified(), mldv2, 143)), actShot, ReasonMLD},
+		{"MLDv1 report from link-local", false, ethIPv6(mld(llIP6, netip.MustParseAddr("ff02::1:ff00:10"), 131)), actShot, ReasonMLD},
+		{"MLD done from link-local", false, ethIPv6(mld(llIP6, netip.MustParseAddr("ff02::2"), 132)), actShot, ReasonMLD},
+		{"MLD query from the pod", false, ethIPv6(mld(llIP6, netip.MustParseAddr("ff02::1"), 130)), actShot, ReasonMLD},
+		{"MLD report from the own address", false, ethIPv6(mld(podIP6, mldv2, 143)), actShot, ReasonMLD},
+		{"MLD report to a unicast address", false, ethIPv6(mld(llIP6, peerIP6, 143)), actShot, ReasonMLD},
+		{"echo from link-local stays spoofed", false, ethIPv6(icmp6Pkt(llIP6, mldv2, icmp6Echo, 1)), actShot, ReasonSpoofed},
+		{"control: echo from the own address", false, ethIPv6(icmp6Pkt(podIP6, peerIP6, icmp6Echo, 1)), actOK, 0},
+	}
+	runHostile(t, d, evs, cases)
+}
+
 // TestPrivilegedHostileIPv6Spoofing: a pod sends IPv6 only from its own
 // address; one without an IPv6 address sends none but ND.
 func TestPrivilegedHostileIPv6Spoofing(t *testing.T) {

@@ -257,7 +257,7 @@ func sendGRPC(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, r *
 	conn, err := grpc.NewClient("passthrough:///"+addr.String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
-			return rd.DialContext(ctx, "tcp4", a)
+			return rd.DialContext(ctx, "tcp", a)
 		}),
 	)
 	if err != nil {
@@ -370,7 +370,7 @@ func kafkaErrorIs(err error, target kafka.Error) bool {
 	return false
 }
 
-// sendDNS sends an A query over UDP (retried once, as resolvers do): an
+// sendDNS sends an A (or AAAA) query over UDP (retried once, as resolvers do): an
 // answer from the server is allowed (its rcode in the detail), REFUSED —
 // what the DNS proxy answers a denied name with — denied, no answer
 // dropped.
@@ -381,7 +381,11 @@ func sendDNS(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, q *D
 	}
 	defer c.Close()
 	m := new(mdns.Msg)
-	m.SetQuestion(mdns.Fqdn(q.Name), mdns.TypeA)
+	qtype := mdns.TypeA
+	if q.AAAA {
+		qtype = mdns.TypeAAAA
+	}
+	m.SetQuestion(mdns.Fqdn(q.Name), qtype)
 	conn := &mdns.Conn{Conn: c}
 	per := o.Timeout / 3
 	for range 2 {
@@ -398,8 +402,11 @@ func sendDNS(ctx context.Context, rd *recordingDialer, addr netip.AddrPort, q *D
 		}
 		var ips []string
 		for _, rr := range r.Answer {
-			if a, ok := rr.(*mdns.A); ok {
+			switch a := rr.(type) {
+			case *mdns.A:
 				ips = append(ips, a.A.String())
+			case *mdns.AAAA:
+				ips = append(ips, a.AAAA.String())
 			}
 		}
 		detail := mdns.RcodeToString[r.Rcode]

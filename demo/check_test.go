@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,5 +269,79 @@ func TestTraceCheck(t *testing.T) {
 	c.From = "default/tiefighter"
 	if tr := TraceCheck(objs, sc, c); tr.Verdict != Allowed || !strings.Contains(tr.String(), "allowed by allow default/rule1") {
 		t.Errorf("landing: %s", tr)
+	}
+}
+
+// TestServeDualStack: with an IPv6 address, every built-in server listens
+// on both families, and a client of one family only ever connects to
+// that family's address (the Kafka broker of each family advertises its
+// own address, so produce and fetch follow the metadata to it). DNS
+// answers A and AAAA records from the zone.
+func TestServeDualStack(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	free := func() uint16 {
+		l, addr := listenLoopback(t)
+		l.Close()
+		return addr.Port()
+	}
+	if l, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		l.Close()
+	}
+	ports := map[Protocol]uint16{ProtoHTTP: free(), ProtoGRPC: free(), ProtoKafka: free(), ProtoDNS: free()}
+	zone, err := ParseZone("api.example.test=198.18.20.10,api.example.test=2001:db8:20::10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ServerConfig{Host: "x/server", IP: mustAddr("127.0.0.1"), IP6: mustAddr("::1"), Topics: []string{"plans"}, Zone: zone}
+	for _, p := range []Protocol{ProtoHTTP, ProtoGRPC, ProtoKafka, ProtoDNS} {
+		cfg.Serve = append(cfg.Serve, Service{Proto: p, Port: ports[p]})
+	}
+	ready := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { errc <- Serve(ctx, cfg, slog.New(slog.DiscardHandler), func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		t.Fatal(err)
+	}
+	checks := []struct {
+		c      Check
+		detail string
+	}{
+		{Check{HTTP: &HTTPRequest{Method: "GET", Path: "/"}}, "200"},
+		{Check{GRPC: &GRPCRequest{Method: "/grpc.health.v1.Health/Check"}}, "OK"},
+		{Check{Kafka: &KafkaRequest{Produce: "plans"}}, "produced"},
+		{Check{Kafka: &KafkaRequest{Consume: "plans"}}, "fetched"},
+		{Check{DNS: &DNSQuery{Name: "api.example.test"}}, "NOERROR 198.18.20.10"},
+		{Check{DNS: &DNSQuery{Name: "api.example.test", AAAA: true}}, "NOERROR 2001:db8:20::10"},
+	}
+	for _, ip := range []netip.Addr{cfg.IP, cfg.IP6} {
+		for _, tc := range checks {
+			var mu sync.Mutex
+			var dialed []string
+			inner := netnsDialer("", time.Second)
+			dial := func(ctx context.Context, n, a string) (net.Conn, error) {
+				mu.Lock()
+				dialed = append(dialed, a)
+				mu.Unlock()
+				return inner(ctx, n, a)
+			}
+			addr := netip.AddrPortFrom(ip, ports[tc.c.Protocol()])
+			expectObs(t, fmt.Sprintf("%s %s", addr, tc.c.Protocol()), send(ctx, dial, addr, tc.c, probe()), Allowed, tc.detail)
+			mu.Lock()
+			for _, a := range dialed {
+				if ap, err := netip.ParseAddrPort(a); err != nil || ap.Addr() != ip {
+					t.Errorf("%s %s: the client connected to %s, not only to %s", addr, tc.c.Protocol(), a, ip)
+				}
+			}
+			mu.Unlock()
+		}
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("serve: %v", err)
 	}
 }

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 
 	flag.Parse()
 	code := func() int {
-		if os.Geteuid() == 0 && runs("TestPrivilegedScenarioStarwars", "TestPrivilegedScenarioStarwarsDualStack", "TestPrivilegedScenarioGRPC", "TestPrivilegedScenarioMultiNamespaceCIDR", "TestPrivilegedScenarioKafka", "TestPrivilegedScenarioL3LiftsL7", "TestPrivilegedScenarioNodeProbes", "TestPrivilegedScenarioEgressIngressChain", "TestPrivilegedScenarioServices", "TestPrivilegedScenarioDNS", "TestPrivilegedScenarioInterrupted", "TestPrivilegedKgoSuite", "TestPrivilegedServiceMapStarwars", "TestPrivilegedScenarioAudit", "TestPrivilegedScenarioAuditGRPC", "TestPrivilegedScenarioAuditKafka", "TestPrivilegedScenarioAuditNamespace") {
+		if os.Geteuid() == 0 && runs("TestPrivilegedScenarioStarwars", "TestPrivilegedScenarioStarwarsDualStack", "TestPrivilegedScenarioGRPC", "TestPrivilegedScenarioGRPCDualStack", "TestPrivilegedScenarioKafkaDualStack", "TestPrivilegedScenarioMultiNamespaceCIDR", "TestPrivilegedScenarioKafka", "TestPrivilegedScenarioL3LiftsL7", "TestPrivilegedScenarioNodeProbes", "TestPrivilegedScenarioEgressIngressChain", "TestPrivilegedScenarioServices", "TestPrivilegedScenarioDNS", "TestPrivilegedScenarioDNSDualStack", "TestPrivilegedDNSProxyCrashHeldSockets", "TestPrivilegedScenarioInterrupted", "TestPrivilegedKgoSuite", "TestPrivilegedServiceMapStarwars", "TestPrivilegedScenarioAudit", "TestPrivilegedScenarioAuditGRPC", "TestPrivilegedScenarioAuditKafka", "TestPrivilegedScenarioAuditNamespace") {
 			dir, err := os.MkdirTemp("", "l7gate-demo-test-bin-")
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "temp dir:", err)

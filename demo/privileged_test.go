@@ -190,7 +190,10 @@ func needAgent(t *testing.T) string {
 
 // runScenario runs a scenario through the agent and checks every check
 // passed and nothing is left behind.
-func runScenario(t *testing.T, sc *Scenario) {
+func runScenario(t *testing.T, sc *Scenario) { runScenarioAfter(t, sc, nil) }
+
+// runScenarioAfter is runScenario with a Config.AfterStep.
+func runScenarioAfter(t *testing.T, sc *Scenario, after func(ctx context.Context, step int, topo *Topology) error) {
 	bin := needAgent(t)
 	cmd, env := testServerCommand(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -207,7 +210,7 @@ func runScenario(t *testing.T, sc *Scenario) {
 	}
 	sum, err := Run(ctx, Config{
 		Scenario: sc, Executable: bin, ServerCommand: cmd, ServerEnv: env,
-		TempDir: tmp, Out: &out, Keep: keep,
+		TempDir: tmp, Out: &out, Keep: keep, AfterStep: after,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	})
 	for line := range strings.SplitSeq(strings.TrimRight(out.String(), "\n"), "\n") {
@@ -248,22 +251,42 @@ func TestPrivilegedScenarioStarwars(t *testing.T) { runScenario(t, scenarioByNam
 // dual-stack pods, every check over IPv4 and again over IPv6 with the same
 // verdict (L3/L4 drops and L7 denials through the proxy's IPv6 listener).
 func TestPrivilegedScenarioStarwarsDualStack(t *testing.T) {
-	sc := scenarioByName(t, "starwars-dualstack")
-	v6 := 0
+	runScenario(t, dualStackScenario(t, "starwars-dualstack", 10))
+}
+
+// dualStackScenario loads a scenario that must have v6 checks over IPv6.
+func dualStackScenario(t *testing.T, name string, v6 int) *Scenario {
+	t.Helper()
+	sc := scenarioByName(t, name)
+	n := 0
 	for _, st := range sc.Steps {
 		for _, c := range st.Checks {
 			if c.Family == FamilyIPv6 {
-				v6++
+				n++
 			}
 		}
 	}
-	if v6 != 10 {
-		t.Fatalf("starwars-dualstack has %d checks over IPv6, want 10", v6)
+	if n != v6 {
+		t.Fatalf("%s has %d checks over IPv6, want %d", name, n, v6)
 	}
-	runScenario(t, sc)
+	return sc
 }
 
 func TestPrivilegedScenarioGRPC(t *testing.T) { runScenario(t, scenarioByName(t, "grpc")) }
+
+// TestPrivilegedScenarioGRPCDualStack: the gRPC scenario on dual-stack
+// pods, every check over IPv4 and again over IPv6 with the same verdict
+// (method denials by the proxy's IPv6 listener, the intruder dropped).
+func TestPrivilegedScenarioGRPCDualStack(t *testing.T) {
+	runScenario(t, dualStackScenario(t, "grpc-dualstack", 10))
+}
+
+// TestPrivilegedScenarioKafkaDualStack: Cilium's Kafka guide on dual-stack
+// pods, every check over IPv4 and again over IPv6 (the IPv6 client talks
+// to the broker's IPv6 address only: the broker advertises it).
+func TestPrivilegedScenarioKafkaDualStack(t *testing.T) {
+	runScenario(t, dualStackScenario(t, "kafka-dualstack", 11))
+}
 
 func TestPrivilegedScenarioMultiNamespaceCIDR(t *testing.T) {
 	runScenario(t, scenarioByName(t, "multi-namespace-cidr"))
@@ -294,6 +317,41 @@ func TestPrivilegedScenarioServices(t *testing.T) { runScenario(t, scenarioByNam
 // proxy in the Go proxy, the answer held until the agent's datapath has
 // the address).
 func TestPrivilegedScenarioDNS(t *testing.T) { runScenario(t, scenarioByName(t, "dns")) }
+
+// TestPrivilegedScenarioDNSDualStack: rules.dns and toFQDNs on dual-stack
+// pods. DNS over IPv6 reaches the DNS proxy's [::1] sockets (UDP and TCP;
+// before them it was dropped no-listener) and is decided like DNS over
+// IPv4; an AAAA answer admits the name's IPv6 address, not its IPv4 one.
+// After the policy step, the real dig asks over IPv6, UDP and TCP, from
+// the app's namespace: the allowed name is answered by the server through
+// the proxy, the denied one REFUSED.
+func TestPrivilegedScenarioDNSDualStack(t *testing.T) {
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Fatal("dig is required (hack/install-deps.sh installs bind9-dnsutils)")
+	}
+	runScenarioAfter(t, scenarioByName(t, "dns-dualstack"), func(ctx context.Context, step int, topo *Topology) error {
+		if step != 1 {
+			return nil
+		}
+		app := topo.Host("default/app").NS
+		for _, tcp := range []bool{false, true} {
+			for _, q := range []struct{ name, status, answer string }{
+				{"api.example.test", "status: NOERROR", "2001:db8:131::10"},
+				{"www.other.test", "status: REFUSED", ""},
+			} {
+				args := []string{"netns", "exec", app, "dig", "-6", "@2001:db8:31::53", q.name, "AAAA", "+tries=2", "+time=2"}
+				if tcp {
+					args = append(args, "+tcp")
+				}
+				out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+				if err != nil || !strings.Contains(string(out), q.status) || !strings.Contains(string(out), q.answer) {
+					t.Errorf("dig over IPv6 (tcp=%v) %s: %v, want %s %s:\n%s", tcp, q.name, err, q.status, q.answer, out)
+				}
+			}
+		}
+		return nil
+	})
+}
 
 func TestPrivilegedScenarioEgressIngressChain(t *testing.T) {
 	runScenario(t, scenarioByName(t, "egress-ingress-chain"))

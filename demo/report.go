@@ -168,6 +168,9 @@ func (c *Check) RequestString() string {
 		}
 		return "Kafka consume " + c.Kafka.Consume
 	case c.DNS != nil:
+		if c.DNS.AAAA {
+			return "DNS AAAA " + c.DNS.Name
+		}
 		return "DNS A " + c.DNS.Name
 	}
 	return "?"

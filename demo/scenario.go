@@ -63,8 +63,8 @@ type Host struct {
 	// Pod is nil for external hosts.
 	Pod    *policy.Pod
 	Serve  []Service
-	Topics []string              // Kafka topics the checks name, for the broker
-	Zone   map[string]netip.Addr // a dns server's zone (DNSZoneAnnotation)
+	Topics []string // Kafka topics the checks name, for the broker
+	Zone   Zone     // a dns server's zone (DNSZoneAnnotation)
 	// Service is set for a Service destination ("svc/<ns>/<name>"): IP
 	// is its ClusterIP, Frontends its ports and backends (services.go).
 	Service   *policy.Service
@@ -206,7 +206,7 @@ func (sc *Scenario) resolveCheckNames(file string) []error {
 			where := fmt.Sprintf("%s: steps[%d].checks[%d].to", file, i, j)
 			var server *Host
 			for _, h := range sc.Hosts {
-				if _, ok := h.Zone[c.Name]; ok && h.Serves(ProtoDNS, 53) {
+				if _, ok := h.Zone.A[c.Name]; ok && h.Serves(ProtoDNS, 53) {
 					server = h
 					break
 				}
@@ -215,7 +215,7 @@ func (sc *Scenario) resolveCheckNames(file string) []error {
 				errs = append(errs, fmt.Errorf("%s: no DNS server of the scenario (serve dns:53) has %s in its zone", where, strings.TrimSuffix(c.Name, ".")))
 				continue
 			}
-			ip := server.Zone[c.Name]
+			ip := server.Zone.A[c.Name]
 			i := slices.IndexFunc(sc.Hosts, func(h *Host) bool { return h.IP == ip })
 			if i < 0 {
 				errs = append(errs, fmt.Errorf("%s: %s is %s in %s's zone, which no pod or external host has", where, strings.TrimSuffix(c.Name, "."), ip, server.Name))
@@ -255,7 +255,11 @@ func (sc *Scenario) resolveNames() {
 			if err != nil || to == nil {
 				continue
 			}
-			if ip, ok := to.Zone[n]; ok && !slices.Contains(seen[n], ip) {
+			zone := to.Zone.A
+			if c.DNS.AAAA {
+				zone = to.Zone.AAAA
+			}
+			if ip, ok := zone[n]; ok && !slices.Contains(seen[n], ip) {
 				seen[n] = append(seen[n], ip)
 			}
 		}
@@ -341,7 +345,12 @@ func (sc *Scenario) hosts(externals []External) []error {
 			errs = append(errs, fmt.Errorf("%s: steps.yaml: externals: %s given twice", sc.Name, name))
 			continue
 		}
-		add(&Host{Name: name, IP: x.IP, Serve: x.Serve}, fmt.Sprintf("%s: steps.yaml: externals %s", sc.Name, x.Name))
+		where := fmt.Sprintf("%s: steps.yaml: externals %s", sc.Name, x.Name)
+		if other, ok := byIP[x.IP6]; ok && x.IP6.IsValid() {
+			errs = append(errs, fmt.Errorf("%s: address %s is also %s's", where, x.IP6, other))
+			continue
+		}
+		add(&Host{Name: name, IP: x.IP, IP6: x.IP6, Serve: x.Serve}, where)
 	}
 	return errs
 }
@@ -466,13 +475,11 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 	return errs
 }
 
-// checkIPv6Check: a check over IPv6 is an HTTP request between two hosts
-// with IPv6 addresses (the node has one). By name, gRPC, Kafka and DNS
-// over IPv6 are not supported (yet): an error, never a silent IPv4 check.
+// checkIPv6Check: a check over IPv6 is a request between two hosts with
+// IPv6 addresses (the node has one). By name over IPv6 is not supported
+// (yet): an error, never a silent IPv4 check.
 func checkIPv6Check(c Check, from, to *Host) error {
 	switch {
-	case c.HTTP == nil:
-		return errors.New("family: ipv6 is supported for http checks only")
 	case c.Name != "":
 		return errors.New("family: ipv6 is not supported for checks by name")
 	case !from.IP6.IsValid():

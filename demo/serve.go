@@ -50,26 +50,49 @@ const (
 )
 
 // DNSZoneAnnotation is the Pod annotation giving a built-in DNS server's
-// zone: "name=IPv4,name=IPv4", e.g. "api.example.test=198.18.20.10".
+// zone: "name=address,name=address", e.g. "api.example.test=198.18.20.10":
+// an IPv4 address is the name's A record, an IPv6 address its AAAA record
+// (a name may have one of each).
 const DNSZoneAnnotation = "l7gate.io/dns-zone"
 
+// Zone is a built-in DNS server's zone: normalised name → address, A
+// records and AAAA records.
+type Zone struct {
+	A    map[string]netip.Addr `json:"a,omitempty"`
+	AAAA map[string]netip.Addr `json:"aaaa,omitempty"`
+}
+
+// Has reports whether the zone has a record for the normalised name.
+func (z Zone) Has(name string) bool {
+	_, a := z.A[name]
+	_, aaaa := z.AAAA[name]
+	return a || aaaa
+}
+
 // ParseZone parses a DNSZoneAnnotation value into normalised names.
-func ParseZone(s string) (map[string]netip.Addr, error) {
-	out := map[string]netip.Addr{}
+func ParseZone(s string) (Zone, error) {
+	out := Zone{A: map[string]netip.Addr{}, AAAA: map[string]netip.Addr{}}
 	for item := range strings.SplitSeq(s, ",") {
 		name, ip, ok := strings.Cut(strings.TrimSpace(item), "=")
 		if !ok {
-			return nil, fmt.Errorf("want name=IPv4, not %q", item)
+			return Zone{}, fmt.Errorf("want name=address, not %q", item)
 		}
 		n, err := policy.NormalizeDNSName(strings.TrimSpace(name))
 		if err != nil {
-			return nil, fmt.Errorf("%q: %w", name, err)
+			return Zone{}, fmt.Errorf("%q: %w", name, err)
 		}
 		a, err := netip.ParseAddr(strings.TrimSpace(ip))
-		if err != nil || !a.Is4() {
-			return nil, fmt.Errorf("%q: want an IPv4 address", ip)
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			return Zone{}, fmt.Errorf("%q: want an IPv4 or IPv6 address", ip)
 		}
-		out[n] = a
+		m := out.A
+		if a.Is6() {
+			m = out.AAAA
+		}
+		if old, dup := m[n]; dup {
+			return Zone{}, fmt.Errorf("%s: two addresses of one family (%s, %s)", strings.TrimSuffix(n, "."), old, a)
+		}
+		m[n] = a
 	}
 	return out, nil
 }
@@ -139,13 +162,14 @@ func ParseServe(s string) ([]Service, error) {
 type ServerConfig struct {
 	Host string     `json:"host"`
 	IP   netip.Addr `json:"ip"`
-	// IP6, when valid, is the host's IPv6 address: HTTP servers listen
-	// on it too.
+	// IP6, when valid, is the host's IPv6 address: every server listens
+	// on it too (a Kafka broker advertises, on each family, that family's
+	// address).
 	IP6    netip.Addr `json:"ip6,omitzero"`
 	Serve  []Service  `json:"serve"`
 	Topics []string   `json:"topics,omitempty"` // seeded in the Kafka broker
-	// Zone is what a dns server answers (normalised name → address).
-	Zone map[string]netip.Addr `json:"zone,omitempty"`
+	// Zone is what a dns server answers.
+	Zone Zone `json:"zone,omitzero"`
 }
 
 // Args is the command line tail of a server process (see ParseServerArgs).
@@ -177,7 +201,13 @@ func ParseServerArgs(args []string) (ServerConfig, error) {
 }
 
 // Serve runs the built-in servers of cfg in the current network namespace
-// until ctx ends. ready is called once every listener is open.
+// until ctx ends. ready is called once every listener is open. Each
+// server listens on the host's IPv4 address and, when the host has one,
+// its IPv6 address: HTTP, gRPC and DNS serve both from one server; Kafka
+// runs a broker per family (a broker advertises the address it listens
+// on, and a client must be sent back to the family it came in on, as a
+// real broker's per-listener advertised.listeners do), so the two
+// families' brokers share no data.
 func Serve(ctx context.Context, cfg ServerConfig, log *slog.Logger, ready func()) error {
 	var stops []func()
 	defer func() {
@@ -185,60 +215,76 @@ func Serve(ctx context.Context, cfg ServerConfig, log *slog.Logger, ready func()
 			s()
 		}
 	}()
-	errc := make(chan error, 2*len(cfg.Serve)) // HTTP may listen on two addresses
+	ips := []netip.Addr{cfg.IP}
+	if cfg.IP6.IsValid() {
+		ips = append(ips, cfg.IP6)
+	}
+	errc := make(chan error, 2*len(ips)*len(cfg.Serve)) // DNS serves UDP and TCP
 	for _, svc := range cfg.Serve {
-		addr := netip.AddrPortFrom(cfg.IP, svc.Port).String()
+		var addrs []string
+		for _, ip := range ips {
+			addrs = append(addrs, netip.AddrPortFrom(ip, svc.Port).String())
+		}
 		switch svc.Proto {
-		case ProtoHTTP:
-			l, err := listenTCP(ctx, addr)
-			if err != nil {
-				return err
-			}
-			srv := &http.Server{Handler: DeathstarHandler(cfg.Host), ReadHeaderTimeout: 10 * time.Second}
-			stops = append(stops, func() { srv.Close() })
-			ls := map[string]net.Listener{addr: l}
-			if cfg.IP6.IsValid() {
-				addr6 := netip.AddrPortFrom(cfg.IP6, svc.Port).String()
-				if ls[addr6], err = listenTCP(ctx, addr6); err != nil {
-					l.Close()
+		case ProtoHTTP, ProtoGRPC:
+			var lns []net.Listener
+			for _, a := range addrs {
+				l, err := listenTCP(ctx, a)
+				if err != nil {
+					for _, l := range lns {
+						l.Close()
+					}
 					return err
 				}
+				lns = append(lns, l)
 			}
-			for a, l := range ls {
-				go func() {
+			var serve func(net.Listener) error
+			if svc.Proto == ProtoHTTP {
+				srv := &http.Server{Handler: DeathstarHandler(cfg.Host), ReadHeaderTimeout: 10 * time.Second}
+				stops = append(stops, func() { srv.Close() })
+				serve = func(l net.Listener) error {
 					if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-						errc <- fmt.Errorf("http %s: %w", a, err)
+						return err
+					}
+					return nil
+				}
+			} else {
+				srv := NewGRPCServer(cfg.Host)
+				stops = append(stops, srv.Stop)
+				serve = func(l net.Listener) error {
+					if err := srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+						return err
+					}
+					return nil
+				}
+			}
+			for i, l := range lns {
+				go func() {
+					if err := serve(l); err != nil {
+						errc <- fmt.Errorf("%s %s: %w", svc.Proto, addrs[i], err)
 					}
 				}()
 			}
-		case ProtoGRPC:
-			l, err := listenTCP(ctx, addr)
-			if err != nil {
-				return err
-			}
-			srv := NewGRPCServer(cfg.Host)
-			go func() {
-				if err := srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-					errc <- fmt.Errorf("grpc %s: %w", addr, err)
-				}
-			}()
-			stops = append(stops, srv.Stop)
 		case ProtoKafka:
-			c, err := NewKafkaBroker(ctx, addr, cfg.Topics)
-			if err != nil {
-				return err
+			for _, a := range addrs {
+				c, err := NewKafkaBroker(ctx, a, cfg.Topics)
+				if err != nil {
+					return err
+				}
+				stops = append(stops, c.Close)
 			}
-			stops = append(stops, c.Close)
 		case ProtoDNS:
-			stop, err := serveDNS(ctx, addr, cfg.Zone, errc)
-			if err != nil {
-				return err
+			for _, a := range addrs {
+				stop, err := serveDNS(ctx, a, cfg.Zone, errc)
+				if err != nil {
+					return err
+				}
+				stops = append(stops, stop)
 			}
-			stops = append(stops, stop)
 		default:
 			return fmt.Errorf("unknown protocol %q", svc.Proto)
 		}
-		log.Info("serving", "host", cfg.Host, "service", svc.String(), "addr", addr)
+		log.Info("serving", "host", cfg.Host, "service", svc.String(), "addrs", addrs)
 	}
 	if ready != nil {
 		ready()
@@ -348,11 +394,12 @@ func NewKafkaBroker(ctx context.Context, addr string, topics []string) (*kfake.C
 	return c, nil
 }
 
-// serveDNS runs a DNS server on addr (UDP and TCP) answering A queries
-// from zone (TTL 30 s); other names are NXDOMAIN.
-func serveDNS(ctx context.Context, addr string, zone map[string]netip.Addr, errc chan<- error) (func(), error) {
+// serveDNS runs a DNS server on addr (UDP and TCP) answering A and AAAA
+// queries from zone (TTL 30 s); other names are NXDOMAIN, other types of
+// a known name an empty NOERROR.
+func serveDNS(ctx context.Context, addr string, zone Zone, errc chan<- error) (func(), error) {
 	var lc net.ListenConfig
-	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dns %s: %w", addr, err)
 	}
@@ -372,12 +419,17 @@ func serveDNS(ctx context.Context, addr string, zone map[string]netip.Addr, errc
 		}
 		q := r.Question[0]
 		name, err := policy.NormalizeDNSName(q.Name)
-		ip, ok := zone[name]
 		switch {
-		case err != nil || !ok:
+		case err != nil || !zone.Has(name):
 			m.Rcode = mdns.RcodeNameError
 		case q.Qtype == mdns.TypeA:
-			m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 30}, A: ip.AsSlice()})
+			if ip, ok := zone.A[name]; ok {
+				m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 30}, A: ip.AsSlice()})
+			}
+		case q.Qtype == mdns.TypeAAAA:
+			if ip, ok := zone.AAAA[name]; ok {
+				m.Answer = append(m.Answer, &mdns.AAAA{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeAAAA, Class: mdns.ClassINET, Ttl: 30}, AAAA: ip.AsSlice()})
+			}
 		}
 		w.WriteMsg(m)
 	})

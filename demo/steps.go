@@ -72,8 +72,8 @@ type Check struct {
 	// zone's address (for validation and policy.Trace).
 	Name, ResolvedBy string
 	// Family is the address family the request goes over: FamilyIPv4
-	// (the default, "") or FamilyIPv6 (both hosts' IPv6 addresses; HTTP
-	// checks only).
+	// (the default, "") or FamilyIPv6 (both hosts' IPv6 addresses; not
+	// for checks by name or to a Service).
 	Family Family
 }
 
@@ -94,12 +94,14 @@ type HTTPRequest struct {
 	Headers map[string]string
 }
 
-// DNSQuery is an A query for Name over UDP: allowed is an answer from
+// DNSQuery is an A (or AAAA) query for Name over UDP: allowed is an answer from
 // the server (NOERROR or NXDOMAIN, as its zone says), denied REFUSED (or
 // NXDOMAIN made up by the DNS proxy: see Observation.Detail), dropped no
 // answer.
 type DNSQuery struct {
 	Name string
+	// AAAA asks for the name's IPv6 addresses ("type: AAAA"; default A).
+	AAAA bool
 }
 
 // GRPCRequest is a unary call of Method ("/pkg.Service/Method") with an
@@ -127,8 +129,10 @@ func (k *KafkaRequest) Topic() string {
 // namespace routed through the node like a pod, but with no Pod object, so
 // policy sees it as world or a CIDR.
 type External struct {
-	Name  string
-	IP    netip.Addr
+	Name string
+	IP   netip.Addr
+	// IP6 is its IPv6 address ("ip6", optional, in 2001:db8::/32).
+	IP6   netip.Addr
 	Serve []Service
 }
 
@@ -292,7 +296,7 @@ func (e *fieldErrs) scalar(p string, v any) (string, bool) {
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 func (e *fieldErrs) external(p string, v any) (External, bool) {
-	m, ok := e.object(p, v, "name", "ip", "serve")
+	m, ok := e.object(p, v, "name", "ip", "ip6", "serve")
 	if !ok {
 		return External{}, false
 	}
@@ -315,6 +319,20 @@ func (e *fieldErrs) external(p string, v any) (External, bool) {
 		x.IP = ip
 	} else {
 		good = false
+	}
+	if s, ok := e.str(join(p, "ip6"), m["ip6"], false); ok && s != "" {
+		ip, err := netip.ParseAddr(s)
+		if err == nil && (!ip.Is6() || ip.Is4In6() || ip.Zone() != "") {
+			err = fmt.Errorf("%s: want an IPv6 address", s)
+		}
+		if err == nil {
+			err = checkHostIP6(ip)
+		}
+		if err != nil {
+			e.add(join(p, "ip6"), "%v", err)
+			good = false
+		}
+		x.IP6 = ip
 	}
 	if s, ok := e.str(join(p, "serve"), m["serve"], false); ok {
 		svc, err := ParseServe(s)
@@ -482,12 +500,21 @@ func (e *fieldErrs) check(p string, v any) (Check, bool) {
 	if dv := m["dns"]; dv != nil {
 		kinds++
 		dp := join(p, "dns")
-		if dm, ok := e.object(dp, dv, "query"); ok {
+		if dm, ok := e.object(dp, dv, "query", "type"); ok {
 			if s, ok := e.str(join(dp, "query"), dm["query"], true); ok {
 				if _, err := policy.NormalizeDNSName(s); err != nil {
 					e.add(join(dp, "query"), "%v", err)
 				}
 				c.DNS = &DNSQuery{Name: s}
+			}
+			if t, ok := e.str(join(dp, "type"), dm["type"], false); ok && t != "" && c.DNS != nil {
+				switch strings.ToUpper(t) {
+				case "A":
+				case "AAAA":
+					c.DNS.AAAA = true
+				default:
+					e.add(join(dp, "type"), "want A or AAAA, not %q", t)
+				}
 			}
 		}
 	}

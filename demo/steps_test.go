@@ -3,6 +3,7 @@ package demo
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -324,9 +325,12 @@ func TestScenarioErrors(t *testing.T) {
 		{"ipv6 check to a host without ipv6", map[string]string{"objects/p.yaml": base + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 80, http: {}, family: ipv6, expect: allowed}"},
 			"steps[0].checks[0]: family: ipv6: default/a has no IPv6 address"},
-		{"ipv6 grpc check", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"grpc:50051"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
+		{"ipv6 grpc check to a host without ipv6", map[string]string{"objects/p.yaml": pod("a", "198.18.0.1", `"grpc:50051"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 50051, grpc: {method: /a.B/C}, family: ipv6, expect: allowed}"},
-			"steps[0].checks[0]: family: ipv6 is supported for http checks only"},
+			"steps[0].checks[0]: family: ipv6: default/a has no IPv6 address"},
+		{"dns query type", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"dns:53"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
+			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 53, dns: {query: a.test, type: MX}, expect: allowed}"},
+			`steps[0].checks[0].dns.type: want A or AAAA, not "MX"`},
 	} {
 		fsys := fstest.MapFS{}
 		for k, v := range tc.files {
@@ -467,6 +471,15 @@ func TestDualStackScenario(t *testing.T) {
 	if ds.IP.String() != "198.18.1.10" || ds.IP6.String() != "2001:db8:1::10" || ds.Addr(FamilyIPv6) != ds.IP6 || ds.Addr(FamilyIPv4) != ds.IP {
 		t.Fatalf("deathstar: %v %v", ds.IP, ds.IP6)
 	}
+	for _, name := range []string{"starwars-dualstack", "grpc-dualstack", "kafka-dualstack"} {
+		t.Run(name, func(t *testing.T) { checkDualStackPairs(t, scenarioByName(t, name)) })
+	}
+}
+
+// checkDualStackPairs: every check is an IPv4 check followed by the same
+// check over IPv6, traced with the same (expected) verdict.
+func checkDualStackPairs(t *testing.T, sc *Scenario) {
+	t.Helper()
 	for i, st := range sc.Steps {
 		objs, err := sc.ObjectsAt(i)
 		if err != nil {
@@ -474,13 +487,38 @@ func TestDualStackScenario(t *testing.T) {
 		}
 		for j := 0; j+1 < len(st.Checks); j += 2 {
 			v4, v6 := st.Checks[j], st.Checks[j+1]
-			if v4.Family != FamilyIPv4 || v6.Family != FamilyIPv6 || v4.Expect != v6.Expect {
-				t.Fatalf("step %d checks %d, %d: want an IPv4 and an IPv6 check with the same verdict", i+1, j, j+1)
+			same := v6
+			same.Family = FamilyIPv4
+			if v4.Family != FamilyIPv4 || v6.Family != FamilyIPv6 || !reflect.DeepEqual(v4, same) {
+				t.Fatalf("step %d checks %d, %d: want an IPv4 check and the same check over IPv6", i+1, j, j+1)
 			}
 			t4, t6 := TraceCheck(objs, sc, v4), TraceCheck(objs, sc, v6)
 			if t4.Err != nil || t6.Err != nil || t4.Verdict != v4.Expect || t6.Verdict != v6.Expect {
 				t.Errorf("step %d check %d: trace IPv4 %+v, IPv6 %+v, want %s", i+1, j, t4, t6, v4.Expect)
 			}
+		}
+	}
+}
+
+// TestParseZone: IPv4 addresses are A records, IPv6 addresses AAAA
+// records, at most one of each per name.
+func TestParseZone(t *testing.T) {
+	z, err := ParseZone("api.example.test=198.18.20.10, api.example.test=2001:db8:20::10,v6.example.test=2001:db8:20::11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.A["api.example.test."].String() != "198.18.20.10" || z.AAAA["api.example.test."].String() != "2001:db8:20::10" ||
+		len(z.A) != 1 || z.AAAA["v6.example.test."].String() != "2001:db8:20::11" || !z.Has("v6.example.test.") || z.Has("x.test.") {
+		t.Errorf("zone %+v", z)
+	}
+	for in, want := range map[string]string{
+		"a.test=198.18.0.1,a.test=198.18.0.2": "two addresses of one family",
+		"a.test=::ffff:198.18.0.1":            "want an IPv4 or IPv6 address",
+		"a.test=fe80::1%eth0":                 "want an IPv4 or IPv6 address",
+		"a.test":                              "want name=address",
+	} {
+		if _, err := ParseZone(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %s", in, err, want)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/l7gate/l7gate/policy"
 	dnsproxy "github.com/l7gate/l7gate/proxy/dns"
+	"github.com/l7gate/l7gate/redirect"
 )
 
 // DNSOptions configure the DNS proxy that serves listeners with parser
@@ -90,6 +91,62 @@ func (p *Proxy) serveDNS(st *listenerState) error {
 	return nil
 }
 
+// open6DNS opens a dns port's IPv6 sockets it lacks (p.mu held): the
+// TCP listener and the UDP socket on Options.ListenHost6, handed over or
+// new. Each is served once open; the agent takes both into the socket
+// map (their own family's keys). One that cannot be opened is logged and
+// retried on the next Apply: DNS over IPv6 to the port drops no-listener
+// meanwhile (fail closed).
+func (p *Proxy) open6DNS(st *listenerState) {
+	port := st.spec.Port
+	addr := net.JoinHostPort(p.opts.ListenHost6, strconv.Itoa(int(port)))
+	if st.ln6 == nil {
+		ln, ok := p.inherited6[port]
+		delete(p.inherited6, port)
+		var err error
+		if !ok {
+			ln, err = redirect.ListenTransparent(p.ctx, addr, *p.opts.Transparent)
+		}
+		if err == nil && p.opts.OnListener != nil {
+			if err = p.opts.OnListener(port, ln); err != nil {
+				ln.Close()
+			}
+		}
+		if err != nil {
+			p.log.Warn("no IPv6 dns listener: DNS over IPv6 (TCP) to the port drops until one opens", "port", port, "error", err)
+		} else {
+			st.ln6 = ln
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				if err := p.dns.ServeTCP(p.ctx, ln); err != nil && !errors.Is(err, net.ErrClosed) {
+					p.log.Warn("dns listener", "port", port, "family", "ipv6", "error", err)
+				}
+			}()
+		}
+	}
+	if st.udp6 == nil {
+		udp, ok := p.inheritedUDP6[port]
+		delete(p.inheritedUDP6, port)
+		var err error
+		if !ok {
+			udp, err = dnsproxy.ListenUDP(p.ctx, addr, *p.opts.Transparent)
+		}
+		if err != nil {
+			p.log.Warn("no IPv6 dns socket: DNS over IPv6 (UDP) to the port drops until one opens", "port", port, "error", err)
+			return
+		}
+		st.udp6 = udp
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := p.dns.ServeUDP(p.ctx, udp); err != nil && !errors.Is(err, net.ErrClosed) {
+				p.log.Warn("dns listener", "port", port, "protocol", "udp", "family", "ipv6", "error", err)
+			}
+		}()
+	}
+}
+
 // close closes a listener's sockets.
 func (st *listenerState) close() {
 	st.ln.Close()
@@ -98,5 +155,8 @@ func (st *listenerState) close() {
 	}
 	if st.udp != nil {
 		st.udp.Close()
+	}
+	if st.udp6 != nil {
+		st.udp6.Close()
 	}
 }

@@ -37,9 +37,11 @@ const maxHandOverListeners = 256
 type handOverHeader struct {
 	Ports    []uint16 `json:"ports"`
 	UDPPorts []uint16 `json:"udpPorts,omitempty"`
-	// Ports6 are the ports of the IPv6 listeners (Options.ListenHost6).
-	// Sockets follow in this order: Ports, Ports6, UDPPorts.
-	Ports6 []uint16 `json:"ports6,omitempty"`
+	// Ports6 are the ports of the IPv6 listeners (Options.ListenHost6),
+	// UDPPorts6 those of the dns listeners' IPv6 UDP sockets. Sockets
+	// follow in this order: Ports, Ports6, UDPPorts, UDPPorts6.
+	Ports6    []uint16 `json:"ports6,omitempty"`
+	UDPPorts6 []uint16 `json:"udpPorts6,omitempty"`
 }
 
 // ServeHandOver serves the hand-over socket at path until ctx ends or a
@@ -133,6 +135,20 @@ func (p *Proxy) handOver(c *net.UnixConn) (bool, error) {
 		files = append(files, f)
 		hdr.UDPPorts = append(hdr.UDPPorts, port)
 	}
+	for _, port := range ports {
+		udp6 := p.listeners[port].udp6
+		if udp6 == nil {
+			continue
+		}
+		f, err := udp6.File()
+		if err != nil {
+			p.mu.Unlock()
+			closeFiles(files)
+			return false, fmt.Errorf("duplicate IPv6 udp socket %d: %w", port, err)
+		}
+		files = append(files, f)
+		hdr.UDPPorts6 = append(hdr.UDPPorts6, port)
+	}
 	p.mu.Unlock()
 	defer closeFiles(files)
 	b, _ := json.Marshal(hdr)
@@ -191,7 +207,9 @@ type HandOver struct {
 	Listeners6 map[uint16]*net.TCPListener
 	// UDP are the dns listeners' UDP sockets (Options.InheritedUDP).
 	UDP map[uint16]*net.UDPConn
-	c   *net.UnixConn
+	// UDP6 are their IPv6 UDP sockets (Options.InheritedUDP6).
+	UDP6 map[uint16]*net.UDPConn
+	c    *net.UnixConn
 }
 
 // ReceiveHandOver connects to a running proxy's hand-over socket and
@@ -211,7 +229,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 		c.SetReadDeadline(dl)
 	}
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*2*maxHandOverListeners)) // listeners and UDP sockets
+	oob := make([]byte, unix.CmsgSpace(4*4*maxHandOverListeners)) // listeners and UDP sockets, both families
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		c.Close()
@@ -231,7 +249,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			}
 		}
 	}
-	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, Listeners6: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, c: c}
+	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, Listeners6: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, UDP6: map[uint16]*net.UDPConn{}, c: c}
 	fail := func(err error) (*HandOver, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -243,8 +261,8 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 	if err := json.Unmarshal(buf[:n], &hdr); err != nil {
 		return fail(err)
 	}
-	if len(hdr.Ports)+len(hdr.Ports6)+len(hdr.UDPPorts) != len(fds) || len(hdr.Ports) > maxHandOverListeners || len(hdr.Ports6) > maxHandOverListeners || len(hdr.UDPPorts) > maxHandOverListeners {
-		return fail(fmt.Errorf("%d ports, %d IPv6 ports and %d udp ports but %d sockets", len(hdr.Ports), len(hdr.Ports6), len(hdr.UDPPorts), len(fds)))
+	if len(hdr.Ports)+len(hdr.Ports6)+len(hdr.UDPPorts)+len(hdr.UDPPorts6) != len(fds) || len(hdr.Ports) > maxHandOverListeners || len(hdr.Ports6) > maxHandOverListeners || len(hdr.UDPPorts) > maxHandOverListeners || len(hdr.UDPPorts6) > maxHandOverListeners {
+		return fail(fmt.Errorf("%d ports, %d IPv6 ports, %d udp ports and %d IPv6 udp ports but %d sockets", len(hdr.Ports), len(hdr.Ports6), len(hdr.UDPPorts), len(hdr.UDPPorts6), len(fds)))
 	}
 	for i, port := range append(slices.Clone(hdr.Ports), hdr.Ports6...) {
 		f := os.NewFile(uintptr(fds[i]), fmt.Sprintf("handed-over-%d", port))
@@ -265,7 +283,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			h.Listeners6[port] = tl
 		}
 	}
-	for i, port := range hdr.UDPPorts {
+	for i, port := range append(slices.Clone(hdr.UDPPorts), hdr.UDPPorts6...) {
 		j := len(hdr.Ports) + len(hdr.Ports6) + i
 		f := os.NewFile(uintptr(fds[j]), fmt.Sprintf("handed-over-udp-%d", port))
 		pc, err := net.FilePacketConn(f)
@@ -279,7 +297,11 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			pc.Close()
 			return fail(fmt.Errorf("udp socket %d is not UDP", port))
 		}
-		h.UDP[port] = uc
+		if i < len(hdr.UDPPorts) {
+			h.UDP[port] = uc
+		} else {
+			h.UDP6[port] = uc
+		}
 	}
 	c.SetReadDeadline(time.Time{})
 	return h, nil
@@ -306,6 +328,9 @@ func (h *HandOver) Close() {
 		ln.Close()
 	}
 	for _, c := range h.UDP {
+		c.Close()
+	}
+	for _, c := range h.UDP6 {
 		c.Close()
 	}
 }

@@ -250,14 +250,15 @@ func socketInode(t *testing.T, c syscall.Conn) uint64 {
 	return st.Ino
 }
 
-// TestHandOverUDPSocket: a dns listener's UDP socket is handed over with
-// its TCP listener, and the successor serves that very socket (the one the
-// datapath's socket map holds under the port's UDP key), so UDP DNS finds
-// a socket throughout; it stays open after the old proxy drained.
+// TestHandOverUDPSocket: a dns listener's UDP sockets (IPv4 and IPv6) are
+// handed over with its TCP listeners, and the successor serves those very
+// sockets (the ones the datapath's socket map holds under the port's UDP
+// keys), so UDP DNS finds a socket throughout; they stay open after the
+// old proxy drained.
 func TestHandOverUDPSocket(t *testing.T) {
 	no := false
 	sock := filepath.Join(t.TempDir(), "proxy-handover.sock")
-	old := New(Options{ListenHost: "127.0.0.1", Transparent: &no, DrainTimeout: time.Second})
+	old := New(Options{ListenHost: "127.0.0.1", ListenHost6: "::1", Transparent: &no, DrainTimeout: time.Second})
 	t.Cleanup(func() { old.Close() })
 	var cfg *Config
 	for range 20 {
@@ -274,6 +275,11 @@ func TestHandOverUDPSocket(t *testing.T) {
 	port := cfg.Listeners[0].Port
 	old.mu.Lock()
 	want := socketInode(t, old.listeners[port].udp)
+	if old.listeners[port].udp6 == nil || old.listeners[port].ln6 == nil {
+		old.mu.Unlock()
+		t.Fatal("the dns listener has no IPv6 sockets")
+	}
+	want6 := socketInode(t, old.listeners[port].udp6)
 	old.mu.Unlock()
 	done := make(chan struct{})
 	go func() { defer close(done); old.ServeHandOver(context.Background(), sock) }()
@@ -286,10 +292,10 @@ func TestHandOverUDPSocket(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if h.UDP[port] == nil {
-		t.Fatalf("handed over udp sockets %v, want port %d's", h.UDP, port)
+	if h.UDP[port] == nil || h.UDP6[port] == nil || h.Listeners6[port] == nil {
+		t.Fatalf("handed over udp sockets %v, IPv6 %v, IPv6 listeners %v: want port %d's", h.UDP, h.UDP6, h.Listeners6, port)
 	}
-	next := New(Options{ListenHost: "127.0.0.1", Transparent: &no, Inherited: h.Listeners, InheritedUDP: h.UDP})
+	next := New(Options{ListenHost: "127.0.0.1", ListenHost6: "::1", Transparent: &no, Inherited: h.Listeners, Inherited6: h.Listeners6, InheritedUDP: h.UDP, InheritedUDP6: h.UDP6})
 	t.Cleanup(func() { next.Close() })
 	if err := next.Apply(cfg); err != nil {
 		t.Fatal(err)
@@ -303,10 +309,13 @@ func TestHandOverUDPSocket(t *testing.T) {
 		t.Fatal("old proxy did not drain")
 	}
 	next.mu.Lock()
-	udp := next.listeners[port].udp
+	udp, udp6 := next.listeners[port].udp, next.listeners[port].udp6
 	next.mu.Unlock()
 	if got := socketInode(t, udp); got != want {
 		t.Errorf("the successor serves udp socket inode %d, want the handed-over one %d", got, want)
+	}
+	if udp6 == nil || socketInode(t, udp6) != want6 {
+		t.Errorf("the successor's IPv6 udp socket %v is not the handed-over one (inode %d)", udp6, want6)
 	}
 	// Still open and bound after the old proxy closed its descriptor.
 	if la, ok := udp.LocalAddr().(*net.UDPAddr); !ok || la.Port != int(port) {

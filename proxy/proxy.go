@@ -93,11 +93,13 @@ type Options struct {
 	// redirect finds no IPv4 socket): empty opens none, and IPv6
 	// redirects to the proxy drop no-listener. A port whose IPv6 socket
 	// cannot be opened (IPv6 off on the node, or the address still held)
-	// serves IPv4 alone, logged, and is retried on the next Apply. Not
-	// for parser dns (DNS over IPv6 stays a no-listener drop).
+	// serves IPv4 alone, logged, and is retried on the next Apply. A dns
+	// listener gets an IPv6 UDP socket there too.
 	ListenHost6 string
 	// Inherited6 are the IPv6 listeners of a hand-over, by port.
 	Inherited6 map[uint16]*net.TCPListener
+	// InheritedUDP6 are the IPv6 UDP sockets of dns listeners, by port.
+	InheritedUDP6 map[uint16]*net.UDPConn
 	// DrainTimeout bounds a drain started on the admin socket (POST
 	// /drain) or by a hand-over (default 30s).
 	DrainTimeout time.Duration
@@ -137,15 +139,16 @@ type Proxy struct {
 
 	// Drain state (see Drain): drainCtx ends when a drain begins (the
 	// parsers watch it); inherited are the listeners not yet used.
-	drainCtx     context.Context
-	drainCancel  context.CancelFunc
-	drainOnce    sync.Once
-	draining     bool // guarded by mu
-	drained      chan struct{}
-	drainStats   DrainStats
-	inherited    map[uint16]*net.TCPListener // guarded by mu
-	inherited6   map[uint16]*net.TCPListener // guarded by mu
-	inheritedUDP map[uint16]*net.UDPConn     // guarded by mu
+	drainCtx      context.Context
+	drainCancel   context.CancelFunc
+	drainOnce     sync.Once
+	draining      bool // guarded by mu
+	drained       chan struct{}
+	drainStats    DrainStats
+	inherited     map[uint16]*net.TCPListener // guarded by mu
+	inherited6    map[uint16]*net.TCPListener // guarded by mu
+	inheritedUDP  map[uint16]*net.UDPConn     // guarded by mu
+	inheritedUDP6 map[uint16]*net.UDPConn     // guarded by mu
 }
 
 // sourceKey identifies a source for the per-source connection limit: its
@@ -161,6 +164,7 @@ type listenerState struct {
 	ln   *net.TCPListener
 	ln6  *net.TCPListener // the port's IPv6 socket (Options.ListenHost6), or nil
 	udp  *net.UDPConn     // parser dns: the UDP socket of the port
+	udp6 *net.UDPConn     // parser dns: the port's IPv6 UDP socket, or nil
 }
 
 // New returns a Proxy with no config: it listens nowhere until Apply.
@@ -208,6 +212,10 @@ func New(opts Options) *Proxy {
 	p.inheritedUDP = map[uint16]*net.UDPConn{}
 	for port, c := range opts.InheritedUDP {
 		p.inheritedUDP[port] = c
+	}
+	p.inheritedUDP6 = map[uint16]*net.UDPConn{}
+	for port, c := range opts.InheritedUDP6 {
+		p.inheritedUDP6[port] = c
 	}
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
@@ -311,8 +319,8 @@ func (p *Proxy) Apply(cfg *Config) error {
 		if spec.Parser != policy.ParserDNS {
 			p.wg.Add(1)
 			go p.accept(st, st.ln)
-			p.open6(st)
 		}
+		p.open6(st)
 	}
 	p.cur.Store(c)
 	p.dns.SetPolicy(dnsPol)
@@ -330,6 +338,10 @@ func (p *Proxy) Apply(cfg *Config) error {
 	for port, c := range p.inheritedUDP {
 		c.Close()
 		delete(p.inheritedUDP, port)
+	}
+	for port, c := range p.inheritedUDP6 {
+		c.Close()
+		delete(p.inheritedUDP6, port)
 	}
 	for port, st := range p.listeners {
 		if _, keep := want[port]; !keep {
@@ -376,6 +388,10 @@ func (p *Proxy) Close() error {
 		c.Close()
 		delete(p.inheritedUDP, port)
 	}
+	for port, c := range p.inheritedUDP6 {
+		c.Close()
+		delete(p.inheritedUDP6, port)
+	}
 	p.mu.Unlock()
 	p.drainCancel()
 	p.cancel()
@@ -383,12 +399,20 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// open6 opens the IPv6 listener of a TCP proxy port that has none
-// (Options.ListenHost6; p.mu held): the handed-over one, or a new one.
-// Failing is not fatal: the port serves IPv4, IPv6 redirects to it drop
-// no-listener (fail closed), and the next Apply tries again.
+// open6 opens the IPv6 listener of a proxy port that has none
+// (Options.ListenHost6; p.mu held): the handed-over one, or a new one; a
+// dns port gets its IPv6 UDP socket too (open6DNS). Failing is not fatal:
+// the port serves IPv4, IPv6 redirects to it drop no-listener (fail
+// closed), and the next Apply tries again.
 func (p *Proxy) open6(st *listenerState) {
-	if p.opts.ListenHost6 == "" || st.ln6 != nil || st.spec.Parser == policy.ParserDNS || p.draining {
+	if p.opts.ListenHost6 == "" || p.draining {
+		return
+	}
+	if st.spec.Parser == policy.ParserDNS {
+		p.open6DNS(st)
+		return
+	}
+	if st.ln6 != nil {
 		return
 	}
 	port := st.spec.Port

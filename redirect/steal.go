@@ -2,7 +2,9 @@ package redirect
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -179,6 +181,57 @@ func TakeUDPSocket(pid int, port uint16) (*net.UDPConn, error) {
 	return uc, nil
 }
 
+// TakeUDPSockets is TakeUDPSocket for every unconnected UDP socket pid
+// has on port: a DNS proxy serving both families has one on 127.0.0.1 and
+// one on [::1], and the datapath keeps a socket per family. Sorted IPv4
+// first. A socket on the port that pid does not hold (another process's
+// in the same network namespace) is left alone.
+func TakeUDPSockets(pid int, port uint16) ([]*net.UDPConn, error) {
+	inodes, err := socketInodes(pid, port, []string{"udp", "udp6"}, "07") // TCP_CLOSE: unconnected
+	if err != nil {
+		return nil, err
+	}
+	var out []*net.UDPConn
+	closeAll := func() {
+		for _, c := range out {
+			c.Close()
+		}
+	}
+	for _, inode := range slices.Sorted(maps.Keys(inodes)) {
+		f, err := takeFile(pid, port, map[string]bool{inode: true})
+		if errors.Is(err, errNoFD) {
+			continue
+		}
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		c, err := net.FilePacketConn(f)
+		f.Close()
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("udp socket of process %d on port %d: %w", pid, port, err)
+		}
+		uc, ok := c.(*net.UDPConn)
+		if !ok {
+			c.Close()
+			closeAll()
+			return nil, fmt.Errorf("socket of process %d on port %d is not UDP", pid, port)
+		}
+		out = append(out, uc)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("process %d has no UDP socket on port %d", pid, port)
+	}
+	slices.SortStableFunc(out, func(a, b *net.UDPConn) int {
+		return boolInt(a.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap().Is6()) - boolInt(b.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap().Is6())
+	})
+	return out, nil
+}
+
+// errNoFD: the process holds none of the sockets.
+var errNoFD = errors.New("no file descriptor for the socket")
+
 // takeFile duplicates pid's file descriptor of one of the socket inodes.
 func takeFile(pid int, port uint16, inodes map[string]bool) (*os.File, error) {
 	fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
@@ -210,5 +263,5 @@ func takeFile(pid int, port uint16, inodes map[string]bool) (*os.File, error) {
 		}
 		return os.NewFile(uintptr(nfd), fmt.Sprintf("socket-%d-%d", pid, port)), nil
 	}
-	return nil, fmt.Errorf("process %d: no file descriptor for its socket on port %d", pid, port)
+	return nil, fmt.Errorf("process %d: %w on port %d", pid, errNoFD, port)
 }

@@ -35,6 +35,11 @@ var nodeSysctls6 = [][2]string{
 	{"net/ipv6/conf/all/forwarding", "1"},
 }
 
+// IPv6Enabled reports whether the node's kernel has IPv6 (not disabled at
+// boot): where it has, Setup adds IPv6's policy routing, and proxies can
+// bind IPv6 listeners.
+func IPv6Enabled() bool { return ipv6Enabled() }
+
 // ipv6Enabled: the kernel has IPv6 (not disabled at boot).
 func ipv6Enabled() bool {
 	_, err := os.Stat("/proc/sys/net/ipv6")

@@ -43,11 +43,13 @@ type Config struct {
 	// l7gate binary was upgraded): a new proxy is started next to the
 	// running one and takes its listeners over.
 	Restart <-chan struct{}
-	// Listeners, when set, returns duplicates of listener sockets by proxy
-	// port that a proxy started after a crash inherits (--inherit-listener),
-	// so connections queued in their backlog while no proxy ran are served.
-	// A hand-over restart gets them from the running proxy instead.
-	Listeners func() (map[uint16]*os.File, error)
+	// Listeners, when set, returns duplicates of the proxy's sockets by
+	// proxy port (its TCP listeners and a dns port's UDP sockets, of both
+	// families) that a proxy started after a crash inherits
+	// (--inherit-listener, one per socket), so connections queued in their
+	// backlog and datagrams in their buffers while no proxy ran are
+	// served. A hand-over restart gets them from the running proxy instead.
+	Listeners func() (map[uint16][]*os.File, error)
 }
 
 // proxyAlive reports whether a proxy answers on the admin socket.
@@ -159,9 +161,11 @@ func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bo
 			log.Warn("no held listeners for the new proxy", "error", err)
 		}
 		for _, port := range slices.Sorted(maps.Keys(files)) {
-			// ExtraFiles[i] is fd 3+i in the child.
-			args = append(args, fmt.Sprintf("--inherit-listener=%d:%d", port, 3+len(extra)))
-			extra = append(extra, files[port])
+			for _, f := range files[port] {
+				// ExtraFiles[i] is fd 3+i in the child.
+				args = append(args, fmt.Sprintf("--inherit-listener=%d:%d", port, 3+len(extra)))
+				extra = append(extra, f)
+			}
 		}
 		defer func() {
 			for _, f := range extra {

@@ -56,6 +56,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define REASON_IPV6_ROUTING 15 /* IPv6 routing header: type 0, or segments left */
 #define REASON_ND_ROUTER 16    /* router advertisement or redirect from a pod, redirect to a pod */
 #define REASON_WRONG_FAMILY 17 /* ICMP in IPv6, ICMPv6 in IPv4 */
+#define REASON_MLD 18          /* multicast listener discovery from a pod (link-local; no multicast router here) */
 
 #define EVENT_F_DROPPED 1
 #define EVENT_F_FROM_PROXY 2
@@ -435,6 +436,9 @@ struct flow {
 #define ND_NEIGHBOR_SOLICIT 135
 #define ND_NEIGHBOR_ADVERT 136
 #define ND_REDIRECT 137
+#define MLD_QUERY 130
+#define MLD_DONE 132 /* 131 between: an MLDv1 report */
+#define MLD2_REPORT 143
 
 /* is_icmp: f's protocol is its family's ICMP. */
 static __always_inline int is_icmp(struct flow *f)
@@ -903,6 +907,12 @@ __attribute__((noinline)) int parse6(struct __sk_buff *skb, __u32 dir, struct fl
 			return PARSE6(PARSE_DROP, REASON_MALFORMED);
 		if (h[0] >= ND_ROUTER_SOLICIT && h[0] <= ND_REDIRECT)
 			return check_nd(skb, dir, f, h[0], h[1], ip6.hop_limit, seen_frag, off, end);
+		/* MLD (query 130, reports 131 and 143, done 132) from a pod: every
+		 * pod's kernel sends reports from its link-local address. The
+		 * node routes no multicast, so nothing needs them: dropped, named
+		 * for what they are (not spoofing), whatever the addresses. */
+		if (dir == DIR_EGRESS && ((h[0] >= MLD_QUERY && h[0] <= MLD_DONE) || h[0] == MLD2_REPORT))
+			return PARSE6(PARSE_DROP, REASON_MLD);
 		__be16 id;
 		__builtin_memcpy(&id, &h[4], 2);
 		icmp_flow(f, h[0], id);

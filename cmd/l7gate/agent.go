@@ -314,7 +314,8 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 		Datapath: dp, XDS: agent.ServerXDS{Server: xs}, Ports: ports,
 		RunDir: f.RunDir, StateDir: f.StateDir, ACKTimeout: ackTimeout, Logger: a.log,
 		HTTPProxy: f.HTTPProxy, Envoy: agent.EnvoyConfig{ProcessName: f.EnvoyName, EscapedSlashes: slashes,
-			AccessLog: ob.envoyAccessLog, OTLPCollector: ob.envoyCollector, OTLPResource: ob.envoyResource},
+			AccessLog: ob.envoyAccessLog, OTLPCollector: ob.envoyCollector, OTLPResource: ob.envoyResource,
+			IPv6: node.IPv6Enabled()},
 		Policy: popts, Flows: ob.flows, Metrics: ob.agent, SocketLB: lbWhere,
 	}
 	if lb != nil {

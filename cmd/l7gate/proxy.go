@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/agentapi"
 	"github.com/l7gate/l7gate/bpf"
@@ -218,14 +219,13 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			}
 			switch {
 			case ho != nil:
-				for _, ln := range inherited {
-					ln.Close() // the running proxy's are the same sockets
-				}
-				opts.Inherited, opts.Inherited6, opts.InheritedUDP = ho.Listeners, ho.Listeners6, ho.UDP
-				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "ipv6", len(ho.Listeners6), "udp", len(ho.UDP))
-			case len(inherited) > 0:
-				opts.Inherited = inherited
-				a.log.Info("serving listener sockets the agent held (connections queued meanwhile are served)", "listeners", len(inherited))
+				inherited.close() // the running proxy's are the same sockets
+				opts.Inherited, opts.Inherited6, opts.InheritedUDP, opts.InheritedUDP6 = ho.Listeners, ho.Listeners6, ho.UDP, ho.UDP6
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "ipv6", len(ho.Listeners6), "udp", len(ho.UDP), "udp6", len(ho.UDP6))
+			case inherited.len() > 0:
+				opts.Inherited, opts.Inherited6, opts.InheritedUDP, opts.InheritedUDP6 = inherited.tcp, inherited.tcp6, inherited.udp, inherited.udp6
+				a.log.Info("serving sockets the agent held (connections and datagrams queued meanwhile are served)",
+					"listeners", len(inherited.tcp), "ipv6", len(inherited.tcp6), "udp", len(inherited.udp), "udp6", len(inherited.udp6))
 			}
 			p := proxy.New(opts)
 			defer p.Close()
@@ -358,7 +358,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.BoolVar(&waitAfterDrain, "wait-after-drain", false, "after handing over to a new proxy (or POST /drain), stay (serving nothing) until SIGTERM instead of exiting: in a pod, an exit would have the kubelet restart the container, whose new proxy would take the listeners back")
 	fl.DurationVar(&waitSuccessor, "wait-successor", 0, "only wait (a preStop hook): until a proxy of another PID namespace (the next pod's) serves --admin-socket, at most this long; exits 0 either way")
 	fl.BoolVar(&checkReady, "check-ready", false, "only check readiness (a probe): exit 0 when the proxy serving --admin-socket runs in this PID namespace and answers /ready with 200, 1 otherwise")
-	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the listening socket inherited as file descriptor FD (the agent passes the sockets it held across a proxy crash)")
+	fl.StringSliceVar(&inheritListeners, "inherit-listener", nil, "PORT:FD: serve proxy port PORT with the socket inherited as file descriptor FD: a TCP listener or a dns port's UDP socket, IPv4 or IPv6 (the agent passes the sockets it held across a proxy crash)")
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.StringVar(&listenAddr6, "listen-address6", "::1", "IPv6 address of each proxy port's second listener, the datapath's socket for IPv6 redirects (empty: none, IPv6 redirects to the proxy drop no-listener)")
@@ -378,28 +378,94 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	return cmd
 }
 
-// inheritedListeners turns PORT:FD pairs into listeners.
-func inheritedListeners(specs []string) (map[uint16]*net.TCPListener, error) {
-	out := map[uint16]*net.TCPListener{}
+// inheritedSockets are the sockets a proxy inherits (--inherit-listener),
+// by kind: the agent holds a port's TCP listeners and a dns port's UDP
+// sockets, of both families, and passes each one.
+type inheritedSockets struct {
+	tcp, tcp6 map[uint16]*net.TCPListener
+	udp, udp6 map[uint16]*net.UDPConn
+}
+
+func (s inheritedSockets) len() int { return len(s.tcp) + len(s.tcp6) + len(s.udp) + len(s.udp6) }
+
+func (s inheritedSockets) close() {
+	for _, l := range s.tcp {
+		l.Close()
+	}
+	for _, l := range s.tcp6 {
+		l.Close()
+	}
+	for _, c := range s.udp {
+		c.Close()
+	}
+	for _, c := range s.udp6 {
+		c.Close()
+	}
+}
+
+// inheritedListeners turns PORT:FD pairs into sockets, told apart by
+// their type (a TCP listener or a UDP socket) and family (the address
+// they are bound to); one per port of each kind.
+func inheritedListeners(specs []string) (inheritedSockets, error) {
+	out := inheritedSockets{tcp: map[uint16]*net.TCPListener{}, tcp6: map[uint16]*net.TCPListener{}, udp: map[uint16]*net.UDPConn{}, udp6: map[uint16]*net.UDPConn{}}
+	fail := func(err error) (inheritedSockets, error) {
+		out.close()
+		return inheritedSockets{}, err
+	}
 	for _, spec := range specs {
 		ps, fs, ok := strings.Cut(spec, ":")
 		port, perr := strconv.ParseUint(ps, 10, 16)
 		fd, ferr := strconv.Atoi(fs)
 		if !ok || perr != nil || ferr != nil || port == 0 || fd < 3 {
-			return nil, fmt.Errorf("%q: want PORT:FD", spec)
+			return fail(fmt.Errorf("%q: want PORT:FD", spec))
+		}
+		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil {
+			return fail(fmt.Errorf("fd %d is not a socket: %w", fd, err))
 		}
 		f := os.NewFile(uintptr(fd), "inherited-listener-"+ps)
+		p := uint16(port)
+		if typ == unix.SOCK_DGRAM {
+			pc, err := net.FilePacketConn(f)
+			f.Close()
+			if err != nil {
+				return fail(fmt.Errorf("fd %d: %w", fd, err))
+			}
+			uc, ok := pc.(*net.UDPConn)
+			if !ok {
+				pc.Close()
+				return fail(fmt.Errorf("fd %d is not a UDP socket", fd))
+			}
+			m := out.udp
+			if uc.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap().Is6() {
+				m = out.udp6
+			}
+			if m[p] != nil {
+				uc.Close()
+				return fail(fmt.Errorf("fd %d: a second UDP socket of one family for port %d", fd, p))
+			}
+			m[p] = uc
+			continue
+		}
 		ln, err := net.FileListener(f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("fd %d: %w", fd, err)
+			return fail(fmt.Errorf("fd %d: %w", fd, err))
 		}
 		tl, ok := ln.(*net.TCPListener)
 		if !ok {
 			ln.Close()
-			return nil, fmt.Errorf("fd %d is not a TCP listener", fd)
+			return fail(fmt.Errorf("fd %d is not a TCP listener", fd))
 		}
-		out[uint16(port)] = tl
+		m := out.tcp
+		if tl.Addr().(*net.TCPAddr).AddrPort().Addr().Unmap().Is6() {
+			m = out.tcp6
+		}
+		if m[p] != nil {
+			tl.Close()
+			return fail(fmt.Errorf("fd %d: a second listener of one family for port %d", fd, p))
+		}
+		m[p] = tl
 	}
 	return out, nil
 }

@@ -62,6 +62,7 @@ var dropReasons = map[string]flowpb.DropReason{
 	"ipv6-ext-header":       flowpb.DropReason_INVALID_IPV6_EXTENSION_HEADER,
 	"ipv6-routing":          flowpb.DropReason_INVALID_IPV6_EXTENSION_HEADER,
 	"nd-router":             flowpb.DropReason_FORBIDDEN_ICMPV6_MESSAGE,
+	"mld":                   flowpb.DropReason_FORBIDDEN_ICMPV6_MESSAGE,
 	"wrong-family":          flowpb.DropReason_INVALID_PACKET_DROPPED,
 	"spoofed":               flowpb.DropReason_INVALID_SOURCE_IP,
 	"vlan-tagged":           flowpb.DropReason_VLAN_FILTERED,

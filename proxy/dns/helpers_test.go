@@ -99,7 +99,7 @@ func policyFor(t testing.TB, port uint16) (*policy.Snapshot, []policy.DNSSelecto
 	doc := fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: default, labels: {app: client}}
-status: {podIP: 127.0.0.1}
+status: {podIP: 127.0.0.1, podIPs: [{ip: 127.0.0.1}, {ip: "::1"}]}
 ---
 apiVersion: v1
 kind: Pod
