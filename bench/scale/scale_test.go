@@ -265,6 +265,13 @@ func newScaleCluster(t *testing.T, nodes, pods int) *scaleCluster {
 func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 	cfg.Logf = t.Logf
 	cfg.AgentUser = agentUser
+	if *flagProfile != "" {
+		pdir, err := filepath.Abs(*flagProfile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ProfileDir = pdir
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
 	defer cancel()
 	admin := c.admin
@@ -289,7 +296,8 @@ func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 				return nil, err
 			}
 			base := filepath.Join(pdir, fmt.Sprintf("agents-N%d-K%d-L%d", cfg.Nodes, cfg.FullAgents, max(cfg.StatusNodesLimit, 0)))
-			args = append(args, "-test.cpuprofile="+base+"-cpu.pprof", "-test.memprofile="+base+"-heap.pprof")
+			// The CPU profile covers the policy changes only (Run).
+			args = append(args, "-test.memprofile="+base+"-heap.pprof")
 		}
 		cmd := exec.Command(os.Args[0], args...)
 		cmd.Env = append(os.Environ(), agentsEnv+"="+p)
