@@ -134,8 +134,13 @@ type aggregator struct {
 	// reports: each node's decoded PolicyNodeStatus, by resourceVersion.
 	reports reportCache
 	// lastPartial: when a policy's status was last written with nodes
-	// still to report (run's goroutine only).
+	// still to report; waiting: the change count of a policy found
+	// incomplete and left to wait (run's goroutine only). While nothing
+	// changed and the wait is not over, the policy is not merged again:
+	// merging 200 reports every 50 ms was the elected agent's main cost
+	// (make scale).
 	lastPartial map[string]time.Time
+	waiting     map[string]int
 
 	mu sync.Mutex
 	// dirty: policies (policyStatusKey) to look at.
@@ -189,6 +194,7 @@ func (a *aggregator) run(ctx context.Context) error {
 	cnps := f.ForResource(CNPResource()).Informer()
 	ccnps := f.ForResource(CCNPResource()).Informer()
 	a.lastPartial = map[string]time.Time{}
+	a.waiting = map[string]int{}
 	entryKeys := func(o any) []string {
 		if u, ok := o.(*unstructured.Unstructured); ok {
 			return slices.Collect(maps.Keys(a.reports.entries(u)))
@@ -265,6 +271,17 @@ func (a *aggregator) run(ctx context.Context) error {
 		}
 		dirty := maps.Clone(a.dirty)
 		a.mu.Unlock()
+		waitOver := func(key string, mark dirtyMark) bool {
+			return time.Since(mark.since) >= aggregateMaxDelay && time.Since(a.lastPartial[key]) >= aggregatePartialEvery
+		}
+		for key, mark := range dirty {
+			if n, ok := a.waiting[key]; ok && n == mark.changes && !waitOver(key, mark) {
+				delete(dirty, key) // still incomplete, nothing new
+			}
+		}
+		if len(dirty) == 0 {
+			continue
+		}
 		reports := map[string]map[string]nodePolicyStatus{} // node → entries
 		var seen []*unstructured.Unstructured
 		for _, o := range nodes.GetStore().List() {
@@ -300,9 +317,11 @@ func (a *aggregator) run(ctx context.Context) error {
 				a.done(key, mark)
 				continue
 			}
-			if !complete && (time.Since(mark.since) < aggregateMaxDelay || time.Since(a.lastPartial[key]) < aggregatePartialEvery) {
+			if !complete && !waitOver(key, mark) {
+				a.waiting[key] = mark.changes
 				continue // wait for the other nodes, a little
 			}
+			delete(a.waiting, key)
 			res := a.dyn.Resource(CCNPResource()).Patch
 			if k.Kind == string(policy.KindCNP) {
 				res = a.dyn.Resource(CNPResource()).Namespace(k.Namespace).Patch
@@ -393,6 +412,7 @@ func newerRV(a, b string) bool {
 
 // done drops key from dirty unless it changed again since mark.
 func (a *aggregator) done(key string, mark dirtyMark) {
+	delete(a.waiting, key)
 	a.mu.Lock()
 	if m, ok := a.dirty[key]; ok && m.changes == mark.changes {
 		delete(a.dirty, key)
