@@ -46,7 +46,7 @@ var (
 	flagTimeout  = flag.Duration("scale.change-timeout", 2*time.Minute, "TestScale: wait for one change at most this long")
 	flagFull     = flag.Int("scale.full-agents", 2, "TestScale: agents that run the whole source; the others are light agents (bench/scale/light.go); 0: all")
 	flagLimit    = flag.Int("scale.status-nodes-limit", 0, "TestScale: the agents' status nodes limit (k8s.ElectionConfig.StatusNodesLimit; 0: default, -1: list every node)")
-	flagProfile  = flag.String("scale.profile", "", "TestScale: write the agents' process CPU and heap profiles (agents-N<n>-{cpu,heap}.pprof) into this folder")
+	flagProfile  = flag.String("scale.profile", "", "TestScale: write CPU profiles of the policy changes (apiserver-<run>-policy-cpu.pprof: this process, API server and etcd; agents-<run>-policy-cpu.pprof) and the agents' heap profile (agents-N<n>-K<k>-L<l>-heap.pprof) into this folder")
 )
 
 // agentsEnv carries the child's config file: the test binary re-runs
