@@ -45,7 +45,7 @@ const (
 	// scale). A write once every node reported goes at once.
 	aggregatePartialEvery = 3 * time.Second
 	aggregateTick         = 50 * time.Millisecond
-	aggregatorManager = "l7gate-aggregator"
+	aggregatorManager     = "l7gate-aggregator"
 	// defaultStatusNodesLimit: with more nodes, a policy's status.nodes
 	// lists only the nodes with an error or behind, and the Implemented
 	// condition counts the rest (aggregatePatchLimit).
