@@ -45,7 +45,8 @@ bench-socklb:
 # N-K light ones (default K=2; bench/scale/doc.go), N/K/L with status nodes
 # limit L (-1: every node in status.nodes). SCALE_NODES=10
 # SCALEFLAGS="-scale.pods=1000" narrows it; SCALEFLAGS="-scale.profile=DIR"
-# writes the agents' CPU and heap profiles.
+# writes CPU profiles of the policy changes (API server process, agents)
+# and the agents' heap profile.
 SCALE_NODES ?= 10/10,10,50,200
 scale:
 	cd bench/scale && $(GO) test -count=1 -timeout 0 -run '^TestScale$$' -v . -args -scale.nodes=$(SCALE_NODES) $(SCALEFLAGS)

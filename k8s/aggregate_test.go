@@ -194,3 +194,41 @@ func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
 		t.Errorf("patch at the limit %s: want every node listed, no Implemented condition", patch)
 	}
 }
+
+// TestReportCacheDecodesOncePerResourceVersion: the merge decodes a node's
+// report once per resourceVersion, a newer version replaces it, an older
+// one (an informer's update handler asks for both) does not, and a node
+// whose report is gone is forgotten.
+func TestReportCacheDecodesOncePerResourceVersion(t *testing.T) {
+	report := func(rv string, gen int64) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "l7gate.io/v1alpha1", "kind": "PolicyNodeStatus",
+			"metadata": map[string]any{"name": "node-a", "uid": "n1", "resourceVersion": rv},
+			"status": map[string]any{"policies": map[string]any{"CiliumNetworkPolicy/shop/api": map[string]any{
+				"ok": true, "enforcing": true, "observedGeneration": gen}}}}}
+	}
+	gen := func(e map[string]nodePolicyStatus) int64 { return e["CiliumNetworkPolicy/shop/api"].ObservedGeneration }
+	var c reportCache
+	if g := gen(c.entries(report("9", 1))); g != 1 {
+		t.Fatalf("generation %d, want 1", g)
+	}
+	// The same resourceVersion is not decoded again: an object that
+	// (impossibly) changed under it still reads as cached.
+	if g := gen(c.entries(report("9", 5))); g != 1 {
+		t.Errorf("same resourceVersion decoded again (generation %d)", g)
+	}
+	if g := gen(c.entries(report("10", 2))); g != 2 {
+		t.Errorf("newer resourceVersion: generation %d, want 2", g)
+	}
+	// The old version is decoded for the caller but does not replace the
+	// newer one in the cache.
+	if g := gen(c.entries(report("9", 1))); g != 1 {
+		t.Errorf("old resourceVersion: generation %d, want 1", g)
+	}
+	if g := gen(c.entries(report("10", 7))); g != 2 {
+		t.Errorf("after an old version was asked for, the newer one reads generation %d, want 2 (cached)", g)
+	}
+	c.keep(nil)
+	if g := gen(c.entries(report("10", 3))); g != 3 {
+		t.Errorf("a forgotten node's report came from the cache (generation %d, want 3)", g)
+	}
+}

@@ -24,11 +24,11 @@ import (
 // named after the node) is what one node implemented: per Cilium policy,
 // the generation, the agent revision that first implemented it, and any
 // error, unsupported field or endpoint that fails closed. Each agent
-// writes only its own (server-side apply, one field manager), so no two
-// writers touch one object; the elected agent merges them into every
-// policy's status.nodes and conditions (StatusAggregator). Agents never
-// watch these objects: a policy change costs N small writes and a few
-// merged status writes, instead of N writes to each policy that every
+// writes only its own (created whole, then merge-patched with the entries
+// that changed; one field manager), so no two writers touch one object;
+// the elected agent merges them into every policy's status.nodes and
+// conditions (aggregator). Agents never watch these objects: a policy
+// change costs N small writes and one or two merged status writes, instead of N writes to each policy that every
 // agent watching policies received (make scale).
 //
 // Shape:
@@ -129,6 +129,10 @@ func (w *StatusWriter) loadNodeStatus(ctx context.Context) (map[string]nodePolic
 		}
 		return nil, fmt.Errorf("read policy node status: %w", err)
 	}
+	w.nodeExists = true
+	for _, r := range u.GetOwnerReferences() {
+		w.nodeOwned = w.nodeOwned || r.Kind == "Node" && r.Name == w.cfg.Node
+	}
 	return nodeStatusEntries(u), nil
 }
 
@@ -150,8 +154,14 @@ func nodeStatusEntries(u *unstructured.Unstructured) map[string]nodePolicyStatus
 	return out
 }
 
-// writeNodeStatus applies this node's PolicyNodeStatus when its entries
-// changed (revisions and timestamps aside). It returns whether it wrote.
+// writeNodeStatus writes this node's PolicyNodeStatus when its entries
+// changed (revisions and timestamps aside): a JSON merge patch of the
+// changed and removed entries only, or a create when the object does not
+// exist. Only this node's agent writes the object, so the patch needs no
+// resourceVersion precondition and cannot conflict. A server-side apply
+// of the whole object cost the API server about twice the CPU (the YAML
+// decoding and structured merge of every entry; make scale). It returns
+// whether it wrote.
 func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]nodePolicyStatus, now time.Time) (bool, error) {
 	if w.nodeWritten == nil {
 		prev, err := w.loadNodeStatus(ctx)
@@ -161,7 +171,7 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 		w.nodeWritten = prev
 	}
 	entries := make(map[string]nodePolicyStatus, len(want))
-	changed := len(want) != len(w.nodeWritten)
+	changed := map[string]any{}
 	for k, e := range want {
 		if old, ok := w.nodeWritten[k]; ok && sameReport(old, e) {
 			entries[k] = old
@@ -169,9 +179,18 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 		}
 		e.LastUpdated = now.UTC().Format(time.RFC3339)
 		entries[k] = e
-		changed = true
+		m, err := wholeEntry(e, entryFields)
+		if err != nil {
+			return false, err
+		}
+		changed[k] = m
 	}
-	if !changed {
+	for k := range w.nodeWritten {
+		if _, ok := want[k]; !ok {
+			changed[k] = nil // the policy is gone
+		}
+	}
+	if len(changed) == 0 && w.nodeExists {
 		w.log.Debug("policy node status unchanged", "node", w.cfg.Node, "policies", len(entries))
 		return false, nil
 	}
@@ -181,33 +200,87 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 			w.nodeUID = n.UID
 		}
 	}
-	meta := map[string]any{"name": w.cfg.Node}
-	if w.nodeUID != "" {
-		meta["ownerReferences"] = []any{map[string]any{"apiVersion": "v1", "kind": "Node", "name": w.cfg.Node, "uid": string(w.nodeUID)}}
-	}
-	pols := map[string]any{}
-	for k, e := range entries {
-		b, err := json.Marshal(e)
-		if err != nil {
+	res := w.cfg.Dynamic.Resource(PolicyNodeStatusResource())
+	err := errors.New("not found")
+	if w.nodeExists {
+		patch := map[string]any{"status": map[string]any{"policies": changed}}
+		if !w.nodeOwned && w.nodeUID != "" {
+			patch["metadata"] = map[string]any{"ownerReferences": w.ownerRefs()}
+		}
+		var b []byte
+		if b, err = json.Marshal(patch); err != nil {
 			return false, fmt.Errorf("encode policy node status: %w", err)
+		}
+		_, err = res.Patch(ctx, w.cfg.Node, types.MergePatchType, b, metav1.PatchOptions{FieldManager: nodeFieldManager})
+	}
+	if !w.nodeExists || apierrors.IsNotFound(err) && !isMissingAPI(err) {
+		// Not there (first report, or deleted meanwhile): create it whole.
+		meta := map[string]any{"name": w.cfg.Node}
+		if w.nodeUID != "" {
+			meta["ownerReferences"] = w.ownerRefs()
+		}
+		pols := map[string]any{}
+		for k, e := range entries {
+			pols[k] = e
 		}
 		var m map[string]any
-		if err := json.Unmarshal(b, &m); err != nil {
-			return false, fmt.Errorf("encode policy node status: %w", err)
+		b, jerr := json.Marshal(map[string]any{"apiVersion": policyNodeStatusAPIVersion, "kind": policyNodeStatusKind,
+			"metadata": meta, "status": map[string]any{"policies": pols}})
+		if jerr == nil {
+			jerr = json.Unmarshal(b, &m)
 		}
-		pols[k] = m
+		if jerr != nil {
+			return false, fmt.Errorf("encode policy node status: %w", jerr)
+		}
+		_, err = res.Create(ctx, &unstructured.Unstructured{Object: m}, metav1.CreateOptions{FieldManager: nodeFieldManager})
+		if apierrors.IsAlreadyExists(err) {
+			// Written by a previous run of this agent meanwhile: read it
+			// again and write the difference next time.
+			w.nodeWritten, w.nodeExists = nil, false
+			return false, fmt.Errorf("write policy node status: %w", err)
+		}
 	}
-	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": policyNodeStatusAPIVersion, "kind": policyNodeStatusKind,
-		"metadata": meta, "status": map[string]any{"policies": pols}}}
-	_, err := w.cfg.Dynamic.Resource(PolicyNodeStatusResource()).Apply(ctx, w.cfg.Node, obj,
-		metav1.ApplyOptions{FieldManager: nodeFieldManager, Force: true})
 	if err != nil {
 		if isMissingAPI(err) {
 			return false, errNoNodeStatusAPI
 		}
 		return false, fmt.Errorf("write policy node status: %w", err)
 	}
+	w.nodeExists = true
+	w.nodeOwned = w.nodeOwned || w.nodeUID != ""
 	w.nodeWritten = maps.Clone(entries)
-	w.log.Debug("policy node status written", "node", w.cfg.Node, "policies", len(entries))
+	w.log.Debug("policy node status written", "node", w.cfg.Node, "policies", len(entries), "changed", len(changed))
 	return true, nil
+}
+
+// entryFields are the fields of a PolicyNodeStatus entry and of a
+// policy's status.nodes[node] (uid: the former only; the CRDs' schemas,
+// the API server prunes any other).
+var entryFields = []string{"uid", "ok", "enforcing", "revision", "observedGeneration", "error", "warnings", "lastUpdated"}
+
+// wholeEntry is v (a nodePolicyStatus or nodeStatus) as a merge patch
+// that replaces the stored entry whole: a merge patch keeps the fields it
+// does not name, so each field v leaves out (an error gone, warnings
+// gone) is named with null. Without it a node whose endpoints recovered
+// still showed their error, next to ok: true.
+func wholeEntry(v any, fields []string) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode node status: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("encode node status: %w", err)
+	}
+	for _, f := range fields {
+		if _, ok := m[f]; !ok {
+			m[f] = nil
+		}
+	}
+	return m, nil
+}
+
+// ownerRefs names this node's Node as the owner of its PolicyNodeStatus.
+func (w *StatusWriter) ownerRefs() []any {
+	return []any{map[string]any{"apiVersion": "v1", "kind": "Node", "name": w.cfg.Node, "uid": string(w.nodeUID)}}
 }

@@ -145,6 +145,9 @@ type StatusWriter struct {
 	nodeWritten map[string]nodePolicyStatus
 	nodeUID     types.UID
 	direct      bool
+	// nodeExists: this node's PolicyNodeStatus exists (so a write is a
+	// patch of what changed); nodeOwned: it names the Node as its owner.
+	nodeExists, nodeOwned bool
 }
 
 type implemented struct {
@@ -511,7 +514,11 @@ func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStat
 	}
 	if nodeChanged {
 		ns.LastUpdated = ts
-		status["nodes"] = map[string]any{w.cfg.Node: ns}
+		m, err := wholeEntry(ns, entryFields[1:])
+		if err != nil {
+			return nil, false, err
+		}
+		status["nodes"] = map[string]any{w.cfg.Node: m}
 	}
 	patch := map[string]any{"status": status}
 	b, err := json.Marshal(patch)

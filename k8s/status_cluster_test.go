@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -161,7 +163,13 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	conflicts := func() int {
 		n := 0
 		for _, a := range agents {
-			n += a.log.count(func(k string) bool { return strings.HasSuffix(k, " 409") })
+			n += a.log.count(func(k string) bool {
+				if strings.HasSuffix(k, " 409") {
+					t.Logf("409: %s", k)
+					return true
+				}
+				return false
+			})
 		}
 		return n
 	}
@@ -184,6 +192,16 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		}
 		if refs := o.GetOwnerReferences(); len(refs) != 1 || refs[0].Kind != "Node" || refs[0].Name != n {
 			t.Errorf("PolicyNodeStatus %s owners %v: want its Node", n, refs)
+		}
+	}
+	// A node's report is created once, then patched with what changed
+	// (not applied whole: that cost the API server twice the CPU).
+	for _, n := range nodes {
+		o, _ := pns.Get(ctx, n, metav1.GetOptions{})
+		for _, mf := range o.GetManagedFields() {
+			if mf.Manager == nodeFieldManager && mf.Operation != metav1.ManagedFieldsOperationUpdate {
+				t.Errorf("PolicyNodeStatus %s written by %s with %s; want create and merge patch (Update)", n, mf.Manager, mf.Operation)
+			}
 		}
 	}
 	obj, err := cnps.Get(ctx, "shared", metav1.GetOptions{})
@@ -212,6 +230,18 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	if condStatus(st, ConditionValid) != "True" || nodeFieldOf(st, "node-y", "ok") != false ||
 		!strings.Contains(fmt.Sprint(nodeFieldOf(st, "node-y", "error")), "multi/api: datapath policy: map full") || nodeFieldOf(st, "node-x", "ok") != true {
 		t.Errorf("status %v: want Valid, node-y not ok naming multi/api, node-x ok", st)
+	}
+
+	// node-y's endpoint recovers: its entry loses the error, in its own
+	// report and in the policy's status.
+	implement(u, nil, "node-y")
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return nodeFieldOf(st, "node-y", "ok") == true && nodeFieldOf(st, "node-y", "error") == nil
+	})
+	if o, err := pns.Get(ctx, "node-y", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	} else if e := nodeStatusEntries(o)["CiliumNetworkPolicy/multi/shared"]; !e.OK || e.Error != "" {
+		t.Errorf("node-y's report after its endpoint recovered: %+v; want ok without an error", e)
 	}
 
 	// The leader stops: the other node takes over and merges generation 3.
@@ -262,8 +292,58 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		t.Fatal(err)
 	}
 	if before.GetResourceVersion() != after.GetResourceVersion() {
-		t.Error("a restarted agent rewrote an unchanged PolicyNodeStatus")
+		t.Errorf("a restarted agent rewrote an unchanged PolicyNodeStatus: %v then %v", before.Object["status"], after.Object["status"])
 	}
+	// A second policy, then gone: its entry goes from the node's report
+	// (a patch that removes it), the other entry stays.
+	if _, err := cnps.Create(ctx, cnp("multi", "extra", httpPolicy(8081, "/x")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ux, _ := up.await("the extra policy", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "multi", "api", 8081) == "/x" })
+	implement(ux, nil, other)
+	waitStatus(ctx, t, c, CNPResource(), "multi", "extra", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, other, "observedGeneration")) == "1"
+	})
+	if err := cnps.Delete(ctx, "extra", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ux, _ = up.await("the extra policy gone", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "multi", "api", 8081) == "" })
+	implement(ux, nil, other)
+	awaitReported(t, agents[other].reported, agents[other].rev)
+	o, err := pns.Get(ctx, other, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := nodeStatusEntries(o); e["CiliumNetworkPolicy/multi/extra"].UID != "" || e["CiliumNetworkPolicy/multi/shared"].ObservedGeneration != 3 {
+		t.Errorf("PolicyNodeStatus %s after the extra policy went: %v; want no multi/extra, multi/shared at generation 3", other, e)
+	}
+	// The report deleted under a running agent (by hand): the next change
+	// creates it again, whole and owned by the Node.
+	if err := pns.Delete(ctx, other, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// (A merge patch of the spec: the aggregator writes the status
+	// meanwhile, an update of what was read could conflict.)
+	specPatch, _ := json.Marshal(map[string]any{"spec": cnp("", "", httpPolicy(8080, "/d/.*")).Object["spec"]})
+	if _, err := cnps.Patch(ctx, "shared", types.MergePatchType, specPatch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ = up.await("generation 4", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "multi", "api", 8080) == "/d/.*" })
+	implement(u, nil, other)
+	awaitReported(t, agents[other].reported, agents[other].rev)
+	o, err = pns.Get(ctx, other, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("PolicyNodeStatus %s not written again: %v", other, err)
+	}
+	if e := nodeStatusEntries(o); e["CiliumNetworkPolicy/multi/shared"].ObservedGeneration != 4 || e["CiliumClusterwideNetworkPolicy/hosts"].UID == "" {
+		t.Errorf("PolicyNodeStatus %s written again: %v; want every entry (multi/shared at generation 4, hosts)", other, e)
+	}
+	if refs := o.GetOwnerReferences(); len(refs) != 1 || refs[0].Kind != "Node" || refs[0].Name != other {
+		t.Errorf("PolicyNodeStatus %s written again with owners %v: want its Node", other, refs)
+	}
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, other, "observedGeneration")) == "4"
+	})
 	if n := conflicts(); n != 0 {
 		t.Errorf("%d requests answered 409 Conflict; want none", n)
 	}
@@ -289,6 +369,6 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	agents["node-z"] = start("node-z")
 	implement(u, nil, "node-z")
 	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
-		return fmt.Sprint(nodeFieldOf(st, "node-z", "observedGeneration")) == "3"
+		return fmt.Sprint(nodeFieldOf(st, "node-z", "observedGeneration")) == "4"
 	})
 }

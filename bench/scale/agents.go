@@ -8,9 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -276,7 +279,26 @@ func runAgents(ctx context.Context, cfg agentsConfig, cmds io.Reader, out io.Wri
 	go func() {
 		defer cancel()
 		sc := bufio.NewScanner(cmds)
+		var prof *os.File
 		for sc.Scan() {
+			if path, ok := strings.CutPrefix(sc.Text(), "cpuprofile "); ok {
+				// The policy phase's CPU profile (Run, ProfileDir).
+				if prof != nil {
+					pprof.StopCPUProfile()
+					prof.Close()
+					prof = nil
+				}
+				if path != "" {
+					f, err := os.Create(path)
+					if err == nil && pprof.StartCPUProfile(f) == nil {
+						prof = f
+					} else if f != nil {
+						f.Close()
+					}
+				}
+				emit(agentEvent{Ev: "profile", T: time.Now().UnixNano()})
+				continue
+			}
 			if sc.Text() != "stats" {
 				continue
 			}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,7 +45,12 @@ type RunConfig struct {
 	StatusNodesLimit int
 	// AgentUser is impersonated by the agents (the chart's service account).
 	AgentUser string
-	Logf      func(format string, args ...any)
+	// ProfileDir: when set, CPU profiles of the policy-change phase go
+	// there: this process's (kube-apiserver and etcd, which run in it, and
+	// the driver) as apiserver-<run>-policy-cpu.pprof, the agents' process's
+	// as agents-<run>-policy-cpu.pprof.
+	ProfileDir string
+	Logf       func(format string, args ...any)
 }
 
 // childProcess is the running agents.
@@ -309,6 +316,35 @@ func (r *nodeReports) note(u *unstructured.Unstructured, tr *tracker) {
 			}
 		}
 		tr.noteReported(key, max(low, 0))
+	}
+}
+
+// startPhaseProfiles starts the CPU profiles of a phase (RunConfig.
+// ProfileDir) and returns what stops them; without dir it does nothing.
+func startPhaseProfiles(dir, run string, c *childProcess, logf func(string, ...any)) func() {
+	if dir == "" {
+		return func() {}
+	}
+	self := filepath.Join(dir, "apiserver-"+run+"-policy-cpu.pprof")
+	f, err := os.Create(self)
+	if err != nil {
+		logf("no profile: %v", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		logf("no profile of this process: %v", err)
+		f.Close()
+		f = nil
+	}
+	if _, err := io.WriteString(c.stdin, "cpuprofile "+filepath.Join(dir, "agents-"+run+"-policy-cpu.pprof")+"\n"); err != nil {
+		logf("no profile of the agents: %v", err)
+	}
+	return func() {
+		if f != nil {
+			pprof.StopCPUProfile()
+			f.Close()
+		}
+		io.WriteString(c.stdin, "cpuprofile \n")
 	}
 }
 
@@ -769,6 +805,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	logf("start-up status after %.1fs: %v writes, %v conflicts", res.StartupStatusS, res.StartupWrites, res.StartupConflicts)
 
 	// Policy changes.
+	stopProfiles := startPhaseProfiles(cfg.ProfileDir, run, ch, logf)
 	var conv, impl, reported []time.Duration
 	for k := 1; k <= cfg.PolicyChanges; k++ {
 		j := (k - 1) % cfg.Policies
@@ -802,6 +839,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 		conv = append(conv, at.Sub(written))
 		time.Sleep(200 * time.Millisecond)
 	}
+	stopProfiles()
 	m1, err := mark(ctx, client, ch)
 	if err != nil {
 		return nil, err

@@ -46,7 +46,7 @@ var (
 	flagTimeout  = flag.Duration("scale.change-timeout", 2*time.Minute, "TestScale: wait for one change at most this long")
 	flagFull     = flag.Int("scale.full-agents", 2, "TestScale: agents that run the whole source; the others are light agents (bench/scale/light.go); 0: all")
 	flagLimit    = flag.Int("scale.status-nodes-limit", 0, "TestScale: the agents' status nodes limit (k8s.ElectionConfig.StatusNodesLimit; 0: default, -1: list every node)")
-	flagProfile  = flag.String("scale.profile", "", "TestScale: write the agents' process CPU and heap profiles (agents-N<n>-{cpu,heap}.pprof) into this folder")
+	flagProfile  = flag.String("scale.profile", "", "TestScale: write CPU profiles of the policy changes (apiserver-<run>-policy-cpu.pprof: this process, API server and etcd; agents-<run>-policy-cpu.pprof) and the agents' heap profile (agents-N<n>-K<k>-L<l>-heap.pprof) into this folder")
 )
 
 // agentsEnv carries the child's config file: the test binary re-runs
@@ -265,6 +265,13 @@ func newScaleCluster(t *testing.T, nodes, pods int) *scaleCluster {
 func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 	cfg.Logf = t.Logf
 	cfg.AgentUser = agentUser
+	if *flagProfile != "" {
+		pdir, err := filepath.Abs(*flagProfile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ProfileDir = pdir
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
 	defer cancel()
 	admin := c.admin
@@ -289,7 +296,8 @@ func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 				return nil, err
 			}
 			base := filepath.Join(pdir, fmt.Sprintf("agents-N%d-K%d-L%d", cfg.Nodes, cfg.FullAgents, max(cfg.StatusNodesLimit, 0)))
-			args = append(args, "-test.cpuprofile="+base+"-cpu.pprof", "-test.memprofile="+base+"-heap.pprof")
+			// The CPU profile covers the policy changes only (Run).
+			args = append(args, "-test.memprofile="+base+"-heap.pprof")
 		}
 		cmd := exec.Command(os.Args[0], args...)
 		cmd.Env = append(os.Environ(), agentsEnv+"="+p)
