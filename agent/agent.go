@@ -26,6 +26,7 @@ import (
 	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/xds"
 	"github.com/l7gate/l7gate/xds/server"
+	"github.com/l7gate/l7gate/xds/translate"
 )
 
 // Datapath is what the agent needs of the eBPF datapath (*bpf.Datapath).
@@ -251,6 +252,8 @@ type Agent struct {
 	// ready is what the proxies have ACKed (readiness.go).
 	ready      readiness
 	readySaved string
+	// goCache keeps the Go proxy's rendered resources between pushes.
+	goCache translate.Cache
 	// registered: proxy listeners already in the socket map.
 	registered map[listenerKey]bool
 	// held: duplicates of the Go proxy's listeners (crash path).

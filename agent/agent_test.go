@@ -194,6 +194,7 @@ type fakeXDS struct {
 	acked   map[string]map[string]string
 	states  []XDSState
 	decide  func(desired map[string]map[string]string) error
+	hashes  map[proto.Message]string // of the last update's messages
 	// hang: updates never resolve (a proxy that stopped answering and a
 	// server whose own timeout never fires).
 	hang bool
@@ -222,17 +223,25 @@ func (f *fakeXDS) Update(_ context.Context, st XDSState) Completion {
 	if err != nil {
 		return resolved(fmt.Errorf("xds: render resources for %q: %w", f.id, err))
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// Like the server, a message rendered before keeps its hash.
 	desired := map[string]map[string]string{}
+	hashes := map[proto.Message]string{}
 	for t, msgs := range res {
 		desired[t] = map[string]string{}
 		for _, m := range msgs {
-			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-			h := sha256.Sum256(b)
-			desired[t][resourceName(m)] = hex.EncodeToString(h[:8])
+			v, ok := f.hashes[m]
+			if !ok {
+				b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+				h := sha256.Sum256(b)
+				v = hex.EncodeToString(h[:8])
+			}
+			hashes[m] = v
+			desired[t][resourceName(m)] = v
 		}
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.hashes = hashes
 	f.states = append(f.states, st)
 	f.desired = desired
 	if f.hang {
