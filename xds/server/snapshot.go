@@ -29,7 +29,6 @@ type resourceSet struct {
 	versions map[string]string // per-resource hash, for delta xDS
 }
 
-//
 // prev is the set rendered before (or nil): a message that is the very one
 // prev holds under the same name keeps its hash without being encoded
 // again (Producer: a message handed to the server is never modified).

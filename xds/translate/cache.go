@@ -3,8 +3,8 @@ package translate
 import (
 	"crypto/sha256"
 	"fmt"
-	"slices"
 	"net/netip"
+	"slices"
 	"sync"
 	"unsafe"
 
