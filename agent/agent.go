@@ -299,6 +299,8 @@ type Agent struct {
 	// (nil after a failed sync), whether the flow index lags behind the
 	// snapshot, and whether an FQDN apply wants a retry.
 	lastPolicies  map[uint32]bpf.EndpointPolicy
+	lastIPCache   map[netip.Prefix]bpf.Identity // in force (implement.go)
+	lastFullSync  time.Time
 	lastHosts     []netip.Addr
 	flowStale     bool
 	flowRefreshed time.Time
@@ -574,6 +576,9 @@ func (a *Agent) standingBy() bool {
 	stand := err == nil && pid != os.Getpid()
 	if stand != a.stoodBy {
 		a.stoodBy = stand
+		// The other agent wrote the maps meanwhile: what is in force is
+		// unknown, the next sync is a whole one.
+		a.lastPolicies, a.lastIPCache = nil, nil
 		if a.cfg.StandBy != nil {
 			a.cfg.StandBy(stand)
 		}
