@@ -16,6 +16,11 @@
 // endpoint (its own upstream connections to a local pod), and the lists
 // change only when an identity starts or stops matching a selector, not
 // when pods come and go (that is IdentityMembership's job).
+//
+// With Input.Cache, a render hands back the message it rendered before
+// for an endpoint or identity whose inputs did not change (see Cache), so
+// the xDS server encodes and sends only what changed. Rendered messages
+// may share sub-messages and are read-only.
 package translate
 
 import (
