@@ -3,7 +3,6 @@ package policy
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -270,25 +269,15 @@ func (c *computer) endpoints() error {
 	}
 	ipOwner := map[netip.Addr]string{}
 	seen := map[Identity]bool{}
-	memo, next := c.alloc.podMemos(), make(map[string]podMemo, len(c.objs.Pods))
-	nsCopies := map[string]map[string]string{}
-	defer c.alloc.keepPodMemos(next)
-	for i := range c.objs.Pods {
-		p := &c.objs.Pods[i]
+	for _, p := range c.objs.Pods {
 		if p.HostNetwork {
 			continue // host-network pods are the host identity
 		}
 		if p.Phase == "Succeeded" || p.Phase == "Failed" {
 			continue
 		}
-		ls, id, err := c.alloc.podIdentity(memo, next, p, nsLabels[p.Namespace], func() map[string]string {
-			cp, ok := nsCopies[p.Namespace]
-			if !ok {
-				cp = maps.Clone(nsLabels[p.Namespace])
-				nsCopies[p.Namespace] = cp
-			}
-			return cp
-		})
+		ls := SecurityLabels(p.Namespace, p.Labels, nsLabels[p.Namespace], p.ServiceAccount)
+		id, err := c.alloc.allocate(ls, false)
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}

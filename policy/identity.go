@@ -3,7 +3,6 @@ package policy
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -83,59 +82,6 @@ type IdentityAllocator struct {
 	lastUsed map[Identity]time.Time
 	nextPod  Identity
 	nextCIDR Identity
-	// pods: each pod's labels and identity as the last compute derived
-	// them (podIdentity), so an unchanged pod costs a comparison.
-	pods map[string]podMemo
-}
-
-// podMemo is what a pod's identity was derived from (copies) and the
-// result.
-type podMemo struct {
-	namespace, serviceAccount string
-	podLabels, nsLabels       map[string]string
-	labels                    Labels
-	key                       string
-	id                        Identity
-}
-
-// podIdentity returns a pod's security labels and identity, from memo
-// when the pod's inputs equal those memo was derived from and the
-// allocator still has that assignment; the result is recorded in next.
-// nsCopy returns a copy of the namespace's labels (one per compute).
-func (a *IdentityAllocator) podIdentity(memo, next map[string]podMemo, p *Pod, nsLabels map[string]string, nsCopy func() map[string]string) (Labels, Identity, error) {
-	ref := p.Namespace + "/" + p.Name
-	if m, ok := memo[ref]; ok && m.namespace == p.Namespace && m.serviceAccount == p.ServiceAccount &&
-		maps.Equal(m.podLabels, p.Labels) && maps.Equal(m.nsLabels, nsLabels) {
-		a.mu.Lock()
-		id, still := a.byKey[m.key]
-		a.mu.Unlock()
-		if still && id == m.id {
-			next[ref] = m
-			return m.labels, m.id, nil
-		}
-	}
-	ls := SecurityLabels(p.Namespace, p.Labels, nsLabels, p.ServiceAccount)
-	id, err := a.allocate(ls, false)
-	if err != nil {
-		return nil, 0, err
-	}
-	next[ref] = podMemo{namespace: p.Namespace, serviceAccount: p.ServiceAccount, podLabels: maps.Clone(p.Labels),
-		nsLabels: nsCopy(), labels: ls, key: ls.Key(), id: id}
-	return ls, id, nil
-}
-
-// podMemos returns the memo of the last compute (read-only).
-func (a *IdentityAllocator) podMemos() map[string]podMemo {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.pods
-}
-
-// keepPodMemos replaces the memo with a compute's.
-func (a *IdentityAllocator) keepPodMemos(m map[string]podMemo) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.pods = m
 }
 
 // NewIdentityAllocator returns an empty allocator.
