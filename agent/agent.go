@@ -300,6 +300,7 @@ type Agent struct {
 	// snapshot, and whether an FQDN apply wants a retry.
 	lastPolicies  map[uint32]bpf.EndpointPolicy
 	lastIPCache   map[netip.Prefix]bpf.Identity // in force (implement.go)
+	lastIPCacheAs []bpf.IPCacheEntry            // lastIPCache as last synced in full (nil: unknown)
 	lastFullSync  time.Time
 	lastHosts     []netip.Addr
 	flowStale     bool

@@ -234,8 +234,10 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	ipc := bpftranslate.IPCache(snap, hosts)
 	partial, canPartial := a.dp.(fqdnDatapath)
 	var inc *datapathDelta
+	prevList := a.lastIPCacheAs
+	a.lastIPCacheAs = nil
 	if canPartial && prevPolicies != nil && prevIPCache != nil && a.cfg.now().Sub(a.lastFullSync) < fullSyncEvery {
-		inc = diffDatapath(prevPolicies, prevIPCache, res.Policies, ipc)
+		inc = diffDatapath(prevPolicies, prevIPCache, prevList, res.Policies, ipc)
 	}
 	var wantIPCache map[netip.Prefix]bpf.Identity
 	if inc != nil {
@@ -248,7 +250,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		}
 		st.ipcache.Unchanged += len(ipc) - len(inc.upsert)
 		wantIPCache = inc.ipcache
-		a.lastIPCache = wantIPCache
+		a.lastIPCache, a.lastIPCacheAs = wantIPCache, ipc
 		if len(inc.changed) > 0 {
 			st.policy, err = partial.UpdatePolicy(inc.changed)
 		}
@@ -257,7 +259,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		if st.ipcache, err = a.dp.SyncIPCache(ipc); err != nil {
 			return st, fmt.Errorf("sync ipcache: %w", err)
 		}
-		a.lastIPCache = ipcacheMap(ipc)
+		a.lastIPCache, a.lastIPCacheAs = ipcacheMap(ipc), ipc
 		a.lastFullSync = a.cfg.now()
 		st.policy, err = a.dp.SyncPolicy(res.Policies)
 	}
@@ -306,6 +308,7 @@ func (a *Agent) ipcacheWritten(upsert []bpf.IPCacheEntry, remove []bpf.IPCacheEn
 	if a.lastIPCache == nil {
 		return
 	}
+	a.lastIPCacheAs = nil // no longer what the map holds
 	for _, e := range remove {
 		delete(a.lastIPCache, e.Prefix)
 	}
@@ -325,12 +328,39 @@ type datapathDelta struct {
 // diffDatapath compares what is in force with what is desired; nil when
 // only a whole sync will do (an endpoint went away, or a prefix has two
 // identities: SyncIPCache rejects that).
-func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[netip.Prefix]bpf.Identity,
+// prevList, when set, is prevIPCache as the list it was made from: an
+// equal list means no prefix changed (no map built).
+func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[netip.Prefix]bpf.Identity, prevList []bpf.IPCacheEntry,
 	policies []bpf.EndpointPolicy, ipc []bpf.IPCacheEntry) *datapathDelta {
-	d := &datapathDelta{ipcache: make(map[netip.Prefix]bpf.Identity, len(ipc))}
+	d := &datapathDelta{}
+	if prevList != nil && slices.Equal(prevList, ipc) {
+		d.ipcache = prevIPCache
+	} else if !d.diffIPCache(prevIPCache, ipc) {
+		return nil
+	}
+	want := make(map[uint32]bool, len(policies))
+	for _, p := range policies {
+		want[p.Endpoint] = true
+		old, ok := prevPolicies[p.Endpoint]
+		if !ok || !sameDirection(old.Ingress, p.Ingress) || !sameDirection(old.Egress, p.Egress) {
+			d.changed = append(d.changed, p)
+		}
+	}
+	for id := range prevPolicies {
+		if !want[id] {
+			return nil
+		}
+	}
+	return d
+}
+
+// diffIPCache fills the ipcache part of d; false when a prefix has two
+// identities.
+func (d *datapathDelta) diffIPCache(prevIPCache map[netip.Prefix]bpf.Identity, ipc []bpf.IPCacheEntry) bool {
+	d.ipcache = make(map[netip.Prefix]bpf.Identity, len(ipc))
 	for _, e := range ipc {
 		if id, dup := d.ipcache[e.Prefix]; dup && id != e.Identity {
-			return nil
+			return false
 		}
 		d.ipcache[e.Prefix] = e.Identity
 	}
@@ -346,20 +376,7 @@ func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[ne
 	}
 	slices.SortFunc(d.upsert, func(x, y bpf.IPCacheEntry) int { return comparePrefix(x.Prefix, y.Prefix) })
 	slices.SortFunc(d.remove, comparePrefix)
-	want := make(map[uint32]bool, len(policies))
-	for _, p := range policies {
-		want[p.Endpoint] = true
-		old, ok := prevPolicies[p.Endpoint]
-		if !ok || !sameDirection(old.Ingress, p.Ingress) || !sameDirection(old.Egress, p.Egress) {
-			d.changed = append(d.changed, p)
-		}
-	}
-	for id := range prevPolicies {
-		if !want[id] {
-			return nil
-		}
-	}
-	return d
+	return true
 }
 
 func comparePrefix(x, y netip.Prefix) int {
