@@ -26,6 +26,7 @@ import (
 	"github.com/l7gate/l7gate/source"
 	"github.com/l7gate/l7gate/xds"
 	"github.com/l7gate/l7gate/xds/server"
+	"github.com/l7gate/l7gate/xds/translate"
 )
 
 // Datapath is what the agent needs of the eBPF datapath (*bpf.Datapath).
@@ -251,6 +252,8 @@ type Agent struct {
 	// ready is what the proxies have ACKed (readiness.go).
 	ready      readiness
 	readySaved string
+	// goCache keeps the Go proxy's rendered resources between pushes.
+	goCache translate.Cache
 	// registered: proxy listeners already in the socket map.
 	registered map[listenerKey]bool
 	// held: duplicates of the Go proxy's listeners (crash path).
@@ -296,6 +299,9 @@ type Agent struct {
 	// (nil after a failed sync), whether the flow index lags behind the
 	// snapshot, and whether an FQDN apply wants a retry.
 	lastPolicies  map[uint32]bpf.EndpointPolicy
+	lastIPCache   map[netip.Prefix]bpf.Identity // in force (implement.go)
+	lastIPCacheAs []bpf.IPCacheEntry            // lastIPCache as last synced in full (nil: unknown)
+	lastFullSync  time.Time
 	lastHosts     []netip.Addr
 	flowStale     bool
 	flowRefreshed time.Time
@@ -571,6 +577,9 @@ func (a *Agent) standingBy() bool {
 	stand := err == nil && pid != os.Getpid()
 	if stand != a.stoodBy {
 		a.stoodBy = stand
+		// The other agent wrote the maps meanwhile: what is in force is
+		// unknown, the next sync is a whole one.
+		a.lastPolicies, a.lastIPCache = nil, nil
 		if a.cfg.StandBy != nil {
 			a.cfg.StandBy(stand)
 		}

@@ -411,8 +411,10 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 	}
 	if err := a.writeFQDN(added, removed, pols, ns); err != nil {
 		// Some of it may be written: the whole path rewrites it all.
+		a.lastPolicies, a.lastIPCache = nil, nil
 		return fmt.Errorf("%w: %v", errFQDNSlow, err)
 	}
+	a.ipcacheWritten(added, removed)
 	a.mu.Lock()
 	a.st.snap = ns
 	a.mu.Unlock()

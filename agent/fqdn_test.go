@@ -258,16 +258,30 @@ func (d *fakeDatapath) UpdatePolicy(subset []bpf.EndpointPolicy) (bpf.SyncStats,
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var ids []uint32
+	var failed []bpf.FailedDirection
 	for _, p := range subset {
 		if d.reject != nil {
 			if err := d.reject(p); err != nil {
 				return bpf.SyncStats{}, fmt.Errorf("endpoint %d: %w", p.Endpoint, err)
 			}
 		}
+		if d.partial != nil {
+			for _, f := range d.partial(p) {
+				failed = append(failed, f)
+				dp := &p.Ingress
+				if f.Direction == bpf.Egress {
+					dp = &p.Egress
+				}
+				*dp = bpf.DirectionPolicy{Enforced: true} // drops everything
+			}
+		}
 		d.policy[p.Endpoint] = p
 		ids = append(ids, p.Endpoint)
 	}
 	d.log = append(d.log, fmt.Sprintf("update policy %v", ids))
+	if len(failed) > 0 {
+		return bpf.SyncStats{Updated: len(subset)}, &bpf.SyncError{Failed: failed}
+	}
 	return bpf.SyncStats{Updated: len(subset)}, nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
+	"unsafe"
 
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/bpftranslate"
@@ -182,14 +184,19 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	for _, ep := range local {
 		byID[uint32(ep.Ifindex)] = ep
 	}
+	prevPolicies, prevIPCache := a.lastPolicies, a.lastIPCache
 	for i := range res.Policies {
 		p := &res.Policies[i]
 		ep := byID[p.Endpoint]
+		prev, hadPrev := prevPolicies[p.Endpoint]
 		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
 			one := bpf.EndpointPolicy{Endpoint: p.Endpoint}
-			dp := &p.Ingress
+			dp, was := &p.Ingress, prev.Ingress
 			if dir == policy.Egress {
-				dp = &p.Egress
+				dp, was = &p.Egress, prev.Egress
+			}
+			if hadPrev && sameDirection(*dp, was) {
+				continue // in force: the datapath accepted it
 			}
 			if dir == policy.Ingress {
 				one.Ingress = *dp
@@ -221,17 +228,50 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
 	}
 	st := syncStats{rules: res.Rules}
-	// What is in force, for the incremental FQDN path (fqdn.go); unknown
-	// if a sync fails.
-	a.lastPolicies, a.lastHosts = nil, hosts
-	if st.ipcache, err = a.dp.SyncIPCache(bpftranslate.IPCache(snap, hosts)); err != nil {
-		return st, fmt.Errorf("sync ipcache: %w", err)
+	// What is in force, for the incremental FQDN path (fqdn.go) and the
+	// next sync; unknown if a sync fails.
+	a.lastPolicies, a.lastIPCache, a.lastHosts = nil, nil, hosts
+	ipc := bpftranslate.IPCache(snap, hosts)
+	partial, canPartial := a.dp.(fqdnDatapath)
+	var inc *datapathDelta
+	prevList := a.lastIPCacheAs
+	a.lastIPCacheAs = nil
+	if canPartial && prevPolicies != nil && prevIPCache != nil && a.cfg.now().Sub(a.lastFullSync) < fullSyncEvery {
+		inc = diffDatapath(prevPolicies, prevIPCache, prevList, res.Policies, ipc)
 	}
-	st.policy, err = a.dp.SyncPolicy(res.Policies)
+	var wantIPCache map[netip.Prefix]bpf.Identity
+	if inc != nil {
+		// Only what changed: no endpoint went away, no prefix is
+		// ambiguous (the whole sync reports that).
+		if len(inc.upsert)+len(inc.remove) > 0 {
+			if st.ipcache, err = partial.UpdateIPCache(inc.upsert, inc.remove); err != nil {
+				return st, fmt.Errorf("update ipcache: %w", err)
+			}
+		}
+		st.ipcache.Unchanged += len(ipc) - len(inc.upsert)
+		wantIPCache = inc.ipcache
+		a.lastIPCache, a.lastIPCacheAs = wantIPCache, ipc
+		if len(inc.changed) > 0 {
+			st.policy, err = partial.UpdatePolicy(inc.changed)
+		}
+		st.policy.Unchanged += len(res.Policies) - len(inc.changed)
+	} else {
+		if st.ipcache, err = a.dp.SyncIPCache(ipc); err != nil {
+			return st, fmt.Errorf("sync ipcache: %w", err)
+		}
+		a.lastIPCache, a.lastIPCacheAs = ipcacheMap(ipc), ipc
+		a.lastFullSync = a.cfg.now()
+		st.policy, err = a.dp.SyncPolicy(res.Policies)
+	}
 	if se := (*bpf.SyncError)(nil); err == nil || errors.As(err, &se) {
 		a.lastPolicies = make(map[uint32]bpf.EndpointPolicy, len(res.Policies))
 		for _, p := range res.Policies {
 			a.lastPolicies[p.Endpoint] = p
+		}
+		if se != nil {
+			for _, f := range se.Failed {
+				delete(a.lastPolicies, f.Endpoint) // written fail-closed: write again next time
+			}
 		}
 	}
 	if err != nil {
@@ -255,6 +295,109 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	}
 	a.attachNew(local, fs)
 	return st, nil
+}
+
+// fullSyncEvery: how often syncDatapath makes the whole maps exact even
+// when it knows what is in force (a safety net: between full syncs it
+// writes only the endpoints and prefixes whose translation changed).
+const fullSyncEvery = 5 * time.Minute
+
+// ipcacheWritten records ipcache entries written outside syncDatapath
+// (the incremental FQDN path), so its next diff starts from them.
+func (a *Agent) ipcacheWritten(upsert []bpf.IPCacheEntry, remove []bpf.IPCacheEntry) {
+	if a.lastIPCache == nil {
+		return
+	}
+	a.lastIPCacheAs = nil // no longer what the map holds
+	for _, e := range remove {
+		delete(a.lastIPCache, e.Prefix)
+	}
+	for _, e := range upsert {
+		a.lastIPCache[e.Prefix] = e.Identity
+	}
+}
+
+// datapathDelta is what changed since the last sync.
+type datapathDelta struct {
+	changed []bpf.EndpointPolicy // endpoints whose policy changed (or new)
+	upsert  []bpf.IPCacheEntry
+	remove  []netip.Prefix
+	ipcache map[netip.Prefix]bpf.Identity // desired
+}
+
+// diffDatapath compares what is in force with what is desired; nil when
+// only a whole sync will do (an endpoint went away, or a prefix has two
+// identities: SyncIPCache rejects that).
+// prevList, when set, is prevIPCache as the list it was made from: an
+// equal list means no prefix changed (no map built).
+func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[netip.Prefix]bpf.Identity, prevList []bpf.IPCacheEntry,
+	policies []bpf.EndpointPolicy, ipc []bpf.IPCacheEntry) *datapathDelta {
+	d := &datapathDelta{}
+	if prevList != nil && slices.Equal(prevList, ipc) {
+		d.ipcache = prevIPCache
+	} else if !d.diffIPCache(prevIPCache, ipc) {
+		return nil
+	}
+	want := make(map[uint32]bool, len(policies))
+	for _, p := range policies {
+		want[p.Endpoint] = true
+		old, ok := prevPolicies[p.Endpoint]
+		if !ok || !sameDirection(old.Ingress, p.Ingress) || !sameDirection(old.Egress, p.Egress) {
+			d.changed = append(d.changed, p)
+		}
+	}
+	for id := range prevPolicies {
+		if !want[id] {
+			return nil
+		}
+	}
+	return d
+}
+
+// diffIPCache fills the ipcache part of d; false when a prefix has two
+// identities.
+func (d *datapathDelta) diffIPCache(prevIPCache map[netip.Prefix]bpf.Identity, ipc []bpf.IPCacheEntry) bool {
+	d.ipcache = make(map[netip.Prefix]bpf.Identity, len(ipc))
+	for _, e := range ipc {
+		if id, dup := d.ipcache[e.Prefix]; dup && id != e.Identity {
+			return false
+		}
+		d.ipcache[e.Prefix] = e.Identity
+	}
+	for p, id := range d.ipcache {
+		if old, ok := prevIPCache[p]; !ok || old != id {
+			d.upsert = append(d.upsert, bpf.IPCacheEntry{Prefix: p, Identity: id})
+		}
+	}
+	for p := range prevIPCache {
+		if _, ok := d.ipcache[p]; !ok {
+			d.remove = append(d.remove, p)
+		}
+	}
+	slices.SortFunc(d.upsert, func(x, y bpf.IPCacheEntry) int { return comparePrefix(x.Prefix, y.Prefix) })
+	slices.SortFunc(d.remove, comparePrefix)
+	return true
+}
+
+func comparePrefix(x, y netip.Prefix) int {
+	return cmp.Or(x.Addr().Compare(y.Addr()), cmp.Compare(x.Bits(), y.Bits()))
+}
+
+func ipcacheMap(ipc []bpf.IPCacheEntry) map[netip.Prefix]bpf.Identity {
+	m := make(map[netip.Prefix]bpf.Identity, len(ipc))
+	for _, e := range ipc {
+		m[e.Prefix] = e.Identity
+	}
+	return m
+}
+
+// sameDirection: equal entries (bpftranslate shares one translation
+// between endpoints, so equal slices are often the same array).
+func sameDirection(x, y bpf.DirectionPolicy) bool {
+	if x.Enforced != y.Enforced || x.AuditDefault != y.AuditDefault || len(x.Entries) != len(y.Entries) {
+		return false
+	}
+	return len(x.Entries) == 0 || unsafe.SliceData(x.Entries) == unsafe.SliceData(y.Entries) || slices.Equal(x.Entries, y.Entries)
 }
 
 // detachGone detaches the datapath from endpoints no longer local.

@@ -230,7 +230,7 @@ func (a *Agent) wait(ctx context.Context, comp Completion, onLinks func()) error
 // of that proxy's resources (its redirects fail closed).
 func (a *Agent) xdsState(snap *policy.Snapshot, local []bpftranslate.LocalEndpoint, ports map[redirect.PortKey]uint16,
 	portErrs map[redirect.PortKey]error, excl *exclusions) XDSState {
-	st := XDSState{GoProxy: translate.Input{Node: a.cfg.Node, Snapshot: snap}}
+	st := XDSState{GoProxy: translate.Input{Node: a.cfg.Node, Snapshot: snap, Cache: &a.goCache}}
 	goListeners := map[redirect.PortKey]bool{}
 	envoyPorts := map[redirect.PortKey]bool{}
 	for _, k := range slices.SortedFunc(maps.Keys(ports), comparePortKey) {
@@ -449,6 +449,7 @@ func (a *Agent) excludeUnrenderable(err error, st XDSState, snap *policy.Snapsho
 	if _, gerr := translate.L7Proxy(st.GoProxy); gerr != nil {
 		for _, ep := range st.GoProxy.LocalEndpoints {
 			in := st.GoProxy
+			in.Cache = nil // one endpoint's render would evict the others
 			in.LocalEndpoints = []policy.Endpoint{ep}
 			if _, e := translate.L7Proxy(in); e != nil {
 				excl.goEndpoints[ep.Namespace+"/"+ep.Name] = notReady{StepProxyConfig, e.Error()}

@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -116,5 +117,20 @@ func TestIdentitySweep(t *testing.T) {
 	}
 	if gone := r.Sweep(nil, t0.Add(3*time.Minute+time.Second), time.Minute); !slices.Equal(gone, []Identity{x}) {
 		t.Errorf("restored allocator swept %v, want [%d] (y2 was never seen in use before)", gone, x)
+	}
+}
+
+// TestLabelsKeyFormat: the allocator's key (persisted in the state dir)
+// is the labels' strings joined by ";", value-less labels included.
+func TestLabelsKeyFormat(t *testing.T) {
+	for _, ls := range []Labels{
+		nil,
+		NewLabels(Label{Source: SourceK8s, Key: "app", Value: "web"}),
+		NewLabels(Label{Source: SourceK8s, Key: "app", Value: "web"}, Label{Source: SourceReserved, Key: "host"},
+			Label{Source: SourceK8s, Key: LabelPodNamespace, Value: "default"}),
+	} {
+		if got, want := ls.Key(), strings.Join(ls.Strings(), ";"); got != want {
+			t.Errorf("Key() = %q, want %q", got, want)
+		}
 	}
 }

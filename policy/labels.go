@@ -70,12 +70,24 @@ func compareLabel(a, b Label) int {
 
 // Key returns a canonical string for the whole set, usable as a map key.
 func (ls Labels) Key() string {
+	n := 0
+	for _, l := range ls {
+		n += len(l.Source) + len(l.Key) + len(l.Value) + 3
+	}
 	var b strings.Builder
+	b.Grow(n)
 	for i, l := range ls {
 		if i > 0 {
 			b.WriteByte(';')
 		}
-		b.WriteString(l.String())
+		// l.String(), without a string per label
+		b.WriteString(l.Source)
+		b.WriteByte(':')
+		b.WriteString(l.Key)
+		if l.Value != "" {
+			b.WriteByte('=')
+			b.WriteString(l.Value)
+		}
 	}
 	return b.String()
 }

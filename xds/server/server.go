@@ -52,7 +52,10 @@ const DefaultACKTimeout = 30 * time.Second
 // Producer renders the resources of the consumer nodeID from state, keyed
 // by type URL. A type present with an empty list tells the consumer the
 // set is empty; a type absent is not served. It must be a pure function
-// of its arguments: equal input, equal resources.
+// of its arguments: equal input, equal resources. It may return a message
+// it returned before (a cache of unchanged resources): the server then
+// reuses that message's encoding hash, so a message, once returned, must
+// never be modified.
 type Producer[S any] func(nodeID string, state S) (map[string][]proto.Message, error)
 
 // Config configures a Server.
@@ -118,7 +121,7 @@ func (ts *typeState) serving() *resourceSet {
 		if ts.good != nil {
 			return ts.good
 		}
-		empty, _ := newResourceSet(ts.desired.typeURL, nil)
+		empty, _ := newResourceSet(ts.desired.typeURL, nil, nil)
 		return empty
 	}
 	return ts.desired
@@ -297,7 +300,11 @@ func (s *Server[S]) render(c *consumer[S]) error {
 	if err != nil {
 		return fmt.Errorf("xds: render resources for %q: %w", c.id, err)
 	}
-	snap, err := newSnapshot(byType)
+	prev := map[string]*resourceSet{}
+	for t, ts := range c.types {
+		prev[t] = ts.desired
+	}
+	snap, err := newSnapshot(byType, prev)
 	if err == nil {
 		err = snap.Consistent()
 	}

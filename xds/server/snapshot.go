@@ -29,7 +29,10 @@ type resourceSet struct {
 	versions map[string]string // per-resource hash, for delta xDS
 }
 
-func newResourceSet(typeURL string, msgs []proto.Message) (*resourceSet, error) {
+// prev is the set rendered before (or nil): a message that is the very one
+// prev holds under the same name keeps its hash without being encoded
+// again (Producer: a message handed to the server is never modified).
+func newResourceSet(typeURL string, msgs []proto.Message, prev *resourceSet) (*resourceSet, error) {
 	rs := &resourceSet{typeURL: typeURL, items: map[string]types.ResourceWithTTL{}, versions: map[string]string{}}
 	for i, m := range msgs {
 		if m == nil {
@@ -45,12 +48,16 @@ func newResourceSet(typeURL string, msgs []proto.Message) (*resourceSet, error) 
 		if _, dup := rs.items[name]; dup {
 			return nil, fmt.Errorf("%s: resource %q twice", typeURL, name)
 		}
-		b, err := cache.MarshalResource(m)
-		if err != nil {
-			return nil, fmt.Errorf("%s %q: marshal: %w", typeURL, name, err)
-		}
 		rs.items[name] = types.ResourceWithTTL{Resource: m}
-		rs.versions[name] = cache.HashResource(b)
+		if prev != nil && prev.items[name].Resource == m {
+			rs.versions[name] = prev.versions[name]
+		} else {
+			b, err := cache.MarshalResource(m)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: marshal: %w", typeURL, name, err)
+			}
+			rs.versions[name] = cache.HashResource(b)
+		}
 		rs.names = append(rs.names, name)
 	}
 	slices.Sort(rs.names)
@@ -74,7 +81,8 @@ type snapshot struct {
 
 var _ cache.ResourceSnapshot = (*snapshot)(nil)
 
-func newSnapshot(byType map[string][]proto.Message) (*snapshot, error) {
+// prev holds the sets rendered before, by type (nil entries allowed).
+func newSnapshot(byType map[string][]proto.Message, prev map[string]*resourceSet) (*snapshot, error) {
 	if len(byType) > maxTypes {
 		return nil, fmt.Errorf("%d resource types, at most %d", len(byType), maxTypes)
 	}
@@ -83,7 +91,7 @@ func newSnapshot(byType map[string][]proto.Message) (*snapshot, error) {
 		if !strings.HasPrefix(t, "type.googleapis.com/") {
 			return nil, fmt.Errorf("type URL %q: want type.googleapis.com/<message>", t)
 		}
-		rs, err := newResourceSet(t, byType[t])
+		rs, err := newResourceSet(t, byType[t], prev[t])
 		if err != nil {
 			return nil, err
 		}

@@ -16,19 +16,19 @@ func member(name string, prefixes ...string) *l7gatev1.IdentityMembership {
 }
 
 func TestResourceSetVersions(t *testing.T) {
-	a, err := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("1", "198.18.0.1/32"), member("2")})
+	a, err := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("1", "198.18.0.1/32"), member("2")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("2"), member("1", "198.18.0.1/32")})
+	b, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("2"), member("1", "198.18.0.1/32")}, nil)
 	if a.version != b.version || a.versions["1"] != b.versions["1"] {
 		t.Error("order changed the version")
 	}
-	c, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("1", "198.18.0.2/32"), member("2")})
+	c, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("1", "198.18.0.2/32"), member("2")}, nil)
 	if c.version == a.version || c.versions["2"] != a.versions["2"] || c.versions["1"] == a.versions["1"] {
 		t.Error("versions do not follow content")
 	}
-	empty, _ := newResourceSet(xds.TypeListener, nil)
+	empty, _ := newResourceSet(xds.TypeListener, nil, nil)
 	if empty.version == "" {
 		t.Error("an empty set needs a version so consumers learn it is empty")
 	}
@@ -38,26 +38,87 @@ func TestResourceSetVersions(t *testing.T) {
 		{&l7gatev1.Listener{Name: "x"}},
 		{nil},
 	} {
-		if _, err := newResourceSet(xds.TypeIdentityMembership, bad); err == nil {
+		if _, err := newResourceSet(xds.TypeIdentityMembership, bad, nil); err == nil {
 			t.Errorf("accepted %v", bad)
 		}
 	}
 }
 
 func TestSnapshotConsistent(t *testing.T) {
-	ok, err := newSnapshot(map[string][]proto.Message{xds.TypeListener: {&l7gatev1.Listener{Name: "ingress/http"}}})
+	ok, err := newSnapshot(map[string][]proto.Message{xds.TypeListener: {&l7gatev1.Listener{Name: "ingress/http"}}}, nil)
 	if err != nil || ok.Consistent() != nil {
 		t.Fatalf("l7gate snapshot: %v / %v", err, ok.Consistent())
 	}
 	// An Envoy route nobody references is what the library's check refuses.
-	s, err := newSnapshot(map[string][]proto.Message{resource.RouteType: {&routev3.RouteConfiguration{Name: "r1"}}})
+	s, err := newSnapshot(map[string][]proto.Message{resource.RouteType: {&routev3.RouteConfiguration{Name: "r1"}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Consistent(); err == nil || !strings.Contains(err.Error(), resource.RouteType) {
 		t.Fatalf("Consistent() = %v", err)
 	}
-	if _, err := newSnapshot(map[string][]proto.Message{"l7gate.v1.Listener": nil}); err == nil {
+	if _, err := newSnapshot(map[string][]proto.Message{"l7gate.v1.Listener": nil}, nil); err == nil {
 		t.Error("type URL without prefix accepted")
+	}
+}
+
+// TestResourceSetReusesUnchangedMessages: a message the producer returned
+// before keeps its version without being encoded again (shown by
+// modifying it, which the Producer contract forbids: the stale version
+// proves the encoding was skipped); a new message is encoded (equal
+// content, equal version; new content, new version).
+func TestResourceSetReusesUnchangedMessages(t *testing.T) {
+	one, two := member("1", "198.18.0.1/32"), member("2")
+	prev, err := newResourceSet(xds.TypeIdentityMembership, []proto.Message{one, two}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	two.Prefixes = []string{"198.18.0.9/32"} // forbidden; only to see the skip
+	next, err := newResourceSet(xds.TypeIdentityMembership, []proto.Message{one, two}, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.versions["2"] != prev.versions["2"] || next.version != prev.version {
+		t.Errorf("a message from the previous set was encoded again: version %s, before %s", next.versions["2"], prev.versions["2"])
+	}
+	fresh, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("1", "198.18.0.1/32"), member("2", "198.18.0.9/32")}, prev)
+	if fresh.versions["1"] != prev.versions["1"] {
+		t.Error("an equal new message got a new version")
+	}
+	if fresh.versions["2"] == prev.versions["2"] {
+		t.Error("a changed new message kept the old version")
+	}
+	// Same name, another message: encoded, even if the previous set had
+	// the name.
+	other, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{member("1", "198.18.0.2/32"), two}, prev)
+	if other.versions["1"] == prev.versions["1"] {
+		t.Error("a new message under an old name kept the old version")
+	}
+}
+
+// BenchmarkResourceSet: 1000 NetworkPolicy-sized messages, all new or all
+// from the previous set (the translate cache's steady state).
+func BenchmarkResourceSet(b *testing.B) {
+	msgs := make([]proto.Message, 1000)
+	for i := range msgs {
+		ps := make([]string, 20)
+		for j := range ps {
+			ps[j] = "198.18.0.1/32"
+		}
+		msgs[i] = member(string(rune('a'+i%26))+strings.Repeat("x", i/26), ps...)
+	}
+	prev, _ := newResourceSet(xds.TypeIdentityMembership, msgs, nil)
+	for _, reuse := range []bool{false, true} {
+		b.Run(map[bool]string{false: "encode-all", true: "reuse"}[reuse], func(b *testing.B) {
+			p := prev
+			if !reuse {
+				p = nil
+			}
+			for range b.N {
+				if _, err := newResourceSet(xds.TypeIdentityMembership, msgs, p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -16,6 +16,11 @@
 // endpoint (its own upstream connections to a local pod), and the lists
 // change only when an identity starts or stops matching a selector, not
 // when pods come and go (that is IdentityMembership's job).
+//
+// With Input.Cache, a render hands back the message it rendered before
+// for an endpoint or identity whose inputs did not change (see Cache), so
+// the xDS server encodes and sends only what changed. Rendered messages
+// may share sub-messages and are read-only.
 package translate
 
 import (
@@ -50,6 +55,11 @@ type Input struct {
 	LocalEndpoints []policy.Endpoint
 	// Listeners are the proxy ports assigned on Node.
 	Listeners []ListenerSpec
+	// Cache, when set, keeps rendered resources between renders: an
+	// endpoint or identity whose inputs did not change gets the very
+	// message it got before (the xDS server then reuses its encoding and
+	// version). The output is equal with or without it.
+	Cache *Cache
 }
 
 // Resources are the Go proxy's resources, each list sorted by name
@@ -134,6 +144,8 @@ func L7Proxy(in Input) (*Resources, error) {
 	}
 	slices.SortFunc(out.Listeners, func(a, b *l7gatev1.Listener) int { return cmp.Compare(a.Name, b.Name) })
 
+	r := in.Cache.begin()
+	defer r.end()
 	names := map[string]string{}
 	for _, ep := range in.LocalEndpoints {
 		if len(ep.IPs) == 0 {
@@ -143,7 +155,7 @@ func L7Proxy(in Input) (*Resources, error) {
 		if pol == nil {
 			return nil, fmt.Errorf("translate: endpoint %s/%s: no policy for identity %d", ep.Namespace, ep.Name, ep.Identity)
 		}
-		np, err := networkPolicy(ep, pol)
+		np, err := r.networkPolicy(ep, pol)
 		if err != nil {
 			return nil, fmt.Errorf("translate: endpoint %s/%s: %w", ep.Namespace, ep.Name, err)
 		}
@@ -161,7 +173,7 @@ func L7Proxy(in Input) (*Resources, error) {
 		out.Policies = append(out.Policies, np)
 	}
 	slices.SortFunc(out.Policies, func(a, b *l7gatev1.NetworkPolicy) int { return compareAddrNames(a.Name, b.Name) })
-	out.Identities = identityMemberships(in.Snapshot)
+	out.Identities = r.identityMemberships(in.Snapshot)
 	return out, nil
 }
 
@@ -175,38 +187,45 @@ func compareAddrNames(a, b string) int {
 	return x.Compare(y)
 }
 
-func identityMemberships(snap *policy.Snapshot) []*l7gatev1.IdentityMembership {
-	byID := map[policy.Identity]*l7gatev1.IdentityMembership{}
-	get := func(id policy.Identity) *l7gatev1.IdentityMembership {
-		m := byID[id]
+// membershipInput is what an identity's IdentityMembership is made of.
+type membershipInput struct {
+	labels   []string       // sorted
+	prefixes []netip.Prefix // sorted, distinct
+}
+
+func (r *rendering) identityMemberships(snap *policy.Snapshot) []*l7gatev1.IdentityMembership {
+	in := map[policy.Identity]*membershipInput{}
+	get := func(id policy.Identity) *membershipInput {
+		m := in[id]
 		if m == nil {
-			m = &l7gatev1.IdentityMembership{Name: strconv.FormatUint(uint64(id), 10), Identity: uint32(id)}
-			byID[id] = m
+			m = &membershipInput{}
+			in[id] = m
 		}
 		return m
 	}
 	for _, info := range snap.Identities {
-		m := get(info.ID)
-		m.Labels = slices.Sorted(slices.Values(info.Labels))
+		get(info.ID).labels = slices.Sorted(slices.Values(info.Labels))
 	}
-	prefixes := map[policy.Identity][]netip.Prefix{}
 	for _, e := range snap.IPCache {
-		get(e.Identity)
-		prefixes[e.Identity] = append(prefixes[e.Identity], e.Prefix.Masked())
+		m := get(e.Identity)
+		m.prefixes = append(m.prefixes, e.Prefix.Masked())
 	}
-	for id, ps := range prefixes {
-		slices.SortFunc(ps, comparePrefix)
-		ps = slices.Compact(ps)
-		for _, p := range ps {
-			byID[id].Prefixes = append(byID[id].Prefixes, p.String())
-		}
-	}
-	out := make([]*l7gatev1.IdentityMembership, 0, len(byID))
-	for _, m := range byID {
-		out = append(out, m)
+	out := make([]*l7gatev1.IdentityMembership, 0, len(in))
+	for id, m := range in {
+		slices.SortFunc(m.prefixes, comparePrefix)
+		m.prefixes = slices.Compact(m.prefixes)
+		out = append(out, r.membership(id, m))
 	}
 	slices.SortFunc(out, func(a, b *l7gatev1.IdentityMembership) int { return cmp.Compare(a.Identity, b.Identity) })
 	return out
+}
+
+func membership(id policy.Identity, in *membershipInput) *l7gatev1.IdentityMembership {
+	m := &l7gatev1.IdentityMembership{Name: strconv.FormatUint(uint64(id), 10), Identity: uint32(id), Labels: in.labels}
+	for _, p := range in.prefixes {
+		m.Prefixes = append(m.Prefixes, p.String())
+	}
+	return m
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -216,26 +235,6 @@ func comparePrefix(a, b netip.Prefix) int {
 // PolicyName is the name of an endpoint's NetworkPolicy resource: its
 // first IP (the proxy finds policies by IP). The endpoint must have one.
 func PolicyName(ep policy.Endpoint) string { return ep.IPs[0].String() }
-
-func networkPolicy(ep policy.Endpoint, pol *policy.EndpointPolicy) (*l7gatev1.NetworkPolicy, error) {
-	np := &l7gatev1.NetworkPolicy{
-		Name:             PolicyName(ep),
-		EndpointIdentity: uint32(ep.Identity),
-		Namespace:        ep.Namespace,
-		Pod:              ep.Name,
-	}
-	for _, ip := range ep.IPs {
-		np.EndpointIps = append(np.EndpointIps, ip.String())
-	}
-	var err error
-	if np.Ingress, err = directionPolicy(&pol.Ingress); err != nil {
-		return nil, fmt.Errorf("ingress: %w", err)
-	}
-	if np.Egress, err = directionPolicy(&pol.Egress); err != nil {
-		return nil, fmt.Errorf("egress: %w", err)
-	}
-	return np, nil
-}
 
 func directionPolicy(d *policy.DirectionPolicy) (*l7gatev1.DirectionPolicy, error) {
 	out := &l7gatev1.DirectionPolicy{Enforced: d.Enforced}
