@@ -284,16 +284,18 @@ func startNode(t *testing.T, dp dataplane, port uint16, rules string) *node {
 		t.Fatal(err)
 	}
 	args := append([]string{"agent", "--source", src, "--bpffs", bpffs, "--run-dir", n.runDir, "--state-dir", state, "--node", "conformance", "--socket-lb=false"}, dp.agentArgs...)
-	n.startProc(t, "agent", topo.Node, bin, args...)
+	// The proxy outlives the agent by design; stop it before the
+	// namespaces go, and after the agent (cleanups run last first): an
+	// agent still running starts a new proxy when its proxy exits — one
+	// such proxy was left running after a run.
 	t.Cleanup(func() {
-		// The proxy outlives the agent by design; stop it before the
-		// namespaces go.
 		if pid, err := os.ReadFile(agentapi.ProxyPIDFile(n.runDir)); err == nil {
 			if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
-				syscall.Kill(p, syscall.SIGTERM)
+				syscall.Kill(p, syscall.SIGKILL)
 			}
 		}
 	})
+	n.startProc(t, "agent", topo.Node, bin, args...)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		st, err := agentapi.FetchStatus(context.Background(), n.runDir)
