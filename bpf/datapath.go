@@ -100,7 +100,8 @@ type Datapath struct {
 	settings datapathConfig
 	// pm mirrors the policy maps as this Datapath wrote them (see
 	// policyMirror); nil until a sync loads it from the maps.
-	pm policyMirror
+	pm    policyMirror
+	epoch uint64 // counts syncs (dirPlan marks)
 	// policyWritten, when set (tests), runs after each policy map write
 	// of a sync, with d.mu held: the state packets can see then.
 	policyWritten func()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/bits"
 	"slices"
 	"sort"
 	"strings"
@@ -87,71 +88,74 @@ const epPolicyFailClosed = 2
 // regardless. Established flows are re-checked against the new policy on
 // their next packet.
 func (d *Datapath) SyncPolicy(desired []EndpointPolicy) (SyncStats, error) {
-	return d.syncPolicy(desired, nil)
+	return d.syncPolicy(desired, false)
 }
 
 // UpdatePolicy is SyncPolicy for the endpoints in subset only: their
 // policies become exactly subset's, every other endpoint's stays as it is
-// (the agent's incremental FQDN path).
+// (the agent's incremental FQDN path). It works from the mirror of what
+// was written and recompiles only the peers whose entries changed, so its
+// cost is that of the change (given entries sorted by peer, as
+// bpftranslate makes them; else it compiles the endpoint's whole policy).
 func (d *Datapath) UpdatePolicy(subset []EndpointPolicy) (SyncStats, error) {
-	only := make(map[uint32]bool, len(subset))
-	for _, p := range subset {
-		only[p.Endpoint] = true
-	}
-	return d.syncPolicy(subset, only)
+	return d.syncPolicy(subset, true)
 }
 
-// syncPolicy syncs desired; with only set, just those endpoints. A whole
-// sync reads the maps (and reloads the mirror from them); a partial one
-// works from the mirror alone, so its cost is that of the endpoints it
-// names, not of the maps.
-func (d *Datapath) syncPolicy(desired []EndpointPolicy, only map[uint32]bool) (SyncStats, error) {
-	c, _ := compilePolicy(desired) // c.failed holds the errors
+// syncPolicy syncs desired; partial: only the endpoints desired names. A
+// whole sync reads the maps (and reloads the mirror from them); a partial
+// one works from the mirror alone.
+func (d *Datapath) syncPolicy(desired []EndpointPolicy, partial bool) (SyncStats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var st SyncStats
-	s := &policySync{d: d, want: map[epPolicyKey]map[policyKey]policyValue{}}
-	if only == nil || d.pm == nil || d.otherWriter() {
+	s := &policySync{d: d}
+	if !partial || d.pm == nil || d.otherWriter() {
 		deleted, err := d.loadPolicyMirror()
 		if err != nil {
 			return st, err
 		}
 		s.deleted = deleted
 	}
-	for k, v := range c.policy {
-		g := epPolicyKey{Endpoint: k.Endpoint, Dir: k.Dir}
-		w := s.want[g]
-		if w == nil {
-			w = make(map[policyKey]policyValue)
-			s.want[g] = w
-		}
-		w[k] = v
+	d.epoch++
+	plans := make(map[epPolicyKey]*dirPlan, 2*len(desired))
+	count := make(map[uint32]int, len(desired))
+	for _, ep := range desired {
+		count[ep.Endpoint]++
 	}
-	groups := make(map[epPolicyKey]bool)
-	if only == nil {
-		for g := range d.pm {
-			groups[g] = true
+	for _, ep := range desired {
+		for _, dd := range []struct {
+			dir Direction
+			pol DirectionPolicy
+		}{{Ingress, ep.Ingress}, {Egress, ep.Egress}} {
+			g := epPolicyKey{Endpoint: ep.Endpoint, Dir: uint8(dd.dir)}
+			var p *dirPlan
+			var err error
+			switch {
+			case ep.Endpoint == 0:
+				err = fmt.Errorf("%w: endpoint id 0", ErrInvalidEntry)
+			case count[ep.Endpoint] > 1:
+				err = fmt.Errorf("%w: endpoint %d listed twice", ErrInvalidEntry, ep.Endpoint)
+			default:
+				p, err = d.plan(g, dd.pol)
+			}
+			if err != nil {
+				p = &dirPlan{failed: fmt.Errorf("endpoint %d %s: %w", ep.Endpoint, dd.dir, err)}
+			}
+			plans[g] = p
 		}
-	} else {
-		for ep := range only {
-			for _, dir := range []Direction{Ingress, Egress} {
-				if g := (epPolicyKey{Endpoint: ep, Dir: uint8(dir)}); d.pm[g].present {
-					groups[g] = true
-				}
+	}
+	if !partial {
+		for g, cd := range d.pm {
+			if _, ok := plans[g]; !ok && cd.present {
+				plans[g] = &dirPlan{} // no policy any more
 			}
 		}
 	}
-	for g := range c.epPolicy {
-		groups[g] = true
-	}
-	for g := range c.failed {
-		groups[g] = true
-	}
 	// Shrinking directions first: they free room for growing ones.
-	order := slices.Collect(maps.Keys(groups))
+	order := slices.Collect(maps.Keys(plans))
 	sort.Slice(order, func(i, j int) bool {
-		di := len(s.want[order[i]]) - len(d.pm[order[i]].keys)
-		dj := len(s.want[order[j]]) - len(d.pm[order[j]].keys)
+		di := plans[order[i]].nkeys - len(d.pm.get(order[i]).keys)
+		dj := plans[order[j]].nkeys - len(d.pm.get(order[j]).keys)
 		if di != dj {
 			return di < dj
 		}
@@ -163,13 +167,13 @@ func (d *Datapath) syncPolicy(desired []EndpointPolicy, only map[uint32]bool) (S
 	var failed []FailedDirection
 	changed := false
 	for _, g := range order {
-		if err, bad := c.failed[g]; bad {
-			failed = append(failed, s.failClosed(g, err))
+		p := plans[g]
+		if p.failed != nil {
+			failed = append(failed, s.failClosed(g, p.failed))
 			changed = true
 			continue
 		}
-		meta, wanted := c.epPolicy[g]
-		ch, err := s.syncGroup(g, meta, wanted, &st)
+		ch, err := s.syncGroup(g, p, &st)
 		changed = changed || ch
 		if err != nil {
 			failed = append(failed, s.failClosed(g, fmt.Errorf("endpoint %d %s: %w", g.Endpoint, Direction(g.Dir), err)))
@@ -206,13 +210,24 @@ func (d *Datapath) syncPolicy(desired []EndpointPolicy, only map[uint32]bool) (S
 // then kept up to date by every write. Partial syncs diff against it
 // instead of dumping the maps. A write whose effect is unknown (a failed
 // delete) drops it, and the next sync reads the maps again.
-type policyMirror map[epPolicyKey]mirrorDir
+type policyMirror map[epPolicyKey]*mirrorDir
+
+// get is the mirror of g (zero: no ep_policy value).
+func (pm policyMirror) get(g epPolicyKey) mirrorDir {
+	if cd := pm[g]; cd != nil {
+		return *cd
+	}
+	return mirrorDir{}
+}
 
 type mirrorDir struct {
 	present bool // an ep_policy value exists
 	meta    epPolicyValue
 	// keys in force (of meta.Gen), Gen zeroed; none when failed closed.
 	keys map[policyKey]policyValue
+	// src: the policy the keys were compiled from, peer by peer; nil
+	// when not known (loaded from the maps, failed closed).
+	src *dirSource
 }
 
 // loadPolicyMirror reads both maps into d.pm and deletes the keys that
@@ -230,7 +245,7 @@ func (d *Datapath) loadPolicyMirror() (int, error) {
 	}
 	pm := make(policyMirror, len(curMeta))
 	for g, m := range curMeta {
-		pm[g] = mirrorDir{present: true, meta: m, keys: map[policyKey]policyValue{}}
+		pm[g] = &mirrorDir{present: true, meta: m, keys: map[policyKey]policyValue{}}
 	}
 	deleted := 0
 	for k, v := range curKeys {
@@ -261,11 +276,204 @@ func (d *Datapath) otherWriter() bool {
 	return cur.Revision != d.settings.Revision
 }
 
+// dirPlan is what a sync will write for one endpoint direction.
+type dirPlan struct {
+	failed error // not compiled: fail closed
+	wanted bool  // has a policy (else its ep_policy value and keys go)
+	meta   epPolicyValue
+	// set: keys to add or change, with their new values; del: keys to
+	// delete (Gen zeroed).
+	set       map[policyKey]policyValue
+	del       []policyKey
+	unchanged int
+	nkeys     int // keys after
+	// src: the whole new source (a full compile), or changes: the peers
+	// recompiled (nil: gone) and flags, applied to the mirror's source.
+	src     *dirSource
+	changes map[Identity]*peerSource
+	flags   uint32
+}
+
+// plan compiles one endpoint direction's policy against the mirror:
+// only the peers whose entries changed when the mirror knows the policy
+// it has and the entries come sorted by peer.
+func (d *Datapath) plan(g epPolicyKey, dp DirectionPolicy) (*dirPlan, error) {
+	if !dp.Enforced && len(dp.Entries) == 0 {
+		return &dirPlan{}, nil
+	}
+	cd := d.pm[g]
+	if cd == nil || cd.src == nil || !slices.IsSortedFunc(dp.Entries, func(a, b PolicyEntry) int { return cmpU(uint32(a.Peer), uint32(b.Peer)) }) {
+		src, err := compileSource(g.Endpoint, Direction(g.Dir), dp)
+		if err != nil {
+			return nil, err
+		}
+		return fullPlan(cd, src), nil
+	}
+	src := cd.src
+	p := &dirPlan{wanted: true, flags: directionFlags(dp), changes: map[Identity]*peerSource{}, set: map[policyKey]policyValue{}}
+	seen := 0
+	for i := 0; i < len(dp.Entries); {
+		j := i + 1
+		for j < len(dp.Entries) && dp.Entries[j].Peer == dp.Entries[i].Peer {
+			j++
+		}
+		peer, run := dp.Entries[i].Peer, dp.Entries[i:j]
+		i = j
+		old := src.peers[peer]
+		if old != nil {
+			old.mark = d.epoch
+			seen++
+			if slices.Equal(old.entries, run) {
+				continue
+			}
+		}
+		for _, e := range run {
+			if err := validateEntry(e); err != nil {
+				return nil, err
+			}
+		}
+		p.changes[peer] = compilePeer(g.Endpoint, Direction(g.Dir), peer, slices.Clone(run))
+	}
+	if seen < len(src.peers) {
+		for peer, ps := range src.peers {
+			if ps.mark != d.epoch {
+				p.changes[peer] = nil
+			}
+		}
+	}
+	// The ep_policy value after the changes.
+	counts := src.counts
+	levelsAny := [4]uint32{}
+	if a := src.peers[IdentityAny]; a != nil {
+		levelsAny = a.levels
+	}
+	oldKeys := 0
+	for peer, ps := range p.changes {
+		old := src.peers[peer]
+		if peer == IdentityAny {
+			levelsAny = [4]uint32{}
+			if ps != nil {
+				levelsAny = ps.levels
+			}
+		} else {
+			if old != nil {
+				addCounts(&counts, old.levels, -1)
+			}
+			if ps != nil {
+				addCounts(&counts, ps.levels, 1)
+			}
+		}
+		if old != nil {
+			oldKeys += len(old.keys)
+		}
+		p.diffPeer(cd.keys, old, ps)
+	}
+	p.meta = levelsFrom(p.flags, &counts, levelsAny)
+	p.unchanged += len(cd.keys) - oldKeys
+	adds := 0
+	for k := range p.set {
+		if _, ok := cd.keys[k]; !ok {
+			adds++
+		}
+	}
+	p.nkeys = len(cd.keys) + adds - len(p.del)
+	return p, nil
+}
+
+// diffPeer adds a peer's change (old or ps nil: none) to the plan.
+func (p *dirPlan) diffPeer(cur map[policyKey]policyValue, old, ps *peerSource) {
+	if ps != nil {
+		for i, k := range ps.keys {
+			if v, ok := cur[k]; ok && v == ps.vals[i] {
+				p.unchanged++
+			} else {
+				p.set[k] = ps.vals[i]
+			}
+		}
+	}
+	if old != nil {
+		for _, k := range old.keys {
+			if ps == nil || !slices.Contains(ps.keys, k) {
+				p.del = append(p.del, k)
+			}
+		}
+	}
+}
+
+// fullPlan diffs a whole compiled direction against the keys in force.
+func fullPlan(cd *mirrorDir, src *dirSource) *dirPlan {
+	p := &dirPlan{wanted: true, src: src, meta: src.meta(), set: map[policyKey]policyValue{}}
+	var cur map[policyKey]policyValue
+	if cd != nil {
+		cur = cd.keys
+	}
+	kept := 0
+	for _, ps := range src.peers {
+		for i, k := range ps.keys {
+			p.nkeys++
+			v, ok := cur[k]
+			if ok {
+				kept++
+			}
+			if ok && v == ps.vals[i] {
+				p.unchanged++
+			} else {
+				p.set[k] = ps.vals[i]
+			}
+		}
+	}
+	if kept < len(cur) {
+		for k := range cur {
+			if ps := src.peers[Identity(k.Identity)]; ps == nil || !slices.Contains(ps.keys, k) {
+				p.del = append(p.del, k)
+			}
+		}
+	}
+	return p
+}
+
+func addCounts(c *[4][levelAnyProto + 1]int32, levels [4]uint32, d int32) {
+	for pc, l := range levels {
+		for l != 0 {
+			b := bits.TrailingZeros32(l)
+			c[pc][b] += d
+			l &^= 1 << b
+		}
+	}
+}
+
+func levelsFrom(flags uint32, counts *[4][levelAnyProto + 1]int32, levelsAny [4]uint32) epPolicyValue {
+	m := epPolicyValue{Flags: flags, LevelsAny: levelsAny}
+	for pc := range counts {
+		for b, n := range counts[pc] {
+			if n > 0 {
+				m.LevelsPeer[pc] |= 1 << b
+			}
+		}
+	}
+	return m
+}
+
+// apply records a written plan in the mirror's source.
+func (p *dirPlan) apply(cd *mirrorDir) {
+	if p.src != nil {
+		cd.src = p.src
+		return
+	}
+	if cd.src == nil {
+		return
+	}
+	for peer, ps := range p.changes {
+		cd.src.remove(peer)
+		if ps != nil {
+			cd.src.add(peer, ps)
+		}
+	}
+	cd.src.flags = p.flags
+}
+
 type policySync struct {
-	d *Datapath
-	// Keys (Gen zeroed) wanted per endpoint direction; d.pm has those in
-	// force.
-	want    map[epPolicyKey]map[policyKey]policyValue
+	d       *Datapath
 	deleted int  // keys deleted outside syncGroup's stats
 	unsure  bool // a write failed so that d.pm may differ from the maps
 }
@@ -287,14 +495,17 @@ func (s *policySync) deleteKey(k policyKey) {
 	s.written()
 }
 
-// syncGroup brings one endpoint direction to its wanted state; it reports
-// whether it wrote anything. On error nothing of the new state is left.
-func (s *policySync) syncGroup(g epPolicyKey, meta epPolicyValue, wanted bool, st *SyncStats) (bool, error) {
+// syncGroup brings one endpoint direction to its planned state; it
+// reports whether it wrote anything. On error nothing of the new state is
+// left.
+func (s *policySync) syncGroup(g epPolicyKey, p *dirPlan, st *SyncStats) (bool, error) {
 	m := s.d.objs
 	cd := s.d.pm[g]
-	curMeta, present := cd.meta, cd.present
-	cur, want := cd.keys, s.want[g]
-	if !wanted {
+	if cd == nil {
+		cd = &mirrorDir{}
+	}
+	curMeta, present, cur := cd.meta, cd.present, cd.keys
+	if !p.wanted {
 		if !present {
 			return false, nil
 		}
@@ -313,43 +524,35 @@ func (s *policySync) syncGroup(g epPolicyKey, meta epPolicyValue, wanted bool, s
 		st.Deleted += len(cur)
 		return true, nil
 	}
-	var diff SyncStats
-	var adds, updates, dels []policyKey
-	for k, v := range want {
-		switch old, ok := cur[k]; {
-		case !ok:
-			diff.Added++
-			adds = append(adds, k)
-		case old != v:
-			diff.Updated++
+	var adds, updates []policyKey
+	for k := range p.set {
+		if _, ok := cur[k]; ok {
 			updates = append(updates, k)
-		default:
-			diff.Unchanged++
+		} else {
+			adds = append(adds, k)
 		}
 	}
-	for k := range cur {
-		if _, ok := want[k]; !ok {
-			diff.Deleted++
-			dels = append(dels, k)
-		}
-	}
+	meta := p.meta
 	failedBefore := present && curMeta.Flags&epPolicyFailClosed != 0
 	sameMeta := present && !failedBefore && curMeta.Flags == meta.Flags &&
 		curMeta.LevelsPeer == meta.LevelsPeer && curMeta.LevelsAny == meta.LevelsAny
-	if sameMeta && diff.Added+diff.Updated+diff.Deleted == 0 {
-		st.Unchanged += diff.Unchanged
+	if sameMeta && len(p.set)+len(p.del) == 0 {
+		st.Unchanged += p.unchanged
+		p.apply(cd)
 		return false, nil
 	}
 	count := func() {
-		st.Added += diff.Added
-		st.Updated += diff.Updated
-		st.Deleted += diff.Deleted
-		st.Unchanged += diff.Unchanged
+		st.Added += len(adds)
+		st.Updated += len(updates)
+		st.Deleted += len(p.del)
+		st.Unchanged += p.unchanged
 	}
-	if sameMeta && inPlaceSafe(adds, updates, dels) {
-		if err := s.writeInPlace(g, curMeta, want, adds, updates, dels); err != nil {
+	if sameMeta && inPlaceSafe(adds, updates, p.del) {
+		if err := s.writeInPlace(g, cd, p.set, adds, updates, p.del); err != nil {
+			cd.src = nil
 			return true, err
 		}
+		p.apply(cd)
 		count()
 		return true, nil
 	}
@@ -357,6 +560,17 @@ func (s *policySync) syncGroup(g epPolicyKey, meta epPolicyValue, wanted bool, s
 	if present {
 		gen = 1 - curMeta.Gen&1
 	}
+	// The whole new key set, under the other generation.
+	want := make(map[policyKey]policyValue, p.nkeys)
+	if !failedBefore {
+		for k, v := range cur {
+			want[k] = v
+		}
+	}
+	for _, k := range p.del {
+		delete(want, k)
+	}
+	maps.Copy(want, p.set)
 	var written []policyKey
 	undo := func() {
 		for _, k := range written {
@@ -382,7 +596,8 @@ func (s *policySync) syncGroup(g epPolicyKey, meta epPolicyValue, wanted bool, s
 		return true, mapWriteError("ep_policy", err)
 	}
 	s.written()
-	s.d.pm[g] = mirrorDir{present: true, meta: meta, keys: want}
+	nd := &mirrorDir{present: true, meta: meta, keys: want, src: cd.src}
+	s.d.pm[g] = nd
 	for k := range cur {
 		k.Gen = uint8(curMeta.Gen)
 		if err := m.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -391,6 +606,7 @@ func (s *policySync) syncGroup(g epPolicyKey, meta epPolicyValue, wanted bool, s
 		}
 		s.written()
 	}
+	p.apply(nd)
 	count()
 	return true, nil
 }
@@ -445,10 +661,11 @@ func specificity(k policyKey) int {
 }
 
 // writeInPlace writes the change in the current generation, in the order
-// above, and updates the mirror.
-func (s *policySync) writeInPlace(g epPolicyKey, curMeta epPolicyValue, want map[policyKey]policyValue, adds, updates, dels []policyKey) error {
+// above, and updates the mirror's keys as it goes (so a failure leaves
+// them naming every key present, for failClosed).
+func (s *policySync) writeInPlace(g epPolicyKey, cd *mirrorDir, set map[policyKey]policyValue, adds, updates, dels []policyKey) error {
 	m := s.d.objs
-	gen := uint8(curMeta.Gen)
+	gen := uint8(cd.meta.Gen)
 	slices.SortFunc(adds, func(a, b policyKey) int {
 		if sa, sb := specificity(a), specificity(b); sa != sb {
 			return sb - sa
@@ -462,16 +679,14 @@ func (s *policySync) writeInPlace(g epPolicyKey, curMeta epPolicyValue, want map
 		}
 		return comparePolicyKeys(a, b)
 	})
-	cd := s.d.pm[g]
 	if cd.keys == nil {
 		cd.keys = make(map[policyKey]policyValue, len(adds))
-		s.d.pm[g] = cd
 	}
 	keys := cd.keys
 	for i, k := range adds {
 		wk := k
 		wk.Gen = gen
-		if err := m.Policy.Update(wk, want[k], ebpf.UpdateAny); err != nil {
+		if err := m.Policy.Update(wk, set[k], ebpf.UpdateAny); err != nil {
 			// Undo in reverse: least specific first, as a removal.
 			for j := i - 1; j >= 0; j-- {
 				uk := adds[j]
@@ -487,17 +702,17 @@ func (s *policySync) writeInPlace(g epPolicyKey, curMeta epPolicyValue, want map
 		s.written()
 	}
 	for _, k := range adds {
-		keys[k] = want[k]
+		keys[k] = set[k]
 	}
 	for _, k := range updates {
 		wk := k
 		wk.Gen = gen
-		if err := m.Policy.Update(wk, want[k], ebpf.UpdateAny); err != nil {
+		if err := m.Policy.Update(wk, set[k], ebpf.UpdateAny); err != nil {
 			// The keys in force are a mix now: failClosed deletes them
 			// all (the mirror has every key present).
 			return mapWriteError("policy", err)
 		}
-		keys[k] = want[k]
+		keys[k] = set[k]
 		s.written()
 	}
 	for _, k := range dels {
@@ -521,15 +736,19 @@ func (s *policySync) failClosed(g epPolicyKey, cause error) FailedDirection {
 		return f // no packet has endpoint 0; nothing to close
 	}
 	cd := s.d.pm[g]
+	if cd == nil {
+		cd = &mirrorDir{}
+	}
 	meta := epPolicyValue{Flags: epPolicyEnforced | epPolicyFailClosed, Gen: cd.meta.Gen}
 	if err := s.d.objs.EpPolicy.Update(g, meta, ebpf.UpdateAny); err != nil {
 		// The old policy (if any) stays in force; without one the
 		// direction is not enforced. Say so.
 		f.Err = fmt.Errorf("%w (and could not fail closed, present=%v: %w)", cause, cd.present, mapWriteError("ep_policy", err))
+		cd.src = nil
 		return f
 	}
 	s.written()
-	s.d.pm[g] = mirrorDir{present: true, meta: meta}
+	s.d.pm[g] = &mirrorDir{present: true, meta: meta}
 	for k := range cd.keys {
 		k.Gen = uint8(cd.meta.Gen)
 		s.deleteKey(k)
