@@ -439,6 +439,7 @@ type harness struct {
 	procs    ProxyProcesses   // nil: fakeProcs
 	retry    time.Duration    // 0: 50ms
 	now      func() time.Time // nil: time.Now
+	realDP   Datapath         // set: the agent writes this datapath, not dp
 }
 
 func newHarness(t testing.TB, veths map[string]int) *harness {
@@ -458,8 +459,12 @@ func (h *harness) start() {
 	if h.retry != 0 {
 		retry = h.retry
 	}
+	var dp Datapath = h.dp
+	if h.realDP != nil {
+		dp = h.realDP
+	}
 	go func() {
-		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: h.dp, XDS: h.xds, Ports: h.ports,
+		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: dp, XDS: h.xds, Ports: h.ports,
 			Host: h.host, Processes: procs, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
 			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync, now: h.now})
 	}()
