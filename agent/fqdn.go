@@ -365,6 +365,10 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 			return fmt.Errorf("%w: endpoint %s has no policy in force", errFQDNSlow, ep.Key())
 		}
 		np := old
+		// The entries in force were accepted: check only those added
+		// (CheckPolicy of the whole policy compiles every entry, ~10 ms
+		// at 10k cached names).
+		check := bpf.EndpointPolicy{Endpoint: np.Endpoint}
 		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
 			var add []bpf.PolicyEntry
 			for _, e := range pol.Direction(dir).Entries {
@@ -385,6 +389,9 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 			bd := np.Ingress
 			if dir == policy.Egress {
 				bd = np.Egress
+				check.Egress.Entries = add
+			} else {
+				check.Ingress.Entries = add
 			}
 			bd.Entries = mergeEntries(bd.Entries, add, removedIDs)
 			if dir == policy.Egress {
@@ -393,7 +400,7 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 				np.Ingress = bd
 			}
 		}
-		if err := a.dp.CheckPolicy(np); err != nil {
+		if err := a.dp.CheckPolicy(check); err != nil {
 			return fmt.Errorf("%w: endpoint %d: %v", errFQDNSlow, np.Endpoint, err)
 		}
 		pols = append(pols, np)

@@ -42,7 +42,13 @@ func fqdnHarness(t testing.TB) (*harness, *agentapi.FQDNClient) {
 }
 
 func fqdnHarnessWith(t testing.TB, resync time.Duration, ccfg dnsproxy.CacheConfig) (*harness, *agentapi.FQDNClient) {
+	return fqdnHarnessOn(t, resync, ccfg, nil)
+}
+
+// fqdnHarnessOn is fqdnHarnessWith writing to dp when set.
+func fqdnHarnessOn(t testing.TB, resync time.Duration, ccfg dnsproxy.CacheConfig, dp Datapath) (*harness, *agentapi.FQDNClient) {
 	h := newHarness(t, map[string]int{"default/app": 20})
+	h.datapath = dp
 	h.resync = resync
 	cache, err := dnsproxy.NewCache(ccfg)
 	if err != nil {

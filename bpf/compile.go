@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -244,93 +245,179 @@ func sortedKeys[V any](m map[epPolicyKey]V) []epPolicyKey {
 }
 
 func compileDirection(ep uint32, dir Direction, dp DirectionPolicy, out compiledPolicy) error {
-	if !dp.Enforced && len(dp.Entries) == 0 {
-		return nil
+	src, err := compileSource(ep, dir, dp)
+	if err != nil || src == nil {
+		return err
 	}
-	// Best candidate per exact key, grouped by peer. Validate everything
-	// before writing anything to out.
+	for _, ps := range src.peers {
+		for i, k := range ps.keys {
+			out.policy[k] = ps.vals[i]
+		}
+	}
+	out.epPolicy[epPolicyKey{Endpoint: ep, Dir: uint8(dir)}] = src.meta()
+	return nil
+}
+
+// dirSource is an endpoint direction's policy compiled peer by peer: the
+// keys of one peer depend on that peer's entries only, the ep_policy
+// value on the union of the peers' levels. A partial sync recompiles only
+// the peers whose entries changed (sync.go).
+type dirSource struct {
+	flags uint32 // ep_policy flags
+	peers map[Identity]*peerSource
+	// counts: per protocol class and level, how many specific peers
+	// have a key there (LevelsPeer is where the count is not zero).
+	counts [4][levelAnyProto + 1]int32
+}
+
+// peerSource is one peer's entries (in the order given) and their keys.
+type peerSource struct {
+	entries []PolicyEntry
+	keys    []policyKey // Gen 0
+	vals    []policyValue
+	levels  [4]uint32 // the levels its keys are at
+	mark    uint64    // sync.go: seen by the plan of this epoch
+}
+
+// compileSource compiles a direction; nil (and no error) when it has no
+// policy (not enforced, no entries).
+func compileSource(ep uint32, dir Direction, dp DirectionPolicy) (*dirSource, error) {
+	if !dp.Enforced && len(dp.Entries) == 0 {
+		return nil, nil
+	}
+	// Validate everything before compiling anything.
 	for _, e := range dp.Entries {
 		if err := validateEntry(e); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	// Deny entries in audit mode are combined on their own (audits): they
-	// never mask what the other entries give, they only mark it.
-	groups := make(map[Identity]map[l4Key]candidate)
-	audits := make(map[Identity]map[l4Key]candidate)
-	for _, e := range dp.Entries {
-		all := groups
-		if e.Audit && e.Verdict == VerdictDeny {
-			all = audits
-			if groups[e.Peer] == nil {
-				groups[e.Peer] = make(map[l4Key]candidate)
-			}
+	src := &dirSource{flags: directionFlags(dp), peers: make(map[Identity]*peerSource)}
+	// The source keeps the entries: a copy, the caller's may change.
+	for peer, es := range groupByPeer(slices.Clone(dp.Entries)) {
+		src.add(peer, compilePeer(ep, dir, peer, es))
+	}
+	return src, nil
+}
+
+func directionFlags(dp DirectionPolicy) uint32 {
+	var f uint32
+	if dp.Enforced {
+		f = epPolicyEnforced
+		if dp.AuditDefault {
+			f |= epPolicyAuditDefault
 		}
-		g := all[e.Peer]
-		if g == nil {
-			g = make(map[l4Key]candidate)
-			all[e.Peer] = g
+	}
+	return f
+}
+
+// groupByPeer splits entries by peer, each peer's in their order. Runs
+// of one peer (entries sorted by peer, as the agent gives them) share the
+// caller's array.
+func groupByPeer(entries []PolicyEntry) map[Identity][]PolicyEntry {
+	out := make(map[Identity][]PolicyEntry)
+	for i := 0; i < len(entries); {
+		j := i + 1
+		for j < len(entries) && entries[j].Peer == entries[i].Peer {
+			j++
+		}
+		peer := entries[i].Peer
+		if prev, ok := out[peer]; ok {
+			out[peer] = append(slices.Clip(prev), entries[i:j]...) // not sorted: a copy
+		} else {
+			out[peer] = entries[i:j:j]
+		}
+		i = j
+	}
+	return out
+}
+
+// add records a peer's compiled keys (replacing none: remove first).
+func (s *dirSource) add(peer Identity, ps *peerSource) {
+	s.peers[peer] = ps
+	if peer != IdentityAny {
+		addCounts(&s.counts, ps.levels, 1)
+	}
+}
+
+// remove forgets a peer.
+func (s *dirSource) remove(peer Identity) {
+	ps, ok := s.peers[peer]
+	if !ok {
+		return
+	}
+	delete(s.peers, peer)
+	if peer != IdentityAny {
+		addCounts(&s.counts, ps.levels, -1)
+	}
+}
+
+// meta is the direction's ep_policy value (generation 0).
+func (s *dirSource) meta() epPolicyValue {
+	var levelsAny [4]uint32
+	if ps := s.peers[IdentityAny]; ps != nil {
+		levelsAny = ps.levels
+	}
+	return levelsFrom(s.flags, &s.counts, levelsAny)
+}
+
+// compilePeer compiles one peer's (valid) entries: each key's value is
+// pre-combined over the peer's entries covering it.
+func compilePeer(ep uint32, dir Direction, peer Identity, entries []PolicyEntry) *peerSource {
+	// Best candidate per exact key. Deny entries in audit mode are
+	// combined on their own (audits): they never mask what the other
+	// entries give, they only mark it.
+	g := make(map[l4Key]candidate)
+	var ag map[l4Key]candidate
+	for _, e := range entries {
+		all := g
+		if e.Audit && e.Verdict == VerdictDeny {
+			if ag == nil {
+				ag = make(map[l4Key]candidate)
+			}
+			all = ag
 		}
 		c := candidate{verdict: e.Verdict, proxyPort: e.ProxyPort, ruleID: e.RuleID}
 		for _, k := range expand(e) {
-			if cur, ok := g[k]; !ok || c.better(cur, true) {
-				g[k] = c
+			if cur, ok := all[k]; !ok || c.better(cur, true) {
+				all[k] = c
 			}
 		}
 	}
-	var meta epPolicyValue
-	if dp.Enforced {
-		meta.Flags = epPolicyEnforced
-		if dp.AuditDefault {
-			meta.Flags |= epPolicyAuditDefault
+	present := make(map[uint8]uint32) // proto -> port prefix lengths present
+	keys := make(map[l4Key]bool, len(g)+len(ag))
+	for _, m := range []map[l4Key]candidate{g, ag} {
+		for k := range m {
+			present[k.proto] |= 1 << k.plen
+			keys[k] = true
 		}
 	}
-	peers := make([]Identity, 0, len(groups))
-	for p := range groups {
-		peers = append(peers, p)
-	}
-	sort.Slice(peers, func(i, j int) bool { return peers[i] < peers[j] })
-	for _, peer := range peers {
-		g, ag := groups[peer], audits[peer]
-		present := make(map[uint8]uint32) // proto -> port prefix lengths present
-		keys := make(map[l4Key]bool, len(g)+len(ag))
-		for _, m := range []map[l4Key]candidate{g, ag} {
-			for k := range m {
-				present[k.proto] |= 1 << k.plen
-				keys[k] = true
+	ps := &peerSource{entries: entries, keys: make([]policyKey, 0, len(keys)), vals: make([]policyValue, 0, len(keys))}
+	for k := range keys {
+		best := combine(g, k, present[k.proto])
+		var flags uint8
+		if best.verdict != VerdictDeny {
+			if a := combine(ag, k, present[k.proto]); a.verdict == VerdictDeny {
+				flags, best.ruleID = policyFlagAudit, a.ruleID
 			}
 		}
-		for k := range keys {
-			best := combine(g, k, present[k.proto])
-			var flags uint8
-			if best.verdict != VerdictDeny {
-				if a := combine(ag, k, present[k.proto]); a.verdict == VerdictDeny {
-					flags, best.ruleID = policyFlagAudit, a.ruleID
-				}
+		if k.proto == ProtoAny {
+			for pc := range ps.levels {
+				ps.levels[pc] |= 1 << levelAnyProto
 			}
-			levels := &meta.LevelsPeer
-			if peer == IdentityAny {
-				levels = &meta.LevelsAny
-			}
-			if k.proto == ProtoAny {
-				for pc := range levels {
-					levels[pc] |= 1 << levelAnyProto
-				}
-			} else {
-				levels[protoClass(k.proto)] |= 1 << k.plen
-			}
-			out.policy[policyKey{
-				Endpoint: ep,
-				Identity: uint32(peer),
-				Dir:      uint8(dir),
-				Proto:    k.proto,
-				PortPlen: k.plen,
-				Port:     htons(k.port),
-			}] = policyValue{Verdict: uint8(best.verdict), Flags: flags, ProxyPort: best.proxyPort, RuleId: best.ruleID}
+		} else {
+			ps.levels[protoClass(k.proto)] |= 1 << k.plen
 		}
+		ps.keys = append(ps.keys, policyKey{
+			Endpoint: ep,
+			Identity: uint32(peer),
+			Dir:      uint8(dir),
+			Proto:    k.proto,
+			PortPlen: k.plen,
+			Port:     htons(k.port),
+		})
+		ps.vals = append(ps.vals, policyValue{Verdict: uint8(best.verdict), Flags: flags, ProxyPort: best.proxyPort, RuleId: best.ruleID})
 	}
-	out.epPolicy[epPolicyKey{Endpoint: ep, Dir: uint8(dir)}] = meta
-	return nil
+	return ps
 }
 
 // combine folds every entry of the group whose L4 prefix covers k, from the

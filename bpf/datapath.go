@@ -98,6 +98,13 @@ type Datapath struct {
 	mu       sync.Mutex // guards links, settings and syncs
 	links    map[string]link.Link
 	settings datapathConfig
+	// pm mirrors the policy maps as this Datapath wrote them (see
+	// policyMirror); nil until a sync loads it from the maps.
+	pm    policyMirror
+	epoch uint64 // counts syncs (dirPlan marks)
+	// policyWritten, when set (tests), runs after each policy map write
+	// of a sync, with d.mu held: the state packets can see then.
+	policyWritten func()
 }
 
 // Open loads the programs, creates or adopts the pinned maps and adopts

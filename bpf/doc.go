@@ -156,7 +156,13 @@
 // SyncPolicy changes each endpoint direction atomically: its new keys are
 // written under the other generation, then its ep_policy value (level
 // masks and generation) is replaced in one update, then the old keys are
-// deleted, so a packet sees the old or the new policy, never a mix. An
+// deleted, so a packet sees the old or the new policy, never a mix. When
+// the ep_policy value stays and the wildcard peer's keys do too (an FQDN
+// address's peer added or removed), only the keys that differ are
+// written, in place, in an order that gives every flow its old or its new
+// verdict at each step (sync.go, "In-place updates"). UpdatePolicy (some
+// endpoints only) diffs against a Go-side mirror of what was written
+// instead of reading the maps, so its cost is that of the change. An
 // endpoint direction that cannot be written (map full, invalid entry)
 // fails closed — it drops everything, reason fail-closed — and is named
 // in a *SyncError while the others are synced; a revoked allow is never

@@ -96,14 +96,18 @@ func TestPrivilegedSyncFailureFailsClosed(t *testing.T) {
 	wantRet(t, "after a sync that fits: revoked allow", d.fromPod(t, egress(peerIP, ProtoTCP, 80)), actShot)
 }
 
-// TestPrivilegedSyncGenerations: each change of an endpoint direction flips its
-// generation and leaves only the keys in force; keys an interrupted sync
-// left behind are removed by the next one.
+// TestPrivilegedSyncGenerations: a change of an endpoint direction's
+// levels flips its generation, one that keeps them is written in place,
+// and either leaves only the keys in force; keys an interrupted sync left
+// behind are removed by the next one.
 func TestPrivilegedSyncGenerations(t *testing.T) {
 	d := fixture(t, EndpointPolicy{})
 	pol := func(port uint16) []EndpointPolicy {
-		return []EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: []PolicyEntry{
-			{Peer: peerID, Protocol: ProtoTCP, Port: port, Verdict: VerdictAllow, RuleID: 1}}}}}
+		e := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: port, Verdict: VerdictAllow, RuleID: 1}
+		if port == 80 {
+			e.EndPort = 81 // another level than the single port 81
+		}
+		return []EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: []PolicyEntry{e}}}}
 	}
 	gens := func() (uint32, int) {
 		t.Helper()
@@ -130,6 +134,15 @@ func TestPrivilegedSyncGenerations(t *testing.T) {
 	}
 	wantRet(t, "new port", d.fromPod(t, egress(peerIP, ProtoTCP, 81)), actOK)
 	wantRet(t, "old port", d.fromPod(t, egress(peerIP, ProtoTCP, 80)), actShot)
+	// Same levels (another single port, then back): in place.
+	for _, port := range []uint16{82, 81} {
+		if _, err := d.SyncPolicy(pol(port)); err != nil {
+			t.Fatal(err)
+		}
+		if g, n := gens(); g != g2 || n != 1 {
+			t.Errorf("port %d: generation %d with %d keys, want %d (in place) with 1", port, g, n, g2)
+		}
+	}
 	// A leftover of the other generation (as after a crash mid-sync).
 	leftover := policyKey{Endpoint: testEP, Identity: uint32(peerID), Dir: uint8(Egress), Proto: ProtoTCP, PortPlen: 16, Port: htons(80), Gen: uint8(1 - g2)}
 	if err := d.objs.Policy.Put(leftover, policyValue{Verdict: uint8(VerdictAllow)}); err != nil {
