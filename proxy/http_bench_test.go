@@ -246,6 +246,9 @@ func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 		rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
 	}
 	port := freePortB(b)
+	if up.Addr().Is6() {
+		port = freePortBoth(b)
+	}
 	cfg := httpConfig("1", port, up.Port(), rules...)
 	if up.Addr().Is6() {
 		// ::1 is the server endpoint as a destination and the friend
@@ -257,6 +260,27 @@ func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 		b.Fatal(err)
 	}
 	return net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// freePortBoth is a port free on both 127.0.0.1 and ::1 (the proxy
+// opens the IPv4 and the IPv6 listener of a port; a port only free on
+// 127.0.0.1 leaves the port without its IPv6 listener).
+func freePortBoth(b testing.TB) uint16 {
+	for range 100 {
+		ln6, err := net.Listen("tcp", "[::1]:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		port := ln6.Addr().(*net.TCPAddr).Port
+		ln4, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		ln6.Close()
+		if err == nil {
+			ln4.Close()
+			return uint16(port)
+		}
+	}
+	b.Fatal("no port free on both 127.0.0.1 and ::1")
+	return 0
 }
 
 func freePortB(b testing.TB) uint16 {
