@@ -169,7 +169,9 @@ func (r *Results) computeGoals() {
 	}
 	worst6, worstPath6 := 0.0, ""
 	for _, d := range r.DatapathIPv6 {
-		if d.V6VsV4 > worst6 {
+		// "-v6-ext" adds extension headers to the IPv6 packet only: the
+		// cost of walking them, not of the family (shown in section 5).
+		if !strings.HasSuffix(d.Path, "-v6-ext") && d.V6VsV4 > worst6 {
 			worst6, worstPath6 = d.V6VsV4, d.Path
 		}
 	}
@@ -339,7 +341,7 @@ func writeReport(dir, stamp string, r *Results) error {
 			w("| %d | %s | %.0f | %.3f |\n", d.Entries, d.Path, d.NsPkt, d.XVs10)
 		}
 		if len(r.DatapathIPv6) > 0 {
-			w("\nIPv6 vs IPv4 (`BenchmarkDatapathIPv6`: the same packet over both families on one 10k-entry datapath, alternated):\n\n")
+			w("\nIPv6 vs IPv4 (`BenchmarkDatapathIPv6`: the same packet over both families on one 10k-entry datapath, alternated; *-v6-ext* gives the IPv6 packet hop-by-hop and destination options headers, so it measures their walk and is left out of the goal):\n\n")
 			w("| path | IPv4 ns/packet | IPv6 ns/packet | IPv6 / IPv4 |\n|---|---|---|---|\n")
 			for _, d := range r.DatapathIPv6 {
 				w("| %s | %.0f | %.0f | %.3f |\n", d.Path, d.NsV4, d.NsV6, d.V6VsV4)
