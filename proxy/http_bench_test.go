@@ -26,8 +26,11 @@ import (
 // request head with 1 KiB (no body is read: the benchmark sends GETs). It
 // costs far less per request than net/http, so the process CPU of a run
 // through the proxy is mostly the proxy's.
-func rawHTTPServer(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func rawHTTPServer(b *testing.B) string { return rawHTTPServerOn(b, "127.0.0.1") }
+
+// rawHTTPServerOn is rawHTTPServer listening on host ("::1" for IPv6).
+func rawHTTPServerOn(b *testing.B, host string) string {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -98,8 +101,14 @@ func keepAliveClients(b *testing.B, addr string, conns int) {
 // keepAliveClientsCPU is keepAliveClients reporting the CPU of another
 // process (proxyCPU, its user and system time) as proxy-µs/req too.
 func keepAliveClientsCPU(b *testing.B, addr string, conns int, proxyCPU func() (usr, sys time.Duration)) {
+	keepAliveClientsFrom(b, "127.0.0.2", addr, conns, proxyCPU)
+}
+
+// keepAliveClientsFrom is keepAliveClientsCPU with the clients' source
+// address src ("::1" for IPv6).
+func keepAliveClientsFrom(b *testing.B, src, addr string, conns int, proxyCPU func() (usr, sys time.Duration)) {
 	req := []byte("GET /api/v1/service500/items HTTP/1.1\r\nHost: bench\r\nUser-Agent: l7gate-bench\r\nAccept: */*\r\n\r\n")
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 	cs := make([]net.Conn, conns)
 	for i := range cs {
 		c, err := d.Dial("tcp", addr)
@@ -222,18 +231,56 @@ func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 			log = forwardTo(b, log, true)
 		}
 	}
-	p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, AccessLog: log,
-		OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }})
+	opts := Options{ListenHost: "127.0.0.1", Transparent: &no, AccessLog: log,
+		OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }}
+	host := "127.0.0.1"
+	if up.Addr().Is6() {
+		// IPv6 as under the agent: the port's second listener on
+		// ListenHost6, the client and the upstream on ::1.
+		opts.ListenHost6, host = "::1", "::1"
+	}
+	p := New(opts)
 	b.Cleanup(func() { p.Close() })
 	var rules []policy.HTTPRule
 	for i := range 100 {
 		rules = append(rules, policy.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v1/service%d/items", i*10)})
 	}
 	port := freePortB(b)
-	if err := p.Apply(httpConfig("1", port, up.Port(), rules...)); err != nil {
+	if up.Addr().Is6() {
+		port = freePortBoth(b)
+	}
+	cfg := httpConfig("1", port, up.Port(), rules...)
+	if up.Addr().Is6() {
+		// ::1 is the server endpoint as a destination and the friend
+		// as a source (endpoints and members are separate tables).
+		cfg.Endpoints[0].IPs = append(cfg.Endpoints[0].IPs, up.Addr())
+		cfg.Members[1].Prefixes = append(cfg.Members[1].Prefixes, netip.PrefixFrom(up.Addr(), 128))
+	}
+	if err := p.Apply(cfg); err != nil {
 		b.Fatal(err)
 	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	return net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// freePortBoth is a port free on both 127.0.0.1 and ::1 (the proxy
+// opens the IPv4 and the IPv6 listener of a port; a port only free on
+// 127.0.0.1 leaves the port without its IPv6 listener).
+func freePortBoth(b testing.TB) uint16 {
+	for range 100 {
+		ln6, err := net.Listen("tcp", "[::1]:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		port := ln6.Addr().(*net.TCPAddr).Port
+		ln4, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		ln6.Close()
+		if err == nil {
+			ln4.Close()
+			return uint16(port)
+		}
+	}
+	b.Fatal("no port free on both 127.0.0.1 and ::1")
+	return 0
 }
 
 func freePortB(b testing.TB) uint16 {
@@ -264,6 +311,35 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 			addr, cpu := proxyProcess(b, upstream, l)
 			keepAliveClientsCPU(b, addr, 64, cpu)
 		})
+	}
+}
+
+// BenchmarkHTTP1KeepAliveIPv6 is issue 21's proxy row: the keep-alive
+// benchmark over IPv4 and over IPv6 (proxy listening on [::1], client
+// and upstream on ::1), the families interleaved in every round (run it
+// with -count N). Compare per family: direct and proxy cpu-µs/req (the
+// whole process; proxy minus direct is the proxy's cost) and process's
+// proxy-µs/req (the proxy's own CPU in a process of its own).
+func BenchmarkHTTP1KeepAliveIPv6(b *testing.B) {
+	families := []struct{ name, host, client string }{
+		{"ipv4", "127.0.0.1", "127.0.0.2"},
+		{"ipv6", "::1", "::1"},
+	}
+	for _, mode := range []string{"direct", "proxy", "process"} {
+		for _, f := range families {
+			b.Run(mode+"/"+f.name, func(b *testing.B) {
+				upstream := rawHTTPServerOn(b, f.host)
+				switch mode {
+				case "direct":
+					keepAliveClientsFrom(b, f.client, upstream, 64, nil)
+				case "proxy":
+					keepAliveClientsFrom(b, f.client, benchHTTPProxy(b, upstream, "buffered"), 64, nil)
+				case "process":
+					addr, cpu := proxyProcess(b, upstream, "buffered")
+					keepAliveClientsFrom(b, f.client, addr, 64, cpu)
+				}
+			})
+		}
 	}
 }
 

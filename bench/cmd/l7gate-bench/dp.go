@@ -24,22 +24,43 @@ type dpRow struct {
 	XVs10   float64 `json:"xVs10"`
 }
 
+// dp6Row is one BenchmarkDatapathIPv6 sub-benchmark: the same packet
+// over IPv4 and IPv6 on one 10k-entry datapath, alternated.
+type dp6Row struct {
+	Path   string  `json:"path"`
+	NsV4   float64 `json:"nsPerPacketV4"`
+	NsV6   float64 `json:"nsPerPacketV6"`
+	V6VsV4 float64 `json:"v6VsV4"`
+}
+
+var dp6LineRE = regexp.MustCompile(`^BenchmarkDatapathIPv6/([a-z0-9-]+)-\d+\s+\d+\s+\S+ ns/op\s+(\S+) ns/pkt-v4\s+(\S+) ns/pkt-v6\s+(\S+) v6-vs-v4`)
+
 var dpLineRE = regexp.MustCompile(`^BenchmarkDatapath/entries=(\d+)/([a-z-]+)-\d+\s+\d+\s+\S+ ns/op\s+(\S+) ns/pkt\s+(\S+) x-vs-10`)
 
 // runDatapathBench runs the bpf package's BenchmarkDatapath (it pins itself
-// to one CPU and alternates each size with the 10-entry datapath).
-func runDatapathBench(ctx context.Context, repo string) ([]dpRow, string, error) {
+// to one CPU and alternates each size with the 10-entry datapath) and,
+// matched by the same -bench pattern, BenchmarkDatapathIPv6.
+func runDatapathBench(ctx context.Context, repo string) ([]dpRow, []dp6Row, string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, "taskset", "-c", allCPUs(), "go", "test", "-run", "^$", "-bench", "BenchmarkDatapath", "-count", "1", "./bpf/")
 	cmd.Dir = repo
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return nil, string(out), fmt.Errorf("go test -bench BenchmarkDatapath ./bpf/: %v", err)
+		return nil, nil, string(out), fmt.Errorf("go test -bench BenchmarkDatapath ./bpf/: %v", err)
 	}
 	var rows []dpRow
+	var rows6 []dp6Row
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
+		if m := dp6LineRE.FindStringSubmatch(sc.Text()); m != nil {
+			r := dp6Row{Path: m[1]}
+			r.NsV4, _ = strconv.ParseFloat(m[2], 64)
+			r.NsV6, _ = strconv.ParseFloat(m[3], 64)
+			r.V6VsV4, _ = strconv.ParseFloat(m[4], 64)
+			rows6 = append(rows6, r)
+			continue
+		}
 		m := dpLineRE.FindStringSubmatch(sc.Text())
 		if m == nil {
 			continue
@@ -51,9 +72,9 @@ func runDatapathBench(ctx context.Context, repo string) ([]dpRow, string, error)
 		rows = append(rows, r)
 	}
 	if len(rows) == 0 {
-		return nil, string(out), fmt.Errorf("no BenchmarkDatapath lines in output")
+		return nil, nil, string(out), fmt.Errorf("no BenchmarkDatapath lines in output")
 	}
-	return rows, string(out), nil
+	return rows, rows6, string(out), nil
 }
 
 // iptRow is one iptables chain size measured with new connections.

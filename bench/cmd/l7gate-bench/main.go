@@ -511,13 +511,17 @@ func loadAvg() string {
 }
 
 func (s *scenario) datapath(ctx context.Context) error {
-	rows, out, err := runDatapathBench(ctx, s.cfg.repo)
+	rows, rows6, out, err := runDatapathBench(ctx, s.cfg.repo)
 	if err != nil {
 		return fmt.Errorf("%w\n%s", err, lastLines(out, 20))
 	}
 	s.res.Datapath = rows
 	for _, r := range rows {
 		log.Printf("  datapath %6d %-13s %6.0f ns/pkt x%.3f", r.Entries, r.Path, r.NsPkt, r.XVs10)
+	}
+	s.res.DatapathIPv6 = rows6
+	for _, r := range rows6 {
+		log.Printf("  datapath ipv6 %-22s %6.0f ns/pkt v4 %6.0f ns/pkt v6 x%.3f", r.Path, r.NsV4, r.NsV6, r.V6VsV4)
 	}
 	sizes := []int{10, 1000, 10000, 100000}
 	if s.cfg.quick {
