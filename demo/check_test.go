@@ -280,10 +280,39 @@ func TestTraceCheck(t *testing.T) {
 func TestServeDualStack(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// A port free for TCP and UDP on 127.0.0.1 and [::1] alike: one free
+	// on 127.0.0.1 only was taken on [::1] in a clean-clone run ("listen
+	// tcp [::1]:39755: bind: address already in use").
 	free := func() uint16 {
-		l, addr := listenLoopback(t)
-		l.Close()
-		return addr.Port()
+		for range 100 {
+			l, addr := listenLoopback(t)
+			port := addr.Port()
+			var held []io.Closer
+			ok := true
+			for _, a := range []struct{ n, addr string }{{"tcp6", "[::1]"}, {"udp4", "127.0.0.1"}, {"udp6", "[::1]"}} {
+				var c io.Closer
+				var err error
+				if strings.HasPrefix(a.n, "tcp") {
+					c, err = net.Listen(a.n, fmt.Sprintf("%s:%d", a.addr, port))
+				} else {
+					c, err = net.ListenPacket(a.n, fmt.Sprintf("%s:%d", a.addr, port))
+				}
+				if err != nil {
+					ok = false
+					break
+				}
+				held = append(held, c)
+			}
+			l.Close()
+			for _, c := range held {
+				c.Close()
+			}
+			if ok {
+				return port
+			}
+		}
+		t.Fatal("no port free on both loopback addresses")
+		return 0
 	}
 	if l, err := net.Listen("tcp6", "[::1]:0"); err != nil {
 		t.Skipf("no IPv6 loopback: %v", err)
