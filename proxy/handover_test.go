@@ -262,7 +262,7 @@ func TestHandOverUDPSocket(t *testing.T) {
 	t.Cleanup(func() { old.Close() })
 	var cfg *Config
 	for range 20 {
-		port := freePort(t)
+		port := freePortBoth(t) // the [::1] sockets too
 		cfg = &Config{Version: "1", Listeners: []Listener{{Name: "egress/dns", Port: port, Direction: policy.Egress, Parser: policy.ParserDNS}}}
 		if old.Apply(cfg) == nil {
 			break
@@ -331,7 +331,7 @@ func TestHandOverIPv6Listener(t *testing.T) {
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
 	defer upstream.Close()
 	up := netip.MustParseAddrPort(upstream.Listener.Addr().String())
-	port := freePort(t)
+	port := freePortBoth(t) // [::1] too
 	cfg := httpConfig("1", port, up.Port(), policy.HTTPRule{Method: "GET", Path: "/ok.*"})
 	cfg.Members[1].Prefixes = append(cfg.Members[1].Prefixes, netip.MustParsePrefix("::1/128")) // the friend
 	sock := filepath.Join(t.TempDir(), "proxy-handover.sock")

@@ -272,10 +272,28 @@ func freePortBoth(b testing.TB) uint16 {
 			b.Fatal(err)
 		}
 		port := ln6.Addr().(*net.TCPAddr).Port
-		ln4, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		ln6.Close()
-		if err == nil {
-			ln4.Close()
+		held := []io.Closer{ln6}
+		ok := true
+		// TCP on 127.0.0.1, UDP on both (a dns listener's sockets)
+		if ln4, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			held = append(held, ln4)
+		} else {
+			ok = false
+		}
+		for _, a := range []string{"127.0.0.1", "::1"} {
+			if !ok {
+				break
+			}
+			if c, err := net.ListenPacket("udp", net.JoinHostPort(a, strconv.Itoa(port))); err == nil {
+				held = append(held, c)
+			} else {
+				ok = false
+			}
+		}
+		for _, c := range held {
+			c.Close()
+		}
+		if ok {
 			return uint16(port)
 		}
 	}
