@@ -256,3 +256,28 @@ func TestUpdateFQDNSharesUnchangedEntries(t *testing.T) {
 		t.Fatalf("the last snapshot differs from a full compute:\n%s", lineDiff(want, texts[len(texts)-1]))
 	}
 }
+
+// TestAppendOrMergeNeverWritesVisibleElements: two appends to the same
+// base (an array another result already grew) give two independent
+// results; a merge that drops copies.
+func TestAppendOrMergeNeverWritesVisibleElements(t *testing.T) {
+	tails := map[*int][]int{}
+	merge := func(base, add []int) func() []int {
+		return func() []int { return mergeSorted(base, add, func(int) bool { return false }, cmpInt) }
+	}
+	base := appendOrMerge(tails, []int{1, 2}, []int{3}, false, cmpInt, merge([]int{1, 2}, []int{3}))
+	r1 := appendOrMerge(tails, base, []int{4}, false, cmpInt, merge(base, []int{4}))
+	r2 := appendOrMerge(tails, base, []int{5}, false, cmpInt, merge(base, []int{5}))
+	if unsafe.SliceData(r1) != unsafe.SliceData(base) {
+		t.Error("the first append copied")
+	}
+	if !slices.Equal(base, []int{1, 2, 3}) || !slices.Equal(r1, []int{1, 2, 3, 4}) || !slices.Equal(r2, []int{1, 2, 3, 5}) {
+		t.Fatalf("base %v, r1 %v, r2 %v: want [1 2 3], [1 2 3 4], [1 2 3 5]", base, r1, r2)
+	}
+	r3 := appendOrMerge(tails, r1, []int{0}, false, cmpInt, merge(r1, []int{0}))
+	if !slices.Equal(r3, []int{0, 1, 2, 3, 4}) || !slices.Equal(r1, []int{1, 2, 3, 4}) {
+		t.Fatalf("a merge before the start: r1 %v, r3 %v", r1, r3)
+	}
+}
+
+func cmpInt(a, b int) int { return a - b }
