@@ -510,7 +510,7 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 	slices.SortFunc(added, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
 	cmpIPC := func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) }
 	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, cmpIPC, func() []IPCacheEntry {
-		return mergeSorted(s.IPCache, added, func(e IPCacheEntry) bool { return gone[e.Identity] }, cmpIPC)
+		return mergeSorted(s.IPCache, added, dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), cmpIPC)
 	})
 	slices.SortFunc(infos, func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) })
 	lo := slices.IndexFunc(s.Identities, func(i IdentityInfo) bool { return i.ID.IsCIDR() })
@@ -520,7 +520,7 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 	hi := max(lo, len(s.Identities)-s.inc.combined)
 	cmpInfo := func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) }
 	merge := func() []IdentityInfo {
-		mid := mergeSorted(s.Identities[lo:hi], infos, func(i IdentityInfo) bool { return gone[i.ID] }, cmpInfo)
+		mid := mergeSorted(s.Identities[lo:hi], infos, dropIf(len(gone) > 0, func(i IdentityInfo) bool { return gone[i.ID] }), cmpInfo)
 		return append(append(append(make([]IdentityInfo, 0, lo+len(mid)+len(s.Identities)-hi+len(mid)/4+16), s.Identities[:lo]...), mid...), s.Identities[hi:]...)
 	}
 	if hi == len(s.Identities) {
@@ -631,7 +631,7 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 		slices.SortStableFunc(add, func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) })
 		cmpEntry := func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) }
 		out.Entries = appendOrMerge(tails, dp.Entries, add, removes, cmpEntry, func() []Entry {
-			return mergeSorted(dp.Entries, add, func(e Entry) bool { return gone[e.Peer] }, cmpEntry)
+			return mergeSorted(dp.Entries, add, dropIf(removes, func(e Entry) bool { return gone[e.Peer] }), cmpEntry)
 		})
 	}
 	// L7 rules: peers lists are sorted.
@@ -684,11 +684,26 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 }
 
 // mergeSorted merges sorted add into sorted base (a new slice with room
-// for a quarter more), leaving out the elements of base drop says; equal
-// elements keep base first.
+// for a quarter more), leaving out the elements of base drop says (nil:
+// none); equal elements keep base first.
 func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int) []T {
 	n := len(base) + len(add)
 	out := make([]T, 0, n+n/4+16)
+	if drop == nil {
+		// runs of base between the insertion points, copied whole
+		pos := 0
+		for _, a := range add {
+			i, _ := slices.BinarySearchFunc(base[pos:], a, func(b, a T) int {
+				if cmp(a, b) < 0 {
+					return 1
+				}
+				return -1
+			})
+			out = append(append(out, base[pos:pos+i]...), a)
+			pos += i
+		}
+		return append(out, base[pos:]...)
+	}
 	i := 0
 	for _, b := range base {
 		for i < len(add) && cmp(add[i], b) < 0 {
@@ -735,4 +750,12 @@ func appendOrMerge[T any](tails map[*T][]T, base, add []T, drops bool, cmp func(
 	}
 	tails[&merged[0]] = merged
 	return merged[:len(merged):len(merged)]
+}
+
+// dropIf is drop when some element may be dropped, else nil.
+func dropIf[T any](some bool, drop func(T) bool) func(T) bool {
+	if !some {
+		return nil
+	}
+	return drop
 }

@@ -281,3 +281,26 @@ func TestAppendOrMergeNeverWritesVisibleElements(t *testing.T) {
 }
 
 func cmpInt(a, b int) int { return a - b }
+
+// TestMergeSortedRunsEqualsElementwise: the run-copying merge (no drops)
+// gives what the element-wise merge gives, equal keys keeping base first.
+func TestMergeSortedRunsEqualsElementwise(t *testing.T) {
+	type kv struct{ k, from int }
+	cmpKV := func(a, b kv) int { return a.k - b.k }
+	rng := rand.New(rand.NewPCG(3, 9))
+	for range 500 {
+		var base, add []kv
+		for range rng.IntN(20) {
+			base = append(base, kv{rng.IntN(15), 0})
+		}
+		for range rng.IntN(6) {
+			add = append(add, kv{rng.IntN(15), 1})
+		}
+		slices.SortStableFunc(base, cmpKV)
+		slices.SortStableFunc(add, cmpKV)
+		want := mergeSorted(base, add, func(kv) bool { return false }, cmpKV)
+		if got := mergeSorted(base, add, nil, cmpKV); !slices.Equal(got, want) {
+			t.Fatalf("merge %v + %v: got %v, want %v", base, add, got, want)
+		}
+	}
+}
