@@ -510,7 +510,10 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 	slices.SortFunc(added, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
 	cmpIPC := func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) }
 	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, cmpIPC, func() []IPCacheEntry {
-		return mergeSorted(s.IPCache, added, dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), cmpIPC)
+		// room only when the new prefixes came last (addresses are
+		// mostly not in order: the ipcache is copied, 40 bytes a prefix)
+		last := len(s.IPCache) == 0 || len(added) > 0 && cmpIPC(added[len(added)-1], s.IPCache[len(s.IPCache)-1]) > 0
+		return mergeSorted(s.IPCache, added, dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), cmpIPC, last)
 	})
 	slices.SortFunc(infos, func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) })
 	lo := slices.IndexFunc(s.Identities, func(i IdentityInfo) bool { return i.ID.IsCIDR() })
@@ -520,7 +523,7 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 	hi := max(lo, len(s.Identities)-s.inc.combined)
 	cmpInfo := func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) }
 	merge := func() []IdentityInfo {
-		mid := mergeSorted(s.Identities[lo:hi], infos, dropIf(len(gone) > 0, func(i IdentityInfo) bool { return gone[i.ID] }), cmpInfo)
+		mid := mergeSorted(s.Identities[lo:hi], infos, dropIf(len(gone) > 0, func(i IdentityInfo) bool { return gone[i.ID] }), cmpInfo, true)
 		return append(append(append(make([]IdentityInfo, 0, lo+len(mid)+len(s.Identities)-hi+len(mid)/4+16), s.Identities[:lo]...), mid...), s.Identities[hi:]...)
 	}
 	if hi == len(s.Identities) {
@@ -631,7 +634,7 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 		slices.SortStableFunc(add, func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) })
 		cmpEntry := func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) }
 		out.Entries = appendOrMerge(tails, dp.Entries, add, removes, cmpEntry, func() []Entry {
-			return mergeSorted(dp.Entries, add, dropIf(removes, func(e Entry) bool { return gone[e.Peer] }), cmpEntry)
+			return mergeSorted(dp.Entries, add, dropIf(removes, func(e Entry) bool { return gone[e.Peer] }), cmpEntry, true)
 		})
 	}
 	// L7 rules: peers lists are sorted.
@@ -683,12 +686,15 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 	return out, l7
 }
 
-// mergeSorted merges sorted add into sorted base (a new slice with room
-// for a quarter more), leaving out the elements of base drop says (nil:
-// none); equal elements keep base first.
-func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int) []T {
+// mergeSorted merges sorted add into sorted base (a new slice, with room
+// for a quarter more if room), leaving out the elements of base drop
+// says (nil: none); equal elements keep base first.
+func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int, room bool) []T {
 	n := len(base) + len(add)
-	out := make([]T, 0, n+n/4+16)
+	if room {
+		n += n/4 + 16
+	}
+	out := make([]T, 0, n)
 	if drop == nil {
 		// runs of base between the insertion points, copied whole
 		pos := 0

@@ -234,6 +234,9 @@ func TestUpdateFQDNSharesUnchangedEntries(t *testing.T) {
 			if unsafe.SliceData(next.Identities) != unsafe.SliceData(snap.Identities) {
 				t.Errorf("update %d: the identities were copied, not appended", i)
 			}
+			if unsafe.SliceData(next.IPCache) != unsafe.SliceData(snap.IPCache) {
+				t.Errorf("update %d: the ipcache was copied, not appended (its new prefixes sort last)", i)
+			}
 		}
 		// a reader appending to the previous snapshot's entries copies
 		_ = append(prevE, Entry{Peer: IdentityWorld})
@@ -263,7 +266,7 @@ func TestUpdateFQDNSharesUnchangedEntries(t *testing.T) {
 func TestAppendOrMergeNeverWritesVisibleElements(t *testing.T) {
 	tails := map[*int][]int{}
 	merge := func(base, add []int) func() []int {
-		return func() []int { return mergeSorted(base, add, func(int) bool { return false }, cmpInt) }
+		return func() []int { return mergeSorted(base, add, func(int) bool { return false }, cmpInt, true) }
 	}
 	base := appendOrMerge(tails, []int{1, 2}, []int{3}, false, cmpInt, merge([]int{1, 2}, []int{3}))
 	r1 := appendOrMerge(tails, base, []int{4}, false, cmpInt, merge(base, []int{4}))
@@ -298,8 +301,8 @@ func TestMergeSortedRunsEqualsElementwise(t *testing.T) {
 		}
 		slices.SortStableFunc(base, cmpKV)
 		slices.SortStableFunc(add, cmpKV)
-		want := mergeSorted(base, add, func(kv) bool { return false }, cmpKV)
-		if got := mergeSorted(base, add, nil, cmpKV); !slices.Equal(got, want) {
+		want := mergeSorted(base, add, func(kv) bool { return false }, cmpKV, false)
+		if got := mergeSorted(base, add, nil, cmpKV, true); !slices.Equal(got, want) {
 			t.Fatalf("merge %v + %v: got %v, want %v", base, add, got, want)
 		}
 	}
