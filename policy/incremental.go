@@ -85,6 +85,14 @@ type fqdnInc struct {
 	sigOf map[Identity]string
 	// combined: identities listed after the CIDR ones in Identities.
 	combined int
+	// Backing arrays with room to grow (appendOrMerge), by their first
+	// element: a snapshot publishes them clipped to their length, so the
+	// elements past it are invisible to its readers and the next update
+	// can append there without copying. Elements below a published
+	// length never change.
+	entryTails    map[*Entry][]Entry
+	ipcacheTails  map[*IPCacheEntry][]IPCacheEntry
+	identityTails map[*IdentityInfo][]IdentityInfo
 }
 
 // keepIncremental records what UpdateFQDN needs (only when some policy
@@ -97,6 +105,7 @@ func (c *computer) keepIncremental(subjects map[Identity][]ruleRef, slack map[Id
 		alloc: c.alloc, sels: c.fqdnSels, sectionsOf: map[Identity]*[2][]int{}, slack: slack,
 		names: c.fqdnNames, addrNames: map[netip.Addr][]string{}, addrKeys: map[netip.Addr][]string{},
 		taken: map[netip.Prefix]bool{}, fqdnID: map[netip.Addr]Identity{}, combined: len(c.combined),
+		entryTails: map[*Entry][]Entry{}, ipcacheTails: map[*IPCacheEntry][]IPCacheEntry{}, identityTails: map[*IdentityInfo][]IdentityInfo{},
 	}
 	for k := range c.fqdnSels {
 		inc.selKeys = append(inc.selKeys, k)
@@ -433,8 +442,8 @@ func (s *Snapshot) UpdateFQDN(changes []FQDNName) (*Snapshot, *FQDNDelta, error)
 			delete(inc.names, name)
 		}
 	}
-	for ip, ns := range inc.addrNames {
-		if len(ns) == 0 {
+	for ip := range addrNames {
+		if len(inc.addrNames[ip]) == 0 {
 			delete(inc.addrNames, ip)
 		}
 	}
@@ -499,17 +508,31 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 	}
 	delta.Added = added
 	slices.SortFunc(added, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
-	ns.IPCache = mergeSorted(s.IPCache, added, func(e IPCacheEntry) bool { return gone[e.Identity] },
-		func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	cmpIPC := func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) }
+	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, cmpIPC, func() []IPCacheEntry {
+		// room only when the new prefixes came last (addresses are
+		// mostly not in order: the ipcache is copied, 40 bytes a prefix)
+		last := len(s.IPCache) == 0 || len(added) > 0 && cmpIPC(added[len(added)-1], s.IPCache[len(s.IPCache)-1]) > 0
+		return mergeSorted(s.IPCache, added, dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), cmpIPC, last)
+	})
 	slices.SortFunc(infos, func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) })
 	lo := slices.IndexFunc(s.Identities, func(i IdentityInfo) bool { return i.ID.IsCIDR() })
 	if lo < 0 {
 		lo = len(s.Identities)
 	}
 	hi := max(lo, len(s.Identities)-s.inc.combined)
-	mid := mergeSorted(s.Identities[lo:hi], infos, func(i IdentityInfo) bool { return gone[i.ID] },
-		func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) })
-	ns.Identities = append(append(append(make([]IdentityInfo, 0, lo+len(mid)+len(s.Identities)-hi), s.Identities[:lo]...), mid...), s.Identities[hi:]...)
+	cmpInfo := func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) }
+	merge := func() []IdentityInfo {
+		mid := mergeSorted(s.Identities[lo:hi], infos, dropIf(len(gone) > 0, func(i IdentityInfo) bool { return gone[i.ID] }), cmpInfo, true)
+		return append(append(append(make([]IdentityInfo, 0, lo+len(mid)+len(s.Identities)-hi+len(mid)/4+16), s.Identities[:lo]...), mid...), s.Identities[hi:]...)
+	}
+	if hi == len(s.Identities) {
+		// no combined identities after the CIDR ones: new FQDN identities
+		// (numbered after the other CIDR ones) usually append
+		ns.Identities = appendOrMerge(s.inc.identityTails, s.Identities, infos, len(gone) > 0, cmpInfo, merge)
+	} else {
+		ns.Identities = merge()
+	}
 	// policies: one rewrite per distinct direction policy
 	type dirKey struct {
 		first *Entry
@@ -537,7 +560,7 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 			}
 			rw, ok := memo[k]
 			if !ok {
-				out, l7 := rewriteDirection(*dp, plans, gone)
+				out, l7 := rewriteDirection(*dp, plans, gone, s.inc.entryTails)
 				if l7 {
 					delta.L7 = true
 				}
@@ -579,7 +602,7 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 // entries and L7 peerships, and takes removed identities out. It returns
 // dp itself (same slices) when nothing changes, and whether L7 rules or
 // redirect entries changed.
-func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bool) (DirectionPolicy, bool) {
+func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bool, tails map[*Entry][]Entry) (DirectionPolicy, bool) {
 	peerRange := func(id Identity) (int, int) {
 		lo, _ := slices.BinarySearchFunc(dp.Entries, id, func(e Entry, id Identity) int { return cmpU(uint64(e.Peer), uint64(id)) })
 		hi := lo
@@ -609,8 +632,10 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 	out := dp
 	if len(add) > 0 || removes {
 		slices.SortStableFunc(add, func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) })
-		out.Entries = mergeSorted(dp.Entries, add, func(e Entry) bool { return gone[e.Peer] },
-			func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) })
+		cmpEntry := func(a, b Entry) int { return cmpU(uint64(a.Peer), uint64(b.Peer)) }
+		out.Entries = appendOrMerge(tails, dp.Entries, add, removes, cmpEntry, func() []Entry {
+			return mergeSorted(dp.Entries, add, dropIf(removes, func(e Entry) bool { return gone[e.Peer] }), cmpEntry, true)
+		})
 	}
 	// L7 rules: peers lists are sorted.
 	var rsOut []L7RuleSet
@@ -661,10 +686,30 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 	return out, l7
 }
 
-// mergeSorted merges sorted add into sorted base (a new slice), leaving
-// out the elements of base drop says; equal elements keep base first.
-func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int) []T {
-	out := make([]T, 0, len(base)+len(add))
+// mergeSorted merges sorted add into sorted base (a new slice, with room
+// for a quarter more if room), leaving out the elements of base drop
+// says (nil: none); equal elements keep base first.
+func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int, room bool) []T {
+	n := len(base) + len(add)
+	if room {
+		n += n/4 + 16
+	}
+	out := make([]T, 0, n)
+	if drop == nil {
+		// runs of base between the insertion points, copied whole
+		pos := 0
+		for _, a := range add {
+			i, _ := slices.BinarySearchFunc(base[pos:], a, func(b, a T) int {
+				if cmp(a, b) < 0 {
+					return 1
+				}
+				return -1
+			})
+			out = append(append(out, base[pos:pos+i]...), a)
+			pos += i
+		}
+		return append(out, base[pos:]...)
+	}
 	i := 0
 	for _, b := range base {
 		for i < len(add) && cmp(add[i], b) < 0 {
@@ -676,4 +721,47 @@ func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int) 
 		}
 	}
 	return append(out, add[i:]...)
+}
+
+// appendOrMerge returns merge() (a new sorted slice: base with add
+// merged in, some elements maybe dropped) without copying base when it
+// can: when nothing is dropped (drops false) and add sorts after base,
+// add is appended in the spare room of base's backing array, if tails
+// holds that array at base's length (nothing else appended there).
+// Readers of base never see the change: base's elements are not
+// written, and every result is clipped to its length (an append by
+// anyone else copies). A merged copy gets room to grow and is kept in
+// tails.
+func appendOrMerge[T any](tails map[*T][]T, base, add []T, drops bool, cmp func(a, b T) int, merge func() []T) []T {
+	if len(add) == 0 && !drops {
+		return base
+	}
+	var key *T
+	if len(base) > 0 {
+		key = &base[0]
+	}
+	if !drops && len(base) > 0 && cmp(add[0], base[len(base)-1]) > 0 {
+		if full, ok := tails[key]; ok && len(full) == len(base) && cap(full)-len(full) >= len(add) {
+			full = append(full, add...)
+			tails[key] = full
+			return full[:len(full):len(full)]
+		}
+	}
+	merged := merge()
+	if len(merged) == 0 {
+		return merged
+	}
+	if old, ok := tails[key]; ok && len(old) == len(base) {
+		delete(tails, key) // base is replaced (a longer user keeps its own)
+	}
+	tails[&merged[0]] = merged
+	return merged[:len(merged):len(merged)]
+}
+
+// dropIf is drop when some element may be dropped, else nil.
+func dropIf[T any](some bool, drop func(T) bool) func(T) bool {
+	if !some {
+		return nil
+	}
+	return drop
 }

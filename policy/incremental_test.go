@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // snapshotText is a snapshot's exported content and every identity's
@@ -80,6 +81,14 @@ func TestUpdateFQDNEqualsFullCompute(t *testing.T) {
 				return s
 			}
 			snap := full()
+			// every snapshot of the chain, to check none changed later
+			// (updates share arrays with the snapshots before them)
+			type kept struct {
+				s    *Snapshot
+				text string
+				step int
+			}
+			var chain []kept
 			var fast, fallback, emptyDeltas, overflowed int
 			for step := range 300 {
 				name := namePool[rng.IntN(len(namePool))]
@@ -91,6 +100,7 @@ func TestUpdateFQDNEqualsFullCompute(t *testing.T) {
 				}
 				prev := snap
 				prevText := snapshotText(t, prev)
+				chain = append(chain, kept{prev, prevText, step})
 				if strings.Contains(prevText, "entry-budget") {
 					overflowed++
 				}
@@ -128,6 +138,11 @@ func TestUpdateFQDNEqualsFullCompute(t *testing.T) {
 					}
 				}
 				snap = next
+			}
+			for _, k := range chain {
+				if got := snapshotText(t, k.s); got != k.text {
+					t.Fatalf("the snapshot before step %d changed later:\n%s", k.step, lineDiff(k.text, got))
+				}
 			}
 			t.Logf("incremental %d (no-op %d), full compute %d, over budget %d", fast, emptyDeltas, fallback, overflowed)
 			if maxEntries > 0 && overflowed == 0 {
@@ -169,4 +184,126 @@ func splitLines(s string) []string {
 		}
 	}
 	return append(out, s[start:])
+}
+
+// TestUpdateFQDNSharesUnchangedEntries: new FQDN identities (numbered
+// after every other) append to the entries and identities of the
+// previous snapshot's arrays instead of copying them, and no snapshot of
+// the chain sees a change: each is clipped to its length, so even an
+// append by a reader of an older snapshot copies.
+func TestUpdateFQDNSharesUnchangedEntries(t *testing.T) {
+	objs, errs := Load("testdata/incremental/fqdn.yaml")
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	names := map[string][]netip.Addr{"n0.example.test": {netip.MustParseAddr("198.19.5.1")}}
+	alloc := NewIdentityAllocator()
+	snap, err := ComputeWith(objs, alloc, Options{FQDNCache: cacheOf(names)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a Identity
+	for _, ep := range snap.Endpoints {
+		if ep.Name == "a" {
+			a = ep.Identity
+		}
+	}
+	chain := []*Snapshot{snap}
+	texts := []string{snapshotText(t, snap)}
+	for i := 1; i <= 4; i++ {
+		next, delta, err := snap.UpdateFQDN([]FQDNName{{Name: fmt.Sprintf("n%d.example.test", i), IPs: []netip.Addr{netip.AddrFrom4([4]byte{198, 19, 5, byte(1 + i)})}}})
+		if err != nil {
+			t.Fatalf("update %d: %v", i, err)
+		}
+		if !slices.Contains(delta.Changed, a) {
+			t.Fatalf("update %d: identity %d (pod a) not changed: %v", i, a, delta.Changed)
+		}
+		prevE, nextE := snap.Policy(a).Egress.Entries, next.Policy(a).Egress.Entries
+		if len(nextE) <= len(prevE) {
+			t.Fatalf("update %d: pod a's egress entries %d → %d", i, len(prevE), len(nextE))
+		}
+		if cap(nextE) != len(nextE) || cap(next.Identities) != len(next.Identities) || cap(next.IPCache) != len(next.IPCache) {
+			t.Fatalf("update %d: a published slice has room past its length", i)
+		}
+		// the first update copies (the compute's arrays have no room);
+		// later ones append in place
+		if i > 1 {
+			if unsafe.SliceData(nextE) != unsafe.SliceData(prevE) {
+				t.Errorf("update %d: pod a's egress entries were copied, not appended", i)
+			}
+			if unsafe.SliceData(next.Identities) != unsafe.SliceData(snap.Identities) {
+				t.Errorf("update %d: the identities were copied, not appended", i)
+			}
+			if unsafe.SliceData(next.IPCache) != unsafe.SliceData(snap.IPCache) {
+				t.Errorf("update %d: the ipcache was copied, not appended (its new prefixes sort last)", i)
+			}
+		}
+		// a reader appending to the previous snapshot's entries copies
+		_ = append(prevE, Entry{Peer: IdentityWorld})
+		chain, texts = append(chain, next), append(texts, snapshotText(t, next))
+		snap = next
+	}
+	for i, s := range chain {
+		if got := snapshotText(t, s); got != texts[i] {
+			t.Fatalf("snapshot %d of the chain changed later:\n%s", i, lineDiff(texts[i], got))
+		}
+	}
+	for i := 1; i <= 4; i++ {
+		names[fmt.Sprintf("n%d.example.test", i)] = []netip.Addr{netip.AddrFrom4([4]byte{198, 19, 5, byte(1 + i)})}
+	}
+	full, err := ComputeWith(objs, alloc, Options{FQDNCache: cacheOf(names)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := snapshotText(t, full); texts[len(texts)-1] != want {
+		t.Fatalf("the last snapshot differs from a full compute:\n%s", lineDiff(want, texts[len(texts)-1]))
+	}
+}
+
+// TestAppendOrMergeNeverWritesVisibleElements: two appends to the same
+// base (an array another result already grew) give two independent
+// results; a merge that drops copies.
+func TestAppendOrMergeNeverWritesVisibleElements(t *testing.T) {
+	tails := map[*int][]int{}
+	merge := func(base, add []int) func() []int {
+		return func() []int { return mergeSorted(base, add, func(int) bool { return false }, cmpInt, true) }
+	}
+	base := appendOrMerge(tails, []int{1, 2}, []int{3}, false, cmpInt, merge([]int{1, 2}, []int{3}))
+	r1 := appendOrMerge(tails, base, []int{4}, false, cmpInt, merge(base, []int{4}))
+	r2 := appendOrMerge(tails, base, []int{5}, false, cmpInt, merge(base, []int{5}))
+	if unsafe.SliceData(r1) != unsafe.SliceData(base) {
+		t.Error("the first append copied")
+	}
+	if !slices.Equal(base, []int{1, 2, 3}) || !slices.Equal(r1, []int{1, 2, 3, 4}) || !slices.Equal(r2, []int{1, 2, 3, 5}) {
+		t.Fatalf("base %v, r1 %v, r2 %v: want [1 2 3], [1 2 3 4], [1 2 3 5]", base, r1, r2)
+	}
+	r3 := appendOrMerge(tails, r1, []int{0}, false, cmpInt, merge(r1, []int{0}))
+	if !slices.Equal(r3, []int{0, 1, 2, 3, 4}) || !slices.Equal(r1, []int{1, 2, 3, 4}) {
+		t.Fatalf("a merge before the start: r1 %v, r3 %v", r1, r3)
+	}
+}
+
+func cmpInt(a, b int) int { return a - b }
+
+// TestMergeSortedRunsEqualsElementwise: the run-copying merge (no drops)
+// gives what the element-wise merge gives, equal keys keeping base first.
+func TestMergeSortedRunsEqualsElementwise(t *testing.T) {
+	type kv struct{ k, from int }
+	cmpKV := func(a, b kv) int { return a.k - b.k }
+	rng := rand.New(rand.NewPCG(3, 9))
+	for range 500 {
+		var base, add []kv
+		for range rng.IntN(20) {
+			base = append(base, kv{rng.IntN(15), 0})
+		}
+		for range rng.IntN(6) {
+			add = append(add, kv{rng.IntN(15), 1})
+		}
+		slices.SortStableFunc(base, cmpKV)
+		slices.SortStableFunc(add, cmpKV)
+		want := mergeSorted(base, add, func(kv) bool { return false }, cmpKV, false)
+		if got := mergeSorted(base, add, nil, cmpKV, true); !slices.Equal(got, want) {
+			t.Fatalf("merge %v + %v: got %v, want %v", base, add, got, want)
+		}
+	}
 }
