@@ -781,7 +781,21 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 			return true
 		}
 	}
-	if wait("every policy's status on every node", 10*time.Minute, statusAll(1)) {
+	// Start-up ends when every node's own report shows every policy too:
+	// the merged Implemented condition counts the nodes that reported,
+	// so it can say True before a node's first report is written (a
+	// clean-clone run counted that late create as a policy change's
+	// write: 4.25 node writes per change for 4 nodes).
+	reportedAll := func() bool {
+		for j := range cfg.Policies {
+			ns, name := policyRef(run, j)
+			if _, ok := tr.reportedAt(ns+"/"+name, 1); !ok {
+				return false
+			}
+		}
+		return true
+	}
+	if wait("every policy's status on every node", 10*time.Minute, func() bool { return statusAll(1)() && reportedAll() }) {
 		res.StartupStatusS = time.Since(agentsStart).Seconds()
 	} else {
 		res.Errors = append(res.Errors, "start-up status never showed every node")
