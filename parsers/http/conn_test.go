@@ -405,8 +405,10 @@ func TestHeadTimeoutOnKeptAliveConnection(t *testing.T) {
 	time.Sleep(3 * headTimeout)
 	get()
 	// a head that stalls half-way: 408 after the header timeout
-	fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: x\r\n")
+	// sent is taken before the write: the proxy's timer starts when it
+	// reads the first byte, which can be before Fprintf returns.
 	sent := time.Now()
+	fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: x\r\n")
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	resp, err := nethttp.ReadResponse(r, nil)
 	if err != nil {

@@ -42,6 +42,14 @@ import (
 // the writers once its input holds no further complete frame, so a burst
 // of frames costs one write system call per hop.
 
+// h2LingerTimeout and h2LingerBytes bound how long and how much a
+// connection we end reads from its client before the last close (net/http's
+// server waits 1 s after its GOAWAY too).
+const (
+	h2LingerTimeout = time.Second
+	h2LingerBytes   = 1 << 20
+)
+
 const (
 	h2StreamWindow    = 256 << 10
 	h2ConnWindow      = 1 << 20
@@ -231,6 +239,11 @@ type h2Conn struct {
 	idle        *time.Timer
 	wg          sync.WaitGroup
 	panicked    *PanicError
+	// linger: the next close ends our side with FIN and reads what the
+	// client still sends for a while (lingering) instead of closing at
+	// once, which with unread input makes the kernel send a reset that
+	// can destroy our GOAWAY before the client reads it.
+	linger, lingering bool
 }
 
 // h2ConnError ends the connection with GOAWAY and code.
@@ -296,6 +309,13 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 	}
 	err = c.readClient()
 	c.shutdown() // waits for the upstream readers (which may have panicked)
+	if c.lingering {
+		// Our side is shut (FIN sent); discard what the client still
+		// sends until it closes too, the deadline passes or the bound is
+		// read (readClient, the only other reader, has returned).
+		io.Copy(io.Discard, io.LimitReader(c.client.br, h2LingerBytes))
+		c.client.conn.Close()
+	}
 	if c.panicked != nil {
 		return c.panicked
 	}
@@ -347,6 +367,7 @@ func (c *h2Conn) readClient() (err error) {
 		var ce h2ConnError
 		if errors.As(err, &ce) {
 			c.goAwayLocked(ce.code, ce.why)
+			c.linger = true
 			err = errH2Closed
 		}
 		if err != nil {
@@ -420,7 +441,12 @@ func (c *h2Conn) closeLocked() {
 		return
 	}
 	c.closed = true
-	c.client.conn.Close()
+	if cw, ok := c.client.conn.(interface{ CloseWrite() error }); c.linger && ok && cw.CloseWrite() == nil {
+		c.client.conn.SetReadDeadline(time.Now().Add(h2LingerTimeout))
+		c.lingering = true
+	} else {
+		c.client.conn.Close()
+	}
 	for u := range c.ups {
 		u.conn.Close()
 	}
@@ -559,6 +585,7 @@ func (c *h2Conn) onClientFrame(f http2.Frame) error {
 		}
 		if len(c.streams) == 0 {
 			c.client.flush()
+			c.linger = true
 			c.closeLocked()
 			return errH2Closed
 		}

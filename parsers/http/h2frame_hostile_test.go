@@ -557,3 +557,49 @@ func FuzzH2Frames(f *testing.F) {
 		}
 	})
 }
+
+// TestH2ClientGoAwayEndsWithoutReset: frames a client sends after its
+// GOAWAY (h2spec's 6.8 sends a PING) must not turn the proxy's close into a
+// TCP reset, which can destroy the proxy's own GOAWAY in the client's
+// receive queue: the client reads the GOAWAY and then a clean end of stream.
+func TestH2ClientGoAwayEndsWithoutReset(t *testing.T) {
+	h2Paths(t, func(t *testing.T, cfg Config) {
+		b := newH2Backend(t)
+		tp := startProxy(t, cfg, b.addr, ruleDecider(t))
+		r := dialRawH2(t, tp.addr)
+		// GOAWAY followed by more PINGs than the proxy reads at once, in
+		// one write: whatever the proxy has not read when it closes is
+		// still in its socket's receive queue.
+		var buf bytes.Buffer
+		fr := http2.NewFramer(&buf, nil)
+		fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+		for range 4096 {
+			fr.WritePing(false, [8]byte{'h', '2', 's', 'p', 'e', 'c'})
+		}
+		if _, err := r.c.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		goAway := false
+		for {
+			f, err := r.fr.ReadFrame()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					t.Fatalf("after the proxy's GOAWAY (seen: %v) the connection ended with %v, want a clean end of stream", goAway, err)
+				}
+				break
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					r.fr.WriteSettingsAck()
+				}
+			case *http2.GoAwayFrame:
+				goAway = true
+			}
+		}
+		if !goAway {
+			t.Fatal("the proxy closed without a GOAWAY")
+		}
+	})
+}
