@@ -325,9 +325,29 @@ func (p *Proxy) Apply(cfg *Config) error {
 	p.cur.Store(c)
 	p.dns.SetPolicy(dnsPol)
 	p.dns.SetFQDNSelectors(dnsPol.FQDNSelectors())
+	// Handed over but not in the config: the previous process served a
+	// listener this config removed.
+	p.closeInherited()
+	for port, st := range p.listeners {
+		if _, keep := want[port]; !keep {
+			st.close()
+			delete(p.listeners, port)
+		}
+	}
+	ports := map[uint16]bool{}
+	for port := range p.listeners {
+		ports[port] = true
+	}
+	p.ports.Store(&ports)
+	p.stats.acks.Add(1)
+	p.log.Info("config applied", "version", cfg.Version, "listeners", len(cfg.Listeners), "endpoints", len(cfg.Endpoints))
+	return nil
+}
+
+// closeInherited closes the inherited sockets no listener took (p.mu
+// held).
+func (p *Proxy) closeInherited() {
 	for port, ln := range p.inherited {
-		// Handed over but not in the config: the previous process
-		// served a listener this config removed.
 		ln.Close()
 		delete(p.inherited, port)
 	}
@@ -343,20 +363,6 @@ func (p *Proxy) Apply(cfg *Config) error {
 		c.Close()
 		delete(p.inheritedUDP6, port)
 	}
-	for port, st := range p.listeners {
-		if _, keep := want[port]; !keep {
-			st.close()
-			delete(p.listeners, port)
-		}
-	}
-	ports := map[uint16]bool{}
-	for port := range p.listeners {
-		ports[port] = true
-	}
-	p.ports.Store(&ports)
-	p.stats.acks.Add(1)
-	p.log.Info("config applied", "version", cfg.Version, "listeners", len(cfg.Listeners), "endpoints", len(cfg.Endpoints))
-	return nil
 }
 
 // ListenerAddr returns the address of the listener on a proxy port.
@@ -376,22 +382,7 @@ func (p *Proxy) Close() error {
 		st.close()
 		delete(p.listeners, port)
 	}
-	for port, ln := range p.inherited {
-		ln.Close()
-		delete(p.inherited, port)
-	}
-	for port, ln := range p.inherited6 {
-		ln.Close()
-		delete(p.inherited6, port)
-	}
-	for port, c := range p.inheritedUDP {
-		c.Close()
-		delete(p.inheritedUDP, port)
-	}
-	for port, c := range p.inheritedUDP6 {
-		c.Close()
-		delete(p.inheritedUDP6, port)
-	}
+	p.closeInherited()
 	p.mu.Unlock()
 	p.drainCancel()
 	p.cancel()
