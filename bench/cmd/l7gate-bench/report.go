@@ -406,7 +406,7 @@ func writeReport(dir, stamp string, r *Results) error {
 		w("\n")
 	}
 	if len(r.Kafka) > 0 {
-		w("## 7. Kafka produce (kfake broker in the server pod, kafka-go: 8 writers, 10 × 100 B messages per produce, acks=1)\n\nCPU-s per 1000 produce calls of each process (load-insensitive, unlike the rates): the Go proxy, the server pod's process (kfake), this process (the kafka-go clients) and the agent (it receives the proxy's flow records); the proxy's context switches per produce.\n\n| path | produce calls/s | messages/s | ratio | p50 | p99 | proxy CPU | server CPU | client CPU | agent CPU | proxy ctxt/produce | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("## 7. Kafka produce (kfake broker in the server pod, kafka-go: 8 writers, 10 × 100 B messages per produce, acks=1)\n\nCPU-s per 1000 produce calls of each process (of the best round; less load-sensitive than the rates, though a pinned proxy on a busy CPU still costs more per call): the Go proxy, the server pod's process (kfake), this process (the kafka-go clients) and the agent (it receives the proxy's flow records); the proxy's context switches per produce.\n\n| path | produce calls/s | messages/s | ratio | p50 | p99 | proxy CPU | server CPU | client CPU | agent CPU | proxy ctxt/produce | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range []string{"direct", "l7"} {
 			k := r.Kafka[p]
 			if k == nil {
