@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/l7gate/l7gate/parsers/kafka"
 	"github.com/l7gate/l7gate/policy"
@@ -19,6 +21,30 @@ func provenanceReason(ps []policy.Provenance) string {
 		parts[i] = p.String()
 	}
 	return strings.Join(parts, "; ")
+}
+
+// reasonCache remembers the reason string of the last deciding rules of
+// one connection: a connection's requests are mostly decided by the same
+// rules, and rendering them (fmt per rule) cost more than the policy
+// evaluation itself. Keyed by the provenances' values, so a policy change
+// that changes them renders anew. Safe for concurrent use (the decider
+// runs on both of a connection's goroutines).
+type reasonCache struct {
+	last atomic.Pointer[renderedReason]
+}
+
+type renderedReason struct {
+	by     []policy.Provenance
+	reason string
+}
+
+func (c *reasonCache) of(ps []policy.Provenance) string {
+	if r := c.last.Load(); r != nil && slices.Equal(r.by, ps) {
+		return r.reason
+	}
+	r := &renderedReason{by: slices.Clone(ps), reason: provenanceReason(ps)}
+	c.last.Store(r)
+	return r.reason
 }
 
 // kafkaAudits hands the rules in audit mode behind a forwarded Kafka
@@ -50,6 +76,7 @@ func (a *kafkaAudits) take(id int32) ([]policy.Provenance, bool) {
 }
 
 func (p *Proxy) kafkaDecider(ci connInfo, audits *kafkaAudits) kafka.Decider {
+	var reasons reasonCache
 	return func(r *kafka.Request) kafka.Decision {
 		c := p.cur.Load()
 		if c == nil {
@@ -74,9 +101,9 @@ func (p *Proxy) kafkaDecider(ci connInfo, audits *kafkaAudits) kafka.Decider {
 				audits.put(r.CorrelationID, res.DecidedBy)
 				return kafka.Allow("audit: " + provenanceReason(res.DecidedBy) + " (denied topics: " + strings.Join(res.DeniedTopics, ", ") + ")")
 			}
-			return kafka.Deny(provenanceReason(res.DecidedBy), res.DeniedTopics...)
+			return kafka.Deny(reasons.of(res.DecidedBy), res.DeniedTopics...)
 		}
-		return kafka.Allow(provenanceReason(res.DecidedBy))
+		return kafka.Allow(reasons.of(res.DecidedBy))
 	}
 }
 

@@ -116,6 +116,29 @@ func procCPU(pid int) float64 {
 	return (u + st) / 100 // USER_HZ
 }
 
+// procCtxt is the voluntary plus involuntary context switches of every
+// thread of pid (0 for pid <= 0).
+func procCtxt(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	dirs, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	var n int64
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "voluntary_ctxt_switches:") || strings.HasPrefix(l, "nonvoluntary_ctxt_switches:") {
+				v, _ := strconv.ParseInt(strings.Fields(l)[1], 10, 64)
+				n += v
+			}
+		}
+	}
+	return n
+}
+
 // procRSSKiB is VmRSS of pid in KiB.
 func procRSSKiB(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -233,6 +256,14 @@ type h2loadResult struct {
 	Failed          int64   `json:"failed"`
 	MeanReqUs       float64 `json:"meanRequestUs"`
 	ProxyCPUPer1000 float64 `json:"proxyCpuSecPer1000,omitempty"`
+	// ServerCPUPer1000, ClientCPUPer1000: the upstream server process's
+	// this process's (the clients') and the agent's CPU-s per 1000 calls
+	// (Kafka);
+	// ProxyCtxtPerCall: the proxy's context switches per call.
+	ServerCPUPer1000 float64 `json:"serverCpuSecPer1000,omitempty"`
+	ClientCPUPer1000 float64 `json:"clientCpuSecPer1000,omitempty"`
+	AgentCPUPer1000  float64 `json:"agentCpuSecPer1000,omitempty"`
+	ProxyCtxtPerCall float64 `json:"proxyCtxtPerCall,omitempty"`
 }
 
 var (
@@ -297,6 +328,14 @@ type rpcResult struct {
 	MsgPerSec float64 `json:"messagesPerSec,omitempty"`
 	// ProxyCPUPer1000 is the Go proxy's CPU-s per 1000 calls (L7 runs).
 	ProxyCPUPer1000 float64 `json:"proxyCpuSecPer1000,omitempty"`
+	// ServerCPUPer1000, ClientCPUPer1000: the upstream server process's
+	// this process's (the clients') and the agent's CPU-s per 1000 calls
+	// (Kafka);
+	// ProxyCtxtPerCall: the proxy's context switches per call.
+	ServerCPUPer1000 float64 `json:"serverCpuSecPer1000,omitempty"`
+	ClientCPUPer1000 float64 `json:"clientCpuSecPer1000,omitempty"`
+	AgentCPUPer1000  float64 `json:"agentCpuSecPer1000,omitempty"`
+	ProxyCtxtPerCall float64 `json:"proxyCtxtPerCall,omitempty"`
 }
 
 // closedLoop runs call from workers goroutines for d and collects latency.

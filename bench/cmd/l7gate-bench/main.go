@@ -62,6 +62,8 @@ type config struct {
 	repo                          string
 	// h2Rounds: interleaved direct/L7 rounds of the HTTP/2 and gRPC phase.
 	h2Rounds int
+	// kafkaRounds: interleaved direct/L7 rounds of the kafka phase.
+	kafkaRounds int
 	// agentArgs are extra arguments for the agent (e.g.
 	// --proxy-arg=--http2-path=nethttp).
 	agentArgs []string
@@ -86,6 +88,7 @@ func benchMain() error {
 	flag.IntVar(&cfg.cpChanges, "cp-changes", 30, "control plane: CNP changes to time at the largest scale (bounded by -cp-budget)")
 	flag.DurationVar(&cfg.cpBudget, "cp-budget", 100*time.Second, "control plane: stop timing changes at the largest scale after this long (one change is always timed)")
 	flag.IntVar(&cfg.h2Rounds, "h2-rounds", 5, "interleaved direct/L7 rounds of the h2grpc phase (ratios per round, median and range reported)")
+	flag.IntVar(&cfg.kafkaRounds, "kafka-rounds", 5, "interleaved direct/L7 rounds of the kafka phase (ratios per round, median and range reported)")
 	flag.Func("agent-arg", "extra argument for the agent (repeatable), e.g. -agent-arg=--proxy-arg=--http2-path=nethttp", func(v string) error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil
@@ -569,18 +572,76 @@ func (s *scenario) controlPlane(ctx context.Context) error {
 
 func (s *scenario) kafka(ctx context.Context) error {
 	s.res.Kafka = map[string]*rpcResult{}
-	for _, p := range []string{"direct", "l7"} {
-		if err := s.use(p); err != nil {
-			return err
-		}
-		r, err := runKafka(ctx, s.dial, net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)), 8, 10, 100, s.cfg.shortDur)
-		if err != nil {
-			return fmt.Errorf("kafka %s: %w", p, err)
-		}
-		log.Printf("  kafka %-8s %9.0f produce/s %9.0f msg/s p50 %6.0fus p99 %6.0fus errors %d %s", p, r.PerSec, r.MsgPerSec, r.P50us, r.P99us, r.Errors, r.FirstErr)
-		s.res.Kafka[p] = r
+	kr := &pairRounds{}
+	s.res.KafkaRounds = kr
+	n := s.cfg.kafkaRounds
+	if s.cfg.quick {
+		n = 2
 	}
+	for round := range n {
+		perSec := map[string]float64{}
+		for _, p := range roundOrder([]string{"direct", "l7"}, round) {
+			if err := s.use(p); err != nil {
+				return err
+			}
+			pid := s.proxyPIDFor(p)
+			srv := s.n.server.Process.Pid
+			self := os.Getpid()
+			agent := s.n.agent.Process.Pid
+			cpu0, srv0, self0, ag0, cs0 := procCPU(pid), procCPU(srv), procCPU(self), procCPU(agent), procCtxt(pid)
+			stop := kafkaHook(p, pid, srv)
+			r, err := runKafka(ctx, s.dial, net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)), 8, 10, 100, s.cfg.shortDur)
+			stop()
+			if err != nil {
+				return fmt.Errorf("kafka %s: %w", p, err)
+			}
+			if r.Calls > 0 {
+				per := func(d float64) float64 { return d / float64(r.Calls) * 1000 }
+				if pid > 0 {
+					r.ProxyCPUPer1000 = per(procCPU(pid) - cpu0)
+					r.ProxyCtxtPerCall = float64(procCtxt(pid)-cs0) / float64(r.Calls)
+				}
+				r.ServerCPUPer1000 = per(procCPU(srv) - srv0)
+				r.ClientCPUPer1000 = per(procCPU(self) - self0)
+				r.AgentCPUPer1000 = per(procCPU(agent) - ag0)
+			}
+			log.Printf("  kafka round %d %-8s %9.0f produce/s %9.0f msg/s p50 %6.0fus p99 %6.0fus cpu-s/1000: proxy %.4f server %.4f client %.4f agent %.4f; proxy ctxt/produce %.2f errors %d %s",
+				round, p, r.PerSec, r.MsgPerSec, r.P50us, r.P99us, r.ProxyCPUPer1000, r.ServerCPUPer1000, r.ClientCPUPer1000, r.AgentCPUPer1000, r.ProxyCtxtPerCall, r.Errors, r.FirstErr)
+			if prev := s.res.Kafka[p]; prev == nil || r.MsgPerSec > prev.MsgPerSec {
+				s.res.Kafka[p] = r
+			}
+			perSec[p] = r.MsgPerSec
+		}
+		load := loadAvg()
+		kr.add(perSec["direct"], perSec["l7"], load)
+		log.Printf("  round %d: kafka L7/direct %.2f, load %s", round, kr.Ratios[round], load)
+	}
+	log.Printf("  kafka L7/direct median %.2f (%.2f-%.2f)", kr.Median, kr.Min, kr.Max)
 	return nil
+}
+
+// kafkaHook runs $L7GATE_BENCH_KAFKA_HOOK (a shell command; PROXY_PID,
+// SERVER_PID and KAFKA_PATH in its environment) while a Kafka round runs,
+// e.g. perf record or strace -c on the proxy; the returned func stops it
+// (SIGINT) and waits.
+func kafkaHook(path string, proxyPID, serverPID int) func() {
+	h := os.Getenv("L7GATE_BENCH_KAFKA_HOOK")
+	if h == "" {
+		return func() {}
+	}
+	cmd := exec.Command("sh", "-c", h)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PROXY_PID=%d", proxyPID), fmt.Sprintf("SERVER_PID=%d", serverPID), "KAFKA_PATH="+path)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		log.Printf("kafka hook: %v", err)
+		return func() {}
+	}
+	time.Sleep(500 * time.Millisecond) // let perf/strace attach
+	return func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		cmd.Wait()
+	}
 }
 
 // rssResult: the Go proxy's resident memory.
