@@ -71,3 +71,24 @@ func TestThroughProxy(t *testing.T) {
 		}
 	}
 }
+
+// TestFamilyRoundsDirectControl: the direct path's rounds are shown
+// without proxy CPU and named next to the goal as the control.
+func TestFamilyRoundsDirectControl(t *testing.T) {
+	d := &familyRounds{Path: "direct"}
+	d.add(&wrkResult{ReqPerSec: 100, Requests: 1}, &wrkResult{ReqPerSec: 96, Requests: 1}, "1.00 1.00 1.00")
+	l7 := &familyRounds{Path: "l7"}
+	l7.add(&wrkResult{ReqPerSec: 50, ProxyCPUPer1000: 0.02}, &wrkResult{ReqPerSec: 49, ProxyCPUPer1000: 0.02}, "1.00 1.00 1.00")
+	r := &Results{KeepAliveIPv6: l7, KeepAliveIPv6Direct: d}
+	var got []goal
+	r.goalsIPv6(func(name, target, measured, met string) { got = append(got, goal{name, target, measured, met}) })
+	if len(got) != 1 || got[0].Met != "yes" || !strings.Contains(got[0].Measured, "direct path, no proxy, IPv6 / IPv4 0.960") {
+		t.Fatalf("goal %+v, want met with the direct control 0.960", got)
+	}
+	if md := d.markdown(); strings.Contains(md, "CPU") || !strings.Contains(md, "| 1 | 100 | 96 | 0.960 |") {
+		t.Errorf("direct rounds:\n%s", md)
+	}
+	if err := answered(&wrkResult{Requests: 10}); err != nil {
+		t.Errorf("direct run without proxy CPU refused: %v", err)
+	}
+}

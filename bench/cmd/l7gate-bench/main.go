@@ -64,6 +64,8 @@ type config struct {
 	h2Rounds int
 	// v6Rounds: interleaved IPv4/IPv6 rounds of the keepalive6 phase.
 	v6Rounds int
+	// v6Direct: measure the direct path over both families too (control).
+	v6Direct bool
 	// agentArgs are extra arguments for the agent (e.g.
 	// --proxy-arg=--http2-path=nethttp).
 	agentArgs []string
@@ -89,6 +91,7 @@ func benchMain() error {
 	flag.DurationVar(&cfg.cpBudget, "cp-budget", 100*time.Second, "control plane: stop timing changes at the largest scale after this long (one change is always timed)")
 	flag.IntVar(&cfg.h2Rounds, "h2-rounds", 5, "interleaved direct/L7 rounds of the h2grpc phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.v6Rounds, "v6-rounds", 5, "interleaved IPv4/IPv6 rounds of the keepalive6 phase (ratios per round, median and range reported)")
+	flag.BoolVar(&cfg.v6Direct, "v6-direct", true, "keepalive6: measure the direct path (no policy, no proxy) over both families in the same rounds, as the control")
 	flag.Func("agent-arg", "extra argument for the agent (repeatable), e.g. -agent-arg=--proxy-arg=--http2-path=nethttp", func(v string) error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil

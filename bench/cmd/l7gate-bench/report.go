@@ -30,26 +30,28 @@ type Results struct {
 	KeepAlive    map[string]*wrkResult `json:"keepAlive,omitempty"`
 	// KeepAliveIPv6: keep-alive through the Go proxy over IPv4 and IPv6 in
 	// interleaved rounds (issue 21).
-	KeepAliveIPv6 *familyRounds               `json:"keepAliveIPv6,omitempty"`
-	FixedRate     map[string]*fixedRateResult `json:"fixedRate,omitempty"`
-	NewConns      map[string]*wrkResult       `json:"newConnections,omitempty"`
-	H2            map[string]*h2loadResult    `json:"http2,omitempty"`
-	GRPC          map[string]*rpcResult       `json:"grpc,omitempty"`
-	H2Rounds      *pairRounds                 `json:"http2Rounds,omitempty"`
-	GRPCRounds    *pairRounds                 `json:"grpcRounds,omitempty"`
-	AgentArgs     []string                    `json:"agentArgs,omitempty"`
-	Datapath      []dpRow                     `json:"datapath,omitempty"`
-	DatapathIPv6  []dp6Row                    `json:"datapathIPv6,omitempty"`
-	Iptables      []iptRow                    `json:"iptables,omitempty"`
-	ControlPlane  []*cpResult                 `json:"controlPlane,omitempty"`
-	Kafka         map[string]*rpcResult       `json:"kafka,omitempty"`
-	AccessLogOff  map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
-	ProxyRSS      *rssResult                  `json:"proxyRss,omitempty"`
-	OTLP          map[string]*otlpResult      `json:"keepAliveOTLP,omitempty"`
-	Goals         []goal                      `json:"goals"`
-	Missing       []string                    `json:"missing,omitempty"`
-	Errors        []string                    `json:"errors,omitempty"`
-	Logs          string                      `json:"logs,omitempty"`
+	KeepAliveIPv6 *familyRounds `json:"keepAliveIPv6,omitempty"`
+	// KeepAliveIPv6Direct: the same for the direct path (the control).
+	KeepAliveIPv6Direct *familyRounds               `json:"keepAliveIPv6Direct,omitempty"`
+	FixedRate           map[string]*fixedRateResult `json:"fixedRate,omitempty"`
+	NewConns            map[string]*wrkResult       `json:"newConnections,omitempty"`
+	H2                  map[string]*h2loadResult    `json:"http2,omitempty"`
+	GRPC                map[string]*rpcResult       `json:"grpc,omitempty"`
+	H2Rounds            *pairRounds                 `json:"http2Rounds,omitempty"`
+	GRPCRounds          *pairRounds                 `json:"grpcRounds,omitempty"`
+	AgentArgs           []string                    `json:"agentArgs,omitempty"`
+	Datapath            []dpRow                     `json:"datapath,omitempty"`
+	DatapathIPv6        []dp6Row                    `json:"datapathIPv6,omitempty"`
+	Iptables            []iptRow                    `json:"iptables,omitempty"`
+	ControlPlane        []*cpResult                 `json:"controlPlane,omitempty"`
+	Kafka               map[string]*rpcResult       `json:"kafka,omitempty"`
+	AccessLogOff        map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
+	ProxyRSS            *rssResult                  `json:"proxyRss,omitempty"`
+	OTLP                map[string]*otlpResult      `json:"keepAliveOTLP,omitempty"`
+	Goals               []goal                      `json:"goals"`
+	Missing             []string                    `json:"missing,omitempty"`
+	Errors              []string                    `json:"errors,omitempty"`
+	Logs                string                      `json:"logs,omitempty"`
 }
 
 type goal struct {
@@ -297,6 +299,9 @@ func writeReport(dir, stamp string, r *Results) error {
 	if fr := r.KeepAliveIPv6; fr != nil && len(fr.Ratios) > 0 {
 		w("## 1b. HTTP/1.1 keep-alive through the Go proxy, IPv6 vs IPv4 (issue 21)\n\nThe L7 path of section 1 (wrk -t1 -c64 in the client pod → the datapath's redirect → the Go proxy with 100 HTTP rules → the server pod), once to the server's IPv4 address %s and once to its IPv6 address %s (dual-stack pods, `status.podIPs`; the proxy's IPv6 listener), back to back in %d rounds (order reversed every other round, 1 s warm-up each); the ratio is taken within each round. Every run must get only 2xx answers and cost the Go proxy CPU (else the phase fails). Every round's full wrk result is in the JSON (`keepAliveIPv6`).\n\n", serverIP, serverIP6, len(fr.Ratios))
 		w("%s", fr.markdown())
+		if d := r.KeepAliveIPv6Direct; d != nil && len(d.Ratios) > 0 {
+			w("The control: the direct path (agent running, no policy, no proxy) over both families in the same rounds — the kernel's and the datapath's own IPv6 vs IPv4 difference on this topology:\n\n%s", d.markdown())
+		}
 	}
 	if len(r.FixedRate) > 0 {
 		w("## 2. Fixed rate: 1000 req/s over 16 keep-alive connections (Go client, latency from the scheduled send time)\n\nBest (lowest p99) of %d interleaved rounds per path; all rounds' p99 in the JSON.\n\n", rounds)
