@@ -80,7 +80,9 @@ func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observatio
 // the source's namespace (through the DNS proxy when rules.dns apply,
 // whose answer the agent holds until toFQDNs admit the address), then
 // sends the HTTP request to the answered address with Host: c.Name. A
-// refused or unanswered query is the check's outcome.
+// refused or unanswered query is the check's outcome. Over IPv6 the query
+// is for AAAA and goes to the server's IPv6 address, and the answer must
+// be an IPv6 address (never a silent IPv4 request).
 func (t *Topology) sendByName(ctx context.Context, src *HostNS, c Check, o ProbeOptions) Observation {
 	server := t.hosts[c.ResolvedBy]
 	if server == nil {
@@ -88,8 +90,8 @@ func (t *Topology) sendByName(ctx context.Context, src *HostNS, c Check, o Probe
 	}
 	dial := netnsDialer(src.NS, o.ConnectTimeout)
 	q := c
-	q.HTTP, q.DNS = nil, &DNSQuery{Name: c.Name}
-	obs := send(ctx, dial, netip.AddrPortFrom(server.Host.IP, 53), q, o)
+	q.HTTP, q.DNS = nil, &DNSQuery{Name: c.Name, AAAA: c.Family == FamilyIPv6}
+	obs := send(ctx, dial, netip.AddrPortFrom(server.Host.Addr(c.Family), 53), q, o)
 	if obs.Verdict != Allowed {
 		obs.Detail = "resolving " + strings.TrimSuffix(c.Name, ".") + ": " + obs.Detail
 		return obs
@@ -104,6 +106,9 @@ func (t *Topology) sendByName(ctx context.Context, src *HostNS, c Check, o Probe
 	}
 	if !ip.IsValid() {
 		return Observation{Verdict: Errored, Detail: "resolving " + c.Name + ": no address (" + obs.Detail + ")"}
+	}
+	if ip.Is6() != (c.Family == FamilyIPv6) {
+		return Observation{Verdict: Errored, Detail: "resolving " + c.Name + ": answer " + ip.String() + " is not of the check's family"}
 	}
 	name := strings.TrimSuffix(c.Name, ".")
 	h := *c.HTTP

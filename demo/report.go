@@ -50,11 +50,27 @@ type TraceSummary struct {
 }
 
 // TraceCheck runs policy.Trace for a check against objs (the scenario's
-// objects and the policies in force).
+// objects and the policies in force). A check by name is traced as what
+// it does: first the DNS query to its server (A, or AAAA over IPv6) — a
+// query dropped or refused is the outcome — then the request to the
+// answered host with Host: the name.
 func TraceCheck(objs *policy.Objects, sc *Scenario, c Check) TraceSummary {
 	src, dst := sc.Host(c.From), sc.Host(c.To)
 	if src == nil || dst == nil {
 		return TraceSummary{Err: fmt.Errorf("unknown host")}
+	}
+	if c.Name != "" && c.HTTP != nil {
+		q := c
+		q.To, q.Port, q.Name, q.ResolvedBy, q.HTTP = c.ResolvedBy, 53, "", "", nil
+		q.DNS = &DNSQuery{Name: c.Name, AAAA: c.Family == FamilyIPv6}
+		if tr := TraceCheck(objs, sc, q); tr.Err != nil || tr.Verdict == Denied || tr.Verdict == Dropped {
+			return tr
+		}
+		h := *c.HTTP
+		if h.Host == "" {
+			h.Host = strings.TrimSuffix(c.Name, ".")
+		}
+		c.HTTP = &h
 	}
 	addr := netip.AddrPortFrom(dst.Addr(c.Family), c.Port)
 	req := policy.TraceRequest{

@@ -194,7 +194,8 @@ func LoadScenario(fsys fs.FS, name string) (*Scenario, error) {
 
 // resolveCheckNames finds, for each check by name, the DNS server whose
 // zone has the name (the first in host order) and the host at the zone's
-// address.
+// address: its A record, or for a check over IPv6 its AAAA record (the
+// check asks for AAAA then).
 func (sc *Scenario) resolveCheckNames(file string) []error {
 	var errs []error
 	for i := range sc.Steps {
@@ -204,19 +205,24 @@ func (sc *Scenario) resolveCheckNames(file string) []error {
 				continue
 			}
 			where := fmt.Sprintf("%s: steps[%d].checks[%d].to", file, i, j)
+			records := func(h *Host) map[string]netip.Addr { return h.Zone.A }
+			record := ""
+			if c.Family == FamilyIPv6 {
+				records, record = func(h *Host) map[string]netip.Addr { return h.Zone.AAAA }, "an AAAA record of "
+			}
 			var server *Host
 			for _, h := range sc.Hosts {
-				if _, ok := h.Zone.A[c.Name]; ok && h.Serves(ProtoDNS, 53) {
+				if _, ok := records(h)[c.Name]; ok && h.Serves(ProtoDNS, 53) {
 					server = h
 					break
 				}
 			}
 			if server == nil {
-				errs = append(errs, fmt.Errorf("%s: no DNS server of the scenario (serve dns:53) has %s in its zone", where, strings.TrimSuffix(c.Name, ".")))
+				errs = append(errs, fmt.Errorf("%s: no DNS server of the scenario (serve dns:53) has %s%s in its zone", where, record, strings.TrimSuffix(c.Name, ".")))
 				continue
 			}
-			ip := server.Zone.A[c.Name]
-			i := slices.IndexFunc(sc.Hosts, func(h *Host) bool { return h.IP == ip })
+			ip := records(server)[c.Name]
+			i := slices.IndexFunc(sc.Hosts, func(h *Host) bool { return h.Addr(c.Family) == ip })
 			if i < 0 {
 				errs = append(errs, fmt.Errorf("%s: %s is %s in %s's zone, which no pod or external host has", where, strings.TrimSuffix(c.Name, "."), ip, server.Name))
 				continue
@@ -240,8 +246,8 @@ func (sc *Scenario) resolveNames() {
 			c := &sc.Steps[i].Checks[j]
 			if c.Name != "" && c.Expect == Allowed {
 				// resolved by the check itself, first
-				if to := sc.Host(c.To); to != nil && !slices.Contains(seen[c.Name], to.IP) {
-					seen[c.Name] = append(seen[c.Name], to.IP)
+				if to := sc.Host(c.To); to != nil && !slices.Contains(seen[c.Name], to.Addr(c.Family)) {
+					seen[c.Name] = append(seen[c.Name], to.Addr(c.Family))
 				}
 			}
 			for _, n := range slices.Sorted(maps.Keys(seen)) {
@@ -440,7 +446,8 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 			}
 			if to.Service != nil {
 				if c.Family == FamilyIPv6 {
-					errs = append(errs, fmt.Errorf("%s.family: checks over IPv6 to a Service are not supported", cw))
+					// Never run it over IPv4 instead: say what is missing.
+					errs = append(errs, fmt.Errorf("%s.family: checks over IPv6 to a Service are not supported: l7gate's socket load balancer translates IPv4 ClusterIPs only (policy.ServiceFrontends skips IPv6 ClusterIPs; the bpf socket LB has IPv4 maps and connect4/sendmsg4/recvmsg4/getpeername4 programs only)", cw))
 					continue
 				}
 				if c.Kafka != nil {
@@ -458,7 +465,7 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 				continue
 			}
 			if c.Family == FamilyIPv6 {
-				if err := checkIPv6Check(c, from, to); err != nil {
+				if err := checkIPv6Check(c, from, to, sc.Host(c.ResolvedBy)); err != nil {
 					errs = append(errs, fmt.Errorf("%s: %w", cw, err))
 					continue
 				}
@@ -476,12 +483,12 @@ func (sc *Scenario) validateSteps(fsys fs.FS, fname func(string) string) []error
 }
 
 // checkIPv6Check: a check over IPv6 is a request between two hosts with
-// IPv6 addresses (the node has one). By name over IPv6 is not supported
-// (yet): an error, never a silent IPv4 check.
-func checkIPv6Check(c Check, from, to *Host) error {
+// IPv6 addresses (the node has one). A check by name over IPv6 asks its
+// DNS server (resolver) over IPv6 too, so that needs an IPv6 address.
+func checkIPv6Check(c Check, from, to, resolver *Host) error {
 	switch {
-	case c.Name != "":
-		return errors.New("family: ipv6 is not supported for checks by name")
+	case c.Name != "" && (resolver == nil || !resolver.IP6.IsValid()):
+		return fmt.Errorf("family: ipv6: the DNS server of %s has no IPv6 address (add one to its status.podIPs)", strings.TrimSuffix(c.Name, "."))
 	case !from.IP6.IsValid():
 		return fmt.Errorf("family: ipv6: %s has no IPv6 address (add one to its status.podIPs)", from.Name)
 	case !to.IP6.IsValid():

@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -328,6 +329,10 @@ func TestScenarioErrors(t *testing.T) {
 		{"ipv6 grpc check to a host without ipv6", map[string]string{"objects/p.yaml": pod("a", "198.18.0.1", `"grpc:50051"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 50051, grpc: {method: /a.B/C}, family: ipv6, expect: allowed}"},
 			"steps[0].checks[0]: family: ipv6: default/a has no IPv6 address"},
+		{"ipv6 check to a service", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"http:80"`) + dual("c", "198.18.0.3", "2001:db8:1::3", "") +
+			"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 198.19.0.80\n  clusterIPs: [198.19.0.80, \"2001:db8:f::80\"]\n  ipFamilies: [IPv4, IPv6]\n  selector: {app: web}\n  ports:\n  - {port: 80}\n",
+			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: svc/default/web, port: 80, http: {}, family: ipv6, expect: allowed}"},
+			"steps[0].checks[0].family: checks over IPv6 to a Service are not supported: l7gate's socket load balancer translates IPv4 ClusterIPs only"},
 		{"dns query type", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"dns:53"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 53, dns: {query: a.test, type: MX}, expect: allowed}"},
 			`steps[0].checks[0].dns.type: want A or AAAA, not "MX"`},
@@ -519,6 +524,75 @@ func TestParseZone(t *testing.T) {
 	} {
 		if _, err := ParseZone(in); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %s", in, err, want)
+		}
+	}
+}
+
+// TestCheckByNameIPv6: a check by name over IPv6 resolves through the
+// name's AAAA record to the host with that IPv6 address, asks its DNS
+// server over IPv6, and the trace cache holds the IPv6 address only; the
+// trace follows the query first (a name outside rules.dns is denied).
+// Without an AAAA record, or with a DNS server that has no IPv6 address,
+// the scenario does not load.
+func TestCheckByNameIPv6(t *testing.T) {
+	sc := scenarioByName(t, "dns-dualstack")
+	want := map[string]Verdict{"api2.example.test.": Allowed, "other.example.test.": Dropped, "www.other.test.": Denied}
+	for i, st := range sc.Steps {
+		objs, err := sc.ObjectsAt(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range st.Checks {
+			if c.Name == "" || c.Family != FamilyIPv6 {
+				continue
+			}
+			v, ok := want[c.Name]
+			if !ok {
+				t.Errorf("unexpected check by name %s", c.Name)
+				continue
+			}
+			delete(want, c.Name)
+			to := sc.Host(c.To)
+			if to == nil || c.ResolvedBy != "kube-system/coredns" || to.IP6 != sc.Host("kube-system/coredns").Zone.AAAA[c.Name] {
+				t.Errorf("%s: to %q resolved by %q, want the host of its AAAA record by kube-system/coredns", c.Name, c.To, c.ResolvedBy)
+			}
+			if tr := TraceCheck(objs, sc, c); tr.Err != nil || tr.Verdict != v || c.Expect != v {
+				t.Errorf("%s: trace %s, expect %s, want %s", c.Name, tr, c.Expect, v)
+			}
+			if c.Name == "api2.example.test." {
+				i := slices.IndexFunc(c.Resolved, func(n policy.FQDNName) bool { return n.Name == c.Name })
+				if i < 0 || len(c.Resolved[i].IPs) != 1 || c.Resolved[i].IPs[0] != to.IP6 {
+					t.Errorf("%s: trace cache %v, want its IPv6 address only", c.Name, c.Resolved)
+				}
+			}
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("dns-dualstack lacks checks by name over IPv6 for %v", slices.Sorted(maps.Keys(want)))
+	}
+
+	pod := func(name, ip, ip6, extra string) string {
+		s := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  namespace: default\n" + extra + "status:\n  podIP: " + ip + "\n"
+		if ip6 != "" {
+			s += "  podIPs:\n  - ip: " + ip + "\n  - ip: " + ip6 + "\n"
+		}
+		return s + "---\n"
+	}
+	dns := func(zone string) string {
+		return "  annotations:\n    l7gate.io/serve: dns:53\n    l7gate.io/dns-zone: \"" + zone + "\"\n"
+	}
+	check := "steps:\n- name: x\n  checks:\n  - {from: default/a, to: \"name:web.test\", port: 80, http: {}, family: ipv6, expect: allowed}\n"
+	for _, tc := range []struct{ name, objects, want string }{
+		{"no AAAA record", pod("a", "198.18.0.1", "2001:db8:1::1", "") + pod("dns", "198.18.0.53", "2001:db8:1::53", dns("web.test=198.18.0.2")) +
+			pod("web", "198.18.0.2", "2001:db8:1::2", "  annotations:\n    l7gate.io/serve: http:80\n"),
+			"no DNS server of the scenario (serve dns:53) has an AAAA record of web.test in its zone"},
+		{"DNS server without IPv6", pod("a", "198.18.0.1", "2001:db8:1::1", "") + pod("dns", "198.18.0.53", "", dns("web.test=2001:db8:1::2")) +
+			pod("web", "198.18.0.2", "2001:db8:1::2", "  annotations:\n    l7gate.io/serve: http:80\n"),
+			"family: ipv6: the DNS server of web.test has no IPv6 address"},
+	} {
+		fsys := fstest.MapFS{"objects/p.yaml": {Data: []byte(tc.objects)}, "steps.yaml": {Data: []byte(check)}}
+		if _, err := LoadScenario(fsys, "s"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\n got %v\nwant %s", tc.name, err, tc.want)
 		}
 	}
 }

@@ -64,6 +64,10 @@ type config struct {
 	h2Rounds int
 	// kafkaRounds: interleaved direct/L7 rounds of the kafka phase.
 	kafkaRounds int
+	// v6Rounds: interleaved IPv4/IPv6 rounds of the keepalive6 phase.
+	v6Rounds int
+	// v6Direct: measure the direct path over both families too (control).
+	v6Direct bool
 	// agentArgs are extra arguments for the agent (e.g.
 	// --proxy-arg=--http2-path=nethttp).
 	agentArgs []string
@@ -72,7 +76,7 @@ type config struct {
 func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
 
 // phases, in the priority order.
-var allPhases = []string{"keepalive", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "accesslogoff"}
+var allPhases = []string{"keepalive", "keepalive6", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "accesslogoff"}
 
 func benchMain() error {
 	var cfg config
@@ -89,6 +93,8 @@ func benchMain() error {
 	flag.DurationVar(&cfg.cpBudget, "cp-budget", 100*time.Second, "control plane: stop timing changes at the largest scale after this long (one change is always timed)")
 	flag.IntVar(&cfg.h2Rounds, "h2-rounds", 5, "interleaved direct/L7 rounds of the h2grpc phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.kafkaRounds, "kafka-rounds", 5, "interleaved direct/L7 rounds of the kafka phase (ratios per round, median and range reported)")
+	flag.IntVar(&cfg.v6Rounds, "v6-rounds", 5, "interleaved IPv4/IPv6 rounds of the keepalive6 phase (ratios per round, median and range reported)")
+	flag.BoolVar(&cfg.v6Direct, "v6-direct", true, "keepalive6: measure the direct path (no policy, no proxy) over both families in the same rounds, as the control")
 	flag.Func("agent-arg", "extra argument for the agent (repeatable), e.g. -agent-arg=--proxy-arg=--http2-path=nethttp", func(v string) error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil
@@ -249,6 +255,7 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 		f     func(context.Context) error
 	}{
 		{"keepalive", s.keepAlive},
+		{"keepalive6", s.keepAlive6},
 		{"fixedrate", s.fixedRate},
 		{"newconn", s.newConns},
 		{"h2grpc", s.h2grpc},

@@ -20,34 +20,39 @@ import (
 
 // Results is everything one `make bench` run measured.
 type Results struct {
-	Date         string                      `json:"date"`
-	GoVersion    string                      `json:"goVersion"`
-	Kernel       string                      `json:"kernel"`
-	CPUs         int                         `json:"cpus"`
-	Pinning      string                      `json:"pinning"`
-	Durations    string                      `json:"durations"`
-	TotalSeconds float64                     `json:"totalSeconds"`
-	KeepAlive    map[string]*wrkResult       `json:"keepAlive,omitempty"`
-	FixedRate    map[string]*fixedRateResult `json:"fixedRate,omitempty"`
-	NewConns     map[string]*wrkResult       `json:"newConnections,omitempty"`
-	H2           map[string]*h2loadResult    `json:"http2,omitempty"`
-	GRPC         map[string]*rpcResult       `json:"grpc,omitempty"`
-	H2Rounds     *pairRounds                 `json:"http2Rounds,omitempty"`
-	GRPCRounds   *pairRounds                 `json:"grpcRounds,omitempty"`
-	AgentArgs    []string                    `json:"agentArgs,omitempty"`
-	Datapath     []dpRow                     `json:"datapath,omitempty"`
-	DatapathIPv6 []dp6Row                    `json:"datapathIPv6,omitempty"`
-	Iptables     []iptRow                    `json:"iptables,omitempty"`
-	ControlPlane []*cpResult                 `json:"controlPlane,omitempty"`
-	Kafka        map[string]*rpcResult       `json:"kafka,omitempty"`
-	KafkaRounds  *pairRounds                 `json:"kafkaRounds,omitempty"`
-	AccessLogOff map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
-	ProxyRSS     *rssResult                  `json:"proxyRss,omitempty"`
-	OTLP         map[string]*otlpResult      `json:"keepAliveOTLP,omitempty"`
-	Goals        []goal                      `json:"goals"`
-	Missing      []string                    `json:"missing,omitempty"`
-	Errors       []string                    `json:"errors,omitempty"`
-	Logs         string                      `json:"logs,omitempty"`
+	Date         string                `json:"date"`
+	GoVersion    string                `json:"goVersion"`
+	Kernel       string                `json:"kernel"`
+	CPUs         int                   `json:"cpus"`
+	Pinning      string                `json:"pinning"`
+	Durations    string                `json:"durations"`
+	TotalSeconds float64               `json:"totalSeconds"`
+	KeepAlive    map[string]*wrkResult `json:"keepAlive,omitempty"`
+	// KeepAliveIPv6: keep-alive through the Go proxy over IPv4 and IPv6 in
+	// interleaved rounds (issue 21).
+	KeepAliveIPv6 *familyRounds `json:"keepAliveIPv6,omitempty"`
+	// KeepAliveIPv6Direct: the same for the direct path (the control).
+	KeepAliveIPv6Direct *familyRounds               `json:"keepAliveIPv6Direct,omitempty"`
+	FixedRate           map[string]*fixedRateResult `json:"fixedRate,omitempty"`
+	NewConns            map[string]*wrkResult       `json:"newConnections,omitempty"`
+	H2                  map[string]*h2loadResult    `json:"http2,omitempty"`
+	GRPC                map[string]*rpcResult       `json:"grpc,omitempty"`
+	H2Rounds            *pairRounds                 `json:"http2Rounds,omitempty"`
+	GRPCRounds          *pairRounds                 `json:"grpcRounds,omitempty"`
+	AgentArgs           []string                    `json:"agentArgs,omitempty"`
+	Datapath            []dpRow                     `json:"datapath,omitempty"`
+	DatapathIPv6        []dp6Row                    `json:"datapathIPv6,omitempty"`
+	Iptables            []iptRow                    `json:"iptables,omitempty"`
+	ControlPlane        []*cpResult                 `json:"controlPlane,omitempty"`
+	Kafka               map[string]*rpcResult       `json:"kafka,omitempty"`
+	KafkaRounds         *pairRounds                 `json:"kafkaRounds,omitempty"`
+	AccessLogOff        map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
+	ProxyRSS            *rssResult                  `json:"proxyRss,omitempty"`
+	OTLP                map[string]*otlpResult      `json:"keepAliveOTLP,omitempty"`
+	Goals               []goal                      `json:"goals"`
+	Missing             []string                    `json:"missing,omitempty"`
+	Errors              []string                    `json:"errors,omitempty"`
+	Logs                string                      `json:"logs,omitempty"`
 }
 
 type goal struct {
@@ -136,6 +141,7 @@ func (r *Results) computeGoals() {
 			add("(supplementary) keep-alive req/s, L7 with access log off / HAProxy", "≥ 1.0", fmt.Sprintf("%.2f", x), yesNo(x >= 1.0))
 		}
 	}
+	r.goalsIPv6(add)
 	if l := r.FixedRate["l7"]; l != nil && r.FixedRate["direct"] != nil {
 		add("added p99 over direct at 1000 req/s (L7)", "≤ 0.3 ms", fmt.Sprintf("%.3f ms", l.AddedP99/1e3), yesNo(l.AddedP99 <= 300))
 	} else {
@@ -247,7 +253,7 @@ func writeReport(dir, stamp string, r *Results) error {
 	w("# l7gate benchmark — %s\n\n", r.Date)
 	w("Go %s, kernel %s, %d CPUs. One run of `make bench` (%.0f s); every ratio is taken between runs of this same invocation on the same machine. The machine is shared and its speed drifts, so compare ratios, not absolute numbers across runs.\n\n", r.GoVersion, r.Kernel, r.CPUs, r.TotalSeconds)
 	w("Pinning: %s. %s.\n\n", r.Pinning, r.Durations)
-	w("Topology: a node network namespace running `l7gate agent` (which starts `l7gate proxy`) with a private bpffs; server pod %s and client pod %s behind veths (198.18.0.0/15). The server is this program's `serve` mode: Go net/http (HTTP/1.1 + h2c) returning 1 KB, grpc-go health service, franz-go kfake. HAProxy runs as a **reverse proxy** in the node namespace on %s:%d (the same client → veth → node namespace → veth → server path as the redirect, but not the datapath redirect itself: HAProxy's listener is not in the sk_lookup SOCKMAP), with the same 100 method+path rules as ACLs (`http-request allow if { method GET } path_reg_i` …, else 403), one thread, `http-reuse never`, no logging. The Go proxy as the agent starts it writes one JSON access-log line per request to a file; section 9 repeats keep-alive with it off.\n\n", serverIP, clientIP, nodeIP, haproxyPort)
+	w("Topology: a node network namespace running `l7gate agent` (which starts `l7gate proxy`) with a private bpffs; server pod %s and client pod %s behind veths (198.18.0.0/15; dual-stack: IPv6 %s and %s in 2001:db8::/32, for section 1b). The server is this program's `serve` mode: Go net/http (HTTP/1.1 + h2c) returning 1 KB, grpc-go health service, franz-go kfake. HAProxy runs as a **reverse proxy** in the node namespace on %s:%d (the same client → veth → node namespace → veth → server path as the redirect, but not the datapath redirect itself: HAProxy's listener is not in the sk_lookup SOCKMAP), with the same 100 method+path rules as ACLs (`http-request allow if { method GET } path_reg_i` …, else 403), one thread, `http-reuse never`, no logging. The Go proxy as the agent starts it writes one JSON access-log line per request to a file; section 9 repeats keep-alive with it off.\n\n", serverIP, clientIP, serverIP6, clientIP6, nodeIP, haproxyPort)
 
 	w("## Goals\n\n| goal | target | measured | met |\n|---|---|---|---|\n")
 	for _, g := range r.Goals {
@@ -292,6 +298,13 @@ func writeReport(dir, stamp string, r *Results) error {
 		}
 		w("\n")
 		chart("keepalive", "HTTP/1.1 keep-alive req/s (ratio to direct)", labels, vals, "req/s")
+	}
+	if fr := r.KeepAliveIPv6; fr != nil && len(fr.Ratios) > 0 {
+		w("## 1b. HTTP/1.1 keep-alive through the Go proxy, IPv6 vs IPv4 (issue 21)\n\nThe L7 path of section 1 (wrk -t1 -c64 in the client pod → the datapath's redirect → the Go proxy with 100 HTTP rules → the server pod), once to the server's IPv4 address %s and once to its IPv6 address %s (dual-stack pods, `status.podIPs`; the proxy's IPv6 listener), back to back in %d rounds (order reversed every other round, 1 s warm-up each); the ratio is taken within each round. Every run must get only 2xx answers and cost the Go proxy CPU (else the phase fails). Every round's full wrk result is in the JSON (`keepAliveIPv6`).\n\n", serverIP, serverIP6, len(fr.Ratios))
+		w("%s", fr.markdown())
+		if d := r.KeepAliveIPv6Direct; d != nil && len(d.Ratios) > 0 {
+			w("The control: the direct path (agent running, no policy, no proxy) over both families in the same rounds — the kernel's and the datapath's own IPv6 vs IPv4 difference on this topology:\n\n%s", d.markdown())
+		}
 	}
 	if len(r.FixedRate) > 0 {
 		w("## 2. Fixed rate: 1000 req/s over 16 keep-alive connections (Go client, latency from the scheduled send time)\n\nBest (lowest p99) of %d interleaved rounds per path; all rounds' p99 in the JSON.\n\n", rounds)

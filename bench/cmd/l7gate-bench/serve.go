@@ -24,26 +24,29 @@ var body1K = []byte(strings.Repeat("x", 1023) + "\n")
 // namespace (or the iptables namespace) as a process of their own.
 func serveMain(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
-	httpAddr := fs.String("http", "", "HTTP/1.1 + h2c address")
+	httpAddrs := fs.String("http", "", "HTTP/1.1 + h2c addresses (comma-separated)")
 	grpcAddr := fs.String("grpc", "", "gRPC (health service) address")
 	kafkaAddr := fs.String("kafka", "", "kfake broker address")
 	fs.Parse(args)
 	raiseNofile(1 << 17)
 
-	errc := make(chan error, 3)
-	if *httpAddr != "" {
-		ln, err := listenTCP(*httpAddr)
+	errc := make(chan error, 4)
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Content-Length", "1024")
+		w.Write(body1K)
+	})}
+	for _, addr := range strings.Split(*httpAddrs, ",") {
+		if addr == "" {
+			continue
+		}
+		ln, err := listenTCP(addr)
 		if err != nil {
 			return err
 		}
-		var protos http.Protocols
-		protos.SetHTTP1(true)
-		protos.SetUnencryptedHTTP2(true)
-		srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/plain")
-			w.Header().Set("Content-Length", "1024")
-			w.Write(body1K)
-		})}
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	if *grpcAddr != "" {

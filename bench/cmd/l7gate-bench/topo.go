@@ -19,11 +19,18 @@ import (
 	"github.com/l7gate/l7gate/internal/netns"
 )
 
-// Addresses: everything lives in 198.18.0.0/15, inside namespaces we create.
+// Addresses: everything lives in 198.18.0.0/15 (IPv6: 2001:db8::/32),
+// inside namespaces we create.
 const (
-	nodeIP      = "198.18.255.254"
-	serverIP    = "198.18.1.10"
-	clientIP    = "198.18.1.11"
+	nodeIP   = "198.18.255.254"
+	serverIP = "198.18.1.10"
+	clientIP = "198.18.1.11"
+	// IPv6 (issue 21): the pods are dual-stack, in the documentation
+	// range 2001:db8::/32 inside our namespaces; the node's IPv6 address is
+	// the pods' IPv6 gateway.
+	nodeIP6     = "2001:db8::fffe"
+	serverIP6   = "2001:db8:1::10"
+	clientIP6   = "2001:db8:1::11"
 	haproxyPort = 8080
 	httpPort    = 80
 	grpcPort    = 50051
@@ -187,7 +194,7 @@ func newNode(cl *cleanups, dir, bin string) (*node, error) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	topo, err := netns.New(context.Background(), netns.Config{Prefix: netns.RandomPrefix("l7bn"), NodeAddr: netip.MustParseAddr(nodeIP),
+	topo, err := netns.New(context.Background(), netns.Config{Prefix: netns.RandomPrefix("l7bn"), NodeAddr: netip.MustParseAddr(nodeIP), NodeAddr6: netip.MustParseAddr(nodeIP6),
 		Sysctls: map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/default/rp_filter": "0",
 			"ipv4/ip_local_port_range": "1024 65000", "core/somaxconn": "65535", "ipv4/tcp_max_syn_backlog": "65535"}})
 	if err != nil {
@@ -196,10 +203,10 @@ func newNode(cl *cleanups, dir, bin string) (*node, error) {
 	cl.add(func() { topo.Close(context.Background()) })
 	n.topo, n.prefix, n.nodeNS = topo, topo.Prefix, topo.Node
 	for i, pod := range []struct {
-		name, ip string
-		ns       *string
-	}{{"srv", serverIP, &n.serverNS}, {"cli", clientIP, &n.clientNS}} {
-		h, err := topo.AddHost(context.Background(), pod.name, fmt.Sprintf("lxc%s%d", n.prefix[4:], i), netip.MustParseAddr(pod.ip))
+		name, ip, ip6 string
+		ns            *string
+	}{{"srv", serverIP, serverIP6, &n.serverNS}, {"cli", clientIP, clientIP6, &n.clientNS}} {
+		h, err := topo.AddDualHost(context.Background(), pod.name, fmt.Sprintf("lxc%s%d", n.prefix[4:], i), netip.MustParseAddr(pod.ip), netip.MustParseAddr(pod.ip6))
 		if err != nil {
 			return nil, err
 		}
@@ -213,16 +220,22 @@ func newNode(cl *cleanups, dir, bin string) (*node, error) {
 }
 
 // startServer runs `l7gate-bench serve` in the server pod (HTTP/1.1 + h2c
-// on :80, gRPC on :50051, kfake on :9092), unpinned.
+// on :80 of both families, gRPC on :50051, kfake on :9092), unpinned.
 func (n *node) startServer() error {
 	cmd, err := startProc(n.cl, filepath.Join(n.dir, "server.log"), "ip", "netns", "exec", n.serverNS, "taskset", "-c", allCPUs(),
-		n.self, "serve", "-http", net.JoinHostPort(serverIP, strconv.Itoa(httpPort)),
+		n.self, "serve", "-http", net.JoinHostPort(serverIP, strconv.Itoa(httpPort))+","+net.JoinHostPort(serverIP6, strconv.Itoa(httpPort)),
 		"-grpc", net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), "-kafka", net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)))
 	if err != nil {
 		return err
 	}
 	n.server = cmd
-	return waitTCP(n.clientNS, net.JoinHostPort(serverIP, strconv.Itoa(httpPort)), 15*time.Second)
+	if err := waitTCP(n.clientNS, net.JoinHostPort(serverIP, strconv.Itoa(httpPort)), 15*time.Second); err != nil {
+		return err
+	}
+	// IPv6 too: this also waits out the veths' link-local addresses
+	// (duplicate address detection), before which neighbour discovery
+	// between a pod and the node can fail.
+	return waitTCP(n.clientNS, net.JoinHostPort(serverIP6, strconv.Itoa(httpPort)), 15*time.Second)
 }
 
 // waitTCP waits until addr accepts connections from inside ns.
@@ -350,6 +363,9 @@ metadata:
     app: bench-server
 status:
   podIP: ` + serverIP + `
+  podIPs:
+  - ip: ` + serverIP + `
+  - ip: ` + serverIP6 + `
 ---
 apiVersion: v1
 kind: Pod
@@ -360,6 +376,9 @@ metadata:
     app: bench-client
 status:
   podIP: ` + clientIP + `
+  podIPs:
+  - ip: ` + clientIP + `
+  - ip: ` + clientIP6 + `
 `
 
 // httpRulePath is the path of HTTP rule i; benchPath matches the last of
