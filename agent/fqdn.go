@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +47,10 @@ type fqdnState struct {
 	// queue: answers not implemented yet, for the incremental path
 	// (fqdnFast); a full compute takes them all (it reads the cache).
 	queue []policy.FQDNName
+
+	// tails (run loop only): per endpoint direction, the entries array
+	// the incremental path last put in lastPolicies (withPeers).
+	tails map[fqdnTailKey][]bpf.PolicyEntry
 }
 
 func newFQDNState() *fqdnState {
@@ -217,6 +222,12 @@ type fqdnDatapath interface {
 	UpdatePolicy(subset []bpf.EndpointPolicy) (bpf.SyncStats, error)
 }
 
+// peerDatapath is a Datapath that can change some peers of an endpoint
+// direction without looking at the others (bpf.Datapath).
+type peerDatapath interface {
+	UpdatePolicyPeers(endpoint uint32, dir bpf.Direction, peers []bpf.PeerPolicy) (bpf.SyncStats, error)
+}
+
 // errFQDNSlow: the incremental path does not apply; recompute in full.
 var errFQDNSlow = errors.New("not incremental")
 
@@ -347,63 +358,75 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 		}
 		subset = append(subset, ep)
 	}
-	// The changed endpoints' entries: those in force, without the
-	// removed identities, with the added identities' entries (allows and
-	// denies only: redirects made delta.L7 true).
-	addedIDs, removedIDs := map[policy.Identity]bool{}, map[policy.Identity]bool{}
-	for _, e := range delta.Added {
-		addedIDs[e.Identity] = true
-	}
-	for _, e := range delta.Removed {
-		removedIDs[e.Identity] = true
-	}
-	var pols []bpf.EndpointPolicy
+	// Per changed endpoint direction, the peers whose entries change:
+	// each added identity with its entries (allows and denies only:
+	// redirects made delta.L7 true), each removed identity with none.
+	// Both the policy and the entries in force are sorted by peer, so
+	// no direction is scanned.
+	added := uniqueIDs(delta.Added)
+	removedIDs := uniqueIDs(delta.Removed)
+	var writes []fqdnPolicyWrite
 	for _, ep := range subset {
 		old, ok := a.lastPolicies[uint32(ep.Ifindex)]
 		pol := ns.Policy(ep.Identity)
 		if !ok || pol == nil {
 			return fmt.Errorf("%w: endpoint %s has no policy in force", errFQDNSlow, ep.Key())
 		}
-		np := old
+		w := fqdnPolicyWrite{policy: old}
 		// The entries in force were accepted: check only those added
 		// (CheckPolicy of the whole policy compiles every entry, ~10 ms
 		// at 10k cached names).
-		check := bpf.EndpointPolicy{Endpoint: np.Endpoint}
-		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+		check := bpf.EndpointPolicy{Endpoint: old.Endpoint}
+		for di, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			entries := pol.Direction(dir).Entries
+			bd := &w.policy.Ingress
+			if dir == policy.Egress {
+				bd = &w.policy.Egress
+			}
+			var peers []bpf.PeerPolicy
 			var add []bpf.PolicyEntry
-			for _, e := range pol.Direction(dir).Entries {
-				if !addedIDs[e.Peer] {
+			for _, id := range added {
+				run := peerRun(entries, id, func(e policy.Entry) policy.Identity { return e.Peer })
+				if len(run) == 0 {
 					continue
 				}
-				be, ok := bpftranslate.Entry(e)
-				if !ok {
-					return fmt.Errorf("%w: a redirect for identity %d", errFQDNSlow, e.Peer)
-				}
-				if len(e.Origins) > 0 {
-					if _, known := rules[be.RuleID]; !known {
-						return fmt.Errorf("%w: new rule ids", errFQDNSlow)
+				bes := make([]bpf.PolicyEntry, 0, len(run))
+				for _, e := range run {
+					be, ok := bpftranslate.Entry(e)
+					if !ok {
+						return fmt.Errorf("%w: a redirect for identity %d", errFQDNSlow, e.Peer)
 					}
+					if len(e.Origins) > 0 {
+						if _, known := rules[be.RuleID]; !known {
+							return fmt.Errorf("%w: new rule ids", errFQDNSlow)
+						}
+					}
+					bes = append(bes, be)
 				}
-				add = append(add, be)
+				peers = append(peers, bpf.PeerPolicy{Peer: bpf.Identity(id), Entries: bes})
+				add = append(add, bes...)
 			}
-			bd := np.Ingress
+			for _, id := range removedIDs {
+				if len(peerRun(bd.Entries, bpf.Identity(id), func(e bpf.PolicyEntry) bpf.Identity { return e.Peer })) > 0 {
+					peers = append(peers, bpf.PeerPolicy{Peer: bpf.Identity(id)})
+				}
+			}
+			if len(peers) == 0 {
+				continue
+			}
+			slices.SortFunc(peers, func(a, b bpf.PeerPolicy) int { return cmp.Compare(a.Peer, b.Peer) })
 			if dir == policy.Egress {
-				bd = np.Egress
 				check.Egress.Entries = add
 			} else {
 				check.Ingress.Entries = add
 			}
-			bd.Entries = mergeEntries(bd.Entries, add, removedIDs)
-			if dir == policy.Egress {
-				np.Egress = bd
-			} else {
-				np.Ingress = bd
-			}
+			w.peers[di] = peers
+			bd.Entries = a.fq.withPeers(old.Endpoint, di, bd.Entries, peers)
 		}
 		if err := a.dp.CheckPolicy(check); err != nil {
-			return fmt.Errorf("%w: endpoint %d: %v", errFQDNSlow, np.Endpoint, err)
+			return fmt.Errorf("%w: endpoint %d: %v", errFQDNSlow, old.Endpoint, err)
 		}
-		pols = append(pols, np)
+		writes = append(writes, w)
 	}
 	hosts := map[netip.Prefix]bool{}
 	for _, e := range bpftranslate.IPCache(&policy.Snapshot{}, a.lastHosts) {
@@ -412,16 +435,16 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 	notHost := func(es []policy.IPCacheEntry) []bpf.IPCacheEntry {
 		return slices.DeleteFunc(bpftranslate.IPCache(&policy.Snapshot{IPCache: es}, nil), func(e bpf.IPCacheEntry) bool { return hosts[e.Prefix] })
 	}
-	added, removed := notHost(delta.Added), notHost(delta.Removed)
-	for _, p := range pols {
-		a.lastPolicies[p.Endpoint] = p
+	addedIPC, removedIPC := notHost(delta.Added), notHost(delta.Removed)
+	for _, w := range writes {
+		a.lastPolicies[w.policy.Endpoint] = w.policy
 	}
-	if err := a.writeFQDN(added, removed, pols, ns); err != nil {
+	if err := a.writeFQDN(addedIPC, removedIPC, writes, ns); err != nil {
 		// Some of it may be written: the whole path rewrites it all.
 		a.lastPolicies, a.lastIPCache = nil, nil
 		return fmt.Errorf("%w: %v", errFQDNSlow, err)
 	}
-	a.ipcacheWritten(added, removed)
+	a.ipcacheWritten(addedIPC, removedIPC)
 	a.mu.Lock()
 	a.st.snap = ns
 	a.mu.Unlock()
@@ -429,24 +452,94 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 	return nil
 }
 
-// mergeEntries: entries (sorted by peer, as translated) without the
-// removed peers, with add (sorted by peer) merged in.
-func mergeEntries(entries, add []bpf.PolicyEntry, removed map[policy.Identity]bool) []bpf.PolicyEntry {
-	out := make([]bpf.PolicyEntry, 0, len(entries)+len(add))
-	i := 0
-	for _, e := range entries {
-		for i < len(add) && add[i].Peer < e.Peer {
-			out = append(out, add[i])
-			i++
-		}
-		if !removed[policy.Identity(e.Peer)] {
-			out = append(out, e)
-		}
-	}
-	return append(out, add[i:]...)
+// fqdnPolicyWrite is one endpoint's incremental FQDN change: its whole
+// policy after (what lastPolicies records) and, per direction (ingress,
+// egress), the peers whose entries change.
+type fqdnPolicyWrite struct {
+	policy bpf.EndpointPolicy
+	peers  [2][]bpf.PeerPolicy
 }
 
-func (a *Agent) writeFQDN(added, removed []bpf.IPCacheEntry, pols []bpf.EndpointPolicy, ns *policy.Snapshot) error {
+// uniqueIDs: the sorted distinct identities of es.
+func uniqueIDs(es []policy.IPCacheEntry) []policy.Identity {
+	ids := make([]policy.Identity, 0, len(es))
+	for _, e := range es {
+		ids = append(ids, e.Identity)
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// peerRun: the entries of peer in es (sorted by peer).
+func peerRun[E any, I cmp.Ordered](es []E, peer I, of func(E) I) []E {
+	lo, _ := slices.BinarySearchFunc(es, peer, func(e E, id I) int { return cmp.Compare(of(e), id) })
+	hi := lo
+	for hi < len(es) && of(es[hi]) == peer {
+		hi++
+	}
+	return es[lo:hi]
+}
+
+// withPeers returns entries (sorted by peer) with the entries of the
+// given peers (sorted, distinct) replaced by theirs. New peers numbered
+// after every other (a new FQDN identity, the common case) append in the
+// spare room of an array the previous call made (amortised, no copy of
+// the direction); anything else merges into a new array. Arrays handed
+// out are never written below the length handed out. Called from the run
+// loop only.
+func (f *fqdnState) withPeers(endpoint uint32, dir int, entries []bpf.PolicyEntry, peers []bpf.PeerPolicy) []bpf.PolicyEntry {
+	k := fqdnTailKey{endpoint, dir}
+	own := f.tails[k]
+	appendOnly := len(entries) > 0 && len(own) == len(entries) && &own[0] == &entries[0] &&
+		peers[0].Peer > entries[len(entries)-1].Peer
+	for _, pp := range peers {
+		appendOnly = appendOnly && len(pp.Entries) > 0
+	}
+	var out []bpf.PolicyEntry
+	if appendOnly {
+		out = entries
+		for _, pp := range peers {
+			out = append(out, pp.Entries...)
+		}
+	} else {
+		n := len(entries)
+		for _, pp := range peers {
+			n += len(pp.Entries)
+		}
+		out = make([]bpf.PolicyEntry, 0, n+n/4+16)
+		i := 0
+		for j := 0; j < len(entries); {
+			peer := entries[j].Peer
+			for i < len(peers) && peers[i].Peer < peer {
+				out = append(out, peers[i].Entries...)
+				i++
+			}
+			run := peerRun(entries[j:], peer, func(e bpf.PolicyEntry) bpf.Identity { return e.Peer })
+			j += len(run)
+			if i < len(peers) && peers[i].Peer == peer {
+				out = append(out, peers[i].Entries...) // replaced (none: removed)
+				i++
+				continue
+			}
+			out = append(out, run...)
+		}
+		for ; i < len(peers); i++ {
+			out = append(out, peers[i].Entries...)
+		}
+	}
+	if f.tails == nil {
+		f.tails = map[fqdnTailKey][]bpf.PolicyEntry{}
+	}
+	f.tails[k] = out
+	return out
+}
+
+type fqdnTailKey struct {
+	endpoint uint32
+	dir      int
+}
+
+func (a *Agent) writeFQDN(added, removed []bpf.IPCacheEntry, writes []fqdnPolicyWrite, ns *policy.Snapshot) error {
 	if dp, ok := a.dp.(fqdnDatapath); ok {
 		var gone []netip.Prefix
 		for _, e := range removed {
@@ -457,8 +550,29 @@ func (a *Agent) writeFQDN(added, removed []bpf.IPCacheEntry, pols []bpf.Endpoint
 				return fmt.Errorf("ipcache: %w", err)
 			}
 		}
-		if len(pols) > 0 {
-			if _, err := dp.UpdatePolicy(pols); err != nil {
+		var whole []bpf.EndpointPolicy
+		pdp, byPeers := a.dp.(peerDatapath)
+		for _, w := range writes {
+			if !byPeers {
+				whole = append(whole, w.policy)
+				continue
+			}
+			for di, dir := range []bpf.Direction{bpf.Ingress, bpf.Egress} {
+				if len(w.peers[di]) == 0 {
+					continue
+				}
+				_, err := pdp.UpdatePolicyPeers(w.policy.Endpoint, dir, w.peers[di])
+				if errors.Is(err, bpf.ErrWholePolicyNeeded) {
+					whole = append(whole, w.policy) // both directions
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("policy: %w", err)
+				}
+			}
+		}
+		if len(whole) > 0 {
+			if _, err := dp.UpdatePolicy(whole); err != nil {
 				return fmt.Errorf("policy: %w", err)
 			}
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -291,6 +292,40 @@ func (d *fakeDatapath) UpdatePolicy(subset []bpf.EndpointPolicy) (bpf.SyncStats,
 	return bpf.SyncStats{Updated: len(subset)}, nil
 }
 
+// UpdatePolicyPeers: the fake changes some peers of an endpoint
+// direction, as bpf.Datapath does; it asks for the whole policy when it
+// has none for the endpoint or rejects policies (reject, partial), so
+// the agent's fallback to UpdatePolicy runs then.
+func (d *fakeDatapath) UpdatePolicyPeers(endpoint uint32, dir bpf.Direction, peers []bpf.PeerPolicy) (bpf.SyncStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := d.policy[endpoint]
+	if !ok || d.reject != nil || d.partial != nil {
+		return bpf.SyncStats{}, fmt.Errorf("fake: %w", bpf.ErrWholePolicyNeeded)
+	}
+	dp := &p.Ingress
+	if dir == bpf.Egress {
+		dp = &p.Egress
+	}
+	var ids []bpf.Identity
+	es := slices.Clone(dp.Entries)
+	for _, pp := range peers {
+		ids = append(ids, pp.Peer)
+		es = slices.DeleteFunc(es, func(e bpf.PolicyEntry) bool { return e.Peer == pp.Peer })
+		for _, e := range pp.Entries {
+			if e.Peer != pp.Peer {
+				return bpf.SyncStats{}, fmt.Errorf("fake: entry of peer %d given for peer %d", e.Peer, pp.Peer)
+			}
+		}
+		es = append(es, pp.Entries...)
+	}
+	slices.SortStableFunc(es, func(a, b bpf.PolicyEntry) int { return cmp.Compare(a.Peer, b.Peer) })
+	dp.Entries = es
+	d.policy[endpoint] = p
+	d.log = append(d.log, fmt.Sprintf("update policy peers %d %s %v", endpoint, dir, ids))
+	return bpf.SyncStats{Updated: len(peers)}, nil
+}
+
 // mapsText is the fake's maps in a canonical form.
 func (d *fakeDatapath) mapsText() string {
 	d.mu.Lock()
@@ -397,7 +432,7 @@ func TestLearnFQDNIncrementalEqualsFullCompute(t *testing.T) {
 				}
 			}
 		}
-		incremental := h.dp.countLog("update policy")
+		incremental, byPeers := h.dp.countLog("update policy"), h.dp.countLog("update policy peers")
 		got := h.dp.mapsText()
 		// A new revision of the same objects: a full compute with the
 		// same cache.
@@ -406,9 +441,91 @@ func TestLearnFQDNIncrementalEqualsFullCompute(t *testing.T) {
 		if want := h.dp.mapsText(); got != want {
 			t.Fatalf("round %d: the incrementally written maps differ from a full recompute's:\n got %s\nwant %s", round, got, want)
 		}
-		t.Logf("round %d: %d incremental policy writes so far", round, incremental)
-		if round == 3 && incremental < 10 {
-			t.Errorf("only %d incremental policy writes: the fast path is not exercised", incremental)
+		t.Logf("round %d: %d incremental policy writes so far, %d of them by peers", round, incremental, byPeers)
+		if round == 3 && (incremental < 10 || byPeers < 10) {
+			t.Errorf("only %d incremental policy writes, %d by peers: the fast path is not exercised", incremental, byPeers)
 		}
+	}
+}
+
+// TestFQDNWithPeersEqualsMerge: random peer changes applied by withPeers
+// (the entries in force the incremental FQDN path records) give what
+// replacing the peers' entries and sorting gives, and never change an
+// array below a length handed out before (readers of older copies).
+func TestFQDNWithPeersEqualsMerge(t *testing.T) {
+	f := newFQDNState()
+	rng := rand.New(rand.NewPCG(3, 4))
+	entriesOf := func(peer bpf.Identity) []bpf.PolicyEntry {
+		es := []bpf.PolicyEntry{{Peer: peer, Protocol: bpf.ProtoTCP, Port: 80, Verdict: bpf.VerdictAllow, RuleID: uint32(peer)}}
+		if peer%3 == 0 {
+			es = append(es, bpf.PolicyEntry{Peer: peer, Protocol: bpf.ProtoTCP, Port: 443, Verdict: bpf.VerdictDeny, RuleID: 7})
+		}
+		return es
+	}
+	var cur []bpf.PolicyEntry
+	for p := bpf.Identity(256); p < 300; p += 2 {
+		cur = append(cur, entriesOf(p)...)
+	}
+	next := bpf.Identity(300)
+	type handed struct{ s, copy []bpf.PolicyEntry }
+	var out []handed
+	appended := 0
+	for step := range 2000 {
+		present := map[bpf.Identity]bool{}
+		for _, e := range cur {
+			present[e.Peer] = true
+		}
+		changes := map[bpf.Identity][]bpf.PolicyEntry{}
+		switch n := rng.IntN(10); {
+		case n < 6: // new identities, numbered after every other
+			for range 1 + rng.IntN(2) {
+				changes[next] = entriesOf(next)
+				next++
+			}
+		case n < 8 && len(present) > 0: // one goes
+			ids := slices.Sorted(maps.Keys(present))
+			changes[ids[rng.IntN(len(ids))]] = nil
+		default: // one anywhere, new or replaced
+			p := bpf.Identity(256 + rng.IntN(int(next)-256))
+			es := entriesOf(p)
+			es[0].RuleID = uint32(rng.IntN(9))
+			changes[p] = es
+		}
+		var peers []bpf.PeerPolicy
+		for _, p := range slices.Sorted(maps.Keys(changes)) {
+			if changes[p] == nil && !present[p] {
+				continue
+			}
+			peers = append(peers, bpf.PeerPolicy{Peer: p, Entries: changes[p]})
+		}
+		if len(peers) == 0 {
+			continue
+		}
+		want := slices.DeleteFunc(slices.Clone(cur), func(e bpf.PolicyEntry) bool { _, ok := changes[e.Peer]; return ok })
+		for _, pp := range peers {
+			want = append(want, pp.Entries...)
+		}
+		slices.SortStableFunc(want, func(a, b bpf.PolicyEntry) int { return cmp.Compare(a.Peer, b.Peer) })
+		got := f.withPeers(7, 1, cur, peers)
+		if len(cur) > 0 && len(got) > 0 && &got[0] == &cur[0] {
+			appended++
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: peers %v:\n got %v\nwant %v", step, peers, got, want)
+		}
+		for i, h := range out {
+			if !slices.Equal(h.s, h.copy) {
+				t.Fatalf("step %d: entries handed out at step %d changed", step, i)
+			}
+		}
+		out = append(out, handed{got, slices.Clone(got)})
+		if len(out) > 50 {
+			out = out[1:]
+		}
+		cur = got
+	}
+	t.Logf("%d of 2000 changes appended in place", appended)
+	if appended < 500 {
+		t.Fatalf("only %d changes appended in place: the spare-room path is not exercised", appended)
 	}
 }

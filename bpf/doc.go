@@ -162,8 +162,12 @@
 // written, in place, in an order that gives every flow its old or its new
 // verdict at each step (sync.go, "In-place updates"). UpdatePolicy (some
 // endpoints only) diffs against a Go-side mirror of what was written
-// instead of reading the maps, so its cost is that of the change. An
-// endpoint direction that cannot be written (map full, invalid entry)
+// instead of reading the maps, so its cost is that of the change (it
+// still compares every peer's entries); UpdatePolicyPeers changes only
+// the peers it is given in one endpoint direction and looks at no other
+// (the agent's incremental toFQDNs path), and asks for the whole policy
+// (ErrWholePolicyNeeded, nothing written) when the mirror does not know
+// the direction peer by peer. An endpoint direction that cannot be written (map full, invalid entry)
 // fails closed — it drops everything, reason fail-closed — and is named
 // in a *SyncError while the others are synced; a revoked allow is never
 // left in force (sync.go).

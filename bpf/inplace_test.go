@@ -341,6 +341,14 @@ func randPeerIP(id Identity) netip.Addr {
 // verdict after it, once, never through a third value or back — the
 // guarantee of the generation swap, kept by the in-place writes.
 func TestPrivilegedInPlaceUpdateVerdicts(t *testing.T) {
+	inPlaceVerdicts(t, func(d *Datapath, _, after EndpointPolicy) {
+		_, _ = d.UpdatePolicy([]EndpointPolicy{after}) // a SyncError: failed closed, checked like any verdict
+	})
+}
+
+// inPlaceVerdicts is TestPrivilegedInPlaceUpdateVerdicts with update
+// writing each change (before: the policy in force).
+func inPlaceVerdicts(t *testing.T, update func(d *Datapath, before, after EndpointPolicy)) {
 	d := fixture(t, EndpointPolicy{})
 	var ipc []IPCacheEntry
 	for id := Identity(firstRandPeer); id <= lastRandPeer; id++ {
@@ -469,7 +477,7 @@ func TestPrivilegedInPlaceUpdateVerdicts(t *testing.T) {
 		eg := epPolicyKey{Endpoint: testEP, Dir: uint8(Egress)}
 		prev := d.pm.get(eg)
 		prev.keys = maps.Clone(prev.keys)
-		_, _ = d.UpdatePolicy([]EndpointPolicy{p}) // a SyncError: failed closed, checked like any verdict
+		update(d, before, p)
 		d.policyWritten = nil
 		now := verdicts(probes)
 		writes += len(seen)

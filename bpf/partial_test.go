@@ -89,13 +89,14 @@ func TestPrivilegedUpdatePolicyAndIPCache(t *testing.T) {
 }
 
 // BenchmarkFQDNAddressWrite: what the agent's incremental FQDN path writes
-// for one new address — one endpoint's policy (n allow entries, plus the
-// new identity's) with UpdatePolicy and one ipcache entry with
+// for one new address — the new identity's entries with UpdatePolicyPeers
+// (peers) or one endpoint's policy (n allow entries, plus the new
+// identity's) with UpdatePolicy (update), and one ipcache entry with
 // UpdateIPCache — against SyncPolicy + SyncIPCache of the same state
 // (the whole-map path), at n = 1k and 10k FQDN identities.
 func BenchmarkFQDNAddressWrite(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
-		for _, mode := range []string{"update", "sync"} {
+		for _, mode := range []string{"peers", "update", "sync"} {
 			b.Run(fmt.Sprintf("identities=%d/%s", n, mode), func(b *testing.B) {
 				d := openTest(b, Config{DisableEvents: true, MapSizes: MapSizes{Policy: 131072, IPCache: 65536}})
 				pol := EndpointPolicy{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true}}
@@ -122,14 +123,22 @@ func BenchmarkFQDNAddressWrite(b *testing.B) {
 				for i := range b.N {
 					e := add(n + i)
 					start := time.Now()
-					if mode == "update" {
+					switch mode {
+					case "peers":
+						if _, err := d.UpdatePolicyPeers(testEP, Egress, []PeerPolicy{{Peer: e.Identity, Entries: pol.Egress.Entries[len(pol.Egress.Entries)-1:]}}); err != nil {
+							b.Fatal(err)
+						}
+						if _, err := d.UpdateIPCache([]IPCacheEntry{e}, nil); err != nil {
+							b.Fatal(err)
+						}
+					case "update":
 						if _, err := d.UpdatePolicy([]EndpointPolicy{pol}); err != nil {
 							b.Fatal(err)
 						}
 						if _, err := d.UpdateIPCache([]IPCacheEntry{e}, nil); err != nil {
 							b.Fatal(err)
 						}
-					} else {
+					default:
 						if _, err := d.SyncPolicy([]EndpointPolicy{pol}); err != nil {
 							b.Fatal(err)
 						}

@@ -341,7 +341,15 @@ func (d *Datapath) plan(g epPolicyKey, dp DirectionPolicy) (*dirPlan, error) {
 			}
 		}
 	}
-	// The ep_policy value after the changes.
+	p.finish(cd)
+	return p, nil
+}
+
+// finish fills in what the plan's peer changes (p.changes, p.flags)
+// make of the mirror's direction cd (cd.src known): the diff of keys, the
+// ep_policy value after, the key counts.
+func (p *dirPlan) finish(cd *mirrorDir) {
+	src := cd.src
 	counts := src.counts
 	levelsAny := [4]uint32{}
 	if a := src.peers[IdentityAny]; a != nil {
@@ -377,7 +385,6 @@ func (d *Datapath) plan(g epPolicyKey, dp DirectionPolicy) (*dirPlan, error) {
 		}
 	}
 	p.nkeys = len(cd.keys) + adds - len(p.del)
-	return p, nil
 }
 
 // diffPeer adds a peer's change (old or ps nil: none) to the plan.
