@@ -65,8 +65,8 @@ func dnsPolicy(cfg *Config, c *compiled) (*dnsproxy.SnapshotPolicy, error) {
 func (p *Proxy) serveDNS(st *listenerState) error {
 	// Called with p.mu held (Apply). A handed-over UDP socket is the one
 	// the socket map holds: served as is, no datagram finds no socket.
-	udp := p.inheritedUDP[st.spec.Port]
-	delete(p.inheritedUDP, st.spec.Port)
+	udp := p.inherited.UDP[st.spec.Port]
+	delete(p.inherited.UDP, st.spec.Port)
 	if udp == nil {
 		var err error
 		udp, err = dnsproxy.ListenUDP(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(st.spec.Port))), *p.opts.Transparent)
@@ -101,8 +101,8 @@ func (p *Proxy) open6DNS(st *listenerState) {
 	port := st.spec.Port
 	addr := net.JoinHostPort(p.opts.ListenHost6, strconv.Itoa(int(port)))
 	if st.ln6 == nil {
-		ln, ok := p.inherited6[port]
-		delete(p.inherited6, port)
+		ln, ok := p.inherited.TCP6[port]
+		delete(p.inherited.TCP6, port)
 		var err error
 		if !ok {
 			ln, err = redirect.ListenTransparent(p.ctx, addr, *p.opts.Transparent)
@@ -126,8 +126,8 @@ func (p *Proxy) open6DNS(st *listenerState) {
 		}
 	}
 	if st.udp6 == nil {
-		udp, ok := p.inheritedUDP6[port]
-		delete(p.inheritedUDP6, port)
+		udp, ok := p.inherited.UDP6[port]
+		delete(p.inherited.UDP6, port)
 		var err error
 		if !ok {
 			udp, err = dnsproxy.ListenUDP(p.ctx, addr, *p.opts.Transparent)

@@ -32,14 +32,7 @@ func (p *Proxy) Drain(ctx context.Context) DrainStats {
 			st.close()
 			delete(p.listeners, port)
 		}
-		for port, ln := range p.inherited {
-			ln.Close()
-			delete(p.inherited, port)
-		}
-		for port, ln := range p.inherited6 {
-			ln.Close()
-			delete(p.inherited6, port)
-		}
+		p.inherited.Close() // those no listener took (no Apply opens one now)
 		p.mu.Unlock()
 		p.log.Info("draining: stopped accepting", "connections", p.conns.Load())
 		p.drainCancel()

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -199,17 +201,56 @@ func samePeerUser(c *net.UnixConn) error {
 	return nil
 }
 
-// HandOver is the receiving side of a hand-over: the listeners of the
-// running proxy, and the connection to tell it the new one is ready.
+// Sockets are the sockets a proxy inherits, by proxy port: a hand-over's
+// (ReceiveHandOver), or those the agent held across a proxy crash
+// (l7gate proxy --inherit-listener). The datapath's socket map holds the
+// same sockets, so a proxy serves them instead of binding new ones.
+type Sockets struct {
+	// TCP are the listeners, TCP6 the IPv6 ones (Options.ListenHost6).
+	TCP, TCP6 map[uint16]*net.TCPListener
+	// UDP are the dns listeners' UDP sockets, UDP6 their IPv6 ones.
+	UDP, UDP6 map[uint16]*net.UDPConn
+}
+
+// NewSockets returns Sockets with empty maps.
+func NewSockets() Sockets {
+	return Sockets{TCP: map[uint16]*net.TCPListener{}, TCP6: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, UDP6: map[uint16]*net.UDPConn{}}
+}
+
+// Len is the number of sockets of every kind.
+func (s Sockets) Len() int { return len(s.TCP) + len(s.TCP6) + len(s.UDP) + len(s.UDP6) }
+
+// Close closes every socket and removes it from its map.
+func (s Sockets) Close() {
+	closeAll(s.TCP)
+	closeAll(s.TCP6)
+	closeAll(s.UDP)
+	closeAll(s.UDP6)
+}
+
+func closeAll[C io.Closer](m map[uint16]C) {
+	for port, c := range m {
+		c.Close()
+		delete(m, port)
+	}
+}
+
+// clone copies s into new maps (nil maps become empty ones).
+func (s Sockets) clone() Sockets {
+	c := NewSockets()
+	maps.Copy(c.TCP, s.TCP)
+	maps.Copy(c.TCP6, s.TCP6)
+	maps.Copy(c.UDP, s.UDP)
+	maps.Copy(c.UDP6, s.UDP6)
+	return c
+}
+
+// HandOver is the receiving side of a hand-over: the sockets of the
+// running proxy (for Options.Inherited), and the connection to tell it
+// the new one is ready.
 type HandOver struct {
-	Listeners map[uint16]*net.TCPListener
-	// Listeners6 are the IPv6 listeners (for Options.Inherited6).
-	Listeners6 map[uint16]*net.TCPListener
-	// UDP are the dns listeners' UDP sockets (Options.InheritedUDP).
-	UDP map[uint16]*net.UDPConn
-	// UDP6 are their IPv6 UDP sockets (Options.InheritedUDP6).
-	UDP6 map[uint16]*net.UDPConn
-	c    *net.UnixConn
+	Sockets
+	c *net.UnixConn
 }
 
 // ReceiveHandOver connects to a running proxy's hand-over socket and
@@ -249,7 +290,7 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			}
 		}
 	}
-	h := &HandOver{Listeners: map[uint16]*net.TCPListener{}, Listeners6: map[uint16]*net.TCPListener{}, UDP: map[uint16]*net.UDPConn{}, UDP6: map[uint16]*net.UDPConn{}, c: c}
+	h := &HandOver{Sockets: NewSockets(), c: c}
 	fail := func(err error) (*HandOver, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -278,9 +319,9 @@ func ReceiveHandOver(ctx context.Context, path string) (*HandOver, error) {
 			return fail(fmt.Errorf("listener %d is not TCP", port))
 		}
 		if i < len(hdr.Ports) {
-			h.Listeners[port] = tl
+			h.TCP[port] = tl
 		} else {
-			h.Listeners6[port] = tl
+			h.TCP6[port] = tl
 		}
 	}
 	for i, port := range append(slices.Clone(hdr.UDPPorts), hdr.UDPPorts6...) {
@@ -318,21 +359,10 @@ func (h *HandOver) Ready() error {
 }
 
 // Close abandons the hand-over (the old process keeps serving) and closes
-// listeners not handed to a Proxy.
+// sockets not handed to a Proxy.
 func (h *HandOver) Close() {
 	h.c.Close()
-	for _, ln := range h.Listeners {
-		ln.Close()
-	}
-	for _, ln := range h.Listeners6 {
-		ln.Close()
-	}
-	for _, c := range h.UDP {
-		c.Close()
-	}
-	for _, c := range h.UDP6 {
-		c.Close()
-	}
+	h.Sockets.Close()
 }
 
 // listenUnixReplacing binds a Unix socket at a temporary name (in path's

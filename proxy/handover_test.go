@@ -39,7 +39,7 @@ func TestHandOverLoopback(t *testing.T) {
 	cfg := httpConfig("1", port, up.Port(), policy.HTTPRule{Method: "GET", Path: "/ok.*"})
 	sock := filepath.Join(t.TempDir(), "proxy-handover.sock")
 	no := false
-	newProxy := func(inherited map[uint16]*net.TCPListener) *Proxy {
+	newProxy := func(inherited Sockets) *Proxy {
 		p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, Inherited: inherited, DrainTimeout: 10 * time.Second,
 			OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }})
 		t.Cleanup(func() { p.Close() })
@@ -53,7 +53,7 @@ func TestHandOverLoopback(t *testing.T) {
 		go func() { defer close(done); p.ServeHandOver(context.Background(), sock) }()
 		return done
 	}
-	cur := newProxy(nil)
+	cur := newProxy(Sockets{})
 	curDone := serve(cur)
 	if h, err := ReceiveHandOver(context.Background(), filepath.Join(t.TempDir(), "none.sock")); h != nil || err != nil {
 		t.Fatalf("hand-over from nobody: %v, %v; want nil, nil", h, err)
@@ -110,10 +110,10 @@ func TestHandOverLoopback(t *testing.T) {
 		if err != nil || h == nil {
 			t.Fatalf("receive hand-over: %v", err)
 		}
-		if len(h.Listeners) != 1 || h.Listeners[port] == nil {
-			t.Fatalf("handed-over listeners: %v, want port %d", h.Listeners, port)
+		if h.Len() != 1 || h.TCP[port] == nil {
+			t.Fatalf("handed-over sockets: %+v, want port %d's listener", h.Sockets, port)
 		}
-		next := newProxy(h.Listeners)
+		next := newProxy(h.Sockets)
 		nextDone := serve(next)
 		start := time.Now()
 		if err := h.Ready(); err != nil {
@@ -207,9 +207,7 @@ func TestHostileHandOverPeer(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a real hand-over did not drain the proxy")
 	}
-	for _, ln := range h.Listeners {
-		ln.Close()
-	}
+	h.Sockets.Close()
 }
 
 // TestListenUnixReplacingLongPath: a socket path that fits the 108-byte
@@ -292,10 +290,10 @@ func TestHandOverUDPSocket(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if h.UDP[port] == nil || h.UDP6[port] == nil || h.Listeners6[port] == nil {
-		t.Fatalf("handed over udp sockets %v, IPv6 %v, IPv6 listeners %v: want port %d's", h.UDP, h.UDP6, h.Listeners6, port)
+	if h.UDP[port] == nil || h.UDP6[port] == nil || h.TCP6[port] == nil {
+		t.Fatalf("handed over udp sockets %v, IPv6 %v, IPv6 listeners %v: want port %d's", h.UDP, h.UDP6, h.TCP6, port)
 	}
-	next := New(Options{ListenHost: "127.0.0.1", ListenHost6: "::1", Transparent: &no, Inherited: h.Listeners, Inherited6: h.Listeners6, InheritedUDP: h.UDP, InheritedUDP6: h.UDP6})
+	next := New(Options{ListenHost: "127.0.0.1", ListenHost6: "::1", Transparent: &no, Inherited: h.Sockets})
 	t.Cleanup(func() { next.Close() })
 	if err := next.Apply(cfg); err != nil {
 		t.Fatal(err)
@@ -340,7 +338,7 @@ func TestHandOverIPv6Listener(t *testing.T) {
 		opts := Options{ListenHost: "127.0.0.1", ListenHost6: "::1", Transparent: &no, DrainTimeout: 5 * time.Second,
 			OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }}
 		if h != nil {
-			opts.Inherited, opts.Inherited6 = h.Listeners, h.Listeners6
+			opts.Inherited = h.Sockets
 		}
 		p := New(opts)
 		t.Cleanup(func() { p.Close() })
@@ -385,8 +383,8 @@ func TestHandOverIPv6Listener(t *testing.T) {
 	if h == nil {
 		t.Fatalf("no hand-over: %v", err)
 	}
-	if ln := h.Listeners6[port]; ln == nil || ln.Addr().(*net.TCPAddr).AddrPort() != netip.AddrPortFrom(netip.IPv6Loopback(), port) {
-		t.Errorf("handed-over IPv6 listeners %v, want [::1]:%d", h.Listeners6, port)
+	if ln := h.TCP6[port]; ln == nil || ln.Addr().(*net.TCPAddr).AddrPort() != netip.AddrPortFrom(netip.IPv6Loopback(), port) {
+		t.Errorf("handed-over IPv6 listeners %v, want [::1]:%d", h.TCP6, port)
 	}
 	newProxy(h)
 	if err := h.Ready(); err != nil {

@@ -78,16 +78,15 @@ type Options struct {
 	// one source identity (for world and CIDR sources: of one source
 	// address); default 8192.
 	MaxConnectionsPerSource int
-	// Inherited are listener sockets by proxy port received from another
-	// process (a hand-over, see ReceiveHandOver): Apply serves a port
-	// with its inherited socket instead of binding a new one (so the
-	// datapath's socket-map entry, which holds that socket, stays valid);
-	// those the first applied config does not use are closed.
-	Inherited map[uint16]*net.TCPListener
-	// InheritedUDP are the UDP sockets of dns listeners received the same
-	// way: a dns listener serves its inherited UDP socket (the socket map
-	// holds it too, under the port's UDP key) instead of binding one.
-	InheritedUDP map[uint16]*net.UDPConn
+	// Inherited are sockets by proxy port received from another process
+	// (a hand-over, see ReceiveHandOver, or the agent): Apply serves a
+	// port with its inherited listener instead of binding a new one (so
+	// the datapath's socket-map entry, which holds that socket, stays
+	// valid), a dns listener its inherited UDP socket (the socket map
+	// holds it too, under the port's UDP key), and the IPv6 ones likewise
+	// (ListenHost6); those the first applied config does not use are
+	// closed.
+	Inherited Sockets
 	// ListenHost6 is the IPv6 address ("::1") of a second listener per TCP
 	// proxy port, the port's IPv6 socket in the datapath (an IPv6
 	// redirect finds no IPv4 socket): empty opens none, and IPv6
@@ -96,10 +95,6 @@ type Options struct {
 	// serves IPv4 alone, logged, and is retried on the next Apply. A dns
 	// listener gets an IPv6 UDP socket there too.
 	ListenHost6 string
-	// Inherited6 are the IPv6 listeners of a hand-over, by port.
-	Inherited6 map[uint16]*net.TCPListener
-	// InheritedUDP6 are the IPv6 UDP sockets of dns listeners, by port.
-	InheritedUDP6 map[uint16]*net.UDPConn
 	// DrainTimeout bounds a drain started on the admin socket (POST
 	// /drain) or by a hand-over (default 30s).
 	DrainTimeout time.Duration
@@ -139,16 +134,13 @@ type Proxy struct {
 
 	// Drain state (see Drain): drainCtx ends when a drain begins (the
 	// parsers watch it); inherited are the listeners not yet used.
-	drainCtx      context.Context
-	drainCancel   context.CancelFunc
-	drainOnce     sync.Once
-	draining      bool // guarded by mu
-	drained       chan struct{}
-	drainStats    DrainStats
-	inherited     map[uint16]*net.TCPListener // guarded by mu
-	inherited6    map[uint16]*net.TCPListener // guarded by mu
-	inheritedUDP  map[uint16]*net.UDPConn     // guarded by mu
-	inheritedUDP6 map[uint16]*net.UDPConn     // guarded by mu
+	drainCtx    context.Context
+	drainCancel context.CancelFunc
+	drainOnce   sync.Once
+	draining    bool // guarded by mu
+	drained     chan struct{}
+	drainStats  DrainStats
+	inherited   Sockets // guarded by mu
 }
 
 // sourceKey identifies a source for the per-source connection limit: its
@@ -201,22 +193,7 @@ func New(opts Options) *Proxy {
 	p := &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
 		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
-		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: map[uint16]*net.TCPListener{},
-		inherited6: map[uint16]*net.TCPListener{}}
-	for port, ln := range opts.Inherited {
-		p.inherited[port] = ln
-	}
-	for port, ln := range opts.Inherited6 {
-		p.inherited6[port] = ln
-	}
-	p.inheritedUDP = map[uint16]*net.UDPConn{}
-	for port, c := range opts.InheritedUDP {
-		p.inheritedUDP[port] = c
-	}
-	p.inheritedUDP6 = map[uint16]*net.UDPConn{}
-	for port, c := range opts.InheritedUDP6 {
-		p.inheritedUDP6[port] = c
-	}
+		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: opts.Inherited.clone()}
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
 	return p
@@ -277,9 +254,9 @@ func (p *Proxy) Apply(cfg *Config) error {
 		}
 		var ln *net.TCPListener
 		var err error
-		if in, ok := p.inherited[port]; ok {
+		if in, ok := p.inherited.TCP[port]; ok {
 			ln = in
-			delete(p.inherited, port)
+			delete(p.inherited.TCP, port)
 			fromInherited[port] = true
 		} else {
 			ln, err = redirect.ListenTransparent(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(port))), *p.opts.Transparent)
@@ -287,7 +264,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 		if err == nil && p.opts.OnListener != nil {
 			if herr := p.opts.OnListener(port, ln); herr != nil {
 				if fromInherited[port] {
-					p.inherited[port] = ln
+					p.inherited.TCP[port] = ln
 				} else {
 					ln.Close()
 				}
@@ -298,7 +275,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 		if err == nil && spec.Parser == policy.ParserDNS {
 			if err = p.serveDNS(st); err != nil {
 				if fromInherited[port] {
-					p.inherited[port] = ln
+					p.inherited.TCP[port] = ln
 				} else {
 					ln.Close()
 				}
@@ -327,7 +304,7 @@ func (p *Proxy) Apply(cfg *Config) error {
 	p.dns.SetFQDNSelectors(dnsPol.FQDNSelectors())
 	// Handed over but not in the config: the previous process served a
 	// listener this config removed.
-	p.closeInherited()
+	p.inherited.Close()
 	for port, st := range p.listeners {
 		if _, keep := want[port]; !keep {
 			st.close()
@@ -342,27 +319,6 @@ func (p *Proxy) Apply(cfg *Config) error {
 	p.stats.acks.Add(1)
 	p.log.Info("config applied", "version", cfg.Version, "listeners", len(cfg.Listeners), "endpoints", len(cfg.Endpoints))
 	return nil
-}
-
-// closeInherited closes the inherited sockets no listener took (p.mu
-// held).
-func (p *Proxy) closeInherited() {
-	for port, ln := range p.inherited {
-		ln.Close()
-		delete(p.inherited, port)
-	}
-	for port, ln := range p.inherited6 {
-		ln.Close()
-		delete(p.inherited6, port)
-	}
-	for port, c := range p.inheritedUDP {
-		c.Close()
-		delete(p.inheritedUDP, port)
-	}
-	for port, c := range p.inheritedUDP6 {
-		c.Close()
-		delete(p.inheritedUDP6, port)
-	}
 }
 
 // ListenerAddr returns the address of the listener on a proxy port.
@@ -382,7 +338,7 @@ func (p *Proxy) Close() error {
 		st.close()
 		delete(p.listeners, port)
 	}
-	p.closeInherited()
+	p.inherited.Close() // those no listener took
 	p.mu.Unlock()
 	p.drainCancel()
 	p.cancel()
@@ -407,8 +363,8 @@ func (p *Proxy) open6(st *listenerState) {
 		return
 	}
 	port := st.spec.Port
-	ln, ok := p.inherited6[port]
-	delete(p.inherited6, port)
+	ln, ok := p.inherited.TCP6[port]
+	delete(p.inherited.TCP6, port)
 	var err error
 	if !ok {
 		ln, err = redirect.ListenTransparent(p.ctx, net.JoinHostPort(p.opts.ListenHost6, strconv.Itoa(int(port))), *p.opts.Transparent)

@@ -57,12 +57,12 @@ func TestInheritedListenersByKind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.close()
-	if s.len() != 4 || s.tcp[53] == nil || s.tcp6[53] == nil || s.udp[53] == nil || s.udp6[53] == nil {
+	defer s.Close()
+	if s.Len() != 4 || s.TCP[53] == nil || s.TCP6[53] == nil || s.UDP[53] == nil || s.UDP6[53] == nil {
 		t.Fatalf("inherited %+v, want one socket of each kind for port 53", s)
 	}
-	if s.tcp6[53].Addr().String() != l6.Addr().String() || s.udp6[53].LocalAddr().String() != u6.LocalAddr().String() {
-		t.Errorf("IPv6 sockets %s, %s, want %s, %s", s.tcp6[53].Addr(), s.udp6[53].LocalAddr(), l6.Addr(), u6.LocalAddr())
+	if s.TCP6[53].Addr().String() != l6.Addr().String() || s.UDP6[53].LocalAddr().String() != u6.LocalAddr().String() {
+		t.Errorf("IPv6 sockets %s, %s, want %s, %s", s.TCP6[53].Addr(), s.UDP6[53].LocalAddr(), l6.Addr(), u6.LocalAddr())
 	}
 	if _, err := inheritedListeners([]string{fmt.Sprintf("80:%d", dup(l4.(*net.TCPListener))), fmt.Sprintf("80:%d", dup(l4.(*net.TCPListener)))}); err == nil {
 		t.Error("two IPv4 listeners for one port were accepted")

@@ -219,13 +219,13 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			}
 			switch {
 			case ho != nil:
-				inherited.close() // the running proxy's are the same sockets
-				opts.Inherited, opts.Inherited6, opts.InheritedUDP, opts.InheritedUDP6 = ho.Listeners, ho.Listeners6, ho.UDP, ho.UDP6
-				a.log.Info("taking over from the running proxy", "listeners", len(ho.Listeners), "ipv6", len(ho.Listeners6), "udp", len(ho.UDP), "udp6", len(ho.UDP6))
-			case inherited.len() > 0:
-				opts.Inherited, opts.Inherited6, opts.InheritedUDP, opts.InheritedUDP6 = inherited.tcp, inherited.tcp6, inherited.udp, inherited.udp6
+				inherited.Close() // the running proxy's are the same sockets
+				opts.Inherited = ho.Sockets
+				a.log.Info("taking over from the running proxy", "listeners", len(ho.TCP), "ipv6", len(ho.TCP6), "udp", len(ho.UDP), "udp6", len(ho.UDP6))
+			case inherited.Len() > 0:
+				opts.Inherited = inherited
 				a.log.Info("serving sockets the agent held (connections and datagrams queued meanwhile are served)",
-					"listeners", len(inherited.tcp), "ipv6", len(inherited.tcp6), "udp", len(inherited.udp), "udp6", len(inherited.udp6))
+					"listeners", len(inherited.TCP), "ipv6", len(inherited.TCP6), "udp", len(inherited.UDP), "udp6", len(inherited.UDP6))
 			}
 			p := proxy.New(opts)
 			defer p.Close()
@@ -378,39 +378,14 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	return cmd
 }
 
-// inheritedSockets are the sockets a proxy inherits (--inherit-listener),
-// by kind: the agent holds a port's TCP listeners and a dns port's UDP
-// sockets, of both families, and passes each one.
-type inheritedSockets struct {
-	tcp, tcp6 map[uint16]*net.TCPListener
-	udp, udp6 map[uint16]*net.UDPConn
-}
-
-func (s inheritedSockets) len() int { return len(s.tcp) + len(s.tcp6) + len(s.udp) + len(s.udp6) }
-
-func (s inheritedSockets) close() {
-	for _, l := range s.tcp {
-		l.Close()
-	}
-	for _, l := range s.tcp6 {
-		l.Close()
-	}
-	for _, c := range s.udp {
-		c.Close()
-	}
-	for _, c := range s.udp6 {
-		c.Close()
-	}
-}
-
 // inheritedListeners turns PORT:FD pairs into sockets, told apart by
 // their type (a TCP listener or a UDP socket) and family (the address
 // they are bound to); one per port of each kind.
-func inheritedListeners(specs []string) (inheritedSockets, error) {
-	out := inheritedSockets{tcp: map[uint16]*net.TCPListener{}, tcp6: map[uint16]*net.TCPListener{}, udp: map[uint16]*net.UDPConn{}, udp6: map[uint16]*net.UDPConn{}}
-	fail := func(err error) (inheritedSockets, error) {
-		out.close()
-		return inheritedSockets{}, err
+func inheritedListeners(specs []string) (proxy.Sockets, error) {
+	out := proxy.NewSockets()
+	fail := func(err error) (proxy.Sockets, error) {
+		out.Close()
+		return proxy.Sockets{}, err
 	}
 	for _, spec := range specs {
 		ps, fs, ok := strings.Cut(spec, ":")
@@ -436,9 +411,9 @@ func inheritedListeners(specs []string) (inheritedSockets, error) {
 				pc.Close()
 				return fail(fmt.Errorf("fd %d is not a UDP socket", fd))
 			}
-			m := out.udp
+			m := out.UDP
 			if uc.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap().Is6() {
-				m = out.udp6
+				m = out.UDP6
 			}
 			if m[p] != nil {
 				uc.Close()
@@ -457,9 +432,9 @@ func inheritedListeners(specs []string) (inheritedSockets, error) {
 			ln.Close()
 			return fail(fmt.Errorf("fd %d is not a TCP listener", fd))
 		}
-		m := out.tcp
+		m := out.TCP
 		if tl.Addr().(*net.TCPAddr).AddrPort().Addr().Unmap().Is6() {
-			m = out.tcp6
+			m = out.TCP6
 		}
 		if m[p] != nil {
 			tl.Close()
