@@ -483,10 +483,11 @@ func (o *Objects) Merge(other *Objects) []error {
 type mergeKey struct{ kind, namespace, name string }
 
 // MergeAll returns what merging parts one by one into empty Objects with
-// Merge returns (the same objects in the same order, the same errors),
-// with one duplicate index and one sort instead of one per part: the
-// folder source merges its files' cached objects on every change.
-func MergeAll(parts ...*Objects) (*Objects, []error) {
+// Merge gives (the same objects in the same order; errs[i] are the errors
+// Merge returns for parts[i]), with one duplicate index and one sort
+// instead of one per part: the folder source merges its files' cached
+// objects on every change.
+func MergeAll(parts ...*Objects) (*Objects, [][]error) {
 	out := &Objects{}
 	var nNs, nNodes, nAPI, nPods, nPol, nSvc, nES int
 	for _, p := range parts {
@@ -498,20 +499,29 @@ func MergeAll(parts ...*Objects) (*Objects, []error) {
 		nSvc += len(p.Services)
 		nES += len(p.EndpointSlices)
 	}
-	out.Namespaces = make([]Namespace, 0, nNs)
-	out.Nodes = make([]Node, 0, nNodes)
-	out.APIServers = make([]APIServer, 0, nAPI)
-	out.Pods = make([]Pod, 0, nPods)
-	out.Policies = make([]Policy, 0, nPol)
-	out.Services = make([]Service, 0, nSvc)
-	out.EndpointSlices = make([]EndpointSlice, 0, nES)
+	out.Namespaces = capped[Namespace](nNs)
+	out.Nodes = capped[Node](nNodes)
+	out.APIServers = capped[APIServer](nAPI)
+	out.Pods = capped[Pod](nPods)
+	out.Policies = capped[Policy](nPol)
+	out.Services = capped[Service](nSvc)
+	out.EndpointSlices = capped[EndpointSlice](nES)
 	seen := make(map[mergeKey]ObjectRef, nNs+nNodes+nPods+nPol+nSvc+nES)
-	var errs []error
-	for _, p := range parts {
-		errs = append(errs, out.mergeInto(p, seen)...)
+	errs := make([][]error, len(parts))
+	for i, p := range parts {
+		errs[i] = out.mergeInto(p, seen)
 	}
 	out.sort()
 	return out, errs
+}
+
+// capped is an empty slice with room for n (nil for none, as Merge leaves
+// kinds it never saw).
+func capped[T any](n int) []T {
+	if n == 0 {
+		return nil
+	}
+	return make([]T, 0, n)
 }
 
 // mergeInto appends other's objects not in seen (and records them there);
