@@ -498,7 +498,8 @@ func (w *watcher) drain() {
 // no other came for debounce (at most maxDelay after the first), or until
 // the deadline.
 func (w *watcher) wait(deadline time.Time, debounce, maxDelay time.Duration) error {
-	w.wake = false
+	// events handled since the last take (during the last look) count
+	w.wake = len(w.named) > 0 || len(w.fresh) > 0
 	var first time.Time
 	for {
 		d := deadline
