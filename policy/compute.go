@@ -269,8 +269,9 @@ func (c *computer) endpoints() error {
 	}
 	ipOwner := make(map[netip.Addr]int, len(c.objs.Pods)) // → index in Pods
 	seen := map[Identity]bool{}
-	memo, gen := c.alloc.podMemoFor()
-	next := make(map[podKey]podMemo, len(c.objs.Pods))
+	kept, gen := c.alloc.podMemoFor()
+	memo := &podMemoReader{m: kept}
+	next := &podMemos{list: make([]podMemoEntry, 0, len(c.objs.Pods))}
 	c.snap.Endpoints = slices.Grow(c.snap.Endpoints, len(c.objs.Pods))
 	c.snap.IPCache = slices.Grow(c.snap.IPCache, len(c.objs.Pods))
 	for i := range c.objs.Pods {
@@ -281,7 +282,7 @@ func (c *computer) endpoints() error {
 		if p.Phase == "Succeeded" || p.Phase == "Failed" {
 			continue
 		}
-		ls, id, err := c.alloc.podIdentity(memo, next, p, nsLabels[p.Namespace])
+		ls, id, err := c.alloc.podIdentity(memo, next, len(next.list), p, nsLabels[p.Namespace])
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}

@@ -85,7 +85,7 @@ type IdentityAllocator struct {
 	nextCIDR Identity
 	// pods: the last compute's pods' security labels and identities
 	// (podMemo); nil after an identity is forgotten.
-	pods map[podKey]podMemo
+	pods *podMemos
 	// forgotten counts Release and Sweep removals: a memo built across
 	// one is not kept.
 	forgotten uint64
@@ -252,12 +252,50 @@ type podMemo struct {
 	id               Identity
 }
 
-// podIdentity returns the security labels and identity of a pod, from
-// memo when its inputs are unchanged, and records it in next.
-func (a *IdentityAllocator) podIdentity(memo, next map[podKey]podMemo, p *Pod, nsLabels map[string]string) (Labels, Identity, error) {
+// podMemos is one compute's pod memo, in the order of its pods (sorted,
+// so the next compute finds most pods at the same index). Immutable once
+// kept: computes may share it.
+type podMemos struct {
+	list []podMemoEntry
+}
+
+type podMemoEntry struct {
+	key podKey
+	podMemo
+}
+
+// podMemoReader looks pods up in one compute's memo; byKey is built only
+// when a pod is not where the list says (pods added or removed).
+type podMemoReader struct {
+	m     *podMemos
+	byKey map[podKey]int
+}
+
+func (r *podMemoReader) lookup(i int, k podKey) (podMemo, bool) {
+	if r.m == nil {
+		return podMemo{}, false
+	}
+	if i < len(r.m.list) && r.m.list[i].key == k {
+		return r.m.list[i].podMemo, true
+	}
+	if r.byKey == nil {
+		r.byKey = make(map[podKey]int, len(r.m.list))
+		for j, e := range r.m.list {
+			r.byKey[e.key] = j
+		}
+	}
+	if j, ok := r.byKey[k]; ok {
+		return r.m.list[j].podMemo, true
+	}
+	return podMemo{}, false
+}
+
+// podIdentity returns the security labels and identity of the i-th pod,
+// from memo when its inputs are unchanged, and records it in next.
+func (a *IdentityAllocator) podIdentity(memo *podMemoReader, next *podMemos, i int, p *Pod, nsLabels map[string]string) (Labels, Identity, error) {
 	k := podKey{p.Namespace, p.Name}
-	if m, ok := memo[k]; ok && m.serviceAccount == p.ServiceAccount && maps.Equal(m.labels, p.Labels) && maps.Equal(m.nsLabels, nsLabels) {
-		next[k] = m
+	if m, ok := memo.lookup(i, k); ok && m.serviceAccount == p.ServiceAccount && maps.Equal(m.labels, p.Labels) && maps.Equal(m.nsLabels, nsLabels) {
+		next.list = append(next.list, podMemoEntry{k, m})
 		return m.ls, m.id, nil
 	}
 	ls := SecurityLabels(p.Namespace, p.Labels, nsLabels, p.ServiceAccount)
@@ -265,13 +303,14 @@ func (a *IdentityAllocator) podIdentity(memo, next map[podKey]podMemo, p *Pod, n
 	if err != nil {
 		return nil, 0, err
 	}
-	next[k] = podMemo{labels: p.Labels, nsLabels: nsLabels, serviceAccount: p.ServiceAccount, ls: ls, id: id}
+	next.list = append(next.list, podMemoEntry{k, podMemo{labels: p.Labels, nsLabels: nsLabels, serviceAccount: p.ServiceAccount, ls: ls, id: id}})
 	return ls, id, nil
 }
 
-// podMemoFor returns the memo of the last compute (empty when an identity
-// was forgotten since: a memoized identity may be gone).
-func (a *IdentityAllocator) podMemoFor() (map[podKey]podMemo, uint64) {
+// podMemoFor returns the memo of the last compute (nil when an identity
+// was forgotten since: a memoized identity may be gone) and the count of
+// forgotten identities setPodMemo checks.
+func (a *IdentityAllocator) podMemoFor() (*podMemos, uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.pods, a.forgotten
@@ -279,7 +318,7 @@ func (a *IdentityAllocator) podMemoFor() (map[podKey]podMemo, uint64) {
 
 // setPodMemo keeps next for the next compute, unless an identity was
 // forgotten during this one (gen tells).
-func (a *IdentityAllocator) setPodMemo(next map[podKey]podMemo, gen uint64) {
+func (a *IdentityAllocator) setPodMemo(next *podMemos, gen uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.forgotten == gen {
