@@ -66,6 +66,15 @@ type FlowsConfig struct {
 type flowIndex struct {
 	node string
 	snap *policy.Snapshot
+	*flowPeers
+	rules map[uint32]policy.Provenance
+	local map[int]bpftranslate.LocalEndpoint
+}
+
+// flowPeers is the part of the index built from the snapshot's
+// identities, endpoints and ipcache: a revision that changes none of them
+// (a policy change) shares the last revision's (nextFlowIndex).
+type flowPeers struct {
 	// byIP: pods of the cluster by address; byIdentity: the labels of
 	// every identity (for peers that are not pods).
 	byIP       map[netip.Addr]*flow.Endpoint
@@ -74,24 +83,57 @@ type flowIndex struct {
 	// rest, longest first.
 	hostIDs  map[netip.Addr]flow.Identity
 	prefixes []policy.IPCacheEntry
-	rules    map[uint32]policy.Provenance
-	local    map[int]bpftranslate.LocalEndpoint
+	// What it was built from (copies: snapshots are not ours to keep
+	// unchanged), to tell whether the next revision can share it.
+	identities []policy.IdentityInfo
+	endpoints  []policy.Endpoint
+	ipcache    []policy.IPCacheEntry
+	epLabels   map[flow.Identity]policy.Labels
 }
 
 func newFlowIndex(node string, snap *policy.Snapshot, local []bpftranslate.LocalEndpoint, rules map[uint32]policy.Provenance) *flowIndex {
-	x := &flowIndex{node: node, snap: snap, byIP: map[netip.Addr]*flow.Endpoint{}, byIdentity: map[flow.Identity]*flow.Endpoint{},
-		hostIDs: map[netip.Addr]flow.Identity{}, rules: rules, local: map[int]bpftranslate.LocalEndpoint{}}
+	return nextFlowIndex(nil, node, snap, local, rules)
+}
+
+// nextFlowIndex is newFlowIndex(node, snap, local, rules), sharing prev's
+// peers when snap's identities, endpoints (and their labels) and ipcache
+// equal those prev was built from.
+func nextFlowIndex(prev *flowIndex, node string, snap *policy.Snapshot, local []bpftranslate.LocalEndpoint, rules map[uint32]policy.Provenance) *flowIndex {
+	x := &flowIndex{node: node, snap: snap, rules: rules, local: make(map[int]bpftranslate.LocalEndpoint, len(local))}
 	for _, l := range local {
 		x.local[l.Ifindex] = l
 	}
 	if snap == nil {
+		x.flowPeers = &flowPeers{byIP: map[netip.Addr]*flow.Endpoint{}, byIdentity: map[flow.Identity]*flow.Endpoint{}, hostIDs: map[netip.Addr]flow.Identity{}}
 		return x
 	}
+	epLabels := make(map[flow.Identity]policy.Labels)
+	for _, ep := range snap.Endpoints {
+		if _, ok := epLabels[ep.Identity]; !ok {
+			epLabels[ep.Identity] = snap.Labels(ep.Identity)
+		}
+	}
+	if prev != nil && prev.flowPeers != nil && prev.snap != nil && samePeers(prev.flowPeers, snap, epLabels) {
+		x.flowPeers = prev.flowPeers
+		return x
+	}
+	x.flowPeers = buildFlowPeers(snap, epLabels)
+	return x
+}
+
+func buildFlowPeers(snap *policy.Snapshot, epLabels map[flow.Identity]policy.Labels) *flowPeers {
+	x := &flowPeers{byIP: make(map[netip.Addr]*flow.Endpoint, len(snap.Endpoints)), byIdentity: make(map[flow.Identity]*flow.Endpoint, len(snap.Identities)),
+		hostIDs: make(map[netip.Addr]flow.Identity, len(snap.IPCache)), epLabels: epLabels,
+		identities: slices.Clone(snap.Identities), endpoints: slices.Clone(snap.Endpoints), ipcache: slices.Clone(snap.IPCache)}
 	for _, id := range snap.Identities {
 		x.byIdentity[id.ID] = &flow.Endpoint{Labels: slices.Clone(id.Labels)}
 	}
+	strs := make(map[flow.Identity][]string, len(epLabels))
+	for id, ls := range epLabels {
+		strs[id] = ls.Strings()
+	}
 	for _, ep := range snap.Endpoints {
-		e := &flow.Endpoint{Namespace: ep.Namespace, Pod: ep.Name, Labels: snap.Labels(ep.Identity).Strings()}
+		e := &flow.Endpoint{Namespace: ep.Namespace, Pod: ep.Name, Labels: slices.Clone(strs[ep.Identity])}
 		for _, ip := range ep.IPs {
 			x.byIP[ip] = e
 		}
@@ -105,6 +147,32 @@ func newFlowIndex(node string, snap *policy.Snapshot, local []bpftranslate.Local
 	}
 	slices.SortStableFunc(x.prefixes, func(a, b policy.IPCacheEntry) int { return cmp.Compare(b.Prefix.Bits(), a.Prefix.Bits()) })
 	return x
+}
+
+// samePeers reports whether p was built from what snap holds.
+func samePeers(p *flowPeers, snap *policy.Snapshot, epLabels map[flow.Identity]policy.Labels) bool {
+	if !slices.Equal(p.ipcache, snap.IPCache) {
+		return false
+	}
+	if !slices.EqualFunc(p.identities, snap.Identities, func(a, b policy.IdentityInfo) bool {
+		return a.ID == b.ID && slices.Equal(a.Labels, b.Labels)
+	}) {
+		return false
+	}
+	if !slices.EqualFunc(p.endpoints, snap.Endpoints, func(a, b policy.Endpoint) bool {
+		return a.Namespace == b.Namespace && a.Name == b.Name && a.Identity == b.Identity && slices.Equal(a.IPs, b.IPs)
+	}) {
+		return false
+	}
+	if len(p.epLabels) != len(epLabels) {
+		return false
+	}
+	for id, ls := range epLabels {
+		if old, ok := p.epLabels[id]; !ok || !slices.Equal(old, ls) {
+			return false
+		}
+	}
+	return true
 }
 
 // identityOf is the ipcache's identity of an address (world when none).
@@ -191,7 +259,7 @@ func unattributedDefaultDeny(ps []flow.Provenance) bool {
 // it.
 func (a *Agent) implemented(rev uint64, took time.Duration, snap *policy.Snapshot, local []bpftranslate.LocalEndpoint, stats syncStats,
 	failures []source.EndpointFailure) {
-	a.flowIdx.Store(newFlowIndex(a.cfg.Node, snap, local, stats.rules))
+	a.flowIdx.Store(nextFlowIndex(a.flowIdx.Load(), a.cfg.Node, snap, local, stats.rules))
 	failing, syncErrors := map[string]bool{}, 0
 	for _, f := range failures {
 		failing[f.Endpoint] = true

@@ -267,17 +267,22 @@ func (c *computer) endpoints() error {
 	for _, ns := range c.objs.Namespaces {
 		nsLabels[ns.Name] = ns.Labels
 	}
-	ipOwner := map[netip.Addr]string{}
+	ipOwner := make(map[netip.Addr]int, len(c.objs.Pods)) // → index in Pods
 	seen := map[Identity]bool{}
-	for _, p := range c.objs.Pods {
+	kept, gen := c.alloc.podMemoFor()
+	memo := &podMemoReader{m: kept}
+	next := &podMemos{list: make([]podMemoEntry, 0, len(c.objs.Pods))}
+	c.snap.Endpoints = slices.Grow(c.snap.Endpoints, len(c.objs.Pods))
+	c.snap.IPCache = slices.Grow(c.snap.IPCache, len(c.objs.Pods))
+	for i := range c.objs.Pods {
+		p := &c.objs.Pods[i]
 		if p.HostNetwork {
 			continue // host-network pods are the host identity
 		}
 		if p.Phase == "Succeeded" || p.Phase == "Failed" {
 			continue
 		}
-		ls := SecurityLabels(p.Namespace, p.Labels, nsLabels[p.Namespace], p.ServiceAccount)
-		id, err := c.alloc.allocate(ls, false)
+		ls, id, err := c.alloc.podIdentity(memo, next, len(next.list), p, nsLabels[p.Namespace])
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
@@ -289,18 +294,22 @@ func (c *computer) endpoints() error {
 		ep := Endpoint{Namespace: p.Namespace, Name: p.Name, Identity: id, NamedPorts: p.NamedPorts, Node: p.NodeName}
 		for _, ip := range p.IPs {
 			if owner, dup := ipOwner[ip]; dup {
-				c.warnf("pod %s/%s: IP %s already belongs to pod %s; ignored", p.Namespace, p.Name, ip, owner)
+				o := &c.objs.Pods[owner]
+				c.warnf("pod %s/%s: IP %s already belongs to pod %s/%s; ignored", p.Namespace, p.Name, ip, o.Namespace, o.Name)
 				continue
 			}
-			ipOwner[ip] = p.Namespace + "/" + p.Name
+			ipOwner[ip] = i
 			ep.IPs = append(ep.IPs, ip)
 			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: id})
 		}
-		c.ports[id] = mergePorts(c.ports[id], p.NamedPorts)
-		c.allPorts = mergePorts(c.allPorts, p.NamedPorts)
+		if len(p.NamedPorts) > 0 {
+			c.ports[id] = mergePorts(c.ports[id], p.NamedPorts)
+			c.allPorts = mergePorts(c.allPorts, p.NamedPorts)
+		}
 		c.snap.Endpoints = append(c.snap.Endpoints, ep)
 	}
 	slices.Sort(c.podIDs)
+	c.alloc.setPodMemo(next, gen)
 	return nil
 }
 

@@ -454,9 +454,8 @@ func cmpStrings(pairs ...string) int {
 // Merge adds other's objects. Objects with the same kind, namespace and
 // name as one already present are errors (the first one stays).
 func (o *Objects) Merge(other *Objects) []error {
-	var errs []error
-	seen := map[string]ObjectRef{}
-	key := func(r ObjectRef) string { return r.Kind + "/" + r.Namespace + "/" + r.Name }
+	seen := map[mergeKey]ObjectRef{}
+	key := func(r ObjectRef) mergeKey { return mergeKey{r.Kind, r.Namespace, r.Name} }
 	for _, n := range o.Namespaces {
 		seen[key(n.Ref)] = n.Ref
 	}
@@ -475,6 +474,61 @@ func (o *Objects) Merge(other *Objects) []error {
 	for _, p := range o.Policies {
 		seen[key(p.Ref)] = p.Ref
 	}
+	errs := o.mergeInto(other, seen)
+	o.sort()
+	return errs
+}
+
+// mergeKey: objects with the same kind, namespace and name are duplicates.
+type mergeKey struct{ kind, namespace, name string }
+
+// MergeAll returns what merging parts one by one into empty Objects with
+// Merge gives (the same objects in the same order; errs[i] are the errors
+// Merge returns for parts[i]), with one duplicate index and one sort
+// instead of one per part: the folder source merges its files' cached
+// objects on every change.
+func MergeAll(parts ...*Objects) (*Objects, [][]error) {
+	out := &Objects{}
+	var nNs, nNodes, nAPI, nPods, nPol, nSvc, nES int
+	for _, p := range parts {
+		nNs += len(p.Namespaces)
+		nNodes += len(p.Nodes)
+		nAPI += len(p.APIServers)
+		nPods += len(p.Pods)
+		nPol += len(p.Policies)
+		nSvc += len(p.Services)
+		nES += len(p.EndpointSlices)
+	}
+	out.Namespaces = capped[Namespace](nNs)
+	out.Nodes = capped[Node](nNodes)
+	out.APIServers = capped[APIServer](nAPI)
+	out.Pods = capped[Pod](nPods)
+	out.Policies = capped[Policy](nPol)
+	out.Services = capped[Service](nSvc)
+	out.EndpointSlices = capped[EndpointSlice](nES)
+	seen := make(map[mergeKey]ObjectRef, nNs+nNodes+nPods+nPol+nSvc+nES)
+	errs := make([][]error, len(parts))
+	for i, p := range parts {
+		errs[i] = out.mergeInto(p, seen)
+	}
+	out.sort()
+	return out, errs
+}
+
+// capped is an empty slice with room for n (nil for none, as Merge leaves
+// kinds it never saw).
+func capped[T any](n int) []T {
+	if n == 0 {
+		return nil
+	}
+	return make([]T, 0, n)
+}
+
+// mergeInto appends other's objects not in seen (and records them there);
+// the caller sorts.
+func (o *Objects) mergeInto(other *Objects, seen map[mergeKey]ObjectRef) []error {
+	var errs []error
+	key := func(r ObjectRef) mergeKey { return mergeKey{r.Kind, r.Namespace, r.Name} }
 	dup := func(r ObjectRef) bool {
 		if first, ok := seen[key(r)]; ok {
 			errs = append(errs, &ObjectError{Object: r, Err: fmt.Errorf("duplicate object: already defined in %s (that definition is kept)", first.File)})
@@ -524,7 +578,6 @@ func (o *Objects) Merge(other *Objects) []error {
 			o.summarize(r, line)
 		}
 	}
-	o.sort()
 	return errs
 }
 

@@ -81,6 +81,8 @@ func TestFolderCacheEqualsLoad(t *testing.T) {
 	}
 	names := []string{"a.yaml", "b.yaml", "sub/c.yaml", "sub/d.json", "e.yml"}
 	cache := &folderCache{}
+	var got *policy.Objects
+	var gotErrs []error
 	for step := range 60 {
 		name := filepath.Join(dir, names[rng.IntN(len(names))])
 		if rng.IntN(5) == 0 {
@@ -91,9 +93,21 @@ func TestFolderCacheEqualsLoad(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		got, gotErrs, _, err := cache.load(dir)
+		// every file named, as inotify would after these writes
+		all, err := policy.ListFiles(dir)
 		if err != nil {
 			t.Fatal(err)
+		}
+		named := map[string]bool{}
+		for _, f := range all {
+			named[f] = true
+		}
+		objs, errs, _, changed, _, err := cache.load(dir, named, nil, false, time.Now(), time.Hour, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if changed {
+			got, gotErrs = objs, errs
 		}
 		want, wantErrs := policy.Load(dir)
 		if !reflect.DeepEqual(got, want) {

@@ -573,7 +573,8 @@ func alive(pid int) bool {
 }
 
 // sourceDigest is the source folder's digest as source.Folder computes it
-// (sha256 over every file's path and content).
+// (source.FolderDigest: sha256 over every file's path and the sha256 of
+// its content; this package's layer may not import source).
 func sourceDigest(dir string) (string, error) {
 	files, err := policy.ListFiles(dir)
 	if err != nil {
@@ -585,9 +586,10 @@ func sourceDigest(dir string) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		sum := sha256.Sum256(data)
 		h.Write([]byte(f))
 		h.Write([]byte{0})
-		h.Write(data)
+		h.Write(sum[:])
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
