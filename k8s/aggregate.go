@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -247,8 +248,13 @@ func (a *aggregator) run(ctx context.Context) error {
 		return err
 	}
 	// A node that comes, goes or moves in or out of the selector changes
-	// every policy's count.
+	// every policy's count. Until every informer synced, each policy's own
+	// add marks it (N nodes × P policies at start-up is not needed).
+	var synced atomic.Bool
 	allPolicies := func() {
+		if !synced.Load() {
+			return
+		}
 		var keys []string
 		for _, inf := range []cache.SharedIndexInformer{cnps, ccnps} {
 			for _, o := range inf.GetStore().List() {
@@ -295,6 +301,9 @@ func (a *aggregator) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	// (Policies stay dirty from their adds until the loop below merges
+	// them, reading the Nodes then: no node change is missed meanwhile.)
+	synced.Store(true)
 	tick := time.NewTicker(aggregateTick)
 	defer tick.Stop()
 	for {
