@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -154,12 +155,10 @@ func testImplementedCountsNodes(ctx context.Context, t *testing.T, c *cluster) {
 	if _, err := pns.Get(ctx, "impl-3", metav1.GetOptions{}); err != nil {
 		t.Fatalf("impl-3's report: %v", err)
 	}
-	obj, err := cnps.Get(ctx, "counted", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj.Object["spec"] = cnp("", "", httpPolicy(8080, "/b/.*")).Object["spec"]
-	if _, err := cnps.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+	// (A merge patch of the spec: the aggregator writes the status
+	// meanwhile, an update of what was read could conflict.)
+	specPatch, _ := json.Marshal(map[string]any{"spec": cnp("", "", httpPolicy(8080, "/b/.*")).Object["spec"]})
+	if _, err := cnps.Patch(ctx, "counted", types.MergePatchType, specPatch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	u, _ = up.await("generation 2", func(_ source.Update, s *policy.Snapshot) bool { return l7Path(s, "implcount", "api", 8080) == "/b/.*" })
