@@ -1,8 +1,10 @@
 package deploy
 
 import (
+	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -105,6 +107,42 @@ func TestRenderValues(t *testing.T) {
 	}
 	if n := len(find(documents(t, def), "DaemonSet")["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)); n != 3 {
 		t.Errorf("%d containers by default, want agent, proxy and envoy", n)
+	}
+}
+
+// TestRenderStatusNodeSelector: the agent's --status-node-selector is the
+// DaemonSet's own nodeSelector (policy status counts the nodes the agent
+// runs on), and is left out without policy status.
+func TestRenderStatusNodeSelector(t *testing.T) {
+	out, err := Render(Chart(), Options{Values: map[string]any{"nodeSelector": map[string]any{"pool": "l7"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	podSpec := find(documents(t, out), "DaemonSet")["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+	var sel []string
+	for k, v := range podSpec["nodeSelector"].(map[string]any) {
+		sel = append(sel, fmt.Sprintf("%s=%v", k, v))
+	}
+	slices.Sort(sel)
+	want := "--status-node-selector=" + strings.Join(sel, ",")
+	if want != "--status-node-selector=kubernetes.io/os=linux,pool=l7" {
+		t.Fatalf("DaemonSet nodeSelector %v: want the default's and pool=l7", podSpec["nodeSelector"])
+	}
+	var args []any
+	for _, c := range podSpec["containers"].([]any) {
+		if c.(map[string]any)["name"] == "agent" {
+			args = c.(map[string]any)["args"].([]any)
+		}
+	}
+	if !slices.Contains(args, any(want)) {
+		t.Errorf("agent args %v: want %q", args, want)
+	}
+	off, err := Render(Chart(), Options{Values: map[string]any{"policyStatus": false}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(off), "--status-node-selector") {
+		t.Error("policyStatus=false still passes --status-node-selector")
 	}
 }
 

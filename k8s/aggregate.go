@@ -11,11 +11,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -92,7 +95,7 @@ func (w *StatusWriter) runElected(ctx context.Context) {
 						if limit < 0 {
 							limit = 0 // every node
 						}
-						a := &aggregator{dyn: w.cfg.Dynamic, log: w.log, nodesLimit: limit}
+						a := &aggregator{dyn: w.cfg.Dynamic, log: w.log, nodesLimit: limit, nodeSelector: w.nodeSelector}
 						err := a.run(ctx)
 						if ctx.Err() != nil {
 							return
@@ -117,7 +120,11 @@ func (w *StatusWriter) runElected(ctx context.Context) {
 
 // aggregator writes each Cilium policy's status from the PolicyNodeStatus
 // of every node: status.nodes[node] as the node reported it, and the
-// Valid and Supported conditions of the current generation. It is the
+// Valid and Supported conditions of the current generation. The nodes it
+// counts are the Nodes that should run an agent (nodeSelector), and any
+// other existing Node with a report: a node that has not reported is
+// pending, never left out, and a report whose Node is gone counts for
+// nothing (expectedNodes). It is the
 // only writer of those fields while it leads, so its merge patches carry
 // no resourceVersion and cannot conflict. It writes a policy when every
 // node reported the policy's generation, or aggregateMaxDelay after its
@@ -126,7 +133,9 @@ type aggregator struct {
 	dyn dynamic.Interface
 	// nodesLimit: see aggregatePatchLimit (0: list every node).
 	nodesLimit int
-	log        interface {
+	// nodeSelector: the Nodes that should run an agent.
+	nodeSelector labels.Selector
+	log          interface {
 		Warn(msg string, args ...any)
 		Debug(msg string, args ...any)
 	}
@@ -193,6 +202,12 @@ func (a *aggregator) run(ctx context.Context) error {
 	nodes := f.ForResource(PolicyNodeStatusResource()).Informer()
 	cnps := f.ForResource(CNPResource()).Informer()
 	ccnps := f.ForResource(CCNPResource()).Informer()
+	// The Node objects: which nodes should run an agent. Only names and
+	// labels are kept (one watch, in the elected agent only).
+	kubeNodes := f.ForResource(nodeResource).Informer()
+	if err := kubeNodes.SetTransform(nodeMeta); err != nil {
+		return err
+	}
 	a.lastPartial = map[string]time.Time{}
 	a.waiting = map[string]int{}
 	entryKeys := func(o any) []string {
@@ -232,6 +247,37 @@ func (a *aggregator) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	// A node that comes, goes or moves in or out of the selector changes
+	// every policy's count. Until every informer synced, each policy's own
+	// add marks it (N nodes × P policies at start-up is not needed).
+	var synced atomic.Bool
+	allPolicies := func() {
+		if !synced.Load() {
+			return
+		}
+		var keys []string
+		for _, inf := range []cache.SharedIndexInformer{cnps, ccnps} {
+			for _, o := range inf.GetStore().List() {
+				if u, ok := o.(*unstructured.Unstructured); ok {
+					keys = append(keys, policyStatusKey(objectKey{Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName()}))
+				}
+			}
+		}
+		a.markDirty(keys...)
+	}
+	if _, err := kubeNodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { allPolicies() },
+		UpdateFunc: func(oldObj, newObj any) {
+			ou, _ := oldObj.(*unstructured.Unstructured)
+			nu, _ := newObj.(*unstructured.Unstructured)
+			if ou == nil || nu == nil || a.nodeSelector.Matches(labels.Set(ou.GetLabels())) != a.nodeSelector.Matches(labels.Set(nu.GetLabels())) {
+				allPolicies()
+			}
+		},
+		DeleteFunc: func(any) { allPolicies() },
+	}); err != nil {
+		return err
+	}
 	policyKey := func(o any) []string {
 		if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 			o = t.Obj
@@ -250,11 +296,14 @@ func (a *aggregator) run(ctx context.Context) error {
 		}
 	}
 	f.Start(ctx.Done())
-	for _, inf := range []cache.SharedIndexInformer{nodes, cnps, ccnps} {
+	for _, inf := range []cache.SharedIndexInformer{nodes, cnps, ccnps, kubeNodes} {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			return ctx.Err()
 		}
 	}
+	// (Policies stay dirty from their adds until the loop below merges
+	// them, reading the Nodes then: no node change is missed meanwhile.)
+	synced.Store(true)
 	tick := time.NewTicker(aggregateTick)
 	defer tick.Stop()
 	for {
@@ -291,6 +340,7 @@ func (a *aggregator) run(ctx context.Context) error {
 			}
 		}
 		a.reports.keep(seen)
+		expected := a.expectedNodes(kubeNodes.GetStore().List(), reports)
 		for key, mark := range dirty {
 			k, ok := parsePolicyStatusKey(key)
 			if !ok {
@@ -307,7 +357,7 @@ func (a *aggregator) run(ctx context.Context) error {
 				a.done(key, mark)
 				continue
 			}
-			patch, complete, err := aggregatePatchLimit(u, key, reports, time.Now().UTC(), a.nodesLimit)
+			patch, complete, err := aggregatePatchLimit(u, key, reports, expected, time.Now().UTC(), a.nodesLimit)
 			if err != nil {
 				a.log.Warn("policy status merge", "policy", key, "error", err)
 				a.done(key, mark)
@@ -342,6 +392,46 @@ func (a *aggregator) run(ctx context.Context) error {
 			a.done(key, mark)
 		}
 	}
+}
+
+// nodeResource: the core Node objects.
+var nodeResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
+
+// nodeMeta keeps of a Node only what expectedNodes reads (name, labels):
+// the elected agent holds every Node of the cluster.
+func nodeMeta(o any) (any, error) {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return o, nil
+	}
+	m := &unstructured.Unstructured{Object: map[string]any{}}
+	m.SetAPIVersion(u.GetAPIVersion())
+	m.SetKind(u.GetKind())
+	m.SetName(u.GetName())
+	m.SetUID(u.GetUID())
+	m.SetResourceVersion(u.GetResourceVersion())
+	m.SetLabels(u.GetLabels())
+	return m, nil
+}
+
+// expectedNodes is the set of nodes a policy's status counts: the Nodes
+// the selector matches (those that should run an agent), and any other
+// existing Node that has a report (an agent runs there). A report whose
+// Node is gone is not among them: a deleted node counts for nothing,
+// whatever its lingering PolicyNodeStatus says.
+func (a *aggregator) expectedNodes(nodeObjs []any, reports map[string]map[string]nodePolicyStatus) map[string]bool {
+	out := make(map[string]bool, len(nodeObjs))
+	for _, o := range nodeObjs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		_, reported := reports[u.GetName()]
+		if reported || a.nodeSelector.Matches(labels.Set(u.GetLabels())) {
+			out[u.GetName()] = true
+		}
+	}
+	return out
 }
 
 // reportCache keeps each node's decoded PolicyNodeStatus entries by the
@@ -421,27 +511,48 @@ func (a *aggregator) done(key string, mark dirtyMark) {
 }
 
 // aggregatePatch is aggregatePatchLimit listing every node.
-func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, now time.Time) ([]byte, bool, error) {
-	return aggregatePatchLimit(u, key, reports, now, 0)
+func aggregatePatch(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, nodes map[string]bool, now time.Time) ([]byte, bool, error) {
+	return aggregatePatchLimit(u, key, reports, nodes, now, 0)
 }
+
+// Entries of status.nodes for a node that has not reported a policy: not
+// ok, not enforcing, and no observedGeneration (so no condition takes it
+// for a node's verdict on the policy).
+const (
+	pendingNoReport = "pending: no report from this node's agent yet (no PolicyNodeStatus)"
+	pendingNoEntry  = "pending: this node's agent has not reported this policy yet"
+	maxPendingNamed = 10
+)
 
 // aggregatePatchLimit returns the merge patch taking policy u's status to
 // what the nodes reported (nil: nothing to change), and whether every
-// node reported the current generation. With more than limit nodes
-// (limit > 0), status.nodes lists only the nodes with something to say —
-// an error, or behind the current generation; at most limit of them,
-// errors first — and the Implemented condition counts the nodes that
-// implemented the generation:
-// every agent watches the policies, so a status that grows with the
-// cluster is received by every node on every change (make scale).
-func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, now time.Time, limit int) ([]byte, bool, error) {
+// node reported the current generation. nodes are the nodes to count
+// (expectedNodes): a node among them without a report of the policy is
+// pending — listed in status.nodes with a pending error, and named by
+// the Implemented condition — and a report from a node not among them
+// is ignored. With more than limit nodes (limit > 0), status.nodes lists
+// only the nodes with something to say — an error, no report, or behind
+// the current generation; at most limit of them, in that order — and the
+// Implemented condition counts the nodes that implemented the
+// generation: every agent watches the policies, so a status that grows
+// with the cluster is received by every node on every change (make
+// scale).
+func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[string]map[string]nodePolicyStatus, nodes map[string]bool, now time.Time, limit int) ([]byte, bool, error) {
 	gen := u.GetGeneration()
-	summarize := limit > 0 && len(reports) > limit
+	summarize := limit > 0 && len(nodes) > limit
 	want := map[string]nodeStatus{}
+	pending := map[string]nodeStatus{} // nodes without a report of this policy
 	complete := true
-	for node, entries := range reports {
+	for node := range nodes {
+		entries, reported := reports[node]
+		if !reported {
+			pending[node] = nodeStatus{Error: pendingNoReport}
+			complete = false
+			continue
+		}
 		e, ok := entries[key]
 		if !ok || (e.UID != "" && e.UID != u.GetUID()) {
+			pending[node] = nodeStatus{Error: pendingNoEntry}
 			complete = false
 			continue
 		}
@@ -463,10 +574,11 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 			}
 		}
 	}
-	listed := want
+	listed := make(map[string]nodeStatus, len(want)+len(pending))
 	if summarize {
 		// At most limit nodes: those with an error first, then those
-		// behind (right after a change that is every node), by name.
+		// without a report, then those behind (right after a change that
+		// is every node), by name.
 		var failing, behind []string
 		for node, ns := range want {
 			switch {
@@ -478,13 +590,19 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 		}
 		slices.Sort(failing)
 		slices.Sort(behind)
-		listed = map[string]nodeStatus{}
-		for _, node := range append(failing, behind...) {
+		for _, node := range slices.Concat(failing, slices.Sorted(maps.Keys(pending)), behind) {
 			if len(listed) == limit {
 				break
 			}
-			listed[node] = want[node]
+			if ns, ok := want[node]; ok {
+				listed[node] = ns
+			} else {
+				listed[node] = pending[node]
+			}
 		}
+	} else {
+		maps.Copy(listed, want)
+		maps.Copy(listed, pending)
 	}
 	nodesPatch := map[string]any{}
 	for node, ns := range listed {
@@ -498,7 +616,7 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 	}
 	for node := range current {
 		if _, ok := listed[node]; !ok {
-			nodesPatch[node] = nil // the node's report is gone (node deleted), or has nothing to say
+			nodesPatch[node] = nil // the node is gone, or has nothing to say
 		}
 	}
 	// The conditions of the current generation, from the nodes that
@@ -511,7 +629,7 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 		}
 	}
 	slices.Sort(atGen)
-	status := map[string]any{}
+	var wantConds []condition
 	if len(atGen) > 0 {
 		errMsg := ""
 		var warnings []string
@@ -524,13 +642,18 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 				warnings = ns.Warnings
 			}
 		}
+		wantConds = append(wantConds, validCondition(errMsg, gen), supportedCondition(warnings, gen))
+	}
+	if summarize {
+		// Also before any node implemented the generation: the condition
+		// of the previous one must not stand for it.
+		wantConds = append(wantConds, implementedCondition(want, atGen, len(nodes), slices.Sorted(maps.Keys(pending)), complete, gen))
+	}
+	status := map[string]any{}
+	if len(wantConds) > 0 {
 		conds, err := readConditions(u)
 		if err != nil {
 			return nil, false, err
-		}
-		wantConds := []condition{validCondition(errMsg, gen), supportedCondition(warnings, gen)}
-		if summarize {
-			wantConds = append(wantConds, implementedCondition(want, atGen, len(reports), complete, gen))
 		}
 		merged, changed := mergeConditions(conds, wantConds, now.Format(time.RFC3339))
 		if changed {
@@ -550,9 +673,11 @@ func aggregatePatchLimit(u *unstructured.Unstructured, key string, reports map[s
 	return b, complete, nil
 }
 
-// implementedCondition counts, of nodes reporting, those that enforce
-// generation gen (atGen: the nodes at gen) and those reporting an error.
-func implementedCondition(want map[string]nodeStatus, atGen []string, nodes int, complete bool, gen int64) condition {
+// implementedCondition counts, of the nodes to count (nodes of them),
+// those that enforce generation gen (atGen: the nodes at gen) and those
+// reporting an error, and names the nodes that have not reported the
+// policy (pending, sorted; at most maxPendingNamed).
+func implementedCondition(want map[string]nodeStatus, atGen []string, nodes int, pending []string, complete bool, gen int64) condition {
 	enforcing, failing := 0, 0
 	for _, node := range atGen {
 		ns := want[node]
@@ -571,8 +696,20 @@ func implementedCondition(want map[string]nodeStatus, atGen []string, nodes int,
 	default:
 		msg += fmt.Sprintf("; %d nodes report errors (status.nodes)", failing)
 	}
+	if len(pending) > 0 {
+		named := pending[:min(len(pending), maxPendingNamed)]
+		if len(pending) == 1 {
+			msg += "; 1 node has not reported: "
+		} else {
+			msg += fmt.Sprintf("; %d nodes have not reported: ", len(pending))
+		}
+		msg += strings.Join(named, ", ")
+		if more := len(pending) - len(named); more > 0 {
+			msg += fmt.Sprintf(" and %d more", more)
+		}
+	}
 	c := condition{Type: ConditionImplemented, Status: "False", Reason: ReasonPending, Message: msg, ObservedGeneration: gen}
-	if complete && enforcing == nodes {
+	if complete && len(pending) == 0 && enforcing == nodes {
 		c.Status, c.Reason = "True", ReasonAllNodes
 	}
 	return c

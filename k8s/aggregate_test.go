@@ -52,37 +52,40 @@ func TestAggregatePatch(t *testing.T) {
 
 	// Two nodes at the current generation, one behind, one reporting an
 	// older policy of the same name (another UID): not complete; the
-	// stale UID is left out.
+	// stale UID is not d's report of this policy (d is pending).
+	nodes := map[string]bool{"a": true, "b": true, "c": true, "d": true}
 	reports := map[string]map[string]nodePolicyStatus{
 		"a": {key: ok(3, 7)},
 		"b": {key: ok(3, 9)},
 		"c": {key: ok(2, 4)},
 		"d": {key: {UID: "old", nodeStatus: nodeStatus{OK: true, Enforcing: true, ObservedGeneration: 1}}},
 	}
-	patch, complete, err := aggregatePatch(pol, key, reports, now)
+	patch, complete, err := aggregatePatch(pol, key, reports, nodes, now)
 	if err != nil || patch == nil || complete {
 		t.Fatalf("patch %s complete %v err %v", patch, complete, err)
 	}
-	if s := string(patch); !strings.Contains(s, `"a":{`) || !strings.Contains(s, `"c":{`) || strings.Contains(s, `"d":`) ||
+	if s := string(patch); !strings.Contains(s, `"a":{`) || !strings.Contains(s, `"c":{`) || !strings.Contains(s, `"d":{"enforcing":false,"error":"`+pendingNoEntry) ||
 		!strings.Contains(s, `"Valid"`) || !strings.Contains(s, `"observedGeneration":3`) {
 		t.Errorf("patch %s", s)
 	}
 	apply(patch)
 	// The same reports again: nothing to write.
-	if patch, _, _ := aggregatePatch(pol, key, reports, now.Add(time.Minute)); patch != nil {
+	if patch, _, _ := aggregatePatch(pol, key, reports, nodes, now.Add(time.Minute)); patch != nil {
 		t.Errorf("unchanged reports rewritten: %s", patch)
 	}
 	// c catches up, d goes (node deleted): complete; only what changed.
 	reports["c"] = map[string]nodePolicyStatus{key: ok(3, 5)}
 	delete(reports, "d")
-	patch, complete, _ = aggregatePatch(pol, key, reports, now)
-	if !complete || patch == nil || strings.Contains(string(patch), `"a":`) || strings.Contains(string(patch), "conditions") {
-		t.Errorf("catch-up patch %s complete %v: want only c", patch, complete)
+	delete(nodes, "d")
+	patch, complete, _ = aggregatePatch(pol, key, reports, nodes, now)
+	if !complete || patch == nil || strings.Contains(string(patch), `"a":`) || !strings.Contains(string(patch), `"d":null`) || strings.Contains(string(patch), "conditions") {
+		t.Errorf("catch-up patch %s complete %v: want only c, and d removed", patch, complete)
 	}
 	apply(patch)
 	// A node that left: its entry is removed.
 	delete(reports, "b")
-	patch, _, _ = aggregatePatch(pol, key, reports, now)
+	delete(nodes, "b")
+	patch, _, _ = aggregatePatch(pol, key, reports, nodes, now)
 	if string(patch) != `{"status":{"nodes":{"b":null}}}` {
 		t.Errorf("removal patch %s", patch)
 	}
@@ -90,12 +93,12 @@ func TestAggregatePatch(t *testing.T) {
 	// A rejection at the current generation: Valid=False with the error;
 	// an endpoint failing closed on one node does not make it invalid.
 	reports["a"] = map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{ObservedGeneration: 3, Error: "spec.x: unknown field"}}}
-	patch, _, _ = aggregatePatch(pol, key, reports, now)
+	patch, _, _ = aggregatePatch(pol, key, reports, nodes, now)
 	if s := string(patch); !strings.Contains(s, `"status":"False","lastTransitionTime"`) || !strings.Contains(s, "spec.x: unknown field") {
 		t.Errorf("rejection patch %s", s)
 	}
 	reports["a"] = map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{Enforcing: true, ObservedGeneration: 3, Error: "endpoints fail closed: shop/api"}}}
-	patch, _, _ = aggregatePatch(pol, key, reports, now)
+	patch, _, _ = aggregatePatch(pol, key, reports, nodes, now)
 	if s := string(patch); !strings.Contains(s, `"message":"policy accepted"`) && strings.Contains(s, "conditions") {
 		t.Errorf("endpoint failure patch %s", s)
 	}
@@ -129,12 +132,14 @@ func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
 		// A status from before, listing every node.
 		"status": map[string]any{"nodes": map[string]any{"n00": map[string]any{"ok": true, "enforcing": true, "observedGeneration": int64(2)}}}}}
 	reports := map[string]map[string]nodePolicyStatus{}
+	nodes := map[string]bool{}
 	for i := range 40 {
+		nodes[fmt.Sprintf("n%02d", i)] = true
 		reports[fmt.Sprintf("n%02d", i)] = map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, Revision: 7, ObservedGeneration: 3}}}
 	}
 	reports["n05"][key] = nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{Enforcing: true, ObservedGeneration: 3, Error: "endpoints fail closed: shop/api-0"}}
 	reports["n06"][key] = nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, ObservedGeneration: 2}}
-	patch, complete, err := aggregatePatchLimit(pol, key, reports, now, 32)
+	patch, complete, err := aggregatePatchLimit(pol, key, reports, nodes, now, 32)
 	if err != nil || patch == nil || complete {
 		t.Fatalf("patch %s complete %v err %v", patch, complete, err)
 	}
@@ -163,7 +168,7 @@ func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
 	}
 	// Every node at the generation: Implemented=True.
 	reports["n06"][key] = nodePolicyStatus{UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, ObservedGeneration: 3}}
-	patch, complete, _ = aggregatePatchLimit(pol, key, reports, now, 32)
+	patch, complete, _ = aggregatePatchLimit(pol, key, reports, nodes, now, 32)
 	if !complete || !strings.Contains(string(patch), `"type":"Implemented","status":"True"`) ||
 		!strings.Contains(string(patch), "40 of 40 nodes implemented generation 3; 1 node reports an error") {
 		t.Errorf("complete patch %s complete %v", patch, complete)
@@ -173,7 +178,7 @@ func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
 	// at N = 200 saw the first merged writes of each change list every
 	// node (~98 KB per agent per policy change).
 	pol.SetGeneration(4)
-	patch, _, _ = aggregatePatchLimit(pol, key, reports, now, 32)
+	patch, _, _ = aggregatePatchLimit(pol, key, reports, nodes, now, 32)
 	m.Status.Nodes = nil
 	if err := json.Unmarshal(patch, &m); err != nil {
 		t.Fatal(err)
@@ -189,7 +194,7 @@ func TestAggregatePatchSummarizesManyNodes(t *testing.T) {
 	}
 	pol.SetGeneration(3)
 	// Up to the limit, every node is listed as before.
-	patch, _, _ = aggregatePatchLimit(pol, key, reports, now, 40)
+	patch, _, _ = aggregatePatchLimit(pol, key, reports, nodes, now, 40)
 	if !strings.Contains(string(patch), `"n39":{`) || strings.Contains(string(patch), ConditionImplemented) {
 		t.Errorf("patch at the limit %s: want every node listed, no Implemented condition", patch)
 	}
@@ -231,4 +236,154 @@ func TestReportCacheDecodesOncePerResourceVersion(t *testing.T) {
 	if g := gen(c.entries(report("10", 3))); g != 3 {
 		t.Errorf("a forgotten node's report came from the cache (generation %d, want 3)", g)
 	}
+}
+
+// TestAggregatePatchCountsNodesWithoutReport: a policy's status counts the
+// nodes that should run an agent, not the nodes that reported: a node
+// without a report (or whose report lacks the policy) is listed as pending
+// and named by the Implemented condition, which stays False; a report from
+// a node that no longer exists counts for nothing; the named nodes are
+// bounded.
+func TestAggregatePatchCountsNodesWithoutReport(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	key := "CiliumNetworkPolicy/shop/api"
+	newPol := func() *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+			"metadata": map[string]any{"name": "api", "namespace": "shop", "uid": "u1", "generation": int64(3)}}}
+	}
+	at := func(gen int64) map[string]nodePolicyStatus {
+		return map[string]nodePolicyStatus{key: {UID: "u1", nodeStatus: nodeStatus{OK: true, Enforcing: true, Revision: 7, ObservedGeneration: gen}}}
+	}
+	type statusPatch struct {
+		Status struct {
+			Nodes      map[string]*nodeStatus `json:"nodes"`
+			Conditions []condition            `json:"conditions"`
+		} `json:"status"`
+	}
+	decode := func(patch []byte) statusPatch {
+		t.Helper()
+		var m statusPatch
+		if err := json.Unmarshal(patch, &m); err != nil {
+			t.Fatalf("patch %s: %v", patch, err)
+		}
+		return m
+	}
+	implemented := func(m statusPatch) *condition {
+		for i := range m.Status.Conditions {
+			if m.Status.Conditions[i].Type == ConditionImplemented {
+				return &m.Status.Conditions[i]
+			}
+		}
+		return nil
+	}
+
+	t.Run("NodeWithoutReport", func(t *testing.T) {
+		// Listing every node: c has no PolicyNodeStatus, d's lacks the
+		// policy; both are listed as pending, not left out.
+		nodes := map[string]bool{"a": true, "b": true, "c": true, "d": true}
+		reports := map[string]map[string]nodePolicyStatus{"a": at(3), "b": at(3), "d": {}}
+		patch, complete, err := aggregatePatch(newPol(), key, reports, nodes, now)
+		if err != nil || complete {
+			t.Fatalf("patch %s complete %v err %v: want incomplete (c and d have not reported)", patch, complete, err)
+		}
+		m := decode(patch)
+		if c := m.Status.Nodes["c"]; c == nil || c.OK || c.Enforcing || c.Error != pendingNoReport || c.ObservedGeneration != 0 {
+			t.Errorf("status.nodes.c = %+v: want pending (%q)", c, pendingNoReport)
+		}
+		if d := m.Status.Nodes["d"]; d == nil || d.OK || d.Enforcing || d.Error != pendingNoEntry {
+			t.Errorf("status.nodes.d = %+v: want pending (%q)", d, pendingNoEntry)
+		}
+		if a := m.Status.Nodes["a"]; a == nil || !a.OK || a.ObservedGeneration != 3 {
+			t.Errorf("status.nodes.a = %+v: want a's report", a)
+		}
+		// The pending nodes are not a verdict on the policy: Valid stays
+		// True (from a and b).
+		for _, c := range m.Status.Conditions {
+			if c.Type == ConditionValid && c.Status != "True" {
+				t.Errorf("Valid %+v: pending nodes made the policy invalid", c)
+			}
+		}
+	})
+
+	t.Run("ReportOfDeletedNode", func(t *testing.T) {
+		// "gone" is no longer a Node (its PolicyNodeStatus lingers): it is
+		// neither listed nor counted, and its old entry goes.
+		pol := newPol()
+		pol.Object["status"] = map[string]any{"nodes": map[string]any{"gone": map[string]any{"ok": true, "enforcing": true, "observedGeneration": int64(3)}}}
+		nodes := map[string]bool{"a": true}
+		reports := map[string]map[string]nodePolicyStatus{"a": at(3), "gone": at(3)}
+		patch, complete, err := aggregatePatch(pol, key, reports, nodes, now)
+		if err != nil || !complete {
+			t.Fatalf("patch %s complete %v err %v: want complete (a is the only node)", patch, complete, err)
+		}
+		if m := decode(patch); m.Status.Nodes["gone"] != nil || !strings.Contains(string(patch), `"gone":null`) || m.Status.Nodes["a"] == nil {
+			t.Errorf("patch %s: want a listed and gone's entry removed", patch)
+		}
+		// Summarized: the deleted node is not in the count either.
+		for i := range 5 {
+			nodes[fmt.Sprintf("n%d", i)] = true
+			reports[fmt.Sprintf("n%d", i)] = at(3)
+		}
+		patch, complete, _ = aggregatePatchLimit(newPol(), key, reports, nodes, now, 2)
+		if impl := implemented(decode(patch)); !complete || impl == nil || impl.Status != "True" || impl.Message != "6 of 6 nodes implemented generation 3" {
+			t.Errorf("Implemented %+v (complete %v) in %s: want True, 6 of 6 (gone not counted)", impl, complete, patch)
+		}
+	})
+
+	t.Run("SummarizedWithMissingNodes", func(t *testing.T) {
+		// Five nodes over a limit of 2: a and b at the generation, c
+		// without a report, d's report without the policy, e behind. The
+		// condition counts 2 of 5 and names c and d; status.nodes lists
+		// the two pending nodes (before the one behind).
+		nodes := map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true}
+		reports := map[string]map[string]nodePolicyStatus{"a": at(3), "b": at(3), "d": {}, "e": at(2), "gone": at(3)}
+		pol := newPol()
+		// A condition from before, True for every node that had reported.
+		pol.Object["status"] = map[string]any{"conditions": []any{map[string]any{"type": ConditionImplemented, "status": "True",
+			"reason": ReasonAllNodes, "message": "2 of 2 nodes implemented generation 3", "observedGeneration": int64(3), "lastTransitionTime": "2025-12-31T00:00:00Z"}}}
+		patch, complete, err := aggregatePatchLimit(pol, key, reports, nodes, now, 2)
+		if err != nil || complete {
+			t.Fatalf("patch %s complete %v err %v", patch, complete, err)
+		}
+		m := decode(patch)
+		impl := implemented(m)
+		if impl == nil || impl.Status != "False" || impl.Reason != ReasonPending ||
+			impl.Message != "2 of 5 nodes implemented generation 3; 2 nodes have not reported: c, d" {
+			t.Errorf("Implemented %+v: want False, \"2 of 5 nodes implemented generation 3; 2 nodes have not reported: c, d\"", impl)
+		}
+		if len(m.Status.Nodes) != 2 || m.Status.Nodes["c"] == nil || m.Status.Nodes["d"] == nil {
+			t.Errorf("status.nodes in %s: want c and d (pending) within the limit of 2", patch)
+		}
+		// Every node reports: True.
+		reports["c"], reports["d"], reports["e"] = at(3), at(3), at(3)
+		patch, complete, _ = aggregatePatchLimit(pol, key, reports, nodes, now, 2)
+		if impl := implemented(decode(patch)); !complete || impl == nil || impl.Status != "True" || impl.Message != "5 of 5 nodes implemented generation 3" {
+			t.Errorf("Implemented %+v (complete %v): want True, 5 of 5", impl, complete)
+		}
+		// A new generation nobody implemented yet: the condition says so
+		// at once (no node's Valid/Supported yet), not the old True.
+		pol.SetGeneration(4)
+		patch, _, _ = aggregatePatchLimit(pol, key, reports, nodes, now, 2)
+		if impl := implemented(decode(patch)); impl == nil || impl.Status != "False" || impl.ObservedGeneration != 4 ||
+			impl.Message != "0 of 5 nodes implemented generation 4" {
+			t.Errorf("Implemented %+v after a new generation: want False, 0 of 5 at generation 4", impl)
+		}
+	})
+
+	t.Run("PendingNamesBounded", func(t *testing.T) {
+		nodes := map[string]bool{"a": true}
+		reports := map[string]map[string]nodePolicyStatus{"a": at(3)}
+		for i := range 15 {
+			nodes[fmt.Sprintf("p%02d", i)] = true
+		}
+		patch, _, _ := aggregatePatchLimit(newPol(), key, reports, nodes, now, 4)
+		m := decode(patch)
+		want := "1 of 16 nodes implemented generation 3; 15 nodes have not reported: p00, p01, p02, p03, p04, p05, p06, p07, p08, p09 and 5 more"
+		if impl := implemented(m); impl == nil || impl.Message != want {
+			t.Errorf("Implemented %+v: want %q", impl, want)
+		}
+		if len(m.Status.Nodes) != 4 || m.Status.Nodes["p00"] == nil || m.Status.Nodes["p03"] == nil {
+			t.Errorf("status.nodes in %s: want the first 4 pending nodes (limit 4)", patch)
+		}
+	})
 }

@@ -169,6 +169,7 @@ func TestCluster(t *testing.T) {
 	t.Run("Manifests", func(t *testing.T) { testManifests(ctx, t, c) })
 	t.Run("SourceAndStatus", func(t *testing.T) { testSourceAndStatus(ctx, t, c) })
 	t.Run("StatusAcrossNodes", func(t *testing.T) { testStatusAcrossNodes(ctx, t, c) })
+	t.Run("ImplementedCountsNodes", func(t *testing.T) { testImplementedCountsNodes(ctx, t, c) })
 }
 
 // testManifests applies the rendered manifests (default values and with

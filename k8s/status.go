@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -37,8 +38,10 @@ const (
 	// are not enforced by l7gate (each named with its field).
 	ConditionSupported = "Supported"
 	// ConditionImplemented (written when the cluster has more nodes than
-	// status.nodes lists) counts the nodes that enforce the current
-	// generation; it is True when every node does.
+	// status.nodes lists) counts, of the nodes that should run an agent
+	// (ElectionConfig.StatusNodeSelector), those that enforce the current
+	// generation, and names the nodes that have not reported it; it is
+	// True when every such node does.
 	ConditionImplemented = "Implemented"
 )
 
@@ -112,6 +115,15 @@ type ElectionConfig struct {
 	// counts the others (every node's own report stays in its
 	// PolicyNodeStatus). Negative: always list every node.
 	StatusNodesLimit int
+	// StatusNodeSelector is a label selector (labels.Parse syntax, e.g.
+	// "kubernetes.io/os=linux") of the Nodes that should run an agent:
+	// the agent DaemonSet's nodeSelector (the chart passes it). Empty:
+	// every Node. A policy's status counts these nodes, and any other
+	// existing Node that has a report: a node without a report is
+	// pending (listed in status.nodes, named by the Implemented
+	// condition), and a report whose Node no longer exists counts for
+	// nothing.
+	StatusNodeSelector string
 }
 
 // StatusWriter reports what this node implemented: one write of its
@@ -129,6 +141,8 @@ type ElectionConfig struct {
 type StatusWriter struct {
 	cfg StatusWriterConfig
 	log *slog.Logger
+	// nodeSelector: cfg.Election.StatusNodeSelector, parsed.
+	nodeSelector labels.Selector
 
 	mu       sync.Mutex
 	recorder record.EventRecorder
@@ -165,10 +179,14 @@ func NewStatusWriter(cfg StatusWriterConfig) (*StatusWriter, error) {
 	if cfg.Node == "" {
 		return nil, errors.New("status writer: node name required")
 	}
+	sel, err := labels.Parse(cfg.Election.StatusNodeSelector)
+	if err != nil {
+		return nil, fmt.Errorf("status writer: status node selector: %w", err)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &StatusWriter{cfg: cfg, log: cfg.Logger, written: map[objectKey]string{}, wake: make(chan struct{}, 1)}, nil
+	return &StatusWriter{cfg: cfg, log: cfg.Logger, nodeSelector: sel, written: map[objectKey]string{}, wake: make(chan struct{}, 1)}, nil
 }
 
 // Run sends Events and writes the statuses Implemented queued, until ctx

@@ -183,6 +183,11 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	if nodeFieldOf(st, "node-x", "revision") == nil || nodeFieldOf(st, "node-y", "ok") != true {
 		t.Errorf("status.nodes %v: want each node's revision and ok", st["nodes"])
 	}
+	// The earlier tests' node exists but reports nothing here: it is
+	// pending, not left out.
+	if nodeFieldOf(st, testNode, "ok") != false || nodeFieldOf(st, testNode, "error") != pendingNoReport {
+		t.Errorf("status.nodes %v: want %s listed as pending", st["nodes"], testNode)
+	}
 	// Each node's report is its own object, owned by its Node; the
 	// policy's status is written by the aggregator only.
 	for _, n := range nodes {
@@ -267,9 +272,18 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		return fmt.Sprint(nodeFieldOf(st, other, "observedGeneration")) == "3" && fmt.Sprint(nodeFieldOf(st, leader, "observedGeneration")) == "2"
 	})
 
-	// The stopped node is deleted (the garbage collector deletes its
-	// PolicyNodeStatus with it): its entry goes.
+	// The stopped node's report is deleted while its Node stays: the
+	// node is pending (listed, not ok), not left out.
 	if err := pns.Delete(ctx, leader, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return nodeFieldOf(st, leader, "ok") == false && nodeFieldOf(st, leader, "error") == pendingNoReport && nodeFieldOf(st, other, "ok") == true
+	})
+	// The node is deleted (the garbage collector, which this API server
+	// runs without, would delete its PolicyNodeStatus with it): its entry
+	// goes.
+	if err := c.client.CoreV1().Nodes().Delete(ctx, leader, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {

@@ -48,6 +48,9 @@ type agentsConfig struct {
 	// StatusNodesLimit is the agents' k8s.ElectionConfig.StatusNodesLimit
 	// (0: the default).
 	StatusNodesLimit int `json:"statusNodesLimit"`
+	// StatusNodeSelector is the agents' k8s.ElectionConfig.StatusNodeSelector:
+	// this run's nodes (the cluster has the largest run's).
+	StatusNodeSelector string `json:"statusNodeSelector"`
 	// ParallelSync bounds agents doing their first list at once.
 	ParallelSync int     `json:"parallelSync"`
 	QPS          float32 `json:"qps"`
@@ -372,7 +375,7 @@ func runAgent(ctx context.Context, cfg agentsConfig, idx int, node string, clien
 	src *k8s.Source, pub *viewHub, shared *sharedComputer, logs *logCounter, syncSem chan struct{}, emit func(agentEvent)) error {
 	log := newAgentLogger(logs, node)
 	w, err := k8s.NewStatusWriter(k8s.StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: src, Logger: log,
-		Election: k8s.ElectionConfig{StatusNodesLimit: cfg.StatusNodesLimit}})
+		Election: k8s.ElectionConfig{StatusNodesLimit: cfg.StatusNodesLimit, StatusNodeSelector: cfg.StatusNodeSelector}})
 	if err != nil {
 		return err
 	}

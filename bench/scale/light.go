@@ -117,7 +117,7 @@ func runLightAgent(ctx context.Context, cfg agentsConfig, idx int, node string, 
 	shared *k8s.Source, hub *viewHub, logs *logCounter, emit func(agentEvent)) error {
 	log := newAgentLogger(logs, node)
 	w, err := k8s.NewStatusWriter(k8s.StatusWriterConfig{Client: client, Dynamic: dyn, Node: node, Source: shared, Logger: log,
-		Election: k8s.ElectionConfig{StatusNodesLimit: cfg.StatusNodesLimit}})
+		Election: k8s.ElectionConfig{StatusNodesLimit: cfg.StatusNodesLimit, StatusNodeSelector: cfg.StatusNodeSelector}})
 	if err != nil {
 		return err
 	}

@@ -248,6 +248,10 @@ func minObservedGeneration(u *unstructured.Unstructured, nodes []string) int64 {
 	return max(min, 0)
 }
 
+// scaleRunLabel marks the Nodes of a run (its agents' status node
+// selector).
+const scaleRunLabel = "scale.l7gate.io/run"
+
 // dropOtherReports deletes the PolicyNodeStatus objects of nodes not in
 // nodes.
 func dropOtherReports(ctx context.Context, dyn dynamic.Interface, nodes []string) error {
@@ -678,10 +682,21 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	}
 	// The reports of nodes without an agent in this run (a larger N
 	// before, on this cluster) go, as when those nodes are deleted: the
-	// merged status counts every node that has a report, and a node that
+	// merged status counts every Node that has a report, and a node that
 	// reports nothing for a policy has not implemented it.
 	if err := dropOtherReports(ctx, dyn, nodes); err != nil {
 		return nil, err
+	}
+	// The merged status counts the Nodes that should run an agent: this
+	// run's, by a label the agents' status node selector names (as the
+	// chart passes the DaemonSet's nodeSelector), not the cluster's other
+	// nodes (a larger N's), which run none here.
+	nodeLabel := map[string]any{"metadata": map[string]any{"labels": map[string]any{scaleRunLabel: run}}}
+	labelPatch, _ := json.Marshal(nodeLabel)
+	for _, n := range nodes {
+		if _, err := client.CoreV1().Nodes().Patch(ctx, n, types.MergePatchType, labelPatch, metav1.PatchOptions{}); err != nil {
+			return nil, fmt.Errorf("label node %s: %w", n, err)
+		}
 	}
 	tr := newTracker(cfg.Nodes)
 	// The driver's own view of policy status: one watch.
@@ -709,7 +724,8 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 
 	acfg := agentsConfig{Host: admin.Host, BearerToken: admin.BearerToken, CAData: admin.TLSClientConfig.CAData,
 		ServerName: admin.TLSClientConfig.ServerName, Impersonate: cfg.AgentUser, Nodes: nodes,
-		SharedCompute: cfg.SharedCompute, FullAgents: cfg.FullAgents, StatusNodesLimit: cfg.StatusNodesLimit, QPS: 20, Burst: 40}
+		SharedCompute: cfg.SharedCompute, FullAgents: cfg.FullAgents, StatusNodesLimit: cfg.StatusNodesLimit,
+		StatusNodeSelector: scaleRunLabel + "=" + run, QPS: 20, Burst: 40}
 	before, err := client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return nil, err

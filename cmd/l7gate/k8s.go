@@ -27,6 +27,8 @@ type k8sFlags struct {
 	EnsureCRDs   bool    `json:"ensureCRDs"`
 	// StatusNodesLimit: see k8s.ElectionConfig (0: its default).
 	StatusNodesLimit int `json:"statusNodesLimit"`
+	// StatusNodeSelector: see k8s.ElectionConfig.
+	StatusNodeSelector string `json:"statusNodeSelector"`
 }
 
 func defaultK8sFlags() k8sFlags {
@@ -35,7 +37,7 @@ func defaultK8sFlags() k8sFlags {
 
 // election is the status-merge election the flags configure.
 func (f k8sFlags) election() k8s.ElectionConfig {
-	return k8s.ElectionConfig{StatusNodesLimit: f.StatusNodesLimit}
+	return k8s.ElectionConfig{StatusNodesLimit: f.StatusNodesLimit, StatusNodeSelector: f.StatusNodeSelector}
 }
 
 // addFlags registers the flags on an agent command's flag set.
@@ -46,6 +48,7 @@ func (f *k8sFlags) addFlags(fl *pflag.FlagSet) {
 	fl.IntVar(&f.Burst, "kube-api-burst", f.Burst, "with --source-kind k8s: API request burst")
 	fl.BoolVar(&f.PolicyStatus, "policy-status", f.PolicyStatus, "with --source-kind k8s: write policy status (Valid/Supported conditions, status.nodes[NODE].revision) and Events")
 	fl.IntVar(&f.StatusNodesLimit, "status-nodes-limit", f.StatusNodesLimit, "with --source-kind k8s: up to this many nodes a policy's status.nodes lists every node; on larger clusters only nodes with an error or behind (at most this many) and an Implemented condition counts the rest (each node's full report stays in its PolicyNodeStatus); 0: the default 32, -1: list every node")
+	fl.StringVar(&f.StatusNodeSelector, "status-node-selector", f.StatusNodeSelector, "with --source-kind k8s: label selector of the Nodes that should run an agent (the agent DaemonSet's nodeSelector, e.g. kubernetes.io/os=linux; empty: every Node); a policy's status counts these nodes and any other Node with a report, lists a node without a report as pending, and ignores reports of deleted Nodes")
 	fl.BoolVar(&f.EnsureCRDs, "ensure-crds", f.EnsureCRDs, "with --source-kind k8s: create the cilium.io/v2 policy CRDs if absent (never modifies existing ones; needs RBAC to create CRDs)")
 }
 

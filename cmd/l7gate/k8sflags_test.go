@@ -29,3 +29,27 @@ func TestStatusNodesLimitFlag(t *testing.T) {
 		}
 	}
 }
+
+// The status node selector reaches the election (the chart passes the
+// DaemonSet's nodeSelector; the last of repeated flags wins, so
+// agent.extraArgs can override it); empty means every Node.
+func TestStatusNodeSelectorFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"--status-node-selector=kubernetes.io/os=linux"}, "kubernetes.io/os=linux"},
+		{[]string{"--status-node-selector=kubernetes.io/os=linux", "--status-node-selector=pool in (a,b)"}, "pool in (a,b)"},
+	} {
+		f := defaultK8sFlags()
+		fl := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		f.addFlags(fl)
+		if err := fl.Parse(tc.args); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := f.election().StatusNodeSelector; got != tc.want {
+			t.Errorf("%v: election StatusNodeSelector %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}
