@@ -35,6 +35,15 @@ import (
 // the cgroup; everything else (NodePort, external traffic, processes in
 // other cgroups) stays kube-proxy's.
 //
+// IPv6 frontends are translated the same way by connect6, sendmsg6,
+// recvmsg6 and getpeername6 with the lb6_* maps; a frontend's backends are
+// of its own family (a mix is ErrInvalidEntry naming the service). A
+// v4-mapped address (::ffff:a.b.c.d), which a dual-stack AF_INET6 socket
+// uses to talk IPv4, is translated as its IPv4 form — lb4_services, an
+// IPv4 backend given back v4-mapped, lb4_revnat — so such sockets cannot
+// reach a ClusterIP untranslated; in LBService a v4-mapped frontend or
+// backend is its IPv4 form.
+//
 // The programs attach (as pinned links) to one cgroup v2 directory
 // (SetCgroup): the cgroup that holds the pods, by default the hierarchy's
 // root. A process outside it is not translated.
@@ -43,14 +52,19 @@ import (
 //
 //	lb4_services       hash {vip, port, proto} -> {service id, count, gen,
 //	                   flags, affinity timeout}
-//	lb4_slots          hash {service id, slot, gen} -> backend id
+//	lb6_services       the same for IPv6 frontends
+//	lb4_slots          hash {service id, slot, gen} -> backend id (both
+//	                   families: service ids and backend ids are one space
+//	                   each; the name predates IPv6 and is kept for pins)
 //	lb4_backends       hash backend id -> {address, port, proto}
+//	lb6_backends       the same for IPv6 backends
 //	lb_affinity_match  hash {service id, backend id}: the backend is one of
 //	                   the service's (a stale affinity is not followed)
 //	lb_affinity        LRU {client netns cookie, service id} -> {backend
 //	                   id, last used}
 //	lb4_revnat         LRU {socket cookie, backend address, port} -> the
 //	                   frontend, for recvmsg4 and getpeername4
+//	lb6_revnat         the same for IPv6, for recvmsg6 and getpeername6
 //
 // Updates have the policy maps' guarantee (no half-applied state is
 // visible): a service whose backends change gets its new slots written
