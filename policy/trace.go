@@ -347,7 +347,8 @@ func traceFQDN(objs *Objects, req *TraceRequest) (*FQDNTrace, error) {
 // load balancing may pick (ServiceFrontends without a node: every
 // endpoint, also for internalTrafficPolicy Local).
 // A dual-stack Service is traced through its first ClusterIP (IPv4 before
-// IPv6): both families' backends are the same pods, so the verdicts agree.
+// IPv6); its IPv6 ClusterIP's backends are the same pods' IPv6 addresses,
+// less any pod without one.
 func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	ns, name, ok := strings.Cut(req.Dst.Service, "/")
 	if !ok || ns == "" || name == "" {
