@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // newLBEnv6 is newLBEnv with dual-stack pods: each backend serves the TCP
@@ -25,6 +26,23 @@ func newLBEnv6(t *testing.T, nBackends int) *lbEnv {
 		udpEcho(t, be.ns, be.ip.String()+":5353")
 		udpEcho6(t, be.ns, netip.AddrPortFrom(be.ip6, 5353).String())
 		e.backends = append(e.backends, be)
+	}
+	// IPv6 between fresh namespaces is usable only once neighbour
+	// discovery (and the node's link-local addresses) are: wait for a
+	// direct connection to each backend before timing any check.
+	for _, be := range e.backends {
+		addr := netip.AddrPortFrom(be.ip6, 8080).String()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			_, err := dialRead6(e.client.ns, addr, time.Second)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 to backend %s never worked: %v", addr, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	e.cgroup, _ = testCgroup(t, "lb6")
 	e.bpffs = mountBPFFS(t)
