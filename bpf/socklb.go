@@ -35,6 +35,15 @@ import (
 // the cgroup; everything else (NodePort, external traffic, processes in
 // other cgroups) stays kube-proxy's.
 //
+// IPv6 frontends are translated the same way by connect6, sendmsg6,
+// recvmsg6 and getpeername6 with the lb6_* maps; a frontend's backends are
+// of its own family (a mix is ErrInvalidEntry naming the service). A
+// v4-mapped address (::ffff:a.b.c.d), which a dual-stack AF_INET6 socket
+// uses to talk IPv4, is translated as its IPv4 form — lb4_services, an
+// IPv4 backend given back v4-mapped, lb4_revnat — so such sockets cannot
+// reach a ClusterIP untranslated; in LBService a v4-mapped frontend or
+// backend is its IPv4 form.
+//
 // The programs attach (as pinned links) to one cgroup v2 directory
 // (SetCgroup): the cgroup that holds the pods, by default the hierarchy's
 // root. A process outside it is not translated.
@@ -43,14 +52,19 @@ import (
 //
 //	lb4_services       hash {vip, port, proto} -> {service id, count, gen,
 //	                   flags, affinity timeout}
-//	lb4_slots          hash {service id, slot, gen} -> backend id
+//	lb6_services       the same for IPv6 frontends
+//	lb4_slots          hash {service id, slot, gen} -> backend id (both
+//	                   families: service ids and backend ids are one space
+//	                   each; the name predates IPv6 and is kept for pins)
 //	lb4_backends       hash backend id -> {address, port, proto}
+//	lb6_backends       the same for IPv6 backends
 //	lb_affinity_match  hash {service id, backend id}: the backend is one of
 //	                   the service's (a stale affinity is not followed)
 //	lb_affinity        LRU {client netns cookie, service id} -> {backend
 //	                   id, last used}
 //	lb4_revnat         LRU {socket cookie, backend address, port} -> the
 //	                   frontend, for recvmsg4 and getpeername4
+//	lb6_revnat         the same for IPv6, for recvmsg6 and getpeername6
 //
 // Updates have the policy maps' guarantee (no half-applied state is
 // visible): a service whose backends change gets its new slots written
@@ -148,15 +162,18 @@ type SocketLB struct {
 }
 
 // lbFrontend is an address, port and protocol: a frontend or a backend.
+// addr is an IPv4 address (never v4-mapped) or an IPv6 one.
 type lbFrontend struct {
-	addr  [4]byte
+	addr  netip.Addr
 	port  uint16
 	proto uint8
 }
 
 func (f lbFrontend) addrPort() netip.AddrPort {
-	return netip.AddrPortFrom(netip.AddrFrom4(f.addr), f.port)
+	return netip.AddrPortFrom(f.addr, f.port)
 }
+
+func (f lbFrontend) is6() bool { return f.addr.Is6() }
 
 func (f lbFrontend) String() string {
 	return fmt.Sprintf("%s/%s", f.addrPort(), protoName(f.proto))
@@ -285,11 +302,14 @@ func OpenSocketLB(ctx context.Context, cfg SocketLBConfig) (*SocketLB, error) {
 	s := cfg.Sizes
 	for name, size := range map[string]uint32{
 		socklbMapLb4Services:     s.Services,
+		socklbMapLb6Services:     s.Services,
 		socklbMapLb4Backends:     s.Backends,
+		socklbMapLb6Backends:     s.Backends,
 		socklbMapLb4Slots:        s.Slots,
 		socklbMapLbAffinityMatch: s.Slots,
 		socklbMapLbAffinity:      s.Affinity,
 		socklbMapLb4Revnat:       s.RevNAT,
+		socklbMapLb6Revnat:       s.RevNAT,
 	} {
 		spec.Maps[name].MaxEntries = size
 	}
@@ -331,6 +351,10 @@ func (l *SocketLB) socklbHooks() []struct {
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, l.objs.Sock4Sendmsg},
 		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, l.objs.Sock4Recvmsg},
 		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, l.objs.Sock4Getpeername},
+		{"connect6", ebpf.AttachCGroupInet6Connect, l.objs.Sock6Connect},
+		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, l.objs.Sock6Sendmsg},
+		{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, l.objs.Sock6Recvmsg},
+		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, l.objs.Sock6Getpeername},
 	}
 }
 
@@ -445,7 +469,7 @@ func (l *SocketLB) Close() error {
 // interrupted sync (slots of the other generation, unused backends, stale
 // affinity matches) are removed.
 func (l *SocketLB) adoptMaps() error {
-	svcs, err := dumpMap[socklbLb4Key, socklbLb4Service](l.objs.Lb4Services)
+	svcs, err := dumpServices(l.objs.Lb4Services, l.objs.Lb6Services)
 	if err != nil {
 		return err
 	}
@@ -453,7 +477,7 @@ func (l *SocketLB) adoptMaps() error {
 	if err != nil {
 		return err
 	}
-	bes, err := dumpMap[uint32, socklbLb4Backend](l.objs.Lb4Backends)
+	bes, err := dumpBackends(l.objs.Lb4Backends, l.objs.Lb6Backends)
 	if err != nil {
 		return err
 	}
@@ -463,8 +487,7 @@ func (l *SocketLB) adoptMaps() error {
 	}
 	byID := map[uint32]*lbSvcState{}
 	usedSvcIDs := map[uint32]bool{}
-	for k, v := range svcs {
-		fe := frontendOfKey(k)
+	for fe, v := range svcs {
 		st := &lbSvcState{val: v}
 		if v.Count > 0 {
 			st.backends = make([]lbFrontend, v.Count)
@@ -476,7 +499,7 @@ func (l *SocketLB) adoptMaps() error {
 		l.svcIDs.next = max(l.svcIDs.next, v.Id)
 	}
 	for id, b := range bes {
-		l.byID[id] = backendOf(b)
+		l.byID[id] = b
 		l.beIDs.next = max(l.beIDs.next, id)
 	}
 	for k, bid := range slots {
@@ -521,7 +544,7 @@ func (l *SocketLB) adoptMaps() error {
 	for id, k := range l.byID {
 		if _, ok := l.backends[k]; !ok || l.backends[k].id != id {
 			// Unused (or a duplicate of another id): removed now.
-			if err := deleteIfPresent(l.objs.Lb4Backends, id); err != nil {
+			if err := deleteIfPresent(l.backendsMap(k), id); err != nil {
 				return err
 			}
 			delete(l.byID, id)
@@ -556,24 +579,111 @@ func deleteIfPresent[K any](m *ebpf.Map, k K) error {
 	return nil
 }
 
-func frontendOfKey(k socklbLb4Key) lbFrontend {
+// dumpServices reads both families' service maps (v6 may be nil: a pin
+// of an older agent that had none).
+func dumpServices(v4, v6 *ebpf.Map) (map[lbFrontend]socklbLb4Service, error) {
+	s4, err := dumpMap[socklbLb4Key, socklbLb4Service](v4)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[lbFrontend]socklbLb4Service, len(s4))
+	for k, v := range s4 {
+		out[lbFrontend{addr: addr4(k.Address), port: htons(k.Port), proto: k.Proto}] = v
+	}
+	if v6 == nil {
+		return out, nil
+	}
+	s6, err := dumpMap[socklbLb6Key, socklbLb4Service](v6)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range s6 {
+		out[lbFrontend{addr: addr6(k.Address), port: htons(k.Port), proto: k.Proto}] = v
+	}
+	return out, nil
+}
+
+// dumpBackends reads both families' backend maps (ids are one space).
+func dumpBackends(v4, v6 *ebpf.Map) (map[uint32]lbFrontend, error) {
+	b4, err := dumpMap[uint32, socklbLb4Backend](v4)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint32]lbFrontend, len(b4))
+	for id, b := range b4 {
+		out[id] = lbFrontend{addr: addr4(b.Address), port: htons(b.Port), proto: b.Proto}
+	}
+	if v6 == nil {
+		return out, nil
+	}
+	b6, err := dumpMap[uint32, socklbLb6Backend](v6)
+	if err != nil {
+		return nil, err
+	}
+	for id, b := range b6 {
+		out[id] = lbFrontend{addr: addr6(b.Address), port: htons(b.Port), proto: b.Proto}
+	}
+	return out, nil
+}
+
+// addr4 and addr6 read addresses stored in network byte order in native
+// words, as the C structs hold them.
+func addr4(w uint32) netip.Addr {
 	var a [4]byte
-	binary.NativeEndian.PutUint32(a[:], k.Address)
-	return lbFrontend{addr: a, port: htons(k.Port), proto: k.Proto}
+	binary.NativeEndian.PutUint32(a[:], w)
+	return netip.AddrFrom4(a)
 }
 
-func backendOf(b socklbLb4Backend) lbFrontend {
-	var a [4]byte
-	binary.NativeEndian.PutUint32(a[:], b.Address)
-	return lbFrontend{addr: a, port: htons(b.Port), proto: b.Proto}
+func addr6(w [4]uint32) netip.Addr {
+	var a [16]byte
+	for i, x := range w {
+		binary.NativeEndian.PutUint32(a[4*i:], x)
+	}
+	return netip.AddrFrom16(a)
 }
 
-func (f lbFrontend) key() socklbLb4Key {
-	return socklbLb4Key{Address: binary.NativeEndian.Uint32(f.addr[:]), Port: htons(f.port), Proto: f.proto}
+func words4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
 }
 
-func (f lbFrontend) backend() socklbLb4Backend {
-	return socklbLb4Backend{Address: binary.NativeEndian.Uint32(f.addr[:]), Port: htons(f.port), Proto: f.proto}
+func words6(a netip.Addr) [4]uint32 {
+	b := a.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return w
+}
+
+// key is f's key in its family's services map.
+func (f lbFrontend) key() any {
+	if f.is6() {
+		return socklbLb6Key{Address: words6(f.addr), Port: htons(f.port), Proto: f.proto}
+	}
+	return socklbLb4Key{Address: words4(f.addr), Port: htons(f.port), Proto: f.proto}
+}
+
+// backend is f's value in its family's backends map.
+func (f lbFrontend) backend() any {
+	if f.is6() {
+		return &socklbLb6Backend{Address: words6(f.addr), Port: htons(f.port), Proto: f.proto}
+	}
+	return &socklbLb4Backend{Address: words4(f.addr), Port: htons(f.port), Proto: f.proto}
+}
+
+func (l *SocketLB) servicesMap(f lbFrontend) *ebpf.Map {
+	if f.is6() {
+		return l.objs.Lb6Services
+	}
+	return l.objs.Lb4Services
+}
+
+func (l *SocketLB) backendsMap(f lbFrontend) *ebpf.Map {
+	if f.is6() {
+		return l.objs.Lb6Backends
+	}
+	return l.objs.Lb4Backends
 }
 
 // lbWant is one normalised desired service.
@@ -587,23 +697,29 @@ func normalizeServices(desired []LBService) ([]lbWant, error) {
 	out := make([]lbWant, 0, len(desired))
 	seen := make(map[lbFrontend]bool, len(desired))
 	for _, s := range desired {
-		if !s.Frontend.Addr().Unmap().Is4() || s.Frontend.Port() == 0 {
-			return nil, fmt.Errorf("%w: service frontend %s: want an IPv4 address and a port", ErrInvalidEntry, s.Frontend)
-		}
 		if s.Protocol != ProtoTCP && s.Protocol != ProtoUDP {
 			return nil, fmt.Errorf("%w: service frontend %s: protocol %d (want TCP or UDP)", ErrInvalidEntry, s.Frontend, s.Protocol)
 		}
-		fe := lbFrontend{addr: s.Frontend.Addr().Unmap().As4(), port: s.Frontend.Port(), proto: s.Protocol}
+		fe, err := lbAddr(s.Frontend, s.Protocol)
+		if err != nil {
+			return nil, fmt.Errorf("%w: service frontend %s: %w", ErrInvalidEntry, s.Frontend, err)
+		}
 		if seen[fe] {
 			return nil, fmt.Errorf("%w: service frontend %s given twice", ErrInvalidEntry, fe)
 		}
 		seen[fe] = true
 		w := lbWant{fe: fe, backends: make([]lbFrontend, 0, len(s.Backends))}
 		for _, b := range s.Backends {
-			if !b.Addr().Unmap().Is4() || b.Port() == 0 {
-				return nil, fmt.Errorf("%w: service %s: backend %s: want an IPv4 address and a port", ErrInvalidEntry, fe, b)
+			be, err := lbAddr(b, s.Protocol)
+			if err != nil {
+				return nil, fmt.Errorf("%w: service %s: backend %s: %w", ErrInvalidEntry, fe, b, err)
 			}
-			w.backends = append(w.backends, lbFrontend{addr: b.Addr().Unmap().As4(), port: b.Port(), proto: s.Protocol})
+			if be.is6() != fe.is6() {
+				// The programs rewrite within one family: a connect()
+				// to an IPv6 ClusterIP cannot be given an IPv4 backend.
+				return nil, fmt.Errorf("%w: service %s: backend %s is not of the frontend's address family", ErrInvalidEntry, fe, b)
+			}
+			w.backends = append(w.backends, be)
 		}
 		if !slices.IsSortedFunc(w.backends, compareFrontend) {
 			slices.SortFunc(w.backends, compareFrontend)
@@ -619,13 +735,26 @@ func normalizeServices(desired []LBService) ([]lbWant, error) {
 	return out, nil
 }
 
-func compareFrontend(a, b lbFrontend) int {
-	return cmp.Compare(a.sortKey(), b.sortKey())
+// lbAddr checks a frontend or backend address: IPv4 (a v4-mapped IPv6
+// address is taken as its IPv4 form, which is what the programs translate
+// for dual-stack sockets) or IPv6 without a zone, not unspecified, and a
+// port.
+func lbAddr(ap netip.AddrPort, proto uint8) (lbFrontend, error) {
+	a := ap.Addr().Unmap()
+	switch {
+	case !a.IsValid() || a.IsUnspecified():
+		return lbFrontend{}, errors.New("want an IPv4 or IPv6 address")
+	case a.Zone() != "":
+		return lbFrontend{}, errors.New("an address with a zone")
+	case ap.Port() == 0:
+		return lbFrontend{}, errors.New("want a port")
+	}
+	return lbFrontend{addr: a, port: ap.Port(), proto: proto}, nil
 }
 
-// sortKey orders by address, port and protocol.
-func (f lbFrontend) sortKey() uint64 {
-	return uint64(f.addr[0])<<48 | uint64(f.addr[1])<<40 | uint64(f.addr[2])<<32 | uint64(f.addr[3])<<24 | uint64(f.port)<<8 | uint64(f.proto)
+// compareFrontend orders by address (IPv4 first), port and protocol.
+func compareFrontend(a, b lbFrontend) int {
+	return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
 }
 
 // SyncServices makes the socket LB translate exactly desired, writing only
@@ -705,10 +834,13 @@ func (l *SocketLB) UpdateServices(upsert []LBService, remove []LBFrontend) (Sync
 	}
 	gone := make([]lbFrontend, 0, len(remove))
 	for _, r := range remove {
-		if !r.Frontend.Addr().Unmap().Is4() || r.Frontend.Port() == 0 || (r.Protocol != ProtoTCP && r.Protocol != ProtoUDP) {
-			return SyncStats{}, fmt.Errorf("%w: frontend to remove %s/%s: want an IPv4 address, a port and TCP or UDP", ErrInvalidEntry, r.Frontend, protoName(r.Protocol))
+		fe, err := lbAddr(r.Frontend, r.Protocol)
+		if err == nil && r.Protocol != ProtoTCP && r.Protocol != ProtoUDP {
+			err = errors.New("want TCP or UDP")
 		}
-		fe := lbFrontend{addr: r.Frontend.Addr().Unmap().As4(), port: r.Frontend.Port(), proto: r.Protocol}
+		if err != nil {
+			return SyncStats{}, fmt.Errorf("%w: frontend to remove %s/%s: %w", ErrInvalidEntry, r.Frontend, protoName(r.Protocol), err)
+		}
 		if slices.ContainsFunc(want, func(w lbWant) bool { return w.fe == fe }) {
 			return SyncStats{}, fmt.Errorf("%w: frontend %s both updated and removed", ErrInvalidEntry, fe)
 		}
@@ -749,7 +881,7 @@ func (l *SocketLB) endSync(failed []FailedService, freedSvc, freedBe int) error 
 			delete(l.orphans, k)
 			continue
 		}
-		if err := l.del(l.objs.Lb4Backends, b.id); err != nil {
+		if err := l.del(l.backendsMap(k), b.id); err != nil {
 			l.log.Warn("socket-lb: delete backend", "backend", k, "error", err)
 			continue
 		}
@@ -773,7 +905,7 @@ func (l *SocketLB) endSync(failed []FailedService, freedSvc, freedBe int) error 
 // connections to it are no longer translated), then its slots and
 // affinity matches.
 func (l *SocketLB) deleteService(fe lbFrontend, s *lbSvcState) error {
-	if err := l.del(l.objs.Lb4Services, fe.key()); err != nil {
+	if err := l.del(l.servicesMap(fe), fe.key()); err != nil {
 		return err
 	}
 	delete(l.svcs, fe)
@@ -817,7 +949,7 @@ func (l *SocketLB) upsertService(w *lbWant) (string, error) {
 			return "", nil
 		}
 		// Only the affinity setting changed: same slots.
-		if err := l.put(l.objs.Lb4Services, w.fe.key(), &val); err != nil {
+		if err := l.put(l.servicesMap(w.fe), w.fe.key(), &val); err != nil {
 			return "", fmt.Errorf("update service: %w", err)
 		}
 		cur.val = val
@@ -866,7 +998,7 @@ func (l *SocketLB) upsertService(w *lbWant) (string, error) {
 		}
 	}
 	// 2. The switch: count and generation in one update.
-	if err := l.put(l.objs.Lb4Services, w.fe.key(), &val); err != nil {
+	if err := l.put(l.servicesMap(w.fe), w.fe.key(), &val); err != nil {
 		undo()
 		return "", fmt.Errorf("write service: %w", mapFull(err))
 	}
@@ -889,8 +1021,7 @@ func (l *SocketLB) backendID(b lbFrontend) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	v := b.backend()
-	if err := l.put(l.objs.Lb4Backends, id, &v); err != nil {
+	if err := l.put(l.backendsMap(b), id, b.backend()); err != nil {
 		l.beIDs.free = append(l.beIDs.free, id)
 		return 0, fmt.Errorf("write backend: %w", mapFull(err))
 	}
@@ -913,7 +1044,7 @@ func (l *SocketLB) refuse(fe lbFrontend) error {
 		}
 		val.Id = id
 	}
-	if err := l.put(l.objs.Lb4Services, fe.key(), &val); err != nil {
+	if err := l.put(l.servicesMap(fe), fe.key(), &val); err != nil {
 		if cur == nil {
 			l.svcIDs.put(val.Id)
 		}
@@ -937,11 +1068,12 @@ func mapFull(err error) error {
 
 // LBMaps gives typed read access to the socket LB's maps.
 type LBMaps struct {
-	services, slots, backends *ebpf.Map
+	services, services6, slots, backends, backends6 *ebpf.Map
 }
 
 func lbMapsFrom(m *socklbMaps) LBMaps {
-	return LBMaps{services: m.Lb4Services, slots: m.Lb4Slots, backends: m.Lb4Backends}
+	return LBMaps{services: m.Lb4Services, services6: m.Lb6Services, slots: m.Lb4Slots,
+		backends: m.Lb4Backends, backends6: m.Lb6Backends}
 }
 
 // PinnedLBMaps are the socket LB's maps opened read-only from their pins.
@@ -953,14 +1085,20 @@ type PinnedLBMaps struct {
 func OpenPinnedLBMaps(bpffsPath string) (*PinnedLBMaps, error) {
 	p := &PinnedLBMaps{}
 	for _, m := range []struct {
-		name string
-		dst  **ebpf.Map
+		name     string
+		dst      **ebpf.Map
+		optional bool // the IPv6 maps: absent under an agent older than them
 	}{
-		{socklbMapLb4Services, &p.services},
-		{socklbMapLb4Slots, &p.slots},
-		{socklbMapLb4Backends, &p.backends},
+		{socklbMapLb4Services, &p.services, false},
+		{socklbMapLb6Services, &p.services6, true},
+		{socklbMapLb4Slots, &p.slots, false},
+		{socklbMapLb4Backends, &p.backends, false},
+		{socklbMapLb6Backends, &p.backends6, true},
 	} {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(bpffsPath, mapsDir, m.name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if m.optional && errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("open pinned map %s: %w", m.name, err)
@@ -973,7 +1111,7 @@ func OpenPinnedLBMaps(bpffsPath string) (*PinnedLBMaps, error) {
 // Close closes the map handles.
 func (p *PinnedLBMaps) Close() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{p.services, p.slots, p.backends} {
+	for _, m := range []*ebpf.Map{p.services, p.services6, p.slots, p.backends, p.backends6} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -999,7 +1137,7 @@ type LBServiceEntry struct {
 
 // Services lists the frontends, sorted by address, port and protocol.
 func (m LBMaps) Services() ([]LBServiceEntry, error) {
-	svcs, err := dumpMap[socklbLb4Key, socklbLb4Service](m.services)
+	svcs, err := dumpServices(m.services, m.services6)
 	if err != nil {
 		return nil, err
 	}
@@ -1007,13 +1145,12 @@ func (m LBMaps) Services() ([]LBServiceEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	bes, err := dumpMap[uint32, socklbLb4Backend](m.backends)
+	bes, err := dumpBackends(m.backends, m.backends6)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]LBServiceEntry, 0, len(svcs))
-	for k, v := range svcs {
-		fe := frontendOfKey(k)
+	for fe, v := range svcs {
 		e := LBServiceEntry{Frontend: fe.addrPort(), Protocol: protoName(fe.proto), ID: v.Id, Generation: v.Gen, Backends: []netip.AddrPort{}}
 		if v.Flags&lbFlagAffinity != 0 {
 			e.Affinity = time.Duration(v.AffinityTimeout) * time.Second
@@ -1025,7 +1162,7 @@ func (m LBMaps) Services() ([]LBServiceEntry, error) {
 				e.Missing++
 				continue
 			}
-			e.Backends = append(e.Backends, backendOf(b).addrPort())
+			e.Backends = append(e.Backends, b.addrPort())
 		}
 		out = append(out, e)
 	}

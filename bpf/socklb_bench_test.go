@@ -252,7 +252,7 @@ func BenchmarkSocketLBSyncOneBackend(b *testing.B) {
 		for b.Loop() {
 			w := want[(j*104729)%services]
 			w.backends = slices.Clone(w.backends)
-			w.backends[0] = lbFrontend{addr: [4]byte{12, byte(j >> 16), byte(j >> 8), byte(j)}, port: 8080, proto: ProtoTCP}
+			w.backends[0] = lbFrontend{addr: netip.AddrFrom4([4]byte{12, byte(j >> 16), byte(j >> 8), byte(j)}), port: 8080, proto: ProtoTCP}
 			j++
 			lb.mu.Lock()
 			changed, err := lb.upsertService(&w)

@@ -61,6 +61,38 @@ type socklbLb4SlotKey struct {
 	Gen     uint32
 }
 
+type socklbLb6Backend struct {
+	_       structs.HostLayout
+	Address [4]uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+}
+
+type socklbLb6Key struct {
+	_       structs.HostLayout
+	Address [4]uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+}
+
+type socklbLb6RevnatKey struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	Address [4]uint32
+	Port    uint16
+	Pad     uint16
+	Pad2    uint32
+}
+
+type socklbLb6RevnatValue struct {
+	_       structs.HostLayout
+	Address [4]uint32
+	Port    uint16
+	Pad     uint16
+}
+
 type socklbLbAffinityKey struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
@@ -89,12 +121,19 @@ const (
 	socklbMapLb4Revnat         = "lb4_revnat"
 	socklbMapLb4Services       = "lb4_services"
 	socklbMapLb4Slots          = "lb4_slots"
+	socklbMapLb6Backends       = "lb6_backends"
+	socklbMapLb6Revnat         = "lb6_revnat"
+	socklbMapLb6Services       = "lb6_services"
 	socklbMapLbAffinity        = "lb_affinity"
 	socklbMapLbAffinityMatch   = "lb_affinity_match"
 	socklbProgSock4Connect     = "sock4_connect"
 	socklbProgSock4Getpeername = "sock4_getpeername"
 	socklbProgSock4Recvmsg     = "sock4_recvmsg"
 	socklbProgSock4Sendmsg     = "sock4_sendmsg"
+	socklbProgSock6Connect     = "sock6_connect"
+	socklbProgSock6Getpeername = "sock6_getpeername"
+	socklbProgSock6Recvmsg     = "sock6_recvmsg"
+	socklbProgSock6Sendmsg     = "sock6_sendmsg"
 )
 
 // loadSocklb returns the embedded CollectionSpec for socklb.
@@ -143,6 +182,10 @@ type socklbProgramSpecs struct {
 	Sock4Getpeername *ebpf.ProgramSpec `ebpf:"sock4_getpeername"`
 	Sock4Recvmsg     *ebpf.ProgramSpec `ebpf:"sock4_recvmsg"`
 	Sock4Sendmsg     *ebpf.ProgramSpec `ebpf:"sock4_sendmsg"`
+	Sock6Connect     *ebpf.ProgramSpec `ebpf:"sock6_connect"`
+	Sock6Getpeername *ebpf.ProgramSpec `ebpf:"sock6_getpeername"`
+	Sock6Recvmsg     *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
 }
 
 // socklbMapSpecs contains maps before they are loaded into the kernel.
@@ -153,6 +196,9 @@ type socklbMapSpecs struct {
 	Lb4Revnat       *ebpf.MapSpec `ebpf:"lb4_revnat"`
 	Lb4Services     *ebpf.MapSpec `ebpf:"lb4_services"`
 	Lb4Slots        *ebpf.MapSpec `ebpf:"lb4_slots"`
+	Lb6Backends     *ebpf.MapSpec `ebpf:"lb6_backends"`
+	Lb6Revnat       *ebpf.MapSpec `ebpf:"lb6_revnat"`
+	Lb6Services     *ebpf.MapSpec `ebpf:"lb6_services"`
 	LbAffinity      *ebpf.MapSpec `ebpf:"lb_affinity"`
 	LbAffinityMatch *ebpf.MapSpec `ebpf:"lb_affinity_match"`
 }
@@ -187,6 +233,9 @@ type socklbMaps struct {
 	Lb4Revnat       *ebpf.Map `ebpf:"lb4_revnat"`
 	Lb4Services     *ebpf.Map `ebpf:"lb4_services"`
 	Lb4Slots        *ebpf.Map `ebpf:"lb4_slots"`
+	Lb6Backends     *ebpf.Map `ebpf:"lb6_backends"`
+	Lb6Revnat       *ebpf.Map `ebpf:"lb6_revnat"`
+	Lb6Services     *ebpf.Map `ebpf:"lb6_services"`
 	LbAffinity      *ebpf.Map `ebpf:"lb_affinity"`
 	LbAffinityMatch *ebpf.Map `ebpf:"lb_affinity_match"`
 }
@@ -197,6 +246,9 @@ func (m *socklbMaps) Close() error {
 		m.Lb4Revnat,
 		m.Lb4Services,
 		m.Lb4Slots,
+		m.Lb6Backends,
+		m.Lb6Revnat,
+		m.Lb6Services,
 		m.LbAffinity,
 		m.LbAffinityMatch,
 	)
@@ -216,6 +268,10 @@ type socklbPrograms struct {
 	Sock4Getpeername *ebpf.Program `ebpf:"sock4_getpeername"`
 	Sock4Recvmsg     *ebpf.Program `ebpf:"sock4_recvmsg"`
 	Sock4Sendmsg     *ebpf.Program `ebpf:"sock4_sendmsg"`
+	Sock6Connect     *ebpf.Program `ebpf:"sock6_connect"`
+	Sock6Getpeername *ebpf.Program `ebpf:"sock6_getpeername"`
+	Sock6Recvmsg     *ebpf.Program `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
 }
 
 func (p *socklbPrograms) Close() error {
@@ -224,6 +280,10 @@ func (p *socklbPrograms) Close() error {
 		p.Sock4Getpeername,
 		p.Sock4Recvmsg,
 		p.Sock4Sendmsg,
+		p.Sock6Connect,
+		p.Sock6Getpeername,
+		p.Sock6Recvmsg,
+		p.Sock6Sendmsg,
 	)
 }
 

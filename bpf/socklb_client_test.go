@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A socket-LB client is this test binary started inside a cgroup (and a
@@ -34,11 +37,14 @@ type lbClientSpec struct {
 
 // lbOp is one operation: "tcp" (connect, read the banner, getpeername),
 // "udp" (connected: connect, write, read; getpeername) or "udpto"
-// (unconnected: sendto, recvfrom), Count times.
+// (unconnected: sendto, recvfrom), Count times. Family "" is IPv4, "6"
+// IPv6, "mapped" an AF_INET6 dual-stack socket given the v4-mapped form
+// (::ffff:a.b.c.d) of the IPv4 address Addr.
 type lbOp struct {
-	Kind  string
-	Addr  string
-	Count int
+	Kind   string
+	Addr   string
+	Count  int
+	Family string `json:",omitempty"`
 }
 
 // lbResult is one operation's outcome, one JSON line each.
@@ -99,11 +105,19 @@ func lbRun(op lbOp, r *lbResult) {
 			r.Errno = int(errno)
 		}
 	}
+	if op.Family == "mapped" {
+		lbRunMapped(op, r, fail)
+		return
+	}
+	fam := "4"
+	if op.Family == "6" {
+		fam = "6"
+	}
 	switch op.Kind {
 	case "tcp":
 		d := net.Dialer{Timeout: 2 * time.Second}
 		d.SetMultipathTCP(false)
-		c, err := d.Dial("tcp4", op.Addr)
+		c, err := d.Dial("tcp"+fam, op.Addr)
 		if err != nil {
 			fail(err)
 			return
@@ -119,7 +133,7 @@ func lbRun(op lbOp, r *lbResult) {
 		}
 		r.Reply = strings.TrimSpace(line)
 	case "udp":
-		c, err := net.Dial("udp4", op.Addr)
+		c, err := net.Dial("udp"+fam, op.Addr)
 		if err != nil {
 			fail(err)
 			return
@@ -139,13 +153,13 @@ func lbRun(op lbOp, r *lbResult) {
 		}
 		r.Reply = string(buf[:n])
 	case "udpto":
-		pc, err := net.ListenPacket("udp4", ":0")
+		pc, err := net.ListenPacket("udp"+fam, ":0")
 		if err != nil {
 			fail(err)
 			return
 		}
 		defer pc.Close()
-		to, err := net.ResolveUDPAddr("udp4", op.Addr)
+		to, err := net.ResolveUDPAddr("udp"+fam, op.Addr)
 		if err != nil {
 			fail(err)
 			return
@@ -162,6 +176,82 @@ func lbRun(op lbOp, r *lbResult) {
 			return
 		}
 		r.Reply, r.Peer = string(buf[:n]), from.String()
+	default:
+		r.Err = "unknown op " + strconv.Quote(op.Kind)
+	}
+}
+
+// lbRunMapped runs op on an AF_INET6 socket (IPV6_V6ONLY off) with the
+// v4-mapped form of op.Addr, as a dual-stack application (Java, or C with
+// AF_INET6 and AI_V4MAPPED) does. Go's net package would use AF_INET for
+// such an address, hence raw syscalls. Peer is the address as the kernel
+// returned it (v4-mapped).
+func lbRunMapped(op lbOp, r *lbResult, fail func(error)) {
+	ap, err := netip.ParseAddrPort(op.Addr)
+	if err != nil || !ap.Addr().Is4() {
+		fail(fmt.Errorf("mapped: want an IPv4 address and port, got %q", op.Addr))
+		return
+	}
+	to := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: netip.AddrFrom16(ap.Addr().As16()).As16()}
+	typ := unix.SOCK_STREAM
+	if op.Kind != "tcp" {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
+	if err := errors.Join(unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0),
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv),
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)); err != nil {
+		fail(err)
+		return
+	}
+	peer := func(sa unix.Sockaddr) string {
+		if s6, ok := sa.(*unix.SockaddrInet6); ok {
+			return netip.AddrPortFrom(netip.AddrFrom16(s6.Addr), uint16(s6.Port)).String()
+		}
+		return fmt.Sprintf("not IPv6: %T", sa)
+	}
+	buf := make([]byte, 512)
+	switch op.Kind {
+	case "tcp", "udp":
+		if err := unix.Connect(fd, to); err != nil {
+			fail(err)
+			return
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			fail(err)
+			return
+		}
+		r.Peer = peer(sa)
+		if op.Kind == "udp" {
+			if _, err := unix.Write(fd, []byte("q")); err != nil {
+				fail(err)
+				return
+			}
+		}
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			fail(err)
+			return
+		}
+		r.Reply = strings.TrimSpace(string(buf[:max(n, 0)]))
+	case "udpto":
+		if err := unix.Sendto(fd, []byte("q"), 0, to); err != nil {
+			fail(err)
+			return
+		}
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			fail(err)
+			return
+		}
+		r.Reply, r.Peer = string(buf[:n]), peer(from)
 	default:
 		r.Err = "unknown op " + strconv.Quote(op.Kind)
 	}

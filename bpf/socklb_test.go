@@ -478,14 +478,22 @@ func TestPrivilegedSocketLBSyncNeverHalfApplied(t *testing.T) {
 		}
 		return out
 	}
-	a, b := ap("198.19.0.10:80"), ap("198.19.0.11:80")
+	be6 := func(n ...byte) []netip.AddrPort {
+		var out []netip.AddrPort
+		for _, i := range n {
+			out = append(out, netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 2, 15: i}), 8080))
+		}
+		return out
+	}
+	// c is an IPv6 frontend: its ids share the IPv4 services' spaces.
+	a, b, c := ap("198.19.0.10:80"), ap("198.19.0.11:80"), ap("[2001:db8:ff::10]:80")
 	steps := []map[netip.AddrPort][]netip.AddrPort{
-		{a: be(1, 2, 3), b: be(1)},
-		{a: be(2, 3, 4), b: be(1, 5)}, // one replaced; one added
-		{a: be(4), b: be(6, 7, 8, 9)}, // shrink; all replaced
-		{a: be(1, 2, 3, 4, 5, 6)},     // grow; b removed
-		{a: be(), b: be(2)},           // no backends (refuse); b back
-		{a: be(7), b: be(2)},
+		{a: be(1, 2, 3), b: be(1), c: be6(1, 2)},
+		{a: be(2, 3, 4), b: be(1, 5), c: be6(2, 3)}, // one replaced; one added
+		{a: be(4), b: be(6, 7, 8, 9), c: be6(4)},    // shrink; all replaced
+		{a: be(1, 2, 3, 4, 5, 6)},                   // grow; b and c removed
+		{a: be(), b: be(2), c: be6()},               // no backends (refuse); b, c back
+		{a: be(7), b: be(2), c: be6(1, 2, 3)},
 	}
 	desired := func(m map[netip.AddrPort][]netip.AddrPort) []LBService {
 		var out []LBService
@@ -502,12 +510,12 @@ func TestPrivilegedSocketLBSyncNeverHalfApplied(t *testing.T) {
 		old, cur := steps[i-1], steps[i]
 		lb.afterWrite = func() {
 			writes++
-			svcs, _ := dumpMap[socklbLb4Key, socklbLb4Service](lb.objs.Lb4Services)
+			svcs, _ := dumpServices(lb.objs.Lb4Services, lb.objs.Lb6Services)
 			slots, _ := dumpMap[socklbLb4SlotKey, uint32](lb.objs.Lb4Slots)
-			bes, _ := dumpMap[uint32, socklbLb4Backend](lb.objs.Lb4Backends)
+			bes, _ := dumpBackends(lb.objs.Lb4Backends, lb.objs.Lb6Backends)
 			matches, _ := dumpMap[socklbLbAffinityMatchKey, uint32](lb.objs.LbAffinityMatch)
 			for k, v := range svcs {
-				fe := frontendOfKey(k).addrPort()
+				fe := k.addrPort()
 				var visible []netip.AddrPort
 				for s := range v.Count {
 					id, ok := slots[socklbLb4SlotKey{Service: v.Id, Slot: s, Gen: uint32(v.Gen)}]
@@ -515,7 +523,7 @@ func TestPrivilegedSocketLBSyncNeverHalfApplied(t *testing.T) {
 					if !ok || !bok {
 						t.Fatalf("step %d write %d: %s slot %d of generation %d: slot %v backend %v", i, writes, fe, s, v.Gen, ok, bok)
 					}
-					visible = append(visible, backendOf(bk).addrPort())
+					visible = append(visible, bk.addrPort())
 				}
 				oldSet, inOld := old[fe]
 				newSet, inNew := cur[fe]
@@ -530,7 +538,7 @@ func TestPrivilegedSocketLBSyncNeverHalfApplied(t *testing.T) {
 					if !ok {
 						continue // a match without its backend leads nowhere
 					}
-					addr := backendOf(bk).addrPort()
+					addr := bk.addrPort()
 					if !slices.Contains(oldSet, addr) && !slices.Contains(newSet, addr) {
 						t.Fatalf("step %d write %d: %s affinity may follow %s, in neither set", i, writes, fe, addr)
 					}

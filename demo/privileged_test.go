@@ -251,7 +251,7 @@ func TestPrivilegedScenarioStarwars(t *testing.T) { runScenario(t, scenarioByNam
 // dual-stack pods, every check over IPv4 and again over IPv6 with the same
 // verdict (L3/L4 drops and L7 denials through the proxy's IPv6 listener).
 func TestPrivilegedScenarioStarwarsDualStack(t *testing.T) {
-	runScenario(t, dualStackScenario(t, "starwars-dualstack", 10))
+	runScenario(t, dualStackScenario(t, "starwars-dualstack", 14))
 }
 
 // dualStackScenario loads a scenario that must have v6 checks over IPv6.

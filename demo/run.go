@@ -259,7 +259,7 @@ func Run(ctx context.Context, cfg Config) (sum *Summary, err error) {
 			if src, dst := sc.Host(c.From), sc.Host(c.To); src != nil && dst != nil {
 				dsts := []netip.AddrPort{netip.AddrPortFrom(dst.Addr(c.Family), c.Port)}
 				if dst.Service != nil {
-					dsts = dst.backendAddrs(c.Port) // whichever the LB picked
+					dsts = dst.backendAddrs(c.Port, c.Family) // whichever the LB picked
 				}
 				r.DecidedBy = watch.decidedBy(ctx, r.Observed, src.Addr(c.Family), dsts)
 				if r.Observed.Verdict == Allowed {

@@ -33,39 +33,57 @@ import (
 // ServicePrefix starts a check's Service destination: svc/<ns>/<name>.
 const ServicePrefix = "svc/"
 
-// serviceHosts makes a destination Host of each Service with an IPv4
-// ClusterIP in the scenario's subnet.
+// serviceHosts makes a destination Host of each Service with a ClusterIP
+// in the scenario's subnets: IP is its IPv4 ClusterIP, IP6 its IPv6 one
+// (checks with family: ipv6 go there); either may be missing.
 func (sc *Scenario) serviceHosts() []error {
 	var errs []error
 	fronts, _ := policy.ServiceFrontends(sc.Objects, "")
 	byIP := map[netip.Addr]string{}
 	for _, h := range sc.Hosts {
 		byIP[h.IP] = h.Name
+		if h.IP6.IsValid() {
+			byIP[h.IP6] = h.Name
+		}
 	}
 	sc.services = map[string]*Host{}
 	for i := range sc.Objects.Services {
 		s := &sc.Objects.Services[i]
 		name := ServicePrefix + s.Namespace + "/" + s.Name
 		where := fmt.Sprintf("%s: %s", s.Ref.File, s.Ref)
-		var ip netip.Addr
+		var ip, ip6 netip.Addr
 		for _, a := range s.ClusterIPs {
-			if a.Is4() {
+			switch {
+			case a.Is4() && !ip.IsValid():
 				ip = a
-				break
+			case a.Is6() && !ip6.IsValid():
+				ip6 = a
 			}
 		}
-		if !ip.IsValid() {
+		if !ip.IsValid() && !ip6.IsValid() {
 			continue // not a check destination (headless, ExternalName, …)
 		}
-		if err := checkHostIP(ip); err != nil {
-			errs = append(errs, fmt.Errorf("%s: spec.clusterIP: %w", where, err))
+		bad := false
+		for _, a := range []netip.Addr{ip, ip6} {
+			if !a.IsValid() {
+				continue
+			}
+			check := checkHostIP
+			if a.Is6() {
+				check = checkHostIP6
+			}
+			if err := check(a); err != nil {
+				errs = append(errs, fmt.Errorf("%s: spec.clusterIPs: %w", where, err))
+				bad = true
+			} else if other, ok := byIP[a]; ok {
+				errs = append(errs, fmt.Errorf("%s: clusterIP %s is also %s's", where, a, other))
+				bad = true
+			}
+		}
+		if bad {
 			continue
 		}
-		if other, ok := byIP[ip]; ok {
-			errs = append(errs, fmt.Errorf("%s: clusterIP %s is also %s's", where, ip, other))
-			continue
-		}
-		h := &Host{Name: name, IP: ip, Service: s}
+		h := &Host{Name: name, IP: ip, IP6: ip6, Service: s}
 		for _, f := range fronts {
 			if f.Service == s.Namespace+"/"+s.Name {
 				h.Frontends = append(h.Frontends, f)
@@ -76,10 +94,15 @@ func (sc *Scenario) serviceHosts() []error {
 	return errs
 }
 
-// frontend returns the Service host's frontend for a TCP port.
-func (h *Host) frontend(port uint16) *policy.ServiceFrontend {
+// frontend returns the Service host's frontend for a TCP port on its
+// ClusterIP of the family.
+func (h *Host) frontend(port uint16, family Family) *policy.ServiceFrontend {
+	ip := h.Addr(family)
+	if !ip.IsValid() {
+		return nil
+	}
 	for i := range h.Frontends {
-		if f := &h.Frontends[i]; f.Address.Port() == port && f.Protocol == policy.ProtoTCP {
+		if f := &h.Frontends[i]; f.Address.Port() == port && f.Protocol == policy.ProtoTCP && f.Address.Addr() == ip {
 			return f
 		}
 	}
@@ -88,18 +111,29 @@ func (h *Host) frontend(port uint16) *policy.ServiceFrontend {
 
 // servesViaService checks a Service destination: the port is one of the
 // Service's and every backend is a host serving proto on its port. A
-// Service without backends serves nothing: connections are refused.
-func (sc *Scenario) servesViaService(h *Host, proto Protocol, port uint16) error {
-	f := h.frontend(port)
+// Service without backends serves nothing: connections are refused. The
+// Service needs a ClusterIP of the check's family.
+func (sc *Scenario) servesViaService(h *Host, proto Protocol, port uint16, family Family) error {
+	if !h.Addr(family).IsValid() {
+		fam := "IPv4"
+		if family == FamilyIPv6 {
+			fam = "IPv6"
+		}
+		return fmt.Errorf("service %s has no %s ClusterIP (add one to its spec.clusterIPs)", h.Name, fam)
+	}
+	f := h.frontend(port, family)
 	if f == nil {
 		var ports []string
 		for _, f := range h.Frontends {
+			if f.Address.Addr() != h.Addr(family) {
+				continue
+			}
 			ports = append(ports, fmt.Sprintf("%d/%s", f.Address.Port(), f.Protocol))
 		}
 		return fmt.Errorf("service %s has no TCP port %d (it has %s)", h.Name, port, strings.Join(ports, ", "))
 	}
 	for _, b := range f.Backends {
-		i := slices.IndexFunc(sc.Hosts, func(x *Host) bool { return x.IP == b.Address.Addr() })
+		i := slices.IndexFunc(sc.Hosts, func(x *Host) bool { return x.Addr(family) == b.Address.Addr() })
 		if i < 0 {
 			return fmt.Errorf("service %s: backend %s is no host of the scenario", h.Name, b.Address)
 		}
@@ -111,9 +145,10 @@ func (sc *Scenario) servesViaService(h *Host, proto Protocol, port uint16) error
 	return nil
 }
 
-// backendAddrs lists the addresses a check to a Service may reach.
-func (h *Host) backendAddrs(port uint16) []netip.AddrPort {
-	f := h.frontend(port)
+// backendAddrs lists the addresses a check to a Service (over the
+// family's ClusterIP) may reach.
+func (h *Host) backendAddrs(port uint16, family Family) []netip.AddrPort {
+	f := h.frontend(port, family)
 	if f == nil {
 		return nil
 	}
@@ -159,9 +194,9 @@ type probeSpec struct {
 	Probe ProbeOptions
 }
 
-// sendToService sends a check to a Service's ClusterIP from a probe
-// process started in the socket-LB cgroup (the load balancer only sees
-// sockets of processes in it).
+// sendToService sends a check to a Service's ClusterIP of the check's
+// family from a probe process started in the socket-LB cgroup (the load
+// balancer only sees sockets of processes in it).
 func (t *Topology) sendToService(ctx context.Context, svc *Host, ns string, c Check, o ProbeOptions) Observation {
 	if t.lbCgroup == "" {
 		return Observation{Verdict: Errored, Detail: "no socket load balancer: the topology has no socket-LB cgroup"}
@@ -169,7 +204,11 @@ func (t *Topology) sendToService(ctx context.Context, svc *Host, ns string, c Ch
 	if len(t.cfg.ProbeCommand) == 0 {
 		return Observation{Verdict: Errored, Detail: "no probe command"}
 	}
-	spec, err := json.Marshal(probeSpec{NetNS: ns, Addr: netip.AddrPortFrom(svc.IP, c.Port), Check: c, Probe: o})
+	ip := svc.Addr(c.Family)
+	if !ip.IsValid() {
+		return Observation{Verdict: Errored, Detail: "service " + svc.Name + " has no ClusterIP of the check's family"}
+	}
+	spec, err := json.Marshal(probeSpec{NetNS: ns, Addr: netip.AddrPortFrom(ip, c.Port), Check: c, Probe: o})
 	if err != nil {
 		return Observation{Verdict: Errored, Detail: err.Error()}
 	}

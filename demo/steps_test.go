@@ -329,10 +329,22 @@ func TestScenarioErrors(t *testing.T) {
 		{"ipv6 grpc check to a host without ipv6", map[string]string{"objects/p.yaml": pod("a", "198.18.0.1", `"grpc:50051"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 50051, grpc: {method: /a.B/C}, family: ipv6, expect: allowed}"},
 			"steps[0].checks[0]: family: ipv6: default/a has no IPv6 address"},
-		{"ipv6 check to a service", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"http:80"`) + dual("c", "198.18.0.3", "2001:db8:1::3", "") +
-			"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 198.19.0.80\n  clusterIPs: [198.19.0.80, \"2001:db8:f::80\"]\n  ipFamilies: [IPv4, IPv6]\n  selector: {app: web}\n  ports:\n  - {port: 80}\n",
+		{"ipv6 check to an ipv4-only service", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"http:80"`) + dual("c", "198.18.0.3", "2001:db8:1::3", "") +
+			"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 198.19.0.80\n  selector: {app: web}\n  ports:\n  - {port: 80}\n",
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: svc/default/web, port: 80, http: {}, family: ipv6, expect: allowed}"},
-			"steps[0].checks[0].family: checks over IPv6 to a Service are not supported: l7gate's socket load balancer translates IPv4 ClusterIPs only"},
+			"steps[0].checks[0]: service svc/default/web has no IPv6 ClusterIP"},
+		{"ipv4 check to an ipv6-only service", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"http:80"`) + dual("c", "198.18.0.3", "2001:db8:1::3", "") +
+			"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIPs: [\"2001:db8:f::80\"]\n  selector: {app: web}\n  ports:\n  - {port: 80}\n",
+			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: svc/default/web, port: 80, http: {}, expect: allowed}"},
+			"steps[0].checks[0]: service svc/default/web has no IPv4 ClusterIP"},
+		{"ipv6 check to a service from a host without ipv6", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"http:80"`) + pod("c", "198.18.0.3", "") +
+			"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIPs: [198.19.0.80, \"2001:db8:f::80\"]\n  selector: {app: web}\n  ports:\n  - {port: 80}\n",
+			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: svc/default/web, port: 80, http: {}, family: ipv6, expect: allowed}"},
+			"steps[0].checks[0]: family: ipv6: default/c has no IPv6 address"},
+		{"service ipv6 outside range", map[string]string{"objects/p.yaml": base +
+			"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIPs: [198.19.0.80, \"fd00::80\"]\n  ports:\n  - {port: 80}\n",
+			"steps.yaml": "steps:\n- {name: x}"},
+			"spec.clusterIPs: fd00::80 is outside 2001:db8::/32"},
 		{"dns query type", map[string]string{"objects/p.yaml": dual("a", "198.18.0.1", "2001:db8:1::1", `"dns:53"`) + dual("c", "198.18.0.3", "2001:db8:1::3", ""),
 			"steps.yaml": "steps:\n- name: x\n  checks:\n  - {from: default/c, to: default/a, port: 53, dns: {query: a.test, type: MX}, expect: allowed}"},
 			`steps[0].checks[0].dns.type: want A or AAAA, not "MX"`},

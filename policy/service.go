@@ -394,10 +394,12 @@ const (
 // endpoints of the Service's EndpointSlices with a port of the same name
 // and protocol, ready ones, or the serving terminating ones when none is
 // ready; with internalTrafficPolicy Local only endpoints on node (an empty
-// node keeps every endpoint: tools without a node). IPv4 frontends and
-// backends over TCP and UDP only: IPv6 is not enforced yet and SCTP is
-// left to kube-proxy (said in the returned notes). Sorted by address, port
-// and protocol.
+// node keeps every endpoint: tools without a node). Each ClusterIP, IPv4
+// or IPv6, is a frontend whose backends are the endpoints of its own
+// family's slices (addressType IPv4 or IPv6), as kube-proxy does for a
+// dual-stack Service. TCP and UDP only: SCTP is left to kube-proxy (said
+// in the returned notes). Sorted by address (IPv4 first), port and
+// protocol.
 func ServiceFrontends(objs *Objects, node string) ([]ServiceFrontend, []string) {
 	byService := slicesByService(objs)
 	var out []ServiceFrontend
@@ -406,10 +408,6 @@ func ServiceFrontends(objs *Objects, node string) ([]ServiceFrontend, []string) 
 		s := &objs.Services[i]
 		name := s.Namespace + "/" + s.Name
 		for _, ip := range s.ClusterIPs {
-			if !ip.Is4() {
-				notes = append(notes, fmt.Sprintf("service %s: IPv6 ClusterIP %s is not load-balanced (IPv6 is not enforced yet)", name, ip))
-				continue
-			}
 			for _, p := range s.Ports {
 				if p.Protocol != ProtoTCP && p.Protocol != ProtoUDP {
 					notes = append(notes, fmt.Sprintf("service %s: port %d/%s is left to kube-proxy (socket load balancing covers TCP and UDP)", name, p.Port, p.Protocol))
@@ -417,7 +415,7 @@ func ServiceFrontends(objs *Objects, node string) ([]ServiceFrontend, []string) 
 				}
 				f := ServiceFrontend{Service: name, PortName: p.Name, Address: netip.AddrPortFrom(ip, p.Port), Protocol: p.Protocol,
 					Affinity: s.AffinityTimeout, Local: s.InternalTrafficLocal}
-				f.Backends, f.State = backendsFor(byService[name], p, s.InternalTrafficLocal, node)
+				f.Backends, f.State = backendsFor(byService[name], p, addressType(ip), s.InternalTrafficLocal, node)
 				out = append(out, f)
 			}
 		}
@@ -455,11 +453,21 @@ func slicesByService(objs *Objects) map[string][]*EndpointSlice {
 	return out
 }
 
-// backendsFor picks a service port's backends from its slices.
-func backendsFor(ess []*EndpointSlice, p ServicePort, local bool, node string) ([]ServiceBackend, string) {
+// addressType is the EndpointSlice addressType of an address's family
+// (ClusterIPs are stored unmapped).
+func addressType(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// backendsFor picks a service port's backends of one family ("IPv4" or
+// "IPv6": the ClusterIP's) from its slices.
+func backendsFor(ess []*EndpointSlice, p ServicePort, family string, local bool, node string) ([]ServiceBackend, string) {
 	var ready, terminating []ServiceBackend
 	for _, es := range ess {
-		if es.AddressType != "IPv4" {
+		if es.AddressType != family {
 			continue
 		}
 		var port uint16
@@ -477,8 +485,8 @@ func backendsFor(ess []*EndpointSlice, p ServicePort, local bool, node string) (
 				continue
 			}
 			for _, a := range e.Addresses {
-				if !a.Is4() {
-					continue
+				if !a.IsValid() || a.Is4In6() || addressType(a) != family {
+					continue // an address not of the slice's type
 				}
 				b := ServiceBackend{Address: netip.AddrPortFrom(a, port), Node: e.NodeName, Pod: e.Pod}
 				switch {
@@ -532,11 +540,15 @@ func serviceAddresses(ess []*EndpointSlice) []netip.Addr {
 // DeriveEndpointSlices adds, for every Service with a selector that no
 // EndpointSlice names, the slices Kubernetes' EndpointSlice controller
 // would write: the Service's namespace's pods whose labels match the
-// selector (not Succeeded or Failed, with an IPv4 address), ready, with
+// selector (not Succeeded or Failed, with an address of the slice's
+// family), ready, with
 // each port's targetPort (a name resolves against the pod's container
 // ports; a pod without it is left out of that port). A folder source has
-// no controller: Services there work from their selector alone. The
-// derived slices are named <service>-l7gate-<n> and marked Derived.
+// no controller: Services there work from their selector alone. As the
+// controller does, slices are per address family — one per family of the
+// Service's ClusterIPs (IPv4 for a Service without any, e.g. headless) —
+// named <service>-l7gate-<n> (IPv4) and <service>-l7gate6-<n> (IPv6), and
+// marked Derived.
 func (o *Objects) DeriveEndpointSlices() {
 	named := map[string]bool{}
 	for _, es := range o.EndpointSlices {
@@ -548,57 +560,80 @@ func (o *Objects) DeriveEndpointSlices() {
 		if len(s.Selector) == 0 || named[s.Namespace+"/"+s.Name] || s.Type == ServiceTypeExternalName {
 			continue
 		}
-		// Pods grouped by their resolved port list (one slice each).
-		type group struct {
-			ports []EndpointPort
-			eps   []SliceEndpoint
+		families := []string{}
+		for _, ip := range s.ClusterIPs {
+			if f := addressType(ip); !slices.Contains(families, f) {
+				families = append(families, f)
+			}
 		}
-		var groups []*group
-		for j := range o.Pods {
-			p := &o.Pods[j]
-			if p.Namespace != s.Namespace || p.Phase == "Succeeded" || p.Phase == "Failed" || !selectorMatches(s.Selector, p.Labels) {
-				continue
-			}
-			var addrs []netip.Addr
-			for _, ip := range p.IPs {
-				if ip.Is4() {
-					addrs = append(addrs, ip)
-				}
-			}
-			if len(addrs) == 0 {
-				continue
-			}
-			var ports []EndpointPort
-			for _, sp := range s.Ports {
-				port := sp.TargetPort
-				if sp.TargetPortName != "" {
-					port = 0
-					for _, np := range p.NamedPorts {
-						if np.Name == sp.TargetPortName && np.Protocol == sp.Protocol {
-							port = np.Port
-						}
-					}
-				}
-				if port != 0 {
-					ports = append(ports, EndpointPort{Name: sp.Name, Protocol: sp.Protocol, Port: port})
-				}
-			}
-			ep := SliceEndpoint{Addresses: addrs, Ready: true, Serving: true, NodeName: p.NodeName, Pod: p.Namespace + "/" + p.Name}
-			gi := slices.IndexFunc(groups, func(g *group) bool { return slices.Equal(g.ports, ports) })
-			if gi < 0 {
-				groups = append(groups, &group{ports: ports})
-				gi = len(groups) - 1
-			}
-			groups[gi].eps = append(groups[gi].eps, ep)
+		if len(families) == 0 {
+			families = []string{"IPv4"}
 		}
-		for n, g := range groups {
-			name := fmt.Sprintf("%s-l7gate-%d", s.Name, n)
-			add = append(add, EndpointSlice{Ref: ObjectRef{File: s.Ref.File, Kind: "EndpointSlice", Namespace: s.Namespace, Name: name},
-				Namespace: s.Namespace, Name: name, Service: s.Name, AddressType: "IPv4", Ports: g.ports, Endpoints: g.eps, Derived: true})
+		slices.Sort(families) // IPv4 first
+		for _, family := range families {
+			add = append(add, derivedSlices(s, o.Pods, family)...)
 		}
 	}
 	o.EndpointSlices = append(o.EndpointSlices, add...)
 	o.sort()
+}
+
+// derivedSlices are the slices of one address family for Service s.
+func derivedSlices(s *Service, pods []Pod, family string) []EndpointSlice {
+	// Pods grouped by their resolved port list (one slice each).
+	type group struct {
+		ports []EndpointPort
+		eps   []SliceEndpoint
+	}
+	var groups []*group
+	for j := range pods {
+		p := &pods[j]
+		if p.Namespace != s.Namespace || p.Phase == "Succeeded" || p.Phase == "Failed" || !selectorMatches(s.Selector, p.Labels) {
+			continue
+		}
+		var addrs []netip.Addr
+		for _, ip := range p.IPs {
+			if ip.IsValid() && !ip.Is4In6() && addressType(ip) == family {
+				addrs = append(addrs, ip)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		var ports []EndpointPort
+		for _, sp := range s.Ports {
+			port := sp.TargetPort
+			if sp.TargetPortName != "" {
+				port = 0
+				for _, np := range p.NamedPorts {
+					if np.Name == sp.TargetPortName && np.Protocol == sp.Protocol {
+						port = np.Port
+					}
+				}
+			}
+			if port != 0 {
+				ports = append(ports, EndpointPort{Name: sp.Name, Protocol: sp.Protocol, Port: port})
+			}
+		}
+		ep := SliceEndpoint{Addresses: addrs, Ready: true, Serving: true, NodeName: p.NodeName, Pod: p.Namespace + "/" + p.Name}
+		gi := slices.IndexFunc(groups, func(g *group) bool { return slices.Equal(g.ports, ports) })
+		if gi < 0 {
+			groups = append(groups, &group{ports: ports})
+			gi = len(groups) - 1
+		}
+		groups[gi].eps = append(groups[gi].eps, ep)
+	}
+	infix := "l7gate"
+	if family == "IPv6" {
+		infix = "l7gate6"
+	}
+	var out []EndpointSlice
+	for n, g := range groups {
+		name := fmt.Sprintf("%s-%s-%d", s.Name, infix, n)
+		out = append(out, EndpointSlice{Ref: ObjectRef{File: s.Ref.File, Kind: "EndpointSlice", Namespace: s.Namespace, Name: name},
+			Namespace: s.Namespace, Name: name, Service: s.Name, AddressType: family, Ports: g.ports, Endpoints: g.eps, Derived: true})
+	}
+	return out
 }
 
 // selectorMatches is a Service selector (equality on every key) against

@@ -86,6 +86,18 @@ kind: Service
 metadata: {name: dual, namespace: shop}
 spec: {clusterIPs: [198.19.0.13, "fd00::13"], ports: [{port: 80}]}
 ---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dual-v6, namespace: shop, labels: {kubernetes.io/service-name: dual}}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints:
+- addresses: ["fd00::1:3"]
+- addresses: ["fd00::1:2"]
+  targetRef: {kind: Pod, name: dual-1}
+- addresses: ["fd00::1:4"]
+  conditions: {ready: false}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: ext, namespace: shop}
@@ -94,7 +106,7 @@ spec: {type: ExternalName, externalName: example.com}
 
 func TestServiceFrontends(t *testing.T) {
 	objs := mustDecode(t, serviceObjects)
-	if len(objs.Services) != 6 || len(objs.EndpointSlices) != 3 {
+	if len(objs.Services) != 6 || len(objs.EndpointSlices) != 4 {
 		t.Fatalf("decoded %d services, %d slices", len(objs.Services), len(objs.EndpointSlices))
 	}
 	type fe struct {
@@ -124,16 +136,21 @@ func TestServiceFrontends(t *testing.T) {
 		// terminating one
 		{"198.19.0.11:80", ProtoTCP, "198.18.0.6:80", FrontendTerminating},
 		{"198.19.0.12:80", ProtoTCP, "", FrontendNoBackends},
+		// dual-stack: each ClusterIP gets its own family's endpoints
 		{"198.19.0.13:80", ProtoTCP, "", FrontendNoBackends},
+		{"[fd00::13]:80", ProtoTCP, "[fd00::1:2]:8080 [fd00::1:3]:8080", FrontendReady},
 	}
 	if fmt.Sprint(summary(got)) != fmt.Sprint(want) {
-		t.Errorf("frontends on n1:\n got %v\nwant %v", summary(got), want)
+		t.Fatalf("frontends on n1:\n got %v\nwant %v", summary(got), want)
 	}
 	if got[1].Affinity != time.Minute || got[1].Backends[0].Pod != "shop/web-1" || got[1].Backends[0].Node != "n1" {
 		t.Errorf("web:80 %+v", got[1])
 	}
+	if len(got) != 6 || len(got[5].Backends) == 0 || got[5].Backends[0].Pod != "shop/dual-1" {
+		t.Errorf("dual [fd00::13]:80 %+v", got[5])
+	}
 	if !slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "9/SCTP") }) ||
-		!slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "fd00::13") }) {
+		slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "fd00::13") }) {
 		t.Errorf("notes %v", notes)
 	}
 	// On n3, internalTrafficPolicy Local has nothing.
@@ -198,6 +215,26 @@ metadata: {name: web-elsewhere, namespace: other, labels: {app: web}}
 status: {podIP: 198.18.0.5}
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: dual-1, namespace: shop, labels: {app: dual}}
+status: {podIP: 198.18.0.6, podIPs: [{ip: 198.18.0.6}, {ip: "fd00::6"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v4only-1, namespace: shop, labels: {app: dual}}
+status: {podIP: 198.18.0.7}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: shop}
+spec: {clusterIPs: [198.19.0.12, "fd00::12"], selector: {app: dual}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: six, namespace: shop}
+spec: {clusterIPs: ["fd00::14"], selector: {app: dual}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
 spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 81, targetPort: 7000}]}
@@ -227,14 +264,26 @@ endpoints: [{addresses: [198.18.0.9]}]
 		"198.19.0.10:80 → 198.18.0.2:8080(shop/web-1) 198.18.0.3:9090(shop/web-2)",
 		"198.19.0.10:81 → 198.18.0.2:7000(shop/web-1) 198.18.0.3:7000(shop/web-2)",
 		"198.19.0.11:80 → 198.18.0.9:80()", // its own slice: nothing derived
+		// dual-stack: a slice per ClusterIP family, each with the pods
+		// that have an address of it
+		"198.19.0.12:80 → 198.18.0.6:8080(shop/dual-1) 198.18.0.7:8080(shop/v4only-1)",
+		"[fd00::12]:80 → [fd00::6]:8080(shop/dual-1)",
+		"[fd00::14]:80 → [fd00::6]:8080(shop/dual-1)", // IPv6 only: no IPv4 slice
 	}
 	if !slices.Equal(lines, want) {
 		t.Errorf("derived:\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
+	var slices6 []string
 	for _, es := range objs.EndpointSlices {
 		if es.Service == "web" && !es.Derived {
 			t.Errorf("slice %s not marked derived", es.Name)
 		}
+		if es.Derived {
+			slices6 = append(slices6, es.Name+"/"+es.AddressType)
+		}
+	}
+	if g, w := strings.Join(slices6, " "), "dual-l7gate-0/IPv4 dual-l7gate6-0/IPv6 six-l7gate6-0/IPv6 web-l7gate-0/IPv4 web-l7gate-1/IPv4"; g != w {
+		t.Errorf("derived slices %s, want %s", g, w)
 	}
 }
 

@@ -346,6 +346,9 @@ func traceFQDN(objs *Objects, req *TraceRequest) (*FQDNTrace, error) {
 // traceService traces a flow to a Service's port: to each backend socket
 // load balancing may pick (ServiceFrontends without a node: every
 // endpoint, also for internalTrafficPolicy Local).
+// A dual-stack Service is traced through its first ClusterIP (IPv4 before
+// IPv6); its IPv6 ClusterIP's backends are the same pods' IPv6 addresses,
+// less any pod without one.
 func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	ns, name, ok := strings.Cut(req.Dst.Service, "/")
 	if !ok || ns == "" || name == "" {
@@ -368,7 +371,7 @@ func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	}
 	if f == nil {
 		if len(ports) == 0 {
-			return nil, fmt.Errorf("service %s: not found, or without a load-balanced ClusterIP (IPv4, TCP/UDP ports)", req.Dst.Service)
+			return nil, fmt.Errorf("service %s: not found, or without a load-balanced ClusterIP (TCP/UDP ports)", req.Dst.Service)
 		}
 		slices.Sort(ports)
 		return nil, fmt.Errorf("service %s has no port %d/%s (it has %s)", req.Dst.Service, req.DPort, req.Protocol, strings.Join(slices.Compact(ports), ", "))
