@@ -178,6 +178,10 @@ type dnsEntryRow struct {
 	CachedNames     int     `json:"cachedNames"`
 	PrelearnSeconds float64 `json:"prelearnSeconds"`
 	PrelearnErrors  int     `json:"prelearnErrors"`
+	// AgentCPUPerNameMs, ProxyCPUPerNameMs: CPU-ms of the agent and the Go
+	// proxy per pre-learned name (less load-sensitive than the latencies).
+	AgentCPUPerNameMs float64 `json:"agentCpuMsPerName,omitempty"`
+	ProxyCPUPerNameMs float64 `json:"proxyCpuMsPerName,omitempty"`
 	// NewUs: each new name's query latency; CachedUs: the cached name's,
 	// queried right after each new one (same load, same cache size).
 	NewUs    []float64 `json:"newUs"`
@@ -504,6 +508,9 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 		row := &dnsEntryRow{TargetNames: target}
 		res.Entry = append(res.Entry, row)
 		t0 := time.Now()
+		before := learned
+		agentPID, proxyPID := s.n.agent.Process.Pid, s.n.proxyPID()
+		ag0, px0 := procCPU(agentPID), procCPU(proxyPID)
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for _, c := range conns {
@@ -530,6 +537,10 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 		}
 		wg.Wait()
 		row.CachedNames, row.PrelearnSeconds = learned, time.Since(t0).Seconds()
+		if k := learned - before; k > 0 {
+			row.AgentCPUPerNameMs = (procCPU(agentPID) - ag0) / float64(k) * 1e3
+			row.ProxyCPUPerNameMs = (procCPU(proxyPID) - px0) / float64(k) * 1e3
+		}
 		for range newNames {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -552,8 +563,8 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 		}
 		row.dnsEntryStats = entryStats(row.NewUs, row.CachedUs)
 		row.Load = loadAvg()
-		log.Printf("  dns answer→entry at %d names (target %d, pre-learned in %.1fs, %d errors): new p50 %.0fus p99 %.0fus, cached p50 %.0fus → entry p50 %.0fus p99 %.0fus; errors %d load %s",
-			row.CachedNames, target, row.PrelearnSeconds, row.PrelearnErrors, row.NewP50us, row.NewP99us, row.CachedP50us, row.EntryP50us, row.EntryP99us, row.Errors, row.Load)
+		log.Printf("  dns answer→entry at %d names (target %d, pre-learned in %.1fs, %d errors, CPU-ms/name agent %.3f proxy %.3f): new p50 %.0fus p99 %.0fus, cached p50 %.0fus → entry p50 %.0fus p99 %.0fus; errors %d load %s",
+			row.CachedNames, target, row.PrelearnSeconds, row.PrelearnErrors, row.AgentCPUPerNameMs, row.ProxyCPUPerNameMs, row.NewP50us, row.NewP99us, row.CachedP50us, row.EntryP50us, row.EntryP99us, row.Errors, row.Load)
 		if row.Errors > 0 {
 			return fmt.Errorf("dns answer→entry at %d names: %d of %d new-name queries failed (first: %s)", target, row.Errors, newNames, row.FirstErr)
 		}
@@ -628,9 +639,13 @@ func dnsMarkdown(d *dnsResult) string {
 	}
 	if len(d.Entry) > 0 {
 		w("**Answer → datapath entry.** With the policy in force, N unique names are learned first (4 concurrent clients; bounded by a time budget), then new unique names are queried one at a time, each followed by one query of the cached name. The DNS proxy holds a new name's answer until the agent has written its datapath entries (ipcache + the client's policy entries; `--dns-hold-timeout` 1 s), so *entry* = a new name's latency − the cached name's median latency in the same sequence. Answers held during these runs (the cached name's included: every answer for a toFQDNs name is reported to the agent): %.0f; released by the hold timeout: %.0f. The cached p99 column is the noise floor of the p99s at this sample size.\n\n", d.Held, d.HoldTimeouts)
-		w("| names learned before | pre-learning took | new names | new p50 | new p99 | cached p50 | cached p99 | **entry p50** | **entry p99** | load average |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| names learned before | pre-learning took | CPU-ms per pre-learned name: agent / proxy | new names | new p50 | new p99 | cached p50 | cached p99 | **entry p50** | **entry p99** | load average |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range d.Entry {
-			w("| %d (target %d) | %.1f s | %d | %s | %s | %s | %s | **%s** | **%s** | %s |\n", r.CachedNames, r.TargetNames, r.PrelearnSeconds, len(r.NewUs), us(r.NewP50us), us(r.NewP99us), us(r.CachedP50us), us(r.CachedP99us), us(r.EntryP50us), us(r.EntryP99us), r.Load)
+			cpu := "—"
+			if r.AgentCPUPerNameMs > 0 || r.ProxyCPUPerNameMs > 0 {
+				cpu = fmt.Sprintf("%.3f / %.3f", r.AgentCPUPerNameMs, r.ProxyCPUPerNameMs)
+			}
+			w("| %d (target %d) | %.1f s | %s | %d | %s | %s | %s | %s | **%s** | **%s** | %s |\n", r.CachedNames, r.TargetNames, r.PrelearnSeconds, cpu, len(r.NewUs), us(r.NewP50us), us(r.NewP99us), us(r.CachedP50us), us(r.CachedP99us), us(r.EntryP50us), us(r.EntryP99us), r.Load)
 		}
 		w("\n")
 	}
