@@ -76,7 +76,7 @@ type config struct {
 func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
 
 // phases, in the priority order.
-var allPhases = []string{"keepalive", "keepalive6", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "accesslogoff"}
+var allPhases = []string{"keepalive", "keepalive6", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "accesslogoff", "dns"}
 
 func benchMain() error {
 	var cfg config
@@ -265,6 +265,7 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 		{"proxyrss", s.proxyRSS},
 		{"otlp", s.otlpOverhead},
 		{"accesslogoff", s.accessLogOff},
+		{"dns", s.dnsPhase},
 	}
 	for _, st := range steps {
 		if !cfg.want(st.phase) {

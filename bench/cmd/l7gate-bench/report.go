@@ -49,10 +49,12 @@ type Results struct {
 	AccessLogOff        map[string]*wrkResult       `json:"keepAliveAccessLogOff,omitempty"`
 	ProxyRSS            *rssResult                  `json:"proxyRss,omitempty"`
 	OTLP                map[string]*otlpResult      `json:"keepAliveOTLP,omitempty"`
-	Goals               []goal                      `json:"goals"`
-	Missing             []string                    `json:"missing,omitempty"`
-	Errors              []string                    `json:"errors,omitempty"`
-	Logs                string                      `json:"logs,omitempty"`
+	// DNS: the DNS proxy phase (issue 16), see dns.go.
+	DNS     *dnsResult `json:"dns,omitempty"`
+	Goals   []goal     `json:"goals"`
+	Missing []string   `json:"missing,omitempty"`
+	Errors  []string   `json:"errors,omitempty"`
+	Logs    string     `json:"logs,omitempty"`
 }
 
 type goal struct {
@@ -216,6 +218,7 @@ func (r *Results) computeGoals() {
 	} else {
 		na("Kafka produce throughput, L7 / direct", "≥ 0.85")
 	}
+	dnsGoals(r.DNS, add)
 }
 
 // chartNames avoid a lower-case l, which the 7x13 bitmap font draws like a 1.
@@ -465,6 +468,9 @@ func writeReport(dir, stamp string, r *Results) error {
 			w("| %s | %.0f | %s | %.4f | %.4f | %.0f | %.0f | %s |\n", m, x.ReqPerSec, us(x.P99us), x.ProxyCPUPer1000, x.AgentCPUPer1000, x.OTLPDelivered, x.OTLPLost, strings.Join(rs, "; "))
 		}
 		w("\nAdded CPU per 1000 requests with OTLP on: proxy %+.4f s, agent %+.4f s.\n\n", on.ProxyCPUPer1000-off.ProxyCPUPer1000, on.AgentCPUPer1000-off.AgentCPUPer1000)
+	}
+	if r.DNS != nil {
+		w("%s", dnsMarkdown(r.DNS))
 	}
 	if len(charts) > 0 {
 		w("## Charts\n\n%s\n", strings.Join(charts, "\n\n"))

@@ -27,6 +27,7 @@ func serveMain(args []string) error {
 	httpAddrs := fs.String("http", "", "HTTP/1.1 + h2c addresses (comma-separated)")
 	grpcAddr := fs.String("grpc", "", "gRPC (health service) address")
 	kafkaAddr := fs.String("kafka", "", "kfake broker address")
+	dnsAddr := fs.String("dns", "", "DNS server address (UDP): every *.bench.test. A query is answered (see dnsAnswerAddr)")
 	fs.Parse(args)
 	raiseNofile(1 << 17)
 
@@ -65,6 +66,13 @@ func serveMain(args []string) error {
 			return fmt.Errorf("kfake: %w", err)
 		}
 		defer c.Close()
+	}
+	if *dnsAddr != "" {
+		ds, err := startDNSServer(*dnsAddr)
+		if err != nil {
+			return err
+		}
+		defer ds.Shutdown()
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

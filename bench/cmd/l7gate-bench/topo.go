@@ -35,6 +35,7 @@ const (
 	httpPort    = 80
 	grpcPort    = 50051
 	kafkaPort   = 9092
+	dnsPort     = 53
 )
 
 // cleanups is a LIFO stack run once at the end, on failure and on signals.
@@ -220,11 +221,13 @@ func newNode(cl *cleanups, dir, bin string) (*node, error) {
 }
 
 // startServer runs `l7gate-bench serve` in the server pod (HTTP/1.1 + h2c
-// on :80 of both families, gRPC on :50051, kfake on :9092), unpinned.
+// on :80 of both families, gRPC on :50051, kfake on :9092, DNS on UDP
+// :53), unpinned.
 func (n *node) startServer() error {
 	cmd, err := startProc(n.cl, filepath.Join(n.dir, "server.log"), "ip", "netns", "exec", n.serverNS, "taskset", "-c", allCPUs(),
 		n.self, "serve", "-http", net.JoinHostPort(serverIP, strconv.Itoa(httpPort))+","+net.JoinHostPort(serverIP6, strconv.Itoa(httpPort)),
-		"-grpc", net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), "-kafka", net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)))
+		"-grpc", net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), "-kafka", net.JoinHostPort(serverIP, strconv.Itoa(kafkaPort)),
+		"-dns", net.JoinHostPort(serverIP, strconv.Itoa(dnsPort)))
 	if err != nil {
 		return err
 	}
