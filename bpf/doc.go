@@ -188,8 +188,11 @@
 // removing an allow or redirect takes effect for new flows at once and for
 // established flows at their next packet: the bound is one packet, and an
 // idle flow cannot resume without passing the check. A flow that is still
-// allowed keeps its original redirect (a redirect that becomes an allow
-// stays with its proxy). A flow admitted without the proxy (an L4 allow)
+// allowed keeps its original redirect (a TCP connection whose redirect
+// becomes an allow stays with the proxy that holds it); a UDP (or other
+// non-TCP) flow whose redirect becomes an allow is handled as a new flow,
+// since the proxy holds no socket of its own for it (a DNS proxy closes a
+// port its rules no longer name). A flow admitted without the proxy (an L4 allow)
 // that policy now redirects — or redirects to another proxy port — is
 // never passed unchecked: its entry is deleted and its next packet handled
 // as a new flow, so it is redirected and the proxy's listener, which never

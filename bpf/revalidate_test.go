@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"net"
 	"testing"
 )
 
@@ -83,5 +84,69 @@ func TestPrivilegedRevalidationToRedirect(t *testing.T) {
 	}
 	if r := d.toPod(t, in1); r.ret != actRedirect {
 		t.Errorf("redirected ingress flow after the redirect became an allow: %+v", r)
+	}
+}
+
+// TestPrivilegedRevalidationUDPRedirectToAllow: a UDP flow the policy
+// redirected (a DNS proxy's rules.dns) follows the policy when the redirect
+// becomes a plain allow: its next packet is not steered to the proxy port,
+// which has no socket for it any more (the DNS proxy closes a port its
+// rules no longer name). Kept, the flow's packets went on to the old proxy
+// port and dropped for as long as the client reused its socket (each
+// packet refreshed the entry). A TCP flow keeps its proxy: the proxy holds
+// that connection's socket.
+func TestPrivilegedRevalidationUDPRedirectToAllow(t *testing.T) {
+	requireRoot(t)
+	redirectDNS := PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 95}
+	allowDNS := PolicyEntry{Peer: peerID, Protocol: ProtoUDP, Port: 53, Verdict: VerdictAllow, RuleID: 96}
+	redirectTCP := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictRedirect, ProxyPort: testProxyPrt, RuleID: 97}
+	allowTCP := PolicyEntry{Peer: peerID, Protocol: ProtoTCP, Port: 80, Verdict: VerdictAllow, RuleID: 98}
+	pol := func(es ...PolicyEntry) []EndpointPolicy {
+		return []EndpointPolicy{{Endpoint: testEP, Egress: DirectionPolicy{Enforced: true, Entries: es}}}
+	}
+	d := fixture(t, pol(redirectDNS, redirectTCP)[0])
+	if err := d.RegisterProxyListener(testProxyPrt, listen(t)); err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	if err := d.RegisterProxyListener(testProxyPrt, udp); err != nil {
+		t.Fatal(err)
+	}
+	toProxy := ToProxyMark(testProxyPrt)
+	q := egress(peerIP, ProtoUDP, 53)
+	if r := d.fromPod(t, q); r.ret != actOK || r.mark != toProxy {
+		t.Fatalf("query under the redirect: ret %d mark %#x, want %d %#x", r.ret, r.mark, actOK, toProxy)
+	}
+	if r := d.fromPod(t, q); r.mark != toProxy {
+		t.Fatalf("second query under the redirect: mark %#x, want %#x", r.mark, toProxy)
+	}
+	c := egress(peerIP, ProtoTCP, 80)
+	if r := d.fromPod(t, c); r.mark != toProxy {
+		t.Fatalf("tcp syn under the redirect: mark %#x, want %#x", r.mark, toProxy)
+	}
+	c.tcpFlags = tcpACK
+	if _, err := d.SyncPolicy(pol(allowDNS, allowTCP)); err != nil {
+		t.Fatal(err)
+	}
+	udp.Close() // the DNS proxy closes a port its rules no longer name
+	r := d.fromPod(t, q)
+	if r.ret != actOK || r.mark&MarkMagicMask == MarkMagicToProxy {
+		t.Errorf("query after the redirect became an allow: ret %d mark %#x, want passed without a proxy mark", r.ret, r.mark)
+	}
+	if r := d.fromPod(t, c); r.mark != toProxy {
+		t.Errorf("established tcp flow after the redirect became an allow: mark %#x, want it kept at its proxy %#x", r.mark, toProxy)
+	}
+	cts, err := d.Conntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ct := range cts {
+		if ct.Protocol == ProtoUDP && (ct.Verdict != VerdictAllow || ct.RuleID != 96) {
+			t.Errorf("udp conntrack entry %+v, want the allow (rule 96)", ct)
+		}
 	}
 }

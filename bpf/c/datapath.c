@@ -1575,7 +1575,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				 * (or to another proxy port), handle the packet as a new
 				 * flow: it is redirected, and the proxy's stack resets a
 				 * connection it never accepted — never passed unchecked.
-				 * Otherwise keep its verdict and redirect. */
+				 * A redirected flow that is not TCP and is no longer
+				 * redirected is handled as new too: the proxy holds no
+				 * socket of its own for it (a DNS proxy closes a port its
+				 * rules no longer name), so its packets would go on to a
+				 * proxy port without a socket for as long as the client
+				 * reuses its socket. Otherwise keep its verdict and
+				 * redirect (a TCP connection stays with the proxy that
+				 * holds it). */
 				/* The peer's address may map to another identity now;
 				 * the proxy's mark, though, is the flow's for good. */
 				__u32 peer = ct->peer_identity;
@@ -1594,7 +1601,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 						   why == REASON_FAIL_CLOSED ? why : REASON_REVALIDATE, EVENT_F_DROPPED | eflags);
 					return TC_ACT_SHOT;
 				}
-				if (reproxy) {
+				int unproxy = ct->verdict == VERDICT_REDIRECT && pv.verdict != VERDICT_REDIRECT &&
+					      f.proto != IPPROTO_TCP && !related;
+				if (reproxy || unproxy) {
 					bpf_map_delete_elem(&conntrack, &ck);
 					goto new_flow;
 				}
