@@ -80,7 +80,8 @@ func TestPrivilegedSocketLBFlags(t *testing.T) {
 		}
 		defer f.Close()
 		n := 0
-		for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP4Recvmsg, ebpf.AttachCgroupInet4GetPeername} {
+		for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP4Recvmsg, ebpf.AttachCgroupInet4GetPeername,
+			ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupUDP6Sendmsg, ebpf.AttachCGroupUDP6Recvmsg, ebpf.AttachCgroupInet6GetPeername} {
 			r, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
 			if err != nil {
 				t.Fatalf("query %s: %v", at, err)
@@ -113,8 +114,9 @@ func TestPrivilegedSocketLBFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	lb.Close() // as the agent exits: pins stay
-	if n, p := attached(), pins(); n != 4 || len(p) != 4 {
-		t.Fatalf("after the agent exited: %d programs attached, pins %v; want 4 and 4", n, p)
+	// Four hooks per family (connect, sendmsg, recvmsg, getpeername).
+	if n, p := attached(), pins(); n != 8 || len(p) != 8 {
+		t.Fatalf("after the agent exited: %d programs attached, pins %v; want 8 and 8", n, p)
 	}
 	code, out, errOut := runCLI(t, "bpf", "lb", "list", "--bpffs", bpffs, "-o", "json")
 	if code != 0 {
