@@ -65,30 +65,34 @@ func (t *Topology) Send(ctx context.Context, c Check, o ProbeOptions) Observatio
 	}
 	if c.From == NodeHost && dst != nil {
 		// from the node's own namespace and address (kubelet's probes)
+		if c.Name != "" {
+			return t.sendByName(ctx, t.Node, c, o)
+		}
 		return send(ctx, netnsDialer(t.Node, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.Addr(c.Family), c.Port), c, o)
 	}
 	if src == nil || dst == nil {
 		return Observation{Verdict: Errored, Detail: "unknown host"}
 	}
 	if c.Name != "" {
-		return t.sendByName(ctx, src, c, o)
+		return t.sendByName(ctx, src.NS, c, o)
 	}
 	return send(ctx, netnsDialer(src.NS, o.ConnectTimeout), netip.AddrPortFrom(dst.Host.Addr(c.Family), c.Port), c, o)
 }
 
 // sendByName resolves c.Name by asking the DNS server c.ResolvedBy from
-// the source's namespace (through the DNS proxy when rules.dns apply,
+// the source's namespace srcNS (the node's for checks from the node;
+// through the DNS proxy when rules.dns apply,
 // whose answer the agent holds until toFQDNs admit the address), then
 // sends the HTTP request to the answered address with Host: c.Name. A
 // refused or unanswered query is the check's outcome. Over IPv6 the query
 // is for AAAA and goes to the server's IPv6 address, and the answer must
 // be an IPv6 address (never a silent IPv4 request).
-func (t *Topology) sendByName(ctx context.Context, src *HostNS, c Check, o ProbeOptions) Observation {
+func (t *Topology) sendByName(ctx context.Context, srcNS string, c Check, o ProbeOptions) Observation {
 	server := t.hosts[c.ResolvedBy]
 	if server == nil {
 		return Observation{Verdict: Errored, Detail: "unknown DNS server " + c.ResolvedBy}
 	}
-	dial := netnsDialer(src.NS, o.ConnectTimeout)
+	dial := netnsDialer(srcNS, o.ConnectTimeout)
 	q := c
 	q.HTTP, q.DNS = nil, &DNSQuery{Name: c.Name, AAAA: c.Family == FamilyIPv6}
 	obs := send(ctx, dial, netip.AddrPortFrom(server.Host.Addr(c.Family), 53), q, o)

@@ -384,3 +384,24 @@ func TestPrivilegedScenarioInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestPrivilegedCheckByNameFromNode: a check by name from the node asks the
+// scenario's DNS server from the node's namespace and sends to the answered
+// address (before, it went straight to the zone's host without a query: its
+// detail had no "NAME → ADDRESS").
+func TestPrivilegedCheckByNameFromNode(t *testing.T) {
+	runScenarioAfter(t, scenarioByName(t, "dns"), func(ctx context.Context, step int, topo *Topology) error {
+		if step != 0 {
+			return nil
+		}
+		c := Check{
+			From: NodeHost, To: "external:api", Port: 80, HTTP: &HTTPRequest{Method: "GET", Path: "/"},
+			Name: "api.example.test.", ResolvedBy: "kube-system/coredns", Expect: Allowed,
+		}
+		obs := topo.Send(ctx, c, DefaultProbeOptions())
+		if obs.Verdict != Allowed || !strings.HasPrefix(obs.Detail, "api.example.test → 198.19.30.10: ") {
+			t.Errorf("from node by name: %s %q, want allowed after resolving api.example.test → 198.19.30.10", obs.Verdict, obs.Detail)
+		}
+		return nil
+	})
+}
