@@ -139,4 +139,3 @@ func readPID(t *testing.T, run string) int {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return pid
 }
-
