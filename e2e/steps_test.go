@@ -3,10 +3,13 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -1020,10 +1023,18 @@ func url(a netip.Addr, port uint16, path string) string {
 	return "http://" + netip.AddrPortFrom(a, port).String() + path
 }
 
-// curlAddr requests url from a pod (curl -g: brackets are literal).
-func (c cluster) curlAddr(t *testing.T, pod, method, u string) (string, int) {
-	t.Helper()
-	return c.exec(t, pod, "curl", "-g", "-s", "--max-time", "5", "-X"+method, u)
+// curlAddr requests url from a pod (curl -g: brackets are literal); safe
+// to call from several goroutines: a failure to run kubectl is exit -1.
+func (c cluster) curlAddr(pod, method, u string) (string, int) {
+	out, err := run(context.Background(), 90*time.Second, c.kubectl, "exec", pod, "--", "curl", "-g", "-s", "--max-time", "5", "-X"+method, u)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out, 0
+	case errors.As(err, &ee):
+		return out, ee.ExitCode()
+	}
+	return fmt.Sprintf("kubectl exec %s: %v: %s", pod, err, out), -1
 }
 
 func family(a netip.Addr) string {
@@ -1031,6 +1042,21 @@ func family(a netip.Addr) string {
 		return "IPv4"
 	}
 	return "IPv6"
+}
+
+// req is one request of step 9 and the verdict it should get.
+type req struct {
+	client, method string
+	dst            netip.Addr
+	port           uint16
+	want           string
+}
+
+func (r req) url() string {
+	if r.method == "PUT" {
+		return url(r.dst, r.port, "/v1/exhaust-port")
+	}
+	return url(r.dst, r.port, "/v1/ships")
 }
 
 // Step 9: dual-stack over IPv6 in the real cluster, beside the same
@@ -1105,7 +1131,7 @@ func TestStep9DualStack(t *testing.T) {
 	first := backends[0]
 	for _, a := range []netip.Addr{ip4[first], ip6[first], cip4, cip6} {
 		eventually(t, 60*time.Second, "tiefighter GET "+url(a, 80, "/v1/ships")+" without policy", func() error {
-			if out, code := c.curlAddr(t, "tiefighter", "GET", url(a, 80, "/v1/ships")); code != 0 || strings.TrimSpace(out) != "GET /v1/ships" {
+			if out, code := c.curlAddr("tiefighter", "GET", url(a, 80, "/v1/ships")); code != 0 || strings.TrimSpace(out) != "GET /v1/ships" {
 				return fmt.Errorf("exit %d %q", code, out)
 			}
 			return nil
@@ -1125,26 +1151,36 @@ func TestStep9DualStack(t *testing.T) {
 		}
 		return fmt.Sprintf("exit %d %q", code, firstLine(out))
 	}
-	type req struct {
-		client, method string
-		dst            netip.Addr
-		port           uint16
-		want           string
-	}
-	// check runs the requests; a same-node client's timeouts through the
-	// L7 proxy are named as such (sameNode).
-	check := func(t *testing.T, reqs []req) {
+	// check runs the requests, a few at a time (a dropped one waits for
+	// curl's timeout), and reports each wrong verdict; a same-node
+	// client's timeouts through the L7 proxy are named as such (sameNode).
+	check := func(t *testing.T, reqs []req, report func(timedOut bool, format string, args ...any)) {
 		t.Helper()
-		for _, r := range reqs {
-			path := "/v1/ships"
-			if r.method == "PUT" {
-				path = "/v1/exhaust-port"
-			}
-			out, code := c.curlAddr(t, r.client, r.method, url(r.dst, r.port, path))
-			if got := verdict(out, code); got != r.want {
-				t.Errorf("%s %s %s over %s: %s, want %s", r.client, r.method, url(r.dst, r.port, path), family(r.dst), got, r.want)
+		got := make([]string, len(reqs))
+		codes := make([]int, len(reqs))
+		sem := make(chan struct{}, 6)
+		var wg sync.WaitGroup
+		for i, r := range reqs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				out, code := c.curlAddr(r.client, r.method, r.url())
+				got[i], codes[i] = verdict(out, code), code
+			}()
+		}
+		wg.Wait()
+		for i, r := range reqs {
+			if got[i] != r.want {
+				report(codes[i] == 28, "%s %s %s over %s: %s, want %s", r.client, r.method, r.url(), family(r.dst), got[i], r.want)
+			} else {
+				t.Logf("%s %s %s over %s: %s", r.client, r.method, r.url(), family(r.dst), got[i])
 			}
 		}
+	}
+	errorf := func(t *testing.T) func(bool, string, ...any) {
+		return func(_ bool, format string, args ...any) { t.Helper(); t.Errorf(format, args...) }
 	}
 	// both: the same requests over IPv4 and over IPv6
 	both := func(client, method string, dst4, dst6 netip.Addr, port uint16, want string) []req {
@@ -1182,7 +1218,7 @@ func TestStep9DualStack(t *testing.T) {
 			reqs = append(reqs, both(p, "GET", ip4[first], ip6[first], 80, "dropped")...)
 			reqs = append(reqs, both(p, "GET", cip4, cip6, 80, "dropped")...)
 		}
-		check(t, reqs)
+		check(t, reqs, errorf(t))
 	})
 
 	t.Run("L7 ingress over IPv6 ClusterIP: GET allowed, PUT 403", func(t *testing.T) {
@@ -1193,15 +1229,7 @@ func TestStep9DualStack(t *testing.T) {
 			reqs := append(both(p, "GET", cip4, cip6, 80, "ok"), both(p, "PUT", cip4, cip6, 80, "403")...)
 			reqs = append(reqs, both(p, "PUT", ip4[first], ip6[first], 80, "403")...)
 			if p == "tiefighter" {
-				sameNode(t, "same node", func(t *testing.T, report func(bool, string, ...any)) {
-					for _, r := range reqs {
-						path := map[string]string{"GET": "/v1/ships", "PUT": "/v1/exhaust-port"}[r.method]
-						out, code := c.curlAddr(t, r.client, r.method, url(r.dst, r.port, path))
-						if got := verdict(out, code); got != r.want {
-							report(code == 28, "%s %s %s over %s: %s, want %s", r.client, r.method, url(r.dst, r.port, path), family(r.dst), got, r.want)
-						}
-					}
-				})
+				sameNode(t, "same node", func(t *testing.T, report func(bool, string, ...any)) { check(t, reqs, report) })
 				continue
 			}
 			remote = append(remote, reqs...)
@@ -1209,7 +1237,7 @@ func TestStep9DualStack(t *testing.T) {
 		for _, p := range c.clients("xwing") {
 			remote = append(remote, both(p, "GET", cip4, cip6, 80, "dropped")...)
 		}
-		check(t, remote)
+		check(t, remote, errorf(t))
 		c.must(t, "delete", "cnp", "ds-ingress")
 	})
 
@@ -1225,7 +1253,7 @@ func TestStep9DualStack(t *testing.T) {
 		for _, p := range c.clients("xwing") {
 			reqs = append(reqs, both(p, "GET", cip4, cip6, 80, "dropped")...)
 		}
-		check(t, reqs)
+		check(t, reqs, errorf(t))
 		// by name over IPv6: CoreDNS answers the AAAA record (the IPv6
 		// ClusterIP), the L7 egress rule decides
 		const name = "ds-deathstar.default.svc.cluster.local"
@@ -1246,16 +1274,20 @@ func TestStep9DualStack(t *testing.T) {
 			out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe",
 				"--from-ip", ip6["xwing"].String(), "--drops", "--last", "50")
 			for _, l := range strings.Split(out, "\n") {
-				toBackend := strings.Contains(l, "default/ds-deathstar") && strings.Contains(l, ":80 ")
+				// this run's backends (the flow buffer outlives pods)
+				toBackend := false
+				for _, b := range backends {
+					toBackend = toBackend || strings.Contains(l, "default/"+b+":80 ")
+				}
 				for b := range backend6 {
-					toBackend = toBackend || strings.Contains(l, netip.AddrPortFrom(b, 80).String())
+					toBackend = toBackend || strings.Contains(l, " "+netip.AddrPortFrom(b, 80).String()+" ")
 				}
 				if strings.Contains(l, "spec.egress") && strings.Contains(l, "DROPPED") && toBackend && !strings.Contains(l, cip6.String()) {
 					t.Logf("observe: %s", l)
 					return nil
 				}
 			}
-			c.curlAddr(t, "xwing", "GET", url(cip6, 80, "/v1/ships"))
+			c.curlAddr("xwing", "GET", url(cip6, 80, "/v1/ships"))
 			return fmt.Errorf("%v: no egress drop from %s to %v:\n%s", err, ip6["xwing"], backend6, out)
 		})
 	})

@@ -81,10 +81,27 @@ on() {
   nsenter --net="/run/netns/$(netns_of "$n")" --mount="$(mntns_of "$n")" -- "$@"
 }
 
+# close_fds: closes every descriptor above 2 of the calling (sub)shell, so
+# a daemon inherits none: `flock /tmp/l7gate-e2e.lock make e2e` gives its
+# children the lock's descriptor, and a kept cluster's daemons (E2E_KEEP=1,
+# cluster-up) holding it would keep every later e2e run waiting until
+# cluster-down.
+close_fds() {
+  local f n
+  for f in /proc/$BASHPID/fd/*; do
+    n=${f##*/}
+    [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-" 2>/dev/null
+  done
+  return 0
+}
+
+# close_fds_then CMD...: CMD without the caller's descriptors above 2
+close_fds_then() { close_fds; exec "$@"; }
+
 # start NODE NAME CMD...: a daemon in the node, log in logs/, pid recorded
 start() {
   local n=$1 name=$2; shift 2
-  nsenter --net="/run/netns/$(netns_of "$n")" --mount="$(mntns_of "$n")" -- setsid "$@" \
+  close_fds_then nsenter --net="/run/netns/$(netns_of "$n")" --mount="$(mntns_of "$n")" -- setsid "$@" \
     >"$W/logs/$n-$name.log" 2>&1 </dev/null &
   echo $! >"$W/pids/$n-$name"
 }
@@ -243,7 +260,7 @@ control_plane() {
     --service-account-issuer=https://kubernetes.default.svc.$CLUSTER_DOMAIN \
     --authorization-mode=Node,RBAC --allow-privileged=true --profiling=false
   # the host's door to the apiserver (loopback only)
-  socat "TCP-LISTEN:$API_PORT,bind=127.0.0.1,reuseaddr,fork" \
+  close_fds_then socat "TCP-LISTEN:$API_PORT,bind=127.0.0.1,reuseaddr,fork" \
     "EXEC:nsenter --net=/run/netns/$(netns_of node1) socat STDIO TCP\:$ip\:6443" \
     >"$W/logs/host-apiserver-forward.log" 2>&1 </dev/null &
   echo $! >"$W/pids/host-apiserver-forward"
