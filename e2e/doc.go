@@ -1,6 +1,7 @@
 // Package e2e is l7gate's end-to-end suite on a real Kubernetes cluster:
 // kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy
-// (iptables) and kubectl built from k8s.io/kubernetes, containerd and runc,
+// (iptables and ip6tables: the cluster is dual-stack, IPv4 primary) and
+// kubectl built from k8s.io/kubernetes, containerd and runc,
 // the CNI plugins and etcd from Debian, CoreDNS, and l7gate installed with
 // `helm install deploy/helm/l7gate`, all on this machine in namespaces of
 // their own (hack/cluster.sh).

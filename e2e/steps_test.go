@@ -3,9 +3,13 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -878,5 +882,413 @@ func TestStep8EgressByServiceName(t *testing.T) {
 		}
 		c.curl(t, "xwing", "POST", "/v1/request-landing")
 		return fmt.Errorf("%v: no egress drop from %s to deathstar %v:\n%s", err, xwingIP, deathstarIPs, out)
+	})
+}
+
+// The dual-stack cluster's IPv6 ranges (hack/cluster.sh).
+var (
+	podCIDR6 = netip.MustParsePrefix("fd00:7e2e:1::/56")
+	svcCIDR6 = netip.MustParsePrefix("fd00:7e2e:2::/112")
+)
+
+// dsYAML is step 9's dual-stack workload: a deathstar-like HTTP server
+// (2 replicas on node1) listening on the pod's IPv4 and IPv6 addresses
+// (both from status.podIPs), behind a Service that requires both families.
+const dsYAML = `apiVersion: v1
+kind: Service
+metadata:
+  name: ds-deathstar
+spec:
+  type: ClusterIP
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  ports:
+  - {port: 80}
+  selector: {app: ds-deathstar}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ds-deathstar
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: ds-deathstar}
+  template:
+    metadata:
+      labels: {app: ds-deathstar}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node1}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: server
+        image: ` + workloadImage + `
+        imagePullPolicy: Never
+        # POD_IPS is "<IPv4>,<IPv6>" (IPv4 is the cluster's primary family)
+        command: [sh, -c, 'exec l7gate demo serve --config "{\"host\":\"ds-deathstar\",\"ip\":\"${POD_IPS%%,*}\",\"ip6\":\"${POD_IPS##*,}\",\"serve\":[\"http:80\"]}"']
+        env:
+        - name: POD_IPS
+          valueFrom: {fieldRef: {fieldPath: status.podIPs}}
+        readinessProbe:
+          tcpSocket: {port: 80}
+          periodSeconds: 2
+`
+
+// dsIngressL4 and dsIngressL7 select the dual-stack servers: empire pods
+// may reach port 80 (L4), then only with GET (L7); every other peer and
+// port is denied (default deny of the selected pods).
+const dsIngressL4 = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: ds-ingress
+spec:
+  endpointSelector:
+    matchLabels: {app: ds-deathstar}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {org: empire}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+`
+
+const dsIngressL7 = dsIngressL4 + `      rules:
+        http:
+        - method: GET
+`
+
+// dsEgressYAML: tiefighter may resolve names and GET from the dual-stack
+// servers (an L7 egress rule on the backend pods' labels); xwing may only
+// resolve names. No ingress policy.
+const dsEgressYAML = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: ds-tiefighter-egress
+spec:
+  endpointSelector:
+    matchLabels: {org: empire, class: tiefighter}
+  egress:
+  - toEndpoints:
+    - matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+  - toEndpoints:
+    - matchLabels: {app: ds-deathstar}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: ds-xwing-egress
+spec:
+  endpointSelector:
+    matchLabels: {org: alliance, class: xwing}
+  egress:
+  - toEndpoints:
+    - matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+`
+
+// podIPs is a pod's status.podIPs from the API server, one per family;
+// it fails the test unless the pod has exactly one IPv4 address and one
+// IPv6 address in the cluster's IPv6 pod CIDR.
+func (c cluster) podIPs(t *testing.T, pod string) (v4, v6 netip.Addr) {
+	t.Helper()
+	out := c.must(t, "get", "pod", pod, "-o", "jsonpath={.status.podIPs[*].ip}")
+	for _, s := range strings.Fields(out) {
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil:
+			t.Fatalf("%s: status.podIPs %q: %v", pod, out, err)
+		case a.Is4() && !v4.IsValid():
+			v4 = a
+		case a.Is6() && podCIDR6.Contains(a) && !v6.IsValid():
+			v6 = a
+		default:
+			t.Fatalf("%s: status.podIPs %q: unexpected %s", pod, out, a)
+		}
+	}
+	if !v4.IsValid() || !v6.IsValid() {
+		t.Fatalf("%s: status.podIPs %q, want one IPv4 and one IPv6 in %s", pod, out, podCIDR6)
+	}
+	return v4, v6
+}
+
+// url is http://ADDR:PORT/PATH with an IPv6 address bracketed.
+func url(a netip.Addr, port uint16, path string) string {
+	return "http://" + netip.AddrPortFrom(a, port).String() + path
+}
+
+// curlAddr requests url from a pod (curl -g: brackets are literal); safe
+// to call from several goroutines: a failure to run kubectl is exit -1.
+func (c cluster) curlAddr(pod, method, u string) (string, int) {
+	out, err := run(context.Background(), 90*time.Second, c.kubectl, "exec", pod, "--", "curl", "-g", "-s", "--max-time", "5", "-X"+method, u)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out, 0
+	case errors.As(err, &ee):
+		return out, ee.ExitCode()
+	}
+	return fmt.Sprintf("kubectl exec %s: %v: %s", pod, err, out), -1
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// req is one request of step 9 and the verdict it should get.
+type req struct {
+	client, method string
+	dst            netip.Addr
+	port           uint16
+	want           string
+}
+
+func (r req) url() string {
+	if r.method == "PUT" {
+		return url(r.dst, r.port, "/v1/exhaust-port")
+	}
+	return url(r.dst, r.port, "/v1/ships")
+}
+
+// Step 9: dual-stack over IPv6 in the real cluster, beside the same
+// checks over IPv4 (same verdicts): pods' IPv6 addresses from
+// status.podIPs reach every agent's ipcache with the pod's identity; an
+// L3/L4 ingress policy and its default deny decide by IPv6 as by IPv4 on
+// one node and across nodes; a RequireDualStack Service's IPv6 ClusterIP
+// (programmed by kube-proxy in ip6tables) is reached with an L7 rule
+// deciding over IPv6 (GET allowed, PUT 403); with egress rules on the
+// backends' labels only the socket LB's connect()-time translation of the
+// IPv6 ClusterIP to a backend's IPv6 address lets a request through, and
+// a denied client's IPv6 connection is dropped (timeout, never a reset or
+// an answer), observed as an egress drop to a backend's IPv6 address.
+func TestStep9DualStack(t *testing.T) {
+	c := env(t)
+	c.agentLogsOnFailure(t)
+	c.setupStarwars(t)
+	c.apply(t, dsYAML)
+	t.Cleanup(func() {
+		c.k(t, "delete", "cnp", "ds-ingress", "ds-tiefighter-egress", "ds-xwing-egress", "--ignore-not-found") //nolint:errcheck
+		c.deleteYAML(t, dsYAML)
+	})
+	c.must(t, "rollout", "status", "deploy/ds-deathstar", "--timeout=180s")
+
+	// Addresses from the API server: every pod has both families, the
+	// Service an IPv6 ClusterIP in the IPv6 service CIDR.
+	clients := append(c.clients("tiefighter"), c.clients("xwing")...)
+	ip4, ip6 := map[string]netip.Addr{}, map[string]netip.Addr{}
+	for _, p := range clients {
+		ip4[p], ip6[p] = c.podIPs(t, p)
+	}
+	backends := strings.Fields(c.must(t, "get", "pod", "-l", "app=ds-deathstar", "-o", `jsonpath={range .items[*]}{.metadata.name}{" "}{end}`))
+	if len(backends) != 2 {
+		t.Fatalf("ds-deathstar pods: %v", backends)
+	}
+	backend6 := map[netip.Addr]bool{}
+	for _, b := range backends {
+		v4, v6 := c.podIPs(t, b)
+		backend6[v6] = true
+		if b == backends[0] {
+			ip4[b], ip6[b] = v4, v6
+		}
+	}
+	cips := strings.Fields(c.must(t, "get", "svc", "ds-deathstar", "-o", `jsonpath={.spec.clusterIPs[*]}`))
+	if len(cips) != 2 {
+		t.Fatalf("ds-deathstar clusterIPs %v, want an IPv4 and an IPv6 one", cips)
+	}
+	cip4, err4 := netip.ParseAddr(cips[0])
+	cip6, err6 := netip.ParseAddr(cips[1])
+	if err4 != nil || err6 != nil || !cip4.Is4() || !svcCIDR6.Contains(cip6) {
+		t.Fatalf("ds-deathstar clusterIPs %v, want [IPv4, IPv6 in %s]", cips, svcCIDR6)
+	}
+	t.Logf("ds-deathstar ClusterIPs %s %s, backends %v; tiefighter %s %s", cip4, cip6, backends, ip4["tiefighter"], ip6["tiefighter"])
+
+	// kube-proxy runs dual-stack: the IPv6 ClusterIP is in ip6tables on
+	// every node (what a pod hits without the socket LB).
+	if id := os.Getenv("E2E_ID"); id != "" {
+		for i := 1; i <= c.nodes; i++ {
+			ns := fmt.Sprintf("l7e2e-%s-node%d", id, i)
+			eventually(t, 30*time.Second, fmt.Sprintf("node%d: ip6tables KUBE-SERVICES has %s", i, cip6), func() error {
+				out, err := run(t.Context(), 30*time.Second, "ip", "netns", "exec", ns, "ip6tables", "-t", "nat", "-S", "KUBE-SERVICES")
+				if err != nil || !strings.Contains(out, cip6.String()+"/128") {
+					return fmt.Errorf("%v\n%s", err, out)
+				}
+				return nil
+			})
+		}
+	}
+
+	// No policy yet: both families reach a backend, by pod IP and by
+	// ClusterIP (the first IPv6 packets wait for neighbour discovery).
+	first := backends[0]
+	for _, a := range []netip.Addr{ip4[first], ip6[first], cip4, cip6} {
+		eventually(t, 60*time.Second, "tiefighter GET "+url(a, 80, "/v1/ships")+" without policy", func() error {
+			if out, code := c.curlAddr("tiefighter", "GET", url(a, 80, "/v1/ships")); code != 0 || strings.TrimSpace(out) != "GET /v1/ships" {
+				return fmt.Errorf("exit %d %q", code, out)
+			}
+			return nil
+		})
+	}
+
+	// want: "ok" (200 and the echo), "403" (the proxy's Access denied) or
+	// "dropped" (curl timed out: exit 28).
+	verdict := func(out string, code int) string {
+		switch {
+		case code == 28:
+			return "dropped"
+		case code == 0 && strings.TrimSpace(out) == "Access denied":
+			return "403"
+		case code == 0 && strings.HasPrefix(strings.TrimSpace(out), "GET /"):
+			return "ok"
+		}
+		return fmt.Sprintf("exit %d %q", code, firstLine(out))
+	}
+	// check runs the requests, a few at a time (a dropped one waits for
+	// curl's timeout), and reports each wrong verdict; a same-node
+	// client's timeouts through the L7 proxy are named as such (sameNode).
+	check := func(t *testing.T, reqs []req, report func(timedOut bool, format string, args ...any)) {
+		t.Helper()
+		got := make([]string, len(reqs))
+		codes := make([]int, len(reqs))
+		sem := make(chan struct{}, 6)
+		var wg sync.WaitGroup
+		for i, r := range reqs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				out, code := c.curlAddr(r.client, r.method, r.url())
+				got[i], codes[i] = verdict(out, code), code
+			}()
+		}
+		wg.Wait()
+		for i, r := range reqs {
+			if got[i] != r.want {
+				report(codes[i] == 28, "%s %s %s over %s: %s, want %s", r.client, r.method, r.url(), family(r.dst), got[i], r.want)
+			} else {
+				t.Logf("%s %s %s over %s: %s", r.client, r.method, r.url(), family(r.dst), got[i])
+			}
+		}
+	}
+	errorf := func(t *testing.T) func(bool, string, ...any) {
+		return func(_ bool, format string, args ...any) { t.Helper(); t.Errorf(format, args...) }
+	}
+	// both: the same requests over IPv4 and over IPv6
+	both := func(client, method string, dst4, dst6 netip.Addr, port uint16, want string) []req {
+		return []req{{client, method, dst4, port, want}, {client, method, dst6, port, want}}
+	}
+
+	t.Run("L3/L4 ingress by IPv6 as by IPv4", func(t *testing.T) {
+		c.apply(t, dsIngressL4)
+		c.waitPolicy(t, "default", "ds-ingress")
+		// node1's agent (the backends') knows every client's IPv6 address
+		// (from status.podIPs), with the identity of its IPv4 address
+		agent := c.agentPod(t, "node1")
+		ipc := c.must(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "bpf", "ipcache", "list")
+		idOf := func(a netip.Addr) string {
+			for _, l := range strings.Split(ipc, "\n") {
+				if f := strings.Fields(l); len(f) == 2 && f[0] == netip.PrefixFrom(a, a.BitLen()).String() {
+					return f[1]
+				}
+			}
+			return ""
+		}
+		for _, p := range clients {
+			if id4, id6 := idOf(ip4[p]), idOf(ip6[p]); id6 == "" || id6 != id4 {
+				t.Errorf("node1 ipcache: %s's IPv6 %s has identity %q, its IPv4 %s %q", p, ip6[p], id6, ip4[p], id4)
+			}
+		}
+		var reqs []req
+		for _, p := range c.clients("tiefighter") {
+			reqs = append(reqs, both(p, "GET", ip4[first], ip6[first], 80, "ok")...)
+			reqs = append(reqs, both(p, "GET", cip4, cip6, 80, "ok")...)
+			// a port the rule does not allow: dropped, not refused by the pod
+			reqs = append(reqs, both(p, "GET", ip4[first], ip6[first], 81, "dropped")...)
+		}
+		for _, p := range c.clients("xwing") {
+			reqs = append(reqs, both(p, "GET", ip4[first], ip6[first], 80, "dropped")...)
+			reqs = append(reqs, both(p, "GET", cip4, cip6, 80, "dropped")...)
+		}
+		check(t, reqs, errorf(t))
+	})
+
+	t.Run("L7 ingress over IPv6 ClusterIP: GET allowed, PUT 403", func(t *testing.T) {
+		c.apply(t, dsIngressL7)
+		c.waitPolicy(t, "default", "ds-ingress")
+		var remote []req
+		for _, p := range c.clients("tiefighter") {
+			reqs := append(both(p, "GET", cip4, cip6, 80, "ok"), both(p, "PUT", cip4, cip6, 80, "403")...)
+			reqs = append(reqs, both(p, "PUT", ip4[first], ip6[first], 80, "403")...)
+			if p == "tiefighter" {
+				sameNode(t, "same node", func(t *testing.T, report func(bool, string, ...any)) { check(t, reqs, report) })
+				continue
+			}
+			remote = append(remote, reqs...)
+		}
+		for _, p := range c.clients("xwing") {
+			remote = append(remote, both(p, "GET", cip4, cip6, 80, "dropped")...)
+		}
+		check(t, remote, errorf(t))
+		c.must(t, "delete", "cnp", "ds-ingress")
+	})
+
+	t.Run("egress through the socket LB over IPv6", func(t *testing.T) {
+		c.apply(t, dsEgressYAML)
+		c.waitPolicy(t, "default", "ds-tiefighter-egress")
+		c.waitPolicy(t, "default", "ds-xwing-egress")
+		var reqs []req
+		for _, p := range c.clients("tiefighter") {
+			reqs = append(reqs, both(p, "GET", cip4, cip6, 80, "ok")...)
+			reqs = append(reqs, both(p, "PUT", cip4, cip6, 80, "403")...)
+		}
+		for _, p := range c.clients("xwing") {
+			reqs = append(reqs, both(p, "GET", cip4, cip6, 80, "dropped")...)
+		}
+		check(t, reqs, errorf(t))
+		// by name over IPv6: CoreDNS answers the AAAA record (the IPv6
+		// ClusterIP), the L7 egress rule decides
+		const name = "ds-deathstar.default.svc.cluster.local"
+		for _, p := range c.clients("tiefighter") {
+			out, code := c.exec(t, p, "curl", "-6", "-s", "--max-time", "5", "-w", " %{remote_ip}", "-XPUT", "http://"+name+"/v1/exhaust-port")
+			if code != 0 || !strings.HasPrefix(out, "Access denied") || !strings.HasSuffix(out, " "+cip6.String()) {
+				t.Errorf("%s curl -6 PUT %s: exit %d %q, want Access denied from %s", p, name, code, out, cip6)
+			}
+			out, code = c.exec(t, p, "curl", "-6", "-s", "--max-time", "5", "-w", " %{remote_ip}", "http://"+name+"/v1/ships")
+			if code != 0 || !strings.HasPrefix(out, "GET /v1/ships") || !strings.HasSuffix(out, " "+cip6.String()) {
+				t.Errorf("%s curl -6 GET %s: exit %d %q, want GET /v1/ships from %s", p, name, code, out, cip6)
+			}
+		}
+		// xwing's IPv6 drop is an egress drop to a backend's IPv6 address:
+		// the datapath saw the backend, not the IPv6 ClusterIP
+		agent := c.agentPod(t, "node1")
+		eventually(t, 30*time.Second, "l7gate observe shows xwing's IPv6 egress drop to a ds-deathstar pod", func() error {
+			out, err := c.k(t, "-n", "kube-system", "exec", agent, "-c", "agent", "--", "l7gate", "observe",
+				"--from-ip", ip6["xwing"].String(), "--drops", "--last", "50")
+			for _, l := range strings.Split(out, "\n") {
+				// this run's backends (the flow buffer outlives pods)
+				toBackend := false
+				for _, b := range backends {
+					toBackend = toBackend || strings.Contains(l, "default/"+b+":80 ")
+				}
+				for b := range backend6 {
+					toBackend = toBackend || strings.Contains(l, " "+netip.AddrPortFrom(b, 80).String()+" ")
+				}
+				if strings.Contains(l, "spec.egress") && strings.Contains(l, "DROPPED") && toBackend && !strings.Contains(l, cip6.String()) {
+					t.Logf("observe: %s", l)
+					return nil
+				}
+			}
+			c.curlAddr("xwing", "GET", url(cip6, 80, "/v1/ships"))
+			return fmt.Errorf("%v: no egress drop from %s to %v:\n%s", err, ip6["xwing"], backend6, out)
+		})
 	})
 }

@@ -3,19 +3,31 @@
 # network and mount namespaces of its own (the machine's routing, iptables,
 # sysctls and mounts are never touched):
 #
-#   switch netns   a bridge joining the nodes' eth0 (198.18.0.0/24)
-#   node netns     one per node (node1 198.18.0.11, node2 198.18.0.12, ...),
+# Dual-stack, IPv4 primary: every node, pod and dual-stack Service has an
+# IPv4 and an IPv6 (fd00:7e2e::/32) address; Services are IPv4-only unless
+# they ask for both families (ipFamilyPolicy).
+#
+#   switch netns   a bridge joining the nodes' eth0 (198.18.0.0/24,
+#                  fd00:7e2e::/64)
+#   node netns     one per node (node1 198.18.0.11 + fd00:7e2e::11, node2
+#                  198.18.0.12 + fd00:7e2e::12, ...),
 #                  with its own mount namespace: /run, /var/lib, /var/log are
 #                  the node's own directories under the work dir, /sys/fs/bpf
 #                  is a fresh bpffs, and the global sysctls the kubelet wants
 #                  are files of its own. In it: containerd + runc (Debian),
 #                  kubelet (cgroupfs driver, cgroup root /l7e2e-<id>-<node>),
 #                  kube-proxy (iptables mode), CNI ptp + host-local + portmap
-#                  (Debian); pods 198.18.64.0/24 on node1, .65.0/24 on node2.
+#                  (Debian); pods 198.18.64.0/24 + fd00:7e2e:1:1::/64 on
+#                  node1, 198.18.65.0/24 + fd00:7e2e:1:2::/64 on node2
+#                  (cluster CIDRs 198.18.64.0/18, fd00:7e2e:1::/56); IPv4
+#                  and IPv6 forwarding, each node routes the others' pod
+#                  CIDRs via their eth0 address of the same family.
 #   node1 also     etcd (Debian) on its loopback, kube-apiserver on
 #                  198.18.0.11:6443, kube-controller-manager, kube-scheduler.
 #   host           only a socat forward 127.0.0.1:<port> -> the apiserver,
 #                  so kubectl on the host reaches the cluster.
+#   services       198.19.128.0/20 and fd00:7e2e:2::/112 (kube-proxy
+#                  iptables + ip6tables, dual-stack)
 #   in-cluster     CoreDNS (Deployment + kube-dns Service 198.19.128.10),
 #                  l7gate by `helm install deploy/helm/l7gate`.
 #
@@ -35,9 +47,11 @@ CACHE=${L7GATE_CACHE:-/var/cache/l7gate}
 WORKROOT=${L7GATE_E2E_DIR:-/var/tmp/l7gate-e2e}
 NODES=${E2E_NODES:-2}
 SVC_CIDR=198.19.128.0/20
+SVC_CIDR6=fd00:7e2e:2::/112
 SVC_KUBERNETES=198.19.128.1
 DNS_IP=198.19.128.10
 CLUSTER_CIDR=198.18.64.0/18
+CLUSTER_CIDR6=fd00:7e2e:1::/56
 CLUSTER_DOMAIN=cluster.local
 
 log() { echo "cluster: $(date +%T) $*" >&2; }
@@ -46,6 +60,9 @@ die() { log "FAIL: $*"; exit 1; }
 node_ip() { echo "198.18.0.$((10 + $1))"; }
 pod_cidr() { echo "198.18.$((63 + $1)).0/24"; }
 pod_gw() { echo "198.18.$((63 + $1)).1"; }
+node_ip6() { echo "fd00:7e2e::$((10 + $1))"; }
+pod_cidr6() { echo "fd00:7e2e:1:$1::/64"; }
+pod_gw6() { echo "fd00:7e2e:1:$1::1"; }
 
 # --- state of one cluster: $WORKROOT/<id>/ ----------------------------------
 load() { # load ID
@@ -64,10 +81,27 @@ on() {
   nsenter --net="/run/netns/$(netns_of "$n")" --mount="$(mntns_of "$n")" -- "$@"
 }
 
+# close_fds: closes every descriptor above 2 of the calling (sub)shell, so
+# a daemon inherits none: `flock /tmp/l7gate-e2e.lock make e2e` gives its
+# children the lock's descriptor, and a kept cluster's daemons (E2E_KEEP=1,
+# cluster-up) holding it would keep every later e2e run waiting until
+# cluster-down.
+close_fds() {
+  local f n
+  for f in /proc/$BASHPID/fd/*; do
+    n=${f##*/}
+    [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-" 2>/dev/null
+  done
+  return 0
+}
+
+# close_fds_then CMD...: CMD without the caller's descriptors above 2
+close_fds_then() { close_fds; exec "$@"; }
+
 # start NODE NAME CMD...: a daemon in the node, log in logs/, pid recorded
 start() {
   local n=$1 name=$2; shift 2
-  nsenter --net="/run/netns/$(netns_of "$n")" --mount="$(mntns_of "$n")" -- setsid "$@" \
+  close_fds_then nsenter --net="/run/netns/$(netns_of "$n")" --mount="$(mntns_of "$n")" -- setsid "$@" \
     >"$W/logs/$n-$name.log" 2>&1 </dev/null &
   echo $! >"$W/pids/$n-$name"
 }
@@ -147,15 +181,22 @@ topology() {
     ip link add "e2e$ID$i" netns "$(netns_of sw)" type veth peer name eth0 netns "$ns"
     ip -n "$(netns_of sw)" link set "e2e$ID$i" master br0 up
     ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0
     ip -n "$ns" addr add "$(node_ip "$i")/24" dev eth0
+    # nodad: the kubelet checks --node-ip against the node's addresses at
+    # once, and a tentative address cannot be bound
+    ip -n "$ns" -6 addr add "$(node_ip6 "$i")/64" dev eth0 nodad
     ip -n "$ns" link set eth0 up
-    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     # no default route here (nothing is outside), but a connect() to a
     # ClusterIP needs a route before kube-proxy's DNAT in OUTPUT applies
     ip -n "$ns" route add "$SVC_CIDR" dev eth0
+    ip -n "$ns" -6 route add "$SVC_CIDR6" dev eth0
     local j
     for j in $(seq 1 "$NODES"); do
-      [ "$j" = "$i" ] || ip -n "$ns" route add "$(pod_cidr "$j")" via "$(node_ip "$j")"
+      [ "$j" = "$i" ] && continue
+      ip -n "$ns" route add "$(pod_cidr "$j")" via "$(node_ip "$j")"
+      ip -n "$ns" -6 route add "$(pod_cidr6 "$j")" via "$(node_ip6 "$j")"
     done
     # the node's own directories and mount namespace
     local d=$W/$n
@@ -210,7 +251,7 @@ control_plane() {
   start node1 kube-apiserver "$KUBE_BIN/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
     --bind-address="$ip" --advertise-address="$ip" --secure-port=6443 \
-    --service-cluster-ip-range=$SVC_CIDR \
+    --service-cluster-ip-range=$SVC_CIDR,$SVC_CIDR6 \
     --tls-cert-file="$W/pki/apiserver.crt" --tls-private-key-file="$W/pki/apiserver.key" \
     --client-ca-file="$W/pki/ca.crt" \
     --kubelet-client-certificate="$W/pki/admin.crt" --kubelet-client-key="$W/pki/admin.key" \
@@ -219,7 +260,7 @@ control_plane() {
     --service-account-issuer=https://kubernetes.default.svc.$CLUSTER_DOMAIN \
     --authorization-mode=Node,RBAC --allow-privileged=true --profiling=false
   # the host's door to the apiserver (loopback only)
-  socat "TCP-LISTEN:$API_PORT,bind=127.0.0.1,reuseaddr,fork" \
+  close_fds_then socat "TCP-LISTEN:$API_PORT,bind=127.0.0.1,reuseaddr,fork" \
     "EXEC:nsenter --net=/run/netns/$(netns_of node1) socat STDIO TCP\:$ip\:6443" \
     >"$W/logs/host-apiserver-forward.log" 2>&1 </dev/null &
   echo $! >"$W/pids/host-apiserver-forward"
@@ -230,7 +271,8 @@ control_plane() {
     --authorization-kubeconfig="$W/admin-in.kubeconfig" \
     --service-account-private-key-file="$W/pki/sa.key" --root-ca-file="$W/pki/ca.crt" \
     --use-service-account-credentials=true --leader-elect=false --bind-address=127.0.0.1 \
-    --cluster-cidr=$CLUSTER_CIDR --service-cluster-ip-range=$SVC_CIDR --profiling=false
+    --cluster-cidr=$CLUSTER_CIDR,$CLUSTER_CIDR6 --service-cluster-ip-range=$SVC_CIDR,$SVC_CIDR6 \
+    --profiling=false
   start node1 kube-scheduler "$KUBE_BIN/kube-scheduler" \
     --kubeconfig="$W/admin-in.kubeconfig" --authentication-kubeconfig="$W/admin-in.kubeconfig" \
     --authorization-kubeconfig="$W/admin-in.kubeconfig" \
@@ -277,8 +319,11 @@ EOF
       "mtu": 1500,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": "$(pod_cidr "$i")", "gateway": "$(pod_gw "$i")"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
+        "ranges": [
+          [{"subnet": "$(pod_cidr "$i")", "gateway": "$(pod_gw "$i")"}],
+          [{"subnet": "$(pod_cidr6 "$i")", "gateway": "$(pod_gw6 "$i")"}]
+        ],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
       }
     },
     {"type": "portmap", "capabilities": {"portMappings": true}}
@@ -337,13 +382,13 @@ EOF
   cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/l7e2e-$ID-$n/cpuset.cpus"
   cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/l7e2e-$ID-$n/cpuset.mems"
   start "$n" kubelet "$KUBE_BIN/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$W/$n.kubeconfig" \
-    --hostname-override="$n" --node-ip="$ip"
+    --hostname-override="$n" --node-ip="$ip,$(node_ip6 "$i")"
   cat >"$d/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $W/admin-in.kubeconfig}
 mode: iptables
-clusterCIDR: $CLUSTER_CIDR
+clusterCIDR: $CLUSTER_CIDR,$CLUSTER_CIDR6
 hostnameOverride: $n
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249

@@ -526,3 +526,63 @@ spec: {clusterIP: 198.19.0.1, ports: [{port: 80}]}
 		t.Errorf("a plain ClusterIP: %v", errs)
 	}
 }
+
+// TestTraceServiceFamily: a dual-stack Service is traced through its
+// ClusterIP of the family asked for, to that family's backend addresses;
+// a Service without a ClusterIP of that family is an error naming it.
+func TestTraceServiceFamily(t *testing.T) {
+	objs := mustDecode(t, `apiVersion: v1
+kind: Pod
+metadata: {name: ds-1, namespace: default, labels: {app: ds}}
+status: {podIP: 198.18.30.1, podIPs: [{ip: 198.18.30.1}, {ip: "fd00:7e2e:1:1::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ds-2, namespace: default, labels: {app: ds}}
+status: {podIP: 198.18.30.2, podIPs: [{ip: 198.18.30.2}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ds, namespace: default}
+spec: {clusterIP: 198.19.30.10, clusterIPs: [198.19.30.10, "fd00:7e2e:2::10"], ipFamilies: [IPv4, IPv6], selector: {app: ds}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v4, namespace: default}
+spec: {clusterIP: 198.19.30.11, selector: {app: ds}, ports: [{port: 80}]}
+`)
+	objs.DeriveEndpointSlices()
+	src := TracePeer{Entity: "world"}
+	for _, tc := range []struct {
+		svc, family, frontend string
+		backends              []string
+	}{
+		{"default/ds", "", "198.19.30.10:80", []string{"198.18.30.1:80", "198.18.30.2:80"}},
+		{"default/ds", "IPv4", "198.19.30.10:80", []string{"198.18.30.1:80", "198.18.30.2:80"}},
+		{"default/ds", "IPv6", "[fd00:7e2e:2::10]:80", []string{"[fd00:7e2e:1:1::1]:80"}},
+	} {
+		res, err := Trace(objs, TraceRequest{Src: src, Dst: TracePeer{Service: tc.svc, Family: tc.family}, DPort: 80})
+		if err != nil {
+			t.Fatalf("%s %q: %v", tc.svc, tc.family, err)
+		}
+		var backends []string
+		for _, b := range res.Service.Backends {
+			backends = append(backends, b.Backend.String())
+		}
+		if res.Service.Frontend.String() != tc.frontend || !slices.Equal(backends, tc.backends) {
+			t.Errorf("%s %q: via %s to %v, want via %s to %v", tc.svc, tc.family, res.Service.Frontend, backends, tc.frontend, tc.backends)
+		}
+	}
+	for _, tc := range []struct {
+		dst  TracePeer
+		want string
+	}{
+		{TracePeer{Service: "default/v4", Family: "IPv6"}, "service default/v4 has no IPv6 ClusterIP (it has 198.19.30.11)"},
+		{TracePeer{Service: "default/ds", Family: "ipv6"}, `family "ipv6": want IPv4 or IPv6`},
+		{TracePeer{Addr: mustAddr("198.18.30.1"), Family: "IPv6"}, "a family is only given with a Service"},
+	} {
+		if _, err := Trace(objs, TraceRequest{Src: src, Dst: tc.dst, DPort: 80}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want an error naming %q", tc.dst, err, tc.want)
+		}
+	}
+}

@@ -22,6 +22,10 @@ type TracePeer struct {
 	// each backend the Service's port (the request's DPort) resolves to,
 	// as socket load balancing sends it.
 	Service string
+	// Family ("IPv4" or "IPv6", with Service only) picks the Service's
+	// ClusterIP of that family, and so that family's backends; empty: its
+	// first ClusterIP (IPv4 before IPv6).
+	Family string
 }
 
 // TraceRequest is a flow (and optionally one L7 request) to trace.
@@ -148,8 +152,11 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if req.Dst.Service != "" {
 		return traceService(objs, req)
 	}
-	if req.Src.Service != "" {
-		return nil, errors.New("source: a Service is only a destination")
+	if req.Dst.Family != "" && req.Dst.Service == "" {
+		return nil, errors.New("destination: a family is only given with a Service")
+	}
+	if req.Src.Service != "" || req.Src.Family != "" {
+		return nil, errors.New("source: a Service (and its family) is only a destination")
 	}
 	work := *objs
 	work.Pods = slices.Clone(objs.Pods)
@@ -346,9 +353,9 @@ func traceFQDN(objs *Objects, req *TraceRequest) (*FQDNTrace, error) {
 // traceService traces a flow to a Service's port: to each backend socket
 // load balancing may pick (ServiceFrontends without a node: every
 // endpoint, also for internalTrafficPolicy Local).
-// A dual-stack Service is traced through its first ClusterIP (IPv4 before
-// IPv6); its IPv6 ClusterIP's backends are the same pods' IPv6 addresses,
-// less any pod without one.
+// A dual-stack Service is traced through its ClusterIP of Dst.Family, by
+// default its first one (IPv4 before IPv6); its IPv6 ClusterIP's backends
+// are the same pods' IPv6 addresses, less any pod without one.
 func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	ns, name, ok := strings.Cut(req.Dst.Service, "/")
 	if !ok || ns == "" || name == "" {
@@ -357,11 +364,18 @@ func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if req.Dst.Labels != nil || req.Dst.Addr.IsValid() || req.Dst.Entity != "" {
 		return nil, errors.New("destination: give a Service or one of labels, an address or an entity")
 	}
+	if req.Dst.Family != "" && req.Dst.Family != "IPv4" && req.Dst.Family != "IPv6" {
+		return nil, fmt.Errorf("destination service %s: family %q: want IPv4 or IPv6", req.Dst.Service, req.Dst.Family)
+	}
 	fronts, _ := ServiceFrontends(objs, "")
-	var ports []string
+	var ports, others []string
 	var f *ServiceFrontend
 	for i := range fronts {
 		if fronts[i].Service != req.Dst.Service {
+			continue
+		}
+		if req.Dst.Family != "" && addressType(fronts[i].Address.Addr()) != req.Dst.Family {
+			others = append(others, fronts[i].Address.Addr().String())
 			continue
 		}
 		ports = append(ports, fmt.Sprintf("%d/%s", fronts[i].Address.Port(), fronts[i].Protocol))
@@ -370,6 +384,9 @@ func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 		}
 	}
 	if f == nil {
+		if len(ports) == 0 && len(others) > 0 {
+			return nil, fmt.Errorf("service %s has no %s ClusterIP (it has %s)", req.Dst.Service, req.Dst.Family, strings.Join(slices.Compact(others), ", "))
+		}
 		if len(ports) == 0 {
 			return nil, fmt.Errorf("service %s: not found, or without a load-balanced ClusterIP (TCP/UDP ports)", req.Dst.Service)
 		}

@@ -95,7 +95,7 @@ type traceFlags struct {
 	files                               []string
 	srcLabels, srcNS, srcCIDR, srcEnt   string
 	dstLabels, dstNS, dstCIDR, dstEnt   string
-	dstService                          string
+	dstService, family                  string
 	dport                               int
 	protocol                            string
 	httpMethod, httpPath, httpHost      string
@@ -133,6 +133,9 @@ the inputs. A destination may also be a Service:
                                                  or for a Service with a selector and no slice in the
                                                  inputs, the pods it selects), as the socket load
                                                  balancer sends connections there
+  --dst-service NS/NAME --family ipv4|ipv6       a dual-stack Service through its ClusterIP of that
+                                                 family, to its backends' addresses of that family
+                                                 (default: its first ClusterIP, IPv4 before IPv6)
 
 Invalid objects are reported and traced as the agent enforces them: an
 invalid policy whose endpointSelector decodes holds the endpoints it selects
@@ -170,6 +173,7 @@ Exit status: 0 when the trace ran, whatever the verdict; 2 on bad input.`,
 	fl.StringVar(&f.dstCIDR, "dst-cidr", "", "destination IP address")
 	fl.StringVar(&f.dstEnt, "dst-entity", "", "destination entity")
 	fl.StringVar(&f.dstService, "dst-service", "", "destination Service, namespace/name: the flow is traced to each backend its port --dport resolves to (socket load balancing)")
+	fl.StringVar(&f.family, "family", "", "with --dst-service: trace through the Service's ClusterIP of this family, ipv4 or ipv6 (default: its first)")
 	fl.IntVar(&f.dport, "dport", -1, "destination port (required)")
 	fl.StringVar(&f.protocol, "protocol", "TCP", "L4 protocol: TCP, UDP or SCTP")
 	fl.StringVar(&f.httpMethod, "http-method", "", "HTTP request method, e.g. GET")
@@ -258,6 +262,9 @@ func (a *app) runTrace(f *traceFlags) error {
 	if req.Src, err = tracePeer(f.srcLabels, f.srcNS, f.srcCIDR, f.srcEnt, "src"); err != nil {
 		return err
 	}
+	if f.family != "" && f.dstService == "" {
+		return usageErrorf("--family needs --dst-service (an address is traced in its own family)")
+	}
 	if f.dstFQDN != "" {
 		if f.dstLabels != "" || f.dstCIDR != "" || f.dstEnt != "" || f.dstNS != "" || f.dstService != "" {
 			return usageErrorf("give --dst-fqdn or --dst-*, not both")
@@ -268,6 +275,15 @@ func (a *app) runTrace(f *traceFlags) error {
 			return usageErrorf("--dst-service: give no other --dst- flag")
 		}
 		req.Dst = policy.TracePeer{Service: f.dstService}
+		switch strings.ToLower(f.family) {
+		case "":
+		case "ipv4":
+			req.Dst.Family = "IPv4"
+		case "ipv6":
+			req.Dst.Family = "IPv6"
+		default:
+			return usageErrorf("--family: want ipv4 or ipv6, not %q", f.family)
+		}
 	} else if req.Dst, err = tracePeer(f.dstLabels, f.dstNS, f.dstCIDR, f.dstEnt, "dst"); err != nil {
 		return err
 	}
