@@ -205,6 +205,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				opts.DNS.Learn = func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error {
 					return fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: uint32(ttl / time.Second)})
 				}
+				opts.DNS.AgentEpoch = fc.Epoch
 			}
 			// A proxy running already hands its listeners over.
 			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -554,7 +555,8 @@ func waitForSuccessor(ctx context.Context, adminSocket string, limit time.Durati
 // dnsMetrics are the DNS proxy's counters.
 func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
 	const qHelp = "DNS queries the DNS proxy decided, by outcome (allowed, denied by rules.dns, malformed, answered SERVFAIL for an unusable upstream answer, dropped over the in-flight limit)."
-	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, or released after --dns-hold-timeout (timeout)."
+	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, released after --dns-hold-timeout (timeout), or released at once because the agent confirmed their addresses for the whole TTL before (known: the fast path)."
+	const lHelp = "Round trips to the agent (POST /fqdn) for DNS answers: held answers and the fast path's background refreshes."
 	return []prometheus.Collector{
 		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "allowed", func() float64 { return float64(p.DNSStats().Allowed) }),
 		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "denied", func() float64 { return float64(p.DNSStats().Denied) }),
@@ -563,5 +565,7 @@ func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
 		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "dropped", func() float64 { return float64(p.DNSStats().Dropped) }),
 		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "held", func() float64 { return float64(p.DNSStats().Held) }),
 		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "timeout", func() float64 { return float64(p.DNSStats().HoldTimeouts) }),
+		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "known", func() float64 { return float64(p.DNSStats().Known) }),
+		metrics.FuncCounter("l7gate_proxy_dns_agent_learns_total", lHelp, "path", "fqdn", func() float64 { return float64(p.DNSStats().Learns) }),
 	}
 }
