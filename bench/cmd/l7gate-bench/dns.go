@@ -84,8 +84,9 @@ func startDNSServer(addr string) (stop func(), err error) {
 		}
 		w.WriteMsg(m)
 	})
-	// TCP: many queries per connection, as resolvers keep them.
-	udp, tcp := &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h, IdleTimeout: func() time.Duration { return time.Minute }}
+	// TCP: unlimited queries per connection (miekg/dns closes one after
+	// 128 by default), as resolvers keep them.
+	udp, tcp := &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1, IdleTimeout: func() time.Duration { return time.Minute }}
 	go udp.ActivateAndServe()
 	go tcp.ActivateAndServe()
 	return func() { udp.Shutdown(); tcp.Shutdown() }, nil
