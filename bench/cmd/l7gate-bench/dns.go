@@ -242,6 +242,9 @@ type dnsRun struct {
 	P99us    float64 `json:"p99us"`
 	// ProxyCPUPer1000: the Go proxy's CPU-s per 1000 queries (proxy path).
 	ProxyCPUPer1000 float64 `json:"proxyCpuSecPer1000,omitempty"`
+	// AgentCPUPer1000: the agent's CPU-s per 1000 queries (proxy path:
+	// what answering the proxy's POST /fqdn costs it).
+	AgentCPUPer1000 float64 `json:"agentCpuSecPer1000,omitempty"`
 	Load            string  `json:"loadavg"`
 }
 
@@ -398,13 +401,13 @@ func (s *scenario) useDNS(path string) error {
 
 // runDNSCached sends total queries for the cached name from every conn
 // (one worker each, closed loop), bounded by d.
-func runDNSCached[Q dnsQuerier](ctx context.Context, conns []Q, total int, d time.Duration, cpuPID int) *dnsRun {
+func runDNSCached[Q dnsQuerier](ctx context.Context, conns []Q, total int, d time.Duration, cpuPID, agentPID int) *dnsRun {
 	var sent atomic.Int64
 	lat := make([][]float64, len(conns))
 	errs := make([]int, len(conns))
 	var firstErr atomic.Value
 	deadline := time.Now().Add(d)
-	cpu0 := procCPU(cpuPID)
+	cpu0, ag0 := procCPU(cpuPID), procCPU(agentPID)
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for w, c := range conns {
@@ -438,6 +441,9 @@ func runDNSCached[Q dnsQuerier](ctx context.Context, conns []Q, total int, d tim
 	r.P50us, r.P99us = pctUs(all, 50), pctUs(all, 99)
 	if cpuPID > 0 && r.Queries > 0 {
 		r.ProxyCPUPer1000 = (procCPU(cpuPID) - cpu0) / float64(r.Queries) * 1000
+	}
+	if agentPID > 0 && r.Queries > 0 {
+		r.AgentCPUPer1000 = (procCPU(agentPID) - ag0) / float64(r.Queries) * 1000
 	}
 	return r
 }
@@ -531,9 +537,9 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 			if err := s.useDNS(p); err != nil {
 				return err
 			}
-			pid := 0
+			pid, agentPID := 0, 0
 			if p == "proxy" {
-				pid = s.n.proxyPID()
+				pid, agentPID = s.n.proxyPID(), s.n.agent.Process.Pid
 			} else if prev != nil {
 				// The proxy → direct switch: does a UDP flow the DNS
 				// proxy served still get answers once rules.dns is gone?
@@ -562,13 +568,13 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 				prev = nil
 			}
 			// warm-up (the proxy's first answer for the name is held for its entry)
-			runDNSCached(ctx, conns, 200, time.Second, 0)
-			r := runDNSCached(ctx, conns, perRun, runDur, pid)
+			runDNSCached(ctx, conns, 200, time.Second, 0, 0)
+			r := runDNSCached(ctx, conns, perRun, runDur, pid, agentPID)
 			if r.Queries == 0 || r.Errors > r.Queries/100 {
 				return fmt.Errorf("dns %s: %d answers, %d errors (first: %s)", p, r.Queries, r.Errors, r.FirstErr)
 			}
-			log.Printf("  dns cached round %d %-6s %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs errors %d/%d load %s",
-				round, p, r.PerSec, r.P50us, r.P99us, r.ProxyCPUPer1000, r.Errors, r.Queries+r.Errors, r.Load)
+			log.Printf("  dns cached round %d %-6s %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs agent cpu/1000 %.4fs errors %d/%d load %s",
+				round, p, r.PerSec, r.P50us, r.P99us, r.ProxyCPUPer1000, r.AgentCPUPer1000, r.Errors, r.Queries+r.Errors, r.Load)
 			if p == "direct" {
 				direct = r
 				res.Direct = append(res.Direct, r)
@@ -581,14 +587,14 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("dns client tcp connections: %w", err)
 			}
-			runDNSCached(ctx, tcs, 200, time.Second, 0)
-			rt := runDNSCached(ctx, tcs, perRun, runDur, pid)
+			runDNSCached(ctx, tcs, 200, time.Second, 0, 0)
+			rt := runDNSCached(ctx, tcs, perRun, runDur, pid, agentPID)
 			closeDNSTCPConns(tcs)
 			if rt.Queries == 0 || rt.Errors > rt.Queries/100 {
 				return fmt.Errorf("dns %s over tcp: %d answers, %d errors (first: %s)", p, rt.Queries, rt.Errors, rt.FirstErr)
 			}
-			log.Printf("  dns cached round %d %-6s tcp %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs errors %d/%d load %s",
-				round, p, rt.PerSec, rt.P50us, rt.P99us, rt.ProxyCPUPer1000, rt.Errors, rt.Queries+rt.Errors, rt.Load)
+			log.Printf("  dns cached round %d %-6s tcp %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs agent cpu/1000 %.4fs errors %d/%d load %s",
+				round, p, rt.PerSec, rt.P50us, rt.P99us, rt.ProxyCPUPer1000, rt.AgentCPUPer1000, rt.Errors, rt.Queries+rt.Errors, rt.Load)
 			if p == "direct" {
 				directTCP = rt
 				res.DirectTCP = append(res.DirectTCP, rt)
@@ -745,14 +751,14 @@ func dnsMarkdown(d *dnsResult) string {
 	w("## 11. DNS proxy (issue 16)\n\nA miekg/dns server in the server pod (%s:%d, UDP and TCP) answers every `*.bench.test.` A query with one address derived from the name (198.19.128.0/17, TTL %d). The client pod queries it over UDP from %d sockets (one closed-loop worker each, this process), and over TCP from as many kept connections (miekg/dns client connections, one per worker, new ones per run). *direct*: agent running, no policy. *proxy*: a CNP on the client with egress `rules.dns` (`matchPattern: \"*\"`) to the server pod's port 53 and `toFQDNs` `matchPattern: \"*.bench.test\"`, so every query goes through the DNS proxy; an answer is held until the agent confirmed its addresses in force, unless the agent confirmed them before for the whole TTL (the fast path: released at once, refreshed in the background).\n\n", serverIP, dnsPort, dnsTTL, d.Workers)
 	if len(d.Direct) > 0 {
 		w("**Cached name** (the same name repeated: its address is already in the datapath), %d queries per run (or 3 s), interleaved rounds:\n\n", d.QueriesPerRun)
-		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | agent CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for i := range d.Direct {
 			if i >= len(d.Proxy) {
 				break
 			}
 			dr, pr := d.Direct[i], d.Proxy[i]
-			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
-				us(d.AddedP50us[i]), us(d.AddedP99us[i]), pr.ProxyCPUPer1000, pr.Load)
+			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
+				us(d.AddedP50us[i]), us(d.AddedP99us[i]), pr.ProxyCPUPer1000, pr.AgentCPUPer1000, pr.Load)
 		}
 		if d.Rounds != nil && len(d.Rounds.Ratios) > 0 {
 			w("\nMedian q/s ratio **%.2f** (range %.2f–%.2f); median added latency p50 **%s**, p99 **%s**.\n\n", d.Rounds.Median, d.Rounds.Min, d.Rounds.Max, us(d.MedianAddedP50), us(d.MedianAddedP99))
@@ -760,14 +766,14 @@ func dnsMarkdown(d *dnsResult) string {
 	}
 	if len(d.DirectTCP) > 0 {
 		w("**Cached name over TCP** (%d kept connections, one closed-loop worker each; the same rounds, right after each UDP run of the same path):\n\n", d.Workers)
-		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | agent CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for i := range d.DirectTCP {
 			if i >= len(d.ProxyTCP) || i >= len(d.AddedTCPP50us) {
 				break
 			}
 			dr, pr := d.DirectTCP[i], d.ProxyTCP[i]
-			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
-				us(d.AddedTCPP50us[i]), us(d.AddedTCPP99us[i]), pr.ProxyCPUPer1000, pr.Load)
+			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
+				us(d.AddedTCPP50us[i]), us(d.AddedTCPP99us[i]), pr.ProxyCPUPer1000, pr.AgentCPUPer1000, pr.Load)
 		}
 		if d.RoundsTCP != nil && len(d.RoundsTCP.Ratios) > 0 {
 			w("\nMedian q/s ratio over TCP **%.2f** (range %.2f–%.2f); median added latency p50 **%s**, p99 **%s**.\n\n", d.RoundsTCP.Median, d.RoundsTCP.Min, d.RoundsTCP.Max, us(d.MedianAddedTCPP50), us(d.MedianAddedTCPP99))
