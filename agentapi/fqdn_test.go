@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestHostileFQDNAnswer: POST /fqdn takes one strictly decoded, bounded
@@ -45,4 +46,47 @@ type recLearner struct{ got []FQDNAnswer }
 func (r *recLearner) LearnFQDN(_ context.Context, a FQDNAnswer) error {
 	r.got = append(r.got, a)
 	return nil
+}
+
+type learnBackend struct {
+	backend
+	recLearner
+}
+
+// TestFQDNClientEpoch: the epoch stays while the agent keeps serving the
+// client's connection, and changes once the agent goes away (a restart
+// closes every connection), before any request notices.
+func TestFQDNClientEpoch(t *testing.T) {
+	run := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, StatusSocket(run), &learnBackend{}) }()
+	defer func() { cancel(); <-done }()
+	fc := NewFQDNClient(StatusSocket(run))
+	ans := FQDNAnswer{Name: "a.example", IPs: []netip.Addr{netip.MustParseAddr("198.19.0.1")}, TTLSeconds: 30}
+	deadline := time.Now().Add(10 * time.Second)
+	for fc.Learn(context.Background(), ans) != nil { // the server starting
+		if time.Now().After(deadline) {
+			t.Fatal("agent api not serving")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e := fc.Epoch()
+	for range 5 {
+		if err := fc.Learn(context.Background(), ans); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fc.Epoch() != e {
+		t.Fatalf("epoch changed from %d to %d over one kept connection", e, fc.Epoch())
+	}
+	cancel()
+	<-done
+	done <- nil // for the deferred wait
+	for fc.Epoch() == e {
+		if time.Now().After(deadline) {
+			t.Fatal("epoch unchanged after the agent closed the connection")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }

@@ -23,6 +23,12 @@ type DNSOptions struct {
 	Learn func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error
 	// HoldTimeout bounds Learn (0: dnsproxy's default).
 	HoldTimeout time.Duration
+	// AgentEpoch changes when the connection Learn uses to the agent
+	// does; a change clears the fast path (dnsproxy.Config.AgentEpoch).
+	AgentEpoch func() uint64
+	// FastPathNames bounds the DNS proxy's fast path (0: its default,
+	// negative: off; dnsproxy.Config.FastPathNames).
+	FastPathNames int
 	// DenyRcode answers denied queries (0: REFUSED; or NXDOMAIN).
 	DenyRcode int
 	// Cache keeps the names toFQDNs selectors match (nil: none).
@@ -34,7 +40,7 @@ type DNSOptions struct {
 func newDNS(opts Options) *dnsproxy.Proxy {
 	empty, _ := dnsproxy.NewEndpointPolicy(nil, func(netip.Addr) policy.Identity { return policy.IdentityWorld })
 	cfg := dnsproxy.Config{Logger: opts.Logger, Policy: empty, OriginalDst: dnsproxy.LocalDst{}, Cache: opts.DNS.Cache,
-		DenyRcode: opts.DNS.DenyRcode, AccessLog: opts.AccessLog, Learn: opts.DNS.Learn, HoldTimeout: opts.DNS.HoldTimeout}
+		DenyRcode: opts.DNS.DenyRcode, AccessLog: opts.AccessLog, Learn: opts.DNS.Learn, HoldTimeout: opts.DNS.HoldTimeout, AgentEpoch: opts.DNS.AgentEpoch, FastPathNames: opts.DNS.FastPathNames}
 	if opts.Mark != nil {
 		cfg.Mark = func(client policy.Identity) uint32 { return opts.Mark(client, policy.Egress) }
 	}

@@ -64,6 +64,7 @@ func (a *app) proxyCommand() *cobra.Command {
 		inheritListeners                               []string
 		agentSocket, dnsDeny                           string
 		dnsHold                                        time.Duration
+		dnsFastPath                                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -200,11 +201,15 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				return usageErrorf("--dns-deny-response: want refused or nxdomain, not %q", dnsDeny)
 			}
 			opts.DNS.HoldTimeout = dnsHold
+			if !dnsFastPath {
+				opts.DNS.FastPathNames = -1
+			}
 			if agentSocket != "" {
 				fc := agentapi.NewFQDNClient(agentSocket)
 				opts.DNS.Learn = func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error {
 					return fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: uint32(ttl / time.Second)})
 				}
+				opts.DNS.AgentEpoch = fc.Epoch
 			}
 			// A proxy running already hands its listeners over.
 			hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -348,6 +353,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none (written in batches, at most 100 ms after the request)")
 	fl.StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics on GET /metrics at this TCP address, e.g. :9964 (empty: off; the admin socket's /stats/prometheus serves them too)")
 	fl.StringVar(&agentSocket, "agent-socket", "", "the agent's API socket (RUN_DIR/agent.sock): DNS answers for names a toFQDNs selector matches are reported there and held until the agent's datapath admits their addresses (at most --dns-hold-timeout; empty: not reported, so toFQDNs allow nothing new)")
+	fl.BoolVar(&dnsFastPath, "dns-fast-path", true, "release a DNS answer at once when the agent confirmed its addresses for this name and client identity, for at least the answer's TTL, before (refreshed in the background at most once a second per name; any agent error, reconnect or config change clears it); false: hold every answer for the agent")
 	fl.DurationVar(&dnsHold, "dns-hold-timeout", time.Second, "longest a DNS answer waits for the agent to admit its addresses; then it is released anyway and counted (l7gate_proxy_dns_hold_timeouts_total)")
 	fl.StringVar(&dnsDeny, "dns-deny-response", "refused", "answer to a query rules.dns deny: refused or nxdomain")
 	fl.StringVar(&flowSocket, "flow-socket", "", "the agent's flow intake (RUN_DIR/flows.sock): access records also stream there for the agent's flow pipeline (Observer API, metrics, OTLP); dropped and counted while the agent is away")
@@ -554,7 +560,8 @@ func waitForSuccessor(ctx context.Context, adminSocket string, limit time.Durati
 // dnsMetrics are the DNS proxy's counters.
 func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
 	const qHelp = "DNS queries the DNS proxy decided, by outcome (allowed, denied by rules.dns, malformed, answered SERVFAIL for an unusable upstream answer, dropped over the in-flight limit)."
-	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, or released after --dns-hold-timeout (timeout)."
+	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, released after --dns-hold-timeout (timeout), or released at once because the agent confirmed their addresses for the whole TTL before (known: the fast path)."
+	const lHelp = "Round trips to the agent (POST /fqdn) for DNS answers: held answers and the fast path's background refreshes."
 	return []prometheus.Collector{
 		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "allowed", func() float64 { return float64(p.DNSStats().Allowed) }),
 		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "denied", func() float64 { return float64(p.DNSStats().Denied) }),
@@ -563,5 +570,7 @@ func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
 		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "dropped", func() float64 { return float64(p.DNSStats().Dropped) }),
 		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "held", func() float64 { return float64(p.DNSStats().Held) }),
 		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "timeout", func() float64 { return float64(p.DNSStats().HoldTimeouts) }),
+		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "known", func() float64 { return float64(p.DNSStats().Known) }),
+		metrics.FuncCounter("l7gate_proxy_dns_agent_learns_total", lHelp, "path", "fqdn", func() float64 { return float64(p.DNSStats().Learns) }),
 	}
 }

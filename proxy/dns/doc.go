@@ -17,7 +17,10 @@
 // answers go out from it through a transparent socket); answers for names
 // a toFQDNs selector matches are held until Config.Learn returns (the
 // proxy command asks the agent, POST /fqdn, which returns once its
-// datapath admits the addresses), bounded by HoldTimeout.
+// datapath admits the addresses), bounded by HoldTimeout — unless the
+// agent confirmed those addresses before, for this name and client
+// identity, for at least the answer's TTL: then the answer is released at
+// once and the name refreshed in the background (the fast path, fast.go).
 //
 // It imports parsers/dns, policy and flow only (the proxy side).
 package dnsproxy

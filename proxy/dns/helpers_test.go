@@ -69,6 +69,12 @@ func zoneHandler(w mdns.ResponseWriter, r *mdns.Msg) {
 // port) and returns its address.
 func startServer(t *testing.T) netip.AddrPort {
 	t.Helper()
+	return startServerWith(t, mdns.HandlerFunc(zoneHandler))
+}
+
+// startServerWith runs a miekg/dns server answering with h.
+func startServerWith(t *testing.T, h mdns.Handler) netip.AddrPort {
+	t.Helper()
 	for range 20 {
 		pc, err := net.ListenPacket("udp", serverAddr+":0")
 		if err != nil {
@@ -79,7 +85,6 @@ func startServer(t *testing.T) netip.AddrPort {
 			pc.Close()
 			continue // port taken for TCP: try another
 		}
-		h := mdns.HandlerFunc(zoneHandler)
 		udp := &mdns.Server{PacketConn: pc, Handler: h}
 		tcp := &mdns.Server{Listener: ln, Handler: h}
 		go udp.ActivateAndServe()
@@ -179,7 +184,13 @@ type testProxy struct {
 // startProxy starts a DNS proxy on 127.0.0.1 in front of a fresh server.
 func startProxy(t *testing.T, mod func(*Config, *CacheConfig)) *testProxy {
 	t.Helper()
-	server := startServer(t)
+	return startProxyWith(t, mdns.HandlerFunc(zoneHandler), mod)
+}
+
+// startProxyWith starts a DNS proxy in front of a server answering with h.
+func startProxyWith(t *testing.T, h mdns.Handler, mod func(*Config, *CacheConfig)) *testProxy {
+	t.Helper()
+	server := startServerWith(t, h)
 	snap, sels := policyFor(t, server.Port())
 	pol, err := NewSnapshotPolicy(snap)
 	if err != nil {

@@ -70,6 +70,23 @@ type Config struct {
 	Learn func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error
 	// HoldTimeout bounds Learn (0: DefaultHoldTimeout).
 	HoldTimeout time.Duration
+	// FastPathNames bounds the names whose confirmed addresses the fast
+	// path remembers, releasing answers already in force without Learn
+	// (see fast.go; 0: DefaultFastPathNames, negative: no fast path, every
+	// answer held).
+	FastPathNames int
+	// FastPathHeadroom is added to an answer's TTL in what Learn is
+	// asked to keep (0: DefaultFastPathHeadroom): the fast path releases
+	// an answer only while the agent keeps its addresses for the whole
+	// TTL, and background refreshes (at most one a second per name) keep
+	// that true.
+	FastPathHeadroom time.Duration
+	// AgentEpoch changes whenever the connection to the agent does (its
+	// end closed: the agent may have restarted; nil: never). A change
+	// clears the fast path.
+	AgentEpoch func() uint64
+	// Now is the clock of the fast path (nil: time.Now).
+	Now func() time.Time
 }
 
 // Stats are the proxy's counters.
@@ -85,6 +102,14 @@ type Stats struct {
 	HoldTimeouts   uint64 `json:"holdTimeouts"`   // answers released after Learn failed or timed out
 	CacheInserts   uint64 `json:"cacheInserts"`
 	CacheOverflow  uint64 `json:"cacheOverflow"`
+	// The fast path (fast.go).
+	Known         uint64 `json:"known"`         // answers released at once: addresses known in force
+	Learns        uint64 `json:"learns"`        // Learn round trips (held answers and refreshes)
+	Refreshes     uint64 `json:"refreshes"`     // background refreshes started
+	RefreshErrors uint64 `json:"refreshErrors"` // refreshes that failed (each cleared the fast path)
+	FastNames     int    `json:"fastNames"`     // names remembered
+	FastClears    uint64 `json:"fastClears"`    // fast path cleared (config change, agent error or epoch change)
+	FastOverflow  uint64 `json:"fastOverflow"`  // names not remembered: FastPathNames reached
 }
 
 // Proxy is the DNS proxy.
@@ -97,6 +122,9 @@ type Proxy struct {
 	udpBufs sync.Pool
 
 	queries, allowed, denied, malformed, upstreamErrs, dropped, replyErrs, held, holdTimeouts, inserts, overflow atomic.Uint64
+
+	fast                                  *fastCache
+	known, learns, refreshes, refreshErrs atomic.Uint64
 }
 
 // New returns a proxy; Serve its listeners.
@@ -132,7 +160,16 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.HoldTimeout <= 0 {
 		cfg.HoldTimeout = DefaultHoldTimeout
 	}
-	p := &Proxy{cfg: cfg}
+	if cfg.FastPathNames == 0 {
+		cfg.FastPathNames = DefaultFastPathNames
+	}
+	if cfg.FastPathHeadroom <= 0 {
+		cfg.FastPathHeadroom = DefaultFastPathHeadroom
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	p := &Proxy{cfg: cfg, fast: newFastCache(max(cfg.FastPathNames, 0))}
 	p.policy.Store(&policyBox{cfg.Policy})
 	p.udpBufs.New = func() any { b := make([]byte, dnsmsg.MaxMessageSize); return &b }
 	p.selectors.Store(policy.NewDNSMatcher(nil))
@@ -145,6 +182,7 @@ type policyBox struct{ Policy }
 func (p *Proxy) SetPolicy(pol Policy) {
 	if pol != nil {
 		p.policy.Store(&policyBox{pol})
+		p.fast.clear()
 	}
 }
 
@@ -182,12 +220,15 @@ func (p *Proxy) dialer(client policy.Identity) *net.Dialer {
 // answers for names they match are cached.
 func (p *Proxy) SetFQDNSelectors(sels []policy.DNSSelector) {
 	p.selectors.Store(policy.NewDNSMatcher(sels))
+	p.fast.clear()
 }
 
 // Stats returns the counters.
 func (p *Proxy) Stats() Stats {
+	names, clears, overflow := p.fast.stats()
 	return Stats{Queries: p.queries.Load(), Allowed: p.allowed.Load(), Denied: p.denied.Load(), Malformed: p.malformed.Load(),
-		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), ReplyErrors: p.replyErrs.Load(), Held: p.held.Load(), HoldTimeouts: p.holdTimeouts.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load()}
+		UpstreamErrors: p.upstreamErrs.Load(), Dropped: p.dropped.Load(), ReplyErrors: p.replyErrs.Load(), Held: p.held.Load(), HoldTimeouts: p.holdTimeouts.Load(), CacheInserts: p.inserts.Load(), CacheOverflow: p.overflow.Load(),
+		Known: p.known.Load(), Learns: p.learns.Load(), Refreshes: p.refreshes.Load(), RefreshErrors: p.refreshErrs.Load(), FastNames: names, FastClears: clears, FastOverflow: overflow}
 }
 
 // exchange forwards a query to the server and returns the raw response.
@@ -282,11 +323,16 @@ func (p *Proxy) handle(ctx context.Context, proto policy.Protocol, client, local
 				}
 			}
 			if p.cfg.Learn != nil {
+				if ok, refresh := p.fast.hit(d.Client, q.Name, ans.IPs, ttl, p.cfg.Now(), p.epoch()); ok {
+					// Known in force for the whole TTL: release at once.
+					p.known.Add(1)
+					if refresh {
+						p.refresh(d.Client, q.Name, ans.IPs, ttl)
+					}
+					return raw
+				}
 				// Hold the answer until the datapath admits its addresses.
-				hctx, cancel := context.WithTimeout(ctx, p.cfg.HoldTimeout)
-				err := p.cfg.Learn(hctx, q.Name, ans.IPs, ttl)
-				cancel()
-				if err != nil {
+				if err := p.learn(ctx, d.Client, q.Name, ans.IPs, ttl, false); err != nil {
 					p.holdTimeouts.Add(1)
 					rec.Error = "answer released before the datapath had its addresses: " + err.Error()
 				} else {

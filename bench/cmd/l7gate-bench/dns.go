@@ -59,14 +59,20 @@ func dnsAnswerAddr(name string) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// startDNSServer serves the bench zone over UDP on addr (in the caller's
-// network namespace: `serve` runs in the server pod).
-func startDNSServer(addr string) (*dns.Server, error) {
+// startDNSServer serves the bench zone over UDP and TCP on addr (in the
+// caller's network namespace: `serve` runs in the server pod); stop stops
+// both.
+func startDNSServer(addr string) (stop func(), err error) {
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dns listen: %w", err)
 	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("dns listen tcp: %w", err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		m.Authoritative = true
@@ -77,9 +83,13 @@ func startDNSServer(addr string) (*dns.Server, error) {
 				A: dnsAnswerAddr(strings.ToLower(qq.Name)).AsSlice()}}
 		}
 		w.WriteMsg(m)
-	})}
-	go srv.ActivateAndServe()
-	return srv, nil
+	})
+	// TCP: unlimited queries per connection (miekg/dns closes one after
+	// 128 by default), as resolvers keep them.
+	udp, tcp := &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1, IdleTimeout: func() time.Duration { return time.Minute }}
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	return func() { udp.Shutdown(); tcp.Shutdown() }, nil
 }
 
 // dnsConn is a connected UDP socket of the client pod to the DNS server.
@@ -115,6 +125,79 @@ func closeDNSConns(cs []*dnsConn) {
 	}
 }
 
+// dnsQuerier asks the bench server for a name's A record (dnsConn over
+// UDP, dnsTCPConn over one kept TCP connection).
+type dnsQuerier interface {
+	query(name string, timeout time.Duration) (time.Duration, error)
+}
+
+// dnsTCPConn is a TCP connection of the client pod to the DNS server,
+// kept for many queries (miekg/dns's client connection).
+type dnsTCPConn struct {
+	c  *dns.Conn
+	id uint16
+}
+
+func newDNSTCPConns(ns string, n int) ([]*dnsTCPConn, error) {
+	var out []*dnsTCPConn
+	for range n {
+		var c net.Conn
+		err := netns.In(ns, func() error {
+			var err error
+			c, err = net.DialTimeout("tcp", netip.AddrPortFrom(netip.MustParseAddr(serverIP), dnsPort).String(), 2*time.Second)
+			return err
+		})
+		if err != nil {
+			closeDNSTCPConns(out)
+			return nil, err
+		}
+		out = append(out, &dnsTCPConn{c: &dns.Conn{Conn: c}, id: uint16(len(out) * 10007)})
+	}
+	return out, nil
+}
+
+func closeDNSTCPConns(cs []*dnsTCPConn) {
+	for _, c := range cs {
+		c.c.Close()
+	}
+}
+
+func (d *dnsTCPConn) query(name string, timeout time.Duration) (time.Duration, error) {
+	d.id++
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.Id = d.id
+	m.RecursionDesired = true
+	t0 := time.Now()
+	if err := d.c.SetDeadline(t0.Add(timeout)); err != nil {
+		return 0, err
+	}
+	if err := d.c.WriteMsg(m); err != nil {
+		return 0, err
+	}
+	r, err := d.c.ReadMsg()
+	if err != nil {
+		return 0, err
+	}
+	el := time.Since(t0)
+	if r.Id != d.id {
+		return 0, fmt.Errorf("%s: answer id %d, want %d", name, r.Id, d.id)
+	}
+	return el, checkDNSAnswer(name, r)
+}
+
+// checkDNSAnswer: the answer is the bench server's address for name.
+func checkDNSAnswer(name string, r *dns.Msg) error {
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		return fmt.Errorf("%s: rcode %s, %d answers", name, dns.RcodeToString[r.Rcode], len(r.Answer))
+	}
+	a, ok := r.Answer[0].(*dns.A)
+	if !ok || !a.A.Equal(dnsAnswerAddr(name).AsSlice()) {
+		return fmt.Errorf("%s: unexpected answer %v", name, r.Answer[0])
+	}
+	return nil
+}
+
 // query asks for name's A record and checks the answer is the bench
 // server's address for it; it returns the time from send to answer.
 func (d *dnsConn) query(name string, timeout time.Duration) (time.Duration, error) {
@@ -144,14 +227,7 @@ func (d *dnsConn) query(name string, timeout time.Duration) (time.Duration, erro
 		if r.Unpack(d.buf[:n]) != nil || r.Id != d.id {
 			continue // a late answer to an earlier, timed-out query
 		}
-		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
-			return 0, fmt.Errorf("%s: rcode %s, %d answers", name, dns.RcodeToString[r.Rcode], len(r.Answer))
-		}
-		a, ok := r.Answer[0].(*dns.A)
-		if !ok || !a.A.Equal(dnsAnswerAddr(name).AsSlice()) {
-			return 0, fmt.Errorf("%s: unexpected answer %v", name, r.Answer[0])
-		}
-		return el, nil
+		return el, checkDNSAnswer(name, &r)
 	}
 }
 
@@ -166,6 +242,9 @@ type dnsRun struct {
 	P99us    float64 `json:"p99us"`
 	// ProxyCPUPer1000: the Go proxy's CPU-s per 1000 queries (proxy path).
 	ProxyCPUPer1000 float64 `json:"proxyCpuSecPer1000,omitempty"`
+	// AgentCPUPer1000: the agent's CPU-s per 1000 queries (proxy path:
+	// what answering the proxy's POST /fqdn costs it).
+	AgentCPUPer1000 float64 `json:"agentCpuSecPer1000,omitempty"`
 	Load            string  `json:"loadavg"`
 }
 
@@ -213,9 +292,20 @@ type dnsResult struct {
 	MedianAddedP50 float64        `json:"medianAddedP50us"`
 	MedianAddedP99 float64        `json:"medianAddedP99us"`
 	Entry          []*dnsEntryRow `json:"answerToEntry"`
-	Held           float64        `json:"held"`
-	HoldTimeouts   float64        `json:"holdTimeouts"`
-	Invalid        string         `json:"invalid,omitempty"`
+	// The same over TCP: each worker keeps one TCP connection per run.
+	DirectTCP         []*dnsRun   `json:"directTcp,omitempty"`
+	ProxyTCP          []*dnsRun   `json:"proxyTcp,omitempty"`
+	RoundsTCP         *pairRounds `json:"rateRoundsTcp,omitempty"`
+	AddedTCPP50us     []float64   `json:"addedTcpP50us,omitempty"`
+	AddedTCPP99us     []float64   `json:"addedTcpP99us,omitempty"`
+	MedianAddedTCPP50 float64     `json:"medianAddedTcpP50us,omitempty"`
+	MedianAddedTCPP99 float64     `json:"medianAddedTcpP99us,omitempty"`
+	// Known: answers the proxy released at once during the answer →
+	// entry runs (their addresses confirmed in force: the cached name).
+	Known        float64 `json:"known"`
+	Held         float64 `json:"held"`
+	HoldTimeouts float64 `json:"holdTimeouts"`
+	Invalid      string  `json:"invalid,omitempty"`
 	// StaleFlowFailures: proxy → direct switches after which a UDP socket
 	// the DNS proxy served (same 5-tuple) got no answer within 1 s.
 	StaleFlowFailures int `json:"staleFlowFailures"`
@@ -311,13 +401,13 @@ func (s *scenario) useDNS(path string) error {
 
 // runDNSCached sends total queries for the cached name from every conn
 // (one worker each, closed loop), bounded by d.
-func runDNSCached(ctx context.Context, conns []*dnsConn, total int, d time.Duration, cpuPID int) *dnsRun {
+func runDNSCached[Q dnsQuerier](ctx context.Context, conns []Q, total int, d time.Duration, cpuPID, agentPID int) *dnsRun {
 	var sent atomic.Int64
 	lat := make([][]float64, len(conns))
 	errs := make([]int, len(conns))
 	var firstErr atomic.Value
 	deadline := time.Now().Add(d)
-	cpu0 := procCPU(cpuPID)
+	cpu0, ag0 := procCPU(cpuPID), procCPU(agentPID)
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for w, c := range conns {
@@ -352,12 +442,16 @@ func runDNSCached(ctx context.Context, conns []*dnsConn, total int, d time.Durat
 	if cpuPID > 0 && r.Queries > 0 {
 		r.ProxyCPUPer1000 = (procCPU(cpuPID) - cpu0) / float64(r.Queries) * 1000
 	}
+	if agentPID > 0 && r.Queries > 0 {
+		r.AgentCPUPer1000 = (procCPU(agentPID) - ag0) / float64(r.Queries) * 1000
+	}
 	return r
 }
 
-// proxyDNSHeld reads the DNS proxy's held / hold-timeout counters from the
-// Go proxy's admin socket (/stats/prometheus).
-func proxyDNSHeld(run string) (held, timeouts float64, err error) {
+// proxyDNSHeld reads the DNS proxy's held / hold-timeout / known
+// counters from the Go proxy's admin socket (/stats/prometheus); known
+// stays 0 for a proxy without the fast path.
+func proxyDNSHeld(run string) (held, timeouts, known float64, err error) {
 	sock := filepath.Join(run, "proxy-admin.sock")
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -365,7 +459,7 @@ func proxyDNSHeld(run string) (held, timeouts float64, err error) {
 	}}}
 	resp, err := hc.Get("http://proxy/stats/prometheus")
 	if err != nil {
-		return 0, 0, fmt.Errorf("proxy metrics: %w", err)
+		return 0, 0, 0, fmt.Errorf("proxy metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	var seen int
@@ -386,12 +480,14 @@ func proxyDNSHeld(run string) (held, timeouts float64, err error) {
 			held, seen = v, seen+1
 		case strings.Contains(line, `outcome="timeout"`):
 			timeouts, seen = v, seen+1
+		case strings.Contains(line, `outcome="known"`):
+			known = v
 		}
 	}
 	if seen != 2 {
-		return 0, 0, errors.New("proxy metrics: no l7gate_proxy_dns_answers_held_total{outcome=held|timeout}")
+		return 0, 0, 0, errors.New("proxy metrics: no l7gate_proxy_dns_answers_held_total{outcome=held|timeout}")
 	}
-	return held, timeouts, sc.Err()
+	return held, timeouts, known, sc.Err()
 }
 
 func (s *scenario) dnsPhase(ctx context.Context) error {
@@ -410,7 +506,7 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 		return fmt.Errorf("dns client sockets: %w", err)
 	}
 	defer func() { closeDNSConns(conns) }()
-	res := &dnsResult{Workers: workers, QueriesPerRun: perRun, Rounds: &pairRounds{}}
+	res := &dnsResult{Workers: workers, QueriesPerRun: perRun, Rounds: &pairRounds{}, RoundsTCP: &pairRounds{}}
 	s.res.DNS = res
 	defer func() {
 		// leave the scenario without the DNS policy for later phases
@@ -436,14 +532,14 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 	// 1. Cached name: direct vs through the DNS proxy, interleaved rounds.
 	var prev []*dnsConn // the proxy run's sockets, kept open for the check after it
 	for round := range nRounds {
-		var direct, proxied *dnsRun
+		var direct, proxied, directTCP, proxiedTCP *dnsRun
 		for _, p := range roundOrder([]string{"direct", "proxy"}, round) {
 			if err := s.useDNS(p); err != nil {
 				return err
 			}
-			pid := 0
+			pid, agentPID := 0, 0
 			if p == "proxy" {
-				pid = s.n.proxyPID()
+				pid, agentPID = s.n.proxyPID(), s.n.agent.Process.Pid
 			} else if prev != nil {
 				// The proxy → direct switch: does a UDP flow the DNS
 				// proxy served still get answers once rules.dns is gone?
@@ -472,13 +568,13 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 				prev = nil
 			}
 			// warm-up (the proxy's first answer for the name is held for its entry)
-			runDNSCached(ctx, conns, 200, time.Second, 0)
-			r := runDNSCached(ctx, conns, perRun, runDur, pid)
+			runDNSCached(ctx, conns, 200, time.Second, 0, 0)
+			r := runDNSCached(ctx, conns, perRun, runDur, pid, agentPID)
 			if r.Queries == 0 || r.Errors > r.Queries/100 {
 				return fmt.Errorf("dns %s: %d answers, %d errors (first: %s)", p, r.Queries, r.Errors, r.FirstErr)
 			}
-			log.Printf("  dns cached round %d %-6s %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs errors %d/%d load %s",
-				round, p, r.PerSec, r.P50us, r.P99us, r.ProxyCPUPer1000, r.Errors, r.Queries+r.Errors, r.Load)
+			log.Printf("  dns cached round %d %-6s %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs agent cpu/1000 %.4fs errors %d/%d load %s",
+				round, p, r.PerSec, r.P50us, r.P99us, r.ProxyCPUPer1000, r.AgentCPUPer1000, r.Errors, r.Queries+r.Errors, r.Load)
 			if p == "direct" {
 				direct = r
 				res.Direct = append(res.Direct, r)
@@ -486,19 +582,44 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 				proxied = r
 				res.Proxy = append(res.Proxy, r)
 			}
+			// The same over TCP: one kept connection per worker.
+			tcs, err := newDNSTCPConns(s.n.clientNS, workers)
+			if err != nil {
+				return fmt.Errorf("dns client tcp connections: %w", err)
+			}
+			runDNSCached(ctx, tcs, 200, time.Second, 0, 0)
+			rt := runDNSCached(ctx, tcs, perRun, runDur, pid, agentPID)
+			closeDNSTCPConns(tcs)
+			if rt.Queries == 0 || rt.Errors > rt.Queries/100 {
+				return fmt.Errorf("dns %s over tcp: %d answers, %d errors (first: %s)", p, rt.Queries, rt.Errors, rt.FirstErr)
+			}
+			log.Printf("  dns cached round %d %-6s tcp %8.0f q/s p50 %6.0fus p99 %6.0fus proxy cpu/1000 %.4fs agent cpu/1000 %.4fs errors %d/%d load %s",
+				round, p, rt.PerSec, rt.P50us, rt.P99us, rt.ProxyCPUPer1000, rt.AgentCPUPer1000, rt.Errors, rt.Queries+rt.Errors, rt.Load)
+			if p == "direct" {
+				directTCP = rt
+				res.DirectTCP = append(res.DirectTCP, rt)
+			} else {
+				proxiedTCP = rt
+				res.ProxyTCP = append(res.ProxyTCP, rt)
+			}
 		}
 		res.Rounds.add(direct.PerSec, proxied.PerSec, loadAvg())
 		res.AddedP50us = append(res.AddedP50us, proxied.P50us-direct.P50us)
 		res.AddedP99us = append(res.AddedP99us, proxied.P99us-direct.P99us)
+		res.RoundsTCP.add(directTCP.PerSec, proxiedTCP.PerSec, loadAvg())
+		res.AddedTCPP50us = append(res.AddedTCPP50us, proxiedTCP.P50us-directTCP.P50us)
+		res.AddedTCPP99us = append(res.AddedTCPP99us, proxiedTCP.P99us-directTCP.P99us)
 	}
 	res.MedianAddedP50, res.MedianAddedP99 = medianF(res.AddedP50us), medianF(res.AddedP99us)
+	res.MedianAddedTCPP50, res.MedianAddedTCPP99 = medianF(res.AddedTCPP50us), medianF(res.AddedTCPP99us)
 	log.Printf("  dns q/s proxy/direct median %.2f (%.2f-%.2f); added p50 %.0fus p99 %.0fus (medians)", res.Rounds.Median, res.Rounds.Min, res.Rounds.Max, res.MedianAddedP50, res.MedianAddedP99)
+	log.Printf("  dns tcp q/s proxy/direct median %.2f (%.2f-%.2f); added p50 %.0fus p99 %.0fus (medians)", res.RoundsTCP.Median, res.RoundsTCP.Min, res.RoundsTCP.Max, res.MedianAddedTCPP50, res.MedianAddedTCPP99)
 
 	// 2. Answer → datapath entry at growing cache sizes.
 	if err := s.useDNS("proxy"); err != nil {
 		return err
 	}
-	held0, to0, err := proxyDNSHeld(s.n.run)
+	held0, to0, known0, err := proxyDNSHeld(s.n.run)
 	if err != nil {
 		return err
 	}
@@ -569,12 +690,12 @@ func (s *scenario) dnsPhase(ctx context.Context) error {
 			return fmt.Errorf("dns answer→entry at %d names: %d of %d new-name queries failed (first: %s)", target, row.Errors, newNames, row.FirstErr)
 		}
 	}
-	held1, to1, err := proxyDNSHeld(s.n.run)
+	held1, to1, known1, err := proxyDNSHeld(s.n.run)
 	if err != nil {
 		return err
 	}
-	res.Held, res.HoldTimeouts = held1-held0, to1-to0
-	log.Printf("  dns proxy during answer→entry: %.0f answers held, %.0f hold timeouts", res.Held, res.HoldTimeouts)
+	res.Held, res.HoldTimeouts, res.Known = held1-held0, to1-to0, known1-known0
+	log.Printf("  dns proxy during answer→entry: %.0f answers held, %.0f hold timeouts, %.0f released at once (known)", res.Held, res.HoldTimeouts, res.Known)
 	if res.HoldTimeouts > 0 {
 		res.Invalid = fmt.Sprintf("%.0f answers were released after the hold timeout (not after their datapath entry): the answer→entry numbers do not measure the entry", res.HoldTimeouts)
 		return errors.New(res.Invalid)
@@ -599,6 +720,12 @@ func dnsGoals(d *dnsResult, add func(name, target, measured, met string)) {
 		add(rateGoal, "report", fmt.Sprintf("%.2f (%.2f–%.2f, %d rounds)", pr.Median, pr.Min, pr.Max, len(pr.Ratios)), "n/a")
 		add(addedGoal, "report", fmt.Sprintf("%.3f ms / %.3f ms", d.MedianAddedP50/1e3, d.MedianAddedP99/1e3), "n/a")
 	}
+	if pr := d.RoundsTCP; pr != nil && len(pr.Ratios) > 0 {
+		add("(DNS) cached-name queries/s over TCP (kept connections), through the DNS proxy / direct, median of interleaved rounds", "report",
+			fmt.Sprintf("%.2f (%.2f–%.2f, %d rounds)", pr.Median, pr.Min, pr.Max, len(pr.Ratios)), "n/a")
+		add("(DNS) added latency of the DNS proxy over TCP, cached name, p50 / p99 (median of rounds)", "report",
+			fmt.Sprintf("%.3f ms / %.3f ms", d.MedianAddedTCPP50/1e3, d.MedianAddedTCPP99/1e3), "n/a")
+	}
 	var row *dnsEntryRow
 	for _, r := range d.Entry {
 		if r.TargetNames == 10000 {
@@ -621,24 +748,39 @@ func dnsGoals(d *dnsResult, add func(name, target, measured, met string)) {
 func dnsMarkdown(d *dnsResult) string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	w("## 11. DNS proxy (issue 16)\n\nA miekg/dns server in the server pod (%s:%d, UDP) answers every `*.bench.test.` A query with one address derived from the name (198.19.128.0/17, TTL %d). The client pod queries it over UDP from %d sockets (one closed-loop worker each, this process). *direct*: agent running, no policy. *proxy*: a CNP on the client with egress `rules.dns` (`matchPattern: \"*\"`) to the server pod's port 53 and `toFQDNs` `matchPattern: \"*.bench.test\"`, so every query goes through the DNS proxy and every answer is reported to the agent before it is released.\n\n", serverIP, dnsPort, dnsTTL, d.Workers)
+	w("## 11. DNS proxy (issue 16)\n\nA miekg/dns server in the server pod (%s:%d, UDP and TCP) answers every `*.bench.test.` A query with one address derived from the name (198.19.128.0/17, TTL %d). The client pod queries it over UDP from %d sockets (one closed-loop worker each, this process), and over TCP from as many kept connections (miekg/dns client connections, one per worker, new ones per run). *direct*: agent running, no policy. *proxy*: a CNP on the client with egress `rules.dns` (`matchPattern: \"*\"`) to the server pod's port 53 and `toFQDNs` `matchPattern: \"*.bench.test\"`, so every query goes through the DNS proxy; an answer is held until the agent confirmed its addresses in force, unless the agent confirmed them before for the whole TTL (the fast path: released at once, refreshed in the background).\n\n", serverIP, dnsPort, dnsTTL, d.Workers)
 	if len(d.Direct) > 0 {
 		w("**Cached name** (the same name repeated: its address is already in the datapath), %d queries per run (or 3 s), interleaved rounds:\n\n", d.QueriesPerRun)
-		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | agent CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for i := range d.Direct {
 			if i >= len(d.Proxy) {
 				break
 			}
 			dr, pr := d.Direct[i], d.Proxy[i]
-			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
-				us(d.AddedP50us[i]), us(d.AddedP99us[i]), pr.ProxyCPUPer1000, pr.Load)
+			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
+				us(d.AddedP50us[i]), us(d.AddedP99us[i]), pr.ProxyCPUPer1000, pr.AgentCPUPer1000, pr.Load)
 		}
 		if d.Rounds != nil && len(d.Rounds.Ratios) > 0 {
 			w("\nMedian q/s ratio **%.2f** (range %.2f–%.2f); median added latency p50 **%s**, p99 **%s**.\n\n", d.Rounds.Median, d.Rounds.Min, d.Rounds.Max, us(d.MedianAddedP50), us(d.MedianAddedP99))
 		}
 	}
+	if len(d.DirectTCP) > 0 {
+		w("**Cached name over TCP** (%d kept connections, one closed-loop worker each; the same rounds, right after each UDP run of the same path):\n\n", d.Workers)
+		w("| round | direct q/s | proxy q/s | proxy / direct | direct p50 | direct p99 | proxy p50 | proxy p99 | added p50 | added p99 | proxy CPU-s / 1000 q | agent CPU-s / 1000 q | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for i := range d.DirectTCP {
+			if i >= len(d.ProxyTCP) || i >= len(d.AddedTCPP50us) {
+				break
+			}
+			dr, pr := d.DirectTCP[i], d.ProxyTCP[i]
+			w("| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %.4f | %.4f | %s |\n", i+1, dr.PerSec, pr.PerSec, ratio(pr.PerSec, dr.PerSec), us(dr.P50us), us(dr.P99us), us(pr.P50us), us(pr.P99us),
+				us(d.AddedTCPP50us[i]), us(d.AddedTCPP99us[i]), pr.ProxyCPUPer1000, pr.AgentCPUPer1000, pr.Load)
+		}
+		if d.RoundsTCP != nil && len(d.RoundsTCP.Ratios) > 0 {
+			w("\nMedian q/s ratio over TCP **%.2f** (range %.2f–%.2f); median added latency p50 **%s**, p99 **%s**.\n\n", d.RoundsTCP.Median, d.RoundsTCP.Min, d.RoundsTCP.Max, us(d.MedianAddedTCPP50), us(d.MedianAddedTCPP99))
+		}
+	}
 	if len(d.Entry) > 0 {
-		w("**Answer → datapath entry.** With the policy in force, N unique names are learned first (4 concurrent clients; bounded by a time budget), then new unique names are queried one at a time, each followed by one query of the cached name. The DNS proxy holds a new name's answer until the agent has written its datapath entries (ipcache + the client's policy entries; `--dns-hold-timeout` 1 s), so *entry* = a new name's latency − the cached name's median latency in the same sequence. Answers held during these runs (the cached name's included: every answer for a toFQDNs name is reported to the agent): %.0f; released by the hold timeout: %.0f. The cached p99 column is the noise floor of the p99s at this sample size.\n\n", d.Held, d.HoldTimeouts)
+		w("**Answer → datapath entry.** With the policy in force, N unique names are learned first (4 concurrent clients; bounded by a time budget), then new unique names are queried one at a time, each followed by one query of the cached name. The DNS proxy holds a new name's answer until the agent has written its datapath entries (ipcache + the client's policy entries; `--dns-hold-timeout` 1 s), so *entry* = a new name's latency − the cached name's median latency in the same sequence. Answers held during these runs: %.0f; released by the hold timeout: %.0f; released at once, their addresses confirmed in force before (the cached name's, by the fast path): %.0f. The cached p99 column is the noise floor of the p99s at this sample size.\n\n", d.Held, d.HoldTimeouts, d.Known)
 		w("| names learned before | pre-learning took | CPU-ms per pre-learned name: agent / proxy | new names | new p50 | new p99 | cached p50 | cached p99 | **entry p50** | **entry p99** | load average |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range d.Entry {
 			cpu := "—"

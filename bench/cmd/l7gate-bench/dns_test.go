@@ -84,3 +84,26 @@ func TestDNSAnswerAddr(t *testing.T) {
 		t.Fatalf("p1 → %s, want 198.19.128.1", got)
 	}
 }
+
+// TestDNSMarkdownTCP: the TCP rounds get their own table and goal rows.
+func TestDNSMarkdownTCP(t *testing.T) {
+	d := &dnsResult{Workers: 4, RoundsTCP: &pairRounds{},
+		DirectTCP: []*dnsRun{{PerSec: 20000, P50us: 150, P99us: 400, Load: "1.00 1.00 1.00"}},
+		ProxyTCP:  []*dnsRun{{PerSec: 5000, P50us: 700, P99us: 1500, Load: "1.00 1.00 1.00"}}}
+	d.RoundsTCP.add(20000, 5000, "1.00 1.00 1.00")
+	d.AddedTCPP50us, d.AddedTCPP99us = []float64{550}, []float64{1100}
+	d.MedianAddedTCPP50, d.MedianAddedTCPP99 = 550, 1100
+	md := dnsMarkdown(d)
+	if !strings.Contains(md, "**Cached name over TCP**") || !strings.Contains(md, "| 1 | 20000 | 5000 | 0.25 |") || !strings.Contains(md, "Median q/s ratio over TCP **0.25**") {
+		t.Fatalf("markdown lacks the TCP rounds:\n%s", md)
+	}
+	var rows []string
+	dnsGoals(d, func(name, target, measured, met string) {
+		if strings.Contains(name, "over TCP") {
+			rows = append(rows, measured)
+		}
+	})
+	if len(rows) != 2 || !strings.HasPrefix(rows[0], "0.25 ") || rows[1] != "0.550 ms / 1.100 ms" {
+		t.Fatalf("TCP goal rows %q", rows)
+	}
+}

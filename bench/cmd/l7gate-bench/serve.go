@@ -68,11 +68,11 @@ func serveMain(args []string) error {
 		defer c.Close()
 	}
 	if *dnsAddr != "" {
-		ds, err := startDNSServer(*dnsAddr)
+		stopDNS, err := startDNSServer(*dnsAddr)
 		if err != nil {
 			return err
 		}
-		defer ds.Shutdown()
+		defer stopDNS()
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
