@@ -218,13 +218,19 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		}
 		fs.add(d.Endpoint, step, d.Direction, why, refsOf(d.Origins))
 	}
-	podIPs := map[netip.Addr]bool{}
-	for _, ep := range snap.Endpoints {
-		for _, ip := range ep.IPs {
-			podIPs[ip] = true
+	memo := &a.ipcMemo
+	if memo.snap != snap {
+		// A revision syncs twice (endpoints, then redirects): the pod
+		// addresses and the translated ipcache of one (read-only)
+		// snapshot are built once.
+		*memo = ipcacheMemo{snap: snap, podIPs: map[netip.Addr]bool{}}
+		for _, ep := range snap.Endpoints {
+			for _, ip := range ep.IPs {
+				memo.podIPs[ip] = true
+			}
 		}
 	}
-	hosts, err := a.cfg.Host.Addresses(podIPs)
+	hosts, err := a.cfg.Host.Addresses(memo.podIPs)
 	if err != nil {
 		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
 	}
@@ -232,7 +238,10 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	// What is in force, for the incremental FQDN path (fqdn.go) and the
 	// next sync; unknown if a sync fails.
 	a.lastPolicies, a.lastIPCache, a.lastHosts = nil, nil, hosts
-	ipc := bpftranslate.IPCache(snap, hosts)
+	if memo.ipc == nil || !slices.Equal(memo.hosts, hosts) {
+		memo.ipc, memo.hosts = bpftranslate.IPCache(snap, hosts), slices.Clone(hosts)
+	}
+	ipc := memo.ipc
 	partial, canPartial := a.dp.(fqdnDatapath)
 	var inc *datapathDelta
 	prevList := a.lastIPCacheAs
@@ -296,6 +305,16 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	}
 	a.attachNew(local, fs)
 	return st, nil
+}
+
+// ipcacheMemo: the last snapshot's pod addresses and, for the node
+// addresses hosts, its translated ipcache (read-only: the datapath and
+// the diff only read them).
+type ipcacheMemo struct {
+	snap   *policy.Snapshot
+	podIPs map[netip.Addr]bool
+	hosts  []netip.Addr
+	ipc    []bpf.IPCacheEntry
 }
 
 // fullSyncEvery: how often syncDatapath makes the whole maps exact even
