@@ -303,6 +303,7 @@ type Agent struct {
 	lastIPCacheAs []bpf.IPCacheEntry            // lastIPCache as last synced in full (nil: unknown)
 	lastFullSync  time.Time
 	lastHosts     []netip.Addr
+	ipcMemo       ipcacheMemo // syncDatapath's, per snapshot
 	flowStale     bool
 	flowRefreshed time.Time
 	fqRetry       bool

@@ -185,6 +185,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		byID[uint32(ep.Ifindex)] = ep
 	}
 	prevPolicies, prevIPCache := a.lastPolicies, a.lastIPCache
+	same := newDirCompare()
 	for i := range res.Policies {
 		p := &res.Policies[i]
 		ep := byID[p.Endpoint]
@@ -195,7 +196,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 			if dir == policy.Egress {
 				dp, was = &p.Egress, prev.Egress
 			}
-			if hadPrev && sameDirection(*dp, was) {
+			if hadPrev && same.equal(*dp, was) {
 				continue // in force: the datapath accepted it
 			}
 			if dir == policy.Ingress {
@@ -217,13 +218,19 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		}
 		fs.add(d.Endpoint, step, d.Direction, why, refsOf(d.Origins))
 	}
-	podIPs := map[netip.Addr]bool{}
-	for _, ep := range snap.Endpoints {
-		for _, ip := range ep.IPs {
-			podIPs[ip] = true
+	memo := &a.ipcMemo
+	if memo.snap != snap {
+		// A revision syncs twice (endpoints, then redirects): the pod
+		// addresses and the translated ipcache of one (read-only)
+		// snapshot are built once.
+		*memo = ipcacheMemo{snap: snap, podIPs: map[netip.Addr]bool{}}
+		for _, ep := range snap.Endpoints {
+			for _, ip := range ep.IPs {
+				memo.podIPs[ip] = true
+			}
 		}
 	}
-	hosts, err := a.cfg.Host.Addresses(podIPs)
+	hosts, err := a.cfg.Host.Addresses(memo.podIPs)
 	if err != nil {
 		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
 	}
@@ -231,13 +238,16 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	// What is in force, for the incremental FQDN path (fqdn.go) and the
 	// next sync; unknown if a sync fails.
 	a.lastPolicies, a.lastIPCache, a.lastHosts = nil, nil, hosts
-	ipc := bpftranslate.IPCache(snap, hosts)
+	if memo.ipc == nil || !slices.Equal(memo.hosts, hosts) {
+		memo.ipc, memo.hosts = bpftranslate.IPCache(snap, hosts), slices.Clone(hosts)
+	}
+	ipc := memo.ipc
 	partial, canPartial := a.dp.(fqdnDatapath)
 	var inc *datapathDelta
 	prevList := a.lastIPCacheAs
 	a.lastIPCacheAs = nil
 	if canPartial && prevPolicies != nil && prevIPCache != nil && a.cfg.now().Sub(a.lastFullSync) < fullSyncEvery {
-		inc = diffDatapath(prevPolicies, prevIPCache, prevList, res.Policies, ipc)
+		inc = diffDatapath(prevPolicies, prevIPCache, prevList, res.Policies, ipc, same)
 	}
 	var wantIPCache map[netip.Prefix]bpf.Identity
 	if inc != nil {
@@ -297,6 +307,16 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	return st, nil
 }
 
+// ipcacheMemo: the last snapshot's pod addresses and, for the node
+// addresses hosts, its translated ipcache (read-only: the datapath and
+// the diff only read them).
+type ipcacheMemo struct {
+	snap   *policy.Snapshot
+	podIPs map[netip.Addr]bool
+	hosts  []netip.Addr
+	ipc    []bpf.IPCacheEntry
+}
+
 // fullSyncEvery: how often syncDatapath makes the whole maps exact even
 // when it knows what is in force (a safety net: between full syncs it
 // writes only the endpoints and prefixes whose translation changed).
@@ -331,7 +351,7 @@ type datapathDelta struct {
 // prevList, when set, is prevIPCache as the list it was made from: an
 // equal list means no prefix changed (no map built).
 func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[netip.Prefix]bpf.Identity, prevList []bpf.IPCacheEntry,
-	policies []bpf.EndpointPolicy, ipc []bpf.IPCacheEntry) *datapathDelta {
+	policies []bpf.EndpointPolicy, ipc []bpf.IPCacheEntry, same *dirCompare) *datapathDelta {
 	d := &datapathDelta{}
 	if prevList != nil && slices.Equal(prevList, ipc) {
 		d.ipcache = prevIPCache
@@ -342,7 +362,7 @@ func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[ne
 	for _, p := range policies {
 		want[p.Endpoint] = true
 		old, ok := prevPolicies[p.Endpoint]
-		if !ok || !sameDirection(old.Ingress, p.Ingress) || !sameDirection(old.Egress, p.Egress) {
+		if !ok || !same.equal(old.Ingress, p.Ingress) || !same.equal(old.Egress, p.Egress) {
 			d.changed = append(d.changed, p)
 		}
 	}
@@ -391,13 +411,40 @@ func ipcacheMap(ipc []bpf.IPCacheEntry) map[netip.Prefix]bpf.Identity {
 	return m
 }
 
-// sameDirection: equal entries (bpftranslate shares one translation
-// between endpoints, so equal slices are often the same array).
-func sameDirection(x, y bpf.DirectionPolicy) bool {
+// dirCompare compares translated directions within one sync.
+// bpftranslate shares one translation between the endpoints whose
+// identities share a computed direction (no redirects), so a sync compares
+// the same pair of arrays for many endpoints: each distinct pair (array
+// and length on either side) is compared once and the answer reused. The
+// arrays are not modified while a sync runs. With 1000 endpoints and a
+// few hundred entries each, the entry-by-entry compare per endpoint was
+// the largest item of a policy change's datapath sync.
+type dirCompare struct {
+	memo map[dirPair]bool
+}
+
+type dirPair struct {
+	x, y unsafe.Pointer
+	n    int
+}
+
+func newDirCompare() *dirCompare { return &dirCompare{memo: map[dirPair]bool{}} }
+
+// equal: the same flags and equal entries.
+func (c *dirCompare) equal(x, y bpf.DirectionPolicy) bool {
 	if x.Enforced != y.Enforced || x.AuditDefault != y.AuditDefault || len(x.Entries) != len(y.Entries) {
 		return false
 	}
-	return len(x.Entries) == 0 || unsafe.SliceData(x.Entries) == unsafe.SliceData(y.Entries) || slices.Equal(x.Entries, y.Entries)
+	if len(x.Entries) == 0 || unsafe.SliceData(x.Entries) == unsafe.SliceData(y.Entries) {
+		return true
+	}
+	k := dirPair{unsafe.Pointer(unsafe.SliceData(x.Entries)), unsafe.Pointer(unsafe.SliceData(y.Entries)), len(x.Entries)}
+	eq, ok := c.memo[k]
+	if !ok {
+		eq = slices.Equal(x.Entries, y.Entries)
+		c.memo[k] = eq
+	}
+	return eq
 }
 
 // detachGone detaches the datapath from endpoints no longer local.

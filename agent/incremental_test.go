@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/policy"
 )
 
@@ -139,5 +140,44 @@ func TestIncrementalSyncEqualsWholeSync(t *testing.T) {
 	}
 	if n := whole.dp.countLog("update policy"); n != 0 {
 		t.Errorf("the whole-sync agent wrote %d partial updates", n)
+	}
+}
+
+// TestDirCompareSharedArrays: a sync compares the same pair of shared
+// arrays for many endpoints; the memo answers per pair (array and length
+// on both sides), so an endpoint whose own array differs from what is in
+// force is still found, and so is one compared against another array of
+// the same length.
+func TestDirCompareSharedArrays(t *testing.T) {
+	entries := func(port uint16, n int) []bpf.PolicyEntry {
+		out := make([]bpf.PolicyEntry, n)
+		for i := range out {
+			out[i] = bpf.PolicyEntry{Peer: bpf.Identity(1000 + i), Protocol: 6, Port: port, Verdict: bpf.VerdictAllow}
+		}
+		return out
+	}
+	dir := func(e []bpf.PolicyEntry) bpf.DirectionPolicy { return bpf.DirectionPolicy{Enforced: true, Entries: e} }
+	oldShared, newShared := entries(80, 50), entries(80, 50)
+	otherOld := entries(80, 50)
+	otherOld[49].Port = 81
+	changed := entries(80, 50)
+	changed[0].Verdict = bpf.VerdictDeny
+	c := newDirCompare()
+	for i := range 3 {
+		if !c.equal(dir(oldShared), dir(newShared)) {
+			t.Fatalf("call %d: equal shared arrays compared unequal", i)
+		}
+		if c.equal(dir(otherOld), dir(newShared)) {
+			t.Fatalf("call %d: an array with another last entry compared equal", i)
+		}
+		if c.equal(dir(oldShared), dir(changed)) {
+			t.Fatalf("call %d: a changed verdict compared equal", i)
+		}
+		if c.equal(dir(oldShared[:49]), dir(newShared)) || !c.equal(dir(oldShared[:49]), dir(newShared[:49])) {
+			t.Fatalf("call %d: a prefix of the same arrays compared wrong", i)
+		}
+		if c.equal(bpf.DirectionPolicy{Entries: oldShared}, dir(newShared)) {
+			t.Fatalf("call %d: another Enforced compared equal", i)
+		}
 	}
 }

@@ -257,12 +257,24 @@ func (r *readiness) saved() savedReadiness {
 		}
 	}
 	slices.SortFunc(s.Listeners, func(x, y savedListener) int {
-		return cmp.Or(cmp.Compare(fmt.Sprint(x.Envoy), fmt.Sprint(y.Envoy)), cmp.Compare(x.Direction, y.Direction), cmp.Compare(x.Parser, y.Parser))
+		return cmp.Or(compareBool(x.Envoy, y.Envoy), cmp.Compare(x.Direction, y.Direction), cmp.Compare(x.Parser, y.Parser))
 	})
 	slices.SortFunc(s.Endpoints, func(x, y savedEndpoint) int {
-		return cmp.Or(cmp.Compare(fmt.Sprint(x.Envoy), fmt.Sprint(y.Envoy)), cmp.Compare(x.Endpoint, y.Endpoint), cmp.Compare(x.Direction, y.Direction))
+		return cmp.Or(compareBool(x.Envoy, y.Envoy), cmp.Compare(x.Endpoint, y.Endpoint), cmp.Compare(x.Direction, y.Direction))
 	})
 	return s
+}
+
+// compareBool orders false before true (the order of their names, which
+// the saved file has always used), without formatting them per compare.
+func compareBool(x, y bool) int {
+	switch {
+	case x == y:
+		return 0
+	case !x:
+		return -1
+	}
+	return 1
 }
 
 func readinessFrom(s savedReadiness) readiness {

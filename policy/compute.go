@@ -196,15 +196,12 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	}
 	slack := map[Identity]*[2]int{}
 	cache := map[string]built{}
+	var key []byte
 	for _, id := range c.podIDs {
 		ep := &EndpointPolicy{Identity: id}
 		for _, dir := range []Direction{Ingress, Egress} {
-			var key strings.Builder
-			fmt.Fprint(&key, dir, subjects[id])
-			if dir == Ingress {
-				fmt.Fprint(&key, c.ports[id])
-			}
-			got, ok := cache[key.String()]
+			key = directionKey(key[:0], dir, subjects[id], c.ports[id])
+			got, ok := cache[string(key)]
 			if !ok {
 				b := newDirBuilder(dir, c.opts.MaxEntries)
 				for _, rr := range subjects[id] {
@@ -226,7 +223,7 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 				for _, sh := range b.shadows {
 					c.snap.shadows[sh] = true
 				}
-				cache[key.String()] = got
+				cache[string(key)] = got
 			}
 			*ep.Direction(dir) = got.pol
 			if slack[id] == nil {
@@ -243,6 +240,36 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	slices.SortFunc(c.snap.IPCache, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
 	c.keepIncremental(subjects, slack)
 	return c.snap, nil
+}
+
+// directionKey appends what an identity's direction policy is built from
+// to b: the direction, the rules that select the identity and, on
+// ingress, its named ports (identities with equal keys share one built
+// direction). Every part is length- or width-delimited, so distinct
+// inputs give distinct keys.
+func directionKey(b []byte, dir Direction, subjects []ruleRef, ports []NamedPort) []byte {
+	b = strconv.AppendInt(b, int64(dir), 10)
+	b = append(b, '|')
+	for _, rr := range subjects {
+		b = strconv.AppendInt(b, int64(rr.policy), 10)
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(rr.rule), 10)
+		b = append(b, ',')
+	}
+	if dir != Ingress {
+		return b
+	}
+	b = append(b, '|')
+	for _, np := range ports {
+		b = strconv.AppendInt(b, int64(len(np.Name)), 10)
+		b = append(b, ':')
+		b = append(b, np.Name...)
+		b = strconv.AppendInt(b, int64(np.Protocol), 10)
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(np.Port), 10)
+		b = append(b, ',')
+	}
+	return b
 }
 
 func sortedIDs[K comparable](m map[K]Identity) []Identity {

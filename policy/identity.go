@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/l7gate/l7gate/flow"
 )
@@ -294,7 +295,7 @@ func (r *podMemoReader) lookup(i int, k podKey) (podMemo, bool) {
 // from memo when its inputs are unchanged, and records it in next.
 func (a *IdentityAllocator) podIdentity(memo *podMemoReader, next *podMemos, i int, p *Pod, nsLabels map[string]string) (Labels, Identity, error) {
 	k := podKey{p.Namespace, p.Name}
-	if m, ok := memo.lookup(i, k); ok && m.serviceAccount == p.ServiceAccount && maps.Equal(m.labels, p.Labels) && maps.Equal(m.nsLabels, nsLabels) {
+	if m, ok := memo.lookup(i, k); ok && m.serviceAccount == p.ServiceAccount && sameLabelMap(m.labels, p.Labels) && sameLabelMap(m.nsLabels, nsLabels) {
 		next.list = append(next.list, podMemoEntry{k, m})
 		return m.ls, m.id, nil
 	}
@@ -324,4 +325,19 @@ func (a *IdentityAllocator) setPodMemo(next *podMemos, gen uint64) {
 	if a.forgotten == gen {
 		a.pods = next
 	}
+}
+
+// sameLabelMap is maps.Equal, at once for the very same map: the folder
+// source keeps the objects of files that did not change, so a policy
+// change hands compute the same label maps as the last one (the memo
+// holds the map it compared, so a map changed in place would not be
+// caught by maps.Equal either: objects are read-only once decoded).
+func sameLabelMap(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || *(*unsafe.Pointer)(unsafe.Pointer(&a)) == *(*unsafe.Pointer)(unsafe.Pointer(&b)) {
+		return true
+	}
+	return maps.Equal(a, b)
 }

@@ -132,3 +132,42 @@ func BenchmarkRecomputeScale(b *testing.B) {
 		})
 	}
 }
+
+// TestDirectionKeyDistinct: identities share a built direction only when
+// their keys are equal, so inputs that differ give different keys — rule
+// references whose digits run together, port names that look like the
+// numbers after them, ingress and egress.
+func TestDirectionKeyDistinct(t *testing.T) {
+	cases := []struct {
+		dir   Direction
+		subj  []ruleRef
+		ports []NamedPort
+	}{
+		{Ingress, []ruleRef{{1, 12}}, nil},
+		{Ingress, []ruleRef{{11, 2}}, nil},
+		{Ingress, []ruleRef{{1, 1}, {2, 0}}, nil},
+		{Ingress, []ruleRef{{1, 12}, {0, 0}}, nil},
+		{Egress, []ruleRef{{1, 12}}, nil},
+		{Ingress, []ruleRef{{1, 12}}, []NamedPort{{Name: "a", Protocol: ProtoTCP, Port: 80}}},
+		{Ingress, []ruleRef{{1, 12}}, []NamedPort{{Name: "a6", Protocol: ProtoTCP, Port: 80}}},
+		{Ingress, []ruleRef{{1, 12}}, []NamedPort{{Name: "a", Protocol: ProtoUDP, Port: 80}}},
+		{Ingress, []ruleRef{{1, 12}}, []NamedPort{{Name: "a", Protocol: ProtoTCP, Port: 8}}},
+		{Ingress, []ruleRef{{1, 12}}, []NamedPort{{Name: "a", Protocol: ProtoTCP, Port: 80}, {Name: "b", Protocol: ProtoTCP, Port: 81}}},
+		{Ingress, nil, nil},
+		{Egress, nil, nil},
+	}
+	seen := map[string]int{}
+	for i, c := range cases {
+		k := string(directionKey(nil, c.dir, c.subj, c.ports))
+		if j, dup := seen[k]; dup {
+			t.Errorf("cases %d and %d have the same key %q", j, i, k)
+		}
+		seen[k] = i
+	}
+	// On egress the named ports are not part of the policy (the peers'
+	// ports are): equal keys.
+	a := string(directionKey(nil, Egress, []ruleRef{{0, 1}}, []NamedPort{{Name: "a", Protocol: ProtoTCP, Port: 80}}))
+	if b := string(directionKey(nil, Egress, []ruleRef{{0, 1}}, nil)); a != b {
+		t.Errorf("egress keys differ by the subject's named ports: %q, %q", a, b)
+	}
+}
