@@ -126,8 +126,11 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 }
 
 // Insert records that name answered with ips for ttl (raised to MinTTL).
-// It reports false when the name is new and the cache is full (counted in
-// Overflow). Names that do not normalise are ignored.
+// It reports false when any of the addresses is not cached: the name is new
+// and MaxNames is reached (counted in Overflow), or MaxIPs is reached
+// (IPOverflow) — what fits is still cached. A full cache first collects
+// expired entries (at most once a second). Names that do not normalise are
+// ignored.
 func (c *Cache) Insert(name string, ips []netip.Addr, ttl time.Duration) bool {
 	n, err := policy.NormalizeDNSName(name)
 	if err != nil || len(ips) == 0 {
@@ -148,20 +151,25 @@ func (c *Cache) Insert(name string, ips []netip.Addr, ttl time.Duration) bool {
 			return false
 		}
 	}
-	for _, ip := range ips {
-		c.insertLocked(n, ip.Unmap(), exp)
+	if c.ips+len(ips) > c.cfg.MaxIPs && now.Sub(c.lastGC) >= time.Second {
+		c.gcLocked(now)
 	}
-	return true
+	all := true
+	for _, ip := range ips {
+		all = c.insertLocked(n, ip.Unmap(), exp) && all
+	}
+	return all
 }
 
-func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) {
+// insertLocked reports whether ip is cached for name afterwards.
+func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) bool {
 	if !ip.IsValid() {
-		return
+		return true // nothing to cache
 	}
 	m, known := c.names[name]
 	if !known && len(c.names) >= c.cfg.MaxNames {
 		c.stats.Overflow++
-		return
+		return false
 	}
 	for i := range m {
 		if m[i].ip == ip {
@@ -169,12 +177,12 @@ func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) {
 				m[i].exp = exp
 				c.version++
 			}
-			return
+			return true
 		}
 	}
 	if c.ips >= c.cfg.MaxIPs {
 		c.stats.IPOverflow++
-		return
+		return false
 	}
 	m = append(m, ipExpiry{ip, exp})
 	c.ips++
@@ -192,6 +200,7 @@ func (c *Cache) insertLocked(name string, ip netip.Addr, exp time.Time) {
 		c.stats.EvictedIPs++
 	}
 	c.names[name] = m
+	return slices.ContainsFunc(m, func(e ipExpiry) bool { return e.ip == ip })
 }
 
 // GC removes expired addresses (and names left without any); it returns

@@ -158,6 +158,28 @@ func TestCacheTotalIPCap(t *testing.T) {
 	}
 }
 
+// TestCacheIPCapReported: an answer with an address the total cap left out
+// is reported as not cached (the agent then fails the proxy's Learn: before,
+// Insert said true and the proxy released the answer as in force, and its
+// fast path remembered it); a full cache collects expired addresses first.
+func TestCacheIPCapReported(t *testing.T) {
+	clk := &clock{time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)}
+	c, _ := NewCache(CacheConfig{MinTTL: time.Second, MaxIPs: 2, Now: clk.now})
+	if !c.Insert("a.", ips("198.18.0.1"), time.Second) || !c.Insert("b.", ips("198.18.0.2"), time.Minute) {
+		t.Fatal("inserts below the cap reported as not cached")
+	}
+	if c.Insert("c.", ips("198.18.0.3"), time.Minute) {
+		t.Errorf("an address past the total cap reported as cached (cached: %v)", cachedIPs(c, "c."))
+	}
+	if !c.Insert("b.", ips("198.18.0.2"), time.Minute) {
+		t.Error("an address already cached reported as not cached at the cap")
+	}
+	clk.t = clk.t.Add(2 * time.Second) // a. expired, no GC run since
+	if !c.Insert("c.", ips("198.18.0.3"), time.Minute) || !slices.Equal(cachedIPs(c, "c."), []string{"198.18.0.3"}) {
+		t.Errorf("a full cache with an expired address: c. %v, stats %+v; want it collected and c. cached", cachedIPs(c, "c."), c.Stats())
+	}
+}
+
 // TestCacheRunSaves: Run collects and saves periodically and on exit.
 func TestCacheRunSaves(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fqdn-cache.json")
