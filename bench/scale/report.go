@@ -84,7 +84,7 @@ func (r *Report) Markdown() string {
 		for _, k := range sortedByValue(x.APIServerWatchEventsPerPolicyChange) {
 			ev += x.APIServerWatchEventsPerPolicyChange[k]
 			kib += x.APIServerWatchKiBPerPolicyChange[k]
-			if x.APIServerWatchEventsPerPolicyChange[k] >= 0.05 {
+			if x.APIServerWatchEventsPerPolicyChange[k] >= 0.5 { // (bookmarks aside)
 				parts = append(parts, fmt.Sprintf("%s %.1f / %.1f", k, x.APIServerWatchEventsPerPolicyChange[k], x.APIServerWatchKiBPerPolicyChange[k]))
 			}
 		}
