@@ -31,6 +31,12 @@ import (
 // change costs N small writes and one or two merged status writes, instead of N writes to each policy that every
 // agent watching policies received (make scale).
 //
+// The CRD makes status.policies an atomic map (x-kubernetes-map-type:
+// atomic; it has one owner): managedFields then name the map, not every
+// entry's fields, which were 44% of a report at 10 policies and which
+// every write decoded, merged and stored again (make scale). A cluster
+// whose CRD predates it behaves the same, at that cost.
+//
 // Shape:
 //
 //	status:

@@ -248,6 +248,30 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	} else if e := nodeStatusEntries(o)["CiliumNetworkPolicy/multi/shared"]; !e.OK || e.Error != "" {
 		t.Errorf("node-y's report after its endpoint recovered: %+v; want ok without an error", e)
 	}
+	// Created, then patched: the agent owns status.policies as one atomic
+	// map, so managedFields names the map and none of its entries (listing
+	// every entry's fields was 44% of the object, which each write
+	// decodes, merges and stores again; make scale).
+	for _, n := range nodes {
+		o, err := pns.Get(ctx, n, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		owned := false
+		for _, mf := range o.GetManagedFields() {
+			if mf.Manager != nodeFieldManager || mf.FieldsV1 == nil {
+				continue
+			}
+			fields := string(mf.FieldsV1.Raw)
+			if strings.Contains(fields, "CiliumNetworkPolicy/") || strings.Contains(fields, "f:observedGeneration") {
+				t.Errorf("PolicyNodeStatus %s: %s's managedFields name the entries: %s", n, mf.Manager, fields)
+			}
+			owned = owned || strings.Contains(fields, `"f:policies":{}`)
+		}
+		if !owned {
+			t.Errorf("PolicyNodeStatus %s: managedFields %+v; want %s owning status.policies whole", n, o.GetManagedFields(), nodeFieldManager)
+		}
+	}
 
 	// The leader stops: the other node takes over and merges generation 3.
 	lease, err := c.client.CoordinationV1().Leases("kube-system").Get(ctx, defaultLeaseName, metav1.GetOptions{})

@@ -2,6 +2,7 @@ package scale
 
 import (
 	"encoding/binary"
+	"maps"
 	"testing"
 )
 
@@ -59,5 +60,28 @@ apiserver_request_duration_seconds_bucket{le="0.1"} 9
 	}
 	if got.sum(agentStatusWrite) != 9 || got.sum(func(k requestKey) bool { return k.Code == "409" }) != 2 || len(got) != 3 {
 		t.Errorf("parsed %v", got)
+	}
+}
+
+func TestParseWatchTotals(t *testing.T) {
+	text := `# HELP apiserver_watch_events_total x
+apiserver_watch_events_total{group="cilium.io",resource="ciliumnetworkpolicies",version="v2"} 106
+apiserver_watch_events_total{group="l7gate.io",resource="policynodestatuses",version="v1alpha1"} 50
+apiserver_watch_events_sizes_bucket{group="cilium.io",resource="ciliumnetworkpolicies",version="v2",le="1024"} 0
+apiserver_watch_events_sizes_sum{group="cilium.io",resource="ciliumnetworkpolicies",version="v2"} 392200
+apiserver_watch_events_sizes_count{group="cilium.io",resource="ciliumnetworkpolicies",version="v2"} 106
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1"} 3
+`
+	got, err := parseWatchTotals([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := requestTotals{
+		{Verb: "events", Group: "cilium.io", Resource: "ciliumnetworkpolicies"}: 106,
+		{Verb: "events", Group: "l7gate.io", Resource: "policynodestatuses"}:    50,
+		{Verb: "bytes", Group: "cilium.io", Resource: "ciliumnetworkpolicies"}:  392200,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("parsed %v; want %v", got, want)
 	}
 }

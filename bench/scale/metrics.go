@@ -30,10 +30,34 @@ type requestTotals map[requestKey]float64
 // parseRequestTotals reads apiserver_request_total from a Prometheus text
 // exposition.
 func parseRequestTotals(text []byte) (requestTotals, error) {
+	return parseSeries(text, "apiserver_request_total", func(l map[string]string) requestKey {
+		return requestKey{Verb: l["verb"], Group: l["group"], Resource: l["resource"], Subresource: l["subresource"], Code: l["code"]}
+	})
+}
+
+// parseWatchTotals reads what the API server sent to watchers, by
+// resource: apiserver_watch_events_total (Verb "events") and the sum of
+// apiserver_watch_events_sizes (Verb "bytes").
+func parseWatchTotals(text []byte) (requestTotals, error) {
+	events, err := parseSeries(text, "apiserver_watch_events_total", func(l map[string]string) requestKey {
+		return requestKey{Verb: "events", Group: l["group"], Resource: l["resource"]}
+	})
+	if err != nil {
+		return nil, err
+	}
+	sizes, err := parseSeries(text, "apiserver_watch_events_sizes_sum", func(l map[string]string) requestKey {
+		return requestKey{Verb: "bytes", Group: l["group"], Resource: l["resource"]}
+	})
+	maps.Copy(events, sizes)
+	return events, err
+}
+
+// parseSeries sums the series of one metric by key.
+func parseSeries(text []byte, metric string, key func(labels map[string]string) requestKey) (requestTotals, error) {
 	out := requestTotals{}
 	sc := bufio.NewScanner(bytes.NewReader(text))
 	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	const name = "apiserver_request_total{"
+	name := metric + "{"
 	for sc.Scan() {
 		line := sc.Text()
 		if !strings.HasPrefix(line, name) {
@@ -51,8 +75,7 @@ func parseRequestTotals(text []byte) (requestTotals, error) {
 		if err != nil {
 			return nil, fmt.Errorf("parse metrics: %q: %w", line, err)
 		}
-		out[requestKey{Verb: labels["verb"], Group: labels["group"], Resource: labels["resource"],
-			Subresource: labels["subresource"], Code: labels["code"]}] += val
+		out[key(labels)] += val
 	}
 	return out, sc.Err()
 }

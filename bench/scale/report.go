@@ -75,6 +75,21 @@ func (r *Report) Markdown() string {
 			x.Nodes, x.Pods, x.FullAgents, x.StatusNodesLimit, x.StatusNodesListed, x.PolicyObjectBytes, x.StartupSyncS, x.StartupStatusS, x.StartupWrites, x.StartupConflicts, x.StartupStatusConflicts, x.AgentsRSSMiB, x.AgentRSSMiB, x.AgentHeapMiB,
 			x.ComputeMs, x.SharedCompute, strings.Join(x.LoadAvg, "; "), x.DurationS)
 	}
+	b.WriteString("\n## What the API server sent to watchers per policy change (apiserver_watch_events_total / _sizes)\n\n")
+	b.WriteString("| N | P | events (all watchers) | KiB (all watchers) | by resource: events / KiB | node report bytes (of it managedFields) |\n")
+	b.WriteString("|---:|---:|---:|---:|---|---:|\n")
+	for _, x := range r.Runs {
+		var ev, kib float64
+		var parts []string
+		for _, k := range sortedByValue(x.APIServerWatchEventsPerPolicyChange) {
+			ev += x.APIServerWatchEventsPerPolicyChange[k]
+			kib += x.APIServerWatchKiBPerPolicyChange[k]
+			if x.APIServerWatchEventsPerPolicyChange[k] >= 0.5 { // (bookmarks aside)
+				parts = append(parts, fmt.Sprintf("%s %.1f / %.1f", k, x.APIServerWatchEventsPerPolicyChange[k], x.APIServerWatchKiBPerPolicyChange[k]))
+			}
+		}
+		fmt.Fprintf(&b, "| %d | %d | %.1f | %.1f | %s | %d (%d) |\n", x.Nodes, x.Pods, ev, kib, strings.Join(parts, ", "), x.NodeReportBytes, x.NodeReportManagedFieldsBytes)
+	}
 	b.WriteString("\n## API requests per policy change (apiserver_request_total)\n\n")
 	for _, x := range r.Runs {
 		fmt.Fprintf(&b, "N = %d: ", x.Nodes)

@@ -356,6 +356,7 @@ func startPhaseProfiles(dir, run string, c *childProcess, logf func(string, ...a
 type phaseMark struct {
 	at        time.Time
 	requests  requestTotals
+	watch     requestTotals
 	stats     *childStats
 	childCPU  time.Duration
 	selfCPU   time.Duration
@@ -387,6 +388,9 @@ func mark(ctx context.Context, client kubernetes.Interface, c *childProcess) (ph
 		return m, fmt.Errorf("read apiserver metrics: %w", err)
 	}
 	if m.requests, err = parseRequestTotals(raw); err != nil {
+		return m, err
+	}
+	if m.watch, err = parseWatchTotals(raw); err != nil {
 		return m, err
 	}
 	if m.stats, err = c.askStats(ctx); err != nil {
@@ -563,6 +567,16 @@ type Result struct {
 	WriteFailures int `json:"writeFailures"`
 	// Requests per policy change by "VERB resource[/sub] code".
 	RequestsPerPolicyChange map[string]float64 `json:"requestsPerPolicyChange"`
+	// What the API server sent to all its watchers per policy change
+	// (apiserver_watch_events_total, apiserver_watch_events_sizes), by
+	// resource: events, and KiB.
+	APIServerWatchEventsPerPolicyChange map[string]float64 `json:"apiserverWatchEventsPerPolicyChange,omitempty"`
+	APIServerWatchKiBPerPolicyChange    map[string]float64 `json:"apiserverWatchKiBPerPolicyChange,omitempty"`
+	// NodeReportBytes: agent 0's PolicyNodeStatus at the end (JSON, with
+	// managedFields: what each of its writes decodes, validates, stores
+	// and sends to the elected agent); of it, managedFields.
+	NodeReportBytes              int `json:"nodeReportBytes,omitempty"`
+	NodeReportManagedFieldsBytes int `json:"nodeReportManagedFieldsBytes,omitempty"`
 	// Watch traffic one agent received, mean over agents.
 	WatchBytesPerPolicyChange  float64 `json:"watchBytesPerPolicyChange"`
 	WatchEventsPerPolicyChange float64 `json:"watchEventsPerPolicyChange"`
@@ -890,6 +904,15 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	for _, k := range pol.sortedKeys() {
 		res.RequestsPerPolicyChange[k.String()] = pol[k] / pc
 	}
+	res.APIServerWatchEventsPerPolicyChange, res.APIServerWatchKiBPerPolicyChange = map[string]float64{}, map[string]float64{}
+	for k, v := range m1.watch.sub(m0.watch) {
+		switch k.Verb {
+		case "events":
+			res.APIServerWatchEventsPerPolicyChange[k.Resource] += v / pc
+		case "bytes":
+			res.APIServerWatchKiBPerPolicyChange[k.Resource] += v / pc / 1024
+		}
+	}
 	attempts, failed, gets := 0, 0, 0
 	for _, a := range m1.stats.Agents {
 		for _, w := range a.Writes {
@@ -989,6 +1012,13 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 		res.StatusNodesListed = max(res.StatusNodesListed, len(listed))
 		b, _ := json.Marshal(u.Object)
 		res.PolicyObjectBytes = max(res.PolicyObjectBytes, len(b))
+	}
+	if u, err := dyn.Resource(k8s.PolicyNodeStatusResource()).Get(ctx, nodes[0], metav1.GetOptions{}); err == nil {
+		b, _ := json.Marshal(u.Object)
+		res.NodeReportBytes = len(b)
+		mf, _, _ := unstructured.NestedFieldNoCopy(u.Object, "metadata", "managedFields")
+		b, _ = json.Marshal(mf)
+		res.NodeReportManagedFieldsBytes = len(b)
 	}
 	res.Errors = append(res.Errors, tr.errors()...)
 	res.DurationS = time.Since(start).Seconds()

@@ -184,6 +184,11 @@ func TestScaleSmall(t *testing.T) {
 	if res.StatusNodesListed != 0 {
 		t.Errorf("status.nodes lists %d nodes with 4 nodes over the limit of 2, all fine; want none", res.StatusNodesListed)
 	}
+	// Each node report reaches the elected agent's watch (and the
+	// driver's): the API server's own count shows it.
+	if ev := res.APIServerWatchEventsPerPolicyChange["policynodestatuses"]; ev < n || res.NodeReportBytes == 0 {
+		t.Errorf("the API server sent %.1f policynodestatuses watch events per policy change, a report is %d bytes: the counting is broken", ev, res.NodeReportBytes)
+	}
 	if res.WatchEventsPerPodChange < 1 {
 		t.Errorf("%.2f watch events per agent per pod change: the counting is broken", res.WatchEventsPerPodChange)
 	}
