@@ -10,7 +10,9 @@ import (
 )
 
 // Snapshot is the result of Compute: every identity, the endpoints, the
-// ipcache and the policy of every endpoint identity.
+// ipcache and the policy of every endpoint identity. The ipcache holds
+// one entry per prefix, in the order ipcacheorder.go describes (FQDN
+// identities' entries last, by identity).
 type Snapshot struct {
 	Identities []IdentityInfo    `json:"identities"`
 	Endpoints  []Endpoint        `json:"endpoints"`
@@ -240,8 +242,8 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 		c.snap.Policies = append(c.snap.Policies, ep)
 		c.snap.byID[id] = ep
 	}
-	slices.SortFunc(c.snap.IPCache, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
-	c.keepIncremental(subjects, slack)
+	head := c.sortIPCache() // ipcacheorder.go
+	c.keepIncremental(subjects, slack, head)
 	return c.snap, nil
 }
 

@@ -85,6 +85,9 @@ type fqdnInc struct {
 	sigOf map[Identity]string
 	// combined: identities listed after the CIDR ones in Identities.
 	combined int
+	// ipcacheHead: where the FQDN identities' entries start in the
+	// ipcache (ipcacheorder.go); updates change only what follows.
+	ipcacheHead int
 	// Backing arrays with room to grow (appendOrMerge), by their first
 	// element: a snapshot publishes them clipped to their length, so the
 	// elements past it are invisible to its readers and the next update
@@ -97,14 +100,14 @@ type fqdnInc struct {
 
 // keepIncremental records what UpdateFQDN needs (only when some policy
 // has toFQDNs selectors).
-func (c *computer) keepIncremental(subjects map[Identity][]ruleRef, slack map[Identity]*[2]int) {
+func (c *computer) keepIncremental(subjects map[Identity][]ruleRef, slack map[Identity]*[2]int, ipcacheHead int) {
 	if len(c.fqdnSels) == 0 {
 		return
 	}
 	inc := &fqdnInc{
 		alloc: c.alloc, sels: c.fqdnSels, sectionsOf: map[Identity]*[2][]int{}, slack: slack,
 		names: c.fqdnNames, addrNames: map[netip.Addr][]string{}, addrKeys: map[netip.Addr][]string{},
-		taken: map[netip.Prefix]bool{}, fqdnID: map[netip.Addr]Identity{}, combined: len(c.combined),
+		taken: map[netip.Prefix]bool{}, fqdnID: map[netip.Addr]Identity{}, combined: len(c.combined), ipcacheHead: ipcacheHead,
 		entryTails: map[*Entry][]Entry{}, ipcacheTails: map[*IPCacheEntry][]IPCacheEntry{}, identityTails: map[*IdentityInfo][]IdentityInfo{},
 	}
 	for k := range c.fqdnSels {
@@ -507,13 +510,20 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 		ns.labels, ns.labelsAdded = m, nil
 	}
 	delta.Added = added
-	slices.SortFunc(added, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
-	cmpIPC := func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) }
-	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, cmpIPC, func() []IPCacheEntry {
-		// room only when the new prefixes came last (addresses are
-		// mostly not in order: the ipcache is copied, 40 bytes a prefix)
-		last := len(s.IPCache) == 0 || len(added) > 0 && cmpIPC(added[len(added)-1], s.IPCache[len(s.IPCache)-1]) > 0
-		return mergeSorted(s.IPCache, added, dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), cmpIPC, last)
+	// Added and removed entries are FQDN identities', all after the
+	// ipcache's head (ipcacheorder.go), which stays as it is: new
+	// identities are numbered after every other, so their entries
+	// usually append.
+	slices.SortFunc(added, compareFQDNEntry)
+	head := s.inc.ipcacheHead
+	afterLast := compareFQDNEntry
+	if head == len(s.IPCache) {
+		afterLast = func(IPCacheEntry, IPCacheEntry) int { return 1 } // no FQDN entry yet
+	}
+	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, afterLast, func() []IPCacheEntry {
+		out := make([]IPCacheEntry, 0, growRoom(len(s.IPCache)+len(added)))
+		return mergeInto(append(out, s.IPCache[:head]...), s.IPCache[head:], added,
+			dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), compareFQDNEntry)
 	})
 	slices.SortFunc(infos, func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) })
 	lo := slices.IndexFunc(s.Identities, func(i IdentityInfo) bool { return i.ID.IsCIDR() })
@@ -692,9 +702,16 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int, room bool) []T {
 	n := len(base) + len(add)
 	if room {
-		n += n/4 + 16
+		n = growRoom(n)
 	}
-	out := make([]T, 0, n)
+	return mergeInto(make([]T, 0, n), base, add, drop, cmp)
+}
+
+// growRoom: the capacity for n elements with room for a quarter more.
+func growRoom(n int) int { return n + n/4 + 16 }
+
+// mergeInto is mergeSorted appending to out.
+func mergeInto[T any](out, base, add []T, drop func(T) bool, cmp func(a, b T) int) []T {
 	if drop == nil {
 		// runs of base between the insertion points, copied whole
 		pos := 0
