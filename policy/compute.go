@@ -25,7 +25,7 @@ type Snapshot struct {
 	shadows map[shadowRecord]bool
 	// labelsAdded: identities added by UpdateFQDN since the last full
 	// compute (nil labels: removed), over labels (shared, read-only).
-	labelsAdded map[Identity]Labels
+	labelsAdded []labelsAdded
 	// inc: what UpdateFQDN needs to update this snapshot without a full
 	// compute (incremental.go); nil once a newer snapshot took it over.
 	inc *fqdnInc
@@ -36,7 +36,7 @@ func (s *Snapshot) Policy(id Identity) *EndpointPolicy { return s.byID[id] }
 
 // Labels returns the labels of an identity.
 func (s *Snapshot) Labels(id Identity) Labels {
-	if ls, ok := s.labelsAdded[id]; ok {
+	if ls, ok := findLabelsAdded(s.labelsAdded, id); ok {
 		return ls
 	}
 	return s.labels[id]

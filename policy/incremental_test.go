@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -20,14 +21,15 @@ func snapshotText(t *testing.T, s *Snapshot) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := string(b)
+	var out strings.Builder
+	out.Write(b)
 	for _, info := range s.Identities {
-		out += fmt.Sprintf("\n%d %v", info.ID, s.Labels(info.ID))
+		fmt.Fprintf(&out, "\n%d %v", info.ID, s.Labels(info.ID))
 		if p := s.Policy(info.ID); p != nil && p.Identity != info.ID {
-			out += " policy of another identity"
+			out.WriteString(" policy of another identity")
 		}
 	}
-	return out
+	return out.String()
 }
 
 func cacheOf(names map[string][]netip.Addr) StaticFQDNCache {
@@ -371,7 +373,7 @@ func TestComputeIPCacheOrder(t *testing.T) {
 	}
 	names := map[string][]netip.Addr{
 		"z.example.test":   {netip.MustParseAddr("198.19.9.1"), netip.MustParseAddr("198.18.0.1")},
-		"api.example.test": {netip.MustParseAddr("198.19.3.3")}, // a policy's /32 too
+		"api.example.test": {netip.MustParseAddr("198.19.3.3")},                                      // a policy's /32 too
 		"x.corp.test":      {netip.MustParseAddr("198.19.0.20"), netip.MustParseAddr("198.18.40.2")}, // a pod's address too
 	}
 	snap, err := ComputeWith(objs, NewIdentityAllocator(), Options{FQDNCache: cacheOf(names)})
@@ -411,5 +413,65 @@ func TestComputeIPCacheOrder(t *testing.T) {
 		if !slices.ContainsFunc(snap.Labels(id).Strings(), func(l string) bool { return strings.HasPrefix(l, want) }) {
 			t.Errorf("%s: identity %d %v, want a label %s…", addr, id, snap.Labels(id).Strings(), want)
 		}
+	}
+}
+
+// TestUpdateFQDNAllocatesPerAnswerNotPerName: the memory an UpdateFQDN
+// allocates for one new address of a known selector does not grow with
+// the number of cached names (nothing proportional to the ipcache, the
+// identities or their labels is copied per answer): the bytes per
+// update at 8000 cached names stay under twice those at 100 (measured
+// over the same 400 answers after 600 others, addresses in descending
+// order: each sorts before the previous one by prefix).
+func TestUpdateFQDNAllocatesPerAnswerNotPerName(t *testing.T) {
+	objs, errs := Load("testdata/incremental/fqdn.yaml")
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	perUpdate := func(n int) float64 {
+		names := map[string][]netip.Addr{}
+		for i := range n {
+			names[fmt.Sprintf("n%d.example.test", i)] = []netip.Addr{netip.AddrFrom4([4]byte{198, 19, 128 + byte(i>>8), byte(i)})}
+		}
+		alloc := NewIdentityAllocator()
+		snap, err := ComputeWith(objs, alloc, Options{FQDNCache: cacheOf(names)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		update := func(i int) {
+			// descending addresses: each sorts before the previous one
+			ip := netip.AddrFrom4([4]byte{198, 19, 120 - byte(i>>8), 255 - byte(i)})
+			name := fmt.Sprintf("new%d.example.test", i)
+			next, _, err := snap.UpdateFQDN([]FQDNName{{Name: name, IPs: []netip.Addr{ip}}})
+			if err != nil {
+				t.Fatalf("%d names, update %d (%s): %v", n, i, ip, err)
+			}
+			names[name] = []netip.Addr{ip}
+			snap = next
+		}
+		for i := range 600 {
+			update(i)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i := 600; i < 1000; i++ {
+			update(i)
+		}
+		runtime.ReadMemStats(&after)
+		// still exactly a full compute (the added identities' labels
+		// were folded into one map on the way at 100 names)
+		full, err := ComputeWith(objs, alloc, Options{FQDNCache: cacheOf(names)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, got := snapshotText(t, full), snapshotText(t, snap); got != want {
+			t.Fatalf("%d names: 1000 updates differ from a full compute:\n%s", n, lineDiff(want, got))
+		}
+		return float64(after.TotalAlloc-before.TotalAlloc) / 400
+	}
+	small, large := perUpdate(100), perUpdate(8000)
+	t.Logf("bytes per update: %.0f at 100 cached names, %.0f at 8000", small, large)
+	if large > 2*small {
+		t.Errorf("an update allocates %.0f bytes at 8000 cached names, %.0f at 100: something per name is copied per answer", large, small)
 	}
 }
