@@ -10,7 +10,9 @@ import (
 )
 
 // Snapshot is the result of Compute: every identity, the endpoints, the
-// ipcache and the policy of every endpoint identity.
+// ipcache and the policy of every endpoint identity. The ipcache holds
+// one entry per prefix, in the order ipcacheorder.go describes (FQDN
+// identities' entries last, by identity).
 type Snapshot struct {
 	Identities []IdentityInfo    `json:"identities"`
 	Endpoints  []Endpoint        `json:"endpoints"`
@@ -23,7 +25,7 @@ type Snapshot struct {
 	shadows map[shadowRecord]bool
 	// labelsAdded: identities added by UpdateFQDN since the last full
 	// compute (nil labels: removed), over labels (shared, read-only).
-	labelsAdded map[Identity]Labels
+	labelsAdded []labelsAdded
 	// inc: what UpdateFQDN needs to update this snapshot without a full
 	// compute (incremental.go); nil once a newer snapshot took it over.
 	inc *fqdnInc
@@ -34,7 +36,7 @@ func (s *Snapshot) Policy(id Identity) *EndpointPolicy { return s.byID[id] }
 
 // Labels returns the labels of an identity.
 func (s *Snapshot) Labels(id Identity) Labels {
-	if ls, ok := s.labelsAdded[id]; ok {
+	if ls, ok := findLabelsAdded(s.labelsAdded, id); ok {
 		return ls
 	}
 	return s.labels[id]
@@ -237,8 +239,8 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 		c.snap.Policies = append(c.snap.Policies, ep)
 		c.snap.byID[id] = ep
 	}
-	slices.SortFunc(c.snap.IPCache, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
-	c.keepIncremental(subjects, slack)
+	head := c.sortIPCache() // ipcacheorder.go
+	c.keepIncremental(subjects, slack, head)
 	return c.snap, nil
 }
 

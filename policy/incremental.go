@@ -85,6 +85,9 @@ type fqdnInc struct {
 	sigOf map[Identity]string
 	// combined: identities listed after the CIDR ones in Identities.
 	combined int
+	// ipcacheHead: where the FQDN identities' entries start in the
+	// ipcache (ipcacheorder.go); updates change only what follows.
+	ipcacheHead int
 	// Backing arrays with room to grow (appendOrMerge), by their first
 	// element: a snapshot publishes them clipped to their length, so the
 	// elements past it are invisible to its readers and the next update
@@ -93,19 +96,21 @@ type fqdnInc struct {
 	entryTails    map[*Entry][]Entry
 	ipcacheTails  map[*IPCacheEntry][]IPCacheEntry
 	identityTails map[*IdentityInfo][]IdentityInfo
+	labelTails    map[*labelsAdded][]labelsAdded
 }
 
 // keepIncremental records what UpdateFQDN needs (only when some policy
 // has toFQDNs selectors).
-func (c *computer) keepIncremental(subjects map[Identity][]ruleRef, slack map[Identity]*[2]int) {
+func (c *computer) keepIncremental(subjects map[Identity][]ruleRef, slack map[Identity]*[2]int, ipcacheHead int) {
 	if len(c.fqdnSels) == 0 {
 		return
 	}
 	inc := &fqdnInc{
 		alloc: c.alloc, sels: c.fqdnSels, sectionsOf: map[Identity]*[2][]int{}, slack: slack,
 		names: c.fqdnNames, addrNames: map[netip.Addr][]string{}, addrKeys: map[netip.Addr][]string{},
-		taken: map[netip.Prefix]bool{}, fqdnID: map[netip.Addr]Identity{}, combined: len(c.combined),
+		taken: map[netip.Prefix]bool{}, fqdnID: map[netip.Addr]Identity{}, combined: len(c.combined), ipcacheHead: ipcacheHead,
 		entryTails: map[*Entry][]Entry{}, ipcacheTails: map[*IPCacheEntry][]IPCacheEntry{}, identityTails: map[*IdentityInfo][]IdentityInfo{},
+		labelTails: map[*labelsAdded][]labelsAdded{},
 	}
 	for k := range c.fqdnSels {
 		inc.selKeys = append(inc.selKeys, k)
@@ -476,44 +481,50 @@ func (s *Snapshot) applyFQDNPlans(plans []fqdnPlan) (*Snapshot, *FQDNDelta) {
 	gone := map[Identity]bool{}
 	var added []IPCacheEntry
 	var infos []IdentityInfo
-	ns.labelsAdded = make(map[Identity]Labels, len(s.labelsAdded)+len(plans))
-	for id, ls := range s.labelsAdded {
-		ns.labelsAdded[id] = ls
-	}
+	labels := make([]labelsAdded, 0, len(plans))
 	for _, pl := range plans {
 		if pl.remove {
 			gone[pl.id] = true
 			delta.Removed = append(delta.Removed, IPCacheEntry{Prefix: pl.prefix, Identity: pl.id})
-			ns.labelsAdded[pl.id] = nil
+			labels = append(labels, labelsAdded{id: pl.id})
 			continue
 		}
 		added = append(added, IPCacheEntry{Prefix: pl.prefix, Identity: pl.id})
 		infos = append(infos, IdentityInfo{ID: pl.id, Labels: pl.labels.Strings()})
-		ns.labelsAdded[pl.id] = pl.labels
+		labels = append(labels, labelsAdded{id: pl.id, labels: pl.labels})
 	}
-	if len(ns.labelsAdded) > 256 && len(ns.labelsAdded) > len(s.labels)/8 {
-		// fold into one map now and then (amortised)
+	ns.labelsAdded = s.inc.addLabels(s.labelsAdded, labels)
+	if len(ns.labelsAdded) > len(s.labels)+256 {
+		// fold into one map now and then (amortised: after as many
+		// updated identities as the map holds)
 		m := make(map[Identity]Labels, len(s.labels)+len(ns.labelsAdded))
 		for id, ls := range s.labels {
 			m[id] = ls
 		}
-		for id, ls := range ns.labelsAdded {
-			if ls == nil {
-				delete(m, id)
+		for _, a := range ns.labelsAdded {
+			if a.labels == nil {
+				delete(m, a.id)
 			} else {
-				m[id] = ls
+				m[a.id] = a.labels
 			}
 		}
 		ns.labels, ns.labelsAdded = m, nil
 	}
 	delta.Added = added
-	slices.SortFunc(added, func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) })
-	cmpIPC := func(a, b IPCacheEntry) int { return comparePrefix(a.Prefix, b.Prefix) }
-	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, cmpIPC, func() []IPCacheEntry {
-		// room only when the new prefixes came last (addresses are
-		// mostly not in order: the ipcache is copied, 40 bytes a prefix)
-		last := len(s.IPCache) == 0 || len(added) > 0 && cmpIPC(added[len(added)-1], s.IPCache[len(s.IPCache)-1]) > 0
-		return mergeSorted(s.IPCache, added, dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), cmpIPC, last)
+	// Added and removed entries are FQDN identities', all after the
+	// ipcache's head (ipcacheorder.go), which stays as it is: new
+	// identities are numbered after every other, so their entries
+	// usually append.
+	slices.SortFunc(added, compareFQDNEntry)
+	head := s.inc.ipcacheHead
+	afterLast := compareFQDNEntry
+	if head == len(s.IPCache) {
+		afterLast = func(IPCacheEntry, IPCacheEntry) int { return 1 } // no FQDN entry yet
+	}
+	ns.IPCache = appendOrMerge(s.inc.ipcacheTails, s.IPCache, added, len(gone) > 0, afterLast, func() []IPCacheEntry {
+		out := make([]IPCacheEntry, 0, growRoom(len(s.IPCache)+len(added)))
+		return mergeInto(append(out, s.IPCache[:head]...), s.IPCache[head:], added,
+			dropIf(len(gone) > 0, func(e IPCacheEntry) bool { return gone[e.Identity] }), compareFQDNEntry)
 	})
 	slices.SortFunc(infos, func(a, b IdentityInfo) int { return cmpU(uint64(a.ID), uint64(b.ID)) })
 	lo := slices.IndexFunc(s.Identities, func(i IdentityInfo) bool { return i.ID.IsCIDR() })
@@ -692,9 +703,16 @@ func rewriteDirection(dp DirectionPolicy, plans []fqdnPlan, gone map[Identity]bo
 func mergeSorted[T any](base, add []T, drop func(T) bool, cmp func(a, b T) int, room bool) []T {
 	n := len(base) + len(add)
 	if room {
-		n += n/4 + 16
+		n = growRoom(n)
 	}
-	out := make([]T, 0, n)
+	return mergeInto(make([]T, 0, n), base, add, drop, cmp)
+}
+
+// growRoom: the capacity for n elements with room for a quarter more.
+func growRoom(n int) int { return n + n/4 + 16 }
+
+// mergeInto is mergeSorted appending to out.
+func mergeInto[T any](out, base, add []T, drop func(T) bool, cmp func(a, b T) int) []T {
 	if drop == nil {
 		// runs of base between the insertion points, copied whole
 		pos := 0
@@ -764,4 +782,55 @@ func dropIf[T any](some bool, drop func(T) bool) func(T) bool {
 		return nil
 	}
 	return drop
+}
+
+// labelsAdded is one identity UpdateFQDN added (nil labels: removed)
+// since the last full compute. A snapshot lists them sorted by identity,
+// one element per identity, over its labels map (shared, read-only): a
+// new identity (numbered after every other) appends in the spare room
+// of the previous snapshot's array, where copying a map of them cost
+// O(identities updated) per answer.
+type labelsAdded struct {
+	id     Identity
+	labels Labels
+}
+
+// findLabelsAdded looks id up in a sorted list.
+func findLabelsAdded(list []labelsAdded, id Identity) (Labels, bool) {
+	i, ok := slices.BinarySearchFunc(list, id, func(a labelsAdded, id Identity) int { return cmpU(uint64(a.id), uint64(id)) })
+	if !ok {
+		return nil, false
+	}
+	return list[i].labels, true
+}
+
+// addLabels returns base with upd (any order, later elements win)
+// applied: an identity of upd replaces base's element for it.
+func (inc *fqdnInc) addLabels(base, upd []labelsAdded) []labelsAdded {
+	cmpID := func(a, b labelsAdded) int { return cmpU(uint64(a.id), uint64(b.id)) }
+	slices.SortStableFunc(upd, cmpID)
+	// keep the last of equal identities
+	out := upd[:0]
+	for i, u := range upd {
+		if i+1 < len(upd) && upd[i+1].id == u.id {
+			continue
+		}
+		out = append(out, u)
+	}
+	upd = out
+	return appendOrMerge(inc.labelTails, base, upd, false, cmpID, func() []labelsAdded {
+		merged := make([]labelsAdded, 0, growRoom(len(base)+len(upd)))
+		i := 0
+		for _, b := range base {
+			for i < len(upd) && upd[i].id < b.id {
+				merged = append(merged, upd[i])
+				i++
+			}
+			if i < len(upd) && upd[i].id == b.id {
+				continue // replaced
+			}
+			merged = append(merged, b)
+		}
+		return append(merged, upd[i:]...)
+	})
 }
