@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -190,7 +191,10 @@ func NewStatusWriter(cfg StatusWriterConfig) (*StatusWriter, error) {
 }
 
 // Run sends Events and writes the statuses Implemented queued, until ctx
-// ends. Failed writes are retried with the next call or after 10s.
+// ends. A failed write is retried with the next call or after
+// statusRetryDelay: 0.5 s doubling up to 10 s, jittered, so a brief API
+// server overload costs a node half a second, not ten, and the nodes that
+// failed together do not retry together.
 func (w *StatusWriter) Run(ctx context.Context) error {
 	b := record.NewBroadcaster(record.WithContext(ctx))
 	defer b.Shutdown()
@@ -209,6 +213,7 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	failed := 0 // consecutive failed writes
 	for {
 		select {
 		case <-ctx.Done():
@@ -227,16 +232,32 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 		if err == nil && w.cfg.Reported != nil {
 			w.cfg.Reported(p.rev)
 		}
+		if err == nil {
+			failed = 0
+		}
 		if err != nil && ctx.Err() == nil {
-			w.log.Warn("policy status not written; retrying", "error", err)
+			d := statusRetryDelay(failed, rand.Float64())
+			failed++
+			w.log.Warn("policy status not written; retrying", "in", d, "error", err)
 			w.mu.Lock()
 			if w.pending == nil {
 				w.pending = p
 			}
 			w.mu.Unlock()
-			retry.Reset(10 * time.Second)
+			retry.Reset(d)
 		}
 	}
+}
+
+// statusRetryDelay is the wait before retrying a status write after
+// failed consecutive failures (0: the first): 0.5 s doubling up to 10 s,
+// times a jitter factor between 0.8 and 1.2 taken from u in [0, 1).
+func statusRetryDelay(failed int, u float64) time.Duration {
+	d := 10 * time.Second
+	if failed < 5 {
+		d = min(d, 500*time.Millisecond<<failed)
+	}
+	return time.Duration(float64(d) * (0.8 + 0.4*u))
 }
 
 // Implemented queues the statuses of a source update the agent has
