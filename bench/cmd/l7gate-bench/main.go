@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/bpf"
 )
 
 func main() {
@@ -76,7 +79,7 @@ type config struct {
 func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
 
 // phases, in the priority order.
-var allPhases = []string{"keepalive", "keepalive6", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "accesslogoff", "dns"}
+var allPhases = []string{"keepalive", "keepalive6", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "dns", "accesslogoff"}
 
 func benchMain() error {
 	var cfg config
@@ -264,8 +267,11 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 		{"kafka", s.kafka},
 		{"proxyrss", s.proxyRSS},
 		{"otlp", s.otlpOverhead},
-		{"accesslogoff", s.accessLogOff},
 		{"dns", s.dnsPhase},
+		// last: it replaces the agent's proxy by one started by hand
+		// (--access-log none, no FQDN learning), which later phases
+		// would measure instead
+		{"accesslogoff", s.accessLogOff},
 	}
 	for _, st := range steps {
 		if !cfg.want(st.phase) {
@@ -720,7 +726,15 @@ func (s *scenario) accessLogOff(ctx context.Context) error {
 		}
 	}
 	os.Remove(filepath.Join(n.run, "proxy-admin.sock"))
-	cmd, err := startProc(n.cl, filepath.Join(n.run, "proxy-nolog.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", proxyCPU,
+	// A proxy needs a cgroup of its own: the agent trusts from-proxy marks
+	// only from the cgroups of the proxies it takes listeners from, never
+	// the root's (started there, the agent failed the endpoint closed and
+	// the L7 path dropped everything: "trust the Go proxy's cgroup 1").
+	group, err := proxyCgroup(n.cl, "l7gate-bench-nolog-"+strconv.Itoa(os.Getpid()))
+	if err != nil {
+		return err
+	}
+	cmd, err := startProcIn(n.cl, group, filepath.Join(n.run, "proxy-nolog.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", proxyCPU,
 		n.bin, "proxy", "--xds-socket", filepath.Join(n.run, "xds.sock"), "--admin-socket", filepath.Join(n.run, "proxy-admin.sock"),
 		"--node", "bench", "--bpffs", n.bpffs, "--access-log", "none")
 	if err != nil {
@@ -809,4 +823,32 @@ frontend fe
 		return nil, err
 	}
 	return cmd, nil
+}
+
+// proxyCgroup creates a cgroup v2 directory for a proxy the bench starts by
+// hand, removed (once its processes are gone) by the cleanup stack.
+func proxyCgroup(cl *cleanups, name string) (*os.File, error) {
+	mount, err := bpf.Cgroup2Mount()
+	if err != nil {
+		return nil, fmt.Errorf("proxy cgroup: %w", err)
+	}
+	dir, _, err := bpf.CreateProxyCgroup(mount, name)
+	if err != nil {
+		return nil, fmt.Errorf("proxy cgroup: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("proxy cgroup: %w", err)
+	}
+	cl.add(func() {
+		f.Close()
+		for i := 0; i < 100; i++ {
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	return f, nil
 }

@@ -147,8 +147,17 @@ type node struct {
 // startProc starts a child that dies with us (Pdeathsig) and is killed by
 // the cleanup stack.
 func startProc(cl *cleanups, logPath string, name string, args ...string) (*exec.Cmd, error) {
+	return startProcIn(cl, nil, logPath, name, args...)
+}
+
+// startProcIn is startProc with the child placed in the cgroup v2
+// directory cgroup (nil: the caller's cgroup).
+func startProcIn(cl *cleanups, cgroup *os.File, logPath string, name string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
+	}
 	if logPath != "" {
 		f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
