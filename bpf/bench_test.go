@@ -6,9 +6,11 @@ import (
 	"net/netip"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,9 +21,9 @@ func benchSizes() []int { return []int{10, 10_000, 100_000} }
 // (50 ports per peer) plus the same few broad ones at every size.
 func benchDatapath(b *testing.B, n int) *Datapath {
 	d := openTest(b, Config{DisableEvents: true, MapSizes: MapSizes{Policy: 131072, Conntrack: 65536}})
-	// IPv6 needs the endpoint's address (anti-spoofing); IPv4 is left
-	// unchecked as before, so the IPv4 numbers stay comparable.
-	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv6: podIP6.As16()}, 0); err != nil {
+	// Both addresses: each family's packets from the pod are checked
+	// against the pod's own address (anti-spoofing), as in production.
+	if err := d.objs.Endpoints.Update(uint32(testIfindex), &datapathEndpointInfo{Id: testEP, Ipv4: podIP.As4(), Ipv6: podIP6.As16()}, 0); err != nil {
 		b.Fatal(err)
 	}
 	entries := make([]PolicyEntry, 0, n+3)
@@ -54,7 +56,24 @@ func benchDatapath(b *testing.B, n int) *Datapath {
 	if r := run(b, d.objs.TcToPod, pkt{src: peerIP6, dst: podIP6, sport: 50000, dport: 8080, proto: ProtoTCP, tcpFlags: tcpSYN}, 0); r.ret != actOK {
 		b.Fatalf("prime the IPv6 reply flow: %d", r.ret)
 	}
+	setProxyFamilies(b, d, true)
 	return d
+}
+
+// setProxyFamilies marks both families as served by a proxy socket (as
+// on a node whose proxy registered its listeners: untracked ACKs into a
+// pod then look for a proxy's upstream socket) or as never served (no
+// proxy on the node: the lookup is skipped).
+func setProxyFamilies(b *testing.B, d *Datapath, proxy bool) {
+	v := uint32(0)
+	if proxy {
+		v = 1
+	}
+	for _, k := range []uint32{proxyFamV4, proxyFamV6} {
+		if err := d.objs.ProxyFamilies.Update(k, v, ebpf.UpdateAny); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 func benchPeer(i int) Identity { return FirstClusterIdentity + Identity(i/50) }
@@ -72,7 +91,10 @@ func benchPeer(i int) Identity { return FirstClusterIdentity + Identity(i/50) }
 //     conntrack hit, where replies to proxies are told apart);
 //   - to-pod-ack-denied (tc_to_pod): a mid-stream segment of no tracked
 //     flow into the pod, default-denied (the socket lookup for replies to a
-//     proxy's upstream sockets, then a full evaluation; nothing is stored).
+//     proxy's upstream sockets, then a full evaluation; nothing is stored),
+//     on a node whose proxy registered sockets of both families;
+//   - to-pod-ack-denied-noproxy: the same where no proxy socket was ever
+//     registered (the lookup is skipped: proxy_families).
 //
 // This VM's speed drifts by tens of percent over seconds, so each
 // sub-benchmark measures its size and the 10-entry datapath in alternating
@@ -111,11 +133,23 @@ func BenchmarkDatapath(b *testing.B) {
 		{"to-pod-ack-denied", func(int) []byte {
 			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
 		}, actShot, true},
+		{"to-pod-ack-denied-noproxy", func(int) []byte {
+			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
+		}, actShot, true},
 	}
 	for _, n := range benchSizes() {
 		for _, path := range paths {
 			b.Run(fmt.Sprintf("entries=%d/%s", n, path.name), func(b *testing.B) {
 				pinToOneCPU(b)
+				noProxy := strings.HasSuffix(path.name, "-noproxy")
+				for _, m := range []int{10, n} {
+					setProxyFamilies(b, dps[m], !noProxy)
+				}
+				b.Cleanup(func() {
+					for _, m := range []int{10, n} {
+						setProxyFamilies(b, dps[m], true)
+					}
+				})
 				const rounds = 10
 				per := max(b.N/rounds, 1)
 				best := map[int]time.Duration{n: math.MaxInt64, 10: math.MaxInt64}
@@ -193,10 +227,13 @@ func BenchmarkDatapathIPv6(b *testing.B) {
 		{"default-deny", both(pkt{src: podIP, dst: peerIP, sport: 40000, dport: 3000, proto: ProtoTCP, tcpFlags: tcpSYN}), actShot, false},
 		{"reply", both(pkt{src: podIP, dst: peerIP, sport: 8080, dport: 50000, proto: ProtoTCP, tcpFlags: tcpACK}), actOK, false},
 		{"to-pod-ack-denied", both(pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}), actShot, true},
+		{"to-pod-ack-denied-noproxy", both(pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}), actShot, true},
 	}
 	for _, path := range paths {
 		b.Run(path.name, func(b *testing.B) {
 			pinToOneCPU(b)
+			setProxyFamilies(b, d, !strings.HasSuffix(path.name, "-noproxy"))
+			b.Cleanup(func() { setProxyFamilies(b, d, true) })
 			prog := d.objs.TcFromPod
 			if path.toPod {
 				prog = d.objs.TcToPod

@@ -150,6 +150,10 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load objects: %w", err)
 	}
 	d.Maps = mapsFrom(&d.objs.datapathMaps)
+	if err := d.adoptProxyFamilies(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.initSettings(); err != nil {
 		d.objs.Close()
 		return nil, err
@@ -173,6 +177,22 @@ func checkBPFFS(path string) error {
 		return fmt.Errorf("%s is not on a bpf filesystem", path)
 	}
 	return nil
+}
+
+// adoptProxyFamilies marks both families as served while the (pinned)
+// sockmap holds any socket: a proxy_families map created after proxies
+// registered (an upgrade) must not make the datapath stop looking for
+// their upstream sockets.
+func (d *Datapath) adoptProxyFamilies() error {
+	var key uint32
+	err := d.objs.ProxySocks.NextKey(nil, &key)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("proxy sockmap: %w", err)
+	}
+	return markProxyFamilies(d.objs.ProxyFamilies, proxyFamV4, proxyFamV6)
 }
 
 func (d *Datapath) initSettings() error {
@@ -389,7 +409,7 @@ func (d *Datapath) AttachSocketLookup(netnsPath string) error {
 // RegisterProxyListener puts a proxy listener socket in the sockmap under
 // its proxy port; see ProxySockets.Register.
 func (d *Datapath) RegisterProxyListener(port uint16, conn syscall.Conn) error {
-	return registerProxy(d.objs.ProxySocks, port, conn)
+	return registerProxy(d.objs.ProxySocks, d.objs.ProxyFamilies, port, conn)
 }
 
 // UnregisterProxyListener removes the listener of a proxy port.

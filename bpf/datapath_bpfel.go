@@ -187,6 +187,7 @@ const (
 	datapathMapIpcache        = "ipcache"
 	datapathMapPolicy         = "policy"
 	datapathMapProxyCgroups   = "proxy_cgroups"
+	datapathMapProxyFamilies  = "proxy_families"
 	datapathMapProxySocks     = "proxy_socks"
 	datapathMapRuleStats      = "rule_stats"
 	datapathMapSettings       = "settings"
@@ -247,19 +248,20 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	EpPolicy     *ebpf.MapSpec `ebpf:"ep_policy"`
-	EventLimit   *ebpf.MapSpec `ebpf:"event_limit"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Fragments    *ebpf.MapSpec `ebpf:"fragments"`
-	Fragments6   *ebpf.MapSpec `ebpf:"fragments6"`
-	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
-	ProxyCgroups *ebpf.MapSpec `ebpf:"proxy_cgroups"`
-	ProxySocks   *ebpf.MapSpec `ebpf:"proxy_socks"`
-	RuleStats    *ebpf.MapSpec `ebpf:"rule_stats"`
-	Settings     *ebpf.MapSpec `ebpf:"settings"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	EpPolicy      *ebpf.MapSpec `ebpf:"ep_policy"`
+	EventLimit    *ebpf.MapSpec `ebpf:"event_limit"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Fragments     *ebpf.MapSpec `ebpf:"fragments"`
+	Fragments6    *ebpf.MapSpec `ebpf:"fragments6"`
+	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	ProxyCgroups  *ebpf.MapSpec `ebpf:"proxy_cgroups"`
+	ProxyFamilies *ebpf.MapSpec `ebpf:"proxy_families"`
+	ProxySocks    *ebpf.MapSpec `ebpf:"proxy_socks"`
+	RuleStats     *ebpf.MapSpec `ebpf:"rule_stats"`
+	Settings      *ebpf.MapSpec `ebpf:"settings"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -289,19 +291,20 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	EpPolicy     *ebpf.Map `ebpf:"ep_policy"`
-	EventLimit   *ebpf.Map `ebpf:"event_limit"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Fragments    *ebpf.Map `ebpf:"fragments"`
-	Fragments6   *ebpf.Map `ebpf:"fragments6"`
-	Ipcache      *ebpf.Map `ebpf:"ipcache"`
-	Policy       *ebpf.Map `ebpf:"policy"`
-	ProxyCgroups *ebpf.Map `ebpf:"proxy_cgroups"`
-	ProxySocks   *ebpf.Map `ebpf:"proxy_socks"`
-	RuleStats    *ebpf.Map `ebpf:"rule_stats"`
-	Settings     *ebpf.Map `ebpf:"settings"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	EpPolicy      *ebpf.Map `ebpf:"ep_policy"`
+	EventLimit    *ebpf.Map `ebpf:"event_limit"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Fragments     *ebpf.Map `ebpf:"fragments"`
+	Fragments6    *ebpf.Map `ebpf:"fragments6"`
+	Ipcache       *ebpf.Map `ebpf:"ipcache"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	ProxyCgroups  *ebpf.Map `ebpf:"proxy_cgroups"`
+	ProxyFamilies *ebpf.Map `ebpf:"proxy_families"`
+	ProxySocks    *ebpf.Map `ebpf:"proxy_socks"`
+	RuleStats     *ebpf.Map `ebpf:"rule_stats"`
+	Settings      *ebpf.Map `ebpf:"settings"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -316,6 +319,7 @@ func (m *datapathMaps) Close() error {
 		m.Ipcache,
 		m.Policy,
 		m.ProxyCgroups,
+		m.ProxyFamilies,
 		m.ProxySocks,
 		m.RuleStats,
 		m.Settings,

@@ -37,6 +37,10 @@
 //	proxy_socks  sockhash proxy port -> listener socket; proxy port|1<<16
 //	             -> the port's UDP socket (the DNS proxy's); |1<<17: the
 //	             port's IPv6-only socket (ProxySockets.Register)
+//	proxy_families array[2] (0 IPv4, 1 IPv6) -> 1 once a proxy socket
+//	             serving that family was registered (never cleared): the
+//	             socket lookup for untracked ACKs into a pod (replies to a
+//	             proxy's transparent upstream sockets) runs only then
 //	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
 //	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}

@@ -14,7 +14,7 @@ import (
 // process that registers its own listeners (the agent cannot take another
 // process's sockets).
 type ProxySockets struct {
-	m *ebpf.Map
+	m, families *ebpf.Map
 }
 
 // OpenProxySockets opens the sockmap pinned under bpffsPath.
@@ -23,7 +23,12 @@ func OpenProxySockets(bpffsPath string) (*ProxySockets, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open proxy sockmap: %w", err)
 	}
-	return &ProxySockets{m: m}, nil
+	fams, err := ebpf.LoadPinnedMap(filepath.Join(bpffsPath, mapsDir, datapathMapProxyFamilies), nil)
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("open proxy families map: %w", err)
+	}
+	return &ProxySockets{m: m, families: fams}, nil
 }
 
 // Register puts a listener under its proxy port. A TCP listener must have
@@ -40,7 +45,7 @@ func OpenProxySockets(bpffsPath string) (*ProxySockets, error) {
 // closing the socket removes it, and redirects to the port then drop
 // (fail closed).
 func (p *ProxySockets) Register(port uint16, conn syscall.Conn) error {
-	return registerProxy(p.m, port, conn)
+	return registerProxy(p.m, p.families, port, conn)
 }
 
 // Unregister removes the sockets (TCP and UDP, both families) of a proxy
@@ -49,8 +54,8 @@ func (p *ProxySockets) Unregister(port uint16) error {
 	return unregisterProxy(p.m, port)
 }
 
-// Close closes the map handle; registrations stay.
-func (p *ProxySockets) Close() error { return p.m.Close() }
+// Close closes the map handles; registrations stay.
+func (p *ProxySockets) Close() error { return errors.Join(p.m.Close(), p.families.Close()) }
 
 // proxySockUDP marks the sockmap key of a proxy port's UDP socket
 // (PROXY_SOCK_UDP in c/datapath.c); proxySockV6 the key of a port's
@@ -82,7 +87,44 @@ func ipv6Only(fd int) (bool, error) {
 	return v6only == 1, nil
 }
 
-func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
+// Keys of the proxy_families map (PROXY_FAM_V4, PROXY_FAM_V6).
+const (
+	proxyFamV4 uint32 = 0
+	proxyFamV6 uint32 = 1
+)
+
+// markProxyFamilies records, for good, that a socket serving these
+// families was registered: only then does the datapath look for proxy
+// upstream sockets of that family (to_proxy_socket). Each family is its
+// own entry, written to 1 (no read-modify-write between registrants).
+func markProxyFamilies(fams *ebpf.Map, keys ...uint32) error {
+	for _, k := range keys {
+		if err := fams.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("mark proxy family %d: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// socketFamilies lists the proxy_families keys a socket serves: an
+// AF_INET socket IPv4, an IPv6-only one IPv6, a dual-stack one both.
+func socketFamilies(fd int, v6only bool) ([]uint32, error) {
+	dom, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return nil, fmt.Errorf("socket domain: %w", err)
+	}
+	switch {
+	case dom == unix.AF_INET:
+		return []uint32{proxyFamV4}, nil
+	case dom == unix.AF_INET6 && v6only:
+		return []uint32{proxyFamV6}, nil
+	case dom == unix.AF_INET6:
+		return []uint32{proxyFamV4, proxyFamV6}, nil
+	}
+	return nil, fmt.Errorf("%w: socket domain %d", ErrInvalidEntry, dom)
+}
+
+func registerProxy(m, fams *ebpf.Map, port uint16, conn syscall.Conn) error {
 	if port == 0 {
 		return fmt.Errorf("%w: proxy port 0", ErrInvalidEntry)
 	}
@@ -108,6 +150,17 @@ func registerProxy(m *ebpf.Map, port uint16, conn syscall.Conn) error {
 		}
 		if v6 {
 			key |= proxySockV6
+		}
+		// Before the socket can take a connection: the datapath must
+		// look for its upstream sockets from the first one on.
+		keys, err := socketFamilies(int(fd), v6)
+		if err != nil {
+			uerr = err
+			return
+		}
+		if err := markProxyFamilies(fams, keys...); err != nil {
+			uerr = err
+			return
 		}
 		uerr = m.Update(key, uint64(fd), ebpf.UpdateAny)
 	}); err != nil {

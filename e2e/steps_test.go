@@ -1291,4 +1291,69 @@ func TestStep9DualStack(t *testing.T) {
 			return fmt.Errorf("%v: no egress drop from %s to %v:\n%s", err, ip6["xwing"], backend6, out)
 		})
 	})
+
+	t.Run("DNS rules over kube-dns's IPv6 ClusterIP as over IPv4", func(t *testing.T) {
+		// kube-dns is dual-stack (e2e/manifests/coredns.yaml); the socket
+		// LB sends a query to either ClusterIP to a CoreDNS pod, the
+		// egress redirect to l7gate's DNS proxy, which applies rules.dns.
+		dns := strings.Fields(c.must(t, "-n", "kube-system", "get", "svc", "kube-dns", "-o", `jsonpath={.spec.clusterIPs[*]}`))
+		if len(dns) != 2 {
+			t.Fatalf("kube-dns clusterIPs %v, want an IPv4 and an IPv6 one", dns)
+		}
+		dns4, err4 := netip.ParseAddr(dns[0])
+		dns6, err6 := netip.ParseAddr(dns[1])
+		if err4 != nil || err6 != nil || !dns4.Is4() || !svcCIDR6.Contains(dns6) {
+			t.Fatalf("kube-dns clusterIPs %v, want [IPv4, IPv6 in %s]", dns, svcCIDR6)
+		}
+		c.apply(t, dsDNSRulesYAML)
+		c.waitPolicy(t, "default", "ds-tiefighter-egress")
+		const allowed = "ds-deathstar.default.svc.cluster.local"
+		// A name CoreDNS answers (NOERROR), outside rules.dns: only the
+		// DNS proxy answers it REFUSED.
+		const denied = "kube-dns.kube-system.svc.cluster.local"
+		for _, p := range c.clients("tiefighter") {
+			for _, server := range []netip.Addr{dns4, dns6} {
+				// busybox nslookup asks for A and AAAA: both ClusterIPs
+				eventually(t, 30*time.Second, fmt.Sprintf("%s nslookup %s %s answered", p, allowed, server), func() error {
+					out, code := c.exec(t, p, "busybox", "nslookup", allowed, server.String())
+					if code != 0 || !strings.Contains(out, cip4.String()) || !strings.Contains(out, cip6.String()) {
+						return fmt.Errorf("exit %d %q, want %s and %s", code, out, cip4, cip6)
+					}
+					return nil
+				})
+				out, code := c.exec(t, p, "busybox", "nslookup", denied, server.String())
+				if code == 0 || !strings.Contains(out, "REFUSED") {
+					t.Errorf("%s nslookup %s %s (over %s): exit %d %q, want REFUSED by the DNS proxy", p, denied, server, family(server), code, out)
+				} else {
+					t.Logf("%s nslookup %s %s (over %s): REFUSED", p, denied, server, family(server))
+				}
+			}
+		}
+	})
 }
+
+// dsDNSRulesYAML is ds-tiefighter-egress (dsEgressYAML) with DNS rules on
+// its kube-dns port: only ds-deathstar's name.
+const dsDNSRulesYAML = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: ds-tiefighter-egress
+spec:
+  endpointSelector:
+    matchLabels: {org: empire, class: tiefighter}
+  egress:
+  - toEndpoints:
+    - matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+      rules:
+        dns:
+        - matchName: ds-deathstar.default.svc.cluster.local
+  - toEndpoints:
+    - matchLabels: {app: ds-deathstar}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+`

@@ -28,7 +28,9 @@
 #                  so kubectl on the host reaches the cluster.
 #   services       198.19.128.0/20 and fd00:7e2e:2::/112 (kube-proxy
 #                  iptables + ip6tables, dual-stack)
-#   in-cluster     CoreDNS (Deployment + kube-dns Service 198.19.128.10),
+#   in-cluster     CoreDNS (Deployment + dual-stack kube-dns Service
+#                  198.19.128.10 and fd00:7e2e:2::a; pods are told the IPv4
+#                  one),
 #                  l7gate by `helm install deploy/helm/l7gate`.
 #
 # Usage:
@@ -50,6 +52,7 @@ SVC_CIDR=198.19.128.0/20
 SVC_CIDR6=fd00:7e2e:2::/112
 SVC_KUBERNETES=198.19.128.1
 DNS_IP=198.19.128.10
+DNS_IP6=fd00:7e2e:2::a
 CLUSTER_CIDR=198.18.64.0/18
 CLUSTER_CIDR6=fd00:7e2e:1::/56
 CLUSTER_DOMAIN=cluster.local
@@ -398,7 +401,7 @@ EOF
 }
 
 addons() {
-  sed -e "s|@COREDNS_IMAGE@|$COREDNS_REF|" -e "s|@DNS_IP@|$DNS_IP|" -e "s|@DOMAIN@|$CLUSTER_DOMAIN|" \
+  sed -e "s|@COREDNS_IMAGE@|$COREDNS_REF|" -e "s|@DNS_IP@|$DNS_IP|" -e "s|@DNS_IP6@|$DNS_IP6|" -e "s|@DOMAIN@|$CLUSTER_DOMAIN|" \
     e2e/manifests/coredns.yaml | "$KUBECTL" apply -f - >/dev/null
 }
 

@@ -152,6 +152,52 @@ func Trace(objs *Objects, req TraceRequest) (*TraceResult, error) {
 	if req.Dst.Service != "" {
 		return traceService(objs, req)
 	}
+	if req.DstFQDN == "" && req.Dst.Addr.IsValid() && req.Dst.Labels == nil && req.Dst.Entity == "" && req.Dst.Family == "" {
+		return traceClusterIP(objs, req, fqdn)
+	}
+	return traceFlow(objs, req, fqdn)
+}
+
+// traceClusterIP traces a flow to an address: a Service's ClusterIP with
+// one of its ports is traced as that Service (traceService, through the
+// ClusterIP's family), as socket load balancing sends the connection to a
+// backend; the result says so. A ClusterIP with a port the Service does
+// not have is not load-balanced: traced as the address, with a note.
+func traceClusterIP(objs *Objects, req TraceRequest, fqdn *FQDNTrace) (*TraceResult, error) {
+	addr := req.Dst.Addr.Unmap()
+	fronts, _ := ServiceFrontends(objs, "")
+	var svc string
+	var ports []string
+	for _, f := range fronts {
+		if f.Address.Addr() != addr || (svc != "" && f.Service != svc) {
+			continue
+		}
+		svc = f.Service
+		ports = append(ports, fmt.Sprintf("%d/%s", f.Address.Port(), f.Protocol))
+		if f.Address.Port() == req.DPort && f.Protocol == req.Protocol {
+			one := req
+			one.Dst = TracePeer{Service: f.Service, Family: addressType(addr)}
+			res, err := traceService(objs, one)
+			if err != nil {
+				return nil, err
+			}
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s is the ClusterIP of Service %s: traced to its backends, as socket load balancing sends a connection to %s (the same as --dst-service %s --family %s)",
+				addr, f.Service, netip.AddrPortFrom(addr, req.DPort), f.Service, strings.ToLower(addressType(addr))))
+			return res, nil
+		}
+	}
+	res, err := traceFlow(objs, req, fqdn)
+	if err != nil || svc == "" {
+		return res, err
+	}
+	slices.Sort(ports)
+	res.Warnings = append(res.Warnings, fmt.Sprintf("%s is the ClusterIP of Service %s, which has no port %d/%s (it has %s): not load-balanced, traced as the address itself",
+		addr, svc, req.DPort, req.Protocol, strings.Join(slices.Compact(ports), ", ")))
+	return res, nil
+}
+
+// traceFlow traces a flow between two resolved peers (no Service).
+func traceFlow(objs *Objects, req TraceRequest, fqdn *FQDNTrace) (*TraceResult, error) {
 	if req.Dst.Family != "" && req.Dst.Service == "" {
 		return nil, errors.New("destination: a family is only given with a Service")
 	}
@@ -403,7 +449,8 @@ func traceService(objs *Objects, req TraceRequest) (*TraceResult, error) {
 		one := req
 		one.Dst = TracePeer{Addr: b.Address.Addr()}
 		one.DPort = b.Address.Port()
-		r, err := Trace(objs, one)
+		// A backend is traced as its address, never as a Service again.
+		r, err := traceFlow(objs, one, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -341,6 +341,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_socks SEC(".maps");
 
+/* Families a proxy socket has served since this sockmap was created: key
+ * PROXY_FAM_V4 / PROXY_FAM_V6, value 1 once a socket serving that family
+ * (an AF_INET socket: IPv4; an IPv6-only one: IPv6; a dual-stack one:
+ * both) was registered. Go sets it before the socket enters proxy_socks
+ * and never clears it (bpf/proxysockets.go; Open sets both while the
+ * sockmap holds any socket, for maps pinned before this one existed).
+ * Without it no proxy can hold a transparent upstream socket of that
+ * family (its connections come only through proxy_socks), so the socket
+ * lookup for packets into a pod (to_proxy_socket) cannot succeed and is
+ * skipped: those packets are judged as new flows, as when the lookup
+ * finds nothing. Sticky, so that a proxy's connections outlive its
+ * listener's removal (revalidation keeps TCP flows with their proxy). */
+#define PROXY_FAM_V4 0
+#define PROXY_FAM_V6 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 2);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_families SEC(".maps");
+
 /* Cgroup v2 ids whose sockets may carry from-proxy marks (bpf/cgroup.go). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -1441,6 +1464,11 @@ __attribute__((noinline)) int proxy_socket_global(struct __sk_buff *skb, struct 
 static __always_inline int to_proxy_socket(struct __sk_buff *skb, struct flow *f)
 {
 	if (f->proto != IPPROTO_TCP || !(f->tcp_flags & TCP_ACK))
+		return 0;
+	/* No proxy ever served this family here: no socket to find. */
+	__u32 fam = f->family == AF_INET6 ? PROXY_FAM_V6 : PROXY_FAM_V4;
+	__u32 *seen = bpf_map_lookup_elem(&proxy_families, &fam);
+	if (!seen || !*seen)
 		return 0;
 	return proxy_socket_global(skb, f);
 }

@@ -136,6 +136,11 @@ the inputs. A destination may also be a Service:
   --dst-service NS/NAME --family ipv4|ipv6       a dual-stack Service through its ClusterIP of that
                                                  family, to its backends' addresses of that family
                                                  (default: its first ClusterIP, IPv4 before IPv6)
+  --dst-cidr CLUSTERIP                           a Service's ClusterIP (IPv4 or IPv6) with one of its
+                                                 ports is traced as that Service (the same as
+                                                 --dst-service with the ClusterIP's family; a warning
+                                                 says so); with a port the Service lacks, as the
+                                                 address itself (not load-balanced)
 
 Invalid objects are reported and traced as the agent enforces them: an
 invalid policy whose endpointSelector decodes holds the endpoints it selects
