@@ -324,7 +324,7 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 	}
 	// The proxy in a process of its own, as in make bench: its CPU alone
 	// (proxy-µs/req) without the client's and server's noise.
-	for _, l := range []string{"buffered", "none"} {
+	for _, l := range []string{"buffered+forward", "buffered", "none"} {
 		b.Run("process-log="+l, func(b *testing.B) {
 			addr, cpu := proxyProcess(b, upstream, l)
 			keepAliveClientsCPU(b, addr, 64, cpu)
@@ -422,8 +422,18 @@ func TestHelperKeepAliveProxy(t *testing.T) {
 // proxyProcess starts TestHelperKeepAliveProxy in a process of its own
 // and returns its address and a reader of its CPU time.
 func proxyProcess(b *testing.B, upstream, accessLog string) (string, func() (usr, sys time.Duration)) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperKeepAliveProxy$")
+	args := []string{"-test.run=^TestHelperKeepAliveProxy$"}
+	if prof := os.Getenv("L7GATE_PROXY_CPUPROFILE"); prof != "" {
+		// the proxy process's own CPU profile (the benchmark's
+		// -cpuprofile covers only the clients and the server)
+		args = append(args, "-test.cpuprofile="+prof)
+	}
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "L7GATE_HELPER_PROXY="+accessLog, "L7GATE_HELPER_UPSTREAM="+upstream)
+	if n := os.Getenv("L7GATE_PROXY_GOMAXPROCS"); n != "" {
+		// make bench pins the proxy to one CPU (GOMAXPROCS 1)
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+n)
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
