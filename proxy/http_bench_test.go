@@ -330,6 +330,12 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 			keepAliveClientsCPU(b, addr, 64, cpu)
 		})
 	}
+	// The floor: the splice proxy in a process of its own (no parsing,
+	// no policy, no log), its CPU measured as the Go proxy's is.
+	b.Run("process-splice", func(b *testing.B) {
+		addr, cpu := proxyProcess(b, upstream, "splice")
+		keepAliveClientsCPU(b, addr, 64, cpu)
+	})
 }
 
 // BenchmarkHTTP1KeepAliveIPv6 is issue 21's proxy row: the keep-alive
@@ -373,7 +379,7 @@ func cpuTimes(b *testing.B) (usr, sys time.Duration) {
 // spliceProxy is the floor of a user-space proxy: every connection copied
 // both ways to upstream with io.Copy (splice(2) between TCP sockets), no
 // parsing, no policy, no log.
-func spliceProxy(b *testing.B, upstream string) string {
+func spliceProxy(b testing.TB, upstream string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -409,7 +415,12 @@ func TestHelperKeepAliveProxy(t *testing.T) {
 	if os.Getenv("L7GATE_HELPER_PROXY") == "" {
 		t.Skip("the proxy process of BenchmarkHTTP1KeepAlive; runs only when it starts it")
 	}
-	addr := benchHTTPProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"), os.Getenv("L7GATE_HELPER_PROXY"))
+	var addr string
+	if mode := os.Getenv("L7GATE_HELPER_PROXY"); mode == "splice" {
+		addr = spliceProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"))
+	} else {
+		addr = benchHTTPProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"), mode)
+	}
 	fmt.Printf("addr %s\n", addr)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
