@@ -103,6 +103,7 @@ func (f *Forwarder) stream(ctx context.Context, conn net.Conn) error {
 	defer stop()
 	w := bufio.NewWriterSize(conn, 64<<10)
 	var buf []byte
+	var tc timeCache
 	pending := uint64(0) // records in w not yet flushed
 	flush := func() error {
 		if err := w.Flush(); err != nil {
@@ -130,7 +131,7 @@ func (f *Forwarder) stream(ctx context.Context, conn net.Conn) error {
 			}
 			t.Stop()
 		}
-		buf = AppendJSON(buf[:0], r)
+		buf = appendJSON(buf[:0], r, &tc)
 		// (records a full buffer flushed on its own are counted at the
 		// next flush; a failure counts every record since the last one)
 		if _, err := w.Write(buf); err != nil {

@@ -138,10 +138,11 @@ func (r *Record) Dropped() bool { return r.Verdict == VerdictDenied }
 func JSONLines(w io.Writer) func(*Record) {
 	var mu sync.Mutex
 	var buf []byte
+	var tc timeCache
 	return func(r *Record) {
 		mu.Lock()
 		defer mu.Unlock()
-		buf = AppendJSON(buf[:0], r)
+		buf = appendJSON(buf[:0], r, &tc)
 		w.Write(buf)
 	}
 }
@@ -169,6 +170,7 @@ const maxBufferedLines = 64 << 10
 func BufferedJSONLines(w io.Writer, delay time.Duration) (sink func(*Record), flush func()) {
 	var mu sync.Mutex
 	var buf []byte
+	var tc timeCache // guarded by mu
 	armed := false
 	writeLocked := func() {
 		if len(buf) > 0 {
@@ -187,7 +189,7 @@ func BufferedJSONLines(w io.Writer, delay time.Duration) (sink func(*Record), fl
 	sink = func(r *Record) {
 		mu.Lock()
 		defer mu.Unlock()
-		buf = AppendJSON(buf, r)
+		buf = appendJSON(buf, r, &tc)
 		if len(buf) >= maxBufferedLines {
 			writeLocked()
 			return

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/l7gate/l7gate/flow"
@@ -46,7 +47,32 @@ func (p *Proxy) identities(ci connInfo) (policy.Identity, policy.Identity) {
 	return c.identityOf(ci.src.Addr()), c.identityOf(ci.dst.Addr())
 }
 
+// connIdentities caches a connection's (source, destination) identities
+// under the config they were looked up in: a connection's requests are
+// recorded with the identities of the config current at each record, as
+// before, without two address lookups per request.
+type connIdentities struct {
+	cfg      *compiled
+	src, dst policy.Identity
+}
+
+// identitiesCached is identities through cache (per connection; records
+// of HTTP/2 streams may be written from several goroutines).
+func (p *Proxy) identitiesCached(ci connInfo, cache *atomic.Pointer[connIdentities]) (policy.Identity, policy.Identity) {
+	c := p.cur.Load()
+	if c == nil {
+		return 0, 0
+	}
+	if e := cache.Load(); e != nil && e.cfg == c {
+		return e.src, e.dst
+	}
+	e := &connIdentities{cfg: c, src: c.identityOf(ci.src.Addr()), dst: c.identityOf(ci.dst.Addr())}
+	cache.Store(e)
+	return e.src, e.dst
+}
+
 func (p *Proxy) httpAccess(ci connInfo) func(*httpparser.Record) {
+	var ids atomic.Pointer[connIdentities]
 	return func(r *httpparser.Record) {
 		verdict := recordVerdict(r.Allowed, r.DecidedBy)
 		switch verdict {
@@ -57,7 +83,7 @@ func (p *Proxy) httpAccess(ci connInfo) func(*httpparser.Record) {
 		default:
 			p.stats.httpDenied.Add(1)
 		}
-		src, dst := p.identities(ci)
+		src, dst := p.identitiesCached(ci, &ids)
 		p.opts.AccessLog(&AccessRecord{
 			Time: r.Start, Protocol: "http", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
 			SrcIdentity: src, DstIdentity: dst, Verdict: verdict, DecidedBy: r.DecidedBy,

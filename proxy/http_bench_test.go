@@ -324,12 +324,18 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 	}
 	// The proxy in a process of its own, as in make bench: its CPU alone
 	// (proxy-µs/req) without the client's and server's noise.
-	for _, l := range []string{"buffered", "none"} {
+	for _, l := range []string{"buffered+forward", "buffered", "none"} {
 		b.Run("process-log="+l, func(b *testing.B) {
 			addr, cpu := proxyProcess(b, upstream, l)
 			keepAliveClientsCPU(b, addr, 64, cpu)
 		})
 	}
+	// The floor: the splice proxy in a process of its own (no parsing,
+	// no policy, no log), its CPU measured as the Go proxy's is.
+	b.Run("process-splice", func(b *testing.B) {
+		addr, cpu := proxyProcess(b, upstream, "splice")
+		keepAliveClientsCPU(b, addr, 64, cpu)
+	})
 }
 
 // BenchmarkHTTP1KeepAliveIPv6 is issue 21's proxy row: the keep-alive
@@ -373,7 +379,7 @@ func cpuTimes(b *testing.B) (usr, sys time.Duration) {
 // spliceProxy is the floor of a user-space proxy: every connection copied
 // both ways to upstream with io.Copy (splice(2) between TCP sockets), no
 // parsing, no policy, no log.
-func spliceProxy(b *testing.B, upstream string) string {
+func spliceProxy(b testing.TB, upstream string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -409,7 +415,12 @@ func TestHelperKeepAliveProxy(t *testing.T) {
 	if os.Getenv("L7GATE_HELPER_PROXY") == "" {
 		t.Skip("the proxy process of BenchmarkHTTP1KeepAlive; runs only when it starts it")
 	}
-	addr := benchHTTPProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"), os.Getenv("L7GATE_HELPER_PROXY"))
+	var addr string
+	if mode := os.Getenv("L7GATE_HELPER_PROXY"); mode == "splice" {
+		addr = spliceProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"))
+	} else {
+		addr = benchHTTPProxy(t, os.Getenv("L7GATE_HELPER_UPSTREAM"), mode)
+	}
 	fmt.Printf("addr %s\n", addr)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -422,8 +433,18 @@ func TestHelperKeepAliveProxy(t *testing.T) {
 // proxyProcess starts TestHelperKeepAliveProxy in a process of its own
 // and returns its address and a reader of its CPU time.
 func proxyProcess(b *testing.B, upstream, accessLog string) (string, func() (usr, sys time.Duration)) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperKeepAliveProxy$")
+	args := []string{"-test.run=^TestHelperKeepAliveProxy$"}
+	if prof := os.Getenv("L7GATE_PROXY_CPUPROFILE"); prof != "" {
+		// the proxy process's own CPU profile (the benchmark's
+		// -cpuprofile covers only the clients and the server)
+		args = append(args, "-test.cpuprofile="+prof)
+	}
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "L7GATE_HELPER_PROXY="+accessLog, "L7GATE_HELPER_UPSTREAM="+upstream)
+	if n := os.Getenv("L7GATE_PROXY_GOMAXPROCS"); n != "" {
+		// make bench pins the proxy to one CPU (GOMAXPROCS 1)
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+n)
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)

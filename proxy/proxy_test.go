@@ -289,3 +289,47 @@ func TestAdmin(t *testing.T) {
 		t.Errorf("/stats/prometheus: %d %s", s, b)
 	}
 }
+
+// TestProxyAccessIdentitiesFollowConfig: the records of a kept-alive
+// connection carry the identities of the config in force at each request
+// (the per-connection identity cache is keyed on the config): 127.0.0.2
+// is the friend, then, after an update moves it to another identity,
+// that identity.
+func TestProxyAccessIdentitiesFollowConfig(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	p, rec := newTestProxy(t, srv.Listener.Addr().String())
+	upPort := uint16(srv.Listener.Addr().(*net.TCPAddr).Port)
+	port := freePort(t)
+	if err := p.Apply(httpConfig("1", port, upPort, policy.HTTPRule{Method: "GET"})); err != nil {
+		t.Fatal(err)
+	}
+	c := dialFrom(t, "127.0.0.2", port)
+	r := bufio.NewReader(c)
+	if s, _ := get(t, c, r, "/one"); s != 200 {
+		t.Fatalf("first request: %d", s)
+	}
+	const moved policy.Identity = 301
+	cfg := httpConfig("2", port, upPort, policy.HTTPRule{Method: "GET"})
+	cfg.Members = []IdentityMembership{
+		{Identity: server, Prefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}},
+		{Identity: moved, Prefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}},
+	}
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	// 127.0.0.2 is no friend now: the rule (for the friend) denies it.
+	if s, _ := get(t, c, r, "/two"); s != 403 {
+		t.Fatalf("second request: %d, want 403", s)
+	}
+	recs := rec.waitUntil(func(rs []*AccessRecord) bool { return len(rs) >= 2 })
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2", len(recs))
+	}
+	if recs[0].Path != "/one" || recs[0].SrcIdentity != friend || recs[0].DstIdentity != server {
+		t.Errorf("first record: path %s, identities %d → %d, want %d → %d", recs[0].Path, recs[0].SrcIdentity, recs[0].DstIdentity, friend, server)
+	}
+	if recs[1].Path != "/two" || recs[1].SrcIdentity != moved || recs[1].DstIdentity != server || recs[1].Verdict != "denied" {
+		t.Errorf("second record: path %s, identities %d → %d (%s), want %d → %d (denied)", recs[1].Path, recs[1].SrcIdentity, recs[1].DstIdentity, recs[1].Verdict, moved, server)
+	}
+}

@@ -221,3 +221,30 @@ func BenchmarkHTTP1NewConnection(b *testing.B) {
 		loop(b, startProxy(b, Config{}, upstream, ruleDecider(b, rules...)).addr)
 	})
 }
+
+// BenchmarkParseHeads is the per-request parsing of the keep-alive
+// benchmark: wrk's request head and Go net/http's 1 KiB response head.
+func BenchmarkParseHeads(b *testing.B) {
+	req := []byte("GET /api/v1/service500/items HTTP/1.1\r\nHost: 198.18.1.10:80\r\nUser-Agent: l7gate-bench\r\nAccept: */*\r\n\r\n")
+	resp := []byte("HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 09:40:52 GMT\r\nContent-Length: 1024\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+	b.Run("request", func(b *testing.B) {
+		b.ReportAllocs()
+		var h RequestHead
+		for b.Loop() {
+			if err := ParseRequestHead(req, Limits{}, &h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("response", func(b *testing.B) {
+		b.ReportAllocs()
+		var h ResponseHead
+		var fields []Header
+		for b.Loop() {
+			var err error
+			if fields, err = ParseResponseHead(resp, []byte("GET"), Limits{}, fields, &h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

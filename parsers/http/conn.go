@@ -397,8 +397,10 @@ func (s *session) startDrain() {
 func (s *session) awaitNext(deadline time.Time) {
 	s.dlMu.Lock()
 	defer s.dlMu.Unlock()
-	if grace := time.Now().Add(drainIdleGrace); s.draining.Load() && grace.Before(deadline) {
-		deadline = grace
+	if s.draining.Load() {
+		if grace := time.Now().Add(drainIdleGrace); grace.Before(deadline) {
+			deadline = grace
+		}
 	}
 	s.idle = true
 	if s.stopped {

@@ -101,10 +101,65 @@ type ResponseHead struct {
 	Upgrade []byte
 }
 
-func isTokenChar(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-		c == '!' || c == '#' || c == '$' || c == '%' || c == '&' || c == '\'' || c == '*' ||
-		c == '+' || c == '-' || c == '.' || c == '^' || c == '_' || c == '`' || c == '|' || c == '~'
+func isTokenChar(c byte) bool { return charClass[c]&classToken != 0 }
+
+// Character classes of header bytes, looked up per byte (every request's
+// and response's header block is checked byte by byte).
+const (
+	classToken      = 1 << iota // tchar (RFC 9110 §5.6.2)
+	classFieldValue             // allowed in a field value: VCHAR, obs-text, SP, HTAB
+)
+
+// charClass is read-only: computed once, never written.
+var charClass = func() (t [256]uint8) {
+	for c := range 256 {
+		b := byte(c)
+		if b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' ||
+			b == '!' || b == '#' || b == '$' || b == '%' || b == '&' || b == '\'' || b == '*' ||
+			b == '+' || b == '-' || b == '.' || b == '^' || b == '_' || b == '`' || b == '|' || b == '~' {
+			t[c] |= classToken
+		}
+		if !(b == 0 || b == '\r' || b == '\n' || (b < 0x20 && b != '\t') || b == 0x7f) {
+			t[c] |= classFieldValue
+		}
+	}
+	return t
+}()
+
+// trimOWS trims spaces and tabs at both ends (bytes.Trim(v, " \t")
+// without building its cutset on every call).
+func trimOWS(v []byte) []byte {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
+}
+
+// indexCRLF is bytes.Index(b, "\r\n"), fast when the first CR starts
+// the CRLF (a well-formed header block).
+func indexCRLF(b []byte) int {
+	if i := bytes.IndexByte(b, '\r'); i < 0 || i+1 < len(b) && b[i+1] == '\n' {
+		return i
+	}
+	return bytes.Index(b, []byte("\r\n"))
+}
+
+// hasBareLF reports whether b holds a LF not preceded by CR.
+func hasBareLF(b []byte) bool {
+	for off := 0; ; {
+		i := bytes.IndexByte(b[off:], '\n')
+		if i < 0 {
+			return false
+		}
+		i += off
+		if i == 0 || b[i-1] != '\r' {
+			return true
+		}
+		off = i + 1
+	}
 }
 
 // asciiEqualFold compares b with a lowercase ASCII literal.
@@ -162,7 +217,7 @@ func parseVersion(b []byte) (int, bool) {
 // characters.
 func parseFields(block []byte, max int, out []Header) ([]Header, error) {
 	for len(block) > 0 {
-		i := bytes.Index(block, []byte("\r\n"))
+		i := indexCRLF(block)
 		if i < 0 {
 			return out, badRequest("header line without CRLF")
 		}
@@ -186,11 +241,11 @@ func parseFields(block []byte, max int, out []Header) ([]Header, error) {
 		}
 		value := line[colon+1:]
 		for _, c := range value {
-			if c == 0 || c == '\r' || c == '\n' || (c < 0x20 && c != '\t') || c == 0x7f {
+			if charClass[c]&classFieldValue == 0 {
 				return out, badRequest("invalid character in value of header %q", name)
 			}
 		}
-		value = bytes.Trim(value, " \t")
+		value = trimOWS(value)
 		if len(out) >= max {
 			return out, &ParseError{Status: 431, Reason: "too many header fields"}
 		}
@@ -241,7 +296,7 @@ func ParseRequestHead(buf []byte, lim Limits, h *RequestHead) error {
 	if lineEnd > lim.MaxRequestLine {
 		return &ParseError{Status: 414, Reason: "request line too long"}
 	}
-	if bytes.IndexByte(buf[:end], '\n') < lineEnd || bytes.Count(buf[:end], []byte("\n")) != bytes.Count(buf[:end], []byte("\r\n")) {
+	if hasBareLF(buf[:end]) {
 		return badRequest("bare LF")
 	}
 	sp1 := bytes.IndexByte(line, ' ')
