@@ -423,7 +423,7 @@ func summarizePolicy(p *Policy) string {
 }
 
 func (o *Objects) sort() {
-	slices.SortStableFunc(o.Pods, comparePods)
+	sortStable(o.Pods, comparePods)
 	o.sortExceptPods()
 }
 
@@ -431,20 +431,28 @@ func comparePods(a, b Pod) int { return cmpStrings(a.Namespace, b.Namespace, a.N
 
 // sortExceptPods is sort for every kind but the pods.
 func (o *Objects) sortExceptPods() {
-	slices.SortStableFunc(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortStableFunc(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortStableFunc(o.APIServers, func(a, b APIServer) int {
+	sortStable(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
+	sortStable(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
+	sortStable(o.APIServers, func(a, b APIServer) int {
 		return cmpStrings(a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
 	})
-	slices.SortStableFunc(o.Policies, func(a, b Policy) int {
+	sortStable(o.Policies, func(a, b Policy) int {
 		return cmpStrings(string(a.Kind), string(b.Kind), a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
 	})
-	slices.SortStableFunc(o.Services, func(a, b Service) int {
+	sortStable(o.Services, func(a, b Service) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
-	slices.SortStableFunc(o.EndpointSlices, func(a, b EndpointSlice) int {
+	sortStable(o.EndpointSlices, func(a, b EndpointSlice) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
+}
+
+// sortStable is slices.SortStableFunc, without its work on a sorted
+// slice (a view's pods are sorted already but for what changed).
+func sortStable[T any](s []T, cmp func(a, b T) int) {
+	if !slices.IsSortedFunc(s, cmp) {
+		slices.SortStableFunc(s, cmp)
+	}
 }
 
 func cmpStrings(pairs ...string) int {
@@ -514,8 +522,9 @@ func mergeAll(parts []*Objects, memo []podsPart) (*Objects, [][]error) {
 func mergeAllSkip(parts []*Objects, skip []podsPart) (*Objects, [][]error, [][]error) {
 	skipPods := skip != nil
 	out := &Objects{}
-	var nNs, nNodes, nAPI, nPods, nPol, nSvc, nES int
+	var nNs, nNodes, nAPI, nPods, nPol, nSvc, nES, nSum int
 	for _, p := range parts {
+		nSum += len(p.Summaries)
 		nNs += len(p.Namespaces)
 		nNodes += len(p.Nodes)
 		nAPI += len(p.APIServers)
@@ -534,6 +543,7 @@ func mergeAllSkip(parts []*Objects, skip []podsPart) (*Objects, [][]error, [][]e
 	out.Policies = capped[Policy](nPol)
 	out.Services = capped[Service](nSvc)
 	out.EndpointSlices = capped[EndpointSlice](nES)
+	out.Summaries, out.summaryRefs = capped[string](nSum), capped[ObjectRef](nSum)
 	seen := make(map[mergeKey]ObjectRef, nNs+nNodes+nPods+nPol+nSvc+nES)
 	errs := make([][]error, len(parts))
 	podErrs := make([][]error, len(parts))
@@ -627,10 +637,15 @@ func (o *Objects) mergeParts(other *Objects, seen map[mergeKey]ObjectRef, skipPo
 		}
 	}
 	o.Warnings = append(o.Warnings, other.Warnings...)
-	for i, line := range other.Summaries {
-		r := other.summaryRefs[i]
-		if !slices.ContainsFunc(errs, func(e error) bool { oe, ok := e.(*ObjectError); return ok && oe.Object == r }) {
-			o.summarize(r, line)
+	if len(errs) == 0 {
+		o.Summaries = append(o.Summaries, other.Summaries...)
+		o.summaryRefs = append(o.summaryRefs, other.summaryRefs...)
+	} else {
+		for i, line := range other.Summaries {
+			r := other.summaryRefs[i]
+			if !slices.ContainsFunc(errs, func(e error) bool { oe, ok := e.(*ObjectError); return ok && oe.Object == r }) {
+				o.summarize(r, line)
+			}
 		}
 	}
 	return errs, podErrs

@@ -87,11 +87,11 @@ func (t *Tracker) ApplyFiles(parts []*Objects, partErrs [][]error) (*Objects, []
 	if t.podsMemoHolds(parts) {
 		objs, merrs := mergeAll(parts, t.memo.parts)
 		errs := joinPartErrs(partErrs, merrs)
-		return t.apply(objs, errs, true)
+		return t.apply(objs, errs, true, true)
 	}
 	objs, merrs, podErrs := mergeAllPods(parts)
 	errs := joinPartErrs(partErrs, merrs)
-	out, errs := t.apply(objs, errs, false)
+	out, errs := t.apply(objs, errs, false, true)
 	t.memo = podsMemo{}
 	if t.podsClean {
 		t.memo.valid = true
@@ -153,14 +153,16 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.memo = podsMemo{}
-	return t.apply(objs, errs, false)
+	return t.apply(objs, errs, false, false)
 }
 
 // apply is Apply; with samePods, objs holds no pods and stands for a view
 // whose pods are those of the last call, which kept no earlier pod: the
 // pods' output and tracked versions stay what they were (no pod of the
-// last call is missing now, so none is kept or reported).
-func (t *Tracker) apply(objs *Objects, errs []error, samePods bool) (*Objects, []error) {
+// last call is missing now, so none is kept or reported). With owned,
+// objs and errs are the caller's own (a merge's result): their warnings,
+// summaries and errors are taken over, not copied.
+func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Objects, []error) {
 	if objs == nil {
 		objs = &Objects{}
 	}
@@ -185,9 +187,9 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods bool) (*Objects, [
 	// update (BenchmarkTrackerApply).
 	next := make(map[trackKey]tracked, max(len(t.last), len(objs.Policies)))
 	out := &Objects{
-		Warnings:       slices.Clone(objs.Warnings),
-		Summaries:      slices.Clone(objs.Summaries),
-		summaryRefs:    slices.Clone(objs.summaryRefs),
+		Warnings:       objs.Warnings,
+		Summaries:      objs.Summaries,
+		summaryRefs:    objs.summaryRefs,
 		Namespaces:     sized[Namespace](len(objs.Namespaces)),
 		Nodes:          sized[Node](len(objs.Nodes)),
 		Services:       sized[Service](len(objs.Services)),
@@ -248,7 +250,10 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods bool) (*Objects, [
 		out.Policies = append(out.Policies, p)
 		next[keyFor(p.Ref)] = tracked{ref: p.Ref, pol: &p}
 	}
-	errs = slices.Clone(errs)
+	if !owned {
+		errs = slices.Clone(errs)
+		out.Warnings, out.Summaries, out.summaryRefs = slices.Clone(out.Warnings), slices.Clone(out.Summaries), slices.Clone(out.summaryRefs)
+	}
 	kept := map[trackKey]bool{}
 	fileKept := map[string][]ObjectRef{}
 	keptPods := 0
