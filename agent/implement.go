@@ -43,7 +43,7 @@ func retried(step string) bool {
 func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Update) bool {
 	start := a.cfg.now()
 	tm := &a.timing
-	tm.find, tm.sync, tm.push = 0, 0, 0
+	tm.find, tm.sync, tm.push, tm.inForce = 0, 0, 0, 0
 	lap := func(d *time.Duration) func() {
 		t0 := a.cfg.now()
 		return func() { *d += a.cfg.now().Sub(t0) }
@@ -636,15 +636,19 @@ func warningStrings(o *policy.Objects) []string {
 type revisionTiming struct {
 	received                  time.Time
 	compute, find, sync, push time.Duration
+	// inForce: the part of push spent after the completion, waiting until
+	// every proxy ACKed everything (awaitInForce).
+	inForce time.Duration
 }
 
-// String: "received/compute/find/sync/push" in ms, received being the
-// time since the update arrived (zero for a re-implemented revision).
+// String: "received/compute/find/sync/push/inforce" in ms, received
+// being the time since the update arrived (zero for a re-implemented
+// revision).
 func (t revisionTiming) String(now time.Time) string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1e3) }
 	var since time.Duration
 	if !t.received.IsZero() {
 		since = now.Sub(t.received)
 	}
-	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push)
+	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push) + "/" + ms(t.inForce) + "/" + ms(t.inForce)
 }

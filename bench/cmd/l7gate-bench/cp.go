@@ -31,7 +31,8 @@ type cpResult struct {
 	// the update (inotify, debounce, reading, decoding, merging); agent =
 	// received → implemented (compute and took); then the agent's own
 	// parts: compute, find (local endpoints over netlink), sync (datapath),
-	// push (xDS push and ACKs). From the agent's "split" log field.
+	// push (xDS push and ACKs), inforce (the part of push after the
+	// completion: awaitInForce). From the agent's "split" log field.
 	Split map[string][2]float64 `json:"splitP50P99ms,omitempty"`
 	// AgentCPUPerChangeMs: the agent process's CPU time (user+system)
 	// over the changes, per change (less load-sensitive than wall time;
@@ -66,10 +67,10 @@ func syntheticPodsYAML(local, cluster int) string {
 var implLineRE = regexp.MustCompile(`msg="policy implemented" revision=(\d+) .*took=(\S+)`)
 
 // splitRE: the agent's "split" field (agent/implement.go revisionTiming):
-// received/compute/find/sync/push in ms.
-var splitRE = regexp.MustCompile(`split=([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)`)
+// received/compute/find/sync/push/inforce in ms.
+var splitRE = regexp.MustCompile(`split=([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)`)
 
-var splitNames = []string{"agent", "compute", "find", "sync", "push"}
+var splitNames = []string{"agent", "compute", "find", "sync", "push", "inforce"}
 
 // logTail follows the agent log from its current end.
 type logTail struct {
