@@ -34,7 +34,8 @@ import (
 // a tool writing many files yields one update. Only the files inotify
 // names, or whose size, mtime or inode changed, are read again, and only
 // those whose content changed are decoded again (a policy change in a
-// folder with 10k pods neither reads nor decodes the pods again). Every
+// folder with 10k pods neither reads nor decodes the pods again, and
+// policy.Tracker.ApplyFiles neither merges nor tracks them again). Every
 // Interval the folder is listed and stat'ed as a fallback (where inotify
 // cannot watch, or with NoInotify), and every 50 polls every file is read
 // (filesystems with coarse mtimes).
