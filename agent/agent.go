@@ -249,6 +249,8 @@ type Agent struct {
 	idsSaved identitiesSaved
 
 	// The pipeline's own state, used by Run's goroutine only.
+	// timing: where the last revision's time went (logged with it).
+	timing revisionTiming
 	// ready is what the proxies have ACKed (readiness.go).
 	ready      readiness
 	readySaved string
@@ -445,6 +447,7 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			a.cfg.Metrics.Received(a.st.revision)
 			a.mu.Unlock()
 			pending = &u
+			a.timing = revisionTiming{received: a.cfg.now()}
 		case _, ok := <-a.links:
 			if !ok {
 				a.links = nil // the resync remains
@@ -619,6 +622,7 @@ func (a *Agent) compute(u *source.Update) (*policy.Snapshot, error) {
 		return nil, err
 	}
 	a.sweepIdentities(snap)
+	a.timing.compute = a.cfg.now().Sub(start)
 	return snap, nil
 }
 

@@ -42,8 +42,16 @@ func retried(step string) bool {
 // a proxy or an attach). Errors confined to endpoints do not stop it.
 func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Update) bool {
 	start := a.cfg.now()
+	tm := &a.timing
+	tm.find, tm.sync, tm.push, tm.inForce = 0, 0, 0, 0
+	lap := func(d *time.Duration) func() {
+		t0 := a.cfg.now()
+		return func() { *d += a.cfg.now().Sub(t0) }
+	}
 	rev := a.revision()
+	done := lap(&tm.find)
 	local, err := a.cfg.Host.LocalEndpoints(snap.Endpoints)
+	done()
 	if err != nil {
 		a.fail(fmt.Errorf("revision %d: find local endpoints: %w", rev, err))
 		return true
@@ -52,25 +60,35 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 
 	// 1. Endpoints: attached and L3/L4 synced, redirects only to what the
 	// proxies already ACKed.
-	if _, err := a.syncDatapath(snap, local, ports, portErrs, nil); err != nil {
+	done = lap(&tm.sync)
+	_, err = a.syncDatapath(snap, local, ports, portErrs, nil)
+	done()
+	if err != nil {
 		a.fail(fmt.Errorf("revision %d: %w", rev, err))
 		return true
 	}
 	// Services once the ipcache knows their backends (services.go).
 	svcNotes := a.syncServices(u)
 	// 2. The proxies.
+	done = lap(&tm.push)
 	a.push(ctx, snap, local, ports, portErrs)
+	done()
 	if ctx.Err() != nil {
 		return false
 	}
 	// Pods may have come or gone while the proxies were busy.
-	if local, err = a.cfg.Host.LocalEndpoints(snap.Endpoints); err != nil {
+	done = lap(&tm.find)
+	local, err = a.cfg.Host.LocalEndpoints(snap.Endpoints)
+	done()
+	if err != nil {
 		a.fail(fmt.Errorf("revision %d: find local endpoints: %w", rev, err))
 		return true
 	}
 	// 3. Redirects to what they ACKed; the rest fails closed, named.
 	fs := newFailures()
+	done = lap(&tm.sync)
 	stats, err := a.syncDatapath(snap, local, ports, portErrs, fs)
+	done()
 	if err != nil {
 		a.fail(fmt.Errorf("revision %d: %w", rev, err))
 		return true
@@ -109,7 +127,7 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	if changedRev {
 		a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
 			"policies", len(u.Objects.Policies), "ipcache", stats.ipcache, "policy", stats.policy, "failures", len(failures),
-			"took", a.cfg.now().Sub(start).Round(1e6))
+			"took", a.cfg.now().Sub(start).Round(1e6), "split", tm.String(a.cfg.now()))
 		for _, p := range u.Objects.Policies {
 			a.log.Info("policy implemented", "policy", p.Name(), "kind", p.Kind, "revision", rev)
 		}
@@ -609,4 +627,28 @@ func warningStrings(o *policy.Objects) []string {
 		out = append(out, w.String())
 	}
 	return out
+}
+
+// revisionTiming: where a revision's time went, from the source update's
+// arrival: the compute, then apply's steps (finding local endpoints,
+// datapath syncs, xDS push and ACKs); logged with "policy implemented"
+// (make bench's control-plane phase reads it).
+type revisionTiming struct {
+	received                  time.Time
+	compute, find, sync, push time.Duration
+	// inForce: the part of push spent after the completion, waiting until
+	// every proxy ACKed everything (awaitInForce).
+	inForce time.Duration
+}
+
+// String: "received/compute/find/sync/push/inforce" in ms, received
+// being the time since the update arrived (zero for a re-implemented
+// revision).
+func (t revisionTiming) String(now time.Time) string {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1e3) }
+	var since time.Duration
+	if !t.received.IsZero() {
+		since = now.Sub(t.received)
+	}
+	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push) + "/" + ms(t.inForce) + "/" + ms(t.inForce)
 }

@@ -161,7 +161,9 @@ func (a *Agent) push(ctx context.Context, snap *policy.Snapshot, local []bpftran
 		a.log.Warn("proxies have not ACKed everything; the endpoints concerned fail closed", "error", lastErr)
 	}
 	if lastErr == nil && ctx.Err() == nil {
+		t0 := a.cfg.now()
 		a.awaitInForce(ctx)
+		a.timing.inForce += a.cfg.now().Sub(t0)
 	}
 	a.ready = a.readinessAfter(st, snap, local, excl, lastErr)
 	a.registerListeners(goProxy)

@@ -1072,16 +1072,6 @@ func (rs *L7RuleSet) sortPeers() {
 //   - a Node address that a policy names as a /32 CIDR keeps the CIDR
 //     identity (warning).
 func (c *computer) entityAddresses() error {
-	owner := map[netip.Prefix]int{} // index in the ipcache
-	for i, e := range c.snap.IPCache {
-		owner[e.Prefix] = i
-	}
-	pods := map[netip.Prefix]bool{}
-	for _, ep := range c.snap.Endpoints {
-		for _, ip := range ep.IPs {
-			pods[netip.PrefixFrom(ip, ip.BitLen())] = true
-		}
-	}
 	nodeOf := map[netip.Addr]string{}
 	for _, n := range c.objs.Nodes {
 		for _, ip := range n.IPs {
@@ -1099,6 +1089,38 @@ func (c *computer) entityAddresses() error {
 	}
 	slices.SortFunc(api, func(a, b netip.Addr) int { return a.Compare(b) })
 	api = slices.Compact(api)
+	// Only the kube-apiserver's and the nodes' addresses are looked up:
+	// the ipcache index (owner) and the pods' addresses (pods) hold those
+	// alone, not one map entry per pod (10k pods: 3.5 MB per compute).
+	wanted := make(map[netip.Prefix]bool, len(api)+len(nodeOf))
+	for _, ip := range api {
+		if ip.IsValid() {
+			wanted[netip.PrefixFrom(ip, ip.BitLen())] = true
+		}
+	}
+	for _, n := range c.objs.Nodes {
+		for _, ip := range n.IPs {
+			wanted[netip.PrefixFrom(ip, ip.BitLen())] = true
+		}
+	}
+	owner := map[netip.Prefix]int{} // index in the ipcache
+	if len(wanted) > 0 {
+		for i, e := range c.snap.IPCache {
+			if wanted[e.Prefix] {
+				owner[e.Prefix] = i
+			}
+		}
+	}
+	pods := map[netip.Prefix]bool{}
+	if len(api) > 0 {
+		for _, ep := range c.snap.Endpoints {
+			for _, ip := range ep.IPs {
+				if p := netip.PrefixFrom(ip, ip.BitLen()); wanted[p] {
+					pods[p] = true
+				}
+			}
+		}
+	}
 	isAPI := map[netip.Addr]bool{}
 	var both Identity
 	for _, ip := range api {

@@ -423,23 +423,36 @@ func summarizePolicy(p *Policy) string {
 }
 
 func (o *Objects) sort() {
-	slices.SortStableFunc(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortStableFunc(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortStableFunc(o.APIServers, func(a, b APIServer) int {
+	sortStable(o.Pods, comparePods)
+	o.sortExceptPods()
+}
+
+func comparePods(a, b Pod) int { return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name) }
+
+// sortExceptPods is sort for every kind but the pods.
+func (o *Objects) sortExceptPods() {
+	sortStable(o.Namespaces, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
+	sortStable(o.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
+	sortStable(o.APIServers, func(a, b APIServer) int {
 		return cmpStrings(a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
 	})
-	slices.SortStableFunc(o.Pods, func(a, b Pod) int {
-		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
-	})
-	slices.SortStableFunc(o.Policies, func(a, b Policy) int {
+	sortStable(o.Policies, func(a, b Policy) int {
 		return cmpStrings(string(a.Kind), string(b.Kind), a.Ref.Namespace, b.Ref.Namespace, a.Ref.Name, b.Ref.Name)
 	})
-	slices.SortStableFunc(o.Services, func(a, b Service) int {
+	sortStable(o.Services, func(a, b Service) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
-	slices.SortStableFunc(o.EndpointSlices, func(a, b EndpointSlice) int {
+	sortStable(o.EndpointSlices, func(a, b EndpointSlice) int {
 		return cmpStrings(a.Namespace, b.Namespace, a.Name, b.Name)
 	})
+}
+
+// sortStable is slices.SortStableFunc, without its work on a sorted
+// slice (a view's pods are sorted already but for what changed).
+func sortStable[T any](s []T, cmp func(a, b T) int) {
+	if !slices.IsSortedFunc(s, cmp) {
+		slices.SortStableFunc(s, cmp)
+	}
 }
 
 func cmpStrings(pairs ...string) int {
@@ -488,9 +501,30 @@ type mergeKey struct{ kind, namespace, name string }
 // instead of one per part: the folder source merges its files' cached
 // objects on every change.
 func MergeAll(parts ...*Objects) (*Objects, [][]error) {
+	out, errs, _ := mergeAllPods(parts)
+	return out, errs
+}
+
+// mergeAllPods is MergeAll; podErrs[i] are part i's pods' duplicate errors.
+func mergeAllPods(parts []*Objects) (out *Objects, errs, podErrs [][]error) {
+	return mergeAllSkip(parts, nil)
+}
+
+// mergeAll is MergeAll without the pods: memo gives each part's pods'
+// duplicate errors (Tracker.ApplyFiles).
+func mergeAll(parts []*Objects, memo []podsPart) (*Objects, [][]error) {
+	out, errs, _ := mergeAllSkip(parts, memo)
+	return out, errs
+}
+
+// mergeAllSkip merges parts; with skip non-nil the pods are left out and
+// skip names the duplicate errors of each part's pods.
+func mergeAllSkip(parts []*Objects, skip []podsPart) (*Objects, [][]error, [][]error) {
+	skipPods := skip != nil
 	out := &Objects{}
-	var nNs, nNodes, nAPI, nPods, nPol, nSvc, nES int
+	var nNs, nNodes, nAPI, nPods, nPol, nSvc, nES, nSum int
 	for _, p := range parts {
+		nSum += len(p.Summaries)
 		nNs += len(p.Namespaces)
 		nNodes += len(p.Nodes)
 		nAPI += len(p.APIServers)
@@ -502,17 +536,32 @@ func MergeAll(parts ...*Objects) (*Objects, [][]error) {
 	out.Namespaces = capped[Namespace](nNs)
 	out.Nodes = capped[Node](nNodes)
 	out.APIServers = capped[APIServer](nAPI)
+	if skipPods {
+		nPods = 0
+	}
 	out.Pods = capped[Pod](nPods)
 	out.Policies = capped[Policy](nPol)
 	out.Services = capped[Service](nSvc)
 	out.EndpointSlices = capped[EndpointSlice](nES)
+	out.Summaries, out.summaryRefs = capped[string](nSum), capped[ObjectRef](nSum)
 	seen := make(map[mergeKey]ObjectRef, nNs+nNodes+nPods+nPol+nSvc+nES)
 	errs := make([][]error, len(parts))
+	podErrs := make([][]error, len(parts))
 	for i, p := range parts {
-		errs[i] = out.mergeInto(p, seen)
+		var given []error
+		if skipPods {
+			if j := slices.IndexFunc(skip, func(m podsPart) bool { return m.index == i }); j >= 0 {
+				given = skip[j].errs
+			}
+		}
+		errs[i], podErrs[i] = out.mergeParts(p, seen, skipPods, given)
 	}
-	out.sort()
-	return out, errs
+	if skipPods {
+		out.sortExceptPods()
+	} else {
+		out.sort()
+	}
+	return out, errs, podErrs
 }
 
 // capped is an empty slice with room for n (nil for none, as Merge leaves
@@ -527,7 +576,16 @@ func capped[T any](n int) []T {
 // mergeInto appends other's objects not in seen (and records them there);
 // the caller sorts.
 func (o *Objects) mergeInto(other *Objects, seen map[mergeKey]ObjectRef) []error {
-	var errs []error
+	errs, _ := o.mergeParts(other, seen, false, nil)
+	return errs
+}
+
+// mergeParts is mergeInto; podErrs are the duplicate errors of other's
+// pods (a part of errs, in their place). With skipPods, other's pods are
+// neither appended nor recorded in seen and the given podErrs stand in
+// for theirs (Tracker.ApplyFiles: the pods are those of the previous
+// merge, and a pod's duplicates are pods only: keys hold the kind).
+func (o *Objects) mergeParts(other *Objects, seen map[mergeKey]ObjectRef, skipPods bool, givenPodErrs []error) (errs, podErrs []error) {
 	key := func(r ObjectRef) mergeKey { return mergeKey{r.Kind, r.Namespace, r.Name} }
 	dup := func(r ObjectRef) bool {
 		if first, ok := seen[key(r)]; ok {
@@ -561,10 +619,17 @@ func (o *Objects) mergeInto(other *Objects, seen map[mergeKey]ObjectRef) []error
 			}
 		}
 	}
-	for _, p := range other.Pods {
-		if !dup(p.Ref) {
-			o.Pods = append(o.Pods, p)
+	if skipPods {
+		errs = append(errs, givenPodErrs...)
+		podErrs = givenPodErrs
+	} else {
+		n := len(errs)
+		for _, p := range other.Pods {
+			if !dup(p.Ref) {
+				o.Pods = append(o.Pods, p)
+			}
 		}
+		podErrs = errs[n:len(errs):len(errs)]
 	}
 	for _, p := range other.Policies {
 		if !dup(p.Ref) {
@@ -572,13 +637,18 @@ func (o *Objects) mergeInto(other *Objects, seen map[mergeKey]ObjectRef) []error
 		}
 	}
 	o.Warnings = append(o.Warnings, other.Warnings...)
-	for i, line := range other.Summaries {
-		r := other.summaryRefs[i]
-		if !slices.ContainsFunc(errs, func(e error) bool { oe, ok := e.(*ObjectError); return ok && oe.Object == r }) {
-			o.summarize(r, line)
+	if len(errs) == 0 {
+		o.Summaries = append(o.Summaries, other.Summaries...)
+		o.summaryRefs = append(o.summaryRefs, other.summaryRefs...)
+	} else {
+		for i, line := range other.Summaries {
+			r := other.summaryRefs[i]
+			if !slices.ContainsFunc(errs, func(e error) bool { oe, ok := e.(*ObjectError); return ok && oe.Object == r }) {
+				o.summarize(r, line)
+			}
 		}
 	}
-	return errs
+	return errs, podErrs
 }
 
 // Load reads files and folders (recursively: *.yaml, *.yml, *.json) and

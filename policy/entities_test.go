@@ -166,3 +166,47 @@ func TestKubeAPIServerEntity(t *testing.T) {
 		t.Errorf("another EndpointSlice: %+v", other)
 	}
 }
+
+// TestEntityAddressesOfPods: a kube-apiserver address or a node address
+// that is a pod's keeps the pod's identity, with a warning; the other
+// addresses get theirs (entityAddresses looks up only these addresses).
+func TestEntityAddressesOfPods(t *testing.T) {
+	objs, errs := Decode("pods.yaml", []byte(`apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: web, labels: {app: api}}
+status: {podIP: 198.18.7.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: web, labels: {app: other}}
+status: {podIP: 198.18.7.2}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 198.18.7.2}, {type: InternalIP, address: 198.18.100.3}]}
+`))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	snap, err := ComputeWith(objs, NewIdentityAllocator(), Options{KubeAPIServer: []netip.Addr{mustAddr("198.18.7.1"), mustAddr("192.0.2.60")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warned := func(s string) bool {
+		return slices.ContainsFunc(snap.Warnings, func(w string) bool { return strings.Contains(w, s) })
+	}
+	if !warned("kube-apiserver address 198.18.7.1 is a pod's") || !warned("node node-a: address 198.18.7.2 is also a pod's") {
+		t.Errorf("warnings %v", snap.Warnings)
+	}
+	for addr, want := range map[string]func(Identity) bool{
+		"198.18.7.1":   func(id Identity) bool { return id >= 256 },
+		"198.18.7.2":   func(id Identity) bool { return id >= 256 },
+		"192.0.2.60":   func(id Identity) bool { return id == IdentityKubeAPIServer },
+		"198.18.100.3": func(id Identity) bool { return id == IdentityRemoteNode },
+	} {
+		if id := snap.IdentityOf(mustAddr(addr)); !want(id) {
+			t.Errorf("%s has identity %d (%v)", addr, id, snap.Labels(id).Strings())
+		}
+	}
+}

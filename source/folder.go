@@ -34,7 +34,8 @@ import (
 // a tool writing many files yields one update. Only the files inotify
 // names, or whose size, mtime or inode changed, are read again, and only
 // those whose content changed are decoded again (a policy change in a
-// folder with 10k pods neither reads nor decodes the pods again). Every
+// folder with 10k pods neither reads nor decodes the pods again, and
+// policy.Tracker.ApplyFiles neither merges nor tracks them again). Every
 // Interval the folder is listed and stat'ed as a fallback (where inotify
 // cannot watch, or with NoInotify), and every 50 polls every file is read
 // (filesystems with coarse mtimes).
@@ -144,7 +145,7 @@ var errChanged = errors.New("changed while read")
 // being written now: what was read of those is not used (a writer may
 // have begun before the read). changed reports whether anything in force
 // changed; retry that a file is waited for (look again soon).
-func (c *folderCache) load(dir string, named, writing map[string]bool, full bool, now time.Time, settle time.Duration, recheck func() map[string]bool) (objs *policy.Objects, errs []error, digest string, changed, retry bool, err error) {
+func (c *folderCache) load(dir string, named, writing map[string]bool, full bool, now time.Time, settle time.Duration, recheck func() map[string]bool) (parts []*policy.Objects, errs [][]error, digest string, changed, retry bool, err error) {
 	files, err := policy.ListFiles(dir)
 	if err != nil {
 		return nil, nil, "", false, false, err
@@ -259,8 +260,7 @@ func (c *folderCache) load(dir string, named, writing map[string]bool, full bool
 		return nil, nil, "", false, retry, nil
 	}
 	h := sha256.New()
-	parts := make([]*policy.Objects, 0, len(files))
-	var in []decoded
+	parts = make([]*policy.Objects, 0, len(files))
 	for _, f := range files {
 		d, ok := c.files[f]
 		if !ok {
@@ -268,15 +268,9 @@ func (c *folderCache) load(dir string, named, writing map[string]bool, full bool
 		}
 		digestFile(h, f, d.sum)
 		parts = append(parts, d.objs)
-		in = append(in, d)
+		errs = append(errs, d.errs)
 	}
-	// errors in policy.Load's order: each file's own, then its duplicates
-	objs, merrs := policy.MergeAll(parts...)
-	for i, d := range in {
-		errs = append(errs, d.errs...)
-		errs = append(errs, merrs[i]...)
-	}
-	return objs, errs, hex.EncodeToString(h.Sum(nil)), true, retry, nil
+	return parts, errs, hex.EncodeToString(h.Sum(nil)), true, retry, nil
 }
 
 func digestFile(h interface{ Write([]byte) (int, error) }, name string, sum [sha256.Size]byte) {
@@ -354,12 +348,16 @@ func (s *Folder) Run(ctx context.Context, updates chan<- Update) error {
 		if w != nil {
 			recheck = func() map[string]bool { w.drain(); return w.writing }
 		}
-		objs, errs, d, changed, retry, err := cache.load(s.Dir, named, writing, polls > 0 && polls%50 == 0, time.Now(), settle, recheck)
+		parts, partErrs, d, changed, retry, err := cache.load(s.Dir, named, writing, polls > 0 && polls%50 == 0, time.Now(), settle, recheck)
 		switch {
 		case err != nil:
 			log.Warn("read source folder", "dir", s.Dir, "error", err)
 		case changed:
-			objs, errs = tracker.Apply(objs, errs)
+			// Merged in policy.Load's order (each file's errors, then
+			// its duplicates); a folder's unchanged pods are neither
+			// merged nor tracked again (Tracker.ApplyFiles). The decoded
+			// files are never modified (the cache keeps them as decoded).
+			objs, errs := tracker.ApplyFiles(parts, partErrs)
 			// No EndpointSlice controller here: a Service with a
 			// selector and no slice gets the endpoints of its pods.
 			objs.DeriveEndpointSlices()

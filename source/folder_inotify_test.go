@@ -102,12 +102,18 @@ func TestFolderCacheEqualsLoad(t *testing.T) {
 		for _, f := range all {
 			named[f] = true
 		}
-		objs, errs, _, changed, _, err := cache.load(dir, named, nil, false, time.Now(), time.Hour, nil)
+		parts, partErrs, _, changed, _, err := cache.load(dir, named, nil, false, time.Now(), time.Hour, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if changed {
-			got, gotErrs = objs, errs
+			// merged as Run merges them (in policy.Load's order)
+			var merrs [][]error
+			got, merrs = policy.MergeAll(parts...)
+			gotErrs = nil
+			for i := range parts {
+				gotErrs = append(append(gotErrs, partErrs[i]...), merrs[i]...)
+			}
 		}
 		want, wantErrs := policy.Load(dir)
 		if !reflect.DeepEqual(got, want) {

@@ -26,6 +26,18 @@ type cpResult struct {
 	// Took: the agent's own "took" (compute + xDS push/ACK + datapath sync).
 	TookP50ms float64 `json:"tookP50ms"`
 	TookP99ms float64 `json:"tookP99ms"`
+	// Split: where the end-to-end time went, per component, p50 and p99
+	// over the changes (ms): source = file written → the agent received
+	// the update (inotify, debounce, reading, decoding, merging); agent =
+	// received → implemented (compute and took); then the agent's own
+	// parts: compute, find (local endpoints over netlink), sync (datapath),
+	// push (xDS push and ACKs), inforce (the part of push after the
+	// completion: awaitInForce). From the agent's "split" log field.
+	Split map[string][2]float64 `json:"splitP50P99ms,omitempty"`
+	// AgentCPUPerChangeMs: the agent process's CPU time (user+system)
+	// over the changes, per change (less load-sensitive than wall time;
+	// the pauses between changes add the agent's idle work).
+	AgentCPUPerChangeMs float64 `json:"agentCpuPerChangeMs,omitempty"`
 	// Agent RSS before/after adding the pods.
 	AgentRSSBeforeKiB int64   `json:"agentRssBeforeKiB"`
 	AgentRSSAfterKiB  int64   `json:"agentRssAfterKiB"`
@@ -54,10 +66,18 @@ func syntheticPodsYAML(local, cluster int) string {
 
 var implLineRE = regexp.MustCompile(`msg="policy implemented" revision=(\d+) .*took=(\S+)`)
 
+// splitRE: the agent's "split" field (agent/implement.go revisionTiming):
+// received/compute/find/sync/push/inforce in ms.
+var splitRE = regexp.MustCompile(`split=([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)`)
+
+var splitNames = []string{"agent", "compute", "find", "sync", "push", "inforce"}
+
 // logTail follows the agent log from its current end.
 type logTail struct {
 	f   *os.File
 	buf []byte
+	// split: the last matched line's split field (ms), if it had one.
+	split []float64
 }
 
 func newLogTail(p string) (*logTail, error) {
@@ -88,6 +108,13 @@ func (t *logTail) waitRevision(after uint64, limit time.Duration) (uint64, time.
 					rev, _ := strconv.ParseUint(m[1], 10, 64)
 					took, _ := time.ParseDuration(m[2])
 					if rev > after {
+						t.split = nil
+						if sm := splitRE.FindStringSubmatch(line); sm != nil {
+							for _, v := range sm[1:] {
+								f, _ := strconv.ParseFloat(v, 64)
+								t.split = append(t.split, f)
+							}
+						}
 						return rev, took, nil
 					}
 				}
@@ -135,7 +162,9 @@ func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, 
 		r.Endpoints = len(st.Endpoints)
 	}
 	var e2e, took []time.Duration
+	split := map[string][]float64{}
 	deadline := time.Now().Add(budget)
+	cpu0 := procCPU(agentPID)
 	for i := 0; i < changes && (i == 0 || time.Now().Before(deadline)) && ctx.Err() == nil; i++ {
 		// Stagger the writes (the folder source's 100 ms polling is only its
 		// fallback when inotify fails).
@@ -150,13 +179,29 @@ func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, 
 		}
 		e2e = append(e2e, time.Since(t0))
 		took = append(took, tk)
+		if len(tail.split) == len(splitNames) {
+			split["source"] = append(split["source"], float64(e2e[len(e2e)-1].Microseconds())/1e3-tail.split[0])
+			for j, name := range splitNames {
+				split[name] = append(split[name], tail.split[j])
+			}
+		}
 		rev = nrev
+	}
+	if len(e2e) > 0 {
+		r.AgentCPUPerChangeMs = (procCPU(agentPID) - cpu0) * 1e3 / float64(len(e2e))
 	}
 	slices.Sort(e2e)
 	slices.Sort(took)
 	r.Changes = len(e2e)
 	r.E2EP50ms, r.E2EP99ms = percentile(e2e, 50)/1e3, percentile(e2e, 99)/1e3
 	r.TookP50ms, r.TookP99ms = percentile(took, 50)/1e3, percentile(took, 99)/1e3
+	for name, v := range split {
+		slices.Sort(v)
+		if r.Split == nil {
+			r.Split = map[string][2]float64{}
+		}
+		r.Split[name] = [2]float64{v[(len(v)-1)/2], v[(len(v)-1)*99/100]}
+	}
 	// Back to the plain scenario.
 	if local+cluster > 0 {
 		os.Remove(filepath.Join(n.src, "synthetic-pods.yaml"))

@@ -580,6 +580,15 @@ func (s *scenario) controlPlane(ctx context.Context) error {
 		s.res.ControlPlane = append(s.res.ControlPlane, r)
 		log.Printf("  control plane %d+%d pods: %d changes e2e p50 %.1fms p99 %.1fms; agent took p50 %.1fms p99 %.1fms; initial %.0fms; agent RSS %d→%d KiB (%.0f B/pod)",
 			t.local, t.cluster, r.Changes, r.E2EP50ms, r.E2EP99ms, r.TookP50ms, r.TookP99ms, r.InitialImplMs, r.AgentRSSBeforeKiB, r.AgentRSSAfterKiB, r.RSSPerPodBytes)
+		if len(r.Split) > 0 {
+			var parts []string
+			for _, name := range []string{"source", "agent", "compute", "find", "sync", "push", "inforce"} {
+				if v, ok := r.Split[name]; ok {
+					parts = append(parts, fmt.Sprintf("%s %.1f/%.1f", name, v[0], v[1]))
+				}
+			}
+			log.Printf("  control plane %d+%d pods split p50/p99 ms: %s; agent CPU %.1f ms per change", t.local, t.cluster, strings.Join(parts, ", "), r.AgentCPUPerChangeMs)
+		}
 	}
 	return nil
 }

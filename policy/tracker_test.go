@@ -1,0 +1,143 @@
+package policy
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// trackerDoc is one random document of a folder file: a pod (some
+// invalid, some defined in two files), a valid or invalid policy, a
+// namespace, or a document that does not parse.
+func trackerDoc(rng *rand.Rand) string {
+	switch rng.IntN(10) {
+	case 0, 1, 2, 3:
+		ip := fmt.Sprintf("198.19.0.%d", 1+rng.IntN(200))
+		if rng.IntN(8) == 0 {
+			ip = "not-an-ip" // invalid pod: its last valid version stays
+		}
+		return fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: ns%d, labels: {app: a%d}}\nstatus: {podIP: %s}\n",
+			rng.IntN(12), rng.IntN(2), rng.IntN(3), ip)
+	case 4, 5, 6:
+		sel := fmt.Sprintf("{matchLabels: {app: a%d}}", rng.IntN(3))
+		if rng.IntN(6) == 0 {
+			sel = "{matchExpressions: [{key: app, operator: Bogus}]}" // invalid policy
+		}
+		return fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pol%d, namespace: ns%d}
+spec:
+  endpointSelector: %s
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a%d}}]
+    toPorts: [{ports: [{port: "%d", protocol: TCP}]}]
+`, rng.IntN(6), rng.IntN(2), sel, rng.IntN(3), 80+rng.IntN(3))
+	case 7, 8:
+		return fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns%d, labels: {team: t%d}}\n", rng.IntN(3), rng.IntN(2))
+	default:
+		return "apiVersion: v1\nkind: Pod\nmetadata: [unclosed\n" // the whole file does not parse
+	}
+}
+
+// TestApplyFilesEqualsApply: random sequences of folder views — files
+// rewritten, deleted and created, unchanged files keeping their decoded
+// objects as the folder source keeps them, pods-only and policy-only
+// files, duplicates across files, invalid pods and policies, files that
+// do not parse — give with Tracker.ApplyFiles exactly the objects and
+// errors MergeAll followed by Apply gives on a second tracker, and the
+// pods' fast path is taken.
+func TestApplyFilesEqualsApply(t *testing.T) {
+	for seed := range uint64(40) {
+		rng := rand.New(rand.NewPCG(seed, 19))
+		got, want := NewTracker(), NewTracker()
+		names := []string{"a-pods.yaml", "b-mixed.yaml", "c-pods.yaml", "d-policies.yaml", "e-policies.yaml"}
+		type file struct {
+			objs *Objects
+			errs []error
+		}
+		files := map[string]file{}
+		write := func(name string) {
+			var docs []string
+			for range 1 + rng.IntN(6) {
+				d := trackerDoc(rng)
+				if strings.Contains(name, "policies") && strings.Contains(d, "kind: Pod") && rng.IntN(4) != 0 {
+					continue // policy files hold pods rarely
+				}
+				docs = append(docs, d)
+			}
+			o, errs := Decode(name, []byte(strings.Join(docs, "---\n")))
+			files[name] = file{o, errs}
+		}
+		for _, n := range names {
+			write(n)
+		}
+		fast, keptPods := 0, 0
+		for step := range 60 {
+			switch r := rng.IntN(10); {
+			case r < 6: // the usual change: a policy file
+				write(names[3+rng.IntN(2)])
+			case r < 8:
+				write(names[rng.IntN(len(names))])
+			case r < 9:
+				delete(files, names[rng.IntN(len(names))])
+			default:
+				// nothing changed (a resync)
+			}
+			var parts []*Objects
+			var partErrs [][]error
+			for _, n := range names {
+				if f, ok := files[n]; ok {
+					parts = append(parts, f.objs)
+					partErrs = append(partErrs, f.errs)
+				}
+			}
+			if got.podsMemoHolds(parts) {
+				fast++
+			}
+			gotObjs, gotErrs := got.ApplyFiles(parts, partErrs)
+			merged, merrs := MergeAll(parts...)
+			wantObjs, wantErrs := want.Apply(merged, joinPartErrs(partErrs, merrs))
+			if !want.podsClean {
+				keptPods++ // the last call kept an earlier pod: no fast path after it
+			}
+			if !reflect.DeepEqual(gotObjs, wantObjs) {
+				t.Fatalf("seed %d step %d: objects differ:\n got %+v\nwant %+v", seed, step, gotObjs, wantObjs)
+			}
+			if fmt.Sprint(gotErrs) != fmt.Sprint(wantErrs) {
+				t.Fatalf("seed %d step %d: errors differ:\n got %v\nwant %v", seed, step, gotErrs, wantErrs)
+			}
+		}
+		if fast == 0 || (seed == 1 && keptPods == 0) {
+			t.Fatalf("seed %d: %d steps on the pods' fast path, %d keeping an earlier pod", seed, fast, keptPods)
+		}
+	}
+}
+
+// TestApplyFilesOutputIsItsOwn: the caller may modify what ApplyFiles
+// returned (the pods of a fast-path result are a copy), and the next
+// result is as if it had not.
+func TestApplyFilesOutputIsItsOwn(t *testing.T) {
+	pods, errs := Decode("pods.yaml", []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: web}\nstatus: {podIP: 198.19.0.1}\n"))
+	pol1, _ := Decode("pol.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n"))
+	pol2, _ := Decode("pol.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: db}\n"))
+	if len(errs) > 0 || len(pods.Pods) != 1 {
+		t.Fatalf("decode: %v", errs)
+	}
+	tr := NewTracker()
+	out1, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
+	out1.Pods[0].Name = "changed"
+	if !tr.podsMemoHolds([]*Objects{pods, pol2}) {
+		t.Fatal("the pods' fast path is not taken for a namespace change")
+	}
+	out2, _ := tr.ApplyFiles([]*Objects{pods, pol2}, [][]error{errs, nil})
+	if len(out2.Pods) != 1 || out2.Pods[0].Name != "p" {
+		t.Fatalf("pods after the caller modified the last output: %+v", out2.Pods)
+	}
+	out2.Pods[0].Name = "changed"
+	out3, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
+	if out3.Pods[0].Name != "p" || len(out3.Namespaces) != 1 || out3.Namespaces[0].Name != "web" {
+		t.Fatalf("third view: pods %+v namespaces %+v", out3.Pods, out3.Namespaces)
+	}
+}
