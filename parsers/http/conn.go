@@ -10,9 +10,11 @@ import (
 	"net"
 	"runtime/debug"
 	"strconv"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -134,6 +136,9 @@ type Server struct {
 	cfg      Config
 	bufs     sync.Pool // *[]byte of bufSize, connection read buffers
 	copyBufs sync.Pool // *[]byte, ReverseProxy body buffers (HTTP/2)
+	// held counts the HTTP/1 connection buffers (bufs) taken and not
+	// yet given back.
+	held atomic.Int64
 }
 
 // NewServer returns a Server for cfg.
@@ -144,30 +149,63 @@ func NewServer(cfg Config) *Server {
 	return s
 }
 
-// connBuf is a read buffer over a connection.
+// connBuf is a read buffer over a connection. Its buffer comes from the
+// server's pool and goes back whenever no byte is pending (idle), so an idle
+// kept-alive connection holds no buffer: fill takes one again when bytes
+// arrive (on a client connection, after the socket became readable).
 type connBuf struct {
 	conn net.Conn
-	buf  []byte
+	buf  []byte // nil while released
 	r, w int
 	max  int
-	pool *sync.Pool
-	ptr  *[]byte
+	srv  *Server
+	ptr  *[]byte // the pooled buffer held, or nil
+	// raw, when set, is the connection's raw socket: fill on a released
+	// buffer waits for readability without a buffer (see readIdle).
+	raw syscall.RawConn
+	// readFn, n and rerr: readIdle's callback and its results (kept here:
+	// a closure per wait would be an allocation per request).
+	readFn func(uintptr) bool
+	n      int
+	rerr   error
 	// readTimeout, when set, bounds every read: setDeadline is called
 	// with now+readTimeout before it.
 	readTimeout time.Duration
 	setDeadline func(time.Time)
 }
 
-func newConnBuf(pool *sync.Pool, c net.Conn, max int) *connBuf {
-	p := pool.Get().(*[]byte)
-	return &connBuf{conn: c, buf: *p, max: max, pool: pool, ptr: p}
+// newConnBuf returns a connBuf over c with no buffer held yet.
+func newConnBuf(srv *Server, c net.Conn, max int) *connBuf {
+	return &connBuf{conn: c, max: max, srv: srv}
 }
 
+// acquire takes a pooled buffer.
+func (b *connBuf) acquire() {
+	b.ptr = b.srv.bufs.Get().(*[]byte)
+	b.buf = *b.ptr
+	b.srv.held.Add(1)
+}
+
+// release gives the buffer back (a grown one is dropped). Bytes still
+// pending are lost: callers release idle buffers only (releaseIdle) or at
+// the end of the connection.
 func (b *connBuf) release() {
+	if b.buf == nil {
+		return
+	}
+	b.srv.held.Add(-1)
 	if b.ptr != nil && cap(b.buf) == bufSize {
-		b.pool.Put(b.ptr)
+		b.srv.bufs.Put(b.ptr)
 	}
 	b.ptr, b.buf = nil, nil
+	b.r, b.w = 0, 0
+}
+
+// releaseIdle gives the buffer back when no byte is pending.
+func (b *connBuf) releaseIdle() {
+	if b.r == b.w {
+		b.release()
+	}
 }
 
 func (b *connBuf) bytes() []byte { return b.buf[b.r:b.w] }
@@ -181,7 +219,15 @@ func (b *connBuf) consume(n int) {
 
 // fill reads more bytes, compacting or growing the buffer (up to max).
 func (b *connBuf) fill() error {
-	if b.w == len(b.buf) {
+	if b.buf == nil {
+		if b.readTimeout > 0 {
+			b.setDeadline(time.Now().Add(b.readTimeout))
+		}
+		if b.raw != nil {
+			return b.readIdle()
+		}
+		b.acquire()
+	} else if b.w == len(b.buf) {
 		if b.r > 0 {
 			b.w = copy(b.buf, b.buf[b.r:b.w])
 			b.r = 0
@@ -206,6 +252,50 @@ func (b *connBuf) fill() error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// readIdle reads into a buffer taken only once the socket has bytes (or
+// EOF, or an error): the wait for readability holds none. It costs the
+// system calls a plain Read costs (a read that finds nothing, the wait in
+// the runtime's poller, the read), and honours the read deadline and a
+// Close as Read does.
+func (b *connBuf) readIdle() error {
+	if b.readFn == nil {
+		b.readFn = b.tryRead
+	}
+	b.n, b.rerr = 0, nil
+	err := b.raw.Read(b.readFn)
+	if err == nil && b.rerr != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Addr: b.conn.RemoteAddr(), Err: os.NewSyscallError("read", b.rerr)}
+	}
+	if b.n > 0 {
+		b.w = b.n
+		return nil
+	}
+	b.release()
+	if err == nil {
+		err = io.EOF
+	}
+	return err
+}
+
+// tryRead is readIdle's non-blocking read: false (wait for readability)
+// when the socket has nothing yet, with the buffer given back meanwhile.
+func (b *connBuf) tryRead(fd uintptr) bool {
+	if b.buf == nil {
+		b.acquire()
+	}
+	for {
+		b.n, b.rerr = syscall.Read(int(fd), b.buf)
+		if b.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if b.rerr == syscall.EAGAIN {
+		b.release()
+		return false
+	}
+	return true
 }
 
 var errBufferFull = errors.New("buffer full")
@@ -236,15 +326,24 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 	defer client.Close()
 	stop := context.AfterFunc(ctx, func() { client.Close() })
 	defer stop()
-	first, err := sniff(client, cfg.HeaderTimeout)
-	if len(first) == 0 {
-		if err != nil && !isClosed(err) && !isTimeout(err) {
+	// The first bytes are read into the HTTP/1 request buffer: HTTP/1
+	// goes on with them in place; HTTP/2 replays a copy.
+	in := newConnBuf(srv, client, cfg.Limits.MaxHeaderBytes+bufSize)
+	first, err := sniff(client, cfg.HeaderTimeout, in)
+	if len(first) == 0 || bytes.HasPrefix(first, []byte("PRI ")) {
+		in.release()
+		if len(first) == 0 && err != nil && !isClosed(err) && !isTimeout(err) {
 			return err
 		}
-		return nil
+		// PRI: a full HTTP/2 preface, or a broken one (PRI is no
+		// HTTP/1.1 method) which gets closed below.
+		if len(first) == 0 {
+			return nil
+		}
+		first = bytes.Clone(first)
 	}
-	conn := &prefixConn{Conn: client, prefix: first}
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
+		conn := &prefixConn{Conn: client, prefix: first}
 		if cfg.LegacyHTTP2 {
 			return srv.serveH2(ctx, conn, dial, decide, access)
 		}
@@ -256,7 +355,7 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 		// HTTP/1.1.
 		return nil
 	}
-	handoff, err := srv.serveHTTP1(ctx, conn, dial, decide, access)
+	handoff, err := srv.serveHTTP1(ctx, client, in, dial, decide, access)
 	if handoff != nil {
 		return srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
 	}
@@ -270,8 +369,8 @@ func isTimeout(err error) bool {
 
 // serveHTTP1 runs the HTTP/1.1 session. When the first request asks for an
 // h2c upgrade it stops before answering and returns the bytes read so far.
-func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
-	s := &session{srv: srv, cfg: srv.cfg, client: client, dial: dial, decide: decide, access: access,
+func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
+	s := &session{srv: srv, cfg: srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
 		queue: make(chan *pending, 128), done: make(chan struct{})}
 	// Cancelling ctx ends the connection: unblock both directions.
 	stop := context.AfterFunc(ctx, func() {
@@ -298,6 +397,7 @@ type session struct {
 	srv    *Server
 	cfg    Config
 	client net.Conn
+	in     *connBuf // the client's bytes (ServeConn read the first ones)
 	dial   Dialer
 	decide Decider
 	access func(*Record)
@@ -555,8 +655,11 @@ func str(b []byte) string {
 }
 
 func (s *session) requests(ctx context.Context) error {
-	in := newConnBuf(&s.srv.bufs, s.client, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	in := s.in
 	in.setDeadline = s.setReadDeadline
+	if sc, ok := s.client.(syscall.Conn); ok {
+		in.raw, _ = sc.SyscallConn()
+	}
 	defer in.release()
 	var head RequestHead
 	req := policy.HTTPRequest{}
@@ -573,6 +676,8 @@ func (s *session) requests(ctx context.Context) error {
 			s.setReadDeadline(time.Now().Add(idle))
 		} else {
 			s.awaitNext(time.Now().Add(idle))
+			// Idle: the wait for the next request holds no buffer.
+			in.releaseIdle()
 		}
 		headStarted := false
 		// headDeadline: the head's first bytes came with a read whose
@@ -806,7 +911,7 @@ func (s *session) upstreamConn(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	s.upstream = c
-	s.upBuf = newConnBuf(&s.srv.bufs, c, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	s.upBuf = newConnBuf(s.srv, c, s.cfg.Limits.MaxHeaderBytes+bufSize)
 	return c, nil
 }
 
@@ -999,6 +1104,9 @@ func (s *session) responses() error {
 			s.closeClient()
 			return errStop
 		}
+		// Between responses the upstream side holds no buffer (unless the
+		// upstream sent more already).
+		up.releaseIdle()
 	}
 	return nil
 }
