@@ -371,7 +371,7 @@ func isTimeout(err error) bool {
 // h2c upgrade it stops before answering and returns the bytes read so far.
 func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
 	s := &session{srv: srv, cfg: srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
-		queue: make(chan *pending, 128), done: make(chan struct{})}
+		queue: make(chan *pending, pipelineDepth), done: make(chan struct{})}
 	// Cancelling ctx ends the connection: unblock both directions.
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
@@ -392,6 +392,11 @@ func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf,
 	}
 	return nil, err
 }
+
+// pipelineDepth bounds the responses a connection owes at once: a client
+// that pipelines more requests waits (its bytes stay in the socket) until
+// the first are answered. Small: the queue is allocated per connection.
+const pipelineDepth = 32
 
 type session struct {
 	srv    *Server

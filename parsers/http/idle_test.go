@@ -179,13 +179,14 @@ func tinyUpstream(b *testing.B) string {
 }
 
 // liveBytes is the live heap plus goroutine stacks after collecting
-// garbage (twice: sync.Pool keeps its items over one collection).
-func liveBytes() uint64 {
+// garbage (twice: sync.Pool keeps its items over one collection), and the
+// stacks alone.
+func liveBytes() (total, stacks float64) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapAlloc + m.StackInuse
+	return float64(m.HeapAlloc + m.StackInuse), float64(m.StackInuse)
 }
 
 // openIdleConns opens n connections to addr, each carrying one request,
@@ -227,20 +228,22 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 	const n = 2000
 	upstream := tinyUpstream(b)
 	p := startProxy(b, Config{}, upstream, ruleDecider(b, policy.HTTPRule{Method: "GET", Path: "/api/.*"}))
-	var direct, proxied float64
+	var direct, proxied, directStacks, proxiedStacks float64
 	var goroutines float64
 	for range b.N {
-		base := liveBytes()
+		base, baseStacks := liveBytes()
 		conns := openIdleConns(b, upstream, n)
-		direct = float64(liveBytes()-base) / n
+		total, stacks := liveBytes()
+		direct, directStacks = (total-base)/n, (stacks-baseStacks)/n
 		for _, c := range conns {
 			c.Close()
 		}
 		time.Sleep(100 * time.Millisecond) // the upstream's goroutines end
-		base = liveBytes()
+		base, baseStacks = liveBytes()
 		g0 := runtime.NumGoroutine()
 		conns = openIdleConns(b, p.addr, n)
-		proxied = float64(liveBytes()-base) / n
+		total, stacks = liveBytes()
+		proxied, proxiedStacks = (total-base)/n, (stacks-baseStacks)/n
 		goroutines = float64(runtime.NumGoroutine()-g0) / n
 		for _, c := range conns {
 			c.Close()
@@ -249,5 +252,6 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 	b.ReportMetric(direct, "direct-bytes/conn")
 	b.ReportMetric(proxied, "proxied-bytes/conn")
 	b.ReportMetric(proxied-direct, "proxy-bytes/conn")
+	b.ReportMetric(proxiedStacks-directStacks, "proxy-stack-bytes/conn")
 	b.ReportMetric(goroutines, "goroutines/conn")
 }
