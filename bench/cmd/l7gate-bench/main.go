@@ -12,10 +12,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
 	"os/exec"
+	"net/http"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -678,11 +680,13 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 	sh("prlimit", "--pid", strconv.Itoa(pid), "--nofile=65536:65536")
 	time.Sleep(2 * time.Second)
 	r := &rssResult{IdleKiB: procRSSKiB(pid)}
+	s.proxyMemSnapshot(pid, "idle")
 	if err := s.use("l7-1k"); err != nil {
 		return err
 	}
 	time.Sleep(2 * time.Second)
 	r.Rules1kKiB = procRSSKiB(pid)
+	s.proxyMemSnapshot(pid, "rules1k")
 	if err := s.use("l7"); err != nil {
 		return err
 	}
@@ -700,6 +704,7 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 	}
 	time.Sleep(2 * time.Second)
 	r.WithConnsKiB = procRSSKiB(pid)
+	s.proxyMemSnapshot(pid, "conns")
 	if got > 0 {
 		r.PerConnBytes = float64(r.WithConnsKiB-r.BeforeConnsKiB) * 1024 / float64(got)
 	}
@@ -851,4 +856,34 @@ func proxyCgroup(cl *cleanups, name string) (*os.File, error) {
 		}
 	})
 	return f, nil
+}
+
+// proxyMemSnapshot saves what the Go proxy's memory is at one step of the
+// proxyrss phase next to the report: its /proc status and smaps_rollup
+// (anonymous vs file-backed pages), and a heap profile from the admin
+// socket (after a collection), as proxymem-<step>.{txt,heap}.
+func (s *scenario) proxyMemSnapshot(pid int, step string) {
+	os.MkdirAll(s.cfg.out, 0o755)
+	base := filepath.Join(s.cfg.out, fmt.Sprintf("proxymem-%d-%s", pid, step))
+	var b strings.Builder
+	for _, f := range []string{"status", "smaps_rollup"} {
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f)); err == nil {
+			fmt.Fprintf(&b, "== /proc/%d/%s\n%s\n", pid, f, data)
+		}
+	}
+	os.WriteFile(base+".txt", []byte(b.String()), 0o644)
+	sock := filepath.Join(s.n.run, "proxy-admin.sock")
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://proxy/debug/pprof/heap?gc=1")
+	if err != nil {
+		log.Printf("  heap profile %s: %v", step, err)
+		return
+	}
+	defer resp.Body.Close()
+	if data, err := io.ReadAll(resp.Body); err == nil && resp.StatusCode == 200 {
+		os.WriteFile(base+".heap", data, 0o644)
+	}
 }
