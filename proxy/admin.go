@@ -92,6 +92,23 @@ func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 		}
 		prof.WriteTo(w, debug)
 	})
+	// A CPU profile of the next ?seconds= (default 10, at most 60).
+	mux.HandleFunc("GET /debug/pprof/profile", func(w http.ResponseWriter, r *http.Request) {
+		sec, err := strconv.Atoi(r.URL.Query().Get("seconds"))
+		if err != nil || sec <= 0 {
+			sec = 10
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if err := pprof.StartCPUProfile(w); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		select {
+		case <-time.After(time.Duration(min(sec, 60)) * time.Second):
+		case <-r.Context().Done():
+		}
+		pprof.StopCPUProfile()
+	})
 	reg := p.Registry(extra...)
 	mux.Handle("GET /stats/prometheus", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return mux

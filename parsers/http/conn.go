@@ -324,7 +324,16 @@ type pending struct {
 func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
 	cfg := srv.cfg
 	defer client.Close()
-	stop := context.AfterFunc(ctx, func() { client.Close() })
+	// Cancelling ctx ends the connection: unblock both directions (one
+	// registration on ctx per connection: the HTTP/1 session's upstream
+	// is closed from here too).
+	var sess atomic.Pointer[session]
+	stop := context.AfterFunc(ctx, func() {
+		client.Close()
+		if s := sess.Load(); s != nil {
+			s.closeUpstream()
+		}
+	})
 	defer stop()
 	// The first bytes are read into the HTTP/1 request buffer: HTTP/1
 	// goes on with them in place; HTTP/2 replays a copy.
@@ -355,7 +364,7 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 		// HTTP/1.1.
 		return nil
 	}
-	handoff, err := srv.serveHTTP1(ctx, client, in, dial, decide, access)
+	handoff, err := srv.serveHTTP1(ctx, client, in, &sess, dial, decide, access)
 	if handoff != nil {
 		return srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
 	}
@@ -369,19 +378,14 @@ func isTimeout(err error) bool {
 
 // serveHTTP1 runs the HTTP/1.1 session. When the first request asks for an
 // h2c upgrade it stops before answering and returns the bytes read so far.
-func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
+// ServeConn's cancellation closes the client and, through sess, the
+// session's upstream.
+func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
 	s := &session{srv: srv, cfg: srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
 		queue: make(chan *pending, pipelineDepth), done: make(chan struct{})}
-	// Cancelling ctx ends the connection: unblock both directions.
-	stop := context.AfterFunc(ctx, func() {
-		client.Close()
-		s.upMu.Lock()
-		if s.upstream != nil {
-			s.upstream.Close()
-		}
-		s.upMu.Unlock()
-	})
-	defer stop()
+	sess.Store(s)
+	// (A ctx cancelled before that closed the client: the session's
+	// first read or write fails, and a dial on ctx fails at once.)
 	if d := srv.cfg.Drain; d != nil {
 		stopDrain := context.AfterFunc(d, s.startDrain)
 		defer stopDrain()
@@ -901,6 +905,15 @@ func (s *session) requests(ctx context.Context) error {
 			return errStop
 		}
 	}
+}
+
+// closeUpstream closes the upstream connection, if one is open.
+func (s *session) closeUpstream() {
+	s.upMu.Lock()
+	if s.upstream != nil {
+		s.upstream.Close()
+	}
+	s.upMu.Unlock()
 }
 
 func (s *session) upstreamConn(ctx context.Context) (net.Conn, error) {
