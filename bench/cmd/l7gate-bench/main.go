@@ -76,6 +76,9 @@ type config struct {
 	// agentArgs are extra arguments for the agent (e.g.
 	// --proxy-arg=--http2-path=nethttp).
 	agentArgs []string
+	// proxyOnly: the agent starts the Go proxy from a proxy-only build
+	// (-tags l7gate_proxyonly, agent --proxy-executable).
+	proxyOnly bool
 }
 
 func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
@@ -104,6 +107,7 @@ func benchMain() error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil
 	})
+	flag.BoolVar(&cfg.proxyOnly, "proxy-only-build", false, "start the Go proxy from a proxy-only build of cmd/l7gate (-tags l7gate_proxyonly, the agent's --proxy-executable): the same proxy code without the agent's packages linked")
 	rerender := flag.String("report-from", "", "only re-render <date>.md, latest.md and the charts from an existing <date>.json (no root needed)")
 	pin := flag.Bool("pin", true, "pin load generators to CPU 1 and the proxies to CPU 0")
 	flag.Parse()
@@ -224,6 +228,15 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 	build.Dir = cfg.repo
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v: %s", err, out)
+	}
+	if cfg.proxyOnly {
+		proxyBin := filepath.Join(tmp, "l7gate-proxy")
+		build := exec.CommandContext(ctx, "go", "build", "-tags", "l7gate_proxyonly", "-o", proxyBin, "./cmd/l7gate")
+		build.Dir = cfg.repo
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build -tags l7gate_proxyonly: %v: %s", err, out)
+		}
+		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+proxyBin)
 	}
 	n, err := newNode(cl, tmp, bin)
 	if err != nil {
