@@ -417,6 +417,15 @@ type session struct {
 
 	queue chan *pending
 	done  chan struct{} // closed when the response side stops
+	// respMu guards respRunning (a response goroutine runs: see enqueue)
+	// and queueClosed; respErr receives the response side's end.
+	respMu      sync.Mutex
+	respRunning bool
+	queueClosed bool
+	respErr     chan error
+	// respFields is the response head parser's scratch, kept across the
+	// response goroutines of a connection.
+	respFields []Header
 
 	dlMu    sync.Mutex
 	stopped bool // the response side closed the client
@@ -525,18 +534,13 @@ func (s *session) busy() {
 }
 
 func (s *session) run(ctx context.Context) error {
-	respErr := make(chan error, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				s.closeClient()
-				respErr <- newPanicError(v)
-			}
-		}()
-		respErr <- s.responses()
-	}()
+	s.respErr = make(chan error, 1)
 	reqErr := s.safeRequests(ctx)
+	s.respMu.Lock()
 	close(s.queue)
+	s.queueClosed = true
+	responder := s.respRunning
+	s.respMu.Unlock()
 	if reqErr != nil && !errors.Is(reqErr, errStop) {
 		// The request stream broke (a malformed body, the client gone
 		// mid-request): the upstream may be mid-message, so abandon it;
@@ -547,7 +551,12 @@ func (s *session) run(ctx context.Context) error {
 		}
 		s.upMu.Unlock()
 	}
-	err := <-respErr
+	var err error
+	if responder {
+		err = <-s.respErr
+	} else {
+		close(s.done) // nothing was owed: the response side is done
+	}
 	s.upMu.Lock()
 	if s.upstream != nil {
 		s.upstream.Close()
@@ -603,14 +612,58 @@ func isClosed(err error) bool {
 
 var errStop = errors.New("stop")
 
-// enqueue hands a pending response to the response side.
+// enqueue hands a pending response to the response side, starting its
+// goroutine if none runs: it runs only while responses are owed, so an
+// idle connection has the request side's goroutine alone.
 func (s *session) enqueue(p *pending) bool {
 	select {
 	case s.queue <- p:
-		return true
 	case <-s.done:
 		return false
 	}
+	s.respMu.Lock()
+	if !s.respRunning {
+		s.respRunning = true
+		go s.respond()
+	}
+	s.respMu.Unlock()
+	return true
+}
+
+// respond runs the response side until no response is owed (then it
+// ends, and the next enqueue starts another) or the side stops (its error
+// goes to respErr, and no other starts: done is closed).
+func (s *session) respond() {
+	defer func() {
+		if v := recover(); v != nil {
+			s.closeClient()
+			s.respErr <- newPanicError(v)
+		}
+	}()
+	err, idle := s.responses()
+	if !idle {
+		s.respErr <- err
+	}
+}
+
+// nextOwed returns the next pending response, or idle when none is owed
+// (respRunning cleared: the caller ends), or ok false when the queue was
+// closed and drained.
+func (s *session) nextOwed() (p *pending, ok, idle bool) {
+	select {
+	case p, ok = <-s.queue:
+		return p, ok, false
+	default:
+	}
+	s.respMu.Lock()
+	if len(s.queue) == 0 && !s.queueClosed {
+		s.respRunning = false
+		s.respMu.Unlock()
+		return nil, false, true
+	}
+	s.respMu.Unlock()
+	p, ok = <-s.queue
+	return p, ok, false
 }
 
 // localResponse renders a response we generate.
@@ -1011,17 +1064,29 @@ func copyChunkedFrom(w io.Writer, in *connBuf, sc *chunkedScanner) error {
 
 // responses writes the responses owed to the client in request order:
 // generated ones directly, upstream ones as they arrive.
-func (s *session) responses() error {
-	defer close(s.done)
-	var fields []Header
+func (s *session) responses() (_ error, idle bool) {
+	defer func() {
+		if !idle {
+			close(s.done)
+		}
+	}()
+	fields := s.respFields
+	defer func() { s.respFields = fields[:0] }()
 	var rh ResponseHead
-	for p := range s.queue {
+	for {
+		p, ok, wait := s.nextOwed()
+		if wait {
+			return nil, true
+		}
+		if !ok {
+			return nil, false
+		}
 		if p.local != nil {
 			_, err := s.client.Write(p.local)
 			s.finish(p, err)
 			if err != nil || p.close {
 				s.closeClient()
-				return errStop
+				return errStop, false
 			}
 			continue
 		}
@@ -1052,14 +1117,14 @@ func (s *session) responses() error {
 				}
 				s.finish(p, err)
 				s.closeClient()
-				return errStop
+				return errStop, false
 			}
 			if rh.Status >= 200 {
 				break // the final response: written with its body below
 			}
 			if _, err := s.client.Write(up.bytes()[:rh.Size]); err != nil {
 				s.finish(p, err)
-				return err
+				return err, false
 			}
 			wrote = true
 			up.consume(rh.Size)
@@ -1069,7 +1134,7 @@ func (s *session) responses() error {
 					// anything else would be a tunnel policy never allowed.
 					s.finish(p, fmt.Errorf("101 response switching to %q: only websocket upgrades are forwarded", rh.Upgrade))
 					s.closeClient()
-					return errStop
+					return errStop, false
 				}
 				if p.record != nil {
 					p.record.Status = 101
@@ -1078,7 +1143,7 @@ func (s *session) responses() error {
 				p.switched <- true
 				if b := up.bytes(); len(b) > 0 {
 					if _, err := s.client.Write(b); err != nil {
-						return err
+						return err, false
 					}
 					up.consume(len(b))
 				}
@@ -1086,7 +1151,7 @@ func (s *session) responses() error {
 				if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
 					cw.CloseWrite()
 				}
-				return err
+				return err, false
 			}
 			// 100 Continue, 103 Early Hints: the final response follows
 		}
@@ -1120,13 +1185,12 @@ func (s *session) responses() error {
 		}
 		if err != nil || !rh.KeepAlive || p.close || rh.Framing == FramingClose {
 			s.closeClient()
-			return errStop
+			return errStop, false
 		}
 		// Between responses the upstream side holds no buffer (unless the
 		// upstream sent more already).
 		up.releaseIdle()
 	}
-	return nil
 }
 
 // connectionClose ends a response head whose connection is to close.

@@ -29,6 +29,24 @@ func waitHeld(t testing.TB, srv *Server, want int64) {
 	}
 }
 
+// waitNoResponder waits until no goroutine runs a session's response side
+// (an idle connection has its request side's goroutine alone).
+func waitNoResponder(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if !bytes.Contains(buf[:n], []byte("parsers/http.(*session).responses")) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a response goroutine still runs on an idle connection:\n%s", buf[:n])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestIdleConnectionThenUsed: a kept-alive connection gives its buffers
 // back while it waits for a next request, and proxies correctly when it is
 // used again: pipelined requests, a request head split across reads,
@@ -68,8 +86,10 @@ func TestIdleConnectionThenUsed(t *testing.T) {
 	}
 	write("GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
 	read(200, "GET /first")
-	// Idle: neither the client's nor the upstream's buffer is held.
+	// Idle: neither the client's nor the upstream's buffer is held, and
+	// no goroutine waits for responses.
 	waitHeld(t, p.srv, 0)
+	waitNoResponder(t)
 
 	// Pipelined: two requests (one denied) and a POST in one write.
 	write("GET /a HTTP/1.1\r\nHost: x\r\n\r\n" +
@@ -90,6 +110,7 @@ func TestIdleConnectionThenUsed(t *testing.T) {
 	write("st: x\r\nX-Part: 2\r\n\r\n")
 	read(200, "GET /split")
 	waitHeld(t, p.srv, 0)
+	waitNoResponder(t)
 
 	// Large bodies both ways.
 	big := bytes.Repeat([]byte("abcdefghijklmnop"), 1<<16) // 1 MiB
