@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +73,41 @@ func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.Encode(out)
+	})
+	// The runtime's profiles (heap, goroutine, allocs, ...: what the
+	// proxy's memory is; debug=1 for text), on the local socket only.
+	mux.HandleFunc("GET /debug/pprof/{profile}", func(w http.ResponseWriter, r *http.Request) {
+		prof := pprof.Lookup(r.PathValue("profile"))
+		if prof == nil {
+			http.Error(w, "unknown profile", http.StatusNotFound)
+			return
+		}
+		debug, _ := strconv.Atoi(r.URL.Query().Get("debug"))
+		if r.URL.Query().Get("gc") == "1" {
+			runtime.GC()
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if debug > 0 {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		}
+		prof.WriteTo(w, debug)
+	})
+	// A CPU profile of the next ?seconds= (default 10, at most 60).
+	mux.HandleFunc("GET /debug/pprof/profile", func(w http.ResponseWriter, r *http.Request) {
+		sec, err := strconv.Atoi(r.URL.Query().Get("seconds"))
+		if err != nil || sec <= 0 {
+			sec = 10
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if err := pprof.StartCPUProfile(w); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		select {
+		case <-time.After(time.Duration(min(sec, 60)) * time.Second):
+		case <-r.Context().Done():
+		}
+		pprof.StopCPUProfile()
 	})
 	reg := p.Registry(extra...)
 	mux.Handle("GET /stats/prometheus", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

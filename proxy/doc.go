@@ -2,7 +2,8 @@
 // listeners on proxy ports, per-connection dispatch to the L7 parsers
 // (parsers/http for HTTP/1.1, HTTP/2 and gRPC; parsers/kafka for Kafka),
 // policy lookup by IP for every request, access logs, and an admin socket
-// with an Envoy-compatible /config_dump, /ready and /stats/prometheus.
+// with an Envoy-compatible /config_dump, /ready and /stats/prometheus, and
+// the runtime's profiles under /debug/pprof/.
 //
 // Config is a plain value built from the xDS resources the agent pushes;
 // Apply validates and compiles it, and returns an error (a NACK) that

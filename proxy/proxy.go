@@ -597,14 +597,17 @@ func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error)
 	// A port the kernel hands out that a client holds is refused before
 	// any packet leaves; the next socket gets another one.
 	for attempt := 1; ; attempt++ {
+		// (Not Dialer.DialTCP: with no local address it binds ":0" after
+		// the Control function bound the source, and fails EINVAL.)
 		conn, err := redirect.UpstreamDialer(mark, source, avoid).DialContext(ctx, "tcp", ci.dst.String())
 		if errors.Is(err, redirect.ErrSourcePortTaken) && attempt < maxSourcePortAttempts {
 			continue
 		}
-		if err == nil {
-			p.stats.upstreamConns.Add(1)
+		if err != nil {
+			return nil, err // not a nil *net.TCPConn in a non-nil net.Conn
 		}
-		return conn, err
+		p.stats.upstreamConns.Add(1)
+		return conn, nil
 	}
 }
 

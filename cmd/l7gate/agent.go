@@ -1,3 +1,5 @@
+//go:build !l7gate_proxyonly
+
 package main
 
 import (
@@ -60,6 +62,10 @@ type agentFlags struct {
 	EscapedSlashes string `json:"httpEscapedSlashes"`
 	// ProxyArgs are extra arguments for the Go proxy the agent starts.
 	ProxyArgs []string `json:"proxyArgs"`
+	// ProxyExecutable is the binary the agent starts the Go proxy from
+	// (empty: this l7gate binary), e.g. a proxy-only build
+	// (go build -tags l7gate_proxyonly ./cmd/l7gate).
+	ProxyExecutable string `json:"proxyExecutable"`
 	// Observability: metrics, the Observer API, flow export, OTLP.
 	obsFlags
 	// SocketLB: load-balance Services in cgroup hooks (connect, sendmsg)
@@ -134,6 +140,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 				pick("source-kind", &f.SourceKind, fromFile.SourceKind)
 				pick("allow-localhost", &f.AllowLocalhost, fromFile.AllowLocalhost)
 				pick("http-escaped-slashes", &f.EscapedSlashes, fromFile.EscapedSlashes)
+				pick("proxy-executable", &f.ProxyExecutable, fromFile.ProxyExecutable)
 				if !ch("kube-apiserver") {
 					f.KubeAPIServer = fromFile.KubeAPIServer
 				}
@@ -206,7 +213,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, socketLB, socketLBCgroup, socketLBCgroupRoot (flags win)")
+	fl.StringVar(&configFile, "config", "", "YAML file with any of: sourceKind, source, bpffs, runDir, stateDir, node, proxyPortRange, setupNode, startProxy, ackTimeout, httpProxy, envoyProcessName, allowLocalhost, kubeAPIServer, httpEscapedSlashes, proxyArgs, proxyExecutable, socketLB, socketLBCgroup, socketLBCgroupRoot (flags win)")
 	fl.BoolVar(&f.SocketLB, "socket-lb", f.SocketLB, "load-balance Services (ClusterIP, TCP and UDP) at connect()/sendmsg() in eBPF, so egress policy and the proxies see the backend pod; kube-proxy keeps the rest (NodePort, external traffic); false detaches it")
 	fl.StringVar(&f.SocketLBCgroup, "socket-lb-cgroup", f.SocketLBCgroup, "cgroup v2 directory whose processes (the pods) are load-balanced, relative to the cgroup v2 root (default the root: every process)")
 	fl.StringVar(&f.SocketLBCgroupRoot, "socket-lb-cgroup-root", "", "where the cgroup v2 hierarchy of --socket-lb-cgroup is mounted (default: this process's cgroup2 mount, else one mounted under the run dir); in a container, the host's /sys/fs/cgroup from a hostPath (of a hybrid host, its unified/ is used)")
@@ -226,6 +233,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringVar(&f.AllowLocalhost, "allow-localhost", f.AllowLocalhost, "always: the node itself (reserved:host, e.g. kubelet probes) reaches every local endpoint whatever its ingress policy says (deny rules still win, L7 rules still apply), as Cilium does under Kubernetes; policy: the host is a peer like any other")
 	fl.StringSliceVar(&f.KubeAPIServer, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; the k8s source reads them from the default/kubernetes EndpointSlice)")
 	fl.StringVar(&f.EscapedSlashes, "http-escaped-slashes", f.EscapedSlashes, "request paths with %2F or %5C, in the Go proxy and in Envoy: reject (400), keep (match and forward encoded) or unescape (decode to /)")
+	fl.StringVar(&f.ProxyExecutable, "proxy-executable", "", "binary to start the Go proxy from (empty: this l7gate binary); a proxy-only build (go build -tags l7gate_proxyonly ./cmd/l7gate) links none of the agent's packages: its idle RSS is about a third")
 	fl.StringArrayVar(&f.ProxyArgs, "proxy-arg", nil, "extra argument for the Go proxy the agent starts (repeatable), e.g. --proxy-arg=--kafka-topic-ids")
 	f.obsFlags.addFlags(fl)
 	fl.BoolVar(&f.PolicyAuditMode, "policy-audit-mode", f.PolicyAuditMode, "audit mode for every policy on this node: what policy would drop or deny is forwarded and recorded with verdict audit (per policy or namespace: the annotation l7gate.io/audit: \"true\")")
@@ -347,7 +355,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 			args = append(args, "--metrics-address", f.ProxyMetricsAddress)
 		}
 		args = append(args, f.ProxyArgs...)
-		cfg.Proxy = &supervisor.Config{Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
+		cfg.Proxy = &supervisor.Config{Executable: f.ProxyExecutable, Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()

@@ -1,3 +1,5 @@
+//go:build !l7gate_proxyonly
+
 package main
 
 import (
@@ -8,16 +10,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -324,18 +323,3 @@ func listenServiceMap(addr string) (net.Listener, error) {
 
 // serveMetrics serves a registry on GET /metrics at a TCP address until
 // ctx ends.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
-	ln, err := agentapi.ListenTCP(ctx, addr)
-	if err != nil {
-		return fmt.Errorf("metrics listener: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
-	defer stop()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	return nil
-}

@@ -95,7 +95,6 @@ Commands that read policy take Kubernetes YAML or JSON files or folders.`,
 		},
 	}
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(a.policyCommand())
 	for _, extra := range a.extraCommands() {
 		root.AddCommand(extra)
 	}

@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -134,6 +136,9 @@ type Server struct {
 	cfg      Config
 	bufs     sync.Pool // *[]byte of bufSize, connection read buffers
 	copyBufs sync.Pool // *[]byte, ReverseProxy body buffers (HTTP/2)
+	// held counts the HTTP/1 connection buffers (bufs) taken and not
+	// yet given back.
+	held atomic.Int64
 }
 
 // NewServer returns a Server for cfg.
@@ -144,30 +149,63 @@ func NewServer(cfg Config) *Server {
 	return s
 }
 
-// connBuf is a read buffer over a connection.
+// connBuf is a read buffer over a connection. Its buffer comes from the
+// server's pool and goes back whenever no byte is pending (idle), so an idle
+// kept-alive connection holds no buffer: fill takes one again when bytes
+// arrive (on a client connection, after the socket became readable).
 type connBuf struct {
 	conn net.Conn
-	buf  []byte
+	buf  []byte // nil while released
 	r, w int
 	max  int
-	pool *sync.Pool
-	ptr  *[]byte
+	srv  *Server
+	ptr  *[]byte // the pooled buffer held, or nil
+	// raw, when set, is the connection's raw socket: fill on a released
+	// buffer waits for readability without a buffer (see readIdle).
+	raw syscall.RawConn
+	// readFn, n and rerr: readIdle's callback and its results (kept here:
+	// a closure per wait would be an allocation per request).
+	readFn func(uintptr) bool
+	n      int
+	rerr   error
 	// readTimeout, when set, bounds every read: setDeadline is called
 	// with now+readTimeout before it.
 	readTimeout time.Duration
 	setDeadline func(time.Time)
 }
 
-func newConnBuf(pool *sync.Pool, c net.Conn, max int) *connBuf {
-	p := pool.Get().(*[]byte)
-	return &connBuf{conn: c, buf: *p, max: max, pool: pool, ptr: p}
+// newConnBuf returns a connBuf over c with no buffer held yet.
+func newConnBuf(srv *Server, c net.Conn, max int) *connBuf {
+	return &connBuf{conn: c, max: max, srv: srv}
 }
 
+// acquire takes a pooled buffer.
+func (b *connBuf) acquire() {
+	b.ptr = b.srv.bufs.Get().(*[]byte)
+	b.buf = *b.ptr
+	b.srv.held.Add(1)
+}
+
+// release gives the buffer back (a grown one is dropped). Bytes still
+// pending are lost: callers release idle buffers only (releaseIdle) or at
+// the end of the connection.
 func (b *connBuf) release() {
+	if b.buf == nil {
+		return
+	}
+	b.srv.held.Add(-1)
 	if b.ptr != nil && cap(b.buf) == bufSize {
-		b.pool.Put(b.ptr)
+		b.srv.bufs.Put(b.ptr)
 	}
 	b.ptr, b.buf = nil, nil
+	b.r, b.w = 0, 0
+}
+
+// releaseIdle gives the buffer back when no byte is pending.
+func (b *connBuf) releaseIdle() {
+	if b.r == b.w {
+		b.release()
+	}
 }
 
 func (b *connBuf) bytes() []byte { return b.buf[b.r:b.w] }
@@ -181,7 +219,15 @@ func (b *connBuf) consume(n int) {
 
 // fill reads more bytes, compacting or growing the buffer (up to max).
 func (b *connBuf) fill() error {
-	if b.w == len(b.buf) {
+	if b.buf == nil {
+		if b.readTimeout > 0 {
+			b.setDeadline(time.Now().Add(b.readTimeout))
+		}
+		if b.raw != nil {
+			return b.readIdle()
+		}
+		b.acquire()
+	} else if b.w == len(b.buf) {
 		if b.r > 0 {
 			b.w = copy(b.buf, b.buf[b.r:b.w])
 			b.r = 0
@@ -206,6 +252,50 @@ func (b *connBuf) fill() error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// readIdle reads into a buffer taken only once the socket has bytes (or
+// EOF, or an error): the wait for readability holds none. It costs the
+// system calls a plain Read costs (a read that finds nothing, the wait in
+// the runtime's poller, the read), and honours the read deadline and a
+// Close as Read does.
+func (b *connBuf) readIdle() error {
+	if b.readFn == nil {
+		b.readFn = b.tryRead
+	}
+	b.n, b.rerr = 0, nil
+	err := b.raw.Read(b.readFn)
+	if err == nil && b.rerr != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Addr: b.conn.RemoteAddr(), Err: os.NewSyscallError("read", b.rerr)}
+	}
+	if b.n > 0 {
+		b.w = b.n
+		return nil
+	}
+	b.release()
+	if err == nil {
+		err = io.EOF
+	}
+	return err
+}
+
+// tryRead is readIdle's non-blocking read: false (wait for readability)
+// when the socket has nothing yet, with the buffer given back meanwhile.
+func (b *connBuf) tryRead(fd uintptr) bool {
+	if b.buf == nil {
+		b.acquire()
+	}
+	for {
+		b.n, b.rerr = syscall.Read(int(fd), b.buf)
+		if b.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if b.rerr == syscall.EAGAIN {
+		b.release()
+		return false
+	}
+	return true
 }
 
 var errBufferFull = errors.New("buffer full")
@@ -234,17 +324,35 @@ type pending struct {
 func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
 	cfg := srv.cfg
 	defer client.Close()
-	stop := context.AfterFunc(ctx, func() { client.Close() })
+	// Cancelling ctx ends the connection: unblock both directions (one
+	// registration on ctx per connection: the HTTP/1 session's upstream
+	// is closed from here too).
+	var sess atomic.Pointer[session]
+	stop := context.AfterFunc(ctx, func() {
+		client.Close()
+		if s := sess.Load(); s != nil {
+			s.closeUpstream()
+		}
+	})
 	defer stop()
-	first, err := sniff(client, cfg.HeaderTimeout)
-	if len(first) == 0 {
-		if err != nil && !isClosed(err) && !isTimeout(err) {
+	// The first bytes are read into the HTTP/1 request buffer: HTTP/1
+	// goes on with them in place; HTTP/2 replays a copy.
+	in := newConnBuf(srv, client, cfg.Limits.MaxHeaderBytes+bufSize)
+	first, err := sniff(client, cfg.HeaderTimeout, in)
+	if len(first) == 0 || bytes.HasPrefix(first, []byte("PRI ")) {
+		in.release()
+		if len(first) == 0 && err != nil && !isClosed(err) && !isTimeout(err) {
 			return err
 		}
-		return nil
+		// PRI: a full HTTP/2 preface, or a broken one (PRI is no
+		// HTTP/1.1 method) which gets closed below.
+		if len(first) == 0 {
+			return nil
+		}
+		first = bytes.Clone(first)
 	}
-	conn := &prefixConn{Conn: client, prefix: first}
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
+		conn := &prefixConn{Conn: client, prefix: first}
 		if cfg.LegacyHTTP2 {
 			return srv.serveH2(ctx, conn, dial, decide, access)
 		}
@@ -256,7 +364,7 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 		// HTTP/1.1.
 		return nil
 	}
-	handoff, err := srv.serveHTTP1(ctx, conn, dial, decide, access)
+	handoff, err := srv.serveHTTP1(ctx, client, in, &sess, dial, decide, access)
 	if handoff != nil {
 		return srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
 	}
@@ -270,19 +378,14 @@ func isTimeout(err error) bool {
 
 // serveHTTP1 runs the HTTP/1.1 session. When the first request asks for an
 // h2c upgrade it stops before answering and returns the bytes read so far.
-func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
-	s := &session{srv: srv, cfg: srv.cfg, client: client, dial: dial, decide: decide, access: access,
-		queue: make(chan *pending, 128), done: make(chan struct{})}
-	// Cancelling ctx ends the connection: unblock both directions.
-	stop := context.AfterFunc(ctx, func() {
-		client.Close()
-		s.upMu.Lock()
-		if s.upstream != nil {
-			s.upstream.Close()
-		}
-		s.upMu.Unlock()
-	})
-	defer stop()
+// ServeConn's cancellation closes the client and, through sess, the
+// session's upstream.
+func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
+	s := &session{srv: srv, cfg: srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
+		queue: make(chan *pending, pipelineDepth), done: make(chan struct{})}
+	sess.Store(s)
+	// (A ctx cancelled before that closed the client: the session's
+	// first read or write fails, and a dial on ctx fails at once.)
 	if d := srv.cfg.Drain; d != nil {
 		stopDrain := context.AfterFunc(d, s.startDrain)
 		defer stopDrain()
@@ -294,10 +397,16 @@ func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, dial Dialer,
 	return nil, err
 }
 
+// pipelineDepth bounds the responses a connection owes at once: a client
+// that pipelines more requests waits (its bytes stay in the socket) until
+// the first are answered. Small: the queue is allocated per connection.
+const pipelineDepth = 32
+
 type session struct {
 	srv    *Server
 	cfg    Config
 	client net.Conn
+	in     *connBuf // the client's bytes (ServeConn read the first ones)
 	dial   Dialer
 	decide Decider
 	access func(*Record)
@@ -308,6 +417,15 @@ type session struct {
 
 	queue chan *pending
 	done  chan struct{} // closed when the response side stops
+	// respMu guards respRunning (a response goroutine runs: see enqueue)
+	// and queueClosed; respErr receives the response side's end.
+	respMu      sync.Mutex
+	respRunning bool
+	queueClosed bool
+	respErr     chan error
+	// respFields is the response head parser's scratch, kept across the
+	// response goroutines of a connection.
+	respFields []Header
 
 	dlMu    sync.Mutex
 	stopped bool // the response side closed the client
@@ -418,18 +536,13 @@ func (s *session) busy() {
 }
 
 func (s *session) run(ctx context.Context) error {
-	respErr := make(chan error, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				s.closeClient()
-				respErr <- newPanicError(v)
-			}
-		}()
-		respErr <- s.responses()
-	}()
+	s.respErr = make(chan error, 1)
 	reqErr := s.safeRequests(ctx)
+	s.respMu.Lock()
 	close(s.queue)
+	s.queueClosed = true
+	responder := s.respRunning
+	s.respMu.Unlock()
 	if reqErr != nil && !errors.Is(reqErr, errStop) {
 		// The request stream broke (a malformed body, the client gone
 		// mid-request): the upstream may be mid-message, so abandon it;
@@ -440,7 +553,12 @@ func (s *session) run(ctx context.Context) error {
 		}
 		s.upMu.Unlock()
 	}
-	err := <-respErr
+	var err error
+	if responder {
+		err = <-s.respErr
+	} else {
+		close(s.done) // nothing was owed: the response side is done
+	}
 	s.upMu.Lock()
 	if s.upstream != nil {
 		s.upstream.Close()
@@ -496,14 +614,58 @@ func isClosed(err error) bool {
 
 var errStop = errors.New("stop")
 
-// enqueue hands a pending response to the response side.
+// enqueue hands a pending response to the response side, starting its
+// goroutine if none runs: it runs only while responses are owed, so an
+// idle connection has the request side's goroutine alone.
 func (s *session) enqueue(p *pending) bool {
 	select {
 	case s.queue <- p:
-		return true
 	case <-s.done:
 		return false
 	}
+	s.respMu.Lock()
+	if !s.respRunning {
+		s.respRunning = true
+		go s.respond()
+	}
+	s.respMu.Unlock()
+	return true
+}
+
+// respond runs the response side until no response is owed (then it
+// ends, and the next enqueue starts another) or the side stops (its error
+// goes to respErr, and no other starts: done is closed).
+func (s *session) respond() {
+	defer func() {
+		if v := recover(); v != nil {
+			s.closeClient()
+			s.respErr <- newPanicError(v)
+		}
+	}()
+	err, idle := s.responses()
+	if !idle {
+		s.respErr <- err
+	}
+}
+
+// nextOwed returns the next pending response, or idle when none is owed
+// (respRunning cleared: the caller ends), or ok false when the queue was
+// closed and drained.
+func (s *session) nextOwed() (p *pending, ok, idle bool) {
+	select {
+	case p, ok = <-s.queue:
+		return p, ok, false
+	default:
+	}
+	s.respMu.Lock()
+	if len(s.queue) == 0 && !s.queueClosed {
+		s.respRunning = false
+		s.respMu.Unlock()
+		return nil, false, true
+	}
+	s.respMu.Unlock()
+	p, ok = <-s.queue
+	return p, ok, false
 }
 
 // localResponse renders a response we generate.
@@ -557,8 +719,11 @@ func str(b []byte) string {
 }
 
 func (s *session) requests(ctx context.Context) error {
-	in := newConnBuf(&s.srv.bufs, s.client, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	in := s.in
 	in.setDeadline = s.setReadDeadline
+	if sc, ok := s.client.(syscall.Conn); ok {
+		in.raw, _ = sc.SyscallConn()
+	}
 	defer in.release()
 	var head RequestHead
 	req := policy.HTTPRequest{}
@@ -575,6 +740,8 @@ func (s *session) requests(ctx context.Context) error {
 			s.setReadDeadline(time.Now().Add(idle))
 		} else {
 			s.awaitNext(time.Now().Add(idle))
+			// Idle: the wait for the next request holds no buffer.
+			in.releaseIdle()
 		}
 		headStarted := false
 		// headDeadline: the head's first bytes came with a read whose
@@ -795,6 +962,15 @@ func (s *session) requests(ctx context.Context) error {
 	}
 }
 
+// closeUpstream closes the upstream connection, if one is open.
+func (s *session) closeUpstream() {
+	s.upMu.Lock()
+	if s.upstream != nil {
+		s.upstream.Close()
+	}
+	s.upMu.Unlock()
+}
+
 func (s *session) upstreamConn(ctx context.Context) (net.Conn, error) {
 	s.upMu.Lock()
 	defer s.upMu.Unlock()
@@ -808,7 +984,7 @@ func (s *session) upstreamConn(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	s.upstream = c
-	s.upBuf = newConnBuf(&s.srv.bufs, c, s.cfg.Limits.MaxHeaderBytes+bufSize)
+	s.upBuf = newConnBuf(s.srv, c, s.cfg.Limits.MaxHeaderBytes+bufSize)
 	return c, nil
 }
 
@@ -890,17 +1066,29 @@ func copyChunkedFrom(w io.Writer, in *connBuf, sc *chunkedScanner) error {
 
 // responses writes the responses owed to the client in request order:
 // generated ones directly, upstream ones as they arrive.
-func (s *session) responses() error {
-	defer close(s.done)
-	var fields []Header
+func (s *session) responses() (_ error, idle bool) {
+	defer func() {
+		if !idle {
+			close(s.done)
+		}
+	}()
+	fields := s.respFields
+	defer func() { s.respFields = fields[:0] }()
 	var rh ResponseHead
-	for p := range s.queue {
+	for {
+		p, ok, wait := s.nextOwed()
+		if wait {
+			return nil, true
+		}
+		if !ok {
+			return nil, false
+		}
 		if p.local != nil {
 			_, err := s.client.Write(p.local)
 			s.finish(p, err)
 			if err != nil || p.close {
 				s.closeClient()
-				return errStop
+				return errStop, false
 			}
 			continue
 		}
@@ -931,14 +1119,14 @@ func (s *session) responses() error {
 				}
 				s.finish(p, err)
 				s.closeClient()
-				return errStop
+				return errStop, false
 			}
 			if rh.Status >= 200 {
 				break // the final response: written with its body below
 			}
 			if _, err := s.client.Write(up.bytes()[:rh.Size]); err != nil {
 				s.finish(p, err)
-				return err
+				return err, false
 			}
 			wrote = true
 			up.consume(rh.Size)
@@ -948,7 +1136,7 @@ func (s *session) responses() error {
 					// anything else would be a tunnel policy never allowed.
 					s.finish(p, fmt.Errorf("101 response switching to %q: only websocket upgrades are forwarded", rh.Upgrade))
 					s.closeClient()
-					return errStop
+					return errStop, false
 				}
 				if p.record != nil {
 					p.record.Status = 101
@@ -957,7 +1145,7 @@ func (s *session) responses() error {
 				p.switched <- true
 				if b := up.bytes(); len(b) > 0 {
 					if _, err := s.client.Write(b); err != nil {
-						return err
+						return err, false
 					}
 					up.consume(len(b))
 				}
@@ -965,7 +1153,7 @@ func (s *session) responses() error {
 				if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
 					cw.CloseWrite()
 				}
-				return err
+				return err, false
 			}
 			// 100 Continue, 103 Early Hints: the final response follows
 		}
@@ -999,10 +1187,12 @@ func (s *session) responses() error {
 		}
 		if err != nil || !rh.KeepAlive || p.close || rh.Framing == FramingClose {
 			s.closeClient()
-			return errStop
+			return errStop, false
 		}
+		// Between responses the upstream side holds no buffer (unless the
+		// upstream sent more already).
+		up.releaseIdle()
 	}
-	return nil
 }
 
 // connectionClose ends a response head whose connection is to close.

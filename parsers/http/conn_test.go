@@ -60,6 +60,7 @@ func (u *upstreamHandler) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request
 
 type testProxy struct {
 	addr    string
+	srv     *Server
 	records chan *Record
 	mu      sync.Mutex
 	errs    []error
@@ -77,6 +78,7 @@ func startProxy(t testing.TB, cfg Config, upstream string, decide Decider) *test
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	srv := NewServer(cfg)
+	tp.srv = srv
 	t.Cleanup(func() {
 		cancel()
 		ln.Close()

@@ -594,18 +594,17 @@ func (l *oneConnListener) Addr() net.Addr { return &net.TCPAddr{} }
 
 // sniff reads the first bytes of a connection to choose HTTP/1 or HTTP/2
 // (prior knowledge). It returns the bytes read.
-func sniff(conn net.Conn, timeout time.Duration) ([]byte, error) {
+func sniff(conn net.Conn, timeout time.Duration, in *connBuf) ([]byte, error) {
 	// One read usually brings the whole first request: hand all of it on
 	// rather than reading the preface's length first (a system call saved
-	// per connection).
-	buf := make([]byte, 4096)
+	// per connection). The bytes stay in in's buffer.
+	in.acquire()
 	conn.SetReadDeadline(time.Now().Add(timeout))
 	defer conn.SetReadDeadline(time.Time{})
-	n := 0
 	for {
-		k, err := conn.Read(buf[n:])
-		n += k
-		got := buf[:n]
+		k, err := conn.Read(in.buf[in.w:])
+		in.w += k
+		got := in.bytes()
 		switch {
 		case len(got) >= len(h2Preface) || !bytes.HasPrefix([]byte(h2Preface), got):
 			return got, nil // complete preface, or not HTTP/2

@@ -12,8 +12,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -74,6 +76,9 @@ type config struct {
 	// agentArgs are extra arguments for the agent (e.g.
 	// --proxy-arg=--http2-path=nethttp).
 	agentArgs []string
+	// proxyOnly: the agent starts the Go proxy from a proxy-only build
+	// (-tags l7gate_proxyonly, agent --proxy-executable).
+	proxyOnly bool
 }
 
 func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
@@ -102,6 +107,7 @@ func benchMain() error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil
 	})
+	flag.BoolVar(&cfg.proxyOnly, "proxy-only-build", false, "start the Go proxy from a proxy-only build of cmd/l7gate (-tags l7gate_proxyonly, the agent's --proxy-executable): the same proxy code without the agent's packages linked")
 	rerender := flag.String("report-from", "", "only re-render <date>.md, latest.md and the charts from an existing <date>.json (no root needed)")
 	pin := flag.Bool("pin", true, "pin load generators to CPU 1 and the proxies to CPU 0")
 	flag.Parse()
@@ -222,6 +228,15 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 	build.Dir = cfg.repo
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v: %s", err, out)
+	}
+	if cfg.proxyOnly {
+		proxyBin := filepath.Join(tmp, "l7gate-proxy")
+		build := exec.CommandContext(ctx, "go", "build", "-tags", "l7gate_proxyonly", "-o", proxyBin, "./cmd/l7gate")
+		build.Dir = cfg.repo
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build -tags l7gate_proxyonly: %v: %s", err, out)
+		}
+		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+proxyBin)
 	}
 	n, err := newNode(cl, tmp, bin)
 	if err != nil {
@@ -687,11 +702,13 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 	sh("prlimit", "--pid", strconv.Itoa(pid), "--nofile=65536:65536")
 	time.Sleep(2 * time.Second)
 	r := &rssResult{IdleKiB: procRSSKiB(pid)}
+	s.proxyMemSnapshot(pid, "idle")
 	if err := s.use("l7-1k"); err != nil {
 		return err
 	}
 	time.Sleep(2 * time.Second)
 	r.Rules1kKiB = procRSSKiB(pid)
+	s.proxyMemSnapshot(pid, "rules1k")
 	if err := s.use("l7"); err != nil {
 		return err
 	}
@@ -709,6 +726,7 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 	}
 	time.Sleep(2 * time.Second)
 	r.WithConnsKiB = procRSSKiB(pid)
+	s.proxyMemSnapshot(pid, "conns")
 	if got > 0 {
 		r.PerConnBytes = float64(r.WithConnsKiB-r.BeforeConnsKiB) * 1024 / float64(got)
 	}
@@ -860,4 +878,34 @@ func proxyCgroup(cl *cleanups, name string) (*os.File, error) {
 		}
 	})
 	return f, nil
+}
+
+// proxyMemSnapshot saves what the Go proxy's memory is at one step of the
+// proxyrss phase next to the report: its /proc status and smaps_rollup
+// (anonymous vs file-backed pages), and a heap profile from the admin
+// socket (after a collection), as proxymem-<step>.{txt,heap}.
+func (s *scenario) proxyMemSnapshot(pid int, step string) {
+	os.MkdirAll(s.cfg.out, 0o755)
+	base := filepath.Join(s.cfg.out, fmt.Sprintf("proxymem-%d-%s", pid, step))
+	var b strings.Builder
+	for _, f := range []string{"status", "smaps_rollup"} {
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f)); err == nil {
+			fmt.Fprintf(&b, "== /proc/%d/%s\n%s\n", pid, f, data)
+		}
+	}
+	os.WriteFile(base+".txt", []byte(b.String()), 0o644)
+	sock := filepath.Join(s.n.run, "proxy-admin.sock")
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://proxy/debug/pprof/heap?gc=1")
+	if err != nil {
+		log.Printf("  heap profile %s: %v", step, err)
+		return
+	}
+	defer resp.Body.Close()
+	if data, err := io.ReadAll(resp.Body); err == nil && resp.StatusCode == 200 {
+		os.WriteFile(base+".heap", data, 0o644)
+	}
 }
