@@ -1,3 +1,5 @@
+//go:build !l7gate_proxyonly
+
 package main
 
 import (
