@@ -21,6 +21,7 @@ generate: deps
 # Unit, golden, fuzz-seed and (as root) TestPrivileged… tests.
 test: deps
 	$(GO) vet ./...
+	$(GO) vet -tags l7gate_proxyonly ./cmd/l7gate
 	$(GO) test $(GOTESTFLAGS) $(PKGS)
 
 # Benchmarks (root): the scenario harness in bench/ (see bench/README.md)
