@@ -711,10 +711,28 @@ e2e() {
   return $rc
 }
 
+# take_lock: one cluster at a time on this machine (two would share node
+# addresses, names and the image cache): up, down and e2e wait for
+# $E2E_LOCK. A caller that already holds it (`flock /tmp/l7gate-e2e.lock
+# make e2e` hands its descriptor down) is not asked again. The daemons do
+# not inherit the descriptor (close_fds), so a kept cluster holds nothing.
+E2E_LOCK=${E2E_LOCK:-/tmp/l7gate-e2e.lock}
+take_lock() {
+  local f
+  for f in /proc/$$/fd/*; do
+    [ "$(readlink "$f" 2>/dev/null)" = "$E2E_LOCK" ] && return 0
+  done
+  exec 8>>"$E2E_LOCK"
+  if ! flock -n 8; then
+    log "waiting for the cluster of another run on this machine to end (lock $E2E_LOCK)"
+    flock 8
+  fi
+}
+
 case "${1:-}" in
-up) up ;;
-down) down ;;
-e2e) e2e ;;
+up) take_lock; up ;;
+down) take_lock; down ;;
+e2e) take_lock; e2e ;;
 _fn) # debugging: run one function of this script
   shift
   "$@"
