@@ -159,10 +159,12 @@ type StatusWriter struct {
 	// way, without the aggregation).
 	nodeWritten map[string]nodePolicyStatus
 	nodeUID     types.UID
-	direct      bool
-	// nodeExists: this node's PolicyNodeStatus exists (so a write is a
-	// patch of what changed); nodeOwned: it names the Node as its owner.
-	nodeExists, nodeOwned bool
+	// nodeExists: this node's report exists (so a write is a patch);
+	// nodeOwned: it names the Node as its owner; legacyDeleted: the
+	// node's PolicyNodeStatus (an older agent's report) is gone.
+	nodeExists, nodeOwned, legacyDeleted bool
+	// reportNamespace: where the node reports live (the Lease's).
+	reportNamespace string
 }
 
 type implemented struct {
@@ -187,7 +189,8 @@ func NewStatusWriter(cfg StatusWriterConfig) (*StatusWriter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &StatusWriter{cfg: cfg, log: cfg.Logger, nodeSelector: sel, written: map[objectKey]string{}, wake: make(chan struct{}, 1)}, nil
+	return &StatusWriter{cfg: cfg, log: cfg.Logger, nodeSelector: sel, written: map[objectKey]string{}, wake: make(chan struct{}, 1),
+		reportNamespace: leaseNamespace(cfg.Election.Namespace)}, nil
 }
 
 // Run sends Events and writes the statuses Implemented queued, until ctx
@@ -313,15 +316,9 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Up
 			want[policyStatusKey(k)] = nodePolicyStatus{UID: infos[i].UID, nodeStatus: nodeEntry(it.st)}
 		}
 	}
-	// One write for every policy of this node: its PolicyNodeStatus.
-	if !w.direct {
-		if _, err := w.writeNodeStatus(ctx, want, time.Now()); errors.Is(err, errNoNodeStatusAPI) {
-			w.log.Warn("policy status: the PolicyNodeStatus CRD is missing (install the chart's CRDs, or run the agent with --ensure-crds); writing each policy's status directly meanwhile, which does not scale to many nodes",
-				"crd", "policynodestatuses.l7gate.io")
-			w.direct = true
-		} else if err != nil {
-			return err
-		}
+	// One write for every policy of this node: its report.
+	if _, err := w.writeNodeStatus(ctx, want, time.Now()); err != nil {
+		return err
 	}
 	for i, it := range items {
 		if err := w.report(ctx, it.ref, it.st, infos[i]); err != nil {
@@ -427,11 +424,7 @@ func (w *StatusWriter) report(ctx context.Context, ref policy.ObjectRef, st Poli
 	var obj *unstructured.Unstructured
 	switch policy.PolicyKind(ref.Kind) {
 	case policy.KindCNP, policy.KindCCNP:
-		if w.direct {
-			obj, err = w.writeStatus(ctx, ref, st)
-			break
-		}
-		// Written with this node's PolicyNodeStatus; only the Event is
+		// Written with this node's report; only the Event is
 		// left to send.
 		obj = &unstructured.Unstructured{}
 		obj.SetAPIVersion(cmp.Or(in.APIVersion, "cilium.io/v2"))
@@ -491,80 +484,6 @@ func truncate(s string) string {
 		return s[:maxConditionMessage-3] + "..."
 	}
 	return s
-}
-
-// writeStatus merges this node's view into a Cilium policy's status
-// directly (without the PolicyNodeStatus API): a merge patch of
-// status.nodes[node] and the conditions, with no resourceVersion
-// precondition — nodes write disjoint keys and the same conditions — so
-// there are no conflicts to retry.
-func (w *StatusWriter) writeStatus(ctx context.Context, ref policy.ObjectRef, st PolicyStatus) (*unstructured.Unstructured, error) {
-	var res dynamic.ResourceInterface = w.cfg.Dynamic.Resource(CCNPResource())
-	if ref.Kind == string(policy.KindCNP) {
-		res = w.cfg.Dynamic.Resource(CNPResource()).Namespace(ref.Namespace)
-	}
-	obj, err := res.Get(ctx, ref.Name, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	patch, changed, err := w.statusPatch(obj, st, time.Now().UTC())
-	if err != nil || !changed {
-		return obj, err
-	}
-	_, err = res.Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "l7gate"}, "status")
-	return obj, err
-}
-
-// statusPatch computes the merge patch taking obj's status to st, and
-// whether anything but timestamps changes.
-func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStatus, now time.Time) ([]byte, bool, error) {
-	gen := st.Generation
-	if gen == 0 {
-		gen = obj.GetGeneration()
-	}
-	ts := now.Format(time.RFC3339)
-	conds, err := readConditions(obj)
-	if err != nil {
-		return nil, false, err
-	}
-	errMsg := ""
-	if st.Err != nil {
-		errMsg = st.Err.Error()
-	}
-	newConds, condChanged := mergeConditions(conds, []condition{validCondition(errMsg, gen), supportedCondition(st.Warnings, gen)}, ts)
-	st.Generation = gen
-	ns := nodeEntry(st)
-	var old nodeStatus
-	nodeChanged := true
-	if raw, ok, _ := unstructured.NestedMap(obj.Object, "status", "nodes", w.cfg.Node); ok {
-		b, _ := json.Marshal(raw)
-		if json.Unmarshal(b, &old) == nil {
-			// The revision that first implemented a generation stays; a
-			// restarted agent counts revisions afresh.
-			nodeChanged = !sameReport(nodePolicyStatus{nodeStatus: old}, nodePolicyStatus{nodeStatus: ns})
-		}
-	}
-	if !condChanged && !nodeChanged {
-		return nil, false, nil
-	}
-	status := map[string]any{}
-	if condChanged {
-		status["conditions"] = newConds
-	}
-	if nodeChanged {
-		ns.LastUpdated = ts
-		m, err := wholeEntry(ns, entryFields[1:])
-		if err != nil {
-			return nil, false, err
-		}
-		status["nodes"] = map[string]any{w.cfg.Node: m}
-	}
-	patch := map[string]any{"status": status}
-	b, err := json.Marshal(patch)
-	if err != nil {
-		return nil, false, fmt.Errorf("encode status: %w", err)
-	}
-	return b, true, nil
 }
 
 // readConditions reads a policy's status.conditions.
