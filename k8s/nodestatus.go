@@ -23,8 +23,7 @@ import (
 	"github.com/l7gate/l7gate/policy"
 )
 
-// PolicyNodeStatus (l7gate.io/v1alpha1, cluster-scoped, one per node,
-// named after the node) is what one node implemented: per Cilium policy,
+// A node's report is what one node implemented: per Cilium policy,
 // the generation, the agent revision that first implemented it, and any
 // error, unsupported field or endpoint that fails closed. Each agent
 // writes only its own (created whole, then merge-patched with the entries
@@ -33,6 +32,12 @@ import (
 // conditions (aggregator). Agents never watch these objects: a policy
 // change costs N small writes and one or two merged status writes, instead of N writes to each policy that every
 // agent watching policies received (make scale).
+//
+// Since wave 11 the report is a ConfigMap (see reportLabel); before, it
+// was a PolicyNodeStatus (l7gate.io/v1alpha1, cluster-scoped, named after
+// the node), which the elected agent still reads for nodes whose agent
+// predates the ConfigMap (an upgrade in progress). What follows is that
+// CRD's shape, the same entries the ConfigMap's data.policies holds.
 //
 // The CRD makes status.policies an atomic map (x-kubernetes-map-type:
 // atomic; it has one owner): managedFields then name the map, not every

@@ -85,8 +85,8 @@ type StatusWriterConfig struct {
 	Node    string
 	// Source, when set, tells which object generation a digest held.
 	Source *Source
-	// Election: the agents elect one of them to merge their
-	// PolicyNodeStatus objects into the policies' status.
+	// Election: the agents elect one of them to merge their reports
+	// into the policies' status.
 	Election ElectionConfig
 	Logger   *slog.Logger
 	// Reported, when set, is called from Run after the statuses of
@@ -96,11 +96,10 @@ type StatusWriterConfig struct {
 }
 
 // ElectionConfig configures the election (a coordination.k8s.io Lease) of
-// the agent that merges the nodes' PolicyNodeStatus objects into each
-// policy's status. Zero values take the defaults.
+// the agent that merges the nodes' reports into each policy's status. Zero values take the defaults.
 type ElectionConfig struct {
-	// Namespace of the Lease: default the agent's own (its service
-	// account's), else kube-system.
+	// Namespace of the Lease and of the nodes' report ConfigMaps:
+	// default the agent's own (its service account's), else kube-system.
 	Namespace string
 	// LeaseName defaults to l7gate-policy-status.
 	LeaseName string
@@ -113,8 +112,8 @@ type ElectionConfig struct {
 	// status.nodes lists every node; beyond, only the nodes with an error
 	// or behind the current generation (at most this many, errors first),
 	// and the Implemented condition
-	// counts the others (every node's own report stays in its
-	// PolicyNodeStatus). Negative: always list every node.
+	// counts the others (every node's own report stays in its report
+	// ConfigMap). Negative: always list every node.
 	StatusNodesLimit int
 	// StatusNodeSelector is a label selector (labels.Parse syntax, e.g.
 	// "kubernetes.io/os=linux") of the Nodes that should run an agent:
@@ -128,7 +127,7 @@ type ElectionConfig struct {
 }
 
 // StatusWriter reports what this node implemented: one write of its
-// PolicyNodeStatus (every policy's generation, the revision that first
+// report ConfigMap (every policy's generation, the revision that first
 // implemented it, errors, unsupported fields, endpoints failing closed),
 // plus an Event when a policy is rejected or partly unsupported. One
 // agent, elected, merges the nodes' reports into each policy's
@@ -137,8 +136,7 @@ type ElectionConfig struct {
 // small write per node, no conflicts, and a few merged writes per policy
 // instead of one per node that every agent received (make scale). It
 // writes only when what it would write changed, so revisions caused by
-// pod churn cost the API server nothing. Without the PolicyNodeStatus CRD
-// it patches each policy's status.nodes[node] directly.
+// pod churn cost the API server nothing.
 type StatusWriter struct {
 	cfg StatusWriterConfig
 	log *slog.Logger
@@ -152,11 +150,9 @@ type StatusWriter struct {
 	pending *implemented
 	wake    chan struct{}
 
-	// Used by Run's goroutine only. nodeWritten is this node's
-	// PolicyNodeStatus as last written (nil: not read yet); nodeUID the
-	// Node's UID (its owner). direct: the PolicyNodeStatus API is missing,
-	// so each policy's status.nodes[node] is patched directly (the old
-	// way, without the aggregation).
+	// Used by Run's goroutine only. nodeWritten is this node's report
+	// as last written (nil: not read yet); nodeUID the Node's UID (its
+	// owner).
 	nodeWritten map[string]nodePolicyStatus
 	nodeUID     types.UID
 	// nodeExists: this node's report exists (so a write is a patch);
