@@ -162,10 +162,14 @@ func reportName(node string) string {
 }
 
 // reportNode is the node a report (a report ConfigMap, or a
-// PolicyNodeStatus an older agent wrote) is about.
+// PolicyNodeStatus an older agent wrote) is about; "" for a ConfigMap not
+// named as that node's report is (it is ignored: one report per node).
 func reportNode(u *unstructured.Unstructured) string {
 	if isReportConfigMap(u) {
 		n, _, _ := unstructured.NestedString(u.Object, "data", reportDataNode)
+		if n == "" || u.GetName() != reportName(n) {
+			return ""
+		}
 		return n
 	}
 	return u.GetName()
