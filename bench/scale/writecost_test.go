@@ -36,7 +36,8 @@ import (
 // Cases: the PolicyNodeStatus CRD with an entry per policy (today's
 // report; one entry changes per write), the same CRD with one entry
 // (a constant-size report), a per-node ConfigMap holding the same report
-// as JSON (JSON and protobuf clients), and a per-node Lease's renewTime.
+// as JSON (JSON and protobuf clients), a per-node Lease's renewTime, and
+// a GET of a Lease (a non-elected agent's poll of the election).
 func BenchmarkReportWrite(b *testing.B) {
 	skipUnlessUsable(b)
 	quietKlog(b)
@@ -163,6 +164,12 @@ func BenchmarkReportWrite(b *testing.B) {
 		}, func(i, n int) error {
 			patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"renewTime": metav1.NewMicroTime(time.Unix(int64(n), 0))}})
 			_, err := leases.Patch(ctx, fmt.Sprintf("%s%04d", prefix, i), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "l7gate-agent"})
+			return err
+		})
+		// What a non-elected agent's poll of the election's Lease costs
+		// (a GET of one Lease; not a write).
+		bench("lease-get-"+c.name, func(int) error { return nil }, func(i, _ int) error {
+			_, err := leases.Get(ctx, fmt.Sprintf("%s%04d", prefix, i), metav1.GetOptions{})
 			return err
 		})
 	}
