@@ -56,9 +56,7 @@ func PolicyNodeStatusResource() schema.GroupVersionResource {
 }
 
 const (
-	policyNodeStatusAPIVersion = "l7gate.io/v1alpha1"
-	policyNodeStatusKind       = "PolicyNodeStatus"
-	// nodeFieldManager owns each node's PolicyNodeStatus.
+	// nodeFieldManager owns each node's report.
 	nodeFieldManager = "l7gate-agent"
 )
 
@@ -111,9 +109,6 @@ func nodeEntry(st PolicyStatus) nodeStatus {
 	}
 	return ns
 }
-
-// errNoNodeStatusAPI: the PolicyNodeStatus CRD is not installed.
-var errNoNodeStatusAPI = errors.New("the PolicyNodeStatus API (policynodestatuses.l7gate.io) is not installed")
 
 // isMissingAPI tells a missing resource type (CRD not installed) from a
 // missing object.
