@@ -187,10 +187,17 @@ func (a *aggregator) markDirty(keys ...string) {
 }
 
 func (a *aggregator) run(ctx context.Context) error {
-	// The nodes' reports: ConfigMaps in the agents' namespace, and the
-	// PolicyNodeStatus objects agents before them wrote (a cluster in
+	// The nodes' reports: ConfigMaps in their namespace (ReportNamespace;
+	// not readable there: a clear error, and every node stays pending),
+	// and the PolicyNodeStatus objects agents before them wrote (a cluster in
 	// the middle of an upgrade; a newer agent deletes its node's on
 	// start, and its ConfigMap wins over it meanwhile).
+	if _, err := a.dyn.Resource(configMapResource).Namespace(a.namespace).List(ctx, metav1.ListOptions{Limit: 1, LabelSelector: reportLabel + "=" + reportLabelValue}); err != nil {
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("list the nodes' policy status reports: the agent may not list configmaps in namespace %s (the chart's Role there; --status-namespace): %w", a.namespace, err)
+		}
+		return fmt.Errorf("list the nodes' policy status reports in namespace %s: %w", a.namespace, err)
+	}
 	legacy := true
 	if _, err := a.dyn.Resource(PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
 		if !isMissingAPI(err) {

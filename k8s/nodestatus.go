@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -125,7 +126,9 @@ func isMissingAPI(err error) bool {
 }
 
 // The report transport (issue 22): each node's report is a ConfigMap in
-// the agent's namespace (the Lease's), named reportName(node), labelled
+// a namespace of their own (ElectionConfig.ReportNamespace, default
+// DefaultReportNamespace; nothing else may live there, since every agent
+// can write every ConfigMap in it), named reportName(node), labelled
 // reportLabel, its data "node" the node's name and "policies" the
 // entries as JSON (the PolicyNodeStatus status.policies map). One report
 // write cost the API server's process 4.8 ms of CPU as a PolicyNodeStatus
@@ -199,6 +202,9 @@ func (w *StatusWriter) loadNodeStatus(ctx context.Context) (map[string]nodePolic
 		return map[string]nodePolicyStatus{}, nil
 	}
 	if err != nil {
+		if apierrors.IsForbidden(err) {
+			return nil, fmt.Errorf("read policy node status: the agent may not get configmaps in namespace %s (the chart's Role there; --status-namespace): %w", w.reportNamespace, err)
+		}
 		return nil, fmt.Errorf("read policy node status: %w", err)
 	}
 	w.nodeExists = true
@@ -329,7 +335,7 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 	}
 	if err != nil {
 		if apierrors.IsForbidden(err) {
-			return false, fmt.Errorf("write policy node status (the agent's Role needs create and patch on configmaps in namespace %s: upgrade the chart): %w", w.reportNamespace, err)
+			return false, fmt.Errorf("write policy node status: the agent may not create or patch configmaps in namespace %s (the chart's Role there; --status-namespace): %w", w.reportNamespace, err)
 		}
 		return false, fmt.Errorf("write policy node status: %w", err)
 	}
@@ -372,10 +378,13 @@ func (w *StatusWriter) ownerRefs() []any {
 	return []any{map[string]any{"apiVersion": "v1", "kind": "Node", "name": w.cfg.Node, "uid": string(w.nodeUID)}}
 }
 
-// NodeReportNamespace is where the nodes' report ConfigMaps live for an
-// election namespace (ElectionConfig.Namespace; empty: the agent's own,
-// else kube-system).
-func NodeReportNamespace(electionNamespace string) string { return leaseNamespace(electionNamespace) }
+// DefaultReportNamespace holds the nodes' report ConfigMaps unless
+// ElectionConfig.ReportNamespace says otherwise (the chart creates it).
+const DefaultReportNamespace = "l7gate-policy-status"
+
+// NodeReportNamespace is where the nodes' report ConfigMaps live for a
+// configured ElectionConfig.ReportNamespace (empty: DefaultReportNamespace).
+func NodeReportNamespace(configured string) string { return cmp.Or(configured, DefaultReportNamespace) }
 
 // NodeReportName is the name of node's report ConfigMap.
 func NodeReportName(node string) string { return reportName(node) }

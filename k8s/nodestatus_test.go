@@ -14,7 +14,7 @@ import (
 func TestReportNode(t *testing.T) {
 	cm := func(name, node, policies string) *unstructured.Unstructured {
 		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
-			"metadata": map[string]any{"name": name, "namespace": "kube-system"},
+			"metadata": map[string]any{"name": name, "namespace": DefaultReportNamespace},
 			"data":     map[string]any{"node": node, "policies": policies}}}
 	}
 	entry := `{"CiliumNetworkPolicy/ns/p":{"uid":"u1","ok":true,"enforcing":true,"observedGeneration":3}}`

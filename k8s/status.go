@@ -98,9 +98,16 @@ type StatusWriterConfig struct {
 // ElectionConfig configures the election (a coordination.k8s.io Lease) of
 // the agent that merges the nodes' reports into each policy's status. Zero values take the defaults.
 type ElectionConfig struct {
-	// Namespace of the Lease and of the nodes' report ConfigMaps:
-	// default the agent's own (its service account's), else kube-system.
+	// Namespace of the Lease: default the agent's own (its service
+	// account's), else kube-system.
 	Namespace string
+	// ReportNamespace of the nodes' report ConfigMaps (each agent writes
+	// its node's, the elected one reads them all): default
+	// DefaultReportNamespace. It must hold nothing but these reports:
+	// every agent may write every ConfigMap in it, so a node's agent must
+	// not be able to write any other ConfigMap (the chart's Envoy
+	// bootstrap, CoreDNS's in kube-system).
+	ReportNamespace string
 	// LeaseName defaults to l7gate-policy-status.
 	LeaseName string
 	// LeaseDuration (45s), RenewDeadline (30s), RetryPeriod (15s): as in
@@ -159,7 +166,7 @@ type StatusWriter struct {
 	// nodeOwned: it names the Node as its owner; legacyDeleted: the
 	// node's PolicyNodeStatus (an older agent's report) is gone.
 	nodeExists, nodeOwned, legacyDeleted bool
-	// reportNamespace: where the node reports live (the Lease's).
+	// reportNamespace: where the node reports live (ReportNamespace).
 	reportNamespace string
 }
 
@@ -186,7 +193,7 @@ func NewStatusWriter(cfg StatusWriterConfig) (*StatusWriter, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &StatusWriter{cfg: cfg, log: cfg.Logger, nodeSelector: sel, written: map[objectKey]string{}, wake: make(chan struct{}, 1),
-		reportNamespace: leaseNamespace(cfg.Election.Namespace)}, nil
+		reportNamespace: NodeReportNamespace(cfg.Election.ReportNamespace)}, nil
 }
 
 // Run sends Events and writes the statuses Implemented queued, until ctx

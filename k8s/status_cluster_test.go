@@ -83,7 +83,7 @@ func agentClients(t *testing.T, c *cluster) (kubernetes.Interface, dynamic.Inter
 type reportStore struct{ ri dynamic.ResourceInterface }
 
 func reportsOf(c *cluster) reportStore {
-	return reportStore{c.dyn.Resource(configMapResource).Namespace("kube-system")}
+	return reportStore{c.dyn.Resource(configMapResource).Namespace(DefaultReportNamespace)}
 }
 
 func (r reportStore) Get(ctx context.Context, node string, o metav1.GetOptions) (*unstructured.Unstructured, error) {

@@ -363,7 +363,7 @@ func startCluster(t testing.TB) *rest.Config {
 	return srv.ClientConfig
 }
 
-// applyAgentRBAC creates the chart's ClusterRole and binding (default
+// applyAgentRBAC creates the chart's RBAC and the reports' Namespace (default
 // values): the agents run with what the chart grants.
 func applyAgentRBAC(ctx context.Context, t testing.TB, dyn dynamic.Interface) {
 	t.Helper()
@@ -379,6 +379,12 @@ func applyAgentRBAC(ctx context.Context, t testing.TB, dyn dynamic.Interface) {
 				return
 			}
 			t.Fatal(err)
+		}
+		if u.GetKind() == "Namespace" { // the nodes' reports' (the Role there)
+			if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(ctx, &u, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("create Namespace %s: %v", u.GetName(), err)
+			}
+			continue
 		}
 		res := map[string]string{"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
 			"Role": "roles", "RoleBinding": "rolebindings"}[u.GetKind()]
