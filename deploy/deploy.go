@@ -14,6 +14,7 @@ package deploy
 import (
 	"bytes"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -229,6 +230,7 @@ func funcs() template.FuncMap {
 			_, ok := m[k]
 			return ok
 		},
+		"fail": func(msg string) (string, error) { return "", errors.New(msg) },
 		"default": func(d any, given ...any) any {
 			if len(given) == 0 || empty(given[0]) {
 				return d

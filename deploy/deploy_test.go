@@ -174,3 +174,123 @@ func TestEnvoyBootstrapMatches(t *testing.T) {
 		t.Errorf("chart bootstrap differs from bootstrap.Generate:\nchart:\n%s\ngenerated:\n%s", cm["data"].(map[string]any)["envoy.yaml"], y)
 	}
 }
+
+// TestRenderAgentConfigMapWritesOnlyInReportNamespace: the agent's
+// service account may write ConfigMaps only in the namespace of the nodes'
+// policy status reports, a Namespace the chart creates that holds nothing
+// else (every agent, a root process on a node an attacker may own, can
+// write every ConfigMap there). Writing ConfigMaps in the release
+// namespace would let one node's agent rewrite the chart's Envoy bootstrap
+// (every node's Envoy at a rogue xDS server) or, in kube-system, CoreDNS's
+// and kube-proxy's configuration.
+func TestRenderAgentConfigMapWritesOnlyInReportNamespace(t *testing.T) {
+	for _, opts := range []Options{{}, {Namespace: "net", ReleaseName: "gate"},
+		{Namespace: "net", ReleaseName: "gate", Values: map[string]any{"policyStatusNamespace": "gate-reports"}}} {
+		out, err := Render(Chart(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs := documents(t, out)
+		releaseNS := cmpOr(opts.Namespace, "kube-system")
+		reportNS := "l7gate-policy-status"
+		if v, ok := opts.Values["policyStatusNamespace"].(string); ok {
+			reportNS = v
+		}
+		agentArgs := fmt.Sprint(find(docs, "DaemonSet")["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)["args"])
+		if !strings.Contains(agentArgs, "--status-namespace="+reportNS) {
+			t.Errorf("%s: the agent's args %s lack --status-namespace=%s", releaseNS, agentArgs, reportNS)
+		}
+		nsCreated := false
+		for _, d := range docs {
+			if d["kind"] == "Namespace" && d["metadata"].(map[string]any)["name"] == reportNS {
+				nsCreated = true
+			}
+		}
+		if !nsCreated {
+			t.Errorf("%s: the chart creates no Namespace %s for the reports", releaseNS, reportNS)
+		}
+		// Where the agent may write ConfigMaps: "" is cluster-wide.
+		writable := map[string]bool{}
+		roleRules := func(kind, name, ns string) []any {
+			for _, d := range docs {
+				md := d["metadata"].(map[string]any)
+				if d["kind"] == kind && md["name"] == name && (kind == "ClusterRole" || md["namespace"] == ns) {
+					rules, _ := d["rules"].([]any)
+					return rules
+				}
+			}
+			t.Fatalf("%s: binding to %s %s/%s, which the chart does not render", releaseNS, kind, ns, name)
+			return nil
+		}
+		for _, d := range docs {
+			if d["kind"] != "RoleBinding" && d["kind"] != "ClusterRoleBinding" {
+				continue
+			}
+			agent := false
+			for _, s := range d["subjects"].([]any) {
+				s := s.(map[string]any)
+				agent = agent || (s["kind"] == "ServiceAccount" && s["name"] == "l7gate" && s["namespace"] == releaseNS)
+			}
+			if !agent {
+				continue
+			}
+			scope, _ := d["metadata"].(map[string]any)["namespace"].(string)
+			if d["kind"] == "ClusterRoleBinding" {
+				scope = ""
+			}
+			ref := d["roleRef"].(map[string]any)
+			for _, r := range roleRules(ref["kind"].(string), ref["name"].(string), scope) {
+				r := r.(map[string]any)
+				if !anyOf(r["apiGroups"], "", "*") || !anyOf(r["resources"], "configmaps", "*") {
+					continue
+				}
+				if anyOf(r["verbs"], "create", "update", "patch", "delete", "deletecollection", "*") {
+					writable[scope] = true
+				}
+			}
+		}
+		for scope := range writable {
+			if scope != reportNS {
+				where := "namespace " + scope
+				if scope == "" {
+					where = "every namespace"
+				}
+				t.Errorf("release namespace %s: the agent's service account may write ConfigMaps in %s, want only in %s (the reports' namespace)", releaseNS, where, reportNS)
+			}
+		}
+		if !writable[reportNS] {
+			t.Errorf("release namespace %s: the agent's service account may not write ConfigMaps in %s: it cannot report", releaseNS, reportNS)
+		}
+	}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// anyOf: list (a YAML list of strings) holds one of want.
+func anyOf(list any, want ...string) bool {
+	l, _ := list.([]any)
+	for _, v := range l {
+		if slices.Contains(want, fmt.Sprint(v)) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRenderReportNamespaceNotReleaseNamespace: reports in the release
+// namespace would give every agent ConfigMap writes next to the chart's
+// own (and kube-system's): the chart refuses to render.
+func TestRenderReportNamespaceNotReleaseNamespace(t *testing.T) {
+	_, err := Render(Chart(), Options{Namespace: "net", Values: map[string]any{"policyStatusNamespace": "net"}})
+	if err == nil || !strings.Contains(err.Error(), "policyStatusNamespace must differ from the release namespace") {
+		t.Errorf("policyStatusNamespace = the release namespace: render error %v, want a refusal", err)
+	}
+	if _, err := Render(Chart(), Options{Namespace: "net", Values: map[string]any{"policyStatusNamespace": "net", "policyStatus": false}}); err != nil {
+		t.Errorf("policyStatus=false: %v (no reports, nothing to refuse)", err)
+	}
+}

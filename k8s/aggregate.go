@@ -95,7 +95,7 @@ func (w *StatusWriter) runElected(ctx context.Context) {
 						if limit < 0 {
 							limit = 0 // every node
 						}
-						a := &aggregator{dyn: w.cfg.Dynamic, log: w.log, nodesLimit: limit, nodeSelector: w.nodeSelector}
+						a := &aggregator{dyn: w.cfg.Dynamic, namespace: w.reportNamespace, log: w.log, nodesLimit: limit, nodeSelector: w.nodeSelector}
 						err := a.run(ctx)
 						if ctx.Err() != nil {
 							return
@@ -131,6 +131,8 @@ func (w *StatusWriter) runElected(ctx context.Context) {
 // first unreported change, and only what changed.
 type aggregator struct {
 	dyn dynamic.Interface
+	// namespace of the nodes' report ConfigMaps.
+	namespace string
 	// nodesLimit: see aggregatePatchLimit (0: list every node).
 	nodesLimit int
 	// nodeSelector: the Nodes that should run an agent.
@@ -185,21 +187,38 @@ func (a *aggregator) markDirty(keys ...string) {
 }
 
 func (a *aggregator) run(ctx context.Context) error {
-	// Without the CRD there is nothing to merge (agents then write the
-	// policies' status themselves).
-	if _, err := a.dyn.Resource(PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
-		if isMissingAPI(err) {
-			return errNoNodeStatusAPI
+	// The nodes' reports: ConfigMaps in their namespace (ReportNamespace;
+	// not readable there: a clear error, and every node stays pending),
+	// and the PolicyNodeStatus objects agents before them wrote (a cluster in
+	// the middle of an upgrade; a newer agent deletes its node's on
+	// start, and its ConfigMap wins over it meanwhile).
+	if _, err := a.dyn.Resource(configMapResource).Namespace(a.namespace).List(ctx, metav1.ListOptions{Limit: 1, LabelSelector: reportLabel + "=" + reportLabelValue}); err != nil {
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("list the nodes' policy status reports: the agent may not list configmaps in namespace %s (the chart's Role there; --status-namespace): %w", a.namespace, err)
 		}
-		return fmt.Errorf("list policy node status: %w", err)
+		return fmt.Errorf("list the nodes' policy status reports in namespace %s: %w", a.namespace, err)
+	}
+	legacy := true
+	if _, err := a.dyn.Resource(PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		if !isMissingAPI(err) {
+			return fmt.Errorf("list policy node status: %w", err)
+		}
+		legacy = false
 	}
 	a.dirty = map[string]dirtyMark{}
 	a.changed = make(chan struct{}, 1)
 	f := dynamicinformer.NewDynamicSharedInformerFactory(a.dyn, 0)
 	defer f.Shutdown()
+	rf := dynamicinformer.NewFilteredDynamicSharedInformerFactory(a.dyn, 0, a.namespace, func(o *metav1.ListOptions) {
+		o.LabelSelector = reportLabel + "=" + reportLabelValue
+	})
+	defer rf.Shutdown()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	nodes := f.ForResource(PolicyNodeStatusResource()).Informer()
+	reportInformers := []cache.SharedIndexInformer{rf.ForResource(configMapResource).Informer()}
+	if legacy {
+		reportInformers = append(reportInformers, f.ForResource(PolicyNodeStatusResource()).Informer())
+	}
 	cnps := f.ForResource(CNPResource()).Informer()
 	ccnps := f.ForResource(CCNPResource()).Informer()
 	// The Node objects: which nodes should run an agent. Only names and
@@ -216,7 +235,7 @@ func (a *aggregator) run(ctx context.Context) error {
 		}
 		return nil
 	}
-	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reportHandler := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(o any) { a.markDirty(entryKeys(o)...) },
 		UpdateFunc: func(oldObj, newObj any) {
 			ou, _ := oldObj.(*unstructured.Unstructured)
@@ -244,8 +263,11 @@ func (a *aggregator) run(ctx context.Context) error {
 			}
 			a.markDirty(entryKeys(o)...)
 		},
-	}); err != nil {
-		return err
+	}
+	for _, inf := range reportInformers {
+		if _, err := inf.AddEventHandler(reportHandler); err != nil {
+			return err
+		}
 	}
 	// A node that comes, goes or moves in or out of the selector changes
 	// every policy's count. Until every informer synced, each policy's own
@@ -296,7 +318,8 @@ func (a *aggregator) run(ctx context.Context) error {
 		}
 	}
 	f.Start(ctx.Done())
-	for _, inf := range []cache.SharedIndexInformer{nodes, cnps, ccnps, kubeNodes} {
+	rf.Start(ctx.Done())
+	for _, inf := range append([]cache.SharedIndexInformer{cnps, ccnps, kubeNodes}, reportInformers...) {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			return ctx.Err()
 		}
@@ -333,10 +356,13 @@ func (a *aggregator) run(ctx context.Context) error {
 		}
 		reports := map[string]map[string]nodePolicyStatus{} // node → entries
 		var seen []*unstructured.Unstructured
-		for _, o := range nodes.GetStore().List() {
-			if u, ok := o.(*unstructured.Unstructured); ok {
-				reports[u.GetName()] = a.reports.entries(u)
-				seen = append(seen, u)
+		// Older agents' PolicyNodeStatus first: a node's ConfigMap wins.
+		for i := len(reportInformers) - 1; i >= 0; i-- {
+			for _, o := range reportInformers[i].GetStore().List() {
+				if u, ok := o.(*unstructured.Unstructured); ok && reportNode(u) != "" {
+					reports[reportNode(u)] = a.reports.entries(u)
+					seen = append(seen, u)
+				}
 			}
 		}
 		a.reports.keep(seen)
@@ -451,9 +477,9 @@ type cachedReport struct {
 
 // entries is nodeStatusEntries(u), decoded once per resourceVersion.
 func (c *reportCache) entries(u *unstructured.Unstructured) map[string]nodePolicyStatus {
-	uid, rv := string(u.GetUID()), u.GetResourceVersion()
+	uid, rv, name := string(u.GetUID()), u.GetResourceVersion(), reportCacheKey(u)
 	c.mu.Lock()
-	if r, ok := c.nodes[u.GetName()]; ok && rv != "" && r.rv == rv && r.uid == uid {
+	if r, ok := c.nodes[name]; ok && rv != "" && r.rv == rv && r.uid == uid {
 		c.mu.Unlock()
 		return r.entries
 	}
@@ -469,18 +495,24 @@ func (c *reportCache) entries(u *unstructured.Unstructured) map[string]nodePolic
 	// The newest version wins (an informer's update handler asks for the
 	// old one too; resourceVersions are compared by length, then text, as
 	// etcd's are decimal).
-	if r, ok := c.nodes[u.GetName()]; !ok || r.uid != uid || newerRV(rv, r.rv) {
-		c.nodes[u.GetName()] = cachedReport{uid: uid, rv: rv, entries: e}
+	if r, ok := c.nodes[name]; !ok || r.uid != uid || newerRV(rv, r.rv) {
+		c.nodes[name] = cachedReport{uid: uid, rv: rv, entries: e}
 	}
 	c.mu.Unlock()
 	return e
+}
+
+// reportCacheKey names a report object in the cache (a ConfigMap and a
+// PolicyNodeStatus may share a name).
+func reportCacheKey(u *unstructured.Unstructured) string {
+	return u.GetKind() + "/" + u.GetName()
 }
 
 // keep forgets the nodes not among objs (their reports were deleted).
 func (c *reportCache) keep(objs []*unstructured.Unstructured) {
 	names := make(map[string]bool, len(objs))
 	for _, u := range objs {
-		names[u.GetName()] = true
+		names[reportCacheKey(u)] = true
 	}
 	c.mu.Lock()
 	for n := range c.nodes {

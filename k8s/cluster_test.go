@@ -170,6 +170,7 @@ func TestCluster(t *testing.T) {
 	t.Run("SourceAndStatus", func(t *testing.T) { testSourceAndStatus(ctx, t, c) })
 	t.Run("StatusAcrossNodes", func(t *testing.T) { testStatusAcrossNodes(ctx, t, c) })
 	t.Run("ImplementedCountsNodes", func(t *testing.T) { testImplementedCountsNodes(ctx, t, c) })
+	t.Run("ReportNamespaceRefused", func(t *testing.T) { testReportNamespaceRefused(ctx, t, c) })
 }
 
 // testManifests applies the rendered manifests (default values and with
@@ -178,6 +179,7 @@ func testManifests(ctx context.Context, t *testing.T, c *cluster) {
 	resources := map[string]schema.GroupVersionResource{
 		"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
 		"ConfigMap":          {Version: "v1", Resource: "configmaps"},
+		"Namespace":          {Version: "v1", Resource: "namespaces"},
 		"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 		"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
 		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
@@ -233,7 +235,7 @@ func testManifests(ctx context.Context, t *testing.T, c *cluster) {
 	}
 }
 
-// applyAgentRBAC creates the chart's ClusterRole and binding (default
+// applyAgentRBAC creates the chart's RBAC and the reports' Namespace (default
 // values) for real: the source and the status writer run as the agent's
 // service account, so the tests check the RBAC is enough.
 func applyAgentRBAC(ctx context.Context, t *testing.T, c *cluster) {
@@ -250,6 +252,12 @@ func applyAgentRBAC(ctx context.Context, t *testing.T, c *cluster) {
 				return
 			}
 			t.Fatal(err)
+		}
+		if u.GetKind() == "Namespace" { // the nodes' reports' (the Role there)
+			if _, err := c.dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(ctx, &u, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("create Namespace %s: %v", u.GetName(), err)
+			}
+			continue
 		}
 		res := map[string]string{"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
 			"Role": "roles", "RoleBinding": "rolebindings"}[u.GetKind()]

@@ -55,6 +55,9 @@ func testImplementedCountsNodes(ctx context.Context, t *testing.T, c *cluster) {
 	if err := pns.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if err := reportsOf(c).DeleteCollection(ctx); err != nil {
+		t.Fatal(err)
+	}
 	createNode := func(name string, labels map[string]string) {
 		t.Helper()
 		if _, err := c.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{}); err != nil {
@@ -152,7 +155,7 @@ func testImplementedCountsNodes(ctx context.Context, t *testing.T, c *cluster) {
 	if err := c.client.CoreV1().Nodes().Delete(ctx, "impl-3", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pns.Get(ctx, "impl-3", metav1.GetOptions{}); err != nil {
+	if _, err := reportsOf(c).Get(ctx, "impl-3", metav1.GetOptions{}); err != nil {
 		t.Fatalf("impl-3's report: %v", err)
 	}
 	// (A merge patch of the spec: the aggregator writes the status

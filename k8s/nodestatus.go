@@ -1,7 +1,10 @@
 package k8s
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,8 +24,7 @@ import (
 	"github.com/l7gate/l7gate/policy"
 )
 
-// PolicyNodeStatus (l7gate.io/v1alpha1, cluster-scoped, one per node,
-// named after the node) is what one node implemented: per Cilium policy,
+// A node's report is what one node implemented: per Cilium policy,
 // the generation, the agent revision that first implemented it, and any
 // error, unsupported field or endpoint that fails closed. Each agent
 // writes only its own (created whole, then merge-patched with the entries
@@ -30,6 +33,12 @@ import (
 // conditions (aggregator). Agents never watch these objects: a policy
 // change costs N small writes and one or two merged status writes, instead of N writes to each policy that every
 // agent watching policies received (make scale).
+//
+// Since wave 11 the report is a ConfigMap (see reportLabel); before, it
+// was a PolicyNodeStatus (l7gate.io/v1alpha1, cluster-scoped, named after
+// the node), which the elected agent still reads for nodes whose agent
+// predates the ConfigMap (an upgrade in progress). What follows is that
+// CRD's shape, the same entries the ConfigMap's data.policies holds.
 //
 // The CRD makes status.policies an atomic map (x-kubernetes-map-type:
 // atomic; it has one owner): managedFields then name the map, not every
@@ -48,9 +57,7 @@ func PolicyNodeStatusResource() schema.GroupVersionResource {
 }
 
 const (
-	policyNodeStatusAPIVersion = "l7gate.io/v1alpha1"
-	policyNodeStatusKind       = "PolicyNodeStatus"
-	// nodeFieldManager owns each node's PolicyNodeStatus.
+	// nodeFieldManager owns each node's report.
 	nodeFieldManager = "l7gate-agent"
 )
 
@@ -104,9 +111,6 @@ func nodeEntry(st PolicyStatus) nodeStatus {
 	return ns
 }
 
-// errNoNodeStatusAPI: the PolicyNodeStatus CRD is not installed.
-var errNoNodeStatusAPI = errors.New("the PolicyNodeStatus API (policynodestatuses.l7gate.io) is not installed")
-
 // isMissingAPI tells a missing resource type (CRD not installed) from a
 // missing object.
 func isMissingAPI(err error) bool {
@@ -121,30 +125,125 @@ func isMissingAPI(err error) bool {
 	return false
 }
 
-// loadNodeStatus reads this node's PolicyNodeStatus (what a previous run
-// of the agent reported), once, so that an agent restart rewrites nothing
-// that did not change.
+// The report transport (issue 22): each node's report is a ConfigMap in
+// a namespace of their own (ElectionConfig.ReportNamespace, default
+// DefaultReportNamespace; nothing else may live there, since every agent
+// can write every ConfigMap in it), named reportName(node), labelled
+// reportLabel, its data "node" the node's name and "policies" the
+// entries as JSON (the PolicyNodeStatus status.policies map). One report
+// write cost the API server's process 4.8 ms of CPU as a PolicyNodeStatus
+// at 10 policies (3.5 ms at 1, 13.8 ms at 50: decoding the stored object
+// against the CRD schema, validating, managed fields) and 1.9 ms as a
+// ConfigMap at 1 or 10 (a built-in type: protobuf in etcd, no schema, the
+// report one opaque string; BenchmarkReportWrite in bench/scale), and a
+// policy change costs one report write per node.
+const (
+	reportLabel      = "l7gate.io/policy-node-status"
+	reportLabelValue = "v1"
+	reportPrefix     = "l7gate-policy-status."
+	reportDataNode   = "node"
+	reportDataPols   = "policies"
+)
+
+// configMapResource: the core ConfigMaps (the aggregator's informer).
+var configMapResource = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+
+// reportName is the name of node's report ConfigMap: reportPrefix and
+// the node's name, or, when that is too long for an object name, a hash
+// of it (the node is in the data either way).
+func reportName(node string) string {
+	if n := reportPrefix + node; len(n) <= 253 {
+		return n
+	}
+	h := sha256.Sum256([]byte(node))
+	return reportPrefix + "sha256-" + hex.EncodeToString(h[:])
+}
+
+// reportNode is the node a report (a report ConfigMap, or a
+// PolicyNodeStatus an older agent wrote) is about; "" for a ConfigMap not
+// named as that node's report is (it is ignored: one report per node).
+func reportNode(u *unstructured.Unstructured) string {
+	if isReportConfigMap(u) {
+		n, _, _ := unstructured.NestedString(u.Object, "data", reportDataNode)
+		if n == "" || u.GetName() != reportName(n) {
+			return ""
+		}
+		return n
+	}
+	return u.GetName()
+}
+
+// isReportConfigMap tells a report ConfigMap from a PolicyNodeStatus (a
+// PolicyNodeStatus has no data: its schema prunes it).
+func isReportConfigMap(u *unstructured.Unstructured) bool {
+	_, data := u.Object["data"]
+	return u.GetKind() == "ConfigMap" || data
+}
+
+// loadNodeStatus reads this node's report (what a previous run of the
+// agent reported), once, so that an agent restart rewrites nothing that
+// did not change. The first time, it also deletes the node's
+// PolicyNodeStatus, the report of an agent before the ConfigMap one: an
+// elected agent of that version reads only those, and must not take a
+// report this agent no longer keeps for what this node implements (it
+// then shows the node as not reported: pending).
 func (w *StatusWriter) loadNodeStatus(ctx context.Context) (map[string]nodePolicyStatus, error) {
-	u, err := w.cfg.Dynamic.Resource(PolicyNodeStatusResource()).Get(ctx, w.cfg.Node, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) && !isMissingAPI(err) {
+	if !w.legacyDeleted {
+		err := w.cfg.Dynamic.Resource(PolicyNodeStatusResource()).Delete(ctx, w.cfg.Node, metav1.DeleteOptions{})
+		switch {
+		case err == nil || apierrors.IsNotFound(err) || isMissingAPI(err):
+			w.legacyDeleted = true
+		default:
+			return nil, fmt.Errorf("delete the policy node status of an older agent: %w", err)
+		}
+	}
+	cm, err := w.cfg.Client.CoreV1().ConfigMaps(w.reportNamespace).Get(ctx, reportName(w.cfg.Node), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
 		return map[string]nodePolicyStatus{}, nil
 	}
 	if err != nil {
-		if isMissingAPI(err) {
-			return nil, errNoNodeStatusAPI
+		if apierrors.IsForbidden(err) {
+			return nil, fmt.Errorf("read policy node status: the agent may not get configmaps in namespace %s (the chart's Role there; --status-namespace): %w", w.reportNamespace, err)
 		}
 		return nil, fmt.Errorf("read policy node status: %w", err)
 	}
 	w.nodeExists = true
-	for _, r := range u.GetOwnerReferences() {
+	for _, r := range cm.OwnerReferences {
 		w.nodeOwned = w.nodeOwned || r.Kind == "Node" && r.Name == w.cfg.Node
 	}
-	return nodeStatusEntries(u), nil
+	e, err := decodeReport(cm.Data[reportDataPols])
+	if err != nil {
+		// Rewritten whole below.
+		w.log.Warn("policy node status unreadable; writing it again", "error", err)
+		return map[string]nodePolicyStatus{}, nil
+	}
+	return e, nil
 }
 
-// nodeStatusEntries reads status.policies of a PolicyNodeStatus (entries
-// that do not parse are left out).
+// decodeReport decodes a report's "policies" data.
+func decodeReport(s string) (map[string]nodePolicyStatus, error) {
+	out := map[string]nodePolicyStatus{}
+	if s == "" {
+		return out, nil
+	}
+	if err := json.Unmarshal([]byte(s), &out); err != nil {
+		return nil, fmt.Errorf("decode policy node status: %w", err)
+	}
+	return out, nil
+}
+
+// nodeStatusEntries reads a report: the "policies" data of a report
+// ConfigMap, or status.policies of a PolicyNodeStatus (an older agent's);
+// anything that does not parse is left out.
 func nodeStatusEntries(u *unstructured.Unstructured) map[string]nodePolicyStatus {
+	if isReportConfigMap(u) {
+		s, _, _ := unstructured.NestedString(u.Object, "data", reportDataPols)
+		e, err := decodeReport(s)
+		if err != nil {
+			return map[string]nodePolicyStatus{}
+		}
+		return e
+	}
 	out := map[string]nodePolicyStatus{}
 	raw, _, _ := unstructured.NestedMap(u.Object, "status", "policies")
 	for k, v := range raw {
@@ -160,14 +259,12 @@ func nodeStatusEntries(u *unstructured.Unstructured) map[string]nodePolicyStatus
 	return out
 }
 
-// writeNodeStatus writes this node's PolicyNodeStatus when its entries
-// changed (revisions and timestamps aside): a JSON merge patch of the
-// changed and removed entries only, or a create when the object does not
-// exist. Only this node's agent writes the object, so the patch needs no
-// resourceVersion precondition and cannot conflict. A server-side apply
-// of the whole object cost the API server about twice the CPU (the YAML
-// decoding and structured merge of every entry; make scale). It returns
-// whether it wrote.
+// writeNodeStatus writes this node's report when its entries changed
+// (revisions and timestamps aside): a merge patch of its "policies" data
+// (the whole report: one string), or a create when it does not exist.
+// Only this node's agent writes it, so the patch needs no
+// resourceVersion precondition and cannot conflict. It returns whether it
+// wrote.
 func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]nodePolicyStatus, now time.Time) (bool, error) {
 	if w.nodeWritten == nil {
 		prev, err := w.loadNodeStatus(ctx)
@@ -177,7 +274,7 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 		w.nodeWritten = prev
 	}
 	entries := make(map[string]nodePolicyStatus, len(want))
-	changed := map[string]any{}
+	changed := 0
 	for k, e := range want {
 		if old, ok := w.nodeWritten[k]; ok && sameReport(old, e) {
 			entries[k] = old
@@ -185,31 +282,32 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 		}
 		e.LastUpdated = now.UTC().Format(time.RFC3339)
 		entries[k] = e
-		m, err := wholeEntry(e, entryFields)
-		if err != nil {
-			return false, err
-		}
-		changed[k] = m
+		changed++
 	}
 	for k := range w.nodeWritten {
 		if _, ok := want[k]; !ok {
-			changed[k] = nil // the policy is gone
+			changed++ // the policy is gone
 		}
 	}
-	if len(changed) == 0 && w.nodeExists {
+	if changed == 0 && w.nodeExists {
 		w.log.Debug("policy node status unchanged", "node", w.cfg.Node, "policies", len(entries))
 		return false, nil
 	}
 	if w.nodeUID == "" {
-		// The Node owns its PolicyNodeStatus: deleting the node deletes it.
+		// The Node owns its report: deleting the node deletes it.
 		if n, err := w.cfg.Client.CoreV1().Nodes().Get(ctx, w.cfg.Node, metav1.GetOptions{}); err == nil {
 			w.nodeUID = n.UID
 		}
 	}
-	res := w.cfg.Dynamic.Resource(PolicyNodeStatusResource())
-	err := errors.New("not found")
+	report, err := json.Marshal(entries) // sorted keys
+	if err != nil {
+		return false, fmt.Errorf("encode policy node status: %w", err)
+	}
+	cms := w.cfg.Client.CoreV1().ConfigMaps(w.reportNamespace)
+	name := reportName(w.cfg.Node)
+	err = errors.New("not found")
 	if w.nodeExists {
-		patch := map[string]any{"status": map[string]any{"policies": changed}}
+		patch := map[string]any{"data": map[string]any{reportDataPols: string(report)}}
 		if !w.nodeOwned && w.nodeUID != "" {
 			patch["metadata"] = map[string]any{"ownerReferences": w.ownerRefs()}
 		}
@@ -217,28 +315,17 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 		if b, err = json.Marshal(patch); err != nil {
 			return false, fmt.Errorf("encode policy node status: %w", err)
 		}
-		_, err = res.Patch(ctx, w.cfg.Node, types.MergePatchType, b, metav1.PatchOptions{FieldManager: nodeFieldManager})
+		_, err = cms.Patch(ctx, name, types.MergePatchType, b, metav1.PatchOptions{FieldManager: nodeFieldManager})
 	}
-	if !w.nodeExists || apierrors.IsNotFound(err) && !isMissingAPI(err) {
+	if !w.nodeExists || apierrors.IsNotFound(err) {
 		// Not there (first report, or deleted meanwhile): create it whole.
-		meta := map[string]any{"name": w.cfg.Node}
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: w.reportNamespace,
+			Labels: map[string]string{reportLabel: reportLabelValue, "app.kubernetes.io/part-of": "l7gate"}},
+			Data: map[string]string{reportDataNode: w.cfg.Node, reportDataPols: string(report)}}
 		if w.nodeUID != "" {
-			meta["ownerReferences"] = w.ownerRefs()
+			cm.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: w.cfg.Node, UID: w.nodeUID}}
 		}
-		pols := map[string]any{}
-		for k, e := range entries {
-			pols[k] = e
-		}
-		var m map[string]any
-		b, jerr := json.Marshal(map[string]any{"apiVersion": policyNodeStatusAPIVersion, "kind": policyNodeStatusKind,
-			"metadata": meta, "status": map[string]any{"policies": pols}})
-		if jerr == nil {
-			jerr = json.Unmarshal(b, &m)
-		}
-		if jerr != nil {
-			return false, fmt.Errorf("encode policy node status: %w", jerr)
-		}
-		_, err = res.Create(ctx, &unstructured.Unstructured{Object: m}, metav1.CreateOptions{FieldManager: nodeFieldManager})
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: nodeFieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			// Written by a previous run of this agent meanwhile: read it
 			// again and write the difference next time.
@@ -247,15 +334,15 @@ func (w *StatusWriter) writeNodeStatus(ctx context.Context, want map[string]node
 		}
 	}
 	if err != nil {
-		if isMissingAPI(err) {
-			return false, errNoNodeStatusAPI
+		if apierrors.IsForbidden(err) {
+			return false, fmt.Errorf("write policy node status: the agent may not create or patch configmaps in namespace %s (the chart's Role there; --status-namespace): %w", w.reportNamespace, err)
 		}
 		return false, fmt.Errorf("write policy node status: %w", err)
 	}
 	w.nodeExists = true
 	w.nodeOwned = w.nodeOwned || w.nodeUID != ""
 	w.nodeWritten = maps.Clone(entries)
-	w.log.Debug("policy node status written", "node", w.cfg.Node, "policies", len(entries), "changed", len(changed))
+	w.log.Debug("policy node status written", "node", w.cfg.Node, "policies", len(entries), "changed", changed)
 	return true, nil
 }
 
@@ -289,4 +376,31 @@ func wholeEntry(v any, fields []string) (map[string]any, error) {
 // ownerRefs names this node's Node as the owner of its PolicyNodeStatus.
 func (w *StatusWriter) ownerRefs() []any {
 	return []any{map[string]any{"apiVersion": "v1", "kind": "Node", "name": w.cfg.Node, "uid": string(w.nodeUID)}}
+}
+
+// DefaultReportNamespace holds the nodes' report ConfigMaps unless
+// ElectionConfig.ReportNamespace says otherwise (the chart creates it).
+const DefaultReportNamespace = "l7gate-policy-status"
+
+// NodeReportNamespace is where the nodes' report ConfigMaps live for a
+// configured ElectionConfig.ReportNamespace (empty: DefaultReportNamespace).
+func NodeReportNamespace(configured string) string { return cmp.Or(configured, DefaultReportNamespace) }
+
+// NodeReportName is the name of node's report ConfigMap.
+func NodeReportName(node string) string { return reportName(node) }
+
+// NodeReportSelector selects the nodes' report ConfigMaps (a label
+// selector).
+func NodeReportSelector() string { return reportLabel + "=" + reportLabelValue }
+
+// NodeReportGenerations reads a report (a report ConfigMap, or an older
+// agent's PolicyNodeStatus): the node, and per policy
+// ("Kind/namespace/name" or "Kind/name") the generation it implemented.
+func NodeReportGenerations(u *unstructured.Unstructured) (string, map[string]int64) {
+	e := nodeStatusEntries(u)
+	out := make(map[string]int64, len(e))
+	for k, v := range e {
+		out[k] = v.ObservedGeneration
+	}
+	return reportNode(u), out
 }

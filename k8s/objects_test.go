@@ -127,67 +127,17 @@ func TestDigestIgnoresNoise(t *testing.T) {
 	}
 }
 
-func TestStatusPatch(t *testing.T) {
-	w := &StatusWriter{cfg: StatusWriterConfig{Node: "n1"}}
-	obj := &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": "p", "generation": int64(2), "resourceVersion": "7"}}}
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	patch, changed, err := w.statusPatch(obj, PolicyStatus{Revision: 4}, now)
-	if err != nil || !changed {
-		t.Fatalf("first patch: %v %v", changed, err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(patch, &m); err != nil {
-		t.Fatal(err)
-	}
-	if err := unstructured.SetNestedField(obj.Object, m["status"], "status"); err != nil {
-		t.Fatal(err)
-	}
-	// Nodes patch disjoint keys and the same conditions: no
-	// resourceVersion precondition, so no conflicts (make scale measured
-	// 4 conflicts per node and policy change at 50 nodes with one).
-	if _, ok := m["metadata"]; ok {
-		t.Errorf("patch with a precondition: %s", patch)
-	}
-	// Same status, later revision and time: nothing to write.
-	if _, changed, _ := w.statusPatch(obj, PolicyStatus{Revision: 9}, now.Add(time.Hour)); changed {
-		t.Error("unchanged status would be rewritten")
-	}
-	// A rejection changes both the condition and the node entry.
-	patch, changed, _ = w.statusPatch(obj, PolicyStatus{Revision: 10, Err: &policy.FieldError{Path: "spec.x", Err: errString("unknown field")}}, now)
-	if !changed || !strings.Contains(string(patch), `"InvalidPolicy"`) || !strings.Contains(string(patch), "spec.x: unknown field") {
-		t.Errorf("rejection patch: %s", patch)
-	}
-}
-
-// TestStatusPatchEndpointFailures: an endpoint that fails closed under a
+// TestNodeEntryEndpointFailures: an endpoint that fails closed under a
 // policy's rules makes this node's entry not OK and names it, while the
-// policy stays valid and enforcing.
-func TestStatusPatchEndpointFailures(t *testing.T) {
-	w := &StatusWriter{cfg: StatusWriterConfig{Node: "n1"}}
-	obj := &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": "p", "generation": int64(2), "resourceVersion": "7"}}}
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	patch, changed, err := w.statusPatch(obj, PolicyStatus{Revision: 4,
-		EndpointFailures: []string{"default/web: datapath policy: invalid policy entry"}}, now)
-	if err != nil || !changed {
-		t.Fatalf("patch: %v %v", changed, err)
-	}
-	var m struct {
-		Status struct {
-			Conditions []condition           `json:"conditions"`
-			Nodes      map[string]nodeStatus `json:"nodes"`
-		} `json:"status"`
-	}
-	if err := json.Unmarshal(patch, &m); err != nil {
-		t.Fatal(err)
-	}
-	ns := m.Status.Nodes["n1"]
+// policy stays enforcing.
+func TestNodeEntryEndpointFailures(t *testing.T) {
+	ns := nodeEntry(PolicyStatus{Revision: 4, Generation: 2, EndpointFailures: []string{"default/web: datapath policy: invalid policy entry"}})
 	if ns.OK || !ns.Enforcing || !strings.Contains(ns.Error, "default/web: datapath policy: invalid policy entry") {
 		t.Errorf("node status %+v", ns)
 	}
-	for _, c := range m.Status.Conditions {
-		if c.Type == ConditionValid && c.Status != "True" {
-			t.Errorf("an endpoint failure made the policy invalid: %+v", c)
-		}
+	rej := nodeEntry(PolicyStatus{Revision: 10, Err: &policy.FieldError{Path: "spec.x", Err: errString("unknown field")}})
+	if rej.OK || rej.Enforcing || rej.Error != "spec.x: unknown field" {
+		t.Errorf("rejected: %+v", rej)
 	}
 }
 

@@ -85,8 +85,8 @@ type StatusWriterConfig struct {
 	Node    string
 	// Source, when set, tells which object generation a digest held.
 	Source *Source
-	// Election: the agents elect one of them to merge their
-	// PolicyNodeStatus objects into the policies' status.
+	// Election: the agents elect one of them to merge their reports
+	// into the policies' status.
 	Election ElectionConfig
 	Logger   *slog.Logger
 	// Reported, when set, is called from Run after the statuses of
@@ -96,12 +96,18 @@ type StatusWriterConfig struct {
 }
 
 // ElectionConfig configures the election (a coordination.k8s.io Lease) of
-// the agent that merges the nodes' PolicyNodeStatus objects into each
-// policy's status. Zero values take the defaults.
+// the agent that merges the nodes' reports into each policy's status. Zero values take the defaults.
 type ElectionConfig struct {
 	// Namespace of the Lease: default the agent's own (its service
 	// account's), else kube-system.
 	Namespace string
+	// ReportNamespace of the nodes' report ConfigMaps (each agent writes
+	// its node's, the elected one reads them all): default
+	// DefaultReportNamespace. It must hold nothing but these reports:
+	// every agent may write every ConfigMap in it, so a node's agent must
+	// not be able to write any other ConfigMap (the chart's Envoy
+	// bootstrap, CoreDNS's in kube-system).
+	ReportNamespace string
 	// LeaseName defaults to l7gate-policy-status.
 	LeaseName string
 	// LeaseDuration (45s), RenewDeadline (30s), RetryPeriod (15s): as in
@@ -113,8 +119,8 @@ type ElectionConfig struct {
 	// status.nodes lists every node; beyond, only the nodes with an error
 	// or behind the current generation (at most this many, errors first),
 	// and the Implemented condition
-	// counts the others (every node's own report stays in its
-	// PolicyNodeStatus). Negative: always list every node.
+	// counts the others (every node's own report stays in its report
+	// ConfigMap). Negative: always list every node.
 	StatusNodesLimit int
 	// StatusNodeSelector is a label selector (labels.Parse syntax, e.g.
 	// "kubernetes.io/os=linux") of the Nodes that should run an agent:
@@ -128,7 +134,7 @@ type ElectionConfig struct {
 }
 
 // StatusWriter reports what this node implemented: one write of its
-// PolicyNodeStatus (every policy's generation, the revision that first
+// report ConfigMap (every policy's generation, the revision that first
 // implemented it, errors, unsupported fields, endpoints failing closed),
 // plus an Event when a policy is rejected or partly unsupported. One
 // agent, elected, merges the nodes' reports into each policy's
@@ -137,8 +143,7 @@ type ElectionConfig struct {
 // small write per node, no conflicts, and a few merged writes per policy
 // instead of one per node that every agent received (make scale). It
 // writes only when what it would write changed, so revisions caused by
-// pod churn cost the API server nothing. Without the PolicyNodeStatus CRD
-// it patches each policy's status.nodes[node] directly.
+// pod churn cost the API server nothing.
 type StatusWriter struct {
 	cfg StatusWriterConfig
 	log *slog.Logger
@@ -152,17 +157,17 @@ type StatusWriter struct {
 	pending *implemented
 	wake    chan struct{}
 
-	// Used by Run's goroutine only. nodeWritten is this node's
-	// PolicyNodeStatus as last written (nil: not read yet); nodeUID the
-	// Node's UID (its owner). direct: the PolicyNodeStatus API is missing,
-	// so each policy's status.nodes[node] is patched directly (the old
-	// way, without the aggregation).
+	// Used by Run's goroutine only. nodeWritten is this node's report
+	// as last written (nil: not read yet); nodeUID the Node's UID (its
+	// owner).
 	nodeWritten map[string]nodePolicyStatus
 	nodeUID     types.UID
-	direct      bool
-	// nodeExists: this node's PolicyNodeStatus exists (so a write is a
-	// patch of what changed); nodeOwned: it names the Node as its owner.
-	nodeExists, nodeOwned bool
+	// nodeExists: this node's report exists (so a write is a patch);
+	// nodeOwned: it names the Node as its owner; legacyDeleted: the
+	// node's PolicyNodeStatus (an older agent's report) is gone.
+	nodeExists, nodeOwned, legacyDeleted bool
+	// reportNamespace: where the node reports live (ReportNamespace).
+	reportNamespace string
 }
 
 type implemented struct {
@@ -187,7 +192,8 @@ func NewStatusWriter(cfg StatusWriterConfig) (*StatusWriter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &StatusWriter{cfg: cfg, log: cfg.Logger, nodeSelector: sel, written: map[objectKey]string{}, wake: make(chan struct{}, 1)}, nil
+	return &StatusWriter{cfg: cfg, log: cfg.Logger, nodeSelector: sel, written: map[objectKey]string{}, wake: make(chan struct{}, 1),
+		reportNamespace: NodeReportNamespace(cfg.Election.ReportNamespace)}, nil
 }
 
 // Run sends Events and writes the statuses Implemented queued, until ctx
@@ -313,15 +319,9 @@ func (w *StatusWriter) reportUpdate(ctx context.Context, rev uint64, u source.Up
 			want[policyStatusKey(k)] = nodePolicyStatus{UID: infos[i].UID, nodeStatus: nodeEntry(it.st)}
 		}
 	}
-	// One write for every policy of this node: its PolicyNodeStatus.
-	if !w.direct {
-		if _, err := w.writeNodeStatus(ctx, want, time.Now()); errors.Is(err, errNoNodeStatusAPI) {
-			w.log.Warn("policy status: the PolicyNodeStatus CRD is missing (install the chart's CRDs, or run the agent with --ensure-crds); writing each policy's status directly meanwhile, which does not scale to many nodes",
-				"crd", "policynodestatuses.l7gate.io")
-			w.direct = true
-		} else if err != nil {
-			return err
-		}
+	// One write for every policy of this node: its report.
+	if _, err := w.writeNodeStatus(ctx, want, time.Now()); err != nil {
+		return err
 	}
 	for i, it := range items {
 		if err := w.report(ctx, it.ref, it.st, infos[i]); err != nil {
@@ -427,11 +427,7 @@ func (w *StatusWriter) report(ctx context.Context, ref policy.ObjectRef, st Poli
 	var obj *unstructured.Unstructured
 	switch policy.PolicyKind(ref.Kind) {
 	case policy.KindCNP, policy.KindCCNP:
-		if w.direct {
-			obj, err = w.writeStatus(ctx, ref, st)
-			break
-		}
-		// Written with this node's PolicyNodeStatus; only the Event is
+		// Written with this node's report; only the Event is
 		// left to send.
 		obj = &unstructured.Unstructured{}
 		obj.SetAPIVersion(cmp.Or(in.APIVersion, "cilium.io/v2"))
@@ -491,80 +487,6 @@ func truncate(s string) string {
 		return s[:maxConditionMessage-3] + "..."
 	}
 	return s
-}
-
-// writeStatus merges this node's view into a Cilium policy's status
-// directly (without the PolicyNodeStatus API): a merge patch of
-// status.nodes[node] and the conditions, with no resourceVersion
-// precondition — nodes write disjoint keys and the same conditions — so
-// there are no conflicts to retry.
-func (w *StatusWriter) writeStatus(ctx context.Context, ref policy.ObjectRef, st PolicyStatus) (*unstructured.Unstructured, error) {
-	var res dynamic.ResourceInterface = w.cfg.Dynamic.Resource(CCNPResource())
-	if ref.Kind == string(policy.KindCNP) {
-		res = w.cfg.Dynamic.Resource(CNPResource()).Namespace(ref.Namespace)
-	}
-	obj, err := res.Get(ctx, ref.Name, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	patch, changed, err := w.statusPatch(obj, st, time.Now().UTC())
-	if err != nil || !changed {
-		return obj, err
-	}
-	_, err = res.Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "l7gate"}, "status")
-	return obj, err
-}
-
-// statusPatch computes the merge patch taking obj's status to st, and
-// whether anything but timestamps changes.
-func (w *StatusWriter) statusPatch(obj *unstructured.Unstructured, st PolicyStatus, now time.Time) ([]byte, bool, error) {
-	gen := st.Generation
-	if gen == 0 {
-		gen = obj.GetGeneration()
-	}
-	ts := now.Format(time.RFC3339)
-	conds, err := readConditions(obj)
-	if err != nil {
-		return nil, false, err
-	}
-	errMsg := ""
-	if st.Err != nil {
-		errMsg = st.Err.Error()
-	}
-	newConds, condChanged := mergeConditions(conds, []condition{validCondition(errMsg, gen), supportedCondition(st.Warnings, gen)}, ts)
-	st.Generation = gen
-	ns := nodeEntry(st)
-	var old nodeStatus
-	nodeChanged := true
-	if raw, ok, _ := unstructured.NestedMap(obj.Object, "status", "nodes", w.cfg.Node); ok {
-		b, _ := json.Marshal(raw)
-		if json.Unmarshal(b, &old) == nil {
-			// The revision that first implemented a generation stays; a
-			// restarted agent counts revisions afresh.
-			nodeChanged = !sameReport(nodePolicyStatus{nodeStatus: old}, nodePolicyStatus{nodeStatus: ns})
-		}
-	}
-	if !condChanged && !nodeChanged {
-		return nil, false, nil
-	}
-	status := map[string]any{}
-	if condChanged {
-		status["conditions"] = newConds
-	}
-	if nodeChanged {
-		ns.LastUpdated = ts
-		m, err := wholeEntry(ns, entryFields[1:])
-		if err != nil {
-			return nil, false, err
-		}
-		status["nodes"] = map[string]any{w.cfg.Node: m}
-	}
-	patch := map[string]any{"status": status}
-	b, err := json.Marshal(patch)
-	if err != nil {
-		return nil, false, fmt.Errorf("encode status: %w", err)
-	}
-	return b, true, nil
 }
 
 // readConditions reads a policy's status.conditions.

@@ -79,6 +79,25 @@ func agentClients(t *testing.T, c *cluster) (kubernetes.Interface, dynamic.Inter
 	return client, dyn, log
 }
 
+// reportStore reads and deletes the nodes' report ConfigMaps by node.
+type reportStore struct{ ri dynamic.ResourceInterface }
+
+func reportsOf(c *cluster) reportStore {
+	return reportStore{c.dyn.Resource(configMapResource).Namespace(DefaultReportNamespace)}
+}
+
+func (r reportStore) Get(ctx context.Context, node string, o metav1.GetOptions) (*unstructured.Unstructured, error) {
+	return r.ri.Get(ctx, reportName(node), o)
+}
+
+func (r reportStore) Delete(ctx context.Context, node string, o metav1.DeleteOptions) error {
+	return r.ri.Delete(ctx, reportName(node), o)
+}
+
+func (r reportStore) DeleteCollection(ctx context.Context) error {
+	return r.ri.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: reportLabel})
+}
+
 func nodeFieldOf(st map[string]any, node, field string) any {
 	v, _, _ := unstructured.NestedFieldNoCopy(st, "nodes", node, field)
 	return v
@@ -100,7 +119,7 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		}
 	}
 	// Earlier tests' node: it reports nothing here.
-	pns := c.dyn.Resource(PolicyNodeStatusResource())
+	pns := reportsOf(c)
 	if err := pns.Delete(ctx, testNode, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
@@ -193,10 +212,10 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	for _, n := range nodes {
 		o, err := pns.Get(ctx, n, metav1.GetOptions{})
 		if err != nil {
-			t.Fatalf("PolicyNodeStatus %s: %v", n, err)
+			t.Fatalf("report of %s: %v", n, err)
 		}
 		if refs := o.GetOwnerReferences(); len(refs) != 1 || refs[0].Kind != "Node" || refs[0].Name != n {
-			t.Errorf("PolicyNodeStatus %s owners %v: want its Node", n, refs)
+			t.Errorf("report of %s owners %v: want its Node", n, refs)
 		}
 	}
 	// A node's report is created once, then patched with what changed
@@ -205,7 +224,7 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		o, _ := pns.Get(ctx, n, metav1.GetOptions{})
 		for _, mf := range o.GetManagedFields() {
 			if mf.Manager == nodeFieldManager && mf.Operation != metav1.ManagedFieldsOperationUpdate {
-				t.Errorf("PolicyNodeStatus %s written by %s with %s; want create and merge patch (Update)", n, mf.Manager, mf.Operation)
+				t.Errorf("report of %s written by %s with %s; want create and merge patch (Update)", n, mf.Manager, mf.Operation)
 			}
 		}
 	}
@@ -264,12 +283,12 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 			}
 			fields := string(mf.FieldsV1.Raw)
 			if strings.Contains(fields, "CiliumNetworkPolicy/") || strings.Contains(fields, "f:observedGeneration") {
-				t.Errorf("PolicyNodeStatus %s: %s's managedFields name the entries: %s", n, mf.Manager, fields)
+				t.Errorf("report of %s: %s's managedFields name the entries: %s", n, mf.Manager, fields)
 			}
 			owned = owned || strings.Contains(fields, `"f:policies":{}`)
 		}
 		if !owned {
-			t.Errorf("PolicyNodeStatus %s: managedFields %+v; want %s owning status.policies whole", n, o.GetManagedFields(), nodeFieldManager)
+			t.Errorf("report of %s: managedFields %+v; want %s owning status.policies whole", n, o.GetManagedFields(), nodeFieldManager)
 		}
 	}
 
@@ -330,7 +349,7 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		t.Fatal(err)
 	}
 	if before.GetResourceVersion() != after.GetResourceVersion() {
-		t.Errorf("a restarted agent rewrote an unchanged PolicyNodeStatus: %v then %v", before.Object["status"], after.Object["status"])
+		t.Errorf("a restarted agent rewrote an unchanged report: %v then %v", before.Object["status"], after.Object["status"])
 	}
 	// A second policy, then gone: its entry goes from the node's report
 	// (a patch that removes it), the other entry stays.
@@ -353,7 +372,7 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		t.Fatal(err)
 	}
 	if e := nodeStatusEntries(o); e["CiliumNetworkPolicy/multi/extra"].UID != "" || e["CiliumNetworkPolicy/multi/shared"].ObservedGeneration != 3 {
-		t.Errorf("PolicyNodeStatus %s after the extra policy went: %v; want no multi/extra, multi/shared at generation 3", other, e)
+		t.Errorf("report of %s after the extra policy went: %v; want no multi/extra, multi/shared at generation 3", other, e)
 	}
 	// The report deleted under a running agent (by hand): the next change
 	// creates it again, whole and owned by the Node.
@@ -371,13 +390,13 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 	awaitReported(t, agents[other].reported, agents[other].rev)
 	o, err = pns.Get(ctx, other, metav1.GetOptions{})
 	if err != nil {
-		t.Fatalf("PolicyNodeStatus %s not written again: %v", other, err)
+		t.Fatalf("report of %s not written again: %v", other, err)
 	}
 	if e := nodeStatusEntries(o); e["CiliumNetworkPolicy/multi/shared"].ObservedGeneration != 4 || e["CiliumClusterwideNetworkPolicy/hosts"].UID == "" {
-		t.Errorf("PolicyNodeStatus %s written again: %v; want every entry (multi/shared at generation 4, hosts)", other, e)
+		t.Errorf("report of %s written again: %v; want every entry (multi/shared at generation 4, hosts)", other, e)
 	}
 	if refs := o.GetOwnerReferences(); len(refs) != 1 || refs[0].Kind != "Node" || refs[0].Name != other {
-		t.Errorf("PolicyNodeStatus %s written again with owners %v: want its Node", other, refs)
+		t.Errorf("report of %s written again with owners %v: want its Node", other, refs)
 	}
 	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
 		return fmt.Sprint(nodeFieldOf(st, other, "observedGeneration")) == "4"
@@ -386,8 +405,45 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		t.Errorf("%d requests answered 409 Conflict; want none", n)
 	}
 
-	// Without the PolicyNodeStatus CRD (a chart upgrade that did not
-	// install it), an agent patches the policy's status.nodes itself.
+	// A cluster in the middle of an upgrade: node-old runs an agent of the
+	// version before, which reports in a PolicyNodeStatus. Its report
+	// counts, for what it says.
+	legacy := c.dyn.Resource(PolicyNodeStatusResource())
+	if _, err := c.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-old"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := cnps.Get(ctx, "shared", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := legacy.Create(ctx, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "l7gate.io/v1alpha1", "kind": "PolicyNodeStatus",
+		"metadata": map[string]any{"name": "node-old"},
+		"status": map[string]any{"policies": map[string]any{"CiliumNetworkPolicy/multi/shared": map[string]any{
+			"uid": string(cur.GetUID()), "ok": true, "enforcing": true, "revision": int64(7), "observedGeneration": int64(3)}}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, "node-old", "observedGeneration")) == "3" && nodeFieldOf(st, "node-old", "ok") == true
+	})
+	// node-old's agent is upgraded. Before its first report it deletes
+	// the old one (an elected agent of the version before reads only
+	// those: it shows the node pending, not what this agent no longer
+	// keeps), and its own report replaces it.
+	agents["node-old"] = start("node-old")
+	implement(u, nil, "node-old")
+	awaitReported(t, agents["node-old"].reported, agents["node-old"].rev)
+	if _, err := legacy.Get(ctx, "node-old", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the upgraded agent's PolicyNodeStatus: %v; want it deleted", err)
+	}
+	waitStatus(ctx, t, c, CNPResource(), "multi", "shared", func(st map[string]any) bool {
+		return fmt.Sprint(nodeFieldOf(st, "node-old", "observedGeneration")) == "4" && nodeFieldOf(st, "node-old", "ok") == true
+	})
+	agents["node-old"].cancel()
+	<-agents["node-old"].done
+
+	// Without the PolicyNodeStatus CRD (gone after the upgrade), reports
+	// and their merge go on: node-z's agent, elected once the others
+	// stopped, reports and merges.
 	agents[other].cancel()
 	<-agents[other].done
 	crds := c.dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
@@ -395,7 +451,7 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		_, err := pns.List(ctx, metav1.ListOptions{})
+		_, err := legacy.List(ctx, metav1.ListOptions{})
 		if err != nil && apierrors.IsNotFound(err) {
 			break
 		}
@@ -403,6 +459,9 @@ func testStatusAcrossNodes(ctx context.Context, t *testing.T, c *cluster) {
 			t.Fatalf("the CRD is still served: %v", err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := c.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-z"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	agents["node-z"] = start("node-z")
 	implement(u, nil, "node-z")

@@ -22,7 +22,7 @@ import (
 // what the full agent 0 computed (every node sees the same cluster): it
 // keeps its own watches of the resources the agent's source watches (same
 // clients, same encodings, its own connection, counted like a full
-// agent's), its own status writer (its own PolicyNodeStatus writes and
+// agent's), its own status writer (its own report writes and
 // election), but no informer cache and no view of its own. It implements
 // a view once agent 0 published it AND its own watch delivered the
 // changes that view holds: the later of the two is its implement time.

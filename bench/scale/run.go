@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -71,7 +72,7 @@ type tracker struct {
 	// status: per policy ("ns/name"), when the lowest observedGeneration
 	// over the agents' nodes changed.
 	status map[string][]genAt
-	// reported: the same for the nodes' own reports (PolicyNodeStatus).
+	// reported: the same for the nodes' own reports (report ConfigMaps).
 	reported map[string][]genAt
 }
 
@@ -252,20 +253,21 @@ func minObservedGeneration(u *unstructured.Unstructured, nodes []string) int64 {
 // selector).
 const scaleRunLabel = "scale.l7gate.io/run"
 
-// dropOtherReports deletes the PolicyNodeStatus objects of nodes not in
-// nodes.
+// dropOtherReports deletes the reports (k8s.NodeReportName) of nodes not
+// in nodes.
 func dropOtherReports(ctx context.Context, dyn dynamic.Interface, nodes []string) error {
 	keep := map[string]bool{}
 	for _, n := range nodes {
-		keep[n] = true
+		keep[k8s.NodeReportName(n)] = true
 	}
-	l, err := dyn.Resource(k8s.PolicyNodeStatusResource()).List(ctx, metav1.ListOptions{})
+	res := dyn.Resource(configMapsResource).Namespace(k8s.NodeReportNamespace(""))
+	l, err := res.List(ctx, metav1.ListOptions{LabelSelector: k8s.NodeReportSelector()})
 	if err != nil {
 		return fmt.Errorf("list node reports: %w", err)
 	}
 	for _, u := range l.Items {
 		if !keep[u.GetName()] {
-			if err := dyn.Resource(k8s.PolicyNodeStatusResource()).Delete(ctx, u.GetName(), metav1.DeleteOptions{}); err != nil {
+			if err := res.Delete(ctx, u.GetName(), metav1.DeleteOptions{}); err != nil {
 				return fmt.Errorf("delete node report: %w", err)
 			}
 		}
@@ -273,13 +275,16 @@ func dropOtherReports(ctx context.Context, dyn dynamic.Interface, nodes []string
 	return nil
 }
 
-// nodeReports follows the nodes' PolicyNodeStatus objects: per policy
+// nodeReports follows the nodes' reports (ConfigMaps): per policy
 // ("ns/name"), each node's reported generation.
 type nodeReports struct {
 	mu    sync.Mutex
 	nodes map[string]bool
 	gens  map[string]map[string]int64 // policy → node → generation
 }
+
+// configMapsResource: the nodes' reports are ConfigMaps.
+var configMapsResource = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
 
 func newNodeReports(nodes []string) *nodeReports {
 	r := &nodeReports{nodes: map[string]bool{}, gens: map[string]map[string]int64{}}
@@ -292,22 +297,16 @@ func newNodeReports(nodes []string) *nodeReports {
 // note reads one node's report and records in tr, per policy, when the
 // lowest generation over the nodes changed.
 func (r *nodeReports) note(u *unstructured.Unstructured, tr *tracker) {
-	node := u.GetName()
+	node, gens := k8s.NodeReportGenerations(u)
 	if !r.nodes[node] {
 		return
 	}
-	raw, _, _ := unstructured.NestedMap(u.Object, "status", "policies")
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k, v := range raw {
+	for k, g := range gens {
 		kind, key, ok := strings.Cut(k, "/")
 		if !ok || kind != "CiliumNetworkPolicy" {
 			continue
-		}
-		m, _ := v.(map[string]any)
-		g, _ := m["observedGeneration"].(int64)
-		if f, ok := m["observedGeneration"].(float64); ok {
-			g = int64(f)
 		}
 		if r.gens[key] == nil {
 			r.gens[key] = map[string]int64{}
@@ -542,7 +541,7 @@ type Result struct {
 	ConvergeP99Ms  float64 `json:"convergeP99Ms"`
 	ImplementP50Ms float64 `json:"implementP50Ms"`
 	ImplementP99Ms float64 `json:"implementP99Ms"`
-	// Reported: written → every node's own report (PolicyNodeStatus)
+	// Reported: written → every node's own report (its ConfigMap)
 	// shows the new generation, before the elected agent merges them.
 	ReportedP50Ms float64 `json:"reportedP50Ms"`
 	ReportedP99Ms float64 `json:"reportedP99Ms"`
@@ -551,7 +550,7 @@ type Result struct {
 	// WritesPerNode divides by N.
 	Writes        float64 `json:"writes"`
 	WritesPerNode float64 `json:"writesPerNode"`
-	// Of Writes: to the nodes' PolicyNodeStatus, and to the policies'
+	// Of Writes: to the nodes' reports, and to the policies'
 	// status (by the agents themselves before, by the elected one after).
 	NodeStatusWrites   float64 `json:"nodeStatusWrites"`
 	PolicyStatusWrites float64 `json:"policyStatusWrites"`
@@ -572,7 +571,7 @@ type Result struct {
 	// resource: events, and KiB.
 	APIServerWatchEventsPerPolicyChange map[string]float64 `json:"apiserverWatchEventsPerPolicyChange,omitempty"`
 	APIServerWatchKiBPerPolicyChange    map[string]float64 `json:"apiserverWatchKiBPerPolicyChange,omitempty"`
-	// NodeReportBytes: agent 0's PolicyNodeStatus at the end (JSON, with
+	// NodeReportBytes: agent 0's report ConfigMap at the end (JSON, with
 	// managedFields: what each of its writes decodes, validates, stores
 	// and sends to the elected agent); of it, managedFields.
 	NodeReportBytes              int `json:"nodeReportBytes,omitempty"`
@@ -724,10 +723,12 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 	ictx, icancel := context.WithCancel(ctx)
 	defer icancel()
 	go inf.Run(ictx.Done())
-	// And of the nodes' reports (PolicyNodeStatus): when every node's
-	// report showed a generation, before the elected agent merged them.
+	// And of the nodes' reports: when every node's report showed a
+	// generation, before the elected agent merged them.
 	reports := newNodeReports(nodes)
-	rinf := dynamicinformer.NewFilteredDynamicSharedInformerFactory(dyn, 0, metav1.NamespaceAll, nil).ForResource(k8s.PolicyNodeStatusResource()).Informer()
+	rinf := dynamicinformer.NewFilteredDynamicSharedInformerFactory(dyn, 0, k8s.NodeReportNamespace(""), func(o *metav1.ListOptions) {
+		o.LabelSelector = k8s.NodeReportSelector()
+	}).ForResource(configMapsResource).Informer()
 	onReport := func(o any) {
 		if u, ok := o.(*unstructured.Unstructured); ok {
 			reports.note(u, tr)
@@ -1013,7 +1014,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 		b, _ := json.Marshal(u.Object)
 		res.PolicyObjectBytes = max(res.PolicyObjectBytes, len(b))
 	}
-	if u, err := dyn.Resource(k8s.PolicyNodeStatusResource()).Get(ctx, nodes[0], metav1.GetOptions{}); err == nil {
+	if u, err := dyn.Resource(configMapsResource).Namespace(k8s.NodeReportNamespace("")).Get(ctx, k8s.NodeReportName(nodes[0]), metav1.GetOptions{}); err == nil {
 		b, _ := json.Marshal(u.Object)
 		res.NodeReportBytes = len(b)
 		mf, _, _ := unstructured.NestedFieldNoCopy(u.Object, "metadata", "managedFields")
@@ -1026,7 +1027,7 @@ func Run(ctx context.Context, admin *rest.Config, cfg RunConfig, startChild func
 }
 
 // agentStatusWrite selects the agents' policy status writes: to a
-// policy's status, or to a node's PolicyNodeStatus.
+// policy's status, or to a node's report.
 func agentStatusWrite(k requestKey) bool { return policyStatusWrite(k) || nodeStatusWrite(k) }
 
 func policyStatusWrite(k requestKey) bool {
@@ -1041,7 +1042,8 @@ func policyStatusWrite(k requestKey) bool {
 }
 
 func nodeStatusWrite(k requestKey) bool {
-	return isWriteVerb(k.Verb) && k.Resource == "policynodestatuses"
+	// (The agents write no other ConfigMaps.)
+	return isWriteVerb(k.Verb) && (k.Resource == "configmaps" || k.Resource == "policynodestatuses")
 }
 
 func requestsWhere(a agentStats, keep func(reqKey) bool) int {

@@ -186,8 +186,8 @@ func TestScaleSmall(t *testing.T) {
 	}
 	// Each node report reaches the elected agent's watch (and the
 	// driver's): the API server's own count shows it.
-	if ev := res.APIServerWatchEventsPerPolicyChange["policynodestatuses"]; ev < n || res.NodeReportBytes == 0 {
-		t.Errorf("the API server sent %.1f policynodestatuses watch events per policy change, a report is %d bytes: the counting is broken", ev, res.NodeReportBytes)
+	if ev := res.APIServerWatchEventsPerPolicyChange["configmaps"]; ev < n || res.NodeReportBytes == 0 {
+		t.Errorf("the API server sent %.1f configmaps (report) watch events per policy change, a report is %d bytes: the counting is broken", ev, res.NodeReportBytes)
 	}
 	if res.WatchEventsPerPodChange < 1 {
 		t.Errorf("%.2f watch events per agent per pod change: the counting is broken", res.WatchEventsPerPodChange)
@@ -200,7 +200,7 @@ func TestScaleSmall(t *testing.T) {
 // agents' client-go. At N = 50 that was megabytes a minute on stderr and
 // API server CPU spent formatting them, which a real API server (-v=0..2)
 // does not spend.
-func quietKlog(t *testing.T) {
+func quietKlog(t testing.TB) {
 	t.Helper()
 	f := flag.Lookup("v")
 	if f == nil {
@@ -216,7 +216,7 @@ func quietKlog(t *testing.T) {
 	}
 }
 
-func skipUnlessUsable(t *testing.T) {
+func skipUnlessUsable(t testing.TB) {
 	// kube-apiserver's test server finds its testdata via runtime.Caller.
 	if _, file, _, _ := runtime.Caller(0); !filepath.IsAbs(file) {
 		t.Skip("built with -trimpath: the kube-apiserver test server cannot find its testdata")
@@ -325,7 +325,7 @@ func (c *scaleCluster) run(t *testing.T, cfg RunConfig) *Result {
 }
 
 // freeLoopbackPort returns a port free on 127.0.0.1 right now.
-func freeLoopbackPort(t *testing.T) int {
+func freeLoopbackPort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -337,7 +337,7 @@ func freeLoopbackPort(t *testing.T) int {
 
 // startCluster starts etcd and kube-apiserver in-process (the recipe of
 // k8s/cluster_test.go) and returns an admin client config.
-func startCluster(t *testing.T) *rest.Config {
+func startCluster(t testing.TB) *rest.Config {
 	t.Helper()
 	ecfg := testserver.NewTestConfig(t)
 	clientURL := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))}
@@ -363,9 +363,9 @@ func startCluster(t *testing.T) *rest.Config {
 	return srv.ClientConfig
 }
 
-// applyAgentRBAC creates the chart's ClusterRole and binding (default
+// applyAgentRBAC creates the chart's RBAC and the reports' Namespace (default
 // values): the agents run with what the chart grants.
-func applyAgentRBAC(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
+func applyAgentRBAC(ctx context.Context, t testing.TB, dyn dynamic.Interface) {
 	t.Helper()
 	out, err := deploy.Render(deploy.Chart(), deploy.Options{})
 	if err != nil {
@@ -379,6 +379,12 @@ func applyAgentRBAC(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
 				return
 			}
 			t.Fatal(err)
+		}
+		if u.GetKind() == "Namespace" { // the nodes' reports' (the Role there)
+			if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(ctx, &u, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("create Namespace %s: %v", u.GetName(), err)
+			}
+			continue
 		}
 		res := map[string]string{"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
 			"Role": "roles", "RoleBinding": "rolebindings"}[u.GetKind()]

@@ -31,15 +31,18 @@ type k8sFlags struct {
 	StatusNodesLimit int `json:"statusNodesLimit"`
 	// StatusNodeSelector: see k8s.ElectionConfig.
 	StatusNodeSelector string `json:"statusNodeSelector"`
+	// StatusNamespace: the nodes' report ConfigMaps (see
+	// k8s.ElectionConfig.ReportNamespace).
+	StatusNamespace string `json:"statusNamespace"`
 }
 
 func defaultK8sFlags() k8sFlags {
-	return k8sFlags{QPS: 20, Burst: 40, PolicyStatus: true}
+	return k8sFlags{QPS: 20, Burst: 40, PolicyStatus: true, StatusNamespace: k8s.DefaultReportNamespace}
 }
 
 // election is the status-merge election the flags configure.
 func (f k8sFlags) election() k8s.ElectionConfig {
-	return k8s.ElectionConfig{StatusNodesLimit: f.StatusNodesLimit, StatusNodeSelector: f.StatusNodeSelector}
+	return k8s.ElectionConfig{StatusNodesLimit: f.StatusNodesLimit, StatusNodeSelector: f.StatusNodeSelector, ReportNamespace: f.StatusNamespace}
 }
 
 // addFlags registers the flags on an agent command's flag set.
@@ -49,8 +52,9 @@ func (f *k8sFlags) addFlags(fl *pflag.FlagSet) {
 	fl.Float32Var(&f.QPS, "kube-api-qps", f.QPS, "with --source-kind k8s: API requests per second (sustained)")
 	fl.IntVar(&f.Burst, "kube-api-burst", f.Burst, "with --source-kind k8s: API request burst")
 	fl.BoolVar(&f.PolicyStatus, "policy-status", f.PolicyStatus, "with --source-kind k8s: write policy status (Valid/Supported conditions, status.nodes[NODE].revision) and Events")
-	fl.IntVar(&f.StatusNodesLimit, "status-nodes-limit", f.StatusNodesLimit, "with --source-kind k8s: up to this many nodes a policy's status.nodes lists every node; on larger clusters only nodes with an error or behind (at most this many) and an Implemented condition counts the rest (each node's full report stays in its PolicyNodeStatus); 0: the default 32, -1: list every node")
+	fl.IntVar(&f.StatusNodesLimit, "status-nodes-limit", f.StatusNodesLimit, "with --source-kind k8s: up to this many nodes a policy's status.nodes lists every node; on larger clusters only nodes with an error or behind (at most this many) and an Implemented condition counts the rest (each node's full report stays in its report ConfigMap); 0: the default 32, -1: list every node")
 	fl.StringVar(&f.StatusNodeSelector, "status-node-selector", f.StatusNodeSelector, "with --source-kind k8s: label selector of the Nodes that should run an agent (the agent DaemonSet's nodeSelector, e.g. kubernetes.io/os=linux; empty: every Node); a policy's status counts these nodes and any other Node with a report, lists a node without a report as pending, and ignores reports of deleted Nodes")
+	fl.StringVar(&f.StatusNamespace, "status-namespace", f.StatusNamespace, "with --source-kind k8s and --policy-status: namespace of the nodes' policy status reports (one ConfigMap per node; the Lease stays in the agent's namespace); it must hold nothing but l7gate's reports, because every agent can write every ConfigMap in it (the chart creates it and grants ConfigMap writes only there)")
 	fl.BoolVar(&f.EnsureCRDs, "ensure-crds", f.EnsureCRDs, "with --source-kind k8s: create the cilium.io/v2 policy CRDs if absent (never modifies existing ones; needs RBAC to create CRDs)")
 }
 

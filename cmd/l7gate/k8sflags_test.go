@@ -55,3 +55,26 @@ func TestStatusNodeSelectorFlag(t *testing.T) {
 		}
 	}
 }
+
+// The nodes' reports go to their own namespace by default (the chart
+// creates it and grants ConfigMap writes only there), and the flag moves
+// them.
+func TestStatusNamespaceFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "l7gate-policy-status"},
+		{[]string{"--status-namespace=gate-reports"}, "gate-reports"},
+	} {
+		f := defaultK8sFlags()
+		fl := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		f.addFlags(fl)
+		if err := fl.Parse(tc.args); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := f.election().ReportNamespace; got != tc.want {
+			t.Errorf("%v: election ReportNamespace %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}
