@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"runtime/pprof"
@@ -38,13 +39,22 @@ const ConfigDumpType = "type.googleapis.com/l7gate.v1.ProxyConfigDump"
 func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, _ *http.Request) {
+		// The whole answer is on the socket before the drain starts: the
+		// proxy command exits as soon as a drain with nothing open ends,
+		// and an answer still buffered then would reach the caller as EOF.
+		body := fmt.Sprintf("DRAINING (up to %s)\n", p.opts.DrainTimeout)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, body)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
 			defer cancel()
 			p.Drain(ctx)
 		}()
-		w.WriteHeader(http.StatusAccepted)
-		fmt.Fprintf(w, "DRAINING (up to %s)\n", p.opts.DrainTimeout)
 	})
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		if p.Draining() {
@@ -125,8 +135,8 @@ func (p *Proxy) ServeAdmin(ctx context.Context, path string, extra ...prometheus
 	srv := &http.Server{Handler: p.AdminHandler(extra...), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
-		// Answer the requests in flight (the POST /drain that ended the
-		// proxy among them: closed at once, its client got EOF), briefly.
+		// Answer the requests in flight, briefly (the POST /drain that
+		// ended the proxy wrote its whole answer before the drain began).
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if srv.Shutdown(sctx) != nil {

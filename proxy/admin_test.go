@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAdminProfiles: the admin socket serves the runtime's profiles (what
@@ -29,5 +32,28 @@ func TestAdminProfiles(t *testing.T) {
 	}
 	if rec := get("/debug/pprof/nonesuch"); rec.Code != 404 {
 		t.Fatalf("unknown profile: %d, want 404", rec.Code)
+	}
+}
+
+// TestAdminDrainAnsweredBeforeDrained: the proxy command exits as soon
+// as the drain ends, so POST /drain must have its whole answer on the
+// socket before the drain starts. Here the drain's end closes every
+// admin connection at once, as the process's exit does.
+func TestAdminDrainAnsweredBeforeDrained(t *testing.T) {
+	for i := range 200 {
+		p := New(Options{DrainTimeout: time.Second})
+		srv := httptest.NewServer(p.AdminHandler())
+		go func() { <-p.Drained(); srv.CloseClientConnections() }()
+		resp, err := http.Post(srv.URL+"/drain", "", nil)
+		if err != nil {
+			t.Fatalf("try %d: POST /drain: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusAccepted || !strings.HasPrefix(string(b), "DRAINING") {
+			t.Fatalf("try %d: POST /drain: %d %q %v", i, resp.StatusCode, b, err)
+		}
+		srv.Close()
+		p.Close()
 	}
 }
