@@ -80,11 +80,20 @@ func TestPrivilegedDNSProxyCrashHeldSockets(t *testing.T) {
 			t.Errorf("no proxy was restarted (pid %d)", pid)
 		}
 		t.Logf("queries sent while no proxy ran, all answered or failed %s later", time.Since(sent).Round(time.Millisecond))
+		failed := false
 		for i, q := range queries {
 			t.Logf("%s %s %s %s: %s", q.network, q.server, q.name, mdns.TypeToString[q.qtype], results[i])
 			if results[i] != q.want {
+				failed = true
 				t.Errorf("%s %s %s %s while no proxy ran: got %s, want %s", q.network, q.server, q.name, mdns.TypeToString[q.qtype], results[i], q.want)
 			}
+		}
+		if failed {
+			// The scenario's own checks passed, so Run prints no logs:
+			// what the agent held and what the new proxy inherited and
+			// served tells which socket the queries waited in.
+			t.Logf("agent log (sockets, proxy):\n%s", grepLines(filepath.Join(topo.WorkDir(), "agent.log"), "socket", "listener", "proxy", "held"))
+			t.Logf("proxy log ends:\n%s", tail(filepath.Join(run, "proxy.log"), 60))
 		}
 		return nil
 	})
@@ -138,4 +147,22 @@ func readPID(t *testing.T, run string) int {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return pid
+}
+
+// grepLines returns the lines of file containing any of words.
+func grepLines(file string, words ...string) string {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	var out []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		for _, w := range words {
+			if strings.Contains(line, w) {
+				out = append(out, "  "+line)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -73,6 +73,7 @@ func (p *Proxy) serveDNS(st *listenerState) error {
 	// the socket map holds: served as is, no datagram finds no socket.
 	udp := p.inherited.UDP[st.spec.Port]
 	delete(p.inherited.UDP, st.spec.Port)
+	p.log.Info("dns udp socket", "port", st.spec.Port, "family", "ipv4", "inherited", udp != nil)
 	if udp == nil {
 		var err error
 		udp, err = dnsproxy.ListenUDP(p.ctx, net.JoinHostPort(p.opts.ListenHost, strconv.Itoa(int(st.spec.Port))), *p.opts.Transparent)
@@ -134,6 +135,7 @@ func (p *Proxy) open6DNS(st *listenerState) {
 	if st.udp6 == nil {
 		udp, ok := p.inherited.UDP6[port]
 		delete(p.inherited.UDP6, port)
+		p.log.Info("dns udp socket", "port", port, "family", "ipv6", "inherited", ok)
 		var err error
 		if !ok {
 			udp, err = dnsproxy.ListenUDP(p.ctx, addr, *p.opts.Transparent)
