@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -60,6 +61,34 @@ func benchDatapath(b *testing.B, n int) *Datapath {
 	return d
 }
 
+// setProxied records the bench endpoint's pod as a proxied client of
+// both families (a TCP flow of each leaving it was redirected to a proxy:
+// untracked ACKs into it look for the proxy's upstream sockets) or
+// forgets it (the lookup is skipped).
+func setProxied(b *testing.B, d *Datapath, proxied bool) {
+	for _, af := range []uint32{unix.AF_INET, unix.AF_INET6} {
+		k := proxiedKey{Endpoint: testEP, Family: af}
+		var err error
+		if proxied {
+			err = d.objs.ProxiedClients.Update(k, uint32(1), ebpf.UpdateAny)
+		} else if err = d.objs.ProxiedClients.Delete(k); errors.Is(err, ebpf.ErrKeyNotExist) {
+			err = nil
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchProxy sets up the proxy state a to-pod-ack path names: "-noproxy"
+// no proxy socket ever registered on the node, "-proxied" the pod's
+// flows were redirected to the proxy, else a proxy on the node that the
+// pod's flows never went to.
+func benchProxy(b *testing.B, d *Datapath, path string) {
+	setProxyFamilies(b, d, !strings.HasSuffix(path, "-noproxy"))
+	setProxied(b, d, strings.HasSuffix(path, "-proxied"))
+}
+
 // setProxyFamilies marks both families as served by a proxy socket (as
 // on a node whose proxy registered its listeners: untracked ACKs into a
 // pod then look for a proxy's upstream socket) or as never served (no
@@ -90,9 +119,13 @@ func benchPeer(i int) Identity { return FirstClusterIdentity + Identity(i/50) }
 //   - reply: the pod answering a flow it admitted on ingress (a reverse
 //     conntrack hit, where replies to proxies are told apart);
 //   - to-pod-ack-denied (tc_to_pod): a mid-stream segment of no tracked
-//     flow into the pod, default-denied (the socket lookup for replies to a
-//     proxy's upstream sockets, then a full evaluation; nothing is stored),
-//     on a node whose proxy registered sockets of both families;
+//     flow into the pod, default-denied (a full evaluation; nothing is
+//     stored), on a node whose proxy registered sockets of both families
+//     but no flow of this pod went to it (the socket lookup for replies to
+//     a proxy's upstream sockets is skipped: proxied_clients);
+//   - to-pod-ack-denied-proxied: the same into a pod whose flows of both
+//     families were redirected to the proxy (the lookup runs and finds
+//     nothing);
 //   - to-pod-ack-denied-noproxy: the same where no proxy socket was ever
 //     registered (the lookup is skipped: proxy_families).
 //
@@ -133,6 +166,9 @@ func BenchmarkDatapath(b *testing.B) {
 		{"to-pod-ack-denied", func(int) []byte {
 			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
 		}, actShot, true},
+		{"to-pod-ack-denied-proxied", func(int) []byte {
+			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
+		}, actShot, true},
 		{"to-pod-ack-denied-noproxy", func(int) []byte {
 			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
 		}, actShot, true},
@@ -141,13 +177,12 @@ func BenchmarkDatapath(b *testing.B) {
 		for _, path := range paths {
 			b.Run(fmt.Sprintf("entries=%d/%s", n, path.name), func(b *testing.B) {
 				pinToOneCPU(b)
-				noProxy := strings.HasSuffix(path.name, "-noproxy")
 				for _, m := range []int{10, n} {
-					setProxyFamilies(b, dps[m], !noProxy)
+					benchProxy(b, dps[m], path.name)
 				}
 				b.Cleanup(func() {
 					for _, m := range []int{10, n} {
-						setProxyFamilies(b, dps[m], true)
+						benchProxy(b, dps[m], "")
 					}
 				})
 				const rounds = 10
@@ -227,13 +262,14 @@ func BenchmarkDatapathIPv6(b *testing.B) {
 		{"default-deny", both(pkt{src: podIP, dst: peerIP, sport: 40000, dport: 3000, proto: ProtoTCP, tcpFlags: tcpSYN}), actShot, false},
 		{"reply", both(pkt{src: podIP, dst: peerIP, sport: 8080, dport: 50000, proto: ProtoTCP, tcpFlags: tcpACK}), actOK, false},
 		{"to-pod-ack-denied", both(pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}), actShot, true},
+		{"to-pod-ack-denied-proxied", both(pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}), actShot, true},
 		{"to-pod-ack-denied-noproxy", both(pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}), actShot, true},
 	}
 	for _, path := range paths {
 		b.Run(path.name, func(b *testing.B) {
 			pinToOneCPU(b)
-			setProxyFamilies(b, d, !strings.HasSuffix(path.name, "-noproxy"))
-			b.Cleanup(func() { setProxyFamilies(b, d, true) })
+			benchProxy(b, d, path.name)
+			b.Cleanup(func() { benchProxy(b, d, "") })
 			prog := d.objs.TcFromPod
 			if path.toPod {
 				prog = d.objs.TcToPod

@@ -138,10 +138,16 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		datapathMapProxySocks: s.ProxySockets,
 		datapathMapRuleStats:  s.RuleStats,
 		datapathMapEvents:     s.EventsBytes,
+		// Two families per endpoint: it cannot be full (see
+		// proxied_clients in c/datapath.c).
+		datapathMapProxiedClients: 2 * s.Endpoints,
 	} {
 		spec.Maps[name].MaxEntries = size
 	}
 	d := &Datapath{cfg: cfg, log: cfg.Logger, links: make(map[string]link.Link)}
+	proxiedPin := filepath.Join(cfg.BPFFSPath, mapsDir, datapathMapProxiedClients)
+	_, err = os.Stat(proxiedPin)
+	proxiedNew := errors.Is(err, os.ErrNotExist)
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: filepath.Join(cfg.BPFFSPath, mapsDir)}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -151,6 +157,16 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	}
 	d.Maps = mapsFrom(&d.objs.datapathMaps)
 	if err := d.adoptProxyFamilies(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	// Before the programs are swapped in (adoptLinks): from then on they
+	// look for proxy upstream sockets only where proxied_clients says so.
+	if err := d.adoptProxiedClients(proxiedNew); err != nil {
+		if proxiedNew {
+			// Created here but not filled: the next Open fills it.
+			os.Remove(proxiedPin)
+		}
 		d.objs.Close()
 		return nil, err
 	}
@@ -193,6 +209,89 @@ func (d *Datapath) adoptProxyFamilies() error {
 		return fmt.Errorf("proxy sockmap: %w", err)
 	}
 	return markProxyFamilies(d.objs.ProxyFamilies, proxyFamV4, proxyFamV6)
+}
+
+// proxiedKey is struct proxied_key (c/datapath.c).
+type proxiedKey struct {
+	Endpoint uint32
+	Family   uint32
+}
+
+// adoptProxiedClients keeps proxied_clients in step with the endpoints
+// map. A map created now (created is true) next to a proxy family already
+// served (an upgrade from a datapath that did not record its redirects)
+// records every endpoint for that family: their proxies' upstream
+// connections may be open. Entries of endpoints no longer in the
+// endpoints map are deleted (detached while no agent ran), so the map,
+// two entries per endpoint, cannot fill up.
+func (d *Datapath) adoptProxiedClients(created bool) error {
+	ids := make(map[uint32]bool)
+	var ifindex uint32
+	var info datapathEndpointInfo
+	it := d.objs.Endpoints.Iterate()
+	for it.Next(&ifindex, &info) {
+		ids[info.Id] = true
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read endpoints: %w", err)
+	}
+	if created {
+		for fam, af := range map[uint32]uint32{proxyFamV4: unix.AF_INET, proxyFamV6: unix.AF_INET6} {
+			var served uint32
+			if err := d.objs.ProxyFamilies.Lookup(fam, &served); err != nil {
+				return fmt.Errorf("read proxy families: %w", err)
+			}
+			if served == 0 {
+				continue
+			}
+			for id := range ids {
+				if err := d.objs.ProxiedClients.Update(proxiedKey{Endpoint: id, Family: af}, uint32(1), ebpf.UpdateAny); err != nil {
+					return fmt.Errorf("record proxied endpoint %d: %w", id, err)
+				}
+			}
+		}
+		return nil
+	}
+	var stale []proxiedKey
+	var k proxiedKey
+	var v uint32
+	pit := d.objs.ProxiedClients.Iterate()
+	for pit.Next(&k, &v) {
+		if !ids[k.Endpoint] {
+			stale = append(stale, k)
+		}
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("read proxied clients: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.objs.ProxiedClients.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget proxied endpoint %d: %w", k.Endpoint, err)
+		}
+	}
+	return nil
+}
+
+// forgetProxied deletes an endpoint's proxied_clients entries, unless
+// the endpoint is still registered on another veth.
+func (d *Datapath) forgetProxied(id uint32) error {
+	var ifindex uint32
+	var info datapathEndpointInfo
+	it := d.objs.Endpoints.Iterate()
+	for it.Next(&ifindex, &info) {
+		if info.Id == id {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read endpoints: %w", err)
+	}
+	for _, af := range []uint32{unix.AF_INET, unix.AF_INET6} {
+		if err := d.objs.ProxiedClients.Delete(proxiedKey{Endpoint: id, Family: af}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget proxied endpoint %d: %w", id, err)
+		}
+	}
+	return nil
 }
 
 func (d *Datapath) initSettings() error {
@@ -369,8 +468,13 @@ func (d *Datapath) DetachEndpoint(ifindex int) error {
 		errs = append(errs, l.Unpin(), l.Close())
 		delete(d.links, name)
 	}
+	var info datapathEndpointInfo
+	lookupErr := d.objs.Endpoints.Lookup(uint32(ifindex), &info)
 	if err := d.objs.Endpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("delete endpoint: %w", err))
+	}
+	if lookupErr == nil {
+		errs = append(errs, d.forgetProxied(info.Id))
 	}
 	return errors.Join(errs...)
 }

@@ -167,6 +167,12 @@ type datapathPolicyValue struct {
 	RuleId    uint32
 }
 
+type datapathProxiedKey struct {
+	_        structs.HostLayout
+	Endpoint uint32
+	Family   uint32
+}
+
 type datapathRuleStats struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -186,6 +192,7 @@ const (
 	datapathMapFragments6     = "fragments6"
 	datapathMapIpcache        = "ipcache"
 	datapathMapPolicy         = "policy"
+	datapathMapProxiedClients = "proxied_clients"
 	datapathMapProxyCgroups   = "proxy_cgroups"
 	datapathMapProxyFamilies  = "proxy_families"
 	datapathMapProxySocks     = "proxy_socks"
@@ -248,20 +255,21 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
-	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
-	EpPolicy      *ebpf.MapSpec `ebpf:"ep_policy"`
-	EventLimit    *ebpf.MapSpec `ebpf:"event_limit"`
-	Events        *ebpf.MapSpec `ebpf:"events"`
-	Fragments     *ebpf.MapSpec `ebpf:"fragments"`
-	Fragments6    *ebpf.MapSpec `ebpf:"fragments6"`
-	Ipcache       *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy        *ebpf.MapSpec `ebpf:"policy"`
-	ProxyCgroups  *ebpf.MapSpec `ebpf:"proxy_cgroups"`
-	ProxyFamilies *ebpf.MapSpec `ebpf:"proxy_families"`
-	ProxySocks    *ebpf.MapSpec `ebpf:"proxy_socks"`
-	RuleStats     *ebpf.MapSpec `ebpf:"rule_stats"`
-	Settings      *ebpf.MapSpec `ebpf:"settings"`
+	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
+	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
+	EpPolicy       *ebpf.MapSpec `ebpf:"ep_policy"`
+	EventLimit     *ebpf.MapSpec `ebpf:"event_limit"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
+	Fragments6     *ebpf.MapSpec `ebpf:"fragments6"`
+	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy         *ebpf.MapSpec `ebpf:"policy"`
+	ProxiedClients *ebpf.MapSpec `ebpf:"proxied_clients"`
+	ProxyCgroups   *ebpf.MapSpec `ebpf:"proxy_cgroups"`
+	ProxyFamilies  *ebpf.MapSpec `ebpf:"proxy_families"`
+	ProxySocks     *ebpf.MapSpec `ebpf:"proxy_socks"`
+	RuleStats      *ebpf.MapSpec `ebpf:"rule_stats"`
+	Settings       *ebpf.MapSpec `ebpf:"settings"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -291,20 +299,21 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	Conntrack     *ebpf.Map `ebpf:"conntrack"`
-	Endpoints     *ebpf.Map `ebpf:"endpoints"`
-	EpPolicy      *ebpf.Map `ebpf:"ep_policy"`
-	EventLimit    *ebpf.Map `ebpf:"event_limit"`
-	Events        *ebpf.Map `ebpf:"events"`
-	Fragments     *ebpf.Map `ebpf:"fragments"`
-	Fragments6    *ebpf.Map `ebpf:"fragments6"`
-	Ipcache       *ebpf.Map `ebpf:"ipcache"`
-	Policy        *ebpf.Map `ebpf:"policy"`
-	ProxyCgroups  *ebpf.Map `ebpf:"proxy_cgroups"`
-	ProxyFamilies *ebpf.Map `ebpf:"proxy_families"`
-	ProxySocks    *ebpf.Map `ebpf:"proxy_socks"`
-	RuleStats     *ebpf.Map `ebpf:"rule_stats"`
-	Settings      *ebpf.Map `ebpf:"settings"`
+	Conntrack      *ebpf.Map `ebpf:"conntrack"`
+	Endpoints      *ebpf.Map `ebpf:"endpoints"`
+	EpPolicy       *ebpf.Map `ebpf:"ep_policy"`
+	EventLimit     *ebpf.Map `ebpf:"event_limit"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Fragments      *ebpf.Map `ebpf:"fragments"`
+	Fragments6     *ebpf.Map `ebpf:"fragments6"`
+	Ipcache        *ebpf.Map `ebpf:"ipcache"`
+	Policy         *ebpf.Map `ebpf:"policy"`
+	ProxiedClients *ebpf.Map `ebpf:"proxied_clients"`
+	ProxyCgroups   *ebpf.Map `ebpf:"proxy_cgroups"`
+	ProxyFamilies  *ebpf.Map `ebpf:"proxy_families"`
+	ProxySocks     *ebpf.Map `ebpf:"proxy_socks"`
+	RuleStats      *ebpf.Map `ebpf:"rule_stats"`
+	Settings       *ebpf.Map `ebpf:"settings"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -318,6 +327,7 @@ func (m *datapathMaps) Close() error {
 		m.Fragments6,
 		m.Ipcache,
 		m.Policy,
+		m.ProxiedClients,
 		m.ProxyCgroups,
 		m.ProxyFamilies,
 		m.ProxySocks,

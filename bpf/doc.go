@@ -41,6 +41,11 @@
 //	             serving that family was registered (never cleared): the
 //	             socket lookup for untracked ACKs into a pod (replies to a
 //	             proxy's transparent upstream sockets) runs only then
+//	proxied_clients hash {endpoint, family} -> 1 once a TCP flow of that
+//	             family leaving the endpoint's pod was redirected to a proxy
+//	             (which may continue it from the pod's address): the lookup
+//	             above runs only for such a pod (the kernel's IPv6 lookup
+//	             costs about twice the IPv4 one); deleted with the endpoint
 //	proxy_cgroups hash cgroup v2 id -> 1 (at most 64): the cgroups whose
 //	             sockets may carry from-proxy marks (cgroup.go)
 //	rule_stats   per-CPU hash rule id -> {packets, bytes}

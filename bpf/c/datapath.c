@@ -364,6 +364,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_families SEC(".maps");
 
+/* Proxied clients: key {endpoint, family}, value 1 once a TCP flow of
+ * that family leaving the endpoint's pod was redirected to a proxy (tc,
+ * new_flow). Only then can a proxy hold a transparent upstream socket
+ * bound to the pod's address (the egress proxy continues a connection
+ * from its client's address; the ingress proxy's upstream sockets reach
+ * local pods, whose replies are steered by conntrack), whose replies the
+ * node routes into the pod's veth untracked: the socket lookup for
+ * untracked ACKs into a pod (to_proxy_socket) runs only for a pod and
+ * family recorded here. A skipped lookup judges the packet as a new flow,
+ * as a lookup that finds nothing does. Never cleared while the endpoint
+ * exists (a proxied connection outlives a policy change that ends its
+ * redirect); Go deletes an endpoint's entries with the endpoint and
+ * records every endpoint when this map is created next to a proxy family
+ * already served (an upgrade). Sized 2 per endpoint by the loader: it
+ * cannot be full; if a record cannot be written, the redirect is dropped
+ * (no-listener), not carried out without one. */
+struct proxied_key {
+	__u32 endpoint;
+	__u32 family;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct proxied_key);
+	__type(value, __u32);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxied_clients SEC(".maps");
+
 /* Cgroup v2 ids whose sockets may carry from-proxy marks (bpf/cgroup.go). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -1460,8 +1489,11 @@ __attribute__((noinline)) int proxy_socket_global(struct __sk_buff *skb, struct 
 	return ours;
 }
 
-/* Global (verified once, with a stack frame of its own). */
-static __always_inline int to_proxy_socket(struct __sk_buff *skb, struct flow *f)
+/* The lookup (global: verified once, with a stack frame of its own) runs
+ * only for a pod a proxy may have continued a connection from (see
+ * proxied_clients); the kernel's IPv6 socket lookup costs about twice the
+ * IPv4 one. */
+static __always_inline int to_proxy_socket(struct __sk_buff *skb, __u32 endpoint, struct flow *f)
 {
 	if (f->proto != IPPROTO_TCP || !(f->tcp_flags & TCP_ACK))
 		return 0;
@@ -1470,7 +1502,24 @@ static __always_inline int to_proxy_socket(struct __sk_buff *skb, struct flow *f
 	__u32 *seen = bpf_map_lookup_elem(&proxy_families, &fam);
 	if (!seen || !*seen)
 		return 0;
+	/* No flow of this pod and family was ever redirected: no proxy
+	 * socket is bound to its address. */
+	struct proxied_key pk = {.endpoint = endpoint, .family = f->family};
+	if (!bpf_map_lookup_elem(&proxied_clients, &pk))
+		return 0;
 	return proxy_socket_global(skb, f);
+}
+
+/* record_proxied records (proxied_clients) that a TCP flow of the family
+ * leaving the endpoint's pod goes to a proxy, which may continue it from
+ * the pod's address. Returns 0 if it could not be recorded. */
+static __always_inline int record_proxied(__u32 endpoint, __u8 family)
+{
+	struct proxied_key pk = {.endpoint = endpoint, .family = family};
+	if (bpf_map_lookup_elem(&proxied_clients, &pk))
+		return 1;
+	__u32 one = 1;
+	return bpf_map_update_elem(&proxied_clients, &pk, &one, BPF_ANY) == 0;
 }
 
 /* fill_ct_key keys the flow of packet f at endpoint in dir; reverse keys
@@ -1709,7 +1758,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		 * from this node): if it belongs to a proxy upstream with the
 		 * same tuple, hand it to that socket. */
 		if (dir == DIR_INGRESS && rct->verdict == VERDICT_REDIRECT && skb->ingress_ifindex &&
-		    to_proxy_socket(skb, &f))
+		    to_proxy_socket(skb, endpoint, &f))
 			return turn_around(skb, 0);
 		return pass(&f);
 	}
@@ -1718,7 +1767,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * pod's address (the egress proxy's connection to a destination that
 	 * is not a local pod, or the ingress proxy answering the egress
 	 * proxy) is routed to the pod's veth; hand it to the socket. */
-	if (dir == DIR_INGRESS && !related && to_proxy_socket(skb, &f))
+	if (dir == DIR_INGRESS && !related && to_proxy_socket(skb, endpoint, &f))
 		return turn_around(skb, 0);
 
 	/* New flow. An ICMP error about no tracked flow is judged as ICMP. */
@@ -1758,7 +1807,12 @@ new_flow:
 		pv.verdict = VERDICT_ALLOW;
 		pv.proxy_port = 0;
 	}
-	if (pv.verdict == VERDICT_REDIRECT && !listener_present(pv.proxy_port, f.proto, f.family)) {
+	/* A TCP flow leaving the pod for a proxy: the proxy may continue it
+	 * from the pod's address, so replies to that socket are looked for
+	 * from now on (before the proxy can see the SYN). */
+	if (pv.verdict == VERDICT_REDIRECT && (!listener_present(pv.proxy_port, f.proto, f.family) ||
+					       (dir == DIR_EGRESS && f.proto == IPPROTO_TCP &&
+						!record_proxied(endpoint, f.family)))) {
 		count_rule(pv.rule_id, f.len);
 		emit_event(skb, cfg, endpoint, dir, &f, src_id, dst_id, &pv, REASON_NO_LISTENER,
 			   eflags | EVENT_F_DROPPED);

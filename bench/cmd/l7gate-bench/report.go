@@ -370,7 +370,7 @@ func writeReport(dir, stamp string, r *Results) error {
 			w("| %d | %s | %.0f | %.3f |\n", d.Entries, d.Path, d.NsPkt, d.XVs10)
 		}
 		if len(r.DatapathIPv6) > 0 {
-			w("\nIPv6 vs IPv4 (`BenchmarkDatapathIPv6`: the same packet over both families on one 10k-entry datapath, alternated; *-v6-ext* gives the IPv6 packet hop-by-hop and destination options headers, so it measures their walk and is left out of the goal; *to-pod-ack-denied* runs on a node whose proxy registered sockets of both families, so the kernel's socket lookup for replies to a proxy's upstream sockets runs, *to-pod-ack-denied-noproxy* on one where no proxy socket of the family was ever registered, so the datapath skips it):\n\n")
+			w("\nIPv6 vs IPv4 (`BenchmarkDatapathIPv6`: the same packet over both families on one 10k-entry datapath, alternated; *-v6-ext* gives the IPv6 packet hop-by-hop and destination options headers, so it measures their walk and is left out of the goal; the *to-pod-ack-denied* paths are untracked ACKs into a pod, default-denied: *to-pod-ack-denied* on a node whose proxy registered sockets of both families but into a pod none of whose flows was redirected to it, so no proxy upstream socket can have the pod's address and the datapath skips the kernel's socket lookup for one, *-proxied* into a pod whose flows of both families were redirected, so the lookup runs and finds nothing, *-noproxy* on a node where no proxy socket of the family was ever registered, so it is skipped):\n\n")
 			w("| path | IPv4 ns/packet | IPv6 ns/packet | IPv6 / IPv4 |\n|---|---|---|---|\n")
 			for _, d := range r.DatapathIPv6 {
 				w("| %s | %.0f | %.0f | %.3f |\n", d.Path, d.NsV4, d.NsV6, d.V6VsV4)
