@@ -237,8 +237,14 @@ type h2Conn struct {
 	budgetStart time.Time
 	lastActive  time.Time
 	idle        *time.Timer
-	wg          sync.WaitGroup
-	panicked    *PanicError
+	// unarmed holds forwarded streams whose request body is still open
+	// and whose body timer is not running yet: readClient arms their
+	// timers once it has handled every complete frame it holds, so a
+	// request whose body ends in the same read as its HEADERS (a gRPC
+	// unary call) never costs a timer.
+	unarmed  []*h2Stream
+	wg       sync.WaitGroup
+	panicked *PanicError
 	// linger: the next close ends our side with FIN and reads what the
 	// client still sends for a while (lingering) instead of closing at
 	// once, which with unread input makes the kernel send a reset that
@@ -347,6 +353,7 @@ func (c *h2Conn) readClient() (err error) {
 	for {
 		if !p.moreReady() {
 			lock()
+			c.armBodyTimersLocked()
 			ferr := c.flushAllLocked()
 			unlock()
 			if ferr != nil {
@@ -992,7 +999,10 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		return c.client.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
 	}
 	start := time.Now()
-	c.idle.Reset(c.cfg.IdleTimeout)
+	// The idle timer is not moved per stream (a timer update costs):
+	// idleCheck never ends a connection with open streams and measures
+	// the idle time from lastActive.
+	c.lastActive = start
 	s := &h2Stream{id: id, start: start, declared: -1}
 	s.req = h2Half{s: s, src: c.client, srcID: id, recv: h2StreamWindow, done: f.StreamEnded()}
 	s.resp = h2Half{s: s, dst: c.client, dstID: id, send: c.client.initWin}
@@ -1162,9 +1172,24 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	if s.req.done {
 		s.req.sentEnd = true
 	} else if c.cfg.BodyTimeout > 0 {
-		s.timer = time.AfterFunc(c.cfg.BodyTimeout, func() { c.bodyTimeout(s) })
+		c.unarmed = append(c.unarmed, s)
 	}
 	return nil
+}
+
+// armBodyTimersLocked starts the body timers of the streams whose request
+// body is still open after the frames read so far. readClient calls it
+// before it waits for more input, at least once per read buffer, so a
+// timer starts at most one buffer's frames after its stream's HEADERS.
+func (c *h2Conn) armBodyTimersLocked() {
+	for i, s := range c.unarmed {
+		c.unarmed[i] = nil
+		if s.closed || s.req.done || s.timer != nil {
+			continue
+		}
+		s.timer = time.AfterFunc(c.cfg.BodyTimeout, func() { c.bodyTimeout(s) })
+	}
+	c.unarmed = c.unarmed[:0]
 }
 
 func (c *h2Conn) bodyTimeout(s *h2Stream) {
