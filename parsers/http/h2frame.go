@@ -218,10 +218,12 @@ type h2Conn struct {
 
 	mu sync.Mutex
 	// hdrs and out are the request's fields as the decider sees them and
-	// as forwarded, reused from stream to stream (under mu; both are
-	// used only while a HEADERS frame is handled).
+	// as forwarded, req the request decided, reused from stream to stream
+	// (under mu; all are used only while a HEADERS frame is handled, by
+	// readClient).
 	hdrs        []policy.HTTPHeader
 	out         []hpack.HeaderField
+	req         policy.HTTPRequest
 	client      *h2Peer
 	streams     map[uint32]*h2Stream
 	maxClientID uint32
@@ -371,13 +373,16 @@ func (c *h2Conn) readClient() (err error) {
 		} else {
 			err = c.onClientFrame(f)
 		}
-		var ce h2ConnError
-		if errors.As(err, &ce) {
-			c.goAwayLocked(ce.code, ce.why)
-			c.linger = true
-			err = errH2Closed
-		}
 		if err != nil {
+			// (ce is declared here: a variable whose address errors.As
+			// takes is allocated where it is declared, once per frame
+			// in the loop's body.)
+			var ce h2ConnError
+			if errors.As(err, &ce) {
+				c.goAwayLocked(ce.code, ce.why)
+				c.linger = true
+				err = errH2Closed
+			}
 			c.closeLocked()
 			unlock()
 			return err
@@ -1041,7 +1046,10 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	case path == "" || scheme == "":
 		return bad("missing :path or :scheme")
 	}
-	req := policy.HTTPRequest{Method: method, Headers: c.hdrs[:0]}
+	// The request as the decider sees it lives in c (the decider keeps
+	// no reference): one allocation less per stream.
+	req := &c.req
+	*req = policy.HTTPRequest{Method: method, Headers: c.hdrs[:0]}
 	fields := f.RegularFields()
 	for _, hf := range fields {
 		if connectionSpecificField(hf.Name, hf.Value) {
@@ -1083,9 +1091,9 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	req.Path = norm
 	if c.cfg.OnRequest != nil {
-		c.cfg.OnRequest(&req)
+		c.cfg.OnRequest(req)
 	}
-	d := c.decide(&req)
+	d := c.decide(req)
 	s.recBuf = Record{Start: start, Method: method, Path: norm, Host: authority, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
 	rec := &s.recBuf
 	if norm != path {
@@ -1094,7 +1102,7 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	s.rec = rec
 	var edits []headerEdit
 	if d.Allowed && len(d.MismatchActions) > 0 {
-		e, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(&req, name) })
+		e, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(req, name) })
 		if err != nil {
 			d.Allowed, rec.Allowed, rec.Error = false, false, err.Error()
 		} else {
