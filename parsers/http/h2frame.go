@@ -218,10 +218,12 @@ type h2Conn struct {
 
 	mu sync.Mutex
 	// hdrs and out are the request's fields as the decider sees them and
-	// as forwarded, reused from stream to stream (under mu; both are
-	// used only while a HEADERS frame is handled).
+	// as forwarded, req the request decided, reused from stream to stream
+	// (under mu; all are used only while a HEADERS frame is handled, by
+	// readClient).
 	hdrs        []policy.HTTPHeader
 	out         []hpack.HeaderField
+	req         policy.HTTPRequest
 	client      *h2Peer
 	streams     map[uint32]*h2Stream
 	maxClientID uint32
@@ -237,8 +239,14 @@ type h2Conn struct {
 	budgetStart time.Time
 	lastActive  time.Time
 	idle        *time.Timer
-	wg          sync.WaitGroup
-	panicked    *PanicError
+	// unarmed holds forwarded streams whose request body is still open
+	// and whose body timer is not running yet: readClient arms their
+	// timers once it has handled every complete frame it holds, so a
+	// request whose body ends in the same read as its HEADERS (a gRPC
+	// unary call) never costs a timer.
+	unarmed  []*h2Stream
+	wg       sync.WaitGroup
+	panicked *PanicError
 	// linger: the next close ends our side with FIN and reads what the
 	// client still sends for a while (lingering) instead of closing at
 	// once, which with unread input makes the kernel send a reset that
@@ -347,6 +355,7 @@ func (c *h2Conn) readClient() (err error) {
 	for {
 		if !p.moreReady() {
 			lock()
+			c.armBodyTimersLocked()
 			ferr := c.flushAllLocked()
 			unlock()
 			if ferr != nil {
@@ -364,13 +373,16 @@ func (c *h2Conn) readClient() (err error) {
 		} else {
 			err = c.onClientFrame(f)
 		}
-		var ce h2ConnError
-		if errors.As(err, &ce) {
-			c.goAwayLocked(ce.code, ce.why)
-			c.linger = true
-			err = errH2Closed
-		}
 		if err != nil {
+			// (ce is declared here: a variable whose address errors.As
+			// takes is allocated where it is declared, once per frame
+			// in the loop's body.)
+			var ce h2ConnError
+			if errors.As(err, &ce) {
+				c.goAwayLocked(ce.code, ce.why)
+				c.linger = true
+				err = errH2Closed
+			}
 			c.closeLocked()
 			unlock()
 			return err
@@ -992,7 +1004,10 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 		return c.client.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
 	}
 	start := time.Now()
-	c.idle.Reset(c.cfg.IdleTimeout)
+	// The idle timer is not moved per stream (a timer update costs):
+	// idleCheck never ends a connection with open streams and measures
+	// the idle time from lastActive.
+	c.lastActive = start
 	s := &h2Stream{id: id, start: start, declared: -1}
 	s.req = h2Half{s: s, src: c.client, srcID: id, recv: h2StreamWindow, done: f.StreamEnded()}
 	s.resp = h2Half{s: s, dst: c.client, dstID: id, send: c.client.initWin}
@@ -1031,7 +1046,10 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	case path == "" || scheme == "":
 		return bad("missing :path or :scheme")
 	}
-	req := policy.HTTPRequest{Method: method, Headers: c.hdrs[:0]}
+	// The request as the decider sees it lives in c (the decider keeps
+	// no reference): one allocation less per stream.
+	req := &c.req
+	*req = policy.HTTPRequest{Method: method, Headers: c.hdrs[:0]}
 	fields := f.RegularFields()
 	for _, hf := range fields {
 		if connectionSpecificField(hf.Name, hf.Value) {
@@ -1073,9 +1091,9 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	req.Path = norm
 	if c.cfg.OnRequest != nil {
-		c.cfg.OnRequest(&req)
+		c.cfg.OnRequest(req)
 	}
-	d := c.decide(&req)
+	d := c.decide(req)
 	s.recBuf = Record{Start: start, Method: method, Path: norm, Host: authority, Allowed: d.Allowed, DecidedBy: d.DecidedBy}
 	rec := &s.recBuf
 	if norm != path {
@@ -1084,7 +1102,7 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	s.rec = rec
 	var edits []headerEdit
 	if d.Allowed && len(d.MismatchActions) > 0 {
-		e, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(&req, name) })
+		e, logs, err := planHeaderActions(d.MismatchActions, func(name string) (string, bool) { return requestHeader(req, name) })
 		if err != nil {
 			d.Allowed, rec.Allowed, rec.Error = false, false, err.Error()
 		} else {
@@ -1162,9 +1180,24 @@ func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
 	if s.req.done {
 		s.req.sentEnd = true
 	} else if c.cfg.BodyTimeout > 0 {
-		s.timer = time.AfterFunc(c.cfg.BodyTimeout, func() { c.bodyTimeout(s) })
+		c.unarmed = append(c.unarmed, s)
 	}
 	return nil
+}
+
+// armBodyTimersLocked starts the body timers of the streams whose request
+// body is still open after the frames read so far. readClient calls it
+// before it waits for more input, at least once per read buffer, so a
+// timer starts at most one buffer's frames after its stream's HEADERS.
+func (c *h2Conn) armBodyTimersLocked() {
+	for i, s := range c.unarmed {
+		c.unarmed[i] = nil
+		if s.closed || s.req.done || s.timer != nil {
+			continue
+		}
+		s.timer = time.AfterFunc(c.cfg.BodyTimeout, func() { c.bodyTimeout(s) })
+	}
+	c.unarmed = c.unarmed[:0]
 }
 
 func (c *h2Conn) bodyTimeout(s *h2Stream) {

@@ -603,3 +603,47 @@ func TestH2ClientGoAwayEndsWithoutReset(t *testing.T) {
 		}
 	})
 }
+
+// TestHostileH2SlowBodySameRead: a request whose HEADERS, the start of its
+// body and another stream's request reach the proxy in one write (one
+// read), then nothing more of the body, is still reset after the body
+// timeout: the frame path starts body timers only once it has handled the
+// frames of a read, and this stream's must start all the same.
+func TestHostileH2SlowBodySameRead(t *testing.T) {
+	h2Paths(t, func(t *testing.T, cfg Config) {
+		be := newH2Backend(t)
+		cfg.BodyTimeout = 300 * time.Millisecond
+		p := startProxy(t, cfg, be.addr, ruleDecider(t, policy.HTTPRule{Path: "/ok"}))
+		r := dialRawH2(t, p.addr)
+		var batch bytes.Buffer
+		bf := http2.NewFramer(&batch, nil)
+		bf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.block("POST", "/ok", [2]string{"content-length", "10"}), EndHeaders: true})
+		bf.WriteData(1, false, []byte("hello"))
+		bf.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: r.block("GET", "/ok"), EndHeaders: true, EndStream: true})
+		if _, err := r.c.Write(batch.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var reset time.Duration
+		answered := false
+		evs := r.events(func(ev string) bool {
+			if strings.HasPrefix(ev, "1 RST_STREAM") && reset == 0 {
+				reset = time.Since(start)
+			}
+			answered = answered || strings.HasPrefix(ev, "3 ") && strings.Contains(ev, "END_STREAM")
+			return reset > 0 && answered
+		})
+		if !hasEvent(evs, "1 RST_STREAM") {
+			t.Fatalf("stalled stream not reset: %v", evs)
+		}
+		if reset > 3*time.Second {
+			t.Errorf("stalled stream reset after %s, body timeout %s", reset, cfg.BodyTimeout)
+		}
+		if !hasEvent(evs, "3 HEADERS 200") {
+			t.Errorf("the other stream of the read: %v, want 200", evs)
+		}
+		if hasEvent(evs, "GOAWAY") {
+			t.Errorf("the connection ended, not the stream: %v", evs)
+		}
+	})
+}
