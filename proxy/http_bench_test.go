@@ -23,7 +23,8 @@ import (
 )
 
 // rawHTTPServer is a minimal HTTP/1.1 keep-alive server answering every
-// request head with 1 KiB (no body is read: the benchmark sends GETs). It
+// request head with 1 KiB (no body is read: the benchmark sends GETs),
+// closing after a head with "Connection: close". It
 // costs far less per request than net/http, so the process CPU of a run
 // through the proxy is mostly the proxy's.
 func rawHTTPServer(b *testing.B) string { return rawHTTPServerOn(b, "127.0.0.1") }
@@ -78,6 +79,9 @@ func rawHTTPServerOn(b *testing.B, host string) string {
 						}
 						if _, err := c.Write(resp); err != nil {
 							return
+						}
+						if bytes.Contains(buf[:i], []byte("\r\nConnection: close")) {
+							return // the newconn benchmarks' requests
 						}
 						have = copy(buf, buf[i+4:have])
 					}
@@ -206,10 +210,13 @@ func keepAliveClientsFrom(b *testing.B, src, addr string, conns int, proxyCPU fu
 // path regexes), the client's request matching the 51st, an access log
 // to a file (accessLog: "buffered" as now, "per-record", or "none"; with
 // "+forward" every record also goes to a flow intake as under the
-// agent). It returns the proxy's address.
+// agent; "+keepsource" at the end: the upstream bound to the client's
+// address and marked, as the proxy command does, root only). It returns
+// the proxy's address.
 func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 	up := netip.MustParseAddrPort(upstream)
 	no := false
+	accessLog, keepSource := strings.CutSuffix(accessLog, "+keepsource")
 	var log func(*flow.Record)
 	if accessLog != "none" {
 		f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
@@ -233,6 +240,12 @@ func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 	}
 	opts := Options{ListenHost: "127.0.0.1", Transparent: &no, AccessLog: log,
 		OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }}
+	if keepSource {
+		// as `l7gate proxy` under the agent: the upstream from the
+		// client's address (IP_TRANSPARENT), marked (SO_MARK)
+		opts.KeepSource = true
+		opts.Mark = func(policy.Identity, policy.Direction) uint32 { return 0x200 }
+	}
 	host := "127.0.0.1"
 	if up.Addr().Is6() {
 		// IPv6 as under the agent: the port's second listener on
@@ -366,6 +379,8 @@ func BenchmarkHTTP1KeepAliveIPv6(b *testing.B) {
 		}
 	}
 }
+
+func isRoot() bool { return os.Geteuid() == 0 }
 
 // cpuTimes is the process's user and system CPU time.
 func cpuTimes(b *testing.B) (usr, sys time.Duration) {

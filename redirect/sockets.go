@@ -31,10 +31,17 @@ func ListenTransparent(ctx context.Context, addr string, transparent bool) (*net
 		network, level, opt, optName = "tcp", unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
 	}
 	lc := net.ListenConfig{
+		// Keep-alive is set once on the listener (setListenerKeepAlive),
+		// which accepted sockets inherit, rather than with four
+		// setsockopt calls per accepted connection.
+		KeepAlive: -1,
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				if serr == nil {
+					serr = setListenerKeepAlive(int(fd))
+				}
 				if serr == nil && transparent {
 					serr = unix.SetsockoptInt(int(fd), level, opt, 1)
 					if serr != nil {
@@ -54,6 +61,32 @@ func ListenTransparent(ctx context.Context, addr string, transparent bool) (*net
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return ln.(*net.TCPListener), nil
+}
+
+// Keep-alive of accepted connections, Go's defaults for a listener
+// (net.ListenConfig with KeepAlive 0): the first probe after 15 s idle,
+// then every 15 s, 9 unanswered probes end the connection.
+const (
+	keepAliveIdle     = 15
+	keepAliveInterval = 15
+	keepAliveCount    = 9
+)
+
+// setListenerKeepAlive turns TCP keep-alive on for a listening socket:
+// Linux copies SO_KEEPALIVE and the TCP_KEEP* values to every connection
+// it accepts (and arms the timer), so none needs a system call for it.
+func setListenerKeepAlive(fd int) error {
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return fmt.Errorf("listener keep-alive: %w", err)
+		}
+	}
+	return nil
 }
 
 // OriginalDestination returns where the client meant to connect: with a

@@ -320,3 +320,57 @@ func TestPrivilegedUpstreamDialerKeepsIPv6Source(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestListenTransparentKeepAlive: connections accepted on a listener of
+// ListenTransparent have TCP keep-alive on with Go's listener defaults
+// (15 s idle, 15 s interval, 9 probes), inherited from the listening
+// socket rather than set per connection.
+func TestListenTransparentKeepAlive(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := ListenTransparent(context.Background(), addr, false)
+		if err != nil {
+			if addr == "[::1]:0" {
+				t.Logf("no IPv6: %v", err)
+				continue
+			}
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := s.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		raw.Control(func(fd uintptr) {
+			for name, o := range map[string][2]int{
+				"SO_KEEPALIVE":  {unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+				"TCP_KEEPIDLE":  {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+				"TCP_KEEPINTVL": {unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+				"TCP_KEEPCNT":   {unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+				"TCP_NODELAY":   {unix.IPPROTO_TCP, unix.TCP_NODELAY},
+			} {
+				v, err := unix.GetsockoptInt(int(fd), o[0], o[1])
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+				}
+				got[name] = v
+			}
+		})
+		want := map[string]int{"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 15, "TCP_KEEPCNT": 9, "TCP_NODELAY": 1}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: accepted socket has %s %d, want %d", addr, k, got[k], v)
+			}
+		}
+		c.Close()
+		s.Close()
+		ln.Close()
+	}
+}

@@ -313,6 +313,11 @@ type pending struct {
 	// switched receives true when the upstream answered an upgrade
 	// request with 101, false otherwise.
 	switched chan bool
+	// last: the connection's last request, with no body to forward (the
+	// request side ends right after enqueueing it): when no response
+	// goroutine runs, run answers it on the connection's goroutine
+	// instead of starting one.
+	last bool
 }
 
 // ServeConn proxies one client connection: HTTP/1.1, HTTP/2 with prior
@@ -422,7 +427,10 @@ type session struct {
 	respMu      sync.Mutex
 	respRunning bool
 	queueClosed bool
-	respErr     chan error
+	// respLater: a last request (pending.last) is owed and no response
+	// goroutine was started for it: run answers it (guarded by respMu).
+	respLater bool
+	respErr   chan error
 	// respFields is the response head parser's scratch, kept across the
 	// response goroutines of a connection.
 	respFields []Header
@@ -541,7 +549,7 @@ func (s *session) run(ctx context.Context) error {
 	s.respMu.Lock()
 	close(s.queue)
 	s.queueClosed = true
-	responder := s.respRunning
+	responder, later := s.respRunning, s.respLater
 	s.respMu.Unlock()
 	if reqErr != nil && !errors.Is(reqErr, errStop) {
 		// The request stream broke (a malformed body, the client gone
@@ -554,9 +562,12 @@ func (s *session) run(ctx context.Context) error {
 		s.upMu.Unlock()
 	}
 	var err error
-	if responder {
+	switch {
+	case responder:
 		err = <-s.respErr
-	} else {
+	case later:
+		err = s.respondHere()
+	default:
 		close(s.done) // nothing was owed: the response side is done
 	}
 	s.upMu.Lock()
@@ -624,12 +635,33 @@ func (s *session) enqueue(p *pending) bool {
 		return false
 	}
 	s.respMu.Lock()
-	if !s.respRunning {
-		s.respRunning = true
-		go s.respond()
+	if !s.respRunning && !s.respLater {
+		if p.last || p.local != nil && p.close {
+			// nothing to stream after it: the request side ends
+			// now, and run answers (a goroutine fewer per
+			// connection with "Connection: close")
+			s.respLater = true
+		} else {
+			s.respRunning = true
+			go s.respond()
+		}
 	}
 	s.respMu.Unlock()
 	return true
+}
+
+// respondHere runs the response side on the caller's goroutine once the
+// request side has ended (see pending.last), a panic turned into an error
+// as respond does.
+func (s *session) respondHere() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.closeClient()
+			err = newPanicError(v)
+		}
+	}()
+	err, _ = s.responses() // the queue is closed: never idle
+	return err
 }
 
 // respond runs the response side until no response is owed (then it
@@ -912,6 +944,10 @@ func (s *session) requests(ctx context.Context) error {
 		}
 		closeAfter := !head.KeepAlive
 		p.close, p.record, p.upgrade = closeAfter, rec, upgrade
+		// (a body is streamed while its response may already come; a
+		// draining session's request side ends after this one too, but
+		// is left as it was)
+		p.last = closeAfter && !upgrade && head.Framing == FramingNone
 		if upgrade {
 			p.switched = make(chan bool, 1)
 		}

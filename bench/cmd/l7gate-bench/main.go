@@ -76,6 +76,12 @@ type config struct {
 	// agentArgs are extra arguments for the agent (e.g.
 	// --proxy-arg=--http2-path=nethttp).
 	agentArgs []string
+	// newConnRounds: interleaved direct/L7/HAProxy rounds of the newconn
+	// phase.
+	newConnRounds int
+	// bin: a prebuilt l7gate binary to run instead of building one (to
+	// compare two builds in alternating invocations).
+	bin string
 	// proxyOnly: the agent starts the Go proxy from a proxy-only build
 	// (-tags l7gate_proxyonly, agent --proxy-executable).
 	proxyOnly bool
@@ -101,6 +107,8 @@ func benchMain() error {
 	flag.DurationVar(&cfg.cpBudget, "cp-budget", 100*time.Second, "control plane: stop timing changes at the largest scale after this long (one change is always timed)")
 	flag.IntVar(&cfg.h2Rounds, "h2-rounds", 5, "interleaved direct/L7 rounds of the h2grpc phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.kafkaRounds, "kafka-rounds", 5, "interleaved direct/L7 rounds of the kafka phase (ratios per round, median and range reported)")
+	flag.IntVar(&cfg.newConnRounds, "newconn-rounds", 3, "interleaved direct/L7/HAProxy rounds of the newconn phase (ratios per round, median and range reported)")
+	flag.StringVar(&cfg.bin, "l7gate-bin", "", "run this prebuilt l7gate binary instead of building ./cmd/l7gate (e.g. to alternate a base and a new build)")
 	flag.IntVar(&cfg.v6Rounds, "v6-rounds", 5, "interleaved IPv4/IPv6 rounds of the keepalive6 phase (ratios per round, median and range reported)")
 	flag.BoolVar(&cfg.v6Direct, "v6-direct", true, "keepalive6: measure the direct path (no policy, no proxy) over both families in the same rounds, as the control")
 	flag.Func("agent-arg", "extra argument for the agent (repeatable), e.g. -agent-arg=--proxy-arg=--http2-path=nethttp", func(v string) error {
@@ -223,11 +231,18 @@ func pinSelf(cpus string) {
 
 func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Results) error {
 	bin := filepath.Join(tmp, "l7gate")
-	log.Printf("building l7gate")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/l7gate")
-	build.Dir = cfg.repo
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v: %s", err, out)
+	if cfg.bin != "" {
+		log.Printf("using l7gate %s", cfg.bin)
+		if err := copyFile(cfg.bin, bin); err != nil {
+			return err
+		}
+	} else {
+		log.Printf("building l7gate")
+		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/l7gate")
+		build.Dir = cfg.repo
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build: %v: %s", err, out)
+		}
 	}
 	if cfg.proxyOnly {
 		proxyBin := filepath.Join(tmp, "l7gate-proxy")
@@ -466,17 +481,44 @@ func (s *scenario) newConns(ctx context.Context) error {
 	if s.hap != nil {
 		paths = append(paths, "haproxy")
 	}
-	for _, p := range paths {
-		if err := s.use(p); err != nil {
-			return err
+	n := max(s.cfg.newConnRounds, 1)
+	if s.cfg.quick {
+		n = 1
+	}
+	s.res.NewConnRounds = &pairRounds{}
+	if s.hap != nil {
+		s.res.NewConnHAProxyRounds = &pairRounds{}
+	}
+	for round := range n {
+		got := map[string]float64{}
+		for _, p := range roundOrder(paths, round) {
+			if err := s.use(p); err != nil {
+				return err
+			}
+			pid := s.proxyPIDFor(p)
+			stop := phaseHook("L7GATE_BENCH_NEWCONN_HOOK", "NEWCONN_PATH", p, pid, 0)
+			r, err := runWrk(ctx, s.n.dir, s.n.clientNS, s.url(p), 16, s.cfg.shortDur, true, pid)
+			stop()
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			log.Printf("  new conns %-8s %9.0f conn/s p99 %6.0fus proxy cpu/1000 %.4fs errors %d (round %d)", p, r.ReqPerSec, r.P99us, r.ProxyCPUPer1000, r.Errors, round+1)
+			got[p] = r.ReqPerSec
+			prev := s.res.NewConns[p]
+			var all []float64
+			if prev != nil {
+				all = prev.Rounds
+			}
+			if prev == nil || r.ReqPerSec > prev.ReqPerSec {
+				s.res.NewConns[p] = r
+			}
+			s.res.NewConns[p].Rounds = append(all, r.ReqPerSec)
+			time.Sleep(time.Second) // let TIME_WAIT settle a little
 		}
-		r, err := runWrk(ctx, s.n.dir, s.n.clientNS, s.url(p), 16, s.cfg.shortDur, true, s.proxyPIDFor(p))
-		if err != nil {
-			return fmt.Errorf("%s: %w", p, err)
+		s.res.NewConnRounds.add(got["direct"], got["l7"], loadAvg())
+		if hr := s.res.NewConnHAProxyRounds; hr != nil {
+			hr.add(got["haproxy"], got["l7"], loadAvg())
 		}
-		log.Printf("  new conns %-8s %9.0f conn/s p99 %6.0fus errors %d", p, r.ReqPerSec, r.P99us, r.Errors)
-		s.res.NewConns[p] = r
-		time.Sleep(time.Second) // let TIME_WAIT settle a little
 	}
 	return nil
 }
@@ -663,16 +705,26 @@ func (s *scenario) kafka(ctx context.Context) error {
 // e.g. perf record or strace -c on the proxy; the returned func stops it
 // (SIGINT) and waits.
 func kafkaHook(path string, proxyPID, serverPID int) func() {
-	h := os.Getenv("L7GATE_BENCH_KAFKA_HOOK")
+	return phaseHook("L7GATE_BENCH_KAFKA_HOOK", "KAFKA_PATH", path, proxyPID, serverPID)
+}
+
+// phaseHook runs the shell command in $env (PROXY_PID, SERVER_PID and
+// pathVar=path in its environment) while one path of a phase is measured;
+// the returned func stops it (SIGINT to its process group) and waits.
+// L7GATE_BENCH_NEWCONN_HOOK runs during each newconn run (NEWCONN_PATH
+// direct, l7 or haproxy; PROXY_PID the Go proxy's or HAProxy's, 0 for
+// direct), e.g. `strace -c -f -p $PROXY_PID`.
+func phaseHook(env, pathVar, path string, proxyPID, serverPID int) func() {
+	h := os.Getenv(env)
 	if h == "" {
 		return func() {}
 	}
 	cmd := exec.Command("sh", "-c", h)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("PROXY_PID=%d", proxyPID), fmt.Sprintf("SERVER_PID=%d", serverPID), "KAFKA_PATH="+path)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PROXY_PID=%d", proxyPID), fmt.Sprintf("SERVER_PID=%d", serverPID), pathVar+"="+path)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		log.Printf("kafka hook: %v", err)
+		log.Printf("%s: %v", env, err)
 		return func() {}
 	}
 	time.Sleep(500 * time.Millisecond) // let perf/strace attach
@@ -680,6 +732,18 @@ func kafkaHook(path string, proxyPID, serverPID int) func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
 		cmd.Wait()
 	}
+}
+
+// copyFile copies an executable (a prebuilt l7gate) to dst.
+func copyFile(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("l7gate binary: %w", err)
+	}
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		return fmt.Errorf("l7gate binary: %w", err)
+	}
+	return nil
 }
 
 // rssResult: the Go proxy's resident memory.
