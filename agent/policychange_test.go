@@ -124,10 +124,13 @@ func TestTookIncludesCompute(t *testing.T) {
 	h.start()
 	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
 	h.await("revision 1", anyReport)
+	// (logged just after the report)
 	var line string
-	for _, l := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(l, `msg="policy implemented" revision=1 `) {
-			line = l
+	for deadline := time.Now().Add(10 * time.Second); line == "" && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `msg="policy implemented" revision=1 `) {
+				line = l
+			}
 		}
 	}
 	m := regexp.MustCompile(` took=(\S+) split=[0-9.]+/([0-9.]+)/`).FindStringSubmatch(line)
