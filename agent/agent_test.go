@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"net/netip"
@@ -449,6 +450,7 @@ type harness struct {
 	retry    time.Duration    // 0: 50ms
 	now      func() time.Time // nil: time.Now
 	datapath Datapath         // nil: dp
+	logger   *slog.Logger     // nil: discarded
 }
 
 func newHarness(t testing.TB, veths map[string]int) *harness {
@@ -475,7 +477,7 @@ func (h *harness) start() {
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: dp, XDS: h.xds, Ports: h.ports,
 			Host: h.host, Processes: procs, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync, now: h.now})
+			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync, now: h.now, Logger: h.logger})
 	}()
 	h.stop = func() {
 		cancel()

@@ -125,9 +125,12 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 		}
 	}
 	if changedRev {
+		// took: the agent's work on the revision, compute and this
+		// apply (issue 19's "agent pick-up → implemented"; until w12 it
+		// left the compute out). split says where it went.
 		a.log.Info("policy implemented", "revision", rev, "endpoints", len(local), "identities", len(snap.Identities),
 			"policies", len(u.Objects.Policies), "ipcache", stats.ipcache, "policy", stats.policy, "failures", len(failures),
-			"took", a.cfg.now().Sub(start).Round(1e6), "split", tm.String(a.cfg.now()))
+			"took", (tm.compute + a.cfg.now().Sub(start)).Round(1e6), "split", tm.String(a.cfg.now()))
 		for _, p := range u.Objects.Policies {
 			a.log.Info("policy implemented", "policy", p.Name(), "kind", p.Kind, "revision", rev)
 		}
@@ -650,5 +653,5 @@ func (t revisionTiming) String(now time.Time) string {
 	if !t.received.IsZero() {
 		since = now.Sub(t.received)
 	}
-	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push) + "/" + ms(t.inForce) + "/" + ms(t.inForce)
+	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push) + "/" + ms(t.inForce)
 }

@@ -1,9 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
+	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,4 +100,73 @@ func BenchmarkPolicyChange(b *testing.B) {
 			b.ReportMetric(float64(dec[len(dec)/2].Microseconds())/1000, "decode-p50-ms")
 		})
 	}
+}
+
+// TestTookIncludesCompute: the "policy implemented" line's took is the
+// agent's work on the revision, its compute included (issue 19's row
+// "agent pick-up → implemented" reads it; it used to start after the
+// compute). The clock jumps an hour whenever the compute reads it.
+func TestTookIncludesCompute(t *testing.T) {
+	h := newHarness(t, starwarsVeths())
+	var logs syncBuffer
+	h.logger = slog.New(slog.NewTextHandler(&logs, nil))
+	var offset atomic.Int64
+	h.now = func() time.Time {
+		pc := make([]uintptr, 1)
+		if runtime.Callers(2, pc) == 1 {
+			f, _ := runtime.CallersFrames(pc).Next()
+			if strings.HasSuffix(f.Function, ".(*Agent).compute") {
+				offset.Add(int64(time.Hour))
+			}
+		}
+		return time.Now().Add(time.Duration(offset.Load()))
+	}
+	h.start()
+	h.send("../examples/starwars/objects.yaml", "../examples/starwars/policy-l7.yaml")
+	h.await("revision 1", anyReport)
+	// (logged just after the report)
+	var line string
+	for deadline := time.Now().Add(10 * time.Second); line == "" && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `msg="policy implemented" revision=1 `) {
+				line = l
+			}
+		}
+	}
+	m := regexp.MustCompile(` took=(\S+) split=[0-9.]+/([0-9.]+)/`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("no took and split in %q", line)
+	}
+	took, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	compute, _ := strconv.ParseFloat(m[2], 64)
+	if compute < float64(time.Hour/time.Millisecond) {
+		t.Fatalf("split's compute %v ms, want the clock's hour: %q", compute, line)
+	}
+	if took < time.Hour {
+		t.Errorf("took %v, want at least the compute's hour: %q", took, line)
+	}
+	if n := strings.Count(strings.TrimPrefix(line[strings.Index(line, "split=")+len("split="):], " "), "/"); n != 5 {
+		t.Errorf("split has %d fields, want 6 (received/compute/find/sync/push/inforce): %q", n+1, line)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -137,7 +137,10 @@ func (rs *L7RuleSet) DefaultDenyOrigins(peer Identity) []Provenance {
 
 // HTTPMatcher compiles the set's HTTP rules (and allow-all rules); the
 // matcher's rule index is the index into rs.Rules.
-func (rs *L7RuleSet) HTTPMatcher() (*HTTPMatcher, error) {
+func (rs *L7RuleSet) HTTPMatcher() (*HTTPMatcher, error) { return rs.HTTPMatcherCached(nil) }
+
+// HTTPMatcherCached is HTTPMatcher with the compiled expressions of c.
+func (rs *L7RuleSet) HTTPMatcherCached(c *HTTPMatcherCache) (*HTTPMatcher, error) {
 	refs := make([]HTTPRuleRef, len(rs.Rules))
 	for i := range rs.Rules {
 		r := &rs.Rules[i]
@@ -146,7 +149,7 @@ func (rs *L7RuleSet) HTTPMatcher() (*HTTPMatcher, error) {
 			refs[i].Rule = &HTTPRule{Unsupported: "not an HTTP rule"}
 		}
 	}
-	return NewHTTPMatcher(refs)
+	return NewHTTPMatcherCached(refs, c)
 }
 
 // L7Result is the verdict of an L7 rule set for one request.

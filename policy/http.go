@@ -6,6 +6,7 @@ import (
 	"regexp/syntax"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // HTTPRule is one entry of rules.http. Method, Path and Host are extended
@@ -184,6 +185,78 @@ type stringMatcher struct {
 	shape int
 	lit   string
 	nl    bool
+}
+
+// HTTPMatcherCache keeps the compiled expressions (method, path and host
+// regexes) of HTTP rules between matchers: a proxy applying a config in
+// which one rule of a hundred changed compiles one regex, not a hundred
+// (compiling was most of a config change's cost in the Go proxy). A
+// compiled expression is immutable, so matchers share it. Entries unused
+// during two consecutive generations (Rotate) are dropped, so the cache
+// holds at most what the last two generations used. Safe for concurrent
+// use; the zero value is ready; a nil cache compiles every time.
+type HTTPMatcherCache struct {
+	mu        sync.Mutex
+	cur, prev map[string]stringMatcher
+	compiled  uint64
+	reused    uint64
+}
+
+// HTTPMatcherCacheStats counts what a cache compiled and reused.
+type HTTPMatcherCacheStats struct {
+	Compiled, Reused uint64
+	Entries          int
+}
+
+// Stats returns the counters.
+func (c *HTTPMatcherCache) Stats() HTTPMatcherCacheStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return HTTPMatcherCacheStats{Compiled: c.compiled, Reused: c.reused, Entries: len(c.cur) + len(c.prev)}
+}
+
+// Rotate starts a generation: what was not used since the previous
+// Rotate is forgotten.
+func (c *HTTPMatcherCache) Rotate() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.prev, c.cur = c.cur, nil
+}
+
+// stringMatcher compiles expr, or returns its compiled form from c.
+// Errors are not kept.
+func (c *HTTPMatcherCache) stringMatcher(expr string) (stringMatcher, error) {
+	if c == nil || expr == "" {
+		return newStringMatcher(expr)
+	}
+	c.mu.Lock()
+	m, ok := c.cur[expr]
+	if !ok {
+		m, ok = c.prev[expr]
+	}
+	if ok {
+		c.reused++
+		c.put(expr, m)
+		c.mu.Unlock()
+		return m, nil
+	}
+	c.mu.Unlock()
+	m, err := newStringMatcher(expr)
+	if err != nil {
+		return m, err
+	}
+	c.mu.Lock()
+	c.compiled++
+	c.put(expr, m)
+	c.mu.Unlock()
+	return m, nil
+}
+
+func (c *HTTPMatcherCache) put(expr string, m stringMatcher) {
+	if c.cur == nil {
+		c.cur = map[string]stringMatcher{}
+	}
+	c.cur[expr] = m
 }
 
 func newStringMatcher(expr string) (stringMatcher, error) {
@@ -419,7 +492,15 @@ type trieEdge struct {
 
 // NewHTTPMatcher compiles rules; a rule's position is its index in Match's
 // result.
-func NewHTTPMatcher(rules []HTTPRuleRef) (*HTTPMatcher, error) {
+func NewHTTPMatcher(rules []HTTPRuleRef) (*HTTPMatcher, error) { return newHTTPMatcher(rules, nil) }
+
+// NewHTTPMatcherCached is NewHTTPMatcher taking compiled expressions from
+// c (and adding the new ones).
+func NewHTTPMatcherCached(rules []HTTPRuleRef, c *HTTPMatcherCache) (*HTTPMatcher, error) {
+	return newHTTPMatcher(rules, c)
+}
+
+func newHTTPMatcher(rules []HTTPRuleRef, cache *HTTPMatcherCache) (*HTTPMatcher, error) {
 	m := &HTTPMatcher{exact: map[string][]int32{}, trie: []trieNode{{}}, suffixTrie: []trieNode{{}}, byMethod: map[string][]int32{}}
 	for i, ref := range rules {
 		c := compiledHTTPRule{anyPeer: ref.AnyPeer, peers: ref.Peers, method: stringMatcher{any: true}, path: stringMatcher{any: true}, host: stringMatcher{any: true}}
@@ -431,13 +512,13 @@ func NewHTTPMatcher(rules []HTTPRuleRef) (*HTTPMatcher, error) {
 		}
 		r := ref.Rule
 		var err error
-		if c.method, err = newStringMatcher(r.Method); err != nil {
+		if c.method, err = cache.stringMatcher(r.Method); err != nil {
 			return nil, fmt.Errorf("rule %d: method: %w", i, err)
 		}
-		if c.path, err = newStringMatcher(r.Path); err != nil {
+		if c.path, err = cache.stringMatcher(r.Path); err != nil {
 			return nil, fmt.Errorf("rule %d: path: %w", i, err)
 		}
-		if c.host, err = newStringMatcher(r.Host); err != nil {
+		if c.host, err = cache.stringMatcher(r.Host); err != nil {
 			return nil, fmt.Errorf("rule %d: host: %w", i, err)
 		}
 		c.headers = r.Headers

@@ -174,3 +174,65 @@ func BenchmarkHTTPMatch(b *testing.B) {
 		m.Match(1, &reqs[i%len(reqs)])
 	}
 }
+
+// TestHTTPMatcherCache: matchers built through a cache compile each
+// expression once while it stays in use (a changed config compiles only
+// its new expressions), forget what two generations did not use, never
+// keep a failed compile, and decide exactly as uncached matchers do.
+func TestHTTPMatcherCache(t *testing.T) {
+	rules := func(extra string) []HTTPRuleRef {
+		rs := []HTTPRuleRef{{AnyPeer: true, Rule: &HTTPRule{Method: "GET", Path: extra}}}
+		for i := range 20 {
+			rs = append(rs, HTTPRuleRef{AnyPeer: true, Rule: &HTTPRule{Method: "GET|HEAD", Path: fmt.Sprintf("/api/v1/r%d/[a-z]+", i)}})
+		}
+		return rs
+	}
+	var c HTTPMatcherCache
+	build := func(extra string) *HTTPMatcher {
+		t.Helper()
+		m, err := NewHTTPMatcherCached(rules(extra), &c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	build("/a/.*")
+	st := c.Stats()
+	if st.Compiled != 23 { // GET, GET|HEAD, /a/.* and 20 paths
+		t.Fatalf("first matcher: %+v, want 23 compiled", st)
+	}
+	c.Rotate()
+	m := build("/b/[0-9]+")
+	if st2 := c.Stats(); st2.Compiled != st.Compiled+1 {
+		t.Fatalf("one changed rule compiled %d expressions, want 1 (%+v)", st2.Compiled-st.Compiled, st2)
+	}
+	plain, err := NewHTTPMatcher(rules("/b/[0-9]+"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/b/12", "/a/x", "/api/v1/r7/abc", "/api/v1/r7/ABC", "/api/v1/r20/x"} {
+		for _, meth := range []string{"GET", "HEAD", "POST"} {
+			req := HTTPRequest{Method: meth, Path: p}
+			if got, want := m.Match(1, &req), plain.Match(1, &req); got != want {
+				t.Errorf("%s %s: cached matcher %d, uncached %d", meth, p, got, want)
+			}
+		}
+	}
+	// "/a/.*" was last used two generations ago: gone.
+	c.Rotate()
+	c.Rotate()
+	before := c.Stats().Compiled
+	build("/a/.*")
+	if got := c.Stats().Compiled - before; got != 1+2+20 {
+		t.Errorf("after two unused generations %d expressions compiled, want all 23", got)
+	}
+	if st := c.Stats(); st.Entries != 23 {
+		t.Errorf("%d entries, want the 23 in use", st.Entries)
+	}
+	if _, err := NewHTTPMatcherCached([]HTTPRuleRef{{AnyPeer: true, Rule: &HTTPRule{Path: "/x/[a-"}}}, &c); err == nil {
+		t.Fatal("invalid regex accepted")
+	}
+	if _, err := NewHTTPMatcherCached([]HTTPRuleRef{{AnyPeer: true, Rule: &HTTPRule{Path: "/x/[a-"}}}, &c); err == nil {
+		t.Fatal("invalid regex accepted the second time (a failed compile was kept)")
+	}
+}

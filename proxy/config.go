@@ -74,7 +74,7 @@ type compiledSet struct {
 }
 
 // compile validates cfg; its errors name the offending resource.
-func compile(cfg *Config) (*compiled, error) {
+func compile(cfg *Config, mc *policy.HTTPMatcherCache) (*compiled, error) {
 	c := &compiled{cfg: cfg, endpoints: map[netip.Addr]*compiledEndpoint{}, exact: map[netip.Addr]policy.Identity{}}
 	ports := map[uint16]string{}
 	for _, l := range cfg.Listeners {
@@ -103,7 +103,7 @@ func compile(cfg *Config) (*compiled, error) {
 				rs := &d.sets[j]
 				cs := &compiledSet{rs: rs}
 				if rs.Parser == policy.ParserHTTP {
-					m, err := rs.HTTPMatcher()
+					m, err := rs.HTTPMatcherCached(mc)
 					if err != nil {
 						return nil, fmt.Errorf("endpoint %d %s port %d: %w", ep.Identity, d.dir, rs.Port, err)
 					}

@@ -107,6 +107,9 @@ type Proxy struct {
 	opts Options
 	log  *slog.Logger
 	cur  atomic.Pointer[compiled]
+	// matchers: compiled HTTP rule expressions, kept between configs
+	// (ConfigFromXDS and Apply compile through it; Apply rotates it).
+	matchers policy.HTTPMatcherCache
 
 	mu        sync.Mutex
 	listeners map[uint16]*listenerState
@@ -220,7 +223,10 @@ func (p *Proxy) Config() *Config {
 // connection to the new policy for its next request. On error nothing
 // changes.
 func (p *Proxy) Apply(cfg *Config) error {
-	c, err := compile(cfg)
+	// The expressions unused by this config and the one before are
+	// forgotten.
+	defer p.matchers.Rotate()
+	c, err := compile(cfg, &p.matchers)
 	if err != nil {
 		p.stats.nacks.Add(1)
 		return err

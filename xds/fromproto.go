@@ -25,6 +25,12 @@ var ErrInvalidResource = errors.New("invalid resource")
 // NetworkPolicy. The proxy evaluates with the result:
 // Direction(d).L7Set(proto, port).HTTPMatcher() / EvaluateKafka.
 func PolicyFromProto(np *l7gatev1.NetworkPolicy) (policy.Endpoint, *policy.EndpointPolicy, error) {
+	return PolicyFromProtoCached(np, nil)
+}
+
+// PolicyFromProtoCached is PolicyFromProto checking the HTTP rules'
+// expressions with (and into) c.
+func PolicyFromProtoCached(np *l7gatev1.NetworkPolicy, c *policy.HTTPMatcherCache) (policy.Endpoint, *policy.EndpointPolicy, error) {
 	fail := func(format string, args ...any) (policy.Endpoint, *policy.EndpointPolicy, error) {
 		return policy.Endpoint{}, nil, fmt.Errorf("network policy %q: %w: %s", np.GetName(), ErrInvalidResource, fmt.Sprintf(format, args...))
 	}
@@ -41,16 +47,16 @@ func PolicyFromProto(np *l7gatev1.NetworkPolicy) (policy.Endpoint, *policy.Endpo
 	}
 	pol := &policy.EndpointPolicy{Identity: ep.Identity}
 	var err error
-	if pol.Ingress, err = directionFromProto(np.GetIngress()); err != nil {
+	if pol.Ingress, err = directionFromProto(np.GetIngress(), c); err != nil {
 		return fail("ingress: %v", err)
 	}
-	if pol.Egress, err = directionFromProto(np.GetEgress()); err != nil {
+	if pol.Egress, err = directionFromProto(np.GetEgress(), c); err != nil {
 		return fail("egress: %v", err)
 	}
 	return ep, pol, nil
 }
 
-func directionFromProto(d *l7gatev1.DirectionPolicy) (policy.DirectionPolicy, error) {
+func directionFromProto(d *l7gatev1.DirectionPolicy, c *policy.HTTPMatcherCache) (policy.DirectionPolicy, error) {
 	out := policy.DirectionPolicy{Enforced: d.GetEnforced()}
 	for i, p := range d.GetDefaultDeny() {
 		pp, err := provenanceFromProto(p)
@@ -67,7 +73,7 @@ func directionFromProto(d *l7gatev1.DirectionPolicy) (policy.DirectionPolicy, er
 		out.Entries = append(out.Entries, pe)
 	}
 	for i, rs := range d.GetL7() {
-		prs, err := ruleSetFromProto(rs)
+		prs, err := ruleSetFromProto(rs, c)
 		if err != nil {
 			return out, fmt.Errorf("l7[%d]: %w", i, err)
 		}
@@ -128,9 +134,11 @@ func entryFromProto(e *l7gatev1.Entry) (policy.Entry, error) {
 }
 
 // RuleSetFromProto converts one L7 rule set.
-func RuleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) { return ruleSetFromProto(rs) }
+func RuleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) {
+	return ruleSetFromProto(rs, nil)
+}
 
-func ruleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) {
+func ruleSetFromProto(rs *l7gatev1.L7RuleSet, c *policy.HTTPMatcherCache) (policy.L7RuleSet, error) {
 	out := policy.L7RuleSet{Parser: rs.GetParser()}
 	var err error
 	if out.Protocol, err = protocolFromProto(rs.GetProtocol()); err != nil {
@@ -156,7 +164,7 @@ func ruleSetFromProto(rs *l7gatev1.L7RuleSet) (policy.L7RuleSet, error) {
 	if out.Parser == "http" {
 		// Compile now so a bad regex is a NACK, not a failure on the
 		// first request.
-		if _, err := out.HTTPMatcher(); err != nil {
+		if _, err := out.HTTPMatcherCached(c); err != nil {
 			return out, fmt.Errorf("port %d: %w", out.Port, err)
 		}
 	}

@@ -298,7 +298,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 					if !u.Resources.Complete() {
 						return nil // warming: apply once every resource type arrived
 					}
-					cfg, err := proxy.ConfigFromXDS(u.Resources, strconv.FormatUint(version.Add(1), 10))
+					cfg, err := p.ConfigFromXDS(u.Resources, strconv.FormatUint(version.Add(1), 10))
 					if err != nil {
 						return err
 					}

@@ -51,7 +51,7 @@ func (r *recorder) setReject(f func(client.Update) error) {
 	r.reject = f
 }
 
-func runClient(t *testing.T, socket, node string, h client.Handler) *client.Client {
+func runClient(t testing.TB, socket, node string, h client.Handler) *client.Client {
 	t.Helper()
 	c, err := client.New(client.Config{SocketPath: socket, Node: node, Handler: h, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: testLogger(t)})
 	if err != nil {

@@ -70,7 +70,7 @@ type testServer struct {
 	stop   func()
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("XDS_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -78,7 +78,7 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 // startServer serves on socket (a fresh one in t.TempDir() when "").
-func startServer(t *testing.T, socket string, ackTimeout time.Duration) *testServer {
+func startServer(t testing.TB, socket string, ackTimeout time.Duration) *testServer {
 	t.Helper()
 	if socket == "" {
 		socket = filepath.Join(t.TempDir(), "run", "xds.sock")

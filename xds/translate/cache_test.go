@@ -3,6 +3,7 @@ package translate
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -117,6 +118,10 @@ func TestCacheRendersOnlyWhatChanged(t *testing.T) {
 	if st.MembershipsReused != len(first.Identities) {
 		t.Errorf("memberships reused %d, want all %d", st.MembershipsReused, len(first.Identities))
 	}
+	if st.MembershipListsReused != 1 || !slices.Equal(second.Identities, first.Identities) {
+		t.Errorf("identities and ipcache unchanged: membership list reused %d times (want 1), same messages %v",
+			st.MembershipListsReused, slices.Equal(second.Identities, first.Identities))
+	}
 
 	// Pod p7 gets a new IP.
 	ip2 := func(i int) string {
@@ -135,6 +140,9 @@ func TestCacheRendersOnlyWhatChanged(t *testing.T) {
 	}
 	if got := st.MembershipsRendered - before.MembershipsRendered; got != 1 {
 		t.Errorf("after one pod's IP changed: %d memberships rendered, want 1", got)
+	}
+	if st.MembershipListsReused != before.MembershipListsReused {
+		t.Errorf("after one pod's IP changed the membership list was reused")
 	}
 }
 

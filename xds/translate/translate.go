@@ -194,6 +194,20 @@ type membershipInput struct {
 }
 
 func (r *rendering) identityMemberships(snap *policy.Snapshot) []*l7gatev1.IdentityMembership {
+	if r.c != nil && r.c.sameMembershipInput(snap) {
+		r.memberships = r.c.memberships
+		r.stats.MembershipsReused += len(r.c.lastMembers)
+		r.stats.MembershipListsReused++
+		return r.c.lastMembers
+	}
+	out := r.buildMemberships(snap)
+	if r.c != nil {
+		r.c.lastIdentities, r.c.lastIPCache, r.c.lastMembers = snap.Identities, snap.IPCache, out
+	}
+	return out
+}
+
+func (r *rendering) buildMemberships(snap *policy.Snapshot) []*l7gatev1.IdentityMembership {
 	in := map[policy.Identity]*membershipInput{}
 	get := func(id policy.Identity) *membershipInput {
 		m := in[id]

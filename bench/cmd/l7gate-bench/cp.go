@@ -23,7 +23,9 @@ type cpResult struct {
 	// reading the changed file).
 	E2EP50ms float64 `json:"e2eP50ms"`
 	E2EP99ms float64 `json:"e2eP99ms"`
-	// Took: the agent's own "took" (compute + xDS push/ACK + datapath sync).
+	// Took: the agent's own "took": compute + apply (local endpoints,
+	// datapath syncs, xDS push and ACKs); agents before w12 left the
+	// compute out.
 	TookP50ms float64 `json:"tookP50ms"`
 	TookP99ms float64 `json:"tookP99ms"`
 	// Split: where the end-to-end time went, per component, p50 and p99

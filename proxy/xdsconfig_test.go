@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"fmt"
+	"google.golang.org/protobuf/proto"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/l7gate/l7gate/policy"
+	l7gatev1 "github.com/l7gate/l7gate/proto/l7gatev1"
+	"github.com/l7gate/l7gate/xds"
+	"github.com/l7gate/l7gate/xds/client"
+	"github.com/l7gate/l7gate/xds/translate"
+)
+
+// benchRulesObjects: the make bench control-plane phase's server policy:
+// rules HTTP rules with regex paths, plus one extra rule.
+func benchRulesObjects(rules int, extra string) string {
+	var b strings.Builder
+	b.WriteString(`apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: bench, labels: {app: bench-server}}
+status: {podIP: 198.18.10.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: bench, labels: {app: bench-client}}
+status: {podIP: 198.18.10.3}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench, namespace: bench}
+spec:
+  endpointSelector: {matchLabels: {app: bench-server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: bench-client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+`)
+	fmt.Fprintf(&b, "        - {method: GET, path: %q}\n", extra)
+	for i := range rules {
+		fmt.Fprintf(&b, "        - {method: GET, path: %q}\n", fmt.Sprintf("/api/v1/r%d/[a-z]+", i))
+	}
+	return b.String()
+}
+
+func benchResources(tb testing.TB, port uint16, rules int, extra string) *client.Resources {
+	objs, errs := policy.Decode("bench.yaml", []byte(benchRulesObjects(rules, extra)))
+	if len(errs) > 0 {
+		tb.Fatal(errs)
+	}
+	snap, err := policy.Compute(objs, policy.NewIdentityAllocator())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var local []policy.Endpoint
+	for _, ep := range snap.Endpoints {
+		if ep.Name == "server" {
+			local = append(local, ep)
+		}
+	}
+	byType, err := translate.L7ProxyResources("l7proxy~n1", translate.Input{Node: "n1", Snapshot: snap, LocalEndpoints: local,
+		Listeners: []translate.ListenerSpec{{Direction: policy.Ingress, Parser: policy.ParserHTTP, ProxyPort: port}}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := &client.Resources{Policies: map[string]*l7gatev1.NetworkPolicy{}, Identities: map[string]*l7gatev1.IdentityMembership{}, Listeners: map[string]*l7gatev1.Listener{}}
+	for _, m := range byType[xds.TypeNetworkPolicy] {
+		r.Policies[m.(*l7gatev1.NetworkPolicy).Name] = m.(*l7gatev1.NetworkPolicy)
+	}
+	for _, m := range byType[xds.TypeIdentityMembership] {
+		r.Identities[m.(*l7gatev1.IdentityMembership).Name] = m.(*l7gatev1.IdentityMembership)
+	}
+	for _, m := range byType[xds.TypeListener] {
+		r.Listeners[m.(*l7gatev1.Listener).Name] = m.(*l7gatev1.Listener)
+	}
+	return r
+}
+
+// BenchmarkConfigFromXDS: the Go proxy's handling of one config change
+// (make bench's control-plane phase: one CNP of 101 regex HTTP rules
+// whose extra rule changes): building the Config from the resources and
+// applying it, without (cache=false: the package's ConfigFromXDS) and
+// with the proxy's compiled-expression cache.
+func BenchmarkConfigFromXDS(b *testing.B) {
+	port := freePortB(b)
+	rs := []*client.Resources{benchResources(b, port, 100, "/api/v1/cpA/[a-z]+"), benchResources(b, port, 100, "/api/v1/cpB/[a-z]+")}
+	for _, cached := range []bool{false, true} {
+		b.Run(fmt.Sprintf("cache=%v", cached), func(b *testing.B) {
+			p := New(Options{ListenHost: "127.0.0.1", Transparent: new(bool)})
+			defer p.Close()
+			b.ReportAllocs()
+			for i := range b.N {
+				from := ConfigFromXDS
+				if cached {
+					from = p.ConfigFromXDS
+				}
+				cfg, err := from(rs[i%2], fmt.Sprint(i))
+				if err == nil {
+					err = p.Apply(cfg)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigChangeCompilesOnlyNewExpressions: a config from the proxy's
+// ConfigFromXDS, applied, compiles only the HTTP expressions the proxy
+// has not seen (one changed rule of 101: one regex) and enforces the new
+// rules, not the old ones.
+func TestConfigChangeCompilesOnlyNewExpressions(t *testing.T) {
+	p := New(Options{ListenHost: "127.0.0.1", Transparent: new(bool)})
+	defer p.Close()
+	port := freePort(t)
+	apply := func(extra string) {
+		t.Helper()
+		cfg, err := p.ConfigFromXDS(benchResources(t, port, 100, extra), extra)
+		if err == nil {
+			err = p.Apply(cfg)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	allowed := func(path string) bool {
+		t.Helper()
+		cs, peer, _, err := p.cur.Load().lookup(policy.Ingress, netip.MustParseAddrPort("198.18.10.3:40000"), netip.MustParseAddrPort("198.18.10.2:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs.http.Match(peer, &policy.HTTPRequest{Method: "GET", Path: path}) >= 0
+	}
+	apply("/api/v1/cpA/[a-z]+")
+	first := p.matchers.Stats().Compiled
+	if first != 102 { // GET and 101 paths
+		t.Fatalf("first config compiled %d expressions, want 102", first)
+	}
+	apply("/api/v1/cpB/[0-9]+")
+	if n := p.matchers.Stats().Compiled - first; n != 1 {
+		t.Errorf("one changed rule: %d expressions compiled, want 1", n)
+	}
+	if !allowed("/api/v1/cpB/42") || allowed("/api/v1/cpA/abc") || !allowed("/api/v1/r7/abc") || allowed("/api/v1/r7/42") {
+		t.Errorf("after the change: cpB %v cpA %v r7/abc %v r7/42 %v, want true false true false",
+			allowed("/api/v1/cpB/42"), allowed("/api/v1/cpA/abc"), allowed("/api/v1/r7/abc"), allowed("/api/v1/r7/42"))
+	}
+	// An invalid expression is NACKed (ConfigFromXDS) and the proxy keeps
+	// the config in force.
+	bad := benchResources(t, port, 100, "/api/v1/cpC/.*")
+	for name, np := range bad.Policies {
+		np = proto.Clone(np).(*l7gatev1.NetworkPolicy)
+		np.GetIngress().GetL7()[0].GetRules()[0].GetHttp().Path = "/x/[a-"
+		bad.Policies[name] = np
+	}
+	if _, err := p.ConfigFromXDS(bad, "bad"); err == nil || !strings.Contains(err.Error(), "invalid regex") {
+		t.Fatalf("invalid regex: %v", err)
+	}
+	if !allowed("/api/v1/cpB/42") {
+		t.Error("the rejected config changed the one in force")
+	}
+}
