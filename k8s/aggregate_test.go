@@ -387,3 +387,33 @@ func TestAggregatePatchCountsNodesWithoutReport(t *testing.T) {
 		}
 	})
 }
+
+// TestPartialDue: a policy whose nodes have not all reported waits while
+// their reports keep arriving (each write reaches every agent), and is
+// written once they settle (quiet for aggregateQuiet) or after
+// aggregateMaxDelay, partial writes at most every aggregatePartialEvery.
+func TestPartialDue(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	for _, tc := range []struct {
+		name        string
+		now         time.Duration
+		since, last time.Duration
+		lastPartial time.Time
+		want        bool
+	}{
+		{"just changed", 100 * time.Millisecond, 0, 0, time.Time{}, false},
+		{"reports still arriving past the quiet period", 1500 * time.Millisecond, 0, 1200 * time.Millisecond, time.Time{}, false},
+		{"reports still arriving, 4.9 s", 4900 * time.Millisecond, 0, 4500 * time.Millisecond, time.Time{}, false},
+		{"settled", 2300 * time.Millisecond, 0, 1200 * time.Millisecond, time.Time{}, true},
+		{"nothing arrived (a stalled node)", aggregateQuiet, 0, 0, time.Time{}, true},
+		{"max delay while still arriving", aggregateMaxDelay, 0, aggregateMaxDelay - 100*time.Millisecond, time.Time{}, true},
+		{"settled, partial write just before", 2300 * time.Millisecond, 0, 1200 * time.Millisecond, at(time.Second), false},
+		{"settled, partial write long before", 5 * time.Second, 0, 1200 * time.Millisecond, at(time.Second), true},
+	} {
+		mark := dirtyMark{since: at(tc.since), last: at(tc.last), changes: 1}
+		if got := partialDue(at(tc.now), mark, tc.lastPartial); got != tc.want {
+			t.Errorf("%s: partialDue = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -170,6 +170,7 @@ func TestCluster(t *testing.T) {
 	t.Run("SourceAndStatus", func(t *testing.T) { testSourceAndStatus(ctx, t, c) })
 	t.Run("StatusAcrossNodes", func(t *testing.T) { testStatusAcrossNodes(ctx, t, c) })
 	t.Run("ImplementedCountsNodes", func(t *testing.T) { testImplementedCountsNodes(ctx, t, c) })
+	t.Run("StatusOncePerBatch", func(t *testing.T) { testStatusOncePerBatch(ctx, t, c) })
 	t.Run("ReportNamespaceRefused", func(t *testing.T) { testReportNamespaceRefused(ctx, t, c) })
 }
 
