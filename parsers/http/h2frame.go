@@ -23,12 +23,13 @@ import (
 
 // The frame-level HTTP/2 path: the proxy speaks HTTP/2 to the client and
 // to one upstream connection (dialed on the first allowed stream), reads
-// frames with x/net's Framer (which assembles HEADERS + CONTINUATION,
-// decodes HPACK within a header-list bound and checks frame order and
-// field syntax), decides every stream's request on its decoded headers,
-// re-encodes the headers of allowed streams for the other hop and forwards
-// DATA frames as they come. Nothing passes a stream before its headers
-// were decided; anything not understood ends the stream or the connection.
+// frames with x/net's Framer (which checks frame order), assembles and
+// decodes header blocks itself (h2hpack.go: HPACK within a header-list
+// bound, field syntax, pseudo-headers), decides every stream's request on
+// its decoded headers, re-encodes the headers of allowed streams for the
+// other hop and forwards DATA frames as they come. Nothing passes a stream
+// before its headers were decided; anything not understood ends the
+// stream or the connection.
 //
 // Flow control is managed per hop: the proxy grants each sender windows
 // of its own (h2StreamWindow per stream, h2ConnWindow per connection) and
@@ -81,6 +82,8 @@ type h2Peer struct {
 	recvConn int64  // the peer's connection-level send window toward us
 	grant    int64  // bytes received from the peer, passed on, not yet credited back
 	dirty    bool
+	// hdr decodes the peer's header blocks (used by its reader only).
+	hdr *h2HeaderBlock
 	// wto bounds each write to the peer; wdSet is when the deadline was
 	// last moved (at most once a second: a timer update per flush costs).
 	wto   time.Duration
@@ -204,7 +207,6 @@ type h2Upstream struct {
 	streams   map[uint32]*h2Stream
 	goingAway bool
 	dead      bool
-	dec       *hpack.Decoder
 }
 
 // h2Conn is one proxied client connection.
@@ -271,8 +273,7 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 	// A peer that stops reading cannot hold the connection (and its
 	// other hop) forever.
 	c.client.wto = c.cfg.IdleTimeout
-	c.client.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.client.fr.MaxHeaderListSize = uint32(c.cfg.Limits.MaxHeaderBytes)
+	c.client.hdr = newH2HeaderBlock(uint32(c.cfg.Limits.MaxHeaderBytes))
 	c.client.fr.SetMaxReadFrameSize(h2DefaultFrame)
 	c.client.fr.SetReuseFrames()
 	defer c.shutdown()
@@ -363,6 +364,19 @@ func (c *h2Conn) readClient() (err error) {
 			}
 		}
 		f, rerr := p.fr.ReadFrame()
+		// Header blocks are decoded here, outside c.mu.
+		var hb *h2HeaderBlock
+		if rerr == nil {
+			switch hf := f.(type) {
+			case *http2.HeadersFrame:
+				hb, rerr = p.hdr.headers(hf)
+			case *http2.ContinuationFrame:
+				hb, rerr = p.hdr.continuation(hf)
+			}
+			if hb == nil && rerr == nil && p.hdr.active {
+				continue // CONTINUATION follows
+			}
+		}
 		lock()
 		if c.closed {
 			unlock()
@@ -371,7 +385,7 @@ func (c *h2Conn) readClient() (err error) {
 		if rerr != nil {
 			err = c.onClientReadError(rerr)
 		} else {
-			err = c.onClientFrame(f)
+			err = c.onClientFrame(f, hb)
 		}
 		if err != nil {
 			// (ce is declared here: a variable whose address errors.As
@@ -526,7 +540,9 @@ func (c *h2Conn) overBudget(n *int, budget int) bool {
 	return *n > budget
 }
 
-func (c *h2Conn) onClientFrame(f http2.Frame) error {
+// onClientFrame handles a frame of the client; hb is the header block a
+// HEADERS or CONTINUATION frame completed.
+func (c *h2Conn) onClientFrame(f http2.Frame, hb *h2HeaderBlock) error {
 	if !c.gotSettings {
 		sf, ok := f.(*http2.SettingsFrame)
 		if !ok || sf.IsAck() {
@@ -549,8 +565,8 @@ func (c *h2Conn) onClientFrame(f http2.Frame) error {
 		}
 		c.client.dirty = true
 		return c.client.fr.WritePing(true, f.Data)
-	case *http2.MetaHeadersFrame:
-		return c.onClientHeaders(f)
+	case *http2.HeadersFrame, *http2.ContinuationFrame:
+		return c.onClientHeaders(hb)
 	case *http2.DataFrame:
 		return c.onClientData(f)
 	case *http2.WindowUpdateFrame:
@@ -604,8 +620,6 @@ func (c *h2Conn) onClientFrame(f http2.Frame) error {
 		return nil
 	case *http2.PushPromiseFrame:
 		return h2ConnError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
-	case *http2.ContinuationFrame, *http2.HeadersFrame:
-		return h2ConnError{http2.ErrCodeProtocol, "unexpected header frame"}
 	}
 	return nil // unknown frame types are ignored (RFC 9113 §5.5)
 }
@@ -975,7 +989,7 @@ func connectionSpecificField(name, value string) bool {
 	return false
 }
 
-func (c *h2Conn) onClientHeaders(f *http2.MetaHeadersFrame) error {
+func (c *h2Conn) onClientHeaders(f *h2HeaderBlock) error {
 	id := f.StreamID
 	if s := c.streams[id]; s != nil {
 		return c.onClientTrailers(s, f)
@@ -1210,7 +1224,7 @@ func (c *h2Conn) bodyTimeout(s *h2Stream) {
 	c.flushAllLocked()
 }
 
-func (c *h2Conn) onClientTrailers(s *h2Stream, f *http2.MetaHeadersFrame) error {
+func (c *h2Conn) onClientTrailers(s *h2Stream, f *h2HeaderBlock) error {
 	if s.req.done {
 		c.resetLocked(s, http2.ErrCodeStreamClosed, "HEADERS after END_STREAM")
 		return nil
@@ -1313,9 +1327,7 @@ func (c *h2Conn) upstreamLocked() (*h2Upstream, error) {
 	}
 	u := &h2Upstream{h2Peer: newH2Peer(conn, conn), nextID: 1, streams: map[uint32]*h2Stream{}}
 	u.wto = c.cfg.IdleTimeout
-	u.dec = hpack.NewDecoder(4096, nil)
-	u.fr.ReadMetaHeaders = u.dec
-	u.fr.MaxHeaderListSize = 1 << 20
+	u.hdr = newH2HeaderBlock(1 << 20)
 	u.fr.SetMaxReadFrameSize(h2DefaultFrame)
 	u.fr.SetReuseFrames()
 	u.dirty = true
@@ -1368,6 +1380,18 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 		}
 		var f http2.Frame
 		f, err = u.fr.ReadFrame()
+		var hb *h2HeaderBlock
+		if err == nil {
+			switch hf := f.(type) {
+			case *http2.HeadersFrame:
+				hb, err = u.hdr.headers(hf)
+			case *http2.ContinuationFrame:
+				hb, err = u.hdr.continuation(hf)
+			}
+			if hb == nil && err == nil && u.hdr.active {
+				continue // CONTINUATION follows
+			}
+		}
 		c.mu.Lock()
 		held = true
 		if c.closed || u.dead {
@@ -1383,7 +1407,7 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 				gotSettings = true
 			}
 			if err == nil {
-				err = c.onUpstreamFrame(u, f)
+				err = c.onUpstreamFrame(u, f, hb)
 			}
 		} else {
 			var se http2.StreamError
@@ -1457,7 +1481,9 @@ func (c *h2Conn) failStreamLocked(s *h2Stream, why string) {
 	c.endStreamLocked(s)
 }
 
-func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame) error {
+// onUpstreamFrame handles a frame of an upstream; hb is the header block
+// a HEADERS or CONTINUATION frame completed.
+func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame, hb *h2HeaderBlock) error {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
 		if f.IsAck() {
@@ -1470,15 +1496,15 @@ func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame) error {
 			return u.fr.WritePing(true, f.Data)
 		}
 		return nil
-	case *http2.MetaHeadersFrame:
-		s := u.streams[f.StreamID]
+	case *http2.HeadersFrame, *http2.ContinuationFrame:
+		s := u.streams[hb.StreamID]
 		if s == nil {
-			if f.StreamID >= u.nextID {
+			if hb.StreamID >= u.nextID {
 				return h2ConnError{http2.ErrCodeProtocol, "HEADERS on an idle upstream stream"}
 			}
 			return nil
 		}
-		return c.onUpstreamHeaders(s, f)
+		return c.onUpstreamHeaders(s, hb)
 	case *http2.DataFrame:
 		n := int64(f.Length)
 		if err := c.receiveConnLocked(u.h2Peer, n); err != nil {
@@ -1564,7 +1590,7 @@ func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame) error {
 	return nil
 }
 
-func (c *h2Conn) onUpstreamHeaders(s *h2Stream, f *http2.MetaHeadersFrame) error {
+func (c *h2Conn) onUpstreamHeaders(s *h2Stream, f *h2HeaderBlock) error {
 	if s.resp.done {
 		c.upstreamResetLocked(s, http2.ErrCodeStreamClosed, "upstream HEADERS after END_STREAM")
 		return nil
