@@ -434,6 +434,10 @@ type session struct {
 	// respFields is the response head parser's scratch, kept across the
 	// response goroutines of a connection.
 	respFields []Header
+	// exchangeFields and exchangeHead: the same for responses the request
+	// side answers itself (exchange).
+	exchangeFields []Header
+	exchangeHead   ResponseHead
 
 	dlMu    sync.Mutex
 	stopped bool // the response side closed the client
@@ -948,6 +952,17 @@ func (s *session) requests(ctx context.Context) error {
 		// draining session's request side ends after this one too, but
 		// is left as it was)
 		p.last = closeAfter && !upgrade && head.Framing == FramingNone
+		if !upgrade && head.Framing == FramingNone && s.noneOwed() {
+			// No response is owed before this one and the request has no
+			// body: its response is read and written here, on the request
+			// side's goroutine, with no response goroutine started (and
+			// ended) per request, the common keep-alive exchange. A
+			// request pipelined behind it waits until it is answered.
+			if err := s.exchange(up, in, &head, &rw, p); err != nil {
+				return err
+			}
+			continue
+		}
 		if upgrade {
 			p.switched = make(chan bool, 1)
 		}
@@ -996,6 +1011,51 @@ func (s *session) requests(ctx context.Context) error {
 			return errStop
 		}
 	}
+}
+
+// noneOwed reports that no response is owed to the client (so none is
+// written but by the caller, the request side).
+func (s *session) noneOwed() bool {
+	s.respMu.Lock()
+	defer s.respMu.Unlock()
+	return !s.respRunning && !s.respLater
+}
+
+// exchange forwards a request without a body (head, rewritten by rw) to
+// up and answers it with the upstream's response, on the request side's
+// goroutine: only when noneOwed. A nil error means the connection goes
+// on (errStop: it ended after this response).
+func (s *session) exchange(up net.Conn, in *connBuf, head *RequestHead, rw *headRewrite, p *pending) error {
+	var newHead []byte
+	if rw.needed() {
+		s.scratch = rw.appendTo(s.scratch[:0], head)
+		newHead = s.scratch
+	}
+	werr := writeMessageHead(up, in, newHead, head.Size, FramingNone, 0)
+	if newHead != nil {
+		s.scratch = newHead[:0]
+	}
+	if werr != nil {
+		// as when the response side reads while the request side fails:
+		// the upstream is abandoned, the client answered 502 (unless a
+		// response came already) and the request recorded
+		s.closeUpstream()
+	}
+	fields, stop, err := s.answer(p, s.exchangeFields, &s.exchangeHead)
+	s.exchangeFields = fields[:0]
+	if werr != nil {
+		return fmt.Errorf("forward request: %w", werr)
+	}
+	if stop {
+		if err == nil {
+			err = errStop
+		}
+		return err
+	}
+	if s.draining.Load() {
+		return errStop // (answer said "Connection: close" and stopped)
+	}
+	return nil
 }
 
 // closeUpstream closes the upstream connection, if one is open.
@@ -1128,107 +1188,121 @@ func (s *session) responses() (_ error, idle bool) {
 			}
 			continue
 		}
-		s.upMu.Lock()
-		up := s.upBuf
-		s.upMu.Unlock()
-		wrote := false
+		var stop bool
+		var err error
+		fields, stop, err = s.answer(p, fields, &rh)
+		if stop {
+			return err, false
+		}
+	}
+}
+
+// answer writes the upstream's response to p (1xx responses first) to
+// the client. stop reports that the response side ends here (err says
+// why: errStop after closing the client, a write error, or a tunnel's
+// end); fields is the response head parser's scratch.
+func (s *session) answer(p *pending, fields []Header, rh *ResponseHead) (_ []Header, stop bool, _ error) {
+	s.upMu.Lock()
+	up := s.upBuf
+	s.upMu.Unlock()
+	wrote := false
+	for {
+		var err error
 		for {
-			var err error
-			for {
-				if len(up.bytes()) > 0 {
-					fields, err = ParseResponseHead(up.bytes(), []byte(p.method), s.cfg.Limits, fields, &rh)
-					if err != ErrIncomplete {
-						break
-					}
-				}
-				if ferr := up.fill(); ferr != nil {
-					err = fmt.Errorf("upstream closed before the response: %w", ferr)
+			if len(up.bytes()) > 0 {
+				fields, err = ParseResponseHead(up.bytes(), []byte(p.method), s.cfg.Limits, fields, rh)
+				if err != ErrIncomplete {
 					break
 				}
 			}
-			if err != nil {
-				if !wrote {
-					s.client.Write(localResponse(502, "upstream protocol error", false, ""))
-					if p.record != nil {
-						p.record.Status = 502
-					}
-				}
-				s.finish(p, err)
-				s.closeClient()
-				return errStop, false
+			if ferr := up.fill(); ferr != nil {
+				err = fmt.Errorf("upstream closed before the response: %w", ferr)
+				break
 			}
-			if rh.Status >= 200 {
-				break // the final response: written with its body below
-			}
-			if _, err := s.client.Write(up.bytes()[:rh.Size]); err != nil {
-				s.finish(p, err)
-				return err, false
-			}
-			wrote = true
-			up.consume(rh.Size)
-			if rh.Status == 101 {
-				if !p.upgrade || !onlyToken(rh.Upgrade, "websocket") {
-					// Only a WebSocket upgrade was forwarded; a switch to
-					// anything else would be a tunnel policy never allowed.
-					s.finish(p, fmt.Errorf("101 response switching to %q: only websocket upgrades are forwarded", rh.Upgrade))
-					s.closeClient()
-					return errStop, false
-				}
+		}
+		if err != nil {
+			if !wrote {
+				s.client.Write(localResponse(502, "upstream protocol error", false, ""))
 				if p.record != nil {
-					p.record.Status = 101
-				}
-				s.finish(p, nil)
-				p.switched <- true
-				if b := up.bytes(); len(b) > 0 {
-					if _, err := s.client.Write(b); err != nil {
-						return err, false
-					}
-					up.consume(len(b))
-				}
-				_, err := io.Copy(s.client, up.conn)
-				if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
-					cw.CloseWrite()
-				}
-				return err, false
-			}
-			// 100 Continue, 103 Early Hints: the final response follows
-		}
-		var err error
-		if rh.Framing == FramingClose {
-			if b := up.bytes(); len(b) > 0 {
-				if _, err = s.client.Write(b); err == nil {
-					up.consume(len(b))
+					p.record.Status = 502
 				}
 			}
-			if err == nil {
-				_, err = io.Copy(s.client, up.conn)
-			}
-		} else if (p.close || s.draining.Load()) && rh.KeepAlive {
-			// The connection ends after this response: say so, so the
-			// client does not send its next request on it.
-			head := up.bytes()[:rh.Size]
-			closeHead := make([]byte, 0, len(head)+len(connectionClose))
-			closeHead = append(append(closeHead, head[:len(head)-2]...), connectionClose...)
-			err = writeMessageHead(s.client, up, closeHead, rh.Size, rh.Framing, rh.Length)
-			rh.KeepAlive = false
-		} else {
-			err = writeMessage(s.client, up, rh.Size, rh.Framing, rh.Length)
-		}
-		if p.record != nil {
-			p.record.Status = rh.Status
-		}
-		s.finish(p, err)
-		if p.switched != nil {
-			p.switched <- false
-		}
-		if err != nil || !rh.KeepAlive || p.close || rh.Framing == FramingClose {
+			s.finish(p, err)
 			s.closeClient()
-			return errStop, false
+			return fields, true, errStop
 		}
-		// Between responses the upstream side holds no buffer (unless the
-		// upstream sent more already).
-		up.releaseIdle()
+		if rh.Status >= 200 {
+			break // the final response: written with its body below
+		}
+		if _, err := s.client.Write(up.bytes()[:rh.Size]); err != nil {
+			s.finish(p, err)
+			return fields, true, err
+		}
+		wrote = true
+		up.consume(rh.Size)
+		if rh.Status == 101 {
+			if !p.upgrade || !onlyToken(rh.Upgrade, "websocket") {
+				// Only a WebSocket upgrade was forwarded; a switch to
+				// anything else would be a tunnel policy never allowed.
+				s.finish(p, fmt.Errorf("101 response switching to %q: only websocket upgrades are forwarded", rh.Upgrade))
+				s.closeClient()
+				return fields, true, errStop
+			}
+			if p.record != nil {
+				p.record.Status = 101
+			}
+			s.finish(p, nil)
+			p.switched <- true
+			if b := up.bytes(); len(b) > 0 {
+				if _, err := s.client.Write(b); err != nil {
+					return fields, true, err
+				}
+				up.consume(len(b))
+			}
+			_, err := io.Copy(s.client, up.conn)
+			if cw, ok := s.client.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			return fields, true, err
+		}
+		// 100 Continue, 103 Early Hints: the final response follows
 	}
+	var err error
+	if rh.Framing == FramingClose {
+		if b := up.bytes(); len(b) > 0 {
+			if _, err = s.client.Write(b); err == nil {
+				up.consume(len(b))
+			}
+		}
+		if err == nil {
+			_, err = io.Copy(s.client, up.conn)
+		}
+	} else if (p.close || s.draining.Load()) && rh.KeepAlive {
+		// The connection ends after this response: say so, so the
+		// client does not send its next request on it.
+		head := up.bytes()[:rh.Size]
+		closeHead := make([]byte, 0, len(head)+len(connectionClose))
+		closeHead = append(append(closeHead, head[:len(head)-2]...), connectionClose...)
+		err = writeMessageHead(s.client, up, closeHead, rh.Size, rh.Framing, rh.Length)
+		rh.KeepAlive = false
+	} else {
+		err = writeMessage(s.client, up, rh.Size, rh.Framing, rh.Length)
+	}
+	if p.record != nil {
+		p.record.Status = rh.Status
+	}
+	s.finish(p, err)
+	if p.switched != nil {
+		p.switched <- false
+	}
+	if err != nil || !rh.KeepAlive || p.close || rh.Framing == FramingClose {
+		s.closeClient()
+		return fields, true, errStop
+	}
+	// Between responses the upstream side holds no buffer (unless the
+	// upstream sent more already).
+	up.releaseIdle()
+	return fields, false, nil
 }
 
 // connectionClose ends a response head whose connection is to close.

@@ -500,3 +500,67 @@ func TestUpgradeTunnel(t *testing.T) {
 		t.Fatalf("tunnel echoed %q, %v", buf, err)
 	}
 }
+
+// TestUpstreamFailureAnswered502: an upstream that closes without an
+// answer, or answers with something that is no HTTP/1.1 response, gets
+// the client a 502 with "Connection: close", and the request its access
+// record (status 502 and the error): for a request without a body (the
+// request side answers it itself) and with one (the response goroutine
+// answers it). A 101 to a request that asked for no upgrade reaches the
+// client (a 1xx is written as it comes) and ends the connection.
+func TestUpstreamFailureAnswered502(t *testing.T) {
+	for _, upstream := range []struct{ name, answer string }{
+		{"closes", ""},
+		{"garbage", "HTTP/1.1 abc\r\n\r\n"},
+		{"101 unasked", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"},
+	} {
+		for _, req := range []struct{ name, raw string }{
+			{"GET", "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"},
+			{"POST", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"},
+		} {
+			t.Run(upstream.name+"/"+req.name, func(t *testing.T) {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+				go func() {
+					for {
+						c, err := ln.Accept()
+						if err != nil {
+							return
+						}
+						go func() {
+							defer c.Close()
+							r := bufio.NewReader(c)
+							for {
+								line, err := r.ReadString('\n')
+								if err != nil || line == "\r\n" {
+									break
+								}
+							}
+							io.WriteString(c, upstream.answer)
+						}()
+					}
+				}()
+				p := startProxy(t, Config{}, ln.Addr().String(), func(*policy.HTTPRequest) Decision { return Decision{Allowed: true} })
+				resp := rawExchange(t, p.addr, req.raw, 5*time.Second)
+				want502 := upstream.name != "101 unasked"
+				if want502 && (!strings.HasPrefix(resp, "HTTP/1.1 502 ") || !strings.Contains(resp, "Connection: close")) {
+					t.Errorf("client got %q, want a 502 and Connection: close", resp)
+				}
+				if strings.Count(resp, "HTTP/1.1 ") > 1 {
+					t.Errorf("client got more than one response: %q", resp)
+				}
+				select {
+				case r := <-p.records:
+					if want502 && r.Status != 502 || r.Error == "" || r.Method != req.name {
+						t.Errorf("record %+v, want %s with status 502 and the error", r, req.name)
+					}
+				case <-time.After(3 * time.Second):
+					t.Fatal("no access record")
+				}
+			})
+		}
+	}
+}
