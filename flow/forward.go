@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -178,7 +177,7 @@ func DecodeJSONLines(r io.Reader, maxLine int, fn func(*Record)) (bad int, err e
 		}
 		if t := bytes.TrimSpace(line); len(t) > 0 {
 			rec := new(Record)
-			if json.Unmarshal(t, rec) != nil {
+			if decodeRecord(t, rec) != nil {
 				bad++
 			} else {
 				fn(rec)

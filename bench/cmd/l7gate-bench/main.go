@@ -69,6 +69,10 @@ type config struct {
 	h2Rounds int
 	// kafkaRounds: interleaved direct/L7 rounds of the kafka phase.
 	kafkaRounds int
+	// kafkaBinB: a second l7gate binary whose Go proxy the kafka phase
+	// measures in the same rounds as the first (path l7b), swapped in by
+	// a proxy hand-over (SIGHUP to the agent) before each L7 run.
+	kafkaBinB string
 	// v6Rounds: interleaved IPv4/IPv6 rounds of the keepalive6 phase.
 	v6Rounds int
 	// v6Direct: measure the direct path over both families too (control).
@@ -108,6 +112,7 @@ func benchMain() error {
 	flag.IntVar(&cfg.h2Rounds, "h2-rounds", 5, "interleaved direct/L7 rounds of the h2grpc phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.kafkaRounds, "kafka-rounds", 5, "interleaved direct/L7 rounds of the kafka phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.newConnRounds, "newconn-rounds", 3, "interleaved direct/L7/HAProxy rounds of the newconn phase (ratios per round, median and range reported)")
+	flag.StringVar(&cfg.kafkaBinB, "kafka-bin-b", "", "kafka phase: also measure the Go proxy of this prebuilt l7gate binary (path l7b) in every round, next to the first binary's (l7); the agent hands over between them (SIGHUP) before each L7 run")
 	flag.StringVar(&cfg.bin, "l7gate-bin", "", "run this prebuilt l7gate binary instead of building ./cmd/l7gate (e.g. to alternate a base and a new build)")
 	flag.IntVar(&cfg.v6Rounds, "v6-rounds", 5, "interleaved IPv4/IPv6 rounds of the keepalive6 phase (ratios per round, median and range reported)")
 	flag.BoolVar(&cfg.v6Direct, "v6-direct", true, "keepalive6: measure the direct path (no policy, no proxy) over both families in the same rounds, as the control")
@@ -252,6 +257,20 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 			return fmt.Errorf("go build -tags l7gate_proxyonly: %v: %s", err, out)
 		}
 		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+proxyBin)
+	}
+	if cfg.kafkaBinB != "" {
+		if cfg.proxyOnly {
+			return errors.New("-kafka-bin-b and -proxy-only-build both choose the proxy executable")
+		}
+		// The agent starts (and, on SIGHUP, hands over to) the proxy from
+		// l7gate-proxy, which the kafka phase replaces with a copy of
+		// either binary.
+		for _, c := range [][2]string{{bin, "l7gate-proxy-a"}, {cfg.kafkaBinB, "l7gate-proxy-b"}, {bin, "l7gate-proxy"}} {
+			if err := copyFile(c[0], filepath.Join(tmp, c[1])); err != nil {
+				return err
+			}
+		}
+		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+filepath.Join(tmp, "l7gate-proxy"))
 	}
 	n, err := newNode(cl, tmp, bin)
 	if err != nil {
@@ -658,13 +677,31 @@ func (s *scenario) kafka(ctx context.Context) error {
 	if s.cfg.quick {
 		n = 2
 	}
+	paths := []string{"direct", "l7"}
+	var krB *pairRounds
+	if s.cfg.kafkaBinB != "" {
+		paths = append(paths, "l7b")
+		krB = &pairRounds{}
+		s.res.KafkaRoundsB = krB
+	}
+	proxyBin := "a" // the binary the agent's proxy runs
 	for round := range n {
 		perSec := map[string]float64{}
-		for _, p := range roundOrder([]string{"direct", "l7"}, round) {
-			if err := s.use(p); err != nil {
+		for _, p := range roundOrder(paths, round) {
+			policyPath, bin := p, "a"
+			if p == "l7b" {
+				policyPath, bin = "l7", "b"
+			}
+			if err := s.use(policyPath); err != nil {
 				return err
 			}
-			pid := s.proxyPIDFor(p)
+			if krB != nil && policyPath == "l7" && bin != proxyBin {
+				if err := s.n.handOverTo(filepath.Join(s.n.dir, "l7gate-proxy-"+bin)); err != nil {
+					return fmt.Errorf("kafka: proxy of binary %s: %w", bin, err)
+				}
+				proxyBin = bin
+			}
+			pid := s.proxyPIDFor(policyPath)
 			srv := s.n.server.Process.Pid
 			self := os.Getpid()
 			agent := s.n.agent.Process.Pid
@@ -695,8 +732,15 @@ func (s *scenario) kafka(ctx context.Context) error {
 		load := loadAvg()
 		kr.add(perSec["direct"], perSec["l7"], load)
 		log.Printf("  round %d: kafka L7/direct %.2f, load %s", round, kr.Ratios[round], load)
+		if krB != nil {
+			krB.add(perSec["direct"], perSec["l7b"], load)
+			log.Printf("  round %d: kafka L7(b)/direct %.2f, L7(b)/L7 %.2f", round, krB.Ratios[round], ratio(perSec["l7b"], perSec["l7"]))
+		}
 	}
 	log.Printf("  kafka L7/direct median %.2f (%.2f-%.2f)", kr.Median, kr.Min, kr.Max)
+	if krB != nil {
+		log.Printf("  kafka L7(b)/direct median %.2f (%.2f-%.2f)", krB.Median, krB.Min, krB.Max)
+	}
 	return nil
 }
 

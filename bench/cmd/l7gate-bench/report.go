@@ -46,6 +46,9 @@ type Results struct {
 	ControlPlane        []*cpResult                 `json:"controlPlane,omitempty"`
 	Kafka               map[string]*rpcResult       `json:"kafka,omitempty"`
 	KafkaRounds         *pairRounds                 `json:"kafkaRounds,omitempty"`
+	// KafkaRoundsB: direct against the -kafka-bin-b binary's proxy (path
+	// l7b), in the same rounds as KafkaRounds.
+	KafkaRoundsB *pairRounds `json:"kafkaRoundsB,omitempty"`
 	// NewConnRounds: the newconn phase's interleaved rounds, L7 / direct;
 	// NewConnHAProxyRounds: the same rounds, L7 / HAProxy (its "direct"
 	// column is HAProxy's conn/s).
@@ -240,6 +243,7 @@ var pathNames = map[string]string{
 	"direct":  "direct (agent running, no policy)",
 	"l4":      "L3/L4 policy (eBPF only)",
 	"l7":      "L7 policy, Go proxy (100 HTTP rules)",
+	"l7b":     "L7 policy, Go proxy of -kafka-bin-b (100 HTTP rules)",
 	"haproxy": "HAProxy 100 ACLs (reverse proxy, node ns)",
 }
 
@@ -441,7 +445,7 @@ func writeReport(dir, stamp string, r *Results) error {
 	}
 	if len(r.Kafka) > 0 {
 		w("## 7. Kafka produce (kfake broker in the server pod, kafka-go: 8 writers, 10 × 100 B messages per produce, acks=1)\n\nCPU-s per 1000 produce calls of each process (of the best round; less load-sensitive than the rates, though a pinned proxy on a busy CPU still costs more per call): the Go proxy, the server pod's process (kfake), this process (the kafka-go clients) and the agent (it receives the proxy's flow records); the proxy's context switches per produce.\n\n| path | produce calls/s | messages/s | ratio | p50 | p99 | proxy CPU | server CPU | client CPU | agent CPU | proxy ctxt/produce | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, p := range []string{"direct", "l7"} {
+		for _, p := range []string{"direct", "l7", "l7b"} {
 			k := r.Kafka[p]
 			if k == nil {
 				continue
@@ -452,6 +456,9 @@ func writeReport(dir, stamp string, r *Results) error {
 		w("\n")
 		if r.KafkaRounds != nil {
 			w("Messages/s in interleaved rounds; the table above shows each path's best round:\n\n%s", r.KafkaRounds.markdown("msg/s"))
+		}
+		if r.KafkaRoundsB != nil {
+			w("\nThe same rounds, the second binary's proxy (-kafka-bin-b, path l7b):\n\n%s", r.KafkaRoundsB.markdown("msg/s"))
 		}
 	}
 	if m := r.ProxyRSS; m != nil {

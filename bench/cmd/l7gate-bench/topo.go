@@ -281,6 +281,34 @@ func (n *node) startAgent(extra ...string) error {
 	return nil
 }
 
+// handOverTo makes the agent's proxy run exe: it replaces the proxy
+// executable the agent was started with (--proxy-executable, a file in
+// n.dir) by a copy of exe, sends the agent SIGHUP (a hand-over: the new
+// proxy takes the listeners, the old one drains) and waits until the old
+// proxy has exited and the new one's pid is written.
+func (n *node) handOverTo(exe string) error {
+	dst := filepath.Join(n.dir, "l7gate-proxy")
+	if err := copyFile(exe, dst+".new"); err != nil {
+		return err
+	}
+	if err := os.Rename(dst+".new", dst); err != nil {
+		return fmt.Errorf("replace proxy executable: %w", err)
+	}
+	old := n.proxyPID()
+	if err := n.agent.Process.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("SIGHUP agent: %w", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if pid := n.proxyPID(); pid > 0 && pid != old && (old <= 0 || syscall.Kill(old, 0) != nil) {
+			time.Sleep(time.Second) // let it settle (config, listeners)
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("no hand-over from proxy %d within 60 s", old)
+}
+
 func (n *node) proxyPID() int {
 	b, err := os.ReadFile(agentapi.ProxyPIDFile(n.run))
 	if err != nil {
