@@ -119,6 +119,8 @@ type computer struct {
 	allPorts []NamedPort
 	warned   map[string]bool
 	auditNS  map[string]bool // namespaces annotated l7gate.io/audit
+	// podAddrs: every pod address in the ipcache (→ index in Pods).
+	podAddrs map[netip.Addr]int
 }
 
 // Compute derives identities, endpoints, the ipcache and every endpoint
@@ -303,6 +305,14 @@ func (c *computer) endpoints() error {
 	next := &podMemos{list: make([]podMemoEntry, 0, len(c.objs.Pods))}
 	c.snap.Endpoints = slices.Grow(c.snap.Endpoints, len(c.objs.Pods))
 	c.snap.IPCache = slices.Grow(c.snap.IPCache, len(c.objs.Pods))
+	c.podAddrs = ipOwner
+	// The endpoints' addresses share one array (one allocation, not one
+	// per pod); each endpoint's slice is capped, so an append copies.
+	nIPs := 0
+	for i := range c.objs.Pods {
+		nIPs += len(c.objs.Pods[i].IPs)
+	}
+	ips := make([]netip.Addr, 0, nIPs)
 	for i := range c.objs.Pods {
 		p := &c.objs.Pods[i]
 		if p.HostNetwork {
@@ -315,12 +325,14 @@ func (c *computer) endpoints() error {
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
-		c.snap.labels[id] = ls
 		if !seen[id] {
+			// (an identity is its labels: the same identity, the same ls)
+			c.snap.labels[id] = ls
 			seen[id] = true
 			c.podIDs = append(c.podIDs, id)
 		}
 		ep := Endpoint{Namespace: p.Namespace, Name: p.Name, Identity: id, NamedPorts: p.NamedPorts, Node: p.NodeName}
+		first := len(ips)
 		for _, ip := range p.IPs {
 			if owner, dup := ipOwner[ip]; dup {
 				o := &c.objs.Pods[owner]
@@ -328,8 +340,11 @@ func (c *computer) endpoints() error {
 				continue
 			}
 			ipOwner[ip] = i
-			ep.IPs = append(ep.IPs, ip)
+			ips = append(ips, ip)
 			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: id})
+		}
+		if len(ips) > first {
+			ep.IPs = ips[first:len(ips):len(ips)]
 		}
 		if len(p.NamedPorts) > 0 {
 			c.ports[id] = mergePorts(c.ports[id], p.NamedPorts)
@@ -391,10 +406,6 @@ func (c *computer) cidrIdentities() error {
 	// address: CIDR rules never select pods). The ipcache holds one entry
 	// per prefix by construction; the agent's datapath ipcache relies on
 	// it.
-	pods := map[netip.Prefix]bool{}
-	for _, e := range c.snap.IPCache {
-		pods[e.Prefix] = true
-	}
 	for _, p := range prefixes {
 		ls := Labels{{Source: SourceCIDR, Key: p.String()}, {Source: SourceReserved, Key: "world"}}
 		for _, k := range fqdnLabels[p] {
@@ -411,7 +422,7 @@ func (c *computer) cidrIdentities() error {
 		c.cidrIDs[p] = id
 		c.cidrList = append(c.cidrList, p)
 		c.snap.labels[id] = ls
-		if pods[p] {
+		if _, pod := c.podAddrs[p.Addr()]; pod && p.IsSingleIP() {
 			continue
 		}
 		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})

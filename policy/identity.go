@@ -90,6 +90,10 @@ type IdentityAllocator struct {
 	// forgotten counts Release and Sweep removals: a memo built across
 	// one is not kept.
 	forgotten uint64
+	// order: the last compute's ipcache order (sortIPCache), a pure
+	// function of its inputs, which it keeps and compares.
+	order       *ipcacheOrder
+	orderReused uint64 // computes that reused it (tests)
 }
 
 // NewIdentityAllocator returns an empty allocator.

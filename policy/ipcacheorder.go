@@ -20,7 +20,11 @@ import (
 // order for a lookup: each builds its own index (map, longest prefix).
 
 // sortIPCache puts the computed ipcache in that order and returns where
-// the FQDN entries start.
+// the FQDN entries start. The order is a function of the entries as
+// computed and of which identities are FQDN identities: when both equal
+// the last compute's (a CNP change that adds no prefix), the last sorted
+// ipcache is copied instead of sorted again (11k pods: 8 of the 18 ms of
+// a compute, BenchmarkRecomputeScale).
 func (c *computer) sortIPCache() int {
 	fqdn := make(map[Identity]bool, len(c.fqdnLabels))
 	for _, ids := range c.fqdnIDs {
@@ -28,7 +32,53 @@ func (c *computer) sortIPCache() int {
 			fqdn[id] = true
 		}
 	}
+	fqdnIDs := sortedIdentitySet(fqdn)
 	ipc := c.snap.IPCache
+	if m := c.alloc.ipcacheOrderMemo(); m != nil && slices.Equal(m.fqdn, fqdnIDs) && slices.Equal(m.in, ipc) {
+		copy(ipc, m.out)
+		c.alloc.mu.Lock()
+		c.alloc.orderReused++
+		c.alloc.mu.Unlock()
+		return m.head
+	}
+	in := slices.Clone(ipc)
+	head := sortIPCacheEntries(ipc, fqdn)
+	c.alloc.setIPCacheOrderMemo(&ipcacheOrder{in: in, fqdn: fqdnIDs, out: slices.Clone(ipc), head: head})
+	return head
+}
+
+// ipcacheOrder: the last compute's ipcache as computed (in) and sorted
+// (out), and its FQDN identities, sorted (all read-only).
+type ipcacheOrder struct {
+	in, out []IPCacheEntry
+	fqdn    []Identity
+	head    int
+}
+
+func sortedIdentitySet(m map[Identity]bool) []Identity {
+	out := make([]Identity, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (a *IdentityAllocator) ipcacheOrderMemo() *ipcacheOrder {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.order
+}
+
+func (a *IdentityAllocator) setIPCacheOrderMemo(o *ipcacheOrder) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.order = o
+}
+
+// sortIPCacheEntries sorts ipc in the ipcache's order, the entries of the
+// identities in fqdn last; it returns where they start.
+func sortIPCacheEntries(ipc []IPCacheEntry, fqdn map[Identity]bool) int {
 	head := 0
 	for i, e := range ipc {
 		if !fqdn[e.Identity] {

@@ -22,8 +22,39 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 	memo, full := NewIdentityAllocator(), NewIdentityAllocator()
 	now := time.Unix(0, 0)
 	hits := 0
-	for step := range 150 {
-		switch rng.IntN(9) {
+	// toFQDNs: an egress section of the first policy selects *.example.
+	// through the names cache, whose names and addresses change (FQDN
+	// identities, and which ipcache entries sort last: sortIPCache's
+	// memo).
+	sel, err := CompileDNSPattern("*.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs.Policies[0].Rules[0].Allow[Egress] = append(objs.Policies[0].Rules[0].Allow[Egress], Section{Path: "spec.egress[9]", Index: 9, Peers: Peers{FQDNs: []DNSSelector{sel}}})
+	var names StaticFQDNCache
+	for step := range 300 {
+		switch rng.IntN(12) {
+		case 9: // a pod's address changed (the ipcache's order)
+			p := &objs.Pods[rng.IntN(len(objs.Pods))]
+			p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{198, 19, byte(rng.IntN(4)), byte(rng.IntN(250))})}
+		case 10: // a policy's CIDR peer changed (sometimes a pod's address)
+			ps := &objs.Policies[rng.IntN(len(objs.Policies))].Rules[0].Allow[Ingress][2].Peers.CIDRs[0]
+			ps.Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(rng.IntN(200)), 0, 0}), 16)
+			if rng.IntN(3) == 0 {
+				ps.Prefix = netip.PrefixFrom(objs.Pods[rng.IntN(len(objs.Pods))].IPs[0], 32)
+			}
+		case 11: // DNS names: one answered, changed or expired (sometimes a pod's or a CIDR's address)
+			names = slices.Clone(names)
+			ip := netip.AddrFrom4([4]byte{203, 0, 113, byte(rng.IntN(40))})
+			if rng.IntN(4) == 0 {
+				ip = objs.Pods[rng.IntN(len(objs.Pods))].IPs[0]
+			}
+			switch n := fmt.Sprintf("n%d.example", rng.IntN(6)); {
+			case len(names) > 0 && rng.IntN(3) == 0:
+				names = slices.Delete(names, 0, 1)
+			default:
+				names = append(names, FQDNName{Name: n, IPs: []netip.Addr{ip}})
+			}
 		case 0: // a pod's labels
 			p := &objs.Pods[rng.IntN(len(objs.Pods))]
 			l := map[string]string{"app": fmt.Sprintf("app%d", rng.IntN(45)), "tier": fmt.Sprintf("tier%d", rng.IntN(5))}
@@ -81,21 +112,29 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 		if memo.pods != nil {
 			hits++
 		}
-		full.pods = nil // no memo: every pod's labels built and allocated
-		got, err := ComputeWith(objs, memo, Options{})
+		full.pods = nil  // no memo: every pod's labels built and allocated
+		full.order = nil // and the ipcache sorted
+		got, err := ComputeWith(objs, memo, Options{FQDNCache: names})
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := ComputeWith(objs, full, Options{})
+		want, err := ComputeWith(objs, full, Options{FQDNCache: names})
 		if err != nil {
 			t.Fatal(err)
+		}
+		// (the part UpdateFQDN keeps names each snapshot's own allocator)
+		if got.inc != nil && want.inc != nil {
+			got.inc.alloc, want.inc.alloc = nil, nil
 		}
 		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("step %d: the snapshot with the pod memo differs from the full compute", step)
+			t.Fatalf("step %d: the snapshot with the memos differs from the full compute", step)
 		}
 		if !reflect.DeepEqual(memo.State(), full.State()) {
 			t.Fatalf("step %d: allocator state differs", step)
 		}
+	}
+	if memo.orderReused < 50 {
+		t.Fatalf("the ipcache order was reused in only %d of 300 computes", memo.orderReused)
 	}
 	if hits < 50 {
 		t.Fatalf("the memo was used in only %d of 150 computes", hits)

@@ -14,6 +14,10 @@ type Config struct {
 	Listeners []Listener           `json:"listeners"`
 	Endpoints []Endpoint           `json:"endpoints"`
 	Members   []IdentityMembership `json:"identities"`
+	// index: Members' address index, when ConfigFromXDS built it (or
+	// reused the last config's: the memberships did not change). A
+	// Config from ConfigFromXDS must not be modified.
+	index *memberIndex
 }
 
 // Listener is one proxy port.
@@ -75,7 +79,7 @@ type compiledSet struct {
 
 // compile validates cfg; its errors name the offending resource.
 func compile(cfg *Config, mc *policy.HTTPMatcherCache) (*compiled, error) {
-	c := &compiled{cfg: cfg, endpoints: map[netip.Addr]*compiledEndpoint{}, exact: map[netip.Addr]policy.Identity{}}
+	c := &compiled{cfg: cfg, endpoints: map[netip.Addr]*compiledEndpoint{}}
 	ports := map[uint16]string{}
 	for _, l := range cfg.Listeners {
 		if l.Port == 0 {
@@ -124,17 +128,44 @@ func compile(cfg *Config, mc *policy.HTTPMatcherCache) (*compiled, error) {
 			c.endpoints[ip] = ce
 		}
 	}
-	for _, m := range cfg.Members {
+	idx := cfg.index
+	if !idx.of(cfg.Members) {
+		idx = newMemberIndex(cfg.Members)
+	}
+	c.exact, c.cidrs = idx.exact, idx.cidrs
+	return c, nil
+}
+
+// memberIndex is the address index of a membership list (read-only once
+// built: configs with the same memberships share it).
+type memberIndex struct {
+	members []IdentityMembership           // what it was built from
+	exact   map[netip.Addr]policy.Identity // host prefixes
+	cidrs   []IdentityMembership           // other prefixes, longest first
+}
+
+func newMemberIndex(members []IdentityMembership) *memberIndex {
+	idx := &memberIndex{members: members, exact: map[netip.Addr]policy.Identity{}}
+	for _, m := range members {
 		for _, p := range m.Prefixes {
 			if p.IsSingleIP() {
-				c.exact[p.Addr()] = m.Identity
+				idx.exact[p.Addr()] = m.Identity
 				continue
 			}
-			c.cidrs = append(c.cidrs, IdentityMembership{Identity: m.Identity, Prefixes: []netip.Prefix{p}})
+			idx.cidrs = append(idx.cidrs, IdentityMembership{Identity: m.Identity, Prefixes: []netip.Prefix{p}})
 		}
 	}
-	slices.SortStableFunc(c.cidrs, func(a, b IdentityMembership) int { return b.Prefixes[0].Bits() - a.Prefixes[0].Bits() })
-	return c, nil
+	slices.SortStableFunc(idx.cidrs, func(a, b IdentityMembership) int { return b.Prefixes[0].Bits() - a.Prefixes[0].Bits() })
+	return idx
+}
+
+// of reports whether idx was built from exactly members (the same list,
+// not a copy).
+func (idx *memberIndex) of(members []IdentityMembership) bool {
+	if idx == nil || len(idx.members) != len(members) {
+		return false
+	}
+	return len(members) == 0 || &idx.members[0] == &members[0]
 }
 
 // identityOf maps an address to its identity (world when unknown).

@@ -110,6 +110,9 @@ type Proxy struct {
 	// matchers: compiled HTTP rule expressions, kept between configs
 	// (ConfigFromXDS and Apply compile through it; Apply rotates it).
 	matchers policy.HTTPMatcherCache
+	// members: the last config's identity memberships (ConfigFromXDS).
+	memberMu sync.Mutex
+	members  memberMemo
 
 	mu        sync.Mutex
 	listeners map[uint16]*listenerState

@@ -2,10 +2,15 @@ package proxy
 
 import (
 	"fmt"
-	"google.golang.org/protobuf/proto"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/l7gate/l7gate/policy"
 	l7gatev1 "github.com/l7gate/l7gate/proto/l7gatev1"
@@ -48,7 +53,19 @@ spec:
 }
 
 func benchResources(tb testing.TB, port uint16, rules int, extra string) *client.Resources {
-	objs, errs := policy.Decode("bench.yaml", []byte(benchRulesObjects(rules, extra)))
+	return benchResourcesPods(tb, port, rules, extra, 0)
+}
+
+// benchResourcesPods: benchResources with pods more pods (500 label
+// sets), as make bench's control-plane phase adds them: identity
+// memberships the proxy receives but a CNP change does not change.
+func benchResourcesPods(tb testing.TB, port uint16, rules int, extra string, pods int) *client.Resources {
+	text := benchRulesObjects(rules, extra)
+	var b strings.Builder
+	for i := range pods {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: syn%d, namespace: bench, labels: {app: svc-%d}}\nstatus: {podIP: 198.19.%d.%d}\n", i, i%500, i/250, 1+i%250)
+	}
+	objs, errs := policy.Decode("bench.yaml", []byte(text+b.String()))
 	if len(errs) > 0 {
 		tb.Fatal(errs)
 	}
@@ -87,26 +104,31 @@ func benchResources(tb testing.TB, port uint16, rules int, extra string) *client
 // with the proxy's compiled-expression cache.
 func BenchmarkConfigFromXDS(b *testing.B) {
 	port := freePortB(b)
-	rs := []*client.Resources{benchResources(b, port, 100, "/api/v1/cpA/[a-z]+"), benchResources(b, port, 100, "/api/v1/cpB/[a-z]+")}
-	for _, cached := range []bool{false, true} {
-		b.Run(fmt.Sprintf("cache=%v", cached), func(b *testing.B) {
-			p := New(Options{ListenHost: "127.0.0.1", Transparent: new(bool)})
-			defer p.Close()
-			b.ReportAllocs()
-			for i := range b.N {
-				from := ConfigFromXDS
-				if cached {
-					from = p.ConfigFromXDS
+	for _, pods := range []int{0, 11000} {
+		rs := []*client.Resources{benchResourcesPods(b, port, 100, "/api/v1/cpA/[a-z]+", pods), benchResourcesPods(b, port, 100, "/api/v1/cpB/[a-z]+", pods)}
+		// As the xDS client keeps them: the memberships did not change,
+		// the second config has the first one's messages.
+		rs[1].Identities = rs[0].Identities
+		for _, cached := range []bool{false, true} {
+			b.Run(fmt.Sprintf("pods=%d/cache=%v", pods, cached), func(b *testing.B) {
+				p := New(Options{ListenHost: "127.0.0.1", Transparent: new(bool)})
+				defer p.Close()
+				b.ReportAllocs()
+				for i := range b.N {
+					from := ConfigFromXDS
+					if cached {
+						from = p.ConfigFromXDS
+					}
+					cfg, err := from(rs[i%2], fmt.Sprint(i))
+					if err == nil {
+						err = p.Apply(cfg)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
 				}
-				cfg, err := from(rs[i%2], fmt.Sprint(i))
-				if err == nil {
-					err = p.Apply(cfg)
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 
@@ -162,5 +184,106 @@ func TestConfigChangeCompilesOnlyNewExpressions(t *testing.T) {
 	}
 	if !allowed("/api/v1/cpB/42") {
 		t.Error("the rejected config changed the one in force")
+	}
+}
+
+// TestConfigFromXDSMembershipMemo: the proxy's ConfigFromXDS converts and
+// indexes identity memberships once per resource message, and never
+// serves a stale one: random steps (memberships added, removed, changed,
+// made invalid; a policy changed alone) each give exactly the Config and
+// the address → identity answers of a conversion from scratch. A policy
+// change alone reuses the last index (the memo is used).
+func TestConfigFromXDSMembershipMemo(t *testing.T) {
+	p := New(Options{ListenHost: "127.0.0.1", Transparent: new(bool)})
+	defer p.Close()
+	port := freePort(t)
+	base := benchResources(t, port, 2, "/a")
+	other := benchResources(t, port, 2, "/b")
+	rng := rand.New(rand.NewPCG(19, 13))
+	member := func(id uint32) *l7gatev1.IdentityMembership {
+		m := &l7gatev1.IdentityMembership{Name: strconv.FormatUint(uint64(id), 10), Identity: id}
+		for range rng.IntN(4) {
+			if rng.IntN(4) == 0 {
+				m.Prefixes = append(m.Prefixes, fmt.Sprintf("10.%d.0.0/16", rng.IntN(8)))
+			} else {
+				// few addresses: two identities often claim the same one
+				m.Prefixes = append(m.Prefixes, fmt.Sprintf("198.19.0.%d/32", rng.IntN(24)))
+			}
+		}
+		return m
+	}
+	ids := map[string]*l7gatev1.IdentityMembership{}
+	for id := uint32(1000); id < 1010; id++ {
+		ids[strconv.Itoa(int(id))] = member(id)
+	}
+	pols := base.Policies
+	var lastIndex *memberIndex
+	reused := 0
+	for step := range 300 {
+		ids = maps.Clone(ids)
+		policyOnly := false
+		switch rng.IntN(6) {
+		case 0: // a new identity
+			id := uint32(1000 + rng.IntN(40))
+			ids[strconv.Itoa(int(id))] = member(id)
+		case 1: // one gone
+			for name := range ids {
+				delete(ids, name)
+				break
+			}
+		case 2: // one changed
+			for name, m := range ids {
+				ids[name] = member(m.Identity)
+				break
+			}
+		case 3: // an invalid one (the proxy rejects the config)
+			ids["7"] = &l7gatev1.IdentityMembership{Name: "7", Identity: 8}
+		default: // the CNP alone
+			policyOnly = true
+			if step%2 == 0 {
+				pols = other.Policies
+			} else {
+				pols = base.Policies
+			}
+		}
+		r := &client.Resources{Policies: pols, Identities: ids, Listeners: base.Listeners}
+		want, wantErr := ConfigFromXDS(r, "v")
+		got, err := p.ConfigFromXDS(r, "v")
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("step %d: error %v, from scratch %v", step, err, wantErr)
+		}
+		if err != nil {
+			delete(ids, "7") // as the agent would fix it
+			continue
+		}
+		if !reflect.DeepEqual(got.Members, want.Members) {
+			t.Fatalf("step %d: memberships differ from a conversion from scratch", step)
+		}
+		if err := p.Apply(got); err != nil {
+			t.Fatal(err)
+		}
+		ref, err := compile(want, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur := p.cur.Load()
+		for i := range 24 {
+			for _, a := range []string{fmt.Sprintf("198.19.0.%d", i), fmt.Sprintf("10.%d.1.1", i%9)} {
+				addr := netip.MustParseAddr(a)
+				if g, w := cur.identityOf(addr), ref.identityOf(addr); g != w {
+					t.Fatalf("step %d: %s is identity %d, from scratch %d", step, addr, g, w)
+				}
+			}
+		}
+		if policyOnly && lastIndex != nil {
+			if got.index != lastIndex {
+				t.Fatalf("step %d: a policy change alone built the membership index again", step)
+			}
+			reused++
+		}
+		lastIndex = got.index
+	}
+	if reused < 20 {
+		t.Fatalf("the index was reused in only %d steps", reused)
 	}
 }
