@@ -292,9 +292,6 @@ func TestPrivilegedUpstreamFilterFull(t *testing.T) {
 		t.Fatalf("filter still active after %d sockets in a map of %d", len(acks), size)
 	}
 	last := acks[len(acks)-1]
-	if v := fx.upstreamValue(t, last); v != 0 {
-		t.Errorf("the socket that overflowed: value %d, want 0 (not recorded)", v)
-	}
 	for i, p := range append(seeded, acks...) {
 		if got := runIn(t, ns, d.objs.TcToPod, p); got != actRedirect {
 			t.Errorf("socket %d after overflow: ACK ret %d, want %d (looked up)", i, got, actRedirect)
