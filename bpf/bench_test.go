@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"runtime"
 	"runtime/debug"
@@ -58,7 +59,33 @@ func benchDatapath(b *testing.B, n int) *Datapath {
 		b.Fatalf("prime the IPv6 reply flow: %d", r.ret)
 	}
 	setProxyFamilies(b, d, true)
+	// 10k recorded proxy upstream sockets of the pod (5k per family, to
+	// the peer's port 443), none of them the ACK paths' 4-tuple: the
+	// pre-filter's miss on a loaded map.
+	for i := range 10_000 {
+		l, r := podIP, peerIP
+		if i%2 == 1 {
+			l, r = podIP6, peerIP6
+		}
+		k, _ := upstreamKey(net.IP(l.AsSlice()), uint16(20000+i), net.IP(r.AsSlice()), 443)
+		if err := d.objs.ProxyUpstreams.Update(k, uint32(upstreamRecorded), ebpf.UpdateAny); err != nil {
+			b.Fatal(err)
+		}
+	}
 	return d
+}
+
+// setUpstreamFilter turns the proxy upstream pre-filter on (as the agent
+// does once the recorder is attached and the map seeded) or off (before
+// that, or after the map overflowed: every candidate is looked up).
+func setUpstreamFilter(b *testing.B, d *Datapath, on bool) {
+	v := uint32(0)
+	if on {
+		v = 1
+	}
+	if err := d.objs.UpstreamFilter.Update(uint32(upstreamFilterOn), v, ebpf.UpdateAny); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // setProxied records the bench endpoint's pod as a proxied client of
@@ -82,11 +109,13 @@ func setProxied(b *testing.B, d *Datapath, proxied bool) {
 
 // benchProxy sets up the proxy state a to-pod-ack path names: "-noproxy"
 // no proxy socket ever registered on the node, "-proxied" the pod's
-// flows were redirected to the proxy, else a proxy on the node that the
-// pod's flows never went to.
+// flows were redirected to the proxy (with the upstream pre-filter on,
+// "-proxied-nofilter" off), else a proxy on the node that the pod's flows
+// never went to.
 func benchProxy(b *testing.B, d *Datapath, path string) {
 	setProxyFamilies(b, d, !strings.HasSuffix(path, "-noproxy"))
-	setProxied(b, d, strings.HasSuffix(path, "-proxied"))
+	setProxied(b, d, strings.Contains(path, "-proxied"))
+	setUpstreamFilter(b, d, strings.HasSuffix(path, "-proxied"))
 }
 
 // setProxyFamilies marks both families as served by a proxy socket (as
@@ -124,8 +153,12 @@ func benchPeer(i int) Identity { return FirstClusterIdentity + Identity(i/50) }
 //     but no flow of this pod went to it (the socket lookup for replies to
 //     a proxy's upstream sockets is skipped: proxied_clients);
 //   - to-pod-ack-denied-proxied: the same into a pod whose flows of both
-//     families were redirected to the proxy (the lookup runs and finds
-//     nothing);
+//     families were redirected to the proxy, with the proxy upstream
+//     pre-filter on (10k recorded sockets, none this packet's: the kernel
+//     lookup is skipped);
+//   - to-pod-ack-denied-proxied-nofilter: the same with the pre-filter off
+//     (before the agent enabled it, or after the map overflowed: the
+//     kernel lookup runs and finds nothing);
 //   - to-pod-ack-denied-noproxy: the same where no proxy socket was ever
 //     registered (the lookup is skipped: proxy_families).
 //
@@ -167,6 +200,9 @@ func BenchmarkDatapath(b *testing.B) {
 			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
 		}, actShot, true},
 		{"to-pod-ack-denied-proxied", func(int) []byte {
+			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
+		}, actShot, true},
+		{"to-pod-ack-denied-proxied-nofilter", func(int) []byte {
 			return pkt{src: peerIP, dst: podIP, sport: 50001, dport: 9090, proto: ProtoTCP, tcpFlags: tcpACK}.bytes()
 		}, actShot, true},
 		{"to-pod-ack-denied-noproxy", func(int) []byte {

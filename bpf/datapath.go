@@ -66,6 +66,7 @@ func (c Config) withDefaults() Config {
 	def(&s.Conntrack, d.Conntrack)
 	def(&s.Fragments, d.Fragments)
 	def(&s.ProxySockets, d.ProxySockets)
+	def(&s.ProxyUpstreams, d.ProxyUpstreams)
 	def(&s.RuleStats, d.RuleStats)
 	def(&s.EventsBytes, d.EventsBytes)
 	t, dt := &c.CTTimeouts, defaultCTTimeouts()
@@ -128,16 +129,17 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	}
 	s := cfg.MapSizes
 	for name, size := range map[string]uint32{
-		datapathMapIpcache:    s.IPCache,
-		datapathMapEndpoints:  s.Endpoints,
-		datapathMapEpPolicy:   s.EndpointPolicy,
-		datapathMapPolicy:     s.Policy,
-		datapathMapConntrack:  s.Conntrack,
-		datapathMapFragments:  s.Fragments,
-		datapathMapFragments6: s.Fragments,
-		datapathMapProxySocks: s.ProxySockets,
-		datapathMapRuleStats:  s.RuleStats,
-		datapathMapEvents:     s.EventsBytes,
+		datapathMapIpcache:        s.IPCache,
+		datapathMapEndpoints:      s.Endpoints,
+		datapathMapEpPolicy:       s.EndpointPolicy,
+		datapathMapPolicy:         s.Policy,
+		datapathMapConntrack:      s.Conntrack,
+		datapathMapFragments:      s.Fragments,
+		datapathMapFragments6:     s.Fragments,
+		datapathMapProxySocks:     s.ProxySockets,
+		datapathMapProxyUpstreams: s.ProxyUpstreams,
+		datapathMapRuleStats:      s.RuleStats,
+		datapathMapEvents:         s.EventsBytes,
 		// Two families per endpoint: it cannot be full (see
 		// proxied_clients in c/datapath.c).
 		datapathMapProxiedClients: 2 * s.Endpoints,
@@ -330,8 +332,8 @@ func (d *Datapath) bumpRevision() error {
 	return nil
 }
 
-// Link pin names: tcx_<ifindex>_from_pod, tcx_<ifindex>_to_pod and
-// sk_lookup_<netns inode>.
+// Link pin names: tcx_<ifindex>_from_pod, tcx_<ifindex>_to_pod,
+// sk_lookup_<netns inode> and sockops_upstreams (upstreams.go).
 func tcxPinName(ifindex int, toPod bool) string {
 	if toPod {
 		return fmt.Sprintf("tcx_%d_to_pod", ifindex)
@@ -343,6 +345,8 @@ func (d *Datapath) progForPin(name string) *ebpf.Program {
 	switch {
 	case strings.HasPrefix(name, "sk_lookup_"):
 		return d.objs.SkLookupProxy
+	case name == upstreamOpsPin:
+		return d.objs.ProxyUpstreamOps
 	case strings.HasSuffix(name, "_from_pod"):
 		return d.objs.TcFromPod
 	case strings.HasSuffix(name, "_to_pod"):

@@ -179,29 +179,41 @@ type datapathRuleStats struct {
 	Bytes   uint64
 }
 
+type datapathUpstreamKey struct {
+	_      structs.HostLayout
+	Family uint32
+	Lport  uint16
+	Rport  uint16
+	Laddr  [4]uint32
+	Raddr  [4]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapConntrack      = "conntrack"
-	datapathMapEndpoints      = "endpoints"
-	datapathMapEpPolicy       = "ep_policy"
-	datapathMapEventLimit     = "event_limit"
-	datapathMapEvents         = "events"
-	datapathMapFragments      = "fragments"
-	datapathMapFragments6     = "fragments6"
-	datapathMapIpcache        = "ipcache"
-	datapathMapPolicy         = "policy"
-	datapathMapProxiedClients = "proxied_clients"
-	datapathMapProxyCgroups   = "proxy_cgroups"
-	datapathMapProxyFamilies  = "proxy_families"
-	datapathMapProxySocks     = "proxy_socks"
-	datapathMapRuleStats      = "rule_stats"
-	datapathMapSettings       = "settings"
-	datapathProgSkLookupProxy = "sk_lookup_proxy"
-	datapathProgTcFromPod     = "tc_from_pod"
-	datapathProgTcToPod       = "tc_to_pod"
-	datapathVarUnusedEvent    = "unused_event"
+	datapathMapConntrack         = "conntrack"
+	datapathMapEndpoints         = "endpoints"
+	datapathMapEpPolicy          = "ep_policy"
+	datapathMapEventLimit        = "event_limit"
+	datapathMapEvents            = "events"
+	datapathMapFragments         = "fragments"
+	datapathMapFragments6        = "fragments6"
+	datapathMapIpcache           = "ipcache"
+	datapathMapPolicy            = "policy"
+	datapathMapProxiedClients    = "proxied_clients"
+	datapathMapProxyCgroups      = "proxy_cgroups"
+	datapathMapProxyFamilies     = "proxy_families"
+	datapathMapProxySocks        = "proxy_socks"
+	datapathMapProxyUpstreams    = "proxy_upstreams"
+	datapathMapRuleStats         = "rule_stats"
+	datapathMapSettings          = "settings"
+	datapathMapUpstreamFilter    = "upstream_filter"
+	datapathProgProxyUpstreamOps = "proxy_upstream_ops"
+	datapathProgSkLookupProxy    = "sk_lookup_proxy"
+	datapathProgTcFromPod        = "tc_from_pod"
+	datapathProgTcToPod          = "tc_to_pod"
+	datapathVarUnusedEvent       = "unused_event"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -246,9 +258,10 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	SkLookupProxy *ebpf.ProgramSpec `ebpf:"sk_lookup_proxy"`
-	TcFromPod     *ebpf.ProgramSpec `ebpf:"tc_from_pod"`
-	TcToPod       *ebpf.ProgramSpec `ebpf:"tc_to_pod"`
+	ProxyUpstreamOps *ebpf.ProgramSpec `ebpf:"proxy_upstream_ops"`
+	SkLookupProxy    *ebpf.ProgramSpec `ebpf:"sk_lookup_proxy"`
+	TcFromPod        *ebpf.ProgramSpec `ebpf:"tc_from_pod"`
+	TcToPod          *ebpf.ProgramSpec `ebpf:"tc_to_pod"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -268,8 +281,10 @@ type datapathMapSpecs struct {
 	ProxyCgroups   *ebpf.MapSpec `ebpf:"proxy_cgroups"`
 	ProxyFamilies  *ebpf.MapSpec `ebpf:"proxy_families"`
 	ProxySocks     *ebpf.MapSpec `ebpf:"proxy_socks"`
+	ProxyUpstreams *ebpf.MapSpec `ebpf:"proxy_upstreams"`
 	RuleStats      *ebpf.MapSpec `ebpf:"rule_stats"`
 	Settings       *ebpf.MapSpec `ebpf:"settings"`
+	UpstreamFilter *ebpf.MapSpec `ebpf:"upstream_filter"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -312,8 +327,10 @@ type datapathMaps struct {
 	ProxyCgroups   *ebpf.Map `ebpf:"proxy_cgroups"`
 	ProxyFamilies  *ebpf.Map `ebpf:"proxy_families"`
 	ProxySocks     *ebpf.Map `ebpf:"proxy_socks"`
+	ProxyUpstreams *ebpf.Map `ebpf:"proxy_upstreams"`
 	RuleStats      *ebpf.Map `ebpf:"rule_stats"`
 	Settings       *ebpf.Map `ebpf:"settings"`
+	UpstreamFilter *ebpf.Map `ebpf:"upstream_filter"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -331,8 +348,10 @@ func (m *datapathMaps) Close() error {
 		m.ProxyCgroups,
 		m.ProxyFamilies,
 		m.ProxySocks,
+		m.ProxyUpstreams,
 		m.RuleStats,
 		m.Settings,
+		m.UpstreamFilter,
 	)
 }
 
@@ -347,13 +366,15 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	SkLookupProxy *ebpf.Program `ebpf:"sk_lookup_proxy"`
-	TcFromPod     *ebpf.Program `ebpf:"tc_from_pod"`
-	TcToPod       *ebpf.Program `ebpf:"tc_to_pod"`
+	ProxyUpstreamOps *ebpf.Program `ebpf:"proxy_upstream_ops"`
+	SkLookupProxy    *ebpf.Program `ebpf:"sk_lookup_proxy"`
+	TcFromPod        *ebpf.Program `ebpf:"tc_from_pod"`
+	TcToPod          *ebpf.Program `ebpf:"tc_to_pod"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.ProxyUpstreamOps,
 		p.SkLookupProxy,
 		p.TcFromPod,
 		p.TcToPod,

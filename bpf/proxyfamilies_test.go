@@ -23,6 +23,13 @@ import (
 // to it (what tc_to_pod sees on its way into the pod).
 func upstreamSocket(t *testing.T, ns string, pod, peer netip.Addr) pkt {
 	t.Helper()
+	return upstreamSocketWith(t, ns, pod, peer, nil)
+}
+
+// upstreamSocketWith is upstreamSocket that passes the upstream socket to
+// got (if not nil).
+func upstreamSocketWith(t *testing.T, ns string, pod, peer netip.Addr, got func(net.Conn)) pkt {
+	t.Helper()
 	var l net.Listener
 	var c net.Conn
 	mustInNS(t, ns, func() error {
@@ -46,6 +53,9 @@ func upstreamSocket(t *testing.T, ns string, pod, peer netip.Addr) pkt {
 		return err
 	})
 	t.Cleanup(func() { c.Close(); l.Close() })
+	if got != nil {
+		got(c)
+	}
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	return pkt{src: remote.Addr().Unmap(), dst: local.Addr().Unmap(), sport: remote.Port(), dport: local.Port(), proto: ProtoTCP, tcpFlags: tcpACK}

@@ -165,6 +165,7 @@ type MapSizes struct {
 	Conntrack      uint32 // flows, per direction and endpoint (LRU)
 	Fragments      uint32 // datagrams in flight as fragments, per family (LRU)
 	ProxySockets   uint32 // proxy listener ports
+	ProxyUpstreams uint32 // recorded proxy upstream sockets (a full map turns the pre-filter off)
 	RuleStats      uint32 // distinct rule ids with counters
 	EventsBytes    uint32 // ring buffer size, a power of two
 }
@@ -179,6 +180,7 @@ func defaultMapSizes() MapSizes {
 		Conntrack:      262144,
 		Fragments:      8192,
 		ProxySockets:   1024,
+		ProxyUpstreams: 65536,
 		RuleStats:      65536,
 		EventsBytes:    1 << 20,
 	}

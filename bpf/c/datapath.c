@@ -393,6 +393,56 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxied_clients SEC(".maps");
 
+/* Proxy upstream sockets by 4-tuple, as tc sees a reply into the pod:
+ * {family, local port, remote port, local addr, remote addr} of the socket
+ * (IPv4 in the first word; an AF_INET6 socket connected to an IPv4-mapped
+ * address is keyed as AF_INET, as its packets are IPv4). A pre-filter of
+ * to_proxy_socket: while upstream_filter says it is complete, the kernel's
+ * socket lookup runs only for a packet whose 4-tuple is here (a miss is
+ * what a lookup that finds nothing gives), and the lookup still decides,
+ * so an entry too many (a stale one, a socket that is not a proxy's) only
+ * costs the lookup. proxy_upstream_ops adds a socket carrying a from-proxy
+ * mark at connect (before its SYN-ACK can arrive) and deletes it when it
+ * reaches TCP_CLOSE; Go seeds every TCP socket of the node's namespace
+ * (bpf/upstreams.go) after the recorder is attached, then turns the filter
+ * on. Value: UPSTREAM_RECORDED or UPSTREAM_SEEDED. */
+struct upstream_key {
+	__u32 family;
+	__u16 lport;
+	__u16 rport;
+	__u32 laddr[4];
+	__u32 raddr[4];
+};
+
+#define UPSTREAM_RECORDED 1
+#define UPSTREAM_SEEDED 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct upstream_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_upstreams SEC(".maps");
+
+/* upstream_filter[UPSTREAM_FILTER_ON] is 1 once Go has attached the
+ * recorder and seeded proxy_upstreams (written by Go only);
+ * upstream_filter[UPSTREAM_FILTER_OVERFLOW] is set by the recorder when it
+ * cannot record a socket (map full), reset by Go only while the filter is
+ * off and before it seeds. The filter is used only while ON is 1 and
+ * OVERFLOW is 0: otherwise tc looks every candidate up in the kernel, as
+ * without the filter. */
+#define UPSTREAM_FILTER_ON 0
+#define UPSTREAM_FILTER_OVERFLOW 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 2);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} upstream_filter SEC(".maps");
+
 /* Cgroup v2 ids whose sockets may carry from-proxy marks (bpf/cgroup.go). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -1507,6 +1557,18 @@ static __always_inline int to_proxy_socket(struct __sk_buff *skb, __u32 endpoint
 	struct proxied_key pk = {.endpoint = endpoint, .family = f->family};
 	if (!bpf_map_lookup_elem(&proxied_clients, &pk))
 		return 0;
+	/* No recorded upstream socket has this 4-tuple (while the record is
+	 * complete): the lookup would find no proxy socket. */
+	__u32 on_idx = UPSTREAM_FILTER_ON, ovf_idx = UPSTREAM_FILTER_OVERFLOW;
+	__u32 *on = bpf_map_lookup_elem(&upstream_filter, &on_idx);
+	__u32 *ovf = bpf_map_lookup_elem(&upstream_filter, &ovf_idx);
+	if (on && ovf && *on == 1 && *ovf == 0) {
+		struct upstream_key uk = {.family = f->family, .lport = f->dport, .rport = f->sport};
+		__builtin_memcpy(uk.laddr, f->daddr, 16);
+		__builtin_memcpy(uk.raddr, f->saddr, 16);
+		if (!bpf_map_lookup_elem(&proxy_upstreams, &uk))
+			return 0;
+	}
 	return proxy_socket_global(skb, f);
 }
 
@@ -1922,4 +1984,58 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return err ? SK_DROP : SK_PASS;
+}
+
+/* proxy_upstream_ops (sockops, attached to the cgroup v2 root by Go)
+ * records proxy upstream sockets in proxy_upstreams: at connect (the SYN
+ * is not sent yet) a socket whose SO_MARK carries a from-proxy magic, and
+ * forgets it when it reaches TCP_CLOSE (RST, or the end of an orderly
+ * close: replies still reach it until then). If a socket cannot be
+ * recorded, it sets the overflow flag: tc then looks every candidate up in
+ * the kernel (upstream_filter). */
+SEC("sockops")
+int proxy_upstream_ops(struct bpf_sock_ops *ctx)
+{
+	struct upstream_key uk = {};
+	__u32 op = ctx->op;
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		__u32 magic = ctx->sk ? ctx->sk->mark & MARK_MAGIC_MASK : 0;
+		if (magic != MARK_MAGIC_PROXY_INGRESS && magic != MARK_MAGIC_PROXY_EGRESS)
+			return 1;
+	} else if (op != BPF_SOCK_OPS_STATE_CB || ctx->args[1] != BPF_TCP_CLOSE) {
+		return 1;
+	}
+	uk.lport = bpf_htons((__u16)ctx->local_port);
+	uk.rport = bpf_htons((__u16)bpf_ntohl(ctx->remote_port));
+	__u32 l0 = ctx->local_ip6[0], l1 = ctx->local_ip6[1], l2 = ctx->local_ip6[2];
+	if (ctx->family == AF_INET6 && !(l0 == 0 && l1 == 0 && l2 == bpf_htonl(0xffff))) {
+		uk.family = AF_INET6;
+		uk.laddr[0] = l0;
+		uk.laddr[1] = l1;
+		uk.laddr[2] = l2;
+		uk.laddr[3] = ctx->local_ip6[3];
+		uk.raddr[0] = ctx->remote_ip6[0];
+		uk.raddr[1] = ctx->remote_ip6[1];
+		uk.raddr[2] = ctx->remote_ip6[2];
+		uk.raddr[3] = ctx->remote_ip6[3];
+	} else {
+		/* AF_INET, or AF_INET6 connected to an IPv4-mapped address. */
+		uk.family = AF_INET;
+		uk.laddr[0] = ctx->local_ip4;
+		uk.raddr[0] = ctx->remote_ip4;
+	}
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		bpf_map_delete_elem(&proxy_upstreams, &uk);
+		return 1;
+	}
+	__u32 v = UPSTREAM_RECORDED;
+	if (bpf_map_update_elem(&proxy_upstreams, &uk, &v, BPF_ANY)) {
+		__u32 idx = UPSTREAM_FILTER_OVERFLOW;
+		__u32 *ovf = bpf_map_lookup_elem(&upstream_filter, &idx);
+		if (ovf)
+			*ovf = 1;
+		return 1;
+	}
+	bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	return 1;
 }

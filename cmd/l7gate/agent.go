@@ -285,6 +285,11 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 	if err := dp.AttachSocketLookup("/proc/self/ns/net"); err != nil {
 		return fmt.Errorf("attach socket lookup: %w", err)
 	}
+	// The proxy upstream pre-filter only saves the socket lookup's cost:
+	// if it cannot be turned on, tc looks every candidate up.
+	if err := enableUpstreamFilter(dp, f); err != nil {
+		a.log.Warn("proxy upstream pre-filter off: every untracked ACK into a proxied pod is looked up", "err", err)
+	}
 	lb, lbWhere, err := openSocketLB(ctx, f, a.log)
 	if err != nil {
 		return err

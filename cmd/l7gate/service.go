@@ -179,6 +179,23 @@ func openSocketLB(ctx context.Context, f agentFlags, log *slog.Logger) (*bpf.Soc
 	return lb, "cgroup " + rel, nil
 }
 
+// enableUpstreamFilter turns the datapath's proxy upstream pre-filter on
+// for the node's namespace, with the recorder on the cgroup v2 root (the
+// hierarchy the socket load balancer uses).
+func enableUpstreamFilter(dp *bpf.Datapath, f agentFlags) error {
+	var mount string
+	var err error
+	if f.SocketLBCgroupRoot != "" {
+		mount, err = cgroup2Root(f.SocketLBCgroupRoot)
+	} else {
+		mount, err = bpf.EnsureCgroup2(filepath.Join(f.RunDir, "cgroup2"))
+	}
+	if err != nil {
+		return err
+	}
+	return dp.EnableUpstreamFilter("/proc/self/ns/net", mount)
+}
+
 // cgroup2Root returns dir if a cgroup v2 hierarchy is mounted there, or
 // dir/unified if dir is a hybrid host's /sys/fs/cgroup (cgroup v1
 // controllers beside a unified v2 hierarchy). Anything else is an error:
