@@ -92,3 +92,27 @@ func TestFamilyRoundsDirectControl(t *testing.T) {
 		t.Errorf("direct run without proxy CPU refused: %v", err)
 	}
 }
+
+func TestMergeDP6(t *testing.T) {
+	runs := []dp6Row{
+		{Path: "established", NsV4: 100, NsV6: 106, V6VsV4: 1.06},
+		{Path: "reply", NsV4: 120, NsV6: 123, V6VsV4: 1.025},
+		{Path: "established", NsV4: 98, NsV6: 101, V6VsV4: 1.031},
+		{Path: "reply", NsV4: 121, NsV6: 124, V6VsV4: 1.025},
+		{Path: "established", NsV4: 99, NsV6: 103, V6VsV4: 1.04},
+	}
+	got := mergeDP6(runs)
+	if len(got) != 2 || got[0].Path != "established" || got[1].Path != "reply" {
+		t.Fatalf("paths %+v, want established then reply", got)
+	}
+	e := got[0]
+	if e.V6VsV4 != 1.04 || e.NsV4 != 99 || e.NsV6 != 103 {
+		t.Errorf("established medians %v/%v/%v, want 99/103/1.04 (not the first or worst run)", e.NsV4, e.NsV6, e.V6VsV4)
+	}
+	if len(e.Ratios) != 3 || e.Ratios[0] != 1.06 || e.Ratios[2] != 1.04 {
+		t.Errorf("established ratios %v, want every run's in order", e.Ratios)
+	}
+	if r := got[1]; r.V6VsV4 != 1.025 || r.NsV4 != 120.5 || len(r.Ratios) != 2 {
+		t.Errorf("reply %+v, want the mean of the middle two for an even count", r)
+	}
+}
