@@ -46,7 +46,8 @@ import (
 // next frames that hop gets anyway (grpc-go pings with every batch of
 // DATA it receives, so a hop would otherwise take two writes per burst:
 // the frames passed on and, separately, the ACK), or for the
-// connection's ACK timer (h2AckDelay) when nothing else comes.
+// connection's ACK timer when nothing else comes (h2AckDelay to twice
+// that).
 
 // h2LingerTimeout and h2LingerBytes bound how long and how much a
 // connection we end reads from its client before the last close (net/http's
@@ -68,8 +69,8 @@ const (
 	h2SettingsBudget  = 100 // SETTINGS frames per h2ResetInterval
 	h2WriteBufferSize = 16 << 10
 	h2ReadBufferSize  = 16 << 10
-	// h2AckDelay bounds how long a PING ACK waits for other frames to
-	// the same hop (a peer's keepalive waits seconds for it).
+	// A PING ACK waits h2AckDelay to twice that for other frames to the
+	// same hop (a peer's keepalive waits seconds for it).
 	h2AckDelay = 10 * time.Millisecond
 )
 
@@ -91,8 +92,9 @@ type h2Peer struct {
 	grant    int64  // bytes received from the peer, passed on, not yet credited back
 	// dirty: the write buffer holds frames to send now; lazy: it holds
 	// frames (PING ACKs) that go out with the next flush or by the ACK
-	// timer.
+	// timer, the first of them since its tick lazyTick.
 	dirty, lazy bool
+	lazyTick    uint64
 	// hdr decodes the peer's header blocks (used by its reader only).
 	hdr *h2HeaderBlock
 	// wto bounds each write to the peer; wdSet is when the deadline was
@@ -253,9 +255,11 @@ type h2Conn struct {
 	lastActive  time.Time
 	idle        *time.Timer
 	// ackTimer sends PING ACKs no other frames took along (ackArmed: it
-	// is set; ackUsed: ACKs were held since it was set).
+	// is set; ackUsed: ACKs were held since it was set; ackTick counts
+	// its firings).
 	ackTimer          *time.Timer
 	ackArmed, ackUsed bool
+	ackTick           uint64
 	// unarmed holds forwarded streams whose request body is still open
 	// and whose body timer is not running yet: readClient arms their
 	// timers once it has handled every complete frame it holds, so a
@@ -479,10 +483,11 @@ func (c *h2Conn) flushAllLocked() error {
 	return err
 }
 
-// ackTimeout sends the PING ACKs that waited h2AckDelay (at most; the
-// timer is not moved per ACK) for other frames. It stays set while ACKs
-// keep being held, so a busy connection moves a timer at most once per
-// h2AckDelay, not per ACK.
+// ackTimeout ticks every h2AckDelay while PING ACKs are being held and
+// sends those held since before the previous tick (so an ACK waits
+// h2AckDelay to twice that; one held for less goes on waiting, as the
+// next frames to its hop are likely to come first). The timer is not
+// moved per ACK: a busy connection moves it at most once per h2AckDelay.
 func (c *h2Conn) ackTimeout() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -492,20 +497,31 @@ func (c *h2Conn) ackTimeout() {
 	}
 	used := c.ackUsed
 	c.ackUsed = false
-	c.client.dirty = c.client.dirty || c.client.lazy
+	prev := c.ackTick
+	c.ackTick++
+	c.client.dirty = c.client.dirty || c.client.lazy && c.client.lazyTick < prev
 	for u := range c.ups {
-		u.dirty = u.dirty || u.lazy
+		u.dirty = u.dirty || u.lazy && u.lazyTick < prev
 	}
 	if err := c.flushAllLocked(); err != nil {
 		c.closeLocked()
 		c.ackArmed = false
 		return
 	}
-	if used {
+	if used || c.ackUsed {
 		c.ackTimer.Reset(h2AckDelay)
 		return
 	}
 	c.ackArmed = false
+}
+
+// holdAckLocked marks p's write buffer as holding a PING ACK that may
+// wait for other frames.
+func (c *h2Conn) holdAckLocked(p *h2Peer) {
+	if !p.lazy {
+		p.lazy = true
+		p.lazyTick = c.ackTick
+	}
 }
 
 // goAwayLocked tells the client the connection ends with code.
@@ -623,7 +639,7 @@ func (c *h2Conn) onClientFrame(f http2.Frame, hb *h2HeaderBlock) error {
 		if f.IsAck() {
 			return nil
 		}
-		c.client.lazy = true
+		c.holdAckLocked(c.client)
 		return c.client.fr.WritePing(true, f.Data)
 	case *http2.HeadersFrame, *http2.ContinuationFrame:
 		return c.onClientHeaders(hb)
@@ -1552,7 +1568,7 @@ func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame, hb *h2HeaderBlock
 		return c.applySettings(u.h2Peer, f)
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			u.lazy = true
+			c.holdAckLocked(u.h2Peer)
 			return u.fr.WritePing(true, f.Data)
 		}
 		return nil
