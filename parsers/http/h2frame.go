@@ -41,7 +41,13 @@ import (
 // Concurrency: one goroutine reads the client, one each upstream; all
 // state and both writers are guarded by h2Conn.mu. Each reader flushes
 // the writers once its input holds no further complete frame, so a burst
-// of frames costs one write system call per hop.
+// of frames costs one write system call per hop. A PING ACK alone does
+// not make a hop's writer flush: it waits in the write buffer for the
+// next frames that hop gets anyway (grpc-go pings with every batch of
+// DATA it receives, so a hop would otherwise take two writes per burst:
+// the frames passed on and, separately, the ACK), or for the
+// connection's ACK timer when nothing else comes (h2AckDelay to twice
+// that).
 
 // h2LingerTimeout and h2LingerBytes bound how long and how much a
 // connection we end reads from its client before the last close (net/http's
@@ -63,6 +69,9 @@ const (
 	h2SettingsBudget  = 100 // SETTINGS frames per h2ResetInterval
 	h2WriteBufferSize = 16 << 10
 	h2ReadBufferSize  = 16 << 10
+	// A PING ACK waits h2AckDelay to twice that for other frames to the
+	// same hop (a peer's keepalive waits seconds for it).
+	h2AckDelay = 10 * time.Millisecond
 )
 
 // errH2Closed ends a reader whose connection the proxy closed.
@@ -81,7 +90,11 @@ type h2Peer struct {
 	sendConn int64  // our connection-level send window toward the peer
 	recvConn int64  // the peer's connection-level send window toward us
 	grant    int64  // bytes received from the peer, passed on, not yet credited back
-	dirty    bool
+	// dirty: the write buffer holds frames to send now; lazy: it holds
+	// frames (PING ACKs) that go out with the next flush or by the ACK
+	// timer, the first of them since its tick lazyTick.
+	dirty, lazy bool
+	lazyTick    uint64
 	// hdr decodes the peer's header blocks (used by its reader only).
 	hdr *h2HeaderBlock
 	// wto bounds each write to the peer; wdSet is when the deadline was
@@ -116,7 +129,7 @@ func (p *h2Peer) flush() error {
 	if !p.dirty {
 		return nil
 	}
-	p.dirty = false
+	p.dirty, p.lazy = false, false
 	if p.wto > 0 {
 		if now := time.Now(); now.Sub(p.wdSet) > time.Second {
 			p.conn.SetWriteDeadline(now.Add(p.wto))
@@ -241,6 +254,12 @@ type h2Conn struct {
 	budgetStart time.Time
 	lastActive  time.Time
 	idle        *time.Timer
+	// ackTimer sends PING ACKs no other frames took along (ackArmed: it
+	// is set; ackUsed: ACKs were held since it was set; ackTick counts
+	// its firings).
+	ackTimer          *time.Timer
+	ackArmed, ackUsed bool
+	ackTick           uint64
 	// unarmed holds forwarded streams whose request body is still open
 	// and whose body timer is not running yet: readClient arms their
 	// timers once it has handled every complete frame it holds, so a
@@ -443,12 +462,66 @@ func errString(err error) string {
 
 func (c *h2Conn) flushAllLocked() error {
 	err := c.client.flush()
+	lazy := c.client.lazy
 	for u := range c.ups {
 		if ferr := u.flush(); ferr != nil {
 			c.upstreamFailedLocked(u, ferr)
 		}
+		lazy = lazy || u.lazy && !u.dead
+	}
+	if lazy && err == nil {
+		c.ackUsed = true
+		if !c.ackArmed && !c.closed {
+			c.ackArmed = true
+			if c.ackTimer == nil {
+				c.ackTimer = time.AfterFunc(h2AckDelay, c.ackTimeout)
+			} else {
+				c.ackTimer.Reset(h2AckDelay)
+			}
+		}
 	}
 	return err
+}
+
+// ackTimeout ticks every h2AckDelay while PING ACKs are being held and
+// sends those held since before the previous tick (so an ACK waits
+// h2AckDelay to twice that; one held for less goes on waiting, as the
+// next frames to its hop are likely to come first). The timer is not
+// moved per ACK: a busy connection moves it at most once per h2AckDelay.
+func (c *h2Conn) ackTimeout() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		c.ackArmed = false
+		return
+	}
+	used := c.ackUsed
+	c.ackUsed = false
+	prev := c.ackTick
+	c.ackTick++
+	c.client.dirty = c.client.dirty || c.client.lazy && c.client.lazyTick < prev
+	for u := range c.ups {
+		u.dirty = u.dirty || u.lazy && u.lazyTick < prev
+	}
+	if err := c.flushAllLocked(); err != nil {
+		c.closeLocked()
+		c.ackArmed = false
+		return
+	}
+	if used || c.ackUsed {
+		c.ackTimer.Reset(h2AckDelay)
+		return
+	}
+	c.ackArmed = false
+}
+
+// holdAckLocked marks p's write buffer as holding a PING ACK that may
+// wait for other frames.
+func (c *h2Conn) holdAckLocked(p *h2Peer) {
+	if !p.lazy {
+		p.lazy = true
+		p.lazyTick = c.ackTick
+	}
 }
 
 // goAwayLocked tells the client the connection ends with code.
@@ -478,6 +551,9 @@ func (c *h2Conn) closeLocked() {
 	}
 	if c.idle != nil {
 		c.idle.Stop()
+	}
+	if c.ackTimer != nil {
+		c.ackTimer.Stop()
 	}
 }
 
@@ -563,7 +639,7 @@ func (c *h2Conn) onClientFrame(f http2.Frame, hb *h2HeaderBlock) error {
 		if f.IsAck() {
 			return nil
 		}
-		c.client.dirty = true
+		c.holdAckLocked(c.client)
 		return c.client.fr.WritePing(true, f.Data)
 	case *http2.HeadersFrame, *http2.ContinuationFrame:
 		return c.onClientHeaders(hb)
@@ -1492,7 +1568,7 @@ func (c *h2Conn) onUpstreamFrame(u *h2Upstream, f http2.Frame, hb *h2HeaderBlock
 		return c.applySettings(u.h2Peer, f)
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			u.dirty = true
+			c.holdAckLocked(u.h2Peer)
 			return u.fr.WritePing(true, f.Data)
 		}
 		return nil
