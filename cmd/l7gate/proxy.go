@@ -42,6 +42,19 @@ const accessLogDelay = 100 * time.Millisecond
 // forwarder's queue of 8192 records must absorb what arrives meanwhile).
 const flowLinger = 20 * time.Millisecond
 
+// trimWhenQuiet's settings: a second with less than this allocated is
+// quiet (an idle proxy allocates a few KiB a second, a request about
+// 1 KiB), and a trim (a full collection, about 20 ms of CPU) runs at most
+// every trimMinGap. After a load the free heap goes back to the kernel
+// (the runtime's scavenger returns it over minutes) and so do the
+// executable's pages (the l7gate binary's start maps 50 MB of them: the
+// agent's code next to the proxy's, and package initialisation).
+const (
+	trimTick        = time.Second
+	trimMinGap      = 5 * time.Second
+	trimQuietAllocs = 64 << 10
+)
+
 func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
@@ -237,6 +250,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			extra = append(extra, dnsMetrics(p)...)
 			runCtx, stopRun := context.WithCancel(ctx)
 			defer stopRun()
+			// Memory a load grew is given back once traffic stops.
+			go trimWhenQuiet(runCtx, trimTick, trimMinGap, trimQuietAllocs, func() { trimMemory(a.log) })
 			go func() {
 				select {
 				case <-p.Drained():
