@@ -783,8 +783,12 @@ func (s *session) requests(ctx context.Context) error {
 			s.setReadDeadline(time.Now().Add(idle))
 		} else {
 			s.awaitNext(time.Now().Add(idle))
-			// Idle: the wait for the next request holds no buffer.
+			// Idle: the wait for the next request holds no buffer, nor
+			// the last request's head and decider view, which point
+			// into one (given back, the pool may drop it: an idle
+			// connection must not keep it alive).
 			in.releaseIdle()
+			s.forget(&head, &req)
 		}
 		headStarted := false
 		// headDeadline: the head's first bytes came with a read whose
@@ -1018,6 +1022,20 @@ func (s *session) requests(ctx context.Context) error {
 			return errStop
 		}
 	}
+}
+
+// forget clears what points into the connection's buffers once they were
+// given back: the last request's head and decider view, and the last
+// response head the request side read (exchange). Header slices keep
+// their capacity, every entry up to it cleared (a longer earlier message
+// may have set those past the last one's).
+func (s *session) forget(head *RequestHead, req *policy.HTTPRequest) {
+	*head = RequestHead{Headers: clearHeaders(head.Headers)}
+	rh := req.Headers[:cap(req.Headers)]
+	clear(rh)
+	*req = policy.HTTPRequest{Headers: rh[:0]}
+	s.exchangeFields = clearHeaders(s.exchangeFields)
+	s.exchangeHead = ResponseHead{}
 }
 
 // clearHeaders returns h emptied, its entries up to its capacity zeroed.
