@@ -26,9 +26,9 @@ import (
 // small part afterwards. The pages stay in the page cache (shared with the
 // agent, which runs the same file); those the proxy uses again come back
 // with a minor fault. Writable mappings (data, bss, the heap) are never
-// touched: only their contents are not in the file. It returns the bytes
-// the mappings had resident before.
-func dropExecutablePages() (int64, error) {
+// touched: only their contents are not in the file. Nothing is dropped
+// when fewer than min bytes are resident. It returns the bytes dropped.
+func dropExecutablePages(min int64) (int64, error) {
 	exe, err := os.Stat("/proc/self/exe")
 	if err != nil {
 		return 0, fmt.Errorf("drop executable pages: %w", err)
@@ -52,7 +52,9 @@ func dropExecutablePages() (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("drop executable pages: %w", err)
 	}
-	var dropped int64
+	type mapping struct{ start, end uint64 }
+	var resident int64
+	var drop []mapping
 	var start, end uint64
 	var ours bool
 	sc := bufio.NewScanner(bytes.NewReader(smaps))
@@ -94,14 +96,23 @@ func dropExecutablePages() (int64, error) {
 			if err != nil || kb == 0 {
 				continue
 			}
-			// (a raw call: the range is no Go memory)
-			if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED); errno != 0 {
-				return dropped, fmt.Errorf("drop executable pages: madvise: %w", errno)
-			}
-			dropped += kb << 10
+			resident += kb << 10
+			drop = append(drop, mapping{start, end})
 		}
 	}
-	return dropped, sc.Err()
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("drop executable pages: %w", err)
+	}
+	if resident < min {
+		return 0, nil
+	}
+	for _, m := range drop {
+		// (a raw call: the range is no Go memory)
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.start), uintptr(m.end-m.start), unix.MADV_DONTNEED); errno != 0 {
+			return 0, fmt.Errorf("drop executable pages: madvise: %w", errno)
+		}
+	}
+	return resident, nil
 }
 
 // trimWhenQuiet calls trim once the process went quiet after being busy:
@@ -147,14 +158,25 @@ func trimWhenQuiet(ctx context.Context, tick, minGap time.Duration, quietAllocs 
 }
 
 // trimMemory is the proxy's trim: free heap and executable pages back to
-// the kernel. A collection also halves the stacks of goroutines that use
-// under a quarter of theirs (an idle connection's).
+// the kernel, each when there are at least trimWorth of them (the
+// collection debug.FreeOSMemory runs is the cost: skipped after a small
+// burst).
 func trimMemory(log *slog.Logger) {
 	start := time.Now()
-	debug.FreeOSMemory()
-	dropped, err := dropExecutablePages()
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(sample)
+	freed := uint64(0)
+	if sample[0].Value.Kind() == metrics.KindUint64 && sample[0].Value.Uint64() >= trimWorth {
+		freed = sample[0].Value.Uint64()
+		debug.FreeOSMemory()
+	}
+	dropped, err := dropExecutablePages(trimWorth)
 	if err != nil {
 		log.Warn("memory trim", "error", err)
 	}
-	log.Debug("quiet: returned free heap and executable pages", "executable-bytes", dropped, "took", time.Since(start))
+	log.Debug("quiet: returned free heap and executable pages", "heap-bytes", freed, "executable-bytes", dropped, "took", time.Since(start))
 }
+
+// trimWorth: less free heap, or fewer resident executable bytes, are not
+// worth a trim.
+const trimWorth = 4 << 20

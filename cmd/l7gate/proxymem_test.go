@@ -63,7 +63,7 @@ func TestDropExecutablePages(t *testing.T) {
 	if before == 0 {
 		t.Fatal("no resident read-only page of the executable before the drop")
 	}
-	dropped, err := dropExecutablePages()
+	dropped, err := dropExecutablePages(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,20 +94,23 @@ func TestTrimWhenQuiet(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		trimWhenQuiet(ctx, 20*time.Millisecond, 0, 1<<20, func() {
+		trimWhenQuiet(ctx, 20*time.Millisecond, 0, 64<<10, func() {
 			lastTrim.Store(time.Now().UnixNano())
 			trims.Add(1)
 		})
 	}()
 	var sink [][]byte
-	busy := func(d time.Duration) {
+	// busy allocates for d and returns when it began its last allocation.
+	busy := func(d time.Duration) (last time.Time) {
 		for end := time.Now().Add(d); time.Now().Before(end); {
+			last = time.Now()
 			sink = append(sink, make([]byte, 256<<10))
 			if len(sink) > 16 {
 				sink = sink[:0]
 			}
 			time.Sleep(time.Millisecond)
 		}
+		return last
 	}
 	// trimmedAfter waits for a trim after t and returns the trims so far.
 	trimmedAfter := func(t0 time.Time) int32 {
@@ -129,10 +132,10 @@ func TestTrimWhenQuiet(t *testing.T) {
 	}
 	// The start counts as busy: a trim once quiet, then none while quiet.
 	quiet(trimmedAfter(time.Unix(0, 0)))
-	// Traffic, then quiet: a trim after it (and maybe during it, if the
-	// machine stalled the traffic for a tick), then none while quiet.
-	busy(300 * time.Millisecond)
-	quiet(trimmedAfter(time.Now()))
+	// Traffic, then quiet: a trim after its last allocation (and maybe
+	// during it, if the machine stalled the traffic for a tick), then none
+	// while quiet.
+	quiet(trimmedAfter(busy(300 * time.Millisecond)))
 	cancel()
 	<-done
 }
