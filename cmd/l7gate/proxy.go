@@ -42,6 +42,21 @@ const accessLogDelay = 100 * time.Millisecond
 // forwarder's queue of 8192 records must absorb what arrives meanwhile).
 const flowLinger = 20 * time.Millisecond
 
+// trimWhenQuiet's settings: a quarter second with less than this
+// allocated is quiet (an idle proxy allocates a few KiB a second, a
+// request about 1 KiB), and a trim runs at most every trimMinGap (its cost
+// is a full collection when there is free heap to return, about 20 ms of
+// CPU, and reading smaps, about 1 ms). After a load, or a config change,
+// the free heap goes back to the kernel (the runtime's scavenger returns
+// it over minutes) and so do the executable's pages (the l7gate binary's
+// start, and a config apply, map 40-60 MB of them: the agent's code next
+// to the proxy's, package initialisation, protobuf descriptors).
+const (
+	trimTick        = 250 * time.Millisecond
+	trimMinGap      = time.Second
+	trimQuietAllocs = 16 << 10
+)
+
 func (a *app) proxyCommand() *cobra.Command {
 	var (
 		xdsSocket, adminSocket, node, bpffs, accessLog string
@@ -237,6 +252,8 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			extra = append(extra, dnsMetrics(p)...)
 			runCtx, stopRun := context.WithCancel(ctx)
 			defer stopRun()
+			// Memory a load grew is given back once traffic stops.
+			go trimWhenQuiet(runCtx, trimTick, trimMinGap, trimQuietAllocs, func() { trimMemory(a.log) })
 			go func() {
 				select {
 				case <-p.Drained():

@@ -345,6 +345,9 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 	in := newConnBuf(srv, client, cfg.Limits.MaxHeaderBytes+bufSize)
 	first, err := sniff(client, cfg.HeaderTimeout, in)
 	if len(first) == 0 || bytes.HasPrefix(first, []byte("PRI ")) {
+		// (copied before the buffer goes back: another connection may
+		// take it and read into it at once)
+		first = bytes.Clone(first)
 		in.release()
 		if len(first) == 0 && err != nil && !isClosed(err) && !isTimeout(err) {
 			return err
@@ -354,7 +357,6 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 		if len(first) == 0 {
 			return nil
 		}
-		first = bytes.Clone(first)
 	}
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
 		conn := &prefixConn{Conn: client, prefix: first}
@@ -685,9 +687,10 @@ func (s *session) respond() {
 }
 
 // nextOwed returns the next pending response, or idle when none is owed
-// (respRunning cleared: the caller ends), or ok false when the queue was
+// (respRunning cleared: the caller ends, its response head scratch fields
+// kept for the next response goroutine), or ok false when the queue was
 // closed and drained.
-func (s *session) nextOwed() (p *pending, ok, idle bool) {
+func (s *session) nextOwed(fields []Header) (p *pending, ok, idle bool) {
 	select {
 	case p, ok = <-s.queue:
 		return p, ok, false
@@ -695,6 +698,10 @@ func (s *session) nextOwed() (p *pending, ok, idle bool) {
 	}
 	s.respMu.Lock()
 	if len(s.queue) == 0 && !s.queueClosed {
+		// (before respRunning is cleared: the next response goroutine,
+		// started once it is, reads them; cleared, as they point into
+		// upBuf, given back while idle)
+		s.respFields = clearHeaders(fields)
 		s.respRunning = false
 		s.respMu.Unlock()
 		return nil, false, true
@@ -776,8 +783,12 @@ func (s *session) requests(ctx context.Context) error {
 			s.setReadDeadline(time.Now().Add(idle))
 		} else {
 			s.awaitNext(time.Now().Add(idle))
-			// Idle: the wait for the next request holds no buffer.
+			// Idle: the wait for the next request holds no buffer, nor
+			// the last request's head and decider view, which point
+			// into one (given back, the pool may drop it: an idle
+			// connection must not keep it alive).
 			in.releaseIdle()
+			s.forget(&head, &req)
 		}
 		headStarted := false
 		// headDeadline: the head's first bytes came with a read whose
@@ -1013,6 +1024,27 @@ func (s *session) requests(ctx context.Context) error {
 	}
 }
 
+// forget clears what points into the connection's buffers once they were
+// given back: the last request's head and decider view, and the last
+// response head the request side read (exchange). Header slices keep
+// their capacity, every entry up to it cleared (a longer earlier message
+// may have set those past the last one's).
+func (s *session) forget(head *RequestHead, req *policy.HTTPRequest) {
+	*head = RequestHead{Headers: clearHeaders(head.Headers)}
+	rh := req.Headers[:cap(req.Headers)]
+	clear(rh)
+	*req = policy.HTTPRequest{Headers: rh[:0]}
+	s.exchangeFields = clearHeaders(s.exchangeFields)
+	s.exchangeHead = ResponseHead{}
+}
+
+// clearHeaders returns h emptied, its entries up to its capacity zeroed.
+func clearHeaders(h []Header) []Header {
+	h = h[:cap(h)]
+	clear(h)
+	return h[:0]
+}
+
 // noneOwed reports that no response is owed to the client (so none is
 // written but by the caller, the request side).
 func (s *session) noneOwed() bool {
@@ -1169,10 +1201,9 @@ func (s *session) responses() (_ error, idle bool) {
 		}
 	}()
 	fields := s.respFields
-	defer func() { s.respFields = fields[:0] }()
 	var rh ResponseHead
 	for {
-		p, ok, wait := s.nextOwed()
+		p, ok, wait := s.nextOwed(fields)
 		if wait {
 			return nil, true
 		}

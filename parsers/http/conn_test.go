@@ -70,6 +70,12 @@ type testProxy struct {
 // listener, dialing upstream for allowed requests.
 func startProxy(t testing.TB, cfg Config, upstream string, decide Decider) *testProxy {
 	t.Helper()
+	return startServer(t, NewServer(cfg), upstream, decide)
+}
+
+// startServer is startProxy with srv.
+func startServer(t testing.TB, srv *Server, upstream string, decide Decider) *testProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +83,6 @@ func startProxy(t testing.TB, cfg Config, upstream string, decide Decider) *test
 	tp := &testProxy{addr: ln.Addr().String(), records: make(chan *Record, 1000)}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	srv := NewServer(cfg)
 	tp.srv = srv
 	t.Cleanup(func() {
 		cancel()

@@ -11,6 +11,7 @@ import (
 	nethttp "net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,4 +276,70 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 	b.ReportMetric(proxied-direct, "proxy-bytes/conn")
 	b.ReportMetric(proxiedStacks-directStacks, "proxy-stack-bytes/conn")
 	b.ReportMetric(goroutines, "goroutines/conn")
+}
+
+// TestIdleConnectionKeepsNoBuffer: an idle connection refers to no
+// connection buffer, the client's or the upstream's: once the pool drops
+// the buffers it was given back (two collections), they are freed, none
+// kept alive by the last request's head, its decider view or the last
+// response head.
+func TestIdleConnectionKeepsNoBuffer(t *testing.T) {
+	_, upAddr := newUpstream(t)
+	srv := NewServer(Config{})
+	var live atomic.Int64
+	srv.bufs.New = func() any {
+		b := make([]byte, bufSize)
+		live.Add(1)
+		runtime.SetFinalizer(&b[0], func(*byte) { live.Add(-1) })
+		return &b
+	}
+	p := startServer(t, srv, upAddr, ruleDecider(t, policy.HTTPRule{Method: "GET", Headers: []policy.HeaderMatch{{Name: "X-Token", Presence: true}}}))
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// pipelined: a request with more headers, then one with fewer
+	if _, err := io.WriteString(c, "GET /a HTTP/1.1\r\nHost: x\r\nX-Token: t\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n"+
+		"GET /b HTTP/1.1\r\nHost: x\r\nX-Token: t\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	for _, want := range []string{"GET /a", "GET /b"} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := nethttp.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Echo") != want {
+			t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, resp.Header.Get("X-Echo"), want)
+		}
+	}
+	waitHeld(t, p.srv, 0)
+	waitNoResponder(t)
+	if live.Load() == 0 {
+		t.Fatal("no connection buffer was taken")
+	}
+	for deadline := time.Now().Add(10 * time.Second); live.Load() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connection buffers stay alive with the connection idle and the pool dropped", live.Load())
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	// and the connection still works
+	if _, err := io.WriteString(c, "GET /c HTTP/1.1\r\nHost: x\r\nX-Token: t\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := nethttp.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Echo") != "GET /c" {
+		t.Fatalf("after idle: %d %q", resp.StatusCode, resp.Header.Get("X-Echo"))
+	}
 }
