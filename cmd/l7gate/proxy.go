@@ -42,19 +42,16 @@ const accessLogDelay = 100 * time.Millisecond
 // forwarder's queue of 8192 records must absorb what arrives meanwhile).
 const flowLinger = 20 * time.Millisecond
 
-// trimWhenQuiet's settings: a quarter second with less than this
-// allocated is quiet (an idle proxy allocates a few KiB a second, a
-// request about 1 KiB), and a trim runs at most every trimMinGap (its cost
-// is a full collection when there is free heap to return, about 20 ms of
-// CPU, and reading smaps, about 1 ms). After a load, or a config change,
-// the free heap goes back to the kernel (the runtime's scavenger returns
-// it over minutes) and so do the executable's pages (the l7gate binary's
-// start, and a config apply, map 40-60 MB of them: the agent's code next
-// to the proxy's, package initialisation, protobuf descriptors).
+// trimWhenQuiet's settings: a second with less than this allocated is
+// quiet (an idle proxy allocates a few KiB a second, a request about
+// 1 KiB), and a trim runs at most every trimMinGap (its cost is a full
+// collection, about 20 ms of CPU with a small heap). After a load, or a
+// config change, the free heap goes back to the kernel at once instead of
+// over the minutes the runtime's scavenger takes.
 const (
-	trimTick        = 250 * time.Millisecond
-	trimMinGap      = time.Second
-	trimQuietAllocs = 16 << 10
+	trimTick        = time.Second
+	trimMinGap      = 10 * time.Second
+	trimQuietAllocs = 64 << 10
 )
 
 func (a *app) proxyCommand() *cobra.Command {
