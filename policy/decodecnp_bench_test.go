@@ -58,3 +58,48 @@ func TestValidAnchoredAgreesWithCompile(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeSharesEqualLabelMaps: pods of one input with equal labels
+// share one label map (however the labels are ordered); pods whose labels
+// differ, even where a key and value run together alike, do not.
+func TestDecodeSharesEqualLabelMaps(t *testing.T) {
+	objs, errs := Decode("pods.yaml", []byte(`apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: web, labels: {app: web, tier: "1"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: web, labels: {tier: "1", app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: web, labels: {app: web1, tier: ""}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: web, labels: {app: web, tier: "2"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: e, namespace: web}
+`))
+	if len(errs) > 0 || len(objs.Pods) != 5 {
+		t.Fatalf("decode: %d pods, %v", len(objs.Pods), errs)
+	}
+	by := map[string]map[string]string{}
+	for _, p := range objs.Pods {
+		by[p.Name] = p.Labels
+	}
+	same := func(a, b map[string]string) bool { return fmt.Sprintf("%p", a) == fmt.Sprintf("%p", b) }
+	if !same(by["a"], by["b"]) {
+		t.Error("pods a and b have equal labels but two maps")
+	}
+	for _, n := range []string{"c", "d"} {
+		if same(by["a"], by[n]) {
+			t.Errorf("pod %s shares pod a's labels %v: has %v", n, by["a"], by[n])
+		}
+	}
+	if by["c"]["app"] != "web1" || by["d"]["tier"] != "2" || len(by["e"]) != 0 || objs.labelSets != nil {
+		t.Errorf("labels %v (interning state %v)", by, objs.labelSets)
+	}
+}
