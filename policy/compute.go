@@ -168,13 +168,24 @@ func ComputeWith(objs *Objects, alloc *IdentityAllocator, opts Options) (*Snapsh
 	}
 	c.allIDs = append(append(ReservedIdentities(), c.podIDs...), sortedIDs(c.cidrIDs)...)
 	c.allIDs = append(c.allIDs, c.combined...)
+	prevStrs := c.alloc.identityStrings()
+	strs := make(map[Identity]identityStrings, len(c.allIDs))
 	for _, id := range c.allIDs {
-		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: c.snap.labels[id].Strings()})
-		for _, l := range c.snap.labels[id] {
-			k := l.Key + "=" + l.Value
+		ls := c.snap.labels[id]
+		s, ok := prevStrs[id]
+		if !ok || !slices.Equal(s.labels, ls) {
+			s = identityStrings{labels: ls, strings: ls.Strings(), keys: make([]string, len(ls))}
+			for i, l := range ls {
+				s.keys[i] = l.Key + "=" + l.Value
+			}
+		}
+		strs[id] = s
+		c.snap.Identities = append(c.snap.Identities, IdentityInfo{ID: id, Labels: s.strings})
+		for _, k := range s.keys {
 			c.byLabel[k] = append(c.byLabel[k], id)
 		}
 	}
+	c.alloc.setIdentityStrings(strs)
 	// subjects: which rules select each endpoint identity
 	subjects := map[Identity][]ruleRef{}
 	for pi := range objs.Policies {

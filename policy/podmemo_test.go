@@ -122,6 +122,7 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 		}
 		full.pods = nil  // no memo: every pod's labels built and allocated
 		full.eps = nil   // every pod passed over
+		full.strs = nil  // every identity's label strings built
 		full.order = nil // and the ipcache sorted
 		got, err := ComputeWith(objs, memo, Options{FQDNCache: names})
 		if err != nil {
