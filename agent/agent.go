@@ -306,9 +306,11 @@ type Agent struct {
 	lastFullSync  time.Time
 	lastHosts     []netip.Addr
 	ipcMemo       ipcacheMemo // syncDatapath's, per snapshot
-	flowStale     bool
-	flowRefreshed time.Time
-	fqRetry       bool
+	// portsRefreshed: when allocatePorts last allocated each port.
+	portsRefreshed map[redirect.PortKey]time.Time
+	flowStale      bool
+	flowRefreshed  time.Time
+	fqRetry        bool
 }
 
 // state is what the status API shows, and what flows are attributed with.

@@ -43,7 +43,7 @@ func retried(step string) bool {
 func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Update) bool {
 	start := a.cfg.now()
 	tm := &a.timing
-	tm.find, tm.sync, tm.push, tm.inForce = 0, 0, 0, 0
+	tm.find, tm.sync, tm.push, tm.inForce, tm.ports, tm.services, tm.status = 0, 0, 0, 0, 0, 0, 0
 	lap := func(d *time.Duration) func() {
 		t0 := a.cfg.now()
 		return func() { *d += a.cfg.now().Sub(t0) }
@@ -56,7 +56,9 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 		a.fail(fmt.Errorf("revision %d: find local endpoints: %w", rev, err))
 		return true
 	}
+	done = lap(&tm.ports)
 	ports, portErrs := a.allocatePorts(snap, local)
+	done()
 
 	// 1. Endpoints: attached and L3/L4 synced, redirects only to what the
 	// proxies already ACKed.
@@ -68,7 +70,9 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 		return true
 	}
 	// Services once the ipcache knows their backends (services.go).
+	done = lap(&tm.services)
 	svcNotes := a.syncServices(u)
+	done()
 	// 2. The proxies.
 	done = lap(&tm.push)
 	a.push(ctx, snap, local, ports, portErrs)
@@ -93,6 +97,8 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 		a.fail(fmt.Errorf("revision %d: %w", rev, err))
 		return true
 	}
+	// status: releasing ports, the status, metrics and the reporter.
+	done = lap(&tm.status)
 	for k := range a.cfg.Ports.Allocations() {
 		if _, ok := ports[k]; !ok {
 			if err := a.cfg.Ports.Release(k); err != nil {
@@ -118,6 +124,7 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 	if a.cfg.Reporter != nil {
 		a.cfg.Reporter.Implemented(ctx, rev, *u, failures)
 	}
+	done()
 	if changedFailures {
 		// logged when they change, not on every retry
 		for _, f := range failures {
@@ -144,23 +151,49 @@ func (a *Agent) apply(ctx context.Context, snap *policy.Snapshot, u *source.Upda
 // allocatePorts gives every (direction, parser) the local endpoints
 // redirect to, and some proxy serves, a proxy port. A failed allocation
 // is kept per listener: its redirects fail closed.
+//
+// A port this agent allocated (or refreshed) less than portRefreshEvery
+// ago is taken as it is: Allocate refreshes the allocation's time in the
+// persisted state, a file written and renamed per listener, which took
+// 3-12 ms of every revision on a loaded node (the "ports" step).
 func (a *Agent) allocatePorts(snap *policy.Snapshot, local []bpftranslate.LocalEndpoint) (map[redirect.PortKey]uint16, map[redirect.PortKey]error) {
 	ports := map[redirect.PortKey]uint16{}
 	errs := map[redirect.PortKey]error{}
+	var held map[redirect.PortKey]uint16
+	now := a.cfg.now()
 	for _, l := range translate.RequiredListeners(snap, policyEndpoints(local)) {
 		if !proxyParser(l.Parser) {
 			continue
 		}
 		k := portKey(l.Direction, l.Parser)
+		if at, ok := a.portsRefreshed[k]; ok && now.Sub(at) < portRefreshEvery && now.Sub(at) >= 0 {
+			if held == nil {
+				held = a.cfg.Ports.Allocations()
+			}
+			if p, ok := held[k]; ok {
+				ports[k] = p
+				continue
+			}
+		}
 		p, err := a.cfg.Ports.Allocate(k)
 		if err != nil {
 			errs[k] = err
 			continue
 		}
 		ports[k] = p
+		if a.portsRefreshed == nil {
+			a.portsRefreshed = map[redirect.PortKey]time.Time{}
+		}
+		a.portsRefreshed[k] = now
 	}
 	return ports, errs
 }
+
+// portRefreshEvery: how often allocatePorts refreshes a port's
+// allocation in the persisted state (redirect.PortAllocatorConfig.Restore,
+// 15 minutes by default, is how old an allocation a restarted agent still
+// restores).
+const portRefreshEvery = time.Minute
 
 func portKey(dir policy.Direction, parser string) redirect.PortKey {
 	return redirect.PortKey{Direction: dir.String(), Parser: parser}
@@ -240,18 +273,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		fs.add(d.Endpoint, step, d.Direction, why, refsOf(d.Origins))
 	}
 	memo := &a.ipcMemo
-	if memo.snap != snap {
-		// A revision syncs twice (endpoints, then redirects): the pod
-		// addresses and the translated ipcache of one (read-only)
-		// snapshot are built once.
-		*memo = ipcacheMemo{snap: snap, podIPs: map[netip.Addr]bool{}}
-		for _, ep := range snap.Endpoints {
-			for _, ip := range ep.IPs {
-				memo.podIPs[ip] = true
-			}
-		}
-	}
-	hosts, err := a.cfg.Host.Addresses(memo.podIPs)
+	hosts, err := a.cfg.Host.Addresses(memo.podAddrs(snap))
 	if err != nil {
 		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
 	}
@@ -259,10 +281,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	// What is in force, for the incremental FQDN path (fqdn.go) and the
 	// next sync; unknown if a sync fails.
 	a.lastPolicies, a.lastIPCache, a.lastHosts = nil, nil, hosts
-	if memo.ipc == nil || !slices.Equal(memo.hosts, hosts) {
-		memo.ipc, memo.hosts = bpftranslate.IPCache(snap, hosts), slices.Clone(hosts)
-	}
-	ipc := memo.ipc
+	ipc := memo.translated(snap, hosts)
 	partial, canPartial := a.dp.(fqdnDatapath)
 	var inc *datapathDelta
 	prevList := a.lastIPCacheAs
@@ -328,14 +347,63 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	return st, nil
 }
 
-// ipcacheMemo: the last snapshot's pod addresses and, for the node
-// addresses hosts, its translated ipcache (read-only: the datapath and
-// the diff only read them).
+// ipcacheMemo: the pod addresses of the last snapshot and its translated
+// ipcache (read-only: the datapath and the diff only read them). A
+// revision syncs twice (endpoints, then redirects), and a CNP change
+// leaves both alone: at 11k pods rebuilding the 11k-address set and
+// translating the 11k entries again cost ~5 % of the agent's CPU per
+// change. Both are kept while their inputs are equal, compared entry by
+// entry (TestIPCacheMemoEqualsTranslation).
 type ipcacheMemo struct {
-	snap   *policy.Snapshot
-	podIPs map[netip.Addr]bool
-	hosts  []netip.Addr
-	ipc    []bpf.IPCacheEntry
+	// podIPs: the addresses of endpoints.
+	endpoints []policy.Endpoint
+	podIPs    map[netip.Addr]bool
+	// ipc: bpftranslate.IPCache of in and hosts.
+	in    []policy.IPCacheEntry
+	hosts []netip.Addr
+	ipc   []bpf.IPCacheEntry
+}
+
+// podAddrs returns the addresses of snap's endpoints.
+func (m *ipcacheMemo) podAddrs(snap *policy.Snapshot) map[netip.Addr]bool {
+	if m.podIPs != nil && sameEndpointAddrs(m.endpoints, snap.Endpoints) {
+		m.endpoints = snap.Endpoints
+		return m.podIPs
+	}
+	m.endpoints, m.podIPs = snap.Endpoints, make(map[netip.Addr]bool, len(snap.Endpoints))
+	for _, ep := range snap.Endpoints {
+		for _, ip := range ep.IPs {
+			m.podIPs[ip] = true
+		}
+	}
+	return m.podIPs
+}
+
+// sameEndpointAddrs: a and b have the same addresses, endpoint by
+// endpoint (snapshots are read-only: the same array holds the same).
+func sameEndpointAddrs(a, b []policy.Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	for i := range a {
+		if !slices.Equal(a[i].IPs, b[i].IPs) {
+			return false
+		}
+	}
+	return true
+}
+
+// translated returns bpftranslate.IPCache(snap, hosts).
+func (m *ipcacheMemo) translated(snap *policy.Snapshot, hosts []netip.Addr) []bpf.IPCacheEntry {
+	if m.ipc != nil && slices.Equal(m.hosts, hosts) && slices.Equal(m.in, snap.IPCache) {
+		m.in = snap.IPCache
+		return m.ipc
+	}
+	m.in, m.hosts, m.ipc = snap.IPCache, slices.Clone(hosts), bpftranslate.IPCache(snap, hosts)
+	return m.ipc
 }
 
 // fullSyncEvery: how often syncDatapath makes the whole maps exact even
@@ -642,16 +710,22 @@ type revisionTiming struct {
 	// inForce: the part of push spent after the completion, waiting until
 	// every proxy ACKed everything (awaitInForce).
 	inForce time.Duration
+	// ports: allocating proxy ports; services: the service maps
+	// (syncServices); status: after the last sync, releasing ports and
+	// recording the revision (status, flow index, metrics, reporter).
+	ports, services, status time.Duration
 }
 
-// String: "received/compute/find/sync/push/inforce" in ms, received
-// being the time since the update arrived (zero for a re-implemented
-// revision).
+// String: "received/compute/find/sync/push/inforce/ports/services/status"
+// in ms, received being the time since the update arrived (zero for a
+// re-implemented revision). The l7gate-bench controlplane phase reads
+// it: add fields at the end.
 func (t revisionTiming) String(now time.Time) string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1e3) }
 	var since time.Duration
 	if !t.received.IsZero() {
 		since = now.Sub(t.received)
 	}
-	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push) + "/" + ms(t.inForce)
+	return ms(since) + "/" + ms(t.compute) + "/" + ms(t.find) + "/" + ms(t.sync) + "/" + ms(t.push) + "/" + ms(t.inForce) +
+		"/" + ms(t.ports) + "/" + ms(t.services) + "/" + ms(t.status)
 }

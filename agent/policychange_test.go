@@ -148,8 +148,9 @@ func TestTookIncludesCompute(t *testing.T) {
 	if took < time.Hour {
 		t.Errorf("took %v, want at least the compute's hour: %q", took, line)
 	}
-	if n := strings.Count(strings.TrimPrefix(line[strings.Index(line, "split=")+len("split="):], " "), "/"); n != 5 {
-		t.Errorf("split has %d fields, want 6 (received/compute/find/sync/push/inforce): %q", n+1, line)
+	split := regexp.MustCompile(` split=(\S+)`).FindStringSubmatch(line)
+	if split == nil || strings.Count(split[1], "/") != 8 {
+		t.Errorf("split has not 9 fields (received/compute/find/sync/push/inforce/ports/services/status): %q", line)
 	}
 }
 

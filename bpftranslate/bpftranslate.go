@@ -195,7 +195,7 @@ func DenyAll() bpf.DirectionPolicy { return bpf.DirectionPolicy{Enforced: true} 
 // (an IPv4-mapped IPv6 address is taken as the IPv4 address).
 func IPCache(snap *policy.Snapshot, hostAddrs []netip.Addr) []bpf.IPCacheEntry {
 	out := make([]bpf.IPCacheEntry, 0, len(snap.IPCache)+len(hostAddrs))
-	seen := map[netip.Prefix]bool{}
+	seen := make(map[netip.Prefix]bool, len(snap.IPCache)+len(hostAddrs))
 	for _, a := range hostAddrs {
 		a = a.Unmap()
 		p := netip.PrefixFrom(a, a.BitLen())

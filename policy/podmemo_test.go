@@ -15,7 +15,9 @@ import (
 // removed), namespace labels and policies, and identities forgotten by
 // Sweep and Release, a compute that reuses the last compute's pod labels
 // and identities gives exactly the snapshot a compute without the memo
-// gives (same allocator history, so the same numbers).
+// gives (same allocator history, so the same numbers). The memo of the
+// whole pod pass (endpointsMemo) is checked alike: node names and named
+// ports change too.
 func TestPodMemoEqualsFullCompute(t *testing.T) {
 	rng := rand.New(rand.NewPCG(19, 7))
 	objs := benchObjects(20, 300)
@@ -33,7 +35,7 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 	objs.Policies[0].Rules[0].Allow[Egress] = append(objs.Policies[0].Rules[0].Allow[Egress], Section{Path: "spec.egress[9]", Index: 9, Peers: Peers{FQDNs: []DNSSelector{sel}}})
 	var names StaticFQDNCache
 	for step := range 300 {
-		switch rng.IntN(12) {
+		switch rng.IntN(14) {
 		case 9: // a pod's address changed (the ipcache's order)
 			p := &objs.Pods[rng.IntN(len(objs.Pods))]
 			p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{198, 19, byte(rng.IntN(4)), byte(rng.IntN(250))})}
@@ -55,6 +57,12 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 			default:
 				names = append(names, FQDNName{Name: n, IPs: []netip.Addr{ip}})
 			}
+		case 12: // a pod's named ports (a new slice, or an equal one)
+			p := &objs.Pods[rng.IntN(len(objs.Pods))]
+			p.NamedPorts = []NamedPort{{Name: []string{"http", "grpc"}[rng.IntN(2)], Protocol: ProtoTCP, Port: uint16(8000 + rng.IntN(3))}}
+		case 13: // a pod's node
+			p := &objs.Pods[rng.IntN(len(objs.Pods))]
+			p.NodeName = fmt.Sprintf("node%d", rng.IntN(3))
 		case 0: // a pod's labels
 			p := &objs.Pods[rng.IntN(len(objs.Pods))]
 			l := map[string]string{"app": fmt.Sprintf("app%d", rng.IntN(45)), "tier": fmt.Sprintf("tier%d", rng.IntN(5))}
@@ -113,6 +121,8 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 			hits++
 		}
 		full.pods = nil  // no memo: every pod's labels built and allocated
+		full.eps = nil   // every pod passed over
+		full.strs = nil  // every identity's label strings built
 		full.order = nil // and the ipcache sorted
 		got, err := ComputeWith(objs, memo, Options{FQDNCache: names})
 		if err != nil {
@@ -132,6 +142,9 @@ func TestPodMemoEqualsFullCompute(t *testing.T) {
 		if !reflect.DeepEqual(memo.State(), full.State()) {
 			t.Fatalf("step %d: allocator state differs", step)
 		}
+	}
+	if memo.epsReused < 30 || memo.epsReused == 300 {
+		t.Fatalf("the pod pass was reused in %d of 300 computes", memo.epsReused)
 	}
 	if memo.orderReused < 50 {
 		t.Fatalf("the ipcache order was reused in only %d of 300 computes", memo.orderReused)
@@ -162,7 +175,7 @@ func BenchmarkRecomputeScale(b *testing.B) {
 				i++
 				objs.Policies[0].Rules[0].Allow[Ingress][1].Ports[0].L7.HTTP[1].Path = fmt.Sprintf("/api/v1/change%d", i)
 				if !on {
-					alloc.pods = nil
+					alloc.pods, alloc.eps = nil, nil
 				}
 				if _, err := Compute(objs, alloc); err != nil {
 					b.Fatal(err)

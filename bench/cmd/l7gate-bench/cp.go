@@ -34,7 +34,10 @@ type cpResult struct {
 	// received → implemented (compute and took); then the agent's own
 	// parts: compute, find (local endpoints over netlink), sync (datapath),
 	// push (xDS push and ACKs), inforce (the part of push after the
-	// completion: awaitInForce). From the agent's "split" log field.
+	// completion: awaitInForce), and from agents since w14 ports
+	// (allocating proxy ports), services (the service maps) and status
+	// (recording the revision: status, flow index, metrics, reporter).
+	// From the agent's "split" log field.
 	Split map[string][2]float64 `json:"splitP50P99ms,omitempty"`
 	// AgentCPUPerChangeMs: the agent process's CPU time (user+system)
 	// over the changes, per change (less load-sensitive than wall time;
@@ -69,10 +72,15 @@ func syntheticPodsYAML(local, cluster int) string {
 var implLineRE = regexp.MustCompile(`msg="policy implemented" revision=(\d+) .*took=(\S+)`)
 
 // splitRE: the agent's "split" field (agent/implement.go revisionTiming):
-// received/compute/find/sync/push/inforce in ms.
-var splitRE = regexp.MustCompile(`split=([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)`)
+// received/compute/find/sync/push/inforce in ms, then (agents since w14)
+// /ports/services/status.
+var splitRE = regexp.MustCompile(`split=([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)(?:/([0-9.]+)/([0-9.]+)/([0-9.]+))?`)
 
-var splitNames = []string{"agent", "compute", "find", "sync", "push", "inforce"}
+var splitNames = []string{"agent", "compute", "find", "sync", "push", "inforce", "ports", "services", "status"}
+
+// splitBase: the fields every agent logs (a prebuilt older agent logs
+// only these).
+const splitBase = 6
 
 // logTail follows the agent log from its current end.
 type logTail struct {
@@ -113,6 +121,9 @@ func (t *logTail) waitRevision(after uint64, limit time.Duration) (uint64, time.
 						t.split = nil
 						if sm := splitRE.FindStringSubmatch(line); sm != nil {
 							for _, v := range sm[1:] {
+								if v == "" {
+									break // an older agent's split
+								}
 								f, _ := strconv.ParseFloat(v, 64)
 								t.split = append(t.split, f)
 							}
@@ -181,10 +192,10 @@ func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, 
 		}
 		e2e = append(e2e, time.Since(t0))
 		took = append(took, tk)
-		if len(tail.split) == len(splitNames) {
+		if len(tail.split) >= splitBase {
 			split["source"] = append(split["source"], float64(e2e[len(e2e)-1].Microseconds())/1e3-tail.split[0])
-			for j, name := range splitNames {
-				split[name] = append(split[name], tail.split[j])
+			for j, v := range tail.split {
+				split[splitNames[j]] = append(split[splitNames[j]], v)
 			}
 		}
 		rev = nrev
