@@ -29,7 +29,9 @@ const keepAliveDelay = time.Second
 // arms, every keepAliveDelay, those dialed before its previous round;
 // a connection closed by then costs no system call (net reports it
 // closed). It holds a connection's *net.TCPConn (not its socket: closing
-// frees that) for at most two rounds.
+// frees that) for at most two rounds. A drain (which waits for the
+// proxy's goroutines) ends it at once: it arms what waits, and
+// connections dialed during a drain get keep-alive in the dial.
 type keepAliveArmer struct {
 	mu      sync.Mutex
 	next    []*net.TCPConn // dialed since the last round
@@ -41,7 +43,7 @@ type keepAliveArmer struct {
 // keepAliveArmer); a connection of another type gets it at once.
 func (p *Proxy) armKeepAlive(c net.Conn) {
 	tc, ok := c.(*net.TCPConn)
-	if !ok {
+	if !ok || p.drainCtx.Err() != nil {
 		if ka, ok := c.(interface {
 			SetKeepAliveConfig(net.KeepAliveConfig) error
 		}); ok {
@@ -62,7 +64,7 @@ func (p *Proxy) armKeepAlive(c net.Conn) {
 }
 
 // keepAliveRounds arms the connections due every p.keepAliveEvery until
-// none waits, or the proxy closes.
+// none waits, or a drain or Close begins (then it arms all that wait).
 func (p *Proxy) keepAliveRounds() {
 	defer p.wg.Done()
 	a := &p.keepAlive
@@ -72,10 +74,14 @@ func (p *Proxy) keepAliveRounds() {
 	for {
 		select {
 		case <-t.C:
-		case <-p.ctx.Done():
+		case <-p.drainCtx.Done():
 			a.mu.Lock()
+			waiting := append(a.due, a.next...)
 			a.next, a.due, a.running = nil, nil, false
 			a.mu.Unlock()
+			for _, c := range waiting {
+				c.SetKeepAliveConfig(cfg)
+			}
 			return
 		}
 		a.mu.Lock()

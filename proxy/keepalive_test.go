@@ -106,3 +106,53 @@ func TestUpstreamKeepAliveArmedLater(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamKeepAliveDrainNotHeld: a drain (which waits for the proxy's
+// goroutines) is not held up by connections waiting for keep-alive: the
+// armer gives each its keep-alive at once and ends, and a connection
+// dialed during the drain gets keep-alive in the dial.
+func TestUpstreamKeepAliveDrainNotHeld(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p := New(Options{})
+	defer p.Close()
+	p.keepAliveEvery = time.Hour // longer than the test
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	dial := func() net.Conn {
+		c, err := p.dialUpstream(context.Background(), connInfo{src: netip.MustParseAddrPort("127.0.0.2:1"), dst: dst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := dial()
+	defer c.Close()
+	if on, _, _, _ := keepAliveOpts(t, c); on != 0 {
+		t.Fatal("keep-alive on right after the dial")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if st := p.Drain(ctx); st.Cut != 0 || ctx.Err() != nil {
+		t.Fatalf("drain with a connection waiting for keep-alive: cut %d, ctx %v (the armer held it up)", st.Cut, ctx.Err())
+	}
+	if on, idle, _, _ := keepAliveOpts(t, c); on != 1 || idle != 15 {
+		t.Errorf("waiting connection after the drain: keep-alive %d idle %d, want 1 15", on, idle)
+	}
+	c2 := dial()
+	defer c2.Close()
+	if on, idle, _, _ := keepAliveOpts(t, c2); on != 1 || idle != 15 {
+		t.Errorf("connection dialed during the drain: keep-alive %d idle %d, want 1 15", on, idle)
+	}
+}
