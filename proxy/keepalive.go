@@ -24,6 +24,12 @@ func upstreamKeepAlive() net.KeepAliveConfig {
 // probe at most keepAliveDelay×2 later than with keep-alive set at dial.
 const keepAliveDelay = time.Second
 
+// keepAliveQueueMax bounds the connections dialed in one round that wait
+// for keep-alive (what the armer holds: at most twice that many closed
+// *net.TCPConn, about 300 bytes each); beyond it, a dial sets keep-alive
+// itself, as before.
+const keepAliveQueueMax = 8192
+
 // keepAliveArmer turns keep-alive on for the upstream connections still
 // open after keepAliveDelay: one goroutine (only while connections wait)
 // arms, every keepAliveDelay, those dialed before its previous round;
@@ -53,6 +59,11 @@ func (p *Proxy) armKeepAlive(c net.Conn) {
 	}
 	a := &p.keepAlive
 	a.mu.Lock()
+	if len(a.next) >= p.keepAliveMax {
+		a.mu.Unlock()
+		tc.SetKeepAliveConfig(upstreamKeepAlive())
+		return
+	}
 	a.next = append(a.next, tc)
 	start := !a.running
 	a.running = true

@@ -156,3 +156,45 @@ func TestUpstreamKeepAliveDrainNotHeld(t *testing.T) {
 		t.Errorf("connection dialed during the drain: keep-alive %d idle %d, want 1 15", on, idle)
 	}
 }
+
+// TestUpstreamKeepAliveQueueBounded: beyond keepAliveMax connections
+// dialed in one round, a dial sets keep-alive itself (what the armer
+// holds stays bounded).
+func TestUpstreamKeepAliveQueueBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p := New(Options{})
+	defer p.Close()
+	p.keepAliveEvery = time.Hour // longer than the test
+	p.keepAliveMax = 2
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	for i := range 4 {
+		c, err := p.dialUpstream(context.Background(), connInfo{src: netip.MustParseAddrPort("127.0.0.2:1"), dst: dst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		on, _, _, _ := keepAliveOpts(t, c)
+		if want := i >= 2; (on == 1) != want {
+			t.Errorf("dial %d with %d queued: keep-alive %d, want on: %v", i+1, min(i, 2), on, want)
+		}
+	}
+	p.keepAlive.mu.Lock()
+	queued := len(p.keepAlive.next)
+	p.keepAlive.mu.Unlock()
+	if queued != 2 {
+		t.Errorf("%d connections queued, want 2", queued)
+	}
+}

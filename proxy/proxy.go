@@ -142,9 +142,11 @@ type Proxy struct {
 	work       chan func()
 	workerIdle time.Duration
 	// keepAlive turns TCP keep-alive on for upstream connections that
-	// outlive keepAliveEvery (see keepAliveArmer; tests: shorter).
+	// outlive keepAliveEvery (see keepAliveArmer; tests: shorter), for
+	// at most keepAliveMax dialed per round.
 	keepAlive      keepAliveArmer
 	keepAliveEvery time.Duration
+	keepAliveMax   int // keepAliveQueueMax
 
 	// Drain state (see Drain): drainCtx ends when a drain begins (the
 	// parsers watch it); inherited are the listeners not yet used.
@@ -208,7 +210,7 @@ func New(opts Options) *Proxy {
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
 		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
 		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: opts.Inherited.clone(),
-		work: make(chan func()), workerIdle: workerIdle, keepAliveEvery: keepAliveDelay}
+		work: make(chan func()), workerIdle: workerIdle, keepAliveEvery: keepAliveDelay, keepAliveMax: keepAliveQueueMax}
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
 	return p
