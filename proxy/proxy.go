@@ -141,6 +141,12 @@ type Proxy struct {
 	// (see run), which waits workerIdle (tests: longer).
 	work       chan func()
 	workerIdle time.Duration
+	// keepAlive turns TCP keep-alive on for upstream connections that
+	// outlive keepAliveEvery (see keepAliveArmer; tests: shorter), for
+	// at most keepAliveMax dialed per round.
+	keepAlive      keepAliveArmer
+	keepAliveEvery time.Duration
+	keepAliveMax   int // keepAliveQueueMax
 
 	// Drain state (see Drain): drainCtx ends when a drain begins (the
 	// parsers watch it); inherited are the listeners not yet used.
@@ -204,7 +210,7 @@ func New(opts Options) *Proxy {
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
 		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
 		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: opts.Inherited.clone(),
-		work: make(chan func()), workerIdle: workerIdle}
+		work: make(chan func()), workerIdle: workerIdle, keepAliveEvery: keepAliveDelay, keepAliveMax: keepAliveQueueMax}
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
 	return p
@@ -649,7 +655,12 @@ func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error)
 	for attempt := 1; ; attempt++ {
 		// (Not Dialer.DialTCP: with no local address it binds ":0" after
 		// the Control function bound the source, and fails EINVAL.)
-		conn, err := redirect.UpstreamDialer(mark, source, avoid).DialContext(ctx, "tcp", ci.dst.String())
+		d := redirect.UpstreamDialer(mark, source, avoid)
+		// Keep-alive is turned on a second later, for the connections
+		// still open then (armKeepAlive), not with four system calls in
+		// every dial.
+		d.KeepAlive = -1
+		conn, err := d.DialContext(ctx, "tcp", ci.dst.String())
 		if errors.Is(err, redirect.ErrSourcePortTaken) && attempt < maxSourcePortAttempts {
 			continue
 		}
@@ -657,6 +668,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, ci connInfo) (net.Conn, error)
 			return nil, err // not a nil *net.TCPConn in a non-nil net.Conn
 		}
 		p.stats.upstreamConns.Add(1)
+		p.armKeepAlive(conn)
 		return conn, nil
 	}
 }

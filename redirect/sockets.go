@@ -149,16 +149,18 @@ func UpstreamDialer(mark uint32, source netip.Addr, avoid func(port uint16) bool
 			if avoid == nil {
 				return
 			}
-			got, e := unix.Getsockname(int(fd))
+			// (syscall's Getsockname, not x/sys/unix's: that one asks
+			// for SO_PROTOCOL too, one more system call per dial)
+			got, e := syscall.Getsockname(int(fd))
 			if e != nil {
 				serr = fmt.Errorf("upstream socket name: %w", e)
 				return
 			}
 			port := -1
 			switch a := got.(type) {
-			case *unix.SockaddrInet4:
+			case *syscall.SockaddrInet4:
 				port = a.Port
-			case *unix.SockaddrInet6:
+			case *syscall.SockaddrInet6:
 				port = a.Port
 			}
 			if port >= 0 && avoid(uint16(port)) {
