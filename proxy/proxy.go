@@ -600,6 +600,10 @@ func (p *Proxy) serve(ci connInfo, c *net.TCPConn) {
 	dial := func(ctx context.Context) (net.Conn, error) {
 		return p.dialUpstream(ctx, ci)
 	}
+	if benchRelayBuild { // false unless built with -tags l7gate_benchrelay (make bench only): benchrelay.go
+		p.serveBenchRelay(ci, c, dial)
+		return
+	}
 	var err error
 	switch ci.parser {
 	case policy.ParserHTTP:

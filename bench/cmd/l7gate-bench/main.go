@@ -89,9 +89,34 @@ type config struct {
 	// proxyOnly: the agent starts the Go proxy from a proxy-only build
 	// (-tags l7gate_proxyonly, agent --proxy-executable).
 	proxyOnly bool
+	// relay: measure the splice relay (a -tags l7gate_benchrelay build of
+	// cmd/l7gate whose proxy only copies bytes, proxy/benchrelay.go) as
+	// path "relay" in the keepalive, newconn, h2grpc and kafka phases, in
+	// the same rounds as direct and L7; the agent hands its proxy over to
+	// the relay build for the relay's runs and back.
+	relay bool
+	// haproxyRedirect: run HAProxy on the datapath's redirect path (its
+	// listener in the socket map for its runs) instead of as a reverse
+	// proxy in the node namespace.
+	haproxyRedirect bool
+	// maxConnsPerSource: the Go proxy's --max-connections-per-source (the
+	// proxyrss phase opens 10000 connections from the client pod, one
+	// identity; the proxy's default of 8192 resets the rest at accept).
+	maxConnsPerSource int
 }
 
-func (c *config) want(phase string) bool { return len(c.only) == 0 || c.only[phase] }
+// want reports whether any of phases runs.
+func (c *config) want(phases ...string) bool {
+	if len(c.only) == 0 {
+		return true
+	}
+	for _, p := range phases {
+		if c.only[p] {
+			return true
+		}
+	}
+	return false
+}
 
 // phases, in the issue's priority order.
 var allPhases = []string{"keepalive", "keepalive6", "fixedrate", "newconn", "h2grpc", "datapath", "controlplane", "kafka", "proxyrss", "otlp", "dns", "accesslogoff"}
@@ -120,6 +145,9 @@ func benchMain() error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil
 	})
+	flag.BoolVar(&cfg.relay, "relay", true, "measure the splice relay (-tags l7gate_benchrelay build: the Go proxy's accept and upstream dial, then io.Copy both ways, no policy) as path relay in the keepalive, newconn, h2grpc and kafka phases")
+	flag.BoolVar(&cfg.haproxyRedirect, "haproxy-redirect", true, "run HAProxy on the datapath's redirect path (its listener in the sk_lookup socket map for its runs, connecting to the original destination from the node's address) instead of as a reverse proxy on the node's address")
+	flag.IntVar(&cfg.maxConnsPerSource, "max-connections-per-source", 16384, "the Go proxy's --max-connections-per-source (proxyrss opens 10000 connections from one pod; the proxy's default is 8192)")
 	flag.BoolVar(&cfg.proxyOnly, "proxy-only-build", false, "start the Go proxy from a proxy-only build of cmd/l7gate (-tags l7gate_proxyonly, the agent's --proxy-executable): the same proxy code without the agent's packages linked")
 	rerender := flag.String("report-from", "", "only re-render <date>.md, latest.md and the charts from an existing <date>.json (no root needed)")
 	pin := flag.Bool("pin", true, "pin load generators to CPU 1 and the proxies to CPU 0")
@@ -249,28 +277,55 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 			return fmt.Errorf("go build: %v: %s", err, out)
 		}
 	}
+	proxyA := bin // the Go proxy's executable
 	if cfg.proxyOnly {
-		proxyBin := filepath.Join(tmp, "l7gate-proxy")
-		build := exec.CommandContext(ctx, "go", "build", "-tags", "l7gate_proxyonly", "-o", proxyBin, "./cmd/l7gate")
+		proxyA = filepath.Join(tmp, "l7gate-proxyonly")
+		build := exec.CommandContext(ctx, "go", "build", "-tags", "l7gate_proxyonly", "-o", proxyA, "./cmd/l7gate")
 		build.Dir = cfg.repo
 		if out, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build -tags l7gate_proxyonly: %v: %s", err, out)
 		}
-		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+proxyBin)
 	}
-	if cfg.kafkaBinB != "" {
+	if cfg.kafkaBinB != "" && cfg.proxyOnly {
+		return errors.New("-kafka-bin-b and -proxy-only-build both choose the proxy executable")
+	}
+	if cfg.relay && cfg.want("keepalive", "newconn", "h2grpc", "kafka") {
+		// The splice relay: the same proxy command, built with the tag
+		// that replaces the per-protocol serve step by a byte copy.
+		relay := filepath.Join(tmp, "l7gate-proxy-relay")
+		tags := "l7gate_benchrelay"
 		if cfg.proxyOnly {
-			return errors.New("-kafka-bin-b and -proxy-only-build both choose the proxy executable")
+			tags += ",l7gate_proxyonly"
 		}
+		log.Printf("building the splice relay (-tags %s)", tags)
+		build := exec.CommandContext(ctx, "go", "build", "-tags", tags, "-o", relay, "./cmd/l7gate")
+		build.Dir = cfg.repo
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build -tags %s: %v: %s", tags, err, out)
+		}
+	} else {
+		cfg.relay = false
+	}
+	switch {
+	case cfg.kafkaBinB != "" || cfg.relay:
 		// The agent starts (and, on SIGHUP, hands over to) the proxy from
-		// l7gate-proxy, which the kafka phase replaces with a copy of
-		// either binary.
-		for _, c := range [][2]string{{bin, "l7gate-proxy-a"}, {cfg.kafkaBinB, "l7gate-proxy-b"}, {bin, "l7gate-proxy"}} {
+		// l7gate-proxy, which handOverTo replaces with a copy of the Go
+		// proxy's binary (a), -kafka-bin-b's (b) or the relay's.
+		cp := [][2]string{{proxyA, "l7gate-proxy-a"}, {proxyA, "l7gate-proxy"}}
+		if cfg.kafkaBinB != "" {
+			cp = append(cp, [2]string{cfg.kafkaBinB, "l7gate-proxy-b"})
+		}
+		for _, c := range cp {
 			if err := copyFile(c[0], filepath.Join(tmp, c[1])); err != nil {
 				return err
 			}
 		}
 		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+filepath.Join(tmp, "l7gate-proxy"))
+	case cfg.proxyOnly:
+		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+proxyA)
+	}
+	if cfg.maxConnsPerSource > 0 {
+		cfg.agentArgs = append(cfg.agentArgs, fmt.Sprintf("--proxy-arg=--max-connections-per-source=%d", cfg.maxConnsPerSource))
 	}
 	n, err := newNode(cl, tmp, bin)
 	if err != nil {
@@ -289,18 +344,23 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 	if _, err := n.waitImplemented(0, 60*time.Second); err != nil {
 		return err
 	}
-	hap, err := startHAProxy(cl, n)
-	if err != nil {
-		res.Errors = append(res.Errors, "haproxy: "+err.Error())
-		hap = nil
-	}
 	pinSelf(loadCPU)
 	dial, err := newNSDialer(ctx, n.clientNS, 4)
 	if err != nil {
 		return err
 	}
-	s := &scenario{n: n, cfg: cfg, res: res, dial: dial, hap: hap, current: "none"}
+	s := &scenario{n: n, cfg: cfg, res: res, dial: dial, current: "none", proxyBin: "a"}
 	log.Printf("topology up: %s (agent pid %d, proxy pid %d)", n.prefix, n.agent.Process.Pid, n.proxyPID())
+	if err := s.startHAProxy(cl); err != nil {
+		res.Errors = append(res.Errors, "haproxy: "+err.Error())
+	}
+	if cfg.want("proxyrss") {
+		// The issue's idle target: the proxy right after it started, with
+		// the 100 rules, before any load phase grew its heap.
+		if err := s.proxyIdleFresh(); err != nil {
+			res.Errors = append(res.Errors, "proxyrss (fresh idle): "+err.Error())
+		}
+	}
 
 	steps := []struct {
 		phase string
@@ -338,27 +398,112 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 			res.Missing = append(res.Missing, st.phase+": failed (see errors)")
 		}
 		log.Printf("phase %s took %v", st.phase, time.Since(t).Round(time.Second))
+		if s.hapT != nil {
+			// the next phase finds the Go proxy's listener in the map
+			if err := s.hapT.detach(s.n.proxyPID()); err != nil {
+				return err
+			}
+		}
 	}
+	return nil
+}
+
+// startHAProxy starts HAProxy on the datapath's redirect path
+// (hapTransparent) or, when that fails, as a reverse proxy in the node
+// namespace; res.HAProxyMode says which.
+func (s *scenario) startHAProxy(cl *cleanups) error {
+	var terr error
+	if s.cfg.haproxyRedirect {
+		terr = func() error {
+			h, err := startHAProxyTransparent(cl, s.n)
+			if err != nil {
+				return err
+			}
+			s.hapT, s.hap, s.res.HAProxyMode = h, h.cmd, "redirect"
+			// try it once: it must answer through the redirect
+			if err := s.use("haproxy"); err != nil {
+				return err
+			}
+			r, err := runWrk(context.Background(), s.n.dir, s.n.clientNS, s.url("haproxy"), 4, time.Second, false, h.cmd.Process.Pid)
+			if err == nil && (r.Requests == 0 || r.Non2xx > 0 || r.ProxyCPUSec == 0) {
+				err = fmt.Errorf("a 1 s run through it: %d requests, %d non-2xx, HAProxy CPU %.3f s", r.Requests, r.Non2xx, r.ProxyCPUSec)
+			}
+			if derr := s.use("direct"); err == nil {
+				err = derr
+			}
+			if err != nil {
+				s.hapT, s.hap = nil, nil
+				h.cmd.Process.Kill()
+				return err
+			}
+			log.Printf("haproxy on the redirect path (pid %d, proxy port %d in its runs)", h.cmd.Process.Pid, h.port)
+			return nil
+		}()
+		if terr == nil {
+			return nil
+		}
+		log.Printf("haproxy on the redirect path: %v; falling back to a reverse proxy", terr)
+		s.res.Errors = append(s.res.Errors, "haproxy on the redirect path (fell back to a reverse proxy): "+terr.Error())
+	}
+	hap, err := startHAProxy(cl, s.n)
+	if err != nil {
+		return err
+	}
+	s.hap, s.res.HAProxyMode = hap, "reverse"
 	return nil
 }
 
 // scenario holds the running topology and which policy is in force.
 type scenario struct {
-	n       *node
-	cfg     *config
-	res     *Results
-	dial    *nsDialer
-	hap     *exec.Cmd
+	n    *node
+	cfg  *config
+	res  *Results
+	dial *nsDialer
+	hap  *exec.Cmd
+	// hapT: HAProxy on the redirect path (nil: hap is a reverse proxy)
+	hapT    *hapTransparent
 	current string
+	// proxyBin: which executable the agent's proxy runs: "a" (the Go
+	// proxy), "b" (-kafka-bin-b) or "relay".
+	proxyBin string
 }
 
 // paths: "direct" (agent running, no policy), "l4" (L3/L4 policy only),
 // "l7" (100 HTTP rules through the Go proxy), "haproxy" (no policy;
 // HAProxy reverse proxy in the node namespace with the same 100 ACLs).
 func (s *scenario) use(path string) error {
-	want := map[string]string{"direct": "none", "haproxy": "none", "l4": "l4", "l7": "l7", "l7-1k": "l7-1k"}[path]
+	want := map[string]string{"direct": "none", "haproxy": "none", "l4": "l4", "l7": "l7", "l7-1k": "l7-1k", "relay": "l7", "l7b": "l7"}[path]
+	if s.hapT != nil {
+		if path == "haproxy" {
+			want = "l7-host"
+		} else if err := s.hapT.detach(s.n.proxyPID()); err != nil {
+			return err
+		}
+	}
+	// The relay runs on the L7 policy's redirect (the datapath sends the
+	// flows to the proxy port) with the relay build as the proxy.
+	handedOver := false
+	if want == "l7" || want == "l7-1k" {
+		bin := "a"
+		switch path {
+		case "relay":
+			bin = "relay"
+		case "l7b":
+			bin = "b"
+		}
+		var err error
+		if handedOver, err = s.proxyRuns(bin); err != nil {
+			return err
+		}
+	}
+	if handedOver {
+		// A proxy process that just started is slower for its first
+		// seconds (heap, goroutine stacks): warm the new one up, whichever
+		// build it is, before it is measured.
+		defer s.warmUp()
+	}
 	if want == s.current {
-		return nil
+		return s.attachHAProxy(path)
 	}
 	var y string
 	switch want {
@@ -366,6 +511,11 @@ func (s *scenario) use(path string) error {
 		y = policyYAML(false, 0, "")
 	case "l7":
 		y = policyYAML(true, 100, "")
+	case "l7-host":
+		// HAProxy on the redirect path: the L7 policy (so the datapath
+		// redirects to the proxy port) and the node allowed in (HAProxy's
+		// upstream connections leave from the node's address)
+		y = policyYAML(true, 100, "") + hostAllowRule
 	case "l7-1k":
 		y = policyYAML(true, 1000, "")
 	}
@@ -377,12 +527,44 @@ func (s *scenario) use(path string) error {
 		pinPID(pid, proxyCPU)
 	}
 	time.Sleep(300 * time.Millisecond)
-	return nil
+	return s.attachHAProxy(path)
+}
+
+// attachHAProxy puts HAProxy's listener in the socket map for its runs on
+// the redirect path.
+func (s *scenario) attachHAProxy(path string) error {
+	if path != "haproxy" || s.hapT == nil {
+		return nil
+	}
+	return s.hapT.attach()
+}
+
+// proxyRuns hands the agent's proxy over to executable bin ("a", "b" or
+// "relay", see runAll) unless it runs that already; it reports whether it
+// did.
+func (s *scenario) proxyRuns(bin string) (bool, error) {
+	if bin == s.proxyBin {
+		return false, nil
+	}
+	if err := s.n.handOverTo(filepath.Join(s.n.dir, "l7gate-proxy-"+bin)); err != nil {
+		return false, fmt.Errorf("proxy of binary %s: %w", bin, err)
+	}
+	s.proxyBin = bin
+	if pid := s.n.proxyPID(); pid > 0 {
+		pinPID(pid, proxyCPU)
+	}
+	return true, nil
+}
+
+// warmUp runs 1 s of keep-alive HTTP through the L7 redirect (the proxy
+// just handed over to).
+func (s *scenario) warmUp() {
+	runWrk(context.Background(), s.n.dir, s.n.clientNS, s.url("l7"), 64, time.Second, false, 0)
 }
 
 func (s *scenario) proxyPIDFor(path string) int {
 	switch path {
-	case "l7", "l7-1k":
+	case "l7", "l7-1k", "relay", "l7b":
 		pid := s.n.proxyPID()
 		pinPID(pid, proxyCPU)
 		return pid
@@ -395,14 +577,14 @@ func (s *scenario) proxyPIDFor(path string) int {
 }
 
 func (s *scenario) url(path string) string {
-	if path == "haproxy" {
+	if path == "haproxy" && s.hapT == nil {
 		return fmt.Sprintf("http://%s:%d%s", nodeIP, haproxyPort, benchPath)
 	}
 	return fmt.Sprintf("http://%s:%d%s", serverIP, httpPort, benchPath)
 }
 
 func (s *scenario) addr(path string) string {
-	if path == "haproxy" {
+	if path == "haproxy" && s.hapT == nil {
 		return net.JoinHostPort(nodeIP, strconv.Itoa(haproxyPort))
 	}
 	return net.JoinHostPort(serverIP, strconv.Itoa(httpPort))
@@ -429,10 +611,37 @@ func roundOrder(paths []string, round int) []string {
 	return o
 }
 
+// withRelay inserts the splice relay after the L7 path when -relay is on.
+func (s *scenario) withRelay(paths []string) []string {
+	if !s.cfg.relay {
+		return paths
+	}
+	i := slices.Index(paths, "l7")
+	return slices.Insert(slices.Clone(paths), i+1, "relay")
+}
+
+// relayRounds returns the relay's rounds of one measurement, created on
+// first use (nil when -relay is off).
+func (s *scenario) relayRounds(name, unit string) *relayRounds {
+	if !s.cfg.relay {
+		return nil
+	}
+	if s.res.Relay == nil {
+		s.res.Relay = map[string]*relayRounds{}
+	}
+	if s.res.Relay[name] == nil {
+		s.res.Relay[name] = &relayRounds{Unit: unit, VsDirect: &pairRounds{}, L7VsRelay: &pairRounds{}}
+	}
+	return s.res.Relay[name]
+}
+
 func (s *scenario) keepAlive(ctx context.Context) error {
 	s.res.KeepAlive = map[string]*wrkResult{}
+	rr := s.relayRounds("keepalive", "req/s")
+	defer s.proxyRuns("a") // the Go proxy again for the phases after (controlplane does not call use)
 	for round := range rounds {
-		for _, p := range roundOrder(s.httpPaths(), round) {
+		got := map[string]*wrkResult{}
+		for _, p := range roundOrder(s.withRelay(s.httpPaths()), round) {
 			if err := s.use(p); err != nil {
 				return err
 			}
@@ -443,6 +652,7 @@ func (s *scenario) keepAlive(ctx context.Context) error {
 				return fmt.Errorf("%s: %w", p, err)
 			}
 			log.Printf("  keep-alive round %d %-8s %9.0f req/s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus cpu/1000 %.4fs non2xx %d errors %d", round, p, r.ReqPerSec, r.P50us, r.P99us, r.P999us, r.ProxyCPUPer1000, r.Non2xx, r.Errors)
+			got[p] = r
 			prev := s.res.KeepAlive[p]
 			var all []float64
 			if prev != nil {
@@ -452,6 +662,9 @@ func (s *scenario) keepAlive(ctx context.Context) error {
 				s.res.KeepAlive[p] = r
 			}
 			s.res.KeepAlive[p].Rounds = append(all, r.ReqPerSec)
+		}
+		if rr != nil {
+			rr.add(got["direct"].reqs(), got["l7"].reqs(), got["relay"].reqs(), got["l7"].cpu(), got["relay"].cpu(), loadAvg())
 		}
 	}
 	return nil
@@ -496,10 +709,12 @@ func (s *scenario) fixedRate(ctx context.Context) error {
 
 func (s *scenario) newConns(ctx context.Context) error {
 	s.res.NewConns = map[string]*wrkResult{}
-	paths := []string{"direct", "l7"}
+	paths := s.withRelay([]string{"direct", "l7"})
 	if s.hap != nil {
 		paths = append(paths, "haproxy")
 	}
+	rr := s.relayRounds("newconn", "conn/s")
+	defer s.proxyRuns("a") // the Go proxy again for the phases after (controlplane does not call use)
 	n := max(s.cfg.newConnRounds, 1)
 	if s.cfg.quick {
 		n = 1
@@ -510,6 +725,7 @@ func (s *scenario) newConns(ctx context.Context) error {
 	}
 	for round := range n {
 		got := map[string]float64{}
+		cpu := map[string]float64{}
 		for _, p := range roundOrder(paths, round) {
 			if err := s.use(p); err != nil {
 				return err
@@ -522,7 +738,7 @@ func (s *scenario) newConns(ctx context.Context) error {
 				return fmt.Errorf("%s: %w", p, err)
 			}
 			log.Printf("  new conns %-8s %9.0f conn/s p99 %6.0fus proxy cpu/1000 %.4fs errors %d (round %d)", p, r.ReqPerSec, r.P99us, r.ProxyCPUPer1000, r.Errors, round+1)
-			got[p] = r.ReqPerSec
+			got[p], cpu[p] = r.ReqPerSec, r.ProxyCPUPer1000
 			prev := s.res.NewConns[p]
 			var all []float64
 			if prev != nil {
@@ -538,6 +754,9 @@ func (s *scenario) newConns(ctx context.Context) error {
 		if hr := s.res.NewConnHAProxyRounds; hr != nil {
 			hr.add(got["haproxy"], got["l7"], loadAvg())
 		}
+		if rr != nil {
+			rr.add(got["direct"], got["l7"], got["relay"], cpu["l7"], cpu["relay"], loadAvg())
+		}
 	}
 	return nil
 }
@@ -551,9 +770,12 @@ func (s *scenario) h2grpc(ctx context.Context) error {
 	if s.cfg.quick {
 		n = 2
 	}
+	rh, rg := s.relayRounds("h2", "req/s"), s.relayRounds("grpc", "calls/s")
+	defer s.proxyRuns("a") // the Go proxy again for the phases after (controlplane does not call use)
 	for round := range n {
 		h2Round, gRound := map[string]float64{}, map[string]float64{}
-		for _, p := range roundOrder([]string{"direct", "l7"}, round) {
+		h2CPU, gCPU := map[string]float64{}, map[string]float64{}
+		for _, p := range roundOrder(s.withRelay([]string{"direct", "l7"}), round) {
 			if err := s.use(p); err != nil {
 				return err
 			}
@@ -565,7 +787,7 @@ func (s *scenario) h2grpc(ctx context.Context) error {
 			if prev := s.res.H2[p]; prev == nil || r.ReqPerSec > prev.ReqPerSec {
 				s.res.H2[p] = r
 			}
-			h2Round[p] = r.ReqPerSec
+			h2Round[p], h2CPU[p] = r.ReqPerSec, r.ProxyCPUPer1000
 			pid := s.proxyPIDFor(p)
 			cpu0 := procCPU(pid)
 			g, err := runGRPC(ctx, s.dial, net.JoinHostPort(serverIP, strconv.Itoa(grpcPort)), 4, 32, s.cfg.shortDur)
@@ -579,11 +801,15 @@ func (s *scenario) h2grpc(ctx context.Context) error {
 			if prev := s.res.GRPC[p]; prev == nil || g.PerSec > prev.PerSec {
 				s.res.GRPC[p] = g
 			}
-			gRound[p] = g.PerSec
+			gRound[p], gCPU[p] = g.PerSec, g.ProxyCPUPer1000
 		}
 		load := loadAvg()
 		h2r.add(h2Round["direct"], h2Round["l7"], load)
 		gr.add(gRound["direct"], gRound["l7"], load)
+		if rh != nil {
+			rh.add(h2Round["direct"], h2Round["l7"], h2Round["relay"], h2CPU["l7"], h2CPU["relay"], load)
+			rg.add(gRound["direct"], gRound["l7"], gRound["relay"], gCPU["l7"], gCPU["relay"], load)
+		}
 		log.Printf("  round %d: h2 L7/direct %.2f, gRPC L7/direct %.2f, load %s", round, h2r.Ratios[round], gr.Ratios[round], load)
 	}
 	log.Printf("  h2 L7/direct median %.2f (%.2f-%.2f); gRPC median %.2f (%.2f-%.2f)", h2r.Median, h2r.Min, h2r.Max, gr.Median, gr.Min, gr.Max)
@@ -677,31 +903,23 @@ func (s *scenario) kafka(ctx context.Context) error {
 	if s.cfg.quick {
 		n = 2
 	}
-	paths := []string{"direct", "l7"}
+	paths := s.withRelay([]string{"direct", "l7"})
 	var krB *pairRounds
 	if s.cfg.kafkaBinB != "" {
 		paths = append(paths, "l7b")
 		krB = &pairRounds{}
 		s.res.KafkaRoundsB = krB
 	}
-	proxyBin := "a" // the binary the agent's proxy runs
+	rr := s.relayRounds("kafka", "msg/s")
+	defer s.proxyRuns("a") // the Go proxy again for the phases after (controlplane does not call use)
 	for round := range n {
 		perSec := map[string]float64{}
+		cpuPer := map[string]float64{}
 		for _, p := range roundOrder(paths, round) {
-			policyPath, bin := p, "a"
-			if p == "l7b" {
-				policyPath, bin = "l7", "b"
+			if err := s.use(p); err != nil {
+				return fmt.Errorf("kafka %s: %w", p, err)
 			}
-			if err := s.use(policyPath); err != nil {
-				return err
-			}
-			if krB != nil && policyPath == "l7" && bin != proxyBin {
-				if err := s.n.handOverTo(filepath.Join(s.n.dir, "l7gate-proxy-"+bin)); err != nil {
-					return fmt.Errorf("kafka: proxy of binary %s: %w", bin, err)
-				}
-				proxyBin = bin
-			}
-			pid := s.proxyPIDFor(policyPath)
+			pid := s.proxyPIDFor(p)
 			srv := s.n.server.Process.Pid
 			self := os.Getpid()
 			agent := s.n.agent.Process.Pid
@@ -727,10 +945,14 @@ func (s *scenario) kafka(ctx context.Context) error {
 			if prev := s.res.Kafka[p]; prev == nil || r.MsgPerSec > prev.MsgPerSec {
 				s.res.Kafka[p] = r
 			}
-			perSec[p] = r.MsgPerSec
+			perSec[p], cpuPer[p] = r.MsgPerSec, r.ProxyCPUPer1000
 		}
 		load := loadAvg()
 		kr.add(perSec["direct"], perSec["l7"], load)
+		if rr != nil {
+			rr.add(perSec["direct"], perSec["l7"], perSec["relay"], cpuPer["l7"], cpuPer["relay"], load)
+			log.Printf("  round %d: kafka relay/direct %.2f, L7/relay %.2f", round, rr.VsDirect.Ratios[round], rr.L7VsRelay.Ratios[round])
+		}
 		log.Printf("  round %d: kafka L7/direct %.2f, load %s", round, kr.Ratios[round], load)
 		if krB != nil {
 			krB.add(perSec["direct"], perSec["l7b"], load)
@@ -792,14 +1014,43 @@ func copyFile(src, dst string) error {
 
 // rssResult: the Go proxy's resident memory.
 type rssResult struct {
+	// FreshIdleKiB: idle with 100 rules right after the topology came up,
+	// before any load phase (0: not measured); FreshIdlePID is that
+	// proxy's pid.
+	FreshIdleKiB int64 `json:"freshIdleKiB,omitempty"`
+	FreshIdlePID int   `json:"freshIdlePid,omitempty"`
+	// IdleKiB: idle with 100 rules after the load phases.
 	IdleKiB      int64 `json:"idleKiB"`
 	IdleConns    int   `json:"idleConns"`
 	WithConnsKiB int64 `json:"withIdleConnsKiB"`
-	// BeforeConnsKiB: back at 100 rules right before opening connections.
+	// ConnRules: the HTTP rules in force while the connections were open
+	// (1000 since wave 14; older runs: 100).
+	ConnRules int `json:"connRules,omitempty"`
+	// BeforeConnsKiB: at ConnRules rules right before opening connections.
 	BeforeConnsKiB int64   `json:"beforeConnsKiB"`
 	PerConnBytes   float64 `json:"perConnBytes"`
 	Rules1kKiB     int64   `json:"with1kRulesKiB"`
 	ConnErr        string  `json:"connError,omitempty"`
+	// MaxConnsPerSource: the proxy's --max-connections-per-source.
+	MaxConnsPerSource int `json:"maxConnectionsPerSource,omitempty"`
+}
+
+// proxyIdleFresh measures the Go proxy's RSS idle with the 100 HTTP rules
+// right after it started (the issue's idle target), before the load
+// phases grow its heap.
+func (s *scenario) proxyIdleFresh() error {
+	if err := s.use("l7"); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	pid := s.n.proxyPID()
+	if s.res.ProxyRSS == nil {
+		s.res.ProxyRSS = &rssResult{}
+	}
+	s.res.ProxyRSS.FreshIdleKiB, s.res.ProxyRSS.FreshIdlePID = procRSSKiB(pid), pid
+	s.proxyMemSnapshot(pid, "fresh-idle")
+	log.Printf("  proxy RSS idle right after start (100 rules): %d KiB (pid %d)", s.res.ProxyRSS.FreshIdleKiB, pid)
+	return nil
 }
 
 func (s *scenario) proxyRSS(ctx context.Context) error {
@@ -807,9 +1058,14 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 		return err
 	}
 	pid := s.n.proxyPID()
+	// 10000 client connections and their 10000 upstream connections
 	sh("prlimit", "--pid", strconv.Itoa(pid), "--nofile=65536:65536")
 	time.Sleep(2 * time.Second)
-	r := &rssResult{IdleKiB: procRSSKiB(pid)}
+	r := s.res.ProxyRSS
+	if r == nil {
+		r = &rssResult{}
+	}
+	r.IdleKiB, r.MaxConnsPerSource = procRSSKiB(pid), s.cfg.maxConnsPerSource
 	s.proxyMemSnapshot(pid, "idle")
 	if err := s.use("l7-1k"); err != nil {
 		return err
@@ -817,11 +1073,10 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 	time.Sleep(2 * time.Second)
 	r.Rules1kKiB = procRSSKiB(pid)
 	s.proxyMemSnapshot(pid, "rules1k")
-	if err := s.use("l7"); err != nil {
-		return err
-	}
-	time.Sleep(2 * time.Second)
-	r.BeforeConnsKiB = procRSSKiB(pid)
+	// The issue's second memory target: 10k idle connections with 1000
+	// rules in force.
+	r.ConnRules = 1000
+	r.BeforeConnsKiB = r.Rules1kKiB
 	want := 10000
 	if s.cfg.quick {
 		want = 1000
@@ -839,7 +1094,7 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 		r.PerConnBytes = float64(r.WithConnsKiB-r.BeforeConnsKiB) * 1024 / float64(got)
 	}
 	s.res.ProxyRSS = r
-	log.Printf("  proxy RSS idle %d KiB, 1k rules %d KiB, before conns %d KiB, %d idle conns %d KiB (%.0f B/conn) %s", r.IdleKiB, r.Rules1kKiB, r.BeforeConnsKiB, got, r.WithConnsKiB, r.PerConnBytes, r.ConnErr)
+	log.Printf("  proxy RSS fresh idle %d KiB, idle after load %d KiB, 1k rules %d KiB, %d idle conns at 1k rules %d KiB (%.0f B/conn) %s", r.FreshIdleKiB, r.IdleKiB, r.Rules1kKiB, got, r.WithConnsKiB, r.PerConnBytes, r.ConnErr)
 	return nil
 }
 
@@ -915,11 +1170,10 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, "\n")
 }
 
-// startHAProxy runs HAProxy (Debian) in the node namespace as a reverse
-// proxy on nodeIP:8080 in front of the server, with the same 100 method +
-// path rules as ACLs (allow if any matches, else 403), one thread pinned to
-// proxyCPU.
-func startHAProxy(cl *cleanups, n *node) (*exec.Cmd, error) {
+// haproxyConfig is HAProxy's configuration with the same 100 method +
+// path rules as the Go proxy's as ACLs (allow if any matches, else 403),
+// one thread, one server connection per client connection, no logging.
+func haproxyConfig(bind, server string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
     nbthread 1
@@ -933,18 +1187,27 @@ defaults
     option http-keep-alive
     http-reuse never
 frontend fe
-    bind %s:%d
+    bind %s
     acl get method GET
-`, nodeIP, haproxyPort)
+`, bind)
 	for i := range 100 {
 		fmt.Fprintf(&b, "    acl r%d path_reg ^%s$\n", i, httpRulePath(i))
 	}
 	for i := range 100 {
 		fmt.Fprintf(&b, "    http-request allow if get r%d\n", i)
 	}
-	fmt.Fprintf(&b, "    http-request deny deny_status 403\n    default_backend be\nbackend be\n    server s1 %s:%d\n", serverIP, httpPort)
+	fmt.Fprintf(&b, "    http-request deny deny_status 403\n    default_backend be\nbackend be\n    server s1 %s\n", server)
+	return b.String()
+}
+
+// startHAProxy runs HAProxy (Debian) in the node namespace as a reverse
+// proxy on nodeIP:8080 in front of the server (haproxyConfig), pinned to
+// proxyCPU: the fallback when it cannot run on the redirect path
+// (startHAProxyTransparent).
+func startHAProxy(cl *cleanups, n *node) (*exec.Cmd, error) {
 	cfgPath := filepath.Join(n.dir, "haproxy.cfg")
-	if err := os.WriteFile(cfgPath, []byte(b.String()), 0o644); err != nil {
+	cfg := haproxyConfig(fmt.Sprintf("%s:%d", nodeIP, haproxyPort), fmt.Sprintf("%s:%d", serverIP, httpPort))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
 	if out, err := exec.Command("haproxy", "-c", "-f", cfgPath).CombinedOutput(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"image/draw"
 	"image/png"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -58,11 +59,19 @@ type Results struct {
 	ProxyRSS             *rssResult             `json:"proxyRss,omitempty"`
 	OTLP                 map[string]*otlpResult `json:"keepAliveOTLP,omitempty"`
 	// DNS: the DNS proxy phase (issue 16), see dns.go.
-	DNS     *dnsResult `json:"dns,omitempty"`
-	Goals   []goal     `json:"goals"`
-	Missing []string   `json:"missing,omitempty"`
-	Errors  []string   `json:"errors,omitempty"`
-	Logs    string     `json:"logs,omitempty"`
+	DNS *dnsResult `json:"dns,omitempty"`
+	// Relay: the splice relay (path relay, -relay) by measurement
+	// (keepalive, newconn, h2, grpc, kafka), in the same rounds as direct
+	// and L7.
+	Relay map[string]*relayRounds `json:"relay,omitempty"`
+	// HAProxyMode: "redirect" (HAProxy on the datapath's redirect path,
+	// its listener in the socket map) or "reverse" (a reverse proxy on the
+	// node's address; before wave 14 always, then the field was empty).
+	HAProxyMode string   `json:"haproxyMode,omitempty"`
+	Goals       []goal   `json:"goals"`
+	Missing     []string `json:"missing,omitempty"`
+	Errors      []string `json:"errors,omitempty"`
+	Logs        string   `json:"logs,omitempty"`
 }
 
 type goal struct {
@@ -112,6 +121,80 @@ func (pr *pairRounds) markdown(unit string) string {
 	return b.String()
 }
 
+// relayRounds: the splice relay (a -tags l7gate_benchrelay build of the
+// proxy: the Go proxy's accept and upstream dial, then io.Copy both ways,
+// no policy) in one measurement's interleaved rounds next to direct and
+// the Go proxy (L7).
+type relayRounds struct {
+	Unit string `json:"unit"`
+	// VsDirect: relay / direct per round (its "l7" column is the relay).
+	VsDirect *pairRounds `json:"relayVsDirect"`
+	// L7VsRelay: L7 / relay per round (its "direct" column is the relay).
+	L7VsRelay *pairRounds `json:"l7VsRelay"`
+	// CPU-s per 1000 requests (connections, calls, produces) per round.
+	RelayCPUPer1000 []float64 `json:"relayCpuSecPer1000"`
+	L7CPUPer1000    []float64 `json:"l7CpuSecPer1000"`
+}
+
+func (rr *relayRounds) add(direct, l7, relay, l7CPU, relayCPU float64, load string) {
+	rr.VsDirect.add(direct, relay, load)
+	rr.L7VsRelay.add(relay, l7, load)
+	rr.RelayCPUPer1000 = append(rr.RelayCPUPer1000, relayCPU)
+	rr.L7CPUPer1000 = append(rr.L7CPUPer1000, l7CPU)
+}
+
+// cpu returns the medians of the relay's and the Go proxy's CPU per 1000.
+func (rr *relayRounds) cpu() (relay, l7 float64) {
+	relay, _, _ = medianRange(rr.RelayCPUPer1000)
+	l7, _, _ = medianRange(rr.L7CPUPer1000)
+	return relay, l7
+}
+
+// relayRatioRow is the Goals row of a same-run relay ratio: the median of
+// the rounds' ratios and their range; the target column says what the
+// issue derived from such a ceiling (the row itself is not a goal).
+func relayRatioRow(name, issueTarget string, pr *pairRounds) goal {
+	return goal{Name: name, Target: issueTarget, Measured: fmt.Sprintf("%.2f (%.2f–%.2f, %d rounds)", pr.Median, pr.Min, pr.Max, len(pr.Ratios)), Met: "n/a"}
+}
+
+// relayGoals adds the same-run splice relay rows of one measurement after
+// its issue-19 rows: relay / direct (the ceiling measured in this run),
+// L7 / relay, and the relay's CPU next to the Go proxy's.
+func relayGoals(rr *relayRounds, what, unit, ceilingTarget string, add func(name, target, measured, met string)) {
+	if rr == nil || rr.VsDirect == nil || len(rr.VsDirect.Ratios) == 0 {
+		return
+	}
+	g := relayRatioRow("(ceiling measured in this run) "+what+", splice relay / direct, median of interleaved rounds", ceilingTarget, rr.VsDirect)
+	add(g.Name, g.Target, g.Measured, g.Met)
+	g = relayRatioRow("(same run) "+what+", L7 (Go proxy) / splice relay, median of interleaved rounds", "report", rr.L7VsRelay)
+	add(g.Name, g.Target, g.Measured, g.Met)
+	relay, l7 := rr.cpu()
+	add("(ceiling measured in this run) splice relay CPU per 1000 "+unit+" ("+what+"), median of rounds", "report (Go proxy: "+fmt.Sprintf("%.4f CPU-s", l7)+")",
+		fmt.Sprintf("%.4f CPU-s (Go proxy / relay %.2f×)", relay, ratio(l7, relay)), "n/a")
+}
+
+// relayMarkdown: section 12, every round of the splice relay next to
+// direct and the Go proxy.
+func relayMarkdown(rel map[string]*relayRounds) string {
+	var b strings.Builder
+	b.WriteString("## 12. The splice relay: the ceiling of a byte-copying proxy on the same redirect path, in the same rounds\n\n" +
+		"The relay is cmd/l7gate built with `-tags l7gate_benchrelay` (proxy/benchrelay.go): the agent hands its proxy over to it for the relay's runs and back (the same hand-over as on an upgrade). It accepts the redirected connection exactly as the Go proxy does (the same listeners in the datapath's socket map, the same steering check and limits), dials upstream as the Go proxy does (the client's source address, the from-proxy mark), then only copies bytes both ways with io.Copy (splice(2)): no parsing, no policy, no access records. The policy in force is the L7 one, so the datapath redirects to it as to the Go proxy. A default build contains none of it (TestBenchRelayNotInDefaultBuild).\n\n")
+	for _, k := range []struct{ key, title string }{{"keepalive", "HTTP/1.1 keep-alive (section 1)"}, {"newconn", "new connections (section 3)"}, {"h2", "HTTP/2 h2load (section 4)"}, {"grpc", "gRPC unary (section 4)"}, {"kafka", "Kafka produce (section 7)"}} {
+		rr := rel[k.key]
+		if rr == nil || len(rr.VsDirect.Ratios) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "### %s\n\n| round | direct %s | relay %s | Go proxy (L7) %s | relay / direct | L7 / relay | relay CPU-s / 1000 | Go proxy CPU-s / 1000 | load average |\n|---|---|---|---|---|---|---|---|---|\n", k.title, rr.Unit, rr.Unit, rr.Unit)
+		for i := range rr.VsDirect.Ratios {
+			fmt.Fprintf(&b, "| %d | %.0f | %.0f | %.0f | %.2f | %.2f | %.4f | %.4f | %s |\n", i+1, rr.VsDirect.Direct[i], rr.VsDirect.L7[i], rr.L7VsRelay.L7[i], rr.VsDirect.Ratios[i], rr.L7VsRelay.Ratios[i], rr.RelayCPUPer1000[i], rr.L7CPUPer1000[i], rr.VsDirect.Load[i])
+		}
+		relay, l7 := rr.cpu()
+		fmt.Fprintf(&b, "\nRelay / direct: median **%.2f** (%.2f–%.2f); L7 / relay: median **%.2f** (%.2f–%.2f); CPU-s per 1000: relay %.4f, Go proxy %.4f (medians, %d rounds).\n\n",
+			rr.VsDirect.Median, rr.VsDirect.Min, rr.VsDirect.Max, rr.L7VsRelay.Median, rr.L7VsRelay.Min, rr.L7VsRelay.Max, relay, l7, len(rr.VsDirect.Ratios))
+	}
+	return b.String()
+}
+
 func ratio(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -134,12 +217,18 @@ func (r *Results) computeGoals() {
 	if d, l := r.KeepAlive["direct"], r.KeepAlive["l7"]; d != nil && l != nil {
 		x := ratio(l.ReqPerSec, d.ReqPerSec)
 		add("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / direct", "≥ 0.66", fmt.Sprintf("%.2f", x), yesNo(x >= 0.66))
+		if rr := r.Relay["keepalive"]; rr != nil && len(rr.VsDirect.Ratios) > 0 {
+			g := relayRatioRow("(ceiling measured in this run) HTTP/1.1 keep-alive req/s, splice relay / direct, median of interleaved rounds", "— (the issue's ≥ 0.66 is this ceiling as measured before)", rr.VsDirect)
+			add(g.Name, g.Target, g.Measured, g.Met)
+			g = relayRatioRow("(same run) HTTP/1.1 keep-alive req/s, L7 (Go proxy) / splice relay, median of interleaved rounds", "≥ 1.0 would mean at the ceiling", rr.L7VsRelay)
+			add(g.Name, g.Target, g.Measured, yesNo(rr.L7VsRelay.Median >= 1.0))
+		}
 	} else {
 		na("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / direct", "≥ 0.66")
 	}
 	if h, l := r.KeepAlive["haproxy"], r.KeepAlive["l7"]; h != nil && l != nil {
 		x := ratio(l.ReqPerSec, h.ReqPerSec)
-		add("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / HAProxy", "≥ 1.0", fmt.Sprintf("%.2f", x), yesNo(x >= 1.0))
+		add("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / HAProxy ("+r.haproxyWhere()+")", "≥ 1.0", fmt.Sprintf("%.2f", x), yesNo(x >= 1.0))
 	} else {
 		na("HTTP/1.1 keep-alive req/s, L7 (Go proxy) / HAProxy", "≥ 1.0")
 	}
@@ -159,6 +248,11 @@ func (r *Results) computeGoals() {
 	}
 	if l := r.KeepAlive["l7"]; l != nil {
 		add("Go proxy CPU per 1000 requests (keep-alive)", "≤ 0.016 CPU-s", fmt.Sprintf("%.4f CPU-s", l.ProxyCPUPer1000), yesNo(l.ProxyCPUPer1000 <= 0.016))
+		if rr := r.Relay["keepalive"]; rr != nil && len(rr.RelayCPUPer1000) > 0 {
+			relay, l7 := rr.cpu()
+			add("(ceiling measured in this run) splice relay CPU per 1000 keep-alive requests, median of rounds", "— (the issue's ≤ 0.016 is this cost as measured before)",
+				fmt.Sprintf("%.4f CPU-s (Go proxy in the same rounds %.4f, %.2f× the relay)", relay, l7, ratio(l7, relay)), "n/a")
+		}
 	} else {
 		na("Go proxy CPU per 1000 requests (keep-alive)", "≤ 0.016 CPU-s")
 	}
@@ -174,21 +268,24 @@ func (r *Results) computeGoals() {
 			if hr := r.NewConnHAProxyRounds; hr != nil && len(hr.Ratios) > 0 {
 				x = hr.Median
 			}
-			add("new connections/s, L7 / HAProxy", "≥ 1.1", fmt.Sprintf("%.2f", x), yesNo(x >= 1.1))
+			add("new connections/s, L7 / HAProxy ("+r.haproxyWhere()+")", "≥ 1.1", fmt.Sprintf("%.2f", x), yesNo(x >= 1.1))
 		}
+		relayGoals(r.Relay["newconn"], "new connections/s", "connections", "report", add)
 	} else {
 		na("new connections/s, L7 / direct", "≥ 0.60")
 	}
 	// HTTP/2 and gRPC (issue 19): the median of the interleaved rounds' ratios.
 	for _, g := range []struct {
-		name string
-		pr   *pairRounds
-	}{{"HTTP/2 (h2load) req/s, L7 / direct, median of interleaved rounds", r.H2Rounds}, {"gRPC unary calls/s, L7 / direct, median of interleaved rounds", r.GRPCRounds}} {
+		name              string
+		pr                *pairRounds
+		relay, what, unit string
+	}{{"HTTP/2 (h2load) req/s, L7 / direct, median of interleaved rounds", r.H2Rounds, "h2", "HTTP/2 (h2load) req/s", "requests"}, {"gRPC unary calls/s, L7 / direct, median of interleaved rounds", r.GRPCRounds, "grpc", "gRPC unary calls/s", "calls"}} {
 		if g.pr == nil || len(g.pr.Ratios) == 0 {
 			na(g.name, "≥ 0.60")
 			continue
 		}
 		add(g.name, "≥ 0.60", fmt.Sprintf("%.2f (%.2f–%.2f, %d rounds)", g.pr.Median, g.pr.Min, g.pr.Max, len(g.pr.Ratios)), yesNo(g.pr.Median >= 0.60))
+		relayGoals(r.Relay[g.relay], g.what, g.unit, "report", add)
 	}
 	worst := 0.0
 	for _, d := range r.Datapath {
@@ -233,7 +330,47 @@ func (r *Results) computeGoals() {
 	} else {
 		na("Kafka produce throughput, L7 / direct", "≥ 0.85")
 	}
+	relayGoals(r.Relay["kafka"], "Kafka produce messages/s", "produce calls", "report", add)
+	memoryGoals(r.ProxyRSS, r.ControlPlane, add)
 	dnsGoals(r.DNS, add)
+}
+
+// memoryGoals: the issue's memory rows (Go proxy RSS idle with 100 rules
+// ≤ 30 MB, with 10k idle connections + 1000 rules ≤ 80 MB; agent RSS per
+// cluster pod ≤ 2 KB, from the controlplane phase's largest scale).
+// MB and KB are taken as MiB and KiB.
+func memoryGoals(m *rssResult, cp []*cpResult, add func(name, target, measured, met string)) {
+	const idleTarget, connTarget = 30 << 10, 80 << 10 // KiB
+	mib := func(kib int64) string { return fmt.Sprintf("%.1f MiB (%d KiB)", float64(kib)/1024, kib) }
+	if m != nil && m.FreshIdleKiB > 0 {
+		add("Go proxy RSS idle, 100 HTTP rules, right after it started (before the load phases)", "≤ 30 MB", mib(m.FreshIdleKiB), yesNo(m.FreshIdleKiB <= idleTarget))
+	} else {
+		add("Go proxy RSS idle, 100 HTTP rules, right after it started (before the load phases)", "≤ 30 MB", "not measured", "n/a")
+	}
+	if m != nil && m.IdleKiB > 0 {
+		add("(supplementary) Go proxy RSS idle, 100 HTTP rules, after the load phases", "≤ 30 MB", mib(m.IdleKiB), yesNo(m.IdleKiB <= idleTarget))
+	}
+	name := "Go proxy RSS with 10000 idle connections + 1000 HTTP rules"
+	switch {
+	case m == nil || m.WithConnsKiB == 0:
+		add(name, "≤ 80 MB", "not measured", "n/a")
+	case m.IdleConns < 10000 || m.ConnRules < 1000:
+		add(name, "≤ 80 MB", fmt.Sprintf("%s with only %d connections and %d rules", mib(m.WithConnsKiB), m.IdleConns, m.ConnRules), "NO")
+	default:
+		add(name, "≤ 80 MB", fmt.Sprintf("%s (%d connections, %.0f B per connection)", mib(m.WithConnsKiB), m.IdleConns, m.PerConnBytes), yesNo(m.WithConnsKiB <= connTarget))
+	}
+	var big *cpResult
+	for _, c := range cp {
+		if c.ClusterPods > 0 && (big == nil || c.ClusterPods+c.LocalLookingPods > big.ClusterPods+big.LocalLookingPods) {
+			big = c
+		}
+	}
+	if big == nil {
+		add("agent RSS per pod (controlplane phase)", "≤ 2 KB", "not measured", "n/a")
+		return
+	}
+	add(fmt.Sprintf("agent RSS per pod (controlplane phase: the agent's VmRSS growth / %d local-looking + %d cluster pods)", big.LocalLookingPods, big.ClusterPods), "≤ 2 KB",
+		fmt.Sprintf("%.0f B", big.RSSPerPodBytes), yesNo(big.RSSPerPodBytes <= 2048))
 }
 
 // chartNames avoid a lower-case l, which the 7x13 bitmap font draws like a 1.
@@ -244,11 +381,33 @@ var pathNames = map[string]string{
 	"l4":      "L3/L4 policy (eBPF only)",
 	"l7":      "L7 policy, Go proxy (100 HTTP rules)",
 	"l7b":     "L7 policy, Go proxy of -kafka-bin-b (100 HTTP rules)",
+	"relay":   "splice relay on the L7 redirect (no policy: accept + upstream dial as the Go proxy, then io.Copy)",
 	"haproxy": "HAProxy 100 ACLs (reverse proxy, node ns)",
+}
+
+// haproxyRedirectName is the HAProxy path's name on the redirect path.
+const haproxyRedirectName = "HAProxy 100 ACLs on the redirect path (its listener in the socket map, transparent; upstream from the node's address)"
+
+// pathNamesOf is pathNames with the HAProxy path named by where it ran.
+func (r *Results) pathNamesOf() map[string]string {
+	m := maps.Clone(pathNames)
+	if r.HAProxyMode == "redirect" {
+		m["haproxy"] = haproxyRedirectName
+	}
+	return m
+}
+
+// haproxyWhere labels the Goals rows against HAProxy.
+func (r *Results) haproxyWhere() string {
+	if r.HAProxyMode == "redirect" {
+		return "HAProxy on the redirect path"
+	}
+	return "HAProxy as a reverse proxy"
 }
 
 func writeReport(dir, stamp string, r *Results) error {
 	r.computeGoals()
+	pathNames := r.pathNamesOf()
 	js, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
@@ -266,13 +425,17 @@ func writeReport(dir, stamp string, r *Results) error {
 			charts = append(charts, fmt.Sprintf("![%s](%s)", title, f))
 		}
 	}
-	order := []string{"direct", "l4", "l7", "haproxy"}
+	order := []string{"direct", "l4", "l7", "relay", "haproxy"}
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# l7gate benchmark — %s\n\n", r.Date)
 	w("Go %s, kernel %s, %d CPUs. One run of `make bench` (%.0f s); every ratio is taken between runs of this same invocation on the same machine. The machine is shared and its speed drifts, so compare ratios, not absolute numbers across runs.\n\n", r.GoVersion, r.Kernel, r.CPUs, r.TotalSeconds)
 	w("Pinning: %s. %s.\n\n", r.Pinning, r.Durations)
-	w("Topology: a node network namespace running `l7gate agent` (which starts `l7gate proxy`) with a private bpffs; server pod %s and client pod %s behind veths (198.18.0.0/15; dual-stack: IPv6 %s and %s in 2001:db8::/32, for section 1b). The server is this program's `serve` mode: Go net/http (HTTP/1.1 + h2c) returning 1 KB, grpc-go health service, franz-go kfake. HAProxy runs as a **reverse proxy** in the node namespace on %s:%d (the same client → veth → node namespace → veth → server path as the redirect, but not the datapath redirect itself: HAProxy's listener is not in the sk_lookup SOCKMAP), with the same 100 method+path rules as ACLs (`http-request allow if { method GET } path_reg_i` …, else 403), one thread, `http-reuse never`, no logging. The Go proxy as the agent starts it writes one JSON access-log line per request to a file; section 9 repeats keep-alive with it off.\n\n", serverIP, clientIP, serverIP6, clientIP6, nodeIP, haproxyPort)
+	hapText := fmt.Sprintf("HAProxy runs as a **reverse proxy** in the node namespace on %s:%d (the same client → veth → node namespace → veth → server path as the redirect, but not the datapath redirect itself: HAProxy's listener is not in the sk_lookup SOCKMAP)", nodeIP, haproxyPort)
+	if r.HAProxyMode == "redirect" {
+		hapText = "HAProxy runs **on the datapath's redirect path**, as the Go proxy does: its listener (a socket this program opens in the node namespace with IP_TRANSPARENT, handed to HAProxy as `bind fd@3`) is put in the datapath's sk_lookup socket map under the ingress HTTP proxy port in place of the Go proxy's for HAProxy's runs, and put back after them; `server s1 0.0.0.0:0` connects to the original destination. HAProxy 2.6 cannot set the from-proxy mark, so its upstream connections leave from the node's address: the policy of HAProxy's runs is the L7 one plus an L3 allow `fromEntities: [host]` on the server"
+	}
+	w("Topology: a node network namespace running `l7gate agent` (which starts `l7gate proxy`) with a private bpffs; server pod %s and client pod %s behind veths (198.18.0.0/15; dual-stack: IPv6 %s and %s in 2001:db8::/32, for section 1b). The server is this program's `serve` mode: Go net/http (HTTP/1.1 + h2c) returning 1 KB, grpc-go health service, franz-go kfake. %s, with the same 100 method+path rules as ACLs (`http-request allow if { method GET } path_reg_i` …, else 403), one thread, `http-reuse never`, no logging. The Go proxy as the agent starts it writes one JSON access-log line per request to a file; section 9 repeats keep-alive with it off.\n\n", serverIP, clientIP, serverIP6, clientIP6, hapText)
 
 	w("## Goals\n\n| goal | target | measured | met |\n|---|---|---|---|\n")
 	for _, g := range r.Goals {
@@ -363,7 +526,7 @@ func writeReport(dir, stamp string, r *Results) error {
 	if len(r.H2) > 0 || len(r.GRPC) > 0 {
 		w("## 4. HTTP/2 (h2load -c16 -m10, prior knowledge) and gRPC (grpc-go, 4 connections, 32 concurrent unary health checks)\n\n")
 		w("| path | h2 req/s | h2 ratio | h2 mean | h2 failed | proxy CPU-s / 1000 h2 req | gRPC calls/s | gRPC ratio | gRPC p50 | gRPC p99 | gRPC errors | proxy CPU-s / 1000 gRPC calls |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, p := range []string{"direct", "l7"} {
+		for _, p := range []string{"direct", "l7", "relay"} {
 			h, g := r.H2[p], r.GRPC[p]
 			hs, gs := "| — | — | — | — | — ", "| — | — | — | — | — | — "
 			if h != nil {
@@ -446,7 +609,7 @@ func writeReport(dir, stamp string, r *Results) error {
 	}
 	if len(r.Kafka) > 0 {
 		w("## 7. Kafka produce (kfake broker in the server pod, kafka-go: 8 writers, 10 × 100 B messages per produce, acks=1)\n\nCPU-s per 1000 produce calls of each process (of the best round; less load-sensitive than the rates, though a pinned proxy on a busy CPU still costs more per call): the Go proxy, the server pod's process (kfake), this process (the kafka-go clients) and the agent (it receives the proxy's flow records); the proxy's context switches per produce.\n\n| path | produce calls/s | messages/s | ratio | p50 | p99 | proxy CPU | server CPU | client CPU | agent CPU | proxy ctxt/produce | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, p := range []string{"direct", "l7", "l7b"} {
+		for _, p := range []string{"direct", "l7", "relay", "l7b"} {
 			k := r.Kafka[p]
 			if k == nil {
 				continue
@@ -463,7 +626,15 @@ func writeReport(dir, stamp string, r *Results) error {
 		}
 	}
 	if m := r.ProxyRSS; m != nil {
-		w("## 8. Go proxy memory (VmRSS)\n\nMeasured in this order, 2 s after each step: idle with 100 HTTP rules (after the load phases above, so the Go heap has grown), idle with 1000 HTTP rules, back at 100 rules, then with idle proxied connections open (each carried one request; the proxy's RLIMIT_NOFILE raised with prlimit).\n\n| state | VmRSS |\n|---|---|\n| idle, 100 HTTP rules | %d KiB |\n| idle, 1000 HTTP rules | %d KiB |\n| back at 100 rules, before connections | %d KiB |\n| %d open idle connections | %d KiB (**%.0f B per connection**) |\n\n", m.IdleKiB, m.Rules1kKiB, m.BeforeConnsKiB, m.IdleConns, m.WithConnsKiB, m.PerConnBytes)
+		rules := m.ConnRules
+		if rules == 0 {
+			rules = 100 // runs before wave 14
+		}
+		w("## 8. Go proxy memory (VmRSS)\n\nMeasured 2 s after each step: idle with 100 HTTP rules right after the topology came up (before any load phase; the issue's idle target), then in the proxyrss phase idle with 100 HTTP rules (after the load phases above, so the Go heap has grown), idle with 1000 HTTP rules, then with idle proxied connections open at %d rules (each carried one request; the proxy's RLIMIT_NOFILE raised with prlimit, its --max-connections-per-source %d: the client pod is one identity).\n\n| state | VmRSS |\n|---|---|\n", rules, m.MaxConnsPerSource)
+		if m.FreshIdleKiB > 0 {
+			w("| idle, 100 HTTP rules, right after start | %d KiB |\n", m.FreshIdleKiB)
+		}
+		w("| idle, 100 HTTP rules, after the load phases | %d KiB |\n| idle, 1000 HTTP rules | %d KiB |\n| %d rules, before connections | %d KiB |\n| %d open idle connections, %d rules | %d KiB (**%.0f B per connection**) |\n\n", m.IdleKiB, m.Rules1kKiB, rules, m.BeforeConnsKiB, m.IdleConns, rules, m.WithConnsKiB, m.PerConnBytes)
 		if m.ConnErr != "" {
 			w("Opening connections: %s\n\n", m.ConnErr)
 		}
@@ -497,6 +668,9 @@ func writeReport(dir, stamp string, r *Results) error {
 	}
 	if r.DNS != nil {
 		w("%s", dnsMarkdown(r.DNS))
+	}
+	if len(r.Relay) > 0 {
+		w("%s", relayMarkdown(r.Relay))
 	}
 	if len(charts) > 0 {
 		w("## Charts\n\n%s\n", strings.Join(charts, "\n\n"))
@@ -538,6 +712,13 @@ func (w *wrkResult) reqs() float64 {
 		return 0
 	}
 	return w.ReqPerSec
+}
+
+func (w *wrkResult) cpu() float64 {
+	if w == nil {
+		return 0
+	}
+	return w.ProxyCPUPer1000
 }
 
 func (h *h2loadResult) rps() float64 {

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/internal/netns"
+	"github.com/l7gate/l7gate/redirect"
 )
 
 // Addresses: everything lives in 198.18.0.0/15 (IPv6: 2001:db8::/32),
@@ -153,7 +155,14 @@ func startProc(cl *cleanups, logPath string, name string, args ...string) (*exec
 // startProcIn is startProc with the child placed in the cgroup v2
 // directory cgroup (nil: the caller's cgroup).
 func startProcIn(cl *cleanups, cgroup *os.File, logPath string, name string, args ...string) (*exec.Cmd, error) {
+	return startProcFiles(cl, cgroup, nil, logPath, name, args...)
+}
+
+// startProcFiles is startProcIn with files passed to the child as fds 3,
+// 4, ... (exec.Cmd.ExtraFiles).
+func startProcFiles(cl *cleanups, cgroup *os.File, files []*os.File, logPath string, name string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(name, args...)
+	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if cgroup != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
@@ -503,3 +512,125 @@ spec:
 `)
 	return b.String()
 }
+
+// hapTransparent is HAProxy on the datapath's redirect path, as the Go
+// proxy is: its listener is a socket this program opens in the node
+// namespace (IP_TRANSPARENT, not MPTCP, like the Go proxy's), handed to
+// HAProxy as fd@3 (HAProxy 2.6 binds inherited sockets), and put in the
+// datapath's socket map under the ingress HTTP proxy port in place of the
+// Go proxy's IPv4 listener for HAProxy's runs (attach); detach puts the
+// Go proxy's listeners back (taken from its process with pidfd_getfd, as
+// the agent does). HAProxy connects to the original destination (`server
+// s1 0.0.0.0:0`); it cannot mark its sockets, so its upstream connections
+// leave from the node's address, which the policy of its runs allows
+// (policyHAProxyTransparent).
+type hapTransparent struct {
+	n        *node
+	cmd      *exec.Cmd
+	ln       *net.TCPListener
+	port     uint16 // the proxy port it is attached to
+	socks    *bpf.ProxySockets
+	attached bool
+}
+
+func startHAProxyTransparent(cl *cleanups, n *node) (*hapTransparent, error) {
+	var ln *net.TCPListener
+	err := netns.In(n.nodeNS, func() error {
+		var err error
+		// any free port: sk_lookup hands a redirected connection to the
+		// socket in the map whatever it is bound to
+		ln, err = redirect.ListenTransparent(context.Background(), "127.0.0.1:0", true)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transparent listener: %w", err)
+	}
+	cl.add(func() { ln.Close() })
+	f, err := ln.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cfgPath := filepath.Join(n.dir, "haproxy-transparent.cfg")
+	if err := os.WriteFile(cfgPath, []byte(haproxyConfig("fd@3", "0.0.0.0:0")), 0o644); err != nil {
+		return nil, err
+	}
+	cmd, err := startProcFiles(cl, nil, []*os.File{f}, filepath.Join(n.dir, "haproxy.log"), "ip", "netns", "exec", n.nodeNS, "taskset", "-c", proxyCPU, "haproxy", "-db", "-f", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(500 * time.Millisecond)
+	if cmd.ProcessState != nil || syscall.Kill(cmd.Process.Pid, 0) != nil {
+		return nil, fmt.Errorf("haproxy exited (see haproxy.log)")
+	}
+	socks, err := bpf.OpenProxySockets(n.bpffs)
+	if err != nil {
+		return nil, err
+	}
+	cl.add(func() { socks.Close() })
+	return &hapTransparent{n: n, cmd: cmd, ln: ln, socks: socks}, nil
+}
+
+// attach puts HAProxy's listener in the socket map under the ingress
+// HTTP proxy port (looked up each time: the agent allocates a new one when
+// an L7 policy comes back after none).
+func (h *hapTransparent) attach() error {
+	if h.attached {
+		return nil
+	}
+	port, err := h.n.httpProxyPort()
+	if err != nil {
+		return err
+	}
+	h.port = port
+	if err := h.socks.Register(h.port, h.ln); err != nil {
+		return fmt.Errorf("register haproxy's listener: %w", err)
+	}
+	h.attached = true
+	return nil
+}
+
+// detach puts the Go proxy's (process proxyPID) listeners of the port
+// back in the socket map.
+func (h *hapTransparent) detach(proxyPID int) error {
+	if !h.attached {
+		return nil
+	}
+	lns, err := redirect.TakeListeners(proxyPID, h.port)
+	if err != nil {
+		return fmt.Errorf("take the Go proxy's listeners back: %w", err)
+	}
+	for _, l := range lns {
+		if err == nil {
+			err = h.socks.Register(h.port, l)
+		}
+		l.Close() // the socket map holds its own reference
+	}
+	if err != nil {
+		return fmt.Errorf("register the Go proxy's listener: %w", err)
+	}
+	h.attached = false
+	return nil
+}
+
+// httpProxyPort is the agent's ingress HTTP proxy port (allocated once an
+// L7 HTTP policy is in force).
+func (n *node) httpProxyPort() (uint16, error) {
+	st, err := n.status()
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range st.ProxyPorts {
+		if p.Parser == "http" && strings.EqualFold(p.Direction, "ingress") {
+			return p.Port, nil
+		}
+	}
+	return 0, fmt.Errorf("no ingress http proxy port in the agent's status (%v)", st.ProxyPorts)
+}
+
+// hostAllowRule lets the node (entity host) reach the server pod on any
+// port without L7 rules: transparent HAProxy's upstream connections leave
+// from the node's address (HAProxy cannot set the from-proxy mark).
+const hostAllowRule = `  - fromEntities:
+    - host
+`
