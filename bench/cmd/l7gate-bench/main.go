@@ -884,7 +884,7 @@ func (s *scenario) controlPlane(ctx context.Context) error {
 			t.local, t.cluster, r.Changes, r.E2EP50ms, r.E2EP99ms, r.TookP50ms, r.TookP99ms, r.InitialImplMs, r.AgentRSSBeforeKiB, r.AgentRSSAfterKiB, r.RSSPerPodBytes)
 		if len(r.Split) > 0 {
 			var parts []string
-			for _, name := range []string{"source", "agent", "compute", "find", "sync", "push", "inforce"} {
+			for _, name := range append([]string{"source"}, splitNames...) {
 				if v, ok := r.Split[name]; ok {
 					parts = append(parts, fmt.Sprintf("%s %.1f/%.1f", name, v[0], v[1]))
 				}
