@@ -521,7 +521,12 @@ func writeReport(dir, stamp string, r *Results) error {
 				w("The same rounds, L7 / HAProxy (the \"direct\" column is HAProxy's conn/s):\n\n%s", hr.markdown("conn/s"))
 			}
 		}
-		w("\nThe Go proxy is transparent: every client connection gets its own upstream connection, marked with the client's identity (the redirect path: SYN marked by tc, sk_lookup picks the listener). HAProxy accepts on its own address and opens one server connection per client connection (`http-reuse never`).\n\n")
+		if r.HAProxyMode == "redirect" {
+			w("\nThe Go proxy is transparent: every client connection gets its own upstream connection, from the client's address and marked with the client's identity (the redirect path: SYN marked by tc, sk_lookup picks the listener). HAProxy takes the same redirect (its listener in the socket map) and opens one server connection per client connection (`http-reuse never`) from the node's address: no source bind, no mark.\n\n")
+		} else {
+			w("\nThe Go proxy is transparent: every client connection gets its own upstream connection, marked with the client's identity (the redirect path: SYN marked by tc, sk_lookup picks the listener). HAProxy accepts on its own address and opens one server connection per client connection (`http-reuse never`).\n\n")
+		}
+
 	}
 	if len(r.H2) > 0 || len(r.GRPC) > 0 {
 		w("## 4. HTTP/2 (h2load -c16 -m10, prior knowledge) and gRPC (grpc-go, 4 connections, 32 concurrent unary health checks)\n\n")
