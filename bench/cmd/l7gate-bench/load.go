@@ -162,17 +162,27 @@ func pinPID(pid int, cpus string) error {
 // fixedRateResult: a coordinated-omission-free fixed-rate run (latency
 // measured from each request's scheduled send time).
 type fixedRateResult struct {
-	Rate     int     `json:"rate"`
-	Conns    int     `json:"conns"`
-	Sent     int     `json:"sent"`
-	Errors   int     `json:"errors"`
-	P50us    float64 `json:"p50us"`
-	P99us    float64 `json:"p99us"`
-	P999us   float64 `json:"p999us"`
-	AddedP50 float64 `json:"addedP50us,omitempty"`
-	AddedP99 float64 `json:"addedP99us,omitempty"`
-	// RoundsP99: p99 of every interleaved round (the best is reported).
+	Rate   int     `json:"rate"`
+	Conns  int     `json:"conns"`
+	Sent   int     `json:"sent"`
+	Errors int     `json:"errors"`
+	P50us  float64 `json:"p50us"`
+	P99us  float64 `json:"p99us"`
+	P999us float64 `json:"p999us"`
+	// AddedP50, AddedP99, AddedP999: over direct; with Added set (since
+	// wave 15) the medians of the per-round differences, before it the
+	// best rounds' difference.
+	AddedP50  float64 `json:"addedP50us,omitempty"`
+	AddedP99  float64 `json:"addedP99us,omitempty"`
+	AddedP999 float64 `json:"addedP999us,omitempty"`
+	// RoundsP99: p99 of every interleaved round.
 	RoundsP99 []float64 `json:"roundsP99us,omitempty"`
+	// Rounds: every round of the path, each next to the direct run it is
+	// paired with; Added: the per-round differences' median and range
+	// (then P50us, P99us, P999us are the medians of the path's rounds, and
+	// Sent, Errors the sums).
+	Rounds []*fixedRateRound `json:"rounds,omitempty"`
+	Added  *fixedRateAdded   `json:"added,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
