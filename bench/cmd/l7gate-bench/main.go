@@ -142,7 +142,7 @@ func benchMain() error {
 	flag.IntVar(&cfg.kafkaRounds, "kafka-rounds", 5, "interleaved direct/L7 rounds of the kafka phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.newConnRounds, "newconn-rounds", 3, "interleaved direct/L7/HAProxy rounds of the newconn phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.fixedRounds, "fixedrate-rounds", 5, "interleaved rounds of the fixedrate phase (added latency per adjacent direct/path pair, median and range reported)")
-	flag.DurationVar(&cfg.fixedDur, "fixedrate-duration", 4*time.Second, "length of each path's 1000 req/s run in a fixedrate round")
+	flag.DurationVar(&cfg.fixedDur, "fixedrate-duration", 3*time.Second, "length of each path's 1000 req/s run in a fixedrate round")
 	flag.StringVar(&cfg.kafkaBinB, "kafka-bin-b", "", "kafka phase: also measure the Go proxy of this prebuilt l7gate binary (path l7b) in every round, next to the first binary's (l7); the agent hands over between them (SIGHUP) before each L7 run")
 	flag.StringVar(&cfg.bin, "l7gate-bin", "", "run this prebuilt l7gate binary instead of building ./cmd/l7gate (e.g. to alternate a base and a new build)")
 	flag.IntVar(&cfg.v6Rounds, "v6-rounds", 5, "interleaved IPv4/IPv6 rounds of the keepalive6 phase (ratios per round, median and range reported)")
