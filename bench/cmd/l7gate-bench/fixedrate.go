@@ -46,6 +46,11 @@ type fixedRateRound struct {
 	DirectReadyP99us  float64 `json:"directReadyP99us,omitempty"`
 	DirectReadyP999us float64 `json:"directReadyP999us,omitempty"`
 	ClientLateP99us   float64 `json:"clientLateP99us,omitempty"`
+	// the proxy's CPU and context switches, the agent's CPU (see
+	// fixedRateResult)
+	ProxyCPUPer1000     float64 `json:"proxyCpuSecPer1000,omitempty"`
+	ProxyCtxtPerRequest float64 `json:"proxyCtxtPerRequest,omitempty"`
+	AgentCPUPer1000     float64 `json:"agentCpuSecPer1000,omitempty"`
 	// Load is /proc/loadavg at the end of the round.
 	Load string `json:"loadavg"`
 }
@@ -81,11 +86,12 @@ type fixedRateAdded struct {
 // summarize fills the per-path medians, sums and (for every path but
 // direct) the added latency from the rounds.
 func (r *fixedRateResult) summarize() {
-	var p50, p99, p999, a50, a99, a999, r99, r999 []float64
+	var p50, p99, p999, a50, a99, a999, r99, r999, cpu, ctxt, agent []float64
 	r.Sent, r.Errors, r.RoundsP99 = 0, 0, nil
 	for _, x := range r.Rounds {
 		p50, p99, p999 = append(p50, x.P50us), append(p99, x.P99us), append(p999, x.P999us)
 		r.RoundsP99 = append(r.RoundsP99, x.P99us)
+		cpu, ctxt, agent = append(cpu, x.ProxyCPUPer1000), append(ctxt, x.ProxyCtxtPerRequest), append(agent, x.AgentCPUPer1000)
 		r.Sent += x.Sent
 		r.Errors += x.Errors
 		if x.DirectP99us > 0 {
@@ -96,6 +102,9 @@ func (r *fixedRateResult) summarize() {
 	r.P50us, _, _ = medianRange(p50)
 	r.P99us, _, _ = medianRange(p99)
 	r.P999us, _, _ = medianRange(p999)
+	r.ProxyCPUPer1000, _, _ = medianRange(cpu)
+	r.ProxyCtxtPerRequest, _, _ = medianRange(ctxt)
+	r.AgentCPUPer1000, _, _ = medianRange(agent)
 	if len(a99) == 0 {
 		r.Added = nil
 		return
@@ -110,7 +119,8 @@ func addFixedRateRound(res map[string]*fixedRateResult, round int, got map[strin
 	d := got["direct"]
 	for p, x := range got {
 		fr := &fixedRateRound{Round: round, P50us: x.P50us, P99us: x.P99us, P999us: x.P999us, Sent: x.Sent, Errors: x.Errors, SlowPerHalfSecond: x.SlowPerHalfSecond,
-			ReadyP99us: x.ReadyP99us, ReadyP999us: x.ReadyP999us, ClientLateP99us: x.ClientLateP99us, Load: load}
+			ReadyP99us: x.ReadyP99us, ReadyP999us: x.ReadyP999us, ClientLateP99us: x.ClientLateP99us,
+			ProxyCPUPer1000: x.ProxyCPUPer1000, ProxyCtxtPerRequest: x.ProxyCtxtPerRequest, AgentCPUPer1000: x.AgentCPUPer1000, Load: load}
 		if p != "direct" && d != nil {
 			fr.DirectP50us, fr.DirectP99us, fr.DirectP999us = d.P50us, d.P99us, d.P999us
 			fr.DirectReadyP99us, fr.DirectReadyP999us = d.ReadyP99us, d.ReadyP999us
@@ -137,15 +147,24 @@ func (s *scenario) fixedRate(ctx context.Context) error {
 			if err := s.use(p); err != nil {
 				return err
 			}
-			stop := phaseHook("L7GATE_BENCH_FIXEDRATE_HOOK", "FIXEDRATE_PATH", p, s.proxyPIDFor(p), 0,
+			pid, agent := s.proxyPIDFor(p), s.n.agent.Process.Pid
+			stop := phaseHook("L7GATE_BENCH_FIXEDRATE_HOOK", "FIXEDRATE_PATH", p, pid, 0,
 				"ADMIN_SOCKET="+admin, "FIXEDRATE_ROUND="+strconv.Itoa(round))
+			cpu0, ctxt0, agent0 := procCPU(pid), procCtxt(pid), procCPU(agent)
 			r, err := runFixedRate(ctx, s.dial, s.addr(p), "bench", benchPath, 1000, 16, s.cfg.fixedDur)
 			stop()
 			if err != nil {
 				return fmt.Errorf("%s: %w", p, err)
 			}
-			log.Printf("  1000 req/s round %d %-8s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus errors %d/%d (over p99 by 0.5 s: %v; without the client's lateness p99 %.0fus p99.9 %.0fus; client lateness p50 %.0fus p99 %.0fus)",
-				round, p, r.P50us, r.P99us, r.P999us, r.Errors, r.Sent, r.SlowPerHalfSecond, r.ReadyP99us, r.ReadyP999us, r.ClientLateP50us, r.ClientLateP99us)
+			if pid > 0 && r.Sent > 0 {
+				r.ProxyCPUPer1000 = (procCPU(pid) - cpu0) / float64(r.Sent) * 1000
+				r.ProxyCtxtPerRequest = float64(procCtxt(pid)-ctxt0) / float64(r.Sent)
+			}
+			if r.Sent > 0 {
+				r.AgentCPUPer1000 = (procCPU(agent) - agent0) / float64(r.Sent) * 1000
+			}
+			log.Printf("  1000 req/s round %d %-8s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus errors %d/%d (over p99 by 0.5 s: %v; without the client's lateness p99 %.0fus p99.9 %.0fus; client lateness p50 %.0fus p99 %.0fus; cpu-s/1000 proxy %.4f agent %.4f, proxy ctxt/req %.2f)",
+				round, p, r.P50us, r.P99us, r.P999us, r.Errors, r.Sent, r.SlowPerHalfSecond, r.ReadyP99us, r.ReadyP999us, r.ClientLateP50us, r.ClientLateP99us, r.ProxyCPUPer1000, r.AgentCPUPer1000, r.ProxyCtxtPerRequest)
 			got[p] = r
 		}
 		addFixedRateRound(s.res.FixedRate, round, got, loadAvg())
@@ -172,8 +191,8 @@ func (r *Results) fixedRateMarkdown(order []string, names map[string]string) str
 	fmt.Fprintf(&b, "## 2. Fixed rate: 1000 req/s over 16 keep-alive connections (Go client, latency from the scheduled send time)\n\n"+
 		"%d interleaved rounds (order direct, L7, splice relay, HAProxy, reversed every other round: L7 always runs next to direct). "+
 		"Each path's run is paired with its round's direct run; *added* is the median of the per-round differences (range in brackets), "+
-		"the other columns the medians of the path's own rounds. Every round is in the JSON (`fixedRate.<path>.rounds`).\n\n", n)
-	b.WriteString("| path | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | added p99 / p99.9 without the client's lateness | errors / sent |\n|---|---|---|---|---|---|---|---|---|\n")
+		"the other columns the medians of the path's own rounds (CPU from /proc utime+stime: less load-sensitive than the latencies; a proxy whose CPU per request is above its share of a busy CPU queues). Every round is in the JSON (`fixedRate.<path>.rounds`).\n\n", n)
+	b.WriteString("| path | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | added p99 / p99.9 without the client's lateness | proxy CPU-s / 1000 req | proxy context switches / req | agent CPU-s / 1000 req | errors / sent |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, p := range paths {
 		x := r.FixedRate[p]
 		a50, a99, a999, ready := "—", "—", "—", "—"
@@ -181,7 +200,11 @@ func (r *Results) fixedRateMarkdown(order []string, names map[string]string) str
 			a50, a99, a999 = a.P50.String(), a.P99.String(), a.P999.String()
 			ready = a.ReadyP99.String() + " / " + a.ReadyP999.String()
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %d / %d |\n", names[p], us(x.P50us), us(x.P99us), us(x.P999us), a50, a99, a999, ready, x.Errors, x.Sent)
+		cpu, ctxt := "—", "—"
+		if x.ProxyCPUPer1000 > 0 {
+			cpu, ctxt = fmt.Sprintf("%.4f", x.ProxyCPUPer1000), fmt.Sprintf("%.2f", x.ProxyCtxtPerRequest)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.4f | %d / %d |\n", names[p], us(x.P50us), us(x.P99us), us(x.P999us), a50, a99, a999, ready, cpu, ctxt, x.AgentCPUPer1000, x.Errors, x.Sent)
 	}
 	b.WriteString("\n*Without the client's lateness*: the same requests timed from the actual send when the load generator had to wake up for it (from the schedule when the previous response on the connection came after it: that wait stays counted). The schedule-based columns are the issue's measure; the difference between the two is this program's own lateness in waking up to send (its p99 per run in the next table), which lands on every path alike.\n")
 	b.WriteString("\nEvery round's p99 / p99.9 (µs), and the load generator's lateness p99 in the direct run:\n\n| round |")

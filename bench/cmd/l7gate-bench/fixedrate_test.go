@@ -14,7 +14,7 @@ func TestFixedRateRoundsPaired(t *testing.T) {
 	res := map[string]*fixedRateResult{}
 	run := func(p50, p99, p999 float64) *fixedRateResult {
 		// without the client's lateness: half the p99 and p99.9
-		return &fixedRateResult{Rate: 1000, Conns: 16, Sent: 4000, P50us: p50, P99us: p99, P999us: p999, ReadyP99us: p99 / 2, ReadyP999us: p999 / 2, ClientLateP99us: 700}
+		return &fixedRateResult{Rate: 1000, Conns: 16, Sent: 4000, P50us: p50, P99us: p99, P999us: p999, ReadyP99us: p99 / 2, ReadyP999us: p999 / 2, ClientLateP99us: 700, ProxyCPUPer1000: p50 / 1e4}
 	}
 	// (direct p99, L7 p99, relay p99) per round: L7 − direct 400, 100,
 	// 2000, 200, 300 → median 300; the best rounds' difference would be
@@ -39,6 +39,9 @@ func TestFixedRateRoundsPaired(t *testing.T) {
 	}
 	if len(l.Rounds) != 5 || l.Rounds[2].DirectP99us != 3000 || l.Rounds[2].P99us != 5000 || l.Sent != 20000 || len(l.RoundsP99) != 5 {
 		t.Errorf("L7 rounds not kept: %+v", l.Rounds)
+	}
+	if l.ProxyCPUPer1000 != 0.076 {
+		t.Errorf("L7 proxy CPU per 1000 = %v, want the median of its rounds 0.076", l.ProxyCPUPer1000)
 	}
 	if l.P99us != 1600 {
 		t.Errorf("L7 p99 = %v, want the median of its rounds 1600", l.P99us)

@@ -198,6 +198,13 @@ type fixedRateResult struct {
 	ReadyP999us     float64 `json:"readyP999us,omitempty"`
 	ClientLateP50us float64 `json:"clientLateP50us,omitempty"`
 	ClientLateP99us float64 `json:"clientLateP99us,omitempty"`
+	// ProxyCPUPer1000, ProxyCtxtPerRequest: the proxy's (Go proxy,
+	// relay or HAProxy) CPU-s per 1000 requests and context switches per
+	// request at this rate; AgentCPUPer1000: the agent's (it receives the
+	// Go proxy's flow records).
+	ProxyCPUPer1000     float64 `json:"proxyCpuSecPer1000,omitempty"`
+	ProxyCtxtPerRequest float64 `json:"proxyCtxtPerRequest,omitempty"`
+	AgentCPUPer1000     float64 `json:"agentCpuSecPer1000,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
