@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log"
+	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // The fixedrate phase (issue 19's method): 1000 req/s over 16 keep-alive
@@ -51,6 +55,7 @@ type fixedRateRound struct {
 	ProxyCPUPer1000     float64 `json:"proxyCpuSecPer1000,omitempty"`
 	ProxyCtxtPerRequest float64 `json:"proxyCtxtPerRequest,omitempty"`
 	AgentCPUPer1000     float64 `json:"agentCpuSecPer1000,omitempty"`
+	ProxyGCPer1000      float64 `json:"proxyGcCyclesPer1000,omitempty"`
 	// Load is /proc/loadavg at the end of the round.
 	Load string `json:"loadavg"`
 }
@@ -86,12 +91,13 @@ type fixedRateAdded struct {
 // summarize fills the per-path medians, sums and (for every path but
 // direct) the added latency from the rounds.
 func (r *fixedRateResult) summarize() {
-	var p50, p99, p999, a50, a99, a999, r99, r999, cpu, ctxt, agent []float64
+	var p50, p99, p999, a50, a99, a999, r99, r999, cpu, ctxt, agent, gc []float64
 	r.Sent, r.Errors, r.RoundsP99 = 0, 0, nil
 	for _, x := range r.Rounds {
 		p50, p99, p999 = append(p50, x.P50us), append(p99, x.P99us), append(p999, x.P999us)
 		r.RoundsP99 = append(r.RoundsP99, x.P99us)
 		cpu, ctxt, agent = append(cpu, x.ProxyCPUPer1000), append(ctxt, x.ProxyCtxtPerRequest), append(agent, x.AgentCPUPer1000)
+		gc = append(gc, x.ProxyGCPer1000)
 		r.Sent += x.Sent
 		r.Errors += x.Errors
 		if x.DirectP99us > 0 {
@@ -105,6 +111,7 @@ func (r *fixedRateResult) summarize() {
 	r.ProxyCPUPer1000, _, _ = medianRange(cpu)
 	r.ProxyCtxtPerRequest, _, _ = medianRange(ctxt)
 	r.AgentCPUPer1000, _, _ = medianRange(agent)
+	r.ProxyGCPer1000, _, _ = medianRange(gc)
 	if len(a99) == 0 {
 		r.Added = nil
 		return
@@ -120,7 +127,7 @@ func addFixedRateRound(res map[string]*fixedRateResult, round int, got map[strin
 	for p, x := range got {
 		fr := &fixedRateRound{Round: round, P50us: x.P50us, P99us: x.P99us, P999us: x.P999us, Sent: x.Sent, Errors: x.Errors, SlowPerHalfSecond: x.SlowPerHalfSecond,
 			ReadyP99us: x.ReadyP99us, ReadyP999us: x.ReadyP999us, ClientLateP99us: x.ClientLateP99us,
-			ProxyCPUPer1000: x.ProxyCPUPer1000, ProxyCtxtPerRequest: x.ProxyCtxtPerRequest, AgentCPUPer1000: x.AgentCPUPer1000, Load: load}
+			ProxyCPUPer1000: x.ProxyCPUPer1000, ProxyCtxtPerRequest: x.ProxyCtxtPerRequest, AgentCPUPer1000: x.AgentCPUPer1000, ProxyGCPer1000: x.ProxyGCPer1000, Load: load}
 		if p != "direct" && d != nil {
 			fr.DirectP50us, fr.DirectP99us, fr.DirectP999us = d.P50us, d.P99us, d.P999us
 			fr.DirectReadyP99us, fr.DirectReadyP999us = d.ReadyP99us, d.ReadyP999us
@@ -151,6 +158,7 @@ func (s *scenario) fixedRate(ctx context.Context) error {
 			stop := phaseHook("L7GATE_BENCH_FIXEDRATE_HOOK", "FIXEDRATE_PATH", p, pid, 0,
 				"ADMIN_SOCKET="+admin, "FIXEDRATE_ROUND="+strconv.Itoa(round))
 			cpu0, ctxt0, agent0 := procCPU(pid), procCtxt(pid), procCPU(agent)
+			gc0, gcErr := proxyGCCycles(admin, p)
 			r, err := runFixedRate(ctx, s.dial, s.addr(p), "bench", benchPath, 1000, 16, s.cfg.fixedDur)
 			stop()
 			if err != nil {
@@ -163,8 +171,11 @@ func (s *scenario) fixedRate(ctx context.Context) error {
 			if r.Sent > 0 {
 				r.AgentCPUPer1000 = (procCPU(agent) - agent0) / float64(r.Sent) * 1000
 			}
-			log.Printf("  1000 req/s round %d %-8s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus errors %d/%d (over p99 by 0.5 s: %v; without the client's lateness p99 %.0fus p99.9 %.0fus; client lateness p50 %.0fus p99 %.0fus; cpu-s/1000 proxy %.4f agent %.4f, proxy ctxt/req %.2f)",
-				round, p, r.P50us, r.P99us, r.P999us, r.Errors, r.Sent, r.SlowPerHalfSecond, r.ReadyP99us, r.ReadyP999us, r.ClientLateP50us, r.ClientLateP99us, r.ProxyCPUPer1000, r.AgentCPUPer1000, r.ProxyCtxtPerRequest)
+			if gc1, err := proxyGCCycles(admin, p); gcErr == nil && err == nil && r.Sent > 0 {
+				r.ProxyGCPer1000 = (gc1 - gc0) / float64(r.Sent) * 1000
+			}
+			log.Printf("  1000 req/s round %d %-8s p50 %6.0fus p99 %6.0fus p99.9 %6.0fus errors %d/%d (over p99 by 0.5 s: %v; without the client's lateness p99 %.0fus p99.9 %.0fus; client lateness p50 %.0fus p99 %.0fus; cpu-s/1000 proxy %.4f agent %.4f, proxy ctxt/req %.2f, proxy GC cycles/1000 req %.2f)",
+				round, p, r.P50us, r.P99us, r.P999us, r.Errors, r.Sent, r.SlowPerHalfSecond, r.ReadyP99us, r.ReadyP999us, r.ClientLateP50us, r.ClientLateP99us, r.ProxyCPUPer1000, r.AgentCPUPer1000, r.ProxyCtxtPerRequest, r.ProxyGCPer1000)
 			got[p] = r
 		}
 		addFixedRateRound(s.res.FixedRate, round, got, loadAvg())
@@ -192,7 +203,7 @@ func (r *Results) fixedRateMarkdown(order []string, names map[string]string) str
 		"%d interleaved rounds (order direct, L7, splice relay, HAProxy, reversed every other round: L7 always runs next to direct). "+
 		"Each path's run is paired with its round's direct run; *added* is the median of the per-round differences (range in brackets), "+
 		"the other columns the medians of the path's own rounds (CPU from /proc utime+stime: less load-sensitive than the latencies; a proxy whose CPU per request is above its share of a busy CPU queues). Every round is in the JSON (`fixedRate.<path>.rounds`).\n\n", n)
-	b.WriteString("| path | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | added p99 / p99.9 without the client's lateness | proxy CPU-s / 1000 req | proxy context switches / req | agent CPU-s / 1000 req | errors / sent |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| path | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | added p99 / p99.9 without the client's lateness | proxy CPU-s / 1000 req | proxy context switches / req | Go proxy GC cycles / 1000 req | agent CPU-s / 1000 req | errors / sent |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, p := range paths {
 		x := r.FixedRate[p]
 		a50, a99, a999, ready := "—", "—", "—", "—"
@@ -200,11 +211,14 @@ func (r *Results) fixedRateMarkdown(order []string, names map[string]string) str
 			a50, a99, a999 = a.P50.String(), a.P99.String(), a.P999.String()
 			ready = a.ReadyP99.String() + " / " + a.ReadyP999.String()
 		}
-		cpu, ctxt := "—", "—"
+		cpu, ctxt, gc := "—", "—", "—"
 		if x.ProxyCPUPer1000 > 0 {
 			cpu, ctxt = fmt.Sprintf("%.4f", x.ProxyCPUPer1000), fmt.Sprintf("%.2f", x.ProxyCtxtPerRequest)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.4f | %d / %d |\n", names[p], us(x.P50us), us(x.P99us), us(x.P999us), a50, a99, a999, ready, cpu, ctxt, x.AgentCPUPer1000, x.Errors, x.Sent)
+		if p == "l7" || p == "relay" {
+			gc = fmt.Sprintf("%.2f", x.ProxyGCPer1000)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.4f | %d / %d |\n", names[p], us(x.P50us), us(x.P99us), us(x.P999us), a50, a99, a999, ready, cpu, ctxt, gc, x.AgentCPUPer1000, x.Errors, x.Sent)
 	}
 	b.WriteString("\n*Without the client's lateness*: the same requests timed from the actual send when the load generator had to wake up for it (from the schedule when the previous response on the connection came after it: that wait stays counted). The schedule-based columns are the issue's measure; the difference between the two is this program's own lateness in waking up to send (its p99 per run in the next table), which lands on every path alike.\n")
 	b.WriteString("\nEvery round's p99 / p99.9 (µs), and the load generator's lateness p99 in the direct run:\n\n| round |")
@@ -235,6 +249,32 @@ func (r *Results) fixedRateMarkdown(order []string, names map[string]string) str
 	}
 	b.WriteString("\nOn this shared 2-CPU machine the p99 of even the direct path moves by milliseconds between rounds: a single round's difference can come out negative; the median over the rounds and its range say how far that noise goes. A run's p99 is often one stall of the machine: the requests over each run's p99 by half second of the run are in the JSON (`slowPerHalfSecond`).\n\n")
 	return b.String()
+}
+
+// proxyGCCycles reads the Go proxy's (or the relay build's) completed GC
+// cycles from its admin socket (go_gc_duration_seconds_count); an error
+// for the paths without one.
+func proxyGCCycles(sock, path string) (float64, error) {
+	if path != "l7" && path != "relay" {
+		return 0, fmt.Errorf("no Go proxy on path %s", path)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://proxy/stats/prometheus")
+	if err != nil {
+		return 0, fmt.Errorf("proxy metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_gc_duration_seconds_count "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("proxy metrics: no go_gc_duration_seconds_count")
 }
 
 // shortPathNames name the paths in table headers.

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -75,5 +79,31 @@ func TestFixedRateRoundsPaired(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("section 2 lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestProxyGCCycles: the fixedrate phase counts the Go proxy's GC cycles
+// from its admin socket's go_gc_duration_seconds_count, and has none for
+// the paths without a Go proxy.
+func TestProxyGCCycles(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "proxy-admin.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/stats/prometheus" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, "# TYPE go_gc_duration_seconds summary\ngo_gc_duration_seconds_sum 0.003\ngo_gc_duration_seconds_count 7\ngo_goroutines 24\n")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if n, err := proxyGCCycles(sock, "l7"); err != nil || n != 7 {
+		t.Fatalf("l7: %v, %v; want 7", n, err)
+	}
+	if _, err := proxyGCCycles(sock, "haproxy"); err == nil {
+		t.Error("haproxy: GC cycles of a path without a Go proxy")
 	}
 }

@@ -205,6 +205,9 @@ type fixedRateResult struct {
 	ProxyCPUPer1000     float64 `json:"proxyCpuSecPer1000,omitempty"`
 	ProxyCtxtPerRequest float64 `json:"proxyCtxtPerRequest,omitempty"`
 	AgentCPUPer1000     float64 `json:"agentCpuSecPer1000,omitempty"`
+	// ProxyGCPer1000: the Go proxy's (or relay build's) GC cycles per
+	// 1000 requests (its admin socket's go_gc_duration_seconds_count).
+	ProxyGCPer1000 float64 `json:"proxyGcCyclesPer1000,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
