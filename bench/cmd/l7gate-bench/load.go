@@ -162,17 +162,52 @@ func pinPID(pid int, cpus string) error {
 // fixedRateResult: a coordinated-omission-free fixed-rate run (latency
 // measured from each request's scheduled send time).
 type fixedRateResult struct {
-	Rate     int     `json:"rate"`
-	Conns    int     `json:"conns"`
-	Sent     int     `json:"sent"`
-	Errors   int     `json:"errors"`
-	P50us    float64 `json:"p50us"`
-	P99us    float64 `json:"p99us"`
-	P999us   float64 `json:"p999us"`
-	AddedP50 float64 `json:"addedP50us,omitempty"`
-	AddedP99 float64 `json:"addedP99us,omitempty"`
-	// RoundsP99: p99 of every interleaved round (the best is reported).
+	Rate   int     `json:"rate"`
+	Conns  int     `json:"conns"`
+	Sent   int     `json:"sent"`
+	Errors int     `json:"errors"`
+	P50us  float64 `json:"p50us"`
+	P99us  float64 `json:"p99us"`
+	P999us float64 `json:"p999us"`
+	// AddedP50, AddedP99, AddedP999: over direct; with Added set (since
+	// wave 15) the medians of the per-round differences, before it the
+	// best rounds' difference.
+	AddedP50  float64 `json:"addedP50us,omitempty"`
+	AddedP99  float64 `json:"addedP99us,omitempty"`
+	AddedP999 float64 `json:"addedP999us,omitempty"`
+	// RoundsP99: p99 of every interleaved round.
 	RoundsP99 []float64 `json:"roundsP99us,omitempty"`
+	// Rounds: every round of the path, each next to the direct run it is
+	// paired with; Added: the per-round differences' median and range
+	// (then P50us, P99us, P999us are the medians of the path's rounds, and
+	// Sent, Errors the sums).
+	Rounds []*fixedRateRound `json:"rounds,omitempty"`
+	Added  *fixedRateAdded   `json:"added,omitempty"`
+	// SlowPerHalfSecond: of one run, how many requests took longer than
+	// its p99, by the half second of the run they were scheduled in
+	// (whether the tail clusters, e.g. at the run's start, or spreads).
+	SlowPerHalfSecond []int `json:"slowPerHalfSecond,omitempty"`
+	// ReadyP50us, ReadyP99us, ReadyP999us: latency without the load
+	// generator's own lateness in waking up to send: from the schedule
+	// when the previous response on the connection came after it (that
+	// wait stays counted: no coordinated omission), else from the actual
+	// send. ClientLateP50us / P99us: that lateness (send time − the later
+	// of the schedule and the previous response).
+	ReadyP50us      float64 `json:"readyP50us,omitempty"`
+	ReadyP99us      float64 `json:"readyP99us,omitempty"`
+	ReadyP999us     float64 `json:"readyP999us,omitempty"`
+	ClientLateP50us float64 `json:"clientLateP50us,omitempty"`
+	ClientLateP99us float64 `json:"clientLateP99us,omitempty"`
+	// ProxyCPUPer1000, ProxyCtxtPerRequest: the proxy's (Go proxy,
+	// relay or HAProxy) CPU-s per 1000 requests and context switches per
+	// request at this rate; AgentCPUPer1000: the agent's (it receives the
+	// Go proxy's flow records).
+	ProxyCPUPer1000     float64 `json:"proxyCpuSecPer1000,omitempty"`
+	ProxyCtxtPerRequest float64 `json:"proxyCtxtPerRequest,omitempty"`
+	AgentCPUPer1000     float64 `json:"agentCpuSecPer1000,omitempty"`
+	// ProxyGCPer1000: the Go proxy's (or relay build's) GC cycles per
+	// 1000 requests (its admin socket's go_gc_duration_seconds_count).
+	ProxyGCPer1000 float64 `json:"proxyGcCyclesPer1000,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -190,7 +225,8 @@ func runFixedRate(ctx context.Context, dial *nsDialer, addr, host, path string, 
 	interval := time.Duration(int64(time.Second) * int64(conns) / int64(rate))
 	req := []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: l7gate-bench\r\n\r\n", path, host))
 	var mu sync.Mutex
-	var lat []time.Duration
+	var lat, fromReady, late []time.Duration
+	var when []time.Duration // each latency's scheduled time since start
 	errs := 0
 	sent := 0
 	var wg sync.WaitGroup
@@ -208,6 +244,10 @@ func runFixedRate(ctx context.Context, dial *nsDialer, addr, host, path string, 
 			defer conn.Close()
 			br := bufio.NewReaderSize(conn, 16<<10)
 			mine := make([]time.Duration, 0, int(d/interval)+1)
+			myWhen := make([]time.Duration, 0, int(d/interval)+1)
+			myReady := make([]time.Duration, 0, int(d/interval)+1)
+			myLate := make([]time.Duration, 0, int(d/interval)+1)
+			var prevDone time.Time
 			myErrs, mySent := 0, 0
 			first := start.Add(interval * time.Duration(c) / time.Duration(conns))
 			for i := 0; ; i++ {
@@ -219,7 +259,19 @@ func runFixedRate(ctx context.Context, dial *nsDialer, addr, host, path string, 
 					time.Sleep(w)
 				}
 				mySent++
-				conn.SetDeadline(time.Now().Add(5 * time.Second))
+				// from: where the ready latency starts. The schedule when
+				// the previous response came after it (that wait is the
+				// path's: no coordinated omission); else the actual send
+				// (the time from the schedule to it is this load
+				// generator's own lateness in waking up).
+				sendAt := time.Now()
+				from, ready := at, at
+				if prevDone.After(at) {
+					ready = prevDone
+				} else {
+					from = sendAt
+				}
+				conn.SetDeadline(sendAt.Add(5 * time.Second))
 				if _, err := conn.Write(req); err != nil {
 					myErrs++
 					break
@@ -234,19 +286,45 @@ func runFixedRate(ctx context.Context, dial *nsDialer, addr, host, path string, 
 				if resp.StatusCode != 200 {
 					myErrs++
 				}
-				mine = append(mine, time.Since(at))
+				prevDone = time.Now()
+				mine = append(mine, prevDone.Sub(at))
+				myWhen = append(myWhen, at.Sub(start))
+				myReady = append(myReady, prevDone.Sub(from))
+				myLate = append(myLate, sendAt.Sub(ready))
 			}
 			mu.Lock()
 			lat = append(lat, mine...)
+			when = append(when, myWhen...)
+			fromReady = append(fromReady, myReady...)
+			late = append(late, myLate...)
 			errs += myErrs
 			sent += mySent
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
+	byTime := slices.Clone(lat)
 	slices.Sort(lat)
-	return &fixedRateResult{Rate: rate, Conns: conns, Sent: sent, Errors: errs,
-		P50us: percentile(lat, 50), P99us: percentile(lat, 99), P999us: percentile(lat, 99.9)}, nil
+	r := &fixedRateResult{Rate: rate, Conns: conns, Sent: sent, Errors: errs,
+		P50us: percentile(lat, 50), P99us: percentile(lat, 99), P999us: percentile(lat, 99.9)}
+	r.SlowPerHalfSecond = slowPerBin(byTime, when, time.Duration(r.P99us*1e3), d, 500*time.Millisecond)
+	slices.Sort(fromReady)
+	slices.Sort(late)
+	r.ReadyP50us, r.ReadyP99us, r.ReadyP999us = percentile(fromReady, 50), percentile(fromReady, 99), percentile(fromReady, 99.9)
+	r.ClientLateP50us, r.ClientLateP99us = percentile(late, 50), percentile(late, 99)
+	return r, nil
+}
+
+// slowPerBin counts the latencies above limit by the bin of their
+// scheduled time.
+func slowPerBin(lat, when []time.Duration, limit, d, bin time.Duration) []int {
+	out := make([]int, int((d+bin-1)/bin))
+	for i, l := range lat {
+		if l > limit {
+			out[min(int(when[i]/bin), len(out)-1)]++
+		}
+	}
+	return out
 }
 
 // h2loadResult is one h2load run.

@@ -83,6 +83,10 @@ type config struct {
 	// newConnRounds: interleaved direct/L7/HAProxy rounds of the newconn
 	// phase.
 	newConnRounds int
+	// fixedRounds, fixedDur: interleaved rounds of the fixedrate phase and
+	// the length of each path's run in a round.
+	fixedRounds int
+	fixedDur    time.Duration
 	// bin: a prebuilt l7gate binary to run instead of building one (to
 	// compare two builds in alternating invocations).
 	bin string
@@ -91,7 +95,7 @@ type config struct {
 	proxyOnly bool
 	// relay: measure the splice relay (a -tags l7gate_benchrelay build of
 	// cmd/l7gate whose proxy only copies bytes, proxy/benchrelay.go) as
-	// path "relay" in the keepalive, newconn, h2grpc and kafka phases, in
+	// path "relay" in the keepalive, fixedrate, newconn, h2grpc and kafka phases, in
 	// the same rounds as direct and L7; the agent hands its proxy over to
 	// the relay build for the relay's runs and back.
 	relay bool
@@ -137,6 +141,8 @@ func benchMain() error {
 	flag.IntVar(&cfg.h2Rounds, "h2-rounds", 5, "interleaved direct/L7 rounds of the h2grpc phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.kafkaRounds, "kafka-rounds", 5, "interleaved direct/L7 rounds of the kafka phase (ratios per round, median and range reported)")
 	flag.IntVar(&cfg.newConnRounds, "newconn-rounds", 3, "interleaved direct/L7/HAProxy rounds of the newconn phase (ratios per round, median and range reported)")
+	flag.IntVar(&cfg.fixedRounds, "fixedrate-rounds", 5, "interleaved rounds of the fixedrate phase (added latency per adjacent direct/path pair, median and range reported)")
+	flag.DurationVar(&cfg.fixedDur, "fixedrate-duration", 3*time.Second, "length of each path's 1000 req/s run in a fixedrate round")
 	flag.StringVar(&cfg.kafkaBinB, "kafka-bin-b", "", "kafka phase: also measure the Go proxy of this prebuilt l7gate binary (path l7b) in every round, next to the first binary's (l7); the agent hands over between them (SIGHUP) before each L7 run")
 	flag.StringVar(&cfg.bin, "l7gate-bin", "", "run this prebuilt l7gate binary instead of building ./cmd/l7gate (e.g. to alternate a base and a new build)")
 	flag.IntVar(&cfg.v6Rounds, "v6-rounds", 5, "interleaved IPv4/IPv6 rounds of the keepalive6 phase (ratios per round, median and range reported)")
@@ -145,7 +151,7 @@ func benchMain() error {
 		cfg.agentArgs = append(cfg.agentArgs, v)
 		return nil
 	})
-	flag.BoolVar(&cfg.relay, "relay", true, "measure the splice relay (-tags l7gate_benchrelay build: the Go proxy's accept and upstream dial, then io.Copy both ways, no policy) as path relay in the keepalive, newconn, h2grpc and kafka phases")
+	flag.BoolVar(&cfg.relay, "relay", true, "measure the splice relay (-tags l7gate_benchrelay build: the Go proxy's accept and upstream dial, then io.Copy both ways, no policy) as path relay in the keepalive, fixedrate, newconn, h2grpc and kafka phases")
 	flag.BoolVar(&cfg.haproxyRedirect, "haproxy-redirect", true, "run HAProxy on the datapath's redirect path (its listener in the sk_lookup socket map for its runs, connecting to the original destination from the node's address) instead of as a reverse proxy on the node's address")
 	flag.IntVar(&cfg.maxConnsPerSource, "max-connections-per-source", 16384, "the Go proxy's --max-connections-per-source (proxyrss opens 10000 connections from one pod; the proxy's default is 8192)")
 	flag.BoolVar(&cfg.proxyOnly, "proxy-only-build", false, "start the Go proxy from a proxy-only build of cmd/l7gate (-tags l7gate_proxyonly, the agent's --proxy-executable): the same proxy code without the agent's packages linked")
@@ -159,7 +165,7 @@ func benchMain() error {
 		proxyCPU, loadCPU = allCPUs(), allCPUs()
 	}
 	if cfg.quick {
-		cfg.keepDur, cfg.shortDur = 2*time.Second, 2*time.Second
+		cfg.keepDur, cfg.shortDur, cfg.fixedDur = 2*time.Second, 2*time.Second, 2*time.Second
 	}
 	cfg.only = map[string]bool{}
 	for _, p := range strings.Split(only, ",") {
@@ -201,7 +207,7 @@ func benchMain() error {
 	start := time.Now().UTC()
 	res := &Results{Date: start.Format(time.RFC3339), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Kernel: kernel(),
 		Pinning:   fmt.Sprintf("load generators (wrk, h2load, the Go clients of this process) on CPU %s; the Go proxy and HAProxy on CPU %s (taskset, all threads); upstream servers and the agent unpinned", loadCPU, proxyCPU),
-		Durations: fmt.Sprintf("wrk keep-alive %v per path; other load runs %v", cfg.keepDur, cfg.shortDur)}
+		Durations: fmt.Sprintf("wrk keep-alive %v per path; fixed rate %v per path and round; other load runs %v", cfg.keepDur, cfg.fixedDur, cfg.shortDur)}
 	if proxyCPU == loadCPU {
 		res.Pinning = "nothing pinned (-pin=false or a single CPU)"
 	}
@@ -289,7 +295,7 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 	if cfg.kafkaBinB != "" && cfg.proxyOnly {
 		return errors.New("-kafka-bin-b and -proxy-only-build both choose the proxy executable")
 	}
-	if cfg.relay && cfg.want("keepalive", "newconn", "h2grpc", "kafka") {
+	if cfg.relay && cfg.want("keepalive", "fixedrate", "newconn", "h2grpc", "kafka") {
 		// The splice relay: the same proxy command, built with the tag
 		// that replaces the per-protocol serve step by a byte copy.
 		relay := filepath.Join(tmp, "l7gate-proxy-relay")
@@ -670,43 +676,6 @@ func (s *scenario) keepAlive(ctx context.Context) error {
 	return nil
 }
 
-func (s *scenario) fixedRate(ctx context.Context) error {
-	s.res.FixedRate = map[string]*fixedRateResult{}
-	for round := range rounds {
-		for _, p := range roundOrder(s.httpPaths(), round) {
-			if err := s.use(p); err != nil {
-				return err
-			}
-			r, err := runFixedRate(ctx, s.dial, s.addr(p), "bench", benchPath, 1000, 16, s.cfg.shortDur)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-			log.Printf("  1000 req/s round %d %-8s p50 %6.0fus p99 %6.0fus errors %d/%d", round, p, r.P50us, r.P99us, r.Errors, r.Sent)
-			prev := s.res.FixedRate[p]
-			var all []float64
-			if prev != nil {
-				all = prev.RoundsP99
-			}
-			if prev == nil || r.P99us < prev.P99us {
-				s.res.FixedRate[p] = r
-			}
-			s.res.FixedRate[p].RoundsP99 = append(all, r.P99us)
-		}
-	}
-	if d := s.res.FixedRate["direct"]; d != nil {
-		for p, r := range s.res.FixedRate {
-			if p != "direct" {
-				r.AddedP50, r.AddedP99 = r.P50us-d.P50us, r.P99us-d.P99us
-			}
-		}
-	}
-	for _, p := range s.httpPaths() {
-		r := s.res.FixedRate[p]
-		log.Printf("  1000 req/s best %-8s p50 %6.0fus p99 %6.0fus (added p99 %6.0fus)", p, r.P50us, r.P99us, r.AddedP99)
-	}
-	return nil
-}
-
 func (s *scenario) newConns(ctx context.Context) error {
 	s.res.NewConns = map[string]*wrkResult{}
 	paths := s.withRelay([]string{"direct", "l7"})
@@ -980,13 +949,14 @@ func kafkaHook(path string, proxyPID, serverPID int) func() {
 // L7GATE_BENCH_NEWCONN_HOOK runs during each newconn run (NEWCONN_PATH
 // direct, l7 or haproxy; PROXY_PID the Go proxy's or HAProxy's, 0 for
 // direct), e.g. `strace -c -f -p $PROXY_PID`.
-func phaseHook(env, pathVar, path string, proxyPID, serverPID int) func() {
+func phaseHook(env, pathVar, path string, proxyPID, serverPID int, extraEnv ...string) func() {
 	h := os.Getenv(env)
 	if h == "" {
 		return func() {}
 	}
 	cmd := exec.Command("sh", "-c", h)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PROXY_PID=%d", proxyPID), fmt.Sprintf("SERVER_PID=%d", serverPID), pathVar+"="+path)
+	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
