@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -101,6 +102,25 @@ func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		}
 		prof.WriteTo(w, debug)
+	})
+	// An execution trace of the next ?seconds= (default 3, at most 60):
+	// scheduling, GC and system calls per goroutine, for a latency tail
+	// (go tool trace). 409 while another trace runs.
+	mux.HandleFunc("GET /debug/pprof/trace", func(w http.ResponseWriter, r *http.Request) {
+		sec, err := strconv.Atoi(r.URL.Query().Get("seconds"))
+		if err != nil || sec <= 0 {
+			sec = 3
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if err := trace.Start(w); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		select {
+		case <-time.After(time.Duration(min(sec, 60)) * time.Second):
+		case <-r.Context().Done():
+		}
+		trace.Stop()
 	})
 	// A CPU profile of the next ?seconds= (default 10, at most 60).
 	mux.HandleFunc("GET /debug/pprof/profile", func(w http.ResponseWriter, r *http.Request) {

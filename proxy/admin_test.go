@@ -10,7 +10,8 @@ import (
 )
 
 // TestAdminProfiles: the admin socket serves the runtime's profiles (what
-// the proxy's memory and goroutines are), a CPU profile for ?seconds=, and
+// the proxy's memory and goroutines are), a CPU profile and an execution
+// trace for ?seconds=, and
 // 404 for a profile that does not exist.
 func TestAdminProfiles(t *testing.T) {
 	p := New(Options{})
@@ -29,6 +30,9 @@ func TestAdminProfiles(t *testing.T) {
 	}
 	if rec := get("/debug/pprof/profile?seconds=1"); rec.Code != 200 || rec.Body.Len() == 0 {
 		t.Fatalf("CPU profile: %d, %d bytes", rec.Code, rec.Body.Len())
+	}
+	if rec := get("/debug/pprof/trace?seconds=1"); rec.Code != 200 || !strings.HasPrefix(rec.Body.String(), "go 1.") {
+		t.Fatalf("execution trace: %d %.20q", rec.Code, rec.Body.String())
 	}
 	if rec := get("/debug/pprof/nonesuch"); rec.Code != 404 {
 		t.Fatalf("unknown profile: %d, want 404", rec.Code)
