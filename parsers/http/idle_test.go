@@ -145,7 +145,7 @@ func TestIdleConnectionThenUsed(t *testing.T) {
 
 // tinyUpstream answers every request head with a 2-byte body, with a small
 // buffer per connection (so it adds little to the memory measured).
-func tinyUpstream(b *testing.B) string {
+func tinyUpstream(b testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -213,7 +213,7 @@ func liveBytes() (total, stacks float64) {
 
 // openIdleConns opens n connections to addr, each carrying one request,
 // and leaves them open and idle.
-func openIdleConns(b *testing.B, addr string, n int) []net.Conn {
+func openIdleConns(b testing.TB, addr string, n int) []net.Conn {
 	conns := make([]net.Conn, 0, n)
 	var buf [256]byte
 	want := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
