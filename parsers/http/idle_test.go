@@ -245,11 +245,29 @@ func openIdleConns(b testing.TB, addr string, n int) []net.Conn {
 // stacks) of idle kept-alive connections that each carried one request:
 // direct (client and upstream only) and through the proxy; proxy-bytes/conn
 // is the difference, what the proxy holds per idle connection (its client
-// and upstream sides). Run it with -benchtime=1x.
+// and upstream sides), goroutines/conn the goroutines it adds per
+// connection (the upstream's one included). park=false serves with
+// ServeConn (a goroutine per connection), park=true with Serve and a
+// Poller, measured once every connection parked. Run it with
+// -benchtime=1x.
 func BenchmarkIdleConnMemory(b *testing.B) {
+	for _, park := range []bool{false, true} {
+		b.Run(fmt.Sprintf("park=%v", park), func(b *testing.B) { benchIdleConnMemory(b, park) })
+	}
+}
+
+func benchIdleConnMemory(b *testing.B, park bool) {
 	const n = 2000
 	upstream := tinyUpstream(b)
-	p := startProxy(b, Config{}, upstream, ruleDecider(b, policy.HTTPRule{Method: "GET", Path: "/api/.*"}))
+	decide := ruleDecider(b, policy.HTTPRule{Method: "GET", Path: "/api/.*"})
+	var addr string
+	var poller *Poller
+	if park {
+		pp := startParkProxy(b, Config{}, upstream, decide)
+		addr, poller = pp.addr, pp.poller
+	} else {
+		addr = startProxy(b, Config{}, upstream, decide).addr
+	}
 	var direct, proxied, directStacks, proxiedStacks float64
 	var goroutines float64
 	for range b.N {
@@ -263,12 +281,18 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		time.Sleep(100 * time.Millisecond) // the upstream's goroutines end
 		base, baseStacks = liveBytes()
 		g0 := runtime.NumGoroutine()
-		conns = openIdleConns(b, p.addr, n)
+		conns = openIdleConns(b, addr, n)
+		if park {
+			waitFor(b, "every connection parked", func() bool { return poller.Parked() == n })
+		}
 		total, stacks = liveBytes()
 		proxied, proxiedStacks = (total-base)/n, (stacks-baseStacks)/n
 		goroutines = float64(runtime.NumGoroutine()-g0) / n
 		for _, c := range conns {
 			c.Close()
+		}
+		if park {
+			waitFor(b, "every connection ended", func() bool { return poller.Parked() == 0 })
 		}
 	}
 	b.ReportMetric(direct, "direct-bytes/conn")
