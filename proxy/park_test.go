@@ -125,6 +125,9 @@ func TestProxyParkedConnections(t *testing.T) {
 	if g := stackCount("parsers/http.(*session)"); g != 0 {
 		t.Fatalf("%d goroutines serve parked connections", g)
 	}
+	if n := mustMetric(t, p, "l7gate_proxy_parked_connections"); n != 10 {
+		t.Fatalf("l7gate_proxy_parked_connections %d, want 10", n)
+	}
 	// Parked connections count: the source's eleventh is refused.
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 3 * time.Second}
 	if over, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {

@@ -438,7 +438,7 @@ func isTimeout(err error) bool {
 // returned, to be handed to the poller, and resumes on another goroutine
 // (session.resume).
 func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record), park bool) ([]byte, *session, error) {
-	s := &session{srv: srv, cfg: srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
+	s := &session{srv: srv, cfg: &srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
 		queue: make(chan *pending, pipelineDepth), done: make(chan struct{}), respErr: make(chan error, 1)}
 	if park {
 		s.ctx, s.park = ctx, true
@@ -560,7 +560,7 @@ const pipelineDepth = 32
 
 type session struct {
 	srv    *Server
-	cfg    Config
+	cfg    *Config // the server's
 	client net.Conn
 	in     *connBuf // the client's bytes (ServeConn read the first ones)
 	dial   Dialer

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	nethttp "net/http"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -258,6 +260,13 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 
 func benchIdleConnMemory(b *testing.B, park bool) {
 	const n = 2000
+	// L7GATE_IDLE_HEAPPROFILE=<prefix>: write <prefix>-park=<park>.heap
+	// (every allocation sampled) with the proxied connections idle.
+	profile := os.Getenv("L7GATE_IDLE_HEAPPROFILE")
+	if profile != "" {
+		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
 	upstream := tinyUpstream(b)
 	decide := ruleDecider(b, policy.HTTPRule{Method: "GET", Path: "/api/.*"})
 	var addr string
@@ -287,6 +296,14 @@ func benchIdleConnMemory(b *testing.B, park bool) {
 		}
 		total, stacks = liveBytes()
 		proxied, proxiedStacks = (total-base)/n, (stacks-baseStacks)/n
+		if profile != "" {
+			f, err := os.Create(fmt.Sprintf("%s-park=%v.heap", profile, park))
+			if err != nil {
+				b.Fatal(err)
+			}
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
 		goroutines = float64(runtime.NumGoroutine()-g0) / n
 		for _, c := range conns {
 			c.Close()
