@@ -160,7 +160,7 @@ func TestProxyParkedConnections(t *testing.T) {
 	}
 	waitUntil(t, "6 connections parked", func() bool { return p.poller.Parked() == 6 })
 
-	// A drain closes parked connections at once.
+	// A drain closes parked connections (once idle for a second).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st := p.Drain(ctx)

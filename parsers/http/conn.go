@@ -518,20 +518,28 @@ func (s *session) parkable() bool {
 }
 
 // lingerEnd decides what a session that waited idle for the poller's
-// delay (with no byte come) does: park, end (stopped, draining: idle that
-// long, or its idle deadline passed), or wait again (a response is still
-// being written: the deadline is set for another delay).
+// delay (with no byte come) does: park, end (stopped, draining and idle
+// for drainIdleGrace, or its idle deadline passed), or wait again (a
+// response is still being written, or draining: the deadline is set for
+// another delay, or the grace's end).
 func (s *session) lingerEnd() (park, wait bool) {
 	s.dlMu.Lock()
 	defer s.dlMu.Unlock()
 	now := time.Now()
-	if s.stopped || s.draining.Load() || !now.Before(s.idleDeadline) || s.ctx.Err() != nil {
+	if s.stopped || !now.Before(s.idleDeadline) || s.ctx.Err() != nil {
 		return false, false
 	}
-	if s.parkable() {
+	deadline := now.Add(s.srv.cfg.Poller.delay)
+	if s.draining.Load() {
+		// closed once idle for drainIdleGrace, as any idle session
+		grace := s.idleSince.Add(drainIdleGrace)
+		if !now.Before(grace) {
+			return false, false
+		}
+		deadline = grace
+	} else if s.parkable() {
 		return true, false
 	}
-	deadline := now.Add(s.srv.cfg.Poller.delay)
 	if s.idleDeadline.Before(deadline) {
 		deadline = s.idleDeadline
 	}
@@ -540,14 +548,18 @@ func (s *session) lingerEnd() (park, wait bool) {
 }
 
 // resumeWait sets the deadline of a resumed session's wait for the next
-// request: its idle deadline, or now when draining (it was idle longer
-// than drainIdleGrace) or stopped.
+// request: its idle deadline, when draining drainIdleGrace after the idle
+// wait began (passed, mostly: a drain wakes a parked session then), now
+// when stopped.
 func (s *session) resumeWait() {
 	s.dlMu.Lock()
 	defer s.dlMu.Unlock()
 	s.idle = true
 	deadline := s.idleDeadline
-	if s.draining.Load() || s.stopped {
+	if grace := s.idleSince.Add(drainIdleGrace); s.draining.Load() && grace.Before(deadline) {
+		deadline = grace
+	}
+	if s.stopped {
 		deadline = time.Now()
 	}
 	s.client.SetReadDeadline(deadline)
@@ -623,6 +635,9 @@ type session struct {
 	resumed      bool
 	lingering    bool
 	idleDeadline time.Time
+	// idleSince: when the last wait for a next request began (guarded by
+	// dlMu).
+	idleSince time.Time
 }
 
 // hostString returns b as a string, the previous request's when equal.
@@ -682,16 +697,20 @@ const drainIdleGrace = time.Second
 // startDrain marks the session draining and, when it waits idle for a
 // next request, shortens that wait to drainIdleGrace.
 //
-// A parked session is handed back and closed at once: it was idle for
-// the poller's delay, drainIdleGrace.
+// A parked session is handed back (and closed) once idle for
+// drainIdleGrace: at once if it was idle that long, else when it will
+// have been (the poller's deadline, no goroutine meanwhile).
 func (s *session) startDrain() {
 	s.dlMu.Lock()
 	s.draining.Store(true)
 	if s.idle && !s.stopped {
 		s.client.SetReadDeadline(time.Now().Add(drainIdleGrace))
 	}
+	closeAt := s.idleSince.Add(drainIdleGrace)
 	s.dlMu.Unlock()
-	s.wake()
+	if s.park {
+		s.srv.cfg.Poller.wakeAt(&s.pk, closeAt)
+	}
 }
 
 // awaitNext sets the deadline for the wait for a next request (at most
@@ -705,6 +724,7 @@ func (s *session) awaitNext(deadline time.Time) {
 		}
 	}
 	s.idle = true
+	s.idleSince = time.Now()
 	if s.stopped {
 		deadline = time.Now()
 	}

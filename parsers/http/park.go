@@ -34,10 +34,10 @@ type Poller struct {
 	done   chan struct{}
 }
 
-// parkDelay is Poller.delay: as long as a drain's grace for an idle
-// connection (drainIdleGrace), so a drain closes a parked connection at
-// once.
-const parkDelay = drainIdleGrace
+// parkDelay is Poller.delay. Back-to-back keep-alive requests never park
+// (the next one comes within microseconds); a burst of new connections
+// holds its goroutines this long at most once idle.
+const parkDelay = 250 * time.Millisecond
 
 // parkedConn is a connection's entry in the poller (embedded in its
 // session), guarded by Poller.mu.
@@ -155,16 +155,33 @@ func (p *Poller) unregister(c *parkedConn) {
 
 // wake hands c back now if it is parked, else makes its next park resume
 // at once.
-func (p *Poller) wake(c *parkedConn) {
+func (p *Poller) wake(c *parkedConn) { p.wakeAt(c, time.Time{}) }
+
+// wakeAt hands c back at t (now if t passed) if it is parked, unless its
+// deadline comes first; if it is not parked, its next park resumes at
+// once.
+func (p *Poller) wakeAt(c *parkedConn, t time.Time) {
 	p.mu.Lock()
 	if c.token == 0 {
 		c.wake = true
 		p.mu.Unlock()
 		return
 	}
-	p.remove(c)
+	if !t.After(time.Now()) {
+		p.remove(c)
+		p.mu.Unlock()
+		p.run(c.resume)
+		return
+	}
+	if t.Before(c.deadline) {
+		c.deadline = t
+		heap.Fix(&p.dl, c.index)
+	}
+	first := c.index == 0
 	p.mu.Unlock()
-	p.run(c.resume)
+	if first {
+		p.signal()
+	}
 }
 
 // remove takes c out (p.mu held).

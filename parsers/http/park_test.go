@@ -470,36 +470,53 @@ func TestParkedUpstreamClose(t *testing.T) {
 	}
 }
 
-// TestParkedDrain: a drain closes parked connections at once (they were
-// idle for drainIdleGrace already) and a connection with a request in
-// flight answers it with "Connection: close".
+// TestParkedDrain: a drain closes a parked connection once it was idle
+// for drainIdleGrace, as any idle connection (at once if it was idle that
+// long: from the poller's heap, no goroutine meanwhile), never before.
 func TestParkedDrain(t *testing.T) {
 	u := newLiveUpstream(t)
 	pp := startParkProxy(t, Config{}, u.addr, ruleDecider(t, policy.HTTPRule{Method: "GET"}))
-	var cs []net.Conn
-	var rs []*bufio.Reader
-	for range 3 {
+	open := func() (net.Conn, *bufio.Reader, time.Time) {
 		c, err := net.Dial("tcp", pp.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		r := bufio.NewReader(c)
+		sent := time.Now() // (its idle wait begins after this)
 		io.WriteString(c, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
 		readResp(t, c, r)
-		cs, rs = append(cs, c), append(rs, r)
+		return c, r, sent
 	}
-	pp.waitParked(t, 3)
+	long, longR, _ := open()
+	pp.waitParked(t, 1)
+	time.Sleep(drainIdleGrace + 100*time.Millisecond)
+	var cs []net.Conn
+	var rs []*bufio.Reader
+	var sent []time.Time
+	for range 3 {
+		c, r, s := open()
+		cs, rs, sent = append(cs, c), append(rs, r), append(sent, s)
+	}
+	pp.waitParked(t, 4)
 	start := time.Now()
 	pp.drain()
+	expectClosed(t, long, longR)
+	t.Logf("a connection parked for longer than the grace closed %s after the drain began", time.Since(start).Round(time.Millisecond))
 	for i := range cs {
 		expectClosed(t, cs[i], rs[i])
+		if idle := time.Since(sent[i]); idle < drainIdleGrace {
+			t.Fatalf("closed %s after its request, before the drain's idle grace %s", idle, drainIdleGrace)
+		}
 	}
-	t.Logf("parked connections closed %s after the drain began", time.Since(start).Round(time.Millisecond))
+	t.Logf("connections parked briefly closed %s after the drain began", time.Since(start).Round(time.Millisecond))
 	waitFor(t, "the connections ended", func() bool { return pp.open.Load() == 0 })
 	waitFor(t, "their upstream connections closed", func() bool { return u.open.Load() == 0 })
 	if k := pp.poller.Parked(); k != 0 {
 		t.Fatalf("%d connections parked after the drain", k)
+	}
+	if g := connGoroutines(); g != 0 {
+		t.Fatalf("%d connection goroutines after the drain", g)
 	}
 }
 
