@@ -439,7 +439,7 @@ func isTimeout(err error) bool {
 // (session.resume).
 func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record), park bool) ([]byte, *session, error) {
 	s := &session{srv: srv, cfg: &srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
-		queue: make(chan *pending, pipelineDepth), done: make(chan struct{}), respErr: make(chan error, 1)}
+		done: make(chan struct{})}
 	if park {
 		s.ctx, s.park = ctx, true
 		if sc, ok := client.(syscall.Conn); ok {
@@ -583,7 +583,7 @@ type session struct {
 	upstream net.Conn
 	upBuf    *connBuf
 
-	queue chan *pending
+	queue chan *pending // (made by the first enqueue, with respErr)
 	done  chan struct{} // closed when the response side stops
 	// respMu guards respRunning (a response goroutine runs: see enqueue)
 	// and queueClosed; respErr receives the response side's end.
@@ -745,7 +745,9 @@ func (s *session) run(ctx context.Context) error {
 		return reqErr
 	}
 	s.respMu.Lock()
-	close(s.queue)
+	if s.queue != nil {
+		close(s.queue)
+	}
 	s.queueClosed = true
 	responder, later := s.respRunning, s.respLater
 	s.respMu.Unlock()
@@ -827,6 +829,11 @@ var errStop = errors.New("stop")
 // goroutine if none runs: it runs only while responses are owed, so an
 // idle connection has the request side's goroutine alone.
 func (s *session) enqueue(p *pending) bool {
+	if s.queue == nil {
+		// (first needed: a connection whose requests were all answered
+		// by exchange, or that is parked, holds neither)
+		s.queue, s.respErr = make(chan *pending, pipelineDepth), make(chan error, 1)
+	}
 	select {
 	case s.queue <- p:
 	case <-s.done:
