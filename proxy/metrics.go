@@ -19,6 +19,8 @@ var (
 		"Client connections closed because handling them panicked (the proxy kept running).", nil, nil)
 	descActive = prometheus.NewDesc("l7gate_proxy_active_connections",
 		"Client connections open now.", nil, nil)
+	descParked = prometheus.NewDesc("l7gate_proxy_parked_connections",
+		"Idle HTTP/1 client connections parked now (waiting in the poller with no goroutine; counted in active_connections too).", nil, nil)
 	descRequests = prometheus.NewDesc("l7gate_proxy_requests_total",
 		"L7 requests by protocol and verdict.", []string{"protocol", "verdict"}, nil)
 	descUpdates = prometheus.NewDesc("l7gate_proxy_config_updates_total",
@@ -42,7 +44,7 @@ type collector struct{ p *Proxy }
 func (p *Proxy) Collector() prometheus.Collector { return collector{p} }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descRejected, descUpstream, descPanics, descActive, descRequests, descUpdates,
+	for _, d := range []*prometheus.Desc{descConns, descRejected, descUpstream, descPanics, descActive, descParked, descRequests, descUpdates,
 		descKafkaBuf, descKafkaLimit, descKafkaRefused, descKafkaTables, descReady} {
 		ch <- d
 	}
@@ -63,6 +65,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descUpstream, s.upstreamConns.Load())
 	counter(descPanics, s.panics.Load())
 	gauge(descActive, c.p.conns.Load())
+	parked := 0
+	if c.p.poller != nil {
+		parked = c.p.poller.Parked()
+	}
+	gauge(descParked, int64(parked))
 	counter(descRequests, s.httpAllowed.Load(), "http", "allowed")
 	counter(descRequests, s.httpDenied.Load(), "http", "denied")
 	counter(descRequests, s.kafkaAllowed.Load(), "kafka", "allowed")

@@ -124,6 +124,9 @@ type Proxy struct {
 	kafkaMem  *kafka.MemoryBudget
 	http      *httpparser.Server
 	dns       *dnsproxy.Proxy
+	// poller parks idle HTTP/1 connections (nil: they keep their
+	// goroutine); closed by Close once every connection ended.
+	poller *httpparser.Poller
 
 	// perSource counts open connections by source (see sourceKey);
 	// clients counts open client connections by address and port (the
@@ -208,9 +211,18 @@ func New(opts Options) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{opts: opts, log: opts.Logger, listeners: map[uint16]*listenerState{}, ctx: ctx, cancel: cancel,
 		topicIDs: kafka.NewTopicIDRegistry(kafka.TopicIDLimits{}), kafkaMem: kafka.NewMemoryBudget(opts.KafkaMemoryBudget),
-		http: httpparser.NewServer(opts.HTTP), perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
+		perSource: map[sourceKey]int{}, clients: map[netip.AddrPort]int{},
 		drainCtx: drainCtx, drainCancel: drainCancel, drained: make(chan struct{}), inherited: opts.Inherited.clone(),
 		work: make(chan func()), workerIdle: workerIdle, keepAliveEvery: keepAliveDelay, keepAliveMax: keepAliveQueueMax}
+	// Idle HTTP/1 connections park in one poller (no goroutine each) and
+	// resume on the worker pool.
+	if poller, err := httpparser.NewPoller(p.run); err != nil {
+		p.log.Warn("idle connections keep their goroutines: no poller", "error", err)
+	} else {
+		p.poller = poller
+		opts.HTTP.Poller = poller
+	}
+	p.http = httpparser.NewServer(opts.HTTP)
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
 	return p
@@ -363,6 +375,9 @@ func (p *Proxy) Close() error {
 	p.drainCancel()
 	p.cancel()
 	p.wg.Wait()
+	if p.poller != nil {
+		p.poller.Close() // (no connection is left to park)
+	}
 	return nil
 }
 
@@ -438,10 +453,15 @@ func (p *Proxy) accept(st *listenerState, ln *net.TCPListener) {
 		}
 		p.stats.connections.Add(1)
 		ci := connInfo{dir: spec.Direction, src: src, dst: dst, parser: spec.Parser}
+		// The connection counts in wg until it ends (a parked one holds
+		// no goroutine that would): Drain and Close wait for it.
+		p.wg.Add(1)
 		p.run(func() {
-			defer p.conns.Add(-1)
-			defer p.releaseSource(key, src)
-			p.serve(ci, c)
+			p.serve(ci, c, func() {
+				p.conns.Add(-1)
+				p.releaseSource(key, src)
+				p.wg.Done()
+			})
 		})
 	}
 }
@@ -588,13 +608,20 @@ type connInfo struct {
 	parser   string
 }
 
-func (p *Proxy) serve(ci connInfo, c *net.TCPConn) {
-	defer c.Close()
+// serve serves a client connection and calls end, once, when it ended: an
+// HTTP/1 connection may park (Server.Serve) and end later, on another
+// goroutine.
+func (p *Proxy) serve(ci connInfo, c *net.TCPConn, end func()) {
+	handed := false // end is the HTTP server's to call
 	defer func() {
 		// One bad input must not end the node's L7 traffic: a panic ends
 		// this connection only.
 		if v := recover(); v != nil {
 			p.countPanic(ci, &httpparser.PanicError{Value: v, Stack: debug.Stack()})
+		}
+		if !handed {
+			c.Close()
+			end()
 		}
 	}()
 	dial := func(ctx context.Context) (net.Conn, error) {
@@ -604,13 +631,22 @@ func (p *Proxy) serve(ci connInfo, c *net.TCPConn) {
 		p.serveBenchRelay(ci, c, dial)
 		return
 	}
-	var err error
 	switch ci.parser {
 	case policy.ParserHTTP:
-		err = p.http.ServeConn(p.ctx, c, dial, p.httpDecider(ci), p.httpAccess(ci))
+		handed = true
+		// (Serve turns a panic into a PanicError for done)
+		p.http.Serve(p.ctx, c, dial, p.httpDecider(ci), p.httpAccess(ci), func(err error) {
+			p.connEnded(ci, err)
+			c.Close()
+			end()
+		})
 	case policy.ParserKafka:
-		err = p.serveKafka(ci, c, dial)
+		p.connEnded(ci, p.serveKafka(ci, c, dial))
 	}
+}
+
+// connEnded counts a panic that ended a connection, or logs its error.
+func (p *Proxy) connEnded(ci connInfo, err error) {
 	var pe *httpparser.PanicError
 	if errors.As(err, &pe) {
 		p.countPanic(ci, pe)

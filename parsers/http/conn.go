@@ -100,6 +100,9 @@ type Config struct {
 	// curl, grpc-go) see no failure. The caller bounds the drain (by
 	// cancelling ServeConn's context).
 	Drain context.Context
+	// Poller, when set, parks the idle HTTP/1 connections of Serve (not
+	// ServeConn): see Server.Serve.
+	Poller *Poller
 }
 
 func (c Config) withDefaults() Config {
@@ -326,20 +329,62 @@ type pending struct {
 // spoken to in the client's protocol (HTTP/1.1 after an h2c upgrade).
 // It returns when either side is done and closes both. access, when set,
 // receives one record per request.
+// A panic while serving ends the connection: ServeConn returns a
+// PanicError.
 func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
-	cfg := srv.cfg
-	defer client.Close()
+	var err error
+	srv.serve(ctx, client, dial, decide, access, false, func(e error) { err = e })
+	return err
+}
+
+// Serve is ServeConn for a caller that lets idle HTTP/1 connections park
+// (Config.Poller): it returns once the connection ended or parked, and
+// done receives what ServeConn would return, exactly once, when the
+// connection ended: before Serve returns, or later on a goroutine the
+// poller started (the connection resumed there). A parked connection
+// holds no goroutine. HTTP/2 and h2c connections do not park.
+func (srv *Server) Serve(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record), done func(error)) {
+	srv.serve(ctx, client, dial, decide, access, srv.cfg.Poller != nil, done)
+}
+
+// serve runs the connection until it ends (then done) or parks.
+func (srv *Server) serve(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record), park bool, done func(error)) {
 	// Cancelling ctx ends the connection: unblock both directions (one
 	// registration on ctx per connection: the HTTP/1 session's upstream
-	// is closed from here too).
+	// is closed from here too, and a parked one is handed back).
 	var sess atomic.Pointer[session]
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
 		if s := sess.Load(); s != nil {
 			s.closeUpstream()
+			s.wake()
 		}
 	})
-	defer stop()
+	end := func(err error) {
+		stop()
+		client.Close()
+		done(err)
+	}
+	var parked *session
+	var err error
+	defer func() {
+		if v := recover(); v != nil {
+			parked, err = nil, newPanicError(v)
+		}
+		if parked != nil {
+			// the last use of the connection on this goroutine
+			parked.endConn = end
+			srv.cfg.Poller.park(&parked.pk, parked.idleDeadline)
+			return
+		}
+		end(err)
+	}()
+	parked, err = srv.serveConn(ctx, client, &sess, dial, decide, access, park)
+}
+
+// serveConn is ServeConn's body; it returns the session when it parked.
+func (srv *Server) serveConn(ctx context.Context, client net.Conn, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record), park bool) (*session, error) {
+	cfg := srv.cfg
 	// The first bytes are read into the HTTP/1 request buffer: HTTP/1
 	// goes on with them in place; HTTP/2 replays a copy.
 	in := newConnBuf(srv, client, cfg.Limits.MaxHeaderBytes+bufSize)
@@ -350,32 +395,35 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 		first = bytes.Clone(first)
 		in.release()
 		if len(first) == 0 && err != nil && !isClosed(err) && !isTimeout(err) {
-			return err
+			return nil, err
 		}
 		// PRI: a full HTTP/2 preface, or a broken one (PRI is no
 		// HTTP/1.1 method) which gets closed below.
 		if len(first) == 0 {
-			return nil
+			return nil, nil
 		}
 	}
 	if bytes.HasPrefix(first, []byte(h2Preface)) {
 		conn := &prefixConn{Conn: client, prefix: first}
 		if cfg.LegacyHTTP2 {
-			return srv.serveH2(ctx, conn, dial, decide, access)
+			return nil, srv.serveH2(ctx, conn, dial, decide, access)
 		}
-		return srv.serveH2Frames(ctx, conn, dial, decide, access)
+		return nil, srv.serveH2Frames(ctx, conn, dial, decide, access)
 	}
 	if bytes.HasPrefix(first, []byte("PRI ")) {
 		// A broken HTTP/2 preface (PRI is no HTTP/1.1 method): close, as
 		// an HTTP/2 endpoint does (RFC 9113 §3.4), rather than answer in
 		// HTTP/1.1.
-		return nil
+		return nil, nil
 	}
-	handoff, err := srv.serveHTTP1(ctx, client, in, &sess, dial, decide, access)
+	handoff, parked, err := srv.serveHTTP1(ctx, client, in, sess, dial, decide, access, park)
+	if parked != nil {
+		return parked, nil
+	}
 	if handoff != nil {
-		return srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
+		return nil, srv.serveH2CUpgrade(ctx, &prefixConn{Conn: client, prefix: handoff}, dial, decide, access)
 	}
-	return err
+	return nil, err
 }
 
 func isTimeout(err error) bool {
@@ -386,22 +434,135 @@ func isTimeout(err error) bool {
 // serveHTTP1 runs the HTTP/1.1 session. When the first request asks for an
 // h2c upgrade it stops before answering and returns the bytes read so far.
 // ServeConn's cancellation closes the client and, through sess, the
-// session's upstream.
-func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record)) ([]byte, error) {
-	s := &session{srv: srv, cfg: srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
-		queue: make(chan *pending, pipelineDepth), done: make(chan struct{})}
+// session's upstream. With park, an idle session may park: it is
+// returned, to be handed to the poller, and resumes on another goroutine
+// (session.resume).
+func (srv *Server) serveHTTP1(ctx context.Context, client net.Conn, in *connBuf, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record), park bool) ([]byte, *session, error) {
+	s := &session{srv: srv, cfg: &srv.cfg, client: client, in: in, dial: dial, decide: decide, access: access,
+		done: make(chan struct{})}
+	if park {
+		s.ctx, s.park = ctx, true
+		if sc, ok := client.(syscall.Conn); ok {
+			s.pk.raw, _ = sc.SyscallConn()
+		}
+		s.park = s.pk.raw != nil
+		s.pk.resume = s.resume
+	}
 	sess.Store(s)
 	// (A ctx cancelled before that closed the client: the session's
 	// first read or write fails, and a dial on ctx fails at once.)
+	s.stopDrain = func() bool { return false }
 	if d := srv.cfg.Drain; d != nil {
-		stopDrain := context.AfterFunc(d, s.startDrain)
-		defer stopDrain()
+		s.stopDrain = context.AfterFunc(d, s.startDrain)
 	}
 	err := s.run(ctx)
-	if errors.Is(err, errH2CUpgrade) {
-		return s.handoff, nil
+	if err == errPark {
+		return nil, s, nil
 	}
-	return nil, err
+	s.stopDrain()
+	if errors.Is(err, errH2CUpgrade) {
+		return s.handoff, nil, nil
+	}
+	return nil, nil, err
+}
+
+// errPark: the session's request side is idle and parks (its goroutine
+// returns; resume goes on).
+var errPark = errors.New("park")
+
+// resume goes on with a parked session on a goroutine the poller started,
+// and ends the connection (endConn) or parks it again.
+func (s *session) resume() {
+	poller := s.srv.cfg.Poller
+	poller.unregister(&s.pk)
+	var err error
+	parked := false
+	defer func() {
+		if v := recover(); v != nil {
+			// (the request side recovers its own: this is the session's
+			// end, or the poller's)
+			parked, err = false, newPanicError(v)
+			s.client.Close()
+			s.closeUpstream()
+		}
+		if parked {
+			poller.park(&s.pk, s.idleDeadline)
+			return
+		}
+		s.stopDrain()
+		s.endConn(err)
+	}()
+	s.resumed = true
+	err = s.run(s.ctx)
+	parked = err == errPark
+}
+
+// wake hands a parked session back to a goroutine (a drain, or the end
+// of its context), or makes its next park do so at once.
+func (s *session) wake() {
+	if s.park {
+		s.srv.cfg.Poller.wake(&s.pk)
+	}
+}
+
+// parkable reports that the session may park once idle for the poller's
+// delay: the request side waits for a next request (called then), no
+// response is owed and the upstream sent nothing more.
+func (s *session) parkable() bool {
+	if !s.park || s.in.raw == nil || !s.noneOwed() {
+		return false
+	}
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	return s.upBuf == nil || len(s.upBuf.bytes()) == 0
+}
+
+// lingerEnd decides what a session that waited idle for the poller's
+// delay (with no byte come) does: park, end (stopped, draining and idle
+// for drainIdleGrace, or its idle deadline passed), or wait again (a
+// response is still being written, or draining: the deadline is set for
+// another delay, or the grace's end).
+func (s *session) lingerEnd() (park, wait bool) {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	now := time.Now()
+	if s.stopped || !now.Before(s.idleDeadline) || s.ctx.Err() != nil {
+		return false, false
+	}
+	deadline := now.Add(s.srv.cfg.Poller.delay)
+	if s.draining.Load() {
+		// closed once idle for drainIdleGrace, as any idle session
+		grace := s.idleSince.Add(drainIdleGrace)
+		if !now.Before(grace) {
+			return false, false
+		}
+		deadline = grace
+	} else if s.parkable() {
+		return true, false
+	}
+	if s.idleDeadline.Before(deadline) {
+		deadline = s.idleDeadline
+	}
+	s.client.SetReadDeadline(deadline)
+	return false, true
+}
+
+// resumeWait sets the deadline of a resumed session's wait for the next
+// request: its idle deadline, when draining drainIdleGrace after the idle
+// wait began (passed, mostly: a drain wakes a parked session then), now
+// when stopped.
+func (s *session) resumeWait() {
+	s.dlMu.Lock()
+	defer s.dlMu.Unlock()
+	s.idle = true
+	deadline := s.idleDeadline
+	if grace := s.idleSince.Add(drainIdleGrace); s.draining.Load() && grace.Before(deadline) {
+		deadline = grace
+	}
+	if s.stopped {
+		deadline = time.Now()
+	}
+	s.client.SetReadDeadline(deadline)
 }
 
 // pipelineDepth bounds the responses a connection owes at once: a client
@@ -411,7 +572,7 @@ const pipelineDepth = 32
 
 type session struct {
 	srv    *Server
-	cfg    Config
+	cfg    *Config // the server's
 	client net.Conn
 	in     *connBuf // the client's bytes (ServeConn read the first ones)
 	dial   Dialer
@@ -422,7 +583,7 @@ type session struct {
 	upstream net.Conn
 	upBuf    *connBuf
 
-	queue chan *pending
+	queue chan *pending // (made by the first enqueue, with respErr)
 	done  chan struct{} // closed when the response side stops
 	// respMu guards respRunning (a response goroutine runs: see enqueue)
 	// and queueClosed; respErr receives the response side's end.
@@ -457,6 +618,26 @@ type session struct {
 	// host is the Host of the last request recorded (a connection's
 	// requests mostly name one: recorded without a copy each).
 	host string
+
+	// Parking (Server.Serve with a Poller): park is set when the session
+	// may park; pk is its poller entry; ctx is ServeConn's; stopDrain
+	// ends the drain registration and endConn the connection once the
+	// session is done. started: the request side ran before (a resumed
+	// one goes on); resumed: it goes on waiting for a next request until
+	// idleDeadline (lingering: it waits the poller's delay first, then
+	// parks).
+	park         bool
+	pk           parkedConn
+	ctx          context.Context
+	stopDrain    func() bool
+	endConn      func(error)
+	started      bool
+	resumed      bool
+	lingering    bool
+	idleDeadline time.Time
+	// idleSince: when the last wait for a next request began (guarded by
+	// dlMu).
+	idleSince time.Time
 }
 
 // hostString returns b as a string, the previous request's when equal.
@@ -515,12 +696,20 @@ const drainIdleGrace = time.Second
 
 // startDrain marks the session draining and, when it waits idle for a
 // next request, shortens that wait to drainIdleGrace.
+//
+// A parked session is handed back (and closed) once idle for
+// drainIdleGrace: at once if it was idle that long, else when it will
+// have been (the poller's deadline, no goroutine meanwhile).
 func (s *session) startDrain() {
 	s.dlMu.Lock()
-	defer s.dlMu.Unlock()
 	s.draining.Store(true)
 	if s.idle && !s.stopped {
 		s.client.SetReadDeadline(time.Now().Add(drainIdleGrace))
+	}
+	closeAt := s.idleSince.Add(drainIdleGrace)
+	s.dlMu.Unlock()
+	if s.park {
+		s.srv.cfg.Poller.wakeAt(&s.pk, closeAt)
 	}
 }
 
@@ -535,6 +724,7 @@ func (s *session) awaitNext(deadline time.Time) {
 		}
 	}
 	s.idle = true
+	s.idleSince = time.Now()
 	if s.stopped {
 		deadline = time.Now()
 	}
@@ -550,10 +740,14 @@ func (s *session) busy() {
 }
 
 func (s *session) run(ctx context.Context) error {
-	s.respErr = make(chan error, 1)
 	reqErr := s.safeRequests(ctx)
+	if reqErr == errPark {
+		return reqErr
+	}
 	s.respMu.Lock()
-	close(s.queue)
+	if s.queue != nil {
+		close(s.queue)
+	}
 	s.queueClosed = true
 	responder, later := s.respRunning, s.respLater
 	s.respMu.Unlock()
@@ -635,6 +829,11 @@ var errStop = errors.New("stop")
 // goroutine if none runs: it runs only while responses are owed, so an
 // idle connection has the request side's goroutine alone.
 func (s *session) enqueue(p *pending) bool {
+	if s.queue == nil {
+		// (first needed: a connection whose requests were all answered
+		// by exchange, or that is parked, holds neither)
+		s.queue, s.respErr = make(chan *pending, pipelineDepth), make(chan error, 1)
+	}
 	select {
 	case s.queue <- p:
 	case <-s.done:
@@ -763,32 +962,52 @@ func str(b []byte) string {
 
 func (s *session) requests(ctx context.Context) error {
 	in := s.in
-	in.setDeadline = s.setReadDeadline
-	if sc, ok := s.client.(syscall.Conn); ok {
-		in.raw, _ = sc.SyscallConn()
+	first := !s.started
+	if first {
+		s.started = true
+		in.setDeadline = s.setReadDeadline
+		if sc, ok := s.client.(syscall.Conn); ok {
+			in.raw, _ = sc.SyscallConn()
+		}
 	}
 	defer in.release()
 	var head RequestHead
 	req := policy.HTTPRequest{}
-	first := true
 	for {
-		// Wait for the next request: idle timeout before its first byte,
-		// header timeout for the whole head.
-		idle := s.cfg.IdleTimeout
-		if first {
-			idle = s.cfg.HeaderTimeout
-		}
-		in.readTimeout = 0
-		if first || len(in.bytes()) > 0 {
-			s.setReadDeadline(time.Now().Add(idle))
+		if s.resumed {
+			// Handed back by the poller: go on waiting for the next
+			// request (bytes, a hang-up, the idle deadline, or a drain).
+			s.resumed, s.lingering = false, false
+			s.resumeWait()
 		} else {
-			s.awaitNext(time.Now().Add(idle))
-			// Idle: the wait for the next request holds no buffer, nor
-			// the last request's head and decider view, which point
-			// into one (given back, the pool may drop it: an idle
-			// connection must not keep it alive).
-			in.releaseIdle()
-			s.forget(&head, &req)
+			// Wait for the next request: idle timeout before its first byte,
+			// header timeout for the whole head.
+			idle := s.cfg.IdleTimeout
+			if first {
+				idle = s.cfg.HeaderTimeout
+			}
+			in.readTimeout = 0
+			if first || len(in.bytes()) > 0 {
+				s.setReadDeadline(time.Now().Add(idle))
+			} else {
+				deadline := time.Now().Add(idle)
+				// Wait the poller's delay here, then park (see the read's
+				// timeout below).
+				s.lingering = s.park && in.raw != nil
+				if s.lingering {
+					s.idleDeadline = deadline
+					if d := time.Now().Add(s.srv.cfg.Poller.delay); d.Before(deadline) {
+						deadline = d
+					}
+				}
+				s.awaitNext(deadline)
+				// Idle: the wait for the next request holds no buffer, nor
+				// the last request's head and decider view, which point
+				// into one (given back, the pool may drop it: an idle
+				// connection must not keep it alive).
+				in.releaseIdle()
+				s.forget(&head, &req)
+			}
 		}
 		headStarted := false
 		// headDeadline: the head's first bytes came with a read whose
@@ -815,6 +1034,15 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			if ferr := in.fill(); ferr != nil {
 				if len(in.bytes()) == 0 {
+					if s.lingering && isTimeout(ferr) {
+						park, wait := s.lingerEnd()
+						if park {
+							return errPark // (its head and decider view dropped)
+						}
+						if wait {
+							continue
+						}
+					}
 					return nil // clean close between requests (idle timeout, or a drain)
 				}
 				var ne net.Error
@@ -827,6 +1055,7 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			if !headStarted {
 				headStarted = true
+				s.lingering = false
 				s.busy()
 				headDeadline = time.Now().Add(s.cfg.HeaderTimeout)
 			}

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	nethttp "net/http"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,7 +147,7 @@ func TestIdleConnectionThenUsed(t *testing.T) {
 
 // tinyUpstream answers every request head with a 2-byte body, with a small
 // buffer per connection (so it adds little to the memory measured).
-func tinyUpstream(b *testing.B) string {
+func tinyUpstream(b testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -213,7 +215,7 @@ func liveBytes() (total, stacks float64) {
 
 // openIdleConns opens n connections to addr, each carrying one request,
 // and leaves them open and idle.
-func openIdleConns(b *testing.B, addr string, n int) []net.Conn {
+func openIdleConns(b testing.TB, addr string, n int) []net.Conn {
 	conns := make([]net.Conn, 0, n)
 	var buf [256]byte
 	want := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -245,11 +247,36 @@ func openIdleConns(b *testing.B, addr string, n int) []net.Conn {
 // stacks) of idle kept-alive connections that each carried one request:
 // direct (client and upstream only) and through the proxy; proxy-bytes/conn
 // is the difference, what the proxy holds per idle connection (its client
-// and upstream sides). Run it with -benchtime=1x.
+// and upstream sides), goroutines/conn the goroutines it adds per
+// connection (the upstream's one included). park=false serves with
+// ServeConn (a goroutine per connection), park=true with Serve and a
+// Poller, measured once every connection parked. Run it with
+// -benchtime=1x.
 func BenchmarkIdleConnMemory(b *testing.B) {
+	for _, park := range []bool{false, true} {
+		b.Run(fmt.Sprintf("park=%v", park), func(b *testing.B) { benchIdleConnMemory(b, park) })
+	}
+}
+
+func benchIdleConnMemory(b *testing.B, park bool) {
 	const n = 2000
+	// L7GATE_IDLE_HEAPPROFILE=<prefix>: write <prefix>-park=<park>.heap
+	// (every allocation sampled) with the proxied connections idle.
+	profile := os.Getenv("L7GATE_IDLE_HEAPPROFILE")
+	if profile != "" {
+		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
 	upstream := tinyUpstream(b)
-	p := startProxy(b, Config{}, upstream, ruleDecider(b, policy.HTTPRule{Method: "GET", Path: "/api/.*"}))
+	decide := ruleDecider(b, policy.HTTPRule{Method: "GET", Path: "/api/.*"})
+	var addr string
+	var poller *Poller
+	if park {
+		pp := startParkProxy(b, Config{}, upstream, decide)
+		addr, poller = pp.addr, pp.poller
+	} else {
+		addr = startProxy(b, Config{}, upstream, decide).addr
+	}
 	var direct, proxied, directStacks, proxiedStacks float64
 	var goroutines float64
 	for range b.N {
@@ -263,12 +290,26 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		time.Sleep(100 * time.Millisecond) // the upstream's goroutines end
 		base, baseStacks = liveBytes()
 		g0 := runtime.NumGoroutine()
-		conns = openIdleConns(b, p.addr, n)
+		conns = openIdleConns(b, addr, n)
+		if park {
+			waitFor(b, "every connection parked", func() bool { return poller.Parked() == n })
+		}
 		total, stacks = liveBytes()
 		proxied, proxiedStacks = (total-base)/n, (stacks-baseStacks)/n
+		if profile != "" {
+			f, err := os.Create(fmt.Sprintf("%s-park=%v.heap", profile, park))
+			if err != nil {
+				b.Fatal(err)
+			}
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
 		goroutines = float64(runtime.NumGoroutine()-g0) / n
 		for _, c := range conns {
 			c.Close()
+		}
+		if park {
+			waitFor(b, "every connection ended", func() bool { return poller.Parked() == 0 })
 		}
 	}
 	b.ReportMetric(direct, "direct-bytes/conn")
