@@ -253,10 +253,16 @@ type proxyExecutable struct {
 	why  string // why this one: logged with every start
 	file *os.File
 	info os.FileInfo
+	// verify: the started process must run this file (Config.Version
+	// set: the file was checked).
+	verify bool
 }
 
-// isImageOf reports an error unless pid runs this file.
+// isImageOf reports an error unless pid runs this file (when verified).
 func (e *proxyExecutable) isImageOf(pid int) error {
+	if !e.verify {
+		return nil
+	}
 	st, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {
 		return fmt.Errorf("proxy executable of pid %d: %w", pid, err)
@@ -315,7 +321,7 @@ func openExecutable(path, why, version string) (*proxyExecutable, error) {
 		f.Close()
 		return nil, fmt.Errorf("proxy executable %s: %w", path, err)
 	}
-	e := &proxyExecutable{path: path, why: why, file: f, info: info}
+	e := &proxyExecutable{path: path, why: why, file: f, info: info, verify: version != ""}
 	if self, err := os.Stat("/proc/self/exe"); version == "" || err == nil && os.SameFile(self, info) {
 		return e, nil // the agent's own file: its version by definition
 	}

@@ -171,3 +171,31 @@ func TestExecutableConfiguredMismatchRefused(t *testing.T) {
 	}
 	e.file.Close()
 }
+
+// TestStartedProcessMustRunCheckedFile: a started proxy whose image is not
+// the file whose version was checked (the path was replaced in between)
+// is detected; a process running the checked file passes.
+func TestStartedProcessMustRunCheckedFile(t *testing.T) {
+	self := agentDir(t, "v1")
+	sibling := filepath.Join(filepath.Dir(self), ProxyExecutableName)
+	e, err := chooseExecutableBeside(Config{Version: "v1"}, self, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.file.Close()
+	sleep := exec.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleep.Process.Kill(); sleep.Wait() }()
+	if err := e.isImageOf(sleep.Process.Pid); err == nil || !strings.Contains(err.Error(), sibling) {
+		t.Errorf("a process running sleep passed as the checked %s: %v", sibling, err)
+	}
+	own, err := os.Stat("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&proxyExecutable{path: "test binary", info: own, verify: true}).isImageOf(os.Getpid()); err != nil {
+		t.Errorf("a process running the checked file failed the check: %v", err)
+	}
+}
