@@ -4,7 +4,9 @@
 # this machine: no registry, no daemon, nothing downloaded.
 #
 #   l7gate   ghcr.io/l7gate/l7gate:$IMAGE_TAG — the chart's image: the static
-#            l7gate binary and iproute2's `ip` (the agent's node setup runs it)
+#            l7gate binary, the proxy-only l7gate-proxy of the same version
+#            stamp (hack/version.sh; the chart's proxy container runs it) and
+#            iproute2's `ip` (the agent's node setup runs it)
 #   pause    l7gate.local/pause:3.10 — containerd's sandbox_image
 #   e2e      l7gate.local/e2e:1 — workloads: `l7gate demo serve` (deathstar
 #            HTTP, kfake Kafka broker), curl, kcat and busybox (sh, sleep, ...)
@@ -24,14 +26,19 @@ log() { echo "images: $*" >&2; }
 
 eval "$(bash hack/build-components.sh mkimage)"
 
-# l7gate binary, static (the image has no libc for it).
+# l7gate binary and the proxy-only l7gate-proxy, static (the image has no
+# libc for them), with one version stamp: the agent starts no proxy of
+# another version.
 L7GATE_BIN_BUILT=
 l7gate_bin() {
-  local bin=$CACHE/bin/l7gate-static
+  local bin=$CACHE/bin/l7gate-static proxy=$CACHE/bin/l7gate-proxy-static
   if [ -z "$L7GATE_BIN_BUILT" ]; then
-    log "go build ./cmd/l7gate (static)"
-    CGO_ENABLED=0 go build -ldflags "-s -w" -o "$bin.tmp" ./cmd/l7gate
+    local v=${VERSION:-$(bash hack/version.sh)}
+    log "go build ./cmd/l7gate and -tags l7gate_proxyonly (static, version $v)"
+    CGO_ENABLED=0 go build -ldflags "-s -w -X main.buildVersion=$v" -o "$bin.tmp" ./cmd/l7gate
+    CGO_ENABLED=0 go build -tags l7gate_proxyonly -ldflags "-s -w -X main.buildVersion=$v" -o "$proxy.tmp" ./cmd/l7gate
     mv "$bin.tmp" "$bin"
+    mv "$proxy.tmp" "$proxy"
     L7GATE_BIN_BUILT=1
   fi
   echo "$bin"
@@ -44,11 +51,12 @@ img_l7gate() {
   local bin ip=/usr/bin/ip
   [ -x "$ip" ] || ip=/sbin/ip
   l7gate_bin >/dev/null; bin=$CACHE/bin/l7gate-static
-  local tar="$OUT/l7gate-$IMAGE_TAG-$(key "$bin" "$ip" <(echo "$IMAGE_REPO:$IMAGE_TAG")).tar"
+  local proxy=$CACHE/bin/l7gate-proxy-static
+  local tar="$OUT/l7gate-$IMAGE_TAG-$(key "$bin" "$proxy" "$ip" <(echo "$IMAGE_REPO:$IMAGE_TAG")).tar"
   if [ ! -s "$tar" ]; then
     log "l7gate image $IMAGE_REPO:$IMAGE_TAG"
     "$MKIMAGE" -o "$tar" -tag "$IMAGE_REPO:$IMAGE_TAG" \
-      -add "$bin:/usr/local/bin/l7gate" -bin "$ip:/usr/sbin/ip" \
+      -add "$bin:/usr/local/bin/l7gate" -add "$proxy:/usr/local/bin/l7gate-proxy" -bin "$ip:/usr/sbin/ip" \
       -dir /tmp:1777 -dir /run -dir /var/lib \
       -env PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -entrypoint l7gate
   fi

@@ -9,15 +9,19 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,8 +30,17 @@ import (
 
 // Config says how to run the Go proxy.
 type Config struct {
-	// Executable of l7gate (default: this process's executable).
+	// Executable the proxy is started from; empty: ProxyExecutableName
+	// (the proxy-only build) in the directory of this process's
+	// executable when that file exists, else this process's executable.
+	// Chosen and checked at every start (a crash's restart and a
+	// hand-over too).
 	Executable string
+	// Version is this agent's version stamp. When set, an executable
+	// other than this process's own file is started only if `EXE version`
+	// prints exactly this: a mismatch starts no proxy from it (for the
+	// default l7gate-proxy, this process's executable is started instead).
+	Version string
 	// Args are extra arguments for `l7gate proxy`.
 	Args []string
 	// RunDir holds the sockets, the pid file and the proxy's log.
@@ -74,21 +87,13 @@ func Run(ctx context.Context, cfg Config) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	exe := cfg.Executable
-	if exe == "" {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			log.Error("find l7gate executable", "error", err)
-			return
-		}
-	}
 	var exited chan struct{} // the proxy we started; nil when none
 	adopted := false
 	const minBackoff = 500 * time.Millisecond
 	backoff := minBackoff
 	var startedAt time.Time
 	start := func(why string) {
-		ch, err := startProxy(cfg, exe, log, why, why == startFresh)
+		ch, err := startProxy(cfg, log, why, why == startFresh)
 		if err != nil {
 			log.Error("start proxy", "error", err)
 			return
@@ -146,7 +151,12 @@ const startFresh = "no proxy running"
 // startProxy starts `l7gate proxy` in its own session (and cgroup) and
 // returns a channel closed when it exits. inherit passes it the held
 // listener sockets (Config.Listeners).
-func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bool) (chan struct{}, error) {
+func startProxy(cfg Config, log *slog.Logger, why string, inherit bool) (chan struct{}, error) {
+	exe, err := chooseExecutable(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	defer exe.file.Close()
 	args := append([]string{"proxy",
 		"--xds-socket", agentapi.XDSSocket(cfg.RunDir),
 		"--admin-socket", agentapi.ProxyAdminSocket(cfg.RunDir),
@@ -177,7 +187,7 @@ func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bo
 	if err != nil {
 		return nil, fmt.Errorf("proxy log: %w", err)
 	}
-	cmd := exec.Command(exe, args...)
+	cmd := exec.Command(exe.path, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = extra
 	// Its own session: an agent restart (or its process group being
@@ -201,8 +211,17 @@ func startProxy(cfg Config, exe string, log *slog.Logger, why string, inherit bo
 		logf.Close()
 		return nil, err
 	}
+	// The file checked is the file running: one replaced at that path
+	// since (an upgrade racing this start) is stopped at once.
+	if err := exe.isImageOf(cmd.Process.Pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+		return nil, err
+	}
 	writePIDFile(agentapi.ProxyPIDFile(cfg.RunDir), cmd.Process.Pid, log)
-	log.Info("started proxy", "pid", cmd.Process.Pid, "why", why, "log", logf.Name(), "cgroup", cfg.Cgroup)
+	log.Info("started proxy", "pid", cmd.Process.Pid, "why", why, "executable", exe.path, "executable_why", exe.why,
+		"log", logf.Name(), "cgroup", cfg.Cgroup)
 	ch := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(ch) }()
 	return ch, nil
@@ -221,3 +240,109 @@ func writePIDFile(path string, pid int, log *slog.Logger) {
 		log.Warn("write proxy pid file", "error", err)
 	}
 }
+
+// ProxyExecutableName is the proxy-only build's file name (make build:
+// bin/l7gate-proxy; the image: /usr/local/bin/l7gate-proxy). The agent
+// starts the one next to its own executable unless told otherwise.
+const ProxyExecutableName = "l7gate-proxy"
+
+// proxyExecutable is an executable chosen for a proxy start, open: the
+// version checked is that of this very file.
+type proxyExecutable struct {
+	path string
+	why  string // why this one: logged with every start
+	file *os.File
+	info os.FileInfo
+	// verify: the started process must run this file (Config.Version
+	// set: the file was checked).
+	verify bool
+}
+
+// isImageOf reports an error unless pid runs this file (when verified).
+func (e *proxyExecutable) isImageOf(pid int) error {
+	if !e.verify {
+		return nil
+	}
+	st, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return fmt.Errorf("proxy executable of pid %d: %w", pid, err)
+	}
+	if !os.SameFile(st, e.info) {
+		return fmt.Errorf("proxy executable %s was replaced while the proxy started: stopped it", e.path)
+	}
+	return nil
+}
+
+// chooseExecutable picks the executable of the next proxy (see
+// Config.Executable) and checks its version (Config.Version).
+func chooseExecutable(cfg Config, log *slog.Logger) (*proxyExecutable, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the agent's executable: %w", err)
+	}
+	return chooseExecutableBeside(cfg, self, log)
+}
+
+// chooseExecutableBeside is chooseExecutable for an agent whose executable
+// is self.
+func chooseExecutableBeside(cfg Config, self string, log *slog.Logger) (*proxyExecutable, error) {
+	if cfg.Executable != "" {
+		return openExecutable(cfg.Executable, "the configured proxy executable", cfg.Version)
+	}
+	sibling := filepath.Join(filepath.Dir(self), ProxyExecutableName)
+	why := "no " + ProxyExecutableName + " next to the agent: the agent's own executable"
+	if _, err := os.Stat(sibling); err == nil {
+		e, err := openExecutable(sibling, "the proxy-only build next to the agent", cfg.Version)
+		if err == nil {
+			return e, nil
+		}
+		// A stale or broken l7gate-proxy never runs; the agent's own
+		// binary (its version by definition) serves instead.
+		log.Error("not starting the proxy from "+sibling+"; starting the agent's own executable instead", "error", err)
+		why = ProxyExecutableName + " next to the agent refused (" + err.Error() + "): the agent's own executable"
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("no proxy-only build next to the agent", "path", sibling, "error", err)
+	}
+	return openExecutable(self, why, cfg.Version)
+}
+
+// openExecutable opens path and, unless it is this process's own file,
+// runs it (through the open file) with `version`: it must print version.
+func openExecutable(path, why, version string) (*proxyExecutable, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("proxy executable: %w", err)
+	}
+	info, err := f.Stat()
+	if err == nil && !info.Mode().IsRegular() {
+		err = errors.New("not a regular file")
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("proxy executable %s: %w", path, err)
+	}
+	e := &proxyExecutable{path: path, why: why, file: f, info: info, verify: version != ""}
+	if self, err := os.Stat("/proc/self/exe"); version == "" || err == nil && os.SameFile(self, info) {
+		return e, nil // the agent's own file: its version by definition
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)
+	defer cancel()
+	// The open file itself runs (the fd is inherited until the exec), so
+	// what is checked cannot be swapped under the check.
+	cmd := exec.CommandContext(ctx, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), "version")
+	cmd.Args[0] = path
+	out, err := cmd.Output()
+	got := strings.TrimSpace(string(out))
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, fmt.Errorf("proxy executable %s: no version (%s version: %w); the agent is version %s: not starting it", path, path, err, version)
+	case got != version:
+		f.Close()
+		return nil, fmt.Errorf("proxy executable %s is version %q, the agent version %q: not starting it", path, got, version)
+	}
+	return e, nil
+}
+
+// versionTimeout bounds `EXE version`.
+const versionTimeout = 10 * time.Second

@@ -63,8 +63,8 @@ type agentFlags struct {
 	// ProxyArgs are extra arguments for the Go proxy the agent starts.
 	ProxyArgs []string `json:"proxyArgs"`
 	// ProxyExecutable is the binary the agent starts the Go proxy from
-	// (empty: this l7gate binary), e.g. a proxy-only build
-	// (go build -tags l7gate_proxyonly ./cmd/l7gate).
+	// (empty: the proxy-only build l7gate-proxy next to this binary when
+	// it exists, else this binary); its version must be the agent's.
 	ProxyExecutable string `json:"proxyExecutable"`
 	// Observability: metrics, the Observer API, flow export, OTLP.
 	obsFlags
@@ -104,7 +104,11 @@ datapath. Then — and only then — the revision is "implemented".
 Pods are endpoints of this node when their IP routes to a veth here; the
 datapath is attached to that veth. The agent starts the Go proxy (or adopts
 a running one); the proxy and the pinned datapath outlive the agent, so
-restarting the agent drops no connection.
+restarting the agent drops no connection. It starts the proxy from
+l7gate-proxy next to its own binary (the proxy-only build make build and the
+image ship) when that file exists, else from its own binary, and logs which
+and why; it never starts one whose 'version' differs from its own.
+SIGHUP hands the proxy over to a new process of that executable.
 
 Files: RUN_DIR/agent.sock (status API, used by 'l7gate status'),
 RUN_DIR/xds.sock, RUN_DIR/proxy-admin.sock, RUN_DIR/proxy.log,
@@ -233,7 +237,7 @@ STATE_DIR/proxy-ports.json (port allocations, reused after a restart).`,
 	fl.StringVar(&f.AllowLocalhost, "allow-localhost", f.AllowLocalhost, "always: the node itself (reserved:host, e.g. kubelet probes) reaches every local endpoint whatever its ingress policy says (deny rules still win, L7 rules still apply), as Cilium does under Kubernetes; policy: the host is a peer like any other")
 	fl.StringSliceVar(&f.KubeAPIServer, "kube-apiserver", nil, "address of the kube-apiserver entity (repeatable; the k8s source reads them from the default/kubernetes EndpointSlice)")
 	fl.StringVar(&f.EscapedSlashes, "http-escaped-slashes", f.EscapedSlashes, "request paths with %2F or %5C, in the Go proxy and in Envoy: reject (400), keep (match and forward encoded) or unescape (decode to /)")
-	fl.StringVar(&f.ProxyExecutable, "proxy-executable", "", "binary to start the Go proxy from (empty: this l7gate binary); a proxy-only build (go build -tags l7gate_proxyonly ./cmd/l7gate) links none of the agent's packages: its idle RSS is about a third")
+	fl.StringVar(&f.ProxyExecutable, "proxy-executable", "", "binary to start the Go proxy from (empty: l7gate-proxy next to this binary, the proxy-only build make build and the image ship, which links none of the agent's packages and idles at about a third of the RSS; without it, this binary); one whose `version` differs from this binary's is never started")
 	fl.StringArrayVar(&f.ProxyArgs, "proxy-arg", nil, "extra argument for the Go proxy the agent starts (repeatable), e.g. --proxy-arg=--kafka-topic-ids")
 	f.obsFlags.addFlags(fl)
 	fl.BoolVar(&f.PolicyAuditMode, "policy-audit-mode", f.PolicyAuditMode, "audit mode for every policy on this node: what policy would drop or deny is forwarded and recorded with verdict audit (per policy or namespace: the annotation l7gate.io/audit: \"true\")")
@@ -360,7 +364,7 @@ func (a *app) runAgent(ctx context.Context, f agentFlags, src source.Source, rep
 			args = append(args, "--metrics-address", f.ProxyMetricsAddress)
 		}
 		args = append(args, f.ProxyArgs...)
-		cfg.Proxy = &supervisor.Config{Executable: f.ProxyExecutable, Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
+		cfg.Proxy = &supervisor.Config{Executable: f.ProxyExecutable, Version: buildStamp(), Cgroup: proxyCgroup(f.RunDir, a.log), Args: args, Restart: restartOnSIGHUP(ctx, a.log)}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx, cfg) }()

@@ -4,6 +4,7 @@ package main
 
 import (
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -50,9 +51,20 @@ func TestChartCommandLines(t *testing.T) {
 			for where, argv := range lines {
 				checkCommandLine(t, where, argv)
 			}
+			// The Go proxy runs from the proxy-only build the image ships
+			// beside l7gate, and so do its hooks and probes that run the
+			// proxy command.
+			for where, argv := range lines {
+				if (where == "proxy" || strings.HasPrefix(where, "proxy ")) && argv[1] == "proxy" && argv[0] != "l7gate-proxy" {
+					t.Errorf("%s runs %s, want l7gate-proxy (the proxy-only build): %q", where, argv[0], argv)
+				}
+			}
+			if _, ok := lines["proxy"]; !ok {
+				t.Errorf("no proxy container command line")
+			}
 			if tc.name == "operator settings" {
-				agent := strings.Join(lines["agent"], " ")
-				proxy := strings.Join(lines["proxy"], " ")
+				agent := strings.Join(lines["agent"][1:], " ")
+				proxy := strings.Join(lines["proxy"][1:], " ")
 				for _, want := range []string{"--allow-localhost=policy", "--http-escaped-slashes=unescape", "--ack-timeout=45s", "--kube-api-qps=50", "--service-map-address=127.0.0.1:9977", "--policy-audit-mode=true"} {
 					if !strings.Contains(agent, want) {
 						t.Errorf("agent command line lacks %s: %s", want, agent)
@@ -68,9 +80,10 @@ func TestChartCommandLines(t *testing.T) {
 	}
 }
 
-// chartCommandLines returns the l7gate command lines of the rendered
-// DaemonSet by where they run: "agent", "proxy", "agent startupProbe", ...
-// ($(NODE_NAME) stands for the node).
+// chartCommandLines returns the l7gate and l7gate-proxy command lines
+// (the binary first) of the rendered DaemonSet by where they run: "agent",
+// "proxy", "agent startupProbe", "proxy preStop", ... ($(NODE_NAME) stands
+// for the node).
 func chartCommandLines(t *testing.T, manifests []byte) map[string][]string {
 	t.Helper()
 	type container struct {
@@ -80,7 +93,11 @@ func chartCommandLines(t *testing.T, manifests []byte) map[string][]string {
 		StartupProbe   *probe   `json:"startupProbe"`
 		LivenessProbe  *probe   `json:"livenessProbe"`
 		ReadinessProbe *probe   `json:"readinessProbe"`
+		Lifecycle      *struct {
+			PreStop *probe `json:"preStop"`
+		} `json:"lifecycle"`
 	}
+	ours := func(argv []string) bool { return len(argv) > 0 && (argv[0] == "l7gate" || argv[0] == "l7gate-proxy") }
 	lines := map[string][]string{}
 	for _, doc := range strings.Split(string(manifests), "\n---\n") {
 		var ds struct {
@@ -100,13 +117,17 @@ func chartCommandLines(t *testing.T, manifests []byte) map[string][]string {
 			continue
 		}
 		for _, c := range ds.Spec.Template.Spec.Containers {
-			if len(c.Command) == 0 || c.Command[0] != "l7gate" {
+			if !ours(c.Command) {
 				continue // Envoy
 			}
-			lines[c.Name] = append(append([]string{}, c.Command[1:]...), c.Args...)
-			for kind, p := range map[string]*probe{"startupProbe": c.StartupProbe, "livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
-				if p != nil && p.Exec != nil && len(p.Exec.Command) > 0 && p.Exec.Command[0] == "l7gate" {
-					lines[c.Name+" "+kind] = p.Exec.Command[1:]
+			lines[c.Name] = append(append([]string{}, c.Command...), c.Args...)
+			hooks := map[string]*probe{"startupProbe": c.StartupProbe, "livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe}
+			if c.Lifecycle != nil {
+				hooks["preStop"] = c.Lifecycle.PreStop
+			}
+			for kind, p := range hooks {
+				if p != nil && p.Exec != nil && ours(p.Exec.Command) {
+					lines[c.Name+" "+kind] = p.Exec.Command
 				}
 			}
 		}
@@ -120,9 +141,21 @@ type probe struct {
 	} `json:"exec"`
 }
 
-// checkCommandLine parses argv with the real command tree.
+// proxyOnlyCommands are the commands of the proxy-only build
+// (extra_proxyonly.go; TestProxyOnlyBuild checks its --help lists them):
+// all an l7gate-proxy command line may use.
+var proxyOnlyCommands = []string{"proxy", "version"}
+
+// checkCommandLine parses argv (the binary first) with the real command
+// tree; l7gate-proxy's only with the proxy-only build's commands.
 func checkCommandLine(t *testing.T, where string, argv []string) {
 	t.Helper()
+	binary := argv[0]
+	argv = append([]string{}, argv[1:]...)
+	if binary == "l7gate-proxy" && (len(argv) == 0 || !slices.Contains(proxyOnlyCommands, argv[0])) {
+		t.Errorf("%s: %q is no command of l7gate-proxy (the proxy-only build has %v)", where, argv, proxyOnlyCommands)
+		return
+	}
 	for i, a := range argv {
 		argv[i] = strings.ReplaceAll(a, "$(NODE_NAME)", "node1")
 	}

@@ -42,4 +42,14 @@ func TestProxyOnlyBuild(t *testing.T) {
 	if out, err := exec.Command(bin, "agent", "--help").CombinedOutput(); err == nil {
 		t.Fatalf("the proxy-only build runs the agent command:\n%s", out)
 	}
+	// The commands the chart's l7gate-proxy lines may use (chart_test.go).
+	rootHelp, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, rootHelp)
+	}
+	for _, c := range proxyOnlyCommands {
+		if !strings.Contains(string(rootHelp), "\n  "+c+" ") {
+			t.Errorf("the proxy-only build lacks the %s command:\n%s", c, rootHelp)
+		}
+	}
 }

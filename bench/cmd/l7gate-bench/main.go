@@ -154,7 +154,7 @@ func benchMain() error {
 	flag.BoolVar(&cfg.relay, "relay", true, "measure the splice relay (-tags l7gate_benchrelay build: the Go proxy's accept and upstream dial, then io.Copy both ways, no policy) as path relay in the keepalive, fixedrate, newconn, h2grpc and kafka phases")
 	flag.BoolVar(&cfg.haproxyRedirect, "haproxy-redirect", true, "run HAProxy on the datapath's redirect path (its listener in the sk_lookup socket map for its runs, connecting to the original destination from the node's address) instead of as a reverse proxy on the node's address")
 	flag.IntVar(&cfg.maxConnsPerSource, "max-connections-per-source", 16384, "the Go proxy's --max-connections-per-source (proxyrss opens 10000 connections from one pod; the proxy's default is 8192)")
-	flag.BoolVar(&cfg.proxyOnly, "proxy-only-build", false, "start the Go proxy from a proxy-only build of cmd/l7gate (-tags l7gate_proxyonly, the agent's --proxy-executable): the same proxy code without the agent's packages linked")
+	flag.BoolVar(&cfg.proxyOnly, "proxy-only-build", true, "start the Go proxy from a proxy-only build of cmd/l7gate (-tags l7gate_proxyonly, the agent's --proxy-executable), as make build and the image ship it: the same proxy code without the agent's packages linked; false: from the agent's binary (for -kafka-bin-b; with -l7gate-bin the agent picks the l7gate-proxy next to it, if any, as the product does)")
 	rerender := flag.String("report-from", "", "only re-render <date>.md, latest.md and the charts from an existing <date>.json (no root needed)")
 	pin := flag.Bool("pin", true, "pin load generators to CPU 1 and the proxies to CPU 0")
 	flag.Parse()
