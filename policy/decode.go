@@ -35,7 +35,9 @@ type Objects struct {
 	Services       []Service
 	EndpointSlices []EndpointSlice
 	Warnings       []Warning
-	// Summaries has one line per loaded object, in input order.
+	// Summaries has one line per loaded object, in input order (Decode,
+	// Load, Merge; a Tracker's results have none: the agent never reads
+	// them).
 	Summaries []string
 	// summaryRefs[i] is the object Summaries[i] describes.
 	summaryRefs []ObjectRef
@@ -93,6 +95,11 @@ func Decode(file string, data []byte) (*Objects, []error) {
 	out.labelSets = nil
 	errs = append(errs, out.dropDuplicates()...)
 	out.sort()
+	// Kept as long as the file is (the folder source's cache, and the
+	// tracker shares its pods): no room to grow.
+	if cap(out.Pods) > len(out.Pods)+len(out.Pods)/16 {
+		out.Pods = slices.Clone(out.Pods)
+	}
 	return out, errs
 }
 
@@ -537,9 +544,47 @@ func MergeAll(parts ...*Objects) (*Objects, [][]error) {
 	return out, errs
 }
 
-// mergeAllPods is MergeAll; podErrs[i] are part i's pods' duplicate errors.
+// mergeAllPods is MergeAll; podErrs[i] are part i's pods' duplicate
+// errors. Where one part alone holds pods, sorted and each once (a
+// folder's pods file), out.Pods is that part's very array: the caller
+// never modifies it (Tracker.ApplyFiles keeps it).
 func mergeAllPods(parts []*Objects) (out *Objects, errs, podErrs [][]error) {
+	if i := onlyPodsPart(parts); i >= 0 {
+		out, errs, podErrs = mergeAllSkip(parts, []podsPart{{index: i}})
+		out.Pods = slices.Clip(parts[i].Pods)
+		return out, errs, podErrs
+	}
 	return mergeAllSkip(parts, nil)
+}
+
+// onlyPodsPart is the index of the one part holding pods when its pods
+// are what merging them gives: sorted, each named once by its Ref
+// (decoded pods); else -1.
+func onlyPodsPart(parts []*Objects) int {
+	only := -1
+	for i, p := range parts {
+		if len(p.Pods) == 0 {
+			continue
+		}
+		if only >= 0 {
+			return -1
+		}
+		only = i
+	}
+	if only < 0 {
+		return -1
+	}
+	pods := parts[only].Pods
+	for i := range pods {
+		p := &pods[i]
+		if p.Ref.Kind != "Pod" || p.Ref.Namespace != p.Namespace || p.Ref.Name != p.Name {
+			return -1
+		}
+		if i > 0 && comparePods(pods[i-1], *p) >= 0 {
+			return -1
+		}
+	}
+	return only
 }
 
 // mergeAll is MergeAll without the pods: memo gives each part's pods'

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -99,7 +100,7 @@ func TestApplyFilesEqualsApply(t *testing.T) {
 			gotObjs, gotErrs := got.ApplyFiles(parts, partErrs)
 			merged, merrs := MergeAll(parts...)
 			wantObjs, wantErrs := want.Apply(merged, joinPartErrs(partErrs, merrs))
-			if !want.podsClean {
+			if !want.podsClean() {
 				keptPods++ // the last call kept an earlier pod: no fast path after it
 			}
 			if !reflect.DeepEqual(gotObjs, wantObjs) {
@@ -139,5 +140,51 @@ func TestApplyFilesOutputIsItsOwn(t *testing.T) {
 	out3, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
 	if out3.Pods[0].Name != "p" || len(out3.Namespaces) != 1 || out3.Namespaces[0].Name != "web" {
 		t.Fatalf("third view: pods %+v namespaces %+v", out3.Pods, out3.Namespaces)
+	}
+}
+
+// TestTrackerKeepsInputPods: the tracker keeps as its pods' versions the
+// very pods of a folder's pods file (ApplyFiles: parts are never
+// modified) and of ApplyView's input, not a copy (~220 B of heap per
+// pod), while Apply copies them; every output's pods are its own.
+func TestTrackerKeepsInputPods(t *testing.T) {
+	pods, errs := Decode("pods.yaml", []byte(strings.Join([]string{
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: web}\nstatus: {podIP: 198.19.0.2}\n",
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: web}\nstatus: {podIP: 198.19.0.1}\n",
+	}, "---\n")))
+	pol, _ := Decode("pol.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n"))
+	if len(errs) > 0 || len(pods.Pods) != 2 {
+		t.Fatalf("decode: %v", errs)
+	}
+	shares := func(tr *Tracker, in []Pod) bool { return len(tr.pods) > 0 && &tr.pods[0] == &in[0] }
+	tr := NewTracker()
+	out, _ := tr.ApplyFiles([]*Objects{pods, pol}, [][]error{errs, nil})
+	if !shares(tr, pods.Pods) {
+		t.Error("ApplyFiles: the tracker copied the pods file's pods")
+	}
+	if &out.Pods[0] == &pods.Pods[0] || &out.Pods[0] == &tr.pods[0] {
+		t.Error("ApplyFiles: the output's pods are not its own")
+	}
+
+	view := &Objects{Pods: slices.Clone(pods.Pods)}
+	tr = NewTracker()
+	out, _ = tr.ApplyView(view, nil)
+	if !shares(tr, view.Pods) {
+		t.Error("ApplyView: the tracker copied the view's pods")
+	}
+	if &out.Pods[0] == &view.Pods[0] {
+		t.Error("ApplyView: the output's pods are not its own")
+	}
+	tr = NewTracker()
+	tr.Apply(view, nil)
+	if shares(tr, view.Pods) {
+		t.Error("Apply: the tracker kept the caller's pods")
+	}
+	// unsorted: ApplyView sorts a copy, never the caller's pods
+	view = &Objects{Pods: []Pod{view.Pods[1], view.Pods[0]}}
+	tr = NewTracker()
+	tr.ApplyView(view, nil)
+	if shares(tr, view.Pods) || view.Pods[0].Name != "b" {
+		t.Errorf("ApplyView of unsorted pods: shared %v, input %s first", shares(tr, view.Pods), view.Pods[0].Name)
 	}
 }

@@ -1,0 +1,149 @@
+package policy
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"testing"
+)
+
+// podHeapProfile: BenchmarkPodHeap writes a heap profile (inuse_space) of
+// the 11k-pod pipeline here, taken while it is held.
+var podHeapProfile = flag.String("podheap.profile", "", "BenchmarkPodHeap: write a heap profile of the held 11k-pod pipeline to this file")
+
+// syntheticPods is the controlplane bench phase's pods file
+// (bench/cmd/l7gate-bench syntheticPodsYAML): local local-looking and
+// cluster cluster pods, 500 label sets.
+func syntheticPods(local, cluster int) []byte {
+	var b strings.Builder
+	for i := range local + cluster {
+		var ip, kind string
+		if i < local {
+			ip, kind = fmt.Sprintf("198.18.%d.%d", 64+i/250, 1+i%250), "local"
+		} else {
+			j := i - local
+			ip, kind = fmt.Sprintf("198.19.%d.%d", j/250, 1+j%250), "remote"
+		}
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: syn-%s-%d\n  namespace: bench\n  labels:\n    app: svc-%d\n    tier: %s\nstatus:\n  podIP: %s\n",
+			kind, i, i%500, kind, ip)
+	}
+	return []byte(b.String())
+}
+
+const podHeapPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: bench}
+spec:
+  endpointSelector: {matchLabels: {app: svc-1}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {tier: remote}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/api/.*"}]
+`
+
+// podPipeline is what the agent holds of a folder source's view: the
+// folder's decoded files (source.Folder's cache), the tracker, the
+// tracker's output (the update the agent computes from and keeps) and
+// the snapshot computed from it with the agent's allocator.
+type podPipeline struct {
+	parts   []*Objects
+	tracker *Tracker
+	out     *Objects
+	alloc   *IdentityAllocator
+	snap    *Snapshot
+}
+
+// runPodPipeline takes a pods file through the folder source's path
+// (Decode per file, Tracker.ApplyFiles, DeriveEndpointSlices) and the
+// agent's compute, then a policy change as the bench makes them (the
+// pods' file unchanged: ApplyFiles' memo, Compute's endpoints memo).
+func runPodPipeline(tb testing.TB, podsFile []byte) *podPipeline {
+	tb.Helper()
+	pl := &podPipeline{tracker: NewTracker(), alloc: NewIdentityAllocator()}
+	pol, errs := Decode("/run/l7gate-bench/src/policy.yaml", []byte(podHeapPolicy))
+	if len(errs) > 0 {
+		tb.Fatal(errs)
+	}
+	pl.parts = []*Objects{pol}
+	if podsFile != nil {
+		pods, errs := Decode("/run/l7gate-bench/src/synthetic-pods.yaml", podsFile)
+		if len(errs) > 0 {
+			tb.Fatal(errs)
+		}
+		pl.parts = append(pl.parts, pods)
+	}
+	for change := range 2 {
+		if change == 1 {
+			// a policy change: a new policy part, the pods part unchanged
+			p, errs := Decode("/run/l7gate-bench/src/policy.yaml", []byte(strings.Replace(podHeapPolicy, "/api/.*", "/api/v1/cp0/[a-z]+", 1)))
+			if len(errs) > 0 {
+				tb.Fatal(errs)
+			}
+			pl.parts[0] = p
+		}
+		out, errs := pl.tracker.ApplyFiles(pl.parts, make([][]error, len(pl.parts)))
+		if len(errs) > 0 {
+			tb.Fatal(errs)
+		}
+		out.DeriveEndpointSlices()
+		snap, err := Compute(out, pl.alloc)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		pl.out, pl.snap = out, snap
+	}
+	return pl
+}
+
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// BenchmarkPodHeap is the live heap per pod of the controlplane bench
+// phase's 1000 local-looking + 10000 cluster pods held through the folder
+// source's path into the agent's compute (runPodPipeline): the heap held
+// with the pods less the heap held without them, after collections, per
+// pod. Unlike the agent's RSS growth it does not depend on the heap the
+// process had before.
+func BenchmarkPodHeap(b *testing.B) {
+	const local, cluster = 1000, 10000
+	data := syntheticPods(local, cluster)
+	if *podHeapProfile != "" {
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
+	var perPod float64
+	for b.Loop() {
+		base0 := liveHeap()
+		empty := runPodPipeline(b, nil)
+		base1 := liveHeap()
+		full := runPodPipeline(b, data)
+		held := liveHeap()
+		if *podHeapProfile != "" {
+			f, err := os.Create(*podHeapProfile)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+		}
+		perPod = (float64(held) - float64(base1) - (float64(base1) - float64(base0))) / (local + cluster)
+		if len(full.snap.Endpoints) != local+cluster {
+			b.Fatalf("%d endpoints, want %d", len(full.snap.Endpoints), local+cluster)
+		}
+		runtime.KeepAlive(empty)
+		runtime.KeepAlive(full)
+	}
+	b.ReportMetric(perPod, "heapB/pod")
+}
