@@ -147,3 +147,28 @@ func BenchmarkPodHeap(b *testing.B) {
 	}
 	b.ReportMetric(perPod, "heapB/pod")
 }
+
+// TestPodMemoSharesLabels: the pod memo holds one Labels per identity,
+// not one per pod.
+func TestPodMemoSharesLabels(t *testing.T) {
+	objs := benchObjects(5, 2400) // 2000 label sets
+	alloc := NewIdentityAllocator()
+	if _, err := Compute(objs, alloc); err != nil {
+		t.Fatal(err)
+	}
+	memo, _ := alloc.podMemoFor()
+	if memo == nil || len(memo.list) != len(objs.Pods) {
+		t.Fatalf("memo of %d pods", len(objs.Pods))
+	}
+	first := map[Identity]*Label{}
+	for _, e := range memo.list {
+		if f, ok := first[e.id]; !ok {
+			first[e.id] = &e.ls[0]
+		} else if f != &e.ls[0] {
+			t.Fatalf("pod %s/%s: its identity %d's labels are a copy of their own", e.key.namespace, e.key.name, e.id)
+		}
+	}
+	if len(first) >= len(memo.list) {
+		t.Fatalf("%d identities for %d pods: no identity is shared", len(first), len(memo.list))
+	}
+}
