@@ -44,6 +44,8 @@ type Objects struct {
 	// labelSets: the pods' label maps by content, during Decode
 	// (internLabels).
 	labelSets map[string]map[string]string
+	// noSummaries: during DecodeObjects.
+	noSummaries bool
 }
 
 // internLabels returns a map equal to m, the first such map of this
@@ -73,6 +75,9 @@ func (o *Objects) internLabels(m map[string]string) map[string]string {
 }
 
 func (o *Objects) summarize(ref ObjectRef, line string) {
+	if o.noSummaries {
+		return
+	}
 	o.Summaries = append(o.Summaries, line)
 	o.summaryRefs = append(o.summaryRefs, ref)
 }
@@ -84,7 +89,19 @@ const maxDocumentSize = 16 << 20
 // source in messages. It returns every object it could load and one error
 // per invalid object.
 func Decode(file string, data []byte) (*Objects, []error) {
-	out := &Objects{labelSets: map[string]map[string]string{}}
+	return decode(file, data, false)
+}
+
+// DecodeObjects is Decode without Summaries: for sources, which keep what
+// they decoded while it is in force (the folder source caches every
+// file's objects) and never read summaries (one line and ref per pod
+// was ~190 B of the agent's heap per pod, BenchmarkPodHeap).
+func DecodeObjects(file string, data []byte) (*Objects, []error) {
+	return decode(file, data, true)
+}
+
+func decode(file string, data []byte, noSummaries bool) (*Objects, []error) {
+	out := &Objects{labelSets: map[string]map[string]string{}, noSummaries: noSummaries}
 	var errs []error
 	for i, doc := range splitDocuments(data) {
 		if len(bytes.TrimSpace(doc)) == 0 {
@@ -92,7 +109,7 @@ func Decode(file string, data []byte) (*Objects, []error) {
 		}
 		errs = append(errs, out.decodeDocument(file, i, doc)...)
 	}
-	out.labelSets = nil
+	out.labelSets, out.noSummaries = nil, false
 	errs = append(errs, out.dropDuplicates()...)
 	out.sort()
 	// Kept as long as the file is (the folder source's cache, and the
@@ -313,11 +330,13 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		}
 		p.Labels = o.internLabels(p.Labels)
 		o.Pods = append(o.Pods, *p)
-		ips := make([]string, len(p.IPs))
-		for i, ip := range p.IPs {
-			ips[i] = ip.String()
+		if !o.noSummaries {
+			ips := make([]string, len(p.IPs))
+			for i, ip := range p.IPs {
+				ips[i] = ip.String()
+			}
+			o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s), IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
 		}
-		o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s), IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
 	case "Node":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -731,6 +750,15 @@ func (o *Objects) mergeParts(other *Objects, seen map[mergeKey]ObjectRef, skipPo
 // Load reads files and folders (recursively: *.yaml, *.yml, *.json) and
 // decodes every object in them, in lexical path order.
 func Load(paths ...string) (*Objects, []error) {
+	return load(paths, false)
+}
+
+// LoadObjects is Load without Summaries (DecodeObjects).
+func LoadObjects(paths ...string) (*Objects, []error) {
+	return load(paths, true)
+}
+
+func load(paths []string, noSummaries bool) (*Objects, []error) {
 	out := &Objects{}
 	var errs []error
 	for _, root := range paths {
@@ -751,7 +779,7 @@ func Load(paths ...string) (*Objects, []error) {
 				errs = append(errs, fmt.Errorf("read %s: %w", f, err))
 				continue
 			}
-			objs, derrs := Decode(f, data)
+			objs, derrs := decode(f, data, noSummaries)
 			errs = append(errs, derrs...)
 			errs = append(errs, out.Merge(objs)...)
 		}

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"reflect"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -59,19 +60,19 @@ type podPipeline struct {
 }
 
 // runPodPipeline takes a pods file through the folder source's path
-// (Decode per file, Tracker.ApplyFiles, DeriveEndpointSlices) and the
+// (DecodeObjects per file, Tracker.ApplyFiles, DeriveEndpointSlices) and the
 // agent's compute, then a policy change as the bench makes them (the
 // pods' file unchanged: ApplyFiles' memo, Compute's endpoints memo).
 func runPodPipeline(tb testing.TB, podsFile []byte) *podPipeline {
 	tb.Helper()
 	pl := &podPipeline{tracker: NewTracker(), alloc: NewIdentityAllocator()}
-	pol, errs := Decode("/run/l7gate-bench/src/policy.yaml", []byte(podHeapPolicy))
+	pol, errs := DecodeObjects("/run/l7gate-bench/src/policy.yaml", []byte(podHeapPolicy))
 	if len(errs) > 0 {
 		tb.Fatal(errs)
 	}
 	pl.parts = []*Objects{pol}
 	if podsFile != nil {
-		pods, errs := Decode("/run/l7gate-bench/src/synthetic-pods.yaml", podsFile)
+		pods, errs := DecodeObjects("/run/l7gate-bench/src/synthetic-pods.yaml", podsFile)
 		if len(errs) > 0 {
 			tb.Fatal(errs)
 		}
@@ -80,7 +81,7 @@ func runPodPipeline(tb testing.TB, podsFile []byte) *podPipeline {
 	for change := range 2 {
 		if change == 1 {
 			// a policy change: a new policy part, the pods part unchanged
-			p, errs := Decode("/run/l7gate-bench/src/policy.yaml", []byte(strings.Replace(podHeapPolicy, "/api/.*", "/api/v1/cp0/[a-z]+", 1)))
+			p, errs := DecodeObjects("/run/l7gate-bench/src/policy.yaml", []byte(strings.Replace(podHeapPolicy, "/api/.*", "/api/v1/cp0/[a-z]+", 1)))
 			if len(errs) > 0 {
 				tb.Fatal(errs)
 			}
@@ -170,5 +171,39 @@ func TestPodMemoSharesLabels(t *testing.T) {
 	}
 	if len(first) >= len(memo.list) {
 		t.Fatalf("%d identities for %d pods: no identity is shared", len(first), len(memo.list))
+	}
+}
+
+// TestDecodeObjectsIsDecodeWithoutSummaries: over the golden inputs and a
+// pods file, DecodeObjects gives Decode's objects and errors, and no
+// summaries.
+func TestDecodeObjectsIsDecodeWithoutSummaries(t *testing.T) {
+	files, err := ListFiles("testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inputs := map[string][]byte{"synthetic-pods.yaml": syntheticPods(10, 30)}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inputs[f] = data
+	}
+	summaries := 0
+	for name, data := range inputs {
+		want, wantErrs := Decode(name, data)
+		got, gotErrs := DecodeObjects(name, data)
+		summaries += len(want.Summaries)
+		if len(got.Summaries) != 0 || len(got.summaryRefs) != 0 {
+			t.Errorf("%s: %d summaries", name, len(got.Summaries))
+		}
+		want.Summaries, want.summaryRefs = nil, nil
+		if !reflect.DeepEqual(got, want) || fmt.Sprint(gotErrs) != fmt.Sprint(wantErrs) {
+			t.Errorf("%s: DecodeObjects differs from Decode:\n got %+v %v\nwant %+v %v", name, got, gotErrs, want, wantErrs)
+		}
+	}
+	if summaries < len(inputs) {
+		t.Fatalf("%d summaries in %d inputs", summaries, len(inputs))
 	}
 }
