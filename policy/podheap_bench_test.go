@@ -47,6 +47,21 @@ spec:
         http: [{method: GET, path: "/api/.*"}]
 `
 
+const podHeapObjects = `apiVersion: v1
+kind: Namespace
+metadata: {name: bench}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: bench, labels: {app: client}}
+status: {podIP: 198.18.64.250}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: bench, labels: {app: svc-1}}
+status: {podIP: 198.18.64.251}
+`
+
 // podPipeline is what the agent holds of a folder source's view: the
 // folder's decoded files (source.Folder's cache), the tracker, the
 // tracker's output (the update the agent computes from and keeps) and
@@ -70,7 +85,13 @@ func runPodPipeline(tb testing.TB, podsFile []byte) *podPipeline {
 	if len(errs) > 0 {
 		tb.Fatal(errs)
 	}
-	pl.parts = []*Objects{pol}
+	// objects.yaml: the bench's real pods (a second part with pods: the
+	// merge's pods are not one file's)
+	objs, errs := DecodeObjects("/run/l7gate-bench/src/objects.yaml", []byte(podHeapObjects))
+	if len(errs) > 0 {
+		tb.Fatal(errs)
+	}
+	pl.parts = []*Objects{objs, pol}
 	if podsFile != nil {
 		pods, errs := DecodeObjects("/run/l7gate-bench/src/synthetic-pods.yaml", podsFile)
 		if len(errs) > 0 {
@@ -85,7 +106,7 @@ func runPodPipeline(tb testing.TB, podsFile []byte) *podPipeline {
 			if len(errs) > 0 {
 				tb.Fatal(errs)
 			}
-			pl.parts[0] = p
+			pl.parts[1] = p
 		}
 		out, errs := pl.tracker.ApplyFiles(pl.parts, make([][]error, len(pl.parts)))
 		if len(errs) > 0 {
@@ -140,8 +161,8 @@ func BenchmarkPodHeap(b *testing.B) {
 			f.Close()
 		}
 		perPod = (float64(held) - float64(base1) - (float64(base1) - float64(base0))) / (local + cluster)
-		if len(full.snap.Endpoints) != local+cluster {
-			b.Fatalf("%d endpoints, want %d", len(full.snap.Endpoints), local+cluster)
+		if len(full.snap.Endpoints) != local+cluster+2 {
+			b.Fatalf("%d endpoints, want %d", len(full.snap.Endpoints), local+cluster+2)
 		}
 		runtime.KeepAlive(empty)
 		runtime.KeepAlive(full)

@@ -117,8 +117,9 @@ func TestApplyFilesEqualsApply(t *testing.T) {
 }
 
 // TestApplyFilesOutputIsItsOwn: the caller may modify what ApplyFiles
-// returned (the pods of a fast-path result are a copy), and the next
-// result is as if it had not.
+// returned but the pods (read-only: shared with the tracker), and append
+// to the pods (they have no room: an append copies); the next result is
+// as if it had not.
 func TestApplyFilesOutputIsItsOwn(t *testing.T) {
 	pods, errs := Decode("pods.yaml", []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: web}\nstatus: {podIP: 198.19.0.1}\n"))
 	pol1, _ := Decode("pol.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n"))
@@ -128,17 +129,19 @@ func TestApplyFilesOutputIsItsOwn(t *testing.T) {
 	}
 	tr := NewTracker()
 	out1, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
-	out1.Pods[0].Name = "changed"
+	out1.Namespaces[0].Name = "changed"
+	out1.Pods = append(out1.Pods, Pod{Name: "appended"})
 	if !tr.podsMemoHolds([]*Objects{pods, pol2}) {
 		t.Fatal("the pods' fast path is not taken for a namespace change")
 	}
 	out2, _ := tr.ApplyFiles([]*Objects{pods, pol2}, [][]error{errs, nil})
-	if len(out2.Pods) != 1 || out2.Pods[0].Name != "p" {
-		t.Fatalf("pods after the caller modified the last output: %+v", out2.Pods)
+	if len(out2.Pods) != 1 || out2.Pods[0].Name != "p" || out2.Namespaces[0].Name != "db" {
+		t.Fatalf("after the caller modified the last output: pods %+v namespaces %+v", out2.Pods, out2.Namespaces)
 	}
-	out2.Pods[0].Name = "changed"
+	out2.Pods = append(out2.Pods, Pod{Name: "appended"})
+	out2.Namespaces[0].Name = "changed"
 	out3, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
-	if out3.Pods[0].Name != "p" || len(out3.Namespaces) != 1 || out3.Namespaces[0].Name != "web" {
+	if len(out3.Pods) != 1 || out3.Pods[0].Name != "p" || len(out3.Namespaces) != 1 || out3.Namespaces[0].Name != "web" {
 		t.Fatalf("third view: pods %+v namespaces %+v", out3.Pods, out3.Namespaces)
 	}
 }
@@ -146,7 +149,8 @@ func TestApplyFilesOutputIsItsOwn(t *testing.T) {
 // TestTrackerKeepsInputPods: the tracker keeps as its pods' versions the
 // very pods of a folder's pods file (ApplyFiles: parts are never
 // modified) and of ApplyView's input, not a copy (~220 B of heap per
-// pod), while Apply copies them; every output's pods are its own.
+// pod), while Apply copies them; the output shares the tracker's pods
+// (read-only), with no room to append into.
 func TestTrackerKeepsInputPods(t *testing.T) {
 	pods, errs := Decode("pods.yaml", []byte(strings.Join([]string{
 		"apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: web}\nstatus: {podIP: 198.19.0.2}\n",
@@ -162,8 +166,8 @@ func TestTrackerKeepsInputPods(t *testing.T) {
 	if !shares(tr, pods.Pods) {
 		t.Error("ApplyFiles: the tracker copied the pods file's pods")
 	}
-	if &out.Pods[0] == &pods.Pods[0] || &out.Pods[0] == &tr.pods[0] {
-		t.Error("ApplyFiles: the output's pods are not its own")
+	if &out.Pods[0] != &tr.pods[0] || cap(out.Pods) != len(out.Pods) {
+		t.Error("ApplyFiles: the output's pods are a copy, or have room to append into")
 	}
 
 	view := &Objects{Pods: slices.Clone(pods.Pods)}
@@ -172,8 +176,8 @@ func TestTrackerKeepsInputPods(t *testing.T) {
 	if !shares(tr, view.Pods) {
 		t.Error("ApplyView: the tracker copied the view's pods")
 	}
-	if &out.Pods[0] == &view.Pods[0] {
-		t.Error("ApplyView: the output's pods are not its own")
+	if &out.Pods[0] != &view.Pods[0] || cap(out.Pods) != len(out.Pods) {
+		t.Error("ApplyView: the output's pods are a copy, or have room to append into")
 	}
 	tr = NewTracker()
 	tr.Apply(view, nil)
