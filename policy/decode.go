@@ -46,6 +46,21 @@ type Objects struct {
 	labelSets map[string]map[string]string
 	// noSummaries: during DecodeObjects.
 	noSummaries bool
+	// strs: the pods' namespace names, during Decode (intern).
+	strs map[string]string
+}
+
+// intern returns a string equal to s, the first such of this Decode call:
+// the pods of one namespace share its name.
+func (o *Objects) intern(s string) string {
+	if o.strs == nil {
+		return s
+	}
+	if have, ok := o.strs[s]; ok {
+		return have
+	}
+	o.strs[s] = s
+	return s
 }
 
 // internLabels returns a map equal to m, the first such map of this
@@ -101,7 +116,7 @@ func DecodeObjects(file string, data []byte) (*Objects, []error) {
 }
 
 func decode(file string, data []byte, noSummaries bool) (*Objects, []error) {
-	out := &Objects{labelSets: map[string]map[string]string{}, noSummaries: noSummaries}
+	out := &Objects{labelSets: map[string]map[string]string{}, noSummaries: noSummaries, strs: map[string]string{}}
 	var errs []error
 	for i, doc := range splitDocuments(data) {
 		if len(bytes.TrimSpace(doc)) == 0 {
@@ -109,7 +124,7 @@ func decode(file string, data []byte, noSummaries bool) (*Objects, []error) {
 		}
 		errs = append(errs, out.decodeDocument(file, i, doc)...)
 	}
-	out.labelSets, out.noSummaries = nil, false
+	out.labelSets, out.noSummaries, out.strs = nil, false, nil
 	errs = append(errs, out.dropDuplicates()...)
 	out.sort()
 	// Kept as long as the file is (the folder source's cache, and the
@@ -313,9 +328,12 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case "Pod":
+		// no string of its own per pod for its kind and namespace
+		ref.Kind = "Pod"
 		if ref.Namespace == "" {
 			ref.Namespace = "default"
 		}
+		ref.Namespace = o.intern(ref.Namespace)
 		if e := checkVersion("v1"); e != nil {
 			return objErr([]error{e[0].(*ObjectError).Err})
 		}
