@@ -9,7 +9,8 @@ import (
 )
 
 // TestFlowPeersShareLabels: the flow index's pods of one identity share
-// one label list (read-only, as the endpoints are), not a copy each.
+// one label list (read-only, as the endpoints are), not a copy each, and
+// it keeps the snapshot's endpoints, not a copy.
 func TestFlowPeersShareLabels(t *testing.T) {
 	const id = flow.Identity(1000)
 	ls := policy.NewLabels(policy.Label{Source: policy.SourceK8s, Key: "app", Value: "web"})
@@ -27,5 +28,8 @@ func TestFlowPeersShareLabels(t *testing.T) {
 	}
 	if &e1.Labels[0] != &e2.Labels[0] {
 		t.Error("two pods of one identity have a label list each")
+	}
+	if &x.endpoints[0] != &snap.Endpoints[0] {
+		t.Error("the flow index copied the snapshot's endpoints")
 	}
 }
