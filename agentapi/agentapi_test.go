@@ -2,8 +2,11 @@ package agentapi
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,5 +117,56 @@ func TestListenTCPTwice(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the successor never accepted")
+	}
+}
+
+// TestFetchMemory: GET /debug/memory collects first (a dropped 64 MiB
+// buffer is not in the live heap it reports, and the pages are returned
+// to the OS), and the heap profile is served.
+func TestFetchMemory(t *testing.T) {
+	run := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, StatusSocket(run), &backend{}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for range 100 { // until the server listens
+		if _, err := FetchStatus(ctx, run); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before, err := FetchMemory(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := make([]byte, 64<<20)
+	for i := range garbage {
+		garbage[i] = 1
+	}
+	garbage = nil
+	m, err := FetchMemory(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.NumGC <= before.NumGC || m.HeapAlloc > before.HeapAlloc+32<<20 || m.HeapSys-m.HeapReleased > before.HeapSys-before.HeapReleased+32<<20 {
+		t.Errorf("memory after dropping 64 MiB: %+v (before %+v)", m, before)
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", StatusSocket(run))
+	}}}
+	resp, err := hc.Get("http://agent/debug/pprof/heap?gc=1&debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "# HeapAlloc = ") {
+		t.Errorf("heap profile: %s %.200s", resp.Status, body)
 	}
 }

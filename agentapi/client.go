@@ -21,6 +21,29 @@ func FetchStatus(ctx context.Context, runDir string) (*Status, error) {
 	return &st, nil
 }
 
+// Memory is the agent's heap right after a collection that returned the
+// freed pages to the OS (GET /debug/memory): the live heap, and what the
+// heap holds from the OS. Bytes, from runtime.MemStats.
+type Memory struct {
+	HeapAlloc    uint64 `json:"heapAlloc"`
+	HeapInuse    uint64 `json:"heapInuse"`
+	HeapSys      uint64 `json:"heapSys"`
+	HeapReleased uint64 `json:"heapReleased"`
+	Sys          uint64 `json:"sys"`
+	NumGC        uint32 `json:"numGC"`
+}
+
+// FetchMemory collects the agent's garbage, returns the freed pages to
+// the OS, and reads its heap (a steady measure of what the agent holds:
+// its RSS right after is too).
+func FetchMemory(ctx context.Context, runDir string) (*Memory, error) {
+	var m Memory
+	if err := getJSON(ctx, runDir, "/debug/memory", &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
 // FetchFlows reads the flow records recorded after cursor.
 func FetchFlows(ctx context.Context, runDir string, after uint64) (*FlowPage, error) {
 	var page FlowPage

@@ -7,6 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"time"
 
@@ -48,7 +51,40 @@ func Handler(b Backend) http.Handler {
 	if l, ok := b.(FQDNLearner); ok {
 		mux.HandleFunc("POST /fqdn", fqdnHandler(l))
 	}
+	debugHandlers(mux)
 	return mux
+}
+
+// debugHandlers serves what the agent's memory is, on its local socket
+// only: GET /debug/memory (Memory, after a collection that returns the
+// freed pages to the OS, so the process's RSS read right after holds
+// little but live memory) and the runtime's profiles under
+// /debug/pprof/ (heap, goroutine, allocs, ...; debug=1 for text, gc=1
+// collects first).
+func debugHandlers(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/memory", func(w http.ResponseWriter, _ *http.Request) {
+		debug.FreeOSMemory()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		writeJSON(w, Memory{HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, HeapSys: ms.HeapSys,
+			HeapReleased: ms.HeapReleased, Sys: ms.Sys, NumGC: ms.NumGC})
+	})
+	mux.HandleFunc("GET /debug/pprof/{profile}", func(w http.ResponseWriter, r *http.Request) {
+		prof := pprof.Lookup(r.PathValue("profile"))
+		if prof == nil {
+			http.Error(w, "unknown profile", http.StatusNotFound)
+			return
+		}
+		debugLevel, _ := strconv.Atoi(r.URL.Query().Get("debug"))
+		if r.URL.Query().Get("gc") == "1" {
+			runtime.GC()
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if debugLevel > 0 {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		}
+		prof.WriteTo(w, debugLevel)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

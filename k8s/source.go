@@ -269,7 +269,9 @@ func (s *Source) viewUpdate() source.Update {
 	}
 	tracker := s.tracker
 	s.mu.Unlock()
-	objs, errs = tracker.Apply(objs, errs)
+	// The view never modifies the pods it assembled (view.fastPods is
+	// replaced, not changed): the tracker keeps them, not a copy.
+	objs, errs = tracker.ApplyView(objs, errs)
 	s.mu.Lock()
 	if n := len(s.infos); n == 0 || s.infos[n-1].digest != digest {
 		s.infos = append(s.infos, digestInfo{digest: digest, infos: infos})

@@ -89,7 +89,7 @@ func (v *view) put(d document) {
 		return
 	}
 	nd := &viewDoc{sum: sum, info: d.info}
-	objs, errs := policy.Decode("", d.json)
+	objs, errs := policy.DecodeObjects("", d.json)
 	nd.errs = errs
 	if onlyOnePod(objs) {
 		nd.pod = &objs.Pods[0]

@@ -35,13 +35,32 @@ type Objects struct {
 	Services       []Service
 	EndpointSlices []EndpointSlice
 	Warnings       []Warning
-	// Summaries has one line per loaded object, in input order.
+	// Summaries has one line per loaded object, in input order (Decode,
+	// Load, Merge; a Tracker's results have none: the agent never reads
+	// them).
 	Summaries []string
 	// summaryRefs[i] is the object Summaries[i] describes.
 	summaryRefs []ObjectRef
 	// labelSets: the pods' label maps by content, during Decode
 	// (internLabels).
 	labelSets map[string]map[string]string
+	// noSummaries: during DecodeObjects.
+	noSummaries bool
+	// strs: the pods' namespace names, during Decode (intern).
+	strs map[string]string
+}
+
+// intern returns a string equal to s, the first such of this Decode call:
+// the pods of one namespace share its name.
+func (o *Objects) intern(s string) string {
+	if o.strs == nil {
+		return s
+	}
+	if have, ok := o.strs[s]; ok {
+		return have
+	}
+	o.strs[s] = s
+	return s
 }
 
 // internLabels returns a map equal to m, the first such map of this
@@ -71,6 +90,9 @@ func (o *Objects) internLabels(m map[string]string) map[string]string {
 }
 
 func (o *Objects) summarize(ref ObjectRef, line string) {
+	if o.noSummaries {
+		return
+	}
 	o.Summaries = append(o.Summaries, line)
 	o.summaryRefs = append(o.summaryRefs, ref)
 }
@@ -82,7 +104,19 @@ const maxDocumentSize = 16 << 20
 // source in messages. It returns every object it could load and one error
 // per invalid object.
 func Decode(file string, data []byte) (*Objects, []error) {
-	out := &Objects{labelSets: map[string]map[string]string{}}
+	return decode(file, data, false)
+}
+
+// DecodeObjects is Decode without Summaries: for sources, which keep what
+// they decoded while it is in force (the folder source caches every
+// file's objects) and never read summaries (one line and ref per pod
+// was ~190 B of the agent's heap per pod, BenchmarkPodHeap).
+func DecodeObjects(file string, data []byte) (*Objects, []error) {
+	return decode(file, data, true)
+}
+
+func decode(file string, data []byte, noSummaries bool) (*Objects, []error) {
+	out := &Objects{labelSets: map[string]map[string]string{}, noSummaries: noSummaries, strs: map[string]string{}}
 	var errs []error
 	for i, doc := range splitDocuments(data) {
 		if len(bytes.TrimSpace(doc)) == 0 {
@@ -90,9 +124,14 @@ func Decode(file string, data []byte) (*Objects, []error) {
 		}
 		errs = append(errs, out.decodeDocument(file, i, doc)...)
 	}
-	out.labelSets = nil
+	out.labelSets, out.noSummaries, out.strs = nil, false, nil
 	errs = append(errs, out.dropDuplicates()...)
 	out.sort()
+	// Kept as long as the file is (the folder source's cache, and the
+	// tracker shares its pods): no room to grow.
+	if cap(out.Pods) > len(out.Pods)+len(out.Pods)/16 {
+		out.Pods = slices.Clone(out.Pods)
+	}
 	return out, errs
 }
 
@@ -289,9 +328,12 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		o.Policies = append(o.Policies, *p)
 		o.summarize(p.Ref, summarizePolicy(p))
 	case "Pod":
+		// no string of its own per pod for its kind and namespace
+		ref.Kind = "Pod"
 		if ref.Namespace == "" {
 			ref.Namespace = "default"
 		}
+		ref.Namespace = o.intern(ref.Namespace)
 		if e := checkVersion("v1"); e != nil {
 			return objErr([]error{e[0].(*ObjectError).Err})
 		}
@@ -306,11 +348,13 @@ func (o *Objects) decodeValue(file string, where ObjectRef, v any) []error {
 		}
 		p.Labels = o.internLabels(p.Labels)
 		o.Pods = append(o.Pods, *p)
-		ips := make([]string, len(p.IPs))
-		for i, ip := range p.IPs {
-			ips[i] = ip.String()
+		if !o.noSummaries {
+			ips := make([]string, len(p.IPs))
+			for i, ip := range p.IPs {
+				ips[i] = ip.String()
+			}
+			o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s), IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
 		}
-		o.summarize(ref, fmt.Sprintf("%s: %s: %d label(s), IPs [%s]", file, ref, len(p.Labels), strings.Join(ips, " ")))
 	case "Node":
 		if e := checkVersion("v1"); e != nil {
 			return e
@@ -537,9 +581,47 @@ func MergeAll(parts ...*Objects) (*Objects, [][]error) {
 	return out, errs
 }
 
-// mergeAllPods is MergeAll; podErrs[i] are part i's pods' duplicate errors.
+// mergeAllPods is MergeAll; podErrs[i] are part i's pods' duplicate
+// errors. Where one part alone holds pods, sorted and each once (a
+// folder's pods file), out.Pods is that part's very array: the caller
+// never modifies it (Tracker.ApplyFiles keeps it).
 func mergeAllPods(parts []*Objects) (out *Objects, errs, podErrs [][]error) {
+	if i := onlyPodsPart(parts); i >= 0 {
+		out, errs, podErrs = mergeAllSkip(parts, []podsPart{{index: i}})
+		out.Pods = slices.Clip(parts[i].Pods)
+		return out, errs, podErrs
+	}
 	return mergeAllSkip(parts, nil)
+}
+
+// onlyPodsPart is the index of the one part holding pods when its pods
+// are what merging them gives: sorted, each named once by its Ref
+// (decoded pods); else -1.
+func onlyPodsPart(parts []*Objects) int {
+	only := -1
+	for i, p := range parts {
+		if len(p.Pods) == 0 {
+			continue
+		}
+		if only >= 0 {
+			return -1
+		}
+		only = i
+	}
+	if only < 0 {
+		return -1
+	}
+	pods := parts[only].Pods
+	for i := range pods {
+		p := &pods[i]
+		if p.Ref.Kind != "Pod" || p.Ref.Namespace != p.Namespace || p.Ref.Name != p.Name {
+			return -1
+		}
+		if i > 0 && comparePods(pods[i-1], *p) >= 0 {
+			return -1
+		}
+	}
+	return only
 }
 
 // mergeAll is MergeAll without the pods: memo gives each part's pods'
@@ -686,6 +768,15 @@ func (o *Objects) mergeParts(other *Objects, seen map[mergeKey]ObjectRef, skipPo
 // Load reads files and folders (recursively: *.yaml, *.yml, *.json) and
 // decodes every object in them, in lexical path order.
 func Load(paths ...string) (*Objects, []error) {
+	return load(paths, false)
+}
+
+// LoadObjects is Load without Summaries (DecodeObjects).
+func LoadObjects(paths ...string) (*Objects, []error) {
+	return load(paths, true)
+}
+
+func load(paths []string, noSummaries bool) (*Objects, []error) {
 	out := &Objects{}
 	var errs []error
 	for _, root := range paths {
@@ -706,7 +797,7 @@ func Load(paths ...string) (*Objects, []error) {
 				errs = append(errs, fmt.Errorf("read %s: %w", f, err))
 				continue
 			}
-			objs, derrs := Decode(f, data)
+			objs, derrs := decode(f, data, noSummaries)
 			errs = append(errs, derrs...)
 			errs = append(errs, out.Merge(objs)...)
 		}

@@ -21,19 +21,27 @@ import (
 //
 // Sources call Apply with every complete view they decode (the folder
 // source after Load, the Kubernetes source after Decode). Apply is safe for
-// concurrent use; its result shares no mutable state with its input.
+// concurrent use. Its result's Pods are read-only: they are the tracker's
+// own versions (and, with ApplyFiles and ApplyView, the input's), shared
+// without spare capacity, so an append copies but a Pod changed in place
+// would change what the tracker keeps in force (no caller does: the
+// agent's compute, DeriveEndpointSlices, the status writer and the
+// sources only read them). The rest of the result is its own.
 type Tracker struct {
 	mu sync.Mutex
-	// last: every object's last valid version but the pods'; lastPods:
-	// the pods' (kept apart so that ApplyFiles can keep them as they are).
-	last, lastPods map[trackKey]tracked
-	// podsOut: the pods lastPods points into, sorted as Apply's output
-	// sorts them; the pods of the last output when podsClean.
-	podsOut []Pod
-	// podsClean: the last call kept no pod's earlier version (lastPods
-	// holds exactly the pods of its input).
-	podsClean bool
-	// memo: the last ApplyFiles call's pods, when podsClean.
+	// last: every object's last valid version but the pods'.
+	last map[trackKey]tracked
+	// pods: the pods' last valid versions, sorted as Apply's output
+	// sorts them; never modified: the input's own pods where the caller
+	// never modifies them (ApplyFiles' parts, ApplyView), else a copy. No
+	// map entry per pod: that was ~250 B of heap per pod at 11k pods
+	// (BenchmarkPodHeap); a pod is looked up (podIndex) only when an
+	// update is invalid.
+	pods []Pod
+	// keptPods: the pods whose earlier version the last call kept in
+	// force (a copy each); none when the last call kept none.
+	keptPods map[trackKey]tracked
+	// memo: the last ApplyFiles call's pods, when it kept no pod.
 	memo podsMemo
 }
 
@@ -68,8 +76,12 @@ type tracked struct {
 
 // NewTracker returns a Tracker that has seen nothing.
 func NewTracker() *Tracker {
-	return &Tracker{last: map[trackKey]tracked{}, lastPods: map[trackKey]tracked{}}
+	return &Tracker{last: map[trackKey]tracked{}}
 }
+
+// podsClean: the last call kept no pod's earlier version (pods holds
+// exactly the pods of its input).
+func (t *Tracker) podsClean() bool { return len(t.keptPods) == 0 }
 
 // ApplyFiles is Apply of MergeAll(parts...) with each part's own errors
 // (partErrs[i]) followed by its duplicates, the errors in policy.Load's
@@ -87,13 +99,15 @@ func (t *Tracker) ApplyFiles(parts []*Objects, partErrs [][]error) (*Objects, []
 	if t.podsMemoHolds(parts) {
 		objs, merrs := mergeAll(parts, t.memo.parts)
 		errs := joinPartErrs(partErrs, merrs)
-		return t.apply(objs, errs, true, true)
+		return t.apply(objs, errs, true, true, true)
 	}
+	// The merged pods are a part's (never modified: see above) or the
+	// merge's own: the tracker keeps them.
 	objs, merrs, podErrs := mergeAllPods(parts)
 	errs := joinPartErrs(partErrs, merrs)
-	out, errs := t.apply(objs, errs, false, true)
+	out, errs := t.apply(objs, errs, false, true, true)
 	t.memo = podsMemo{}
-	if t.podsClean {
+	if t.podsClean() {
 		t.memo.valid = true
 		for i, p := range parts {
 			if len(p.Pods) > 0 {
@@ -107,7 +121,7 @@ func (t *Tracker) ApplyFiles(parts []*Objects, partErrs [][]error) (*Objects, []
 // podsMemoHolds: every part holds the pods of the memo's call, in its
 // place, and that call kept no earlier pod.
 func (t *Tracker) podsMemoHolds(parts []*Objects) bool {
-	if !t.memo.valid || !t.podsClean {
+	if !t.memo.valid || !t.podsClean() {
 		return false
 	}
 	j := 0
@@ -153,16 +167,29 @@ func (t *Tracker) Apply(objs *Objects, errs []error) (*Objects, []error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.memo = podsMemo{}
-	return t.apply(objs, errs, false, false)
+	return t.apply(objs, errs, false, false, false)
+}
+
+// ApplyView is Apply for a caller that never modifies objs.Pods after
+// the call (the Kubernetes source's view): the tracker keeps the pods as
+// they are, when sorted, instead of a copy (~220 B per pod). The result
+// is Apply's.
+func (t *Tracker) ApplyView(objs *Objects, errs []error) (*Objects, []error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.memo = podsMemo{}
+	return t.apply(objs, errs, false, false, true)
 }
 
 // apply is Apply; with samePods, objs holds no pods and stands for a view
 // whose pods are those of the last call, which kept no earlier pod: the
 // pods' output and tracked versions stay what they were (no pod of the
 // last call is missing now, so none is kept or reported). With owned,
-// objs and errs are the caller's own (a merge's result): their warnings,
-// summaries and errors are taken over, not copied.
-func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Objects, []error) {
+// objs and errs are the caller's own (a merge's result): their warnings
+// and errors are taken over, not copied. With keepPods, objs.Pods is
+// never modified after the call: the tracker keeps it rather than a copy
+// when it is sorted.
+func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned, keepPods bool) (*Objects, []error) {
 	if objs == nil {
 		objs = &Objects{}
 	}
@@ -186,10 +213,11 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Obj
 	// Sized up front: a 10k-pod view grew both step by step on every
 	// update (BenchmarkTrackerApply).
 	next := make(map[trackKey]tracked, max(len(t.last), len(objs.Policies)))
+	// No summaries: the agent never reads them (Decode's and Load's
+	// results have them); one line and ref per pod was ~80 B of the
+	// agent's heap per pod.
 	out := &Objects{
 		Warnings:       objs.Warnings,
-		Summaries:      objs.Summaries,
-		summaryRefs:    objs.summaryRefs,
 		Namespaces:     sized[Namespace](len(objs.Namespaces)),
 		Nodes:          sized[Node](len(objs.Nodes)),
 		Services:       sized[Service](len(objs.Services)),
@@ -223,22 +251,20 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Obj
 		tr.ref, tr.api = a.Ref, &a
 		next[keyFor(a.Ref)] = tr
 	}
-	// One copy of every pod (not one allocation each), sorted as out is:
-	// the tracker's versions share nothing with the input or the output.
-	var nextPods map[trackKey]tracked
-	var pods []Pod
-	if samePods {
-		nextPods, pods = t.lastPods, t.podsOut
-		out.Pods = slices.Clone(pods)
-	} else {
-		nextPods = make(map[trackKey]tracked, max(len(t.lastPods), len(objs.Pods)))
-		pods = slices.Clone(objs.Pods)
-		slices.SortStableFunc(pods, comparePods)
-		out.Pods = sized[Pod](len(objs.Pods))
-		for i := range pods {
-			out.Pods = append(out.Pods, pods[i])
-			nextPods[keyFor(pods[i].Ref)] = tracked{ref: pods[i].Ref, pod: &pods[i]}
+	// The pods' versions, sorted as out is, never modified: the input's
+	// when the caller keeps it unmodified, else a copy. The output shares
+	// them (read-only; no room to append into): a copy of its own was
+	// ~220 B of the agent's heap per pod.
+	pods := t.pods
+	if !samePods {
+		pods = objs.Pods
+		if !keepPods || !slices.IsSortedFunc(pods, comparePods) {
+			pods = slices.Clone(pods)
+			slices.SortStableFunc(pods, comparePods)
 		}
+	}
+	if len(pods) > 0 {
+		out.Pods = slices.Clip(pods)
 	}
 	stubs := map[trackKey]Policy{}
 	for i := range objs.Policies {
@@ -252,27 +278,38 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Obj
 	}
 	if !owned {
 		errs = slices.Clone(errs)
-		out.Warnings, out.Summaries, out.summaryRefs = slices.Clone(out.Warnings), slices.Clone(out.Summaries), slices.Clone(out.summaryRefs)
+		out.Warnings = slices.Clone(out.Warnings)
 	}
 	kept := map[trackKey]bool{}
 	fileKept := map[string][]ObjectRef{}
-	keptPods := 0
+	var keptPods map[trackKey]tracked
+	var isPod func(trackKey) bool // built on first use
 	keep := func(k trackKey, prev tracked) {
-		if _, valid := next[k]; valid {
-			return
-		}
-		if _, valid := nextPods[k]; valid {
-			return
-		}
 		ei, isInvalid := invalid[k]
 		fi, fileBroken := brokenFiles[prev.ref.File]
 		if !isInvalid && !fileBroken {
-			return // deleted
+			return // valid, or deleted
+		}
+		if _, valid := next[k]; valid {
+			return
+		}
+		if _, done := keptPods[k]; done {
+			return
+		}
+		if isPod == nil {
+			isPod = podIndex(pods)
+		}
+		if isPod(k) {
+			return
 		}
 		kept[k] = true
 		if prev.pod != nil {
-			nextPods[k] = prev
-			keptPods++
+			if keptPods == nil {
+				keptPods = map[trackKey]tracked{}
+			}
+			p := *prev.pod // a copy: the array it is in is not kept
+			prev.pod = &p
+			keptPods[k] = prev
 		} else {
 			next[k] = prev
 		}
@@ -300,12 +337,17 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Obj
 			_ = fi
 		}
 	}
-	for k, prev := range t.last {
-		keep(k, prev)
-	}
-	if !samePods {
-		for k, prev := range t.lastPods {
+	if len(invalid) > 0 || len(brokenFiles) > 0 {
+		for k, prev := range t.last {
 			keep(k, prev)
+		}
+		if !samePods {
+			for i := range t.pods {
+				keep(keyFor(t.pods[i].Ref), tracked{ref: t.pods[i].Ref, pod: &t.pods[i]})
+			}
+			for k, prev := range t.keptPods {
+				keep(k, prev)
+			}
 		}
 	}
 	for file, refs := range fileKept {
@@ -318,14 +360,42 @@ func (t *Tracker) apply(objs *Objects, errs []error, samePods, owned bool) (*Obj
 			out.Policies = append(out.Policies, stub)
 		}
 	}
-	t.last, t.lastPods, t.podsOut = next, nextPods, pods
-	t.podsClean = keptPods == 0
+	t.last, t.pods, t.keptPods = next, pods, keptPods
 	if samePods {
 		out.sortExceptPods() // as the last call sorted them
 	} else {
 		out.sort()
 	}
 	return out, errs
+}
+
+// podIndex tells whether pods (sorted by comparePods) hold one with the
+// key k: a binary search where every pod's Ref names it (decoded pods),
+// else a map.
+func podIndex(pods []Pod) func(k trackKey) bool {
+	byRef := true
+	for i := range pods {
+		if r := &pods[i].Ref; r.Kind != "Pod" || r.Namespace != pods[i].Namespace || r.Name != pods[i].Name {
+			byRef = false
+			break
+		}
+	}
+	if byRef {
+		return func(k trackKey) bool {
+			if k.kind != "Pod" {
+				return false
+			}
+			_, found := slices.BinarySearchFunc(pods, k, func(p Pod, k trackKey) int {
+				return cmpStrings(p.Namespace, k.namespace, p.Name, k.name)
+			})
+			return found
+		}
+	}
+	keys := make(map[trackKey]bool, len(pods))
+	for i := range pods {
+		keys[keyFor(pods[i].Ref)] = true
+	}
+	return func(k trackKey) bool { return keys[k] }
 }
 
 // sized is an empty slice with room for n (nil for 0, as append leaves it).

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -99,7 +100,7 @@ func TestApplyFilesEqualsApply(t *testing.T) {
 			gotObjs, gotErrs := got.ApplyFiles(parts, partErrs)
 			merged, merrs := MergeAll(parts...)
 			wantObjs, wantErrs := want.Apply(merged, joinPartErrs(partErrs, merrs))
-			if !want.podsClean {
+			if !want.podsClean() {
 				keptPods++ // the last call kept an earlier pod: no fast path after it
 			}
 			if !reflect.DeepEqual(gotObjs, wantObjs) {
@@ -116,8 +117,9 @@ func TestApplyFilesEqualsApply(t *testing.T) {
 }
 
 // TestApplyFilesOutputIsItsOwn: the caller may modify what ApplyFiles
-// returned (the pods of a fast-path result are a copy), and the next
-// result is as if it had not.
+// returned but the pods (read-only: shared with the tracker), and append
+// to the pods (they have no room: an append copies); the next result is
+// as if it had not.
 func TestApplyFilesOutputIsItsOwn(t *testing.T) {
 	pods, errs := Decode("pods.yaml", []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: web}\nstatus: {podIP: 198.19.0.1}\n"))
 	pol1, _ := Decode("pol.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n"))
@@ -127,17 +129,66 @@ func TestApplyFilesOutputIsItsOwn(t *testing.T) {
 	}
 	tr := NewTracker()
 	out1, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
-	out1.Pods[0].Name = "changed"
+	out1.Namespaces[0].Name = "changed"
+	out1.Pods = append(out1.Pods, Pod{Name: "appended"})
 	if !tr.podsMemoHolds([]*Objects{pods, pol2}) {
 		t.Fatal("the pods' fast path is not taken for a namespace change")
 	}
 	out2, _ := tr.ApplyFiles([]*Objects{pods, pol2}, [][]error{errs, nil})
-	if len(out2.Pods) != 1 || out2.Pods[0].Name != "p" {
-		t.Fatalf("pods after the caller modified the last output: %+v", out2.Pods)
+	if len(out2.Pods) != 1 || out2.Pods[0].Name != "p" || out2.Namespaces[0].Name != "db" {
+		t.Fatalf("after the caller modified the last output: pods %+v namespaces %+v", out2.Pods, out2.Namespaces)
 	}
-	out2.Pods[0].Name = "changed"
+	out2.Pods = append(out2.Pods, Pod{Name: "appended"})
+	out2.Namespaces[0].Name = "changed"
 	out3, _ := tr.ApplyFiles([]*Objects{pods, pol1}, [][]error{errs, nil})
-	if out3.Pods[0].Name != "p" || len(out3.Namespaces) != 1 || out3.Namespaces[0].Name != "web" {
+	if len(out3.Pods) != 1 || out3.Pods[0].Name != "p" || len(out3.Namespaces) != 1 || out3.Namespaces[0].Name != "web" {
 		t.Fatalf("third view: pods %+v namespaces %+v", out3.Pods, out3.Namespaces)
+	}
+}
+
+// TestTrackerKeepsInputPods: the tracker keeps as its pods' versions the
+// very pods of a folder's pods file (ApplyFiles: parts are never
+// modified) and of ApplyView's input, not a copy (~220 B of heap per
+// pod), while Apply copies them; the output shares the tracker's pods
+// (read-only), with no room to append into.
+func TestTrackerKeepsInputPods(t *testing.T) {
+	pods, errs := Decode("pods.yaml", []byte(strings.Join([]string{
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: web}\nstatus: {podIP: 198.19.0.2}\n",
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: web}\nstatus: {podIP: 198.19.0.1}\n",
+	}, "---\n")))
+	pol, _ := Decode("pol.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n"))
+	if len(errs) > 0 || len(pods.Pods) != 2 {
+		t.Fatalf("decode: %v", errs)
+	}
+	shares := func(tr *Tracker, in []Pod) bool { return len(tr.pods) > 0 && &tr.pods[0] == &in[0] }
+	tr := NewTracker()
+	out, _ := tr.ApplyFiles([]*Objects{pods, pol}, [][]error{errs, nil})
+	if !shares(tr, pods.Pods) {
+		t.Error("ApplyFiles: the tracker copied the pods file's pods")
+	}
+	if &out.Pods[0] != &tr.pods[0] || cap(out.Pods) != len(out.Pods) {
+		t.Error("ApplyFiles: the output's pods are a copy, or have room to append into")
+	}
+
+	view := &Objects{Pods: slices.Clone(pods.Pods)}
+	tr = NewTracker()
+	out, _ = tr.ApplyView(view, nil)
+	if !shares(tr, view.Pods) {
+		t.Error("ApplyView: the tracker copied the view's pods")
+	}
+	if &out.Pods[0] != &view.Pods[0] || cap(out.Pods) != len(out.Pods) {
+		t.Error("ApplyView: the output's pods are a copy, or have room to append into")
+	}
+	tr = NewTracker()
+	tr.Apply(view, nil)
+	if shares(tr, view.Pods) {
+		t.Error("Apply: the tracker kept the caller's pods")
+	}
+	// unsorted: ApplyView sorts a copy, never the caller's pods
+	view = &Objects{Pods: []Pod{view.Pods[1], view.Pods[0]}}
+	tr = NewTracker()
+	tr.ApplyView(view, nil)
+	if shares(tr, view.Pods) || view.Pods[0].Name != "b" {
+		t.Errorf("ApplyView of unsorted pods: shared %v, input %s first", shares(tr, view.Pods), view.Pods[0].Name)
 	}
 }

@@ -221,7 +221,7 @@ func (c *folderCache) load(dir string, named, writing map[string]bool, full bool
 			read[f] = d
 			continue
 		}
-		o, derrs := policy.Decode(f, data)
+		o, derrs := policy.DecodeObjects(f, data) // no summaries: kept while in force
 		read[f] = decoded{sig: sig, sum: sum, objs: o, errs: derrs}
 	}
 	var writingNow map[string]bool
