@@ -3,6 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/l7gate/l7gate/agentapi"
 )
 
 // cpResult: control-plane latency of CNP changes with many synthetic pods.
@@ -43,13 +49,26 @@ type cpResult struct {
 	// over the changes, per change (less load-sensitive than wall time;
 	// the pauses between changes add the agent's idle work).
 	AgentCPUPerChangeMs float64 `json:"agentCpuPerChangeMs,omitempty"`
-	// Agent RSS before/after adding the pods.
+	// Agent RSS before/after adding the pods, each read right after the
+	// agent collected its garbage and returned the freed pages to the OS
+	// (agentapi.FetchMemory; agents before w15 have no such endpoint:
+	// then as it was, and HeapPerPodBytes is 0). Unscavenged, the growth
+	// moved ±600 B per pod with the heap the agent had before (GC timing,
+	// free pages kept from the 1.1k tier).
 	AgentRSSBeforeKiB int64   `json:"agentRssBeforeKiB"`
 	AgentRSSAfterKiB  int64   `json:"agentRssAfterKiB"`
 	RSSPerPodBytes    float64 `json:"agentRssPerPodBytes"`
-	InitialImplMs     float64 `json:"initialImplementMs"`
-	Identities        int     `json:"identities"`
-	Endpoints         int     `json:"endpoints"`
+	// RawRSSAfterKiB: VmRSS after adding the pods before the collection
+	// (what RSSPerPodBytes measured before w15).
+	RawRSSAfterKiB int64 `json:"agentRawRssAfterKiB,omitempty"`
+	// Live heap before/after adding the pods (after a collection), and
+	// its growth per pod: independent of GC timing.
+	HeapBeforeBytes uint64  `json:"agentHeapBeforeBytes,omitempty"`
+	HeapAfterBytes  uint64  `json:"agentHeapAfterBytes,omitempty"`
+	HeapPerPodBytes float64 `json:"agentHeapPerPodBytes,omitempty"`
+	InitialImplMs   float64 `json:"initialImplementMs"`
+	Identities      int     `json:"identities"`
+	Endpoints       int     `json:"endpoints"`
 }
 
 func syntheticPodsYAML(local, cluster int) string {
@@ -139,14 +158,48 @@ func (t *logTail) waitRevision(after uint64, limit time.Duration) (uint64, time.
 	return 0, 0, fmt.Errorf("no 'policy implemented' revision > %d within %v", after, limit)
 }
 
-func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, budget time.Duration) (*cpResult, error) {
+// agentMemory collects the agent's garbage, returns the freed pages to
+// the OS and reads its live heap and VmRSS right after (heap 0: an agent
+// without GET /debug/memory; VmRSS as it is).
+func agentMemory(n *node, pid int) (heap uint64, rssKiB int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if m, err := agentapi.FetchMemory(ctx, n.run); err == nil {
+		heap = m.HeapAlloc
+	}
+	return heap, procRSSKiB(pid)
+}
+
+// saveAgentHeap saves the agent's heap profile (after a collection) as
+// out/name; go tool pprof -sample_index=inuse_space reads it.
+func saveAgentHeap(n *node, out, name string) {
+	if out == "" {
+		return
+	}
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", agentapi.StatusSocket(n.run))
+	}}}
+	resp, err := hc.Get("http://agent/debug/pprof/heap?gc=1")
+	if err != nil {
+		log.Printf("  agent heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	if data, err := io.ReadAll(resp.Body); err == nil && resp.StatusCode == http.StatusOK {
+		os.MkdirAll(out, 0o755)
+		os.WriteFile(filepath.Join(out, name), data, 0o644)
+	}
+}
+
+func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, budget time.Duration, out string) (*cpResult, error) {
 	r := &cpResult{LocalLookingPods: local, ClusterPods: cluster, Budget: budget.String()}
 	agentPID := n.agent.Process.Pid
 	if err := n.setPolicy(policyYAML(true, 100, "")); err != nil {
 		return nil, err
 	}
 	time.Sleep(2 * time.Second)
-	r.AgentRSSBeforeKiB = procRSSKiB(agentPID)
+	r.HeapBeforeBytes, r.AgentRSSBeforeKiB = agentMemory(n, agentPID)
 	st, err := n.status()
 	if err != nil {
 		return nil, err
@@ -167,8 +220,13 @@ func runControlPlane(ctx context.Context, n *node, local, cluster, changes int, 
 		}
 		r.InitialImplMs = float64(time.Since(t0).Microseconds()) / 1e3
 		time.Sleep(3 * time.Second)
-		r.AgentRSSAfterKiB = procRSSKiB(agentPID)
+		r.RawRSSAfterKiB = procRSSKiB(agentPID)
+		r.HeapAfterBytes, r.AgentRSSAfterKiB = agentMemory(n, agentPID)
 		r.RSSPerPodBytes = float64(r.AgentRSSAfterKiB-r.AgentRSSBeforeKiB) * 1024 / float64(local+cluster)
+		if r.HeapBeforeBytes > 0 && r.HeapAfterBytes > 0 {
+			r.HeapPerPodBytes = (float64(r.HeapAfterBytes) - float64(r.HeapBeforeBytes)) / float64(local+cluster)
+		}
+		saveAgentHeap(n, out, fmt.Sprintf("agent-heap-%d+%d.pprof", local, cluster))
 	}
 	if st, err := n.status(); err == nil {
 		r.Identities = len(st.Identities)

@@ -844,13 +844,14 @@ func (s *scenario) controlPlane(ctx context.Context) error {
 	}
 	s.current = "l7-cp"
 	for _, t := range tiers {
-		r, err := runControlPlane(ctx, s.n, t.local, t.cluster, t.changes, t.budget)
+		r, err := runControlPlane(ctx, s.n, t.local, t.cluster, t.changes, t.budget, s.cfg.out)
 		if err != nil {
 			return fmt.Errorf("%d+%d pods: %w", t.local, t.cluster, err)
 		}
 		s.res.ControlPlane = append(s.res.ControlPlane, r)
-		log.Printf("  control plane %d+%d pods: %d changes e2e p50 %.1fms p99 %.1fms; agent took p50 %.1fms p99 %.1fms; initial %.0fms; agent RSS %d→%d KiB (%.0f B/pod)",
-			t.local, t.cluster, r.Changes, r.E2EP50ms, r.E2EP99ms, r.TookP50ms, r.TookP99ms, r.InitialImplMs, r.AgentRSSBeforeKiB, r.AgentRSSAfterKiB, r.RSSPerPodBytes)
+		log.Printf("  control plane %d+%d pods: %d changes e2e p50 %.1fms p99 %.1fms; agent took p50 %.1fms p99 %.1fms; initial %.0fms; agent RSS %d→%d KiB (%.0f B/pod; %d KiB before the collection), live heap %d→%d KiB (%.0f B/pod)",
+			t.local, t.cluster, r.Changes, r.E2EP50ms, r.E2EP99ms, r.TookP50ms, r.TookP99ms, r.InitialImplMs, r.AgentRSSBeforeKiB, r.AgentRSSAfterKiB, r.RSSPerPodBytes, r.RawRSSAfterKiB,
+			r.HeapBeforeBytes>>10, r.HeapAfterBytes>>10, r.HeapPerPodBytes)
 		if len(r.Split) > 0 {
 			var parts []string
 			for _, name := range append([]string{"source"}, splitNames...) {
