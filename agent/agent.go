@@ -161,6 +161,10 @@ type Config struct {
 	Logger        *slog.Logger
 	// now is the clock (tests).
 	now func() time.Time
+	// readHeap and collectGarbage stand in for the runtime's (tests;
+	// gcidle.go).
+	readHeap       func() heapStats
+	collectGarbage func()
 }
 
 func (c *Config) defaults() {
@@ -251,6 +255,8 @@ type Agent struct {
 	// The pipeline's own state, used by Run's goroutine only.
 	// timing: where the last revision's time went (logged with it).
 	timing revisionTiming
+	// gc starts a GC cycle after a change when the next would start one.
+	gc *idleGC
 	// ready is what the proxies have ACKed (readiness.go).
 	ready      readiness
 	readySaved string
@@ -414,7 +420,7 @@ func Run(ctx context.Context, cfg Config) error {
 func newAgent(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, dp: cfg.Datapath, xds: cfg.XDS,
 		attached: map[int]bpftranslate.LocalEndpoint{}, registered: map[listenerKey]bool{}, halfAttached: map[int]bpftranslate.LocalEndpoint{}, trusted: map[consumerKind]uint64{},
-		instance: newInstance(), fq: newFQDNState()}
+		instance: newInstance(), fq: newFQDNState(), gc: newIdleGC(cfg.readHeap, cfg.collectGarbage)}
 	a.st.startedAt = cfg.now().UTC()
 	a.ids = a.loadIdentities()
 	a.ready = a.loadReadiness()
@@ -529,6 +535,7 @@ func (a *Agent) loop(ctx context.Context, updates <-chan source.Update, errc <-c
 			snap, current, pending = s, pending, nil
 			again = a.apply(ctx, snap, current)
 			a.fqdnImplemented()
+			a.gc.changeDone() // a GC cycle due soon runs now, between changes
 		case reapply:
 			again = a.apply(ctx, snap, current)
 		default:

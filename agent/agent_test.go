@@ -451,6 +451,9 @@ type harness struct {
 	now      func() time.Time // nil: time.Now
 	datapath Datapath         // nil: dp
 	logger   *slog.Logger     // nil: discarded
+	// readHeap, collectGarbage: Config's (nil: the runtime's).
+	readHeap       func() heapStats
+	collectGarbage func()
 }
 
 func newHarness(t testing.TB, veths map[string]int) *harness {
@@ -477,7 +480,8 @@ func (h *harness) start() {
 	go func() {
 		done <- Run(ctx, Config{Node: "n1", Source: h.src, Reporter: h.reports, Datapath: dp, XDS: h.xds, Ports: h.ports,
 			Host: h.host, Processes: procs, RunDir: h.runDir, StateDir: h.stateDir, WaitForProxy: -1, ACKTimeout: 2 * time.Second,
-			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync, now: h.now, Logger: h.logger})
+			RetryInterval: retry, ServiceLB: h.lb, FQDN: h.fqdn, ResyncInterval: h.resync, now: h.now, Logger: h.logger,
+			readHeap: h.readHeap, collectGarbage: h.collectGarbage})
 	}()
 	h.stop = func() {
 		cancel()

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -96,6 +97,41 @@ func TestResourceSetReusesUnchangedMessages(t *testing.T) {
 	}
 }
 
+// TestResourceSetReusesUnchangedSet: when every message is the very one
+// the previous set was built from, in the same order, the previous set is
+// the new one (no maps, sort or hash rebuilt); any other message, or
+// another order, builds a new set (with the version its content has).
+func TestResourceSetReusesUnchangedSet(t *testing.T) {
+	one, two := member("1", "198.18.0.1/32"), member("2")
+	prev, err := newResourceSet(xds.TypeIdentityMembership, []proto.Message{one, two}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same, err := newResourceSet(xds.TypeIdentityMembership, []proto.Message{one, two}, prev)
+	if err != nil || same != prev {
+		t.Errorf("the same messages built a new set (%v)", err)
+	}
+	reordered, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{two, one}, prev)
+	if reordered == prev || reordered.version != prev.version {
+		t.Errorf("reordered messages: same set %v, version %s want %s", reordered == prev, reordered.version, prev.version)
+	}
+	changed, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{one, member("2", "198.18.0.9/32")}, prev)
+	if changed == prev || changed.version == prev.version {
+		t.Error("a new message kept the previous set")
+	}
+	fewer, _ := newResourceSet(xds.TypeIdentityMembership, []proto.Message{one}, prev)
+	if fewer == prev || fewer.version == prev.version || len(fewer.names) != 1 {
+		t.Error("a removed message kept the previous set")
+	}
+	// The producer's slice is not kept: changing it later changes nothing.
+	msgs := []proto.Message{one, two}
+	own, _ := newResourceSet(xds.TypeIdentityMembership, msgs, nil)
+	msgs[1] = member("3")
+	if again, _ := newResourceSet(xds.TypeIdentityMembership, msgs, own); again == own {
+		t.Error("the set kept the caller's slice")
+	}
+}
+
 // BenchmarkResourceSet: 1000 NetworkPolicy-sized messages, all new or all
 // from the previous set (the translate cache's steady state).
 func BenchmarkResourceSet(b *testing.B) {
@@ -108,14 +144,21 @@ func BenchmarkResourceSet(b *testing.B) {
 		msgs[i] = member(string(rune('a'+i%26))+strings.Repeat("x", i/26), ps...)
 	}
 	prev, _ := newResourceSet(xds.TypeIdentityMembership, msgs, nil)
-	for _, reuse := range []bool{false, true} {
-		b.Run(map[bool]string{false: "encode-all", true: "reuse"}[reuse], func(b *testing.B) {
-			p := prev
-			if !reuse {
+	// reuse-set: the very messages of prev, in its order (a CNP change's
+	// identity memberships); reuse: the same messages in another slice
+	// order, so the set is built again without encoding.
+	shifted := append(slices.Clone(msgs[1:]), msgs[0])
+	for _, mode := range []string{"encode-all", "reuse", "reuse-set"} {
+		b.Run(mode, func(b *testing.B) {
+			p, in := prev, msgs
+			switch mode {
+			case "encode-all":
 				p = nil
+			case "reuse":
+				in = shifted
 			}
 			for range b.N {
-				if _, err := newResourceSet(xds.TypeIdentityMembership, msgs, p); err != nil {
+				if _, err := newResourceSet(xds.TypeIdentityMembership, in, p); err != nil {
 					b.Fatal(err)
 				}
 			}
