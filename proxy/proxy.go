@@ -420,14 +420,29 @@ func (p *Proxy) open6(st *listenerState) {
 
 func (p *Proxy) accept(st *listenerState, ln *net.TCPListener) {
 	defer p.wg.Done()
+	var backoff time.Duration
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				p.log.Warn("accept failed", "port", st.spec.Port, "error", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Out of descriptors or memory, or a connection aborted
+			// before it was accepted: the listener is still fine. Its
+			// accept loop ending here left the port dead for good (every
+			// later connection waited in the backlog, never served) once
+			// a burst of connections had used up RLIMIT_NOFILE. Back off
+			// as net/http does (5 ms doubling to 1 s) and try again.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			p.log.Warn("accept failed; retrying", "port", st.spec.Port, "error", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-p.ctx.Done():
+				return
+			}
+			continue
 		}
+		backoff = 0
 		p.mu.Lock()
 		spec := st.spec
 		p.mu.Unlock()
