@@ -487,14 +487,28 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 	sem := make(chan struct{}, p.cfg.MaxConns)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("dns proxy: accept: %w", err)
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("dns proxy: accept: %w", err)
+			}
+			// Out of descriptors (EMFILE) or memory: the listener is
+			// fine; returning here left DNS over TCP dead for good.
+			// Retry as net/http does (5 ms doubling to 1 s).
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
+		backoff = 0
 		select {
 		case sem <- struct{}{}:
 		default:
