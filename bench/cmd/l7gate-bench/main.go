@@ -1030,7 +1030,11 @@ func (s *scenario) proxyRSS(ctx context.Context) error {
 	}
 	pid := s.n.proxyPID()
 	// 10000 client connections and their 10000 upstream connections
-	sh("prlimit", "--pid", strconv.Itoa(pid), "--nofile=65536:65536")
+	if err := sh("prlimit", "--pid", strconv.Itoa(pid), "--nofile=65536:65536"); err != nil {
+		// (no CAP_SYS_RESOURCE: the proxy keeps its limit, and 10000
+		// connections and their upstreams may not fit in it)
+		log.Printf("  proxy descriptor limit not raised: %v", err)
+	}
 	time.Sleep(2 * time.Second)
 	r := s.res.ProxyRSS
 	if r == nil {
