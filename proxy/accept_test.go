@@ -2,40 +2,19 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 )
-
-// syncBuffer is a log sink the proxy's goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestAcceptSurvivesDescriptorExhaustion: when a burst of connections
 // uses up RLIMIT_NOFILE, accept fails with EMFILE; once descriptors are
@@ -47,7 +26,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
 	defer srv.Close()
 	up := netip.MustParseAddrPort(srv.Listener.Addr().String())
-	logs := &syncBuffer{}
+	logs := &testutil.LogBuffer{}
 	no := false
 	p := New(Options{
 		ListenHost:          "127.0.0.1",
@@ -69,29 +48,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	// Leave a few descriptors, then take them: the proxy's accept (same
 	// process, same table) fails with EMFILE for the connections the
 	// kernel completed meanwhile.
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	low := lim
-	low.Cur = uint64(len(fds) + 8)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
-	restored := false
-	restore := func() {
-		if !restored {
-			restored = true
-			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-				t.Error(err)
-			}
-		}
-	}
-	defer restore()
+	restore := testutil.ScarceFileLimit(t, 8)
 	var held []net.Conn
 	for i := 0; i < 64; i++ {
 		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)

@@ -1,6 +1,7 @@
 // Package testutil holds what the project's tests share: the golden-file
-// comparison (with the -update flag) and the root check that goes with the
-// TestPrivileged… naming rule. Only _test.go files import it.
+// comparison (with the -update flag), the root check that goes with the
+// TestPrivileged… naming rule, a log sink for concurrent writers and a
+// scarce descriptor limit (limits.go). Only _test.go files import it.
 package testutil
 
 import (

@@ -2,11 +2,10 @@ package dnsproxy
 
 import (
 	"net"
-	"os"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l7gate/l7gate/internal/testutil"
 	mdns "github.com/miekg/dns"
 )
 
@@ -16,19 +15,7 @@ import (
 // the first such error, leaving DNS over TCP dead until a restart.)
 func TestTCPAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	p := startProxy(t, nil)
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	low := lim
-	low.Cur = uint64(len(fds) + 8)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
+	restore := testutil.ScarceFileLimit(t, 8)
 	var held []net.Conn
 	for range 64 {
 		if c, err := net.DialTimeout("tcp", p.addr.String(), time.Second); err == nil {
@@ -39,9 +26,7 @@ func TestTCPAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	for _, c := range held {
 		c.Close()
 	}
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	q := new(mdns.Msg)
 	q.SetQuestion("www.example.com.", mdns.TypeA)
 	r, _, err := (&mdns.Client{Net: "tcp", Timeout: 3 * time.Second}).Exchange(q, p.addr.String())
