@@ -365,3 +365,39 @@ func TestH2ParkedEnds(t *testing.T) {
 }
 
 func hpackField(f [2]string) hpack.HeaderField { return hpack.HeaderField{Name: f[0], Value: f[1]} }
+
+// BenchmarkGRPCUnarySequentialPark measures what a connection that may
+// park costs while busy: sequential gRPC unary calls (one in flight, so
+// the connection has no stream between calls and its reader arms and
+// clears an idle read deadline per call) through ServeConn (no parking)
+// and through Serve with a Poller.
+func BenchmarkGRPCUnarySequentialPark(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	go gs.Serve(ln)
+	b.Cleanup(gs.Stop)
+	decide := ruleDecider(b, policy.HTTPRule{Method: "POST", Path: "/grpc.health.v1.Health/Check"})
+	loop := func(b *testing.B, addr string) {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cc.Close()
+		hc := healthpb.NewHealthClient(cc)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "svc"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+	}
+	b.Run("serveconn", func(b *testing.B) { loop(b, startProxy(b, Config{}, ln.Addr().String(), decide).addr) })
+	b.Run("park", func(b *testing.B) { loop(b, startParkProxy(b, Config{}, ln.Addr().String(), decide).addr) })
+}
