@@ -20,7 +20,7 @@ var (
 	descActive = prometheus.NewDesc("l7gate_proxy_active_connections",
 		"Client connections open now.", nil, nil)
 	descParked = prometheus.NewDesc("l7gate_proxy_parked_connections",
-		"Idle HTTP/1 client connections parked now (waiting in the poller with no goroutine; counted in active_connections too).", nil, nil)
+		"Idle HTTP/1 and HTTP/2 client connections parked now (waiting in the poller with no goroutine; counted in active_connections too).", nil, nil)
 	descRequests = prometheus.NewDesc("l7gate_proxy_requests_total",
 		"L7 requests by protocol and verdict.", []string{"protocol", "verdict"}, nil)
 	descUpdates = prometheus.NewDesc("l7gate_proxy_config_updates_total",

@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 )
@@ -224,4 +227,181 @@ func TestProxyCloseParked(t *testing.T) {
 	if n, s, c := counted(p); n != 0 || s != 0 || c != 0 {
 		t.Fatalf("after Close: %d connections, %d per source, %d per client port counted", n, s, c)
 	}
+}
+
+// h2Get sends GET path on stream id of a raw HTTP/2 connection and reads
+// until the stream ends: its :status ("RST" when reset).
+func h2Get(t *testing.T, c net.Conn, fr *http2.Framer, id uint32, path string) string {
+	t.Helper()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "web"}, {":path", path}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	status := ""
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("stream %d: %v", id, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == id && status == "" {
+				status = f.PseudoValue("status")
+			}
+			if f.StreamID == id && f.StreamEnded() {
+				return status
+			}
+		case *http2.DataFrame:
+			if f.StreamID == id && f.StreamEnded() {
+				return status
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				return "RST"
+			}
+		}
+	}
+}
+
+// sockets counts this process's socket descriptors.
+func sockets() int {
+	n := 0
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestProxyParkedH2: idle HTTP/2 (h2c) connections park through the
+// proxy, their upstream HTTP/2 connections with them (no goroutine
+// each), count in l7gate_proxy_parked_connections and against the
+// connection limits, decide their next request (allowed 200, denied
+// 403); a client's close releases its counts once; a drain sends the
+// parked ones GOAWAY and closes them; Close then leaves no socket, poller
+// goroutine or epoll descriptor of the proxy's.
+func TestProxyParkedH2(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	defer srv.Close()
+	up := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	pollers0, eps0, socks0 := stackCount("parsers/http.(*Poller).loop"), epollFDs(), sockets()
+	no := false
+	p := New(Options{ListenHost: "127.0.0.1", Transparent: &no, MaxConnectionsPerSource: 10,
+		OriginalDestination: func(net.Conn) (netip.AddrPort, error) { return up, nil }})
+	closed := false
+	defer func() {
+		if !closed {
+			p.Close()
+		}
+	}()
+	port := freePort(t)
+	if err := p.Apply(httpConfig("1", port, up.Port(), policy.HTTPRule{Method: "GET", Path: "/ok.*"})); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	var cs []net.Conn
+	var frs []*http2.Framer
+	for range n {
+		c := dialFrom(t, "127.0.0.2", port)
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+		fr.WriteSettings()
+		if s := h2Get(t, c, fr, 1, "/ok"); s != "200" {
+			t.Fatalf("status %q", s)
+		}
+		cs, frs = append(cs, c), append(frs, fr)
+	}
+	waitUntil(t, "5 HTTP/2 connections parked", func() bool { return p.poller.Parked() == n })
+	if g := stackCount("parsers/http.(*h2Conn)"); g != 0 {
+		t.Fatalf("%d goroutines serve parked HTTP/2 connections", g)
+	}
+	if v := mustMetric(t, p, "l7gate_proxy_parked_connections"); v != n {
+		t.Fatalf("l7gate_proxy_parked_connections %d, want %d", v, n)
+	}
+	if c, s, cl := counted(p); c != n || s != n || cl != n {
+		t.Fatalf("%d connections, %d per source, %d per client port counted, want %d", c, s, cl, n)
+	}
+	for i := range n {
+		path, want := "/ok/again", "200"
+		if i%2 == 1 {
+			path, want = "/denied", "403"
+		}
+		if s := h2Get(t, cs[i], frs[i], 3, path); s != want {
+			t.Fatalf("after parking: %s %q, want %q", path, s, want)
+		}
+	}
+	waitUntil(t, "5 HTTP/2 connections parked again", func() bool { return p.poller.Parked() == n })
+
+	// Two clients close theirs: counted once each.
+	cs[0].Close()
+	cs[1].Close()
+	waitUntil(t, "3 connections counted", func() bool { c, s, cl := counted(p); return c == 3 && s == 3 && cl == 3 })
+	time.Sleep(100 * time.Millisecond)
+	if c, s, cl := counted(p); c != 3 || s != 3 || cl != 3 {
+		t.Fatalf("after two closes: %d connections, %d per source, %d per client port counted, want 3", c, s, cl)
+	}
+
+	// A drain ends the parked connections with GOAWAY.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := p.Drain(ctx)
+	if st.Cut != 0 {
+		t.Fatalf("drain cut %d connections", st.Cut)
+	}
+	for i := 2; i < n; i++ {
+		cs[i].SetReadDeadline(time.Now().Add(5 * time.Second))
+		goAway := false
+		for {
+			f, err := frs[i].ReadFrame()
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("a drained HTTP/2 connection stays open")
+				}
+				break
+			}
+			if g, ok := f.(*http2.GoAwayFrame); ok && g.ErrCode == http2.ErrCodeNo {
+				goAway = true
+			}
+		}
+		if !goAway {
+			t.Fatal("a drained HTTP/2 connection closed without GOAWAY")
+		}
+		cs[i].Close()
+	}
+	if c, s, cl := counted(p); c != 0 || s != 0 || cl != 0 {
+		t.Fatalf("after the drain: %d connections, %d per source, %d per client port counted", c, s, cl)
+	}
+	if k := p.poller.Parked(); k != 0 {
+		t.Fatalf("%d parked after the drain", k)
+	}
+	closed = true
+	p.Close()
+	if g := stackCount("parsers/http.(*Poller).loop"); g != pollers0 {
+		t.Fatalf("%d poller goroutines after Close, want %d", g, pollers0)
+	}
+	if v := epollFDs(); v != eps0 {
+		t.Fatalf("%d epoll descriptors after Close, want %d", v, eps0)
+	}
+	if g := stackCount("parsers/http.(*h2Conn)"); g != 0 {
+		t.Fatalf("%d HTTP/2 goroutines after Close", g)
+	}
+	srv.CloseClientConnections()
+	waitUntil(t, "the sockets closed", func() bool { return sockets() <= socks0 })
 }

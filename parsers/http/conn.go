@@ -100,8 +100,8 @@ type Config struct {
 	// curl, grpc-go) see no failure. The caller bounds the drain (by
 	// cancelling ServeConn's context).
 	Drain context.Context
-	// Poller, when set, parks the idle HTTP/1 connections of Serve (not
-	// ServeConn): see Server.Serve.
+	// Poller, when set, parks the idle HTTP/1 and HTTP/2 connections of
+	// Serve (not ServeConn): see Server.Serve.
 	Poller *Poller
 }
 
@@ -342,7 +342,8 @@ func (srv *Server) ServeConn(ctx context.Context, client net.Conn, dial Dialer, 
 // done receives what ServeConn would return, exactly once, when the
 // connection ended: before Serve returns, or later on a goroutine the
 // poller started (the connection resumed there). A parked connection
-// holds no goroutine. HTTP/2 and h2c connections do not park.
+// holds no goroutine. HTTP/2 connections with prior knowledge park too
+// (with no stream open); h2c upgrades and Config.LegacyHTTP2 do not.
 func (srv *Server) Serve(ctx context.Context, client net.Conn, dial Dialer, decide Decider, access func(*Record), done func(error)) {
 	srv.serve(ctx, client, dial, decide, access, srv.cfg.Poller != nil, done)
 }
@@ -365,7 +366,7 @@ func (srv *Server) serve(ctx context.Context, client net.Conn, dial Dialer, deci
 		client.Close()
 		done(err)
 	}
-	var parked *session
+	var parked parker
 	var err error
 	defer func() {
 		if v := recover(); v != nil {
@@ -373,8 +374,7 @@ func (srv *Server) serve(ctx context.Context, client net.Conn, dial Dialer, deci
 		}
 		if parked != nil {
 			// the last use of the connection on this goroutine
-			parked.endConn = end
-			srv.cfg.Poller.park(&parked.pk, parked.idleDeadline)
+			parked.parkWith(end)
 			return
 		}
 		end(err)
@@ -382,8 +382,8 @@ func (srv *Server) serve(ctx context.Context, client net.Conn, dial Dialer, deci
 	parked, err = srv.serveConn(ctx, client, &sess, dial, decide, access, park)
 }
 
-// serveConn is ServeConn's body; it returns the session when it parked.
-func (srv *Server) serveConn(ctx context.Context, client net.Conn, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record), park bool) (*session, error) {
+// serveConn is ServeConn's body; it returns the connection when it parked.
+func (srv *Server) serveConn(ctx context.Context, client net.Conn, sess *atomic.Pointer[session], dial Dialer, decide Decider, access func(*Record), park bool) (parker, error) {
 	cfg := srv.cfg
 	// The first bytes are read into the HTTP/1 request buffer: HTTP/1
 	// goes on with them in place; HTTP/2 replays a copy.
@@ -408,7 +408,7 @@ func (srv *Server) serveConn(ctx context.Context, client net.Conn, sess *atomic.
 		if cfg.LegacyHTTP2 {
 			return nil, srv.serveH2(ctx, conn, dial, decide, access)
 		}
-		return nil, srv.serveH2Frames(ctx, conn, dial, decide, access)
+		return srv.serveH2Frames(ctx, conn, dial, decide, access, park)
 	}
 	if bytes.HasPrefix(first, []byte("PRI ")) {
 		// A broken HTTP/2 preface (PRI is no HTTP/1.1 method): close, as

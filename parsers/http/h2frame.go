@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -79,7 +80,12 @@ var errH2Closed = errors.New("http2 connection closed")
 
 // h2Peer is one hop: the client, or an upstream connection.
 type h2Peer struct {
-	conn     net.Conn
+	conn net.Conn
+	// rd is what br reads (conn, or the client's conn with its first
+	// bytes replayed); raw is conn's socket, for the poller (nil: the
+	// connection cannot park).
+	rd       io.Reader
+	raw      syscall.RawConn
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	fr       *http2.Framer
@@ -103,15 +109,65 @@ type h2Peer struct {
 	wdSet time.Time
 	// blocked holds the streams with DATA queued toward this peer.
 	blocked map[*h2Half]struct{}
+	// gotSettings: the peer's first frame (SETTINGS) came (an upstream's,
+	// checked by its reader).
+	gotSettings bool
 }
 
 func newH2Peer(conn net.Conn, r io.Reader) *h2Peer {
-	p := &h2Peer{conn: conn, br: bufio.NewReaderSize(r, h2ReadBufferSize), bw: bufio.NewWriterSize(conn, h2WriteBufferSize),
+	p := &h2Peer{conn: conn, rd: r, br: bufio.NewReaderSize(r, h2ReadBufferSize), bw: bufio.NewWriterSize(conn, h2WriteBufferSize),
 		maxFrame: h2DefaultFrame, initWin: h2DefaultWindow, sendConn: h2DefaultWindow, recvConn: h2DefaultWindow,
 		blocked: map[*h2Half]struct{}{}}
-	p.fr = http2.NewFramer(p.bw, p.br)
+	p.newFramer()
 	p.enc = hpack.NewEncoder(&p.encBuf)
 	return p
+}
+
+// newFramer sets up the peer's Framer over br and bw.
+func (p *h2Peer) newFramer() {
+	p.fr = http2.NewFramer(p.bw, p.br)
+	p.fr.SetMaxReadFrameSize(h2DefaultFrame)
+	p.fr.SetReuseFrames()
+}
+
+// releaseBufs gives the peer's read and write buffers (empty) to the
+// poller's pools and drops its Framer (whose own buffers grow to the
+// largest frame) while the connection is parked. The HPACK encoder and
+// decoder stay: their dynamic tables are connection state.
+func (p *h2Peer) releaseBufs(pl *Poller) {
+	p.br.Reset(nil)
+	pl.h2Readers.Put(p.br)
+	p.bw.Reset(nil)
+	pl.h2Writers.Put(p.bw)
+	p.br, p.bw, p.fr = nil, nil, nil
+	p.encBuf = bytes.Buffer{}
+	if p.hdr != nil {
+		p.hdr.Fields = nil
+	}
+}
+
+// restoreBufs takes buffers back and a new Framer once the connection
+// resumes.
+func (p *h2Peer) restoreBufs(pl *Poller) {
+	if br, ok := pl.h2Readers.Get().(*bufio.Reader); ok {
+		br.Reset(p.rd)
+		p.br = br
+	} else {
+		p.br = bufio.NewReaderSize(p.rd, h2ReadBufferSize)
+	}
+	if bw, ok := pl.h2Writers.Get().(*bufio.Writer); ok {
+		bw.Reset(p.conn)
+		p.bw = bw
+	} else {
+		p.bw = bufio.NewWriterSize(p.conn, h2WriteBufferSize)
+	}
+	p.newFramer()
+}
+
+// idle reports that the peer has nothing buffered either way (p.br only
+// when its reader is not running).
+func (p *h2Peer) idle() bool {
+	return p.br.Buffered() == 0 && p.bw.Buffered() == 0 && !p.dirty && !p.lazy && !p.hdr.active
 }
 
 // moreReady reports whether the read buffer holds a complete frame.
@@ -273,7 +329,27 @@ type h2Conn struct {
 	// once, which with unread input makes the kernel send a reset that
 	// can destroy our GOAWAY before the client reads it.
 	linger, lingering bool
+
+	// Parking (Server.Serve with a Poller): park is set when the
+	// connection may park; pk is its poller entry. parking: the upstream
+	// readers are being stopped (their reads time out and they return);
+	// parked: no goroutine serves the connection, its buffers are given
+	// back (its timers and Drain wake it instead of writing). stopCtx and
+	// stopDrain end the ctx and Drain registrations, endConn the
+	// connection (Serve's done) when it ends after a resume.
+	park, parking, parked bool
+	// waiting: readClient waits for the client's next frame (idleWait);
+	// idleDeadline: with a read deadline set for the connection's idle
+	// wait (it is cleared when a frame comes).
+	waiting, idleDeadline bool
+	pk                    parkedConn
+	parkDeadline          time.Time
+	stopCtx, stopDrain    func() bool
+	endConn               func(error)
 }
+
+// errH2Park: readClient returns, the connection parked.
+var errH2Park = errors.New("http2 connection parked")
 
 // h2ConnError ends the connection with GOAWAY and code.
 type h2ConnError struct {
@@ -284,28 +360,31 @@ type h2ConnError struct {
 func (e h2ConnError) Error() string { return "http2 " + e.code.String() + ": " + e.why }
 
 // serveH2Frames serves an HTTP/2 connection with prior knowledge on the
-// frame-level path.
-func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record)) error {
+// frame-level path. With park (Server.Serve and a Poller) it returns the
+// connection when it parked: it goes on (resume) on a goroutine the
+// poller starts.
+func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer, decide Decider, access func(*Record), park bool) (parker, error) {
 	c := &h2Conn{srv: srv, cfg: srv.cfg, ctx: ctx, dial: dial, decide: decide, access: access,
 		streams: map[uint32]*h2Stream{}, ups: map[*h2Upstream]struct{}{}, lastActive: time.Now(), budgetStart: time.Now()}
 	c.client = newH2Peer(conn, conn)
+	if park {
+		c.client.raw = rawConn(conn)
+		c.park = c.client.raw != nil
+		c.pk.raw, c.pk.resume = c.client.raw, c.resume
+	}
 	// A peer that stops reading cannot hold the connection (and its
 	// other hop) forever.
 	c.client.wto = c.cfg.IdleTimeout
 	c.client.hdr = newH2HeaderBlock(uint32(c.cfg.Limits.MaxHeaderBytes))
-	c.client.fr.SetMaxReadFrameSize(h2DefaultFrame)
-	c.client.fr.SetReuseFrames()
-	defer c.shutdown()
-	stop := context.AfterFunc(ctx, func() { c.mu.Lock(); c.closeLocked(); c.mu.Unlock() })
-	defer stop()
+	c.stopCtx = context.AfterFunc(ctx, c.cancelled)
+	c.stopDrain = func() bool { return false }
 	if c.cfg.Drain != nil {
-		stopDrain := context.AfterFunc(c.cfg.Drain, c.drain)
-		defer stopDrain()
+		c.stopDrain = context.AfterFunc(c.cfg.Drain, c.drain)
 	}
 	preface := make([]byte, len(h2Preface))
 	conn.SetReadDeadline(time.Now().Add(c.cfg.HeaderTimeout))
 	if _, err := io.ReadFull(c.client.br, preface); err != nil || string(preface) != h2Preface {
-		return nil
+		return nil, c.finish()
 	}
 	conn.SetReadDeadline(time.Time{})
 	c.mu.Lock()
@@ -329,13 +408,38 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 		c.goingAway = false
 		c.mu.Unlock()
 		c.drain()
-		return nil
+		return nil, c.finish()
 	}
 	c.mu.Unlock()
 	if err != nil {
+		return nil, c.finish()
+	}
+	if c.readClient() == errH2Park {
+		return c, nil
+	}
+	return nil, c.finish()
+}
+
+// rawConn returns the socket of conn (a prefixConn's), or nil.
+func rawConn(conn net.Conn) syscall.RawConn {
+	if pc, ok := conn.(*prefixConn); ok {
+		conn = pc.Conn
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
 		return nil
 	}
-	err = c.readClient()
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// finish ends the connection once readClient returned (not parked): it
+// ends every stream, waits for the upstream readers, lingers when asked
+// and returns what ServeConn returns.
+func (c *h2Conn) finish() error {
 	c.shutdown() // waits for the upstream readers (which may have panicked)
 	if c.lingering {
 		// Our side is shut (FIN sent); discard what the client still
@@ -344,13 +448,172 @@ func (srv *Server) serveH2Frames(ctx context.Context, conn net.Conn, dial Dialer
 		io.Copy(io.Discard, io.LimitReader(c.client.br, h2LingerBytes))
 		c.client.conn.Close()
 	}
+	c.stopCtx()
+	c.stopDrain()
 	if c.panicked != nil {
 		return c.panicked
 	}
-	if err == nil || errors.Is(err, errH2Closed) || isClosed(err) || errors.Is(err, io.EOF) {
-		return nil
-	}
 	return nil
+}
+
+// cancelled ends the connection when ServeConn's context ends (a parked
+// one is handed back to end).
+func (c *h2Conn) cancelled() {
+	c.mu.Lock()
+	c.closeLocked()
+	parked := c.parked
+	c.mu.Unlock()
+	if parked {
+		c.srv.cfg.Poller.wake(&c.pk)
+	}
+}
+
+// parkWith parks the connection (the last use of it on the goroutine
+// that served it); end ends it after a resume.
+func (c *h2Conn) parkWith(end func(error)) {
+	c.endConn = end
+	c.srv.cfg.Poller.park(&c.pk, c.parkDeadline)
+}
+
+// parkableLocked reports that the connection may park: no stream open,
+// nothing buffered or owed either way, no drain or close under way.
+// With readers, the upstream readers run (their read buffers are theirs
+// and not looked at).
+func (c *h2Conn) parkableLocked(readers bool) bool {
+	if !c.park || c.closed || c.goingAway || c.lingering || !c.started || !c.gotSettings ||
+		len(c.streams) > 0 || c.ackArmed || len(c.unarmed) > 0 || !c.client.idle() {
+		return false
+	}
+	for u := range c.ups {
+		if u.raw == nil || len(u.streams) > 0 || u.bw.Buffered() > 0 || u.dirty || u.lazy {
+			return false
+		}
+		if !readers && (u.br.Buffered() > 0 || u.hdr.active) {
+			return false
+		}
+	}
+	return true
+}
+
+// idleWait waits for the client's next frame without consuming it
+// (readClient reads it then). Once the connection has had no stream for
+// the poller's delay (a read deadline: set here, or by endStreamLocked
+// when the last stream ends during the wait), it parks the connection if
+// it may (else waits again: a PING ACK or an upstream frame may still be
+// on its way): the upstream readers are stopped (a read deadline in the
+// past ends their wait for a frame), the buffers of both hops given back.
+// It reports whether the connection parked.
+func (c *h2Conn) idleWait() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.closed || c.goingAway || c.lingering || !c.started {
+			return false
+		}
+		if len(c.streams) == 0 {
+			c.setIdleDeadlineLocked()
+		}
+		c.waiting = true
+		c.mu.Unlock()
+		_, err := c.client.br.Peek(1)
+		c.mu.Lock()
+		c.waiting = false
+		if c.closed {
+			return false // (a close that lingers set its own deadline)
+		}
+		if c.idleDeadline {
+			c.client.conn.SetReadDeadline(time.Time{})
+			c.idleDeadline = false
+		}
+		if err == nil || !isTimeout(err) {
+			return false
+		}
+		if !c.parkableLocked(true) {
+			continue
+		}
+		c.parking = true
+		for u := range c.ups {
+			u.conn.SetReadDeadline(time.Unix(1, 0))
+		}
+		c.mu.Unlock()
+		c.wg.Wait()
+		c.mu.Lock()
+		c.parking = false
+		if !c.parkableLocked(false) {
+			// an upstream frame came meanwhile (or the connection ended)
+			c.startReadersLocked()
+			continue
+		}
+		pl := c.srv.cfg.Poller
+		c.client.releaseBufs(pl)
+		c.pk.extra = c.pk.extra[:0]
+		for u := range c.ups {
+			u.releaseBufs(pl)
+			c.pk.extra = append(c.pk.extra, u.raw)
+		}
+		c.hdrs, c.out, c.req = nil, nil, policy.HTTPRequest{}
+		c.idle.Stop()
+		c.parkDeadline = c.lastActive.Add(c.cfg.IdleTimeout)
+		c.parked = true
+		return true
+	}
+}
+
+// setIdleDeadlineLocked ends the client reader's wait for a frame after
+// the poller's delay (idleWait then parks the connection if it may).
+func (c *h2Conn) setIdleDeadlineLocked() {
+	c.client.conn.SetReadDeadline(time.Now().Add(c.srv.cfg.Poller.delay))
+	c.idleDeadline = true
+}
+
+// startReadersLocked starts a reader for every upstream connection (none
+// runs).
+func (c *h2Conn) startReadersLocked() {
+	for u := range c.ups {
+		u.conn.SetReadDeadline(time.Time{})
+		c.wg.Add(1)
+		go c.readUpstream(u)
+	}
+}
+
+// resume goes on with a parked connection on a goroutine the poller
+// started: a frame came from the client or an upstream (or either closed),
+// its idle timeout passed, or a drain or its context's end woke it. The
+// idle timeout and the drain are handled as when the connection does not
+// park; then it reads the client until it ends or parks again.
+func (c *h2Conn) resume() {
+	pl := c.srv.cfg.Poller
+	pl.unregister(&c.pk)
+	parked := false
+	defer func() {
+		if v := recover(); v != nil {
+			parked = false
+			c.mu.Lock()
+			if c.panicked == nil {
+				c.panicked = newPanicError(v)
+			}
+			c.closeLocked()
+			c.mu.Unlock()
+		}
+		if parked {
+			pl.park(&c.pk, c.parkDeadline)
+			return
+		}
+		c.endConn(c.finish())
+	}()
+	c.mu.Lock()
+	c.parked = false
+	c.client.restoreBufs(pl)
+	for u := range c.ups {
+		u.restoreBufs(pl)
+	}
+	c.startReadersLocked()
+	c.mu.Unlock()
+	if d := c.cfg.Drain; d != nil && d.Err() != nil {
+		c.drain()
+	}
+	c.idleCheck()
+	parked = c.readClient() == errH2Park
 }
 
 func (c *h2Conn) readClient() (err error) {
@@ -381,6 +644,9 @@ func (c *h2Conn) readClient() (err error) {
 			if ferr != nil {
 				return ferr
 			}
+		}
+		if c.park && p.br.Buffered() == 0 && c.idleWait() {
+			return errH2Park
 		}
 		f, rerr := p.fr.ReadFrame()
 		// Header blocks are decoded here, outside c.mu.
@@ -491,7 +757,7 @@ func (c *h2Conn) flushAllLocked() error {
 func (c *h2Conn) ackTimeout() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed || c.parked {
 		c.ackArmed = false
 		return
 	}
@@ -575,6 +841,11 @@ func (c *h2Conn) shutdown() {
 func (c *h2Conn) drain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.parked {
+		// resume drains it
+		c.srv.cfg.Poller.wake(&c.pk)
+		return
+	}
 	if c.closed || c.goingAway {
 		return
 	}
@@ -593,6 +864,11 @@ func (c *h2Conn) drain() {
 func (c *h2Conn) idleCheck() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.parked {
+		// (a firing the park's Stop came too late for: resume checks)
+		c.srv.cfg.Poller.wake(&c.pk)
+		return
+	}
 	if c.closed {
 		return
 	}
@@ -1041,6 +1317,9 @@ func (c *h2Conn) endStreamLocked(s *h2Stream) {
 		}
 	}
 	c.lastActive = time.Now()
+	if c.waiting && len(c.streams) == 0 && !c.idleDeadline && !c.closed {
+		c.setIdleDeadlineLocked()
+	}
 	if s.resp.done {
 		c.completed++
 	}
@@ -1404,8 +1683,9 @@ func (c *h2Conn) upstreamLocked() (*h2Upstream, error) {
 	u := &h2Upstream{h2Peer: newH2Peer(conn, conn), nextID: 1, streams: map[uint32]*h2Stream{}}
 	u.wto = c.cfg.IdleTimeout
 	u.hdr = newH2HeaderBlock(1 << 20)
-	u.fr.SetMaxReadFrameSize(h2DefaultFrame)
-	u.fr.SetReuseFrames()
+	if c.park {
+		u.raw = rawConn(conn)
+	}
 	u.dirty = true
 	u.bw.WriteString(h2Preface)
 	u.fr.WriteSettings(
@@ -1442,7 +1722,6 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 			c.mu.Unlock()
 		}
 	}()
-	gotSettings := false
 	for {
 		if !u.moreReady() {
 			c.mu.Lock()
@@ -1455,7 +1734,26 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 			c.mu.Unlock()
 		}
 		var f http2.Frame
-		f, err = u.fr.ReadFrame()
+		err = nil
+		if u.br.Buffered() == 0 {
+			// The wait for a next frame consumes nothing: the
+			// connection parking ends it (a read deadline in the past)
+			// and this reader returns with the frame stream intact.
+			if _, perr := u.br.Peek(1); perr != nil {
+				if isTimeout(perr) {
+					c.mu.Lock()
+					parking := c.parking
+					c.mu.Unlock()
+					if parking {
+						return
+					}
+				}
+				err = perr
+			}
+		}
+		if err == nil {
+			f, err = u.fr.ReadFrame()
+		}
 		var hb *h2HeaderBlock
 		if err == nil {
 			switch hf := f.(type) {
@@ -1476,11 +1774,11 @@ func (c *h2Conn) readUpstream(u *h2Upstream) {
 			return
 		}
 		if err == nil {
-			if !gotSettings {
+			if !u.gotSettings {
 				if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
 					err = errors.New("upstream did not start with SETTINGS")
 				}
-				gotSettings = true
+				u.gotSettings = true
 			}
 			if err == nil {
 				err = c.onUpstreamFrame(u, f, hb)

@@ -11,8 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Poller holds parked HTTP/1 connections: idle kept-alive connections
-// whose goroutine returned (Server.Serve). It watches them all with one
+// Poller holds parked connections: idle kept-alive HTTP/1 connections
+// and idle HTTP/2 connections (no open stream) whose goroutines returned
+// (Server.Serve). It watches them all with one
 // epoll instance of its own (a socket may be in the runtime's netpoll and
 // in it at once) and one goroutine, their idle deadlines in a heap, and
 // hands a connection back to a goroutine (run) when its socket becomes
@@ -27,11 +28,17 @@ type Poller struct {
 	delay time.Duration
 
 	mu     sync.Mutex
-	conns  map[uint64]*parkedConn // by epoll token
+	conns  map[uint64]*parkedConn // by epoll token (one per socket watched)
+	n      int                    // connections parked
 	dl     parkHeap
 	next   uint64 // the last token given
 	closed bool
 	done   chan struct{}
+
+	// h2Readers and h2Writers hold the read and write buffers
+	// (*bufio.Reader, *bufio.Writer) HTTP/2 connections gave back when
+	// they parked, for those that resume.
+	h2Readers, h2Writers sync.Pool
 }
 
 // parkDelay is Poller.delay. Back-to-back keep-alive requests never park
@@ -42,7 +49,12 @@ const parkDelay = 250 * time.Millisecond
 // parkedConn is a connection's entry in the poller (embedded in its
 // session), guarded by Poller.mu.
 type parkedConn struct {
-	raw      syscall.RawConn
+	raw syscall.RawConn
+	// extra are further sockets of the connection watched with raw (an
+	// HTTP/2 connection's upstream connections): any of them readable
+	// hands the connection back.
+	extra    []syscall.RawConn
+	tokens   []uint64 // extra's tokens while parked
 	resume   func()
 	deadline time.Time
 	token    uint64 // while parked, else 0
@@ -95,7 +107,7 @@ func (p *Poller) Close() error {
 func (p *Poller) Parked() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.conns)
+	return p.n
 }
 
 // park adds c with its idle deadline; c.resume runs (on a goroutine run
@@ -114,21 +126,30 @@ func (p *Poller) park(c *parkedConn, deadline time.Time) {
 	tok := p.next
 	// (the epoll registration under mu: a wake-up that takes c out
 	// meanwhile would leave the socket registered)
-	var cerr error
-	err := c.raw.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(tok)), Pad: int32(uint32(tok >> 32))}
-		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err == nil {
-		err = cerr
+	err := p.add(c.raw, tok)
+	c.tokens = c.tokens[:0]
+	for _, raw := range c.extra {
+		if err != nil {
+			break
+		}
+		p.next++
+		if err = p.add(raw, p.next); err == nil {
+			c.tokens = append(c.tokens, p.next)
+		}
 	}
 	if err != nil {
+		p.del(c)
+		c.tokens = c.tokens[:0]
 		p.mu.Unlock()
 		p.run(c.resume)
 		return
 	}
 	c.token, c.deadline = tok, deadline
 	p.conns[tok] = c
+	for _, t := range c.tokens {
+		p.conns[t] = c
+	}
+	p.n++
 	heap.Push(&p.dl, c)
 	first := c.index == 0
 	p.mu.Unlock()
@@ -148,7 +169,33 @@ func (p *Poller) unregister(c *parkedConn) {
 	if p.closed {
 		return
 	}
-	c.raw.Control(func(fd uintptr) {
+	p.del(c)
+}
+
+// add registers a socket with token tok (p.mu held).
+func (p *Poller) add(raw syscall.RawConn, tok uint64) error {
+	var cerr error
+	err := raw.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(tok)), Pad: int32(uint32(tok >> 32))}
+		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// del takes c's sockets out of the epoll set (p.mu held); one not in it
+// (closed, or never added) is passed over.
+func (p *Poller) del(c *parkedConn) {
+	p.delRaw(c.raw)
+	for _, raw := range c.extra {
+		p.delRaw(raw)
+	}
+}
+
+func (p *Poller) delRaw(raw syscall.RawConn) {
+	raw.Control(func(fd uintptr) {
 		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 }
@@ -187,6 +234,11 @@ func (p *Poller) wakeAt(c *parkedConn, t time.Time) {
 // remove takes c out (p.mu held).
 func (p *Poller) remove(c *parkedConn) {
 	delete(p.conns, c.token)
+	for _, t := range c.tokens {
+		delete(p.conns, t)
+	}
+	c.tokens = c.tokens[:0]
+	p.n--
 	heap.Remove(&p.dl, c.index)
 	c.token = 0
 }
@@ -251,10 +303,10 @@ func (p *Poller) loop() {
 	}
 	p.mu.Lock()
 	for _, c := range p.conns {
-		ready = append(ready, c)
-	}
-	for _, c := range ready {
-		p.remove(c)
+		if c.token != 0 {
+			p.remove(c) // (once: remove takes all its tokens out)
+			ready = append(ready, c)
+		}
 	}
 	p.mu.Unlock()
 	for _, c := range ready {
@@ -282,4 +334,16 @@ func (h *parkHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return c
+}
+
+// parker is a connection that parks: Server.serve hands it to the poller
+// (parkWith) once the goroutine that served it is done with it; end ends
+// it, later, after a resume.
+type parker interface {
+	parkWith(end func(error))
+}
+
+func (s *session) parkWith(end func(error)) {
+	s.endConn = end
+	s.srv.cfg.Poller.park(&s.pk, s.idleDeadline)
 }

@@ -149,13 +149,15 @@ func (pp *parkProxy) errors() []error {
 }
 
 // connGoroutines counts the goroutines serving a connection in this
-// package (a session's sides, a Serve or ServeConn).
+// package (a session's sides, a Serve or ServeConn, an HTTP/2
+// connection's readers).
 func connGoroutines() int {
 	buf := make([]byte, 64<<20)
 	n := runtime.Stack(buf, true)
 	count := 0
 	for _, g := range bytes.Split(buf[:n], []byte("\n\ngoroutine ")) {
-		if bytes.Contains(g, []byte("parsers/http.(*session)")) || bytes.Contains(g, []byte("parsers/http.(*Server).serve")) {
+		if bytes.Contains(g, []byte("parsers/http.(*session)")) || bytes.Contains(g, []byte("parsers/http.(*Server).serve")) ||
+			bytes.Contains(g, []byte("parsers/http.(*h2Conn)")) {
 			count++
 		}
 	}

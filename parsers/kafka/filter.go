@@ -9,9 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -167,6 +169,9 @@ const maxQueuedDenialBytes = 16 << 20
 type Filter struct {
 	cfg Config
 	log *slog.Logger
+	// idle counts the connections whose buffers are given back now
+	// (idle for idleRelease).
+	idle atomic.Int64
 }
 
 // NewFilter validates cfg and returns a Filter.
@@ -254,9 +259,15 @@ type session struct {
 	asked  bool
 	boundc chan struct{}
 
-	cw *bufio.Writer // guarded by wmu
-	uw *bufio.Writer // request goroutine only
-	ur *bufio.Reader // response goroutine only
+	cw *lazyWriter   // guarded by wmu
+	uw *lazyWriter   // request goroutine only
+	ur *bufio.Reader // response goroutine only (nil while idle)
+	// release: the request side, idle for idleRelease, asks the response
+	// side (by a read deadline in the past on the upstream) to give its
+	// buffers back too; drainDeadline: Serve set the upstream's read
+	// deadline for the drain (which the response side then keeps). Both
+	// guarded by dmu.
+	release, drainDeadline bool
 
 	// Lock order: wmu before qmu. wmu is held while anything is written
 	// to the client, so a local denial cannot overtake a broker response
@@ -331,8 +342,8 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 		f:        f,
 		client:   client,
 		upstream: upstream,
-		cw:       bufio.NewWriterSize(client, 64<<10),
-		uw:       bufio.NewWriterSize(upstream, 64<<10),
+		cw:       &lazyWriter{w: client, size: 64 << 10},
+		uw:       &lazyWriter{w: upstream, size: 64 << 10},
 		ur:       bufio.NewReaderSize(upstream, 64<<10),
 		slots:    make(chan struct{}, f.cfg.MaxInFlight),
 		done:     make(chan struct{}),
@@ -379,7 +390,10 @@ func (f *Filter) Serve(ctx context.Context, client, upstream net.Conn) error {
 		if s.startDrain() {
 			upstream.Close() // nothing pending: stop the response reader
 		} else {
+			s.dmu.Lock()
+			s.drainDeadline = true
 			_ = upstream.SetReadDeadline(time.Now().Add(f.cfg.DrainTimeout))
+			s.dmu.Unlock()
 		}
 	default:
 		setErr(reqErr)
@@ -496,6 +510,9 @@ func (s *session) requests() error {
 	dec.idsp = &s.ids
 	var req Request
 	var rec AccessRecord
+	// (what the last request's decoding left points into the frame
+	// buffer: dropped with it while idle)
+	forget := func() { req, rec = Request{}, AccessRecord{} }
 	for {
 		// Requests the client pipelined go to the broker in one write;
 		// flush before waiting on the client.
@@ -505,7 +522,7 @@ func (s *session) requests() error {
 			}
 		}
 		if cr.Buffered() == 0 {
-			if err := s.awaitRequest(cr, fr); err != nil {
+			if err := s.awaitRequest(&cr, fr, forget); err != nil {
 				if errors.Is(err, io.EOF) {
 					return nil
 				}
@@ -645,19 +662,39 @@ func (s *session) requests() error {
 // kept from its last request (charged to the budget) is released.
 const retainIdle = 100 * time.Millisecond
 
+// idleRelease is how long a connection waits for its next request with
+// its buffers: then (with no request in flight) both sides give them back
+// (the request side's read and write buffers and frame buffer, the
+// response side's) and wait for the next bytes without (an idle Kafka
+// connection held about 420 KB otherwise: BenchmarkIdleKafkaConnMemory).
+const idleRelease = 250 * time.Millisecond
+
 // awaitRequest waits for the first byte of the next request, closing the
 // connection when it stays idle (nothing read or written, nothing pending)
-// for IdleTimeout.
-func (s *session) awaitRequest(cr *bufio.Reader, fr *FrameReader) error {
+// for IdleTimeout. Idle for idleRelease with no request in flight, it
+// gives the connection's buffers back and waits for the client's bytes
+// without one (*cr is nil meanwhile, a new one taken when they come;
+// forget drops what refers to the frame buffer).
+func (s *session) awaitRequest(cr **bufio.Reader, fr *FrameReader, forget func()) (err error) {
 	cfg := &s.f.cfg
 	now := time.Now()
 	if fr.charged > 0 {
 		_ = s.client.SetReadDeadline(now.Add(retainIdle))
-		if _, err := cr.Peek(1); err == nil || !isTimeout(err) {
+		if _, err := (*cr).Peek(1); err == nil || !isTimeout(err) {
 			return err
 		}
 		fr.shrink()
 	}
+	released := false
+	defer func() {
+		if released {
+			s.f.idle.Add(-1)
+		}
+		if released && err == nil {
+			*cr = bufio.NewReaderSize(s.client, 64<<10)
+			fr.r = *cr
+		}
+	}()
 	for {
 		var deadline time.Time // IdleTimeout < 0: none
 		if cfg.IdleTimeout >= 0 {
@@ -677,14 +714,150 @@ func (s *session) awaitRequest(cr *bufio.Reader, fr *FrameReader) error {
 		} else if !deadline.IsZero() && !t.Before(deadline) {
 			return fmt.Errorf("nothing sent or received for %s: %w", cfg.IdleTimeout, ErrIdleTimeout)
 		}
+		// (waits with the buffers end after idleRelease, to give them
+		// back once no request is in flight)
+		if !released && (deadline.IsZero() || t.Add(idleRelease).Before(deadline)) {
+			deadline = t.Add(idleRelease)
+		}
 		if s.idleDeadline(deadline, waiting) {
 			return io.EOF // draining, between request/response pairs
 		}
-		_, err := cr.Peek(1)
+		if released {
+			err = waitReadable(s.client)
+		} else {
+			_, err = (*cr).Peek(1)
+		}
 		if err == nil || !isTimeout(err) {
 			return err
 		}
+		if !released && !waiting {
+			released = s.releaseIdle(fr)
+			if released {
+				*cr = nil
+				forget()
+				s.f.idle.Add(1)
+			}
+		}
 	}
+}
+
+// releaseIdle gives the request side's buffers back (the client's read
+// buffer is the caller's to drop) and asks the response side to give its
+// own back, unless a request is in flight (or either connection is no
+// socket: waitReadable cannot wait on it).
+func (s *session) releaseIdle(fr *FrameReader) bool {
+	if !isSocket(s.client) || !isSocket(s.upstream) {
+		return false
+	}
+	s.qmu.Lock()
+	idle := s.qhead == len(s.queue)
+	s.qmu.Unlock()
+	if !idle || !s.uw.release() {
+		return false
+	}
+	fr.drop()
+	fr.r = nil
+	s.wmu.Lock()
+	s.cw.release()
+	s.wmu.Unlock()
+	s.dmu.Lock()
+	if !s.drainDeadline {
+		s.release = true
+		_ = s.upstream.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.dmu.Unlock()
+	return true
+}
+
+// takeRelease reports whether the response side's read timed out because
+// the request side asked it to give its buffers back (then the upstream's
+// deadline is cleared, unless a drain set one meanwhile).
+func (s *session) takeRelease() bool {
+	s.dmu.Lock()
+	defer s.dmu.Unlock()
+	if !s.release {
+		return false
+	}
+	s.release = false
+	if !s.drainDeadline {
+		_ = s.upstream.SetReadDeadline(time.Time{})
+	}
+	return true
+}
+
+func isSocket(c net.Conn) bool {
+	_, ok := c.(syscall.Conn)
+	return ok
+}
+
+// waitReadable waits until conn has bytes to read, an end of stream or an
+// error, holding no buffer (conn's read deadline applies; conns that are
+// not sockets return at once).
+func waitReadable(conn net.Conn) error {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var perr error
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		for {
+			_, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+			switch e {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			case nil:
+				return true
+			}
+			perr = e
+			return true
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if perr != nil {
+		return &net.OpError{Op: "read", Net: "tcp", Addr: conn.RemoteAddr(), Err: os.NewSyscallError("recvfrom", perr)}
+	}
+	return nil
+}
+
+// lazyWriter is a bufio.Writer taken when first written to and dropped
+// (release) while the connection is idle.
+type lazyWriter struct {
+	w    io.Writer
+	size int
+	bw   *bufio.Writer
+}
+
+func (l *lazyWriter) Write(p []byte) (int, error) {
+	if l.bw == nil {
+		l.bw = bufio.NewWriterSize(l.w, l.size)
+	}
+	return l.bw.Write(p)
+}
+
+func (l *lazyWriter) Flush() error {
+	if l.bw == nil {
+		return nil
+	}
+	return l.bw.Flush()
+}
+
+// release drops the buffer if it holds nothing and reports whether it
+// holds none now.
+func (l *lazyWriter) release() bool {
+	if l.bw != nil && l.bw.Buffered() > 0 {
+		return false
+	}
+	l.bw = nil
+	return true
 }
 
 // startFrame sets the deadline of the request frame about to be read,
@@ -834,11 +1007,30 @@ func (s *session) answerLocally(p pending) error {
 func (s *session) responses() error {
 	cfg := &s.f.cfg
 	var hdr [8]byte
-	copyBuf := make([]byte, 64<<10)
+	var copyBuf []byte
 	var full []byte // reused for responses that are parsed
 	var locals []pending
 	for {
-		if _, err := io.ReadFull(s.ur, hdr[:]); err != nil {
+		if s.ur == nil {
+			s.ur = bufio.NewReaderSize(s.upstream, 64<<10)
+		}
+		if n, err := io.ReadFull(s.ur, hdr[:]); err != nil {
+			if n == 0 && isTimeout(err) && s.takeRelease() {
+				// The connection is idle (releaseIdle): wait for the
+				// broker's next bytes (or its close) without buffers.
+				s.ur, copyBuf, full = nil, nil, nil
+				for {
+					werr := waitReadable(s.upstream)
+					if werr == nil {
+						break
+					}
+					if isTimeout(werr) && s.takeRelease() {
+						continue // (asked again: an answerless request came meanwhile)
+					}
+					return fmt.Errorf("read response: %w", werr)
+				}
+				continue
+			}
 			return fmt.Errorf("read response: %w", err)
 		}
 		size := int32(binary.BigEndian.Uint32(hdr[:4]))
@@ -867,6 +1059,9 @@ func (s *session) responses() error {
 		if learnsFrom(head.key, head.ver) || head.key == 18 || head.filterMeta {
 			full, err = s.forwardParsed(head, hdr[:], int(size)-4, full)
 		} else {
+			if copyBuf == nil {
+				copyBuf = make([]byte, 64<<10)
+			}
 			err = s.forwardStream(hdr[:], int64(size)-4, copyBuf)
 		}
 		if err != nil {

@@ -33,6 +33,7 @@ type proxyEnv struct {
 	upstream string // the broker's real address
 	cluster  *kfake.Cluster
 	accepted atomic.Int64
+	filter   *Filter
 
 	mu        sync.Mutex
 	records   []AccessRecord
@@ -95,6 +96,7 @@ func newProxyEnvOpts(t testing.TB, decide Decider, mutate func(*Config), extra [
 	if err != nil {
 		t.Fatal(err)
 	}
+	env.filter = f
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
