@@ -403,8 +403,11 @@ type endpointsMemo struct {
 	// them (another pod had one).
 	dropped map[int][]netip.Addr
 	// What endpoints() gave.
+	// endpoints; the pods' ipcache entries are theirs, in order (one
+	// per address of an endpoint; a copy of them was 40 B of the agent's
+	// heap per pod).
 	endpoints []Endpoint
-	ipcache   []IPCacheEntry // the pods' entries, in order
+	nIPs      int // the endpoints' addresses
 	podIDs    []Identity
 	labels    map[Identity]Labels // of podIDs
 	ports     map[Identity][]NamedPort
@@ -448,9 +451,8 @@ func (m *endpointsMemo) samePods(pods []Pod, nsLabels map[string]map[string]stri
 
 func (c *computer) newEndpointsMemo(pods *podMemos, dropped map[int][]netip.Addr, gen uint64, warned int) *endpointsMemo {
 	m := &endpointsMemo{
-		n: len(c.objs.Pods), gen: gen, pods: pods, dropped: dropped,
+		n: len(c.objs.Pods), gen: gen, pods: pods, dropped: dropped, nIPs: len(c.snap.IPCache),
 		endpoints: slices.Clip(c.snap.Endpoints),
-		ipcache:   slices.Clone(c.snap.IPCache),
 		podIDs:    slices.Clone(c.podIDs),
 		labels:    make(map[Identity]Labels, len(c.podIDs)),
 		ports:     make(map[Identity][]NamedPort, len(c.ports)),
@@ -468,11 +470,18 @@ func (c *computer) newEndpointsMemo(pods *podMemos, dropped map[int][]netip.Addr
 }
 
 // useEndpointsMemo does what endpoints() did for m's pods: the
-// snapshot's endpoints (shared: read-only) and a copy of their ipcache
-// entries (the compute sorts its ipcache in place).
+// snapshot's endpoints (shared: read-only) and their ipcache entries, made
+// again from them as endpoints() made them (the compute sorts its ipcache
+// in place).
 func (c *computer) useEndpointsMemo(m *endpointsMemo) {
 	c.snap.Endpoints = m.endpoints
-	c.snap.IPCache = append(make([]IPCacheEntry, 0, len(m.ipcache)+len(c.snap.IPCache)), m.ipcache...)
+	c.snap.IPCache = slices.Grow(c.snap.IPCache[:0:0], m.nIPs+len(c.snap.IPCache))
+	for i := range m.endpoints {
+		ep := &m.endpoints[i]
+		for _, ip := range ep.IPs {
+			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: ep.Identity})
+		}
+	}
 	c.podIDs = slices.Clone(m.podIDs)
 	for _, id := range m.podIDs {
 		c.snap.labels[id] = m.labels[id]
