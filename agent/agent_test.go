@@ -376,7 +376,7 @@ func (h *fakeHost) LocalEndpoints(eps []policy.Endpoint) ([]bpftranslate.LocalEn
 
 func (h *fakeHost) PrepareEndpoint(string) error { return nil }
 
-func (h *fakeHost) Addresses(map[netip.Addr]bool) ([]netip.Addr, error) {
+func (h *fakeHost) Addresses(func(netip.Addr) bool) ([]netip.Addr, error) {
 	return []netip.Addr{netip.MustParseAddr("198.18.255.254")}, nil
 }
 

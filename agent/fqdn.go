@@ -441,7 +441,7 @@ func (a *Agent) implementFQDN(ns *policy.Snapshot, delta *policy.FQDNDelta) erro
 	}
 	if err := a.writeFQDN(addedIPC, removedIPC, writes, ns); err != nil {
 		// Some of it may be written: the whole path rewrites it all.
-		a.lastPolicies, a.lastIPCache = nil, nil
+		a.lastPolicies, a.lastIPCache, a.lastIPCacheAs = nil, nil, nil
 		return fmt.Errorf("%w: %v", errFQDNSlow, err)
 	}
 	a.ipcacheWritten(addedIPC, removedIPC)

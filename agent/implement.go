@@ -238,7 +238,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 	for _, ep := range local {
 		byID[uint32(ep.Ifindex)] = ep
 	}
-	prevPolicies, prevIPCache := a.lastPolicies, a.lastIPCache
+	prevPolicies, prevIPCache, prevList := a.lastPolicies, a.lastIPCache, a.lastIPCacheAs
 	same := newDirCompare()
 	for i := range res.Policies {
 		p := &res.Policies[i]
@@ -273,23 +273,20 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		fs.add(d.Endpoint, step, d.Direction, why, refsOf(d.Origins))
 	}
 	memo := &a.ipcMemo
-	hosts, err := a.cfg.Host.Addresses(memo.podAddrs(snap))
+	hosts, err := a.cfg.Host.Addresses(memo.podAddr(snap))
 	if err != nil {
 		return syncStats{}, fmt.Errorf("list node addresses: %w", err)
 	}
 	st := syncStats{rules: res.Rules}
 	// What is in force, for the incremental FQDN path (fqdn.go) and the
 	// next sync; unknown if a sync fails.
-	a.lastPolicies, a.lastIPCache, a.lastHosts = nil, nil, hosts
+	a.lastPolicies, a.lastIPCache, a.lastIPCacheAs, a.lastHosts = nil, nil, nil, hosts
 	ipc := memo.translated(snap, hosts)
 	partial, canPartial := a.dp.(fqdnDatapath)
 	var inc *datapathDelta
-	prevList := a.lastIPCacheAs
-	a.lastIPCacheAs = nil
-	if canPartial && prevPolicies != nil && prevIPCache != nil && a.cfg.now().Sub(a.lastFullSync) < fullSyncEvery {
+	if canPartial && prevPolicies != nil && (prevIPCache != nil || prevList != nil) && a.cfg.now().Sub(a.lastFullSync) < fullSyncEvery {
 		inc = diffDatapath(prevPolicies, prevIPCache, prevList, res.Policies, ipc, same)
 	}
-	var wantIPCache map[netip.Prefix]bpf.Identity
 	if inc != nil {
 		// Only what changed: no endpoint went away, no prefix is
 		// ambiguous (the whole sync reports that).
@@ -299,8 +296,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 			}
 		}
 		st.ipcache.Unchanged += len(ipc) - len(inc.upsert)
-		wantIPCache = inc.ipcache
-		a.lastIPCache, a.lastIPCacheAs = wantIPCache, ipc
+		a.lastIPCacheAs = ipc // in force: its entries (no map kept)
 		if len(inc.changed) > 0 {
 			st.policy, err = partial.UpdatePolicy(inc.changed)
 		}
@@ -309,7 +305,7 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 		if st.ipcache, err = a.dp.SyncIPCache(ipc); err != nil {
 			return st, fmt.Errorf("sync ipcache: %w", err)
 		}
-		a.lastIPCache, a.lastIPCacheAs = ipcacheMap(ipc), ipc
+		a.lastIPCacheAs = ipc
 		a.lastFullSync = a.cfg.now()
 		st.policy, err = a.dp.SyncPolicy(res.Policies)
 	}
@@ -355,28 +351,33 @@ func (a *Agent) syncDatapath(snap *policy.Snapshot, local []bpftranslate.LocalEn
 // change. Both are kept while their inputs are equal, compared entry by
 // entry (TestIPCacheMemoEqualsTranslation).
 type ipcacheMemo struct {
-	// podIPs: the addresses of endpoints.
+	// isPod: whether each address asked about is one of endpoints'. A
+	// set of every endpoint's address for the few the node has was ~50 B
+	// of heap per pod.
 	endpoints []policy.Endpoint
-	podIPs    map[netip.Addr]bool
+	isPod     map[netip.Addr]bool
 	// ipc: bpftranslate.IPCache of in and hosts.
 	in    []policy.IPCacheEntry
 	hosts []netip.Addr
 	ipc   []bpf.IPCacheEntry
 }
 
-// podAddrs returns the addresses of snap's endpoints.
-func (m *ipcacheMemo) podAddrs(snap *policy.Snapshot) map[netip.Addr]bool {
-	if m.podIPs != nil && sameEndpointAddrs(m.endpoints, snap.Endpoints) {
-		m.endpoints = snap.Endpoints
-		return m.podIPs
+// podAddr returns whether an address is one of snap's endpoints'
+// (remembered per address while the endpoints' addresses are the same).
+func (m *ipcacheMemo) podAddr(snap *policy.Snapshot) func(netip.Addr) bool {
+	if m.isPod == nil || !sameEndpointAddrs(m.endpoints, snap.Endpoints) {
+		m.isPod = map[netip.Addr]bool{}
 	}
-	m.endpoints, m.podIPs = snap.Endpoints, make(map[netip.Addr]bool, len(snap.Endpoints))
-	for _, ep := range snap.Endpoints {
-		for _, ip := range ep.IPs {
-			m.podIPs[ip] = true
+	m.endpoints = snap.Endpoints
+	eps, known := snap.Endpoints, m.isPod
+	return func(a netip.Addr) bool {
+		is, ok := known[a]
+		if !ok {
+			is = slices.ContainsFunc(eps, func(ep policy.Endpoint) bool { return slices.Contains(ep.IPs, a) })
+			known[a] = is
 		}
+		return is
 	}
-	return m.podIPs
 }
 
 // sameEndpointAddrs: a and b have the same addresses, endpoint by
@@ -415,9 +416,12 @@ const fullSyncEvery = 5 * time.Minute
 // (the incremental FQDN path), so its next diff starts from them.
 func (a *Agent) ipcacheWritten(upsert []bpf.IPCacheEntry, remove []bpf.IPCacheEntry) {
 	if a.lastIPCache == nil {
-		return
+		if a.lastIPCacheAs == nil {
+			return // unknown
+		}
+		a.lastIPCache = ipcacheMap(a.lastIPCacheAs)
 	}
-	a.lastIPCacheAs = nil // no longer what the map holds
+	a.lastIPCacheAs = nil // no longer what is in force: the map is
 	for _, e := range remove {
 		delete(a.lastIPCache, e.Prefix)
 	}
@@ -431,20 +435,24 @@ type datapathDelta struct {
 	changed []bpf.EndpointPolicy // endpoints whose policy changed (or new)
 	upsert  []bpf.IPCacheEntry
 	remove  []netip.Prefix
-	ipcache map[netip.Prefix]bpf.Identity // desired
 }
 
 // diffDatapath compares what is in force with what is desired; nil when
 // only a whole sync will do (an endpoint went away, or a prefix has two
 // identities: SyncIPCache rejects that).
-// prevList, when set, is prevIPCache as the list it was made from: an
-// equal list means no prefix changed (no map built).
+// The ipcache in force is prevList when set (an equal list means no
+// prefix changed: no map built), else prevIPCache.
 func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[netip.Prefix]bpf.Identity, prevList []bpf.IPCacheEntry,
 	policies []bpf.EndpointPolicy, ipc []bpf.IPCacheEntry, same *dirCompare) *datapathDelta {
 	d := &datapathDelta{}
-	if prevList != nil && slices.Equal(prevList, ipc) {
-		d.ipcache = prevIPCache
-	} else if !d.diffIPCache(prevIPCache, ipc) {
+	if prevList != nil {
+		if slices.Equal(prevList, ipc) {
+			prevIPCache = nil // nothing to diff
+		} else {
+			prevIPCache = ipcacheMap(prevList)
+		}
+	}
+	if prevIPCache != nil && !d.diffIPCache(prevIPCache, ipc) {
 		return nil
 	}
 	want := make(map[uint32]bool, len(policies))
@@ -466,20 +474,20 @@ func diffDatapath(prevPolicies map[uint32]bpf.EndpointPolicy, prevIPCache map[ne
 // diffIPCache fills the ipcache part of d; false when a prefix has two
 // identities.
 func (d *datapathDelta) diffIPCache(prevIPCache map[netip.Prefix]bpf.Identity, ipc []bpf.IPCacheEntry) bool {
-	d.ipcache = make(map[netip.Prefix]bpf.Identity, len(ipc))
+	want := make(map[netip.Prefix]bpf.Identity, len(ipc))
 	for _, e := range ipc {
-		if id, dup := d.ipcache[e.Prefix]; dup && id != e.Identity {
+		if id, dup := want[e.Prefix]; dup && id != e.Identity {
 			return false
 		}
-		d.ipcache[e.Prefix] = e.Identity
+		want[e.Prefix] = e.Identity
 	}
-	for p, id := range d.ipcache {
+	for p, id := range want {
 		if old, ok := prevIPCache[p]; !ok || old != id {
 			d.upsert = append(d.upsert, bpf.IPCacheEntry{Prefix: p, Identity: id})
 		}
 	}
 	for p := range prevIPCache {
-		if _, ok := d.ipcache[p]; !ok {
+		if _, ok := want[p]; !ok {
 			d.remove = append(d.remove, p)
 		}
 	}

@@ -119,8 +119,31 @@ type computer struct {
 	allPorts []NamedPort
 	warned   map[string]bool
 	auditNS  map[string]bool // namespaces annotated l7gate.io/audit
-	// podAddrs: every pod address in the ipcache (→ index in Pods).
-	podAddrs map[netip.Addr]int
+	// podAddrs: every pod address in the ipcache.
+	podAddrs podAddrSet
+}
+
+// podAddrSet is a set of addresses held in an array of them (the
+// endpoints' addresses): their positions in it, sorted by address. 4 B
+// per address; the map that was kept instead was ~58 B of the agent's
+// heap per pod (BenchmarkPodHeap).
+type podAddrSet struct {
+	addrs []netip.Addr
+	order []int32
+}
+
+func newPodAddrSet(addrs []netip.Addr) podAddrSet {
+	order := make([]int32, len(addrs))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return addrs[a].Compare(addrs[b]) })
+	return podAddrSet{addrs: addrs, order: order}
+}
+
+func (s podAddrSet) has(a netip.Addr) bool {
+	_, ok := slices.BinarySearchFunc(s.order, a, func(i int32, a netip.Addr) int { return s.addrs[i].Compare(a) })
+	return ok
 }
 
 // Compute derives identities, endpoints, the ipcache and every endpoint
@@ -321,7 +344,6 @@ func (c *computer) endpoints() error {
 	next := &podMemos{list: make([]podMemoEntry, 0, len(c.objs.Pods))}
 	c.snap.Endpoints = slices.Grow(c.snap.Endpoints, len(c.objs.Pods))
 	c.snap.IPCache = slices.Grow(c.snap.IPCache, len(c.objs.Pods))
-	c.podAddrs = ipOwner
 	// The endpoints' addresses share one array (one allocation, not one
 	// per pod); each endpoint's slice is capped, so an append copies.
 	nIPs := 0
@@ -380,6 +402,7 @@ func (c *computer) endpoints() error {
 		}
 		c.snap.Endpoints = append(c.snap.Endpoints, ep)
 	}
+	c.podAddrs = newPodAddrSet(ips) // ipOwner is garbage once the pass is done
 	slices.Sort(c.podIDs)
 	c.alloc.setPodMemo(next, gen)
 	c.alloc.setEndpointsMemo(c.newEndpointsMemo(next, dropped, gen, warned))
@@ -403,13 +426,16 @@ type endpointsMemo struct {
 	// them (another pod had one).
 	dropped map[int][]netip.Addr
 	// What endpoints() gave.
+	// endpoints; the pods' ipcache entries are theirs, in order (one
+	// per address of an endpoint; a copy of them was 40 B of the agent's
+	// heap per pod).
 	endpoints []Endpoint
-	ipcache   []IPCacheEntry // the pods' entries, in order
+	nIPs      int // the endpoints' addresses
 	podIDs    []Identity
 	labels    map[Identity]Labels // of podIDs
 	ports     map[Identity][]NamedPort
 	allPorts  []NamedPort
-	podAddrs  map[netip.Addr]int
+	podAddrs  podAddrSet
 	warnings  []string
 }
 
@@ -448,9 +474,8 @@ func (m *endpointsMemo) samePods(pods []Pod, nsLabels map[string]map[string]stri
 
 func (c *computer) newEndpointsMemo(pods *podMemos, dropped map[int][]netip.Addr, gen uint64, warned int) *endpointsMemo {
 	m := &endpointsMemo{
-		n: len(c.objs.Pods), gen: gen, pods: pods, dropped: dropped,
+		n: len(c.objs.Pods), gen: gen, pods: pods, dropped: dropped, nIPs: len(c.snap.IPCache),
 		endpoints: slices.Clip(c.snap.Endpoints),
-		ipcache:   slices.Clone(c.snap.IPCache),
 		podIDs:    slices.Clone(c.podIDs),
 		labels:    make(map[Identity]Labels, len(c.podIDs)),
 		ports:     make(map[Identity][]NamedPort, len(c.ports)),
@@ -468,11 +493,18 @@ func (c *computer) newEndpointsMemo(pods *podMemos, dropped map[int][]netip.Addr
 }
 
 // useEndpointsMemo does what endpoints() did for m's pods: the
-// snapshot's endpoints (shared: read-only) and a copy of their ipcache
-// entries (the compute sorts its ipcache in place).
+// snapshot's endpoints (shared: read-only) and their ipcache entries, made
+// again from them as endpoints() made them (the compute sorts its ipcache
+// in place).
 func (c *computer) useEndpointsMemo(m *endpointsMemo) {
 	c.snap.Endpoints = m.endpoints
-	c.snap.IPCache = append(make([]IPCacheEntry, 0, len(m.ipcache)+len(c.snap.IPCache)), m.ipcache...)
+	c.snap.IPCache = slices.Grow(c.snap.IPCache[:0:0], m.nIPs+len(c.snap.IPCache))
+	for i := range m.endpoints {
+		ep := &m.endpoints[i]
+		for _, ip := range ep.IPs {
+			c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: ep.Identity})
+		}
+	}
 	c.podIDs = slices.Clone(m.podIDs)
 	for _, id := range m.podIDs {
 		c.snap.labels[id] = m.labels[id]
@@ -555,7 +587,7 @@ func (c *computer) cidrIdentities() error {
 		c.cidrIDs[p] = id
 		c.cidrList = append(c.cidrList, p)
 		c.snap.labels[id] = ls
-		if _, pod := c.podAddrs[p.Addr()]; pod && p.IsSingleIP() {
+		if p.IsSingleIP() && c.podAddrs.has(p.Addr()) {
 			continue
 		}
 		c.snap.IPCache = append(c.snap.IPCache, IPCacheEntry{Prefix: p, Identity: id})

@@ -577,51 +577,81 @@ type mergeKey struct{ kind, namespace, name string }
 // instead of one per part: the folder source merges its files' cached
 // objects on every change.
 func MergeAll(parts ...*Objects) (*Objects, [][]error) {
-	out, errs, _ := mergeAllPods(parts)
+	out, errs, _ := mergeAllPods(parts, false)
 	return out, errs
 }
 
 // mergeAllPods is MergeAll; podErrs[i] are part i's pods' duplicate
 // errors. Where one part alone holds pods, sorted and each once (a
 // folder's pods file), out.Pods is that part's very array: the caller
-// never modifies it (Tracker.ApplyFiles keeps it).
-func mergeAllPods(parts []*Objects) (out *Objects, errs, podErrs [][]error) {
-	if i := onlyPodsPart(parts); i >= 0 {
-		out, errs, podErrs = mergeAllSkip(parts, []podsPart{{index: i}})
-		out.Pods = slices.Clip(parts[i].Pods)
+// never modifies it (Tracker.ApplyFiles keeps it). With share, where
+// several parts hold pods that merging concatenates (each part's sorted,
+// each named once by its Ref, the parts' in disjoint ranges: a folder's
+// pods file and a few pods of another), out.Pods is one array of them
+// and each such part's Pods becomes its range of it (equal pods, no spare
+// room): the caller holds one copy of each pod, not its parts' and the
+// merge's (216 B per pod, BenchmarkPodHeap with the bench's objects.yaml).
+func mergeAllPods(parts []*Objects, share bool) (out *Objects, errs, podErrs [][]error) {
+	order := podsPartsInOrder(parts)
+	if order == nil || (len(order) > 1 && !share) {
+		return mergeAllSkip(parts, nil)
+	}
+	skip := make([]podsPart, len(order))
+	n := 0
+	for j, i := range order {
+		skip[j] = podsPart{index: i}
+		n += len(parts[i].Pods)
+	}
+	out, errs, podErrs = mergeAllSkip(parts, skip)
+	if len(order) == 1 {
+		out.Pods = slices.Clip(parts[order[0]].Pods)
 		return out, errs, podErrs
 	}
-	return mergeAllSkip(parts, nil)
+	pods := make([]Pod, 0, n)
+	for _, i := range order {
+		pods = append(pods, parts[i].Pods...)
+	}
+	off := 0
+	for _, i := range order {
+		k := len(parts[i].Pods)
+		parts[i].Pods = pods[off : off+k : off+k]
+		off += k
+	}
+	out.Pods = pods
+	return out, errs, podErrs
 }
 
-// onlyPodsPart is the index of the one part holding pods when its pods
-// are what merging them gives: sorted, each named once by its Ref
-// (decoded pods); else -1.
-func onlyPodsPart(parts []*Objects) int {
-	only := -1
+// podsPartsInOrder is the indexes of the parts holding pods, in the
+// order whose concatenation of their pods is what merging them gives:
+// each part's sorted and each named once by its Ref (decoded pods), the
+// last of a part before the first of the next; nil when there is no such
+// order (or no pods).
+func podsPartsInOrder(parts []*Objects) []int {
+	var order []int
 	for i, p := range parts {
 		if len(p.Pods) == 0 {
 			continue
 		}
-		if only >= 0 {
-			return -1
+		pods := p.Pods
+		for j := range pods {
+			q := &pods[j]
+			if q.Ref.Kind != "Pod" || q.Ref.Namespace != q.Namespace || q.Ref.Name != q.Name {
+				return nil
+			}
+			if j > 0 && comparePods(pods[j-1], *q) >= 0 {
+				return nil
+			}
 		}
-		only = i
+		order = append(order, i)
 	}
-	if only < 0 {
-		return -1
-	}
-	pods := parts[only].Pods
-	for i := range pods {
-		p := &pods[i]
-		if p.Ref.Kind != "Pod" || p.Ref.Namespace != p.Namespace || p.Ref.Name != p.Name {
-			return -1
-		}
-		if i > 0 && comparePods(pods[i-1], *p) >= 0 {
-			return -1
+	slices.SortFunc(order, func(a, b int) int { return comparePods(parts[a].Pods[0], parts[b].Pods[0]) })
+	for k := 1; k < len(order); k++ {
+		prev := parts[order[k-1]].Pods
+		if comparePods(prev[len(prev)-1], parts[order[k]].Pods[0]) >= 0 {
+			return nil
 		}
 	}
-	return only
+	return order
 }
 
 // mergeAll is MergeAll without the pods: memo gives each part's pods'

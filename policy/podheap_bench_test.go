@@ -228,3 +228,27 @@ func TestDecodeObjectsIsDecodeWithoutSummaries(t *testing.T) {
 		t.Fatalf("%d summaries in %d inputs", summaries, len(inputs))
 	}
 }
+
+// TestIPCacheOrderMemoSharesSnapshot: the ipcache order memo keeps the
+// last snapshot's own ipcache (no sorted copy, the computed order as
+// positions in it), also after a compute that took it from the memo.
+func TestIPCacheOrderMemoSharesSnapshot(t *testing.T) {
+	objs := benchObjects(5, 300)
+	alloc := NewIdentityAllocator()
+	for i := range 2 {
+		snap, err := Compute(objs, alloc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := alloc.ipcacheOrderMemo()
+		if m == nil || len(snap.IPCache) < 300 || len(m.perm) != len(snap.IPCache) {
+			t.Fatalf("compute %d: memo %v for %d entries", i, m != nil, len(snap.IPCache))
+		}
+		if &m.out[0] != &snap.IPCache[0] || len(m.out) != len(snap.IPCache) {
+			t.Fatalf("compute %d: the memo's sorted ipcache is a copy of the snapshot's", i)
+		}
+	}
+	if alloc.orderReused != 1 {
+		t.Fatalf("the order was reused in %d of 2 computes", alloc.orderReused)
+	}
+}

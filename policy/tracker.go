@@ -85,7 +85,10 @@ func (t *Tracker) podsClean() bool { return len(t.keptPods) == 0 }
 
 // ApplyFiles is Apply of MergeAll(parts...) with each part's own errors
 // (partErrs[i]) followed by its duplicates, the errors in policy.Load's
-// order: the folder source's view, one part per file. The caller must not
+// order: the folder source's view, one part per file. Where several parts
+// hold pods in disjoint ranges, the call makes their Pods ranges of one
+// array of the merged pods (equal pods: one copy of each; see
+// mergeAllPods). The caller must not
 // modify a part after the call: a later call recognises a part's pods by
 // their array and, when every part holds the very pods of the previous
 // call, in the same places, and that call kept no earlier version of a
@@ -103,7 +106,7 @@ func (t *Tracker) ApplyFiles(parts []*Objects, partErrs [][]error) (*Objects, []
 	}
 	// The merged pods are a part's (never modified: see above) or the
 	// merge's own: the tracker keeps them.
-	objs, merrs, podErrs := mergeAllPods(parts)
+	objs, merrs, podErrs := mergeAllPods(parts, true)
 	errs := joinPartErrs(partErrs, merrs)
 	out, errs := t.apply(objs, errs, false, true, true)
 	t.memo = podsMemo{}

@@ -192,3 +192,58 @@ func TestTrackerKeepsInputPods(t *testing.T) {
 		t.Errorf("ApplyView of unsorted pods: shared %v, input %s first", shares(tr, view.Pods), view.Pods[0].Name)
 	}
 }
+
+// TestApplyFilesOneCopyOfPods: where two files hold pods in disjoint
+// ranges (a pods file and a few pods of another), ApplyFiles holds one
+// copy of each pod: the parts' pods become ranges of the output's array,
+// equal to what they were, and a policy change takes the pods' fast path
+// with them; pods that interleave across files are left in their parts.
+func TestApplyFilesOneCopyOfPods(t *testing.T) {
+	pod := func(ns, name, ip string) string {
+		return fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s, labels: {app: x}}\nstatus: {podIP: %s}\n", name, ns, ip)
+	}
+	decode := func(name string, docs ...string) *Objects {
+		o, errs := DecodeObjects(name, []byte(strings.Join(docs, "---\n")))
+		if len(errs) > 0 {
+			t.Fatal(errs)
+		}
+		return o
+	}
+	many := decode("pods.yaml", pod("bench", "syn-1", "198.19.0.1"), pod("bench", "syn-2", "198.19.0.2"), pod("bench", "syn-3", "198.19.0.3"))
+	few := decode("objects.yaml", pod("bench", "client", "198.18.0.1"), pod("bench", "server", "198.18.0.2"))
+	pol1 := decode("policy.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")
+	pol2 := decode("policy.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench, labels: {a: b}}\n")
+	before := [][]Pod{slices.Clone(few.Pods), slices.Clone(many.Pods)}
+	tr := NewTracker()
+	parts := []*Objects{few, pol1, many}
+	out, errs := tr.ApplyFiles(parts, make([][]error, 3))
+	if len(errs) > 0 || len(out.Pods) != 5 {
+		t.Fatalf("%d pods, errors %v", len(out.Pods), errs)
+	}
+	if !reflect.DeepEqual(few.Pods, before[0]) || !reflect.DeepEqual(many.Pods, before[1]) {
+		t.Fatal("a part's pods changed")
+	}
+	if &few.Pods[0] != &out.Pods[0] || &many.Pods[0] != &out.Pods[2] || cap(few.Pods) != 2 || cap(many.Pods) != 3 {
+		t.Error("the parts' pods are a copy of their own, not ranges of the merged pods (without room)")
+	}
+	merged, _ := MergeAll(parts...)
+	want, _ := NewTracker().Apply(merged, nil)
+	if !reflect.DeepEqual(out, want) {
+		t.Fatalf("ApplyFiles differs from Apply:\n got %+v\nwant %+v", out, want)
+	}
+	parts[1] = pol2
+	if !tr.podsMemoHolds(parts) {
+		t.Fatal("the pods' fast path is not taken for a namespace change")
+	}
+	if out2, _ := tr.ApplyFiles(parts, make([][]error, 3)); &out2.Pods[0] != &out.Pods[0] || len(out2.Pods) != 5 {
+		t.Error("a namespace change merged the pods again")
+	}
+	// interleaved: b-1 and b-3 in one file, b-2 in the other
+	odd := decode("odd.yaml", pod("b", "b-1", "198.19.1.1"), pod("b", "b-3", "198.19.1.3"))
+	even := decode("even.yaml", pod("b", "b-2", "198.19.1.2"))
+	oddPods, evenPods := odd.Pods, even.Pods
+	out3, _ := NewTracker().ApplyFiles([]*Objects{odd, even}, make([][]error, 2))
+	if len(out3.Pods) != 3 || out3.Pods[1].Name != "b-2" || &odd.Pods[0] != &oddPods[0] || &even.Pods[0] != &evenPods[0] {
+		t.Fatalf("interleaved pods: %+v", out3.Pods)
+	}
+}

@@ -356,7 +356,9 @@ func (s *Folder) Run(ctx context.Context, updates chan<- Update) error {
 			// Merged in policy.Load's order (each file's errors, then
 			// its duplicates); a folder's unchanged pods are neither
 			// merged nor tracked again (Tracker.ApplyFiles). The decoded
-			// files are never modified (the cache keeps them as decoded).
+			// files are never modified (the cache keeps them as decoded),
+			// but for ApplyFiles making the pods of files that hold some
+			// ranges of one array of them (equal pods, one copy of each).
 			objs, errs := tracker.ApplyFiles(parts, partErrs)
 			// No EndpointSlice controller here: a Service with a
 			// selector and no slice gets the endpoints of its pods.

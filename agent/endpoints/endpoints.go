@@ -192,8 +192,8 @@ func Watch(ctx context.Context) (<-chan struct{}, error) {
 }
 
 // HostAddresses lists this namespace's own IPv4 and IPv6 addresses except
-// loopback and pod addresses (the host identity).
-func HostAddresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error) {
+// loopback and pod addresses (isPod; the host identity).
+func HostAddresses(isPod func(netip.Addr) bool) ([]netip.Addr, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return nil, err
@@ -209,7 +209,7 @@ func HostAddresses(podIPs map[netip.Addr]bool) ([]netip.Addr, error) {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.IsLoopback() || podIPs[ip] {
+		if ip.IsLoopback() || isPod(ip) {
 			continue
 		}
 		out = append(out, ip)
