@@ -226,6 +226,9 @@ func New(opts Options) *Proxy {
 		p.poller = poller
 		opts.HTTP.Poller = poller
 	}
+	// httpAccess copies the parser's record into its own: the parser may
+	// reuse it.
+	opts.HTTP.ReuseRecords = true
 	p.http = httpparser.NewServer(opts.HTTP)
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)
