@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -198,4 +199,132 @@ func FuzzDecodeJSONLines(f *testing.F) {
 			AppendJSON(nil, r)
 		})
 	})
+}
+
+// TestForwarderKeepsNoRecord: a record is the sender's again once Send
+// (or the buffered sink) returns: overwritten at once, as the proxy
+// reuses its records, what reaches the intake and the file is what was
+// sent, every record once and in order (run with -race: a forwarder
+// reading a record later is a data race too).
+func TestForwarderKeepsNoRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.sock")
+	in := newIntake(t, path)
+	defer in.close()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := NewForwarder(path, 0, nil)
+	f.Linger = 5 * time.Millisecond
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	var file lockedBuffer
+	sink, flush := BufferedJSONLinesForward(&file, time.Millisecond, f)
+	const n = 2000
+	var rec Record // one record, reused for every request
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Add(1)
+		go func() { // another sender, as concurrent connections are
+			defer wg.Done()
+			var own Record
+			for i := range n / 2 {
+				own = Record{Protocol: "http", Method: "POST", Path: "/w/" + strconv.Itoa(w) + "/" + strconv.Itoa(i), Status: 201}
+				f.Send(&own)
+				own = Record{Protocol: "kafka", Reason: "reused"}
+			}
+		}()
+	}
+	for i := range n {
+		rec = Record{Protocol: "http", Method: "GET", Path: "/r/" + strconv.Itoa(i), Status: 200}
+		sink(&rec)
+		rec = Record{Protocol: "kafka", Reason: "reused"} // the next request's
+	}
+	wg.Wait()
+	flush()
+	got := in.wait(t, 2*n)
+	next := 0
+	seen := map[string]bool{}
+	for _, r := range got {
+		if r.Protocol != "http" || r.Reason != "" {
+			t.Fatalf("record read after it was reused: %+v", r)
+		}
+		switch {
+		case r.Method == "GET" && r.Status == 200:
+			if want := "/r/" + strconv.Itoa(next); r.Path != want {
+				t.Fatalf("sink record %q, want %q", r.Path, want)
+			}
+			next++
+		case r.Method == "POST" && r.Status == 201 && strings.HasPrefix(r.Path, "/w/"):
+			if seen[r.Path] {
+				t.Fatalf("record %q twice", r.Path)
+			}
+			seen[r.Path] = true
+		default:
+			t.Fatalf("unexpected record %+v", r)
+		}
+	}
+	if next != n || len(seen) != n {
+		t.Fatalf("got %d sink and %d sent records, want %d each", next, len(seen), n)
+	}
+	lines, _ := file.snapshot()
+	if c := strings.Count(lines, "\n"); c != n || strings.Contains(lines, "reused") {
+		t.Fatalf("file has %d lines (want %d) or a reused record", c, n)
+	}
+	cancel()
+	<-done
+	if sent, dropped := f.Stats(); sent != 2*n || dropped != 0 {
+		t.Errorf("stats sent %d dropped %d, want %d 0", sent, dropped, 2*n)
+	}
+}
+
+// TestForwarderFlushesAtStop: records queued when Run's context ends
+// still reach the intake (a clean stop loses none), and records the
+// forwarder could not write are counted as dropped, not lost silently.
+func TestForwarderFlushesAtStop(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.sock")
+	in := newIntake(t, path)
+	defer in.close()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := NewForwarder(path, 0, nil)
+	f.Linger = time.Hour // nothing is written before the stop
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	// connected (the first record waits out the linger)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		in.mu.Lock()
+		c := len(in.conns)
+		in.mu.Unlock()
+		if c > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("forwarder never connected")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range 100 {
+		f.Send(&Record{Protocol: "http", Path: "/" + strconv.Itoa(i)})
+	}
+	cancel()
+	<-done
+	got := in.wait(t, 100)
+	if len(got) != 100 || got[99].Path != "/99" {
+		t.Fatalf("got %d records after the stop, want 100", len(got))
+	}
+	if sent, dropped := f.Stats(); sent != 100 || dropped != 0 {
+		t.Errorf("stats sent %d dropped %d, want 100 0", sent, dropped)
+	}
+
+	// no intake: what is queued when Run ends is counted as dropped
+	g := NewForwarder(filepath.Join(t.TempDir(), "none.sock"), 0, nil)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan struct{})
+	go func() { g.Run(ctx2); close(done2) }()
+	for range 7 {
+		g.Send(&Record{})
+	}
+	cancel2()
+	<-done2
+	if sent, dropped := g.Stats(); sent != 0 || dropped != 7 {
+		t.Errorf("without an intake: sent %d dropped %d, want 0 7", sent, dropped)
+	}
 }

@@ -2,9 +2,12 @@ package flow
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -64,3 +67,58 @@ func BenchmarkRecordJSON(b *testing.B) {
 		sink(rec)
 	}
 }
+
+// TestForwardedLinesGolden: the line the file gets and the line the
+// agent's intake gets are the same bytes, AppendJSON's (the encoding
+// encoding/json would make, TestRecordJSON): encoding each record once
+// for both changed no byte of either.
+func TestForwardedLinesGolden(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			raw <- nil
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		raw <- b
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := NewForwarder(path, 0, nil)
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	var file bytes.Buffer
+	sink, flush := BufferedJSONLinesForward(&file, time.Hour, f)
+	var want []byte
+	for _, r := range sampleRecords() {
+		want = AppendJSON(want, r)
+		sink(r)
+	}
+	direct := sampleRecords()[0]
+	want = AppendJSON(want, direct)
+	f.Send(direct) // Send encodes as the sink does
+	flush()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.sentCount() < uint64(len(sampleRecords())+1) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	ln.Close()
+	got := <-raw
+	if !bytes.Equal(got, want) {
+		t.Errorf("intake bytes:\n%s\nwant:\n%s", got, want)
+	}
+	if wantFile := want[:len(want)-len(AppendJSON(nil, direct))]; !bytes.Equal(file.Bytes(), wantFile) {
+		t.Errorf("file bytes:\n%s\nwant:\n%s", file.Bytes(), wantFile)
+	}
+}
+
+func (f *Forwarder) sentCount() uint64 { s, _ := f.Stats(); return s }

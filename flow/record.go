@@ -165,9 +165,18 @@ const maxBufferedLines = 64 << 10
 // written at most delay after it was logged, together with those logged
 // meanwhile (at once when 64 KiB are buffered), so a proxy handling many
 // small requests pays one write system call per batch instead of one per
-// request. flush writes what is buffered now; call it before exiting.
-// Safe for concurrent use.
+// request. flush writes what is buffered now; call it before exiting (a
+// crash loses what is buffered: at most delay's worth, or 64 KiB). The
+// sink keeps no pointer to a record after it returns. Safe for concurrent
+// use.
 func BufferedJSONLines(w io.Writer, delay time.Duration) (sink func(*Record), flush func()) {
+	return BufferedJSONLinesForward(w, delay, nil)
+}
+
+// BufferedJSONLinesForward is BufferedJSONLines that also queues every
+// record on fwd (nil: none), each record encoded once for both; w nil
+// writes no file (the forwarder alone).
+func BufferedJSONLinesForward(w io.Writer, delay time.Duration, fwd *Forwarder) (sink func(*Record), flush func()) {
 	var mu sync.Mutex
 	var buf []byte
 	var tc timeCache // guarded by mu
@@ -177,6 +186,18 @@ func BufferedJSONLines(w io.Writer, delay time.Duration) (sink func(*Record), fl
 			w.Write(buf)
 			buf = buf[:0]
 		}
+	}
+	if w == nil {
+		sink = func(r *Record) {
+			if fwd == nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			buf = appendJSON(buf[:0], r, &tc)
+			fwd.SendLine(buf)
+		}
+		return sink, func() {}
 	}
 	flush = func() {
 		mu.Lock()
@@ -189,7 +210,11 @@ func BufferedJSONLines(w io.Writer, delay time.Duration) (sink func(*Record), fl
 	sink = func(r *Record) {
 		mu.Lock()
 		defer mu.Unlock()
+		start := len(buf)
 		buf = appendJSON(buf, r, &tc)
+		if fwd != nil {
+			fwd.SendLine(buf[start:])
+		}
 		if len(buf) >= maxBufferedLines {
 			writeLocked()
 			return

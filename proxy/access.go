@@ -84,12 +84,21 @@ func (p *Proxy) httpAccess(ci connInfo) func(*httpparser.Record) {
 			p.stats.httpDenied.Add(1)
 		}
 		src, dst := p.identitiesCached(ci, &ids)
-		p.opts.AccessLog(&AccessRecord{
+		// A record from the pool (AccessLog keeps none): a request costs
+		// no access-record allocation.
+		rec, _ := p.records.Get().(*AccessRecord)
+		if rec == nil {
+			rec = new(AccessRecord)
+		}
+		*rec = AccessRecord{
 			Time: r.Start, Protocol: "http", Direction: ci.dir, Source: ci.src, Destination: ci.dst,
 			SrcIdentity: src, DstIdentity: dst, Verdict: verdict, DecidedBy: r.DecidedBy,
 			LatencyMS: float64(r.Duration.Microseconds()) / 1000, Error: r.Error,
 			Method: r.Method, Path: r.Path, Host: r.Host, Status: r.Status, RawPath: r.RawPath, HeaderMismatches: r.HeaderMismatches,
-		})
+		}
+		p.opts.AccessLog(rec)
+		*rec = AccessRecord{} // holds nothing of the request while pooled
+		p.records.Put(rec)
 	}
 }
 

@@ -224,17 +224,23 @@ func benchHTTPProxy(b testing.TB, upstream, accessLog string) string {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { f.Close() })
-		switch strings.TrimSuffix(accessLog, "+forward") {
-		case "per-record":
+		switch accessLog {
+		case "per-record", "per-record+forward":
 			log = flow.JSONLines(f)
 		case "buffered":
 			var flush func()
 			log, flush = flow.BufferedJSONLines(f, accessLogDelay)
 			b.Cleanup(flush)
+		case "buffered+forward":
+			// as `l7gate proxy` wires them: each record encoded once,
+			// for the file and the agent's flow intake
+			var flush func()
+			log, flush = flow.BufferedJSONLinesForward(f, accessLogDelay, benchForwarder(b, true))
+			b.Cleanup(flush)
 		default:
 			b.Fatalf("access log %q", accessLog)
 		}
-		if strings.HasSuffix(accessLog, "+forward") {
+		if accessLog == "per-record+forward" {
 			log = forwardTo(b, log, true)
 		}
 	}

@@ -304,6 +304,15 @@ func kafkaProxyProcess(b *testing.B, mode string, port uint16, upstream, accessL
 // forwardTo adds a flow.Forwarder to a Unix-socket intake that decodes
 // the records, as `l7gate proxy --flow-socket` under the agent does.
 func forwardTo(b testing.TB, local func(*flow.Record), linger bool) func(*flow.Record) {
+	fwd := benchForwarder(b, linger)
+	return func(r *flow.Record) {
+		local(r)
+		fwd.Send(r)
+	}
+}
+
+// benchForwarder is forwardTo's flow.Forwarder, running.
+func benchForwarder(b testing.TB, linger bool) *flow.Forwarder {
 	path := filepath.Join(b.TempDir(), "flows.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -335,10 +344,7 @@ func forwardTo(b testing.TB, local func(*flow.Record), linger bool) func(*flow.R
 		fwd.Linger = flowLinger
 	}
 	go fwd.Run(ctx)
-	return func(r *flow.Record) {
-		local(r)
-		fwd.Send(r)
-	}
+	return fwd
 }
 
 // accessLogDelay and flowLinger are cmd/l7gate's access-log buffering

@@ -24,7 +24,9 @@ import (
 type Options struct {
 	Logger *slog.Logger
 	// AccessLog receives one record per request, response or denial
-	// (default: JSON lines on stderr, see flow.JSONLines).
+	// (nil: none; flow.JSONLines and flow.BufferedJSONLines write JSON
+	// lines). The record is AccessLog's only until it returns: the proxy
+	// reuses it for a later request, so a sink copies what it keeps.
 	AccessLog func(*AccessRecord)
 	// ListenHost is the address listeners bind (default 127.0.0.1: the
 	// datapath's sk_lookup program hands redirected connections to a
@@ -140,6 +142,8 @@ type Proxy struct {
 	local localAddrs
 
 	stats stats
+	// records holds HTTP access records for reuse (AccessLog keeps none).
+	records sync.Pool
 	// work hands an accepted connection to a goroutine waiting for one
 	// (see run), which waits workerIdle (tests: longer).
 	work       chan func()
@@ -222,6 +226,9 @@ func New(opts Options) *Proxy {
 		p.poller = poller
 		opts.HTTP.Poller = poller
 	}
+	// httpAccess copies the parser's record into its own: the parser may
+	// reuse it.
+	opts.HTTP.ReuseRecords = true
 	p.http = httpparser.NewServer(opts.HTTP)
 	p.ports.Store(&map[uint16]bool{})
 	p.dns = newDNS(opts)

@@ -28,10 +28,13 @@ type recorder struct {
 	recs []*AccessRecord
 }
 
+// add keeps a copy of a (the proxy reuses its records after AccessLog
+// returns).
 func (r *recorder) add(a *AccessRecord) {
+	c := *a
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.recs = append(r.recs, a)
+	r.recs = append(r.recs, &c)
 }
 
 // waitFor returns the records once there are n (or after 3 s).

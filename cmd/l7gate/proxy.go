@@ -153,13 +153,23 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			// Access records are written in batches (one write per
 			// accessLogDelay, not per request: on a busy Kafka or HTTP
 			// connection the per-record write was the proxy's largest cost
-			// after the sockets themselves), flushed on exit.
+			// after the sockets themselves), flushed on exit; with a flow
+			// socket every record also goes to the agent's flow pipeline,
+			// encoded once for both.
+			var fwd *flow.Forwarder
+			if flowSocket != "" {
+				fwd = flow.NewForwarder(flowSocket, 0, a.log)
+				fwd.Linger = flowLinger
+			}
 			switch accessLog {
 			case "", "-", "stderr":
 				var flush func()
-				opts.AccessLog, flush = flow.BufferedJSONLines(a.stderr, accessLogDelay)
+				opts.AccessLog, flush = flow.BufferedJSONLinesForward(a.stderr, accessLogDelay, fwd)
 				defer flush()
 			case "none":
+				if fwd != nil {
+					opts.AccessLog, _ = flow.BufferedJSONLinesForward(nil, 0, fwd)
+				}
 			default:
 				f, err := os.OpenFile(accessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 				if err != nil {
@@ -167,27 +177,22 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				}
 				defer f.Close()
 				var flush func()
-				opts.AccessLog, flush = flow.BufferedJSONLines(f, accessLogDelay)
+				opts.AccessLog, flush = flow.BufferedJSONLinesForward(f, accessLogDelay, fwd)
 				defer flush()
 			}
 			var extra []prometheus.Collector
-			if flowSocket != "" {
-				// every record also goes to the agent's flow pipeline
-				fwd := flow.NewForwarder(flowSocket, 0, a.log)
-				fwd.Linger = flowLinger
+			if fwd != nil {
 				extra = append(extra,
 					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
 						"outcome", "sent", func() float64 { s, _ := fwd.Stats(); return float64(s) }),
 					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
 						"outcome", "dropped", func() float64 { _, d := fwd.Stats(); return float64(d) }))
-				go fwd.Run(ctx)
-				local := opts.AccessLog
-				opts.AccessLog = func(r *flow.Record) {
-					if local != nil {
-						local(r)
-					}
-					fwd.Send(r) // owns r from here
-				}
+				// Until the proxy stopped (after its drain, whose records
+				// it forwards too), then what is queued is written.
+				fctx, fstop := context.WithCancel(context.Background())
+				fdone := make(chan struct{})
+				go func() { fwd.Run(fctx); close(fdone) }()
+				defer func() { fstop(); <-fdone }()
 			}
 			if !noSockmap {
 				// The upstream SO_MARK tells the datapath the connection is

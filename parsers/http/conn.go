@@ -103,6 +103,10 @@ type Config struct {
 	// Poller, when set, parks the idle HTTP/1 and HTTP/2 connections of
 	// Serve (not ServeConn): see Server.Serve.
 	Poller *Poller
+	// ReuseRecords: the access callback's Record is the callee's only
+	// until it returns (the server reuses it for a later request, saving
+	// an allocation per request); the callee copies what it keeps.
+	ReuseRecords bool
 }
 
 func (c Config) withDefaults() Config {
@@ -139,6 +143,9 @@ type Server struct {
 	cfg      Config
 	bufs     sync.Pool // *[]byte of bufSize, connection read buffers
 	copyBufs sync.Pool // *[]byte, ReverseProxy body buffers (HTTP/2)
+	// pendings holds answered HTTP/1 requests' pending (and record) for
+	// reuse, with ReuseRecords.
+	pendings sync.Pool
 	// held counts the HTTP/1 connection buffers (bufs) taken and not
 	// yet given back.
 	held atomic.Int64
@@ -1105,7 +1112,7 @@ func (s *session) requests(ctx context.Context) error {
 		}
 		d := s.decide(&req)
 		method := methodString(head.Method)
-		p := &pending{method: method}
+		p := s.newPending(method)
 		var rec *Record
 		if s.access != nil {
 			p.rec = Record{Start: start, Method: method, Path: strings.Clone(path), Host: s.hostString(host),
@@ -1198,7 +1205,9 @@ func (s *session) requests(ctx context.Context) error {
 			// side's goroutine, with no response goroutine started (and
 			// ended) per request, the common keep-alive exchange. A
 			// request pipelined behind it waits until it is answered.
-			if err := s.exchange(up, in, &head, &rw, p); err != nil {
+			err := s.exchange(up, in, &head, &rw, p)
+			s.reuse(p) // answered and recorded: no one holds it
+			if err != nil {
 				return err
 			}
 			continue
@@ -1251,6 +1260,29 @@ func (s *session) requests(ctx context.Context) error {
 			return errStop
 		}
 	}
+}
+
+// newPending returns a pending request for method: a reused one, with
+// ReuseRecords.
+func (s *session) newPending(method string) *pending {
+	if s.cfg.ReuseRecords {
+		if p, _ := s.srv.pendings.Get().(*pending); p != nil {
+			p.method = method
+			return p
+		}
+	}
+	return &pending{method: method}
+}
+
+// reuse gives back a pending request the request side answered itself
+// (exchange: never queued, its record handed to access, which with
+// ReuseRecords keeps none), cleared.
+func (s *session) reuse(p *pending) {
+	if !s.cfg.ReuseRecords || p.switched != nil {
+		return
+	}
+	*p = pending{}
+	s.srv.pendings.Put(p)
 }
 
 // forget clears what points into the connection's buffers once they were
