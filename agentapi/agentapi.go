@@ -4,7 +4,8 @@
 // the demo and the bench read an agent through this package without
 // linking the agent and what it composes.
 //
-// It imports only the shared contracts (policy, flow, source).
+// It imports only the shared contracts (policy, flow, source) and
+// proxyapi, the part the Go proxy links.
 package agentapi
 
 import (

@@ -1,5 +1,7 @@
 package bpf
 
+import "github.com/l7gate/l7gate/bpf/marks"
+
 // Mark encoding (skb->mark / SO_MARK), mirrored from c/marks.h:
 //
 //	bits  8-11  magic nibble (MarkMagicMask)
@@ -43,8 +45,8 @@ package bpf
 const (
 	MarkMagicMask         uint32 = 0x0F00
 	MarkMagicToProxy      uint32 = 0x0200
-	MarkMagicProxyIngress uint32 = 0x0A00
-	MarkMagicProxyEgress  uint32 = 0x0B00
+	MarkMagicProxyIngress uint32 = marks.MagicProxyIngress
+	MarkMagicProxyEgress  uint32 = marks.MagicProxyEgress
 	MarkToProxyNoTrack    uint32 = 0x0001
 
 	// NoTrackMask and NoTrackValue select the packets the node must not
@@ -56,7 +58,7 @@ const (
 	ProxyRoutingTable = 2004
 
 	// maxMarkIdentity is the largest identity a proxy mark can carry.
-	maxMarkIdentity = 1<<28 - 1
+	maxMarkIdentity = marks.MaxIdentity
 )
 
 // ToProxyMark is the mark tc puts on packets redirected to proxyPort
@@ -75,12 +77,7 @@ func TurnedAroundMark(proxyPort uint16) uint32 {
 // client of identity src; dir is the direction of the proxy (ingress or
 // egress policy). Only 28 identity bits fit; check with CanEncodeIdentity.
 func ProxyMark(dir Direction, src Identity) uint32 {
-	magic := MarkMagicProxyIngress
-	if dir == Egress {
-		magic = MarkMagicProxyEgress
-	}
-	id := uint32(src) & maxMarkIdentity
-	return magic | (id&0xFFFF)<<16 | (id>>16)&0xFF | ((id>>24)&0xF)<<12
+	return marks.Proxy(dir == Egress, uint32(src)) // (the encoding lives in the leaf package the proxy-only build links)
 }
 
 // CanEncodeIdentity reports whether id fits in a proxy mark.
@@ -88,5 +85,5 @@ func CanEncodeIdentity(id Identity) bool { return uint32(id) <= maxMarkIdentity 
 
 // MarkIdentity decodes the source identity from a proxy mark.
 func MarkIdentity(mark uint32) Identity {
-	return Identity((mark>>16)&0xFFFF | (mark&0xFF)<<16 | ((mark>>12)&0xF)<<24)
+	return Identity(marks.Identity(mark))
 }

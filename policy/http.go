@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // HTTPRule is one entry of rules.http. Method, Path and Host are extended
@@ -190,6 +191,14 @@ type stringMatcher struct {
 	literal string
 	isLit   bool
 	re      *regexp.Regexp
+	// prefix, rest: the regex is the literal prefix followed by rest (see
+	// splitLiteralPrefix), and rest, compiled on its own, decides what
+	// follows prefix; re is nil. Expressions that differ only in their
+	// literal prefix ("/api/v1/r1/[a-z]+", "/api/v1/r2/[a-z]+") share
+	// rest's compiled regex through the cache: a compiled regex is ~3 KB,
+	// most of a rule's memory.
+	prefix, restExpr string
+	rest             *stringMatcher
 	// set: every string the regex matches, when small and finite
 	set []string
 	// suffix: a literal every match ends with
@@ -240,7 +249,7 @@ func (c *HTTPMatcherCache) Rotate() {
 // Errors are not kept.
 func (c *HTTPMatcherCache) stringMatcher(expr string) (stringMatcher, error) {
 	if c == nil || expr == "" {
-		return newStringMatcher(expr)
+		return newStringMatcher(expr, c)
 	}
 	c.mu.Lock()
 	m, ok := c.cur[expr]
@@ -254,7 +263,7 @@ func (c *HTTPMatcherCache) stringMatcher(expr string) (stringMatcher, error) {
 		return m, nil
 	}
 	c.mu.Unlock()
-	m, err := newStringMatcher(expr)
+	m, err := newStringMatcher(expr, c)
 	if err != nil {
 		return m, err
 	}
@@ -270,9 +279,14 @@ func (c *HTTPMatcherCache) put(expr string, m stringMatcher) {
 		c.cur = map[string]stringMatcher{}
 	}
 	c.cur[expr] = m
+	if m.rest != nil {
+		c.cur[m.restExpr] = *m.rest // in use as long as expr is
+	}
 }
 
-func newStringMatcher(expr string) (stringMatcher, error) {
+// newStringMatcher compiles expr; the rest of a split expression comes
+// from c (nil: compiled here).
+func newStringMatcher(expr string, c *HTTPMatcherCache) (stringMatcher, error) {
 	if expr == "" {
 		return stringMatcher{any: true}, nil
 	}
@@ -285,8 +299,86 @@ func newStringMatcher(expr string) (stringMatcher, error) {
 	}
 	m := stringMatcher{re: re, set: literalSet(expr), suffix: literalSuffix(expr)}
 	m.shape, m.lit, m.nl = simpleShape(expr)
+	if m.set != nil || m.shape != shapeRegex {
+		return m, nil // decided without the regex (which the index reads)
+	}
+	if prefix, rest, ok := splitLiteralPrefix(expr); ok {
+		if r, err := c.stringMatcher(rest); err == nil {
+			m.re, m.prefix, m.restExpr, m.rest = nil, prefix, rest, &r
+		}
+	}
 	return m, nil
 }
+
+// splitLiteralPrefix splits expr, when it is a concatenation that starts
+// with a case-sensitive literal, into that literal and the rest, so that
+// a string matches expr (anchored) exactly when it starts with prefix and
+// what follows matches rest (anchored). That holds when rest has no
+// empty-width assertion (^, $, \A, \z, \b, \B: those would see the start
+// of the remainder as the start of the text, or miss the prefix's last
+// character) and prefix has no U+FFFD (which a regex also matches on an
+// invalid byte that HasPrefix does not). rest is rest's syntax tree
+// printed, used only when it parses back to the same tree.
+func splitLiteralPrefix(expr string) (prefix, rest string, ok bool) {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return "", "", false
+	}
+	re = re.Simplify()
+	if re.Op != syntax.OpConcat {
+		return "", "", false
+	}
+	var b strings.Builder
+	i := 0
+	for ; i < len(re.Sub) && re.Sub[i].Op == syntax.OpLiteral && re.Sub[i].Flags&syntax.FoldCase == 0; i++ {
+		b.WriteString(string(re.Sub[i].Rune))
+	}
+	if i == 0 || i == len(re.Sub) || strings.ContainsRune(b.String(), utf8.RuneError) {
+		return "", "", false
+	}
+	tail := re.Sub[i]
+	if i < len(re.Sub)-1 {
+		tail = &syntax.Regexp{Op: syntax.OpConcat, Flags: re.Flags, Sub: re.Sub[i:]}
+	}
+	if hasAssertion(tail) {
+		return "", "", false
+	}
+	rest = tail.String()
+	back, err := syntax.Parse(rest, syntax.Perl)
+	if err != nil || !back.Simplify().Equal(tail) {
+		return "", "", false
+	}
+	return b.String(), rest, true
+}
+
+// hasAssertion reports whether re holds an empty-width assertion.
+func hasAssertion(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
+		return true
+	}
+	for _, s := range re.Sub {
+		if hasAssertion(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// indexPrefix is a literal every string m matches starts with ("" when
+// m has no regex).
+func (m *stringMatcher) indexPrefix() string {
+	switch {
+	case m.rest != nil:
+		return m.prefix + m.rest.indexPrefix()
+	case m.re != nil:
+		return literalPrefix(m.re)
+	}
+	return ""
+}
+
+// hasRegex reports whether m decides with a regex (re, or prefix and rest).
+func (m *stringMatcher) hasRegex() bool { return m.re != nil || m.rest != nil }
 
 // Shapes of regexes common in policies that a string comparison decides
 // completely.
@@ -428,6 +520,8 @@ func (m *stringMatcher) match(s string) bool {
 		return strings.HasPrefix(s, m.lit) && (!m.nl || strings.IndexByte(s, '\n') < 0)
 	case m.shape == shapeSuffix:
 		return strings.HasSuffix(s, m.lit) && (!m.nl || strings.IndexByte(s, '\n') < 0)
+	case m.rest != nil:
+		return strings.HasPrefix(s, m.prefix) && m.rest.match(s[len(m.prefix):])
 	}
 	return m.re.MatchString(s)
 }
@@ -542,9 +636,9 @@ func newHTTPMatcher(rules []HTTPRuleRef, cache *HTTPMatcherCache) (*HTTPMatcher,
 			for _, p := range c.path.set {
 				m.exact[p] = append(m.exact[p], idx)
 			}
-		case c.path.re != nil && literalPrefix(c.path.re) != "":
-			m.trie = insertTrie(m.trie, literalPrefix(c.path.re), false, idx)
-		case c.path.re != nil && c.path.suffix != "":
+		case c.path.hasRegex() && c.path.indexPrefix() != "":
+			m.trie = insertTrie(m.trie, c.path.indexPrefix(), false, idx)
+		case c.path.hasRegex() && c.path.suffix != "":
 			m.suffixTrie = insertTrie(m.suffixTrie, c.path.suffix, true, idx)
 		case c.method.set != nil:
 			for _, meth := range c.method.set {

@@ -10,11 +10,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/l7gate/l7gate/agentapi"
+	"github.com/l7gate/l7gate/agentapi/proxyapi"
 )
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
-	ln, err := agentapi.ListenTCP(ctx, addr)
+	ln, err := proxyapi.ListenTCP(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}

@@ -22,10 +22,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/l7gate/l7gate/agentapi"
-	"github.com/l7gate/l7gate/bpf"
+	"github.com/l7gate/l7gate/agentapi/proxyapi"
+	"github.com/l7gate/l7gate/bpf/marks"
 	"github.com/l7gate/l7gate/flow"
-	"github.com/l7gate/l7gate/observe/metrics"
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/policy"
 	"github.com/l7gate/l7gate/proxy"
@@ -145,6 +144,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				return usageErrorf("--listen-address6: want an IPv6 address, not %q", listenAddr6)
 			}
 			keepSource = upstreamKeepsSource(keepSource, cmd.Flags().Changed("keep-source"), noSockmap)
+			maxConns = maxConnections(maxConns, a.log)
 			opts := proxy.Options{Logger: a.log, MaxConnections: maxConns, MaxConnectionsPerSource: maxConnsPerSource, KeepSource: keepSource,
 				KafkaMaxFrameSize: int32(kafkaMaxFrame), KafkaTopicIDs: kafkaTopicIDs, KafkaMemoryBudget: kafkaBudget,
 				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr, ListenHost6: listenAddr6,
@@ -183,9 +183,9 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 			var extra []prometheus.Collector
 			if fwd != nil {
 				extra = append(extra,
-					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
+					funcCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
 						"outcome", "sent", func() float64 { s, _ := fwd.Stats(); return float64(s) }),
-					metrics.FuncCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
+					funcCounter("l7gate_proxy_flow_records_total", "Access records streamed to the agent's flow pipeline (sent), or dropped while it was away or slow (dropped).",
 						"outcome", "dropped", func() float64 { _, d := fwd.Stats(); return float64(d) }))
 				// Until the proxy stopped (after its drain, whose records
 				// it forwards too), then what is queued is written.
@@ -199,11 +199,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				// the proxy's (bpf owns the encoding; setting it needs
 				// CAP_NET_ADMIN, not the datapath's maps).
 				opts.Mark = func(src policy.Identity, dir policy.Direction) uint32 {
-					d := bpf.Ingress
-					if dir == policy.Egress {
-						d = bpf.Egress
-					}
-					return bpf.ProxyMark(d, bpf.Identity(src))
+					return marks.Proxy(dir == policy.Egress, uint32(src))
 				}
 			}
 			if handOverSocket == "" {
@@ -222,9 +218,9 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				opts.DNS.FastPathNames = -1
 			}
 			if agentSocket != "" {
-				fc := agentapi.NewFQDNClient(agentSocket)
+				fc := proxyapi.NewFQDNClient(agentSocket)
 				opts.DNS.Learn = func(ctx context.Context, name string, ips []netip.Addr, ttl time.Duration) error {
-					return fc.Learn(ctx, agentapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: uint32(ttl / time.Second)})
+					return fc.Learn(ctx, proxyapi.FQDNAnswer{Name: name, IPs: ips, TTLSeconds: uint32(ttl / time.Second)})
 				}
 				opts.DNS.AgentEpoch = fc.Epoch
 			}
@@ -367,7 +363,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.StringVar(&xdsSocket, "xds-socket", "/run/l7gate/xds.sock", "the agent's xDS Unix socket")
 	fl.StringVar(&adminSocket, "admin-socket", "/run/l7gate/proxy-admin.sock", "admin Unix socket (/ready, /config_dump, /stats/prometheus)")
 	fl.StringVar(&node, "node", hostname(), "node name (the xDS node id is l7proxy~NODE)")
-	fl.StringVar(&bpffs, "bpffs", bpf.DefaultBPFFSPath, "unused: the agent registers the proxy's listeners")
+	fl.StringVar(&bpffs, "bpffs", defaultBPFFS, "unused: the agent registers the proxy's listeners")
 	fl.MarkDeprecated("bpffs", "the agent registers the proxy's listeners; the proxy needs no bpffs")
 	fl.StringVar(&accessLog, "access-log", "stderr", "where access logs go: stderr, a file path, or none (written in batches, at most 100 ms after the request)")
 	fl.StringVar(&metricsAddr, "metrics-address", "", "serve Prometheus metrics on GET /metrics at this TCP address, e.g. :9964 (empty: off; the admin socket's /stats/prometheus serves them too)")
@@ -387,7 +383,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 	fl.BoolVar(&noSockmap, "no-sockmap", false, "run without the datapath: no SO_MARK on upstream connections")
 	fl.StringVar(&listenAddr, "listen-address", "127.0.0.1", "address the proxy listeners bind; redirected connections reach them through the datapath whatever it is")
 	fl.StringVar(&listenAddr6, "listen-address6", "::1", "IPv6 address of each proxy port's second listener, the datapath's socket for IPv6 redirects (empty: none, IPv6 redirects to the proxy drop no-listener)")
-	fl.IntVar(&maxConns, "max-connections", 65536, "concurrent client connections; beyond it new ones are reset at accept")
+	fl.IntVar(&maxConns, "max-connections", 0, "concurrent client connections; beyond it new ones are reset at accept (0: from RLIMIT_NOFILE, two descriptors per connection: (limit - 640) / 2, at most 65536; a larger explicit value is kept but warned about; the choice is logged)")
 	fl.IntVar(&maxConnsPerSource, "max-connections-per-source", 8192, "concurrent client connections of one source identity (of one address for world/CIDR sources); beyond it new ones are reset at accept")
 	fl.IntVar(&maxHeaderBytes, "http-max-header-bytes", 64<<10, "HTTP/1 request line plus headers; larger requests get 431")
 	fl.DurationVar(&headerTimeout, "http-header-timeout", 30*time.Second, "time to receive an HTTP/1 request head (408 after it)")
@@ -576,20 +572,30 @@ func waitForSuccessor(ctx context.Context, adminSocket string, limit time.Durati
 	}
 }
 
+// defaultBPFFS is bpf.DefaultBPFFSPath, the deprecated --bpffs's default
+// (the proxy-only build does not link package bpf).
+const defaultBPFFS = "/sys/fs/bpf/l7gate"
+
+// funcCounter is a counter read from f with one constant label
+// (metrics.FuncCounter's; observe/metrics links the Hubble exporter).
+func funcCounter(name, help, labelName, labelValue string, f func() float64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{labelName: labelValue}}, f)
+}
+
 // dnsMetrics are the DNS proxy's counters.
 func dnsMetrics(p *proxy.Proxy) []prometheus.Collector {
 	const qHelp = "DNS queries the DNS proxy decided, by outcome (allowed, denied by rules.dns, malformed, answered SERVFAIL for an unusable upstream answer, dropped over the in-flight limit)."
 	const hHelp = "DNS answers for toFQDNs names, by outcome: held until the agent's datapath admitted their addresses, released after --dns-hold-timeout (timeout), or released at once because the agent confirmed their addresses for the whole TTL before (known: the fast path)."
 	const lHelp = "Round trips to the agent (POST /fqdn) for DNS answers: held answers and the fast path's background refreshes."
 	return []prometheus.Collector{
-		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "allowed", func() float64 { return float64(p.DNSStats().Allowed) }),
-		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "denied", func() float64 { return float64(p.DNSStats().Denied) }),
-		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "malformed", func() float64 { return float64(p.DNSStats().Malformed) }),
-		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "upstream_error", func() float64 { return float64(p.DNSStats().UpstreamErrors) }),
-		metrics.FuncCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "dropped", func() float64 { return float64(p.DNSStats().Dropped) }),
-		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "held", func() float64 { return float64(p.DNSStats().Held) }),
-		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "timeout", func() float64 { return float64(p.DNSStats().HoldTimeouts) }),
-		metrics.FuncCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "known", func() float64 { return float64(p.DNSStats().Known) }),
-		metrics.FuncCounter("l7gate_proxy_dns_agent_learns_total", lHelp, "path", "fqdn", func() float64 { return float64(p.DNSStats().Learns) }),
+		funcCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "allowed", func() float64 { return float64(p.DNSStats().Allowed) }),
+		funcCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "denied", func() float64 { return float64(p.DNSStats().Denied) }),
+		funcCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "malformed", func() float64 { return float64(p.DNSStats().Malformed) }),
+		funcCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "upstream_error", func() float64 { return float64(p.DNSStats().UpstreamErrors) }),
+		funcCounter("l7gate_proxy_dns_queries_total", qHelp, "outcome", "dropped", func() float64 { return float64(p.DNSStats().Dropped) }),
+		funcCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "held", func() float64 { return float64(p.DNSStats().Held) }),
+		funcCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "timeout", func() float64 { return float64(p.DNSStats().HoldTimeouts) }),
+		funcCounter("l7gate_proxy_dns_answers_held_total", hHelp, "outcome", "known", func() float64 { return float64(p.DNSStats().Known) }),
+		funcCounter("l7gate_proxy_dns_agent_learns_total", lHelp, "path", "fqdn", func() float64 { return float64(p.DNSStats().Learns) }),
 	}
 }

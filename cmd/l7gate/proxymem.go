@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // trimWhenQuiet calls trim once the process went quiet after being busy:
@@ -71,3 +73,57 @@ func trimMemory(log *slog.Logger) {
 
 // trimWorth: less free heap is not worth a trim.
 const trimWorth = 4 << 20
+
+// Connection limit from the descriptor limit: every client connection
+// holds two descriptors (it and its upstream connection), and the rest of
+// the proxy needs some of its own (listeners, the agent's sockets, the
+// access log, the DNS proxy's in-flight upstream queries: up to
+// dnsproxy.DefaultMaxInFlight). A --max-connections beyond what
+// RLIMIT_NOFILE holds is no limit at all: accept fails with EMFILE first,
+// and upstream dials fail for connections already accepted.
+const (
+	// fdReserve: descriptors kept for other than client connections and
+	// their upstreams (512 DNS queries in flight and 128 for the rest).
+	fdReserve = 512 + 128
+	// maxConnsCeiling: the derived default never exceeds the fixed default
+	// it replaces (memory for that many connections is what was planned).
+	maxConnsCeiling = 65536
+)
+
+// connectionsFor is the connection limit a descriptor limit of nofile
+// allows: (nofile - reserve) / 2, the reserve shrinking to half of a small
+// limit, at least 1 and at most maxConnsCeiling.
+func connectionsFor(nofile uint64) int {
+	reserve := uint64(fdReserve)
+	if nofile < 2*reserve {
+		reserve = nofile / 2
+	}
+	n := (nofile - reserve) / 2
+	return int(max(1, min(n, maxConnsCeiling)))
+}
+
+// maxConnections resolves --max-connections: 0 (the default) derives the
+// limit from the process's RLIMIT_NOFILE; an explicit value stays, with a
+// warning when the descriptor limit cannot hold it. The choice is logged.
+func maxConnections(flag int, log *slog.Logger) int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		if flag > 0 {
+			return flag
+		}
+		log.Warn("descriptor limit unknown; --max-connections takes the fixed default", "error", err, "max-connections", maxConnsCeiling)
+		return maxConnsCeiling
+	}
+	fits := connectionsFor(lim.Cur)
+	if flag <= 0 {
+		log.Info("connection limit from the descriptor limit", "max-connections", fits, "rlimit-nofile", lim.Cur)
+		return fits
+	}
+	if flag > fits {
+		log.Warn("--max-connections exceeds what the descriptor limit holds (two descriptors per connection): beyond it accepts and upstream dials fail",
+			"max-connections", flag, "rlimit-nofile", lim.Cur, "fits", fits)
+	} else {
+		log.Info("connection limit", "max-connections", flag, "rlimit-nofile", lim.Cur)
+	}
+	return flag
+}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/l7gate/l7gate/bpf"
 )
 
 // TestProxyOnlyBuild: the proxy-only build (-tags l7gate_proxyonly, the
@@ -30,6 +32,22 @@ func TestProxyOnlyBuild(t *testing.T) {
 				t.Errorf("the proxy-only build links %s", d)
 			}
 		}
+	}
+	// What the proxy does not run but once linked through a type or a
+	// helper (bpf's mark encoding, agentapi's FQDN client, observe/metrics'
+	// FuncCounter): the datapath's loader, the Hubble and Kubernetes
+	// packages they pulled in. Their leaf packages are allowed.
+	for _, d := range deps {
+		for _, banned := range []string{"github.com/l7gate/l7gate/bpf", "github.com/l7gate/l7gate/agentapi", "github.com/l7gate/l7gate/observe/metrics",
+			"github.com/l7gate/l7gate/observe/hubble", "github.com/l7gate/l7gate/proto/hubble/", "github.com/cilium/ebpf", "github.com/vishvananda/netlink",
+			"k8s.io/", "gopkg.in/natefinch/lumberjack.v2"} {
+			if d == banned || strings.HasSuffix(banned, "/") && strings.HasPrefix(d, banned) || strings.HasPrefix(d, banned+"/") && !strings.HasPrefix(banned, "github.com/l7gate/") {
+				t.Errorf("the proxy-only build links %s", d)
+			}
+		}
+	}
+	if defaultBPFFS != bpf.DefaultBPFFSPath {
+		t.Errorf("proxy --bpffs default %q, bpf's %q", defaultBPFFS, bpf.DefaultBPFFSPath)
 	}
 	bin := filepath.Join(t.TempDir(), "l7gate-proxy")
 	if out, err := exec.Command("go", "build", "-tags", "l7gate_proxyonly", "-o", bin, ".").CombinedOutput(); err != nil {

@@ -22,11 +22,8 @@ import (
 	"sync"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	l7gatev1 "github.com/l7gate/l7gate/proto/l7gatev1"
 	"github.com/l7gate/l7gate/xds"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -194,36 +191,36 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(sctx)
+	stream, err := conn.NewStream(sctx, &grpc.StreamDesc{StreamName: "DeltaAggregatedResources", ServerStreams: true, ClientStreams: true},
+		adsDeltaMethod, grpc.ForceCodec(wireCodec{}))
 	if err != nil {
 		return false, fmt.Errorf("xds client: open stream: %w", err)
 	}
-	node := &core.Node{Id: c.nodeID}
 	have := c.Current()
 	for _, t := range xds.L7ProxyTypes() {
-		req := &discovery.DeltaDiscoveryRequest{
-			Node: node, TypeUrl: t, ResourceNamesSubscribe: []string{"*"},
-			InitialResourceVersions: maps.Clone(have.versions[t]),
+		req := &deltaRequest{
+			nodeID: c.nodeID, typeURL: t, subscribe: []string{"*"},
+			initialVersions: maps.Clone(have.versions[t]),
 		}
-		if err := stream.Send(req); err != nil {
+		if err := stream.SendMsg(req); err != nil {
 			return false, fmt.Errorf("xds client: subscribe %s: %w", t, err)
 		}
 	}
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
+		resp := &deltaResponse{}
+		if err := stream.RecvMsg(resp); err != nil {
 			return progressed, fmt.Errorf("xds client: receive: %w", err)
 		}
 		if !progressed {
 			c.log.InfoContext(ctx, "xds connected", "socket", c.cfg.SocketPath, "node", c.nodeID)
 		}
 		progressed = true
-		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
+		ack := &deltaRequest{typeURL: resp.typeURL, responseNonce: resp.nonce}
 		if err := c.apply(ctx, resp); err != nil {
-			c.log.WarnContext(ctx, "xds update rejected", "type", resp.GetTypeUrl(), "err", err)
-			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+			c.log.WarnContext(ctx, "xds update rejected", "type", resp.typeURL, "err", err)
+			ack.errorCode, ack.errorMessage = int32(codes.InvalidArgument), err.Error()
 		}
-		if err := stream.Send(ack); err != nil {
+		if err := stream.SendMsg(ack); err != nil {
 			return progressed, fmt.Errorf("xds client: send ACK: %w", err)
 		}
 	}
@@ -231,34 +228,34 @@ func (c *Client) session(ctx context.Context) (progressed bool, err error) {
 
 // apply decodes a response onto a copy of the current resources and asks
 // the handler; on success the copy becomes current.
-func (c *Client) apply(ctx context.Context, resp *discovery.DeltaDiscoveryResponse) error {
-	t := resp.GetTypeUrl()
+func (c *Client) apply(ctx context.Context, resp *deltaResponse) error {
+	t := resp.typeURL
 	cur := c.Current()
 	if _, ok := cur.versions[t]; !ok {
 		return fmt.Errorf("unexpected resource type %s", t)
 	}
 	next := cur.clone()
 	u := Update{TypeURL: t, Resources: next}
-	for _, r := range resp.GetResources() {
-		if v, ok := cur.versions[t][r.GetName()]; ok && v == r.GetVersion() && v != "" {
+	for _, r := range resp.resources {
+		if v, ok := cur.versions[t][r.name]; ok && v == r.version && v != "" {
 			continue // what we have (e.g. the server rolling back after a NACK)
 		}
-		msg, err := decode(t, r)
+		msg, err := decode(t, &r)
 		if err != nil {
 			return err
 		}
 		switch m := msg.(type) {
 		case *l7gatev1.NetworkPolicy:
-			next.Policies[r.GetName()] = m
+			next.Policies[r.name] = m
 		case *l7gatev1.IdentityMembership:
-			next.Identities[r.GetName()] = m
+			next.Identities[r.name] = m
 		case *l7gatev1.Listener:
-			next.Listeners[r.GetName()] = m
+			next.Listeners[r.name] = m
 		}
-		next.versions[t][r.GetName()] = r.GetVersion()
-		u.Changed = append(u.Changed, r.GetName())
+		next.versions[t][r.name] = r.version
+		u.Changed = append(u.Changed, r.name)
 	}
-	for _, name := range resp.GetRemovedResources() {
+	for _, name := range resp.removedResources {
 		if _, ok := next.versions[t][name]; !ok {
 			continue
 		}
@@ -284,7 +281,7 @@ func (c *Client) apply(ctx context.Context, resp *discovery.DeltaDiscoveryRespon
 	return nil
 }
 
-func decode(typeURL string, r *discovery.Resource) (proto.Message, error) {
+func decode(typeURL string, r *resource) (proto.Message, error) {
 	var m interface {
 		proto.Message
 		GetName() string
@@ -299,14 +296,14 @@ func decode(typeURL string, r *discovery.Resource) (proto.Message, error) {
 	default:
 		return nil, fmt.Errorf("unexpected resource type %s", typeURL)
 	}
-	if r.GetResource().GetTypeUrl() != typeURL {
-		return nil, fmt.Errorf("resource %q: carries %s in a %s response", r.GetName(), r.GetResource().GetTypeUrl(), typeURL)
+	if r.any.GetTypeUrl() != typeURL {
+		return nil, fmt.Errorf("resource %q: carries %s in a %s response", r.name, r.any.GetTypeUrl(), typeURL)
 	}
-	if err := r.GetResource().UnmarshalTo(m); err != nil {
-		return nil, fmt.Errorf("resource %q: decode %s: %w", r.GetName(), typeURL, err)
+	if err := r.any.UnmarshalTo(m); err != nil {
+		return nil, fmt.Errorf("resource %q: decode %s: %w", r.name, typeURL, err)
 	}
-	if m.GetName() != r.GetName() {
-		return nil, fmt.Errorf("resource %q: named %q inside", r.GetName(), m.GetName())
+	if m.GetName() != r.name {
+		return nil, fmt.Errorf("resource %q: named %q inside", r.name, m.GetName())
 	}
 	return m, nil
 }
