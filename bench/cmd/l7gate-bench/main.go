@@ -331,7 +331,12 @@ func runAll(ctx context.Context, cfg *config, cl *cleanups, tmp string, res *Res
 		cfg.agentArgs = append(cfg.agentArgs, "--proxy-executable="+proxyA)
 	}
 	if cfg.maxConnsPerSource > 0 {
-		cfg.agentArgs = append(cfg.agentArgs, fmt.Sprintf("--proxy-arg=--max-connections-per-source=%d", cfg.maxConnsPerSource))
+		// --max-connections too: its default follows the proxy's
+		// RLIMIT_NOFILE (9680 under this machine's hard limit of 20000),
+		// and proxyrss opens 10000; as before, the descriptor limit, not
+		// the proxy's, is what cuts (the proxy warns).
+		cfg.agentArgs = append(cfg.agentArgs, fmt.Sprintf("--proxy-arg=--max-connections-per-source=%d", cfg.maxConnsPerSource),
+			fmt.Sprintf("--proxy-arg=--max-connections=%d", cfg.maxConnsPerSource))
 	}
 	n, err := newNode(cl, tmp, bin)
 	if err != nil {
