@@ -33,12 +33,21 @@ type stats struct {
 // ConfigDumpType is the @type of the proxy's entry in /config_dump.
 const ConfigDumpType = "type.googleapis.com/l7gate.v1.ProxyConfigDump"
 
-// AdminHandler serves /ready, /config_dump, /stats/prometheus (the
-// proxy's metrics and extra collectors, see Registry) and POST /drain
-// (stop accepting and drain, bounded by Options.DrainTimeout; the proxy
-// command exits when the drain ends).
+// AdminHandler serves /ready, /version (Options.Version, as `l7gate
+// version` prints it), /config_dump, /stats/prometheus (the proxy's
+// metrics and extra collectors, see Registry) and POST /drain (stop
+// accepting and drain, bounded by Options.DrainTimeout; the proxy command
+// exits when the drain ends).
 func (p *Proxy) AdminHandler(extra ...prometheus.Collector) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) {
+		if p.opts.Version == "" {
+			http.Error(w, "no version stamp", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, p.opts.Version)
+	})
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, _ *http.Request) {
 		// The whole answer is on the socket before the drain starts: the
 		// proxy command exits as soon as a drain with nothing open ends,

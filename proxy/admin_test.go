@@ -61,3 +61,20 @@ func TestAdminDrainAnsweredBeforeDrained(t *testing.T) {
 		p.Close()
 	}
 }
+
+// TestAdminVersion: GET /version answers Options.Version (what the agent
+// compares with its own on adopting a running proxy); 404 without one.
+func TestAdminVersion(t *testing.T) {
+	for _, tc := range []struct {
+		version, body string
+		code          int
+	}{{"1.2.3+abc", "1.2.3+abc\n", 200}, {"", "", 404}} {
+		p := New(Options{Version: tc.version})
+		rec := httptest.NewRecorder()
+		p.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/version", nil))
+		p.Close()
+		if rec.Code != tc.code || (tc.code == 200 && rec.Body.String() != tc.body) {
+			t.Errorf("version %q: GET /version %d %q, want %d %q", tc.version, rec.Code, rec.Body.String(), tc.code, tc.body)
+		}
+	}
+}

@@ -102,6 +102,10 @@ type Options struct {
 	DrainTimeout time.Duration
 	// DNS configures listeners with parser dns (see DNSOptions).
 	DNS DNSOptions
+	// Version is the binary's version stamp, answered on the admin
+	// socket (GET /version): an agent that adopts a running proxy
+	// replaces one of another version.
+	Version string
 }
 
 // Proxy serves the listeners of the applied Config.

@@ -1,5 +1,6 @@
 // Package supervisor keeps the node's Go proxy running for the agent: it
-// adopts a proxy that answers on the admin socket, starts one otherwise (in
+// adopts a proxy that answers on the admin socket (and replaces one of
+// another version, as a hitless restart does), starts one otherwise (in
 // its own session, so it outlives agent restarts), and restarts the one it
 // started when it exits. On Config.Restart it starts a new proxy while the
 // running one serves: the new one takes the listener sockets over (the
@@ -11,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -40,6 +42,9 @@ type Config struct {
 	// other than this process's own file is started only if `EXE version`
 	// prints exactly this: a mismatch starts no proxy from it (for the
 	// default l7gate-proxy, this process's executable is started instead).
+	// A running proxy adopted is asked for its version too (GET /version
+	// on its admin socket); one of another version, or one too old to
+	// answer, is replaced as on Restart.
 	Version string
 	// Args are extra arguments for `l7gate proxy`.
 	Args []string
@@ -79,8 +84,34 @@ func proxyAlive(runDir string) bool {
 	return true
 }
 
+// proxyVersion asks the proxy on the admin socket for its version (GET
+// /version): "" when it answers 404 (a proxy from before the handler, or
+// one without a version stamp).
+func proxyVersion(runDir string) (string, error) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", agentapi.ProxyAdminSocket(runDir))
+	}}}
+	resp, err := client.Get("http://proxy/version")
+	if err != nil {
+		return "", fmt.Errorf("proxy version: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 256))
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("proxy version: %w", err)
+	case resp.StatusCode != http.StatusOK:
+		return "", fmt.Errorf("proxy version: %s", resp.Status)
+	}
+	return strings.TrimSpace(string(body)), nil
+}
+
 // Run keeps a Go proxy running until ctx ends: it adopts one that answers
-// on the admin socket, starts one otherwise, and starts a new one if the
+// on the admin socket (replacing one of another version: Config.Version),
+// starts one otherwise, and starts a new one if the
 // proxy it started exits. The proxy keeps running when Run returns.
 func Run(ctx context.Context, cfg Config) {
 	log := cfg.Logger
@@ -120,8 +151,31 @@ func Run(ctx context.Context, cfg Config) {
 			default:
 			}
 		case proxyAlive(cfg.RunDir):
-			if !adopted {
+			if adopted {
+				break
+			}
+			v, err := proxyVersion(cfg.RunDir)
+			switch {
+			case cfg.Version == "":
 				log.Info("adopted the running proxy", "admin", agentapi.ProxyAdminSocket(cfg.RunDir))
+				adopted = true
+			case err != nil:
+				// Alive a moment ago: ask again at the next poll.
+				log.Warn("adopting the running proxy: cannot read its version; trying again", "error", err)
+			case v != cfg.Version:
+				// A proxy left running by an agent of another version
+				// (an upgrade, a rollback): replaced as a hitless restart
+				// replaces one. Once only: if the start fails, the
+				// adopted proxy serves on rather than none.
+				if v == "" {
+					v = "none (too old to report one)"
+				}
+				log.Warn("adopted a proxy of another version; replacing it (hand-over)", "proxy_version", v, "agent_version", cfg.Version,
+					"admin", agentapi.ProxyAdminSocket(cfg.RunDir))
+				adopted = true
+				start("adopted proxy of version " + v + ", the agent " + cfg.Version + " (hand-over)")
+			default:
+				log.Info("adopted the running proxy", "admin", agentapi.ProxyAdminSocket(cfg.RunDir), "version", v)
 				adopted = true
 			}
 		default:

@@ -150,6 +150,7 @@ request/response pairs, and exits when all ended or --drain-timeout passed.`,
 				KafkaIdleTimeout: kafkaIdle, KafkaFrameTimeout: kafkaFrame, ListenHost: listenAddr, ListenHost6: listenAddr6,
 				HTTP: httpparser.Config{Limits: httpparser.Limits{MaxHeaderBytes: maxHeaderBytes}, HeaderTimeout: headerTimeout, IdleTimeout: idleTimeout,
 					BodyTimeout: bodyTimeout, EscapedSlashes: slashes, LegacyHTTP2: http2Path == "nethttp"}}
+			opts.Version = buildStamp() // GET /version on the admin socket: the agent replaces an adopted proxy of another version
 			// Access records are written in batches (one write per
 			// accessLogDelay, not per request: on a busy Kafka or HTTP
 			// connection the per-record write was the proxy's largest cost

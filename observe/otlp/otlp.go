@@ -22,18 +22,16 @@ import (
 	"net/http"
 	neturl "net/url"
 	"slices"
-	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	collogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
-	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
@@ -80,10 +78,14 @@ type Config struct {
 
 // Exporter sends flows to an OTLP logs endpoint.
 type Exporter struct {
-	cfg       Config
-	q         chan observe.Event
-	send      func(context.Context, *collogspb.ExportLogsServiceRequest) error
-	close     func() error
+	cfg   Config
+	q     chan observe.Event
+	enc   *encoder
+	send  func(ctx context.Context, body []byte) (reuse bool, err error)
+	close func() error
+	// delivered: logs the collector accepted; lost: logs dropped (queue
+	// full, a batch the collector did not take after retries, or still
+	// waiting when the exporter stopped).
 	delivered atomic.Uint64
 	lost      atomic.Uint64
 }
@@ -111,7 +113,7 @@ func New(cfg Config) (*Exporter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	e := &Exporter{cfg: cfg, q: make(chan observe.Event, cfg.Queue)}
+	e := &Exporter{cfg: cfg, q: make(chan observe.Event, cfg.Queue), enc: newEncoder(cfg)}
 	switch cfg.Protocol {
 	case ProtocolGRPC:
 		creds := insecure.NewCredentials()
@@ -130,14 +132,16 @@ func New(cfg Config) (*Exporter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("otlp endpoint %s: %w", cfg.Endpoint, err)
 		}
-		client := collogspb.NewLogsServiceClient(conn)
 		md := metadata.New(cfg.Headers)
-		e.send = func(ctx context.Context, req *collogspb.ExportLogsServiceRequest) error {
-			resp, err := client.Export(metadata.NewOutgoingContext(ctx, md), req)
+		e.send = func(ctx context.Context, body []byte) (bool, error) {
+			var resp collogspb.ExportLogsServiceResponse
+			err := conn.Invoke(metadata.NewOutgoingContext(ctx, md), exportMethod, encoded(body), &resp, grpc.ForceCodecV2(encodedCodec{}))
 			if err != nil {
-				return err
+				// The transport may still hold the body of a call that
+				// failed: the next batch gets a buffer of its own.
+				return false, err
 			}
-			return partial(resp)
+			return true, partial(&resp)
 		}
 		e.close = conn.Close
 	case ProtocolHTTP:
@@ -157,8 +161,8 @@ func New(cfg Config) (*Exporter, error) {
 		}
 		url := u.String()
 		client := &http.Client{Timeout: cfg.Timeout, Transport: &http.Transport{TLSClientConfig: cfg.TLS, MaxIdleConnsPerHost: 2}}
-		e.send = func(ctx context.Context, req *collogspb.ExportLogsServiceRequest) error {
-			return postHTTP(ctx, client, url, cfg.Headers, req)
+		e.send = func(ctx context.Context, body []byte) (bool, error) {
+			return postHTTP(ctx, client, url, cfg.Headers, body)
 		}
 		e.close = func() error { client.CloseIdleConnections(); return nil }
 	default:
@@ -166,6 +170,35 @@ func New(cfg Config) (*Exporter, error) {
 	}
 	return e, nil
 }
+
+const exportMethod = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+// encoded is an ExportLogsServiceRequest in wire format (the encoder's).
+type encoded []byte
+
+// encodedCodec sends an encoded request as it is and decodes the
+// response as protobuf (the content-subtype stays "proto").
+type encodedCodec struct{}
+
+func (encodedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, ok := v.(encoded)
+	if !ok {
+		return nil, fmt.Errorf("otlp codec: cannot marshal %T", v)
+	}
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+}
+
+func (encodedCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("otlp codec: cannot unmarshal into %T", v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
+
+func (encodedCodec) Name() string { return "proto" }
 
 // partial turns a partial success (some records rejected) into an error.
 func partial(resp *collogspb.ExportLogsServiceResponse) error {
@@ -184,35 +217,55 @@ func (e *rejectedError) Error() string {
 	return fmt.Sprintf("collector rejected %d log records: %s", e.n, e.msg)
 }
 
-func postHTTP(ctx context.Context, client *http.Client, url string, headers map[string]string, req *collogspb.ExportLogsServiceRequest) error {
-	body, err := proto.Marshal(req)
+// postHTTP posts an encoded request; reuse reports whether the transport
+// is done with body (it closes a request's body when it is, possibly
+// after Do returned).
+func postHTTP(ctx context.Context, client *http.Client, url string, headers map[string]string, body []byte) (reuse bool, err error) {
+	rb := &requestBody{Reader: bytes.NewReader(body), closed: make(chan struct{})}
+	defer func() {
+		select {
+		case <-rb.closed:
+		default:
+			reuse = false
+		}
+	}()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, rb)
 	if err != nil {
-		return err
+		return false, err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
+	hreq.ContentLength = int64(len(body))
 	hreq.Header.Set("Content-Type", "application/x-protobuf")
 	for k, v := range headers {
 		hreq.Header.Set(k, v)
 	}
 	resp, err := client.Do(hreq)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("collector answered %s: %.200s", resp.Status, data)
+		return true, fmt.Errorf("collector answered %s: %.200s", resp.Status, data)
 	}
 	var out collogspb.ExportLogsServiceResponse
 	if len(data) > 0 && resp.Header.Get("Content-Type") == "application/x-protobuf" {
 		if err := proto.Unmarshal(data, &out); err != nil {
-			return fmt.Errorf("collector response: %w", err)
+			return true, fmt.Errorf("collector response: %w", err)
 		}
 	}
-	return partial(&out)
+	return true, partial(&out)
+}
+
+// requestBody tells when the HTTP transport closed it.
+type requestBody struct {
+	*bytes.Reader
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (b *requestBody) Close() error {
+	b.once.Do(func() { close(b.closed) })
+	return nil
 }
 
 // Consume queues an event (L7 records, or every flow with AllFlows), or
@@ -229,28 +282,79 @@ func (e *Exporter) Consume(ev observe.Event) {
 }
 
 // Stats returns the logs the collector accepted and the logs dropped
-// (queue full, or a batch the collector did not take after retries).
+// (queue full, a batch the collector did not take after retries, or
+// still waiting when the exporter stopped).
 func (e *Exporter) Stats() (delivered, lost uint64) { return e.delivered.Load(), e.lost.Load() }
 
-// Run batches and sends until ctx ends. A failed batch is retried with
-// backoff (up to 3 tries, while newer logs queue or drop), then dropped
-// and counted.
+// Run batches and sends until ctx ends. A batch is sent when it holds
+// BatchSize logs or FlushInterval after the last send; it is encoded and
+// sent on a goroutine of its own while the next one fills (two batches at
+// most: one in flight, one filling; beyond them the queue, then losses).
+// A failed batch is retried with backoff (up to 3 tries), then dropped and
+// counted. Logs still waiting when ctx ends are counted as lost.
 func (e *Exporter) Run(ctx context.Context) error {
 	defer e.close()
+	full := make(chan []observe.Event)    // to the sender: taken only while it is idle
+	free := make(chan []observe.Event, 1) // back from the sender
+	free <- make([]observe.Event, 0, e.cfg.BatchSize)
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		e.sendBatches(ctx, full, free)
+	}()
 	tick := time.NewTicker(e.cfg.FlushInterval)
 	defer tick.Stop()
 	batch := make([]observe.Event, 0, e.cfg.BatchSize)
-	warned := false
-	flush := func() {
-		if len(batch) == 0 {
-			return
+	for {
+		select {
+		case <-ctx.Done():
+			close(full)
+			<-sent
+			e.lost.Add(uint64(len(batch) + len(e.q)))
+			return nil
+		case ev := <-e.q:
+			batch = append(batch, ev)
+			if len(batch) < e.cfg.BatchSize {
+				continue
+			}
+			// Full: wait for the sender (the queue takes what comes
+			// meanwhile).
+			select {
+			case full <- batch:
+				batch = <-free
+			case <-ctx.Done():
+			}
+		case <-tick.C:
+			if len(batch) == 0 {
+				continue
+			}
+			select {
+			case full <- batch:
+				batch = <-free
+			default: // the sender is busy: this batch fills meanwhile
+			}
 		}
-		req := e.Request(batch)
+	}
+}
+
+// sendBatches encodes and sends the batches it receives, handing each
+// batch's slice back (cleared) when done with it.
+func (e *Exporter) sendBatches(ctx context.Context, full <-chan []observe.Event, free chan<- []observe.Event) {
+	warned := false
+	for batch := range full {
+		body := e.enc.encode(batch, uint64(time.Now().UnixNano()))
+		n := uint64(len(batch))
+		clear(batch) // the records are the ring's; do not keep them alive
+		free <- batch[:0]
 		var err error
 		for try := range 3 {
 			sctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-			err = e.send(sctx, req)
+			var reuse bool
+			reuse, err = e.send(sctx, body)
 			cancel()
+			if !reuse {
+				e.enc.out = nil
+			}
 			if err == nil || ctx.Err() != nil {
 				break
 			}
@@ -263,84 +367,25 @@ func (e *Exporter) Run(ctx context.Context) error {
 			case <-time.After(time.Duration(try+1) * 200 * time.Millisecond):
 			}
 		}
+		var rej *rejectedError
 		switch {
 		case err == nil:
-			e.delivered.Add(uint64(len(batch)))
+			e.delivered.Add(n)
 			if warned {
 				e.cfg.Logger.Info("otlp collector reachable again", "endpoint", e.cfg.Endpoint)
 				warned = false
 			}
+		case errors.As(err, &rej):
+			e.lost.Add(uint64(min(rej.n, int64(n))))
+			e.delivered.Add(n - uint64(min(rej.n, int64(n))))
 		default:
-			var rej *rejectedError
-			if errors.As(err, &rej) {
-				e.lost.Add(uint64(rej.n))
-				e.delivered.Add(uint64(len(batch)) - uint64(min(rej.n, int64(len(batch)))))
-			} else {
-				e.lost.Add(uint64(len(batch)))
-			}
-			if !warned {
-				e.cfg.Logger.Warn("otlp export failed; logs dropped (l7gate_flows_lost_total{stage=\"otlp\"})", "endpoint", e.cfg.Endpoint, "error", err)
-				warned = true
-			}
+			e.lost.Add(n)
 		}
-		batch = batch[:0]
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev := <-e.q:
-			batch = append(batch, ev)
-			if len(batch) >= e.cfg.BatchSize {
-				flush()
-			}
-		case <-tick.C:
-			flush()
+		if err != nil && !warned {
+			e.cfg.Logger.Warn("otlp export failed; logs dropped (l7gate_flows_lost_total{stage=\"otlp\"})", "endpoint", e.cfg.Endpoint, "error", err)
+			warned = true
 		}
 	}
-}
-
-// Request renders events as one export request: a ResourceLogs per local
-// endpoint, in order of first appearance.
-func (e *Exporter) Request(evs []observe.Event) *collogspb.ExportLogsServiceRequest {
-	req := &collogspb.ExportLogsServiceRequest{}
-	byKey := map[string]*logspb.ScopeLogs{}
-	now := uint64(time.Now().UnixNano())
-	for _, ev := range evs {
-		r := ev.Record
-		self := r.DstEndpoint
-		if r.Direction == flow.Egress {
-			self = r.SrcEndpoint
-		}
-		key := r.Endpoint
-		sl, ok := byKey[key]
-		if !ok {
-			sl = &logspb.ScopeLogs{Scope: &commonpb.InstrumentationScope{Name: "l7gate", Version: e.cfg.Version}}
-			byKey[key] = sl
-			req.ResourceLogs = append(req.ResourceLogs, &logspb.ResourceLogs{Resource: e.resource(self, r), ScopeLogs: []*logspb.ScopeLogs{sl}})
-		}
-		lr := LogRecord(r)
-		lr.ObservedTimeUnixNano = now
-		sl.LogRecords = append(sl.LogRecords, lr)
-	}
-	return req
-}
-
-func (e *Exporter) resource(self *flow.Endpoint, r *flow.Record) *resourcepb.Resource {
-	attrs := []*commonpb.KeyValue{str("service.name", "l7gate"), str("k8s.node.name", firstNonEmpty(r.Node, e.cfg.Node))}
-	if self != nil && self.Pod != "" {
-		attrs = append(attrs, str("k8s.namespace.name", self.Namespace), str("k8s.pod.name", self.Pod))
-		if self.Workload != "" {
-			attrs = append(attrs, str("k8s."+strings.ToLower(self.WorkloadKind)+".name", self.Workload))
-		}
-	} else if r.Endpoint != "" {
-		ns, pod, _ := strings.Cut(r.Endpoint, "/")
-		attrs = append(attrs, str("k8s.namespace.name", ns), str("k8s.pod.name", pod))
-	}
-	for _, k := range sortedKeys(e.cfg.Resource) {
-		attrs = append(attrs, str(k, e.cfg.Resource[k]))
-	}
-	return &resourcepb.Resource{Attributes: attrs}
 }
 
 // Attribute names l7gate uses beyond OpenTelemetry's semantic conventions.
@@ -363,132 +408,6 @@ const (
 	AttrDstWorkload = "l7gate.destination.workload"
 	AttrLatencyMS   = "l7gate.latency_ms"
 )
-
-// LogRecord renders one flow record as an OTLP log record.
-func LogRecord(r *flow.Record) *logspb.LogRecord {
-	lr := &logspb.LogRecord{TimeUnixNano: uint64(r.Time.UnixNano()), SeverityNumber: logspb.SeverityNumber_SEVERITY_NUMBER_INFO, SeverityText: "INFO"}
-	if r.Verdict == flow.VerdictDenied {
-		lr.SeverityNumber, lr.SeverityText = logspb.SeverityNumber_SEVERITY_NUMBER_WARN, "WARN"
-	}
-	lr.Body = &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: body(r)}}
-	a := []*commonpb.KeyValue{str(AttrVerdict, string(r.Verdict)), str(AttrDirection, r.Direction.String()), str(AttrObserver, r.Observer)}
-	if r.Reason != "" {
-		a = append(a, str(AttrReason, r.Reason))
-	}
-	if len(r.DecidedBy) > 0 {
-		var full, names []string
-		for _, p := range r.DecidedBy {
-			full = append(full, p.String())
-			if p.Policy != "" && !slices.Contains(names, p.Policy) {
-				names = append(names, p.Policy)
-			}
-		}
-		a = append(a, strs(AttrPolicies, full))
-		if len(names) > 0 {
-			a = append(a, strs(AttrPolicyNames, names))
-		}
-	}
-	if r.Source.IsValid() {
-		a = append(a, str("source.address", r.Source.Addr().String()), num("source.port", int64(r.Source.Port())))
-	}
-	if r.Destination.IsValid() {
-		a = append(a, str("destination.address", r.Destination.Addr().String()), num("destination.port", int64(r.Destination.Port())))
-	}
-	a = append(a, num(AttrSrcIdentity, int64(r.SrcIdentity)), num(AttrDstIdentity, int64(r.DstIdentity)))
-	a = appendPeer(a, r.SrcEndpoint, AttrSrcNS, AttrSrcPod, AttrSrcLabels, AttrSrcWorkload)
-	a = appendPeer(a, r.DstEndpoint, AttrDstNS, AttrDstPod, AttrDstLabels, AttrDstWorkload)
-	switch r.Protocol {
-	case "http":
-		a = append(a, str("network.protocol.name", "http"), str("http.request.method", r.Method), str("url.path", r.Path))
-		if r.Host != "" {
-			a = append(a, str("server.address", r.Host))
-		}
-		if r.Status != 0 {
-			a = append(a, num("http.response.status_code", int64(r.Status)))
-		}
-	case "kafka":
-		a = append(a, str("network.protocol.name", "kafka"), str("messaging.system", "kafka"), str("messaging.operation.name", r.APIKey),
-			num("l7gate.kafka.api_version", int64(r.APIVersion)), num("l7gate.kafka.correlation_id", int64(r.CorrelationID)))
-		if len(r.Topics) > 0 {
-			a = append(a, strs("messaging.destination.name", r.Topics))
-		}
-		if r.ClientID != "" {
-			a = append(a, str("messaging.client.id", r.ClientID))
-		}
-		if r.ErrorCode != 0 {
-			a = append(a, num("l7gate.kafka.error_code", int64(r.ErrorCode)))
-		}
-	default:
-		if r.Protocol != "" {
-			a = append(a, str("network.transport", r.Protocol))
-		}
-	}
-	if r.LatencyMS > 0 {
-		a = append(a, &commonpb.KeyValue{Key: AttrLatencyMS, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: r.LatencyMS}}})
-	}
-	if r.Error != "" {
-		a = append(a, str("error.type", r.Error))
-	}
-	lr.Attributes = a
-	return lr
-}
-
-func appendPeer(a []*commonpb.KeyValue, e *flow.Endpoint, ns, pod, labels, workload string) []*commonpb.KeyValue {
-	if e == nil {
-		return a
-	}
-	if e.Pod != "" {
-		a = append(a, str(ns, e.Namespace), str(pod, e.Pod))
-	}
-	if len(e.Labels) > 0 {
-		a = append(a, strs(labels, e.Labels))
-	}
-	if e.Workload != "" {
-		a = append(a, str(workload, e.WorkloadKind+"/"+e.Workload))
-	}
-	return a
-}
-
-// body is a one-line summary: "GET host/path 200 allowed", "Kafka produce
-// topic-a denied", "tcp 10.0.0.1:4000 -> 10.0.0.2:80 denied (default)".
-func body(r *flow.Record) string {
-	var b strings.Builder
-	switch r.Protocol {
-	case "http":
-		b.WriteString(r.Method + " " + r.Host + r.Path)
-		if r.Status != 0 {
-			b.WriteString(" " + strconv.Itoa(r.Status))
-		}
-	case "kafka":
-		b.WriteString("Kafka " + r.APIKey)
-		if len(r.Topics) > 0 {
-			b.WriteString(" " + strings.Join(r.Topics, ","))
-		}
-	default:
-		fmt.Fprintf(&b, "%s %s -> %s", r.Protocol, r.Source, r.Destination)
-	}
-	b.WriteString(" " + string(r.Verdict))
-	if r.Verdict == flow.VerdictDenied && r.Reason != "" && r.Observer == flow.ObserverDatapath {
-		b.WriteString(" (" + r.Reason + ")")
-	}
-	return b.String()
-}
-
-func str(k, v string) *commonpb.KeyValue {
-	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
-}
-
-func num(k string, v int64) *commonpb.KeyValue {
-	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: v}}}
-}
-
-func strs(k string, vs []string) *commonpb.KeyValue {
-	arr := &commonpb.ArrayValue{}
-	for _, v := range vs {
-		arr.Values = append(arr.Values, &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}})
-	}
-	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: arr}}}
-}
 
 func firstNonEmpty(a, b string) string {
 	if a != "" {

@@ -293,6 +293,80 @@ func TestExportCountsLosses(t *testing.T) {
 	}
 }
 
+// blockingLogs is an OTLP LogsService whose Export waits for release.
+type blockingLogs struct {
+	collogspb.UnimplementedLogsServiceServer
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingLogs) Export(ctx context.Context, req *collogspb.ExportLogsServiceRequest) (*collogspb.ExportLogsServiceResponse, error) {
+	s.entered <- struct{}{}
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+	}
+	return &collogspb.ExportLogsServiceResponse{}, nil
+}
+
+// TestExportBoundedWhileSending: while a batch is in flight the next one
+// fills from the queue, and no more: one batch sending, one batch
+// waiting, a full queue, then every further log is counted as lost; the
+// logs still waiting when the exporter stops are counted as lost too.
+// delivered+lost always equals what was consumed.
+func TestExportBoundedWhileSending(t *testing.T) {
+	s := &blockingLogs{entered: make(chan struct{}, 8), release: make(chan struct{})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	collogspb.RegisterLogsServiceServer(gs, s)
+	go gs.Serve(ln)
+	defer gs.Stop()
+	e, err := New(Config{Endpoint: ln.Addr().String(), Insecure: true, Queue: 4, BatchSize: 2, FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	r := records()[0]
+	consume := func(n int) {
+		for range n {
+			e.Consume(observe.Event{Record: r})
+		}
+	}
+	consume(2) // a full batch: sent
+	<-s.entered
+	consume(2) // the next batch fills while the first is in flight
+	for deadline := time.Now().Add(5 * time.Second); len(e.q) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the exporter does not take from the queue while a batch is in flight")
+		}
+	}
+	consume(4 + 3) // the queue's 4, and 3 beyond
+	if d, lost := e.Stats(); d != 0 || lost != 3 {
+		t.Fatalf("one batch in flight, one waiting, a full queue: delivered %d lost %d, want 0 and 3", d, lost)
+	}
+	close(s.release)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if d, _ := e.Stats(); d == 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			d, lost := e.Stats()
+			t.Fatalf("released: delivered %d lost %d, want 8 delivered", d, lost)
+		}
+	}
+	consume(1) // queued or in a batch waiting for the flush interval when the exporter stops: lost
+	cancel()
+	<-done
+	if d, lost := e.Stats(); d != 8 || lost != 4 {
+		t.Errorf("stopped: delivered %d lost %d, want 8 and 4 (every log consumed is counted)", d, lost)
+	}
+}
+
 // TestExportAllFlows: with AllFlows the datapath's records go too.
 func TestExportAllFlows(t *testing.T) {
 	s := &logsServer{}
@@ -313,16 +387,63 @@ func TestExportAllFlows(t *testing.T) {
 	}
 }
 
-// BenchmarkRequest: rendering a batch of 512 access records.
-func BenchmarkRequest(b *testing.B) {
-	e, _ := New(Config{Endpoint: "127.0.0.1:1", Insecure: true})
+// TestEncoderMatchesReference: the encoder's wire bytes decode to the
+// request the generated messages render (referenceRequest) for every
+// kind of record (proxy, datapath, Envoy, Kafka, IPv6, a record without
+// addresses, one without an endpoint), grouped as the reference groups.
+func TestEncoderMatchesReference(t *testing.T) {
+	recs := records()
+	ap := netip.MustParseAddrPort
+	recs = append(recs,
+		&flow.Record{Time: t0, Observer: flow.ObserverProxy, Protocol: "http", Source: ap("[2001:db8::1]:40000"), Destination: ap("[2001:db8::2]:8080"),
+			Verdict: flow.VerdictAllowed, Method: "GET", Path: "/", Status: 200, LatencyMS: 0.125, Error: "upstream reset", Endpoint: "other/pod-1"},
+		&flow.Record{Observer: flow.ObserverDatapath, Protocol: "", Verdict: flow.VerdictDenied, Reason: "unsupported"},
+		&flow.Record{Time: t0, Observer: flow.ObserverProxy, Protocol: "kafka", APIKey: "fetch", Topics: []string{"a", "b"}, CorrelationID: -1,
+			DecidedBy: []flow.Provenance{{Kind: flow.KindDefaultDeny}, {Policy: "default/r", PolicyKind: flow.KindCNP, Kind: flow.KindAllow}, {Policy: "default/r", PolicyKind: flow.KindCNP, Kind: flow.KindAllow, L7: "kafka[1]"}},
+			Endpoint:  "default/deathstar-0"},
+	)
+	var evs []observe.Event
+	for i, r := range recs {
+		evs = append(evs, observe.Event{Seq: uint64(i + 1), Record: r})
+	}
+	for _, cfg := range []Config{{Node: "n2"}, {Version: "v1.2.3", Resource: map[string]string{"k8s.cluster.name": "c1", "a": "b"}}} {
+		enc := newEncoder(cfg)
+		for range 2 { // the second run reuses the buffers
+			var got collogspb.ExportLogsServiceRequest
+			if err := proto.Unmarshal(enc.encode(evs, 42), &got); err != nil {
+				t.Fatal(err)
+			}
+			if want := referenceRequest(cfg, evs, 42); !proto.Equal(&got, want) {
+				t.Fatalf("encoder (config %+v):\n%v\nreference:\n%v", cfg, &got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkEncode: encoding a batch of 512 access records.
+func BenchmarkEncode(b *testing.B) {
+	enc := newEncoder(Config{Node: "n1"})
 	var evs []observe.Event
 	for i := range 512 {
 		evs = append(evs, observe.Event{Seq: uint64(i), Record: records()[i%4]})
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		proto.Marshal(e.Request(evs))
+		enc.encode(evs, 1)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/512, "ns/record")
+}
+
+// BenchmarkReferenceRequest: what encoding a batch of 512 cost before
+// the encoder (the generated messages, marshalled).
+func BenchmarkReferenceRequest(b *testing.B) {
+	var evs []observe.Event
+	for i := range 512 {
+		evs = append(evs, observe.Event{Seq: uint64(i), Record: records()[i%4]})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		proto.Marshal(referenceRequest(Config{Node: "n1"}, evs, 1))
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/512, "ns/record")
 }
