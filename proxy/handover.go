@@ -56,14 +56,29 @@ func (p *Proxy) ServeHandOver(ctx context.Context, path string) error {
 	defer ln.Close()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	var backoff time.Duration
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("hand-over socket: %w", err)
+			// Out of descriptors or memory: the socket is still fine.
+			// Returning here left the proxy unable ever to be handed
+			// over (an upgrade or a version replacement then starts a
+			// second proxy beside it) once a burst of connections had
+			// used up RLIMIT_NOFILE. Back off as the proxy's accept
+			// does (5 ms doubling to 1 s) and try again.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			p.log.Warn("hand-over socket: accept failed; retrying", "error", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
+		backoff = 0
 		ready, err := p.handOver(c)
 		c.Close()
 		if err != nil {
