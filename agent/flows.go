@@ -24,6 +24,7 @@ import (
 	"github.com/l7gate/l7gate/bpf"
 	"github.com/l7gate/l7gate/bpftranslate"
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/internal/acceptretry"
 	"github.com/l7gate/l7gate/observe"
 	"github.com/l7gate/l7gate/observe/hubble"
 	"github.com/l7gate/l7gate/observe/metrics"
@@ -414,28 +415,22 @@ func (a *Agent) serveFlowIntake(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var conns atomic.Int32
-	var backoff time.Duration
+	var backoff acceptretry.Backoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// Out of descriptors (EMFILE) or memory: the listener is
-			// fine. Returning here ended the intake for good, and every
-			// proxy's access records were lost from then on (a proxy's
-			// connection sat in the backlog, never read). Back off
-			// as the proxy's accept loop does (5 ms doubling to 1 s).
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			a.log.Warn("flow intake: accept failed; retrying", "error", err, "in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			// The listener is still fine (see acceptretry): returning
+			// here ended the intake for good, and every proxy's access
+			// records were lost from then on.
+			if !backoff.Wait(ctx.Done(), a.log, "flow intake: accept failed; retrying", err) {
 				return nil
 			}
 			continue
 		}
-		backoff = 0
+		backoff.Reset()
 		if conns.Add(1) > maxIntakeConns {
 			conns.Add(-1)
 			a.log.Warn("flow intake: too many connections; refusing one")

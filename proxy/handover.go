@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l7gate/l7gate/internal/acceptretry"
 )
 
 // The hand-over protocol, on a Unix socket in the run dir (the old process
@@ -56,29 +58,22 @@ func (p *Proxy) ServeHandOver(ctx context.Context, path string) error {
 	defer ln.Close()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	var backoff time.Duration
+	var backoff acceptretry.Backoff
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// Out of descriptors or memory: the socket is still fine.
-			// Returning here left the proxy unable ever to be handed
-			// over (an upgrade or a version replacement then starts a
-			// second proxy beside it) once a burst of connections had
-			// used up RLIMIT_NOFILE. Back off as the proxy's accept
-			// does (5 ms doubling to 1 s) and try again.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log.Warn("hand-over socket: accept failed; retrying", "error", err, "in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			// The socket is still fine (see acceptretry): returning here
+			// left the proxy unable ever to be handed over (an upgrade or
+			// a version replacement then starts a second proxy beside it).
+			if !backoff.Wait(ctx.Done(), p.log, "hand-over socket: accept failed; retrying", err) {
 				return nil
 			}
 			continue
 		}
-		backoff = 0
+		backoff.Reset()
 		ready, err := p.handOver(c)
 		c.Close()
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/l7gate/l7gate/internal/acceptretry"
 	httpparser "github.com/l7gate/l7gate/parsers/http"
 	"github.com/l7gate/l7gate/parsers/kafka"
 	"github.com/l7gate/l7gate/policy"
@@ -431,29 +432,21 @@ func (p *Proxy) open6(st *listenerState) {
 
 func (p *Proxy) accept(st *listenerState, ln *net.TCPListener) {
 	defer p.wg.Done()
-	var backoff time.Duration
+	var backoff acceptretry.Backoff
+	log := p.log.With("port", st.spec.Port)
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of descriptors or memory, or a connection aborted
-			// before it was accepted: the listener is still fine. Its
-			// accept loop ending here left the port dead for good (every
-			// later connection waited in the backlog, never served) once
-			// a burst of connections had used up RLIMIT_NOFILE. Back off
-			// as net/http does (5 ms doubling to 1 s) and try again.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log.Warn("accept failed; retrying", "port", st.spec.Port, "error", err, "in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-p.ctx.Done():
+			// The listener is still fine (see acceptretry).
+			if !backoff.Wait(p.ctx.Done(), log, "accept failed; retrying", err) {
 				return
 			}
 			continue
 		}
-		backoff = 0
+		backoff.Reset()
 		p.mu.Lock()
 		spec := st.spec
 		p.mu.Unlock()

@@ -26,8 +26,15 @@ var allowed = map[string][]string{
 	"source":                  {"policy", "flow"},
 	"xds":                     {"policy", "proto/l7gatev1", "flow"},
 	"envoy":                   {"flow"},
-	"agentapi":                {"policy", "flow", "source", "proto/hubble/observerpb"},
-	"redirect":                {},
+	"agentapi":                {"policy", "flow", "source", "proto/hubble/observerpb", "agentapi/proxyapi"},
+	// What the proxy-only build needs of agentapi and bpf, as leaves it
+	// can link without them: the agent's FQDN client and ListenTCP; the
+	// mark encoding.
+	"agentapi/proxyapi": {},
+	"bpf/marks":         {},
+	"redirect":          {},
+	// Accept loops' back-off on EMFILE and the like (proxy and agent).
+	"internal/acceptretry": {},
 
 	// Sources.
 	"k8s": {"policy", "source", "flow", "deploy"},
@@ -36,7 +43,7 @@ var allowed = map[string][]string{
 	"suggest": {"policy", "flow"},
 
 	// Translation, datapath, xDS serving (the control plane's middle).
-	"bpf":                {"flow"},
+	"bpf":                {"flow", "bpf/marks"},
 	"bpftranslate":       {"bpf", "policy", "flow"},
 	"xds/translate":      {"xds", "policy", "proto/l7gatev1", "flow"},
 	"xds/envoytranslate": {"envoy", "policy", "flow"},
@@ -49,10 +56,10 @@ var allowed = map[string][]string{
 	"parsers/kafka":                    {"policy", "flow"},
 	"parsers/kafka/internal/schemagen": {},
 	"parsers/dns":                      {"policy"},
-	"proxy/dns":                        {"parsers/dns", "policy", "flow"},
+	"proxy/dns":                        {"parsers/dns", "policy", "flow", "internal/acceptretry"},
 	"xds/client":                       {"xds", "proto/l7gatev1", "flow"},
 	"envoy/als":                        {"envoy", "flow"},
-	"proxy":                            {"parsers/http", "parsers/kafka", "policy", "flow", "proto/l7gatev1", "redirect", "xds", "xds/client", "proxy/dns"},
+	"proxy":                            {"parsers/http", "parsers/kafka", "policy", "flow", "proto/l7gatev1", "redirect", "xds", "xds/client", "proxy/dns", "internal/acceptretry"},
 
 	// The agent and its parts.
 	"agent/endpoints":          {"bpftranslate", "policy", "flow"},
@@ -61,7 +68,7 @@ var allowed = map[string][]string{
 	"agent/internal/fakeenvoy": {},
 	"agent": {"agent/endpoints", "agent/node", "agent/supervisor", "agentapi", "bpf", "bpftranslate", "envoy", "envoy/als",
 		"envoy/bootstrap", "flow", "observe", "observe/hubble", "observe/metrics", "observe/otlp", "observe/servicemap", "policy", "redirect", "source", "xds",
-		"xds/envoytranslate", "xds/server", "xds/translate"},
+		"xds/envoytranslate", "xds/server", "xds/translate", "internal/acceptretry"},
 
 	// The agent's flow pipeline and the formats it speaks.
 	"observe":         {"flow"},

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/internal/acceptretry"
 	dnsmsg "github.com/l7gate/l7gate/parsers/dns"
 	"github.com/l7gate/l7gate/policy"
 )
@@ -487,7 +488,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 	sem := make(chan struct{}, p.cfg.MaxConns)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var backoff time.Duration
+	var backoff acceptretry.Backoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -497,18 +498,14 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("dns proxy: accept: %w", err)
 			}
-			// Out of descriptors (EMFILE) or memory: the listener is
-			// fine; returning here left DNS over TCP dead for good.
-			// Retry as net/http does (5 ms doubling to 1 s).
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			// The listener is still fine (see acceptretry): returning
+			// here left DNS over TCP dead for good.
+			if !backoff.Wait(ctx.Done(), p.cfg.Logger, "dns proxy: accept failed; retrying", err) {
 				return nil
 			}
 			continue
 		}
-		backoff = 0
+		backoff.Reset()
 		select {
 		case sem <- struct{}{}:
 		default:
