@@ -15,26 +15,9 @@ import (
 	"time"
 
 	"github.com/l7gate/l7gate/flow"
+	"github.com/l7gate/l7gate/internal/testutil"
 	"github.com/l7gate/l7gate/policy"
 )
-
-// lockedLines is an access-log file in memory.
-type lockedLines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestProxyAccessRecordsReused: the proxy reuses its access records, so
 // every sink must be done with one when it returns. Through the sinks
@@ -79,7 +62,7 @@ func TestProxyAccessRecordsReused(t *testing.T) {
 	fwd.Linger = 5 * time.Millisecond
 	fwdDone := make(chan struct{})
 	go func() { fwd.Run(ctx); close(fwdDone) }()
-	var file lockedLines
+	var file testutil.LogBuffer // the access-log file, in memory
 	sink, flush := flow.BufferedJSONLinesForward(&file, 10*time.Millisecond, fwd)
 
 	// A sink that keeps the pointer it was given, as no sink may: the
